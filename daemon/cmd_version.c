@@ -1,0 +1,24 @@
+/* expertd version: what this build is and what it can run on. */
+#include <stdio.h>
+
+#include "commands.h"
+#include "xd_build_config.h"
+#if XD_HAVE_CUDA
+#include "gpu_probe.h"
+#endif
+
+int xd_cmd_version(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    printf("expertd %s\n", XD_VERSION);
+#if XD_HAVE_CUDA
+    char info[512];
+    xd_gpu_probe(info, sizeof info);
+    printf("backends: cpu, cuda (compiled; the CUDA engine backend is not implemented yet)\n");
+    printf("gpus: %s\n", info);
+#else
+    printf("backends: cpu\n");
+#endif
+    return 0;
+}

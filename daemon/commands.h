@@ -1,0 +1,11 @@
+/* The expertd subcommands, each a main-like entry point returning an exit status. */
+#ifndef XD_COMMANDS_H
+#define XD_COMMANDS_H
+
+/* expertd generate: offline generation from token ids (argv excludes "generate"). */
+int xd_cmd_generate(int argc, char **argv);
+
+/* expertd version: version, compiled backends and the GPUs found. */
+int xd_cmd_version(int argc, char **argv);
+
+#endif

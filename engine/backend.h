@@ -1,0 +1,20 @@
+/* The interface every backend (cpu, cuda) implements; engine.c validates and dispatches. */
+#ifndef XD_BACKEND_H
+#define XD_BACKEND_H
+
+#include "engine.h"
+
+struct xd_backend_ops {
+    const char *name;
+    /* Allocates the backend state (KV cache, buffers) for model and opts. */
+    int (*create)(struct xd_model *model, const struct xd_engine_opts *opts, void **ret_state,
+                  struct xd_err *err);
+    /* One forward step over an already validated batch. */
+    int (*forward)(void *state, const struct xd_batch *batch, struct xd_forward_out *ret_out,
+                   struct xd_err *err);
+    void (*destroy)(void *state);
+};
+
+extern const struct xd_backend_ops xd_cpu_backend;
+
+#endif

@@ -1,0 +1,433 @@
+/* The CPU reference backend: a whole forward step in f32, experts run grouped by expert. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "backend.h"
+#include "cpu_kernels.h"
+
+struct cpu_state {
+    const struct xd_model *m;
+    struct xd_engine_opts opts;
+    int kv_dim;          /* n_kv_heads * head_dim */
+    int q_dim;           /* n_heads * head_dim */
+    int ffn_max;         /* widest dense or shared MLP */
+
+    /* KV cache: (n_layers, n_kv_blocks, block_size, kv_dim) each */
+    float *k_cache;
+    float *v_cache;
+
+    /* step buffers, T = max_batch_tokens */
+    int32_t *tok_seq;    /* (T,) sequence index of each token */
+    int32_t *tok_pos;    /* (T,) position of each token */
+    float *h;            /* (T, hidden) residual stream */
+    float *xn;           /* (T, hidden) normed input of a block */
+    float *q;            /* (T, q_dim) */
+    float *k;            /* (T, kv_dim) */
+    float *v;            /* (T, kv_dim) */
+    float *attn;         /* (T, q_dim) */
+    float *out;          /* (T, hidden) output of a block before the residual add */
+    float *router;       /* (T, n_experts) router probabilities */
+    int32_t *slot_of;    /* (T * top_k,) row in the expert-sorted order of slot t * top_k + j */
+    int32_t *expert_rows;/* (n_experts + 1,) start of each expert's rows in sorted order */
+    float *xg;           /* (T * top_k, hidden) gathered inputs, expert-sorted */
+    float *g;            /* (T * top_k, expert_ffn) */
+    float *u;            /* (T * top_k, expert_ffn) */
+    float *eo;           /* (T * top_k, hidden) expert outputs, expert-sorted */
+    float *dg;           /* (T, ffn_max) dense/shared gate */
+    float *du;           /* (T, ffn_max) dense/shared up */
+    float *logits;       /* (T, vocab) */
+    int32_t *route_experts; /* (T, n_moe_layers, top_k) */
+    float *route_weights;   /* (T, n_moe_layers, top_k) */
+};
+
+static void cpu_destroy(void *p)
+{
+    struct cpu_state *s = p;
+    if (!s)
+        return;
+    float *fbufs[] = {s->k_cache, s->v_cache, s->h,  s->xn, s->q,  s->k,  s->v,  s->attn,
+                      s->out,     s->router,  s->xg, s->g,  s->u,  s->eo, s->dg, s->du,
+                      s->logits,  s->route_weights};
+    for (size_t i = 0; i < sizeof fbufs / sizeof fbufs[0]; i++)
+        free(fbufs[i]);
+    free(s->tok_seq);
+    free(s->tok_pos);
+    free(s->slot_of);
+    free(s->expert_rows);
+    free(s->route_experts);
+    free(s);
+}
+
+static void *alloc_f(size_t n, size_t size, int *failed)
+{
+    void *p = calloc(n ? n : 1, size);
+    if (!p)
+        *failed = 1;
+    return p;
+}
+
+static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts, void **ret,
+                      struct xd_err *err)
+{
+    const struct xd_model_config *c = &model->config;
+    struct cpu_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+    s->m = model;
+    s->opts = *opts;
+    s->kv_dim = c->n_kv_heads * c->head_dim;
+    s->q_dim = c->n_heads * c->head_dim;
+    s->ffn_max = c->dense_ffn > c->shared_expert_ffn ? c->dense_ffn : c->shared_expert_ffn;
+    if (s->ffn_max < 1)
+        s->ffn_max = 1;
+#ifdef _OPENMP
+    if (opts->n_threads > 0)
+        omp_set_num_threads(opts->n_threads);
+#endif
+
+    const size_t T = (size_t)opts->max_batch_tokens, H = (size_t)c->hidden_size;
+    const size_t TK = T * (size_t)c->top_k;
+    const size_t kv_elems =
+        (size_t)c->n_layers * (size_t)opts->n_kv_blocks * (size_t)opts->block_size * s->kv_dim;
+    int failed = 0;
+    s->k_cache = alloc_f(kv_elems, sizeof(float), &failed);
+    s->v_cache = alloc_f(kv_elems, sizeof(float), &failed);
+    if (failed) {
+        cpu_destroy(s);
+        return xd_err_set(err, XD_ERR_NOMEM,
+                          "KV cache of %d blocks x %d tokens needs %.1f MiB, which could not be "
+                          "allocated; lower the number of KV blocks",
+                          opts->n_kv_blocks, opts->block_size,
+                          2.0 * (double)kv_elems * sizeof(float) / (1 << 20));
+    }
+    s->tok_seq = alloc_f(T, sizeof(int32_t), &failed);
+    s->tok_pos = alloc_f(T, sizeof(int32_t), &failed);
+    s->h = alloc_f(T * H, sizeof(float), &failed);
+    s->xn = alloc_f(T * H, sizeof(float), &failed);
+    s->q = alloc_f(T * s->q_dim, sizeof(float), &failed);
+    s->k = alloc_f(T * s->kv_dim, sizeof(float), &failed);
+    s->v = alloc_f(T * s->kv_dim, sizeof(float), &failed);
+    s->attn = alloc_f(T * s->q_dim, sizeof(float), &failed);
+    s->out = alloc_f(T * H, sizeof(float), &failed);
+    s->router = alloc_f(T * c->n_experts, sizeof(float), &failed);
+    s->slot_of = alloc_f(TK, sizeof(int32_t), &failed);
+    s->expert_rows = alloc_f((size_t)c->n_experts + 1, sizeof(int32_t), &failed);
+    s->xg = alloc_f(TK * H, sizeof(float), &failed);
+    s->g = alloc_f(TK * c->expert_ffn, sizeof(float), &failed);
+    s->u = alloc_f(TK * c->expert_ffn, sizeof(float), &failed);
+    s->eo = alloc_f(TK * H, sizeof(float), &failed);
+    s->dg = alloc_f(T * s->ffn_max, sizeof(float), &failed);
+    s->du = alloc_f(T * s->ffn_max, sizeof(float), &failed);
+    s->logits = alloc_f(T * c->vocab_size, sizeof(float), &failed);
+    s->route_experts = alloc_f(TK * (c->n_moe_layers ? c->n_moe_layers : 1), sizeof(int32_t),
+                               &failed);
+    s->route_weights = alloc_f(TK * (c->n_moe_layers ? c->n_moe_layers : 1), sizeof(float),
+                               &failed);
+    if (failed) {
+        cpu_destroy(s);
+        return xd_err_set(err, XD_ERR_NOMEM,
+                          "step buffers for max_batch_tokens %d could not be allocated; lower it",
+                          opts->max_batch_tokens);
+    }
+    *ret = s;
+    return XD_OK;
+}
+
+/* ---- attention ---- */
+
+static float *kv_row(const struct cpu_state *s, float *cache, int layer, int block, int slot)
+{
+    size_t idx = (((size_t)layer * s->opts.n_kv_blocks + block) * s->opts.block_size + slot);
+    return cache + idx * s->kv_dim;
+}
+
+/* Writes this step's k and v into the cache through each sequence's block
+ * table, then attends every query to the positions up to its own. */
+static void attention(struct cpu_state *s, const struct xd_batch *b, int layer, int n_tokens)
+{
+    const struct xd_model_config *c = &s->m->config;
+    const int bs = s->opts.block_size, hd = c->head_dim, kvd = s->kv_dim;
+    const int group = c->n_heads / c->n_kv_heads;
+    const float scale = 1.0f / sqrtf((float)hd);
+
+    for (int t = 0; t < n_tokens; t++) {
+        const struct xd_seq_chunk *sc = &b->seqs[s->tok_seq[t]];
+        int p = s->tok_pos[t];
+        int block = sc->block_table[p / bs], slot = p % bs;
+        memcpy(kv_row(s, s->k_cache, layer, block, slot), s->k + (size_t)t * kvd,
+               sizeof(float) * kvd);
+        memcpy(kv_row(s, s->v_cache, layer, block, slot), s->v + (size_t)t * kvd,
+               sizeof(float) * kvd);
+    }
+
+#pragma omp parallel for collapse(2) schedule(dynamic, 4)
+    for (int t = 0; t < n_tokens; t++) {
+        for (int h = 0; h < c->n_heads; h++) {
+            const struct xd_seq_chunk *sc = &b->seqs[s->tok_seq[t]];
+            const int p = s->tok_pos[t], kvh = h / group;
+            const int first = c->sliding_window > 0 && p - c->sliding_window + 1 > 0
+                                  ? p - c->sliding_window + 1
+                                  : 0;
+            const float *q = s->q + (size_t)t * s->q_dim + (size_t)h * hd;
+            float acc[hd];
+            float mx = -INFINITY, sum = 0.0f;
+            memset(acc, 0, sizeof acc);
+            /* one pass with a running maximum (online softmax) */
+            for (int j = first; j <= p; j++) {
+                int block = sc->block_table[j / bs], slot = j % bs;
+                const float *kr = kv_row(s, s->k_cache, layer, block, slot) + kvh * hd;
+                const float *vr = kv_row(s, s->v_cache, layer, block, slot) + kvh * hd;
+                float score = xd_cpu_dot(q, kr, hd) * scale;
+                if (score > mx) {
+                    float r = expf(mx - score);
+                    sum *= r;
+                    for (int i = 0; i < hd; i++)
+                        acc[i] *= r;
+                    mx = score;
+                }
+                float w = expf(score - mx);
+                sum += w;
+                for (int i = 0; i < hd; i++)
+                    acc[i] += w * vr[i];
+            }
+            float *o = s->attn + (size_t)t * s->q_dim + (size_t)h * hd;
+            for (int i = 0; i < hd; i++)
+                o[i] = acc[i] / sum;
+        }
+    }
+}
+
+static void attention_block(struct cpu_state *s, const struct xd_batch *b, int l, int n)
+{
+    const struct xd_model_config *c = &s->m->config;
+    const struct xd_layer_weights *lw = &s->m->layers[l];
+    const int hd = c->head_dim;
+
+    xd_cpu_rmsnorm(s->h, n, &lw->attn_norm, c->rms_norm_eps, s->xn);
+    xd_cpu_matmul(s->xn, n, &lw->wq, s->q);
+    xd_cpu_matmul(s->xn, n, &lw->wk, s->k);
+    xd_cpu_matmul(s->xn, n, &lw->wv, s->v);
+    xd_cpu_add_bias(s->q, n, &lw->bq);
+    xd_cpu_add_bias(s->k, n, &lw->bk);
+    xd_cpu_add_bias(s->v, n, &lw->bv);
+    if (c->qk_norm == XD_QK_NORM_PER_HEAD) {
+        xd_cpu_rmsnorm(s->q, n * c->n_heads, &lw->q_norm, c->rms_norm_eps, s->q);
+        xd_cpu_rmsnorm(s->k, n * c->n_kv_heads, &lw->k_norm, c->rms_norm_eps, s->k);
+    } else if (c->qk_norm == XD_QK_NORM_FULL_WIDTH) {
+        xd_cpu_rmsnorm(s->q, n, &lw->q_norm, c->rms_norm_eps, s->q);
+        xd_cpu_rmsnorm(s->k, n, &lw->k_norm, c->rms_norm_eps, s->k);
+    }
+    if (c->clip_qkv > 0.0f) {
+        float *bufs[3] = {s->q, s->k, s->v};
+        size_t lens[3] = {(size_t)n * s->q_dim, (size_t)n * s->kv_dim, (size_t)n * s->kv_dim};
+        for (int i = 0; i < 3; i++)
+            for (size_t j = 0; j < lens[i]; j++)
+                bufs[i][j] = fminf(fmaxf(bufs[i][j], -c->clip_qkv), c->clip_qkv);
+    }
+    for (int t = 0; t < n; t++) {
+        xd_cpu_rope(s->q + (size_t)t * s->q_dim, c->n_heads, hd, s->tok_pos[t], c->rope_theta);
+        xd_cpu_rope(s->k + (size_t)t * s->kv_dim, c->n_kv_heads, hd, s->tok_pos[t],
+                    c->rope_theta);
+    }
+    attention(s, b, l, n);
+    xd_cpu_matmul(s->attn, n, &lw->wo, s->out);
+    xd_cpu_add_bias(s->out, n, &lw->bo);
+    const size_t HN = (size_t)n * c->hidden_size;
+    for (size_t i = 0; i < HN; i++)
+        s->h[i] += s->out[i];
+}
+
+/* ---- MLPs ---- */
+
+/* out (n, hidden) = down(silu(gate x) * up x) for a SwiGLU MLP of width ffn. */
+static void swiglu(const float *x, int n, const struct xd_expert_weights *w, float *g, float *u,
+                   float *out)
+{
+    xd_cpu_matmul(x, n, &w->gate, g);
+    xd_cpu_matmul(x, n, &w->up, u);
+    xd_cpu_silu_mul(g, u, g, (size_t)n * w->gate.rows);
+    xd_cpu_matmul(g, n, &w->down, out);
+}
+
+/* Picks the top-k of probs (n,) best first, ties to the lower index. */
+static void top_k(const float *probs, int n, int k, int32_t *ret_idx, float *ret_w)
+{
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int e = 0; e < n; e++) {
+            int taken = 0;
+            for (int i = 0; i < j && !taken; i++)
+                taken = ret_idx[i] == e;
+            if (!taken && (best < 0 || probs[e] > probs[best]))
+                best = e;
+        }
+        ret_idx[j] = best;
+        ret_w[j] = probs[best];
+    }
+}
+
+static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
+{
+    const struct xd_model_config *c = &s->m->config;
+    const struct xd_layer_weights *lw = &s->m->layers[l];
+    const int E = c->n_experts, K = c->top_k, H = c->hidden_size, L = c->n_moe_layers;
+
+    /* route: softmax over all experts in f32, top-k, optional renormalisation */
+    xd_cpu_matmul(s->xn, n, &lw->router, s->router);
+    for (int t = 0; t < n; t++) {
+        float *p = s->router + (size_t)t * E;
+        int32_t *ex = s->route_experts + ((size_t)t * L + lw->moe_index) * K;
+        float *wt = s->route_weights + ((size_t)t * L + lw->moe_index) * K;
+        xd_cpu_softmax(p, E);
+        top_k(p, E, K, ex, wt);
+        if (c->norm_topk_prob) {
+            float sum = 0.0f;
+            for (int j = 0; j < K; j++)
+                sum += wt[j];
+            for (int j = 0; j < K; j++)
+                wt[j] /= sum;
+        }
+    }
+
+    /* group the (token, slot) pairs by expert with a counting sort */
+    int32_t *rows = s->expert_rows;
+    memset(rows, 0, sizeof(int32_t) * (E + 1));
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < K; j++)
+            rows[s->route_experts[((size_t)t * L + lw->moe_index) * K + j] + 1]++;
+    for (int e = 0; e < E; e++)
+        rows[e + 1] += rows[e];
+    int32_t fill[E];
+    memcpy(fill, rows, sizeof fill);
+    for (int t = 0; t < n; t++) {
+        for (int j = 0; j < K; j++) {
+            int e = s->route_experts[((size_t)t * L + lw->moe_index) * K + j];
+            int r = fill[e]++;
+            s->slot_of[t * K + j] = r;
+            memcpy(s->xg + (size_t)r * H, s->xn + (size_t)t * H, sizeof(float) * H);
+        }
+    }
+
+    /* each expert present runs once over all of its rows */
+    for (int e = 0; e < E; e++) {
+        int r0 = rows[e], n_rows = rows[e + 1] - rows[e];
+        if (n_rows == 0)
+            continue;
+        struct xd_expert_weights w;
+        int rc = xd_expert_store_acquire(&s->m->experts, l, e, &w);
+        if (rc < 0)
+            return xd_err_set(err, rc, "expert store: layer %d expert %d is unavailable (%s)", l,
+                              e, xd_status_str(rc));
+        swiglu(s->xg + (size_t)r0 * H, n_rows, &w, s->g, s->u, s->eo + (size_t)r0 * H);
+        xd_expert_store_release(&s->m->experts, l, e);
+    }
+
+    /* weighted sum back, in each token's top-k order so batching never matters */
+    for (int t = 0; t < n; t++) {
+        float *o = s->out + (size_t)t * H;
+        const float *wt = s->route_weights + ((size_t)t * L + lw->moe_index) * K;
+        memset(o, 0, sizeof(float) * H);
+        for (int j = 0; j < K; j++) {
+            const float *er = s->eo + (size_t)s->slot_of[t * K + j] * H;
+            for (int i = 0; i < H; i++)
+                o[i] += wt[j] * er[i];
+        }
+    }
+
+    if (lw->shared.gate.data) {
+        /* qwen2_moe: out += sigmoid(x . shared_expert_gate) * shared_expert(x) */
+        float gate_logit[n];
+        swiglu(s->xn, n, &lw->shared, s->dg, s->du, s->eo);
+        xd_cpu_matmul(s->xn, n, &lw->shared_expert_gate, gate_logit);
+        for (int t = 0; t < n; t++) {
+            float gate = 1.0f / (1.0f + expf(-gate_logit[t]));
+            for (int i = 0; i < H; i++)
+                s->out[(size_t)t * H + i] += gate * s->eo[(size_t)t * H + i];
+        }
+    }
+    return XD_OK;
+}
+
+static int mlp_block(struct cpu_state *s, int l, int n, struct xd_err *err)
+{
+    const struct xd_model_config *c = &s->m->config;
+    const struct xd_layer_weights *lw = &s->m->layers[l];
+    xd_cpu_rmsnorm(s->h, n, &lw->mlp_norm, c->rms_norm_eps, s->xn);
+    if (lw->moe_index >= 0) {
+        int rc = moe_block(s, l, n, err);
+        if (rc < 0)
+            return rc;
+    } else {
+        struct xd_expert_weights dense = {lw->mlp_gate, lw->mlp_up, lw->mlp_down};
+        swiglu(s->xn, n, &dense, s->dg, s->du, s->out);
+    }
+    const size_t HN = (size_t)n * c->hidden_size;
+    for (size_t i = 0; i < HN; i++)
+        s->h[i] += s->out[i];
+    return XD_OK;
+}
+
+/* ---- the step ---- */
+
+static int cpu_forward(void *p, const struct xd_batch *b, struct xd_forward_out *ret,
+                       struct xd_err *err)
+{
+    struct cpu_state *s = p;
+    const struct xd_model_config *c = &s->m->config;
+    const int H = c->hidden_size;
+    int n = 0;
+
+    for (int i = 0; i < b->n_seqs; i++) {
+        const struct xd_seq_chunk *sc = &b->seqs[i];
+        for (int t = 0; t < sc->n_tokens; t++, n++) {
+            s->tok_seq[n] = i;
+            s->tok_pos[n] = sc->pos + t;
+            struct xd_matrix row = s->m->embed;
+            row.data = (const char *)row.data +
+                       (size_t)sc->tokens[t] * (size_t)H * xd_dtype_size(row.dtype);
+            xd_dtype_to_f32(row.dtype, row.data, s->h + (size_t)n * H, (size_t)H);
+        }
+    }
+
+    for (int l = 0; l < c->n_layers; l++) {
+        attention_block(s, b, l, n);
+        int rc = mlp_block(s, l, n, err);
+        if (rc < 0)
+            return rc;
+    }
+
+    /* final norm and lm_head only for the rows whose logits were asked for */
+    int n_rows = 0, t0 = 0;
+    for (int i = 0; i < b->n_seqs; i++) {
+        const struct xd_seq_chunk *sc = &b->seqs[i];
+        int first = sc->logits == XD_LOGITS_ALL    ? 0
+                    : sc->logits == XD_LOGITS_LAST ? sc->n_tokens - 1
+                                                   : sc->n_tokens;
+        for (int t = first; t < sc->n_tokens; t++)
+            memcpy(s->xn + (size_t)n_rows++ * H, s->h + (size_t)(t0 + t) * H, sizeof(float) * H);
+        t0 += sc->n_tokens;
+    }
+    xd_cpu_rmsnorm(s->xn, n_rows, &s->m->final_norm, c->rms_norm_eps, s->xn);
+    xd_cpu_matmul(s->xn, n_rows, &s->m->lm_head, s->logits);
+
+    ret->logits = s->logits;
+    ret->n_logit_rows = n_rows;
+    ret->routing.n_tokens = n;
+    ret->routing.n_moe_layers = c->n_moe_layers;
+    ret->routing.top_k = c->top_k;
+    ret->routing.experts = s->route_experts;
+    ret->routing.weights = s->route_weights;
+    return XD_OK;
+}
+
+const struct xd_backend_ops xd_cpu_backend = {
+    .name = "cpu",
+    .create = cpu_create,
+    .forward = cpu_forward,
+    .destroy = cpu_destroy,
+};

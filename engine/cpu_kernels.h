@@ -1,0 +1,32 @@
+/* CPU kernels of the reference backend: f32 activations, f32 accumulation, weights in any dtype. */
+#ifndef XD_CPU_KERNELS_H
+#define XD_CPU_KERNELS_H
+
+#include "expert_store.h"
+
+/* y (n, w.rows) = x (n, w.cols) @ w^T, parallel over w's rows. Each output
+ * element is one dot product in a fixed order, so a row of y does not depend
+ * on the other rows of x (batching never changes results). */
+void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y);
+
+/* y (n, d) += bias (d,) broadcast over rows; bias may be a NULL matrix. */
+void xd_cpu_add_bias(float *y, int n, const struct xd_matrix *bias);
+
+/* Row-wise RMSNorm as transformers computes it: y = w * x / sqrt(mean(x^2) + eps).
+ * x and y are (n, d) with d == w.cols; y may equal x. */
+void xd_cpu_rmsnorm(const float *x, int n, const struct xd_matrix *w, float eps, float *y);
+
+/* Rotary embedding in place on x (n_heads, head_dim) at position pos, the
+ * rotate-half layout of transformers: pairs (i, i + head_dim / 2). */
+void xd_cpu_rope(float *x, int n_heads, int head_dim, int pos, float theta);
+
+/* y (n, f) = silu(gate (n, f)) * up (n, f); y may equal gate. */
+void xd_cpu_silu_mul(const float *gate, const float *up, float *y, size_t n);
+
+/* Dot product of f32 x (n,) with row r of w; exposed for the attention code. */
+float xd_cpu_dot(const float *a, const float *b, int n);
+
+/* Softmax over x (n,) in place. */
+void xd_cpu_softmax(float *x, int n);
+
+#endif

@@ -1,0 +1,108 @@
+/* Engine front: options, batch validation, and dispatch to the chosen backend. */
+#include "engine.h"
+
+#include <stdlib.h>
+
+#include "backend.h"
+
+struct xd_engine {
+    struct xd_model *model;
+    struct xd_engine_opts opts;
+    const struct xd_backend_ops *backend;
+    void *state;
+};
+
+int xd_engine_create(struct xd_model *model, const struct xd_engine_opts *opts,
+                     struct xd_engine **ret_engine, struct xd_err *err)
+{
+    if (opts->n_kv_blocks < 1 || opts->block_size < 1 || opts->max_batch_tokens < 1 ||
+        opts->n_threads < 0)
+        return xd_err_set(err, XD_ERR_INVALID,
+                          "engine options: n_kv_blocks, block_size and max_batch_tokens must be "
+                          "positive and n_threads non-negative");
+    const struct xd_backend_ops *backend = NULL;
+    switch (opts->device) {
+    case XD_DEVICE_CPU:
+        backend = &xd_cpu_backend;
+        break;
+    case XD_DEVICE_CUDA:
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "device cuda: the CUDA backend is not implemented yet; use --device cpu");
+    }
+    struct xd_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+    e->model = model;
+    e->opts = *opts;
+    e->backend = backend;
+    int rc = backend->create(model, &e->opts, &e->state, err);
+    if (rc < 0) {
+        free(e);
+        return rc;
+    }
+    *ret_engine = e;
+    return XD_OK;
+}
+
+void xd_engine_destroy(struct xd_engine *e)
+{
+    if (!e)
+        return;
+    e->backend->destroy(e->state);
+    free(e);
+}
+
+static int validate(const struct xd_engine *e, const struct xd_batch *b, struct xd_err *err)
+{
+    const int vocab = e->model->config.vocab_size, bs = e->opts.block_size;
+    long n_tokens = 0;
+    if (b->n_seqs < 0 || (b->n_seqs > 0 && !b->seqs))
+        return xd_err_set(err, XD_ERR_INVALID, "batch: invalid sequence list");
+    for (int s = 0; s < b->n_seqs; s++) {
+        const struct xd_seq_chunk *c = &b->seqs[s];
+        if (c->n_tokens < 1 || !c->tokens || c->pos < 0)
+            return xd_err_set(err, XD_ERR_INVALID, "batch: sequence %d has no tokens", s);
+        n_tokens += c->n_tokens;
+        for (int t = 0; t < c->n_tokens; t++)
+            if (c->tokens[t] < 0 || c->tokens[t] >= vocab)
+                return xd_err_set(err, XD_ERR_INVALID,
+                                  "batch: sequence %d token %d is id %d, outside the vocabulary "
+                                  "(%d)",
+                                  s, t, c->tokens[t], vocab);
+        long need = ((long)c->pos + c->n_tokens + bs - 1) / bs;
+        if (c->n_blocks < need || !c->block_table)
+            return xd_err_set(err, XD_ERR_INVALID,
+                              "batch: sequence %d reaches position %d but its block table covers "
+                              "%ld positions",
+                              s, c->pos + c->n_tokens - 1, (long)c->n_blocks * bs);
+        for (long i = 0; i < need; i++)
+            if (c->block_table[i] < 0 || c->block_table[i] >= e->opts.n_kv_blocks)
+                return xd_err_set(err, XD_ERR_INVALID,
+                                  "batch: sequence %d block table entry %ld is %d; the cache has "
+                                  "%d blocks",
+                                  s, i, c->block_table[i], e->opts.n_kv_blocks);
+    }
+    if (n_tokens > e->opts.max_batch_tokens)
+        return xd_err_set(err, XD_ERR_CAPACITY, "batch: %ld tokens, more than max_batch_tokens %d",
+                          n_tokens, e->opts.max_batch_tokens);
+    return XD_OK;
+}
+
+int xd_engine_forward(struct xd_engine *e, const struct xd_batch *batch,
+                      struct xd_forward_out *ret_out, struct xd_err *err)
+{
+    int rc = validate(e, batch, err);
+    if (rc < 0)
+        return rc;
+    return e->backend->forward(e->state, batch, ret_out, err);
+}
+
+const struct xd_model_config *xd_engine_config(const struct xd_engine *e)
+{
+    return &e->model->config;
+}
+
+const struct xd_engine_opts *xd_engine_opts(const struct xd_engine *e)
+{
+    return &e->opts;
+}

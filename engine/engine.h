@@ -1,0 +1,87 @@
+/* The engine: forward passes over a batch of sequence chunks on a backend, with a paged KV cache. */
+#ifndef XD_ENGINE_H
+#define XD_ENGINE_H
+
+#include <stdint.h>
+
+#include "model.h"
+#include "status.h"
+
+enum xd_logits_mode {
+    XD_LOGITS_NONE, /* no logits (a prefill chunk that is not the last) */
+    XD_LOGITS_LAST, /* logits of the chunk's last token */
+    XD_LOGITS_ALL,  /* logits of every token of the chunk */
+};
+
+/* One sequence's share of a forward step: n_tokens new tokens at positions
+ * pos .. pos + n_tokens - 1. The block table maps position p to KV block
+ * block_table[p / block_size], slot p % block_size; it must cover every
+ * position up to pos + n_tokens - 1. Positions before pos must already have
+ * been written by earlier steps through the same table. Block allocation
+ * belongs to the caller (the scheduler). */
+struct xd_seq_chunk {
+    const int32_t *tokens;       /* (n_tokens,) */
+    int n_tokens;
+    int pos;
+    const int32_t *block_table;  /* (n_blocks,) */
+    int n_blocks;
+    enum xd_logits_mode logits;
+};
+
+struct xd_batch {
+    const struct xd_seq_chunk *seqs; /* (n_seqs,) */
+    int n_seqs;
+};
+
+/* Each token's routing in every MoE layer: the experts chosen, best first,
+ * and the weights that scaled their outputs. Tokens are in batch order
+ * (sequence by sequence, chunk order). The one record that the scheduler,
+ * expert cache, prefetcher, metrics and trace recorder consume. */
+struct xd_routing {
+    int n_tokens;
+    int n_moe_layers;
+    int top_k;
+    const int32_t *experts; /* (n_tokens, n_moe_layers, top_k) */
+    const float *weights;   /* (n_tokens, n_moe_layers, top_k) */
+};
+
+/* What a forward step returns; owned by the engine, valid until its next
+ * forward call. */
+struct xd_forward_out {
+    const float *logits;    /* (n_logit_rows, vocab) in batch order */
+    int n_logit_rows;
+    struct xd_routing routing;
+};
+
+enum xd_device {
+    XD_DEVICE_CPU,
+    XD_DEVICE_CUDA,
+};
+
+struct xd_engine_opts {
+    enum xd_device device;
+    int n_kv_blocks;        /* KV cache capacity in blocks */
+    int block_size;         /* tokens per KV block (default 16) */
+    int max_batch_tokens;   /* most tokens in one forward step */
+    int n_threads;          /* 0: all cores */
+};
+
+struct xd_engine;
+
+/* Creates an engine over model (borrowed; it must outlive the engine) and
+ * allocates its KV cache and step buffers. On failure returns a negative
+ * status with detail in err and leaves *ret_engine untouched. */
+int xd_engine_create(struct xd_model *model, const struct xd_engine_opts *opts,
+                     struct xd_engine **ret_engine, struct xd_err *err);
+void xd_engine_destroy(struct xd_engine *engine);
+
+/* Runs one step. Validates the batch (token ids, block ids, table coverage,
+ * size) before touching any state; an invalid batch returns XD_ERR_INVALID or
+ * XD_ERR_CAPACITY with detail in err and changes nothing. */
+int xd_engine_forward(struct xd_engine *engine, const struct xd_batch *batch,
+                      struct xd_forward_out *ret_out, struct xd_err *err);
+
+const struct xd_model_config *xd_engine_config(const struct xd_engine *engine);
+const struct xd_engine_opts *xd_engine_opts(const struct xd_engine *engine);
+
+#endif

@@ -1,0 +1,301 @@
+/* Model loading: maps a checkpoint and checks every tensor against the config. */
+#include "model.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- the host expert store: views straight into the mapped checkpoint ---- */
+
+struct host_experts {
+    int n_layers;
+    int n_experts;
+    struct xd_expert_weights *w; /* (n_layers, n_experts); zeroed for dense layers */
+};
+
+static int host_acquire(void *ctx, int layer, int expert, struct xd_expert_weights *ret)
+{
+    struct host_experts *h = ctx;
+    if (layer < 0 || layer >= h->n_layers || expert < 0 || expert >= h->n_experts)
+        return XD_ERR_INVALID;
+    const struct xd_expert_weights *w = &h->w[(size_t)layer * h->n_experts + expert];
+    if (!w->gate.data)
+        return XD_ERR_INVALID;
+    *ret = *w;
+    return XD_OK;
+}
+
+static void host_destroy(void *ctx)
+{
+    struct host_experts *h = ctx;
+    if (h)
+        free(h->w);
+    free(h);
+}
+
+static const struct xd_expert_store_ops host_expert_ops = {
+    .acquire = host_acquire,
+    .release = NULL,
+    .destroy = host_destroy,
+};
+
+/* ---- tensor lookup with shape checks ---- */
+
+struct loader {
+    struct xd_model *m;
+    struct xd_err *err;
+    char name[256];
+};
+
+static const char *fmt_name(struct loader *L, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static const char *fmt_name(struct loader *L, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(L->name, sizeof L->name, fmt, ap);
+    va_end(ap);
+    return L->name;
+}
+
+static void fmt_shape(char *buf, size_t n, const int64_t *shape, int n_dims)
+{
+    size_t off = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < n_dims && off < n; i++)
+        off += (size_t)snprintf(buf + off, n - off, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (off < n)
+        snprintf(buf + off, n - off, "]");
+}
+
+/* Finds tensor `name` with the exact shape dims (n_dims of them). */
+static int find_shaped(struct loader *L, const char *name, int n_dims, const int64_t *dims,
+                       const struct xd_tensor **ret)
+{
+    const struct xd_tensor *t = xd_checkpoint_find(L->m->checkpoint, name);
+    if (!t)
+        return xd_err_set(L->err, XD_ERR_TENSOR, "%s: tensor '%s' is missing (model_type %s)",
+                          L->m->dir, name, L->m->config.model_type);
+    int ok = t->n_dims == n_dims;
+    for (int i = 0; ok && i < n_dims; i++)
+        ok = t->shape[i] == dims[i];
+    if (!ok) {
+        char want[64], got[64];
+        fmt_shape(want, sizeof want, dims, n_dims);
+        fmt_shape(got, sizeof got, t->shape, t->n_dims);
+        return xd_err_set(L->err, XD_ERR_TENSOR,
+                          "%s: tensor '%s' has shape %s; config.json implies %s", t->path, name,
+                          got, want);
+    }
+    *ret = t;
+    return XD_OK;
+}
+
+/* A 2-D weight (rows, cols), or a 1-D vector when rows == 0. */
+static int need(struct loader *L, const char *name, int64_t rows, int64_t cols,
+                struct xd_matrix *ret)
+{
+    const struct xd_tensor *t;
+    int64_t dims[2] = {rows, cols};
+    int rc = rows ? find_shaped(L, name, 2, dims, &t) : find_shaped(L, name, 1, &dims[1], &t);
+    if (rc < 0)
+        return rc;
+    ret->dtype = t->dtype;
+    ret->rows = rows ? rows : 1;
+    ret->cols = cols;
+    ret->data = t->data;
+    return XD_OK;
+}
+
+static struct xd_matrix sub_rows(const struct xd_tensor *t, int64_t row0, int64_t rows,
+                                 int64_t cols)
+{
+    struct xd_matrix m = {
+        .dtype = t->dtype,
+        .rows = rows,
+        .cols = cols,
+        .data = (const char *)t->data + (size_t)(row0 * cols) * xd_dtype_size(t->dtype),
+    };
+    return m;
+}
+
+#define TRY(expr)              \
+    do {                       \
+        int rc_ = (expr);      \
+        if (rc_ < 0)           \
+            return rc_;        \
+    } while (0)
+
+static int load_mlp(struct loader *L, const char *prefix, int64_t ffn, struct xd_expert_weights *w)
+{
+    const struct xd_model_config *c = &L->m->config;
+    TRY(need(L, fmt_name(L, "%s.gate_proj.weight", prefix), ffn, c->hidden_size, &w->gate));
+    TRY(need(L, fmt_name(L, "%s.up_proj.weight", prefix), ffn, c->hidden_size, &w->up));
+    TRY(need(L, fmt_name(L, "%s.down_proj.weight", prefix), c->hidden_size, ffn, &w->down));
+    return XD_OK;
+}
+
+/* Experts of one MoE layer, per-expert tensors (the published layout) or the
+ * fused gate_up_proj (E, 2 * ffn, hidden) / down_proj (E, hidden, ffn) that
+ * transformers 5 writes with save_original_format=False. */
+static int load_experts(struct loader *L, const char *moe, int layer, struct xd_expert_weights *w)
+{
+    const struct xd_model_config *c = &L->m->config;
+    const int64_t E = c->n_experts, F = c->expert_ffn, H = c->hidden_size;
+    char fused[256];
+    snprintf(fused, sizeof fused, "%s.experts.gate_up_proj", moe);
+    if (xd_checkpoint_find(L->m->checkpoint, fused)) {
+        const struct xd_tensor *gu, *down;
+        int64_t gu_dims[3] = {E, 2 * F, H}, down_dims[3] = {E, H, F};
+        TRY(find_shaped(L, fused, 3, gu_dims, &gu));
+        TRY(find_shaped(L, fmt_name(L, "%s.experts.down_proj", moe), 3, down_dims, &down));
+        for (int64_t e = 0; e < E; e++) {
+            w[e].gate = sub_rows(gu, e * 2 * F, F, H);
+            w[e].up = sub_rows(gu, e * 2 * F + F, F, H);
+            w[e].down = sub_rows(down, e * H, H, F);
+        }
+        return XD_OK;
+    }
+    (void)layer;
+    for (int64_t e = 0; e < E; e++) {
+        if (c->arch == XD_ARCH_MIXTRAL) {
+            TRY(need(L, fmt_name(L, "%s.experts.%lld.w1.weight", moe, (long long)e), F, H,
+                     &w[e].gate));
+            TRY(need(L, fmt_name(L, "%s.experts.%lld.w3.weight", moe, (long long)e), F, H,
+                     &w[e].up));
+            TRY(need(L, fmt_name(L, "%s.experts.%lld.w2.weight", moe, (long long)e), H, F,
+                     &w[e].down));
+        } else {
+            char prefix[200];
+            snprintf(prefix, sizeof prefix, "%s.experts.%lld", moe, (long long)e);
+            TRY(load_mlp(L, prefix, F, &w[e]));
+        }
+    }
+    return XD_OK;
+}
+
+static int load_layer(struct loader *L, int i, struct xd_layer_weights *lw,
+                      struct host_experts *experts)
+{
+    const struct xd_model_config *c = &L->m->config;
+    const int64_t H = c->hidden_size, hd = c->head_dim;
+    const int64_t q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd;
+    char p[128];
+    snprintf(p, sizeof p, "model.layers.%d", i);
+
+    TRY(need(L, fmt_name(L, "%s.input_layernorm.weight", p), 0, H, &lw->attn_norm));
+    TRY(need(L, fmt_name(L, "%s.self_attn.q_proj.weight", p), q_dim, H, &lw->wq));
+    TRY(need(L, fmt_name(L, "%s.self_attn.k_proj.weight", p), kv_dim, H, &lw->wk));
+    TRY(need(L, fmt_name(L, "%s.self_attn.v_proj.weight", p), kv_dim, H, &lw->wv));
+    TRY(need(L, fmt_name(L, "%s.self_attn.o_proj.weight", p), H, q_dim, &lw->wo));
+    if (c->qkv_bias) {
+        TRY(need(L, fmt_name(L, "%s.self_attn.q_proj.bias", p), 0, q_dim, &lw->bq));
+        TRY(need(L, fmt_name(L, "%s.self_attn.k_proj.bias", p), 0, kv_dim, &lw->bk));
+        TRY(need(L, fmt_name(L, "%s.self_attn.v_proj.bias", p), 0, kv_dim, &lw->bv));
+    }
+    if (c->o_bias)
+        TRY(need(L, fmt_name(L, "%s.self_attn.o_proj.bias", p), 0, H, &lw->bo));
+    if (c->qk_norm != XD_QK_NORM_NONE) {
+        int per_head = c->qk_norm == XD_QK_NORM_PER_HEAD;
+        TRY(need(L, fmt_name(L, "%s.self_attn.q_norm.weight", p), 0, per_head ? hd : q_dim,
+                 &lw->q_norm));
+        TRY(need(L, fmt_name(L, "%s.self_attn.k_norm.weight", p), 0, per_head ? hd : kv_dim,
+                 &lw->k_norm));
+    }
+    TRY(need(L, fmt_name(L, "%s.post_attention_layernorm.weight", p), 0, H, &lw->mlp_norm));
+
+    if (!c->is_moe_layer[i]) {
+        struct xd_expert_weights dense;
+        TRY(load_mlp(L, fmt_name(L, "%s.mlp", p), c->dense_ffn, &dense));
+        lw->mlp_gate = dense.gate;
+        lw->mlp_up = dense.up;
+        lw->mlp_down = dense.down;
+        lw->moe_index = -1;
+        return XD_OK;
+    }
+
+    char moe[160];
+    snprintf(moe, sizeof moe, "%s.mlp", p);
+    if (c->arch == XD_ARCH_MIXTRAL &&
+        xd_checkpoint_find(L->m->checkpoint, fmt_name(L, "%s.block_sparse_moe.gate.weight", p)))
+        snprintf(moe, sizeof moe, "%s.block_sparse_moe", p);
+    TRY(need(L, fmt_name(L, "%s.gate.weight", moe), c->n_experts, H, &lw->router));
+    TRY(load_experts(L, moe, i, &experts->w[(size_t)i * c->n_experts]));
+    if (c->shared_expert_ffn > 0) {
+        char shared[192];
+        snprintf(shared, sizeof shared, "%s.shared_expert", moe);
+        TRY(load_mlp(L, shared, c->shared_expert_ffn, &lw->shared));
+        TRY(need(L, fmt_name(L, "%s.shared_expert_gate.weight", moe), 1, H,
+                 &lw->shared_expert_gate));
+    }
+    return XD_OK;
+}
+
+int xd_model_load(const char *dir, struct xd_model **ret_model, struct xd_err *err)
+{
+    struct xd_model *m = calloc(1, sizeof *m);
+    struct host_experts *experts = calloc(1, sizeof *experts);
+    int rc;
+    if (!m || !experts || !(m->dir = strdup(dir))) {
+        free(experts);
+        xd_model_destroy(m);
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+    }
+    m->experts.ops = &host_expert_ops;
+    m->experts.ctx = experts;
+
+    struct xd_model_config *c = &m->config;
+    rc = xd_model_config_load(dir, c, err);
+    if (rc < 0)
+        goto err;
+    rc = xd_checkpoint_open(dir, &m->checkpoint, err);
+    if (rc < 0)
+        goto err;
+
+    experts->n_layers = c->n_layers;
+    experts->n_experts = c->n_experts;
+    experts->w = calloc((size_t)c->n_layers * c->n_experts, sizeof *experts->w);
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    if (!experts->w || !m->layers) {
+        rc = xd_err_set(err, XD_ERR_NOMEM, "%s: out of memory for the layer table", dir);
+        goto err;
+    }
+
+    struct loader L = {.m = m, .err = err};
+    rc = need(&L, "model.embed_tokens.weight", c->vocab_size, c->hidden_size, &m->embed);
+    if (rc < 0)
+        goto err;
+    rc = need(&L, "model.norm.weight", 0, c->hidden_size, &m->final_norm);
+    if (rc < 0)
+        goto err;
+    if (c->tie_word_embeddings)
+        m->lm_head = m->embed;
+    else if ((rc = need(&L, "lm_head.weight", c->vocab_size, c->hidden_size, &m->lm_head)) < 0)
+        goto err;
+
+    int moe_index = 0;
+    for (int i = 0; i < c->n_layers; i++) {
+        rc = load_layer(&L, i, &m->layers[i], experts);
+        if (rc < 0)
+            goto err;
+        if (c->is_moe_layer[i])
+            m->layers[i].moe_index = moe_index++;
+    }
+    *ret_model = m;
+    return XD_OK;
+err:
+    xd_model_destroy(m);
+    return rc;
+}
+
+void xd_model_destroy(struct xd_model *m)
+{
+    if (!m)
+        return;
+    if (m->experts.ops && m->experts.ops->destroy)
+        m->experts.ops->destroy(m->experts.ctx);
+    free(m->layers);
+    xd_checkpoint_close(m->checkpoint);
+    free(m->dir);
+    free(m);
+}

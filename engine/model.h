@@ -1,0 +1,53 @@
+/* A loaded model: its config, views of its non-expert weights, and its expert store. */
+#ifndef XD_MODEL_H
+#define XD_MODEL_H
+
+#include "expert_store.h"
+#include "model_config.h"
+#include "safetensors.h"
+
+/* Weights of one decoder layer. Vectors are (n,) matrices with rows = 1.
+ * Fields an architecture does not have are zeroed (data == NULL). */
+struct xd_layer_weights {
+    struct xd_matrix attn_norm; /* (1, hidden) */
+    struct xd_matrix wq;        /* (n_heads * head_dim, hidden) */
+    struct xd_matrix wk;        /* (n_kv_heads * head_dim, hidden) */
+    struct xd_matrix wv;        /* (n_kv_heads * head_dim, hidden) */
+    struct xd_matrix wo;        /* (hidden, n_heads * head_dim) */
+    struct xd_matrix bq, bk, bv, bo;  /* biases, (1, rows of the projection) */
+    struct xd_matrix q_norm;    /* (1, head_dim) per head, or (1, n_heads * head_dim) */
+    struct xd_matrix k_norm;    /* (1, head_dim) per head, or (1, n_kv_heads * head_dim) */
+    struct xd_matrix mlp_norm;  /* (1, hidden) */
+
+    /* dense layers */
+    struct xd_matrix mlp_gate;  /* (dense_ffn, hidden) */
+    struct xd_matrix mlp_up;    /* (dense_ffn, hidden) */
+    struct xd_matrix mlp_down;  /* (hidden, dense_ffn) */
+
+    /* MoE layers; the experts themselves are behind the expert store */
+    struct xd_matrix router;    /* (n_experts, hidden) */
+    struct xd_expert_weights shared;       /* qwen2_moe shared expert, ffn shared_expert_ffn */
+    struct xd_matrix shared_expert_gate;   /* (1, hidden) */
+    int moe_index;              /* index among MoE layers, -1 for dense layers */
+};
+
+struct xd_model {
+    struct xd_model_config config;
+    struct xd_checkpoint *checkpoint;
+    struct xd_matrix embed;     /* (vocab, hidden) */
+    struct xd_matrix final_norm;/* (1, hidden) */
+    struct xd_matrix lm_head;   /* (vocab, hidden); the embedding when tied */
+    struct xd_layer_weights *layers; /* (n_layers,) */
+    struct xd_expert_store experts;  /* host-resident views of the checkpoint */
+    char *dir;
+};
+
+/* Loads the checkpoint directory dir (config.json, safetensors, optional
+ * generation_config.json). Every tensor the architecture needs is checked
+ * for presence, shape and dtype. On failure returns a negative status and
+ * err names the file, the key or the tensor; *ret_model is untouched.
+ * The model owns the mapping; destroy with xd_model_destroy. */
+int xd_model_load(const char *dir, struct xd_model **ret_model, struct xd_err *err);
+void xd_model_destroy(struct xd_model *model);
+
+#endif

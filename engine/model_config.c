@@ -1,0 +1,381 @@
+/* config.json and generation_config.json parsing with per-key validation. */
+#include "model_config.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *xd_arch_name(enum xd_arch arch)
+{
+    switch (arch) {
+    case XD_ARCH_MIXTRAL: return "mixtral";
+    case XD_ARCH_QWEN2_MOE: return "qwen2_moe";
+    case XD_ARCH_QWEN3_MOE: return "qwen3_moe";
+    case XD_ARCH_OLMOE: return "olmoe";
+    }
+    return "?";
+}
+
+/* An integer key in [lo, hi]; def when absent or null (def < lo: required). */
+static int get_int(json_t *root, const char *path, const char *key, long long def, long long lo,
+                   long long hi, int *ret, struct xd_err *err)
+{
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) {
+        if (def < lo)
+            return xd_err_set(err, XD_ERR_CONFIG, "%s: key '%s' is missing", path, key);
+        *ret = (int)def;
+        return XD_OK;
+    }
+    if (!json_is_integer(v))
+        return xd_err_set(err, XD_ERR_CONFIG, "%s: key '%s' must be an integer", path, key);
+    long long x = json_integer_value(v);
+    if (x < lo || x > hi)
+        return xd_err_set(err, XD_ERR_CONFIG, "%s: key '%s' is %lld; it must be in [%lld, %lld]",
+                          path, key, x, lo, hi);
+    *ret = (int)x;
+    return XD_OK;
+}
+
+static int get_float(json_t *root, const char *path, const char *key, double def, double lo,
+                     double hi, float *ret, struct xd_err *err)
+{
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) {
+        if (isnan(def))
+            return xd_err_set(err, XD_ERR_CONFIG, "%s: key '%s' is missing", path, key);
+        *ret = (float)def;
+        return XD_OK;
+    }
+    if (!json_is_number(v))
+        return xd_err_set(err, XD_ERR_CONFIG, "%s: key '%s' must be a number", path, key);
+    double x = json_number_value(v);
+    if (!(x >= lo && x <= hi))
+        return xd_err_set(err, XD_ERR_CONFIG, "%s: key '%s' is %g; it must be in [%g, %g]", path,
+                          key, x, lo, hi);
+    *ret = (float)x;
+    return XD_OK;
+}
+
+static int get_bool(json_t *root, const char *path, const char *key, bool def, bool *ret,
+                    struct xd_err *err)
+{
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) {
+        *ret = def;
+        return XD_OK;
+    }
+    if (!json_is_boolean(v))
+        return xd_err_set(err, XD_ERR_CONFIG, "%s: key '%s' must be true or false", path, key);
+    *ret = json_is_true(v);
+    return XD_OK;
+}
+
+/* rope_theta at the top level (transformers 4) or inside rope_parameters
+ * (transformers 5); only the default rotary type is supported. */
+static int get_rope(json_t *root, const char *path, double def_theta, struct xd_model_config *c,
+                    struct xd_err *err)
+{
+    const char *keys[] = {"rope_parameters", "rope_scaling"};
+    json_t *theta_holder = root;
+    for (size_t i = 0; i < 2; i++) {
+        json_t *rp = json_object_get(root, keys[i]);
+        if (!rp || json_is_null(rp))
+            continue;
+        if (!json_is_object(rp))
+            return xd_err_set(err, XD_ERR_CONFIG, "%s: key '%s' must be an object", path, keys[i]);
+        json_t *type = json_object_get(rp, "rope_type");
+        if (!type)
+            type = json_object_get(rp, "type");
+        if (type && !(json_is_string(type) && strcmp(json_string_value(type), "default") == 0))
+            return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                              "%s: key '%s.rope_type' is %s; expertd supports only \"default\" "
+                              "rotary embeddings",
+                              path, keys[i], json_is_string(type) ? json_string_value(type) : "?");
+        if (json_object_get(rp, "rope_theta"))
+            theta_holder = rp;
+    }
+    return get_float(theta_holder, path, "rope_theta", def_theta, 1.0, 1e12, &c->rope_theta, err);
+}
+
+static int get_eos(json_t *root, const char *path, struct xd_model_config *c, struct xd_err *err)
+{
+    json_t *v = json_object_get(root, "eos_token_id");
+    if (!v || json_is_null(v))
+        return XD_OK;
+    c->n_eos = 0;
+    if (json_is_integer(v)) {
+        c->eos_token_ids[c->n_eos++] = (int)json_integer_value(v);
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(v, i, e) {
+            if (!json_is_integer(e) || c->n_eos == XD_MAX_EOS)
+                return xd_err_set(err, XD_ERR_CONFIG,
+                                  "%s: key 'eos_token_id' must be an integer or a list of at "
+                                  "most %d integers",
+                                  path, XD_MAX_EOS);
+            c->eos_token_ids[c->n_eos++] = (int)json_integer_value(e);
+        }
+    } else {
+        return xd_err_set(err, XD_ERR_CONFIG, "%s: key 'eos_token_id' must be an integer or a list",
+                          path);
+    }
+    for (int i = 0; i < c->n_eos; i++)
+        if (c->eos_token_ids[i] < 0 || c->eos_token_ids[i] >= c->vocab_size)
+            return xd_err_set(err, XD_ERR_CONFIG,
+                              "%s: key 'eos_token_id' holds %d, outside the vocabulary (%d)", path,
+                              c->eos_token_ids[i], c->vocab_size);
+    json_t *b = json_object_get(root, "bos_token_id");
+    if (json_is_integer(b) && json_integer_value(b) >= 0 && json_integer_value(b) < c->vocab_size)
+        c->bos_token_id = (int)json_integer_value(b);
+    return XD_OK;
+}
+
+#define TRY(expr)             \
+    do {                      \
+        int rc_ = (expr);     \
+        if (rc_ < 0) {        \
+            json_decref(root);\
+            return rc_;       \
+        }                     \
+    } while (0)
+
+int xd_model_config_parse(const char *text, size_t len, const char *path,
+                          struct xd_model_config *c, struct xd_err *err)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return xd_err_set(err, XD_ERR_CONFIG, "%s: not valid JSON: %s (line %d)", path, jerr.text,
+                          jerr.line);
+    memset(c, 0, sizeof *c);
+    c->bos_token_id = -1;
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return xd_err_set(err, XD_ERR_CONFIG, "%s: not a JSON object", path);
+    }
+    json_t *mt = json_object_get(root, "model_type");
+    if (!json_is_string(mt)) {
+        json_decref(root);
+        return xd_err_set(err, XD_ERR_CONFIG, "%s: key 'model_type' is missing", path);
+    }
+    const char *type = json_string_value(mt);
+    if (strcmp(type, "mixtral") == 0)
+        c->arch = XD_ARCH_MIXTRAL;
+    else if (strcmp(type, "qwen2_moe") == 0)
+        c->arch = XD_ARCH_QWEN2_MOE;
+    else if (strcmp(type, "qwen3_moe") == 0)
+        c->arch = XD_ARCH_QWEN3_MOE;
+    else if (strcmp(type, "olmoe") == 0)
+        c->arch = XD_ARCH_OLMOE;
+    else {
+        xd_err_set(err, XD_ERR_UNSUPPORTED,
+                   "%s: key 'model_type' is \"%.64s\"; expertd serves mixtral, qwen2_moe, "
+                   "qwen3_moe and olmoe",
+                   path, type);
+        json_decref(root);
+        return XD_ERR_UNSUPPORTED;
+    }
+    snprintf(c->model_type, sizeof c->model_type, "%s", xd_arch_name(c->arch));
+
+    const int BIG = 1 << 24;
+    TRY(get_int(root, path, "vocab_size", -1, 1, BIG, &c->vocab_size, err));
+    TRY(get_int(root, path, "hidden_size", -1, 1, 1 << 16, &c->hidden_size, err));
+    TRY(get_int(root, path, "num_hidden_layers", -1, 1, XD_MAX_LAYERS, &c->n_layers, err));
+    TRY(get_int(root, path, "num_attention_heads", -1, 1, 1024, &c->n_heads, err));
+    TRY(get_int(root, path, "num_key_value_heads", c->n_heads, 1, c->n_heads, &c->n_kv_heads,
+                err));
+    if (c->n_heads % c->n_kv_heads != 0) {
+        json_decref(root);
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "%s: key 'num_key_value_heads' (%d) must divide num_attention_heads (%d)",
+                          path, c->n_kv_heads, c->n_heads);
+    }
+    int def_hd = c->hidden_size % c->n_heads == 0 ? c->hidden_size / c->n_heads : -1;
+    TRY(get_int(root, path, "head_dim", def_hd, 2, 1024, &c->head_dim, err));
+    if (c->head_dim % 2 != 0) {
+        json_decref(root);
+        return xd_err_set(err, XD_ERR_CONFIG, "%s: key 'head_dim' (%d) must be even", path,
+                          c->head_dim);
+    }
+    TRY(get_int(root, path, "max_position_embeddings", 4096, 1, 1 << 24,
+                &c->max_position_embeddings, err));
+    TRY(get_float(root, path, "rms_norm_eps", 1e-6, 0.0, 1.0, &c->rms_norm_eps, err));
+    TRY(get_rope(root, path, c->arch == XD_ARCH_MIXTRAL ? 1e6 : 10000.0, c, err));
+    TRY(get_bool(root, path, "tie_word_embeddings", false, &c->tie_word_embeddings, err));
+
+    json_t *act = json_object_get(root, "hidden_act");
+    if (act && !(json_is_string(act) && strcmp(json_string_value(act), "silu") == 0)) {
+        json_decref(root);
+        return xd_err_set(err, XD_ERR_UNSUPPORTED, "%s: key 'hidden_act' must be \"silu\"", path);
+    }
+
+    const char *experts_key = c->arch == XD_ARCH_MIXTRAL ? "num_local_experts" : "num_experts";
+    TRY(get_int(root, path, experts_key, -1, 0, 1 << 16, &c->n_experts, err));
+    if (c->n_experts == 0) {
+        json_decref(root);
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "%s: key '%s' is 0; a mixture-of-experts model needs experts", path,
+                          experts_key);
+    }
+    TRY(get_int(root, path, "num_experts_per_tok", -1, 1, 1 << 16, &c->top_k, err));
+    if (c->top_k > c->n_experts) {
+        json_decref(root);
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "%s: key 'num_experts_per_tok' (%d) is larger than %s (%d)", path,
+                          c->top_k, experts_key, c->n_experts);
+    }
+
+    bool attention_bias = false;
+    TRY(get_bool(root, path, "attention_bias", false, &attention_bias, err));
+    int sparse_step = 1;
+    switch (c->arch) {
+    case XD_ARCH_MIXTRAL:
+        c->norm_topk_prob = true;
+        TRY(get_int(root, path, "intermediate_size", -1, 1, 1 << 20, &c->expert_ffn, err));
+        TRY(get_int(root, path, "sliding_window", 0, 0, 1 << 24, &c->sliding_window, err));
+        break;
+    case XD_ARCH_QWEN2_MOE:
+    case XD_ARCH_QWEN3_MOE: {
+        TRY(get_bool(root, path, "norm_topk_prob", false, &c->norm_topk_prob, err));
+        TRY(get_int(root, path, "moe_intermediate_size", -1, 1, 1 << 20, &c->expert_ffn, err));
+        TRY(get_int(root, path, "intermediate_size", 0, 0, 1 << 20, &c->dense_ffn, err));
+        TRY(get_int(root, path, "decoder_sparse_step", 1, 1, XD_MAX_LAYERS, &sparse_step, err));
+        bool sliding = false;
+        TRY(get_bool(root, path, "use_sliding_window", false, &sliding, err));
+        if (sliding) {
+            json_decref(root);
+            return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                              "%s: key 'use_sliding_window' is true; expertd does not support "
+                              "sliding-window layers for %s",
+                              path, type);
+        }
+        if (c->arch == XD_ARCH_QWEN2_MOE) {
+            /* transformers' Qwen2MoeAttention: biases on q, k, v (qkv_bias in v5). */
+            TRY(get_bool(root, path, "qkv_bias", true, &c->qkv_bias, err));
+            TRY(get_int(root, path, "shared_expert_intermediate_size", 0, 0, 1 << 20,
+                        &c->shared_expert_ffn, err));
+        } else {
+            c->qk_norm = XD_QK_NORM_PER_HEAD;
+            c->qkv_bias = c->o_bias = attention_bias;
+        }
+        break;
+    }
+    case XD_ARCH_OLMOE:
+        c->qk_norm = XD_QK_NORM_FULL_WIDTH;
+        c->qkv_bias = c->o_bias = attention_bias;
+        TRY(get_bool(root, path, "norm_topk_prob", false, &c->norm_topk_prob, err));
+        TRY(get_int(root, path, "intermediate_size", -1, 1, 1 << 20, &c->expert_ffn, err));
+        TRY(get_float(root, path, "clip_qkv", 0.0, 0.0, 1e30, &c->clip_qkv, err));
+        break;
+    }
+
+    /* Which layers are MoE: qwen2_moe and qwen3_moe make layer i sparse when
+     * it is not in mlp_only_layers and (i + 1) % decoder_sparse_step == 0. */
+    for (int i = 0; i < c->n_layers; i++)
+        c->is_moe_layer[i] = (i + 1) % sparse_step == 0;
+    json_t *only = json_object_get(root, "mlp_only_layers");
+    if (only && !json_is_null(only)) {
+        if (!json_is_array(only)) {
+            json_decref(root);
+            return xd_err_set(err, XD_ERR_CONFIG, "%s: key 'mlp_only_layers' must be a list",
+                              path);
+        }
+        size_t i;
+        json_t *e;
+        json_array_foreach(only, i, e) {
+            json_int_t l = json_is_integer(e) ? json_integer_value(e) : -1;
+            if (l < 0 || l >= c->n_layers) {
+                json_decref(root);
+                return xd_err_set(err, XD_ERR_CONFIG,
+                                  "%s: key 'mlp_only_layers' holds an entry that is not a layer "
+                                  "index below num_hidden_layers (%d)",
+                                  path, c->n_layers);
+            }
+            c->is_moe_layer[l] = false;
+        }
+    }
+    for (int i = 0; i < c->n_layers; i++) {
+        c->n_moe_layers += c->is_moe_layer[i];
+        if (!c->is_moe_layer[i] && c->dense_ffn == 0) {
+            json_decref(root);
+            return xd_err_set(err, XD_ERR_CONFIG,
+                              "%s: layer %d is dense but key 'intermediate_size' is missing", path,
+                              i);
+        }
+    }
+    TRY(get_eos(root, path, c, err));
+    json_decref(root);
+    return XD_OK;
+}
+
+static int read_file(const char *path, char **ret, size_t *ret_len, struct xd_err *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return xd_err_set(err, XD_ERR_IO, "%s: cannot open", path);
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len == cap) {
+            cap = cap ? cap * 2 : 4096;
+            if (cap > (16u << 20)) {
+                free(buf);
+                fclose(f);
+                return xd_err_set(err, XD_ERR_FORMAT, "%s: larger than 16 MiB", path);
+            }
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                return xd_err_set(err, XD_ERR_NOMEM, "%s: out of memory", path);
+            }
+            buf = nb;
+        }
+        size_t n = fread(buf + len, 1, cap - len, f);
+        len += n;
+        if (n == 0)
+            break;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        return xd_err_set(err, XD_ERR_IO, "%s: read error", path);
+    }
+    *ret = buf;
+    *ret_len = len;
+    return XD_OK;
+}
+
+int xd_model_config_load(const char *dir, struct xd_model_config *c, struct xd_err *err)
+{
+    char path[4096];
+    char *text;
+    size_t len;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    int rc = read_file(path, &text, &len, err);
+    if (rc < 0)
+        return rc;
+    rc = xd_model_config_parse(text, len, path, c, err);
+    free(text);
+    if (rc < 0)
+        return rc;
+
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    if (read_file(path, &text, &len, NULL) < 0)
+        return XD_OK; /* optional */
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, 0, &jerr);
+    free(text);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return xd_err_set(err, XD_ERR_CONFIG, "%s: not a valid JSON object", path);
+    }
+    rc = get_eos(root, path, c, err);
+    json_decref(root);
+    return rc;
+}

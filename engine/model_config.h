@@ -1,0 +1,71 @@
+/* The hyper-parameters of a Hugging Face MoE checkpoint, read from config.json. */
+#ifndef XD_MODEL_CONFIG_H
+#define XD_MODEL_CONFIG_H
+
+#include <stdbool.h>
+
+#include "status.h"
+
+enum xd_arch {
+    XD_ARCH_MIXTRAL,
+    XD_ARCH_QWEN2_MOE,
+    XD_ARCH_QWEN3_MOE,
+    XD_ARCH_OLMOE,
+};
+
+enum xd_qk_norm {
+    XD_QK_NORM_NONE,
+    XD_QK_NORM_PER_HEAD,   /* qwen3_moe: RMSNorm over each head's head_dim */
+    XD_QK_NORM_FULL_WIDTH, /* olmoe: RMSNorm over the whole q (or k) projection */
+};
+
+#define XD_MAX_LAYERS 512
+#define XD_MAX_EOS 8
+
+struct xd_model_config {
+    enum xd_arch arch;
+    char model_type[32];
+    int vocab_size;
+    int hidden_size;
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    int max_position_embeddings;
+    float rms_norm_eps;
+    float rope_theta;
+    int sliding_window;          /* 0: none */
+    bool tie_word_embeddings;
+    bool qkv_bias;               /* q, k and v projections have biases */
+    bool o_bias;                 /* the output projection has a bias */
+    enum xd_qk_norm qk_norm;
+    float clip_qkv;              /* 0: none (olmoe) */
+
+    int n_experts;
+    int top_k;
+    bool norm_topk_prob;         /* renormalise the top-k weights to sum to one */
+    int expert_ffn;              /* width of one expert's MLP */
+    int dense_ffn;               /* width of the MLP of non-MoE layers (0: none) */
+    int shared_expert_ffn;       /* qwen2_moe shared expert width (0: none) */
+    bool is_moe_layer[XD_MAX_LAYERS];
+    int n_moe_layers;
+
+    int bos_token_id;            /* -1 when unknown */
+    int eos_token_ids[XD_MAX_EOS];
+    int n_eos;
+};
+
+/* Parses config.json text (len bytes) into *ret. path names the file in
+ * messages. Checks every key it needs for presence, type and range; an
+ * unknown model_type, zero experts or top-k above the number of experts is an
+ * error naming the key. On failure *ret is unspecified. */
+int xd_model_config_parse(const char *json_text, size_t len, const char *path,
+                          struct xd_model_config *ret, struct xd_err *err);
+
+/* Reads dir/config.json and, when present, dir/generation_config.json (whose
+ * eos_token_id and bos_token_id take precedence). */
+int xd_model_config_load(const char *dir, struct xd_model_config *ret, struct xd_err *err);
+
+const char *xd_arch_name(enum xd_arch arch);
+
+#endif

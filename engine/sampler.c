@@ -1,0 +1,253 @@
+/* Sampler: logits -> processed distribution -> one token, reproducible under a seed. */
+#include "sampler.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+struct candidate {
+    float logit;
+    int32_t id;
+};
+
+struct xd_sampler {
+    struct xd_sampling_params p;
+    struct xd_logit_bias *bias;   /* (p.n_logit_bias,) owned copy */
+    int n_vocab;
+    uint64_t rng[4];              /* xoshiro256** state */
+    int32_t *out_count;           /* (n_vocab,) times each token was generated */
+    uint8_t *seen;                /* (n_vocab,) token in prompt or output */
+    float *work;                  /* (n_vocab,) processed logits */
+    struct candidate *cand;       /* (n_vocab,) */
+};
+
+struct xd_sampling_params xd_sampling_defaults(void)
+{
+    struct xd_sampling_params p = {
+        .temperature = 1.0f,
+        .top_p = 1.0f,
+        .repetition_penalty = 1.0f,
+    };
+    return p;
+}
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t next_u64(uint64_t *s)
+{
+    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+/* Uniform in [0, 1) with 53 random bits. */
+static double next_unit(uint64_t *s)
+{
+    return (double)(next_u64(s) >> 11) * 0x1.0p-53;
+}
+
+int xd_sampler_create(const struct xd_sampling_params *p, int n_vocab, struct xd_sampler **ret,
+                      struct xd_err *err)
+{
+    if (!(p->temperature >= 0.0f && p->temperature <= 100.0f))
+        return xd_err_set(err, XD_ERR_INVALID, "temperature must be in [0, 100]");
+    if (p->top_k < 0)
+        return xd_err_set(err, XD_ERR_INVALID, "top_k must be 0 (off) or positive");
+    if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
+        return xd_err_set(err, XD_ERR_INVALID, "top_p must be in (0, 1]");
+    if (!(p->min_p >= 0.0f && p->min_p <= 1.0f))
+        return xd_err_set(err, XD_ERR_INVALID, "min_p must be in [0, 1]");
+    if (!(p->presence_penalty >= -2.0f && p->presence_penalty <= 2.0f))
+        return xd_err_set(err, XD_ERR_INVALID, "presence_penalty must be in [-2, 2]");
+    if (!(p->frequency_penalty >= -2.0f && p->frequency_penalty <= 2.0f))
+        return xd_err_set(err, XD_ERR_INVALID, "frequency_penalty must be in [-2, 2]");
+    if (!(p->repetition_penalty > 0.0f && p->repetition_penalty <= 10.0f))
+        return xd_err_set(err, XD_ERR_INVALID, "repetition_penalty must be in (0, 10]");
+    if (p->n_logprobs < 0 || p->n_logprobs > XD_MAX_LOGPROBS)
+        return xd_err_set(err, XD_ERR_INVALID, "logprobs must be in [0, %d]", XD_MAX_LOGPROBS);
+    if (p->n_logit_bias < 0 || (p->n_logit_bias > 0 && !p->logit_bias))
+        return xd_err_set(err, XD_ERR_INVALID, "logit_bias is invalid");
+    for (int i = 0; i < p->n_logit_bias; i++) {
+        if (p->logit_bias[i].token < 0 || p->logit_bias[i].token >= n_vocab)
+            return xd_err_set(err, XD_ERR_INVALID,
+                              "logit_bias: token %d is outside the vocabulary (%d)",
+                              p->logit_bias[i].token, n_vocab);
+        if (!(p->logit_bias[i].bias >= -100.0f && p->logit_bias[i].bias <= 100.0f))
+            return xd_err_set(err, XD_ERR_INVALID, "logit_bias: values must be in [-100, 100]");
+    }
+
+    struct xd_sampler *s = calloc(1, sizeof *s);
+    if (!s)
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+    s->p = *p;
+    s->n_vocab = n_vocab;
+    s->bias = calloc((size_t)p->n_logit_bias + 1, sizeof *s->bias);
+    s->out_count = calloc((size_t)n_vocab, sizeof *s->out_count);
+    s->seen = calloc((size_t)n_vocab, 1);
+    s->work = malloc((size_t)n_vocab * sizeof *s->work);
+    s->cand = malloc((size_t)n_vocab * sizeof *s->cand);
+    if (!s->bias || !s->out_count || !s->seen || !s->work || !s->cand) {
+        xd_sampler_destroy(s);
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+    }
+    if (p->n_logit_bias)
+        memcpy(s->bias, p->logit_bias, sizeof *s->bias * (size_t)p->n_logit_bias);
+    s->p.logit_bias = s->bias;
+
+    uint64_t seed = p->seed;
+    if (!p->has_seed && getrandom(&seed, sizeof seed, 0) != sizeof seed)
+        seed = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)s;
+    for (int i = 0; i < 4; i++)
+        s->rng[i] = splitmix64(&seed);
+    *ret = s;
+    return XD_OK;
+}
+
+void xd_sampler_destroy(struct xd_sampler *s)
+{
+    if (!s)
+        return;
+    free(s->bias);
+    free(s->out_count);
+    free(s->seen);
+    free(s->work);
+    free(s->cand);
+    free(s);
+}
+
+void xd_sampler_add_prompt(struct xd_sampler *s, const int32_t *ids, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (ids[i] >= 0 && ids[i] < s->n_vocab)
+            s->seen[ids[i]] = 1;
+}
+
+static int cmp_cand_desc(const void *a, const void *b)
+{
+    const struct candidate *x = a, *y = b;
+    if (x->logit != y->logit)
+        return x->logit < y->logit ? 1 : -1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* Log-softmax of the raw logits: fills the chosen token's logprob and the top-N. */
+static void fill_logprobs(struct xd_sampler *s, const float *logits, struct xd_sample *ret)
+{
+    float mx = logits[0];
+    for (int i = 1; i < s->n_vocab; i++)
+        mx = logits[i] > mx ? logits[i] : mx;
+    double sum = 0.0;
+    for (int i = 0; i < s->n_vocab; i++)
+        sum += exp((double)(logits[i] - mx));
+    const float lse = mx + (float)log(sum);
+    ret->logprob = logits[ret->token] - lse;
+    ret->n_top = 0;
+    for (int k = 0; k < s->p.n_logprobs && k < s->n_vocab; k++) {
+        /* selection of the k-th best: N is at most 20 */
+        int best = -1;
+        for (int i = 0; i < s->n_vocab; i++) {
+            int taken = 0;
+            for (int j = 0; j < k && !taken; j++)
+                taken = ret->top_ids[j] == i;
+            if (!taken && (best < 0 || logits[i] > logits[best]))
+                best = i;
+        }
+        ret->top_ids[k] = best;
+        ret->top_logprobs[k] = logits[best] - lse;
+        ret->n_top++;
+    }
+}
+
+void xd_sampler_sample(struct xd_sampler *s, const float *logits, struct xd_sample *ret)
+{
+    const struct xd_sampling_params *p = &s->p;
+    const int V = s->n_vocab;
+    float *w = s->work;
+    memcpy(w, logits, sizeof(float) * V);
+
+    for (int i = 0; i < p->n_logit_bias; i++)
+        w[p->logit_bias[i].token] += p->logit_bias[i].bias;
+    if (p->repetition_penalty != 1.0f || p->presence_penalty != 0.0f ||
+        p->frequency_penalty != 0.0f) {
+        for (int i = 0; i < V; i++) {
+            if (s->seen[i] && p->repetition_penalty != 1.0f)
+                w[i] = w[i] > 0 ? w[i] / p->repetition_penalty : w[i] * p->repetition_penalty;
+            if (s->out_count[i] > 0)
+                w[i] -= p->presence_penalty + p->frequency_penalty * (float)s->out_count[i];
+        }
+    }
+
+    int32_t token = 0;
+    if (p->temperature == 0.0f) {
+        for (int i = 1; i < V; i++)
+            if (w[i] > w[token])
+                token = i;
+    } else {
+        int n = 0;
+        for (int i = 0; i < V; i++)
+            if (w[i] > -INFINITY)
+                s->cand[n++] = (struct candidate){w[i] / p->temperature, i};
+        if (n == 0) {
+            s->cand[n++] = (struct candidate){0.0f, 0};
+        }
+        qsort(s->cand, (size_t)n, sizeof *s->cand, cmp_cand_desc);
+        if (p->top_k > 0 && p->top_k < n)
+            n = p->top_k;
+        /* probabilities relative to the best candidate */
+        double total = 0.0;
+        for (int i = 0; i < n; i++)
+            total += exp((double)(s->cand[i].logit - s->cand[0].logit));
+        if (p->top_p < 1.0f) {
+            double cum = 0.0;
+            int keep = 0;
+            while (keep < n) {
+                cum += exp((double)(s->cand[keep].logit - s->cand[0].logit)) / total;
+                keep++;
+                if (cum >= p->top_p)
+                    break;
+            }
+            n = keep;
+        }
+        if (p->min_p > 0.0f) {
+            /* p_i >= min_p * p_max  <=>  logit_i - logit_max >= log(min_p) */
+            int keep = 1;
+            while (keep < n && s->cand[keep].logit - s->cand[0].logit >= logf(p->min_p))
+                keep++;
+            n = keep;
+        }
+        total = 0.0;
+        for (int i = 0; i < n; i++)
+            total += exp((double)(s->cand[i].logit - s->cand[0].logit));
+        double u = next_unit(s->rng) * total, cum = 0.0;
+        token = s->cand[n - 1].id;
+        for (int i = 0; i < n; i++) {
+            cum += exp((double)(s->cand[i].logit - s->cand[0].logit));
+            if (u < cum) {
+                token = s->cand[i].id;
+                break;
+            }
+        }
+    }
+    ret->token = token;
+    fill_logprobs(s, logits, ret);
+    s->out_count[token]++;
+    s->seen[token] = 1;
+}

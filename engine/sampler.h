@@ -1,0 +1,58 @@
+/* Token sampling: penalties, logit bias, temperature, top-k, top-p, min-p, seeded RNG, logprobs. */
+#ifndef XD_SAMPLER_H
+#define XD_SAMPLER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "status.h"
+
+#define XD_MAX_LOGPROBS 20
+
+struct xd_logit_bias {
+    int32_t token;
+    float bias;       /* added to the token's logit; -100 bans it in practice */
+};
+
+struct xd_sampling_params {
+    float temperature;        /* 0: greedy (argmax, ties to the lowest id) */
+    int top_k;                /* 0: off */
+    float top_p;              /* 1: off */
+    float min_p;              /* 0: off; keep tokens with p >= min_p * p_max */
+    float presence_penalty;   /* OpenAI semantics, on generated tokens */
+    float frequency_penalty;  /* OpenAI semantics, on generated tokens */
+    float repetition_penalty; /* 1: off; on prompt and generated tokens, as transformers */
+    const struct xd_logit_bias *logit_bias; /* (n_logit_bias,), copied at create */
+    int n_logit_bias;
+    bool has_seed;            /* without a seed the sampler seeds itself from the OS */
+    uint64_t seed;
+    int n_logprobs;           /* top-N logprobs to report, 0..XD_MAX_LOGPROBS */
+};
+
+/* Defaults: greedy off (temperature 1), every filter and penalty off. */
+struct xd_sampling_params xd_sampling_defaults(void);
+
+struct xd_sample {
+    int32_t token;
+    float logprob;            /* log-probability of token under the model (raw logits) */
+    int n_top;
+    int32_t top_ids[XD_MAX_LOGPROBS];     /* best first */
+    float top_logprobs[XD_MAX_LOGPROBS];
+};
+
+struct xd_sampler;
+
+/* Validates params (each out-of-range field is named in err) and creates a
+ * per-request sampler for a vocabulary of n_vocab. */
+int xd_sampler_create(const struct xd_sampling_params *params, int n_vocab,
+                      struct xd_sampler **ret, struct xd_err *err);
+void xd_sampler_destroy(struct xd_sampler *s);
+
+/* Records the prompt (for the repetition penalty). */
+void xd_sampler_add_prompt(struct xd_sampler *s, const int32_t *ids, int n);
+
+/* Picks the next token from logits (n_vocab,) and records it as generated.
+ * logits is not modified. */
+void xd_sampler_sample(struct xd_sampler *s, const float *logits, struct xd_sample *ret);
+
+#endif
