@@ -206,7 +206,9 @@ static int load_layer(struct loader *L, int i, struct xd_layer_weights *lw,
 
     if (!c->is_moe_layer[i]) {
         struct xd_expert_weights dense;
-        TRY(load_mlp(L, fmt_name(L, "%s.mlp", p), c->dense_ffn, &dense));
+        char mlp[160];
+        snprintf(mlp, sizeof mlp, "%s.mlp", p);
+        TRY(load_mlp(L, mlp, c->dense_ffn, &dense));
         lw->mlp_gate = dense.gate;
         lw->mlp_up = dense.up;
         lw->mlp_down = dense.down;

@@ -213,7 +213,11 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
         return xd_err_set(err, XD_ERR_UNSUPPORTED, "%s: key 'hidden_act' must be \"silu\"", path);
     }
 
+    /* transformers 5 writes num_local_experts for qwen3_moe too; published
+     * checkpoints use num_experts everywhere but mixtral. */
     const char *experts_key = c->arch == XD_ARCH_MIXTRAL ? "num_local_experts" : "num_experts";
+    if (!json_object_get(root, experts_key) && json_object_get(root, "num_local_experts"))
+        experts_key = "num_local_experts";
     TRY(get_int(root, path, experts_key, -1, 0, 1 << 16, &c->n_experts, err));
     if (c->n_experts == 0) {
         json_decref(root);

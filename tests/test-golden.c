@@ -1,0 +1,319 @@
+/* Golden tests: logits and greedy continuations match transformers on one fixture
+ * (tests/fixtures/golden/<name>, made by tools/golden/make_fixtures.py), run alone, batched,
+ * and prefilled in chunks. Usage: test-golden FIXTURE_DIR */
+#include <jansson.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "engine.h"
+#include "offline.h"
+#include "sampler.h"
+#include "test.h"
+
+/* Tolerance on max |logit difference| against transformers computing in f32:
+ * f32 fixtures, and bf16 fixtures whose weights transformers upcasts to f32,
+ * which is exactly what the CPU engine computes (bf16 weights, f32 math).
+ * transformers computing natively in bf16 rounds every activation to bf16 and
+ * differs from its own f32 run by far more than 2e-2 (a flipped expert choice
+ * moves logits by ~1.5 on olmoe-bf16); that reference is kept in the fixture
+ * for bf16-activation backends (the GPU issue) and only reported here. */
+#define TOL_F32_COMPUTE 1e-4
+
+static const char *fixture_dir;
+static json_t *golden;
+static struct xd_model *model;
+static int vocab;
+
+struct prompt {
+    int32_t *ids;
+    int n;
+};
+
+static struct prompt ids_of(json_t *arr)
+{
+    struct prompt p = {malloc(sizeof(int32_t) * (json_array_size(arr) + 1)),
+                       (int)json_array_size(arr)};
+    for (int i = 0; i < p.n; i++)
+        p.ids[i] = (int32_t)json_integer_value(json_array_get(arr, (size_t)i));
+    return p;
+}
+
+/* Max |got - want| over one row of vocab logits. */
+static double row_diff(const float *got, json_t *want)
+{
+    double worst = 0.0;
+    if ((int)json_array_size(want) != vocab)
+        return INFINITY;
+    for (int i = 0; i < vocab; i++) {
+        double d = fabs((double)got[i] - json_number_value(json_array_get(want, (size_t)i)));
+        worst = d > worst || d != d ? d : worst;
+    }
+    return worst;
+}
+
+static struct xd_engine *new_engine(int n_blocks, int max_tokens)
+{
+    struct xd_engine_opts o = {.device = XD_DEVICE_CPU, .n_kv_blocks = n_blocks, .block_size = 4,
+                               .max_batch_tokens = max_tokens};
+    struct xd_engine *e = NULL;
+    struct xd_err err;
+    int rc = xd_engine_create(model, &o, &e, &err);
+    CHECK(rc == XD_OK, "engine: %s", err.msg);
+    return e;
+}
+
+/* Runs prompt p alone in chunks of `chunk` tokens (all of it when chunk is 0)
+ * with logits at every position; copies them into ret (n, vocab). */
+static int run_chunked(struct xd_engine *e, const struct prompt *p, int chunk, int block0,
+                       float *ret)
+{
+    int32_t table[64];
+    for (int i = 0; i < 64; i++)
+        table[i] = block0 + i;
+    if (chunk <= 0)
+        chunk = p->n;
+    for (int pos = 0; pos < p->n; pos += chunk) {
+        int n = p->n - pos < chunk ? p->n - pos : chunk;
+        struct xd_seq_chunk sc = {p->ids + pos, n, pos, table, 64, XD_LOGITS_ALL};
+        struct xd_batch b = {&sc, 1};
+        struct xd_forward_out out;
+        struct xd_err err;
+        int rc = xd_engine_forward(e, &b, &out, &err);
+        CHECK(rc == XD_OK, "forward: %s", err.msg);
+        if (rc < 0)
+            return rc;
+        memcpy(ret + (size_t)pos * vocab, out.logits, sizeof(float) * (size_t)n * vocab);
+    }
+    return 0;
+}
+
+static double compare_rows(const float *got, json_t *want_rows, int n)
+{
+    double worst = 0.0;
+    if ((int)json_array_size(want_rows) != n)
+        return INFINITY;
+    for (int t = 0; t < n; t++) {
+        double d = row_diff(got + (size_t)t * vocab, json_array_get(want_rows, (size_t)t));
+        worst = d > worst || d != d ? d : worst;
+    }
+    return worst;
+}
+
+static double tolerance(void)
+{
+    return TOL_F32_COMPUTE;
+}
+
+static void test_prompts_alone_match_transformers(void)
+{
+    json_t *prompts = json_object_get(golden, "prompts");
+    json_t *logits = json_object_get(golden, "prompt_logits");
+    CHECK(json_array_size(prompts) >= 3, "fixture has %zu prompts", json_array_size(prompts));
+    for (size_t i = 0; i < json_array_size(prompts); i++) {
+        struct prompt p = ids_of(json_array_get(prompts, i));
+        struct xd_engine *e = new_engine(64, 64);
+        float *got = malloc(sizeof(float) * (size_t)p.n * vocab);
+        if (e && run_chunked(e, &p, 0, 0, got) == 0) {
+            double d = compare_rows(got, json_array_get(logits, i), p.n);
+            printf("  prompt %zu (%d tokens): max |diff| %.3g", i, p.n, d);
+            CHECK(d <= tolerance(), "prompt %zu: max diff %g > %g", i, d, tolerance());
+            json_t *native = json_object_get(golden, "native_bf16");
+            if (native)
+                printf(" (transformers computing in bf16: %.3g, not asserted)",
+                       compare_rows(got, json_array_get(json_object_get(native, "prompt_logits"),
+                                                        i), p.n));
+            printf("\n");
+        }
+        free(got);
+        free(p.ids);
+        xd_engine_destroy(e);
+    }
+}
+
+/* All prompts in one step, each with its own blocks: results equal running alone. */
+static void test_batched_equals_alone(void)
+{
+    json_t *prompts = json_object_get(golden, "prompts");
+    json_t *logits = json_object_get(golden, "prompt_logits");
+    size_t n_seqs = json_array_size(prompts);
+    struct prompt p[8];
+    struct xd_seq_chunk sc[8];
+    int32_t tables[8][16];
+    int total = 0;
+    CHECK(n_seqs <= 8, "too many prompts");
+    for (size_t i = 0; i < n_seqs && i < 8; i++) {
+        p[i] = ids_of(json_array_get(prompts, i));
+        /* interleaved, non-contiguous block ids so table lookups are exercised */
+        for (int b = 0; b < 16; b++)
+            tables[i][b] = (int32_t)(b * n_seqs + (n_seqs - 1 - i));
+        sc[i] = (struct xd_seq_chunk){p[i].ids, p[i].n, 0, tables[i], 16, XD_LOGITS_ALL};
+        total += p[i].n;
+    }
+    struct xd_engine *e = new_engine(16 * (int)n_seqs, total);
+    struct xd_batch b = {sc, (int)n_seqs};
+    struct xd_forward_out out;
+    struct xd_err err;
+    if (e && xd_engine_forward(e, &b, &out, &err) == XD_OK) {
+        CHECK(out.n_logit_rows == total, "%d logit rows, want %d", out.n_logit_rows, total);
+        int row = 0;
+        for (size_t i = 0; i < n_seqs; i++) {
+            double d = compare_rows(out.logits + (size_t)row * vocab, json_array_get(logits, i),
+                                    p[i].n);
+            CHECK(d <= tolerance(), "batched prompt %zu: max diff %g", i, d);
+            /* and bit-identical to the same prompt alone */
+            struct xd_engine *e1 = new_engine(64, 64);
+            float *alone = malloc(sizeof(float) * (size_t)p[i].n * vocab);
+            if (e1 && run_chunked(e1, &p[i], 0, 0, alone) == 0)
+                CHECK(memcmp(alone, out.logits + (size_t)row * vocab,
+                             sizeof(float) * (size_t)p[i].n * vocab) == 0,
+                      "prompt %zu: batched logits differ from the prompt alone", i);
+            free(alone);
+            xd_engine_destroy(e1);
+            row += p[i].n;
+        }
+        CHECK(out.routing.n_tokens == total, "routing covers %d tokens", out.routing.n_tokens);
+    } else {
+        CHECK(0, "batched forward failed: %s", e ? err.msg : "no engine");
+    }
+    for (size_t i = 0; i < n_seqs && i < 8; i++)
+        free(p[i].ids);
+    xd_engine_destroy(e);
+}
+
+/* Prefill in chunks of every size gives the same logits as whole. */
+static void test_chunked_prefill_equals_whole(void)
+{
+    json_t *prompts = json_object_get(golden, "prompts");
+    json_t *logits = json_object_get(golden, "prompt_logits");
+    size_t longest = 0;
+    for (size_t i = 1; i < json_array_size(prompts); i++)
+        if (json_array_size(json_array_get(prompts, i)) >
+            json_array_size(json_array_get(prompts, longest)))
+            longest = i;
+    struct prompt p = ids_of(json_array_get(prompts, longest));
+    float *whole = malloc(sizeof(float) * (size_t)p.n * vocab);
+    float *chunked = malloc(sizeof(float) * (size_t)p.n * vocab);
+    struct xd_engine *e = new_engine(64, 64);
+    if (e && run_chunked(e, &p, 0, 0, whole) == 0) {
+        for (int chunk = 1; chunk < p.n; chunk++) {
+            /* a different block range each time, so stale KV would show */
+            if (run_chunked(e, &p, chunk, (chunk % 2) * 16, chunked) < 0)
+                break;
+            CHECK(memcmp(whole, chunked, sizeof(float) * (size_t)p.n * vocab) == 0,
+                  "chunk size %d differs from whole prefill", chunk);
+        }
+        double d = compare_rows(chunked, json_array_get(logits, longest), p.n);
+        CHECK(d <= tolerance(), "chunked: max diff %g", d);
+    }
+    free(whole);
+    free(chunked);
+    free(p.ids);
+    xd_engine_destroy(e);
+}
+
+/* Prefill, then decode the recorded tokens one by one (transformers with past_key_values). */
+static void test_continuation_after_prefill(void)
+{
+    json_t *c = json_object_get(golden, "continuation");
+    struct prompt p = ids_of(json_object_get(c, "prompt"));
+    struct prompt t = ids_of(json_object_get(c, "tokens"));
+    json_t *want = json_object_get(c, "logits");
+    struct xd_engine *e = new_engine(32, 64);
+    int32_t table[32];
+    for (int i = 0; i < 32; i++)
+        table[i] = 31 - i;
+    struct xd_err err;
+    struct xd_forward_out out;
+    struct xd_seq_chunk sc = {p.ids, p.n, 0, table, 32, XD_LOGITS_LAST};
+    struct xd_batch b = {&sc, 1};
+    int rc = e ? xd_engine_forward(e, &b, &out, &err) : -1;
+    CHECK(rc == XD_OK, "prefill failed");
+    double worst = 0.0;
+    for (int i = 0; rc == XD_OK && i < t.n; i++) {
+        sc = (struct xd_seq_chunk){&t.ids[i], 1, p.n + i, table, 32, XD_LOGITS_LAST};
+        rc = xd_engine_forward(e, &b, &out, &err);
+        CHECK(rc == XD_OK, "decode %d: %s", i, err.msg);
+        if (rc == XD_OK) {
+            double d = row_diff(out.logits, json_array_get(want, (size_t)i));
+            worst = d > worst || d != d ? d : worst;
+        }
+    }
+    printf("  continuation of %d tokens: max |diff| %.3g\n", t.n, worst);
+    CHECK(worst <= tolerance(), "continuation: max diff %g", worst);
+    free(p.ids);
+    free(t.ids);
+    xd_engine_destroy(e);
+}
+
+static void test_greedy_continuation_identical(void)
+{
+    json_t *g = json_object_get(golden, "greedy");
+    struct prompt p = ids_of(json_object_get(g, "prompt"));
+    struct prompt want = ids_of(json_object_get(g, "tokens"));
+    struct xd_engine *e = new_engine(32, 64);
+    struct xd_sampling_params sp = xd_sampling_defaults();
+    sp.temperature = 0.0f;
+    struct xd_sampler *s = NULL;
+    struct xd_err err;
+    CHECK(xd_sampler_create(&sp, vocab, &s, &err) == XD_OK, "sampler");
+    struct xd_offline_request req = {.prompt = p.ids, .n_prompt = p.n, .max_tokens = want.n,
+                                     .prefill_chunk = 3};
+    struct xd_offline_result r;
+    if (e && s && xd_offline_generate(e, &req, s, &r, &err) == XD_OK) {
+        CHECK(r.n_tokens == want.n, "generated %d tokens, want %d", r.n_tokens, want.n);
+        int first_diff = -1;
+        for (int i = 0; i < want.n && i < r.n_tokens && first_diff < 0; i++)
+            if (r.tokens[i] != want.ids[i])
+                first_diff = i;
+        CHECK(first_diff < 0, "greedy token %d is %d, transformers has %d", first_diff,
+              first_diff >= 0 ? r.tokens[first_diff] : 0,
+              first_diff >= 0 ? want.ids[first_diff] : 0);
+        xd_offline_result_finish(&r);
+    } else {
+        CHECK(0, "generation failed: %s", err.msg);
+    }
+    xd_sampler_destroy(s);
+    xd_engine_destroy(e);
+    free(p.ids);
+    free(want.ids);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: test-golden FIXTURE_DIR\n");
+        return 2;
+    }
+    fixture_dir = argv[1];
+    char path[4096];
+    snprintf(path, sizeof path, "%s/golden.json", fixture_dir);
+    json_error_t jerr;
+    golden = json_load_file(path, 0, &jerr);
+    if (!golden) {
+        fprintf(stderr, "%s: %s\n", path, jerr.text);
+        return 1;
+    }
+    struct xd_err err;
+    if (xd_model_load(fixture_dir, &model, &err) != XD_OK) {
+        fprintf(stderr, "load %s: %s\n", fixture_dir, err.msg);
+        return 1;
+    }
+    vocab = model->config.vocab_size;
+    json_t *v = json_object_get(golden, "versions");
+    printf("fixture %s (%s, %s weights; transformers %s, torch %s), tolerance %g\n",
+           json_string_value(json_object_get(golden, "fixture")),
+           json_string_value(json_object_get(golden, "model_type")),
+           json_string_value(json_object_get(golden, "checkpoint_dtype")),
+           json_string_value(json_object_get(v, "transformers")),
+           json_string_value(json_object_get(v, "torch")), tolerance());
+
+    RUN(test_prompts_alone_match_transformers);
+    RUN(test_batched_equals_alone);
+    RUN(test_chunked_prefill_equals_whole);
+    RUN(test_continuation_after_prefill);
+    RUN(test_greedy_continuation_identical);
+
+    xd_model_destroy(model);
+    json_decref(golden);
+    return test_summary();
+}
