@@ -1,0 +1,594 @@
+#!/usr/bin/env python3
+"""Build tiny, randomly initialised MoE checkpoints and record reference outputs.
+
+For each architecture (mixtral, qwen2_moe, qwen3_moe, olmoe) this script
+
+  * builds a tiny model from a fixed seed with informative weights
+    (larger initializer_range, every 1-D parameter perturbed),
+  * saves it with transformers' save_pretrained as float32 and as bfloat16
+    (plus a sharded bf16 Mixtral and a fused-expert-layout Qwen3-MoE copy),
+  * loads each checkpoint back from disk and records transformers' logits
+    for a few prompts, an incremental KV-cache continuation and a greedy
+    generation in golden.json.
+
+Output: tests/fixtures/golden/<fixture>/ (see tools/golden/README.md).
+Run through tools/golden/make.sh so that the pinned versions are used.
+"""
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+
+import numpy as np
+import safetensors
+import torch
+import transformers
+from safetensors import safe_open
+from transformers import (
+    MixtralConfig,
+    MixtralForCausalLM,
+    OlmoeConfig,
+    OlmoeForCausalLM,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
+)
+
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+DEFAULT_OUT = os.path.join(REPO_ROOT, "tests", "fixtures", "golden")
+
+PROMPT_LENGTHS = (7, 13, 3, 1)
+CONT_PROMPT_LEN = 5
+CONT_TOKENS = 6
+GREEDY_PROMPT_LEN = 4
+GREEDY_NEW_TOKENS = 32
+MIN_GREEDY_GAP = 1e-3
+MAX_RETRIES = 64
+MIN_ROUTER_MARGIN = 1e-3  # smallest allowed k-th vs (k+1)-th router logit gap
+
+INIT_RANGE = 0.2
+NORM_WEIGHT_JITTER = 0.2  # norm weight = 1 + 0.2 * N(0, 1)
+BIAS_STD = 0.1  # bias = 0.1 * N(0, 1)
+
+# No bos/eos/pad anywhere: generate() must be a plain argmax loop (an eos id
+# together with min_new_tokens would mask that logit) and every embedding row
+# must be random (a pad_token_id would zero its row).
+NO_SPECIAL = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
+
+COMMON = dict(
+    hidden_size=64,
+    max_position_embeddings=256,
+    attention_dropout=0.0,
+    initializer_range=INIT_RANGE,
+    hidden_act="silu",
+    use_cache=True,
+    **NO_SPECIAL,
+)
+
+
+def mixtral_config():
+    return MixtralConfig(
+        **COMMON,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=24,  # != hidden_size / num_attention_heads (16)
+        vocab_size=251,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        tie_word_embeddings=False,
+        sliding_window=None,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+
+
+def qwen2_moe_config():
+    return Qwen2MoeConfig(
+        **COMMON,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=263,
+        num_experts=6,
+        num_experts_per_tok=3,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=48,
+        intermediate_size=96,
+        mlp_only_layers=[1],
+        decoder_sparse_step=1,
+        norm_topk_prob=True,
+        tie_word_embeddings=True,
+        use_sliding_window=False,
+        qkv_bias=True,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    )
+
+
+def qwen3_moe_config():
+    return Qwen3MoeConfig(
+        **COMMON,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=32,  # != hidden_size / num_attention_heads (16)
+        vocab_size=257,
+        num_experts=16,
+        num_experts_per_tok=4,
+        # 24, not 32: keeps the fused gate_up_proj [E, 2I, H] = [16, 48, 64]
+        # non-square, so a transposed read cannot pass a shape check.
+        moe_intermediate_size=24,
+        intermediate_size=80,
+        decoder_sparse_step=2,
+        mlp_only_layers=[],
+        norm_topk_prob=True,
+        tie_word_embeddings=False,
+        use_sliding_window=False,
+        attention_bias=False,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+    )
+
+
+def olmoe_config():
+    return OlmoeConfig(
+        **COMMON,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=269,
+        num_experts=8,
+        num_experts_per_tok=2,
+        intermediate_size=32,
+        norm_topk_prob=False,
+        clip_qkv=None,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+
+
+# name -> (config factory, model class, seed, which layers must be sparse)
+ARCHS = {
+    "mixtral": (mixtral_config, MixtralForCausalLM, 1001, [0, 1]),
+    "qwen2_moe": (qwen2_moe_config, Qwen2MoeForCausalLM, 1002, [0, 2]),
+    "qwen3_moe": (qwen3_moe_config, Qwen3MoeForCausalLM, 1003, [1, 3]),
+    "olmoe": (olmoe_config, OlmoeForCausalLM, 1004, [0, 1]),
+}
+
+SHARD_SIZE = {"mixtral-bf16": "150KB"}
+
+
+# --------------------------------------------------------------------------
+# model construction
+
+
+def build_model(arch):
+    make_config, cls, seed, sparse_layers = ARCHS[arch]
+    config = make_config()
+    torch.manual_seed(seed)
+    model = cls(config).to(torch.float32).eval()
+
+    # Verify the layer structure we rely on (dense vs sparse MLP, head_dim).
+    for i, layer in enumerate(model.model.layers):
+        is_sparse = hasattr(layer.mlp, "gate")
+        if is_sparse != (i in sparse_layers):
+            raise SystemExit(f"{arch}: layer {i} sparse={is_sparse}, expected {i in sparse_layers}")
+    want_hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if model.model.layers[0].self_attn.head_dim != want_hd:
+        raise SystemExit(f"{arch}: head_dim not honoured")
+
+    # Make every 1-D parameter informative and make sure the routers are random.
+    gen = torch.Generator().manual_seed(seed + 500)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                if "norm" in name and name.endswith(".weight"):
+                    p.copy_(1.0 + NORM_WEIGHT_JITTER * torch.randn(p.shape, generator=gen))
+                elif name.endswith(".bias"):
+                    p.copy_(BIAS_STD * torch.randn(p.shape, generator=gen))
+                else:
+                    raise SystemExit(f"{arch}: unexpected 1-D parameter {name}")
+            elif p.abs().max() == 0:
+                raise SystemExit(f"{arch}: parameter {name} is all zero after init")
+            if name.endswith("gate.weight") and p.std() < 0.5 * INIT_RANGE:
+                raise SystemExit(f"{arch}: router {name} not randomly initialised")
+    return model, seed
+
+
+# --------------------------------------------------------------------------
+# references
+
+
+def load(path, dtype):
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, attn_implementation="eager", experts_implementation="eager"
+    )
+    # Give every tensor a fresh, aligned allocation: weights that still alias
+    # the mmapped file can take different SIMD paths depending on their file
+    # offset, which changes results in the last bits.
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            t.data = t.data.clone()
+    return model.eval()
+
+
+def f32rows(t):
+    return t.detach().to(torch.float32).cpu().numpy()
+
+
+@torch.no_grad()
+def prompt_logits(model, prompts):
+    out = []
+    for p in prompts:
+        logits = model(input_ids=torch.tensor([p]), use_cache=False).logits[0]
+        out.append(f32rows(logits))
+    return out
+
+
+@torch.no_grad()
+def continuation(model, prompt, tokens):
+    out = model(input_ids=torch.tensor([prompt]), use_cache=True)
+    pkv = out.past_key_values
+    rows = []
+    for t in tokens:
+        out = model(input_ids=torch.tensor([[t]]), past_key_values=pkv, use_cache=True)
+        pkv = out.past_key_values
+        rows.append(f32rows(out.logits[0, -1]))
+    return np.stack(rows)
+
+
+@torch.no_grad()
+def greedy(model, prompt):
+    ids = torch.tensor([prompt])
+    res = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=GREEDY_NEW_TOKENS,
+        min_new_tokens=GREEDY_NEW_TOKENS,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=0,
+        eos_token_id=None,
+        bos_token_id=None,
+    )
+    tokens = res.sequences[0, len(prompt):].tolist()
+    logits = torch.stack([l[0] for l in res.logits]).to(torch.float32)
+    assert len(tokens) == GREEDY_NEW_TOKENS and logits.shape[0] == GREEDY_NEW_TOKENS
+    # generate() must have been a plain argmax over the raw logits
+    assert tokens == logits.argmax(-1).tolist(), "generate() was not plain greedy"
+    top2 = logits.topk(2, dim=-1).values
+    gap = float((top2[:, 0] - top2[:, 1]).min())
+    return tokens, gap
+
+
+class RouterMonitor:
+    """Track the smallest gap between the k-th and (k+1)-th router logit.
+
+    A near-tie there means a tiny numerical difference can flip the expert
+    choice, which would make a correct implementation miss the reference.
+    """
+
+    def __init__(self, model):
+        self.k = model.config.num_experts_per_tok
+        self.min_margin = math.inf
+        self.handles = [
+            m.register_forward_hook(self.hook)
+            for m in model.modules()
+            if type(m).__name__.endswith("TopKRouter")
+        ]
+        assert self.handles, "no router modules found"
+
+    def hook(self, module, args, output):
+        logits = output[0].detach().to(torch.float32)
+        top = logits.topk(self.k + 1, dim=-1).values
+        margin = float((top[:, self.k - 1] - top[:, self.k]).min())
+        self.min_margin = min(self.min_margin, margin)
+
+    def reset(self):
+        self.min_margin = math.inf
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def rand_ids(gen, n, vocab):
+    return torch.randint(0, vocab, (n,), generator=gen).tolist()
+
+
+# --------------------------------------------------------------------------
+# JSON output (f32 values written with the shortest decimal that round-trips)
+
+
+class F32Rows:
+    """Marker for a numpy float32 array to be written as nested JSON lists."""
+
+    def __init__(self, arr):
+        arr = np.asarray(arr, dtype=np.float32)
+        if not np.all(np.isfinite(arr)):
+            raise SystemExit("non-finite value in reference output")
+        self.arr = arr
+
+
+def f32_str(x):
+    s = np.format_float_positional(x, unique=True, trim="-")
+    if np.float32(float(s)) != x:  # guard the strtod-then-cast route too
+        s = repr(float(x))
+    return s
+
+
+def to_json(obj, indent=0):
+    pad = " " * indent
+    if isinstance(obj, F32Rows):
+        a = obj.arr
+        if a.ndim == 1:
+            return "[" + ",".join(f32_str(v) for v in a) + "]"
+        inner = [" " * (indent + 1) + to_json(F32Rows(r), indent + 1) for r in a]
+        return "[\n" + ",\n".join(inner) + "\n" + pad + "]"
+    if isinstance(obj, dict):
+        items = [
+            " " * (indent + 1) + json.dumps(k) + ": " + to_json(v, indent + 1) for k, v in obj.items()
+        ]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, list) and any(isinstance(v, (list, dict, F32Rows)) for v in obj):
+        inner = [" " * (indent + 1) + to_json(v, indent + 1) for v in obj]
+        return "[\n" + ",\n".join(inner) + "\n" + pad + "]"
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            raise SystemExit("non-finite float")
+        return f32_str(np.float32(obj))
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def refs_json(pl, cont_prompt, cont_tokens, cl, greedy_prompt, gt, gap, extra=None):
+    g = {"prompt": greedy_prompt, "tokens": gt, "min_top2_gap": gap}
+    if extra:
+        g.update(extra)
+    return {
+        "prompt_logits": [F32Rows(x) for x in pl],
+        "continuation": {"prompt": cont_prompt, "tokens": cont_tokens, "logits": F32Rows(cl)},
+        "greedy": g,
+    }
+
+
+# --------------------------------------------------------------------------
+# checkpoint inspection
+
+
+def tensor_listing(path):
+    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    out = []
+    for f in files:
+        with safe_open(os.path.join(path, f), "pt") as sf:
+            for k in sf.keys():
+                sl = sf.get_slice(k)
+                out.append((f, k, tuple(sl.get_shape()), sl.get_dtype()))
+    return out
+
+
+def summarise_keys(listing):
+    """Collapse per-layer / per-expert indices into patterns."""
+    import re
+
+    seen = {}
+    for f, k, shape, dt in listing:
+        pat = re.sub(r"\.layers\.\d+\.", ".layers.{L}.", k)
+        pat = re.sub(r"\.experts\.\d+\.", ".experts.{E}.", pat)
+        m = re.search(r"\.layers\.(\d+)\.", k)
+        key = (pat, shape, dt)
+        seen.setdefault(key, set())
+        if m:
+            seen[key].add(int(m.group(1)))
+    lines = []
+    for (pat, shape, dt), layers in sorted(seen.items()):
+        ls = f"  layers {sorted(layers)}" if layers else ""
+        lines.append(f"    {pat:60s} {str(list(shape)):16s} {dt}{ls}")
+    return lines
+
+
+def dir_size(path):
+    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+
+
+# --------------------------------------------------------------------------
+
+
+def versions():
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "safetensors": safetensors.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def check_roundtrip(model, path, dtype):
+    loaded = load(path, dtype)
+    ref = {k: v.to(dtype) for k, v in model.state_dict().items()}
+    got = loaded.state_dict()
+    assert set(ref) == set(got), (set(ref) ^ set(got))
+    for k in ref:
+        if not torch.equal(ref[k], got[k]):
+            raise SystemExit(f"{path}: {k} differs after save/load")
+
+
+def save(model, path, dtype, **kw):
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    m = copy.deepcopy(model).to(dtype)
+    m.save_pretrained(path, **kw)
+    del m
+    check_roundtrip(model, path, dtype)
+
+
+@torch.no_grad()
+def cross_checks(path, dtype, prompts, pl_ref, cont_prompt, cont_tokens, cl_ref):
+    """Report how far other code paths are from the reference (informational)."""
+    res = {}
+    # full-sequence forward vs. the incremental KV-cache continuation
+    m = load(path, dtype)
+    full = m(input_ids=torch.tensor([cont_prompt + cont_tokens]), use_cache=False).logits[0]
+    res["kvcache_vs_full"] = float(np.abs(f32rows(full[CONT_PROMPT_LEN:]) - cl_ref).max())
+    # sdpa attention, and the default (grouped_mm) experts implementation
+    for label, kw in (
+        ("sdpa_vs_eager", dict(attn_implementation="sdpa", experts_implementation="eager")),
+        ("default_experts_vs_eager", dict(attn_implementation="eager")),
+    ):
+        m = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw).eval()
+        pl = prompt_logits(m, prompts)
+        res[label] = max(float(np.abs(a - b).max()) for a, b in zip(pl, pl_ref))
+    return res
+
+
+def make_fixture(out_dir, arch, model, seed, dtype_name, fused=False, report=None):
+    name = f"{arch}-{dtype_name}" + ("-fused" if fused else "")
+    path = os.path.join(out_dir, name)
+    ckpt_dtype = torch.float32 if dtype_name == "f32" else torch.bfloat16
+    kw = {}
+    if name in SHARD_SIZE:
+        kw["max_shard_size"] = SHARD_SIZE[name]
+    if fused:
+        kw["save_original_format"] = False
+    save(model, path, ckpt_dtype, **kw)
+
+    vocab = model.config.vocab_size
+    m32 = load(path, torch.float32)
+    mon = RouterMonitor(m32)
+
+    # Reference 1: weights as on disk, float32 compute.  Inputs are drawn from
+    # `seed` (so all fixtures of one arch normally share them); a draw whose
+    # top-k routing has a near-tie is replaced by the next one.
+    for attempt in range(MAX_RETRIES + 1):
+        input_seed = seed + 100000 * attempt
+        gen = torch.Generator().manual_seed(input_seed)
+        prompts = [rand_ids(gen, n, vocab) for n in PROMPT_LENGTHS]
+        cont_prompt = rand_ids(gen, CONT_PROMPT_LEN, vocab)
+        cont_tokens = rand_ids(gen, CONT_TOKENS, vocab)
+        mon.reset()
+        pl = prompt_logits(m32, prompts)
+        cl = continuation(m32, cont_prompt, cont_tokens)
+        margin = mon.min_margin
+        if margin >= MIN_ROUTER_MARGIN:
+            break
+        print(f"  {name}: inputs from seed {input_seed}: router margin {margin:.3g}, retrying")
+    else:
+        raise SystemExit(f"{name}: no inputs with a safe router margin")
+
+    for retries in range(MAX_RETRIES + 1):
+        greedy_seed = seed * 1000 + retries
+        greedy_prompt = rand_ids(torch.Generator().manual_seed(greedy_seed), GREEDY_PROMPT_LEN, vocab)
+        mon.reset()
+        gt, gap = greedy(m32, greedy_prompt)
+        gmargin = mon.min_margin
+        if gap >= MIN_GREEDY_GAP and gmargin >= MIN_ROUTER_MARGIN:
+            break
+        print(f"  {name}: greedy prompt {greedy_prompt}: top2 gap {gap:.3g}, router margin {gmargin:.3g}, retrying")
+    else:
+        raise SystemExit(f"{name}: no greedy prompt with a safe margin")
+    mon.close()
+
+    golden = {
+        "fixture": name,
+        "model_type": model.config.model_type,
+        "checkpoint_dtype": "float32" if dtype_name == "f32" else "bfloat16",
+        "versions": versions(),
+        "seed": seed,
+        "input_seed": input_seed,
+        "min_router_logit_margin": margin,
+        "prompts": prompts,
+    }
+    greedy_extra = {"prompt_seed": greedy_seed, "prompt_retries": retries, "min_router_logit_margin": gmargin}
+    golden.update(refs_json(pl, cont_prompt, cont_tokens, cl, greedy_prompt, gt, gap, greedy_extra))
+    golden["reference_compute_dtype"] = "float32"
+
+    info = {
+        "name": name,
+        "max_abs_logit": max(float(np.abs(x).max()) for x in pl + [cl]),
+        "input_seed": input_seed,
+        "router_margin": margin,
+        "greedy_gap": gap,
+        "greedy_router_margin": gmargin,
+        "greedy_retries": retries,
+    }
+    info.update(cross_checks(path, torch.float32, prompts, pl, cont_prompt, cont_tokens, cl))
+
+    # Reference 2 (bf16 checkpoints): native bfloat16 compute, same inputs.
+    if dtype_name == "bf16":
+        mbf = load(path, torch.bfloat16)
+        pl_b = prompt_logits(mbf, prompts)
+        cl_b = continuation(mbf, cont_prompt, cont_tokens)
+        gt_b, gap_b = greedy(mbf, greedy_prompt)
+        golden["native_bf16"] = refs_json(pl_b, cont_prompt, cont_tokens, cl_b, greedy_prompt, gt_b, gap_b)
+        info["native_bf16_vs_f32_max_abs_diff"] = max(
+            float(np.abs(a - b).max()) for a, b in zip(pl_b + [cl_b], pl + [cl])
+        )
+        info["native_bf16_greedy_tokens_matching_f32"] = sum(a == b for a, b in zip(gt_b, gt))
+        info["native_bf16_greedy_gap"] = gap_b
+
+    with open(os.path.join(path, "golden.json"), "w") as f:
+        f.write(to_json(golden) + "\n")
+
+    info["files"] = {f: os.path.getsize(os.path.join(path, f)) for f in sorted(os.listdir(path))}
+    info["total_bytes"] = dir_size(path)
+    info["tensors"] = summarise_keys(tensor_listing(path))
+    if report is not None:
+        report.append(info)
+    return pl, cl, gt
+
+
+def print_report(report):
+    for info in report:
+        print(f"== {info['name']}  ({info['total_bytes']} bytes)")
+        for f, s in info["files"].items():
+            print(f"    {f:40s} {s:9d}")
+        for line in info["tensors"]:
+            print(line)
+        for k, v in info.items():
+            if k not in ("name", "files", "tensors", "total_bytes"):
+                print(f"  {k}: {v}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=DEFAULT_OUT, help="output directory (default: %(default)s)")
+    ap.add_argument("--only", nargs="*", choices=sorted(ARCHS), help="only these architectures")
+    args = ap.parse_args()
+
+    transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(1)  # keep float reductions in a fixed order
+    torch.use_deterministic_algorithms(True)
+    os.makedirs(args.out, exist_ok=True)
+    print("versions:", json.dumps(versions()))
+
+    report = []
+    for arch in args.only or list(ARCHS):
+        print(f"building {arch}")
+        model, seed = build_model(arch)
+        pl32, cl32, gt32 = make_fixture(args.out, arch, model, seed, "f32", report=report)
+        make_fixture(args.out, arch, model, seed, "bf16", report=report)
+        if arch == "qwen3_moe":
+            plf, clf, gtf = make_fixture(args.out, arch, model, seed, "f32", fused=True, report=report)
+            diff = max(float(np.abs(a - b).max()) for a, b in zip(pl32 + [cl32], plf + [clf]))
+            if diff != 0.0 or gt32 != gtf:
+                raise SystemExit(f"qwen3_moe fused checkpoint gives different references ({diff}, {gt32} vs {gtf})")
+
+    print_report(report)
+    total = sum(i["total_bytes"] for i in report)
+    print(f"total fixture bytes: {total}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
