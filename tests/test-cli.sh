@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Command-line tests of `expertd generate` and xd-synth-model: exit codes, messages, output.
+# Usage: test-cli.sh EXPERTD SYNTH_MODEL FIXTURES_DIR
+set -u
+expertd=$1 synth=$2 fixtures=$3
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0 failed=0
+
+ok()   { passed=$((passed + 1)); echo "ok   $1"; }
+fail() { failed=$((failed + 1)); echo "FAIL $1: $2"; }
+
+# expect NAME WANT_STATUS NEEDLE -- COMMAND...: runs COMMAND, checks exit status and that
+# stdout+stderr contain NEEDLE.
+expect() {
+  local name=$1 want=$2 needle=$3; shift 4
+  "$@" >"$tmp/out" 2>&1; local got=$?
+  if [ "$got" != "$want" ]; then fail "$name" "exit $got, want $want: $(head -c 300 "$tmp/out")"
+  elif ! grep -qF -- "$needle" "$tmp/out"; then fail "$name" "output lacks '$needle': $(head -c 300 "$tmp/out")"
+  else ok "$name"; fi
+}
+
+olmoe=$fixtures/golden/olmoe-f32
+
+# Greedy generation through the CLI equals transformers' greedy continuation.
+prompt=$(python3 -c "import json;print(','.join(map(str,json.load(open('$olmoe/golden.json'))['greedy']['prompt'])))")
+want=$(python3 -c "import json;print(','.join(map(str,json.load(open('$olmoe/golden.json'))['greedy']['tokens'])))")
+got=$("$expertd" generate --model "$olmoe" --prompt-ids "$prompt" --max-tokens 32 --ignore-eos 2>/dev/null)
+if [ "$got" = "$want" ]; then ok greedy_matches_transformers; else fail greedy_matches_transformers "got $got want $want"; fi
+
+# --json is one object with the ids, logprobs and the finish reason.
+"$expertd" generate --model "$olmoe" --prompt-ids "$prompt" --max-tokens 5 --json --logprobs 3 >"$tmp/j" 2>&1
+if python3 - "$tmp/j" <<'PY'
+import json, sys
+o = json.load(open(sys.argv[1]))
+assert len(o["ids"]) == 5 and len(o["logprobs"]) == 5, o
+assert o["finish_reason"] == "length" and o["completion_tokens"] == 5
+assert all(len(s) == 3 for s in o["top_logprobs"])
+# greedy: the chosen token is the best of the top logprobs
+assert all(s[0]["id"] == t for s, t in zip(o["top_logprobs"], o["ids"]))
+assert all(lp <= 0 for lp in o["logprobs"])
+PY
+then ok json_output; else fail json_output "$(cat "$tmp/j")"; fi
+
+# Same seed, same sampled tokens; the synthetic model tool makes a model generate can run.
+"$synth" --out "$tmp/synth" --vocab 300 --layers 2 >/dev/null
+a=$("$expertd" generate --model "$tmp/synth" --prompt-ids 1,2,3 --max-tokens 12 --temperature 1 --seed 7 --ignore-eos 2>/dev/null)
+b=$("$expertd" generate --model "$tmp/synth" --prompt-ids 1,2,3 --max-tokens 12 --temperature 1 --seed 7 --ignore-eos 2>/dev/null)
+if [ -n "$a" ] && [ "$a" = "$b" ] && [ "$(echo "$a" | tr ',' '\n' | wc -l)" = 12 ]; then ok seeded_sampling_reproducible
+else fail seeded_sampling_reproducible "'$a' vs '$b'"; fi
+
+expect missing_model_dir 1 "config.json" -- "$expertd" generate --model "$tmp/nope" --prompt-ids 1
+expect no_model_option 2 "--model" -- env -u EXPERTD_MODEL "$expertd" generate --prompt-ids 1
+expect prompt_id_out_of_vocab 2 "--prompt-ids" -- "$expertd" generate --model "$olmoe" --prompt-ids 1,269
+expect prompt_ids_garbage 2 "--prompt-ids" -- "$expertd" generate --model "$olmoe" --prompt-ids 1,x
+expect text_prompt_needs_tokenizer 2 "tokenizer" -- "$expertd" generate --model "$olmoe" --prompt hello
+expect unknown_option 2 "--frobnicate" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --frobnicate 3
+expect temperature_out_of_range 2 "--temperature" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --temperature -1
+expect context_exceeded 2 "max_position_embeddings" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --max-tokens 300
+expect cuda_not_yet 1 "cuda" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --device cuda
+expect bad_device 2 "--device" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --device tpu
+expect unknown_command 2 "unknown command" -- "$expertd" frobnicate
+expect version 0 "expertd" -- "$expertd" version
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
