@@ -92,7 +92,17 @@ int main(int argc, char **argv)
         return 2;
     }
     const int hd = o.hidden / o.heads, H = o.hidden;
-    mkdir(o.out, 0755);
+    /* mkdir -p */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", o.out);
+    for (char *p = dir + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            mkdir(dir, 0755);
+            *p = '/';
+        }
+    }
+    mkdir(dir, 0755);
 
     size_t cap = 4 + (size_t)o.layers * (9 + 3 * (size_t)o.experts), n = 0;
     struct tensor_spec *ts = calloc(cap, sizeof *ts);

@@ -1,0 +1,191 @@
+/* bench-engine: prefill and decode tokens/s of the engine at batch 1 and 8 on one model, with
+ * the machine's own weight-streaming rate measured in the same run as the baseline.
+ * Usage: bench-engine --model DIR [--repeats N] [--prompt-len N] [--decode-steps N] */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "engine.h"
+#include "options.h"
+
+struct bench_opts {
+    const char *model;
+    int repeats, prompt_len, decode_steps, threads;
+};
+
+#define B(f) offsetof(struct bench_opts, f)
+static const struct xd_opt bench_table[] = {
+    {"model", XD_OPT_STRING, B(model), 0, 0, NULL, "checkpoint directory"},
+    {"repeats", XD_OPT_INT, B(repeats), 1, 1000, NULL, "runs per figure; the median is kept (5)"},
+    {"prompt-len", XD_OPT_INT, B(prompt_len), 1, 8192, NULL, "prefill tokens per sequence (128)"},
+    {"decode-steps", XD_OPT_INT, B(decode_steps), 1, 8192, NULL, "decode steps (32)"},
+    {"threads", XD_OPT_INT, B(threads), 0, 4096, NULL, "CPU threads (0: all cores)"},
+};
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return v[n / 2];
+}
+
+/* Seconds to prefill n_seqs prompts of len tokens in one step each... as one batch. */
+static int run_once(struct xd_engine *e, int n_seqs, int len, int steps, int vocab,
+                    double *ret_prefill_s, double *ret_decode_s)
+{
+    const int bs = xd_engine_opts(e)->block_size;
+    const int per_seq = (len + steps + bs - 1) / bs;
+    int32_t *tables = malloc(sizeof(int32_t) * (size_t)n_seqs * per_seq);
+    int32_t *toks = malloc(sizeof(int32_t) * (size_t)n_seqs * len);
+    struct xd_seq_chunk *sc = calloc((size_t)n_seqs, sizeof *sc);
+    for (int i = 0; i < n_seqs * per_seq; i++)
+        tables[i] = i;
+    for (int i = 0; i < n_seqs * len; i++)
+        toks[i] = (int32_t)((i * 7919u + 13u) % (unsigned)vocab);
+    struct xd_err err;
+    struct xd_forward_out out;
+    double t0 = now();
+    for (int s = 0; s < n_seqs; s++)
+        sc[s] = (struct xd_seq_chunk){toks + (size_t)s * len, len, 0,
+                                      tables + (size_t)s * per_seq, per_seq, XD_LOGITS_LAST};
+    struct xd_batch b = {sc, n_seqs};
+    int rc = xd_engine_forward(e, &b, &out, &err);
+    double t1 = now();
+    for (int step = 0; rc == XD_OK && step < steps; step++) {
+        for (int s = 0; s < n_seqs; s++) {
+            sc[s].tokens = &toks[(size_t)s * len + (size_t)step % len];
+            sc[s].n_tokens = 1;
+            sc[s].pos = len + step;
+        }
+        rc = xd_engine_forward(e, &b, &out, &err);
+    }
+    double t2 = now();
+    if (rc != XD_OK)
+        fprintf(stderr, "bench-engine: %s\n", err.msg);
+    *ret_prefill_s = t1 - t0;
+    *ret_decode_s = t2 - t1;
+    free(tables);
+    free(toks);
+    free(sc);
+    return rc;
+}
+
+/* GB/s of reading n_bytes of the weights through all threads: the rate a decode step that
+ * streams its weights once could at best reach on this machine. */
+static double stream_rate(const struct xd_model *m, int repeats)
+{
+    size_t n = 0;
+    const struct xd_tensor *t;
+    for (size_t i = 0; (t = xd_checkpoint_tensor(m->checkpoint, i)) != NULL; i++)
+        n += t->n_bytes;
+    double best = 0.0;
+    for (int r = 0; r < repeats; r++) {
+        unsigned long long sum = 0;
+        double t0 = now();
+        for (size_t i = 0; (t = xd_checkpoint_tensor(m->checkpoint, i)) != NULL; i++) {
+            const unsigned long long *p = t->data;
+            size_t words = t->n_bytes / 8;
+#pragma omp parallel for reduction(+ : sum) schedule(static)
+            for (size_t w = 0; w < words; w++)
+                sum += p[w];
+        }
+        double dt = now() - t0;
+        if (sum == 42)
+            fprintf(stderr, " ");
+        double rate = (double)n / dt / 1e9;
+        best = rate > best ? rate : best;
+    }
+    return best;
+}
+
+int main(int argc, char **argv)
+{
+    struct bench_opts o = {.repeats = 5, .prompt_len = 128, .decode_steps = 32};
+    struct xd_err err = {{0}};
+    if (xd_opts_parse(bench_table, sizeof bench_table / sizeof bench_table[0], &o, argc - 1,
+                      argv + 1, &err) < 0 || !o.model) {
+        fprintf(stderr, "bench-engine: %s\nusage: bench-engine --model DIR [OPTIONS]\n",
+                err.msg[0] ? err.msg : "--model is required");
+        xd_opts_usage(stderr, bench_table, sizeof bench_table / sizeof bench_table[0]);
+        return 2;
+    }
+    struct xd_model *m = NULL;
+    if (xd_model_load(o.model, &m, &err) < 0) {
+        fprintf(stderr, "bench-engine: %s\n", err.msg);
+        return 1;
+    }
+    const struct xd_model_config *c = &m->config;
+    const int batches[2] = {1, 8};
+    struct xd_engine_opts eo = {
+        .device = XD_DEVICE_CPU, .block_size = 16,
+        .n_kv_blocks = 8 * ((o.prompt_len + o.decode_steps + 15) / 16),
+        .max_batch_tokens = 8 * o.prompt_len, .n_threads = o.threads,
+    };
+    struct xd_engine *e = NULL;
+    if (xd_engine_create(m, &eo, &e, &err) < 0) {
+        fprintf(stderr, "bench-engine: %s\n", err.msg);
+        return 1;
+    }
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    /* bytes one decode token reads at batch 1: everything but the unused experts and the
+     * embedding table, of which it reads one row */
+    size_t total = 0;
+    const struct xd_tensor *t;
+    for (size_t i = 0; (t = xd_checkpoint_tensor(m->checkpoint, i)) != NULL; i++)
+        total += t->n_bytes;
+    size_t esize = xd_dtype_size(m->embed.dtype);
+    size_t expert_bytes = (size_t)3 * c->expert_ffn * c->hidden_size * esize;
+    size_t per_token = total - (size_t)c->n_moe_layers * (c->n_experts - c->top_k) * expert_bytes -
+                       (size_t)c->vocab_size * c->hidden_size * esize;
+
+    double gbps = stream_rate(m, o.repeats);
+    printf("{\"model\": \"%s\", \"model_type\": \"%s\", \"hidden\": %d, \"layers\": %d, "
+           "\"experts\": %d, \"top_k\": %d, \"expert_ffn\": %d, \"vocab\": %d, \"dtype\": \"%s\", "
+           "\"weights_mib\": %.1f, \"threads\": %d, \"prompt_len\": %d, \"decode_steps\": %d, "
+           "\"repeats\": %d,\n \"weight_stream_gbps\": %.2f, \"results\": [",
+           o.model, c->model_type, c->hidden_size, c->n_layers, c->n_experts, c->top_k,
+           c->expert_ffn, c->vocab_size, xd_dtype_name(m->embed.dtype),
+           (double)total / (1 << 20), threads, o.prompt_len, o.decode_steps, o.repeats, gbps);
+    for (int bi = 0; bi < 2; bi++) {
+        int nb = batches[bi];
+        double pre[64], dec[64];
+        int r;
+        for (r = 0; r < o.repeats && r < 64; r++)
+            if (run_once(e, nb, o.prompt_len, o.decode_steps, c->vocab_size, &pre[r], &dec[r]) < 0)
+                return 1;
+        double p = median(pre, r), d = median(dec, r);
+        double dec_tps = nb * o.decode_steps / d;
+        printf("%s\n  {\"batch\": %d, \"prefill_tokens_per_s\": %.1f, \"decode_tokens_per_s\": %.2f,"
+               " \"decode_step_ms\": %.2f",
+               bi ? "," : "", nb, nb * o.prompt_len / p, dec_tps, 1e3 * d / o.decode_steps);
+        if (nb == 1)
+            printf(", \"decode_bytes_per_token_mib\": %.1f, \"decode_fraction_of_stream_rate\": "
+                   "%.3f",
+                   (double)per_token / (1 << 20), (double)per_token * dec_tps / 1e9 / gbps);
+        printf("}");
+    }
+    printf("\n]}\n");
+    xd_engine_destroy(e);
+    xd_model_destroy(m);
+    return 0;
+}

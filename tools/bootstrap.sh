@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what expertd needs to build (Debian packages), configures and builds it in build/,
+# and writes the default demo model to build/models/default. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(gcc libc6-dev pkg-config meson ninja-build python3 libjansson-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: installing ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# nvcc is usually in /usr/local/cuda/bin; the CUDA code is built wherever it is found.
+if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH="/usr/local/cuda/bin:$PATH"
+fi
+
+if [ ! -f build/build.ninja ]; then
+  meson setup build "$@"
+fi
+ninja -C build
+
+if [ ! -f build/models/default/model.safetensors ]; then
+  build/tools/xd-synth-model --out build/models/default --vocab 512 --hidden 128 --layers 4 \
+    --heads 4 --kv-heads 2 --experts 16 --top-k 4 --ffn 64 >/dev/null
+fi
+echo "bootstrap: built build/daemon/expertd; default model in build/models/default"
