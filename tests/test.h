@@ -6,9 +6,9 @@
 #include <stdio.h>
 #include <string.h>
 
-static int test_failures;
-static int test_cases_failed;
-static int test_cases_passed;
+static int test_failures __attribute__((unused));
+static int test_cases_failed __attribute__((unused));
+static int test_cases_passed __attribute__((unused));
 
 #define CHECK(cond, ...)                                                  \
     do {                                                                  \
