@@ -49,6 +49,15 @@ b=$("$expertd" generate --model "$tmp/synth" --prompt-ids 1,2,3 --max-tokens 12 
 if [ -n "$a" ] && [ "$a" = "$b" ] && [ "$(echo "$a" | tr ',' '\n' | wc -l)" = 12 ]; then ok seeded_sampling_reproducible
 else fail seeded_sampling_reproducible "'$a' vs '$b'"; fi
 
+# generate runs on every golden fixture and its greedy output equals transformers'.
+for dir in "$fixtures"/golden/*/; do
+  name=$(basename "$dir")
+  p=$(python3 -c "import json;print(','.join(map(str,json.load(open('$dir/golden.json'))['greedy']['prompt'])))")
+  w=$(python3 -c "import json;print(','.join(map(str,json.load(open('$dir/golden.json'))['greedy']['tokens'])))")
+  g=$("$expertd" generate --model "$dir" --prompt-ids "$p" --max-tokens 32 --ignore-eos 2>"$tmp/err") || g="exit $?: $(cat "$tmp/err")"
+  if [ "$g" = "$w" ]; then ok "generate_$name"; else fail "generate_$name" "$g"; fi
+done
+
 expect missing_model_dir 1 "config.json" -- "$expertd" generate --model "$tmp/nope" --prompt-ids 1
 expect no_model_option 2 "--model" -- env -u EXPERTD_MODEL "$expertd" generate --prompt-ids 1
 expect prompt_id_out_of_vocab 2 "--prompt-ids" -- "$expertd" generate --model "$olmoe" --prompt-ids 1,269

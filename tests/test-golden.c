@@ -245,6 +245,61 @@ static void test_continuation_after_prefill(void)
     xd_engine_destroy(e);
 }
 
+/* One step mixing a decode token of one sequence with a whole prefill of another and a
+ * middle prefill chunk of a third: each matches its reference. */
+static void test_mixed_decode_and_prefill_step(void)
+{
+    json_t *c = json_object_get(golden, "continuation");
+    json_t *prompts = json_object_get(golden, "prompts");
+    json_t *plogits = json_object_get(golden, "prompt_logits");
+    struct prompt cp = ids_of(json_object_get(c, "prompt"));
+    struct prompt ct = ids_of(json_object_get(c, "tokens"));
+    struct prompt p0 = ids_of(json_array_get(prompts, 0));
+    struct prompt p1 = ids_of(json_array_get(prompts, 1)); /* 13 tokens */
+    struct xd_engine *e = new_engine(48, 64);
+    int32_t ta[16], tb[16], tc[16];
+    for (int i = 0; i < 16; i++) {
+        ta[i] = i;
+        tb[i] = 16 + i;
+        tc[i] = 47 - i;
+    }
+    struct xd_err err;
+    struct xd_forward_out out;
+    /* step 1: prefill the continuation prompt and the first 5 tokens of p1 */
+    struct xd_seq_chunk sc[3] = {{cp.ids, cp.n, 0, ta, 16, XD_LOGITS_LAST},
+                                 {p1.ids, 5, 0, tc, 16, XD_LOGITS_NONE}};
+    struct xd_batch b = {sc, 2};
+    int rc = e ? xd_engine_forward(e, &b, &out, &err) : -1;
+    CHECK(rc == XD_OK, "step 1");
+    CHECK(rc != XD_OK || out.n_logit_rows == 1, "%d logit rows", out.n_logit_rows);
+    /* step 2: decode the first continuation token, prefill p0 whole, p1 positions 5..12 */
+    sc[0] = (struct xd_seq_chunk){&ct.ids[0], 1, cp.n, ta, 16, XD_LOGITS_LAST};
+    sc[1] = (struct xd_seq_chunk){p0.ids, p0.n, 0, tb, 16, XD_LOGITS_ALL};
+    sc[2] = (struct xd_seq_chunk){p1.ids + 5, p1.n - 5, 5, tc, 16, XD_LOGITS_ALL};
+    b.n_seqs = 3;
+    rc = rc == XD_OK ? xd_engine_forward(e, &b, &out, &err) : rc;
+    CHECK(rc == XD_OK, "step 2");
+    if (rc == XD_OK) {
+        CHECK(out.n_logit_rows == 1 + p0.n + p1.n - 5, "%d logit rows", out.n_logit_rows);
+        double d0 = row_diff(out.logits, json_array_get(json_object_get(c, "logits"), 0));
+        double d1 = compare_rows(out.logits + vocab, json_array_get(plogits, 0), p0.n);
+        json_t *tail = json_array();
+        json_t *all1 = json_array_get(plogits, 1);
+        for (size_t i = 5; i < json_array_size(all1); i++)
+            json_array_append(tail, json_array_get(all1, i));
+        double d2 = compare_rows(out.logits + (size_t)(1 + p0.n) * vocab, tail, p1.n - 5);
+        json_decref(tail);
+        printf("  decode %.3g, whole prefill %.3g, middle chunk %.3g\n", d0, d1, d2);
+        CHECK(d0 <= tolerance() && d1 <= tolerance() && d2 <= tolerance(),
+              "mixed step diffs %g %g %g", d0, d1, d2);
+    }
+    free(cp.ids);
+    free(ct.ids);
+    free(p0.ids);
+    free(p1.ids);
+    xd_engine_destroy(e);
+}
+
 static void test_greedy_continuation_identical(void)
 {
     json_t *g = json_object_get(golden, "greedy");
@@ -311,6 +366,7 @@ int main(int argc, char **argv)
     RUN(test_batched_equals_alone);
     RUN(test_chunked_prefill_equals_whole);
     RUN(test_continuation_after_prefill);
+    RUN(test_mixed_decode_and_prefill_step);
     RUN(test_greedy_continuation_identical);
 
     xd_model_destroy(model);
