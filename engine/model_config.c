@@ -100,6 +100,18 @@ static int get_rope(json_t *root, const char *path, double def_theta, struct xd_
     return get_float(theta_holder, path, "rope_theta", def_theta, 1.0, 1e12, &c->rope_theta, err);
 }
 
+/* Appends one eos id, checked against the vocabulary before it is narrowed to int (an id
+ * such as 2^32 + 2 must not wrap into range). */
+static int add_eos(struct xd_model_config *c, json_int_t id, const char *path, struct xd_err *err)
+{
+    if (id < 0 || id >= c->vocab_size)
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "%s: key 'eos_token_id' holds %lld, outside the vocabulary (%d)", path,
+                          (long long)id, c->vocab_size);
+    c->eos_token_ids[c->n_eos++] = (int)id;
+    return XD_OK;
+}
+
 static int get_eos(json_t *root, const char *path, struct xd_model_config *c, struct xd_err *err)
 {
     json_t *v = json_object_get(root, "eos_token_id");
@@ -107,7 +119,9 @@ static int get_eos(json_t *root, const char *path, struct xd_model_config *c, st
         return XD_OK;
     c->n_eos = 0;
     if (json_is_integer(v)) {
-        c->eos_token_ids[c->n_eos++] = (int)json_integer_value(v);
+        int rc = add_eos(c, json_integer_value(v), path, err);
+        if (rc < 0)
+            return rc;
     } else if (json_is_array(v)) {
         size_t i;
         json_t *e;
@@ -117,17 +131,14 @@ static int get_eos(json_t *root, const char *path, struct xd_model_config *c, st
                                   "%s: key 'eos_token_id' must be an integer or a list of at "
                                   "most %d integers",
                                   path, XD_MAX_EOS);
-            c->eos_token_ids[c->n_eos++] = (int)json_integer_value(e);
+            int rc = add_eos(c, json_integer_value(e), path, err);
+            if (rc < 0)
+                return rc;
         }
     } else {
         return xd_err_set(err, XD_ERR_CONFIG, "%s: key 'eos_token_id' must be an integer or a list",
                           path);
     }
-    for (int i = 0; i < c->n_eos; i++)
-        if (c->eos_token_ids[i] < 0 || c->eos_token_ids[i] >= c->vocab_size)
-            return xd_err_set(err, XD_ERR_CONFIG,
-                              "%s: key 'eos_token_id' holds %d, outside the vocabulary (%d)", path,
-                              c->eos_token_ids[i], c->vocab_size);
     json_t *b = json_object_get(root, "bos_token_id");
     if (json_is_integer(b) && json_integer_value(b) >= 0 && json_integer_value(b) < c->vocab_size)
         c->bos_token_id = (int)json_integer_value(b);
@@ -255,7 +266,7 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
             return xd_err_set(err, XD_ERR_UNSUPPORTED,
                               "%s: key 'use_sliding_window' is true; expertd does not support "
                               "sliding-window layers for %s",
-                              path, type);
+                              path, c->model_type); /* not type: root owned it */
         }
         if (c->arch == XD_ARCH_QWEN2_MOE) {
             /* transformers' Qwen2MoeAttention: biases on q, k, v (qkv_bias in v5). */

@@ -243,11 +243,13 @@ static int read_index(const char *index_path, json_t **ret_shards, json_t **ret_
     json_object_foreach(map, name, file) {
         const char *s = json_string_value(file);
         if (!s || strchr(s, '/') || strcmp(s, "..") == 0 || s[0] == '\0') {
+            /* format the message first: name belongs to root */
+            int rc = xd_err_set(err, XD_ERR_FORMAT,
+                                "%s: weight_map entry for '%s' is not a file name in the directory",
+                                index_path, name);
             json_decref(shards);
             json_decref(root);
-            return xd_err_set(err, XD_ERR_FORMAT,
-                              "%s: weight_map entry for '%s' is not a file name in the directory",
-                              index_path, name);
+            return rc;
         }
         int seen = 0;
         for (size_t i = 0; i < json_array_size(shards) && !seen; i++)
