@@ -1,0 +1,56 @@
+/* Fuzz target: any byte string as config.json; an accepted config must satisfy the invariants
+ * the engine relies on. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model_config.h"
+
+/* A broken invariant must crash so that the fuzzer records the input; assert() would vanish
+ * under NDEBUG. */
+#define REQUIRE(cond)                                                                 \
+    do {                                                                              \
+        if (!(cond)) {                                                                \
+            fprintf(stderr, "%s:%d: invariant broken: %s\n", __FILE__, __LINE__, #cond); \
+            __builtin_trap();                                                         \
+        }                                                                             \
+    } while (0)
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    /* an exact-size heap copy: AddressSanitizer flags a read one byte past the text */
+    char *text = malloc(size ? size : 1);
+    if (!text)
+        return 0;
+    if (size)
+        memcpy(text, data, size);
+
+    struct xd_model_config *c = malloc(sizeof *c);
+    struct xd_err err;
+    if (c && xd_model_config_parse(text, size, "fuzz/config.json", c, &err) == XD_OK) {
+        REQUIRE(c->vocab_size > 0 && c->hidden_size > 0 && c->head_dim > 0);
+        REQUIRE(c->n_layers > 0 && c->n_layers <= XD_MAX_LAYERS);
+        REQUIRE(c->n_heads > 0 && c->n_kv_heads > 0 && c->n_heads % c->n_kv_heads == 0);
+        REQUIRE(c->n_experts > 0 && c->top_k > 0 && c->top_k <= c->n_experts);
+        REQUIRE(c->expert_ffn > 0);
+        int n_moe = 0;
+        for (int i = 0; i < c->n_layers; i++) {
+            n_moe += c->is_moe_layer[i];
+            REQUIRE(c->is_moe_layer[i] || c->dense_ffn > 0);
+        }
+        REQUIRE(n_moe == c->n_moe_layers);
+        REQUIRE(c->n_eos >= 0 && c->n_eos <= XD_MAX_EOS);
+        for (int i = 0; i < c->n_eos; i++)
+            REQUIRE(c->eos_token_ids[i] >= 0 && c->eos_token_ids[i] < c->vocab_size);
+        REQUIRE(c->bos_token_id >= -1 && c->bos_token_id < c->vocab_size);
+        REQUIRE(memchr(c->model_type, '\0', sizeof c->model_type) != NULL);
+    } else if (c) {
+        REQUIRE(strstr(err.msg, "fuzz/config.json") != NULL);
+    }
+    free(c);
+    free(text);
+    return 0;
+}

@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora of the fuzz targets (standard library only).
+
+corpus/safetensors/: small safetensors images, valid and broken one defect at a time.
+corpus/model-config/: config.json variants of each supported model_type, and broken ones.
+
+Run from anywhere: python3 tests/fuzz/make_corpus.py. The output is deterministic, so running it
+again leaves the committed files unchanged.
+"""
+import json
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ST_DIR = os.path.join(HERE, "corpus", "safetensors")
+MC_DIR = os.path.join(HERE, "corpus", "model-config")
+
+
+def image(header, data=b"", pad=True):
+    """A safetensors file: u64 little-endian header length, JSON header, data.
+
+    header is a dict (serialised compactly) or raw text. With pad, the header is padded with
+    spaces, as the format allows, so that the data starts 8-byte aligned.
+    """
+    text = header if isinstance(header, str) else json.dumps(header, separators=(",", ":"))
+    raw = text.encode("utf-8")
+    if pad:
+        raw += b" " * ((8 - (8 + len(raw)) % 8) % 8)
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+def f32(*values):
+    return struct.pack("<%df" % len(values), *values)
+
+
+def u16(*bits):
+    return struct.pack("<%dH" % len(bits), *bits)
+
+
+def entry(dtype, shape, begin, end):
+    return {"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}
+
+
+def safetensors_corpus():
+    files = {}
+    # valid: one tensor of each dtype (values 1, -2, 0.5, 3 as IEEE bit patterns)
+    files["valid-f32.safetensors"] = image({"w": entry("F32", [2, 2], 0, 16)},
+                                           f32(1.0, -2.0, 0.5, 3.0))
+    files["valid-bf16.safetensors"] = image({"w": entry("BF16", [4], 0, 8)},
+                                            u16(0x3F80, 0xC000, 0x3F00, 0x4040))
+    files["valid-f16.safetensors"] = image({"w": entry("F16", [2, 2], 0, 8)},
+                                           u16(0x3C00, 0xC000, 0x3800, 0x4200))
+    # valid: several tensors out of name order, metadata, a scalar and an empty tensor
+    files["valid-mixed.safetensors"] = image(
+        {
+            "model.layers.0.mlp.experts.0.w1": entry("F32", [2, 2], 0, 16),
+            "__metadata__": {"format": "pt"},
+            "model.embed_tokens": entry("BF16", [2, 2], 16, 24),
+            "model.norm": entry("F16", [4], 24, 32),
+            "scalar": entry("F32", [], 32, 36),
+            "empty": entry("F32", [0, 3], 36, 36),
+        },
+        f32(1.0, -2.0, 0.5, 3.0) + u16(0x3F80, 0xC000, 0x3F00, 0x4040)
+        + u16(0x3C00, 0x7BFF, 0x0001, 0x7C00) + f32(0.25) + b"\0" * 4,
+    )
+    files["valid-metadata-only.safetensors"] = image({"__metadata__": {"format": "pt"}})
+    # no padding: fine while the data start suits the element size (a 56-byte header puts it
+    # at 64), refused by expertd when a 63-byte header leaves the BF16 data at an odd address
+    files["valid-unpadded.safetensors"] = image({"wx": entry("BF16", [1], 0, 2)}, u16(0x3F80),
+                                                pad=False)
+    files["bad-odd-data-start.safetensors"] = image({"w": entry("BF16", [1], 0, 2)},
+                                                    u16(0x3F80), pad=False)
+
+    # broken, one defect each
+    files["bad-short.safetensors"] = b"\x02\x00\x00\x00\x00"
+    files["bad-header-past-end.safetensors"] = struct.pack("<Q", 1000) + b"{}" + b" " * 8
+    files["bad-json.safetensors"] = image('{"w": {"dtype": "F32", ')
+    files["bad-not-object.safetensors"] = image("[1, 2, 3]")
+    files["bad-i64.safetensors"] = image({"w": entry("I64", [2], 0, 16)}, b"\0" * 16)
+    files["bad-truncated.safetensors"] = image({"w": entry("F32", [2, 4], 0, 32)},
+                                               f32(1.0, 2.0, 3.0, 4.0))
+    files["bad-end-before-begin.safetensors"] = image({"w": entry("F32", [1], 8, 4)}, b"\0" * 16)
+    files["bad-size-mismatch.safetensors"] = image({"w": entry("F32", [2, 2], 0, 12)},
+                                                   b"\0" * 16)
+    files["bad-negative-dim.safetensors"] = image({"w": entry("F32", [-1, 4], 0, 16)},
+                                                  b"\0" * 16)
+    files["bad-float-dim.safetensors"] = image({"w": entry("F32", [2.5, 2], 0, 16)}, b"\0" * 16)
+    files["bad-misaligned.safetensors"] = image({"w": entry("F32", [2], 1, 9)}, b"\0" * 16)
+    files["bad-duplicate-key.safetensors"] = image(
+        '{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
+        '"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', b"\0" * 8)
+    files["bad-dims-overflow.safetensors"] = image(
+        {"w": entry("F32", [1 << 40, 1 << 40, 16], 0, 16)}, b"\0" * 16)
+    files["bad-five-dims.safetensors"] = image({"w": entry("F32", [1, 1, 1, 1, 4], 0, 16)},
+                                               b"\0" * 16)
+    files["bad-huge-offsets.safetensors"] = image(
+        {"w": entry("F32", [1], 9223372036854775800, 9223372036854775804)}, b"\0" * 16)
+    return files
+
+
+def model_config_corpus():
+    mixtral = {
+        "architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+        "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "head_dim": 128, "num_local_experts": 8, "num_experts_per_tok": 2,
+        "max_position_embeddings": 32768, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0,
+        "sliding_window": None, "hidden_act": "silu", "tie_word_embeddings": False,
+        "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16",
+    }
+    qwen2 = {
+        "architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe",
+        "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 5632,
+        "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632,
+        "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 16,
+        "num_experts": 60, "num_experts_per_tok": 4, "decoder_sparse_step": 1,
+        "norm_topk_prob": False, "mlp_only_layers": [], "use_sliding_window": False,
+        "sliding_window": 32768, "max_position_embeddings": 8192, "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0, "hidden_act": "silu", "bos_token_id": 151643,
+        "eos_token_id": 151643,
+    }
+    qwen3 = {
+        "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+        "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144,
+        "moe_intermediate_size": 768, "num_hidden_layers": 48, "num_attention_heads": 32,
+        "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128,
+        "num_experts_per_tok": 8, "decoder_sparse_step": 2, "norm_topk_prob": True,
+        "mlp_only_layers": [0, 47], "attention_bias": False, "max_position_embeddings": 40960,
+        "rms_norm_eps": 1e-06, "hidden_act": "silu", "use_sliding_window": False,
+        "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"},
+        "eos_token_id": [151645, 151643],
+    }
+    olmoe = {
+        "architectures": ["OlmoeForCausalLM"], "model_type": "olmoe",
+        "vocab_size": 50304, "hidden_size": 2048, "intermediate_size": 1024,
+        "num_hidden_layers": 16, "num_attention_heads": 16, "num_key_value_heads": 16,
+        "num_experts": 64, "num_experts_per_tok": 8, "norm_topk_prob": False,
+        "clip_qkv": None, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05,
+        "rope_theta": 10000.0, "hidden_act": "silu", "attention_bias": False,
+        "pad_token_id": 1, "bos_token_id": None, "eos_token_id": 50279,
+    }
+    files = {
+        "mixtral.json": mixtral,
+        "qwen2_moe.json": qwen2,
+        "qwen3_moe.json": qwen3,
+        "olmoe.json": olmoe,
+        "olmoe-clip-qkv.json": dict(olmoe, clip_qkv=8.0),
+        "bad-llama.json": dict(mixtral, model_type="llama"),
+        "bad-yarn.json": dict(qwen3, rope_parameters={"rope_theta": 1e6, "rope_type": "yarn",
+                                                      "factor": 4.0}),
+        "bad-zero-experts.json": dict(qwen2, num_experts=0),
+        "bad-top-k.json": dict(olmoe, num_experts_per_tok=65),
+        "bad-kv-heads.json": dict(olmoe, num_key_value_heads=3),
+        "bad-mlp-only.json": dict(qwen2, mlp_only_layers=[24]),
+        "bad-eos.json": dict(olmoe, eos_token_id=50304),
+        "bad-gelu.json": dict(mixtral, hidden_act="gelu"),
+        "bad-sliding-window.json": dict(qwen3, use_sliding_window=True),
+    }
+    out = {name: (json.dumps(cfg, indent=2) + "\n").encode() for name, cfg in files.items()}
+    missing = dict(mixtral)
+    del missing["hidden_size"]
+    out["bad-missing-hidden-size.json"] = (json.dumps(missing, indent=2) + "\n").encode()
+    out["bad-not-json.json"] = b'{"model_type": "mixtral",\n'
+    out["bad-not-object.json"] = b'["mixtral"]\n'
+    return out
+
+
+def write_all(directory, files):
+    os.makedirs(directory, exist_ok=True)
+    for name, data in sorted(files.items()):
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(data)
+
+
+if __name__ == "__main__":
+    write_all(ST_DIR, safetensors_corpus())
+    write_all(MC_DIR, model_config_corpus())

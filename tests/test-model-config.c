@@ -1,0 +1,561 @@
+/* config.json parsing for each supported model_type, checked against the meaning transformers
+ * gives each key; every invalid config is an error naming the key. */
+#include <stdlib.h>
+
+#include "model_config.h"
+#include "test.h"
+
+static int parse(const char *json, struct xd_model_config *c, struct xd_err *err)
+{
+    memset(err, 0, sizeof *err);
+    return xd_model_config_parse(json, strlen(json), "m/config.json", c, err);
+}
+
+/* Parses json, which must fail; checks the message names the file and want. */
+static void expect_error(const char *json, const char *want)
+{
+    struct xd_model_config *c = malloc(sizeof *c);
+    struct xd_err err;
+    int rc = parse(json, c, &err);
+    CHECK(rc < 0, "accepted; expected an error naming '%s'", want);
+    CHECK_CONTAINS(err.msg, "m/config.json");
+    if (want)
+        CHECK_CONTAINS(err.msg, want);
+    free(c);
+}
+
+/* Mixtral-8x7B's shape, with head_dim given explicitly and unequal to hidden / heads. */
+#define MIXTRAL_BODY                                                                       \
+    "\"model_type\": \"mixtral\", \"architectures\": [\"MixtralForCausalLM\"],"            \
+    "\"vocab_size\": 32000, \"hidden_size\": 4096, \"num_hidden_layers\": 32,"             \
+    "\"num_attention_heads\": 32, \"num_key_value_heads\": 8, \"head_dim\": 64,"           \
+    "\"intermediate_size\": 14336, \"num_local_experts\": 8, \"num_experts_per_tok\": 2,"  \
+    "\"max_position_embeddings\": 32768, \"rms_norm_eps\": 1e-05,"                         \
+    "\"sliding_window\": null, \"tie_word_embeddings\": false, \"hidden_act\": \"silu\","   \
+    "\"bos_token_id\": 1, \"router_aux_loss_coef\": 0.02, \"torch_dtype\": \"bfloat16\""
+
+/* Qwen1.5-MoE-A2.7B's shape, with two layers made dense through mlp_only_layers. */
+#define QWEN2_BODY                                                                          \
+    "\"model_type\": \"qwen2_moe\", \"vocab_size\": 151936, \"hidden_size\": 2048,"         \
+    "\"num_hidden_layers\": 24, \"num_attention_heads\": 16, \"num_key_value_heads\": 16,"  \
+    "\"intermediate_size\": 5632, \"moe_intermediate_size\": 1408,"                         \
+    "\"shared_expert_intermediate_size\": 5632, \"num_experts\": 60,"                       \
+    "\"num_experts_per_tok\": 4, \"decoder_sparse_step\": 1, \"norm_topk_prob\": true,"     \
+    "\"mlp_only_layers\": [0, 5], \"max_position_embeddings\": 8192,"                       \
+    "\"rms_norm_eps\": 1e-06, \"rope_theta\": 1000000.0, \"use_sliding_window\": false,"    \
+    "\"sliding_window\": 32768, \"hidden_act\": \"silu\", \"tie_word_embeddings\": false,"  \
+    "\"bos_token_id\": 151643"
+
+/* Qwen3-30B-A3B's attention shape with a small stack of 6 layers and decoder_sparse_step 2. */
+#define QWEN3_BODY                                                                         \
+    "\"model_type\": \"qwen3_moe\", \"vocab_size\": 151936, \"hidden_size\": 2048,"        \
+    "\"num_hidden_layers\": 6, \"num_attention_heads\": 32, \"num_key_value_heads\": 4,"   \
+    "\"head_dim\": 128, \"intermediate_size\": 6144, \"moe_intermediate_size\": 768,"      \
+    "\"num_experts\": 128, \"num_experts_per_tok\": 8, \"decoder_sparse_step\": 2,"        \
+    "\"norm_topk_prob\": true, \"mlp_only_layers\": [], \"attention_bias\": false,"        \
+    "\"max_position_embeddings\": 40960, \"rms_norm_eps\": 1e-06, \"hidden_act\": \"silu\"," \
+    "\"use_sliding_window\": false, \"tie_word_embeddings\": false"
+
+/* OLMoE-1B-7B's shape, with clip_qkv set. */
+#define OLMOE_BODY                                                                          \
+    "\"model_type\": \"olmoe\", \"vocab_size\": 50304, \"hidden_size\": 2048,"              \
+    "\"num_hidden_layers\": 16, \"num_attention_heads\": 16, \"num_key_value_heads\": 16,"  \
+    "\"intermediate_size\": 1024, \"num_experts\": 64, \"num_experts_per_tok\": 8,"         \
+    "\"norm_topk_prob\": false, \"clip_qkv\": 8.0, \"max_position_embeddings\": 4096,"      \
+    "\"rms_norm_eps\": 1e-05, \"hidden_act\": \"silu\", \"attention_bias\": false,"         \
+    "\"pad_token_id\": 1, \"bos_token_id\": null, \"tie_word_embeddings\": false"
+
+static void test_mixtral(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{" MIXTRAL_BODY ", \"rope_theta\": 1000000.0, \"eos_token_id\": 2}", &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    if (rc != XD_OK)
+        return;
+    CHECK(c.arch == XD_ARCH_MIXTRAL && strcmp(c.model_type, "mixtral") == 0, "arch");
+    CHECK(c.vocab_size == 32000 && c.hidden_size == 4096 && c.n_layers == 32, "sizes");
+    CHECK(c.n_heads == 32 && c.n_kv_heads == 8, "heads %d kv %d", c.n_heads, c.n_kv_heads);
+    CHECK(c.head_dim == 64, "head_dim %d (the key, not hidden/heads = 128)", c.head_dim);
+    CHECK(c.max_position_embeddings == 32768, "max_position_embeddings");
+    CHECK(fabsf(c.rms_norm_eps - 1e-5f) < 1e-12f, "rms_norm_eps %g", c.rms_norm_eps);
+    CHECK(c.rope_theta == 1e6f, "rope_theta %g", c.rope_theta);
+    CHECK(c.sliding_window == 0, "sliding_window null means none: %d", c.sliding_window);
+    CHECK(c.n_experts == 8 && c.top_k == 2, "experts %d top_k %d", c.n_experts, c.top_k);
+    CHECK(c.expert_ffn == 14336, "expert_ffn %d", c.expert_ffn);
+    CHECK(c.dense_ffn == 0 && c.shared_expert_ffn == 0, "dense %d shared %d", c.dense_ffn,
+          c.shared_expert_ffn);
+    /* Mixtral's router renormalises the top-k softmax weights */
+    CHECK(c.norm_topk_prob, "mixtral renormalises top-k");
+    CHECK(c.qk_norm == XD_QK_NORM_NONE && !c.qkv_bias && !c.o_bias, "attention extras");
+    CHECK(c.clip_qkv == 0.0f && !c.tie_word_embeddings, "clip_qkv / tie");
+    CHECK(c.n_moe_layers == 32, "n_moe_layers %d", c.n_moe_layers);
+    int all = 1;
+    for (int i = 0; i < 32; i++)
+        all &= c.is_moe_layer[i];
+    CHECK(all, "every mixtral layer is MoE");
+    CHECK(c.bos_token_id == 1, "bos %d", c.bos_token_id);
+    CHECK(c.n_eos == 1 && c.eos_token_ids[0] == 2, "eos n=%d [0]=%d", c.n_eos, c.eos_token_ids[0]);
+}
+
+static void test_mixtral_defaults(void)
+{
+    /* head_dim absent: hidden_size / num_attention_heads; num_key_value_heads absent: the
+     * number of heads; rope_theta absent: MixtralConfig's 1e6; sliding_window given */
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{\"model_type\": \"mixtral\", \"vocab_size\": 1000, \"hidden_size\": 256,"
+                   "\"num_hidden_layers\": 2, \"num_attention_heads\": 8,"
+                   "\"intermediate_size\": 512, \"num_local_experts\": 4,"
+                   "\"num_experts_per_tok\": 2, \"sliding_window\": 4096}",
+                   &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    if (rc != XD_OK)
+        return;
+    CHECK(c.head_dim == 32, "head_dim %d", c.head_dim);
+    CHECK(c.n_kv_heads == 8, "n_kv_heads %d", c.n_kv_heads);
+    CHECK(c.rope_theta == 1e6f, "rope_theta %g", c.rope_theta);
+    CHECK(c.sliding_window == 4096, "sliding_window %d", c.sliding_window);
+    CHECK(c.n_eos == 0 && c.bos_token_id == -1, "no eos / bos: n_eos %d bos %d", c.n_eos,
+          c.bos_token_id);
+}
+
+static void test_qwen2_moe(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{" QWEN2_BODY ", \"eos_token_id\": 151643}", &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    if (rc != XD_OK)
+        return;
+    CHECK(c.arch == XD_ARCH_QWEN2_MOE && strcmp(c.model_type, "qwen2_moe") == 0, "arch");
+    CHECK(c.n_heads == 16 && c.n_kv_heads == 16 && c.head_dim == 128, "heads");
+    CHECK(c.n_experts == 60 && c.top_k == 4, "experts %d top_k %d", c.n_experts, c.top_k);
+    CHECK(c.expert_ffn == 1408, "expert_ffn (moe_intermediate_size) %d", c.expert_ffn);
+    CHECK(c.dense_ffn == 5632, "dense_ffn (intermediate_size) %d", c.dense_ffn);
+    CHECK(c.shared_expert_ffn == 5632, "shared_expert_ffn %d", c.shared_expert_ffn);
+    CHECK(c.norm_topk_prob, "norm_topk_prob true");
+    /* Qwen2MoeAttention has biases on q, k and v, none on o */
+    CHECK(c.qkv_bias && !c.o_bias, "qkv_bias %d o_bias %d", c.qkv_bias, c.o_bias);
+    CHECK(c.qk_norm == XD_QK_NORM_NONE, "no qk norm");
+    CHECK(c.rope_theta == 1e6f, "rope_theta %g", c.rope_theta);
+    CHECK(c.sliding_window == 0, "use_sliding_window false: %d", c.sliding_window);
+    /* decoder_sparse_step 1: every layer is sparse except mlp_only_layers 0 and 5 */
+    for (int i = 0; i < 24; i++)
+        CHECK(c.is_moe_layer[i] == (i != 0 && i != 5), "layer %d moe %d", i, c.is_moe_layer[i]);
+    CHECK(c.n_moe_layers == 22, "n_moe_layers %d", c.n_moe_layers);
+    CHECK(c.bos_token_id == 151643 && c.n_eos == 1 && c.eos_token_ids[0] == 151643, "bos/eos");
+}
+
+static void test_qwen2_moe_norm_topk_default(void)
+{
+    /* Qwen2MoeConfig's norm_topk_prob defaults to false */
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{\"model_type\": \"qwen2_moe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                   "\"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
+                   "\"moe_intermediate_size\": 32, \"num_experts\": 4,"
+                   "\"num_experts_per_tok\": 2}",
+                   &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    if (rc != XD_OK)
+        return;
+    CHECK(!c.norm_topk_prob, "norm_topk_prob default");
+    CHECK(c.n_moe_layers == 2 && c.dense_ffn == 0 && c.shared_expert_ffn == 0, "all sparse");
+    CHECK(c.rope_theta == 10000.0f, "rope_theta default %g", c.rope_theta);
+}
+
+static void test_qwen3_moe_sparse_step(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{" QWEN3_BODY ", \"rope_theta\": 1000000.0, \"eos_token_id\": 151645}", &c,
+                   &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    if (rc != XD_OK)
+        return;
+    CHECK(c.arch == XD_ARCH_QWEN3_MOE && strcmp(c.model_type, "qwen3_moe") == 0, "arch");
+    CHECK(c.n_heads == 32 && c.n_kv_heads == 4, "heads");
+    CHECK(c.head_dim == 128, "head_dim %d (the key, not 2048/32 = 64)", c.head_dim);
+    CHECK(c.n_experts == 128 && c.top_k == 8 && c.expert_ffn == 768 && c.dense_ffn == 6144,
+          "experts");
+    CHECK(c.norm_topk_prob, "norm_topk_prob");
+    CHECK(c.qk_norm == XD_QK_NORM_PER_HEAD, "qwen3 normalises q and k per head");
+    CHECK(!c.qkv_bias && !c.o_bias, "attention_bias false");
+    CHECK(c.shared_expert_ffn == 0, "no shared expert");
+    /* layer i is sparse when (i + 1) % 2 == 0: layers 1, 3, 5 */
+    for (int i = 0; i < 6; i++)
+        CHECK(c.is_moe_layer[i] == ((i + 1) % 2 == 0), "layer %d moe %d", i, c.is_moe_layer[i]);
+    CHECK(c.n_moe_layers == 3, "n_moe_layers %d", c.n_moe_layers);
+    CHECK(c.n_eos == 1 && c.eos_token_ids[0] == 151645, "eos");
+}
+
+static void test_qwen3_moe_attention_bias(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{\"model_type\": \"qwen3_moe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                   "\"num_hidden_layers\": 3, \"num_attention_heads\": 4,"
+                   "\"moe_intermediate_size\": 32, \"intermediate_size\": 96,"
+                   "\"num_experts\": 4, \"num_experts_per_tok\": 2, \"attention_bias\": true,"
+                   "\"decoder_sparse_step\": 3}",
+                   &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    if (rc != XD_OK)
+        return;
+    CHECK(c.qkv_bias && c.o_bias, "attention_bias true: q, k, v and o biases");
+    CHECK(!c.is_moe_layer[0] && !c.is_moe_layer[1] && c.is_moe_layer[2] && c.n_moe_layers == 1,
+          "step 3: only layer 2");
+}
+
+static void test_olmoe(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{" OLMOE_BODY ", \"eos_token_id\": 50279}", &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    if (rc != XD_OK)
+        return;
+    CHECK(c.arch == XD_ARCH_OLMOE && strcmp(c.model_type, "olmoe") == 0, "arch");
+    CHECK(c.n_heads == 16 && c.n_kv_heads == 16 && c.head_dim == 128, "heads");
+    CHECK(c.n_experts == 64 && c.top_k == 8, "experts");
+    CHECK(c.expert_ffn == 1024 && c.dense_ffn == 0 && c.shared_expert_ffn == 0, "ffn widths");
+    CHECK(!c.norm_topk_prob, "norm_topk_prob false");
+    CHECK(c.qk_norm == XD_QK_NORM_FULL_WIDTH, "olmoe normalises the whole q and k");
+    CHECK(c.clip_qkv == 8.0f, "clip_qkv %g", c.clip_qkv);
+    CHECK(!c.qkv_bias && !c.o_bias, "no biases");
+    /* OlmoeConfig's rope_theta default is 10000 */
+    CHECK(c.rope_theta == 10000.0f, "rope_theta %g", c.rope_theta);
+    CHECK(c.n_moe_layers == 16, "n_moe_layers %d", c.n_moe_layers);
+    CHECK(c.bos_token_id == -1, "bos null: %d", c.bos_token_id);
+    CHECK(c.n_eos == 1 && c.eos_token_ids[0] == 50279, "eos");
+}
+
+static void test_olmoe_clip_qkv_null(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{\"model_type\": \"olmoe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                   "\"num_hidden_layers\": 1, \"num_attention_heads\": 4,"
+                   "\"intermediate_size\": 32, \"num_experts\": 4, \"num_experts_per_tok\": 2,"
+                   "\"clip_qkv\": null}",
+                   &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    CHECK(rc != XD_OK || c.clip_qkv == 0.0f, "clip_qkv null means none");
+}
+
+static void test_rope_parameters(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    /* transformers 5 moves rope_theta into rope_parameters */
+    int rc = parse("{" OLMOE_BODY ", \"rope_parameters\": {\"rope_theta\": 500000.0,"
+                   " \"rope_type\": \"default\"}}",
+                   &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    CHECK(rc != XD_OK || c.rope_theta == 500000.0f, "rope_theta %g", c.rope_theta);
+
+    rc = parse("{" QWEN3_BODY ", \"rope_theta\": 1000000.0, \"rope_scaling\": null}", &c, &err);
+    CHECK(rc == XD_OK, "rope_scaling null: rc %d: %s", rc, err.msg);
+    CHECK(rc != XD_OK || c.rope_theta == 1e6f, "rope_theta %g", c.rope_theta);
+}
+
+static void test_rope_unsupported_type(void)
+{
+    expect_error("{" OLMOE_BODY ", \"rope_parameters\": {\"rope_theta\": 10000.0,"
+                 " \"rope_type\": \"yarn\", \"factor\": 4.0}}",
+                 "rope_type");
+    expect_error("{" OLMOE_BODY ", \"rope_parameters\": {\"rope_theta\": 10000.0,"
+                 " \"rope_type\": \"yarn\", \"factor\": 4.0}}",
+                 "rope_parameters");
+    /* transformers 4 spelling */
+    expect_error("{" QWEN3_BODY ", \"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}}",
+                 "rope_scaling");
+    expect_error("{" QWEN3_BODY ", \"rope_parameters\": 7}", "rope_parameters");
+    /* a rope_theta that is not a positive number */
+    expect_error("{" OLMOE_BODY ", \"rope_theta\": -1}", "rope_theta");
+    expect_error("{" OLMOE_BODY ", \"rope_theta\": \"big\"}", "rope_theta");
+}
+
+static void test_eos_int_and_list(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{" QWEN3_BODY ", \"eos_token_id\": [151645, 151643]}", &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    CHECK(rc != XD_OK || (c.n_eos == 2 && c.eos_token_ids[0] == 151645 &&
+                          c.eos_token_ids[1] == 151643),
+          "eos list");
+    rc = parse("{" QWEN3_BODY ", \"eos_token_id\": 0}", &c, &err);
+    CHECK(rc == XD_OK && c.n_eos == 1 && c.eos_token_ids[0] == 0, "eos 0 is a valid id");
+    rc = parse("{" QWEN3_BODY ", \"eos_token_id\": 151935}", &c, &err);
+    CHECK(rc == XD_OK && c.n_eos == 1 && c.eos_token_ids[0] == 151935, "last id of the vocab");
+}
+
+static void test_error_unknown_model_type(void)
+{
+    expect_error("{\"model_type\": \"llama\", \"vocab_size\": 32000, \"hidden_size\": 4096,"
+                 "\"num_hidden_layers\": 32, \"num_attention_heads\": 32}",
+                 "model_type");
+    expect_error("{\"vocab_size\": 32000}", "model_type");
+    expect_error("{\"model_type\": 7}", "model_type");
+}
+
+static void test_error_missing_hidden_size(void)
+{
+    expect_error("{\"model_type\": \"mixtral\", \"vocab_size\": 32000, \"num_hidden_layers\": 2,"
+                 "\"num_attention_heads\": 8, \"intermediate_size\": 512,"
+                 "\"num_local_experts\": 4, \"num_experts_per_tok\": 2}",
+                 "hidden_size");
+    expect_error("{\"model_type\": \"mixtral\", \"vocab_size\": 32000, \"hidden_size\": \"4096\","
+                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 8}",
+                 "hidden_size");
+    expect_error("{\"model_type\": \"mixtral\", \"vocab_size\": 32000, \"hidden_size\": 0,"
+                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 8}",
+                 "hidden_size");
+}
+
+static void test_error_missing_other_keys(void)
+{
+    expect_error("{\"model_type\": \"olmoe\", \"hidden_size\": 64, \"num_hidden_layers\": 1,"
+                 "\"num_attention_heads\": 4, \"intermediate_size\": 32, \"num_experts\": 4,"
+                 "\"num_experts_per_tok\": 2}",
+                 "vocab_size");
+    expect_error("{\"model_type\": \"olmoe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_attention_heads\": 4, \"intermediate_size\": 32, \"num_experts\": 4,"
+                 "\"num_experts_per_tok\": 2}",
+                 "num_hidden_layers");
+    expect_error("{\"model_type\": \"olmoe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 1, \"intermediate_size\": 32, \"num_experts\": 4,"
+                 "\"num_experts_per_tok\": 2}",
+                 "num_attention_heads");
+    expect_error("{\"model_type\": \"olmoe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 1, \"num_attention_heads\": 4, \"num_experts\": 4,"
+                 "\"num_experts_per_tok\": 2}",
+                 "intermediate_size");
+    expect_error("{\"model_type\": \"olmoe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 1, \"num_attention_heads\": 4, \"intermediate_size\": 32,"
+                 "\"num_experts\": 4}",
+                 "num_experts_per_tok");
+    expect_error("{\"model_type\": \"qwen3_moe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 1, \"num_attention_heads\": 4, \"num_experts\": 4,"
+                 "\"num_experts_per_tok\": 2}",
+                 "moe_intermediate_size");
+    /* a layer count above what the engine holds */
+    expect_error("{\"model_type\": \"olmoe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 100000, \"num_attention_heads\": 4,"
+                 "\"intermediate_size\": 32, \"num_experts\": 4, \"num_experts_per_tok\": 2}",
+                 "num_hidden_layers");
+}
+
+static void test_error_num_experts_zero(void)
+{
+    expect_error("{\"model_type\": \"qwen2_moe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
+                 "\"moe_intermediate_size\": 32, \"num_experts\": 0, \"num_experts_per_tok\": 1}",
+                 "num_experts");
+    expect_error("{\"model_type\": \"mixtral\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
+                 "\"intermediate_size\": 32, \"num_local_experts\": 0, \"num_experts_per_tok\": 1}",
+                 "num_local_experts");
+    expect_error("{\"model_type\": \"olmoe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
+                 "\"intermediate_size\": 32, \"num_experts\": -3, \"num_experts_per_tok\": 1}",
+                 "num_experts");
+}
+
+static void test_error_top_k_above_experts(void)
+{
+    expect_error("{\"model_type\": \"olmoe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
+                 "\"intermediate_size\": 32, \"num_experts\": 4, \"num_experts_per_tok\": 5}",
+                 "num_experts_per_tok");
+    expect_error("{\"model_type\": \"olmoe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
+                 "\"intermediate_size\": 32, \"num_experts\": 4, \"num_experts_per_tok\": 0}",
+                 "num_experts_per_tok");
+}
+
+static void test_error_kv_heads_not_dividing(void)
+{
+    expect_error("{\"model_type\": \"olmoe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 3,"
+                 "\"intermediate_size\": 32, \"num_experts\": 4, \"num_experts_per_tok\": 2}",
+                 "num_key_value_heads");
+    /* more kv heads than heads */
+    expect_error("{\"model_type\": \"olmoe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_key_value_heads\": 8,"
+                 "\"intermediate_size\": 32, \"num_experts\": 4, \"num_experts_per_tok\": 2}",
+                 "num_key_value_heads");
+}
+
+static void test_error_head_dim(void)
+{
+    /* rotary embeddings rotate pairs: an odd head_dim cannot be served */
+    expect_error("{\"model_type\": \"olmoe\", \"vocab_size\": 100, \"hidden_size\": 60,"
+                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"head_dim\": 15,"
+                 "\"intermediate_size\": 32, \"num_experts\": 4, \"num_experts_per_tok\": 2}",
+                 "head_dim");
+}
+
+static void test_error_hidden_act(void)
+{
+    expect_error("{\"model_type\": \"olmoe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"hidden_act\": \"gelu\","
+                 "\"intermediate_size\": 32, \"num_experts\": 4, \"num_experts_per_tok\": 2}",
+                 "hidden_act");
+    expect_error("{\"model_type\": \"mixtral\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"hidden_act\": 1,"
+                 "\"intermediate_size\": 32, \"num_local_experts\": 4, \"num_experts_per_tok\": 2}",
+                 "hidden_act");
+}
+
+static void test_error_mlp_only_layers(void)
+{
+    const char *pre = "{\"model_type\": \"qwen2_moe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                      "\"num_hidden_layers\": 4, \"num_attention_heads\": 4,"
+                      "\"moe_intermediate_size\": 32, \"intermediate_size\": 96,"
+                      "\"num_experts\": 4, \"num_experts_per_tok\": 2, \"mlp_only_layers\": ";
+    const char *bad[] = {"[4]}", "[-1]}", "[1.5]}", "[\"0\"]}", "3}"};
+    char json[1024];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(json, sizeof json, "%s%s", pre, bad[i]);
+        expect_error(json, "mlp_only_layers");
+    }
+    /* the last layer is in range */
+    struct xd_model_config c;
+    struct xd_err err;
+    snprintf(json, sizeof json, "%s%s", pre, "[3]}");
+    int rc = parse(json, &c, &err);
+    CHECK(rc == XD_OK, "mlp_only_layers [3]: %s", err.msg);
+    CHECK(rc != XD_OK || (c.n_moe_layers == 3 && !c.is_moe_layer[3]), "layer 3 dense");
+    /* a dense layer needs intermediate_size */
+    expect_error("{\"model_type\": \"qwen2_moe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 4, \"num_attention_heads\": 4,"
+                 "\"moe_intermediate_size\": 32, \"num_experts\": 4, \"num_experts_per_tok\": 2,"
+                 "\"mlp_only_layers\": [1]}",
+                 "intermediate_size");
+}
+
+static void test_error_eos_out_of_vocab(void)
+{
+    /* ids run 0 .. vocab_size - 1 */
+    expect_error("{" OLMOE_BODY ", \"eos_token_id\": 50304}", "eos_token_id");
+    expect_error("{" OLMOE_BODY ", \"eos_token_id\": -1}", "eos_token_id");
+    expect_error("{" OLMOE_BODY ", \"eos_token_id\": [50279, 60000]}", "eos_token_id");
+    expect_error("{" OLMOE_BODY ", \"eos_token_id\": [50279, \"x\"]}", "eos_token_id");
+    expect_error("{" OLMOE_BODY ", \"eos_token_id\": \"</s>\"}", "eos_token_id");
+    /* an id past 2^32 is outside any vocabulary; it must not wrap into range */
+    expect_error("{" OLMOE_BODY ", \"eos_token_id\": 4294967298}", "eos_token_id");
+    expect_error("{" OLMOE_BODY ", \"eos_token_id\": [4294967298]}", "eos_token_id");
+    /* more ids than XD_MAX_EOS */
+    expect_error("{" OLMOE_BODY ", \"eos_token_id\": [1,2,3,4,5,6,7,8,9]}", "eos_token_id");
+}
+
+static void test_error_not_json(void)
+{
+    expect_error("{\"model_type\": \"mixtral\",", NULL);
+    expect_error("", NULL);
+    expect_error("model_type = mixtral", NULL);
+}
+
+static void test_error_not_object(void)
+{
+    expect_error("[{\"model_type\": \"mixtral\"}]", NULL);
+    expect_error("[]", NULL);
+}
+
+static void test_error_wrong_types(void)
+{
+    expect_error("{\"model_type\": \"olmoe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"rms_norm_eps\": \"x\","
+                 "\"intermediate_size\": 32, \"num_experts\": 4, \"num_experts_per_tok\": 2}",
+                 "rms_norm_eps");
+    expect_error("{\"model_type\": \"olmoe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"norm_topk_prob\": 1,"
+                 "\"intermediate_size\": 32, \"num_experts\": 4, \"num_experts_per_tok\": 2}",
+                 "norm_topk_prob");
+    expect_error("{\"model_type\": \"olmoe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
+                 "\"tie_word_embeddings\": \"no\","
+                 "\"intermediate_size\": 32, \"num_experts\": 4, \"num_experts_per_tok\": 2}",
+                 "tie_word_embeddings");
+    expect_error("{\"model_type\": \"olmoe\", \"vocab_size\": 100.5, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
+                 "\"intermediate_size\": 32, \"num_experts\": 4, \"num_experts_per_tok\": 2}",
+                 "vocab_size");
+    expect_error("{\"model_type\": \"qwen3_moe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
+                 "\"moe_intermediate_size\": 32, \"num_experts\": 4, \"num_experts_per_tok\": 2,"
+                 "\"decoder_sparse_step\": 0}",
+                 "decoder_sparse_step");
+}
+
+static void test_error_sliding_window_layers(void)
+{
+    /* qwen models with use_sliding_window true need per-layer windows expertd does not have */
+    expect_error("{\"model_type\": \"qwen3_moe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
+                 "\"moe_intermediate_size\": 32, \"num_experts\": 4, \"num_experts_per_tok\": 2,"
+                 "\"use_sliding_window\": true, \"sliding_window\": 4096}",
+                 "use_sliding_window");
+}
+
+static void test_error_duplicate_key(void)
+{
+    /* JSON leaves duplicate names undefined; two num_experts could each be read differently */
+    expect_error("{" QWEN2_BODY ", \"num_experts\": 0}", "num_experts");
+}
+
+static void test_arch_names(void)
+{
+    CHECK(strcmp(xd_arch_name(XD_ARCH_MIXTRAL), "mixtral") == 0, "mixtral");
+    CHECK(strcmp(xd_arch_name(XD_ARCH_QWEN2_MOE), "qwen2_moe") == 0, "qwen2_moe");
+    CHECK(strcmp(xd_arch_name(XD_ARCH_QWEN3_MOE), "qwen3_moe") == 0, "qwen3_moe");
+    CHECK(strcmp(xd_arch_name(XD_ARCH_OLMOE), "olmoe") == 0, "olmoe");
+}
+
+static void test_length_is_respected(void)
+{
+    /* only len bytes are read: a valid config followed by garbage past len parses */
+    const char *text = "{" OLMOE_BODY "}GARBAGE";
+    struct xd_model_config c;
+    struct xd_err err = {{0}};
+    int rc = xd_model_config_parse(text, strlen(text) - 7, "m/config.json", &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    RUN(test_mixtral);
+    RUN(test_mixtral_defaults);
+    RUN(test_qwen2_moe);
+    RUN(test_qwen2_moe_norm_topk_default);
+    RUN(test_qwen3_moe_sparse_step);
+    RUN(test_qwen3_moe_attention_bias);
+    RUN(test_olmoe);
+    RUN(test_olmoe_clip_qkv_null);
+    RUN(test_rope_parameters);
+    RUN(test_rope_unsupported_type);
+    RUN(test_eos_int_and_list);
+    RUN(test_error_unknown_model_type);
+    RUN(test_error_missing_hidden_size);
+    RUN(test_error_missing_other_keys);
+    RUN(test_error_num_experts_zero);
+    RUN(test_error_top_k_above_experts);
+    RUN(test_error_kv_heads_not_dividing);
+    RUN(test_error_head_dim);
+    RUN(test_error_hidden_act);
+    RUN(test_error_mlp_only_layers);
+    RUN(test_error_eos_out_of_vocab);
+    RUN(test_error_not_json);
+    RUN(test_error_not_object);
+    RUN(test_error_wrong_types);
+    RUN(test_error_sliding_window_layers);
+    RUN(test_error_duplicate_key);
+    RUN(test_arch_names);
+    RUN(test_length_is_respected);
+    return test_summary();
+}
