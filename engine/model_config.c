@@ -1,6 +1,8 @@
 /* config.json and generation_config.json parsing with per-key validation. */
 #include "model_config.h"
 
+#include "text_file.h"
+
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -327,52 +329,13 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     return XD_OK;
 }
 
-static int read_file(const char *path, char **ret, size_t *ret_len, struct xd_err *err)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return xd_err_set(err, XD_ERR_IO, "%s: cannot open", path);
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len == cap) {
-            cap = cap ? cap * 2 : 4096;
-            if (cap > (16u << 20)) {
-                free(buf);
-                fclose(f);
-                return xd_err_set(err, XD_ERR_FORMAT, "%s: larger than 16 MiB", path);
-            }
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return xd_err_set(err, XD_ERR_NOMEM, "%s: out of memory", path);
-            }
-            buf = nb;
-        }
-        size_t n = fread(buf + len, 1, cap - len, f);
-        len += n;
-        if (n == 0)
-            break;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(buf);
-        return xd_err_set(err, XD_ERR_IO, "%s: read error", path);
-    }
-    *ret = buf;
-    *ret_len = len;
-    return XD_OK;
-}
-
 int xd_model_config_load(const char *dir, struct xd_model_config *c, struct xd_err *err)
 {
     char path[4096];
     char *text;
     size_t len;
     snprintf(path, sizeof path, "%s/config.json", dir);
-    int rc = read_file(path, &text, &len, err);
+    int rc = xd_read_text_file(path, 16u << 20, &text, &len, err);
     if (rc < 0)
         return rc;
     rc = xd_model_config_parse(text, len, path, c, err);
@@ -381,7 +344,7 @@ int xd_model_config_load(const char *dir, struct xd_model_config *c, struct xd_e
         return rc;
 
     snprintf(path, sizeof path, "%s/generation_config.json", dir);
-    if (read_file(path, &text, &len, NULL) < 0)
+    if (xd_read_text_file(path, 16u << 20, &text, &len, NULL) < 0)
         return XD_OK; /* optional */
     json_error_t jerr;
     json_t *root = json_loadb(text, len, 0, &jerr);

@@ -1,6 +1,8 @@
 /* Safetensors parsing (header JSON via jansson) and mmap-backed checkpoints. */
 #include "safetensors.h"
 
+#include "text_file.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -222,20 +224,18 @@ static char *path_join(const char *dir, const char *name)
     return p;
 }
 
-/* Shard names from model.safetensors.index.json, deduplicated, into *ret. */
-static int read_index(const char *index_path, json_t **ret_shards, json_t **ret_map,
-                      struct xd_err *err)
+int xd_st_index_parse(const char *text, size_t len, const char *path, json_t **ret_shards,
+                      json_t **ret_map, struct xd_err *err)
 {
     json_error_t jerr;
-    json_t *root = json_load_file(index_path, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return xd_err_set(err, XD_ERR_FORMAT, "%s: %s (line %d)", index_path, jerr.text,
-                          jerr.line);
+        return xd_err_set(err, XD_ERR_FORMAT, "%s: %s (line %d)", path, jerr.text, jerr.line);
     json_t *map = json_object_get(root, "weight_map");
     if (!json_is_object(map)) {
         json_decref(root);
         return xd_err_set(err, XD_ERR_FORMAT, "%s: key 'weight_map' is missing or not an object",
-                          index_path);
+                          path);
     }
     json_t *shards = json_array();
     const char *name;
@@ -246,7 +246,7 @@ static int read_index(const char *index_path, json_t **ret_shards, json_t **ret_
             /* format the message first: name belongs to root */
             int rc = xd_err_set(err, XD_ERR_FORMAT,
                                 "%s: weight_map entry for '%s' is not a file name in the directory",
-                                index_path, name);
+                                path, name);
             json_decref(shards);
             json_decref(root);
             return rc;
@@ -261,6 +261,19 @@ static int read_index(const char *index_path, json_t **ret_shards, json_t **ret_
     *ret_map = json_incref(map);
     json_decref(root);
     return XD_OK;
+}
+
+static int read_index(const char *index_path, json_t **ret_shards, json_t **ret_map,
+                      struct xd_err *err)
+{
+    char *text;
+    size_t len;
+    int rc = xd_read_text_file(index_path, 64u << 20, &text, &len, err);
+    if (rc < 0)
+        return rc;
+    rc = xd_st_index_parse(text, len, index_path, ret_shards, ret_map, err);
+    free(text);
+    return rc;
 }
 
 int xd_checkpoint_open(const char *dir, struct xd_checkpoint **ret_ckpt, struct xd_err *err)

@@ -39,6 +39,14 @@ int xd_st_header_parse(const uint8_t *bytes, size_t file_size, const char *path,
                        struct xd_st_header *ret, struct xd_err *err);
 void xd_st_header_finish(struct xd_st_header *h);
 
+/* Parses model.safetensors.index.json text: *ret_shards gets the distinct shard
+ * file names (a JSON array of strings, owned), *ret_map the weight_map object
+ * (owned). Shard names must be plain file names (no '/', not ".."). path only
+ * names the file in messages. */
+struct json_t;
+int xd_st_index_parse(const char *text, size_t len, const char *path, struct json_t **ret_shards,
+                      struct json_t **ret_map, struct xd_err *err);
+
 /* All tensors of a checkpoint directory: model.safetensors, or the shards
  * named by model.safetensors.index.json. */
 struct xd_checkpoint;
