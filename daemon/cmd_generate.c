@@ -250,6 +250,7 @@ int xd_cmd_generate(int argc, char **argv)
         for (int i = 0; i < res.n_tokens; i++)
             printf("%s%d", i ? "," : "", res.tokens[i]);
         printf("\n");
+        fflush(stdout);
         double tps = res.decode_seconds > 0 && res.n_tokens > 1
                          ? (res.n_tokens - 1) / res.decode_seconds
                          : 0.0;

@@ -24,9 +24,12 @@ import json, sys
 counts = {"passed": 0, "failed": 0, "skipped": 0}
 for path in sys.argv[1:]:
     for line in open(path):
-        r = json.loads(line)["result"]
-        key = {"OK": "passed", "EXPECTEDFAIL": "passed", "SKIP": "skipped"}.get(r, "failed")
+        t = json.loads(line)
+        key = {"OK": "passed", "EXPECTEDFAIL": "passed", "SKIP": "skipped"}.get(t["result"], "failed")
         counts[key] += 1
+        if key == "skipped":
+            reason = (t.get("stdout") or "").strip().splitlines()
+            print(f"skipped {t['name']}: {reason[0] if reason else 'no reason given'}")
 print(f"tests: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
 PY
 exit $status
