@@ -1,23 +1,12 @@
 /* Fuzz target: any byte string as config.json; an accepted config must satisfy the invariants
  * the engine relies on. */
+#include "fuzz.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "model_config.h"
-
-/* A broken invariant must crash so that the fuzzer records the input; assert() would vanish
- * under NDEBUG. */
-#define REQUIRE(cond)                                                                 \
-    do {                                                                              \
-        if (!(cond)) {                                                                \
-            fprintf(stderr, "%s:%d: invariant broken: %s\n", __FILE__, __LINE__, #cond); \
-            __builtin_trap();                                                         \
-        }                                                                             \
-    } while (0)
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
