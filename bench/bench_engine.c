@@ -12,10 +12,16 @@
 
 #include "engine.h"
 #include "options.h"
+#include "xd_build_config.h"
+#if XD_HAVE_CUDA
+#include "gpu.h"
+#include "gpu_probe.h"
+#endif
 
 struct bench_opts {
     const char *model;
-    int repeats, prompt_len, decode_steps, threads;
+    const char *device;
+    int repeats, prompt_len, decode_steps, threads, max_batch;
 };
 
 #define B(f) offsetof(struct bench_opts, f)
@@ -25,6 +31,9 @@ static const struct xd_opt bench_table[] = {
     {"prompt-len", XD_OPT_INT, B(prompt_len), 1, 8192, NULL, "prefill tokens per sequence (128)"},
     {"decode-steps", XD_OPT_INT, B(decode_steps), 1, 8192, NULL, "decode steps (32)"},
     {"threads", XD_OPT_INT, B(threads), 0, 4096, NULL, "CPU threads (0: all cores)"},
+    {"device", XD_OPT_STRING, B(device), 0, 0, NULL, "cpu or cuda (cpu)"},
+    {"max-batch", XD_OPT_INT, B(max_batch), 1, 64, NULL,
+     "largest of the batches 1, 8, 64 to run (8)"},
 };
 
 static double now(void)
@@ -117,7 +126,8 @@ static double stream_rate(const struct xd_model *m, int repeats)
 
 int main(int argc, char **argv)
 {
-    struct bench_opts o = {.repeats = 5, .prompt_len = 128, .decode_steps = 32};
+    struct bench_opts o = {.device = "cpu", .repeats = 5, .prompt_len = 128, .decode_steps = 32,
+                           .max_batch = 8};
     struct xd_err err = {{0}};
     if (xd_opts_parse(bench_table, sizeof bench_table / sizeof bench_table[0], &o, argc - 1,
                       argv + 1, &err) < 0 || !o.model) {
@@ -132,12 +142,18 @@ int main(int argc, char **argv)
         return 1;
     }
     const struct xd_model_config *c = &m->config;
-    const int batches[2] = {1, 8};
+    const int batches[3] = {1, 8, 64};
+    const int n_batches = o.max_batch >= 64 ? 3 : o.max_batch >= 8 ? 2 : 1;
+    const int top = batches[n_batches - 1];
     struct xd_engine_opts eo = {
-        .device = XD_DEVICE_CPU, .block_size = 16,
-        .n_kv_blocks = 8 * ((o.prompt_len + o.decode_steps + 15) / 16),
-        .max_batch_tokens = 8 * o.prompt_len, .n_threads = o.threads,
+        .device = strcmp(o.device, "cuda") == 0 ? XD_DEVICE_CUDA : XD_DEVICE_CPU,
+        .block_size = 16,
+        .n_kv_blocks = top * ((o.prompt_len + o.decode_steps + 15) / 16),
+        .max_batch_tokens = top * o.prompt_len, .n_threads = o.threads,
     };
+#if XD_HAVE_CUDA
+    xd_gpu_register();
+#endif
     struct xd_engine *e = NULL;
     if (xd_engine_create(m, &eo, &e, &err) < 0) {
         fprintf(stderr, "bench-engine: %s\n", err.msg);
@@ -158,15 +174,21 @@ int main(int argc, char **argv)
     size_t per_token = total - (size_t)c->n_moe_layers * (c->n_experts - c->top_k) * expert_bytes -
                        (size_t)c->vocab_size * c->hidden_size * esize;
 
-    double gbps = stream_rate(m, o.repeats);
-    printf("{\"model\": \"%s\", \"model_type\": \"%s\", \"hidden\": %d, \"layers\": %d, "
+    double gbps = 0.0;
+#if XD_HAVE_CUDA
+    if (eo.device == XD_DEVICE_CUDA)
+        gbps = xd_gpu_copy_gbps((size_t)1 << 30, 5);
+    else
+#endif
+        gbps = stream_rate(m, o.repeats);
+    printf("{\"device\": \"%s\", \"model\": \"%s\", \"model_type\": \"%s\", \"hidden\": %d, \"layers\": %d, "
            "\"experts\": %d, \"top_k\": %d, \"expert_ffn\": %d, \"vocab\": %d, \"dtype\": \"%s\", "
            "\"weights_mib\": %.1f, \"threads\": %d, \"prompt_len\": %d, \"decode_steps\": %d, "
-           "\"repeats\": %d,\n \"weight_stream_gbps\": %.2f, \"results\": [",
-           o.model, c->model_type, c->hidden_size, c->n_layers, c->n_experts, c->top_k,
+           "\"repeats\": %d,\n \"baseline_gbps\": %.2f, \"results\": [",
+           o.device, o.model, c->model_type, c->hidden_size, c->n_layers, c->n_experts, c->top_k,
            c->expert_ffn, c->vocab_size, xd_dtype_name(m->embed.dtype),
            (double)total / (1 << 20), threads, o.prompt_len, o.decode_steps, o.repeats, gbps);
-    for (int bi = 0; bi < 2; bi++) {
+    for (int bi = 0; bi < n_batches; bi++) {
         int nb = batches[bi];
         double pre[64], dec[64];
         int r;
@@ -179,7 +201,7 @@ int main(int argc, char **argv)
                " \"decode_step_ms\": %.2f",
                bi ? "," : "", nb, nb * o.prompt_len / p, dec_tps, 1e3 * d / o.decode_steps);
         if (nb == 1)
-            printf(", \"decode_bytes_per_token_mib\": %.1f, \"decode_fraction_of_stream_rate\": "
+            printf(", \"decode_bytes_per_token_mib\": %.1f, \"decode_fraction_of_baseline\": "
                    "%.3f",
                    (double)per_token / (1 << 20), (double)per_token * dec_tps / 1e9 / gbps);
         printf("}");

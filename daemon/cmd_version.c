@@ -15,7 +15,7 @@ int xd_cmd_version(int argc, char **argv)
 #if XD_HAVE_CUDA
     char info[512];
     xd_gpu_probe(info, sizeof info);
-    printf("backends: cpu, cuda (compiled; the CUDA engine backend is not implemented yet)\n");
+    printf("backends: cpu, cuda\n");
     printf("gpus: %s\n", info);
 #else
     printf("backends: cpu\n");

@@ -3,6 +3,10 @@
 #include <string.h>
 
 #include "commands.h"
+#include "xd_build_config.h"
+#if XD_HAVE_CUDA
+#include "gpu.h"
+#endif
 
 static void usage(FILE *out)
 {
@@ -21,6 +25,9 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+#if XD_HAVE_CUDA
+    xd_gpu_register();
+#endif
     const char *cmd = argv[1];
     if (strcmp(cmd, "generate") == 0)
         return xd_cmd_generate(argc - 2, argv + 2);

@@ -17,4 +17,8 @@ struct xd_backend_ops {
 
 extern const struct xd_backend_ops xd_cpu_backend;
 
+/* Makes ops the backend of device for engines created afterwards; called once
+ * at start-up by the library that implements it (gpu/: xd_gpu_register). */
+void xd_engine_register_backend(enum xd_device device, const struct xd_backend_ops *ops);
+
 #endif

@@ -5,6 +5,14 @@
 
 #include "backend.h"
 
+/* Backends other than the CPU one live in other libraries (gpu/) and register here. */
+static const struct xd_backend_ops *registered[XD_DEVICE_CUDA + 1];
+
+void xd_engine_register_backend(enum xd_device device, const struct xd_backend_ops *ops)
+{
+    registered[device] = ops;
+}
+
 struct xd_engine {
     struct xd_model *model;
     struct xd_engine_opts opts;
@@ -26,8 +34,12 @@ int xd_engine_create(struct xd_model *model, const struct xd_engine_opts *opts,
         backend = &xd_cpu_backend;
         break;
     case XD_DEVICE_CUDA:
-        return xd_err_set(err, XD_ERR_UNSUPPORTED,
-                          "device cuda: the CUDA backend is not implemented yet; use --device cpu");
+        backend = registered[XD_DEVICE_CUDA];
+        if (!backend)
+            return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                              "device cuda: this expertd was built without the CUDA backend "
+                              "(meson -Dcuda=enabled needs nvcc and cuBLAS); use --device cpu");
+        break;
     }
     struct xd_engine *e = calloc(1, sizeof *e);
     if (!e)

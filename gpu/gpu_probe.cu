@@ -33,3 +33,34 @@ extern "C" void xd_gpu_probe(char *buf, size_t n)
                                 i, p.name, (double)p.totalGlobalMem / (1u << 30), p.major, p.minor);
     }
 }
+
+extern "C" double xd_gpu_copy_gbps(size_t bytes, int repeats)
+{
+    void *a = NULL, *b = NULL;
+    cudaEvent_t t0 = NULL, t1 = NULL;
+    double best = 0.0;
+    if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess ||
+        cudaEventCreate(&t0) != cudaSuccess || cudaEventCreate(&t1) != cudaSuccess)
+        goto out;
+    cudaMemset(a, 1, bytes);
+    for (int r = 0; r < repeats + 1; r++) {
+        float ms = 0.0f;
+        cudaEventRecord(t0);
+        cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+        cudaEventRecord(t1);
+        if (cudaEventSynchronize(t1) != cudaSuccess || cudaEventElapsedTime(&ms, t0, t1) != cudaSuccess)
+            goto out;
+        double gbps = 2.0 * (double)bytes / (ms * 1e-3) / 1e9; /* read + write */
+        if (r > 0 && gbps > best)
+            best = gbps;
+    }
+out:
+    cudaGetLastError();
+    if (t0)
+        cudaEventDestroy(t0);
+    if (t1)
+        cudaEventDestroy(t1);
+    cudaFree(a);
+    cudaFree(b);
+    return best;
+}

@@ -15,6 +15,10 @@ int xd_gpu_device_count(void);
  * capability) or of why none is usable into buf; never fails. */
 void xd_gpu_probe(char *buf, size_t n);
 
+/* Device-to-device copy bandwidth in GB/s (bytes read plus written), best of repeats copies
+ * of `bytes`; 0 when it cannot be measured. The HBM baseline of GPU benchmarks. */
+double xd_gpu_copy_gbps(size_t bytes, int repeats);
+
 #ifdef __cplusplus
 }
 #endif

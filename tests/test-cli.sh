@@ -66,7 +66,11 @@ expect text_prompt_needs_tokenizer 2 "tokenizer" -- "$expertd" generate --model 
 expect unknown_option 2 "--frobnicate" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --frobnicate 3
 expect temperature_out_of_range 2 "--temperature" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --temperature -1
 expect context_exceeded 2 "max_position_embeddings" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --max-tokens 300
-expect cuda_not_yet 1 "cuda" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --device cuda
+if "$expertd" version | grep -q '^gpus: none'; then
+  expect cuda_without_gpu 1 "device cuda" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --device cuda
+else
+  expect cuda_generates 0 "," -- "$expertd" generate --model "$olmoe" --prompt-ids 1,2 --max-tokens 4 --device cuda
+fi
 expect bad_device 2 "--device" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --device tpu
 expect unknown_command 2 "unknown command" -- "$expertd" frobnicate
 expect version 0 "expertd" -- "$expertd" version

@@ -1,0 +1,484 @@
+/* The CUDA backend: a forward step on the GPU with cuBLAS for every projection, bf16 weights
+ * and GEMM inputs, f32 accumulation and residual stream, and a bf16 paged KV cache. */
+#include <stdlib.h>
+#include <string.h>
+#include <vector>
+
+#include "cuda_check.h"
+#include "expert_pool.h"
+#include "gpu.h"
+#include "kernels.h"
+
+extern "C" {
+#include "backend.h"
+#include "dtype.h"
+}
+
+/* ---- device weights ---- */
+
+struct dev_layer {
+    const bf16 *wq, *wk, *wv, *wo;        /* (rows, cols) as in the checkpoint */
+    const float *bq, *bk, *bv, *bo;       /* NULL when absent */
+    const float *attn_norm, *mlp_norm, *q_norm, *k_norm;
+    const bf16 *mlp_gate, *mlp_up, *mlp_down;  /* dense layers */
+    const bf16 *router;                   /* (n_experts, hidden) */
+    const bf16 *sh_gate, *sh_up, *sh_down, *sh_expert_gate; /* qwen2_moe shared expert */
+};
+
+struct cuda_state {
+    const struct xd_model *m;
+    struct xd_engine_opts opts;
+    int q_dim, kv_dim, ffn_max, K, E, H;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    std::vector<void *> allocs;           /* every device allocation, freed at destroy */
+    struct xd_expert_pool *pool;
+    const bf16 *embed, *lm_head;
+    const float *final_norm;
+    std::vector<dev_layer> layers;
+    bf16 *k_cache, *v_cache;              /* (n_layers, n_slots, kv_dim) */
+    size_t layer_slots;                   /* n_kv_blocks * block_size */
+
+    /* step buffers on the device, T = max_batch_tokens, TK = T * top_k */
+    int32_t *d_ints;                      /* tokens, pos, slot, table_off (4T) then tables */
+    size_t d_ints_cap;
+    float *h, *q, *k, *v, *out, *router, *weights, *g, *u, *eo, *logits, *xs;
+    bf16 *xn, *attn, *xg, *a;
+    int32_t *experts, *row_src, *slot_row, *logit_rows;
+    /* host mirrors */
+    std::vector<int32_t> h_ints, h_experts, h_row_src, h_slot_row, h_logit_rows;
+    std::vector<float> h_weights;
+    float *h_logits;                      /* pinned (T, vocab) */
+    std::vector<int32_t> route_experts;   /* (T, n_moe_layers, K) */
+    std::vector<float> route_weights;
+};
+
+static int dev_alloc(cuda_state *s, size_t bytes, void **ret, const char *what, struct xd_err *err)
+{
+    cudaError_t e = cudaMalloc(ret, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        size_t free_b = 0, total_b = 0;
+        cudaGetLastError();
+        cudaMemGetInfo(&free_b, &total_b);
+        return xd_err_set(err, XD_ERR_NOMEM,
+                          "GPU out of memory for %s (%.1f MiB; %.1f MiB of %.1f MiB free); lower "
+                          "--kv-blocks or --max-batch-tokens, or use --device cpu",
+                          what, bytes / 1048576.0, free_b / 1048576.0, total_b / 1048576.0);
+    }
+    s->allocs.push_back(*ret);
+    return XD_OK;
+}
+
+template <typename T>
+static int alloc_n(cuda_state *s, size_t n, T **ret, const char *what, struct xd_err *err)
+{
+    return dev_alloc(s, n * sizeof(T), (void **)ret, what, err);
+}
+
+/* Uploads a weight matrix as bf16; a NULL matrix gives NULL. */
+static int upload_bf16(cuda_state *s, const struct xd_matrix *m, const bf16 **ret, const char *what,
+                       struct xd_err *err)
+{
+    *ret = NULL;
+    if (!m->data)
+        return XD_OK;
+    const size_t n = (size_t)m->rows * m->cols;
+    std::vector<uint16_t> host(n);
+    xd_matrix_to_bf16(m, host.data());
+    bf16 *d;
+    int rc = alloc_n(s, n, &d, what, err);
+    if (rc < 0)
+        return rc;
+    CUDA_TRY(cudaMemcpy(d, host.data(), n * 2, cudaMemcpyHostToDevice));
+    *ret = d;
+    return XD_OK;
+}
+
+/* Uploads a vector (norm weight, bias) as f32; a NULL matrix gives NULL. */
+static int upload_f32(cuda_state *s, const struct xd_matrix *m, const float **ret, const char *what,
+                      struct xd_err *err)
+{
+    *ret = NULL;
+    if (!m->data)
+        return XD_OK;
+    const size_t n = (size_t)m->rows * m->cols;
+    std::vector<float> host(n);
+    xd_dtype_to_f32(m->dtype, m->data, host.data(), n);
+    float *d;
+    int rc = alloc_n(s, n, &d, what, err);
+    if (rc < 0)
+        return rc;
+    CUDA_TRY(cudaMemcpy(d, host.data(), n * 4, cudaMemcpyHostToDevice));
+    *ret = d;
+    return XD_OK;
+}
+
+static void cuda_destroy(void *p)
+{
+    cuda_state *s = (cuda_state *)p;
+    if (!s)
+        return;
+    if (s->stream)
+        cudaStreamSynchronize(s->stream);
+    xd_expert_pool_destroy(s->pool);
+    for (void *a : s->allocs)
+        cudaFree(a);
+    if (s->h_logits)
+        cudaFreeHost(s->h_logits);
+    if (s->blas)
+        cublasDestroy(s->blas);
+    if (s->stream)
+        cudaStreamDestroy(s->stream);
+    delete s;
+}
+
+#define TRY(expr)                 \
+    do {                          \
+        int rc_ = (expr);         \
+        if (rc_ < 0)              \
+            return rc_;           \
+    } while (0)
+
+static int create_inner(cuda_state *s, struct xd_err *err)
+{
+    const struct xd_model *m = s->m;
+    const struct xd_model_config *c = &m->config;
+    int n_dev = 0;
+    cudaError_t e = cudaGetDeviceCount(&n_dev);
+    if (e != cudaSuccess || n_dev == 0)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED, "device cuda: no usable GPU (%s)",
+                          e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+    CUDA_TRY(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
+    CUBLAS_TRY(cublasCreate(&s->blas));
+    CUBLAS_TRY(cublasSetStream(s->blas, s->stream));
+
+    TRY(upload_bf16(s, &m->embed, &s->embed, "the embedding table", err));
+    if (m->lm_head.data == m->embed.data)
+        s->lm_head = s->embed;
+    else
+        TRY(upload_bf16(s, &m->lm_head, &s->lm_head, "lm_head", err));
+    TRY(upload_f32(s, &m->final_norm, &s->final_norm, "the final norm", err));
+    s->layers.resize(c->n_layers);
+    for (int i = 0; i < c->n_layers; i++) {
+        const struct xd_layer_weights *lw = &m->layers[i];
+        dev_layer *d = &s->layers[i];
+        TRY(upload_bf16(s, &lw->wq, &d->wq, "attention weights", err));
+        TRY(upload_bf16(s, &lw->wk, &d->wk, "attention weights", err));
+        TRY(upload_bf16(s, &lw->wv, &d->wv, "attention weights", err));
+        TRY(upload_bf16(s, &lw->wo, &d->wo, "attention weights", err));
+        TRY(upload_f32(s, &lw->bq, &d->bq, "biases", err));
+        TRY(upload_f32(s, &lw->bk, &d->bk, "biases", err));
+        TRY(upload_f32(s, &lw->bv, &d->bv, "biases", err));
+        TRY(upload_f32(s, &lw->bo, &d->bo, "biases", err));
+        TRY(upload_f32(s, &lw->attn_norm, &d->attn_norm, "norms", err));
+        TRY(upload_f32(s, &lw->mlp_norm, &d->mlp_norm, "norms", err));
+        TRY(upload_f32(s, &lw->q_norm, &d->q_norm, "norms", err));
+        TRY(upload_f32(s, &lw->k_norm, &d->k_norm, "norms", err));
+        TRY(upload_bf16(s, &lw->mlp_gate, &d->mlp_gate, "dense MLP weights", err));
+        TRY(upload_bf16(s, &lw->mlp_up, &d->mlp_up, "dense MLP weights", err));
+        TRY(upload_bf16(s, &lw->mlp_down, &d->mlp_down, "dense MLP weights", err));
+        TRY(upload_bf16(s, &lw->router, &d->router, "router weights", err));
+        TRY(upload_bf16(s, &lw->shared.gate, &d->sh_gate, "shared expert weights", err));
+        TRY(upload_bf16(s, &lw->shared.up, &d->sh_up, "shared expert weights", err));
+        TRY(upload_bf16(s, &lw->shared.down, &d->sh_down, "shared expert weights", err));
+        TRY(upload_bf16(s, &lw->shared_expert_gate, &d->sh_expert_gate, "shared expert gate",
+                        err));
+    }
+    TRY(xd_expert_pool_create(m, s->stream, &s->pool, err));
+
+    const size_t T = (size_t)s->opts.max_batch_tokens, TK = T * s->K, H = s->H;
+    s->layer_slots = (size_t)s->opts.n_kv_blocks * s->opts.block_size;
+    const size_t kv = (size_t)c->n_layers * s->layer_slots * s->kv_dim;
+    TRY(alloc_n(s, kv, &s->k_cache, "the KV cache", err));
+    TRY(alloc_n(s, kv, &s->v_cache, "the KV cache", err));
+    s->d_ints_cap = 4 * T + 1024;
+    TRY(alloc_n(s, s->d_ints_cap, &s->d_ints, "step buffers", err));
+    const size_t F = (size_t)s->ffn_max;
+    TRY(alloc_n(s, T * H, &s->h, "step buffers", err));
+    TRY(alloc_n(s, T * H, &s->xn, "step buffers", err));
+    TRY(alloc_n(s, T * H, &s->xs, "step buffers", err));
+    TRY(alloc_n(s, T * s->q_dim, &s->q, "step buffers", err));
+    TRY(alloc_n(s, T * s->kv_dim, &s->k, "step buffers", err));
+    TRY(alloc_n(s, T * s->kv_dim, &s->v, "step buffers", err));
+    TRY(alloc_n(s, T * s->q_dim, &s->attn, "step buffers", err));
+    TRY(alloc_n(s, T * H, &s->out, "step buffers", err));
+    TRY(alloc_n(s, T * s->E, &s->router, "step buffers", err));
+    TRY(alloc_n(s, TK, &s->weights, "step buffers", err));
+    TRY(alloc_n(s, TK, &s->experts, "step buffers", err));
+    TRY(alloc_n(s, TK, &s->row_src, "step buffers", err));
+    TRY(alloc_n(s, TK, &s->slot_row, "step buffers", err));
+    TRY(alloc_n(s, T, &s->logit_rows, "step buffers", err));
+    TRY(alloc_n(s, TK * H, &s->xg, "expert buffers", err));
+    TRY(alloc_n(s, TK * F, &s->g, "expert buffers", err));
+    TRY(alloc_n(s, TK * F, &s->u, "expert buffers", err));
+    TRY(alloc_n(s, TK * F, &s->a, "expert buffers", err));
+    TRY(alloc_n(s, TK * H, &s->eo, "expert buffers", err));
+    TRY(alloc_n(s, T * c->vocab_size, &s->logits, "the logits", err));
+    CUDA_TRY(cudaMallocHost((void **)&s->h_logits, T * c->vocab_size * sizeof(float)));
+    const size_t L = c->n_moe_layers ? c->n_moe_layers : 1;
+    s->route_experts.resize(TK * L);
+    s->route_weights.resize(TK * L);
+    s->h_experts.resize(TK);
+    s->h_weights.resize(TK);
+    s->h_row_src.resize(TK);
+    s->h_slot_row.resize(TK);
+    return XD_OK;
+}
+
+static int cuda_create(struct xd_model *model, const struct xd_engine_opts *opts, void **ret,
+                       struct xd_err *err)
+{
+    const struct xd_model_config *c = &model->config;
+    if (c->head_dim > 32 * ATT_MAX_HEAD_DIM_LANES)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED, "device cuda: head_dim %d is above %d",
+                          c->head_dim, 32 * ATT_MAX_HEAD_DIM_LANES);
+    cuda_state *s = new (std::nothrow) cuda_state();
+    if (!s)
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+    s->m = model;
+    s->opts = *opts;
+    s->q_dim = c->n_heads * c->head_dim;
+    s->kv_dim = c->n_kv_heads * c->head_dim;
+    s->K = c->top_k;
+    s->E = c->n_experts;
+    s->H = c->hidden_size;
+    s->ffn_max = c->expert_ffn;
+    if (c->dense_ffn > s->ffn_max)
+        s->ffn_max = c->dense_ffn;
+    if (c->shared_expert_ffn > s->ffn_max)
+        s->ffn_max = c->shared_expert_ffn;
+    int rc = create_inner(s, err);
+    if (rc < 0) {
+        cuda_destroy(s);
+        return rc;
+    }
+    *ret = s;
+    return XD_OK;
+}
+
+/* ---- the step ---- */
+
+/* y (n, rows) f32 = x (n, cols) bf16 @ w (rows, cols)^T, f32 accumulation. */
+static int gemm(cuda_state *s, const bf16 *x, int n, const bf16 *w, int rows, int cols, float *y,
+                struct xd_err *err)
+{
+    if (n == 0)
+        return XD_OK;
+    const float one = 1.0f, zero = 0.0f;
+    CUBLAS_TRY(cublasGemmEx(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &one, w,
+                            CUDA_R_16BF, cols, x, CUDA_R_16BF, cols, &zero, y, CUDA_R_32F, rows,
+                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return XD_OK;
+}
+
+/* down(silu(gate x) * up x) for n rows of x (bf16) into out (n, hidden) f32. */
+static int swiglu(cuda_state *s, const bf16 *x, int n, const bf16 *gate, const bf16 *up,
+                  const bf16 *down, int ffn, float *g, float *u, bf16 *a, float *out,
+                  struct xd_err *err)
+{
+    TRY(gemm(s, x, n, gate, ffn, s->H, g, err));
+    TRY(gemm(s, x, n, up, ffn, s->H, u, err));
+    xd_k_silu_mul(g, u, a, (size_t)n * ffn, s->stream);
+    TRY(gemm(s, a, n, down, s->H, ffn, out, err));
+    return XD_OK;
+}
+
+static int moe(cuda_state *s, int l, int n, struct xd_err *err)
+{
+    const struct xd_model_config *c = &s->m->config;
+    const dev_layer *d = &s->layers[l];
+    const int K = s->K, E = s->E, H = s->H, F = c->expert_ffn, L = c->n_moe_layers;
+    const int mi = s->m->layers[l].moe_index;
+
+    TRY(gemm(s, s->xn, n, d->router, E, H, s->router, err));
+    xd_k_route(s->router, s->experts, s->weights, n, E, K, c->norm_topk_prob, s->stream);
+    /* the host needs each expert's row count to size its GEMMs */
+    CUDA_TRY(cudaMemcpyAsync(s->h_experts.data(), s->experts, sizeof(int32_t) * n * K,
+                             cudaMemcpyDeviceToHost, s->stream));
+    CUDA_TRY(cudaMemcpyAsync(s->h_weights.data(), s->weights, sizeof(float) * n * K,
+                             cudaMemcpyDeviceToHost, s->stream));
+    CUDA_TRY(cudaStreamSynchronize(s->stream));
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < K; j++) {
+            s->route_experts[((size_t)t * L + mi) * K + j] = s->h_experts[(size_t)t * K + j];
+            s->route_weights[((size_t)t * L + mi) * K + j] = s->h_weights[(size_t)t * K + j];
+        }
+
+    /* counting sort of (token, slot) pairs by expert */
+    std::vector<int> start(E + 1, 0);
+    for (int i = 0; i < n * K; i++)
+        start[s->h_experts[i] + 1]++;
+    for (int e = 0; e < E; e++)
+        start[e + 1] += start[e];
+    std::vector<int> fill(start.begin(), start.end() - 1);
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < K; j++) {
+            int r = fill[s->h_experts[(size_t)t * K + j]]++;
+            s->h_row_src[r] = t;
+            s->h_slot_row[(size_t)t * K + j] = r;
+        }
+    CUDA_TRY(cudaMemcpyAsync(s->row_src, s->h_row_src.data(), sizeof(int32_t) * n * K,
+                             cudaMemcpyHostToDevice, s->stream));
+    CUDA_TRY(cudaMemcpyAsync(s->slot_row, s->h_slot_row.data(), sizeof(int32_t) * n * K,
+                             cudaMemcpyHostToDevice, s->stream));
+    xd_k_gather_rows(s->xn, s->row_src, s->xg, n * K, H, s->stream);
+
+    for (int e = 0; e < E; e++) {
+        const int r0 = start[e], rows = start[e + 1] - start[e];
+        if (rows == 0)
+            continue;
+        struct xd_gpu_expert w;
+        int rc = xd_expert_pool_acquire(s->pool, l, e, &w);
+        if (rc < 0)
+            return xd_err_set(err, rc, "expert pool: layer %d expert %d unavailable", l, e);
+        rc = swiglu(s, s->xg + (size_t)r0 * H, rows, w.gate, w.up, w.down, F,
+                    s->g + (size_t)r0 * F, s->u + (size_t)r0 * F, s->a + (size_t)r0 * F,
+                    s->eo + (size_t)r0 * H, err);
+        xd_expert_pool_release(s->pool, l, e);
+        if (rc < 0)
+            return rc;
+    }
+    xd_k_moe_combine(s->h, s->eo, s->slot_row, s->weights, n, K, H, s->stream);
+
+    if (d->sh_gate) {
+        TRY(swiglu(s, s->xn, n, d->sh_gate, d->sh_up, d->sh_down, c->shared_expert_ffn, s->g,
+                   s->u, s->a, s->out, err));
+        TRY(gemm(s, s->xn, n, d->sh_expert_gate, 1, H, s->xs, err));
+        xd_k_add_gated(s->h, s->out, s->xs, n, H, s->stream);
+    }
+    return XD_OK;
+}
+
+static int layer(cuda_state *s, int l, int n, const int32_t *d_pos, const int32_t *d_slot,
+                 const int32_t *d_off, const int32_t *d_tables, struct xd_err *err)
+{
+    const struct xd_model_config *c = &s->m->config;
+    const dev_layer *d = &s->layers[l];
+    const int H = s->H, hd = c->head_dim;
+    cudaStream_t st = s->stream;
+
+    xd_k_rmsnorm_bf16(s->h, d->attn_norm, s->xn, n, H, c->rms_norm_eps, st);
+    TRY(gemm(s, s->xn, n, d->wq, s->q_dim, H, s->q, err));
+    TRY(gemm(s, s->xn, n, d->wk, s->kv_dim, H, s->k, err));
+    TRY(gemm(s, s->xn, n, d->wv, s->kv_dim, H, s->v, err));
+    if (d->bq) {
+        xd_k_add_bias(s->q, d->bq, n, s->q_dim, st);
+        xd_k_add_bias(s->k, d->bk, n, s->kv_dim, st);
+        xd_k_add_bias(s->v, d->bv, n, s->kv_dim, st);
+    }
+    if (c->qk_norm == XD_QK_NORM_PER_HEAD) {
+        xd_k_rmsnorm_f32(s->q, d->q_norm, s->q, n * c->n_heads, hd, c->rms_norm_eps, st);
+        xd_k_rmsnorm_f32(s->k, d->k_norm, s->k, n * c->n_kv_heads, hd, c->rms_norm_eps, st);
+    } else if (c->qk_norm == XD_QK_NORM_FULL_WIDTH) {
+        xd_k_rmsnorm_f32(s->q, d->q_norm, s->q, n, s->q_dim, c->rms_norm_eps, st);
+        xd_k_rmsnorm_f32(s->k, d->k_norm, s->k, n, s->kv_dim, c->rms_norm_eps, st);
+    }
+    if (c->clip_qkv > 0.0f) {
+        xd_k_clip(s->q, c->clip_qkv, (size_t)n * s->q_dim, st);
+        xd_k_clip(s->k, c->clip_qkv, (size_t)n * s->kv_dim, st);
+        xd_k_clip(s->v, c->clip_qkv, (size_t)n * s->kv_dim, st);
+    }
+    xd_k_rope(s->q, d_pos, n, c->n_heads, hd, c->rope_theta, st);
+    xd_k_rope(s->k, d_pos, n, c->n_kv_heads, hd, c->rope_theta, st);
+    const size_t layer_off = (size_t)l * s->layer_slots * s->kv_dim;
+    xd_k_kv_store(s->k, s->v, d_slot, s->k_cache + layer_off, s->v_cache + layer_off, n,
+                  s->kv_dim, st);
+    xd_k_attention(s->q, s->k_cache + layer_off, s->v_cache + layer_off, d_pos, d_off, d_tables,
+                   s->attn, n, c->n_heads, c->n_kv_heads, hd, s->opts.block_size,
+                   c->sliding_window, st);
+    TRY(gemm(s, s->attn, n, d->wo, H, s->q_dim, s->out, err));
+    if (d->bo)
+        xd_k_add_bias(s->out, d->bo, n, H, st);
+    xd_k_add(s->h, s->out, (size_t)n * H, st);
+
+    xd_k_rmsnorm_bf16(s->h, d->mlp_norm, s->xn, n, H, c->rms_norm_eps, st);
+    if (s->m->layers[l].moe_index >= 0)
+        return moe(s, l, n, err);
+    TRY(swiglu(s, s->xn, n, d->mlp_gate, d->mlp_up, d->mlp_down, c->dense_ffn, s->g, s->u, s->a,
+               s->out, err));
+    xd_k_add(s->h, s->out, (size_t)n * H, st);
+    return XD_OK;
+}
+
+static int cuda_forward(void *p, const struct xd_batch *b, struct xd_forward_out *ret,
+                        struct xd_err *err)
+{
+    cuda_state *s = (cuda_state *)p;
+    const struct xd_model_config *c = &s->m->config;
+    const int bs = s->opts.block_size, V = c->vocab_size;
+    int n = 0, n_table = 0;
+    for (int i = 0; i < b->n_seqs; i++) {
+        n += b->seqs[i].n_tokens;
+        n_table += (b->seqs[i].pos + b->seqs[i].n_tokens + bs - 1) / bs;
+    }
+    /* ints: tokens (n), pos (n), slot (n), table_off (n), tables (n_table) */
+    const size_t need = 4 * (size_t)n + n_table;
+    if (need > s->d_ints_cap) {
+        int32_t *bigger;
+        TRY(alloc_n(s, need * 2, &bigger, "step buffers", err));
+        s->d_ints = bigger; /* the old buffer stays in allocs until destroy */
+        s->d_ints_cap = need * 2;
+    }
+    s->h_ints.assign(need, 0);
+    int32_t *tok = s->h_ints.data(), *pos = tok + n, *slot = pos + n, *off = slot + n,
+            *tables = off + n;
+    int t = 0, tab = 0;
+    s->h_logit_rows.clear();
+    for (int i = 0; i < b->n_seqs; i++) {
+        const struct xd_seq_chunk *sc = &b->seqs[i];
+        const int n_blocks = (sc->pos + sc->n_tokens + bs - 1) / bs;
+        memcpy(tables + tab, sc->block_table, sizeof(int32_t) * n_blocks);
+        const int first_logit = sc->logits == XD_LOGITS_ALL    ? 0
+                                : sc->logits == XD_LOGITS_LAST ? sc->n_tokens - 1
+                                                               : sc->n_tokens;
+        for (int j = 0; j < sc->n_tokens; j++, t++) {
+            const int p_ = sc->pos + j;
+            tok[t] = sc->tokens[j];
+            pos[t] = p_;
+            slot[t] = sc->block_table[p_ / bs] * bs + p_ % bs;
+            off[t] = tab;
+            if (j >= first_logit)
+                s->h_logit_rows.push_back(t);
+        }
+        tab += n_blocks;
+    }
+    CUDA_TRY(cudaMemcpyAsync(s->d_ints, s->h_ints.data(), sizeof(int32_t) * need,
+                             cudaMemcpyHostToDevice, s->stream));
+    const int32_t *d_tok = s->d_ints, *d_pos = d_tok + n, *d_slot = d_pos + n,
+                  *d_off = d_slot + n, *d_tables = d_off + n;
+
+    xd_k_embed(s->embed, d_tok, s->h, n, s->H, s->stream);
+    for (int l = 0; l < c->n_layers; l++)
+        TRY(layer(s, l, n, d_pos, d_slot, d_off, d_tables, err));
+
+    const int R = (int)s->h_logit_rows.size();
+    if (R > 0) {
+        CUDA_TRY(cudaMemcpyAsync(s->logit_rows, s->h_logit_rows.data(), sizeof(int32_t) * R,
+                                 cudaMemcpyHostToDevice, s->stream));
+        xd_k_gather_rows_f32(s->h, s->logit_rows, s->xs, R, s->H, s->stream);
+        xd_k_rmsnorm_bf16(s->xs, s->final_norm, s->xn, R, s->H, c->rms_norm_eps, s->stream);
+        TRY(gemm(s, s->xn, R, s->lm_head, V, s->H, s->logits, err));
+        CUDA_TRY(cudaMemcpyAsync(s->h_logits, s->logits, sizeof(float) * R * V,
+                                 cudaMemcpyDeviceToHost, s->stream));
+    }
+    CUDA_TRY(cudaStreamSynchronize(s->stream));
+    CUDA_TRY(cudaGetLastError());
+
+    ret->logits = s->h_logits;
+    ret->n_logit_rows = R;
+    ret->routing.n_tokens = n;
+    ret->routing.n_moe_layers = c->n_moe_layers;
+    ret->routing.top_k = s->K;
+    ret->routing.experts = s->route_experts.data();
+    ret->routing.weights = s->route_weights.data();
+    return XD_OK;
+}
+
+static const struct xd_backend_ops cuda_backend = {
+    "cuda", cuda_create, cuda_forward, cuda_destroy,
+};
+
+extern "C" void xd_gpu_register(void)
+{
+    xd_engine_register_backend(XD_DEVICE_CUDA, &cuda_backend);
+}

@@ -1,0 +1,334 @@
+/* CUDA kernels of the GPU backend (see kernels.h for each contract). */
+#include "kernels.h"
+
+#include <math.h>
+
+#define THREADS 256
+
+static inline unsigned blocks_for(size_t n, unsigned threads)
+{
+    return (unsigned)((n + threads - 1) / threads);
+}
+
+__global__ void k_embed(const bf16 *embed, const int32_t *tokens, float *h, int H)
+{
+    const int t = blockIdx.x;
+    const bf16 *row = embed + (size_t)tokens[t] * H;
+    for (int i = threadIdx.x; i < H; i += blockDim.x)
+        h[(size_t)t * H + i] = __bfloat162float(row[i]);
+}
+
+void xd_k_embed(const bf16 *embed, const int32_t *tokens, float *h, int T, int H,
+                cudaStream_t stream)
+{
+    if (T > 0)
+        k_embed<<<T, THREADS, 0, stream>>>(embed, tokens, h, H);
+}
+
+/* Sum over the block; every thread gets the result. blockDim.x is a multiple of 32. */
+__device__ float block_sum(float v)
+{
+    __shared__ float partial[32];
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0)
+        partial[warp] = v;
+    __syncthreads();
+    float total = 0.0f;
+    const int n_warps = (blockDim.x + 31) >> 5;
+    for (int w = 0; w < n_warps; w++)
+        total += partial[w];
+    return total;
+}
+
+template <typename OUT> __device__ OUT from_f32(float x);
+template <> __device__ float from_f32<float>(float x) { return x; }
+template <> __device__ bf16 from_f32<bf16>(float x) { return __float2bfloat16(x); }
+
+template <typename OUT>
+__global__ void k_rmsnorm(const float *x, const float *w, OUT *y, int d, float eps)
+{
+    const size_t r = blockIdx.x;
+    const float *xr = x + r * d;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < d; i += blockDim.x)
+        ss += xr[i] * xr[i];
+    const float inv = rsqrtf(block_sum(ss) / (float)d + eps);
+    for (int i = threadIdx.x; i < d; i += blockDim.x)
+        y[r * d + i] = from_f32<OUT>(w[i] * (xr[i] * inv));
+}
+
+void xd_k_rmsnorm_bf16(const float *x, const float *w, bf16 *y, int rows, int d, float eps,
+                       cudaStream_t stream)
+{
+    if (rows > 0)
+        k_rmsnorm<bf16><<<rows, d >= 256 ? 256 : 64, 0, stream>>>(x, w, y, d, eps);
+}
+
+void xd_k_rmsnorm_f32(const float *x, const float *w, float *y, int rows, int d, float eps,
+                      cudaStream_t stream)
+{
+    if (rows > 0)
+        k_rmsnorm<float><<<rows, d >= 256 ? 256 : 64, 0, stream>>>(x, w, y, d, eps);
+}
+
+__global__ void k_add_bias(float *y, const float *bias, size_t n, int d)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        y[i] += bias[i % d];
+}
+
+void xd_k_add_bias(float *y, const float *bias, int rows, int d, cudaStream_t stream)
+{
+    size_t n = (size_t)rows * d;
+    if (n)
+        k_add_bias<<<blocks_for(n, THREADS), THREADS, 0, stream>>>(y, bias, n, d);
+}
+
+__global__ void k_clip(float *x, float c, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        x[i] = fminf(fmaxf(x[i], -c), c);
+}
+
+void xd_k_clip(float *x, float c, size_t n, cudaStream_t stream)
+{
+    if (n)
+        k_clip<<<blocks_for(n, THREADS), THREADS, 0, stream>>>(x, c, n);
+}
+
+__global__ void k_rope(float *x, const int32_t *pos, int n_heads, int head_dim, float theta)
+{
+    const int t = blockIdx.x, half = head_dim / 2;
+    for (int idx = threadIdx.x; idx < n_heads * half; idx += blockDim.x) {
+        const int h = idx / half, i = idx % half;
+        /* as transformers: inv_freq = 1 / theta^(2i / d) in f32, angle = pos * inv_freq */
+        const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
+        const float angle = (float)pos[t] * inv_freq;
+        float s, c;
+        sincosf(angle, &s, &c);
+        float *v = x + ((size_t)t * n_heads + h) * head_dim;
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c - b * s;
+        v[i + half] = b * c + a * s;
+    }
+}
+
+void xd_k_rope(float *x, const int32_t *pos, int T, int n_heads, int head_dim, float theta,
+               cudaStream_t stream)
+{
+    if (T > 0)
+        k_rope<<<T, 128, 0, stream>>>(x, pos, n_heads, head_dim, theta);
+}
+
+__global__ void k_kv_store(const float *k, const float *v, const int32_t *slot, bf16 *kc,
+                           bf16 *vc, int kv_dim)
+{
+    const int t = blockIdx.x;
+    const size_t dst = (size_t)slot[t] * kv_dim, src = (size_t)t * kv_dim;
+    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+        kc[dst + i] = __float2bfloat16(k[src + i]);
+        vc[dst + i] = __float2bfloat16(v[src + i]);
+    }
+}
+
+void xd_k_kv_store(const float *k, const float *v, const int32_t *slot, bf16 *k_cache,
+                   bf16 *v_cache, int T, int kv_dim, cudaStream_t stream)
+{
+    if (T > 0)
+        k_kv_store<<<T, 128, 0, stream>>>(k, v, slot, k_cache, v_cache, kv_dim);
+}
+
+/* One warp per (token, head); each lane owns head_dim / 32 dimensions (head_dim <= 256). */
+#define ATT_MAX_PER_LANE ATT_MAX_HEAD_DIM_LANES
+__global__ void k_attention(const float *q, const bf16 *kc, const bf16 *vc, const int32_t *pos,
+                            const int32_t *table_off, const int32_t *tables, bf16 *out, int T,
+                            int n_heads, int n_kv, int hd, int bs, int window, float scale)
+{
+    const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (warp >= T * n_heads)
+        return;
+    const int t = warp / n_heads, h = warp % n_heads, kvh = h / (n_heads / n_kv);
+    const int per_lane = (hd + 31) / 32, kv_dim = n_kv * hd;
+    const int p = pos[t];
+    const int first = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+    const int32_t *table = tables + table_off[t];
+
+    float qr[ATT_MAX_PER_LANE], acc[ATT_MAX_PER_LANE];
+    for (int i = 0; i < per_lane; i++) {
+        const int d = lane + 32 * i;
+        qr[i] = d < hd ? q[((size_t)t * n_heads + h) * hd + d] * scale : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    for (int j = first; j <= p; j++) {
+        const size_t base = ((size_t)table[j / bs] * bs + j % bs) * kv_dim + (size_t)kvh * hd;
+        float s = 0.0f;
+        for (int i = 0; i < per_lane; i++) {
+            const int d = lane + 32 * i;
+            if (d < hd)
+                s += qr[i] * __bfloat162float(kc[base + d]);
+        }
+        for (int o = 16; o > 0; o >>= 1)
+            s += __shfl_xor_sync(0xffffffffu, s, o);
+        const float m_new = fmaxf(m, s), r = __expf(m - m_new), w = __expf(s - m_new);
+        l = l * r + w;
+        for (int i = 0; i < per_lane; i++) {
+            const int d = lane + 32 * i;
+            acc[i] = acc[i] * r + (d < hd ? w * __bfloat162float(vc[base + d]) : 0.0f);
+        }
+        m = m_new;
+    }
+    for (int i = 0; i < per_lane; i++) {
+        const int d = lane + 32 * i;
+        if (d < hd)
+            out[((size_t)t * n_heads + h) * hd + d] = __float2bfloat16(acc[i] / l);
+    }
+}
+
+void xd_k_attention(const float *q, const bf16 *k_cache, const bf16 *v_cache,
+                    const int32_t *pos, const int32_t *table_off, const int32_t *tables,
+                    bf16 *out, int T, int n_heads, int n_kv, int hd, int block_size, int window,
+                    cudaStream_t stream)
+{
+    const int warps = T * n_heads, per_block = 4;
+    if (warps > 0)
+        k_attention<<<(warps + per_block - 1) / per_block, 32 * per_block, 0, stream>>>(
+            q, k_cache, v_cache, pos, table_off, tables, out, T, n_heads, n_kv, hd, block_size,
+            window, 1.0f / sqrtf((float)hd));
+}
+
+/* One thread per token: E and K are small (at most a few hundred experts). */
+__global__ void k_route(const float *logits, int32_t *experts, float *weights, int T, int E,
+                        int K, int renormalise)
+{
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= T)
+        return;
+    const float *lg = logits + (size_t)t * E;
+    float mx = lg[0];
+    for (int e = 1; e < E; e++)
+        mx = fmaxf(mx, lg[e]);
+    float sum = 0.0f;
+    for (int e = 0; e < E; e++)
+        sum += expf(lg[e] - mx);
+    int32_t *ex = experts + (size_t)t * K;
+    float *wt = weights + (size_t)t * K, total = 0.0f;
+    for (int j = 0; j < K; j++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            bool taken = false;
+            for (int i = 0; i < j && !taken; i++)
+                taken = ex[i] == e;
+            if (!taken && (best < 0 || lg[e] > lg[best]))
+                best = e;
+        }
+        ex[j] = best;
+        wt[j] = expf(lg[best] - mx) / sum;
+        total += wt[j];
+    }
+    if (renormalise)
+        for (int j = 0; j < K; j++)
+            wt[j] /= total;
+}
+
+void xd_k_route(const float *logits, int32_t *experts, float *weights, int T, int E, int K,
+                int renormalise, cudaStream_t stream)
+{
+    if (T > 0)
+        k_route<<<blocks_for((size_t)T, 128), 128, 0, stream>>>(logits, experts, weights, T, E,
+                                                                 K, renormalise);
+}
+
+__global__ void k_gather_rows(const bf16 *x, const int32_t *src, bf16 *xg, int H)
+{
+    const int r = blockIdx.x;
+    const bf16 *row = x + (size_t)src[r] * H;
+    for (int i = threadIdx.x; i < H; i += blockDim.x)
+        xg[(size_t)r * H + i] = row[i];
+}
+
+void xd_k_gather_rows(const bf16 *x, const int32_t *src, bf16 *xg, int R, int H,
+                      cudaStream_t stream)
+{
+    if (R > 0)
+        k_gather_rows<<<R, THREADS, 0, stream>>>(x, src, xg, H);
+}
+
+__global__ void k_gather_rows_f32(const float *x, const int32_t *rows, float *out, int H)
+{
+    const int r = blockIdx.x;
+    for (int i = threadIdx.x; i < H; i += blockDim.x)
+        out[(size_t)r * H + i] = x[(size_t)rows[r] * H + i];
+}
+
+void xd_k_gather_rows_f32(const float *x, const int32_t *rows, float *out, int R, int H,
+                          cudaStream_t stream)
+{
+    if (R > 0)
+        k_gather_rows_f32<<<R, THREADS, 0, stream>>>(x, rows, out, H);
+}
+
+__global__ void k_silu_mul(const float *g, const float *u, bf16 *y, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        y[i] = __float2bfloat16(g[i] / (1.0f + expf(-g[i])) * u[i]);
+}
+
+void xd_k_silu_mul(const float *g, const float *u, bf16 *y, size_t n, cudaStream_t stream)
+{
+    if (n)
+        k_silu_mul<<<blocks_for(n, THREADS), THREADS, 0, stream>>>(g, u, y, n);
+}
+
+__global__ void k_moe_combine(float *h, const float *eo, const int32_t *row, const float *w,
+                              int K, int H)
+{
+    const int t = blockIdx.x;
+    for (int i = threadIdx.x; i < H; i += blockDim.x) {
+        float acc = 0.0f;
+        for (int k = 0; k < K; k++)
+            acc += w[(size_t)t * K + k] * eo[(size_t)row[(size_t)t * K + k] * H + i];
+        h[(size_t)t * H + i] += acc;
+    }
+}
+
+void xd_k_moe_combine(float *h, const float *eo, const int32_t *row, const float *weights,
+                      int T, int K, int H, cudaStream_t stream)
+{
+    if (T > 0)
+        k_moe_combine<<<T, THREADS, 0, stream>>>(h, eo, row, weights, K, H);
+}
+
+__global__ void k_add_gated(float *h, const float *y, const float *gate_logit, int H)
+{
+    const int t = blockIdx.x;
+    const float g = 1.0f / (1.0f + expf(-gate_logit[t]));
+    for (int i = threadIdx.x; i < H; i += blockDim.x)
+        h[(size_t)t * H + i] += g * y[(size_t)t * H + i];
+}
+
+void xd_k_add_gated(float *h, const float *y, const float *gate_logit, int T, int H,
+                    cudaStream_t stream)
+{
+    if (T > 0)
+        k_add_gated<<<T, THREADS, 0, stream>>>(h, y, gate_logit, H);
+}
+
+__global__ void k_add(float *h, const float *y, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        h[i] += y[i];
+}
+
+void xd_k_add(float *h, const float *y, size_t n, cudaStream_t stream)
+{
+    if (n)
+        k_add<<<blocks_for(n, THREADS), THREADS, 0, stream>>>(h, y, n);
+}
