@@ -21,7 +21,7 @@ struct dev_layer {
     const float *bq, *bk, *bv, *bo;       /* NULL when absent */
     const float *attn_norm, *mlp_norm, *q_norm, *k_norm;
     const bf16 *mlp_gate, *mlp_up, *mlp_down;  /* dense layers */
-    const bf16 *router;                   /* (n_experts, hidden) */
+    const float *router;                  /* (n_experts, hidden), f32: expert choice is sensitive */
     const bf16 *sh_gate, *sh_up, *sh_down, *sh_expert_gate; /* qwen2_moe shared expert */
 };
 
@@ -42,7 +42,7 @@ struct cuda_state {
     /* step buffers on the device, T = max_batch_tokens, TK = T * top_k */
     int32_t *d_ints;                      /* tokens, pos, slot, table_off (4T) then tables */
     size_t d_ints_cap;
-    float *h, *q, *k, *v, *out, *router, *weights, *g, *u, *eo, *logits, *xs;
+    float *h, *q, *k, *v, *out, *router, *weights, *g, *u, *eo, *logits, *xs, *xnf;
     bf16 *xn, *attn, *xg, *a;
     int32_t *experts, *row_src, *slot_row, *logit_rows;
     /* host mirrors */
@@ -177,7 +177,7 @@ static int create_inner(cuda_state *s, struct xd_err *err)
         TRY(upload_bf16(s, &lw->mlp_gate, &d->mlp_gate, "dense MLP weights", err));
         TRY(upload_bf16(s, &lw->mlp_up, &d->mlp_up, "dense MLP weights", err));
         TRY(upload_bf16(s, &lw->mlp_down, &d->mlp_down, "dense MLP weights", err));
-        TRY(upload_bf16(s, &lw->router, &d->router, "router weights", err));
+        TRY(upload_f32(s, &lw->router, &d->router, "router weights", err));
         TRY(upload_bf16(s, &lw->shared.gate, &d->sh_gate, "shared expert weights", err));
         TRY(upload_bf16(s, &lw->shared.up, &d->sh_up, "shared expert weights", err));
         TRY(upload_bf16(s, &lw->shared.down, &d->sh_down, "shared expert weights", err));
@@ -197,6 +197,7 @@ static int create_inner(cuda_state *s, struct xd_err *err)
     TRY(alloc_n(s, T * H, &s->h, "step buffers", err));
     TRY(alloc_n(s, T * H, &s->xn, "step buffers", err));
     TRY(alloc_n(s, T * H, &s->xs, "step buffers", err));
+    TRY(alloc_n(s, T * H, &s->xnf, "step buffers", err));
     TRY(alloc_n(s, T * s->q_dim, &s->q, "step buffers", err));
     TRY(alloc_n(s, T * s->kv_dim, &s->k, "step buffers", err));
     TRY(alloc_n(s, T * s->kv_dim, &s->v, "step buffers", err));
@@ -290,7 +291,14 @@ static int moe(cuda_state *s, int l, int n, struct xd_err *err)
     const int K = s->K, E = s->E, H = s->H, F = c->expert_ffn, L = c->n_moe_layers;
     const int mi = s->m->layers[l].moe_index;
 
-    TRY(gemm(s, s->xn, n, d->router, E, H, s->router, err));
+    /* The router runs in f32 on the f32 normed input: rounding it to bf16 flips near-tied
+     * expert choices, and a flipped expert moves the logits far more than bf16 noise. */
+    xd_k_rmsnorm_f32(s->h, d->mlp_norm, s->xnf, n, H, c->rms_norm_eps, s->stream);
+    {
+        const float one = 1.0f, zero = 0.0f;
+        CUBLAS_TRY(cublasSgemm(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, E, n, H, &one, d->router, H,
+                               s->xnf, H, &zero, s->router, E));
+    }
     xd_k_route(s->router, s->experts, s->weights, n, E, K, c->norm_topk_prob, s->stream);
     /* the host needs each expert's row count to size its GEMMs */
     CUDA_TRY(cudaMemcpyAsync(s->h_experts.data(), s->experts, sizeof(int32_t) * n * K,
