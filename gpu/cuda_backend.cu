@@ -51,7 +51,19 @@ struct cuda_state {
     float *h_logits;                      /* pinned (T, vocab) */
     std::vector<int32_t> route_experts;   /* (T, n_moe_layers, K) */
     std::vector<float> route_weights;
+
+    /* small steps (T * K <= SMALL_STEP_SLOTS) route, plan and run experts on the device */
+    int small_step_slots;
+    const bf16 **d_expert_ptrs;           /* (n_layers, E) device pointers of each expert slot */
+    int32_t *d_start;                     /* (E + 1) */
+    int32_t *d_route_experts;             /* (T, n_moe_layers, K) */
+    float *d_route_weights;
 };
+
+/* Steps with at most this many (token, expert) pairs run the MoE without a host round trip,
+ * using the memory-bound expert kernels; larger ones size cuBLAS GEMMs per expert on the host.
+ * EXPERTD_CUDA_SMALL_STEP_SLOTS overrides it (the GPU tests run both paths with 0 and default). */
+#define SMALL_STEP_SLOTS s->small_step_slots
 
 static int dev_alloc(cuda_state *s, size_t bytes, void **ret, const char *what, struct xd_err *err)
 {
@@ -217,6 +229,21 @@ static int create_inner(cuda_state *s, struct xd_err *err)
     TRY(alloc_n(s, T * c->vocab_size, &s->logits, "the logits", err));
     CUDA_TRY(cudaMallocHost((void **)&s->h_logits, T * c->vocab_size * sizeof(float)));
     const size_t L = c->n_moe_layers ? c->n_moe_layers : 1;
+    TRY(alloc_n(s, (size_t)c->n_layers * s->E, &s->d_expert_ptrs, "expert table", err));
+    TRY(alloc_n(s, (size_t)s->E + 1, &s->d_start, "step buffers", err));
+    TRY(alloc_n(s, TK * L, &s->d_route_experts, "step buffers", err));
+    TRY(alloc_n(s, TK * L, &s->d_route_weights, "step buffers", err));
+    {
+        std::vector<const bf16 *> ptrs((size_t)c->n_layers * s->E, nullptr);
+        for (int l = 0; l < c->n_layers; l++)
+            for (int e = 0; c->is_moe_layer[l] && e < s->E; e++) {
+                struct xd_gpu_expert w;
+                TRY(xd_expert_pool_acquire(s->pool, l, e, &w));
+                ptrs[(size_t)l * s->E + e] = w.gate;
+            }
+        CUDA_TRY(cudaMemcpy(s->d_expert_ptrs, ptrs.data(), sizeof(bf16 *) * ptrs.size(),
+                            cudaMemcpyHostToDevice));
+    }
     s->route_experts.resize(TK * L);
     s->route_weights.resize(TK * L);
     s->h_experts.resize(TK);
@@ -243,6 +270,10 @@ static int cuda_create(struct xd_model *model, const struct xd_engine_opts *opts
     s->K = c->top_k;
     s->E = c->n_experts;
     s->H = c->hidden_size;
+    s->small_step_slots = 1024;
+    const char *env = getenv("EXPERTD_CUDA_SMALL_STEP_SLOTS");
+    if (env && *env)
+        s->small_step_slots = atoi(env);
     s->ffn_max = c->expert_ffn;
     if (c->dense_ffn > s->ffn_max)
         s->ffn_max = c->dense_ffn;
@@ -284,6 +315,18 @@ static int swiglu(cuda_state *s, const bf16 *x, int n, const bf16 *gate, const b
     return XD_OK;
 }
 
+/* qwen2_moe: h += sigmoid(x . shared_expert_gate) * shared_expert(x); others: nothing. */
+static int shared_expert(cuda_state *s, const dev_layer *d, int n, struct xd_err *err)
+{
+    if (!d->sh_gate)
+        return XD_OK;
+    TRY(swiglu(s, s->xn, n, d->sh_gate, d->sh_up, d->sh_down, s->m->config.shared_expert_ffn,
+               s->g, s->u, s->a, s->out, err));
+    TRY(gemm(s, s->xn, n, d->sh_expert_gate, 1, s->H, s->xs, err));
+    xd_k_add_gated(s->h, s->out, s->xs, n, s->H, s->stream);
+    return XD_OK;
+}
+
 static int moe(cuda_state *s, int l, int n, struct xd_err *err)
 {
     const struct xd_model_config *c = &s->m->config;
@@ -300,6 +343,20 @@ static int moe(cuda_state *s, int l, int n, struct xd_err *err)
                                s->xnf, H, &zero, s->router, E));
     }
     xd_k_route(s->router, s->experts, s->weights, n, E, K, c->norm_topk_prob, s->stream);
+    if (n * K <= SMALL_STEP_SLOTS && H % 8 == 0 && F % 8 == 0) {
+        CUDA_TRY(cudaMemcpy2DAsync(s->d_route_experts + (size_t)mi * K, sizeof(int32_t) * L * K,
+                                   s->experts, sizeof(int32_t) * K, sizeof(int32_t) * K, n,
+                                   cudaMemcpyDeviceToDevice, s->stream));
+        CUDA_TRY(cudaMemcpy2DAsync(s->d_route_weights + (size_t)mi * K, sizeof(float) * L * K,
+                                   s->weights, sizeof(float) * K, sizeof(float) * K, n,
+                                   cudaMemcpyDeviceToDevice, s->stream));
+        xd_k_moe_plan(s->experts, n * K, E, K, s->d_start, s->row_src, s->slot_row, s->stream);
+        xd_k_gather_rows(s->xn, s->row_src, s->xg, n * K, H, s->stream);
+        xd_k_experts_small(s->d_expert_ptrs + (size_t)l * E, s->d_start, s->xg, s->a, s->eo, E, H,
+                           F, s->stream);
+        xd_k_moe_combine(s->h, s->eo, s->slot_row, s->weights, n, K, H, s->stream);
+        return shared_expert(s, d, n, err);
+    }
     /* the host needs each expert's row count to size its GEMMs */
     CUDA_TRY(cudaMemcpyAsync(s->h_experts.data(), s->experts, sizeof(int32_t) * n * K,
                              cudaMemcpyDeviceToHost, s->stream));
@@ -347,14 +404,7 @@ static int moe(cuda_state *s, int l, int n, struct xd_err *err)
             return rc;
     }
     xd_k_moe_combine(s->h, s->eo, s->slot_row, s->weights, n, K, H, s->stream);
-
-    if (d->sh_gate) {
-        TRY(swiglu(s, s->xn, n, d->sh_gate, d->sh_up, d->sh_down, c->shared_expert_ffn, s->g,
-                   s->u, s->a, s->out, err));
-        TRY(gemm(s, s->xn, n, d->sh_expert_gate, 1, H, s->xs, err));
-        xd_k_add_gated(s->h, s->out, s->xs, n, H, s->stream);
-    }
-    return XD_OK;
+    return shared_expert(s, d, n, err);
 }
 
 static int layer(cuda_state *s, int l, int n, const int32_t *d_pos, const int32_t *d_slot,
@@ -467,6 +517,13 @@ static int cuda_forward(void *p, const struct xd_batch *b, struct xd_forward_out
         xd_k_rmsnorm_bf16(s->xs, s->final_norm, s->xn, R, s->H, c->rms_norm_eps, s->stream);
         TRY(gemm(s, s->xn, R, s->lm_head, V, s->H, s->logits, err));
         CUDA_TRY(cudaMemcpyAsync(s->h_logits, s->logits, sizeof(float) * R * V,
+                                 cudaMemcpyDeviceToHost, s->stream));
+    }
+    if (n * s->K <= SMALL_STEP_SLOTS && c->n_moe_layers > 0) {
+        const size_t cnt = (size_t)n * c->n_moe_layers * s->K;
+        CUDA_TRY(cudaMemcpyAsync(s->route_experts.data(), s->d_route_experts,
+                                 sizeof(int32_t) * cnt, cudaMemcpyDeviceToHost, s->stream));
+        CUDA_TRY(cudaMemcpyAsync(s->route_weights.data(), s->d_route_weights, sizeof(float) * cnt,
                                  cudaMemcpyDeviceToHost, s->stream));
     }
     CUDA_TRY(cudaStreamSynchronize(s->stream));

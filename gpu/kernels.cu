@@ -332,3 +332,100 @@ void xd_k_add(float *h, const float *y, size_t n, cudaStream_t stream)
     if (n)
         k_add<<<blocks_for(n, THREADS), THREADS, 0, stream>>>(h, y, n);
 }
+
+/* ---- MoE steps small enough to plan on the device (no host round trip) ---- */
+
+/* One block: counts rows per expert, prefix sums, then fills row_src and slot_row in
+ * (token, slot) order, the same order as the host plan; start (E + 1). */
+__global__ void k_moe_plan(const int32_t *experts, int n_slots, int E, int32_t *start,
+                           int32_t *row_src, int32_t *slot_row, int K)
+{
+    extern __shared__ int32_t counts[]; /* (E + 1) */
+    for (int e = threadIdx.x; e <= E; e += blockDim.x)
+        counts[e] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_slots; i += blockDim.x)
+        atomicAdd(&counts[experts[i] + 1], 1);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int e = 0; e < E; e++)
+            counts[e + 1] += counts[e];
+        for (int e = 0; e <= E; e++)
+            start[e] = counts[e];
+        for (int i = 0; i < n_slots; i++) {
+            const int r = counts[experts[i]]++;
+            row_src[r] = i / K;
+            slot_row[i] = r;
+        }
+    }
+}
+
+void xd_k_moe_plan(const int32_t *experts, int n_slots, int E, int K, int32_t *start,
+                   int32_t *row_src, int32_t *slot_row, cudaStream_t stream)
+{
+    if (n_slots > 0)
+        k_moe_plan<<<1, 256, sizeof(int32_t) * (E + 1), stream>>>(experts, n_slots, E, start,
+                                                                   row_src, slot_row, K);
+}
+
+/* Dot of a bf16 weight row with a bf16 activation row of n elements (n % 8 == 0), by one
+ * warp; every lane gets the sum. */
+__device__ float warp_dot_bf16(const bf16 *w, const bf16 *x, int n)
+{
+    const int lane = threadIdx.x & 31;
+    float acc = 0.0f;
+    for (int i = lane * 8; i < n; i += 32 * 8) {
+        const uint4 wv = *(const uint4 *)(w + i), xv = *(const uint4 *)(x + i);
+        const __nv_bfloat162 *w2 = (const __nv_bfloat162 *)&wv, *x2 = (const __nv_bfloat162 *)&xv;
+        for (int j = 0; j < 4; j++) {
+            const float2 a = __bfloat1622float2(w2[j]), b = __bfloat1622float2(x2[j]);
+            acc += a.x * b.x + a.y * b.y;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1)
+        acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    return acc;
+}
+
+#define EXPERT_WARPS 8
+/* grid (E, ceil(ffn / EXPERT_WARPS)): warp w of block (e, b) computes output feature
+ * f = b * EXPERT_WARPS + w of expert e for each of its rows: a = silu(gate . x) * (up . x). */
+__global__ void k_expert_gate_up(const bf16 *const *slots, const int32_t *start, const bf16 *xg,
+                                 bf16 *a, int H, int F)
+{
+    const int e = blockIdx.x, f = blockIdx.y * EXPERT_WARPS + (threadIdx.x >> 5);
+    const int r0 = start[e], r1 = start[e + 1];
+    if (r0 == r1 || f >= F)
+        return;
+    const bf16 *gate = slots[e] + (size_t)f * H, *up = slots[e] + (size_t)F * H + (size_t)f * H;
+    for (int r = r0; r < r1; r++) {
+        const float g = warp_dot_bf16(gate, xg + (size_t)r * H, H);
+        const float u = warp_dot_bf16(up, xg + (size_t)r * H, H);
+        if ((threadIdx.x & 31) == 0)
+            a[(size_t)r * F + f] = __float2bfloat16(g / (1.0f + expf(-g)) * u);
+    }
+}
+
+/* grid (E, ceil(H / EXPERT_WARPS)): eo[r, h] = down[h] . a[r] for the rows of expert e. */
+__global__ void k_expert_down(const bf16 *const *slots, const int32_t *start, const bf16 *a,
+                              float *eo, int H, int F)
+{
+    const int e = blockIdx.x, h = blockIdx.y * EXPERT_WARPS + (threadIdx.x >> 5);
+    const int r0 = start[e], r1 = start[e + 1];
+    if (r0 == r1 || h >= H)
+        return;
+    const bf16 *down = slots[e] + (size_t)2 * F * H + (size_t)h * F;
+    for (int r = r0; r < r1; r++) {
+        const float y = warp_dot_bf16(down, a + (size_t)r * F, F);
+        if ((threadIdx.x & 31) == 0)
+            eo[(size_t)r * H + h] = y;
+    }
+}
+
+void xd_k_experts_small(const bf16 *const *slots, const int32_t *start, const bf16 *xg, bf16 *a,
+                        float *eo, int E, int H, int F, cudaStream_t stream)
+{
+    dim3 g1(E, (F + EXPERT_WARPS - 1) / EXPERT_WARPS), g2(E, (H + EXPERT_WARPS - 1) / EXPERT_WARPS);
+    k_expert_gate_up<<<g1, 32 * EXPERT_WARPS, 0, stream>>>(slots, start, xg, a, H, F);
+    k_expert_down<<<g2, 32 * EXPERT_WARPS, 0, stream>>>(slots, start, a, eo, H, F);
+}

@@ -76,3 +76,15 @@ void xd_k_gather_rows_f32(const float *x, const int32_t *rows, float *out, int R
                           cudaStream_t stream);
 
 #endif
+
+/* MoE plan on the device for a step of n_slots = T * K (token, slot) pairs: start (E + 1)
+ * row offsets per expert, row_src (n_slots,) token of each expert-sorted row, slot_row (n_slots,)
+ * row of each pair; same order as the host plan. */
+void xd_k_moe_plan(const int32_t *experts, int n_slots, int E, int K, int32_t *start,
+                   int32_t *row_src, int32_t *slot_row, cudaStream_t stream);
+
+/* All experts of one layer over their rows, for small steps (memory-bound): slots (E,) device
+ * pointers to [gate (F, H) | up (F, H) | down (H, F)] bf16; xg (R, H) expert-sorted inputs;
+ * a (R, F) bf16 scratch; eo (R, H) f32 outputs. H and F must be multiples of 8. */
+void xd_k_experts_small(const bf16 *const *slots, const int32_t *start, const bf16 *xg, bf16 *a,
+                        float *eo, int E, int H, int F, cudaStream_t stream);
