@@ -40,13 +40,17 @@ struct cuda_state {
     size_t layer_slots;                   /* n_kv_blocks * block_size */
 
     /* step buffers on the device, T = max_batch_tokens, TK = T * top_k */
-    int32_t *d_ints;                      /* tokens, pos, slot, table_off (4T) then tables */
+    int32_t *d_ints;                      /* see step_body */
+    int32_t *h_ints;                      /* pinned host copy */
     size_t d_ints_cap;
+    void *blas_workspace;                 /* set explicitly so cuBLAS calls can be captured */
+    int use_graphs;                       /* EXPERTD_CUDA_GRAPHS=0 turns decode graphs off */
+    std::vector<std::pair<int, cudaGraphExec_t>> graphs; /* decode steps by token count */
     float *h, *q, *k, *v, *out, *router, *weights, *g, *u, *eo, *logits, *xs, *xnf;
     bf16 *xn, *attn, *xg, *a;
-    int32_t *experts, *row_src, *slot_row, *logit_rows;
+    int32_t *experts, *row_src, *slot_row;
     /* host mirrors */
-    std::vector<int32_t> h_ints, h_experts, h_row_src, h_slot_row, h_logit_rows;
+    std::vector<int32_t> h_experts, h_row_src, h_slot_row;
     std::vector<float> h_weights;
     float *h_logits;                      /* pinned (T, vocab) */
     std::vector<int32_t> route_experts;   /* (T, n_moe_layers, K) */
@@ -125,6 +129,13 @@ static int upload_f32(cuda_state *s, const struct xd_matrix *m, const float **re
     return XD_OK;
 }
 
+static void drop_graphs(cuda_state *s)
+{
+    for (auto &g : s->graphs)
+        cudaGraphExecDestroy(g.second);
+    s->graphs.clear();
+}
+
 static void cuda_destroy(void *p)
 {
     cuda_state *s = (cuda_state *)p;
@@ -132,6 +143,9 @@ static void cuda_destroy(void *p)
         return;
     if (s->stream)
         cudaStreamSynchronize(s->stream);
+    drop_graphs(s);
+    if (s->h_ints)
+        cudaFreeHost(s->h_ints);
     xd_expert_pool_destroy(s->pool);
     for (void *a : s->allocs)
         cudaFree(a);
@@ -203,8 +217,12 @@ static int create_inner(cuda_state *s, struct xd_err *err)
     const size_t kv = (size_t)c->n_layers * s->layer_slots * s->kv_dim;
     TRY(alloc_n(s, kv, &s->k_cache, "the KV cache", err));
     TRY(alloc_n(s, kv, &s->v_cache, "the KV cache", err));
-    s->d_ints_cap = 4 * T + 1024;
+    s->d_ints_cap = 5 * T + 1024;
     TRY(alloc_n(s, s->d_ints_cap, &s->d_ints, "step buffers", err));
+    CUDA_TRY(cudaMallocHost((void **)&s->h_ints, sizeof(int32_t) * s->d_ints_cap));
+    const size_t workspace = 32u << 20;
+    TRY(dev_alloc(s, workspace, &s->blas_workspace, "the cuBLAS workspace", err));
+    CUBLAS_TRY(cublasSetWorkspace(s->blas, s->blas_workspace, workspace));
     const size_t F = (size_t)s->ffn_max;
     TRY(alloc_n(s, T * H, &s->h, "step buffers", err));
     TRY(alloc_n(s, T * H, &s->xn, "step buffers", err));
@@ -220,7 +238,6 @@ static int create_inner(cuda_state *s, struct xd_err *err)
     TRY(alloc_n(s, TK, &s->experts, "step buffers", err));
     TRY(alloc_n(s, TK, &s->row_src, "step buffers", err));
     TRY(alloc_n(s, TK, &s->slot_row, "step buffers", err));
-    TRY(alloc_n(s, T, &s->logit_rows, "step buffers", err));
     TRY(alloc_n(s, TK * H, &s->xg, "expert buffers", err));
     TRY(alloc_n(s, TK * F, &s->g, "expert buffers", err));
     TRY(alloc_n(s, TK * F, &s->u, "expert buffers", err));
@@ -271,6 +288,8 @@ static int cuda_create(struct xd_model *model, const struct xd_engine_opts *opts
     s->E = c->n_experts;
     s->H = c->hidden_size;
     s->small_step_slots = 1024;
+    const char *graphs_env = getenv("EXPERTD_CUDA_GRAPHS");
+    s->use_graphs = !(graphs_env && strcmp(graphs_env, "0") == 0);
     const char *env = getenv("EXPERTD_CUDA_SMALL_STEP_SLOTS");
     if (env && *env)
         s->small_step_slots = atoi(env);
@@ -458,30 +477,78 @@ static int layer(cuda_state *s, int l, int n, const int32_t *d_pos, const int32_
     return XD_OK;
 }
 
+/* Everything a step enqueues between the upload of its ints and the download of its
+ * results: the part a CUDA graph can capture. ints = [tokens | pos | slot | table_off | logit
+ * rows] (n each) then the block tables. */
+static int step_body(cuda_state *s, int n, int R, struct xd_err *err)
+{
+    const struct xd_model_config *c = &s->m->config;
+    const int32_t *d_tok = s->d_ints, *d_pos = d_tok + n, *d_slot = d_pos + n,
+                  *d_off = d_slot + n, *d_rows = d_off + n, *d_tables = d_rows + n;
+    xd_k_embed(s->embed, d_tok, s->h, n, s->H, s->stream);
+    for (int l = 0; l < c->n_layers; l++)
+        TRY(layer(s, l, n, d_pos, d_slot, d_off, d_tables, err));
+    if (R > 0) {
+        xd_k_gather_rows_f32(s->h, d_rows, s->xs, R, s->H, s->stream);
+        xd_k_rmsnorm_bf16(s->xs, s->final_norm, s->xn, R, s->H, c->rms_norm_eps, s->stream);
+        TRY(gemm(s, s->xn, R, s->lm_head, c->vocab_size, s->H, s->logits, err));
+    }
+    return XD_OK;
+}
+
+/* Runs step_body for a decode step of n tokens through a CUDA graph captured the first time
+ * that n is seen (the kernels read every per-step value from the ints buffer). */
+static int step_graph(cuda_state *s, int n, struct xd_err *err)
+{
+    cudaGraphExec_t exec = NULL;
+    for (auto &g : s->graphs)
+        if (g.first == n)
+            exec = g.second;
+    if (!exec) {
+        cudaGraph_t graph;
+        CUDA_TRY(cudaStreamBeginCapture(s->stream, cudaStreamCaptureModeThreadLocal));
+        int rc = step_body(s, n, n, err);
+        cudaError_t e = cudaStreamEndCapture(s->stream, &graph);
+        if (rc < 0)
+            return rc;
+        CUDA_TRY(e);
+        e = cudaGraphInstantiate(&exec, graph, 0);
+        cudaGraphDestroy(graph);
+        CUDA_TRY(e);
+        s->graphs.push_back({n, exec});
+    }
+    CUDA_TRY(cudaGraphLaunch(exec, s->stream));
+    return XD_OK;
+}
+
 static int cuda_forward(void *p, const struct xd_batch *b, struct xd_forward_out *ret,
                         struct xd_err *err)
 {
     cuda_state *s = (cuda_state *)p;
     const struct xd_model_config *c = &s->m->config;
     const int bs = s->opts.block_size, V = c->vocab_size;
-    int n = 0, n_table = 0;
+    int n = 0, n_table = 0, decode_only = 1;
     for (int i = 0; i < b->n_seqs; i++) {
         n += b->seqs[i].n_tokens;
         n_table += (b->seqs[i].pos + b->seqs[i].n_tokens + bs - 1) / bs;
+        decode_only &= b->seqs[i].n_tokens == 1 && b->seqs[i].logits == XD_LOGITS_LAST;
     }
-    /* ints: tokens (n), pos (n), slot (n), table_off (n), tables (n_table) */
-    const size_t need = 4 * (size_t)n + n_table;
+    const size_t need = 5 * (size_t)n + n_table;
     if (need > s->d_ints_cap) {
+        /* graphs hold the old pointers: drop them with the old buffers */
+        CUDA_TRY(cudaStreamSynchronize(s->stream));
+        drop_graphs(s);
         int32_t *bigger;
         TRY(alloc_n(s, need * 2, &bigger, "step buffers", err));
         s->d_ints = bigger; /* the old buffer stays in allocs until destroy */
+        cudaFreeHost(s->h_ints);
+        s->h_ints = NULL;
+        CUDA_TRY(cudaMallocHost((void **)&s->h_ints, sizeof(int32_t) * need * 2));
         s->d_ints_cap = need * 2;
     }
-    s->h_ints.assign(need, 0);
-    int32_t *tok = s->h_ints.data(), *pos = tok + n, *slot = pos + n, *off = slot + n,
-            *tables = off + n;
-    int t = 0, tab = 0;
-    s->h_logit_rows.clear();
+    int32_t *tok = s->h_ints, *pos = tok + n, *slot = pos + n, *off = slot + n, *rows = off + n,
+            *tables = rows + n;
+    int t = 0, tab = 0, R = 0;
     for (int i = 0; i < b->n_seqs; i++) {
         const struct xd_seq_chunk *sc = &b->seqs[i];
         const int n_blocks = (sc->pos + sc->n_tokens + bs - 1) / bs;
@@ -496,30 +563,22 @@ static int cuda_forward(void *p, const struct xd_batch *b, struct xd_forward_out
             slot[t] = sc->block_table[p_ / bs] * bs + p_ % bs;
             off[t] = tab;
             if (j >= first_logit)
-                s->h_logit_rows.push_back(t);
+                rows[R++] = t;
         }
         tab += n_blocks;
     }
-    CUDA_TRY(cudaMemcpyAsync(s->d_ints, s->h_ints.data(), sizeof(int32_t) * need,
+    CUDA_TRY(cudaMemcpyAsync(s->d_ints, s->h_ints, sizeof(int32_t) * need,
                              cudaMemcpyHostToDevice, s->stream));
-    const int32_t *d_tok = s->d_ints, *d_pos = d_tok + n, *d_slot = d_pos + n,
-                  *d_off = d_slot + n, *d_tables = d_off + n;
+    const bool small = n * s->K <= SMALL_STEP_SLOTS;
+    if (decode_only && small && s->use_graphs)
+        TRY(step_graph(s, n, err));
+    else
+        TRY(step_body(s, n, R, err));
 
-    xd_k_embed(s->embed, d_tok, s->h, n, s->H, s->stream);
-    for (int l = 0; l < c->n_layers; l++)
-        TRY(layer(s, l, n, d_pos, d_slot, d_off, d_tables, err));
-
-    const int R = (int)s->h_logit_rows.size();
-    if (R > 0) {
-        CUDA_TRY(cudaMemcpyAsync(s->logit_rows, s->h_logit_rows.data(), sizeof(int32_t) * R,
-                                 cudaMemcpyHostToDevice, s->stream));
-        xd_k_gather_rows_f32(s->h, s->logit_rows, s->xs, R, s->H, s->stream);
-        xd_k_rmsnorm_bf16(s->xs, s->final_norm, s->xn, R, s->H, c->rms_norm_eps, s->stream);
-        TRY(gemm(s, s->xn, R, s->lm_head, V, s->H, s->logits, err));
+    if (R > 0)
         CUDA_TRY(cudaMemcpyAsync(s->h_logits, s->logits, sizeof(float) * R * V,
                                  cudaMemcpyDeviceToHost, s->stream));
-    }
-    if (n * s->K <= SMALL_STEP_SLOTS && c->n_moe_layers > 0) {
+    if (small && c->n_moe_layers > 0) {
         const size_t cnt = (size_t)n * c->n_moe_layers * s->K;
         CUDA_TRY(cudaMemcpyAsync(s->route_experts.data(), s->d_route_experts,
                                  sizeof(int32_t) * cnt, cudaMemcpyDeviceToHost, s->stream));
