@@ -143,50 +143,93 @@ void xd_k_kv_store(const float *k, const float *v, const int32_t *slot, bf16 *k_
         k_kv_store<<<T, 128, 0, stream>>>(k, v, slot, k_cache, v_cache, kv_dim);
 }
 
-/* One warp per (token, head); each lane owns head_dim / 32 dimensions (head_dim <= 256). */
+/* One block of ATT_WARPS warps per (token, head). Warp w takes the chunks of 32 keys
+ * w, w + ATT_WARPS, ...: each lane scores one key of the chunk (a whole q . k), then the warp
+ * accumulates the chunk's values with each lane owning head_dim / 32 dimensions, keeping an
+ * online softmax; the warps' states merge at the end. Keys are thus read 32 at a time, not one
+ * dependent load after another. */
+#define ATT_WARPS 4
 #define ATT_MAX_PER_LANE ATT_MAX_HEAD_DIM_LANES
 __global__ void k_attention(const float *q, const bf16 *kc, const bf16 *vc, const int32_t *pos,
-                            const int32_t *table_off, const int32_t *tables, bf16 *out, int T,
+                            const int32_t *table_off, const int32_t *tables, bf16 *out,
                             int n_heads, int n_kv, int hd, int bs, int window, float scale)
 {
-    const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-    if (warp >= T * n_heads)
-        return;
-    const int t = warp / n_heads, h = warp % n_heads, kvh = h / (n_heads / n_kv);
+    extern __shared__ float smem[]; /* q (hd) | m (W) | l (W) | acc (W, hd) */
+    float *qs = smem, *ms = qs + hd, *ls = ms + ATT_WARPS, *accs = ls + ATT_WARPS;
+    const int t = blockIdx.x / n_heads, h = blockIdx.x % n_heads, kvh = h / (n_heads / n_kv);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int per_lane = (hd + 31) / 32, kv_dim = n_kv * hd;
     const int p = pos[t];
     const int first = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
     const int32_t *table = tables + table_off[t];
 
-    float qr[ATT_MAX_PER_LANE], acc[ATT_MAX_PER_LANE];
-    for (int i = 0; i < per_lane; i++) {
-        const int d = lane + 32 * i;
-        qr[i] = d < hd ? q[((size_t)t * n_heads + h) * hd + d] * scale : 0.0f;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x)
+        qs[d] = q[((size_t)t * n_heads + h) * hd + d] * scale;
+    __syncthreads();
+
+    float acc[ATT_MAX_PER_LANE];
+    for (int i = 0; i < per_lane; i++)
         acc[i] = 0.0f;
-    }
     float m = -INFINITY, l = 0.0f;
-    for (int j = first; j <= p; j++) {
-        const size_t base = ((size_t)table[j / bs] * bs + j % bs) * kv_dim + (size_t)kvh * hd;
-        float s = 0.0f;
-        for (int i = 0; i < per_lane; i++) {
-            const int d = lane + 32 * i;
-            if (d < hd)
-                s += qr[i] * __bfloat162float(kc[base + d]);
+    for (int chunk = first / 32 + warp; chunk * 32 <= p; chunk += ATT_WARPS) {
+        const int j = chunk * 32 + lane;
+        const bool valid = j >= first && j <= p;
+        size_t base = 0;
+        float sc = -INFINITY;
+        if (valid) {
+            base = ((size_t)table[j / bs] * bs + j % bs) * kv_dim + (size_t)kvh * hd;
+            float dot = 0.0f;
+            for (int d = 0; d < hd; d += 2) {
+                const float2 kk = __bfloat1622float2(*(const __nv_bfloat162 *)(kc + base + d));
+                dot += qs[d] * kk.x + qs[d + 1] * kk.y;
+            }
+            sc = dot;
         }
+        float cmax = sc;
         for (int o = 16; o > 0; o >>= 1)
-            s += __shfl_xor_sync(0xffffffffu, s, o);
-        const float m_new = fmaxf(m, s), r = __expf(m - m_new), w = __expf(s - m_new);
-        l = l * r + w;
-        for (int i = 0; i < per_lane; i++) {
-            const int d = lane + 32 * i;
-            acc[i] = acc[i] * r + (d < hd ? w * __bfloat162float(vc[base + d]) : 0.0f);
+            cmax = fmaxf(cmax, __shfl_xor_sync(0xffffffffu, cmax, o));
+        const float m_new = fmaxf(m, cmax), r = __expf(m - m_new);
+        const float w = valid ? __expf(sc - m_new) : 0.0f;
+        float wsum = w;
+        for (int o = 16; o > 0; o >>= 1)
+            wsum += __shfl_xor_sync(0xffffffffu, wsum, o);
+        l = l * r + wsum;
+        for (int i = 0; i < per_lane; i++)
+            acc[i] *= r;
+        for (int kk = 0; kk < 32; kk++) {
+            const float wk = __shfl_sync(0xffffffffu, w, kk);
+            const size_t bk = __shfl_sync(0xffffffffu, base, kk);
+            if (wk == 0.0f)
+                continue;
+            for (int i = 0; i < per_lane; i++) {
+                const int d = lane + 32 * i;
+                if (d < hd)
+                    acc[i] += wk * __bfloat162float(vc[bk + d]);
+            }
         }
         m = m_new;
+    }
+    if (lane == 0) {
+        ms[warp] = m;
+        ls[warp] = l;
     }
     for (int i = 0; i < per_lane; i++) {
         const int d = lane + 32 * i;
         if (d < hd)
-            out[((size_t)t * n_heads + h) * hd + d] = __float2bfloat16(acc[i] / l);
+            accs[warp * hd + d] = acc[i];
+    }
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int w = 0; w < ATT_WARPS; w++)
+        mx = fmaxf(mx, ms[w]);
+    float denom = 0.0f;
+    for (int w = 0; w < ATT_WARPS; w++)
+        denom += ms[w] == -INFINITY ? 0.0f : ls[w] * __expf(ms[w] - mx);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float num = 0.0f;
+        for (int w = 0; w < ATT_WARPS; w++)
+            num += ms[w] == -INFINITY ? 0.0f : accs[w * hd + d] * __expf(ms[w] - mx);
+        out[((size_t)t * n_heads + h) * hd + d] = __float2bfloat16(num / denom);
     }
 }
 
@@ -195,10 +238,10 @@ void xd_k_attention(const float *q, const bf16 *k_cache, const bf16 *v_cache,
                     bf16 *out, int T, int n_heads, int n_kv, int hd, int block_size, int window,
                     cudaStream_t stream)
 {
-    const int warps = T * n_heads, per_block = 4;
-    if (warps > 0)
-        k_attention<<<(warps + per_block - 1) / per_block, 32 * per_block, 0, stream>>>(
-            q, k_cache, v_cache, pos, table_off, tables, out, T, n_heads, n_kv, hd, block_size,
+    const size_t shared = sizeof(float) * (hd + 2 * ATT_WARPS + (size_t)ATT_WARPS * hd);
+    if (T > 0)
+        k_attention<<<T * n_heads, 32 * ATT_WARPS, shared, stream>>>(
+            q, k_cache, v_cache, pos, table_off, tables, out, n_heads, n_kv, hd, block_size,
             window, 1.0f / sqrtf((float)hd));
 }
 
