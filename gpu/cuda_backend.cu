@@ -309,19 +309,12 @@ static int cuda_create(struct xd_model *model, const struct xd_engine_opts *opts
 
 /* ---- the step ---- */
 
-/* Up to this many rows a projection is a memory-bound GEMV kernel; above, cuBLAS. */
-#define GEMV_MAX_ROWS 8
-
 /* y (n, rows) f32 = x (n, cols) bf16 @ w (rows, cols)^T, f32 accumulation. */
 static int gemm(cuda_state *s, const bf16 *x, int n, const bf16 *w, int rows, int cols, float *y,
                 struct xd_err *err)
 {
     if (n == 0)
         return XD_OK;
-    if (n <= GEMV_MAX_ROWS && cols % 8 == 0) {
-        xd_k_gemv_bf16(w, x, y, n, rows, cols, s->stream);
-        return XD_OK;
-    }
     const float one = 1.0f, zero = 0.0f;
     CUBLAS_TRY(cublasGemmEx(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &one, w,
                             CUDA_R_16BF, cols, x, CUDA_R_16BF, cols, &zero, y, CUDA_R_32F, rows,
