@@ -44,19 +44,24 @@ struct tensor_spec {
     float std;            /* 0: all ones (norm weights) */
 };
 
-static uint64_t rng_state;
-
-static double uniform01(void)
+/* A counter-based generator: the value of element i of tensor k depends only on (seed, k, i),
+ * so tensors fill in parallel and the output does not depend on the thread count. */
+static uint64_t mix64(uint64_t z)
 {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return ((double)(rng_state >> 11) + 0.5) * 0x1.0p-53;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
 }
 
-static float normal(void)
+/* Approximately normal with unit variance: the sum of four uniforms, centred and scaled
+ * (Irwin-Hall), from one 64-bit draw. */
+static float approx_normal(uint64_t seed, uint64_t k, uint64_t i)
 {
-    return (float)(sqrt(-2.0 * log(uniform01())) * cos(6.283185307179586 * uniform01()));
+    uint64_t r = mix64(seed ^ mix64(k * 0x9e3779b97f4a7c15ull + i));
+    float sum = 0.0f;
+    for (int j = 0; j < 4; j++)
+        sum += (float)((r >> (16 * j)) & 0xffffu) * (1.0f / 65536.0f);
+    return (sum - 2.0f) * 1.7320508f; /* var of 4 uniforms is 1/3 */
 }
 
 static void add(struct tensor_spec *t, size_t *n, const char *name, int64_t rows, int64_t cols,
@@ -178,22 +183,24 @@ int main(int argc, char **argv)
         fputc(' ', f);
     free(htext);
 
-    rng_state = 0x9e3779b97f4a7c15ull ^ (uint64_t)o.seed;
-    size_t buf_cap = 1 << 16;
+    size_t buf_cap = 1 << 22;
     void *buf = malloc(buf_cap * 4);
     for (size_t i = 0; i < n; i++) {
         uint64_t elems = (uint64_t)(ts[i].rows ? ts[i].rows : 1) * (uint64_t)ts[i].cols;
-        while (elems > 0) {
-            size_t m = elems < buf_cap ? (size_t)elems : buf_cap;
+        for (uint64_t done = 0; done < elems;) {
+            size_t m = elems - done < buf_cap ? (size_t)(elems - done) : buf_cap;
+            const float std = ts[i].std;
+            const int f32 = o.f32;
+#pragma omp parallel for schedule(static)
             for (size_t j = 0; j < m; j++) {
-                float v = ts[i].std > 0 ? ts[i].std * normal() : 1.0f;
-                if (o.f32)
+                float v = std > 0 ? std * approx_normal((uint64_t)o.seed, i, done + j) : 1.0f;
+                if (f32)
                     ((float *)buf)[j] = v;
                 else
                     ((uint16_t *)buf)[j] = xd_f32_to_bf16(v);
             }
             fwrite(buf, esize, m, f);
-            elems -= m;
+            done += m;
         }
     }
     free(buf);
