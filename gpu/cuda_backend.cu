@@ -274,6 +274,11 @@ static int cuda_create(struct xd_model *model, const struct xd_engine_opts *opts
                        struct xd_err *err)
 {
     const struct xd_model_config *c = &model->config;
+    if (c->n_experts > 32 * 16 || c->top_k > 64)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "device cuda: %d experts, top-%d; the router kernel handles up to 512 "
+                          "experts and top-64",
+                          c->n_experts, c->top_k);
     if (c->head_dim > 32 * ATT_MAX_HEAD_DIM_LANES)
         return xd_err_set(err, XD_ERR_UNSUPPORTED, "device cuda: head_dim %d is above %d",
                           c->head_dim, 32 * ATT_MAX_HEAD_DIM_LANES);

@@ -245,46 +245,68 @@ void xd_k_attention(const float *q, const bf16 *k_cache, const bf16 *v_cache,
             window, 1.0f / sqrtf((float)hd));
 }
 
-/* One thread per token: E and K are small (at most a few hundred experts). */
+/* One warp per token: lanes own experts e = lane, lane + 32, ...; softmax by warp reductions;
+ * top-k in k rounds of a warp-wide argmax (ties to the lower index). */
+#define ROUTE_MAX_PER_LANE 16
 __global__ void k_route(const float *logits, int32_t *experts, float *weights, int T, int E,
                         int K, int renormalise)
 {
-    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    const int t = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (t >= T)
         return;
     const float *lg = logits + (size_t)t * E;
-    float mx = lg[0];
-    for (int e = 1; e < E; e++)
-        mx = fmaxf(mx, lg[e]);
-    float sum = 0.0f;
-    for (int e = 0; e < E; e++)
-        sum += expf(lg[e] - mx);
-    int32_t *ex = experts + (size_t)t * K;
-    float *wt = weights + (size_t)t * K, total = 0.0f;
-    for (int j = 0; j < K; j++) {
-        int best = -1;
-        for (int e = 0; e < E; e++) {
-            bool taken = false;
-            for (int i = 0; i < j && !taken; i++)
-                taken = ex[i] == e;
-            if (!taken && (best < 0 || lg[e] > lg[best]))
-                best = e;
-        }
-        ex[j] = best;
-        wt[j] = expf(lg[best] - mx) / sum;
-        total += wt[j];
+    float v[ROUTE_MAX_PER_LANE];
+    float mx = -INFINITY;
+    for (int i = 0; i < ROUTE_MAX_PER_LANE; i++) {
+        const int e = lane + 32 * i;
+        v[i] = e < E ? lg[e] : -INFINITY;
+        mx = fmaxf(mx, v[i]);
     }
-    if (renormalise)
-        for (int j = 0; j < K; j++)
-            wt[j] /= total;
+    for (int o = 16; o > 0; o >>= 1)
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    float sum = 0.0f;
+    for (int i = 0; i < ROUTE_MAX_PER_LANE; i++)
+        sum += lane + 32 * i < E ? expf(v[i] - mx) : 0.0f;
+    for (int o = 16; o > 0; o >>= 1)
+        sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    float total = 0.0f, chosen[64];
+    int32_t ids[64];
+    for (int j = 0; j < K; j++) {
+        float best = -INFINITY;
+        int best_e = 0x7fffffff;
+        for (int i = 0; i < ROUTE_MAX_PER_LANE; i++) {
+            const int e = lane + 32 * i;
+            if (e < E && (v[i] > best || (v[i] == best && e < best_e))) {
+                best = v[i];
+                best_e = e;
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+            const int oe = __shfl_xor_sync(0xffffffffu, best_e, o);
+            if (ob > best || (ob == best && oe < best_e)) {
+                best = ob;
+                best_e = oe;
+            }
+        }
+        if ((best_e & 31) == lane)
+            v[best_e >> 5] = -INFINITY; /* taken */
+        ids[j] = best_e;
+        chosen[j] = expf(best - mx) / sum;
+        total += chosen[j];
+    }
+    if (lane == 0)
+        for (int j = 0; j < K; j++) {
+            experts[(size_t)t * K + j] = ids[j];
+            weights[(size_t)t * K + j] = renormalise ? chosen[j] / total : chosen[j];
+        }
 }
 
 void xd_k_route(const float *logits, int32_t *experts, float *weights, int T, int E, int K,
                 int renormalise, cudaStream_t stream)
 {
     if (T > 0)
-        k_route<<<blocks_for((size_t)T, 128), 128, 0, stream>>>(logits, experts, weights, T, E,
-                                                                 K, renormalise);
+        k_route<<<(T + 3) / 4, 128, 0, stream>>>(logits, experts, weights, T, E, K, renormalise);
 }
 
 __global__ void k_gather_rows(const bf16 *x, const int32_t *src, bf16 *xg, int H)
