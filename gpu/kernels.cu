@@ -179,9 +179,20 @@ __global__ void k_attention(const float *q, const bf16 *kc, const bf16 *vc, cons
         if (valid) {
             base = ((size_t)table[j / bs] * bs + j % bs) * kv_dim + (size_t)kvh * hd;
             float dot = 0.0f;
-            for (int d = 0; d < hd; d += 2) {
-                const float2 kk = __bfloat1622float2(*(const __nv_bfloat162 *)(kc + base + d));
-                dot += qs[d] * kk.x + qs[d + 1] * kk.y;
+            if (hd % 8 == 0 && kv_dim % 8 == 0) {
+                for (int d = 0; d < hd; d += 8) {
+                    const uint4 raw = *(const uint4 *)(kc + base + d);
+                    const __nv_bfloat162 *k2 = (const __nv_bfloat162 *)&raw;
+                    for (int i = 0; i < 4; i++) {
+                        const float2 kk = __bfloat1622float2(k2[i]);
+                        dot += qs[d + 2 * i] * kk.x + qs[d + 2 * i + 1] * kk.y;
+                    }
+                }
+            } else {
+                for (int d = 0; d < hd; d += 2) {
+                    const float2 kk = __bfloat1622float2(*(const __nv_bfloat162 *)(kc + base + d));
+                    dot += qs[d] * kk.x + qs[d + 1] * kk.y;
+                }
             }
             sc = dot;
         }
@@ -493,4 +504,26 @@ void xd_k_experts_small(const bf16 *const *slots, const int32_t *start, const bf
     dim3 g1(E, (F + EXPERT_WARPS - 1) / EXPERT_WARPS), g2(E, (H + EXPERT_WARPS - 1) / EXPERT_WARPS);
     k_expert_gate_up<<<g1, 32 * EXPERT_WARPS, 0, stream>>>(slots, start, xg, a, H, F);
     k_expert_down<<<g2, 32 * EXPERT_WARPS, 0, stream>>>(slots, start, a, eo, H, F);
+}
+
+/* grid ceil(M / EXPERT_WARPS): warp w of block b computes y[r, b * EXPERT_WARPS + w] for every
+ * row r of x. */
+__global__ void k_gemv_bf16(const bf16 *w, const bf16 *x, float *y, int n, int M, int K)
+{
+    const int o = blockIdx.x * EXPERT_WARPS + (threadIdx.x >> 5);
+    if (o >= M)
+        return;
+    for (int r = 0; r < n; r++) {
+        const float v = warp_dot_bf16(w + (size_t)o * K, x + (size_t)r * K, K);
+        if ((threadIdx.x & 31) == 0)
+            y[(size_t)r * M + o] = v;
+    }
+}
+
+void xd_k_gemv_bf16(const bf16 *w, const bf16 *x, float *y, int n, int M, int K,
+                    cudaStream_t stream)
+{
+    if (n > 0)
+        k_gemv_bf16<<<(M + EXPERT_WARPS - 1) / EXPERT_WARPS, 32 * EXPERT_WARPS, 0, stream>>>(
+            w, x, y, n, M, K);
 }

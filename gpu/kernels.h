@@ -88,3 +88,8 @@ void xd_k_moe_plan(const int32_t *experts, int n_slots, int E, int K, int32_t *s
  * a (R, F) bf16 scratch; eo (R, H) f32 outputs. H and F must be multiples of 8. */
 void xd_k_experts_small(const bf16 *const *slots, const int32_t *start, const bf16 *xg, bf16 *a,
                         float *eo, int E, int H, int F, cudaStream_t stream);
+
+/* y (n, M) f32 = x (n, K) bf16 @ w (M, K)^T for a few rows n: one warp per output feature,
+ * memory-bound, for decode steps where cuBLAS is slower. K must be a multiple of 8. */
+void xd_k_gemv_bf16(const bf16 *w, const bf16 *x, float *y, int n, int M, int K,
+                    cudaStream_t stream);
