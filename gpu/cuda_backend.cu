@@ -58,7 +58,6 @@ struct cuda_state {
 
     /* small steps (T * K <= SMALL_STEP_SLOTS) route, plan and run experts on the device */
     int small_step_slots;
-    int gemv_max_rows;
     const bf16 **d_expert_ptrs;           /* (n_layers, E) device pointers of each expert slot */
     int32_t *d_start;                     /* (E + 1) */
     int32_t *d_route_experts;             /* (T, n_moe_layers, K) */
@@ -294,8 +293,6 @@ static int cuda_create(struct xd_model *model, const struct xd_engine_opts *opts
     s->E = c->n_experts;
     s->H = c->hidden_size;
     s->small_step_slots = 1024;
-    const char *gemv_env = getenv("EXPERTD_CUDA_GEMV_MAX_ROWS");
-    s->gemv_max_rows = gemv_env && *gemv_env ? atoi(gemv_env) : 8;
     const char *graphs_env = getenv("EXPERTD_CUDA_GRAPHS");
     s->use_graphs = !(graphs_env && strcmp(graphs_env, "0") == 0);
     const char *env = getenv("EXPERTD_CUDA_SMALL_STEP_SLOTS");
@@ -317,9 +314,6 @@ static int cuda_create(struct xd_model *model, const struct xd_engine_opts *opts
 
 /* ---- the step ---- */
 
-/* Up to this many rows a projection is a memory-bound GEMV kernel; above, cuBLAS.
- * EXPERTD_CUDA_GEMV_MAX_ROWS overrides it (0: always cuBLAS). */
-#define GEMV_MAX_ROWS s->gemv_max_rows
 
 /* y (n, rows) f32 = x (n, cols) bf16 @ w (rows, cols)^T, f32 accumulation. */
 static int gemm(cuda_state *s, const bf16 *x, int n, const bf16 *w, int rows, int cols, float *y,
@@ -327,10 +321,6 @@ static int gemm(cuda_state *s, const bf16 *x, int n, const bf16 *w, int rows, in
 {
     if (n == 0)
         return XD_OK;
-    if (n <= GEMV_MAX_ROWS && cols % 8 == 0) {
-        xd_k_gemv_bf16(w, x, y, n, rows, cols, s->stream);
-        return XD_OK;
-    }
     const float one = 1.0f, zero = 0.0f;
     CUBLAS_TRY(cublasGemmEx(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &one, w,
                             CUDA_R_16BF, cols, x, CUDA_R_16BF, cols, &zero, y, CUDA_R_32F, rows,

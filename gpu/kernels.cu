@@ -505,25 +505,3 @@ void xd_k_experts_small(const bf16 *const *slots, const int32_t *start, const bf
     k_expert_gate_up<<<g1, 32 * EXPERT_WARPS, 0, stream>>>(slots, start, xg, a, H, F);
     k_expert_down<<<g2, 32 * EXPERT_WARPS, 0, stream>>>(slots, start, a, eo, H, F);
 }
-
-/* grid ceil(M / EXPERT_WARPS): warp w of block b computes y[r, b * EXPERT_WARPS + w] for every
- * row r of x. */
-__global__ void k_gemv_bf16(const bf16 *w, const bf16 *x, float *y, int n, int M, int K)
-{
-    const int o = blockIdx.x * EXPERT_WARPS + (threadIdx.x >> 5);
-    if (o >= M)
-        return;
-    for (int r = 0; r < n; r++) {
-        const float v = warp_dot_bf16(w + (size_t)o * K, x + (size_t)r * K, K);
-        if ((threadIdx.x & 31) == 0)
-            y[(size_t)r * M + o] = v;
-    }
-}
-
-void xd_k_gemv_bf16(const bf16 *w, const bf16 *x, float *y, int n, int M, int K,
-                    cudaStream_t stream)
-{
-    if (n > 0)
-        k_gemv_bf16<<<(M + EXPERT_WARPS - 1) / EXPERT_WARPS, 32 * EXPERT_WARPS, 0, stream>>>(
-            w, x, y, n, M, K);
-}

@@ -75,7 +75,6 @@ void xd_k_add(float *h, const float *y, size_t n, cudaStream_t stream);
 void xd_k_gather_rows_f32(const float *x, const int32_t *rows, float *out, int R, int H,
                           cudaStream_t stream);
 
-#endif
 
 /* MoE plan on the device for a step of n_slots = T * K (token, slot) pairs: start (E + 1)
  * row offsets per expert, row_src (n_slots,) token of each expert-sorted row, slot_row (n_slots,)
@@ -89,7 +88,4 @@ void xd_k_moe_plan(const int32_t *experts, int n_slots, int E, int K, int32_t *s
 void xd_k_experts_small(const bf16 *const *slots, const int32_t *start, const bf16 *xg, bf16 *a,
                         float *eo, int E, int H, int F, cudaStream_t stream);
 
-/* y (n, M) f32 = x (n, K) bf16 @ w (M, K)^T for a few rows n: one warp per output feature,
- * memory-bound, for decode steps where cuBLAS is slower. K must be a multiple of 8. */
-void xd_k_gemv_bf16(const bf16 *w, const bf16 *x, float *y, int n, int M, int K,
-                    cudaStream_t stream);
+#endif
