@@ -298,6 +298,8 @@ static int cuda_create(struct xd_model *model, const struct xd_engine_opts *opts
     const char *env = getenv("EXPERTD_CUDA_SMALL_STEP_SLOTS");
     if (env && *env)
         s->small_step_slots = atoi(env);
+    if (s->small_step_slots > 4096) /* the device plan's bound (kernels.h) */
+        s->small_step_slots = 4096;
     s->ffn_max = c->expert_ffn;
     if (c->dense_ffn > s->ffn_max)
         s->ffn_max = c->dense_ffn;

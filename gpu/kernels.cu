@@ -411,28 +411,37 @@ void xd_k_add(float *h, const float *y, size_t n, cudaStream_t stream)
 
 /* ---- MoE steps small enough to plan on the device (no host round trip) ---- */
 
-/* One block: counts rows per expert, prefix sums, then fills row_src and slot_row in
- * (token, slot) order, the same order as the host plan; start (E + 1). */
+/* One block: counts rows per expert, prefix sums, then every thread places its own pairs:
+ * the row of pair i is start[e] plus the number of earlier pairs with the same expert e, the
+ * same (token, slot) order as the host plan. n_slots <= MOE_PLAN_MAX_SLOTS. */
+#define MOE_PLAN_MAX_SLOTS 4096
 __global__ void k_moe_plan(const int32_t *experts, int n_slots, int E, int32_t *start,
                            int32_t *row_src, int32_t *slot_row, int K)
 {
-    extern __shared__ int32_t counts[]; /* (E + 1) */
+    extern __shared__ int32_t sm[]; /* counts (E + 1) | experts (n_slots) */
+    int32_t *counts = sm, *ex = sm + E + 1;
     for (int e = threadIdx.x; e <= E; e += blockDim.x)
         counts[e] = 0;
+    for (int i = threadIdx.x; i < n_slots; i += blockDim.x)
+        ex[i] = experts[i];
     __syncthreads();
     for (int i = threadIdx.x; i < n_slots; i += blockDim.x)
-        atomicAdd(&counts[experts[i] + 1], 1);
+        atomicAdd(&counts[ex[i] + 1], 1);
     __syncthreads();
-    if (threadIdx.x == 0) {
+    if (threadIdx.x == 0)
         for (int e = 0; e < E; e++)
             counts[e + 1] += counts[e];
-        for (int e = 0; e <= E; e++)
-            start[e] = counts[e];
-        for (int i = 0; i < n_slots; i++) {
-            const int r = counts[experts[i]]++;
-            row_src[r] = i / K;
-            slot_row[i] = r;
-        }
+    __syncthreads();
+    for (int e = threadIdx.x; e <= E; e += blockDim.x)
+        start[e] = counts[e];
+    for (int i = threadIdx.x; i < n_slots; i += blockDim.x) {
+        const int e = ex[i];
+        int rank = 0;
+        for (int j = 0; j < i; j++)
+            rank += ex[j] == e;
+        const int r = counts[e] + rank;
+        row_src[r] = i / K;
+        slot_row[i] = r;
     }
 }
 
@@ -440,8 +449,8 @@ void xd_k_moe_plan(const int32_t *experts, int n_slots, int E, int K, int32_t *s
                    int32_t *row_src, int32_t *slot_row, cudaStream_t stream)
 {
     if (n_slots > 0)
-        k_moe_plan<<<1, 256, sizeof(int32_t) * (E + 1), stream>>>(experts, n_slots, E, start,
-                                                                   row_src, slot_row, K);
+        k_moe_plan<<<1, 512, sizeof(int32_t) * (E + 1 + n_slots), stream>>>(
+            experts, n_slots, E, start, row_src, slot_row, K);
 }
 
 /* Dot of a bf16 weight row with a bf16 activation row of n elements (n % 8 == 0), by one

@@ -76,7 +76,7 @@ void xd_k_gather_rows_f32(const float *x, const int32_t *rows, float *out, int R
                           cudaStream_t stream);
 
 
-/* MoE plan on the device for a step of n_slots = T * K (token, slot) pairs: start (E + 1)
+/* MoE plan on the device for a step of n_slots = T * K <= 4096 (token, slot) pairs: start (E + 1)
  * row offsets per expert, row_src (n_slots,) token of each expert-sorted row, slot_row (n_slots,)
  * row of each pair; same order as the host plan. */
 void xd_k_moe_plan(const int32_t *experts, int n_slots, int E, int K, int32_t *start,
