@@ -58,14 +58,19 @@ struct cuda_state {
 
     /* small steps (T * K <= SMALL_STEP_SLOTS) route, plan and run experts on the device */
     int small_step_slots;
+    bool step_small;                      /* this step takes the small-step MoE path */
     const bf16 **d_expert_ptrs;           /* (n_layers, E) device pointers of each expert slot */
     int32_t *d_start;                     /* (E + 1) */
     int32_t *d_route_experts;             /* (T, n_moe_layers, K) */
     float *d_route_weights;
 };
 
-/* Steps with at most this many (token, expert) pairs run the MoE without a host round trip,
- * using the memory-bound expert kernels; larger ones size cuBLAS GEMMs per expert on the host.
+/* Decode steps with at most this many (token, expert) pairs run the MoE without a host round
+ * trip, using the memory-bound expert kernels (they re-read each expert's weights per row, so
+ * they suit a few rows per expert); prefill chunks and larger steps size cuBLAS GEMMs per
+ * expert on the host. Measured on OLMoE-1B-7B shapes, H100 (bench/results/engine-gpu-h100.md):
+ * batch-64 decode 27.4 ms a step this way against 37.4 ms with cuBLAS, and a 128-token
+ * prefill 3808 tokens/s with cuBLAS against 2518 this way.
  * EXPERTD_CUDA_SMALL_STEP_SLOTS overrides it (the GPU tests run both paths with 0 and default). */
 #define SMALL_STEP_SLOTS s->small_step_slots
 
@@ -370,7 +375,7 @@ static int moe(cuda_state *s, int l, int n, struct xd_err *err)
                                s->xnf, H, &zero, s->router, E));
     }
     xd_k_route(s->router, s->experts, s->weights, n, E, K, c->norm_topk_prob, s->stream);
-    if (n * K <= SMALL_STEP_SLOTS && H % 8 == 0 && F % 8 == 0) {
+    if (s->step_small) {
         CUDA_TRY(cudaMemcpy2DAsync(s->d_route_experts + (size_t)mi * K, sizeof(int32_t) * L * K,
                                    s->experts, sizeof(int32_t) * K, sizeof(int32_t) * K, n,
                                    cudaMemcpyDeviceToDevice, s->stream));
@@ -577,7 +582,9 @@ static int cuda_forward(void *p, const struct xd_batch *b, struct xd_forward_out
     }
     CUDA_TRY(cudaMemcpyAsync(s->d_ints, s->h_ints, sizeof(int32_t) * need,
                              cudaMemcpyHostToDevice, s->stream));
-    const bool small = n * s->K <= SMALL_STEP_SLOTS;
+    const bool small = decode_only && n * s->K <= SMALL_STEP_SLOTS && s->H % 8 == 0 &&
+                       c->expert_ffn % 8 == 0;
+    s->step_small = small;
     if (decode_only && small && s->use_graphs)
         TRY(step_graph(s, n, err));
     else
