@@ -66,7 +66,7 @@ expect text_prompt_needs_tokenizer 2 "tokenizer" -- "$expertd" generate --model 
 expect unknown_option 2 "--frobnicate" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --frobnicate 3
 expect temperature_out_of_range 2 "--temperature" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --temperature -1
 expect context_exceeded 2 "max_position_embeddings" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --max-tokens 300
-if "$expertd" version | grep -q '^gpus: none'; then
+if ! "$expertd" version | grep -q '^gpus: [0-9]'; then
   expect cuda_without_gpu 1 "device cuda" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --device cuda
 else
   expect cuda_generates 0 "," -- "$expertd" generate --model "$olmoe" --prompt-ids 1,2 --max-tokens 4 --device cuda
