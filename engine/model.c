@@ -119,19 +119,12 @@ static struct xd_matrix sub_rows(const struct xd_tensor *t, int64_t row0, int64_
     return m;
 }
 
-#define TRY(expr)              \
-    do {                       \
-        int rc_ = (expr);      \
-        if (rc_ < 0)           \
-            return rc_;        \
-    } while (0)
-
 static int load_mlp(struct loader *L, const char *prefix, int64_t ffn, struct xd_expert_weights *w)
 {
     const struct xd_model_config *c = &L->m->config;
-    TRY(need(L, fmt_name(L, "%s.gate_proj.weight", prefix), ffn, c->hidden_size, &w->gate));
-    TRY(need(L, fmt_name(L, "%s.up_proj.weight", prefix), ffn, c->hidden_size, &w->up));
-    TRY(need(L, fmt_name(L, "%s.down_proj.weight", prefix), c->hidden_size, ffn, &w->down));
+    XD_TRY(need(L, fmt_name(L, "%s.gate_proj.weight", prefix), ffn, c->hidden_size, &w->gate));
+    XD_TRY(need(L, fmt_name(L, "%s.up_proj.weight", prefix), ffn, c->hidden_size, &w->up));
+    XD_TRY(need(L, fmt_name(L, "%s.down_proj.weight", prefix), c->hidden_size, ffn, &w->down));
     return XD_OK;
 }
 
@@ -147,8 +140,8 @@ static int load_experts(struct loader *L, const char *moe, int layer, struct xd_
     if (xd_checkpoint_find(L->m->checkpoint, fused)) {
         const struct xd_tensor *gu, *down;
         int64_t gu_dims[3] = {E, 2 * F, H}, down_dims[3] = {E, H, F};
-        TRY(find_shaped(L, fused, 3, gu_dims, &gu));
-        TRY(find_shaped(L, fmt_name(L, "%s.experts.down_proj", moe), 3, down_dims, &down));
+        XD_TRY(find_shaped(L, fused, 3, gu_dims, &gu));
+        XD_TRY(find_shaped(L, fmt_name(L, "%s.experts.down_proj", moe), 3, down_dims, &down));
         for (int64_t e = 0; e < E; e++) {
             w[e].gate = sub_rows(gu, e * 2 * F, F, H);
             w[e].up = sub_rows(gu, e * 2 * F + F, F, H);
@@ -159,16 +152,16 @@ static int load_experts(struct loader *L, const char *moe, int layer, struct xd_
     (void)layer;
     for (int64_t e = 0; e < E; e++) {
         if (c->arch == XD_ARCH_MIXTRAL) {
-            TRY(need(L, fmt_name(L, "%s.experts.%lld.w1.weight", moe, (long long)e), F, H,
+            XD_TRY(need(L, fmt_name(L, "%s.experts.%lld.w1.weight", moe, (long long)e), F, H,
                      &w[e].gate));
-            TRY(need(L, fmt_name(L, "%s.experts.%lld.w3.weight", moe, (long long)e), F, H,
+            XD_TRY(need(L, fmt_name(L, "%s.experts.%lld.w3.weight", moe, (long long)e), F, H,
                      &w[e].up));
-            TRY(need(L, fmt_name(L, "%s.experts.%lld.w2.weight", moe, (long long)e), H, F,
+            XD_TRY(need(L, fmt_name(L, "%s.experts.%lld.w2.weight", moe, (long long)e), H, F,
                      &w[e].down));
         } else {
             char prefix[200];
             snprintf(prefix, sizeof prefix, "%s.experts.%lld", moe, (long long)e);
-            TRY(load_mlp(L, prefix, F, &w[e]));
+            XD_TRY(load_mlp(L, prefix, F, &w[e]));
         }
     }
     return XD_OK;
@@ -183,32 +176,32 @@ static int load_layer(struct loader *L, int i, struct xd_layer_weights *lw,
     char p[128];
     snprintf(p, sizeof p, "model.layers.%d", i);
 
-    TRY(need(L, fmt_name(L, "%s.input_layernorm.weight", p), 0, H, &lw->attn_norm));
-    TRY(need(L, fmt_name(L, "%s.self_attn.q_proj.weight", p), q_dim, H, &lw->wq));
-    TRY(need(L, fmt_name(L, "%s.self_attn.k_proj.weight", p), kv_dim, H, &lw->wk));
-    TRY(need(L, fmt_name(L, "%s.self_attn.v_proj.weight", p), kv_dim, H, &lw->wv));
-    TRY(need(L, fmt_name(L, "%s.self_attn.o_proj.weight", p), H, q_dim, &lw->wo));
+    XD_TRY(need(L, fmt_name(L, "%s.input_layernorm.weight", p), 0, H, &lw->attn_norm));
+    XD_TRY(need(L, fmt_name(L, "%s.self_attn.q_proj.weight", p), q_dim, H, &lw->wq));
+    XD_TRY(need(L, fmt_name(L, "%s.self_attn.k_proj.weight", p), kv_dim, H, &lw->wk));
+    XD_TRY(need(L, fmt_name(L, "%s.self_attn.v_proj.weight", p), kv_dim, H, &lw->wv));
+    XD_TRY(need(L, fmt_name(L, "%s.self_attn.o_proj.weight", p), H, q_dim, &lw->wo));
     if (c->qkv_bias) {
-        TRY(need(L, fmt_name(L, "%s.self_attn.q_proj.bias", p), 0, q_dim, &lw->bq));
-        TRY(need(L, fmt_name(L, "%s.self_attn.k_proj.bias", p), 0, kv_dim, &lw->bk));
-        TRY(need(L, fmt_name(L, "%s.self_attn.v_proj.bias", p), 0, kv_dim, &lw->bv));
+        XD_TRY(need(L, fmt_name(L, "%s.self_attn.q_proj.bias", p), 0, q_dim, &lw->bq));
+        XD_TRY(need(L, fmt_name(L, "%s.self_attn.k_proj.bias", p), 0, kv_dim, &lw->bk));
+        XD_TRY(need(L, fmt_name(L, "%s.self_attn.v_proj.bias", p), 0, kv_dim, &lw->bv));
     }
     if (c->o_bias)
-        TRY(need(L, fmt_name(L, "%s.self_attn.o_proj.bias", p), 0, H, &lw->bo));
+        XD_TRY(need(L, fmt_name(L, "%s.self_attn.o_proj.bias", p), 0, H, &lw->bo));
     if (c->qk_norm != XD_QK_NORM_NONE) {
         int per_head = c->qk_norm == XD_QK_NORM_PER_HEAD;
-        TRY(need(L, fmt_name(L, "%s.self_attn.q_norm.weight", p), 0, per_head ? hd : q_dim,
+        XD_TRY(need(L, fmt_name(L, "%s.self_attn.q_norm.weight", p), 0, per_head ? hd : q_dim,
                  &lw->q_norm));
-        TRY(need(L, fmt_name(L, "%s.self_attn.k_norm.weight", p), 0, per_head ? hd : kv_dim,
+        XD_TRY(need(L, fmt_name(L, "%s.self_attn.k_norm.weight", p), 0, per_head ? hd : kv_dim,
                  &lw->k_norm));
     }
-    TRY(need(L, fmt_name(L, "%s.post_attention_layernorm.weight", p), 0, H, &lw->mlp_norm));
+    XD_TRY(need(L, fmt_name(L, "%s.post_attention_layernorm.weight", p), 0, H, &lw->mlp_norm));
 
     if (!c->is_moe_layer[i]) {
         struct xd_expert_weights dense;
         char mlp[160];
         snprintf(mlp, sizeof mlp, "%s.mlp", p);
-        TRY(load_mlp(L, mlp, c->dense_ffn, &dense));
+        XD_TRY(load_mlp(L, mlp, c->dense_ffn, &dense));
         lw->mlp_gate = dense.gate;
         lw->mlp_up = dense.up;
         lw->mlp_down = dense.down;
@@ -221,13 +214,13 @@ static int load_layer(struct loader *L, int i, struct xd_layer_weights *lw,
     if (c->arch == XD_ARCH_MIXTRAL &&
         xd_checkpoint_find(L->m->checkpoint, fmt_name(L, "%s.block_sparse_moe.gate.weight", p)))
         snprintf(moe, sizeof moe, "%s.block_sparse_moe", p);
-    TRY(need(L, fmt_name(L, "%s.gate.weight", moe), c->n_experts, H, &lw->router));
-    TRY(load_experts(L, moe, i, &experts->w[(size_t)i * c->n_experts]));
+    XD_TRY(need(L, fmt_name(L, "%s.gate.weight", moe), c->n_experts, H, &lw->router));
+    XD_TRY(load_experts(L, moe, i, &experts->w[(size_t)i * c->n_experts]));
     if (c->shared_expert_ffn > 0) {
         char shared[192];
         snprintf(shared, sizeof shared, "%s.shared_expert", moe);
-        TRY(load_mlp(L, shared, c->shared_expert_ffn, &lw->shared));
-        TRY(need(L, fmt_name(L, "%s.shared_expert_gate.weight", moe), 1, H,
+        XD_TRY(load_mlp(L, shared, c->shared_expert_ffn, &lw->shared));
+        XD_TRY(need(L, fmt_name(L, "%s.shared_expert_gate.weight", moe), 1, H,
                  &lw->shared_expert_gate));
     }
     return XD_OK;

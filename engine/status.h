@@ -30,4 +30,12 @@ struct xd_err {
 int xd_err_set(struct xd_err *err, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Returns from the enclosing function when expr (a status) is a failure. */
+#define XD_TRY(expr)          \
+    do {                      \
+        int rc_ = (expr);     \
+        if (rc_ < 0)          \
+            return rc_;       \
+    } while (0)
+
 #endif

@@ -163,13 +163,6 @@ static void cuda_destroy(void *p)
     delete s;
 }
 
-#define TRY(expr)                 \
-    do {                          \
-        int rc_ = (expr);         \
-        if (rc_ < 0)              \
-            return rc_;           \
-    } while (0)
-
 static int create_inner(cuda_state *s, struct xd_err *err)
 {
     const struct xd_model *m = s->m;
@@ -183,84 +176,84 @@ static int create_inner(cuda_state *s, struct xd_err *err)
     CUBLAS_TRY(cublasCreate(&s->blas));
     CUBLAS_TRY(cublasSetStream(s->blas, s->stream));
 
-    TRY(upload_bf16(s, &m->embed, &s->embed, "the embedding table", err));
+    XD_TRY(upload_bf16(s, &m->embed, &s->embed, "the embedding table", err));
     if (m->lm_head.data == m->embed.data)
         s->lm_head = s->embed;
     else
-        TRY(upload_bf16(s, &m->lm_head, &s->lm_head, "lm_head", err));
-    TRY(upload_f32(s, &m->final_norm, &s->final_norm, "the final norm", err));
+        XD_TRY(upload_bf16(s, &m->lm_head, &s->lm_head, "lm_head", err));
+    XD_TRY(upload_f32(s, &m->final_norm, &s->final_norm, "the final norm", err));
     s->layers.resize(c->n_layers);
     for (int i = 0; i < c->n_layers; i++) {
         const struct xd_layer_weights *lw = &m->layers[i];
         dev_layer *d = &s->layers[i];
-        TRY(upload_bf16(s, &lw->wq, &d->wq, "attention weights", err));
-        TRY(upload_bf16(s, &lw->wk, &d->wk, "attention weights", err));
-        TRY(upload_bf16(s, &lw->wv, &d->wv, "attention weights", err));
-        TRY(upload_bf16(s, &lw->wo, &d->wo, "attention weights", err));
-        TRY(upload_f32(s, &lw->bq, &d->bq, "biases", err));
-        TRY(upload_f32(s, &lw->bk, &d->bk, "biases", err));
-        TRY(upload_f32(s, &lw->bv, &d->bv, "biases", err));
-        TRY(upload_f32(s, &lw->bo, &d->bo, "biases", err));
-        TRY(upload_f32(s, &lw->attn_norm, &d->attn_norm, "norms", err));
-        TRY(upload_f32(s, &lw->mlp_norm, &d->mlp_norm, "norms", err));
-        TRY(upload_f32(s, &lw->q_norm, &d->q_norm, "norms", err));
-        TRY(upload_f32(s, &lw->k_norm, &d->k_norm, "norms", err));
-        TRY(upload_bf16(s, &lw->mlp_gate, &d->mlp_gate, "dense MLP weights", err));
-        TRY(upload_bf16(s, &lw->mlp_up, &d->mlp_up, "dense MLP weights", err));
-        TRY(upload_bf16(s, &lw->mlp_down, &d->mlp_down, "dense MLP weights", err));
-        TRY(upload_f32(s, &lw->router, &d->router, "router weights", err));
-        TRY(upload_bf16(s, &lw->shared.gate, &d->sh_gate, "shared expert weights", err));
-        TRY(upload_bf16(s, &lw->shared.up, &d->sh_up, "shared expert weights", err));
-        TRY(upload_bf16(s, &lw->shared.down, &d->sh_down, "shared expert weights", err));
-        TRY(upload_bf16(s, &lw->shared_expert_gate, &d->sh_expert_gate, "shared expert gate",
+        XD_TRY(upload_bf16(s, &lw->wq, &d->wq, "attention weights", err));
+        XD_TRY(upload_bf16(s, &lw->wk, &d->wk, "attention weights", err));
+        XD_TRY(upload_bf16(s, &lw->wv, &d->wv, "attention weights", err));
+        XD_TRY(upload_bf16(s, &lw->wo, &d->wo, "attention weights", err));
+        XD_TRY(upload_f32(s, &lw->bq, &d->bq, "biases", err));
+        XD_TRY(upload_f32(s, &lw->bk, &d->bk, "biases", err));
+        XD_TRY(upload_f32(s, &lw->bv, &d->bv, "biases", err));
+        XD_TRY(upload_f32(s, &lw->bo, &d->bo, "biases", err));
+        XD_TRY(upload_f32(s, &lw->attn_norm, &d->attn_norm, "norms", err));
+        XD_TRY(upload_f32(s, &lw->mlp_norm, &d->mlp_norm, "norms", err));
+        XD_TRY(upload_f32(s, &lw->q_norm, &d->q_norm, "norms", err));
+        XD_TRY(upload_f32(s, &lw->k_norm, &d->k_norm, "norms", err));
+        XD_TRY(upload_bf16(s, &lw->mlp_gate, &d->mlp_gate, "dense MLP weights", err));
+        XD_TRY(upload_bf16(s, &lw->mlp_up, &d->mlp_up, "dense MLP weights", err));
+        XD_TRY(upload_bf16(s, &lw->mlp_down, &d->mlp_down, "dense MLP weights", err));
+        XD_TRY(upload_f32(s, &lw->router, &d->router, "router weights", err));
+        XD_TRY(upload_bf16(s, &lw->shared.gate, &d->sh_gate, "shared expert weights", err));
+        XD_TRY(upload_bf16(s, &lw->shared.up, &d->sh_up, "shared expert weights", err));
+        XD_TRY(upload_bf16(s, &lw->shared.down, &d->sh_down, "shared expert weights", err));
+        XD_TRY(upload_bf16(s, &lw->shared_expert_gate, &d->sh_expert_gate, "shared expert gate",
                         err));
     }
-    TRY(xd_expert_pool_create(m, s->stream, &s->pool, err));
+    XD_TRY(xd_expert_pool_create(m, s->stream, &s->pool, err));
 
     const size_t T = (size_t)s->opts.max_batch_tokens, TK = T * s->K, H = s->H;
     s->layer_slots = (size_t)s->opts.n_kv_blocks * s->opts.block_size;
     const size_t kv = (size_t)c->n_layers * s->layer_slots * s->kv_dim;
-    TRY(alloc_n(s, kv, &s->k_cache, "the KV cache", err));
-    TRY(alloc_n(s, kv, &s->v_cache, "the KV cache", err));
+    XD_TRY(alloc_n(s, kv, &s->k_cache, "the KV cache", err));
+    XD_TRY(alloc_n(s, kv, &s->v_cache, "the KV cache", err));
     s->d_ints_cap = 5 * T + 1024;
-    TRY(alloc_n(s, s->d_ints_cap, &s->d_ints, "step buffers", err));
+    XD_TRY(alloc_n(s, s->d_ints_cap, &s->d_ints, "step buffers", err));
     CUDA_TRY(cudaMallocHost((void **)&s->h_ints, sizeof(int32_t) * s->d_ints_cap));
     const size_t workspace = 32u << 20;
-    TRY(dev_alloc(s, workspace, &s->blas_workspace, "the cuBLAS workspace", err));
+    XD_TRY(dev_alloc(s, workspace, &s->blas_workspace, "the cuBLAS workspace", err));
     CUBLAS_TRY(cublasSetWorkspace(s->blas, s->blas_workspace, workspace));
     const size_t F = (size_t)s->ffn_max;
-    TRY(alloc_n(s, T * H, &s->h, "step buffers", err));
-    TRY(alloc_n(s, T * H, &s->xn, "step buffers", err));
-    TRY(alloc_n(s, T * H, &s->xs, "step buffers", err));
-    TRY(alloc_n(s, T * H, &s->xnf, "step buffers", err));
-    TRY(alloc_n(s, T * s->q_dim, &s->q, "step buffers", err));
-    TRY(alloc_n(s, T * s->kv_dim, &s->k, "step buffers", err));
-    TRY(alloc_n(s, T * s->kv_dim, &s->v, "step buffers", err));
-    TRY(alloc_n(s, T * s->q_dim, &s->attn, "step buffers", err));
-    TRY(alloc_n(s, T * H, &s->out, "step buffers", err));
-    TRY(alloc_n(s, T * s->E, &s->router, "step buffers", err));
-    TRY(alloc_n(s, TK, &s->weights, "step buffers", err));
-    TRY(alloc_n(s, TK, &s->experts, "step buffers", err));
-    TRY(alloc_n(s, TK, &s->row_src, "step buffers", err));
-    TRY(alloc_n(s, TK, &s->slot_row, "step buffers", err));
-    TRY(alloc_n(s, TK * H, &s->xg, "expert buffers", err));
-    TRY(alloc_n(s, TK * F, &s->g, "expert buffers", err));
-    TRY(alloc_n(s, TK * F, &s->u, "expert buffers", err));
-    TRY(alloc_n(s, TK * F, &s->a, "expert buffers", err));
-    TRY(alloc_n(s, TK * H, &s->eo, "expert buffers", err));
-    TRY(alloc_n(s, T * c->vocab_size, &s->logits, "the logits", err));
+    XD_TRY(alloc_n(s, T * H, &s->h, "step buffers", err));
+    XD_TRY(alloc_n(s, T * H, &s->xn, "step buffers", err));
+    XD_TRY(alloc_n(s, T * H, &s->xs, "step buffers", err));
+    XD_TRY(alloc_n(s, T * H, &s->xnf, "step buffers", err));
+    XD_TRY(alloc_n(s, T * s->q_dim, &s->q, "step buffers", err));
+    XD_TRY(alloc_n(s, T * s->kv_dim, &s->k, "step buffers", err));
+    XD_TRY(alloc_n(s, T * s->kv_dim, &s->v, "step buffers", err));
+    XD_TRY(alloc_n(s, T * s->q_dim, &s->attn, "step buffers", err));
+    XD_TRY(alloc_n(s, T * H, &s->out, "step buffers", err));
+    XD_TRY(alloc_n(s, T * s->E, &s->router, "step buffers", err));
+    XD_TRY(alloc_n(s, TK, &s->weights, "step buffers", err));
+    XD_TRY(alloc_n(s, TK, &s->experts, "step buffers", err));
+    XD_TRY(alloc_n(s, TK, &s->row_src, "step buffers", err));
+    XD_TRY(alloc_n(s, TK, &s->slot_row, "step buffers", err));
+    XD_TRY(alloc_n(s, TK * H, &s->xg, "expert buffers", err));
+    XD_TRY(alloc_n(s, TK * F, &s->g, "expert buffers", err));
+    XD_TRY(alloc_n(s, TK * F, &s->u, "expert buffers", err));
+    XD_TRY(alloc_n(s, TK * F, &s->a, "expert buffers", err));
+    XD_TRY(alloc_n(s, TK * H, &s->eo, "expert buffers", err));
+    XD_TRY(alloc_n(s, T * c->vocab_size, &s->logits, "the logits", err));
     CUDA_TRY(cudaMallocHost((void **)&s->h_logits, T * c->vocab_size * sizeof(float)));
     const size_t L = c->n_moe_layers ? c->n_moe_layers : 1;
-    TRY(alloc_n(s, (size_t)c->n_layers * s->E, &s->d_expert_ptrs, "expert table", err));
-    TRY(alloc_n(s, (size_t)s->E + 1, &s->d_start, "step buffers", err));
-    TRY(alloc_n(s, TK * L, &s->d_route_experts, "step buffers", err));
-    TRY(alloc_n(s, TK * L, &s->d_route_weights, "step buffers", err));
+    XD_TRY(alloc_n(s, (size_t)c->n_layers * s->E, &s->d_expert_ptrs, "expert table", err));
+    XD_TRY(alloc_n(s, (size_t)s->E + 1, &s->d_start, "step buffers", err));
+    XD_TRY(alloc_n(s, TK * L, &s->d_route_experts, "step buffers", err));
+    XD_TRY(alloc_n(s, TK * L, &s->d_route_weights, "step buffers", err));
     {
         std::vector<const bf16 *> ptrs((size_t)c->n_layers * s->E, nullptr);
         for (int l = 0; l < c->n_layers; l++)
             for (int e = 0; c->is_moe_layer[l] && e < s->E; e++) {
                 struct xd_gpu_expert w;
-                TRY(xd_expert_pool_acquire(s->pool, l, e, &w));
+                XD_TRY(xd_expert_pool_acquire(s->pool, l, e, &w));
                 ptrs[(size_t)l * s->E + e] = w.gate;
             }
         CUDA_TRY(cudaMemcpy(s->d_expert_ptrs, ptrs.data(), sizeof(bf16 *) * ptrs.size(),
@@ -340,10 +333,10 @@ static int swiglu(cuda_state *s, const bf16 *x, int n, const bf16 *gate, const b
                   const bf16 *down, int ffn, float *g, float *u, bf16 *a, float *out,
                   struct xd_err *err)
 {
-    TRY(gemm(s, x, n, gate, ffn, s->H, g, err));
-    TRY(gemm(s, x, n, up, ffn, s->H, u, err));
+    XD_TRY(gemm(s, x, n, gate, ffn, s->H, g, err));
+    XD_TRY(gemm(s, x, n, up, ffn, s->H, u, err));
     xd_k_silu_mul(g, u, a, (size_t)n * ffn, s->stream);
-    TRY(gemm(s, a, n, down, s->H, ffn, out, err));
+    XD_TRY(gemm(s, a, n, down, s->H, ffn, out, err));
     return XD_OK;
 }
 
@@ -352,9 +345,9 @@ static int shared_expert(cuda_state *s, const dev_layer *d, int n, struct xd_err
 {
     if (!d->sh_gate)
         return XD_OK;
-    TRY(swiglu(s, s->xn, n, d->sh_gate, d->sh_up, d->sh_down, s->m->config.shared_expert_ffn,
+    XD_TRY(swiglu(s, s->xn, n, d->sh_gate, d->sh_up, d->sh_down, s->m->config.shared_expert_ffn,
                s->g, s->u, s->a, s->out, err));
-    TRY(gemm(s, s->xn, n, d->sh_expert_gate, 1, s->H, s->xs, err));
+    XD_TRY(gemm(s, s->xn, n, d->sh_expert_gate, 1, s->H, s->xs, err));
     xd_k_add_gated(s->h, s->out, s->xs, n, s->H, s->stream);
     return XD_OK;
 }
@@ -448,9 +441,9 @@ static int layer(cuda_state *s, int l, int n, const int32_t *d_pos, const int32_
     cudaStream_t st = s->stream;
 
     xd_k_rmsnorm_bf16(s->h, d->attn_norm, s->xn, n, H, c->rms_norm_eps, st);
-    TRY(gemm(s, s->xn, n, d->wq, s->q_dim, H, s->q, err));
-    TRY(gemm(s, s->xn, n, d->wk, s->kv_dim, H, s->k, err));
-    TRY(gemm(s, s->xn, n, d->wv, s->kv_dim, H, s->v, err));
+    XD_TRY(gemm(s, s->xn, n, d->wq, s->q_dim, H, s->q, err));
+    XD_TRY(gemm(s, s->xn, n, d->wk, s->kv_dim, H, s->k, err));
+    XD_TRY(gemm(s, s->xn, n, d->wv, s->kv_dim, H, s->v, err));
     if (d->bq) {
         xd_k_add_bias(s->q, d->bq, n, s->q_dim, st);
         xd_k_add_bias(s->k, d->bk, n, s->kv_dim, st);
@@ -476,7 +469,7 @@ static int layer(cuda_state *s, int l, int n, const int32_t *d_pos, const int32_
     xd_k_attention(s->q, s->k_cache + layer_off, s->v_cache + layer_off, d_pos, d_off, d_tables,
                    s->attn, n, c->n_heads, c->n_kv_heads, hd, s->opts.block_size,
                    c->sliding_window, st);
-    TRY(gemm(s, s->attn, n, d->wo, H, s->q_dim, s->out, err));
+    XD_TRY(gemm(s, s->attn, n, d->wo, H, s->q_dim, s->out, err));
     if (d->bo)
         xd_k_add_bias(s->out, d->bo, n, H, st);
     xd_k_add(s->h, s->out, (size_t)n * H, st);
@@ -484,7 +477,7 @@ static int layer(cuda_state *s, int l, int n, const int32_t *d_pos, const int32_
     xd_k_rmsnorm_bf16(s->h, d->mlp_norm, s->xn, n, H, c->rms_norm_eps, st);
     if (s->m->layers[l].moe_index >= 0)
         return moe(s, l, n, err);
-    TRY(swiglu(s, s->xn, n, d->mlp_gate, d->mlp_up, d->mlp_down, c->dense_ffn, s->g, s->u, s->a,
+    XD_TRY(swiglu(s, s->xn, n, d->mlp_gate, d->mlp_up, d->mlp_down, c->dense_ffn, s->g, s->u, s->a,
                s->out, err));
     xd_k_add(s->h, s->out, (size_t)n * H, st);
     return XD_OK;
@@ -500,11 +493,11 @@ static int step_body(cuda_state *s, int n, int R, struct xd_err *err)
                   *d_off = d_slot + n, *d_rows = d_off + n, *d_tables = d_rows + n;
     xd_k_embed(s->embed, d_tok, s->h, n, s->H, s->stream);
     for (int l = 0; l < c->n_layers; l++)
-        TRY(layer(s, l, n, d_pos, d_slot, d_off, d_tables, err));
+        XD_TRY(layer(s, l, n, d_pos, d_slot, d_off, d_tables, err));
     if (R > 0) {
         xd_k_gather_rows_f32(s->h, d_rows, s->xs, R, s->H, s->stream);
         xd_k_rmsnorm_bf16(s->xs, s->final_norm, s->xn, R, s->H, c->rms_norm_eps, s->stream);
-        TRY(gemm(s, s->xn, R, s->lm_head, c->vocab_size, s->H, s->logits, err));
+        XD_TRY(gemm(s, s->xn, R, s->lm_head, c->vocab_size, s->H, s->logits, err));
     }
     return XD_OK;
 }
@@ -552,7 +545,7 @@ static int cuda_forward(void *p, const struct xd_batch *b, struct xd_forward_out
         CUDA_TRY(cudaStreamSynchronize(s->stream));
         drop_graphs(s);
         int32_t *bigger;
-        TRY(alloc_n(s, need * 2, &bigger, "step buffers", err));
+        XD_TRY(alloc_n(s, need * 2, &bigger, "step buffers", err));
         s->d_ints = bigger; /* the old buffer stays in allocs until destroy */
         cudaFreeHost(s->h_ints);
         s->h_ints = NULL;
@@ -586,9 +579,9 @@ static int cuda_forward(void *p, const struct xd_batch *b, struct xd_forward_out
                        c->expert_ffn % 8 == 0;
     s->step_small = small;
     if (decode_only && small && s->use_graphs)
-        TRY(step_graph(s, n, err));
+        XD_TRY(step_graph(s, n, err));
     else
-        TRY(step_body(s, n, R, err));
+        XD_TRY(step_body(s, n, R, err));
 
     if (R > 0)
         CUDA_TRY(cudaMemcpyAsync(s->h_logits, s->logits, sizeof(float) * R * V,

@@ -74,9 +74,10 @@ static struct xd_engine *new_engine(int n_blocks, int max_tokens)
 }
 
 /* Runs prompt p alone in chunks of `chunk` tokens (all of it when chunk is 0)
- * with logits at every position; copies them into ret (n, vocab). */
+ * with logits at every position; copies them into ret (n, vocab) and, when ret_experts is
+ * not NULL, each token's experts into ret_experts (n, n_moe_layers * top_k). */
 static int run_chunked(struct xd_engine *e, const struct prompt *p, int chunk, int block0,
-                       float *ret)
+                       float *ret, int32_t *ret_experts)
 {
     int32_t table[64];
     for (int i = 0; i < 64; i++)
@@ -94,6 +95,11 @@ static int run_chunked(struct xd_engine *e, const struct prompt *p, int chunk, i
         if (rc < 0)
             return rc;
         memcpy(ret + (size_t)pos * vocab, out.logits, sizeof(float) * (size_t)n * vocab);
+        if (ret_experts) {
+            const size_t per_token = (size_t)out.routing.n_moe_layers * out.routing.top_k;
+            memcpy(ret_experts + (size_t)pos * per_token, out.routing.experts,
+                   sizeof(int32_t) * n * per_token);
+        }
     }
     return 0;
 }
@@ -144,7 +150,7 @@ static void test_prompts_alone_match_transformers(void)
         struct prompt p = ids_of(json_array_get(prompts, i));
         struct xd_engine *e = new_engine(64, 64);
         float *got = malloc(sizeof(float) * (size_t)p.n * vocab);
-        if (e && run_chunked(e, &p, 0, 0, got) == 0) {
+        if (e && run_chunked(e, &p, 0, 0, got, NULL) == 0) {
             double d = compare_rows(got, json_array_get(logits, i), p.n);
             printf("  prompt %zu (%d tokens): max |diff| %.3g", i, p.n, d);
             CHECK_REF(d, "prompt %zu: max diff %g > %g", i, d, tolerance());
@@ -159,28 +165,6 @@ static void test_prompts_alone_match_transformers(void)
         free(p.ids);
         xd_engine_destroy(e);
     }
-}
-
-/* Runs prompt p whole on e with logits at every position; copies logits (n, vocab) and each
- * token's expert ids (n, n_moe_layers * top_k). */
-static int run_with_routing(struct xd_engine *e, const struct prompt *p, float *ret_logits,
-                            int32_t *ret_experts)
-{
-    int32_t table[64];
-    for (int i = 0; i < 64; i++)
-        table[i] = i;
-    struct xd_seq_chunk sc = {p->ids, p->n, 0, table, 64, XD_LOGITS_ALL};
-    struct xd_batch b = {&sc, 1};
-    struct xd_forward_out out;
-    struct xd_err err;
-    int rc = xd_engine_forward(e, &b, &out, &err);
-    CHECK(rc == XD_OK, "forward: %s", err.msg);
-    if (rc < 0)
-        return rc;
-    memcpy(ret_logits, out.logits, sizeof(float) * (size_t)p->n * vocab);
-    memcpy(ret_experts, out.routing.experts,
-           sizeof(int32_t) * (size_t)p->n * out.routing.n_moe_layers * out.routing.top_k);
-    return 0;
 }
 
 /* Same set of experts (order aside) in every MoE layer. */
@@ -222,8 +206,8 @@ static void test_cuda_matches_cpu(void)
         device = XD_DEVICE_CPU;
         struct xd_engine *ec = new_engine(64, 64);
         device = XD_DEVICE_CUDA;
-        if (eg && ec && run_with_routing(eg, &p, gpu, rg) == 0 &&
-            run_with_routing(ec, &p, cpu, rc) == 0) {
+        if (eg && ec && run_chunked(eg, &p, 0, 0, gpu, rg) == 0 &&
+            run_chunked(ec, &p, 0, 0, cpu, rc) == 0) {
             int flipped = 0;
             for (int t = 0; t < p.n; t++) {
                 flipped |= !same_experts(rg + (size_t)t * LK, rc + (size_t)t * LK,
@@ -291,7 +275,7 @@ static void test_batched_equals_alone(void)
             /* and bit-identical to the same prompt alone */
             struct xd_engine *e1 = new_engine(64, 64);
             float *alone = malloc(sizeof(float) * (size_t)p[i].n * vocab);
-            if (e1 && run_chunked(e1, &p[i], 0, 0, alone) == 0)
+            if (e1 && run_chunked(e1, &p[i], 0, 0, alone, NULL) == 0)
                 CHECK(same_rows(alone, out.logits + (size_t)row * vocab, p[i].n),
                       "prompt %zu: batched logits differ from the prompt alone", i);
             free(alone);
@@ -321,10 +305,10 @@ static void test_chunked_prefill_equals_whole(void)
     float *whole = malloc(sizeof(float) * (size_t)p.n * vocab);
     float *chunked = malloc(sizeof(float) * (size_t)p.n * vocab);
     struct xd_engine *e = new_engine(64, 64);
-    if (e && run_chunked(e, &p, 0, 0, whole) == 0) {
+    if (e && run_chunked(e, &p, 0, 0, whole, NULL) == 0) {
         for (int chunk = 1; chunk < p.n; chunk++) {
             /* a different block range each time, so stale KV would show */
-            if (run_chunked(e, &p, chunk, (chunk % 2) * 16, chunked) < 0)
+            if (run_chunked(e, &p, chunk, (chunk % 2) * 16, chunked, NULL) < 0)
                 break;
             CHECK(same_rows(whole, chunked, p.n),
                   "chunk size %d differs from whole prefill", chunk);
