@@ -1,0 +1,818 @@
+/* tokenizer.json loading and byte-level BPE: added tokens, normalizer, regex pre-tokenizers
+ * (PCRE2 with Unicode properties), merges by rank, post-processor and ByteLevel decoder. */
+#include "tokenizer.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <jansson.h>
+#include <pcre2.h>
+#include <stdlib.h>
+#include <string.h>
+#include <utf8proc.h>
+
+#include "text_file.h"
+
+/* ---- hash maps: string -> id, and (id, id) -> (rank, id) ---- */
+
+struct str_map {
+    char **keys;
+    int32_t *vals;
+    size_t cap; /* power of two */
+};
+
+static uint64_t hash_bytes(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (uint8_t)s[i]) * 1099511628211ull;
+    return h;
+}
+
+static int str_map_init(struct str_map *m, size_t n)
+{
+    m->cap = 16;
+    while (m->cap < 2 * n + 16)
+        m->cap <<= 1;
+    m->keys = calloc(m->cap, sizeof *m->keys);
+    m->vals = calloc(m->cap, sizeof *m->vals);
+    return m->keys && m->vals ? 0 : -1;
+}
+
+static void str_map_finish(struct str_map *m)
+{
+    for (size_t i = 0; m->keys && i < m->cap; i++)
+        free(m->keys[i]);
+    free(m->keys);
+    free(m->vals);
+}
+
+/* Slot of key (n bytes): the one holding it, or the empty one where it would go. */
+static size_t str_map_slot(const struct str_map *m, const char *key, size_t n)
+{
+    size_t i = hash_bytes(key, n) & (m->cap - 1);
+    while (m->keys[i] && !(strlen(m->keys[i]) == n && memcmp(m->keys[i], key, n) == 0))
+        i = (i + 1) & (m->cap - 1);
+    return i;
+}
+
+static int32_t str_map_get(const struct str_map *m, const char *key, size_t n)
+{
+    size_t i = str_map_slot(m, key, n);
+    return m->keys[i] ? m->vals[i] : -1;
+}
+
+/* Inserts (the map was sized for every key at init); returns -1 when out of memory. */
+static int str_map_put(struct str_map *m, const char *key, size_t n, int32_t val)
+{
+    size_t i = str_map_slot(m, key, n);
+    if (!m->keys[i]) {
+        m->keys[i] = malloc(n + 1);
+        if (!m->keys[i])
+            return -1;
+        memcpy(m->keys[i], key, n);
+        m->keys[i][n] = '\0';
+    }
+    m->vals[i] = val;
+    return 0;
+}
+
+struct merge_map {
+    uint64_t *keys; /* (a << 32 | b) + 1; 0 is empty */
+    int32_t *rank;
+    int32_t *merged;
+    size_t cap;
+};
+
+static size_t merge_slot(const struct merge_map *m, uint64_t key)
+{
+    size_t i = (size_t)((key * 0x9e3779b97f4a7c15ull) >> 20) & (m->cap - 1);
+    while (m->keys[i] && m->keys[i] != key)
+        i = (i + 1) & (m->cap - 1);
+    return i;
+}
+
+/* ---- the tokenizer ---- */
+
+struct added_token {
+    char *content;
+    size_t len;
+    int32_t id;
+    bool special, lstrip, rstrip, single_word;
+};
+
+struct xd_tokenizer {
+    int32_t n_vocab;            /* one past the largest id */
+    char **id_to_token;         /* (n_vocab,) NULL where no token has the id */
+    bool *is_special;           /* (n_vocab,) */
+    bool *is_added;             /* (n_vocab,) */
+    struct str_map vocab;
+    struct merge_map merges;
+    bool ignore_merges;
+    struct added_token *added;  /* (n_added,) longest first */
+    int n_added;
+    bool nfc;
+    pcre2_code *split;          /* Split pre-tokenizer pattern (Isolated), or NULL */
+    pcre2_code *byte_regex;     /* ByteLevel's own GPT-2 regex when use_regex, or NULL */
+    bool add_prefix_space;
+    int32_t prefix[4], suffix[4];  /* post-processor ids around the sequence */
+    int n_prefix, n_suffix;
+    char byte_char[256][3];     /* GPT-2 bytes_to_unicode as UTF-8 */
+    int16_t char_byte[512];     /* code point (< 512) -> byte, -1 if none */
+};
+
+static const char GPT2_PATTERN[] =
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+
+static void init_byte_map(struct xd_tokenizer *t)
+{
+    int n = 0;
+    for (int i = 0; i < 512; i++)
+        t->char_byte[i] = -1;
+    for (int b = 0; b < 256; b++) {
+        int direct = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+        int cp = direct ? b : 256 + n++;
+        t->char_byte[cp] = (int16_t)b;
+        if (cp < 0x80) {
+            t->byte_char[b][0] = (char)cp;
+            t->byte_char[b][1] = '\0';
+        } else {
+            t->byte_char[b][0] = (char)(0xC0 | (cp >> 6));
+            t->byte_char[b][1] = (char)(0x80 | (cp & 0x3F));
+            t->byte_char[b][2] = '\0';
+        }
+    }
+}
+
+static pcre2_code *compile(const char *pattern, const char *path, struct xd_err *err)
+{
+    int code;
+    PCRE2_SIZE off;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED,
+                                   PCRE2_UTF | PCRE2_UCP, &code, &off, NULL);
+    if (!re) {
+        PCRE2_UCHAR msg[160];
+        pcre2_get_error_message(code, msg, sizeof msg);
+        xd_err_set(err, XD_ERR_UNSUPPORTED, "%s: pre-tokenizer regex does not compile at %zu: %s",
+                   path, (size_t)off, (const char *)msg);
+    }
+    return re;
+}
+
+void xd_tokenizer_destroy(struct xd_tokenizer *t)
+{
+    if (!t)
+        return;
+    for (int32_t i = 0; t->id_to_token && i < t->n_vocab; i++)
+        free(t->id_to_token[i]);
+    free(t->id_to_token);
+    free(t->is_special);
+    free(t->is_added);
+    str_map_finish(&t->vocab);
+    free(t->merges.keys);
+    free(t->merges.rank);
+    free(t->merges.merged);
+    for (int i = 0; i < t->n_added; i++)
+        free(t->added[i].content);
+    free(t->added);
+    pcre2_code_free(t->split);
+    pcre2_code_free(t->byte_regex);
+    free(t);
+}
+
+static const char *type_of(json_t *o)
+{
+    const char *s = json_string_value(json_object_get(o, "type"));
+    return s ? s : "";
+}
+
+static int parse_pre_tokenizer(struct xd_tokenizer *t, json_t *pt, const char *path,
+                               struct xd_err *err)
+{
+    if (!pt || json_is_null(pt))
+        return xd_err_set(err, XD_ERR_UNSUPPORTED, "%s: a BPE tokenizer without a pre_tokenizer "
+                                                   "is not supported", path);
+    const char *type = type_of(pt);
+    if (strcmp(type, "ByteLevel") == 0) {
+        t->add_prefix_space = json_is_true(json_object_get(pt, "add_prefix_space"));
+        json_t *ur = json_object_get(pt, "use_regex");
+        if (!ur || json_is_true(ur))
+            if (!(t->byte_regex = compile(GPT2_PATTERN, path, err)))
+                return XD_ERR_UNSUPPORTED;
+        return XD_OK;
+    }
+    if (strcmp(type, "Sequence") == 0) {
+        size_t i;
+        json_t *p;
+        json_array_foreach(json_object_get(pt, "pretokenizers"), i, p) {
+            const char *pty = type_of(p);
+            if (strcmp(pty, "Split") == 0 && !t->split) {
+                json_t *pat = json_object_get(p, "pattern");
+                const char *re = json_string_value(json_object_get(pat, "Regex"));
+                const char *behavior = json_string_value(json_object_get(p, "behavior"));
+                if (!re || !behavior || strcmp(behavior, "Isolated") != 0 ||
+                    json_is_true(json_object_get(p, "invert")))
+                    return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                                      "%s: pre_tokenizer Split must be a Regex with behavior "
+                                      "Isolated and invert false",
+                                      path);
+                if (!(t->split = compile(re, path, err)))
+                    return XD_ERR_UNSUPPORTED;
+            } else if (strcmp(pty, "ByteLevel") == 0) {
+                int rc = parse_pre_tokenizer(t, p, path, err);
+                if (rc < 0)
+                    return rc;
+            } else {
+                return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                                  "%s: pre_tokenizer %s is not supported (byte-level BPE only)",
+                                  path, pty);
+            }
+        }
+        return XD_OK;
+    }
+    return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                      "%s: pre_tokenizer %s is not supported (byte-level BPE only)", path, type);
+}
+
+static int parse_post_processor(struct xd_tokenizer *t, json_t *pp, const char *path,
+                                struct xd_err *err)
+{
+    if (!pp || json_is_null(pp))
+        return XD_OK;
+    const char *type = type_of(pp);
+    if (strcmp(type, "ByteLevel") == 0)
+        return XD_OK;
+    if (strcmp(type, "Sequence") == 0) {
+        size_t i;
+        json_t *p;
+        json_array_foreach(json_object_get(pp, "processors"), i, p) {
+            int rc = parse_post_processor(t, p, path, err);
+            if (rc < 0)
+                return rc;
+        }
+        return XD_OK;
+    }
+    if (strcmp(type, "TemplateProcessing") == 0) {
+        json_t *single = json_object_get(pp, "single"), *specials = json_object_get(pp, "special_tokens");
+        size_t i;
+        json_t *item;
+        bool after = false;
+        json_array_foreach(single, i, item) {
+            if (json_object_get(item, "Sequence")) {
+                after = true;
+                continue;
+            }
+            const char *name = json_string_value(
+                json_object_get(json_object_get(item, "SpecialToken"), "id"));
+            json_t *ids = json_object_get(json_object_get(specials, name ? name : ""), "ids");
+            size_t j;
+            json_t *id;
+            json_array_foreach(ids, j, id) {
+                int *n = after ? &t->n_suffix : &t->n_prefix;
+                if (*n == 4 || !json_is_integer(id))
+                    return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                                      "%s: post_processor template is not supported", path);
+                (after ? t->suffix : t->prefix)[(*n)++] = (int32_t)json_integer_value(id);
+            }
+        }
+        return XD_OK;
+    }
+    return xd_err_set(err, XD_ERR_UNSUPPORTED, "%s: post_processor %s is not supported", path,
+                      type);
+}
+
+static int cmp_added_len(const void *a, const void *b)
+{
+    const struct added_token *x = a, *y = b;
+    return x->len < y->len ? 1 : x->len > y->len ? -1 : 0;
+}
+
+#define FAIL(status, ...)                               \
+    do {                                                \
+        rc = xd_err_set(err, status, __VA_ARGS__);      \
+        goto out;                                       \
+    } while (0)
+
+int xd_tokenizer_parse(const char *text, size_t len, const char *path,
+                       struct xd_tokenizer **ret, struct xd_err *err)
+{
+    json_error_t jerr;
+    int rc = XD_OK;
+    struct xd_tokenizer *t = calloc(1, sizeof *t);
+    json_t *root = json_loadb(text, len, 0, &jerr);
+    if (!t)
+        FAIL(XD_ERR_NOMEM, "out of memory");
+    if (!json_is_object(root))
+        FAIL(XD_ERR_FORMAT, "%s: not a JSON object (%s, line %d)", path,
+             root ? "wrong type" : jerr.text, root ? 0 : jerr.line);
+    init_byte_map(t);
+
+    json_t *model = json_object_get(root, "model");
+    if (strcmp(type_of(model), "BPE") != 0)
+        FAIL(XD_ERR_UNSUPPORTED, "%s: model.type %s is not supported (BPE only)", path,
+             type_of(model)[0] ? type_of(model) : "(missing)");
+    if (json_is_true(json_object_get(model, "byte_fallback")))
+        FAIL(XD_ERR_UNSUPPORTED, "%s: model.byte_fallback (SentencePiece-style BPE) is not "
+                                 "supported yet", path);
+    t->ignore_merges = json_is_true(json_object_get(model, "ignore_merges"));
+    json_t *vocab = json_object_get(model, "vocab"), *added = json_object_get(root, "added_tokens");
+    if (!json_is_object(vocab))
+        FAIL(XD_ERR_FORMAT, "%s: key 'model.vocab' is missing or not an object", path);
+
+    /* ids: the vocabulary plus the added tokens */
+    int64_t max_id = -1;
+    const char *key;
+    json_t *val;
+    json_object_foreach(vocab, key, val) {
+        json_int_t id = json_is_integer(val) ? json_integer_value(val) : -1;
+        if (id < 0 || id >= (1 << 24))
+            FAIL(XD_ERR_FORMAT, "%s: model.vocab entry '%.40s' has an invalid id", path, key);
+        max_id = id > max_id ? id : max_id;
+    }
+    size_t i;
+    json_array_foreach(added, i, val) {
+        json_int_t id = json_integer_value(json_object_get(val, "id"));
+        if (!json_is_string(json_object_get(val, "content")) || id < 0 || id >= (1 << 24))
+            FAIL(XD_ERR_FORMAT, "%s: added_tokens entry %zu is invalid", path, i);
+        max_id = id > max_id ? id : max_id;
+    }
+    t->n_vocab = (int32_t)(max_id + 1);
+    t->id_to_token = calloc((size_t)t->n_vocab + 1, sizeof *t->id_to_token);
+    t->is_special = calloc((size_t)t->n_vocab + 1, sizeof *t->is_special);
+    t->is_added = calloc((size_t)t->n_vocab + 1, sizeof *t->is_added);
+    t->added = calloc(json_array_size(added) + 1, sizeof *t->added);
+    if (!t->id_to_token || !t->is_special || !t->is_added || !t->added ||
+        str_map_init(&t->vocab, json_object_size(vocab) + json_array_size(added)) < 0)
+        FAIL(XD_ERR_NOMEM, "%s: out of memory", path);
+    json_object_foreach(vocab, key, val) {
+        int32_t id = (int32_t)json_integer_value(val);
+        size_t n = strlen(key);
+        if (str_map_put(&t->vocab, key, n, id) < 0 || !(t->id_to_token[id] = strdup(key)))
+            FAIL(XD_ERR_NOMEM, "%s: out of memory", path);
+    }
+    json_array_foreach(added, i, val) {
+        struct added_token *a = &t->added[t->n_added++];
+        const char *content = json_string_value(json_object_get(val, "content"));
+        a->id = (int32_t)json_integer_value(json_object_get(val, "id"));
+        a->len = strlen(content);
+        a->content = strdup(content);
+        a->special = json_is_true(json_object_get(val, "special"));
+        a->lstrip = json_is_true(json_object_get(val, "lstrip"));
+        a->rstrip = json_is_true(json_object_get(val, "rstrip"));
+        a->single_word = json_is_true(json_object_get(val, "single_word"));
+        if (!a->content || a->len == 0)
+            FAIL(XD_ERR_FORMAT, "%s: added_tokens entry %zu has empty content", path, i);
+        free(t->id_to_token[a->id]);
+        t->id_to_token[a->id] = strdup(content);
+        t->is_special[a->id] = a->special;
+        t->is_added[a->id] = true;
+        if (!t->id_to_token[a->id] || str_map_put(&t->vocab, content, a->len, a->id) < 0)
+            FAIL(XD_ERR_NOMEM, "%s: out of memory", path);
+    }
+    qsort(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added_len);
+
+    /* merges: "a b" strings or ["a", "b"] pairs, rank = position */
+    json_t *merges = json_object_get(model, "merges");
+    size_t n_merges = json_array_size(merges);
+    t->merges.cap = 16;
+    while (t->merges.cap < 2 * n_merges + 16)
+        t->merges.cap <<= 1;
+    t->merges.keys = calloc(t->merges.cap, sizeof *t->merges.keys);
+    t->merges.rank = calloc(t->merges.cap, sizeof *t->merges.rank);
+    t->merges.merged = calloc(t->merges.cap, sizeof *t->merges.merged);
+    if (!t->merges.keys || !t->merges.rank || !t->merges.merged)
+        FAIL(XD_ERR_NOMEM, "%s: out of memory", path);
+    char buf[1024];
+    json_array_foreach(merges, i, val) {
+        const char *a, *b;
+        char *sp = NULL;
+        if (json_is_string(val)) {
+            snprintf(buf, sizeof buf, "%s", json_string_value(val));
+            sp = strchr(buf, ' ');
+            if (!sp)
+                FAIL(XD_ERR_FORMAT, "%s: model.merges entry %zu is not 'a b'", path, i);
+            *sp = '\0';
+            a = buf;
+            b = sp + 1;
+        } else if (json_is_array(val) && json_array_size(val) == 2 &&
+                   json_is_string(json_array_get(val, 0)) &&
+                   json_is_string(json_array_get(val, 1))) {
+            a = json_string_value(json_array_get(val, 0));
+            b = json_string_value(json_array_get(val, 1));
+        } else {
+            FAIL(XD_ERR_FORMAT, "%s: model.merges entry %zu is invalid", path, i);
+        }
+        char joined[2048];
+        int jn = snprintf(joined, sizeof joined, "%s%s", a, b);
+        int32_t ia = str_map_get(&t->vocab, a, strlen(a)), ib = str_map_get(&t->vocab, b, strlen(b));
+        int32_t im = jn > 0 && (size_t)jn < sizeof joined ? str_map_get(&t->vocab, joined, (size_t)jn) : -1;
+        if (ia < 0 || ib < 0 || im < 0)
+            FAIL(XD_ERR_FORMAT, "%s: model.merges entry %zu names tokens not in the vocabulary",
+                 path, i);
+        uint64_t k = (((uint64_t)(uint32_t)ia << 32) | (uint32_t)ib) + 1;
+        size_t s = merge_slot(&t->merges, k);
+        if (!t->merges.keys[s]) { /* the first (lowest) rank wins */
+            t->merges.keys[s] = k;
+            t->merges.rank[s] = (int32_t)i;
+            t->merges.merged[s] = im;
+        }
+    }
+
+    json_t *norm = json_object_get(root, "normalizer");
+    if (norm && !json_is_null(norm)) {
+        if (strcmp(type_of(norm), "NFC") != 0)
+            FAIL(XD_ERR_UNSUPPORTED, "%s: normalizer %s is not supported", path, type_of(norm));
+        t->nfc = true;
+    }
+    rc = parse_pre_tokenizer(t, json_object_get(root, "pre_tokenizer"), path, err);
+    if (rc < 0)
+        goto out;
+    rc = parse_post_processor(t, json_object_get(root, "post_processor"), path, err);
+    if (rc < 0)
+        goto out;
+    json_t *dec = json_object_get(root, "decoder");
+    const char *dtype = type_of(dec);
+    if (strcmp(dtype, "ByteLevel") != 0 && strcmp(dtype, "Sequence") != 0)
+        FAIL(XD_ERR_UNSUPPORTED, "%s: decoder %s is not supported (ByteLevel only)", path,
+             dtype[0] ? dtype : "(missing)");
+out:
+    json_decref(root);
+    if (rc < 0) {
+        xd_tokenizer_destroy(t);
+        return rc;
+    }
+    *ret = t;
+    return XD_OK;
+}
+
+int xd_tokenizer_load(const char *dir, struct xd_tokenizer **ret, struct xd_err *err)
+{
+    char path[4096];
+    char *text;
+    size_t len;
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    int rc = xd_read_text_file(path, 256u << 20, &text, &len, err);
+    if (rc < 0)
+        return rc;
+    rc = xd_tokenizer_parse(text, len, path, ret, err);
+    free(text);
+    return rc;
+}
+
+int xd_tokenizer_vocab_size(const struct xd_tokenizer *t)
+{
+    return t->n_vocab;
+}
+
+int32_t xd_tokenizer_token_id(const struct xd_tokenizer *t, const char *text)
+{
+    return str_map_get(&t->vocab, text, strlen(text));
+}
+
+/* ---- encoding ---- */
+
+struct ids {
+    int32_t *v;
+    int n, cap;
+};
+
+static int ids_push(struct ids *a, int32_t id)
+{
+    if (a->n == a->cap) {
+        int cap = a->cap ? 2 * a->cap : 64;
+        int32_t *nv = realloc(a->v, sizeof *nv * (size_t)cap);
+        if (!nv)
+            return -1;
+        a->v = nv;
+        a->cap = cap;
+    }
+    a->v[a->n++] = id;
+    return 0;
+}
+
+/* BPE over one pre-tokenized piece of raw bytes. */
+static int bpe_piece(const struct xd_tokenizer *t, const char *s, size_t n, struct ids *out)
+{
+    /* the piece in the byte-level alphabet */
+    char stackbuf[512];
+    char *mapped = n * 2 + 1 <= sizeof stackbuf ? stackbuf : malloc(n * 2 + 1);
+    if (!mapped)
+        return -1;
+    size_t mlen = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *c = t->byte_char[(uint8_t)s[i]];
+        size_t cl = strlen(c);
+        memcpy(mapped + mlen, c, cl);
+        mlen += cl;
+    }
+    int rc = 0;
+    int32_t whole = t->ignore_merges ? str_map_get(&t->vocab, mapped, mlen) : -1;
+    if (whole >= 0) {
+        rc = ids_push(out, whole);
+    } else {
+        int32_t *sym = malloc(sizeof *sym * (n ? n : 1));
+        int m = 0;
+        if (!sym)
+            rc = -1;
+        for (size_t i = 0; sym && i < n; i++) {
+            const char *c = t->byte_char[(uint8_t)s[i]];
+            sym[m++] = str_map_get(&t->vocab, c, strlen(c));
+        }
+        /* merge the lowest-ranked adjacent pair, leftmost first, until none applies */
+        while (sym && m > 1) {
+            int best = -1;
+            int32_t best_rank = INT32_MAX, best_id = -1;
+            for (int i = 0; i + 1 < m; i++) {
+                if (sym[i] < 0 || sym[i + 1] < 0)
+                    continue;
+                uint64_t k = (((uint64_t)(uint32_t)sym[i] << 32) | (uint32_t)sym[i + 1]) + 1;
+                size_t sl = merge_slot(&t->merges, k);
+                if (t->merges.keys[sl] && t->merges.rank[sl] < best_rank) {
+                    best_rank = t->merges.rank[sl];
+                    best_id = t->merges.merged[sl];
+                    best = i;
+                }
+            }
+            if (best < 0)
+                break;
+            sym[best] = best_id;
+            memmove(sym + best + 1, sym + best + 2, sizeof *sym * (size_t)(m - best - 2));
+            m--;
+        }
+        for (int i = 0; sym && i < m && rc == 0; i++)
+            if (sym[i] >= 0) /* a byte with no token of its own has no id to give */
+                rc = ids_push(out, sym[i]);
+        free(sym);
+    }
+    if (mapped != stackbuf)
+        free(mapped);
+    return rc;
+}
+
+/* Splits s by re into matches and the gaps between them (Isolated), then BPE on each. */
+static int split_and_bpe(const struct xd_tokenizer *t, pcre2_code *re, pcre2_code *next,
+                         const char *s, size_t n, struct ids *out)
+{
+    if (!re)
+        return next ? split_and_bpe(t, next, NULL, s, n, out) : bpe_piece(t, s, n, out);
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
+    if (!md)
+        return -1;
+    size_t pos = 0;
+    int rc = 0;
+    while (pos < n && rc == 0) {
+        int r = pcre2_match(re, (PCRE2_SPTR)s, n, pos, PCRE2_NO_UTF_CHECK, md, NULL);
+        if (r < 0)
+            break;
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+        size_t a = ov[0], b = ov[1];
+        if (a > pos)
+            rc = next ? split_and_bpe(t, next, NULL, s + pos, a - pos, out)
+                      : bpe_piece(t, s + pos, a - pos, out);
+        if (b == a) { /* empty match: step one character */
+            size_t step = 1;
+            while (a + step < n && ((uint8_t)s[a + step] & 0xC0) == 0x80)
+                step++;
+            if (rc == 0)
+                rc = next ? split_and_bpe(t, next, NULL, s + a, step, out)
+                          : bpe_piece(t, s + a, step, out);
+            pos = a + step;
+            continue;
+        }
+        if (rc == 0)
+            rc = next ? split_and_bpe(t, next, NULL, s + a, b - a, out)
+                      : bpe_piece(t, s + a, b - a, out);
+        pos = b;
+    }
+    if (rc == 0 && pos < n)
+        rc = next ? split_and_bpe(t, next, NULL, s + pos, n - pos, out)
+                  : bpe_piece(t, s + pos, n - pos, out);
+    pcre2_match_data_free(md);
+    return rc;
+}
+
+/* A run of text with no added tokens: normalizer, prefix space, pre-tokenizers, BPE. */
+static int encode_text(const struct xd_tokenizer *t, const char *s, size_t n, bool first,
+                       struct ids *out)
+{
+    if (n == 0)
+        return 0;
+    char *norm = NULL;
+    if (t->nfc) {
+        utf8proc_uint8_t *dst = NULL;
+        utf8proc_ssize_t m = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &dst,
+                                          UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+        if (m < 0)
+            return -1;
+        norm = (char *)dst;
+        s = norm;
+        n = (size_t)m;
+    }
+    char *pre = NULL;
+    if (t->add_prefix_space && first && n > 0 && s[0] != ' ') {
+        pre = malloc(n + 1);
+        if (!pre) {
+            free(norm);
+            return -1;
+        }
+        pre[0] = ' ';
+        memcpy(pre + 1, s, n);
+        s = pre;
+        n++;
+    }
+    int rc = split_and_bpe(t, t->split, t->byte_regex, s, n, out);
+    free(pre);
+    free(norm);
+    return rc;
+}
+
+static bool is_word_char(const char *s, size_t n, size_t at, bool before)
+{
+    /* the code point just before `at` (or at `at`) is a letter, digit or underscore */
+    utf8proc_int32_t cp = -1;
+    if (before) {
+        if (at == 0)
+            return false;
+        size_t i = at - 1;
+        while (i > 0 && ((uint8_t)s[i] & 0xC0) == 0x80)
+            i--;
+        utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(at - i), &cp);
+    } else {
+        if (at >= n)
+            return false;
+        utf8proc_iterate((const utf8proc_uint8_t *)s + at, (utf8proc_ssize_t)(n - at), &cp);
+    }
+    if (cp < 0)
+        return false;
+    utf8proc_category_t c = utf8proc_category(cp);
+    return cp == '_' || (c >= UTF8PROC_CATEGORY_LU && c <= UTF8PROC_CATEGORY_LO) ||
+           (c >= UTF8PROC_CATEGORY_ND && c <= UTF8PROC_CATEGORY_NO) ||
+           (c >= UTF8PROC_CATEGORY_MN && c <= UTF8PROC_CATEGORY_ME);
+}
+
+static bool is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+int xd_tokenizer_encode(const struct xd_tokenizer *t, const char *text, size_t len,
+                        bool add_special, bool parse_special, int32_t **ret_ids, int *ret_n,
+                        struct xd_err *err)
+{
+    if (utf8proc_decompose((const utf8proc_uint8_t *)text, (utf8proc_ssize_t)len, NULL, 0, 0) < 0) {
+        /* find the offset for the message */
+        size_t off = 0;
+        while (off < len) {
+            utf8proc_int32_t cp;
+            utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)text + off,
+                                                  (utf8proc_ssize_t)(len - off), &cp);
+            if (k < 0)
+                break;
+            off += (size_t)k;
+        }
+        return xd_err_set(err, XD_ERR_INVALID, "text is not valid UTF-8 (at byte %zu)", off);
+    }
+    struct ids out = {0};
+    int rc = 0;
+    for (int i = 0; add_special && i < t->n_prefix && rc == 0; i++)
+        rc = ids_push(&out, t->prefix[i]);
+    size_t pos = 0, seg = 0;
+    while (pos <= len && rc == 0) {
+        /* the leftmost-longest added token starting at pos (tokens are sorted longest first) */
+        const struct added_token *hit = NULL;
+        for (int i = 0; pos < len && i < t->n_added; i++) {
+            const struct added_token *a = &t->added[i];
+            if ((a->special && !parse_special) || a->len > len - pos ||
+                memcmp(text + pos, a->content, a->len) != 0)
+                continue;
+            if (a->single_word && (is_word_char(text, len, pos, true) ||
+                                   is_word_char(text, len, pos + a->len, false)))
+                continue;
+            hit = a;
+            break;
+        }
+        if (!hit) {
+            if (pos == len)
+                break;
+            pos++;
+            continue;
+        }
+        size_t start = pos, end = pos + hit->len;
+        if (hit->lstrip)
+            while (start > seg && is_space(text[start - 1]))
+                start--;
+        if (hit->rstrip)
+            while (end < len && is_space(text[end]))
+                end++;
+        rc = encode_text(t, text + seg, start - seg, seg == 0, &out);
+        if (rc == 0)
+            rc = ids_push(&out, hit->id);
+        pos = seg = end;
+    }
+    if (rc == 0)
+        rc = encode_text(t, text + seg, len - seg, seg == 0, &out);
+    for (int i = 0; add_special && i < t->n_suffix && rc == 0; i++)
+        rc = ids_push(&out, t->suffix[i]);
+    if (rc < 0) {
+        free(out.v);
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory while encoding");
+    }
+    *ret_ids = out.v ? out.v : calloc(1, sizeof(int32_t));
+    *ret_n = out.n;
+    return XD_OK;
+}
+
+/* ---- decoding ---- */
+
+/* Length of the longest valid UTF-8 sequence at s, or -(bytes of the maximal invalid subpart). */
+static int utf8_step(const uint8_t *s, size_t n)
+{
+    uint8_t b = s[0];
+    int need;
+    uint8_t lo = 0x80, hi = 0xBF;
+    if (b < 0x80)
+        return 1;
+    if (b >= 0xC2 && b <= 0xDF)
+        need = 1;
+    else if (b >= 0xE0 && b <= 0xEF) {
+        need = 2;
+        if (b == 0xE0)
+            lo = 0xA0;
+        if (b == 0xED)
+            hi = 0x9F;
+    } else if (b >= 0xF0 && b <= 0xF4) {
+        need = 3;
+        if (b == 0xF0)
+            lo = 0x90;
+        if (b == 0xF4)
+            hi = 0x8F;
+    } else {
+        return -1;
+    }
+    for (int i = 1; i <= need; i++) {
+        if ((size_t)i >= n)
+            return -i;
+        uint8_t c = s[i];
+        if (c < (i == 1 ? lo : 0x80) || c > (i == 1 ? hi : 0xBF))
+            return -i;
+    }
+    return need + 1;
+}
+
+int xd_tokenizer_decode(const struct xd_tokenizer *t, const int32_t *ids, int n,
+                        bool skip_special, char **ret, size_t *ret_len, struct xd_err *err)
+{
+    size_t cap = 16, len = 0;
+    for (int i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= t->n_vocab || !t->id_to_token[ids[i]])
+            return xd_err_set(err, XD_ERR_INVALID, "token id %d is not in the vocabulary",
+                              ids[i]);
+        cap += strlen(t->id_to_token[ids[i]]);
+    }
+    uint8_t *bytes = malloc(cap);
+    if (!bytes)
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+    /* ByteLevel decoder: characters of the byte alphabet become their bytes, others stay */
+    for (int i = 0; i < n; i++) {
+        if (skip_special && t->is_special[ids[i]])
+            continue;
+        const uint8_t *s = (const uint8_t *)t->id_to_token[ids[i]];
+        size_t m = strlen((const char *)s);
+        for (size_t j = 0; j < m;) {
+            utf8proc_int32_t cp;
+            utf8proc_ssize_t k = utf8proc_iterate(s + j, (utf8proc_ssize_t)(m - j), &cp);
+            if (k <= 0) {
+                bytes[len++] = s[j++];
+                continue;
+            }
+            if (cp < 512 && t->char_byte[cp] >= 0)
+                bytes[len++] = (uint8_t)t->char_byte[cp];
+            else
+                for (utf8proc_ssize_t q = 0; q < k; q++)
+                    bytes[len++] = s[j + (size_t)q];
+            j += (size_t)k;
+        }
+    }
+    /* invalid UTF-8 becomes U+FFFD, one per maximal invalid subpart, as from_utf8_lossy does */
+    char *out = malloc(len * 3 + 1);
+    if (!out) {
+        free(bytes);
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        int k = utf8_step(bytes + i, len - i);
+        if (k > 0) {
+            memcpy(out + o, bytes + i, (size_t)k);
+            o += (size_t)k;
+            i += (size_t)k;
+        } else {
+            memcpy(out + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i += (size_t)-k;
+        }
+    }
+    out[o] = '\0';
+    free(bytes);
+    *ret = out;
+    *ret_len = o;
+    return XD_OK;
+}

@@ -1,0 +1,40 @@
+/* Hugging Face tokenizer.json: byte-level BPE encode and decode, id for id with the tokenizers
+ * library (GPT-2, Qwen2/Qwen3, Llama-3 and GPT-NeoX/OLMoE configurations). */
+#ifndef XD_TOKENIZER_H
+#define XD_TOKENIZER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "status.h"
+
+struct xd_tokenizer;
+
+/* Parses tokenizer.json text. An unsupported model, normalizer, pre-tokenizer, post-processor
+ * or decoder is XD_ERR_UNSUPPORTED naming it; path names the file in messages. */
+int xd_tokenizer_parse(const char *json, size_t len, const char *path,
+                       struct xd_tokenizer **ret, struct xd_err *err);
+/* Reads dir/tokenizer.json. */
+int xd_tokenizer_load(const char *dir, struct xd_tokenizer **ret, struct xd_err *err);
+void xd_tokenizer_destroy(struct xd_tokenizer *tok);
+
+/* Encodes len bytes of UTF-8 text into a new array *ret_ids (free()) of *ret_n ids.
+ * add_special: apply the post-processor (e.g. a leading BOS), as tokenizers' encode does by
+ * default. parse_special: match special-token text in the input as those tokens (tokenizers'
+ * default); when false it is encoded as ordinary text. Invalid UTF-8 is XD_ERR_INVALID with the
+ * byte offset (tokenizers only accepts valid strings). */
+int xd_tokenizer_encode(const struct xd_tokenizer *tok, const char *text, size_t len,
+                        bool add_special, bool parse_special, int32_t **ret_ids, int *ret_n,
+                        struct xd_err *err);
+
+/* Decodes ids into a new NUL-terminated buffer *ret (free()) of *ret_len bytes; ids outside the
+ * vocabulary are XD_ERR_INVALID. skip_special drops special tokens. */
+int xd_tokenizer_decode(const struct xd_tokenizer *tok, const int32_t *ids, int n,
+                        bool skip_special, char **ret, size_t *ret_len, struct xd_err *err);
+
+int xd_tokenizer_vocab_size(const struct xd_tokenizer *tok);
+/* The id of token text, or -1. */
+int32_t xd_tokenizer_token_id(const struct xd_tokenizer *tok, const char *text);
+
+#endif
