@@ -1,0 +1,137 @@
+/* Tokenizer goldens: ids and decoded text equal to Hugging Face tokenizers on one fixture
+ * (tests/fixtures/tokenizers/<name>, made by tools/golden/make_tokenizer_fixtures.py).
+ * Usage: test-tokenizer FIXTURE_DIR */
+#include <jansson.h>
+#include <stdlib.h>
+
+#include "test.h"
+#include "tokenizer.h"
+
+static struct xd_tokenizer *tok;
+static json_t *cases;
+
+static int ids_equal(const int32_t *got, int n, json_t *want)
+{
+    if ((size_t)n != json_array_size(want))
+        return 0;
+    for (int i = 0; i < n; i++)
+        if (got[i] != json_integer_value(json_array_get(want, (size_t)i)))
+            return 0;
+    return 1;
+}
+
+static void print_ids(const char *label, const int32_t *ids, int n)
+{
+    fprintf(stderr, "    %s:", label);
+    for (int i = 0; i < n && i < 40; i++)
+        fprintf(stderr, " %d", ids[i]);
+    fprintf(stderr, "\n");
+}
+
+static void check_encode(int add_special, const char *key)
+{
+    size_t i;
+    json_t *c;
+    int bad = 0;
+    json_array_foreach(cases, i, c) {
+        const char *text = json_string_value(json_object_get(c, "text"));
+        size_t len = json_string_length(json_object_get(c, "text"));
+        int32_t *ids = NULL;
+        int n = 0;
+        struct xd_err err;
+        int rc = xd_tokenizer_encode(tok, text, len, add_special, true, &ids, &n, &err);
+        CHECK(rc == XD_OK, "case %zu: %s", i, err.msg);
+        if (rc == XD_OK && !ids_equal(ids, n, json_object_get(c, key))) {
+            bad++;
+            CHECK(0, "case %zu (%s) %.60s: ids differ from tokenizers", i, key, text);
+            print_ids("got ", ids, n);
+        }
+        free(ids);
+    }
+    printf("  %s: %zu cases, %d differ\n", key, json_array_size(cases), bad);
+}
+
+static void test_encode_matches_tokenizers(void)
+{
+    check_encode(0, "ids");
+}
+
+static void test_encode_with_special_matches_tokenizers(void)
+{
+    check_encode(1, "ids_with_special");
+}
+
+static void check_decode(int skip_special, const char *key)
+{
+    size_t i;
+    json_t *c;
+    json_array_foreach(cases, i, c) {
+        json_t *jids = json_object_get(c, "ids");
+        int n = (int)json_array_size(jids);
+        int32_t *ids = malloc(sizeof *ids * (size_t)(n + 1));
+        for (int k = 0; k < n; k++)
+            ids[k] = (int32_t)json_integer_value(json_array_get(jids, (size_t)k));
+        char *out = NULL;
+        size_t len = 0;
+        struct xd_err err;
+        int rc = xd_tokenizer_decode(tok, ids, n, skip_special, &out, &len, &err);
+        CHECK(rc == XD_OK, "case %zu: %s", i, err.msg);
+        const char *want = json_string_value(json_object_get(c, key));
+        if (rc == XD_OK && want)
+            CHECK(len == json_string_length(json_object_get(c, key)) && memcmp(out, want, len) == 0,
+                  "case %zu: decode (%s) gives '%.60s', tokenizers '%.60s'", i, key, out, want);
+        free(out);
+        free(ids);
+    }
+}
+
+static void test_decode_matches_tokenizers(void)
+{
+    check_decode(0, "decoded");
+    check_decode(1, "decoded_skip_special");
+}
+
+static void test_invalid_utf8_is_an_error(void)
+{
+    int32_t *ids = NULL;
+    int n = 0;
+    struct xd_err err;
+    int rc = xd_tokenizer_encode(tok, "ab\xC3(", 4, false, true, &ids, &n, &err);
+    CHECK(rc == XD_ERR_INVALID, "rc %d", rc);
+    CHECK_CONTAINS(err.msg, "byte 2");
+    free(ids);
+    int32_t bad = xd_tokenizer_vocab_size(tok);
+    char *out = NULL;
+    size_t len;
+    CHECK(xd_tokenizer_decode(tok, &bad, 1, false, &out, &len, &err) == XD_ERR_INVALID,
+          "decode of an id outside the vocabulary");
+    free(out);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: test-tokenizer FIXTURE_DIR\n");
+        return 2;
+    }
+    struct xd_err err;
+    if (xd_tokenizer_load(argv[1], &tok, &err) != XD_OK) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/golden.json", argv[1]);
+    json_t *golden = json_load_file(path, 0, NULL);
+    cases = json_object_get(golden, "cases");
+    if (!json_is_array(cases)) {
+        fprintf(stderr, "%s: no cases\n", path);
+        return 1;
+    }
+    RUN(test_encode_matches_tokenizers);
+    RUN(test_encode_with_special_matches_tokenizers);
+    RUN(test_decode_matches_tokenizers);
+    RUN(test_invalid_utf8_is_an_error);
+    json_decref(golden);
+    xd_tokenizer_destroy(tok);
+    return test_summary();
+}
