@@ -757,6 +757,53 @@ static int utf8_step(const uint8_t *s, size_t n)
     return need + 1;
 }
 
+/* Appends the bytes token id stands for (ByteLevel decoder: characters of the byte alphabet
+ * become their bytes, others stay as they are) to bytes, which has room. */
+static size_t token_bytes(const struct xd_tokenizer *t, int32_t id, uint8_t *bytes)
+{
+    const uint8_t *s = (const uint8_t *)t->id_to_token[id];
+    size_t m = strlen((const char *)s), len = 0;
+    for (size_t j = 0; j < m;) {
+        utf8proc_int32_t cp;
+        utf8proc_ssize_t k = utf8proc_iterate(s + j, (utf8proc_ssize_t)(m - j), &cp);
+        if (k <= 0) {
+            bytes[len++] = s[j++];
+            continue;
+        }
+        if (cp < 512 && t->char_byte[cp] >= 0)
+            bytes[len++] = (uint8_t)t->char_byte[cp];
+        else
+            for (utf8proc_ssize_t q = 0; q < k; q++)
+                bytes[len++] = s[j + (size_t)q];
+        j += (size_t)k;
+    }
+    return len;
+}
+
+/* Converts bytes[0, n) to valid UTF-8 in out (room for 3n), invalid subparts becoming U+FFFD as
+ * from_utf8_lossy does. With hold, a trailing incomplete but so far valid sequence is left
+ * unconverted; *ret_used says how many bytes were consumed. Returns the bytes written. */
+static size_t to_utf8_lossy(const uint8_t *bytes, size_t n, bool hold, char *out, size_t *ret_used)
+{
+    size_t o = 0, i = 0;
+    while (i < n) {
+        int k = utf8_step(bytes + i, n - i);
+        if (k > 0) {
+            memcpy(out + o, bytes + i, (size_t)k);
+            o += (size_t)k;
+            i += (size_t)k;
+        } else if (hold && i + (size_t)-k >= n) {
+            break; /* may still complete */
+        } else {
+            memcpy(out + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i += (size_t)-k;
+        }
+    }
+    *ret_used = i;
+    return o;
+}
+
 int xd_tokenizer_decode(const struct xd_tokenizer *t, const int32_t *ids, int n,
                         bool skip_special, char **ret, size_t *ret_len, struct xd_err *err)
 {
@@ -768,51 +815,95 @@ int xd_tokenizer_decode(const struct xd_tokenizer *t, const int32_t *ids, int n,
         cap += strlen(t->id_to_token[ids[i]]);
     }
     uint8_t *bytes = malloc(cap);
-    if (!bytes)
-        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
-    /* ByteLevel decoder: characters of the byte alphabet become their bytes, others stay */
-    for (int i = 0; i < n; i++) {
-        if (skip_special && t->is_special[ids[i]])
-            continue;
-        const uint8_t *s = (const uint8_t *)t->id_to_token[ids[i]];
-        size_t m = strlen((const char *)s);
-        for (size_t j = 0; j < m;) {
-            utf8proc_int32_t cp;
-            utf8proc_ssize_t k = utf8proc_iterate(s + j, (utf8proc_ssize_t)(m - j), &cp);
-            if (k <= 0) {
-                bytes[len++] = s[j++];
-                continue;
-            }
-            if (cp < 512 && t->char_byte[cp] >= 0)
-                bytes[len++] = (uint8_t)t->char_byte[cp];
-            else
-                for (utf8proc_ssize_t q = 0; q < k; q++)
-                    bytes[len++] = s[j + (size_t)q];
-            j += (size_t)k;
-        }
-    }
-    /* invalid UTF-8 becomes U+FFFD, one per maximal invalid subpart, as from_utf8_lossy does */
-    char *out = malloc(len * 3 + 1);
-    if (!out) {
+    char *out = malloc(cap * 3 + 1);
+    if (!bytes || !out) {
         free(bytes);
+        free(out);
         return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
     }
-    size_t o = 0;
-    for (size_t i = 0; i < len;) {
-        int k = utf8_step(bytes + i, len - i);
-        if (k > 0) {
-            memcpy(out + o, bytes + i, (size_t)k);
-            o += (size_t)k;
-            i += (size_t)k;
-        } else {
-            memcpy(out + o, "\xEF\xBF\xBD", 3);
-            o += 3;
-            i += (size_t)-k;
-        }
-    }
+    for (int i = 0; i < n; i++)
+        if (!(skip_special && t->is_special[ids[i]]))
+            len += token_bytes(t, ids[i], bytes + len);
+    size_t used;
+    size_t o = to_utf8_lossy(bytes, len, false, out, &used);
     out[o] = '\0';
     free(bytes);
     *ret = out;
     *ret_len = o;
+    return XD_OK;
+}
+
+/* ---- streaming ---- */
+
+struct xd_detok {
+    const struct xd_tokenizer *tok;
+    bool skip_special;
+    uint8_t *pending;   /* bytes not yet emitted: an incomplete character at most */
+    size_t n_pending, cap;
+    char *out;          /* the last emitted text */
+};
+
+int xd_detok_create(const struct xd_tokenizer *tok, bool skip_special, struct xd_detok **ret)
+{
+    struct xd_detok *d = calloc(1, sizeof *d);
+    if (!d)
+        return XD_ERR_NOMEM;
+    d->tok = tok;
+    d->skip_special = skip_special;
+    *ret = d;
+    return XD_OK;
+}
+
+void xd_detok_destroy(struct xd_detok *d)
+{
+    if (!d)
+        return;
+    free(d->pending);
+    free(d->out);
+    free(d);
+}
+
+static int detok_emit(struct xd_detok *d, bool hold, const char **ret, size_t *ret_len)
+{
+    free(d->out);
+    d->out = malloc(d->n_pending * 3 + 1);
+    if (!d->out)
+        return XD_ERR_NOMEM;
+    size_t used;
+    size_t o = to_utf8_lossy(d->pending, d->n_pending, hold, d->out, &used);
+    d->out[o] = '\0';
+    memmove(d->pending, d->pending + used, d->n_pending - used);
+    d->n_pending -= used;
+    *ret = d->out;
+    *ret_len = o;
+    return XD_OK;
+}
+
+int xd_detok_push(struct xd_detok *d, int32_t id, const char **ret, size_t *ret_len,
+                  struct xd_err *err)
+{
+    const struct xd_tokenizer *t = d->tok;
+    if (id < 0 || id >= t->n_vocab || !t->id_to_token[id])
+        return xd_err_set(err, XD_ERR_INVALID, "token id %d is not in the vocabulary", id);
+    if (!(d->skip_special && t->is_special[id])) {
+        size_t need = d->n_pending + strlen(t->id_to_token[id]) + 1;
+        if (need > d->cap) {
+            uint8_t *np = realloc(d->pending, need * 2);
+            if (!np)
+                return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+            d->pending = np;
+            d->cap = need * 2;
+        }
+        d->n_pending += token_bytes(t, id, d->pending + d->n_pending);
+    }
+    if (detok_emit(d, true, ret, ret_len) < 0)
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+    return XD_OK;
+}
+
+int xd_detok_finish(struct xd_detok *d, const char **ret, size_t *ret_len, struct xd_err *err)
+{
+    if (detok_emit(d, false, ret, ret_len) < 0)
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
     return XD_OK;
 }

@@ -33,6 +33,18 @@ int xd_tokenizer_encode(const struct xd_tokenizer *tok, const char *text, size_t
 int xd_tokenizer_decode(const struct xd_tokenizer *tok, const int32_t *ids, int n,
                         bool skip_special, char **ret, size_t *ret_len, struct xd_err *err);
 
+/* Streaming detokenizer: tokens in, text out, only ever whole UTF-8 characters, so a character
+ * split over tokens reaches a client whole. The concatenation of every push and the finish
+ * equals xd_tokenizer_decode of all the ids. */
+struct xd_detok;
+int xd_detok_create(const struct xd_tokenizer *tok, bool skip_special, struct xd_detok **ret);
+void xd_detok_destroy(struct xd_detok *d);
+/* Adds one token; *ret gets the text now complete (possibly empty), valid until the next call. */
+int xd_detok_push(struct xd_detok *d, int32_t id, const char **ret, size_t *ret_len,
+                  struct xd_err *err);
+/* Emits what is held back (an incomplete character becomes U+FFFD, as decode does). */
+int xd_detok_finish(struct xd_detok *d, const char **ret, size_t *ret_len, struct xd_err *err);
+
 int xd_tokenizer_vocab_size(const struct xd_tokenizer *tok);
 /* The id of token text, or -1. */
 int32_t xd_tokenizer_token_id(const struct xd_tokenizer *tok, const char *text);

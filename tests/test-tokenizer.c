@@ -91,6 +91,61 @@ static void test_decode_matches_tokenizers(void)
     check_decode(1, "decoded_skip_special");
 }
 
+/* Whole characters only: no chunk ends inside a UTF-8 sequence or starts with a continuation. */
+static int whole_utf8(const char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = (unsigned char)s[i];
+        size_t k = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 0;
+        if (k == 0 || i + k > n)
+            return 0;
+        for (size_t j = 1; j < k; j++)
+            if (((unsigned char)s[i + j] & 0xC0) != 0x80)
+                return 0;
+        i += k;
+    }
+    return 1;
+}
+
+static void test_streaming_detokenizer_equals_decode(void)
+{
+    size_t i;
+    json_t *c;
+    json_array_foreach(cases, i, c) {
+        json_t *jids = json_object_get(c, "ids");
+        const char *want = json_string_value(json_object_get(c, "decoded"));
+        size_t want_len = json_string_length(json_object_get(c, "decoded"));
+        struct xd_detok *d = NULL;
+        struct xd_err err;
+        CHECK(xd_detok_create(tok, false, &d) == XD_OK, "create");
+        char *all = malloc(want_len * 3 + 64);
+        size_t len = 0;
+        for (size_t k = 0; d && k < json_array_size(jids); k++) {
+            const char *piece;
+            size_t n;
+            int rc = xd_detok_push(d, (int32_t)json_integer_value(json_array_get(jids, k)), &piece,
+                                   &n, &err);
+            CHECK(rc == XD_OK, "push: %s", err.msg);
+            CHECK(whole_utf8(piece, n), "case %zu: chunk %zu is not whole UTF-8", i, k);
+            if (rc == XD_OK && len + n <= want_len * 3 + 64) {
+                memcpy(all + len, piece, n);
+                len += n;
+            }
+        }
+        const char *tail;
+        size_t n;
+        if (d && xd_detok_finish(d, &tail, &n, &err) == XD_OK && len + n <= want_len * 3 + 64) {
+            memcpy(all + len, tail, n);
+            len += n;
+        }
+        CHECK(len == want_len && memcmp(all, want, len) == 0,
+              "case %zu: streamed text differs from tokenizers' decode", i);
+        free(all);
+        xd_detok_destroy(d);
+    }
+}
+
 static void test_invalid_utf8_is_an_error(void)
 {
     int32_t *ids = NULL;
@@ -130,6 +185,7 @@ int main(int argc, char **argv)
     RUN(test_encode_matches_tokenizers);
     RUN(test_encode_with_special_matches_tokenizers);
     RUN(test_decode_matches_tokenizers);
+    RUN(test_streaming_detokenizer_equals_decode);
     RUN(test_invalid_utf8_is_an_error);
     json_decref(golden);
     xd_tokenizer_destroy(tok);
