@@ -11,6 +11,7 @@
 #include "engine.h"
 #include "offline.h"
 #include "sampler.h"
+#include "tokenizer.h"
 
 struct gen_opts {
     struct xd_config cfg;
@@ -36,7 +37,8 @@ struct gen_opts {
 
 static const struct xd_opt gen_own_opts[] = {
     {"prompt-ids", XD_OPT_STRING, GEN(prompt_ids), 0, 0, NULL, "prompt as token ids: 1,2,3"},
-    {"prompt", XD_OPT_STRING, GEN(prompt), 0, 0, NULL, "prompt as text (needs a tokenizer)"},
+    {"prompt", XD_OPT_STRING, GEN(prompt), 0, 0, NULL,
+     "prompt as text, encoded with the model's tokenizer.json"},
     {"max-tokens", XD_OPT_INT, GEN(max_tokens), 0, 1 << 24, NULL, "tokens to generate (16)"},
     {"temperature", XD_OPT_FLOAT, GEN(temperature), 0, 100, NULL, "0 is greedy (default 0)"},
     {"top-k", XD_OPT_INT, GEN(top_k), 0, 1 << 24, NULL, "keep the k best tokens (0: off)"},
@@ -156,6 +158,7 @@ int xd_cmd_generate(int argc, char **argv)
     struct xd_model *model = NULL;
     struct xd_engine *engine = NULL;
     struct xd_sampler *sampler = NULL;
+    struct xd_tokenizer *tok = NULL;
     int32_t *prompt = NULL;
     int n_prompt = 0, status = 1;
 
@@ -177,18 +180,34 @@ int xd_cmd_generate(int argc, char **argv)
         fprintf(stderr, "expertd generate: give exactly one of --prompt-ids and --prompt\n");
         return 2;
     }
-    if (o.prompt) {
-        fprintf(stderr, "expertd generate: --prompt needs the tokenizer, which expertd does not "
-                        "have yet; pass token ids with --prompt-ids\n");
-        return 2;
-    }
 
     if (xd_model_load(o.cfg.model, &model, &err) < 0) {
         fprintf(stderr, "expertd generate: %s\n", err.msg);
         goto out;
     }
     const struct xd_model_config *mc = &model->config;
-    if (parse_ids(o.prompt_ids, mc->vocab_size, &prompt, &n_prompt, &err) < 0) {
+    if (o.prompt) {
+        /* text in, text out: the model directory's tokenizer.json */
+        if (xd_tokenizer_load(o.cfg.model, &tok, &err) < 0 ||
+            xd_tokenizer_encode(tok, o.prompt, strlen(o.prompt), true, true, &prompt, &n_prompt,
+                                &err) < 0) {
+            fprintf(stderr, "expertd generate: %s\n", err.msg);
+            status = 2;
+            goto out;
+        }
+        for (int i = 0; i < n_prompt; i++)
+            if (prompt[i] >= mc->vocab_size) {
+                fprintf(stderr, "expertd generate: tokenizer id %d is outside the model's "
+                                "vocabulary (%d)\n", prompt[i], mc->vocab_size);
+                status = 2;
+                goto out;
+            }
+        if (n_prompt == 0) {
+            fprintf(stderr, "expertd generate: the prompt encodes to no tokens\n");
+            status = 2;
+            goto out;
+        }
+    } else if (parse_ids(o.prompt_ids, mc->vocab_size, &prompt, &n_prompt, &err) < 0) {
         fprintf(stderr, "expertd generate: %s\n", err.msg);
         status = 2;
         goto out;
@@ -246,6 +265,17 @@ int xd_cmd_generate(int argc, char **argv)
     }
     if (o.json) {
         print_json(&o, prompt, n_prompt, &res);
+    } else if (tok) {
+        char *text = NULL;
+        size_t len = 0;
+        if (xd_tokenizer_decode(tok, res.tokens, res.n_tokens, true, &text, &len, &err) < 0) {
+            fprintf(stderr, "expertd generate: %s\n", err.msg);
+            xd_offline_result_finish(&res);
+            goto out;
+        }
+        printf("%s%s\n", o.prompt, text);
+        free(text);
+        fflush(stdout);
     } else {
         for (int i = 0; i < res.n_tokens; i++)
             printf("%s%d", i ? "," : "", res.tokens[i]);
@@ -263,6 +293,7 @@ int xd_cmd_generate(int argc, char **argv)
     status = 0;
 out:
     xd_sampler_destroy(sampler);
+    xd_tokenizer_destroy(tok);
     xd_engine_destroy(engine);
     xd_model_destroy(model);
     free(prompt);

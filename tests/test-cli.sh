@@ -58,11 +58,16 @@ for dir in "$fixtures"/golden/*/; do
   if [ "$g" = "$w" ]; then ok "generate_$name"; else fail "generate_$name" "$g"; fi
 done
 
+# Text in, text out, with a tokenizer.json next to the weights.
+"$synth" --out "$tmp/textmodel" --vocab 512 --layers 1 >/dev/null
+cp "$fixtures/../fuzz/corpus/tokenizer/gpt2-small.json" "$tmp/textmodel/tokenizer.json"
+expect text_prompt_generates 0 "Hello world" -- "$expertd" generate --model "$tmp/textmodel" --prompt "Hello world" --max-tokens 8 --ignore-eos
+
 expect missing_model_dir 1 "config.json" -- "$expertd" generate --model "$tmp/nope" --prompt-ids 1
 expect no_model_option 2 "--model" -- env -u EXPERTD_MODEL "$expertd" generate --prompt-ids 1
 expect prompt_id_out_of_vocab 2 "--prompt-ids" -- "$expertd" generate --model "$olmoe" --prompt-ids 1,269
 expect prompt_ids_garbage 2 "--prompt-ids" -- "$expertd" generate --model "$olmoe" --prompt-ids 1,x
-expect text_prompt_needs_tokenizer 2 "tokenizer" -- "$expertd" generate --model "$olmoe" --prompt hello
+expect text_prompt_needs_tokenizer 2 "tokenizer.json" -- "$expertd" generate --model "$olmoe" --prompt hello
 expect unknown_option 2 "--frobnicate" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --frobnicate 3
 expect temperature_out_of_range 2 "--temperature" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --temperature -1
 expect context_exceeded 2 "max_position_embeddings" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --max-tokens 300
