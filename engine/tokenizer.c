@@ -757,6 +757,13 @@ static int utf8_step(const uint8_t *s, size_t n)
     return need + 1;
 }
 
+/* Models often have more ids than their tokenizer (a padded embedding); like tokenizers'
+ * decode, ids with no token contribute nothing. */
+static bool has_token(const struct xd_tokenizer *t, int32_t id)
+{
+    return id >= 0 && id < t->n_vocab && t->id_to_token[id];
+}
+
 /* Appends the bytes token id stands for (ByteLevel decoder: characters of the byte alphabet
  * become their bytes, others stay as they are) to bytes, which has room. */
 static size_t token_bytes(const struct xd_tokenizer *t, int32_t id, uint8_t *bytes)
@@ -808,12 +815,10 @@ int xd_tokenizer_decode(const struct xd_tokenizer *t, const int32_t *ids, int n,
                         bool skip_special, char **ret, size_t *ret_len, struct xd_err *err)
 {
     size_t cap = 16, len = 0;
-    for (int i = 0; i < n; i++) {
-        if (ids[i] < 0 || ids[i] >= t->n_vocab || !t->id_to_token[ids[i]])
-            return xd_err_set(err, XD_ERR_INVALID, "token id %d is not in the vocabulary",
-                              ids[i]);
-        cap += strlen(t->id_to_token[ids[i]]);
-    }
+    (void)err;
+    for (int i = 0; i < n; i++)
+        if (has_token(t, ids[i]))
+            cap += strlen(t->id_to_token[ids[i]]);
     uint8_t *bytes = malloc(cap);
     char *out = malloc(cap * 3 + 1);
     if (!bytes || !out) {
@@ -822,7 +827,7 @@ int xd_tokenizer_decode(const struct xd_tokenizer *t, const int32_t *ids, int n,
         return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
     }
     for (int i = 0; i < n; i++)
-        if (!(skip_special && t->is_special[ids[i]]))
+        if (has_token(t, ids[i]) && !(skip_special && t->is_special[ids[i]]))
             len += token_bytes(t, ids[i], bytes + len);
     size_t used;
     size_t o = to_utf8_lossy(bytes, len, false, out, &used);
@@ -883,9 +888,7 @@ int xd_detok_push(struct xd_detok *d, int32_t id, const char **ret, size_t *ret_
                   struct xd_err *err)
 {
     const struct xd_tokenizer *t = d->tok;
-    if (id < 0 || id >= t->n_vocab || !t->id_to_token[id])
-        return xd_err_set(err, XD_ERR_INVALID, "token id %d is not in the vocabulary", id);
-    if (!(d->skip_special && t->is_special[id])) {
+    if (has_token(t, id) && !(d->skip_special && t->is_special[id])) {
         size_t need = d->n_pending + strlen(t->id_to_token[id]) + 1;
         if (need > d->cap) {
             uint8_t *np = realloc(d->pending, need * 2);

@@ -28,8 +28,9 @@ int xd_tokenizer_encode(const struct xd_tokenizer *tok, const char *text, size_t
                         bool add_special, bool parse_special, int32_t **ret_ids, int *ret_n,
                         struct xd_err *err);
 
-/* Decodes ids into a new NUL-terminated buffer *ret (free()) of *ret_len bytes; ids outside the
- * vocabulary are XD_ERR_INVALID. skip_special drops special tokens. */
+/* Decodes ids into a new NUL-terminated buffer *ret (free()) of *ret_len bytes. Ids with no
+ * token (a model's padded vocabulary) contribute nothing, as in tokenizers' decode.
+ * skip_special drops special tokens. */
 int xd_tokenizer_decode(const struct xd_tokenizer *tok, const int32_t *ids, int n,
                         bool skip_special, char **ret, size_t *ret_len, struct xd_err *err);
 
