@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Tokenizer fixtures: small byte-level BPE tokenizers trained with the tokenizers library in the
+configurations of GPT-2, Qwen2/Qwen3, Llama-3 and GPT-NeoX/OLMoE, saved as tokenizer.json with
+golden.json holding the ids and decoded text tokenizers produces for a corpus of test strings.
+
+Usage: python3 tools/golden/make_tokenizer_fixtures.py [--out tests/fixtures/tokenizers]
+"""
+import argparse
+import json
+import os
+import sys
+
+import tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import processors, trainers
+
+QWEN2 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+LLAMA3 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
+TRAIN = """The quick brown fox jumps over the lazy dog. It's a sunny day, isn't it? We'll see.
+Der schnelle braune Fuchs springt über den faulen Hund. Grüße aus Köln und München!
+Le renard brun rapide saute par-dessus le chien paresseux. Où est la bibliothèque ? Très bien.
+快速的棕色狐狸跳过了懒狗。我们明天见。这是一个测试句子。
+素早い茶色の狐が怠け者の犬を飛び越えます。今日はいい天気ですね。
+Быстрая коричневая лиса прыгает через ленивую собаку. Привет, мир!
+الثعلب البني السريع يقفز فوق الكلب الكسول. مرحبا بالعالم
+def fibonacci(n):
+    if n < 2:
+        return n
+    return fibonacci(n - 1) + fibonacci(n - 2)
+int main(void) { printf("%d\\n", 42); return 0; }
+for (int i = 0; i < 100; i++) { sum += a[i] * b[i]; }
+Numbers: 0 1 12 123 1234 12345 3.14159 2,718 1e-10 100000000 and 2026-11-22.
+Emoji time 😀 👍🏽 ❤️ 👨‍👩‍👧‍👦 🇩🇪 🇯🇵 done.
+They're here, you've seen it, I'm sure, he'd know, she'll come, don't worry.
+THE END? NO, IT'S NOT! WE'LL BE BACK.
+Tabs\tand\tspaces    and
+newlines
+
+and more text at the end of the training corpus.
+""".splitlines()
+
+CASES = [
+    "", " ", "   ", "\t", "\n", "\r\n", "\n\n\n", "  leading", "trailing  ", " \t mixed \n whitespace \r\n ",
+    "Hello world", "Hello, world!", "hello   world", "The quick brown fox jumps over the lazy dog.",
+    "don't", "I'M HERE", "we'll", "they'VE", "it's it'S IT'S", "o'clock",
+    "Grüße aus Köln", "Gru\u0308ße (NFD)", "caf\u00e9 vs cafe\u0301", "Ελληνικά κείμενα", "Привет, мир!",
+    "مرحبا بالعالم", "नमस्ते दुनिया", "สวัสดีชาวโลก", "快速的棕色狐狸", "素早い茶色の狐", "한국어 텍스트",
+    "😀", "👍🏽👍🏿", "👨‍👩‍👧‍👦 family", "🇩🇪🇯🇵🇺🇸", "❤️ heart", "a\u0301e\u0300i\u0302",
+    "0", "1234567890123", "3.14159265358979", "1,000,000 and 1e-10", "year 2026-11-22",
+    "def f(x):\n    return x * 2\n", "int main(void) {\n\tprintf(\"hi\\n\");\n}\n",
+    "if (a && b || !c) { x += 1; }", "    indented\n        more\n",
+    "hello<|endoftext|>world", "<|endoftext|>", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+    "<|begin_of_text|>Hello<|end_of_text|>", "text <think> inner </think> more", "a  <think>b", "<think>",
+    "word<think>word", "x <sep> y", "<sep>", "a<sep>b",
+    "mixed 日本語 and English and emoji 🎉 together",
+]
+
+
+def train(pre, normalizer, special, ignore_merges=False):
+    tok = Tokenizer(models.BPE(ignore_merges=ignore_merges))
+    if normalizer:
+        tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, min_frequency=1, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(TRAIN * 3, trainer)
+    return tok
+
+
+def split_pre(pattern):
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
+def fixtures():
+    out = {}
+    t = train(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True), None, ["<|endoftext|>"])
+    t.post_processor = processors.ByteLevel(trim_offsets=False)
+    t.add_tokens([AddedToken("<sep>", single_word=True, normalized=False)])
+    out["gpt2"] = t
+
+    t = train(split_pre(QWEN2), normalizers.NFC(), ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    t.add_tokens([AddedToken("<think>", special=False, normalized=False),
+                  AddedToken("</think>", special=False, normalized=False)])
+    out["qwen2"] = t
+
+    t = train(split_pre(LLAMA3), None, ["<|begin_of_text|>", "<|end_of_text|>"], ignore_merges=True)
+    bos = t.token_to_id("<|begin_of_text|>")
+    t.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B",
+                                      special_tokens=[("<|begin_of_text|>", bos)])])
+    t.add_tokens([AddedToken("<sep>", rstrip=True, normalized=False)])
+    out["llama3"] = t
+
+    t = train(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True), None,
+              ["<|endoftext|>", "<|padding|>"])
+    t.post_processor = processors.ByteLevel(trim_offsets=False)
+    t.add_tokens([AddedToken("<think>", special=False, lstrip=True, normalized=False)])
+    out["olmoe"] = t
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "..", "tests",
+                                                  "fixtures", "tokenizers"))
+    args = ap.parse_args()
+    for name, tok in fixtures().items():
+        d = os.path.join(args.out, name)
+        os.makedirs(d, exist_ok=True)
+        path = os.path.join(d, "tokenizer.json")
+        tok.save(path)
+        tok = Tokenizer.from_file(path)  # the goldens come from what is on disk
+        cases = []
+        for s in CASES:
+            ids = tok.encode(s, add_special_tokens=False).ids
+            cases.append({"text": s, "ids": ids,
+                          "ids_with_special": tok.encode(s, add_special_tokens=True).ids,
+                          "decoded": tok.decode(ids, skip_special_tokens=False),
+                          "decoded_skip_special": tok.decode(ids, skip_special_tokens=True)})
+        with open(os.path.join(d, "golden.json"), "w", encoding="utf-8") as f:
+            json.dump({"fixture": name, "versions": {"tokenizers": tokenizers.__version__,
+                                                      "python": sys.version.split()[0]},
+                       "cases": cases}, f, ensure_ascii=False, indent=0)
+        print(f"{name}: vocab {tok.get_vocab_size()}, {len(cases)} cases, "
+              f"{os.path.getsize(path)} bytes")
+
+
+if __name__ == "__main__":
+    main()
