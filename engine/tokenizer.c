@@ -877,7 +877,8 @@ static int detok_emit(struct xd_detok *d, bool hold, const char **ret, size_t *r
     size_t used;
     size_t o = to_utf8_lossy(d->pending, d->n_pending, hold, d->out, &used);
     d->out[o] = '\0';
-    memmove(d->pending, d->pending + used, d->n_pending - used);
+    if (used > 0 && used < d->n_pending)
+        memmove(d->pending, d->pending + used, d->n_pending - used);
     d->n_pending -= used;
     *ret = d->out;
     *ret_len = o;
