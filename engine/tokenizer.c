@@ -488,6 +488,120 @@ static int ids_push(struct ids *a, int32_t id)
     return 0;
 }
 
+/* ---- BPE merging: a min-heap of adjacent pairs by (rank, position), so a piece of n bytes
+ * costs O(n log n) whatever its content (a prompt of a million spaces must not hang) ---- */
+
+struct pair_entry {
+    int32_t rank;
+    int32_t left;   /* symbol index of the pair's left side */
+    int32_t a, b;   /* the ids it was made from, to detect stale entries */
+};
+
+static bool pair_less(const struct pair_entry *x, const struct pair_entry *y)
+{
+    return x->rank < y->rank || (x->rank == y->rank && x->left < y->left);
+}
+
+static void heap_push(struct pair_entry *h, int *n, struct pair_entry e)
+{
+    int i = (*n)++;
+    while (i > 0 && pair_less(&e, &h[(i - 1) / 2])) {
+        h[i] = h[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    h[i] = e;
+}
+
+static struct pair_entry heap_pop(struct pair_entry *h, int *n)
+{
+    struct pair_entry top = h[0], last = h[--*n];
+    int i = 0;
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= *n)
+            break;
+        if (c + 1 < *n && pair_less(&h[c + 1], &h[c]))
+            c++;
+        if (!pair_less(&h[c], &last))
+            break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (*n > 0)
+        h[i] = last;
+    return top;
+}
+
+static int32_t merge_lookup(const struct xd_tokenizer *t, int32_t a, int32_t b, int32_t *ret_id)
+{
+    if (a < 0 || b < 0)
+        return -1;
+    uint64_t k = (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1;
+    size_t sl = merge_slot(&t->merges, k);
+    if (!t->merges.keys[sl])
+        return -1;
+    *ret_id = t->merges.merged[sl];
+    return t->merges.rank[sl];
+}
+
+static int bpe_merge(const struct xd_tokenizer *t, const char *s, size_t n, struct ids *out)
+{
+    /* every merge adds at most two pairs: n initial + 2n; short pieces (most) use the stack */
+    enum { SMALL = 64 };
+    int32_t sym_s[SMALL], next_s[SMALL], prev_s[SMALL];
+    struct pair_entry heap_s[3 * SMALL + 1];
+    const bool small = n <= SMALL;
+    int32_t *sym = small ? sym_s : malloc(sizeof *sym * n);
+    int32_t *next = small ? next_s : malloc(sizeof *next * n);
+    int32_t *prev = small ? prev_s : malloc(sizeof *prev * n);
+    struct pair_entry *heap = small ? heap_s : malloc(sizeof *heap * (3 * n + 1));
+    int rc = 0, n_heap = 0;
+    if (!sym || !next || !prev || !heap) {
+        rc = -1;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *c = t->byte_char[(uint8_t)s[i]];
+        sym[i] = str_map_get(&t->vocab, c, strlen(c));
+        next[i] = i + 1 < n ? (int32_t)i + 1 : -1;
+        prev[i] = (int32_t)i - 1;
+    }
+    for (size_t i = 0; i + 1 < n; i++) {
+        int32_t id, r = merge_lookup(t, sym[i], sym[i + 1], &id);
+        if (r >= 0)
+            heap_push(heap, &n_heap, (struct pair_entry){r, (int32_t)i, sym[i], sym[i + 1]});
+    }
+    while (n_heap > 0) {
+        struct pair_entry e = heap_pop(heap, &n_heap);
+        int32_t l = e.left, r = next[l];
+        if (sym[l] != e.a || r < 0 || sym[r] != e.b)
+            continue; /* stale: one side was merged since */
+        int32_t merged = -1;
+        merge_lookup(t, e.a, e.b, &merged);
+        sym[l] = merged;
+        sym[r] = -2; /* removed */
+        next[l] = next[r];
+        if (next[r] >= 0)
+            prev[next[r]] = l;
+        int32_t id, rk;
+        if (prev[l] >= 0 && (rk = merge_lookup(t, sym[prev[l]], sym[l], &id)) >= 0)
+            heap_push(heap, &n_heap, (struct pair_entry){rk, prev[l], sym[prev[l]], sym[l]});
+        if (next[l] >= 0 && (rk = merge_lookup(t, sym[l], sym[next[l]], &id)) >= 0)
+            heap_push(heap, &n_heap, (struct pair_entry){rk, l, sym[l], sym[next[l]]});
+    }
+    for (int32_t i = n ? 0 : -1; i >= 0 && rc == 0; i = next[i])
+        if (sym[i] >= 0) /* a byte with no token of its own has no id to give */
+            rc = ids_push(out, sym[i]);
+out:
+    if (!small) {
+        free(sym);
+        free(next);
+        free(prev);
+        free(heap);
+    }
+    return rc;
+}
+
 /* BPE over one pre-tokenized piece of raw bytes. */
 static int bpe_piece(const struct xd_tokenizer *t, const char *s, size_t n, struct ids *out)
 {
@@ -508,39 +622,7 @@ static int bpe_piece(const struct xd_tokenizer *t, const char *s, size_t n, stru
     if (whole >= 0) {
         rc = ids_push(out, whole);
     } else {
-        int32_t *sym = malloc(sizeof *sym * (n ? n : 1));
-        int m = 0;
-        if (!sym)
-            rc = -1;
-        for (size_t i = 0; sym && i < n; i++) {
-            const char *c = t->byte_char[(uint8_t)s[i]];
-            sym[m++] = str_map_get(&t->vocab, c, strlen(c));
-        }
-        /* merge the lowest-ranked adjacent pair, leftmost first, until none applies */
-        while (sym && m > 1) {
-            int best = -1;
-            int32_t best_rank = INT32_MAX, best_id = -1;
-            for (int i = 0; i + 1 < m; i++) {
-                if (sym[i] < 0 || sym[i + 1] < 0)
-                    continue;
-                uint64_t k = (((uint64_t)(uint32_t)sym[i] << 32) | (uint32_t)sym[i + 1]) + 1;
-                size_t sl = merge_slot(&t->merges, k);
-                if (t->merges.keys[sl] && t->merges.rank[sl] < best_rank) {
-                    best_rank = t->merges.rank[sl];
-                    best_id = t->merges.merged[sl];
-                    best = i;
-                }
-            }
-            if (best < 0)
-                break;
-            sym[best] = best_id;
-            memmove(sym + best + 1, sym + best + 2, sizeof *sym * (size_t)(m - best - 2));
-            m--;
-        }
-        for (int i = 0; sym && i < m && rc == 0; i++)
-            if (sym[i] >= 0) /* a byte with no token of its own has no id to give */
-                rc = ids_push(out, sym[i]);
-        free(sym);
+        rc = bpe_merge(t, s, n, out);
     }
     if (mapped != stackbuf)
         free(mapped);

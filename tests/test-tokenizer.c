@@ -146,6 +146,29 @@ static void test_streaming_detokenizer_equals_decode(void)
     }
 }
 
+/* Long pieces (a run of 200,000 spaces is one pre-tokenized piece) round-trip; the merge loop is
+ * O(n log n), so this finishes well inside the test's timeout instead of hanging. */
+static void test_long_runs_round_trip(void)
+{
+    const size_t n = 200000;
+    char *text = malloc(2 * n + 1);
+    memset(text, ' ', n);
+    memset(text + n, '7', n);
+    text[2 * n] = '\0';
+    int32_t *ids = NULL;
+    int n_ids = 0;
+    struct xd_err err;
+    CHECK(xd_tokenizer_encode(tok, text, 2 * n, false, true, &ids, &n_ids, &err) == XD_OK, "%s",
+          err.msg);
+    char *out = NULL;
+    size_t len = 0;
+    CHECK(ids && xd_tokenizer_decode(tok, ids, n_ids, false, &out, &len, &err) == XD_OK, "decode");
+    CHECK(out && len == 2 * n && memcmp(out, text, len) == 0, "long runs do not round-trip");
+    free(out);
+    free(ids);
+    free(text);
+}
+
 static void test_invalid_utf8_is_an_error(void)
 {
     int32_t *ids = NULL;
@@ -187,6 +210,7 @@ int main(int argc, char **argv)
     RUN(test_encode_with_special_matches_tokenizers);
     RUN(test_decode_matches_tokenizers);
     RUN(test_streaming_detokenizer_equals_decode);
+    RUN(test_long_runs_round_trip);
     RUN(test_invalid_utf8_is_an_error);
     json_decref(golden);
     xd_tokenizer_destroy(tok);
