@@ -115,6 +115,19 @@ struct xd_tokenizer {
     bool add_prefix_space;
     int32_t prefix[4], suffix[4];  /* post-processor ids around the sequence */
     int n_prefix, n_suffix;
+    /* SentencePiece-style BPE (Mixtral, Llama-2): spaces become the replacement character,
+     * symbols start as characters, unknown characters fall back to <0xXX> byte tokens */
+    bool metaspace;
+    char replacement[8];        /* "▁" */
+    enum { PREPEND_ALWAYS, PREPEND_FIRST, PREPEND_NEVER } prepend;
+    bool metaspace_split;       /* Metaspace pre-tokenizer with split: pieces start at ▁ */
+    bool prepend_if_missing;    /* Metaspace pre-tokenizer: no prefix when one is there */
+    bool byte_fallback, fuse_unk;
+    int32_t unk_id;
+    int32_t byte_id[256];       /* id of <0xXX>, -1 when absent */
+    int16_t *id_byte;           /* (n_vocab,) byte of a <0xXX> token, -1 otherwise */
+    bool metaspace_decoder;     /* Replace ▁, ByteFallback, Fuse, Strip one leading space */
+    bool decoder_drops_first;   /* the Metaspace decoder: the first token loses every ▁ */
     char byte_char[256][3];     /* GPT-2 bytes_to_unicode as UTF-8 */
     int16_t char_byte[512];     /* code point (< 512) -> byte, -1 if none */
 };
@@ -166,6 +179,7 @@ void xd_tokenizer_destroy(struct xd_tokenizer *t)
     free(t->id_to_token);
     free(t->is_special);
     free(t->is_added);
+    free(t->id_byte);
     str_map_finish(&t->vocab);
     free(t->merges.keys);
     free(t->merges.rank);
@@ -279,6 +293,31 @@ static int parse_post_processor(struct xd_tokenizer *t, json_t *pp, const char *
                       type);
 }
 
+/* tokenizers' Metaspace decoder drops every replacement character of the first token (spaces
+ * elsewhere) unless its prepend_scheme is "never". */
+static bool metaspace_decoder_drops(json_t *dec)
+{
+    const char *scheme = json_string_value(json_object_get(dec, "prepend_scheme"));
+    return !(scheme && strcmp(scheme, "never") == 0);
+}
+
+/* The legacy SentencePiece normalizer: Sequence[Prepend(r), Replace(String " " -> r)]. */
+static bool is_metaspace_normalizer(json_t *norm, char *ret_rep, size_t n)
+{
+    json_t *list = json_object_get(norm, "normalizers");
+    if (strcmp(type_of(norm), "Sequence") != 0 || json_array_size(list) != 2)
+        return false;
+    json_t *pre = json_array_get(list, 0), *rep = json_array_get(list, 1);
+    const char *p = json_string_value(json_object_get(pre, "prepend"));
+    const char *from = json_string_value(json_object_get(json_object_get(rep, "pattern"), "String"));
+    const char *to = json_string_value(json_object_get(rep, "content"));
+    if (strcmp(type_of(pre), "Prepend") != 0 || strcmp(type_of(rep), "Replace") != 0 || !p ||
+        !from || !to || strcmp(from, " ") != 0 || strcmp(p, to) != 0 || strlen(p) >= n)
+        return false;
+    snprintf(ret_rep, n, "%s", p);
+    return true;
+}
+
 static int cmp_added_len(const void *a, const void *b)
 {
     const struct added_token *x = a, *y = b;
@@ -309,9 +348,8 @@ int xd_tokenizer_parse(const char *text, size_t len, const char *path,
     if (strcmp(type_of(model), "BPE") != 0)
         FAIL(XD_ERR_UNSUPPORTED, "%s: model.type %s is not supported (BPE only)", path,
              type_of(model)[0] ? type_of(model) : "(missing)");
-    if (json_is_true(json_object_get(model, "byte_fallback")))
-        FAIL(XD_ERR_UNSUPPORTED, "%s: model.byte_fallback (SentencePiece-style BPE) is not "
-                                 "supported yet", path);
+    t->byte_fallback = json_is_true(json_object_get(model, "byte_fallback"));
+    t->fuse_unk = json_is_true(json_object_get(model, "fuse_unk"));
     t->ignore_merges = json_is_true(json_object_get(model, "ignore_merges"));
     json_t *vocab = json_object_get(model, "vocab"), *added = json_object_get(root, "added_tokens");
     if (!json_is_object(vocab))
@@ -369,6 +407,21 @@ int xd_tokenizer_parse(const char *text, size_t len, const char *path,
     }
     qsort(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added_len);
 
+    const char *unk = json_string_value(json_object_get(model, "unk_token"));
+    t->unk_id = unk ? str_map_get(&t->vocab, unk, strlen(unk)) : -1;
+    t->id_byte = malloc(sizeof *t->id_byte * ((size_t)t->n_vocab + 1));
+    if (!t->id_byte)
+        FAIL(XD_ERR_NOMEM, "%s: out of memory", path);
+    for (int32_t k = 0; k < t->n_vocab; k++)
+        t->id_byte[k] = -1;
+    for (int b = 0; b < 256; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        t->byte_id[b] = str_map_get(&t->vocab, name, strlen(name));
+        if (t->byte_id[b] >= 0)
+            t->id_byte[t->byte_id[b]] = (int16_t)b;
+    }
+
     /* merges: "a b" strings or ["a", "b"] pairs, rank = position */
     json_t *merges = json_object_get(model, "merges");
     size_t n_merges = json_array_size(merges);
@@ -418,21 +471,69 @@ int xd_tokenizer_parse(const char *text, size_t len, const char *path,
 
     json_t *norm = json_object_get(root, "normalizer");
     if (norm && !json_is_null(norm)) {
-        if (strcmp(type_of(norm), "NFC") != 0)
+        if (strcmp(type_of(norm), "NFC") == 0) {
+            t->nfc = true;
+        } else if (is_metaspace_normalizer(norm, t->replacement, sizeof t->replacement)) {
+            t->metaspace = true;
+            t->prepend = PREPEND_ALWAYS;
+        } else {
             FAIL(XD_ERR_UNSUPPORTED, "%s: normalizer %s is not supported", path, type_of(norm));
-        t->nfc = true;
+        }
     }
-    rc = parse_pre_tokenizer(t, json_object_get(root, "pre_tokenizer"), path, err);
-    if (rc < 0)
-        goto out;
+    json_t *pre = json_object_get(root, "pre_tokenizer");
+    if (strcmp(type_of(pre), "Metaspace") == 0) {
+        const char *rep = json_string_value(json_object_get(pre, "replacement"));
+        const char *scheme = json_string_value(json_object_get(pre, "prepend_scheme"));
+        snprintf(t->replacement, sizeof t->replacement, "%s", rep ? rep : "\xE2\x96\x81");
+        t->metaspace = true;
+        t->metaspace_split = !json_is_false(json_object_get(pre, "split"));
+        t->prepend_if_missing = true;
+        t->prepend = !scheme || strcmp(scheme, "always") == 0 ? PREPEND_ALWAYS
+                     : strcmp(scheme, "first") == 0         ? PREPEND_FIRST
+                                                            : PREPEND_NEVER;
+    } else if (t->metaspace && (!pre || json_is_null(pre))) {
+        /* the normalizer did it all: each segment is one piece */
+    } else {
+        rc = parse_pre_tokenizer(t, pre, path, err);
+        if (rc < 0)
+            goto out;
+    }
     rc = parse_post_processor(t, json_object_get(root, "post_processor"), path, err);
     if (rc < 0)
         goto out;
     json_t *dec = json_object_get(root, "decoder");
     const char *dtype = type_of(dec);
-    if (strcmp(dtype, "ByteLevel") != 0 && strcmp(dtype, "Sequence") != 0)
-        FAIL(XD_ERR_UNSUPPORTED, "%s: decoder %s is not supported (ByteLevel only)", path,
+    if (strcmp(dtype, "Metaspace") == 0) {
+        t->metaspace_decoder = true;
+        t->decoder_drops_first = metaspace_decoder_drops(dec);
+    } else if (strcmp(dtype, "Sequence") == 0) {
+        size_t k;
+        json_t *d;
+        bool byte_level = false, meta = false;
+        json_array_foreach(json_object_get(dec, "decoders"), k, d) {
+            const char *ty = type_of(d);
+            if (strcmp(ty, "ByteLevel") == 0)
+                byte_level = true;
+            else if (strcmp(ty, "Replace") == 0 || strcmp(ty, "ByteFallback") == 0 ||
+                     strcmp(ty, "Fuse") == 0 || strcmp(ty, "Strip") == 0 ||
+                     strcmp(ty, "Metaspace") == 0) {
+                meta = true;
+                if (strcmp(ty, "Metaspace") == 0)
+                    t->decoder_drops_first = metaspace_decoder_drops(d);
+            }
+            else
+                FAIL(XD_ERR_UNSUPPORTED, "%s: decoder %s is not supported", path, ty);
+        }
+        if (byte_level == meta)
+            FAIL(XD_ERR_UNSUPPORTED, "%s: decoder sequence is not a supported combination", path);
+        t->metaspace_decoder = meta;
+    } else if (strcmp(dtype, "ByteLevel") != 0) {
+        FAIL(XD_ERR_UNSUPPORTED, "%s: decoder %s is not supported", path,
              dtype[0] ? dtype : "(missing)");
+    }
+    if (t->metaspace != t->metaspace_decoder)
+        FAIL(XD_ERR_UNSUPPORTED, "%s: a %s model with a %s decoder is not supported", path,
+             t->metaspace ? "Metaspace" : "ByteLevel", t->metaspace_decoder ? "Metaspace" : "ByteLevel");
 out:
     json_decref(root);
     if (rc < 0) {
@@ -560,9 +661,34 @@ static int bpe_merge(const struct xd_tokenizer *t, const char *s, size_t n, stru
         rc = -1;
         goto out;
     }
+    size_t m = 0;
+    if (!t->metaspace) {
+        for (size_t i = 0; i < n; i++) {
+            const char *c = t->byte_char[(uint8_t)s[i]];
+            sym[m++] = str_map_get(&t->vocab, c, strlen(c));
+        }
+    } else {
+        /* characters; unknown ones as their <0xXX> bytes, or unk (fused when asked) */
+        for (size_t i = 0; i < n;) {
+            size_t k = 1;
+            while (i + k < n && ((uint8_t)s[i + k] & 0xC0) == 0x80)
+                k++;
+            int32_t id = str_map_get(&t->vocab, s + i, k);
+            bool bytes_ok = t->byte_fallback;
+            for (size_t j = 0; id < 0 && bytes_ok && j < k; j++)
+                bytes_ok = t->byte_id[(uint8_t)s[i + j]] >= 0;
+            if (id >= 0)
+                sym[m++] = id;
+            else if (bytes_ok)
+                for (size_t j = 0; j < k; j++)
+                    sym[m++] = t->byte_id[(uint8_t)s[i + j]];
+            else if (t->unk_id >= 0 && !(t->fuse_unk && m > 0 && sym[m - 1] == t->unk_id))
+                sym[m++] = t->unk_id;
+            i += k;
+        }
+    }
+    n = m;
     for (size_t i = 0; i < n; i++) {
-        const char *c = t->byte_char[(uint8_t)s[i]];
-        sym[i] = str_map_get(&t->vocab, c, strlen(c));
         next[i] = i + 1 < n ? (int32_t)i + 1 : -1;
         prev[i] = (int32_t)i - 1;
     }
@@ -605,6 +731,10 @@ out:
 /* BPE over one pre-tokenized piece of raw bytes. */
 static int bpe_piece(const struct xd_tokenizer *t, const char *s, size_t n, struct ids *out)
 {
+    if (t->metaspace) {
+        int32_t whole = t->ignore_merges ? str_map_get(&t->vocab, s, n) : -1;
+        return whole >= 0 ? ids_push(out, whole) : bpe_merge(t, s, n, out);
+    }
     /* the piece in the byte-level alphabet */
     char stackbuf[512];
     char *mapped = n * 2 + 1 <= sizeof stackbuf ? stackbuf : malloc(n * 2 + 1);
@@ -687,6 +817,51 @@ static int encode_text(const struct xd_tokenizer *t, const char *s, size_t n, bo
         norm = (char *)dst;
         s = norm;
         n = (size_t)m;
+    }
+    if (t->metaspace) {
+        /* spaces to the replacement, which also goes in front (per the prepend scheme) */
+        const size_t rl = strlen(t->replacement);
+        bool prepend = t->prepend == PREPEND_ALWAYS || (t->prepend == PREPEND_FIRST && first);
+        size_t spaces = 0;
+        for (size_t i = 0; i < n; i++)
+            spaces += s[i] == ' ';
+        char *ms = malloc(n + (spaces + 1) * rl + 1);
+        if (!ms) {
+            free(norm);
+            return -1;
+        }
+        size_t o = 0;
+        /* the Prepend normalizer always prepends; the Metaspace pre-tokenizer only when the text
+         * does not already start with the replacement (a space becomes one) */
+        if (prepend && n > 0 &&
+            !(t->prepend_if_missing && (s[0] == ' ' || (n >= rl && !memcmp(s, t->replacement, rl))))) {
+            memcpy(ms, t->replacement, rl);
+            o = rl;
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (s[i] == ' ') {
+                memcpy(ms + o, t->replacement, rl);
+                o += rl;
+            } else {
+                ms[o++] = s[i];
+            }
+        }
+        int rc = 0;
+        if (!t->metaspace_split) {
+            rc = bpe_piece(t, ms, o, out);
+        } else {
+            /* pieces begin at each replacement character (MergedWithNext) */
+            size_t start = 0;
+            for (size_t i = rl; i <= o && rc == 0; i++) {
+                if (i == o || (i + rl <= o && memcmp(ms + i, t->replacement, rl) == 0)) {
+                    rc = bpe_piece(t, ms + start, i - start, out);
+                    start = i;
+                }
+            }
+        }
+        free(ms);
+        free(norm);
+        return rc;
     }
     char *pre = NULL;
     if (t->add_prefix_space && first && n > 0 && s[0] != ' ') {
@@ -893,6 +1068,68 @@ static size_t to_utf8_lossy(const uint8_t *bytes, size_t n, bool hold, char *out
     return o;
 }
 
+/* ByteFallback: a run of <0xXX> tokens becomes its bytes when they are valid UTF-8, else one
+ * U+FFFD per byte (tokenizers' String::from_utf8 on the whole run). Appends to out at o. */
+static size_t flush_byte_run(const uint8_t *run_bytes, size_t *run, char *out, size_t o,
+                             bool *first)
+{
+    size_t used;
+    if (*run > 0)
+        *first = false; /* the run is one token to the decoders after ByteFallback */
+    char tmp_ok = 1;
+    for (size_t i = 0; i < *run;) {
+        int k = utf8_step(run_bytes + i, *run - i);
+        if (k <= 0) {
+            tmp_ok = 0;
+            break;
+        }
+        i += (size_t)k;
+    }
+    if (tmp_ok) {
+        o += to_utf8_lossy(run_bytes, *run, false, out + o, &used);
+    } else {
+        for (size_t i = 0; i < *run; i++, o += 3)
+            memcpy(out + o, "\xEF\xBF\xBD", 3);
+    }
+    *run = 0;
+    return o;
+}
+
+/* One token through Replace(▁ -> " ") and ByteFallback; byte tokens gather in run_bytes. */
+static size_t metaspace_token(const struct xd_tokenizer *t, int32_t id, uint8_t *run_bytes,
+                              size_t *run, char *out, size_t o, bool *first)
+{
+    if (t->id_byte[id] >= 0) {
+        run_bytes[(*run)++] = (uint8_t)t->id_byte[id];
+        return o;
+    }
+    o = flush_byte_run(run_bytes, run, out, o, first);
+    const char *s = t->id_to_token[id];
+    const size_t rl = strlen(t->replacement);
+    const bool drop = t->decoder_drops_first && *first;
+    *first = false;
+    for (size_t i = 0; s[i];) {
+        if (rl && strncmp(s + i, t->replacement, rl) == 0) {
+            if (!drop)
+                out[o++] = ' ';
+            i += rl;
+        } else {
+            out[o++] = s[i++];
+        }
+    }
+    return o;
+}
+
+/* Strip(" ", 1, 0) after Fuse: one leading space of the whole text goes. */
+static size_t strip_leading_space(char *out, size_t o)
+{
+    if (o > 0 && out[0] == ' ') {
+        memmove(out, out + 1, o - 1);
+        o--;
+    }
+    return o;
+}
+
 int xd_tokenizer_decode(const struct xd_tokenizer *t, const int32_t *ids, int n,
                         bool skip_special, char **ret, size_t *ret_len, struct xd_err *err)
 {
@@ -908,11 +1145,24 @@ int xd_tokenizer_decode(const struct xd_tokenizer *t, const int32_t *ids, int n,
         free(out);
         return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
     }
-    for (int i = 0; i < n; i++)
-        if (has_token(t, ids[i]) && !(skip_special && t->is_special[ids[i]]))
-            len += token_bytes(t, ids[i], bytes + len);
-    size_t used;
-    size_t o = to_utf8_lossy(bytes, len, false, out, &used);
+    size_t o;
+    if (t->metaspace_decoder) {
+        o = 0;
+        size_t run = 0; /* bytes of the current run of <0xXX> tokens, at bytes[0, run) */
+        bool first = true;
+        for (int i = 0; i < n; i++)
+            if (has_token(t, ids[i]) && !(skip_special && t->is_special[ids[i]]))
+                o = metaspace_token(t, ids[i], bytes, &run, out, o, &first);
+        o = flush_byte_run(bytes, &run, out, o, &first);
+        if (!t->decoder_drops_first)
+            o = strip_leading_space(out, o);
+    } else {
+        for (int i = 0; i < n; i++)
+            if (has_token(t, ids[i]) && !(skip_special && t->is_special[ids[i]]))
+                len += token_bytes(t, ids[i], bytes + len);
+        size_t used;
+        o = to_utf8_lossy(bytes, len, false, out, &used);
+    }
     out[o] = '\0';
     free(bytes);
     *ret = out;
@@ -928,6 +1178,8 @@ struct xd_detok {
     uint8_t *pending;   /* bytes not yet emitted: an incomplete character at most */
     size_t n_pending, cap;
     char *out;          /* the last emitted text */
+    bool started;       /* metaspace: the leading space was dealt with */
+    bool first_pending; /* metaspace: no token has been decoded yet */
 };
 
 int xd_detok_create(const struct xd_tokenizer *tok, bool skip_special, struct xd_detok **ret)
@@ -937,6 +1189,7 @@ int xd_detok_create(const struct xd_tokenizer *tok, bool skip_special, struct xd
         return XD_ERR_NOMEM;
     d->tok = tok;
     d->skip_special = skip_special;
+    d->first_pending = true;
     *ret = d;
     return XD_OK;
 }
@@ -967,10 +1220,47 @@ static int detok_emit(struct xd_detok *d, bool hold, const char **ret, size_t *r
     return XD_OK;
 }
 
+/* Metaspace decoding, streamed: text tokens leave at once; a run of byte tokens is held until
+ * it ends (tokenizers judges the whole run's UTF-8); the first leading space is stripped.
+ * id -1 flushes. */
+static int detok_push_metaspace(struct xd_detok *d, int32_t id, const char **ret,
+                                size_t *ret_len, struct xd_err *err)
+{
+    const struct xd_tokenizer *t = d->tok;
+    bool use = id >= 0 && has_token(t, id) && !(d->skip_special && t->is_special[id]);
+    size_t need = d->n_pending + 2 + (use ? strlen(t->id_to_token[id]) : 0);
+    if (need > d->cap) {
+        uint8_t *np = realloc(d->pending, need * 2);
+        if (!np)
+            return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+        d->pending = np;
+        d->cap = need * 2;
+    }
+    free(d->out);
+    d->out = malloc(need * 3 + 1);
+    if (!d->out)
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+    size_t o = 0;
+    if (use)
+        o = metaspace_token(t, id, d->pending, &d->n_pending, d->out, 0, &d->first_pending);
+    else if (id < 0)
+        o = flush_byte_run(d->pending, &d->n_pending, d->out, 0, &d->first_pending);
+    if (!d->started && o > 0 && !t->decoder_drops_first) {
+        o = strip_leading_space(d->out, o);
+        d->started = true;
+    }
+    d->out[o] = '\0';
+    *ret = d->out;
+    *ret_len = o;
+    return XD_OK;
+}
+
 int xd_detok_push(struct xd_detok *d, int32_t id, const char **ret, size_t *ret_len,
                   struct xd_err *err)
 {
     const struct xd_tokenizer *t = d->tok;
+    if (t->metaspace_decoder)
+        return detok_push_metaspace(d, id, ret, ret_len, err);
     if (has_token(t, id) && !(d->skip_special && t->is_special[id])) {
         size_t need = d->n_pending + strlen(t->id_to_token[id]) + 1;
         if (need > d->cap) {
@@ -989,6 +1279,8 @@ int xd_detok_push(struct xd_detok *d, int32_t id, const char **ret, size_t *ret_
 
 int xd_detok_finish(struct xd_detok *d, const char **ret, size_t *ret_len, struct xd_err *err)
 {
+    if (d->tok->metaspace_decoder)
+        return detok_push_metaspace(d, -1, ret, ret_len, err);
     if (detok_emit(d, false, ret, ret_len) < 0)
         return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
     return XD_OK;

@@ -154,6 +154,7 @@ static void test_long_runs_round_trip(void)
     char *text = malloc(2 * n + 1);
     memset(text, ' ', n);
     memset(text + n, '7', n);
+    text[0] = 'x'; /* SentencePiece-style decoders drop a leading space: start with a letter */
     text[2 * n] = '\0';
     int32_t *ids = NULL;
     int n_ids = 0;

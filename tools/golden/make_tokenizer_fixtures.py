@@ -101,6 +101,33 @@ def fixtures():
     t.post_processor = processors.ByteLevel(trim_offsets=False)
     t.add_tokens([AddedToken("<think>", special=False, lstrip=True, normalized=False)])
     out["olmoe"] = t
+    # SentencePiece-style BPE with byte fallback, as Mixtral's tokenizer.json (legacy normalizer
+    # form) and as newer Llama/Mistral files (Metaspace pre-tokenizer and decoder)
+    for name, legacy in (("mixtral", True), ("metaspace", False)):
+        t = Tokenizer(models.BPE(byte_fallback=True, fuse_unk=True, unk_token="<unk>"))
+        if legacy:
+            t.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
+                                                 normalizers.Replace(" ", "\u2581")])
+            t.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                           decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+        else:
+            t.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first",
+                                                       split=False)
+            t.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(
+                replacement="\u2581", prepend_scheme="first", split=False)])
+        trainer = trainers.BpeTrainer(vocab_size=400, min_frequency=1, show_progress=False,
+                                      special_tokens=["<unk>", "<s>", "</s>"])
+        # train on Latin text only, so other scripts and emoji take the byte fallback
+        t.train_from_iterator([l for l in TRAIN if l.isascii() or "ü" in l] * 3, trainer)
+        spec = json.loads(t.to_str())
+        vocab = spec["model"]["vocab"]
+        for b in range(256):
+            vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+        t = Tokenizer.from_str(json.dumps(spec))
+        bos = t.token_to_id("<s>")
+        t.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                         special_tokens=[("<s>", bos)])
+        out[name] = t
     return out
 
 
