@@ -1220,6 +1220,19 @@ static int detok_emit(struct xd_detok *d, bool hold, const char **ret, size_t *r
     return XD_OK;
 }
 
+/* Room for need pending bytes. */
+static int detok_reserve(struct xd_detok *d, size_t need)
+{
+    if (need <= d->cap)
+        return 0;
+    uint8_t *np = realloc(d->pending, need * 2);
+    if (!np)
+        return -1;
+    d->pending = np;
+    d->cap = need * 2;
+    return 0;
+}
+
 /* Metaspace decoding, streamed: text tokens leave at once; a run of byte tokens is held until
  * it ends (tokenizers judges the whole run's UTF-8); the first leading space is stripped.
  * id -1 flushes. */
@@ -1229,13 +1242,8 @@ static int detok_push_metaspace(struct xd_detok *d, int32_t id, const char **ret
     const struct xd_tokenizer *t = d->tok;
     bool use = id >= 0 && has_token(t, id) && !(d->skip_special && t->is_special[id]);
     size_t need = d->n_pending + 2 + (use ? strlen(t->id_to_token[id]) : 0);
-    if (need > d->cap) {
-        uint8_t *np = realloc(d->pending, need * 2);
-        if (!np)
-            return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
-        d->pending = np;
-        d->cap = need * 2;
-    }
+    if (detok_reserve(d, need) < 0)
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
     free(d->out);
     d->out = malloc(need * 3 + 1);
     if (!d->out)
@@ -1262,14 +1270,8 @@ int xd_detok_push(struct xd_detok *d, int32_t id, const char **ret, size_t *ret_
     if (t->metaspace_decoder)
         return detok_push_metaspace(d, id, ret, ret_len, err);
     if (has_token(t, id) && !(d->skip_special && t->is_special[id])) {
-        size_t need = d->n_pending + strlen(t->id_to_token[id]) + 1;
-        if (need > d->cap) {
-            uint8_t *np = realloc(d->pending, need * 2);
-            if (!np)
-                return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
-            d->pending = np;
-            d->cap = need * 2;
-        }
+        if (detok_reserve(d, d->n_pending + strlen(t->id_to_token[id]) + 1) < 0)
+            return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
         d->n_pending += token_bytes(t, id, d->pending + d->n_pending);
     }
     if (detok_emit(d, true, ret, ret_len) < 0)
