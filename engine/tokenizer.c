@@ -5,6 +5,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <jansson.h>
 #include <pcre2.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h>
@@ -90,6 +91,23 @@ static size_t merge_slot(const struct merge_map *m, uint64_t key)
     return i;
 }
 
+/* The word cache (see cache_get): piece bytes -> ids. */
+#define CACHE_SLOTS 16384      /* power of two; a full cache starts over */
+#define CACHE_MAX_PIECE 64     /* longer pieces are rare and cheap to recompute per byte */
+
+struct cache_entry {
+    char key[CACHE_MAX_PIECE];
+    uint8_t key_len;           /* 0: empty */
+    uint8_t n_ids;
+    int32_t ids[8];            /* pieces of more than 8 tokens are not cached */
+};
+
+struct word_cache {
+    pthread_mutex_t lock;
+    size_t used;
+    struct cache_entry e[CACHE_SLOTS];
+};
+
 /* ---- the tokenizer ---- */
 
 struct added_token {
@@ -112,6 +130,7 @@ struct xd_tokenizer {
     bool nfc;
     pcre2_code *split;          /* Split pre-tokenizer pattern (Isolated), or NULL */
     pcre2_code *byte_regex;     /* ByteLevel's own GPT-2 regex when use_regex, or NULL */
+    struct word_cache *cache;   /* pieces already merged: text repeats its words */
     bool add_prefix_space;
     int32_t prefix[4], suffix[4];  /* post-processor ids around the sequence */
     int n_prefix, n_suffix;
@@ -180,6 +199,9 @@ void xd_tokenizer_destroy(struct xd_tokenizer *t)
     free(t->is_special);
     free(t->is_added);
     free(t->id_byte);
+    if (t->cache)
+        pthread_mutex_destroy(&t->cache->lock);
+    free(t->cache);
     str_map_finish(&t->vocab);
     free(t->merges.keys);
     free(t->merges.rank);
@@ -534,6 +556,12 @@ int xd_tokenizer_parse(const char *text, size_t len, const char *path,
     if (t->metaspace != t->metaspace_decoder)
         FAIL(XD_ERR_UNSUPPORTED, "%s: a %s model with a %s decoder is not supported", path,
              t->metaspace ? "Metaspace" : "ByteLevel", t->metaspace_decoder ? "Metaspace" : "ByteLevel");
+    t->cache = calloc(1, sizeof *t->cache);
+    if (!t->cache || pthread_mutex_init(&t->cache->lock, NULL) != 0) {
+        free(t->cache);
+        t->cache = NULL;
+        FAIL(XD_ERR_NOMEM, "%s: out of memory for the word cache", path);
+    }
 out:
     json_decref(root);
     if (rc < 0) {
@@ -728,8 +756,77 @@ out:
     return rc;
 }
 
-/* BPE over one pre-tokenized piece of raw bytes. */
+/* ---- the word cache: piece bytes -> ids, shared by every thread that encodes ---- */
+
+
+static struct cache_entry *cache_slot(struct word_cache *c, const char *s, size_t n)
+{
+    size_t i = hash_bytes(s, n) & (CACHE_SLOTS - 1);
+    for (int probe = 0; probe < 8; probe++, i = (i + 1) & (CACHE_SLOTS - 1))
+        if (c->e[i].key_len == 0 || (c->e[i].key_len == n && !memcmp(c->e[i].key, s, n)))
+            return &c->e[i];
+    return NULL;
+}
+
+/* Appends the cached ids of piece s to out; false when it is not cached. */
+static bool cache_get(const struct xd_tokenizer *t, const char *s, size_t n, struct ids *out)
+{
+    struct word_cache *c = t->cache;
+    if (!c || n == 0 || n > CACHE_MAX_PIECE)
+        return false;
+    bool hit = false;
+    pthread_mutex_lock(&c->lock);
+    struct cache_entry *e = cache_slot(c, s, n);
+    if (e && e->key_len == n) {
+        hit = true;
+        for (int i = 0; i < e->n_ids; i++)
+            if (ids_push(out, e->ids[i]) < 0)
+                hit = false;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return hit;
+}
+
+static void cache_put(const struct xd_tokenizer *t, const char *s, size_t n, const int32_t *ids,
+                      int n_ids)
+{
+    struct word_cache *c = t->cache;
+    if (!c || n == 0 || n > CACHE_MAX_PIECE || n_ids > 8)
+        return;
+    pthread_mutex_lock(&c->lock);
+    if (c->used >= CACHE_SLOTS / 2) {
+        memset(c->e, 0, sizeof c->e);
+        c->used = 0;
+    }
+    struct cache_entry *e = cache_slot(c, s, n);
+    if (e && e->key_len == 0) {
+        memcpy(e->key, s, n);
+        e->key_len = (uint8_t)n;
+        e->n_ids = (uint8_t)n_ids;
+        memcpy(e->ids, ids, sizeof *ids * (size_t)n_ids);
+        c->used++;
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* BPE over one piece, through the word cache. */
+static int bpe_piece_uncached(const struct xd_tokenizer *t, const char *s, size_t n,
+                              struct ids *out);
+
 static int bpe_piece(const struct xd_tokenizer *t, const char *s, size_t n, struct ids *out)
+{
+    if (cache_get(t, s, n, out))
+        return 0;
+    int before = out->n;
+    int rc = bpe_piece_uncached(t, s, n, out);
+    if (rc == 0)
+        cache_put(t, s, n, out->v + before, out->n - before);
+    return rc;
+}
+
+/* BPE over one pre-tokenized piece of raw bytes. */
+static int bpe_piece_uncached(const struct xd_tokenizer *t, const char *s, size_t n,
+                              struct ids *out)
 {
     if (t->metaspace) {
         int32_t whole = t->ignore_merges ? str_map_get(&t->vocab, s, n) : -1;
