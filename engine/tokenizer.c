@@ -127,6 +127,7 @@ struct xd_tokenizer {
     bool ignore_merges;
     struct added_token *added;  /* (n_added,) longest first */
     int n_added;
+    bool added_first_byte[256]; /* some added token starts with this byte */
     bool nfc;
     pcre2_code *split;          /* Split pre-tokenizer pattern (Isolated), or NULL */
     pcre2_code *byte_regex;     /* ByteLevel's own GPT-2 regex when use_regex, or NULL */
@@ -428,6 +429,8 @@ int xd_tokenizer_parse(const char *text, size_t len, const char *path,
             FAIL(XD_ERR_NOMEM, "%s: out of memory", path);
     }
     qsort(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added_len);
+    for (int k = 0; k < t->n_added; k++)
+        t->added_first_byte[(uint8_t)t->added[k].content[0]] = true;
 
     const char *unk = json_string_value(json_object_get(model, "unk_token"));
     t->unk_id = unk ? str_map_get(&t->vocab, unk, strlen(unk)) : -1;
@@ -1032,7 +1035,8 @@ int xd_tokenizer_encode(const struct xd_tokenizer *t, const char *text, size_t l
     while (pos <= len && rc == 0) {
         /* the leftmost-longest added token starting at pos (tokens are sorted longest first) */
         const struct added_token *hit = NULL;
-        for (int i = 0; pos < len && i < t->n_added; i++) {
+        for (int i = 0; pos < len && t->added_first_byte[(uint8_t)text[pos]] && i < t->n_added;
+             i++) {
             const struct added_token *a = &t->added[i];
             if ((a->special && !parse_special) || a->len > len - pos ||
                 memcmp(text + pos, a->content, a->len) != 0)
