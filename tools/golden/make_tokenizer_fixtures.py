@@ -131,16 +131,60 @@ def fixtures():
     return out
 
 
+# tokenizer_config.json per fixture (expertd does not read it; it makes each directory loadable by
+# transformers the way a model's files are): bos/eos and whether BOS is prepended
+CONFIGS = {
+    "gpt2": dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>", add_bos_token=False),
+    "qwen2": dict(bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                  add_bos_token=False),
+    "llama3": dict(bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>"),
+    "olmoe": dict(bos_token=None, eos_token="<|endoftext|>", pad_token="<|padding|>",
+                  add_bos_token=False),
+    "mixtral": dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", add_bos_token=True),
+    "metaspace": dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", add_bos_token=True),
+}
+
+
+def added_tokens(path):
+    """Every added token with its flags, as tokenizer.json on disk has them."""
+    with open(path, encoding="utf-8") as f:
+        spec = json.load(f)
+    return [{k: t[k] for k in ("id", "content", "special", "lstrip", "rstrip", "single_word",
+                               "normalized")} for t in spec["added_tokens"]]
+
+
+def check_transformers(d, golden):
+    """Load the directory back with transformers and compare with the tokenizers goldens."""
+    try:
+        import transformers
+    except ImportError:
+        return "transformers not installed, not checked"
+    tok = transformers.AutoTokenizer.from_pretrained(d)
+    bad = 0
+    for c in golden["cases"]:
+        if (tok.encode(c["text"], add_special_tokens=False) != c["ids"]
+                or tok.encode(c["text"], add_special_tokens=True) != c["ids_with_special"]
+                or tok.decode(c["ids"], skip_special_tokens=False,
+                              clean_up_tokenization_spaces=False) != c["decoded"]):
+            bad += 1
+    return f"transformers {transformers.__version__}: {len(golden['cases']) - bad}/" \
+           f"{len(golden['cases'])} cases agree"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "..", "tests",
                                                   "fixtures", "tokenizers"))
+    ap.add_argument("--no-check", action="store_true", help="skip the transformers load-back check")
     args = ap.parse_args()
     for name, tok in fixtures().items():
         d = os.path.join(args.out, name)
         os.makedirs(d, exist_ok=True)
         path = os.path.join(d, "tokenizer.json")
         tok.save(path)
+        with open(os.path.join(d, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump({"tokenizer_class": "PreTrainedTokenizerFast", **CONFIGS[name]}, f, indent=2)
+            f.write("\n")
         tok = Tokenizer.from_file(path)  # the goldens come from what is on disk
         cases = []
         for s in CASES:
@@ -149,12 +193,15 @@ def main():
                           "ids_with_special": tok.encode(s, add_special_tokens=True).ids,
                           "decoded": tok.decode(ids, skip_special_tokens=False),
                           "decoded_skip_special": tok.decode(ids, skip_special_tokens=True)})
+        golden = {"fixture": name, "versions": {"tokenizers": tokenizers.__version__,
+                                                "python": sys.version.split()[0]},
+                  "added_tokens": added_tokens(path), "cases": cases}
         with open(os.path.join(d, "golden.json"), "w", encoding="utf-8") as f:
-            json.dump({"fixture": name, "versions": {"tokenizers": tokenizers.__version__,
-                                                      "python": sys.version.split()[0]},
-                       "cases": cases}, f, ensure_ascii=False, indent=0)
+            json.dump(golden, f, ensure_ascii=False, indent=0)
+        size = sum(os.path.getsize(os.path.join(d, n)) for n in os.listdir(d))
+        check = "" if args.no_check else "; " + check_transformers(d, golden)
         print(f"{name}: vocab {tok.get_vocab_size()}, {len(cases)} cases, "
-              f"{os.path.getsize(path)} bytes")
+              f"tokenizer.json {os.path.getsize(path)} bytes, directory {size} bytes{check}")
 
 
 if __name__ == "__main__":
