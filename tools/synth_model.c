@@ -1,6 +1,9 @@
 /* xd-synth-model: writes a randomly initialised OLMoE-style checkpoint (config.json +
  * model.safetensors) for demos and benchmarks. The weights mean nothing; they are never stored
  * in the repository. */
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdbool.h>
@@ -9,8 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
-#include "dtype.h"
 #include "options.h"
 
 struct synth_opts {
@@ -42,10 +45,12 @@ struct tensor_spec {
     char name[128];
     int64_t rows, cols;   /* rows == 0: a vector of cols */
     float std;            /* 0: all ones (norm weights) */
+    uint64_t off;         /* byte offset in the data section */
 };
 
-/* A counter-based generator: the value of element i of tensor k depends only on (seed, k, i),
- * so tensors fill in parallel and the output does not depend on the thread count. */
+/* A counter-based generator (splitmix64's output function over a per-tensor key plus a counter):
+ * element i of tensor k depends only on (seed, k, i), so chunks fill in parallel and the file
+ * does not depend on the thread count. */
 static uint64_t mix64(uint64_t z)
 {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -53,15 +58,41 @@ static uint64_t mix64(uint64_t z)
     return z ^ (z >> 31);
 }
 
-/* Approximately normal with unit variance: the sum of four uniforms, centred and scaled
- * (Irwin-Hall), from one 64-bit draw. */
-static float approx_normal(uint64_t seed, uint64_t k, uint64_t i)
+static uint64_t tensor_key(uint64_t seed, uint64_t k)
 {
-    uint64_t r = mix64(seed ^ mix64(k * 0x9e3779b97f4a7c15ull + i));
-    float sum = 0.0f;
-    for (int j = 0; j < 4; j++)
-        sum += (float)((r >> (16 * j)) & 0xffffu) * (1.0f / 65536.0f);
-    return (sum - 2.0f) * 1.7320508f; /* var of 4 uniforms is 1/3 */
+    return mix64(mix64(seed) ^ mix64(k + 1));
+}
+
+/* Draw p of a tensor: elements 2p (low half) and 2p + 1 (high half). */
+static inline uint64_t draw(uint64_t key, uint64_t p)
+{
+    return mix64(key + (p + 1) * 0x9e3779b97f4a7c15ull);
+}
+
+/* Approximately normal with unit variance, without log or cos: the Irwin-Hall sum of the four
+ * bytes of w, centred and scaled (its 1021 levels are as fine as bf16 is near one standard
+ * deviation). */
+static inline float approx_normal(uint32_t w)
+{
+    uint32_t s = (w & 0x00ff00ffu) + ((w >> 8) & 0x00ff00ffu);
+    s = (s & 0xffffu) + (s >> 16); /* 0..1020, mean 510, variance 4 * (256^2 - 1) / 12 */
+    /* through int32_t: SSE2 converts signed 32-bit lanes only */
+    return ((float)(int32_t)s - 510.0f) * 0.0067658751f;
+}
+
+/* xd_f32_to_bf16 without its NaN case, whose branch keeps the fill loop from vectorising; the
+ * values here are always finite. */
+static inline uint16_t bf16_finite(float f)
+{
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+
+static uint64_t tensor_elems(const struct tensor_spec *t)
+{
+    return (uint64_t)(t->rows ? t->rows : 1) * (uint64_t)t->cols;
 }
 
 static void add(struct tensor_spec *t, size_t *n, const char *name, int64_t rows, int64_t cols,
@@ -72,6 +103,123 @@ static void add(struct tensor_spec *t, size_t *n, const char *name, int64_t rows
     t[*n].cols = cols;
     t[*n].std = std;
     (*n)++;
+}
+
+/* Elements [first, first + m) of a tensor into out (float or bf16): std * approx_normal, or all
+ * ones where std is 0. first is even: one draw makes two elements. Branch-free loops, one per
+ * case, so that the compiler vectorises them. */
+static void fill(void *out, bool f32, size_t m, uint64_t key, uint64_t first, float std)
+{
+    assert(first % 2 == 0);
+    const uint64_t p0 = first / 2;
+    const size_t n_pairs = m / 2;
+    if (f32) {
+        float *o = out;
+        if (std == 0) {
+            for (size_t j = 0; j < m; j++)
+                o[j] = 1.0f;
+            return;
+        }
+        for (size_t p = 0; p < n_pairs; p++) {
+            uint64_t r = draw(key, p0 + p);
+            o[2 * p] = std * approx_normal((uint32_t)r);
+            o[2 * p + 1] = std * approx_normal((uint32_t)(r >> 32));
+        }
+        if (m % 2)
+            o[m - 1] = std * approx_normal((uint32_t)draw(key, p0 + n_pairs));
+    } else {
+        uint16_t *o = out;
+        if (std == 0) {
+            for (size_t j = 0; j < m; j++)
+                o[j] = 0x3f80; /* 1.0 */
+            return;
+        }
+        for (size_t p = 0; p < n_pairs; p++) {
+            uint64_t r = draw(key, p0 + p);
+            o[2 * p] = bf16_finite(std * approx_normal((uint32_t)r));
+            o[2 * p + 1] = bf16_finite(std * approx_normal((uint32_t)(r >> 32)));
+        }
+        if (m % 2)
+            o[m - 1] = bf16_finite(std * approx_normal((uint32_t)draw(key, p0 + n_pairs)));
+    }
+}
+
+/* Writes all n bytes of buf at offset off. Returns 0 or an errno value. */
+static int pwrite_all(int fd, const void *buf, size_t n, uint64_t off)
+{
+    const uint8_t *p = buf;
+    while (n > 0) {
+        ssize_t w = pwrite(fd, p, n, (off_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return w < 0 ? errno : EIO;
+        p += w;
+        n -= (size_t)w;
+        off += (uint64_t)w;
+    }
+    return 0;
+}
+
+/* Elements per work item: 2 MiB of bf16, small enough to balance threads over the many
+ * expert tensors, large enough that one pwrite per item costs nothing. */
+#define CHUNK_ELEMS ((uint64_t)1 << 20)
+
+/* Fills and writes every tensor's values at data0 + its offset: (tensor, chunk) items run in
+ * parallel, each generated into its thread's buffer and written with one pwrite, so generation
+ * and the kernel's copy into the page cache both use every core. Returns 0, or an errno value
+ * of the first failure (the file is then incomplete). */
+static int write_tensors(int fd, const struct tensor_spec *ts, size_t n_tensors, uint64_t data0,
+                         bool f32, uint64_t seed)
+{
+    const size_t esize = f32 ? 4 : 2;
+    size_t n_items = 0;
+    for (size_t k = 0; k < n_tensors; k++)
+        n_items += (size_t)((tensor_elems(&ts[k]) + CHUNK_ELEMS - 1) / CHUNK_ELEMS);
+    struct {
+        uint32_t k;     /* tensor */
+        uint64_t first; /* first element of the chunk */
+    } *items = malloc(n_items * sizeof *items);
+    if (!items)
+        return ENOMEM;
+    size_t it = 0;
+    for (size_t k = 0; k < n_tensors; k++)
+        for (uint64_t first = 0; first < tensor_elems(&ts[k]); first += CHUNK_ELEMS)
+        {
+            items[it].k = (uint32_t)k;
+            items[it++].first = first;
+        }
+
+    int failed = 0;
+#pragma omp parallel
+    {
+        void *buf = malloc(CHUNK_ELEMS * esize);
+        if (!buf) {
+#pragma omp atomic write
+            failed = ENOMEM;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (size_t i = 0; i < n_items; i++) {
+            int seen;
+#pragma omp atomic read
+            seen = failed;
+            if (seen)
+                continue;
+            const struct tensor_spec *t = &ts[items[i].k];
+            const uint64_t first = items[i].first, left = tensor_elems(t) - first;
+            const size_t m = (size_t)(left < CHUNK_ELEMS ? left : CHUNK_ELEMS);
+            const uint64_t key = tensor_key(seed, items[i].k);
+            fill(buf, f32, m, key, first, t->std);
+            int rc = pwrite_all(fd, buf, m * esize, data0 + t->off + first * esize);
+            if (rc) {
+#pragma omp atomic write
+                failed = rc;
+            }
+        }
+        free(buf);
+    }
+    free(items);
+    return failed;
 }
 
 int main(int argc, char **argv)
@@ -157,6 +305,7 @@ int main(int argc, char **argv)
         json_array_append_new(offs, json_integer((json_int_t)(off + elems * esize)));
         json_object_set_new(e, "data_offsets", offs);
         json_object_set_new(hdr, ts[i].name, e);
+        ts[i].off = off;
         off += elems * esize;
     }
     json_t *meta = json_object();
@@ -169,44 +318,40 @@ int main(int argc, char **argv)
 
     char path[4096];
     snprintf(path, sizeof path, "%s/model.safetensors", o.out);
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        fprintf(stderr, "xd-synth-model: cannot write %s\n", path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fprintf(stderr, "xd-synth-model: cannot write %s: %s\n", path, strerror(errno));
+        free(htext);
+        free(ts);
         return 1;
     }
-    uint8_t len8[8];
-    for (int i = 0; i < 8; i++)
-        len8[i] = (uint8_t)((uint64_t)padded >> (8 * i));
-    fwrite(len8, 1, 8, f);
-    fwrite(htext, 1, hlen, f);
-    for (size_t i = hlen; i < padded; i++)
-        fputc(' ', f);
-    free(htext);
-
-    size_t buf_cap = 1 << 22;
-    void *buf = malloc(buf_cap * 4);
-    for (size_t i = 0; i < n; i++) {
-        uint64_t elems = (uint64_t)(ts[i].rows ? ts[i].rows : 1) * (uint64_t)ts[i].cols;
-        for (uint64_t done = 0; done < elems;) {
-            size_t m = elems - done < buf_cap ? (size_t)(elems - done) : buf_cap;
-            const float std = ts[i].std;
-            const int f32 = o.f32;
-#pragma omp parallel for schedule(static)
-            for (size_t j = 0; j < m; j++) {
-                float v = std > 0 ? std * approx_normal((uint64_t)o.seed, i, done + j) : 1.0f;
-                if (f32)
-                    ((float *)buf)[j] = v;
-                else
-                    ((uint16_t *)buf)[j] = xd_f32_to_bf16(v);
-            }
-            fwrite(buf, esize, m, f);
-            done += m;
-        }
+    /* header: 8-byte little-endian length, JSON, spaces up to a multiple of 8 */
+    const uint64_t data0 = 8 + padded;
+    uint8_t *head = malloc(data0);
+    int wrc = head ? 0 : ENOMEM;
+    if (head) {
+        for (int i = 0; i < 8; i++)
+            head[i] = (uint8_t)((uint64_t)padded >> (8 * i));
+        memcpy(head + 8, htext, hlen);
+        memset(head + 8 + hlen, ' ', padded - hlen);
+        /* reserve the blocks first, so a full disk fails now rather than after minutes;
+         * filesystems without fallocate just skip this */
+        if (fallocate(fd, 0, 0, (off_t)(data0 + off)) < 0 && errno == ENOSPC)
+            wrc = ENOSPC;
+        else
+            wrc = pwrite_all(fd, head, data0, 0);
     }
-    free(buf);
+    free(head);
+    free(htext);
+    if (wrc == 0)
+        wrc = write_tensors(fd, ts, n, data0, o.f32, (uint64_t)o.seed);
     free(ts);
-    if (fclose(f) != 0) {
-        fprintf(stderr, "xd-synth-model: write error on %s\n", path);
+    if (close(fd) < 0 && wrc == 0)
+        wrc = errno;
+    if (wrc != 0) {
+        fprintf(stderr, "xd-synth-model: cannot write %s (%.1f MiB): %s\n", path,
+                (double)(data0 + off) / (1 << 20), strerror(wrc));
+        unlink(path); /* a partial checkpoint must not pass for a model */
         return 1;
     }
 
