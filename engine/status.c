@@ -16,6 +16,7 @@ const char *xd_status_str(int status)
     case XD_ERR_NOMEM: return "out of memory";
     case XD_ERR_INVALID: return "invalid argument";
     case XD_ERR_CAPACITY: return "capacity exceeded";
+    case XD_ERR_UNAVAILABLE: return "unavailable";
     }
     return "unknown status";
 }

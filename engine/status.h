@@ -14,6 +14,7 @@ enum xd_status {
     XD_ERR_NOMEM = -6,       /* an allocation failed */
     XD_ERR_INVALID = -7,     /* an invalid argument from the caller */
     XD_ERR_CAPACITY = -8,    /* a fixed capacity (KV blocks, batch size) is exceeded */
+    XD_ERR_UNAVAILABLE = -9, /* the service refuses work for now (loading, draining) */
 };
 
 /* Static English name of a status; never NULL. */

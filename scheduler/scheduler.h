@@ -1,0 +1,167 @@
+/* The scheduler: continuous batching of many requests over one engine, on one thread that owns
+ * the engine. Requests come in through xd_sched_submit (any thread); tokens and the finish event
+ * go out through each request's sink, called on the scheduler thread. */
+#ifndef XD_SCHEDULER_H
+#define XD_SCHEDULER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine.h"
+#include "sampler.h"
+#include "status.h"
+#include "tokenizer.h"
+
+/* What the scheduler needs of an engine: one forward step and its sizes. The real engine plugs
+ * in through xd_step_engine_init; tests plug in a fake. forward has xd_engine_forward's
+ * contract (validation before any state changes; outputs valid until the next call). */
+struct xd_step_engine {
+    void *ctx;
+    int (*forward)(void *ctx, const struct xd_batch *batch, struct xd_forward_out *ret_out,
+                   struct xd_err *err);
+    int n_vocab;
+    int n_kv_blocks;      /* KV cache capacity in blocks */
+    int block_size;       /* tokens per KV block */
+    int max_batch_tokens; /* most tokens in one forward step */
+    int max_context;      /* most positions one sequence may hold */
+    int n_moe_layers;
+    int top_k;
+    int n_experts;
+};
+
+/* Wraps a real engine (borrowed; it must outlive the scheduler). */
+void xd_step_engine_init(struct xd_step_engine *ret, struct xd_engine *engine);
+
+struct xd_sched_opts {
+    int max_running;      /* most sequences in one step; 0: 256 */
+    int max_step_tokens;  /* token budget of one step; 0: the engine's max_batch_tokens */
+    int prefill_chunk;    /* most prompt tokens of one sequence in one step; 0: the budget */
+    int max_waiting;      /* requests queued and not yet running; beyond it submit fails with
+                             XD_ERR_CAPACITY (HTTP 429); 0: 1024 */
+    bool prefix_caching;  /* share full KV blocks of identical prefixes */
+    bool group_by_expert; /* prefer sequences whose expert signatures overlap */
+    int max_wait_steps;   /* grouping never delays a sequence more than this many steps beyond
+                             its first-come-first-served turn; 0: 8 */
+};
+
+/* Defaults for every field (the 0 meanings above, prefix caching and grouping on). */
+struct xd_sched_opts xd_sched_defaults(void);
+
+/* One generation request. Everything is copied at submit. */
+struct xd_request {
+    const int32_t *prompt;              /* (n_prompt,) n_prompt >= 1 */
+    int n_prompt;
+    int max_tokens;                     /* tokens to generate at most, >= 0; 0 finishes at once
+                                           with "length" after the prompt is accepted */
+    struct xd_sampling_params sampling; /* validated at submit (errors name the field) */
+    const char *const *stop;            /* (n_stop,) stop strings, matched on detokenized text;
+                                           needs a tokenizer */
+    int n_stop;
+    const int32_t *stop_ids;            /* (n_stop_ids,) ids that end generation besides EOS */
+    int n_stop_ids;
+    bool ignore_eos;                    /* do not stop at the model's EOS ids */
+    bool skip_special;                  /* leave special tokens out of the text */
+};
+
+enum xd_finish_reason {
+    XD_FINISH_STOP,      /* an EOS or stop id, or a stop string (not included in the text) */
+    XD_FINISH_LENGTH,    /* max_tokens or the context length */
+    XD_FINISH_CANCELLED, /* xd_sched_cancel, or the scheduler shut down */
+    XD_FINISH_ERROR,     /* the engine failed; message in the event */
+};
+
+/* "stop", "length", "cancelled", "error". */
+const char *xd_finish_reason_str(enum xd_finish_reason r);
+
+enum xd_sched_event_kind {
+    XD_EVENT_TOKEN,  /* one generated token */
+    XD_EVENT_FINISH, /* the request is over; the last event of every request */
+};
+
+struct xd_sched_event {
+    enum xd_sched_event_kind kind;
+    uint64_t request_id;
+    /* XD_EVENT_TOKEN and XD_EVENT_FINISH: text released now. Stop-string hold-back means a
+     * token may release no text and a later one more than its own; no byte of a stop string is
+     * ever released; only whole UTF-8 characters. Empty without a tokenizer. Valid during the
+     * call only. */
+    const char *text;
+    size_t text_len;
+    /* XD_EVENT_TOKEN: the token and its logprobs. */
+    const struct xd_sample *sample;
+    /* XD_EVENT_FINISH */
+    enum xd_finish_reason finish;
+    const char *error;          /* XD_FINISH_ERROR: why; NULL otherwise */
+    int n_prompt_tokens;
+    int n_cached_prompt_tokens; /* prompt tokens served from the prefix cache */
+    int n_generated_tokens;
+};
+
+/* Called on the scheduler thread, with no scheduler lock held. It must not block for long
+ * (copy what it needs and signal) and must not call xd_sched_* other than xd_sched_cancel.
+ * After the XD_EVENT_FINISH event the sink is never called again for that request. */
+typedef void (*xd_sched_sink_fn)(void *ctx, const struct xd_sched_event *ev);
+
+struct xd_sched;
+
+/* Creates a scheduler over eng (copied; its ctx borrowed). tok (borrowed, may be NULL: no text,
+ * no stop strings) detokenizes output. eos_ids (n_eos, copied) end generation unless a request
+ * sets ignore_eos. Invalid options are XD_ERR_INVALID naming the option. */
+int xd_sched_create(const struct xd_step_engine *eng, const struct xd_tokenizer *tok,
+                    const int32_t *eos_ids, int n_eos, const struct xd_sched_opts *opts,
+                    struct xd_sched **ret, struct xd_err *err);
+
+/* Stops the thread if started; every unfinished request gets XD_FINISH_CANCELLED first.
+ * Accepts NULL. */
+void xd_sched_destroy(struct xd_sched *s);
+
+/* Queues req; sink (with sink_ctx) receives its events. Thread-safe. Fails, calling no sink:
+ * XD_ERR_INVALID when req could never run (a bad field, an empty prompt, prompt plus
+ * max_tokens over the context length or over the whole KV cache; the message names the
+ * parameter and the sizes), XD_ERR_CAPACITY when the waiting queue is full, XD_ERR_UNAVAILABLE
+ * when draining. On success *ret_id identifies the request. */
+int xd_sched_submit(struct xd_sched *s, const struct xd_request *req, xd_sched_sink_fn sink,
+                    void *sink_ctx, uint64_t *ret_id, struct xd_err *err);
+
+/* Cancels a request: it leaves at the next step, its KV blocks are freed at once, and its sink
+ * gets XD_FINISH_CANCELLED (unless it already finished). Thread-safe; an unknown or finished id
+ * is ignored. */
+void xd_sched_cancel(struct xd_sched *s, uint64_t id);
+
+/* Threaded mode: starts the thread that runs steps while there is work and sleeps otherwise. */
+int xd_sched_start(struct xd_sched *s, struct xd_err *err);
+
+/* Deterministic mode (tests, offline tools), never with xd_sched_start: runs one step on the
+ * caller's thread. Returns the number of tokens the step ran (0 when there was nothing to do)
+ * or a negative status when the engine failed (the requests of that step finish with
+ * XD_FINISH_ERROR). */
+int xd_sched_step(struct xd_sched *s, struct xd_err *err);
+
+/* Refuses new requests from now on (XD_ERR_UNAVAILABLE); running and waiting ones go on. */
+void xd_sched_drain(struct xd_sched *s);
+
+/* True when no request is waiting or running. Thread-safe. */
+bool xd_sched_idle(struct xd_sched *s);
+
+/* Counters for /metrics; a consistent snapshot, thread-safe. */
+struct xd_sched_stats {
+    int n_running;
+    int n_waiting;
+    int n_kv_blocks;
+    int n_kv_blocks_used;                   /* held by sequences or cached prefixes in use */
+    uint64_t steps_total;
+    uint64_t step_tokens_total;             /* tokens run over all steps */
+    double step_seconds_total;
+    uint64_t prompt_tokens_total;
+    uint64_t generation_tokens_total;
+    uint64_t preemptions_total;
+    uint64_t prefix_cache_queries_total;    /* prompt tokens looked up in the prefix cache */
+    uint64_t prefix_cache_hits_total;       /* of those, tokens found */
+    uint64_t distinct_experts_total;        /* sum over steps and MoE layers of the number of
+                                               distinct experts the step's tokens used */
+    uint64_t expert_layer_steps_total;      /* steps times MoE layers (divide the above by it) */
+};
+void xd_sched_get_stats(struct xd_sched *s, struct xd_sched_stats *ret);
+
+#endif
