@@ -165,6 +165,31 @@ def model_config_corpus():
     return out
 
 
+def chat_corpus():
+    """fuzz-chat inputs: 0x00 + tokenizer_config.json [+ NUL + generation_config.json] from the
+    chat fixtures, and 0x01 + conversations (messages split at 0x1E, role from the first byte:
+    0 system, 1 user, 2 assistant, 3 tool)."""
+    out = {}
+    chat = os.path.join(HERE, "..", "fixtures", "chat")
+    for name in sorted(os.listdir(chat)):
+        with open(os.path.join(chat, name, "tokenizer_config.json"), "rb") as f:
+            cfg = f.read()
+        # the fixtures' special tokens become the fuzz tokenizer's <s>, </s>, <|im_end|>
+        cfg = cfg.replace(b"<|endoftext|>", b"</s>")
+        out[f"config-{name}.json"] = b"\x00" + cfg
+    out["config-gen.json"] = b'\x00{"eos_token": "</s>"}\x00{"eos_token_id": [4, 3, 4]}'
+    out["config-bad-eos.json"] = b'\x00{"eos_token": "<nope>"}'
+    out["config-bad-gen.json"] = b'\x00{}\x00{"eos_token_id": [4, "x"]}'
+    sep = b"\x1e"
+    out["conv-alternating.bin"] = b"\x01" + sep.join([b"\x00be brief", b"\x01hi", b"\x02hello",
+                                                      b"\x01bye"])
+    out["conv-two-users.bin"] = b"\x01" + sep.join([b"\x01a", b"\x01b"])
+    out["conv-tool.bin"] = b"\x01" + sep.join([b"\x01a", b"\x03{}"])
+    out["conv-unicode.bin"] = b"\x01\x01" + "Grüße 👋 <|im_end|> [INST]".encode()
+    out["conv-empty.bin"] = b"\x01"
+    return out
+
+
 def write_all(directory, files):
     os.makedirs(directory, exist_ok=True)
     for name, data in sorted(files.items()):
@@ -175,3 +200,4 @@ def write_all(directory, files):
 if __name__ == "__main__":
     write_all(ST_DIR, safetensors_corpus())
     write_all(MC_DIR, model_config_corpus())
+    write_all(os.path.join(HERE, "corpus", "chat"), chat_corpus())

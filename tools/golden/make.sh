@@ -23,4 +23,5 @@ fi
 # CPU only, fixed thread count: references must not depend on the machine's GPU.
 CUDA_VISIBLE_DEVICES= HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
     "$venv/bin/python" "$here/make_fixtures.py" "$@"
-exec "$venv/bin/python" "$here/make_tokenizer_fixtures.py"
+"$venv/bin/python" "$here/make_tokenizer_fixtures.py"
+exec "$venv/bin/python" "$here/make_chat_fixtures.py"
