@@ -171,7 +171,7 @@ def chat_corpus():
     0 system, 1 user, 2 assistant, 3 tool)."""
     out = {}
     chat = os.path.join(HERE, "..", "fixtures", "chat")
-    for name in sorted(os.listdir(chat)):
+    for name in sorted(n for n in os.listdir(chat) if os.path.isdir(os.path.join(chat, n))):
         with open(os.path.join(chat, name, "tokenizer_config.json"), "rb") as f:
             cfg = f.read()
         # the fixtures' special tokens become the fuzz tokenizer's <s>, </s>, <|im_end|>
@@ -187,6 +187,7 @@ def chat_corpus():
     out["conv-tool.bin"] = b"\x01" + sep.join([b"\x01a", b"\x03{}"])
     out["conv-unicode.bin"] = b"\x01\x01" + "Grüße 👋 <|im_end|> [INST]".encode()
     out["conv-empty.bin"] = b"\x01"
+    out["conv-lone-system.bin"] = b"\x01\x00only a system message"  # Mistral drops it
     return out
 
 
