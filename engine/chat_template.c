@@ -88,7 +88,8 @@ static const struct {
  * (trim_blocks, lstrip_blocks): whitespace that '-' markers, trim_blocks or lstrip_blocks
  * remove is dropped, whitespace inside tags outside string literals is dropped, the escape \n
  * inside a literal becomes the newline it denotes, '-' markers go, comments go, trailing
- * whitespace goes. Two sources with one canonical form render alike. New buffer or NULL. */
+ * whitespace goes. Two sources with one canonical form render alike. Never longer than s.
+ * New buffer or NULL. */
 static char *canonical(const char *s)
 {
     size_t n = strlen(s), o = 0, i = 0;
@@ -159,7 +160,7 @@ static char *canonical(const char *s)
                 i++;
             }
         }
-        if (open != '#') {
+        if (open != '#' && closed) { /* an unterminated tag ends the text: nothing to add */
             out[o++] = close;
             out[o++] = '}';
         }
