@@ -53,6 +53,13 @@ struct xd_forward_out {
     struct xd_routing routing;
 };
 
+/* Watches forward steps from outside the engine (the routing-trace recorder, metrics): called by
+ * whoever runs the engine after each successful forward, with the caller's id for each
+ * sequence of the batch (n_seqs of them) and the step's wall time. */
+typedef void (*xd_step_observer_fn)(void *ctx, const struct xd_batch *batch,
+                                    const uint64_t *request_ids,
+                                    const struct xd_forward_out *out, double seconds);
+
 enum xd_device {
     XD_DEVICE_CPU,
     XD_DEVICE_CUDA,

@@ -9,6 +9,8 @@
 #include <string.h>
 #include <zstd.h>
 
+#include "engine.h"
+
 static const char trace_magic[8] = {'X', 'D', 'R', 'O', 'U', 'T', 'E', '1'};
 enum { TRACE_VERSION = 1, TAG_END = 0, TAG_STEP = 1, FLAG_PREDICTIONS = 1 };
 
@@ -85,6 +87,8 @@ struct xd_trace_writer {
     unsigned char *zbuf;  /* compressed output staging */
     size_t zcap;
     int status;           /* first error met; later calls fail with it */
+    struct xd_err first_err;
+    uint64_t n_steps;     /* steps added through xd_trace_writer_observe */
 };
 
 /* Compresses the pending payload (mode ZSTD_e_continue or ZSTD_e_end) and writes it out. */
@@ -211,13 +215,55 @@ int xd_trace_writer_add(struct xd_trace_writer *w, const struct xd_trace_step *s
     return XD_OK;
 }
 
+void xd_trace_writer_observe(void *writer, const struct xd_batch *batch,
+                             const uint64_t *request_ids, const struct xd_forward_out *out,
+                             double seconds)
+{
+    struct xd_trace_writer *w = writer;
+    if (w->status < 0)
+        return;
+    int n = out->routing.n_tokens;
+    uint64_t *req = malloc((size_t)(n ? n : 1) * sizeof *req);
+    uint32_t *pos = malloc((size_t)(n ? n : 1) * sizeof *pos);
+    if (!req || !pos) {
+        w->status = xd_err_set(&w->first_err, XD_ERR_NOMEM, "%s: out of memory", w->path);
+    } else if (out->routing.n_moe_layers != w->hdr.n_moe_layers ||
+               out->routing.top_k != w->hdr.top_k) {
+        w->status = xd_err_set(&w->first_err, XD_ERR_INVALID,
+                               "%s: routing of %d layers x top-%d, the trace has %d x %d",
+                               w->path, out->routing.n_moe_layers, out->routing.top_k,
+                               w->hdr.n_moe_layers, w->hdr.top_k);
+    } else {
+        int t = 0;
+        for (int i = 0; i < batch->n_seqs && t < n; i++)
+            for (int j = 0; j < batch->seqs[i].n_tokens && t < n; j++, t++) {
+                req[t] = request_ids[i];
+                pos[t] = (uint32_t)(batch->seqs[i].pos + j);
+            }
+        struct xd_trace_step s = {.step = w->n_steps, .seconds = seconds, .n_tokens = n,
+                                  .requests = req, .positions = pos,
+                                  .experts = out->routing.experts,
+                                  .weights = out->routing.weights};
+        int rc = xd_trace_writer_add(w, &s, &w->first_err);
+        if (rc < 0)
+            w->status = rc;
+        w->n_steps++;
+    }
+    free(req);
+    free(pos);
+}
+
 int xd_trace_writer_close(struct xd_trace_writer *w, struct xd_err *err)
 {
     if (!w)
         return XD_OK;
     int rc = w->status;
-    if (rc < 0)
-        xd_err_set(err, rc, "%s: an earlier write failed", w->path);
+    if (rc < 0 && err) {
+        if (w->first_err.msg[0])
+            *err = w->first_err;
+        else
+            xd_err_set(err, rc, "%s: an earlier write failed", w->path);
+    }
     if (rc == XD_OK && bytes_reserve(&w->payload, 1) < 0)
         rc = xd_err_set(err, XD_ERR_NOMEM, "%s: out of memory", w->path);
     if (rc == XD_OK) {
