@@ -234,6 +234,7 @@ int xd_cmd_generate(int argc, char **argv)
                                              o.cfg.block_size,
         .max_batch_tokens = o.cfg.max_batch_tokens,
         .n_threads = o.cfg.threads,
+        .predict_experts = o.record_routing != NULL,
     };
     if (xd_engine_create(model, &eopts, &engine, &err) < 0) {
         fprintf(stderr, "expertd generate: %s\n", err.msg);
@@ -260,7 +261,8 @@ int xd_cmd_generate(int argc, char **argv)
     if (o.record_routing) {
         struct xd_trace_header th = {.n_moe_layers = mc->n_moe_layers, .top_k = mc->top_k,
                                      .n_experts = mc->n_experts,
-                                     .expert_bytes = xd_model_expert_bytes(model)};
+                                     .expert_bytes = xd_model_expert_bytes(model),
+                                     .has_predictions = true};
         if (xd_trace_writer_create(o.record_routing, &th, &trace, &err) < 0) {
             fprintf(stderr, "expertd generate: %s\n", err.msg);
             goto out;

@@ -2,6 +2,7 @@
 #ifndef XD_ENGINE_H
 #define XD_ENGINE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "model.h"
@@ -43,6 +44,10 @@ struct xd_routing {
     int top_k;
     const int32_t *experts; /* (n_tokens, n_moe_layers, top_k) */
     const float *weights;   /* (n_tokens, n_moe_layers, top_k) */
+    /* With xd_engine_opts.predict_experts: for each MoE layer but the first, the experts that
+     * layer's router picks from the hidden state at the previous MoE layer's input (what a
+     * prefetcher can know one layer early); -1 for the first MoE layer. NULL otherwise. */
+    const int32_t *predicted; /* (n_tokens, n_moe_layers, top_k) */
 };
 
 /* What a forward step returns; owned by the engine, valid until its next
@@ -71,6 +76,8 @@ struct xd_engine_opts {
     int block_size;         /* tokens per KV block (default 16) */
     int max_batch_tokens;   /* most tokens in one forward step */
     int n_threads;          /* 0: all cores */
+    bool predict_experts;   /* fill xd_routing.predicted (CPU backend; costs one router matmul
+                               per MoE layer) */
 };
 
 struct xd_engine;

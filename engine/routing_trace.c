@@ -244,7 +244,21 @@ void xd_trace_writer_observe(void *writer, const struct xd_batch *batch,
                                   .requests = req, .positions = pos,
                                   .experts = out->routing.experts,
                                   .weights = out->routing.weights};
-        int rc = xd_trace_writer_add(w, &s, &w->first_err);
+        int32_t *none = NULL; /* a backend that predicts nothing: no predictions, as -1 */
+        if (w->hdr.has_predictions) {
+            s.predicted = out->routing.predicted;
+            if (!s.predicted) {
+                size_t k = (size_t)(n ? n : 1) * w->hdr.n_moe_layers * w->hdr.top_k;
+                none = malloc(k * sizeof *none);
+                for (size_t i = 0; none && i < k; i++)
+                    none[i] = -1;
+                s.predicted = none;
+            }
+        }
+        int rc = s.predicted || !w->hdr.has_predictions
+                     ? xd_trace_writer_add(w, &s, &w->first_err)
+                     : xd_err_set(&w->first_err, XD_ERR_NOMEM, "%s: out of memory", w->path);
+        free(none);
         if (rc < 0)
             w->status = rc;
         w->n_steps++;

@@ -603,6 +603,7 @@ static int cuda_forward(void *p, const struct xd_batch *b, struct xd_forward_out
     ret->routing.top_k = s->K;
     ret->routing.experts = s->route_experts.data();
     ret->routing.weights = s->route_weights.data();
+    ret->routing.predicted = NULL; /* lookahead prediction is CPU-only for now */
     return XD_OK;
 }
 
