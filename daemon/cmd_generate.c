@@ -236,6 +236,11 @@ int xd_cmd_generate(int argc, char **argv)
         .n_threads = o.cfg.threads,
         .predict_experts = o.record_routing != NULL,
     };
+    if (xd_config_expert_opts(&o.cfg, mc, &eopts, &err) < 0) {
+        fprintf(stderr, "expertd generate: %s\n", err.msg);
+        status = 2;
+        goto out;
+    }
     if (xd_engine_create(model, &eopts, &engine, &err) < 0) {
         fprintf(stderr, "expertd generate: %s\n", err.msg);
         goto out;

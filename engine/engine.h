@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "expert_cache.h"
 #include "model.h"
 #include "status.h"
 
@@ -78,6 +79,22 @@ struct xd_engine_opts {
     int n_threads;          /* 0: all cores */
     bool predict_experts;   /* fill xd_routing.predicted (CPU backend; costs one router matmul
                                per MoE layer) */
+    /* Expert offloading (CUDA): experts live in pinned host memory and this many are cached on
+     * the GPU; 0 (or at least every expert) keeps all of them resident. */
+    int expert_cache_slots;
+    enum xd_evict_policy expert_evict_policy;
+    bool expert_prefetch;   /* copy the next MoE layer's predicted experts ahead of need */
+};
+
+/* The expert cache's counters, for /metrics and benchmarks. */
+struct xd_expert_stats {
+    bool offloading;        /* false: every expert resident, the rest is zero */
+    int n_slots;
+    struct xd_expert_cache_stats cache;
+    uint64_t bytes_h2d;     /* expert bytes copied host to device */
+    int n_layers;           /* model layers (dense ones count nothing) */
+    const uint64_t *layer_hits;   /* (n_layers,) valid until the next forward */
+    const uint64_t *layer_misses; /* (n_layers,) */
 };
 
 struct xd_engine;
@@ -94,6 +111,9 @@ void xd_engine_destroy(struct xd_engine *engine);
  * XD_ERR_CAPACITY with detail in err and changes nothing. */
 int xd_engine_forward(struct xd_engine *engine, const struct xd_batch *batch,
                       struct xd_forward_out *ret_out, struct xd_err *err);
+
+/* Fills *ret with the expert cache's counters (offloading false on backends without one). */
+void xd_engine_expert_stats(struct xd_engine *engine, struct xd_expert_stats *ret);
 
 const struct xd_model_config *xd_engine_config(const struct xd_engine *engine);
 const struct xd_engine_opts *xd_engine_opts(const struct xd_engine *engine);

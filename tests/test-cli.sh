@@ -103,6 +103,8 @@ expect plan_bad_policy 2 "lru or predictive" -- "$expertd" plan --trace "$tmp/tr
 expect plan_needs_size 2 "--cache-mib" -- "$expertd" plan --trace "$tmp/trace"
 expect plan_recorded_without_predictions 1 "no predictions" -- "$expertd" plan --trace "$tmp/trace" --cache-slots 4 --predictor recorded
 expect plan_sweep 0 "predictive" -- "$expertd" plan --trace "$tmp/trace" --sweep
+expect expert_policy_unknown 2 "--expert-policy" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --expert-policy mru
+expect expert_cache_both_sizes 2 "give one of the two" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --expert-cache-mib 4 --expert-cache-slots 3
 expect record_routing_bad_path 1 "/nonexistent/dir/t" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --record-routing /nonexistent/dir/t
 
 echo "$passed passed, $failed failed"
