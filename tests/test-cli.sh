@@ -101,7 +101,8 @@ head -c 100 "$tmp/trace" >"$tmp/cut"
 expect plan_truncated_trace 1 "$tmp/cut" -- "$expertd" plan --trace "$tmp/cut" --cache-slots 4
 expect plan_bad_policy 2 "lru or predictive" -- "$expertd" plan --trace "$tmp/trace" --cache-slots 4 --policy mru
 expect plan_needs_size 2 "--cache-mib" -- "$expertd" plan --trace "$tmp/trace"
-expect plan_recorded_without_predictions 1 "no predictions" -- "$expertd" plan --trace "$tmp/trace" --cache-slots 4 --predictor recorded
+# generate records the lookahead predictions, so the recorded predictor has data
+expect plan_recorded_predictions 0 "recall" -- "$expertd" plan --trace "$tmp/trace" --cache-slots 4 --predictor recorded
 expect plan_sweep 0 "predictive" -- "$expertd" plan --trace "$tmp/trace" --sweep
 expect expert_policy_unknown 2 "--expert-policy" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --expert-policy mru
 expect expert_cache_both_sizes 2 "give one of the two" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --expert-cache-mib 4 --expert-cache-slots 3
