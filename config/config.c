@@ -3,12 +3,16 @@
 
 #include <string.h>
 
+#include "engine.h"
+
 void xd_config_init(struct xd_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     cfg->device = "cpu";
     cfg->block_size = 16;
     cfg->max_batch_tokens = 512;
+    cfg->expert_policy = "lru";
+    cfg->expert_prefetch = true;
 }
 
 #define CFG(field) offsetof(struct xd_config, field)
@@ -25,6 +29,15 @@ const struct xd_opt xd_config_opts[] = {
      "KV cache capacity in blocks (default: what the request needs)"},
     {"max-batch-tokens", XD_OPT_INT, CFG(max_batch_tokens), 1, 1 << 20, NULL,
      "most tokens in one forward step (default 512)"},
+    {"expert-cache-mib", XD_OPT_INT, CFG(expert_cache_mib), 0, 1 << 30, NULL,
+     "cuda: GPU memory for experts in MiB; the rest wait in pinned host memory "
+     "(default 0: every expert on the GPU)"},
+    {"expert-cache-slots", XD_OPT_INT, CFG(expert_cache_slots), 0, 1 << 30, NULL,
+     "cuda: the same as a number of experts"},
+    {"expert-policy", XD_OPT_STRING, CFG(expert_policy), 0, 0, NULL,
+     "expert cache eviction: lru or predictive (default lru)"},
+    {"expert-prefetch", XD_OPT_FLAG, CFG(expert_prefetch), 0, 0, NULL,
+     "copy the next layer's predicted experts ahead of need (default true)"},
 };
 const size_t xd_config_n_opts = sizeof xd_config_opts / sizeof xd_config_opts[0];
 
@@ -35,5 +48,30 @@ int xd_config_validate(const struct xd_config *cfg, struct xd_err *err)
     if (strcmp(cfg->device, "cpu") != 0 && strcmp(cfg->device, "cuda") != 0)
         return xd_err_set(err, XD_ERR_CONFIG, "option '--device': '%s' is not cpu or cuda",
                           cfg->device);
+    enum xd_evict_policy pol;
+    if (xd_evict_policy_parse(cfg->expert_policy, &pol, err) < 0)
+        return xd_err_set(err, XD_ERR_CONFIG, "option '--expert-policy': '%s' is not lru or "
+                          "predictive", cfg->expert_policy);
+    if (cfg->expert_cache_mib > 0 && cfg->expert_cache_slots > 0)
+        return xd_err_set(err, XD_ERR_CONFIG, "options '--expert-cache-mib' and "
+                          "'--expert-cache-slots': give one of the two");
+    return XD_OK;
+}
+
+int xd_config_expert_opts(const struct xd_config *cfg, const struct xd_model_config *mc,
+                          struct xd_engine_opts *eo, struct xd_err *err)
+{
+    XD_TRY(xd_evict_policy_parse(cfg->expert_policy, &eo->expert_evict_policy, err));
+    eo->expert_prefetch = cfg->expert_prefetch;
+    eo->expert_cache_slots = cfg->expert_cache_slots;
+    if (cfg->expert_cache_mib > 0) {
+        const double bf16_expert = 3.0 * mc->expert_ffn * mc->hidden_size * 2.0;
+        const double slots = cfg->expert_cache_mib * 1048576.0 / bf16_expert;
+        if (slots < 1)
+            return xd_err_set(err, XD_ERR_CONFIG,
+                              "option '--expert-cache-mib': %d MiB holds no expert of %.1f MiB",
+                              cfg->expert_cache_mib, bf16_expert / 1048576.0);
+        eo->expert_cache_slots = slots > 1 << 30 ? 1 << 30 : (int)slots;
+    }
     return XD_OK;
 }

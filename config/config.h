@@ -14,6 +14,10 @@ struct xd_config {
     int block_size;         /* tokens per KV block */
     int kv_blocks;          /* 0: enough for the request (generate) */
     int max_batch_tokens;   /* most tokens in one forward step */
+    int expert_cache_mib;   /* cuda: GPU memory for experts, the rest offloaded; 0: all */
+    int expert_cache_slots; /* the same in experts (give one of the two) */
+    const char *expert_policy;   /* lru or predictive */
+    bool expert_prefetch;   /* prefetch the next layer's predicted experts */
 };
 
 /* The defaults. */
@@ -23,7 +27,15 @@ void xd_config_init(struct xd_config *cfg);
 extern const struct xd_opt xd_config_opts[];
 extern const size_t xd_config_n_opts;
 
-/* Cross-field checks after parsing: a missing model, an unknown device. */
+/* Cross-field checks after parsing: a missing model, an unknown device, an eviction policy. */
 int xd_config_validate(const struct xd_config *cfg, struct xd_err *err);
+
+/* Fills the expert-offloading fields of *eo from cfg for model: the cache size in slots of
+ * bf16 experts (what the GPU pool stores), the policy, prefetch. A cache too small for one
+ * expert is XD_ERR_CONFIG naming the key. */
+struct xd_engine_opts;
+struct xd_model_config;
+int xd_config_expert_opts(const struct xd_config *cfg, const struct xd_model_config *mc,
+                          struct xd_engine_opts *eo, struct xd_err *err);
 
 #endif

@@ -10,6 +10,7 @@
 #include "config.h"
 #include "engine.h"
 #include "offline.h"
+#include "routing_trace.h"
 #include "sampler.h"
 #include "tokenizer.h"
 
@@ -29,6 +30,7 @@ struct gen_opts {
     int logprobs;
     int prefill_chunk;
     bool ignore_eos;
+    const char *record_routing;
     bool json;
     bool help;
 };
@@ -36,6 +38,8 @@ struct gen_opts {
 #define GEN(field) offsetof(struct gen_opts, field)
 
 static const struct xd_opt gen_own_opts[] = {
+    {"record-routing", XD_OPT_STRING, GEN(record_routing), 0, 0, NULL,
+     "write every token's expert routing to FILE (zstd; read by expertd plan)"},
     {"prompt-ids", XD_OPT_STRING, GEN(prompt_ids), 0, 0, NULL, "prompt as token ids: 1,2,3"},
     {"prompt", XD_OPT_STRING, GEN(prompt), 0, 0, NULL,
      "prompt as text, encoded with the model's tokenizer.json"},
@@ -159,6 +163,7 @@ int xd_cmd_generate(int argc, char **argv)
     struct xd_engine *engine = NULL;
     struct xd_sampler *sampler = NULL;
     struct xd_tokenizer *tok = NULL;
+    struct xd_trace_writer *trace = NULL;
     int32_t *prompt = NULL;
     int n_prompt = 0, status = 1;
 
@@ -229,7 +234,13 @@ int xd_cmd_generate(int argc, char **argv)
                                              o.cfg.block_size,
         .max_batch_tokens = o.cfg.max_batch_tokens,
         .n_threads = o.cfg.threads,
+        .predict_experts = o.record_routing != NULL,
     };
+    if (xd_config_expert_opts(&o.cfg, mc, &eopts, &err) < 0) {
+        fprintf(stderr, "expertd generate: %s\n", err.msg);
+        status = 2;
+        goto out;
+    }
     if (xd_engine_create(model, &eopts, &engine, &err) < 0) {
         fprintf(stderr, "expertd generate: %s\n", err.msg);
         goto out;
@@ -252,16 +263,36 @@ int xd_cmd_generate(int argc, char **argv)
         goto out;
     }
 
+    if (o.record_routing) {
+        struct xd_trace_header th = {.n_moe_layers = mc->n_moe_layers, .top_k = mc->top_k,
+                                     .n_experts = mc->n_experts,
+                                     .expert_bytes = xd_model_expert_bytes(model),
+                                     .has_predictions = true};
+        if (xd_trace_writer_create(o.record_routing, &th, &trace, &err) < 0) {
+            fprintf(stderr, "expertd generate: %s\n", err.msg);
+            goto out;
+        }
+    }
     struct xd_offline_request req = {
         .prompt = prompt, .n_prompt = n_prompt, .max_tokens = o.max_tokens,
         .prefill_chunk = o.prefill_chunk,
         .stop_ids = o.ignore_eos ? NULL : mc->eos_token_ids,
         .n_stop = o.ignore_eos ? 0 : mc->n_eos,
+        .on_step = trace ? xd_trace_writer_observe : NULL, .on_step_ctx = trace,
     };
     struct xd_offline_result res;
     if (xd_offline_generate(engine, &req, sampler, &res, &err) < 0) {
         fprintf(stderr, "expertd generate: %s\n", err.msg);
         goto out;
+    }
+    if (trace) {
+        int trc = xd_trace_writer_close(trace, &err);
+        trace = NULL;
+        if (trc < 0) {
+            fprintf(stderr, "expertd generate: %s\n", err.msg);
+            xd_offline_result_finish(&res);
+            goto out;
+        }
     }
     if (o.json) {
         print_json(&o, prompt, n_prompt, &res);
@@ -292,6 +323,7 @@ int xd_cmd_generate(int argc, char **argv)
     xd_offline_result_finish(&res);
     status = 0;
 out:
+    xd_trace_writer_close(trace, NULL);
     xd_sampler_destroy(sampler);
     xd_tokenizer_destroy(tok);
     xd_engine_destroy(engine);

@@ -8,4 +8,7 @@ int xd_cmd_generate(int argc, char **argv);
 /* expertd version: version, compiled backends and the GPUs found. */
 int xd_cmd_version(int argc, char **argv);
 
+/* expertd plan: replays a routing trace through the expert cache with no GPU. */
+int xd_cmd_plan(int argc, char **argv);
+
 #endif

@@ -15,6 +15,7 @@ static void usage(FILE *out)
             "\n"
             "commands:\n"
             "  generate   generate tokens offline from a checkpoint (expertd generate --help)\n"
+            "  plan       size the GPU expert cache from a routing trace (expertd plan --help)\n"
             "  version    print the version, compiled backends and GPUs found\n"
             "  help       print this message\n");
 }
@@ -31,6 +32,8 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (strcmp(cmd, "generate") == 0)
         return xd_cmd_generate(argc - 2, argv + 2);
+    if (strcmp(cmd, "plan") == 0)
+        return xd_cmd_plan(argc - 2, argv + 2);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)
         return xd_cmd_version(argc - 2, argv + 2);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {

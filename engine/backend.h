@@ -13,6 +13,8 @@ struct xd_backend_ops {
     int (*forward)(void *state, const struct xd_batch *batch, struct xd_forward_out *ret_out,
                    struct xd_err *err);
     void (*destroy)(void *state);
+    /* Optional: the expert cache's counters. */
+    void (*expert_stats)(void *state, struct xd_expert_stats *ret);
 };
 
 extern const struct xd_backend_ops xd_cpu_backend;

@@ -43,6 +43,9 @@ struct cpu_state {
     float *logits;       /* (T, vocab) */
     int32_t *route_experts; /* (T, n_moe_layers, top_k) */
     float *route_weights;   /* (T, n_moe_layers, top_k) */
+    int32_t *route_pred;    /* (T, n_moe_layers, top_k) with predict_experts, else NULL */
+    float *pred_x;          /* (T, hidden) the next MoE layer's normed input, predicted */
+    float *pred_w;          /* (top_k,) scratch */
 };
 
 static void cpu_destroy(void *p)
@@ -52,7 +55,7 @@ static void cpu_destroy(void *p)
         return;
     float *fbufs[] = {s->k_cache, s->v_cache, s->h,  s->xn, s->q,  s->k,  s->v,  s->attn,
                       s->out,     s->router,  s->xg, s->g,  s->u,  s->eo, s->dg, s->du,
-                      s->logits,  s->route_weights};
+                      s->logits,  s->route_weights, s->pred_x, s->pred_w};
     for (size_t i = 0; i < sizeof fbufs / sizeof fbufs[0]; i++)
         free(fbufs[i]);
     free(s->tok_seq);
@@ -60,6 +63,7 @@ static void cpu_destroy(void *p)
     free(s->slot_of);
     free(s->expert_rows);
     free(s->route_experts);
+    free(s->route_pred);
     free(s);
 }
 
@@ -128,6 +132,11 @@ static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts,
                                &failed);
     s->route_weights = alloc_f(TK * (c->n_moe_layers ? c->n_moe_layers : 1), sizeof(float),
                                &failed);
+    if (opts->predict_experts && c->n_moe_layers > 0) {
+        s->route_pred = alloc_f(TK * c->n_moe_layers, sizeof(int32_t), &failed);
+        s->pred_x = alloc_f(T * H, sizeof(float), &failed);
+        s->pred_w = alloc_f((size_t)c->top_k, sizeof(float), &failed);
+    }
     if (failed) {
         cpu_destroy(s);
         return xd_err_set(err, XD_ERR_NOMEM,
@@ -353,12 +362,40 @@ static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
     return XD_OK;
 }
 
+/* Lookahead: the experts the next MoE layer after l would pick if its input were the residual
+ * stream now (at layer l's MLP input). Run before layer l's experts, so that a prefetcher could
+ * copy them while layer l computes. Uses s->router as scratch before moe_block fills it. */
+static void predict_next_layer(struct cpu_state *s, int l, int n)
+{
+    const struct xd_model_config *c = &s->m->config;
+    int next = l + 1;
+    while (next < c->n_layers && s->m->layers[next].moe_index < 0)
+        next++;
+    if (next >= c->n_layers)
+        return;
+    const struct xd_layer_weights *nw = &s->m->layers[next];
+    const int E = c->n_experts, K = c->top_k, L = c->n_moe_layers;
+    xd_cpu_rmsnorm(s->h, n, &nw->mlp_norm, c->rms_norm_eps, s->pred_x);
+    xd_cpu_matmul(s->pred_x, n, &nw->router, s->router);
+    for (int t = 0; t < n; t++) {
+        float *p = s->router + (size_t)t * E;
+        xd_cpu_softmax(p, E);
+        top_k(p, E, K, s->route_pred + ((size_t)t * L + nw->moe_index) * K, s->pred_w);
+    }
+}
+
 static int mlp_block(struct cpu_state *s, int l, int n, struct xd_err *err)
 {
     const struct xd_model_config *c = &s->m->config;
     const struct xd_layer_weights *lw = &s->m->layers[l];
     xd_cpu_rmsnorm(s->h, n, &lw->mlp_norm, c->rms_norm_eps, s->xn);
     if (lw->moe_index >= 0) {
+        if (s->route_pred) {
+            if (lw->moe_index == 0)
+                for (size_t i = 0; i < (size_t)n * c->n_moe_layers * c->top_k; i++)
+                    s->route_pred[i] = -1; /* the first MoE layer is never predicted */
+            predict_next_layer(s, l, n);
+        }
         int rc = moe_block(s, l, n, err);
         if (rc < 0)
             return rc;
@@ -422,6 +459,7 @@ static int cpu_forward(void *p, const struct xd_batch *b, struct xd_forward_out 
     ret->routing.top_k = c->top_k;
     ret->routing.experts = s->route_experts;
     ret->routing.weights = s->route_weights;
+    ret->routing.predicted = s->route_pred;
     return XD_OK;
 }
 

@@ -24,10 +24,10 @@ int xd_engine_create(struct xd_model *model, const struct xd_engine_opts *opts,
                      struct xd_engine **ret_engine, struct xd_err *err)
 {
     if (opts->n_kv_blocks < 1 || opts->block_size < 1 || opts->max_batch_tokens < 1 ||
-        opts->n_threads < 0)
+        opts->n_threads < 0 || opts->expert_cache_slots < 0)
         return xd_err_set(err, XD_ERR_INVALID,
                           "engine options: n_kv_blocks, block_size and max_batch_tokens must be "
-                          "positive and n_threads non-negative");
+                          "positive, n_threads and expert_cache_slots non-negative");
     const struct xd_backend_ops *backend = NULL;
     switch (opts->device) {
     case XD_DEVICE_CPU:
@@ -54,6 +54,13 @@ int xd_engine_create(struct xd_model *model, const struct xd_engine_opts *opts,
     }
     *ret_engine = e;
     return XD_OK;
+}
+
+void xd_engine_expert_stats(struct xd_engine *e, struct xd_expert_stats *ret)
+{
+    *ret = (struct xd_expert_stats){.n_layers = e->model->config.n_layers};
+    if (e->backend->expert_stats)
+        e->backend->expert_stats(e->state, ret);
 }
 
 void xd_engine_destroy(struct xd_engine *e)

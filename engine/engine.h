@@ -2,8 +2,10 @@
 #ifndef XD_ENGINE_H
 #define XD_ENGINE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
+#include "expert_cache.h"
 #include "model.h"
 #include "status.h"
 
@@ -43,6 +45,10 @@ struct xd_routing {
     int top_k;
     const int32_t *experts; /* (n_tokens, n_moe_layers, top_k) */
     const float *weights;   /* (n_tokens, n_moe_layers, top_k) */
+    /* With xd_engine_opts.predict_experts: for each MoE layer but the first, the experts that
+     * layer's router picks from the hidden state at the previous MoE layer's input (what a
+     * prefetcher can know one layer early); -1 for the first MoE layer. NULL otherwise. */
+    const int32_t *predicted; /* (n_tokens, n_moe_layers, top_k) */
 };
 
 /* What a forward step returns; owned by the engine, valid until its next
@@ -52,6 +58,13 @@ struct xd_forward_out {
     int n_logit_rows;
     struct xd_routing routing;
 };
+
+/* Watches forward steps from outside the engine (the routing-trace recorder, metrics): called by
+ * whoever runs the engine after each successful forward, with the caller's id for each
+ * sequence of the batch (n_seqs of them) and the step's wall time. */
+typedef void (*xd_step_observer_fn)(void *ctx, const struct xd_batch *batch,
+                                    const uint64_t *request_ids,
+                                    const struct xd_forward_out *out, double seconds);
 
 enum xd_device {
     XD_DEVICE_CPU,
@@ -64,6 +77,24 @@ struct xd_engine_opts {
     int block_size;         /* tokens per KV block (default 16) */
     int max_batch_tokens;   /* most tokens in one forward step */
     int n_threads;          /* 0: all cores */
+    bool predict_experts;   /* fill xd_routing.predicted (CPU backend; costs one router matmul
+                               per MoE layer) */
+    /* Expert offloading (CUDA): experts live in pinned host memory and this many are cached on
+     * the GPU; 0 (or at least every expert) keeps all of them resident. */
+    int expert_cache_slots;
+    enum xd_evict_policy expert_evict_policy;
+    bool expert_prefetch;   /* copy the next MoE layer's predicted experts ahead of need */
+};
+
+/* The expert cache's counters, for /metrics and benchmarks. */
+struct xd_expert_stats {
+    bool offloading;        /* false: every expert resident, the rest is zero */
+    int n_slots;
+    struct xd_expert_cache_stats cache;
+    uint64_t bytes_h2d;     /* expert bytes copied host to device */
+    int n_layers;           /* model layers (dense ones count nothing) */
+    const uint64_t *layer_hits;   /* (n_layers,) valid until the next forward */
+    const uint64_t *layer_misses; /* (n_layers,) */
 };
 
 struct xd_engine;
@@ -80,6 +111,9 @@ void xd_engine_destroy(struct xd_engine *engine);
  * XD_ERR_CAPACITY with detail in err and changes nothing. */
 int xd_engine_forward(struct xd_engine *engine, const struct xd_batch *batch,
                       struct xd_forward_out *ret_out, struct xd_err *err);
+
+/* Fills *ret with the expert cache's counters (offloading false on backends without one). */
+void xd_engine_expert_stats(struct xd_engine *engine, struct xd_expert_stats *ret);
 
 const struct xd_model_config *xd_engine_config(const struct xd_engine *engine);
 const struct xd_engine_opts *xd_engine_opts(const struct xd_engine *engine);

@@ -294,3 +294,21 @@ void xd_model_destroy(struct xd_model *m)
     free(m->dir);
     free(m);
 }
+
+size_t xd_model_expert_bytes(const struct xd_model *model)
+{
+    for (int l = 0; l < model->config.n_layers; l++) {
+        if (model->layers[l].moe_index < 0)
+            continue;
+        struct xd_expert_weights w;
+        if (xd_expert_store_acquire(&model->experts, l, 0, &w) < 0)
+            return 0;
+        const struct xd_matrix *m[3] = {&w.gate, &w.up, &w.down};
+        size_t bytes = 0;
+        for (int i = 0; i < 3; i++)
+            bytes += (size_t)m[i]->rows * (size_t)m[i]->cols * xd_dtype_size(m[i]->dtype);
+        xd_expert_store_release(&model->experts, l, 0);
+        return bytes;
+    }
+    return 0;
+}

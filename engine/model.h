@@ -50,4 +50,7 @@ struct xd_model {
 int xd_model_load(const char *dir, struct xd_model **ret_model, struct xd_err *err);
 void xd_model_destroy(struct xd_model *model);
 
+/* Bytes of one expert's weights (gate, up and down) as stored; 0 when it cannot be read. */
+size_t xd_model_expert_bytes(const struct xd_model *model);
+
 #endif

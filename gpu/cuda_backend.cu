@@ -63,6 +63,13 @@ struct cuda_state {
     int32_t *d_start;                     /* (E + 1) */
     int32_t *d_route_experts;             /* (T, n_moe_layers, K) */
     float *d_route_weights;
+
+    /* expert offloading (the pool caches some experts): prefetch from a lookahead router */
+    bool offloading;
+    std::vector<int> next_moe;            /* (n_layers,) the next MoE layer after l, or -1 */
+    float *pred_x, *pred_router, *pred_weights; /* (T, H), (T, E), (TK,) */
+    int32_t *pred_experts;                /* (TK,) */
+    std::vector<int32_t> h_pred;          /* (TK,) */
 };
 
 /* Decode steps with at most this many (token, expert) pairs run the MoE without a host round
@@ -208,7 +215,13 @@ static int create_inner(cuda_state *s, struct xd_err *err)
         XD_TRY(upload_bf16(s, &lw->shared_expert_gate, &d->sh_expert_gate, "shared expert gate",
                         err));
     }
-    XD_TRY(xd_expert_pool_create(m, s->stream, &s->pool, err));
+    struct xd_expert_pool_opts pool_opts = {s->opts.expert_cache_slots,
+                                            s->opts.expert_evict_policy};
+    XD_TRY(xd_expert_pool_create(m, s->stream, &pool_opts, &s->pool, err));
+    s->offloading = xd_expert_pool_offloading(s->pool);
+    s->next_moe.assign(c->n_layers, -1);
+    for (int l = c->n_layers - 2; l >= 0; l--)
+        s->next_moe[l] = c->is_moe_layer[l + 1] ? l + 1 : s->next_moe[l + 1];
 
     const size_t T = (size_t)s->opts.max_batch_tokens, TK = T * s->K, H = s->H;
     s->layer_slots = (size_t)s->opts.n_kv_blocks * s->opts.block_size;
@@ -248,16 +261,23 @@ static int create_inner(cuda_state *s, struct xd_err *err)
     XD_TRY(alloc_n(s, (size_t)s->E + 1, &s->d_start, "step buffers", err));
     XD_TRY(alloc_n(s, TK * L, &s->d_route_experts, "step buffers", err));
     XD_TRY(alloc_n(s, TK * L, &s->d_route_weights, "step buffers", err));
-    {
+    if (!s->offloading) {
+        /* every expert resident: the small-step kernels find them through this table */
         std::vector<const bf16 *> ptrs((size_t)c->n_layers * s->E, nullptr);
         for (int l = 0; l < c->n_layers; l++)
             for (int e = 0; c->is_moe_layer[l] && e < s->E; e++) {
                 struct xd_gpu_expert w;
-                XD_TRY(xd_expert_pool_acquire(s->pool, l, e, &w));
+                XD_TRY(xd_expert_pool_acquire(s->pool, l, e, &w, err));
                 ptrs[(size_t)l * s->E + e] = w.gate;
             }
         CUDA_TRY(cudaMemcpy(s->d_expert_ptrs, ptrs.data(), sizeof(bf16 *) * ptrs.size(),
                             cudaMemcpyHostToDevice));
+    } else if (s->opts.expert_prefetch) {
+        XD_TRY(alloc_n(s, T * H, &s->pred_x, "prefetch buffers", err));
+        XD_TRY(alloc_n(s, T * s->E, &s->pred_router, "prefetch buffers", err));
+        XD_TRY(alloc_n(s, TK, &s->pred_weights, "prefetch buffers", err));
+        XD_TRY(alloc_n(s, TK, &s->pred_experts, "prefetch buffers", err));
+        s->h_pred.resize(TK);
     }
     s->route_experts.resize(TK * L);
     s->route_weights.resize(TK * L);
@@ -387,6 +407,21 @@ static int moe(cuda_state *s, int l, int n, struct xd_err *err)
                              cudaMemcpyDeviceToHost, s->stream));
     CUDA_TRY(cudaMemcpyAsync(s->h_weights.data(), s->weights, sizeof(float) * n * K,
                              cudaMemcpyDeviceToHost, s->stream));
+    const int next = s->next_moe[l];
+    const bool predict = s->offloading && s->opts.expert_prefetch && next >= 0;
+    if (predict) {
+        /* lookahead: the next MoE layer's router on the residual stream as it is now; its
+         * choices come back in the same synchronisation as this layer's */
+        const dev_layer *dn = &s->layers[next];
+        const float one = 1.0f, zero = 0.0f;
+        xd_k_rmsnorm_f32(s->h, dn->mlp_norm, s->pred_x, n, H, c->rms_norm_eps, s->stream);
+        CUBLAS_TRY(cublasSgemm(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, E, n, H, &one, dn->router, H,
+                               s->pred_x, H, &zero, s->pred_router, E));
+        xd_k_route(s->pred_router, s->pred_experts, s->pred_weights, n, E, K,
+                   c->norm_topk_prob, s->stream);
+        CUDA_TRY(cudaMemcpyAsync(s->h_pred.data(), s->pred_experts, sizeof(int32_t) * n * K,
+                                 cudaMemcpyDeviceToHost, s->stream));
+    }
     CUDA_TRY(cudaStreamSynchronize(s->stream));
     for (int t = 0; t < n; t++)
         for (int j = 0; j < K; j++) {
@@ -413,21 +448,56 @@ static int moe(cuda_state *s, int l, int n, struct xd_err *err)
                              cudaMemcpyHostToDevice, s->stream));
     xd_k_gather_rows(s->xn, s->row_src, s->xg, n * K, H, s->stream);
 
-    for (int e = 0; e < E; e++) {
+    /* Offloading: pin every expert of this layer first (their copies start now), then guess the
+     * next layer's into the remaining slots, so those copies overlap this layer's GEMMs. A layer
+     * needing more experts than the cache holds runs them one at a time instead. */
+    std::vector<int> present;
+    for (int e = 0; e < E; e++)
+        if (start[e + 1] > start[e])
+            present.push_back(e);
+    bool pinned_all = false;
+    if (s->offloading) {
+        struct xd_expert_stats st;
+        xd_expert_pool_stats(s->pool, &st);
+        if ((int)present.size() <= st.n_slots) {
+            size_t i = 0;
+            int prc = XD_OK;
+            for (; i < present.size() && prc == XD_OK; i++) {
+                struct xd_gpu_expert w;
+                prc = xd_expert_pool_acquire(s->pool, l, present[i], &w, err);
+            }
+            if (prc < 0) {
+                for (size_t j = 0; j + 1 < i; j++)
+                    xd_expert_pool_release(s->pool, l, present[j]);
+                return prc;
+            }
+            pinned_all = true;
+        }
+        if (predict)
+            for (int i = 0; i < n * K; i++)
+                XD_TRY(xd_expert_pool_prefetch(s->pool, next, s->h_pred[i], err));
+    }
+
+    int rc = XD_OK;
+    for (int e : present) {
         const int r0 = start[e], rows = start[e + 1] - start[e];
-        if (rows == 0)
-            continue;
         struct xd_gpu_expert w;
-        int rc = xd_expert_pool_acquire(s->pool, l, e, &w);
+        rc = xd_expert_pool_acquire(s->pool, l, e, &w, err);
         if (rc < 0)
-            return xd_err_set(err, rc, "expert pool: layer %d expert %d unavailable", l, e);
+            break;
         rc = swiglu(s, s->xg + (size_t)r0 * H, rows, w.gate, w.up, w.down, F,
                     s->g + (size_t)r0 * F, s->u + (size_t)r0 * F, s->a + (size_t)r0 * F,
                     s->eo + (size_t)r0 * H, err);
         xd_expert_pool_release(s->pool, l, e);
         if (rc < 0)
-            return rc;
+            break;
     }
+    if (pinned_all)
+        for (int e : present)
+            xd_expert_pool_release(s->pool, l, e);
+    xd_expert_pool_clear_predictions(s->pool, l);
+    if (rc < 0)
+        return rc;
     xd_k_moe_combine(s->h, s->eo, s->slot_row, s->weights, n, K, H, s->stream);
     return shared_expert(s, d, n, err);
 }
@@ -575,8 +645,9 @@ static int cuda_forward(void *p, const struct xd_batch *b, struct xd_forward_out
     }
     CUDA_TRY(cudaMemcpyAsync(s->d_ints, s->h_ints, sizeof(int32_t) * need,
                              cudaMemcpyHostToDevice, s->stream));
-    const bool small = decode_only && n * s->K <= SMALL_STEP_SLOTS && s->H % 8 == 0 &&
-                       c->expert_ffn % 8 == 0;
+    /* the small-step path reads every expert through a fixed device table: all resident only */
+    const bool small = decode_only && !s->offloading && n * s->K <= SMALL_STEP_SLOTS &&
+                       s->H % 8 == 0 && c->expert_ffn % 8 == 0;
     s->step_small = small;
     if (decode_only && small && s->use_graphs)
         XD_TRY(step_graph(s, n, err));
@@ -603,11 +674,17 @@ static int cuda_forward(void *p, const struct xd_batch *b, struct xd_forward_out
     ret->routing.top_k = s->K;
     ret->routing.experts = s->route_experts.data();
     ret->routing.weights = s->route_weights.data();
+    ret->routing.predicted = NULL; /* lookahead prediction is CPU-only for now */
     return XD_OK;
 }
 
+static void cuda_expert_stats(void *p, struct xd_expert_stats *ret)
+{
+    xd_expert_pool_stats(((cuda_state *)p)->pool, ret);
+}
+
 static const struct xd_backend_ops cuda_backend = {
-    "cuda", cuda_create, cuda_forward, cuda_destroy,
+    "cuda", cuda_create, cuda_forward, cuda_destroy, cuda_expert_stats,
 };
 
 extern "C" void xd_gpu_register(void)

@@ -13,6 +13,20 @@ static double now_seconds(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* One forward step, shown to the request's observer. */
+static int forward_observed(struct xd_engine *engine, const struct xd_offline_request *req,
+                            const struct xd_batch *b, struct xd_forward_out *out,
+                            struct xd_err *err)
+{
+    double t0 = now_seconds();
+    XD_TRY(xd_engine_forward(engine, b, out, err));
+    if (req->on_step) {
+        static const uint64_t request_id = 0;
+        req->on_step(req->on_step_ctx, b, &request_id, out, now_seconds() - t0);
+    }
+    return XD_OK;
+}
+
 int xd_offline_generate(struct xd_engine *engine, const struct xd_offline_request *req,
                         struct xd_sampler *sampler, struct xd_offline_result *ret,
                         struct xd_err *err)
@@ -59,7 +73,7 @@ int xd_offline_generate(struct xd_engine *engine, const struct xd_offline_reques
             .logits = pos + n == req->n_prompt ? XD_LOGITS_LAST : XD_LOGITS_NONE,
         };
         struct xd_batch b = {&sc, 1};
-        rc = xd_engine_forward(engine, &b, &out, err);
+        rc = forward_observed(engine, req, &b, &out, err);
         if (rc < 0)
             goto out;
     }
@@ -85,7 +99,7 @@ int xd_offline_generate(struct xd_engine *engine, const struct xd_offline_reques
             .block_table = table, .n_blocks = n_blocks, .logits = XD_LOGITS_LAST,
         };
         struct xd_batch b = {&sc, 1};
-        rc = xd_engine_forward(engine, &b, &out, err);
+        rc = forward_observed(engine, req, &b, &out, err);
         if (rc < 0)
             goto out;
     }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Command-line tests of `expertd generate` and xd-synth-model: exit codes, messages, output.
+# Command-line tests of `expertd generate`, `expertd plan` and xd-synth-model: exit codes, messages, output.
 # Usage: test-cli.sh EXPERTD SYNTH_MODEL FIXTURES_DIR
 set -u
 expertd=$1 synth=$2 fixtures=$3
@@ -79,6 +79,34 @@ fi
 expect bad_device 2 "--device" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --device tpu
 expect unknown_command 2 "unknown command" -- "$expertd" frobnicate
 expect version 0 "expertd" -- "$expertd" version
+
+# --record-routing writes a trace that `expertd plan` replays: one step per forward (the prompt,
+# then each generated token but the last), every token of them.
+"$expertd" generate --model "$olmoe" --prompt-ids 1,2,3,4,5 --max-tokens 12 --ignore-eos \
+  --record-routing "$tmp/trace" >/dev/null 2>&1
+"$expertd" plan --trace "$tmp/trace" --cache-slots 100000 --json >"$tmp/plan" 2>&1
+if python3 - "$tmp/plan" "$olmoe/config.json" <<'PY'
+import json, sys
+p, c = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+layers, experts, k = c["num_hidden_layers"], c["num_experts"], c["num_experts_per_tok"]
+assert p["steps"] == 12 and p["tokens"] == 5 + 11, p
+assert p["cache_slots"] == layers * experts, p  # clamped to every expert
+# every expert fits: misses are the cold ones, at most every expert once and at least top_k per layer
+assert layers * k <= p["misses"] <= layers * experts, p
+assert p["hits"] + p["misses"] >= 12 * layers * k, p  # each step uses >= top_k distinct per layer
+assert len(p["layer_hit_rates"]) == layers
+PY
+then ok record_routing_then_plan; else fail record_routing_then_plan "$(cat "$tmp/plan")"; fi
+head -c 100 "$tmp/trace" >"$tmp/cut"
+expect plan_truncated_trace 1 "$tmp/cut" -- "$expertd" plan --trace "$tmp/cut" --cache-slots 4
+expect plan_bad_policy 2 "lru or predictive" -- "$expertd" plan --trace "$tmp/trace" --cache-slots 4 --policy mru
+expect plan_needs_size 2 "--cache-mib" -- "$expertd" plan --trace "$tmp/trace"
+# generate records the lookahead predictions, so the recorded predictor has data
+expect plan_recorded_predictions 0 "recall" -- "$expertd" plan --trace "$tmp/trace" --cache-slots 4 --predictor recorded
+expect plan_sweep 0 "predictive" -- "$expertd" plan --trace "$tmp/trace" --sweep
+expect expert_policy_unknown 2 "--expert-policy" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --expert-policy mru
+expect expert_cache_both_sizes 2 "give one of the two" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --expert-cache-mib 4 --expert-cache-slots 3
+expect record_routing_bad_path 1 "/nonexistent/dir/t" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --record-routing /nonexistent/dir/t
 
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -1,6 +1,7 @@
 /* Engine behaviour beyond the goldens: batch validation, the routing record, experts reached
  * only through the expert store and run once per step, and offline generation's stops. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "engine.h"
 #include "offline.h"
@@ -128,6 +129,60 @@ static void test_routing_record_qwen3_only_sparse_layers(void)
     check_routing("qwen3_moe-f32", 1); /* 2 of its 4 layers are MoE */
 }
 
+/* Lookahead prediction fills routing.predicted and changes nothing else: logits and routing
+ * equal those of an engine without it, bit for bit. */
+static void test_lookahead_prediction_changes_nothing_else(void)
+{
+    struct xd_model *m = load("qwen3_moe-f32"); /* MoE layers 1 and 3 of 4: a dense gap */
+    if (!m)
+        return;
+    const struct xd_model_config *c = &m->config;
+    int32_t toks[5] = {3, 1, 4, 1, 5};
+    struct xd_seq_chunk sc = {toks, 5, 0, table, 8, XD_LOGITS_ALL};
+    struct xd_batch b = {&sc, 1};
+    struct xd_err err;
+    float *logits[2] = {NULL, NULL};
+    int32_t *experts[2] = {NULL, NULL};
+    size_t n_logits = (size_t)5 * c->vocab_size, n_route = (size_t)5 * c->n_moe_layers * c->top_k;
+    for (int pass = 0; pass < 2; pass++) {
+        struct xd_engine_opts o = {.device = XD_DEVICE_CPU, .n_kv_blocks = 8, .block_size = 4,
+                                   .max_batch_tokens = 16, .predict_experts = pass == 1};
+        struct xd_engine *e = NULL;
+        CHECK(xd_engine_create(m, &o, &e, &err) == XD_OK, "%s", err.msg);
+        struct xd_forward_out out;
+        CHECK(xd_engine_forward(e, &b, &out, &err) == XD_OK, "%s", err.msg);
+        logits[pass] = malloc(n_logits * sizeof(float));
+        experts[pass] = malloc(n_route * sizeof(int32_t));
+        memcpy(logits[pass], out.logits, n_logits * sizeof(float));
+        memcpy(experts[pass], out.routing.experts, n_route * sizeof(int32_t));
+        if (pass == 0) {
+            CHECK(out.routing.predicted == NULL, "predictions without predict_experts");
+        } else {
+            const int32_t *p = out.routing.predicted;
+            CHECK(p != NULL, "predict_experts gave no predictions");
+            for (int t = 0; p && t < 5; t++)
+                for (int l = 0; l < c->n_moe_layers; l++)
+                    for (int k = 0; k < c->top_k; k++) {
+                        int32_t v = p[((size_t)t * c->n_moe_layers + l) * c->top_k + k];
+                        if (l == 0)
+                            CHECK(v == -1, "first MoE layer predicted (%d)", v);
+                        else
+                            CHECK(v >= 0 && v < c->n_experts, "prediction %d out of range", v);
+                    }
+        }
+        xd_engine_destroy(e);
+    }
+    CHECK(memcmp(logits[0], logits[1], n_logits * sizeof(float)) == 0,
+          "prediction changed the logits");
+    CHECK(memcmp(experts[0], experts[1], n_route * sizeof(int32_t)) == 0,
+          "prediction changed the routing");
+    for (int i = 0; i < 2; i++) {
+        free(logits[i]);
+        free(experts[i]);
+    }
+    xd_model_destroy(m);
+}
+
 /* A store that wraps the model's and counts acquisitions per (layer, expert). */
 struct counting_store {
     struct xd_expert_store inner;
@@ -249,6 +304,7 @@ int main(int argc, char **argv)
     RUN(test_routing_record_mixtral);
     RUN(test_routing_record_olmoe);
     RUN(test_routing_record_qwen3_only_sparse_layers);
+    RUN(test_lookahead_prediction_changes_nothing_else);
     RUN(test_experts_run_once_per_step_through_the_store);
     RUN(test_offline_stops_at_eos_and_checks_capacity);
     RUN(test_engine_options_validated);

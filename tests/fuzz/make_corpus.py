@@ -191,6 +191,50 @@ def chat_corpus():
     return out
 
 
+def trace_payload(layers=2, top_k=2, experts=4, steps=2, tokens=2, predictions=False,
+                  end=True):
+    """A routing-trace payload (see engine/routing_trace.h) with experts (t + l + k) % experts."""
+    out = b"XDROUTE1" + struct.pack("<IIIIQI", 1, layers, top_k, experts, 4096, int(predictions))
+    for s in range(steps):
+        out += struct.pack("<BQdI", 1, s, 0.001, tokens)
+        for t in range(tokens):
+            ids = [(t + l + k) % experts for l in range(layers) for k in range(top_k)]
+            out += struct.pack("<QI", 7 + t, s + t)
+            out += struct.pack("<%dH" % len(ids), *ids)
+            out += struct.pack("<%df" % len(ids), *[0.5] * len(ids))
+            if predictions:
+                out += struct.pack("<%dH" % len(ids), *[0xFFFF] * top_k + ids[top_k:])
+    return out + (b"\0" if end else b"")
+
+
+def routing_trace_corpus():
+    """Routing traces: byte 0 even means the raw payload follows (the fuzz target's convention;
+    odd would mean a zstd stream, which the fuzzer reaches from the raw seeds' mutations too)."""
+    good = trace_payload()
+    return {
+        "raw-two-steps": b"\0" + good,
+        "raw-predictions": b"\0" + trace_payload(layers=3, predictions=True),
+        "raw-empty-trace": b"\0" + trace_payload(steps=0),
+        "raw-truncated": b"\0" + good[: len(good) - 7],
+        "raw-no-end-tag": b"\0" + trace_payload(end=False),
+        "raw-bad-expert": b"\0" + good.replace(struct.pack("<HH", 1, 2), struct.pack("<HH", 9, 2), 1),
+        "raw-bad-version": b"\0" + good[:8] + struct.pack("<I", 2) + good[12:],
+        "raw-huge-step": b"\0" + good[:36] + struct.pack("<BQdI", 1, 0, 0.0, 0xFFFFFFF),
+        "zstd-not-a-frame": b"\1" + good,
+        **zstd_seed("zstd-predictions", trace_payload(predictions=True)),
+    }
+
+
+def zstd_seed(name, payload):
+    """A zstd-compressed seed, made with the zstd command where it is installed."""
+    import shutil
+    import subprocess
+    if not shutil.which("zstd"):
+        return {}
+    z = subprocess.run(["zstd", "-q", "-c", "-3"], input=payload, capture_output=True, check=True)
+    return {name: b"\1" + z.stdout}
+
+
 def write_all(directory, files):
     os.makedirs(directory, exist_ok=True)
     for name, data in sorted(files.items()):
@@ -202,3 +246,4 @@ if __name__ == "__main__":
     write_all(ST_DIR, safetensors_corpus())
     write_all(MC_DIR, model_config_corpus())
     write_all(os.path.join(HERE, "corpus", "chat"), chat_corpus())
+    write_all(os.path.join(HERE, "corpus", "routing-trace"), routing_trace_corpus())

@@ -1,0 +1,64 @@
+/* The offload planner: replays a routing trace through the expert cache and a predictor, with no
+ * GPU, and reports hit rates, bytes moved per token and the time-per-token bound
+ * max(compute, bytes / bandwidth). It answers "how much GPU memory do my experts need for this
+ * traffic?" (`expertd plan`). */
+#ifndef XD_OFFLOAD_PLAN_H
+#define XD_OFFLOAD_PLAN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "expert_cache.h"
+#include "routing_trace.h"
+#include "status.h"
+
+/* Predicts the experts of one MoE layer of a step before it runs. */
+enum xd_predictor_kind {
+    XD_PREDICT_NONE,     /* no prefetch: every miss is a demand copy */
+    XD_PREDICT_RECORDED, /* the predictions in the trace (layer l+1's router applied to layer l's
+                            hidden state when the engine recorded it) */
+    XD_PREDICT_PREVIOUS, /* each request's previous token used the same experts at this layer */
+};
+
+/* "none", "recorded", "previous". */
+const char *xd_predictor_name(enum xd_predictor_kind k);
+int xd_predictor_parse(const char *name, enum xd_predictor_kind *ret, struct xd_err *err);
+
+struct xd_plan_opts {
+    int n_slots;                   /* cache size in experts */
+    enum xd_evict_policy policy;
+    enum xd_predictor_kind predictor;
+    double h2d_bytes_per_second;   /* host-to-device copy bandwidth, > 0 */
+    double compute_seconds_per_token; /* 0: the step times recorded in the trace */
+};
+
+struct xd_plan_result {
+    uint64_t steps;
+    uint64_t tokens;
+    struct xd_expert_cache_stats cache;
+    double hit_rate;               /* hits / (hits + misses) */
+    uint64_t predicted;            /* (step, layer, expert) predictions made */
+    uint64_t needed;               /* (step, layer, expert) the steps used */
+    uint64_t predicted_and_needed;
+    double precision;              /* predicted_and_needed / predicted (0 with no predictions) */
+    double recall;                 /* predicted_and_needed / needed */
+    double bytes_moved;            /* demand misses plus prefetches */
+    double bytes_per_token;
+    double compute_seconds;        /* over the whole trace */
+    double copy_seconds;           /* bytes_moved / bandwidth */
+    double bound_seconds;          /* sum over steps of max(compute, copies of that step) */
+    double bound_seconds_per_token;
+    double demand_stall_seconds;   /* demand-miss bytes / bandwidth: what no prefetch hides */
+    int n_layers;
+    uint64_t *layer_hits;          /* (n_layers,) owned */
+    uint64_t *layer_misses;        /* (n_layers,) owned */
+};
+
+/* Replays every step of r through a cache made from opts. XD_ERR_INVALID for opts that do not
+ * fit the trace (recorded predictions asked of a trace without them); trace errors pass through.
+ * On success fills *ret (free with xd_plan_result_finish). */
+int xd_plan_run(struct xd_trace_reader *r, const struct xd_plan_opts *opts,
+                struct xd_plan_result *ret, struct xd_err *err);
+void xd_plan_result_finish(struct xd_plan_result *res);
+
+#endif

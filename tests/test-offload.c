@@ -1,0 +1,355 @@
+/* Routing traces (round trip, truncation, corruption), the expert cache (LRU order, pins,
+ * prefetch accounting, a cache smaller than a layer) and the planner on hand-computed traces. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "expert_cache.h"
+#include "offload_plan.h"
+#include "routing_trace.h"
+#include "test.h"
+
+static char tmpdir[256];
+
+static const char *tmp_path(const char *name)
+{
+    static char path[512];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    return path;
+}
+
+/* A deterministic trace: n_steps steps of n_tok tokens, L layers, K of E experts, token t of
+ * step s at layer l choosing experts (s * 7 + t * 3 + l + k * 5) % E. */
+#define L 3
+#define K 2
+#define E 8
+
+static int expert_of(int s, int t, int l, int k) { return (s * 7 + t * 3 + l + k * 5) % E; }
+
+static void fill_step(int s, int n_tok, uint64_t *req, uint32_t *pos, int32_t *ex, float *w,
+                      int32_t *pred)
+{
+    for (int t = 0; t < n_tok; t++) {
+        req[t] = 100 + (uint64_t)t;
+        pos[t] = (uint32_t)(s + t);
+        for (int l = 0; l < L; l++)
+            for (int k = 0; k < K; k++) {
+                int i = (t * L + l) * K + k;
+                ex[i] = expert_of(s, t, l, k);
+                w[i] = 0.5f + 0.1f * (float)k;
+                if (pred)
+                    pred[i] = l == 0 ? -1 : expert_of(s, t, l, k); /* perfect predictions */
+            }
+    }
+}
+
+static void write_trace(const char *path, int n_steps, int n_tok, bool with_pred)
+{
+    struct xd_trace_header h = {.n_moe_layers = L, .top_k = K, .n_experts = E,
+                                .expert_bytes = 1000, .has_predictions = with_pred};
+    struct xd_trace_writer *w;
+    struct xd_err err;
+    CHECK(xd_trace_writer_create(path, &h, &w, &err) == XD_OK, "%s", err.msg);
+    uint64_t req[16];
+    uint32_t pos[16];
+    int32_t ex[16 * L * K], pred[16 * L * K];
+    float wt[16 * L * K];
+    for (int s = 0; s < n_steps; s++) {
+        fill_step(s, n_tok, req, pos, ex, wt, with_pred ? pred : NULL);
+        struct xd_trace_step st = {.step = (uint64_t)s, .seconds = 0.001, .n_tokens = n_tok,
+                                   .requests = req, .positions = pos, .experts = ex,
+                                   .weights = wt, .predicted = with_pred ? pred : NULL};
+        CHECK(xd_trace_writer_add(w, &st, &err) == XD_OK, "%s", err.msg);
+    }
+    CHECK(xd_trace_writer_close(w, &err) == XD_OK, "%s", err.msg);
+}
+
+static void test_trace_round_trip(void)
+{
+    const char *path = tmp_path("rt.xdtrace");
+    write_trace(path, 50, 4, true);
+    struct xd_trace_reader *r;
+    struct xd_err err;
+    CHECK(xd_trace_reader_open(path, &r, &err) == XD_OK, "%s", err.msg);
+    const struct xd_trace_header *h = xd_trace_reader_header(r);
+    CHECK(h->n_moe_layers == L && h->top_k == K && h->n_experts == E && h->expert_bytes == 1000 &&
+              h->has_predictions, "header read back wrong");
+    struct xd_trace_step st;
+    int n = 0, rc;
+    while ((rc = xd_trace_reader_next(r, &st, &err)) == 1) {
+        CHECK(st.step == (uint64_t)n && st.n_tokens == 4 && st.seconds == 0.001, "step %d", n);
+        for (int t = 0; t < st.n_tokens; t++) {
+            CHECK(st.requests[t] == 100 + (uint64_t)t && st.positions[t] == (uint32_t)(n + t),
+                  "step %d token %d ids", n, t);
+            for (int l = 0; l < L; l++)
+                for (int k = 0; k < K; k++) {
+                    int i = (t * L + l) * K + k;
+                    CHECK(st.experts[i] == expert_of(n, t, l, k), "expert step %d", n);
+                    CHECK(st.weights[i] == 0.5f + 0.1f * (float)k, "weight step %d", n);
+                    CHECK(st.predicted[i] == (l == 0 ? -1 : expert_of(n, t, l, k)),
+                          "prediction step %d", n);
+                }
+        }
+        n++;
+    }
+    CHECK(rc == 0 && n == 50, "rc %d after %d steps: %s", rc, n, rc < 0 ? err.msg : "");
+    xd_trace_reader_destroy(r);
+}
+
+static unsigned char *read_all(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    fseek(f, 0, SEEK_END);
+    *len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *b = malloc(*len);
+    CHECK(fread(b, 1, *len, f) == *len, "short read");
+    fclose(f);
+    return b;
+}
+
+/* Reads every step; returns the final status (0 clean end) and the step count. */
+static int drain(struct xd_trace_reader *r, int *ret_n, struct xd_err *err)
+{
+    struct xd_trace_step st;
+    int rc, n = 0;
+    while ((rc = xd_trace_reader_next(r, &st, err)) == 1)
+        n++;
+    *ret_n = n;
+    return rc;
+}
+
+static void test_trace_truncated_and_corrupt(void)
+{
+    const char *path = tmp_path("cut.xdtrace");
+    write_trace(path, 4000, 8, false); /* over 1 MiB of payload: several zstd blocks */
+    size_t len;
+    unsigned char *b = read_all(path, &len);
+    struct xd_trace_reader *r;
+    struct xd_err err;
+    /* Cut short: whole steps read, then a truncation error naming the file. */
+    if (xd_trace_reader_open_mem(b, len * 2 / 3, true, "cut.xdtrace", &r, &err) != XD_OK) {
+        CHECK(false, "%s", err.msg);
+        free(b);
+        return;
+    }
+    int n;
+    int rc = drain(r, &n, &err);
+    CHECK(rc == XD_ERR_FORMAT, "truncated trace: rc %d", rc);
+    CHECK_CONTAINS(err.msg, "cut.xdtrace");
+    CHECK(n > 0 && n < 4000, "read %d steps before the cut", n);
+    xd_trace_reader_destroy(r);
+
+    /* A flipped byte in the compressed stream: the checksum or the parser says so. */
+    b[len / 2] ^= 0x5a;
+    CHECK(xd_trace_reader_open_mem(b, len, true, "flip.xdtrace", &r, &err) == XD_OK, "%s",
+          err.msg);
+    rc = drain(r, &n, &err);
+    CHECK(rc < 0, "corrupt trace read as valid (%d steps)", n);
+    xd_trace_reader_destroy(r);
+    free(b);
+
+    /* Not a trace at all. */
+    CHECK(xd_trace_reader_open_mem("hello", 5, true, "hello.txt", &r, &err) == XD_ERR_FORMAT,
+          "text accepted as a trace");
+    CHECK_CONTAINS(err.msg, "hello.txt");
+    /* Raw payload with an expert id beyond n_experts. */
+    unsigned char p[64 + 1 + 8 + 8 + 4 + 12 + L * K * 6];
+    size_t o = 0;
+    memcpy(p, "XDROUTE1", 8), o = 8;
+    uint32_t hdr[] = {1, L, K, E};
+    memcpy(p + o, hdr, sizeof hdr), o += sizeof hdr;
+    memset(p + o, 0, 12), o += 12; /* expert_bytes, flags */
+    p[o++] = 1;                    /* step */
+    memset(p + o, 0, 16), o += 16; /* step, seconds */
+    uint32_t one = 1;
+    memcpy(p + o, &one, 4), o += 4;
+    memset(p + o, 0, 12), o += 12; /* request, position */
+    for (int i = 0; i < L * K; i++)
+        p[o++] = 9, p[o++] = 0; /* expert 9 of 8 */
+    memset(p + o, 0, (size_t)L * K * 4), o += (size_t)L * K * 4;
+    CHECK(xd_trace_reader_open_mem(p, o, false, "raw", &r, &err) == XD_OK, "%s", err.msg);
+    rc = drain(r, &n, &err);
+    CHECK(rc == XD_ERR_FORMAT, "expert 9 of 8 accepted");
+    CHECK_CONTAINS(err.msg, "out of range");
+    xd_trace_reader_destroy(r);
+}
+
+static void test_cache_lru_and_pins(void)
+{
+    struct xd_expert_cache *c;
+    struct xd_err err;
+    CHECK(xd_expert_cache_create(1, 8, 2, XD_EVICT_LRU, &c, &err) == XD_OK, "%s", err.msg);
+    struct xd_cache_access a;
+    xd_expert_cache_get(c, 0, 1, false, &a, &err);
+    CHECK(!a.hit && a.evicted_layer == -1, "first access is a cold miss");
+    xd_expert_cache_unpin(c, a.slot);
+    xd_expert_cache_get(c, 0, 2, false, &a, &err);
+    xd_expert_cache_unpin(c, a.slot);
+    xd_expert_cache_get(c, 0, 1, false, &a, &err); /* 1 is now more recent than 2 */
+    CHECK(a.hit, "expert 1 should be cached");
+    xd_expert_cache_unpin(c, a.slot);
+    xd_expert_cache_get(c, 0, 3, false, &a, &err);
+    CHECK(!a.hit && a.evicted_expert == 2, "LRU evicts 2, evicted %d", a.evicted_expert);
+    /* 3 stays pinned; 1 pinned too: a third expert cannot come in. */
+    int slot3 = a.slot;
+    xd_expert_cache_get(c, 0, 1, false, &a, &err);
+    int slot1 = a.slot;
+    CHECK(xd_expert_cache_get(c, 0, 4, false, &a, &err) == XD_ERR_CAPACITY,
+          "all slots pinned must refuse");
+    CHECK_CONTAINS(err.msg, "2 slots");
+    xd_expert_cache_unpin(c, slot1);
+    xd_expert_cache_unpin(c, slot3);
+    CHECK(xd_expert_cache_get(c, 0, 4, false, &a, &err) == XD_OK && a.evicted_expert == 3,
+          "after unpinning, the LRU of the two (3, used before 1) goes; evicted %d", a.evicted_expert);
+    xd_expert_cache_unpin(c, a.slot);
+    struct xd_expert_cache_stats st;
+    xd_expert_cache_get_stats(c, &st, NULL, NULL);
+    CHECK(st.hits == 2 && st.misses == 4 && st.evictions == 2, "hits %llu misses %llu ev %llu",
+          (unsigned long long)st.hits, (unsigned long long)st.misses,
+          (unsigned long long)st.evictions);
+    xd_expert_cache_destroy(c);
+}
+
+static void test_cache_prefetch_accounting(void)
+{
+    struct xd_expert_cache *c;
+    struct xd_err err;
+    CHECK(xd_expert_cache_create(2, 4, 2, XD_EVICT_LRU, &c, &err) == XD_OK, "%s", err.msg);
+    struct xd_cache_access a;
+    xd_expert_cache_get(c, 1, 0, true, &a, &err); /* prefetched, then used */
+    xd_expert_cache_unpin(c, a.slot);
+    xd_expert_cache_get(c, 1, 1, true, &a, &err); /* prefetched, then evicted unused */
+    xd_expert_cache_unpin(c, a.slot);
+    xd_expert_cache_get(c, 1, 0, false, &a, &err);
+    CHECK(a.hit, "a prefetched expert is a hit");
+    xd_expert_cache_unpin(c, a.slot);
+    xd_expert_cache_get(c, 0, 3, false, &a, &err);
+    CHECK(!a.hit && a.evicted_layer == 1 && a.evicted_expert == 1, "evicts the unused prefetch");
+    xd_expert_cache_unpin(c, a.slot);
+    struct xd_expert_cache_stats st;
+    uint64_t lh[2], lm[2];
+    xd_expert_cache_get_stats(c, &st, lh, lm);
+    CHECK(st.prefetches == 2 && st.prefetches_used == 1 && st.prefetches_wasted == 1,
+          "prefetches %llu used %llu wasted %llu", (unsigned long long)st.prefetches,
+          (unsigned long long)st.prefetches_used, (unsigned long long)st.prefetches_wasted);
+    CHECK(st.hits == 1 && st.misses == 1 && lh[1] == 1 && lm[0] == 1, "demand counts");
+    xd_expert_cache_destroy(c);
+}
+
+static void test_cache_predictive_spares_predicted(void)
+{
+    struct xd_expert_cache *c;
+    struct xd_err err;
+    CHECK(xd_expert_cache_create(1, 8, 2, XD_EVICT_PREDICTIVE, &c, &err) == XD_OK, "%s", err.msg);
+    struct xd_cache_access a;
+    for (int i = 0; i < 5; i++) { /* expert 0 used often, long ago */
+        xd_expert_cache_get(c, 0, 0, false, &a, &err);
+        xd_expert_cache_unpin(c, a.slot);
+    }
+    xd_expert_cache_get(c, 0, 1, false, &a, &err);
+    xd_expert_cache_unpin(c, a.slot);
+    /* Frequency keeps 0 over the once-used 1. */
+    xd_expert_cache_get(c, 0, 2, false, &a, &err);
+    CHECK(a.evicted_expert == 1, "frequency should spare 0; evicted %d", a.evicted_expert);
+    xd_expert_cache_unpin(c, a.slot);
+    /* A prediction overrides frequency: predicted 2 stays, 0 goes. */
+    xd_expert_cache_predict(c, 0, 2);
+    xd_expert_cache_get(c, 0, 3, false, &a, &err);
+    CHECK(a.evicted_expert == 0, "the predicted expert must be spared; evicted %d",
+          a.evicted_expert);
+    xd_expert_cache_unpin(c, a.slot);
+    xd_expert_cache_destroy(c);
+}
+
+static int plan(const char *path, int slots, enum xd_evict_policy pol, enum xd_predictor_kind pk,
+                struct xd_plan_result *res)
+{
+    struct xd_trace_reader *r;
+    struct xd_err err;
+    CHECK(xd_trace_reader_open(path, &r, &err) == XD_OK, "%s", err.msg);
+    struct xd_plan_opts o = {.n_slots = slots, .policy = pol, .predictor = pk,
+                             .h2d_bytes_per_second = 1e6};
+    int rc = xd_plan_run(r, &o, res, &err);
+    if (rc < 0)
+        fprintf(stderr, "  plan: %s\n", err.msg);
+    xd_trace_reader_destroy(r);
+    return rc;
+}
+
+static void test_plan(void)
+{
+    const char *path = tmp_path("plan.xdtrace");
+    write_trace(path, 40, 2, true);
+    /* Count the distinct (step, layer, expert) and (layer, expert) pairs independently. */
+    bool seen[L][E] = {{false}};
+    uint64_t needed = 0, distinct = 0;
+    for (int s = 0; s < 40; s++)
+        for (int l = 0; l < L; l++) {
+            bool step_set[E] = {false};
+            for (int t = 0; t < 2; t++)
+                for (int k = 0; k < K; k++)
+                    step_set[expert_of(s, t, l, k)] = true;
+            for (int e = 0; e < E; e++)
+                if (step_set[e]) {
+                    needed++;
+                    if (!seen[l][e])
+                        distinct++, seen[l][e] = true;
+                }
+        }
+    struct xd_plan_result res;
+    /* Every expert fits: only cold misses. */
+    CHECK(plan(path, L * E, XD_EVICT_LRU, XD_PREDICT_NONE, &res) == XD_OK, "full cache");
+    CHECK(res.cache.misses == distinct && res.cache.hits == needed - distinct,
+          "misses %llu (want %llu) hits %llu", (unsigned long long)res.cache.misses,
+          (unsigned long long)distinct, (unsigned long long)res.cache.hits);
+    CHECK(res.tokens == 80 && res.steps == 40, "tokens %llu", (unsigned long long)res.tokens);
+    CHECK(res.bytes_moved == 1000.0 * distinct, "bytes %g", res.bytes_moved);
+    CHECK(fabs(res.copy_seconds - 1000.0 * distinct / 1e6) < 1e-9, "copy seconds");
+    xd_plan_result_finish(&res);
+    /* One slot, smaller than a layer's experts: works, and misses every access (a layer's
+     * experts are distinct and layers alternate). */
+    CHECK(plan(path, 1, XD_EVICT_LRU, XD_PREDICT_NONE, &res) == XD_OK, "one slot");
+    CHECK(res.cache.hits == 0 && res.cache.misses == needed, "one slot: hits %llu misses %llu",
+          (unsigned long long)res.cache.hits, (unsigned long long)res.cache.misses);
+    xd_plan_result_finish(&res);
+    /* Perfect recorded predictions for layers 1.. : recall counts them exactly. */
+    CHECK(plan(path, L * E, XD_EVICT_PREDICTIVE, XD_PREDICT_RECORDED, &res) == XD_OK, "recorded");
+    CHECK(res.precision == 1.0, "perfect predictions: precision %g", res.precision);
+    CHECK(res.recall > 0.6 && res.recall < 0.7, "layers 1 and 2 of 3 predicted: recall %g",
+          res.recall);
+    xd_plan_result_finish(&res);
+    /* A trace without predictions refuses the recorded predictor, by name. */
+    const char *bare = tmp_path("bare.xdtrace");
+    write_trace(bare, 3, 1, false);
+    struct xd_trace_reader *r;
+    struct xd_err err;
+    xd_trace_reader_open(bare, &r, &err);
+    struct xd_plan_opts o = {.n_slots = 4, .predictor = XD_PREDICT_RECORDED,
+                             .h2d_bytes_per_second = 1e9};
+    CHECK(xd_plan_run(r, &o, &res, &err) == XD_ERR_INVALID, "recorded without predictions");
+    CHECK_CONTAINS(err.msg, "recorded");
+    xd_trace_reader_destroy(r);
+}
+
+int main(void)
+{
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/xd-test-offload-XXXXXX");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    RUN(test_trace_round_trip);
+    RUN(test_trace_truncated_and_corrupt);
+    RUN(test_cache_lru_and_pins);
+    RUN(test_cache_prefetch_accounting);
+    RUN(test_cache_predictive_spares_predicted);
+    RUN(test_plan);
+    const char *names[] = {"rt.xdtrace", "cut.xdtrace", "plan.xdtrace", "bare.xdtrace"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        unlink(tmp_path(names[i]));
+    rmdir(tmpdir);
+    return test_summary();
+}
