@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what expertd needs to build (Debian packages), configures and builds it in build/,
-# and writes the default demo model to build/models/default. Safe to run again.
+# and points build/models/default at the bundled demo model. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,8 +28,20 @@ if [ ! -f build/build.ninja ]; then
 fi
 ninja -C build
 
-if [ ! -f build/models/default/model.safetensors ]; then
-  build/tools/xd-synth-model --out build/models/default --vocab 512 --hidden 128 --layers 4 \
-    --heads 4 --kv-heads 2 --experts 16 --top-k 4 --ffn 64 >/dev/null
+# The default model is the trained demo model shipped in models/demo-moe (a link, so a new
+# checkout's model is what runs); a tree without it gets random weights from xd-synth-model.
+mkdir -p build/models
+if [ -f models/demo-moe/model.safetensors ]; then
+  if [ -e build/models/default ] && [ ! -L build/models/default ]; then
+    rm -rf build/models/default  # an earlier synthetic model
+  fi
+  ln -sfn ../../models/demo-moe build/models/default
+  what="the demo model (models/demo-moe)"
+else
+  if [ ! -f build/models/default/model.safetensors ]; then
+    build/tools/xd-synth-model --out build/models/default --vocab 512 --hidden 128 --layers 4 \
+      --heads 4 --kv-heads 2 --experts 16 --top-k 4 --ffn 64 >/dev/null
+  fi
+  what="a synthetic model with random weights"
 fi
-echo "bootstrap: built build/daemon/expertd; default model in build/models/default"
+echo "bootstrap: built build/daemon/expertd; default model in build/models/default: $what"

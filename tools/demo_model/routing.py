@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+"""The demo model's routing on held-out text: records it with expertd and reports on it.
+
+  routing.py record --expertd build/daemon/expertd --model models/demo-moe \
+      --heldout DATA/heldout.txt --out bench/traces/demo-heldout.xdroute.zst
+      Runs `expertd generate --record-routing` on N held-out passages (greedy, each prompt
+      prefilled in one step, then --max-tokens decoded) and merges the traces into one file,
+      one request id per passage, steps renumbered in order (engine/routing_trace.h).
+  routing.py report --trace FILE --expertd build/daemon/expertd --out bench/routing-demo.md
+      Expert popularity per layer, consecutive-token reuse and lookahead recall from the trace
+      itself; LRU hit rates from `expertd plan`.
+
+Only the standard library and the zstandard package.
+"""
+import argparse
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+
+import zstandard
+
+MAGIC = b"XDROUTE1"
+
+
+def read_trace(path):
+    """Returns (header dict, list of steps); a step is (step, seconds, tokens) and a token is
+    (request, position, experts, weights, predicted) with flat per-token tuples."""
+    data = zstandard.ZstdDecompressor().stream_reader(open(path, "rb")).read()
+    assert data[:8] == MAGIC, f"{path}: not a routing trace"
+    version, L, K, E, expert_bytes, flags = struct.unpack_from("<IIIIQI", data, 8)
+    hdr = {"version": version, "layers": L, "top_k": K, "experts": E,
+           "expert_bytes": expert_bytes, "predictions": bool(flags & 1)}
+    off = 8 + struct.calcsize("<IIIIQI")
+    n = L * K
+    steps = []
+    while True:
+        tag = data[off]
+        off += 1
+        if tag == 0:
+            break
+        step, seconds, n_tok = struct.unpack_from("<QdI", data, off)
+        off += 20
+        toks = []
+        for _ in range(n_tok):
+            req, pos = struct.unpack_from("<QI", data, off)
+            off += 12
+            ex = struct.unpack_from(f"<{n}H", data, off)
+            off += 2 * n
+            w = struct.unpack_from(f"<{n}f", data, off)
+            off += 4 * n
+            pr = None
+            if hdr["predictions"]:
+                pr = struct.unpack_from(f"<{n}H", data, off)
+                off += 2 * n
+            toks.append((req, pos, ex, w, pr))
+        steps.append((step, seconds, toks))
+    return hdr, steps
+
+
+def write_trace(path, hdr, steps):
+    n = hdr["layers"] * hdr["top_k"]
+    out = bytearray(MAGIC)
+    out += struct.pack("<IIIIQI", hdr["version"], hdr["layers"], hdr["top_k"], hdr["experts"],
+                       hdr["expert_bytes"], 1 if hdr["predictions"] else 0)
+    for step, seconds, toks in steps:
+        out += struct.pack("<BQdI", 1, step, seconds, len(toks))
+        for req, pos, ex, w, pr in toks:
+            out += struct.pack("<QI", req, pos) + struct.pack(f"<{n}H", *ex)
+            out += struct.pack(f"<{n}f", *w)
+            if hdr["predictions"]:
+                out += struct.pack(f"<{n}H", *pr)
+    out += b"\0"
+    with open(path, "wb") as f:
+        f.write(zstandard.ZstdCompressor(level=19).compress(bytes(out)))
+
+
+def passages(path, n, target_bytes):
+    """n passages of consecutive lines (about target_bytes each), spread evenly over the file."""
+    lines = open(path, encoding="utf-8").read().splitlines()
+    out = []
+    for i in range(n):
+        j = len(lines) * i // n
+        text = ""
+        while j < len(lines) and len(text) < target_bytes:
+            text += ("\n" if text else "") + lines[j]
+            j += 1
+        out.append(text)
+    return out
+
+
+def record(args):
+    hdr, merged = None, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, text in enumerate(passages(args.heldout, args.passages, args.passage_bytes)):
+            f = os.path.join(tmp, f"{i}.zst")
+            subprocess.run([args.expertd, "generate", "--model", args.model, "--prompt", text,
+                            "--max-tokens", str(args.max_tokens), "--threads", "1",
+                            "--record-routing", f], check=True, stdout=subprocess.DEVNULL)
+            h, steps = read_trace(f)
+            hdr = hdr or h
+            assert h == hdr
+            for _, seconds, toks in steps:
+                merged.append((len(merged), seconds,
+                               [(i, pos, ex, w, pr) for _, pos, ex, w, pr in toks]))
+    write_trace(args.out, hdr, merged)
+    print(f"{args.out}: {args.passages} passages, {len(merged)} steps, "
+          f"{sum(len(t) for _, _, t in merged)} tokens, {os.path.getsize(args.out)} bytes")
+
+
+def plan(expertd, trace, slots, predictor):
+    r = subprocess.run([expertd, "plan", "--trace", trace, "--cache-slots", str(slots),
+                        "--policy", "lru", "--predictor", predictor, "--json"],
+                       check=True, capture_output=True, text=True)
+    return json.loads(r.stdout)
+
+
+def report(args):
+    hdr, steps = read_trace(args.trace)
+    L, K, E = hdr["layers"], hdr["top_k"], hdr["experts"]
+    toks = [t for _, _, ts in steps for t in ts]
+    n_prefill = sum(len(ts) for _, _, ts in steps if len(ts) > 1)
+    requests = sorted({t[0] for t in toks})
+    # popularity: share of a layer's routed slots that go to each expert
+    counts = [[0] * E for _ in range(L)]
+    for _, _, ex, _, _ in toks:
+        for l in range(L):
+            for k in range(K):
+                counts[l][ex[l * K + k]] += 1
+    # consecutive-token reuse, per layer: of token t's K experts, the share also chosen by t-1
+    by_req = {}
+    for req, pos, ex, _, pr in toks:
+        by_req.setdefault(req, {})[pos] = (ex, pr)
+    reuse = [[0, 0] for _ in range(L)]
+    recall = [[0, 0] for _ in range(L)]
+    for seq in by_req.values():
+        for pos, (ex, pr) in seq.items():
+            for l in range(L):
+                cur = set(ex[l * K:(l + 1) * K])
+                if pos - 1 in seq:
+                    prev = set(seq[pos - 1][0][l * K:(l + 1) * K])
+                    reuse[l][0] += len(cur & prev)
+                    reuse[l][1] += K
+                if pr is not None and l > 0:
+                    pred = set(p for p in pr[l * K:(l + 1) * K] if p != 0xFFFF)
+                    recall[l][0] += len(cur & pred)
+                    recall[l][1] += K
+    total_slots = L * E
+    cache = {}
+    for frac in (0.25, 0.5):
+        slots = round(total_slots * frac)
+        cache[frac] = {p: plan(args.expertd, args.trace, slots, p)
+                       for p in ("none", "recorded", "previous")}
+    lines = []
+    w = lines.append
+    w("# Routing of the demo model on held-out text")
+    w("")
+    w(f"The reference routing workload: `models/demo-moe` (OLMoE architecture, {L} MoE layers, "
+      f"top-{K} of {E} experts, {hdr['expert_bytes']} bytes per expert in bf16) reading "
+      f"{len(requests)} passages of held-out Bible text (books it never saw in training, "
+      "English KJV and WEB and Spanish Reina-Valera 1909) and continuing each greedily. "
+      f"Trace: `{os.path.relpath(args.trace, os.path.dirname(args.out))}` ({len(steps)} steps, "
+      f"{len(toks)} tokens of which {n_prefill} prompt tokens prefilled one passage per step, "
+      f"the rest decoded one token a step). Regenerate with `{args.cmd}`.")
+    w("")
+    w("## Expert popularity per layer")
+    w("")
+    w(f"Share of the layer's routed slots (tokens x {K}) taken by each expert, most popular first; "
+      f"uniform would be {100 / E:.1f}% each. Max/min ratio and the share of the 4 most popular "
+      f"experts ({100 * 4 / E:.0f}% under uniform routing).")
+    w("")
+    w("| layer | top 4 experts (share) | top-4 share | max/min | least used |")
+    w("|---|---|---|---|---|")
+    for l in range(L):
+        tot = sum(counts[l])
+        order = sorted(range(E), key=lambda e: -counts[l][e])
+        top = ", ".join(f"{e} ({100 * counts[l][e] / tot:.1f}%)" for e in order[:4])
+        top4 = 100 * sum(counts[l][e] for e in order[:4]) / tot
+        lo = counts[l][order[-1]]
+        ratio = f"{counts[l][order[0]] / lo:.1f}" if lo else "inf"
+        w(f"| {l} | {top} | {top4:.1f}% | {ratio} | {order[-1]} ({100 * lo / tot:.1f}%) |")
+    w("")
+    w("Full counts (layer x expert):")
+    w("")
+    w("```")
+    for l in range(L):
+        w(f"layer {l}: " + " ".join(f"{c:5d}" for c in counts[l]))
+    w("```")
+    w("")
+    w("## Consecutive tokens reusing an expert")
+    w("")
+    w(f"Probability that an expert chosen for token t at a layer was also chosen for token t-1 "
+      f"of the same sequence at that layer (random routing: {K}/{E} = {K / E:.3f}).")
+    w("")
+    w("| layer | reuse |")
+    w("|---|---|")
+    for l in range(L):
+        w(f"| {l} | {reuse[l][0] / reuse[l][1]:.3f} |")
+    allr = sum(r[0] for r in reuse) / sum(r[1] for r in reuse)
+    w(f"| all | {allr:.3f} |")
+    w("")
+    w("## Lookahead prediction")
+    w("")
+    w("Recall of predicting layer l's experts one layer ahead: layer l's router applied to the "
+      "residual stream at the input of layer l-1's MoE block (the CPU engine's lookahead, "
+      "recorded in the trace by `--record-routing`): the share of the "
+      f"{K} experts actually chosen that were among the {K} predicted.")
+    w("")
+    w("| layer | recall |")
+    w("|---|---|")
+    for l in range(1, L):
+        if recall[l][1]:
+            w(f"| {l} | {recall[l][0] / recall[l][1]:.3f} |")
+    if any(r[1] for r in recall):
+        w(f"| all | {sum(r[0] for r in recall) / sum(r[1] for r in recall):.3f} |")
+    w("")
+    rec = cache[0.25]["recorded"]
+    w(f"`expertd plan --predictor recorded` (over every layer, the first included) reports "
+      f"prediction precision {rec['prediction_precision']:.3f} and recall "
+      f"{rec['prediction_recall']:.3f} at 25% cache.")
+    w("")
+    w("## LRU expert cache")
+    w("")
+    w(f"Hit rate of an LRU cache holding 25% and 50% of all {total_slots} experts "
+      f"({L} layers x {E}), from `expertd plan --trace TRACE --cache-slots N --policy lru "
+      "--predictor P`: `none` is demand loading only; `recorded` also prefetches the lookahead "
+      "prediction; `previous` prefetches the experts the previous token used.")
+    w("")
+    w("| cache | slots | predictor | hit rate | MiB copied per token |")
+    w("|---|---|---|---|---|")
+    for frac in (0.25, 0.5):
+        for p, r in cache[frac].items():
+            w(f"| {int(frac * 100)}% | {r['cache_slots']} | {p} | {r['hit_rate']:.3f} | "
+              f"{r['bytes_per_token'] / 2**20:.3f} |")
+    w("")
+    w("Per-layer LRU hit rates without prefetch: " + "; ".join(
+        f"{int(frac * 100)}%: " + ", ".join(f"{h:.2f}" for h in cache[frac]['none']['layer_hit_rates'])
+        for frac in (0.25, 0.5)) + ".")
+    w("")
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines))
+    print("\n".join(lines))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd_name", required=True)
+    r = sub.add_parser("record")
+    r.add_argument("--expertd", default="build/daemon/expertd")
+    r.add_argument("--model", default="models/demo-moe")
+    r.add_argument("--heldout", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--passages", type=int, default=24)
+    r.add_argument("--passage-bytes", type=int, default=500)
+    r.add_argument("--max-tokens", type=int, default=32)
+    p = sub.add_parser("report")
+    p.add_argument("--expertd", default="build/daemon/expertd")
+    p.add_argument("--trace", required=True)
+    p.add_argument("--out", required=True)
+    args = ap.parse_args()
+    args.cmd = "python3 tools/demo_model/routing.py " + " ".join(sys.argv[1:])
+    (record if args.cmd_name == "record" else report)(args)
+
+
+if __name__ == "__main__":
+    main()
