@@ -86,6 +86,10 @@ def main():
     ap.add_argument("--eval-tokens", type=int, default=16384, help="held-out tokens per periodic eval")
     ap.add_argument("--final-eval-tokens", type=int, default=131072)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-minutes", type=float, default=0,
+                    help="wall-clock budget for the training loop (0: none): the learning-rate "
+                         "schedule follows max(step / steps, elapsed / budget) and training stops "
+                         "when that reaches 1, so a shared, loaded machine still finishes on time")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -121,11 +125,16 @@ def main():
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
 
+    def progress(step):
+        p = step / args.steps
+        if args.max_minutes > 0:
+            p = max(p, (time.time() - t_train) / (60 * args.max_minutes))
+        return min(p, 1.0)
+
     def lr_at(step):
         if step < args.warmup:
             return args.lr * (step + 1) / args.warmup
-        p = (step - args.warmup) / max(1, args.steps - args.warmup)
-        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress(step))))
 
     gen = torch.Generator().manual_seed(args.seed)
     log = open(os.path.join(args.log_dir, "loss.csv"), "w", newline="")
@@ -134,7 +143,11 @@ def main():
     model.train()
     t_train = time.time()
     smooth = None
+    steps_done = 0
     for step in range(args.steps):
+        if step >= args.warmup and progress(step) >= 1.0:
+            break
+        steps_done = step + 1
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         starts = torch.randint(0, len(train) - args.seq_len - 1, (args.batch,), generator=gen)
@@ -151,7 +164,7 @@ def main():
         opt.step()
         smooth = ce.item() if smooth is None else 0.9 * smooth + 0.1 * ce.item()
         held_loss = ""
-        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+        if (step + 1) % args.eval_every == 0:
             held_loss = f"{evaluate(model, held, args.seq_len, args.eval_tokens):.4f}"
         if step % 10 == 0 or held_loss:
             el = time.time() - t_train
@@ -161,9 +174,14 @@ def main():
             print(f"step {step + 1}/{args.steps} loss {ce.item():.3f} (avg {smooth:.3f}) "
                   f"aux {aux.item():.3f} held {held_loss or '-'} {el:.0f}s", flush=True)
     train_seconds = time.time() - t_train
+    w.writerow([steps_done, steps_done * args.batch * args.seq_len, f"{train_seconds:.1f}",
+                f"{lr_at(steps_done - 1):.6f}", f"{ce.item():.4f}", f"{aux.item():.4f}", ""])
     final = evaluate(model, held, args.seq_len, args.final_eval_tokens)
     n_eval = min(len(held) - 1, args.final_eval_tokens) // args.seq_len * args.seq_len
-    print(f"held-out loss {final:.4f} over {n_eval} tokens", flush=True)
+    print(f"held-out loss {final:.4f} over {n_eval} tokens after {steps_done} steps", flush=True)
+    w.writerow([steps_done, steps_done * args.batch * args.seq_len, f"{train_seconds:.1f}", "",
+                "", "", f"{final:.4f}"])
+    log.close()
 
     model.config.output_router_logits = False
     model.to(torch.bfloat16)
@@ -171,7 +189,8 @@ def main():
     model.save_pretrained(args.out)
     info = {"command": " ".join([os.path.basename(sys.executable)] + sys.argv),
             "args": vars(args), "parameters": n_params,
-            "train_tokens_seen": args.steps * args.batch * args.seq_len,
+            "steps_done": steps_done,
+            "train_tokens_seen": steps_done * args.batch * args.seq_len,
             "corpus_train_tokens": len(train), "heldout_tokens": len(held),
             "heldout_loss": round(final, 4), "heldout_eval_tokens": n_eval,
             "train_seconds": round(train_seconds), "total_seconds": round(time.time() - t0),
