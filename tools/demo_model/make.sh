@@ -22,9 +22,10 @@ cd "$root"
 export CUDA_VISIBLE_DEVICES= HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 "$here/corpus.py" --work "$work/debs" --out "$work/data"
 nice -n 10 "$venv/bin/python" "$here/train.py" --data "$work/data" --out models/demo-moe \
-    --log-dir "$here/run" --steps 1600 --max-minutes 24 "$@"
+    --log-dir "$here/run" --steps 1600 --max-minutes 25 --threads 1 "$@"
 "$venv/bin/python" "$here/make_golden.py"
 "$venv/bin/python" "$here/routing.py" record --heldout "$work/data/heldout.txt" \
     --out bench/traces/demo-heldout.xdroute.zst
 "$venv/bin/python" "$here/routing.py" report --trace bench/traces/demo-heldout.xdroute.zst \
+    --heldout "$work/data/heldout.txt" \
     --out bench/routing-demo.md

@@ -15,6 +15,7 @@ Only the standard library and the zstandard package.
 import argparse
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -147,6 +148,21 @@ def report(args):
                     pred = set(p for p in pr[l * K:(l + 1) * K] if p != 0xFFFF)
                     recall[l][0] += len(cur & pred)
                     recall[l][1] += K
+    # language of each request (passage), when the held-out file is at hand
+    lang = {}
+    if args.heldout:
+        for i, text in enumerate(passages(args.heldout, args.passages, args.passage_bytes)):
+            t = f" {text.lower()} "
+            es = t.count(" y ") + t.count(" de ") + t.count(" que ")
+            en = t.count(" and ") + t.count(" the ") + t.count(" of ")
+            lang[i] = "es" if es > en else "en"
+    by_lang = {}
+    for req, _, ex, _, _ in toks:
+        if req in lang:
+            c = by_lang.setdefault(lang[req], [[0] * E for _ in range(L)])
+            for l in range(L):
+                for k in range(K):
+                    c[l][ex[l * K + k]] += 1
     total_slots = L * E
     cache = {}
     for frac in (0.25, 0.5):
@@ -159,28 +175,31 @@ def report(args):
     w("")
     w(f"The reference routing workload: `models/demo-moe` (OLMoE architecture, {L} MoE layers, "
       f"top-{K} of {E} experts, {hdr['expert_bytes']} bytes per expert in bf16) reading "
-      f"{len(requests)} passages of held-out Bible text (books it never saw in training, "
-      "English KJV and WEB and Spanish Reina-Valera 1909) and continuing each greedily. "
+      f"{len(requests)} passages of held-out Bible text (the held-out books of corpus.py: "
+      "Proverbs, Matthew and 1 Peter of the KJV and the Reina-Valera 1909, Proverbs, Tobit, "
+      "1 Corinthians and Revelation of the WEB; Matthew and 1 Peter are in training in the "
+      "WEB's wording) and continuing each greedily for up to 32 tokens. "
       f"Trace: `{os.path.relpath(args.trace, os.path.dirname(args.out))}` ({len(steps)} steps, "
       f"{len(toks)} tokens of which {n_prefill} prompt tokens prefilled one passage per step, "
-      f"the rest decoded one token a step). Regenerate with `{args.cmd}`.")
+      f"the rest decoded one token a step; passages are run one after another, not "
+      f"batched). Regenerate with `tools/demo_model/make.sh` (its last two steps: "
+      f"`routing.py record` writes the trace, then `{args.cmd}`).")
     w("")
     w("## Expert popularity per layer")
     w("")
     w(f"Share of the layer's routed slots (tokens x {K}) taken by each expert, most popular first; "
-      f"uniform would be {100 / E:.1f}% each. Max/min ratio and the share of the 4 most popular "
-      f"experts ({100 * 4 / E:.0f}% under uniform routing).")
+      f"uniform would be {100 / E:.1f}% each; the share of the 4 most popular experts "
+      f"({100 * 4 / E:.0f}% under uniform routing) and the experts that take under 1%.")
     w("")
-    w("| layer | top 4 experts (share) | top-4 share | max/min | least used |")
-    w("|---|---|---|---|---|")
+    w("| layer | top 4 experts (share) | top-4 share | experts under 1% |")
+    w("|---|---|---|---|")
     for l in range(L):
         tot = sum(counts[l])
         order = sorted(range(E), key=lambda e: -counts[l][e])
         top = ", ".join(f"{e} ({100 * counts[l][e] / tot:.1f}%)" for e in order[:4])
         top4 = 100 * sum(counts[l][e] for e in order[:4]) / tot
-        lo = counts[l][order[-1]]
-        ratio = f"{counts[l][order[0]] / lo:.1f}" if lo else "inf"
-        w(f"| {l} | {top} | {top4:.1f}% | {ratio} | {order[-1]} ({100 * lo / tot:.1f}%) |")
+        rare = [e for e in range(E) if counts[l][e] < 0.01 * tot]
+        w(f"| {l} | {top} | {top4:.1f}% | {len(rare)} ({', '.join(map(str, rare))}) |")
     w("")
     w("Full counts (layer x expert):")
     w("")
@@ -189,6 +208,23 @@ def report(args):
         w(f"layer {l}: " + " ".join(f"{c:5d}" for c in counts[l]))
     w("```")
     w("")
+    if len(by_lang) == 2:
+        en, es = by_lang["en"], by_lang["es"]
+        n_en = sum(1 for r in requests if lang.get(r) == "en")
+        w("By language (%d English passages, %d Spanish): total variation distance between the "
+          "two languages' expert distributions (0: the same experts in the same proportions, "
+          "1: disjoint experts) and each language's two favourite experts." % (n_en, len(requests) - n_en))
+        w("")
+        w("| layer | distance | English: top 2 | Spanish: top 2 |")
+        w("|---|---|---|---|")
+        for l in range(L):
+            te, ts = sum(en[l]), sum(es[l])
+            tv = 0.5 * sum(abs(en[l][e] / te - es[l][e] / ts) for e in range(E))
+            fe = sorted(range(E), key=lambda e: -en[l][e])[:2]
+            fs = sorted(range(E), key=lambda e: -es[l][e])[:2]
+            w(f"| {l} | {tv:.2f} | " + ", ".join(f"{e} ({100 * en[l][e] / te:.0f}%)" for e in fe)
+              + " | " + ", ".join(f"{e} ({100 * es[l][e] / ts:.0f}%)" for e in fs) + " |")
+        w("")
     w("## Consecutive tokens reusing an expert")
     w("")
     w(f"Probability that an expert chosen for token t at a layer was also chosen for token t-1 "
@@ -239,8 +275,29 @@ def report(args):
         f"{int(frac * 100)}%: " + ", ".join(f"{h:.2f}" for h in cache[frac]['none']['layer_hit_rates'])
         for frac in (0.25, 0.5)) + ".")
     w("")
+    rare = sum(1 for l in range(L) for e in range(E) if counts[l][e] < 0.01 * sum(counts[l]))
+    allrec = sum(r[0] for r in recall) / max(1, sum(r[1] for r in recall))
+    summary = [
+        "## Summary",
+        "",
+        f"- Routing is skewed, not uniform: the 4 most popular experts of a layer take "
+        f"{min(100 * sum(sorted(c)[-4:]) / sum(c) for c in counts):.0f}-"
+        f"{max(100 * sum(sorted(c)[-4:]) / sum(c) for c in counts):.0f}% of its slots and "
+        f"{rare} of the {total_slots} experts take under 1% on this text (a small model "
+        "trained briefly; a cache can leave those on the host).",
+        f"- Consecutive tokens reuse an expert with probability {allr:.2f} "
+        f"({K / E:.3f} at random), more in the deeper layers.",
+        f"- The one-layer lookahead finds {100 * allrec:.0f}% of the next layer's experts.",
+        f"- LRU alone hits {cache[0.25]['none']['hit_rate']:.2f} with 25% of the experts "
+        f"resident and {cache[0.5]['none']['hit_rate']:.2f} with 50%; prefetching the lookahead "
+        f"prediction raises that to {cache[0.25]['recorded']['hit_rate']:.2f} and "
+        f"{cache[0.5]['recorded']['hit_rate']:.2f}.",
+        "",
+    ]
+    lines[2:2] = [lines[2], ""] + summary
+    del lines[2 + len(summary) + 2]
     with open(args.out, "w") as f:
-        f.write("\n".join(lines))
+        f.write(re.sub(r"\n{3,}", "\n\n", "\n".join(lines)) + "\n")
     print("\n".join(lines))
 
 
@@ -260,6 +317,10 @@ def main():
     p.add_argument("--expertd", default="build/daemon/expertd")
     p.add_argument("--trace", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--heldout", help="the held-out text the trace was recorded on: "
+                   "labels each passage's language (same --passages/--passage-bytes)")
+    p.add_argument("--passages", type=int, default=24)
+    p.add_argument("--passage-bytes", type=int, default=500)
     args = ap.parse_args()
     args.cmd = "python3 tools/demo_model/routing.py " + " ".join(sys.argv[1:])
     (record if args.cmd_name == "record" else report)(args)
