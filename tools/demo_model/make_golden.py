@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Golden references for the bundled demo model: for a few prompts, the ids transformers'
-tokenizer gives, the logits at the last prompt position and 24 greedy tokens, computed by
+tokenizer gives, the logits at the last prompt position and 16 greedy tokens, computed by
 transformers from models/demo-moe loaded in float32 (the bf16 weights widened exactly, f32
 arithmetic: what expertd's CPU backend computes). tests/test-demo-model.c checks against it.
 
@@ -19,7 +19,7 @@ import transformers
 
 PROMPTS = ["In the beginning God created", "The LORD is my shepherd;",
            "Y dijo Dios: Sea la luz", "And Jesus said unto them,"]
-N_GREEDY = 24
+N_GREEDY = 16
 
 
 def f32(x):
