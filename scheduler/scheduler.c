@@ -464,10 +464,11 @@ static size_t held_keep(const struct seq *q)
 
 static void held_drop(struct seq *q, size_t n)
 {
+    if (n == 0)
+        return; /* also: no buffer yet without a tokenizer */
     memmove(q->held, q->held + n, q->n_held - n);
     q->n_held -= n;
-    if (q->held)
-        q->held[q->n_held] = '\0';
+    q->held[q->n_held] = '\0';
 }
 
 static bool is_stop_id(const struct xd_sched *s, const struct seq *q, int32_t tok)
