@@ -317,7 +317,9 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     size_t n = strlen(line);
     while (n && line[n - 1] == '\n')
         line[--n] = '\0';
-    xd_log(cls, XD_LOG_WARN, "libmicrohttpd: %s", line);
+    /* our own hang-up handling ends a stream with an error on purpose; that is not news */
+    bool ours = strstr(line, "application error generating response") != NULL;
+    xd_log(cls, ours ? XD_LOG_DEBUG : XD_LOG_WARN, "libmicrohttpd: %s", line);
 }
 
 int xd_http_start(struct xd_server *s, struct xd_err *err)
