@@ -347,7 +347,7 @@ int xd_http_start(struct xd_server *s, struct xd_err *err)
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-        MHD_OPTION_THREAD_STACK_SIZE, (size_t)(512 * 1024),
+        MHD_OPTION_THREAD_STACK_SIZE, (size_t)(2 << 20),
         MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!s->mhd)

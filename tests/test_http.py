@@ -479,7 +479,25 @@ def sigterm_drains_in_flight_stream():
         s.stop()
 
 
+@test
+def request_timeout_cuts_generation():
+    s = Server("--request-timeout", "0.3")
+    try:
+        t0 = time.time()
+        r = s.client().completions.create(model=s.name, prompt="slow", max_tokens=8000,
+                                          extra_body={"ignore_eos": True})
+        assert time.time() - t0 < 3
+        assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens < 8000
+    finally:
+        assert s.stop() == 0
+
+
+t_stop = time.time()
 exit_status = S.stop()
+if time.time() - t_stop > 5:
+    failed += 1
+    print(f"FAIL main server took {time.time() - t_stop:.1f} s to drain:\n" +
+          "\n".join(S.log[-5:]))
 if exit_status != 0:
     failed += 1
     print(f"FAIL main server exited {exit_status}\n" + "\n".join(S.log[-20:]))
