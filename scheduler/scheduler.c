@@ -47,6 +47,7 @@ struct seq {
     bool admitted_once;
 
     struct xd_sampler *sampler;
+    bool own_sampler;
     struct xd_detok *detok;       /* NULL without a tokenizer */
     char **stop;                  /* (n_stop,) owned copies */
     size_t *stop_len;             /* (n_stop,) */
@@ -128,7 +129,8 @@ static void seq_free(struct seq *q)
     free(q->tokens);
     free(q->blocks);
     free(q->hashes);
-    xd_sampler_destroy(q->sampler);
+    if (q->own_sampler)
+        xd_sampler_destroy(q->sampler);
     xd_detok_destroy(q->detok);
     for (int i = 0; i < q->n_stop; i++)
         free(q->stop[i]);
@@ -462,10 +464,11 @@ static size_t held_keep(const struct seq *q)
 
 static void held_drop(struct seq *q, size_t n)
 {
+    if (n == 0)
+        return; /* also: no buffer yet without a tokenizer */
     memmove(q->held, q->held + n, q->n_held - n);
     q->n_held -= n;
-    if (q->held)
-        q->held[q->n_held] = '\0';
+    q->held[q->n_held] = '\0';
 }
 
 static bool is_stop_id(const struct xd_sched *s, const struct seq *q, int32_t tok)
@@ -576,10 +579,15 @@ int xd_sched_submit(struct xd_sched *s, const struct xd_request *req, xd_sched_s
     struct seq *q = calloc(1, sizeof *q);
     if (!q)
         return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
-    int rc = xd_sampler_create(&req->sampling, e->n_vocab, &q->sampler, err);
-    if (rc < 0) {
-        seq_free(q);
-        return rc;
+    if (req->sampler) {
+        q->sampler = req->sampler;
+    } else {
+        int rc = xd_sampler_create(&req->sampling, e->n_vocab, &q->sampler, err);
+        if (rc < 0) {
+            seq_free(q);
+            return rc;
+        }
+        q->own_sampler = true;
     }
     const size_t sig_n = (size_t)e->n_moe_layers * (size_t)e->top_k;
     q->tokens = malloc(sizeof *q->tokens * (size_t)n_total);

@@ -66,6 +66,9 @@ struct xd_request {
     int n_stop_ids;
     bool ignore_eos;                    /* do not stop at the model's EOS ids */
     bool skip_special;                  /* leave special tokens out of the text */
+    struct xd_sampler *sampler;         /* borrowed, may be NULL: sample with this one (it must
+                                           outlive the request) instead of one made from
+                                           sampling; the scheduler adds the prompt to it */
 };
 
 enum xd_finish_reason {
