@@ -6,7 +6,9 @@
  * client that goes away is noticed while its request is still prefilling or waiting, not only
  * at the next write. With an internal polling thread, a reader may not return 0 (MHD would
  * busy-loop) and a suspended connection is not polled at all, so a disconnect would go unseen
- * until the next token. Threads cost a stack each; max-connections bounds them. */
+ * until the next token. Threads cost a stack each; max-connections bounds them. A client that
+ * half-closes its side (shutdown(SHUT_WR)) after sending a generation request counts as gone:
+ * no OpenAI client does that, and telling it apart from a reset would need a write. */
 #include "http.h"
 
 #include <arpa/inet.h>
