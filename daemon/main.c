@@ -14,6 +14,7 @@ static void usage(FILE *out)
             "usage: expertd COMMAND [OPTIONS]\n"
             "\n"
             "commands:\n"
+            "  serve      serve a model over an OpenAI-compatible HTTP API (expertd serve --help)\n"
             "  generate   generate tokens offline from a checkpoint (expertd generate --help)\n"
             "  plan       size the GPU expert cache from a routing trace (expertd plan --help)\n"
             "  version    print the version, compiled backends and GPUs found\n"
@@ -30,6 +31,8 @@ int main(int argc, char **argv)
     xd_gpu_register();
 #endif
     const char *cmd = argv[1];
+    if (strcmp(cmd, "serve") == 0)
+        return xd_cmd_serve(argc - 2, argv + 2);
     if (strcmp(cmd, "generate") == 0)
         return xd_cmd_generate(argc - 2, argv + 2);
     if (strcmp(cmd, "plan") == 0)
