@@ -15,6 +15,8 @@ static void usage(FILE *out)
             "\n"
             "commands:\n"
             "  generate   generate tokens offline from a checkpoint (expertd generate --help)\n"
+            "  check-config FILE\n"
+            "             check a config file and print the settings it gives\n"
             "  version    print the version, compiled backends and GPUs found\n"
             "  help       print this message\n");
 }
@@ -31,6 +33,8 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (strcmp(cmd, "generate") == 0)
         return xd_cmd_generate(argc - 2, argv + 2);
+    if (strcmp(cmd, "check-config") == 0)
+        return xd_cmd_check_config(argc - 2, argv + 2);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)
         return xd_cmd_version(argc - 2, argv + 2);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
