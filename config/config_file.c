@@ -408,6 +408,31 @@ int xd_config_file_load_opts(const struct xd_opt *table, size_t n, void *dst, in
     return XD_OK;
 }
 
+void xd_config_file_locate(const struct xd_config_file *f, struct xd_err *err)
+{
+    if (!f || !err)
+        return;
+    char extra[sizeof err->msg] = "";
+    size_t used = 0;
+    for (const char *p = strstr(err->msg, "'--"); p; p = strstr(p + 1, "'--")) {
+        const char *name = p + 3, *end = strchr(name, '\'');
+        if (!end)
+            break;
+        for (size_t i = 0; i < f->n_entries; i++) {
+            const struct entry *e = &f->entries[i];
+            if (strlen(e->key) == (size_t)(end - name) && strncmp(e->key, name, (size_t)(end - name)) == 0) {
+                int w = snprintf(extra + used, sizeof extra - used, "; %s is set on %s:%d",
+                                 e->key, f->name, e->line);
+                if (w > 0 && (size_t)w < sizeof extra - used)
+                    used += (size_t)w;
+            }
+        }
+    }
+    size_t len = strlen(err->msg);
+    if (used)
+        snprintf(err->msg + len, sizeof err->msg - len, "%s", extra);
+}
+
 /* ---------------------------------------------------------------- printing */
 
 static void print_string(FILE *out, const char *name, const char *s)

@@ -72,6 +72,12 @@ int xd_config_file_apply(const struct xd_config_file *f, const struct xd_opt *ta
 int xd_config_file_load_opts(const struct xd_opt *table, size_t n, void *dst, int argc,
                              char **argv, struct xd_config_file **ret_file, struct xd_err *err);
 
+/* For an error from a later check (cross-field validation) that names an option as
+ * "option '--NAME'" or "options '--NAME' and '--OTHER'": when f sets those keys, appends where
+ * ("; log-level is set on expertd.conf:3"), so that every message about the file points at a
+ * line. f may be NULL. */
+void xd_config_file_locate(const struct xd_config_file *f, struct xd_err *err);
+
 /* Prints dst as a config file, one `key = value` line per option of table (command-line-only
  * options left out; unset text options as a comment), so that the output reads back to the
  * same settings. */

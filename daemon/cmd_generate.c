@@ -164,23 +164,6 @@ static void gen_defaults(struct gen_opts *o)
     xd_config_init(&o->cfg);
 }
 
-static int gen_validate(const void *values, struct xd_err *err)
-{
-    return xd_config_validate(&((const struct gen_opts *)values)->cfg, err);
-}
-
-int xd_cmd_generate_settings(struct xd_cmd_settings *ret)
-{
-    struct gen_opts *o = malloc(sizeof *o);
-    if (!o)
-        return XD_ERR_NOMEM;
-    gen_defaults(o);
-    ret->values = o;
-    ret->n_opts = build_table(ret->table);
-    ret->validate = gen_validate;
-    return XD_OK;
-}
-
 int xd_cmd_generate(int argc, char **argv)
 {
     struct xd_opt table[64];
@@ -209,6 +192,7 @@ int xd_cmd_generate(int argc, char **argv)
         goto out;
     }
     if (xd_config_validate(&o.cfg, &err) < 0) {
+        xd_config_file_locate(file, &err);
         fprintf(stderr, "expertd generate: %s\n", err.msg);
         status = 2;
         goto out;

@@ -405,6 +405,22 @@ static void test_print_reads_back(void)
     free(text);
 }
 
+static void test_locate_names_the_line(void)
+{
+    struct xd_config_file *f = NULL;
+    struct xd_err err = {{0}};
+    const char *text = "# x\nport = 1\nmodel = m\n";
+    CHECK(xd_config_file_parse(text, strlen(text), "t.conf", &f, &err) == XD_OK, "%s", err.msg);
+    snprintf(err.msg, sizeof err.msg, "options '--port' and '--model' exclude each other");
+    xd_config_file_locate(f, &err);
+    CHECK_CONTAINS(err.msg, "exclude each other; port is set on t.conf:2; model is set on t.conf:3");
+    snprintf(err.msg, sizeof err.msg, "option '--temperature' is odd");
+    xd_config_file_locate(f, &err);
+    CHECK(strcmp(err.msg, "option '--temperature' is odd") == 0, "%s", err.msg);
+    xd_config_file_locate(NULL, &err);
+    xd_config_file_destroy(f);
+}
+
 /* ---------------------------------------------------------------- secrets */
 
 static void test_secret_first_line(void)
@@ -507,6 +523,7 @@ int main(void)
     RUN(test_precedence_defaults_file_env_flags);
     RUN(test_config_flag_errors);
     RUN(test_print_reads_back);
+    RUN(test_locate_names_the_line);
     RUN(test_secret_first_line);
     RUN(test_secret_mode_warning);
     RUN(test_secret_errors);
