@@ -3,6 +3,8 @@
 
 #include <string.h>
 
+#include "chat_template.h"
+
 void xd_server_config_init(struct xd_server_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -63,7 +65,7 @@ const struct xd_opt xd_server_config_opts[] = {
     {"keepalive-interval", XD_OPT_FLOAT, SRV(keepalive_interval), 0.05, 3600, NULL,
      "seconds between SSE keep-alive comments while waiting (default 10)"},
     {"chat-template", XD_OPT_STRING, SRV(chat_template), 0, 0, NULL,
-     "chatml, mistral or olmoe: overrides detection from tokenizer_config.json"},
+     "chatml, mistral, mistral-v1 or olmoe: overrides the template detected in tokenizer_config.json"},
     {"log-level", XD_OPT_STRING, SRV(log_level), 0, 0, "EXPERTD_LOG_LEVEL",
      "error, warn, info or debug (default info: one line per request)"},
 };
@@ -94,11 +96,10 @@ int xd_server_config_validate(const struct xd_server_config *cfg, struct xd_err 
         return xd_err_set(err, XD_ERR_CONFIG,
                           "option '--log-level': '%s' is not error, warn, info or debug",
                           cfg->log_level ? cfg->log_level : "");
-    if (cfg->chat_template && strcmp(cfg->chat_template, "chatml") != 0 &&
-        strcmp(cfg->chat_template, "mistral") != 0 && strcmp(cfg->chat_template, "olmoe") != 0)
+    if (cfg->chat_template && xd_chat_format_from_name(cfg->chat_template) == XD_CHAT_UNKNOWN)
         return xd_err_set(err, XD_ERR_CONFIG,
-                          "option '--chat-template': '%s' is not chatml, mistral or olmoe",
-                          cfg->chat_template);
+                          "option '--chat-template': '%s' is not chatml, mistral, mistral-v1 "
+                          "or olmoe", cfg->chat_template);
     if (!cfg->host || !cfg->host[0])
         return xd_err_set(err, XD_ERR_CONFIG, "option '--host' is empty");
     if (cfg->engine.kv_blocks && cfg->kv_memory_mb)

@@ -178,7 +178,7 @@ static int parse_content(json_t *c, struct xd_api_message *m, struct xd_api_erro
     } else if (json_is_string(c)) {
         m->content = strndup(json_string_value(c), json_string_length(c));
         if (m->content && strlen(m->content) != json_string_length(c))
-            return BAD("messages", "message content holds a NUL character");
+            return BAD("messages", "'messages': content holds a NUL character");
     } else if (json_is_array(c)) {
         size_t total = 1;
         for (size_t i = 0; i < json_array_size(c); i++) {
@@ -186,7 +186,7 @@ static int parse_content(json_t *c, struct xd_api_message *m, struct xd_api_erro
             json_t *type = json_object_get(part, "type"), *text = json_object_get(part, "text");
             if (!json_is_object(part) || !json_is_string(type) ||
                 strcmp(json_string_value(type), "text") != 0 || !json_is_string(text))
-                return BAD("messages", "only text content parts are supported");
+                return BAD("messages", "'messages': only text content parts are supported");
             total += json_string_length(text);
         }
         m->content = malloc(total);
@@ -199,7 +199,7 @@ static int parse_content(json_t *c, struct xd_api_message *m, struct xd_api_erro
             }
             m->content[off] = '\0';
             if (strlen(m->content) != off)
-                return BAD("messages", "message content holds a NUL character");
+                return BAD("messages", "'messages': content holds a NUL character");
         }
     } else {
         return BAD_TYPE("messages", "a list of {role, content} objects with string content");
@@ -235,7 +235,7 @@ static int parse_messages(json_t *root, struct xd_api_request *r, struct xd_api_
         if (strcmp(rs, "developer") == 0)
             rs = "system";
         if (strcmp(rs, "system") != 0 && strcmp(rs, "user") != 0 && strcmp(rs, "assistant") != 0)
-            return BAD("messages", "message %zu: role '%s' is not system, user or assistant", i,
+            return BAD("messages", "'messages' %zu: role '%s' is not system, user or assistant", i,
                        json_string_value(role));
         r->messages[i].role = rs;
         if (parse_content(json_object_get(m, "content"), &r->messages[i], e) < 0)

@@ -14,6 +14,7 @@ static void usage(FILE *out)
             "usage: expertd COMMAND [OPTIONS]\n"
             "\n"
             "commands:\n"
+            "  serve      serve a model over an OpenAI-compatible HTTP API (expertd serve --help)\n"
             "  generate   generate tokens offline from a checkpoint (expertd generate --help)\n"
             "  check-config FILE\n"
             "             check a config file and print the settings it gives\n"
@@ -31,6 +32,8 @@ int main(int argc, char **argv)
     xd_gpu_register();
 #endif
     const char *cmd = argv[1];
+    if (strcmp(cmd, "serve") == 0)
+        return xd_cmd_serve(argc - 2, argv + 2);
     if (strcmp(cmd, "generate") == 0)
         return xd_cmd_generate(argc - 2, argv + 2);
     if (strcmp(cmd, "check-config") == 0)

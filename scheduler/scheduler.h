@@ -43,6 +43,10 @@ struct xd_sched_opts {
     bool group_by_expert; /* prefer sequences whose expert signatures overlap */
     int max_wait_steps;   /* grouping never delays a sequence more than this many steps beyond
                              its first-come-first-served turn; 0: 8 */
+    int max_resident;     /* most sequences holding KV blocks at once (admitted, not finished);
+                             0 or less than max_running: max_running. Above max_running, the
+                             steps choose among more decoders than fit, which is where grouping
+                             by expert has a choice. */
 };
 
 /* Defaults for every field (the 0 meanings above, prefix caching and grouping on). */
@@ -163,5 +167,10 @@ struct xd_sched_stats {
     uint64_t expert_layer_steps_total;      /* steps times MoE layers (divide the above by it) */
 };
 void xd_sched_get_stats(struct xd_sched *s, struct xd_sched_stats *ret);
+
+/* Tests: checks the KV accounting between steps (not while the thread runs): every block's
+ * refcount equals the number of block tables that hold it, waiting requests hold none,
+ * referenced plus available blocks is the whole cache. XD_ERR_INVALID says what is off. */
+int xd_sched_check(struct xd_sched *s, struct xd_err *err);
 
 #endif
