@@ -18,6 +18,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The official openai Python SDK, for the client example and its test (which says skipped
+# without it).
+if ! python3 -c 'import openai' 2>/dev/null; then
+  python3 -m pip install -q openai 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages openai 2>/dev/null ||
+    echo "bootstrap: could not install the openai Python package; its tests will be skipped"
+fi
+
 # nvcc is usually in /usr/local/cuda/bin; the CUDA code is built wherever it is found.
 if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
   export PATH="/usr/local/cuda/bin:$PATH"
