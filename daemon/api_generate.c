@@ -661,19 +661,19 @@ static int build_prompts(struct gen_job *j, struct xd_api_error *e)
         const struct prompt *p = &j->prompts[i];
         if (p->n_ids == 0)
             return xd_api_error_set(e, 400, "invalid_request_error", param, "invalid_value",
-                                    "the prompt encodes to no tokens");
+                                    "'%s' encodes to no tokens", param);
         for (int k = 0; k < p->n_ids; k++)
             if (p->ids[k] >= s->vocab_size)
                 return xd_api_error_set(e, 400, "invalid_request_error", param,
                                         "invalid_value",
-                                        "token id %d is outside the vocabulary (%d)", p->ids[k],
+                                        "'%s': token id %d is outside the vocabulary (%d)", param, p->ids[k],
                                         s->vocab_size);
         int limit = s->cfg->max_prompt_tokens;
         if (limit && p->n_ids > limit)
             return xd_api_error_set(e, 400, "invalid_request_error", param,
                                     "context_length_exceeded",
-                                    "the prompt has %d tokens; the limit is %d (max-prompt-"
-                                    "tokens)", p->n_ids, limit);
+                                    "'%s' has %d tokens; the limit is %d (max-prompt-tokens)",
+                                    param, p->n_ids, limit);
         int mt = a->max_tokens;
         if (mt < 0)
             mt = a->kind == XD_API_CHAT ? s->max_context - p->n_ids : 16;
@@ -685,7 +685,10 @@ static int build_prompts(struct gen_job *j, struct xd_api_error *e)
                                    : param,
                 "context_length_exceeded",
                 "this model's maximum context length is %d tokens; the request has %d prompt "
-                "tokens and asks for %d completion tokens", s->max_context, p->n_ids, mt);
+                "tokens and asks for %d completion tokens ('%s')", s->max_context, p->n_ids, mt,
+                a->max_tokens >= 0 ? (a->kind == XD_API_CHAT ? "max_completion_tokens"
+                                                             : "max_tokens")
+                                   : param);
     }
     return 0;
 }

@@ -82,8 +82,8 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     if (!blocks && c->kv_memory_mb)
         blocks = c->kv_memory_mb * (1LL << 20) / block_bytes;
     if (!blocks) { /* four full contexts, at most 2 GiB */
-        blocks = 4LL * (mc->max_position_embeddings + c->engine.block_size - 1) /
-                 c->engine.block_size;
+        blocks = 4LL * ((mc->max_position_embeddings + c->engine.block_size - 1) /
+                        c->engine.block_size);
         if (blocks * block_bytes > (2LL << 30))
             blocks = (2LL << 30) / block_bytes;
     }

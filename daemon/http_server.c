@@ -317,7 +317,9 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     size_t n = strlen(line);
     while (n && line[n - 1] == '\n')
         line[--n] = '\0';
-    xd_log(cls, XD_LOG_WARN, "libmicrohttpd: %s", line);
+    /* our own hang-up handling ends a stream with an error on purpose; that is not news */
+    bool ours = strstr(line, "application error generating response") != NULL;
+    xd_log(cls, ours ? XD_LOG_DEBUG : XD_LOG_WARN, "libmicrohttpd: %s", line);
 }
 
 int xd_http_start(struct xd_server *s, struct xd_err *err)
@@ -339,13 +341,13 @@ int xd_http_start(struct xd_server *s, struct xd_err *err)
     /* MHD's idle timeout; generation requests lift it while they run (request-timeout rules) */
     s->mhd = MHD_start_daemon(
         flags, (uint16_t)c->port, NULL, NULL, on_request, s,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s, /* first, or MHD logs the rest itself */
         MHD_OPTION_SOCK_ADDR, ai->ai_addr,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)c->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
-        MHD_OPTION_THREAD_STACK_SIZE, (size_t)(512 * 1024),
+        MHD_OPTION_THREAD_STACK_SIZE, (size_t)(2 << 20),
         MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!s->mhd)

@@ -36,8 +36,13 @@ if [ ! -f build/build.ninja ]; then
 fi
 ninja -C build
 
-if [ ! -f build/models/default/model.safetensors ]; then
-  build/tools/xd-synth-model --out build/models/default --vocab 512 --hidden 128 --layers 4 \
+# The default model: random weights with the vocabulary of the qwen2 fixture tokenizer (602 ids)
+# and its files, so that text prompts and chat (ChatML) work end to end.
+if [ ! -f build/models/default/model.safetensors ] || [ ! -f build/models/default/tokenizer.json ]; then
+  rm -rf build/models/default
+  build/tools/xd-synth-model --out build/models/default --vocab 602 --hidden 128 --layers 4 \
     --heads 4 --kv-heads 2 --experts 16 --top-k 4 --ffn 64 >/dev/null
+  cp tests/fixtures/tokenizers/qwen2/tokenizer.json build/models/default/
+  cp tests/fixtures/chat/qwen2_moe/tokenizer_config.json build/models/default/
 fi
 echo "bootstrap: built build/daemon/expertd; default model in build/models/default"
