@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The three clients against a live `expertd serve` (a small synthetic model with a byte-level
-# tokenizer, chat template chatml), started with --config on an ephemeral port and an API key
+# The three clients against a live `expertd serve` (the HTTP suite's test model: random
+# weights with the qwen2 fixture tokenizer and its ChatML tokenizer_config.json), started with --config on an ephemeral port and an API key
 # file: expertd-client (completion and chat, streamed and whole), the openai SDK example and
 # the curl example; then SIGTERM drains and exits 0.
-# Usage: test-clients-live.sh EXPERTD EXPERTD_CLIENT|none SYNTH_MODEL SOURCE_ROOT
+# Usage: test-clients-live.sh EXPERTD EXPERTD_CLIENT|none SYNTH_MODEL SOURCE_ROOT FIXTURES_DIR
 set -u
-expertd=$1 client=$2 synth=$3 src=$4
+expertd=$1 client=$2 synth=$3 src=$4 fixtures=$5
 tmp=$(mktemp -d)
 pid=
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$tmp"' EXIT
@@ -15,14 +15,15 @@ fail() { failed=$((failed + 1)); echo "FAIL $1: $2"; }
 skip() { skipped=$((skipped + 1)); echo "SKIPPED $1: $2"; }
 unset EXPERTD_MODEL EXPERTD_HOST EXPERTD_PORT EXPERTD_API_KEY EXPERTD_CONFIG EXPERTD_URL
 
-"$synth" --out "$tmp/model" --vocab 512 --layers 2 >/dev/null || { echo "FAIL synth"; exit 1; }
-cp "$src/tests/fuzz/corpus/tokenizer/gpt2-small.json" "$tmp/model/tokenizer.json"
+"$synth" --out "$tmp/model" --vocab 602 --layers 2 --hidden 64 --experts 8 --top-k 2 \
+  --max-pos 8192 >/dev/null || { echo "FAIL synth"; exit 1; }
+cp "$fixtures/tokenizers/qwen2/tokenizer.json" "$fixtures/chat/qwen2_moe/tokenizer_config.json" \
+  "$tmp/model/"
 printf 'sk-live-test\n' >"$tmp/api-key"; chmod 600 "$tmp/api-key"
 cat >"$tmp/expertd.conf" <<CONF
 model = $tmp/model
 served-model-name = tiny
 port = 0
-chat-template = chatml
 api-key-file = $tmp/api-key
 drain-timeout = 10
 CONF
@@ -66,12 +67,15 @@ else
   else fail client_wrong_key "$(cat "$tmp/err")"; fi
 fi
 
-# --- the openai SDK example
-if python3 -c 'import openai' 2>/dev/null; then
+# --- the openai SDK example: the HTTP suite's venv (pinned SDK) when it exists, else python3
+py=python3
+[ -x "$src/build/http-venv/bin/python" ] && "$src/build/http-venv/bin/python" -c 'import openai' 2>/dev/null &&
+  py=$src/build/http-venv/bin/python
+if "$py" -c 'import openai' 2>/dev/null; then
   for mode in "" "--chat"; do
     name="openai_example${mode//-/_}"
     # shellcheck disable=SC2086
-    if python3 "$src/clients/examples/openai_stream.py" --prompt "Hello there" --max-tokens 5 \
+    if "$py" "$src/clients/examples/openai_stream.py" --prompt "Hello there" --max-tokens 5 \
          --seed 2 $mode >"$tmp/out" 2>"$tmp/err" &&
        grep -q 'finish_reason=length completion_tokens=5' "$tmp/err"; then ok "$name"
     else fail "$name" "$(tail -5 "$tmp/err")"; fi
