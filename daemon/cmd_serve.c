@@ -9,6 +9,7 @@
 
 #include "chat_template.h"
 #include "commands.h"
+#include "config_file.h"
 #include "engine.h"
 #include "server.h"
 #include "server_config.h"
@@ -17,10 +18,13 @@
 
 struct serve_opts {
     struct xd_server_config cfg; /* first: the shared table's offsets are relative to it */
+    const char *config;          /* --config FILE, read before the environment and the flags */
     bool help;
 };
 
 static const struct xd_opt serve_own_opts[] = {
+    {"config", XD_OPT_STRING, offsetof(struct serve_opts, config), 0, 0, "EXPERTD_CONFIG",
+     "read settings from FILE (key = value; EXPERTD_* variables and flags override it)"},
     {"help", XD_OPT_FLAG, offsetof(struct serve_opts, help), 0, 0, NULL, "print this help"},
 };
 
@@ -28,34 +32,7 @@ static const struct xd_opt serve_own_opts[] = {
  * flags). *ret stays NULL when neither is set. */
 static int load_api_key(const struct xd_server_config *c, char **ret, struct xd_err *err)
 {
-    char *key = NULL;
-    if (c->api_key_file) {
-        FILE *f = fopen(c->api_key_file, "r");
-        if (!f)
-            return xd_err_set(err, XD_ERR_CONFIG, "option '--api-key-file': cannot open '%s': %s",
-                              c->api_key_file, strerror(errno));
-        char line[1024];
-        if (!fgets(line, sizeof line, f))
-            line[0] = '\0';
-        fclose(f);
-        key = strdup(line);
-    } else if (getenv("EXPERTD_API_KEY")) {
-        key = strdup(getenv("EXPERTD_API_KEY"));
-    } else {
-        return XD_OK;
-    }
-    if (!key)
-        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
-    size_t n = strlen(key);
-    while (n && (key[n - 1] == '\n' || key[n - 1] == '\r' || key[n - 1] == ' '))
-        key[--n] = '\0';
-    if (n == 0) {
-        free(key);
-        return xd_err_set(err, XD_ERR_CONFIG, "%s holds an empty API key",
-                          c->api_key_file ? "option '--api-key-file'" : "EXPERTD_API_KEY");
-    }
-    *ret = key;
-    return XD_OK;
+    return xd_api_key_load(c->api_key_file, ret, err); /* warns on a group/world-readable file */
 }
 
 static const char *base_name(const char *path)
@@ -209,19 +186,25 @@ int xd_cmd_serve(int argc, char **argv)
     struct serve_opts o = {0};
     xd_server_config_init(&o.cfg);
     struct xd_err err = {{0}};
-    if (xd_opts_parse(table, n, &o, argc, argv, &err) < 0) {
+    struct xd_config_file *file = NULL; /* o's strings may point into it until the end */
+    if (xd_config_file_load_opts(table, n, &o, argc, argv, &file, &err) < 0) {
         fprintf(stderr, "expertd serve: %s\n", err.msg);
         return 2;
     }
     if (o.help) {
-        printf("usage: expertd serve --model DIR [OPTIONS]\n\n"
+        printf("usage: expertd serve [--config FILE] --model DIR [OPTIONS]\n\n"
                "Serves the model through an OpenAI-compatible HTTP API. The API key, when one is\n"
-               "wanted, comes from --api-key-file or EXPERTD_API_KEY.\n\n");
+               "wanted, comes from --api-key-file or EXPERTD_API_KEY. Every option is also a key\n"
+               "of the config file; precedence, lowest first: defaults, the file, environment,\n"
+               "flags.\n\n");
         xd_opts_usage(stdout, table, n);
+        xd_config_file_destroy(file);
         return 0;
     }
     if (xd_server_config_validate(&o.cfg, &err) < 0) {
+        xd_config_file_locate(file, &err);
         fprintf(stderr, "expertd serve: %s\n", err.msg);
+        xd_config_file_destroy(file);
         return 2;
     }
 
@@ -242,6 +225,7 @@ int xd_cmd_serve(int argc, char **argv)
     pthread_rwlock_init(&s.sched_lock, NULL);
     if (load_api_key(&o.cfg, &s.api_key, &err) < 0) {
         fprintf(stderr, "expertd serve: %s\n", err.msg);
+        xd_config_file_destroy(file);
         return 2;
     }
     s.api_key_len = s.api_key ? strlen(s.api_key) : 0;
@@ -320,9 +304,10 @@ out:
     xd_tokenizer_config_finish(&L.tcfg);
     xd_tokenizer_destroy(L.tok);
     xd_metrics_destroy(s.metrics);
-    free(s.api_key);
+    xd_secret_free(s.api_key);
     pthread_rwlock_destroy(&s.sched_lock);
     if (status == 0)
         xd_log(&s, XD_LOG_INFO, "stopped");
+    xd_config_file_destroy(file);
     return status;
 }

@@ -17,6 +17,8 @@ static void usage(FILE *out)
             "  serve      serve a model over an OpenAI-compatible HTTP API (expertd serve --help)\n"
             "  generate   generate tokens offline from a checkpoint (expertd generate --help)\n"
             "  plan       size the GPU expert cache from a routing trace (expertd plan --help)\n"
+            "  check-config FILE\n"
+            "             check a config file and print the settings it gives\n"
             "  version    print the version, compiled backends and GPUs found\n"
             "  help       print this message\n");
 }
@@ -37,6 +39,8 @@ int main(int argc, char **argv)
         return xd_cmd_generate(argc - 2, argv + 2);
     if (strcmp(cmd, "plan") == 0)
         return xd_cmd_plan(argc - 2, argv + 2);
+    if (strcmp(cmd, "check-config") == 0)
+        return xd_cmd_check_config(argc - 2, argv + 2);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)
         return xd_cmd_version(argc - 2, argv + 2);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {

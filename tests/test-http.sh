@@ -9,19 +9,11 @@ venv=$src/build/http-venv
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import openai, prometheus_client, requests' 2>/dev/null; then
-  rm -rf "$venv"
-  python3 -m venv "$venv" || { echo "SKIPPED: python3 -m venv is not available"; exit 77; }
-  if ! "$venv/bin/pip" install -q --disable-pip-version-check -r "$src/tests/requirements-http.txt" >"$work/pip.log" 2>&1; then
-    if grep -qiE "network|resolve|connection|Could not find a version|No matching distribution" "$work/pip.log"; then
-      echo "SKIPPED: pip cannot reach the package index to install tests/requirements-http.txt"
-      tail -3 "$work/pip.log"
-      rm -rf "$venv"
-      exit 77
-    fi
-    cat "$work/pip.log"
-    exit 1
-  fi
+py=$("$src/tools/test-venv.sh" "$src")
+rc=$?
+if [ $rc != 0 ]; then
+  [ $rc = 77 ] && echo "SKIPPED: the test venv could not be made (see above)"
+  exit $rc
 fi
 
 # The model: vocab equals the tokenizer's (600 tokens + <think> and </think> as 600, 601).

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(gcc libc6-dev pkg-config meson ninja-build python3 libjansson-dev libpcre2-dev
-          libutf8proc-dev libzstd-dev libmicrohttpd-dev)
+          libutf8proc-dev libzstd-dev libmicrohttpd-dev libsystemd-dev libcurl4-openssl-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
