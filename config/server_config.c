@@ -66,6 +66,9 @@ const struct xd_opt xd_server_config_opts[] = {
      "seconds between SSE keep-alive comments while waiting (default 10)"},
     {"chat-template", XD_OPT_STRING, SRV(chat_template), 0, 0, NULL,
      "chatml, mistral, mistral-v1 or olmoe: overrides the template detected in tokenizer_config.json"},
+    {"record-routing", XD_OPT_STRING, SRV(record_routing), 0, 0, NULL,
+     "write every token's expert routing (request, step, layer, experts, weights) to FILE, "
+     "zstd-compressed, for expertd plan (default: none)"},
     {"log-level", XD_OPT_STRING, SRV(log_level), 0, 0, "EXPERTD_LOG_LEVEL",
      "error, warn, info or debug (default info: one line per request)"},
 };

@@ -11,6 +11,8 @@
 #include "commands.h"
 #include "config_file.h"
 #include "engine.h"
+#include "routing_trace.h"
+#include "sd_notify.h"
 #include "server.h"
 #include "server_config.h"
 #include "tokenizer.h"
@@ -55,7 +57,22 @@ struct loaded {
     struct xd_tokenizer *tok;
     struct xd_tokenizer_config tcfg;
     struct xd_step_engine step;
+    struct xd_trace_writer *trace; /* --record-routing, or NULL */
+    struct xd_metrics *metrics;    /* receives the expert counters after each step */
 };
+
+/* The scheduler's step observer: records routing and copies the expert cache's counters for
+ * /metrics, on the scheduler thread (the only one that touches the engine). */
+static void observe_step(void *ctx, const struct xd_batch *batch, const uint64_t *request_ids,
+                         const struct xd_forward_out *out, double seconds)
+{
+    struct loaded *L = ctx;
+    if (L->trace)
+        xd_trace_writer_observe(L->trace, batch, request_ids, out, seconds);
+    struct xd_expert_stats ex;
+    xd_engine_expert_stats(L->engine, &ex);
+    xd_metrics_set_experts(L->metrics, &ex);
+}
 
 static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
 {
@@ -96,8 +113,17 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
         .n_kv_blocks = (int)blocks,
         .max_batch_tokens = c->engine.max_batch_tokens,
         .n_threads = c->engine.threads,
+        .predict_experts = c->record_routing != NULL,
     };
+    XD_TRY(xd_config_expert_opts(&c->engine, mc, &eo, err));
     XD_TRY(xd_engine_create(L->model, &eo, &L->engine, err));
+    if (c->record_routing) {
+        struct xd_trace_header th = {.n_moe_layers = mc->n_moe_layers, .top_k = mc->top_k,
+                                     .n_experts = mc->n_experts,
+                                     .expert_bytes = xd_model_expert_bytes(L->model),
+                                     .has_predictions = true};
+        XD_TRY(xd_trace_writer_create(c->record_routing, &th, &L->trace, err));
+    }
     xd_step_engine_init(&L->step, L->engine);
 
     /* every id that ends generation: config.json/generation_config.json and the tokenizer's */
@@ -121,6 +147,9 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     so.prefix_caching = c->prefix_caching;
     so.group_by_expert = c->group_by_expert;
     so.max_wait_steps = c->max_wait_steps;
+    so.on_step = observe_step;
+    so.on_step_ctx = L;
+    L->metrics = s->metrics;
     struct xd_sched *sched = NULL;
     XD_TRY(xd_sched_create(&L->step, L->tok, eos, n_eos, &so, &sched, err));
     int rc = xd_sched_start(sched, err);
@@ -252,20 +281,37 @@ int xd_cmd_serve(int argc, char **argv)
         strcmp(o.cfg.host, "localhost") != 0)
         xd_log(&s, XD_LOG_WARN, "listening on %s without an API key", o.cfg.host);
 
+    xd_sd_notifyf("STATUS=loading %s", o.cfg.engine.model);
     if (load(&s, &L, &err) < 0) {
         xd_log(&s, XD_LOG_ERROR, "%s", err.msg);
+        xd_sd_notifyf("STATUS=failed: %s", err.msg);
         goto out;
     }
     atomic_store(&s.state, XD_SERVER_READY);
     xd_log(&s, XD_LOG_INFO, "ready");
+    xd_sd_notifyf("READY=1\nSTATUS=serving '%s' on %s:%u", s.model_name, o.cfg.host,
+                  (unsigned)s.port);
 
+    /* The watchdog is fed from here only while the scheduler thread keeps going round its loop
+     * (it does at least every second when idle): a hung engine stops the pings and systemd
+     * restarts the service. */
+    const double watchdog = (double)xd_sd_watchdog_usec() * 1e-6;
     int sig;
     for (;;) {
         struct timespec tick = {1, 0};
         sig = sigtimedwait(&sigs, NULL, &tick);
         if (sig == SIGTERM || sig == SIGINT)
             break;
+        if (watchdog > 0) {
+            double age = xd_sched_heartbeat_age(s.sched);
+            if (age < watchdog / 2)
+                xd_sd_notify("WATCHDOG=1");
+            else
+                xd_log(&s, XD_LOG_ERROR, "the scheduler has not gone round its loop for %.0f s "
+                       "(a hung engine step?); not feeding the watchdog", age);
+        }
     }
+    xd_sd_notify("STOPPING=1\nSTATUS=draining");
 
     /* drain: refuse new work, let what runs finish within drain-timeout */
     atomic_store(&s.state, XD_SERVER_DRAINING);
@@ -299,6 +345,8 @@ out:
     for (int i = 0; i < 100 && atomic_load(&s.n_active) > 0; i++)
         sleep_ms(20);
     xd_http_stop(&s);
+    if (xd_trace_writer_close(L.trace, &err) < 0)
+        xd_log(&s, XD_LOG_ERROR, "%s", err.msg);
     xd_engine_destroy(L.engine);
     xd_model_destroy(L.model);
     xd_tokenizer_config_finish(&L.tcfg);

@@ -32,6 +32,9 @@ struct xd_metrics {
     int n_series;
     struct hist hists[XD_HIST_COUNT];
     uint64_t disconnects;
+    struct xd_expert_stats experts;  /* the latest copy; layer arrays point at ours below */
+    uint64_t *layer_hits, *layer_misses;
+    int layer_cap;
 };
 
 static const char *const HIST_NAME[XD_HIST_COUNT] = {
@@ -60,7 +63,33 @@ void xd_metrics_destroy(struct xd_metrics *m)
     if (!m)
         return;
     pthread_mutex_destroy(&m->lock);
+    free(m->layer_hits);
+    free(m->layer_misses);
     free(m);
+}
+
+void xd_metrics_set_experts(struct xd_metrics *m, const struct xd_expert_stats *ex)
+{
+    pthread_mutex_lock(&m->lock);
+    if (ex->layer_hits && ex->layer_misses && ex->n_layers > m->layer_cap) {
+        uint64_t *h = realloc(m->layer_hits, sizeof *h * (size_t)ex->n_layers);
+        if (h)
+            m->layer_hits = h;
+        uint64_t *mi = realloc(m->layer_misses, sizeof *mi * (size_t)ex->n_layers);
+        if (mi)
+            m->layer_misses = mi;
+        if (h && mi)
+            m->layer_cap = ex->n_layers;
+    }
+    m->experts = *ex;
+    m->experts.layer_hits = m->experts.layer_misses = NULL;
+    if (ex->layer_hits && ex->layer_misses && ex->n_layers <= m->layer_cap) {
+        memcpy(m->layer_hits, ex->layer_hits, sizeof *m->layer_hits * (size_t)ex->n_layers);
+        memcpy(m->layer_misses, ex->layer_misses, sizeof *m->layer_misses * (size_t)ex->n_layers);
+        m->experts.layer_hits = m->layer_hits;
+        m->experts.layer_misses = m->layer_misses;
+    }
+    pthread_mutex_unlock(&m->lock);
 }
 
 void xd_metrics_request(struct xd_metrics *m, const char *endpoint, int status)
@@ -202,6 +231,39 @@ char *xd_metrics_render(struct xd_metrics *m, const struct xd_sched_stats *st,
         out(&b, "%s_bucket{le=\"+Inf\"} %llu\n", HIST_NAME[h], (unsigned long long)hh->count);
         out(&b, "%s_sum %.9g\n", HIST_NAME[h], hh->sum);
         out(&b, "%s_count %llu\n", HIST_NAME[h], (unsigned long long)hh->count);
+    }
+    /* the expert cache (offloading on the GPU; zeros when every expert is resident) */
+    const struct xd_expert_stats *ex = &m->experts;
+    gauge(&b, "expertd_expert_offloading", "1 when experts are offloaded to host memory.",
+          ex->offloading ? 1.0 : 0.0);
+    gauge(&b, "expertd_expert_cache_slots", "Experts the GPU expert cache holds.",
+          (double)ex->n_slots);
+    counter(&b, "expertd_expert_cache_hits_total", "Expert accesses found in the GPU cache.",
+            ex->cache.hits);
+    counter(&b, "expertd_expert_cache_misses_total", "Expert accesses copied in on demand.",
+            ex->cache.misses);
+    counter(&b, "expertd_expert_prefetches_total", "Experts copied ahead of need (predicted).",
+            ex->cache.prefetches);
+    counter(&b, "expertd_expert_prefetches_used_total", "Prefetched experts later used.",
+            ex->cache.prefetches_used);
+    counter(&b, "expertd_expert_prefetches_wasted_total", "Prefetched experts evicted unused.",
+            ex->cache.prefetches_wasted);
+    counter(&b, "expertd_expert_evictions_total", "Experts evicted from the GPU cache.",
+            ex->cache.evictions);
+    counter(&b, "expertd_expert_h2d_bytes_total", "Expert bytes copied host to device.",
+            ex->bytes_h2d);
+    if (ex->layer_hits) {
+        header(&b, "expertd_expert_layer_hits_total", "counter", "Expert cache hits per layer.");
+        for (int l = 0; l < ex->n_layers; l++)
+            if (ex->layer_hits[l] + ex->layer_misses[l])
+                out(&b, "expertd_expert_layer_hits_total{layer=\"%d\"} %llu\n", l,
+                    (unsigned long long)ex->layer_hits[l]);
+        header(&b, "expertd_expert_layer_misses_total", "counter",
+               "Expert cache misses per layer.");
+        for (int l = 0; l < ex->n_layers; l++)
+            if (ex->layer_hits[l] + ex->layer_misses[l])
+                out(&b, "expertd_expert_layer_misses_total{layer=\"%d\"} %llu\n", l,
+                    (unsigned long long)ex->layer_misses[l]);
     }
     pthread_mutex_unlock(&m->lock);
 

@@ -28,6 +28,10 @@ void xd_metrics_observe(struct xd_metrics *m, enum xd_hist h, double seconds);
 /* Counts a client that went away before its request finished. Thread-safe. */
 void xd_metrics_disconnect(struct xd_metrics *m);
 
+/* Keeps a copy of the expert cache's counters for the next scrape (called by the scheduler
+ * thread after each step). Thread-safe. */
+void xd_metrics_set_experts(struct xd_metrics *m, const struct xd_expert_stats *ex);
+
 /* Renders everything (st may be NULL before the scheduler exists) into a new NUL-terminated
  * buffer (free()); NULL when out of memory. */
 char *xd_metrics_render(struct xd_metrics *m, const struct xd_sched_stats *st,

@@ -95,6 +95,7 @@ struct xd_sched {
     int n_step_seqs;
     struct xd_seq_chunk *chunks; /* (max_running,) */
     uint64_t *step_ids;          /* (max_running,) request id of each chunk, for on_step */
+    double heartbeat;            /* when the thread last went round its loop (under lock) */
     xd_step_observer_fn on_step;
     void *on_step_ctx;
     uint8_t *expert_seen;        /* (n_experts,) */
@@ -1106,9 +1107,16 @@ static void *sched_thread(void *arg)
     struct xd_sched *s = arg;
     for (;;) {
         pthread_mutex_lock(&s->lock);
+        s->heartbeat = now_seconds();
         while (!s->stopping && !s->incoming_head && s->n_cancels == 0 && s->n_waiting == 0 &&
-               s->n_running == 0)
-            pthread_cond_wait(&s->wake, &s->lock);
+               s->n_running == 0) {
+            /* idle: wake at least every second so the heartbeat shows the thread is alive */
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += 1;
+            pthread_cond_timedwait(&s->wake, &s->lock, &until);
+            s->heartbeat = now_seconds();
+        }
         bool stop = s->stopping;
         pthread_mutex_unlock(&s->lock);
         if (stop)
@@ -1122,6 +1130,14 @@ static void *sched_thread(void *arg)
         }
     }
     return NULL;
+}
+
+double xd_sched_heartbeat_age(struct xd_sched *s)
+{
+    pthread_mutex_lock(&s->lock);
+    double age = s->started ? now_seconds() - s->heartbeat : 0.0;
+    pthread_mutex_unlock(&s->lock);
+    return age;
 }
 
 int xd_sched_start(struct xd_sched *s, struct xd_err *err)

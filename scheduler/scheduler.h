@@ -148,6 +148,11 @@ int xd_sched_start(struct xd_sched *s, struct xd_err *err);
  * XD_FINISH_ERROR). */
 int xd_sched_step(struct xd_sched *s, struct xd_err *err);
 
+/* Seconds since the scheduler thread last went round its loop (it does at least every second
+ * when idle, and after every step): a large value means a hung engine. 0 before start. For the
+ * systemd watchdog. Thread-safe. */
+double xd_sched_heartbeat_age(struct xd_sched *s);
+
 /* Refuses new requests from now on (XD_ERR_UNAVAILABLE); running and waiting ones go on. */
 void xd_sched_drain(struct xd_sched *s);
 

@@ -492,6 +492,57 @@ def request_timeout_cuts_generation():
         assert s.stop() == 0
 
 
+@test
+def record_routing_and_expert_metrics():
+    """--record-routing writes the served tokens' routing; expertd plan replays it: one trace
+    token per token the engine ran (prompt plus every generated token but the last)."""
+    import tempfile
+    trace = os.path.join(tempfile.mkdtemp(), "serve.xdtrace")
+    s = Server("--record-routing", trace)
+    try:
+        usage = []
+        for p in ["one two three", "four five"]:
+            r = s.client().completions.create(model=s.name, prompt=p, max_tokens=6, **GREEDY)
+            usage.append(r.usage)
+        m = s.metrics()
+        assert metric(m, "expertd_expert_offloading") == 0  # CPU: every expert resident
+        assert ("expertd_expert_cache_hits_total", ()) in m
+    finally:
+        assert s.stop() == 0
+    out = subprocess.run([EXPERTD, "plan", "--trace", trace, "--cache-slots", "4", "--json"],
+                         capture_output=True, text=True, check=True)
+    plan = json.loads(out.stdout)
+    want = sum(u.prompt_tokens + u.completion_tokens - 1 for u in usage)
+    assert plan["tokens"] == want, (plan["tokens"], want)
+    assert 0 < plan["prediction_recall"] <= 1, plan
+
+
+@test
+def sd_notify_ready_watchdog_stopping():
+    """Under systemd (Type=notify, WatchdogSec): READY=1 once loaded, WATCHDOG=1 while the
+    scheduler loop turns, STOPPING=1 at SIGTERM."""
+    import tempfile
+    path = os.path.join(tempfile.mkdtemp(), "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    s = Server(env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "3000000"})
+    got = []
+    try:
+        while not any("WATCHDOG=1" in g for g in got):
+            got.append(sock.recv(4096).decode())
+    finally:
+        assert s.stop() == 0
+    try:
+        while not any("STOPPING=1" in g for g in got):
+            got.append(sock.recv(4096).decode())
+    finally:
+        sock.close()
+    text = "\n".join(got)
+    assert "READY=1" in text and "STATUS=serving" in text, text
+    assert text.index("READY=1") < text.index("WATCHDOG=1") < text.index("STOPPING=1"), text
+
+
 t_stop = time.time()
 exit_status = S.stop()
 if time.time() - t_stop > 5:
