@@ -65,7 +65,7 @@ const struct xd_opt xd_server_config_opts[] = {
     {"keepalive-interval", XD_OPT_FLOAT, SRV(keepalive_interval), 0.05, 3600, NULL,
      "seconds between SSE keep-alive comments while waiting (default 10)"},
     {"chat-template", XD_OPT_STRING, SRV(chat_template), 0, 0, NULL,
-     "chatml, mistral, mistral-v1 or olmoe: overrides the template detected in tokenizer_config.json"},
+     "chatml, mistral, mistral-v1, olmoe or qwen3: overrides the template detected in tokenizer_config.json"},
     {"record-routing", XD_OPT_STRING, SRV(record_routing), 0, 0, NULL,
      "write every token's expert routing (request, step, layer, experts, weights) to FILE, "
      "zstd-compressed, for expertd plan (default: none)"},
@@ -101,8 +101,8 @@ int xd_server_config_validate(const struct xd_server_config *cfg, struct xd_err 
                           cfg->log_level ? cfg->log_level : "");
     if (cfg->chat_template && xd_chat_format_from_name(cfg->chat_template) == XD_CHAT_UNKNOWN)
         return xd_err_set(err, XD_ERR_CONFIG,
-                          "option '--chat-template': '%s' is not chatml, mistral, mistral-v1 "
-                          "or olmoe", cfg->chat_template);
+                          "option '--chat-template': '%s' is not chatml, mistral, mistral-v1, "
+                          "olmoe or qwen3", cfg->chat_template);
     if (!cfg->host || !cfg->host[0])
         return xd_err_set(err, XD_ERR_CONFIG, "option '--host' is empty");
     if (cfg->engine.kv_blocks && cfg->kv_memory_mb)

@@ -575,6 +575,9 @@ static int error_from_status(struct xd_api_error *e, int rc, const struct xd_err
     case XD_ERR_INVALID:
         return xd_api_error_set(e, 400, "invalid_request_error", param, "invalid_value", "%s",
                                 err->msg);
+    case XD_ERR_UNSUPPORTED:
+        return xd_api_error_set(e, 400, "invalid_request_error", param, "unsupported", "%s",
+                                err->msg);
     default:
         return xd_api_error_set(e, 500, "server_error", NULL, NULL, "%s", err->msg);
     }
@@ -602,8 +605,14 @@ static int chat_prompt(struct gen_job *j, struct xd_api_error *e)
     char *text = NULL;
     size_t len = 0;
     struct xd_err err = {{0}};
-    int rc = xd_chat_render((enum xd_chat_format)s->chat_format, msgs, j->api.n_messages, true,
-                            s->bos_token, s->eos_token, &text, &len, &err);
+    struct xd_chat_options co = {
+        .add_generation_prompt = true, .bos_token = s->bos_token, .eos_token = s->eos_token,
+        .enable_thinking = j->api.enable_thinking < 0    ? XD_CHAT_THINKING_UNSET
+                           : j->api.enable_thinking > 0 ? XD_CHAT_THINKING_ON
+                                                         : XD_CHAT_THINKING_OFF,
+    };
+    int rc = xd_chat_render_opts((enum xd_chat_format)s->chat_format, msgs, j->api.n_messages,
+                                 &co, &text, &len, &err);
     free(msgs);
     if (rc < 0)
         return error_from_status(e, rc, &err, "messages");

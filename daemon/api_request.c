@@ -318,6 +318,19 @@ static int parse_fields(enum xd_api_kind kind, json_t *root, struct xd_api_reque
     if (kind == XD_API_COMPLETIONS ? parse_prompt(root, r, e) < 0 : parse_messages(root, r, e) < 0)
         return -1;
 
+    r->enable_thinking = -1;
+    json_t *kw = kind == XD_API_CHAT ? field(root, "chat_template_kwargs") : NULL;
+    if (kw) {
+        if (!json_is_object(kw))
+            return BAD_TYPE("chat_template_kwargs", "an object");
+        json_t *et = json_object_get(kw, "enable_thinking");
+        if (et && !json_is_boolean(et))
+            return BAD_TYPE("chat_template_kwargs", "an object whose 'enable_thinking' is a "
+                                                    "boolean");
+        if (et)
+            r->enable_thinking = json_is_true(et);
+    }
+
     long long x = -1;
     if (get_int(root, "max_tokens", 0, 1 << 24, &x, e) < 0)
         return -1;

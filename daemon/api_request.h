@@ -68,6 +68,8 @@ struct xd_api_request {
     bool echo;                       /* completions: the prompt before the completion */
     int n;                           /* choices per prompt */
     bool ignore_eos;                 /* vLLM's extension: do not stop at EOS */
+    int enable_thinking;             /* chat: chat_template_kwargs.enable_thinking (vLLM's
+                                        extension): -1 not given, 0 false, 1 true */
     const char *user;
 };
 

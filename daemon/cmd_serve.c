@@ -166,11 +166,11 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
         s->chat_format = xd_chat_format_detect(L->tcfg.chat_template);
         if (s->chat_format == XD_CHAT_UNKNOWN)
             s->chat_error = "the model's chat template is not one expertd renders (ChatML, "
-                            "Mistral [INST], OLMoE); set the chat-template option to chatml, "
-                            "mistral, mistral-v1 or olmoe to choose one";
+                            "Mistral [INST], OLMoE, Qwen3); set the chat-template option to chatml, "
+                            "mistral, mistral-v1, olmoe or qwen3 to choose one";
     } else {
         s->chat_error = "the model has no chat template (tokenizer_config.json); set the "
-                        "chat-template option to chatml, mistral, mistral-v1 or olmoe";
+                        "chat-template option to chatml, mistral, mistral-v1, olmoe or qwen3";
     }
     if (s->chat_error && L->tok)
         xd_log(s, XD_LOG_WARN, "/v1/chat/completions unavailable: %s", s->chat_error);

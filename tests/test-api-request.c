@@ -98,7 +98,19 @@ static void test_chat_messages(void)
     CHECK(r.n_messages == 2 && strcmp(r.messages[0].role, "system") == 0, "roles");
     CHECK(strcmp(r.messages[1].content, "ab") == 0, "parts joined: %s", r.messages[1].content);
     CHECK(r.max_tokens == 3 && r.logprobs && r.top_logprobs == 2, "fields");
+    CHECK(r.enable_thinking == -1, "enable_thinking unset: %d", r.enable_thinking);
     xd_api_request_finish(&r);
+
+    /* vLLM's chat_template_kwargs: enable_thinking reaches the template; a wrong type is named */
+    body = "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+           "\"chat_template_kwargs\":{\"enable_thinking\":false,\"other\":1}}";
+    CHECK(parse(XD_API_CHAT, body, &r, &e) == 0, "%s", e.message);
+    CHECK(r.enable_thinking == 0, "enable_thinking false: %d", r.enable_thinking);
+    xd_api_request_finish(&r);
+    body = "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+           "\"chat_template_kwargs\":{\"enable_thinking\":\"no\"}}";
+    CHECK(parse(XD_API_CHAT, body, &r, &e) < 0 && e.status == 400, "string enable_thinking");
+    CHECK_CONTAINS(e.message, "chat_template_kwargs");
 }
 
 static void test_errors_name_the_parameter(void)
