@@ -4,6 +4,7 @@
 
 #include <assert.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "block_pool.h"
 #include "status.h"
@@ -18,6 +19,10 @@ struct xd_kv {
     int32_t *ref;          /* (n_blocks,) references held by sequences */
     uint8_t *published;    /* (n_blocks,) in the hash table */
     uint64_t *hash;        /* (n_blocks,) valid when published */
+    uint64_t *serial;      /* (n_blocks,) publication number, new at each publish; 0: never */
+    uint64_t *parent_serial; /* (n_blocks,) the parent's serial when published; 0: first block */
+    int32_t *tokens;       /* (n_blocks, block_size) a published block's tokens */
+    uint64_t next_serial;
     int32_t *bucket_next;  /* (n_blocks,) next block in the same bucket, -1 ends */
     int32_t *buckets;      /* (n_buckets,) first block of each bucket, -1: empty */
     uint64_t bucket_mask;  /* n_buckets - 1, a power of two */
@@ -44,11 +49,17 @@ struct xd_kv *xd_kv_create(int n_blocks, int block_size, bool prefix_caching)
     kv->ref = calloc(n, sizeof *kv->ref);
     kv->published = calloc(n, 1);
     kv->hash = calloc(n, sizeof *kv->hash);
+    kv->serial = calloc(n, sizeof *kv->serial);
+    kv->parent_serial = calloc(n, sizeof *kv->parent_serial);
+    kv->tokens = prefix_caching ? malloc(n * (size_t)block_size * sizeof *kv->tokens)
+                                : malloc(sizeof *kv->tokens);
+    kv->next_serial = 1;
     kv->bucket_next = malloc(n * sizeof *kv->bucket_next);
     kv->buckets = malloc(n_buckets * sizeof *kv->buckets);
     kv->lru_prev = malloc(n * sizeof *kv->lru_prev);
     kv->lru_next = malloc(n * sizeof *kv->lru_next);
-    if (!kv->pool || !kv->ref || !kv->published || !kv->hash || !kv->bucket_next ||
+    if (!kv->pool || !kv->ref || !kv->published || !kv->hash || !kv->serial ||
+        !kv->parent_serial || !kv->tokens || !kv->bucket_next ||
         !kv->buckets || !kv->lru_prev || !kv->lru_next) {
         xd_kv_destroy(kv);
         return NULL;
@@ -68,6 +79,9 @@ void xd_kv_destroy(struct xd_kv *kv)
     free(kv->ref);
     free(kv->published);
     free(kv->hash);
+    free(kv->serial);
+    free(kv->parent_serial);
+    free(kv->tokens);
     free(kv->bucket_next);
     free(kv->buckets);
     free(kv->lru_prev);
@@ -118,6 +132,18 @@ static int32_t table_find(struct xd_kv *kv, uint64_t h)
     return -1;
 }
 
+/* The published block under h with these tokens and this parent serial, or -1. */
+static int32_t table_find_exact(struct xd_kv *kv, uint64_t h, uint64_t parent_serial,
+                                const int32_t *tokens)
+{
+    const size_t bs = (size_t)kv->block_size;
+    for (int32_t id = *bucket_of(kv, h); id >= 0; id = kv->bucket_next[id])
+        if (kv->hash[id] == h && kv->parent_serial[id] == parent_serial &&
+            memcmp(kv->tokens + (size_t)id * bs, tokens, bs * sizeof *tokens) == 0)
+            return id;
+    return -1;
+}
+
 static void table_remove(struct xd_kv *kv, int32_t id)
 {
     int32_t *link = bucket_of(kv, kv->hash[id]);
@@ -127,6 +153,7 @@ static void table_remove(struct xd_kv *kv, int32_t id)
     }
     *link = kv->bucket_next[id];
     kv->published[id] = 0;
+    kv->serial[id] = 0; /* children published under the old serial can no longer match */
 }
 
 /* ---- public ---- */
@@ -170,11 +197,15 @@ void xd_kv_release(struct xd_kv *kv, const int32_t *ids, int n)
     }
 }
 
-int32_t xd_kv_lookup(struct xd_kv *kv, uint64_t h)
+int32_t xd_kv_lookup(struct xd_kv *kv, uint64_t h, int32_t parent, const int32_t *tokens)
 {
     if (!kv->prefix_caching)
         return -1;
-    int32_t id = table_find(kv, h);
+    assert(parent >= -1 && parent < kv->n_blocks);
+    uint64_t ps = parent < 0 ? 0 : kv->serial[parent];
+    if (parent >= 0 && ps == 0)
+        return -1; /* an unpublished parent has no published children */
+    int32_t id = table_find_exact(kv, h, ps, tokens);
     if (id < 0)
         return -1;
     if (kv->ref[id]++ == 0) {
@@ -184,11 +215,19 @@ int32_t xd_kv_lookup(struct xd_kv *kv, uint64_t h)
     return id;
 }
 
-void xd_kv_publish(struct xd_kv *kv, int32_t id, uint64_t h)
+void xd_kv_publish(struct xd_kv *kv, int32_t id, uint64_t h, int32_t parent,
+                   const int32_t *tokens)
 {
     assert(id >= 0 && id < kv->n_blocks && kv->ref[id] > 0);
+    assert(parent >= -1 && parent < kv->n_blocks);
     if (!kv->prefix_caching || kv->published[id] || table_find(kv, h) >= 0)
         return;
+    if (parent >= 0 && !kv->published[parent])
+        return;
+    const size_t bs = (size_t)kv->block_size;
+    memcpy(kv->tokens + (size_t)id * bs, tokens, bs * sizeof *tokens);
+    kv->parent_serial[id] = parent < 0 ? 0 : kv->serial[parent];
+    kv->serial[id] = kv->next_serial++;
     kv->hash[id] = h;
     kv->published[id] = 1;
     int32_t *b = bucket_of(kv, h);

@@ -28,12 +28,19 @@ int xd_kv_alloc(struct xd_kv *kv, int n, int32_t *ret_ids);
  * published, free otherwise. Releasing an unreferenced block is a programmer error (asserted). */
 void xd_kv_release(struct xd_kv *kv, const int32_t *ids, int n);
 
-/* The block published under hash h, with one more reference taken, or -1 on a miss. */
-int32_t xd_kv_lookup(struct xd_kv *kv, uint64_t h);
+/* The block published under hash h whose tokens (block_size of them) equal tokens and whose
+ * parent is parent (the block the caller matched for the previous position, -1 for the first
+ * block), with one more reference taken; -1 on a miss. The hash only finds candidates: tokens
+ * and the parent chain are compared, so a hash collision (accidental or crafted by a client)
+ * can never hand one prompt's KV to another. */
+int32_t xd_kv_lookup(struct xd_kv *kv, uint64_t h, int32_t parent, const int32_t *tokens);
 
-/* Publishes referenced full block id under h. A block already published, or a hash another
- * block already holds, leaves things as they are (the block stays private). */
-void xd_kv_publish(struct xd_kv *kv, int32_t id, uint64_t h);
+/* Publishes referenced full block id, holding tokens (block_size), under h as the child of
+ * parent (the sequence's previous block, -1 for its first). A block already published, a hash
+ * another block already holds, or a parent that is not published leaves things as they are
+ * (the block stays private). */
+void xd_kv_publish(struct xd_kv *kv, int32_t id, uint64_t h, int32_t parent,
+                   const int32_t *tokens);
 
 /* The hash of a full block's n tokens chained with the hash of the blocks before it (prev: 0
  * for the first block). */

@@ -336,7 +336,9 @@ static int seq_prefix_lookup(struct xd_sched *s, struct seq *q)
     const int bs = s->eng.block_size;
     int n_full = (q->n_tokens - 1) / bs;
     while (q->n_blocks < n_full) {
-        int32_t id = xd_kv_lookup(s->kv, seq_block_hash(s, q, q->n_blocks));
+        int32_t parent = q->n_blocks > 0 ? q->blocks[q->n_blocks - 1] : -1;
+        int32_t id = xd_kv_lookup(s->kv, seq_block_hash(s, q, q->n_blocks), parent,
+                                  q->tokens + (size_t)q->n_blocks * (size_t)bs);
         if (id < 0)
             break;
         q->blocks[q->n_blocks++] = id;
@@ -352,8 +354,12 @@ static void seq_publish_blocks(struct xd_sched *s, struct seq *q)
     if (!s->opts.prefix_caching)
         return;
     int n_full = q->n_computed / s->eng.block_size;
-    for (; q->n_published < n_full; q->n_published++)
-        xd_kv_publish(s->kv, q->blocks[q->n_published], seq_block_hash(s, q, q->n_published));
+    const int bs = s->eng.block_size;
+    for (; q->n_published < n_full; q->n_published++) {
+        int b = q->n_published;
+        xd_kv_publish(s->kv, q->blocks[b], seq_block_hash(s, q, b), b > 0 ? q->blocks[b - 1] : -1,
+                      q->tokens + (size_t)b * (size_t)bs);
+    }
 }
 
 /* ---- lists ---- */
