@@ -20,25 +20,11 @@
 
 /* ---- a growing byte buffer ---- */
 
-struct sbuf {
-    char *p;
-    size_t len, cap;
-};
-
-static int sbuf_add(struct sbuf *b, const char *s, size_t n)
+/* Appends to a growable text buffer; out of memory drops the text (the caller's event is then
+ * incomplete, which the client sees as a short answer, never a crash). */
+static int sbuf_add(struct xd_byte_buf *b, const char *s, size_t n)
 {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = (b->len + n + 1) * 2;
-        char *p = realloc(b->p, cap);
-        if (!p)
-            return -1;
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return 0;
+    return xd_byte_buf_append(b, s, n) == XD_OK ? 0 : -1;
 }
 
 /* ---- the job ---- */
@@ -68,7 +54,7 @@ struct choice {
     char *error;             /* XD_FINISH_ERROR's message, owned */
     bool cancelled;
     int n_prompt, n_cached, n_gen;
-    struct sbuf text;        /* non-streaming: the generated text */
+    struct xd_byte_buf text;        /* non-streaming: the generated text */
     json_t *logprobs;        /* non-streaming logprobs: completions {tokens, ...}; chat
                                 {content: [...]} */
     size_t text_offset;      /* completions text_offset of the next token */
@@ -100,7 +86,7 @@ struct gen_job {
     long long created;
     double t_submit, deadline, last_output;
     bool got_token, timed_out, hangup, done;
-    struct sbuf out;                 /* streaming: SSE bytes not yet handed to MHD */
+    struct xd_byte_buf out;                 /* streaming: SSE bytes not yet handed to MHD */
     size_t out_off;
 };
 
@@ -120,12 +106,12 @@ static void job_free(struct gen_job *j)
     }
     free(j->prompts);
     for (int i = 0; i < j->n_choices; i++) {
-        free(j->choices[i].text.p);
+        xd_byte_buf_free(&j->choices[i].text);
         free(j->choices[i].error);
         json_decref(j->choices[i].logprobs);
     }
     free(j->choices);
-    free(j->out.p);
+    xd_byte_buf_free(&j->out);
     xd_api_request_finish(&j->api);
     if (j->efd >= 0)
         close(j->efd);
@@ -525,7 +511,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
             size_t n = j->out.len - j->out_off;
             if (n > max)
                 n = max;
-            memcpy(buf, j->out.p + j->out_off, n);
+            memcpy(buf, j->out.data + j->out_off, n);
             j->out_off += n;
             if (j->out_off == j->out.len)
                 j->out_off = j->out.len = 0;
@@ -793,7 +779,7 @@ static enum MHD_Result respond_whole(struct xd_http_req *r, struct gen_job *j)
         struct choice *c = &j->choices[i];
         json_t *ch = json_object();
         json_object_set_new(ch, "index", json_integer(c->index));
-        const char *text = c->text.p ? c->text.p : "";
+        const char *text = c->text.data ? c->text.data : "";
         if (chat) {
             json_t *m = json_object();
             json_object_set_new(m, "role", json_string("assistant"));
@@ -802,11 +788,11 @@ static enum MHD_Result respond_whole(struct xd_http_req *r, struct gen_job *j)
         } else {
             const struct prompt *p = &j->prompts[c->prompt];
             if (j->api.echo && p->text) {
-                struct sbuf all = {0};
+                struct xd_byte_buf all = {0};
                 sbuf_add(&all, p->text, p->text_len);
                 sbuf_add(&all, text, c->text.len);
-                json_object_set_new(ch, "text", json_stringn(all.p ? all.p : "", all.len));
-                free(all.p);
+                json_object_set_new(ch, "text", json_stringn(all.data ? all.data : "", all.len));
+                xd_byte_buf_free(&all);
             } else {
                 json_object_set_new(ch, "text", json_stringn(text, c->text.len));
             }
@@ -817,13 +803,7 @@ static enum MHD_Result respond_whole(struct xd_http_req *r, struct gen_job *j)
     }
     json_object_set_new(o, "choices", choices);
     json_object_set_new(o, "usage", usage_json(j));
-    char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    if (!s)
-        return MHD_NO;
-    enum MHD_Result ok = xd_http_send_json(r, 200, s);
-    free(s);
-    return ok;
+    return xd_http_send_json_value(r, 200, o);
 }
 
 enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
@@ -834,7 +814,7 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
     if (!j)
         return MHD_NO;
     r->job = j;
-    if (xd_api_request_parse(kind, r->body ? r->body : "", r->body_len, &j->api, &e) < 0)
+    if (xd_api_request_parse(kind, r->body.data ? r->body.data : "", r->body.len, &j->api, &e) < 0)
         return xd_http_send_error(r, &e);
     if (j->api.model && strcmp(j->api.model, s->model_name) != 0) {
         xd_api_error_set(&e, 404, "invalid_request_error", "model", "model_not_found",

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "api_request.h"
+#include "byte_buf.h"
 #include "server.h"
 
 struct gen_job;
@@ -21,8 +22,7 @@ struct xd_http_req {
     const char *method;          /* borrowed from MHD for the request's life */
     const char *endpoint;        /* static: "/v1/completions", ..., "other" */
     double t_arrival;            /* monotonic seconds */
-    char *body;                  /* (body_len,) owned */
-    size_t body_len, body_cap;
+    struct xd_byte_buf body;     /* the request body, owned */
     bool body_too_large;
     bool responded;
     int status;                  /* the status queued */
@@ -39,6 +39,8 @@ double xd_now(void);
 
 /* Queues a JSON response (text copied) with status; sets r->status. */
 enum MHD_Result xd_http_send_json(struct xd_http_req *r, int status, const char *json);
+/* Queues value (its reference taken: decref'ed) serialised compactly, as xd_http_send_json. */
+enum MHD_Result xd_http_send_json_value(struct xd_http_req *r, int status, json_t *value);
 /* Queues an OpenAI error object; 429 adds Retry-After, 401 WWW-Authenticate. */
 enum MHD_Result xd_http_send_error(struct xd_http_req *r, const struct xd_api_error *e);
 

@@ -78,6 +78,17 @@ enum MHD_Result xd_http_send_json(struct xd_http_req *r, int status, const char 
     return queue(r, status, json, strlen(json), "application/json", NULL);
 }
 
+enum MHD_Result xd_http_send_json_value(struct xd_http_req *r, int status, json_t *value)
+{
+    char *s = json_dumps(value, JSON_COMPACT);
+    json_decref(value);
+    if (!s)
+        return MHD_NO;
+    enum MHD_Result ok = xd_http_send_json(r, status, s);
+    free(s);
+    return ok;
+}
+
 enum MHD_Result xd_http_send_error(struct xd_http_req *r, const struct xd_api_error *e)
 {
     char *json = xd_api_error_json(e);
@@ -143,13 +154,7 @@ static enum MHD_Result models(struct xd_http_req *r)
     json_array_append_new(data, m);
     json_object_set_new(root, "object", json_string("list"));
     json_object_set_new(root, "data", data);
-    char *s = json_dumps(root, JSON_COMPACT);
-    json_decref(root);
-    if (!s)
-        return MHD_NO;
-    enum MHD_Result ok = xd_http_send_json(r, 200, s);
-    free(s);
-    return ok;
+    return xd_http_send_json_value(r, 200, root);
 }
 
 static enum MHD_Result metrics(struct xd_http_req *r)
@@ -256,22 +261,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        if (r->body_too_large || r->body_len + n > (size_t)s->cfg->max_body_bytes) {
+        if (r->body_too_large || r->body.len + n > (size_t)s->cfg->max_body_bytes) {
             r->body_too_large = true;
             return MHD_YES; /* read and drop the rest; answer 413 at the end */
         }
-        if (r->body_len + n + 1 > r->body_cap) {
-            size_t cap = (r->body_len + n + 1) * 2;
-            char *b = realloc(r->body, cap);
-            if (!b)
-                return MHD_NO;
-            r->body = b;
-            r->body_cap = cap;
-        }
-        memcpy(r->body + r->body_len, upload_data, n);
-        r->body_len += n;
-        r->body[r->body_len] = '\0';
-        return MHD_YES;
+        return xd_byte_buf_append(&r->body, upload_data, n) == XD_OK ? MHD_YES : MHD_NO;
     }
     if (r->responded)
         return MHD_YES;
@@ -308,7 +302,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         xd_log(s, XD_LOG_DEBUG, "request %llu %s %s status=%d e2e=%.3f",
                (unsigned long long)r->id, r->method, r->endpoint, status, e2e);
     }
-    free(r->body);
+    xd_byte_buf_free(&r->body);
     free(r);
 }
 

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "block_pool.h"
+#include "byte_buf.h"
 #include "kv_manager.h"
 
 /* ---- sequences ---- */
@@ -56,9 +57,7 @@ struct seq {
     int32_t *stop_ids;            /* (n_stop_ids,) */
     int n_stop_ids;
     bool ignore_eos;
-    char *held;                   /* text detokenized and not yet released (hold-back) */
-    size_t n_held;
-    size_t cap_held;
+    struct xd_byte_buf held;      /* text detokenized and not yet released (hold-back) */
 
     int32_t *sig;                 /* (n_moe_layers * top_k,) experts of the last token */
     bool has_sig;
@@ -141,7 +140,7 @@ static void seq_free(struct seq *q)
     free(q->stop);
     free(q->stop_len);
     free(q->stop_ids);
-    free(q->held);
+    xd_byte_buf_free(&q->held);
     free(q->sig);
     free(q);
 }
@@ -431,20 +430,7 @@ static void preempt(struct xd_sched *s, struct seq *q)
 
 static int held_append(struct seq *q, const char *text, size_t len)
 {
-    if (q->n_held + len + 1 > q->cap_held) {
-        size_t cap = q->cap_held ? q->cap_held : 64;
-        while (cap < q->n_held + len + 1)
-            cap *= 2;
-        char *h = realloc(q->held, cap);
-        if (!h)
-            return XD_ERR_NOMEM;
-        q->held = h;
-        q->cap_held = cap;
-    }
-    memcpy(q->held + q->n_held, text, len);
-    q->n_held += len;
-    q->held[q->n_held] = '\0';
-    return XD_OK;
+    return xd_byte_buf_append(&q->held, text, len);
 }
 
 /* The offset of the earliest stop string in the held text, or -1. */
@@ -452,9 +438,9 @@ static long held_stop_match(const struct seq *q)
 {
     long best = -1;
     for (int i = 0; i < q->n_stop; i++) {
-        const char *m = memmem(q->held, q->n_held, q->stop[i], q->stop_len[i]);
-        if (m && (best < 0 || m - q->held < best))
-            best = m - q->held;
+        const char *m = memmem(q->held.data, q->held.len, q->stop[i], q->stop_len[i]);
+        if (m && (best < 0 || m - q->held.data < best))
+            best = m - q->held.data;
     }
     return best;
 }
@@ -465,10 +451,10 @@ static long held_stop_match(const struct seq *q)
 static size_t held_keep(const struct seq *q)
 {
     size_t max = q->max_stop_len > 0 ? q->max_stop_len - 1 : 0;
-    if (max > q->n_held)
-        max = q->n_held;
+    if (max > q->held.len)
+        max = q->held.len;
     for (size_t len = max; len > 0; len--) {
-        const char *suffix = q->held + q->n_held - len;
+        const char *suffix = q->held.data + q->held.len - len;
         for (int i = 0; i < q->n_stop; i++)
             if (q->stop_len[i] > len && memcmp(suffix, q->stop[i], len) == 0)
                 return len;
@@ -478,11 +464,7 @@ static size_t held_keep(const struct seq *q)
 
 static void held_drop(struct seq *q, size_t n)
 {
-    if (n == 0)
-        return; /* also: no buffer yet without a tokenizer */
-    memmove(q->held, q->held + n, q->n_held - n);
-    q->n_held -= n;
-    q->held[q->n_held] = '\0';
+    xd_byte_buf_consume(&q->held, n); /* no buffer yet without a tokenizer: nothing to drop */
 }
 
 static bool is_stop_id(const struct xd_sched *s, const struct seq *q, int32_t tok)
@@ -531,17 +513,17 @@ static bool handle_token(struct xd_sched *s, struct seq *q, const struct xd_samp
 
     long m = q->n_stop > 0 ? held_stop_match(q) : -1;
     if (m >= 0) {
-        emit_token(q, sample, q->held, (size_t)m);
+        emit_token(q, sample, q->held.data, (size_t)m);
         finish_seq(s, q, XD_FINISH_STOP, NULL, NULL, 0);
         return true;
     }
     if (stop_id || length) {
-        emit_token(q, sample, q->held, q->n_held);
+        emit_token(q, sample, q->held.data, q->held.len);
         finish_seq(s, q, stop_id ? XD_FINISH_STOP : XD_FINISH_LENGTH, NULL, NULL, 0);
         return true;
     }
-    size_t release = q->n_held - (q->n_stop > 0 ? held_keep(q) : 0);
-    emit_token(q, sample, q->held, release);
+    size_t release = q->held.len - (q->n_stop > 0 ? held_keep(q) : 0);
+    emit_token(q, sample, q->held.data, release);
     held_drop(q, release);
     return false;
 }
