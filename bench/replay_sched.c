@@ -1,12 +1,16 @@
-/* Replays synthetic routing traces through the scheduler with a stand-in engine, grouping by
- * expert against first-come-first-served on the same arrivals, and reports distinct experts per
- * layer per step and queueing delays (in steps). */
+/* Replays routing traces through the scheduler with a stand-in engine, grouping by expert
+ * against first-come-first-served on the same arrivals, and reports distinct experts per layer
+ * per step and queueing delays (in steps). The traces are synthetic (uniform, Zipf-skewed,
+ * skewed and temporally correlated) or, with --trace FILE, recorded (`--record-routing` of
+ * generate or serve): each request of the file becomes one replayed request whose tokens, in
+ * position order, carry their recorded experts; its first step's tokens are its prompt. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "block_pool.h"
+#include "routing_trace.h"
 #include "scheduler.h"
 
 /* ---- traces ---- */
@@ -127,6 +131,95 @@ static void traces_make(struct traces *t, const struct cfg *c, enum trace_kind k
                                  dst);
             }
     }
+}
+
+/* Loads a recorded trace: one request per request id, at most max_requests (0: all). Returns
+ * the number of requests, or -1 with a message. */
+static int traces_load(struct traces *t, struct cfg *c, const char *path, int max_requests)
+{
+    struct xd_trace_reader *r;
+    struct xd_err err;
+    if (xd_trace_reader_open(path, &r, &err) < 0) {
+        fprintf(stderr, "replay-sched: %s\n", err.msg);
+        return -1;
+    }
+    const struct xd_trace_header *h = xd_trace_reader_header(r);
+    memset(t, 0, sizeof *t);
+    t->L = c->n_layers = h->n_moe_layers;
+    t->K = c->top_k = h->top_k;
+    t->E = c->n_experts = h->n_experts;
+    const size_t per = (size_t)t->L * (size_t)t->K;
+    int n = 0, cap = 0;
+    uint64_t *ids = NULL;
+    int *cap_len = NULL;
+    struct xd_trace_step st;
+    int rc;
+    while ((rc = xd_trace_reader_next(r, &st, &err)) == 1) {
+        for (int i = 0; i < st.n_tokens; i++) {
+            int q = 0;
+            while (q < n && ids[q] != st.requests[i])
+                q++;
+            if (q == n) {
+                if (max_requests && n == max_requests)
+                    continue;
+                if (n == cap) {
+                    cap = cap ? 2 * cap : 64;
+                    ids = realloc(ids, sizeof *ids * (size_t)cap);
+                    cap_len = realloc(cap_len, sizeof *cap_len * (size_t)cap);
+                    t->len = realloc(t->len, sizeof *t->len * (size_t)cap);
+                    t->n_prompt = realloc(t->n_prompt, sizeof *t->n_prompt * (size_t)cap);
+                    t->n_out = realloc(t->n_out, sizeof *t->n_out * (size_t)cap);
+                    t->experts = realloc(t->experts, sizeof *t->experts * (size_t)cap);
+                }
+                ids[n] = st.requests[i];
+                cap_len[n] = 0;
+                t->len[n] = 0;
+                t->n_prompt[n] = -1; /* set at the end of its first step */
+                t->experts[n] = NULL;
+                n++;
+            }
+            if (t->len[q] == cap_len[q]) {
+                cap_len[q] = cap_len[q] ? 2 * cap_len[q] : 256;
+                t->experts[q] = realloc(t->experts[q], sizeof(int32_t) * per * (size_t)cap_len[q]);
+            }
+            memcpy(t->experts[q] + (size_t)t->len[q] * per, st.experts + (size_t)i * per,
+                   sizeof(int32_t) * per);
+            t->len[q]++;
+        }
+        /* a request's prompt is what it ran in the first step it appeared in */
+        for (int q = 0; q < n; q++)
+            if (t->n_prompt[q] < 0)
+                t->n_prompt[q] = t->len[q];
+    }
+    xd_trace_reader_destroy(r);
+    free(ids);
+    free(cap_len);
+    if (rc < 0) {
+        fprintf(stderr, "replay-sched: %s\n", err.msg);
+        return -1;
+    }
+    int kept = 0;
+    for (int q = 0; q < n; q++) {
+        if (t->len[q] - t->n_prompt[q] < 1) { /* no decode tokens: nothing to replay */
+            free(t->experts[q]);
+            continue;
+        }
+        t->len[kept] = t->len[q];
+        t->n_prompt[kept] = t->n_prompt[q];
+        t->n_out[kept] = t->len[q] - t->n_prompt[q];
+        t->experts[kept] = t->experts[q];
+        kept++;
+    }
+    c->n_requests = kept;
+    c->prompt_min = c->out_min = 1 << 30;
+    c->prompt_max = c->out_max = 0;
+    for (int q = 0; q < kept; q++) {
+        c->prompt_min = t->n_prompt[q] < c->prompt_min ? t->n_prompt[q] : c->prompt_min;
+        c->prompt_max = t->n_prompt[q] > c->prompt_max ? t->n_prompt[q] : c->prompt_max;
+        c->out_min = t->n_out[q] < c->out_min ? t->n_out[q] : c->out_min;
+        c->out_max = t->n_out[q] > c->out_max ? t->n_out[q] : c->out_max;
+    }
+    return kept;
 }
 
 static void traces_free(struct traces *t, int n_requests)
@@ -349,6 +442,8 @@ int main(int argc, char **argv)
         .max_step_tokens = 256, .prefill_chunk = 64, .max_wait_steps = 8,
         .zipf_s = 1.1, .p_repeat = 0.8, .seed = 42,
     };
+    const char *trace_path = NULL;
+    struct traces recorded;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (!strcmp(k, "--requests")) c.n_requests = atoi(v);
@@ -362,9 +457,16 @@ int main(int argc, char **argv)
         else if (!strcmp(k, "--zipf")) c.zipf_s = atof(v);
         else if (!strcmp(k, "--repeat")) c.p_repeat = atof(v);
         else if (!strcmp(k, "--seed")) c.seed = (uint64_t)atoll(v);
+        else if (!strcmp(k, "--trace")) trace_path = v;
         else {
             fprintf(stderr, "replay-sched: unknown option %s\n", k);
             return 2;
+        }
+    }
+    if (trace_path) {
+        if (traces_load(&recorded, &c, trace_path, 0) < 1) {
+            fprintf(stderr, "replay-sched: %s has no request with decode tokens\n", trace_path);
+            return 1;
         }
     }
     /* Poisson arrivals, the same for every trace and policy */
@@ -377,14 +479,23 @@ int main(int argc, char **argv)
     }
     printf("%d requests, Poisson arrivals %.3f/step, prompt %d-%d, output %d-%d tokens; "
            "%d MoE layers x %d experts, top-%d; max_running %d, max_resident %d, "
-           "max_step_tokens %d, prefill_chunk %d, max_wait_steps %d; zipf s=%.2f, temporal "
+           "max_step_tokens %d, prefill_chunk %d, max_wait_steps %d; %s s=%.2f, temporal "
            "repeat p=%.2f\n\n",
            c.n_requests, c.arrivals_per_step, c.prompt_min, c.prompt_max, c.out_min, c.out_max,
            c.n_layers, c.n_experts, c.top_k, c.max_running, c.max_resident, c.max_step_tokens,
-           c.prefill_chunk, c.max_wait_steps, c.zipf_s, c.p_repeat);
+           c.prefill_chunk, c.max_wait_steps,
+           trace_path ? "routing recorded (synthetic parameters unused: zipf" : "zipf", c.zipf_s,
+           c.p_repeat);
     printf("| trace | policy | distinct experts/layer/step (decode tokens) | (all tokens) | "
            "TTFT p50 | TTFT p99 | inter-token p50 | inter-token p99 | steps |\n"
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    if (trace_path) {
+        run(&c, &recorded, arrivals, false, trace_path);
+        run(&c, &recorded, arrivals, true, trace_path);
+        traces_free(&recorded, c.n_requests);
+        free(arrivals);
+        return 0;
+    }
     for (int k = 0; k < 3; k++) {
         struct traces t;
         traces_make(&t, &c, (enum trace_kind)k);
