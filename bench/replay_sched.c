@@ -480,12 +480,12 @@ int main(int argc, char **argv)
     printf("%d requests, Poisson arrivals %.3f/step, prompt %d-%d, output %d-%d tokens; "
            "%d MoE layers x %d experts, top-%d; max_running %d, max_resident %d, "
            "max_step_tokens %d, prefill_chunk %d, max_wait_steps %d; %s s=%.2f, temporal "
-           "repeat p=%.2f\n\n",
+           "repeat p=%.2f%s\n\n",
            c.n_requests, c.arrivals_per_step, c.prompt_min, c.prompt_max, c.out_min, c.out_max,
            c.n_layers, c.n_experts, c.top_k, c.max_running, c.max_resident, c.max_step_tokens,
            c.prefill_chunk, c.max_wait_steps,
            trace_path ? "routing recorded (synthetic parameters unused: zipf" : "zipf", c.zipf_s,
-           c.p_repeat);
+           c.p_repeat, trace_path ? ")" : "");
     printf("| trace | policy | distinct experts/layer/step (decode tokens) | (all tokens) | "
            "TTFT p50 | TTFT p99 | inter-token p50 | inter-token p99 | steps |\n"
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
