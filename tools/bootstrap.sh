@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(gcc libc6-dev pkg-config meson ninja-build python3 libjansson-dev libpcre2-dev
+packages=(gcc libc6-dev pkg-config meson ninja-build python3 python3-venv libjansson-dev libpcre2-dev
           libutf8proc-dev libzstd-dev libmicrohttpd-dev libsystemd-dev libcurl4-openssl-dev)
 missing=()
 for p in "${packages[@]}"; do
