@@ -40,6 +40,7 @@ struct gen_event {
     enum xd_finish_reason finish;
     char *error;       /* owned */
     int n_prompt, n_cached, n_gen;
+    double queue_seconds;
 };
 
 struct choice {
@@ -84,7 +85,7 @@ struct gen_job {
     int n_choices, n_finished;
     char id[64];
     long long created;
-    double t_submit, deadline, last_output;
+    double deadline, last_output;
     bool got_token, timed_out, hangup, done;
     struct xd_byte_buf out;                 /* streaming: SSE bytes not yet handed to MHD */
     size_t out_off;
@@ -152,6 +153,7 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
             e->error = strdup(ev->error);
         e->n_prompt = ev->n_prompt_tokens;
         e->n_cached = ev->n_cached_prompt_tokens;
+        e->queue_seconds = ev->queue_seconds;
         e->n_gen = ev->n_generated_tokens;
     }
     pthread_mutex_lock(&j->lock);
@@ -415,7 +417,7 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
                 j->req->ttft = now - j->req->t_arrival;
                 xd_metrics_observe(s->metrics, XD_HIST_TTFT, j->req->ttft);
             }
-            xd_metrics_observe(s->metrics, XD_HIST_QUEUE, now - j->t_submit);
+            xd_metrics_observe(s->metrics, XD_HIST_QUEUE, e->queue_seconds);
         }
         if (c->t_last > 0)
             xd_metrics_observe(s->metrics, XD_HIST_ITL, now - c->t_last);
@@ -692,7 +694,6 @@ static int submit_all(struct gen_job *j, struct xd_api_error *e)
 {
     struct xd_server *s = j->srv;
     struct xd_api_request *a = &j->api;
-    j->t_submit = xd_now();
     for (int i = 0; i < j->n_choices; i++) {
         struct choice *c = &j->choices[i];
         const struct prompt *p = &j->prompts[c->prompt];

@@ -47,7 +47,7 @@ static const char *const HIST_HELP[XD_HIST_COUNT] = {
     "Time from request arrival to its first generated token.",
     "Time between consecutive generated tokens of one sequence.",
     "Time from request arrival to the end of its response.",
-    "Time from submission to the scheduler until the first token (waiting and prefill).",
+    "Time a request waited in the scheduler queue before it first ran.",
 };
 
 struct xd_metrics *xd_metrics_create(void)

@@ -11,7 +11,7 @@ enum xd_hist {
     XD_HIST_TTFT,    /* request arrival -> first token */
     XD_HIST_ITL,     /* between consecutive tokens of one sequence */
     XD_HIST_E2E,     /* request arrival -> last byte queued */
-    XD_HIST_QUEUE,   /* submit -> first event from the scheduler (waiting plus prefill) */
+    XD_HIST_QUEUE,   /* submit -> first admission to the running batch (waiting only) */
     XD_HIST_COUNT,
 };
 

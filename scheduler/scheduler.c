@@ -46,6 +46,8 @@ struct seq {
     int n_published;   /* blocks 0 .. n_published - 1 offered to the prefix cache */
     int n_cached_prompt; /* prompt tokens the first admission found in the prefix cache */
     bool admitted_once;
+    double t_submit;              /* when xd_sched_submit took it */
+    double queue_seconds;         /* t_submit to the first admission */
 
     struct xd_sampler *sampler;
     bool own_sampler;
@@ -284,6 +286,7 @@ static void emit_token(struct seq *q, const struct xd_sample *sample, const char
         .kind = XD_EVENT_TOKEN, .request_id = q->id, .text = text ? text : "",
         .text_len = text ? len : 0, .sample = sample,
         .n_prompt_tokens = q->n_prompt, .n_cached_prompt_tokens = q->n_cached_prompt,
+        .queue_seconds = q->queue_seconds,
         .n_generated_tokens = q->n_generated,
     };
     q->sink(q->sink_ctx, &ev);
@@ -403,6 +406,7 @@ static void finish_seq(struct xd_sched *s, struct seq *q, enum xd_finish_reason 
         .kind = XD_EVENT_FINISH, .request_id = q->id, .text = text ? text : "",
         .text_len = text ? text_len : 0, .finish = reason, .error = error,
         .n_prompt_tokens = q->n_prompt, .n_cached_prompt_tokens = q->n_cached_prompt,
+        .queue_seconds = q->queue_seconds,
         .n_generated_tokens = q->n_generated,
     };
     q->sink(q->sink_ctx, &ev);
@@ -573,6 +577,8 @@ int xd_sched_submit(struct xd_sched *s, const struct xd_request *req, xd_sched_s
                               (int)req->stop_ids[i], e->n_vocab);
 
     struct seq *q = calloc(1, sizeof *q);
+    if (q)
+        q->t_submit = now_seconds();
     if (!q)
         return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
     if (req->sampler) {
@@ -947,6 +953,7 @@ static void build_step(struct xd_sched *s)
         if (!q->admitted_once) {
             q->n_cached_prompt = hit < q->n_prompt ? hit : q->n_prompt;
             q->admitted_once = true;
+            q->queue_seconds = now_seconds() - q->t_submit;
         }
         memmove(s->waiting, s->waiting + 1, sizeof *s->waiting * (size_t)(s->n_waiting - 1));
         s->n_waiting--;

@@ -105,6 +105,9 @@ struct xd_sched_event {
     const char *error;          /* XD_FINISH_ERROR: why; NULL otherwise */
     int n_prompt_tokens;
     int n_cached_prompt_tokens; /* prompt tokens served from the prefix cache */
+    double queue_seconds;       /* XD_EVENT_TOKEN and XD_EVENT_FINISH: from submit to the
+                                   request's first admission to the running batch (0 if it
+                                   never ran) */
     int n_generated_tokens;
 };
 

@@ -221,6 +221,7 @@ struct rec {
     int n_generated_at_finish;
     bool bad_utf8;
     int last_step, max_gap; /* steps between consecutive tokens (run_to_idle's count) */
+    double queue_seconds;   /* from the first token event */
     pthread_mutex_t *lock; /* threaded tests */
     int *n_done;
 };
@@ -263,6 +264,8 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
         }
     }
     if (ev->kind == XD_EVENT_TOKEN) {
+        if (r->n_tokens == 0)
+            r->queue_seconds = ev->queue_seconds;
         if (r->n_tokens < REC_MAX_TOKENS)
             r->tokens[r->n_tokens++] = ev->sample->token;
         return;
@@ -595,6 +598,41 @@ static void test_prefix_shared_while_running(void)
     CHECK(f->n_errors == 0, "fake engine: %s", f->first_error);
     xd_sched_destroy(s);
 out:
+    fake_free(f);
+}
+
+/* queue_seconds is the wait before the first admission: a request that had to wait for another
+ * to finish (max_running 1) reports a longer wait than the one admitted at once, and the wait
+ * covers the steps it sat out. */
+static void test_queue_seconds(void)
+{
+    struct fake *f = fake_new(64, 4, 50, 64);
+    struct xd_sched_opts o = xd_sched_defaults();
+    o.max_running = 1;
+    struct xd_sched *s = sched_over(f, &o, NULL);
+    if (!s)
+        goto out;
+    int32_t p[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    struct rec r[2];
+    memset(r, 0, sizeof r);
+    struct xd_err err = {{0}};
+    for (int i = 0; i < 2; i++) {
+        struct xd_request req = greedy_request(p, 8, 6);
+        CHECK(xd_sched_submit(s, &req, sink, &r[i], NULL, &err) == XD_OK, "%s", err.msg);
+    }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (r[0].n_finish == 0)
+        xd_sched_step(s, &err);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    run_to_idle(s, 100);
+    double first_run = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    CHECK(r[0].queue_seconds >= 0 && r[0].queue_seconds < r[1].queue_seconds,
+          "queue %g then %g", r[0].queue_seconds, r[1].queue_seconds);
+    CHECK(r[1].queue_seconds >= first_run * 0.5, "the second waited %g s, the first ran %g s",
+          r[1].queue_seconds, first_run);
+out:
+    xd_sched_destroy(s);
     fake_free(f);
 }
 
@@ -1173,6 +1211,7 @@ int main(int argc, char **argv)
     RUN(test_prefix_hits_give_same_output);
     RUN(test_prefix_shared_while_running);
     RUN(test_cancellation_frees_blocks);
+    RUN(test_queue_seconds);
     RUN(test_submit_refusals);
     RUN(test_stop_ids_and_eos);
     RUN(test_stop_strings_never_leak);
