@@ -254,8 +254,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->ttft = -1;
         *con_cls = r;
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
-        if (cl && strtoull(cl, NULL, 10) > (unsigned long long)s->cfg->max_body_bytes)
+        if (cl && strtoull(cl, NULL, 10) > (unsigned long long)s->cfg->max_body_bytes) {
+            /* answer 413 now, without reading the body; MHD closes the connection after */
             r->body_too_large = true;
+            return dispatch(r);
+        }
         return MHD_YES;
     }
     if (*upload_data_size) {

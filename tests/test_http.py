@@ -416,6 +416,13 @@ def auth_limits_and_queue():
         assert requests.get(s.url + "/health").status_code == 200  # no key needed
         auth = {"Authorization": "Bearer " + key}
         expect_error(post(u, {"prompt": "x" * 4096}, auth), 413)
+        # a huge Content-Length is refused from the headers alone, before the body is sent
+        with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sk:
+            sk.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                       key.encode() + b"\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 1000000000\r\n\r\n{")
+            head = sk.recv(4096).decode(errors="replace")
+            assert head.startswith("HTTP/1.1 413"), head
         # an unknown chat template: chat says so, completions work
         err = expect_error(post(s.url + "/v1/chat/completions",
                                 {"messages": [{"role": "user", "content": "x"}]}, auth), 400,
