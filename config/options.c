@@ -92,6 +92,20 @@ int xd_opts_parse(const struct xd_opt *table, size_t n, void *dst, int argc, cha
     return XD_OK;
 }
 
+int xd_opts_set(const struct xd_opt *o, void *dst, const char *val, const char *source,
+                struct xd_err *err)
+{
+    return set_value(o, dst, val, source, err);
+}
+
+const struct xd_opt *xd_opts_find(const struct xd_opt *table, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(table[i].name, name) == 0)
+            return &table[i];
+    return NULL;
+}
+
 void xd_opts_usage(FILE *out, const struct xd_opt *table, size_t n)
 {
     for (size_t i = 0; i < n; i++) {

@@ -31,6 +31,16 @@ struct xd_opt {
 int xd_opts_parse(const struct xd_opt *table, size_t n, void *dst, int argc, char **argv,
                   struct xd_err *err);
 
+/* Sets one option from text: val is parsed and range-checked as o's type and stored in dst
+ * (a string is borrowed, not copied; NULL sets a flag to true). source names where the text
+ * came from in an error ("option '--port'", "expertd.conf:3: key 'port'"). On failure dst is
+ * unchanged. */
+int xd_opts_set(const struct xd_opt *o, void *dst, const char *val, const char *source,
+                struct xd_err *err);
+
+/* The option named name (without dashes) in table, or NULL. */
+const struct xd_opt *xd_opts_find(const struct xd_opt *table, size_t n, const char *name);
+
 /* Prints one line per option: flag, environment variable, help. */
 void xd_opts_usage(FILE *out, const struct xd_opt *table, size_t n);
 

@@ -8,6 +8,7 @@
 
 #include "commands.h"
 #include "config.h"
+#include "config_file.h"
 #include "engine.h"
 #include "offline.h"
 #include "routing_trace.h"
@@ -33,6 +34,7 @@ struct gen_opts {
     const char *record_routing;
     bool json;
     bool help;
+    const char *config;      /* --config FILE, read before the environment and the flags */
 };
 
 #define GEN(field) offsetof(struct gen_opts, field)
@@ -59,6 +61,8 @@ static const struct xd_opt gen_own_opts[] = {
      "prompt tokens per step (0: max-batch-tokens)"},
     {"ignore-eos", XD_OPT_FLAG, GEN(ignore_eos), 0, 0, NULL, "do not stop at end-of-sequence"},
     {"json", XD_OPT_FLAG, GEN(json), 0, 0, NULL, "print one JSON object"},
+    {"config", XD_OPT_STRING, GEN(config), 0, 0, NULL,
+     "read settings from FILE (key = value; EXPERTD_* variables and flags override it)"},
     {"help", XD_OPT_FLAG, GEN(help), 0, 0, NULL, "print this help"},
 };
 
@@ -142,9 +146,9 @@ static void print_json(const struct gen_opts *o, const int32_t *prompt, int n_pr
     json_decref(root);
 }
 
-int xd_cmd_generate(int argc, char **argv)
+/* generate's option table: the engine settings, then its own. Returns the count. */
+static size_t build_table(struct xd_opt table[static 64])
 {
-    struct xd_opt table[64];
     size_t n_opts = 0;
     for (size_t i = 0; i < xd_config_n_opts; i++) {
         table[n_opts] = xd_config_opts[i];
@@ -152,12 +156,24 @@ int xd_cmd_generate(int argc, char **argv)
     }
     for (size_t i = 0; i < N_OWN; i++)
         table[n_opts++] = gen_own_opts[i];
+    return n_opts;
+}
 
-    struct gen_opts o = {
+static void gen_defaults(struct gen_opts *o)
+{
+    *o = (struct gen_opts){
         .max_tokens = 16, .temperature = 0.0f, .top_p = 1.0f, .repetition_penalty = 1.0f,
         .seed = -1,
     };
-    xd_config_init(&o.cfg);
+    xd_config_init(&o->cfg);
+}
+
+int xd_cmd_generate(int argc, char **argv)
+{
+    struct xd_opt table[64];
+    size_t n_opts = build_table(table);
+    struct gen_opts o;
+    gen_defaults(&o);
     struct xd_err err = {{0}};
     struct xd_model *model = NULL;
     struct xd_engine *engine = NULL;
@@ -165,9 +181,10 @@ int xd_cmd_generate(int argc, char **argv)
     struct xd_tokenizer *tok = NULL;
     struct xd_trace_writer *trace = NULL;
     int32_t *prompt = NULL;
+    struct xd_config_file *file = NULL; /* o's strings may point into it */
     int n_prompt = 0, status = 1;
 
-    if (xd_opts_parse(table, n_opts, &o, argc, argv, &err) < 0) {
+    if (xd_config_file_load_opts(table, n_opts, &o, argc, argv, &file, &err) < 0) {
         fprintf(stderr, "expertd generate: %s\n", err.msg);
         return 2;
     }
@@ -175,15 +192,20 @@ int xd_cmd_generate(int argc, char **argv)
         printf("usage: expertd generate --model DIR (--prompt-ids 1,2,3 | --prompt TEXT) "
                "[OPTIONS]\n\n");
         xd_opts_usage(stdout, table, n_opts);
-        return 0;
+        printf("\nprecedence, lowest first: defaults, --config FILE, environment, flags\n");
+        status = 0;
+        goto out;
     }
     if (xd_config_validate(&o.cfg, &err) < 0) {
+        xd_config_file_locate(file, &err);
         fprintf(stderr, "expertd generate: %s\n", err.msg);
-        return 2;
+        status = 2;
+        goto out;
     }
     if (!o.prompt_ids == !o.prompt) {
         fprintf(stderr, "expertd generate: give exactly one of --prompt-ids and --prompt\n");
-        return 2;
+        status = 2;
+        goto out;
     }
 
     if (xd_model_load(o.cfg.model, &model, &err) < 0) {
@@ -329,5 +351,6 @@ out:
     xd_engine_destroy(engine);
     xd_model_destroy(model);
     free(prompt);
+    xd_config_file_destroy(file);
     return status;
 }

@@ -5,6 +5,12 @@
 /* expertd generate: offline generation from token ids (argv excludes "generate"). */
 int xd_cmd_generate(int argc, char **argv);
 
+/* expertd serve: the OpenAI-compatible HTTP daemon (argv excludes "serve"). */
+int xd_cmd_serve(int argc, char **argv);
+
+/* expertd check-config FILE [FLAGS]: validates a config file, prints the effective settings. */
+int xd_cmd_check_config(int argc, char **argv);
+
 /* expertd version: version, compiled backends and the GPUs found. */
 int xd_cmd_version(int argc, char **argv);
 

@@ -14,8 +14,11 @@ static void usage(FILE *out)
             "usage: expertd COMMAND [OPTIONS]\n"
             "\n"
             "commands:\n"
+            "  serve      serve a model over an OpenAI-compatible HTTP API (expertd serve --help)\n"
             "  generate   generate tokens offline from a checkpoint (expertd generate --help)\n"
             "  plan       size the GPU expert cache from a routing trace (expertd plan --help)\n"
+            "  check-config FILE\n"
+            "             check a config file and print the settings it gives\n"
             "  version    print the version, compiled backends and GPUs found\n"
             "  help       print this message\n");
 }
@@ -30,10 +33,14 @@ int main(int argc, char **argv)
     xd_gpu_register();
 #endif
     const char *cmd = argv[1];
+    if (strcmp(cmd, "serve") == 0)
+        return xd_cmd_serve(argc - 2, argv + 2);
     if (strcmp(cmd, "generate") == 0)
         return xd_cmd_generate(argc - 2, argv + 2);
     if (strcmp(cmd, "plan") == 0)
         return xd_cmd_plan(argc - 2, argv + 2);
+    if (strcmp(cmd, "check-config") == 0)
+        return xd_cmd_check_config(argc - 2, argv + 2);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)
         return xd_cmd_version(argc - 2, argv + 2);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {

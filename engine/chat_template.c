@@ -70,6 +70,108 @@ static const char OLMOE[] =
     "{% endif %}\n"
     "{% endfor %}";
 
+/* Qwen3-30B-A3B, Qwen3-235B-A22B and the other Qwen3 models of the first release */
+static const char QWEN3[] =
+    "{%- if tools %}\n"
+    "    {{- '<|im_start|>system\\n' }}\n"
+    "    {%- if messages[0].role == 'system' %}\n"
+    "        {{- messages[0].content + '\\n\\n' }}\n"
+    "    {%- endif %}\n"
+    "    {{- \"# Tools\\n\\nYou may call one or more functions to assist with the user"
+    " query.\\n\\nYou are provided with function signatures within <tools></tools> XML"
+    " tags:\\n<tools>\" }}\n"
+    "    {%- for tool in tools %}\n"
+    "        {{- \"\\n\" }}\n"
+    "        {{- tool | tojson }}\n"
+    "    {%- endfor %}\n"
+    "    {{- \"\\n</tools>\\n\\nFor each function call, return a json object with function"
+    " name and arguments within <tool_call></tool_call> XML"
+    " tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, \\\"arguments\\\":"
+    " <args-json-object>}\\n</tool_call><|im_end|>\\n\" }}\n"
+    "{%- else %}\n"
+    "    {%- if messages[0].role == 'system' %}\n"
+    "        {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endif %}\n"
+    "{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}\n"
+    "{%- for message in messages[::-1] %}\n"
+    "    {%- set index = (messages|length - 1) - loop.index0 %}\n"
+    "    {%- if ns.multi_step_tool and message.role == \"user\" and"
+    " not(message.content.startswith('<tool_response>') and"
+    " message.content.endswith('</tool_response>')) %}\n"
+    "        {%- set ns.multi_step_tool = false %}\n"
+    "        {%- set ns.last_query_index = index %}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- for message in messages %}\n"
+    "    {%- if (message.role == \"user\") or (message.role == \"system\" and not"
+    " loop.first) %}\n"
+    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' +"
+    " '\\n' }}\n"
+    "    {%- elif message.role == \"assistant\" %}\n"
+    "        {%- set content = message.content %}\n"
+    "        {%- set reasoning_content = '' %}\n"
+    "        {%- if message.reasoning_content is defined and message.reasoning_content is"
+    " not none %}\n"
+    "            {%- set reasoning_content = message.reasoning_content %}\n"
+    "        {%- else %}\n"
+    "            {%- if '</think>' in message.content %}\n"
+    "                {%- set content = message.content.split('</think>')[-1].lstrip('\\n')"
+    " %}\n"
+    "                {%- set reasoning_content ="
+    " message.content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n')"
+    " %}\n"
+    "            {%- endif %}\n"
+    "        {%- endif %}\n"
+    "        {%- if loop.index0 > ns.last_query_index %}\n"
+    "            {%- if loop.last or (not loop.last and reasoning_content) %}\n"
+    "                {{- '<|im_start|>' + message.role + '\\n<think>\\n' +"
+    " reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}\n"
+    "            {%- else %}\n"
+    "                {{- '<|im_start|>' + message.role + '\\n' + content }}\n"
+    "            {%- endif %}\n"
+    "        {%- else %}\n"
+    "            {{- '<|im_start|>' + message.role + '\\n' + content }}\n"
+    "        {%- endif %}\n"
+    "        {%- if message.tool_calls %}\n"
+    "            {%- for tool_call in message.tool_calls %}\n"
+    "                {%- if (loop.first and content) or (not loop.first) %}\n"
+    "                    {{- '\\n' }}\n"
+    "                {%- endif %}\n"
+    "                {%- if tool_call.function %}\n"
+    "                    {%- set tool_call = tool_call.function %}\n"
+    "                {%- endif %}\n"
+    "                {{- '<tool_call>\\n{\"name\": \"' }}\n"
+    "                {{- tool_call.name }}\n"
+    "                {{- '\", \"arguments\": ' }}\n"
+    "                {%- if tool_call.arguments is string %}\n"
+    "                    {{- tool_call.arguments }}\n"
+    "                {%- else %}\n"
+    "                    {{- tool_call.arguments | tojson }}\n"
+    "                {%- endif %}\n"
+    "                {{- '}\\n</tool_call>' }}\n"
+    "            {%- endfor %}\n"
+    "        {%- endif %}\n"
+    "        {{- '<|im_end|>\\n' }}\n"
+    "    {%- elif message.role == \"tool\" %}\n"
+    "        {%- if loop.first or (messages[loop.index0 - 1].role != \"tool\") %}\n"
+    "            {{- '<|im_start|>user' }}\n"
+    "        {%- endif %}\n"
+    "        {{- '\\n<tool_response>\\n' }}\n"
+    "        {{- message.content }}\n"
+    "        {{- '\\n</tool_response>' }}\n"
+    "        {%- if loop.last or (messages[loop.index0 + 1].role != \"tool\") %}\n"
+    "            {{- '<|im_end|>\\n' }}\n"
+    "        {%- endif %}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|im_start|>assistant\\n' }}\n"
+    "    {%- if enable_thinking is defined and enable_thinking is false %}\n"
+    "        {{- '<think>\\n\\n</think>\\n\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endif %}";
+
 static const struct {
     enum xd_chat_format format;
     const char *name;
@@ -79,6 +181,7 @@ static const struct {
     {XD_CHAT_MISTRAL_INST, "mistral", MIXTRAL},
     {XD_CHAT_OLMOE, "olmoe", OLMOE},
     {XD_CHAT_MISTRAL_INST_V1, "mistral-v1", MIXTRAL_V1},
+    {XD_CHAT_QWEN3, "qwen3", QWEN3},
 };
 #define N_FORMATS (sizeof FORMATS / sizeof FORMATS[0])
 
@@ -216,9 +319,8 @@ struct buf {
     bool oom;
 };
 
-static void put(struct buf *b, const char *s)
+static void put_n(struct buf *b, const char *s, size_t n)
 {
-    size_t n = s ? strlen(s) : 0;
     if (b->oom || n == 0)
         return;
     if (b->len + n + 1 > b->cap) {
@@ -236,6 +338,11 @@ static void put(struct buf *b, const char *s)
     memcpy(b->p + b->len, s, n);
     b->len += n;
     b->p[b->len] = '\0';
+}
+
+static void put(struct buf *b, const char *s)
+{
+    put_n(b, s, s ? strlen(s) : 0);
 }
 
 enum role { SYSTEM, USER, ASSISTANT };
@@ -353,16 +460,162 @@ static void render_olmoe(struct buf *b, const struct xd_chat_message *m, const e
     }
 }
 
+/* ---- qwen3 ---- */
+
+/* A piece of a message's text: what Python's str methods return in the template. */
+struct span {
+    const char *p;
+    size_t n;
+};
+
+/* The last occurrence of pat in s[0, n), or NULL. */
+static const char *find_last(const char *s, size_t n, const char *pat)
+{
+    size_t m = strlen(pat);
+    for (size_t i = n >= m ? n - m + 1 : 0; i-- > 0;)
+        if (memcmp(s + i, pat, m) == 0)
+            return s + i;
+    return NULL;
+}
+
+static struct span lstrip_nl(struct span s)
+{
+    while (s.n > 0 && s.p[0] == '\n')
+        s.p++, s.n--;
+    return s;
+}
+
+static struct span rstrip_nl(struct span s)
+{
+    while (s.n > 0 && s.p[s.n - 1] == '\n')
+        s.n--;
+    return s;
+}
+
+static bool starts_with(const char *s, const char *pre)
+{
+    return strncmp(s, pre, strlen(pre)) == 0;
+}
+
+static bool ends_with(const char *s, const char *suf)
+{
+    size_t n = strlen(s), m = strlen(suf);
+    return n >= m && memcmp(s + n - m, suf, m) == 0;
+}
+
+/* The template's tool handling (tools, tool calls, tool messages) is what expertd leaves out;
+ * everything else follows it line by line. */
+static int check_qwen3(const struct xd_chat_message *m, int n, const bool *tool_calls,
+                       struct xd_err *err)
+{
+    if (n == 0) /* messages[0].role of no messages: the template fails */
+        return xd_err_set(err, XD_ERR_INVALID, "no messages: the template needs at least one");
+    for (int i = 0; i < n; i++) {
+        if (m[i].role && strcmp(m[i].role, "tool") == 0)
+            return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                              "message %d (tool): tool messages are not supported with the qwen3 "
+                              "chat template yet", i);
+        if (tool_calls && tool_calls[i])
+            return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                              "message %d (%.40s): tool calls are not supported with the qwen3 "
+                              "chat template yet", i, m[i].role ? m[i].role : "(none)");
+    }
+    return XD_OK;
+}
+
+static void render_qwen3(struct buf *b, const struct xd_chat_message *m, const enum role *roles,
+                         int n, const struct xd_chat_options *o)
+{
+    if (n > 0 && roles[0] == SYSTEM) {
+        put(b, "<|im_start|>system\n");
+        put(b, text(m[0].content));
+        put(b, "<|im_end|>\n");
+    }
+    /* the last user message that is not a tool response wrapped as user text; reasoning is kept
+     * only on assistant turns after it */
+    int last_query = n - 1;
+    for (int i = n - 1; i >= 0; i--) {
+        const char *c = text(m[i].content);
+        if (roles[i] == USER &&
+            !(starts_with(c, "<tool_response>") && ends_with(c, "</tool_response>"))) {
+            last_query = i;
+            break;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        const char *c = text(m[i].content);
+        if (roles[i] == USER || (roles[i] == SYSTEM && i > 0)) {
+            put(b, "<|im_start|>");
+            put(b, m[i].role);
+            put(b, "\n");
+            put(b, c);
+            put(b, "<|im_end|>\n");
+            continue;
+        }
+        if (roles[i] != ASSISTANT)
+            continue;
+        struct span content = {c, strlen(c)}, reasoning = {"", 0};
+        const char *close = strstr(c, "</think>");
+        if (close) {
+            /* content.split('</think>')[-1].lstrip('\n') */
+            const char *last = find_last(c, content.n, "</think>") + strlen("</think>");
+            content = lstrip_nl((struct span){last, strlen(last)});
+            /* content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') */
+            reasoning = rstrip_nl((struct span){c, (size_t)(close - c)});
+            const char *open = find_last(reasoning.p, reasoning.n, "<think>");
+            if (open) {
+                open += strlen("<think>");
+                reasoning = (struct span){open, reasoning.n - (size_t)(open - reasoning.p)};
+            }
+            reasoning = lstrip_nl(reasoning);
+        }
+        put(b, "<|im_start|>assistant\n");
+        if (i > last_query && (i == n - 1 || reasoning.n > 0)) {
+            reasoning = rstrip_nl(lstrip_nl(reasoning));
+            content = lstrip_nl(content);
+            put(b, "<think>\n");
+            put_n(b, reasoning.p, reasoning.n);
+            put(b, "\n</think>\n\n");
+        }
+        put_n(b, content.p, content.n);
+        put(b, "<|im_end|>\n");
+    }
+    if (o->add_generation_prompt) {
+        put(b, "<|im_start|>assistant\n");
+        if (o->enable_thinking == XD_CHAT_THINKING_OFF)
+            put(b, "<think>\n\n</think>\n\n");
+    }
+}
+
 int xd_chat_render(enum xd_chat_format f, const struct xd_chat_message *msgs, int n,
                    bool add_generation_prompt, const char *bos_token, const char *eos_token,
                    char **ret, size_t *ret_len, struct xd_err *err)
 {
+    struct xd_chat_options o = {.add_generation_prompt = add_generation_prompt,
+                                .bos_token = bos_token,
+                                .eos_token = eos_token};
+    return xd_chat_render_opts(f, msgs, n, &o, ret, ret_len, err);
+}
+
+int xd_chat_render_opts(enum xd_chat_format f, const struct xd_chat_message *msgs, int n,
+                        const struct xd_chat_options *opts, char **ret, size_t *ret_len,
+                        struct xd_err *err)
+{
+    static const struct xd_chat_options none = {0};
+    const struct xd_chat_options *o = opts ? opts : &none;
+    bool add_generation_prompt = o->add_generation_prompt;
+    const char *bos_token = o->bos_token, *eos_token = o->eos_token;
     if (xd_chat_format_from_name(xd_chat_format_name(f)) == XD_CHAT_UNKNOWN)
         return xd_err_set(err, XD_ERR_INVALID,
                           "the model's chat template is not one expertd can render; set a chat "
-                          "format (chatml, mistral, mistral-v1, olmoe)");
+                          "format (chatml, mistral, mistral-v1, olmoe, qwen3)");
     if (n < 0 || (n > 0 && !msgs))
         return xd_err_set(err, XD_ERR_INVALID, "no messages");
+    if (f == XD_CHAT_QWEN3) {
+        int rc = check_qwen3(msgs, n, o->has_tool_calls, err);
+        if (rc < 0)
+            return rc;
+    }
     enum role *roles = malloc(sizeof *roles * (size_t)(n > 0 ? n : 1));
     if (!roles)
         return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
@@ -383,6 +636,9 @@ int xd_chat_render(enum xd_chat_format f, const struct xd_chat_message *msgs, in
             break;
         case XD_CHAT_OLMOE:
             render_olmoe(&b, msgs, roles, n, add_generation_prompt, bos_token, eos_token);
+            break;
+        case XD_CHAT_QWEN3:
+            render_qwen3(&b, msgs, roles, n, o);
             break;
         case XD_CHAT_UNKNOWN:
             break;

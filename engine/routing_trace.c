@@ -9,6 +9,7 @@
 #include <string.h>
 #include <zstd.h>
 
+#include "byte_buf.h"
 #include "engine.h"
 
 static const char trace_magic[8] = {'X', 'D', 'R', 'O', 'U', 'T', 'E', '1'};
@@ -16,60 +17,41 @@ enum { TRACE_VERSION = 1, TAG_END = 0, TAG_STEP = 1, FLAG_PREDICTIONS = 1 };
 
 /* ---- byte buffers ---------------------------------------------------------------------- */
 
-struct bytes {
-    unsigned char *data;
-    size_t len, cap;
-};
-
-static int bytes_reserve(struct bytes *b, size_t extra)
+/* Appends to a payload whose room the caller reserved (xd_byte_buf_reserve). */
+static void put(struct xd_byte_buf *b, const void *src, size_t n)
 {
-    if (b->len + extra <= b->cap)
-        return XD_OK;
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + extra)
-        cap *= 2;
-    unsigned char *p = realloc(b->data, cap);
-    if (!p)
-        return XD_ERR_NOMEM;
-    b->data = p;
-    b->cap = cap;
-    return XD_OK;
-}
-
-static void put(struct bytes *b, const void *src, size_t n)
-{
-    memcpy(b->data + b->len, src, n); /* reserved by the caller */
+    memcpy(b->data + b->len, src, n);
     b->len += n;
 }
 
 /* Little-endian stores: the format is little-endian on every host. */
-static void put_u8(struct bytes *b, uint8_t v) { put(b, &v, 1); }
-static void put_u16(struct bytes *b, uint16_t v)
+static void put_u8(struct xd_byte_buf *b, uint8_t v) { put(b, &v, 1); }
+static void put_u16(struct xd_byte_buf *b, uint16_t v)
 {
     unsigned char p[2] = {(unsigned char)v, (unsigned char)(v >> 8)};
     put(b, p, 2);
 }
-static void put_u32(struct bytes *b, uint32_t v)
+static void put_u32(struct xd_byte_buf *b, uint32_t v)
 {
     unsigned char p[4];
     for (int i = 0; i < 4; i++)
         p[i] = (unsigned char)(v >> (8 * i));
     put(b, p, 4);
 }
-static void put_u64(struct bytes *b, uint64_t v)
+static void put_u64(struct xd_byte_buf *b, uint64_t v)
 {
     unsigned char p[8];
     for (int i = 0; i < 8; i++)
         p[i] = (unsigned char)(v >> (8 * i));
     put(b, p, 8);
 }
-static void put_f32(struct bytes *b, float f)
+static void put_f32(struct xd_byte_buf *b, float f)
 {
     uint32_t v;
     memcpy(&v, &f, 4);
     put_u32(b, v);
 }
-static void put_f64(struct bytes *b, double f)
+static void put_f64(struct xd_byte_buf *b, double f)
 {
     uint64_t v;
     memcpy(&v, &f, 8);
@@ -83,7 +65,7 @@ struct xd_trace_writer {
     char *path;
     ZSTD_CCtx *cctx;
     struct xd_trace_header hdr;
-    struct bytes payload; /* bytes not yet compressed */
+    struct xd_byte_buf payload; /* bytes not yet compressed */
     unsigned char *zbuf;  /* compressed output staging */
     size_t zcap;
     int status;           /* first error met; later calls fail with it */
@@ -136,7 +118,7 @@ int xd_trace_writer_create(const char *path, const struct xd_trace_header *hdr,
     w->zbuf = malloc(w->zcap);
     w->cctx = ZSTD_createCCtx();
     int rc = XD_ERR_NOMEM;
-    if (!w->path || !w->zbuf || !w->cctx || bytes_reserve(&w->payload, 64) < 0) {
+    if (!w->path || !w->zbuf || !w->cctx || xd_byte_buf_reserve(&w->payload, 64) < 0) {
         xd_err_set(err, rc, "%s: out of memory", path);
         goto fail;
     }
@@ -161,7 +143,7 @@ fail:
         fclose(w->f);
     ZSTD_freeCCtx(w->cctx);
     free(w->zbuf);
-    free(w->payload.data);
+    xd_byte_buf_free(&w->payload);
     free(w->path);
     free(w);
     return rc;
@@ -186,7 +168,7 @@ int xd_trace_writer_add(struct xd_trace_writer *w, const struct xd_trace_step *s
             return xd_err_set(err, XD_ERR_INVALID, "%s: step %llu: expert id out of range",
                               w->path, (unsigned long long)s->step);
     size_t tok_bytes = 12 + per * (h->has_predictions ? 8 : 6);
-    if (bytes_reserve(&w->payload, 21 + (size_t)s->n_tokens * tok_bytes) < 0)
+    if (xd_byte_buf_reserve(&w->payload, 21 + (size_t)s->n_tokens * tok_bytes) < 0)
         return xd_err_set(err, w->status = XD_ERR_NOMEM, "%s: out of memory", w->path);
     put_u8(&w->payload, TAG_STEP);
     put_u64(&w->payload, s->step);
@@ -278,7 +260,7 @@ int xd_trace_writer_close(struct xd_trace_writer *w, struct xd_err *err)
         else
             xd_err_set(err, rc, "%s: an earlier write failed", w->path);
     }
-    if (rc == XD_OK && bytes_reserve(&w->payload, 1) < 0)
+    if (rc == XD_OK && xd_byte_buf_reserve(&w->payload, 1) < 0)
         rc = xd_err_set(err, XD_ERR_NOMEM, "%s: out of memory", w->path);
     if (rc == XD_OK) {
         put_u8(&w->payload, TAG_END);
@@ -288,7 +270,7 @@ int xd_trace_writer_close(struct xd_trace_writer *w, struct xd_err *err)
         rc = xd_err_set(err, XD_ERR_IO, "%s: close failed: %s", w->path, strerror(errno));
     ZSTD_freeCCtx(w->cctx);
     free(w->zbuf);
-    free(w->payload.data);
+    xd_byte_buf_free(&w->payload);
     free(w->path);
     free(w);
     return rc;

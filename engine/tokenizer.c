@@ -115,6 +115,8 @@ struct added_token {
     size_t len;
     int32_t id;
     bool special, lstrip, rstrip, single_word;
+    bool normalized; /* matched in the normalized text, after the tokens that are not; content
+                      * is then the token's NFC form where the normalizer is NFC */
 };
 
 struct xd_tokenizer {
@@ -128,6 +130,7 @@ struct xd_tokenizer {
     struct added_token *added;  /* (n_added,) longest first */
     int n_added;
     bool added_first_byte[256]; /* some added token starts with this byte */
+    bool any_normalized_added;  /* some added token has normalized=true */
     bool nfc;
     pcre2_code *split;          /* Split pre-tokenizer pattern (Isolated), or NULL */
     pcre2_code *byte_regex;     /* ByteLevel's own GPT-2 regex when use_regex, or NULL */
@@ -419,6 +422,8 @@ int xd_tokenizer_parse(const char *text, size_t len, const char *path,
         a->lstrip = json_is_true(json_object_get(val, "lstrip"));
         a->rstrip = json_is_true(json_object_get(val, "rstrip"));
         a->single_word = json_is_true(json_object_get(val, "single_word"));
+        a->normalized = json_is_true(json_object_get(val, "normalized"));
+        t->any_normalized_added |= a->normalized;
         if (!a->content || a->len == 0)
             FAIL(XD_ERR_FORMAT, "%s: added_tokens entry %zu has empty content", path, i);
         free(t->id_to_token[a->id]);
@@ -428,9 +433,6 @@ int xd_tokenizer_parse(const char *text, size_t len, const char *path,
         if (!t->id_to_token[a->id] || str_map_put(&t->vocab, content, a->len, a->id) < 0)
             FAIL(XD_ERR_NOMEM, "%s: out of memory", path);
     }
-    qsort(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added_len);
-    for (int k = 0; k < t->n_added; k++)
-        t->added_first_byte[(uint8_t)t->added[k].content[0]] = true;
 
     const char *unk = json_string_value(json_object_get(model, "unk_token"));
     t->unk_id = unk ? str_map_get(&t->vocab, unk, strlen(unk)) : -1;
@@ -556,6 +558,32 @@ int xd_tokenizer_parse(const char *text, size_t len, const char *path,
         FAIL(XD_ERR_UNSUPPORTED, "%s: decoder %s is not supported", path,
              dtype[0] ? dtype : "(missing)");
     }
+    /* tokenizers matches a normalized added token by its normalized content in the normalized
+     * text: NFC here (under the Prepend/Replace normalizer of SentencePiece-style files they are
+     * matched as written, in the text before that normalizer: not what tokenizers does, and
+     * not seen in the files of the served models, whose added tokens there are normalized=false) */
+    for (int k = 0; t->nfc && k < t->n_added; k++) {
+        struct added_token *a = &t->added[k];
+        if (!a->normalized)
+            continue;
+        utf8proc_uint8_t *nfc = NULL;
+        utf8proc_ssize_t m = utf8proc_map((const utf8proc_uint8_t *)a->content, (utf8proc_ssize_t)a->len,
+                                          &nfc, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+        if (m <= 0) {
+            free(nfc);
+            FAIL(XD_ERR_FORMAT, "%s: added token %d is not valid UTF-8", path, a->id);
+        }
+        free(a->content);
+        a->content = (char *)nfc;
+        a->len = (size_t)m;
+        /* tokenizers also decodes the token as its normalized form */
+        free(t->id_to_token[a->id]);
+        if (!(t->id_to_token[a->id] = strdup(a->content)))
+            FAIL(XD_ERR_NOMEM, "%s: out of memory", path);
+    }
+    qsort(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added_len);
+    for (int k = 0; k < t->n_added; k++)
+        t->added_first_byte[(uint8_t)t->added[k].content[0]] = true;
     if (t->metaspace != t->metaspace_decoder)
         FAIL(XD_ERR_UNSUPPORTED, "%s: a %s model with a %s decoder is not supported", path,
              t->metaspace ? "Metaspace" : "ByteLevel", t->metaspace_decoder ? "Metaspace" : "ByteLevel");
@@ -859,12 +887,21 @@ static int bpe_piece_uncached(const struct xd_tokenizer *t, const char *s, size_
     return rc;
 }
 
-/* Splits s by re into matches and the gaps between them (Isolated), then BPE on each. */
-static int split_and_bpe(const struct xd_tokenizer *t, pcre2_code *re, pcre2_code *next,
+static int bytelevel_stage(const struct xd_tokenizer *t, const char *s, size_t n, struct ids *out);
+
+/* A piece for the next stage: the ByteLevel pre-tokenizer (after a Split) or BPE. */
+static int stage(const struct xd_tokenizer *t, bool to_bytelevel, const char *s, size_t n,
+                 struct ids *out)
+{
+    return to_bytelevel ? bytelevel_stage(t, s, n, out) : bpe_piece(t, s, n, out);
+}
+
+/* Splits s by re into matches and the gaps between them (Isolated), each to the next stage. */
+static int split_and_bpe(const struct xd_tokenizer *t, pcre2_code *re, bool to_bytelevel,
                          const char *s, size_t n, struct ids *out)
 {
     if (!re)
-        return next ? split_and_bpe(t, next, NULL, s, n, out) : bpe_piece(t, s, n, out);
+        return stage(t, to_bytelevel, s, n, out);
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
     if (!md)
         return -1;
@@ -877,38 +914,52 @@ static int split_and_bpe(const struct xd_tokenizer *t, pcre2_code *re, pcre2_cod
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
         size_t a = ov[0], b = ov[1];
         if (a > pos)
-            rc = next ? split_and_bpe(t, next, NULL, s + pos, a - pos, out)
-                      : bpe_piece(t, s + pos, a - pos, out);
+            rc = stage(t, to_bytelevel, s + pos, a - pos, out);
         if (b == a) { /* empty match: step one character */
             size_t step = 1;
             while (a + step < n && ((uint8_t)s[a + step] & 0xC0) == 0x80)
                 step++;
             if (rc == 0)
-                rc = next ? split_and_bpe(t, next, NULL, s + a, step, out)
-                          : bpe_piece(t, s + a, step, out);
+                rc = stage(t, to_bytelevel, s + a, step, out);
             pos = a + step;
             continue;
         }
         if (rc == 0)
-            rc = next ? split_and_bpe(t, next, NULL, s + a, b - a, out)
-                      : bpe_piece(t, s + a, b - a, out);
+            rc = stage(t, to_bytelevel, s + a, b - a, out);
         pos = b;
     }
     if (rc == 0 && pos < n)
-        rc = next ? split_and_bpe(t, next, NULL, s + pos, n - pos, out)
-                  : bpe_piece(t, s + pos, n - pos, out);
+        rc = stage(t, to_bytelevel, s + pos, n - pos, out);
     pcre2_match_data_free(md);
     return rc;
 }
 
-/* A run of text with no added tokens: normalizer, prefix space, pre-tokenizers, BPE. */
+/* The ByteLevel pre-tokenizer on one piece (the text between added tokens, or a piece of the
+ * Split before it): a space in front where add_prefix_space and the piece does not start with
+ * one (tokenizers does this for every piece, not only the text's first), then its regex. */
+static int bytelevel_stage(const struct xd_tokenizer *t, const char *s, size_t n, struct ids *out)
+{
+    if (!(t->add_prefix_space && n > 0 && s[0] != ' '))
+        return split_and_bpe(t, t->byte_regex, false, s, n, out);
+    char *pre = malloc(n + 1);
+    if (!pre)
+        return -1;
+    pre[0] = ' ';
+    memcpy(pre + 1, s, n);
+    int rc = split_and_bpe(t, t->byte_regex, false, pre, n + 1, out);
+    free(pre);
+    return rc;
+}
+
+/* A run of text with no added tokens: normalizer (unless already_normalized), pre-tokenizers,
+ * BPE. */
 static int encode_text(const struct xd_tokenizer *t, const char *s, size_t n, bool first,
-                       struct ids *out)
+                       bool already_normalized, struct ids *out)
 {
     if (n == 0)
         return 0;
     char *norm = NULL;
-    if (t->nfc) {
+    if (t->nfc && !already_normalized) {
         utf8proc_uint8_t *dst = NULL;
         utf8proc_ssize_t m = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &dst,
                                           UTF8PROC_STABLE | UTF8PROC_COMPOSE);
@@ -963,20 +1014,7 @@ static int encode_text(const struct xd_tokenizer *t, const char *s, size_t n, bo
         free(norm);
         return rc;
     }
-    char *pre = NULL;
-    if (t->add_prefix_space && first && n > 0 && s[0] != ' ') {
-        pre = malloc(n + 1);
-        if (!pre) {
-            free(norm);
-            return -1;
-        }
-        pre[0] = ' ';
-        memcpy(pre + 1, s, n);
-        s = pre;
-        n++;
-    }
-    int rc = split_and_bpe(t, t->split, t->byte_regex, s, n, out);
-    free(pre);
+    int rc = t->split ? split_and_bpe(t, t->split, true, s, n, out) : bytelevel_stage(t, s, n, out);
     free(norm);
     return rc;
 }
@@ -1010,27 +1048,17 @@ static bool is_space(char c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
 }
 
-int xd_tokenizer_encode(const struct xd_tokenizer *t, const char *text, size_t len,
-                        bool add_special, bool parse_special, int32_t **ret_ids, int *ret_n,
-                        struct xd_err *err)
+static int gap(const struct xd_tokenizer *t, const char *s, size_t n, bool pass2,
+               bool parse_special, bool first, struct ids *out);
+
+/* Added tokens, as tokenizers' AddedVocabulary finds them: the tokens with normalized=false
+ * in the text as given (pass 1), then in each gap, once normalized, the tokens with
+ * normalized=true (pass 2); the gaps of pass 2 go to the pre-tokenizers. first: text starts
+ * the input (Metaspace prepend_scheme first). */
+static int split_added(const struct xd_tokenizer *t, const char *text, size_t len, bool pass2,
+                       bool parse_special, bool first, struct ids *out)
 {
-    if (utf8proc_decompose((const utf8proc_uint8_t *)text, (utf8proc_ssize_t)len, NULL, 0, 0) < 0) {
-        /* find the offset for the message */
-        size_t off = 0;
-        while (off < len) {
-            utf8proc_int32_t cp;
-            utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)text + off,
-                                                  (utf8proc_ssize_t)(len - off), &cp);
-            if (k < 0)
-                break;
-            off += (size_t)k;
-        }
-        return xd_err_set(err, XD_ERR_INVALID, "text is not valid UTF-8 (at byte %zu)", off);
-    }
-    struct ids out = {0};
     int rc = 0;
-    for (int i = 0; add_special && i < t->n_prefix && rc == 0; i++)
-        rc = ids_push(&out, t->prefix[i]);
     size_t pos = 0, seg = 0;
     while (pos <= len && rc == 0) {
         /* the leftmost-longest added token starting at pos (tokens are sorted longest first) */
@@ -1038,7 +1066,7 @@ int xd_tokenizer_encode(const struct xd_tokenizer *t, const char *text, size_t l
         for (int i = 0; pos < len && t->added_first_byte[(uint8_t)text[pos]] && i < t->n_added;
              i++) {
             const struct added_token *a = &t->added[i];
-            if ((a->special && !parse_special) || a->len > len - pos ||
+            if (a->normalized != pass2 || (a->special && !parse_special) || a->len > len - pos ||
                 memcmp(text + pos, a->content, a->len) != 0)
                 continue;
             if (a->single_word && (is_word_char(text, len, pos, true) ||
@@ -1060,13 +1088,58 @@ int xd_tokenizer_encode(const struct xd_tokenizer *t, const char *text, size_t l
         if (hit->rstrip)
             while (end < len && is_space(text[end]))
                 end++;
-        rc = encode_text(t, text + seg, start - seg, seg == 0, &out);
+        rc = gap(t, text + seg, start - seg, pass2, parse_special, first && seg == 0, out);
         if (rc == 0)
-            rc = ids_push(&out, hit->id);
+            rc = ids_push(out, hit->id);
         pos = seg = end;
     }
     if (rc == 0)
-        rc = encode_text(t, text + seg, len - seg, seg == 0, &out);
+        rc = gap(t, text + seg, len - seg, pass2, parse_special, first && seg == 0, out);
+    return rc;
+}
+
+static int gap(const struct xd_tokenizer *t, const char *s, size_t n, bool pass2,
+               bool parse_special, bool first, struct ids *out)
+{
+    if (pass2 || !t->any_normalized_added)
+        return encode_text(t, s, n, first, pass2, out);
+    if (n == 0)
+        return 0;
+    if (!t->nfc)
+        return split_added(t, s, n, true, parse_special, first, out);
+    utf8proc_uint8_t *norm = NULL;
+    utf8proc_ssize_t m = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &norm,
+                                      UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+    if (m < 0)
+        return -1;
+    int rc = split_added(t, (const char *)norm, (size_t)m, true, parse_special, first, out);
+    free(norm);
+    return rc;
+}
+
+int xd_tokenizer_encode(const struct xd_tokenizer *t, const char *text, size_t len,
+                        bool add_special, bool parse_special, int32_t **ret_ids, int *ret_n,
+                        struct xd_err *err)
+{
+    if (utf8proc_decompose((const utf8proc_uint8_t *)text, (utf8proc_ssize_t)len, NULL, 0, 0) < 0) {
+        /* find the offset for the message */
+        size_t off = 0;
+        while (off < len) {
+            utf8proc_int32_t cp;
+            utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)text + off,
+                                                  (utf8proc_ssize_t)(len - off), &cp);
+            if (k < 0)
+                break;
+            off += (size_t)k;
+        }
+        return xd_err_set(err, XD_ERR_INVALID, "text is not valid UTF-8 (at byte %zu)", off);
+    }
+    struct ids out = {0};
+    int rc = 0;
+    for (int i = 0; add_special && i < t->n_prefix && rc == 0; i++)
+        rc = ids_push(&out, t->prefix[i]);
+    if (rc == 0)
+        rc = split_added(t, text, len, false, parse_special, true, &out);
     for (int i = 0; add_special && i < t->n_suffix && rc == 0; i++)
         rc = ids_push(&out, t->suffix[i]);
     if (rc < 0) {

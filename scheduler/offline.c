@@ -1,10 +1,13 @@
-/* Offline single-sequence generation over the engine, with blocks from a block pool. */
+/* Offline single-sequence generation: one request through the scheduler, stepped on the
+ * caller's thread, so that offline and served generation are one piece of code. */
 #include "offline.h"
 
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "block_pool.h"
+#include "scheduler.h"
 
 static double now_seconds(void)
 {
@@ -13,18 +16,25 @@ static double now_seconds(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* One forward step, shown to the request's observer. */
-static int forward_observed(struct xd_engine *engine, const struct xd_offline_request *req,
-                            const struct xd_batch *b, struct xd_forward_out *out,
-                            struct xd_err *err)
+struct collect {
+    struct xd_offline_result *r;
+    double t_first;       /* when the first token arrived */
+    enum xd_finish_reason finish;
+    bool finished;
+};
+
+static void collect_sink(void *ctx, const struct xd_sched_event *ev)
 {
-    double t0 = now_seconds();
-    XD_TRY(xd_engine_forward(engine, b, out, err));
-    if (req->on_step) {
-        static const uint64_t request_id = 0;
-        req->on_step(req->on_step_ctx, b, &request_id, out, now_seconds() - t0);
+    struct collect *c = ctx;
+    if (ev->kind == XD_EVENT_TOKEN) {
+        if (c->r->n_tokens == 0)
+            c->t_first = now_seconds();
+        c->r->samples[c->r->n_tokens] = *ev->sample;
+        c->r->tokens[c->r->n_tokens++] = ev->sample->token;
+        return;
     }
-    return XD_OK;
+    c->finished = true;
+    c->finish = ev->finish;
 }
 
 int xd_offline_generate(struct xd_engine *engine, const struct xd_offline_request *req,
@@ -43,75 +53,63 @@ int xd_offline_generate(struct xd_engine *engine, const struct xd_offline_reques
                           "cache has %d",
                           req->n_prompt, req->max_tokens, n_blocks, eo->block_size,
                           eo->n_kv_blocks);
+    /* generation ends at the context length ("length"), as it always has offline */
+    int max_tokens = req->max_tokens;
+    if (req->n_prompt >= mc->max_position_embeddings)
+        return xd_err_set(err, XD_ERR_INVALID,
+                          "the prompt (%d tokens) fills the context length (%d)", req->n_prompt,
+                          mc->max_position_embeddings);
+    if (total > mc->max_position_embeddings)
+        max_tokens = mc->max_position_embeddings - req->n_prompt;
 
-    struct xd_block_pool *pool = xd_block_pool_create(eo->n_kv_blocks);
-    int32_t *table = malloc(sizeof *table * (size_t)n_blocks);
+    struct xd_step_engine se;
+    xd_step_engine_init(&se, engine);
+    struct xd_sched_opts o = xd_sched_defaults();
+    o.max_running = 1;
+    o.prefill_chunk = req->prefill_chunk;
+    o.prefix_caching = false;
+    o.group_by_expert = false;
+    o.on_step = req->on_step;
+    o.on_step_ctx = req->on_step_ctx;
     struct xd_offline_result r = {0};
-    r.tokens = malloc(sizeof *r.tokens * (size_t)(req->max_tokens + 1));
-    r.samples = malloc(sizeof *r.samples * (size_t)(req->max_tokens + 1));
-    int rc = XD_OK;
-    if (!pool || !table || !r.tokens || !r.samples) {
+    struct collect c = {.r = &r};
+    struct xd_sched *s = NULL;
+    int rc = xd_sched_create(&se, NULL, NULL, 0, &o, &s, err);
+    if (rc < 0)
+        return rc;
+    r.tokens = malloc(sizeof *r.tokens * (size_t)(max_tokens + 1));
+    r.samples = malloc(sizeof *r.samples * (size_t)(max_tokens + 1));
+    if (!r.tokens || !r.samples) {
         rc = xd_err_set(err, XD_ERR_NOMEM, "out of memory");
         goto out;
     }
-    rc = xd_block_pool_alloc(pool, n_blocks, table);
+    struct xd_request sr = {
+        .prompt = req->prompt, .n_prompt = req->n_prompt, .max_tokens = max_tokens,
+        .sampling = xd_sampling_defaults(), .stop_ids = req->stop_ids,
+        .n_stop_ids = req->n_stop, .ignore_eos = true, .sampler = sampler,
+    };
+    rc = xd_sched_submit(s, &sr, collect_sink, &c, NULL, err);
     if (rc < 0)
         goto out;
-    xd_sampler_add_prompt(sampler, req->prompt, req->n_prompt);
-    r.finish_reason = "length";
-
-    int chunk = req->prefill_chunk > 0 ? req->prefill_chunk : eo->max_batch_tokens;
-    if (chunk > eo->max_batch_tokens)
-        chunk = eo->max_batch_tokens;
-    struct xd_forward_out out;
     double t0 = now_seconds();
-    for (int pos = 0; pos < req->n_prompt; pos += chunk) {
-        int n = req->n_prompt - pos < chunk ? req->n_prompt - pos : chunk;
-        struct xd_seq_chunk sc = {
-            .tokens = req->prompt + pos, .n_tokens = n, .pos = pos,
-            .block_table = table, .n_blocks = n_blocks,
-            .logits = pos + n == req->n_prompt ? XD_LOGITS_LAST : XD_LOGITS_NONE,
-        };
-        struct xd_batch b = {&sc, 1};
-        rc = forward_observed(engine, req, &b, &out, err);
+    c.t_first = t0;
+    while (!c.finished) {
+        rc = xd_sched_step(s, err);
         if (rc < 0)
             goto out;
     }
+    rc = XD_OK;
     double t1 = now_seconds();
-    r.prefill_seconds = t1 - t0;
-
-    int pos = req->n_prompt;
-    while (r.n_tokens < req->max_tokens) {
-        xd_sampler_sample(sampler, out.logits, &r.samples[r.n_tokens]);
-        int32_t tok = r.samples[r.n_tokens].token;
-        r.tokens[r.n_tokens++] = tok;
-        int stop = 0;
-        for (int i = 0; i < req->n_stop; i++)
-            stop |= tok == req->stop_ids[i];
-        if (stop) {
-            r.finish_reason = "stop";
-            break;
-        }
-        if (r.n_tokens == req->max_tokens || pos >= mc->max_position_embeddings)
-            break;
-        struct xd_seq_chunk sc = {
-            .tokens = &r.tokens[r.n_tokens - 1], .n_tokens = 1, .pos = pos++,
-            .block_table = table, .n_blocks = n_blocks, .logits = XD_LOGITS_LAST,
-        };
-        struct xd_batch b = {&sc, 1};
-        rc = forward_observed(engine, req, &b, &out, err);
-        if (rc < 0)
-            goto out;
-    }
-    r.decode_seconds = now_seconds() - t1;
+    r.prefill_seconds = c.t_first - t0;
+    r.decode_seconds = t1 - c.t_first;
+    r.finish_reason = c.finish == XD_FINISH_STOP ? "stop" : "length";
     *ret = r;
     r.tokens = NULL;
     r.samples = NULL;
 out:
+    xd_sched_destroy(s);
     free(r.tokens);
     free(r.samples);
-    free(table);
-    xd_block_pool_destroy(pool);
     return rc;
 }
 

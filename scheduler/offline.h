@@ -14,7 +14,7 @@ struct xd_offline_request {
     int prefill_chunk;       /* prompt tokens per forward step; 0: the engine's maximum */
     const int32_t *stop_ids; /* (n_stop,) end-of-sequence ids; generation stops after one */
     int n_stop;
-    xd_step_observer_fn on_step; /* NULL, or called after every forward (request id 0) */
+    xd_step_observer_fn on_step; /* NULL, or called after every forward step */
     void *on_step_ctx;
 };
 

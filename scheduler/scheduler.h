@@ -43,6 +43,13 @@ struct xd_sched_opts {
     bool group_by_expert; /* prefer sequences whose expert signatures overlap */
     int max_wait_steps;   /* grouping never delays a sequence more than this many steps beyond
                              its first-come-first-served turn; 0: 8 */
+    xd_step_observer_fn on_step; /* NULL, or called after every forward with the request id of
+                                    each sequence (the routing-trace recorder) */
+    void *on_step_ctx;
+    int max_resident;     /* most sequences holding KV blocks at once (admitted, not finished);
+                             0 or less than max_running: max_running. Above max_running, the
+                             steps choose among more decoders than fit, which is where grouping
+                             by expert has a choice. */
 };
 
 /* Defaults for every field (the 0 meanings above, prefix caching and grouping on). */
@@ -62,6 +69,9 @@ struct xd_request {
     int n_stop_ids;
     bool ignore_eos;                    /* do not stop at the model's EOS ids */
     bool skip_special;                  /* leave special tokens out of the text */
+    struct xd_sampler *sampler;         /* borrowed, may be NULL: sample with this one (it must
+                                           outlive the request) instead of one made from
+                                           sampling; the scheduler adds the prompt to it */
 };
 
 enum xd_finish_reason {
@@ -95,6 +105,9 @@ struct xd_sched_event {
     const char *error;          /* XD_FINISH_ERROR: why; NULL otherwise */
     int n_prompt_tokens;
     int n_cached_prompt_tokens; /* prompt tokens served from the prefix cache */
+    double queue_seconds;       /* XD_EVENT_TOKEN and XD_EVENT_FINISH: from submit to the
+                                   request's first admission to the running batch (0 if it
+                                   never ran) */
     int n_generated_tokens;
 };
 
@@ -138,6 +151,11 @@ int xd_sched_start(struct xd_sched *s, struct xd_err *err);
  * XD_FINISH_ERROR). */
 int xd_sched_step(struct xd_sched *s, struct xd_err *err);
 
+/* Seconds since the scheduler thread last went round its loop (it does at least every second
+ * when idle, and after every step): a large value means a hung engine. 0 before start. For the
+ * systemd watchdog. Thread-safe. */
+double xd_sched_heartbeat_age(struct xd_sched *s);
+
 /* Refuses new requests from now on (XD_ERR_UNAVAILABLE); running and waiting ones go on. */
 void xd_sched_drain(struct xd_sched *s);
 
@@ -163,5 +181,10 @@ struct xd_sched_stats {
     uint64_t expert_layer_steps_total;      /* steps times MoE layers (divide the above by it) */
 };
 void xd_sched_get_stats(struct xd_sched *s, struct xd_sched_stats *ret);
+
+/* Tests: checks the KV accounting between steps (not while the thread runs): every block's
+ * refcount equals the number of block tables that hold it, waiting requests hold none,
+ * referenced plus available blocks is the whole cache. XD_ERR_INVALID says what is off. */
+int xd_sched_check(struct xd_sched *s, struct xd_err *err);
 
 #endif

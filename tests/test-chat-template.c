@@ -42,6 +42,13 @@ static void test_template_is_recognised(void)
     CHECK(f != XD_CHAT_UNKNOWN && f == xd_chat_format_from_name(want), "detected %s, want %s",
           xd_chat_format_name(f), want);
     CHECK(strcmp(xd_chat_format_name(xd_chat_format_from_name(want)), want) == 0, "name %s", want);
+    /* a near miss renders differently: not recognised */
+    size_t n = strlen(cfg.chat_template);
+    char *more = malloc(n + 16);
+    memcpy(more, cfg.chat_template, n);
+    strcpy(more + n, "{{ 'x' }}");
+    CHECK(xd_chat_format_detect(more) == XD_CHAT_UNKNOWN, "template + output still %s", want);
+    free(more);
 }
 
 static struct xd_chat_message *messages(json_t *c, int *ret_n)
@@ -55,6 +62,23 @@ static struct xd_chat_message *messages(json_t *c, int *ret_n)
     }
     *ret_n = n;
     return m;
+}
+
+/* The case's template variables: through xd_chat_render when it sets no enable_thinking (the
+ * old entry point), through xd_chat_render_opts otherwise. */
+static int render(enum xd_chat_format f, json_t *c, const struct xd_chat_message *m, int n,
+                  char **out, size_t *len, struct xd_err *err)
+{
+    bool gen = json_is_true(json_object_get(c, "add_generation_prompt"));
+    json_t *thinking = json_object_get(c, "enable_thinking");
+    if (!thinking)
+        return xd_chat_render(f, m, n, gen, cfg.bos_token, cfg.eos_token, out, len, err);
+    struct xd_chat_options o = {.add_generation_prompt = gen,
+                                .bos_token = cfg.bos_token,
+                                .eos_token = cfg.eos_token,
+                                .enable_thinking = json_is_true(thinking) ? XD_CHAT_THINKING_ON
+                                                                          : XD_CHAT_THINKING_OFF};
+    return xd_chat_render_opts(f, m, n, &o, out, len, err);
 }
 
 static void test_render_matches_transformers(void)
@@ -71,7 +95,7 @@ static void test_render_matches_transformers(void)
         char *out = NULL;
         size_t len = 0;
         struct xd_err err = {{0}};
-        int rc = xd_chat_render(f, m, n, gen, cfg.bos_token, cfg.eos_token, &out, &len, &err);
+        int rc = render(f, c, m, n, &out, &len, &err);
         json_t *want = json_object_get(c, "text");
         if (want) {
             n_text++;
@@ -112,8 +136,7 @@ static void test_rendered_ids_match_transformers(void)
         int32_t *ids = NULL;
         int n_ids = 0;
         struct xd_err err;
-        CHECK(xd_chat_render(f, m, n, gen, cfg.bos_token, cfg.eos_token, &out, &len, &err) == XD_OK,
-              "%s", err.msg);
+        CHECK(render(f, c, m, n, &out, &len, &err) == XD_OK, "%s", err.msg);
         CHECK(out && xd_tokenizer_encode(tok, out, len, false, true, &ids, &n_ids, &err) == XD_OK,
               "encode");
         int same = (size_t)n_ids == json_array_size(want);
@@ -134,10 +157,31 @@ static void test_errors_name_index_and_role(void)
     char *out = NULL;
     size_t len;
     struct xd_err err;
+    /* qwen3's template renders tool messages and tool calls, expertd does not: unsupported;
+     * the other templates have no tool role */
+    int want = f == XD_CHAT_QWEN3 ? XD_ERR_UNSUPPORTED : XD_ERR_INVALID;
     CHECK(xd_chat_render(f, bad, 2, true, cfg.bos_token, cfg.eos_token, &out, &len, &err) ==
-              XD_ERR_INVALID, "role tool accepted");
+              want, "role tool accepted");
     CHECK_CONTAINS(err.msg, "message 1");
-    CHECK_CONTAINS(err.msg, "'tool'");
+    CHECK_CONTAINS(err.msg, "tool");
+    struct xd_chat_message calls[] = {{"user", "hi"}, {"assistant", ""}, {"user", "more"}};
+    bool flags[] = {false, true, false};
+    struct xd_chat_options o = {.add_generation_prompt = true,
+                                .bos_token = cfg.bos_token,
+                                .eos_token = cfg.eos_token,
+                                .has_tool_calls = flags};
+    int rc = xd_chat_render_opts(f, calls, 3, &o, &out, &len, &err);
+    if (f == XD_CHAT_QWEN3) {
+        CHECK(rc == XD_ERR_UNSUPPORTED, "tool calls rendered: rc %d", rc);
+        CHECK_CONTAINS(err.msg, "message 1 (assistant)");
+        CHECK_CONTAINS(err.msg, "tool calls");
+        CHECK(out == NULL, "output on failure");
+        CHECK(xd_chat_render_opts(f, calls, 0, NULL, &out, &len, &err) == XD_ERR_INVALID,
+              "no messages rendered");
+    } else if (rc == XD_OK) { /* the template ignores tool calls */
+        free(out);
+        out = NULL;
+    }
     struct xd_chat_message none[] = {{NULL, "x"}};
     CHECK(xd_chat_render(f, none, 1, true, NULL, NULL, &out, &len, &err) == XD_ERR_INVALID,
           "no role accepted");

@@ -104,6 +104,23 @@ expect plan_needs_size 2 "--cache-mib" -- "$expertd" plan --trace "$tmp/trace"
 # generate records the lookahead predictions, so the recorded predictor has data
 expect plan_recorded_predictions 0 "recall" -- "$expertd" plan --trace "$tmp/trace" --cache-slots 4 --predictor recorded
 expect plan_sweep 0 "predictive" -- "$expertd" plan --trace "$tmp/trace" --sweep
+# Synthetic traces: skewed, correlated routing caches better than uniform routing at half the
+# experts, and a cache of every expert misses each expert at most once.
+synth_trace=$(dirname "$synth")/xd-synth-trace
+"$synth_trace" --out "$tmp/uni" --layers 4 --experts 16 --top-k 2 --steps 300 --zipf 0 --stickiness 0 &&
+"$synth_trace" --out "$tmp/skew" --layers 4 --experts 16 --top-k 2 --steps 300 --zipf 1.2 --stickiness 0.6
+"$expertd" plan --trace "$tmp/uni" --cache-slots 32 --predictor none --json >"$tmp/pu" 2>&1
+"$expertd" plan --trace "$tmp/skew" --cache-slots 32 --predictor none --json >"$tmp/ps" 2>&1
+"$expertd" plan --trace "$tmp/skew" --cache-slots 64 --predictor none --json >"$tmp/pf" 2>&1
+if python3 - "$tmp/pu" "$tmp/ps" "$tmp/pf" <<'PY'
+import json, sys
+u, s, f = (json.load(open(p)) for p in sys.argv[1:])
+assert s["hit_rate"] > u["hit_rate"] + 0.1, (u["hit_rate"], s["hit_rate"])
+assert f["misses"] <= 4 * 16 and f["tokens"] == 300, f
+PY
+then ok synth_trace_skew_caches_better; else fail synth_trace_skew_caches_better "$(cat "$tmp/pu" "$tmp/ps" | head -c 400)"; fi
+expect synth_trace_bad_top_k 2 "--top-k" -- "$synth_trace" --out "$tmp/x" --experts 4 --top-k 8
+
 expect expert_policy_unknown 2 "--expert-policy" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --expert-policy mru
 expect expert_cache_both_sizes 2 "give one of the two" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --expert-cache-mib 4 --expert-cache-slots 3
 expect record_routing_bad_path 1 "/nonexistent/dir/t" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --record-routing /nonexistent/dir/t

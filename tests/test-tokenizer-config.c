@@ -189,8 +189,8 @@ static void test_detection(void)
 
 static void test_format_names(void)
 {
-    const char *names[] = {"chatml", "mistral", "olmoe", "mistral-v1"};
-    for (int i = 0; i < 4; i++)
+    const char *names[] = {"chatml", "mistral", "olmoe", "mistral-v1", "qwen3"};
+    for (int i = 0; i < 5; i++)
         CHECK(strcmp(xd_chat_format_name(xd_chat_format_from_name(names[i])), names[i]) == 0,
               "%s", names[i]);
     CHECK(xd_chat_format_from_name("llama3") == XD_CHAT_UNKNOWN, "llama3");

@@ -164,7 +164,19 @@ static void test_long_runs_round_trip(void)
     char *out = NULL;
     size_t len = 0;
     CHECK(ids && xd_tokenizer_decode(tok, ids, n_ids, false, &out, &len, &err) == XD_OK, "decode");
-    CHECK(out && len == 2 * n && memcmp(out, text, len) == 0, "long runs do not round-trip");
+    /* ByteLevel's add_prefix_space puts spaces in front of pieces that its decoder keeps: there
+     * only the time matters (the ids are checked against tokenizers' on the golden strings) */
+    int32_t *probe = NULL;
+    int n_probe = 0;
+    char *back = NULL;
+    size_t back_len = 0;
+    bool lossless = xd_tokenizer_encode(tok, "x 7", 3, false, true, &probe, &n_probe, &err) == XD_OK &&
+                    xd_tokenizer_decode(tok, probe, n_probe, false, &back, &back_len, &err) == XD_OK &&
+                    back_len == 3 && memcmp(back, "x 7", 3) == 0;
+    free(probe);
+    free(back);
+    CHECK(out && (!lossless || (len == 2 * n && memcmp(out, text, len) == 0)),
+          "long runs do not round-trip");
     free(out);
     free(ids);
     free(text);

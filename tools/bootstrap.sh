@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(gcc libc6-dev pkg-config meson ninja-build python3 libjansson-dev libpcre2-dev
-          libutf8proc-dev libzstd-dev)
+packages=(gcc libc6-dev pkg-config meson ninja-build python3 python3-venv libjansson-dev libpcre2-dev
+          libutf8proc-dev libzstd-dev libmicrohttpd-dev libsystemd-dev libcurl4-openssl-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -29,7 +29,8 @@ fi
 ninja -C build
 
 # The default model is the trained demo model shipped in models/demo-moe (a link, so a new
-# checkout's model is what runs); a tree without it gets random weights from xd-synth-model.
+# checkout's model is what runs). A tree without it gets random weights with the vocabulary of
+# the qwen2 fixture tokenizer (602 ids) and its files, so text prompts and chat (ChatML) work.
 mkdir -p build/models
 if [ -f models/demo-moe/model.safetensors ]; then
   if [ -e build/models/default ] && [ ! -L build/models/default ]; then
@@ -38,9 +39,13 @@ if [ -f models/demo-moe/model.safetensors ]; then
   ln -sfn ../../models/demo-moe build/models/default
   what="the demo model (models/demo-moe)"
 else
-  if [ ! -f build/models/default/model.safetensors ]; then
-    build/tools/xd-synth-model --out build/models/default --vocab 512 --hidden 128 --layers 4 \
+  if [ -L build/models/default ] || [ ! -f build/models/default/model.safetensors ] ||
+     [ ! -f build/models/default/tokenizer.json ]; then
+    rm -rf build/models/default
+    build/tools/xd-synth-model --out build/models/default --vocab 602 --hidden 128 --layers 4 \
       --heads 4 --kv-heads 2 --experts 16 --top-k 4 --ffn 64 >/dev/null
+    cp tests/fixtures/tokenizers/qwen2/tokenizer.json build/models/default/
+    cp tests/fixtures/chat/qwen2_moe/tokenizer_config.json build/models/default/
   fi
   what="a synthetic model with random weights"
 fi

@@ -188,6 +188,13 @@ def chat_corpus():
     out["conv-unicode.bin"] = b"\x01\x01" + "Grüße 👋 <|im_end|> [INST]".encode()
     out["conv-empty.bin"] = b"\x01"
     out["conv-lone-system.bin"] = b"\x01\x00only a system message"  # Mistral drops it
+    # qwen3: reasoning dropped before the last user query, kept after it
+    out["conv-think.bin"] = b"\x01" + sep.join([
+        b"\x01q1", b"\x02<think>\nr1\n</think>\n\na1", b"\x01q2",
+        b"\x02<think>r2</think>a2", b"\x02no reasoning", b"\x02\n<think>\n\n</think>\n\n\na3"])
+    out["conv-think-odd.bin"] = b"\x01" + sep.join([
+        b"\x01<tool_response>x</tool_response>", b"\x02a</think>b</think>c<think>",
+        b"\x02<think>never closed"])
     return out
 
 

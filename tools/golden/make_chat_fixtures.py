@@ -72,6 +72,95 @@ OLMOE = ("{{ bos_token }}{% for message in messages %}\n{% if message['role'] ==
          "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}")
 
 
+# Qwen3-30B-A3B, Qwen3-235B-A22B (and the other Qwen3 models of the first release): no default
+# system message, <think> blocks on assistant turns after the last user query, enable_thinking.
+QWEN3 = """{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\\n\\n' }}
+    {%- endif %}
+    {{- "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set content = message.content %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is defined and message.reasoning_content is not none %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in message.content %}
+                {%- set content = message.content.split('</think>')[-1].lstrip('\\n') %}
+                {%- set reasoning_content = message.content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<|im_start|>' + message.role + '\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
+            {%- else %}
+                {{- '<|im_start|>' + message.role + '\\n' + content }}
+            {%- endif %}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\\n' + content }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and content) or (not loop.first) %}
+                    {{- '\\n' }}
+                {%- endif %}
+                {%- if tool_call.function %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '<tool_call>\\n{"name": "' }}
+                {{- tool_call.name }}
+                {{- '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}
+                    {{- tool_call.arguments }}
+                {%- else %}
+                    {{- tool_call.arguments | tojson }}
+                {%- endif %}
+                {{- '}\\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response>\\n' }}
+        {{- message.content }}
+        {{- '\\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\\n\\n</think>\\n\\n' }}
+    {%- endif %}
+{%- endif %}"""
+
+
 def added(content):
     """An AddedToken as older transformers saved it in tokenizer_config.json."""
     return {"__type": "AddedToken", "content": content, "lstrip": False, "normalized": False,
@@ -108,7 +197,20 @@ FIXTURES = {
                "unk_token": "<|endoftext|>", "chat_template": OLMOE,
                "tokenizer_class": "GPTNeoXTokenizer", "clean_up_tokenization_spaces": True},
               lambda t: {"eos_token_id": t("<|endoftext|>"), "pad_token_id": t("<|padding|>")}),
+    "qwen3_moe": ("qwen2", "qwen3",
+                  {"add_bos_token": False, "add_prefix_space": False, "bos_token": None,
+                   "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "unk_token": None,
+                   "chat_template": QWEN3, "tokenizer_class": "Qwen2Tokenizer",
+                   "clean_up_tokenization_spaces": False, "errors": "replace",
+                   "split_special_tokens": False, "model_max_length": 131072},
+                  lambda t: {"bos_token_id": t("<|endoftext|>"),
+                             "eos_token_id": [t("<|im_end|>"), t("<|endoftext|>")],
+                             "pad_token_id": t("<|endoftext|>")}),
 }
+
+# Formats whose template reads enable_thinking: their cases are rendered with it absent, true and
+# false (the case then carries "enable_thinking").
+THINKING_FORMATS = {"qwen3"}
 
 S, U, A = "system", "user", "assistant"
 CONVERSATIONS = {
@@ -132,6 +234,33 @@ CONVERSATIONS = {
     "long_dialogue": [(S, "You count.")] + [(U if i % 2 == 0 else A, f"turn {i}") for i in range(10)],
 }
 
+# Reasoning in assistant turns, for the formats in THINKING_FORMATS only (the other fixtures'
+# goldens stay as they were; their templates copy such text verbatim anyway).
+THINKING_CONVERSATIONS = {
+    "think_history": [(U, "q1"), (A, "<think>\nreasoning 1\n</think>\n\nanswer 1"), (U, "q2")],
+    "think_after_last_user": [(S, "sys"), (U, "q"), (A, "<think>\nr\n</think>\n\na")],
+    "think_turns_after_query": [(U, "q"), (A, "<think>r1</think>a1"), (A, "plain"),
+                                (A, "<think>\n\nr3\n\n</think>\n\n\na3")],
+    "think_plain_not_last": [(U, "q"), (A, "plain one"), (A, "plain two")],
+    "think_no_open_tag": [(U, "q"), (A, "reasoning only</think>answer"), (U, "again")],
+    "think_no_open_tag_last": [(U, "q"), (A, "\nreasoning only\n</think>answer\n")],
+    "think_two_closes": [(U, "q"), (A, "<think>a</think>b</think>c")],
+    "think_two_opens": [(U, "q"), (A, "x<think>a<think>b</think>\n\nc<think>d")],
+    "think_open_only": [(U, "q"), (A, "<think>never closed"), (U, "r")],
+    "think_open_only_last": [(U, "q"), (A, "<think>never closed")],
+    "think_empty": [(U, "q"), (A, "<think></think>")],
+    "think_newlines": [(U, "q"), (A, "\n\n<think>\n\n r \n\n</think>\n\n\n\n c \n")],
+    "think_unicode": [(U, "Grüße"), (A, "<think>日本語 👨‍👩‍👧</think>مرحبا")],
+    "no_user": [(S, "sys"), (A, "<think>x</think>y")],
+    "assistant_only": [(A, "<think>x</think>y"), (A, "z")],
+    "tool_response_text_user": [(U, "q"), (A, "<think>t</think>a"),
+                                (U, "<tool_response>\nr\n</tool_response>"),
+                                (A, "<think>t2</think>b")],
+    "only_tool_response_text": [(U, "<tool_response>x</tool_response>"), (A, "<think>t</think>a")],
+    "tool_response_prefix_only": [(U, "<tool_response>x"), (A, "<think>t</think>a")],
+    "system_later_with_think": [(U, "q"), (S, "late"), (A, "<think>t</think>a"), (U, "q2")],
+}
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
@@ -152,18 +281,21 @@ def main():
                         json.dump(gen_config, f, indent=2)
             tok = AutoTokenizer.from_pretrained(tmp)
             cases = []
-            for conv_name, conv in CONVERSATIONS.items():
+            thinking = fmt in THINKING_FORMATS
+            convs = dict(CONVERSATIONS, **(THINKING_CONVERSATIONS if thinking else {}))
+            variants = [{}, {"enable_thinking": True}, {"enable_thinking": False}] if thinking else [{}]
+            for (conv_name, conv), gen_prompt, extra in (
+                    (c, g, v) for c in convs.items() for g in (False, True) for v in variants):
                 msgs = [{"role": r, "content": c} for r, c in conv]
-                for gen_prompt in (False, True):
-                    case = {"name": conv_name, "messages": msgs,
-                            "add_generation_prompt": gen_prompt}
-                    try:
-                        case["text"] = tok.apply_chat_template(
-                            msgs, tokenize=False, add_generation_prompt=gen_prompt)
-                        case["ids"] = probe.encode(case["text"], add_special_tokens=False).ids
-                    except (jinja2.TemplateError, ValueError) as e:
-                        case["error"] = str(e)
-                    cases.append(case)
+                case = {"name": conv_name, "messages": msgs,
+                        "add_generation_prompt": gen_prompt, **extra}
+                try:
+                    case["text"] = tok.apply_chat_template(
+                        msgs, tokenize=False, add_generation_prompt=gen_prompt, **extra)
+                    case["ids"] = probe.encode(case["text"], add_special_tokens=False).ids
+                except (jinja2.TemplateError, ValueError) as e:
+                    case["error"] = str(e)
+                cases.append(case)
             eos_ids = []
             if tok.eos_token is not None:
                 eos_ids.append(tok.convert_tokens_to_ids(tok.eos_token))

@@ -57,6 +57,17 @@ CASES = [
 ]
 
 
+# More strings for the fixtures added later (the first six keep CASES alone, so their goldens
+# stay as they were): prefix spaces, normalized added tokens matched in NFC text.
+EXTRA_CASES = {
+    "prefix": ["hello world", " already spaced", "\nnewline first", "a<think>b c", "<think>x",
+               "x<think>", "x <think> y", "caf\u00e9", "cafe\u0301", "xcafe\u0301y",
+               "cafe\u0301<think>cafe\u0301", "Cafe\u0301 CAF\u00c9 cafe\u0301s",
+               "<think>cafe\u0301</think>", "e\u0301<think>", "<|im_start|>user\nhi<|im_end|>",
+               "\u00c5ngstr\u00f6m A\u030angstro\u0308m", "mid<|endoftext|>text"],
+}
+
+
 def train(pre, normalizer, special, ignore_merges=False):
     tok = Tokenizer(models.BPE(ignore_merges=ignore_merges))
     if normalizer:
@@ -101,6 +112,28 @@ def fixtures():
     t.post_processor = processors.ByteLevel(trim_offsets=False)
     t.add_tokens([AddedToken("<think>", special=False, lstrip=True, normalized=False)])
     out["olmoe"] = t
+
+    # add_prefix_space on the ByteLevel after a Split (every Split piece gets the space) and
+    # normalized added tokens under NFC (matched by their NFC form in the NFC text, after the
+    # tokens that are not normalized)
+    pre = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False)])
+    t = train(pre, normalizers.NFC(), ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    t.add_tokens([AddedToken("<think>", special=False, normalized=False),
+                  AddedToken("cafe\u0301", special=False, normalized=True),
+                  AddedToken("A\u030angstr", special=False, normalized=True, lstrip=True),
+                  AddedToken("</think>", special=False, normalized=True, rstrip=True)])
+    out["qwen2_prefix"] = t
+    # add_prefix_space on a lone ByteLevel with its regex (every text between added tokens gets
+    # the space), no normalizer: normalized tokens matched as written, after the others
+    t = train(pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True), None,
+              ["<|endoftext|>"])
+    t.post_processor = processors.ByteLevel(trim_offsets=False)
+    t.add_tokens([AddedToken("<think>", special=False, normalized=True),
+                  AddedToken("nk>", special=False, normalized=False),
+                  AddedToken("caf\u00e9", special=False, normalized=True, single_word=True)])
+    out["gpt2_prefix"] = t
     # SentencePiece-style BPE with byte fallback, as Mixtral's tokenizer.json (legacy normalizer
     # form) and as newer Llama/Mistral files (Metaspace pre-tokenizer and decoder)
     for name, legacy in (("mixtral", True), ("metaspace", False)):
@@ -142,7 +175,11 @@ CONFIGS = {
                   add_bos_token=False),
     "mixtral": dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", add_bos_token=True),
     "metaspace": dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", add_bos_token=True),
+    "qwen2_prefix": dict(bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                         add_bos_token=False),
+    "gpt2_prefix": dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>", add_bos_token=False),
 }
+EXTRA = {"qwen2_prefix": "prefix", "gpt2_prefix": "prefix"}
 
 
 def added_tokens(path):
@@ -187,7 +224,7 @@ def main():
             f.write("\n")
         tok = Tokenizer.from_file(path)  # the goldens come from what is on disk
         cases = []
-        for s in CASES:
+        for s in CASES + EXTRA_CASES.get(EXTRA.get(name), []):
             ids = tok.encode(s, add_special_tokens=False).ids
             cases.append({"text": s, "ids": ids,
                           "ids_with_special": tok.encode(s, add_special_tokens=True).ids,

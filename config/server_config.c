@@ -1,0 +1,112 @@
+/* The option table of `expertd serve` and its validation. */
+#include "server_config.h"
+
+#include <string.h>
+
+#include "chat_template.h"
+
+void xd_server_config_init(struct xd_server_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    xd_config_init(&cfg->engine);
+    cfg->engine.kv_blocks = 0; /* serve: 0 means "size from kv-memory or a default" */
+    cfg->host = "127.0.0.1";
+    cfg->port = 8000;
+    cfg->max_body_bytes = 1 << 20;
+    cfg->max_connections = 256;
+    cfg->max_waiting = 256;
+    cfg->max_running = 64;
+    cfg->prefix_caching = true;
+    cfg->group_by_expert = true;
+    cfg->max_wait_steps = 8;
+    cfg->request_timeout = 600.0f;
+    cfg->drain_timeout = 30.0f;
+    cfg->keepalive_interval = 10.0f;
+    cfg->log_level = "info";
+}
+
+#define SRV(field) offsetof(struct xd_server_config, field)
+
+const struct xd_opt xd_server_config_opts[] = {
+    {"host", XD_OPT_STRING, SRV(host), 0, 0, "EXPERTD_HOST",
+     "address to listen on (default 127.0.0.1)"},
+    {"port", XD_OPT_INT, SRV(port), 0, 65535, "EXPERTD_PORT",
+     "TCP port (default 8000; 0: ephemeral, printed at start)"},
+    {"served-model-name", XD_OPT_STRING, SRV(served_model_name), 0, 0, NULL,
+     "model name clients send (default: the model directory's name)"},
+    {"api-key-file", XD_OPT_STRING, SRV(api_key_file), 0, 0, NULL,
+     "file holding the API key (or EXPERTD_API_KEY); default: no key"},
+    {"max-body-bytes", XD_OPT_INT64, SRV(max_body_bytes), 64, 1ll << 34, NULL,
+     "largest request body; larger is 413 (default 1048576)"},
+    {"max-prompt-tokens", XD_OPT_INT, SRV(max_prompt_tokens), 0, 1 << 24, NULL,
+     "longest prompt in tokens (default 0: the model's context)"},
+    {"max-connections", XD_OPT_INT, SRV(max_connections), 1, 65536, NULL,
+     "concurrent connections (default 256)"},
+    {"max-waiting", XD_OPT_INT, SRV(max_waiting), 1, 1 << 20, NULL,
+     "queued requests before 429 (default 256)"},
+    {"max-running", XD_OPT_INT, SRV(max_running), 1, 1 << 16, NULL,
+     "sequences in one step (default 64)"},
+    {"max-step-tokens", XD_OPT_INT, SRV(max_step_tokens), 0, 1 << 20, NULL,
+     "token budget of one step (default 0: max-batch-tokens)"},
+    {"prefill-chunk", XD_OPT_INT, SRV(prefill_chunk), 0, 1 << 20, NULL,
+     "prompt tokens of one sequence per step (default 0: the step budget)"},
+    {"prefix-caching", XD_OPT_FLAG, SRV(prefix_caching), 0, 0, NULL,
+     "share KV blocks of identical prefixes (default true)"},
+    {"group-by-expert", XD_OPT_FLAG, SRV(group_by_expert), 0, 0, NULL,
+     "batch sequences whose experts overlap (default true)"},
+    {"max-wait-steps", XD_OPT_INT, SRV(max_wait_steps), 0, 1 << 16, NULL,
+     "steps grouping may delay a sequence (default 8)"},
+    {"kv-memory", XD_OPT_INT64, SRV(kv_memory_mb), 0, 1ll << 24, NULL,
+     "KV cache size in MiB, instead of kv-blocks (default: 4 full contexts)"},
+    {"request-timeout", XD_OPT_FLOAT, SRV(request_timeout), 0.1, 86400, NULL,
+     "seconds a request may run (default 600)"},
+    {"drain-timeout", XD_OPT_FLOAT, SRV(drain_timeout), 0, 3600, NULL,
+     "seconds SIGTERM waits for in-flight requests (default 30)"},
+    {"keepalive-interval", XD_OPT_FLOAT, SRV(keepalive_interval), 0.05, 3600, NULL,
+     "seconds between SSE keep-alive comments while waiting (default 10)"},
+    {"chat-template", XD_OPT_STRING, SRV(chat_template), 0, 0, NULL,
+     "chatml, mistral, mistral-v1, olmoe or qwen3: overrides the template detected in tokenizer_config.json"},
+    {"record-routing", XD_OPT_STRING, SRV(record_routing), 0, 0, NULL,
+     "write every token's expert routing (request, step, layer, experts, weights) to FILE, "
+     "zstd-compressed, for expertd plan (default: none)"},
+    {"log-level", XD_OPT_STRING, SRV(log_level), 0, 0, "EXPERTD_LOG_LEVEL",
+     "error, warn, info or debug (default info: one line per request)"},
+};
+const size_t xd_server_config_n_opts = sizeof xd_server_config_opts / sizeof xd_server_config_opts[0];
+
+size_t xd_server_config_table(struct xd_opt *ret, size_t cap)
+{
+    if (cap < xd_config_n_opts + xd_server_config_n_opts)
+        return 0;
+    size_t n = 0;
+    for (size_t i = 0; i < xd_config_n_opts; i++) {
+        ret[n] = xd_config_opts[i];
+        ret[n++].offset += offsetof(struct xd_server_config, engine);
+    }
+    for (size_t i = 0; i < xd_server_config_n_opts; i++)
+        ret[n++] = xd_server_config_opts[i];
+    return n;
+}
+
+int xd_server_config_validate(const struct xd_server_config *cfg, struct xd_err *err)
+{
+    XD_TRY(xd_config_validate(&cfg->engine, err));
+    static const char *const levels[] = {"error", "warn", "info", "debug"};
+    bool ok = false;
+    for (size_t i = 0; i < 4; i++)
+        ok |= cfg->log_level && strcmp(cfg->log_level, levels[i]) == 0;
+    if (!ok)
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "option '--log-level': '%s' is not error, warn, info or debug",
+                          cfg->log_level ? cfg->log_level : "");
+    if (cfg->chat_template && xd_chat_format_from_name(cfg->chat_template) == XD_CHAT_UNKNOWN)
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "option '--chat-template': '%s' is not chatml, mistral, mistral-v1, "
+                          "olmoe or qwen3", cfg->chat_template);
+    if (!cfg->host || !cfg->host[0])
+        return xd_err_set(err, XD_ERR_CONFIG, "option '--host' is empty");
+    if (cfg->engine.kv_blocks && cfg->kv_memory_mb)
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "options '--kv-blocks' and '--kv-memory' exclude each other");
+    return XD_OK;
+}

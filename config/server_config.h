@@ -1,0 +1,55 @@
+/* xd_server_config: the settings of `expertd serve`, one option table shared by the command line,
+ * the environment and the config file. */
+#ifndef XD_SERVER_CONFIG_H
+#define XD_SERVER_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "config.h"
+#include "options.h"
+
+struct xd_server_config {
+    struct xd_config engine;       /* model, device, threads, block size, KV blocks, ... */
+    const char *host;              /* address to listen on (default 127.0.0.1) */
+    int port;                      /* TCP port; 0: an ephemeral port (printed at start) */
+    const char *served_model_name; /* the name clients send as "model"; NULL: the directory's
+                                      base name */
+    const char *api_key_file;      /* file whose first line is the API key; the key may also
+                                      come from EXPERTD_API_KEY, never from a flag */
+    long long max_body_bytes;      /* request bodies above it are 413 */
+    int max_prompt_tokens;         /* 0: the model's context */
+    int max_connections;           /* concurrent connections */
+    int max_waiting;               /* queued requests before 429 */
+    int max_running;               /* sequences in one step */
+    int max_step_tokens;           /* token budget of one step; 0: max-batch-tokens */
+    int prefill_chunk;             /* prompt tokens of one sequence per step; 0: the budget */
+    bool prefix_caching;
+    bool group_by_expert;
+    int max_wait_steps;
+    long long kv_memory_mb;        /* KV cache size in MiB, an alternative to kv-blocks */
+    float request_timeout;         /* seconds a request may run before it is cut off */
+    float drain_timeout;           /* seconds SIGTERM waits for in-flight requests */
+    float keepalive_interval;      /* seconds between SSE keep-alive comments */
+    const char *chat_template;     /* chatml, mistral or olmoe: overrides detection */
+    const char *log_level;         /* error, warn, info (one line per request), debug */
+    const char *record_routing;    /* write every token's expert routing to this trace file */
+};
+
+/* The defaults: safe for a shared host (loopback, limits on). */
+void xd_server_config_init(struct xd_server_config *cfg);
+
+/* serve's own keys (offsets into struct xd_server_config). */
+extern const struct xd_opt xd_server_config_opts[];
+extern const size_t xd_server_config_n_opts;
+
+/* Writes the whole table (the engine keys of xd_config_opts, offsets moved into
+ * struct xd_server_config, then serve's own) into ret (cap entries); returns the count, or 0
+ * when cap is too small. This is the table the command line and a config file apply. */
+size_t xd_server_config_table(struct xd_opt *ret, size_t cap);
+
+/* Cross-field checks after parsing (model set, device known, log level, chat template
+ * name); messages name the key. */
+int xd_server_config_validate(const struct xd_server_config *cfg, struct xd_err *err);
+
+#endif

@@ -1,0 +1,920 @@
+/* POST /v1/completions and /v1/chat/completions: a parsed request becomes one scheduler
+ * request per (prompt, n); the scheduler's sink queues events on the job and wakes the
+ * connection's thread (an eventfd), which formats them as one JSON response or as SSE chunks.
+ *
+ * Lifetime: a job is shared by the HTTP request (one reference until MHD's completion
+ * callback), a streaming response (one until MHD frees it) and every submitted scheduler
+ * request (one until its XD_EVENT_FINISH). Whoever drops the last reference frees it. */
+#include <errno.h>
+#include <jansson.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "chat_template.h"
+#include "http.h"
+
+/* ---- a growing byte buffer ---- */
+
+/* Appends to a growable text buffer; out of memory drops the text (the caller's event is then
+ * incomplete, which the client sees as a short answer, never a crash). */
+static int sbuf_add(struct xd_byte_buf *b, const char *s, size_t n)
+{
+    return xd_byte_buf_append(b, s, n) == XD_OK ? 0 : -1;
+}
+
+/* ---- the job ---- */
+
+/* One scheduler event, copied off the scheduler thread. */
+struct gen_event {
+    struct gen_event *next;
+    int choice;
+    enum xd_sched_event_kind kind;
+    char *text;        /* (text_len,) owned */
+    size_t text_len;
+    struct xd_sample sample;
+    enum xd_finish_reason finish;
+    char *error;       /* owned */
+    int n_prompt, n_cached, n_gen;
+    double queue_seconds;
+};
+
+struct choice {
+    struct gen_job *job;
+    int index;               /* OpenAI's choice index: prompt * n + j */
+    int prompt;
+    uint64_t sched_id;
+    bool submitted;          /* under job->lock */
+    bool sched_finished;     /* the sink saw XD_EVENT_FINISH; under job->lock */
+    bool finished;           /* processed on the HTTP thread */
+    const char *finish_reason;
+    char *error;             /* XD_FINISH_ERROR's message, owned */
+    bool cancelled;
+    int n_prompt, n_cached, n_gen;
+    struct xd_byte_buf text;        /* non-streaming: the generated text */
+    json_t *logprobs;        /* non-streaming logprobs: completions {tokens, ...}; chat
+                                {content: [...]} */
+    size_t text_offset;      /* completions text_offset of the next token */
+    double t_last;           /* last token, for inter-token latency */
+};
+
+struct prompt {
+    int32_t *ids;            /* (n_ids,) owned */
+    int n_ids;
+    char *text;              /* for echo: the prompt as text, owned, may be NULL */
+    size_t text_len;
+};
+
+struct gen_job {
+    pthread_mutex_t lock;
+    int refs;                        /* under lock */
+    struct gen_event *head, *tail;   /* under lock */
+    int efd;                         /* eventfd the sink writes */
+
+    struct xd_server *srv;
+    struct xd_http_req *req;         /* NULL once MHD is done with the request */
+    int sockfd;                      /* the client's socket, polled for hangups; -1: none */
+    struct xd_api_request api;
+    struct prompt *prompts;
+    int n_prompts;
+    struct choice *choices;
+    int n_choices, n_finished;
+    char id[64];
+    long long created;
+    double deadline, last_output;
+    bool got_token, timed_out, hangup, done;
+    struct xd_byte_buf out;                 /* streaming: SSE bytes not yet handed to MHD */
+    size_t out_off;
+};
+
+static void job_free(struct gen_job *j)
+{
+    struct gen_event *ev = j->head;
+    while (ev) {
+        struct gen_event *next = ev->next;
+        free(ev->text);
+        free(ev->error);
+        free(ev);
+        ev = next;
+    }
+    for (int i = 0; i < j->n_prompts; i++) {
+        free(j->prompts[i].ids);
+        free(j->prompts[i].text);
+    }
+    free(j->prompts);
+    for (int i = 0; i < j->n_choices; i++) {
+        xd_byte_buf_free(&j->choices[i].text);
+        free(j->choices[i].error);
+        json_decref(j->choices[i].logprobs);
+    }
+    free(j->choices);
+    xd_byte_buf_free(&j->out);
+    xd_api_request_finish(&j->api);
+    if (j->efd >= 0)
+        close(j->efd);
+    atomic_fetch_sub(&j->srv->n_active, 1);
+    pthread_mutex_destroy(&j->lock);
+    free(j);
+}
+
+static void job_unref(struct gen_job *j)
+{
+    pthread_mutex_lock(&j->lock);
+    int left = --j->refs;
+    pthread_mutex_unlock(&j->lock);
+    if (left == 0)
+        job_free(j);
+}
+
+/* The scheduler's sink: copy, queue, wake the connection's thread. */
+static void sink(void *ctx, const struct xd_sched_event *ev)
+{
+    struct choice *c = ctx;
+    struct gen_job *j = c->job;
+    struct gen_event *e = calloc(1, sizeof *e);
+    if (e) {
+        e->choice = (int)(c - j->choices);
+        e->kind = ev->kind;
+        if (ev->text_len) {
+            e->text = malloc(ev->text_len);
+            if (e->text) {
+                memcpy(e->text, ev->text, ev->text_len);
+                e->text_len = ev->text_len;
+            }
+        }
+        if (ev->kind == XD_EVENT_TOKEN && ev->sample)
+            e->sample = *ev->sample;
+        e->finish = ev->finish;
+        if (ev->error)
+            e->error = strdup(ev->error);
+        e->n_prompt = ev->n_prompt_tokens;
+        e->n_cached = ev->n_cached_prompt_tokens;
+        e->queue_seconds = ev->queue_seconds;
+        e->n_gen = ev->n_generated_tokens;
+    }
+    pthread_mutex_lock(&j->lock);
+    if (e) {
+        if (j->tail)
+            j->tail->next = e;
+        else
+            j->head = e;
+        j->tail = e;
+    }
+    if (ev->kind == XD_EVENT_FINISH)
+        c->sched_finished = true;
+    pthread_mutex_unlock(&j->lock);
+    uint64_t one = 1;
+    ssize_t w = write(j->efd, &one, sizeof one);
+    (void)w; /* EAGAIN: the counter is already non-zero, the reader wakes anyway */
+    if (ev->kind == XD_EVENT_FINISH)
+        job_unref(j);
+}
+
+static void cancel_all(struct gen_job *j)
+{
+    for (int i = 0; i < j->n_choices; i++) {
+        pthread_mutex_lock(&j->lock);
+        bool live = j->choices[i].submitted && !j->choices[i].sched_finished;
+        uint64_t id = j->choices[i].sched_id;
+        pthread_mutex_unlock(&j->lock);
+        if (live)
+            xd_server_cancel(j->srv, id);
+    }
+}
+
+/* Waits up to timeout seconds for events; -1 when the client hung up. */
+static int wait_events(struct gen_job *j, double timeout)
+{
+    struct pollfd fds[2] = {{.fd = j->efd, .events = POLLIN},
+                            {.fd = j->sockfd, .events = POLLRDHUP}};
+    int ms = timeout <= 0 ? 0 : (int)(timeout * 1000) + 1;
+    int n = poll(fds, j->sockfd >= 0 ? 2 : 1, ms);
+    if (n < 0)
+        return errno == EINTR ? 0 : -1;
+    if (j->sockfd >= 0 && (fds[1].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)))
+        return -1;
+    if (fds[0].revents & POLLIN) {
+        uint64_t v;
+        ssize_t r = read(j->efd, &v, sizeof v);
+        (void)r;
+    }
+    return 0;
+}
+
+/* ---- JSON pieces ---- */
+
+/* The text of one token, as logprobs report it. */
+static char *token_text(const struct xd_server *s, int32_t id)
+{
+    char *text = NULL;
+    size_t len = 0;
+    if (!s->tok || xd_tokenizer_decode(s->tok, &id, 1, false, &text, &len, NULL) < 0) {
+        char buf[32];
+        snprintf(buf, sizeof buf, "token_id:%d", id);
+        return strdup(buf);
+    }
+    return text;
+}
+
+static json_t *bytes_of(const char *s)
+{
+    json_t *a = json_array();
+    for (; *s; s++)
+        json_array_append_new(a, json_integer((unsigned char)*s));
+    return a;
+}
+
+/* Chat logprobs entry {token, logprob, bytes, top_logprobs}. */
+static json_t *chat_logprob(const struct xd_server *s, const struct xd_sample *x, int n_top)
+{
+    char *t = token_text(s, x->token);
+    json_t *o = json_object();
+    json_object_set_new(o, "token", json_string(t ? t : ""));
+    json_object_set_new(o, "logprob", json_real(x->logprob));
+    json_object_set_new(o, "bytes", bytes_of(t ? t : ""));
+    free(t);
+    json_t *top = json_array();
+    for (int k = 0; k < x->n_top && k < n_top; k++) {
+        char *tt = token_text(s, x->top_ids[k]);
+        json_t *e = json_object();
+        json_object_set_new(e, "token", json_string(tt ? tt : ""));
+        json_object_set_new(e, "logprob", json_real(x->top_logprobs[k]));
+        json_object_set_new(e, "bytes", bytes_of(tt ? tt : ""));
+        free(tt);
+        json_array_append_new(top, e);
+    }
+    json_object_set_new(o, "top_logprobs", top);
+    return o;
+}
+
+/* Appends one token to completions-style logprobs {tokens, token_logprobs, top_logprobs,
+ * text_offset}. */
+static void completion_logprob(const struct xd_server *s, json_t *lp, const struct xd_sample *x,
+                               int n_top, size_t offset)
+{
+    char *t = token_text(s, x->token);
+    json_array_append_new(json_object_get(lp, "tokens"), json_string(t ? t : ""));
+    free(t);
+    json_array_append_new(json_object_get(lp, "token_logprobs"), json_real(x->logprob));
+    json_t *top = json_object();
+    for (int k = 0; k < x->n_top && k < n_top; k++) {
+        char *tt = token_text(s, x->top_ids[k]);
+        if (tt && !json_object_get(top, tt))
+            json_object_set_new(top, tt, json_real(x->top_logprobs[k]));
+        free(tt);
+    }
+    json_array_append_new(json_object_get(lp, "top_logprobs"), top);
+    json_array_append_new(json_object_get(lp, "text_offset"), json_integer((json_int_t)offset));
+}
+
+static json_t *empty_completion_logprobs(void)
+{
+    json_t *lp = json_object();
+    json_object_set_new(lp, "tokens", json_array());
+    json_object_set_new(lp, "token_logprobs", json_array());
+    json_object_set_new(lp, "top_logprobs", json_array());
+    json_object_set_new(lp, "text_offset", json_array());
+    return lp;
+}
+
+static json_t *usage_json(const struct gen_job *j)
+{
+    int prompt = 0, cached = 0, gen = 0;
+    for (int i = 0; i < j->n_choices; i++) {
+        const struct choice *c = &j->choices[i];
+        if (i % j->api.n == 0) { /* a prompt counts once however many choices it has */
+            prompt += c->n_prompt ? c->n_prompt : j->prompts[c->prompt].n_ids;
+            cached += c->n_cached;
+        }
+        gen += c->n_gen;
+    }
+    json_t *u = json_object();
+    json_object_set_new(u, "prompt_tokens", json_integer(prompt));
+    json_object_set_new(u, "completion_tokens", json_integer(gen));
+    json_object_set_new(u, "total_tokens", json_integer(prompt + gen));
+    json_t *d = json_object();
+    json_object_set_new(d, "cached_tokens", json_integer(cached));
+    json_object_set_new(u, "prompt_tokens_details", d);
+    return u;
+}
+
+static json_t *envelope(const struct gen_job *j, bool chunk)
+{
+    bool chat = j->api.kind == XD_API_CHAT;
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(j->id));
+    json_object_set_new(o, "object", json_string(chat ? (chunk ? "chat.completion.chunk"
+                                                               : "chat.completion")
+                                                      : "text_completion"));
+    json_object_set_new(o, "created", json_integer(j->created));
+    json_object_set_new(o, "model", json_string(j->srv->model_name));
+    json_object_set_new(o, "system_fingerprint", json_null());
+    return o;
+}
+
+/* ---- streaming ---- */
+
+static void sse_json(struct gen_job *j, json_t *o)
+{
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!s)
+        return;
+    sbuf_add(&j->out, "data: ", 6);
+    sbuf_add(&j->out, s, strlen(s));
+    sbuf_add(&j->out, "\n\n", 2);
+    free(s);
+}
+
+/* One chunk for choice c: text (may be empty), a token's logprobs (x may be NULL), finish
+ * reason (NULL while running). */
+static void sse_chunk(struct gen_job *j, struct choice *c, const char *text, size_t len,
+                      const struct xd_sample *x, const char *finish, bool role)
+{
+    json_t *o = envelope(j, true);
+    json_t *ch = json_object();
+    json_object_set_new(ch, "index", json_integer(c->index));
+    json_t *lp = json_null();
+    if (j->api.kind == XD_API_CHAT) {
+        json_t *delta = json_object();
+        if (role)
+            json_object_set_new(delta, "role", json_string("assistant"));
+        if (len || role)
+            json_object_set_new(delta, "content", json_stringn(text ? text : "", len));
+        json_object_set_new(ch, "delta", delta);
+        if (x && j->api.logprobs) {
+            lp = json_object();
+            json_t *content = json_array();
+            json_array_append_new(content, chat_logprob(j->srv, x, j->api.top_logprobs));
+            json_object_set_new(lp, "content", content);
+        }
+    } else {
+        json_object_set_new(ch, "text", json_stringn(text ? text : "", len));
+        if (x && j->api.logprobs) {
+            lp = empty_completion_logprobs();
+            completion_logprob(j->srv, lp, x, j->api.top_logprobs, c->text_offset);
+        }
+    }
+    c->text_offset += len;
+    json_object_set_new(ch, "logprobs", lp);
+    json_object_set_new(ch, "finish_reason", finish ? json_string(finish) : json_null());
+    json_t *choices = json_array();
+    json_array_append_new(choices, ch);
+    json_object_set_new(o, "choices", choices);
+    if (j->api.include_usage)
+        json_object_set_new(o, "usage", json_null());
+    sse_json(j, o);
+}
+
+static void sse_error(struct gen_job *j, int status, const char *type, const char *msg)
+{
+    struct xd_api_error e;
+    xd_api_error_set(&e, status, type, NULL, NULL, "%s", msg);
+    char *s = xd_api_error_json(&e);
+    if (!s)
+        return;
+    sbuf_add(&j->out, "data: ", 6);
+    sbuf_add(&j->out, s, strlen(s));
+    sbuf_add(&j->out, "\n\n", 2);
+    free(s);
+}
+
+static void sse_finish_stream(struct gen_job *j)
+{
+    if (j->api.include_usage) {
+        json_t *o = envelope(j, true);
+        json_object_set_new(o, "choices", json_array());
+        json_object_set_new(o, "usage", usage_json(j));
+        sse_json(j, o);
+    }
+    sbuf_add(&j->out, "data: [DONE]\n\n", 14);
+    j->done = true;
+}
+
+/* ---- events ---- */
+
+static const char *finish_name(enum xd_finish_reason f)
+{
+    return f == XD_FINISH_STOP ? "stop" : "length";
+}
+
+static void handle_event(struct gen_job *j, struct gen_event *e)
+{
+    struct choice *c = &j->choices[e->choice];
+    struct xd_server *s = j->srv;
+    bool stream = j->api.stream;
+    double now = xd_now();
+    if (c->finished)
+        return;
+    if (e->kind == XD_EVENT_TOKEN) {
+        if (!j->got_token) {
+            j->got_token = true;
+            if (j->req) {
+                j->req->ttft = now - j->req->t_arrival;
+                xd_metrics_observe(s->metrics, XD_HIST_TTFT, j->req->ttft);
+            }
+            xd_metrics_observe(s->metrics, XD_HIST_QUEUE, e->queue_seconds);
+        }
+        if (c->t_last > 0)
+            xd_metrics_observe(s->metrics, XD_HIST_ITL, now - c->t_last);
+        c->t_last = now;
+        c->n_gen++;
+        if (stream) {
+            sse_chunk(j, c, e->text, e->text_len, &e->sample, NULL, false);
+        } else {
+            if (j->api.logprobs) {
+                if (j->api.kind == XD_API_CHAT)
+                    json_array_append_new(json_object_get(c->logprobs, "content"),
+                                          chat_logprob(s, &e->sample, j->api.top_logprobs));
+                else
+                    completion_logprob(s, c->logprobs, &e->sample, j->api.top_logprobs,
+                                       c->text.len);
+            }
+            if (e->text_len)
+                sbuf_add(&c->text, e->text, e->text_len);
+        }
+        return;
+    }
+    /* XD_EVENT_FINISH */
+    c->finished = true;
+    j->n_finished++;
+    c->n_prompt = e->n_prompt;
+    c->n_cached = e->n_cached;
+    c->n_gen = e->n_gen;
+    if (e->finish == XD_FINISH_ERROR) {
+        c->error = e->error ? strdup(e->error) : strdup("the engine failed");
+    } else if (e->finish == XD_FINISH_CANCELLED && !j->timed_out) {
+        c->cancelled = true;
+    }
+    c->finish_reason = e->finish == XD_FINISH_CANCELLED ? "length" : finish_name(e->finish);
+    if (j->req) {
+        j->req->n_gen_tokens += e->n_gen;
+        if (e->choice % j->api.n == 0) {
+            j->req->n_prompt_tokens += e->n_prompt;
+            j->req->n_cached_tokens += e->n_cached;
+        }
+        if (e->choice == 0)
+            j->req->finish = c->error ? "error" : c->cancelled ? "cancelled" : c->finish_reason;
+    }
+    if (stream) {
+        if (c->error)
+            sse_error(j, 500, "server_error", c->error);
+        else if (c->cancelled)
+            sse_error(j, 503, "service_unavailable_error",
+                      "the request was cancelled (server shutting down)");
+        else
+            sse_chunk(j, c, e->text, e->text_len, NULL, c->finish_reason, false);
+        if (j->n_finished == j->n_choices)
+            sse_finish_stream(j);
+    } else if (e->text_len) {
+        sbuf_add(&c->text, e->text, e->text_len);
+    }
+}
+
+static void process_events(struct gen_job *j)
+{
+    pthread_mutex_lock(&j->lock);
+    struct gen_event *ev = j->head;
+    j->head = j->tail = NULL;
+    pthread_mutex_unlock(&j->lock);
+    while (ev) {
+        struct gen_event *next = ev->next;
+        handle_event(j, ev);
+        free(ev->text);
+        free(ev->error);
+        free(ev);
+        ev = next;
+    }
+}
+
+static void check_deadline(struct gen_job *j)
+{
+    if (!j->timed_out && xd_now() > j->deadline) {
+        j->timed_out = true;
+        xd_log(j->srv, XD_LOG_WARN, "request %llu: request-timeout reached; cancelling",
+               (unsigned long long)(j->req ? j->req->id : 0));
+        cancel_all(j);
+    }
+}
+
+/* MHD's content reader for a streaming response: blocks (on the connection's own thread)
+ * until there are bytes to send, sending a keep-alive comment every keepalive-interval, and
+ * notices a client that hangs up while it waits. */
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    struct gen_job *j = cls;
+    for (;;) {
+        if (j->out.len > j->out_off) {
+            size_t n = j->out.len - j->out_off;
+            if (n > max)
+                n = max;
+            memcpy(buf, j->out.data + j->out_off, n);
+            j->out_off += n;
+            if (j->out_off == j->out.len)
+                j->out_off = j->out.len = 0;
+            j->last_output = xd_now();
+            return (ssize_t)n;
+        }
+        if (j->done)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        double now = xd_now();
+        double wait = j->last_output + j->srv->cfg->keepalive_interval - now;
+        if (!j->timed_out && j->deadline - now < wait)
+            wait = j->deadline - now;
+        if (wait > 1.0)
+            wait = 1.0; /* recheck the deadline and the server state now and then */
+        if (wait > 0 && wait_events(j, wait) < 0) {
+            j->hangup = true;
+            if (j->req)
+                j->req->disconnected = true;
+            cancel_all(j);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+        process_events(j);
+        check_deadline(j);
+        if (j->out.len == 0 && !j->done &&
+            xd_now() - j->last_output >= j->srv->cfg->keepalive_interval)
+            sbuf_add(&j->out, ": keep-alive\n\n", 14);
+    }
+}
+
+static void stream_free(void *cls)
+{
+    job_unref(cls);
+}
+
+/* ---- request -> job ---- */
+
+static int error_from_status(struct xd_api_error *e, int rc, const struct xd_err *err,
+                             const char *param)
+{
+    switch (rc) {
+    case XD_ERR_CAPACITY:
+        return xd_api_error_set(e, 429, "rate_limit_error", NULL, "queue_full",
+                                "the request queue is full; retry later (%s)", err->msg);
+    case XD_ERR_UNAVAILABLE:
+        return xd_api_error_set(e, 503, "service_unavailable_error", NULL, "server_draining",
+                                "the server is shutting down");
+    case XD_ERR_INVALID:
+        return xd_api_error_set(e, 400, "invalid_request_error", param, "invalid_value", "%s",
+                                err->msg);
+    case XD_ERR_UNSUPPORTED:
+        return xd_api_error_set(e, 400, "invalid_request_error", param, "unsupported", "%s",
+                                err->msg);
+    default:
+        return xd_api_error_set(e, 500, "server_error", NULL, NULL, "%s", err->msg);
+    }
+}
+
+/* Renders the chat messages with the model's template into j->prompts[0]. */
+static int chat_prompt(struct gen_job *j, struct xd_api_error *e)
+{
+    struct xd_server *s = j->srv;
+    if (!s->tok)
+        return xd_api_error_set(e, 400, "invalid_request_error", "messages",
+                                "chat_unavailable",
+                                "chat completions need the model's tokenizer.json");
+    if (s->chat_format == XD_CHAT_UNKNOWN)
+        return xd_api_error_set(e, 400, "invalid_request_error", "messages",
+                                "chat_template_unsupported", "%s",
+                                s->chat_error ? s->chat_error : "no chat template");
+    struct xd_chat_message *msgs = calloc((size_t)j->api.n_messages, sizeof *msgs);
+    if (!msgs)
+        return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+    for (int i = 0; i < j->api.n_messages; i++) {
+        msgs[i].role = j->api.messages[i].role;
+        msgs[i].content = j->api.messages[i].content;
+    }
+    char *text = NULL;
+    size_t len = 0;
+    struct xd_err err = {{0}};
+    struct xd_chat_options co = {
+        .add_generation_prompt = true, .bos_token = s->bos_token, .eos_token = s->eos_token,
+        .enable_thinking = j->api.enable_thinking < 0    ? XD_CHAT_THINKING_UNSET
+                           : j->api.enable_thinking > 0 ? XD_CHAT_THINKING_ON
+                                                         : XD_CHAT_THINKING_OFF,
+    };
+    int rc = xd_chat_render_opts((enum xd_chat_format)s->chat_format, msgs, j->api.n_messages,
+                                 &co, &text, &len, &err);
+    free(msgs);
+    if (rc < 0)
+        return error_from_status(e, rc, &err, "messages");
+    rc = xd_tokenizer_encode(s->tok, text, len, false, true, &j->prompts[0].ids,
+                             &j->prompts[0].n_ids, &err);
+    free(text);
+    if (rc < 0)
+        return error_from_status(e, rc, &err, "messages");
+    return 0;
+}
+
+/* Tokenizes (or takes) every prompt and checks ids, lengths and the context. */
+static int build_prompts(struct gen_job *j, struct xd_api_error *e)
+{
+    struct xd_server *s = j->srv;
+    struct xd_api_request *a = &j->api;
+    j->n_prompts = a->kind == XD_API_CHAT ? 1 : a->n_prompts;
+    j->prompts = calloc((size_t)j->n_prompts, sizeof *j->prompts);
+    if (!j->prompts)
+        return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+    const char *param = a->kind == XD_API_CHAT ? "messages" : "prompt";
+    if (a->kind == XD_API_CHAT) {
+        if (chat_prompt(j, e) < 0)
+            return -1;
+    } else {
+        for (int i = 0; i < a->n_prompts; i++) {
+            struct prompt *p = &j->prompts[i];
+            const struct xd_api_prompt *ap = &a->prompts[i];
+            struct xd_err err = {{0}};
+            if (ap->text) {
+                if (!s->tok)
+                    return xd_api_error_set(e, 400, "invalid_request_error", "prompt", NULL,
+                                            "the model has no tokenizer.json; send token ids");
+                int rc = xd_tokenizer_encode(s->tok, ap->text, ap->text_len, true, true, &p->ids,
+                                             &p->n_ids, &err);
+                if (rc < 0)
+                    return error_from_status(e, rc, &err, "prompt");
+                if (a->echo) {
+                    p->text = strndup(ap->text, ap->text_len);
+                    p->text_len = ap->text_len;
+                }
+            } else {
+                p->ids = malloc(sizeof *p->ids * (size_t)ap->n_ids);
+                if (!p->ids)
+                    return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+                memcpy(p->ids, ap->ids, sizeof *p->ids * (size_t)ap->n_ids);
+                p->n_ids = ap->n_ids;
+                if (a->echo && s->tok)
+                    xd_tokenizer_decode(s->tok, p->ids, p->n_ids, false, &p->text,
+                                        &p->text_len, NULL);
+            }
+        }
+    }
+    for (int i = 0; i < j->n_prompts; i++) {
+        const struct prompt *p = &j->prompts[i];
+        if (p->n_ids == 0)
+            return xd_api_error_set(e, 400, "invalid_request_error", param, "invalid_value",
+                                    "'%s' encodes to no tokens", param);
+        for (int k = 0; k < p->n_ids; k++)
+            if (p->ids[k] >= s->vocab_size)
+                return xd_api_error_set(e, 400, "invalid_request_error", param,
+                                        "invalid_value",
+                                        "'%s': token id %d is outside the vocabulary (%d)", param, p->ids[k],
+                                        s->vocab_size);
+        int limit = s->cfg->max_prompt_tokens;
+        if (limit && p->n_ids > limit)
+            return xd_api_error_set(e, 400, "invalid_request_error", param,
+                                    "context_length_exceeded",
+                                    "'%s' has %d tokens; the limit is %d (max-prompt-tokens)",
+                                    param, p->n_ids, limit);
+        int mt = a->max_tokens;
+        if (mt < 0)
+            mt = a->kind == XD_API_CHAT ? s->max_context - p->n_ids : 16;
+        if (mt < 0 || (long)p->n_ids + mt > s->max_context)
+            return xd_api_error_set(
+                e, 400, "invalid_request_error",
+                a->max_tokens >= 0 ? (a->kind == XD_API_CHAT ? "max_completion_tokens"
+                                                             : "max_tokens")
+                                   : param,
+                "context_length_exceeded",
+                "this model's maximum context length is %d tokens; the request has %d prompt "
+                "tokens and asks for %d completion tokens ('%s')", s->max_context, p->n_ids, mt,
+                a->max_tokens >= 0 ? (a->kind == XD_API_CHAT ? "max_completion_tokens"
+                                                             : "max_tokens")
+                                   : param);
+    }
+    return 0;
+}
+
+static int submit_all(struct gen_job *j, struct xd_api_error *e)
+{
+    struct xd_server *s = j->srv;
+    struct xd_api_request *a = &j->api;
+    for (int i = 0; i < j->n_choices; i++) {
+        struct choice *c = &j->choices[i];
+        const struct prompt *p = &j->prompts[c->prompt];
+        struct xd_request q = {
+            .prompt = p->ids, .n_prompt = p->n_ids,
+            .max_tokens = a->max_tokens >= 0 ? a->max_tokens
+                          : a->kind == XD_API_CHAT ? s->max_context - p->n_ids : 16,
+            .sampling = a->sampling,
+            .stop = a->stop, .n_stop = a->n_stop,
+            .ignore_eos = a->ignore_eos,
+            .skip_special = true,
+        };
+        if (q.sampling.has_seed) /* each choice its own stream, all reproducible */
+            q.sampling.seed += (uint64_t)(c->index % a->n);
+        pthread_mutex_lock(&j->lock);
+        j->refs++; /* the sink's, dropped at XD_EVENT_FINISH */
+        pthread_mutex_unlock(&j->lock);
+        struct xd_err err = {{0}};
+        uint64_t id = 0;
+        int rc = XD_ERR_UNAVAILABLE;
+        pthread_rwlock_rdlock(&s->sched_lock);
+        if (s->sched)
+            rc = xd_sched_submit(s->sched, &q, sink, c, &id, &err);
+        pthread_rwlock_unlock(&s->sched_lock);
+        if (rc < 0) {
+            job_unref(j); /* no sink call will come; never the last reference here */
+            cancel_all(j);
+            /* the ones submitted finish as cancelled; their events are never read */
+            return error_from_status(e, rc, &err,
+                                     a->kind == XD_API_CHAT ? "max_completion_tokens"
+                                                            : "max_tokens");
+        }
+        pthread_mutex_lock(&j->lock);
+        c->sched_id = id;
+        c->submitted = true;
+        pthread_mutex_unlock(&j->lock);
+    }
+    return 0;
+}
+
+static struct gen_job *job_create(struct xd_http_req *r)
+{
+    struct gen_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (j->efd < 0) {
+        free(j);
+        return NULL;
+    }
+    pthread_mutex_init(&j->lock, NULL);
+    j->refs = 1;
+    j->srv = r->srv;
+    j->req = r;
+    atomic_fetch_add(&r->srv->n_active, 1);
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    j->sockfd = ci ? ci->connect_fd : -1;
+    j->created = (long long)time(NULL);
+    j->deadline = xd_now() + r->srv->cfg->request_timeout;
+    j->last_output = xd_now();
+    return j;
+}
+
+/* The non-streaming response once every choice finished. */
+static enum MHD_Result respond_whole(struct xd_http_req *r, struct gen_job *j)
+{
+    for (int i = 0; i < j->n_choices; i++) {
+        struct xd_api_error e;
+        if (j->choices[i].error) {
+            xd_api_error_set(&e, 500, "server_error", NULL, NULL, "%s", j->choices[i].error);
+            return xd_http_send_error(r, &e);
+        }
+        if (j->choices[i].cancelled) {
+            xd_api_error_set(&e, 503, "service_unavailable_error", NULL, "server_draining",
+                             "the request was cancelled (server shutting down)");
+            return xd_http_send_error(r, &e);
+        }
+    }
+    bool chat = j->api.kind == XD_API_CHAT;
+    json_t *o = envelope(j, false);
+    json_t *choices = json_array();
+    for (int i = 0; i < j->n_choices; i++) {
+        struct choice *c = &j->choices[i];
+        json_t *ch = json_object();
+        json_object_set_new(ch, "index", json_integer(c->index));
+        const char *text = c->text.data ? c->text.data : "";
+        if (chat) {
+            json_t *m = json_object();
+            json_object_set_new(m, "role", json_string("assistant"));
+            json_object_set_new(m, "content", json_stringn(text, c->text.len));
+            json_object_set_new(ch, "message", m);
+        } else {
+            const struct prompt *p = &j->prompts[c->prompt];
+            if (j->api.echo && p->text) {
+                struct xd_byte_buf all = {0};
+                sbuf_add(&all, p->text, p->text_len);
+                sbuf_add(&all, text, c->text.len);
+                json_object_set_new(ch, "text", json_stringn(all.data ? all.data : "", all.len));
+                xd_byte_buf_free(&all);
+            } else {
+                json_object_set_new(ch, "text", json_stringn(text, c->text.len));
+            }
+        }
+        json_object_set_new(ch, "logprobs", c->logprobs ? json_incref(c->logprobs) : json_null());
+        json_object_set_new(ch, "finish_reason", json_string(c->finish_reason));
+        json_array_append_new(choices, ch);
+    }
+    json_object_set_new(o, "choices", choices);
+    json_object_set_new(o, "usage", usage_json(j));
+    return xd_http_send_json_value(r, 200, o);
+}
+
+enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
+{
+    struct xd_server *s = r->srv;
+    struct xd_api_error e;
+    struct gen_job *j = job_create(r);
+    if (!j)
+        return MHD_NO;
+    r->job = j;
+    if (xd_api_request_parse(kind, r->body.data ? r->body.data : "", r->body.len, &j->api, &e) < 0)
+        return xd_http_send_error(r, &e);
+    if (j->api.model && strcmp(j->api.model, s->model_name) != 0) {
+        xd_api_error_set(&e, 404, "invalid_request_error", "model", "model_not_found",
+                         "the model '%s' does not exist; this server serves '%s'",
+                         j->api.model, s->model_name);
+        return xd_http_send_error(r, &e);
+    }
+    if (j->api.echo && j->api.logprobs) {
+        xd_api_error_set(&e, 400, "invalid_request_error", "echo", "invalid_value",
+                         "'echo' together with 'logprobs' is not supported");
+        return xd_http_send_error(r, &e);
+    }
+    if (build_prompts(j, &e) < 0)
+        return xd_http_send_error(r, &e);
+
+    j->n_choices = j->n_prompts * j->api.n;
+    j->choices = calloc((size_t)j->n_choices, sizeof *j->choices);
+    if (!j->choices)
+        return MHD_NO;
+    for (int i = 0; i < j->n_choices; i++) {
+        struct choice *c = &j->choices[i];
+        c->job = j;
+        c->index = i;
+        c->prompt = i / j->api.n;
+        if (j->api.logprobs && !j->api.stream) {
+            if (kind == XD_API_CHAT) {
+                c->logprobs = json_object();
+                json_object_set_new(c->logprobs, "content", json_array());
+            } else {
+                c->logprobs = empty_completion_logprobs();
+            }
+        }
+    }
+    snprintf(j->id, sizeof j->id, "%s-%llx%08llx", kind == XD_API_CHAT ? "chatcmpl" : "cmpl",
+             (unsigned long long)j->created, (unsigned long long)r->id);
+    /* lift MHD's idle timeout: request-timeout bounds a generation */
+    MHD_set_connection_option(r->conn, MHD_CONNECTION_OPTION_TIMEOUT,
+                              (unsigned)s->cfg->request_timeout + 60);
+
+    if (submit_all(j, &e) < 0)
+        return xd_http_send_error(r, &e);
+
+    if (j->api.stream) {
+        for (int i = 0; i < j->n_choices; i++) {
+            if (kind == XD_API_CHAT)
+                sse_chunk(j, &j->choices[i], NULL, 0, NULL, NULL, true);
+            else if (j->api.echo && j->prompts[j->choices[i].prompt].text)
+                sse_chunk(j, &j->choices[i], j->prompts[j->choices[i].prompt].text,
+                          j->prompts[j->choices[i].prompt].text_len, NULL, NULL, false);
+        }
+        pthread_mutex_lock(&j->lock);
+        j->refs++; /* the response's, dropped in stream_free */
+        pthread_mutex_unlock(&j->lock);
+        struct MHD_Response *resp =
+            MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, j,
+                                              stream_free);
+        if (!resp) {
+            job_unref(j);
+            cancel_all(j);
+            return MHD_NO;
+        }
+        MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+        MHD_add_response_header(resp, "Cache-Control", "no-cache");
+        MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+        enum MHD_Result ok = MHD_queue_response(r->conn, 200, resp);
+        MHD_destroy_response(resp);
+        r->status = 200;
+        r->responded = true;
+        return ok;
+    }
+
+    /* non-streaming: wait here, on the connection's own thread, watching for a hangup */
+    while (j->n_finished < j->n_choices) {
+        if (wait_events(j, 1.0) < 0) {
+            r->disconnected = true;
+            j->hangup = true;
+            cancel_all(j);
+            return MHD_NO;
+        }
+        process_events(j);
+        check_deadline(j);
+    }
+    return respond_whole(r, j);
+}
+
+void xd_api_generate_done(struct xd_http_req *r, bool terminated_ok)
+{
+    struct gen_job *j = r->job;
+    r->job = NULL;
+    bool unfinished = false;
+    pthread_mutex_lock(&j->lock);
+    for (int i = 0; i < j->n_choices; i++)
+        unfinished |= j->choices[i].submitted && !j->choices[i].sched_finished;
+    j->req = NULL;
+    pthread_mutex_unlock(&j->lock);
+    if (unfinished || j->hangup) {
+        if (!terminated_ok || j->hangup)
+            xd_metrics_disconnect(j->srv->metrics);
+        cancel_all(j);
+    }
+    job_unref(j);
+}

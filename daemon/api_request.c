@@ -1,0 +1,450 @@
+/* OpenAI request parsing: JSON body -> struct xd_api_request, every field type- and
+ * range-checked with the parameter named in the error. */
+#include "api_request.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int xd_api_error_set(struct xd_api_error *e, int status, const char *type, const char *param,
+                     const char *code, const char *fmt, ...)
+{
+    if (!e)
+        return -1;
+    e->status = status;
+    e->type = type;
+    e->param = param;
+    e->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+char *xd_api_error_json(const struct xd_api_error *e)
+{
+    json_t *inner = json_object();
+    json_object_set_new(inner, "message", json_string(e->message));
+    json_object_set_new(inner, "type", json_string(e->type ? e->type : "invalid_request_error"));
+    json_object_set_new(inner, "param", e->param ? json_string(e->param) : json_null());
+    json_object_set_new(inner, "code", e->code ? json_string(e->code) : json_null());
+    json_t *root = json_object();
+    json_object_set_new(root, "error", inner);
+    char *s = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    return s;
+}
+
+#define BAD(param, ...) \
+    xd_api_error_set(e, 400, "invalid_request_error", param, "invalid_value", __VA_ARGS__)
+#define BAD_TYPE(param, what) \
+    xd_api_error_set(e, 400, "invalid_request_error", param, "invalid_type", \
+                     "'%s' must be %s", param, what)
+
+/* The field, or NULL when absent or JSON null (both mean "default"). */
+static json_t *field(json_t *root, const char *name)
+{
+    json_t *v = json_object_get(root, name);
+    return v && !json_is_null(v) ? v : NULL;
+}
+
+static int get_number(json_t *root, const char *name, double lo, double hi, float *dst,
+                      struct xd_api_error *e)
+{
+    json_t *v = field(root, name);
+    if (!v)
+        return 0;
+    if (!json_is_number(v))
+        return BAD_TYPE(name, "a number");
+    double x = json_number_value(v);
+    if (!(x >= lo && x <= hi))
+        return BAD(name, "'%s' must be in [%g, %g], got %g", name, lo, hi, x);
+    *dst = (float)x;
+    return 0;
+}
+
+static int get_int(json_t *root, const char *name, long long lo, long long hi, long long *dst,
+                   struct xd_api_error *e)
+{
+    json_t *v = field(root, name);
+    if (!v)
+        return 0;
+    long long x;
+    if (json_is_integer(v))
+        x = json_integer_value(v);
+    else if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
+             fabs(json_real_value(v)) < 9e15)
+        x = (long long)json_real_value(v);
+    else
+        return BAD_TYPE(name, "an integer");
+    if (x < lo || x > hi)
+        return BAD(name, "'%s' must be in [%lld, %lld], got %lld", name, lo, hi, x);
+    *dst = x;
+    return 0;
+}
+
+static int get_bool(json_t *root, const char *name, bool *dst, struct xd_api_error *e)
+{
+    json_t *v = field(root, name);
+    if (!v)
+        return 0;
+    if (!json_is_boolean(v))
+        return BAD_TYPE(name, "a boolean");
+    *dst = json_is_true(v);
+    return 0;
+}
+
+/* A token id list: every entry an integer in [0, 2^31). Range against the vocabulary is the
+ * server's check (it knows the model). */
+static int parse_ids(json_t *arr, struct xd_api_prompt *p, struct xd_api_error *e)
+{
+    size_t n = json_array_size(arr);
+    if (n == 0)
+        return BAD("prompt", "'prompt' must not be empty");
+    p->ids = malloc(sizeof *p->ids * n);
+    if (!p->ids)
+        return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *t = json_array_get(arr, i);
+        if (!json_is_integer(t) || json_integer_value(t) < 0 ||
+            json_integer_value(t) > INT32_MAX)
+            return BAD("prompt", "'prompt' token %zu is not a token id", i);
+        p->ids[i] = (int32_t)json_integer_value(t);
+    }
+    p->n_ids = (int)n;
+    return 0;
+}
+
+static int parse_prompt(json_t *root, struct xd_api_request *r, struct xd_api_error *e)
+{
+    json_t *v = field(root, "prompt");
+    if (!v)
+        return xd_api_error_set(e, 400, "invalid_request_error", "prompt", "missing_required_parameter",
+                                "'prompt' is required");
+    if (json_is_string(v)) {
+        r->prompts = calloc(1, sizeof *r->prompts);
+        if (!r->prompts)
+            return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+        r->n_prompts = 1;
+        r->prompts[0].text = json_string_value(v);
+        r->prompts[0].text_len = json_string_length(v);
+        return 0;
+    }
+    if (!json_is_array(v))
+        return BAD_TYPE("prompt", "a string, a list of strings, a list of token ids or a list "
+                                  "of token id lists");
+    size_t n = json_array_size(v);
+    if (n == 0)
+        return BAD("prompt", "'prompt' must not be empty");
+    json_t *first = json_array_get(v, 0);
+    if (json_is_integer(first)) { /* one prompt of token ids */
+        r->prompts = calloc(1, sizeof *r->prompts);
+        if (!r->prompts)
+            return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+        r->n_prompts = 1;
+        return parse_ids(v, &r->prompts[0], e);
+    }
+    if (n > XD_API_MAX_PROMPTS)
+        return BAD("prompt", "'prompt' holds %zu prompts; at most %d", n, XD_API_MAX_PROMPTS);
+    r->prompts = calloc(n, sizeof *r->prompts);
+    if (!r->prompts)
+        return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+    r->n_prompts = (int)n;
+    bool strings = json_is_string(first);
+    for (size_t i = 0; i < n; i++) {
+        json_t *p = json_array_get(v, i);
+        if (strings && json_is_string(p)) {
+            r->prompts[i].text = json_string_value(p);
+            r->prompts[i].text_len = json_string_length(p);
+        } else if (!strings && json_is_array(p)) {
+            if (parse_ids(p, &r->prompts[i], e) < 0)
+                return -1;
+        } else {
+            return BAD_TYPE("prompt", "a string, a list of strings, a list of token ids or a "
+                                      "list of token id lists");
+        }
+    }
+    return 0;
+}
+
+/* Message content: a string, or a list of parts of which the text ones are joined. */
+static int parse_content(json_t *c, struct xd_api_message *m, struct xd_api_error *e)
+{
+    if (!c || json_is_null(c)) {
+        m->content = strdup("");
+    } else if (json_is_string(c)) {
+        m->content = strndup(json_string_value(c), json_string_length(c));
+        if (m->content && strlen(m->content) != json_string_length(c))
+            return BAD("messages", "'messages': content holds a NUL character");
+    } else if (json_is_array(c)) {
+        size_t total = 1;
+        for (size_t i = 0; i < json_array_size(c); i++) {
+            json_t *part = json_array_get(c, i);
+            json_t *type = json_object_get(part, "type"), *text = json_object_get(part, "text");
+            if (!json_is_object(part) || !json_is_string(type) ||
+                strcmp(json_string_value(type), "text") != 0 || !json_is_string(text))
+                return BAD("messages", "'messages': only text content parts are supported");
+            total += json_string_length(text);
+        }
+        m->content = malloc(total);
+        if (m->content) {
+            size_t off = 0;
+            for (size_t i = 0; i < json_array_size(c); i++) {
+                json_t *text = json_object_get(json_array_get(c, i), "text");
+                memcpy(m->content + off, json_string_value(text), json_string_length(text));
+                off += json_string_length(text);
+            }
+            m->content[off] = '\0';
+            if (strlen(m->content) != off)
+                return BAD("messages", "'messages': content holds a NUL character");
+        }
+    } else {
+        return BAD_TYPE("messages", "a list of {role, content} objects with string content");
+    }
+    if (!m->content)
+        return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+    return 0;
+}
+
+static int parse_messages(json_t *root, struct xd_api_request *r, struct xd_api_error *e)
+{
+    json_t *v = field(root, "messages");
+    if (!v)
+        return xd_api_error_set(e, 400, "invalid_request_error", "messages",
+                                "missing_required_parameter", "'messages' is required");
+    if (!json_is_array(v))
+        return BAD_TYPE("messages", "a list of {role, content} objects");
+    size_t n = json_array_size(v);
+    if (n == 0)
+        return BAD("messages", "'messages' must not be empty");
+    if (n > 4096)
+        return BAD("messages", "'messages' holds %zu messages; at most 4096", n);
+    r->messages = calloc(n, sizeof *r->messages);
+    if (!r->messages)
+        return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+    r->n_messages = (int)n;
+    for (size_t i = 0; i < n; i++) {
+        json_t *m = json_array_get(v, i);
+        json_t *role = json_is_object(m) ? json_object_get(m, "role") : NULL;
+        if (!json_is_string(role))
+            return BAD_TYPE("messages", "a list of objects with a string 'role'");
+        const char *rs = json_string_value(role);
+        if (strcmp(rs, "developer") == 0)
+            rs = "system";
+        if (strcmp(rs, "system") != 0 && strcmp(rs, "user") != 0 && strcmp(rs, "assistant") != 0)
+            return BAD("messages", "'messages' %zu: role '%s' is not system, user or assistant", i,
+                       json_string_value(role));
+        r->messages[i].role = rs;
+        if (parse_content(json_object_get(m, "content"), &r->messages[i], e) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int parse_stop(json_t *root, struct xd_api_request *r, struct xd_api_error *e)
+{
+    json_t *v = field(root, "stop");
+    if (!v)
+        return 0;
+    if (json_is_string(v)) {
+        if (json_string_length(v) == 0)
+            return BAD("stop", "'stop' strings must not be empty");
+        r->stop[r->n_stop++] = json_string_value(v);
+        return 0;
+    }
+    if (!json_is_array(v))
+        return BAD_TYPE("stop", "a string or a list of strings");
+    if (json_array_size(v) > XD_API_MAX_STOP)
+        return BAD("stop", "'stop' holds %zu strings; at most %d", json_array_size(v),
+                   XD_API_MAX_STOP);
+    for (size_t i = 0; i < json_array_size(v); i++) {
+        json_t *s = json_array_get(v, i);
+        if (!json_is_string(s))
+            return BAD_TYPE("stop", "a string or a list of strings");
+        if (json_string_length(s) == 0)
+            return BAD("stop", "'stop' strings must not be empty");
+        r->stop[r->n_stop++] = json_string_value(s);
+    }
+    return 0;
+}
+
+static int parse_logit_bias(json_t *root, struct xd_api_request *r, struct xd_api_error *e)
+{
+    json_t *v = field(root, "logit_bias");
+    if (!v)
+        return 0;
+    if (!json_is_object(v))
+        return BAD_TYPE("logit_bias", "an object mapping token ids to biases");
+    size_t n = json_object_size(v);
+    if (n > 1024)
+        return BAD("logit_bias", "'logit_bias' holds %zu entries; at most 1024", n);
+    r->logit_bias = calloc(n ? n : 1, sizeof *r->logit_bias);
+    if (!r->logit_bias)
+        return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+    const char *key;
+    json_t *val;
+    int i = 0;
+    json_object_foreach(v, key, val) {
+        char *end;
+        long id = strtol(key, &end, 10);
+        if (end == key || *end || id < 0 || id > INT32_MAX)
+            return BAD("logit_bias", "'logit_bias' key '%s' is not a token id", key);
+        if (!json_is_number(val))
+            return BAD_TYPE("logit_bias", "an object mapping token ids to numbers");
+        double b = json_number_value(val);
+        if (!(b >= -100 && b <= 100))
+            return BAD("logit_bias", "'logit_bias' values must be in [-100, 100], got %g", b);
+        r->logit_bias[i].token = (int32_t)id;
+        r->logit_bias[i].bias = (float)b;
+        i++;
+    }
+    r->sampling.logit_bias = r->logit_bias;
+    r->sampling.n_logit_bias = i;
+    return 0;
+}
+
+static int parse_fields(enum xd_api_kind kind, json_t *root, struct xd_api_request *r,
+                        struct xd_api_error *e)
+{
+    json_t *v;
+    if ((v = field(root, "model"))) {
+        if (!json_is_string(v))
+            return BAD_TYPE("model", "a string");
+        r->model = json_string_value(v);
+    }
+    if (kind == XD_API_COMPLETIONS ? parse_prompt(root, r, e) < 0 : parse_messages(root, r, e) < 0)
+        return -1;
+
+    r->enable_thinking = -1;
+    json_t *kw = kind == XD_API_CHAT ? field(root, "chat_template_kwargs") : NULL;
+    if (kw) {
+        if (!json_is_object(kw))
+            return BAD_TYPE("chat_template_kwargs", "an object");
+        json_t *et = json_object_get(kw, "enable_thinking");
+        if (et && !json_is_boolean(et))
+            return BAD_TYPE("chat_template_kwargs", "an object whose 'enable_thinking' is a "
+                                                    "boolean");
+        if (et)
+            r->enable_thinking = json_is_true(et);
+    }
+
+    long long x = -1;
+    if (get_int(root, "max_tokens", 0, 1 << 24, &x, e) < 0)
+        return -1;
+    if (kind == XD_API_CHAT && get_int(root, "max_completion_tokens", 0, 1 << 24, &x, e) < 0)
+        return -1;
+    r->max_tokens = (int)x;
+
+    struct xd_sampling_params *sp = &r->sampling;
+    if (get_number(root, "temperature", 0, 2, &sp->temperature, e) < 0 ||
+        get_number(root, "top_p", 0, 1, &sp->top_p, e) < 0 ||
+        get_number(root, "min_p", 0, 1, &sp->min_p, e) < 0 ||
+        get_number(root, "presence_penalty", -2, 2, &sp->presence_penalty, e) < 0 ||
+        get_number(root, "frequency_penalty", -2, 2, &sp->frequency_penalty, e) < 0 ||
+        get_number(root, "repetition_penalty", 0.01, 10, &sp->repetition_penalty, e) < 0)
+        return -1;
+    if (field(root, "top_p") && sp->top_p <= 0)
+        return BAD("top_p", "'top_p' must be in (0, 1], got 0");
+    x = 0;
+    if (get_int(root, "top_k", -1, 1 << 24, &x, e) < 0) /* -1 and 0 are off, as in vLLM */
+        return -1;
+    sp->top_k = x < 0 ? 0 : (int)x;
+    if ((v = field(root, "seed"))) {
+        if (!json_is_integer(v))
+            return BAD_TYPE("seed", "an integer");
+        sp->has_seed = true;
+        sp->seed = (uint64_t)json_integer_value(v);
+    }
+    x = 1;
+    if (get_int(root, "n", 1, XD_API_MAX_N, &x, e) < 0)
+        return -1;
+    r->n = (int)x;
+    if (get_bool(root, "stream", &r->stream, e) < 0 || get_bool(root, "echo", &r->echo, e) < 0 ||
+        get_bool(root, "ignore_eos", &r->ignore_eos, e) < 0)
+        return -1;
+    if ((v = field(root, "stream_options"))) {
+        if (!json_is_object(v))
+            return BAD_TYPE("stream_options", "an object");
+        if (!r->stream)
+            return BAD("stream_options", "'stream_options' is only allowed with 'stream': true");
+        json_t *iu = field(v, "include_usage");
+        if (iu && !json_is_boolean(iu))
+            return BAD_TYPE("stream_options.include_usage", "a boolean");
+        r->include_usage = iu && json_is_true(iu);
+    }
+    if (kind == XD_API_COMPLETIONS) {
+        x = -1;
+        if (get_int(root, "logprobs", 0, 5, &x, e) < 0)
+            return -1;
+        r->logprobs = x >= 0;
+        r->top_logprobs = x > 0 ? (int)x : 0;
+    } else {
+        if (r->echo)
+            return BAD("echo", "'echo' is not a chat completions parameter");
+        if (get_bool(root, "logprobs", &r->logprobs, e) < 0)
+            return -1;
+        x = 0;
+        if (get_int(root, "top_logprobs", 0, 20, &x, e) < 0)
+            return -1;
+        if (x > 0 && !r->logprobs)
+            return BAD("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+        r->top_logprobs = (int)x;
+    }
+    sp->n_logprobs = r->logprobs ? (r->top_logprobs > 0 ? r->top_logprobs : 0) : 0;
+    if (parse_stop(root, r, e) < 0 || parse_logit_bias(root, r, e) < 0)
+        return -1;
+    if ((v = field(root, "user"))) {
+        if (!json_is_string(v))
+            return BAD_TYPE("user", "a string");
+        r->user = json_string_value(v);
+    }
+    if ((v = field(root, "best_of")) && !(json_is_integer(v) && json_integer_value(v) == r->n))
+        return BAD("best_of", "'best_of' is not supported (only equal to 'n')");
+    if ((v = field(root, "suffix")))
+        return BAD("suffix", "'suffix' is not supported");
+    if ((v = field(root, "tools")) && json_array_size(v) > 0)
+        return BAD("tools", "'tools' is not supported");
+    return 0;
+}
+
+int xd_api_request_parse(enum xd_api_kind kind, const char *body, size_t len,
+                         struct xd_api_request *ret, struct xd_api_error *e)
+{
+    memset(ret, 0, sizeof *ret);
+    ret->kind = kind;
+    ret->sampling = xd_sampling_defaults();
+    ret->max_tokens = -1;
+    ret->n = 1;
+    json_error_t jerr;
+    ret->root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!ret->root)
+        return xd_api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
+                                "malformed JSON at line %d, column %d: %s", jerr.line,
+                                jerr.column, jerr.text);
+    if (!json_is_object(ret->root)) {
+        xd_api_request_finish(ret);
+        return xd_api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
+                                "the request body must be a JSON object");
+    }
+    if (parse_fields(kind, ret->root, ret, e) < 0) {
+        xd_api_request_finish(ret);
+        return -1;
+    }
+    return 0;
+}
+
+void xd_api_request_finish(struct xd_api_request *r)
+{
+    for (int i = 0; i < r->n_prompts; i++)
+        free(r->prompts[i].ids);
+    free(r->prompts);
+    for (int i = 0; i < r->n_messages; i++)
+        free(r->messages[i].content);
+    free(r->messages);
+    free(r->logit_bias);
+    json_decref(r->root);
+    memset(r, 0, sizeof *r);
+}

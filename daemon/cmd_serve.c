@@ -1,0 +1,361 @@
+/* expertd serve: load a model, start the scheduler and the HTTP API, drain on SIGTERM. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "chat_template.h"
+#include "commands.h"
+#include "config_file.h"
+#include "engine.h"
+#include "routing_trace.h"
+#include "sd_notify.h"
+#include "server.h"
+#include "server_config.h"
+#include "tokenizer.h"
+#include "tokenizer_config.h"
+
+struct serve_opts {
+    struct xd_server_config cfg; /* first: the shared table's offsets are relative to it */
+    const char *config;          /* --config FILE, read before the environment and the flags */
+    bool help;
+};
+
+static const struct xd_opt serve_own_opts[] = {
+    {"config", XD_OPT_STRING, offsetof(struct serve_opts, config), 0, 0, "EXPERTD_CONFIG",
+     "read settings from FILE (key = value; EXPERTD_* variables and flags override it)"},
+    {"help", XD_OPT_FLAG, offsetof(struct serve_opts, help), 0, 0, NULL, "print this help"},
+};
+
+/* The API key: api-key-file's first line, else EXPERTD_API_KEY; never a flag (ps shows
+ * flags). *ret stays NULL when neither is set. */
+static int load_api_key(const struct xd_server_config *c, char **ret, struct xd_err *err)
+{
+    return xd_api_key_load(c->api_key_file, ret, err); /* warns on a group/world-readable file */
+}
+
+static const char *base_name(const char *path)
+{
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    static char name[256];
+    size_t start = n;
+    while (start > 0 && path[start - 1] != '/')
+        start--;
+    snprintf(name, sizeof name, "%.*s", (int)(n - start), path + start);
+    return name;
+}
+
+/* Everything the model brings, loaded after the HTTP server is up (so /health says loading). */
+struct loaded {
+    struct xd_model *model;
+    struct xd_engine *engine;
+    struct xd_tokenizer *tok;
+    struct xd_tokenizer_config tcfg;
+    struct xd_step_engine step;
+    struct xd_trace_writer *trace; /* --record-routing, or NULL */
+    struct xd_metrics *metrics;    /* receives the expert counters after each step */
+};
+
+/* The scheduler's step observer: records routing and copies the expert cache's counters for
+ * /metrics, on the scheduler thread (the only one that touches the engine). */
+static void observe_step(void *ctx, const struct xd_batch *batch, const uint64_t *request_ids,
+                         const struct xd_forward_out *out, double seconds)
+{
+    struct loaded *L = ctx;
+    if (L->trace)
+        xd_trace_writer_observe(L->trace, batch, request_ids, out, seconds);
+    struct xd_expert_stats ex;
+    xd_engine_expert_stats(L->engine, &ex);
+    xd_metrics_set_experts(L->metrics, &ex);
+}
+
+static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
+{
+    const struct xd_server_config *c = s->cfg;
+    XD_TRY(xd_model_load(c->engine.model, &L->model, err));
+    const struct xd_model_config *mc = &L->model->config;
+
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer.json", c->engine.model);
+    FILE *probe = fopen(path, "r");
+    if (probe) {
+        fclose(probe);
+        XD_TRY(xd_tokenizer_load(c->engine.model, &L->tok, err));
+        XD_TRY(xd_tokenizer_config_load(c->engine.model, L->tok, &L->tcfg, err));
+    } else {
+        xd_log(s, XD_LOG_WARN, "%s has no tokenizer.json: prompts must be token ids, "
+               "responses have no text, chat is unavailable", c->engine.model);
+    }
+
+    long long block_bytes = 2LL * mc->n_layers * mc->n_kv_heads * mc->head_dim *
+                            c->engine.block_size *
+                            (strcmp(c->engine.device, "cuda") == 0 ? 2 : 4);
+    long long blocks = c->engine.kv_blocks;
+    if (!blocks && c->kv_memory_mb)
+        blocks = c->kv_memory_mb * (1LL << 20) / block_bytes;
+    if (!blocks) { /* four full contexts, at most 2 GiB */
+        blocks = 4LL * ((mc->max_position_embeddings + c->engine.block_size - 1) /
+                        c->engine.block_size);
+        if (blocks * block_bytes > (2LL << 30))
+            blocks = (2LL << 30) / block_bytes;
+    }
+    if (blocks < 1 || blocks > (1 << 24))
+        return xd_err_set(err, XD_ERR_CONFIG, "the KV cache would have %lld blocks; set "
+                          "'--kv-blocks' or '--kv-memory'", blocks);
+    struct xd_engine_opts eo = {
+        .device = strcmp(c->engine.device, "cuda") == 0 ? XD_DEVICE_CUDA : XD_DEVICE_CPU,
+        .block_size = c->engine.block_size,
+        .n_kv_blocks = (int)blocks,
+        .max_batch_tokens = c->engine.max_batch_tokens,
+        .n_threads = c->engine.threads,
+        .predict_experts = c->record_routing != NULL,
+    };
+    XD_TRY(xd_config_expert_opts(&c->engine, mc, &eo, err));
+    XD_TRY(xd_engine_create(L->model, &eo, &L->engine, err));
+    if (c->record_routing) {
+        struct xd_trace_header th = {.n_moe_layers = mc->n_moe_layers, .top_k = mc->top_k,
+                                     .n_experts = mc->n_experts,
+                                     .expert_bytes = xd_model_expert_bytes(L->model),
+                                     .has_predictions = true};
+        XD_TRY(xd_trace_writer_create(c->record_routing, &th, &L->trace, err));
+    }
+    xd_step_engine_init(&L->step, L->engine);
+
+    /* every id that ends generation: config.json/generation_config.json and the tokenizer's */
+    int32_t eos[64];
+    int n_eos = 0;
+    for (int i = 0; i < mc->n_eos && n_eos < 64; i++)
+        eos[n_eos++] = mc->eos_token_ids[i];
+    for (int i = 0; i < L->tcfg.n_eos_token_ids && n_eos < 64; i++) {
+        bool dup = false;
+        for (int k = 0; k < n_eos; k++)
+            dup |= eos[k] == L->tcfg.eos_token_ids[i];
+        if (!dup && L->tcfg.eos_token_ids[i] < mc->vocab_size)
+            eos[n_eos++] = L->tcfg.eos_token_ids[i];
+    }
+
+    struct xd_sched_opts so = xd_sched_defaults();
+    so.max_running = c->max_running;
+    so.max_step_tokens = c->max_step_tokens;
+    so.prefill_chunk = c->prefill_chunk;
+    so.max_waiting = c->max_waiting;
+    so.prefix_caching = c->prefix_caching;
+    so.group_by_expert = c->group_by_expert;
+    so.max_wait_steps = c->max_wait_steps;
+    so.on_step = observe_step;
+    so.on_step_ctx = L;
+    L->metrics = s->metrics;
+    struct xd_sched *sched = NULL;
+    XD_TRY(xd_sched_create(&L->step, L->tok, eos, n_eos, &so, &sched, err));
+    int rc = xd_sched_start(sched, err);
+    if (rc < 0) {
+        xd_sched_destroy(sched);
+        return rc;
+    }
+
+    /* chat: the override, else the template recognised from tokenizer_config.json */
+    s->chat_error = NULL;
+    if (c->chat_template) {
+        s->chat_format = xd_chat_format_from_name(c->chat_template);
+    } else if (L->tcfg.chat_template) {
+        s->chat_format = xd_chat_format_detect(L->tcfg.chat_template);
+        if (s->chat_format == XD_CHAT_UNKNOWN)
+            s->chat_error = "the model's chat template is not one expertd renders (ChatML, "
+                            "Mistral [INST], OLMoE, Qwen3); set the chat-template option to chatml, "
+                            "mistral, mistral-v1, olmoe or qwen3 to choose one";
+    } else {
+        s->chat_error = "the model has no chat template (tokenizer_config.json); set the "
+                        "chat-template option to chatml, mistral, mistral-v1, olmoe or qwen3";
+    }
+    if (s->chat_error && L->tok)
+        xd_log(s, XD_LOG_WARN, "/v1/chat/completions unavailable: %s", s->chat_error);
+    s->bos_token = L->tcfg.bos_token;
+    s->eos_token = L->tcfg.eos_token;
+    s->tok = L->tok;
+    s->vocab_size = mc->vocab_size;
+    s->max_context = mc->max_position_embeddings;
+    if (L->step.max_context && L->step.max_context < s->max_context)
+        s->max_context = L->step.max_context;
+    pthread_rwlock_wrlock(&s->sched_lock);
+    s->sched = sched;
+    pthread_rwlock_unlock(&s->sched_lock);
+    xd_log(s, XD_LOG_INFO, "model %s loaded as '%s': %d layers, %d experts (top %d), context %d, "
+           "KV cache %lld blocks of %d tokens (%.1f MiB), chat template %s",
+           c->engine.model, s->model_name, mc->n_layers, mc->n_experts, mc->top_k,
+           s->max_context, blocks, c->engine.block_size,
+           (double)(blocks * block_bytes) / (1 << 20),
+           s->chat_format ? xd_chat_format_name((enum xd_chat_format)s->chat_format) : "none");
+    return XD_OK;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+int xd_cmd_serve(int argc, char **argv)
+{
+    struct xd_opt table[96];
+    size_t n = xd_server_config_table(table, 90);
+    for (size_t i = 0; i < sizeof serve_own_opts / sizeof serve_own_opts[0]; i++)
+        table[n++] = serve_own_opts[i];
+    struct serve_opts o = {0};
+    xd_server_config_init(&o.cfg);
+    struct xd_err err = {{0}};
+    struct xd_config_file *file = NULL; /* o's strings may point into it until the end */
+    if (xd_config_file_load_opts(table, n, &o, argc, argv, &file, &err) < 0) {
+        fprintf(stderr, "expertd serve: %s\n", err.msg);
+        return 2;
+    }
+    if (o.help) {
+        printf("usage: expertd serve [--config FILE] --model DIR [OPTIONS]\n\n"
+               "Serves the model through an OpenAI-compatible HTTP API. The API key, when one is\n"
+               "wanted, comes from --api-key-file or EXPERTD_API_KEY. Every option is also a key\n"
+               "of the config file; precedence, lowest first: defaults, the file, environment,\n"
+               "flags.\n\n");
+        xd_opts_usage(stdout, table, n);
+        xd_config_file_destroy(file);
+        return 0;
+    }
+    if (xd_server_config_validate(&o.cfg, &err) < 0) {
+        xd_config_file_locate(file, &err);
+        fprintf(stderr, "expertd serve: %s\n", err.msg);
+        xd_config_file_destroy(file);
+        return 2;
+    }
+
+    struct xd_server s = {0};
+    struct loaded L = {0};
+    int status = 1;
+    s.cfg = &o.cfg;
+    s.model_name = o.cfg.served_model_name ? o.cfg.served_model_name
+                                           : base_name(o.cfg.engine.model);
+    s.log_level = strcmp(o.cfg.log_level, "error") == 0  ? XD_LOG_ERROR
+                  : strcmp(o.cfg.log_level, "warn") == 0 ? XD_LOG_WARN
+                  : strcmp(o.cfg.log_level, "debug") == 0 ? XD_LOG_DEBUG
+                                                          : XD_LOG_INFO;
+    s.backend = o.cfg.engine.device;
+    s.created = (long long)time(NULL);
+    atomic_store(&s.state, XD_SERVER_LOADING);
+    atomic_store(&s.next_id, 1);
+    pthread_rwlock_init(&s.sched_lock, NULL);
+    if (load_api_key(&o.cfg, &s.api_key, &err) < 0) {
+        fprintf(stderr, "expertd serve: %s\n", err.msg);
+        xd_config_file_destroy(file);
+        return 2;
+    }
+    s.api_key_len = s.api_key ? strlen(s.api_key) : 0;
+    s.metrics = xd_metrics_create();
+    if (!s.metrics)
+        goto out;
+
+    /* Signals are taken by this thread with sigtimedwait; every thread started from here on
+     * inherits the blocked mask. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (xd_http_start(&s, &err) < 0) {
+        fprintf(stderr, "expertd serve: %s\n", err.msg);
+        goto out;
+    }
+    /* always printed: scripts started with --port 0 read the port from it */
+    fprintf(stderr, "expertd[info]: listening on http://%s:%u\n", o.cfg.host, (unsigned)s.port);
+    if (!s.api_key && strcmp(o.cfg.host, "127.0.0.1") != 0 && strcmp(o.cfg.host, "::1") != 0 &&
+        strcmp(o.cfg.host, "localhost") != 0)
+        xd_log(&s, XD_LOG_WARN, "listening on %s without an API key", o.cfg.host);
+
+    xd_sd_notifyf("STATUS=loading %s", o.cfg.engine.model);
+    if (load(&s, &L, &err) < 0) {
+        xd_log(&s, XD_LOG_ERROR, "%s", err.msg);
+        xd_sd_notifyf("STATUS=failed: %s", err.msg);
+        goto out;
+    }
+    atomic_store(&s.state, XD_SERVER_READY);
+    xd_log(&s, XD_LOG_INFO, "ready");
+    xd_sd_notifyf("READY=1\nSTATUS=serving '%s' on %s:%u", s.model_name, o.cfg.host,
+                  (unsigned)s.port);
+
+    /* The watchdog is fed from here only while the scheduler thread keeps going round its loop
+     * (it does at least every second when idle): a hung engine stops the pings and systemd
+     * restarts the service. */
+    const double watchdog = (double)xd_sd_watchdog_usec() * 1e-6;
+    int sig;
+    for (;;) {
+        struct timespec tick = {1, 0};
+        sig = sigtimedwait(&sigs, NULL, &tick);
+        if (sig == SIGTERM || sig == SIGINT)
+            break;
+        if (watchdog > 0) {
+            double age = xd_sched_heartbeat_age(s.sched);
+            if (age < watchdog / 2)
+                xd_sd_notify("WATCHDOG=1");
+            else
+                xd_log(&s, XD_LOG_ERROR, "the scheduler has not gone round its loop for %.0f s "
+                       "(a hung engine step?); not feeding the watchdog", age);
+        }
+    }
+    xd_sd_notify("STOPPING=1\nSTATUS=draining");
+
+    /* drain: refuse new work, let what runs finish within drain-timeout */
+    atomic_store(&s.state, XD_SERVER_DRAINING);
+    xd_log(&s, XD_LOG_INFO, "%s: draining (%d requests in flight, up to %.0f s)",
+           sig == SIGTERM ? "SIGTERM" : "SIGINT", atomic_load(&s.n_active),
+           (double)o.cfg.drain_timeout);
+    pthread_rwlock_rdlock(&s.sched_lock);
+    xd_sched_drain(s.sched);
+    pthread_rwlock_unlock(&s.sched_lock);
+    double until = now_s() + o.cfg.drain_timeout;
+    while (now_s() < until && (atomic_load(&s.n_active) > 0 || !xd_sched_idle(s.sched))) {
+        struct timespec t0 = {0, 0};
+        if (sigtimedwait(&sigs, NULL, &t0) > 0) {
+            xd_log(&s, XD_LOG_WARN, "second signal: stopping now");
+            break;
+        }
+        sleep_ms(20);
+    }
+    if (atomic_load(&s.n_active) > 0)
+        xd_log(&s, XD_LOG_WARN, "drain ended with %d requests unfinished; cancelling them",
+               atomic_load(&s.n_active));
+    status = 0;
+out:
+    /* the scheduler goes first (its sinks cancel what is left and wake the streams), then the
+     * HTTP threads, which may still be flushing those last events */
+    pthread_rwlock_wrlock(&s.sched_lock);
+    struct xd_sched *sched = s.sched;
+    s.sched = NULL;
+    xd_sched_destroy(sched);
+    pthread_rwlock_unlock(&s.sched_lock);
+    for (int i = 0; i < 100 && atomic_load(&s.n_active) > 0; i++)
+        sleep_ms(20);
+    xd_http_stop(&s);
+    if (xd_trace_writer_close(L.trace, &err) < 0)
+        xd_log(&s, XD_LOG_ERROR, "%s", err.msg);
+    xd_engine_destroy(L.engine);
+    xd_model_destroy(L.model);
+    xd_tokenizer_config_finish(&L.tcfg);
+    xd_tokenizer_destroy(L.tok);
+    xd_metrics_destroy(s.metrics);
+    xd_secret_free(s.api_key);
+    pthread_rwlock_destroy(&s.sched_lock);
+    if (status == 0)
+        xd_log(&s, XD_LOG_INFO, "stopped");
+    xd_config_file_destroy(file);
+    return status;
+}

@@ -1,0 +1,53 @@
+/* What the HTTP layer (http_server.c) and the generation endpoints (api_generate.c) share:
+ * one request's context and the helpers that answer it. */
+#ifndef XD_HTTP_H
+#define XD_HTTP_H
+
+#include <microhttpd.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "api_request.h"
+#include "byte_buf.h"
+#include "server.h"
+
+struct gen_job;
+
+/* One HTTP request, from its first header to MHD's completion callback. */
+struct xd_http_req {
+    struct xd_server *srv;
+    struct MHD_Connection *conn;
+    uint64_t id;
+    const char *method;          /* borrowed from MHD for the request's life */
+    const char *endpoint;        /* static: "/v1/completions", ..., "other" */
+    double t_arrival;            /* monotonic seconds */
+    struct xd_byte_buf body;     /* the request body, owned */
+    bool body_too_large;
+    bool responded;
+    int status;                  /* the status queued */
+    struct gen_job *job;         /* api_generate.c's state, or NULL */
+    /* for the log line */
+    int n_prompt_tokens, n_gen_tokens, n_cached_tokens;
+    double ttft;                 /* seconds; < 0: no token */
+    bool disconnected;
+    const char *finish;          /* finish reason of the first choice, or NULL */
+};
+
+/* Monotonic seconds. */
+double xd_now(void);
+
+/* Queues a JSON response (text copied) with status; sets r->status. */
+enum MHD_Result xd_http_send_json(struct xd_http_req *r, int status, const char *json);
+/* Queues value (its reference taken: decref'ed) serialised compactly, as xd_http_send_json. */
+enum MHD_Result xd_http_send_json_value(struct xd_http_req *r, int status, json_t *value);
+/* Queues an OpenAI error object; 429 adds Retry-After, 401 WWW-Authenticate. */
+enum MHD_Result xd_http_send_error(struct xd_http_req *r, const struct xd_api_error *e);
+
+/* POST /v1/completions and /v1/chat/completions, the body complete in r->body. */
+enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind);
+/* From the completion callback: cancels what is still running (a client that went away) and
+ * releases the request's share of the job. */
+void xd_api_generate_done(struct xd_http_req *r, bool terminated_ok);
+
+#endif

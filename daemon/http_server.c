@@ -1,0 +1,365 @@
+/* The HTTP layer: libmicrohttpd with one thread per connection, routing, API-key checks, body
+ * limits, /health, /v1/models, /metrics, and the per-request log line.
+ *
+ * Why thread per connection: a streaming response waits for tokens inside MHD's content-reader
+ * callback, and the thread that waits there can also poll the client's socket (POLLRDHUP), so a
+ * client that goes away is noticed while its request is still prefilling or waiting, not only
+ * at the next write. With an internal polling thread, a reader may not return 0 (MHD would
+ * busy-loop) and a suspended connection is not polled at all, so a disconnect would go unseen
+ * until the next token. Threads cost a stack each; max-connections bounds them. A client that
+ * half-closes its side (shutdown(SHUT_WR)) after sending a generation request counts as gone:
+ * no OpenAI client does that, and telling it apart from a reset would need a write. */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "xd_build_config.h"
+
+double xd_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void xd_log(const struct xd_server *s, enum xd_log_level level, const char *fmt, ...)
+{
+    if (s && level > s->log_level)
+        return;
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    fprintf(stderr, "expertd[%s]: %s\n", names[level], line);
+}
+
+void xd_server_cancel(struct xd_server *s, uint64_t id)
+{
+    pthread_rwlock_rdlock(&s->sched_lock);
+    if (s->sched)
+        xd_sched_cancel(s->sched, id);
+    pthread_rwlock_unlock(&s->sched_lock);
+}
+
+/* ---- responses ---- */
+
+static enum MHD_Result queue(struct xd_http_req *r, int status, const char *body, size_t len,
+                             const char *content_type, const char *retry_after)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (!resp)
+        return MHD_NO;
+    MHD_add_response_header(resp, "Content-Type", content_type);
+    if (retry_after)
+        MHD_add_response_header(resp, "Retry-After", retry_after);
+    if (status == 401)
+        MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
+    if (r->body_too_large)
+        MHD_add_response_header(resp, "Connection", "close");
+    enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    r->status = status;
+    r->responded = true;
+    return ok;
+}
+
+enum MHD_Result xd_http_send_json(struct xd_http_req *r, int status, const char *json)
+{
+    return queue(r, status, json, strlen(json), "application/json", NULL);
+}
+
+enum MHD_Result xd_http_send_json_value(struct xd_http_req *r, int status, json_t *value)
+{
+    char *s = json_dumps(value, JSON_COMPACT);
+    json_decref(value);
+    if (!s)
+        return MHD_NO;
+    enum MHD_Result ok = xd_http_send_json(r, status, s);
+    free(s);
+    return ok;
+}
+
+enum MHD_Result xd_http_send_error(struct xd_http_req *r, const struct xd_api_error *e)
+{
+    char *json = xd_api_error_json(e);
+    if (!json)
+        return MHD_NO;
+    xd_log(r->srv, XD_LOG_DEBUG, "request %llu: %d %s", (unsigned long long)r->id, e->status,
+           e->message);
+    enum MHD_Result ok = queue(r, e->status, json, strlen(json), "application/json",
+                               e->status == 429 || e->status == 503 ? "1" : NULL);
+    free(json);
+    return ok;
+}
+
+static enum MHD_Result send_err(struct xd_http_req *r, int status, const char *type,
+                                const char *code, const char *msg)
+{
+    struct xd_api_error e;
+    xd_api_error_set(&e, status, type, NULL, code, "%s", msg);
+    return xd_http_send_error(r, &e);
+}
+
+/* ---- auth ---- */
+
+/* Compares the bearer token with the key in time that depends only on the key's length. */
+static bool key_ok(const struct xd_server *s, const char *auth)
+{
+    if (!s->api_key)
+        return true;
+    const char *tok = "";
+    if (auth && strncasecmp(auth, "Bearer ", 7) == 0)
+        tok = auth + 7;
+    size_t n = strlen(tok);
+    volatile unsigned char diff = (unsigned char)(n != s->api_key_len);
+    for (size_t i = 0; i < s->api_key_len; i++) {
+        unsigned char c = i < n ? (unsigned char)tok[i] : 0;
+        diff |= c ^ (unsigned char)s->api_key[i];
+    }
+    return diff == 0;
+}
+
+/* ---- simple endpoints ---- */
+
+static enum MHD_Result health(struct xd_http_req *r)
+{
+    int st = atomic_load(&r->srv->state);
+    if (st == XD_SERVER_READY)
+        return xd_http_send_json(r, 200, "{\"status\":\"ok\"}");
+    return queue(r, 503, st == XD_SERVER_LOADING ? "{\"status\":\"loading\"}"
+                                                 : "{\"status\":\"draining\"}",
+                 st == XD_SERVER_LOADING ? 20 : 21, "application/json", "1");
+}
+
+static enum MHD_Result models(struct xd_http_req *r)
+{
+    json_t *m = json_object();
+    json_object_set_new(m, "id", json_string(r->srv->model_name));
+    json_object_set_new(m, "object", json_string("model"));
+    json_object_set_new(m, "created", json_integer(r->srv->created));
+    json_object_set_new(m, "owned_by", json_string("expertd"));
+    if (r->srv->max_context)
+        json_object_set_new(m, "max_model_len", json_integer(r->srv->max_context));
+    json_t *root = json_object(), *data = json_array();
+    json_array_append_new(data, m);
+    json_object_set_new(root, "object", json_string("list"));
+    json_object_set_new(root, "data", data);
+    return xd_http_send_json_value(r, 200, root);
+}
+
+static enum MHD_Result metrics(struct xd_http_req *r)
+{
+    struct xd_sched_stats st;
+    bool have = false;
+    pthread_rwlock_rdlock(&r->srv->sched_lock);
+    if (r->srv->sched) {
+        xd_sched_get_stats(r->srv->sched, &st);
+        have = true;
+    }
+    pthread_rwlock_unlock(&r->srv->sched_lock);
+    size_t len = 0;
+    char *text = xd_metrics_render(r->srv->metrics, have ? &st : NULL, r->srv->model_name,
+                                   XD_VERSION, r->srv->backend, &len);
+    if (!text)
+        return MHD_NO;
+    enum MHD_Result ok = queue(r, 200, text, len, "text/plain; version=0.0.4; charset=utf-8",
+                               NULL);
+    free(text);
+    return ok;
+}
+
+/* ---- routing ---- */
+
+static const char *endpoint_of(const char *url)
+{
+    static const char *const known[] = {"/v1/completions", "/v1/chat/completions",
+                                        "/v1/models", "/health", "/metrics"};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (strcmp(url, known[i]) == 0)
+            return known[i];
+    return "other";
+}
+
+static enum MHD_Result dispatch(struct xd_http_req *r)
+{
+    struct xd_server *s = r->srv;
+    const char *ep = r->endpoint;
+    bool is_post = strcmp(r->method, "POST") == 0;
+    bool is_get = strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0;
+
+    if (strcmp(ep, "/health") == 0 && is_get)
+        return health(r);
+    if (strcmp(ep, "/metrics") == 0 && is_get)
+        return metrics(r);
+    if (strcmp(ep, "other") == 0)
+        return send_err(r, 404, "invalid_request_error", "not_found", "no such endpoint");
+
+    /* /v1/...: the API key first, so that nothing about the server leaks without it */
+    if (!key_ok(s, MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization")))
+        return send_err(r, 401, "authentication_error", "invalid_api_key",
+                        "missing or incorrect API key (send 'Authorization: Bearer KEY')");
+    if (strcmp(ep, "/v1/models") == 0) {
+        if (!is_get)
+            return send_err(r, 405, "invalid_request_error", "method_not_allowed",
+                            "use GET for /v1/models");
+        return models(r);
+    }
+    if (!is_post)
+        return send_err(r, 405, "invalid_request_error", "method_not_allowed",
+                        "use POST for this endpoint");
+    if (r->body_too_large) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "the request body exceeds the limit of %lld bytes",
+                 s->cfg->max_body_bytes);
+        return send_err(r, 413, "invalid_request_error", "request_too_large", msg);
+    }
+    int st = atomic_load(&s->state);
+    if (st != XD_SERVER_READY)
+        return send_err(r, 503, "service_unavailable_error",
+                        st == XD_SERVER_LOADING ? "model_loading" : "server_draining",
+                        st == XD_SERVER_LOADING ? "the model is still loading"
+                                                : "the server is shutting down");
+    return xd_api_generate(r, strcmp(ep, "/v1/completions") == 0 ? XD_API_COMPLETIONS
+                                                                  : XD_API_CHAT);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    (void)version;
+    struct xd_server *s = cls;
+    struct xd_http_req *r = *con_cls;
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (!r)
+            return MHD_NO;
+        r->srv = s;
+        r->conn = conn;
+        r->id = atomic_fetch_add(&s->next_id, 1);
+        r->method = method;
+        r->endpoint = endpoint_of(url);
+        r->t_arrival = xd_now();
+        r->ttft = -1;
+        *con_cls = r;
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > (unsigned long long)s->cfg->max_body_bytes) {
+            /* answer 413 now, without reading the body; MHD closes the connection after */
+            r->body_too_large = true;
+            return dispatch(r);
+        }
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (r->body_too_large || r->body.len + n > (size_t)s->cfg->max_body_bytes) {
+            r->body_too_large = true;
+            return MHD_YES; /* read and drop the rest; answer 413 at the end */
+        }
+        return xd_byte_buf_append(&r->body, upload_data, n) == XD_OK ? MHD_YES : MHD_NO;
+    }
+    if (r->responded)
+        return MHD_YES;
+    return dispatch(r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)conn;
+    struct xd_server *s = cls;
+    struct xd_http_req *r = *con_cls;
+    if (!r)
+        return;
+    *con_cls = NULL;
+    if (r->job)
+        xd_api_generate_done(r, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+    bool gone = r->disconnected || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK;
+    int status = r->responded ? r->status : 499; /* nginx's "client closed request" */
+    double e2e = xd_now() - r->t_arrival;
+    if (strcmp(r->endpoint, "other") != 0)
+        xd_metrics_request(s->metrics, r->endpoint, status);
+    if (r->job || strcmp(r->endpoint, "/v1/completions") == 0 ||
+        strcmp(r->endpoint, "/v1/chat/completions") == 0) {
+        if (status == 200 && !gone)
+            xd_metrics_observe(s->metrics, XD_HIST_E2E, e2e);
+        xd_log(s, XD_LOG_INFO,
+               "request %llu %s %s status=%d prompt_tokens=%d cached_tokens=%d "
+               "completion_tokens=%d finish=%s ttft=%.3f e2e=%.3f%s",
+               (unsigned long long)r->id, r->method, r->endpoint, status, r->n_prompt_tokens,
+               r->n_cached_tokens, r->n_gen_tokens, r->finish ? r->finish : "-",
+               r->ttft, e2e, gone ? " client_disconnected" : "");
+    } else {
+        xd_log(s, XD_LOG_DEBUG, "request %llu %s %s status=%d e2e=%.3f",
+               (unsigned long long)r->id, r->method, r->endpoint, status, e2e);
+    }
+    xd_byte_buf_free(&r->body);
+    free(r);
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char line[512];
+    vsnprintf(line, sizeof line, fmt, ap);
+    size_t n = strlen(line);
+    while (n && line[n - 1] == '\n')
+        line[--n] = '\0';
+    /* our own hang-up handling ends a stream with an error on purpose; that is not news */
+    bool ours = strstr(line, "application error generating response") != NULL;
+    xd_log(cls, ours ? XD_LOG_DEBUG : XD_LOG_WARN, "libmicrohttpd: %s", line);
+}
+
+int xd_http_start(struct xd_server *s, struct xd_err *err)
+{
+    const struct xd_server_config *c = s->cfg;
+    char port[16];
+    snprintf(port, sizeof port, "%d", c->port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    int rc = getaddrinfo(c->host, port, &hints, &ai);
+    if (rc != 0)
+        return xd_err_set(err, XD_ERR_CONFIG, "option '--host': cannot resolve '%s': %s",
+                          c->host, gai_strerror(rc));
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+                     MHD_USE_POLL | MHD_USE_ERROR_LOG;
+    if (ai->ai_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    /* MHD's idle timeout; generation requests lift it while they run (request-timeout rules) */
+    s->mhd = MHD_start_daemon(
+        flags, (uint16_t)c->port, NULL, NULL, on_request, s,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s, /* first, or MHD logs the rest itself */
+        MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)c->max_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+        MHD_OPTION_THREAD_STACK_SIZE, (size_t)(2 << 20),
+        MHD_OPTION_END);
+    freeaddrinfo(ai);
+    if (!s->mhd)
+        return xd_err_set(err, XD_ERR_IO, "cannot listen on %s port %d (in use, or no permission)",
+                          c->host, c->port);
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    s->port = info ? info->port : (unsigned short)c->port;
+    return XD_OK;
+}
+
+void xd_http_stop(struct xd_server *s)
+{
+    if (s->mhd)
+        MHD_stop_daemon(s->mhd);
+    s->mhd = NULL;
+}

@@ -1,0 +1,41 @@
+/* Prometheus metrics of the daemon: request counters and latency histograms kept here, the
+ * scheduler's counters read at scrape time; rendered in the Prometheus text format. */
+#ifndef XD_METRICS_H
+#define XD_METRICS_H
+
+#include <stddef.h>
+
+#include "scheduler.h"
+
+enum xd_hist {
+    XD_HIST_TTFT,    /* request arrival -> first token */
+    XD_HIST_ITL,     /* between consecutive tokens of one sequence */
+    XD_HIST_E2E,     /* request arrival -> last byte queued */
+    XD_HIST_QUEUE,   /* submit -> first admission to the running batch (waiting only) */
+    XD_HIST_COUNT,
+};
+
+struct xd_metrics;
+
+/* NULL when out of memory. */
+struct xd_metrics *xd_metrics_create(void);
+void xd_metrics_destroy(struct xd_metrics *m);
+
+/* Counts one finished request; endpoint is a static string ("/v1/completions"). Thread-safe. */
+void xd_metrics_request(struct xd_metrics *m, const char *endpoint, int status);
+/* Adds an observation to a histogram. Thread-safe. */
+void xd_metrics_observe(struct xd_metrics *m, enum xd_hist h, double seconds);
+/* Counts a client that went away before its request finished. Thread-safe. */
+void xd_metrics_disconnect(struct xd_metrics *m);
+
+/* Keeps a copy of the expert cache's counters for the next scrape (called by the scheduler
+ * thread after each step). Thread-safe. */
+void xd_metrics_set_experts(struct xd_metrics *m, const struct xd_expert_stats *ex);
+
+/* Renders everything (st may be NULL before the scheduler exists) into a new NUL-terminated
+ * buffer (free()); NULL when out of memory. */
+char *xd_metrics_render(struct xd_metrics *m, const struct xd_sched_stats *st,
+                        const char *model_name, const char *version, const char *backend,
+                        size_t *ret_len);
+
+#endif

@@ -1,0 +1,67 @@
+/* The state `expertd serve` shares between its HTTP threads and its main thread: the loaded
+ * model, the scheduler, the metrics and the lifecycle (loading, ready, draining). */
+#ifndef XD_SERVER_H
+#define XD_SERVER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "metrics.h"
+#include "scheduler.h"
+#include "server_config.h"
+#include "tokenizer.h"
+
+enum xd_server_state {
+    XD_SERVER_LOADING,  /* listening; the model is not loaded yet: 503 */
+    XD_SERVER_READY,
+    XD_SERVER_DRAINING, /* SIGTERM: in-flight requests finish, new ones get 503 */
+};
+
+enum xd_log_level { XD_LOG_ERROR, XD_LOG_WARN, XD_LOG_INFO, XD_LOG_DEBUG };
+
+struct xd_server {
+    const struct xd_server_config *cfg; /* borrowed */
+    const char *model_name;             /* served model name */
+    char *api_key;                      /* NULL: no key required */
+    size_t api_key_len;
+    enum xd_log_level log_level;
+    const char *backend;                /* "cpu" or "cuda" */
+    _Atomic int state;                  /* enum xd_server_state */
+    _Atomic uint64_t next_id;           /* request ids in logs and responses */
+    _Atomic int n_active;               /* generation requests whose response is not done */
+    long long created;                  /* start time (Unix seconds) for /v1/models */
+
+    /* Set once the model is loaded (state READY); read-only afterwards. */
+    const struct xd_tokenizer *tok;     /* NULL: the model directory has no tokenizer.json */
+    int vocab_size;
+    int max_context;
+    int chat_format;                    /* enum xd_chat_format; 0: unknown */
+    const char *chat_error;             /* why chat is unavailable, or NULL */
+    const char *bos_token, *eos_token;  /* for chat templates; may be NULL */
+
+    /* The scheduler: submit and cancel hold the read lock, teardown the write lock, so no
+     * HTTP thread reaches a destroyed scheduler. NULL before loading and after teardown. */
+    pthread_rwlock_t sched_lock;
+    struct xd_sched *sched;
+
+    struct xd_metrics *metrics;
+    struct MHD_Daemon *mhd;
+    unsigned short port;                /* the bound port */
+};
+
+/* printf-style logging to stderr at a level (dropped above the server's level). */
+void xd_log(const struct xd_server *s, enum xd_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Starts listening on cfg->host:cfg->port (0: ephemeral; s->port gets the bound one). */
+int xd_http_start(struct xd_server *s, struct xd_err *err);
+/* Stops listening and joins every connection thread. Accepts a server never started. */
+void xd_http_stop(struct xd_server *s);
+
+/* Cancels a scheduler request if the scheduler still exists. Thread-safe. */
+void xd_server_cancel(struct xd_server *s, uint64_t id);
+
+#endif

@@ -1,0 +1,1235 @@
+/* The scheduler: admission, continuous batching with chunked prefill, preemption by recompute,
+ * prefix caching, cancellation, stop conditions and grouping by expert, on one thread. */
+#include "scheduler.h"
+
+#include <assert.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "block_pool.h"
+#include "byte_buf.h"
+#include "kv_manager.h"
+
+/* ---- sequences ---- */
+
+enum seq_state {
+    SEQ_INCOMING, /* submitted, still in the locked queue */
+    SEQ_WAITING,  /* owned by the scheduler thread, holds no KV blocks */
+    SEQ_RUNNING,  /* holds KV blocks */
+};
+
+/* One request. The token list is the whole sequence so far (prompt, then generated tokens);
+ * positions 0 .. n_computed - 1 have KV in the blocks of the block table. Preemption drops the
+ * blocks and sets n_computed to 0; the next admission recomputes prompt and generated tokens
+ * alike, and the sampler, detokenizer and held-back text carry on as if nothing happened. */
+struct seq {
+    uint64_t id;
+    xd_sched_sink_fn sink;
+    void *sink_ctx;
+    struct seq *next_incoming;
+    enum seq_state state;
+
+    int32_t *tokens;   /* (n_prompt + max_tokens,) */
+    int n_tokens;
+    int n_prompt;
+    int max_tokens;
+    int n_generated;
+    int n_computed;    /* positions with KV */
+
+    int32_t *blocks;   /* (cap_blocks,) block table */
+    int n_blocks;
+    int cap_blocks;
+    uint64_t *hashes;  /* (cap_blocks,) chained hashes of the first n_hashed full blocks */
+    int n_hashed;
+    int n_published;   /* blocks 0 .. n_published - 1 offered to the prefix cache */
+    int n_cached_prompt; /* prompt tokens the first admission found in the prefix cache */
+    bool admitted_once;
+    double t_submit;              /* when xd_sched_submit took it */
+    double queue_seconds;         /* t_submit to the first admission */
+
+    struct xd_sampler *sampler;
+    bool own_sampler;
+    struct xd_detok *detok;       /* NULL without a tokenizer */
+    char **stop;                  /* (n_stop,) owned copies */
+    size_t *stop_len;             /* (n_stop,) */
+    int n_stop;
+    size_t max_stop_len;
+    int32_t *stop_ids;            /* (n_stop_ids,) */
+    int n_stop_ids;
+    bool ignore_eos;
+    struct xd_byte_buf held;      /* text detokenized and not yet released (hold-back) */
+
+    int32_t *sig;                 /* (n_moe_layers * top_k,) experts of the last token */
+    bool has_sig;
+    uint64_t admit_order;         /* newest admission is the preemption victim */
+    uint64_t arrival;             /* submission order: the FCFS order */
+    uint64_t ready_since;         /* step from which it has been runnable without running */
+    int passed_over;              /* steps grouping skipped it within its FCFS turn */
+
+    int step_n;                   /* tokens of this step; 0: not in the step */
+    bool step_logits;
+};
+
+struct xd_sched {
+    struct xd_step_engine eng;
+    const struct xd_tokenizer *tok;
+    int32_t *eos_ids;
+    int n_eos;
+    struct xd_sched_opts opts;
+    int max_resident;
+
+    /* Scheduler-thread state (or the xd_sched_step caller's) */
+    struct xd_kv *kv;
+    struct seq **waiting;  /* (n_waiting,) FCFS; preempted sequences go back to the front */
+    int n_waiting;
+    int cap_waiting;
+    struct seq **running;  /* (n_running,) in admission order */
+    int n_running;
+    int cap_running;
+    uint64_t n_admissions;
+    uint64_t step_no;
+    /* step scratch */
+    struct seq **cand;           /* (max_resident + 1,) */
+    struct seq **step_seqs;      /* (max_running,) */
+    int n_step_seqs;
+    struct xd_seq_chunk *chunks; /* (max_running,) */
+    uint64_t *step_ids;          /* (max_running,) request id of each chunk, for on_step */
+    double heartbeat;            /* when the thread last went round its loop (under lock) */
+    xd_step_observer_fn on_step;
+    void *on_step_ctx;
+    uint8_t *expert_seen;        /* (n_experts,) */
+    uint8_t *union_experts;      /* (n_moe_layers, n_experts) */
+
+    /* Under lock */
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    struct seq *incoming_head;
+    struct seq *incoming_tail;
+    int n_incoming;
+    uint64_t *cancels;           /* (n_cancels,) ids to cancel at the next step */
+    int n_cancels;
+    int cap_cancels;
+    uint64_t next_id;
+    int n_active;                /* submitted and not finished */
+    bool draining;
+    bool stopping;
+    bool started;
+    pthread_t thread;
+    struct xd_sched_stats stats;
+};
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void seq_free(struct seq *q)
+{
+    if (!q)
+        return;
+    free(q->tokens);
+    free(q->blocks);
+    free(q->hashes);
+    if (q->own_sampler)
+        xd_sampler_destroy(q->sampler);
+    xd_detok_destroy(q->detok);
+    for (int i = 0; i < q->n_stop; i++)
+        free(q->stop[i]);
+    free(q->stop);
+    free(q->stop_len);
+    free(q->stop_ids);
+    xd_byte_buf_free(&q->held);
+    free(q->sig);
+    free(q);
+}
+
+/* ---- options and engine ---- */
+
+struct xd_sched_opts xd_sched_defaults(void)
+{
+    return (struct xd_sched_opts){
+        .max_running = 256,
+        .max_step_tokens = 0,
+        .prefill_chunk = 0,
+        .max_waiting = 1024,
+        .prefix_caching = true,
+        .group_by_expert = true,
+        .max_wait_steps = 8,
+        .max_resident = 0,
+    };
+}
+
+const char *xd_finish_reason_str(enum xd_finish_reason r)
+{
+    switch (r) {
+    case XD_FINISH_STOP: return "stop";
+    case XD_FINISH_LENGTH: return "length";
+    case XD_FINISH_CANCELLED: return "cancelled";
+    case XD_FINISH_ERROR: return "error";
+    }
+    return "unknown";
+}
+
+static int engine_forward(void *ctx, const struct xd_batch *batch, struct xd_forward_out *ret_out,
+                          struct xd_err *err)
+{
+    return xd_engine_forward(ctx, batch, ret_out, err);
+}
+
+void xd_step_engine_init(struct xd_step_engine *ret, struct xd_engine *engine)
+{
+    const struct xd_model_config *mc = xd_engine_config(engine);
+    const struct xd_engine_opts *eo = xd_engine_opts(engine);
+    *ret = (struct xd_step_engine){
+        .ctx = engine,
+        .forward = engine_forward,
+        .n_vocab = mc->vocab_size,
+        .n_kv_blocks = eo->n_kv_blocks,
+        .block_size = eo->block_size,
+        .max_batch_tokens = eo->max_batch_tokens,
+        .max_context = mc->max_position_embeddings,
+        .n_moe_layers = mc->n_moe_layers,
+        .top_k = mc->top_k,
+        .n_experts = mc->n_experts,
+    };
+}
+
+int xd_sched_create(const struct xd_step_engine *eng, const struct xd_tokenizer *tok,
+                    const int32_t *eos_ids, int n_eos, const struct xd_sched_opts *opts,
+                    struct xd_sched **ret, struct xd_err *err)
+{
+    struct xd_sched_opts o = opts ? *opts : xd_sched_defaults();
+    if (!eng->forward || eng->n_vocab < 1 || eng->n_kv_blocks < 1 || eng->block_size < 1 ||
+        eng->max_batch_tokens < 1 || eng->max_context < 1 || eng->n_moe_layers < 0 ||
+        eng->top_k < 0 || eng->n_experts < 0)
+        return xd_err_set(err, XD_ERR_INVALID, "the step engine has an invalid size");
+    if (n_eos < 0 || (n_eos > 0 && !eos_ids))
+        return xd_err_set(err, XD_ERR_INVALID, "eos_ids: %d ids", n_eos);
+    if (o.max_running < 0)
+        return xd_err_set(err, XD_ERR_INVALID, "max_running must be >= 0, not %d", o.max_running);
+    if (o.max_running == 0)
+        o.max_running = 256;
+    if (o.max_step_tokens < 0 || o.max_step_tokens > eng->max_batch_tokens)
+        return xd_err_set(err, XD_ERR_INVALID,
+                          "max_step_tokens must be in 0..%d (the engine's max_batch_tokens), "
+                          "not %d", eng->max_batch_tokens, o.max_step_tokens);
+    if (o.max_step_tokens == 0)
+        o.max_step_tokens = eng->max_batch_tokens;
+    if (o.prefill_chunk < 0)
+        return xd_err_set(err, XD_ERR_INVALID, "prefill_chunk must be >= 0, not %d",
+                          o.prefill_chunk);
+    if (o.prefill_chunk == 0 || o.prefill_chunk > o.max_step_tokens)
+        o.prefill_chunk = o.max_step_tokens;
+    if (o.max_waiting < 0)
+        return xd_err_set(err, XD_ERR_INVALID, "max_waiting must be >= 0, not %d", o.max_waiting);
+    if (o.max_waiting == 0)
+        o.max_waiting = 1024;
+    if (o.max_wait_steps < 0)
+        return xd_err_set(err, XD_ERR_INVALID, "max_wait_steps must be >= 0, not %d",
+                          o.max_wait_steps);
+    if (o.max_wait_steps == 0)
+        o.max_wait_steps = 8;
+    if (o.max_resident < 0)
+        return xd_err_set(err, XD_ERR_INVALID, "max_resident must be >= 0, not %d",
+                          o.max_resident);
+    if (o.max_resident == 0 || o.max_resident < o.max_running)
+        o.max_resident = o.max_running;
+
+    struct xd_sched *s = calloc(1, sizeof *s);
+    if (!s)
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->wake, NULL);
+    s->eng = *eng;
+    s->tok = tok;
+    s->opts = o;
+    s->max_resident = o.max_resident;
+    s->n_eos = n_eos;
+    s->eos_ids = malloc(sizeof *s->eos_ids * (size_t)(n_eos > 0 ? n_eos : 1));
+    s->kv = xd_kv_create(eng->n_kv_blocks, eng->block_size, o.prefix_caching);
+    s->cap_running = s->max_resident;
+    s->running = malloc(sizeof *s->running * (size_t)s->cap_running);
+    s->cand = malloc(sizeof *s->cand * (size_t)(s->max_resident + 1));
+    s->step_seqs = malloc(sizeof *s->step_seqs * (size_t)o.max_running);
+    s->chunks = malloc(sizeof *s->chunks * (size_t)o.max_running);
+    s->step_ids = malloc(sizeof *s->step_ids * (size_t)o.max_running);
+    s->on_step = o.on_step;
+    s->on_step_ctx = o.on_step_ctx;
+    s->expert_seen = calloc((size_t)(eng->n_experts > 0 ? eng->n_experts : 1), 1);
+    s->union_experts =
+        calloc((size_t)(eng->n_experts > 0 ? eng->n_experts : 1) *
+                   (size_t)(eng->n_moe_layers > 0 ? eng->n_moe_layers : 1), 1);
+    if (!s->eos_ids || !s->kv || !s->running || !s->cand || !s->step_seqs || !s->chunks ||
+        !s->step_ids ||
+        !s->expert_seen || !s->union_experts) {
+        xd_sched_destroy(s);
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+    }
+    if (n_eos > 0)
+        memcpy(s->eos_ids, eos_ids, sizeof *eos_ids * (size_t)n_eos);
+    s->next_id = 1;
+    s->stats.n_kv_blocks = eng->n_kv_blocks;
+    *ret = s;
+    return XD_OK;
+}
+
+/* ---- events ---- */
+
+static void emit_token(struct seq *q, const struct xd_sample *sample, const char *text,
+                       size_t len)
+{
+    struct xd_sched_event ev = {
+        .kind = XD_EVENT_TOKEN, .request_id = q->id, .text = text ? text : "",
+        .text_len = text ? len : 0, .sample = sample,
+        .n_prompt_tokens = q->n_prompt, .n_cached_prompt_tokens = q->n_cached_prompt,
+        .queue_seconds = q->queue_seconds,
+        .n_generated_tokens = q->n_generated,
+    };
+    q->sink(q->sink_ctx, &ev);
+}
+
+/* ---- KV blocks of one sequence ---- */
+
+static void seq_release_blocks(struct xd_sched *s, struct seq *q)
+{
+    xd_kv_release(s->kv, q->blocks, q->n_blocks);
+    q->n_blocks = 0;
+    q->n_computed = 0;
+    q->n_published = 0;
+}
+
+/* Makes the block table cover positions 0 .. n_positions - 1. XD_ERR_CAPACITY takes none. */
+static int seq_grow_blocks(struct xd_sched *s, struct seq *q, int n_positions)
+{
+    int need = xd_blocks_for_tokens(n_positions, s->eng.block_size) - q->n_blocks;
+    if (need <= 0)
+        return XD_OK;
+    assert(q->n_blocks + need <= q->cap_blocks);
+    int rc = xd_kv_alloc(s->kv, need, q->blocks + q->n_blocks);
+    if (rc == XD_OK)
+        q->n_blocks += need;
+    return rc;
+}
+
+/* The chained hash of full block i of q's tokens (which must exist). */
+static uint64_t seq_block_hash(struct xd_sched *s, struct seq *q, int i)
+{
+    const int bs = s->eng.block_size;
+    while (q->n_hashed <= i) {
+        int b = q->n_hashed;
+        uint64_t prev = b > 0 ? q->hashes[b - 1] : 0;
+        q->hashes[b] = xd_kv_hash_block(prev, q->tokens + (size_t)b * (size_t)bs, bs);
+        q->n_hashed++;
+    }
+    return q->hashes[i];
+}
+
+/* Takes the longest run of cached full blocks that starts q (never its last token, whose
+ * logits the step must compute). Returns the tokens found. */
+static int seq_prefix_lookup(struct xd_sched *s, struct seq *q)
+{
+    assert(q->n_blocks == 0 && q->n_computed == 0);
+    if (!s->opts.prefix_caching)
+        return 0;
+    const int bs = s->eng.block_size;
+    int n_full = (q->n_tokens - 1) / bs;
+    while (q->n_blocks < n_full) {
+        int32_t parent = q->n_blocks > 0 ? q->blocks[q->n_blocks - 1] : -1;
+        int32_t id = xd_kv_lookup(s->kv, seq_block_hash(s, q, q->n_blocks), parent,
+                                  q->tokens + (size_t)q->n_blocks * (size_t)bs);
+        if (id < 0)
+            break;
+        q->blocks[q->n_blocks++] = id;
+    }
+    q->n_computed = q->n_blocks * bs;
+    q->n_published = q->n_blocks;
+    return q->n_computed;
+}
+
+/* Publishes q's full blocks whose KV is computed. */
+static void seq_publish_blocks(struct xd_sched *s, struct seq *q)
+{
+    if (!s->opts.prefix_caching)
+        return;
+    int n_full = q->n_computed / s->eng.block_size;
+    const int bs = s->eng.block_size;
+    for (; q->n_published < n_full; q->n_published++) {
+        int b = q->n_published;
+        xd_kv_publish(s->kv, q->blocks[b], seq_block_hash(s, q, b), b > 0 ? q->blocks[b - 1] : -1,
+                      q->tokens + (size_t)b * (size_t)bs);
+    }
+}
+
+/* ---- lists ---- */
+
+static void remove_from(struct seq **list, int *n, struct seq *q)
+{
+    for (int i = 0; i < *n; i++)
+        if (list[i] == q) {
+            memmove(list + i, list + i + 1, sizeof *list * (size_t)(*n - i - 1));
+            (*n)--;
+            return;
+        }
+    assert(!"sequence not in its list");
+}
+
+static int waiting_reserve(struct xd_sched *s, int n)
+{
+    if (n <= s->cap_waiting)
+        return XD_OK;
+    int cap = s->cap_waiting ? s->cap_waiting : 16;
+    while (cap < n)
+        cap *= 2;
+    struct seq **w = realloc(s->waiting, sizeof *w * (size_t)cap);
+    if (!w)
+        return XD_ERR_NOMEM;
+    s->waiting = w;
+    s->cap_waiting = cap;
+    return XD_OK;
+}
+
+/* Takes q out of whichever list holds it, frees its blocks, sends the finish event and frees
+ * it. */
+static void finish_seq(struct xd_sched *s, struct seq *q, enum xd_finish_reason reason,
+                       const char *error, const char *text, size_t text_len)
+{
+    if (q->state == SEQ_RUNNING)
+        remove_from(s->running, &s->n_running, q);
+    else if (q->state == SEQ_WAITING)
+        remove_from(s->waiting, &s->n_waiting, q);
+    seq_release_blocks(s, q);
+    struct xd_sched_event ev = {
+        .kind = XD_EVENT_FINISH, .request_id = q->id, .text = text ? text : "",
+        .text_len = text ? text_len : 0, .finish = reason, .error = error,
+        .n_prompt_tokens = q->n_prompt, .n_cached_prompt_tokens = q->n_cached_prompt,
+        .queue_seconds = q->queue_seconds,
+        .n_generated_tokens = q->n_generated,
+    };
+    q->sink(q->sink_ctx, &ev);
+    seq_free(q);
+    pthread_mutex_lock(&s->lock);
+    s->n_active--;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Frees q's blocks and puts it back at the front of the waiting queue to be recomputed. */
+static void preempt(struct xd_sched *s, struct seq *q)
+{
+    remove_from(s->running, &s->n_running, q);
+    seq_release_blocks(s, q);
+    q->state = SEQ_WAITING;
+    q->step_n = 0;
+    /* waiting_reserve cannot fail here: cap_waiting >= n_waiting + max_resident (see splice) */
+    memmove(s->waiting + 1, s->waiting, sizeof *s->waiting * (size_t)s->n_waiting);
+    s->waiting[0] = q;
+    s->n_waiting++;
+    s->stats.preemptions_total++; /* the caller holds the lock */
+}
+
+/* ---- stop strings ---- */
+
+static int held_append(struct seq *q, const char *text, size_t len)
+{
+    return xd_byte_buf_append(&q->held, text, len);
+}
+
+/* The offset of the earliest stop string in the held text, or -1. */
+static long held_stop_match(const struct seq *q)
+{
+    long best = -1;
+    for (int i = 0; i < q->n_stop; i++) {
+        const char *m = memmem(q->held.data, q->held.len, q->stop[i], q->stop_len[i]);
+        if (m && (best < 0 || m - q->held.data < best))
+            best = m - q->held.data;
+    }
+    return best;
+}
+
+/* Bytes at the end of the held text that could start a stop string: they stay held. Such a
+ * suffix starts with a stop string's first byte, so what is released ends on a character
+ * boundary (the detokenizer only produces whole characters). */
+static size_t held_keep(const struct seq *q)
+{
+    size_t max = q->max_stop_len > 0 ? q->max_stop_len - 1 : 0;
+    if (max > q->held.len)
+        max = q->held.len;
+    for (size_t len = max; len > 0; len--) {
+        const char *suffix = q->held.data + q->held.len - len;
+        for (int i = 0; i < q->n_stop; i++)
+            if (q->stop_len[i] > len && memcmp(suffix, q->stop[i], len) == 0)
+                return len;
+    }
+    return 0;
+}
+
+static void held_drop(struct seq *q, size_t n)
+{
+    xd_byte_buf_consume(&q->held, n); /* no buffer yet without a tokenizer: nothing to drop */
+}
+
+static bool is_stop_id(const struct xd_sched *s, const struct seq *q, int32_t tok)
+{
+    if (!q->ignore_eos)
+        for (int i = 0; i < s->n_eos; i++)
+            if (tok == s->eos_ids[i])
+                return true;
+    for (int i = 0; i < q->n_stop_ids; i++)
+        if (tok == q->stop_ids[i])
+            return true;
+    return false;
+}
+
+/* Handles q's new token: appends it, releases text, and finishes q on a stop. Returns true
+ * when q finished. */
+static bool handle_token(struct xd_sched *s, struct seq *q, const struct xd_sample *sample)
+{
+    int32_t tok = sample->token;
+    assert(q->n_tokens < q->n_prompt + q->max_tokens);
+    q->tokens[q->n_tokens++] = tok;
+    q->n_generated++;
+
+    bool stop_id = is_stop_id(s, q, tok);
+    bool length = !stop_id && (q->n_generated >= q->max_tokens ||
+                               q->n_tokens >= s->eng.max_context);
+    struct xd_err derr;
+    const char *text = NULL;
+    size_t len = 0;
+    int rc = XD_OK;
+    /* the token that stops generation by id adds no text; the text before it is flushed */
+    if (q->detok && !stop_id)
+        rc = xd_detok_push(q->detok, tok, &text, &len, &derr);
+    if (rc == XD_OK && text)
+        rc = held_append(q, text, len);
+    if (rc == XD_OK && q->detok && (stop_id || length)) {
+        rc = xd_detok_finish(q->detok, &text, &len, &derr);
+        if (rc == XD_OK)
+            rc = held_append(q, text, len);
+    }
+    if (rc < 0) {
+        emit_token(q, sample, NULL, 0);
+        finish_seq(s, q, XD_FINISH_ERROR, "the detokenizer failed", NULL, 0);
+        return true;
+    }
+
+    long m = q->n_stop > 0 ? held_stop_match(q) : -1;
+    if (m >= 0) {
+        emit_token(q, sample, q->held.data, (size_t)m);
+        finish_seq(s, q, XD_FINISH_STOP, NULL, NULL, 0);
+        return true;
+    }
+    if (stop_id || length) {
+        emit_token(q, sample, q->held.data, q->held.len);
+        finish_seq(s, q, stop_id ? XD_FINISH_STOP : XD_FINISH_LENGTH, NULL, NULL, 0);
+        return true;
+    }
+    size_t release = q->held.len - (q->n_stop > 0 ? held_keep(q) : 0);
+    emit_token(q, sample, q->held.data, release);
+    held_drop(q, release);
+    return false;
+}
+
+/* ---- submission, cancellation ---- */
+
+int xd_sched_submit(struct xd_sched *s, const struct xd_request *req, xd_sched_sink_fn sink,
+                    void *sink_ctx, uint64_t *ret_id, struct xd_err *err)
+{
+    const struct xd_step_engine *e = &s->eng;
+    if (!sink)
+        return xd_err_set(err, XD_ERR_INVALID, "no sink");
+    if (req->n_prompt < 1 || !req->prompt)
+        return xd_err_set(err, XD_ERR_INVALID, "prompt: empty");
+    for (int i = 0; i < req->n_prompt; i++)
+        if (req->prompt[i] < 0 || req->prompt[i] >= e->n_vocab)
+            return xd_err_set(err, XD_ERR_INVALID,
+                              "prompt[%d]: token %d is outside the vocabulary (%d)", i,
+                              (int)req->prompt[i], e->n_vocab);
+    if (req->max_tokens < 0)
+        return xd_err_set(err, XD_ERR_INVALID, "max_tokens must be >= 0, not %d",
+                          req->max_tokens);
+    if ((long)req->n_prompt + req->max_tokens > e->max_context)
+        return xd_err_set(err, XD_ERR_INVALID,
+                          "prompt (%d tokens) plus max_tokens (%d) exceeds the context length "
+                          "(%d)", req->n_prompt, req->max_tokens, e->max_context);
+    const int n_total = req->n_prompt + req->max_tokens;
+    const int n_blocks = xd_blocks_for_tokens(n_total, e->block_size);
+    if (n_blocks > e->n_kv_blocks)
+        return xd_err_set(err, XD_ERR_INVALID,
+                          "prompt (%d tokens) plus max_tokens (%d) needs %d KV blocks of %d "
+                          "tokens; the cache has %d", req->n_prompt, req->max_tokens, n_blocks,
+                          e->block_size, e->n_kv_blocks);
+    if (req->n_stop < 0 || (req->n_stop > 0 && !req->stop))
+        return xd_err_set(err, XD_ERR_INVALID, "stop: %d strings", req->n_stop);
+    if (req->n_stop > 0 && !s->tok)
+        return xd_err_set(err, XD_ERR_INVALID, "stop: strings need a tokenizer");
+    for (int i = 0; i < req->n_stop; i++)
+        if (!req->stop[i] || !req->stop[i][0])
+            return xd_err_set(err, XD_ERR_INVALID, "stop[%d]: empty", i);
+    if (req->n_stop_ids < 0 || (req->n_stop_ids > 0 && !req->stop_ids))
+        return xd_err_set(err, XD_ERR_INVALID, "stop_ids: %d ids", req->n_stop_ids);
+    for (int i = 0; i < req->n_stop_ids; i++)
+        if (req->stop_ids[i] < 0 || req->stop_ids[i] >= e->n_vocab)
+            return xd_err_set(err, XD_ERR_INVALID,
+                              "stop_ids[%d]: token %d is outside the vocabulary (%d)", i,
+                              (int)req->stop_ids[i], e->n_vocab);
+
+    struct seq *q = calloc(1, sizeof *q);
+    if (q)
+        q->t_submit = now_seconds();
+    if (!q)
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+    if (req->sampler) {
+        q->sampler = req->sampler;
+    } else {
+        int rc = xd_sampler_create(&req->sampling, e->n_vocab, &q->sampler, err);
+        if (rc < 0) {
+            seq_free(q);
+            return rc;
+        }
+        q->own_sampler = true;
+    }
+    const size_t sig_n = (size_t)e->n_moe_layers * (size_t)e->top_k;
+    q->tokens = malloc(sizeof *q->tokens * (size_t)n_total);
+    q->cap_blocks = n_blocks;
+    q->blocks = malloc(sizeof *q->blocks * (size_t)(n_blocks > 0 ? n_blocks : 1));
+    q->hashes = malloc(sizeof *q->hashes * (size_t)(n_blocks > 0 ? n_blocks : 1));
+    q->sig = calloc(sig_n > 0 ? sig_n : 1, sizeof *q->sig);
+    q->stop = calloc((size_t)(req->n_stop > 0 ? req->n_stop : 1), sizeof *q->stop);
+    q->stop_len = calloc((size_t)(req->n_stop > 0 ? req->n_stop : 1), sizeof *q->stop_len);
+    q->stop_ids = malloc(sizeof *q->stop_ids * (size_t)(req->n_stop_ids > 0 ? req->n_stop_ids : 1));
+    bool ok = q->tokens && q->blocks && q->hashes && q->sig && q->stop && q->stop_len &&
+              q->stop_ids;
+    if (ok && s->tok)
+        ok = xd_detok_create(s->tok, req->skip_special, &q->detok) == XD_OK;
+    for (int i = 0; ok && i < req->n_stop; i++) {
+        q->stop[i] = strdup(req->stop[i]);
+        ok = q->stop[i] != NULL;
+        q->n_stop = i + 1;
+        if (ok) {
+            q->stop_len[i] = strlen(q->stop[i]);
+            if (q->stop_len[i] > q->max_stop_len)
+                q->max_stop_len = q->stop_len[i];
+        }
+    }
+    if (!ok) {
+        seq_free(q);
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+    }
+    memcpy(q->tokens, req->prompt, sizeof *q->tokens * (size_t)req->n_prompt);
+    if (req->n_stop_ids > 0)
+        memcpy(q->stop_ids, req->stop_ids, sizeof *q->stop_ids * (size_t)req->n_stop_ids);
+    q->n_stop_ids = req->n_stop_ids;
+    q->n_tokens = q->n_prompt = req->n_prompt;
+    q->max_tokens = req->max_tokens;
+    q->ignore_eos = req->ignore_eos;
+    q->sink = sink;
+    q->sink_ctx = sink_ctx;
+    q->state = SEQ_INCOMING;
+    xd_sampler_add_prompt(q->sampler, req->prompt, req->n_prompt);
+
+    pthread_mutex_lock(&s->lock);
+    if (s->draining || s->stopping) {
+        pthread_mutex_unlock(&s->lock);
+        seq_free(q);
+        return xd_err_set(err, XD_ERR_UNAVAILABLE, "the scheduler is draining");
+    }
+    if (s->n_incoming + s->stats.n_waiting >= s->opts.max_waiting) {
+        int n = s->n_incoming + s->stats.n_waiting;
+        pthread_mutex_unlock(&s->lock);
+        seq_free(q);
+        return xd_err_set(err, XD_ERR_CAPACITY, "%d requests are waiting (max_waiting %d)", n,
+                          s->opts.max_waiting);
+    }
+    q->id = s->next_id++;
+    q->arrival = q->id;
+    if (s->incoming_tail)
+        s->incoming_tail->next_incoming = q;
+    else
+        s->incoming_head = q;
+    s->incoming_tail = q;
+    s->n_incoming++;
+    s->n_active++;
+    if (ret_id)
+        *ret_id = q->id;
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+    return XD_OK;
+}
+
+void xd_sched_cancel(struct xd_sched *s, uint64_t id)
+{
+    pthread_mutex_lock(&s->lock);
+    if (s->n_cancels == s->cap_cancels) {
+        int cap = s->cap_cancels ? 2 * s->cap_cancels : 16;
+        uint64_t *c = realloc(s->cancels, sizeof *c * (size_t)cap);
+        if (!c) {
+            /* out of memory: the request runs to its end, which is still correct */
+            pthread_mutex_unlock(&s->lock);
+            return;
+        }
+        s->cancels = c;
+        s->cap_cancels = cap;
+    }
+    s->cancels[s->n_cancels++] = id;
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void xd_sched_drain(struct xd_sched *s)
+{
+    pthread_mutex_lock(&s->lock);
+    s->draining = true;
+    pthread_mutex_unlock(&s->lock);
+}
+
+bool xd_sched_idle(struct xd_sched *s)
+{
+    pthread_mutex_lock(&s->lock);
+    bool idle = s->n_active == 0;
+    pthread_mutex_unlock(&s->lock);
+    return idle;
+}
+
+void xd_sched_get_stats(struct xd_sched *s, struct xd_sched_stats *ret)
+{
+    pthread_mutex_lock(&s->lock);
+    *ret = s->stats;
+    pthread_mutex_unlock(&s->lock);
+}
+
+static struct seq *find_seq(struct xd_sched *s, uint64_t id)
+{
+    for (int i = 0; i < s->n_running; i++)
+        if (s->running[i]->id == id)
+            return s->running[i];
+    for (int i = 0; i < s->n_waiting; i++)
+        if (s->waiting[i]->id == id)
+            return s->waiting[i];
+    return NULL;
+}
+
+/* Moves submitted requests into the waiting queue and applies cancellations. Returns a
+ * negative status when out of memory (the incoming requests stay queued). */
+static int take_incoming(struct xd_sched *s)
+{
+    pthread_mutex_lock(&s->lock);
+    int rc = waiting_reserve(s, s->n_waiting + s->n_incoming + s->max_resident);
+    if (rc == XD_OK) {
+        for (struct seq *q = s->incoming_head; q; q = q->next_incoming) {
+            q->state = SEQ_WAITING;
+            s->waiting[s->n_waiting++] = q;
+        }
+        s->incoming_head = s->incoming_tail = NULL;
+        s->n_incoming = 0;
+    }
+    int n_cancels = s->n_cancels;
+    uint64_t *cancels = s->cancels;
+    s->cancels = NULL;
+    s->n_cancels = s->cap_cancels = 0;
+    pthread_mutex_unlock(&s->lock);
+
+    for (int i = 0; i < n_cancels; i++) {
+        struct seq *q = find_seq(s, cancels[i]);
+        if (q)
+            finish_seq(s, q, XD_FINISH_CANCELLED, NULL, NULL, 0);
+    }
+    free(cancels);
+    /* max_tokens 0: nothing to run */
+    for (int i = 0; i < s->n_waiting;) {
+        struct seq *q = s->waiting[i];
+        if (q->max_tokens == 0)
+            finish_seq(s, q, XD_FINISH_LENGTH, NULL, NULL, 0);
+        else
+            i++;
+    }
+    return rc;
+}
+
+/* ---- building a step ---- */
+
+struct step_budget {
+    int tokens;
+    int seqs;
+};
+
+static void step_add(struct xd_sched *s, struct seq *q, int n, struct step_budget *b)
+{
+    assert(n > 0 && q->step_n == 0);
+    q->step_n = n;
+    q->step_logits = q->n_computed + n == q->n_tokens;
+    s->step_seqs[s->n_step_seqs++] = q;
+    b->tokens -= n;
+    b->seqs--;
+}
+
+static void step_remove(struct xd_sched *s, struct seq *q, struct step_budget *b)
+{
+    remove_from(s->step_seqs, &s->n_step_seqs, q);
+    b->tokens += q->step_n;
+    b->seqs++;
+    q->step_n = 0;
+}
+
+/* Gives q blocks for its step_n tokens, preempting the newest running sequences (q itself when
+ * it is the newest) until they fit. Returns false when q itself was preempted. */
+static bool ensure_blocks(struct xd_sched *s, struct seq *q, int n, struct step_budget *b)
+{
+    while (seq_grow_blocks(s, q, q->n_computed + n) != XD_OK) {
+        struct seq *victim = NULL;
+        for (int i = 0; i < s->n_running; i++)
+            if (s->running[i] != q && (!victim || s->running[i]->admit_order > victim->admit_order))
+                victim = s->running[i];
+        if (!victim || victim->admit_order < q->admit_order)
+            victim = q;
+        if (victim->step_n > 0)
+            step_remove(s, victim, b);
+        preempt(s, victim);
+        if (victim == q)
+            return false;
+    }
+    return true;
+}
+
+static int cmp_fcfs(const void *a, const void *b)
+{
+    const struct seq *x = *(struct seq *const *)a, *y = *(struct seq *const *)b;
+    if (x->ready_since != y->ready_since)
+        return x->ready_since < y->ready_since ? -1 : 1;
+    return x->arrival < y->arrival ? -1 : x->arrival > y->arrival;
+}
+
+static int sig_overlap(const struct xd_sched *s, const struct seq *q)
+{
+    if (!q->has_sig)
+        return 0;
+    const int L = s->eng.n_moe_layers, K = s->eng.top_k, E = s->eng.n_experts;
+    int score = 0;
+    for (int l = 0; l < L; l++)
+        for (int k = 0; k < K; k++) {
+            int32_t e = q->sig[l * K + k];
+            if (e >= 0 && e < E)
+                score += s->union_experts[(size_t)l * (size_t)E + (size_t)e];
+        }
+    return score;
+}
+
+static void sig_add(struct xd_sched *s, const struct seq *q)
+{
+    if (!q->has_sig)
+        return;
+    const int L = s->eng.n_moe_layers, K = s->eng.top_k, E = s->eng.n_experts;
+    for (int l = 0; l < L; l++)
+        for (int k = 0; k < K; k++) {
+            int32_t e = q->sig[l * K + k];
+            if (e >= 0 && e < E)
+                s->union_experts[(size_t)l * (size_t)E + (size_t)e] = 1;
+        }
+}
+
+/* Picks which of the n runnable decoders in cand (FCFS order) run when only cap can: FCFS, or
+ * with grouping, first those passed over max_wait_steps times, then greedily the one whose
+ * signature overlaps most with the experts already chosen. The chosen end up in cand[0 ..
+ * cap - 1] in FCFS order. */
+static void choose_decoders(struct xd_sched *s, struct seq **cand, int n, int cap)
+{
+    if (n <= cap || !s->opts.group_by_expert || s->eng.n_moe_layers == 0)
+        return;
+    const size_t ue = (size_t)s->eng.n_moe_layers * (size_t)(s->eng.n_experts > 0 ? s->eng.n_experts : 1);
+    memset(s->union_experts, 0, ue);
+    bool *chosen = calloc((size_t)n, sizeof *chosen);
+    if (!chosen)
+        return; /* FCFS */
+    int n_chosen = 0;
+    for (int i = 0; i < n && n_chosen < cap; i++)
+        if (cand[i]->passed_over >= s->opts.max_wait_steps) {
+            chosen[i] = true;
+            n_chosen++;
+            sig_add(s, cand[i]);
+        }
+    if (n_chosen == 0) {
+        chosen[0] = true; /* seed with the FCFS head */
+        n_chosen++;
+        sig_add(s, cand[0]);
+    }
+    while (n_chosen < cap) {
+        int best = -1, best_score = -1;
+        for (int i = 0; i < n; i++)
+            if (!chosen[i]) {
+                int sc = sig_overlap(s, cand[i]);
+                if (sc > best_score) {
+                    best = i;
+                    best_score = sc;
+                }
+            }
+        chosen[best] = true;
+        n_chosen++;
+        sig_add(s, cand[best]);
+    }
+    /* those within their FCFS turn (the first cap) but left out were passed over */
+    for (int i = 0; i < n; i++) {
+        if (chosen[i])
+            cand[i]->passed_over = 0;
+        else if (i < cap)
+            cand[i]->passed_over++;
+    }
+    int j = 0;
+    for (int i = 0; i < n; i++)
+        if (chosen[i])
+            cand[j++] = cand[i];
+    free(chosen);
+}
+
+/* Builds this step into step_seqs: decode tokens first, then the next prefill chunks of
+ * running sequences, then new admissions from the waiting queue. */
+static void build_step(struct xd_sched *s)
+{
+    struct step_budget b = {s->opts.max_step_tokens, s->opts.max_running};
+    s->n_step_seqs = 0;
+
+    /* decoders: running sequences with exactly one token to compute */
+    int n_dec = 0;
+    for (int i = 0; i < s->n_running; i++)
+        if (s->running[i]->n_tokens - s->running[i]->n_computed == 1)
+            s->cand[n_dec++] = s->running[i];
+    qsort(s->cand, (size_t)n_dec, sizeof *s->cand, cmp_fcfs);
+    int cap = b.tokens < b.seqs ? b.tokens : b.seqs;
+    /* when decoders alone would fill the step, keep one place for prefill so that waiting
+     * requests are admitted (only possible with max_resident above max_running) and prefills
+     * in flight go on */
+    bool prefill_pending = s->n_waiting > 0 && s->n_running < s->max_resident;
+    for (int i = 0; i < s->n_running && !prefill_pending; i++)
+        prefill_pending = s->running[i]->n_tokens - s->running[i]->n_computed > 1;
+    if (n_dec >= cap && cap > 1 && prefill_pending)
+        cap--;
+    choose_decoders(s, s->cand, n_dec, cap);
+    int take = n_dec < cap ? n_dec : cap;
+    /* allocate oldest admission first so the newest are the ones preempted */
+    for (int i = 0; i < take; i++) {
+        struct seq *q = s->cand[i];
+        if (q->state != SEQ_RUNNING)
+            continue; /* preempted as a victim of an older one */
+        if (ensure_blocks(s, q, 1, &b))
+            step_add(s, q, 1, &b);
+    }
+
+    /* running sequences in the middle of a (re)prefill; a snapshot, since making room may
+     * preempt some of them */
+    int n_pre = 0;
+    for (int i = 0; i < s->n_running; i++) {
+        struct seq *q = s->running[i];
+        if (q->n_tokens - q->n_computed > 1 && q->step_n == 0)
+            s->cand[n_pre++] = q;
+    }
+    for (int i = 0; i < n_pre && b.tokens > 0 && b.seqs > 0; i++) {
+        struct seq *q = s->cand[i];
+        if (q->state != SEQ_RUNNING)
+            continue;
+        int left = q->n_tokens - q->n_computed;
+        int n = left < s->opts.prefill_chunk ? left : s->opts.prefill_chunk;
+        if (n > b.tokens)
+            n = b.tokens;
+        if (ensure_blocks(s, q, n, &b))
+            step_add(s, q, n, &b);
+    }
+
+    /* admissions, FCFS; never preempt for a newcomer */
+    while (s->n_waiting > 0 && b.tokens > 0 && b.seqs > 0 && s->n_running < s->max_resident) {
+        struct seq *q = s->waiting[0];
+        int hit = seq_prefix_lookup(s, q);
+        int left = q->n_tokens - q->n_computed;
+        int n = left < s->opts.prefill_chunk ? left : s->opts.prefill_chunk;
+        if (n > b.tokens)
+            n = b.tokens;
+        if (seq_grow_blocks(s, q, q->n_computed + n) != XD_OK) {
+            seq_release_blocks(s, q); /* the prefix hits go back to the cache */
+            break;
+        }
+        const int bs = s->eng.block_size;
+        s->stats.prefix_cache_queries_total += (uint64_t)((q->n_tokens - 1) / bs * bs);
+        s->stats.prefix_cache_hits_total += (uint64_t)hit;
+        if (!q->admitted_once) {
+            q->n_cached_prompt = hit < q->n_prompt ? hit : q->n_prompt;
+            q->admitted_once = true;
+            q->queue_seconds = now_seconds() - q->t_submit;
+        }
+        memmove(s->waiting, s->waiting + 1, sizeof *s->waiting * (size_t)(s->n_waiting - 1));
+        s->n_waiting--;
+        q->state = SEQ_RUNNING;
+        q->admit_order = ++s->n_admissions;
+        q->passed_over = 0;
+        s->running[s->n_running++] = q;
+        step_add(s, q, n, &b);
+    }
+}
+
+/* ---- running a step ---- */
+
+static void record_distinct_experts(struct xd_sched *s, const struct xd_routing *r)
+{
+    const int E = s->eng.n_experts;
+    if (r->n_tokens == 0 || r->n_moe_layers == 0 || E == 0)
+        return;
+    for (int l = 0; l < r->n_moe_layers; l++) {
+        memset(s->expert_seen, 0, (size_t)E);
+        int distinct = 0;
+        for (int t = 0; t < r->n_tokens; t++)
+            for (int k = 0; k < r->top_k; k++) {
+                int32_t e = r->experts[((size_t)t * (size_t)r->n_moe_layers + (size_t)l) *
+                                           (size_t)r->top_k + (size_t)k];
+                if (e >= 0 && e < E && !s->expert_seen[e]) {
+                    s->expert_seen[e] = 1;
+                    distinct++;
+                }
+            }
+        s->stats.distinct_experts_total += (uint64_t)distinct;
+    }
+    s->stats.expert_layer_steps_total += (uint64_t)r->n_moe_layers;
+}
+
+static void publish_stats(struct xd_sched *s)
+{
+    pthread_mutex_lock(&s->lock);
+    s->stats.n_running = s->n_running;
+    s->stats.n_waiting = s->n_waiting;
+    s->stats.n_kv_blocks_used = xd_kv_n_referenced(s->kv);
+    pthread_mutex_unlock(&s->lock);
+}
+
+int xd_sched_step(struct xd_sched *s, struct xd_err *err)
+{
+    double t0 = now_seconds();
+
+    int rc = take_incoming(s);
+    if (rc < 0) {
+        publish_stats(s);
+        return xd_err_set(err, rc, "out of memory");
+    }
+    s->step_no++;
+    pthread_mutex_lock(&s->lock); /* build_step counts preemptions and prefix hits */
+    build_step(s);
+    pthread_mutex_unlock(&s->lock);
+    if (s->n_step_seqs == 0) {
+        publish_stats(s);
+        return 0;
+    }
+
+    int n_step_tokens = 0, n_prompt_tokens = 0;
+    for (int i = 0; i < s->n_step_seqs; i++) {
+        struct seq *q = s->step_seqs[i];
+        s->chunks[i] = (struct xd_seq_chunk){
+            .tokens = q->tokens + q->n_computed, .n_tokens = q->step_n, .pos = q->n_computed,
+            .block_table = q->blocks, .n_blocks = q->n_blocks,
+            .logits = q->step_logits ? XD_LOGITS_LAST : XD_LOGITS_NONE,
+        };
+        n_step_tokens += q->step_n;
+        if (q->n_computed < q->n_prompt)
+            n_prompt_tokens += (q->n_computed + q->step_n < q->n_prompt ? q->n_computed + q->step_n
+                                                                       : q->n_prompt) -
+                               q->n_computed;
+    }
+    struct xd_batch batch = {s->chunks, s->n_step_seqs};
+    struct xd_forward_out out;
+    struct xd_err ferr = {{0}};
+    double t_fwd = now_seconds();
+    rc = s->eng.forward(s->eng.ctx, &batch, &out, &ferr);
+    if (rc >= 0 && s->on_step) {
+        for (int i = 0; i < s->n_step_seqs; i++)
+            s->step_ids[i] = s->step_seqs[i]->id;
+        s->on_step(s->on_step_ctx, &batch, s->step_ids, &out, now_seconds() - t_fwd);
+    }
+    if (rc < 0) {
+        for (int i = 0; i < s->n_step_seqs; i++)
+            finish_seq(s, s->step_seqs[i], XD_FINISH_ERROR, ferr.msg, NULL, 0);
+        s->n_step_seqs = 0;
+        publish_stats(s);
+        return xd_err_set(err, rc, "%s", ferr.msg);
+    }
+
+    pthread_mutex_lock(&s->lock);
+    record_distinct_experts(s, &out.routing);
+    s->stats.steps_total++;
+    s->stats.step_tokens_total += (uint64_t)n_step_tokens;
+    s->stats.prompt_tokens_total += (uint64_t)n_prompt_tokens;
+    pthread_mutex_unlock(&s->lock);
+
+    const int L = s->eng.n_moe_layers, K = s->eng.top_k;
+    const bool have_routing = out.routing.experts && out.routing.n_moe_layers == L &&
+                              out.routing.top_k == K;
+    int row = 0, tok_off = 0, n_generated = 0;
+    /* the sinks of this step run after the whole step is accounted for */
+    for (int i = 0; i < s->n_step_seqs; i++) {
+        struct seq *q = s->step_seqs[i];
+        q->n_computed += q->step_n;
+        tok_off += q->step_n;
+        if (have_routing && L * K > 0) {
+            memcpy(q->sig,
+                   out.routing.experts + (size_t)(tok_off - 1) * (size_t)L * (size_t)K,
+                   sizeof *q->sig * (size_t)L * (size_t)K);
+            q->has_sig = true;
+        }
+        seq_publish_blocks(s, q);
+        q->ready_since = s->step_no;
+    }
+    for (int i = 0; i < s->n_step_seqs; i++) {
+        struct seq *q = s->step_seqs[i];
+        bool logits = q->step_logits;
+        q->step_n = 0;
+        if (!logits)
+            continue;
+        struct xd_sample sample;
+        xd_sampler_sample(q->sampler, out.logits + (size_t)row * (size_t)s->eng.n_vocab, &sample);
+        row++;
+        n_generated++;
+        handle_token(s, q, &sample);
+    }
+    s->n_step_seqs = 0;
+
+    pthread_mutex_lock(&s->lock);
+    s->stats.generation_tokens_total += (uint64_t)n_generated;
+    s->stats.step_seconds_total += now_seconds() - t0;
+    pthread_mutex_unlock(&s->lock);
+    publish_stats(s);
+    return n_step_tokens;
+}
+
+/* ---- threaded mode ---- */
+
+static void *sched_thread(void *arg)
+{
+    struct xd_sched *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        s->heartbeat = now_seconds();
+        while (!s->stopping && !s->incoming_head && s->n_cancels == 0 && s->n_waiting == 0 &&
+               s->n_running == 0) {
+            /* idle: wake at least every second so the heartbeat shows the thread is alive */
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += 1;
+            pthread_cond_timedwait(&s->wake, &s->lock, &until);
+            s->heartbeat = now_seconds();
+        }
+        bool stop = s->stopping;
+        pthread_mutex_unlock(&s->lock);
+        if (stop)
+            break;
+        struct xd_err err;
+        int n = xd_sched_step(s, &err);
+        if (n == 0 && (s->n_waiting > 0 || s->n_running > 0)) {
+            /* nothing could run (out of memory); do not spin */
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return NULL;
+}
+
+double xd_sched_heartbeat_age(struct xd_sched *s)
+{
+    pthread_mutex_lock(&s->lock);
+    double age = s->started ? now_seconds() - s->heartbeat : 0.0;
+    pthread_mutex_unlock(&s->lock);
+    return age;
+}
+
+int xd_sched_start(struct xd_sched *s, struct xd_err *err)
+{
+    pthread_mutex_lock(&s->lock);
+    if (s->started) {
+        pthread_mutex_unlock(&s->lock);
+        return xd_err_set(err, XD_ERR_INVALID, "the scheduler thread is already running");
+    }
+    int rc = pthread_create(&s->thread, NULL, sched_thread, s);
+    if (rc == 0)
+        s->started = true;
+    pthread_mutex_unlock(&s->lock);
+    if (rc != 0)
+        return xd_err_set(err, XD_ERR_NOMEM, "cannot start the scheduler thread");
+    return XD_OK;
+}
+
+void xd_sched_destroy(struct xd_sched *s)
+{
+    if (!s)
+        return;
+    {
+        pthread_mutex_lock(&s->lock);
+        bool started = s->started;
+        s->stopping = true;
+        pthread_cond_broadcast(&s->wake);
+        pthread_mutex_unlock(&s->lock);
+        if (started)
+            pthread_join(s->thread, NULL);
+        /* every unfinished request is cancelled, newest first so none is preempted */
+        while (s->n_running > 0)
+            finish_seq(s, s->running[s->n_running - 1], XD_FINISH_CANCELLED, NULL, NULL, 0);
+        while (s->n_waiting > 0)
+            finish_seq(s, s->waiting[s->n_waiting - 1], XD_FINISH_CANCELLED, NULL, NULL, 0);
+        while (s->incoming_head) {
+            struct seq *q = s->incoming_head;
+            s->incoming_head = q->next_incoming;
+            finish_seq(s, q, XD_FINISH_CANCELLED, NULL, NULL, 0);
+        }
+        pthread_mutex_destroy(&s->lock);
+        pthread_cond_destroy(&s->wake);
+    }
+    xd_kv_destroy(s->kv);
+    free(s->eos_ids);
+    free(s->waiting);
+    free(s->running);
+    free(s->cand);
+    free(s->step_seqs);
+    free(s->chunks);
+    free(s->step_ids);
+    free(s->expert_seen);
+    free(s->union_experts);
+    free(s->cancels);
+    free(s);
+}
+
+/* ---- accounting check ---- */
+
+int xd_sched_check(struct xd_sched *s, struct xd_err *err)
+{
+    const int N = s->eng.n_kv_blocks;
+    int *refs = calloc((size_t)N, sizeof *refs);
+    if (!refs)
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+    int rc = XD_OK;
+    long held = 0;
+    for (int i = 0; i < s->n_waiting && rc == XD_OK; i++)
+        if (s->waiting[i]->n_blocks != 0 || s->waiting[i]->n_computed != 0)
+            rc = xd_err_set(err, XD_ERR_INVALID, "waiting request %llu holds %d blocks",
+                            (unsigned long long)s->waiting[i]->id, s->waiting[i]->n_blocks);
+    for (int i = 0; i < s->n_running && rc == XD_OK; i++) {
+        const struct seq *q = s->running[i];
+        if (q->n_blocks != xd_blocks_for_tokens(q->n_computed, s->eng.block_size) &&
+            q->n_blocks != xd_blocks_for_tokens(q->n_computed, s->eng.block_size) + 1)
+            rc = xd_err_set(err, XD_ERR_INVALID, "request %llu: %d blocks for %d positions",
+                            (unsigned long long)q->id, q->n_blocks, q->n_computed);
+        for (int b = 0; b < q->n_blocks; b++)
+            refs[q->blocks[b]]++;
+        held += q->n_blocks;
+    }
+    int n_referenced = 0;
+    for (int b = 0; b < N && rc == XD_OK; b++) {
+        if (refs[b] != xd_kv_refcount(s->kv, b))
+            rc = xd_err_set(err, XD_ERR_INVALID, "block %d: refcount %d, held by %d tables", b,
+                            xd_kv_refcount(s->kv, b), refs[b]);
+        n_referenced += refs[b] > 0;
+    }
+    if (rc == XD_OK && n_referenced != xd_kv_n_referenced(s->kv))
+        rc = xd_err_set(err, XD_ERR_INVALID, "%d blocks referenced, the manager counts %d",
+                        n_referenced, xd_kv_n_referenced(s->kv));
+    if (rc == XD_OK && n_referenced + xd_kv_n_available(s->kv) != N)
+        rc = xd_err_set(err, XD_ERR_INVALID, "%d referenced + %d available != %d blocks",
+                        n_referenced, xd_kv_n_available(s->kv), N);
+    if (rc == XD_OK && !s->opts.prefix_caching && held != n_referenced)
+        rc = xd_err_set(err, XD_ERR_INVALID, "tables hold %ld blocks, %d referenced", held,
+                        n_referenced);
+    free(refs);
+    return rc;
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# HTTP integration tests: makes a test model (random weights, the qwen2 fixture tokenizer with a
+# ChatML template), a Python venv with the official openai SDK, then runs tests/test_http.py
+# against `expertd serve` on ephemeral ports.
+# Usage: test-http.sh EXPERTD SYNTH_MODEL FIXTURES_DIR SOURCE_DIR WORK_DIR
+set -u
+expertd=$1 synth=$2 fixtures=$3 src=$4 work=$5
+venv=$src/build/http-venv
+mkdir -p "$work"
+work=$(cd "$work" && pwd)
+
+py=$("$src/tools/test-venv.sh" "$src")
+rc=$?
+if [ $rc != 0 ]; then
+  [ $rc = 77 ] && echo "SKIPPED: the test venv could not be made (see above)"
+  exit $rc
+fi
+
+# The model: vocab equals the tokenizer's (600 tokens + <think> and </think> as 600, 601).
+model=$work/model
+if [ ! -f "$model/model.safetensors" ]; then
+  "$synth" --out "$model" --vocab 602 --layers 2 --hidden 64 --experts 8 --top-k 2 --max-pos 8192 >/dev/null || exit 1
+fi
+cp "$fixtures/tokenizers/qwen2/tokenizer.json" "$model/"
+cp "$fixtures/chat/qwen2_moe/tokenizer_config.json" "$model/"
+# The same weights with a chat template expertd does not recognise.
+odd=$work/model-odd-template
+mkdir -p "$odd"
+for f in config.json model.safetensors tokenizer.json; do ln -sf "$model/$f" "$odd/$f"; done
+cat >"$odd/tokenizer_config.json" <<'JSON'
+{"eos_token": "<|im_end|>", "chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}
+JSON
+
+exec "$venv/bin/python" "$src/tests/test_http.py" "$expertd" "$model" "$odd"
