@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Writes the markdown of bench/run-serving-bench.sh from its run directory.
+
+The directory holds meta.json (machine, versions, command, settings), loadgen JSONs named
+SERVER-cN.json (SERVER: expertd, llamacpp) and greedy.json (compare_greedy.py), any of which
+may be missing (a server that could not run). Usage: serving_report.py RUN_DIR OUT.md
+"""
+import json
+import os
+import sys
+
+
+def load(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def fmt(x, nd=1):
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def ratio(a, b, nd=2):
+    if a is None or b in (None, 0):
+        return "-"
+    return f"{a / b:.{nd}f}"
+
+
+def main():
+    run, out = sys.argv[1], sys.argv[2]
+    meta = load(os.path.join(run, "meta.json")) or {}
+    conc = meta.get("concurrency", [1, 8, 32])
+    L = []
+    L.append(f"# Serving on the CPU: expertd against llama.cpp (llama-cpp-python's server)\n")
+    L.append(meta.get("intro", "").strip() + "\n" if meta.get("intro") else "")
+    L.append("## Setup\n")
+    for k in ("date", "machine", "load", "model", "gguf", "workload", "threads", "expertd",
+              "llama_cpp_python", "llama_cpp", "openai_sdk", "command"):
+        if k in meta:
+            v = meta[k]
+            L.append(f"- {k.replace('_', '-')}: {'`' + v + '`' if k == 'command' else v}")
+    L.append("")
+    L.append("## Throughput and latency\n")
+    L.append("Each row: the same requests (same prompts, max_tokens, temperature 0, EOS banned by "
+             "logit_bias so every request generates max_tokens) sent by `bench/loadgen.py` in "
+             "closed loop at that concurrency, one server at a time. Ratios are expertd / "
+             "llama.cpp: above 1 is better for expertd in throughput, below 1 is better for "
+             "expertd in latency.\n")
+    L.append("| concurrency | server | requests ok / errors | req/s | output tok/s | TTFT p50 ms | "
+             "TTFT p99 ms | ITL p50 ms | ITL p99 ms | TPOT p50 ms | e2e p50 ms | e2e p99 ms |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    ratios = []
+    for c in conc:
+        got = {}
+        for srv, label in (("expertd", "expertd"), ("llamacpp", "llama.cpp")):
+            d = load(os.path.join(run, f"{srv}-c{c}.json"))
+            if d is None:
+                L.append(f"| {c} | {label} | did not run | - | - | - | - | - | - | - | - | - |")
+                continue
+            s = d["summary"]
+            got[srv] = s
+            L.append(f"| {c} | {label} | {s['completed']} / {s['errors']} | "
+                     f"{fmt(s['request_throughput_rps'], 2)} | {fmt(s['output_throughput_tps'])} | "
+                     f"{fmt(s['ttft_ms'].get('p50'))} | {fmt(s['ttft_ms'].get('p99'))} | "
+                     f"{fmt(s['itl_ms'].get('p50'), 2)} | {fmt(s['itl_ms'].get('p99'), 2)} | "
+                     f"{fmt(s['tpot_ms'].get('p50'), 2)} | "
+                     f"{fmt(s['e2e_ms'].get('p50'))} | {fmt(s['e2e_ms'].get('p99'))} |")
+        if "expertd" in got and "llamacpp" in got:
+            e, l = got["expertd"], got["llamacpp"]
+            ratios.append(
+                f"| {c} | {ratio(e['output_throughput_tps'], l['output_throughput_tps'])} | "
+                f"{ratio(e['request_throughput_rps'], l['request_throughput_rps'])} | "
+                f"{ratio(e['ttft_ms'].get('p50'), l['ttft_ms'].get('p50'))} | "
+                f"{ratio(e['ttft_ms'].get('p99'), l['ttft_ms'].get('p99'))} | "
+                f"{ratio(e['itl_ms'].get('p50'), l['itl_ms'].get('p50'))} | "
+                f"{ratio(e['itl_ms'].get('p99'), l['itl_ms'].get('p99'))} | "
+                f"{ratio(e['e2e_ms'].get('p50'), l['e2e_ms'].get('p50'))} |")
+    if ratios:
+        L.append("\nRatios expertd / llama.cpp:\n")
+        L.append("| concurrency | output tok/s | req/s | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | e2e p50 |")
+        L.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        L.extend(ratios)
+    g = load(os.path.join(run, "greedy.json"))
+    L.append("\n## Greedy agreement\n")
+    if g is None:
+        L.append(meta.get("greedy_note", "Not measured (one server did not run)."))
+    else:
+        L.append(f"temperature 0, {g['max_tokens']} tokens per prompt, EOS banned, streamed; "
+                 f"tokens compared one by one (one streamed chunk is one token in both servers). "
+                 f"**{g['identical']} of {g['prompts']} continuations identical; "
+                 f"{g['leading_tokens_agree_total']} of {g['tokens_compared_total']} tokens agree "
+                 f"before the first difference.**\n")
+        L.append("| prompt | leading tokens agree | expertd | llama.cpp |")
+        L.append("| --- | --- | --- | --- |")
+        for r in g["rows"]:
+            def cell(t):
+                return json.dumps(t, ensure_ascii=False)[1:-1].replace("|", "\\|")[:160]
+            L.append(f"| {cell(r['prompt'])} | {r['leading_tokens_agree']} / "
+                     f"{min(r['a_tokens'], r['b_tokens'])} | {cell(r['a_text'])} | {cell(r['b_text'])} |")
+    for note in meta.get("notes", []):
+        L.append("\n" + note.strip())
+    with open(out, "w", encoding="utf-8") as f:
+        f.write("\n".join(x for x in L if x is not None) + "\n")
+
+
+if __name__ == "__main__":
+    main()
