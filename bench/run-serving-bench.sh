@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 src=$(pwd)
 cmdline="bench/run-serving-bench.sh $*"
 
-model="" threads=2 concurrency="1 8 32" prompt_words="" output_tokens=64 outtype=bf16
+model="" threads=1 concurrency="1 8 32" prompt_words="" output_tokens=64 outtype=bf16
 out=bench/results/serving-cpu.md no_llama=0
 while [ $# -gt 0 ]; do
   case $1 in
