@@ -195,6 +195,12 @@ async def one_request(client, args, prompt, max_tokens):
         rec["ok"] = rec["chunks"] > 0 or max_tokens == 0
         if not rec["ok"]:
             rec["error"] = "EmptyStream: no token streamed"
+        elif rec["finish_reason"] is None:
+            # A stream cut short (e.g. llama-cpp-python's server with interrupt_requests, its
+            # default, ends a stream when another request arrives) is not a completed request.
+            rec["ok"] = False
+            rec["error"] = (f"Truncated: stream ended after {rec['chunks']} tokens "
+                            "without a finish_reason")
     except Exception as e:  # noqa: BLE001 - every failure is counted, by kind
         rec["e2e"] = time.perf_counter() - t0
         status = getattr(e, "status_code", None)

@@ -137,7 +137,7 @@ if [ $no_llama = 0 ]; then
   lport=$(free_port)
   "$lpy" -m llama_cpp.server --model "$gguf_path" --model_alias "$name" --host 127.0.0.1 \
     --port "$lport" --n_threads "$threads" --n_threads_batch "$threads" --n_ctx "$ctx" \
-    --n_batch 512 >"$run/llamacpp.log" 2>&1 &
+    --n_batch 512 --interrupt_requests false >"$run/llamacpp.log" 2>&1 &
   pids+=($!)
   lurl=http://127.0.0.1:$lport
   if ! wait_up "$lurl" "${pids[-1]}" "$run/llamacpp.log"; then
@@ -206,6 +206,17 @@ meta = {
     "notes": [n for n in E["NOTES"].split("\n") if n.strip()],
 }
 if E["HAVE_LLAMA"] == "1":
+    meta["notes"] += [
+        "How to read the concurrency rows: llama-cpp-python's server holds one `Llama` object "
+        "behind a lock and runs one request at a time (started here with "
+        "`--interrupt_requests false`; its default, true, ends the running stream when another "
+        "request arrives); the others wait in its queue, so their TTFT includes that wait. expertd "
+        "batches all running sequences in each step (continuous batching). llama.cpp's own "
+        "`llama-server` binary (parallel slots, `-np`) is not what llama-cpp-python ships.",
+        "Numerics: expertd computes in f32 with bf16 weights widened exactly; llama.cpp's CPU "
+        "matmul for BF16 weights rounds the activations to bf16 first (`vec_dot_type` BF16), so "
+        "greedy continuations of the two may part where two logits are close.",
+    ]
     meta["llama_cpp_python"] = sh(".venv-llama/bin/python -c 'import llama_cpp; print(llama_cpp.__version__)'")
     meta["llama_cpp"] = sh(".venv-llama/bin/python -c 'import llama_cpp; print(llama_cpp.llama_print_system_info().decode())'")
 # prompt tokens as expertd counted them
