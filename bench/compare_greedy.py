@@ -24,8 +24,9 @@ DEFAULT_PROMPTS = [
 ]
 
 
-async def tokens_of(client, model, prompt, max_tokens, ban):
-    kw = dict(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0, stream=True)
+async def tokens_of(client, model, prompt, max_tokens, ban, extra):
+    kw = dict(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0, stream=True,
+              extra_body=extra or None)
     if ban:
         kw["logit_bias"] = {str(t): -100 for t in ban}
     toks, finish = [], None
@@ -49,14 +50,25 @@ async def main_async(args):
     prompts = args.prompt or DEFAULT_PROMPTS
     rows = []
     for p in prompts:
-        ta, fa = await tokens_of(a, args.a_model, p, args.max_tokens, args.ban_token)
-        tb, fb = await tokens_of(b, args.b_model, p, args.max_tokens, args.ban_token)
+        ta, fa = await tokens_of(a, args.a_model, p, args.max_tokens, args.ban_token, args.a_extra_body)
+        tb, fb = await tokens_of(b, args.b_model, p, args.max_tokens, args.ban_token, args.b_extra_body)
         agree = 0
         for x, y in zip(ta, tb):
             if x != y:
                 break
             agree += 1
+        # Bytes that do not form a character (a token holding part of one, frequent from a
+        # random model) stream as U+FFFD from expertd (lossy UTF-8, as transformers' decode)
+        # and as nothing from llama-cpp-python (errors="ignore"): compare without them too.
+        sa, sb = "".join(ta).replace("\ufffd", ""), "".join(tb).replace("\ufffd", "")
+        chars = 0
+        for x, y in zip(sa, sb):
+            if x != y:
+                break
+            chars += 1
         rows.append({"prompt": p, "a_text": "".join(ta), "b_text": "".join(tb),
+                     "identical_without_fffd": sa == sb, "leading_chars_agree_without_fffd": chars,
+                     "chars_without_fffd": [len(sa), len(sb)],
                      "a_tokens": len(ta), "b_tokens": len(tb), "a_finish": fa, "b_finish": fb,
                      "leading_tokens_agree": agree,
                      "identical": "".join(ta) == "".join(tb)})
@@ -64,6 +76,7 @@ async def main_async(args):
     await b.close()
     return {"a": args.a_label, "b": args.b_label, "max_tokens": args.max_tokens,
             "prompts": len(rows), "identical": sum(r["identical"] for r in rows),
+            "identical_without_fffd": sum(r["identical_without_fffd"] for r in rows),
             "leading_tokens_agree_total": sum(r["leading_tokens_agree"] for r in rows),
             "tokens_compared_total": sum(min(r["a_tokens"], r["b_tokens"]) for r in rows),
             "rows": rows}
@@ -77,6 +90,8 @@ def main():
     ap.add_argument("--b-url", required=True)
     ap.add_argument("--b-model", required=True)
     ap.add_argument("--b-label", default="b")
+    ap.add_argument("--a-extra-body", type=json.loads, default=None, help="JSON merged into a's requests")
+    ap.add_argument("--b-extra-body", type=json.loads, default=None, help="JSON merged into b's requests")
     ap.add_argument("--prompt", action="append")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--ban-token", type=int, action="append", default=[])
@@ -88,7 +103,8 @@ def main():
         open(args.out, "w", encoding="utf-8").write(text + "\n")
     else:
         print(text)
-    print(f"compare_greedy: {res['identical']}/{res['prompts']} identical, "
+    print(f"compare_greedy: {res['identical']}/{res['prompts']} identical "
+          f"({res['identical_without_fffd']} without U+FFFD), "
           f"{res['leading_tokens_agree_total']}/{res['tokens_compared_total']} leading tokens agree",
           file=sys.stderr)
 

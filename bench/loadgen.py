@@ -142,7 +142,7 @@ async def one_request(client, args, prompt, max_tokens):
            "chunks": 0, "output_tokens": None, "prompt_tokens": None, "ttft": None,
            "e2e": None, "itl": [], "text": "" if args.keep_text else None, "error": None,
            "finish_reason": None}
-    extra = {}
+    extra = dict(args.extra_body or {})
     if args.ignore_eos:
         extra["ignore_eos"] = True
     common = dict(model=args.model, max_tokens=max_tokens, temperature=args.temperature,
@@ -365,6 +365,10 @@ def main(argv=None):
     p.add_argument("--ignore-eos", action="store_true", help="send ignore_eos: true (vLLM, expertd)")
     p.add_argument("--ban-token", type=int, action="append", default=[],
                    help="logit_bias -100 on this token id (repeatable; e.g. EOS, portable)")
+    p.add_argument("--extra-body", type=json.loads, default=None,
+                   help="JSON object merged into every request body, for server-specific "
+                        "parameters (e.g. '{\"repeat_penalty\": 1.0}' for llama-cpp-python, "
+                        "whose default 1.1 is not OpenAI's)")
     p.add_argument("--include-usage", action="store_true",
                    help="ask for stream_options.include_usage (token counts from the server)")
     p.add_argument("--seed", type=int, default=0, help="workload RNG seed (prompts, lengths, arrivals)")

@@ -149,6 +149,7 @@ fi
 if [ -n "$lurl" ]; then
   "$py" bench/compare_greedy.py --a-url "$xurl/v1" --a-model "$name" --a-label expertd \
     --b-url "$lurl/v1" --b-model "$name" --b-label llama.cpp --max-tokens 32 "${ban_args[@]}" \
+    --b-extra-body '{"repeat_penalty": 1.0}' \
     --out "$run/greedy.json" || notes+=("compare_greedy.py failed.")
 fi
 
@@ -162,7 +163,8 @@ for c in $concurrency; do
   "$py" bench/loadgen.py --base-url "$xurl/v1" --include-usage "${common[@]}" --out "$run/expertd-c$c.json" \
     || notes+=("loadgen against expertd at concurrency $c failed.")
   if [ -n "$lurl" ]; then
-    "$py" bench/loadgen.py --base-url "$lurl/v1" "${common[@]}" --out "$run/llamacpp-c$c.json" \
+    "$py" bench/loadgen.py --base-url "$lurl/v1" "${common[@]}" --extra-body '{"repeat_penalty": 1.0}' \
+      --out "$run/llamacpp-c$c.json" \
       || notes+=("loadgen against llama.cpp at concurrency $c failed.")
   fi
 done
@@ -216,6 +218,9 @@ if E["HAVE_LLAMA"] == "1":
         "Numerics: expertd computes in f32 with bf16 weights widened exactly; llama.cpp's CPU "
         "matmul for BF16 weights rounds the activations to bf16 first (`vec_dot_type` BF16), so "
         "greedy continuations of the two may part where two logits are close.",
+        "llama-cpp-python's completions default to repeat_penalty 1.1 (not an OpenAI parameter); "
+        "every request to it here sends repeat_penalty 1.0 so that temperature 0 is plain greedy "
+        "decoding as in expertd (with 1.1 the continuations part after a token or two).",
     ]
     meta["llama_cpp_python"] = sh(".venv-llama/bin/python -c 'import llama_cpp; print(llama_cpp.__version__)'")
     meta["llama_cpp"] = sh(".venv-llama/bin/python -c 'import llama_cpp; print(llama_cpp.llama_print_system_info().decode())'")

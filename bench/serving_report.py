@@ -93,16 +93,24 @@ def main():
     else:
         L.append(f"temperature 0, {g['max_tokens']} tokens per prompt, EOS banned, streamed; "
                  f"tokens compared one by one (one streamed chunk is one token in both servers). "
-                 f"**{g['identical']} of {g['prompts']} continuations identical; "
-                 f"{g['leading_tokens_agree_total']} of {g['tokens_compared_total']} tokens agree "
-                 f"before the first difference.**\n")
-        L.append("| prompt | leading tokens agree | expertd | llama.cpp |")
-        L.append("| --- | --- | --- | --- |")
+                 f"**{g['identical']} of {g['prompts']} continuations identical as streamed, "
+                 f"{g.get('identical_without_fffd', '-')} of {g['prompts']} identical once U+FFFD is "
+                 f"removed; {g['leading_tokens_agree_total']} of {g['tokens_compared_total']} "
+                 f"streamed tokens agree before the first difference.** Bytes that do not form a "
+                 f"character (a token holding part of a UTF-8 character) stream as U+FFFD from "
+                 f"expertd (lossy decoding, as transformers) and as nothing from llama-cpp-python "
+                 f"(it decodes with errors=ignore), so the token-by-token count stops at the first "
+                 f"such token even where both chose the same tokens; the comparison without U+FFFD "
+                 f"shows whether the text is the same.\n")
+        L.append("| prompt | leading tokens agree | same text without U+FFFD | leading chars agree (without U+FFFD) | expertd | llama.cpp |")
+        L.append("| --- | --- | --- | --- | --- | --- |")
         for r in g["rows"]:
             def cell(t):
                 return json.dumps(t, ensure_ascii=False)[1:-1].replace("|", "\\|")[:160]
             L.append(f"| {cell(r['prompt'])} | {r['leading_tokens_agree']} / "
-                     f"{min(r['a_tokens'], r['b_tokens'])} | {cell(r['a_text'])} | {cell(r['b_text'])} |")
+                     f"{min(r['a_tokens'], r['b_tokens'])} | {'yes' if r.get('identical_without_fffd') else 'no'} | "
+                     f"{r.get('leading_chars_agree_without_fffd', '-')} / {min(r.get('chars_without_fffd', [0, 0]))} | "
+                     f"{cell(r['a_text'])} | {cell(r['b_text'])} |")
     for note in meta.get("notes", []):
         L.append("\n" + note.strip())
     with open(out, "w", encoding="utf-8") as f:
