@@ -2,8 +2,8 @@
 """Greedy agreement between two OpenAI-compatible servers serving the same model.
 
 For each prompt, streams a temperature-0 completion of --max-tokens from both servers (the
-openai SDK) and compares the streamed tokens one by one (in expertd and llama.cpp one streamed
-chunk is one token). Prints JSON: per prompt both texts, the number of leading tokens that
+openai SDK) and compares the streamed chunks one by one (one per token in expertd; mostly one
+per token in llama-cpp-python), and the whole texts with and without U+FFFD. Prints JSON: per prompt both texts, the number of leading tokens that
 agree, whether the whole continuations are equal; and the totals.
 
 Usage: compare_greedy.py --a-url URL --a-model NAME --b-url URL --b-model NAME

@@ -191,7 +191,10 @@ async def one_request(client, args, prompt, max_tokens):
                 rec["text"] += text
         rec["e2e"] = time.perf_counter() - t0
         if rec["output_tokens"] is None:
-            rec["output_tokens"] = rec["chunks"]
+            # No usage from the server: a request that ended by length generated max_tokens;
+            # otherwise count streamed chunks (one per token in expertd; llama-cpp-python's
+            # stream can split or merge tokens, so prefer --include-usage or finish by length).
+            rec["output_tokens"] = max_tokens if rec["finish_reason"] == "length" else rec["chunks"]
         rec["ok"] = rec["chunks"] > 0 or max_tokens == 0
         if not rec["ok"]:
             rec["error"] = "EmptyStream: no token streamed"
@@ -296,8 +299,8 @@ def summarize(args, records, wall):
     prompt_tokens = [r["prompt_tokens"] for r in ok if r["prompt_tokens"] is not None]
     tpot = []
     for r in ok:
-        n = r["chunks"]
-        if n > 1:
+        n = r["output_tokens"] or 0
+        if n > 1 and r["ttft"] is not None:
             tpot.append((r["e2e"] - r["ttft"]) / (n - 1))
     itl = [g for r in ok for g in r["itl"]]
     summary = {

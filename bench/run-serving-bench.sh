@@ -61,8 +61,9 @@ if [ -z "$model" ]; then
   fi
 fi
 name=$(basename "$model")
-# EOS ids of config.json, generation_config.json and tokenizer_config.json's eos_token: banned
-# (logit_bias -100) in every request so both servers generate exactly max_tokens.
+# EOS ids of config.json, generation_config.json and tokenizer_config.json's eos_token, and every
+# special added token: banned (logit_bias -100) in every request so that both servers generate
+# exactly max_tokens.
 ban=$(python3 - "$model" <<'EOF'
 import json, os, sys
 d = sys.argv[1]
@@ -78,7 +79,9 @@ e = tc.get("eos_token")
 if isinstance(e, dict):
     e = e.get("content")
 for at in tj.get("added_tokens", []):
-    if at["content"] == e:
+    # the eos token, and every special token: llama.cpp ends generation on some by their text
+    # alone (<|endoftext|>, <|im_end|>, ...) where transformers and expertd do not
+    if at["content"] == e or at.get("special"):
         ids.add(at["id"])
 print(" ".join(str(i) for i in sorted(ids)))
 EOF
@@ -197,7 +200,7 @@ meta = {
     "gguf": (f"{E['GGUF']} ({E['OUTTYPE']}; norms and router F32) by bench/hf_to_gguf_olmoe.py"
              if E["HAVE_LLAMA"] == "1" else "not used"),
     "workload": f"closed loop; prompts of {E['PWORDS']} random words (same seeded prompts for both), "
-                f"max_tokens {E['OTOK']}, temperature 0, EOS ids {E['BAN']} banned by logit_bias; "
+                f"max_tokens {E['OTOK']}, temperature 0, EOS and special token ids {E['BAN']} banned by logit_bias; "
                 f"requests per run max(8, 2 x concurrency) after 2 warm-up requests; completions endpoint, streamed",
     "threads": f"{E['THREADS']} for each server (expertd --threads; llama.cpp n_threads and n_threads_batch)",
     "expertd": f"commit {sh('git rev-parse --short HEAD')}{' (dirty tree)' if sh('git status --porcelain --untracked-files=no') else ''}, "

@@ -51,7 +51,11 @@ def main():
              "logit_bias so every request generates max_tokens) sent by `bench/loadgen.py` in "
              "closed loop at that concurrency, one server at a time. Ratios are expertd / "
              "llama.cpp: above 1 is better for expertd in throughput, below 1 is better for "
-             "expertd in latency.\n")
+             "expertd in latency. TPOT (time per output token: per request, time after the "
+             "first token / (output tokens - 1)) is the per-token figure to compare: ITL is "
+             "measured between streamed chunks, and llama-cpp-python's stream holds back and "
+             "splits text (more chunks than tokens, several in a burst), so its ITL p50 is not "
+             "a per-token time.\n")
     L.append("| concurrency | server | requests ok / errors | req/s | output tok/s | TTFT p50 ms | "
              "TTFT p99 ms | ITL p50 ms | ITL p99 ms | TPOT p50 ms | e2e p50 ms | e2e p99 ms |")
     L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -92,11 +96,12 @@ def main():
         L.append(meta.get("greedy_note", "Not measured (one server did not run)."))
     else:
         L.append(f"temperature 0, {g['max_tokens']} tokens per prompt, EOS banned, streamed; "
-                 f"tokens compared one by one (one streamed chunk is one token in both servers). "
+                 f"streamed chunks compared one by one (a chunk is a token in expertd; llama-cpp-python's "
+                 f"stream mostly sends one per token but holds back and splits some). "
                  f"**{g['identical']} of {g['prompts']} continuations identical as streamed, "
                  f"{g.get('identical_without_fffd', '-')} of {g['prompts']} identical once U+FFFD is "
                  f"removed; {g['leading_tokens_agree_total']} of {g['tokens_compared_total']} "
-                 f"streamed tokens agree before the first difference.** Bytes that do not form a "
+                 f"streamed chunks agree before the first difference.** Bytes that do not form a "
                  f"character (a token holding part of a UTF-8 character) stream as U+FFFD from "
                  f"expertd (lossy decoding, as transformers) and as nothing from llama-cpp-python "
                  f"(it decodes with errors=ignore), so the token-by-token count stops at the first "
