@@ -82,12 +82,12 @@ def main():
                 f"{ratio(e['request_throughput_rps'], l['request_throughput_rps'])} | "
                 f"{ratio(e['ttft_ms'].get('p50'), l['ttft_ms'].get('p50'))} | "
                 f"{ratio(e['ttft_ms'].get('p99'), l['ttft_ms'].get('p99'))} | "
-                f"{ratio(e['itl_ms'].get('p50'), l['itl_ms'].get('p50'))} | "
-                f"{ratio(e['itl_ms'].get('p99'), l['itl_ms'].get('p99'))} | "
-                f"{ratio(e['e2e_ms'].get('p50'), l['e2e_ms'].get('p50'))} |")
+                f"{ratio(e['tpot_ms'].get('p50'), l['tpot_ms'].get('p50'))} | "
+                f"{ratio(e['e2e_ms'].get('p50'), l['e2e_ms'].get('p50'))} | "
+                f"{ratio(e['e2e_ms'].get('p99'), l['e2e_ms'].get('p99'))} |")
     if ratios:
         L.append("\nRatios expertd / llama.cpp:\n")
-        L.append("| concurrency | output tok/s | req/s | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | e2e p50 |")
+        L.append("| concurrency | output tok/s | req/s | TTFT p50 | TTFT p99 | TPOT p50 | e2e p50 | e2e p99 |")
         L.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
         L.extend(ratios)
     g = load(os.path.join(run, "greedy.json"))
