@@ -19,10 +19,13 @@ generates exactly max_tokens.
 
 Output (JSON on stdout or --out FILE): the configuration, then time to first token (TTFT),
 inter-token latency (ITL: every gap between consecutive streamed tokens of a request, pooled),
-time per output token (TPOT: per request, (end - first token) / (tokens - 1)), end-to-end
+time per output token (TPOT: per request, (end - first token) / (output tokens - 1)), end-to-end
 latency, each as mean/p50/p90/p99/max in milliseconds; request and output-token throughput over
-the measured wall time; errors by kind with the first messages. --per-request adds each
-request's record.
+the measured wall time; errors by kind with the first messages (a stream that ends without a
+finish_reason is an error). Output tokens: the server's usage with --include-usage, else
+max_tokens for a request that finished by length, else the streamed chunks (one per token in
+expertd; llama-cpp-python's stream splits and holds back some, so its chunk gaps are not
+per-token times: compare TPOT). --per-request adds each request's record.
 
 Example:
   loadgen.py --base-url http://127.0.0.1:8000/v1 --model default --concurrency 8 \\
