@@ -418,6 +418,12 @@ static int cpu_forward(void *p, const struct xd_batch *b, struct xd_forward_out 
     const struct xd_model_config *c = &s->m->config;
     const int H = c->hidden_size;
     int n = 0;
+#ifdef _OPENMP
+    /* The thread count is a per-thread OpenMP setting: the daemon's scheduler thread is not the
+     * thread that created the backend, so set it on the thread that runs the step. */
+    if (s->opts.n_threads > 0)
+        omp_set_num_threads(s->opts.n_threads);
+#endif
 
     for (int i = 0; i < b->n_seqs; i++) {
         const struct xd_seq_chunk *sc = &b->seqs[i];
