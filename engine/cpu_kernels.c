@@ -43,6 +43,43 @@ static inline __attribute__((always_inline)) float dot_bf16(const float *a, cons
     return acc[0] + tail;
 }
 
+/* Four dot products against one vector b, each in exactly dot_f32's order (the same lanes, tail
+ * and reduction), so a token's result does not depend on how many tokens share the step; b is
+ * loaded once for the four, which is what makes prefill faster than four single dots. */
+static inline __attribute__((always_inline)) void dot4_f32(const float *a, int64_t stride,
+                                                          const float *b, int n, float *ret)
+{
+    const float *a0 = a, *a1 = a + stride, *a2 = a + 2 * stride, *a3 = a + 3 * stride;
+    float acc0[LANES] = {0}, acc1[LANES] = {0}, acc2[LANES] = {0}, acc3[LANES] = {0};
+    int i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) {
+            const float bj = b[i + j];
+            acc0[j] += a0[i + j] * bj;
+            acc1[j] += a1[i + j] * bj;
+            acc2[j] += a2[i + j] * bj;
+            acc3[j] += a3[i + j] * bj;
+        }
+    float t0 = 0.0f, t1 = 0.0f, t2 = 0.0f, t3 = 0.0f;
+    for (; i < n; i++) {
+        t0 += a0[i] * b[i];
+        t1 += a1[i] * b[i];
+        t2 += a2[i] * b[i];
+        t3 += a3[i] * b[i];
+    }
+    for (int w = LANES / 2; w > 0; w /= 2)
+        for (int j = 0; j < w; j++) {
+            acc0[j] += acc0[j + w];
+            acc1[j] += acc1[j + w];
+            acc2[j] += acc2[j + w];
+            acc3[j] += acc3[j + w];
+        }
+    ret[0] = acc0[0] + t0;
+    ret[1] = acc1[0] + t1;
+    ret[2] = acc2[0] + t2;
+    ret[3] = acc3[0] + t3;
+}
+
 float xd_cpu_dot(const float *a, const float *b, int n)
 {
     return dot_f32(a, b, n);
@@ -77,7 +114,14 @@ void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y)
                 xd_dtype_to_f32(w->dtype, (const uint16_t *)w->data + r * cols, wrow,
                                 (size_t)cols);
             }
-            for (int t = 0; t < n; t++)
+            int t = 0;
+            for (; t + 4 <= n; t += 4) {
+                float out[4];
+                dot4_f32(x + (int64_t)t * cols, cols, wr, (int)cols, out);
+                for (int k = 0; k < 4; k++)
+                    y[(int64_t)(t + k) * rows + r] = out[k];
+            }
+            for (; t < n; t++)
                 y[(int64_t)t * rows + r] = dot_f32(x + (int64_t)t * cols, wr, (int)cols);
         }
     }
