@@ -318,16 +318,22 @@ static json_t *envelope(const struct gen_job *j, bool chunk)
 
 /* ---- streaming ---- */
 
-static void sse_json(struct gen_job *j, json_t *o)
+/* Appends one SSE event "data: <s>\n\n" and frees s (NULL: out of memory, nothing sent). */
+static void sse_data(struct gen_job *j, char *s)
 {
-    char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
     if (!s)
         return;
     sbuf_add(&j->out, "data: ", 6);
     sbuf_add(&j->out, s, strlen(s));
     sbuf_add(&j->out, "\n\n", 2);
     free(s);
+}
+
+static void sse_json(struct gen_job *j, json_t *o)
+{
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    sse_data(j, s);
 }
 
 /* One chunk for choice c: text (may be empty), a token's logprobs (x may be NULL), finish
@@ -374,13 +380,7 @@ static void sse_error(struct gen_job *j, int status, const char *type, const cha
 {
     struct xd_api_error e;
     xd_api_error_set(&e, status, type, NULL, NULL, "%s", msg);
-    char *s = xd_api_error_json(&e);
-    if (!s)
-        return;
-    sbuf_add(&j->out, "data: ", 6);
-    sbuf_add(&j->out, s, strlen(s));
-    sbuf_add(&j->out, "\n\n", 2);
-    free(s);
+    sse_data(j, xd_api_error_json(&e));
 }
 
 static void sse_finish_stream(struct gen_job *j)
