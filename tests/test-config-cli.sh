@@ -102,5 +102,18 @@ expect generate_config_error 2 "$tmp/genbad.conf:2: key 'max-tokens'" -- "$exper
 printf 'device = tpu\n' >"$tmp/gendev.conf"
 expect generate_validation_names_line 2 "device is set on $tmp/gendev.conf:1" -- "$expertd" generate --config "$tmp/gendev.conf" --model "$olmoe" --prompt-ids 1
 
+# meson install's config step: the example goes in where there is no config, and a reinstall
+# keeps an administrator's edited file.
+installer=$(dirname "$example")/../systemd/install-config.sh
+DESTDIR=$tmp/root "$installer" /etc/expertd "$example" >/dev/null
+echo "port = 9999" >>"$tmp/root/etc/expertd/expertd.conf"
+DESTDIR=$tmp/root "$installer" /etc/expertd "$example" >/dev/null
+if tail -1 "$tmp/root/etc/expertd/expertd.conf" | grep -qx "port = 9999" &&
+   [ "$(head -5 "$tmp/root/etc/expertd/expertd.conf")" = "$(head -5 "$example")" ]; then
+  ok install_keeps_edited_config
+else
+  fail install_keeps_edited_config "$(tail -3 "$tmp/root/etc/expertd/expertd.conf")"
+fi
+
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]
