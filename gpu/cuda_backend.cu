@@ -473,13 +473,12 @@ static int moe(cuda_state *s, int l, int n, struct xd_err *err)
             }
             pinned_all = true;
         }
-        if (predict)
-            for (int i = 0; i < n * K; i++)
-                XD_TRY(xd_expert_pool_prefetch(s->pool, next, s->h_pred[i], err));
     }
-
     int rc = XD_OK;
-    for (int e : present) {
+    for (int i = 0; predict && i < n * K && rc == XD_OK; i++)
+        rc = xd_expert_pool_prefetch(s->pool, next, s->h_pred[i], err);
+    for (size_t i = 0; i < present.size() && rc == XD_OK; i++) {
+        const int e = present[i];
         const int r0 = start[e], rows = start[e + 1] - start[e];
         struct xd_gpu_expert w;
         rc = xd_expert_pool_acquire(s->pool, l, e, &w, err);
