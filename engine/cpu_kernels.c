@@ -89,8 +89,9 @@ float xd_cpu_dot(const float *a, const float *b, int n)
 #define ROW_TILE 16
 
 /* Compiled twice, for x86-64-v3 (AVX2, FMA) and for the baseline, and picked at load time
- * for the CPU it runs on; the inlined dot products vectorise for each. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+ * for the CPU it runs on; the inlined dot products vectorise for each. (Not under
+ * ThreadSanitizer: its instrumented ifunc resolver runs before the runtime exists and crashes.) */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
 void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: builds (installing dependencies as needed), runs every meson suite,
-# then reruns the CPU suites under AddressSanitizer and UBSan. GPU tests skip without a GPU.
+# then reruns the CPU suites under AddressSanitizer and UBSan, and the threaded ones under
+# ThreadSanitizer. GPU tests skip without a GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 tools/bootstrap.sh || exit 1
@@ -19,7 +20,31 @@ ninja -C build-asan >/dev/null || exit 1
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   meson test -C build-asan --print-errorlogs --num-processes 2 || status=1
 
-python3 - build/meson-logs/testlog.json build-asan/meson-logs/testlog.json <<'PY'
+# Data races: the threaded parts (the scheduler's tests; the HTTP suite, whose daemon runs a
+# scheduler thread and a thread per connection) under ThreadSanitizer; a race makes the process
+# exit non-zero, which fails the test. Run outside meson with one OpenMP thread (the meson tests
+# set two, and libgomp is not instrumented, so its barriers would read as races).
+if [ ! -f build-tsan/build.ninja ]; then
+  meson setup build-tsan -Dcuda=disabled -Db_sanitize=thread -Dbuildtype=debugoptimized >/dev/null || exit 1
+fi
+ninja -C build-tsan tests/test-scheduler daemon/expertd >/dev/null || exit 1
+: >build-tsan/tsan-results.json
+tsan_test() { # NAME COMMAND...: runs it, records the result where the summary reads it
+  local name=$1; shift
+  echo "tsan: $name"
+  OMP_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 "$@" >build-tsan/$name.log 2>&1
+  local rc=$? result=OK
+  [ $rc = 77 ] && result=SKIP
+  if [ $rc != 0 ] && [ $rc != 77 ]; then result=FAIL; status=1; tail -40 build-tsan/$name.log; fi
+  printf '{"name": "tsan / %s", "result": "%s", "stdout": %s}\n' "$name" "$result" \
+    "$(head -1 build-tsan/$name.log | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))')" \
+    >>build-tsan/tsan-results.json
+}
+tsan_test scheduler build-tsan/tests/test-scheduler tests/fixtures
+tsan_test http tests/test-http.sh build-tsan/daemon/expertd build/tools/xd-synth-model tests/fixtures "$PWD" build-tsan/tests/http
+
+python3 - build/meson-logs/testlog.json build-asan/meson-logs/testlog.json \
+  build-tsan/tsan-results.json <<'PY'
 import json, sys
 counts = {"passed": 0, "failed": 0, "skipped": 0}
 for path in sys.argv[1:]:
