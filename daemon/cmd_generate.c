@@ -286,10 +286,7 @@ int xd_cmd_generate(int argc, char **argv)
     }
 
     if (o.record_routing) {
-        struct xd_trace_header th = {.n_moe_layers = mc->n_moe_layers, .top_k = mc->top_k,
-                                     .n_experts = mc->n_experts,
-                                     .expert_bytes = xd_model_expert_bytes(model),
-                                     .has_predictions = true};
+        struct xd_trace_header th = xd_trace_header_for(model, true);
         if (xd_trace_writer_create(o.record_routing, &th, &trace, &err) < 0) {
             fprintf(stderr, "expertd generate: %s\n", err.msg);
             goto out;

@@ -118,10 +118,7 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     XD_TRY(xd_config_expert_opts(&c->engine, mc, &eo, err));
     XD_TRY(xd_engine_create(L->model, &eo, &L->engine, err));
     if (c->record_routing) {
-        struct xd_trace_header th = {.n_moe_layers = mc->n_moe_layers, .top_k = mc->top_k,
-                                     .n_experts = mc->n_experts,
-                                     .expert_bytes = xd_model_expert_bytes(L->model),
-                                     .has_predictions = true};
+        struct xd_trace_header th = xd_trace_header_for(L->model, true);
         XD_TRY(xd_trace_writer_create(c->record_routing, &th, &L->trace, err));
     }
     xd_step_engine_init(&L->step, L->engine);

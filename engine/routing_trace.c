@@ -105,6 +105,16 @@ static int header_check(const struct xd_trace_header *h, const char *name, struc
     return XD_OK;
 }
 
+/* Frees w and what it holds (the file must already be closed or be NULL). */
+static void writer_free(struct xd_trace_writer *w)
+{
+    ZSTD_freeCCtx(w->cctx);
+    free(w->zbuf);
+    xd_byte_buf_free(&w->payload);
+    free(w->path);
+    free(w);
+}
+
 int xd_trace_writer_create(const char *path, const struct xd_trace_header *hdr,
                            struct xd_trace_writer **ret, struct xd_err *err)
 {
@@ -141,11 +151,7 @@ int xd_trace_writer_create(const char *path, const struct xd_trace_header *hdr,
 fail:
     if (w->f)
         fclose(w->f);
-    ZSTD_freeCCtx(w->cctx);
-    free(w->zbuf);
-    xd_byte_buf_free(&w->payload);
-    free(w->path);
-    free(w);
+    writer_free(w);
     return rc;
 }
 
@@ -268,11 +274,7 @@ int xd_trace_writer_close(struct xd_trace_writer *w, struct xd_err *err)
     }
     if (fclose(w->f) != 0 && rc == XD_OK)
         rc = xd_err_set(err, XD_ERR_IO, "%s: close failed: %s", w->path, strerror(errno));
-    ZSTD_freeCCtx(w->cctx);
-    free(w->zbuf);
-    xd_byte_buf_free(&w->payload);
-    free(w->path);
-    free(w);
+    writer_free(w);
     return rc;
 }
 

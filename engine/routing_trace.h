@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "model.h"
 #include "status.h"
 
 #define XD_TRACE_NO_EXPERT 0xffff
@@ -51,6 +52,18 @@ struct xd_trace_step {
 };
 
 struct xd_trace_writer;
+
+/* The header of a trace of model's routing (its MoE sizes and one expert's bytes). Inline so
+ * that the trace code itself does not link the model loader. */
+static inline struct xd_trace_header xd_trace_header_for(const struct xd_model *m,
+                                                         bool has_predictions)
+{
+    return (struct xd_trace_header){.n_moe_layers = m->config.n_moe_layers,
+                                    .top_k = m->config.top_k,
+                                    .n_experts = m->config.n_experts,
+                                    .expert_bytes = xd_model_expert_bytes(m),
+                                    .has_predictions = has_predictions};
+}
 
 /* Creates path (truncating it) and writes the header. Errors name the file. */
 int xd_trace_writer_create(const char *path, const struct xd_trace_header *hdr,

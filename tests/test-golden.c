@@ -12,7 +12,7 @@
 #include "xd_build_config.h"
 #if XD_HAVE_CUDA
 #include "gpu.h"
-#include "gpu_probe.h"
+#include "gpu_test.h"
 #endif
 
 /* Tolerance on max |logit difference| against transformers computing in f32:
@@ -491,11 +491,8 @@ int main(int argc, char **argv)
     if (argc > 2 && strcmp(argv[2], "cuda") == 0) {
 #if XD_HAVE_CUDA
         char info[512];
-        xd_gpu_probe(info, sizeof info);
-        if (xd_gpu_device_count() == 0) {
-            printf("SKIPPED: no usable CUDA device here (%s)\n", info);
+        if (!gpu_test_available(info, sizeof info))
             return 77;
-        }
         xd_gpu_register();
         device = XD_DEVICE_CUDA;
         printf("device cuda: %s\n", info);

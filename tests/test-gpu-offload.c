@@ -8,7 +8,7 @@
 
 #include "engine.h"
 #include "gpu.h"
-#include "gpu_probe.h"
+#include "gpu_test.h"
 #include "test.h"
 
 static const char *fixtures;
@@ -163,11 +163,8 @@ int main(int argc, char **argv)
 {
     fixtures = argc > 1 ? argv[1] : "tests/fixtures";
     char info[512];
-    xd_gpu_probe(info, sizeof info);
-    if (xd_gpu_device_count() == 0) {
-        printf("SKIPPED: no usable CUDA device here (%s)\n", info);
+    if (!gpu_test_available(info, sizeof info))
         return 77;
-    }
     xd_gpu_register();
     /* Offloading runs the experts through the cuBLAS path; the resident baseline must too. */
     setenv("EXPERTD_CUDA_SMALL_STEP_SLOTS", "0", 1);
