@@ -38,6 +38,9 @@ const struct xd_opt xd_config_opts[] = {
      "expert cache eviction: lru or predictive (default lru)"},
     {"expert-prefetch", XD_OPT_FLAG, CFG(expert_prefetch), 0, 0, NULL,
      "copy the next layer's predicted experts ahead of need (default true)"},
+    {"expert-prefetch-width", XD_OPT_INT, CFG(expert_prefetch_width), 0, 4096, NULL,
+     "experts prefetched per token for the next layer, best first by its router "
+     "(default 0: the model's top_k)"},
 };
 const size_t xd_config_n_opts = sizeof xd_config_opts / sizeof xd_config_opts[0];
 
@@ -59,10 +62,21 @@ int xd_config_validate(const struct xd_config *cfg, struct xd_err *err)
 }
 
 int xd_config_expert_opts(const struct xd_config *cfg, const struct xd_model_config *mc,
-                          struct xd_engine_opts *eo, struct xd_err *err)
+                          bool recording, struct xd_engine_opts *eo, struct xd_err *err)
 {
     XD_TRY(xd_evict_policy_parse(cfg->expert_policy, &eo->expert_evict_policy, err));
     eo->expert_prefetch = cfg->expert_prefetch;
+    if (cfg->expert_prefetch_width > mc->n_experts)
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "option '--expert-prefetch-width': %d is more than the model's %d "
+                          "experts", cfg->expert_prefetch_width, mc->n_experts);
+    int width = cfg->expert_prefetch_width ? cfg->expert_prefetch_width : mc->top_k;
+    eo->predict_experts = recording;
+    if (recording) {
+        int wide = 2 * mc->top_k < mc->n_experts ? 2 * mc->top_k : mc->n_experts;
+        width = width > wide ? width : wide;
+    }
+    eo->predict_width = width;
     eo->expert_cache_slots = cfg->expert_cache_slots;
     if (cfg->expert_cache_mib > 0) {
         const double bf16_expert = 3.0 * mc->expert_ffn * mc->hidden_size * 2.0;

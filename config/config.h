@@ -18,6 +18,7 @@ struct xd_config {
     int expert_cache_slots; /* the same in experts (give one of the two) */
     const char *expert_policy;   /* lru or predictive */
     bool expert_prefetch;   /* prefetch the next layer's predicted experts */
+    int expert_prefetch_width; /* experts prefetched per token and layer; 0: top_k */
 };
 
 /* The defaults. */
@@ -31,11 +32,13 @@ extern const size_t xd_config_n_opts;
 int xd_config_validate(const struct xd_config *cfg, struct xd_err *err);
 
 /* Fills the expert-offloading fields of *eo from cfg for model: the cache size in slots of
- * bf16 experts (what the GPU pool stores), the policy, prefetch. A cache too small for one
- * expert is XD_ERR_CONFIG naming the key. */
+ * bf16 experts (what the GPU pool stores), the policy, prefetch and its width. recording: a
+ * routing trace is being written, so the engine predicts experts, at least min(n_experts,
+ * 2 * top_k) wide, so that `expertd plan` can try prefetch widths on the trace. A cache too
+ * small for one expert or a width over the model's experts is XD_ERR_CONFIG naming the key. */
 struct xd_engine_opts;
 struct xd_model_config;
 int xd_config_expert_opts(const struct xd_config *cfg, const struct xd_model_config *mc,
-                          struct xd_engine_opts *eo, struct xd_err *err);
+                          bool recording, struct xd_engine_opts *eo, struct xd_err *err);
 
 #endif

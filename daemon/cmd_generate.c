@@ -256,9 +256,8 @@ int xd_cmd_generate(int argc, char **argv)
                                              o.cfg.block_size,
         .max_batch_tokens = o.cfg.max_batch_tokens,
         .n_threads = o.cfg.threads,
-        .predict_experts = o.record_routing != NULL,
     };
-    if (xd_config_expert_opts(&o.cfg, mc, &eopts, &err) < 0) {
+    if (xd_config_expert_opts(&o.cfg, mc, o.record_routing != NULL, &eopts, &err) < 0) {
         fprintf(stderr, "expertd generate: %s\n", err.msg);
         status = 2;
         goto out;
@@ -286,7 +285,8 @@ int xd_cmd_generate(int argc, char **argv)
     }
 
     if (o.record_routing) {
-        struct xd_trace_header th = xd_trace_header_for(model, true);
+        struct xd_trace_header th =
+            xd_trace_header_for(model, xd_engine_opts(engine)->predict_width);
         if (xd_trace_writer_create(o.record_routing, &th, &trace, &err) < 0) {
             fprintf(stderr, "expertd generate: %s\n", err.msg);
             goto out;

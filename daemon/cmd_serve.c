@@ -113,12 +113,12 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
         .n_kv_blocks = (int)blocks,
         .max_batch_tokens = c->engine.max_batch_tokens,
         .n_threads = c->engine.threads,
-        .predict_experts = c->record_routing != NULL,
     };
-    XD_TRY(xd_config_expert_opts(&c->engine, mc, &eo, err));
+    XD_TRY(xd_config_expert_opts(&c->engine, mc, c->record_routing != NULL, &eo, err));
     XD_TRY(xd_engine_create(L->model, &eo, &L->engine, err));
     if (c->record_routing) {
-        struct xd_trace_header th = xd_trace_header_for(L->model, true);
+        struct xd_trace_header th =
+            xd_trace_header_for(L->model, xd_engine_opts(L->engine)->predict_width);
         XD_TRY(xd_trace_writer_create(c->record_routing, &th, &L->trace, err));
     }
     xd_step_engine_init(&L->step, L->engine);

@@ -43,9 +43,10 @@ struct cpu_state {
     float *logits;       /* (T, vocab) */
     int32_t *route_experts; /* (T, n_moe_layers, top_k) */
     float *route_weights;   /* (T, n_moe_layers, top_k) */
-    int32_t *route_pred;    /* (T, n_moe_layers, top_k) with predict_experts, else NULL */
+    int32_t *route_pred;    /* (T, n_moe_layers, W) with predict_experts, else NULL */
+    int pred_width;         /* W: experts predicted per token and layer */
     float *pred_x;          /* (T, hidden) the next MoE layer's normed input, predicted */
-    float *pred_w;          /* (top_k,) scratch */
+    float *pred_w;          /* (W,) scratch */
 };
 
 static void cpu_destroy(void *p)
@@ -133,9 +134,11 @@ static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts,
     s->route_weights = alloc_f(TK * (c->n_moe_layers ? c->n_moe_layers : 1), sizeof(float),
                                &failed);
     if (opts->predict_experts && c->n_moe_layers > 0) {
-        s->route_pred = alloc_f(TK * c->n_moe_layers, sizeof(int32_t), &failed);
+        s->pred_width = opts->predict_width;
+        s->route_pred = alloc_f(T * (size_t)s->pred_width * c->n_moe_layers, sizeof(int32_t),
+                                &failed);
         s->pred_x = alloc_f(T * H, sizeof(float), &failed);
-        s->pred_w = alloc_f((size_t)c->top_k, sizeof(float), &failed);
+        s->pred_w = alloc_f((size_t)s->pred_width, sizeof(float), &failed);
     }
     if (failed) {
         cpu_destroy(s);
@@ -374,13 +377,13 @@ static void predict_next_layer(struct cpu_state *s, int l, int n)
     if (next >= c->n_layers)
         return;
     const struct xd_layer_weights *nw = &s->m->layers[next];
-    const int E = c->n_experts, K = c->top_k, L = c->n_moe_layers;
+    const int E = c->n_experts, W = s->pred_width, L = c->n_moe_layers;
     xd_cpu_rmsnorm(s->h, n, &nw->mlp_norm, c->rms_norm_eps, s->pred_x);
     xd_cpu_matmul(s->pred_x, n, &nw->router, s->router);
     for (int t = 0; t < n; t++) {
         float *p = s->router + (size_t)t * E;
         xd_cpu_softmax(p, E);
-        top_k(p, E, K, s->route_pred + ((size_t)t * L + nw->moe_index) * K, s->pred_w);
+        top_k(p, E, W, s->route_pred + ((size_t)t * L + nw->moe_index) * W, s->pred_w);
     }
 }
 
@@ -392,7 +395,7 @@ static int mlp_block(struct cpu_state *s, int l, int n, struct xd_err *err)
     if (lw->moe_index >= 0) {
         if (s->route_pred) {
             if (lw->moe_index == 0)
-                for (size_t i = 0; i < (size_t)n * c->n_moe_layers * c->top_k; i++)
+                for (size_t i = 0; i < (size_t)n * c->n_moe_layers * s->pred_width; i++)
                     s->route_pred[i] = -1; /* the first MoE layer is never predicted */
             predict_next_layer(s, l, n);
         }
@@ -466,6 +469,7 @@ static int cpu_forward(void *p, const struct xd_batch *b, struct xd_forward_out 
     ret->routing.experts = s->route_experts;
     ret->routing.weights = s->route_weights;
     ret->routing.predicted = s->route_pred;
+    ret->routing.predicted_width = s->pred_width;
     return XD_OK;
 }
 

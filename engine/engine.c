@@ -41,11 +41,18 @@ int xd_engine_create(struct xd_model *model, const struct xd_engine_opts *opts,
                               "(meson -Dcuda=enabled needs nvcc and cuBLAS); use --device cpu");
         break;
     }
+    const int n_experts = model->config.n_experts;
+    if (opts->predict_width < 0 || opts->predict_width > n_experts)
+        return xd_err_set(err, XD_ERR_INVALID,
+                          "engine options: predict_width %d outside 0..%d (the model's experts)",
+                          opts->predict_width, n_experts);
     struct xd_engine *e = calloc(1, sizeof *e);
     if (!e)
         return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
     e->model = model;
     e->opts = *opts;
+    if (e->opts.predict_width == 0)
+        e->opts.predict_width = model->config.top_k;
     e->backend = backend;
     int rc = backend->create(model, &e->opts, &e->state, err);
     if (rc < 0) {

@@ -45,10 +45,12 @@ struct xd_routing {
     int top_k;
     const int32_t *experts; /* (n_tokens, n_moe_layers, top_k) */
     const float *weights;   /* (n_tokens, n_moe_layers, top_k) */
-    /* With xd_engine_opts.predict_experts: for each MoE layer but the first, the experts that
-     * layer's router picks from the hidden state at the previous MoE layer's input (what a
-     * prefetcher can know one layer early); -1 for the first MoE layer. NULL otherwise. */
-    const int32_t *predicted; /* (n_tokens, n_moe_layers, top_k) */
+    /* With xd_engine_opts.predict_experts: for each MoE layer but the first, the
+     * predicted_width experts that layer's router ranks best, best first, from the hidden state
+     * at the previous MoE layer's input (what a prefetcher can know one layer early); -1 for
+     * the first MoE layer. NULL otherwise. */
+    const int32_t *predicted; /* (n_tokens, n_moe_layers, predicted_width) */
+    int predicted_width;
 };
 
 /* What a forward step returns; owned by the engine, valid until its next
@@ -79,6 +81,8 @@ struct xd_engine_opts {
     int n_threads;          /* 0: all cores */
     bool predict_experts;   /* fill xd_routing.predicted (CPU backend; costs one router matmul
                                per MoE layer) */
+    int predict_width;      /* experts predicted per token and layer, recorded and prefetched:
+                               0 means top_k; at most n_experts */
     /* Expert offloading (CUDA): experts live in pinned host memory and this many are cached on
      * the GPU; 0 (or at least every expert) keeps all of them resident. */
     int expert_cache_slots;

@@ -117,8 +117,10 @@ static void touch(struct xd_expert_cache *c, struct cache_slot *s)
 }
 
 /* The slot to give up: an empty one if any, else by the policy among unpinned slots (the
- * predictive policy first among those not predicted). -1 when every slot is pinned. */
-static int pick_victim(const struct xd_expert_cache *c)
+ * predictive policy first among those not predicted). A prefetch never gives up a predicted
+ * expert: one guess must not evict another (or the copy it displaces is wasted twice). -1 when
+ * no slot may go. */
+static int pick_victim(const struct xd_expert_cache *c, bool for_prefetch)
 {
     int best = -1;
     bool best_predicted = true;
@@ -127,7 +129,7 @@ static int pick_victim(const struct xd_expert_cache *c)
         const struct cache_slot *s = &c->slots[i];
         if (s->layer < 0)
             return i;
-        if (s->pins > 0)
+        if (s->pins > 0 || (for_prefetch && c->predicted[key(c, s->layer, s->expert)]))
             continue;
         double score;
         bool predicted = false;
@@ -172,12 +174,13 @@ int xd_expert_cache_get(struct xd_expert_cache *c, int layer, int expert, bool p
         *ret = a;
         return XD_OK;
     }
-    int v = pick_victim(c);
+    int v = pick_victim(c, prefetch);
     if (v < 0)
         return xd_err_set(err, XD_ERR_CAPACITY,
-                          "expert cache: all %d slots are in use by this step; (layer %d, "
+                          "expert cache: all %d slots are in use by this step%s; (layer %d, "
                           "expert %d) cannot come in",
-                          c->n_slots, layer, expert);
+                          c->n_slots, prefetch ? " or hold predicted experts" : "", layer,
+                          expert);
     struct cache_slot *s = &c->slots[v];
     if (s->layer >= 0) {
         a.evicted_layer = s->layer;
@@ -201,6 +204,15 @@ int xd_expert_cache_get(struct xd_expert_cache *c, int layer, int expert, bool p
     a.slot = v;
     *ret = a;
     return XD_OK;
+}
+
+void xd_expert_cache_drop(struct xd_expert_cache *c, int slot)
+{
+    assert(slot >= 0 && slot < c->n_slots && c->slots[slot].pins == 0);
+    struct cache_slot *s = &c->slots[slot];
+    if (s->layer >= 0)
+        c->where[key(c, s->layer, s->expert)] = -1;
+    *s = (struct cache_slot){.layer = -1, .expert = -1};
 }
 
 void xd_expert_cache_unpin(struct xd_expert_cache *c, int slot)

@@ -52,11 +52,14 @@ struct xd_cache_access {
 
 /* Looks up (layer, expert) and, when absent, assigns it a slot, evicting by the policy.
  * prefetch: this is a speculative fetch, not a use (no hit or miss is counted; a present
- * expert is left alone and *ret says hit). The slot comes back pinned; unpin it when the step
+ * expert is left alone and *ret says hit; it never evicts an expert marked predicted). The slot comes back pinned; unpin it when the step
  * no longer reads it. XD_ERR_CAPACITY when every slot is pinned. */
 int xd_expert_cache_get(struct xd_expert_cache *c, int layer, int expert, bool prefetch,
                         struct xd_cache_access *ret, struct xd_err *err);
 void xd_expert_cache_unpin(struct xd_expert_cache *c, int slot);
+/* Empties an unpinned slot whose expert never arrived (its copy failed): the next access to
+ * that expert misses instead of reading what the slot held before. Counters are kept. */
+void xd_expert_cache_drop(struct xd_expert_cache *c, int slot);
 
 /* The slot holding (layer, expert), or -1. Changes nothing. */
 int xd_expert_cache_find(const struct xd_expert_cache *c, int layer, int expert);

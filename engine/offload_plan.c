@@ -4,87 +4,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *xd_predictor_name(enum xd_predictor_kind k)
-{
-    switch (k) {
-    case XD_PREDICT_NONE: return "none";
-    case XD_PREDICT_RECORDED: return "recorded";
-    case XD_PREDICT_PREVIOUS: return "previous";
-    }
-    return NULL;
-}
-
-int xd_predictor_parse(const char *name, enum xd_predictor_kind *ret, struct xd_err *err)
-{
-    for (int k = XD_PREDICT_NONE; k <= XD_PREDICT_PREVIOUS; k++)
-        if (strcmp(name, xd_predictor_name(k)) == 0) {
-            *ret = k;
-            return XD_OK;
-        }
-    return xd_err_set(err, XD_ERR_INVALID,
-                      "unknown predictor '%s' (choose none, recorded or previous)", name);
-}
-
-/* The previous-token predictor's memory: each request's last token's experts, in a
- * direct-mapped table (a collision forgets the older request: a wrong guess, never an error). */
-#define PREV_TABLE 4096
-
-struct prev_entry {
-    uint64_t request;
-    bool used;
-    int32_t *experts; /* (n_layers, top_k) */
-};
-
 struct replay {
     const struct xd_trace_header *h;
     const struct xd_plan_opts *opts;
     struct xd_expert_cache *cache;
-    struct prev_entry *prev;  /* (PREV_TABLE,) for XD_PREDICT_PREVIOUS */
-    int32_t *prev_store;      /* (PREV_TABLE, n_layers, top_k) */
-    bool *pred_set;           /* (n_experts,) */
+    struct xd_expert_predictor *predictor; /* NULL for XD_PREDICT_NONE */
+    double expert_bytes;
+    double copy_seconds;      /* one expert's copy */
+    int32_t *pred_list;       /* (n_experts,) */
+    bool *pred_set;           /* (n_experts,) the predictions for the layer about to run */
     bool *need_set;           /* (n_experts,) */
     int *pinned;              /* (n_experts,) slots pinned by the current layer */
     int n_pinned;
+    /* the simulated timeline */
+    double now;               /* when the current layer starts */
+    double copy_free;         /* when the copy engine finishes what it was given */
+    double *ready_at;         /* (n_layers, n_experts) when the latest copy of each ends */
 };
-
-static struct prev_entry *prev_find(struct replay *rp, uint64_t request)
-{
-    struct prev_entry *e = &rp->prev[(request * 0x9e3779b97f4a7c15ull) >> 52];
-    return e->used && e->request == request ? e : NULL;
-}
-
-/* Fills rp->pred_set with the experts predicted for MoE layer l of step s. */
-static void predict(struct replay *rp, const struct xd_trace_step *s, int l)
-{
-    int L = rp->h->n_moe_layers, K = rp->h->top_k;
-    memset(rp->pred_set, 0, (size_t)(unsigned)rp->h->n_experts * sizeof *rp->pred_set);
-    for (int t = 0; t < s->n_tokens; t++) {
-        const int32_t *p = NULL;
-        if (rp->opts->predictor == XD_PREDICT_RECORDED) {
-            p = s->predicted + ((size_t)t * L + l) * K;
-        } else if (rp->opts->predictor == XD_PREDICT_PREVIOUS) {
-            struct prev_entry *e = prev_find(rp, s->requests[t]);
-            if (e)
-                p = e->experts + (size_t)l * K;
-        }
-        for (int k = 0; p && k < K; k++)
-            if (p[k] >= 0)
-                rp->pred_set[p[k]] = true;
-    }
-}
-
-static void remember(struct replay *rp, const struct xd_trace_step *s)
-{
-    size_t per = (size_t)rp->h->n_moe_layers * rp->h->top_k;
-    for (int t = 0; t < s->n_tokens; t++) {
-        size_t i = (s->requests[t] * 0x9e3779b97f4a7c15ull) >> 52;
-        struct prev_entry *e = &rp->prev[i];
-        e->used = true;
-        e->request = s->requests[t];
-        e->experts = rp->prev_store + i * per;
-        memcpy(e->experts, s->experts + (size_t)t * per, per * sizeof *e->experts);
-    }
-}
 
 static void unpin_layer(struct replay *rp)
 {
@@ -93,44 +29,73 @@ static void unpin_layer(struct replay *rp)
     rp->n_pinned = 0;
 }
 
-/* Replays one step; adds its copy bytes to *ret_bytes and its demand-miss bytes to *ret_miss. */
-static int replay_step(struct replay *rp, const struct xd_trace_step *s, struct xd_plan_result *res,
-                       double *ret_bytes, double *ret_miss, struct xd_err *err)
+/* Queues a copy of (layer, expert) on the copy engine at time issue. */
+static void copy(struct replay *rp, int layer, int expert, double issue, double *ret_bytes)
+{
+    double begin = rp->copy_free > issue ? rp->copy_free : issue;
+    rp->copy_free = begin + rp->copy_seconds;
+    rp->ready_at[(size_t)layer * rp->h->n_experts + expert] = rp->copy_free;
+    *ret_bytes += rp->expert_bytes;
+}
+
+/* The predictions for MoE layer l of step s, copied in (most likely first, while slots are free
+ * of pins) at time issue. */
+static void prefetch(struct replay *rp, const struct xd_trace_step *s, int l, double issue,
+                     struct xd_plan_result *res, double *ret_bytes)
 {
     const struct xd_trace_header *h = rp->h;
-    int L = h->n_moe_layers, K = h->top_k, E = h->n_experts;
-    double eb = (double)h->expert_bytes;
-    for (int l = 0; l < L; l++) {
-        /* Prefetch: the copies issued while the layer before computes. */
-        if (rp->opts->predictor != XD_PREDICT_NONE) {
-            predict(rp, s, l);
-            bool room = true;
-            for (int e = 0; e < E; e++) {
-                if (!rp->pred_set[e])
-                    continue;
-                res->predicted++;
-                xd_expert_cache_predict(rp->cache, l, e);
-                if (!room || xd_expert_cache_find(rp->cache, l, e) >= 0)
-                    continue;
-                struct xd_cache_access a;
-                if (xd_expert_cache_get(rp->cache, l, e, true, &a, NULL) < 0) {
-                    room = false; /* every slot busy: no room to prefetch into */
-                    continue;
-                }
-                xd_expert_cache_unpin(rp->cache, a.slot);
-                *ret_bytes += eb;
-            }
+    memset(rp->pred_set, 0, (size_t)(unsigned)h->n_experts * sizeof *rp->pred_set);
+    if (!rp->predictor)
+        return;
+    const int W = h->pred_width;
+    const int32_t *lookahead = s->predicted ? s->predicted + (size_t)l * W : NULL;
+    int n = xd_expert_predictor_predict(rp->predictor, l, s->n_tokens, lookahead,
+                                        (size_t)h->n_moe_layers * W, W, s->requests,
+                                        rp->pred_list);
+    bool room = true;
+    for (int i = 0; i < n; i++) {
+        const int e = rp->pred_list[i];
+        rp->pred_set[e] = true;
+        res->predicted++;
+        xd_expert_cache_predict(rp->cache, l, e);
+        if (!room || xd_expert_cache_find(rp->cache, l, e) >= 0)
+            continue;
+        struct xd_cache_access a;
+        if (xd_expert_cache_get(rp->cache, l, e, true, &a, NULL) < 0) {
+            room = false; /* every slot busy: no room to prefetch into */
+            continue;
         }
-        /* Demand: the experts this layer's tokens chose. */
+        xd_expert_cache_unpin(rp->cache, a.slot);
+        copy(rp, l, e, issue, ret_bytes);
+    }
+}
+
+/* Replays one step in the GPU pool's order: per MoE layer, its experts are acquired (pinned;
+ * misses copied), then the next layer's predictions prefetched, then the layer computes and
+ * unpins. Adds the step's copy bytes to *ret_bytes, its demand-miss bytes to *ret_miss and
+ * advances the timeline by the step (compute seconds). */
+static int replay_step(struct replay *rp, const struct xd_trace_step *s, double compute,
+                       struct xd_plan_result *res, double *ret_bytes, double *ret_miss,
+                       struct xd_err *err)
+{
+    const struct xd_trace_header *h = rp->h;
+    const int L = h->n_moe_layers, K = h->top_k, E = h->n_experts;
+    const double layer_compute = compute / L;
+    prefetch(rp, s, 0, rp->now, res, ret_bytes); /* history only: no lookahead before layer 0 */
+    for (int l = 0; l < L; l++) {
+        const double start = rp->now;
         memset(rp->need_set, 0, (size_t)(unsigned)E * sizeof *rp->need_set);
         for (int t = 0; t < s->n_tokens; t++)
             for (int k = 0; k < K; k++)
                 rp->need_set[s->experts[((size_t)t * L + l) * K + k]] = true;
+        double last_ready = start;
+        int n_needed = 0;
         for (int e = 0; e < E; e++) {
             if (!rp->need_set[e])
                 continue;
+            n_needed++;
             res->needed++;
-            if (rp->opts->predictor != XD_PREDICT_NONE && rp->pred_set[e])
+            if (rp->pred_set[e])
                 res->predicted_and_needed++;
             struct xd_cache_access a;
             int rc = xd_expert_cache_get(rp->cache, l, e, false, &a, NULL);
@@ -144,79 +109,148 @@ static int replay_step(struct replay *rp, const struct xd_trace_step *s, struct 
                 return rc;
             rp->pinned[rp->n_pinned++] = a.slot;
             if (!a.hit) {
-                *ret_bytes += eb;
-                *ret_miss += eb;
+                double before = *ret_bytes;
+                copy(rp, l, e, start, ret_bytes);
+                *ret_miss += *ret_bytes - before;
             }
+            double ready = rp->ready_at[(size_t)l * E + e];
+            last_ready = ready > last_ready ? ready : last_ready;
         }
+        if (l + 1 < L)
+            prefetch(rp, s, l + 1, start, res, ret_bytes);
         unpin_layer(rp);
         xd_expert_cache_clear_predictions(rp->cache, l);
+        /* present experts compute while the missing ones copy; the last waits for its copy */
+        double end = start + layer_compute;
+        double tail = n_needed ? last_ready + layer_compute / n_needed : start;
+        if (tail > end) {
+            res->stall_seconds += tail - end;
+            end = tail;
+        }
+        rp->now = end;
     }
-    if (rp->opts->predictor == XD_PREDICT_PREVIOUS)
-        remember(rp, s);
+    if (rp->predictor)
+        xd_expert_predictor_observe(rp->predictor, s->n_tokens, s->requests, s->experts);
     return XD_OK;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* A decode step: no request has more than one token in it (scratch: n_tokens long). */
+static bool is_decode_step(const struct xd_trace_step *s, uint64_t *scratch)
+{
+    memcpy(scratch, s->requests, (size_t)s->n_tokens * sizeof *scratch);
+    qsort(scratch, (size_t)s->n_tokens, sizeof *scratch, cmp_u64);
+    for (int t = 1; t < s->n_tokens; t++)
+        if (scratch[t] == scratch[t - 1])
+            return false;
+    return s->n_tokens > 0;
 }
 
 int xd_plan_run(struct xd_trace_reader *r, const struct xd_plan_opts *opts,
                 struct xd_plan_result *ret, struct xd_err *err)
 {
     const struct xd_trace_header *h = xd_trace_reader_header(r);
-    if (opts->predictor == XD_PREDICT_RECORDED && !h->has_predictions)
+    if (xd_predictor_uses_lookahead(opts->predictor) && !h->has_predictions)
         return xd_err_set(err, XD_ERR_INVALID,
-                          "predictor 'recorded': this trace holds no predictions (record it "
-                          "with prediction on, or use --predictor previous)");
+                          "predictor '%s': this trace holds no lookahead predictions (record it "
+                          "with prediction on, or use --predictor previous)",
+                          xd_predictor_name(opts->predictor));
+    const int width = opts->predict_width ? opts->predict_width : h->top_k;
+    if (xd_predictor_uses_lookahead(opts->predictor) && (width < 1 || width > h->pred_width))
+        return xd_err_set(err, XD_ERR_INVALID,
+                          "predict width %d: this trace recorded %d predicted experts per token "
+                          "and layer (record it again with a wider --expert-prefetch-width)",
+                          width, h->pred_width);
     if (!(opts->h2d_bytes_per_second > 0))
         return xd_err_set(err, XD_ERR_INVALID, "h2d bandwidth must be > 0");
     if (opts->compute_seconds_per_token < 0)
         return xd_err_set(err, XD_ERR_INVALID, "compute seconds per token must be >= 0");
     struct replay rp = {.h = h, .opts = opts};
+    rp.expert_bytes = (double)(opts->expert_bytes ? opts->expert_bytes : h->expert_bytes);
+    rp.copy_seconds = rp.expert_bytes / opts->h2d_bytes_per_second;
     struct xd_plan_result res = {.n_layers = h->n_moe_layers};
     int rc = xd_expert_cache_create(h->n_moe_layers, h->n_experts, opts->n_slots, opts->policy,
                                     &rp.cache, err);
     if (rc < 0)
         return rc;
-    size_t per = (size_t)h->n_moe_layers * h->top_k;
+    if (opts->predictor != XD_PREDICT_NONE &&
+        (rc = xd_expert_predictor_create(opts->predictor, width, h->n_moe_layers, h->top_k,
+                                         h->n_experts, &rp.predictor, err)) < 0)
+        goto out;
+    rp.pred_list = calloc((size_t)h->n_experts, sizeof *rp.pred_list);
     rp.pred_set = calloc((size_t)h->n_experts, sizeof *rp.pred_set);
     rp.need_set = calloc((size_t)h->n_experts, sizeof *rp.need_set);
     rp.pinned = calloc((size_t)h->n_experts, sizeof *rp.pinned);
+    rp.ready_at = calloc((size_t)h->n_moe_layers * h->n_experts, sizeof *rp.ready_at);
     res.layer_hits = calloc((size_t)h->n_moe_layers, sizeof *res.layer_hits);
     res.layer_misses = calloc((size_t)h->n_moe_layers, sizeof *res.layer_misses);
-    if (opts->predictor == XD_PREDICT_PREVIOUS) {
-        rp.prev = calloc(PREV_TABLE, sizeof *rp.prev);
-        rp.prev_store = calloc(PREV_TABLE * per, sizeof *rp.prev_store);
-    }
-    if (!rp.pred_set || !rp.need_set || !rp.pinned || !res.layer_hits || !res.layer_misses ||
-        (opts->predictor == XD_PREDICT_PREVIOUS && (!rp.prev || !rp.prev_store))) {
+    if (!rp.pred_list || !rp.pred_set || !rp.need_set || !rp.pinned || !rp.ready_at ||
+        !res.layer_hits || !res.layer_misses) {
         rc = xd_err_set(err, XD_ERR_NOMEM, "plan: out of memory");
         goto out;
     }
     struct xd_trace_step s;
+    uint64_t *scratch = NULL;
+    size_t scratch_cap = 0;
+    double decode_sim = 0, decode_stall = 0, decode_compute = 0;
     while ((rc = xd_trace_reader_next(r, &s, err)) == 1) {
-        double bytes = 0, miss = 0;
-        rc = replay_step(&rp, &s, &res, &bytes, &miss, err);
-        if (rc < 0)
-            goto out;
         double compute = opts->compute_seconds_per_token > 0
                              ? opts->compute_seconds_per_token * s.n_tokens
                              : s.seconds;
-        double copy = bytes / opts->h2d_bytes_per_second;
+        double bytes = 0, miss = 0;
+        const double now0 = rp.now, stall0 = res.stall_seconds;
+        rc = replay_step(&rp, &s, compute, &res, &bytes, &miss, err);
+        if (rc < 0)
+            break;
+        if ((size_t)s.n_tokens > scratch_cap) {
+            free(scratch);
+            scratch_cap = (size_t)s.n_tokens * 2;
+            scratch = malloc(scratch_cap * sizeof *scratch);
+            if (!scratch) {
+                rc = xd_err_set(err, XD_ERR_NOMEM, "plan: out of memory");
+                break;
+            }
+        }
+        if (is_decode_step(&s, scratch)) {
+            res.decode_steps++;
+            res.decode_tokens += (uint64_t)s.n_tokens;
+            decode_sim += rp.now - now0;
+            decode_stall += res.stall_seconds - stall0;
+            decode_compute += compute;
+        }
+        double copy_s = bytes / opts->h2d_bytes_per_second;
         res.steps++;
         res.tokens += (uint64_t)s.n_tokens;
         res.bytes_moved += bytes;
         res.compute_seconds += compute;
-        res.copy_seconds += copy;
-        res.bound_seconds += compute > copy ? compute : copy;
+        res.copy_seconds += copy_s;
+        res.bound_seconds += compute > copy_s ? compute : copy_s;
         res.demand_stall_seconds += miss / opts->h2d_bytes_per_second;
     }
+    free(scratch);
     if (rc < 0)
         goto out;
+    if (res.decode_tokens) {
+        res.decode_simulated_seconds_per_token = decode_sim / res.decode_tokens;
+        res.decode_stall_seconds_per_token = decode_stall / res.decode_tokens;
+        res.decode_compute_seconds_per_token = decode_compute / res.decode_tokens;
+    }
     xd_expert_cache_get_stats(rp.cache, &res.cache, res.layer_hits, res.layer_misses);
     uint64_t accesses = res.cache.hits + res.cache.misses;
     res.hit_rate = accesses ? (double)res.cache.hits / accesses : 0;
     res.precision = res.predicted ? (double)res.predicted_and_needed / res.predicted : 0;
     res.recall = res.needed ? (double)res.predicted_and_needed / res.needed : 0;
+    res.simulated_seconds = rp.now;
     if (res.tokens) {
         res.bytes_per_token = res.bytes_moved / res.tokens;
         res.bound_seconds_per_token = res.bound_seconds / res.tokens;
+        res.simulated_seconds_per_token = res.simulated_seconds / res.tokens;
+        res.stall_seconds_per_token = res.stall_seconds / res.tokens;
     }
     *ret = res;
     res.layer_hits = res.layer_misses = NULL;
@@ -224,11 +258,12 @@ int xd_plan_run(struct xd_trace_reader *r, const struct xd_plan_opts *opts,
 out:
     xd_plan_result_finish(&res);
     xd_expert_cache_destroy(rp.cache);
+    xd_expert_predictor_destroy(rp.predictor);
+    free(rp.pred_list);
     free(rp.pred_set);
     free(rp.need_set);
     free(rp.pinned);
-    free(rp.prev);
-    free(rp.prev_store);
+    free(rp.ready_at);
     return rc;
 }
 

@@ -9,27 +9,20 @@
 #include <stdint.h>
 
 #include "expert_cache.h"
+#include "expert_predictor.h"
 #include "routing_trace.h"
 #include "status.h"
-
-/* Predicts the experts of one MoE layer of a step before it runs. */
-enum xd_predictor_kind {
-    XD_PREDICT_NONE,     /* no prefetch: every miss is a demand copy */
-    XD_PREDICT_RECORDED, /* the predictions in the trace (layer l+1's router applied to layer l's
-                            hidden state when the engine recorded it) */
-    XD_PREDICT_PREVIOUS, /* each request's previous token used the same experts at this layer */
-};
-
-/* "none", "recorded", "previous". */
-const char *xd_predictor_name(enum xd_predictor_kind k);
-int xd_predictor_parse(const char *name, enum xd_predictor_kind *ret, struct xd_err *err);
 
 struct xd_plan_opts {
     int n_slots;                   /* cache size in experts */
     enum xd_evict_policy policy;
     enum xd_predictor_kind predictor;
+    int predict_width;             /* lookahead experts per token prefetched; 0: top_k (at most
+                                      the trace's pred_width) */
     double h2d_bytes_per_second;   /* host-to-device copy bandwidth, > 0 */
     double compute_seconds_per_token; /* 0: the step times recorded in the trace */
+    uint64_t expert_bytes;         /* 0: the trace's; else one expert's bytes (what if this
+                                      routing ran on a model with bigger experts) */
 };
 
 struct xd_plan_result {
@@ -49,6 +42,22 @@ struct xd_plan_result {
     double bound_seconds;          /* sum over steps of max(compute, copies of that step) */
     double bound_seconds_per_token;
     double demand_stall_seconds;   /* demand-miss bytes / bandwidth: what no prefetch hides */
+    /* A timeline of the GPU pool: one copy engine serving copies in issue order (demand copies
+     * of layer l when its router has chosen, then the prefetches for layer l + 1, both at the
+     * start of layer l), the step's compute spread evenly over its MoE layers, a layer's
+     * present experts computing while its missing ones copy, and its last expert waiting for
+     * its copy. Wrong prefetches delay the demand copies queued behind them. */
+    double simulated_seconds;
+    double simulated_seconds_per_token;
+    double stall_seconds;          /* simulated time the layers waited for copies */
+    double stall_seconds_per_token;
+    /* The same over decode steps only (every request in the step has one token): what a
+     * generating user feels, apart from prefill. */
+    uint64_t decode_steps;
+    uint64_t decode_tokens;
+    double decode_simulated_seconds_per_token;
+    double decode_stall_seconds_per_token;
+    double decode_compute_seconds_per_token;
     int n_layers;
     uint64_t *layer_hits;          /* (n_layers,) owned */
     uint64_t *layer_misses;        /* (n_layers,) owned */

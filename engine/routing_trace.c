@@ -13,7 +13,7 @@
 #include "engine.h"
 
 static const char trace_magic[8] = {'X', 'D', 'R', 'O', 'U', 'T', 'E', '1'};
-enum { TRACE_VERSION = 1, TAG_END = 0, TAG_STEP = 1, FLAG_PREDICTIONS = 1 };
+enum { TRACE_VERSION = 2, TAG_END = 0, TAG_STEP = 1, FLAG_PREDICTIONS = 1 };
 
 /* ---- byte buffers ---------------------------------------------------------------------- */
 
@@ -102,6 +102,12 @@ static int header_check(const struct xd_trace_header *h, const char *name, struc
     if (h->n_experts < h->top_k || h->n_experts > XD_TRACE_MAX_EXPERTS)
         return xd_err_set(err, XD_ERR_FORMAT, "%s: n_experts %d outside top_k..%d", name,
                           h->n_experts, XD_TRACE_MAX_EXPERTS);
+    int max_width = h->n_experts < XD_TRACE_MAX_TOP_K ? h->n_experts : XD_TRACE_MAX_TOP_K;
+    if (h->has_predictions ? h->pred_width < 1 || h->pred_width > max_width : h->pred_width != 0)
+        return xd_err_set(err, XD_ERR_FORMAT,
+                          "%s: pred_width %d with predictions %s (must be %s)", name,
+                          h->pred_width, h->has_predictions ? "present" : "absent",
+                          h->has_predictions ? "1..min(n_experts, 64)" : "0");
     return XD_OK;
 }
 
@@ -146,6 +152,7 @@ int xd_trace_writer_create(const char *path, const struct xd_trace_header *hdr,
     put_u32(&w->payload, (uint32_t)hdr->n_experts);
     put_u64(&w->payload, hdr->expert_bytes);
     put_u32(&w->payload, hdr->has_predictions ? FLAG_PREDICTIONS : 0);
+    put_u32(&w->payload, (uint32_t)hdr->pred_width);
     *ret = w;
     return XD_OK;
 fail:
@@ -168,12 +175,17 @@ int xd_trace_writer_add(struct xd_trace_writer *w, const struct xd_trace_step *s
     if (s->n_tokens < 0 || s->n_tokens > XD_TRACE_MAX_STEP_TOKENS)
         return xd_err_set(err, XD_ERR_INVALID, "%s: step of %d tokens", w->path, s->n_tokens);
     size_t per = (size_t)h->n_moe_layers * h->top_k;
+    size_t per_pred = (size_t)h->n_moe_layers * h->pred_width;
     for (size_t i = 0; i < (size_t)s->n_tokens * per; i++)
-        if (s->experts[i] < 0 || s->experts[i] >= h->n_experts ||
-            (s->predicted && s->predicted[i] >= h->n_experts))
+        if (s->experts[i] < 0 || s->experts[i] >= h->n_experts)
             return xd_err_set(err, XD_ERR_INVALID, "%s: step %llu: expert id out of range",
                               w->path, (unsigned long long)s->step);
-    size_t tok_bytes = 12 + per * (h->has_predictions ? 8 : 6);
+    for (size_t i = 0; s->predicted && i < (size_t)s->n_tokens * per_pred; i++)
+        if (s->predicted[i] >= h->n_experts)
+            return xd_err_set(err, XD_ERR_INVALID,
+                              "%s: step %llu: predicted expert id out of range", w->path,
+                              (unsigned long long)s->step);
+    size_t tok_bytes = 12 + per * 6 + per_pred * 2;
     if (xd_byte_buf_reserve(&w->payload, 21 + (size_t)s->n_tokens * tok_bytes) < 0)
         return xd_err_set(err, w->status = XD_ERR_NOMEM, "%s: out of memory", w->path);
     put_u8(&w->payload, TAG_STEP);
@@ -190,8 +202,8 @@ int xd_trace_writer_add(struct xd_trace_writer *w, const struct xd_trace_step *s
         for (size_t i = 0; i < per; i++)
             put_f32(&w->payload, wt[i]);
         if (s->predicted) {
-            const int32_t *p = s->predicted + (size_t)t * per;
-            for (size_t i = 0; i < per; i++)
+            const int32_t *p = s->predicted + (size_t)t * per_pred;
+            for (size_t i = 0; i < per_pred; i++)
                 put_u16(&w->payload, p[i] >= 0 ? (uint16_t)p[i] : XD_TRACE_NO_EXPERT);
         }
     }
@@ -216,11 +228,15 @@ void xd_trace_writer_observe(void *writer, const struct xd_batch *batch,
     if (!req || !pos) {
         w->status = xd_err_set(&w->first_err, XD_ERR_NOMEM, "%s: out of memory", w->path);
     } else if (out->routing.n_moe_layers != w->hdr.n_moe_layers ||
-               out->routing.top_k != w->hdr.top_k) {
+               out->routing.top_k != w->hdr.top_k ||
+               (out->routing.predicted && w->hdr.has_predictions &&
+                out->routing.predicted_width != w->hdr.pred_width)) {
         w->status = xd_err_set(&w->first_err, XD_ERR_INVALID,
-                               "%s: routing of %d layers x top-%d, the trace has %d x %d",
+                               "%s: routing of %d layers x top-%d (%d predicted), the trace has "
+                               "%d x %d (%d predicted)",
                                w->path, out->routing.n_moe_layers, out->routing.top_k,
-                               w->hdr.n_moe_layers, w->hdr.top_k);
+                               out->routing.predicted ? out->routing.predicted_width : 0,
+                               w->hdr.n_moe_layers, w->hdr.top_k, w->hdr.pred_width);
     } else {
         int t = 0;
         for (int i = 0; i < batch->n_seqs && t < n; i++)
@@ -236,7 +252,7 @@ void xd_trace_writer_observe(void *writer, const struct xd_batch *batch,
         if (w->hdr.has_predictions) {
             s.predicted = out->routing.predicted;
             if (!s.predicted) {
-                size_t k = (size_t)(n ? n : 1) * w->hdr.n_moe_layers * w->hdr.top_k;
+                size_t k = (size_t)(n ? n : 1) * w->hdr.n_moe_layers * w->hdr.pred_width;
                 none = malloc(k * sizeof *none);
                 for (size_t i = 0; none && i < k; i++)
                     none[i] = -1;
@@ -413,9 +429,10 @@ static int reader_init(struct xd_trace_reader *r, struct xd_err *err)
                           r->name);
     uint32_t version, layers, top_k, n_experts, flags;
     XD_TRY(get_u32(r, &version, "version", err));
-    if (version != TRACE_VERSION)
-        return xd_err_set(err, XD_ERR_UNSUPPORTED, "%s: trace version %u (this build reads %d)",
-                          r->name, version, TRACE_VERSION);
+    if (version < 1 || version > TRACE_VERSION)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: trace version %u (this build reads 1 to %d)", r->name, version,
+                          TRACE_VERSION);
     XD_TRY(get_u32(r, &layers, "n_moe_layers", err));
     XD_TRY(get_u32(r, &top_k, "top_k", err));
     XD_TRY(get_u32(r, &n_experts, "n_experts", err));
@@ -423,15 +440,20 @@ static int reader_init(struct xd_trace_reader *r, struct xd_err *err)
     XD_TRY(get_u32(r, &flags, "flags", err));
     if (flags & ~(uint32_t)FLAG_PREDICTIONS)
         return xd_err_set(err, XD_ERR_FORMAT, "%s: unknown header flags 0x%x", r->name, flags);
+    uint32_t pred_width = flags & FLAG_PREDICTIONS ? top_k : 0; /* version 1 */
+    if (version >= 2)
+        XD_TRY(get_u32(r, &pred_width, "pred_width", err));
     if (layers > XD_TRACE_MAX_LAYERS || top_k > XD_TRACE_MAX_TOP_K ||
-        n_experts > XD_TRACE_MAX_EXPERTS)
+        n_experts > XD_TRACE_MAX_EXPERTS || pred_width > XD_TRACE_MAX_TOP_K)
         return xd_err_set(err, XD_ERR_FORMAT,
-                          "%s: header sizes out of range (layers %u, top_k %u, experts %u)",
-                          r->name, layers, top_k, n_experts);
+                          "%s: header sizes out of range (layers %u, top_k %u, experts %u, "
+                          "pred_width %u)",
+                          r->name, layers, top_k, n_experts, pred_width);
     r->hdr.n_moe_layers = (int)layers;
     r->hdr.top_k = (int)top_k;
     r->hdr.n_experts = (int)n_experts;
     r->hdr.has_predictions = flags & FLAG_PREDICTIONS;
+    r->hdr.pred_width = (int)pred_width;
     return header_check(&r->hdr, r->name, err);
 }
 
@@ -503,7 +525,9 @@ static int reader_reserve(struct xd_trace_reader *r, size_t n, struct xd_err *er
     void *d = realloc(r->weights, cap * per * sizeof *r->weights);
     if (d)
         r->weights = d;
-    void *e = r->hdr.has_predictions ? realloc(r->predicted, cap * per * sizeof *r->predicted)
+    size_t per_pred = (size_t)r->hdr.n_moe_layers * r->hdr.pred_width;
+    void *e = r->hdr.has_predictions
+                  ? realloc(r->predicted, cap * per_pred * sizeof *r->predicted)
                                      : (void *)1;
     if (e && r->hdr.has_predictions)
         r->predicted = e;
@@ -561,6 +585,7 @@ int xd_trace_reader_next(struct xd_trace_reader *r, struct xd_trace_step *ret, s
         return xd_err_set(err, XD_ERR_FORMAT, "%s: step %llu: %u tokens (at most %d)", r->name,
                           (unsigned long long)r->n_steps, n_tokens, XD_TRACE_MAX_STEP_TOKENS);
     size_t per = (size_t)r->hdr.n_moe_layers * r->hdr.top_k;
+    size_t per_pred = (size_t)r->hdr.n_moe_layers * r->hdr.pred_width;
     /* The arrays grow as tokens actually arrive, so a lying n_tokens cannot make a huge
      * allocation before the bytes are there. */
     for (uint32_t t = 0; t < n_tokens; t++) {
@@ -579,7 +604,8 @@ int xd_trace_reader_next(struct xd_trace_reader *r, struct xd_trace_step *ret, s
             r->weights[t * per + i] = w;
         }
         if (r->hdr.has_predictions)
-            XD_TRY(read_experts(r, r->predicted + t * per, per, true, "predicted expert", err));
+            XD_TRY(read_experts(r, r->predicted + t * per_pred, per_pred, true,
+                                "predicted expert", err));
     }
     s.n_tokens = (int)n_tokens;
     s.requests = r->requests;

@@ -3,14 +3,18 @@
  * Written by `--record-routing FILE` (generate, serve) and read by `expertd plan` and the
  * benchmarks. The payload, before compression, is little-endian binary:
  *
- *   header  "XDROUTE1" (8 bytes), u32 version (1), u32 n_moe_layers, u32 top_k, u32 n_experts,
- *           u64 expert_bytes (one expert's weights), u32 flags (bit 0: predictions present)
+ *   header  "XDROUTE1" (8 bytes), u32 version (2), u32 n_moe_layers, u32 top_k, u32 n_experts,
+ *           u64 expert_bytes (one expert's weights), u32 flags (bit 0: predictions present),
+ *           u32 pred_width (experts predicted per token and layer; 0 without predictions)
  *   step*   u8 tag (1), u64 step, f64 seconds (the forward's wall time), u32 n_tokens, then per
  *           token: u64 request, u32 position, u16 experts[n_moe_layers * top_k],
  *           f32 weights[n_moe_layers * top_k], and with predictions
- *           u16 predicted[n_moe_layers * top_k] (the experts predicted for each layer from the
- *           layer before; 0xffff where none was made, always for the first MoE layer)
+ *           u16 predicted[n_moe_layers * pred_width] (each layer's router applied one layer
+ *           early, its pred_width best experts, best first; 0xffff where none was made, always
+ *           for the first MoE layer)
  *   end     u8 tag (0)
+ *
+ * Version 1 (still read) had no pred_width field: its predictions are top_k wide.
  *
  * A file cut short (a killed server) reads up to its last whole step and then reports the
  * truncation; every field is range-checked, so a corrupt file is an error, never a crash. */
@@ -36,6 +40,7 @@ struct xd_trace_header {
     int n_experts;
     uint64_t expert_bytes;
     bool has_predictions;
+    int pred_width;       /* predicted experts per token and layer, best first (0 without) */
 };
 
 /* One forward step's routing. Arrays are token-major: token t, layer l, rank k at
@@ -48,21 +53,22 @@ struct xd_trace_step {
     const uint32_t *positions; /* (n_tokens,) */
     const int32_t *experts;    /* (n_tokens, n_moe_layers, top_k) */
     const float *weights;      /* (n_tokens, n_moe_layers, top_k) */
-    const int32_t *predicted;  /* (n_tokens, n_moe_layers, top_k) or NULL; -1: none */
+    const int32_t *predicted;  /* (n_tokens, n_moe_layers, pred_width) or NULL; -1: none */
 };
 
 struct xd_trace_writer;
 
-/* The header of a trace of model's routing (its MoE sizes and one expert's bytes). Inline so
- * that the trace code itself does not link the model loader. */
-static inline struct xd_trace_header xd_trace_header_for(const struct xd_model *m,
-                                                         bool has_predictions)
+/* The header of a trace of model's routing (its MoE sizes and one expert's bytes), with
+ * pred_width predicted experts per token and layer (0: none). Inline so that the trace code
+ * itself does not link the model loader. */
+static inline struct xd_trace_header xd_trace_header_for(const struct xd_model *m, int pred_width)
 {
     return (struct xd_trace_header){.n_moe_layers = m->config.n_moe_layers,
                                     .top_k = m->config.top_k,
                                     .n_experts = m->config.n_experts,
                                     .expert_bytes = xd_model_expert_bytes(m),
-                                    .has_predictions = has_predictions};
+                                    .has_predictions = pred_width > 0,
+                                    .pred_width = pred_width};
 }
 
 /* Creates path (truncating it) and writes the header. Errors name the file. */

@@ -12,6 +12,7 @@
 extern "C" {
 #include "backend.h"
 #include "dtype.h"
+#include "expert_predictor.h"
 }
 
 /* ---- device weights ---- */
@@ -64,12 +65,18 @@ struct cuda_state {
     int32_t *d_route_experts;             /* (T, n_moe_layers, K) */
     float *d_route_weights;
 
-    /* expert offloading (the pool caches some experts): prefetch from a lookahead router */
+    /* expert offloading (the pool caches some experts): prefetch from a lookahead router, its
+     * W = opts.predict_width best experts per token, ordered by engine/expert_predictor */
     bool offloading;
+    bool prefetching;                     /* offloading with opts.expert_prefetch */
+    int W;
     std::vector<int> next_moe;            /* (n_layers,) the next MoE layer after l, or -1 */
-    float *pred_x, *pred_router, *pred_weights; /* (T, H), (T, E), (TK,) */
-    int32_t *pred_experts;                /* (TK,) */
-    std::vector<int32_t> h_pred;          /* (TK,) */
+    float *pred_x, *pred_router, *pred_weights; /* (T, H), (T, E), (T, W) */
+    int32_t *pred_experts;                /* (T, W) */
+    std::vector<int32_t> h_pred;          /* (T, W) */
+    std::vector<int32_t> route_pred;      /* (T, n_moe_layers, W) for xd_routing.predicted */
+    std::vector<int32_t> pred_list;       /* (E,) the experts to prefetch, most likely first */
+    struct xd_expert_predictor *predictor;
 };
 
 /* Decode steps with at most this many (token, expert) pairs run the MoE without a host round
@@ -159,6 +166,7 @@ static void cuda_destroy(void *p)
     if (s->h_ints)
         cudaFreeHost(s->h_ints);
     xd_expert_pool_destroy(s->pool);
+    xd_expert_predictor_destroy(s->predictor);
     for (void *a : s->allocs)
         cudaFree(a);
     if (s->h_logits)
@@ -273,11 +281,22 @@ static int create_inner(cuda_state *s, struct xd_err *err)
         CUDA_TRY(cudaMemcpy(s->d_expert_ptrs, ptrs.data(), sizeof(bf16 *) * ptrs.size(),
                             cudaMemcpyHostToDevice));
     } else if (s->opts.expert_prefetch) {
+        s->prefetching = true;
+        s->W = s->opts.predict_width;
+        if (s->W < 1 || s->W > 64)
+            return xd_err_set(err, XD_ERR_INVALID,
+                              "expert-prefetch-width %d: the CUDA lookahead ranks 1 to 64 experts",
+                              s->W);
+        XD_TRY(xd_expert_predictor_create(XD_PREDICT_LOOKAHEAD, s->W, c->n_moe_layers, s->K,
+                                          s->E, &s->predictor, err));
+        const size_t TW = T * (size_t)s->W;
         XD_TRY(alloc_n(s, T * H, &s->pred_x, "prefetch buffers", err));
         XD_TRY(alloc_n(s, T * s->E, &s->pred_router, "prefetch buffers", err));
-        XD_TRY(alloc_n(s, TK, &s->pred_weights, "prefetch buffers", err));
-        XD_TRY(alloc_n(s, TK, &s->pred_experts, "prefetch buffers", err));
-        s->h_pred.resize(TK);
+        XD_TRY(alloc_n(s, TW, &s->pred_weights, "prefetch buffers", err));
+        XD_TRY(alloc_n(s, TW, &s->pred_experts, "prefetch buffers", err));
+        s->h_pred.resize(TW);
+        s->route_pred.resize(TW * L);
+        s->pred_list.resize((size_t)s->E);
     }
     s->route_experts.resize(TK * L);
     s->route_weights.resize(TK * L);
@@ -408,7 +427,7 @@ static int moe(cuda_state *s, int l, int n, struct xd_err *err)
     CUDA_TRY(cudaMemcpyAsync(s->h_weights.data(), s->weights, sizeof(float) * n * K,
                              cudaMemcpyDeviceToHost, s->stream));
     const int next = s->next_moe[l];
-    const bool predict = s->offloading && s->opts.expert_prefetch && next >= 0;
+    const bool predict = s->prefetching && next >= 0;
     if (predict) {
         /* lookahead: the next MoE layer's router on the residual stream as it is now; its
          * choices come back in the same synchronisation as this layer's */
@@ -417,10 +436,10 @@ static int moe(cuda_state *s, int l, int n, struct xd_err *err)
         xd_k_rmsnorm_f32(s->h, dn->mlp_norm, s->pred_x, n, H, c->rms_norm_eps, s->stream);
         CUBLAS_TRY(cublasSgemm(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, E, n, H, &one, dn->router, H,
                                s->pred_x, H, &zero, s->pred_router, E));
-        xd_k_route(s->pred_router, s->pred_experts, s->pred_weights, n, E, K,
+        xd_k_route(s->pred_router, s->pred_experts, s->pred_weights, n, E, s->W,
                    c->norm_topk_prob, s->stream);
-        CUDA_TRY(cudaMemcpyAsync(s->h_pred.data(), s->pred_experts, sizeof(int32_t) * n * K,
-                                 cudaMemcpyDeviceToHost, s->stream));
+        CUDA_TRY(cudaMemcpyAsync(s->h_pred.data(), s->pred_experts,
+                                 sizeof(int32_t) * n * s->W, cudaMemcpyDeviceToHost, s->stream));
     }
     CUDA_TRY(cudaStreamSynchronize(s->stream));
     for (int t = 0; t < n; t++)
@@ -475,8 +494,16 @@ static int moe(cuda_state *s, int l, int n, struct xd_err *err)
         }
     }
     int rc = XD_OK;
-    for (int i = 0; predict && i < n * K && rc == XD_OK; i++)
-        rc = xd_expert_pool_prefetch(s->pool, next, s->h_pred[i], err);
+    if (predict) {
+        const int W = s->W, nmi = s->m->layers[next].moe_index;
+        for (int t = 0; t < n; t++)
+            memcpy(&s->route_pred[((size_t)t * L + nmi) * W], &s->h_pred[(size_t)t * W],
+                   sizeof(int32_t) * W);
+        const int n_pred = xd_expert_predictor_predict(s->predictor, nmi, n, s->h_pred.data(),
+                                                       (size_t)W, W, NULL, s->pred_list.data());
+        for (int i = 0; i < n_pred && rc == XD_OK; i++)
+            rc = xd_expert_pool_prefetch(s->pool, next, s->pred_list[i], err);
+    }
     for (size_t i = 0; i < present.size() && rc == XD_OK; i++) {
         const int e = present[i];
         const int r0 = start[e], rows = start[e + 1] - start[e];
@@ -673,7 +700,9 @@ static int cuda_forward(void *p, const struct xd_batch *b, struct xd_forward_out
     ret->routing.top_k = s->K;
     ret->routing.experts = s->route_experts.data();
     ret->routing.weights = s->route_weights.data();
-    ret->routing.predicted = NULL; /* lookahead prediction is CPU-only for now */
+    /* the lookahead that steered prefetch, when there was one */
+    ret->routing.predicted = s->prefetching ? s->route_pred.data() : NULL;
+    ret->routing.predicted_width = s->W;
     return XD_OK;
 }
 

@@ -141,12 +141,15 @@ static void test_lookahead_prediction_changes_nothing_else(void)
     struct xd_seq_chunk sc = {toks, 5, 0, table, 8, XD_LOGITS_ALL};
     struct xd_batch b = {&sc, 1};
     struct xd_err err;
-    float *logits[2] = {NULL, NULL};
-    int32_t *experts[2] = {NULL, NULL};
+    float *logits[3] = {NULL, NULL, NULL};
+    int32_t *experts[3] = {NULL, NULL, NULL};
+    int32_t *pred_k = NULL; /* pass 1's top_k-wide predictions */
     size_t n_logits = (size_t)5 * c->vocab_size, n_route = (size_t)5 * c->n_moe_layers * c->top_k;
-    for (int pass = 0; pass < 2; pass++) {
+    /* pass 0: no prediction; 1: top_k wide (the default); 2: every expert ranked */
+    for (int pass = 0; pass < 3; pass++) {
         struct xd_engine_opts o = {.device = XD_DEVICE_CPU, .n_kv_blocks = 8, .block_size = 4,
-                                   .max_batch_tokens = 16, .predict_experts = pass == 1};
+                                   .max_batch_tokens = 16, .predict_experts = pass > 0,
+                                   .predict_width = pass == 2 ? c->n_experts : 0};
         struct xd_engine *e = NULL;
         CHECK(xd_engine_create(m, &o, &e, &err) == XD_OK, "%s", err.msg);
         struct xd_forward_out out;
@@ -159,19 +162,46 @@ static void test_lookahead_prediction_changes_nothing_else(void)
             CHECK(out.routing.predicted == NULL, "predictions without predict_experts");
         } else {
             const int32_t *p = out.routing.predicted;
-            CHECK(p != NULL, "predict_experts gave no predictions");
+            const int W = pass == 2 ? c->n_experts : c->top_k;
+            CHECK(p != NULL && out.routing.predicted_width == W, "predictions %d wide, want %d",
+                  out.routing.predicted_width, W);
+            if (pass == 1) {
+                pred_k = malloc(n_route * sizeof(int32_t));
+                memcpy(pred_k, p, n_route * sizeof(int32_t));
+            }
             for (int t = 0; p && t < 5; t++)
-                for (int l = 0; l < c->n_moe_layers; l++)
-                    for (int k = 0; k < c->top_k; k++) {
-                        int32_t v = p[((size_t)t * c->n_moe_layers + l) * c->top_k + k];
-                        if (l == 0)
-                            CHECK(v == -1, "first MoE layer predicted (%d)", v);
-                        else
-                            CHECK(v >= 0 && v < c->n_experts, "prediction %d out of range", v);
+                for (int l = 0; l < c->n_moe_layers; l++) {
+                    const int32_t *r = p + ((size_t)t * c->n_moe_layers + l) * W;
+                    for (int k = 0; k < W; k++) {
+                        if (l == 0) {
+                            CHECK(r[k] == -1, "first MoE layer predicted (%d)", r[k]);
+                            continue;
+                        }
+                        CHECK(r[k] >= 0 && r[k] < c->n_experts, "prediction %d out of range",
+                              r[k]);
+                        for (int j = 0; j < k; j++)
+                            CHECK(r[j] != r[k], "expert %d ranked twice", r[k]);
+                        /* the wide ranking starts with the top_k-wide prediction */
+                        if (pass == 2 && k < c->top_k && pred_k)
+                            CHECK(r[k] == pred_k[((size_t)t * c->n_moe_layers + l) * c->top_k +
+                                                 k],
+                                  "wide ranking differs at rank %d", k);
                     }
+                }
         }
         xd_engine_destroy(e);
     }
+    struct xd_engine_opts bad = {.device = XD_DEVICE_CPU, .n_kv_blocks = 8, .block_size = 4,
+                                 .max_batch_tokens = 16, .predict_experts = true,
+                                 .predict_width = c->n_experts + 1};
+    struct xd_engine *none = NULL;
+    CHECK(xd_engine_create(m, &bad, &none, &err) == XD_ERR_INVALID, "width over the experts");
+    CHECK_CONTAINS(err.msg, "predict_width");
+    CHECK(memcmp(logits[0], logits[2], n_logits * sizeof(float)) == 0,
+          "wide prediction changed the logits");
+    free(logits[2]);
+    free(experts[2]);
+    free(pred_k);
     CHECK(memcmp(logits[0], logits[1], n_logits * sizeof(float)) == 0,
           "prediction changed the logits");
     CHECK(memcmp(experts[0], experts[1], n_route * sizeof(int32_t)) == 0,

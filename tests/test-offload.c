@@ -1,12 +1,16 @@
-/* Routing traces (round trip, truncation, corruption), the expert cache (LRU order, pins,
- * prefetch accounting, a cache smaller than a layer) and the planner on hand-computed traces. */
+/* Routing traces (round trip, version 1, truncation, corruption), the expert cache (LRU order,
+ * pins, prefetch accounting, a cache smaller than a layer), the expert predictors and the
+ * planner (counts and its simulated timeline) on hand-computed traces. */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "byte_buf.h"
 #include "expert_cache.h"
+#include "expert_predictor.h"
 #include "offload_plan.h"
 #include "routing_trace.h"
 #include "test.h"
@@ -48,7 +52,8 @@ static void fill_step(int s, int n_tok, uint64_t *req, uint32_t *pos, int32_t *e
 static void write_trace(const char *path, int n_steps, int n_tok, bool with_pred)
 {
     struct xd_trace_header h = {.n_moe_layers = L, .top_k = K, .n_experts = E,
-                                .expert_bytes = 1000, .has_predictions = with_pred};
+                                .expert_bytes = 1000, .has_predictions = with_pred,
+                                .pred_width = with_pred ? K : 0};
     struct xd_trace_writer *w;
     struct xd_err err;
     CHECK(xd_trace_writer_create(path, &h, &w, &err) == XD_OK, "%s", err.msg);
@@ -75,7 +80,7 @@ static void test_trace_round_trip(void)
     CHECK(xd_trace_reader_open(path, &r, &err) == XD_OK, "%s", err.msg);
     const struct xd_trace_header *h = xd_trace_reader_header(r);
     CHECK(h->n_moe_layers == L && h->top_k == K && h->n_experts == E && h->expert_bytes == 1000 &&
-              h->has_predictions, "header read back wrong");
+              h->has_predictions && h->pred_width == K, "header read back wrong");
     struct xd_trace_step st;
     int n = 0, rc;
     while ((rc = xd_trace_reader_next(r, &st, &err)) == 1) {
@@ -264,6 +269,223 @@ static void test_cache_predictive_spares_predicted(void)
     xd_expert_cache_destroy(c);
 }
 
+/* Predictions wider than top_k round-trip; a version-1 payload (no pred_width: top_k wide)
+ * still reads; a pred_width that contradicts the flags is refused by name. */
+static void test_trace_wide_and_v1(void)
+{
+    const char *path = tmp_path("wide.xdtrace");
+    const int W = 5;
+    struct xd_trace_header h = {.n_moe_layers = L, .top_k = K, .n_experts = E,
+                                .expert_bytes = 10, .has_predictions = true, .pred_width = W};
+    struct xd_trace_writer *w;
+    struct xd_err err;
+    CHECK(xd_trace_writer_create(path, &h, &w, &err) == XD_OK, "%s", err.msg);
+    uint64_t req[1] = {7};
+    uint32_t pos[1] = {0};
+    int32_t ex[L * K], pred[L * W];
+    float wt[L * K];
+    fill_step(0, 1, req, pos, ex, wt, NULL);
+    req[0] = 7;
+    for (int i = 0; i < L * W; i++)
+        pred[i] = i < W ? -1 : (i * 3) % E;
+    struct xd_trace_step st = {.n_tokens = 1, .requests = req, .positions = pos, .experts = ex,
+                               .weights = wt, .predicted = pred};
+    CHECK(xd_trace_writer_add(w, &st, &err) == XD_OK, "%s", err.msg);
+    CHECK(xd_trace_writer_close(w, &err) == XD_OK, "%s", err.msg);
+    struct xd_trace_reader *r;
+    CHECK(xd_trace_reader_open(path, &r, &err) == XD_OK, "%s", err.msg);
+    CHECK(xd_trace_reader_header(r)->pred_width == W, "pred_width read back");
+    struct xd_trace_step got;
+    CHECK(xd_trace_reader_next(r, &got, &err) == 1, "%s", err.msg);
+    for (int i = 0; i < L * W; i++)
+        CHECK(got.predicted[i] == pred[i], "wide prediction %d: %d vs %d", i, got.predicted[i],
+              pred[i]);
+    xd_trace_reader_destroy(r);
+    unlink(path);
+
+    /* version 1: header without pred_width, predictions top_k wide */
+    struct xd_byte_buf b = {0};
+    const uint32_t hdr32[] = {1, L, K, E};
+    const uint64_t eb = 42;
+    const uint32_t flags = 1;
+    CHECK(xd_byte_buf_append(&b, "XDROUTE1", 8) == 0 && xd_byte_buf_append(&b, hdr32, 16) == 0 &&
+              xd_byte_buf_append(&b, &eb, 8) == 0 && xd_byte_buf_append(&b, &flags, 4) == 0,
+          "payload");
+    const uint8_t tag_step = 1, tag_end = 0;
+    const uint64_t step_no = 0, request = 9;
+    const double secs = 0.5;
+    const uint32_t n_tok = 1, position = 3;
+    xd_byte_buf_append(&b, &tag_step, 1);
+    xd_byte_buf_append(&b, &step_no, 8);
+    xd_byte_buf_append(&b, &secs, 8);
+    xd_byte_buf_append(&b, &n_tok, 4);
+    xd_byte_buf_append(&b, &request, 8);
+    xd_byte_buf_append(&b, &position, 4);
+    for (int i = 0; i < L * K; i++) {
+        uint16_t e16 = (uint16_t)(i % E);
+        xd_byte_buf_append(&b, &e16, 2);
+    }
+    for (int i = 0; i < L * K; i++) {
+        float f = 0.5f;
+        xd_byte_buf_append(&b, &f, 4);
+    }
+    for (int i = 0; i < L * K; i++) {
+        uint16_t p16 = i < K ? 0xffff : (uint16_t)((i + 1) % E);
+        xd_byte_buf_append(&b, &p16, 2);
+    }
+    xd_byte_buf_append(&b, &tag_end, 1);
+    CHECK(xd_trace_reader_open_mem(b.data, b.len, false, "v1", &r, &err) == XD_OK, "%s", err.msg);
+    const struct xd_trace_header *h1 = xd_trace_reader_header(r);
+    CHECK(h1->has_predictions && h1->pred_width == K && h1->expert_bytes == 42, "v1 header");
+    CHECK(xd_trace_reader_next(r, &got, &err) == 1, "v1 step: %s", err.msg);
+    CHECK(got.requests[0] == 9 && got.positions[0] == 3 && got.predicted[0] == -1 &&
+              got.predicted[K] == (K + 1) % E,
+          "v1 step contents");
+    CHECK(xd_trace_reader_next(r, &got, &err) == 0, "v1 end");
+    xd_trace_reader_destroy(r);
+
+    /* version 2 with predictions flagged but pred_width 0 */
+    b.len = 0;
+    const uint32_t hdr2[] = {2, L, K, E};
+    const uint32_t width0 = 0;
+    xd_byte_buf_append(&b, "XDROUTE1", 8);
+    xd_byte_buf_append(&b, hdr2, 16);
+    xd_byte_buf_append(&b, &eb, 8);
+    xd_byte_buf_append(&b, &flags, 4);
+    xd_byte_buf_append(&b, &width0, 4);
+    CHECK(xd_trace_reader_open_mem(b.data, b.len, false, "bad-width", &r, &err) == XD_ERR_FORMAT,
+          "pred_width 0 with predictions");
+    CHECK_CONTAINS(err.msg, "pred_width");
+    xd_byte_buf_free(&b);
+}
+
+/* The predictors: lookahead rank-major and distinct, cut to the width; history per request;
+ * both in that order; -1 and out-of-range ids skipped. */
+static void test_predictors(void)
+{
+    struct xd_expert_predictor *p;
+    struct xd_err err;
+    int32_t out[E];
+    /* two tokens, ranking width 3: token 0 ranks 4, 1, 2; token 1 ranks 4, 6, -1 */
+    const int32_t look[] = {4, 1, 2, 4, 6, -1};
+    CHECK(xd_expert_predictor_create(XD_PREDICT_LOOKAHEAD, 2, L, K, E, &p, &err) == XD_OK, "%s",
+          err.msg);
+    int n = xd_expert_predictor_predict(p, 1, 2, look, 3, 3, NULL, out);
+    CHECK(n == 3 && out[0] == 4 && out[1] == 1 && out[2] == 6, "width 2: n %d", n);
+    CHECK(xd_expert_predictor_predict(p, 1, 2, NULL, 3, 3, NULL, out) == 0, "no lookahead");
+    xd_expert_predictor_destroy(p);
+    CHECK(xd_expert_predictor_create(XD_PREDICT_LOOKAHEAD, 3, L, K, E, &p, &err) == XD_OK, "%s",
+          err.msg);
+    n = xd_expert_predictor_predict(p, 1, 2, look, 3, 3, NULL, out);
+    CHECK(n == 4 && out[3] == 2, "width 3 adds rank 2: n %d", n);
+    xd_expert_predictor_destroy(p);
+
+    /* history: request 5's previous token used experts (l0: 0 1) (l1: 2 3) (l2: 4 5) */
+    const uint64_t req[] = {5, 6};
+    const int32_t used[] = {0, 1, 2, 3, 4, 5};
+    CHECK(xd_expert_predictor_create(XD_PREDICT_LOOKAHEAD_PREVIOUS, 1, L, K, E, &p, &err) ==
+              XD_OK, "%s", err.msg);
+    CHECK(xd_expert_predictor_predict(p, 1, 1, NULL, 0, 0, req, out) == 0, "no history yet");
+    xd_expert_predictor_observe(p, 1, req, used);
+    n = xd_expert_predictor_predict(p, 1, 2, look, 3, 3, req, out);
+    CHECK(n == 3 && out[0] == 4 && out[1] == 2 && out[2] == 3,
+          "lookahead first, then history: n %d", n);
+    n = xd_expert_predictor_predict(p, 2, 1, NULL, 0, 0, req + 1, out);
+    CHECK(n == 0, "request 6 has no history");
+    xd_expert_predictor_destroy(p);
+    CHECK(xd_expert_predictor_create(XD_PREDICT_LOOKAHEAD, 0, L, K, E, &p, &err) ==
+              XD_ERR_INVALID, "width 0 refused");
+    enum xd_predictor_kind k;
+    CHECK(xd_predictor_parse("recorded", &k, &err) == XD_OK && k == XD_PREDICT_LOOKAHEAD,
+          "the old name");
+    CHECK(xd_predictor_parse("lookahead+previous", &k, &err) == XD_OK &&
+              k == XD_PREDICT_LOOKAHEAD_PREVIOUS, "both");
+    CHECK(xd_predictor_parse("oracle", &k, &err) == XD_ERR_INVALID, "unknown");
+    CHECK_CONTAINS(err.msg, "oracle");
+}
+
+/* A prefetch never evicts another predicted expert; a dropped slot misses next time. */
+static void test_cache_prefetch_spares_predictions(void)
+{
+    struct xd_expert_cache *c;
+    struct xd_err err;
+    CHECK(xd_expert_cache_create(2, 4, 2, XD_EVICT_LRU, &c, &err) == XD_OK, "%s", err.msg);
+    struct xd_cache_access a;
+    for (int e = 0; e < 3; e++)
+        xd_expert_cache_predict(c, 1, e);
+    CHECK(xd_expert_cache_get(c, 1, 0, true, &a, &err) == XD_OK, "first guess");
+    xd_expert_cache_unpin(c, a.slot);
+    CHECK(xd_expert_cache_get(c, 1, 1, true, &a, &err) == XD_OK, "second guess");
+    xd_expert_cache_unpin(c, a.slot);
+    CHECK(xd_expert_cache_get(c, 1, 2, true, &a, &err) == XD_ERR_CAPACITY,
+          "a third guess must not evict the first two");
+    struct xd_expert_cache_stats st;
+    xd_expert_cache_get_stats(c, &st, NULL, NULL);
+    CHECK(st.prefetches == 2 && st.prefetches_wasted == 0, "no wasted prefetch");
+    /* a demand access still may evict a predicted expert */
+    CHECK(xd_expert_cache_get(c, 0, 3, false, &a, &err) == XD_OK && !a.hit, "demand evicts");
+    xd_expert_cache_unpin(c, a.slot);
+    /* a copy that failed: the slot is emptied and the expert misses next time */
+    int slot = xd_expert_cache_find(c, 0, 3);
+    xd_expert_cache_drop(c, slot);
+    CHECK(xd_expert_cache_find(c, 0, 3) == -1, "dropped");
+    CHECK(xd_expert_cache_get(c, 0, 3, false, &a, &err) == XD_OK && !a.hit && a.slot == slot &&
+              a.evicted_layer == -1,
+          "refilled into the empty slot");
+    xd_expert_cache_unpin(c, a.slot);
+    xd_expert_cache_destroy(c);
+}
+
+/* The planner's timeline on one hand-computed step: one token, 3 layers of 2 experts each,
+ * 1 ms of compute per layer, 1 ms per copy (1000 bytes at 1e6 B/s), cold cache.
+ * Demand only: each layer's 2 copies queue when it starts; its first expert computes while
+ * the second copies, the second waits for its copy and takes 0.5 ms: layers end at 2.5, 5.0,
+ * 7.5 ms (stall 4.5). With the (perfect) lookahead for layers 1 and 2 issued at the start of
+ * the layer before, behind its demand copies: 2.5, then 4.5 (copies done at 3 and 4), then 6.5
+ * (copies done at 5 and 6). */
+static void test_plan_timeline(void)
+{
+    const char *path = tmp_path("one.xdtrace");
+    write_trace(path, 1, 1, true);
+    struct xd_trace_reader *r;
+    struct xd_err err;
+    struct xd_plan_result res;
+    const struct {
+        enum xd_predictor_kind pk;
+        double sim_ms, stall_ms;
+    } cases[] = {{XD_PREDICT_NONE, 7.5, 4.5}, {XD_PREDICT_LOOKAHEAD, 6.5, 3.5}};
+    for (size_t i = 0; i < 2; i++) {
+        CHECK(xd_trace_reader_open(path, &r, &err) == XD_OK, "%s", err.msg);
+        struct xd_plan_opts o = {.n_slots = L * E, .policy = XD_EVICT_LRU,
+                                 .predictor = cases[i].pk, .h2d_bytes_per_second = 1e6,
+                                 .compute_seconds_per_token = 3e-3};
+        CHECK(xd_plan_run(r, &o, &res, &err) == XD_OK, "%s", err.msg);
+        CHECK(fabs(res.simulated_seconds - cases[i].sim_ms * 1e-3) < 1e-9 &&
+                  fabs(res.stall_seconds - cases[i].stall_ms * 1e-3) < 1e-9,
+              "%s: simulated %g ms stall %g ms (want %g, %g)", xd_predictor_name(cases[i].pk),
+              res.simulated_seconds * 1e3, res.stall_seconds * 1e3, cases[i].sim_ms,
+              cases[i].stall_ms);
+        xd_plan_result_finish(&res);
+        xd_trace_reader_destroy(r);
+    }
+    /* fast copies: no stall, the timeline is the compute */
+    CHECK(xd_trace_reader_open(path, &r, &err) == XD_OK, "%s", err.msg);
+    struct xd_plan_opts o = {.n_slots = L * E, .h2d_bytes_per_second = 1e12,
+                             .compute_seconds_per_token = 3e-3};
+    CHECK(xd_plan_run(r, &o, &res, &err) == XD_OK, "%s", err.msg);
+    CHECK(fabs(res.simulated_seconds - 3e-3) < 1e-8 && res.stall_seconds < 1e-8,
+          "fast copies: %g ms", res.simulated_seconds * 1e3);
+    xd_plan_result_finish(&res);
+    xd_trace_reader_destroy(r);
+    /* a width beyond what the trace recorded is refused, naming both */
+    CHECK(xd_trace_reader_open(path, &r, &err) == XD_OK, "%s", err.msg);
+    o.predictor = XD_PREDICT_LOOKAHEAD;
+    o.predict_width = K + 1;
+    CHECK(xd_plan_run(r, &o, &res, &err) == XD_ERR_INVALID, "width beyond the trace");
+    CHECK_CONTAINS(err.msg, "recorded 2 predicted experts");
+    xd_trace_reader_destroy(r);
+}
+
 static int plan(const char *path, int slots, enum xd_evict_policy pol, enum xd_predictor_kind pk,
                 struct xd_plan_result *res)
 {
@@ -316,7 +538,7 @@ static void test_plan(void)
           (unsigned long long)res.cache.hits, (unsigned long long)res.cache.misses);
     xd_plan_result_finish(&res);
     /* Perfect recorded predictions for layers 1.. : recall counts them exactly. */
-    CHECK(plan(path, L * E, XD_EVICT_PREDICTIVE, XD_PREDICT_RECORDED, &res) == XD_OK, "recorded");
+    CHECK(plan(path, L * E, XD_EVICT_PREDICTIVE, XD_PREDICT_LOOKAHEAD, &res) == XD_OK, "recorded");
     CHECK(res.precision == 1.0, "perfect predictions: precision %g", res.precision);
     CHECK(res.recall > 0.6 && res.recall < 0.7, "layers 1 and 2 of 3 predicted: recall %g",
           res.recall);
@@ -327,10 +549,10 @@ static void test_plan(void)
     struct xd_trace_reader *r;
     struct xd_err err;
     xd_trace_reader_open(bare, &r, &err);
-    struct xd_plan_opts o = {.n_slots = 4, .predictor = XD_PREDICT_RECORDED,
+    struct xd_plan_opts o = {.n_slots = 4, .predictor = XD_PREDICT_LOOKAHEAD,
                              .h2d_bytes_per_second = 1e9};
-    CHECK(xd_plan_run(r, &o, &res, &err) == XD_ERR_INVALID, "recorded without predictions");
-    CHECK_CONTAINS(err.msg, "recorded");
+    CHECK(xd_plan_run(r, &o, &res, &err) == XD_ERR_INVALID, "lookahead without predictions");
+    CHECK_CONTAINS(err.msg, "no lookahead predictions");
     xd_trace_reader_destroy(r);
 }
 
@@ -342,12 +564,17 @@ int main(void)
         return 1;
     }
     RUN(test_trace_round_trip);
+    RUN(test_trace_wide_and_v1);
     RUN(test_trace_truncated_and_corrupt);
     RUN(test_cache_lru_and_pins);
     RUN(test_cache_prefetch_accounting);
     RUN(test_cache_predictive_spares_predicted);
+    RUN(test_predictors);
+    RUN(test_cache_prefetch_spares_predictions);
     RUN(test_plan);
-    const char *names[] = {"rt.xdtrace", "cut.xdtrace", "plan.xdtrace", "bare.xdtrace"};
+    RUN(test_plan_timeline);
+    const char *names[] = {"rt.xdtrace", "cut.xdtrace", "plan.xdtrace", "bare.xdtrace",
+                           "one.xdtrace"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)
         unlink(tmp_path(names[i]));
     rmdir(tmpdir);

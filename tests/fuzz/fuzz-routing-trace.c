@@ -27,9 +27,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (size_t i = 0; i < n; i++) {
             REQUIRE(s.experts[i] >= 0 && s.experts[i] < h->n_experts);
             REQUIRE(isfinite(s.weights[i]));
-            if (s.predicted)
-                REQUIRE(s.predicted[i] >= -1 && s.predicted[i] < h->n_experts);
         }
+        size_t n_pred = s.predicted ? (size_t)s.n_tokens * h->n_moe_layers * h->pred_width : 0;
+        for (size_t i = 0; i < n_pred; i++)
+            REQUIRE(s.predicted[i] >= -1 && s.predicted[i] < h->n_experts);
     }
     if (rc < 0)
         REQUIRE(strstr(err.msg, "fuzz/trace") != NULL);

@@ -32,10 +32,14 @@ def read_trace(path):
     data = zstandard.ZstdDecompressor().stream_reader(open(path, "rb")).read()
     assert data[:8] == MAGIC, f"{path}: not a routing trace"
     version, L, K, E, expert_bytes, flags = struct.unpack_from("<IIIIQI", data, 8)
-    hdr = {"version": version, "layers": L, "top_k": K, "experts": E,
-           "expert_bytes": expert_bytes, "predictions": bool(flags & 1)}
     off = 8 + struct.calcsize("<IIIIQI")
-    n = L * K
+    width = K if flags & 1 else 0  # version 1: predictions are top_k wide
+    if version >= 2:
+        (width,) = struct.unpack_from("<I", data, off)
+        off += 4
+    hdr = {"version": 2, "layers": L, "top_k": K, "experts": E,
+           "expert_bytes": expert_bytes, "predictions": bool(flags & 1), "pred_width": width}
+    n, n_pred = L * K, L * width
     steps = []
     while True:
         tag = data[off]
@@ -54,25 +58,25 @@ def read_trace(path):
             off += 4 * n
             pr = None
             if hdr["predictions"]:
-                pr = struct.unpack_from(f"<{n}H", data, off)
-                off += 2 * n
+                pr = struct.unpack_from(f"<{n_pred}H", data, off)
+                off += 2 * n_pred
             toks.append((req, pos, ex, w, pr))
         steps.append((step, seconds, toks))
     return hdr, steps
 
 
 def write_trace(path, hdr, steps):
-    n = hdr["layers"] * hdr["top_k"]
+    n, n_pred = hdr["layers"] * hdr["top_k"], hdr["layers"] * hdr["pred_width"]
     out = bytearray(MAGIC)
-    out += struct.pack("<IIIIQI", hdr["version"], hdr["layers"], hdr["top_k"], hdr["experts"],
-                       hdr["expert_bytes"], 1 if hdr["predictions"] else 0)
+    out += struct.pack("<IIIIQII", 2, hdr["layers"], hdr["top_k"], hdr["experts"],
+                       hdr["expert_bytes"], 1 if hdr["predictions"] else 0, hdr["pred_width"])
     for step, seconds, toks in steps:
         out += struct.pack("<BQdI", 1, step, seconds, len(toks))
         for req, pos, ex, w, pr in toks:
             out += struct.pack("<QI", req, pos) + struct.pack(f"<{n}H", *ex)
             out += struct.pack(f"<{n}f", *w)
             if hdr["predictions"]:
-                out += struct.pack(f"<{n}H", *pr)
+                out += struct.pack(f"<{n_pred}H", *pr)
     out += b"\0"
     with open(path, "wb") as f:
         f.write(zstandard.ZstdCompressor(level=19).compress(bytes(out)))
@@ -111,10 +115,18 @@ def record(args):
           f"{sum(len(t) for _, _, t in merged)} tokens, {os.path.getsize(args.out)} bytes")
 
 
-def plan(expertd, trace, slots, predictor):
-    r = subprocess.run([expertd, "plan", "--trace", trace, "--cache-slots", str(slots),
-                        "--policy", "lru", "--predictor", predictor, "--json"],
-                       check=True, capture_output=True, text=True)
+# What-if timing for the planner's simulated timeline: this routing moving experts of
+# OLMoE-1B-7B's size (3 x 2048 x 1024 bf16 = 12 MiB) over pinned PCIe 4 (25 GB/s), with 2 ms of
+# GPU compute per token. An assumption for comparing predictors, not a measurement.
+WHATIF = ["--expert-mib", "12", "--h2d-gbps", "25", "--compute-ms", "2"]
+
+
+def plan(expertd, trace, slots, predictor, width=None):
+    cmd = [expertd, "plan", "--trace", trace, "--cache-slots", str(slots), "--policy", "lru",
+           "--predictor", predictor, "--json"] + WHATIF
+    if width:
+        cmd += ["--predict-width", str(width)]
+    r = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(r.stdout)
 
 
@@ -135,7 +147,9 @@ def report(args):
     for req, pos, ex, _, pr in toks:
         by_req.setdefault(req, {})[pos] = (ex, pr)
     reuse = [[0, 0] for _ in range(L)]
-    recall = [[0, 0] for _ in range(L)]
+    W = hdr["pred_width"]
+    recall = [[0, 0] for _ in range(L)]  # top_k wide
+    recall_w = {w: [[0, 0] for _ in range(L)] for w in range(1, W + 1)}
     for seq in by_req.values():
         for pos, (ex, pr) in seq.items():
             for l in range(L):
@@ -145,9 +159,13 @@ def report(args):
                     reuse[l][0] += len(cur & prev)
                     reuse[l][1] += K
                 if pr is not None and l > 0:
-                    pred = set(p for p in pr[l * K:(l + 1) * K] if p != 0xFFFF)
+                    pred = set(p for p in pr[l * W:l * W + K] if p != 0xFFFF)
                     recall[l][0] += len(cur & pred)
                     recall[l][1] += K
+                    for width in range(1, W + 1):
+                        pred = set(p for p in pr[l * W:l * W + width] if p != 0xFFFF)
+                        recall_w[width][l][0] += len(cur & pred)
+                        recall_w[width][l][1] += K
     # language of each request (passage), when the held-out file is at hand
     lang = {}
     if args.heldout:
@@ -168,7 +186,12 @@ def report(args):
     for frac in (0.25, 0.5):
         slots = round(total_slots * frac)
         cache[frac] = {p: plan(args.expertd, args.trace, slots, p)
-                       for p in ("none", "recorded", "previous")}
+                       for p in ("none", "lookahead", "previous", "lookahead+previous")}
+    widths = {}
+    for frac in (0.25, 0.5):
+        slots = round(total_slots * frac)
+        widths[frac] = {w: plan(args.expertd, args.trace, slots, "lookahead", w)
+                        for w in range(1, W + 1)}
     lines = []
     w = lines.append
     w("# Routing of the demo model on held-out text")
@@ -244,32 +267,57 @@ def report(args):
       "recorded in the trace by `--record-routing`): the share of the "
       f"{K} experts actually chosen that were among the {K} predicted.")
     w("")
-    w("| layer | recall |")
-    w("|---|---|")
+    w("| layer | " + " | ".join(f"recall, {x} predicted" for x in range(1, W + 1)) + " |")
+    w("|---|" + "---|" * W)
     for l in range(1, L):
         if recall[l][1]:
-            w(f"| {l} | {recall[l][0] / recall[l][1]:.3f} |")
+            w(f"| {l} | " + " | ".join(f"{recall_w[x][l][0] / recall_w[x][l][1]:.3f}"
+                                     for x in range(1, W + 1)) + " |")
     if any(r[1] for r in recall):
-        w(f"| all | {sum(r[0] for r in recall) / sum(r[1] for r in recall):.3f} |")
+        w("| all | " + " | ".join(
+            f"{sum(r[0] for r in recall_w[x]) / sum(r[1] for r in recall_w[x]):.3f}"
+            for x in range(1, W + 1)) + " |")
     w("")
-    rec = cache[0.25]["recorded"]
-    w(f"`expertd plan --predictor recorded` (over every layer, the first included) reports "
-      f"prediction precision {rec['prediction_precision']:.3f} and recall "
+    rec = cache[0.25]["lookahead"]
+    w(f"`expertd plan --predictor lookahead` (over every layer, the first included: nothing "
+      f"predicts it) reports prediction precision {rec['prediction_precision']:.3f} and recall "
       f"{rec['prediction_recall']:.3f} at 25% cache.")
+    w("")
+    w("### How wide to prefetch")
+    w("")
+    w("Prefetching more of the lookahead's ranking finds more of the experts used and copies "
+      "more that are not; copies go through one copy engine in order, so a wasted prefetch "
+      "delays the demand copies behind it. `expertd plan` simulates that timeline; here with "
+      "what-if sizes: this routing moving experts of OLMoE-1B-7B's size (12 MiB) at 25 GB/s "
+      "with 2 ms of compute per token (`" + " ".join(WHATIF) + "`), decode steps only, LRU. "
+      "With every expert resident a decode token takes the 2 ms of compute.")
+    w("")
+    w("| cache | width | precision | recall | hit rate | MiB copied per token | decode ms per token (simulated) | of which waiting for copies |")
+    w("|---|---|---|---|---|---|---|---|")
+    for frac in (0.25, 0.5):
+        for x, r in widths[frac].items():
+            w(f"| {int(frac * 100)}% | {x} | {r['prediction_precision']:.3f} | "
+              f"{r['prediction_recall']:.3f} | {r['hit_rate']:.3f} | "
+              f"{r['bytes_per_token'] / 2**20:.2f} | "
+              f"{r['decode_simulated_seconds_per_token'] * 1e3:.2f} | "
+              f"{r['decode_stall_seconds_per_token'] * 1e3:.2f} |")
     w("")
     w("## LRU expert cache")
     w("")
     w(f"Hit rate of an LRU cache holding 25% and 50% of all {total_slots} experts "
       f"({L} layers x {E}), from `expertd plan --trace TRACE --cache-slots N --policy lru "
-      "--predictor P`: `none` is demand loading only; `recorded` also prefetches the lookahead "
-      "prediction; `previous` prefetches the experts the previous token used.")
+      "--predictor P`: `none` is demand loading only; `lookahead` also prefetches the lookahead "
+      f"prediction ({K} wide); `previous` prefetches the experts the previous token used; "
+      "`lookahead+previous` both. Copies and decode times with the what-if sizes above.")
     w("")
-    w("| cache | slots | predictor | hit rate | MiB copied per token |")
-    w("|---|---|---|---|---|")
+    w("| cache | slots | predictor | hit rate | precision | recall | MiB copied per token | decode ms per token (simulated) |")
+    w("|---|---|---|---|---|---|---|---|")
     for frac in (0.25, 0.5):
         for p, r in cache[frac].items():
             w(f"| {int(frac * 100)}% | {r['cache_slots']} | {p} | {r['hit_rate']:.3f} | "
-              f"{r['bytes_per_token'] / 2**20:.3f} |")
+              f"{r['prediction_precision']:.3f} | {r['prediction_recall']:.3f} | "
+              f"{r['bytes_per_token'] / 2**20:.3f} | "
+              f"{r['decode_simulated_seconds_per_token'] * 1e3:.2f} |")
     w("")
     w("Per-layer LRU hit rates without prefetch: " + "; ".join(
         f"{int(frac * 100)}%: " + ", ".join(f"{h:.2f}" for h in cache[frac]['none']['layer_hit_rates'])
@@ -287,11 +335,14 @@ def report(args):
         "trained briefly; a cache can leave those on the host).",
         f"- Consecutive tokens reuse an expert with probability {allr:.2f} "
         f"({K / E:.3f} at random), more in the deeper layers.",
-        f"- The one-layer lookahead finds {100 * allrec:.0f}% of the next layer's experts.",
+        f"- The one-layer lookahead finds {100 * allrec:.0f}% of the next layer's experts "
+        f"({100 * sum(r[0] for r in recall_w[W]) / max(1, sum(r[1] for r in recall_w[W])):.0f}% "
+        f"when {W} are predicted), but on a copy-bound timeline predicting more than top-{K} "
+        "costs more in wasted copies than it saves.",
         f"- LRU alone hits {cache[0.25]['none']['hit_rate']:.2f} with 25% of the experts "
         f"resident and {cache[0.5]['none']['hit_rate']:.2f} with 50%; prefetching the lookahead "
-        f"prediction raises that to {cache[0.25]['recorded']['hit_rate']:.2f} and "
-        f"{cache[0.5]['recorded']['hit_rate']:.2f}.",
+        f"prediction raises that to {cache[0.25]['lookahead']['hit_rate']:.2f} and "
+        f"{cache[0.5]['lookahead']['hit_rate']:.2f}.",
         "",
     ]
     lines[2:2] = [lines[2], ""] + summary
