@@ -665,6 +665,7 @@ static int cuda_forward(void *p, const struct xd_batch *b, struct xd_forward_out
     }
     CUDA_TRY(cudaStreamSynchronize(s->stream));
     CUDA_TRY(cudaGetLastError());
+    XD_TRY(xd_expert_pool_end_step(s->pool, err));
 
     ret->logits = s->h_logits;
     ret->n_logit_rows = R;
