@@ -3,6 +3,7 @@
  * or ahead of need. */
 #include "expert_pool.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -75,6 +76,13 @@ static int expert_to_bf16(const struct xd_model *m, const struct xd_expert_pool 
     return XD_OK;
 }
 
+/* What helps when the pool's device memory runs out. */
+static const char HINT_RESIDENT[] =
+    "offload experts to host memory with --expert-cache-mib, use a GPU with more memory or "
+    "--device cpu";
+static const char HINT_OFFLOADING[] =
+    "lower --expert-cache-mib, use a GPU with more memory or --device cpu";
+
 static int alloc_slots(struct xd_expert_pool *p, const struct xd_model_config *c,
                        struct xd_err *err)
 {
@@ -82,16 +90,15 @@ static int alloc_slots(struct xd_expert_pool *p, const struct xd_model_config *c
     cudaError_t e = cudaMalloc((void **)&p->slots, bytes ? bytes : 1);
     if (e == cudaSuccess)
         return XD_OK;
-    size_t free_b = 0, total_b = 0;
-    cudaGetLastError();
-    cudaMemGetInfo(&free_b, &total_b);
     p->slots = NULL;
-    return xd_err_set(err, XD_ERR_NOMEM,
-                      "GPU out of memory for the expert pool: %zu experts of %d (%d MoE layers "
-                      "x %d) need %.2f GiB, %.2f GiB of %.2f GiB is free; set a smaller expert "
-                      "cache (expert-cache-mib), use a GPU with more memory or --device cpu",
-                      p->n_slots, c->n_moe_layers * c->n_experts, c->n_moe_layers, c->n_experts,
-                      bytes / 1073741824.0, free_b / 1073741824.0, total_b / 1073741824.0);
+    char what[160];
+    snprintf(what, sizeof what, "the expert pool (%zu experts of %d, %d MoE layers x %d)",
+             p->n_slots, c->n_moe_layers * c->n_experts, c->n_moe_layers, c->n_experts);
+    if (e == cudaErrorMemoryAllocation)
+        return xd_cuda_oom(err, what, bytes, p->offloading ? HINT_OFFLOADING : HINT_RESIDENT);
+    (void)cudaGetLastError();
+    return xd_err_set(err, XD_ERR_IO, "allocating %s on the GPU: %s", what,
+                      cudaGetErrorString(e));
 }
 
 /* All resident: every expert uploaded once through a pinned staging slot. */
@@ -171,10 +178,13 @@ static int create_offloading(struct xd_expert_pool *p, const struct xd_model *m,
             *hi = (int)next++;
         }
     XD_TRY(alloc_slots(p, c, err));
-    CUDA_TRY(cudaStreamCreateWithFlags(&p->copy, cudaStreamNonBlocking));
+    CUDA_TRY_MEM(cudaStreamCreateWithFlags(&p->copy, cudaStreamNonBlocking),
+                 "the expert copy stream", HINT_OFFLOADING);
     for (size_t i = 0; i < p->n_slots; i++) {
-        CUDA_TRY(cudaEventCreateWithFlags(&p->ready[i], cudaEventDisableTiming));
-        CUDA_TRY(cudaEventCreateWithFlags(&p->freed[i], cudaEventDisableTiming));
+        CUDA_TRY_MEM(cudaEventCreateWithFlags(&p->ready[i], cudaEventDisableTiming),
+                     "the expert slots' events", HINT_OFFLOADING);
+        CUDA_TRY_MEM(cudaEventCreateWithFlags(&p->freed[i], cudaEventDisableTiming),
+                     "the expert slots' events", HINT_OFFLOADING);
     }
     return XD_OK;
 }
