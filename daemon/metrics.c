@@ -174,6 +174,12 @@ static void counter(struct buf *b, const char *name, const char *help, uint64_t 
     out(b, "%s %llu\n", name, (unsigned long long)v);
 }
 
+static void counter_f(struct buf *b, const char *name, const char *help, double v)
+{
+    header(b, name, "counter", help);
+    out(b, "%s %.9g\n", name, v);
+}
+
 static void gauge(struct buf *b, const char *name, const char *help, double v)
 {
     header(b, name, "gauge", help);
@@ -252,6 +258,8 @@ char *xd_metrics_render(struct xd_metrics *m, const struct xd_sched_stats *st,
             ex->cache.evictions);
     counter(&b, "expertd_expert_h2d_bytes_total", "Expert bytes copied host to device.",
             ex->bytes_h2d);
+    counter_f(&b, "expertd_expert_stall_seconds_total", "Seconds the GPU waited for expert copies.",
+              ex->stall_seconds);
     if (ex->layer_hits) {
         header(&b, "expertd_expert_layer_hits_total", "counter", "Expert cache hits per layer.");
         for (int l = 0; l < ex->n_layers; l++)
@@ -285,8 +293,8 @@ char *xd_metrics_render(struct xd_metrics *m, const struct xd_sched_stats *st,
     counter(&b, "expertd_steps_total", "Engine forward steps.", st->steps_total);
     counter(&b, "expertd_step_tokens_total", "Tokens run over all steps.",
             st->step_tokens_total);
-    header(&b, "expertd_step_seconds_total", "counter", "Seconds spent in engine steps.");
-    out(&b, "expertd_step_seconds_total %.9g\n", st->step_seconds_total);
+    counter_f(&b, "expertd_step_seconds_total", "Seconds spent in engine steps.",
+              st->step_seconds_total);
     gauge(&b, "expertd_tokens_per_step", "Mean tokens per engine step since start.",
           st->steps_total ? (double)st->step_tokens_total / (double)st->steps_total : 0.0);
     counter(&b, "expertd_prefix_cache_queries_total",

@@ -96,6 +96,8 @@ struct xd_expert_stats {
     int n_slots;
     struct xd_expert_cache_stats cache;
     uint64_t bytes_h2d;     /* expert bytes copied host to device */
+    double stall_seconds;   /* seconds the GPU's compute stream waited for expert copies,
+                               summed over steps */
     int n_layers;           /* model layers (dense ones count nothing) */
     const uint64_t *layer_hits;   /* (n_layers,) valid until the next forward */
     const uint64_t *layer_misses; /* (n_layers,) */

@@ -1,5 +1,7 @@
 /* The CUDA backend: a forward step on the GPU with cuBLAS for every projection, bf16 weights
  * and GEMM inputs, f32 accumulation and residual stream, and a bf16 paged KV cache. */
+#include <new>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <vector>
@@ -88,26 +90,59 @@ struct cuda_state {
  * EXPERTD_CUDA_SMALL_STEP_SLOTS overrides it (the GPU tests run both paths with 0 and default). */
 #define SMALL_STEP_SLOTS s->small_step_slots
 
-static int dev_alloc(cuda_state *s, size_t bytes, void **ret, const char *what, struct xd_err *err)
+/* What helps when device memory runs out, by what is being allocated. Load order: weights,
+ * experts, KV cache, step buffers; what comes earlier is already held. */
+static const char HINT_FIRST[] =
+    "it comes before the experts and the KV cache: free GPU memory held by other processes, "
+    "use a GPU with more memory or --device cpu";
+static const char HINT_KV[] =
+    "lower --kv-blocks (or --kv-memory), offload experts with --expert-cache-mib (a smaller "
+    "value if set), or use --device cpu";
+static const char HINT_STEP[] =
+    "lower --max-batch-tokens or --kv-blocks (or --kv-memory), offload experts with "
+    "--expert-cache-mib (a smaller value if set), or use --device cpu";
+
+/* cudaMalloc recorded in s->allocs (freed at destroy); out of memory is XD_ERR_NOMEM naming
+ * what, the bytes, what is free and hint. */
+static int dev_alloc(cuda_state *s, size_t bytes, void **ret, const char *what, const char *hint,
+                     struct xd_err *err)
 {
     cudaError_t e = cudaMalloc(ret, bytes ? bytes : 1);
-    if (e != cudaSuccess) {
-        size_t free_b = 0, total_b = 0;
-        cudaGetLastError();
-        cudaMemGetInfo(&free_b, &total_b);
-        return xd_err_set(err, XD_ERR_NOMEM,
-                          "GPU out of memory for %s (%.1f MiB; %.1f MiB of %.1f MiB free); lower "
-                          "--kv-blocks or --max-batch-tokens, or use --device cpu",
-                          what, bytes / 1048576.0, free_b / 1048576.0, total_b / 1048576.0);
+    if (e == cudaErrorMemoryAllocation)
+        return xd_cuda_oom(err, what, bytes, hint);
+    if (e != cudaSuccess)
+        return xd_err_set(err, XD_ERR_IO, "allocating %s (%.1f MiB) on the GPU: %s", what,
+                          bytes / 1048576.0, cudaGetErrorString(e));
+    try {
+        s->allocs.push_back(*ret);
+    } catch (const std::bad_alloc &) {
+        cudaFree(*ret);
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
     }
-    s->allocs.push_back(*ret);
     return XD_OK;
 }
 
 template <typename T>
-static int alloc_n(cuda_state *s, size_t n, T **ret, const char *what, struct xd_err *err)
+static int alloc_n(cuda_state *s, size_t n, T **ret, const char *what, const char *hint,
+                   struct xd_err *err)
 {
-    return dev_alloc(s, n * sizeof(T), (void **)ret, what, err);
+    if (n > SIZE_MAX / sizeof(T))
+        return xd_cuda_oom(err, what, SIZE_MAX, hint);
+    return dev_alloc(s, n * sizeof(T), (void **)ret, what, hint, err);
+}
+
+/* Pinned host memory (cudaMallocHost) for what; failure is XD_ERR_NOMEM naming it. */
+static int host_alloc(size_t bytes, void **ret, const char *what, struct xd_err *err)
+{
+    cudaError_t e = cudaMallocHost(ret, bytes ? bytes : 1);
+    if (e == cudaSuccess)
+        return XD_OK;
+    (void)cudaGetLastError();
+    *ret = NULL;
+    return xd_err_set(err, e == cudaErrorMemoryAllocation ? XD_ERR_NOMEM : XD_ERR_IO,
+                      "pinned host memory for %s (%.1f MiB): %s; lower --max-batch-tokens or "
+                      "free host memory",
+                      what, bytes / 1048576.0, cudaGetErrorString(e));
 }
 
 /* Uploads a weight matrix as bf16; a NULL matrix gives NULL. */
@@ -121,7 +156,7 @@ static int upload_bf16(cuda_state *s, const struct xd_matrix *m, const bf16 **re
     std::vector<uint16_t> host(n);
     xd_matrix_to_bf16(m, host.data());
     bf16 *d;
-    int rc = alloc_n(s, n, &d, what, err);
+    int rc = alloc_n(s, n, &d, what, HINT_FIRST, err);
     if (rc < 0)
         return rc;
     CUDA_TRY(cudaMemcpy(d, host.data(), n * 2, cudaMemcpyHostToDevice));
@@ -140,7 +175,7 @@ static int upload_f32(cuda_state *s, const struct xd_matrix *m, const float **re
     std::vector<float> host(n);
     xd_dtype_to_f32(m->dtype, m->data, host.data(), n);
     float *d;
-    int rc = alloc_n(s, n, &d, what, err);
+    int rc = alloc_n(s, n, &d, what, HINT_FIRST, err);
     if (rc < 0)
         return rc;
     CUDA_TRY(cudaMemcpy(d, host.data(), n * 4, cudaMemcpyHostToDevice));
@@ -187,8 +222,12 @@ static int create_inner(cuda_state *s, struct xd_err *err)
     if (e != cudaSuccess || n_dev == 0)
         return xd_err_set(err, XD_ERR_UNSUPPORTED, "device cuda: no usable GPU (%s)",
                           e != cudaSuccess ? cudaGetErrorString(e) : "none found");
-    CUDA_TRY(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
-    CUBLAS_TRY(cublasCreate(&s->blas));
+    CUDA_TRY_MEM(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking), "a CUDA stream",
+                 HINT_FIRST);
+    cublasStatus_t bs = cublasCreate(&s->blas);
+    if (bs == CUBLAS_STATUS_ALLOC_FAILED)
+        return xd_cuda_oom(err, "the cuBLAS handle", 0, HINT_FIRST);
+    CUBLAS_TRY(bs);
     CUBLAS_TRY(cublasSetStream(s->blas, s->stream));
 
     XD_TRY(upload_bf16(s, &m->embed, &s->embed, "the embedding table", err));
@@ -233,42 +272,47 @@ static int create_inner(cuda_state *s, struct xd_err *err)
 
     const size_t T = (size_t)s->opts.max_batch_tokens, TK = T * s->K, H = s->H;
     s->layer_slots = (size_t)s->opts.n_kv_blocks * s->opts.block_size;
+    if (s->layer_slots > SIZE_MAX / c->n_layers / s->kv_dim)
+        return xd_cuda_oom(err, "the KV cache", SIZE_MAX, HINT_KV);
     const size_t kv = (size_t)c->n_layers * s->layer_slots * s->kv_dim;
-    XD_TRY(alloc_n(s, kv, &s->k_cache, "the KV cache", err));
-    XD_TRY(alloc_n(s, kv, &s->v_cache, "the KV cache", err));
+    XD_TRY(alloc_n(s, kv, &s->k_cache, "the KV cache (keys)", HINT_KV, err));
+    XD_TRY(alloc_n(s, kv, &s->v_cache, "the KV cache (values)", HINT_KV, err));
     s->d_ints_cap = 5 * T + 1024;
-    XD_TRY(alloc_n(s, s->d_ints_cap, &s->d_ints, "step buffers", err));
-    CUDA_TRY(cudaMallocHost((void **)&s->h_ints, sizeof(int32_t) * s->d_ints_cap));
+    XD_TRY(alloc_n(s, s->d_ints_cap, &s->d_ints, "step buffers", HINT_STEP, err));
+    XD_TRY(host_alloc(sizeof(int32_t) * s->d_ints_cap, (void **)&s->h_ints, "step inputs",
+                      err));
     const size_t workspace = 32u << 20;
-    XD_TRY(dev_alloc(s, workspace, &s->blas_workspace, "the cuBLAS workspace", err));
+    XD_TRY(dev_alloc(s, workspace, &s->blas_workspace, "the cuBLAS workspace", HINT_STEP, err));
     CUBLAS_TRY(cublasSetWorkspace(s->blas, s->blas_workspace, workspace));
     const size_t F = (size_t)s->ffn_max;
-    XD_TRY(alloc_n(s, T * H, &s->h, "step buffers", err));
-    XD_TRY(alloc_n(s, T * H, &s->xn, "step buffers", err));
-    XD_TRY(alloc_n(s, T * H, &s->xs, "step buffers", err));
-    XD_TRY(alloc_n(s, T * H, &s->xnf, "step buffers", err));
-    XD_TRY(alloc_n(s, T * s->q_dim, &s->q, "step buffers", err));
-    XD_TRY(alloc_n(s, T * s->kv_dim, &s->k, "step buffers", err));
-    XD_TRY(alloc_n(s, T * s->kv_dim, &s->v, "step buffers", err));
-    XD_TRY(alloc_n(s, T * s->q_dim, &s->attn, "step buffers", err));
-    XD_TRY(alloc_n(s, T * H, &s->out, "step buffers", err));
-    XD_TRY(alloc_n(s, T * s->E, &s->router, "step buffers", err));
-    XD_TRY(alloc_n(s, TK, &s->weights, "step buffers", err));
-    XD_TRY(alloc_n(s, TK, &s->experts, "step buffers", err));
-    XD_TRY(alloc_n(s, TK, &s->row_src, "step buffers", err));
-    XD_TRY(alloc_n(s, TK, &s->slot_row, "step buffers", err));
-    XD_TRY(alloc_n(s, TK * H, &s->xg, "expert buffers", err));
-    XD_TRY(alloc_n(s, TK * F, &s->g, "expert buffers", err));
-    XD_TRY(alloc_n(s, TK * F, &s->u, "expert buffers", err));
-    XD_TRY(alloc_n(s, TK * F, &s->a, "expert buffers", err));
-    XD_TRY(alloc_n(s, TK * H, &s->eo, "expert buffers", err));
-    XD_TRY(alloc_n(s, T * c->vocab_size, &s->logits, "the logits", err));
-    CUDA_TRY(cudaMallocHost((void **)&s->h_logits, T * c->vocab_size * sizeof(float)));
+    XD_TRY(alloc_n(s, T * H, &s->h, "step buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, T * H, &s->xn, "step buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, T * H, &s->xs, "step buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, T * H, &s->xnf, "step buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, T * s->q_dim, &s->q, "step buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, T * s->kv_dim, &s->k, "step buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, T * s->kv_dim, &s->v, "step buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, T * s->q_dim, &s->attn, "step buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, T * H, &s->out, "step buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, T * s->E, &s->router, "step buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, TK, &s->weights, "step buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, TK, &s->experts, "step buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, TK, &s->row_src, "step buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, TK, &s->slot_row, "step buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, TK * H, &s->xg, "expert buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, TK * F, &s->g, "expert buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, TK * F, &s->u, "expert buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, TK * F, &s->a, "expert buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, TK * H, &s->eo, "expert buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, T * c->vocab_size, &s->logits, "the logits", HINT_STEP, err));
+    XD_TRY(host_alloc(T * c->vocab_size * sizeof(float), (void **)&s->h_logits, "the logits",
+                      err));
     const size_t L = c->n_moe_layers ? c->n_moe_layers : 1;
-    XD_TRY(alloc_n(s, (size_t)c->n_layers * s->E, &s->d_expert_ptrs, "expert table", err));
-    XD_TRY(alloc_n(s, (size_t)s->E + 1, &s->d_start, "step buffers", err));
-    XD_TRY(alloc_n(s, TK * L, &s->d_route_experts, "step buffers", err));
-    XD_TRY(alloc_n(s, TK * L, &s->d_route_weights, "step buffers", err));
+    XD_TRY(alloc_n(s, (size_t)c->n_layers * s->E, &s->d_expert_ptrs, "expert table", HINT_STEP,
+                   err));
+    XD_TRY(alloc_n(s, (size_t)s->E + 1, &s->d_start, "step buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, TK * L, &s->d_route_experts, "step buffers", HINT_STEP, err));
+    XD_TRY(alloc_n(s, TK * L, &s->d_route_weights, "step buffers", HINT_STEP, err));
     if (!s->offloading) {
         /* every expert resident: the small-step kernels find them through this table */
         std::vector<const bf16 *> ptrs((size_t)c->n_layers * s->E, nullptr);
@@ -290,10 +334,10 @@ static int create_inner(cuda_state *s, struct xd_err *err)
         XD_TRY(xd_expert_predictor_create(XD_PREDICT_LOOKAHEAD, s->W, c->n_moe_layers, s->K,
                                           s->E, &s->predictor, err));
         const size_t TW = T * (size_t)s->W;
-        XD_TRY(alloc_n(s, T * H, &s->pred_x, "prefetch buffers", err));
-        XD_TRY(alloc_n(s, T * s->E, &s->pred_router, "prefetch buffers", err));
-        XD_TRY(alloc_n(s, TW, &s->pred_weights, "prefetch buffers", err));
-        XD_TRY(alloc_n(s, TW, &s->pred_experts, "prefetch buffers", err));
+        XD_TRY(alloc_n(s, T * H, &s->pred_x, "prefetch buffers", HINT_STEP, err));
+        XD_TRY(alloc_n(s, T * s->E, &s->pred_router, "prefetch buffers", HINT_STEP, err));
+        XD_TRY(alloc_n(s, TW, &s->pred_weights, "prefetch buffers", HINT_STEP, err));
+        XD_TRY(alloc_n(s, TW, &s->pred_experts, "prefetch buffers", HINT_STEP, err));
         s->h_pred.resize(TW);
         s->route_pred.resize(TW * L);
         s->pred_list.resize((size_t)s->E);
@@ -342,7 +386,12 @@ static int cuda_create(struct xd_model *model, const struct xd_engine_opts *opts
         s->ffn_max = c->dense_ffn;
     if (c->shared_expert_ffn > s->ffn_max)
         s->ffn_max = c->shared_expert_ffn;
-    int rc = create_inner(s, err);
+    int rc;
+    try {
+        rc = create_inner(s, err);
+    } catch (const std::bad_alloc &) { /* host vectors: library code must not terminate */
+        rc = xd_err_set(err, XD_ERR_NOMEM, "device cuda: out of host memory while loading");
+    }
     if (rc < 0) {
         cuda_destroy(s);
         return rc;
@@ -640,12 +689,13 @@ static int cuda_forward(void *p, const struct xd_batch *b, struct xd_forward_out
         /* graphs hold the old pointers: drop them with the old buffers */
         CUDA_TRY(cudaStreamSynchronize(s->stream));
         drop_graphs(s);
-        int32_t *bigger;
-        XD_TRY(alloc_n(s, need * 2, &bigger, "step buffers", err));
+        int32_t *bigger, *h_bigger;
+        XD_TRY(alloc_n(s, need * 2, &bigger, "step buffers", HINT_STEP, err));
         s->d_ints = bigger; /* the old buffer stays in allocs until destroy */
+        /* the old pinned copy stays until the new one exists: a failure leaves a usable pair */
+        XD_TRY(host_alloc(sizeof(int32_t) * need * 2, (void **)&h_bigger, "step inputs", err));
         cudaFreeHost(s->h_ints);
-        s->h_ints = NULL;
-        CUDA_TRY(cudaMallocHost((void **)&s->h_ints, sizeof(int32_t) * need * 2));
+        s->h_ints = h_bigger;
         s->d_ints_cap = need * 2;
     }
     int32_t *tok = s->h_ints, *pos = tok + n, *slot = pos + n, *off = slot + n, *rows = off + n,
@@ -692,6 +742,7 @@ static int cuda_forward(void *p, const struct xd_batch *b, struct xd_forward_out
     }
     CUDA_TRY(cudaStreamSynchronize(s->stream));
     CUDA_TRY(cudaGetLastError());
+    XD_TRY(xd_expert_pool_end_step(s->pool, err));
 
     ret->logits = s->h_logits;
     ret->n_logit_rows = R;

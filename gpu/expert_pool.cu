@@ -3,6 +3,7 @@
  * or ahead of need. */
 #include "expert_pool.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,6 +36,14 @@ struct xd_expert_pool {
     cudaEvent_t *freed;  /* (n_slots,) recorded on compute after the slot's latest use */
     uint64_t bytes_h2d;
     uint64_t *layer_hits, *layer_misses; /* (n_layers,) filled by xd_expert_pool_stats */
+
+    /* stall timing: timing events recorded on compute right before and after a wait for a
+     * copy that may be in flight; summed at the end of each step */
+    bool *pending;          /* (n_slots,) a copy was enqueued that compute has not waited for */
+    cudaEvent_t *stall_ev;  /* (n_stall_ev,) pair i is [2i] (before the wait), [2i + 1] (after) */
+    size_t n_stall_ev;      /* events created */
+    size_t n_stall;         /* pairs recorded this step */
+    double stall_seconds;
 };
 
 void xd_matrix_to_bf16(const struct xd_matrix *m, uint16_t *dst)
@@ -67,6 +76,13 @@ static int expert_to_bf16(const struct xd_model *m, const struct xd_expert_pool 
     return XD_OK;
 }
 
+/* What helps when the pool's device memory runs out. */
+static const char HINT_RESIDENT[] =
+    "offload experts to host memory with --expert-cache-mib, use a GPU with more memory or "
+    "--device cpu";
+static const char HINT_OFFLOADING[] =
+    "lower --expert-cache-mib, use a GPU with more memory or --device cpu";
+
 static int alloc_slots(struct xd_expert_pool *p, const struct xd_model_config *c,
                        struct xd_err *err)
 {
@@ -74,16 +90,15 @@ static int alloc_slots(struct xd_expert_pool *p, const struct xd_model_config *c
     cudaError_t e = cudaMalloc((void **)&p->slots, bytes ? bytes : 1);
     if (e == cudaSuccess)
         return XD_OK;
-    size_t free_b = 0, total_b = 0;
-    cudaGetLastError();
-    cudaMemGetInfo(&free_b, &total_b);
     p->slots = NULL;
-    return xd_err_set(err, XD_ERR_NOMEM,
-                      "GPU out of memory for the expert pool: %zu experts of %d (%d MoE layers "
-                      "x %d) need %.2f GiB, %.2f GiB of %.2f GiB is free; set a smaller expert "
-                      "cache (expert-cache-mib), use a GPU with more memory or --device cpu",
-                      p->n_slots, c->n_moe_layers * c->n_experts, c->n_moe_layers, c->n_experts,
-                      bytes / 1073741824.0, free_b / 1073741824.0, total_b / 1073741824.0);
+    char what[160];
+    snprintf(what, sizeof what, "the expert pool (%zu experts of %d, %d MoE layers x %d)",
+             p->n_slots, c->n_moe_layers * c->n_experts, c->n_moe_layers, c->n_experts);
+    if (e == cudaErrorMemoryAllocation)
+        return xd_cuda_oom(err, what, bytes, p->offloading ? HINT_OFFLOADING : HINT_RESIDENT);
+    (void)cudaGetLastError();
+    return xd_err_set(err, XD_ERR_IO, "allocating %s on the GPU: %s", what,
+                      cudaGetErrorString(e));
 }
 
 /* All resident: every expert uploaded once through a pinned staging slot. */
@@ -148,7 +163,9 @@ static int create_offloading(struct xd_expert_pool *p, const struct xd_model *m,
     p->freed = (cudaEvent_t *)calloc(p->n_slots, sizeof(cudaEvent_t));
     p->layer_hits = (uint64_t *)calloc((size_t)c->n_layers, sizeof(uint64_t));
     p->layer_misses = (uint64_t *)calloc((size_t)c->n_layers, sizeof(uint64_t));
-    if (!p->host_index || !p->ready || !p->freed || !p->layer_hits || !p->layer_misses)
+    p->pending = (bool *)calloc(p->n_slots, sizeof(bool));
+    if (!p->host_index || !p->ready || !p->freed || !p->layer_hits || !p->layer_misses ||
+        !p->pending)
         return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
     size_t next = 0;
     for (int l = 0; l < c->n_layers; l++)
@@ -161,10 +178,13 @@ static int create_offloading(struct xd_expert_pool *p, const struct xd_model *m,
             *hi = (int)next++;
         }
     XD_TRY(alloc_slots(p, c, err));
-    CUDA_TRY(cudaStreamCreateWithFlags(&p->copy, cudaStreamNonBlocking));
+    CUDA_TRY_MEM(cudaStreamCreateWithFlags(&p->copy, cudaStreamNonBlocking),
+                 "the expert copy stream", HINT_OFFLOADING);
     for (size_t i = 0; i < p->n_slots; i++) {
-        CUDA_TRY(cudaEventCreateWithFlags(&p->ready[i], cudaEventDisableTiming));
-        CUDA_TRY(cudaEventCreateWithFlags(&p->freed[i], cudaEventDisableTiming));
+        CUDA_TRY_MEM(cudaEventCreateWithFlags(&p->ready[i], cudaEventDisableTiming),
+                     "the expert slots' events", HINT_OFFLOADING);
+        CUDA_TRY_MEM(cudaEventCreateWithFlags(&p->freed[i], cudaEventDisableTiming),
+                     "the expert slots' events", HINT_OFFLOADING);
     }
     return XD_OK;
 }
@@ -215,6 +235,10 @@ void xd_expert_pool_destroy(struct xd_expert_pool *p)
     for (size_t i = 0; p->freed && i < p->n_slots; i++)
         if (p->freed[i])
             cudaEventDestroy(p->freed[i]);
+    for (size_t i = 0; i < p->n_stall_ev; i++)
+        cudaEventDestroy(p->stall_ev[i]);
+    free(p->stall_ev);
+    free(p->pending);
     free(p->ready);
     free(p->freed);
     if (p->host)
@@ -268,6 +292,50 @@ static int fetch(struct xd_expert_pool *p, int layer, int expert, bool prefetch,
                           expert, cudaGetErrorString(e));
     }
     p->bytes_h2d += bytes;
+    p->pending[slot] = true;
+    return XD_OK;
+}
+
+/* Makes room for one more stall pair: events are created once and reused every step. */
+static int grow_stall_events(struct xd_expert_pool *p, struct xd_err *err)
+{
+    if (2 * p->n_stall + 2 <= p->n_stall_ev)
+        return XD_OK;
+    const size_t cap = p->n_stall_ev ? 2 * p->n_stall_ev : 64;
+    cudaEvent_t *ev = (cudaEvent_t *)realloc(p->stall_ev, cap * sizeof *ev);
+    if (!ev)
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+    p->stall_ev = ev;
+    for (; p->n_stall_ev < cap; p->n_stall_ev++)
+        CUDA_TRY(cudaEventCreate(&p->stall_ev[p->n_stall_ev]));
+    return XD_OK;
+}
+
+/* Makes compute wait for slot's latest copy. When that copy may still be in flight, the wait
+ * sits between two timing events with nothing else between them on compute, so their elapsed
+ * time is exactly how long compute was blocked. */
+static int wait_ready(struct xd_expert_pool *p, int slot, int layer, int expert,
+                      struct xd_err *err)
+{
+    cudaError_t e;
+    if (!p->pending[slot]) {
+        e = cudaStreamWaitEvent(p->compute, p->ready[slot], 0);
+    } else {
+        XD_TRY(grow_stall_events(p, err));
+        const cudaEvent_t *pair = p->stall_ev + 2 * p->n_stall;
+        e = cudaEventRecord(pair[0], p->compute);
+        if (e == cudaSuccess)
+            e = cudaStreamWaitEvent(p->compute, p->ready[slot], 0);
+        if (e == cudaSuccess)
+            e = cudaEventRecord(pair[1], p->compute);
+        if (e == cudaSuccess) {
+            p->n_stall++;
+            p->pending[slot] = false;
+        }
+    }
+    if (e != cudaSuccess)
+        return xd_err_set(err, XD_ERR_IO, "expert pool: waiting for layer %d expert %d: %s",
+                          layer, expert, cudaGetErrorString(e));
     return XD_OK;
 }
 
@@ -287,11 +355,10 @@ int xd_expert_pool_acquire(struct xd_expert_pool *p, int layer, int expert,
     struct xd_cache_access a;
     XD_TRY(fetch(p, layer, expert, false, &a, err));
     /* Hit or miss, the slot's latest copy (maybe a prefetch still in flight) comes first. */
-    cudaError_t e = cudaStreamWaitEvent(p->compute, p->ready[a.slot], 0);
-    if (e != cudaSuccess) {
+    int rc = wait_ready(p, a.slot, layer, expert, err);
+    if (rc < 0) {
         xd_expert_cache_unpin(p->cache, a.slot);
-        return xd_err_set(err, XD_ERR_IO, "expert pool: waiting for layer %d expert %d: %s",
-                          layer, expert, cudaGetErrorString(e));
+        return rc;
     }
     slot_pointers(p, a.slot, ret);
     return XD_OK;
@@ -327,6 +394,23 @@ int xd_expert_pool_prefetch(struct xd_expert_pool *p, int layer, int expert, str
     return XD_OK;
 }
 
+int xd_expert_pool_end_step(struct xd_expert_pool *p, struct xd_err *err)
+{
+    double sum = 0.0;
+    cudaError_t e = cudaSuccess;
+    for (size_t i = 0; i < p->n_stall && e == cudaSuccess; i++) {
+        float ms = 0.0f;
+        e = cudaEventElapsedTime(&ms, p->stall_ev[2 * i], p->stall_ev[2 * i + 1]);
+        sum += ms / 1000.0;
+    }
+    p->n_stall = 0;
+    if (e != cudaSuccess)
+        return xd_err_set(err, XD_ERR_IO, "expert pool: timing waits for expert copies: %s",
+                          cudaGetErrorString(e));
+    p->stall_seconds += sum;
+    return XD_OK;
+}
+
 void xd_expert_pool_clear_predictions(struct xd_expert_pool *p, int layer)
 {
     if (p->offloading && layer >= 0 && layer < p->n_layers)
@@ -338,6 +422,7 @@ void xd_expert_pool_stats(struct xd_expert_pool *p, struct xd_expert_stats *ret)
     ret->offloading = p->offloading;
     ret->n_slots = (int)p->n_slots;
     ret->bytes_h2d = p->bytes_h2d;
+    ret->stall_seconds = p->stall_seconds;
     ret->n_layers = p->n_layers;
     if (p->offloading) {
         xd_expert_cache_get_stats(p->cache, &ret->cache, p->layer_hits, p->layer_misses);

@@ -40,8 +40,9 @@ void xd_expert_pool_destroy(struct xd_expert_pool *pool);
 bool xd_expert_pool_offloading(const struct xd_expert_pool *pool);
 
 /* Makes (layer, expert) usable by work enqueued on the compute stream from now on: on a miss,
- * copies it into a slot (evicting by the policy); the compute stream waits for the copy. The
- * slot stays pinned until release. XD_ERR_CAPACITY (offloading) when every slot is pinned. */
+ * copies it into a slot (evicting by the policy); the compute stream waits for the copy, timed
+ * when the copy may still be in flight (xd_expert_pool_end_step sums those waits). The slot
+ * stays pinned until release. XD_ERR_CAPACITY (offloading) when every slot is pinned. */
 int xd_expert_pool_acquire(struct xd_expert_pool *pool, int layer, int expert,
                            struct xd_gpu_expert *ret, struct xd_err *err);
 /* Ends a use: the slot may be overwritten once the compute stream's work so far is done. */
@@ -52,6 +53,11 @@ void xd_expert_pool_release(struct xd_expert_pool *pool, int layer, int expert);
  * correctness. No-op when all are resident. */
 int xd_expert_pool_prefetch(struct xd_expert_pool *pool, int layer, int expert,
                             struct xd_err *err);
+/* Adds the time the compute stream waited for copies this step to the stall counter; call
+ * once the step's work on the compute stream has finished (after its synchronisation). On
+ * failure the step's waits are dropped from the counter. */
+int xd_expert_pool_end_step(struct xd_expert_pool *pool, struct xd_err *err);
+
 /* Forgets the predictions of layer once it has run. */
 void xd_expert_pool_clear_predictions(struct xd_expert_pool *pool, int layer);
 

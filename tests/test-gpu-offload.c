@@ -1,7 +1,7 @@
 /* GPU suite: expert offloading gives the same logits and routing as every expert resident, bit
  * for bit (the same kernels read the same bytes), under eviction pressure, with a cache smaller
  * than one layer's active experts, with prefetch (including prefetches evicted before use) and
- * both policies; its counters add up. Skipped (77) where there is no GPU. */
+ * both policies; its counters add up, stall time included. Skipped (77) where there is no GPU. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,6 +106,8 @@ static void check_fixture(const char *name)
         return;
     }
     CHECK(!base.stats.offloading, "%s: 0 slots must keep every expert resident", name);
+    CHECK(base.stats.stall_seconds == 0.0, "%s: all resident, yet %g s stalled on copies", name,
+          base.stats.stall_seconds);
     struct {
         int slots;
         enum xd_evict_policy pol;
@@ -142,11 +144,17 @@ static void check_fixture(const char *name)
               "%s: prefetch accounting", name);
         if (!cases[i].prefetch)
             CHECK(st->prefetches == 0, "%s: prefetches without prefetch", name);
+        CHECK(r.stats.stall_seconds >= 0.0, "%s: %d slots: stall %g s", name, cases[i].slots,
+              r.stats.stall_seconds);
+        /* one slot: every access is a demand copy the compute stream must wait for */
+        if (cases[i].slots == 1)
+            CHECK(r.stats.stall_seconds > 0.0, "%s: 1 slot, yet no time stalled on copies", name);
         printf("  %s: %d slots %s prefetch %d: hits %llu misses %llu prefetches %llu used %llu "
-               "wasted %llu\n",
+               "wasted %llu stalled %.6f s\n",
                name, cases[i].slots, pn, cases[i].prefetch, (unsigned long long)st->hits,
                (unsigned long long)st->misses, (unsigned long long)st->prefetches,
-               (unsigned long long)st->prefetches_used, (unsigned long long)st->prefetches_wasted);
+               (unsigned long long)st->prefetches_used, (unsigned long long)st->prefetches_wasted,
+               r.stats.stall_seconds);
         free(r.logits);
         free(r.experts);
     }

@@ -514,6 +514,8 @@ def record_routing_and_expert_metrics():
         m = s.metrics()
         assert metric(m, "expertd_expert_offloading") == 0  # CPU: every expert resident
         assert ("expertd_expert_cache_hits_total", ()) in m
+        assert ("expertd_expert_stall_seconds_total", ()) in m
+        assert metric(m, "expertd_expert_stall_seconds_total") == 0
     finally:
         assert s.stop() == 0
     out = subprocess.run([EXPERTD, "plan", "--trace", trace, "--cache-slots", "4", "--json"],
