@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <algorithm>
 #include <vector>
 
 #include "cuda_check.h"
@@ -516,13 +517,16 @@ static int moe(cuda_state *s, int l, int n, struct xd_err *err)
                              cudaMemcpyHostToDevice, s->stream));
     xd_k_gather_rows(s->xn, s->row_src, s->xg, n * K, H, s->stream);
 
-    /* Offloading: pin every expert of this layer first (their copies start now), then guess the
-     * next layer's into the remaining slots, so those copies overlap this layer's GEMMs. A layer
-     * needing more experts than the cache holds runs them one at a time instead. */
+    /* Offloading: pin every expert of this layer first (their copies start now, in this order),
+     * then guess the next layer's into the remaining slots, so those copies overlap this layer's
+     * GEMMs; each expert's GEMMs wait only for its own copy. A layer needing more experts than
+     * the cache holds runs them one at a time instead, and guesses nothing (a guess would evict
+     * this layer's own experts and queue ahead of its demand copies). */
     std::vector<int> present;
     for (int e = 0; e < E; e++)
         if (start[e + 1] > start[e])
             present.push_back(e);
+    std::vector<struct xd_gpu_expert> w(present.size());
     bool pinned_all = false;
     if (s->offloading) {
         struct xd_expert_stats st;
@@ -530,13 +534,12 @@ static int moe(cuda_state *s, int l, int n, struct xd_err *err)
         if ((int)present.size() <= st.n_slots) {
             size_t i = 0;
             int prc = XD_OK;
-            for (; i < present.size() && prc == XD_OK; i++) {
-                struct xd_gpu_expert w;
-                prc = xd_expert_pool_acquire(s->pool, l, present[i], &w, err);
-            }
+            for (; i < present.size() && prc == XD_OK; i++)
+                prc = xd_expert_pool_pin(s->pool, l, present[i], &w[i], err);
             if (prc < 0) {
                 for (size_t j = 0; j + 1 < i; j++)
                     xd_expert_pool_release(s->pool, l, present[j]);
+                xd_expert_pool_clear_predictions(s->pool, l);
                 return prc;
             }
             pinned_all = true;
@@ -550,22 +553,21 @@ static int moe(cuda_state *s, int l, int n, struct xd_err *err)
                    sizeof(int32_t) * W);
         const int n_pred = xd_expert_predictor_predict(s->predictor, nmi, n, s->h_pred.data(),
                                                        (size_t)W, W, NULL, s->pred_list.data());
-        for (int i = 0; i < n_pred && rc == XD_OK; i++)
+        for (int i = 0; pinned_all && i < n_pred && rc == XD_OK; i++)
             rc = xd_expert_pool_prefetch(s->pool, next, s->pred_list[i], err);
     }
     for (size_t i = 0; i < present.size() && rc == XD_OK; i++) {
         const int e = present[i];
         const int r0 = start[e], rows = start[e + 1] - start[e];
-        struct xd_gpu_expert w;
-        rc = xd_expert_pool_acquire(s->pool, l, e, &w, err);
+        rc = pinned_all ? xd_expert_pool_wait(s->pool, l, e, err)
+                        : xd_expert_pool_acquire(s->pool, l, e, &w[i], err);
         if (rc < 0)
             break;
-        rc = swiglu(s, s->xg + (size_t)r0 * H, rows, w.gate, w.up, w.down, F,
+        rc = swiglu(s, s->xg + (size_t)r0 * H, rows, w[i].gate, w[i].up, w[i].down, F,
                     s->g + (size_t)r0 * F, s->u + (size_t)r0 * F, s->a + (size_t)r0 * F,
                     s->eo + (size_t)r0 * H, err);
-        xd_expert_pool_release(s->pool, l, e);
-        if (rc < 0)
-            break;
+        if (!pinned_all)
+            xd_expert_pool_release(s->pool, l, e);
     }
     if (pinned_all)
         for (int e : present)
@@ -683,6 +685,13 @@ static int cuda_forward(void *p, const struct xd_batch *b, struct xd_forward_out
         n += b->seqs[i].n_tokens;
         n_table += (b->seqs[i].pos + b->seqs[i].n_tokens + bs - 1) / bs;
         decode_only &= b->seqs[i].n_tokens == 1 && b->seqs[i].logits == XD_LOGITS_LAST;
+    }
+    if (s->prefetching && n <= s->opts.max_batch_tokens) {
+        /* no lookahead before the first MoE layer; and no prediction outlives a failed step */
+        std::fill(s->route_pred.begin(),
+                  s->route_pred.begin() + (size_t)n * c->n_moe_layers * s->W, -1);
+        for (int l = 0; l < c->n_layers; l++)
+            xd_expert_pool_clear_predictions(s->pool, l);
     }
     const size_t need = 5 * (size_t)n + n_table;
     if (need > s->d_ints_cap) {

@@ -4,6 +4,7 @@
 #include "expert_pool.h"
 
 #include <stdio.h>
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,6 +33,7 @@ struct xd_expert_pool {
     uint16_t *host;      /* pinned (n_layers, n_experts, slot_elems) bf16; dense layers unused */
     int *host_index;     /* (n_layers, n_experts) index into host, -1 for dense layers */
     cudaStream_t copy;
+    unsigned stress_us;  /* EXPERTD_OFFLOAD_STRESS_US: delay every copy and every first use */
     cudaEvent_t *ready;  /* (n_slots,) recorded on copy after the slot's latest copy */
     cudaEvent_t *freed;  /* (n_slots,) recorded on compute after the slot's latest use */
     uint64_t bytes_h2d;
@@ -180,6 +182,8 @@ static int create_offloading(struct xd_expert_pool *p, const struct xd_model *m,
     XD_TRY(alloc_slots(p, c, err));
     CUDA_TRY_MEM(cudaStreamCreateWithFlags(&p->copy, cudaStreamNonBlocking),
                  "the expert copy stream", HINT_OFFLOADING);
+    const char *stress = getenv("EXPERTD_OFFLOAD_STRESS_US");
+    p->stress_us = stress ? (unsigned)strtoul(stress, NULL, 10) : 0;
     for (size_t i = 0; i < p->n_slots; i++) {
         CUDA_TRY_MEM(cudaEventCreateWithFlags(&p->ready[i], cudaEventDisableTiming),
                      "the expert slots' events", HINT_OFFLOADING);
@@ -280,6 +284,11 @@ static int fetch(struct xd_expert_pool *p, int layer, int expert, bool prefetch,
     const int slot = ret->slot;
     const size_t bytes = p->slot_elems * sizeof(uint16_t);
     cudaError_t e = cudaStreamWaitEvent(p->copy, p->freed[slot], 0);
+    if (e == cudaSuccess && p->stress_us) {
+        /* a late copy: work that reads the slot without waiting for it reads old bytes */
+        xd_k_spin(p->stress_us, p->copy);
+        e = cudaGetLastError();
+    }
     if (e == cudaSuccess)
         e = cudaMemcpyAsync(p->slots + (size_t)slot * p->slot_elems,
                             p->host + (size_t)hi * p->slot_elems, bytes, cudaMemcpyHostToDevice,
@@ -287,7 +296,12 @@ static int fetch(struct xd_expert_pool *p, int layer, int expert, bool prefetch,
     if (e == cudaSuccess)
         e = cudaEventRecord(p->ready[slot], p->copy);
     if (e != cudaSuccess) {
+        /* The cache already maps the expert to the slot: empty it, so that the next access
+         * misses instead of reading what the slot held; nothing half-queued stays behind. */
+        cudaStreamSynchronize(p->copy);
         xd_expert_cache_unpin(p->cache, slot);
+        xd_expert_cache_drop(p->cache, slot);
+        p->pending[slot] = false;
         return xd_err_set(err, XD_ERR_IO, "copying layer %d expert %d to the GPU: %s", layer,
                           expert, cudaGetErrorString(e));
     }
@@ -339,8 +353,8 @@ static int wait_ready(struct xd_expert_pool *p, int slot, int layer, int expert,
     return XD_OK;
 }
 
-int xd_expert_pool_acquire(struct xd_expert_pool *p, int layer, int expert,
-                           struct xd_gpu_expert *ret, struct xd_err *err)
+int xd_expert_pool_pin(struct xd_expert_pool *p, int layer, int expert,
+                       struct xd_gpu_expert *ret, struct xd_err *err)
 {
     if (layer < 0 || layer >= p->n_layers || expert < 0 || expert >= p->n_experts)
         return xd_err_set(err, XD_ERR_INVALID, "expert pool: (layer %d, expert %d) out of range",
@@ -354,14 +368,34 @@ int xd_expert_pool_acquire(struct xd_expert_pool *p, int layer, int expert,
     }
     struct xd_cache_access a;
     XD_TRY(fetch(p, layer, expert, false, &a, err));
-    /* Hit or miss, the slot's latest copy (maybe a prefetch still in flight) comes first. */
-    int rc = wait_ready(p, a.slot, layer, expert, err);
-    if (rc < 0) {
-        xd_expert_cache_unpin(p->cache, a.slot);
-        return rc;
-    }
     slot_pointers(p, a.slot, ret);
     return XD_OK;
+}
+
+int xd_expert_pool_wait(struct xd_expert_pool *p, int layer, int expert, struct xd_err *err)
+{
+    if (!p->offloading)
+        return XD_OK;
+    int slot = xd_expert_cache_find(p->cache, layer, expert);
+    assert(slot >= 0); /* pinned, so present */
+    /* Hit or miss, the slot's latest copy (maybe a prefetch still in flight) comes first. */
+    XD_TRY(wait_ready(p, slot, layer, expert, err));
+    if (p->stress_us) {
+        /* a slow reader: a copy that overwrote the slot without waiting for it would show */
+        xd_k_spin(p->stress_us, p->compute);
+        CUDA_TRY(cudaGetLastError());
+    }
+    return XD_OK;
+}
+
+int xd_expert_pool_acquire(struct xd_expert_pool *p, int layer, int expert,
+                           struct xd_gpu_expert *ret, struct xd_err *err)
+{
+    XD_TRY(xd_expert_pool_pin(p, layer, expert, ret, err));
+    int rc = xd_expert_pool_wait(p, layer, expert, err);
+    if (rc < 0)
+        xd_expert_cache_unpin(p->cache, xd_expert_cache_find(p->cache, layer, expert));
+    return rc;
 }
 
 void xd_expert_pool_release(struct xd_expert_pool *p, int layer, int expert)
@@ -369,6 +403,7 @@ void xd_expert_pool_release(struct xd_expert_pool *p, int layer, int expert)
     if (!p->offloading)
         return;
     int slot = xd_expert_cache_find(p->cache, layer, expert);
+    assert(slot >= 0); /* a release without its acquire */
     if (slot < 0)
         return;
     /* A failed record leaves the event at an earlier use; the copy stream would then overwrite

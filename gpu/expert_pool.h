@@ -45,6 +45,13 @@ bool xd_expert_pool_offloading(const struct xd_expert_pool *pool);
  * stays pinned until release. XD_ERR_CAPACITY (offloading) when every slot is pinned. */
 int xd_expert_pool_acquire(struct xd_expert_pool *pool, int layer, int expert,
                            struct xd_gpu_expert *ret, struct xd_err *err);
+/* The same in two halves, so that a layer can pin all its experts (their copies start at once)
+ * and let each expert's work wait only for its own copy: pin fetches and pins, returning the
+ * pointers, but enqueues no wait; wait makes work enqueued on the compute stream from now on
+ * wait for the expert's copy (a pinned expert; call it before the first work that reads it). */
+int xd_expert_pool_pin(struct xd_expert_pool *pool, int layer, int expert,
+                       struct xd_gpu_expert *ret, struct xd_err *err);
+int xd_expert_pool_wait(struct xd_expert_pool *pool, int layer, int expert, struct xd_err *err);
 /* Ends a use: the slot may be overwritten once the compute stream's work so far is done. */
 void xd_expert_pool_release(struct xd_expert_pool *pool, int layer, int expert);
 

@@ -514,3 +514,16 @@ void xd_k_experts_small(const bf16 *const *slots, const int32_t *start, const bf
     k_expert_gate_up<<<g1, 32 * EXPERT_WARPS, 0, stream>>>(slots, start, xg, a, H, F);
     k_expert_down<<<g2, 32 * EXPERT_WARPS, 0, stream>>>(slots, start, a, eo, H, F);
 }
+
+__global__ void k_spin(unsigned us)
+{
+    const long long until = clock64() + (long long)us * 1000 * 1000; /* ~1 GHz clocks or more */
+    while (clock64() < until)
+        __nanosleep(1000);
+}
+
+void xd_k_spin(unsigned us, cudaStream_t stream)
+{
+    if (us > 0)
+        k_spin<<<1, 1, 0, stream>>>(us);
+}

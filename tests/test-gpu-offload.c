@@ -1,7 +1,9 @@
 /* GPU suite: expert offloading gives the same logits and routing as every expert resident, bit
  * for bit (the same kernels read the same bytes), under eviction pressure, with a cache smaller
  * than one layer's active experts, with prefetch (including prefetches evicted before use) and
- * both policies; its counters add up, stall time included. Skipped (77) where there is no GPU. */
+ * both policies, also with copies and first uses delayed on the GPU to widen any race; its
+ * counters add up (bytes, one access per expert a step uses), stall time included. Skipped (77)
+ * where there is no GPU. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,8 +20,32 @@ struct run {
     size_t n_logits;
     int32_t *experts;   /* every step's routing */
     size_t n_experts;
+    int step_tokens[16]; /* tokens of each step, to split experts by step */
+    int n_steps;
     struct xd_expert_stats stats;
 };
+
+/* Distinct (step, layer, expert) uses in a run's routing: each is one cache access (a hit or a
+ * miss) whichever way the layer runs. */
+static uint64_t distinct_uses(const struct run *r, const struct xd_model_config *c)
+{
+    uint64_t n = 0;
+    size_t at = 0;
+    const int L = c->n_moe_layers, K = c->top_k;
+    for (int s = 0; s < r->n_steps; s++) {
+        for (int l = 0; l < L; l++) {
+            bool seen[512] = {false};
+            for (int t = 0; t < r->step_tokens[s]; t++)
+                for (int k = 0; k < K; k++) {
+                    int e = r->experts[at + ((size_t)t * L + l) * K + k];
+                    n += !seen[e];
+                    seen[e] = true;
+                }
+        }
+        at += (size_t)r->step_tokens[s] * L * K;
+    }
+    return n;
+}
 
 /* Three sequences: prefill chunks, then decode steps together, on a fresh engine. */
 static int run_steps(struct xd_model *m, int slots, enum xd_evict_policy pol, bool prefetch,
@@ -74,6 +100,7 @@ static int run_steps(struct xd_model *m, int slots, enum xd_evict_policy pol, bo
         memcpy(ret->experts + ret->n_experts, out.routing.experts, nr * sizeof(int32_t));
         ret->n_logits += nl;
         ret->n_experts += nr;
+        ret->step_tokens[ret->n_steps++] = out.routing.n_tokens;
         for (int s = 0; s < 3; s++) { /* greedy */
             const float *row = out.logits + (size_t)s * c->vocab_size;
             int best = 0;
@@ -119,6 +146,8 @@ static void check_fixture(const char *name)
         {all / 4 > 0 ? all / 4 : 1, XD_EVICT_PREDICTIVE, true},
         {all / 2, XD_EVICT_PREDICTIVE, false},
         {all - 1, XD_EVICT_LRU, true},
+        {c->n_experts, XD_EVICT_LRU, true},          /* one layer's worth: pinned whole */
+        {c->n_experts - 1, XD_EVICT_PREDICTIVE, true},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct run r;
@@ -136,10 +165,15 @@ static void check_fixture(const char *name)
               "%s: %d slots: routing differs from all-resident", name, cases[i].slots);
         const struct xd_expert_cache_stats *st = &r.stats.cache;
         CHECK(st->misses > 0 && st->hits + st->misses > 0, "%s: no accesses counted", name);
-        CHECK(st->misses + st->prefetches > 0 && r.stats.bytes_h2d % (st->misses + st->prefetches) == 0,
+        const uint64_t expert_bytes = 3ull * c->expert_ffn * c->hidden_size * 2;
+        CHECK(r.stats.bytes_h2d == (st->misses + st->prefetches) * expert_bytes,
               "%s: %llu bytes copied for %llu misses + %llu prefetches", name,
               (unsigned long long)r.stats.bytes_h2d, (unsigned long long)st->misses,
               (unsigned long long)st->prefetches);
+        CHECK(st->hits + st->misses == distinct_uses(&base, c),
+              "%s: %d slots: %llu hits + %llu misses, but the steps used %llu experts", name,
+              cases[i].slots, (unsigned long long)st->hits, (unsigned long long)st->misses,
+              (unsigned long long)distinct_uses(&base, c));
         CHECK(st->prefetches_used + st->prefetches_wasted <= st->prefetches,
               "%s: prefetch accounting", name);
         if (!cases[i].prefetch)
@@ -179,5 +213,11 @@ int main(int argc, char **argv)
     RUN(test_offload_olmoe);
     RUN(test_offload_mixtral);
     RUN(test_offload_qwen2_moe);
+    /* Again with every copy and every first use of a slot held back 200 us on the GPU: a
+     * missing wait (use before copy, or copy over a slot still being read) changes logits. */
+    setenv("EXPERTD_OFFLOAD_STRESS_US", "200", 1);
+    RUN(test_offload_olmoe);
+    RUN(test_offload_mixtral);
+    unsetenv("EXPERTD_OFFLOAD_STRESS_US");
     return test_summary();
 }
