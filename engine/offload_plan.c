@@ -116,8 +116,12 @@ static int replay_step(struct replay *rp, const struct xd_trace_step *s, double 
             double ready = rp->ready_at[(size_t)l * E + e];
             last_ready = ready > last_ready ? ready : last_ready;
         }
-        if (l + 1 < L)
+        /* as the pool: a layer that did not fit whole guesses nothing (its guesses would evict
+         * its own experts) */
+        if (l + 1 < L && n_needed <= xd_expert_cache_n_slots(rp->cache))
             prefetch(rp, s, l + 1, start, res, ret_bytes);
+        else if (l + 1 < L)
+            memset(rp->pred_set, 0, (size_t)(unsigned)E * sizeof *rp->pred_set);
         unpin_layer(rp);
         xd_expert_cache_clear_predictions(rp->cache, l);
         /* present experts compute while the missing ones copy; the last waits for its copy */
