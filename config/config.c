@@ -72,7 +72,8 @@ int xd_config_expert_opts(const struct xd_config *cfg, const struct xd_model_con
                           "experts", cfg->expert_prefetch_width, mc->n_experts);
     int width = cfg->expert_prefetch_width ? cfg->expert_prefetch_width : mc->top_k;
     eo->predict_experts = recording;
-    if (recording) {
+    if (recording && eo->device == XD_DEVICE_CPU) {
+        /* on the GPU the width is what it prefetches: recording must not change that */
         int wide = 2 * mc->top_k < mc->n_experts ? 2 * mc->top_k : mc->n_experts;
         width = width > wide ? width : wide;
     }

@@ -33,8 +33,8 @@ int xd_config_validate(const struct xd_config *cfg, struct xd_err *err);
 
 /* Fills the expert-offloading fields of *eo from cfg for model: the cache size in slots of
  * bf16 experts (what the GPU pool stores), the policy, prefetch and its width. recording: a
- * routing trace is being written, so the engine predicts experts, at least min(n_experts,
- * 2 * top_k) wide, so that `expertd plan` can try prefetch widths on the trace. A cache too
+ * routing trace is being written, so the engine predicts experts, on the CPU at least
+ * min(n_experts, 2 * top_k) wide (on the GPU the width is what it prefetches), so that `expertd plan` can try prefetch widths on the trace. A cache too
  * small for one expert or a width over the model's experts is XD_ERR_CONFIG naming the key. */
 struct xd_engine_opts;
 struct xd_model_config;
