@@ -70,14 +70,13 @@ int xd_config_expert_opts(const struct xd_config *cfg, const struct xd_model_con
         return xd_err_set(err, XD_ERR_CONFIG,
                           "option '--expert-prefetch-width': %d is more than the model's %d "
                           "experts", cfg->expert_prefetch_width, mc->n_experts);
-    int width = cfg->expert_prefetch_width ? cfg->expert_prefetch_width : mc->top_k;
     eo->predict_experts = recording;
+    eo->predict_width = cfg->expert_prefetch_width; /* 0: the engine takes top_k */
     if (recording && eo->device == XD_DEVICE_CPU) {
         /* on the GPU the width is what it prefetches: recording must not change that */
         int wide = 2 * mc->top_k < mc->n_experts ? 2 * mc->top_k : mc->n_experts;
-        width = width > wide ? width : wide;
+        eo->predict_width = eo->predict_width > wide ? eo->predict_width : wide;
     }
-    eo->predict_width = width;
     eo->expert_cache_slots = cfg->expert_cache_slots;
     if (cfg->expert_cache_mib > 0) {
         const double bf16_expert = 3.0 * mc->expert_ffn * mc->hidden_size * 2.0;

@@ -187,7 +187,7 @@ int xd_cmd_plan(int argc, char **argv)
     struct xd_trace_header h = *xd_trace_reader_header(r);
     xd_trace_reader_destroy(r);
     if (!o.predictor)
-        po.predictor = h.has_predictions ? XD_PREDICT_LOOKAHEAD : XD_PREDICT_PREVIOUS;
+        po.predictor = h.pred_width > 0 ? XD_PREDICT_LOOKAHEAD : XD_PREDICT_PREVIOUS;
     po.predict_width = o.predict_width ? o.predict_width : h.top_k;
     if (po.expert_bytes)
         h.expert_bytes = po.expert_bytes;
@@ -240,7 +240,7 @@ int xd_cmd_plan(int argc, char **argv)
     for (int tenth = 1; tenth <= 10; tenth++) {
         for (int pol = XD_EVICT_LRU; pol <= XD_EVICT_PREDICTIVE; pol++) {
             for (int pk = XD_PREDICT_NONE; pk <= XD_PREDICT_LOOKAHEAD_PREVIOUS; pk++) {
-                if (xd_predictor_uses_lookahead(pk) && !h.has_predictions)
+                if (xd_predictor_uses_lookahead(pk) && h.pred_width == 0)
                     continue;
                 struct xd_plan_opts p = po;
                 p.n_slots = (n_all * tenth + 9) / 10;

@@ -38,7 +38,7 @@ bool xd_predictor_uses_lookahead(enum xd_predictor_kind k)
     return k == XD_PREDICT_LOOKAHEAD || k == XD_PREDICT_LOOKAHEAD_PREVIOUS;
 }
 
-bool xd_predictor_uses_history(enum xd_predictor_kind k)
+static bool uses_history(enum xd_predictor_kind k)
 {
     return k == XD_PREDICT_PREVIOUS || k == XD_PREDICT_LOOKAHEAD_PREVIOUS;
 }
@@ -75,7 +75,7 @@ int xd_expert_predictor_create(enum xd_predictor_kind kind, int width, int n_moe
                                       .top_k = top_k, .n_experts = n_experts};
     p->taken = calloc((size_t)n_experts, sizeof *p->taken);
     bool ok = p->taken != NULL;
-    if (ok && xd_predictor_uses_history(kind)) {
+    if (ok && uses_history(kind)) {
         const size_t n = (size_t)1 << HISTORY_BITS;
         p->history = calloc(n, sizeof *p->history);
         p->history_experts = calloc(n * (size_t)n_moe_layers * (size_t)top_k,
@@ -98,11 +98,6 @@ void xd_expert_predictor_destroy(struct xd_expert_predictor *p)
     free(p->history);
     free(p->history_experts);
     free(p);
-}
-
-enum xd_predictor_kind xd_expert_predictor_kind(const struct xd_expert_predictor *p)
-{
-    return p->kind;
 }
 
 static size_t history_index(uint64_t request)

@@ -29,7 +29,6 @@ const char *xd_predictor_name(enum xd_predictor_kind k);
  * naming the value and the choices. */
 int xd_predictor_parse(const char *name, enum xd_predictor_kind *ret, struct xd_err *err);
 bool xd_predictor_uses_lookahead(enum xd_predictor_kind k);
-bool xd_predictor_uses_history(enum xd_predictor_kind k);
 
 struct xd_expert_predictor;
 
@@ -39,7 +38,6 @@ int xd_expert_predictor_create(enum xd_predictor_kind kind, int width, int n_moe
                                int top_k, int n_experts, struct xd_expert_predictor **ret,
                                struct xd_err *err);
 void xd_expert_predictor_destroy(struct xd_expert_predictor *p);
-enum xd_predictor_kind xd_expert_predictor_kind(const struct xd_expert_predictor *p);
 
 /* The experts to copy ahead of MoE layer `layer` for a step of n_tokens tokens: distinct, most
  * likely first (every token's lookahead rank 0, then rank 1, ..., then the previous tokens'

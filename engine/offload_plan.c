@@ -39,13 +39,13 @@ static void copy(struct replay *rp, int layer, int expert, double issue, double 
 }
 
 /* The predictions for MoE layer l of step s, copied in (most likely first, while slots are free
- * of pins) at time issue. */
-static void prefetch(struct replay *rp, const struct xd_trace_step *s, int l, double issue,
-                     struct xd_plan_result *res, double *ret_bytes)
+ * of pins) at time issue; none when !allowed. */
+static void prefetch(struct replay *rp, const struct xd_trace_step *s, int l, bool allowed,
+                     double issue, struct xd_plan_result *res, double *ret_bytes)
 {
     const struct xd_trace_header *h = rp->h;
     memset(rp->pred_set, 0, (size_t)(unsigned)h->n_experts * sizeof *rp->pred_set);
-    if (!rp->predictor)
+    if (!rp->predictor || !allowed)
         return;
     const int W = h->pred_width;
     const int32_t *lookahead = s->predicted ? s->predicted + (size_t)l * W : NULL;
@@ -81,7 +81,7 @@ static int replay_step(struct replay *rp, const struct xd_trace_step *s, double 
     const struct xd_trace_header *h = rp->h;
     const int L = h->n_moe_layers, K = h->top_k, E = h->n_experts;
     const double layer_compute = compute / L;
-    prefetch(rp, s, 0, rp->now, res, ret_bytes); /* history only: no lookahead before layer 0 */
+    prefetch(rp, s, 0, true, rp->now, res, ret_bytes); /* history only: no lookahead before 0 */
     for (int l = 0; l < L; l++) {
         const double start = rp->now;
         memset(rp->need_set, 0, (size_t)(unsigned)E * sizeof *rp->need_set);
@@ -109,19 +109,17 @@ static int replay_step(struct replay *rp, const struct xd_trace_step *s, double 
                 return rc;
             rp->pinned[rp->n_pinned++] = a.slot;
             if (!a.hit) {
-                double before = *ret_bytes;
                 copy(rp, l, e, start, ret_bytes);
-                *ret_miss += *ret_bytes - before;
+                *ret_miss += rp->expert_bytes;
             }
             double ready = rp->ready_at[(size_t)l * E + e];
             last_ready = ready > last_ready ? ready : last_ready;
         }
         /* as the pool: a layer that did not fit whole guesses nothing (its guesses would evict
          * its own experts) */
-        if (l + 1 < L && n_needed <= xd_expert_cache_n_slots(rp->cache))
-            prefetch(rp, s, l + 1, start, res, ret_bytes);
-        else if (l + 1 < L)
-            memset(rp->pred_set, 0, (size_t)(unsigned)E * sizeof *rp->pred_set);
+        if (l + 1 < L)
+            prefetch(rp, s, l + 1, n_needed <= xd_expert_cache_n_slots(rp->cache), start, res,
+                     ret_bytes);
         unpin_layer(rp);
         xd_expert_cache_clear_predictions(rp->cache, l);
         /* present experts compute while the missing ones copy; the last waits for its copy */
@@ -138,19 +136,12 @@ static int replay_step(struct replay *rp, const struct xd_trace_step *s, double 
     return XD_OK;
 }
 
-static int cmp_u64(const void *a, const void *b)
+/* A decode step: no request has more than one token in it (a request's tokens are adjacent,
+ * routing_trace.h). */
+static bool is_decode_step(const struct xd_trace_step *s)
 {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* A decode step: no request has more than one token in it (scratch: n_tokens long). */
-static bool is_decode_step(const struct xd_trace_step *s, uint64_t *scratch)
-{
-    memcpy(scratch, s->requests, (size_t)s->n_tokens * sizeof *scratch);
-    qsort(scratch, (size_t)s->n_tokens, sizeof *scratch, cmp_u64);
     for (int t = 1; t < s->n_tokens; t++)
-        if (scratch[t] == scratch[t - 1])
+        if (s->requests[t] == s->requests[t - 1])
             return false;
     return s->n_tokens > 0;
 }
@@ -159,7 +150,7 @@ int xd_plan_run(struct xd_trace_reader *r, const struct xd_plan_opts *opts,
                 struct xd_plan_result *ret, struct xd_err *err)
 {
     const struct xd_trace_header *h = xd_trace_reader_header(r);
-    if (xd_predictor_uses_lookahead(opts->predictor) && !h->has_predictions)
+    if (xd_predictor_uses_lookahead(opts->predictor) && h->pred_width == 0)
         return xd_err_set(err, XD_ERR_INVALID,
                           "predictor '%s': this trace holds no lookahead predictions (record it "
                           "with prediction on, or use --predictor previous)",
@@ -199,8 +190,6 @@ int xd_plan_run(struct xd_trace_reader *r, const struct xd_plan_opts *opts,
         goto out;
     }
     struct xd_trace_step s;
-    uint64_t *scratch = NULL;
-    size_t scratch_cap = 0;
     double decode_sim = 0, decode_stall = 0, decode_compute = 0;
     while ((rc = xd_trace_reader_next(r, &s, err)) == 1) {
         double compute = opts->compute_seconds_per_token > 0
@@ -211,16 +200,7 @@ int xd_plan_run(struct xd_trace_reader *r, const struct xd_plan_opts *opts,
         rc = replay_step(&rp, &s, compute, &res, &bytes, &miss, err);
         if (rc < 0)
             break;
-        if ((size_t)s.n_tokens > scratch_cap) {
-            free(scratch);
-            scratch_cap = (size_t)s.n_tokens * 2;
-            scratch = malloc(scratch_cap * sizeof *scratch);
-            if (!scratch) {
-                rc = xd_err_set(err, XD_ERR_NOMEM, "plan: out of memory");
-                break;
-            }
-        }
-        if (is_decode_step(&s, scratch)) {
+        if (is_decode_step(&s)) {
             res.decode_steps++;
             res.decode_tokens += (uint64_t)s.n_tokens;
             decode_sim += rp.now - now0;
@@ -236,7 +216,6 @@ int xd_plan_run(struct xd_trace_reader *r, const struct xd_plan_opts *opts,
         res.bound_seconds += compute > copy_s ? compute : copy_s;
         res.demand_stall_seconds += miss / opts->h2d_bytes_per_second;
     }
-    free(scratch);
     if (rc < 0)
         goto out;
     if (res.decode_tokens) {

@@ -103,11 +103,9 @@ static int header_check(const struct xd_trace_header *h, const char *name, struc
         return xd_err_set(err, XD_ERR_FORMAT, "%s: n_experts %d outside top_k..%d", name,
                           h->n_experts, XD_TRACE_MAX_EXPERTS);
     int max_width = h->n_experts < XD_TRACE_MAX_TOP_K ? h->n_experts : XD_TRACE_MAX_TOP_K;
-    if (h->has_predictions ? h->pred_width < 1 || h->pred_width > max_width : h->pred_width != 0)
-        return xd_err_set(err, XD_ERR_FORMAT,
-                          "%s: pred_width %d with predictions %s (must be %s)", name,
-                          h->pred_width, h->has_predictions ? "present" : "absent",
-                          h->has_predictions ? "1..min(n_experts, 64)" : "0");
+    if (h->pred_width < 0 || h->pred_width > max_width)
+        return xd_err_set(err, XD_ERR_FORMAT, "%s: pred_width %d outside 0..%d", name,
+                          h->pred_width, max_width);
     return XD_OK;
 }
 
@@ -151,7 +149,7 @@ int xd_trace_writer_create(const char *path, const struct xd_trace_header *hdr,
     put_u32(&w->payload, (uint32_t)hdr->top_k);
     put_u32(&w->payload, (uint32_t)hdr->n_experts);
     put_u64(&w->payload, hdr->expert_bytes);
-    put_u32(&w->payload, hdr->has_predictions ? FLAG_PREDICTIONS : 0);
+    put_u32(&w->payload, hdr->pred_width > 0 ? FLAG_PREDICTIONS : 0);
     put_u32(&w->payload, (uint32_t)hdr->pred_width);
     *ret = w;
     return XD_OK;
@@ -168,10 +166,10 @@ int xd_trace_writer_add(struct xd_trace_writer *w, const struct xd_trace_step *s
     if (w->status < 0)
         return xd_err_set(err, w->status, "%s: an earlier write failed", w->path);
     const struct xd_trace_header *h = &w->hdr;
-    if ((s->predicted != NULL) != h->has_predictions)
+    if ((s->predicted != NULL) != (h->pred_width > 0))
         return xd_err_set(err, XD_ERR_INVALID, "%s: predictions %s but the header says %s",
                           w->path, s->predicted ? "given" : "missing",
-                          h->has_predictions ? "present" : "absent");
+                          h->pred_width > 0 ? "present" : "absent");
     if (s->n_tokens < 0 || s->n_tokens > XD_TRACE_MAX_STEP_TOKENS)
         return xd_err_set(err, XD_ERR_INVALID, "%s: step of %d tokens", w->path, s->n_tokens);
     size_t per = (size_t)h->n_moe_layers * h->top_k;
@@ -229,7 +227,7 @@ void xd_trace_writer_observe(void *writer, const struct xd_batch *batch,
         w->status = xd_err_set(&w->first_err, XD_ERR_NOMEM, "%s: out of memory", w->path);
     } else if (out->routing.n_moe_layers != w->hdr.n_moe_layers ||
                out->routing.top_k != w->hdr.top_k ||
-               (out->routing.predicted && w->hdr.has_predictions &&
+               (out->routing.predicted && w->hdr.pred_width > 0 &&
                 out->routing.predicted_width != w->hdr.pred_width)) {
         w->status = xd_err_set(&w->first_err, XD_ERR_INVALID,
                                "%s: routing of %d layers x top-%d (%d predicted), the trace has "
@@ -249,7 +247,7 @@ void xd_trace_writer_observe(void *writer, const struct xd_batch *batch,
                                   .experts = out->routing.experts,
                                   .weights = out->routing.weights};
         int32_t *none = NULL; /* a backend that predicts nothing: no predictions, as -1 */
-        if (w->hdr.has_predictions) {
+        if (w->hdr.pred_width > 0) {
             s.predicted = out->routing.predicted;
             if (!s.predicted) {
                 size_t k = (size_t)(n ? n : 1) * w->hdr.n_moe_layers * w->hdr.pred_width;
@@ -259,7 +257,7 @@ void xd_trace_writer_observe(void *writer, const struct xd_batch *batch,
                 s.predicted = none;
             }
         }
-        int rc = s.predicted || !w->hdr.has_predictions
+        int rc = s.predicted || w->hdr.pred_width == 0
                      ? xd_trace_writer_add(w, &s, &w->first_err)
                      : xd_err_set(&w->first_err, XD_ERR_NOMEM, "%s: out of memory", w->path);
         free(none);
@@ -441,8 +439,14 @@ static int reader_init(struct xd_trace_reader *r, struct xd_err *err)
     if (flags & ~(uint32_t)FLAG_PREDICTIONS)
         return xd_err_set(err, XD_ERR_FORMAT, "%s: unknown header flags 0x%x", r->name, flags);
     uint32_t pred_width = flags & FLAG_PREDICTIONS ? top_k : 0; /* version 1 */
-    if (version >= 2)
+    if (version >= 2) {
         XD_TRY(get_u32(r, &pred_width, "pred_width", err));
+        if ((pred_width > 0) != !!(flags & FLAG_PREDICTIONS))
+            return xd_err_set(err, XD_ERR_FORMAT,
+                              "%s: pred_width %u, but the flags say predictions are %s",
+                              r->name, pred_width,
+                              flags & FLAG_PREDICTIONS ? "present" : "absent");
+    }
     if (layers > XD_TRACE_MAX_LAYERS || top_k > XD_TRACE_MAX_TOP_K ||
         n_experts > XD_TRACE_MAX_EXPERTS || pred_width > XD_TRACE_MAX_TOP_K)
         return xd_err_set(err, XD_ERR_FORMAT,
@@ -452,7 +456,6 @@ static int reader_init(struct xd_trace_reader *r, struct xd_err *err)
     r->hdr.n_moe_layers = (int)layers;
     r->hdr.top_k = (int)top_k;
     r->hdr.n_experts = (int)n_experts;
-    r->hdr.has_predictions = flags & FLAG_PREDICTIONS;
     r->hdr.pred_width = (int)pred_width;
     return header_check(&r->hdr, r->name, err);
 }
@@ -526,10 +529,8 @@ static int reader_reserve(struct xd_trace_reader *r, size_t n, struct xd_err *er
     if (d)
         r->weights = d;
     size_t per_pred = (size_t)r->hdr.n_moe_layers * r->hdr.pred_width;
-    void *e = r->hdr.has_predictions
-                  ? realloc(r->predicted, cap * per_pred * sizeof *r->predicted)
-                                     : (void *)1;
-    if (e && r->hdr.has_predictions)
+    void *e = per_pred ? realloc(r->predicted, cap * per_pred * sizeof *r->predicted) : (void *)1;
+    if (e && per_pred)
         r->predicted = e;
     if (!a || !b || !c || !d || !e)
         return xd_err_set(err, XD_ERR_NOMEM, "%s: out of memory for a step of %zu tokens",
@@ -603,7 +604,7 @@ int xd_trace_reader_next(struct xd_trace_reader *r, struct xd_trace_step *ret, s
                                   r->name, (unsigned long long)r->n_steps);
             r->weights[t * per + i] = w;
         }
-        if (r->hdr.has_predictions)
+        if (per_pred)
             XD_TRY(read_experts(r, r->predicted + t * per_pred, per_pred, true,
                                 "predicted expert", err));
     }
@@ -612,7 +613,7 @@ int xd_trace_reader_next(struct xd_trace_reader *r, struct xd_trace_step *ret, s
     s.positions = r->positions;
     s.experts = r->experts;
     s.weights = r->weights;
-    s.predicted = r->hdr.has_predictions ? r->predicted : NULL;
+    s.predicted = per_pred ? r->predicted : NULL;
     r->n_steps++;
     *ret = s;
     return 1;

@@ -39,12 +39,12 @@ struct xd_trace_header {
     int top_k;
     int n_experts;
     uint64_t expert_bytes;
-    bool has_predictions;
-    int pred_width;       /* predicted experts per token and layer, best first (0 without) */
+    int pred_width;       /* predicted experts per token and layer, best first; 0: none */
 };
 
 /* One forward step's routing. Arrays are token-major: token t, layer l, rank k at
- * [(t * n_moe_layers + l) * top_k + k]. */
+ * [(t * n_moe_layers + l) * top_k + k]; tokens in batch order, so a request's tokens in a step
+ * are adjacent. */
 struct xd_trace_step {
     uint64_t step;
     double seconds;
@@ -67,7 +67,6 @@ static inline struct xd_trace_header xd_trace_header_for(const struct xd_model *
                                     .top_k = m->config.top_k,
                                     .n_experts = m->config.n_experts,
                                     .expert_bytes = xd_model_expert_bytes(m),
-                                    .has_predictions = pred_width > 0,
                                     .pred_width = pred_width};
 }
 

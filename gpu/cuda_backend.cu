@@ -71,6 +71,7 @@ struct cuda_state {
     /* expert offloading (the pool caches some experts): prefetch from a lookahead router, its
      * W = opts.predict_width best experts per token, ordered by engine/expert_predictor */
     bool offloading;
+    int expert_slots;                     /* the pool's slots */
     bool prefetching;                     /* offloading with opts.expert_prefetch */
     int W;
     std::vector<int> next_moe;            /* (n_layers,) the next MoE layer after l, or -1 */
@@ -267,6 +268,11 @@ static int create_inner(cuda_state *s, struct xd_err *err)
                                             s->opts.expert_evict_policy};
     XD_TRY(xd_expert_pool_create(m, s->stream, &pool_opts, &s->pool, err));
     s->offloading = xd_expert_pool_offloading(s->pool);
+    {
+        struct xd_expert_stats st;
+        xd_expert_pool_stats(s->pool, &st);
+        s->expert_slots = st.n_slots;
+    }
     s->next_moe.assign(c->n_layers, -1);
     for (int l = c->n_layers - 2; l >= 0; l--)
         s->next_moe[l] = c->is_moe_layer[l + 1] ? l + 1 : s->next_moe[l + 1];
@@ -327,8 +333,8 @@ static int create_inner(cuda_state *s, struct xd_err *err)
                             cudaMemcpyHostToDevice));
     } else if (s->opts.expert_prefetch) {
         s->prefetching = true;
-        s->W = s->opts.predict_width;
-        if (s->W < 1 || s->W > 64)
+        s->W = s->opts.predict_width; /* 1..n_experts: the engine resolved and checked it */
+        if (s->W > 64)
             return xd_err_set(err, XD_ERR_INVALID,
                               "expert-prefetch-width %d: the CUDA lookahead ranks 1 to 64 experts",
                               s->W);
@@ -529,9 +535,7 @@ static int moe(cuda_state *s, int l, int n, struct xd_err *err)
     std::vector<struct xd_gpu_expert> w(present.size());
     bool pinned_all = false;
     if (s->offloading) {
-        struct xd_expert_stats st;
-        xd_expert_pool_stats(s->pool, &st);
-        if ((int)present.size() <= st.n_slots) {
+        if ((int)present.size() <= s->expert_slots) {
             size_t i = 0;
             int prc = XD_OK;
             for (; i < present.size() && prc == XD_OK; i++)
@@ -539,8 +543,7 @@ static int moe(cuda_state *s, int l, int n, struct xd_err *err)
             if (prc < 0) {
                 for (size_t j = 0; j + 1 < i; j++)
                     xd_expert_pool_release(s->pool, l, present[j]);
-                xd_expert_pool_clear_predictions(s->pool, l);
-                return prc;
+                return prc; /* the next step clears this layer's predictions */
             }
             pinned_all = true;
         }
@@ -686,7 +689,7 @@ static int cuda_forward(void *p, const struct xd_batch *b, struct xd_forward_out
         n_table += (b->seqs[i].pos + b->seqs[i].n_tokens + bs - 1) / bs;
         decode_only &= b->seqs[i].n_tokens == 1 && b->seqs[i].logits == XD_LOGITS_LAST;
     }
-    if (s->prefetching && n <= s->opts.max_batch_tokens) {
+    if (s->prefetching) { /* n <= max_batch_tokens: the engine checked the batch */
         /* no lookahead before the first MoE layer; and no prediction outlives a failed step */
         std::fill(s->route_pred.begin(),
                   s->route_pred.begin() + (size_t)n * c->n_moe_layers * s->W, -1);

@@ -149,6 +149,7 @@ static void check_fixture(const char *name)
         {c->n_experts, XD_EVICT_LRU, true},          /* one layer's worth: pinned whole */
         {c->n_experts - 1, XD_EVICT_PREDICTIVE, true},
     };
+    const uint64_t uses = distinct_uses(&base, c);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct run r;
         if (run_steps(m, cases[i].slots, cases[i].pol, cases[i].prefetch, &r) < 0)
@@ -170,10 +171,10 @@ static void check_fixture(const char *name)
               "%s: %llu bytes copied for %llu misses + %llu prefetches", name,
               (unsigned long long)r.stats.bytes_h2d, (unsigned long long)st->misses,
               (unsigned long long)st->prefetches);
-        CHECK(st->hits + st->misses == distinct_uses(&base, c),
+        CHECK(st->hits + st->misses == uses,
               "%s: %d slots: %llu hits + %llu misses, but the steps used %llu experts", name,
               cases[i].slots, (unsigned long long)st->hits, (unsigned long long)st->misses,
-              (unsigned long long)distinct_uses(&base, c));
+              (unsigned long long)uses);
         CHECK(st->prefetches_used + st->prefetches_wasted <= st->prefetches,
               "%s: prefetch accounting", name);
         if (!cases[i].prefetch)

@@ -52,7 +52,7 @@ static void fill_step(int s, int n_tok, uint64_t *req, uint32_t *pos, int32_t *e
 static void write_trace(const char *path, int n_steps, int n_tok, bool with_pred)
 {
     struct xd_trace_header h = {.n_moe_layers = L, .top_k = K, .n_experts = E,
-                                .expert_bytes = 1000, .has_predictions = with_pred,
+                                .expert_bytes = 1000,
                                 .pred_width = with_pred ? K : 0};
     struct xd_trace_writer *w;
     struct xd_err err;
@@ -80,7 +80,7 @@ static void test_trace_round_trip(void)
     CHECK(xd_trace_reader_open(path, &r, &err) == XD_OK, "%s", err.msg);
     const struct xd_trace_header *h = xd_trace_reader_header(r);
     CHECK(h->n_moe_layers == L && h->top_k == K && h->n_experts == E && h->expert_bytes == 1000 &&
-              h->has_predictions && h->pred_width == K, "header read back wrong");
+              h->pred_width == K, "header read back wrong");
     struct xd_trace_step st;
     int n = 0, rc;
     while ((rc = xd_trace_reader_next(r, &st, &err)) == 1) {
@@ -276,7 +276,7 @@ static void test_trace_wide_and_v1(void)
     const char *path = tmp_path("wide.xdtrace");
     const int W = 5;
     struct xd_trace_header h = {.n_moe_layers = L, .top_k = K, .n_experts = E,
-                                .expert_bytes = 10, .has_predictions = true, .pred_width = W};
+                                .expert_bytes = 10, .pred_width = W};
     struct xd_trace_writer *w;
     struct xd_err err;
     CHECK(xd_trace_writer_create(path, &h, &w, &err) == XD_OK, "%s", err.msg);
@@ -336,7 +336,7 @@ static void test_trace_wide_and_v1(void)
     xd_byte_buf_append(&b, &tag_end, 1);
     CHECK(xd_trace_reader_open_mem(b.data, b.len, false, "v1", &r, &err) == XD_OK, "%s", err.msg);
     const struct xd_trace_header *h1 = xd_trace_reader_header(r);
-    CHECK(h1->has_predictions && h1->pred_width == K && h1->expert_bytes == 42, "v1 header");
+    CHECK(h1->pred_width == K && h1->expert_bytes == 42, "v1 header");
     CHECK(xd_trace_reader_next(r, &got, &err) == 1, "v1 step: %s", err.msg);
     CHECK(got.requests[0] == 9 && got.positions[0] == 3 && got.predicted[0] == -1 &&
               got.predicted[K] == (K + 1) % E,

@@ -38,7 +38,7 @@ def read_trace(path):
         (width,) = struct.unpack_from("<I", data, off)
         off += 4
     hdr = {"version": 2, "layers": L, "top_k": K, "experts": E,
-           "expert_bytes": expert_bytes, "predictions": bool(flags & 1), "pred_width": width}
+           "expert_bytes": expert_bytes, "pred_width": width}
     n, n_pred = L * K, L * width
     steps = []
     while True:
@@ -57,7 +57,7 @@ def read_trace(path):
             w = struct.unpack_from(f"<{n}f", data, off)
             off += 4 * n
             pr = None
-            if hdr["predictions"]:
+            if width:
                 pr = struct.unpack_from(f"<{n_pred}H", data, off)
                 off += 2 * n_pred
             toks.append((req, pos, ex, w, pr))
@@ -69,13 +69,13 @@ def write_trace(path, hdr, steps):
     n, n_pred = hdr["layers"] * hdr["top_k"], hdr["layers"] * hdr["pred_width"]
     out = bytearray(MAGIC)
     out += struct.pack("<IIIIQII", 2, hdr["layers"], hdr["top_k"], hdr["experts"],
-                       hdr["expert_bytes"], 1 if hdr["predictions"] else 0, hdr["pred_width"])
+                       hdr["expert_bytes"], 1 if hdr["pred_width"] else 0, hdr["pred_width"])
     for step, seconds, toks in steps:
         out += struct.pack("<BQdI", 1, step, seconds, len(toks))
         for req, pos, ex, w, pr in toks:
             out += struct.pack("<QI", req, pos) + struct.pack(f"<{n}H", *ex)
             out += struct.pack(f"<{n}f", *w)
-            if hdr["predictions"]:
+            if hdr["pred_width"]:
                 out += struct.pack(f"<{n_pred}H", *pr)
     out += b"\0"
     with open(path, "wb") as f:
