@@ -5,7 +5,6 @@
 # Usage: test-http.sh EXPERTD SYNTH_MODEL FIXTURES_DIR SOURCE_DIR WORK_DIR
 set -u
 expertd=$1 synth=$2 fixtures=$3 src=$4 work=$5
-venv=$src/build/http-venv
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 
@@ -31,4 +30,4 @@ cat >"$odd/tokenizer_config.json" <<'JSON'
 {"eos_token": "<|im_end|>", "chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}
 JSON
 
-exec "$venv/bin/python" "$src/tests/test_http.py" "$expertd" "$model" "$odd"
+exec "$py" "$src/tests/test_http.py" "$expertd" "$model" "$odd"
