@@ -1067,11 +1067,12 @@ static void test_threaded_concurrent_submitters(void)
     }
     for (int t = 0; t < T; t++)
         pthread_join(th[t], NULL);
+    /* the last finish reaches its sink before the loop retires the request: wait for both */
     for (int spin = 0; spin < 20000; spin++) {
         pthread_mutex_lock(&lock);
         int done = n_done;
         pthread_mutex_unlock(&lock);
-        if (done == N)
+        if (done == N && xd_sched_idle(s))
             break;
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
