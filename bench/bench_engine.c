@@ -10,12 +10,12 @@
 #include <omp.h>
 #endif
 
-#include "engine.h"
-#include "options.h"
+#include "config/options.h"
+#include "engine/engine.h"
 #include "xd_build_config.h"
 #if XD_HAVE_CUDA
-#include "gpu.h"
-#include "gpu_probe.h"
+#include "gpu/gpu.h"
+#include "gpu/gpu_probe.h"
 #endif
 
 struct bench_opts {

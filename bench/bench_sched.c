@@ -6,8 +6,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "engine.h"
-#include "scheduler.h"
+#include "engine/engine.h"
+#include "scheduler/scheduler.h"
 
 static double now_seconds(void)
 {

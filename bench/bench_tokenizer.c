@@ -5,8 +5,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "text_file.h"
-#include "tokenizer.h"
+#include "engine/base/text_file.h"
+#include "engine/text/tokenizer.h"
 
 static double now(void)
 {

@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block_pool.h"
-#include "routing_trace.h"
-#include "scheduler.h"
+#include "engine/experts/routing_trace.h"
+#include "scheduler/block_pool.h"
+#include "scheduler/scheduler.h"
 
 /* ---- traces ---- */
 

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "options.h"
+#include "config/options.h"
 
 struct client_opts {
     const char *url;    /* the server's base URL, without /v1 */

@@ -1,9 +1,9 @@
 /* The engine and server settings table and its validation. */
-#include "config.h"
+#include "config/config.h"
 
 #include <string.h>
 
-#include "engine.h"
+#include "engine/engine.h"
 
 void xd_config_init(struct xd_config *cfg)
 {

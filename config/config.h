@@ -5,7 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "options.h"
+#include "config/options.h"
 
 struct xd_config {
     const char *model;      /* checkpoint directory */

@@ -1,5 +1,5 @@
 /* Config files: parse `key = value` lines, apply them through an option table, read secrets. */
-#include "config_file.h"
+#include "config/config_file.h"
 
 #include <errno.h>
 #include <fcntl.h>

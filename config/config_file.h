@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
-#include "options.h"
+#include "config/options.h"
 
 /*
  * The format (config/expertd.conf.example is one):

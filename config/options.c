@@ -1,5 +1,5 @@
 /* Option tables: parse and range-check values from the environment and the command line. */
-#include "options.h"
+#include "config/options.h"
 
 #include <errno.h>
 #include <stdbool.h>

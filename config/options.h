@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
-#include "status.h"
+#include "engine/base/status.h"
 
 enum xd_opt_type {
     XD_OPT_STRING, /* const char *, borrowed from argv or the environment */

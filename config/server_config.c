@@ -1,9 +1,9 @@
 /* The option table of `expertd serve` and its validation. */
-#include "server_config.h"
+#include "config/server_config.h"
 
 #include <string.h>
 
-#include "chat_template.h"
+#include "engine/text/chat_template.h"
 
 void xd_server_config_init(struct xd_server_config *cfg)
 {

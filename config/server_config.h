@@ -6,8 +6,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "config.h"
-#include "options.h"
+#include "config/config.h"
+#include "config/options.h"
 
 struct xd_server_config {
     struct xd_config engine;       /* model, device, threads, block size, KV blocks, ... */

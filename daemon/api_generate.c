@@ -15,8 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "chat_template.h"
-#include "http.h"
+#include "daemon/http.h"
+#include "engine/text/chat_template.h"
 
 /* ---- a growing byte buffer ---- */
 

@@ -1,6 +1,6 @@
 /* OpenAI request parsing: JSON body -> struct xd_api_request, every field type- and
  * range-checked with the parameter named in the error. */
-#include "api_request.h"
+#include "daemon/api_request.h"
 
 #include <math.h>
 #include <stdarg.h>

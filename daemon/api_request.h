@@ -8,7 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "sampler.h"
+#include "engine/sampler.h"
 
 #define XD_API_MAX_N 16       /* choices per prompt */
 #define XD_API_MAX_PROMPTS 64 /* prompts in one completions request */

@@ -6,9 +6,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "commands.h"
-#include "config_file.h"
-#include "server_config.h"
+#include "config/config_file.h"
+#include "config/server_config.h"
+#include "daemon/commands.h"
 
 /* serve's settings plus the --config flag, which serve's table leaves to the command. */
 struct check_values {

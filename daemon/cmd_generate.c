@@ -6,14 +6,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "commands.h"
-#include "config.h"
-#include "config_file.h"
-#include "engine.h"
-#include "offline.h"
-#include "routing_trace.h"
-#include "sampler.h"
-#include "tokenizer.h"
+#include "config/config.h"
+#include "config/config_file.h"
+#include "daemon/commands.h"
+#include "engine/engine.h"
+#include "engine/experts/routing_trace.h"
+#include "engine/sampler.h"
+#include "engine/text/tokenizer.h"
+#include "scheduler/offline.h"
 
 struct gen_opts {
     struct xd_config cfg;

@@ -10,10 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "commands.h"
-#include "offload_plan.h"
-#include "options.h"
-#include "routing_trace.h"
+#include "config/options.h"
+#include "daemon/commands.h"
+#include "engine/experts/offload_plan.h"
+#include "engine/experts/routing_trace.h"
 
 struct plan_opts {
     const char *trace;

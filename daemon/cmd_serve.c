@@ -7,16 +7,16 @@
 #include <string.h>
 #include <time.h>
 
-#include "chat_template.h"
-#include "commands.h"
-#include "config_file.h"
-#include "engine.h"
-#include "routing_trace.h"
-#include "sd_notify.h"
-#include "server.h"
-#include "server_config.h"
-#include "tokenizer.h"
-#include "tokenizer_config.h"
+#include "config/config_file.h"
+#include "config/server_config.h"
+#include "daemon/commands.h"
+#include "daemon/sd_notify.h"
+#include "daemon/server.h"
+#include "engine/engine.h"
+#include "engine/experts/routing_trace.h"
+#include "engine/text/chat_template.h"
+#include "engine/text/tokenizer.h"
+#include "engine/text/tokenizer_config.h"
 
 struct serve_opts {
     struct xd_server_config cfg; /* first: the shared table's offsets are relative to it */

@@ -1,10 +1,10 @@
 /* expertd version: what this build is and what it can run on. */
 #include <stdio.h>
 
-#include "commands.h"
+#include "daemon/commands.h"
 #include "xd_build_config.h"
 #if XD_HAVE_CUDA
-#include "gpu_probe.h"
+#include "gpu/gpu_probe.h"
 #endif
 
 int xd_cmd_version(int argc, char **argv)

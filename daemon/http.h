@@ -8,9 +8,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "api_request.h"
-#include "byte_buf.h"
-#include "server.h"
+#include "daemon/api_request.h"
+#include "daemon/server.h"
+#include "engine/base/byte_buf.h"
 
 struct gen_job;
 

@@ -9,7 +9,7 @@
  * until the next token. Threads cost a stack each; max-connections bounds them. A client that
  * half-closes its side (shutdown(SHUT_WR)) after sending a generation request counts as gone:
  * no OpenAI client does that, and telling it apart from a reset would need a write. */
-#include "http.h"
+#include "daemon/http.h"
 
 #include <arpa/inet.h>
 #include <netdb.h>

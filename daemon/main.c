@@ -2,10 +2,10 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "commands.h"
+#include "daemon/commands.h"
 #include "xd_build_config.h"
 #if XD_HAVE_CUDA
-#include "gpu.h"
+#include "gpu/gpu.h"
 #endif
 
 static void usage(FILE *out)

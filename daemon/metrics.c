@@ -1,5 +1,5 @@
 /* Metrics storage and the Prometheus text rendering. */
-#include "metrics.h"
+#include "daemon/metrics.h"
 
 #include <pthread.h>
 #include <stdarg.h>

@@ -5,7 +5,7 @@
 
 #include <stddef.h>
 
-#include "scheduler.h"
+#include "scheduler/scheduler.h"
 
 enum xd_hist {
     XD_HIST_TTFT,    /* request arrival -> first token */

@@ -1,5 +1,5 @@
 /* sd_notify through libsystemd, or a fallback that speaks the same datagram protocol. */
-#include "sd_notify.h"
+#include "daemon/sd_notify.h"
 
 #include <errno.h>
 #include <stdarg.h>

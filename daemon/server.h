@@ -9,10 +9,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "metrics.h"
-#include "scheduler.h"
-#include "server_config.h"
-#include "tokenizer.h"
+#include "config/server_config.h"
+#include "daemon/metrics.h"
+#include "engine/text/tokenizer.h"
+#include "scheduler/scheduler.h"
 
 enum xd_server_state {
     XD_SERVER_LOADING,  /* listening; the model is not loaded yet: 503 */

@@ -2,7 +2,7 @@
 #ifndef XD_BACKEND_H
 #define XD_BACKEND_H
 
-#include "engine.h"
+#include "engine/engine.h"
 
 struct xd_backend_ops {
     const char *name;

@@ -1,9 +1,9 @@
 /* Engine front: options, batch validation, and dispatch to the chosen backend. */
-#include "engine.h"
+#include "engine/engine.h"
 
 #include <stdlib.h>
 
-#include "backend.h"
+#include "engine/backend.h"
 
 /* Backends other than the CPU one live in other libraries (gpu/) and register here. */
 static const struct xd_backend_ops *registered[XD_DEVICE_CUDA + 1];

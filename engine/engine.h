@@ -5,9 +5,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "expert_cache.h"
-#include "model.h"
-#include "status.h"
+#include "engine/base/status.h"
+#include "engine/experts/expert_cache.h"
+#include "engine/model/model.h"
 
 enum xd_logits_mode {
     XD_LOGITS_NONE, /* no logits (a prefill chunk that is not the last) */

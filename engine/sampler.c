@@ -1,5 +1,5 @@
 /* Sampler: logits -> processed distribution -> one token, reproducible under a seed. */
-#include "sampler.h"
+#include "engine/sampler.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -5,7 +5,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "status.h"
+#include "engine/base/status.h"
 
 #define XD_MAX_LOGPROBS 20
 

@@ -7,15 +7,15 @@
 #include <algorithm>
 #include <vector>
 
-#include "cuda_check.h"
-#include "expert_pool.h"
-#include "gpu.h"
-#include "kernels.h"
+#include "gpu/cuda_check.h"
+#include "gpu/expert_pool.h"
+#include "gpu/gpu.h"
+#include "gpu/kernels.h"
 
 extern "C" {
-#include "backend.h"
-#include "dtype.h"
-#include "expert_predictor.h"
+#include "engine/backend.h"
+#include "engine/experts/expert_predictor.h"
+#include "engine/model/dtype.h"
 }
 
 /* ---- device weights ---- */

@@ -8,7 +8,7 @@
 #include <stddef.h>
 
 extern "C" {
-#include "status.h"
+#include "engine/base/status.h"
 }
 
 /* Within a function that has `struct xd_err *err` and returns int. */

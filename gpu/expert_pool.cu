@@ -1,18 +1,18 @@
 /* GPU expert pool: slots of [gate | up | down] bf16 weights in one device allocation; with
  * offloading, a pinned host copy of every expert and a copy stream that fills slots on demand
  * or ahead of need. */
-#include "expert_pool.h"
+#include "gpu/expert_pool.h"
 
 #include <stdio.h>
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cuda_check.h"
+#include "gpu/cuda_check.h"
 
 extern "C" {
-#include "dtype.h"
-#include "expert_cache.h"
+#include "engine/experts/expert_cache.h"
+#include "engine/model/dtype.h"
 }
 
 struct xd_expert_pool {

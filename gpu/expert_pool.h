@@ -7,11 +7,11 @@
 #ifndef XD_EXPERT_POOL_H
 #define XD_EXPERT_POOL_H
 
-#include "kernels.h"
+#include "gpu/kernels.h"
 
 extern "C" {
-#include "engine.h"
-#include "model.h"
+#include "engine/engine.h"
+#include "engine/model/model.h"
 }
 
 /* Device pointers of one expert's bf16 weights, valid until release. */

@@ -1,5 +1,5 @@
 /* CUDA device discovery through the runtime API; every call checked, nothing aborts. */
-#include "gpu_probe.h"
+#include "gpu/gpu_probe.h"
 
 #include <cuda_runtime.h>
 #include <stdio.h>

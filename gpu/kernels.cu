@@ -1,5 +1,5 @@
 /* CUDA kernels of the GPU backend (see kernels.h for each contract). */
-#include "kernels.h"
+#include "gpu/kernels.h"
 
 #include <math.h>
 

@@ -1,10 +1,10 @@
 /* KV block pool: a stack of free ids plus an in-use bitmap that catches double frees. */
-#include "block_pool.h"
+#include "scheduler/block_pool.h"
 
 #include <assert.h>
 #include <stdlib.h>
 
-#include "status.h"
+#include "engine/base/status.h"
 
 struct xd_block_pool {
     int n_blocks;

@@ -1,13 +1,13 @@
 /* KV block manager: refcounts over the block pool, a chained hash table of published blocks and
  * an LRU list of cached (unreferenced, published) blocks. */
-#include "kv_manager.h"
+#include "scheduler/kv_manager.h"
 
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "block_pool.h"
-#include "status.h"
+#include "engine/base/status.h"
+#include "scheduler/block_pool.h"
 
 struct xd_kv {
     int n_blocks;

@@ -1,13 +1,13 @@
 /* Offline single-sequence generation: one request through the scheduler, stepped on the
  * caller's thread, so that offline and served generation are one piece of code. */
-#include "offline.h"
+#include "scheduler/offline.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "block_pool.h"
-#include "scheduler.h"
+#include "scheduler/block_pool.h"
+#include "scheduler/scheduler.h"
 
 static double now_seconds(void)
 {

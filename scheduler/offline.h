@@ -4,8 +4,8 @@
 
 #include <stdint.h>
 
-#include "engine.h"
-#include "sampler.h"
+#include "engine/engine.h"
+#include "engine/sampler.h"
 
 struct xd_offline_request {
     const int32_t *prompt;   /* (n_prompt,) */

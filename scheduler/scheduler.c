@@ -1,6 +1,6 @@
 /* The scheduler: admission, continuous batching with chunked prefill, preemption by recompute,
  * prefix caching, cancellation, stop conditions and grouping by expert, on one thread. */
-#include "scheduler.h"
+#include "scheduler/scheduler.h"
 
 #include <assert.h>
 #include <pthread.h>
@@ -8,9 +8,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "block_pool.h"
-#include "byte_buf.h"
-#include "kv_manager.h"
+#include "engine/base/byte_buf.h"
+#include "scheduler/block_pool.h"
+#include "scheduler/kv_manager.h"
 
 /* ---- sequences ---- */
 

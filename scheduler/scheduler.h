@@ -8,10 +8,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine.h"
-#include "sampler.h"
-#include "status.h"
-#include "tokenizer.h"
+#include "engine/base/status.h"
+#include "engine/engine.h"
+#include "engine/sampler.h"
+#include "engine/text/tokenizer.h"
 
 /* What the scheduler needs of an engine: one forward step and its sizes. The real engine plugs
  * in through xd_step_engine_init; tests plug in a fake. forward has xd_engine_forward's

@@ -5,7 +5,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 
-#include "gpu_probe.h"
+#include "gpu/gpu_probe.h"
 
 /* Fills info (cap bytes) with the devices found. Without a usable GPU prints the SKIPPED line
  * (with why) and returns false: the test then exits 77. */

@@ -3,9 +3,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api_request.h"
-#include "metrics.h"
-#include "test.h"
+#include "daemon/api_request.h"
+#include "daemon/metrics.h"
+#include "tests/test.h"
 
 static int parse(enum xd_api_kind k, const char *body, struct xd_api_request *r,
                  struct xd_api_error *e)

@@ -4,9 +4,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "block_pool.h"
-#include "status.h"
-#include "test.h"
+#include "engine/base/status.h"
+#include "scheduler/block_pool.h"
+#include "tests/test.h"
 
 static void test_create_all_free(void)
 {

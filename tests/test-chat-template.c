@@ -5,10 +5,10 @@
 #include <jansson.h>
 #include <stdlib.h>
 
-#include "chat_template.h"
-#include "test.h"
-#include "tokenizer.h"
-#include "tokenizer_config.h"
+#include "engine/text/chat_template.h"
+#include "engine/text/tokenizer.h"
+#include "engine/text/tokenizer_config.h"
+#include "tests/test.h"
 
 static const char *dir;
 static struct xd_tokenizer *tok;

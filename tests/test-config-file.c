@@ -7,8 +7,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "config_file.h"
-#include "test.h"
+#include "config/config_file.h"
+#include "tests/test.h"
 
 struct opts {
     const char *model;

@@ -6,11 +6,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "engine.h"
-#include "offline.h"
-#include "sampler.h"
-#include "test.h"
-#include "tokenizer.h"
+#include "engine/engine.h"
+#include "engine/sampler.h"
+#include "engine/text/tokenizer.h"
+#include "scheduler/offline.h"
+#include "tests/test.h"
 
 /* transformers' reference upcasts the bf16 checkpoint to f32, which is what the CPU engine
  * computes; only summation order differs (measured: at most 6.2e-6). The greedy references'

@@ -3,10 +3,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine.h"
-#include "offline.h"
-#include "sampler.h"
-#include "test.h"
+#include "engine/engine.h"
+#include "engine/sampler.h"
+#include "scheduler/offline.h"
+#include "tests/test.h"
 
 static const char *fixtures;
 

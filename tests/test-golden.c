@@ -5,14 +5,14 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "engine.h"
-#include "offline.h"
-#include "sampler.h"
-#include "test.h"
+#include "engine/engine.h"
+#include "engine/sampler.h"
+#include "scheduler/offline.h"
+#include "tests/test.h"
 #include "xd_build_config.h"
 #if XD_HAVE_CUDA
-#include "gpu.h"
-#include "gpu_test.h"
+#include "gpu/gpu.h"
+#include "tests/gpu_test.h"
 #endif
 
 /* Tolerance on max |logit difference| against transformers computing in f32:

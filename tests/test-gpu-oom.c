@@ -8,10 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine.h"
-#include "gpu.h"
-#include "gpu_test.h"
-#include "test.h"
+#include "engine/engine.h"
+#include "gpu/gpu.h"
+#include "tests/gpu_test.h"
+#include "tests/test.h"
 
 #define MIB ((size_t)1 << 20)
 

@@ -2,7 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "gpu_test.h"
+#include "tests/gpu_test.h"
 
 int main(void)
 {

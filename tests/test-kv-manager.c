@@ -3,9 +3,9 @@
  * refcounts and LRU eviction of cached blocks. */
 #include <stdint.h>
 
-#include "kv_manager.h"
-#include "status.h"
-#include "test.h"
+#include "engine/base/status.h"
+#include "scheduler/kv_manager.h"
+#include "tests/test.h"
 
 #define BS 4
 

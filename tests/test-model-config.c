@@ -2,8 +2,8 @@
  * gives each key; every invalid config is an error naming the key. */
 #include <stdlib.h>
 
-#include "model_config.h"
-#include "test.h"
+#include "engine/model/model_config.h"
+#include "tests/test.h"
 
 static int parse(const char *json, struct xd_model_config *c, struct xd_err *err)
 {

@@ -5,8 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "model.h"
-#include "test.h"
+#include "engine/model/model.h"
+#include "tests/test.h"
 
 static const char *fixtures;
 static char tmp_root[] = "/tmp/xd-model-errors-XXXXXX";

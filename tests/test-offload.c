@@ -8,12 +8,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "byte_buf.h"
-#include "expert_cache.h"
-#include "expert_predictor.h"
-#include "offload_plan.h"
-#include "routing_trace.h"
-#include "test.h"
+#include "engine/base/byte_buf.h"
+#include "engine/experts/expert_cache.h"
+#include "engine/experts/expert_predictor.h"
+#include "engine/experts/offload_plan.h"
+#include "engine/experts/routing_trace.h"
+#include "tests/test.h"
 
 static char tmpdir[256];
 

@@ -4,8 +4,8 @@
 #include <stddef.h>
 #include <stdlib.h>
 
-#include "options.h"
-#include "test.h"
+#include "config/options.h"
+#include "tests/test.h"
 
 struct opts {
     const char *model;

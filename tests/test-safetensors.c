@@ -7,9 +7,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "dtype.h"
-#include "safetensors.h"
-#include "test.h"
+#include "engine/model/dtype.h"
+#include "engine/model/safetensors.h"
+#include "tests/test.h"
 
 /* ---- building images in memory ---- */
 

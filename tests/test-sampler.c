@@ -2,8 +2,8 @@
  * the sampled distribution and logprobs, and parameter validation. */
 #include <stdlib.h>
 
-#include "sampler.h"
-#include "test.h"
+#include "engine/sampler.h"
+#include "tests/test.h"
 
 static struct xd_sampler *make(const struct xd_sampling_params *p, int n_vocab)
 {

@@ -9,13 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block_pool.h"
-#include "engine.h"
-#include "offline.h"
-#include "sampler.h"
-#include "scheduler.h"
-#include "tokenizer.h"
-#include "test.h"
+#include "engine/engine.h"
+#include "engine/sampler.h"
+#include "engine/text/tokenizer.h"
+#include "scheduler/block_pool.h"
+#include "scheduler/offline.h"
+#include "scheduler/scheduler.h"
+#include "tests/test.h"
 
 static const char *fixtures;
 

@@ -9,8 +9,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "sd_notify.h"
-#include "test.h"
+#include "daemon/sd_notify.h"
+#include "tests/test.h"
 
 static char tmpdir[] = "/tmp/xd-test-sd-notify-XXXXXX";
 

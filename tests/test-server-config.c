@@ -3,8 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server_config.h"
-#include "test.h"
+#include "config/server_config.h"
+#include "tests/test.h"
 
 static int parse(struct xd_server_config *c, int argc, char **argv, struct xd_err *err)
 {

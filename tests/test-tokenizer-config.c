@@ -4,10 +4,10 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "chat_template.h"
-#include "test.h"
-#include "tokenizer.h"
-#include "tokenizer_config.h"
+#include "engine/text/chat_template.h"
+#include "engine/text/tokenizer.h"
+#include "engine/text/tokenizer_config.h"
+#include "tests/test.h"
 
 static struct xd_tokenizer *tok; /* tokens: <|endoftext|> 0, <|im_start|> 1, <|im_end|> 2 */
 static const char *fixtures;

@@ -4,8 +4,8 @@
 #include <jansson.h>
 #include <stdlib.h>
 
-#include "test.h"
-#include "tokenizer.h"
+#include "engine/text/tokenizer.h"
+#include "tests/test.h"
 
 static struct xd_tokenizer *tok;
 static json_t *cases;

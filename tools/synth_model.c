@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "options.h"
+#include "config/options.h"
 
 struct synth_opts {
     const char *out;

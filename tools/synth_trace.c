@@ -12,8 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "options.h"
-#include "routing_trace.h"
+#include "config/options.h"
+#include "engine/experts/routing_trace.h"
 
 struct synth_trace_opts {
     const char *out;

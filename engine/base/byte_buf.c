@@ -1,10 +1,10 @@
 /* A growable byte buffer. */
-#include "byte_buf.h"
+#include "engine/base/byte_buf.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "status.h"
+#include "engine/base/status.h"
 
 int xd_byte_buf_reserve(struct xd_byte_buf *b, size_t extra)
 {

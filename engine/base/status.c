@@ -1,5 +1,5 @@
 /* Status names and the error-detail buffer. */
-#include "status.h"
+#include "engine/base/status.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -1,5 +1,5 @@
 /* Small text files read whole, bounded so a hostile file cannot exhaust memory. */
-#include "text_file.h"
+#include "engine/base/text_file.h"
 
 #include <errno.h>
 #include <stdio.h>

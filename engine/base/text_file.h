@@ -4,7 +4,7 @@
 
 #include <stddef.h>
 
-#include "status.h"
+#include "engine/base/status.h"
 
 /* Reads all of path, at most max_bytes, into a new NUL-terminated buffer
  * (*ret, free() it) of *ret_len bytes. Errors name the file. */

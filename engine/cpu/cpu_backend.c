@@ -7,8 +7,8 @@
 #include <omp.h>
 #endif
 
-#include "backend.h"
-#include "cpu_kernels.h"
+#include "engine/backend.h"
+#include "engine/cpu/cpu_kernels.h"
 
 struct cpu_state {
     const struct xd_model *m;

@@ -1,9 +1,9 @@
 /* CPU kernels: matmul over f32/bf16/f16 weights with OpenMP, norms, rotary, activations. */
-#include "cpu_kernels.h"
+#include "engine/cpu/cpu_kernels.h"
 
 #include <math.h>
 
-#include "dtype.h"
+#include "engine/model/dtype.h"
 
 /* Sixteen independent partial sums so the compiler vectorises the loop
  * without reassociating (no -ffast-math); the order is fixed, so results are

@@ -2,7 +2,7 @@
 #ifndef XD_CPU_KERNELS_H
 #define XD_CPU_KERNELS_H
 
-#include "expert_store.h"
+#include "engine/model/expert_store.h"
 
 /* y (n, w.rows) = x (n, w.cols) @ w^T, parallel over w's rows. Each output
  * element is one dot product in a fixed order, so a row of y does not depend

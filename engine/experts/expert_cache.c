@@ -1,5 +1,5 @@
 /* The expert cache's bookkeeping: slot map, pins, eviction policies and counters. */
-#include "expert_cache.h"
+#include "engine/experts/expert_cache.h"
 
 #include <assert.h>
 #include <math.h>

@@ -11,7 +11,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "status.h"
+#include "engine/base/status.h"
 
 enum xd_evict_policy {
     XD_EVICT_LRU,        /* least recently used */

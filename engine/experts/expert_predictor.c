@@ -1,5 +1,5 @@
 /* Expert predictors: the lookahead ranking and the previous token's experts, merged in order. */
-#include "expert_predictor.h"
+#include "engine/experts/expert_predictor.h"
 
 #include <stdlib.h>
 #include <string.h>

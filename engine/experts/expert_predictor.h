@@ -14,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "status.h"
+#include "engine/base/status.h"
 
 enum xd_predictor_kind {
     XD_PREDICT_NONE,               /* no prefetch: every miss is a demand copy */

@@ -1,5 +1,5 @@
 /* The offload planner: trace replay through the expert cache with a predictor. */
-#include "offload_plan.h"
+#include "engine/experts/offload_plan.h"
 
 #include <stdlib.h>
 #include <string.h>

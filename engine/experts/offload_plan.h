@@ -8,10 +8,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "expert_cache.h"
-#include "expert_predictor.h"
-#include "routing_trace.h"
-#include "status.h"
+#include "engine/base/status.h"
+#include "engine/experts/expert_cache.h"
+#include "engine/experts/expert_predictor.h"
+#include "engine/experts/routing_trace.h"
 
 struct xd_plan_opts {
     int n_slots;                   /* cache size in experts */

@@ -1,6 +1,6 @@
 /* Routing traces: the writer (payload bytes through a zstd stream to a file) and the reader
  * (a zstd stream from a file or memory, parsed with every field range-checked). */
-#include "routing_trace.h"
+#include "engine/experts/routing_trace.h"
 
 #include <errno.h>
 #include <math.h>
@@ -9,8 +9,8 @@
 #include <string.h>
 #include <zstd.h>
 
-#include "byte_buf.h"
-#include "engine.h"
+#include "engine/base/byte_buf.h"
+#include "engine/engine.h"
 
 static const char trace_magic[8] = {'X', 'D', 'R', 'O', 'U', 'T', 'E', '1'};
 enum { TRACE_VERSION = 2, TAG_END = 0, TAG_STEP = 1, FLAG_PREDICTIONS = 1 };

@@ -25,8 +25,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "model.h"
-#include "status.h"
+#include "engine/base/status.h"
+#include "engine/model/model.h"
 
 #define XD_TRACE_NO_EXPERT 0xffff
 #define XD_TRACE_MAX_LAYERS 512

@@ -1,5 +1,5 @@
 /* Element-type names and conversions (IEEE half and bfloat16 to float). */
-#include "dtype.h"
+#include "engine/model/dtype.h"
 
 #include <math.h>
 

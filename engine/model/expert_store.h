@@ -4,7 +4,7 @@
 
 #include <stdint.h>
 
-#include "dtype.h"
+#include "engine/model/dtype.h"
 
 /* A row-major 2-D weight view: rows x cols elements of dtype, row i at
  * data + i * cols * size(dtype). Borrowed. */

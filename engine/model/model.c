@@ -1,5 +1,5 @@
 /* Model loading: maps a checkpoint and checks every tensor against the config. */
-#include "model.h"
+#include "engine/model/model.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -2,9 +2,9 @@
 #ifndef XD_MODEL_H
 #define XD_MODEL_H
 
-#include "expert_store.h"
-#include "model_config.h"
-#include "safetensors.h"
+#include "engine/model/expert_store.h"
+#include "engine/model/model_config.h"
+#include "engine/model/safetensors.h"
 
 /* Weights of one decoder layer. Vectors are (n,) matrices with rows = 1.
  * Fields an architecture does not have are zeroed (data == NULL). */

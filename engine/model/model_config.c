@@ -1,7 +1,7 @@
 /* config.json and generation_config.json parsing with per-key validation. */
-#include "model_config.h"
+#include "engine/model/model_config.h"
 
-#include "text_file.h"
+#include "engine/base/text_file.h"
 
 #include <jansson.h>
 #include <math.h>

@@ -4,7 +4,7 @@
 
 #include <stdbool.h>
 
-#include "status.h"
+#include "engine/base/status.h"
 
 enum xd_arch {
     XD_ARCH_MIXTRAL,

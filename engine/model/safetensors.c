@@ -1,7 +1,7 @@
 /* Safetensors parsing (header JSON via jansson) and mmap-backed checkpoints. */
-#include "safetensors.h"
+#include "engine/model/safetensors.h"
 
-#include "text_file.h"
+#include "engine/base/text_file.h"
 
 #include <errno.h>
 #include <fcntl.h>

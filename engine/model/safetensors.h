@@ -5,8 +5,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dtype.h"
-#include "status.h"
+#include "engine/base/status.h"
+#include "engine/model/dtype.h"
 
 #define XD_MAX_DIMS 4
 

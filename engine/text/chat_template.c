@@ -1,7 +1,7 @@
 /* Native renderings of the chat templates of the served families, recognised from their Jinja
  * source; outputs equal transformers' apply_chat_template byte for byte (see
  * tests/fixtures/chat). */
-#include "chat_template.h"
+#include "engine/text/chat_template.h"
 
 #include <ctype.h>
 #include <stdarg.h>

@@ -7,7 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "status.h"
+#include "engine/base/status.h"
 
 enum xd_chat_format {
     XD_CHAT_UNKNOWN = 0,

@@ -1,6 +1,6 @@
 /* tokenizer.json loading and byte-level BPE: added tokens, normalizer, regex pre-tokenizers
  * (PCRE2 with Unicode properties), merges by rank, post-processor and ByteLevel decoder. */
-#include "tokenizer.h"
+#include "engine/text/tokenizer.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <jansson.h>
@@ -10,7 +10,7 @@
 #include <string.h>
 #include <utf8proc.h>
 
-#include "text_file.h"
+#include "engine/base/text_file.h"
 
 /* ---- hash maps: string -> id, and (id, id) -> (rank, id) ---- */
 

@@ -1,5 +1,5 @@
 /* tokenizer_config.json and generation_config.json read into xd_tokenizer_config. */
-#include "tokenizer_config.h"
+#include "engine/text/tokenizer_config.h"
 
 #include <assert.h>
 #include <jansson.h>
@@ -7,7 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "text_file.h"
+#include "engine/base/text_file.h"
 
 #define MAX_CONFIG_BYTES (16u << 20)
 

@@ -7,8 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "status.h"
-#include "tokenizer.h"
+#include "engine/base/status.h"
+#include "engine/text/tokenizer.h"
 
 struct xd_tokenizer_config {
     char *bos_token;        /* NULL when absent/null; owned */

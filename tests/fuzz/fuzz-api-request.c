@@ -1,12 +1,12 @@
 /* Fuzz target: any byte string as a /v1/completions or /v1/chat/completions body (the first
  * byte picks the endpoint); an accepted request must satisfy what the server relies on, a
  * refused one must carry a 4xx/5xx status and a message. */
-#include "fuzz.h"
+#include "tests/fuzz/fuzz.h"
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "api_request.h"
+#include "daemon/api_request.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

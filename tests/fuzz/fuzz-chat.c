@@ -3,13 +3,13 @@
  * generation_config.json text) whose template, if recognised, renders a fixed conversation;
  * odd, it is a conversation (messages split at 0x1E, a role from each message's first byte)
  * rendered in every format. The rest is also always tried as a template to recognise. */
-#include "fuzz.h"
+#include "tests/fuzz/fuzz.h"
 #include <stdlib.h>
 #include <string.h>
 
-#include "chat_template.h"
-#include "tokenizer.h"
-#include "tokenizer_config.h"
+#include "engine/text/chat_template.h"
+#include "engine/text/tokenizer.h"
+#include "engine/text/tokenizer_config.h"
 
 static const char BUILTIN[] =
     "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": "

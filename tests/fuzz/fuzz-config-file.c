@@ -2,14 +2,14 @@
  * and lines in order; applying it through a table of every option type never writes outside
  * the struct; errors name the file; and settings that apply print back to a file that parses
  * and applies to the same settings. */
-#include "fuzz.h"
+#include "tests/fuzz/fuzz.h"
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "config_file.h"
+#include "config/config_file.h"
 
 struct settings {
     const char *model;

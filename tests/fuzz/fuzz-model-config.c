@@ -1,12 +1,12 @@
 /* Fuzz target: any byte string as config.json; an accepted config must satisfy the invariants
  * the engine relies on. */
-#include "fuzz.h"
+#include "tests/fuzz/fuzz.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "model_config.h"
+#include "engine/model/model_config.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

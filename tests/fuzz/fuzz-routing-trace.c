@@ -1,12 +1,12 @@
 /* Fuzz target: any byte string as a routing trace. The first byte picks the form (odd: a zstd
  * stream as in a file; even: the raw payload, reaching the parser directly); the rest is the
  * trace. Every step read must hold in-range expert ids and finite weights. */
-#include "fuzz.h"
+#include "tests/fuzz/fuzz.h"
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
-#include "routing_trace.h"
+#include "engine/experts/routing_trace.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -1,13 +1,13 @@
 /* Fuzz target: any byte string as model.safetensors.index.json; accepted shard names must be
  * plain file names inside the checkpoint directory, each listed once. */
 #include <jansson.h>
-#include "fuzz.h"
+#include "tests/fuzz/fuzz.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "safetensors.h"
+#include "engine/model/safetensors.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -1,12 +1,12 @@
 /* Fuzz target: any byte string as a whole safetensors file image; every tensor view the parser
  * accepts is read in full, so a view reaching outside the image is caught by the sanitizers. */
-#include "fuzz.h"
+#include "tests/fuzz/fuzz.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "safetensors.h"
+#include "engine/model/safetensors.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -1,12 +1,12 @@
 /* Fuzz target: the input is tokenizer.json text (loaded, then used to encode a fixed string and
  * to decode its own ids) and, separately, text encoded with a small built-in byte-level
  * tokenizer; encode(decode) must round-trip valid UTF-8. */
-#include "fuzz.h"
+#include "tests/fuzz/fuzz.h"
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "tokenizer.h"
+#include "engine/text/tokenizer.h"
 
 static struct xd_tokenizer *builtin;
 
