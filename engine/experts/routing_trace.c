@@ -10,7 +10,6 @@
 #include <zstd.h>
 
 #include "engine/base/byte_buf.h"
-#include "engine/engine.h"
 
 static const char trace_magic[8] = {'X', 'D', 'R', 'O', 'U', 'T', 'E', '1'};
 enum { TRACE_VERSION = 2, TAG_END = 0, TAG_STEP = 1, FLAG_PREDICTIONS = 1 };

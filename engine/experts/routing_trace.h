@@ -27,6 +27,7 @@
 
 #include "engine/base/status.h"
 #include "engine/model/model.h"
+#include "engine/model/step.h"
 
 #define XD_TRACE_NO_EXPERT 0xffff
 #define XD_TRACE_MAX_LAYERS 512
@@ -79,11 +80,9 @@ int xd_trace_writer_add(struct xd_trace_writer *w, const struct xd_trace_step *s
 /* Writes the end tag, flushes and closes; then destroys. Returns the first error met. */
 int xd_trace_writer_close(struct xd_trace_writer *w, struct xd_err *err);
 
-/* An xd_step_observer_fn (engine.h) with the writer as ctx: appends the step, numbering steps
+/* An xd_step_observer_fn (model/step.h) with the writer as ctx: appends the step, numbering steps
  * from 0, each token tagged with its sequence's request id and position. An error (a full disk)
  * is kept and returned by xd_trace_writer_close; later steps are dropped. */
-struct xd_batch;
-struct xd_forward_out;
 void xd_trace_writer_observe(void *writer, const struct xd_batch *batch,
                              const uint64_t *request_ids, const struct xd_forward_out *out,
                              double seconds);
