@@ -5,6 +5,8 @@
  * Lifetime: a job is shared by the HTTP request (one reference until MHD's completion
  * callback), a streaming response (one until MHD frees it) and every submitted scheduler
  * request (one until its XD_EVENT_FINISH). Whoever drops the last reference frees it. */
+#include "daemon/api_generate.h"
+
 #include <errno.h>
 #include <jansson.h>
 #include <poll.h>
@@ -15,7 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "daemon/http.h"
+#include "daemon/http_response.h"
+#include "daemon/server.h"
 #include "engine/text/chat_template.h"
 
 /* ---- a growing byte buffer ---- */

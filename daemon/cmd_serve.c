@@ -10,6 +10,7 @@
 #include "config/config_file.h"
 #include "config/server_config.h"
 #include "daemon/commands.h"
+#include "daemon/http_server.h"
 #include "daemon/sd_notify.h"
 #include "daemon/server.h"
 #include "engine/engine.h"

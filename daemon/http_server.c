@@ -9,98 +9,18 @@
  * until the next token. Threads cost a stack each; max-connections bounds them. A client that
  * half-closes its side (shutdown(SHUT_WR)) after sending a generation request counts as gone:
  * no OpenAI client does that, and telling it apart from a reset would need a write. */
-#include "daemon/http.h"
+#include "daemon/http_server.h"
 
 #include <arpa/inet.h>
 #include <netdb.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 
+#include "daemon/api_generate.h"
+#include "daemon/http_response.h"
 #include "xd_build_config.h"
-
-double xd_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-void xd_log(const struct xd_server *s, enum xd_log_level level, const char *fmt, ...)
-{
-    if (s && level > s->log_level)
-        return;
-    char line[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    static const char *const names[] = {"error", "warn", "info", "debug"};
-    fprintf(stderr, "expertd[%s]: %s\n", names[level], line);
-}
-
-void xd_server_cancel(struct xd_server *s, uint64_t id)
-{
-    pthread_rwlock_rdlock(&s->sched_lock);
-    if (s->sched)
-        xd_sched_cancel(s->sched, id);
-    pthread_rwlock_unlock(&s->sched_lock);
-}
-
-/* ---- responses ---- */
-
-static enum MHD_Result queue(struct xd_http_req *r, int status, const char *body, size_t len,
-                             const char *content_type, const char *retry_after)
-{
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
-    if (!resp)
-        return MHD_NO;
-    MHD_add_response_header(resp, "Content-Type", content_type);
-    if (retry_after)
-        MHD_add_response_header(resp, "Retry-After", retry_after);
-    if (status == 401)
-        MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
-    if (r->body_too_large)
-        MHD_add_response_header(resp, "Connection", "close");
-    enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
-    MHD_destroy_response(resp);
-    r->status = status;
-    r->responded = true;
-    return ok;
-}
-
-enum MHD_Result xd_http_send_json(struct xd_http_req *r, int status, const char *json)
-{
-    return queue(r, status, json, strlen(json), "application/json", NULL);
-}
-
-enum MHD_Result xd_http_send_json_value(struct xd_http_req *r, int status, json_t *value)
-{
-    char *s = json_dumps(value, JSON_COMPACT);
-    json_decref(value);
-    if (!s)
-        return MHD_NO;
-    enum MHD_Result ok = xd_http_send_json(r, status, s);
-    free(s);
-    return ok;
-}
-
-enum MHD_Result xd_http_send_error(struct xd_http_req *r, const struct xd_api_error *e)
-{
-    char *json = xd_api_error_json(e);
-    if (!json)
-        return MHD_NO;
-    xd_log(r->srv, XD_LOG_DEBUG, "request %llu: %d %s", (unsigned long long)r->id, e->status,
-           e->message);
-    enum MHD_Result ok = queue(r, e->status, json, strlen(json), "application/json",
-                               e->status == 429 || e->status == 503 ? "1" : NULL);
-    free(json);
-    return ok;
-}
 
 static enum MHD_Result send_err(struct xd_http_req *r, int status, const char *type,
                                 const char *code, const char *msg)
@@ -136,7 +56,7 @@ static enum MHD_Result health(struct xd_http_req *r)
     int st = atomic_load(&r->srv->state);
     if (st == XD_SERVER_READY)
         return xd_http_send_json(r, 200, "{\"status\":\"ok\"}");
-    return queue(r, 503, st == XD_SERVER_LOADING ? "{\"status\":\"loading\"}"
+    return xd_http_send(r, 503, st == XD_SERVER_LOADING ? "{\"status\":\"loading\"}"
                                                  : "{\"status\":\"draining\"}",
                  st == XD_SERVER_LOADING ? 20 : 21, "application/json", "1");
 }
@@ -172,7 +92,7 @@ static enum MHD_Result metrics(struct xd_http_req *r)
                                    XD_VERSION, r->srv->backend, &len);
     if (!text)
         return MHD_NO;
-    enum MHD_Result ok = queue(r, 200, text, len, "text/plain; version=0.0.4; charset=utf-8",
+    enum MHD_Result ok = xd_http_send(r, 200, text, len, "text/plain; version=0.0.4; charset=utf-8",
                                NULL);
     free(text);
     return ok;

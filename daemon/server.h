@@ -52,14 +52,12 @@ struct xd_server {
     unsigned short port;                /* the bound port */
 };
 
+/* Monotonic seconds. */
+double xd_now(void);
+
 /* printf-style logging to stderr at a level (dropped above the server's level). */
 void xd_log(const struct xd_server *s, enum xd_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-
-/* Starts listening on cfg->host:cfg->port (0: ephemeral; s->port gets the bound one). */
-int xd_http_start(struct xd_server *s, struct xd_err *err);
-/* Stops listening and joins every connection thread. Accepts a server never started. */
-void xd_http_stop(struct xd_server *s);
 
 /* Cancels a scheduler request if the scheduler still exists. Thread-safe. */
 void xd_server_cancel(struct xd_server *s, uint64_t id);

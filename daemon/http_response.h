@@ -1,7 +1,7 @@
-/* What the HTTP layer (http_server.c) and the generation endpoints (api_generate.c) share:
- * one request's context and the helpers that answer it. */
-#ifndef XD_HTTP_H
-#define XD_HTTP_H
+/* One HTTP request's context and the helpers that answer it: what the HTTP layer
+ * (http_server.c) and the generation endpoints (api_generate.c) share. */
+#ifndef XD_HTTP_RESPONSE_H
+#define XD_HTTP_RESPONSE_H
 
 #include <microhttpd.h>
 #include <stdbool.h>
@@ -34,20 +34,16 @@ struct xd_http_req {
     const char *finish;          /* finish reason of the first choice, or NULL */
 };
 
-/* Monotonic seconds. */
-double xd_now(void);
-
+/* Queues a response of len bytes of body (copied) with content_type, a Retry-After header when
+ * retry_after is not NULL, WWW-Authenticate on 401 and Connection: close after an oversized
+ * body; sets r->status and r->responded. */
+enum MHD_Result xd_http_send(struct xd_http_req *r, int status, const char *body, size_t len,
+                             const char *content_type, const char *retry_after);
 /* Queues a JSON response (text copied) with status; sets r->status. */
 enum MHD_Result xd_http_send_json(struct xd_http_req *r, int status, const char *json);
 /* Queues value (its reference taken: decref'ed) serialised compactly, as xd_http_send_json. */
 enum MHD_Result xd_http_send_json_value(struct xd_http_req *r, int status, json_t *value);
 /* Queues an OpenAI error object; 429 adds Retry-After, 401 WWW-Authenticate. */
 enum MHD_Result xd_http_send_error(struct xd_http_req *r, const struct xd_api_error *e);
-
-/* POST /v1/completions and /v1/chat/completions, the body complete in r->body. */
-enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind);
-/* From the completion callback: cancels what is still running (a client that went away) and
- * releases the request's share of the job. */
-void xd_api_generate_done(struct xd_http_req *r, bool terminated_ok);
 
 #endif
