@@ -69,7 +69,7 @@ struct cuda_state {
     float *d_route_weights;
 
     /* expert offloading (the pool caches some experts): prefetch from a lookahead router, its
-     * W = opts.predict_width best experts per token, ordered by engine/expert_predictor */
+     * W = opts.predict_width best experts per token, ordered by engine/experts/expert_predictor */
     bool offloading;
     int expert_slots;                     /* the pool's slots */
     bool prefetching;                     /* offloading with opts.expert_prefetch */

@@ -3,7 +3,7 @@
  * host memory in bf16 and a fixed number of slots cache them on the GPU: a miss copies the
  * expert on a dedicated copy stream, and events order every use after its copy and every copy
  * after the last use of the slot it overwrites. The cache's bookkeeping (which slot, eviction,
- * counters) is engine/expert_cache, the same code the planner replays traces through. */
+ * counters) is engine/experts/expert_cache, the same code the planner replays traces through. */
 #ifndef XD_EXPERT_POOL_H
 #define XD_EXPERT_POOL_H
 

@@ -200,7 +200,8 @@ def chat_corpus():
 
 def trace_payload(layers=2, top_k=2, experts=4, steps=2, tokens=2, predictions=False,
                   end=True):
-    """A routing-trace payload (see engine/routing_trace.h) with experts (t + l + k) % experts."""
+    """A routing-trace payload (see engine/experts/routing_trace.h) with experts
+    (t + l + k) % experts."""
     out = b"XDROUTE1" + struct.pack("<IIIIQI", 1, layers, top_k, experts, 4096, int(predictions))
     for s in range(steps):
         out += struct.pack("<BQdI", 1, s, 0.001, tokens)

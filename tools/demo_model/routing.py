@@ -5,7 +5,7 @@
       --heldout DATA/heldout.txt --out bench/traces/demo-heldout.xdroute.zst
       Runs `expertd generate --record-routing` on N held-out passages (greedy, each prompt
       prefilled in one step, then --max-tokens decoded) and merges the traces into one file,
-      one request id per passage, steps renumbered in order (engine/routing_trace.h).
+      one request id per passage, steps renumbered in order (engine/experts/routing_trace.h).
   routing.py report --trace FILE --expertd build/daemon/expertd --out bench/routing-demo.md
       Expert popularity per layer, consecutive-token reuse and lookahead recall from the trace
       itself; LRU hit rates from `expertd plan`.
