@@ -370,6 +370,19 @@ static int cuda_create(struct xd_model *model, const struct xd_engine_opts *opts
     if (c->head_dim > 32 * ATT_MAX_HEAD_DIM_LANES)
         return xd_err_set(err, XD_ERR_UNSUPPORTED, "device cuda: head_dim %d is above %d",
                           c->head_dim, 32 * ATT_MAX_HEAD_DIM_LANES);
+    /* Expert offloading on the GPU is built and reviewed but has never run on a GPU: refused
+     * until the device check (tools/device-check.sh) has passed it. The GPU tests and that
+     * check set EXPERTD_GPU_UNVERIFIED=1 to run it; nothing else should. */
+    const long long n_moe_experts = (long long)c->n_moe_layers * c->n_experts;
+    const char *unverified = getenv("EXPERTD_GPU_UNVERIFIED");
+    if (opts->expert_cache_slots > 0 && opts->expert_cache_slots < n_moe_experts &&
+        !(unverified && strcmp(unverified, "1") == 0))
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "device cuda: expert offloading (a GPU expert cache of %d of %lld "
+                          "experts, from expert-cache-mib or expert-cache-slots) has not yet run "
+                          "on a GPU and is refused until it has; keep every expert on the GPU "
+                          "(expert-cache-mib 0) or use --device cpu",
+                          opts->expert_cache_slots, n_moe_experts);
     cuda_state *s = new (std::nothrow) cuda_state();
     if (!s)
         return xd_err_set(err, XD_ERR_NOMEM, "out of memory");

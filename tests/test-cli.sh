@@ -76,6 +76,10 @@ if ! "$expertd" version | grep -q '^gpus: [0-9]'; then
 else
   expect cuda_generates 0 "," -- "$expertd" generate --model "$olmoe" --prompt-ids 1,2 --max-tokens 4 --device cuda
 fi
+if "$expertd" version | grep -q '^backends:.*cuda'; then
+  # offloading on the GPU has never run on one: refused, GPU or not, until the device check
+  expect cuda_offload_refused_until_run 1 "has not yet run on a GPU" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --device cuda --expert-cache-slots 3
+fi
 expect bad_device 2 "--device" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --device tpu
 expect unknown_command 2 "unknown command" -- "$expertd" frobnicate
 expect version 0 "expertd" -- "$expertd" version
