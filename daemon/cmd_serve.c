@@ -13,6 +13,7 @@
 #include "daemon/http_server.h"
 #include "daemon/sd_notify.h"
 #include "daemon/server.h"
+#include "engine/base/clock.h"
 #include "engine/engine.h"
 #include "engine/experts/routing_trace.h"
 #include "engine/text/chat_template.h"
@@ -191,13 +192,6 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     return XD_OK;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -319,8 +313,8 @@ int xd_cmd_serve(int argc, char **argv)
     pthread_rwlock_rdlock(&s.sched_lock);
     xd_sched_drain(s.sched);
     pthread_rwlock_unlock(&s.sched_lock);
-    double until = now_s() + o.cfg.drain_timeout;
-    while (now_s() < until && (atomic_load(&s.n_active) > 0 || !xd_sched_idle(s.sched))) {
+    double until = xd_now() + o.cfg.drain_timeout;
+    while (xd_now() < until && (atomic_load(&s.n_active) > 0 || !xd_sched_idle(s.sched))) {
         struct timespec t0 = {0, 0};
         if (sigtimedwait(&sigs, NULL, &t0) > 0) {
             xd_log(&s, XD_LOG_WARN, "second signal: stopping now");
