@@ -138,14 +138,8 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
             eos[n_eos++] = L->tcfg.eos_token_ids[i];
     }
 
-    struct xd_sched_opts so = xd_sched_defaults();
-    so.max_running = c->max_running;
-    so.max_step_tokens = c->max_step_tokens;
-    so.prefill_chunk = c->prefill_chunk;
-    so.max_waiting = c->max_waiting;
-    so.prefix_caching = c->prefix_caching;
-    so.group_by_expert = c->group_by_expert;
-    so.max_wait_steps = c->max_wait_steps;
+    struct xd_sched_opts so;
+    xd_server_config_sched_opts(c, &so);
     so.on_step = observe_step;
     so.on_step_ctx = L;
     L->metrics = s->metrics;
