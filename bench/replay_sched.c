@@ -358,7 +358,8 @@ static void run(const struct cfg *c, const struct traces *t, const long *arrival
         total_tokens += t->len[r];
     struct replay_engine e = {
         .t = t, .n_vocab = c->n_requests + 2, .block_size = bs,
-        .n_blocks = (int)(total_tokens / bs + c->n_requests + 16), .max_batch = c->srv.max_step_tokens,
+        .n_blocks = (int)(total_tokens / bs + c->n_requests + 16),
+        .max_batch = c->srv.max_step_tokens,
     };
     e.kv_tok = calloc((size_t)e.n_blocks * (size_t)bs, sizeof *e.kv_tok);
     e.logits = calloc((size_t)e.max_batch * (size_t)e.n_vocab, sizeof *e.logits);

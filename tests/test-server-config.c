@@ -63,8 +63,8 @@ static void test_errors_name_the_key(void)
  * struct xd_sched_opts it must reach. */
 static const struct {
     const char *flag;
-    const char *value;
-    size_t field; /* offset in struct xd_sched_opts */
+    const char *value; /* NULL: the flag carries it (--flag=false) */
+    size_t field;      /* offset in struct xd_sched_opts */
     bool is_bool;
     int want;
 } sched_keys[] = {
@@ -74,8 +74,8 @@ static const struct {
     {"--prefill-chunk", "48", offsetof(struct xd_sched_opts, prefill_chunk), false, 48},
     {"--max-waiting", "91", offsetof(struct xd_sched_opts, max_waiting), false, 91},
     {"--max-wait-steps", "5", offsetof(struct xd_sched_opts, max_wait_steps), false, 5},
-    {"--prefix-caching", "false", offsetof(struct xd_sched_opts, prefix_caching), true, 0},
-    {"--group-by-expert", "false", offsetof(struct xd_sched_opts, group_by_expert), true, 0},
+    {"--prefix-caching=false", NULL, offsetof(struct xd_sched_opts, prefix_caching), true, 0},
+    {"--group-by-expert=false", NULL, offsetof(struct xd_sched_opts, group_by_expert), true, 0},
 };
 #define N_SCHED_KEYS (sizeof sched_keys / sizeof sched_keys[0])
 
@@ -107,18 +107,16 @@ static void test_sched_opts_follow_the_config(void)
           defaults.max_wait_steps);
     CHECK(defaults.on_step == NULL && defaults.on_step_ctx == NULL, "on_step is the caller's");
     for (size_t i = 0; i < N_SCHED_KEYS; i++) {
-        char flag[64];
-        snprintf(flag, sizeof flag, "%s%s%s", sched_keys[i].flag,
-                 sched_keys[i].is_bool ? "=" : "", sched_keys[i].is_bool ? sched_keys[i].value : "");
-        char *argv[] = {"--model", "/m", flag, (char *)sched_keys[i].value};
-        CHECK(parse(&c, sched_keys[i].is_bool ? 3 : 4, argv, &err) == 0, "%s: %s",
+        const char *value = sched_keys[i].value ? sched_keys[i].value : "";
+        char *argv[] = {"--model", "/m", (char *)sched_keys[i].flag, (char *)value};
+        CHECK(parse(&c, sched_keys[i].value ? 4 : 3, argv, &err) == 0, "%s: %s",
               sched_keys[i].flag, err.msg);
         memset(&so, 0xa5, sizeof so);
         xd_server_config_sched_opts(&c, &so);
         CHECK(sched_field(&so, i) != sched_field(&defaults, i), "%s %s is serve's default",
-              sched_keys[i].flag, sched_keys[i].value);
+              sched_keys[i].flag, value);
         CHECK(sched_field(&so, i) == sched_keys[i].want, "%s %s: the scheduler got %d",
-              sched_keys[i].flag, sched_keys[i].value, sched_field(&so, i));
+              sched_keys[i].flag, value, sched_field(&so, i));
         for (size_t k = 0; k < N_SCHED_KEYS; k++)
             if (k != i)
                 CHECK(sched_field(&so, k) == sched_field(&defaults, k),
