@@ -4,13 +4,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 #include "config/options.h"
+#include "engine/base/clock.h"
 #include "engine/engine.h"
 #include "xd_build_config.h"
 #if XD_HAVE_CUDA
@@ -35,13 +35,6 @@ static const struct xd_opt bench_table[] = {
     {"max-batch", XD_OPT_INT, B(max_batch), 1, 64, NULL,
      "largest of the batches 1, 8, 64 to run (8)"},
 };
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -70,13 +63,13 @@ static int run_once(struct xd_engine *e, int n_seqs, int len, int steps, int voc
         toks[i] = (int32_t)((i * 7919u + 13u) % (unsigned)vocab);
     struct xd_err err;
     struct xd_forward_out out;
-    double t0 = now();
+    double t0 = xd_now();
     for (int s = 0; s < n_seqs; s++)
         sc[s] = (struct xd_seq_chunk){toks + (size_t)s * len, len, 0,
                                       tables + (size_t)s * per_seq, per_seq, XD_LOGITS_LAST};
     struct xd_batch b = {sc, n_seqs};
     int rc = xd_engine_forward(e, &b, &out, &err);
-    double t1 = now();
+    double t1 = xd_now();
     for (int step = 0; rc == XD_OK && step < steps; step++) {
         for (int s = 0; s < n_seqs; s++) {
             sc[s].tokens = &toks[(size_t)s * len + (size_t)step % len];
@@ -85,7 +78,7 @@ static int run_once(struct xd_engine *e, int n_seqs, int len, int steps, int voc
         }
         rc = xd_engine_forward(e, &b, &out, &err);
     }
-    double t2 = now();
+    double t2 = xd_now();
     if (rc != XD_OK)
         fprintf(stderr, "bench-engine: %s\n", err.msg);
     *ret_prefill_s = t1 - t0;
@@ -107,7 +100,7 @@ static double stream_rate(const struct xd_model *m, int repeats)
     double best = 0.0;
     for (int r = 0; r < repeats; r++) {
         unsigned long long sum = 0;
-        double t0 = now();
+        double t0 = xd_now();
         for (size_t i = 0; (t = xd_checkpoint_tensor(m->checkpoint, i)) != NULL; i++) {
             const unsigned long long *p = t->data;
             size_t words = t->n_bytes / 8;
@@ -115,7 +108,7 @@ static double stream_rate(const struct xd_model *m, int repeats)
             for (size_t w = 0; w < words; w++)
                 sum += p[w];
         }
-        double dt = now() - t0;
+        double dt = xd_now() - t0;
         if (sum == 42)
             fprintf(stderr, " ");
         double rate = (double)n / dt / 1e9;

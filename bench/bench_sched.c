@@ -4,17 +4,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "engine/base/clock.h"
 #include "engine/engine.h"
 #include "scheduler/scheduler.h"
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 struct tracker {
     pthread_mutex_t lock;
@@ -35,10 +28,10 @@ static void bench_sink(void *ctx, const struct xd_sched_event *ev)
     struct rec *r = ctx;
     if (ev->kind == XD_EVENT_TOKEN) {
         if (r->n++ == 0)
-            r->t_first = now_seconds();
+            r->t_first = xd_now();
         return;
     }
-    r->t_end = now_seconds();
+    r->t_end = xd_now();
     pthread_mutex_lock(&r->t->lock);
     r->t->n_done++;
     r->t->n_tokens += r->n;
@@ -67,7 +60,7 @@ static void serve(struct xd_sched *s, int32_t *prompts, int n, int prompt_len, i
     struct tracker t = {.lock = PTHREAD_MUTEX_INITIALIZER, .done = PTHREAD_COND_INITIALIZER};
     struct rec *recs = calloc((size_t)n, sizeof *recs);
     struct xd_err err;
-    double t0 = now_seconds();
+    double t0 = xd_now();
     for (int i = 0; i < n; i++) {
         recs[i].t = &t;
         struct xd_request req = {.prompt = prompts + (size_t)i * (size_t)prompt_len,
@@ -82,7 +75,7 @@ static void serve(struct xd_sched *s, int32_t *prompts, int n, int prompt_len, i
             wait_done(&t, i + 1);
     }
     wait_done(&t, n);
-    double t1 = now_seconds();
+    double t1 = xd_now();
     double *ttft = calloc((size_t)n, sizeof *ttft);
     double sum = 0;
     for (int i = 0; i < n; i++) {

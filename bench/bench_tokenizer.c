@@ -3,17 +3,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "engine/base/clock.h"
 #include "engine/base/text_file.h"
 #include "engine/text/tokenizer.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -43,7 +36,7 @@ int main(int argc, char **argv)
     double times[100];
     long n_ids = 0;
     for (int r = 0; r < repeats; r++) {
-        double t0 = now();
+        double t0 = xd_now();
         n_ids = 0;
         for (char *p = text; p < text + len;) {
             char *e = memchr(p, '\n', (size_t)(text + len - p));
@@ -58,7 +51,7 @@ int main(int argc, char **argv)
             free(ids);
             p += n;
         }
-        times[r] = now() - t0;
+        times[r] = xd_now() - t0;
     }
     qsort(times, (size_t)repeats, sizeof times[0], cmp_double);
     printf("{\"engine\": \"expertd\", \"bytes\": %zu, \"ids\": %ld, \"median_s\": %.4f, "

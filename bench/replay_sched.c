@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config/server_config.h"
 #include "engine/experts/routing_trace.h"
 #include "scheduler/block_pool.h"
 #include "scheduler/scheduler.h"
@@ -23,7 +24,9 @@ struct cfg {
     int n_requests;
     int prompt_min, prompt_max, out_min, out_max;
     double arrivals_per_step;
-    int max_running, max_resident, max_step_tokens, prefill_chunk, max_wait_steps;
+    struct xd_server_config srv; /* the scheduler settings, as `expertd serve` holds them:
+                                    max_running, max_resident, max_step_tokens,
+                                    prefill_chunk, max_wait_steps */
     double zipf_s;     /* expert popularity exponent */
     double p_repeat;   /* correlated: chance a layer's experts repeat the previous token's */
     uint64_t seed;
@@ -355,7 +358,8 @@ static void run(const struct cfg *c, const struct traces *t, const long *arrival
         total_tokens += t->len[r];
     struct replay_engine e = {
         .t = t, .n_vocab = c->n_requests + 2, .block_size = bs,
-        .n_blocks = (int)(total_tokens / bs + c->n_requests + 16), .max_batch = c->max_step_tokens,
+        .n_blocks = (int)(total_tokens / bs + c->n_requests + 16),
+        .max_batch = c->srv.max_step_tokens,
     };
     e.kv_tok = calloc((size_t)e.n_blocks * (size_t)bs, sizeof *e.kv_tok);
     e.logits = calloc((size_t)e.max_batch * (size_t)e.n_vocab, sizeof *e.logits);
@@ -368,15 +372,12 @@ static void run(const struct cfg *c, const struct traces *t, const long *arrival
         .block_size = bs, .max_batch_tokens = e.max_batch, .max_context = 1 << 20,
         .n_moe_layers = t->L, .top_k = t->K, .n_experts = t->E,
     };
-    struct xd_sched_opts o = xd_sched_defaults();
-    o.max_running = c->max_running;
-    o.max_resident = c->max_resident;
-    o.max_step_tokens = c->max_step_tokens;
-    o.prefill_chunk = c->prefill_chunk;
-    o.max_wait_steps = c->max_wait_steps;
-    o.max_waiting = c->n_requests + 1;
-    o.group_by_expert = grouping;
-    o.prefix_caching = false;
+    struct xd_server_config srv = c->srv;
+    srv.max_waiting = c->n_requests + 1;
+    srv.group_by_expert = grouping;
+    srv.prefix_caching = false;
+    struct xd_sched_opts o;
+    xd_server_config_sched_opts(&srv, &o); /* serve's copy, so the replay runs what serve runs */
     struct xd_sched *s = NULL;
     struct xd_err err;
     if (xd_sched_create(&se, NULL, NULL, 0, &o, &s, &err) < 0) {
@@ -438,19 +439,23 @@ int main(int argc, char **argv)
     struct cfg c = {
         .n_layers = 16, .n_experts = 64, .top_k = 8, .n_requests = 400,
         .prompt_min = 16, .prompt_max = 256, .out_min = 32, .out_max = 256,
-        .arrivals_per_step = 0.12, .max_running = 16, .max_resident = 64,
-        .max_step_tokens = 256, .prefill_chunk = 64, .max_wait_steps = 8,
-        .zipf_s = 1.1, .p_repeat = 0.8, .seed = 42,
+        .arrivals_per_step = 0.12, .zipf_s = 1.1, .p_repeat = 0.8, .seed = 42,
     };
+    xd_server_config_init(&c.srv);
+    c.srv.max_running = 16;
+    c.srv.max_resident = 64;
+    c.srv.max_step_tokens = 256;
+    c.srv.prefill_chunk = 64;
+    c.srv.max_wait_steps = 8;
     const char *trace_path = NULL;
     struct traces recorded;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (!strcmp(k, "--requests")) c.n_requests = atoi(v);
         else if (!strcmp(k, "--rate")) c.arrivals_per_step = atof(v);
-        else if (!strcmp(k, "--max-running")) c.max_running = atoi(v);
-        else if (!strcmp(k, "--max-resident")) c.max_resident = atoi(v);
-        else if (!strcmp(k, "--max-wait-steps")) c.max_wait_steps = atoi(v);
+        else if (!strcmp(k, "--max-running")) c.srv.max_running = atoi(v);
+        else if (!strcmp(k, "--max-resident")) c.srv.max_resident = atoi(v);
+        else if (!strcmp(k, "--max-wait-steps")) c.srv.max_wait_steps = atoi(v);
         else if (!strcmp(k, "--experts")) c.n_experts = atoi(v);
         else if (!strcmp(k, "--top-k")) c.top_k = atoi(v);
         else if (!strcmp(k, "--layers")) c.n_layers = atoi(v);
@@ -482,8 +487,8 @@ int main(int argc, char **argv)
            "max_step_tokens %d, prefill_chunk %d, max_wait_steps %d; %s s=%.2f, temporal "
            "repeat p=%.2f%s\n\n",
            c.n_requests, c.arrivals_per_step, c.prompt_min, c.prompt_max, c.out_min, c.out_max,
-           c.n_layers, c.n_experts, c.top_k, c.max_running, c.max_resident, c.max_step_tokens,
-           c.prefill_chunk, c.max_wait_steps,
+           c.n_layers, c.n_experts, c.top_k, c.srv.max_running, c.srv.max_resident,
+           c.srv.max_step_tokens, c.srv.prefill_chunk, c.srv.max_wait_steps,
            trace_path ? "routing recorded (synthetic parameters unused: zipf" : "zipf", c.zipf_s,
            c.p_repeat, trace_path ? ")" : "");
     printf("| trace | policy | distinct experts/layer/step (decode tokens) | (all tokens) | "

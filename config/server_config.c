@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "engine/text/chat_template.h"
+#include "scheduler/scheduler.h"
 
 void xd_server_config_init(struct xd_server_config *cfg)
 {
@@ -46,6 +47,9 @@ const struct xd_opt xd_server_config_opts[] = {
      "queued requests before 429 (default 256)"},
     {"max-running", XD_OPT_INT, SRV(max_running), 1, 1 << 16, NULL,
      "sequences in one step (default 64)"},
+    {"max-resident", XD_OPT_INT, SRV(max_resident), 0, 1 << 20, NULL,
+     "sequences holding KV at once; above max-running, grouping by expert chooses among them "
+     "(default 0: max-running)"},
     {"max-step-tokens", XD_OPT_INT, SRV(max_step_tokens), 0, 1 << 20, NULL,
      "token budget of one step (default 0: max-batch-tokens)"},
     {"prefill-chunk", XD_OPT_INT, SRV(prefill_chunk), 0, 1 << 20, NULL,
@@ -86,6 +90,20 @@ size_t xd_server_config_table(struct xd_opt *ret, size_t cap)
     for (size_t i = 0; i < xd_server_config_n_opts; i++)
         ret[n++] = xd_server_config_opts[i];
     return n;
+}
+
+void xd_server_config_sched_opts(const struct xd_server_config *cfg, struct xd_sched_opts *ret)
+{
+    struct xd_sched_opts so = xd_sched_defaults();
+    so.max_running = cfg->max_running;
+    so.max_resident = cfg->max_resident;
+    so.max_step_tokens = cfg->max_step_tokens;
+    so.prefill_chunk = cfg->prefill_chunk;
+    so.max_waiting = cfg->max_waiting;
+    so.prefix_caching = cfg->prefix_caching;
+    so.group_by_expert = cfg->group_by_expert;
+    so.max_wait_steps = cfg->max_wait_steps;
+    *ret = so;
 }
 
 int xd_server_config_validate(const struct xd_server_config *cfg, struct xd_err *err)

@@ -9,6 +9,8 @@
 #include "config/config.h"
 #include "config/options.h"
 
+struct xd_sched_opts;
+
 struct xd_server_config {
     struct xd_config engine;       /* model, device, threads, block size, KV blocks, ... */
     const char *host;              /* address to listen on (default 127.0.0.1) */
@@ -22,6 +24,9 @@ struct xd_server_config {
     int max_connections;           /* concurrent connections */
     int max_waiting;               /* queued requests before 429 */
     int max_running;               /* sequences in one step */
+    int max_resident;              /* sequences holding KV blocks at once; 0 or below
+                                      max_running: max_running. Above it, steps choose among
+                                      more decoders than fit: grouping by expert has a choice */
     int max_step_tokens;           /* token budget of one step; 0: max-batch-tokens */
     int prefill_chunk;             /* prompt tokens of one sequence per step; 0: the budget */
     bool prefix_caching;
@@ -47,6 +52,13 @@ extern const size_t xd_server_config_n_opts;
  * struct xd_server_config, then serve's own) into ret (cap entries); returns the count, or 0
  * when cap is too small. This is the table the command line and a config file apply. */
 size_t xd_server_config_table(struct xd_opt *ret, size_t cap);
+
+/* Writes into *ret the scheduler options `expertd serve` runs with: xd_sched_defaults(), then
+ * every scheduler setting cfg carries (max-running, max-resident, max-step-tokens,
+ * prefill-chunk, max-waiting, prefix-caching, group-by-expert, max-wait-steps), copied as they
+ * are (the scheduler reads 0 as its default). on_step is left NULL for the caller. Cannot fail;
+ * the scheduler's create checks the values. */
+void xd_server_config_sched_opts(const struct xd_server_config *cfg, struct xd_sched_opts *ret);
 
 /* Cross-field checks after parsing (model set, device known, log level, chat template
  * name); messages name the key. */

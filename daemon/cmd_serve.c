@@ -13,6 +13,7 @@
 #include "daemon/http_server.h"
 #include "daemon/sd_notify.h"
 #include "daemon/server.h"
+#include "engine/base/clock.h"
 #include "engine/engine.h"
 #include "engine/experts/routing_trace.h"
 #include "engine/text/chat_template.h"
@@ -137,14 +138,8 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
             eos[n_eos++] = L->tcfg.eos_token_ids[i];
     }
 
-    struct xd_sched_opts so = xd_sched_defaults();
-    so.max_running = c->max_running;
-    so.max_step_tokens = c->max_step_tokens;
-    so.prefill_chunk = c->prefill_chunk;
-    so.max_waiting = c->max_waiting;
-    so.prefix_caching = c->prefix_caching;
-    so.group_by_expert = c->group_by_expert;
-    so.max_wait_steps = c->max_wait_steps;
+    struct xd_sched_opts so;
+    xd_server_config_sched_opts(c, &so);
     so.on_step = observe_step;
     so.on_step_ctx = L;
     L->metrics = s->metrics;
@@ -189,13 +184,6 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
            (double)(blocks * block_bytes) / (1 << 20),
            s->chat_format ? xd_chat_format_name((enum xd_chat_format)s->chat_format) : "none");
     return XD_OK;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 static void sleep_ms(int ms)
@@ -319,8 +307,8 @@ int xd_cmd_serve(int argc, char **argv)
     pthread_rwlock_rdlock(&s.sched_lock);
     xd_sched_drain(s.sched);
     pthread_rwlock_unlock(&s.sched_lock);
-    double until = now_s() + o.cfg.drain_timeout;
-    while (now_s() < until && (atomic_load(&s.n_active) > 0 || !xd_sched_idle(s.sched))) {
+    double until = xd_now() + o.cfg.drain_timeout;
+    while (xd_now() < until && (atomic_load(&s.n_active) > 0 || !xd_sched_idle(s.sched))) {
         struct timespec t0 = {0, 0};
         if (sigtimedwait(&sigs, NULL, &t0) > 0) {
             xd_log(&s, XD_LOG_WARN, "second signal: stopping now");

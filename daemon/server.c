@@ -1,17 +1,9 @@
-/* The helpers of the state `expertd serve` shares across threads (server.h): the clock, the
- * log and cancelling through the scheduler lock. */
+/* The helpers of the state `expertd serve` shares across threads (server.h): the log and
+ * cancelling through the scheduler lock. */
 #include "daemon/server.h"
 
 #include <stdarg.h>
 #include <stdio.h>
-#include <time.h>
-
-double xd_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 void xd_log(const struct xd_server *s, enum xd_log_level level, const char *fmt, ...)
 {

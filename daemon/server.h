@@ -11,6 +11,7 @@
 
 #include "config/server_config.h"
 #include "daemon/metrics.h"
+#include "engine/base/clock.h" /* xd_now: arrivals, deadlines, keep-alives of every file here */
 #include "engine/text/tokenizer.h"
 #include "scheduler/scheduler.h"
 
@@ -51,9 +52,6 @@ struct xd_server {
     struct MHD_Daemon *mhd;
     unsigned short port;                /* the bound port */
 };
-
-/* Monotonic seconds. */
-double xd_now(void);
 
 /* printf-style logging to stderr at a level (dropped above the server's level). */
 void xd_log(const struct xd_server *s, enum xd_log_level level, const char *fmt, ...)

@@ -4,17 +4,10 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "engine/base/clock.h"
 #include "scheduler/block_pool.h"
 #include "scheduler/scheduler.h"
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 struct collect {
     struct xd_offline_result *r;
@@ -28,7 +21,7 @@ static void collect_sink(void *ctx, const struct xd_sched_event *ev)
     struct collect *c = ctx;
     if (ev->kind == XD_EVENT_TOKEN) {
         if (c->r->n_tokens == 0)
-            c->t_first = now_seconds();
+            c->t_first = xd_now();
         c->r->samples[c->r->n_tokens] = *ev->sample;
         c->r->tokens[c->r->n_tokens++] = ev->sample->token;
         return;
@@ -91,7 +84,7 @@ int xd_offline_generate(struct xd_engine *engine, const struct xd_offline_reques
     rc = xd_sched_submit(s, &sr, collect_sink, &c, NULL, err);
     if (rc < 0)
         goto out;
-    double t0 = now_seconds();
+    double t0 = xd_now();
     c.t_first = t0;
     while (!c.finished) {
         rc = xd_sched_step(s, err);
@@ -99,7 +92,7 @@ int xd_offline_generate(struct xd_engine *engine, const struct xd_offline_reques
             goto out;
     }
     rc = XD_OK;
-    double t1 = now_seconds();
+    double t1 = xd_now();
     r.prefill_seconds = c.t_first - t0;
     r.decode_seconds = t1 - c.t_first;
     r.finish_reason = c.finish == XD_FINISH_STOP ? "stop" : "length";

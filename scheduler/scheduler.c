@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "engine/base/byte_buf.h"
+#include "engine/base/clock.h"
 #include "scheduler/block_pool.h"
 #include "scheduler/kv_manager.h"
 
@@ -119,13 +120,6 @@ struct xd_sched {
     pthread_t thread;
     struct xd_sched_stats stats;
 };
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void seq_free(struct seq *q)
 {
@@ -578,7 +572,7 @@ int xd_sched_submit(struct xd_sched *s, const struct xd_request *req, xd_sched_s
 
     struct seq *q = calloc(1, sizeof *q);
     if (q)
-        q->t_submit = now_seconds();
+        q->t_submit = xd_now();
     if (!q)
         return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
     if (req->sampler) {
@@ -953,7 +947,7 @@ static void build_step(struct xd_sched *s)
         if (!q->admitted_once) {
             q->n_cached_prompt = hit < q->n_prompt ? hit : q->n_prompt;
             q->admitted_once = true;
-            q->queue_seconds = now_seconds() - q->t_submit;
+            q->queue_seconds = xd_now() - q->t_submit;
         }
         memmove(s->waiting, s->waiting + 1, sizeof *s->waiting * (size_t)(s->n_waiting - 1));
         s->n_waiting--;
@@ -1000,7 +994,7 @@ static void publish_stats(struct xd_sched *s)
 
 int xd_sched_step(struct xd_sched *s, struct xd_err *err)
 {
-    double t0 = now_seconds();
+    double t0 = xd_now();
 
     int rc = take_incoming(s);
     if (rc < 0) {
@@ -1033,12 +1027,12 @@ int xd_sched_step(struct xd_sched *s, struct xd_err *err)
     struct xd_batch batch = {s->chunks, s->n_step_seqs};
     struct xd_forward_out out;
     struct xd_err ferr = {{0}};
-    double t_fwd = now_seconds();
+    double t_fwd = xd_now();
     rc = s->eng.forward(s->eng.ctx, &batch, &out, &ferr);
     if (rc >= 0 && s->on_step) {
         for (int i = 0; i < s->n_step_seqs; i++)
             s->step_ids[i] = s->step_seqs[i]->id;
-        s->on_step(s->on_step_ctx, &batch, s->step_ids, &out, now_seconds() - t_fwd);
+        s->on_step(s->on_step_ctx, &batch, s->step_ids, &out, xd_now() - t_fwd);
     }
     if (rc < 0) {
         for (int i = 0; i < s->n_step_seqs; i++)
@@ -1089,7 +1083,7 @@ int xd_sched_step(struct xd_sched *s, struct xd_err *err)
 
     pthread_mutex_lock(&s->lock);
     s->stats.generation_tokens_total += (uint64_t)n_generated;
-    s->stats.step_seconds_total += now_seconds() - t0;
+    s->stats.step_seconds_total += xd_now() - t0;
     pthread_mutex_unlock(&s->lock);
     publish_stats(s);
     return n_step_tokens;
@@ -1102,7 +1096,7 @@ static void *sched_thread(void *arg)
     struct xd_sched *s = arg;
     for (;;) {
         pthread_mutex_lock(&s->lock);
-        s->heartbeat = now_seconds();
+        s->heartbeat = xd_now();
         while (!s->stopping && !s->incoming_head && s->n_cancels == 0 && s->n_waiting == 0 &&
                s->n_running == 0) {
             /* idle: wake at least every second so the heartbeat shows the thread is alive */
@@ -1110,7 +1104,7 @@ static void *sched_thread(void *arg)
             clock_gettime(CLOCK_REALTIME, &until);
             until.tv_sec += 1;
             pthread_cond_timedwait(&s->wake, &s->lock, &until);
-            s->heartbeat = now_seconds();
+            s->heartbeat = xd_now();
         }
         bool stop = s->stopping;
         pthread_mutex_unlock(&s->lock);
@@ -1130,7 +1124,7 @@ static void *sched_thread(void *arg)
 double xd_sched_heartbeat_age(struct xd_sched *s)
 {
     pthread_mutex_lock(&s->lock);
-    double age = s->started ? now_seconds() - s->heartbeat : 0.0;
+    double age = s->started ? xd_now() - s->heartbeat : 0.0;
     pthread_mutex_unlock(&s->lock);
     return age;
 }

@@ -1,11 +1,13 @@
 /* Engine behaviour beyond the goldens: batch validation, the routing record, experts reached
- * only through the expert store and run once per step, and offline generation's stops. */
+ * only through the expert store and run once per step, and generation's stops (stop ids and the
+ * model's own EOS). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine/engine.h"
 #include "engine/sampler.h"
 #include "scheduler/offline.h"
+#include "scheduler/scheduler.h"
 #include "tests/test.h"
 
 static const char *fixtures;
@@ -237,11 +239,19 @@ static void counting_release(void *ctx, int layer, int expert)
 
 static const struct xd_expert_store_ops counting_ops = {counting_acquire, counting_release, NULL};
 
-static void test_experts_run_once_per_step_through_the_store(void)
+/* The store's layer is the model's layer index, the routing record's the MoE layer index: a
+ * dense layer acquires nothing, a MoE layer exactly the experts its routing names, once. */
+static void check_experts_run_once(const char *fixture)
 {
-    struct xd_model *m = load("olmoe-f32");
+    struct xd_model *m = load(fixture);
     if (!m)
         return;
+    CHECK(m->config.n_layers <= 64 && m->config.n_experts <= 64, "%s: %d layers, %d experts: "
+          "the counters hold 64", fixture, m->config.n_layers, m->config.n_experts);
+    if (m->config.n_layers > 64 || m->config.n_experts > 64) {
+        xd_model_destroy(m);
+        return;
+    }
     struct counting_store cs = {.inner = m->experts};
     m->experts = (struct xd_expert_store){&counting_ops, &cs};
     struct xd_engine *e = engine_for(m, 16, 32);
@@ -254,20 +264,32 @@ static void test_experts_run_once_per_step_through_the_store(void)
     struct xd_err err;
     CHECK(e && xd_engine_forward(e, &b, &out, &err) == XD_OK, "forward");
     const struct xd_routing *r = &out.routing;
+    int n_moe = 0;
     for (int l = 0; e && l < m->config.n_layers; l++) {
+        int mi = m->config.is_moe_layer[l] ? n_moe++ : -1; /* the routing's index, or dense */
+        CHECK(mi == m->layers[l].moe_index, "%s layer %d: MoE index %d, the model says %d",
+              fixture, l, mi, m->layers[l].moe_index);
         int used[64] = {0};
-        for (int t = 0; t < r->n_tokens; t++)
+        for (int t = 0; mi >= 0 && mi < r->n_moe_layers && t < r->n_tokens; t++)
             for (int j = 0; j < r->top_k; j++)
-                used[r->experts[((size_t)t * r->n_moe_layers + l) * r->top_k + j]] = 1;
+                used[r->experts[((size_t)t * r->n_moe_layers + mi) * r->top_k + j]] = 1;
         for (int x = 0; x < m->config.n_experts; x++)
             CHECK(cs.acquired[l][x] == used[x],
-                  "layer %d expert %d acquired %d times, used by the routing: %d", l, x,
-                  cs.acquired[l][x], used[x]);
+                  "%s layer %d (MoE layer %d) expert %d acquired %d times, used by the "
+                  "routing: %d", fixture, l, mi, x, cs.acquired[l][x], used[x]);
     }
+    CHECK(!e || n_moe == r->n_moe_layers, "%s: %d MoE layers, the routing has %d", fixture,
+          n_moe, r->n_moe_layers);
     CHECK(cs.outstanding == 0, "%d acquisitions not released", cs.outstanding);
     xd_engine_destroy(e);
     m->experts = cs.inner;
     xd_model_destroy(m);
+}
+
+static void test_experts_run_once_per_step_through_the_store(void)
+{
+    check_experts_run_once("olmoe-f32");     /* every layer MoE */
+    check_experts_run_once("qwen3_moe-f32"); /* layers 0 and 2 dense: the indices differ */
 }
 
 static void test_offline_stops_at_eos_and_checks_capacity(void)
@@ -286,9 +308,18 @@ static void test_offline_stops_at_eos_and_checks_capacity(void)
     int32_t prompt[3] = {5, 6, 7};
     struct xd_offline_request req = {.prompt = prompt, .n_prompt = 3, .max_tokens = 6};
     struct xd_offline_result r;
-    CHECK(xd_offline_generate(e, &req, s, &r, &err) == XD_OK, "%s", err.msg);
-    CHECK(r.n_tokens == 6 && strcmp(r.finish_reason, "length") == 0, "%d %s", r.n_tokens,
-          r.finish_reason);
+    int rc = xd_offline_generate(e, &req, s, &r, &err);
+    CHECK(rc == XD_OK, "%s", err.msg);
+    CHECK(rc != XD_OK || (r.n_tokens == 6 && strcmp(r.finish_reason, "length") == 0),
+          "%d %s", r.n_tokens, r.finish_reason);
+    if (rc != XD_OK || r.n_tokens < 3) { /* no third token to stop on */
+        if (rc == XD_OK)
+            xd_offline_result_finish(&r);
+        xd_sampler_destroy(s);
+        xd_engine_destroy(e);
+        xd_model_destroy(m);
+        return;
+    }
     int32_t third = r.tokens[2];
     xd_offline_result_finish(&r);
 
@@ -297,16 +328,200 @@ static void test_offline_stops_at_eos_and_checks_capacity(void)
     xd_sampler_create(&sp, m->config.vocab_size, &s, &err);
     req.stop_ids = &third;
     req.n_stop = 1;
-    CHECK(xd_offline_generate(e, &req, s, &r, &err) == XD_OK, "%s", err.msg);
-    CHECK(r.n_tokens <= 3 && strcmp(r.finish_reason, "stop") == 0 &&
-              r.tokens[r.n_tokens - 1] == third,
-          "%d tokens, %s", r.n_tokens, r.finish_reason);
-    xd_offline_result_finish(&r);
+    rc = xd_offline_generate(e, &req, s, &r, &err);
+    CHECK(rc == XD_OK, "%s", err.msg);
+    /* n_tokens >= 1 first: the last token is read only when there is one */
+    CHECK(rc != XD_OK || (r.n_tokens >= 1 && r.n_tokens <= 3 &&
+                          strcmp(r.finish_reason, "stop") == 0 &&
+                          r.tokens[r.n_tokens - 1] == third),
+          "%d tokens, %s", r.n_tokens, rc == XD_OK ? r.finish_reason : "failed");
+    if (rc == XD_OK)
+        xd_offline_result_finish(&r);
 
     req.max_tokens = 20; /* 23 tokens need 6 blocks of 4; the cache has 4 */
     CHECK(xd_offline_generate(e, &req, s, &r, &err) == XD_ERR_CAPACITY, "capacity");
     CHECK_CONTAINS(err.msg, "KV blocks");
     xd_sampler_destroy(s);
+    xd_engine_destroy(e);
+    xd_model_destroy(m);
+}
+
+/* ---- the model's own EOS ---- */
+
+/* Collects one scheduler request's tokens and its finish. */
+struct eos_rec {
+    int32_t tokens[64];
+    int n_tokens;
+    bool finished;
+    enum xd_finish_reason finish;
+};
+
+static void eos_sink(void *ctx, const struct xd_sched_event *ev)
+{
+    struct eos_rec *r = ctx;
+    if (ev->kind == XD_EVENT_TOKEN) {
+        if (r->n_tokens < 64)
+            r->tokens[r->n_tokens] = ev->sample->token;
+        r->n_tokens++;
+        return;
+    }
+    r->finished = true;
+    r->finish = ev->finish;
+}
+
+/* One request through a scheduler made as `expertd serve` makes it: the model's EOS ids at
+ * create, the request's ignore_eos. Returns the tokens in *ret. */
+static void serve_request(struct xd_engine *e, const int32_t *eos, int n_eos,
+                          const int32_t *prompt, int n_prompt, int max_tokens,
+                          const struct xd_sampling_params *sp, bool ignore_eos,
+                          struct eos_rec *ret)
+{
+    memset(ret, 0, sizeof *ret);
+    struct xd_step_engine se;
+    xd_step_engine_init(&se, e);
+    struct xd_sched_opts o = xd_sched_defaults();
+    struct xd_sched *s = NULL;
+    struct xd_err err = {{0}};
+    CHECK(xd_sched_create(&se, NULL, eos, n_eos, &o, &s, &err) == XD_OK, "%s", err.msg);
+    if (!s)
+        return;
+    struct xd_request req = {.prompt = prompt, .n_prompt = n_prompt, .max_tokens = max_tokens,
+                             .sampling = *sp, .ignore_eos = ignore_eos};
+    CHECK(xd_sched_submit(s, &req, eos_sink, ret, NULL, &err) == XD_OK, "%s", err.msg);
+    for (int i = 0; i < 1000 && !ret->finished; i++)
+        if (xd_sched_step(s, &err) < 0) {
+            CHECK(0, "step: %s", err.msg);
+            break;
+        }
+    CHECK(ret->finished, "the request never finished");
+    xd_sched_destroy(s);
+}
+
+/* Generation ends at the model's own EOS id (config.json / generation_config.json: the demo
+ * model's <|endoftext|>), the way `expertd generate` (EOS ids as the offline stop ids) and
+ * `expertd serve` (EOS ids given to the scheduler, unless the request sets ignore_eos) use it.
+ * The demo model never picks EOS greedily within a few tokens, so a logit bias makes it win at
+ * one step k: the bias lies between EOS's shortfall at k and the smallest shortfall before k,
+ * measured from one forward over the unbiased greedy continuation, so the first k tokens are
+ * the unbiased ones and token k is EOS. */
+static void test_generation_ends_at_the_models_eos(void)
+{
+    enum { N = 8 };
+    char dir[4096];
+    /* the bundled demo model: the fixtures are tests/fixtures, the model models/demo-moe */
+    snprintf(dir, sizeof dir, "%s/../../models/demo-moe", fixtures);
+    struct xd_model *m = NULL;
+    struct xd_err err = {{0}};
+    CHECK(xd_model_load(dir, &m, &err) == XD_OK, "%s", err.msg);
+    if (!m)
+        return;
+    const struct xd_model_config *c = &m->config;
+    CHECK(c->n_eos >= 1, "the demo model has no EOS id");
+    struct xd_engine *e = c->n_eos >= 1 ? engine_for(m, 16, 32) : NULL;
+    if (!e) {
+        xd_model_destroy(m);
+        return;
+    }
+    int32_t eos_ids[XD_MAX_EOS];
+    for (int i = 0; i < c->n_eos; i++)
+        eos_ids[i] = c->eos_token_ids[i];
+    const int32_t eos = eos_ids[0];
+    int32_t prompt[4] = {300, 301, 302, 303};
+    struct xd_sampling_params sp = xd_sampling_defaults();
+    sp.temperature = 0.0f;
+
+    /* the unbiased greedy continuation g (nothing stops it) */
+    struct xd_sampler *s = NULL;
+    xd_sampler_create(&sp, c->vocab_size, &s, &err);
+    struct xd_offline_request req = {.prompt = prompt, .n_prompt = 4, .max_tokens = N};
+    struct xd_offline_result r;
+    int rc = xd_offline_generate(e, &req, s, &r, &err);
+    xd_sampler_destroy(s);
+    CHECK(rc == XD_OK && r.n_tokens == N, "%s", rc == XD_OK ? "short" : err.msg);
+    if (rc != XD_OK || r.n_tokens != N) {
+        if (rc == XD_OK)
+            xd_offline_result_finish(&r);
+        goto out;
+    }
+    int32_t g[N];
+    memcpy(g, r.tokens, sizeof g);
+    xd_offline_result_finish(&r);
+
+    /* EOS's shortfall behind the greedy token at each step: row 3 + j predicts g[j] */
+    int32_t seq[4 + N - 1];
+    memcpy(seq, prompt, sizeof prompt);
+    memcpy(seq + 4, g, sizeof(int32_t) * (N - 1));
+    struct xd_seq_chunk sc = {seq, 4 + N - 1, 0, table, 16, XD_LOGITS_ALL};
+    struct xd_batch b = {&sc, 1};
+    struct xd_forward_out out;
+    CHECK(xd_engine_forward(e, &b, &out, &err) == XD_OK, "%s", err.msg);
+    float margin[N];
+    int k = 0;
+    for (int j = 0; j < N; j++) {
+        const float *row = out.logits + (size_t)(3 + j) * (size_t)c->vocab_size;
+        margin[j] = row[g[j]] - row[eos];
+        if (margin[j] < margin[k])
+            k = j;
+    }
+    float before = 1e30f; /* the smallest shortfall before k */
+    for (int j = 0; j < k; j++)
+        before = margin[j] < before ? margin[j] : before;
+    float bias = k > 0 ? 0.5f * (margin[k] + before) : margin[k] + 1.0f;
+    CHECK(margin[k] >= 0 && bias <= 100.0f && (k == 0 || before - margin[k] > 1e-3f),
+          "no bias makes EOS win at step %d alone (shortfall %g, before it %g)", k, margin[k],
+          before);
+    struct xd_logit_bias lb = {eos, bias};
+    sp.logit_bias = &lb;
+    sp.n_logit_bias = 1;
+
+    /* expertd generate: the EOS ids are the stop ids; generation ends with EOS at step k */
+    xd_sampler_create(&sp, c->vocab_size, &s, &err);
+    req.stop_ids = eos_ids;
+    req.n_stop = c->n_eos;
+    rc = xd_offline_generate(e, &req, s, &r, &err);
+    xd_sampler_destroy(s);
+    CHECK(rc == XD_OK, "%s", err.msg);
+    if (rc == XD_OK) {
+        CHECK(r.n_tokens == k + 1 && strcmp(r.finish_reason, "stop") == 0, "generate: %d tokens "
+              "(%s), EOS wins at step %d", r.n_tokens, r.finish_reason, k);
+        CHECK(r.n_tokens >= 1 && r.tokens[r.n_tokens - 1] == eos, "generate: the last token is "
+              "%d, not EOS %d", r.n_tokens >= 1 ? r.tokens[r.n_tokens - 1] : -1, eos);
+        for (int j = 0; j < k && j < r.n_tokens; j++)
+            CHECK(r.tokens[j] == g[j], "generate: token %d is %d, unbiased %d", j, r.tokens[j],
+                  g[j]);
+        xd_offline_result_finish(&r);
+    }
+
+    /* the control: the same bias without stop ids emits EOS at k and goes on to the length */
+    xd_sampler_create(&sp, c->vocab_size, &s, &err);
+    req.stop_ids = NULL;
+    req.n_stop = 0;
+    rc = xd_offline_generate(e, &req, s, &r, &err);
+    xd_sampler_destroy(s);
+    CHECK(rc == XD_OK, "%s", err.msg);
+    if (rc == XD_OK) {
+        CHECK(r.n_tokens == N && strcmp(r.finish_reason, "length") == 0 && r.tokens[k] == eos,
+              "no stop ids: %d tokens (%s), token %d is %d", r.n_tokens, r.finish_reason, k,
+              r.n_tokens > k ? r.tokens[k] : -1);
+        xd_offline_result_finish(&r);
+    }
+
+    /* expertd serve: the scheduler holds the EOS ids; a request ends at EOS unless ignore_eos */
+    struct eos_rec sr;
+    serve_request(e, eos_ids, c->n_eos, prompt, 4, N, &sp, false, &sr);
+    CHECK(sr.finished && sr.finish == XD_FINISH_STOP && sr.n_tokens == k + 1, "serve: %d "
+          "tokens, finish %s, EOS wins at step %d", sr.n_tokens, xd_finish_reason_str(sr.finish),
+          k);
+    CHECK(sr.n_tokens >= 1 && sr.n_tokens <= 64 && sr.tokens[sr.n_tokens - 1] == eos,
+          "serve: the last of %d tokens is not EOS %d", sr.n_tokens, eos);
+    for (int j = 0; j < k && j < sr.n_tokens; j++)
+        CHECK(sr.tokens[j] == g[j], "serve: token %d is %d, unbiased %d", j, sr.tokens[j], g[j]);
+    serve_request(e, eos_ids, c->n_eos, prompt, 4, N, &sp, true, &sr);
+    CHECK(sr.finished && sr.finish == XD_FINISH_LENGTH && sr.n_tokens == N &&
+              sr.tokens[k] == eos,
+          "serve, ignore_eos: %d tokens, finish %s, token %d is %d", sr.n_tokens,
+          xd_finish_reason_str(sr.finish), k, sr.n_tokens > k ? sr.tokens[k] : -1);
+out:
     xd_engine_destroy(e);
     xd_model_destroy(m);
 }
@@ -337,6 +552,7 @@ int main(int argc, char **argv)
     RUN(test_lookahead_prediction_changes_nothing_else);
     RUN(test_experts_run_once_per_step_through_the_store);
     RUN(test_offline_stops_at_eos_and_checks_capacity);
+    RUN(test_generation_ends_at_the_models_eos);
     RUN(test_engine_options_validated);
     return test_summary();
 }

@@ -507,7 +507,7 @@ static void test_plan(void)
     write_trace(path, 40, 2, true);
     /* Count the distinct (step, layer, expert) and (layer, expert) pairs independently. */
     bool seen[L][E] = {{false}};
-    uint64_t needed = 0, distinct = 0;
+    uint64_t needed = 0, distinct = 0, needed_layer0 = 0;
     for (int s = 0; s < 40; s++)
         for (int l = 0; l < L; l++) {
             bool step_set[E] = {false};
@@ -517,6 +517,7 @@ static void test_plan(void)
             for (int e = 0; e < E; e++)
                 if (step_set[e]) {
                     needed++;
+                    needed_layer0 += l == 0;
                     if (!seen[l][e])
                         distinct++, seen[l][e] = true;
                 }
@@ -537,10 +538,21 @@ static void test_plan(void)
     CHECK(res.cache.hits == 0 && res.cache.misses == needed, "one slot: hits %llu misses %llu",
           (unsigned long long)res.cache.hits, (unsigned long long)res.cache.misses);
     xd_plan_result_finish(&res);
-    /* Perfect recorded predictions for layers 1.. : recall counts them exactly. */
+    /* Perfect recorded predictions for layers 1.. (layer 0 has no lookahead): recall counts
+     * them exactly. Every layer of every step needs 3 distinct experts (offsets 3t + 5k of
+     * t, k in {0, 1} are 0, 5, 3 and 8 = 0 mod 8), so layers 1 and 2 of 3 are exactly 2/3 of
+     * what was needed. */
+    CHECK(needed == 40 * L * 3 && needed_layer0 == 40 * 3, "the trace: %llu needed, %llu at "
+          "layer 0", (unsigned long long)needed, (unsigned long long)needed_layer0);
     CHECK(plan(path, L * E, XD_EVICT_PREDICTIVE, XD_PREDICT_LOOKAHEAD, &res) == XD_OK, "recorded");
     CHECK(res.precision == 1.0, "perfect predictions: precision %g", res.precision);
-    CHECK(res.recall > 0.6 && res.recall < 0.7, "layers 1 and 2 of 3 predicted: recall %g",
+    CHECK(res.needed == needed && res.predicted_and_needed == needed - needed_layer0 &&
+              res.predicted == res.predicted_and_needed,
+          "needed %llu (want %llu), predicted and needed %llu (want %llu), predicted %llu",
+          (unsigned long long)res.needed, (unsigned long long)needed,
+          (unsigned long long)res.predicted_and_needed,
+          (unsigned long long)(needed - needed_layer0), (unsigned long long)res.predicted);
+    CHECK(res.recall == 2.0 / 3.0, "layers 1 and 2 of 3 predicted: recall %.17g, want 2/3",
           res.recall);
     xd_plan_result_finish(&res);
     /* A trace without predictions refuses the recorded predictor, by name. */

@@ -1,5 +1,6 @@
 /* Safetensors header parsing, checkpoint directories (single file and sharded) and the
  * scalar dtype conversions, checked against the safetensors format and IEEE-754 bit patterns. */
+#include <assert.h>
 #include <dirent.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -63,8 +64,9 @@ static uint32_t bits_of_f32(float f)
 }
 
 /* Parses an image that must be rejected; checks the status and that the message names the
- * file and, when given, the tensor. */
-static void expect_reject(const char *header, const void *data, size_t n_data, const char *tensor)
+ * file and, when given, the tensor and the other fragment (the offending value). */
+static void expect_reject(const char *header, const void *data, size_t n_data, const char *tensor,
+                          const char *fragment)
 {
     struct image im = make_image(header, data, n_data);
     struct xd_st_header h = {0};
@@ -75,6 +77,8 @@ static void expect_reject(const char *header, const void *data, size_t n_data, c
     CHECK_CONTAINS(err.msg, "dir/bad.safetensors");
     if (tensor)
         CHECK_CONTAINS(err.msg, tensor);
+    if (fragment)
+        CHECK_CONTAINS(err.msg, fragment);
     if (rc == 0)
         xd_st_header_finish(&h);
     free(im.bytes);
@@ -245,124 +249,114 @@ static void test_header_length_past_end(void)
     CHECK(rc < 0, "header length one past the end was accepted");
 }
 
-static void test_invalid_json(void)
-{
-    expect_reject("{\"w\": {\"dtype\": \"F32\", ", NULL, 0, NULL);
-    expect_reject("not json at all", NULL, 0, NULL);
-}
-
-static void test_header_not_object(void)
-{
-    expect_reject("[1, 2, 3]", NULL, 0, NULL);
-    expect_reject("\"F32\"", NULL, 0, NULL);
-}
-
-static void test_entry_not_object_or_incomplete(void)
-{
-    uint8_t data[8] = {0};
-    expect_reject("{\"w.bad\": [1, 2]}", data, 8, "w.bad");
-    expect_reject("{\"w.nodtype\": {\"shape\": [2], \"data_offsets\": [0, 8]}}", data, 8,
-                  "w.nodtype");
-    expect_reject("{\"w.noshape\": {\"dtype\": \"F32\", \"data_offsets\": [0, 8]}}", data, 8,
-                  "w.noshape");
-    expect_reject("{\"w.nooffs\": {\"dtype\": \"F32\", \"shape\": [2]}}", data, 8, "w.nooffs");
-    expect_reject("{\"w.3offs\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0, 4, 8]}}",
-                  data, 8, "w.3offs");
-}
-
-static void test_unsupported_dtype(void)
-{
-    uint8_t data[16] = {0};
-    expect_reject("{\"w.i64\": {\"dtype\": \"I64\", \"shape\": [2], \"data_offsets\": [0, 16]}}",
-                  data, 16, "w.i64");
-    struct image im =
-        make_image("{\"w.i64\": {\"dtype\": \"I64\", \"shape\": [2], \"data_offsets\": [0, 16]}}",
-                   data, 16);
-    struct xd_st_header h = {0};
-    struct xd_err err = {{0}};
-    xd_st_header_parse(im.bytes, im.size, "dir/bad.safetensors", &h, &err);
-    CHECK_CONTAINS(err.msg, "I64");
-    free(im.bytes);
+/* Headers the parser must refuse: each row's image is the header then n_data zero bytes; the
+ * message names the file, the tensor (when there is one) and the fragment (when given). */
+static const struct {
+    const char *why;
+    const char *header;
+    size_t n_data;
+    const char *tensor, *fragment;
+} rejected_headers[] = {
+    /* invalid JSON */
+    {"JSON cut short", "{\"w\": {\"dtype\": \"F32\", ", 0, NULL, NULL},
+    {"not JSON", "not json at all", 0, NULL, NULL},
+    /* the header is not an object */
+    {"an array", "[1, 2, 3]", 0, NULL, NULL},
+    {"a string", "\"F32\"", 0, NULL, NULL},
+    /* an entry that is not an object, or lacks a field */
+    {"entry not an object", "{\"w.bad\": [1, 2]}", 8, "w.bad", NULL},
+    {"no dtype", "{\"w.nodtype\": {\"shape\": [2], \"data_offsets\": [0, 8]}}", 8, "w.nodtype",
+     NULL},
+    {"no shape", "{\"w.noshape\": {\"dtype\": \"F32\", \"data_offsets\": [0, 8]}}", 8, "w.noshape",
+     NULL},
+    {"no offsets", "{\"w.nooffs\": {\"dtype\": \"F32\", \"shape\": [2]}}", 8, "w.nooffs", NULL},
+    {"three offsets", "{\"w.3offs\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0, 4, 8]}}",
+     8, "w.3offs", NULL},
+    /* unsupported dtypes, named */
+    {"I64", "{\"w.i64\": {\"dtype\": \"I64\", \"shape\": [2], \"data_offsets\": [0, 16]}}", 16,
+     "w.i64", "I64"},
     /* F64 is 8 bytes per element but still not one of ours */
-    expect_reject("{\"w.f64\": {\"dtype\": \"F64\", \"shape\": [2], \"data_offsets\": [0, 16]}}",
-                  data, 16, "w.f64");
-}
-
-static void test_truncated_data(void)
-{
-    /* (2,4) F32 needs 32 bytes; only 16 are there */
-    uint8_t data[16] = {0};
-    expect_reject("{\"w.trunc\":{\"dtype\":\"F32\",\"shape\":[2,4],\"data_offsets\":[0, 32]}}",
-                  data, 16, "w.trunc");
+    {"F64", "{\"w.f64\": {\"dtype\": \"F64\", \"shape\": [2], \"data_offsets\": [0, 16]}}", 16,
+     "w.f64", NULL},
+    /* truncated data: (2,4) F32 needs 32 bytes; only 16 are there */
+    {"data short", "{\"w.trunc\":{\"dtype\":\"F32\",\"shape\":[2,4],\"data_offsets\":[0, 32]}}", 16,
+     "w.trunc", NULL},
     /* begin itself past the end */
-    expect_reject("{\"w.far\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [64, 64]}}",
-                  data, 16, "w.far");
+    {"begin past the end",
+     "{\"w.far\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [64, 64]}}", 16, "w.far",
+     NULL},
     /* offsets near 2^63 must not overflow into a valid-looking range */
-    expect_reject("{\"w.huge\": {\"dtype\": \"F32\", \"shape\": [1], "
-                  "\"data_offsets\": [9223372036854775800, 9223372036854775804]}}",
-                  data, 16, "w.huge");
-}
-
-static void test_end_before_begin(void)
-{
-    uint8_t data[16] = {0};
-    expect_reject("{\"w.rev\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [8, 4]}}",
-                  data, 16, "w.rev");
-    expect_reject("{\"w.neg\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [-4, 0]}}",
-                  data, 16, "w.neg");
-    expect_reject("{\"w.str\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [\"0\", 4]}}",
-                  data, 16, "w.str");
-}
-
-static void test_byte_count_mismatch(void)
-{
-    uint8_t data[32] = {0};
+    {"offsets near 2^63",
+     "{\"w.huge\": {\"dtype\": \"F32\", \"shape\": [1], "
+     "\"data_offsets\": [9223372036854775800, 9223372036854775804]}}",
+     16, "w.huge", NULL},
+    /* end before begin, negative or non-integer offsets */
+    {"end before begin",
+     "{\"w.rev\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [8, 4]}}", 16, "w.rev",
+     NULL},
+    {"negative offset",
+     "{\"w.neg\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [-4, 0]}}", 16, "w.neg",
+     NULL},
+    {"offset a string",
+     "{\"w.str\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [\"0\", 4]}}", 16, "w.str",
+     NULL},
     /* (2,2) F32 is 16 bytes, not 12 */
-    expect_reject("{\"w.short\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0, 12]}}",
-                  data, 32, "w.short");
+    {"byte count short",
+     "{\"w.short\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0, 12]}}", 32, "w.short",
+     NULL},
     /* (2,2) BF16 is 8 bytes, not 16 (the F32 size) */
-    expect_reject("{\"w.long\":{\"dtype\":\"BF16\",\"shape\":[2,2],\"data_offsets\":[0, 16]}}",
-                  data, 32, "w.long");
-}
-
-static void test_bad_dims(void)
-{
-    uint8_t data[16] = {0};
-    expect_reject("{\"w.negdim\":{\"dtype\":\"F32\",\"shape\":[-1, 4],\"data_offsets\":[0, 16]}}",
-                  data, 16, "w.negdim");
-    expect_reject("{\"w.fracdim\":{\"dtype\":\"F32\",\"shape\":[2.5, 2],\"data_offsets\":[0, 16]}}",
-                  data, 16, "w.fracdim");
-    expect_reject("{\"w.strdim\":{\"dtype\":\"F32\",\"shape\":[\"4\"],\"data_offsets\":[0, 16]}}",
-                  data, 16, "w.strdim");
+    {"byte count long",
+     "{\"w.long\":{\"dtype\":\"BF16\",\"shape\":[2,2],\"data_offsets\":[0, 16]}}", 32, "w.long",
+     NULL},
+    /* bad dimensions */
+    {"negative dim",
+     "{\"w.negdim\":{\"dtype\":\"F32\",\"shape\":[-1, 4],\"data_offsets\":[0, 16]}}", 16,
+     "w.negdim", NULL},
+    {"fractional dim",
+     "{\"w.fracdim\":{\"dtype\":\"F32\",\"shape\":[2.5, 2],\"data_offsets\":[0, 16]}}", 16,
+     "w.fracdim", NULL},
+    {"dim a string",
+     "{\"w.strdim\":{\"dtype\":\"F32\",\"shape\":[\"4\"],\"data_offsets\":[0, 16]}}", 16,
+     "w.strdim", NULL},
     /* dims whose product overflows 64 bits must not wrap to the byte count */
-    expect_reject("{\"w.ovf\": {\"dtype\": \"F32\", \"shape\": [1099511627776, 1099511627776, 16],"
-                  " \"data_offsets\": [0, 16]}}",
-                  data, 16, "w.ovf");
+    {"dims overflow",
+     "{\"w.ovf\": {\"dtype\": \"F32\", \"shape\": [1099511627776, 1099511627776, 16],"
+     " \"data_offsets\": [0, 16]}}",
+     16, "w.ovf", NULL},
     /* more dimensions than XD_MAX_DIMS */
-    expect_reject("{\"w.5d\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,4],\"data_offsets\":[0, 16]}}",
-                  data, 16, "w.5d");
-}
-
-static void test_misaligned_data(void)
-{
+    {"five dims", "{\"w.5d\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,4],\"data_offsets\":[0, 16]}}",
+     16, "w.5d", NULL},
     /* F32 elements starting at data offset 1 (not a multiple of 4) */
-    uint8_t data[16] = {0};
-    expect_reject("{\"w.odd\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [1, 9]}}",
-                  data, 16, "w.odd");
+    {"F32 at offset 1",
+     "{\"w.odd\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [1, 9]}}", 16, "w.odd",
+     NULL},
     /* F16 at an odd offset */
-    expect_reject("{\"w.odd16\": {\"dtype\": \"F16\", \"shape\": [2], \"data_offsets\": [3, 7]}}",
-                  data, 16, "w.odd16");
+    {"F16 at offset 3",
+     "{\"w.odd16\": {\"dtype\": \"F16\", \"shape\": [2], \"data_offsets\": [3, 7]}}", 16,
+     "w.odd16", NULL},
     /* F32 at offset 2: aligned for 16-bit types, not for 32-bit ones */
-    expect_reject("{\"w.two\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [2, 6]}}",
-                  data, 16, "w.two");
-}
+    {"F32 at offset 2",
+     "{\"w.two\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [2, 6]}}", 16, "w.two",
+     NULL},
+    /* a key twice */
+    {"duplicate key",
+     "{\"dup\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]},"
+     " \"dup\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [4, 8]}}",
+     16, "dup", NULL},
+};
 
-static void test_duplicate_key(void)
+static void test_rejected_headers(void)
 {
-    uint8_t data[16] = {0};
-    expect_reject("{\"dup\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]},"
-                  " \"dup\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [4, 8]}}",
-                  data, 16, "dup");
+    static const uint8_t zeros[32];
+    for (size_t i = 0; i < sizeof rejected_headers / sizeof rejected_headers[0]; i++) {
+        int before = test_failures;
+        assert(rejected_headers[i].n_data <= sizeof zeros);
+        expect_reject(rejected_headers[i].header, rejected_headers[i].n_data ? zeros : NULL,
+                      rejected_headers[i].n_data, rejected_headers[i].tensor,
+                      rejected_headers[i].fragment);
+        if (test_failures != before)
+            fprintf(stderr, "  (case: %s)\n", rejected_headers[i].why);
+    }
 }
 
 static void test_error_leaves_no_partial_header(void)
@@ -595,52 +589,58 @@ static void expect_open_fails(const char *dir, const char *want1, const char *wa
         CHECK_CONTAINS(err.msg, want2);
 }
 
-static void test_checkpoint_missing_shard(void)
-{
-    char dir[4096];
-    new_case_dir(dir, sizeof dir);
-    write_two_shards(dir, false);
-    write_text(dir, "model.safetensors.index.json",
-               "{\"weight_map\": {"
-               "\"embed\": \"model-00001-of-00002.safetensors\","
-               "\"lm_head\": \"model-00003-of-00003.safetensors\"}}");
-    expect_open_fails(dir, "model-00003-of-00003.safetensors", NULL);
-}
-
-static void test_checkpoint_tensor_in_two_shards(void)
-{
-    char dir[4096];
-    new_case_dir(dir, sizeof dir);
-    write_two_shards(dir, true); /* lm_head in both */
-    write_text(dir, "model.safetensors.index.json", GOOD_INDEX);
-    expect_open_fails(dir, "lm_head", NULL);
-}
-
-static void test_checkpoint_wrong_shard_in_index(void)
-{
-    char dir[4096];
-    new_case_dir(dir, sizeof dir);
-    write_two_shards(dir, false);
+/* Sharded checkpoints that must not open: each row is the two shards of write_two_shards
+ * (lm_head in shard 1 as well, or shard 2 cut inside its header, when the row says so) and an
+ * index; the message names the fragments given. */
+static const struct {
+    const char *why;
+    bool lm_head_in_both;
+    bool shard2_truncated;
+    const char *index;
+    const char *want1, *want2;
+} bad_sharded[] = {
+    {"missing shard", false, false,
+     "{\"weight_map\": {"
+     "\"embed\": \"model-00001-of-00002.safetensors\","
+     "\"lm_head\": \"model-00003-of-00003.safetensors\"}}",
+     "model-00003-of-00003.safetensors", NULL},
+    {"tensor in two shards", true, false, GOOD_INDEX, "lm_head", NULL},
     /* lm_head lives in shard 2, the index says shard 1 */
-    write_text(dir, "model.safetensors.index.json",
-               "{\"weight_map\": {"
-               "\"embed\": \"model-00001-of-00002.safetensors\","
-               "\"norm\": \"model-00001-of-00002.safetensors\","
-               "\"lm_head\": \"model-00001-of-00002.safetensors\","
-               "\"layers.0.w\": \"model-00002-of-00002.safetensors\"}}");
-    expect_open_fails(dir, "lm_head", NULL);
-}
+    {"wrong shard in the index", false, false,
+     "{\"weight_map\": {"
+     "\"embed\": \"model-00001-of-00002.safetensors\","
+     "\"norm\": \"model-00001-of-00002.safetensors\","
+     "\"lm_head\": \"model-00001-of-00002.safetensors\","
+     "\"layers.0.w\": \"model-00002-of-00002.safetensors\"}}",
+     "lm_head", NULL},
+    {"index names an absent tensor", false, false,
+     "{\"weight_map\": {"
+     "\"embed\": \"model-00001-of-00002.safetensors\","
+     "\"ghost\": \"model-00002-of-00002.safetensors\"}}",
+     "ghost", NULL},
+    {"index not JSON", false, false, "{\"weight_map\": [", "model.safetensors.index.json", NULL},
+    {"index without weight_map", false, false, "{\"metadata\": {}}", "weight_map", NULL},
+    {"shard name not a string", false, false, "{\"weight_map\": {\"embed\": 7}}", "embed", NULL},
+    /* shard 2 overwritten with a truncated copy: the declared header runs past the end */
+    {"corrupt shard", false, true, GOOD_INDEX, "model-00002-of-00002.safetensors", NULL},
+};
 
-static void test_checkpoint_index_names_absent_tensor(void)
+static void test_checkpoint_bad_shards(void)
 {
-    char dir[4096];
-    new_case_dir(dir, sizeof dir);
-    write_two_shards(dir, false);
-    write_text(dir, "model.safetensors.index.json",
-               "{\"weight_map\": {"
-               "\"embed\": \"model-00001-of-00002.safetensors\","
-               "\"ghost\": \"model-00002-of-00002.safetensors\"}}");
-    expect_open_fails(dir, "ghost", NULL);
+    for (size_t i = 0; i < sizeof bad_sharded / sizeof bad_sharded[0]; i++) {
+        int before = test_failures;
+        char dir[4096];
+        new_case_dir(dir, sizeof dir);
+        write_two_shards(dir, bad_sharded[i].lm_head_in_both);
+        write_text(dir, "model.safetensors.index.json", bad_sharded[i].index);
+        if (bad_sharded[i].shard2_truncated) {
+            const uint8_t trunc[12] = {0x40, 0, 0, 0, 0, 0, 0, 0, '{', '"', 'l', 'm'};
+            write_file(dir, SHARD2, trunc, sizeof trunc);
+        }
+        expect_open_fails(dir, bad_sharded[i].want1, bad_sharded[i].want2);
+        if (test_failures != before)
+            fprintf(stderr, "  (case: %s)\n", bad_sharded[i].why);
+    }
 }
 
 static void test_checkpoint_index_path_escape(void)
@@ -666,31 +666,6 @@ static void test_checkpoint_index_path_escape(void)
     snprintf(abs_index, sizeof abs_index, "{\"weight_map\": {\"w.f32\": \"%s/x\"}}", dir);
     write_text(sub, "model.safetensors.index.json", abs_index);
     expect_open_fails(sub, "w.f32", NULL);
-}
-
-static void test_checkpoint_bad_index(void)
-{
-    char dir[4096];
-    new_case_dir(dir, sizeof dir);
-    write_two_shards(dir, false);
-    write_text(dir, "model.safetensors.index.json", "{\"weight_map\": [");
-    expect_open_fails(dir, "model.safetensors.index.json", NULL);
-    write_text(dir, "model.safetensors.index.json", "{\"metadata\": {}}");
-    expect_open_fails(dir, "weight_map", NULL);
-    write_text(dir, "model.safetensors.index.json", "{\"weight_map\": {\"embed\": 7}}");
-    expect_open_fails(dir, "embed", NULL);
-}
-
-static void test_checkpoint_corrupt_shard(void)
-{
-    char dir[4096];
-    new_case_dir(dir, sizeof dir);
-    write_two_shards(dir, false);
-    write_text(dir, "model.safetensors.index.json", GOOD_INDEX);
-    /* overwrite shard 2 with a truncated copy: the declared header runs past the end */
-    const uint8_t trunc[12] = {0x40, 0, 0, 0, 0, 0, 0, 0, '{', '"', 'l', 'm'};
-    write_file(dir, SHARD2, trunc, sizeof trunc);
-    expect_open_fails(dir, SHARD2, NULL);
 }
 
 /* ---- dtype conversions ---- */
@@ -877,28 +852,14 @@ int main(int argc, char **argv)
     RUN(test_zero_element_tensor);
     RUN(test_file_shorter_than_8_bytes);
     RUN(test_header_length_past_end);
-    RUN(test_invalid_json);
-    RUN(test_header_not_object);
-    RUN(test_entry_not_object_or_incomplete);
-    RUN(test_unsupported_dtype);
-    RUN(test_truncated_data);
-    RUN(test_end_before_begin);
-    RUN(test_byte_count_mismatch);
-    RUN(test_bad_dims);
-    RUN(test_misaligned_data);
-    RUN(test_duplicate_key);
+    RUN(test_rejected_headers);
     RUN(test_error_leaves_no_partial_header);
 
     RUN(test_checkpoint_single_file);
     RUN(test_checkpoint_missing);
     RUN(test_checkpoint_sharded);
-    RUN(test_checkpoint_missing_shard);
-    RUN(test_checkpoint_tensor_in_two_shards);
-    RUN(test_checkpoint_wrong_shard_in_index);
-    RUN(test_checkpoint_index_names_absent_tensor);
+    RUN(test_checkpoint_bad_shards);
     RUN(test_checkpoint_index_path_escape);
-    RUN(test_checkpoint_bad_index);
-    RUN(test_checkpoint_corrupt_shard);
 
     RUN(test_dtype_names);
     RUN(test_bf16_to_f32);

@@ -1,9 +1,11 @@
 /* expertd serve's option table: defaults, the engine keys folded in, validation naming the
- * key. */
+ * key, the scheduler options serve runs with. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "config/server_config.h"
+#include "scheduler/scheduler.h"
 #include "tests/test.h"
 
 static int parse(struct xd_server_config *c, int argc, char **argv, struct xd_err *err)
@@ -57,10 +59,79 @@ static void test_errors_name_the_key(void)
     CHECK(parse(&c, 2, a5, &err) < 0, "an API key flag exists");
 }
 
+/* Every scheduler key of serve's table, a value unlike its default, and the field of
+ * struct xd_sched_opts it must reach. */
+static const struct {
+    const char *flag;
+    const char *value; /* NULL: the flag carries it (--flag=false) */
+    size_t field;      /* offset in struct xd_sched_opts */
+    bool is_bool;
+    int want;
+} sched_keys[] = {
+    {"--max-running", "7", offsetof(struct xd_sched_opts, max_running), false, 7},
+    {"--max-resident", "29", offsetof(struct xd_sched_opts, max_resident), false, 29},
+    {"--max-step-tokens", "333", offsetof(struct xd_sched_opts, max_step_tokens), false, 333},
+    {"--prefill-chunk", "48", offsetof(struct xd_sched_opts, prefill_chunk), false, 48},
+    {"--max-waiting", "91", offsetof(struct xd_sched_opts, max_waiting), false, 91},
+    {"--max-wait-steps", "5", offsetof(struct xd_sched_opts, max_wait_steps), false, 5},
+    {"--prefix-caching=false", NULL, offsetof(struct xd_sched_opts, prefix_caching), true, 0},
+    {"--group-by-expert=false", NULL, offsetof(struct xd_sched_opts, group_by_expert), true, 0},
+};
+#define N_SCHED_KEYS (sizeof sched_keys / sizeof sched_keys[0])
+
+static int sched_field(const struct xd_sched_opts *so, size_t i)
+{
+    const char *p = (const char *)so + sched_keys[i].field;
+    if (sched_keys[i].is_bool)
+        return *(const bool *)p;
+    return *(const int *)p;
+}
+
+/* What `expertd serve` hands the scheduler (xd_server_config_sched_opts, which cmd_serve.c
+ * calls) is what its flags and config file say, key by key: each set alone to a value unlike
+ * its default reaches its field (max-resident among them: without it grouping by expert never
+ * has a choice), the rest keep the config's defaults, and on_step stays the caller's. */
+static void test_sched_opts_follow_the_config(void)
+{
+    struct xd_server_config c;
+    struct xd_sched_opts so;
+    struct xd_err err = {{0}};
+    xd_server_config_init(&c);
+    struct xd_sched_opts defaults;
+    xd_server_config_sched_opts(&c, &defaults);
+    CHECK(defaults.max_running == c.max_running && defaults.max_resident == 0 &&
+          defaults.max_waiting == c.max_waiting && defaults.prefix_caching &&
+          defaults.group_by_expert && defaults.max_wait_steps == c.max_wait_steps,
+          "serve's defaults: running %d resident %d waiting %d wait-steps %d",
+          defaults.max_running, defaults.max_resident, defaults.max_waiting,
+          defaults.max_wait_steps);
+    CHECK(defaults.on_step == NULL && defaults.on_step_ctx == NULL, "on_step is the caller's");
+    for (size_t i = 0; i < N_SCHED_KEYS; i++) {
+        const char *value = sched_keys[i].value ? sched_keys[i].value : "";
+        char *argv[] = {"--model", "/m", (char *)sched_keys[i].flag, (char *)value};
+        CHECK(parse(&c, sched_keys[i].value ? 4 : 3, argv, &err) == 0, "%s: %s",
+              sched_keys[i].flag, err.msg);
+        memset(&so, 0xa5, sizeof so);
+        xd_server_config_sched_opts(&c, &so);
+        CHECK(sched_field(&so, i) != sched_field(&defaults, i), "%s %s is serve's default",
+              sched_keys[i].flag, value);
+        CHECK(sched_field(&so, i) == sched_keys[i].want, "%s %s: the scheduler got %d",
+              sched_keys[i].flag, value, sched_field(&so, i));
+        for (size_t k = 0; k < N_SCHED_KEYS; k++)
+            if (k != i)
+                CHECK(sched_field(&so, k) == sched_field(&defaults, k),
+                      "%s moved %s too (%d, default %d)", sched_keys[i].flag,
+                      sched_keys[k].flag, sched_field(&so, k), sched_field(&defaults, k));
+        CHECK(so.on_step == NULL && so.on_step_ctx == NULL, "%s: on_step set",
+              sched_keys[i].flag);
+    }
+}
+
 int main(void)
 {
     RUN(test_defaults_are_safe);
     RUN(test_flags_reach_both_structs);
     RUN(test_errors_name_the_key);
+    RUN(test_sched_opts_follow_the_config);
     return test_summary();
 }

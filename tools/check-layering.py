@@ -26,7 +26,9 @@ ROOMS = {
     "engine/cpu": ["engine/model"],
     "engine": ["engine/cpu", "engine/model"],
     "scheduler": ["engine", "engine/text"],
-    "config": ["engine", "engine/experts", "engine/text"],
+    # config turns settings into the options of the rooms it configures (xd_engine_opts,
+    # xd_sched_opts), so serve and the benchmarks share one copy
+    "config": ["scheduler", "engine", "engine/experts", "engine/text"],
     "gpu": ["engine", "engine/experts"],
     "daemon": ["config", "scheduler", "gpu", "engine/experts"],
 }
