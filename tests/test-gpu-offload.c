@@ -134,6 +134,13 @@ static int run_steps(struct xd_model *m, int slots, enum xd_evict_policy pol, bo
         ret->experts = realloc(ret->experts, (ret->n_experts + nr) * sizeof(int32_t));
         memcpy(ret->logits + ret->n_logits, out.logits, nl * sizeof(float));
         memcpy(ret->experts + ret->n_experts, out.routing.experts, nr * sizeof(int32_t));
+        for (size_t i = 0; i < nr && rc == 0; i++)
+            if (out.routing.experts[i] < 0 || out.routing.experts[i] >= c->n_experts) {
+                /* the replays below index by expert id */
+                CHECK(false, "%d slots, step %d: routing names expert %d of %d", slots, step,
+                      out.routing.experts[i], c->n_experts);
+                rc = -1;
+            }
         ret->n_logits += nl;
         ret->n_experts += nr;
         ret->step_tokens[ret->n_steps++] = out.routing.n_tokens;
