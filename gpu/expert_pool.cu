@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "gpu/cuda_check.h"
+#include "gpu/expert_pool_test.h"
 
 extern "C" {
 #include "engine/experts/expert_cache.h"
@@ -33,7 +34,9 @@ struct xd_expert_pool {
     uint16_t *host;      /* pinned (n_layers, n_experts, slot_elems) bf16; dense layers unused */
     int *host_index;     /* (n_layers, n_experts) index into host, -1 for dense layers */
     cudaStream_t copy;
-    unsigned stress_us;  /* EXPERTD_OFFLOAD_STRESS_US: delay every copy and every first use */
+    unsigned stress_copy_us; /* EXPERTD_OFFLOAD_STRESS_COPY_US: delay before every copy */
+    unsigned stress_use_us;  /* EXPERTD_OFFLOAD_STRESS_USE_US: delay before every first use */
+    enum xd_expert_pool_skip skip; /* test-only (expert_pool_test.h); NONE outside tests */
     cudaEvent_t *ready;  /* (n_slots,) recorded on copy after the slot's latest copy */
     cudaEvent_t *freed;  /* (n_slots,) recorded on compute after the slot's latest use */
     uint64_t bytes_h2d;
@@ -47,6 +50,24 @@ struct xd_expert_pool {
     size_t n_stall;         /* pairs recorded this step */
     double stall_seconds;
 };
+
+/* Set only by xd_expert_pool_test_skip_wait, which only tests/ call; copied into each pool at
+ * creation. A function rather than an environment variable so that nothing an operator can set
+ * (environment, flag, config file) reaches it: `expertd serve` never calls it, so its pools
+ * always wait, while the test still runs this very library code. */
+static enum xd_expert_pool_skip test_skip = XD_POOL_SKIP_NONE;
+
+void xd_expert_pool_test_skip_wait(enum xd_expert_pool_skip which)
+{
+    test_skip = which;
+}
+
+/* Microseconds from environment variable name; fallback when it is unset. */
+static unsigned env_us(const char *name, unsigned fallback)
+{
+    const char *v = getenv(name);
+    return v ? (unsigned)strtoul(v, NULL, 10) : fallback;
+}
 
 void xd_matrix_to_bf16(const struct xd_matrix *m, uint16_t *dst)
 {
@@ -182,8 +203,19 @@ static int create_offloading(struct xd_expert_pool *p, const struct xd_model *m,
     XD_TRY(alloc_slots(p, c, err));
     CUDA_TRY_MEM(cudaStreamCreateWithFlags(&p->copy, cudaStreamNonBlocking),
                  "the expert copy stream", HINT_OFFLOADING);
-    const char *stress = getenv("EXPERTD_OFFLOAD_STRESS_US");
-    p->stress_us = stress ? (unsigned)strtoul(stress, NULL, 10) : 0;
+    /* Stress knobs (tests widen race windows with them; they only slow things down): a late
+     * copy exposes a reader that does not wait for `ready`, a slow reader exposes a copy that
+     * does not wait for `freed`. EXPERTD_OFFLOAD_STRESS_US sets both. */
+    const unsigned both = env_us("EXPERTD_OFFLOAD_STRESS_US", 0);
+    p->stress_copy_us = env_us("EXPERTD_OFFLOAD_STRESS_COPY_US", both);
+    p->stress_use_us = env_us("EXPERTD_OFFLOAD_STRESS_USE_US", both);
+    p->skip = test_skip;
+    if (p->skip != XD_POOL_SKIP_NONE) {
+        /* done before any copy is enqueued on the copy stream */
+        CUDA_TRY(cudaMemsetAsync(p->slots, 0, p->n_slots * p->slot_elems * sizeof(bf16),
+                                 p->compute));
+        CUDA_TRY(cudaStreamSynchronize(p->compute));
+    }
     for (size_t i = 0; i < p->n_slots; i++) {
         CUDA_TRY_MEM(cudaEventCreateWithFlags(&p->ready[i], cudaEventDisableTiming),
                      "the expert slots' events", HINT_OFFLOADING);
@@ -283,10 +315,12 @@ static int fetch(struct xd_expert_pool *p, int layer, int expert, bool prefetch,
         return XD_OK;
     const int slot = ret->slot;
     const size_t bytes = p->slot_elems * sizeof(uint16_t);
-    cudaError_t e = cudaStreamWaitEvent(p->copy, p->freed[slot], 0);
-    if (e == cudaSuccess && p->stress_us) {
+    cudaError_t e = p->skip == XD_POOL_SKIP_FREED
+                        ? cudaSuccess /* the test's negative control only */
+                        : cudaStreamWaitEvent(p->copy, p->freed[slot], 0);
+    if (e == cudaSuccess && p->stress_copy_us) {
         /* a late copy: work that reads the slot without waiting for it reads old bytes */
-        xd_k_spin(p->stress_us, p->copy);
+        xd_k_spin(p->stress_copy_us, p->copy);
         e = cudaGetLastError();
     }
     if (e == cudaSuccess)
@@ -331,6 +365,10 @@ static int grow_stall_events(struct xd_expert_pool *p, struct xd_err *err)
 static int wait_ready(struct xd_expert_pool *p, int slot, int layer, int expert,
                       struct xd_err *err)
 {
+    if (p->skip == XD_POOL_SKIP_READY) { /* the test's negative control only */
+        p->pending[slot] = false;
+        return XD_OK;
+    }
     cudaError_t e;
     if (!p->pending[slot]) {
         e = cudaStreamWaitEvent(p->compute, p->ready[slot], 0);
@@ -380,9 +418,9 @@ int xd_expert_pool_wait(struct xd_expert_pool *p, int layer, int expert, struct 
     assert(slot >= 0); /* pinned, so present */
     /* Hit or miss, the slot's latest copy (maybe a prefetch still in flight) comes first. */
     XD_TRY(wait_ready(p, slot, layer, expert, err));
-    if (p->stress_us) {
+    if (p->stress_use_us) {
         /* a slow reader: a copy that overwrote the slot without waiting for it would show */
-        xd_k_spin(p->stress_us, p->compute);
+        xd_k_spin(p->stress_use_us, p->compute);
         CUDA_TRY(cudaGetLastError());
     }
     return XD_OK;

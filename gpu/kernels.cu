@@ -515,11 +515,17 @@ void xd_k_experts_small(const bf16 *const *slots, const int32_t *start, const bf
     k_expert_down<<<g2, 32 * EXPERT_WARPS, 0, stream>>>(slots, start, a, eo, H, F);
 }
 
+/* Wall time, not clocks: %globaltimer counts nanoseconds whatever the SM clock (the clock64()
+ * loop this replaces waited us * 10^6 clocks, a thousand times too long at ~1 GHz and varying
+ * with the clock). */
 __global__ void k_spin(unsigned us)
 {
-    const long long until = clock64() + (long long)us * 1000 * 1000; /* ~1 GHz clocks or more */
-    while (clock64() < until)
+    unsigned long long start, now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    do {
         __nanosleep(1000);
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    } while (now - start < 1000ull * us);
 }
 
 void xd_k_spin(unsigned us, cudaStream_t stream)

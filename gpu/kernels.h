@@ -29,7 +29,8 @@ void xd_k_add_bias(float *y, const float *bias, int rows, int d, cudaStream_t st
 
 /* x = clamp(x, -c, c) over n elements */
 void xd_k_clip(float *x, float c, size_t n, cudaStream_t stream);
-/* Keeps stream busy for about us microseconds (tests widen race windows with it). */
+/* Keeps stream busy for at least us microseconds of wall time (tests widen race windows with
+ * it). */
 void xd_k_spin(unsigned us, cudaStream_t stream);
 
 /* Rotary embedding (rotate-half) in place on x (T, n_heads, head_dim) at positions pos (T,). */

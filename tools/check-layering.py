@@ -6,8 +6,10 @@ usage: check-layering.py SOURCE_ROOT BUILD_DIR
 Four checks, each failing with the file and the arrow it breaks:
   1. includes: every `#include "folder/..."` in a room's sources names a room that room may use
      (ROOMS below, transitively), or one of the headers a room may include for its types only;
+     test-only headers (TEST_ONLY) are included by tests/ and their implementation alone;
   2. symbols: every xd_ function or variable that a library's objects use (nm) is defined in
-     the library itself or in a room it links (types-only arrows do not count);
+     the library itself or in a room it links (types-only arrows do not count), and none is a
+     test-only hook (TEST_ONLY_SYMBOLS);
   3. no cycle between object files anywhere in the build: file A calling file B calling A is
      one module cut in two;
   4. the forward pass (base, model, cpu, the engine front) calls no PCRE2, utf8proc or zstd.
@@ -39,6 +41,13 @@ TYPES_ONLY = {
     # the engine's options name the expert cache's eviction policy and counters
     "engine": {"engine/experts/expert_cache.h"},
 }
+# Test-only headers: hooks that make a library misbehave on purpose (negative controls). Only
+# tests/ and the file that implements the hook may include them, so no serving code can reach it.
+TEST_ONLY = {
+    "gpu/expert_pool_test.h": "gpu/expert_pool.cu",
+}
+# ... and the functions they declare, which no library may call.
+TEST_ONLY_SYMBOLS = {"xd_expert_pool_test_skip_wait"}
 # Leaves: they may use every room and nothing uses them.
 LEAVES = ["tests", "bench", "tools", "clients"]
 # The static library each room builds (file name in the build tree).
@@ -109,6 +118,10 @@ def check_includes(root, allowed):
                         errors.append(f"{path}: #include \"{target}\" is not a path from the "
                                       "repository root")
                         continue
+                    if target in TEST_ONLY and room != "tests" and path != TEST_ONLY[target]:
+                        errors.append(f"{path}: includes {target}, a test-only hook: only tests/ "
+                                      f"and {TEST_ONLY[target]} may")
+                        continue
                     target_room = room_of(target)
                     if room in LEAVES or target_room == room:
                         continue
@@ -171,6 +184,8 @@ def check_symbols(build, allowed):
     for room, obj, sym in uses:
         if room in FORWARD_PASS and FORWARD_PASS_FORBIDDEN.match(sym):
             errors.append(f"{obj}: the forward pass ({room}) calls {sym}")
+        if sym in TEST_ONLY_SYMBOLS:
+            errors.append(f"{obj}: calls {sym}, a test-only hook (only tests/ may)")
         if sym not in owner:
             continue
         target_room, target_obj = owner[sym]
