@@ -125,7 +125,7 @@ setup_env() {
 }
 
 sanitize() { # TOOL: the offload test under compute-sanitizer; any error report fails it
-  OMP_NUM_THREADS=4 EXPERTD_GPU_UNVERIFIED=1 compute-sanitizer --tool "$1" --error-exitcode 99 \
+  OMP_NUM_THREADS=4 EXPERTD_GPU_UNVERIFIED=1 EXPERTD_OFFLOAD_TEST_UNDER_SANITIZER=1 compute-sanitizer --tool "$1" --error-exitcode 99 \
     "$build/tests/test-gpu-offload" "$repo/tests/fixtures"
 }
 
