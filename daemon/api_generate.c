@@ -76,7 +76,16 @@ struct gen_job {
     pthread_mutex_t lock;
     int refs;                        /* under lock */
     struct gen_event *head, *tail;   /* under lock */
+    size_t queued_bytes;             /* under lock: the events' bytes between head and tail */
+    size_t out_unsent;               /* under lock: a copy of out.len - out_off */
+    bool overflow;                   /* under lock: streaming only; queued_bytes + out_unsent
+                                        passed max-queued-bytes-per-request: every choice is
+                                        cancelled, token events are dropped, the stream ends */
     int efd;                         /* eventfd the sink writes */
+    struct xd_sched *sched;          /* the scheduler the choices went to (set before the
+                                        first submit); the sink cancels through it directly,
+                                        never through srv->sched_lock, which teardown holds
+                                        while it joins the scheduler thread */
 
     struct xd_server *srv;
     struct xd_http_req *req;         /* NULL once MHD is done with the request */
@@ -87,9 +96,11 @@ struct gen_job {
     struct choice *choices;
     int n_choices, n_finished;
     char id[64];
+    uint64_t req_id;                 /* the HTTP request's id, for the log */
     long long created;
     double deadline, last_output;
     bool got_token, timed_out, hangup, done;
+    bool overflowed;                 /* the HTTP thread's copy of overflow */
     struct xd_byte_buf out;                 /* streaming: SSE bytes not yet handed to MHD */
     size_t out_off;
 };
@@ -133,7 +144,11 @@ static void job_unref(struct gen_job *j)
         job_free(j);
 }
 
-/* The scheduler's sink: copy, queue, wake the connection's thread. */
+static void cancel_from_sink(struct gen_job *j);
+
+/* The scheduler's sink: copy, queue (a stream's token events only while the job has at most
+ * max-queued-bytes-per-request waiting; past it the job is cancelled), wake the connection's
+ * thread. */
 static void sink(void *ctx, const struct xd_sched_event *ev)
 {
     struct choice *c = ctx;
@@ -159,22 +174,60 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
         e->queue_seconds = ev->queue_seconds;
         e->n_gen = ev->n_generated_tokens;
     }
+    size_t bytes = e ? sizeof *e + e->text_len : 0;
+    bool overflow_now = false;
     pthread_mutex_lock(&j->lock);
+    if (e && ev->kind == XD_EVENT_TOKEN && j->api.stream && !j->overflow &&
+        j->queued_bytes + j->out_unsent + bytes > (size_t)j->srv->cfg->max_queued_bytes) {
+        j->overflow = overflow_now = true;
+    }
+    if (e && ev->kind == XD_EVENT_TOKEN && j->overflow) {
+        /* the client is not reading: nothing more is kept for it */
+        free(e->text);
+        free(e);
+        e = NULL;
+    }
     if (e) {
         if (j->tail)
             j->tail->next = e;
         else
             j->head = e;
         j->tail = e;
+        j->queued_bytes += bytes;
     }
     if (ev->kind == XD_EVENT_FINISH)
         c->sched_finished = true;
+    size_t queued = j->queued_bytes + j->out_unsent;
     pthread_mutex_unlock(&j->lock);
+    if (overflow_now) {
+        xd_log(j->srv, XD_LOG_WARN, "request %llu: the client left %zu bytes unread "
+               "(max-queued-bytes-per-request %lld); cancelling it",
+               (unsigned long long)j->req_id, queued,
+               j->srv->cfg->max_queued_bytes);
+        xd_metrics_backpressure(j->srv->metrics);
+        cancel_from_sink(j);
+    }
     uint64_t one = 1;
     ssize_t w = write(j->efd, &one, sizeof one);
     (void)w; /* EAGAIN: the counter is already non-zero, the reader wakes anyway */
     if (ev->kind == XD_EVENT_FINISH)
         job_unref(j);
+}
+
+/* cancel_all for the sink: on the scheduler thread, which is alive while it runs a sink, so
+ * the scheduler is called directly (srv->sched_lock could be held by a teardown waiting for
+ * this very thread). Choices submitted after this runs are cancelled by submit_all, which
+ * sees j->overflow. */
+static void cancel_from_sink(struct gen_job *j)
+{
+    for (int i = 0; i < j->n_choices; i++) {
+        pthread_mutex_lock(&j->lock);
+        bool live = j->choices[i].submitted && !j->choices[i].sched_finished;
+        uint64_t id = j->choices[i].sched_id;
+        pthread_mutex_unlock(&j->lock);
+        if (live)
+            xd_sched_cancel(j->sched, id);
+    }
 }
 
 static void cancel_all(struct gen_job *j)
@@ -413,6 +466,20 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
     double now = xd_now();
     if (c->finished)
         return;
+    if (stream && j->overflowed) {
+        /* cancelled for backpressure: count the finish, add no text; the stream just ends
+         * once what was queued before is sent */
+        if (e->kind == XD_EVENT_FINISH) {
+            c->finished = true;
+            j->n_finished++;
+            c->n_gen = e->n_gen;
+            if (j->req)
+                j->req->n_gen_tokens += e->n_gen;
+        }
+        if (j->n_finished == j->n_choices)
+            j->done = true;
+        return;
+    }
     if (e->kind == XD_EVENT_TOKEN) {
         if (!j->got_token) {
             j->got_token = true;
@@ -478,11 +545,25 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
     }
 }
 
+/* Tells the sink how many SSE bytes wait in j->out (they count against the bound). */
+static void publish_out(struct gen_job *j)
+{
+    pthread_mutex_lock(&j->lock);
+    j->out_unsent = j->out.len - j->out_off;
+    pthread_mutex_unlock(&j->lock);
+}
+
 static void process_events(struct gen_job *j)
 {
     pthread_mutex_lock(&j->lock);
     struct gen_event *ev = j->head;
     j->head = j->tail = NULL;
+    j->queued_bytes = 0;
+    if (j->overflow && !j->overflowed) {
+        j->overflowed = true;
+        if (j->req)
+            j->req->finish = "cancelled";
+    }
     pthread_mutex_unlock(&j->lock);
     while (ev) {
         struct gen_event *next = ev->next;
@@ -492,6 +573,7 @@ static void process_events(struct gen_job *j)
         free(ev);
         ev = next;
     }
+    publish_out(j);
 }
 
 static void check_deadline(struct gen_job *j)
@@ -520,6 +602,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
             j->out_off += n;
             if (j->out_off == j->out.len)
                 j->out_off = j->out.len = 0;
+            publish_out(j);
             j->last_output = xd_now();
             return (ssize_t)n;
         }
@@ -718,8 +801,11 @@ static int submit_all(struct gen_job *j, struct xd_api_error *e)
         uint64_t id = 0;
         int rc = XD_ERR_UNAVAILABLE;
         pthread_rwlock_rdlock(&s->sched_lock);
-        if (s->sched)
+        if (s->sched) {
+            if (i == 0) /* before any sink can run; s->sched only ever changes to NULL */
+                j->sched = s->sched;
             rc = xd_sched_submit(s->sched, &q, sink, c, &id, &err);
+        }
         pthread_rwlock_unlock(&s->sched_lock);
         if (rc < 0) {
             job_unref(j); /* no sink call will come; never the last reference here */
@@ -732,7 +818,10 @@ static int submit_all(struct gen_job *j, struct xd_api_error *e)
         pthread_mutex_lock(&j->lock);
         c->sched_id = id;
         c->submitted = true;
+        bool overflow = j->overflow;
         pthread_mutex_unlock(&j->lock);
+        if (overflow) /* the sink gave up on an earlier choice before this one was marked */
+            xd_server_cancel(s, id);
     }
     return 0;
 }
@@ -751,6 +840,7 @@ static struct gen_job *job_create(struct xd_http_req *r)
     j->refs = 1;
     j->srv = r->srv;
     j->req = r;
+    j->req_id = r->id;
     atomic_fetch_add(&r->srv->n_active, 1);
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);

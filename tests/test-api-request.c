@@ -177,6 +177,8 @@ static void test_metrics_text(void)
     xd_metrics_request(m, "/v1/completions", 400);
     xd_metrics_observe(m, XD_HIST_TTFT, 0.003);
     xd_metrics_observe(m, XD_HIST_TTFT, 1000);
+    xd_metrics_backpressure(m);
+    xd_metrics_backpressure(m);
     struct xd_sched_stats st = {.n_running = 2, .n_kv_blocks = 10, .n_kv_blocks_used = 5,
                                 .steps_total = 4, .step_tokens_total = 12,
                                 .distinct_experts_total = 30, .expert_layer_steps_total = 10};
@@ -189,6 +191,7 @@ static void test_metrics_text(void)
     CHECK_CONTAINS(t, "expertd_time_to_first_token_seconds_bucket{le=\"0.005\"} 1\n");
     CHECK_CONTAINS(t, "expertd_time_to_first_token_seconds_bucket{le=\"+Inf\"} 2\n");
     CHECK_CONTAINS(t, "expertd_time_to_first_token_seconds_count 2\n");
+    CHECK_CONTAINS(t, "expertd_requests_cancelled_backpressure_total 2\n");
     CHECK_CONTAINS(t, "expertd_kv_cache_usage_ratio 0.5\n");
     CHECK_CONTAINS(t, "expertd_tokens_per_step 3\n");
     CHECK_CONTAINS(t, "expertd_distinct_experts_per_layer_step 3\n");

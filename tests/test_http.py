@@ -624,6 +624,55 @@ def wrong_key_refused_before_the_body():
         assert s.stop() == 0
 
 
+@test
+def stalled_stream_reader_is_cancelled():
+    """A client that keeps its socket open but stops reading has at most
+    max-queued-bytes-per-request queued for it: past that every choice of its request is
+    cancelled (long before max_tokens), the backpressure counter counts it, and other requests,
+    including a stream read at the normal pace under the same small bound, are served."""
+    s = Server("--max-queued-bytes-per-request", "65536", "--max-running", "8")
+    name = "expertd_requests_cancelled_backpressure_total"
+    try:
+        c = s.client()
+        # a reader under the same bound: nothing is cancelled
+        chunks = list(c.completions.create(model=s.name, prompt="steady", max_tokens=200,
+                                           n=2, logprobs=5, stream=True, **GREEDY))
+        assert sum(1 for ch in chunks if ch.choices[0].finish_reason == "length") == 2
+        assert metric(s.metrics(), name) == 0
+        n, max_tokens = 4, 4000
+        body = json.dumps({"prompt": "stall", "max_tokens": max_tokens, "n": n, "logprobs": 5,
+                           "stream": True, "ignore_eos": True})
+        sk = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sk.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+        sk.connect(("127.0.0.1", s.port))
+        try:
+            sk.sendall((f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                        f"{len(body)}\r\n\r\n{body}").encode())
+            t0 = time.time()
+            while metric(s.metrics(), name) < 1:  # never reading the socket
+                assert time.time() - t0 < 60, "a stalled stream was never cancelled"
+                time.sleep(0.05)
+            while True:
+                m = s.metrics()
+                if metric(m, "expertd_requests_running") == 0 and \
+                        metric(m, "expertd_requests_waiting") == 0:
+                    break
+                assert time.time() - t0 < 60, m
+                time.sleep(0.05)
+            gen = metric(m, "expertd_generation_tokens_total")
+            assert gen < n * max_tokens / 2, gen
+            assert metric(m, name) == 1, metric(m, name)
+            assert any("max-queued-bytes-per-request" in l for l in s.log), s.log[-5:]
+            # the server goes on serving while the stalled connection stays open
+            r = c.completions.create(model=s.name, prompt="after", max_tokens=5, **GREEDY)
+            assert r.usage.completion_tokens == 5
+            assert metric(s.metrics(), name) == 1
+        finally:
+            sk.close()
+    finally:
+        assert s.stop() == 0
+
+
 t_stop = time.time()
 exit_status = S.stop()
 if time.time() - t_stop > 5:
