@@ -537,11 +537,6 @@ static void fail_choice(struct gen_job *j, struct choice *c, const char *msg)
     }
 }
 
-static const char *finish_name(enum xd_finish_reason f)
-{
-    return f == XD_FINISH_STOP ? "stop" : "length";
-}
-
 static void handle_event(struct gen_job *j, struct gen_event *e)
 {
     struct choice *c = &j->choices[e->choice];
@@ -606,7 +601,10 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
     } else if (e->finish == XD_FINISH_CANCELLED && !j->timed_out && !j->failed) {
         c->cancelled = true;
     }
-    c->finish_reason = e->finish == XD_FINISH_CANCELLED ? "length" : finish_name(e->finish);
+    /* OpenAI knows "stop" and "length": a choice cut by request-timeout (cancelled) reports
+     * "length"; an engine error's reason is never shown (the choice answers 500) */
+    c->finish_reason =
+        xd_finish_reason_str(e->finish == XD_FINISH_STOP ? XD_FINISH_STOP : XD_FINISH_LENGTH);
     if (j->req) {
         j->req->n_gen_tokens += e->n_gen;
         if (e->choice % j->api.n == 0) {
