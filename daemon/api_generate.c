@@ -730,25 +730,32 @@ static void stream_free(void *cls)
 
 /* ---- request -> job ---- */
 
+/* Fills e with the HTTP answer to the failed status rc (err's message, param named for the
+ * request's own mistakes) and returns rc. */
 static int error_from_status(struct xd_api_error *e, int rc, const struct xd_err *err,
                              const char *param)
 {
     switch (rc) {
     case XD_ERR_CAPACITY:
-        return xd_api_error_set(e, 429, "rate_limit_error", NULL, "queue_full",
-                                "the request queue is full; retry later (%s)", err->msg);
+        xd_api_error_set(e, 429, "rate_limit_error", NULL, "queue_full",
+                         "the request queue is full; retry later (%s)", err->msg);
+        break;
     case XD_ERR_UNAVAILABLE:
-        return xd_api_error_set(e, 503, "service_unavailable_error", NULL, "server_draining",
-                                "the server is shutting down");
+        xd_api_error_set(e, 503, "service_unavailable_error", NULL, "server_draining",
+                         "the server is shutting down");
+        break;
     case XD_ERR_INVALID:
-        return xd_api_error_set(e, 400, "invalid_request_error", param, "invalid_value", "%s",
-                                err->msg);
+        xd_api_error_set(e, 400, "invalid_request_error", param, "invalid_value", "%s",
+                         err->msg);
+        break;
     case XD_ERR_UNSUPPORTED:
-        return xd_api_error_set(e, 400, "invalid_request_error", param, "unsupported", "%s",
-                                err->msg);
+        xd_api_error_set(e, 400, "invalid_request_error", param, "unsupported", "%s", err->msg);
+        break;
     default:
-        return xd_api_error_set(e, 500, "server_error", NULL, NULL, "%s", err->msg);
+        xd_api_error_set(e, 500, "server_error", NULL, NULL, "%s", err->msg);
+        break;
     }
+    return rc;
 }
 
 /* Renders the chat messages with the model's template into j->prompts[0]. */
@@ -765,7 +772,7 @@ static int chat_prompt(struct gen_job *j, struct xd_api_error *e)
                                 s->chat_error ? s->chat_error : "no chat template");
     struct xd_chat_message *msgs = calloc((size_t)j->api.n_messages, sizeof *msgs);
     if (!msgs)
-        return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+        return xd_api_error_nomem(e);
     for (int i = 0; i < j->api.n_messages; i++) {
         msgs[i].role = j->api.messages[i].role;
         msgs[i].content = j->api.messages[i].content;
@@ -800,11 +807,10 @@ static int build_prompts(struct gen_job *j, struct xd_api_error *e)
     j->n_prompts = a->kind == XD_API_CHAT ? 1 : a->n_prompts;
     j->prompts = calloc((size_t)j->n_prompts, sizeof *j->prompts);
     if (!j->prompts)
-        return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+        return xd_api_error_nomem(e);
     const char *param = a->kind == XD_API_CHAT ? "messages" : "prompt";
     if (a->kind == XD_API_CHAT) {
-        if (chat_prompt(j, e) < 0)
-            return -1;
+        XD_TRY(chat_prompt(j, e));
     } else {
         for (int i = 0; i < a->n_prompts; i++) {
             struct prompt *p = &j->prompts[i];
@@ -825,7 +831,7 @@ static int build_prompts(struct gen_job *j, struct xd_api_error *e)
             } else {
                 p->ids = malloc(sizeof *p->ids * (size_t)ap->n_ids);
                 if (!p->ids)
-                    return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+                    return xd_api_error_nomem(e);
                 memcpy(p->ids, ap->ids, sizeof *p->ids * (size_t)ap->n_ids);
                 p->n_ids = ap->n_ids;
                 if (a->echo && s->tok)
@@ -1030,7 +1036,7 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
     int n_choices = j->n_prompts * j->api.n;
     struct choice *choices = job_calloc(XD_FAULT_JOB, (size_t)n_choices, sizeof *choices);
     if (!choices) {
-        xd_api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+        xd_api_error_nomem(&e);
         return xd_http_send_error(r, &e);
     }
     j->choices = choices; /* the count only with its array: done() and job_free walk both */
@@ -1042,7 +1048,7 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
         c->prompt = i / j->api.n;
         c->finish_ev = job_calloc(XD_FAULT_JOB, 1, sizeof *c->finish_ev);
         if (!c->finish_ev) { /* nothing submitted yet; job_free frees what there is */
-            xd_api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+            xd_api_error_nomem(&e);
             return xd_http_send_error(r, &e);
         }
         if (j->api.logprobs && !j->api.stream) {
