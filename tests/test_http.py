@@ -639,7 +639,7 @@ def stalled_stream_reader_is_cancelled():
                                            n=2, logprobs=5, stream=True, **GREEDY))
         assert sum(1 for ch in chunks if ch.choices[0].finish_reason == "length") == 2
         assert metric(s.metrics(), name) == 0
-        n, max_tokens = 4, 4000
+        n, max_tokens = 8, 3500  # within the KV cache's four contexts: no preemption
         body = json.dumps({"prompt": "stall", "max_tokens": max_tokens, "n": n, "logprobs": 5,
                            "stream": True, "ignore_eos": True})
         sk = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -650,14 +650,14 @@ def stalled_stream_reader_is_cancelled():
                         f"{len(body)}\r\n\r\n{body}").encode())
             t0 = time.time()
             while metric(s.metrics(), name) < 1:  # never reading the socket
-                assert time.time() - t0 < 60, "a stalled stream was never cancelled"
+                assert time.time() - t0 < 120, "a stalled stream was never cancelled"
                 time.sleep(0.05)
             while True:
                 m = s.metrics()
                 if metric(m, "expertd_requests_running") == 0 and \
                         metric(m, "expertd_requests_waiting") == 0:
                     break
-                assert time.time() - t0 < 60, m
+                assert time.time() - t0 < 120, m
                 time.sleep(0.05)
             gen = metric(m, "expertd_generation_tokens_total")
             assert gen < n * max_tokens / 2, gen
