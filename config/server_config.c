@@ -23,6 +23,7 @@ void xd_server_config_init(struct xd_server_config *cfg)
     cfg->request_timeout = 600.0f;
     cfg->drain_timeout = 30.0f;
     cfg->keepalive_interval = 10.0f;
+    cfg->max_queued_bytes = 4ll << 20;
     cfg->log_level = "info";
 }
 
@@ -39,6 +40,9 @@ const struct xd_opt xd_server_config_opts[] = {
      "file holding the API key (or EXPERTD_API_KEY); default: no key"},
     {"max-body-bytes", XD_OPT_INT64, SRV(max_body_bytes), 64, 1ll << 34, NULL,
      "largest request body; larger is 413 (default 1048576)"},
+    {"max-queued-bytes-per-request", XD_OPT_INT64, SRV(max_queued_bytes), 1024, 1ll << 34, NULL,
+     "bytes a stream may have queued for a client that stops reading; past it the request is "
+     "cancelled (default 4194304)"},
     {"max-prompt-tokens", XD_OPT_INT, SRV(max_prompt_tokens), 0, 1 << 24, NULL,
      "longest prompt in tokens (default 0: the model's context)"},
     {"max-connections", XD_OPT_INT, SRV(max_connections), 1, 65536, NULL,

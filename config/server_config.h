@@ -36,6 +36,9 @@ struct xd_server_config {
     float request_timeout;         /* seconds a request may run before it is cut off */
     float drain_timeout;           /* seconds SIGTERM waits for in-flight requests */
     float keepalive_interval;      /* seconds between SSE keep-alive comments */
+    long long max_queued_bytes;    /* streaming: most bytes one request may have queued for a
+                                      client that does not read; past it the request is
+                                      cancelled */
     const char *chat_template;     /* chatml, mistral or olmoe: overrides detection */
     const char *log_level;         /* error, warn, info (one line per request), debug */
     const char *record_routing;    /* write every token's expert routing to this trace file */

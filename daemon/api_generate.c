@@ -7,6 +7,7 @@
  * request (one until its XD_EVENT_FINISH). Whoever drops the last reference frees it. */
 #include "daemon/api_generate.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <jansson.h>
 #include <poll.h>
@@ -17,22 +18,32 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "daemon/fault.h"
 #include "daemon/http_response.h"
 #include "daemon/server.h"
 #include "engine/text/chat_template.h"
 
 /* ---- a growing byte buffer ---- */
 
-/* Appends to a growable text buffer; out of memory drops the text (the caller's event is then
- * incomplete, which the client sees as a short answer, never a crash). */
+/* Appends n bytes of s to b; -1 when out of memory (b unchanged). Callers turn a failure into
+ * a 500 or a stream's error event: an answer is never silently short. */
 static int sbuf_add(struct xd_byte_buf *b, const char *s, size_t n)
 {
+    if (xd_fault_hit(XD_FAULT_OUTPUT))
+        return -1;
     return xd_byte_buf_append(b, s, n) == XD_OK ? 0 : -1;
+}
+
+/* calloc, or NULL when the test hook (fault.h) says this allocation at site fails. */
+static void *job_calloc(enum xd_fault_site site, size_t n, size_t size)
+{
+    return xd_fault_hit(site) ? NULL : calloc(n, size);
 }
 
 /* ---- the job ---- */
 
-/* One scheduler event, copied off the scheduler thread. */
+/* One scheduler event, copied off the scheduler thread. A choice's finish event is allocated
+ * with the job (choice.finish_ev), so a finish is never lost to a failed allocation. */
 struct gen_event {
     struct gen_event *next;
     int choice;
@@ -41,10 +52,20 @@ struct gen_event {
     size_t text_len;
     struct xd_sample sample;
     enum xd_finish_reason finish;
-    char *error;       /* owned */
+    char *error;       /* owned; NULL also when copying the message failed */
+    bool lost;         /* XD_EVENT_FINISH: an earlier event or some text of this choice could
+                          not be copied (out of memory): the choice's answer is incomplete */
     int n_prompt, n_cached, n_gen;
     double queue_seconds;
 };
+
+/* What a choice that failed says (the 500's message, a stream's error event). */
+#define OOM_MESSAGE "out of memory: the response could not be completed"
+/* A stream's last event when its own bytes could not be appended: static, so sending it needs
+ * no memory (xd_api_error_json's shape). */
+static const char OOM_EVENT[] =
+    "data: {\"error\":{\"message\":\"" OOM_MESSAGE "\",\"type\":\"server_error\","
+    "\"param\":null,\"code\":null}}\n\n";
 
 struct choice {
     struct gen_job *job;
@@ -55,8 +76,13 @@ struct choice {
     bool sched_finished;     /* the sink saw XD_EVENT_FINISH; under job->lock */
     bool finished;           /* processed on the HTTP thread */
     const char *finish_reason;
-    char *error;             /* XD_FINISH_ERROR's message, owned */
+    bool failed;             /* the engine failed (XD_FINISH_ERROR) or part of the answer was
+                                lost to out of memory: a 500 / an error event */
+    char error[256];         /* then: why */
     bool cancelled;
+    struct gen_event *finish_ev; /* preallocated XD_EVENT_FINISH, owned until the sink queues
+                                    it; under job->lock */
+    bool lost;               /* under job->lock: the sink could not copy an event or text */
     int n_prompt, n_cached, n_gen;
     struct xd_byte_buf text;        /* non-streaming: the generated text */
     json_t *logprobs;        /* non-streaming logprobs: completions {tokens, ...}; chat
@@ -76,7 +102,16 @@ struct gen_job {
     pthread_mutex_t lock;
     int refs;                        /* under lock */
     struct gen_event *head, *tail;   /* under lock */
+    size_t queued_bytes;             /* under lock: the events' bytes between head and tail */
+    size_t out_unsent;               /* under lock: a copy of out.len - out_off */
+    bool overflow;                   /* under lock: streaming only; queued_bytes + out_unsent
+                                        passed max-queued-bytes-per-request: every choice is
+                                        cancelled, token events are dropped, the stream ends */
     int efd;                         /* eventfd the sink writes */
+    struct xd_sched *sched;          /* the scheduler the choices went to (set before the
+                                        first submit); the sink cancels through it directly,
+                                        never through srv->sched_lock, which teardown holds
+                                        while it joins the scheduler thread */
 
     struct xd_server *srv;
     struct xd_http_req *req;         /* NULL once MHD is done with the request */
@@ -87,9 +122,16 @@ struct gen_job {
     struct choice *choices;
     int n_choices, n_finished;
     char id[64];
+    uint64_t req_id;                 /* the HTTP request's id, for the log */
     long long created;
     double deadline, last_output;
     bool got_token, timed_out, hangup, done;
+    bool overflowed;                 /* the HTTP thread's copy of overflow */
+    bool failed;                     /* a choice failed: the others are cancelled, and their
+                                        cancellation is not reported as a drain */
+    bool out_failed;                 /* streaming: an append to out failed; out ends with
+                                        OOM_EVENT (sent from static memory) */
+    size_t oom_off;                  /* bytes of OOM_EVENT sent */
     struct xd_byte_buf out;                 /* streaming: SSE bytes not yet handed to MHD */
     size_t out_off;
 };
@@ -111,8 +153,8 @@ static void job_free(struct gen_job *j)
     free(j->prompts);
     for (int i = 0; i < j->n_choices; i++) {
         xd_byte_buf_free(&j->choices[i].text);
-        free(j->choices[i].error);
         json_decref(j->choices[i].logprobs);
+        free(j->choices[i].finish_ev); /* never submitted, or its finish never came */
     }
     free(j->choices);
     xd_byte_buf_free(&j->out);
@@ -133,20 +175,33 @@ static void job_unref(struct gen_job *j)
         job_free(j);
 }
 
-/* The scheduler's sink: copy, queue, wake the connection's thread. */
+static void cancel_from_sink(struct gen_job *j);
+
+/* The scheduler's sink: copy, queue (a stream's token events only while the job has at most
+ * max-queued-bytes-per-request waiting; past it the job is cancelled), wake the connection's
+ * thread. */
 static void sink(void *ctx, const struct xd_sched_event *ev)
 {
     struct choice *c = ctx;
     struct gen_job *j = c->job;
-    struct gen_event *e = calloc(1, sizeof *e);
+    bool finish = ev->kind == XD_EVENT_FINISH;
+    pthread_mutex_lock(&j->lock);
+    struct gen_event *e = finish ? c->finish_ev : NULL; /* only this thread takes it */
+    pthread_mutex_unlock(&j->lock);
+    if (!finish)
+        e = job_calloc(XD_FAULT_EVENT, 1, sizeof *e);
+    assert(!finish || e); /* allocated before the choice was submitted; one finish each */
+    bool lost = !e;
     if (e) {
         e->choice = (int)(c - j->choices);
         e->kind = ev->kind;
         if (ev->text_len) {
-            e->text = malloc(ev->text_len);
+            e->text = job_calloc(XD_FAULT_EVENT, 1, ev->text_len);
             if (e->text) {
                 memcpy(e->text, ev->text, ev->text_len);
                 e->text_len = ev->text_len;
+            } else {
+                lost = true;
             }
         }
         if (ev->kind == XD_EVENT_TOKEN && ev->sample)
@@ -159,22 +214,66 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
         e->queue_seconds = ev->queue_seconds;
         e->n_gen = ev->n_generated_tokens;
     }
+    size_t bytes = e ? sizeof *e + e->text_len : 0;
+    bool overflow_now = false;
     pthread_mutex_lock(&j->lock);
+    if (lost)
+        c->lost = true;
+    if (finish) {
+        e->lost = c->lost;
+        c->finish_ev = NULL; /* the queue owns it now */
+    }
+    if (e && ev->kind == XD_EVENT_TOKEN && j->api.stream && !j->overflow &&
+        j->queued_bytes + j->out_unsent + bytes > (size_t)j->srv->cfg->max_queued_bytes) {
+        j->overflow = overflow_now = true;
+    }
+    if (e && ev->kind == XD_EVENT_TOKEN && j->overflow) {
+        /* the client is not reading: nothing more is kept for it */
+        free(e->text);
+        free(e);
+        e = NULL;
+    }
     if (e) {
         if (j->tail)
             j->tail->next = e;
         else
             j->head = e;
         j->tail = e;
+        j->queued_bytes += bytes;
     }
     if (ev->kind == XD_EVENT_FINISH)
         c->sched_finished = true;
+    size_t queued = j->queued_bytes + j->out_unsent;
     pthread_mutex_unlock(&j->lock);
+    if (overflow_now) {
+        xd_log(j->srv, XD_LOG_WARN, "request %llu: the client left %zu bytes unread "
+               "(max-queued-bytes-per-request %lld); cancelling it",
+               (unsigned long long)j->req_id, queued,
+               j->srv->cfg->max_queued_bytes);
+        xd_metrics_backpressure(j->srv->metrics);
+        cancel_from_sink(j);
+    }
     uint64_t one = 1;
     ssize_t w = write(j->efd, &one, sizeof one);
     (void)w; /* EAGAIN: the counter is already non-zero, the reader wakes anyway */
     if (ev->kind == XD_EVENT_FINISH)
         job_unref(j);
+}
+
+/* cancel_all for the sink: on the scheduler thread, which is alive while it runs a sink, so
+ * the scheduler is called directly (srv->sched_lock could be held by a teardown waiting for
+ * this very thread). Choices submitted after this runs are cancelled by submit_all, which
+ * sees j->overflow. */
+static void cancel_from_sink(struct gen_job *j)
+{
+    for (int i = 0; i < j->n_choices; i++) {
+        pthread_mutex_lock(&j->lock);
+        bool live = j->choices[i].submitted && !j->choices[i].sched_finished;
+        uint64_t id = j->choices[i].sched_id;
+        pthread_mutex_unlock(&j->lock);
+        if (live)
+            xd_sched_cancel(j->sched, id);
+    }
 }
 
 static void cancel_all(struct gen_job *j)
@@ -321,14 +420,38 @@ static json_t *envelope(const struct gen_job *j, bool chunk)
 
 /* ---- streaming ---- */
 
-/* Appends one SSE event "data: <s>\n\n" and frees s (NULL: out of memory, nothing sent). */
+/* The stream's bytes ran out of memory: nothing more is appended, stream_reader ends the
+ * stream with OOM_EVENT after what was queued (whole events only), and the request stops. */
+static void stream_fail(struct gen_job *j)
+{
+    if (j->out_failed)
+        return;
+    j->out_failed = true;
+    cancel_all(j);
+}
+
+/* Appends n bytes to the stream, all or nothing (stream_fail when out of memory). */
+static void out_add(struct gen_job *j, const char *s, size_t n)
+{
+    if (!j->out_failed && sbuf_add(&j->out, s, n) < 0)
+        stream_fail(j);
+}
+
+/* Appends one SSE event "data: <s>\n\n", whole or not at all, and frees s (NULL: json_dumps
+ * ran out of memory). */
 static void sse_data(struct gen_job *j, char *s)
 {
-    if (!s)
-        return;
-    sbuf_add(&j->out, "data: ", 6);
-    sbuf_add(&j->out, s, strlen(s));
-    sbuf_add(&j->out, "\n\n", 2);
+    if (!j->out_failed) {
+        size_t n = s ? strlen(s) : 0;
+        if (!s || xd_fault_hit(XD_FAULT_OUTPUT) ||
+            xd_byte_buf_reserve(&j->out, 6 + n + 2) < 0) {
+            stream_fail(j);
+        } else { /* reserved: these cannot fail */
+            xd_byte_buf_append(&j->out, "data: ", 6);
+            xd_byte_buf_append(&j->out, s, n);
+            xd_byte_buf_append(&j->out, "\n\n", 2);
+        }
+    }
     free(s);
 }
 
@@ -394,15 +517,24 @@ static void sse_finish_stream(struct gen_job *j)
         json_object_set_new(o, "usage", usage_json(j));
         sse_json(j, o);
     }
-    sbuf_add(&j->out, "data: [DONE]\n\n", 14);
+    out_add(j, "data: [DONE]\n\n", 14);
     j->done = true;
 }
 
 /* ---- events ---- */
 
-static const char *finish_name(enum xd_finish_reason f)
+/* Marks choice c failed with msg (its answer: a 500, or an error event); a whole response
+ * stops the other choices, whose answer is not sent anyway. Idempotent. */
+static void fail_choice(struct gen_job *j, struct choice *c, const char *msg)
 {
-    return f == XD_FINISH_STOP ? "stop" : "length";
+    if (c->failed)
+        return;
+    c->failed = true;
+    snprintf(c->error, sizeof c->error, "%s", msg);
+    if (!j->api.stream && !j->failed) {
+        j->failed = true;
+        cancel_all(j);
+    }
 }
 
 static void handle_event(struct gen_job *j, struct gen_event *e)
@@ -413,6 +545,20 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
     double now = xd_now();
     if (c->finished)
         return;
+    if (stream && j->overflowed) {
+        /* cancelled for backpressure: count the finish, add no text; the stream just ends
+         * once what was queued before is sent */
+        if (e->kind == XD_EVENT_FINISH) {
+            c->finished = true;
+            j->n_finished++;
+            c->n_gen = e->n_gen;
+            if (j->req)
+                j->req->n_gen_tokens += e->n_gen;
+        }
+        if (j->n_finished == j->n_choices)
+            j->done = true;
+        return;
+    }
     if (e->kind == XD_EVENT_TOKEN) {
         if (!j->got_token) {
             j->got_token = true;
@@ -437,8 +583,8 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
                     completion_logprob(s, c->logprobs, &e->sample, j->api.top_logprobs,
                                        c->text.len);
             }
-            if (e->text_len)
-                sbuf_add(&c->text, e->text, e->text_len);
+            if (e->text_len && sbuf_add(&c->text, e->text, e->text_len) < 0)
+                fail_choice(j, c, OOM_MESSAGE);
         }
         return;
     }
@@ -449,11 +595,16 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
     c->n_cached = e->n_cached;
     c->n_gen = e->n_gen;
     if (e->finish == XD_FINISH_ERROR) {
-        c->error = e->error ? strdup(e->error) : strdup("the engine failed");
-    } else if (e->finish == XD_FINISH_CANCELLED && !j->timed_out) {
+        fail_choice(j, c, e->error ? e->error : "the engine failed");
+    } else if (e->lost) {
+        fail_choice(j, c, OOM_MESSAGE);
+    } else if (e->finish == XD_FINISH_CANCELLED && !j->timed_out && !j->failed) {
         c->cancelled = true;
     }
-    c->finish_reason = e->finish == XD_FINISH_CANCELLED ? "length" : finish_name(e->finish);
+    /* OpenAI knows "stop" and "length": a choice cut by request-timeout (cancelled) reports
+     * "length"; an engine error's reason is never shown (the choice answers 500) */
+    c->finish_reason =
+        xd_finish_reason_str(e->finish == XD_FINISH_STOP ? XD_FINISH_STOP : XD_FINISH_LENGTH);
     if (j->req) {
         j->req->n_gen_tokens += e->n_gen;
         if (e->choice % j->api.n == 0) {
@@ -461,10 +612,10 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
             j->req->n_cached_tokens += e->n_cached;
         }
         if (e->choice == 0)
-            j->req->finish = c->error ? "error" : c->cancelled ? "cancelled" : c->finish_reason;
+            j->req->finish = c->failed ? "error" : c->cancelled ? "cancelled" : c->finish_reason;
     }
     if (stream) {
-        if (c->error)
+        if (c->failed)
             sse_error(j, 500, "server_error", c->error);
         else if (c->cancelled)
             sse_error(j, 503, "service_unavailable_error",
@@ -473,9 +624,17 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
             sse_chunk(j, c, e->text, e->text_len, NULL, c->finish_reason, false);
         if (j->n_finished == j->n_choices)
             sse_finish_stream(j);
-    } else if (e->text_len) {
-        sbuf_add(&c->text, e->text, e->text_len);
+    } else if (e->text_len && sbuf_add(&c->text, e->text, e->text_len) < 0) {
+        fail_choice(j, c, OOM_MESSAGE);
     }
+}
+
+/* Tells the sink how many SSE bytes wait in j->out (they count against the bound). */
+static void publish_out(struct gen_job *j)
+{
+    pthread_mutex_lock(&j->lock);
+    j->out_unsent = j->out.len - j->out_off;
+    pthread_mutex_unlock(&j->lock);
 }
 
 static void process_events(struct gen_job *j)
@@ -483,6 +642,12 @@ static void process_events(struct gen_job *j)
     pthread_mutex_lock(&j->lock);
     struct gen_event *ev = j->head;
     j->head = j->tail = NULL;
+    j->queued_bytes = 0;
+    if (j->overflow && !j->overflowed) {
+        j->overflowed = true;
+        if (j->req)
+            j->req->finish = "cancelled";
+    }
     pthread_mutex_unlock(&j->lock);
     while (ev) {
         struct gen_event *next = ev->next;
@@ -492,6 +657,7 @@ static void process_events(struct gen_job *j)
         free(ev);
         ev = next;
     }
+    publish_out(j);
 }
 
 static void check_deadline(struct gen_job *j)
@@ -520,7 +686,18 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
             j->out_off += n;
             if (j->out_off == j->out.len)
                 j->out_off = j->out.len = 0;
+            publish_out(j);
             j->last_output = xd_now();
+            return (ssize_t)n;
+        }
+        if (j->out_failed) { /* whole events were sent; the error is the last */
+            size_t n = sizeof OOM_EVENT - 1 - j->oom_off;
+            if (n == 0)
+                return MHD_CONTENT_READER_END_OF_STREAM;
+            if (n > max)
+                n = max;
+            memcpy(buf, OOM_EVENT + j->oom_off, n);
+            j->oom_off += n;
             return (ssize_t)n;
         }
         if (j->done)
@@ -542,7 +719,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         check_deadline(j);
         if (j->out.len == 0 && !j->done &&
             xd_now() - j->last_output >= j->srv->cfg->keepalive_interval)
-            sbuf_add(&j->out, ": keep-alive\n\n", 14);
+            out_add(j, ": keep-alive\n\n", 14);
     }
 }
 
@@ -553,25 +730,32 @@ static void stream_free(void *cls)
 
 /* ---- request -> job ---- */
 
+/* Fills e with the HTTP answer to the failed status rc (err's message, param named for the
+ * request's own mistakes) and returns rc. */
 static int error_from_status(struct xd_api_error *e, int rc, const struct xd_err *err,
                              const char *param)
 {
     switch (rc) {
     case XD_ERR_CAPACITY:
-        return xd_api_error_set(e, 429, "rate_limit_error", NULL, "queue_full",
-                                "the request queue is full; retry later (%s)", err->msg);
+        xd_api_error_set(e, 429, "rate_limit_error", NULL, "queue_full",
+                         "the request queue is full; retry later (%s)", err->msg);
+        break;
     case XD_ERR_UNAVAILABLE:
-        return xd_api_error_set(e, 503, "service_unavailable_error", NULL, "server_draining",
-                                "the server is shutting down");
+        xd_api_error_set(e, 503, "service_unavailable_error", NULL, "server_draining",
+                         "the server is shutting down");
+        break;
     case XD_ERR_INVALID:
-        return xd_api_error_set(e, 400, "invalid_request_error", param, "invalid_value", "%s",
-                                err->msg);
+        xd_api_error_set(e, 400, "invalid_request_error", param, "invalid_value", "%s",
+                         err->msg);
+        break;
     case XD_ERR_UNSUPPORTED:
-        return xd_api_error_set(e, 400, "invalid_request_error", param, "unsupported", "%s",
-                                err->msg);
+        xd_api_error_set(e, 400, "invalid_request_error", param, "unsupported", "%s", err->msg);
+        break;
     default:
-        return xd_api_error_set(e, 500, "server_error", NULL, NULL, "%s", err->msg);
+        xd_api_error_set(e, 500, "server_error", NULL, NULL, "%s", err->msg);
+        break;
     }
+    return rc;
 }
 
 /* Renders the chat messages with the model's template into j->prompts[0]. */
@@ -588,7 +772,7 @@ static int chat_prompt(struct gen_job *j, struct xd_api_error *e)
                                 s->chat_error ? s->chat_error : "no chat template");
     struct xd_chat_message *msgs = calloc((size_t)j->api.n_messages, sizeof *msgs);
     if (!msgs)
-        return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+        return xd_api_error_nomem(e);
     for (int i = 0; i < j->api.n_messages; i++) {
         msgs[i].role = j->api.messages[i].role;
         msgs[i].content = j->api.messages[i].content;
@@ -623,11 +807,10 @@ static int build_prompts(struct gen_job *j, struct xd_api_error *e)
     j->n_prompts = a->kind == XD_API_CHAT ? 1 : a->n_prompts;
     j->prompts = calloc((size_t)j->n_prompts, sizeof *j->prompts);
     if (!j->prompts)
-        return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+        return xd_api_error_nomem(e);
     const char *param = a->kind == XD_API_CHAT ? "messages" : "prompt";
     if (a->kind == XD_API_CHAT) {
-        if (chat_prompt(j, e) < 0)
-            return -1;
+        XD_TRY(chat_prompt(j, e));
     } else {
         for (int i = 0; i < a->n_prompts; i++) {
             struct prompt *p = &j->prompts[i];
@@ -648,7 +831,7 @@ static int build_prompts(struct gen_job *j, struct xd_api_error *e)
             } else {
                 p->ids = malloc(sizeof *p->ids * (size_t)ap->n_ids);
                 if (!p->ids)
-                    return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+                    return xd_api_error_nomem(e);
                 memcpy(p->ids, ap->ids, sizeof *p->ids * (size_t)ap->n_ids);
                 p->n_ids = ap->n_ids;
                 if (a->echo && s->tok)
@@ -718,8 +901,11 @@ static int submit_all(struct gen_job *j, struct xd_api_error *e)
         uint64_t id = 0;
         int rc = XD_ERR_UNAVAILABLE;
         pthread_rwlock_rdlock(&s->sched_lock);
-        if (s->sched)
+        if (s->sched) {
+            if (i == 0) /* before any sink can run; s->sched only ever changes to NULL */
+                j->sched = s->sched;
             rc = xd_sched_submit(s->sched, &q, sink, c, &id, &err);
+        }
         pthread_rwlock_unlock(&s->sched_lock);
         if (rc < 0) {
             job_unref(j); /* no sink call will come; never the last reference here */
@@ -732,7 +918,10 @@ static int submit_all(struct gen_job *j, struct xd_api_error *e)
         pthread_mutex_lock(&j->lock);
         c->sched_id = id;
         c->submitted = true;
+        bool overflow = j->overflow;
         pthread_mutex_unlock(&j->lock);
+        if (overflow) /* the sink gave up on an earlier choice before this one was marked */
+            xd_server_cancel(s, id);
     }
     return 0;
 }
@@ -751,6 +940,7 @@ static struct gen_job *job_create(struct xd_http_req *r)
     j->refs = 1;
     j->srv = r->srv;
     j->req = r;
+    j->req_id = r->id;
     atomic_fetch_add(&r->srv->n_active, 1);
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
@@ -764,12 +954,14 @@ static struct gen_job *job_create(struct xd_http_req *r)
 /* The non-streaming response once every choice finished. */
 static enum MHD_Result respond_whole(struct xd_http_req *r, struct gen_job *j)
 {
+    struct xd_api_error e;
     for (int i = 0; i < j->n_choices; i++) {
-        struct xd_api_error e;
-        if (j->choices[i].error) {
+        if (j->choices[i].failed) {
             xd_api_error_set(&e, 500, "server_error", NULL, NULL, "%s", j->choices[i].error);
             return xd_http_send_error(r, &e);
         }
+    }
+    for (int i = 0; i < j->n_choices; i++) {
         if (j->choices[i].cancelled) {
             xd_api_error_set(&e, 503, "service_unavailable_error", NULL, "server_draining",
                              "the request was cancelled (server shutting down)");
@@ -793,8 +985,15 @@ static enum MHD_Result respond_whole(struct xd_http_req *r, struct gen_job *j)
             const struct prompt *p = &j->prompts[c->prompt];
             if (j->api.echo && p->text) {
                 struct xd_byte_buf all = {0};
-                sbuf_add(&all, p->text, p->text_len);
-                sbuf_add(&all, text, c->text.len);
+                if (sbuf_add(&all, p->text, p->text_len) < 0 ||
+                    sbuf_add(&all, text, c->text.len) < 0) {
+                    xd_byte_buf_free(&all);
+                    json_decref(ch);
+                    json_decref(choices);
+                    json_decref(o);
+                    xd_api_error_set(&e, 500, "server_error", NULL, NULL, OOM_MESSAGE);
+                    return xd_http_send_error(r, &e);
+                }
                 json_object_set_new(ch, "text", json_stringn(all.data ? all.data : "", all.len));
                 xd_byte_buf_free(&all);
             } else {
@@ -834,15 +1033,24 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
     if (build_prompts(j, &e) < 0)
         return xd_http_send_error(r, &e);
 
-    j->n_choices = j->n_prompts * j->api.n;
-    j->choices = calloc((size_t)j->n_choices, sizeof *j->choices);
-    if (!j->choices)
-        return MHD_NO;
+    int n_choices = j->n_prompts * j->api.n;
+    struct choice *choices = job_calloc(XD_FAULT_JOB, (size_t)n_choices, sizeof *choices);
+    if (!choices) {
+        xd_api_error_nomem(&e);
+        return xd_http_send_error(r, &e);
+    }
+    j->choices = choices; /* the count only with its array: done() and job_free walk both */
+    j->n_choices = n_choices;
     for (int i = 0; i < j->n_choices; i++) {
         struct choice *c = &j->choices[i];
         c->job = j;
         c->index = i;
         c->prompt = i / j->api.n;
+        c->finish_ev = job_calloc(XD_FAULT_JOB, 1, sizeof *c->finish_ev);
+        if (!c->finish_ev) { /* nothing submitted yet; job_free frees what there is */
+            xd_api_error_nomem(&e);
+            return xd_http_send_error(r, &e);
+        }
         if (j->api.logprobs && !j->api.stream) {
             if (kind == XD_API_CHAT) {
                 c->logprobs = json_object();

@@ -11,8 +11,12 @@
 int xd_api_error_set(struct xd_api_error *e, int status, const char *type, const char *param,
                      const char *code, const char *fmt, ...)
 {
+    int rc = status == 429 ? XD_ERR_CAPACITY
+             : status == 503 ? XD_ERR_UNAVAILABLE
+             : status >= 500 ? XD_ERR_NOMEM
+                             : XD_ERR_INVALID;
     if (!e)
-        return -1;
+        return rc;
     e->status = status;
     e->type = type;
     e->param = param;
@@ -21,7 +25,12 @@ int xd_api_error_set(struct xd_api_error *e, int status, const char *type, const
     va_start(ap, fmt);
     vsnprintf(e->message, sizeof e->message, fmt, ap);
     va_end(ap);
-    return -1;
+    return rc;
+}
+
+int xd_api_error_nomem(struct xd_api_error *e)
+{
+    return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
 }
 
 char *xd_api_error_json(const struct xd_api_error *e)
@@ -106,7 +115,7 @@ static int parse_ids(json_t *arr, struct xd_api_prompt *p, struct xd_api_error *
         return BAD("prompt", "'prompt' must not be empty");
     p->ids = malloc(sizeof *p->ids * n);
     if (!p->ids)
-        return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+        return xd_api_error_nomem(e);
     for (size_t i = 0; i < n; i++) {
         json_t *t = json_array_get(arr, i);
         if (!json_is_integer(t) || json_integer_value(t) < 0 ||
@@ -127,7 +136,7 @@ static int parse_prompt(json_t *root, struct xd_api_request *r, struct xd_api_er
     if (json_is_string(v)) {
         r->prompts = calloc(1, sizeof *r->prompts);
         if (!r->prompts)
-            return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+            return xd_api_error_nomem(e);
         r->n_prompts = 1;
         r->prompts[0].text = json_string_value(v);
         r->prompts[0].text_len = json_string_length(v);
@@ -143,7 +152,7 @@ static int parse_prompt(json_t *root, struct xd_api_request *r, struct xd_api_er
     if (json_is_integer(first)) { /* one prompt of token ids */
         r->prompts = calloc(1, sizeof *r->prompts);
         if (!r->prompts)
-            return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+            return xd_api_error_nomem(e);
         r->n_prompts = 1;
         return parse_ids(v, &r->prompts[0], e);
     }
@@ -151,7 +160,7 @@ static int parse_prompt(json_t *root, struct xd_api_request *r, struct xd_api_er
         return BAD("prompt", "'prompt' holds %zu prompts; at most %d", n, XD_API_MAX_PROMPTS);
     r->prompts = calloc(n, sizeof *r->prompts);
     if (!r->prompts)
-        return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+        return xd_api_error_nomem(e);
     r->n_prompts = (int)n;
     bool strings = json_is_string(first);
     for (size_t i = 0; i < n; i++) {
@@ -160,8 +169,7 @@ static int parse_prompt(json_t *root, struct xd_api_request *r, struct xd_api_er
             r->prompts[i].text = json_string_value(p);
             r->prompts[i].text_len = json_string_length(p);
         } else if (!strings && json_is_array(p)) {
-            if (parse_ids(p, &r->prompts[i], e) < 0)
-                return -1;
+            XD_TRY(parse_ids(p, &r->prompts[i], e));
         } else {
             return BAD_TYPE("prompt", "a string, a list of strings, a list of token ids or a "
                                       "list of token id lists");
@@ -205,7 +213,7 @@ static int parse_content(json_t *c, struct xd_api_message *m, struct xd_api_erro
         return BAD_TYPE("messages", "a list of {role, content} objects with string content");
     }
     if (!m->content)
-        return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+        return xd_api_error_nomem(e);
     return 0;
 }
 
@@ -224,7 +232,7 @@ static int parse_messages(json_t *root, struct xd_api_request *r, struct xd_api_
         return BAD("messages", "'messages' holds %zu messages; at most 4096", n);
     r->messages = calloc(n, sizeof *r->messages);
     if (!r->messages)
-        return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+        return xd_api_error_nomem(e);
     r->n_messages = (int)n;
     for (size_t i = 0; i < n; i++) {
         json_t *m = json_array_get(v, i);
@@ -238,8 +246,7 @@ static int parse_messages(json_t *root, struct xd_api_request *r, struct xd_api_
             return BAD("messages", "'messages' %zu: role '%s' is not system, user or assistant", i,
                        json_string_value(role));
         r->messages[i].role = rs;
-        if (parse_content(json_object_get(m, "content"), &r->messages[i], e) < 0)
-            return -1;
+        XD_TRY(parse_content(json_object_get(m, "content"), &r->messages[i], e));
     }
     return 0;
 }
@@ -283,7 +290,7 @@ static int parse_logit_bias(json_t *root, struct xd_api_request *r, struct xd_ap
         return BAD("logit_bias", "'logit_bias' holds %zu entries; at most 1024", n);
     r->logit_bias = calloc(n ? n : 1, sizeof *r->logit_bias);
     if (!r->logit_bias)
-        return xd_api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+        return xd_api_error_nomem(e);
     const char *key;
     json_t *val;
     int i = 0;
@@ -315,8 +322,7 @@ static int parse_fields(enum xd_api_kind kind, json_t *root, struct xd_api_reque
             return BAD_TYPE("model", "a string");
         r->model = json_string_value(v);
     }
-    if (kind == XD_API_COMPLETIONS ? parse_prompt(root, r, e) < 0 : parse_messages(root, r, e) < 0)
-        return -1;
+    XD_TRY(kind == XD_API_COMPLETIONS ? parse_prompt(root, r, e) : parse_messages(root, r, e));
 
     r->enable_thinking = -1;
     json_t *kw = kind == XD_API_CHAT ? field(root, "chat_template_kwargs") : NULL;
@@ -332,25 +338,22 @@ static int parse_fields(enum xd_api_kind kind, json_t *root, struct xd_api_reque
     }
 
     long long x = -1;
-    if (get_int(root, "max_tokens", 0, 1 << 24, &x, e) < 0)
-        return -1;
-    if (kind == XD_API_CHAT && get_int(root, "max_completion_tokens", 0, 1 << 24, &x, e) < 0)
-        return -1;
+    XD_TRY(get_int(root, "max_tokens", 0, 1 << 24, &x, e));
+    if (kind == XD_API_CHAT)
+        XD_TRY(get_int(root, "max_completion_tokens", 0, 1 << 24, &x, e));
     r->max_tokens = (int)x;
 
     struct xd_sampling_params *sp = &r->sampling;
-    if (get_number(root, "temperature", 0, 2, &sp->temperature, e) < 0 ||
-        get_number(root, "top_p", 0, 1, &sp->top_p, e) < 0 ||
-        get_number(root, "min_p", 0, 1, &sp->min_p, e) < 0 ||
-        get_number(root, "presence_penalty", -2, 2, &sp->presence_penalty, e) < 0 ||
-        get_number(root, "frequency_penalty", -2, 2, &sp->frequency_penalty, e) < 0 ||
-        get_number(root, "repetition_penalty", 0.01, 10, &sp->repetition_penalty, e) < 0)
-        return -1;
+    XD_TRY(get_number(root, "temperature", 0, 2, &sp->temperature, e));
+    XD_TRY(get_number(root, "top_p", 0, 1, &sp->top_p, e));
+    XD_TRY(get_number(root, "min_p", 0, 1, &sp->min_p, e));
+    XD_TRY(get_number(root, "presence_penalty", -2, 2, &sp->presence_penalty, e));
+    XD_TRY(get_number(root, "frequency_penalty", -2, 2, &sp->frequency_penalty, e));
+    XD_TRY(get_number(root, "repetition_penalty", 0.01, 10, &sp->repetition_penalty, e));
     if (field(root, "top_p") && sp->top_p <= 0)
         return BAD("top_p", "'top_p' must be in (0, 1], got 0");
     x = 0;
-    if (get_int(root, "top_k", -1, 1 << 24, &x, e) < 0) /* -1 and 0 are off, as in vLLM */
-        return -1;
+    XD_TRY(get_int(root, "top_k", -1, 1 << 24, &x, e)); /* -1 and 0 are off, as in vLLM */
     sp->top_k = x < 0 ? 0 : (int)x;
     if ((v = field(root, "seed"))) {
         if (!json_is_integer(v))
@@ -359,12 +362,11 @@ static int parse_fields(enum xd_api_kind kind, json_t *root, struct xd_api_reque
         sp->seed = (uint64_t)json_integer_value(v);
     }
     x = 1;
-    if (get_int(root, "n", 1, XD_API_MAX_N, &x, e) < 0)
-        return -1;
+    XD_TRY(get_int(root, "n", 1, XD_API_MAX_N, &x, e));
     r->n = (int)x;
-    if (get_bool(root, "stream", &r->stream, e) < 0 || get_bool(root, "echo", &r->echo, e) < 0 ||
-        get_bool(root, "ignore_eos", &r->ignore_eos, e) < 0)
-        return -1;
+    XD_TRY(get_bool(root, "stream", &r->stream, e));
+    XD_TRY(get_bool(root, "echo", &r->echo, e));
+    XD_TRY(get_bool(root, "ignore_eos", &r->ignore_eos, e));
     if ((v = field(root, "stream_options"))) {
         if (!json_is_object(v))
             return BAD_TYPE("stream_options", "an object");
@@ -377,25 +379,22 @@ static int parse_fields(enum xd_api_kind kind, json_t *root, struct xd_api_reque
     }
     if (kind == XD_API_COMPLETIONS) {
         x = -1;
-        if (get_int(root, "logprobs", 0, 5, &x, e) < 0)
-            return -1;
+        XD_TRY(get_int(root, "logprobs", 0, 5, &x, e));
         r->logprobs = x >= 0;
         r->top_logprobs = x > 0 ? (int)x : 0;
     } else {
         if (r->echo)
             return BAD("echo", "'echo' is not a chat completions parameter");
-        if (get_bool(root, "logprobs", &r->logprobs, e) < 0)
-            return -1;
+        XD_TRY(get_bool(root, "logprobs", &r->logprobs, e));
         x = 0;
-        if (get_int(root, "top_logprobs", 0, 20, &x, e) < 0)
-            return -1;
+        XD_TRY(get_int(root, "top_logprobs", 0, 20, &x, e));
         if (x > 0 && !r->logprobs)
             return BAD("top_logprobs", "'top_logprobs' needs 'logprobs': true");
         r->top_logprobs = (int)x;
     }
     sp->n_logprobs = r->logprobs ? (r->top_logprobs > 0 ? r->top_logprobs : 0) : 0;
-    if (parse_stop(root, r, e) < 0 || parse_logit_bias(root, r, e) < 0)
-        return -1;
+    XD_TRY(parse_stop(root, r, e));
+    XD_TRY(parse_logit_bias(root, r, e));
     if ((v = field(root, "user"))) {
         if (!json_is_string(v))
             return BAD_TYPE("user", "a string");
@@ -413,27 +412,25 @@ static int parse_fields(enum xd_api_kind kind, json_t *root, struct xd_api_reque
 int xd_api_request_parse(enum xd_api_kind kind, const char *body, size_t len,
                          struct xd_api_request *ret, struct xd_api_error *e)
 {
-    memset(ret, 0, sizeof *ret);
-    ret->kind = kind;
-    ret->sampling = xd_sampling_defaults();
-    ret->max_tokens = -1;
-    ret->n = 1;
+    struct xd_api_request r = {
+        .kind = kind, .sampling = xd_sampling_defaults(), .max_tokens = -1, .n = 1,
+    };
     json_error_t jerr;
-    ret->root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!ret->root)
+    r.root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!r.root)
         return xd_api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
                                 "malformed JSON at line %d, column %d: %s", jerr.line,
                                 jerr.column, jerr.text);
-    if (!json_is_object(ret->root)) {
-        xd_api_request_finish(ret);
-        return xd_api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
-                                "the request body must be a JSON object");
+    int rc = json_is_object(r.root)
+                 ? parse_fields(kind, r.root, &r, e)
+                 : xd_api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
+                                    "the request body must be a JSON object");
+    if (rc < 0) {
+        xd_api_request_finish(&r);
+        return rc;
     }
-    if (parse_fields(kind, ret->root, ret, e) < 0) {
-        xd_api_request_finish(ret);
-        return -1;
-    }
-    return 0;
+    *ret = r; /* nothing points into r itself: its pointers go to the heap and into root */
+    return XD_OK;
 }
 
 void xd_api_request_finish(struct xd_api_request *r)

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "engine/base/status.h"
 #include "engine/sampler.h"
 
 #define XD_API_MAX_N 16       /* choices per prompt */
@@ -23,9 +24,15 @@ struct xd_api_error {
     char message[512];
 };
 
-/* Fills e and returns -1 (a failed parse or check). */
+/* Fills e (when not NULL) and returns the enum xd_status of a failure with that HTTP status:
+ * 429 XD_ERR_CAPACITY, 503 XD_ERR_UNAVAILABLE, other 5xx XD_ERR_NOMEM (the daemon's own 500s
+ * are out of memory; where an engine status is known the caller returns that one instead),
+ * every other status XD_ERR_INVALID (the request is wrong). */
 int xd_api_error_set(struct xd_api_error *e, int status, const char *type, const char *param,
                      const char *code, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+/* The 500 of an allocation that failed; returns XD_ERR_NOMEM. */
+int xd_api_error_nomem(struct xd_api_error *e);
 
 /* The error as JSON text (new, free()). */
 char *xd_api_error_json(const struct xd_api_error *e);
@@ -74,8 +81,9 @@ struct xd_api_request {
 };
 
 /* Parses len bytes of body for the endpoint kind into *ret (which owns what it points to
- * until xd_api_request_finish). On failure fills e (400 naming the parameter: malformed JSON,
- * a wrong type, an out-of-range value, a missing prompt or messages) and leaves *ret empty. */
+ * until xd_api_request_finish) and returns XD_OK. On failure returns XD_ERR_INVALID (e: 400
+ * naming the parameter: malformed JSON, a wrong type, an out-of-range value, a missing prompt
+ * or messages) or XD_ERR_NOMEM (e: 500), and *ret is not written. */
 int xd_api_request_parse(enum xd_api_kind kind, const char *body, size_t len,
                          struct xd_api_request *ret, struct xd_api_error *e);
 

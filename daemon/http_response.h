@@ -24,6 +24,9 @@ struct xd_http_req {
     double t_arrival;            /* monotonic seconds */
     struct xd_byte_buf body;     /* the request body, owned */
     bool body_too_large;
+    bool answered_early;         /* answered from the headers alone, before the body was read
+                                    (wrong API key, oversized Content-Length): Connection:
+                                    close */
     bool responded;
     int status;                  /* the status queued */
     struct gen_job *job;         /* api_generate.c's state, or NULL */
@@ -36,7 +39,7 @@ struct xd_http_req {
 
 /* Queues a response of len bytes of body (copied) with content_type, a Retry-After header when
  * retry_after is not NULL, WWW-Authenticate on 401 and Connection: close after an oversized
- * body; sets r->status and r->responded. */
+ * body or an answer given before the body was read; sets r->status and r->responded. */
 enum MHD_Result xd_http_send(struct xd_http_req *r, int status, const char *body, size_t len,
                              const char *content_type, const char *retry_after);
 /* Queues a JSON response (text copied) with status; sets r->status. */

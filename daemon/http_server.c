@@ -110,6 +110,14 @@ static const char *endpoint_of(const char *url)
     return "other";
 }
 
+/* Whether the endpoint asks for the API key: everything under /v1/ (known or not: unknown
+ * paths are 404 without a key, as before). /health and /metrics answer without one. */
+static bool needs_key(const struct xd_http_req *r)
+{
+    return strcmp(r->endpoint, "other") != 0 && strcmp(r->endpoint, "/health") != 0 &&
+           strcmp(r->endpoint, "/metrics") != 0;
+}
+
 static enum MHD_Result dispatch(struct xd_http_req *r)
 {
     struct xd_server *s = r->srv;
@@ -173,10 +181,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->t_arrival = xd_now();
         r->ttft = -1;
         *con_cls = r;
+        /* Refusals that the headers decide are answered on this first call, before any of
+         * the body is read: MHD (0.9.75) accepts a response queued while the request still
+         * has an upload pending, sends it, ignores the rest of the body and closes the
+         * connection (we also say Connection: close). A wrong API key therefore costs the
+         * server no body buffering; dispatch() checks the key before the body limit, so a
+         * wrong key with an oversized body is 401, not 413. */
+        if (needs_key(r) &&
+            !key_ok(s, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"))) {
+            r->answered_early = true;
+            return dispatch(r);
+        }
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > (unsigned long long)s->cfg->max_body_bytes) {
-            /* answer 413 now, without reading the body; MHD closes the connection after */
             r->body_too_large = true;
+            r->answered_early = true;
             return dispatch(r);
         }
         return MHD_YES;
@@ -184,6 +203,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
+        if (r->answered_early)
+            return MHD_YES; /* answered from the headers (401, 413): nothing is kept */
         if (r->body_too_large || r->body.len + n > (size_t)s->cfg->max_body_bytes) {
             r->body_too_large = true;
             return MHD_YES; /* read and drop the rest; answer 413 at the end */

@@ -32,6 +32,7 @@ struct xd_metrics {
     int n_series;
     struct hist hists[XD_HIST_COUNT];
     uint64_t disconnects;
+    uint64_t backpressure_cancels;
     struct xd_expert_stats experts;  /* the latest copy; layer arrays point at ours below */
     uint64_t *layer_hits, *layer_misses;
     int layer_cap;
@@ -125,6 +126,13 @@ void xd_metrics_disconnect(struct xd_metrics *m)
 {
     pthread_mutex_lock(&m->lock);
     m->disconnects++;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void xd_metrics_backpressure(struct xd_metrics *m)
+{
+    pthread_mutex_lock(&m->lock);
+    m->backpressure_cancels++;
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -225,6 +233,9 @@ char *xd_metrics_render(struct xd_metrics *m, const struct xd_sched_stats *st,
             (unsigned long long)m->series[i].count);
     counter(&b, "expertd_client_disconnects_total",
             "Requests cancelled because the client went away.", m->disconnects);
+    counter(&b, "expertd_requests_cancelled_backpressure_total",
+            "Streaming requests cancelled because the client left more than "
+            "max-queued-bytes-per-request unread.", m->backpressure_cancels);
     for (int h = 0; h < XD_HIST_COUNT; h++) {
         const struct hist *hh = &m->hists[h];
         header(&b, HIST_NAME[h], "histogram", HIST_HELP[h]);

@@ -27,6 +27,9 @@ void xd_metrics_request(struct xd_metrics *m, const char *endpoint, int status);
 void xd_metrics_observe(struct xd_metrics *m, enum xd_hist h, double seconds);
 /* Counts a client that went away before its request finished. Thread-safe. */
 void xd_metrics_disconnect(struct xd_metrics *m);
+/* Counts a streaming request cancelled because its client left more than
+ * max-queued-bytes-per-request unread. Thread-safe (called on the scheduler thread). */
+void xd_metrics_backpressure(struct xd_metrics *m);
 
 /* Keeps a copy of the expert cache's counters for the next scrape (called by the scheduler
  * thread after each step). Thread-safe. */

@@ -14,10 +14,13 @@ static int parse(enum xd_api_kind k, const char *body, struct xd_api_request *r,
     return xd_api_request_parse(k, body, strlen(body), r, e);
 }
 
-/* Expects body to fail with status and the error naming param (NULL: no param). */
+/* Expects body to fail with status and the error naming param (NULL: no param), the return
+ * value the status enum of a bad request, and the out-param not written. */
 static void expect_error(enum xd_api_kind k, const char *body, int status, const char *param)
 {
-    struct xd_api_request r;
+    struct xd_api_request r, untouched;
+    memset(&r, 0xa5, sizeof r);
+    memcpy(&untouched, &r, sizeof r);
     struct xd_api_error e;
     int rc = parse(k, body, &r, &e);
     CHECK(rc < 0, "accepted %s", body);
@@ -25,35 +28,57 @@ static void expect_error(enum xd_api_kind k, const char *body, int status, const
         xd_api_request_finish(&r);
         return;
     }
+    CHECK(rc == XD_ERR_INVALID, "%s: returned %d (%s), want XD_ERR_INVALID", body, rc,
+          xd_status_str(rc));
     CHECK(e.status == status, "%s: status %d, want %d", body, e.status, status);
     if (param)
         CHECK(e.param && strcmp(e.param, param) == 0, "%s: param %s, want %s", body,
               e.param ? e.param : "(null)", param);
     if (param)
         CHECK_CONTAINS(e.message, param);
-    CHECK(r.root == NULL && r.prompts == NULL, "request not left empty");
+    CHECK(memcmp(&r, &untouched, sizeof r) == 0, "%s: the out-param was written", body);
 }
+
+/* Every prompt form: how many prompts, and prompt `which` as text or as ids. */
+static const struct {
+    const char *body;
+    int n_prompts;
+    int which;
+    const char *text;   /* NULL: ids */
+    int n_ids, id_at, id; /* ids: the count, and ids[id_at] == id */
+} prompt_forms[] = {
+    {"{\"prompt\":\"hi\",\"model\":\"m\"}", 1, 0, "hi", 0, 0, 0},
+    {"{\"prompt\":[\"a\",\"bc\"]}", 2, 1, "bc", 0, 0, 0},
+    {"{\"prompt\":[1,2,3]}", 1, 0, NULL, 3, 2, 3},
+    {"{\"prompt\":[[1],[4,5]]}", 2, 1, NULL, 2, 0, 4},
+};
 
 static void test_prompt_forms(void)
 {
+    for (size_t i = 0; i < sizeof prompt_forms / sizeof prompt_forms[0]; i++) {
+        const char *body = prompt_forms[i].body;
+        struct xd_api_request r;
+        struct xd_api_error e;
+        int rc = parse(XD_API_COMPLETIONS, body, &r, &e);
+        CHECK(rc == XD_OK, "%s: %d %s", body, rc, e.message);
+        if (rc != XD_OK)
+            continue;
+        CHECK(r.n_prompts == prompt_forms[i].n_prompts, "%s: %d prompts", body, r.n_prompts);
+        const struct xd_api_prompt *p = &r.prompts[prompt_forms[i].which];
+        if (prompt_forms[i].text) {
+            CHECK(p->text && !p->ids && p->text_len == strlen(prompt_forms[i].text) &&
+                  memcmp(p->text, prompt_forms[i].text, p->text_len) == 0, "%s: text", body);
+        } else {
+            CHECK(!p->text && p->n_ids == prompt_forms[i].n_ids &&
+                  p->ids[prompt_forms[i].id_at] == prompt_forms[i].id, "%s: ids", body);
+        }
+        xd_api_request_finish(&r);
+    }
     struct xd_api_request r;
     struct xd_api_error e;
-    CHECK(parse(XD_API_COMPLETIONS, "{\"prompt\":\"hi\",\"model\":\"m\"}", &r, &e) == 0, "%s",
-          e.message);
-    CHECK(r.n_prompts == 1 && strcmp(r.prompts[0].text, "hi") == 0, "string");
+    CHECK(parse(XD_API_COMPLETIONS, "{\"prompt\":\"hi\",\"model\":\"m\"}", &r, &e) == XD_OK,
+          "%s", e.message);
     CHECK(r.max_tokens == -1 && r.n == 1 && !r.stream && strcmp(r.model, "m") == 0, "defaults");
-    xd_api_request_finish(&r);
-
-    CHECK(parse(XD_API_COMPLETIONS, "{\"prompt\":[\"a\",\"bc\"]}", &r, &e) == 0, "%s", e.message);
-    CHECK(r.n_prompts == 2 && r.prompts[1].text_len == 2, "list of strings");
-    xd_api_request_finish(&r);
-
-    CHECK(parse(XD_API_COMPLETIONS, "{\"prompt\":[1,2,3]}", &r, &e) == 0, "%s", e.message);
-    CHECK(r.n_prompts == 1 && r.prompts[0].n_ids == 3 && r.prompts[0].ids[2] == 3, "ids");
-    xd_api_request_finish(&r);
-
-    CHECK(parse(XD_API_COMPLETIONS, "{\"prompt\":[[1],[4,5]]}", &r, &e) == 0, "%s", e.message);
-    CHECK(r.n_prompts == 2 && r.prompts[1].n_ids == 2 && r.prompts[1].ids[0] == 4, "lists");
     xd_api_request_finish(&r);
 }
 
@@ -68,7 +93,8 @@ static void test_sampling_fields(void)
                        "\"logit_bias\":{\"5\":-100,\"7\":2.5},\"n\":2,\"user\":\"u\","
                        "\"temperature\":null}";
     /* duplicate keys are malformed */
-    CHECK(parse(XD_API_COMPLETIONS, body, &r, &e) < 0 && e.status == 400, "duplicate key");
+    CHECK(parse(XD_API_COMPLETIONS, body, &r, &e) == XD_ERR_INVALID && e.status == 400,
+          "duplicate key");
     body = "{\"prompt\":\"x\",\"max_tokens\":7,\"temperature\":0.5,\"top_p\":0.9,"
            "\"top_k\":-1,\"min_p\":0.1,\"seed\":42,\"stop\":[\"a\",\"b\"],"
            "\"stream\":true,\"stream_options\":{\"include_usage\":true},"
@@ -109,52 +135,60 @@ static void test_chat_messages(void)
     xd_api_request_finish(&r);
     body = "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
            "\"chat_template_kwargs\":{\"enable_thinking\":\"no\"}}";
-    CHECK(parse(XD_API_CHAT, body, &r, &e) < 0 && e.status == 400, "string enable_thinking");
+    CHECK(parse(XD_API_CHAT, body, &r, &e) == XD_ERR_INVALID && e.status == 400,
+          "string enable_thinking");
     CHECK_CONTAINS(e.message, "chat_template_kwargs");
 }
 
+/* Bad requests: each is a 400 naming its parameter (NULL: the body as a whole). */
+static const struct {
+    enum xd_api_kind kind;
+    const char *body;
+    const char *param;
+} bad_requests[] = {
+    {XD_API_COMPLETIONS, "{\"prompt\":", NULL},
+    {XD_API_COMPLETIONS, "[1,2]", NULL},
+    {XD_API_COMPLETIONS, "{}", "prompt"},
+    {XD_API_COMPLETIONS, "{\"prompt\":[]}", "prompt"},
+    {XD_API_COMPLETIONS, "{\"prompt\":[1,\"a\"]}", "prompt"},
+    {XD_API_COMPLETIONS, "{\"prompt\":[[1],\"a\"]}", "prompt"},
+    {XD_API_COMPLETIONS, "{\"prompt\":[-1]}", "prompt"},
+    {XD_API_COMPLETIONS, "{\"prompt\":7}", "prompt"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"temperature\":\"hot\"}", "temperature"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"temperature\":3}", "temperature"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"top_p\":0}", "top_p"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"top_p\":1.5}", "top_p"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"max_tokens\":-1}", "max_tokens"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"max_tokens\":1.5}", "max_tokens"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"n\":0}", "n"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"stream\":1}", "stream"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"stop\":[1]}", "stop"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"stop\":\"\"}", "stop"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"seed\":\"1\"}", "seed"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"logprobs\":9}", "logprobs"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"logit_bias\":{\"a\":1}}", "logit_bias"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"logit_bias\":{\"1\":200}}", "logit_bias"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"presence_penalty\":-3}", "presence_penalty"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"stream_options\":{}}", "stream_options"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"model\":5}", "model"},
+    {XD_API_CHAT, "{\"messages\":[]}", "messages"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", "messages"},
+    {XD_API_CHAT, "{\"messages\":[{\"content\":\"x\"}]}", "messages"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":5}]}", "messages"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_logprobs\":2}",
+     "top_logprobs"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                  "\"max_completion_tokens\":\"9\"}", "max_completion_tokens"},
+    /* a failure after parts of the request were allocated (prompt ids, messages) */
+    {XD_API_COMPLETIONS, "{\"prompt\":[[1,2],[3]],\"n\":99}", "n"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":[1]}",
+     "stop"},
+};
+
 static void test_errors_name_the_parameter(void)
 {
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":", 400, NULL);
-    expect_error(XD_API_COMPLETIONS, "[1,2]", 400, NULL);
-    expect_error(XD_API_COMPLETIONS, "{}", 400, "prompt");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":[]}", 400, "prompt");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":[1,\"a\"]}", 400, "prompt");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":[[1],\"a\"]}", 400, "prompt");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":[-1]}", 400, "prompt");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":7}", 400, "prompt");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"temperature\":\"hot\"}", 400,
-                 "temperature");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"temperature\":3}", 400, "temperature");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"top_p\":0}", 400, "top_p");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"top_p\":1.5}", 400, "top_p");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"max_tokens\":-1}", 400, "max_tokens");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"max_tokens\":1.5}", 400, "max_tokens");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"n\":0}", 400, "n");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"stream\":1}", 400, "stream");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"stop\":[1]}", 400, "stop");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"stop\":\"\"}", 400, "stop");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"seed\":\"1\"}", 400, "seed");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"logprobs\":9}", 400, "logprobs");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"logit_bias\":{\"a\":1}}", 400,
-                 "logit_bias");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"logit_bias\":{\"1\":200}}", 400,
-                 "logit_bias");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"presence_penalty\":-3}", 400,
-                 "presence_penalty");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"stream_options\":{}}", 400,
-                 "stream_options");
-    expect_error(XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"model\":5}", 400, "model");
-    expect_error(XD_API_CHAT, "{\"messages\":[]}", 400, "messages");
-    expect_error(XD_API_CHAT, "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", 400,
-                 "messages");
-    expect_error(XD_API_CHAT, "{\"messages\":[{\"content\":\"x\"}]}", 400, "messages");
-    expect_error(XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":5}]}", 400,
-                 "messages");
-    expect_error(XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
-                              "\"top_logprobs\":2}", 400, "top_logprobs");
-    expect_error(XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
-                              "\"max_completion_tokens\":\"9\"}", 400, "max_completion_tokens");
+    for (size_t i = 0; i < sizeof bad_requests / sizeof bad_requests[0]; i++)
+        expect_error(bad_requests[i].kind, bad_requests[i].body, 400, bad_requests[i].param);
 }
 
 static void test_error_json_shape(void)
@@ -177,6 +211,8 @@ static void test_metrics_text(void)
     xd_metrics_request(m, "/v1/completions", 400);
     xd_metrics_observe(m, XD_HIST_TTFT, 0.003);
     xd_metrics_observe(m, XD_HIST_TTFT, 1000);
+    xd_metrics_backpressure(m);
+    xd_metrics_backpressure(m);
     struct xd_sched_stats st = {.n_running = 2, .n_kv_blocks = 10, .n_kv_blocks_used = 5,
                                 .steps_total = 4, .step_tokens_total = 12,
                                 .distinct_experts_total = 30, .expert_layer_steps_total = 10};
@@ -189,6 +225,7 @@ static void test_metrics_text(void)
     CHECK_CONTAINS(t, "expertd_time_to_first_token_seconds_bucket{le=\"0.005\"} 1\n");
     CHECK_CONTAINS(t, "expertd_time_to_first_token_seconds_bucket{le=\"+Inf\"} 2\n");
     CHECK_CONTAINS(t, "expertd_time_to_first_token_seconds_count 2\n");
+    CHECK_CONTAINS(t, "expertd_requests_cancelled_backpressure_total 2\n");
     CHECK_CONTAINS(t, "expertd_kv_cache_usage_ratio 0.5\n");
     CHECK_CONTAINS(t, "expertd_tokens_per_step 3\n");
     CHECK_CONTAINS(t, "expertd_distinct_experts_per_layer_step 3\n");

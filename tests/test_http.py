@@ -552,6 +552,127 @@ def sd_notify_ready_watchdog_stopping():
     assert text.index("READY=1") < text.index("WATCHDOG=1") < text.index("STOPPING=1"), text
 
 
+def read_head(sk, deadline_s=5.0):
+    """Reads from sk until the end of an HTTP response head; returns the head as text."""
+    sk.settimeout(deadline_s)
+    got = b""
+    while b"\r\n\r\n" not in got:
+        b = sk.recv(4096)
+        if not b:
+            break
+        got += b
+    return got.decode(errors="replace")
+
+
+def closes_soon(sk, deadline_s=5.0):
+    """True when the server closes sk (EOF or reset) within deadline_s, whatever it sent."""
+    sk.settimeout(0.2)
+    t0 = time.time()
+    while time.time() - t0 < deadline_s:
+        try:
+            if not sk.recv(65536):
+                return True
+        except socket.timeout:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+    return False
+
+
+@test
+def wrong_key_refused_before_the_body():
+    """The API key is checked from the headers: a wrong key gets 401 before any byte of the
+    body is sent (the server buffers none of it), also with a body over max-body-bytes (401,
+    not 413) and with a chunked body of unknown size; the connection is closed after."""
+    key = "k3y-early"
+    s = Server("--max-body-bytes", "2048", env={"EXPERTD_API_KEY": key})
+    try:
+        heads = {
+            "short body, never sent": b"Content-Length: 1000\r\n",
+            "over max-body-bytes": b"Content-Length: 1000000000\r\n",
+            "chunked": b"Transfer-Encoding: chunked\r\n",
+        }
+        for what, framing in heads.items():
+            for auth in (b"", b"Authorization: Bearer wrong\r\n"):
+                with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sk:
+                    t0 = time.time()
+                    sk.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + auth +
+                               b"Content-Type: application/json\r\n" + framing + b"\r\n")
+                    try:
+                        head = read_head(sk)
+                    except socket.timeout:
+                        raise AssertionError(f"{what}: no answer before the body was sent")
+                    assert head.startswith("HTTP/1.1 401"), (what, head)
+                    assert "www-authenticate: bearer" in head.lower(), (what, head)
+                    assert "connection: close" in head.lower(), (what, head)
+                    assert time.time() - t0 < 3, (what, time.time() - t0)
+                    # the body that follows is not read as a request: the server hangs up
+                    try:
+                        sk.sendall(b"x" * 65536)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    assert closes_soon(sk), what
+        # the right key still works, and a right key with an oversized body is still 413
+        auth = {"Authorization": "Bearer " + key}
+        r = post(s.url + "/v1/completions", {"prompt": "x", "max_tokens": 2}, auth)
+        assert r.status_code == 200, r.text
+        expect_error(post(s.url + "/v1/completions", {"prompt": "x" * 4096}, auth), 413)
+        expect_error(post(s.url + "/v1/completions", {"prompt": "x" * 4096},
+                          {"Authorization": "Bearer wrong"}), 401)
+        assert requests.get(s.url + "/health").status_code == 200
+    finally:
+        assert s.stop() == 0
+
+
+@test
+def stalled_stream_reader_is_cancelled():
+    """A client that keeps its socket open but stops reading has at most
+    max-queued-bytes-per-request queued for it: past that every choice of its request is
+    cancelled (long before max_tokens), the backpressure counter counts it, and other requests,
+    including a stream read at the normal pace under the same small bound, are served."""
+    s = Server("--max-queued-bytes-per-request", "65536", "--max-running", "8")
+    name = "expertd_requests_cancelled_backpressure_total"
+    try:
+        c = s.client()
+        # a reader under the same bound: nothing is cancelled
+        chunks = list(c.completions.create(model=s.name, prompt="steady", max_tokens=200,
+                                           n=2, logprobs=5, stream=True, **GREEDY))
+        assert sum(1 for ch in chunks if ch.choices[0].finish_reason == "length") == 2
+        assert metric(s.metrics(), name) == 0
+        n, max_tokens = 8, 3500  # within the KV cache's four contexts: no preemption
+        body = json.dumps({"prompt": "stall", "max_tokens": max_tokens, "n": n, "logprobs": 5,
+                           "stream": True, "ignore_eos": True})
+        sk = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sk.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+        sk.connect(("127.0.0.1", s.port))
+        try:
+            sk.sendall((f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                        f"{len(body)}\r\n\r\n{body}").encode())
+            t0 = time.time()
+            while metric(s.metrics(), name) < 1:  # never reading the socket
+                assert time.time() - t0 < 120, "a stalled stream was never cancelled"
+                time.sleep(0.05)
+            while True:
+                m = s.metrics()
+                if metric(m, "expertd_requests_running") == 0 and \
+                        metric(m, "expertd_requests_waiting") == 0:
+                    break
+                assert time.time() - t0 < 120, m
+                time.sleep(0.05)
+            gen = metric(m, "expertd_generation_tokens_total")
+            assert gen < n * max_tokens / 2, gen
+            assert metric(m, name) == 1, metric(m, name)
+            assert any("max-queued-bytes-per-request" in l for l in s.log), s.log[-5:]
+            # the server goes on serving while the stalled connection stays open
+            r = c.completions.create(model=s.name, prompt="after", max_tokens=5, **GREEDY)
+            assert r.usage.completion_tokens == 5
+            assert metric(s.metrics(), name) == 1
+        finally:
+            sk.close()
+    finally:
+        assert s.stop() == 0
+
+
 t_stop = time.time()
 exit_status = S.stop()
 if time.time() - t_stop > 5:

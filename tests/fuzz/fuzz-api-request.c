@@ -20,10 +20,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     if (size)
         memcpy(text, data, size);
-    struct xd_api_request r;
+    struct xd_api_request r, untouched;
+    memset(&r, 0xa5, sizeof r); /* a failure must leave every byte of it as it was */
+    memcpy(&untouched, &r, sizeof r);
     struct xd_api_error e;
     memset(&e, 0, sizeof e);
-    if (xd_api_request_parse(kind, text, size, &r, &e) == 0) {
+    int rc = xd_api_request_parse(kind, text, size, &r, &e);
+    REQUIRE(rc == XD_OK || rc == XD_ERR_INVALID || rc == XD_ERR_NOMEM);
+    if (rc == XD_OK) {
         REQUIRE(r.n >= 1 && r.n <= XD_API_MAX_N);
         REQUIRE(r.max_tokens >= -1);
         REQUIRE(r.n_stop >= 0 && r.n_stop <= XD_API_MAX_STOP);
@@ -50,8 +54,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         xd_api_request_finish(&r);
     } else {
         REQUIRE(e.status >= 400 && e.status < 600);
+        REQUIRE((rc == XD_ERR_NOMEM) == (e.status == 500));
         REQUIRE(e.message[0] != '\0');
-        REQUIRE(r.root == NULL);
+        REQUIRE(memcmp(&r, &untouched, sizeof r) == 0);
         char *j = xd_api_error_json(&e);
         REQUIRE(j != NULL);
         free(j);
