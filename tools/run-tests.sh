@@ -38,7 +38,7 @@ tsan_test() { # NAME COMMAND...: runs it, records the result where the summary r
   [ $rc = 77 ] && result=SKIP
   if [ $rc != 0 ] && [ $rc != 77 ]; then result=FAIL; status=1; tail -40 build-tsan/$name.log; fi
   printf '{"name": "tsan / %s", "suite": ["tsan"], "result": "%s", "stdout": %s}\n' "$name" "$result" \
-    "$(head -1 build-tsan/$name.log | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))')" \
+    "$({ grep -m3 SKIPPED build-tsan/$name.log || head -1 build-tsan/$name.log; } | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))')" \
     >>build-tsan/tsan-results.json
 }
 tsan_test scheduler build-tsan/tests/test-scheduler tests/fixtures
@@ -65,8 +65,10 @@ for path in sys.argv[1:]:
         t = json.loads(line)
         key = {"OK": "passed", "EXPECTEDFAIL": "passed", "SKIP": "skipped"}.get(t["result"], "failed")
         if key == "skipped":
-            reason = (t.get("stdout") or "").strip().splitlines()
-            reason = reason[0] if reason else "no reason given"
+            # the SKIPPED lines (test-venv.sh says why on stderr), else stdout's first line
+            lines = ((t.get("stderr") or "") + "\n" + (t.get("stdout") or "")).strip().splitlines()
+            said = [l.strip() for l in lines if "SKIPPED" in l]
+            reason = " / ".join(said) or (lines[0] if lines else "no reason given")
             if "gpu" in suites(t):
                 print(f"skipped {t['name']}: {reason}")
             else:
