@@ -42,7 +42,10 @@ def poll_metrics(s, cond, timeout, what):
     def scrape():
         last[0] = s.metrics()
         return last[0] if cond(last[0]) else None
-    return poll(scrape, timeout, lambda: f"{what}; last /metrics: {last[0]}")
+    def shown():  # the last scrape without histograms
+        return " ".join(f"{k[0]}{dict(k[1]) if k[1] else ''}={v:g}"
+                        for k, v in last[0].items() if not re.search(r"_(bucket|sum|count)$", k[0]))
+    return poll(scrape, timeout, lambda: f"{what}; last /metrics: {shown()}")
 
 
 class Server:
