@@ -257,9 +257,9 @@ def seed_reproducibility():
     assert a == b
     # Another seed gives another text. Drawn at temperature 1 with no other filter, seed 1234
     # reproduces c's 20 tokens with probability exp(sum of c's token logprobs): the test model's
-    # random weights spread each step over its 602 tokens (about -6 each, -118 over the 20 at
-    # the time of writing), so a chance collision would take far more runs than this suite will
-    # ever see; the bound itself is asserted, so a peakier model fails here instead of flaking.
+    # random weights spread each step over its 602 tokens (about -6 a token, near -120 over the
+    # 20 at the time of writing), so a chance collision is practically impossible; the bound is
+    # asserted (under e^-40), so a peakier test model fails here instead of flaking below.
     c = C.completions.create(seed=4321, logprobs=1, **kw).choices[0]
     logp_same = sum(c.logprobs.token_logprobs)
     assert len(c.logprobs.token_logprobs) == 20 and logp_same < -40, c.logprobs.token_logprobs
