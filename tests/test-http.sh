@@ -8,12 +8,7 @@ expertd=$1 synth=$2 fixtures=$3 src=$4 work=$5
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 
-py=$("$src/tools/test-venv.sh" "$src")
-rc=$?
-if [ $rc != 0 ]; then
-  [ $rc = 77 ] && echo "SKIPPED: the test venv could not be made (see above)"
-  exit $rc
-fi
+. "$src/tests/venv-prologue.sh"
 
 # The model: vocab equals the tokenizer's (600 tokens + <think> and </think> as 600, 601).
 model=$work/model

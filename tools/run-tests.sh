@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: builds (installing dependencies as needed), runs every meson suite,
 # then reruns the CPU suites under AddressSanitizer and UBSan, and the threaded ones under
-# ThreadSanitizer. GPU tests skip without a GPU.
+# ThreadSanitizer. GPU tests skip without a GPU; any other skip (no venv, no pip, no
+# systemd-analyze) fails the run, since the run would otherwise be green without those tests.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 tools/bootstrap.sh || exit 1
@@ -36,25 +37,54 @@ tsan_test() { # NAME COMMAND...: runs it, records the result where the summary r
   local rc=$? result=OK
   [ $rc = 77 ] && result=SKIP
   if [ $rc != 0 ] && [ $rc != 77 ]; then result=FAIL; status=1; tail -40 build-tsan/$name.log; fi
-  printf '{"name": "tsan / %s", "result": "%s", "stdout": %s}\n' "$name" "$result" \
-    "$(head -1 build-tsan/$name.log | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))')" \
+  printf '{"name": "tsan / %s", "suite": ["tsan"], "result": "%s", "stdout": %s}\n' "$name" "$result" \
+    "$({ grep -m3 SKIPPED build-tsan/$name.log || head -1 build-tsan/$name.log; } | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))')" \
     >>build-tsan/tsan-results.json
 }
 tsan_test scheduler build-tsan/tests/test-scheduler tests/fixtures
 tsan_test http tests/test-http.sh build-tsan/daemon/expertd build/tools/xd-synth-model tests/fixtures "$PWD" build-tsan/tests/http
 
+# The summary. Only GPU tests may skip: a skip anywhere else (the HTTP suite without a venv or
+# pip, the TSan HTTP run likewise, a part of clients-live: a line starting SKIPPED) counts as
+# failed and fails the run.
 python3 - build/meson-logs/testlog.json build-asan/meson-logs/testlog.json \
-  build-tsan/tsan-results.json <<'PY'
-import json, sys
+  build-tsan/tsan-results.json <<'PY' || status=1
+import json, re, sys
+
+def suites(t):
+    """The test's suites: the "suite" field where the log has one (tsan-results.json), else
+    from meson's name, "project:suite[+suite...] / test" (meson 1.0's testlog.json has no
+    suite field). Empty when neither says, so such a skip fails too."""
+    if t.get("suite"):
+        return [s.split(":")[-1] for s in t["suite"]]
+    m = re.match(r"[^:/ ]+:(\S+) / ", t["name"])
+    return m.group(1).split("+") if m else []
+
 counts = {"passed": 0, "failed": 0, "skipped": 0}
 for path in sys.argv[1:]:
     for line in open(path):
         t = json.loads(line)
         key = {"OK": "passed", "EXPECTEDFAIL": "passed", "SKIP": "skipped"}.get(t["result"], "failed")
-        counts[key] += 1
+        # the SKIPPED lines (test-venv.sh says why on stderr), else stdout's first line
+        lines = ((t.get("stderr") or "") + "\n" + (t.get("stdout") or "")).strip().splitlines()
+        said = [l.strip() for l in lines if "SKIPPED" in l]
+        # a test that passed but skipped a part of itself (clients-live without expertd-client
+        # or the venv) skipped too
+        parts = [l.strip() for l in lines if l.startswith("SKIPPED")]
+        if key == "passed" and parts and "gpu" not in suites(t):
+            key = "failed"
+            print(f"FAIL {t['name']} ({path}): passed, but skipped a part outside the gpu suite, "
+                  f"which fails the run: {' / '.join(parts)}")
         if key == "skipped":
-            reason = (t.get("stdout") or "").strip().splitlines()
-            print(f"skipped {t['name']}: {reason[0] if reason else 'no reason given'}")
+            reason = " / ".join(said) or (lines[0] if lines else "no reason given")
+            if "gpu" in suites(t):
+                print(f"skipped {t['name']}: {reason}")
+            else:
+                key = "failed"
+                print(f"FAIL {t['name']} ({path}): skipped outside the gpu suite, which fails the "
+                      f"run (only GPU tests may skip): {reason}")
+        counts[key] += 1
 print(f"tests: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
+sys.exit(1 if counts["failed"] else 0)
 PY
 exit $status
