@@ -1067,6 +1067,13 @@ int xd_sched_step(struct xd_sched *s, struct xd_err *err)
         seq_publish_blocks(s, q);
         q->ready_since = s->step_no;
     }
+    for (int i = 0; i < s->n_step_seqs; i++)
+        n_generated += s->step_seqs[i]->step_logits;
+    /* counted before the sinks see them: a client may scrape /metrics the moment it has its
+     * last token */
+    pthread_mutex_lock(&s->lock);
+    s->stats.generation_tokens_total += (uint64_t)n_generated;
+    pthread_mutex_unlock(&s->lock);
     for (int i = 0; i < s->n_step_seqs; i++) {
         struct seq *q = s->step_seqs[i];
         bool logits = q->step_logits;
@@ -1076,13 +1083,11 @@ int xd_sched_step(struct xd_sched *s, struct xd_err *err)
         struct xd_sample sample;
         xd_sampler_sample(q->sampler, out.logits + (size_t)row * (size_t)s->eng.n_vocab, &sample);
         row++;
-        n_generated++;
         handle_token(s, q, &sample);
     }
     s->n_step_seqs = 0;
 
     pthread_mutex_lock(&s->lock);
-    s->stats.generation_tokens_total += (uint64_t)n_generated;
     s->stats.step_seconds_total += xd_now() - t0;
     pthread_mutex_unlock(&s->lock);
     publish_stats(s);

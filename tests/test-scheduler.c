@@ -640,6 +640,53 @@ out:
     fake_free(f);
 }
 
+/* A sink that reads the scheduler's counters at each token, as /metrics may while a client
+ * reads its stream: the token it is handed must already be counted. */
+struct counting_rec {
+    struct xd_sched *s;
+    uint64_t base;      /* generation_tokens_total before the request */
+    int n_tokens;
+    int n_uncounted;    /* tokens delivered before the counter included them */
+    bool finished;
+};
+
+static void counting_sink(void *ctx, const struct xd_sched_event *ev)
+{
+    struct counting_rec *r = ctx;
+    if (ev->kind != XD_EVENT_TOKEN) {
+        r->finished = true;
+        return;
+    }
+    r->n_tokens++;
+    struct xd_sched_stats st;
+    xd_sched_get_stats(r->s, &st);
+    if (st.generation_tokens_total < r->base + (uint64_t)r->n_tokens)
+        r->n_uncounted++;
+}
+
+static void test_tokens_counted_before_their_sinks(void)
+{
+    struct fake *f = fake_new(64, 4, 50, 64);
+    struct xd_sched *s = sched_over(f, NULL, NULL);
+    if (!s)
+        goto out;
+    int32_t p[4] = {1, 2, 3, 4};
+    struct counting_rec r = {.s = s};
+    struct xd_sched_stats st;
+    xd_sched_get_stats(s, &st);
+    r.base = st.generation_tokens_total;
+    struct xd_err err = {{0}};
+    struct xd_request req = greedy_request(p, 4, 5);
+    CHECK(xd_sched_submit(s, &req, counting_sink, &r, NULL, &err) == XD_OK, "%s", err.msg);
+    run_to_idle(s, 100);
+    CHECK(r.finished && r.n_tokens == 5, "finished %d after %d tokens", r.finished, r.n_tokens);
+    CHECK(r.n_uncounted == 0, "%d of %d tokens reached their sink before "
+          "generation_tokens_total counted them", r.n_uncounted, r.n_tokens);
+out:
+    xd_sched_destroy(s);
+    fake_free(f);
+}
+
 static void test_cancellation_frees_blocks(void)
 {
     struct fake *f = fake_new(64, 4, 50, 64);
@@ -1217,6 +1264,7 @@ int main(int argc, char **argv)
     RUN(test_prefix_shared_while_running);
     RUN(test_cancellation_frees_blocks);
     RUN(test_queue_seconds);
+    RUN(test_tokens_counted_before_their_sinks);
     RUN(test_submit_refusals);
     RUN(test_stop_ids_and_eos);
     RUN(test_stop_strings_never_leak);
