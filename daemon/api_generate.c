@@ -175,7 +175,7 @@ static void job_unref(struct gen_job *j)
         job_free(j);
 }
 
-static void cancel_from_sink(struct gen_job *j);
+static void cancel_choices(struct gen_job *j, bool on_sched_thread);
 
 /* The scheduler's sink: copy, queue (a stream's token events only while the job has at most
  * max-queued-bytes-per-request waiting; past it the job is cancelled), wake the connection's
@@ -251,7 +251,7 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
                (unsigned long long)j->req_id, queued,
                j->srv->cfg->max_queued_bytes);
         xd_metrics_backpressure(j->srv->metrics);
-        cancel_from_sink(j);
+        cancel_choices(j, true);
     }
     uint64_t one = 1;
     ssize_t w = write(j->efd, &one, sizeof one);
@@ -260,32 +260,30 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
         job_unref(j);
 }
 
-/* cancel_all for the sink: on the scheduler thread, which is alive while it runs a sink, so
- * the scheduler is called directly (srv->sched_lock could be held by a teardown waiting for
- * this very thread). Choices submitted after this runs are cancelled by submit_all, which
- * sees j->overflow. */
-static void cancel_from_sink(struct gen_job *j)
+/* Cancels every choice still running. From an HTTP thread through the server (which holds the
+ * scheduler lock, so a torn-down scheduler is never reached); from the sink (on_sched_thread)
+ * directly: the scheduler is alive while it runs a sink, and srv->sched_lock could be held by a
+ * teardown waiting for this very thread. Choices submitted after the sink's cancel are
+ * cancelled by submit_all, which sees j->overflow. */
+static void cancel_choices(struct gen_job *j, bool on_sched_thread)
 {
     for (int i = 0; i < j->n_choices; i++) {
         pthread_mutex_lock(&j->lock);
         bool live = j->choices[i].submitted && !j->choices[i].sched_finished;
         uint64_t id = j->choices[i].sched_id;
         pthread_mutex_unlock(&j->lock);
-        if (live)
+        if (!live)
+            continue;
+        if (on_sched_thread)
             xd_sched_cancel(j->sched, id);
+        else
+            xd_server_cancel(j->srv, id);
     }
 }
 
 static void cancel_all(struct gen_job *j)
 {
-    for (int i = 0; i < j->n_choices; i++) {
-        pthread_mutex_lock(&j->lock);
-        bool live = j->choices[i].submitted && !j->choices[i].sched_finished;
-        uint64_t id = j->choices[i].sched_id;
-        pthread_mutex_unlock(&j->lock);
-        if (live)
-            xd_server_cancel(j->srv, id);
-    }
+    cancel_choices(j, false);
 }
 
 /* Waits up to timeout seconds for events; -1 when the client hung up. */
