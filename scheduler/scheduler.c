@@ -20,6 +20,11 @@ struct client_tag {
     uint64_t last_tag; /* the tag of this client's newest sequence */
 };
 
+struct client_count {
+    uint64_t client;
+    int n_queued;      /* sequences submitted and never admitted yet (> 0) */
+};
+
 enum seq_state {
     SEQ_INCOMING, /* submitted, still in the locked queue */
     SEQ_WAITING,  /* owned by the scheduler thread, holds no KV blocks */
@@ -130,6 +135,9 @@ struct xd_sched {
     int cap_cancels;
     uint64_t next_id;
     int n_active;                /* submitted and not finished */
+    struct client_count *queued; /* (n_queued_clients,) clients with sequences never admitted */
+    int n_queued_clients;
+    int cap_queued_clients;
     bool draining;
     bool stopping;
     bool started;
@@ -402,6 +410,25 @@ static int waiting_reserve(struct xd_sched *s, int n)
     return XD_OK;
 }
 
+/* ---- queued sequences per client (under lock) ---- */
+
+static struct client_count *client_queued(struct xd_sched *s, uint64_t client)
+{
+    for (int i = 0; i < s->n_queued_clients; i++)
+        if (s->queued[i].client == client)
+            return &s->queued[i];
+    return NULL;
+}
+
+/* One of client's sequences left the queue (its first admission, or it finished first). */
+static void client_unqueue(struct xd_sched *s, uint64_t client)
+{
+    struct client_count *c = client_queued(s, client);
+    assert(c && c->n_queued > 0);
+    if (--c->n_queued == 0)
+        *c = s->queued[--s->n_queued_clients];
+}
+
 /* Takes q out of whichever list holds it, frees its blocks, sends the finish event and frees
  * it. */
 static void finish_seq(struct xd_sched *s, struct seq *q, enum xd_finish_reason reason,
@@ -420,9 +447,13 @@ static void finish_seq(struct xd_sched *s, struct seq *q, enum xd_finish_reason 
         .n_generated_tokens = q->n_generated,
     };
     q->sink(q->sink_ctx, &ev);
+    bool queued = !q->admitted_once;
+    uint64_t client = q->client;
     seq_free(q);
     pthread_mutex_lock(&s->lock);
     s->n_active--;
+    if (queued)
+        client_unqueue(s, client);
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -673,15 +704,41 @@ int xd_sched_submit_group(struct xd_sched *s, const struct xd_request *reqs, int
         rc = xd_err_set(err, XD_ERR_UNAVAILABLE, "the scheduler is draining");
         goto refuse;
     }
-    /* all or none: the whole group must fit beside what is queued */
+    /* all or none: the whole group must fit beside what is queued, or within the client's
+     * fair share of the queue (max_waiting over the clients with sequences queued, itself
+     * included): a client that floods the queue cannot lock the others out. Shares can take
+     * the queue past max_waiting, never past twice that. */
+    const int max = s->opts.max_waiting;
     int n_queued = s->n_incoming + s->stats.n_waiting;
-    if (n_queued + n_reqs > s->opts.max_waiting) {
-        pthread_mutex_unlock(&s->lock);
-        rc = xd_err_set(err, XD_ERR_CAPACITY,
-                        "%d sequences are waiting; %d more do not fit (max_waiting %d)",
-                        n_queued, n_reqs, s->opts.max_waiting);
-        goto refuse;
+    struct client_count *cc = client_queued(s, client);
+    if (n_queued + n_reqs > max) {
+        int held = cc ? cc->n_queued : 0;
+        int share = max / (s->n_queued_clients + (cc ? 0 : 1));
+        if (held + n_reqs > share || n_queued + n_reqs > 2 * max) {
+            pthread_mutex_unlock(&s->lock);
+            rc = xd_err_set(err, XD_ERR_CAPACITY,
+                            "%d sequences are waiting; %d more do not fit (max_waiting %d; "
+                            "this client has %d waiting, its share is %d)",
+                            n_queued, n_reqs, max, held, share);
+            goto refuse;
+        }
     }
+    if (!cc) {
+        if (s->n_queued_clients == s->cap_queued_clients) {
+            int cap = s->cap_queued_clients ? 2 * s->cap_queued_clients : 8;
+            struct client_count *t = realloc(s->queued, sizeof *t * (size_t)cap);
+            if (!t) {
+                pthread_mutex_unlock(&s->lock);
+                rc = xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+                goto refuse;
+            }
+            s->queued = t;
+            s->cap_queued_clients = cap;
+        }
+        cc = &s->queued[s->n_queued_clients++];
+        *cc = (struct client_count){.client = client, .n_queued = 0};
+    }
+    cc->n_queued += n_reqs;
     for (int i = 0; i < n_reqs; i++) {
         struct seq *q = qs[i];
         q->id = s->next_id++;
@@ -1073,6 +1130,7 @@ static void build_step(struct xd_sched *s)
                 s->vtime = q->fair_tag;
             q->n_cached_prompt = hit < q->n_prompt ? hit : q->n_prompt;
             q->admitted_once = true;
+            client_unqueue(s, q->client); /* build_step runs under the lock */
             q->queue_seconds = xd_now() - q->t_submit;
         }
         memmove(s->waiting, s->waiting + 1, sizeof *s->waiting * (size_t)(s->n_waiting - 1));
@@ -1313,6 +1371,7 @@ void xd_sched_destroy(struct xd_sched *s)
     free(s->union_experts);
     free(s->cancels);
     free(s->clients);
+    free(s->queued);
     free(s);
 }
 

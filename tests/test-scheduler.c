@@ -1170,7 +1170,8 @@ out:
 /* A group is queued all or none: a group the queue has no room for now is XD_ERR_CAPACITY and
  * queues nothing; a bad request anywhere in it refuses all; a group larger than max_waiting
  * could never be queued (XD_ERR_INVALID naming both numbers), but one exactly that large is
- * accepted by an idle scheduler; a sequence over the whole KV cache refuses its group. */
+ * accepted by an idle scheduler; a sequence over the whole KV cache refuses its group. When
+ * one client fills the queue, another still gets its share (max_waiting / 2 with two). */
 static void test_group_all_or_none(void)
 {
     struct fake *f = fake_new(16, 4, 50, 64);
@@ -1184,15 +1185,21 @@ static void test_group_all_or_none(void)
     CHECK(xd_sched_max_waiting(s) == 4, "max_waiting %d", xd_sched_max_waiting(s));
     int32_t p[5][3];
     struct xd_request req[5];
-    struct rec r[5];
-    void *ctx[5];
+    struct rec r[5], g[3], other[3];
+    void *ctx[5], *g_ctx[3], *other_ctx[3];
     memset(r, 0, sizeof r);
+    memset(g, 0, sizeof g);
+    memset(other, 0, sizeof other);
     for (int i = 0; i < 5; i++) {
         p[i][0] = 1 + i;
         p[i][1] = 2;
         p[i][2] = 3;
         req[i] = greedy_request(p[i], 3, 3);
         ctx[i] = &r[i];
+    }
+    for (int i = 0; i < 3; i++) {
+        g_ctx[i] = &g[i];
+        other_ctx[i] = &other[i];
     }
     struct xd_err err = {{0}};
     /* an idle scheduler takes a group as large as the whole queue */
@@ -1201,10 +1208,8 @@ static void test_group_all_or_none(void)
           err.msg);
     CHECK(ids[0] && ids[1] == ids[0] + 1 && ids[3] == ids[0] + 3, "ids %llu..%llu",
           (unsigned long long)ids[0], (unsigned long long)ids[3]);
-    /* full: one more is refused for now */
-    struct rec late = {0};
-    void *late_ctx[1] = {&late};
-    CHECK(xd_sched_submit_group(s, &req[4], 1, 2, sink, late_ctx, NULL, &err) == XD_ERR_CAPACITY,
+    /* full: one more from the same client is refused for now */
+    CHECK(xd_sched_submit_group(s, &req[4], 1, 1, sink, &ctx[4], NULL, &err) == XD_ERR_CAPACITY,
           "a fifth in a queue of 4");
     CHECK_CONTAINS(err.msg, "max_waiting 4");
     /* one step admits two (max_running): room for two, not for three */
@@ -1213,16 +1218,13 @@ static void test_group_all_or_none(void)
     xd_sched_get_stats(s, &st);
     CHECK(st.n_running == 2 && st.n_waiting == 2, "running %d waiting %d", st.n_running,
           st.n_waiting);
-    struct rec g3[3];
-    memset(g3, 0, sizeof g3);
-    void *g3_ctx[3] = {&g3[0], &g3[1], &g3[2]};
-    CHECK(xd_sched_submit_group(s, req, 3, 2, sink, g3_ctx, NULL, &err) == XD_ERR_CAPACITY,
+    CHECK(xd_sched_submit_group(s, req, 3, 1, sink, g_ctx, NULL, &err) == XD_ERR_CAPACITY,
           "3 into room for 2");
     CHECK_CONTAINS(err.msg, "2 sequences are waiting; 3 more do not fit");
     /* a bad request anywhere refuses the group */
     int32_t bad[3] = {1, 50, 2};
     struct xd_request two[2] = {req[0], greedy_request(bad, 3, 3)};
-    CHECK(xd_sched_submit_group(s, two, 2, 2, sink, g3_ctx, NULL, &err) == XD_ERR_INVALID,
+    CHECK(xd_sched_submit_group(s, two, 2, 1, sink, g_ctx, NULL, &err) == XD_ERR_INVALID,
           "a bad second request");
     CHECK_CONTAINS(err.msg, "prompt[1]");
     /* a sequence over the whole cache (16 blocks of 4) refuses its group: a 400, not a 429 */
@@ -1230,27 +1232,34 @@ static void test_group_all_or_none(void)
     for (int i = 0; i < 70; i++)
         longp[i] = 1 + i % 40;
     struct xd_request huge[2] = {req[0], greedy_request(longp, 60, 10)};
-    CHECK(xd_sched_submit_group(s, huge, 2, 2, sink, g3_ctx, NULL, &err) == XD_ERR_INVALID,
+    CHECK(xd_sched_submit_group(s, huge, 2, 1, sink, g_ctx, NULL, &err) == XD_ERR_INVALID,
           "over the cache");
     CHECK_CONTAINS(err.msg, "the cache has 16");
-    /* larger than the queue could ever hold */
+    /* larger than the queue could ever hold, even from a client with nothing queued */
     CHECK(xd_sched_submit_group(s, req, 5, 2, sink, ctx, NULL, &err) == XD_ERR_INVALID,
           "5 in a queue of 4");
     CHECK_CONTAINS(err.msg, "5 sequences in one group");
     CHECK_CONTAINS(err.msg, "at most 4 (max_waiting)");
-    CHECK(late.n_tokens == 0 && late.n_finish == 0, "a refused group called a sink");
     for (int i = 0; i < 3; i++)
-        CHECK(g3[i].n_tokens == 0 && g3[i].n_finish == 0, "a refused group called sink %d", i);
-    /* what fits now is queued whole */
-    void *g2_ctx[2] = {&g3[0], &g3[1]};
-    CHECK(xd_sched_submit_group(s, req, 2, 2, sink, g2_ctx, NULL, &err) == XD_OK, "2 into 2: %s",
+        CHECK(g[i].n_tokens == 0 && g[i].n_finish == 0, "a refused group called sink %d", i);
+    CHECK(r[4].n_tokens == 0 && r[4].n_finish == 0, "a refused group called a sink");
+    /* what fits now is queued whole: the queue is full again, all client 1's */
+    CHECK(xd_sched_submit_group(s, req, 2, 1, sink, g_ctx, NULL, &err) == XD_OK, "2 into 2: %s",
           err.msg);
+    /* another client still gets its share of the full queue (4 / 2 clients), no more */
+    CHECK(xd_sched_submit_group(s, &req[4], 1, 2, sink, other_ctx, NULL, &err) == XD_OK,
+          "client 2's first into a queue full of client 1's: %s", err.msg);
+    CHECK(xd_sched_submit_group(s, req, 2, 2, sink, &other_ctx[1], NULL, &err) ==
+              XD_ERR_CAPACITY, "client 2 past its share");
+    CHECK_CONTAINS(err.msg, "its share is 2");
     run_to_idle(s, 1000);
     for (int i = 0; i < 4; i++)
         CHECK(same_as_ref(&r[i], p[i], 3, 3, f->n_vocab) && r[i].n_finish == 1, "group %d", i);
     for (int i = 0; i < 2; i++)
-        CHECK(same_as_ref(&g3[i], p[i], 3, 3, f->n_vocab) && g3[i].n_finish == 1, "second %d", i);
-    CHECK(g3[2].n_tokens == 0 && g3[2].n_finish == 0, "never submitted");
+        CHECK(same_as_ref(&g[i], p[i], 3, 3, f->n_vocab) && g[i].n_finish == 1, "second %d", i);
+    CHECK(g[2].n_tokens == 0 && g[2].n_finish == 0, "never submitted");
+    CHECK(same_as_ref(&other[0], p[4], 3, 3, f->n_vocab) && other[0].n_finish == 1, "client 2");
+    CHECK(other[1].n_finish == 0 && other[2].n_finish == 0, "client 2's refused group ran");
     check_all_free(s);
     xd_sched_destroy(s);
 out:
