@@ -152,7 +152,10 @@ int xd_sched_submit(struct xd_sched *s, const struct xd_request *req, xd_sched_s
  * preempted sequences come back first whatever their client. 0 is a client like any other
  * (xd_sched_submit's). Fails: XD_ERR_INVALID for a bad request (as xd_sched_submit) or a group
  * of more than max_waiting sequences (it could never be queued; the message says both
- * numbers), XD_ERR_CAPACITY when the queue has no room for the whole group now,
+ * numbers), XD_ERR_CAPACITY when the queue has no room for the whole group now (a client
+ * holding less than its share of a full queue, max_waiting over the clients with sequences
+ * queued, itself included, is still let in up to that share, the queue up to twice
+ * max_waiting),
  * XD_ERR_UNAVAILABLE when draining. On success ret_ids (n_reqs,), when not NULL, holds the
  * request ids. Thread-safe. */
 int xd_sched_submit_group(struct xd_sched *s, const struct xd_request *reqs, int n_reqs,
