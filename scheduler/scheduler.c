@@ -77,7 +77,7 @@ struct seq {
     uint64_t admit_order;         /* newest admission is the preemption victim */
     uint64_t arrival;             /* submission order: the FCFS order */
     uint64_t client;              /* who submitted it (xd_sched_submit_group): fairness */
-    uint64_t fair_tag;            /* admission order among first admissions (see take_incoming) */
+    uint64_t fair_tag;            /* admission order among first admissions (waiting_insert) */
     uint64_t ready_since;         /* step from which it has been runnable without running */
     int passed_over;              /* steps grouping skipped it within its FCFS turn */
 
@@ -876,9 +876,11 @@ static void waiting_insert(struct xd_sched *s, struct seq *q)
 {
     q->fair_tag = s->opts.fcfs_admission ? q->arrival : client_next_tag(s, q->client);
     int pos = s->n_waiting;
-    while (pos > 0 && !s->waiting[pos - 1]->admitted_once && admits_before(q, s->waiting[pos - 1]))
+    while (pos > 0 && !s->waiting[pos - 1]->admitted_once &&
+           admits_before(q, s->waiting[pos - 1]))
         pos--;
-    memmove(s->waiting + pos + 1, s->waiting + pos, sizeof *s->waiting * (size_t)(s->n_waiting - pos));
+    memmove(s->waiting + pos + 1, s->waiting + pos,
+            sizeof *s->waiting * (size_t)(s->n_waiting - pos));
     s->waiting[pos] = q;
     s->n_waiting++;
 }
@@ -1415,6 +1417,28 @@ int xd_sched_check(struct xd_sched *s, struct xd_err *err)
     if (rc == XD_OK && !s->opts.prefix_caching && held != n_referenced)
         rc = xd_err_set(err, XD_ERR_INVALID, "tables hold %ld blocks, %d referenced", held,
                         n_referenced);
+    /* the per-client counts of sequences never admitted (the queue's shares) */
+    pthread_mutex_lock(&s->lock);
+    for (int c = 0; c < s->n_queued_clients && rc == XD_OK; c++) {
+        int n = 0;
+        for (int i = 0; i < s->n_waiting; i++)
+            n += !s->waiting[i]->admitted_once && s->waiting[i]->client == s->queued[c].client;
+        for (const struct seq *q = s->incoming_head; q; q = q->next_incoming)
+            n += q->client == s->queued[c].client;
+        if (n != s->queued[c].n_queued || n == 0)
+            rc = xd_err_set(err, XD_ERR_INVALID, "client %llx: %d sequences queued, counted %d",
+                            (unsigned long long)s->queued[c].client, n, s->queued[c].n_queued);
+    }
+    int n_never = s->n_incoming;
+    for (int i = 0; i < s->n_waiting; i++)
+        n_never += !s->waiting[i]->admitted_once;
+    int n_counted = 0;
+    for (int c = 0; c < s->n_queued_clients; c++)
+        n_counted += s->queued[c].n_queued;
+    if (rc == XD_OK && n_counted != n_never)
+        rc = xd_err_set(err, XD_ERR_INVALID, "%d sequences never admitted, clients count %d",
+                        n_never, n_counted);
+    pthread_mutex_unlock(&s->lock);
     free(refs);
     return rc;
 }
