@@ -789,7 +789,7 @@ def admission_never_fit_is_400_and_a_flood_does_not_starve_a_light_client():
     # sends small requests one at a time, first alone, then under the flood; the same with
     # --admission fcfs, the order before fair admission
     light = {"prompt": [[3, 4, 5]], "max_tokens": 4, "temperature": 0, "ignore_eos": True}
-    heavy = {"prompt": [[6, 7, 8], [9, 10, 11]], "n": 8, "max_tokens": 24, "temperature": 0,
+    heavy = {"prompt": [[6, 7, 8], [9, 10, 11]], "n": 8, "max_tokens": 16, "temperature": 0,
              "ignore_eos": True}
     figures = {}
     for policy in ("fair", "fcfs"):
@@ -818,7 +818,7 @@ def admission_never_fit_is_400_and_a_flood_does_not_starve_a_light_client():
                 t.start()
             poll_metrics(s, lambda m: metric(m, "expertd_requests_waiting") >= 8, 30,
                          "the flood never queued")
-            loaded = [post_from(s.port, "127.0.0.1", light) for _ in range(12)]
+            loaded = [post_from(s.port, "127.0.0.1", light) for _ in range(10)]
             stop.set()
             for t in threads:
                 t.join(60)
