@@ -1359,6 +1359,121 @@ out:
     fake_free(f);
 }
 
+/* Groups from three client threads into a small queue while the scheduler thread runs: each
+ * group is all or none (every sequence of an accepted group finishes once with its reference
+ * output; no sink of a refused group is ever called; how many are refused depends on the
+ * threads' timing) and everything is freed at the end. Run under ThreadSanitizer too. */
+struct group_submitter {
+    struct xd_sched *s;
+    uint64_t client;
+    int first, n_groups;          /* groups first .. first + n_groups - 1 */
+    int32_t (*prompts)[8];
+    struct rec *recs;             /* (5 * groups,) sequence k of group g at 5 * g + k */
+    int *sizes;                   /* (groups,) */
+    bool *accepted;               /* (groups,) */
+};
+
+static void *submit_groups_thread(void *arg)
+{
+    struct group_submitter *t = arg;
+    for (int g = t->first; g < t->first + t->n_groups; g++) {
+        struct xd_request req[5];
+        void *ctx[5];
+        for (int k = 0; k < t->sizes[g]; k++) {
+            req[k] = greedy_request(t->prompts[5 * g + k], 4, 6);
+            ctx[k] = &t->recs[5 * g + k];
+        }
+        struct xd_err err = {{0}};
+        int rc = XD_OK;
+        for (int tries = 0; tries < 2000; tries++) {
+            rc = xd_sched_submit_group(t->s, req, t->sizes[g], t->client, sink, ctx, NULL, &err);
+            if (rc != XD_ERR_CAPACITY || tries % 3 == 2)
+                break; /* some refusals are kept: their sinks must stay silent */
+            struct timespec ts = {0, 200000};
+            nanosleep(&ts, NULL);
+        }
+        t->accepted[g] = rc == XD_OK;
+        if (rc != XD_OK && rc != XD_ERR_CAPACITY)
+            fprintf(stderr, "group %d: %s\n", g, err.msg);
+    }
+    return NULL;
+}
+
+static void test_threaded_groups_all_or_none(void)
+{
+    struct fake *f = fake_new(64, 4, 50, 32);
+    struct xd_sched_opts o = xd_sched_defaults();
+    o.max_running = 3;
+    o.max_waiting = 8;
+    struct xd_sched *s = sched_over(f, &o, NULL);
+    if (!s)
+        goto out;
+    enum { T = 3, PER = 20, G = T * PER };
+    int32_t(*prompts)[8] = calloc(5 * G, sizeof *prompts);
+    struct rec *recs = calloc(5 * G, sizeof *recs);
+    int sizes[G];
+    bool accepted[G];
+    pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    int n_done = 0;
+    uint64_t rng = 77;
+    for (int g = 0; g < G; g++) {
+        sizes[g] = rng_int(&rng, 1, 5);
+        for (int k = 0; k < 5; k++) {
+            make_prompt(&rng, prompts[5 * g + k], 4, f->n_vocab);
+            recs[5 * g + k].lock = &lock;
+            recs[5 * g + k].n_done = &n_done;
+        }
+    }
+    struct xd_err err = {{0}};
+    CHECK(xd_sched_start(s, &err) == XD_OK, "%s", err.msg);
+    pthread_t th[T];
+    struct group_submitter sub[T];
+    for (int t = 0; t < T; t++) {
+        sub[t] = (struct group_submitter){s, 100 + (uint64_t)t, t * PER, PER, prompts, recs,
+                                          sizes, accepted};
+        pthread_create(&th[t], NULL, submit_groups_thread, &sub[t]);
+    }
+    for (int t = 0; t < T; t++)
+        pthread_join(th[t], NULL);
+    int want = 0, n_accepted = 0;
+    for (int g = 0; g < G; g++)
+        if (accepted[g]) {
+            want += sizes[g];
+            n_accepted++;
+        }
+    for (int spin = 0; spin < 20000; spin++) {
+        pthread_mutex_lock(&lock);
+        int done = n_done;
+        pthread_mutex_unlock(&lock);
+        if (done >= want && xd_sched_idle(s))
+            break;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    CHECK(xd_sched_idle(s), "not idle");
+    printf("  %d of %d groups accepted\n", n_accepted, G);
+    CHECK(n_accepted > 0, "no group of %d accepted", G);
+    for (int g = 0; g < G; g++)
+        for (int k = 0; k < sizes[g]; k++) {
+            struct rec *r = &recs[5 * g + k];
+            pthread_mutex_lock(&lock);
+            int nf = r->n_finish;
+            pthread_mutex_unlock(&lock);
+            if (accepted[g])
+                CHECK(nf == 1 && same_as_ref(r, prompts[5 * g + k], 4, 6, f->n_vocab),
+                      "group %d sequence %d: %d finishes", g, k, nf);
+            else
+                CHECK(nf == 0 && r->n_tokens == 0, "refused group %d ran sequence %d", g, k);
+        }
+    check_all_free(s);
+    xd_sched_destroy(s);
+    CHECK(f->n_errors == 0, "fake engine: %s", f->first_error);
+    free(prompts);
+    free(recs);
+out:
+    fake_free(f);
+}
+
 static void test_engine_failure_finishes_with_error(void)
 {
     struct fake *f = fake_new(64, 4, 50, 64);
@@ -1485,6 +1600,7 @@ int main(int argc, char **argv)
     RUN(test_fair_admission_round_robin_fcfs_within_client);
     RUN(test_group_all_or_none);
     RUN(test_threaded_concurrent_submitters);
+    RUN(test_threaded_groups_all_or_none);
     RUN(test_random_accounting_property);
     RUN(test_cpu_engine_batched_equals_alone);
     return test_summary();
