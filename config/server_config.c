@@ -15,7 +15,7 @@ void xd_server_config_init(struct xd_server_config *cfg)
     cfg->port = 8000;
     cfg->max_body_bytes = 1 << 20;
     cfg->max_connections = 256;
-    cfg->max_waiting = 256;
+    cfg->max_waiting = 1024; /* the API's largest request: 64 prompts x n=16 */
     cfg->max_running = 64;
     cfg->prefix_caching = true;
     cfg->group_by_expert = true;
@@ -25,6 +25,7 @@ void xd_server_config_init(struct xd_server_config *cfg)
     cfg->keepalive_interval = 10.0f;
     cfg->max_queued_bytes = 4ll << 20;
     cfg->log_level = "info";
+    cfg->admission = "fair";
 }
 
 #define SRV(field) offsetof(struct xd_server_config, field)
@@ -48,7 +49,10 @@ const struct xd_opt xd_server_config_opts[] = {
     {"max-connections", XD_OPT_INT, SRV(max_connections), 1, 65536, NULL,
      "concurrent connections (default 256)"},
     {"max-waiting", XD_OPT_INT, SRV(max_waiting), 1, 1 << 20, NULL,
-     "queued requests before 429 (default 256)"},
+     "sequences (prompts x n) queued before 429; a request with more is 400 (default 1024)"},
+    {"admission", XD_OPT_STRING, SRV(admission), 0, 0, NULL,
+     "order of admission from the queue: fair (round-robin across client addresses) or fcfs "
+     "(default fair)"},
     {"max-running", XD_OPT_INT, SRV(max_running), 1, 1 << 16, NULL,
      "sequences in one step (default 64)"},
     {"max-resident", XD_OPT_INT, SRV(max_resident), 0, 1 << 20, NULL,
@@ -107,6 +111,7 @@ void xd_server_config_sched_opts(const struct xd_server_config *cfg, struct xd_s
     so.prefix_caching = cfg->prefix_caching;
     so.group_by_expert = cfg->group_by_expert;
     so.max_wait_steps = cfg->max_wait_steps;
+    so.fcfs_admission = cfg->admission && strcmp(cfg->admission, "fcfs") == 0;
     *ret = so;
 }
 
@@ -125,6 +130,10 @@ int xd_server_config_validate(const struct xd_server_config *cfg, struct xd_err 
         return xd_err_set(err, XD_ERR_CONFIG,
                           "option '--chat-template': '%s' is not chatml, mistral, mistral-v1, "
                           "olmoe or qwen3", cfg->chat_template);
+    if (!cfg->admission || (strcmp(cfg->admission, "fair") != 0 &&
+                            strcmp(cfg->admission, "fcfs") != 0))
+        return xd_err_set(err, XD_ERR_CONFIG, "option '--admission': '%s' is not fair or fcfs",
+                          cfg->admission ? cfg->admission : "");
     if (!cfg->host || !cfg->host[0])
         return xd_err_set(err, XD_ERR_CONFIG, "option '--host' is empty");
     if (cfg->engine.kv_blocks && cfg->kv_memory_mb)

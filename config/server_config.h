@@ -22,7 +22,9 @@ struct xd_server_config {
     long long max_body_bytes;      /* request bodies above it are 413 */
     int max_prompt_tokens;         /* 0: the model's context */
     int max_connections;           /* concurrent connections */
-    int max_waiting;               /* queued requests before 429 */
+    int max_waiting;               /* sequences (prompts x n) queued before 429; a request
+                                      with more is 400 */
+    const char *admission;         /* "fair": round-robin across clients; "fcfs" */
     int max_running;               /* sequences in one step */
     int max_resident;              /* sequences holding KV blocks at once; 0 or below
                                       max_running: max_running. Above it, steps choose among
@@ -58,7 +60,7 @@ size_t xd_server_config_table(struct xd_opt *ret, size_t cap);
 
 /* Writes into *ret the scheduler options `expertd serve` runs with: xd_sched_defaults(), then
  * every scheduler setting cfg carries (max-running, max-resident, max-step-tokens,
- * prefill-chunk, max-waiting, prefix-caching, group-by-expert, max-wait-steps), copied as they
+ * prefill-chunk, max-waiting, prefix-caching, group-by-expert, max-wait-steps, admission), copied as they
  * are (the scheduler reads 0 as its default). on_step is left NULL for the caller. Cannot fail;
  * the scheduler's create checks the values. */
 void xd_server_config_sched_opts(const struct xd_server_config *cfg, struct xd_sched_opts *ret);

@@ -1,6 +1,7 @@
 /* POST /v1/completions and /v1/chat/completions: a parsed request becomes one scheduler
- * request per (prompt, n); the scheduler's sink queues events on the job and wakes the
- * connection's thread (an eventfd), which formats them as one JSON response or as SSE chunks.
+ * request per (prompt, n), submitted together as one group (all or none) under the client's
+ * id; the scheduler's sink queues events on the job and wakes the connection's thread (an
+ * eventfd), which formats them as one JSON response or as SSE chunks.
  *
  * Lifetime: a job is shared by the HTTP request (one reference until MHD's completion
  * callback), a streaming response (one until MHD frees it) and every submitted scheduler
@@ -10,6 +11,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <jansson.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -116,6 +118,7 @@ struct gen_job {
     struct xd_server *srv;
     struct xd_http_req *req;         /* NULL once MHD is done with the request */
     int sockfd;                      /* the client's socket, polled for hangups; -1: none */
+    uint64_t client;                 /* the client's id for fair admission (client_id) */
     struct xd_api_request api;
     struct prompt *prompts;
     int n_prompts;
@@ -874,14 +877,27 @@ static int build_prompts(struct gen_job *j, struct xd_api_error *e)
     return 0;
 }
 
+/* Submits every choice as one scheduler group, all or none, under the client's id. A request
+ * of more sequences than the queue could ever hold is a 400 naming the limit (retrying would
+ * never help); a queue without room for the whole request now is a 429. */
 static int submit_all(struct gen_job *j, struct xd_api_error *e)
 {
     struct xd_server *s = j->srv;
     struct xd_api_request *a = &j->api;
-    for (int i = 0; i < j->n_choices; i++) {
+    const int n = j->n_choices;
+    struct xd_request *qs = calloc((size_t)n, sizeof *qs);
+    void **ctx = calloc((size_t)n, sizeof *ctx);
+    uint64_t *ids = calloc((size_t)n, sizeof *ids);
+    if (!qs || !ctx || !ids) {
+        free(qs);
+        free(ctx);
+        free(ids);
+        return xd_api_error_nomem(e);
+    }
+    for (int i = 0; i < n; i++) {
         struct choice *c = &j->choices[i];
         const struct prompt *p = &j->prompts[c->prompt];
-        struct xd_request q = {
+        qs[i] = (struct xd_request){
             .prompt = p->ids, .n_prompt = p->n_ids,
             .max_tokens = a->max_tokens >= 0 ? a->max_tokens
                           : a->kind == XD_API_CHAT ? s->max_context - p->n_ids : 16,
@@ -890,38 +906,84 @@ static int submit_all(struct gen_job *j, struct xd_api_error *e)
             .ignore_eos = a->ignore_eos,
             .skip_special = true,
         };
-        if (q.sampling.has_seed) /* each choice its own stream, all reproducible */
-            q.sampling.seed += (uint64_t)(c->index % a->n);
-        pthread_mutex_lock(&j->lock);
-        j->refs++; /* the sink's, dropped at XD_EVENT_FINISH */
-        pthread_mutex_unlock(&j->lock);
-        struct xd_err err = {{0}};
-        uint64_t id = 0;
-        int rc = XD_ERR_UNAVAILABLE;
-        pthread_rwlock_rdlock(&s->sched_lock);
-        if (s->sched) {
-            if (i == 0) /* before any sink can run; s->sched only ever changes to NULL */
-                j->sched = s->sched;
-            rc = xd_sched_submit(s->sched, &q, sink, c, &id, &err);
-        }
-        pthread_rwlock_unlock(&s->sched_lock);
-        if (rc < 0) {
-            job_unref(j); /* no sink call will come; never the last reference here */
-            cancel_all(j);
-            /* the ones submitted finish as cancelled; their events are never read */
-            return error_from_status(e, rc, &err,
-                                     a->kind == XD_API_CHAT ? "max_completion_tokens"
-                                                            : "max_tokens");
-        }
-        pthread_mutex_lock(&j->lock);
-        c->sched_id = id;
-        c->submitted = true;
-        bool overflow = j->overflow;
-        pthread_mutex_unlock(&j->lock);
-        if (overflow) /* the sink gave up on an earlier choice before this one was marked */
-            xd_server_cancel(s, id);
+        if (qs[i].sampling.has_seed) /* each choice its own stream, all reproducible */
+            qs[i].sampling.seed += (uint64_t)(c->index % a->n);
+        ctx[i] = c;
     }
+    pthread_mutex_lock(&j->lock);
+    j->refs += n; /* the sinks', each dropped at its XD_EVENT_FINISH */
+    pthread_mutex_unlock(&j->lock);
+    struct xd_err err = {{0}};
+    int rc = XD_ERR_UNAVAILABLE, max_waiting = 0;
+    pthread_rwlock_rdlock(&s->sched_lock);
+    if (s->sched) {
+        j->sched = s->sched; /* before any sink can run; s->sched only ever changes to NULL */
+        max_waiting = xd_sched_max_waiting(s->sched);
+        rc = n > max_waiting ? XD_ERR_INVALID
+                             : xd_sched_submit_group(s->sched, qs, n, j->client, sink, ctx, ids,
+                                                     &err);
+    }
+    pthread_rwlock_unlock(&s->sched_lock);
+    free(qs);
+    free(ctx);
+    if (rc < 0) {
+        free(ids);
+        pthread_mutex_lock(&j->lock);
+        j->refs -= n; /* no sink call will come; never the last reference here */
+        pthread_mutex_unlock(&j->lock);
+        if (n > max_waiting && max_waiting > 0)
+            return xd_api_error_set(
+                e, 400, "invalid_request_error", a->n > 1 ? "n" : "prompt", "invalid_value",
+                "this request has %d sequences (%d prompts x n=%d); the server queues at most "
+                "%d (max-waiting), so it could never be admitted: send fewer prompts or a "
+                "smaller 'n'", n, j->n_prompts, a->n, max_waiting);
+        return error_from_status(e, rc, &err,
+                                 a->kind == XD_API_CHAT ? "max_completion_tokens" : "max_tokens");
+    }
+    pthread_mutex_lock(&j->lock);
+    for (int i = 0; i < n; i++) {
+        j->choices[i].sched_id = ids[i];
+        j->choices[i].submitted = true;
+    }
+    bool overflow = j->overflow;
+    pthread_mutex_unlock(&j->lock);
+    free(ids);
+    if (overflow) /* the sink gave up before the choices were marked */
+        cancel_all(j);
     return 0;
+}
+
+/* The client's id for fair admission: a hash of its address (IPv4, or IPv6 with IPv4-mapped
+ * addresses read as IPv4), never of the port, so one client's connections share one turn.
+ * expertd has a single API key, which every client sends alike, so the key names no client
+ * and is not part of the id. 0 when MHD does not say. */
+static uint64_t client_id(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (!ci || !ci->client_addr)
+        return 0;
+    const unsigned char *b = NULL;
+    size_t n = 0;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET) {
+        b = (const unsigned char *)&((const struct sockaddr_in *)(const void *)sa)->sin_addr;
+        n = 4;
+    } else if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
+        b = a6->s6_addr;
+        n = 16;
+        if (IN6_IS_ADDR_V4MAPPED(a6)) {
+            b += 12;
+            n = 4;
+        }
+    } else {
+        return 0;
+    }
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
 }
 
 static struct gen_job *job_create(struct xd_http_req *r)
@@ -943,6 +1005,7 @@ static struct gen_job *job_create(struct xd_http_req *r)
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     j->sockfd = ci ? ci->connect_fd : -1;
+    j->client = client_id(r->conn);
     j->created = (long long)time(NULL);
     j->deadline = xd_now() + r->srv->cfg->request_timeout;
     j->last_output = xd_now();

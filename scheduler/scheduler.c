@@ -15,6 +15,16 @@
 
 /* ---- sequences ---- */
 
+struct client_tag {
+    uint64_t client;
+    uint64_t last_tag; /* the tag of this client's newest sequence */
+};
+
+struct client_count {
+    uint64_t client;
+    int n_queued;      /* sequences submitted and never admitted yet (> 0) */
+};
+
 enum seq_state {
     SEQ_INCOMING, /* submitted, still in the locked queue */
     SEQ_WAITING,  /* owned by the scheduler thread, holds no KV blocks */
@@ -66,6 +76,8 @@ struct seq {
     bool has_sig;
     uint64_t admit_order;         /* newest admission is the preemption victim */
     uint64_t arrival;             /* submission order: the FCFS order */
+    uint64_t client;              /* who submitted it (xd_sched_submit_group): fairness */
+    uint64_t fair_tag;            /* admission order among first admissions (waiting_insert) */
     uint64_t ready_since;         /* step from which it has been runnable without running */
     int passed_over;              /* steps grouping skipped it within its FCFS turn */
 
@@ -83,7 +95,9 @@ struct xd_sched {
 
     /* Scheduler-thread state (or the xd_sched_step caller's) */
     struct xd_kv *kv;
-    struct seq **waiting;  /* (n_waiting,) FCFS; preempted sequences go back to the front */
+    struct seq **waiting;  /* (n_waiting,) preempted sequences first (newest preempted
+                              first), then the rest by (fair_tag, arrival): the admission
+                              order */
     int n_waiting;
     int cap_waiting;
     struct seq **running;  /* (n_running,) in admission order */
@@ -91,6 +105,13 @@ struct xd_sched {
     int cap_running;
     uint64_t n_admissions;
     uint64_t step_no;
+    /* fair admission (self-clocked fair queuing, one unit per sequence): vtime is the tag of
+     * the last sequence admitted for the first time; each client's next sequence is tagged one
+     * past the larger of vtime and that client's last tag */
+    uint64_t vtime;
+    struct client_tag *clients; /* (n_clients,) clients whose last tag is above vtime */
+    int n_clients;
+    int cap_clients;
     /* step scratch */
     struct seq **cand;           /* (max_resident + 1,) */
     struct seq **step_seqs;      /* (max_running,) */
@@ -114,6 +135,9 @@ struct xd_sched {
     int cap_cancels;
     uint64_t next_id;
     int n_active;                /* submitted and not finished */
+    struct client_count *queued; /* (n_queued_clients,) clients with sequences never admitted */
+    int n_queued_clients;
+    int cap_queued_clients;
     bool draining;
     bool stopping;
     bool started;
@@ -386,6 +410,25 @@ static int waiting_reserve(struct xd_sched *s, int n)
     return XD_OK;
 }
 
+/* ---- queued sequences per client (under lock) ---- */
+
+static struct client_count *client_queued(struct xd_sched *s, uint64_t client)
+{
+    for (int i = 0; i < s->n_queued_clients; i++)
+        if (s->queued[i].client == client)
+            return &s->queued[i];
+    return NULL;
+}
+
+/* One of client's sequences left the queue (its first admission, or it finished first). */
+static void client_unqueue(struct xd_sched *s, uint64_t client)
+{
+    struct client_count *c = client_queued(s, client);
+    assert(c && c->n_queued > 0);
+    if (--c->n_queued == 0)
+        *c = s->queued[--s->n_queued_clients];
+}
+
 /* Takes q out of whichever list holds it, frees its blocks, sends the finish event and frees
  * it. */
 static void finish_seq(struct xd_sched *s, struct seq *q, enum xd_finish_reason reason,
@@ -404,9 +447,13 @@ static void finish_seq(struct xd_sched *s, struct seq *q, enum xd_finish_reason 
         .n_generated_tokens = q->n_generated,
     };
     q->sink(q->sink_ctx, &ev);
+    bool queued = !q->admitted_once;
+    uint64_t client = q->client;
     seq_free(q);
     pthread_mutex_lock(&s->lock);
     s->n_active--;
+    if (queued)
+        client_unqueue(s, client);
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -528,8 +575,10 @@ static bool handle_token(struct xd_sched *s, struct seq *q, const struct xd_samp
 
 /* ---- submission, cancellation ---- */
 
-int xd_sched_submit(struct xd_sched *s, const struct xd_request *req, xd_sched_sink_fn sink,
-                    void *sink_ctx, uint64_t *ret_id, struct xd_err *err)
+/* Checks req and makes its sequence (state SEQ_INCOMING, no id yet) into *ret; on failure
+ * nothing is allocated and the status says why (xd_sched_submit's refusals). */
+static int seq_create(struct xd_sched *s, const struct xd_request *req, xd_sched_sink_fn sink,
+                      void *sink_ctx, struct seq **ret, struct xd_err *err)
 {
     const struct xd_step_engine *e = &s->eng;
     if (!sink)
@@ -624,33 +673,109 @@ int xd_sched_submit(struct xd_sched *s, const struct xd_request *req, xd_sched_s
     q->state = SEQ_INCOMING;
     xd_sampler_add_prompt(q->sampler, req->prompt, req->n_prompt);
 
+    *ret = q;
+    return XD_OK;
+}
+
+int xd_sched_submit_group(struct xd_sched *s, const struct xd_request *reqs, int n_reqs,
+                          uint64_t client, xd_sched_sink_fn sink, void *const *sink_ctx,
+                          uint64_t *ret_ids, struct xd_err *err)
+{
+    if (n_reqs < 1 || !reqs || !sink_ctx)
+        return xd_err_set(err, XD_ERR_INVALID, "an empty group");
+    if (n_reqs > s->opts.max_waiting)
+        return xd_err_set(err, XD_ERR_INVALID,
+                          "%d sequences in one group; the waiting queue holds at most %d "
+                          "(max_waiting)", n_reqs, s->opts.max_waiting);
+    struct seq **qs = malloc(sizeof *qs * (size_t)n_reqs);
+    if (!qs)
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+    int rc = XD_OK, n_made = 0;
+    for (; n_made < n_reqs && rc == XD_OK; n_made++)
+        rc = seq_create(s, &reqs[n_made], sink, sink_ctx[n_made], &qs[n_made], err);
+    if (rc < 0) {
+        n_made--; /* the failed one made nothing */
+        goto refuse;
+    }
+
     pthread_mutex_lock(&s->lock);
     if (s->draining || s->stopping) {
         pthread_mutex_unlock(&s->lock);
-        seq_free(q);
-        return xd_err_set(err, XD_ERR_UNAVAILABLE, "the scheduler is draining");
+        rc = xd_err_set(err, XD_ERR_UNAVAILABLE, "the scheduler is draining");
+        goto refuse;
     }
-    if (s->n_incoming + s->stats.n_waiting >= s->opts.max_waiting) {
-        int n = s->n_incoming + s->stats.n_waiting;
-        pthread_mutex_unlock(&s->lock);
-        seq_free(q);
-        return xd_err_set(err, XD_ERR_CAPACITY, "%d requests are waiting (max_waiting %d)", n,
-                          s->opts.max_waiting);
+    /* all or none: the whole group must fit beside what is queued, or within the client's
+     * fair share of the queue (max_waiting over the clients with sequences queued, itself
+     * included): a client that floods the queue cannot lock the others out. Shares can take
+     * the queue past max_waiting, never past twice that. */
+    const int max = s->opts.max_waiting;
+    int n_queued = s->n_incoming + s->stats.n_waiting;
+    struct client_count *cc = client_queued(s, client);
+    if (n_queued + n_reqs > max) {
+        int held = cc ? cc->n_queued : 0;
+        int share = max / (s->n_queued_clients + (cc ? 0 : 1));
+        if (held + n_reqs > share || n_queued + n_reqs > 2 * max) {
+            pthread_mutex_unlock(&s->lock);
+            rc = xd_err_set(err, XD_ERR_CAPACITY,
+                            "%d sequences are waiting; %d more do not fit (max_waiting %d; "
+                            "this client has %d waiting, its share is %d)",
+                            n_queued, n_reqs, max, held, share);
+            goto refuse;
+        }
     }
-    q->id = s->next_id++;
-    q->arrival = q->id;
-    if (s->incoming_tail)
-        s->incoming_tail->next_incoming = q;
-    else
-        s->incoming_head = q;
-    s->incoming_tail = q;
-    s->n_incoming++;
-    s->n_active++;
-    if (ret_id)
-        *ret_id = q->id;
+    if (!cc) {
+        if (s->n_queued_clients == s->cap_queued_clients) {
+            int cap = s->cap_queued_clients ? 2 * s->cap_queued_clients : 8;
+            struct client_count *t = realloc(s->queued, sizeof *t * (size_t)cap);
+            if (!t) {
+                pthread_mutex_unlock(&s->lock);
+                rc = xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+                goto refuse;
+            }
+            s->queued = t;
+            s->cap_queued_clients = cap;
+        }
+        cc = &s->queued[s->n_queued_clients++];
+        *cc = (struct client_count){.client = client, .n_queued = 0};
+    }
+    cc->n_queued += n_reqs;
+    for (int i = 0; i < n_reqs; i++) {
+        struct seq *q = qs[i];
+        q->id = s->next_id++;
+        q->arrival = q->id;
+        q->client = client;
+        if (s->incoming_tail)
+            s->incoming_tail->next_incoming = q;
+        else
+            s->incoming_head = q;
+        s->incoming_tail = q;
+        if (ret_ids)
+            ret_ids[i] = q->id;
+    }
+    s->n_incoming += n_reqs;
+    s->n_active += n_reqs;
     pthread_cond_signal(&s->wake);
     pthread_mutex_unlock(&s->lock);
+    free(qs);
     return XD_OK;
+
+refuse:
+    for (int i = 0; i < n_made; i++)
+        seq_free(qs[i]);
+    free(qs);
+    return rc;
+}
+
+int xd_sched_submit(struct xd_sched *s, const struct xd_request *req, xd_sched_sink_fn sink,
+                    void *sink_ctx, uint64_t *ret_id, struct xd_err *err)
+{
+    void *ctx[1] = {sink_ctx};
+    return xd_sched_submit_group(s, req, 1, 0, sink, ctx, ret_id, err);
+}
+
+int xd_sched_max_waiting(const struct xd_sched *s)
+{
+    return s->opts.max_waiting; /* fixed at create */
 }
 
 void xd_sched_cancel(struct xd_sched *s, uint64_t id)
@@ -705,6 +830,61 @@ static struct seq *find_seq(struct xd_sched *s, uint64_t id)
     return NULL;
 }
 
+/* The tag of client's next sequence: one past the larger of vtime and the client's last tag,
+ * so a client that has been idle starts level with the one being served now, and a backlogged
+ * client's sequences interleave one for one with every other backlogged client's. */
+static uint64_t client_next_tag(struct xd_sched *s, uint64_t client)
+{
+    struct client_tag *c = NULL;
+    for (int i = 0; i < s->n_clients && !c; i++)
+        if (s->clients[i].client == client)
+            c = &s->clients[i];
+    if (!c) {
+        /* forget the clients level with vtime: their next tag is vtime + 1 anyway */
+        int j = 0;
+        for (int i = 0; i < s->n_clients; i++)
+            if (s->clients[i].last_tag > s->vtime)
+                s->clients[j++] = s->clients[i];
+        s->n_clients = j;
+        if (s->n_clients == s->cap_clients) {
+            int cap = s->cap_clients ? 2 * s->cap_clients : 8;
+            struct client_tag *t = realloc(s->clients, sizeof *t * (size_t)cap);
+            if (!t)
+                return s->vtime + 1; /* out of memory: this one is not remembered (less fair,
+                                        never wrong) */
+            s->clients = t;
+            s->cap_clients = cap;
+        }
+        c = &s->clients[s->n_clients++];
+        *c = (struct client_tag){.client = client, .last_tag = 0};
+    }
+    c->last_tag = (c->last_tag > s->vtime ? c->last_tag : s->vtime) + 1;
+    return c->last_tag;
+}
+
+/* Whether x is admitted before y, neither preempted. */
+static bool admits_before(const struct seq *x, const struct seq *y)
+{
+    if (x->fair_tag != y->fair_tag)
+        return x->fair_tag < y->fair_tag;
+    return x->arrival < y->arrival;
+}
+
+/* Puts a new sequence into the waiting queue at its admission place: after every preempted
+ * sequence and every one that admits before it. The capacity is reserved. */
+static void waiting_insert(struct xd_sched *s, struct seq *q)
+{
+    q->fair_tag = s->opts.fcfs_admission ? q->arrival : client_next_tag(s, q->client);
+    int pos = s->n_waiting;
+    while (pos > 0 && !s->waiting[pos - 1]->admitted_once &&
+           admits_before(q, s->waiting[pos - 1]))
+        pos--;
+    memmove(s->waiting + pos + 1, s->waiting + pos,
+            sizeof *s->waiting * (size_t)(s->n_waiting - pos));
+    s->waiting[pos] = q;
+    s->n_waiting++;
+}
+
 /* Moves submitted requests into the waiting queue and applies cancellations. Returns a
  * negative status when out of memory (the incoming requests stay queued). */
 static int take_incoming(struct xd_sched *s)
@@ -714,8 +894,10 @@ static int take_incoming(struct xd_sched *s)
     if (rc == XD_OK) {
         for (struct seq *q = s->incoming_head; q; q = q->next_incoming) {
             q->state = SEQ_WAITING;
-            s->waiting[s->n_waiting++] = q;
+            waiting_insert(s, q);
         }
+        /* still counted against max_waiting until publish_stats recounts */
+        s->stats.n_waiting += s->n_incoming;
         s->incoming_head = s->incoming_tail = NULL;
         s->n_incoming = 0;
     }
@@ -929,7 +1111,8 @@ static void build_step(struct xd_sched *s)
             step_add(s, q, n, &b);
     }
 
-    /* admissions, FCFS; never preempt for a newcomer */
+    /* admissions in the waiting queue's order (preempted first, then round-robin across
+     * clients, FCFS within each); never preempt for a newcomer */
     while (s->n_waiting > 0 && b.tokens > 0 && b.seqs > 0 && s->n_running < s->max_resident) {
         struct seq *q = s->waiting[0];
         int hit = seq_prefix_lookup(s, q);
@@ -945,8 +1128,11 @@ static void build_step(struct xd_sched *s)
         s->stats.prefix_cache_queries_total += (uint64_t)((q->n_tokens - 1) / bs * bs);
         s->stats.prefix_cache_hits_total += (uint64_t)hit;
         if (!q->admitted_once) {
+            if (q->fair_tag > s->vtime)
+                s->vtime = q->fair_tag;
             q->n_cached_prompt = hit < q->n_prompt ? hit : q->n_prompt;
             q->admitted_once = true;
+            client_unqueue(s, q->client); /* build_step runs under the lock */
             q->queue_seconds = xd_now() - q->t_submit;
         }
         memmove(s->waiting, s->waiting + 1, sizeof *s->waiting * (size_t)(s->n_waiting - 1));
@@ -1186,6 +1372,8 @@ void xd_sched_destroy(struct xd_sched *s)
     free(s->expert_seen);
     free(s->union_experts);
     free(s->cancels);
+    free(s->clients);
+    free(s->queued);
     free(s);
 }
 
@@ -1229,6 +1417,28 @@ int xd_sched_check(struct xd_sched *s, struct xd_err *err)
     if (rc == XD_OK && !s->opts.prefix_caching && held != n_referenced)
         rc = xd_err_set(err, XD_ERR_INVALID, "tables hold %ld blocks, %d referenced", held,
                         n_referenced);
+    /* the per-client counts of sequences never admitted (the queue's shares) */
+    pthread_mutex_lock(&s->lock);
+    for (int c = 0; c < s->n_queued_clients && rc == XD_OK; c++) {
+        int n = 0;
+        for (int i = 0; i < s->n_waiting; i++)
+            n += !s->waiting[i]->admitted_once && s->waiting[i]->client == s->queued[c].client;
+        for (const struct seq *q = s->incoming_head; q; q = q->next_incoming)
+            n += q->client == s->queued[c].client;
+        if (n != s->queued[c].n_queued || n == 0)
+            rc = xd_err_set(err, XD_ERR_INVALID, "client %llx: %d sequences queued, counted %d",
+                            (unsigned long long)s->queued[c].client, n, s->queued[c].n_queued);
+    }
+    int n_never = s->n_incoming;
+    for (int i = 0; i < s->n_waiting; i++)
+        n_never += !s->waiting[i]->admitted_once;
+    int n_counted = 0;
+    for (int c = 0; c < s->n_queued_clients; c++)
+        n_counted += s->queued[c].n_queued;
+    if (rc == XD_OK && n_counted != n_never)
+        rc = xd_err_set(err, XD_ERR_INVALID, "%d sequences never admitted, clients count %d",
+                        n_never, n_counted);
+    pthread_mutex_unlock(&s->lock);
     free(refs);
     return rc;
 }

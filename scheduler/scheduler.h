@@ -37,8 +37,10 @@ struct xd_sched_opts {
     int max_running;      /* most sequences in one step; 0: 256 */
     int max_step_tokens;  /* token budget of one step; 0: the engine's max_batch_tokens */
     int prefill_chunk;    /* most prompt tokens of one sequence in one step; 0: the budget */
-    int max_waiting;      /* requests queued and not yet running; beyond it submit fails with
-                             XD_ERR_CAPACITY (HTTP 429); 0: 1024 */
+    int max_waiting;      /* sequences (requests) queued and not yet running; a submission
+                             that would take the queue past it fails with XD_ERR_CAPACITY
+                             (HTTP 429), a group of more than it with XD_ERR_INVALID (it could
+                             never fit); 0: 1024 */
     bool prefix_caching;  /* share full KV blocks of identical prefixes */
     bool group_by_expert; /* prefer sequences whose expert signatures overlap */
     int max_wait_steps;   /* grouping never delays a sequence more than this many steps beyond
@@ -50,6 +52,10 @@ struct xd_sched_opts {
                              0 or less than max_running: max_running. Above max_running, the
                              steps choose among more decoders than fit, which is where grouping
                              by expert has a choice. */
+    bool fcfs_admission;  /* admit from the waiting queue first come, first served across all
+                             clients (the policy before fair admission, kept for comparison);
+                             false (the default): round-robin across clients by sequences,
+                             first come, first served within a client */
 };
 
 /* Defaults for every field (the 0 meanings above, prefix caching and grouping on). */
@@ -129,13 +135,36 @@ int xd_sched_create(const struct xd_step_engine *eng, const struct xd_tokenizer 
  * Accepts NULL. */
 void xd_sched_destroy(struct xd_sched *s);
 
-/* Queues req; sink (with sink_ctx) receives its events. Thread-safe. Fails, calling no sink:
+/* Queues req (client 0, a group of one); sink (with sink_ctx) receives its events. Thread-safe. Fails, calling no sink:
  * XD_ERR_INVALID when req could never run (a bad field, an empty prompt, prompt plus
  * max_tokens over the context length or over the whole KV cache; the message names the
  * parameter and the sizes), XD_ERR_CAPACITY when the waiting queue is full, XD_ERR_UNAVAILABLE
  * when draining. On success *ret_id identifies the request. */
 int xd_sched_submit(struct xd_sched *s, const struct xd_request *req, xd_sched_sink_fn sink,
                     void *sink_ctx, uint64_t *ret_id, struct xd_err *err);
+
+/* Queues the n_reqs requests of reqs as one group, all or none: each request must pass
+ * xd_sched_submit's checks and the whole group must fit in the waiting queue beside what is
+ * queued, else nothing is queued and no sink is called. sink gets the events of reqs[i] with
+ * sink_ctx[i]. client identifies the submitter for fair admission: the waiting queue is
+ * served round-robin across clients, one sequence each in turn (a client that was idle starts
+ * level with the others, never with credit), first come, first served within a client;
+ * preempted sequences come back first whatever their client. 0 is a client like any other
+ * (xd_sched_submit's). Fails: XD_ERR_INVALID for a bad request (as xd_sched_submit) or a group
+ * of more than max_waiting sequences (it could never be queued; the message says both
+ * numbers), XD_ERR_CAPACITY when the queue has no room for the whole group now (a client
+ * holding less than its share of a full queue, max_waiting over the clients with sequences
+ * queued, itself included, is still let in up to that share, the queue up to twice
+ * max_waiting),
+ * XD_ERR_UNAVAILABLE when draining. On success ret_ids (n_reqs,), when not NULL, holds the
+ * request ids. Thread-safe. */
+int xd_sched_submit_group(struct xd_sched *s, const struct xd_request *reqs, int n_reqs,
+                          uint64_t client, xd_sched_sink_fn sink, void *const *sink_ctx,
+                          uint64_t *ret_ids, struct xd_err *err);
+
+/* The waiting queue's size in sequences (max_waiting after defaults): no group larger than it
+ * is ever queued. Fixed at create; thread-safe. */
+int xd_sched_max_waiting(const struct xd_sched *s);
 
 /* Cancels a request: it leaves at the next step, its KV blocks are freed at once, and its sink
  * gets XD_FINISH_CANCELLED (unless it already finished). Thread-safe; an unknown or finished id

@@ -84,7 +84,7 @@ printf '%s\nport = 8001\nhost = 10.0.0.1\nlog-level = warn\n' "$m" >"$tmp/prec.c
 "$expertd" check-config "$tmp/prec.conf" >"$tmp/a" 2>/dev/null
 EXPERTD_PORT=8002 "$expertd" check-config "$tmp/prec.conf" >"$tmp/b" 2>/dev/null
 EXPERTD_PORT=8002 "$expertd" check-config "$tmp/prec.conf" --port 8003 >"$tmp/c" 2>/dev/null
-if grep -qx 'port = 8001' "$tmp/a" && grep -qx 'max-waiting = 256' "$tmp/a" &&
+if grep -qx 'port = 8001' "$tmp/a" && grep -qx 'max-waiting = 1024' "$tmp/a" &&
    grep -qx 'port = 8002' "$tmp/b" && grep -qx 'host = 10.0.0.1' "$tmp/b" &&
    grep -qx 'port = 8003' "$tmp/c" && grep -qx 'log-level = warn' "$tmp/c"; then ok precedence
 else fail precedence "$(grep -h port "$tmp/a" "$tmp/b" "$tmp/c")"; fi

@@ -222,6 +222,7 @@ struct rec {
     bool bad_utf8;
     int last_step, max_gap; /* steps between consecutive tokens (run_to_idle's count) */
     double queue_seconds;   /* from the first token event */
+    int first_order;        /* 1 + how many requests had their first token before this one */
     pthread_mutex_t *lock; /* threaded tests */
     int *n_done;
 };
@@ -243,6 +244,7 @@ static bool whole_utf8(const char *s, size_t n)
 }
 
 static int g_step; /* steps run_to_idle ran so far */
+static int g_n_first; /* first tokens seen by any sink (rec.first_order) */
 
 static void sink(void *ctx, const struct xd_sched_event *ev)
 {
@@ -264,8 +266,10 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
         }
     }
     if (ev->kind == XD_EVENT_TOKEN) {
-        if (r->n_tokens == 0)
+        if (r->n_tokens == 0) {
             r->queue_seconds = ev->queue_seconds;
+            r->first_order = ++g_n_first;
+        }
         if (r->n_tokens < REC_MAX_TOKENS)
             r->tokens[r->n_tokens++] = ev->sample->token;
         return;
@@ -1055,6 +1059,213 @@ static void test_grouping_bounded_wait(void)
     fake_free(f);
 }
 
+/* ---- admission: groups, fairness ---- */
+
+/* A heavy client queues 50 requests; a light one submits one after two of them are running.
+ * Fair admission runs the light request at once (the next admission or the one after); the
+ * old FCFS order ran it after all 50 (asserted too, so the test sees the difference). */
+static void light_client_order(bool fcfs, int *ret_light, int *ret_before)
+{
+    struct fake *f = fake_new(512, 4, 50, 64);
+    struct xd_sched_opts o = xd_sched_defaults();
+    o.max_running = 2;
+    o.max_waiting = 64;
+    o.prefix_caching = false;
+    o.fcfs_admission = fcfs;
+    struct xd_sched *s = sched_over(f, &o, NULL);
+    if (!s) {
+        fake_free(f);
+        return;
+    }
+    static int32_t p[51][3];
+    static struct rec heavy[50], light;
+    memset(heavy, 0, sizeof heavy);
+    memset(&light, 0, sizeof light);
+    struct xd_err err = {{0}};
+    int base = g_n_first;
+    for (int i = 0; i < 50; i++) {
+        p[i][0] = 1 + i % 49;
+        p[i][1] = 2;
+        p[i][2] = 3;
+        struct xd_request req = greedy_request(p[i], 3, 4);
+        void *ctx[1] = {&heavy[i]};
+        CHECK(xd_sched_submit_group(s, &req, 1, 0xbeef, sink, ctx, NULL, &err) == XD_OK,
+              "heavy %d: %s", i, err.msg);
+    }
+    /* two heavy requests admitted and running */
+    CHECK(xd_sched_step(s, &err) > 0, "step: %s", err.msg);
+    int before = g_n_first - base;
+    p[50][0] = 7;
+    p[50][1] = 8;
+    p[50][2] = 9;
+    struct xd_request req = greedy_request(p[50], 3, 4);
+    void *ctx[1] = {&light};
+    CHECK(xd_sched_submit_group(s, &req, 1, 0x11, sink, ctx, NULL, &err) == XD_OK, "light: %s",
+          err.msg);
+    run_to_idle(s, 1000);
+    for (int i = 0; i < 50; i++)
+        CHECK(same_as_ref(&heavy[i], p[i], 3, 4, f->n_vocab), "heavy %d output", i);
+    CHECK(same_as_ref(&light, p[50], 3, 4, f->n_vocab), "light output");
+    CHECK(f->n_errors == 0, "fake engine: %s", f->first_error);
+    *ret_light = light.first_order - base;
+    *ret_before = before;
+    check_all_free(s);
+    xd_sched_destroy(s);
+    fake_free(f);
+}
+
+static void test_fair_admission_light_client_not_behind_heavy(void)
+{
+    int light = 0, before = 0;
+    light_client_order(false, &light, &before);
+    printf("  fair: the light request started %d of 51 (%d heavy started before it arrived)\n",
+           light, before);
+    CHECK(before == 2, "%d heavy requests started in the first step, not 2", before);
+    CHECK(light > before && light <= before + 2,
+          "fair admission started the light request %d of 51 (heavy before it arrived: %d)",
+          light, before);
+    light_client_order(true, &light, &before);
+    printf("  fcfs: the light request started %d of 51\n", light);
+    CHECK(light == 51, "FCFS started the light request %d of 51, not last", light);
+}
+
+/* Three clients backlogged at once: admissions alternate between them one by one, and each
+ * client's own requests keep their order. */
+static void test_fair_admission_round_robin_fcfs_within_client(void)
+{
+    struct fake *f = fake_new(512, 4, 50, 64);
+    struct xd_sched_opts o = xd_sched_defaults();
+    o.max_running = 1;
+    o.prefix_caching = false;
+    struct xd_sched *s = sched_over(f, &o, NULL);
+    if (!s)
+        goto out;
+    /* client a: 6 requests, then b: 3, then c: 2, all before the first step */
+    static const uint64_t who[11] = {'a', 'a', 'a', 'a', 'a', 'a', 'b', 'b', 'b', 'c', 'c'};
+    static int32_t p[11][2];
+    static struct rec r[11];
+    memset(r, 0, sizeof r);
+    struct xd_err err = {{0}};
+    for (int i = 0; i < 11; i++) {
+        p[i][0] = 1 + i;
+        p[i][1] = 5;
+        struct xd_request req = greedy_request(p[i], 2, 2);
+        void *ctx[1] = {&r[i]};
+        CHECK(xd_sched_submit_group(s, &req, 1, who[i], sink, ctx, NULL, &err) == XD_OK, "%s",
+              err.msg);
+    }
+    int base = g_n_first;
+    run_to_idle(s, 1000);
+    /* a0 b0 c0 a1 b1 c1 a2 b2 a3 a4 a5 */
+    static const int want[11] = {1, 4, 7, 9, 10, 11, 2, 5, 8, 3, 6};
+    for (int i = 0; i < 11; i++)
+        CHECK(r[i].first_order - base == want[i], "request %d (client %c) started %d, not %d", i,
+              (char)who[i], r[i].first_order - base, want[i]);
+    check_all_free(s);
+    xd_sched_destroy(s);
+out:
+    fake_free(f);
+}
+
+/* A group is queued all or none: a group the queue has no room for now is XD_ERR_CAPACITY and
+ * queues nothing; a bad request anywhere in it refuses all; a group larger than max_waiting
+ * could never be queued (XD_ERR_INVALID naming both numbers), but one exactly that large is
+ * accepted by an idle scheduler; a sequence over the whole KV cache refuses its group. When
+ * one client fills the queue, another still gets its share (max_waiting / 2 with two). */
+static void test_group_all_or_none(void)
+{
+    struct fake *f = fake_new(16, 4, 50, 64);
+    struct xd_sched_opts o = xd_sched_defaults();
+    o.max_running = 2;
+    o.max_waiting = 4;
+    o.prefix_caching = false;
+    struct xd_sched *s = sched_over(f, &o, NULL);
+    if (!s)
+        goto out;
+    CHECK(xd_sched_max_waiting(s) == 4, "max_waiting %d", xd_sched_max_waiting(s));
+    int32_t p[5][3];
+    struct xd_request req[5];
+    struct rec r[5], g[3], other[3];
+    void *ctx[5], *g_ctx[3], *other_ctx[3];
+    memset(r, 0, sizeof r);
+    memset(g, 0, sizeof g);
+    memset(other, 0, sizeof other);
+    for (int i = 0; i < 5; i++) {
+        p[i][0] = 1 + i;
+        p[i][1] = 2;
+        p[i][2] = 3;
+        req[i] = greedy_request(p[i], 3, 3);
+        ctx[i] = &r[i];
+    }
+    for (int i = 0; i < 3; i++) {
+        g_ctx[i] = &g[i];
+        other_ctx[i] = &other[i];
+    }
+    struct xd_err err = {{0}};
+    /* an idle scheduler takes a group as large as the whole queue */
+    uint64_t ids[5] = {0};
+    CHECK(xd_sched_submit_group(s, req, 4, 1, sink, ctx, ids, &err) == XD_OK, "4 of 4: %s",
+          err.msg);
+    CHECK(ids[0] && ids[1] == ids[0] + 1 && ids[3] == ids[0] + 3, "ids %llu..%llu",
+          (unsigned long long)ids[0], (unsigned long long)ids[3]);
+    /* full: one more from the same client is refused for now */
+    CHECK(xd_sched_submit_group(s, &req[4], 1, 1, sink, &ctx[4], NULL, &err) == XD_ERR_CAPACITY,
+          "a fifth in a queue of 4");
+    CHECK_CONTAINS(err.msg, "max_waiting 4");
+    /* one step admits two (max_running): room for two, not for three */
+    CHECK(xd_sched_step(s, &err) > 0, "step: %s", err.msg);
+    struct xd_sched_stats st;
+    xd_sched_get_stats(s, &st);
+    CHECK(st.n_running == 2 && st.n_waiting == 2, "running %d waiting %d", st.n_running,
+          st.n_waiting);
+    CHECK(xd_sched_submit_group(s, req, 3, 1, sink, g_ctx, NULL, &err) == XD_ERR_CAPACITY,
+          "3 into room for 2");
+    CHECK_CONTAINS(err.msg, "2 sequences are waiting; 3 more do not fit");
+    /* a bad request anywhere refuses the group */
+    int32_t bad[3] = {1, 50, 2};
+    struct xd_request two[2] = {req[0], greedy_request(bad, 3, 3)};
+    CHECK(xd_sched_submit_group(s, two, 2, 1, sink, g_ctx, NULL, &err) == XD_ERR_INVALID,
+          "a bad second request");
+    CHECK_CONTAINS(err.msg, "prompt[1]");
+    /* a sequence over the whole cache (16 blocks of 4) refuses its group: a 400, not a 429 */
+    static int32_t longp[70];
+    for (int i = 0; i < 70; i++)
+        longp[i] = 1 + i % 40;
+    struct xd_request huge[2] = {req[0], greedy_request(longp, 60, 10)};
+    CHECK(xd_sched_submit_group(s, huge, 2, 1, sink, g_ctx, NULL, &err) == XD_ERR_INVALID,
+          "over the cache");
+    CHECK_CONTAINS(err.msg, "the cache has 16");
+    /* larger than the queue could ever hold, even from a client with nothing queued */
+    CHECK(xd_sched_submit_group(s, req, 5, 2, sink, ctx, NULL, &err) == XD_ERR_INVALID,
+          "5 in a queue of 4");
+    CHECK_CONTAINS(err.msg, "5 sequences in one group");
+    CHECK_CONTAINS(err.msg, "at most 4 (max_waiting)");
+    for (int i = 0; i < 3; i++)
+        CHECK(g[i].n_tokens == 0 && g[i].n_finish == 0, "a refused group called sink %d", i);
+    CHECK(r[4].n_tokens == 0 && r[4].n_finish == 0, "a refused group called a sink");
+    /* what fits now is queued whole: the queue is full again, all client 1's */
+    CHECK(xd_sched_submit_group(s, req, 2, 1, sink, g_ctx, NULL, &err) == XD_OK, "2 into 2: %s",
+          err.msg);
+    /* another client still gets its share of the full queue (4 / 2 clients), no more */
+    CHECK(xd_sched_submit_group(s, &req[4], 1, 2, sink, other_ctx, NULL, &err) == XD_OK,
+          "client 2's first into a queue full of client 1's: %s", err.msg);
+    CHECK(xd_sched_submit_group(s, req, 2, 2, sink, &other_ctx[1], NULL, &err) ==
+              XD_ERR_CAPACITY, "client 2 past its share");
+    CHECK_CONTAINS(err.msg, "its share is 2");
+    run_to_idle(s, 1000);
+    for (int i = 0; i < 4; i++)
+        CHECK(same_as_ref(&r[i], p[i], 3, 3, f->n_vocab) && r[i].n_finish == 1, "group %d", i);
+    for (int i = 0; i < 2; i++)
+        CHECK(same_as_ref(&g[i], p[i], 3, 3, f->n_vocab) && g[i].n_finish == 1, "second %d", i);
+    CHECK(g[2].n_tokens == 0 && g[2].n_finish == 0, "never submitted");
+    CHECK(same_as_ref(&other[0], p[4], 3, 3, f->n_vocab) && other[0].n_finish == 1, "client 2");
+    CHECK(other[1].n_finish == 0 && other[2].n_finish == 0, "client 2's refused group ran");
+    check_all_free(s);
+    xd_sched_destroy(s);
+out:
+    fake_free(f);
+}
+
 /* ---- threaded mode ---- */
 
 struct submitter {
@@ -1139,6 +1350,121 @@ static void test_threaded_concurrent_submitters(void)
         n_ok++;
     }
     CHECK(n_ok >= N - N / 7 - 1, "%d completed", n_ok);
+    check_all_free(s);
+    xd_sched_destroy(s);
+    CHECK(f->n_errors == 0, "fake engine: %s", f->first_error);
+    free(prompts);
+    free(recs);
+out:
+    fake_free(f);
+}
+
+/* Groups from three client threads into a small queue while the scheduler thread runs: each
+ * group is all or none (every sequence of an accepted group finishes once with its reference
+ * output; no sink of a refused group is ever called; how many are refused depends on the
+ * threads' timing) and everything is freed at the end. Run under ThreadSanitizer too. */
+struct group_submitter {
+    struct xd_sched *s;
+    uint64_t client;
+    int first, n_groups;          /* groups first .. first + n_groups - 1 */
+    int32_t (*prompts)[8];
+    struct rec *recs;             /* (5 * groups,) sequence k of group g at 5 * g + k */
+    int *sizes;                   /* (groups,) */
+    bool *accepted;               /* (groups,) */
+};
+
+static void *submit_groups_thread(void *arg)
+{
+    struct group_submitter *t = arg;
+    for (int g = t->first; g < t->first + t->n_groups; g++) {
+        struct xd_request req[5];
+        void *ctx[5];
+        for (int k = 0; k < t->sizes[g]; k++) {
+            req[k] = greedy_request(t->prompts[5 * g + k], 4, 6);
+            ctx[k] = &t->recs[5 * g + k];
+        }
+        struct xd_err err = {{0}};
+        int rc = XD_OK;
+        for (int tries = 0; tries < 2000; tries++) {
+            rc = xd_sched_submit_group(t->s, req, t->sizes[g], t->client, sink, ctx, NULL, &err);
+            if (rc != XD_ERR_CAPACITY || tries % 3 == 2)
+                break; /* some refusals are kept: their sinks must stay silent */
+            struct timespec ts = {0, 200000};
+            nanosleep(&ts, NULL);
+        }
+        t->accepted[g] = rc == XD_OK;
+        if (rc != XD_OK && rc != XD_ERR_CAPACITY)
+            fprintf(stderr, "group %d: %s\n", g, err.msg);
+    }
+    return NULL;
+}
+
+static void test_threaded_groups_all_or_none(void)
+{
+    struct fake *f = fake_new(64, 4, 50, 32);
+    struct xd_sched_opts o = xd_sched_defaults();
+    o.max_running = 3;
+    o.max_waiting = 8;
+    struct xd_sched *s = sched_over(f, &o, NULL);
+    if (!s)
+        goto out;
+    enum { T = 3, PER = 20, G = T * PER };
+    int32_t(*prompts)[8] = calloc(5 * G, sizeof *prompts);
+    struct rec *recs = calloc(5 * G, sizeof *recs);
+    int sizes[G];
+    bool accepted[G];
+    pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    int n_done = 0;
+    uint64_t rng = 77;
+    for (int g = 0; g < G; g++) {
+        sizes[g] = rng_int(&rng, 1, 5);
+        for (int k = 0; k < 5; k++) {
+            make_prompt(&rng, prompts[5 * g + k], 4, f->n_vocab);
+            recs[5 * g + k].lock = &lock;
+            recs[5 * g + k].n_done = &n_done;
+        }
+    }
+    struct xd_err err = {{0}};
+    CHECK(xd_sched_start(s, &err) == XD_OK, "%s", err.msg);
+    pthread_t th[T];
+    struct group_submitter sub[T];
+    for (int t = 0; t < T; t++) {
+        sub[t] = (struct group_submitter){s, 100 + (uint64_t)t, t * PER, PER, prompts, recs,
+                                          sizes, accepted};
+        pthread_create(&th[t], NULL, submit_groups_thread, &sub[t]);
+    }
+    for (int t = 0; t < T; t++)
+        pthread_join(th[t], NULL);
+    int want = 0, n_accepted = 0;
+    for (int g = 0; g < G; g++)
+        if (accepted[g]) {
+            want += sizes[g];
+            n_accepted++;
+        }
+    for (int spin = 0; spin < 20000; spin++) {
+        pthread_mutex_lock(&lock);
+        int done = n_done;
+        pthread_mutex_unlock(&lock);
+        if (done >= want && xd_sched_idle(s))
+            break;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    CHECK(xd_sched_idle(s), "not idle");
+    printf("  %d of %d groups accepted\n", n_accepted, G);
+    CHECK(n_accepted > 0, "no group of %d accepted", G);
+    for (int g = 0; g < G; g++)
+        for (int k = 0; k < sizes[g]; k++) {
+            struct rec *r = &recs[5 * g + k];
+            pthread_mutex_lock(&lock);
+            int nf = r->n_finish;
+            pthread_mutex_unlock(&lock);
+            if (accepted[g])
+                CHECK(nf == 1 && same_as_ref(r, prompts[5 * g + k], 4, 6, f->n_vocab),
+                      "group %d sequence %d: %d finishes", g, k, nf);
+            else
+                CHECK(nf == 0 && r->n_tokens == 0, "refused group %d ran sequence %d", g, k);
+        }
     check_all_free(s);
     xd_sched_destroy(s);
     CHECK(f->n_errors == 0, "fake engine: %s", f->first_error);
@@ -1270,7 +1596,11 @@ int main(int argc, char **argv)
     RUN(test_stop_strings_never_leak);
     RUN(test_engine_failure_finishes_with_error);
     RUN(test_grouping_bounded_wait);
+    RUN(test_fair_admission_light_client_not_behind_heavy);
+    RUN(test_fair_admission_round_robin_fcfs_within_client);
+    RUN(test_group_all_or_none);
     RUN(test_threaded_concurrent_submitters);
+    RUN(test_threaded_groups_all_or_none);
     RUN(test_random_accounting_property);
     RUN(test_cpu_engine_batched_equals_alone);
     return test_summary();

@@ -55,6 +55,10 @@ static void test_errors_name_the_key(void)
     char *a4[] = {"--model", "/m", "--kv-blocks", "10", "--kv-memory", "64"};
     CHECK(parse(&c, 6, a4, &err) < 0, "both KV sizes accepted");
     CHECK_CONTAINS(err.msg, "--kv-memory");
+    char *a6[] = {"--model", "/m", "--admission", "round-robin"};
+    CHECK(parse(&c, 4, a6, &err) < 0, "bad admission policy accepted");
+    CHECK_CONTAINS(err.msg, "--admission");
+    CHECK_CONTAINS(err.msg, "fair or fcfs");
     char *a5[] = {"--api-key", "secret"};
     CHECK(parse(&c, 2, a5, &err) < 0, "an API key flag exists");
 }
@@ -76,6 +80,7 @@ static const struct {
     {"--max-wait-steps", "5", offsetof(struct xd_sched_opts, max_wait_steps), false, 5},
     {"--prefix-caching=false", NULL, offsetof(struct xd_sched_opts, prefix_caching), true, 0},
     {"--group-by-expert=false", NULL, offsetof(struct xd_sched_opts, group_by_expert), true, 0},
+    {"--admission", "fcfs", offsetof(struct xd_sched_opts, fcfs_admission), true, 1},
 };
 #define N_SCHED_KEYS (sizeof sched_keys / sizeof sched_keys[0])
 
@@ -101,7 +106,8 @@ static void test_sched_opts_follow_the_config(void)
     xd_server_config_sched_opts(&c, &defaults);
     CHECK(defaults.max_running == c.max_running && defaults.max_resident == 0 &&
           defaults.max_waiting == c.max_waiting && defaults.prefix_caching &&
-          defaults.group_by_expert && defaults.max_wait_steps == c.max_wait_steps,
+          defaults.group_by_expert && defaults.max_wait_steps == c.max_wait_steps &&
+          !defaults.fcfs_admission && c.max_waiting == 1024,
           "serve's defaults: running %d resident %d waiting %d wait-steps %d",
           defaults.max_running, defaults.max_resident, defaults.max_waiting,
           defaults.max_wait_steps);

@@ -753,6 +753,88 @@ def stalled_stream_reader_is_cancelled():
         assert s.stop() == 0
 
 
+# ---- admission: a request's sequences all or none, fair across client addresses ----
+
+def post_from(port, src, body, timeout=120):
+    """POST /v1/completions from source address src (any of 127/8 reaches the loopback
+    listener; expertd tells clients apart by address): (status, seconds, JSON body)."""
+    import http.client
+    t0 = time.time()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(src, 0))
+    try:
+        c.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+        r = c.getresponse()
+        data = r.read()
+        return r.status, time.time() - t0, json.loads(data) if data else None
+    finally:
+        c.close()
+
+
+@test
+def admission_64_prompts_x_16_on_an_idle_server():
+    # the API's largest request (64 prompts x n=16 = 1024 sequences) fits the default queue
+    # whole; before, its sequences went in one by one and the 257th was a 429
+    r = post(S.url + "/v1/completions",
+             {"prompt": [[1 + i, 2] for i in range(64)], "n": 16, "max_tokens": 1,
+              "temperature": 0, "ignore_eos": True})
+    assert r.status_code == 200, (r.status_code, r.text[:300])
+    ch = r.json()["choices"]
+    assert len(ch) == 1024 and sorted(c["index"] for c in ch) == list(range(1024)), len(ch)
+    assert r.json()["usage"]["completion_tokens"] == 1024, r.json()["usage"]
+
+
+@test
+def admission_never_fit_is_400_and_a_flood_does_not_starve_a_light_client():
+    # one heavy client (127.0.0.2) loops requests of 2 prompts x n=8; a light one (127.0.0.1)
+    # sends small requests one at a time, first alone, then under the flood; the same with
+    # --admission fcfs, the order before fair admission
+    light = {"prompt": [[3, 4, 5]], "max_tokens": 4, "temperature": 0, "ignore_eos": True}
+    heavy = {"prompt": [[6, 7, 8], [9, 10, 11]], "n": 8, "max_tokens": 16, "temperature": 0,
+             "ignore_eos": True}
+    figures = {}
+    for policy in ("fair", "fcfs"):
+        s = Server("--max-running", "4", "--max-waiting", "32", "--admission", policy,
+                   "--log-level", "warn")
+        try:
+            if policy == "fair":
+                # more sequences than the queue could ever hold: 400 naming the limit, not 429
+                st, _, body = post_from(s.port, "127.0.0.1",
+                                        {"prompt": [[1], [2], [3]], "n": 16, "max_tokens": 1})
+                assert st == 400, (st, body)
+                err = body["error"]
+                assert err["param"] == "n" and "48 sequences" in err["message"] and \
+                    "at most 32 (max-waiting)" in err["message"], err
+            alone = [post_from(s.port, "127.0.0.1", light) for _ in range(8)]
+            assert all(a[0] == 200 for a in alone), alone
+            stop = threading.Event()
+            heavy_status = []
+
+            def flood():
+                while not stop.is_set():
+                    heavy_status.append(post_from(s.port, "127.0.0.2", heavy)[0])
+
+            threads = [threading.Thread(target=flood, daemon=True) for _ in range(3)]
+            for t in threads:
+                t.start()
+            poll_metrics(s, lambda m: metric(m, "expertd_requests_waiting") >= 8, 30,
+                         "the flood never queued")
+            loaded = [post_from(s.port, "127.0.0.1", light) for _ in range(10)]
+            stop.set()
+            for t in threads:
+                t.join(60)
+            assert all(a[0] == 200 for a in loaded), [a[0] for a in loaded]  # no 429 for it
+            assert heavy_status.count(200) > 0, heavy_status
+            lat = sorted(a[1] for a in loaded)
+            figures[policy] = (sorted(a[1] for a in alone)[len(alone) // 2], lat[len(lat) // 2],
+                               lat[-1])
+        finally:
+            assert s.stop() == 0
+    print("  light p50 alone / p50, max flooded (ms): " + ", ".join(
+        f"{k} {a * 1e3:.1f} / {b * 1e3:.1f}, {c * 1e3:.1f}" for k, (a, b, c) in figures.items()))
+    # fair: the light request waits for one running sequence at most, not for the queue
+    assert figures["fair"][1] * 2 < figures["fcfs"][1], figures
+
+
 t_stop = time.time()
 exit_status = S.stop()
 if time.time() - t_stop > 5:

@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Fair admission under a flood: a light client's latency alone and while a heavy client loops
+big requests, for each admission policy of `expertd serve` (fair, fcfs).
+
+Two clients on loopback are told apart by their source address (127.0.0.1 and 127.0.0.2: all
+of 127/8 is loopback on Linux), which is how expertd identifies clients. The heavy client runs
+THREADS loops of POST /v1/completions with PROMPTS prompts x n=N; the light one sends one small
+request at a time. Prints one line per policy and, with --json, the figures as JSON.
+
+Usage: fair_admission.py EXPERTD MODEL_DIR [--policies fair,fcfs,old:OLD_EXPERTD] [--light 40]
+       [--json FILE] [-- extra serve flags]
+A policy old:PATH runs the expertd at PATH without --admission (the code before it)."""
+import argparse
+import http.client
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+
+def start(expertd, model, policy, extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("EXPERTD_API_KEY", None)
+    if policy.startswith("old:"):  # an expertd from before fair admission: no --admission
+        expertd, flags = policy[4:], []
+    else:
+        flags = ["--admission", policy]
+    proc = subprocess.Popen([expertd, "serve", "--model", model, "--port", "0", "--threads", "1",
+                             *flags, "--log-level", "warn", *extra],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    port = None
+    for line in proc.stderr:
+        m = re.search(r"listening on http://[^ ]+:(\d+)", line)
+        if m:
+            port = int(m.group(1))
+            break
+    if port is None:
+        raise RuntimeError("expertd did not start")
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", "/health")
+            if c.getresponse().status == 200:
+                return proc, port
+        except OSError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("expertd never became ready")
+
+
+def post(port, src, body, timeout=120):
+    """One POST /v1/completions from source address src: (status, seconds)."""
+    t0 = time.time()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(src, 0))
+    try:
+        data = json.dumps(body)
+        c.request("POST", "/v1/completions", data, {"Content-Type": "application/json"})
+        r = c.getresponse()
+        r.read()
+        return r.status, time.time() - t0
+    finally:
+        c.close()
+
+
+def steps_total(port):
+    """expertd_steps_total from /metrics: engine steps run so far."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", "/metrics")
+        for line in c.getresponse().read().decode().splitlines():
+            if line.startswith("expertd_steps_total "):
+                return float(line.split()[1])
+    finally:
+        c.close()
+    return float("nan")
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = min(len(xs) - 1, max(0, int(round(p / 100 * len(xs) + 0.5)) - 1))
+    return xs[k]
+
+
+def light_run(port, n, body):
+    """n requests one after the other: (seconds of each 200, engine steps each took, 429s).
+    The steps are the server's whole step count across the request (the heavy client's steps
+    included): the latency in the scheduler's own unit, which an engine's batch cost does not
+    change."""
+    lat, steps, rejected = [], [], 0
+    for _ in range(n):
+        s0 = steps_total(port)
+        st, dt = post(port, "127.0.0.1", body)
+        if st == 200:
+            lat.append(dt)
+            steps.append(steps_total(port) - s0)
+        else:
+            rejected += 1
+    return lat, steps, rejected
+
+
+def measure(expertd, model, policy, args, extra):
+    proc, port = start(expertd, model, policy, extra)
+    try:
+        light = {"prompt": [[1, 2, 3, 4]], "max_tokens": args.light_tokens, "temperature": 0,
+                 "ignore_eos": True}
+        heavy = {"prompt": [[5 + i, 6, 7, 8] for i in range(args.prompts)], "n": args.n,
+                 "max_tokens": args.heavy_tokens, "temperature": 0, "ignore_eos": True}
+        light_run(port, 3, light)  # warm up
+        alone, alone_steps, _ = light_run(port, args.light, light)
+        stop = threading.Event()
+        heavy_stats = {"ok": 0, "rejected": 0, "sequences": 0}
+        lock = threading.Lock()
+
+        def flood():
+            while not stop.is_set():
+                st, _ = post(port, "127.0.0.2", heavy)
+                with lock:
+                    if st == 200:
+                        heavy_stats["ok"] += 1
+                        heavy_stats["sequences"] += args.prompts * args.n
+                    else:
+                        heavy_stats["rejected"] += 1
+                if st != 200:
+                    time.sleep(0.01)
+
+        threads = [threading.Thread(target=flood, daemon=True) for _ in range(args.threads)]
+        t_flood = time.time()
+        for t in threads:
+            t.start()
+        time.sleep(args.settle)
+        t0 = time.time()
+        loaded, loaded_steps, rejected = light_run(port, args.light, light)
+        span = time.time() - t0
+        time.sleep(max(0.0, t_flood + args.min_flood - time.time()))  # throughput over a span
+        stop.set()
+        for t in threads:
+            t.join(120)
+        flood_s = time.time() - t_flood
+        return {
+            "policy": policy,
+            "alone_p50": pct(alone, 50), "alone_p99": pct(alone, 99),
+            "loaded_p50": pct(loaded, 50), "loaded_p99": pct(loaded, 99),
+            "ratio_p99": pct(loaded, 99) / pct(alone, 99) if alone and loaded else float("inf"),
+            "alone_steps_p99": pct(alone_steps, 99), "loaded_steps_p99": pct(loaded_steps, 99),
+            "loaded_steps_max": max(loaded_steps) if loaded_steps else float("nan"),
+            "light_ok": len(loaded), "light_rejected": rejected,
+            "heavy_ok": heavy_stats["ok"], "heavy_rejected": heavy_stats["rejected"],
+            "heavy_sequences_per_s": heavy_stats["sequences"] / flood_s,
+            "light_phase_s": span,
+        }
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main():
+    argv = sys.argv[1:]
+    extra = []
+    if "--" in argv:
+        extra = argv[argv.index("--") + 1:]
+        argv = argv[:argv.index("--")]
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("expertd")
+    ap.add_argument("model")
+    ap.add_argument("--policies", default="fair,fcfs")
+    ap.add_argument("--light", type=int, default=40, help="light requests per phase")
+    ap.add_argument("--light-tokens", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2, help="heavy client's concurrent loops")
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--heavy-tokens", type=int, default=8)
+    ap.add_argument("--settle", type=float, default=1.0, help="seconds of flood before measuring")
+    ap.add_argument("--min-flood", type=float, default=6.0,
+                    help="seconds the flood lasts at least (the heavy client's throughput)")
+    ap.add_argument("--json", help="write the figures here")
+    args = ap.parse_args(argv)
+    out = []
+    for policy in args.policies.split(","):
+        r = measure(args.expertd, args.model, policy, args, extra)
+        out.append(r)
+        print(f"{policy[:4]:5s} light p50/p99 alone {r['alone_p50'] * 1e3:7.1f}/{r['alone_p99'] * 1e3:7.1f} ms"
+              f"  flooded {r['loaded_p50'] * 1e3:7.1f}/{r['loaded_p99'] * 1e3:7.1f} ms"
+              f"  p99 x{r['ratio_p99']:.2f}  steps p99 {r['alone_steps_p99']:.0f} -> "
+              f"{r['loaded_steps_p99']:.0f}  light 429s {r['light_rejected']}/{args.light}"
+              f"  heavy {r['heavy_ok']} ok, {r['heavy_rejected']} 429,"
+              f" {r['heavy_sequences_per_s']:.0f} seq/s", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
