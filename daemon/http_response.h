@@ -27,6 +27,7 @@ struct xd_http_req {
     bool answered_early;         /* answered from the headers alone, before the body was read
                                     (wrong API key, oversized Content-Length): Connection:
                                     close */
+    const char *allow;           /* static: the Allow header of a 405, or NULL */
     bool responded;
     int status;                  /* the status queued */
     struct gen_job *job;         /* api_generate.c's state, or NULL */
@@ -38,8 +39,9 @@ struct xd_http_req {
 };
 
 /* Queues a response of len bytes of body (copied) with content_type, a Retry-After header when
- * retry_after is not NULL, WWW-Authenticate on 401 and Connection: close after an oversized
- * body or an answer given before the body was read; sets r->status and r->responded. */
+ * retry_after is not NULL, WWW-Authenticate on 401, Allow when r->allow is set, and
+ * Connection: close after an oversized body or an answer given before the body was read; sets
+ * r->status and r->responded. */
 enum MHD_Result xd_http_send(struct xd_http_req *r, int status, const char *body, size_t len,
                              const char *content_type, const char *retry_after);
 /* Queues a JSON response (text copied) with status; sets r->status. */

@@ -8,7 +8,11 @@
  * busy-loop) and a suspended connection is not polled at all, so a disconnect would go unseen
  * until the next token. Threads cost a stack each; max-connections bounds them. A client that
  * half-closes its side (shutdown(SHUT_WR)) after sending a generation request counts as gone:
- * no OpenAI client does that, and telling it apart from a reset would need a write. */
+ * no OpenAI client does that, and telling it apart from a reset would need a write.
+ *
+ * What MHD 0.9.75 does not check about framing (duplicate or conflicting Content-Length,
+ * Transfer-Encoding with Content-Length or other than chunked) is refused on the first call
+ * of the access handler, before any of the body is used. */
 #include "daemon/http_server.h"
 
 #include <arpa/inet.h>
@@ -100,14 +104,31 @@ static enum MHD_Result metrics(struct xd_http_req *r)
 
 /* ---- routing ---- */
 
-static const char *endpoint_of(const char *url)
+/* The endpoints and the methods each answers (HEAD as GET: MHD sends the head only). */
+static const struct route {
+    const char *path;
+    const char *allow; /* the Allow header of a 405 */
+    bool post;         /* POST only; else GET and HEAD */
+} ROUTES[] = {
+    {"/v1/completions", "POST", true},   {"/v1/chat/completions", "POST", true},
+    {"/v1/models", "GET, HEAD", false},  {"/health", "GET, HEAD", false},
+    {"/metrics", "GET, HEAD", false},
+};
+
+/* The route of url, or NULL. */
+static const struct route *route_of(const char *url)
 {
-    static const char *const known[] = {"/v1/completions", "/v1/chat/completions",
-                                        "/v1/models", "/health", "/metrics"};
-    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
-        if (strcmp(url, known[i]) == 0)
-            return known[i];
-    return "other";
+    for (size_t i = 0; i < sizeof ROUTES / sizeof ROUTES[0]; i++)
+        if (strcmp(url, ROUTES[i].path) == 0)
+            return &ROUTES[i];
+    return NULL;
+}
+
+static bool method_ok(const struct route *rt, const char *method)
+{
+    if (rt->post)
+        return strcmp(method, "POST") == 0;
+    return strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
 }
 
 /* Whether the endpoint asks for the API key: everything under /v1/ (known or not: unknown
@@ -118,33 +139,36 @@ static bool needs_key(const struct xd_http_req *r)
            strcmp(r->endpoint, "/metrics") != 0;
 }
 
+static enum MHD_Result method_not_allowed(struct xd_http_req *r, const struct route *rt)
+{
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s is not allowed on %s; use %s", r->method, rt->path,
+             rt->post ? "POST" : "GET");
+    r->allow = rt->allow;
+    return send_err(r, 405, "invalid_request_error", "method_not_allowed", msg);
+}
+
 static enum MHD_Result dispatch(struct xd_http_req *r)
 {
     struct xd_server *s = r->srv;
     const char *ep = r->endpoint;
-    bool is_post = strcmp(r->method, "POST") == 0;
-    bool is_get = strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0;
-
-    if (strcmp(ep, "/health") == 0 && is_get)
-        return health(r);
-    if (strcmp(ep, "/metrics") == 0 && is_get)
-        return metrics(r);
-    if (strcmp(ep, "other") == 0)
+    const struct route *rt = route_of(ep);
+    if (!rt)
         return send_err(r, 404, "invalid_request_error", "not_found", "no such endpoint");
 
-    /* /v1/...: the API key first, so that nothing about the server leaks without it */
-    if (!key_ok(s, MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization")))
+    /* the API key first, so that nothing about the server leaks without it */
+    if (needs_key(r) &&
+        !key_ok(s, MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization")))
         return send_err(r, 401, "authentication_error", "invalid_api_key",
                         "missing or incorrect API key (send 'Authorization: Bearer KEY')");
-    if (strcmp(ep, "/v1/models") == 0) {
-        if (!is_get)
-            return send_err(r, 405, "invalid_request_error", "method_not_allowed",
-                            "use GET for /v1/models");
+    if (!method_ok(rt, r->method))
+        return method_not_allowed(r, rt);
+    if (strcmp(ep, "/health") == 0)
+        return health(r);
+    if (strcmp(ep, "/metrics") == 0)
+        return metrics(r);
+    if (strcmp(ep, "/v1/models") == 0)
         return models(r);
-    }
-    if (!is_post)
-        return send_err(r, 405, "invalid_request_error", "method_not_allowed",
-                        "use POST for this endpoint");
     if (r->body_too_large) {
         char msg[128];
         snprintf(msg, sizeof msg, "the request body exceeds the limit of %lld bytes",
@@ -159,6 +183,66 @@ static enum MHD_Result dispatch(struct xd_http_req *r)
                                                 : "the server is shutting down");
     return xd_api_generate(r, strcmp(ep, "/v1/completions") == 0 ? XD_API_COMPLETIONS
                                                                   : XD_API_CHAT);
+}
+
+/* ---- framing: what MHD 0.9.75 lets through ---- */
+
+/* MHD itself refuses a Content-Length that is not a plain decimal number (400) or too big
+ * (413), and decodes chunked bodies. It takes the first of several Content-Length headers
+ * and ignores Content-Length when Transfer-Encoding is present; with a Transfer-Encoding other
+ * than exactly "chunked" it reads the body until the client closes. Behind a proxy that
+ * frames the message differently, each of these smuggles a request. */
+struct framing {
+    int n_cl, n_te;
+    const char *cl, *te; /* the first values */
+    bool cl_differ;
+};
+
+static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value)
+{
+    (void)kind;
+    struct framing *f = cls;
+    const char *v = value ? value : "";
+    if (strcasecmp(key, "Content-Length") == 0) {
+        if (f->n_cl++ == 0)
+            f->cl = v;
+        else if (strcmp(v, f->cl) != 0)
+            f->cl_differ = true;
+    } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+        if (f->n_te++ == 0)
+            f->te = v;
+    }
+    return MHD_YES;
+}
+
+/* Answers a request whose framing is ambiguous (400) or unsupported (501); MHD_YES with
+ * nothing queued when it is fine. *ret_answered says which. */
+static enum MHD_Result check_framing(struct xd_http_req *r, bool *ret_answered)
+{
+    struct framing f = {0};
+    MHD_get_connection_values(r->conn, MHD_HEADER_KIND, count_framing, &f);
+    const char *code = NULL, *msg = NULL;
+    int status = 400;
+    if (f.n_cl > 1) {
+        code = f.cl_differ ? "conflicting_content_length" : "duplicate_content_length";
+        msg = f.cl_differ ? "the request has Content-Length headers that differ"
+                          : "the request has more than one Content-Length header";
+    } else if (f.n_te && f.n_cl) {
+        code = "transfer_encoding_with_content_length";
+        msg = "the request has both Transfer-Encoding and Content-Length";
+    } else if (f.n_te > 1) {
+        code = "duplicate_transfer_encoding";
+        msg = "the request has more than one Transfer-Encoding header";
+    } else if (f.n_te && strcasecmp(f.te, "chunked") != 0) {
+        status = 501;
+        code = "unsupported_transfer_encoding";
+        msg = "the only Transfer-Encoding supported is chunked";
+    }
+    *ret_answered = code != NULL;
+    if (!code)
+        return MHD_YES;
+    return send_err(r, status, "invalid_request_error", code, msg);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -177,7 +261,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->conn = conn;
         r->id = atomic_fetch_add(&s->next_id, 1);
         r->method = method;
-        r->endpoint = endpoint_of(url);
+        const struct route *rt = route_of(url);
+        r->endpoint = rt ? rt->path : "other";
         r->t_arrival = xd_now();
         r->ttft = -1;
         *con_cls = r;
@@ -187,8 +272,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
          * connection (we also say Connection: close). A wrong API key therefore costs the
          * server no body buffering; dispatch() checks the key before the body limit, so a
          * wrong key with an oversized body is 401, not 413. */
-        if (needs_key(r) &&
-            !key_ok(s, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"))) {
+        bool refused = false;
+        enum MHD_Result ok = check_framing(r, &refused);
+        if (refused) {
+            r->answered_early = true;
+            return ok;
+        }
+        if (rt && ((needs_key(r) &&
+                    !key_ok(s, MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                           "Authorization"))) ||
+                   !method_ok(rt, method))) {
             r->answered_early = true;
             return dispatch(r);
         }
