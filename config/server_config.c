@@ -15,6 +15,9 @@ void xd_server_config_init(struct xd_server_config *cfg)
     cfg->port = 8000;
     cfg->max_body_bytes = 1 << 20;
     cfg->max_connections = 256;
+    cfg->max_connections_per_client = 128;
+    cfg->header_timeout = 10.0f;
+    cfg->body_timeout = 30.0f;
     cfg->max_waiting = 256;
     cfg->max_running = 64;
     cfg->prefix_caching = true;
@@ -47,6 +50,15 @@ const struct xd_opt xd_server_config_opts[] = {
      "longest prompt in tokens (default 0: the model's context)"},
     {"max-connections", XD_OPT_INT, SRV(max_connections), 1, 65536, NULL,
      "concurrent connections (default 256)"},
+    {"max-connections-per-client", XD_OPT_INT, SRV(max_connections_per_client), 0, 65536, NULL,
+     "concurrent connections from one address; more are 503 (default 128; 0: no cap; behind a "
+     "reverse proxy every connection has the proxy's address)"},
+    {"header-timeout", XD_OPT_FLOAT, SRV(header_timeout), 0.1, 3600, NULL,
+     "seconds a client has to send its request headers, however slowly they trickle in; then "
+     "the connection is closed (default 10)"},
+    {"body-timeout", XD_OPT_FLOAT, SRV(body_timeout), 0.1, 86400, NULL,
+     "seconds a client has to send its request body after the headers; then the connection is "
+     "closed (default 30)"},
     {"max-waiting", XD_OPT_INT, SRV(max_waiting), 1, 1 << 20, NULL,
      "queued requests before 429 (default 256)"},
     {"max-running", XD_OPT_INT, SRV(max_running), 1, 1 << 16, NULL,

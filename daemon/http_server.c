@@ -10,9 +10,13 @@
  * half-closes its side (shutdown(SHUT_WR)) after sending a generation request counts as gone:
  * no OpenAI client does that, and telling it apart from a reset would need a write.
  *
- * What MHD 0.9.75 does not check about framing (duplicate or conflicting Content-Length,
- * Transfer-Encoding with Content-Length or other than chunked) is refused on the first call
- * of the access handler, before any of the body is used. */
+ * Abuse at the door (issue 20): MHD's idle timeout starts again at every byte, so a client
+ * that trickles its headers would hold a thread for ever; conn_guard.h's watchdog closes a
+ * connection whose headers (header-timeout) or body (body-timeout) are not complete in time,
+ * and counts connections per client address (max-connections-per-client). What MHD 0.9.75
+ * does not check about framing (duplicate or conflicting Content-Length, Transfer-Encoding
+ * with Content-Length or other than chunked) is refused on the first call of the access
+ * handler, before any of the body is used. */
 #include "daemon/http_server.h"
 
 #include <arpa/inet.h>
@@ -23,6 +27,7 @@
 #include <sys/socket.h>
 
 #include "daemon/api_generate.h"
+#include "daemon/conn_guard.h"
 #include "daemon/http_response.h"
 #include "xd_build_config.h"
 
@@ -91,6 +96,7 @@ static enum MHD_Result metrics(struct xd_http_req *r)
         have = true;
     }
     pthread_rwlock_unlock(&r->srv->sched_lock);
+    xd_metrics_set_connections(r->srv->metrics, xd_conn_guard_count(r->srv->guard));
     size_t len = 0;
     char *text = xd_metrics_render(r->srv->metrics, have ? &st : NULL, r->srv->model_name,
                                    XD_VERSION, r->srv->backend, &len);
@@ -103,6 +109,9 @@ static enum MHD_Result metrics(struct xd_http_req *r)
 }
 
 /* ---- routing ---- */
+
+/* MHD's idle timeout (seconds without a byte either way); generations lift it. */
+#define IDLE_TIMEOUT 120
 
 /* The endpoints and the methods each answers (HEAD as GET: MHD sends the head only). */
 static const struct route {
@@ -181,6 +190,9 @@ static enum MHD_Result dispatch(struct xd_http_req *r)
                         st == XD_SERVER_LOADING ? "model_loading" : "server_draining",
                         st == XD_SERVER_LOADING ? "the model is still loading"
                                                 : "the server is shutting down");
+    /* a generation lifts MHD's idle timeout; the watchdog's follows it */
+    xd_conn_guard_set_idle_timeout(s->guard, r->guard_conn,
+                                   (double)s->cfg->request_timeout + 60 + IDLE_TIMEOUT);
     return xd_api_generate(r, strcmp(ep, "/v1/completions") == 0 ? XD_API_COMPLETIONS
                                                                   : XD_API_CHAT);
 }
@@ -245,6 +257,63 @@ static enum MHD_Result check_framing(struct xd_http_req *r, bool *ret_answered)
     return send_err(r, status, "invalid_request_error", code, msg);
 }
 
+/* ---- connections (conn_guard.h) ---- */
+
+static struct xd_conn *guard_conn_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* MHD_OPTION_NOTIFY_CONNECTION: registers each connection with the watchdog (on the
+ * accepting thread, before the connection's own thread starts) and unregisters it after its
+ * thread is joined, before MHD closes the socket. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    struct xd_server *s = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *fd =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        const union MHD_ConnectionInfo *addr =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        *socket_context = fd ? xd_conn_guard_open(s->guard, fd->connect_fd,
+                                                  addr ? addr->client_addr : NULL)
+                             : NULL;
+        return;
+    }
+    enum xd_conn_cut cut = xd_conn_guard_close(s->guard, *socket_context);
+    *socket_context = NULL;
+    static const enum xd_conn_closed why[] = {
+        [XD_CONN_CUT_HEADERS] = XD_CLOSED_HEADER_TIMEOUT,
+        [XD_CONN_CUT_BODY] = XD_CLOSED_BODY_TIMEOUT,
+        [XD_CONN_CUT_IDLE] = XD_CLOSED_IDLE_TIMEOUT,
+        [XD_CONN_CUT_OVER_CAP] = XD_CLOSED_PER_CLIENT,
+    };
+    static const char *const said[] = {
+        [XD_CONN_CUT_HEADERS] = "request headers not complete within header-timeout",
+        [XD_CONN_CUT_BODY] = "request body not complete within body-timeout",
+        [XD_CONN_CUT_IDLE] = "no request within the idle timeout",
+        [XD_CONN_CUT_OVER_CAP] = "over max-connections-per-client, and no request within 1 s",
+    };
+    if (cut != XD_CONN_CUT_NONE) {
+        xd_metrics_connection_closed(s->metrics, why[cut]);
+        xd_log(s, XD_LOG_DEBUG, "connection closed: %s", said[cut]);
+    }
+}
+
+/* MHD_OPTION_URI_LOG_CALLBACK: a request line is in. On a kept-alive connection the next
+ * request's header deadline starts here (on a new one it started at the connection). Returns
+ * NULL: the request's context is made by on_request's first call. */
+static void *on_request_line(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    (void)uri;
+    struct xd_server *s = cls;
+    xd_conn_guard_enter(s->guard, guard_conn_of(conn), XD_CONN_HEADERS);
+    return NULL;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_data_size,
@@ -265,17 +334,32 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->endpoint = rt ? rt->path : "other";
         r->t_arrival = xd_now();
         r->ttft = -1;
+        r->guard_conn = guard_conn_of(conn);
         *con_cls = r;
+        xd_conn_guard_enter(s->guard, r->guard_conn, XD_CONN_BODY);
         /* Refusals that the headers decide are answered on this first call, before any of
          * the body is read: MHD (0.9.75) accepts a response queued while the request still
          * has an upload pending, sends it, ignores the rest of the body and closes the
          * connection (we also say Connection: close). A wrong API key therefore costs the
          * server no body buffering; dispatch() checks the key before the body limit, so a
          * wrong key with an oversized body is 401, not 413. */
+        bool over_cap = xd_conn_guard_over_cap(s->guard, r->guard_conn);
+        r->close_after = over_cap;
+        bool cheap = strcmp(r->endpoint, "/health") == 0 || strcmp(r->endpoint, "/metrics") == 0;
+        if (over_cap && !cheap) { /* /health and /metrics are answered (then closed) */
+            r->answered_early = true;
+            xd_conn_guard_enter(s->guard, r->guard_conn, XD_CONN_ANSWERING);
+            char msg[160];
+            snprintf(msg, sizeof msg, "too many connections from this address (the limit is "
+                     "max-connections-per-client = %d); retry later",
+                     s->cfg->max_connections_per_client);
+            return send_err(r, 503, "service_unavailable_error", "too_many_connections", msg);
+        }
         bool refused = false;
         enum MHD_Result ok = check_framing(r, &refused);
         if (refused) {
             r->answered_early = true;
+            xd_conn_guard_enter(s->guard, r->guard_conn, XD_CONN_ANSWERING);
             return ok;
         }
         if (rt && ((needs_key(r) &&
@@ -283,12 +367,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                                            "Authorization"))) ||
                    !method_ok(rt, method))) {
             r->answered_early = true;
+            xd_conn_guard_enter(s->guard, r->guard_conn, XD_CONN_ANSWERING);
             return dispatch(r);
         }
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > (unsigned long long)s->cfg->max_body_bytes) {
             r->body_too_large = true;
             r->answered_early = true;
+            xd_conn_guard_enter(s->guard, r->guard_conn, XD_CONN_ANSWERING);
             return dispatch(r);
         }
         return MHD_YES;
@@ -306,6 +392,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     if (r->responded)
         return MHD_YES;
+    xd_conn_guard_enter(s->guard, r->guard_conn, XD_CONN_ANSWERING);
     return dispatch(r);
 }
 
@@ -315,13 +402,16 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     (void)conn;
     struct xd_server *s = cls;
     struct xd_http_req *r = *con_cls;
-    if (!r)
+    if (!r) /* MHD answered it itself (a malformed request), or the client left early */
         return;
     *con_cls = NULL;
     if (r->job)
         xd_api_generate_done(r, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     bool gone = r->disconnected || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK;
     int status = r->responded ? r->status : 499; /* nginx's "client closed request" */
+    if (!r->responded && xd_conn_guard_cut(s->guard, r->guard_conn) == XD_CONN_CUT_BODY)
+        status = 408; /* nothing is sent: the watchdog closed it (as nginx logs it) */
+    xd_conn_guard_enter(s->guard, r->guard_conn, XD_CONN_IDLE); /* kept alive, or closing */
     double e2e = xd_now() - r->t_arrival;
     if (strcmp(r->endpoint, "other") != 0)
         xd_metrics_request(s->metrics, r->endpoint, status);
@@ -367,25 +457,44 @@ int xd_http_start(struct xd_server *s, struct xd_err *err)
     if (rc != 0)
         return xd_err_set(err, XD_ERR_CONFIG, "option '--host': cannot resolve '%s': %s",
                           c->host, gai_strerror(rc));
+    double header_timeout = (double)c->header_timeout;
+    struct xd_conn_guard_opts go = {
+        .header_timeout = header_timeout,
+        .body_timeout = (double)c->body_timeout,
+        .idle_timeout = IDLE_TIMEOUT,
+        .over_cap_grace = header_timeout < 1.0 ? header_timeout : 1.0,
+        .max_per_client = c->max_connections_per_client,
+    };
+    rc = xd_conn_guard_create(&go, &s->guard, err);
+    if (rc < 0) {
+        freeaddrinfo(ai);
+        return rc;
+    }
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
                      MHD_USE_POLL | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    /* MHD's idle timeout; generation requests lift it while they run (request-timeout rules) */
+    /* MHD's idle timeout; generation requests lift it while they run (request-timeout rules);
+     * the watchdog (on_connection, on_request_line) bounds what a trickle could extend */
     s->mhd = MHD_start_daemon(
         flags, (uint16_t)c->port, NULL, NULL, on_request, s,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s, /* first, or MHD logs the rest itself */
         MHD_OPTION_SOCK_ADDR, ai->ai_addr,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)c->max_connections,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_TIMEOUT,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+        MHD_OPTION_URI_LOG_CALLBACK, on_request_line, s,
         MHD_OPTION_THREAD_STACK_SIZE, (size_t)(2 << 20),
         MHD_OPTION_END);
     freeaddrinfo(ai);
-    if (!s->mhd)
+    if (!s->mhd) {
+        xd_conn_guard_destroy(s->guard);
+        s->guard = NULL;
         return xd_err_set(err, XD_ERR_IO, "cannot listen on %s port %d (in use, or no permission)",
                           c->host, c->port);
+    }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
     s->port = info ? info->port : (unsigned short)c->port;
     return XD_OK;
@@ -396,4 +505,6 @@ void xd_http_stop(struct xd_server *s)
     if (s->mhd)
         MHD_stop_daemon(s->mhd);
     s->mhd = NULL;
+    xd_conn_guard_destroy(s->guard); /* after every connection thread is joined */
+    s->guard = NULL;
 }

@@ -57,6 +57,11 @@ static void test_errors_name_the_key(void)
     CHECK_CONTAINS(err.msg, "--kv-memory");
     char *a5[] = {"--api-key", "secret"};
     CHECK(parse(&c, 2, a5, &err) < 0, "an API key flag exists");
+    char *a7[] = {"--model", "/m", "--header-timeout", "2.5", "--body-timeout", "4",
+                  "--max-connections-per-client", "0"};
+    CHECK(parse(&c, 8, a7, &err) == 0, "%s", err.msg);
+    CHECK(c.header_timeout == 2.5f && c.body_timeout == 4.0f &&
+          c.max_connections_per_client == 0, "front-door keys");
 }
 
 /* Every scheduler key of serve's table, a value unlike its default, and the field of

@@ -753,7 +753,7 @@ def stalled_stream_reader_is_cancelled():
         assert s.stop() == 0
 
 
-# ---- the front door (issue 20): methods, framing ----
+# ---- the front door (issue 20): methods, framing, slow clients, per-client cap ----
 
 def raw_request(port, data, deadline_s=10.0):
     """Sends data on a new connection and reads until the server closes it or deadline_s
@@ -862,6 +862,96 @@ def ambiguous_framing_is_400_before_the_body():
     # one request framed plainly still works
     st, _, got, _ = raw_request(S.port, start + b"Content-Length: " + n + b"\r\n\r\n" + body, 60)
     assert st == 200 and json.loads(got)["usage"]["completion_tokens"] == 2, (st, got[:200])
+
+
+@test
+def slow_headers_and_body_are_cut_while_health_answers():
+    """Clients trickling their headers (or body) a byte at a time, each byte well within MHD's
+    idle timeout, are cut at header-timeout (body-timeout) from the connection's start, not
+    held for ever; meanwhile /health answers every poll. The closes are counted."""
+    s = Server("--header-timeout", "2", "--body-timeout", "2")
+    try:
+        n = 8
+        socks = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(n)]
+        body_sk = socket.create_connection(("127.0.0.1", s.port))
+        body_sk.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+                        b"\r\n{")
+        t0 = time.time()
+        closed = [None] * (n + 1)
+        line = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 10000
+        i, health = 0, []
+        while None in closed and time.time() - t0 < 12:
+            for k, sk in enumerate(socks + [body_sk]):
+                if closed[k] is not None:
+                    continue
+                try:
+                    sk.send(line[i:i + 1] if k < n else b" ")
+                    sk.setblocking(False)
+                    try:
+                        if sk.recv(1024) == b"":
+                            closed[k] = time.time() - t0
+                    except BlockingIOError:
+                        pass
+                    finally:
+                        sk.setblocking(True)
+                except (BrokenPipeError, ConnectionResetError):
+                    closed[k] = time.time() - t0
+            i += 1
+            health.append(requests.get(s.url + "/health", timeout=5).status_code)
+            time.sleep(0.2)
+        for sk in socks + [body_sk]:
+            sk.close()
+        assert None not in closed, ("trickling connections still open after 12 s", closed)
+        assert all(1.5 < c < 8 for c in closed), closed
+        assert set(health) == {200} and len(health) >= 5, health
+        m = poll_metrics(s, lambda m: metric(m, "expertd_connections_closed_total",
+                                             reason="header_timeout") == n and
+                         metric(m, "expertd_connections_closed_total",
+                                reason="body_timeout") == 1, 10, "the cuts were not counted")
+        assert metric(m, "expertd_requests_total", endpoint="/v1/completions",
+                      status="408") == 1, m
+        # a request sent at once is not affected
+        assert s.client().completions.create(model=s.name, prompt="x", max_tokens=2).usage
+    finally:
+        assert s.stop() == 0
+
+
+@test
+def connections_over_the_per_client_cap_are_503():
+    """With max-connections-per-client 3, a fourth connection from the same address is
+    answered 503 + Retry-After (JSON) and closed, except /health, which is answered (then
+    closed); one that sends nothing is closed within about a second; once the three go, a
+    request is served again."""
+    s = Server("--max-connections-per-client", "3")
+    try:
+        # the readiness polls' connections gone (the scrape counts itself)
+        poll_metrics(s, lambda m: metric(m, "expertd_connections_open") == 1, 10,
+                     "connections still open")
+        held = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(3)]
+        for sk in held:
+            sk.sendall(b"GET /health HTTP/1.1\r\n")  # headers unfinished: the slot is kept
+        poll_metrics(s, lambda m: metric(m, "expertd_connections_open") == 4, 10,
+                     "the three held connections not open")
+        body = json.dumps({"prompt": "x", "max_tokens": 2}).encode()
+        resp = raw_request(s.port, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Length: %d\r\n\r\n" % len(body) + body, 5)
+        h, err = expect_raw_error(resp, 503, "too_many_connections")
+        assert h.get("retry-after") and h.get("connection", "").lower() == "close", h
+        assert "max-connections-per-client" in err["message"], err
+        st, h, got, _ = raw_request(s.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 5)
+        assert st == 200 and h.get("connection", "").lower() == "close", (st, h, got)
+        with socket.create_connection(("127.0.0.1", s.port)) as sk:
+            t0 = time.time()
+            assert closes_soon(sk, 5), "a silent connection over the cap was kept"
+            assert time.time() - t0 < 4, time.time() - t0
+        for sk in held:
+            sk.close()
+        poll(lambda: post(s.url + "/v1/completions", {"prompt": "x", "max_tokens": 2})
+             .status_code == 200, 10, "no request served after the held connections left")
+        m = s.metrics()
+        assert metric(m, "expertd_connections_closed_total", reason="per_client_limit") >= 1, m
+    finally:
+        assert s.stop() == 0
 
 
 t_stop = time.time()
