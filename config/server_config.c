@@ -1,6 +1,7 @@
 /* The option table of `expertd serve` and its validation. */
 #include "config/server_config.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine/text/chat_template.h"
@@ -59,6 +60,11 @@ const struct xd_opt xd_server_config_opts[] = {
     {"body-timeout", XD_OPT_FLOAT, SRV(body_timeout), 0.1, 86400, NULL,
      "seconds a client has to send its request body after the headers; then the connection is "
      "closed (default 30)"},
+    {"metrics-require-key", XD_OPT_FLAG, SRV(metrics_require_key), 0, 0, NULL,
+     "/metrics asks for the API key like /v1/ (default false)"},
+    {"metrics-listen", XD_OPT_STRING, SRV(metrics_listen), 0, 0, NULL,
+     "HOST:PORT of a second listener that serves only /metrics and /health; the main one then "
+     "does not serve /metrics (default: none)"},
     {"max-waiting", XD_OPT_INT, SRV(max_waiting), 1, 1 << 20, NULL,
      "queued requests before 429 (default 256)"},
     {"max-running", XD_OPT_INT, SRV(max_running), 1, 1 << 16, NULL,
@@ -139,6 +145,16 @@ int xd_server_config_validate(const struct xd_server_config *cfg, struct xd_err 
                           "olmoe or qwen3", cfg->chat_template);
     if (!cfg->host || !cfg->host[0])
         return xd_err_set(err, XD_ERR_CONFIG, "option '--host' is empty");
+    if (cfg->metrics_listen) {
+        const char *colon = strrchr(cfg->metrics_listen, ':');
+        char *end = NULL;
+        long port = colon ? strtol(colon + 1, &end, 10) : -1;
+        if (!colon || colon == cfg->metrics_listen || !colon[1] || *end || port < 0 ||
+            port > 65535)
+            return xd_err_set(err, XD_ERR_CONFIG,
+                              "option '--metrics-listen': '%s' is not HOST:PORT",
+                              cfg->metrics_listen);
+    }
     if (cfg->engine.kv_blocks && cfg->kv_memory_mb)
         return xd_err_set(err, XD_ERR_CONFIG,
                           "options '--kv-blocks' and '--kv-memory' exclude each other");

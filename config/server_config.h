@@ -30,6 +30,10 @@ struct xd_server_config {
                                       request headers; a trickle cannot extend it */
     float body_timeout;            /* seconds from the end of the headers to the end of the
                                       request body */
+    bool metrics_require_key;      /* /metrics asks for the API key too */
+    const char *metrics_listen;    /* HOST:PORT of a second listener serving only /metrics and
+                                      /health (then the main one does not serve /metrics);
+                                      NULL: none */
     int max_waiting;               /* queued requests before 429 */
     int max_running;               /* sequences in one step */
     int max_resident;              /* sequences holding KV blocks at once; 0 or below

@@ -31,6 +31,7 @@ struct xd_http_req {
     bool close_after;            /* answer with Connection: close (a connection over
                                     max-connections-per-client) */
     const char *allow;           /* static: the Allow header of a 405, or NULL */
+    bool metrics_only;           /* came in on the --metrics-listen listener */
     struct xd_conn *guard_conn;  /* the connection's watchdog entry (conn_guard.h), or NULL */
     bool responded;
     int status;                  /* the status queued */

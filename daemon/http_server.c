@@ -124,12 +124,20 @@ static const struct route {
     {"/metrics", "GET, HEAD", false},
 };
 
-/* The route of url, or NULL. */
-static const struct route *route_of(const char *url)
+/* The route of url on this listener, or NULL: the --metrics-listen listener serves /health and
+ * /metrics only, and the main one then no /metrics. */
+static const struct route *route_of(const struct xd_server *s, const char *url, bool metrics_only)
 {
-    for (size_t i = 0; i < sizeof ROUTES / sizeof ROUTES[0]; i++)
-        if (strcmp(url, ROUTES[i].path) == 0)
-            return &ROUTES[i];
+    for (size_t i = 0; i < sizeof ROUTES / sizeof ROUTES[0]; i++) {
+        if (strcmp(url, ROUTES[i].path) != 0)
+            continue;
+        bool is_metrics = strcmp(url, "/metrics") == 0, is_health = strcmp(url, "/health") == 0;
+        if (metrics_only && !is_metrics && !is_health)
+            return NULL;
+        if (!metrics_only && is_metrics && s->cfg->metrics_listen)
+            return NULL;
+        return &ROUTES[i];
+    }
     return NULL;
 }
 
@@ -141,11 +149,13 @@ static bool method_ok(const struct route *rt, const char *method)
 }
 
 /* Whether the endpoint asks for the API key: everything under /v1/ (known or not: unknown
- * paths are 404 without a key, as before). /health and /metrics answer without one. */
+ * paths are 404 without a key, as before), and /metrics with metrics-require-key. /health
+ * answers without one. */
 static bool needs_key(const struct xd_http_req *r)
 {
-    return strcmp(r->endpoint, "other") != 0 && strcmp(r->endpoint, "/health") != 0 &&
-           strcmp(r->endpoint, "/metrics") != 0;
+    if (strcmp(r->endpoint, "/metrics") == 0)
+        return r->srv->cfg->metrics_require_key;
+    return strcmp(r->endpoint, "other") != 0 && strcmp(r->endpoint, "/health") != 0;
 }
 
 static enum MHD_Result method_not_allowed(struct xd_http_req *r, const struct route *rt)
@@ -161,7 +171,7 @@ static enum MHD_Result dispatch(struct xd_http_req *r)
 {
     struct xd_server *s = r->srv;
     const char *ep = r->endpoint;
-    const struct route *rt = route_of(ep);
+    const struct route *rt = route_of(s, ep, r->metrics_only);
     if (!rt)
         return send_err(r, 404, "invalid_request_error", "not_found", "no such endpoint");
 
@@ -314,13 +324,10 @@ static void *on_request_line(void *cls, const char *uri, struct MHD_Connection *
     return NULL;
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+static enum MHD_Result handle(struct xd_server *s, bool metrics_only,
+                              struct MHD_Connection *conn, const char *url, const char *method,
+                              const char *upload_data, size_t *upload_data_size, void **con_cls)
 {
-    (void)version;
-    struct xd_server *s = cls;
     struct xd_http_req *r = *con_cls;
     if (!r) {
         r = calloc(1, sizeof *r);
@@ -330,8 +337,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->conn = conn;
         r->id = atomic_fetch_add(&s->next_id, 1);
         r->method = method;
-        const struct route *rt = route_of(url);
-        r->endpoint = rt ? rt->path : "other";
+        r->metrics_only = metrics_only;
+        const struct route *rt_url = route_of(s, url, metrics_only);
+        r->endpoint = rt_url ? rt_url->path : "other";
         r->t_arrival = xd_now();
         r->ttft = -1;
         r->guard_conn = guard_conn_of(conn);
@@ -362,6 +370,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             xd_conn_guard_enter(s->guard, r->guard_conn, XD_CONN_ANSWERING);
             return ok;
         }
+        const struct route *rt = route_of(s, r->endpoint, metrics_only);
         if (rt && ((needs_key(r) &&
                     !key_ok(s, MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                            "Authorization"))) ||
@@ -394,6 +403,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     xd_conn_guard_enter(s->guard, r->guard_conn, XD_CONN_ANSWERING);
     return dispatch(r);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    (void)version;
+    return handle(cls, false, conn, url, method, upload_data, upload_data_size, con_cls);
+}
+
+/* The --metrics-listen listener's handler: the same, serving /metrics and /health only. */
+static enum MHD_Result on_metrics_request(void *cls, struct MHD_Connection *conn,
+                                          const char *url, const char *method,
+                                          const char *version, const char *upload_data,
+                                          size_t *upload_data_size, void **con_cls)
+{
+    (void)version;
+    return handle(cls, true, conn, url, method, upload_data, upload_data_size, con_cls);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -445,42 +473,31 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     xd_log(cls, ours ? XD_LOG_DEBUG : XD_LOG_WARN, "libmicrohttpd: %s", line);
 }
 
-int xd_http_start(struct xd_server *s, struct xd_err *err)
+/* Starts one MHD daemon on host:port with handler; *ret_port gets the bound port. */
+static int start_daemon(struct xd_server *s, const char *what, const char *host, int port,
+                        MHD_AccessHandlerCallback handler, unsigned limit,
+                        struct MHD_Daemon **ret, unsigned short *ret_port, struct xd_err *err)
 {
-    const struct xd_server_config *c = s->cfg;
-    char port[16];
-    snprintf(port, sizeof port, "%d", c->port);
+    char port_s[16];
+    snprintf(port_s, sizeof port_s, "%d", port);
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *ai = NULL;
-    int rc = getaddrinfo(c->host, port, &hints, &ai);
+    int rc = getaddrinfo(host, port_s, &hints, &ai);
     if (rc != 0)
-        return xd_err_set(err, XD_ERR_CONFIG, "option '--host': cannot resolve '%s': %s",
-                          c->host, gai_strerror(rc));
-    double header_timeout = (double)c->header_timeout;
-    struct xd_conn_guard_opts go = {
-        .header_timeout = header_timeout,
-        .body_timeout = (double)c->body_timeout,
-        .idle_timeout = IDLE_TIMEOUT,
-        .over_cap_grace = header_timeout < 1.0 ? header_timeout : 1.0,
-        .max_per_client = c->max_connections_per_client,
-    };
-    rc = xd_conn_guard_create(&go, &s->guard, err);
-    if (rc < 0) {
-        freeaddrinfo(ai);
-        return rc;
-    }
+        return xd_err_set(err, XD_ERR_CONFIG, "option '--%s': cannot resolve '%s': %s", what,
+                          host, gai_strerror(rc));
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
                      MHD_USE_POLL | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     /* MHD's idle timeout; generation requests lift it while they run (request-timeout rules);
      * the watchdog (on_connection, on_request_line) bounds what a trickle could extend */
-    s->mhd = MHD_start_daemon(
-        flags, (uint16_t)c->port, NULL, NULL, on_request, s,
+    struct MHD_Daemon *d = MHD_start_daemon(
+        flags, (uint16_t)port, NULL, NULL, handler, s,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s, /* first, or MHD logs the rest itself */
         MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)c->max_connections,
+        MHD_OPTION_CONNECTION_LIMIT, limit,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_TIMEOUT,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
@@ -489,19 +506,53 @@ int xd_http_start(struct xd_server *s, struct xd_err *err)
         MHD_OPTION_THREAD_STACK_SIZE, (size_t)(2 << 20),
         MHD_OPTION_END);
     freeaddrinfo(ai);
-    if (!s->mhd) {
-        xd_conn_guard_destroy(s->guard);
-        s->guard = NULL;
+    if (!d)
         return xd_err_set(err, XD_ERR_IO, "cannot listen on %s port %d (in use, or no permission)",
-                          c->host, c->port);
-    }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
-    s->port = info ? info->port : (unsigned short)c->port;
+                          host, port);
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    *ret_port = info ? info->port : (unsigned short)port;
+    *ret = d;
     return XD_OK;
+}
+
+int xd_http_start(struct xd_server *s, struct xd_err *err)
+{
+    const struct xd_server_config *c = s->cfg;
+    double header_timeout = (double)c->header_timeout;
+    struct xd_conn_guard_opts go = {
+        .header_timeout = header_timeout,
+        .body_timeout = (double)c->body_timeout,
+        .idle_timeout = IDLE_TIMEOUT,
+        .over_cap_grace = header_timeout < 1.0 ? header_timeout : 1.0,
+        .max_per_client = c->max_connections_per_client,
+    };
+    XD_TRY(xd_conn_guard_create(&go, &s->guard, err));
+    int rc = start_daemon(s, "host", c->host, c->port, on_request, (unsigned)c->max_connections,
+                          &s->mhd, &s->port, err);
+    if (rc == XD_OK && c->metrics_listen) {
+        /* HOST:PORT, the host possibly in brackets ([::1]:9100); validated by the config */
+        char host[256];
+        const char *colon = strrchr(c->metrics_listen, ':');
+        size_t n = (size_t)(colon - c->metrics_listen);
+        const char *h = c->metrics_listen;
+        if (n >= 2 && h[0] == '[' && h[n - 1] == ']') {
+            h++;
+            n -= 2;
+        }
+        snprintf(host, sizeof host, "%.*s", (int)n, h);
+        rc = start_daemon(s, "metrics-listen", host, atoi(colon + 1), on_metrics_request, 16,
+                          &s->mhd_metrics, &s->metrics_port, err);
+    }
+    if (rc < 0)
+        xd_http_stop(s);
+    return rc;
 }
 
 void xd_http_stop(struct xd_server *s)
 {
+    if (s->mhd_metrics)
+        MHD_stop_daemon(s->mhd_metrics);
+    s->mhd_metrics = NULL;
     if (s->mhd)
         MHD_stop_daemon(s->mhd);
     s->mhd = NULL;

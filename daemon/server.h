@@ -53,7 +53,9 @@ struct xd_server {
     struct xd_metrics *metrics;
     struct MHD_Daemon *mhd;
     unsigned short port;                /* the bound port */
-    struct xd_conn_guard *guard;        /* deadlines and the per-client cap */
+    struct MHD_Daemon *mhd_metrics;     /* --metrics-listen: /metrics and /health only; or NULL */
+    unsigned short metrics_port;        /* its bound port */
+    struct xd_conn_guard *guard;        /* deadlines and the per-client cap of both listeners */
 };
 
 /* printf-style logging to stderr at a level (dropped above the server's level). */

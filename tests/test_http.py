@@ -753,7 +753,7 @@ def stalled_stream_reader_is_cancelled():
         assert s.stop() == 0
 
 
-# ---- the front door (issue 20): methods, framing, slow clients, per-client cap ----
+# ---- the front door (issue 20): methods, framing, slow clients, per-client cap, /metrics ----
 
 def raw_request(port, data, deadline_s=10.0):
     """Sends data on a new connection and reads until the server closes it or deadline_s
@@ -950,6 +950,62 @@ def connections_over_the_per_client_cap_are_503():
              .status_code == 200, 10, "no request served after the held connections left")
         m = s.metrics()
         assert metric(m, "expertd_connections_closed_total", reason="per_client_limit") >= 1, m
+    finally:
+        assert s.stop() == 0
+
+
+@test
+def metrics_behind_the_api_key():
+    """metrics-require-key: /metrics is 401 without the key (or with a wrong one), 200 with
+    it; /health still needs none."""
+    key = "k3y-metrics"
+    s = Server("--metrics-require-key", env={"EXPERTD_API_KEY": key})
+    try:
+        expect_error(requests.get(s.url + "/metrics"), 401, code="invalid_api_key")
+        expect_error(requests.get(s.url + "/metrics", headers={"Authorization": "Bearer no"}),
+                     401, code="invalid_api_key")
+        r = requests.get(s.url + "/metrics", headers={"Authorization": "Bearer " + key})
+        assert r.status_code == 200 and "expertd_requests_total" in r.text, r.text[:200]
+        assert list(text_string_to_metric_families(r.text))
+        assert requests.get(s.url + "/health").status_code == 200
+    finally:
+        assert s.stop() == 0
+
+
+@test
+def metrics_on_their_own_listener():
+    """--metrics-listen: a second listener serves /metrics and /health only (404 for the API
+    there), the main one no /metrics; the metrics listener answers while every connection of
+    the main one is taken."""
+    s = Server("--metrics-listen", "127.0.0.1:0", "--max-connections", "4")
+    try:
+        ports = [int(m.group(1)) for l in s.log
+                 for m in [re.search(r"metrics on http://127\.0\.0\.1:(\d+)", l)] if m]
+        assert len(ports) == 1, s.log
+        mu = f"http://127.0.0.1:{ports[0]}"
+        r = requests.get(mu + "/metrics")
+        assert r.status_code == 200 and list(text_string_to_metric_families(r.text))
+        assert requests.get(mu + "/health").status_code == 200
+        expect_error(requests.get(mu + "/v1/models"), 404)
+        expect_error(post(mu + "/v1/completions", {"prompt": "x"}), 404)
+        expect_error(requests.get(s.url + "/metrics"), 404)
+        assert requests.get(s.url + "/health").status_code == 200
+        assert s.client().completions.create(model=s.name, prompt="x", max_tokens=2).usage
+        # the main listener full (headers never finished): metrics still answer
+        held = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(4)]
+        for sk in held:
+            sk.sendall(b"GET /health HTTP/1.1\r\n")
+        time.sleep(0.3)
+        try:
+            requests.get(s.url + "/health", timeout=2)
+            main_full = False
+        except requests.exceptions.RequestException:
+            main_full = True
+        assert main_full, "the main listener still had room"
+        assert requests.get(mu + "/health", timeout=5).status_code == 200
+        assert requests.get(mu + "/metrics", timeout=5).status_code == 200
+        for sk in held:
+            sk.close()
     finally:
         assert s.stop() == 0
 
