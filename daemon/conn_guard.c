@@ -194,6 +194,26 @@ void xd_conn_guard_destroy(struct xd_conn_guard *g)
     free(g);
 }
 
+bool xd_conn_guard_admit(struct xd_conn_guard *g, const struct sockaddr *addr)
+{
+    if (g->opts.max_per_client <= 0)
+        return true;
+    struct xd_conn probe;
+    set_addr(&probe, addr);
+    if (probe.family == AF_UNSPEC)
+        return true;
+    int admitted = 0, over = 0;
+    pthread_mutex_lock(&g->lock);
+    for (const struct xd_conn *o = g->head; o; o = o->next) {
+        if (same_client(o, &probe)) {
+            admitted += !o->over_cap;
+            over += o->over_cap;
+        }
+    }
+    pthread_mutex_unlock(&g->lock);
+    return admitted < g->opts.max_per_client || over < g->opts.max_over_cap;
+}
+
 struct xd_conn *xd_conn_guard_open(struct xd_conn_guard *g, int fd, const struct sockaddr *addr)
 {
     struct xd_conn *c = calloc(1, sizeof *c);

@@ -35,6 +35,9 @@ struct xd_conn_guard_opts {
     double over_cap_grace; /* seconds an over-cap connection has to send its headers (then it
                               is answered 503) before it is cut */
     int max_per_client;    /* connections from one address; 0: no cap */
+    int max_over_cap;      /* connections from one address beyond max_per_client that wait
+                              for their headers (to be answered 503) at once; more are not
+                              admitted at all (xd_conn_guard_admit) */
 };
 
 struct xd_conn_guard;
@@ -47,6 +50,10 @@ int xd_conn_guard_create(const struct xd_conn_guard_opts *opts, struct xd_conn_g
  * is joined). Accepts NULL. */
 void xd_conn_guard_destroy(struct xd_conn_guard *g);
 
+/* Whether a connection from addr may be accepted at all: false when max_per_client
+ * connections from its address are open and max_over_cap more are waiting already (the
+ * caller closes it at once, before it costs a thread). Thread-safe. */
+bool xd_conn_guard_admit(struct xd_conn_guard *g, const struct sockaddr *addr);
 /* Registers a new connection on socket fd from addr, in XD_CONN_HEADERS. It is over the cap
  * when max_per_client connections from the same address (IPv4-mapped IPv6 counted as IPv4;
  * over-cap ones not counted) are registered already; then its deadline is over_cap_grace.

@@ -112,6 +112,9 @@ static enum MHD_Result metrics(struct xd_http_req *r)
 
 /* MHD's idle timeout (seconds without a byte either way); generations lift it. */
 #define IDLE_TIMEOUT 120
+/* Connections from one address beyond max-connections-per-client given 1 s to send a request
+ * (answered 503); more are closed at accept. */
+#define MAX_OVER_CAP 8
 
 /* The endpoints and the methods each answers (HEAD as GET: MHD sends the head only). */
 static const struct route {
@@ -313,6 +316,18 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     }
 }
 
+/* MHD's accept policy: a client far over max-connections-per-client is closed before MHD
+ * makes it a connection (no thread, no log line). */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    (void)addrlen;
+    struct xd_server *s = cls;
+    if (xd_conn_guard_admit(s->guard, addr))
+        return MHD_YES;
+    xd_metrics_connection_closed(s->metrics, XD_CLOSED_PER_CLIENT);
+    return MHD_NO;
+}
+
 /* MHD_OPTION_URI_LOG_CALLBACK: a request line is in. On a kept-alive connection the next
  * request's header deadline starts here (on a new one it started at the connection). Returns
  * NULL: the request's context is made by on_request's first call. */
@@ -494,7 +509,7 @@ static int start_daemon(struct xd_server *s, const char *what, const char *host,
     /* MHD's idle timeout; generation requests lift it while they run (request-timeout rules);
      * the watchdog (on_connection, on_request_line) bounds what a trickle could extend */
     struct MHD_Daemon *d = MHD_start_daemon(
-        flags, (uint16_t)port, NULL, NULL, handler, s,
+        flags, (uint16_t)port, on_accept, s, handler, s,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s, /* first, or MHD logs the rest itself */
         MHD_OPTION_SOCK_ADDR, ai->ai_addr,
         MHD_OPTION_CONNECTION_LIMIT, limit,
@@ -525,6 +540,7 @@ int xd_http_start(struct xd_server *s, struct xd_err *err)
         .idle_timeout = IDLE_TIMEOUT,
         .over_cap_grace = header_timeout < 1.0 ? header_timeout : 1.0,
         .max_per_client = c->max_connections_per_client,
+        .max_over_cap = MAX_OVER_CAP,
     };
     XD_TRY(xd_conn_guard_create(&go, &s->guard, err));
     int rc = start_daemon(s, "host", c->host, c->port, on_request, (unsigned)c->max_connections,

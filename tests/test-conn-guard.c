@@ -1,7 +1,8 @@
 /* The connection watchdog (daemon/conn_guard.c) on socket pairs: a connection past its
  * phase's deadline is shut down (its peer reads end-of-file) and says why, one answering has
  * no deadline, re-entering a phase keeps the deadline, the per-client cap counts one address
- * (IPv4-mapped IPv6 as IPv4) and admits an over-cap connection once others left. */
+ * (IPv4-mapped IPv6 as IPv4), refuses at accept past max_over_cap waiting ones, and admits an
+ * over-cap connection once others left. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -41,7 +42,7 @@ static struct xd_conn_guard *make(double header, double body, int cap)
 {
     struct xd_conn_guard_opts o = {.header_timeout = header, .body_timeout = body,
                                    .idle_timeout = 100, .over_cap_grace = 0.2,
-                                   .max_per_client = cap};
+                                   .max_per_client = cap, .max_over_cap = 1};
     struct xd_conn_guard *g = NULL;
     struct xd_err err = {{0}};
     CHECK(xd_conn_guard_create(&o, &g, &err) == XD_OK, "%s", err.msg);
@@ -101,6 +102,10 @@ static void test_per_client_cap(void)
     CHECK(!xd_conn_guard_over_cap(g, c0) && !xd_conn_guard_over_cap(g, c1), "two admitted");
     CHECK(xd_conn_guard_over_cap(g, c2), "the third from one address (one of them mapped)");
     CHECK(!xd_conn_guard_over_cap(g, c3), "another address is not counted with it");
+    /* two admitted and max_over_cap (1) waiting: the next is not even accepted */
+    CHECK(!xd_conn_guard_admit(g, (struct sockaddr *)&a), "accepted past max_over_cap");
+    CHECK(!xd_conn_guard_admit(g, (struct sockaddr *)&mapped), "the mapped form too");
+    CHECK(xd_conn_guard_admit(g, (struct sockaddr *)&b), "another address refused");
     /* over the cap, a connection has over_cap_grace for its headers */
     double t = eof_after(fds[2][1], 2);
     CHECK(t > 0.1 && t < 0.6, "over-cap cut after %.3f s", t);
@@ -109,6 +114,7 @@ static void test_per_client_cap(void)
     /* one that was over is admitted once another left */
     struct xd_conn *c4 = xd_conn_guard_open(g, fds[4][0], (struct sockaddr *)&a);
     CHECK(xd_conn_guard_over_cap(g, c4), "over while two are open");
+    CHECK(!xd_conn_guard_admit(g, (struct sockaddr *)&a), "c4 waits: no more");
     xd_conn_guard_close(g, c0);
     CHECK(!xd_conn_guard_over_cap(g, c4), "admitted after one left");
     xd_conn_guard_close(g, c1);

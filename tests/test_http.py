@@ -759,8 +759,11 @@ def raw_request(port, data, deadline_s=10.0):
     """Sends data on a new connection and reads until the server closes it or deadline_s
     passes; returns (status, headers dict with lower-case names, body bytes, closed)."""
     with socket.create_connection(("127.0.0.1", port), timeout=deadline_s) as sk:
-        sk.sendall(data)
         got, closed = b"", False
+        try:
+            sk.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True  # closed at once; whatever it answered is still read below
         t0 = time.time()
         while time.time() - t0 < deadline_s:
             try:
@@ -920,8 +923,8 @@ def slow_headers_and_body_are_cut_while_health_answers():
 def connections_over_the_per_client_cap_are_503():
     """With max-connections-per-client 3, a fourth connection from the same address is
     answered 503 + Retry-After (JSON) and closed, except /health, which is answered (then
-    closed); one that sends nothing is closed within about a second; once the three go, a
-    request is served again."""
+    closed); one that sends nothing is closed within about a second; with eight such waiting,
+    the next is closed at accept; once the three go, a request is served again."""
     s = Server("--max-connections-per-client", "3")
     try:
         # the readiness polls' connections gone (the scrape counts itself)
@@ -944,6 +947,13 @@ def connections_over_the_per_client_cap_are_503():
             t0 = time.time()
             assert closes_soon(sk, 5), "a silent connection over the cap was kept"
             assert time.time() - t0 < 4, time.time() - t0
+        # eight more may wait for their headers at once; past them a connection is closed at
+        # accept, unanswered even with its request sent
+        waiting = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(8)]
+        st, h, got, closed = raw_request(s.port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n", 5)
+        assert st is None and got == b"" and closed, (st, h, got)
+        for sk in waiting:
+            sk.close()
         for sk in held:
             sk.close()
         poll(lambda: post(s.url + "/v1/completions", {"prompt": "x", "max_tokens": 2})
