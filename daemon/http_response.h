@@ -29,7 +29,7 @@ struct xd_http_req {
                                     (wrong API key, oversized Content-Length): Connection:
                                     close */
     bool close_after;            /* answer with Connection: close (a connection over
-                                    max-connections-per-client) */
+                                    max-connections-per-client, a busy server's 503) */
     const char *allow;           /* static: the Allow header of a 405, or NULL */
     bool metrics_only;           /* came in on the --metrics-listen listener */
     struct xd_conn *guard_conn;  /* the connection's watchdog entry (conn_guard.h), or NULL */

@@ -161,6 +161,12 @@ static bool needs_key(const struct xd_http_req *r)
     return strcmp(r->endpoint, "other") != 0 && strcmp(r->endpoint, "/health") != 0;
 }
 
+/* Connections of max_connections that generation requests may not take: min(16, a quarter). */
+static int generation_reserve(int max_connections)
+{
+    return max_connections / 4 < 16 ? max_connections / 4 : 16;
+}
+
 static enum MHD_Result method_not_allowed(struct xd_http_req *r, const struct route *rt)
 {
     char msg[160];
@@ -203,6 +209,18 @@ static enum MHD_Result dispatch(struct xd_http_req *r)
                         st == XD_SERVER_LOADING ? "model_loading" : "server_draining",
                         st == XD_SERVER_LOADING ? "the model is still loading"
                                                 : "the server is shutting down");
+    /* A generation holds its connection's thread until it ends: past max-connections less a
+     * reserve, new ones are refused, so /health and /metrics (and a 503 that says why) still
+     * find a connection when every slot would otherwise be a stream. */
+    int max_gen = s->cfg->max_connections - generation_reserve(s->cfg->max_connections);
+    if (atomic_load(&s->n_active) >= max_gen) {
+        char msg[192];
+        snprintf(msg, sizeof msg, "the server has %d generation requests in flight, its limit "
+                 "(max-connections less %d kept for /health and /metrics); retry later",
+                 max_gen, generation_reserve(s->cfg->max_connections));
+        r->close_after = true;
+        return send_err(r, 503, "service_unavailable_error", "server_busy", msg);
+    }
     /* a generation lifts MHD's idle timeout; the watchdog's follows it */
     xd_conn_guard_set_idle_timeout(s->guard, r->guard_conn,
                                    (double)s->cfg->request_timeout + 60 + IDLE_TIMEOUT);

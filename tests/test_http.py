@@ -1020,6 +1020,52 @@ def metrics_on_their_own_listener():
         assert s.stop() == 0
 
 
+@test
+def generations_leave_connections_for_health():
+    """A generation holds its connection's thread: past max-connections less a reserve
+    (min(16, a quarter)), new ones are 503 server_busy with Retry-After, so /health and
+    /metrics are still answered while streams take every other connection (before, the
+    streams took them all and /health got no connection)."""
+    s = Server("--max-connections", "8", "--max-running", "8")
+    socks = []
+    try:
+        body = json.dumps({"prompt": "busy", "max_tokens": 8000, "stream": True,
+                           "ignore_eos": True})
+        req = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}"
+               f"\r\n\r\n{body}").encode()
+        heads = []
+        for _ in range(8):
+            sk = socket.create_connection(("127.0.0.1", s.port))
+            sk.sendall(req)
+            head = read_head(sk, 30)
+            if head.startswith("HTTP/1.1 503"):
+                sk.settimeout(5)
+                rest = head.encode()
+                while True:
+                    b = sk.recv(65536)
+                    if not b:
+                        break
+                    rest += b
+                head = rest.decode(errors="replace")
+                sk.close()
+            else:
+                socks.append(sk)
+            heads.append(head)
+        ok = [h for h in heads if h.startswith("HTTP/1.1 200")]
+        busy = [h for h in heads if h.startswith("HTTP/1.1 503")]
+        assert len(ok) == 6 and len(busy) == 2, [h.split("\r\n")[0] for h in heads]
+        for h in busy:
+            assert "retry-after:" in h.lower() and '"server_busy"' in h, h
+        assert requests.get(s.url + "/health", timeout=10).status_code == 200
+        r = requests.get(s.url + "/metrics", timeout=10)
+        assert r.status_code == 200
+        assert metric(s.metrics(), "expertd_requests_running") == 6
+    finally:
+        for sk in socks:
+            sk.close()
+        assert s.stop() == 0
+
+
 t_stop = time.time()
 exit_status = S.stop()
 if time.time() - t_stop > 5:
