@@ -23,8 +23,9 @@ struct xd_conn {
     int fd;
     int family;                /* AF_INET or AF_INET6 (IPv4-mapped ones as AF_INET) */
     unsigned char addr[16];    /* the address without the port; 4 bytes for AF_INET */
-    bool over_cap;
+    bool over_cap;             /* over the per-client cap when last looked at */
     enum xd_conn_phase phase;
+    double t_phase;            /* when the phase began, monotonic seconds */
     double deadline;           /* monotonic seconds; 0: none */
     double idle_timeout;       /* this connection's XD_CONN_IDLE timeout */
     enum xd_conn_cut cut;
@@ -68,13 +69,17 @@ static bool same_client(const struct xd_conn *a, const struct xd_conn *b)
            memcmp(a->addr, b->addr, a->family == AF_INET ? 4 : 16) == 0;
 }
 
-/* Connections from c's address that are under the cap, c excepted. Under g->lock. */
-static int n_admitted(const struct xd_conn_guard *g, const struct xd_conn *c)
+/* Whether c is over the per-client cap: max_per_client older connections from its address
+ * are live (the list is newest first; ones already cut are on their way out). Connections
+ * only ever leave the older side, so this only turns from true to false. Under g->lock. */
+static bool over_cap_now(const struct xd_conn_guard *g, const struct xd_conn *c)
 {
-    int same = 0;
-    for (const struct xd_conn *o = g->head; o; o = o->next)
-        same += o != c && !o->over_cap && same_client(o, c);
-    return same;
+    if (g->opts.max_per_client <= 0 || c->family == AF_UNSPEC)
+        return false;
+    int older = 0;
+    for (const struct xd_conn *o = c->next; o; o = o->next)
+        older += o->cut == XD_CONN_CUT_NONE && same_client(o, c);
+    return older >= g->opts.max_per_client;
 }
 
 static double timeout_of(const struct xd_conn_guard *g, const struct xd_conn *c)
@@ -112,7 +117,8 @@ static enum xd_conn_cut cut_reason(const struct xd_conn *c)
 static void arm(struct xd_conn_guard *g, struct xd_conn *c)
 {
     double t = timeout_of(g, c);
-    c->deadline = t > 0 ? xd_now() + t : 0;
+    c->t_phase = xd_now();
+    c->deadline = t > 0 ? c->t_phase + t : 0;
     if (c->deadline > 0 && c->deadline < g->next_wake)
         pthread_cond_signal(&g->wake);
 }
@@ -126,6 +132,12 @@ static void *watchdog(void *arg)
         for (struct xd_conn *c = g->head; c; c = c->next) {
             if (c->cut != XD_CONN_CUT_NONE || c->deadline <= 0)
                 continue;
+            if (now >= c->deadline && c->over_cap && c->phase == XD_CONN_HEADERS &&
+                !over_cap_now(g, c)) {
+                /* older ones left during its grace: it has the header timeout after all */
+                c->over_cap = false;
+                c->deadline = c->t_phase + g->opts.header_timeout;
+            }
             if (now >= c->deadline) {
                 c->cut = cut_reason(c);
                 shutdown(c->fd, SHUT_RDWR); /* the connection's thread reads EOF */
@@ -202,16 +214,12 @@ bool xd_conn_guard_admit(struct xd_conn_guard *g, const struct sockaddr *addr)
     set_addr(&probe, addr);
     if (probe.family == AF_UNSPEC)
         return true;
-    int admitted = 0, over = 0;
+    int live = 0;
     pthread_mutex_lock(&g->lock);
-    for (const struct xd_conn *o = g->head; o; o = o->next) {
-        if (same_client(o, &probe)) {
-            admitted += !o->over_cap;
-            over += o->over_cap;
-        }
-    }
+    for (const struct xd_conn *o = g->head; o; o = o->next)
+        live += o->cut == XD_CONN_CUT_NONE && same_client(o, &probe);
     pthread_mutex_unlock(&g->lock);
-    return admitted < g->opts.max_per_client || over < g->opts.max_over_cap;
+    return live < g->opts.max_per_client + g->opts.max_over_cap;
 }
 
 struct xd_conn *xd_conn_guard_open(struct xd_conn_guard *g, int fd, const struct sockaddr *addr)
@@ -224,12 +232,11 @@ struct xd_conn *xd_conn_guard_open(struct xd_conn_guard *g, int fd, const struct
     c->idle_timeout = g->opts.idle_timeout;
     set_addr(c, addr);
     pthread_mutex_lock(&g->lock);
-    if (g->opts.max_per_client > 0 && c->family != AF_UNSPEC)
-        c->over_cap = n_admitted(g, c) >= g->opts.max_per_client;
     c->next = g->head;
     if (g->head)
         g->head->prev = c;
     g->head = c;
+    c->over_cap = over_cap_now(g, c);
     g->n++;
     arm(g, c);
     pthread_mutex_unlock(&g->lock);
@@ -281,8 +288,8 @@ bool xd_conn_guard_over_cap(struct xd_conn_guard *g, struct xd_conn *c)
     if (!c)
         return false;
     pthread_mutex_lock(&g->lock);
-    if (c->over_cap && n_admitted(g, c) < g->opts.max_per_client)
-        c->over_cap = false; /* others left since it was accepted */
+    if (c->over_cap)
+        c->over_cap = over_cap_now(g, c); /* older ones may have left since */
     bool over = c->over_cap;
     pthread_mutex_unlock(&g->lock);
     return over;

@@ -50,14 +50,15 @@ int xd_conn_guard_create(const struct xd_conn_guard_opts *opts, struct xd_conn_g
  * is joined). Accepts NULL. */
 void xd_conn_guard_destroy(struct xd_conn_guard *g);
 
-/* Whether a connection from addr may be accepted at all: false when max_per_client
- * connections from its address are open and max_over_cap more are waiting already (the
- * caller closes it at once, before it costs a thread). Thread-safe. */
+/* Whether a connection from addr may be accepted at all: false when max_per_client +
+ * max_over_cap connections from its address are live (the caller closes it at once, before
+ * it costs a thread). Thread-safe. */
 bool xd_conn_guard_admit(struct xd_conn_guard *g, const struct sockaddr *addr);
-/* Registers a new connection on socket fd from addr, in XD_CONN_HEADERS. It is over the cap
- * when max_per_client connections from the same address (IPv4-mapped IPv6 counted as IPv4;
- * over-cap ones not counted) are registered already; then its deadline is over_cap_grace.
- * NULL when out of memory. fd must stay open until xd_conn_guard_close. Thread-safe. */
+/* Registers a new connection on socket fd from addr, in XD_CONN_HEADERS. A connection is over
+ * the cap while max_per_client older connections from its address (IPv4-mapped IPv6 counted
+ * as IPv4; ones already cut not counted) are live: the oldest max_per_client are served. Over
+ * it, its header deadline is over_cap_grace (the full header_timeout if older ones left by
+ * then). NULL when out of memory. fd must stay open until xd_conn_guard_close. Thread-safe. */
 struct xd_conn *xd_conn_guard_open(struct xd_conn_guard *g, int fd, const struct sockaddr *addr);
 /* Unregisters c and frees it; returns why the watchdog cut it. Accepts NULL. Thread-safe. */
 enum xd_conn_cut xd_conn_guard_close(struct xd_conn_guard *g, struct xd_conn *c);
@@ -69,9 +70,8 @@ void xd_conn_guard_enter(struct xd_conn_guard *g, struct xd_conn *c, enum xd_con
  * own idle timeout for a generation, and the watchdog must not cut earlier than MHD would.
  * Thread-safe; c may be NULL. */
 void xd_conn_guard_set_idle_timeout(struct xd_conn_guard *g, struct xd_conn *c, double seconds);
-/* Whether c is over the per-client cap: it was when it was opened, and max_per_client other
- * connections from its address are still under it (one that was over is admitted once
- * others left). Thread-safe; c may be NULL (false). */
+/* Whether c is over the per-client cap now (see xd_conn_guard_open; one that was over is
+ * admitted once older ones left). Thread-safe; c may be NULL (false). */
 bool xd_conn_guard_over_cap(struct xd_conn_guard *g, struct xd_conn *c);
 /* Why the watchdog cut c so far (XD_CONN_CUT_NONE if it did not). Thread-safe; c may be NULL. */
 enum xd_conn_cut xd_conn_guard_cut(struct xd_conn_guard *g, const struct xd_conn *c);

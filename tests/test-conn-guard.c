@@ -1,8 +1,8 @@
 /* The connection watchdog (daemon/conn_guard.c) on socket pairs: a connection past its
  * phase's deadline is shut down (its peer reads end-of-file) and says why, one answering has
  * no deadline, re-entering a phase keeps the deadline, the per-client cap counts one address
- * (IPv4-mapped IPv6 as IPv4), refuses at accept past max_over_cap waiting ones, and admits an
- * over-cap connection once others left. */
+ * (IPv4-mapped IPv6 as IPv4; the oldest are served), refuses at accept past max_over_cap more,
+ * and admits an over-cap connection once older ones left, in its grace too. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -129,9 +129,33 @@ static void test_per_client_cap(void)
     }
 }
 
+/* An over-cap connection whose older ones leave during its grace gets the header timeout. */
+static void test_over_cap_promoted_in_its_grace(void)
+{
+    struct xd_conn_guard *g = make(0.8, 0.8, 1); /* grace 0.2 s */
+    int x[2], y[2];
+    socketpair(AF_UNIX, SOCK_STREAM, 0, x);
+    socketpair(AF_UNIX, SOCK_STREAM, 0, y);
+    struct sockaddr_in a = v4("198.51.100.1");
+    struct xd_conn *cx = xd_conn_guard_open(g, x[0], (struct sockaddr *)&a);
+    struct xd_conn *cy = xd_conn_guard_open(g, y[0], (struct sockaddr *)&a);
+    CHECK(!xd_conn_guard_over_cap(g, cx) && xd_conn_guard_over_cap(g, cy), "the second over");
+    xd_conn_guard_close(g, cx);
+    CHECK(eof_after(y[1], 0.45) < 0, "cut in its grace though the older one left");
+    double t = eof_after(y[1], 2); /* the header deadline: 0.8 s from the open */
+    CHECK(t > 0.1 && t < 0.6, "cut %.3f s after the grace", t);
+    CHECK(xd_conn_guard_close(g, cy) == XD_CONN_CUT_HEADERS, "cut as a header timeout");
+    xd_conn_guard_destroy(g);
+    for (int i = 0; i < 2; i++) {
+        close(x[i]);
+        close(y[i]);
+    }
+}
+
 int main(void)
 {
     RUN(test_deadlines_cut_and_say_why);
     RUN(test_per_client_cap);
+    RUN(test_over_cap_promoted_in_its_grace);
     return test_summary();
 }
