@@ -1,6 +1,7 @@
 /* The option table of `expertd serve` and its validation. */
 #include "config/server_config.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine/text/chat_template.h"
@@ -15,6 +16,9 @@ void xd_server_config_init(struct xd_server_config *cfg)
     cfg->port = 8000;
     cfg->max_body_bytes = 1 << 20;
     cfg->max_connections = 256;
+    cfg->max_connections_per_client = 128;
+    cfg->header_timeout = 10.0f;
+    cfg->body_timeout = 30.0f;
     cfg->max_waiting = 1024; /* the API's largest request: 64 prompts x n=16 */
     cfg->max_running = 64;
     cfg->prefix_caching = true;
@@ -48,6 +52,20 @@ const struct xd_opt xd_server_config_opts[] = {
      "longest prompt in tokens (default 0: the model's context)"},
     {"max-connections", XD_OPT_INT, SRV(max_connections), 1, 65536, NULL,
      "concurrent connections (default 256)"},
+    {"max-connections-per-client", XD_OPT_INT, SRV(max_connections_per_client), 0, 65536, NULL,
+     "concurrent connections from one address; more are 503 (default 128; 0: no cap; behind a "
+     "reverse proxy every connection has the proxy's address)"},
+    {"header-timeout", XD_OPT_FLOAT, SRV(header_timeout), 0.1, 3600, NULL,
+     "seconds a client has to send its request headers, however slowly they trickle in; then "
+     "the connection is closed (default 10)"},
+    {"body-timeout", XD_OPT_FLOAT, SRV(body_timeout), 0.1, 86400, NULL,
+     "seconds a client has to send its request body after the headers; then the connection is "
+     "closed (default 30)"},
+    {"metrics-require-key", XD_OPT_FLAG, SRV(metrics_require_key), 0, 0, NULL,
+     "/metrics asks for the API key like /v1/ (default false)"},
+    {"metrics-listen", XD_OPT_STRING, SRV(metrics_listen), 0, 0, NULL,
+     "HOST:PORT of a second listener that serves only /metrics and /health; the main one then "
+     "does not serve /metrics (default: none)"},
     {"max-waiting", XD_OPT_INT, SRV(max_waiting), 1, 1 << 20, NULL,
      "sequences (prompts x n) queued before 429; a request with more is 400 (default 1024)"},
     {"admission", XD_OPT_STRING, SRV(admission), 0, 0, NULL,
@@ -136,6 +154,16 @@ int xd_server_config_validate(const struct xd_server_config *cfg, struct xd_err 
                           cfg->admission ? cfg->admission : "");
     if (!cfg->host || !cfg->host[0])
         return xd_err_set(err, XD_ERR_CONFIG, "option '--host' is empty");
+    if (cfg->metrics_listen) {
+        const char *colon = strrchr(cfg->metrics_listen, ':');
+        char *end = NULL;
+        long port = colon ? strtol(colon + 1, &end, 10) : -1;
+        if (!colon || colon == cfg->metrics_listen || !colon[1] || *end || port < 0 ||
+            port > 65535)
+            return xd_err_set(err, XD_ERR_CONFIG,
+                              "option '--metrics-listen': '%s' is not HOST:PORT",
+                              cfg->metrics_listen);
+    }
     if (cfg->engine.kv_blocks && cfg->kv_memory_mb)
         return xd_err_set(err, XD_ERR_CONFIG,
                           "options '--kv-blocks' and '--kv-memory' exclude each other");

@@ -22,6 +22,18 @@ struct xd_server_config {
     long long max_body_bytes;      /* request bodies above it are 413 */
     int max_prompt_tokens;         /* 0: the model's context */
     int max_connections;           /* concurrent connections */
+    int max_connections_per_client; /* concurrent connections from one address; more are
+                                       answered 503 (or cut if they send no request); 0: no
+                                       cap */
+    float header_timeout;          /* seconds from a connection's first byte (or a kept-alive
+                                      connection's next request line) to the end of its
+                                      request headers; a trickle cannot extend it */
+    float body_timeout;            /* seconds from the end of the headers to the end of the
+                                      request body */
+    bool metrics_require_key;      /* /metrics asks for the API key too */
+    const char *metrics_listen;    /* HOST:PORT of a second listener serving only /metrics and
+                                      /health (then the main one does not serve /metrics);
+                                      NULL: none */
     int max_waiting;               /* sequences (prompts x n) queued before 429; a request
                                       with more is 400 */
     const char *admission;         /* "fair": round-robin across clients; "fcfs" */

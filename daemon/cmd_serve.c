@@ -263,6 +263,12 @@ int xd_cmd_serve(int argc, char **argv)
     }
     /* always printed: scripts started with --port 0 read the port from it */
     fprintf(stderr, "expertd[info]: listening on http://%s:%u\n", o.cfg.host, (unsigned)s.port);
+    if (s.mhd_metrics) {
+        const char *colon = strrchr(o.cfg.metrics_listen, ':');
+        fprintf(stderr, "expertd[info]: metrics on http://%.*s:%u (/metrics and /health only)\n",
+                (int)(colon - o.cfg.metrics_listen), o.cfg.metrics_listen,
+                (unsigned)s.metrics_port);
+    }
     if (!s.api_key && strcmp(o.cfg.host, "127.0.0.1") != 0 && strcmp(o.cfg.host, "::1") != 0 &&
         strcmp(o.cfg.host, "localhost") != 0)
         xd_log(&s, XD_LOG_WARN, "listening on %s without an API key", o.cfg.host);

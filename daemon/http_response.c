@@ -16,7 +16,9 @@ enum MHD_Result xd_http_send(struct xd_http_req *r, int status, const char *body
         MHD_add_response_header(resp, "Retry-After", retry_after);
     if (status == 401)
         MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
-    if (r->body_too_large || r->answered_early)
+    if (r->allow)
+        MHD_add_response_header(resp, "Allow", r->allow);
+    if (r->body_too_large || r->answered_early || r->close_after)
         MHD_add_response_header(resp, "Connection", "close");
     enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
     MHD_destroy_response(resp);

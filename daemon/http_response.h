@@ -13,6 +13,7 @@
 #include "engine/base/byte_buf.h"
 
 struct gen_job;
+struct xd_conn;
 
 /* One HTTP request, from its first header to MHD's completion callback. */
 struct xd_http_req {
@@ -27,6 +28,11 @@ struct xd_http_req {
     bool answered_early;         /* answered from the headers alone, before the body was read
                                     (wrong API key, oversized Content-Length): Connection:
                                     close */
+    bool close_after;            /* answer with Connection: close (a connection over
+                                    max-connections-per-client, a busy server's 503) */
+    const char *allow;           /* static: the Allow header of a 405, or NULL */
+    bool metrics_only;           /* came in on the --metrics-listen listener */
+    struct xd_conn *guard_conn;  /* the connection's watchdog entry (conn_guard.h), or NULL */
     bool responded;
     int status;                  /* the status queued */
     struct gen_job *job;         /* api_generate.c's state, or NULL */
@@ -38,8 +44,9 @@ struct xd_http_req {
 };
 
 /* Queues a response of len bytes of body (copied) with content_type, a Retry-After header when
- * retry_after is not NULL, WWW-Authenticate on 401 and Connection: close after an oversized
- * body or an answer given before the body was read; sets r->status and r->responded. */
+ * retry_after is not NULL, WWW-Authenticate on 401, Allow when r->allow is set, and
+ * Connection: close after an oversized body, an answer given before the body was read or when
+ * r->close_after says so; sets r->status and r->responded. */
 enum MHD_Result xd_http_send(struct xd_http_req *r, int status, const char *body, size_t len,
                              const char *content_type, const char *retry_after);
 /* Queues a JSON response (text copied) with status; sets r->status. */

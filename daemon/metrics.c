@@ -33,6 +33,8 @@ struct xd_metrics {
     struct hist hists[XD_HIST_COUNT];
     uint64_t disconnects;
     uint64_t backpressure_cancels;
+    uint64_t conns_closed[XD_CLOSED_COUNT];
+    int conns_open;
     struct xd_expert_stats experts;  /* the latest copy; layer arrays point at ours below */
     uint64_t *layer_hits, *layer_misses;
     int layer_cap;
@@ -136,6 +138,20 @@ void xd_metrics_backpressure(struct xd_metrics *m)
     pthread_mutex_unlock(&m->lock);
 }
 
+void xd_metrics_connection_closed(struct xd_metrics *m, enum xd_conn_closed why)
+{
+    pthread_mutex_lock(&m->lock);
+    m->conns_closed[why]++;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void xd_metrics_set_connections(struct xd_metrics *m, int n_open)
+{
+    pthread_mutex_lock(&m->lock);
+    m->conns_open = n_open;
+    pthread_mutex_unlock(&m->lock);
+}
+
 /* A growing text buffer; on allocation failure it stays failed and out() is a no-op. */
 struct buf {
     char *p;
@@ -236,6 +252,18 @@ char *xd_metrics_render(struct xd_metrics *m, const struct xd_sched_stats *st,
     counter(&b, "expertd_requests_cancelled_backpressure_total",
             "Streaming requests cancelled because the client left more than "
             "max-queued-bytes-per-request unread.", m->backpressure_cancels);
+    gauge(&b, "expertd_connections_open",
+          "Client connections open (both listeners, this scrape's included).",
+          (double)m->conns_open);
+    static const char *const closed_reason[XD_CLOSED_COUNT] = {
+        "header_timeout", "body_timeout", "idle_timeout", "per_client_limit"};
+    header(&b, "expertd_connections_closed_total", "counter",
+           "Connections closed by the server before a request on them was answered: headers or "
+           "body not complete in time (a trickle cannot extend these), or over "
+           "max-connections-per-client.");
+    for (int i = 0; i < XD_CLOSED_COUNT; i++)
+        out(&b, "expertd_connections_closed_total{reason=\"%s\"} %llu\n", closed_reason[i],
+            (unsigned long long)m->conns_closed[i]);
     for (int h = 0; h < XD_HIST_COUNT; h++) {
         const struct hist *hh = &m->hists[h];
         header(&b, HIST_NAME[h], "histogram", HIST_HELP[h]);

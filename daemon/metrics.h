@@ -15,6 +15,15 @@ enum xd_hist {
     XD_HIST_COUNT,
 };
 
+/* Why the HTTP layer closed a connection without a request being answered on it. */
+enum xd_conn_closed {
+    XD_CLOSED_HEADER_TIMEOUT, /* request headers not complete within header-timeout */
+    XD_CLOSED_BODY_TIMEOUT,   /* request body not complete within body-timeout */
+    XD_CLOSED_IDLE_TIMEOUT,   /* kept alive without a new request line for the idle timeout */
+    XD_CLOSED_PER_CLIENT,     /* over max-connections-per-client, and no request in time */
+    XD_CLOSED_COUNT,
+};
+
 struct xd_metrics;
 
 /* NULL when out of memory. */
@@ -30,6 +39,12 @@ void xd_metrics_disconnect(struct xd_metrics *m);
 /* Counts a streaming request cancelled because its client left more than
  * max-queued-bytes-per-request unread. Thread-safe (called on the scheduler thread). */
 void xd_metrics_backpressure(struct xd_metrics *m);
+
+/* Counts a connection the HTTP layer's watchdog closed. Thread-safe. */
+void xd_metrics_connection_closed(struct xd_metrics *m, enum xd_conn_closed why);
+
+/* Sets the open connections the next scrape reports. Thread-safe. */
+void xd_metrics_set_connections(struct xd_metrics *m, int n_open);
 
 /* Keeps a copy of the expert cache's counters for the next scrape (called by the scheduler
  * thread after each step). Thread-safe. */

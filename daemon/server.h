@@ -15,6 +15,8 @@
 #include "engine/text/tokenizer.h"
 #include "scheduler/scheduler.h"
 
+struct xd_conn_guard;
+
 enum xd_server_state {
     XD_SERVER_LOADING,  /* listening; the model is not loaded yet: 503 */
     XD_SERVER_READY,
@@ -51,6 +53,9 @@ struct xd_server {
     struct xd_metrics *metrics;
     struct MHD_Daemon *mhd;
     unsigned short port;                /* the bound port */
+    struct MHD_Daemon *mhd_metrics;     /* --metrics-listen: /metrics and /health only; or NULL */
+    unsigned short metrics_port;        /* its bound port */
+    struct xd_conn_guard *guard;        /* deadlines and the per-client cap of both listeners */
 };
 
 /* printf-style logging to stderr at a level (dropped above the server's level). */

@@ -61,6 +61,20 @@ static void test_errors_name_the_key(void)
     CHECK_CONTAINS(err.msg, "fair or fcfs");
     char *a5[] = {"--api-key", "secret"};
     CHECK(parse(&c, 2, a5, &err) < 0, "an API key flag exists");
+    char *bad_listen[] = {"9100", ":9100", "host:", "host:70000", "host:91x"};
+    for (size_t i = 0; i < sizeof bad_listen / sizeof bad_listen[0]; i++) {
+        char *a6[] = {"--model", "/m", "--metrics-listen", bad_listen[i]};
+        CHECK(parse(&c, 4, a6, &err) < 0, "metrics-listen '%s' accepted", bad_listen[i]);
+        CHECK_CONTAINS(err.msg, "--metrics-listen");
+    }
+    char *a7[] = {"--model", "/m", "--header-timeout", "2.5", "--body-timeout", "4",
+                  "--max-connections-per-client", "0"};
+    CHECK(parse(&c, 8, a7, &err) == 0, "%s", err.msg);
+    CHECK(c.header_timeout == 2.5f && c.body_timeout == 4.0f &&
+          c.max_connections_per_client == 0, "front-door keys");
+    char *a8[] = {"--model", "/m", "--metrics-listen", "[::1]:0", "--metrics-require-key"};
+    CHECK(parse(&c, 5, a8, &err) == 0, "%s", err.msg);
+    CHECK(strcmp(c.metrics_listen, "[::1]:0") == 0 && c.metrics_require_key, "metrics keys");
 }
 
 /* Every scheduler key of serve's table, a value unlike its default, and the field of

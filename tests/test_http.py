@@ -835,6 +835,324 @@ def admission_never_fit_is_400_and_a_flood_does_not_starve_a_light_client():
     assert figures["fair"][1] * 2 < figures["fcfs"][1], figures
 
 
+# ---- the front door (issue 20): methods, framing, slow clients, per-client cap, /metrics ----
+
+def raw_request(port, data, deadline_s=10.0):
+    """Sends data on a new connection and reads until the server closes it or deadline_s
+    passes; returns (status, headers dict with lower-case names, body bytes, closed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=deadline_s) as sk:
+        got, closed = b"", False
+        try:
+            sk.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True  # closed at once; whatever it answered is still read below
+        t0 = time.time()
+        while time.time() - t0 < deadline_s:
+            try:
+                b = sk.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                closed = True
+                break
+            if not b:
+                closed = True
+                break
+            got += b
+            head, _, body = got.partition(b"\r\n\r\n")
+            m = re.search(rb"\r\ncontent-length: *(\d+)", head, re.I)
+            if m and len(body) >= int(m.group(1)):
+                break
+    head, _, body = got.partition(b"\r\n\r\n")
+    lines = head.decode(errors="replace").split("\r\n")
+    status = int(lines[0].split()[1]) if lines[0].startswith("HTTP/") else None
+    headers = dict((k.strip().lower(), v.strip()) for k, _, v in
+                   (l.partition(":") for l in lines[1:]))
+    return status, headers, body, closed
+
+
+def expect_raw_error(resp, status, code):
+    st, h, body, _ = resp
+    assert st == status, (st, h, body[:300])
+    assert h.get("content-type") == "application/json", h
+    err = json.loads(body)["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"], err
+    assert err["code"] == code, err
+    return h, err
+
+
+@test
+def methods_outside_the_table_are_405_with_allow():
+    """Each path answers its methods only: POST /health and POST /metrics used to fall through
+    to a chat completion. HEAD stays answered where GET is."""
+    before = S.metrics()
+    chat = json.dumps({"messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
+    for path in ("/health", "/metrics"):
+        r = requests.post(S.url + path, data=chat, headers={"Content-Type": "application/json"})
+        expect_error(r, 405, code="method_not_allowed")
+        assert r.headers.get("Allow") == "GET, HEAD", r.headers
+        r = requests.delete(S.url + path)
+        expect_error(r, 405, code="method_not_allowed")
+        assert r.headers.get("Allow") == "GET, HEAD", r.headers
+        assert requests.head(S.url + path).status_code == 200
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        r = requests.get(S.url + path)
+        expect_error(r, 405, code="method_not_allowed")
+        assert r.headers.get("Allow") == "POST", r.headers
+    r = requests.put(S.url + "/v1/models", data=b"{}")
+    expect_error(r, 405, code="method_not_allowed")
+    assert r.headers.get("Allow") == "GET, HEAD", r.headers
+    m = S.metrics()
+    for ep in ("/v1/chat/completions", "/v1/completions"):
+        assert metric(m, "expertd_requests_total", endpoint=ep, status="200") == \
+            metric(before, "expertd_requests_total", endpoint=ep, status="200"), ep
+    assert metric(m, "expertd_generation_tokens_total") == \
+        metric(before, "expertd_generation_tokens_total")
+
+
+@test
+def ambiguous_framing_is_400_before_the_body():
+    """Duplicate or conflicting Content-Length, Transfer-Encoding with Content-Length, two
+    Transfer-Encodings: 400 with a JSON error and Connection: close, the body never run (MHD
+    0.9.75 took the first Content-Length, or chunked over Content-Length). A coding other than
+    chunked is 501 (MHD would read the body until the client closes). MHD's own check of a
+    malformed Content-Length still answers 400."""
+    before = S.metrics()
+    body = b'{"prompt": "x", "max_tokens": 2}'
+    start = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    n = str(len(body)).encode()
+    chunked = b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+    cases = [
+        (b"Content-Length: " + n + b"\r\nContent-Length: " + n + b"\r\n\r\n" + body,
+         400, "duplicate_content_length"),
+        (b"Content-Length: " + n + b"\r\nContent-Length: 5\r\n\r\n" + body,
+         400, "conflicting_content_length"),
+        (b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked,
+         400, "transfer_encoding_with_content_length"),
+        (b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n" + chunked,
+         400, "transfer_encoding_with_content_length"),
+        (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked,
+         400, "duplicate_transfer_encoding"),
+        (b"Transfer-Encoding: gzip\r\n\r\n" + body, 501, "unsupported_transfer_encoding"),
+    ]
+    for framing, status, code in cases:
+        resp = raw_request(S.port, start + framing, deadline_s=5)
+        h, _ = expect_raw_error(resp, status, code)
+        assert h.get("connection", "").lower() == "close", (code, h)
+    st, _, _, _ = raw_request(S.port, start + b"Content-Length: -1\r\n\r\n" + body, 5)
+    assert st == 400, st  # MHD's own answer (its head comes twice: MHD 0.9.75's bug)
+    m = S.metrics()
+    assert metric(m, "expertd_requests_total", endpoint="/v1/completions", status="200") == \
+        metric(before, "expertd_requests_total", endpoint="/v1/completions", status="200")
+    # one request framed plainly still works
+    st, _, got, _ = raw_request(S.port, start + b"Content-Length: " + n + b"\r\n\r\n" + body, 60)
+    assert st == 200 and json.loads(got)["usage"]["completion_tokens"] == 2, (st, got[:200])
+
+
+@test
+def slow_headers_and_body_are_cut_while_health_answers():
+    """Clients trickling their headers (or body) a byte at a time, each byte well within MHD's
+    idle timeout, are cut at header-timeout (body-timeout) from the connection's start, not
+    held for ever; meanwhile /health answers every poll. The closes are counted."""
+    s = Server("--header-timeout", "2", "--body-timeout", "2")
+    try:
+        n = 8
+        socks = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(n)]
+        body_sk = socket.create_connection(("127.0.0.1", s.port))
+        body_sk.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+                        b"\r\n{")
+        t0 = time.time()
+        closed = [None] * (n + 1)
+        line = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 10000
+        i, health = 0, []
+        while None in closed and time.time() - t0 < 12:
+            for k, sk in enumerate(socks + [body_sk]):
+                if closed[k] is not None:
+                    continue
+                try:
+                    sk.send(line[i:i + 1] if k < n else b" ")
+                    sk.setblocking(False)
+                    try:
+                        if sk.recv(1024) == b"":
+                            closed[k] = time.time() - t0
+                    except BlockingIOError:
+                        pass
+                    finally:
+                        sk.setblocking(True)
+                except (BrokenPipeError, ConnectionResetError):
+                    closed[k] = time.time() - t0
+            i += 1
+            health.append(requests.get(s.url + "/health", timeout=5).status_code)
+            time.sleep(0.2)
+        for sk in socks + [body_sk]:
+            sk.close()
+        assert None not in closed, ("trickling connections still open after 12 s", closed)
+        assert all(1.5 < c < 8 for c in closed), closed
+        assert set(health) == {200} and len(health) >= 5, health
+        m = poll_metrics(s, lambda m: metric(m, "expertd_connections_closed_total",
+                                             reason="header_timeout") == n and
+                         metric(m, "expertd_connections_closed_total",
+                                reason="body_timeout") == 1, 10, "the cuts were not counted")
+        assert metric(m, "expertd_requests_total", endpoint="/v1/completions",
+                      status="408") == 1, m
+        # a request sent at once is not affected
+        assert s.client().completions.create(model=s.name, prompt="x", max_tokens=2).usage
+    finally:
+        assert s.stop() == 0
+
+
+@test
+def connections_over_the_per_client_cap_are_503():
+    """With max-connections-per-client 3, a fourth connection from the same address is
+    answered 503 + Retry-After (JSON) and closed, except /health, which is answered (then
+    closed); one that sends nothing is closed within about a second; with eight such waiting,
+    the next is closed at accept; once the three go, a request is served again."""
+    s = Server("--max-connections-per-client", "3")
+    try:
+        # the readiness polls' connections gone (the scrape counts itself)
+        poll_metrics(s, lambda m: metric(m, "expertd_connections_open") == 1, 10,
+                     "connections still open")
+        held = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(3)]
+        for sk in held:
+            sk.sendall(b"GET /health HTTP/1.1\r\n")  # headers unfinished: the slot is kept
+        poll_metrics(s, lambda m: metric(m, "expertd_connections_open") == 4, 10,
+                     "the three held connections not open")
+        body = json.dumps({"prompt": "x", "max_tokens": 2}).encode()
+        resp = raw_request(s.port, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Length: %d\r\n\r\n" % len(body) + body, 5)
+        h, err = expect_raw_error(resp, 503, "too_many_connections")
+        assert h.get("retry-after") and h.get("connection", "").lower() == "close", h
+        assert "max-connections-per-client" in err["message"], err
+        st, h, got, _ = raw_request(s.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 5)
+        assert st == 200 and h.get("connection", "").lower() == "close", (st, h, got)
+        with socket.create_connection(("127.0.0.1", s.port)) as sk:
+            t0 = time.time()
+            assert closes_soon(sk, 5), "a silent connection over the cap was kept"
+            assert time.time() - t0 < 4, time.time() - t0
+        # eight more may wait for their headers at once; past them a connection is closed at
+        # accept, unanswered even with its request sent
+        waiting = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(8)]
+        st, h, got, closed = raw_request(s.port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n", 5)
+        assert st is None and got == b"" and closed, (st, h, got)
+        for sk in waiting:
+            sk.close()
+        for sk in held:
+            sk.close()
+        poll(lambda: post(s.url + "/v1/completions", {"prompt": "x", "max_tokens": 2})
+             .status_code == 200, 10, "no request served after the held connections left")
+        m = s.metrics()
+        assert metric(m, "expertd_connections_closed_total", reason="per_client_limit") >= 1, m
+    finally:
+        assert s.stop() == 0
+
+
+@test
+def metrics_behind_the_api_key():
+    """metrics-require-key: /metrics is 401 without the key (or with a wrong one), 200 with
+    it; /health still needs none."""
+    key = "k3y-metrics"
+    s = Server("--metrics-require-key", env={"EXPERTD_API_KEY": key})
+    try:
+        expect_error(requests.get(s.url + "/metrics"), 401, code="invalid_api_key")
+        expect_error(requests.get(s.url + "/metrics", headers={"Authorization": "Bearer no"}),
+                     401, code="invalid_api_key")
+        r = requests.get(s.url + "/metrics", headers={"Authorization": "Bearer " + key})
+        assert r.status_code == 200 and "expertd_requests_total" in r.text, r.text[:200]
+        assert list(text_string_to_metric_families(r.text))
+        assert requests.get(s.url + "/health").status_code == 200
+    finally:
+        assert s.stop() == 0
+
+
+@test
+def metrics_on_their_own_listener():
+    """--metrics-listen: a second listener serves /metrics and /health only (404 for the API
+    there), the main one no /metrics; the metrics listener answers while every connection of
+    the main one is taken."""
+    s = Server("--metrics-listen", "127.0.0.1:0", "--max-connections", "4")
+    try:
+        ports = [int(m.group(1)) for l in s.log
+                 for m in [re.search(r"metrics on http://127\.0\.0\.1:(\d+)", l)] if m]
+        assert len(ports) == 1, s.log
+        mu = f"http://127.0.0.1:{ports[0]}"
+        r = requests.get(mu + "/metrics")
+        assert r.status_code == 200 and list(text_string_to_metric_families(r.text))
+        assert requests.get(mu + "/health").status_code == 200
+        expect_error(requests.get(mu + "/v1/models"), 404)
+        expect_error(post(mu + "/v1/completions", {"prompt": "x"}), 404)
+        expect_error(requests.get(s.url + "/metrics"), 404)
+        assert requests.get(s.url + "/health").status_code == 200
+        assert s.client().completions.create(model=s.name, prompt="x", max_tokens=2).usage
+        # the main listener full (headers never finished): metrics still answer
+        held = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(4)]
+        for sk in held:
+            sk.sendall(b"GET /health HTTP/1.1\r\n")
+        time.sleep(0.3)
+        try:
+            requests.get(s.url + "/health", timeout=2)
+            main_full = False
+        except requests.exceptions.RequestException:
+            main_full = True
+        assert main_full, "the main listener still had room"
+        assert requests.get(mu + "/health", timeout=5).status_code == 200
+        assert requests.get(mu + "/metrics", timeout=5).status_code == 200
+        for sk in held:
+            sk.close()
+    finally:
+        assert s.stop() == 0
+
+
+@test
+def generations_leave_connections_for_health():
+    """A generation holds its connection's thread: past max-connections less a reserve
+    (min(16, a quarter)), new ones are 503 server_busy with Retry-After, so /health and
+    /metrics are still answered while streams take every other connection (before, the
+    streams took them all and /health got no connection)."""
+    s = Server("--max-connections", "8", "--max-running", "8")
+    socks = []
+    try:
+        body = json.dumps({"prompt": "busy", "max_tokens": 8000, "stream": True,
+                           "ignore_eos": True})
+        req = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}"
+               f"\r\n\r\n{body}").encode()
+        heads = []
+        for _ in range(8):
+            sk = socket.create_connection(("127.0.0.1", s.port))
+            sk.sendall(req)
+            head = read_head(sk, 30)
+            if head.startswith("HTTP/1.1 503"):
+                sk.settimeout(5)
+                rest = head.encode()
+                while True:
+                    b = sk.recv(65536)
+                    if not b:
+                        break
+                    rest += b
+                head = rest.decode(errors="replace")
+                sk.close()
+            else:
+                socks.append(sk)
+            heads.append(head)
+        ok = [h for h in heads if h.startswith("HTTP/1.1 200")]
+        busy = [h for h in heads if h.startswith("HTTP/1.1 503")]
+        assert len(ok) == 6 and len(busy) == 2, [h.split("\r\n")[0] for h in heads]
+        for h in busy:
+            assert "retry-after:" in h.lower() and '"server_busy"' in h, h
+        def answered(path):  # the refused two's connections may take a moment to go
+            try:
+                return requests.get(s.url + path, timeout=5).status_code == 200
+            except requests.exceptions.RequestException:
+                return False
+        poll(lambda: answered("/health"), 10, "/health not answered while the streams run")
+        poll(lambda: answered("/metrics"), 10, "/metrics not answered while the streams run")
+        poll_metrics(s, lambda m: metric(m, "expertd_requests_running") == 6, 30,
+                     "the six streams not running")
+    finally:
+        for sk in socks:
+            sk.close()
+        assert s.stop() == 0
+
+
 t_stop = time.time()
 exit_status = S.stop()
 if time.time() - t_stop > 5:

@@ -1,0 +1,314 @@
+/* The connection watchdog (conn_guard.h): a list of live connections under one lock, each
+ * with its phase's deadline, scanned by one thread that wakes at the earliest deadline.
+ *
+ * Cutting is shutdown(SHUT_RDWR) on the connection's socket, done under the lock: the HTTP
+ * layer unregisters a connection (xd_conn_guard_close, from MHD's connection-closed
+ * notification) before MHD closes its socket, so the descriptor the watchdog shuts down is
+ * never a reused one. The connection's own thread then reads end-of-file and MHD closes it.
+ * The per-client count is a scan of the list: connections are bounded by max-connections (a
+ * thread each), and the scan runs once per accepted connection. */
+#include "daemon/conn_guard.h"
+
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/base/clock.h"
+
+struct xd_conn {
+    struct xd_conn *prev, *next;
+    int fd;
+    int family;                /* AF_INET or AF_INET6 (IPv4-mapped ones as AF_INET) */
+    unsigned char addr[16];    /* the address without the port; 4 bytes for AF_INET */
+    bool over_cap;             /* over the per-client cap when last looked at */
+    enum xd_conn_phase phase;
+    double t_phase;            /* when the phase began, monotonic seconds */
+    double deadline;           /* monotonic seconds; 0: none */
+    double idle_timeout;       /* this connection's XD_CONN_IDLE timeout */
+    enum xd_conn_cut cut;
+};
+
+struct xd_conn_guard {
+    struct xd_conn_guard_opts opts;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;       /* CLOCK_MONOTONIC */
+    struct xd_conn *head;      /* under lock */
+    int n;                     /* under lock */
+    double next_wake;          /* under lock: when the watchdog wakes next */
+    bool stop;                 /* under lock */
+    pthread_t thread;
+};
+
+static void set_addr(struct xd_conn *c, const struct sockaddr *sa)
+{
+    c->family = AF_UNSPEC;
+    if (!sa)
+        return;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+        c->family = AF_INET;
+        memcpy(c->addr, &in->sin_addr, 4);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+            c->family = AF_INET;
+            memcpy(c->addr, in6->sin6_addr.s6_addr + 12, 4);
+        } else {
+            c->family = AF_INET6;
+            memcpy(c->addr, &in6->sin6_addr, 16);
+        }
+    }
+}
+
+static bool same_client(const struct xd_conn *a, const struct xd_conn *b)
+{
+    return a->family != AF_UNSPEC && a->family == b->family &&
+           memcmp(a->addr, b->addr, a->family == AF_INET ? 4 : 16) == 0;
+}
+
+/* Whether c is over the per-client cap: max_per_client older connections from its address
+ * are live (the list is newest first; ones already cut are on their way out). Connections
+ * only ever leave the older side, so this only turns from true to false. Under g->lock. */
+static bool over_cap_now(const struct xd_conn_guard *g, const struct xd_conn *c)
+{
+    if (g->opts.max_per_client <= 0 || c->family == AF_UNSPEC)
+        return false;
+    int older = 0;
+    for (const struct xd_conn *o = c->next; o; o = o->next)
+        older += o->cut == XD_CONN_CUT_NONE && same_client(o, c);
+    return older >= g->opts.max_per_client;
+}
+
+static double timeout_of(const struct xd_conn_guard *g, const struct xd_conn *c)
+{
+    switch (c->phase) {
+    case XD_CONN_HEADERS:
+        return c->over_cap ? g->opts.over_cap_grace : g->opts.header_timeout;
+    case XD_CONN_BODY:
+        return g->opts.body_timeout;
+    case XD_CONN_IDLE:
+        return c->idle_timeout;
+    case XD_CONN_ANSWERING:
+        break;
+    }
+    return 0;
+}
+
+static enum xd_conn_cut cut_reason(const struct xd_conn *c)
+{
+    switch (c->phase) {
+    case XD_CONN_HEADERS:
+        return c->over_cap ? XD_CONN_CUT_OVER_CAP : XD_CONN_CUT_HEADERS;
+    case XD_CONN_BODY:
+        return XD_CONN_CUT_BODY;
+    case XD_CONN_IDLE:
+        return XD_CONN_CUT_IDLE;
+    case XD_CONN_ANSWERING:
+        break;
+    }
+    return XD_CONN_CUT_NONE;
+}
+
+/* Sets c's deadline from its phase and wakes the watchdog if that is earlier than its next
+ * scan. Under g->lock. */
+static void arm(struct xd_conn_guard *g, struct xd_conn *c)
+{
+    double t = timeout_of(g, c);
+    c->t_phase = xd_now();
+    c->deadline = t > 0 ? c->t_phase + t : 0;
+    if (c->deadline > 0 && c->deadline < g->next_wake)
+        pthread_cond_signal(&g->wake);
+}
+
+static void *watchdog(void *arg)
+{
+    struct xd_conn_guard *g = arg;
+    pthread_mutex_lock(&g->lock);
+    while (!g->stop) {
+        double now = xd_now(), next = now + 3600;
+        for (struct xd_conn *c = g->head; c; c = c->next) {
+            if (c->cut != XD_CONN_CUT_NONE || c->deadline <= 0)
+                continue;
+            if (now >= c->deadline && c->over_cap && c->phase == XD_CONN_HEADERS &&
+                !over_cap_now(g, c)) {
+                /* older ones left during its grace: it has the header timeout after all */
+                c->over_cap = false;
+                c->deadline = c->t_phase + g->opts.header_timeout;
+            }
+            if (now >= c->deadline) {
+                c->cut = cut_reason(c);
+                shutdown(c->fd, SHUT_RDWR); /* the connection's thread reads EOF */
+            } else if (c->deadline < next) {
+                next = c->deadline;
+            }
+        }
+        g->next_wake = next;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        double wait = next - now + 0.001;
+        ts.tv_sec += (time_t)wait;
+        ts.tv_nsec += (long)((wait - (double)(time_t)wait) * 1e9);
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&g->wake, &g->lock, &ts);
+    }
+    pthread_mutex_unlock(&g->lock);
+    return NULL;
+}
+
+int xd_conn_guard_create(const struct xd_conn_guard_opts *opts, struct xd_conn_guard **ret,
+                         struct xd_err *err)
+{
+    struct xd_conn_guard *g = calloc(1, sizeof *g);
+    if (!g)
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory (connection watchdog)");
+    g->opts = *opts;
+    g->next_wake = 0;
+    pthread_mutex_init(&g->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&g->wake, &ca);
+    pthread_condattr_destroy(&ca);
+    int rc = pthread_create(&g->thread, NULL, watchdog, g);
+    if (rc != 0) {
+        pthread_cond_destroy(&g->wake);
+        pthread_mutex_destroy(&g->lock);
+        free(g);
+        return xd_err_set(err, XD_ERR_IO, "cannot start the connection watchdog: %s",
+                          strerror(rc));
+    }
+    *ret = g;
+    return XD_OK;
+}
+
+void xd_conn_guard_destroy(struct xd_conn_guard *g)
+{
+    if (!g)
+        return;
+    pthread_mutex_lock(&g->lock);
+    g->stop = true;
+    pthread_cond_signal(&g->wake);
+    pthread_mutex_unlock(&g->lock);
+    pthread_join(g->thread, NULL);
+    while (g->head) {
+        struct xd_conn *c = g->head;
+        g->head = c->next;
+        free(c);
+    }
+    pthread_cond_destroy(&g->wake);
+    pthread_mutex_destroy(&g->lock);
+    free(g);
+}
+
+bool xd_conn_guard_admit(struct xd_conn_guard *g, const struct sockaddr *addr)
+{
+    if (g->opts.max_per_client <= 0)
+        return true;
+    struct xd_conn probe;
+    set_addr(&probe, addr);
+    if (probe.family == AF_UNSPEC)
+        return true;
+    int live = 0;
+    pthread_mutex_lock(&g->lock);
+    for (const struct xd_conn *o = g->head; o; o = o->next)
+        live += o->cut == XD_CONN_CUT_NONE && same_client(o, &probe);
+    pthread_mutex_unlock(&g->lock);
+    return live < g->opts.max_per_client + g->opts.max_over_cap;
+}
+
+struct xd_conn *xd_conn_guard_open(struct xd_conn_guard *g, int fd, const struct sockaddr *addr)
+{
+    struct xd_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->fd = fd;
+    c->phase = XD_CONN_HEADERS;
+    c->idle_timeout = g->opts.idle_timeout;
+    set_addr(c, addr);
+    pthread_mutex_lock(&g->lock);
+    c->next = g->head;
+    if (g->head)
+        g->head->prev = c;
+    g->head = c;
+    c->over_cap = over_cap_now(g, c);
+    g->n++;
+    arm(g, c);
+    pthread_mutex_unlock(&g->lock);
+    return c;
+}
+
+enum xd_conn_cut xd_conn_guard_close(struct xd_conn_guard *g, struct xd_conn *c)
+{
+    if (!c)
+        return XD_CONN_CUT_NONE;
+    pthread_mutex_lock(&g->lock);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        g->head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    g->n--;
+    enum xd_conn_cut cut = c->cut;
+    pthread_mutex_unlock(&g->lock);
+    free(c);
+    return cut;
+}
+
+void xd_conn_guard_enter(struct xd_conn_guard *g, struct xd_conn *c, enum xd_conn_phase phase)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&g->lock);
+    if (c->phase != phase) {
+        c->phase = phase;
+        arm(g, c);
+    }
+    pthread_mutex_unlock(&g->lock);
+}
+
+void xd_conn_guard_set_idle_timeout(struct xd_conn_guard *g, struct xd_conn *c, double seconds)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&g->lock);
+    if (seconds > c->idle_timeout)
+        c->idle_timeout = seconds;
+    pthread_mutex_unlock(&g->lock);
+}
+
+bool xd_conn_guard_over_cap(struct xd_conn_guard *g, struct xd_conn *c)
+{
+    if (!c)
+        return false;
+    pthread_mutex_lock(&g->lock);
+    if (c->over_cap)
+        c->over_cap = over_cap_now(g, c); /* older ones may have left since */
+    bool over = c->over_cap;
+    pthread_mutex_unlock(&g->lock);
+    return over;
+}
+
+enum xd_conn_cut xd_conn_guard_cut(struct xd_conn_guard *g, const struct xd_conn *c)
+{
+    if (!c)
+        return XD_CONN_CUT_NONE;
+    pthread_mutex_lock(&g->lock);
+    enum xd_conn_cut cut = c->cut;
+    pthread_mutex_unlock(&g->lock);
+    return cut;
+}
+
+int xd_conn_guard_count(struct xd_conn_guard *g)
+{
+    pthread_mutex_lock(&g->lock);
+    int n = g->n;
+    pthread_mutex_unlock(&g->lock);
+    return n;
+}
