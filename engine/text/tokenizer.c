@@ -409,6 +409,9 @@ int xd_tokenizer_parse(const char *text, size_t len, const char *path,
     json_object_foreach(vocab, key, val) {
         int32_t id = (int32_t)json_integer_value(val);
         size_t n = strlen(key);
+        if (t->id_to_token[id]) /* ids name one token each; decode could not tell them apart */
+            FAIL(XD_ERR_FORMAT, "%s: model.vocab entries '%.40s' and '%.40s' have the same id %d",
+                 path, t->id_to_token[id], key, (int)id);
         if (str_map_put(&t->vocab, key, n, id) < 0 || !(t->id_to_token[id] = strdup(key)))
             FAIL(XD_ERR_NOMEM, "%s: out of memory", path);
     }
