@@ -837,7 +837,8 @@ static void cache_put(const struct xd_tokenizer *t, const char *s, size_t n, con
         memcpy(e->key, s, n);
         e->key_len = (uint8_t)n;
         e->n_ids = (uint8_t)n_ids;
-        memcpy(e->ids, ids, sizeof *ids * (size_t)n_ids);
+        if (n_ids > 0)
+            memcpy(e->ids, ids, sizeof *ids * (size_t)n_ids);
         c->used++;
     }
     pthread_mutex_unlock(&c->lock);
@@ -853,8 +854,10 @@ static int bpe_piece(const struct xd_tokenizer *t, const char *s, size_t n, stru
         return 0;
     int before = out->n;
     int rc = bpe_piece_uncached(t, s, n, out);
+    /* out->v is NULL while no piece has given an id (a vocabulary without the piece's bytes
+     * and no unk_token): NULL + 0 is undefined, so it stays NULL */
     if (rc == 0)
-        cache_put(t, s, n, out->v + before, out->n - before);
+        cache_put(t, s, n, out->v ? out->v + before : NULL, out->n - before);
     return rc;
 }
 
