@@ -98,7 +98,11 @@ const struct xd_opt xd_server_config_opts[] = {
      "chatml, mistral, mistral-v1, olmoe or qwen3: overrides the template detected in tokenizer_config.json"},
     {"record-routing", XD_OPT_STRING, SRV(record_routing), 0, 0, NULL,
      "write every token's expert routing (request, step, layer, experts, weights) to FILE, "
-     "zstd-compressed, for expertd plan (default: none)"},
+     "zstd-compressed, for expertd plan, created mode 0600: a trace is as private as the "
+     "prompts (default: none)"},
+    {"overwrite", XD_OPT_FLAG, SRV(overwrite), 0, 0, NULL,
+     "let record-routing replace an existing file (a regular file; never through a symlink; "
+     "default false: an existing file is refused)"},
     {"log-level", XD_OPT_STRING, SRV(log_level), 0, 0, "EXPERTD_LOG_LEVEL",
      "error, warn, info or debug (default info: one line per request)"},
 };

@@ -56,6 +56,7 @@ struct xd_server_config {
     const char *chat_template;     /* chatml, mistral or olmoe: overrides detection */
     const char *log_level;         /* error, warn, info (one line per request), debug */
     const char *record_routing;    /* write every token's expert routing to this trace file */
+    bool overwrite;                /* record_routing may replace an existing regular file */
 };
 
 /* The defaults: safe for a shared host (loopback, limits on). */

@@ -800,6 +800,20 @@ static int chat_prompt(struct gen_job *j, struct xd_api_error *e)
     return 0;
 }
 
+/* Checks every logit_bias key against the vocabulary (the parser knows no vocabulary; the
+ * sampler's own check would come back from submission as an error about max_tokens). */
+static int check_logit_bias(const struct xd_server *s, const struct xd_api_request *a,
+                            struct xd_api_error *e)
+{
+    for (int i = 0; i < a->sampling.n_logit_bias; i++)
+        if (a->sampling.logit_bias[i].token >= s->vocab_size)
+            return xd_api_error_set(e, 400, "invalid_request_error", "logit_bias",
+                                    "invalid_value",
+                                    "'logit_bias' key %d is outside the vocabulary (%d)",
+                                    (int)a->sampling.logit_bias[i].token, s->vocab_size);
+    return 0;
+}
+
 /* Tokenizes (or takes) every prompt and checks ids, lengths and the context. */
 static int build_prompts(struct gen_job *j, struct xd_api_error *e)
 {
@@ -858,6 +872,11 @@ static int build_prompts(struct gen_job *j, struct xd_api_error *e)
                                     "context_length_exceeded",
                                     "'%s' has %d tokens; the limit is %d (max-prompt-tokens)",
                                     param, p->n_ids, limit);
+        if (p->n_ids > s->max_context) /* no max_tokens could help: the prompt is at fault */
+            return xd_api_error_set(e, 400, "invalid_request_error", param,
+                                    "context_length_exceeded",
+                                    "'%s' has %d tokens; this model's maximum context length "
+                                    "is %d tokens", param, p->n_ids, s->max_context);
         int mt = a->max_tokens;
         if (mt < 0)
             mt = a->kind == XD_API_CHAT ? s->max_context - p->n_ids : 16;
@@ -1091,7 +1110,7 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
                          "'echo' together with 'logprobs' is not supported");
         return xd_http_send_error(r, &e);
     }
-    if (build_prompts(j, &e) < 0)
+    if (check_logit_bias(s, &j->api, &e) < 0 || build_prompts(j, &e) < 0)
         return xd_http_send_error(r, &e);
 
     int n_choices = j->n_prompts * j->api.n;

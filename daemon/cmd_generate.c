@@ -32,6 +32,7 @@ struct gen_opts {
     int prefill_chunk;
     bool ignore_eos;
     const char *record_routing;
+    bool overwrite;          /* --record-routing may replace an existing regular file */
     bool json;
     bool help;
     const char *config;      /* --config FILE, read before the environment and the flags */
@@ -41,7 +42,10 @@ struct gen_opts {
 
 static const struct xd_opt gen_own_opts[] = {
     {"record-routing", XD_OPT_STRING, GEN(record_routing), 0, 0, NULL,
-     "write every token's expert routing to FILE (zstd; read by expertd plan)"},
+     "write every token's expert routing to FILE (zstd; read by expertd plan), created "
+     "mode 0600: a trace is as private as the prompt"},
+    {"overwrite", XD_OPT_FLAG, GEN(overwrite), 0, 0, NULL,
+     "let --record-routing replace an existing file (a regular file; never through a symlink)"},
     {"prompt-ids", XD_OPT_STRING, GEN(prompt_ids), 0, 0, NULL, "prompt as token ids: 1,2,3"},
     {"prompt", XD_OPT_STRING, GEN(prompt), 0, 0, NULL,
      "prompt as text, encoded with the model's tokenizer.json"},
@@ -287,7 +291,7 @@ int xd_cmd_generate(int argc, char **argv)
     if (o.record_routing) {
         struct xd_trace_header th =
             xd_trace_header_for(model, xd_engine_opts(engine)->predict_width);
-        if (xd_trace_writer_create(o.record_routing, &th, &trace, &err) < 0) {
+        if (xd_trace_writer_create(o.record_routing, &th, o.overwrite, &trace, &err) < 0) {
             fprintf(stderr, "expertd generate: %s\n", err.msg);
             goto out;
         }

@@ -121,7 +121,7 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     if (c->record_routing) {
         struct xd_trace_header th =
             xd_trace_header_for(L->model, xd_engine_opts(L->engine)->predict_width);
-        XD_TRY(xd_trace_writer_create(c->record_routing, &th, &L->trace, err));
+        XD_TRY(xd_trace_writer_create(c->record_routing, &th, c->overwrite, &L->trace, err));
     }
     xd_step_engine_init(&L->step, L->engine);
 

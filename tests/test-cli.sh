@@ -129,5 +129,36 @@ expect expert_policy_unknown 2 "--expert-policy" -- "$expertd" generate --model 
 expect expert_cache_both_sizes 2 "give one of the two" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --expert-cache-mib 4 --expert-cache-slots 3
 expect record_routing_bad_path 1 "/nonexistent/dir/t" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --record-routing /nonexistent/dir/t
 
+# Traces are private: created 0600, never through a symbolic link, never over an existing file
+# without --overwrite (generate and serve).
+mode=$(stat -c %a "$tmp/trace")
+if [ "$mode" = 600 ]; then ok record_routing_mode_0600; else fail record_routing_mode_0600 "mode $mode"; fi
+echo precious >"$tmp/victim"
+ln -s "$tmp/victim" "$tmp/link"
+expect record_routing_refuses_symlink 1 "$tmp/link: is a symbolic link" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --record-routing "$tmp/link"
+expect record_routing_refuses_symlink_overwrite 1 "$tmp/link: is a symbolic link" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --record-routing "$tmp/link" --overwrite
+if [ "$(cat "$tmp/victim")" = precious ] && [ -L "$tmp/link" ]; then ok record_routing_symlink_victim_untouched
+else fail record_routing_symlink_victim_untouched "victim: $(head -c 40 "$tmp/victim" | od -c | head -2)"; fi
+cp "$tmp/trace" "$tmp/trace.before"
+expect record_routing_refuses_existing 1 "$tmp/trace: already exists; pass --overwrite" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --record-routing "$tmp/trace"
+if cmp -s "$tmp/trace" "$tmp/trace.before"; then ok record_routing_refused_file_untouched
+else fail record_routing_refused_file_untouched "the refused trace changed"; fi
+chmod 644 "$tmp/trace"
+expect record_routing_overwrite 0 "" -- "$expertd" generate --model "$olmoe" --prompt-ids 1,2 --max-tokens 2 --record-routing "$tmp/trace" --overwrite
+expect record_routing_overwrite_plan 0 '"steps": 2' -- "$expertd" plan --trace "$tmp/trace" --cache-slots 4 --json
+mode=$(stat -c %a "$tmp/trace")
+if [ "$mode" = 600 ]; then ok record_routing_overwrite_mode_0600; else fail record_routing_overwrite_mode_0600 "mode $mode"; fi
+# serve refuses an existing trace at start (exit 1) and replaces it with overwrite = true
+expect serve_record_routing_refuses_existing 1 "pass --overwrite" -- timeout 30 "$expertd" serve --model "$olmoe" --port 0 --threads 1 --record-routing "$tmp/trace.before"
+"$expertd" serve --model "$olmoe" --port 0 --threads 1 --record-routing "$tmp/trace.before" --overwrite 2>"$tmp/serve.err" &
+pid=$!
+for _ in $(seq 300); do grep -q "ready" "$tmp/serve.err" && break; kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+kill -INT $pid 2>/dev/null
+wait $pid
+rc=$?
+mode=$(stat -c %a "$tmp/trace.before")
+if [ $rc = 0 ] && [ "$mode" = 600 ] && ! cmp -s "$tmp/trace.before" "$tmp/trace" && grep -q ready "$tmp/serve.err"
+then ok serve_record_routing_overwrite; else fail serve_record_routing_overwrite "exit $rc, mode $mode: $(tail -3 "$tmp/serve.err")"; fi
+
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "engine/base/byte_buf.h"
@@ -56,7 +57,7 @@ static void write_trace(const char *path, int n_steps, int n_tok, bool with_pred
                                 .pred_width = with_pred ? K : 0};
     struct xd_trace_writer *w;
     struct xd_err err;
-    CHECK(xd_trace_writer_create(path, &h, &w, &err) == XD_OK, "%s", err.msg);
+    CHECK(xd_trace_writer_create(path, &h, false, &w, &err) == XD_OK, "%s", err.msg);
     uint64_t req[16];
     uint32_t pos[16];
     int32_t ex[16 * L * K], pred[16 * L * K];
@@ -182,6 +183,139 @@ static void test_trace_truncated_and_corrupt(void)
     xd_trace_reader_destroy(r);
 }
 
+/* Writes a one-step trace to path through a writer created with overwrite; returns the
+ * creation's status (err holds the message on failure). */
+static int try_write_trace(const char *path, bool overwrite, struct xd_err *err)
+{
+    struct xd_trace_header h = {.n_moe_layers = L, .top_k = K, .n_experts = E,
+                                .expert_bytes = 1000};
+    struct xd_trace_writer *w = NULL;
+    int rc = xd_trace_writer_create(path, &h, overwrite, &w, err);
+    if (rc < 0)
+        return rc;
+    uint64_t req[1];
+    uint32_t pos[1];
+    int32_t ex[L * K];
+    float wt[L * K];
+    fill_step(0, 1, req, pos, ex, wt, NULL);
+    struct xd_trace_step st = {.step = 0, .seconds = 0.001, .n_tokens = 1, .requests = req,
+                               .positions = pos, .experts = ex, .weights = wt};
+    CHECK(xd_trace_writer_add(w, &st, err) == XD_OK, "%s", err->msg);
+    return xd_trace_writer_close(w, err);
+}
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL, "%s", path);
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
+}
+
+/* The file's bytes as a string ("" when it cannot be read). */
+static const char *read_text(const char *path)
+{
+    static char buf[256];
+    buf[0] = '\0';
+    FILE *f = fopen(path, "r");
+    if (f) {
+        buf[fread(buf, 1, sizeof buf - 1, f)] = '\0';
+        fclose(f);
+    }
+    return buf;
+}
+
+static bool is_trace(const char *path)
+{
+    struct xd_trace_reader *r = NULL;
+    struct xd_err err;
+    bool ok = xd_trace_reader_open(path, &r, &err) == XD_OK;
+    xd_trace_reader_destroy(r);
+    return ok;
+}
+
+/* A trace is created mode 0600 whatever the umask allows (it was 0644 under umask 022, as
+ * fopen leaves it), and with overwrite a replaced file is 0600 too. */
+static void test_trace_file_is_private(void)
+{
+    mode_t old_mask = umask(0);
+    char path[512];
+    snprintf(path, sizeof path, "%s", tmp_path("private.xdtrace"));
+    struct xd_err err;
+    CHECK(try_write_trace(path, false, &err) == XD_OK, "%s", err.msg);
+    struct stat st;
+    CHECK(stat(path, &st) == 0 && (st.st_mode & 07777) == 0600, "mode %o, want 600",
+          (unsigned)(st.st_mode & 07777));
+    CHECK(is_trace(path), "not a trace");
+    char open_file[512];
+    snprintf(open_file, sizeof open_file, "%s", tmp_path("open.xdtrace"));
+    write_text(open_file, "anyone may read this\n");
+    chmod(open_file, 0666);
+    CHECK(try_write_trace(open_file, true, &err) == XD_OK, "%s", err.msg);
+    CHECK(stat(open_file, &st) == 0 && (st.st_mode & 07777) == 0600,
+          "replaced file: mode %o, want 600", (unsigned)(st.st_mode & 07777));
+    umask(old_mask);
+}
+
+/* A symbolic link is never written through, with or without overwrite: its target (the victim)
+ * keeps its bytes, and a dangling link creates nothing. */
+static void test_trace_refuses_symlink(void)
+{
+    char victim_path[512], link_copy[512]; /* copies: tmp_path's buffer is reused */
+    snprintf(victim_path, sizeof victim_path, "%s", tmp_path("victim"));
+    snprintf(link_copy, sizeof link_copy, "%s", tmp_path("link.xdtrace"));
+    write_text(victim_path, "precious\n");
+    CHECK(symlink(victim_path, link_copy) == 0, "symlink");
+    for (int overwrite = 0; overwrite <= 1; overwrite++) {
+        struct xd_err err = {{0}};
+        CHECK(try_write_trace(link_copy, overwrite, &err) == XD_ERR_IO,
+              "a symlink was written through (overwrite %d)", overwrite);
+        CHECK_CONTAINS(err.msg, link_copy);
+        CHECK_CONTAINS(err.msg, "symbolic link");
+        CHECK(strcmp(read_text(victim_path), "precious\n") == 0,
+              "the victim was changed (overwrite %d): '%s'", overwrite, read_text(victim_path));
+        struct stat st;
+        CHECK(lstat(link_copy, &st) == 0 && S_ISLNK(st.st_mode), "the link itself was replaced");
+    }
+    /* a dangling link: its target must not appear */
+    char absent_path[512];
+    snprintf(absent_path, sizeof absent_path, "%s", tmp_path("absent"));
+    const char *dangling = tmp_path("dangling.xdtrace");
+    CHECK(symlink(absent_path, dangling) == 0, "symlink");
+    struct xd_err err = {{0}};
+    CHECK(try_write_trace(dangling, true, &err) == XD_ERR_IO, "a dangling link was followed");
+    CHECK(access(absent_path, F_OK) != 0, "the dangling link's target was created");
+}
+
+/* An existing file is refused, untouched, with a message naming it and --overwrite; with
+ * overwrite it is replaced by a new file (a hard link to the old one keeps the old bytes). */
+static void test_trace_existing_file(void)
+{
+    char path[512], other[512];
+    snprintf(path, sizeof path, "%s", tmp_path("old.xdtrace"));
+    snprintf(other, sizeof other, "%s", tmp_path("old-hardlink"));
+    write_text(path, "an old trace\n");
+    CHECK(link(path, other) == 0, "link");
+    struct xd_err err = {{0}};
+    CHECK(try_write_trace(path, false, &err) == XD_ERR_IO, "an existing file was overwritten");
+    CHECK_CONTAINS(err.msg, path);
+    CHECK_CONTAINS(err.msg, "--overwrite");
+    CHECK(strcmp(read_text(path), "an old trace\n") == 0, "the refused file changed");
+    CHECK(try_write_trace(path, true, &err) == XD_OK, "%s", err.msg);
+    CHECK(is_trace(path), "the replaced file is not the new trace");
+    CHECK(strcmp(read_text(other), "an old trace\n") == 0,
+          "a hard link to the old file sees the new trace");
+    /* a directory is not replaced either */
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", tmp_path("a-dir.xdtrace"));
+    CHECK(mkdir(dir, 0700) == 0, "mkdir");
+    CHECK(try_write_trace(dir, true, &err) == XD_ERR_IO, "a directory was replaced");
+    CHECK_CONTAINS(err.msg, "not a regular file");
+    rmdir(dir);
+}
+
 static void test_cache_lru_and_pins(void)
 {
     struct xd_expert_cache *c;
@@ -279,7 +413,7 @@ static void test_trace_wide_and_v1(void)
                                 .expert_bytes = 10, .pred_width = W};
     struct xd_trace_writer *w;
     struct xd_err err;
-    CHECK(xd_trace_writer_create(path, &h, &w, &err) == XD_OK, "%s", err.msg);
+    CHECK(xd_trace_writer_create(path, &h, false, &w, &err) == XD_OK, "%s", err.msg);
     uint64_t req[1] = {7};
     uint32_t pos[1] = {0};
     int32_t ex[L * K], pred[L * W];
@@ -578,6 +712,9 @@ int main(void)
     RUN(test_trace_round_trip);
     RUN(test_trace_wide_and_v1);
     RUN(test_trace_truncated_and_corrupt);
+    RUN(test_trace_file_is_private);
+    RUN(test_trace_refuses_symlink);
+    RUN(test_trace_existing_file);
     RUN(test_cache_lru_and_pins);
     RUN(test_cache_prefetch_accounting);
     RUN(test_cache_predictive_spares_predicted);
@@ -586,7 +723,9 @@ int main(void)
     RUN(test_plan);
     RUN(test_plan_timeline);
     const char *names[] = {"rt.xdtrace", "cut.xdtrace", "plan.xdtrace", "bare.xdtrace",
-                           "one.xdtrace"};
+                           "one.xdtrace", "wide.xdtrace", "private.xdtrace", "open.xdtrace",
+                           "victim", "link.xdtrace", "dangling.xdtrace", "old.xdtrace",
+                           "old-hardlink"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)
         unlink(tmp_path(names[i]));
     rmdir(tmpdir);

@@ -1160,6 +1160,41 @@ def generations_leave_connections_for_health():
         assert s.stop() == 0
 
 
+# --- issue 20: errors name the parameter at fault (logit_bias, prompt, messages) -------------
+@test
+def logit_bias_outside_vocabulary_names_logit_bias():
+    """A logit_bias key past the vocabulary (602) is a 400 whose param is logit_bias (it said
+    max_tokens / max_completion_tokens: the sampler's refusal came back from submission)."""
+    expect_error(post(S.url + "/v1/completions",
+                      {"prompt": "x", "max_tokens": 2, "logit_bias": {"5": 1, "700": 5}}),
+                 400, "logit_bias", "invalid_value")
+    expect_error(post(S.url + "/v1/chat/completions",
+                      {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2,
+                       "logit_bias": {"602": -100}}), 400, "logit_bias", "invalid_value")
+    # a key inside the vocabulary is still accepted
+    r = post(S.url + "/v1/completions", {"prompt": "x", "max_tokens": 2,
+                                         "logit_bias": {"601": 1}})
+    assert r.status_code == 200, r.text
+
+
+@test
+def prompt_over_the_context_names_prompt():
+    """A prompt longer than the context (8192) is a 400 naming prompt, or messages for chat,
+    even when max_tokens is given (it named max_tokens / max_completion_tokens then)."""
+    over = [1] * 8200
+    for extra in ({"max_tokens": 5}, {}):
+        expect_error(post(S.url + "/v1/completions", {"prompt": over, **extra}), 400,
+                     "prompt", "context_length_exceeded")
+    long_text = "9" * 9000  # the qwen2 pre-tokenizer splits digits: 9000 tokens
+    for extra in ({"max_completion_tokens": 5}, {"max_tokens": 5}, {}):
+        expect_error(post(S.url + "/v1/chat/completions",
+                          {"messages": [{"role": "user", "content": long_text}], **extra}),
+                     400, "messages", "context_length_exceeded")
+    # a prompt that fits with a max_tokens that does not still names max_tokens
+    expect_error(post(S.url + "/v1/completions", {"prompt": [1] * 8000, "max_tokens": 500}),
+                 400, "max_tokens", "context_length_exceeded")
+
+
 t_stop = time.time()
 exit_status = S.stop()
 if time.time() - t_stop > 5:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: builds (installing dependencies as needed), runs every meson suite,
 # then reruns the CPU suites under AddressSanitizer and UBSan, and the threaded ones under
-# ThreadSanitizer. GPU tests skip without a GPU; any other skip (no venv, no pip, no
+# ThreadSanitizer, then runs every libFuzzer target for a bounded time. GPU tests skip without a GPU; any other skip (no venv, no pip, no
 # systemd-analyze) fails the run, since the run would otherwise be green without those tests.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,11 +44,17 @@ tsan_test() { # NAME COMMAND...: runs it, records the result where the summary r
 tsan_test scheduler build-tsan/tests/test-scheduler tests/fixtures
 tsan_test http tests/test-http.sh build-tsan/daemon/expertd build/tools/xd-synth-model tests/fixtures "$PWD" build-tsan/tests/http
 
+# Fuzzing: every libFuzzer target (clang, build-fuzz/) for 20 s on top of its seed corpus; a
+# crash, leak or sanitizer report fails the run, and the log shows the input (base64) and the
+# corpus folder to keep it in as a seed once fixed. About 3 minutes on 2 cores.
+echo "fuzz: every libFuzzer target for 20 s"
+tools/run-fuzzers.sh 20 || status=1
+
 # The summary. Only GPU tests may skip: a skip anywhere else (the HTTP suite without a venv or
 # pip, the TSan HTTP run likewise, a part of clients-live: a line starting SKIPPED) counts as
 # failed and fails the run.
 python3 - build/meson-logs/testlog.json build-asan/meson-logs/testlog.json \
-  build-tsan/tsan-results.json <<'PY' || status=1
+  build-tsan/tsan-results.json build-fuzz/fuzz-results.json <<'PY' || status=1
 import json, re, sys
 
 def suites(t):

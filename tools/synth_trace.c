@@ -152,7 +152,7 @@ int main(int argc, char **argv)
     struct xd_trace_header h = {.n_moe_layers = L, .top_k = K, .n_experts = E,
                                 .expert_bytes = (uint64_t)o.expert_bytes};
     struct xd_trace_writer *w;
-    if (xd_trace_writer_create(o.out, &h, &w, &err) < 0) {
+    if (xd_trace_writer_create(o.out, &h, true, &w, &err) < 0) {
         fprintf(stderr, "xd-synth-trace: %s\n", err.msg);
         return 1;
     }

@@ -3,10 +3,13 @@
 #include "engine/experts/routing_trace.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zstd.h>
 
 #include "engine/base/byte_buf.h"
@@ -118,7 +121,42 @@ static void writer_free(struct xd_trace_writer *w)
     free(w);
 }
 
-int xd_trace_writer_create(const char *path, const struct xd_trace_header *hdr,
+/* Opens path for writing as a new file of mode 0600: O_EXCL and O_NOFOLLOW, so neither an
+ * existing file nor a symbolic link (dangling or not) is ever written through; with overwrite
+ * an existing regular file is unlinked first (a symbolic link put there in between makes the
+ * second open fail too). Returns the descriptor, or -1 with err set. */
+static int create_private(const char *path, bool overwrite, struct xd_err *err)
+{
+    const int flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
+    int fd = open(path, flags, 0600);
+    for (int attempt = 0; fd < 0 && errno == EEXIST && attempt < 2; attempt++) {
+        struct stat st;
+        if (lstat(path, &st) < 0) {
+            if (errno != ENOENT)
+                break;
+        } else if (S_ISLNK(st.st_mode)) {
+            xd_err_set(err, XD_ERR_IO, "%s: is a symbolic link; a trace is never written "
+                       "through one", path);
+            return -1;
+        } else if (!S_ISREG(st.st_mode)) {
+            xd_err_set(err, XD_ERR_IO, "%s: exists and is not a regular file", path);
+            return -1;
+        } else if (!overwrite) {
+            xd_err_set(err, XD_ERR_IO, "%s: already exists; pass --overwrite to replace it",
+                       path);
+            return -1;
+        } else if (unlink(path) < 0 && errno != ENOENT) {
+            xd_err_set(err, XD_ERR_IO, "%s: cannot replace: %s", path, strerror(errno));
+            return -1;
+        }
+        fd = open(path, flags, 0600);
+    }
+    if (fd < 0)
+        xd_err_set(err, XD_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    return fd;
+}
+
+int xd_trace_writer_create(const char *path, const struct xd_trace_header *hdr, bool overwrite,
                            struct xd_trace_writer **ret, struct xd_err *err)
 {
     XD_TRY(header_check(hdr, path, err));
@@ -137,9 +175,15 @@ int xd_trace_writer_create(const char *path, const struct xd_trace_header *hdr,
     }
     ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_compressionLevel, 3);
     ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_checksumFlag, 1);
-    w->f = fopen(path, "wb");
+    int fd = create_private(path, overwrite, err);
+    if (fd < 0) {
+        rc = XD_ERR_IO;
+        goto fail;
+    }
+    w->f = fdopen(fd, "wb");
     if (!w->f) {
         rc = xd_err_set(err, XD_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+        close(fd);
         goto fail;
     }
     put(&w->payload, trace_magic, 8);

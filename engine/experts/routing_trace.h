@@ -71,8 +71,12 @@ static inline struct xd_trace_header xd_trace_header_for(const struct xd_model *
                                     .pred_width = pred_width};
 }
 
-/* Creates path (truncating it) and writes the header. Errors name the file. */
-int xd_trace_writer_create(const char *path, const struct xd_trace_header *hdr,
+/* Creates path with mode 0600 (a trace reveals almost as much as the text it routes) and
+ * writes the header. Never through a symbolic link; an existing file is refused (XD_ERR_IO,
+ * saying to pass --overwrite) unless overwrite, and then only a regular file is replaced: it is
+ * unlinked and created anew, so the trace is 0600 and no other link to the old file sees it.
+ * Errors name the file. */
+int xd_trace_writer_create(const char *path, const struct xd_trace_header *hdr, bool overwrite,
                            struct xd_trace_writer **ret, struct xd_err *err);
 /* Appends one step. step->predicted must be non-NULL exactly when the header says so. */
 int xd_trace_writer_add(struct xd_trace_writer *w, const struct xd_trace_step *step,

@@ -70,8 +70,10 @@ static const char OLMOE[] =
     "{% endif %}\n"
     "{% endfor %}";
 
-/* Qwen3-30B-A3B, Qwen3-235B-A22B and the other Qwen3 models of the first release */
-static const char QWEN3[] =
+/* Qwen3-30B-A3B, Qwen3-235B-A22B and the other Qwen3 models of the first release. In two
+ * literals, joined in this order: one would exceed the 4095 characters C11 compilers need
+ * support (clang's -Woverlength-strings, an error in the libFuzzer build). */
+static const char QWEN3_PART1[] =
     "{%- if tools %}\n"
     "    {{- '<|im_start|>system\\n' }}\n"
     "    {%- if messages[0].role == 'system' %}\n"
@@ -102,7 +104,8 @@ static const char QWEN3[] =
     "        {%- set ns.multi_step_tool = false %}\n"
     "        {%- set ns.last_query_index = index %}\n"
     "    {%- endif %}\n"
-    "{%- endfor %}\n"
+    "{%- endfor %}\n";
+static const char QWEN3_PART2[] =
     "{%- for message in messages %}\n"
     "    {%- if (message.role == \"user\") or (message.role == \"system\" and not"
     " loop.first) %}\n"
@@ -175,13 +178,13 @@ static const char QWEN3[] =
 static const struct {
     enum xd_chat_format format;
     const char *name;
-    const char *jinja;
+    const char *jinja[2]; /* the source: jinja[0] followed by jinja[1] (NULL: none) */
 } FORMATS[] = {
-    {XD_CHAT_CHATML, "chatml", QWEN2_CHATML},
-    {XD_CHAT_MISTRAL_INST, "mistral", MIXTRAL},
-    {XD_CHAT_OLMOE, "olmoe", OLMOE},
-    {XD_CHAT_MISTRAL_INST_V1, "mistral-v1", MIXTRAL_V1},
-    {XD_CHAT_QWEN3, "qwen3", QWEN3},
+    {XD_CHAT_CHATML, "chatml", {QWEN2_CHATML, NULL}},
+    {XD_CHAT_MISTRAL_INST, "mistral", {MIXTRAL, NULL}},
+    {XD_CHAT_OLMOE, "olmoe", {OLMOE, NULL}},
+    {XD_CHAT_MISTRAL_INST_V1, "mistral-v1", {MIXTRAL_V1, NULL}},
+    {XD_CHAT_QWEN3, "qwen3", {QWEN3_PART1, QWEN3_PART2}},
 };
 #define N_FORMATS (sizeof FORMATS / sizeof FORMATS[0])
 
@@ -279,6 +282,21 @@ static char *canonical(const char *s)
     return out;
 }
 
+/* The canonical form of FORMATS[k]'s source, its parts joined. New buffer or NULL. */
+static char *known_canonical(size_t k)
+{
+    const char *a = FORMATS[k].jinja[0], *b = FORMATS[k].jinja[1] ? FORMATS[k].jinja[1] : "";
+    size_t na = strlen(a), nb = strlen(b);
+    char *joined = malloc(na + nb + 1);
+    if (!joined)
+        return NULL;
+    memcpy(joined, a, na);
+    memcpy(joined + na, b, nb + 1);
+    char *c = canonical(joined);
+    free(joined);
+    return c;
+}
+
 enum xd_chat_format xd_chat_format_detect(const char *jinja)
 {
     if (!jinja)
@@ -286,7 +304,7 @@ enum xd_chat_format xd_chat_format_detect(const char *jinja)
     char *c = canonical(jinja);
     enum xd_chat_format f = XD_CHAT_UNKNOWN;
     for (size_t k = 0; c && k < N_FORMATS && f == XD_CHAT_UNKNOWN; k++) {
-        char *known = canonical(FORMATS[k].jinja);
+        char *known = known_canonical(k);
         if (known && strcmp(c, known) == 0)
             f = FORMATS[k].format;
         free(known);

@@ -409,6 +409,9 @@ int xd_tokenizer_parse(const char *text, size_t len, const char *path,
     json_object_foreach(vocab, key, val) {
         int32_t id = (int32_t)json_integer_value(val);
         size_t n = strlen(key);
+        if (t->id_to_token[id]) /* ids name one token each; decode could not tell them apart */
+            FAIL(XD_ERR_FORMAT, "%s: model.vocab entries '%.40s' and '%.40s' have the same id %d",
+                 path, t->id_to_token[id], key, (int)id);
         if (str_map_put(&t->vocab, key, n, id) < 0 || !(t->id_to_token[id] = strdup(key)))
             FAIL(XD_ERR_NOMEM, "%s: out of memory", path);
     }
@@ -834,7 +837,8 @@ static void cache_put(const struct xd_tokenizer *t, const char *s, size_t n, con
         memcpy(e->key, s, n);
         e->key_len = (uint8_t)n;
         e->n_ids = (uint8_t)n_ids;
-        memcpy(e->ids, ids, sizeof *ids * (size_t)n_ids);
+        if (n_ids > 0)
+            memcpy(e->ids, ids, sizeof *ids * (size_t)n_ids);
         c->used++;
     }
     pthread_mutex_unlock(&c->lock);
@@ -850,8 +854,10 @@ static int bpe_piece(const struct xd_tokenizer *t, const char *s, size_t n, stru
         return 0;
     int before = out->n;
     int rc = bpe_piece_uncached(t, s, n, out);
+    /* out->v is NULL while no piece has given an id (a vocabulary without the piece's bytes
+     * and no unk_token): NULL + 0 is undefined, so it stays NULL */
     if (rc == 0)
-        cache_put(t, s, n, out->v + before, out->n - before);
+        cache_put(t, s, n, out->v ? out->v + before : NULL, out->n - before);
     return rc;
 }
 
