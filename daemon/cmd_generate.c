@@ -8,6 +8,7 @@
 
 #include "config/config.h"
 #include "config/config_file.h"
+#include "daemon/backend_module.h"
 #include "daemon/commands.h"
 #include "engine/engine.h"
 #include "engine/experts/routing_trace.h"
@@ -266,7 +267,8 @@ int xd_cmd_generate(int argc, char **argv)
         status = 2;
         goto out;
     }
-    if (xd_engine_create(model, &eopts, &engine, &err) < 0) {
+    if ((eopts.device == XD_DEVICE_CUDA && xd_backend_module_load_cuda(&err) < 0) ||
+        xd_engine_create(model, &eopts, &engine, &err) < 0) {
         fprintf(stderr, "expertd generate: %s\n", err.msg);
         goto out;
     }

@@ -9,6 +9,7 @@
 
 #include "config/config_file.h"
 #include "config/server_config.h"
+#include "daemon/backend_module.h"
 #include "daemon/commands.h"
 #include "daemon/http_server.h"
 #include "daemon/sd_notify.h"
@@ -117,6 +118,8 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
         .n_threads = c->engine.threads,
     };
     XD_TRY(xd_config_expert_opts(&c->engine, mc, c->record_routing != NULL, &eo, err));
+    if (eo.device == XD_DEVICE_CUDA)
+        XD_TRY(xd_backend_module_load_cuda(err));
     XD_TRY(xd_engine_create(L->model, &eo, &L->engine, err));
     if (c->record_routing) {
         struct xd_trace_header th =

@@ -3,10 +3,6 @@
 #include <string.h>
 
 #include "daemon/commands.h"
-#include "xd_build_config.h"
-#if XD_HAVE_CUDA
-#include "gpu/gpu.h"
-#endif
 
 static void usage(FILE *out)
 {
@@ -29,9 +25,6 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-#if XD_HAVE_CUDA
-    xd_gpu_register();
-#endif
     const char *cmd = argv[1];
     if (strcmp(cmd, "serve") == 0)
         return xd_cmd_serve(argc - 2, argv + 2);

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Command-line tests of `expertd generate`, `expertd plan` and xd-synth-model: exit codes, messages, output.
-# Usage: test-cli.sh EXPERTD SYNTH_MODEL FIXTURES_DIR
+# Usage: test-cli.sh EXPERTD SYNTH_MODEL FIXTURES_DIR CUDA_MODULE (its path, or 'none' where
+# the build has no CUDA backend)
 set -u
-expertd=$1 synth=$2 fixtures=$3
+expertd=$1 synth=$2 fixtures=$3 cuda_module=${4:-none}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 passed=0 failed=0
@@ -79,6 +80,50 @@ fi
 if "$expertd" version | grep -q '^backends:.*cuda'; then
   # offloading on the GPU has never run on one: refused, GPU or not, until the device check
   expect cuda_offload_refused_until_run 1 "has not yet run on a GPU" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --device cuda --expert-cache-slots 3
+fi
+# One binary for GPU and CPU-only hosts: expertd never links the CUDA libraries; the backend is
+# a module it loads for --device cuda only, and a module that cannot load is a clear error.
+needed=$(readelf -d "$expertd" | grep NEEDED)
+if [ -n "$needed" ] && ! echo "$needed" | grep -qE 'libcudart|libcublas|libcuda\.'; then
+  ok binary_needs_no_cuda_libraries
+else fail binary_needs_no_cuda_libraries "$needed"; fi
+# the CPU backend never touches the module, even when it cannot be found
+expect cpu_without_cuda_module 0 "," -- env EXPERTD_CUDA_MODULE=/nonexistent/expertd-cuda.so "$expertd" generate --model "$olmoe" --prompt-ids 1,2 --max-tokens 3 --ignore-eos
+if [ "$cuda_module" != none ]; then
+  modneeded=$(readelf -d "$cuda_module" | grep NEEDED)
+  if echo "$modneeded" | grep -q libcublas && echo "$modneeded" | grep -q libcudart; then
+    ok cuda_module_links_cuda
+  else fail cuda_module_links_cuda "$modneeded"; fi
+  # every engine symbol the module leaves undefined is one the binary exports
+  missing=$(comm -23 <(nm -D --undefined-only "$cuda_module" | awk '$2 ~ /^xd_/ {print $2}' | sort -u) \
+                     <(nm -D --defined-only "$expertd" | awk '{print $3}' | sort -u))
+  nundef=$(nm -D --undefined-only "$cuda_module" | awk '$2 ~ /^xd_/' | wc -l)
+  if [ -z "$missing" ] && [ "$nundef" -gt 5 ]; then ok cuda_module_symbols_exported
+  else fail cuda_module_symbols_exported "$nundef undefined xd_ symbols; not exported by expertd: $missing"; fi
+  expect version_lists_cuda 0 "backends: cpu, cuda" -- "$expertd" version
+  expect cuda_module_missing 1 "device cuda: cannot load /nonexistent/expertd-cuda.so: /nonexistent/expertd-cuda.so: cannot open shared object file" -- env EXPERTD_CUDA_MODULE=/nonexistent/expertd-cuda.so "$expertd" generate --model "$olmoe" --prompt-ids 1 --device cuda
+  expect serve_cuda_module_missing 1 "device cuda: cannot load /nonexistent/expertd-cuda.so" -- env EXPERTD_CUDA_MODULE=/nonexistent/expertd-cuda.so timeout 30 "$expertd" serve --model "$olmoe" --port 0 --threads 1 --device cuda
+  expect version_without_module 0 "cuda module: unavailable: device cuda: cannot load /nonexistent/expertd-cuda.so" -- env EXPERTD_CUDA_MODULE=/nonexistent/expertd-cuda.so "$expertd" version
+  if env EXPERTD_CUDA_MODULE=/nonexistent/expertd-cuda.so "$expertd" version | grep -q '^backends: cpu$'; then ok version_without_module_cpu_only
+  else fail version_without_module_cpu_only "$(env EXPERTD_CUDA_MODULE=/nonexistent/expertd-cuda.so "$expertd" version)"; fi
+  # a copy of the binary elsewhere (as installed) looks in the library directory, not here
+  mkdir -p "$tmp/bin" && cp "$expertd" "$tmp/bin/expertd"
+  expect cuda_module_from_libdir 1 "/expertd/expertd-cuda.so: cannot open shared object file" -- env -u EXPERTD_CUDA_MODULE "$tmp/bin/expertd" generate --model "$olmoe" --prompt-ids 1 --device cuda
+  cp "$cuda_module" "$tmp/bin/"
+  expect cuda_module_beside_binary 0 "cuda module: $tmp/bin/expertd-cuda.so" -- env -u EXPERTD_CUDA_MODULE "$tmp/bin/expertd" version
+  # a module whose own libraries are missing (a host without libcublas): the loader's reason
+  echo 'int xd_missing_dep(void) { return 1; }' >"$tmp/dep.c"
+  echo 'int xd_missing_dep(void); void xd_gpu_register(void) { xd_missing_dep(); }' >"$tmp/mod.c"
+  cc -shared -fPIC -o "$tmp/libxdgone.so" "$tmp/dep.c" &&
+    cc -shared -fPIC -o "$tmp/expertd-cuda.so" "$tmp/mod.c" -L"$tmp" -lxdgone && rm "$tmp/libxdgone.so"
+  expect cuda_module_dependency_missing 1 "device cuda: cannot load $tmp/expertd-cuda.so: libxdgone.so: cannot open shared object file" -- env EXPERTD_CUDA_MODULE="$tmp/expertd-cuda.so" "$expertd" generate --model "$olmoe" --prompt-ids 1 --device cuda
+  # a shared object that is not an expertd module
+  echo 'int xd_not_a_module(void) { return 0; }' >"$tmp/other.c"
+  cc -shared -fPIC -o "$tmp/other.so" "$tmp/other.c"
+  expect cuda_module_not_ours 1 "is not an expertd CUDA module" -- env EXPERTD_CUDA_MODULE="$tmp/other.so" "$expertd" generate --model "$olmoe" --prompt-ids 1 --device cuda
+else
+  expect cuda_not_built 1 "built without the CUDA backend" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --device cuda
+  expect version_cuda_not_built 0 "cuda module: not built" -- "$expertd" version
 fi
 expect bad_device 2 "--device" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --device tpu
 expect unknown_command 2 "unknown command" -- "$expertd" frobnicate

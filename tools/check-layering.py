@@ -32,7 +32,8 @@ ROOMS = {
     # xd_sched_opts), so serve and the benchmarks share one copy
     "config": ["scheduler", "engine", "engine/experts", "engine/text"],
     "gpu": ["engine", "engine/experts"],
-    "daemon": ["config", "scheduler", "gpu", "engine/experts"],
+    # not gpu: expertd dlopens the CUDA backend (expertd-cuda.so), it never links it
+    "daemon": ["config", "scheduler", "engine/experts"],
 }
 # Arrows for types only: the headers a room may include without linking their room.
 TYPES_ONLY = {
