@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "config/config_file.h"
 #include "config/server_config.h"
@@ -16,6 +17,7 @@
 #include "daemon/server.h"
 #include "engine/base/clock.h"
 #include "engine/engine.h"
+#include "engine/model/safetensors.h"
 #include "engine/experts/routing_trace.h"
 #include "engine/text/chat_template.h"
 #include "engine/text/tokenizer.h"
@@ -77,10 +79,48 @@ static void observe_step(void *ctx, const struct xd_batch *batch, const uint64_t
     xd_metrics_set_experts(L->metrics, &ex);
 }
 
+/* Reading the checkpoint: /health's figures, and a STATUS= line (and on a terminal, a log
+ * line) at the start, the end and at most every 2 seconds between. */
+struct read_progress {
+    struct xd_server *s;
+    double t0, last;
+};
+
+static void human_bytes(char *buf, size_t n, double bytes)
+{
+    if (bytes >= (double)(1ULL << 30))
+        snprintf(buf, n, "%.1f GiB", bytes / (double)(1ULL << 30));
+    else
+        snprintf(buf, n, "%.1f MiB", bytes / (double)(1ULL << 20));
+}
+
+static void on_read_progress(void *ctx, uint64_t done, uint64_t total)
+{
+    struct read_progress *p = ctx;
+    atomic_store(&p->s->load_total, total);
+    atomic_store(&p->s->load_done, done);
+    const double now = xd_now();
+    if (done != 0 && done != total && now - p->last < 2.0)
+        return;
+    p->last = now;
+    char d[32], t[32];
+    human_bytes(d, sizeof d, (double)done);
+    human_bytes(t, sizeof t, (double)total);
+    const double rate = now > p->t0 ? (double)done / (now - p->t0) / 1e6 : 0;
+    const double pct = total ? 100.0 * (double)done / (double)total : 100.0;
+    xd_sd_notifyf("STATUS=loading %s: read %s of %s (%.0f%%, %.0f MB/s)", p->s->model_name, d,
+                  t, pct, rate);
+    if (isatty(STDERR_FILENO) || (done != 0 && done != total))
+        xd_log(p->s, XD_LOG_INFO, "loading: read %s of %s (%.0f%%, %.0f MB/s)", d, t, pct, rate);
+}
+
 static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
 {
     const struct xd_server_config *c = s->cfg;
     XD_TRY(xd_model_load(c->engine.model, &L->model, err));
+    /* the mapping is lazy: read it now, with progress, rather than in the first requests */
+    struct read_progress rp = {.s = s, .t0 = xd_now()};
+    xd_checkpoint_read(L->model->checkpoint, on_read_progress, &rp);
     const struct xd_model_config *mc = &L->model->config;
 
     char path[4096];

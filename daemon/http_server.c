@@ -65,9 +65,17 @@ static enum MHD_Result health(struct xd_http_req *r)
     int st = atomic_load(&r->srv->state);
     if (st == XD_SERVER_READY)
         return xd_http_send_json(r, 200, "{\"status\":\"ok\"}");
-    return xd_http_send(r, 503, st == XD_SERVER_LOADING ? "{\"status\":\"loading\"}"
-                                                 : "{\"status\":\"draining\"}",
-                 st == XD_SERVER_LOADING ? 20 : 21, "application/json", "1");
+    if (st != XD_SERVER_LOADING)
+        return xd_http_send(r, 503, "{\"status\":\"draining\"}", 21, "application/json", "1");
+    /* loading: how far the checkpoint's read is (bytes_total 0: not mapped yet) */
+    uint64_t total = atomic_load(&r->srv->load_total), done = atomic_load(&r->srv->load_done);
+    char body[160];
+    int n = snprintf(body, sizeof body,
+                     "{\"status\":\"loading\",\"progress\":{\"bytes_done\":%llu,"
+                     "\"bytes_total\":%llu,\"percent\":%.1f}}",
+                     (unsigned long long)done, (unsigned long long)total,
+                     total ? 100.0 * (double)done / (double)total : 0.0);
+    return xd_http_send(r, 503, body, (size_t)n, "application/json", "1");
 }
 
 static enum MHD_Result models(struct xd_http_req *r)

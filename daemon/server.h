@@ -35,6 +35,10 @@ struct xd_server {
     _Atomic int state;                  /* enum xd_server_state */
     _Atomic uint64_t next_id;           /* request ids in logs and responses */
     _Atomic int n_active;               /* generation requests whose response is not done */
+    /* While loading: the checkpoint's bytes read of all (/health's progress, STATUS= lines);
+     * load_total stays 0 until the files are mapped. */
+    _Atomic uint64_t load_done;
+    _Atomic uint64_t load_total;
     long long created;                  /* start time (Unix seconds) for /v1/models */
 
     /* Set once the model is loaded (state READY); read-only afterwards. */

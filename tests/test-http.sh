@@ -25,4 +25,6 @@ cat >"$odd/tokenizer_config.json" <<'JSON'
 {"eos_token": "<|im_end|>", "chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}
 JSON
 
+# the load-progress test makes its own, larger model
+export XD_SYNTH_MODEL="$synth"
 exec "$py" "$src/tests/test_http.py" "$expertd" "$model" "$odd"

@@ -625,6 +625,63 @@ static const struct {
     {"corrupt shard", false, true, GOOD_INDEX, "model-00002-of-00002.safetensors", NULL},
 };
 
+struct read_calls {
+    int n;
+    uint64_t first, last, total, prev;
+    bool monotone, same_total;
+};
+
+static void count_read(void *ctx, uint64_t done, uint64_t total)
+{
+    struct read_calls *r = ctx;
+    if (r->n == 0) {
+        r->first = done;
+        r->total = total;
+        r->monotone = r->same_total = true;
+    }
+    r->monotone &= done >= r->prev && done <= total;
+    r->same_total &= total == r->total;
+    r->prev = r->last = done;
+    r->n++;
+}
+
+/* xd_checkpoint_read reports 0 first, then growing figures, and ends at the shards' sizes. */
+static void test_checkpoint_read_progress(void)
+{
+    char dir[4096];
+    new_case_dir(dir, sizeof dir);
+    write_two_shards(dir, false);
+    write_text(dir, "model.safetensors.index.json", GOOD_INDEX);
+    struct xd_checkpoint *c = NULL;
+    struct xd_err err = {{0}};
+    int rc = xd_checkpoint_open(dir, &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    if (rc != XD_OK)
+        return;
+    uint64_t size = 0;
+    DIR *d = opendir(dir);
+    for (struct dirent *de; d && (de = readdir(d));) {
+        if (!strstr(de->d_name, ".safetensors") || strstr(de->d_name, ".json"))
+            continue;
+        char path[8192];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        if (stat(path, &st) == 0)
+            size += (uint64_t)st.st_size;
+    }
+    if (d)
+        closedir(d);
+    struct read_calls r = {0};
+    xd_checkpoint_read(c, count_read, &r);
+    CHECK(r.n >= 3, "%d progress calls, want the start and one per shard", r.n);
+    CHECK(r.first == 0 && r.monotone && r.same_total, "first %llu, monotone %d, same total %d",
+          (unsigned long long)r.first, r.monotone, r.same_total);
+    CHECK(r.total == size && r.last == size, "total %llu, last %llu, files %llu",
+          (unsigned long long)r.total, (unsigned long long)r.last, (unsigned long long)size);
+    xd_checkpoint_read(c, NULL, NULL); /* no callback: still reads, no crash */
+    xd_checkpoint_close(c);
+}
+
 static void test_checkpoint_bad_shards(void)
 {
     for (size_t i = 0; i < sizeof bad_sharded / sizeof bad_sharded[0]; i++) {
@@ -859,6 +916,7 @@ int main(int argc, char **argv)
     RUN(test_checkpoint_missing);
     RUN(test_checkpoint_sharded);
     RUN(test_checkpoint_bad_shards);
+    RUN(test_checkpoint_read_progress);
     RUN(test_checkpoint_index_path_escape);
 
     RUN(test_dtype_names);

@@ -1195,6 +1195,70 @@ def prompt_over_the_context_names_prompt():
                  400, "max_tokens", "context_length_exceeded")
 
 
+@test
+def load_progress_in_health_and_status():
+    """While the checkpoint is read, /health says loading with bytes done of total and STATUS=
+    lines carry the same figures: the first at 0, the last at the whole size, before READY=1."""
+    import shutil
+    import tempfile
+    work = tempfile.mkdtemp()
+    model = os.path.join(work, "big")
+    # ~100 MB: reading it takes long enough for /health polls to see the load
+    subprocess.run([os.environ["XD_SYNTH_MODEL"], "--out", model, "--vocab", "512", "--hidden",
+                    "256", "--layers", "4", "--experts", "32", "--ffn", "512"], check=True,
+                   stdout=subprocess.DEVNULL)
+    size = os.path.getsize(os.path.join(model, "model.safetensors"))
+    path = os.path.join(work, "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.005)
+    e = dict(os.environ, OMP_NUM_THREADS="1", NOTIFY_SOCKET=path)
+    e.pop("EXPERTD_API_KEY", None)
+    proc = subprocess.Popen([EXPERTD, "serve", "--model", model, "--port", "0", "--threads", "1"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=e, text=True)
+    msgs, loading = [], []
+    try:
+        port = None
+        for line in proc.stderr:
+            m = re.search(r"listening on http://[^ ]+:(\d+)", line)
+            if m:
+                port = int(m.group(1))
+                break
+        assert port, "expertd did not start"
+        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+        deadline = time.time() + 60
+        with requests.Session() as http:
+            while time.time() < deadline:
+                r = http.get(f"http://127.0.0.1:{port}/health")
+                if r.status_code == 200:
+                    break
+                assert r.status_code == 503, r.status_code
+                loading.append(r.json())
+            try:
+                while True:
+                    msgs.append(sock.recv(4096).decode())
+            except socket.timeout:
+                pass
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)
+        sock.close()
+        shutil.rmtree(work)
+    assert rc == 0, rc
+    assert loading, "no /health answer while loading"
+    for b in loading:
+        assert b["status"] == "loading", b
+        p = b["progress"]
+        assert p["bytes_total"] in (0, size), (p, size)
+        assert 0 <= p["bytes_done"] <= p["bytes_total"], p
+    mib = f"{size / 2**20:.1f} MiB"
+    status = [m for m in msgs if m.startswith("STATUS=loading big: read")]
+    assert status and status[0].startswith(f"STATUS=loading big: read 0.0 MiB of {mib} (0%"), msgs
+    assert status[-1].startswith(f"STATUS=loading big: read {mib} of {mib} (100%"), msgs
+    text = "\n".join(msgs)
+    assert text.index(status[-1]) < text.index("READY=1"), msgs
+
+
 t_stop = time.time()
 exit_status = S.stop()
 if time.time() - t_stop > 5:

@@ -361,6 +361,33 @@ err:
     return rc;
 }
 
+void xd_checkpoint_read(const struct xd_checkpoint *c, xd_read_progress_fn progress, void *ctx)
+{
+    const size_t chunk = (size_t)64 << 20; /* a multiple of any page size */
+    const long page = sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096;
+    uint64_t total = 0, done = 0;
+    for (size_t i = 0; i < c->n_files; i++)
+        total += c->files[i].map_size;
+    if (progress)
+        progress(ctx, 0, total);
+    unsigned sum = 0;
+    for (size_t i = 0; i < c->n_files; i++) {
+        const volatile unsigned char *map = c->files[i].map;
+        const size_t size = c->files[i].map_size;
+        for (size_t off = 0; off < size; off += chunk) {
+            size_t len = size - off < chunk ? size - off : chunk;
+            /* read-ahead of the whole chunk, then one byte per page faults it in */
+            madvise((void *)(uintptr_t)(map + off), len, MADV_WILLNEED);
+            for (size_t p = 0; p < len; p += (size_t)page)
+                sum += map[off + p];
+            done += len;
+            if (progress)
+                progress(ctx, done, total);
+        }
+    }
+    (void)sum;
+}
+
 void xd_checkpoint_close(struct xd_checkpoint *c)
 {
     if (!c)

@@ -56,6 +56,16 @@ struct xd_checkpoint;
 int xd_checkpoint_open(const char *dir, struct xd_checkpoint **ret_ckpt, struct xd_err *err);
 void xd_checkpoint_close(struct xd_checkpoint *ckpt);
 
+/* Progress of xd_checkpoint_read: bytes of the checkpoint's files read so far, of total. */
+typedef void (*xd_read_progress_fn)(void *ctx, uint64_t done, uint64_t total);
+
+/* Reads every page of the checkpoint's files into memory (page cache), 64 MiB at a time,
+ * calling progress (may be NULL) once before the first chunk and after each one, the last
+ * time with done == total. Serving then never stalls on a cold page, and a large checkpoint
+ * says how far it is instead of being minutes of silence. Cannot fail. */
+void xd_checkpoint_read(const struct xd_checkpoint *ckpt, xd_read_progress_fn progress,
+                        void *ctx);
+
 /* The tensor called name, or NULL. */
 const struct xd_tensor *xd_checkpoint_find(const struct xd_checkpoint *ckpt, const char *name);
 size_t xd_checkpoint_n_tensors(const struct xd_checkpoint *ckpt);
