@@ -1259,6 +1259,43 @@ def load_progress_in_health_and_status():
     assert text.index(status[-1]) < text.index("READY=1"), msgs
 
 
+@test
+def grafana_dashboard_names_exported_metrics():
+    """Every expression of systemd/expertd-dashboard.json names only metrics a live expertd
+    exports (sample names of a /metrics scrape, histogram buckets included), so the two cannot
+    drift apart; every panel has a query and the expressions' parentheses balance."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "systemd",
+                        "expertd-dashboard.json")
+    dash = json.load(open(path))
+    scrape = requests.get(S.url + "/metrics").text
+    exported = {re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0)
+                for line in scrape.splitlines() if line and not line.startswith("#")}
+    exprs = []
+    for p in dash["panels"]:
+        assert p.get("targets"), f"panel {p['title']!r} has no query"
+        exprs += [(p["title"], t["expr"]) for t in p["targets"]]
+    for v in dash["templating"]["list"]:
+        if v["type"] == "query":
+            exprs.append((v["name"], v["definition"]))
+    named = set()
+    for title, e in exprs:
+        assert e.count("(") == e.count(")") and e.count("{") == e.count("}"), (title, e)
+        names = set(re.findall(r"\bexpertd_[a-z0-9_]+", e))
+        assert names, f"{title!r}: {e} names no expertd metric"
+        missing = names - exported
+        assert not missing, f"{title!r}: {sorted(missing)} not in /metrics"
+        named |= names
+    # the issue's list: each of these is on the dashboard
+    for want in ["expertd_requests_total", "expertd_time_to_first_token_seconds_bucket",
+                 "expertd_inter_token_latency_seconds_bucket",
+                 "expertd_e2e_request_latency_seconds_bucket", "expertd_requests_waiting",
+                 "expertd_requests_running", "expertd_kv_cache_usage_ratio",
+                 "expertd_step_tokens_total", "expertd_distinct_experts_total",
+                 "expertd_expert_cache_hits_total", "expertd_expert_prefetches_used_total",
+                 "expertd_expert_h2d_bytes_total", "expertd_expert_stall_seconds_total"]:
+        assert want in named, f"the dashboard does not show {want}"
+
+
 t_stop = time.time()
 exit_status = S.stop()
 if time.time() - t_stop > 5:
