@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "config/config_file.h"
 #include "config/server_config.h"
@@ -79,8 +78,8 @@ static void observe_step(void *ctx, const struct xd_batch *batch, const uint64_t
     xd_metrics_set_experts(L->metrics, &ex);
 }
 
-/* Reading the checkpoint: /health's figures, and a STATUS= line (and on a terminal, a log
- * line) at the start, the end and at most every 2 seconds between. */
+/* Reading the checkpoint: /health's figures, and a STATUS= line at the start, the end and at
+ * most every 2 seconds between (logged too, but for the start). */
 struct read_progress {
     struct xd_server *s;
     double t0, last;
@@ -110,7 +109,7 @@ static void on_read_progress(void *ctx, uint64_t done, uint64_t total)
     const double pct = total ? 100.0 * (double)done / (double)total : 100.0;
     xd_sd_notifyf("STATUS=loading %s: read %s of %s (%.0f%%, %.0f MB/s)", p->s->model_name, d,
                   t, pct, rate);
-    if (isatty(STDERR_FILENO) || (done != 0 && done != total))
+    if (done != 0) /* the start is the STATUS= line before it */
         xd_log(p->s, XD_LOG_INFO, "loading: read %s of %s (%.0f%%, %.0f MB/s)", d, t, pct, rate);
 }
 
