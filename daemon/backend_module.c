@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "engine/engine.h"
 #include "xd_build_config.h"
 #if XD_HAVE_CUDA
 #include <dlfcn.h>
@@ -67,6 +68,13 @@ int xd_backend_module_load_cuda(struct xd_err *err)
         if (handle) {
             reg();
             load_status = 1;
+            /* a module carrying its own engine copy registers into a table nobody reads */
+            if (!xd_engine_has_backend(XD_DEVICE_CUDA)) {
+                xd_err_set(&load_error, XD_ERR_UNSUPPORTED,
+                           "device cuda: %s loaded but registered no backend with this "
+                           "expertd (built against another one?)", path);
+                load_status = XD_ERR_UNSUPPORTED;
+            }
         } else {
             load_status = XD_ERR_UNSUPPORTED;
         }

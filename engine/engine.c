@@ -13,6 +13,11 @@ void xd_engine_register_backend(enum xd_device device, const struct xd_backend_o
     registered[device] = ops;
 }
 
+bool xd_engine_has_backend(enum xd_device device)
+{
+    return device == XD_DEVICE_CPU || registered[device] != NULL;
+}
+
 struct xd_engine {
     struct xd_model *model;
     struct xd_engine_opts opts;

@@ -47,6 +47,10 @@ struct xd_expert_stats {
 
 struct xd_engine;
 
+/* Whether a backend is registered for device (the CPU one always is): the CUDA module loader
+ * checks that the module's registration reached this engine, not a copy of it. */
+bool xd_engine_has_backend(enum xd_device device);
+
 /* Creates an engine over model (borrowed; it must outlive the engine) and
  * allocates its KV cache and step buffers. On failure returns a negative
  * status with detail in err and leaves *ret_engine untouched. */

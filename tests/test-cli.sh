@@ -101,6 +101,11 @@ if [ "$cuda_module" != none ]; then
   if [ -z "$missing" ] && [ "$nundef" -gt 5 ]; then ok cuda_module_symbols_exported
   else fail cuda_module_symbols_exported "$nundef undefined xd_ symbols; not exported by expertd: $missing"; fi
   expect version_lists_cuda 0 "backends: cpu, cuda" -- "$expertd" version
+  # the module's xd_gpu_register reached the binary's backend table: the engine runs the CUDA
+  # backend (which generates, or says why the GPU is unusable), not "built without"
+  "$expertd" generate --model "$olmoe" --prompt-ids 1,2 --max-tokens 2 --device cuda >"$tmp/reg" 2>&1; rc=$?
+  if ! grep -q "built without" "$tmp/reg" && { [ $rc = 0 ] || grep -q "device cuda: no usable GPU" "$tmp/reg"; }
+  then ok cuda_module_registers_backend; else fail cuda_module_registers_backend "exit $rc: $(head -c 300 "$tmp/reg")"; fi
   expect cuda_module_missing 1 "device cuda: cannot load /nonexistent/expertd-cuda.so: /nonexistent/expertd-cuda.so: cannot open shared object file" -- env EXPERTD_CUDA_MODULE=/nonexistent/expertd-cuda.so "$expertd" generate --model "$olmoe" --prompt-ids 1 --device cuda
   expect serve_cuda_module_missing 1 "device cuda: cannot load /nonexistent/expertd-cuda.so" -- env EXPERTD_CUDA_MODULE=/nonexistent/expertd-cuda.so timeout 30 "$expertd" serve --model "$olmoe" --port 0 --threads 1 --device cuda
   expect version_without_module 0 "cuda module: unavailable: device cuda: cannot load /nonexistent/expertd-cuda.so" -- env EXPERTD_CUDA_MODULE=/nonexistent/expertd-cuda.so "$expertd" version
@@ -117,6 +122,10 @@ if [ "$cuda_module" != none ]; then
   cc -shared -fPIC -o "$tmp/libxdgone.so" "$tmp/dep.c" &&
     cc -shared -fPIC -o "$tmp/expertd-cuda.so" "$tmp/mod.c" -L"$tmp" -lxdgone && rm "$tmp/libxdgone.so"
   expect cuda_module_dependency_missing 1 "device cuda: cannot load $tmp/expertd-cuda.so: libxdgone.so: cannot open shared object file" -- env EXPERTD_CUDA_MODULE="$tmp/expertd-cuda.so" "$expertd" generate --model "$olmoe" --prompt-ids 1 --device cuda
+  # a module whose registration does not reach this binary's engine (its own engine copy)
+  echo 'void xd_gpu_register(void) {}' >"$tmp/noreg.c"
+  cc -shared -fPIC -o "$tmp/noreg.so" "$tmp/noreg.c"
+  expect cuda_module_registers_nothing 1 "loaded but registered no backend" -- env EXPERTD_CUDA_MODULE="$tmp/noreg.so" "$expertd" generate --model "$olmoe" --prompt-ids 1 --device cuda
   # a shared object that is not an expertd module
   echo 'int xd_not_a_module(void) { return 0; }' >"$tmp/other.c"
   cc -shared -fPIC -o "$tmp/other.so" "$tmp/other.c"
