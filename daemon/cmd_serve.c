@@ -119,7 +119,9 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     XD_TRY(xd_model_load(c->engine.model, &L->model, err));
     /* the mapping is lazy: read it now, with progress, rather than in the first requests */
     struct read_progress rp = {.s = s, .t0 = xd_now()};
+    atomic_store(&s->load_phase, XD_LOAD_READING);
     xd_checkpoint_read(L->model->checkpoint, on_read_progress, &rp);
+    atomic_store(&s->load_phase, XD_LOAD_ENGINE);
     const struct xd_model_config *mc = &L->model->config;
 
     char path[4096];
@@ -157,6 +159,8 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
         .n_threads = c->engine.threads,
     };
     XD_TRY(xd_config_expert_opts(&c->engine, mc, c->record_routing != NULL, &eo, err));
+    /* on the GPU this copies every weight to the device: say so, it is not instant */
+    xd_sd_notifyf("STATUS=loading %s: starting the %s backend", s->model_name, c->engine.device);
     if (eo.device == XD_DEVICE_CUDA)
         XD_TRY(xd_backend_module_load_cuda(err));
     XD_TRY(xd_engine_create(L->model, &eo, &L->engine, err));

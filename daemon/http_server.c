@@ -68,11 +68,15 @@ static enum MHD_Result health(struct xd_http_req *r)
     if (st != XD_SERVER_LOADING)
         return xd_http_send(r, 503, "{\"status\":\"draining\"}", 21, "application/json", "1");
     /* loading: how far the checkpoint's read is (bytes_total 0: not mapped yet) */
+    /* the phase first: "engine" is stored after the last figures, so they are final then */
+    static const char *const phase[] = {"mapping", "reading", "engine"};
+    int ph = atomic_load(&r->srv->load_phase);
     uint64_t total = atomic_load(&r->srv->load_total), done = atomic_load(&r->srv->load_done);
-    char body[160];
+    char body[200];
     int n = snprintf(body, sizeof body,
-                     "{\"status\":\"loading\",\"progress\":{\"bytes_done\":%llu,"
-                     "\"bytes_total\":%llu,\"percent\":%.1f}}",
+                     "{\"status\":\"loading\",\"progress\":{\"phase\":\"%s\","
+                     "\"bytes_done\":%llu,\"bytes_total\":%llu,\"percent\":%.1f}}",
+                     phase[ph >= 0 && ph <= XD_LOAD_ENGINE ? ph : 0],
                      (unsigned long long)done, (unsigned long long)total,
                      total ? 100.0 * (double)done / (double)total : 0.0);
     return xd_http_send(r, 503, body, (size_t)n, "application/json", "1");

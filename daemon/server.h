@@ -17,6 +17,13 @@
 
 struct xd_conn_guard;
 
+/* What loading is doing now (/health's progress.phase). */
+enum xd_load_phase {
+    XD_LOAD_MAPPING, /* config, safetensors headers, mapping the files */
+    XD_LOAD_READING, /* reading the mapped checkpoint into memory */
+    XD_LOAD_ENGINE,  /* tokenizer, the backend (weights converted or copied to the GPU), KV */
+};
+
 enum xd_server_state {
     XD_SERVER_LOADING,  /* listening; the model is not loaded yet: 503 */
     XD_SERVER_READY,
@@ -39,6 +46,7 @@ struct xd_server {
      * load_total stays 0 until the files are mapped. */
     _Atomic uint64_t load_done;
     _Atomic uint64_t load_total;
+    _Atomic int load_phase;             /* enum xd_load_phase */
     long long created;                  /* start time (Unix seconds) for /v1/models */
 
     /* Set once the model is loaded (state READY); read-only afterwards. */

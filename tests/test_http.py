@@ -1251,12 +1251,16 @@ def load_progress_in_health_and_status():
         p = b["progress"]
         assert p["bytes_total"] in (0, size), (p, size)
         assert 0 <= p["bytes_done"] <= p["bytes_total"], p
+        # the engine starts after the whole read
+        assert p["phase"] in ("mapping", "reading", "engine"), p
+        assert p["phase"] != "engine" or p["bytes_done"] == size, p
     mib = f"{size / 2**20:.1f} MiB"
     status = [m for m in msgs if m.startswith("STATUS=loading big: read")]
     assert status and status[0].startswith(f"STATUS=loading big: read 0.0 MiB of {mib} (0%"), msgs
     assert status[-1].startswith(f"STATUS=loading big: read {mib} of {mib} (100%"), msgs
     text = "\n".join(msgs)
-    assert text.index(status[-1]) < text.index("READY=1"), msgs
+    engine = "STATUS=loading big: starting the cpu backend"
+    assert text.index(status[-1]) < text.index(engine) < text.index("READY=1"), msgs
 
 
 @test
