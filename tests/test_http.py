@@ -925,7 +925,7 @@ def ambiguous_framing_is_400_before_the_body():
     chunked is 501 (MHD would read the body until the client closes). MHD's own check of a
     malformed Content-Length still answers 400."""
     before = S.metrics()
-    body = b'{"prompt": "x", "max_tokens": 2}'
+    body = b'{"prompt": "x", "max_tokens": 2, "ignore_eos": true}'
     start = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     n = str(len(body)).encode()
     chunked = b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
