@@ -2,6 +2,7 @@
 #include <stdio.h>
 
 #include "daemon/commands.h"
+#include "engine/cpu/cpu_kernels.h"
 #include "xd_build_config.h"
 #if XD_HAVE_CUDA
 #include "gpu/gpu_probe.h"
@@ -20,5 +21,6 @@ int xd_cmd_version(int argc, char **argv)
 #else
     printf("backends: cpu\n");
 #endif
+    printf("cpu kernels: %s\n", xd_cpu_kernel_path());
     return 0;
 }
