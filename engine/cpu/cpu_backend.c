@@ -325,35 +325,19 @@ static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
         }
     }
 
-    /* each expert present runs once over all of its rows. The experts are acquired on this
-     * thread (a store need not be thread-safe); with at least two present per thread they run
-     * side by side in one parallel region, each matmul on one thread (no fork/join per
-     * matmul), else one after the other with each matmul spread over the threads. Either way
-     * every output element is summed in the same order, so the choice never changes results. */
-    const int F = c->expert_ffn;
-    int32_t present[E];
-    struct xd_expert_weights ew[E];
-    int n_present = 0;
+    /* each expert present runs once over all of its rows */
     for (int e = 0; e < E; e++) {
-        if (rows[e + 1] == rows[e])
+        int r0 = rows[e], n_rows = rows[e + 1] - rows[e];
+        if (n_rows == 0)
             continue;
-        int rc = xd_expert_store_acquire(&s->m->experts, l, e, &ew[n_present]);
-        if (rc < 0) {
-            for (int i = 0; i < n_present; i++)
-                xd_expert_store_release(&s->m->experts, l, present[i]);
+        struct xd_expert_weights w;
+        int rc = xd_expert_store_acquire(&s->m->experts, l, e, &w);
+        if (rc < 0)
             return xd_err_set(err, rc, "expert store: layer %d expert %d is unavailable (%s)", l,
                               e, xd_status_str(rc));
-        }
-        present[n_present++] = e;
+        swiglu(s->xg + (size_t)r0 * H, n_rows, &w, s->g, s->u, s->eo + (size_t)r0 * H);
+        xd_expert_store_release(&s->m->experts, l, e);
     }
-#pragma omp parallel for schedule(dynamic, 1) if (n_present >= 2 * omp_get_max_threads())
-    for (int i = 0; i < n_present; i++) {
-        const int e = present[i], r0 = rows[e], n_rows = rows[e + 1] - rows[e];
-        swiglu(s->xg + (size_t)r0 * H, n_rows, &ew[i], s->g + (size_t)r0 * F,
-               s->u + (size_t)r0 * F, s->eo + (size_t)r0 * H);
-    }
-    for (int i = 0; i < n_present; i++)
-        xd_expert_store_release(&s->m->experts, l, present[i]);
 
     /* weighted sum back, in each token's top-k order so batching never matters */
     for (int t = 0; t < n; t++) {
