@@ -3,6 +3,7 @@
 
 #include "daemon/backend_module.h"
 #include "daemon/commands.h"
+#include "engine/cpu/cpu_kernels.h"
 #include "xd_build_config.h"
 
 int xd_cmd_version(int argc, char **argv)
@@ -28,5 +29,6 @@ int xd_cmd_version(int argc, char **argv)
     printf("backends: cpu\n");
     printf("cuda module: not built (meson -Dcuda=enabled needs nvcc and cuBLAS)\n");
 #endif
+    printf("cpu kernels: %s\n", xd_cpu_kernel_path());
     return 0;
 }

@@ -137,6 +137,7 @@ fi
 expect bad_device 2 "--device" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --device tpu
 expect unknown_command 2 "unknown command" -- "$expertd" frobnicate
 expect version 0 "expertd" -- "$expertd" version
+expect version_names_cpu_kernels 0 "cpu kernels: " -- "$expertd" version
 
 # --record-routing writes a trace that `expertd plan` replays: one step per forward (the prompt,
 # then each generated token but the last), every token of them.

@@ -1,7 +1,10 @@
-/* CPU kernels: matmul over f32/bf16/f16 weights with OpenMP, norms, rotary, activations. */
+/* CPU kernels: matmul over f32/bf16/f16 weights (register-blocked AVX-512 / AVX2+FMA, or portable C,
+ * chosen at run time) with OpenMP, norms, rotary, activations. */
 #include "engine/cpu/cpu_kernels.h"
 
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "engine/model/dtype.h"
 
@@ -88,13 +91,14 @@ float xd_cpu_dot(const float *a, const float *b, int n)
 /* Rows of output computed per task: enough work to amortise scheduling. */
 #define ROW_TILE 16
 
-/* Compiled twice, for x86-64-v3 (AVX2, FMA) and for the baseline, and picked at load time
+/* The portable path, and the reference the vector paths are checked against: plain C, no FMA
+ * (ISO C11 forbids contraction). Compiled twice, for x86-64-v3 (AVX2, FMA) and for the baseline, and picked at load time
  * for the CPU it runs on; the inlined dot products vectorise for each. (Not under
  * ThreadSanitizer: its instrumented ifunc resolver runs before the runtime exists and crashes.) */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
-void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y)
+static void matmul_portable(const float *x, int n, const struct xd_matrix *w, float *y)
 {
     const int64_t rows = w->rows, cols = w->cols;
     const int64_t n_tiles = (rows + ROW_TILE - 1) / ROW_TILE;
@@ -126,6 +130,317 @@ void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y)
                 y[(int64_t)t * rows + r] = dot_f32(x + (int64_t)t * cols, wr, (int)cols);
         }
     }
+}
+
+
+/* ---- Register-blocked vector paths (x86-64, chosen at run time) ----
+ *
+ * Every output element y[t][r] is summed in one fixed order whatever the tile around it:
+ * sixteen lanes acc[j] = fma(x[k], w[k], acc[j]) over k = 16 i + j for the whole blocks of 16,
+ * then the tree acc[j] += acc[j + h] for h = 8, 4, 2, 1, then plus the tail (k past the last
+ * whole block) summed one fmaf at a time from 0. The tile only decides which elements share the
+ * loads of one pass over K, never the order of an element's sum, so a token's result does not
+ * depend on how many tokens share the step (1 alone, 64 batched, or a prefill chunk) nor on its
+ * place in the tile. The AVX2 path keeps the sixteen lanes in two 8-lane registers (lanes 0-7,
+ * 8-15) and adds them first, which is the h = 8 step: both paths give the same bits. They differ
+ * from matmul_portable in the last bits (one rounding per multiply-add instead of two). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define XD_HAVE_X86_PATHS 1
+
+/* Output rows and tokens per register tile: AVX-512 holds 4 x 6 accumulators of 16 lanes plus 4
+ * weight vectors and one token vector in its 32 registers; AVX2 holds 1 x 4 accumulators of two
+ * 8-lane halves (8) plus two weight halves and two token halves in its 16 (one row per tile
+ * widens each bf16 weight once for four tokens). */
+#define R512 4
+#define T512 6
+#define R256 1
+#define T256 4
+
+#define TGT512 __attribute__((target("avx512f,avx2,fma,f16c")))
+#define TGT256 __attribute__((target("avx2,fma,f16c")))
+
+TGT512 static inline __attribute__((always_inline)) __m512 load16_512(const void *w, int64_t i,
+                                                                    enum xd_dtype dt)
+{
+    switch (dt) {
+    case XD_DTYPE_F32: return _mm512_loadu_ps((const float *)w + i);
+    case XD_DTYPE_BF16: {
+        __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    case XD_DTYPE_F16:
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i)));
+    }
+    return _mm512_setzero_ps();
+}
+
+/* The tree h = 8, 4, 2, 1 over sixteen lanes held as lo (0-7) + hi (8-15) halves. */
+TGT256 static inline __attribute__((always_inline)) float reduce16(__m256 lo, __m256 hi)
+{
+    __m256 s8 = _mm256_add_ps(lo, hi);
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+    return _mm_cvtss_f32(s1);
+}
+
+TGT512 static inline __attribute__((always_inline)) float reduce16_512(__m512 a)
+{
+    __m256 lo = _mm512_castps512_ps256(a);
+    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
+    return reduce16(lo, hi);
+}
+
+static inline __attribute__((always_inline)) float weight_at(const void *w, int64_t i,
+                                                            enum xd_dtype dt)
+{
+    switch (dt) {
+    case XD_DTYPE_F32: return ((const float *)w)[i];
+    case XD_DTYPE_BF16: return xd_bf16_to_f32(((const uint16_t *)w)[i]);
+    case XD_DTYPE_F16: return xd_f16_to_f32(((const uint16_t *)w)[i]);
+    }
+    return 0.0f;
+}
+
+/* The tail k = k0 .. cols - 1 of one element, one fmaf at a time from 0. */
+TGT256 static inline __attribute__((always_inline)) float tail_sum(const float *x, const void *w,
+                                                                  int64_t w_off, int64_t k0,
+                                                                  int64_t cols, enum xd_dtype dt)
+{
+    float t = 0.0f;
+    for (int64_t k = k0; k < cols; k++)
+        t = __builtin_fmaf(x[k], weight_at(w, w_off + k, dt), t);
+    return t;
+}
+
+/* y[t][r0 + i] for tokens t0 .. t0 + nt - 1 and rows r0 .. r0 + nr - 1 (nt <= T512, nr <= R512,
+ * both constants once inlined): x (n, cols), w (rows, cols) of dtype dt, y (n, rows). */
+TGT512 static inline __attribute__((always_inline)) void
+tile512(const float *x, const void *w, float *y, int64_t rows, int64_t cols, int64_t t0,
+        int64_t r0, const int nt, const int nr, enum xd_dtype dt)
+{
+    __m512 acc[T512][R512];
+#pragma GCC unroll 8
+    for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            acc[t][r] = _mm512_setzero_ps();
+    const int64_t kb = cols / 16 * 16;
+    for (int64_t k = 0; k < kb; k += 16) {
+        __m512 wv[R512];
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            wv[r] = load16_512(w, (r0 + r) * cols + k, dt);
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) {
+            __m512 xv = _mm512_loadu_ps(x + (t0 + t) * cols + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                acc[t][r] = _mm512_fmadd_ps(xv, wv[r], acc[t][r]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            y[(t0 + t) * rows + r0 + r] =
+                reduce16_512(acc[t][r]) +
+                tail_sum(x + (t0 + t) * cols, w, (r0 + r) * cols, kb, cols, dt);
+}
+
+/* One row group (nr rows from r0) against every token, in tiles of T512 tokens. */
+TGT512 static inline __attribute__((always_inline)) void
+rows512(const float *x, int n, const void *w, float *y, int64_t rows, int64_t cols, int64_t r0,
+        const int nr, enum xd_dtype dt)
+{
+    int64_t t = 0;
+    for (; t + T512 <= n; t += T512)
+        tile512(x, w, y, rows, cols, t, r0, T512, nr, dt);
+    switch (n - t) {
+    case 5: tile512(x, w, y, rows, cols, t, r0, 5, nr, dt); break;
+    case 4: tile512(x, w, y, rows, cols, t, r0, 4, nr, dt); break;
+    case 3: tile512(x, w, y, rows, cols, t, r0, 3, nr, dt); break;
+    case 2: tile512(x, w, y, rows, cols, t, r0, 2, nr, dt); break;
+    case 1: tile512(x, w, y, rows, cols, t, r0, 1, nr, dt); break;
+    default: break;
+    }
+}
+
+#define DEFINE_MATMUL512(name, dt)                                                               \
+    TGT512 static void name(const float *x, int n, const struct xd_matrix *w, float *y,         \
+                            int64_t r_begin, int64_t r_end)                                      \
+    {                                                                                            \
+        int64_t r = r_begin;                                                                     \
+        for (; r + R512 <= r_end; r += R512)                                                     \
+            rows512(x, n, w->data, y, w->rows, w->cols, r, R512, dt);                            \
+        for (; r < r_end; r++)                                                                   \
+            rows512(x, n, w->data, y, w->rows, w->cols, r, 1, dt);                               \
+    }
+DEFINE_MATMUL512(mm512_f32, XD_DTYPE_F32)
+DEFINE_MATMUL512(mm512_bf16, XD_DTYPE_BF16)
+DEFINE_MATMUL512(mm512_f16, XD_DTYPE_F16)
+
+TGT256 static inline __attribute__((always_inline)) void load16_256(const void *w, int64_t i,
+                                                                   enum xd_dtype dt, __m256 *lo,
+                                                                   __m256 *hi)
+{
+    switch (dt) {
+    case XD_DTYPE_F32:
+        *lo = _mm256_loadu_ps((const float *)w + i);
+        *hi = _mm256_loadu_ps((const float *)w + i + 8);
+        return;
+    case XD_DTYPE_BF16: {
+        const uint16_t *p = (const uint16_t *)w + i;
+        __m256i a = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+        __m256i b = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 8)));
+        *lo = _mm256_castsi256_ps(_mm256_slli_epi32(a, 16));
+        *hi = _mm256_castsi256_ps(_mm256_slli_epi32(b, 16));
+        return;
+    }
+    case XD_DTYPE_F16: {
+        const uint16_t *p = (const uint16_t *)w + i;
+        *lo = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+        *hi = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8)));
+        return;
+    }
+    }
+    *lo = *hi = _mm256_setzero_ps();
+}
+
+/* As tile512, with each 16-lane accumulator held as two 8-lane halves. */
+TGT256 static inline __attribute__((always_inline)) void
+tile256(const float *x, const void *w, float *y, int64_t rows, int64_t cols, int64_t t0,
+        int64_t r0, const int nt, const int nr, enum xd_dtype dt)
+{
+    __m256 lo[T256][R256], hi[T256][R256];
+#pragma GCC unroll 8
+    for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            lo[t][r] = hi[t][r] = _mm256_setzero_ps();
+    const int64_t kb = cols / 16 * 16;
+    for (int64_t k = 0; k < kb; k += 16) {
+        __m256 wl[R256], wh[R256];
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            load16_256(w, (r0 + r) * cols + k, dt, &wl[r], &wh[r]);
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) {
+            const float *xt = x + (t0 + t) * cols + k;
+            __m256 xl = _mm256_loadu_ps(xt), xh = _mm256_loadu_ps(xt + 8);
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++) {
+                lo[t][r] = _mm256_fmadd_ps(xl, wl[r], lo[t][r]);
+                hi[t][r] = _mm256_fmadd_ps(xh, wh[r], hi[t][r]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            y[(t0 + t) * rows + r0 + r] =
+                reduce16(lo[t][r], hi[t][r]) +
+                tail_sum(x + (t0 + t) * cols, w, (r0 + r) * cols, kb, cols, dt);
+}
+
+TGT256 static inline __attribute__((always_inline)) void
+rows256(const float *x, int n, const void *w, float *y, int64_t rows, int64_t cols, int64_t r0,
+        const int nr, enum xd_dtype dt)
+{
+    int64_t t = 0;
+    for (; t + T256 <= n; t += T256)
+        tile256(x, w, y, rows, cols, t, r0, T256, nr, dt);
+    switch (n - t) {
+    case 3: tile256(x, w, y, rows, cols, t, r0, 3, nr, dt); break;
+    case 2: tile256(x, w, y, rows, cols, t, r0, 2, nr, dt); break;
+    case 1: tile256(x, w, y, rows, cols, t, r0, 1, nr, dt); break;
+    default: break;
+    }
+}
+
+#define DEFINE_MATMUL256(name, dt)                                                               \
+    TGT256 static void name(const float *x, int n, const struct xd_matrix *w, float *y,         \
+                            int64_t r_begin, int64_t r_end)                                      \
+    {                                                                                            \
+        int64_t r = r_begin;                                                                     \
+        for (; r + R256 <= r_end; r += R256)                                                     \
+            rows256(x, n, w->data, y, w->rows, w->cols, r, R256, dt);                            \
+        for (; r < r_end; r++)                                                                   \
+            rows256(x, n, w->data, y, w->rows, w->cols, r, 1, dt);                               \
+    }
+DEFINE_MATMUL256(mm256_f32, XD_DTYPE_F32)
+DEFINE_MATMUL256(mm256_bf16, XD_DTYPE_BF16)
+DEFINE_MATMUL256(mm256_f16, XD_DTYPE_F16)
+#endif
+
+/* ---- Which path runs ---- */
+
+enum kernel_path { PATH_UNSET = 0, PATH_PORTABLE, PATH_AVX2, PATH_AVX512 };
+static int kernel_path; /* enum kernel_path, resolved once (idempotent, so a race is benign) */
+
+static enum kernel_path resolve_path(void)
+{
+    enum kernel_path best = PATH_PORTABLE;
+#ifdef XD_HAVE_X86_PATHS
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c"))
+        best = PATH_AVX2;
+    if (best == PATH_AVX2 && __builtin_cpu_supports("avx512f"))
+        best = PATH_AVX512;
+#endif
+    /* XD_CPU_KERNEL=portable|avx2 asks for a lesser path (tests, benchmarks); never a greater */
+    const char *want = getenv("XD_CPU_KERNEL");
+    if (want && strcmp(want, "portable") == 0)
+        best = PATH_PORTABLE;
+    else if (want && strcmp(want, "avx2") == 0 && best == PATH_AVX512)
+        best = PATH_AVX2;
+    return best;
+}
+
+static enum kernel_path get_path(void)
+{
+    int p = __atomic_load_n(&kernel_path, __ATOMIC_RELAXED);
+    if (p == PATH_UNSET) {
+        p = resolve_path();
+        __atomic_store_n(&kernel_path, p, __ATOMIC_RELAXED);
+    }
+    return (enum kernel_path)p;
+}
+
+const char *xd_cpu_kernel_path(void)
+{
+    switch (get_path()) {
+    case PATH_AVX512: return "avx512f (fma, 4 rows x 6 tokens of 16 lanes)";
+    case PATH_AVX2: return "avx2+fma (1 row x 4 tokens of 2 x 8 lanes)";
+    default: return "portable (c11, no fma)";
+    }
+}
+
+void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y)
+{
+    const enum kernel_path path = get_path();
+    if (path == PATH_PORTABLE) {
+        matmul_portable(x, n, w, y);
+        return;
+    }
+#ifdef XD_HAVE_X86_PATHS
+    void (*fn)(const float *, int, const struct xd_matrix *, float *, int64_t, int64_t) = NULL;
+    switch (w->dtype) {
+    case XD_DTYPE_F32: fn = path == PATH_AVX512 ? mm512_f32 : mm256_f32; break;
+    case XD_DTYPE_BF16: fn = path == PATH_AVX512 ? mm512_bf16 : mm256_bf16; break;
+    case XD_DTYPE_F16: fn = path == PATH_AVX512 ? mm512_f16 : mm256_f16; break;
+    }
+    const int64_t rows = w->rows, cols = w->cols;
+    const int64_t n_tiles = (rows + ROW_TILE - 1) / ROW_TILE;
+#pragma omp parallel for schedule(static) if (rows * cols * (int64_t)n > 32768)
+    for (int64_t tile = 0; tile < n_tiles; tile++) {
+        int64_t r_end = tile * ROW_TILE + ROW_TILE < rows ? tile * ROW_TILE + ROW_TILE : rows;
+        fn(x, n, w, y, tile * ROW_TILE, r_end);
+    }
+#endif
 }
 
 static float mat_get(const struct xd_matrix *m, int64_t i)

@@ -1,0 +1,117 @@
+/* CPU matmul kernels: every path (the one this CPU runs, or XD_CPU_KERNEL's) sums each output
+ * element in its documented order, bit for bit, whatever the number of tokens and rows. */
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "engine/cpu/cpu_kernels.h"
+#include "engine/model/dtype.h"
+#include "tests/test.h"
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static float frand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 40) & 0xffffff) / (float)0x800000 - 1.0f;
+}
+
+static int is_portable(void)
+{
+    return strncmp(xd_cpu_kernel_path(), "portable", 8) == 0;
+}
+
+/* One element in the path's documented order: sixteen lanes over the whole blocks of K, the
+ * tree h = 8, 4, 2, 1, then the tail from 0. The vector paths use one rounding per
+ * multiply-add (fmaf, correctly rounded in libm), the portable path two. */
+static float ref_dot(const float *x, const float *w, int k, int fused)
+{
+    float acc[16] = {0};
+    int i = 0;
+    for (; i + 16 <= k; i += 16)
+        for (int j = 0; j < 16; j++)
+            acc[j] = fused ? fmaf(x[i + j], w[i + j], acc[j]) : acc[j] + x[i + j] * w[i + j];
+    float tail = 0.0f;
+    for (; i < k; i++)
+        tail = fused ? fmaf(x[i], w[i], tail) : tail + x[i] * w[i];
+    for (int h = 8; h > 0; h /= 2)
+        for (int j = 0; j < h; j++)
+            acc[j] += acc[j + h];
+    return acc[0] + tail;
+}
+
+/* y for n tokens against rows x cols weights of dtype dt, checked element by element against
+ * ref_dot, and every token's row against the same token computed alone. */
+static void check_shape(enum xd_dtype dt, int n, int rows, int cols)
+{
+    float *x = malloc(sizeof(float) * (size_t)n * cols);
+    float *wf = malloc(sizeof(float) * (size_t)rows * cols); /* the weights as f32 */
+    uint16_t *wh = malloc(sizeof(uint16_t) * (size_t)rows * cols);
+    float *y = malloc(sizeof(float) * (size_t)n * rows);
+    float *y1 = malloc(sizeof(float) * (size_t)rows);
+    for (int i = 0; i < n * cols; i++)
+        x[i] = frand();
+    for (int i = 0; i < rows * cols; i++) {
+        float v = frand();
+        if (dt == XD_DTYPE_BF16) {
+            wh[i] = xd_f32_to_bf16(v);
+            v = xd_bf16_to_f32(wh[i]);
+        } else if (dt == XD_DTYPE_F16) {
+            wh[i] = xd_f32_to_f16(v);
+            v = xd_f16_to_f32(wh[i]);
+        }
+        wf[i] = v;
+    }
+    struct xd_matrix w = {dt, rows, cols, dt == XD_DTYPE_F32 ? (const void *)wf : wh};
+    xd_cpu_matmul(x, n, &w, y);
+    int bad_ref = 0, bad_alone = 0;
+    for (int t = 0; t < n; t++) {
+        for (int r = 0; r < rows; r++) {
+            float want = ref_dot(x + (size_t)t * cols, wf + (size_t)r * cols, cols, !is_portable());
+            bad_ref += memcmp(&want, &y[(size_t)t * rows + r], sizeof want) != 0;
+        }
+        xd_cpu_matmul(x + (size_t)t * cols, 1, &w, y1);
+        bad_alone += memcmp(y1, y + (size_t)t * rows, sizeof(float) * (size_t)rows) != 0;
+    }
+    CHECK(bad_ref == 0, "%s n %d rows %d cols %d: %d elements differ from the documented order",
+          xd_dtype_name(dt), n, rows, cols, bad_ref);
+    CHECK(bad_alone == 0, "%s n %d rows %d cols %d: %d tokens differ from themselves alone",
+          xd_dtype_name(dt), n, rows, cols, bad_alone);
+    free(x);
+    free(wf);
+    free(wh);
+    free(y);
+    free(y1);
+}
+
+/* Token counts 1..13 and 64 cover every tile remainder of both vector paths; rows 37 leaves a
+ * remainder of rows; cols 1040 is whole blocks, 77 has a tail, 5 is all tail. */
+static void test_matmul_order(void)
+{
+    const enum xd_dtype dts[] = {XD_DTYPE_F32, XD_DTYPE_BF16, XD_DTYPE_F16};
+    const int ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 64};
+    const int cols[] = {1040, 77, 5};
+    for (size_t d = 0; d < 3; d++)
+        for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
+            for (size_t c = 0; c < 3; c++)
+                check_shape(dts[d], ns[i], 37, cols[c]);
+}
+
+static void test_path_named(void)
+{
+    const char *p = xd_cpu_kernel_path();
+    printf("     kernel path: %s\n", p);
+    CHECK(strncmp(p, "avx512f", 7) == 0 || strncmp(p, "avx2+fma", 8) == 0 || is_portable(),
+          "unknown path '%s'", p);
+    const char *want = getenv("XD_CPU_KERNEL");
+    if (want && strcmp(want, "portable") == 0)
+        CHECK(is_portable(), "XD_CPU_KERNEL=portable ran '%s'", p);
+}
+
+int main(void)
+{
+    RUN(test_path_named);
+    RUN(test_matmul_order);
+    return test_summary();
+}
