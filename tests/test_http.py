@@ -837,9 +837,11 @@ def admission_never_fit_is_400_and_a_flood_does_not_starve_a_light_client():
     print("  light p50 alone / p50, max flooded (ms), p50 steps flooded: " + ", ".join(
         f"{k} {a * 1e3:.1f} / {b * 1e3:.1f}, {c * 1e3:.1f}, {d:.0f}"
         for k, (a, b, c, d) in figures.items()))
-    # fair: the light request waits for one running sequence at most, not for the queue. In
-    # engine steps, not seconds, so a slow or busy machine cannot decide it (no timed tests).
-    assert figures["fair"][3] * 2 < figures["fcfs"][3], figures
+    # fair: the light request waits for one running sequence at most, not for the queue. The
+    # two policies compared in the same run, so the machine's speed cancels out (5-7x apart in
+    # every run seen here). Engine steps between two scrapes are printed but not asserted: with
+    # steps of ~0.1 ms the scrapes themselves span dozens of the flood's steps.
+    assert figures["fair"][1] * 2 < figures["fcfs"][1], figures
 
 
 # ---- the front door (issue 20): methods, framing, slow clients, per-client cap, /metrics ----
