@@ -1,5 +1,5 @@
-/* CPU matmul kernels: every path (the one this CPU runs, or XD_CPU_KERNEL's) sums each output
- * element in its documented order, bit for bit, whatever the number of tokens and rows. */
+/* CPU matmul kernels: every path (the one this CPU runs, or EXPERTD_CPU_KERNEL's) sums each
+ * output element in its documented order, bit for bit, whatever the number of tokens and rows. */
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -104,9 +104,9 @@ static void test_path_named(void)
     printf("     kernel path: %s\n", p);
     CHECK(strncmp(p, "avx512f", 7) == 0 || strncmp(p, "avx2+fma", 8) == 0 || is_portable(),
           "unknown path '%s'", p);
-    const char *want = getenv("XD_CPU_KERNEL");
+    const char *want = getenv("EXPERTD_CPU_KERNEL");
     if (want && strcmp(want, "portable") == 0)
-        CHECK(is_portable(), "XD_CPU_KERNEL=portable ran '%s'", p);
+        CHECK(is_portable(), "EXPERTD_CPU_KERNEL=portable ran '%s'", p);
 }
 
 int main(void)

@@ -391,8 +391,9 @@ static enum kernel_path resolve_path(void)
     if (best == PATH_AVX2 && __builtin_cpu_supports("avx512f"))
         best = PATH_AVX512;
 #endif
-    /* XD_CPU_KERNEL=portable|avx2 asks for a lesser path (tests, benchmarks); never a greater */
-    const char *want = getenv("XD_CPU_KERNEL");
+    /* EXPERTD_CPU_KERNEL=portable|avx2 asks for a lesser path (tests, benchmarks); never a
+     * greater */
+    const char *want = getenv("EXPERTD_CPU_KERNEL");
     if (want && strcmp(want, "portable") == 0)
         best = PATH_PORTABLE;
     else if (want && strcmp(want, "avx2") == 0 && best == PATH_AVX512)

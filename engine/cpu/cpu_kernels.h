@@ -11,8 +11,8 @@ void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y);
 
 /* The matmul's vector path on this CPU, as a static string: "avx512f ...", "avx2+fma ..." or
  * "portable ...". Chosen once from the CPU's features; the environment variable
- * XD_CPU_KERNEL=portable or =avx2 selects a lesser path (tests and benchmarks), never one the
- * CPU lacks. */
+ * EXPERTD_CPU_KERNEL=portable or =avx2 selects a lesser path (tests and benchmarks), never one
+ * the CPU lacks. */
 const char *xd_cpu_kernel_path(void);
 
 /* y (n, d) += bias (d,) broadcast over rows; bias may be a NULL matrix. */
