@@ -445,3 +445,124 @@ void xd_api_request_finish(struct xd_api_request *r)
     json_decref(r->root);
     memset(r, 0, sizeof *r);
 }
+
+/* ---- /tokenize and /detokenize ---- */
+
+static int parse_tokenize_fields(bool detokenize, json_t *root, struct xd_api_tokenize_request *r,
+                                 struct xd_api_error *e)
+{
+    json_t *v;
+    if ((v = field(root, "model"))) {
+        if (!json_is_string(v))
+            return BAD_TYPE("model", "a string");
+        r->model = json_string_value(v);
+    }
+    if (detokenize) {
+        v = field(root, "tokens");
+        if (!v)
+            return xd_api_error_set(e, 400, "invalid_request_error", "tokens",
+                                    "missing_required_parameter", "'tokens' is required");
+        if (!json_is_array(v))
+            return BAD_TYPE("tokens", "a list of token ids");
+        size_t n = json_array_size(v);
+        if (n > (size_t)1 << 24)
+            return BAD("tokens", "'tokens' holds %zu ids; at most %d", n, 1 << 24);
+        r->ids = malloc(sizeof *r->ids * (n ? n : 1));
+        if (!r->ids)
+            return xd_api_error_nomem(e);
+        for (size_t i = 0; i < n; i++) {
+            json_t *t = json_array_get(v, i);
+            if (!json_is_integer(t) || json_integer_value(t) < 0 ||
+                json_integer_value(t) > INT32_MAX)
+                return BAD("tokens", "'tokens' entry %zu is not a token id", i);
+            r->ids[i] = (int32_t)json_integer_value(t);
+        }
+        r->n_ids = (int)n;
+        return 0;
+    }
+    json_t *prompt = field(root, "prompt"), *messages = field(root, "messages");
+    if (prompt && messages)
+        return BAD("messages", "give either 'prompt' or 'messages', not both");
+    if (!prompt && !messages)
+        return xd_api_error_set(e, 400, "invalid_request_error", "prompt",
+                                "missing_required_parameter", "'prompt' or 'messages' is required");
+    r->enable_thinking = -1;
+    r->add_generation_prompt = true;
+    if (prompt) {
+        if (!json_is_string(prompt))
+            return BAD_TYPE("prompt", "a string");
+        r->prompt = json_string_value(prompt);
+        r->prompt_len = json_string_length(prompt);
+        r->add_special_tokens = true;
+        for (const char *const *k = (const char *const[]){"add_generation_prompt",
+                                                          "continue_final_message",
+                                                          "chat_template_kwargs", NULL};
+             *k; k++)
+            if (field(root, *k))
+                return BAD(*k, "'%s' applies to 'messages' only", *k);
+    } else {
+        struct xd_api_request tmp = {.kind = XD_API_CHAT};
+        int rc = parse_messages(root, &tmp, e);
+        r->messages = tmp.messages; /* owned by r from here, failed or not */
+        r->n_messages = tmp.n_messages;
+        XD_TRY(rc);
+        r->chat = true;
+        json_t *kw = field(root, "chat_template_kwargs");
+        if (kw) {
+            if (!json_is_object(kw))
+                return BAD_TYPE("chat_template_kwargs", "an object");
+            json_t *et = json_object_get(kw, "enable_thinking");
+            if (et && !json_is_boolean(et))
+                return BAD_TYPE("chat_template_kwargs", "an object whose 'enable_thinking' is "
+                                                        "a boolean");
+            if (et)
+                r->enable_thinking = json_is_true(et);
+        }
+        XD_TRY(get_bool(root, "add_generation_prompt", &r->add_generation_prompt, e));
+        XD_TRY(get_bool(root, "continue_final_message", &r->continue_final_message, e));
+        if (r->add_generation_prompt && r->continue_final_message)
+            return BAD("continue_final_message", "'continue_final_message' and "
+                       "'add_generation_prompt' cannot both be true");
+        if (r->continue_final_message &&
+            strcmp(r->messages[r->n_messages - 1].role, "assistant") != 0)
+            return BAD("continue_final_message", "'continue_final_message' needs the last "
+                       "message to be the assistant's");
+    }
+    XD_TRY(get_bool(root, "add_special_tokens", &r->add_special_tokens, e));
+    XD_TRY(get_bool(root, "return_token_strs", &r->return_token_strs, e));
+    if ((v = field(root, "tools")) && json_array_size(v) > 0)
+        return BAD("tools", "'tools' is not supported");
+    return 0;
+}
+
+int xd_api_tokenize_parse(bool detokenize, const char *body, size_t len,
+                          struct xd_api_tokenize_request *ret, struct xd_api_error *e)
+{
+    struct xd_api_tokenize_request r = {0};
+    json_error_t jerr;
+    r.root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!r.root)
+        return xd_api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
+                                "malformed JSON at line %d, column %d: %s", jerr.line,
+                                jerr.column, jerr.text);
+    int rc = json_is_object(r.root)
+                 ? parse_tokenize_fields(detokenize, r.root, &r, e)
+                 : xd_api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
+                                    "the request body must be a JSON object");
+    if (rc < 0) {
+        xd_api_tokenize_finish(&r);
+        return rc;
+    }
+    *ret = r;
+    return XD_OK;
+}
+
+void xd_api_tokenize_finish(struct xd_api_tokenize_request *r)
+{
+    for (int i = 0; i < r->n_messages; i++)
+        free(r->messages[i].content);
+    free(r->messages);
+    free(r->ids);
+    json_decref(r->root);
+    memset(r, 0, sizeof *r);
+}

@@ -90,4 +90,36 @@ int xd_api_request_parse(enum xd_api_kind kind, const char *body, size_t len,
 /* Frees what the request owns; accepts a zeroed request. */
 void xd_api_request_finish(struct xd_api_request *r);
 
+/* POST /tokenize and /detokenize bodies, as vLLM serves them. /tokenize takes either
+ * {model?, prompt, add_special_tokens?} or {model?, messages, add_generation_prompt?,
+ * continue_final_message?, add_special_tokens?, chat_template_kwargs?}, both with
+ * return_token_strs?; /detokenize takes {model?, tokens}. */
+struct xd_api_tokenize_request {
+    json_t *root;                    /* the parsed body; strings below borrow from it */
+    const char *model;               /* NULL when absent */
+    bool chat;                       /* /tokenize with messages (else prompt) */
+    const char *prompt;              /* /tokenize with prompt: borrowed */
+    size_t prompt_len;
+    struct xd_api_message *messages; /* (n_messages,) chat only, owned */
+    int n_messages;
+    int enable_thinking;             /* chat_template_kwargs.enable_thinking: -1, 0, 1 */
+    bool add_special_tokens;         /* default true for prompt, false for messages (vLLM) */
+    bool add_generation_prompt;      /* default true */
+    bool continue_final_message;     /* default false; exclusive with add_generation_prompt */
+    bool return_token_strs;          /* add token_strs (the vocabulary's token strings) */
+    int32_t *ids;                    /* (n_ids,) /detokenize only, owned; not range-checked
+                                        against the vocabulary here (the server knows it) */
+    int n_ids;
+};
+
+/* Parses len bytes of a /tokenize (detokenize false) or /detokenize body into *ret (owning
+ * what it points to until xd_api_tokenize_finish) and returns XD_OK. On failure returns
+ * XD_ERR_INVALID (e: 400 naming the parameter) or XD_ERR_NOMEM (e: 500); *ret is not
+ * written. */
+int xd_api_tokenize_parse(bool detokenize, const char *body, size_t len,
+                          struct xd_api_tokenize_request *ret, struct xd_api_error *e);
+
+/* Frees what the request owns; accepts a zeroed request. */
+void xd_api_tokenize_finish(struct xd_api_tokenize_request *r);
+
 #endif

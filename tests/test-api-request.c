@@ -235,6 +235,76 @@ static void test_metrics_text(void)
     xd_metrics_destroy(m);
 }
 
+static int parse_tok(bool detok, const char *body, struct xd_api_tokenize_request *r,
+                     struct xd_api_error *e)
+{
+    memset(e, 0, sizeof *e);
+    return xd_api_tokenize_parse(detok, body, strlen(body), r, e);
+}
+
+static void test_tokenize_requests(void)
+{
+    struct xd_api_tokenize_request r;
+    struct xd_api_error e;
+    CHECK(parse_tok(false, "{\"prompt\":\"hi\"}", &r, &e) == 0, "%s", e.message);
+    CHECK(!r.chat && r.prompt_len == 2 && r.add_special_tokens && !r.return_token_strs,
+          "prompt defaults");
+    xd_api_tokenize_finish(&r);
+    CHECK(parse_tok(false, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"},"
+                           "{\"role\":\"assistant\",\"content\":\"b\"}],"
+                           "\"add_generation_prompt\":false,\"continue_final_message\":true,"
+                           "\"chat_template_kwargs\":{\"enable_thinking\":false},"
+                           "\"return_token_strs\":true}", &r, &e) == 0, "%s", e.message);
+    CHECK(r.chat && r.n_messages == 2 && !r.add_special_tokens && !r.add_generation_prompt &&
+          r.continue_final_message && r.enable_thinking == 0 && r.return_token_strs,
+          "chat fields");
+    CHECK(strcmp(r.messages[1].content, "b") == 0, "content");
+    xd_api_tokenize_finish(&r);
+    CHECK(parse_tok(true, "{\"tokens\":[0,5,2147483647]}", &r, &e) == 0, "%s", e.message);
+    CHECK(r.n_ids == 3 && r.ids[2] == 2147483647, "ids");
+    xd_api_tokenize_finish(&r);
+    CHECK(parse_tok(true, "{\"tokens\":[]}", &r, &e) == 0 && r.n_ids == 0, "empty ids");
+    xd_api_tokenize_finish(&r);
+
+    static const struct {
+        bool detok;
+        const char *body, *param;
+    } bad[] = {
+        {true, "{}", "tokens"},
+        {true, "{\"tokens\":[1,-2]}", "tokens"},
+        {true, "{\"tokens\":[1.5]}", "tokens"},
+        {true, "{\"tokens\":[2147483648]}", "tokens"},
+        {false, "{}", "prompt"},
+        {false, "{\"prompt\":[1,2]}", "prompt"},
+        {false, "{\"prompt\":\"x\",\"add_generation_prompt\":true}", "add_generation_prompt"},
+        {false, "{\"prompt\":\"x\",\"return_token_strs\":1}", "return_token_strs"},
+        {false, "{\"messages\":[]}", "messages"},
+        {false, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                "\"continue_final_message\":true}", "continue_final_message"},
+        {false, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                "\"add_generation_prompt\":false,\"continue_final_message\":true}",
+         "continue_final_message"},
+        {false, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                "\"chat_template_kwargs\":[]}", "chat_template_kwargs"},
+        {false, "{\"model\":3,\"prompt\":\"x\"}", "model"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct xd_api_tokenize_request t, untouched;
+        memset(&t, 0xa5, sizeof t);
+        memcpy(&untouched, &t, sizeof t);
+        int rc = parse_tok(bad[i].detok, bad[i].body, &t, &e);
+        CHECK(rc == XD_ERR_INVALID, "%s: accepted or %d", bad[i].body, rc);
+        if (rc == 0) {
+            xd_api_tokenize_finish(&t);
+            continue;
+        }
+        CHECK(e.status == 400 && e.param && strcmp(e.param, bad[i].param) == 0,
+              "%s: param %s, want %s", bad[i].body, e.param ? e.param : "(null)", bad[i].param);
+        CHECK(memcmp(&t, &untouched, sizeof t) == 0, "%s: the out-param was written",
+              bad[i].body);
+    }
+}
+
 int main(void)
 {
     RUN(test_prompt_forms);
@@ -243,5 +313,6 @@ int main(void)
     RUN(test_errors_name_the_parameter);
     RUN(test_error_json_shape);
     RUN(test_metrics_text);
+    RUN(test_tokenize_requests);
     return test_summary();
 }

@@ -1318,6 +1318,67 @@ def grafana_dashboard_names_exported_metrics():
         assert want in named, f"the dashboard does not show {want}"
 
 
+
+TOKENIZE_FIXTURE = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                               "fixtures", "tokenize", "qwen2_moe.json"),
+                                  encoding="utf-8"))
+
+
+@test
+def tokenize_matches_transformers():
+    """/tokenize and /detokenize (vLLM's endpoints) against transformers' tokenizer(...),
+    convert_ids_to_tokens, decode and apply_chat_template(tokenize=True) on the same files
+    (tests/fixtures/tokenize/qwen2_moe.json, made by tools/golden/make_tokenize_fixture.py)."""
+    for c in TOKENIZE_FIXTURE["prompts"]:
+        r = post(S.url + "/tokenize", {"model": S.name, "prompt": c["prompt"],
+                                       "add_special_tokens": c["add_special_tokens"],
+                                       "return_token_strs": True})
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert got["tokens"] == c["ids"], (c["prompt"], got["tokens"], c["ids"])
+        assert got["count"] == len(c["ids"]) and got["max_model_len"] == 8192, got
+        assert got["token_strs"] == c["token_strs"], (got["token_strs"], c["token_strs"])
+        r = post(S.url + "/detokenize", {"model": S.name, "tokens": c["ids"]})
+        assert r.status_code == 200 and r.json() == {"prompt": c["decoded"]}, (r.text, c)
+    for c in TOKENIZE_FIXTURE["chats"]:
+        body = {k: v for k, v in c.items() if k not in ("name", "ids")}
+        r = post(S.url + "/tokenize", body)
+        assert r.status_code == 200, r.text
+        assert r.json()["tokens"] == c["ids"], (c["name"], r.json()["tokens"], c["ids"])
+        assert r.json()["token_strs"] is None
+    # the chat endpoint's prompt is the same ids: usage counts them
+    chat = TOKENIZE_FIXTURE["chats"][0]
+    r = C.chat.completions.create(model=S.name, messages=chat["messages"], max_tokens=1,
+                                  **GREEDY)
+    assert r.usage.prompt_tokens == len(chat["ids"]), r.usage
+
+
+@test
+def tokenize_errors_name_the_parameter():
+    u = S.url + "/tokenize"
+    expect_error(post(S.url + "/detokenize", {"tokens": [1, 602]}), 400, "tokens")
+    expect_error(post(S.url + "/detokenize", {"tokens": [1, -1]}), 400, "tokens")
+    expect_error(post(S.url + "/detokenize", {"tokens": "abc"}), 400, "tokens")
+    expect_error(post(S.url + "/detokenize", {}), 400, "tokens")
+    expect_error(post(u, {}), 400, "prompt")
+    expect_error(post(u, {"prompt": 5}), 400, "prompt")
+    expect_error(post(u, {"prompt": "x", "messages": [{"role": "user", "content": "x"}]}),
+                 400, "messages")
+    expect_error(post(u, {"prompt": "x", "add_special_tokens": "yes"}), 400,
+                 "add_special_tokens")
+    expect_error(post(u, {"messages": [{"role": "user", "content": "x"}],
+                          "continue_final_message": True}), 400, "continue_final_message")
+    expect_error(post(u, {"messages": [{"role": "user", "content": "x"}],
+                          "add_generation_prompt": False, "continue_final_message": True}),
+                 400, "continue_final_message")
+    expect_error(post(u, {"messages": [{"role": "wizard", "content": "x"}]}), 400, "messages")
+    expect_error(post(u, {"model": "nope", "prompt": "x"}), 404, "model")
+    expect_error(post(u, None, raw="{"), 400)
+    r = requests.get(u)
+    assert r.status_code == 405 and r.headers["Allow"] == "POST", r.status_code
+    assert post(S.url + "/detokenize", {"tokens": []}).json() == {"prompt": ""}
+
+
 t_stop = time.time()
 exit_status = S.stop()
 if time.time() - t_stop > 5:
