@@ -148,32 +148,44 @@ static int cmp_cand_desc(const void *a, const void *b)
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
+void xd_sampler_logprobs(const float *logits, int n_vocab, int32_t token, int n_top,
+                         struct xd_sample *ret)
+{
+    float mx = logits[0];
+    for (int i = 1; i < n_vocab; i++)
+        mx = logits[i] > mx ? logits[i] : mx;
+    double sum = 0.0;
+    for (int i = 0; i < n_vocab; i++)
+        sum += exp((double)(logits[i] - mx));
+    const float lse = mx + (float)log(sum);
+    ret->token = token;
+    ret->logprob = logits[token] - lse;
+    if (n_top > XD_MAX_LOGPROBS)
+        n_top = XD_MAX_LOGPROBS;
+    if (n_top > n_vocab)
+        n_top = n_vocab;
+    /* one pass, the best n_top kept sorted (larger logit first, then lower id): the ids come
+     * in increasing order, so an equal logit never displaces an earlier one */
+    int n = 0;
+    for (int i = 0; i < n_vocab && n_top > 0; i++) {
+        if (n == n_top && !(logits[i] > logits[ret->top_ids[n - 1]]))
+            continue;
+        int at = n < n_top ? n++ : n - 1;
+        while (at > 0 && logits[i] > logits[ret->top_ids[at - 1]]) {
+            ret->top_ids[at] = ret->top_ids[at - 1];
+            at--;
+        }
+        ret->top_ids[at] = i;
+    }
+    for (int k = 0; k < n; k++)
+        ret->top_logprobs[k] = logits[ret->top_ids[k]] - lse;
+    ret->n_top = n;
+}
+
 /* Log-softmax of the raw logits: fills the chosen token's logprob and the top-N. */
 static void fill_logprobs(struct xd_sampler *s, const float *logits, struct xd_sample *ret)
 {
-    float mx = logits[0];
-    for (int i = 1; i < s->n_vocab; i++)
-        mx = logits[i] > mx ? logits[i] : mx;
-    double sum = 0.0;
-    for (int i = 0; i < s->n_vocab; i++)
-        sum += exp((double)(logits[i] - mx));
-    const float lse = mx + (float)log(sum);
-    ret->logprob = logits[ret->token] - lse;
-    ret->n_top = 0;
-    for (int k = 0; k < s->p.n_logprobs && k < s->n_vocab; k++) {
-        /* selection of the k-th best: N is at most 20 */
-        int best = -1;
-        for (int i = 0; i < s->n_vocab; i++) {
-            int taken = 0;
-            for (int j = 0; j < k && !taken; j++)
-                taken = ret->top_ids[j] == i;
-            if (!taken && (best < 0 || logits[i] > logits[best]))
-                best = i;
-        }
-        ret->top_ids[k] = best;
-        ret->top_logprobs[k] = logits[best] - lse;
-        ret->n_top++;
-    }
+    xd_sampler_logprobs(logits, s->n_vocab, ret->token, s->p.n_logprobs, ret);
 }
 
 void xd_sampler_sample(struct xd_sampler *s, const float *logits, struct xd_sample *ret)

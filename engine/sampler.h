@@ -51,6 +51,12 @@ void xd_sampler_destroy(struct xd_sampler *s);
 /* Records the prompt (for the repetition penalty). */
 void xd_sampler_add_prompt(struct xd_sampler *s, const int32_t *ids, int n);
 
+/* The log-softmax of raw logits (n_vocab,) as xd_sampler_sample reports it: token's logprob
+ * into ret->token / ret->logprob and the n_top (0..XD_MAX_LOGPROBS) best tokens, best first,
+ * ties to the lower id, into ret->top_*. Prompt logprobs use it on every prompt position. */
+void xd_sampler_logprobs(const float *logits, int n_vocab, int32_t token, int n_top,
+                         struct xd_sample *ret);
+
 /* Picks the next token from logits (n_vocab,) and records it as generated.
  * logits is not modified. */
 void xd_sampler_sample(struct xd_sampler *s, const float *logits, struct xd_sample *ret);
