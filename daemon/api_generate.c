@@ -53,6 +53,9 @@ struct gen_event {
     char *text;        /* (text_len,) owned */
     size_t text_len;
     struct xd_sample sample;
+    struct xd_sample *psamples; /* (n_psamples,) owned: XD_EVENT_PROMPT_LOGPROBS, positions
+                                   ppos .. ppos + n_psamples - 1 */
+    int n_psamples, ppos;
     enum xd_finish_reason finish;
     char *error;       /* owned; NULL also when copying the message failed */
     bool lost;         /* XD_EVENT_FINISH: an earlier event or some text of this choice could
@@ -90,6 +93,8 @@ struct choice {
     json_t *logprobs;        /* non-streaming logprobs: completions {tokens, ...}; chat
                                 {content: [...]} */
     size_t text_offset;      /* completions text_offset of the next token */
+    size_t echo_len;         /* echo with logprobs: the prompt text's bytes, where the
+                                completion's text_offsets start */
     double t_last;           /* last token, for inter-token latency */
 };
 
@@ -98,6 +103,8 @@ struct prompt {
     int n_ids;
     char *text;              /* for echo: the prompt as text, owned, may be NULL */
     size_t text_len;
+    size_t *offsets;         /* (n_ids + 1,) echo with logprobs: token k's text starts at
+                                offsets[k] of the prompt's detokenized text; owned */
 };
 
 struct gen_job {
@@ -145,6 +152,7 @@ static void job_free(struct gen_job *j)
     while (ev) {
         struct gen_event *next = ev->next;
         free(ev->text);
+        free(ev->psamples);
         free(ev->error);
         free(ev);
         ev = next;
@@ -152,6 +160,7 @@ static void job_free(struct gen_job *j)
     for (int i = 0; i < j->n_prompts; i++) {
         free(j->prompts[i].ids);
         free(j->prompts[i].text);
+        free(j->prompts[i].offsets);
     }
     free(j->prompts);
     for (int i = 0; i < j->n_choices; i++) {
@@ -209,6 +218,18 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
         }
         if (ev->kind == XD_EVENT_TOKEN && ev->sample)
             e->sample = *ev->sample;
+        if (ev->kind == XD_EVENT_PROMPT_LOGPROBS && ev->n_prompt_samples > 0) {
+            e->psamples = job_calloc(XD_FAULT_EVENT, (size_t)ev->n_prompt_samples,
+                                     sizeof *e->psamples);
+            if (e->psamples) {
+                memcpy(e->psamples, ev->prompt_samples,
+                       sizeof *e->psamples * (size_t)ev->n_prompt_samples);
+                e->n_psamples = ev->n_prompt_samples;
+                e->ppos = ev->prompt_pos;
+            } else {
+                lost = true;
+            }
+        }
         e->finish = ev->finish;
         if (ev->error)
             e->error = strdup(ev->error);
@@ -217,7 +238,7 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
         e->queue_seconds = ev->queue_seconds;
         e->n_gen = ev->n_generated_tokens;
     }
-    size_t bytes = e ? sizeof *e + e->text_len : 0;
+    size_t bytes = e ? sizeof *e + e->text_len + sizeof *e->psamples * (size_t)e->n_psamples : 0;
     bool overflow_now = false;
     pthread_mutex_lock(&j->lock);
     if (lost)
@@ -560,6 +581,16 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
             j->done = true;
         return;
     }
+    if (e->kind == XD_EVENT_PROMPT_LOGPROBS) { /* echo with logprobs, whole responses only */
+        const struct prompt *p = &j->prompts[c->prompt];
+        for (int k = 0; c->logprobs && k < e->n_psamples; k++) {
+            int pos = e->ppos + k;
+            if (pos >= 1 && pos < p->n_ids)
+                completion_logprob(s, c->logprobs, &e->psamples[k], j->api.top_logprobs,
+                                   p->offsets ? p->offsets[pos] : 0);
+        }
+        return;
+    }
     if (e->kind == XD_EVENT_TOKEN) {
         if (!j->got_token) {
             j->got_token = true;
@@ -582,7 +613,7 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
                                           chat_logprob(s, &e->sample, j->api.top_logprobs));
                 else
                     completion_logprob(s, c->logprobs, &e->sample, j->api.top_logprobs,
-                                       c->text.len);
+                                       c->echo_len + c->text.len);
             }
             if (e->text_len && sbuf_add(&c->text, e->text, e->text_len) < 0)
                 fail_choice(j, c, OOM_MESSAGE);
@@ -654,6 +685,7 @@ static void process_events(struct gen_job *j)
         struct gen_event *next = ev->next;
         handle_event(j, ev);
         free(ev->text);
+        free(ev->psamples);
         free(ev->error);
         free(ev);
         ev = next;
@@ -727,6 +759,46 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 static void stream_free(void *cls)
 {
     job_unref(cls);
+}
+
+/* Echo with logprobs: the prompt's text offsets (through the streaming detokenizer, so they
+ * add up to the echoed text of an id prompt) and the first prompt token's entry, which has no
+ * logprob (null, as OpenAI's and vLLM's). -1 when out of memory. */
+static int echo_first_token(struct gen_job *j, struct choice *c)
+{
+    struct prompt *p = &j->prompts[c->prompt];
+    const struct xd_server *s = j->srv;
+    if (!p->offsets) {
+        p->offsets = calloc((size_t)p->n_ids + 1, sizeof *p->offsets);
+        if (!p->offsets)
+            return -1;
+        struct xd_detok *d = NULL;
+        if (s->tok && xd_detok_create(s->tok, false, &d) == XD_OK) {
+            size_t off = 0;
+            for (int k = 0; k < p->n_ids; k++) {
+                const char *t;
+                size_t n = 0;
+                p->offsets[k] = off;
+                if (xd_detok_push(d, p->ids[k], &t, &n, NULL) == XD_OK)
+                    off += n;
+            }
+            const char *t;
+            size_t n = 0;
+            if (xd_detok_finish(d, &t, &n, NULL) == XD_OK)
+                off += n;
+            p->offsets[p->n_ids] = off;
+            xd_detok_destroy(d);
+        }
+    }
+    c->echo_len = p->text_len;
+    json_t *lp = c->logprobs;
+    char *t = token_text(s, p->ids[0]);
+    json_array_append_new(json_object_get(lp, "tokens"), json_string(t ? t : ""));
+    free(t);
+    json_array_append_new(json_object_get(lp, "token_logprobs"), json_null());
+    json_array_append_new(json_object_get(lp, "top_logprobs"), json_null());
+    json_array_append_new(json_object_get(lp, "text_offset"), json_integer(0));
+    return 0;
 }
 
 /* ---- request -> job ---- */
@@ -924,6 +996,9 @@ static int submit_all(struct gen_job *j, struct xd_api_error *e)
             .stop = a->stop, .n_stop = a->n_stop,
             .ignore_eos = a->ignore_eos,
             .skip_special = true,
+            /* echo with logprobs: every prompt token's logprob (lm-eval's loglikelihood) */
+            .prompt_logprobs = a->kind == XD_API_COMPLETIONS && a->echo && a->logprobs,
+            .prompt_top_logprobs = a->top_logprobs,
         };
         if (qs[i].sampling.has_seed) /* each choice its own stream, all reproducible */
             qs[i].sampling.seed += (uint64_t)(c->index % a->n);
@@ -1105,9 +1180,9 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
                          j->api.model, s->model_name);
         return xd_http_send_error(r, &e);
     }
-    if (j->api.echo && j->api.logprobs) {
+    if (j->api.echo && j->api.logprobs && j->api.stream) {
         xd_api_error_set(&e, 400, "invalid_request_error", "echo", "invalid_value",
-                         "'echo' together with 'logprobs' is not supported");
+                         "'echo' together with 'logprobs' is not supported with 'stream'");
         return xd_http_send_error(r, &e);
     }
     if (check_logit_bias(s, &j->api, &e) < 0 || build_prompts(j, &e) < 0)
@@ -1137,6 +1212,10 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
                 json_object_set_new(c->logprobs, "content", json_array());
             } else {
                 c->logprobs = empty_completion_logprobs();
+                if (j->api.echo && echo_first_token(j, c) < 0) {
+                    xd_api_error_nomem(&e);
+                    return xd_http_send_error(r, &e);
+                }
             }
         }
     }

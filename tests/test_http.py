@@ -2,6 +2,7 @@
 prometheus_client's parser for /metrics, every error status, disconnect-cancels, SIGTERM drain
 and 64 concurrent streams. Usage: test_http.py EXPERTD MODEL_DIR ODD_TEMPLATE_MODEL_DIR"""
 import json
+import math
 import os
 import re
 import signal
@@ -1377,6 +1378,103 @@ def tokenize_errors_name_the_parameter():
     r = requests.get(u)
     assert r.status_code == 405 and r.headers["Allow"] == "POST", r.status_code
     assert post(S.url + "/detokenize", {"tokens": []}).json() == {"prompt": ""}
+
+
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def log_softmax_at(row, ids):
+    """transformers' logits row -> {id: log_softmax(row)[id]} for ids (Python floats, f64)."""
+    mx = max(row)
+    lse = mx + math.log(sum(math.exp(x - mx) for x in row))
+    return {i: row[i] - lse for i in ids}
+
+
+@test
+def prompt_logprobs_match_transformers():
+    """echo + logprobs on /v1/completions (lm-eval's loglikelihood request): each prompt
+    token's logprob given the tokens before it, null for the first, against log_softmax of
+    transformers' prompt_logits in tests/fixtures/golden/olmoe-f32 (ids, no tokenizer);
+    tolerance 1e-4, test-golden's for f32. max_tokens 0 returns the prompt alone; with
+    max_tokens the completion's tokens follow; n=2 and a batch of prompts change nothing."""
+    fx = os.path.join(ROOT, "tests", "fixtures", "golden", "olmoe-f32")
+    g = json.load(open(os.path.join(fx, "golden.json")))
+    srv = Server("--max-running", "8", "--prefill-chunk", "3", model=fx)
+    try:
+        c = srv.client()
+        worst = 0.0
+        for ids, logits in zip(g["prompts"], g["prompt_logits"]):
+            r = c.completions.create(model=srv.name, prompt=ids, max_tokens=0, echo=True,
+                                     logprobs=5, temperature=0)
+            lp = r.choices[0].logprobs
+            assert lp.tokens == [f"token_id:{t}" for t in ids], lp.tokens
+            assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None, lp
+            assert r.usage.completion_tokens == 0 and r.choices[0].finish_reason == "length"
+            for p in range(1, len(ids)):
+                row = logits[p - 1]
+                best = sorted(range(len(row)), key=lambda i: -row[i])[:5]
+                want = log_softmax_at(row, best + [ids[p]])
+                worst = max(worst, abs(lp.token_logprobs[p] - want[ids[p]]))
+                top = lp.top_logprobs[p]
+                assert list(top) == [f"token_id:{i}" for i in best], (p, top, best)
+                for i in best:
+                    worst = max(worst, abs(top[f"token_id:{i}"] - want[i]))
+        assert worst <= 1e-4, f"max |logprob - transformers| {worst:g} > 1e-4"
+        # with a completion, n=2, several prompts in one request: the same prompt numbers
+        ids = g["prompts"][1]
+        alone = c.completions.create(model=srv.name, prompt=ids, max_tokens=0, echo=True,
+                                     logprobs=1, temperature=0).choices[0].logprobs
+        r = c.completions.create(model=srv.name, prompt=[ids, g["prompts"][0]], max_tokens=3,
+                                 n=2, echo=True, logprobs=1, temperature=0,
+                                 extra_body={"ignore_eos": True})
+        assert len(r.choices) == 4, r.choices
+        for ch in r.choices[:2]:
+            assert len(ch.logprobs.tokens) == len(ids) + 3, ch.logprobs.tokens
+            assert ch.logprobs.token_logprobs[:len(ids)] == alone.token_logprobs
+            assert ch.logprobs.top_logprobs[:len(ids)] == alone.top_logprobs
+        gen = c.completions.create(model=srv.name, prompt=ids, max_tokens=3, logprobs=1,
+                                   temperature=0, extra_body={"ignore_eos": True})
+        assert r.choices[0].logprobs.token_logprobs[len(ids):] == \
+            gen.choices[0].logprobs.token_logprobs
+        expect_error(post(srv.url + "/v1/completions", {"prompt": ids, "echo": True,
+                                                        "logprobs": 1, "stream": True}),
+                     400, "echo")
+    finally:
+        srv.stop()
+
+
+@test
+def prompt_logprobs_text_offsets_on_the_demo_model():
+    """The demo model (a real tokenizer): the echoed text, each prompt token's text at its
+    text_offset, and the last prompt token's logprob against transformers' last_logits in
+    tests/fixtures/demo-moe/golden.json (the prompt extended by its greedy token)."""
+    g = json.load(open(os.path.join(ROOT, "tests", "fixtures", "demo-moe", "golden.json")))
+    srv = Server(model=os.path.join(ROOT, "models", "demo-moe"))
+    try:
+        c = srv.client()
+        for case in g["cases"]:
+            ids = case["prompt_ids"] + case["greedy_ids"][:1]
+            r = c.completions.create(model=srv.name, prompt=ids, max_tokens=0, echo=True,
+                                     logprobs=1, temperature=0)
+            lp = r.choices[0].logprobs
+            want = log_softmax_at(case["last_logits"], [ids[-1]])[ids[-1]]
+            assert abs(lp.token_logprobs[-1] - want) <= 1e-4, (lp.token_logprobs[-1], want)
+            text = r.choices[0].text
+            assert text.startswith(case["text"]), (text, case["text"])
+            offs = lp.text_offset + [len(text.encode())]
+            b = text.encode()
+            for k, tok in enumerate(lp.tokens):
+                assert b[offs[k]:offs[k + 1]].decode() == tok, (k, tok, offs)
+            r = c.completions.create(model=srv.name, prompt=case["text"], max_tokens=2,
+                                     echo=True, logprobs=1, temperature=0,
+                                     extra_body={"ignore_eos": True})
+            ch = r.choices[0]
+            n_prompt = r.usage.prompt_tokens
+            assert ch.text.startswith(case["text"]) and len(ch.logprobs.tokens) == n_prompt + 2
+            assert ch.logprobs.text_offset[n_prompt] == len(case["text"].encode()), ch.logprobs
+    finally:
+        srv.stop()
 
 
 t_stop = time.time()
