@@ -23,6 +23,7 @@
 #include "daemon/fault.h"
 #include "daemon/http_response.h"
 #include "daemon/server.h"
+#include "daemon/test_hooks.h"
 #include "engine/text/chat_template.h"
 
 /* ---- a growing byte buffer ---- */
@@ -129,6 +130,8 @@ struct gen_job {
     struct xd_api_request api;
     struct prompt *prompts;
     int n_prompts;
+    int32_t *forced;                 /* (n_forced,) the test hook's forced output, or NULL */
+    int n_forced;
     struct choice *choices;
     int n_choices, n_finished;
     char id[64];
@@ -163,6 +166,7 @@ static void job_free(struct gen_job *j)
         free(j->prompts[i].offsets);
     }
     free(j->prompts);
+    free(j->forced);
     for (int i = 0; i < j->n_choices; i++) {
         xd_byte_buf_free(&j->choices[i].text);
         json_decref(j->choices[i].logprobs);
@@ -1000,6 +1004,8 @@ static int submit_all(struct gen_job *j, struct xd_api_error *e)
             .prompt_logprobs = a->kind == XD_API_COMPLETIONS && a->echo && a->logprobs,
             .prompt_top_logprobs = a->top_logprobs,
         };
+        qs[i].sampling.forced = j->forced; /* test hook (test_hooks.h); NULL otherwise */
+        qs[i].sampling.n_forced = j->n_forced;
         if (qs[i].sampling.has_seed) /* each choice its own stream, all reproducible */
             qs[i].sampling.seed += (uint64_t)(c->index % a->n);
         ctx[i] = c;
@@ -1185,7 +1191,8 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
                          "'echo' together with 'logprobs' is not supported with 'stream'");
         return xd_http_send_error(r, &e);
     }
-    if (check_logit_bias(s, &j->api, &e) < 0 || build_prompts(j, &e) < 0)
+    if (check_logit_bias(s, &j->api, &e) < 0 || build_prompts(j, &e) < 0 ||
+        xd_test_force_ids(s, j->api.root, &j->forced, &j->n_forced, &e) < 0)
         return xd_http_send_error(r, &e);
 
     int n_choices = j->n_prompts * j->api.n;

@@ -14,6 +14,7 @@
 #include "daemon/http_server.h"
 #include "daemon/sd_notify.h"
 #include "daemon/server.h"
+#include "daemon/test_hooks.h"
 #include "engine/base/clock.h"
 #include "engine/engine.h"
 #include "engine/model/safetensors.h"
@@ -213,6 +214,9 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     }
     if (s->chat_error && L->tok)
         xd_log(s, XD_LOG_WARN, "/v1/chat/completions unavailable: %s", s->chat_error);
+    if (xd_test_hooks_enabled())
+        xd_log(s, XD_LOG_WARN, "EXPERTD_TEST_HOOKS=1: test hooks are on (requests may force "
+               "the output with x_test_force_output); never set it in production");
     s->bos_token = L->tcfg.bos_token;
     s->eos_token = L->tcfg.eos_token;
     s->tok = L->tok;

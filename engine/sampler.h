@@ -27,6 +27,11 @@ struct xd_sampling_params {
     bool has_seed;            /* without a seed the sampler seeds itself from the OS */
     uint64_t seed;
     int n_logprobs;           /* top-N logprobs to report, 0..XD_MAX_LOGPROBS */
+    /* Test hook only (set by daemon/test_hooks.c when EXPERTD_TEST_HOOKS=1, never otherwise):
+     * the first n_forced picks are these ids whatever the logits (copied at create; their
+     * logprobs are still the model's), then sampling goes on as configured. */
+    const int32_t *forced;    /* (n_forced,) */
+    int n_forced;
 };
 
 /* Defaults: greedy off (temperature 1), every filter and penalty off. */
