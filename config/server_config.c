@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "engine/text/chat_template.h"
+#include "engine/text/reasoning.h"
 #include "scheduler/scheduler.h"
 
 void xd_server_config_init(struct xd_server_config *cfg)
@@ -30,6 +31,7 @@ void xd_server_config_init(struct xd_server_config *cfg)
     cfg->max_queued_bytes = 4ll << 20;
     cfg->log_level = "info";
     cfg->admission = "fair";
+    cfg->reasoning_parser = "auto";
 }
 
 #define SRV(field) offsetof(struct xd_server_config, field)
@@ -96,6 +98,10 @@ const struct xd_opt xd_server_config_opts[] = {
      "seconds between SSE keep-alive comments while waiting (default 10)"},
     {"chat-template", XD_OPT_STRING, SRV(chat_template), 0, 0, NULL,
      "chatml, mistral, mistral-v1, olmoe or qwen3: overrides the template detected in tokenizer_config.json"},
+    {"reasoning-parser", XD_OPT_STRING, SRV(reasoning_parser), 0, 0, "EXPERTD_REASONING_PARSER",
+     "split chat output into reasoning_content and content: auto (think when the chat template "
+     "mentions </think>), none, or think (alias qwen3, deepseek_r1: <think>...</think>) "
+     "(default auto)"},
     {"record-routing", XD_OPT_STRING, SRV(record_routing), 0, 0, NULL,
      "write every token's expert routing (request, step, layer, experts, weights) to FILE, "
      "zstd-compressed, for expertd plan, created mode 0600: a trace is as private as the "
@@ -156,6 +162,12 @@ int xd_server_config_validate(const struct xd_server_config *cfg, struct xd_err 
                             strcmp(cfg->admission, "fcfs") != 0))
         return xd_err_set(err, XD_ERR_CONFIG, "option '--admission': '%s' is not fair or fcfs",
                           cfg->admission ? cfg->admission : "");
+    enum xd_reasoning_parser rp;
+    if (!cfg->reasoning_parser || (strcmp(cfg->reasoning_parser, "auto") != 0 &&
+                                   xd_reasoning_parser_from_name(cfg->reasoning_parser, &rp) < 0))
+        return xd_err_set(err, XD_ERR_CONFIG, "option '--reasoning-parser': '%s' is not auto, "
+                          "none, think, qwen3 or deepseek_r1",
+                          cfg->reasoning_parser ? cfg->reasoning_parser : "");
     if (!cfg->host || !cfg->host[0])
         return xd_err_set(err, XD_ERR_CONFIG, "option '--host' is empty");
     if (cfg->metrics_listen) {

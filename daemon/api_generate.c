@@ -25,6 +25,7 @@
 #include "daemon/server.h"
 #include "daemon/test_hooks.h"
 #include "engine/text/chat_template.h"
+#include "engine/text/reasoning.h"
 
 /* ---- a growing byte buffer ---- */
 
@@ -90,7 +91,10 @@ struct choice {
                                     it; under job->lock */
     bool lost;               /* under job->lock: the sink could not copy an event or text */
     int n_prompt, n_cached, n_gen;
-    struct xd_byte_buf text;        /* non-streaming: the generated text */
+    struct xd_byte_buf text;        /* non-streaming: the generated text (chat with a
+                                       reasoning parser: its content) */
+    struct xd_reasoning rs;  /* chat: the reasoning split of this choice's output */
+    struct xd_byte_buf reasoning;   /* non-streaming chat: the reasoning text */
     json_t *logprobs;        /* non-streaming logprobs: completions {tokens, ...}; chat
                                 {content: [...]} */
     size_t text_offset;      /* completions text_offset of the next token */
@@ -130,6 +134,8 @@ struct gen_job {
     struct xd_api_request api;
     struct prompt *prompts;
     int n_prompts;
+    bool split_reasoning;            /* chat with a reasoning parser */
+    bool think_open;                 /* the rendered prompt left a <think> block open */
     int32_t *forced;                 /* (n_forced,) the test hook's forced output, or NULL */
     int n_forced;
     struct choice *choices;
@@ -169,6 +175,7 @@ static void job_free(struct gen_job *j)
     free(j->forced);
     for (int i = 0; i < j->n_choices; i++) {
         xd_byte_buf_free(&j->choices[i].text);
+        xd_byte_buf_free(&j->choices[i].reasoning);
         json_decref(j->choices[i].logprobs);
         free(j->choices[i].finish_ev); /* never submitted, or its finish never came */
     }
@@ -501,8 +508,22 @@ static void sse_chunk(struct gen_job *j, struct choice *c, const char *text, siz
         json_t *delta = json_object();
         if (role)
             json_object_set_new(delta, "role", json_string("assistant"));
-        if (len || role)
+        if (j->split_reasoning) { /* reasoning_content, then content, as vLLM streams them */
+            struct xd_byte_buf rb = {0}, cb = {0};
+            int rc = len ? xd_reasoning_push(&c->rs, text, len, &rb, &cb) : XD_OK;
+            if (rc == XD_OK && finish)
+                rc = xd_reasoning_finish(&c->rs, &rb, &cb);
+            if (rc < 0)
+                stream_fail(j);
+            if (rb.len)
+                json_object_set_new(delta, "reasoning_content", json_stringn(rb.data, rb.len));
+            if (cb.len || role)
+                json_object_set_new(delta, "content", json_stringn(cb.data ? cb.data : "", cb.len));
+            xd_byte_buf_free(&rb);
+            xd_byte_buf_free(&cb);
+        } else if (len || role) {
             json_object_set_new(delta, "content", json_stringn(text ? text : "", len));
+        }
         json_object_set_new(ch, "delta", delta);
         if (x && j->api.logprobs) {
             lp = json_object();
@@ -548,6 +569,19 @@ static void sse_finish_stream(struct gen_job *j)
 }
 
 /* ---- events ---- */
+
+/* Appends a whole response's text of choice c: through the reasoning split in chat with a
+ * parser (last: the output is over, flush what the split holds). -1 when out of memory. */
+static int add_text(struct gen_job *j, struct choice *c, const char *text, size_t len, bool last)
+{
+    if (!j->split_reasoning)
+        return len && sbuf_add(&c->text, text, len) < 0 ? -1 : 0;
+    if (xd_fault_hit(XD_FAULT_OUTPUT))
+        return -1;
+    if (len && xd_reasoning_push(&c->rs, text, len, &c->reasoning, &c->text) < 0)
+        return -1;
+    return last && xd_reasoning_finish(&c->rs, &c->reasoning, &c->text) < 0 ? -1 : 0;
+}
 
 /* Marks choice c failed with msg (its answer: a 500, or an error event); a whole response
  * stops the other choices, whose answer is not sent anyway. Idempotent. */
@@ -619,7 +653,7 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
                     completion_logprob(s, c->logprobs, &e->sample, j->api.top_logprobs,
                                        c->echo_len + c->text.len);
             }
-            if (e->text_len && sbuf_add(&c->text, e->text, e->text_len) < 0)
+            if (e->text_len && add_text(j, c, e->text, e->text_len, false) < 0)
                 fail_choice(j, c, OOM_MESSAGE);
         }
         return;
@@ -660,7 +694,7 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
             sse_chunk(j, c, e->text, e->text_len, NULL, c->finish_reason, false);
         if (j->n_finished == j->n_choices)
             sse_finish_stream(j);
-    } else if (e->text_len && sbuf_add(&c->text, e->text, e->text_len) < 0) {
+    } else if (add_text(j, c, e->text, e->text_len, true) < 0) {
         fail_choice(j, c, OOM_MESSAGE);
     }
 }
@@ -868,6 +902,8 @@ static int chat_prompt(struct gen_job *j, struct xd_api_error *e)
     free(msgs);
     if (rc < 0)
         return error_from_status(e, rc, &err, "messages");
+    j->think_open = xd_reasoning_prompt_open((enum xd_reasoning_parser)s->reasoning_parser, text,
+                                             len);
     rc = xd_tokenizer_encode(s->tok, text, len, false, true, &j->prompts[0].ids,
                              &j->prompts[0].n_ids, &err);
     free(text);
@@ -1141,6 +1177,11 @@ static enum MHD_Result respond_whole(struct xd_http_req *r, struct gen_job *j)
             json_t *m = json_object();
             json_object_set_new(m, "role", json_string("assistant"));
             json_object_set_new(m, "content", json_stringn(text, c->text.len));
+            if (j->split_reasoning)
+                json_object_set_new(m, "reasoning_content",
+                                    c->reasoning.len ? json_stringn(c->reasoning.data,
+                                                                    c->reasoning.len)
+                                                     : json_null());
             json_object_set_new(ch, "message", m);
         } else {
             const struct prompt *p = &j->prompts[c->prompt];
@@ -1208,6 +1249,8 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
         c->job = j;
         c->index = i;
         c->prompt = i / j->api.n;
+        j->split_reasoning = kind == XD_API_CHAT && s->reasoning_parser != XD_REASONING_NONE;
+        xd_reasoning_init(&c->rs, (enum xd_reasoning_parser)s->reasoning_parser, j->think_open);
         c->finish_ev = job_calloc(XD_FAULT_JOB, 1, sizeof *c->finish_ev);
         if (!c->finish_ev) { /* nothing submitted yet; job_free frees what there is */
             xd_api_error_nomem(&e);

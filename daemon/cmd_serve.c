@@ -20,6 +20,7 @@
 #include "engine/model/safetensors.h"
 #include "engine/experts/routing_trace.h"
 #include "engine/text/chat_template.h"
+#include "engine/text/reasoning.h"
 #include "engine/text/tokenizer.h"
 #include "engine/text/tokenizer_config.h"
 
@@ -214,6 +215,14 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     }
     if (s->chat_error && L->tok)
         xd_log(s, XD_LOG_WARN, "/v1/chat/completions unavailable: %s", s->chat_error);
+    enum xd_reasoning_parser parser = XD_REASONING_NONE;
+    if (c->reasoning_parser && strcmp(c->reasoning_parser, "auto") != 0)
+        xd_reasoning_parser_from_name(c->reasoning_parser, &parser); /* validated with the options */
+    else if (!c->chat_template)
+        parser = xd_reasoning_detect(L->tcfg.chat_template);
+    else if (s->chat_format == XD_CHAT_QWEN3)
+        parser = XD_REASONING_THINK;
+    s->reasoning_parser = parser;
     if (xd_test_hooks_enabled())
         xd_log(s, XD_LOG_WARN, "EXPERTD_TEST_HOOKS=1: test hooks are on (requests may force "
                "the output with x_test_force_output); never set it in production");
@@ -228,11 +237,12 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     s->sched = sched;
     pthread_rwlock_unlock(&s->sched_lock);
     xd_log(s, XD_LOG_INFO, "model %s loaded as '%s': %d layers, %d experts (top %d), context %d, "
-           "KV cache %lld blocks of %d tokens (%.1f MiB), chat template %s",
+           "KV cache %lld blocks of %d tokens (%.1f MiB), chat template %s, reasoning parser %s",
            c->engine.model, s->model_name, mc->n_layers, mc->n_experts, mc->top_k,
            s->max_context, blocks, c->engine.block_size,
            (double)(blocks * block_bytes) / (1 << 20),
-           s->chat_format ? xd_chat_format_name((enum xd_chat_format)s->chat_format) : "none");
+           s->chat_format ? xd_chat_format_name((enum xd_chat_format)s->chat_format) : "none",
+           xd_reasoning_parser_name((enum xd_reasoning_parser)s->reasoning_parser));
     return XD_OK;
 }
 

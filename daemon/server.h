@@ -55,6 +55,7 @@ struct xd_server {
     int max_context;
     int chat_format;                    /* enum xd_chat_format; 0: unknown */
     const char *chat_error;             /* why chat is unavailable, or NULL */
+    int reasoning_parser;               /* enum xd_reasoning_parser of chat output */
     const char *bos_token, *eos_token;  /* for chat templates; may be NULL */
 
     /* The scheduler: submit and cancel hold the read lock, teardown the write lock, so no

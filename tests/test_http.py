@@ -1477,6 +1477,80 @@ def prompt_logprobs_text_offsets_on_the_demo_model():
         srv.stop()
 
 
+
+def hooked_model():
+    """The test model with <|im_end|> as its EOS (the synthetic config says 601, which is
+    </think> in this tokenizer), in a temporary directory beside nothing else: for servers
+    whose output a test forces through the test hook (EXPERTD_TEST_HOOKS=1)."""
+    import tempfile
+    d = tempfile.mkdtemp(prefix="expertd-hooked-")
+    for f in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        os.symlink(os.path.join(os.path.abspath(MODEL), f), os.path.join(d, f))
+    cfg = json.load(open(os.path.join(MODEL, "config.json")))
+    cfg["eos_token_id"] = 2
+    json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+    return d
+
+
+HOOKED = None
+
+
+def hooked_server(*args):
+    global HOOKED
+    HOOKED = HOOKED or hooked_model()
+    return Server(*args, model=HOOKED, env={"EXPERTD_TEST_HOOKS": "1"})
+
+
+@test
+def reasoning_content_split_whole_and_streamed():
+    """A thinking model's <think> block goes to reasoning_content, the rest to content, whole
+    and streamed (reasoning deltas first, then content; the tag is cut across tokens here, one
+    token per chunk), with --reasoning-parser qwen3; the output is forced through the test hook
+    since the test model emits noise. Without the parser (this ChatML template has no </think>:
+    auto is none) the text stays content."""
+    forced = "<think>\nI think.\n</think>\n\nThe answer.<|im_end|>"
+    msgs = [{"role": "user", "content": "Hi"}]
+    srv = hooked_server("--reasoning-parser", "qwen3")
+    try:
+        c = srv.client()
+        r = c.chat.completions.create(model=srv.name, messages=msgs, temperature=0,
+                                      extra_body={"x_test_force_output": forced})
+        m = r.choices[0].message
+        assert m.content == "\n\nThe answer." and r.choices[0].finish_reason == "stop", r
+        assert m.model_extra["reasoning_content"] == "\nI think.\n", m
+        chunks = list(c.chat.completions.create(model=srv.name, messages=msgs, temperature=0,
+                                                stream=True,
+                                                extra_body={"x_test_force_output": forced}))
+        parts = [(k, v) for ch in chunks if ch.choices
+                 for k, v in (("reasoning", (ch.choices[0].delta.model_extra or {}).get(
+                     "reasoning_content")), ("content", ch.choices[0].delta.content)) if v]
+        kinds = [k for k, _ in parts]
+        assert kinds == sorted(kinds, key=lambda k: k != "reasoning"), kinds  # reasoning first
+        assert "".join(v for k, v in parts if k == "reasoning") == "\nI think.\n", parts
+        assert "".join(v for k, v in parts if k == "content") == "\n\nThe answer.", parts
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        # enable_thinking false: the template closes the block; what follows is all content
+        r = c.chat.completions.create(model=srv.name, messages=msgs, temperature=0,
+                                      extra_body={"x_test_force_output": "Plain.<|im_end|>"})
+        assert r.choices[0].message.content == "Plain."
+        assert r.choices[0].message.model_extra["reasoning_content"] is None
+    finally:
+        srv.stop()
+    srv = hooked_server()
+    try:
+        r = srv.client().chat.completions.create(
+            model=srv.name, messages=msgs, temperature=0,
+            extra_body={"x_test_force_output": forced})
+        assert r.choices[0].message.content == forced.replace("<|im_end|>", ""), r
+        assert "reasoning_content" not in (r.choices[0].message.model_extra or {})
+    finally:
+        srv.stop()
+    # the hook is off without EXPERTD_TEST_HOOKS=1
+    expect_error(post(S.url + "/v1/chat/completions",
+                      {"messages": msgs, "x_test_force_output": "x"}), 400,
+                 "x_test_force_output")
+
+
 t_stop = time.time()
 exit_status = S.stop()
 if time.time() - t_stop > 5:
