@@ -6,6 +6,7 @@
 
 #include "engine/text/chat_template.h"
 #include "engine/text/reasoning.h"
+#include "engine/text/tool_calls.h"
 #include "scheduler/scheduler.h"
 
 void xd_server_config_init(struct xd_server_config *cfg)
@@ -32,6 +33,7 @@ void xd_server_config_init(struct xd_server_config *cfg)
     cfg->log_level = "info";
     cfg->admission = "fair";
     cfg->reasoning_parser = "auto";
+    cfg->tool_call_parser = "auto";
 }
 
 #define SRV(field) offsetof(struct xd_server_config, field)
@@ -102,6 +104,10 @@ const struct xd_opt xd_server_config_opts[] = {
      "split chat output into reasoning_content and content: auto (think when the chat template "
      "mentions </think>), none, or think (alias qwen3, deepseek_r1: <think>...</think>) "
      "(default auto)"},
+    {"tool-call-parser", XD_OPT_STRING, SRV(tool_call_parser), 0, 0, "EXPERTD_TOOL_CALL_PARSER",
+     "the syntax of the model's tool calls, parsed into message.tool_calls: auto (from the chat "
+     "template), none, hermes (<tool_call> JSON: Qwen2.5, Qwen3), mistral ([TOOL_CALLS]), "
+     "deepseek_v3 or glm45 (default auto)"},
     {"record-routing", XD_OPT_STRING, SRV(record_routing), 0, 0, NULL,
      "write every token's expert routing (request, step, layer, experts, weights) to FILE, "
      "zstd-compressed, for expertd plan, created mode 0600: a trace is as private as the "
@@ -168,6 +174,12 @@ int xd_server_config_validate(const struct xd_server_config *cfg, struct xd_err 
         return xd_err_set(err, XD_ERR_CONFIG, "option '--reasoning-parser': '%s' is not auto, "
                           "none, think, qwen3 or deepseek_r1",
                           cfg->reasoning_parser ? cfg->reasoning_parser : "");
+    enum xd_tool_syntax ts;
+    if (!cfg->tool_call_parser || (strcmp(cfg->tool_call_parser, "auto") != 0 &&
+                                   xd_tool_syntax_from_name(cfg->tool_call_parser, &ts) < 0))
+        return xd_err_set(err, XD_ERR_CONFIG, "option '--tool-call-parser': '%s' is not auto, "
+                          "none, hermes, mistral, deepseek_v3 or glm45",
+                          cfg->tool_call_parser ? cfg->tool_call_parser : "");
     if (!cfg->host || !cfg->host[0])
         return xd_err_set(err, XD_ERR_CONFIG, "option '--host' is empty");
     if (cfg->metrics_listen) {

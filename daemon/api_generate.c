@@ -26,6 +26,7 @@
 #include "daemon/test_hooks.h"
 #include "engine/text/chat_template.h"
 #include "engine/text/reasoning.h"
+#include "engine/text/tool_calls.h"
 
 /* ---- a growing byte buffer ---- */
 
@@ -95,6 +96,9 @@ struct choice {
                                        reasoning parser: its content) */
     struct xd_reasoning rs;  /* chat: the reasoning split of this choice's output */
     struct xd_byte_buf reasoning;   /* non-streaming chat: the reasoning text */
+    struct xd_tool_stream *tools;   /* chat with tools: the tool-call parser, or NULL */
+    int n_calls;             /* tool calls taken from it so far */
+    json_t *tool_calls;      /* non-streaming: message.tool_calls, or NULL */
     json_t *logprobs;        /* non-streaming logprobs: completions {tokens, ...}; chat
                                 {content: [...]} */
     size_t text_offset;      /* completions text_offset of the next token */
@@ -176,6 +180,8 @@ static void job_free(struct gen_job *j)
     for (int i = 0; i < j->n_choices; i++) {
         xd_byte_buf_free(&j->choices[i].text);
         xd_byte_buf_free(&j->choices[i].reasoning);
+        xd_tool_stream_destroy(j->choices[i].tools);
+        json_decref(j->choices[i].tool_calls);
         json_decref(j->choices[i].logprobs);
         free(j->choices[i].finish_ev); /* never submitted, or its finish never came */
     }
@@ -495,6 +501,100 @@ static void sse_json(struct gen_job *j, json_t *o)
     sse_data(j, s);
 }
 
+/* The chat output's text of choice c through the reasoning split and the tool-call parser
+ * (each where the request has one): reasoning into reasoning, the rest, calls cut out, into
+ * content; last: the output is over. XD_ERR_NOMEM when out of memory. */
+static int split_output(struct gen_job *j, struct choice *c, const char *text, size_t len,
+                        bool last, struct xd_byte_buf *reasoning, struct xd_byte_buf *content)
+{
+    struct xd_byte_buf mid = {0};
+    const char *t = text;
+    size_t n = len;
+    int rc = XD_OK;
+    if (xd_fault_hit(XD_FAULT_OUTPUT))
+        return XD_ERR_NOMEM;
+    if (j->split_reasoning) {
+        struct xd_byte_buf *dst = c->tools ? &mid : content;
+        if (len)
+            rc = xd_reasoning_push(&c->rs, text, len, reasoning, dst);
+        if (rc == XD_OK && last)
+            rc = xd_reasoning_finish(&c->rs, reasoning, dst);
+        t = mid.data;
+        n = mid.len;
+    }
+    if (rc == XD_OK && c->tools) {
+        if (n)
+            rc = xd_tool_stream_push(c->tools, t, n, content);
+        if (rc == XD_OK && last)
+            rc = xd_tool_stream_finish(c->tools, content);
+    } else if (rc == XD_OK && !j->split_reasoning && n) {
+        rc = xd_byte_buf_append(content, t, n);
+    }
+    xd_byte_buf_free(&mid);
+    return rc;
+}
+
+/* The calls choice c's parser has found since the last take, as OpenAI's tool_calls entries
+ * {index, id, type, function: {name, arguments}}: a new array (maybe empty), NULL when out of
+ * memory. */
+static json_t *take_calls(struct gen_job *j, struct choice *c)
+{
+    json_t *a = json_array();
+    struct xd_tool_call call;
+    while (a && xd_tool_stream_take(c->tools, &call)) {
+        char id[96];
+        snprintf(id, sizeof id, "call_%s_%d_%d", strchr(j->id, '-') ? strchr(j->id, '-') + 1 : j->id,
+                 c->index, c->n_calls);
+        json_t *fn = json_object(), *o = json_object();
+        json_object_set_new(fn, "name", json_string(call.name));
+        json_object_set_new(fn, "arguments", json_string(call.arguments));
+        json_object_set_new(o, "index", json_integer(c->n_calls));
+        json_object_set_new(o, "id", json_string(id));
+        json_object_set_new(o, "type", json_string("function"));
+        json_object_set_new(o, "function", fn);
+        free(call.name);
+        free(call.arguments);
+        c->n_calls++;
+        if (json_array_append_new(a, o) < 0) {
+            json_decref(a);
+            a = NULL;
+        }
+    }
+    return a;
+}
+
+/* A chat chunk of choice c: ch (a choice object with its delta; NULL: an empty delta, taken),
+ * lp (taken; NULL: null) and finish (NULL while running). */
+static void sse_chat_chunk(struct gen_job *j, struct choice *c, json_t *ch, json_t *lp,
+                           const char *finish)
+{
+    json_t *o = envelope(j, true);
+    if (!ch) {
+        ch = json_object();
+        json_object_set_new(ch, "index", json_integer(c->index));
+        json_object_set_new(ch, "delta", json_object());
+    }
+    json_object_set_new(ch, "logprobs", lp ? lp : json_null());
+    json_object_set_new(ch, "finish_reason", finish ? json_string(finish) : json_null());
+    json_t *choices = json_array();
+    json_array_append_new(choices, ch);
+    json_object_set_new(o, "choices", choices);
+    if (j->api.include_usage)
+        json_object_set_new(o, "usage", json_null());
+    sse_json(j, o);
+}
+
+/* A chunk whose delta is {"tool_calls": [call]} (call taken). */
+static void sse_tool_delta(struct gen_job *j, struct choice *c, json_t *call)
+{
+    json_t *ch = json_object(), *delta = json_object(), *calls = json_array();
+    json_array_append_new(calls, call);
+    json_object_set_new(delta, "tool_calls", calls);
+    json_object_set_new(ch, "index", json_integer(c->index));
+    json_object_set_new(ch, "delta", delta);
+    sse_chat_chunk(j, c, ch, NULL, NULL);
+}
+
 /* One chunk for choice c: text (may be empty), a token's logprobs (x may be NULL), finish
  * reason (NULL while running). */
 static void sse_chunk(struct gen_job *j, struct choice *c, const char *text, size_t len,
@@ -508,12 +608,12 @@ static void sse_chunk(struct gen_job *j, struct choice *c, const char *text, siz
         json_t *delta = json_object();
         if (role)
             json_object_set_new(delta, "role", json_string("assistant"));
-        if (j->split_reasoning) { /* reasoning_content, then content, as vLLM streams them */
+        json_t *calls = NULL;
+        if (j->split_reasoning || c->tools) {
+            /* reasoning_content, then content, then tool calls, as vLLM streams them */
             struct xd_byte_buf rb = {0}, cb = {0};
-            int rc = len ? xd_reasoning_push(&c->rs, text, len, &rb, &cb) : XD_OK;
-            if (rc == XD_OK && finish)
-                rc = xd_reasoning_finish(&c->rs, &rb, &cb);
-            if (rc < 0)
+            if (split_output(j, c, text, len, finish != NULL, &rb, &cb) < 0 ||
+                (c->tools && !(calls = take_calls(j, c))))
                 stream_fail(j);
             if (rb.len)
                 json_object_set_new(delta, "reasoning_content", json_stringn(rb.data, rb.len));
@@ -521,10 +621,44 @@ static void sse_chunk(struct gen_job *j, struct choice *c, const char *text, siz
                 json_object_set_new(delta, "content", json_stringn(cb.data ? cb.data : "", cb.len));
             xd_byte_buf_free(&rb);
             xd_byte_buf_free(&cb);
+            if (finish && c->n_calls > 0)
+                c->finish_reason = finish = "tool_calls";
         } else if (len || role) {
             json_object_set_new(delta, "content", json_stringn(text ? text : "", len));
         }
-        json_object_set_new(ch, "delta", delta);
+        if (json_array_size(calls) > 0) {
+            /* this chunk's text and logprobs first, then each call's name, then its
+             * arguments, then the finish */
+            json_object_set_new(ch, "delta", delta);
+            if (x && j->api.logprobs) {
+                lp = json_object();
+                json_t *content = json_array();
+                json_array_append_new(content, chat_logprob(j->srv, x, j->api.top_logprobs));
+                json_object_set_new(lp, "content", content);
+            }
+            sse_chat_chunk(j, c, ch, lp, NULL);
+            json_decref(o);
+            size_t k;
+            json_t *call;
+            json_array_foreach(calls, k, call) {
+                json_t *first = json_deep_copy(call), *args = json_object();
+                json_t *fn = json_object_get(first, "function");
+                json_object_set(args, "index", json_object_get(call, "index"));
+                json_t *afn = json_object();
+                json_object_set(afn, "arguments", json_object_get(json_object_get(call, "function"),
+                                                                 "arguments"));
+                json_object_set_new(args, "function", afn);
+                json_object_set_new(fn, "arguments", json_string(""));
+                sse_tool_delta(j, c, first);
+                sse_tool_delta(j, c, args);
+            }
+            json_decref(calls);
+            if (finish)
+                sse_chat_chunk(j, c, NULL, NULL, finish);
+            c->text_offset += len;
+            return;
+        }
+        json_decref(calls);        json_object_set_new(ch, "delta", delta);
         if (x && j->api.logprobs) {
             lp = json_object();
             json_t *content = json_array();
@@ -574,13 +708,22 @@ static void sse_finish_stream(struct gen_job *j)
  * parser (last: the output is over, flush what the split holds). -1 when out of memory. */
 static int add_text(struct gen_job *j, struct choice *c, const char *text, size_t len, bool last)
 {
-    if (!j->split_reasoning)
+    if (!j->split_reasoning && !c->tools)
         return len && sbuf_add(&c->text, text, len) < 0 ? -1 : 0;
-    if (xd_fault_hit(XD_FAULT_OUTPUT))
+    if (split_output(j, c, text, len, last, &c->reasoning, &c->text) < 0)
         return -1;
-    if (len && xd_reasoning_push(&c->rs, text, len, &c->reasoning, &c->text) < 0)
-        return -1;
-    return last && xd_reasoning_finish(&c->rs, &c->reasoning, &c->text) < 0 ? -1 : 0;
+    if (c->tools) {
+        json_t *calls = take_calls(j, c);
+        if (!calls)
+            return -1;
+        if (!c->tool_calls)
+            c->tool_calls = json_array();
+        json_array_extend(c->tool_calls, calls);
+        json_decref(calls);
+        if (last && c->n_calls > 0)
+            c->finish_reason = "tool_calls";
+    }
+    return 0;
 }
 
 /* Marks choice c failed with msg (its answer: a 500, or an error event); a whole response
@@ -681,8 +824,6 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
             j->req->n_prompt_tokens += e->n_prompt;
             j->req->n_cached_tokens += e->n_cached;
         }
-        if (e->choice == 0)
-            j->req->finish = c->failed ? "error" : c->cancelled ? "cancelled" : c->finish_reason;
     }
     if (stream) {
         if (c->failed)
@@ -697,6 +838,8 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
     } else if (add_text(j, c, e->text, e->text_len, true) < 0) {
         fail_choice(j, c, OOM_MESSAGE);
     }
+    if (j->req && e->choice == 0) /* after the output's end: its tool calls are known */
+        j->req->finish = c->failed ? "error" : c->cancelled ? "cancelled" : c->finish_reason;
 }
 
 /* Tells the sink how many SSE bytes wait in j->out (they count against the bound). */
@@ -1035,7 +1178,9 @@ static int submit_all(struct gen_job *j, struct xd_api_error *e)
             .sampling = a->sampling,
             .stop = a->stop, .n_stop = a->n_stop,
             .ignore_eos = a->ignore_eos,
-            .skip_special = true,
+            /* Mistral's [TOOL_CALLS] is a special token: kept when tools are parsed */
+            .skip_special = !(a->tools && a->tool_choice != XD_API_TOOL_CHOICE_NONE &&
+                              xd_tool_syntax_needs_special((enum xd_tool_syntax)s->tool_syntax)),
             /* echo with logprobs: every prompt token's logprob (lm-eval's loglikelihood) */
             .prompt_logprobs = a->kind == XD_API_COMPLETIONS && a->echo && a->logprobs,
             .prompt_top_logprobs = a->top_logprobs,
@@ -1176,7 +1321,20 @@ static enum MHD_Result respond_whole(struct xd_http_req *r, struct gen_job *j)
         if (chat) {
             json_t *m = json_object();
             json_object_set_new(m, "role", json_string("assistant"));
-            json_object_set_new(m, "content", json_stringn(text, c->text.len));
+            bool blank = true; /* content around tool calls that is only whitespace: null */
+            for (size_t k = 0; k < c->text.len && blank; k++)
+                blank = strchr(" \t\r\n", text[k]) != NULL;
+            bool calls = json_array_size(c->tool_calls) > 0;
+            json_object_set_new(m, "content", calls && blank ? json_null()
+                                                             : json_stringn(text, c->text.len));
+            if (calls) {
+                size_t k;
+                json_t *call;
+                json_array_foreach(c->tool_calls, k, call)
+                    json_object_del(call, "index"); /* a delta's field only */
+                json_object_set(m, "tool_calls", c->tool_calls);
+                c->finish_reason = "tool_calls";
+            }
             if (j->split_reasoning)
                 json_object_set_new(m, "reasoning_content",
                                     c->reasoning.len ? json_stringn(c->reasoning.data,
@@ -1232,6 +1390,14 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
                          "'echo' together with 'logprobs' is not supported with 'stream'");
         return xd_http_send_error(r, &e);
     }
+    if (j->api.tools && j->api.tool_choice != XD_API_TOOL_CHOICE_NONE &&
+        s->tool_syntax == XD_TOOL_SYNTAX_NONE) {
+        xd_api_error_set(&e, 400, "invalid_request_error", "tools", "invalid_value",
+                         "'tools': this model's chat template shows no tool-call syntax expertd "
+                         "parses; start the server with --tool-call-parser hermes, mistral, "
+                         "deepseek_v3 or glm45, or send 'tool_choice': 'none'");
+        return xd_http_send_error(r, &e);
+    }
     if (check_logit_bias(s, &j->api, &e) < 0 || build_prompts(j, &e) < 0 ||
         xd_test_force_ids(s, j->api.root, &j->forced, &j->n_forced, &e) < 0)
         return xd_http_send_error(r, &e);
@@ -1250,6 +1416,12 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
         c->index = i;
         c->prompt = i / j->api.n;
         j->split_reasoning = kind == XD_API_CHAT && s->reasoning_parser != XD_REASONING_NONE;
+        if (j->api.tools && j->api.tool_choice != XD_API_TOOL_CHOICE_NONE &&
+            xd_tool_stream_create((enum xd_tool_syntax)s->tool_syntax, j->api.tools,
+                                  &c->tools) < 0) {
+            xd_api_error_nomem(&e);
+            return xd_http_send_error(r, &e);
+        }
         xd_reasoning_init(&c->rs, (enum xd_reasoning_parser)s->reasoning_parser, j->think_open);
         c->finish_ev = job_calloc(XD_FAULT_JOB, 1, sizeof *c->finish_ev);
         if (!c->finish_ev) { /* nothing submitted yet; job_free frees what there is */

@@ -313,6 +313,117 @@ static int parse_logit_bias(json_t *root, struct xd_api_request *r, struct xd_ap
     return 0;
 }
 
+/* A function name as OpenAI allows them: [a-zA-Z0-9_-]{1,64}. */
+static bool function_name_ok(const char *s, size_t n)
+{
+    if (n < 1 || n > 64)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+              (s[i] >= '0' && s[i] <= '9') || s[i] == '_' || s[i] == '-'))
+            return false;
+    return true;
+}
+
+/* tools, tool_choice and parallel_tool_calls (chat), as OpenAI checks them. */
+static int parse_tools(json_t *root, struct xd_api_request *r, struct xd_api_error *e)
+{
+    json_t *v = field(root, "tools");
+    r->parallel_tool_calls = true;
+    XD_TRY(get_bool(root, "parallel_tool_calls", &r->parallel_tool_calls, e));
+    if (v) {
+        if (!json_is_array(v))
+            return BAD_TYPE("tools", "a list of {\"type\": \"function\", \"function\": {...}}");
+        if (json_array_size(v) > 128)
+            return BAD("tools", "'tools' holds %zu tools; at most 128", json_array_size(v));
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            json_t *t = json_array_get(v, i), *f = json_object_get(t, "function");
+            json_t *type = json_object_get(t, "type");
+            if (!json_is_object(t) || !json_is_string(type) ||
+                strcmp(json_string_value(type), "function") != 0)
+                return BAD("tools", "'tools[%zu].type' must be \"function\"", i);
+            if (!json_is_object(f))
+                return BAD("tools", "'tools[%zu].function' must be an object", i);
+            json_t *name = json_object_get(f, "name");
+            if (!json_is_string(name))
+                return BAD("tools", "'tools[%zu].function.name' is required (a string)", i);
+            if (!function_name_ok(json_string_value(name), json_string_length(name)))
+                return BAD("tools", "'tools[%zu].function.name' '%s' must be 1 to 64 of a-z, "
+                           "A-Z, 0-9, _ and -", i, json_string_value(name));
+            for (size_t k = 0; k < i; k++)
+                if (json_equal(json_object_get(json_object_get(json_array_get(v, k), "function"),
+                                               "name"), name))
+                    return BAD("tools", "'tools[%zu].function.name' '%s' is already "
+                               "tools[%zu]'s", i, json_string_value(name), k);
+            json_t *d = json_object_get(f, "description"), *st = json_object_get(f, "strict");
+            if (d && !json_is_null(d) && !json_is_string(d))
+                return BAD("tools", "'tools[%zu].function.description' must be a string", i);
+            if (st && !json_is_null(st) && !json_is_boolean(st))
+                return BAD("tools", "'tools[%zu].function.strict' must be a boolean", i);
+            json_t *p = json_object_get(f, "parameters");
+            if (!p || json_is_null(p))
+                continue;
+            if (!json_is_object(p))
+                return BAD("tools", "'tools[%zu].function.parameters' must be a JSON Schema "
+                           "object", i);
+            json_t *pt = json_object_get(p, "type"), *props = json_object_get(p, "properties");
+            json_t *req = json_object_get(p, "required");
+            if (pt && !(json_is_string(pt) && strcmp(json_string_value(pt), "object") == 0))
+                return BAD("tools", "'tools[%zu].function.parameters' must be a schema of "
+                           "\"type\": \"object\"", i);
+            if (props && !json_is_object(props))
+                return BAD("tools", "'tools[%zu].function.parameters.properties' must be an "
+                           "object", i);
+            for (size_t k = 0; req && k < json_array_size(req); k++)
+                if (!json_is_string(json_array_get(req, k)))
+                    req = NULL;
+            if (json_object_get(p, "required") && !req)
+                return BAD("tools", "'tools[%zu].function.parameters.required' must be a list "
+                           "of strings", i);
+        }
+        if (json_array_size(v) > 0)
+            r->tools = v;
+    }
+    r->tool_choice = r->tools ? XD_API_TOOL_CHOICE_AUTO : XD_API_TOOL_CHOICE_NONE;
+    json_t *tc = field(root, "tool_choice");
+    if (!tc)
+        return 0;
+    if (json_is_string(tc)) {
+        const char *s = json_string_value(tc);
+        if (strcmp(s, "none") == 0)
+            r->tool_choice = XD_API_TOOL_CHOICE_NONE;
+        else if (strcmp(s, "auto") == 0 || strcmp(s, "required") == 0)
+            r->tool_choice = s[0] == 'a' ? XD_API_TOOL_CHOICE_AUTO : XD_API_TOOL_CHOICE_REQUIRED;
+        else
+            return BAD("tool_choice", "'tool_choice' must be none, auto, required or "
+                       "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+    } else if (json_is_object(tc)) {
+        json_t *f = json_object_get(tc, "function");
+        json_t *name = json_object_get(f, "name"), *type = json_object_get(tc, "type");
+        if (!json_is_string(type) || strcmp(json_string_value(type), "function") != 0 ||
+            !json_is_string(name))
+            return BAD("tool_choice", "'tool_choice' as an object must be {\"type\": "
+                       "\"function\", \"function\": {\"name\": ...}}");
+        bool found = false;
+        for (size_t i = 0; r->tools && i < json_array_size(r->tools); i++)
+            found |= json_equal(json_object_get(json_object_get(json_array_get(r->tools, i),
+                                                                "function"), "name"), name);
+        if (!found)
+            return BAD("tool_choice", "'tool_choice' names the function '%s', which is not in "
+                       "'tools'", json_string_value(name));
+        r->tool_choice = XD_API_TOOL_CHOICE_FUNCTION;
+        r->tool_choice_name = json_string_value(name);
+    } else {
+        return BAD_TYPE("tool_choice", "a string or an object");
+    }
+    if (!r->tools && r->tool_choice != XD_API_TOOL_CHOICE_NONE &&
+        r->tool_choice != XD_API_TOOL_CHOICE_AUTO)
+        return BAD("tool_choice", "'tool_choice' other than none or auto needs 'tools'");
+    if (!r->tools)
+        r->tool_choice = XD_API_TOOL_CHOICE_NONE;
+    return 0;
+}
+
 static int parse_fields(enum xd_api_kind kind, json_t *root, struct xd_api_request *r,
                         struct xd_api_error *e)
 {
@@ -404,8 +515,10 @@ static int parse_fields(enum xd_api_kind kind, json_t *root, struct xd_api_reque
         return BAD("best_of", "'best_of' is not supported (only equal to 'n')");
     if ((v = field(root, "suffix")))
         return BAD("suffix", "'suffix' is not supported");
-    if ((v = field(root, "tools")) && json_array_size(v) > 0)
-        return BAD("tools", "'tools' is not supported");
+    if (kind == XD_API_CHAT)
+        XD_TRY(parse_tools(root, r, e));
+    else if ((v = field(root, "tools")) && json_array_size(v) > 0)
+        return BAD("tools", "'tools' is a chat completions parameter");
     return 0;
 }
 

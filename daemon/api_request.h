@@ -55,6 +55,14 @@ struct xd_api_message {
     char *content;       /* owned: text parts joined */
 };
 
+/* tool_choice (chat). */
+enum xd_api_tool_choice {
+    XD_API_TOOL_CHOICE_AUTO,     /* the default with tools: the model decides */
+    XD_API_TOOL_CHOICE_NONE,     /* the default without: no call is parsed */
+    XD_API_TOOL_CHOICE_REQUIRED, /* the model should call one (decoding is not constrained) */
+    XD_API_TOOL_CHOICE_FUNCTION, /* {"type": "function", "function": {"name": ...}} */
+};
+
 struct xd_api_request {
     enum xd_api_kind kind;
     json_t *root;                    /* the parsed body; strings below borrow from it */
@@ -78,6 +86,12 @@ struct xd_api_request {
     int enable_thinking;             /* chat: chat_template_kwargs.enable_thinking (vLLM's
                                         extension): -1 not given, 0 false, 1 true */
     const char *user;
+    json_t *tools;                   /* chat: the tools list, validated (each a function with
+                                        a name of [a-zA-Z0-9_-]{1,64}, unique, parameters an
+                                        object schema), borrowed from root; NULL: none */
+    enum xd_api_tool_choice tool_choice;
+    const char *tool_choice_name;    /* XD_API_TOOL_CHOICE_FUNCTION: one of the tools' names */
+    bool parallel_tool_calls;        /* default true */
 };
 
 /* Parses len bytes of body for the endpoint kind into *ret (which owns what it points to

@@ -21,6 +21,7 @@
 #include "engine/experts/routing_trace.h"
 #include "engine/text/chat_template.h"
 #include "engine/text/reasoning.h"
+#include "engine/text/tool_calls.h"
 #include "engine/text/tokenizer.h"
 #include "engine/text/tokenizer_config.h"
 
@@ -223,6 +224,14 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     else if (s->chat_format == XD_CHAT_QWEN3)
         parser = XD_REASONING_THINK;
     s->reasoning_parser = parser;
+    enum xd_tool_syntax syntax = XD_TOOL_SYNTAX_NONE;
+    if (c->tool_call_parser && strcmp(c->tool_call_parser, "auto") != 0)
+        xd_tool_syntax_from_name(c->tool_call_parser, &syntax); /* validated with the options */
+    else if (!c->chat_template)
+        syntax = xd_tool_syntax_detect(L->tcfg.chat_template);
+    else if (s->chat_format == XD_CHAT_QWEN3)
+        syntax = XD_TOOL_SYNTAX_HERMES;
+    s->tool_syntax = syntax;
     if (xd_test_hooks_enabled())
         xd_log(s, XD_LOG_WARN, "EXPERTD_TEST_HOOKS=1: test hooks are on (requests may force "
                "the output with x_test_force_output); never set it in production");
@@ -237,12 +246,13 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     s->sched = sched;
     pthread_rwlock_unlock(&s->sched_lock);
     xd_log(s, XD_LOG_INFO, "model %s loaded as '%s': %d layers, %d experts (top %d), context %d, "
-           "KV cache %lld blocks of %d tokens (%.1f MiB), chat template %s, reasoning parser %s",
+           "KV cache %lld blocks of %d tokens (%.1f MiB), chat template %s, reasoning parser %s, tool calls %s",
            c->engine.model, s->model_name, mc->n_layers, mc->n_experts, mc->top_k,
            s->max_context, blocks, c->engine.block_size,
            (double)(blocks * block_bytes) / (1 << 20),
            s->chat_format ? xd_chat_format_name((enum xd_chat_format)s->chat_format) : "none",
-           xd_reasoning_parser_name((enum xd_reasoning_parser)s->reasoning_parser));
+           xd_reasoning_parser_name((enum xd_reasoning_parser)s->reasoning_parser),
+           xd_tool_syntax_name((enum xd_tool_syntax)s->tool_syntax));
     return XD_OK;
 }
 

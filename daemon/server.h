@@ -56,6 +56,7 @@ struct xd_server {
     int chat_format;                    /* enum xd_chat_format; 0: unknown */
     const char *chat_error;             /* why chat is unavailable, or NULL */
     int reasoning_parser;               /* enum xd_reasoning_parser of chat output */
+    int tool_syntax;                    /* enum xd_tool_syntax of chat output */
     const char *bos_token, *eos_token;  /* for chat templates; may be NULL */
 
     /* The scheduler: submit and cancel hold the read lock, teardown the write lock, so no

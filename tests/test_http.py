@@ -1551,6 +1551,107 @@ def reasoning_content_split_whole_and_streamed():
                  "x_test_force_output")
 
 
+
+WEATHER_TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                                                    "days": {"type": "integer"}},
+                   "required": ["city"]}}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
+
+
+@test
+def tool_calls_with_the_openai_sdk():
+    """tools with a Hermes-style model (--tool-call-parser hermes; the output forced through the
+    test hook, since the test model emits noise): message.tool_calls and finish_reason
+    "tool_calls" whole; streamed, the SDK's chunks carry index, id and name, then the
+    arguments, and reassemble to the same calls; text before a call stays content; a
+    malformed call is content; tool_choice none leaves the text alone."""
+    forced = ('Checking.\n<tool_call>\n{"name": "get_weather", "arguments": '
+              '{"city": "Paris", "days": 2}}\n</tool_call>\n<tool_call>\n'
+              '{"name": "get_time", "arguments": {}}\n</tool_call><|im_end|>')
+    want = [("get_weather", {"city": "Paris", "days": 2}), ("get_time", {})]
+    msgs = [{"role": "user", "content": "Weather in Paris?"}]
+    srv = hooked_server("--tool-call-parser", "hermes")
+    try:
+        c = srv.client()
+        r = c.chat.completions.create(model=srv.name, messages=msgs, tools=WEATHER_TOOLS,
+                                      temperature=0, extra_body={"x_test_force_output": forced})
+        ch = r.choices[0]
+        assert ch.finish_reason == "tool_calls", ch
+        got = [(t.function.name, json.loads(t.function.arguments)) for t in ch.message.tool_calls]
+        assert got == want, got
+        assert all(t.type == "function" and t.id for t in ch.message.tool_calls)
+        assert len({t.id for t in ch.message.tool_calls}) == 2
+        assert ch.message.content == "Checking.\n\n", repr(ch.message.content)
+
+        calls, content, finish = {}, "", None
+        for chunk in c.chat.completions.create(model=srv.name, messages=msgs,
+                                               tools=WEATHER_TOOLS, tool_choice="auto",
+                                               temperature=0, stream=True,
+                                               extra_body={"x_test_force_output": forced}):
+            d = chunk.choices[0].delta
+            content += d.content or ""
+            for tc in d.tool_calls or []:
+                slot = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
+                if tc.id:
+                    assert slot["id"] is None and tc.function.name, tc  # id and name first
+                    slot["id"], slot["name"] = tc.id, tc.function.name
+                slot["arguments"] += tc.function.arguments or ""
+            finish = chunk.choices[0].finish_reason or finish
+        assert finish == "tool_calls" and content == "Checking.\n\n", (finish, content)
+        got = [(calls[i]["name"], json.loads(calls[i]["arguments"])) for i in sorted(calls)]
+        assert got == want and all(calls[i]["id"] for i in calls), calls
+
+        # not well-formed: content, finish stop
+        bad = '<tool_call>\n{"name": "get_weather", "arguments": {oops}}\n</tool_call><|im_end|>'
+        r = c.chat.completions.create(model=srv.name, messages=msgs, tools=WEATHER_TOOLS,
+                                      temperature=0, extra_body={"x_test_force_output": bad})
+        assert r.choices[0].finish_reason == "stop" and not r.choices[0].message.tool_calls
+        assert r.choices[0].message.content == bad.replace("<|im_end|>", "")
+        r = c.chat.completions.create(model=srv.name, messages=msgs, tools=WEATHER_TOOLS,
+                                      tool_choice="none", temperature=0,
+                                      extra_body={"x_test_force_output": forced})
+        assert not r.choices[0].message.tool_calls and "<tool_call>" in r.choices[0].message.content
+        r = c.chat.completions.create(
+            model=srv.name, messages=msgs, tools=WEATHER_TOOLS, temperature=0,
+            tool_choice={"type": "function", "function": {"name": "get_time"}},
+            extra_body={"x_test_force_output": forced})
+        assert r.choices[0].finish_reason == "tool_calls"
+    finally:
+        srv.stop()
+
+
+@test
+def tool_schemas_and_choices_validated():
+    """Bad tools and tool_choice are 400 naming the parameter; tools on a model whose template
+    shows no tool-call syntax are 400 naming tools (unless tool_choice is none)."""
+    u = S.url + "/v1/chat/completions"
+    m = [{"role": "user", "content": "x"}]
+    fn = {"name": "f", "parameters": {"type": "object"}}
+    for tools in ([{"type": "function"}], [{"type": "retrieval", "function": fn}],
+                  [{"type": "function", "function": {"name": "bad name!"}}],
+                  [{"type": "function", "function": {"name": "f" * 65}}],
+                  [{"type": "function", "function": {"name": "f", "parameters": []}}],
+                  [{"type": "function", "function": {"name": "f",
+                                                     "parameters": {"type": "string"}}}],
+                  [{"type": "function", "function": {"name": "f", "parameters":
+                                                     {"type": "object", "required": [1]}}}],
+                  [{"type": "function", "function": fn}, {"type": "function", "function": fn}],
+                  {"f": fn}):
+        expect_error(post(u, {"messages": m, "tools": tools}), 400, "tools")
+    tools = [{"type": "function", "function": fn}]
+    for choice in ("sometimes", {"type": "function", "function": {"name": "g"}}, 3,
+                   {"type": "function"}):
+        expect_error(post(u, {"messages": m, "tools": tools, "tool_choice": choice}), 400,
+                     "tool_choice")
+    expect_error(post(u, {"messages": m, "tool_choice": "required"}), 400, "tool_choice")
+    expect_error(post(u, {"messages": m, "tools": tools}), 400, "tools")  # no syntax known
+    r = post(u, {"messages": m, "tools": tools, "tool_choice": "none", "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    expect_error(post(S.url + "/v1/completions", {"prompt": "x", "tools": tools}), 400, "tools")
+
+
 t_stop = time.time()
 exit_status = S.stop()
 if time.time() - t_stop > 5:

@@ -154,7 +154,12 @@ static int add_call(struct xd_tool_stream *t, const char *ns, const char *ne, js
 {
     int rc = XD_ERR_NOMEM;
     char *name = NULL, *a = NULL;
-    if (!args || !json_is_object(args) || ne <= ns) {
+    json_t *utf8 = ne > ns ? json_stringn(ns, (size_t)(ne - ns)) : NULL; /* NULL: not UTF-8 */
+    bool name_ok = utf8 != NULL;
+    json_decref(utf8);
+    for (const char *p = ns; name_ok && p < ne; p++)
+        name_ok = (unsigned char)*p >= 0x20; /* no control character (nor NUL) in a name */
+    if (!args || !json_is_object(args) || !name_ok) {
         rc = XD_ERR_INVALID;
         goto out;
     }
@@ -344,9 +349,9 @@ static int parse_glm(struct xd_tool_stream *t, const char *s, const char *e)
         if (!type || strcmp(type, "string") != 0)
             v = json_loadb(vs, (size_t)(ve2 - vs), JSON_DECODE_ANY, NULL);
         if (!v)
-            v = json_stringn(vs, (size_t)(ve2 - vs));
+            v = json_stringn(vs, (size_t)(ve2 - vs)); /* NULL: not UTF-8 (or no memory) */
         if (!v || json_object_set_new(args, key, v) < 0)
-            rc = v ? XD_ERR_INVALID : XD_ERR_NOMEM; /* e.g. a key that is not UTF-8 */
+            rc = XD_ERR_INVALID; /* a value or key that is not UTF-8: not a call */
         free(key);
         if (rc < 0)
             break;

@@ -28,7 +28,7 @@ static void parse(enum xd_tool_syntax syn, const json_t *tools, const char *text
     struct xd_tool_call c;
     while (xd_tool_stream_take(t, &c)) {
         REQUIRE(c.name[0] != '\0');
-        json_t *a = json_loads(c.arguments, 0, NULL);
+        json_t *a = json_loads(c.arguments, JSON_ALLOW_NUL, NULL);
         REQUIRE(json_is_object(a)); /* arguments are always a JSON object */
         json_decref(a);
         REQUIRE(xd_byte_buf_append(&r->calls, c.name, strlen(c.name) + 1) == XD_OK);
