@@ -147,6 +147,16 @@ static const struct {
     const char *param;
 } bad_requests[] = {
     {XD_API_COMPLETIONS, "{\"prompt\":", NULL},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":{}}", "tools"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\"}]}", "tools"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a b\"}}]}", "tools"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"array\"}}}]}", "tools"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}},{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}", "tools"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"always\"}", "tool_choice"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"g\"}}}", "tool_choice"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tool_choice\":\"required\"}", "tool_choice"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"parallel_tool_calls\":1}", "parallel_tool_calls"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}", "tools"},
     {XD_API_COMPLETIONS, "[1,2]", NULL},
     {XD_API_COMPLETIONS, "{}", "prompt"},
     {XD_API_COMPLETIONS, "{\"prompt\":[]}", "prompt"},
@@ -305,6 +315,28 @@ static void test_tokenize_requests(void)
     }
 }
 
+static void test_tools_and_tool_choice(void)
+{
+    struct xd_api_request r;
+    struct xd_api_error e;
+    CHECK(parse(XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}", &r, &e) == 0, "%s", e.message);
+    CHECK(r.tools && json_array_size(r.tools) == 1 && r.tool_choice == XD_API_TOOL_CHOICE_AUTO &&
+          r.parallel_tool_calls, "tools default to auto");
+    xd_api_request_finish(&r);
+    CHECK(parse(XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"tool_choice\":{\"type\":\"function\","
+                             "\"function\":{\"name\":\"f\"}},\"parallel_tool_calls\":false}",
+                &r, &e) == 0, "%s", e.message);
+    CHECK(r.tool_choice == XD_API_TOOL_CHOICE_FUNCTION && r.tool_choice_name &&
+          strcmp(r.tool_choice_name, "f") == 0 && !r.parallel_tool_calls, "named function");
+    xd_api_request_finish(&r);
+    CHECK(parse(XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[]}", &r, &e) == 0 && !r.tools &&
+          r.tool_choice == XD_API_TOOL_CHOICE_NONE, "an empty list is no tools");
+    xd_api_request_finish(&r);
+    CHECK(parse(XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"none\"}", &r, &e) == 0 &&
+          r.tool_choice == XD_API_TOOL_CHOICE_NONE, "none");
+    xd_api_request_finish(&r);
+}
+
 int main(void)
 {
     RUN(test_prompt_forms);
@@ -314,5 +346,6 @@ int main(void)
     RUN(test_error_json_shape);
     RUN(test_metrics_text);
     RUN(test_tokenize_requests);
+    RUN(test_tools_and_tool_choice);
     return test_summary();
 }

@@ -1652,6 +1652,39 @@ def tool_schemas_and_choices_validated():
     expect_error(post(S.url + "/v1/completions", {"prompt": "x", "tools": tools}), 400, "tools")
 
 
+
+@test
+def reasoning_then_tool_call():
+    """Qwen3's shape: a think block, then a call. reasoning_content, no content, the call;
+    streamed, the reasoning deltas come before the call's."""
+    forced = ('<think>\nI need the weather.\n</think>\n\n<tool_call>\n{"name": "get_weather", '
+              '"arguments": {"city": "Oslo"}}\n</tool_call><|im_end|>')
+    msgs = [{"role": "user", "content": "Weather in Oslo?"}]
+    srv = hooked_server("--tool-call-parser", "hermes", "--reasoning-parser", "qwen3")
+    try:
+        c = srv.client()
+        r = c.chat.completions.create(model=srv.name, messages=msgs, tools=WEATHER_TOOLS,
+                                      temperature=0, extra_body={"x_test_force_output": forced})
+        m = r.choices[0].message
+        assert m.model_extra["reasoning_content"] == "\nI need the weather.\n", m
+        assert m.content is None and r.choices[0].finish_reason == "tool_calls", m
+        assert [(t.function.name, json.loads(t.function.arguments)) for t in m.tool_calls] == \
+            [("get_weather", {"city": "Oslo"})]
+        order = []
+        for chunk in c.chat.completions.create(model=srv.name, messages=msgs,
+                                               tools=WEATHER_TOOLS, temperature=0, stream=True,
+                                               extra_body={"x_test_force_output": forced}):
+            d = chunk.choices[0].delta
+            if (d.model_extra or {}).get("reasoning_content"):
+                order.append("reasoning")
+            if d.tool_calls:
+                order.append("call")
+        assert order and order.index("call") > max(i for i, k in enumerate(order)
+                                                   if k == "reasoning"), order
+    finally:
+        srv.stop()
+
+
 t_stop = time.time()
 exit_status = S.stop()
 if time.time() - t_stop > 5:
