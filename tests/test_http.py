@@ -1685,6 +1685,45 @@ def reasoning_then_tool_call():
         srv.stop()
 
 
+
+@test
+def tool_calls_of_every_family():
+    """The same call in each family's syntax (--tool-call-parser mistral, deepseek_v3, glm45;
+    the markers are ordinary text in this tokenizer), whole and streamed, through the SDK."""
+    ds = lambda name: "<\uff5ctool\u2581" + name + "\uff5c>"
+    outputs = {
+        "mistral": '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Rome", "days": 1}}]',
+        "deepseek_v3": (ds("calls\u2581begin") + ds("call\u2581begin") + "function" + ds("sep") +
+                        'get_weather\n```json\n{"city": "Rome", "days": 1}\n```' +
+                        ds("call\u2581end") + ds("calls\u2581end")),
+        "glm45": ("<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Rome</arg_value>\n"
+                  "<arg_key>days</arg_key>\n<arg_value>1</arg_value>\n</tool_call>"),
+    }
+    msgs = [{"role": "user", "content": "Weather in Rome?"}]
+    for parser, out in outputs.items():
+        srv = hooked_server("--tool-call-parser", parser)
+        try:
+            c = srv.client()
+            body = {"x_test_force_output": out + "<|im_end|>"}
+            r = c.chat.completions.create(model=srv.name, messages=msgs, tools=WEATHER_TOOLS,
+                                          temperature=0, extra_body=body)
+            calls = r.choices[0].message.tool_calls
+            assert r.choices[0].finish_reason == "tool_calls" and calls, (parser, r)
+            assert [(t.function.name, json.loads(t.function.arguments)) for t in calls] == \
+                [("get_weather", {"city": "Rome", "days": 1})], (parser, calls)
+            args, name = "", None
+            for chunk in c.chat.completions.create(model=srv.name, messages=msgs,
+                                                   tools=WEATHER_TOOLS, temperature=0,
+                                                   stream=True, extra_body=body):
+                for tc in chunk.choices[0].delta.tool_calls or []:
+                    name = tc.function.name or name
+                    args += tc.function.arguments or ""
+            assert name == "get_weather" and json.loads(args) == {"city": "Rome", "days": 1}, \
+                (parser, name, args)
+        finally:
+            srv.stop()
+
+
 t_stop = time.time()
 exit_status = S.stop()
 if time.time() - t_stop > 5:
