@@ -104,6 +104,9 @@ struct choice {
     size_t text_offset;      /* completions text_offset of the next token */
     size_t echo_len;         /* echo with logprobs: the prompt text's bytes, where the
                                 completion's text_offsets start */
+    bool echo_pending;       /* streamed echo with logprobs: the prompt's chunk, with its
+                                logprobs (gathered in logprobs), is sent before the first
+                                token's */
     double t_last;           /* last token, for inter-token latency */
 };
 
@@ -595,6 +598,26 @@ static void sse_tool_delta(struct gen_job *j, struct choice *c, json_t *call)
     sse_chat_chunk(j, c, ch, NULL, NULL);
 }
 
+/* Streamed echo with logprobs: the prompt's chunk, its text and every prompt token's logprobs
+ * (c->logprobs, handed over), once they are all in (the first token or the finish). */
+static void sse_echo_chunk(struct gen_job *j, struct choice *c)
+{
+    const struct prompt *p = &j->prompts[c->prompt];
+    json_t *o = envelope(j, true), *ch = json_object(), *choices = json_array();
+    json_object_set_new(ch, "index", json_integer(c->index));
+    json_object_set_new(ch, "text", json_stringn(p->text ? p->text : "", p->text ? p->text_len : 0));
+    json_object_set_new(ch, "logprobs", c->logprobs);
+    json_object_set_new(ch, "finish_reason", json_null());
+    json_array_append_new(choices, ch);
+    json_object_set_new(o, "choices", choices);
+    if (j->api.include_usage)
+        json_object_set_new(o, "usage", json_null());
+    c->logprobs = NULL;
+    c->echo_pending = false;
+    c->text_offset = c->echo_len;
+    sse_json(j, o);
+}
+
 /* One chunk for choice c: text (may be empty), a token's logprobs (x may be NULL), finish
  * reason (NULL while running). */
 static void sse_chunk(struct gen_job *j, struct choice *c, const char *text, size_t len,
@@ -772,6 +795,8 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
         }
         return;
     }
+    if (stream && c->echo_pending)
+        sse_echo_chunk(j, c);
     if (e->kind == XD_EVENT_TOKEN) {
         if (!j->got_token) {
             j->got_token = true;
@@ -1385,11 +1410,6 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
                          j->api.model, s->model_name);
         return xd_http_send_error(r, &e);
     }
-    if (j->api.echo && j->api.logprobs && j->api.stream) {
-        xd_api_error_set(&e, 400, "invalid_request_error", "echo", "invalid_value",
-                         "'echo' together with 'logprobs' is not supported with 'stream'");
-        return xd_http_send_error(r, &e);
-    }
     if (j->api.tools && j->api.tool_choice != XD_API_TOOL_CHOICE_NONE &&
         s->tool_syntax == XD_TOOL_SYNTAX_NONE) {
         xd_api_error_set(&e, 400, "invalid_request_error", "tools", "invalid_value",
@@ -1428,7 +1448,10 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
             xd_api_error_nomem(&e);
             return xd_http_send_error(r, &e);
         }
-        if (j->api.logprobs && !j->api.stream) {
+        /* streamed echo with logprobs: the prompt's logprobs gather here until its chunk */
+        bool echo_lp = kind == XD_API_COMPLETIONS && j->api.echo && j->api.logprobs;
+        if (j->api.logprobs && (!j->api.stream || echo_lp)) {
+            c->echo_pending = j->api.stream;
             if (kind == XD_API_CHAT) {
                 c->logprobs = json_object();
                 json_object_set_new(c->logprobs, "content", json_array());
@@ -1454,7 +1477,7 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
         for (int i = 0; i < j->n_choices; i++) {
             if (kind == XD_API_CHAT)
                 sse_chunk(j, &j->choices[i], NULL, 0, NULL, NULL, true);
-            else if (j->api.echo && j->prompts[j->choices[i].prompt].text)
+            else if (j->api.echo && !j->api.logprobs && j->prompts[j->choices[i].prompt].text)
                 sse_chunk(j, &j->choices[i], j->prompts[j->choices[i].prompt].text,
                           j->prompts[j->choices[i].prompt].text_len, NULL, NULL, false);
         }

@@ -1397,7 +1397,8 @@ def prompt_logprobs_match_transformers():
     token's logprob given the tokens before it, null for the first, against log_softmax of
     transformers' prompt_logits in tests/fixtures/golden/olmoe-f32 (ids, no tokenizer);
     tolerance 1e-4, test-golden's for f32. max_tokens 0 returns the prompt alone; with
-    max_tokens the completion's tokens follow; n=2 and a batch of prompts change nothing."""
+    max_tokens the completion's tokens follow; n=2, a batch of prompts and streaming change
+    nothing."""
     fx = os.path.join(ROOT, "tests", "fixtures", "golden", "olmoe-f32")
     g = json.load(open(os.path.join(fx, "golden.json")))
     srv = Server("--max-running", "8", "--prefill-chunk", "3", model=fx)
@@ -1437,9 +1438,15 @@ def prompt_logprobs_match_transformers():
                                    temperature=0, extra_body={"ignore_eos": True})
         assert r.choices[0].logprobs.token_logprobs[len(ids):] == \
             gen.choices[0].logprobs.token_logprobs
-        expect_error(post(srv.url + "/v1/completions", {"prompt": ids, "echo": True,
-                                                        "logprobs": 1, "stream": True}),
-                     400, "echo")
+        # streamed: the prompt's chunk carries its logprobs, then one chunk per token
+        chunks = [ch for ch in c.completions.create(
+            model=srv.name, prompt=ids, max_tokens=3, echo=True, logprobs=1, temperature=0,
+            stream=True, extra_body={"ignore_eos": True}) if ch.choices]
+        lp = chunks[0].choices[0].logprobs
+        assert lp.token_logprobs == alone.token_logprobs and lp.tokens == alone.tokens, lp
+        streamed = [x for ch in chunks[1:] if ch.choices[0].logprobs
+                    for x in ch.choices[0].logprobs.token_logprobs]
+        assert streamed == gen.choices[0].logprobs.token_logprobs, streamed
     finally:
         srv.stop()
 
