@@ -538,13 +538,18 @@ static int split_output(struct gen_job *j, struct choice *c, const char *text, s
 }
 
 /* The calls choice c's parser has found since the last take, as OpenAI's tool_calls entries
- * {index, id, type, function: {name, arguments}}: a new array (maybe empty), NULL when out of
- * memory. */
+ * {index, id, type, function: {name, arguments}} (with parallel_tool_calls false, the first
+ * call only): a new array (maybe empty), NULL when out of memory. */
 static json_t *take_calls(struct gen_job *j, struct choice *c)
 {
     json_t *a = json_array();
     struct xd_tool_call call;
     while (a && xd_tool_stream_take(c->tools, &call)) {
+        if (!j->api.parallel_tool_calls && c->n_calls > 0) { /* at most one call, as asked */
+            free(call.name);
+            free(call.arguments);
+            continue;
+        }
         char id[96];
         snprintf(id, sizeof id, "call_%s_%d_%d", strchr(j->id, '-') ? strchr(j->id, '-') + 1 : j->id,
                  c->index, c->n_calls);

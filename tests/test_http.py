@@ -1625,6 +1625,10 @@ def tool_calls_with_the_openai_sdk():
             tool_choice={"type": "function", "function": {"name": "get_time"}},
             extra_body={"x_test_force_output": forced})
         assert r.choices[0].finish_reason == "tool_calls"
+        r = c.chat.completions.create(model=srv.name, messages=msgs, tools=WEATHER_TOOLS,
+                                      parallel_tool_calls=False, temperature=0,
+                                      extra_body={"x_test_force_output": forced})
+        assert [t.function.name for t in r.choices[0].message.tool_calls] == ["get_weather"]
     finally:
         srv.stop()
 
