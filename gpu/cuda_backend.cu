@@ -367,6 +367,14 @@ static int cuda_create(struct xd_model *model, const struct xd_engine_opts *opts
                           "device cuda: %d experts, top-%d; the router kernel handles up to 512 "
                           "experts and top-64",
                           c->n_experts, c->top_k);
+    /* glm4_moe's grouped sigmoid router, shared experts without a gate and partial rotary
+     * have no CUDA kernels that have run on a GPU */
+    if (c->arch == XD_ARCH_GLM4_MOE || c->router != XD_ROUTER_SOFTMAX)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "device cuda: model_type %s (its sigmoid group-limited router) is "
+                          "computed only by the CPU backend until its CUDA kernels have run on a "
+                          "GPU; use --device cpu",
+                          c->model_type);
     /* The rope kernel computes the default rotary over the whole head only; scaled and
      * partial ropes are computed on the CPU (engine/model/rope.c) and refused here until a
      * CUDA version has run on a GPU. */

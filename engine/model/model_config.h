@@ -12,6 +12,14 @@ enum xd_arch {
     XD_ARCH_QWEN2_MOE,
     XD_ARCH_QWEN3_MOE,
     XD_ARCH_OLMOE,
+    XD_ARCH_GLM4_MOE,
+};
+
+/* How a MoE layer picks its experts. */
+enum xd_router {
+    XD_ROUTER_SOFTMAX,         /* softmax over all experts, top-k (mixtral, qwen, olmoe) */
+    XD_ROUTER_SIGMOID_GROUPED, /* sigmoid + e_score_correction_bias, group-limited top-k,
+                                * routed_scaling_factor (glm4_moe; engine/cpu/routing.h) */
 };
 
 enum xd_qk_norm {
@@ -52,7 +60,13 @@ struct xd_model_config {
     bool norm_topk_prob;         /* renormalise the top-k weights to sum to one */
     int expert_ffn;              /* width of one expert's MLP */
     int dense_ffn;               /* width of the MLP of non-MoE layers (0: none) */
-    int shared_expert_ffn;       /* qwen2_moe shared expert width (0: none) */
+    int shared_expert_ffn;       /* shared expert width (0: none): qwen2_moe's (gated),
+                                  * glm4_moe's moe_intermediate_size x n_shared_experts */
+    bool shared_expert_gated;    /* qwen2_moe: sigmoid(x . shared_expert_gate) scales it */
+    enum xd_router router;
+    int n_group;                 /* grouped router: groups of experts (1: none) */
+    int topk_group;              /* grouped router: groups kept per token */
+    float routed_scaling_factor; /* grouped router: multiplies the routing weights */
     bool is_moe_layer[XD_MAX_LAYERS];
     int n_moe_layers;
 
