@@ -495,17 +495,45 @@ static void test_error_mlp_only_layers(void)
                  "intermediate_size");
 }
 
+/* Parses json, which must succeed with eos ids want (n of them) and a warning naming the key. */
+static void expect_eos_ignored(const char *json, const int *want, int n)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse(json, &c, &err);
+    CHECK(rc == XD_OK, "refused: %s", err.msg);
+    if (rc != XD_OK)
+        return;
+    CHECK(c.n_eos == n, "%d eos ids kept, want %d", c.n_eos, n);
+    for (int i = 0; i < n && i < c.n_eos; i++)
+        CHECK(c.eos_token_ids[i] == want[i], "eos %d is %d, want %d", i, c.eos_token_ids[i],
+              want[i]);
+    CHECK_CONTAINS(c.warning, "eos_token_id");
+    CHECK_CONTAINS(c.warning, "m/config.json");
+}
+
+static void test_eos_out_of_vocab_ignored(void)
+{
+    /* ids run 0 .. vocab_size - 1; transformers only warns about others: ignored, with a
+     * warning naming the key */
+    expect_eos_ignored("{" OLMOE_BODY ", \"eos_token_id\": 50304}", NULL, 0);
+    expect_eos_ignored("{" OLMOE_BODY ", \"eos_token_id\": -1}", NULL, 0);
+    const int kept[1] = {50279};
+    expect_eos_ignored("{" OLMOE_BODY ", \"eos_token_id\": [50279, 60000]}", kept, 1);
+    /* an id past 2^32 is outside any vocabulary; it must not wrap into range */
+    expect_eos_ignored("{" OLMOE_BODY ", \"eos_token_id\": 4294967298}", NULL, 0);
+    expect_eos_ignored("{" OLMOE_BODY ", \"eos_token_id\": [4294967298, 50279]}", kept, 1);
+    struct xd_model_config c;
+    struct xd_err err;
+    CHECK(parse("{" OLMOE_BODY ", \"eos_token_id\": 50279}", &c, &err) == XD_OK &&
+              c.warning[0] == '\0',
+          "no warning for an id in the vocabulary: '%s'", c.warning);
+}
+
 static void test_error_eos_out_of_vocab(void)
 {
-    /* ids run 0 .. vocab_size - 1 */
-    expect_error("{" OLMOE_BODY ", \"eos_token_id\": 50304}", "eos_token_id");
-    expect_error("{" OLMOE_BODY ", \"eos_token_id\": -1}", "eos_token_id");
-    expect_error("{" OLMOE_BODY ", \"eos_token_id\": [50279, 60000]}", "eos_token_id");
     expect_error("{" OLMOE_BODY ", \"eos_token_id\": [50279, \"x\"]}", "eos_token_id");
     expect_error("{" OLMOE_BODY ", \"eos_token_id\": \"</s>\"}", "eos_token_id");
-    /* an id past 2^32 is outside any vocabulary; it must not wrap into range */
-    expect_error("{" OLMOE_BODY ", \"eos_token_id\": 4294967298}", "eos_token_id");
-    expect_error("{" OLMOE_BODY ", \"eos_token_id\": [4294967298]}", "eos_token_id");
     /* more ids than XD_MAX_EOS */
     expect_error("{" OLMOE_BODY ", \"eos_token_id\": [1,2,3,4,5,6,7,8,9]}", "eos_token_id");
 }
@@ -608,6 +636,7 @@ int main(int argc, char **argv)
     RUN(test_error_head_dim);
     RUN(test_error_hidden_act);
     RUN(test_error_mlp_only_layers);
+    RUN(test_eos_out_of_vocab_ignored);
     RUN(test_error_eos_out_of_vocab);
     RUN(test_error_not_json);
     RUN(test_error_not_object);

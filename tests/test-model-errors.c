@@ -178,6 +178,28 @@ static void test_intact_fixture_loads(void)
     xd_model_destroy(m);
 }
 
+/* An eos id outside the vocabulary (transformers only warns) is dropped with a warning naming
+ * the file and the key; the model loads. */
+static void test_eos_outside_vocab_ignored(void)
+{
+    char dir[4096], path[8192];
+    copy_fixture("olmoe-f32", dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    const char *text = "{\"eos_token_id\": [3, 100000]}";
+    spit(path, text, strlen(text));
+    struct xd_model *m = NULL;
+    struct xd_err err;
+    int rc = xd_model_load(dir, &m, &err);
+    CHECK(rc == XD_OK, "%s", err.msg);
+    if (rc == XD_OK) {
+        CHECK(m->config.n_eos == 1 && m->config.eos_token_ids[0] == 3, "eos ids kept: %d",
+              m->config.n_eos);
+        CHECK_CONTAINS(m->config.warning, "generation_config.json");
+        CHECK_CONTAINS(m->config.warning, "'eos_token_id' holds 100000");
+    }
+    xd_model_destroy(m);
+}
+
 /* Each row breaks one tensor's entry in a fixture's safetensors header (data unchanged); the
  * error names the tensor and the defect. */
 static const struct {
@@ -268,8 +290,8 @@ static const struct {
      "config.json", "JSON"},
     {"missing weights file", "model.safetensors", FILE_REMOVE, 0, NULL, "model.safetensors",
      NULL},
-    {"eos outside the vocabulary", "generation_config.json", FILE_REPLACE, 0,
-     "{\"eos_token_id\": [3, 100000]}", "generation_config.json", "eos_token_id"},
+    {"eos not an id", "generation_config.json", FILE_REPLACE, 0,
+     "{\"eos_token_id\": [3, \"</s>\"]}", "generation_config.json", "eos_token_id"},
 };
 
 static void test_file_defects(void)
@@ -334,6 +356,7 @@ int main(int argc, char **argv)
     RUN(test_header_defects);
     RUN(test_config_defects);
     RUN(test_file_defects);
+    RUN(test_eos_outside_vocab_ignored);
     RUN(test_sharded_loads_and_missing_shard);
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp_root);

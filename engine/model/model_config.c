@@ -93,13 +93,18 @@ static int context_length(const struct xd_model_config *c)
 }
 
 /* Appends one eos id, checked against the vocabulary before it is narrowed to int (an id
- * such as 2^32 + 2 must not wrap into range). */
+ * such as 2^32 + 2 must not wrap into range). One outside the vocabulary is ignored with a
+ * warning naming the key, as transformers only warns about it (no token can be that id). */
 static int add_eos(struct xd_model_config *c, json_int_t id, const char *path, struct xd_err *err)
 {
-    if (id < 0 || id >= c->vocab_size)
-        return xd_err_set(err, XD_ERR_CONFIG,
-                          "%s: key 'eos_token_id' holds %lld, outside the vocabulary (%d)", path,
-                          (long long)id, c->vocab_size);
+    (void)err;
+    if (id < 0 || id >= c->vocab_size) {
+        size_t len = strlen(c->warning);
+        snprintf(c->warning + len, sizeof c->warning - len,
+                 "%s%s: key 'eos_token_id' holds %lld, outside the vocabulary (%d); ignored",
+                 len ? "; " : "", path, (long long)id, c->vocab_size);
+        return XD_OK;
+    }
     c->eos_token_ids[c->n_eos++] = (int)id;
     return XD_OK;
 }

@@ -73,6 +73,10 @@ struct xd_model_config {
     int bos_token_id;            /* -1 when unknown */
     int eos_token_ids[XD_MAX_EOS];
     int n_eos;
+
+    /* What was ignored, for the caller to print ("" when nothing): eos ids outside the
+     * vocabulary, which transformers only warns about. */
+    char warning[512];
 };
 
 /* Parses config.json text (len bytes) into *ret. path names the file in
