@@ -402,10 +402,12 @@ static void test_rope_spellings(void)
                &c, &err);
     CHECK(rc == XD_OK && c.rope.type == XD_ROPE_LINEAR, "an empty rope_scaling is ignored: %s",
           err.msg);
-    /* partial_rotary_factor at the top level (GLM) */
-    rc = parse("{" QWEN3_BODY ", \"partial_rotary_factor\": 0.5}", &c, &err);
-    CHECK(rc == XD_OK && c.rope.rot_dim == 64 && c.rope.type == XD_ROPE_DEFAULT, "partial: %s",
-          err.msg);
+    /* partial rotary: glm4_moe only (transformers' qwen3_moe rotates whole heads) */
+    expect_error("{" QWEN3_BODY ", \"partial_rotary_factor\": 0.5}", "partial_rotary_factor");
+    expect_error("{" QWEN3_BODY ", \"rope_parameters\": {\"partial_rotary_factor\": 0.5}}",
+                 "partial_rotary_factor");
+    rc = parse("{" QWEN3_BODY ", \"partial_rotary_factor\": 1.0}", &c, &err);
+    CHECK(rc == XD_OK && c.rope.rot_dim == 128, "partial 1.0: %s", err.msg);
 }
 
 static void test_eos_int_and_list(void)

@@ -226,6 +226,15 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     TRY(xd_rope_parse(root, path, c->head_dim, c->max_position_embeddings,
                       c->arch == XD_ARCH_MIXTRAL ? 1e6 : 10000.0, &c->rope, err));
     c->rope_theta = c->rope.theta;
+    if (c->rope.rot_dim != c->head_dim && c->arch != XD_ARCH_GLM4_MOE) {
+        /* transformers' rotary code for these families rotates the whole head (a shorter
+         * cos/sin does not broadcast): nothing to match */
+        json_decref(root);
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: key 'partial_rotary_factor' (%g) is not supported for %s, whose "
+                          "rotary embedding covers the whole head",
+                          path, (double)c->rope.partial_rotary_factor, c->model_type);
+    }
     c->max_context = context_length(c);
     TRY(get_bool(root, path, "tie_word_embeddings", false, &c->tie_word_embeddings, err));
 
