@@ -385,6 +385,8 @@ static void test_rope_spellings(void)
     /* 0.1 ln 4 + 1 */
     CHECK(rc != XD_OK || fabsf(c.rope.attention_scaling - 1.1386294f) < 1e-6f, "attention %g",
           c.rope.attention_scaling);
+    /* the context YaRN is made for: 4 x 32768 (max_position_embeddings 40960) */
+    CHECK(rc != XD_OK || c.max_context == 131072, "yarn context %d", c.max_context);
     struct xd_rope yarn = c.rope;
     rc = parse("{" QWEN3_BODY ", \"rope_parameters\": {\"type\": \"yarn\", \"factor\": 4.0,"
                " \"original_max_position_embeddings\": 32768, \"rope_theta\": 1000000.0}}",
@@ -397,6 +399,19 @@ static void test_rope_spellings(void)
                " \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": 2.0}}",
                &c, &err);
     CHECK(rc == XD_OK && c.rope.type == XD_ROPE_LINEAR, "rope_scaling wins: %s", err.msg);
+    CHECK(rc != XD_OK || c.max_context == 2 * 40960, "linear context %d", c.max_context);
+    rc = parse("{" QWEN3_BODY ", \"rope_scaling\": {\"type\": \"dynamic\", \"factor\": 1.5}}", &c,
+               &err);
+    CHECK(rc == XD_OK && c.max_context == 61440, "dynamic context %d: %s", c.max_context,
+          err.msg);
+    rc = parse("{" QWEN3_BODY ", \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8,"
+               " \"low_freq_factor\": 1, \"high_freq_factor\": 4,"
+               " \"original_max_position_embeddings\": 8192}}",
+               &c, &err);
+    CHECK(rc == XD_OK && c.max_context == 40960, "llama3 context %d (its max is the stretched "
+          "one): %s", c.max_context, err.msg);
+    rc = parse("{" QWEN3_BODY "}", &c, &err);
+    CHECK(rc == XD_OK && c.max_context == 40960, "default context %d", c.max_context);
     rc = parse("{" QWEN3_BODY ", \"rope_parameters\": {\"rope_type\": \"linear\", \"factor\": 2},"
                " \"rope_scaling\": {}}",
                &c, &err);
