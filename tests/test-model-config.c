@@ -97,7 +97,7 @@ static void test_glm4_moe(void)
           "experts %d top %d ffn %d dense %d", c.n_experts, c.top_k, c.expert_ffn, c.dense_ffn);
     CHECK(c.shared_expert_ffn == 1408 && !c.shared_expert_gated, "shared %d",
           c.shared_expert_ffn);
-    CHECK(c.router == XD_ROUTER_SIGMOID_GROUPED && c.n_group == 1 && c.topk_group == 1 &&
+    CHECK(c.router == XD_ROUTER_SIGMOID_BIAS && c.n_group == 1 && c.topk_group == 1 &&
               c.routed_scaling_factor == 1.0f && c.norm_topk_prob,
           "router");
     CHECK(c.qkv_bias && !c.o_bias && c.qk_norm == XD_QK_NORM_NONE, "attention");

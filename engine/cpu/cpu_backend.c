@@ -294,7 +294,7 @@ static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
     /* route: softmax over all experts in f32, top-k, optional renormalisation; or the
      * grouped sigmoid router (routing.c) */
     xd_cpu_matmul(s->xn, n, &lw->router, s->router);
-    if (c->router == XD_ROUTER_SIGMOID_GROUPED) {
+    if (c->router == XD_ROUTER_SIGMOID_BIAS) {
         const struct xd_route_grouped rp = {
             .n_experts = E,
             .n_group = c->n_group,
@@ -404,12 +404,12 @@ static void predict_next_layer(struct cpu_state *s, int l, int n)
     const int E = c->n_experts, W = s->pred_width, L = c->n_moe_layers;
     xd_cpu_rmsnorm(s->h, n, &nw->mlp_norm, c->rms_norm_eps, s->pred_x);
     xd_cpu_matmul(s->pred_x, n, &nw->router, s->router);
-    if (c->router == XD_ROUTER_SIGMOID_GROUPED)
+    if (c->router == XD_ROUTER_SIGMOID_BIAS)
         xd_dtype_to_f32(nw->router_bias.dtype, nw->router_bias.data, s->router_bias, (size_t)E);
     for (int t = 0; t < n; t++) {
         float *p = s->router + (size_t)t * E;
         int32_t *ret = s->route_pred + ((size_t)t * L + nw->moe_index) * W;
-        if (c->router == XD_ROUTER_SIGMOID_GROUPED) {
+        if (c->router == XD_ROUTER_SIGMOID_BIAS) {
             xd_cpu_rank_sigmoid(p, s->router_bias, E, W, ret);
             continue;
         }

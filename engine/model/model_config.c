@@ -314,7 +314,7 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
         int n_shared = 1;
         TRY(get_int(root, path, "n_shared_experts", 1, 0, 64, &n_shared, err));
         c->shared_expert_ffn = n_shared * c->expert_ffn;
-        c->router = XD_ROUTER_SIGMOID_GROUPED;
+        c->router = XD_ROUTER_SIGMOID_BIAS;
         TRY(get_int(root, path, "n_group", 1, 1, c->n_experts, &c->n_group, err));
         TRY(get_int(root, path, "topk_group", 1, 1, c->n_group, &c->topk_group, err));
         TRY(get_float(root, path, "routed_scaling_factor", 1.0, 0.0, 1e6,

@@ -16,10 +16,10 @@ enum xd_arch {
 };
 
 /* How a MoE layer picks its experts. */
-enum xd_router {
-    XD_ROUTER_SOFTMAX,         /* softmax over all experts, top-k (mixtral, qwen, olmoe) */
-    XD_ROUTER_SIGMOID_GROUPED, /* sigmoid + e_score_correction_bias, group-limited top-k,
-                                * routed_scaling_factor (glm4_moe; engine/cpu/routing.h) */
+enum xd_router_kind {
+    XD_ROUTER_SOFTMAX,      /* softmax over all experts, top-k (mixtral, qwen, olmoe) */
+    XD_ROUTER_SIGMOID_BIAS, /* sigmoid + e_score_correction_bias, group-limited top-k,
+                             * routed_scaling_factor (glm4_moe; engine/cpu/routing.h) */
 };
 
 enum xd_qk_norm {
@@ -63,7 +63,7 @@ struct xd_model_config {
     int shared_expert_ffn;       /* shared expert width (0: none): qwen2_moe's (gated),
                                   * glm4_moe's moe_intermediate_size x n_shared_experts */
     bool shared_expert_gated;    /* qwen2_moe: sigmoid(x . shared_expert_gate) scales it */
-    enum xd_router router;
+    enum xd_router_kind router;
     int n_group;                 /* grouped router: groups of experts (1: none) */
     int topk_group;              /* grouped router: groups kept per token */
     float routed_scaling_factor; /* grouped router: multiplies the routing weights */
