@@ -222,7 +222,7 @@ ARCHS = {
         with_rope(mixtral_config, {"rope_type": "linear", "factor": 2.0}), MixtralForCausalLM, 1006, [0, 1]),
     "qwen2_moe-llama3": (
         with_rope(qwen2_moe_config, {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
         Qwen2MoeForCausalLM, 1007, [0, 2]),
     # dynamic NTK past max_position_embeddings (8): prompts of 13 tokens and 36-token greedy
     # runs; its prompt logits are computed one token per call (see DYNAMIC_INCREMENTAL)
