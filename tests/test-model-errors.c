@@ -224,6 +224,16 @@ static const struct {
     {"unsupported dtype", "olmoe-f32", dtype_i32, "model.layers.0.self_attn.q_proj.weight",
      "model.layers.0.self_attn.q_proj.weight", "I32"},
     {"missing lm_head", "olmoe-f32", drop_tensor, "lm_head.weight", "lm_head.weight", "missing"},
+    {"missing correction bias", "glm4_moe-f32", drop_tensor,
+     "model.layers.2.mlp.gate.e_score_correction_bias",
+     "model.layers.2.mlp.gate.e_score_correction_bias", "missing"},
+    {"missing shared expert", "glm4_moe-bf16", drop_tensor,
+     "model.layers.1.mlp.shared_experts.down_proj.weight",
+     "model.layers.1.mlp.shared_experts.down_proj.weight", "missing"},
+    {"missing dense layer MLP", "glm4_moe-f32", drop_tensor, "model.layers.0.mlp.up_proj.weight",
+     "model.layers.0.mlp.up_proj.weight", "missing"},
+    {"missing q_norm", "glm4_moe-f32", drop_tensor, "model.layers.1.self_attn.q_norm.weight",
+     "model.layers.1.self_attn.q_norm.weight", "missing"},
 };
 
 static void test_header_defects(void)
@@ -252,6 +262,12 @@ static const struct {
      "num_local_experts"},
     {"config disagrees with the tensors", "qwen2_moe-f32", "moe_intermediate_size", "40",
      "experts.0.gate_proj.weight", "shape"},
+    {"more shared experts than stored", "glm4_moe-f32", "n_shared_experts", "3",
+     "shared_experts.gate_proj.weight", "shape"},
+    {"groups that do not divide the experts", "glm4_moe-f32", "n_group", "3", "config.json",
+     "n_group"},
+    {"a dense layer where experts are stored", "glm4_moe-f32", "first_k_dense_replace", "2",
+     "model.layers.1.mlp.gate_proj.weight", "missing"},
 };
 
 static void test_config_defects(void)
