@@ -2,6 +2,8 @@
  * rope scaling or partial rotary (the golden fixtures of tests/fixtures/golden), with a
  * message naming the cause; a plain fixture is not refused for that reason. The refusal comes
  * before any CUDA call, so this runs without a GPU. Usage: test-cuda-refusals FIXTURES_DIR */
+#include <stdlib.h>
+
 #include "engine/engine.h"
 #include "gpu/gpu.h"
 #include "tests/test.h"
@@ -59,6 +61,19 @@ static void test_plain_not_refused_for_it(void)
     CHECK(rc == XD_OK || strstr(msg, "computed only by the CPU backend") == NULL, "%s", msg);
 }
 
+/* EXPERTD_GPU_UNVERIFIED=1 (the device check) lets the rope scalings reach their kernel; the
+ * glm4_moe router has none, so it stays refused. */
+static void test_unverified(void)
+{
+    setenv("EXPERTD_GPU_UNVERIFIED", "1", 1);
+    char msg[512] = "";
+    int rc = create("qwen3_moe-yarn-f32", msg, sizeof msg);
+    CHECK(rc == XD_OK || strstr(msg, "rope type") == NULL, "yarn still refused: %s", msg);
+    rc = create("glm4_moe-f32", msg, sizeof msg);
+    CHECK(rc == XD_ERR_UNSUPPORTED && strstr(msg, "glm4_moe") != NULL, "glm4_moe: %s", msg);
+    unsetenv("EXPERTD_GPU_UNVERIFIED");
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -69,5 +84,6 @@ int main(int argc, char **argv)
     xd_gpu_register();
     RUN(test_refused);
     RUN(test_plain_not_refused_for_it);
+    RUN(test_unverified);
     return test_summary();
 }
