@@ -133,6 +133,8 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
         fclose(probe);
         XD_TRY(xd_tokenizer_load(c->engine.model, &L->tok, err));
         XD_TRY(xd_tokenizer_config_load(c->engine.model, L->tok, &L->tcfg, err));
+        if (L->tcfg.warning[0])
+            xd_log(s, XD_LOG_WARN, "%s", L->tcfg.warning);
     } else {
         xd_log(s, XD_LOG_WARN, "%s has no tokenizer.json: prompts must be token ids, "
                "responses have no text, chat is unavailable", c->engine.model);
