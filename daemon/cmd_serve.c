@@ -120,6 +120,8 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
 {
     const struct xd_server_config *c = s->cfg;
     XD_TRY(xd_model_load(c->engine.model, &L->model, err));
+    if (L->model->config.warning[0])
+        xd_log(s, XD_LOG_WARN, "%s", L->model->config.warning);
     /* the mapping is lazy: read it now, with progress, rather than in the first requests */
     struct read_progress rp = {.s = s, .t0 = xd_now()};
     atomic_store(&s->load_phase, XD_LOAD_READING);
@@ -134,6 +136,8 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
         fclose(probe);
         XD_TRY(xd_tokenizer_load(c->engine.model, &L->tok, err));
         XD_TRY(xd_tokenizer_config_load(c->engine.model, L->tok, &L->tcfg, err));
+        if (L->tcfg.warning[0])
+            xd_log(s, XD_LOG_WARN, "%s", L->tcfg.warning);
     } else {
         xd_log(s, XD_LOG_WARN, "%s has no tokenizer.json: prompts must be token ids, "
                "responses have no text, chat is unavailable", c->engine.model);
@@ -146,7 +150,7 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     if (!blocks && c->kv_memory_mb)
         blocks = c->kv_memory_mb * (1LL << 20) / block_bytes;
     if (!blocks) { /* four full contexts, at most 2 GiB */
-        blocks = 4LL * ((mc->max_position_embeddings + c->engine.block_size - 1) /
+        blocks = 4LL * ((mc->max_context + c->engine.block_size - 1) /
                         c->engine.block_size);
         if (blocks * block_bytes > (2LL << 30))
             blocks = (2LL << 30) / block_bytes;
@@ -239,9 +243,18 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     s->eos_token = L->tcfg.eos_token;
     s->tok = L->tok;
     s->vocab_size = mc->vocab_size;
-    s->max_context = mc->max_position_embeddings;
+    s->max_context = mc->max_context;
     if (L->step.max_context && L->step.max_context < s->max_context)
         s->max_context = L->step.max_context;
+    /* One sequence can never hold more than the whole KV cache: advertise that as the context,
+     * so a request that cannot fit is refused as over the context, naming prompt or max_tokens,
+     * and chat's default completion length (the rest of the context) fits. */
+    if (blocks * c->engine.block_size < s->max_context) {
+        xd_log(s, XD_LOG_WARN, "the KV cache (%lld blocks of %d tokens) holds less than the "
+               "model's context (%d tokens): serving a context of %lld tokens", blocks,
+               c->engine.block_size, s->max_context, blocks * c->engine.block_size);
+        s->max_context = (int)(blocks * c->engine.block_size);
+    }
     pthread_rwlock_wrlock(&s->sched_lock);
     s->sched = sched;
     pthread_rwlock_unlock(&s->sched_lock);

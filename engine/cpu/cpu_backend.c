@@ -9,6 +9,7 @@
 
 #include "engine/backend.h"
 #include "engine/cpu/cpu_kernels.h"
+#include "engine/cpu/routing.h"
 
 struct cpu_state {
     const struct xd_model *m;
@@ -32,6 +33,7 @@ struct cpu_state {
     float *attn;         /* (T, q_dim) */
     float *out;          /* (T, hidden) output of a block before the residual add */
     float *router;       /* (T, n_experts) router probabilities */
+    float *router_bias;  /* (n_experts,) the layer's e_score_correction_bias in f32 */
     int32_t *slot_of;    /* (T * top_k,) row in the expert-sorted order of slot t * top_k + j */
     int32_t *expert_rows;/* (n_experts + 1,) start of each expert's rows in sorted order */
     float *xg;           /* (T * top_k, hidden) gathered inputs, expert-sorted */
@@ -56,7 +58,7 @@ static void cpu_destroy(void *p)
         return;
     float *fbufs[] = {s->k_cache, s->v_cache, s->h,  s->xn, s->q,  s->k,  s->v,  s->attn,
                       s->out,     s->router,  s->xg, s->g,  s->u,  s->eo, s->dg, s->du,
-                      s->logits,  s->route_weights, s->pred_x, s->pred_w};
+                      s->logits,  s->route_weights, s->pred_x, s->pred_w, s->router_bias};
     for (size_t i = 0; i < sizeof fbufs / sizeof fbufs[0]; i++)
         free(fbufs[i]);
     free(s->tok_seq);
@@ -120,6 +122,7 @@ static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts,
     s->attn = alloc_f(T * s->q_dim, sizeof(float), &failed);
     s->out = alloc_f(T * H, sizeof(float), &failed);
     s->router = alloc_f(T * c->n_experts, sizeof(float), &failed);
+    s->router_bias = alloc_f((size_t)c->n_experts, sizeof(float), &failed);
     s->slot_of = alloc_f(TK, sizeof(int32_t), &failed);
     s->expert_rows = alloc_f((size_t)c->n_experts + 1, sizeof(int32_t), &failed);
     s->xg = alloc_f(TK * H, sizeof(float), &failed);
@@ -242,9 +245,8 @@ static void attention_block(struct cpu_state *s, const struct xd_batch *b, int l
                 bufs[i][j] = fminf(fmaxf(bufs[i][j], -c->clip_qkv), c->clip_qkv);
     }
     for (int t = 0; t < n; t++) {
-        xd_cpu_rope(s->q + (size_t)t * s->q_dim, c->n_heads, hd, s->tok_pos[t], c->rope_theta);
-        xd_cpu_rope(s->k + (size_t)t * s->kv_dim, c->n_kv_heads, hd, s->tok_pos[t],
-                    c->rope_theta);
+        xd_cpu_rope(s->q + (size_t)t * s->q_dim, c->n_heads, hd, s->tok_pos[t], &c->rope);
+        xd_cpu_rope(s->k + (size_t)t * s->kv_dim, c->n_kv_heads, hd, s->tok_pos[t], &c->rope);
     }
     attention(s, b, l, n);
     xd_cpu_matmul(s->attn, n, &lw->wo, s->out);
@@ -289,9 +291,25 @@ static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
     const struct xd_layer_weights *lw = &s->m->layers[l];
     const int E = c->n_experts, K = c->top_k, H = c->hidden_size, L = c->n_moe_layers;
 
-    /* route: softmax over all experts in f32, top-k, optional renormalisation */
+    /* route: softmax over all experts in f32, top-k, optional renormalisation; or the
+     * grouped sigmoid router (routing.c) */
     xd_cpu_matmul(s->xn, n, &lw->router, s->router);
-    for (int t = 0; t < n; t++) {
+    if (c->router == XD_ROUTER_SIGMOID_BIAS) {
+        const struct xd_route_grouped rp = {
+            .n_experts = E,
+            .n_group = c->n_group,
+            .topk_group = c->topk_group,
+            .top_k = K,
+            .norm_topk_prob = c->norm_topk_prob,
+            .routed_scaling_factor = c->routed_scaling_factor,
+        };
+        xd_dtype_to_f32(lw->router_bias.dtype, lw->router_bias.data, s->router_bias, (size_t)E);
+        for (int t = 0; t < n; t++)
+            xd_cpu_route_grouped_sigmoid(s->router + (size_t)t * E, s->router_bias, &rp,
+                                         s->route_experts + ((size_t)t * L + lw->moe_index) * K,
+                                         s->route_weights + ((size_t)t * L + lw->moe_index) * K);
+    }
+    for (int t = 0; t < n && c->router == XD_ROUTER_SOFTMAX; t++) {
         float *p = s->router + (size_t)t * E;
         int32_t *ex = s->route_experts + ((size_t)t * L + lw->moe_index) * K;
         float *wt = s->route_weights + ((size_t)t * L + lw->moe_index) * K;
@@ -351,7 +369,13 @@ static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
         }
     }
 
-    if (lw->shared.gate.data) {
+    if (lw->shared.gate.data && !lw->shared_expert_gate.data) {
+        /* glm4_moe: out += shared_experts(x) */
+        swiglu(s->xn, n, &lw->shared, s->dg, s->du, s->eo);
+        const size_t HN = (size_t)n * H;
+        for (size_t i = 0; i < HN; i++)
+            s->out[i] += s->eo[i];
+    } else if (lw->shared.gate.data) {
         /* qwen2_moe: out += sigmoid(x . shared_expert_gate) * shared_expert(x) */
         float gate_logit[n];
         swiglu(s->xn, n, &lw->shared, s->dg, s->du, s->eo);
@@ -380,10 +404,17 @@ static void predict_next_layer(struct cpu_state *s, int l, int n)
     const int E = c->n_experts, W = s->pred_width, L = c->n_moe_layers;
     xd_cpu_rmsnorm(s->h, n, &nw->mlp_norm, c->rms_norm_eps, s->pred_x);
     xd_cpu_matmul(s->pred_x, n, &nw->router, s->router);
+    if (c->router == XD_ROUTER_SIGMOID_BIAS)
+        xd_dtype_to_f32(nw->router_bias.dtype, nw->router_bias.data, s->router_bias, (size_t)E);
     for (int t = 0; t < n; t++) {
         float *p = s->router + (size_t)t * E;
+        int32_t *ret = s->route_pred + ((size_t)t * L + nw->moe_index) * W;
+        if (c->router == XD_ROUTER_SIGMOID_BIAS) {
+            xd_cpu_rank_sigmoid(p, s->router_bias, E, W, ret);
+            continue;
+        }
         xd_cpu_softmax(p, E);
-        top_k(p, E, W, s->route_pred + ((size_t)t * L + nw->moe_index) * W, s->pred_w);
+        top_k(p, E, W, ret, s->pred_w);
     }
 }
 

@@ -5,12 +5,21 @@
 #include <stdbool.h>
 
 #include "engine/base/status.h"
+#include "engine/model/rope.h"
 
 enum xd_arch {
     XD_ARCH_MIXTRAL,
     XD_ARCH_QWEN2_MOE,
     XD_ARCH_QWEN3_MOE,
     XD_ARCH_OLMOE,
+    XD_ARCH_GLM4_MOE,
+};
+
+/* How a MoE layer picks its experts. */
+enum xd_router_kind {
+    XD_ROUTER_SOFTMAX,      /* softmax over all experts, top-k (mixtral, qwen, olmoe) */
+    XD_ROUTER_SIGMOID_BIAS, /* sigmoid + e_score_correction_bias, group-limited top-k,
+                             * routed_scaling_factor (glm4_moe; engine/cpu/routing.h) */
 };
 
 enum xd_qk_norm {
@@ -32,8 +41,13 @@ struct xd_model_config {
     int n_kv_heads;
     int head_dim;
     int max_position_embeddings;
+    int max_context;             /* positions a sequence may hold: max_position_embeddings,
+                                  * times factor for linear and dynamic rope, and
+                                  * original_max_position_embeddings x factor for yarn when
+                                  * larger (the lengths those scalings are made for) */
     float rms_norm_eps;
-    float rope_theta;
+    float rope_theta;            /* rope.theta */
+    struct xd_rope rope;         /* rope type, inverse frequencies, rotary dims, attention factor */
     int sliding_window;          /* 0: none */
     bool tie_word_embeddings;
     bool qkv_bias;               /* q, k and v projections have biases */
@@ -46,13 +60,23 @@ struct xd_model_config {
     bool norm_topk_prob;         /* renormalise the top-k weights to sum to one */
     int expert_ffn;              /* width of one expert's MLP */
     int dense_ffn;               /* width of the MLP of non-MoE layers (0: none) */
-    int shared_expert_ffn;       /* qwen2_moe shared expert width (0: none) */
+    int shared_expert_ffn;       /* shared expert width (0: none): qwen2_moe's (gated),
+                                  * glm4_moe's moe_intermediate_size x n_shared_experts */
+    bool shared_expert_gated;    /* qwen2_moe: sigmoid(x . shared_expert_gate) scales it */
+    enum xd_router_kind router;
+    int n_group;                 /* grouped router: groups of experts (1: none) */
+    int topk_group;              /* grouped router: groups kept per token */
+    float routed_scaling_factor; /* grouped router: multiplies the routing weights */
     bool is_moe_layer[XD_MAX_LAYERS];
     int n_moe_layers;
 
     int bos_token_id;            /* -1 when unknown */
     int eos_token_ids[XD_MAX_EOS];
     int n_eos;
+
+    /* What was ignored, for the caller to print ("" when nothing): eos ids outside the
+     * vocabulary, which transformers only warns about. */
+    char warning[512];
 };
 
 /* Parses config.json text (len bytes) into *ret. path names the file in

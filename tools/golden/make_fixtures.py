@@ -30,6 +30,8 @@ import torch
 import transformers
 from safetensors import safe_open
 from transformers import (
+    Glm4MoeConfig,
+    Glm4MoeForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
     OlmoeConfig,
@@ -157,13 +159,86 @@ def olmoe_config():
     )
 
 
+def glm4_moe_config():
+    # GLM-4.5's options, shrunk: partial rotary (half of head_dim 32), q/k norm, biases on
+    # q/k/v, a dense first layer, 16 experts in 4 groups of which 2 are kept, a shared
+    # expert, routed_scaling_factor; no MTP layer (transformers does not run it either).
+    return Glm4MoeConfig(
+        **COMMON,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,  # != hidden_size / num_attention_heads (16)
+        partial_rotary_factor=0.5,
+        vocab_size=271,
+        n_routed_experts=16,
+        num_experts_per_tok=4,
+        moe_intermediate_size=24,
+        intermediate_size=80,
+        n_shared_experts=2,
+        n_group=4,
+        topk_group=2,
+        first_k_dense_replace=1,
+        norm_topk_prob=True,
+        routed_scaling_factor=2.5,
+        use_qk_norm=True,
+        attention_bias=True,
+        tie_word_embeddings=False,
+        num_mtp_layers=0,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    )
+
+
+def with_rope(make_config, rope_parameters, **overrides):
+    """A family's fixture config with another rope (the RoPE-scaling fixtures)."""
+
+    def make():
+        c = make_config()
+        for k, v in overrides.items():
+            setattr(c, k, v)
+        c.rope_parameters = dict(rope_parameters, rope_theta=c.rope_parameters["rope_theta"])
+        c.validate_rope()
+        return c
+
+    return make
+
+
 # name -> (config factory, model class, seed, which layers must be sparse)
 ARCHS = {
     "mixtral": (mixtral_config, MixtralForCausalLM, 1001, [0, 1]),
     "qwen2_moe": (qwen2_moe_config, Qwen2MoeForCausalLM, 1002, [0, 2]),
     "qwen3_moe": (qwen3_moe_config, Qwen3MoeForCausalLM, 1003, [1, 3]),
     "olmoe": (olmoe_config, OlmoeForCausalLM, 1004, [0, 1]),
+    "glm4_moe": (glm4_moe_config, Glm4MoeForCausalLM, 1009, [1, 2]),
+    # RoPE scalings, f32 only. Qwen3-30B-A3B's model card YaRN (factor 4 over
+    # original_max_position_embeddings 32768), scaled down to 12 positions so that every
+    # tested position sees it; expertd's context is then 4 x 12.
+    "qwen3_moe-yarn": (
+        with_rope(qwen3_moe_config, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 12},
+                  max_position_embeddings=48),
+        Qwen3MoeForCausalLM, 1005, [1, 3]),
+    "mixtral-linear": (
+        with_rope(mixtral_config, {"rope_type": "linear", "factor": 2.0}), MixtralForCausalLM, 1006, [0, 1]),
+    "qwen2_moe-llama3": (
+        with_rope(qwen2_moe_config, {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+        Qwen2MoeForCausalLM, 1007, [0, 2]),
+    # dynamic NTK past max_position_embeddings (8): prompts of 13 tokens and 36-token greedy
+    # runs; its prompt logits are computed one token per call (see DYNAMIC_INCREMENTAL)
+    "olmoe-dynamic": (
+        with_rope(olmoe_config, {"rope_type": "dynamic", "factor": 8.0}, max_position_embeddings=8),
+        OlmoeForCausalLM, 1008, [0, 1]),
 }
+
+# Fixtures whose prompt logits transformers computes one token per forward call (with the KV
+# cache): dynamic NTK rescales by the longest position of each call, so a prompt longer than
+# max_position_embeddings fed in one call gets other frequencies than fed token by token, as
+# generate() feeds every decoded token. expertd rotates each token for its own position (pos + 1),
+# which is the token-by-token reference (and the one-call reference for prompts that fit).
+DYNAMIC_INCREMENTAL = {"olmoe-dynamic"}
+FAMILY_CLASS = {"qwen3_moe-yarn": "qwen3_moe", "mixtral-linear": "mixtral", "qwen2_moe-llama3": "qwen2_moe",
+                "olmoe-dynamic": "olmoe"}
 
 SHARD_SIZE = {"mixtral-bf16": "150KB"}
 
@@ -202,6 +277,10 @@ def build_model(arch):
                 raise SystemExit(f"{arch}: parameter {name} is all zero after init")
             if name.endswith("gate.weight") and p.std() < 0.5 * INIT_RANGE:
                 raise SystemExit(f"{arch}: router {name} not randomly initialised")
+        # glm4_moe's e_score_correction_bias is a buffer (zeros at init): make it matter
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.1 * torch.randn(b.shape, generator=gen))
     return model, seed
 
 
@@ -232,6 +311,20 @@ def prompt_logits(model, prompts):
     for p in prompts:
         logits = model(input_ids=torch.tensor([p]), use_cache=False).logits[0]
         out.append(f32rows(logits))
+    return out
+
+
+@torch.no_grad()
+def prompt_logits_incremental(model, prompts):
+    out = []
+    for p in prompts:
+        pkv = None
+        rows = []
+        for t in p:
+            o = model(input_ids=torch.tensor([[t]]), past_key_values=pkv, use_cache=True)
+            pkv = o.past_key_values
+            rows.append(f32rows(o.logits[0, -1]))
+        out.append(np.stack(rows))
     return out
 
 
@@ -286,15 +379,33 @@ class RouterMonitor:
         self.handles = [
             m.register_forward_hook(self.hook)
             for m in model.modules()
-            if type(m).__name__.endswith("TopKRouter")
+            if type(m).__name__.lower().endswith("topkrouter")
         ]
         assert self.handles, "no router modules found"
 
     def hook(self, module, args, output):
         logits = output[0].detach().to(torch.float32)
+        if hasattr(module, "e_score_correction_bias"):
+            self.min_margin = min(self.min_margin, self.grouped_margin(module, logits))
+            return
         top = logits.topk(self.k + 1, dim=-1).values
         margin = float((top[:, self.k - 1] - top[:, self.k]).min())
         self.min_margin = min(self.min_margin, margin)
+
+    def grouped_margin(self, module, logits):
+        """Sigmoid + bias, group-limited: the smaller of the group choice's and the expert
+        choice's k-th vs (k+1)-th gaps."""
+        choice = logits.sigmoid() + module.e_score_correction_bias.to(torch.float32)
+        g, per = module.num_group, module.num_experts // module.num_group
+        gs = choice.view(-1, g, per).topk(2, dim=-1)[0].sum(-1)
+        margin = math.inf
+        if module.topk_group < g:
+            top = gs.topk(module.topk_group + 1, dim=-1).values
+            margin = float((top[:, -2] - top[:, -1]).min())
+        keep = torch.zeros_like(gs).scatter_(1, gs.topk(module.topk_group, dim=-1)[1], 1)
+        mask = keep.unsqueeze(-1).expand(-1, g, per).reshape(-1, module.num_experts).bool()
+        top = choice.masked_fill(~mask, float("-inf")).topk(self.k + 1, dim=-1).values
+        return min(margin, float((top[:, self.k - 1] - top[:, self.k]).min()))
 
     def reset(self):
         self.min_margin = math.inf
@@ -421,7 +532,8 @@ def check_roundtrip(model, path, dtype):
     got = loaded.state_dict()
     assert set(ref) == set(got), (set(ref) ^ set(got))
     for k in ref:
-        if not torch.equal(ref[k], got[k]):
+        # glm4_moe keeps e_score_correction_bias in f32 at load (_keep_in_fp32_modules_strict)
+        if not torch.equal(ref[k], got[k].to(ref[k].dtype)):
             raise SystemExit(f"{path}: {k} differs after save/load")
 
 
@@ -478,7 +590,7 @@ def make_fixture(out_dir, arch, model, seed, dtype_name, fused=False, report=Non
         cont_prompt = rand_ids(gen, CONT_PROMPT_LEN, vocab)
         cont_tokens = rand_ids(gen, CONT_TOKENS, vocab)
         mon.reset()
-        pl = prompt_logits(m32, prompts)
+        pl = (prompt_logits_incremental if arch in DYNAMIC_INCREMENTAL else prompt_logits)(m32, prompts)
         cl = continuation(m32, cont_prompt, cont_tokens)
         margin = mon.min_margin
         if margin >= MIN_ROUTER_MARGIN:
@@ -523,7 +635,8 @@ def make_fixture(out_dir, arch, model, seed, dtype_name, fused=False, report=Non
         "greedy_router_margin": gmargin,
         "greedy_retries": retries,
     }
-    info.update(cross_checks(path, torch.float32, prompts, pl, cont_prompt, cont_tokens, cl))
+    if arch not in DYNAMIC_INCREMENTAL:
+        info.update(cross_checks(path, torch.float32, prompts, pl, cont_prompt, cont_tokens, cl))
 
     # Reference 2 (bf16 checkpoints): native bfloat16 compute, same inputs.
     if dtype_name == "bf16":
@@ -578,6 +691,8 @@ def main():
         print(f"building {arch}")
         model, seed = build_model(arch)
         pl32, cl32, gt32 = make_fixture(args.out, arch, model, seed, "f32", report=report)
+        if arch in FAMILY_CLASS:
+            continue  # the rope fixtures: f32 only
         make_fixture(args.out, arch, model, seed, "bf16", report=report)
         if arch == "olmoe":
             # float16 weights, computed in f32 like the others: the loader's third dtype
