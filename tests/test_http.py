@@ -1344,6 +1344,8 @@ def kv_cache_too_small_names_prompt_or_max_tokens():
         assert r.status_code == 200, r.text
     finally:
         small.stop()
+
+
 TOKENIZE_FIXTURE = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                "fixtures", "tokenize", "qwen2_moe.json"),
                                   encoding="utf-8"))
