@@ -550,9 +550,9 @@ static json_t *take_calls(struct gen_job *j, struct choice *c)
             free(call.arguments);
             continue;
         }
-        char id[96];
-        snprintf(id, sizeof id, "call_%s_%d_%d", strchr(j->id, '-') ? strchr(j->id, '-') + 1 : j->id,
-                 c->index, c->n_calls);
+        char id[96]; /* call_<the response id's hex>_<choice>_<call>: unique per server run */
+        const char *hex = strchr(j->id, '-') ? strchr(j->id, '-') + 1 : j->id;
+        snprintf(id, sizeof id, "call_%s_%d_%d", hex, c->index, c->n_calls);
         json_t *fn = json_object(), *o = json_object();
         json_object_set_new(fn, "name", json_string(call.name));
         json_object_set_new(fn, "arguments", json_string(call.arguments));
@@ -610,7 +610,8 @@ static void sse_echo_chunk(struct gen_job *j, struct choice *c)
     const struct prompt *p = &j->prompts[c->prompt];
     json_t *o = envelope(j, true), *ch = json_object(), *choices = json_array();
     json_object_set_new(ch, "index", json_integer(c->index));
-    json_object_set_new(ch, "text", json_stringn(p->text ? p->text : "", p->text ? p->text_len : 0));
+    json_object_set_new(ch, "text",
+                        json_stringn(p->text ? p->text : "", p->text ? p->text_len : 0));
     json_object_set_new(ch, "logprobs", c->logprobs);
     json_object_set_new(ch, "finish_reason", json_null());
     json_array_append_new(choices, ch);

@@ -38,10 +38,10 @@ static const struct tc_case CASES[] = {
      "<tool_call>{not json}</tool_call> after", 0, {{0}}},
     {XD_TOOL_SYNTAX_HERMES, "<tool_call>{\"arguments\": {}}</tool_call>",
      "<tool_call>{\"arguments\": {}}</tool_call>", 0, {{0}}}, /* no name */
-    {XD_TOOL_SYNTAX_HERMES, "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"q\": \"<tool_call>\"}}",
-     "", 1, {{"f", "{\"q\":\"<tool_call>\"}"}}}, /* unclosed at the end: whole, so a call */
-    {XD_TOOL_SYNTAX_HERMES, "<tool_call>{\"name\": \"f\", \"argu", "<tool_call>{\"name\": \"f\", \"argu",
-     0, {{0}}}, /* cut off: content */
+    {XD_TOOL_SYNTAX_HERMES,
+     "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"q\": \"<tool_call>\"}}", "", 1, {{"f", "{\"q\":\"<tool_call>\"}"}}}, /* unclosed at the end: whole, so a call */
+    {XD_TOOL_SYNTAX_HERMES, "<tool_call>{\"name\": \"f\", \"argu",
+     "<tool_call>{\"name\": \"f\", \"argu", 0, {{0}}}, /* cut off: content */
     {XD_TOOL_SYNTAX_HERMES, "x <tool_ca", "x <tool_ca", 0, {{0}}},
     /* Mistral */
     {XD_TOOL_SYNTAX_MISTRAL,
