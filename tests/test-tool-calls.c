@@ -39,7 +39,9 @@ static const struct tc_case CASES[] = {
     {XD_TOOL_SYNTAX_HERMES, "<tool_call>{\"arguments\": {}}</tool_call>",
      "<tool_call>{\"arguments\": {}}</tool_call>", 0, {{0}}}, /* no name */
     {XD_TOOL_SYNTAX_HERMES,
-     "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"q\": \"<tool_call>\"}}", "", 1, {{"f", "{\"q\":\"<tool_call>\"}"}}}, /* unclosed at the end: whole, so a call */
+     /* unclosed at the end: whole, so a call */
+     "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"q\": \"<tool_call>\"}}", "", 1,
+     {{"f", "{\"q\":\"<tool_call>\"}"}}},
     {XD_TOOL_SYNTAX_HERMES, "<tool_call>{\"name\": \"f\", \"argu",
      "<tool_call>{\"name\": \"f\", \"argu", 0, {{0}}}, /* cut off: content */
     {XD_TOOL_SYNTAX_HERMES, "x <tool_ca", "x <tool_ca", 0, {{0}}},
