@@ -107,7 +107,7 @@ const struct xd_opt xd_server_config_opts[] = {
     {"tool-call-parser", XD_OPT_STRING, SRV(tool_call_parser), 0, 0, "EXPERTD_TOOL_CALL_PARSER",
      "the syntax of the model's tool calls, parsed into message.tool_calls: auto (from the chat "
      "template), none, hermes (<tool_call> JSON: Qwen2.5, Qwen3), mistral ([TOOL_CALLS]), "
-     "deepseek_v3 or glm45 (default auto)"},
+     "deepseek_v3, glm45 or qwen3_coder (<function=name><parameter=k>) (default auto)"},
     {"record-routing", XD_OPT_STRING, SRV(record_routing), 0, 0, NULL,
      "write every token's expert routing (request, step, layer, experts, weights) to FILE, "
      "zstd-compressed, for expertd plan, created mode 0600: a trace is as private as the "
@@ -178,7 +178,7 @@ int xd_server_config_validate(const struct xd_server_config *cfg, struct xd_err 
     if (!cfg->tool_call_parser || (strcmp(cfg->tool_call_parser, "auto") != 0 &&
                                    xd_tool_syntax_from_name(cfg->tool_call_parser, &ts) < 0))
         return xd_err_set(err, XD_ERR_CONFIG, "option '--tool-call-parser': '%s' is not auto, "
-                          "none, hermes, mistral, deepseek_v3 or glm45",
+                          "none, hermes, mistral, deepseek_v3, glm45 or qwen3_coder",
                           cfg->tool_call_parser ? cfg->tool_call_parser : "");
     if (!cfg->host || !cfg->host[0])
         return xd_err_set(err, XD_ERR_CONFIG, "option '--host' is empty");

@@ -57,7 +57,7 @@ struct xd_server_config {
     const char *reasoning_parser;  /* auto (from the chat template), none, think, qwen3 or
                                       deepseek_r1 (engine/text/reasoning.h) */
     const char *tool_call_parser;  /* auto (from the chat template), none, hermes, mistral,
-                                      deepseek_v3 or glm45 (engine/text/tool_calls.h) */
+                                      deepseek_v3, glm45 or qwen3_coder (engine/text/tool_calls.h) */
     const char *log_level;         /* error, warn, info (one line per request), debug */
     const char *record_routing;    /* write every token's expert routing to this trace file */
     bool overwrite;                /* record_routing may replace an existing regular file */

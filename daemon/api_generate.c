@@ -1424,7 +1424,7 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
         xd_api_error_set(&e, 400, "invalid_request_error", "tools", "invalid_value",
                          "'tools': this model's chat template shows no tool-call syntax expertd "
                          "parses; start the server with --tool-call-parser hermes, mistral, "
-                         "deepseek_v3 or glm45, or send 'tool_choice': 'none'");
+                         "deepseek_v3, glm45 or qwen3_coder, or send 'tool_choice': 'none'");
         return xd_http_send_error(r, &e);
     }
     if (check_logit_bias(s, &j->api, &e) < 0 || build_prompts(j, &e) < 0 ||

@@ -77,6 +77,17 @@ static const struct tc_case CASES[] = {
     {XD_TOOL_SYNTAX_GLM45, "Hmm.<tool_call>now</tool_call>", "Hmm.", 1, {{"now", "{}"}}},
     {XD_TOOL_SYNTAX_GLM45, "<tool_call>f\n<arg_key>a</arg_key>junk</tool_call>",
      "<tool_call>f\n<arg_key>a</arg_key>junk</tool_call>", 0, {{0}}},
+    /* Qwen3-Coder */
+    {XD_TOOL_SYNTAX_QWEN3_CODER,
+     "I'll look.\n<tool_call>\n<function=get_weather>\n<parameter=city>\nSan Francisco\n"
+     "</parameter>\n<parameter=days>\n3\n</parameter>\n<parameter=zip>\n94107\n</parameter>\n"
+     "</function>\n</tool_call>",
+     "I'll look.\n", 1,
+     {{"get_weather", "{\"city\":\"San Francisco\",\"days\":3,\"zip\":\"94107\"}"}}},
+    {XD_TOOL_SYNTAX_QWEN3_CODER, "<tool_call><function=now></function></tool_call>", "", 1,
+     {{"now", "{}"}}},
+    {XD_TOOL_SYNTAX_QWEN3_CODER, "<tool_call><function=f><parameter=a>1</function></tool_call>",
+     "<tool_call><function=f><parameter=a>1</function></tool_call>", 0, {{0}}},
     /* no parser: everything is content */
     {XD_TOOL_SYNTAX_NONE, "<tool_call>{\"name\": \"f\"}</tool_call>",
      "<tool_call>{\"name\": \"f\"}</tool_call>", 0, {{0}}},
@@ -128,7 +139,8 @@ static void test_families_whole_and_every_cut(void)
     CHECK(glm_tools != NULL, "tools json");
     for (size_t k = 0; k < sizeof CASES / sizeof CASES[0]; k++) {
         const struct tc_case *c = &CASES[k];
-        const json_t *tools = c->syntax == XD_TOOL_SYNTAX_GLM45 ? glm_tools : NULL;
+        const json_t *tools = c->syntax == XD_TOOL_SYNTAX_GLM45 ||
+                                  c->syntax == XD_TOOL_SYNTAX_QWEN3_CODER ? glm_tools : NULL;
         size_t len = strlen(c->out);
         CHECK(run(c, tools, NULL, 0), "case %zu (%s) whole: '%s'", k,
               xd_tool_syntax_name(c->syntax), c->out);
@@ -159,6 +171,7 @@ static void test_names_and_detection(void)
     CHECK(strcmp(xd_tool_syntax_name(XD_TOOL_SYNTAX_DEEPSEEK_V3), "deepseek_v3") == 0, "name");
     CHECK(xd_tool_syntax_detect("{{- '<tool_call>\\n' }}") == XD_TOOL_SYNTAX_HERMES, "qwen");
     CHECK(xd_tool_syntax_detect("<tool_call>{{ n }}<arg_key>") == XD_TOOL_SYNTAX_GLM45, "glm");
+    CHECK(xd_tool_syntax_detect("<tool_call>\n<function=") == XD_TOOL_SYNTAX_QWEN3_CODER, "coder");
     CHECK(xd_tool_syntax_detect("{{ '[TOOL_CALLS] [' }}") == XD_TOOL_SYNTAX_MISTRAL, "mistral");
     CHECK(xd_tool_syntax_detect("'" DS_CALLS_BEGIN "'") == XD_TOOL_SYNTAX_DEEPSEEK_V3, "ds");
     CHECK(xd_tool_syntax_detect("{{ messages }}") == XD_TOOL_SYNTAX_NONE &&

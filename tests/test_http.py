@@ -1725,7 +1725,8 @@ def reasoning_then_tool_call():
 
 @test
 def tool_calls_of_every_family():
-    """The same call in each family's syntax (--tool-call-parser mistral, deepseek_v3, glm45;
+    """The same call in each family's syntax (--tool-call-parser mistral, deepseek_v3, glm45,
+    qwen3_coder;
     the markers are ordinary text in this tokenizer), whole and streamed, through the SDK."""
     ds = lambda name: "<\uff5ctool\u2581" + name + "\uff5c>"
     outputs = {
@@ -1735,6 +1736,9 @@ def tool_calls_of_every_family():
                         ds("call\u2581end") + ds("calls\u2581end")),
         "glm45": ("<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Rome</arg_value>\n"
                   "<arg_key>days</arg_key>\n<arg_value>1</arg_value>\n</tool_call>"),
+        "qwen3_coder": ("<tool_call>\n<function=get_weather>\n<parameter=city>\nRome\n"
+                        "</parameter>\n<parameter=days>\n1\n</parameter>\n</function>\n"
+                        "</tool_call>"),
     }
     msgs = [{"role": "user", "content": "Weather in Rome?"}]
     for parser, out in outputs.items():

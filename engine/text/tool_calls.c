@@ -21,6 +21,7 @@ static struct markers markers_of(enum xd_tool_syntax s)
     switch (s) {
     case XD_TOOL_SYNTAX_HERMES:
     case XD_TOOL_SYNTAX_GLM45:
+    case XD_TOOL_SYNTAX_QWEN3_CODER:
         return (struct markers){"<tool_call>", "</tool_call>"};
     case XD_TOOL_SYNTAX_MISTRAL:
         return (struct markers){"[TOOL_CALLS]", NULL};
@@ -40,6 +41,7 @@ static const struct {
     {"mistral", XD_TOOL_SYNTAX_MISTRAL},
     {"deepseek_v3", XD_TOOL_SYNTAX_DEEPSEEK_V3},
     {"glm45", XD_TOOL_SYNTAX_GLM45},
+    {"qwen3_coder", XD_TOOL_SYNTAX_QWEN3_CODER},
 };
 
 int xd_tool_syntax_from_name(const char *name, enum xd_tool_syntax *ret)
@@ -67,6 +69,8 @@ enum xd_tool_syntax xd_tool_syntax_detect(const char *t)
         return XD_TOOL_SYNTAX_NONE;
     if (strstr(t, "<tool_call>") && strstr(t, "<arg_key>"))
         return XD_TOOL_SYNTAX_GLM45;
+    if (strstr(t, "<tool_call>") && strstr(t, "<function="))
+        return XD_TOOL_SYNTAX_QWEN3_CODER;
     if (strstr(t, "<tool_call>"))
         return XD_TOOL_SYNTAX_HERMES;
     if (strstr(t, "[TOOL_CALLS]"))
@@ -363,6 +367,70 @@ static int parse_glm(struct xd_tool_stream *t, const char *s, const char *e)
     return add_call(t, ns, name_end, args);
 }
 
+/* A parameter's value as the schema types it: a "string" stays text, anything else is read as
+ * JSON when it parses (a number, true, an object), else text. NULL: not UTF-8 (or no memory). */
+static json_t *typed_value(const struct xd_tool_stream *t, const char *name, size_t name_len,
+                           const char *key, const char *vs, const char *ve)
+{
+    const char *type = param_type(t->tools, name, name_len, key);
+    json_t *v = NULL;
+    if (!type || strcmp(type, "string") != 0)
+        v = json_loadb(vs, (size_t)(ve - vs), JSON_DECODE_ANY, NULL);
+    return v ? v : json_stringn(vs, (size_t)(ve - vs));
+}
+
+/* Qwen3-Coder: <function=name> (<parameter=key>value</parameter>)* </function>, whitespace
+ * between; a value loses one newline at each end, as the template writes them. */
+static int parse_qwen3_coder(struct xd_tool_stream *t, const char *s, const char *e)
+{
+    trim(&s, &e);
+    const char *gt;
+    if (!starts(s, e, "<function=") || !(gt = find(s, e, ">")))
+        return XD_ERR_INVALID;
+    const char *ns = s + 10, *ne = gt;
+    trim(&ns, &ne);
+    const char *fend = find(gt, e, "</function>");
+    const char *rest = fend ? fend + 11 : NULL;
+    if (!fend || (trim(&rest, &e), rest != e))
+        return XD_ERR_INVALID;
+    json_t *args = json_object();
+    if (!args)
+        return XD_ERR_NOMEM;
+    s = gt + 1;
+    int rc = XD_OK;
+    for (;;) {
+        trim(&s, &fend);
+        if (s == fend)
+            break;
+        const char *kgt, *pend;
+        if (!starts(s, fend, "<parameter=") || !(kgt = find(s, fend, ">")) ||
+            !(pend = find(kgt, fend, "</parameter>"))) {
+            rc = XD_ERR_INVALID;
+            break;
+        }
+        const char *ks = s + 11, *ke = kgt;
+        trim(&ks, &ke);
+        char *key = strndup(ks, (size_t)(ke - ks));
+        const char *vs = kgt + 1, *ve = pend;
+        if (vs < ve && *vs == '\n')
+            vs++;
+        if (ve > vs && ve[-1] == '\n')
+            ve--;
+        json_t *v = key ? typed_value(t, ns, (size_t)(ne - ns), key, vs, ve) : NULL;
+        if (!key || !v || json_object_set_new(args, key, v) < 0)
+            rc = XD_ERR_INVALID; /* not UTF-8: not a call */
+        free(key);
+        if (rc < 0)
+            break;
+        s = pend + 12;
+    }
+    if (rc < 0) {
+        json_decref(args);
+        return rc;
+    }
+    return add_call(t, ns, ne, args);
+}
+
 /* Parses one region; on a malformed one the calls it added are dropped again. */
 static int parse_region(struct xd_tool_stream *t, const char *s, size_t n)
 {
@@ -380,6 +448,9 @@ static int parse_region(struct xd_tool_stream *t, const char *s, size_t n)
         break;
     case XD_TOOL_SYNTAX_GLM45:
         rc = parse_glm(t, s, s + n);
+        break;
+    case XD_TOOL_SYNTAX_QWEN3_CODER:
+        rc = parse_qwen3_coder(t, s, s + n);
         break;
     default:
         rc = XD_ERR_INVALID;

@@ -1,6 +1,7 @@
 /* Tool calls in a model's output: each family's syntax (Hermes-style <tool_call>{json}</tool_call>
  * of Qwen2.5/Qwen3, Mistral's [TOOL_CALLS], DeepSeek-V3's <｜tool▁calls▁begin｜>, GLM-4.5's
- * <tool_call>name<arg_key>..</arg_key><arg_value>..</arg_value></tool_call>) cut out of the text
+ * <tool_call>name<arg_key>..</arg_key><arg_value>..</arg_value></tool_call>, Qwen3-Coder's
+ * <tool_call><function=name><parameter=k>v</parameter></function></tool_call>) cut out of the text
  * into calls {name, arguments as JSON text}, whole or streamed piece by piece with the same
  * result for every cut. Text that is not a well-formed call stays content. */
 #ifndef XD_TOOL_CALLS_H
@@ -23,9 +24,11 @@ enum xd_tool_syntax {
                                    (V3.1: <｜tool▁call▁begin｜>name<｜tool▁sep｜>{..}<｜tool▁call▁end｜>) */
     XD_TOOL_SYNTAX_GLM45,       /* <tool_call>name\n<arg_key>k</arg_key>\n<arg_value>v</arg_value>
                                    ..</tool_call> */
+    XD_TOOL_SYNTAX_QWEN3_CODER, /* <tool_call>\n<function=name>\n<parameter=k>\nv\n</parameter>
+                                   ..</function>\n</tool_call> */
 };
 
-/* "none", "hermes", "mistral", "deepseek_v3", "glm45" (vLLM's names) into *ret;
+/* "none", "hermes", "mistral", "deepseek_v3", "glm45", "qwen3_coder" (vLLM's names) into *ret;
  * XD_ERR_INVALID otherwise (*ret not written). */
 int xd_tool_syntax_from_name(const char *name, enum xd_tool_syntax *ret);
 const char *xd_tool_syntax_name(enum xd_tool_syntax s);
@@ -47,8 +50,8 @@ struct xd_tool_call {
 struct xd_tool_stream;
 
 /* Creates a parser for syntax s. tools (borrowed for the parser's life, may be NULL): the
- * request's OpenAI tools list; GLM-4.5 reads each parameter's schema type from it (a
- * "string" parameter's value stays a string, others are read as JSON when they parse).
+ * request's OpenAI tools list; GLM-4.5 and Qwen3-Coder read each parameter's schema type from
+ * it (a "string" parameter's value stays a string, others are read as JSON when they parse).
  * XD_ERR_NOMEM when out of memory. */
 int xd_tool_stream_create(enum xd_tool_syntax s, const json_t *tools, struct xd_tool_stream **ret);
 void xd_tool_stream_destroy(struct xd_tool_stream *t); /* accepts NULL */

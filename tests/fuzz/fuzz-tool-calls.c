@@ -48,7 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
         return 0;
-    const enum xd_tool_syntax syn = (enum xd_tool_syntax)(data[0] % 5);
+    const enum xd_tool_syntax syn = (enum xd_tool_syntax)(data[0] % 6);
     size_t len = size - 2;
     size_t cut = len ? data[1] % (len + 1) : 0;
     char *text = malloc(len ? len : 1); /* exact size: ASan sees a read past the end */
