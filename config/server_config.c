@@ -3,6 +3,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "engine/text/chat_template.h"
 #include "scheduler/scheduler.h"
@@ -94,8 +95,8 @@ const struct xd_opt xd_server_config_opts[] = {
      "seconds SIGTERM waits for in-flight requests (default 30)"},
     {"keepalive-interval", XD_OPT_FLOAT, SRV(keepalive_interval), 0.05, 3600, NULL,
      "seconds between SSE keep-alive comments while waiting (default 10)"},
-    {"chat-template", XD_OPT_STRING, SRV(chat_template), 0, 0, NULL,
-     "chatml, mistral, mistral-v1, olmoe or qwen3: overrides the template detected in tokenizer_config.json"},
+    {"chat-template", XD_OPT_STRING, SRV(chat_template), 0, 0, "EXPERTD_CHAT_TEMPLATE",
+     "NAME|FILE: a built-in template (chatml, mistral, mistral-v1, olmoe, qwen3) or a Jinja file, instead of the model's own chat template"},
     {"record-routing", XD_OPT_STRING, SRV(record_routing), 0, 0, NULL,
      "write every token's expert routing (request, step, layer, experts, weights) to FILE, "
      "zstd-compressed, for expertd plan, created mode 0600: a trace is as private as the "
@@ -148,10 +149,17 @@ int xd_server_config_validate(const struct xd_server_config *cfg, struct xd_err 
         return xd_err_set(err, XD_ERR_CONFIG,
                           "option '--log-level': '%s' is not error, warn, info or debug",
                           cfg->log_level ? cfg->log_level : "");
-    if (cfg->chat_template && xd_chat_format_from_name(cfg->chat_template) == XD_CHAT_UNKNOWN)
-        return xd_err_set(err, XD_ERR_CONFIG,
-                          "option '--chat-template': '%s' is not chatml, mistral, mistral-v1, "
-                          "olmoe or qwen3", cfg->chat_template);
+    if (cfg->chat_template) {
+        char *builtin = xd_chat_builtin_source(cfg->chat_template);
+        bool is_builtin = builtin != NULL;
+        struct stat st;
+        bool is_file = !is_builtin && stat(cfg->chat_template, &st) == 0 && S_ISREG(st.st_mode);
+        free(builtin);
+        if (!is_builtin && !is_file)
+            return xd_err_set(err, XD_ERR_CONFIG,
+                              "option '--chat-template': '%s' is neither a built-in template "
+                              "(%s) nor a file", cfg->chat_template, xd_chat_builtin_names());
+    }
     if (!cfg->admission || (strcmp(cfg->admission, "fair") != 0 &&
                             strcmp(cfg->admission, "fcfs") != 0))
         return xd_err_set(err, XD_ERR_CONFIG, "option '--admission': '%s' is not fair or fcfs",

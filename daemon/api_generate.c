@@ -759,7 +759,28 @@ static int error_from_status(struct xd_api_error *e, int rc, const struct xd_err
     return rc;
 }
 
-/* Renders the chat messages with the model's template into j->prompts[0]. */
+/* The messages as the template gets them: each as sent, with its role as read (developer as
+ * system) and its content as one string (text parts joined; null as ""). New reference or
+ * NULL (out of memory). */
+static json_t *template_messages(const struct xd_api_request *a)
+{
+    json_t *arr = json_array();
+    for (int i = 0; arr && i < a->n_messages; i++) {
+        json_t *m = json_object();
+        if (!m || json_object_update(m, a->messages[i].json) < 0 ||
+            json_object_set_new(m, "role", json_string(a->messages[i].role)) < 0 ||
+            json_object_set_new(m, "content", json_string(a->messages[i].content)) < 0 ||
+            json_array_append_new(arr, m) < 0) {
+            json_decref(m);
+            json_decref(arr);
+            return NULL;
+        }
+    }
+    return arr;
+}
+
+/* Renders the chat messages with the model's template into j->prompts[0]. A template error
+ * (raise_exception, an undefined value, a limit) is the request's 400. */
 static int chat_prompt(struct gen_job *j, struct xd_api_error *e)
 {
     struct xd_server *s = j->srv;
@@ -767,29 +788,26 @@ static int chat_prompt(struct gen_job *j, struct xd_api_error *e)
         return xd_api_error_set(e, 400, "invalid_request_error", "messages",
                                 "chat_unavailable",
                                 "chat completions need the model's tokenizer.json");
-    if (s->chat_format == XD_CHAT_UNKNOWN)
+    if (!s->chat)
         return xd_api_error_set(e, 400, "invalid_request_error", "messages",
                                 "chat_template_unsupported", "%s",
                                 s->chat_error ? s->chat_error : "no chat template");
-    struct xd_chat_message *msgs = calloc((size_t)j->api.n_messages, sizeof *msgs);
+    json_t *msgs = template_messages(&j->api);
     if (!msgs)
         return xd_api_error_nomem(e);
-    for (int i = 0; i < j->api.n_messages; i++) {
-        msgs[i].role = j->api.messages[i].role;
-        msgs[i].content = j->api.messages[i].content;
-    }
     char *text = NULL;
     size_t len = 0;
     struct xd_err err = {{0}};
-    struct xd_chat_options co = {
-        .add_generation_prompt = true, .bos_token = s->bos_token, .eos_token = s->eos_token,
-        .enable_thinking = j->api.enable_thinking < 0    ? XD_CHAT_THINKING_UNSET
-                           : j->api.enable_thinking > 0 ? XD_CHAT_THINKING_ON
-                                                         : XD_CHAT_THINKING_OFF,
+    struct xd_chat_input in = {
+        .messages = msgs, .tools = j->api.tools, .kwargs = j->api.chat_template_kwargs,
+        .add_generation_prompt = true,
     };
-    int rc = xd_chat_render_opts((enum xd_chat_format)s->chat_format, msgs, j->api.n_messages,
-                                 &co, &text, &len, &err);
-    free(msgs);
+    int rc = xd_chat_template_render(s->chat, &in, &text, &len, &err);
+    json_decref(msgs);
+    if (rc == XD_ERR_INVALID)
+        return xd_api_error_set(e, 400, "invalid_request_error", "messages",
+                                "chat_template_error", "'messages' could not be rendered: %s",
+                                err.msg);
     if (rc < 0)
         return error_from_status(e, rc, &err, "messages");
     rc = xd_tokenizer_encode(s->tok, text, len, false, true, &j->prompts[0].ids,

@@ -242,12 +242,46 @@ static int parse_messages(json_t *root, struct xd_api_request *r, struct xd_api_
         const char *rs = json_string_value(role);
         if (strcmp(rs, "developer") == 0)
             rs = "system";
-        if (strcmp(rs, "system") != 0 && strcmp(rs, "user") != 0 && strcmp(rs, "assistant") != 0)
-            return BAD("messages", "'messages' %zu: role '%s' is not system, user or assistant", i,
-                       json_string_value(role));
+        if (strcmp(rs, "system") != 0 && strcmp(rs, "user") != 0 &&
+            strcmp(rs, "assistant") != 0 && strcmp(rs, "tool") != 0)
+            return BAD("messages", "'messages' %zu: role '%s' is not system, user, assistant or "
+                                   "tool", i, json_string_value(role));
+        json_t *calls = json_object_get(m, "tool_calls");
+        if (calls && !json_is_null(calls) && !json_is_array(calls))
+            return BAD_TYPE("messages", "a list of messages whose 'tool_calls' is a list");
         r->messages[i].role = rs;
+        r->messages[i].json = m;
         XD_TRY(parse_content(json_object_get(m, "content"), &r->messages[i], e));
     }
+    return 0;
+}
+
+/* tools: a list of {"type": "function", "function": {"name": string, ...}}, passed to the
+ * template as sent. */
+static int parse_tools(json_t *root, struct xd_api_request *r, struct xd_api_error *e)
+{
+    json_t *v = field(root, "tools");
+    if (!v)
+        return 0;
+    if (!json_is_array(v))
+        return BAD_TYPE("tools", "a list of {type: \"function\", function: {name, ...}}");
+    size_t i;
+    json_t *t;
+    json_array_foreach(v, i, t) {
+        json_t *type = json_object_get(t, "type"), *fn = json_object_get(t, "function");
+        if (!json_is_object(t) || !json_is_string(type) ||
+            strcmp(json_string_value(type), "function") != 0)
+            return BAD("tools", "'tools' %zu: type must be \"function\"", i);
+        json_t *name = json_object_get(fn, "name");
+        if (!json_is_object(fn) || !json_is_string(name) || json_string_length(name) == 0)
+            return BAD("tools", "'tools' %zu: function must be an object with a non-empty "
+                                "string 'name'", i);
+        json_t *params = json_object_get(fn, "parameters");
+        if (params && !json_is_null(params) && !json_is_object(params))
+            return BAD("tools", "'tools' %zu (%s): parameters must be a JSON Schema object", i,
+                       json_string_value(name));
+    }
+    r->tools = v;
     return 0;
 }
 
@@ -324,11 +358,14 @@ static int parse_fields(enum xd_api_kind kind, json_t *root, struct xd_api_reque
     }
     XD_TRY(kind == XD_API_COMPLETIONS ? parse_prompt(root, r, e) : parse_messages(root, r, e));
 
+    if (kind == XD_API_CHAT)
+        XD_TRY(parse_tools(root, r, e));
     r->enable_thinking = -1;
     json_t *kw = kind == XD_API_CHAT ? field(root, "chat_template_kwargs") : NULL;
     if (kw) {
         if (!json_is_object(kw))
             return BAD_TYPE("chat_template_kwargs", "an object");
+        r->chat_template_kwargs = kw;
         json_t *et = json_object_get(kw, "enable_thinking");
         if (et && !json_is_boolean(et))
             return BAD_TYPE("chat_template_kwargs", "an object whose 'enable_thinking' is a "
@@ -404,8 +441,8 @@ static int parse_fields(enum xd_api_kind kind, json_t *root, struct xd_api_reque
         return BAD("best_of", "'best_of' is not supported (only equal to 'n')");
     if ((v = field(root, "suffix")))
         return BAD("suffix", "'suffix' is not supported");
-    if ((v = field(root, "tools")) && json_array_size(v) > 0)
-        return BAD("tools", "'tools' is not supported");
+    if (kind == XD_API_COMPLETIONS && (v = field(root, "tools")) && json_array_size(v) > 0)
+        return BAD("tools", "'tools' is not supported on completions (chat only)");
     return 0;
 }
 

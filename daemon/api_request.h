@@ -51,8 +51,11 @@ struct xd_api_prompt {
 };
 
 struct xd_api_message {
-    const char *role;    /* system, user or assistant (developer is read as system) */
-    char *content;       /* owned: text parts joined */
+    const char *role;    /* system, user, assistant or tool (developer is read as system) */
+    char *content;       /* owned: text parts joined; null or absent content is "" (as vLLM
+                          * renders it) */
+    json_t *json;        /* borrowed from root: the message object as sent (tool_calls,
+                          * tool_call_id, name, reasoning_content reach the template) */
 };
 
 struct xd_api_request {
@@ -77,6 +80,10 @@ struct xd_api_request {
     bool ignore_eos;                 /* vLLM's extension: do not stop at EOS */
     int enable_thinking;             /* chat: chat_template_kwargs.enable_thinking (vLLM's
                                         extension): -1 not given, 0 false, 1 true */
+    json_t *tools;                   /* chat: borrowed from root, an array of function tools
+                                        ({type, function: {name, ...}}); NULL when absent */
+    json_t *chat_template_kwargs;    /* chat: borrowed, an object (extra template variables);
+                                        NULL when absent */
     const char *user;
 };
 

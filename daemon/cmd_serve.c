@@ -60,6 +60,8 @@ struct loaded {
     struct xd_engine *engine;
     struct xd_tokenizer *tok;
     struct xd_tokenizer_config tcfg;
+    struct xd_chat_template *chat; /* NULL: no usable template (chat_err says why) */
+    struct xd_err chat_err;
     struct xd_step_engine step;
     struct xd_trace_writer *trace; /* --record-routing, or NULL */
     struct xd_metrics *metrics;    /* receives the expert counters after each step */
@@ -131,7 +133,20 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
         fclose(probe);
         XD_TRY(xd_tokenizer_load(c->engine.model, &L->tok, err));
         XD_TRY(xd_tokenizer_config_load(c->engine.model, L->tok, &L->tcfg, err));
+        /* chat: the override (a built-in or a file: its errors stop the load, the operator
+         * asked for it), else the model's own template (its errors only make chat unavailable) */
+        int rc = xd_chat_template_load(c->chat_template, &L->tcfg, c->engine.model, &L->chat,
+                                       &L->chat_err);
+        if (rc < 0 && c->chat_template)
+            return xd_err_set(err, rc, "option '--chat-template': %s", L->chat_err.msg);
+        if (rc == XD_ERR_INVALID) {
+            struct xd_err e = L->chat_err;
+            xd_err_set(&L->chat_err, rc, "%.380s; set the chat-template option to a built-in "
+                       "(%s) or a Jinja file", e.msg, xd_chat_builtin_names());
+        }
     } else {
+        xd_err_set(&L->chat_err, XD_ERR_UNSUPPORTED, "chat completions need the model's "
+                   "tokenizer.json");
         xd_log(s, XD_LOG_WARN, "%s has no tokenizer.json: prompts must be token ids, "
                "responses have no text, chat is unavailable", c->engine.model);
     }
@@ -197,24 +212,10 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
         return rc;
     }
 
-    /* chat: the override, else the template recognised from tokenizer_config.json */
-    s->chat_error = NULL;
-    if (c->chat_template) {
-        s->chat_format = xd_chat_format_from_name(c->chat_template);
-    } else if (L->tcfg.chat_template) {
-        s->chat_format = xd_chat_format_detect(L->tcfg.chat_template);
-        if (s->chat_format == XD_CHAT_UNKNOWN)
-            s->chat_error = "the model's chat template is not one expertd renders (ChatML, "
-                            "Mistral [INST], OLMoE, Qwen3); set the chat-template option to chatml, "
-                            "mistral, mistral-v1, olmoe or qwen3 to choose one";
-    } else {
-        s->chat_error = "the model has no chat template (tokenizer_config.json); set the "
-                        "chat-template option to chatml, mistral, mistral-v1, olmoe or qwen3";
-    }
+    s->chat = L->chat;
+    s->chat_error = L->chat ? NULL : L->chat_err.msg;
     if (s->chat_error && L->tok)
         xd_log(s, XD_LOG_WARN, "/v1/chat/completions unavailable: %s", s->chat_error);
-    s->bos_token = L->tcfg.bos_token;
-    s->eos_token = L->tcfg.eos_token;
     s->tok = L->tok;
     s->vocab_size = mc->vocab_size;
     s->max_context = mc->max_position_embeddings;
@@ -228,7 +229,7 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
            c->engine.model, s->model_name, mc->n_layers, mc->n_experts, mc->top_k,
            s->max_context, blocks, c->engine.block_size,
            (double)(blocks * block_bytes) / (1 << 20),
-           s->chat_format ? xd_chat_format_name((enum xd_chat_format)s->chat_format) : "none");
+           L->chat ? xd_chat_template_origin(L->chat) : "none");
     return XD_OK;
 }
 
@@ -387,6 +388,7 @@ out:
         xd_log(&s, XD_LOG_ERROR, "%s", err.msg);
     xd_engine_destroy(L.engine);
     xd_model_destroy(L.model);
+    xd_chat_template_destroy(L.chat);
     xd_tokenizer_config_finish(&L.tcfg);
     xd_tokenizer_destroy(L.tok);
     xd_metrics_destroy(s.metrics);

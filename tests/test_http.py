@@ -509,11 +509,12 @@ def auth_limits_and_queue():
                        b"Content-Length: 1000000000\r\n\r\n{")
             head = sk.recv(4096).decode(errors="replace")
             assert head.startswith("HTTP/1.1 413"), head
-        # an unknown chat template: chat says so, completions work
+        # a chat template that does not parse: chat says where and how to override, completions
+        # work
         err = expect_error(post(s.url + "/v1/chat/completions",
                                 {"messages": [{"role": "user", "content": "x"}]}, auth), 400,
                            code="chat_template_unsupported")
-        assert "chat-template" in err["message"], err
+        assert "chat-template" in err["message"] and "line 1" in err["message"], err
         # queue full: one running, one waiting, the third is refused with Retry-After
         socks = []
         body = json.dumps({"prompt": "q", "max_tokens": 8000, "stream": True,
@@ -546,7 +547,7 @@ def sigterm_drains_in_flight_stream():
     s = Server("--chat-template", "chatml", "--drain-timeout", "30", model=ODD_MODEL)
     try:
         c = s.client()
-        # the override makes chat work on a model whose template is not recognised
+        # the override makes chat work on a model whose template does not parse
         assert c.chat.completions.create(model=s.name, messages=[{"role": "user", "content":
                                                                   "x"}], max_tokens=2).usage
         stream = c.completions.create(model=s.name, prompt="drain", max_tokens=300,
@@ -564,6 +565,52 @@ def sigterm_drains_in_flight_stream():
         assert first.choices
     finally:
         s.stop()
+
+
+@test
+def chat_template_file_errors_are_400():
+    """--chat-template FILE: the template's raise_exception and a runaway loop are the request's
+    400 naming the cause; tools and chat_template_kwargs reach the template; the server lives."""
+    import tempfile
+    path = os.path.join(tempfile.mkdtemp(), "t.jinja")
+    with open(path, "w") as f:
+        f.write("{% if messages[0].content == 'boom' %}{{ raise_exception('no boom here') }}"
+                "{% elif messages[0].content == 'loop' %}{% for i in range(1000000000) %}x"
+                "{% endfor %}{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n"
+                "{{ m.content }}<|im_end|>\n{% endfor %}{% if tools %}{{ tools | tojson }}"
+                "{% endif %}{% if shout is defined and shout %}LOUD{% endif %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    s = Server("--chat-template", path)
+    try:
+        u = s.url + "/v1/chat/completions"
+        def chat(content, **extra):
+            return post(u, {"messages": [{"role": "user", "content": content}],
+                            "max_tokens": 1, **extra})
+        err = expect_error(chat("boom"), 400, param="messages", code="chat_template_error")
+        assert "no boom here" in err["message"], err
+        err = expect_error(chat("loop"), 400, param="messages", code="chat_template_error")
+        assert "limit" in err["message"] or "steps" in err["message"], err
+        plain = chat("hello")
+        assert plain.status_code == 200, plain.text
+        tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+            "type": "object", "properties": {"city": {"type": "string"}}}}}]
+        with_tools = chat("hello", tools=tools)
+        assert with_tools.status_code == 200, with_tools.text
+        loud = chat("hello", chat_template_kwargs={"shout": True})
+        n = [r.json()["usage"]["prompt_tokens"] for r in (plain, with_tools, loud)]
+        assert n[1] > n[0] + 5 and n[2] > n[0], n  # the schema and LOUD were rendered
+        expect_error(chat("hello", tools=[{"type": "function", "function": {}}]), 400,
+                     param="tools")
+        # a tool round trip: the assistant's tool_calls and the tool message are accepted
+        r = post(u, {"max_tokens": 1, "tools": tools, "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "18 C"}]})
+        assert r.status_code == 200, r.text
+    finally:
+        assert s.stop() == 0
 
 
 @test
