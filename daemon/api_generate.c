@@ -798,9 +798,14 @@ static int chat_prompt(struct gen_job *j, struct xd_api_error *e)
     char *text = NULL;
     size_t len = 0;
     struct xd_err err = {{0}};
+    /* a prompt may be as large as a request body can make it (the interpreter's default of
+     * 1 MiB would cut bodies allowed larger); memory in proportion */
+    long long body = s->cfg->max_body_bytes > 0 ? s->cfg->max_body_bytes : 1 << 20;
+    struct xd_jinja_limits lim = {.max_output = (size_t)(2 * body + (1 << 20)),
+                                  .max_memory = (size_t)(16 * body + (64 << 20))};
     struct xd_chat_input in = {
         .messages = msgs, .tools = j->api.tools, .kwargs = j->api.chat_template_kwargs,
-        .add_generation_prompt = true,
+        .add_generation_prompt = true, .limits = &lim,
     };
     int rc = xd_chat_template_render(s->chat, &in, &text, &len, &err);
     json_decref(msgs);

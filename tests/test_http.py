@@ -109,6 +109,9 @@ def metric(m, name, **labels):
 
 def test(fn):
     global passed, failed
+    only = os.environ.get("XD_HTTP_ONLY")  # comma-separated test names: run just those
+    if only and fn.__name__ not in only.split(","):
+        return fn
     t0 = time.time()
     try:
         fn()
@@ -575,8 +578,8 @@ def chat_template_file_errors_are_400():
     path = os.path.join(tempfile.mkdtemp(), "t.jinja")
     with open(path, "w") as f:
         f.write("{% if messages[0].content == 'boom' %}{{ raise_exception('no boom here') }}"
-                "{% elif messages[0].content == 'loop' %}{% for i in range(1000000000) %}x"
-                "{% endfor %}{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n"
+                "{% elif messages[0].content == 'loop' %}{% for i in range(100000) %}"
+                "{% for j in range(100000) %}{% endfor %}{% endfor %}{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n"
                 "{{ m.content }}<|im_end|>\n{% endfor %}{% if tools %}{{ tools | tojson }}"
                 "{% endif %}{% if shout is defined and shout %}LOUD{% endif %}"
                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -589,7 +592,7 @@ def chat_template_file_errors_are_400():
         err = expect_error(chat("boom"), 400, param="messages", code="chat_template_error")
         assert "no boom here" in err["message"], err
         err = expect_error(chat("loop"), 400, param="messages", code="chat_template_error")
-        assert "limit" in err["message"] or "steps" in err["message"], err
+        assert any(w in err["message"] for w in ("limit", "steps", "exceeded")), err
         plain = chat("hello")
         assert plain.status_code == 200, plain.text
         tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
