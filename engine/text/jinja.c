@@ -262,9 +262,25 @@ static bool truthy(struct value v)
 static bool is_num(struct value v) { return v.t == VT_BOOL || v.t == VT_INT || v.t == VT_FLOAT; }
 static double num_f(struct value v)
 {
-    return v.t == VT_FLOAT ? v.as.f : v.t == VT_INT ? (double)v.as.i : (double)v.as.b;
+    return v.t == VT_FLOAT ? v.as.f : v.t == VT_INT ? (double)v.as.i
+                                    : v.t == VT_BOOL ? (double)v.as.b : 0;
 }
-static int64_t num_i(struct value v) { return v.t == VT_INT ? v.as.i : (int64_t)v.as.b; }
+static int64_t num_i(struct value v)
+{
+    return v.t == VT_INT ? v.as.i : v.t == VT_BOOL ? (int64_t)v.as.b : 0;
+}
+
+struct rc;
+_Noreturn static void rfail(struct rc *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static const char *type_name(struct value v);
+
+/* An argument that must be an integer (bools count, as in Python). */
+static int64_t int_arg(struct rc *r, struct value v)
+{
+    if (v.t != VT_INT && v.t != VT_BOOL)
+        rfail(r, "'%s' object cannot be interpreted as an integer", type_name(v));
+    return num_i(v);
+}
 
 /* Python's repr of a float: the shortest digits that read back, fixed or exponent form. */
 static void fmt_float(double d, char *out, size_t cap)
@@ -1653,7 +1669,7 @@ static struct value replace(struct rc *r, struct value v, struct value *old, str
     if (!old || !new)
         rfail(r, "replace() needs the old and the new string");
     struct value o = stringify(r, *old), nw = stringify(r, *new);
-    int64_t max = count && count->t != VT_NONE ? num_i(*count) : -1;
+    int64_t max = count && count->t != VT_NONE ? int_arg(r, *count) : -1;
     struct sbuf b = {0};
     const char *p = s.as.s->s;
     size_t n = s.as.s->len, ol = o.as.s->len;
@@ -1703,7 +1719,7 @@ static struct value split(struct rc *r, struct value v, struct value *sepv, stru
     struct value s = stringify(r, v);
     const char *p = s.as.s->s;
     size_t n = s.as.s->len;
-    int64_t max = maxv && maxv->t != VT_NONE ? num_i(*maxv) : -1;
+    int64_t max = maxv && maxv->t != VT_NONE ? int_arg(r, *maxv) : -1;
     struct jlist *l = l_new(r, 0);
     if (!sepv || sepv->t == VT_NONE) {
         /* runs of whitespace; leading and trailing whitespace give no empty strings */
@@ -1944,7 +1960,7 @@ static bool parse_float(const char *s, size_t n, double *ret)
 
 static struct value to_int(struct rc *r, struct value v, struct value *dflt, struct value *basev)
 {
-    int base = basev ? (int)num_i(*basev) : 10;
+    int base = basev ? (int)int_arg(r, *basev) : 10;
     struct value d = dflt ? *dflt : v_int(0);
     switch (v.t) {
     case VT_INT: return v;
@@ -1981,7 +1997,7 @@ static struct value to_float(struct value v, struct value *dflt)
 
 static struct value py_round(struct rc *r, struct value v, struct value *precv, struct value *how)
 {
-    int64_t prec = precv ? num_i(*precv) : 0;
+    int64_t prec = precv ? int_arg(r, *precv) : 0;
     const char *m = how && how->t == VT_STR ? how->as.s->s : "common";
     if (!is_num(v))
         rfail(r, "round: a number is required, not %s", type_name(v));
@@ -2018,7 +2034,7 @@ static struct value indent(struct rc *r, struct value v, struct args *a)
     if (w && w->t == VT_STR) {
         ind = *w;
     } else {
-        int64_t k = w ? num_i(*w) : 4;
+        int64_t k = w ? int_arg(r, *w) : 4;
         struct sbuf sp = {0};
         for (int64_t i = 0; i < k; i++)
             sb_put(r, &sp, " ", 1);
@@ -2347,7 +2363,7 @@ static struct value apply_filter(struct rc *r, struct frame *f, const char *name
     if (IS("center")) {
         struct value s = stringify(r, v);
         struct value *w = arg(a, 0, "width");
-        int64_t width = w ? num_i(*w) : 80, len = (int64_t)s.as.s->n_cp;
+        int64_t width = w ? int_arg(r, *w) : 80, len = (int64_t)s.as.s->n_cp;
         if (width <= len)
             return s;
         int64_t pad = width - len, left = pad / 2 + (pad & width & 1);
@@ -2376,7 +2392,7 @@ static struct value apply_filter(struct rc *r, struct frame *f, const char *name
     }
     if (IS("batch")) {
         struct value *cnt = arg(a, 0, "linecount"), *fill = arg(a, 1, "fill_with");
-        int64_t k = cnt ? num_i(*cnt) : 0;
+        int64_t k = cnt ? int_arg(r, *cnt) : 0;
         if (k <= 0)
             rfail(r, "batch size must be positive");
         struct jlist *in = iterate(r, v), *out = l_new(r, 0), *cur = NULL;
@@ -2448,7 +2464,7 @@ static bool apply_test(struct rc *r, const char *name, struct value v, struct ar
     if (IS("odd") || IS("even") || IS("divisibleby")) {
         if (v.t != VT_INT && v.t != VT_BOOL)
             rfail(r, "the %s test needs an integer, not %s", name, type_name(v));
-        int64_t d = IS("divisibleby") ? (o ? num_i(*o) : 0) : 2;
+        int64_t d = IS("divisibleby") ? (o ? int_arg(r, *o) : 0) : 2;
         if (d == 0)
             rfail(r, "integer division or modulo by zero");
         int64_t m = num_i(v) % d;
@@ -2721,7 +2737,7 @@ static struct value call_method(struct rc *r, struct jfunc *fn, struct args *a)
             return v_list(l);
         }
         if (IS("zfill") || IS("ljust") || IS("rjust")) {
-            int64_t w = a0 ? num_i(*a0) : 0, len = (int64_t)self.as.s->n_cp;
+            int64_t w = a0 ? int_arg(r, *a0) : 0, len = (int64_t)self.as.s->n_cp;
             if (w <= len)
                 return self;
             if (w > (int64_t)r->max_output)
