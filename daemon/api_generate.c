@@ -762,14 +762,14 @@ static int error_from_status(struct xd_api_error *e, int rc, const struct xd_err
 /* The messages as the template gets them: each as sent, with its role as read (developer as
  * system) and its content as one string (text parts joined; null as ""). New reference or
  * NULL (out of memory). */
-static json_t *template_messages(const struct xd_api_request *a)
+static json_t *template_messages(const struct xd_api_message *msgs, int n)
 {
     json_t *arr = json_array();
-    for (int i = 0; arr && i < a->n_messages; i++) {
+    for (int i = 0; arr && i < n; i++) {
         json_t *m = json_object();
-        if (!m || json_object_update(m, a->messages[i].json) < 0 ||
-            json_object_set_new(m, "role", json_string(a->messages[i].role)) < 0 ||
-            json_object_set_new(m, "content", json_string(a->messages[i].content)) < 0 ||
+        if (!m || (msgs[i].json && json_object_update(m, msgs[i].json) < 0) ||
+            json_object_set_new(m, "role", json_string(msgs[i].role)) < 0 ||
+            json_object_set_new(m, "content", json_string(msgs[i].content)) < 0 ||
             json_array_append_new(arr, m) < 0) {
             json_decref(m);
             json_decref(arr);
@@ -779,11 +779,10 @@ static json_t *template_messages(const struct xd_api_request *a)
     return arr;
 }
 
-/* Renders the chat messages with the model's template into j->prompts[0]. A template error
- * (raise_exception, an undefined value, a limit) is the request's 400. */
-static int chat_prompt(struct gen_job *j, struct xd_api_error *e)
+int xd_api_chat_render(const struct xd_server *s, const struct xd_api_message *msgs, int n,
+                       const json_t *tools, const json_t *kwargs, bool add_generation_prompt,
+                       char **ret, size_t *ret_len, struct xd_api_error *e)
 {
-    struct xd_server *s = j->srv;
     if (!s->tok)
         return xd_api_error_set(e, 400, "invalid_request_error", "messages",
                                 "chat_unavailable",
@@ -792,31 +791,41 @@ static int chat_prompt(struct gen_job *j, struct xd_api_error *e)
         return xd_api_error_set(e, 400, "invalid_request_error", "messages",
                                 "chat_template_unsupported", "%s",
                                 s->chat_error ? s->chat_error : "no chat template");
-    json_t *msgs = template_messages(&j->api);
-    if (!msgs)
+    json_t *arr = template_messages(msgs, n);
+    if (!arr)
         return xd_api_error_nomem(e);
-    char *text = NULL;
-    size_t len = 0;
-    struct xd_err err = {{0}};
     /* a prompt may be as large as a request body can make it (the interpreter's default of
      * 1 MiB would cut bodies allowed larger); memory in proportion */
     long long body = s->cfg->max_body_bytes > 0 ? s->cfg->max_body_bytes : 1 << 20;
     struct xd_jinja_limits lim = {.max_output = (size_t)(2 * body + (1 << 20)),
                                   .max_memory = (size_t)(16 * body + (64 << 20))};
     struct xd_chat_input in = {
-        .messages = msgs, .tools = j->api.tools, .kwargs = j->api.chat_template_kwargs,
-        .add_generation_prompt = true, .limits = &lim,
+        .messages = arr, .tools = tools, .kwargs = kwargs,
+        .add_generation_prompt = add_generation_prompt, .limits = &lim,
     };
-    int rc = xd_chat_template_render(s->chat, &in, &text, &len, &err);
-    json_decref(msgs);
+    struct xd_err err = {{0}};
+    int rc = xd_chat_template_render(s->chat, &in, ret, ret_len, &err);
+    json_decref(arr);
     if (rc == XD_ERR_INVALID)
         return xd_api_error_set(e, 400, "invalid_request_error", "messages",
                                 "chat_template_error", "'messages' could not be rendered: %s",
                                 err.msg);
     if (rc < 0)
         return error_from_status(e, rc, &err, "messages");
-    rc = xd_tokenizer_encode(s->tok, text, len, false, true, &j->prompts[0].ids,
-                             &j->prompts[0].n_ids, &err);
+    return 0;
+}
+
+/* Renders the chat messages with the model's template into j->prompts[0]. */
+static int chat_prompt(struct gen_job *j, struct xd_api_error *e)
+{
+    struct xd_server *s = j->srv;
+    char *text = NULL;
+    size_t len = 0;
+    XD_TRY(xd_api_chat_render(s, j->api.messages, j->api.n_messages, j->api.tools,
+                              j->api.chat_template_kwargs, true, &text, &len, e));
+    struct xd_err err = {{0}};
+    int rc = xd_tokenizer_encode(s->tok, text, len, false, true, &j->prompts[0].ids,
+                                 &j->prompts[0].n_ids, &err);
     free(text);
     if (rc < 0)
         return error_from_status(e, rc, &err, "messages");
