@@ -96,7 +96,8 @@ const struct xd_opt xd_server_config_opts[] = {
     {"keepalive-interval", XD_OPT_FLOAT, SRV(keepalive_interval), 0.05, 3600, NULL,
      "seconds between SSE keep-alive comments while waiting (default 10)"},
     {"chat-template", XD_OPT_STRING, SRV(chat_template), 0, 0, "EXPERTD_CHAT_TEMPLATE",
-     "NAME|FILE: a built-in template (chatml, mistral, mistral-v1, olmoe, qwen3) or a Jinja file, instead of the model's own chat template"},
+     "NAME|FILE: a built-in template (chatml, mistral, mistral-v1, olmoe, qwen3) or a Jinja "
+     "file, instead of the model's own chat template"},
     {"record-routing", XD_OPT_STRING, SRV(record_routing), 0, 0, NULL,
      "write every token's expert routing (request, step, layer, experts, weights) to FILE, "
      "zstd-compressed, for expertd plan, created mode 0600: a trace is as private as the "

@@ -141,7 +141,8 @@ static void test_chat_messages(void)
     body = "{\"messages\":[{\"role\":\"user\",\"content\":\"w?\"},{\"role\":\"assistant\","
            "\"content\":null,\"tool_calls\":[{\"id\":\"c1\",\"type\":\"function\",\"function\":"
            "{\"name\":\"f\",\"arguments\":\"{}\"}}]},{\"role\":\"tool\",\"tool_call_id\":\"c1\","
-           "\"content\":\"18\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}";
+           "\"content\":\"18\"}],"
+           "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}";
     CHECK(parse(XD_API_CHAT, body, &r, &e) == 0, "%s", e.message);
     CHECK(r.n_messages == 3 && strcmp(r.messages[2].role, "tool") == 0, "tool role");
     CHECK(strcmp(r.messages[1].content, "") == 0, "null content is empty text");
