@@ -4,6 +4,7 @@
  * Usage: test-chat-templates FIXTURES_DIR [FAMILY...] (no family: every directory there) */
 #include <dirent.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 
@@ -125,6 +126,62 @@ static void run_case(const char *fam, const struct xd_chat_template *t, json_t *
     }
 }
 
+/* Four threads render every case of one template at once (one parsed template serves every
+ * HTTP thread): each gets transformers' text, as alone. */
+struct par {
+    const struct xd_chat_template *t;
+    json_t *cases;
+    long long now;
+    int bad;
+};
+
+static void *render_all(void *arg)
+{
+    struct par *p = arg;
+    size_t i;
+    json_t *c;
+    json_array_foreach(p->cases, i, c) {
+        json_t *want = json_object_get(c, "text");
+        struct xd_chat_input in = {
+            .messages = json_object_get(c, "messages"),
+            .tools = json_object_get(c, "tools"),
+            .kwargs = json_object_get(c, "chat_template_kwargs"),
+            .add_generation_prompt = json_is_true(json_object_get(c, "add_generation_prompt")),
+            .now = p->now,
+        };
+        char *out = NULL;
+        size_t len = 0;
+        struct xd_err err;
+        int rc = xd_chat_template_render(p->t, &in, &out, &len, &err);
+        if (want ? rc != XD_OK || len != json_string_length(want) ||
+                       memcmp(out, json_string_value(want), len) != 0
+                 : rc == XD_OK)
+            p->bad++;
+        free(out);
+    }
+    return NULL;
+}
+
+static void check_concurrent(const char *fam, const struct xd_chat_template *t, json_t *cases,
+                             long long now)
+{
+    pthread_t th[4];
+    struct par p[4];
+    int started = 0;
+    for (int k = 0; k < 4; k++) {
+        p[k] = (struct par){t, cases, now, 0};
+        if (pthread_create(&th[k], NULL, render_all, &p[k]) == 0)
+            started++;
+    }
+    CHECK(started == 4, "%s: %d threads started", fam, started);
+    int bad = 0;
+    for (int k = 0; k < started; k++) {
+        pthread_join(th[k], NULL);
+        bad += p[k].bad;
+    }
+    CHECK(bad == 0, "%s: %d renderings differ when four threads render at once", fam, bad);
+}
+
 static void run_family(const char *fam)
 {
     char dir[4096];
@@ -159,6 +216,8 @@ static void run_family(const char *fam)
                 n_failed++;
             }
         }
+        if (t && n_failed == before)
+            check_concurrent(fam, t, list, now);
         printf("%-20s %zu cases, %d failed\n", fam, json_array_size(list), n_failed - before);
         xd_chat_template_destroy(t);
     }
