@@ -104,7 +104,7 @@ GROUP(test_expressions, "arith_", "precedence", "unary", "string_plus", "tilde",
       "method_on_none", "dunder", "dict_method_wins", "dict_key_named", "namespace_attr",
       "deep_nesting", "long_")
 GROUP(test_undefined, "undefined_")
-GROUP(test_tests, "type_tests", "value_tests", "compare_tests", "is_not", "case_tests",
+GROUP(test_tests, "type_tests", "value_tests", "odd_even", "compare_tests", "is_not", "case_tests",
       "callable_test", "sameas_test", "test_")
 GROUP(test_macros_and_calls, "macro_", "call_block", "filter_block", "generation_block")
 GROUP(test_filters, "filter_")

@@ -805,8 +805,10 @@ static struct value slice(struct rc *r, struct value obj, struct value *s, struc
 {
     if (obj.t == VT_UNDEF)
         undefined_error(r, obj);
-    if (obj.t != VT_LIST && obj.t != VT_STR)
-        return undef(NULL, obj.t);
+    if (obj.t == VT_DICT)
+        rfail(r, "unhashable type: 'slice'");
+    if (obj.t != VT_LIST && obj.t != VT_STR) /* slices bypass jinja2's getitem */
+        rfail(r, "'%s' object is not subscriptable", type_name(obj));
     int64_t n = obj.t == VT_LIST ? (int64_t)obj.as.l->n : (int64_t)obj.as.s->n_cp;
     int64_t a, b, k;
     slice_idx(n, s, e, st, &a, &b, &k, r);
@@ -2461,14 +2463,10 @@ static bool apply_test(struct rc *r, const char *name, struct value v, struct ar
         }
         return any && eq(r, m, v);
     }
-    if (IS("odd") || IS("even") || IS("divisibleby")) {
-        if (v.t != VT_INT && v.t != VT_BOOL)
-            rfail(r, "the %s test needs an integer, not %s", name, type_name(v));
-        int64_t d = IS("divisibleby") ? (o ? int_arg(r, *o) : 0) : 2;
-        if (d == 0)
-            rfail(r, "integer division or modulo by zero");
-        int64_t m = num_i(v) % d;
-        return IS("odd") ? m != 0 : m == 0;
+    if (IS("odd") || IS("even") || IS("divisibleby")) { /* value % k == 0 or 1, as jinja2 */
+        struct value k = IS("divisibleby") ? (o ? *o : v_none()) : v_int(2);
+        struct value m = arith(r, OP_MOD, v, k);
+        return eq(r, m, v_int(IS("odd") ? 1 : 0));
     }
     if (!o)
         rfail(r, "the test '%s' needs an argument", name);

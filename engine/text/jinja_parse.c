@@ -478,6 +478,10 @@ struct parser {
     size_t at; /* current token */
     int depth;
     int loops; /* enclosing for loops (break/continue) */
+    int soft;  /* inside an if statement or an inline if: unknown filters fail at run time */
+    struct tok *pending[16]; /* unknown filters/tests outside those, unless an inline if
+                              * turns out to hold them */
+    int n_pending;
 };
 
 static struct tok *cur(struct parser *P) { return &P->L->toks[P->at]; }
@@ -659,8 +663,8 @@ static struct node *parse_filter(struct parser *P, struct node *operand)
     struct node *f = mk(P, N_FILTER, at);
     f->a = operand;
     f->name = dotted_name(P, "filter");
-    if (!known(f->name, known_filters))
-        parse_fail(P, at, "no filter named '%s'", f->name);
+    if (!known(f->name, known_filters) && !P->soft && P->n_pending < 16)
+        P->pending[P->n_pending++] = at;
     if (is_op(cur(P), "("))
         parse_call_args(P, f);
     return f;
@@ -694,7 +698,8 @@ static struct node *parse_postfix(struct parser *P, struct node *n)
         } else if (is_op(t, "[")) {
             advance(P);
             struct vec items = {0};
-            struct node *sl = NULL;
+            struct node *sl = NULL; /* the subscript's own slice, when it is one */
+            int n_slices = 0;
             for (;;) {
                 struct node *start = NULL, *stop = NULL, *step = NULL;
                 bool slice = false;
@@ -716,6 +721,7 @@ static struct node *parse_postfix(struct parser *P, struct node *n)
                     sl->b = start;
                     sl->c = stop;
                     sl->d = step;
+                    n_slices++;
                     vpush(P, &items, sl);
                 } else {
                     vpush(P, &items, start);
@@ -727,7 +733,7 @@ static struct node *parse_postfix(struct parser *P, struct node *n)
                     break;
             }
             expect_op(P, "]");
-            if (items.n == 1 && ((struct node *)items.v[0])->kind == N_SLICE) {
+            if (items.n == 1 && n_slices == 1) {
                 sl->a = n;
                 n = sl;
             } else {
@@ -739,9 +745,8 @@ static struct node *parse_postfix(struct parser *P, struct node *n)
                     g->b = mk(P, N_TUPLE, t);
                     g->b->list = (struct node **)items.v;
                     g->b->n_list = items.n;
-                    for (int k = 0; k < items.n; k++)
-                        if (((struct node *)items.v[k])->kind == N_SLICE)
-                            parse_fail(P, t, "slices inside a tuple subscript are not supported");
+                    if (n_slices)
+                        parse_fail(P, t, "slices inside a tuple subscript are not supported");
                 }
                 n = g;
             }
@@ -768,8 +773,8 @@ static struct node *parse_test(struct parser *P, struct node *operand)
     }
     struct tok *nt = cur(P);
     t->name = dotted_name(P, "test");
-    if (!known(t->name, known_tests))
-        parse_fail(P, nt, "no test named '%s'", t->name);
+    if (!known(t->name, known_tests) && !P->soft && P->n_pending < 16)
+        P->pending[P->n_pending++] = nt;
     struct tok *c = cur(P);
     if (is_op(c, "(")) {
         parse_call_args(P, t);
@@ -1053,10 +1058,14 @@ static struct node *parse_or(struct parser *P)
 static struct node *parse_expr(struct parser *P, bool condexpr)
 {
     enter(P);
+    int pending = P->n_pending;
     struct node *n = parse_or(P);
     while (condexpr && is_name(cur(P), "if")) {
         struct tok *t = cur(P);
         advance(P);
+        /* jinja2 compiles all three parts of an inline if in a soft frame */
+        P->n_pending = pending;
+        P->soft++;
         struct node *c = mk(P, N_COND, t);
         c->b = n;
         c->a = parse_or(P);
@@ -1064,6 +1073,7 @@ static struct node *parse_expr(struct parser *P, bool condexpr)
             advance(P);
             c->c = parse_expr(P, true);
         }
+        P->soft--;
         n = c;
     }
     P->depth--;
@@ -1174,19 +1184,25 @@ static struct node *parse_if(struct parser *P, struct tok *at)
     static const char *const ends[] = {"elif", "else", "endif", NULL};
     static const char *const endif[] = {"endif", NULL};
     struct node *n = mk(P, S_IF, at);
+    P->soft++;
     n->a = parse_tuple(P, false, false);
     expect_end(P, "if");
     n->b = parse_body(P, ends);
+    P->soft--;
     struct tok *t = peek(P, 1);
     if (is_name(t, "elif")) {
         advance(P);
         advance(P);
+        P->soft++;
         n->c = parse_if(P, t);
+        P->soft--;
         return n;
     }
     if (is_name(t, "else")) {
         end_tag(P, "else");
+        P->soft++;
         n->c = parse_body(P, endif);
+        P->soft--;
     }
     end_tag(P, "endif");
     return n;
@@ -1228,6 +1244,8 @@ static struct node *parse_stmt(struct parser *P)
         if (is_name(cur(P), "recursive"))
             parse_fail(P, cur(P), "recursive for loops are not supported");
         expect_end(P, "for");
+        int soft = P->soft;
+        P->soft = 0; /* a loop body is an inner frame, never soft */
         P->loops++;
         n->a = parse_body(P, for_ends);
         P->loops--;
@@ -1235,6 +1253,7 @@ static struct node *parse_stmt(struct parser *P)
             end_tag(P, "else");
             n->d = parse_body(P, endfor);
         }
+        P->soft = soft;
         end_tag(P, "endfor");
     } else if (is_name(t, "set")) {
         struct tok *nt = cur(P);
@@ -1279,10 +1298,12 @@ static struct node *parse_stmt(struct parser *P)
         n->name = expect_name(P, "macro name");
         parse_params(P, n);
         expect_end(P, "macro");
-        int loops = P->loops;
+        int loops = P->loops, soft = P->soft;
         P->loops = 0;
+        P->soft = 0;
         n->a = parse_body(P, endmacro);
         P->loops = loops;
+        P->soft = soft;
         end_tag(P, "endmacro");
     } else if (is_name(t, "call")) {
         n = mk(P, S_CALLBLOCK, t);
@@ -1396,4 +1417,10 @@ void jx_parse(struct xd_jinja_template *t, const char *src, size_t len)
     lex(&L);
     struct parser P = {.x = x, .L = &L};
     t->root = parse_body(&P, NULL);
+    if (P.n_pending) { /* jinja2 refuses these when compiling */
+        struct tok *k = P.pending[0];
+        bool test = k > L.toks && k[-1].t == T_NAME && (k[-1].n == 2 || k[-1].n == 3) &&
+                    (!memcmp(k[-1].s, "is", 2) || !memcmp(k[-1].s, "not", 3));
+        parse_fail(&P, k, "no %s named '%.*s'", test ? "test" : "filter", (int)k->n, k->s);
+    }
 }

@@ -126,6 +126,8 @@ case("index_out_of_range_undefined", "[{{ l[10] }}] [{{ 'abc'[5] }}] [{{ d.missi
 case("dot_integer", "{{ l.0 }} {{ messages.1.role }}")
 case("slices", "{{ l[1:] }} {{ l[:2] }} {{ l[::-1] }} {{ l[::2] }} {{ 'hello'[1:4] }} "
      "{{ 'hello'[::-1] }} {{ l[-2:] }} {{ l[5:] }} {{ 'héllo'[1:3] }} {{ l[:-1] }}")
+case("slice_inside_subscript", "{{ [s[::2]][0] }} {{ l[l[1:][0]] }} {{ messages[1:][0].role }}")
+case("slice_of_int_fails", "{{ n[1:] }}")
 case("slice_messages", "{% for m in messages[1:] %}{{ m.role }} {% endfor %}")
 case("unicode_len_index", "{{ u|length }} {{ u[1] }} {{ u[-1] }} {{ u[::-1] }}")
 case("method_on_none_attr", "[{{ z.foo }}]")
@@ -161,6 +163,7 @@ case("type_tests", "{{ n is number }} {{ f is number }} {{ t is number }} {{ s i
      "{{ s is sequence }} {{ d is sequence }} {{ n is sequence }} {{ l is iterable }} "
      "{{ s is iterable }} {{ n is iterable }} {{ nothing is iterable }} {{ t is boolean }} "
      "{{ n is boolean }} {{ z is none }} {{ e is none }}")
+case("odd_even_floats", "{{ 0.5 is odd }} {{ 3.0 is odd }} {{ 4.0 is even }} {{ 7.5 is divisibleby 2.5 }}")
 case("value_tests", "{{ t is true }} {{ 1 is true }} {{ no is false }} {{ 0 is false }} "
      "{{ 3 is odd }} {{ 4 is even }} {{ 9 is divisibleby 3 }} {{ 9 is divisibleby(4) }}")
 case("compare_tests", "{{ 1 is eq 1 }} {{ 1 is equalto 2 }} {{ 1 is ne 2 }} {{ 1 is lt 2 }} "

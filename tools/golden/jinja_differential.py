@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Differential check of expertd's Jinja interpreter against jinja2: random templates (built from
+the features chat templates use: whitespace control, loops, set/namespace, macros, filters,
+tests, methods, operators) rendered by transformers' chat-template environment and by
+build/tests/jinja-render; prints every case where the two disagree (one fails and the other does
+not, or the texts differ). Renderings jinja2 prints as Python objects we do not model (generators,
+dict views, ranges, big integers) are skipped.
+
+Usage: /work/golden-venv/bin/python tools/golden/jinja_differential.py [N [SEED]]
+"""
+import copy
+import json
+import os
+import random
+import subprocess
+import sys
+
+from transformers.utils.chat_template_utils import _compile_jinja_template
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RENDER = os.path.join(HERE, "..", "..", "build", "tests", "jinja-render")
+
+CTX = {"messages": [{"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi <b> & 'you'"},
+                    {"role": "assistant", "content": "<think>\nhm\n</think>\n\nHello!",
+                     "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]},
+                    {"role": "user", "content": [{"type": "text", "text": "part"}]}],
+       "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+       "add_generation_prompt": True, "bos_token": "<s>", "eos_token": "</s>",
+       "n": 3, "f": 2.5, "s": " a B c ", "u": "héllo ✓", "l": [3, 1, 2], "e": [],
+       "d": {"b": 2, "a": 1}, "z": None, "t": True, "no": False}
+
+NAMES = ["n", "f", "s", "u", "l", "e", "d", "z", "t", "no", "messages", "tools", "bos_token",
+         "missing", "add_generation_prompt"]
+STRS = ["''", "'a'", "'ab c'", "'\\n'", "' x '", "'é✓'", "\"q'\"", "'<t>'", "'a,b'", "'A'",
+        "'{}'", "'%s'", "'</think>'"]
+FILTERS = ["trim", "length", "upper", "lower", "title", "capitalize", "first", "last", "list",
+           "string", "int", "float", "abs", "tojson", "items", "reverse", "sort", "unique",
+           "join", "join(', ')", "default('D')", "default('D', true)", "replace('a', 'X')",
+           "indent", "indent(2, true)", "select", "reject", "map('string')", "map('upper')",
+           "selectattr('role')", "map(attribute='role')", "min", "max", "sum", "count",
+           "wordcount", "escape", "safe", "round", "round(1)", "tojson(indent=2)",
+           "tojson(sort_keys=true)", "dictsort", "batch(2)", "center(7)", "trim('a')", "e",
+           "format(1)", "int(7)", "float(1.5)", "first|string", "list|length"]
+TESTS = ["defined", "undefined", "none", "string", "number", "integer", "float", "mapping",
+         "iterable", "sequence", "boolean", "true", "false", "odd", "even", "divisibleby(2)",
+         "eq(1)", "in([1, 'a'])", "callable", "lower", "upper", "gt 1", "ne 'a'"]
+METHODS = ["strip()", "lstrip()", "rstrip()", "split()", "split(',')", "upper()", "lower()",
+           "title()", "startswith('a')", "endswith('c')", "replace('a', 'b')", "find('a')",
+           "count('a')", "isdigit()", "splitlines()", "items()", "keys()", "values()",
+           "get('a')", "get('x', 0)", "format(1, 2)", "join(['x', 'y'])", "capitalize()",
+           "rsplit(',', 1)", "index(1)", "copy()"]
+BINOPS = ["+", "-", "*", "/", "//", "%", "~", "==", "!=", "<", ">", "<=", ">=", "and", "or",
+          "in", "not in", "**"]
+
+
+class Gen:
+    def __init__(self, rng):
+        self.r = rng
+        self.scope = list(NAMES)
+
+    def atom(self):
+        r = self.r
+        k = r.randrange(10)
+        if k < 3:
+            return r.choice(self.scope)
+        if k == 3:
+            return str(r.choice([0, 1, 2, -1, 7, 10]))
+        if k == 4:
+            return r.choice(["0.5", "1.0", "2.5", "1e3", "0.1"])
+        if k == 5:
+            return r.choice(STRS)
+        if k == 6:
+            return r.choice(["true", "false", "none"])
+        if k == 7:
+            return "[" + ", ".join(self.expr(1) for _ in range(r.randrange(3))) + "]"
+        if k == 8:
+            return "{" + ", ".join("%s: %s" % (r.choice(STRS), self.expr(1))
+                                   for _ in range(r.randrange(3))) + "}"
+        return "(" + self.expr(1) + ")"
+
+    def postfix(self, e, depth):
+        r = self.r
+        for _ in range(r.randrange(3)):
+            k = r.randrange(6)
+            if k == 0:
+                e += "." + r.choice(["role", "content", "a", "function", "name", "x", "0"])
+            elif k == 1:
+                e += "[%s]" % r.choice(["0", "-1", "1", "'a'", "'role'", "n", "5"])
+            elif k == 2:
+                e += r.choice(["[1:]", "[:-1]", "[::-1]", "[::2]", "[1:2]"])
+            elif k == 3:
+                e += "." + r.choice(METHODS)
+            elif k == 4:
+                e += "|" + r.choice(FILTERS)
+            else:
+                e = "(%s is %s%s)" % (e, r.choice(["", "not "]), r.choice(TESTS))
+        return e
+
+    def expr(self, depth=0):
+        r = self.r
+        if depth > 2:
+            return self.atom()
+        k = r.randrange(8)
+        if k < 3:
+            return self.postfix(self.atom(), depth)
+        if k < 5:
+            return "%s %s %s" % (self.expr(depth + 1), r.choice(BINOPS), self.expr(depth + 1))
+        if k == 5:
+            return "%s if %s else %s" % (self.expr(depth + 1), self.expr(depth + 1),
+                                         self.expr(depth + 1))
+        if k == 6:
+            return "not " + self.expr(depth + 1)
+        return "-" + self.atom()
+
+    def ws(self):
+        return self.r.choice(["", "", " ", "\n", "  \n", "\n  ", "\t", "x\n  "])
+
+    def tag(self, body):
+        r = self.r
+        left = r.choice(["", "", "-", "+"])
+        right = r.choice(["", "", "-", "+"])
+        return "{%" + left + " " + body + " " + right + "%}"
+
+    def out(self):
+        r = self.r
+        return "{{" + r.choice(["", "-"]) + " " + self.expr() + " " + r.choice(["", "-"]) + "}}"
+
+    def block(self, depth=0):
+        r = self.r
+        parts = []
+        for _ in range(r.randrange(1, 4)):
+            k = r.randrange(9 if depth < 2 else 3)
+            parts.append(self.ws())
+            if k == 0:
+                parts.append(self.out())
+            elif k == 1:
+                parts.append(r.choice(["text", "a b", "é", "{# c #}", "{#- c -#}"]))
+            elif k == 2:
+                name = r.choice(["v", "w"])
+                parts.append(self.tag("set %s = %s" % (name, self.expr())))
+                self.scope.append(name)
+            elif k in (3, 4):
+                parts.append(self.tag("if " + self.expr()))
+                parts.append(self.block(depth + 1))
+                if r.random() < 0.5:
+                    parts.append(self.tag("else"))
+                    parts.append(self.block(depth + 1))
+                parts.append(self.tag("endif"))
+            elif k in (5, 6):
+                var = r.choice(["x", "m"])
+                it = r.choice(["l", "messages", "d", "s", "range(3)", "e", self.expr(1)])
+                cond = " if " + self.expr(1) if r.random() < 0.2 else ""
+                parts.append(self.tag("for %s in %s%s" % (var, it, cond)))
+                self.scope.append(var)
+                self.scope.append("loop.index")
+                self.scope.append(r.choice(["loop.first", "loop.last", "loop.previtem",
+                                            "loop.length", "loop.revindex"]))
+                parts.append(self.block(depth + 1))
+                self.scope = self.scope[:-3]
+                if r.random() < 0.3:
+                    parts.append(self.tag("else"))
+                    parts.append(self.block(depth + 1))
+                parts.append(self.tag("endfor"))
+            elif k == 7:
+                parts.append(self.tag("set ns = namespace(c=0)"))
+                parts.append(self.tag("for x in l"))
+                parts.append(self.tag("set ns.c = ns.c + x"))
+                parts.append(self.tag("endfor"))
+                parts.append("{{ ns.c }}")
+            else:
+                parts.append(self.tag("macro mm(a, b='B')"))
+                self.scope += ["a", "b"]
+                parts.append(self.block(depth + 1))
+                self.scope = self.scope[:-2]
+                parts.append(self.tag("endmacro"))
+                parts.append("{{ mm(%s) }}" % self.expr(1))
+        parts.append(self.ws())
+        return "".join(parts)
+
+
+def jinja2_render(src):
+    try:
+        t = _compile_jinja_template(src)
+    except Exception as e:
+        return {"error": type(e).__name__, "parse": True}
+    try:
+        return {"output": t.render(**copy.deepcopy(CTX))}  # filters may mutate it
+    except Exception as e:
+        return {"error": "%s: %s" % (type(e).__name__, e), "parse": False}
+
+
+SKIP = ("<generator object", "dict_items(", "dict_keys(", "dict_values(", "range(", " object at 0x",
+        "<list_reverseiterator", "Markup(", "<Namespace", "<LoopContext", "<Macro", "<bound method",
+        "<built-in")
+
+
+def main():
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    seed = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    rng = random.Random(seed)
+    templates = []
+    for _ in range(n):
+        templates.append(Gen(rng).block())
+    ours = json.loads(subprocess.run([RENDER], input=json.dumps(
+        [{"template": t, "context": CTX} for t in templates]), capture_output=True, text=True,
+        check=True).stdout)
+    bad = skipped = both_ok = 0
+    for t, mine in zip(templates, ours):
+        ref = jinja2_render(t)
+        if "output" in ref and any(s in ref["output"] for s in SKIP):
+            skipped += 1
+            continue
+        if "error" in ref and ("OverflowError" in ref["error"] or "MemoryError" in ref["error"]):
+            skipped += 1
+            continue
+        if "output" in ref and "output" in mine and ref["output"] == mine["output"]:
+            both_ok += 1
+            continue
+        if "error" in ref and "error" in mine:
+            continue
+        bad += 1
+        print("=" * 70)
+        print("TEMPLATE:", json.dumps(t))
+        print("jinja2:  ", json.dumps(ref)[:400])
+        print("expertd: ", json.dumps(mine)[:400])
+    print(f"{n} templates: {both_ok} equal renderings, {bad} disagreements, {skipped} skipped")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
