@@ -614,6 +614,14 @@ def chat_template_file_errors_are_400():
         assert r.status_code == 200, r.text
     finally:
         assert s.stop() == 0
+    # an override that does not parse stops the load, naming the option and the line
+    with open(path, "w") as f:
+        f.write("{% for m in messages %}{{ m.content }}\n{% endfor")
+    try:
+        Server("--chat-template", path)
+        raise AssertionError("a template that does not parse was served")
+    except RuntimeError as e:
+        assert "--chat-template" in str(e) and "line 2" in str(e), e
 
 
 @test
