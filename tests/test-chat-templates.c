@@ -202,6 +202,7 @@ static void run_family(const char *fam)
         struct xd_err err = {{0}};
         int rc = xd_chat_template_create(src, src_len, NULL, &tk, fam, &t, &err);
         CHECK(rc == XD_OK, "%s: %s", fam, err.msg);
+        CHECK(!t || strcmp(xd_chat_template_source(t), src) == 0, "%s: source not kept", fam);
         long long now = json_integer_value(json_object_get(cj, "now"));
         json_t *list = json_object_get(cj, "cases");
         CHECK(json_array_size(list) > 0, "%s: no cases", fam);

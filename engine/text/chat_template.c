@@ -218,6 +218,7 @@ struct xd_chat_template {
     struct xd_jinja_template *tool_use; /* NULL: main serves requests with tools too */
     json_t *tokens;                     /* {bos_token: "...", ...}: the set ones only */
     char *origin;
+    char *source;                       /* main's source, NUL-terminated */
 };
 
 void xd_chat_template_destroy(struct xd_chat_template *t)
@@ -228,12 +229,18 @@ void xd_chat_template_destroy(struct xd_chat_template *t)
     xd_jinja_free(t->tool_use);
     json_decref(t->tokens);
     free(t->origin);
+    free(t->source);
     free(t);
 }
 
 const char *xd_chat_template_origin(const struct xd_chat_template *t)
 {
     return t && t->origin ? t->origin : "chat template";
+}
+
+const char *xd_chat_template_source(const struct xd_chat_template *t)
+{
+    return t && t->source ? t->source : "";
 }
 
 static int parse_one(const char *src, size_t len, const char *origin, const char *which,
@@ -254,7 +261,7 @@ int xd_chat_template_create(const char *source, size_t len, const char *tool_use
         return xd_err_set(err, XD_ERR_INVALID, "no chat template source");
     struct xd_chat_template *t = calloc(1, sizeof *t);
     if (!t || !(t->origin = strdup(origin ? origin : "chat template")) ||
-        !(t->tokens = json_object())) {
+        !(t->tokens = json_object()) || !(t->source = strndup(source, len))) {
         xd_chat_template_destroy(t);
         return xd_err_set(err, XD_ERR_NOMEM, "out of memory loading the chat template");
     }

@@ -54,6 +54,11 @@ int xd_chat_template_load(const char *override, const struct xd_tokenizer_config
 /* Where t came from (the origin given at creation); never NULL. */
 const char *xd_chat_template_origin(const struct xd_chat_template *t);
 
+/* The Jinja source t was parsed from (its main template, NUL-terminated; the model's, the
+ * built-in's or the file's), for what reads the template's text (which reasoning and tool-call
+ * syntax a model uses); never NULL, owned by t. */
+const char *xd_chat_template_source(const struct xd_chat_template *t);
+
 /* Frees t; NULL is fine. */
 void xd_chat_template_destroy(struct xd_chat_template *t);
 
