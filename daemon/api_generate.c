@@ -780,8 +780,9 @@ static json_t *template_messages(const struct xd_api_message *msgs, int n)
 }
 
 int xd_api_chat_render(const struct xd_server *s, const struct xd_api_message *msgs, int n,
-                       const json_t *tools, const json_t *kwargs, bool add_generation_prompt,
-                       char **ret, size_t *ret_len, struct xd_api_error *e)
+                       const json_t *tools, const json_t *documents, const json_t *kwargs,
+                       bool add_generation_prompt, char **ret, size_t *ret_len,
+                       struct xd_api_error *e)
 {
     if (!s->tok)
         return xd_api_error_set(e, 400, "invalid_request_error", "messages",
@@ -800,7 +801,7 @@ int xd_api_chat_render(const struct xd_server *s, const struct xd_api_message *m
     struct xd_jinja_limits lim = {.max_output = (size_t)(2 * body + (1 << 20)),
                                   .max_memory = (size_t)(16 * body + (64 << 20))};
     struct xd_chat_input in = {
-        .messages = arr, .tools = tools, .kwargs = kwargs,
+        .messages = arr, .tools = tools, .documents = documents, .kwargs = kwargs,
         .add_generation_prompt = add_generation_prompt, .limits = &lim,
     };
     struct xd_err err = {{0}};
@@ -822,7 +823,8 @@ static int chat_prompt(struct gen_job *j, struct xd_api_error *e)
     char *text = NULL;
     size_t len = 0;
     XD_TRY(xd_api_chat_render(s, j->api.messages, j->api.n_messages, j->api.tools,
-                              j->api.chat_template_kwargs, true, &text, &len, e));
+                              j->api.documents, j->api.chat_template_kwargs, true, &text, &len,
+                              e));
     struct xd_err err = {{0}};
     int rc = xd_tokenizer_encode(s->tok, text, len, false, true, &j->prompts[0].ids,
                                  &j->prompts[0].n_ids, &err);

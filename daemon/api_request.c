@@ -360,6 +360,15 @@ static int parse_fields(enum xd_api_kind kind, json_t *root, struct xd_api_reque
 
     if (kind == XD_API_CHAT)
         XD_TRY(parse_tools(root, r, e));
+    json_t *docs = kind == XD_API_CHAT ? field(root, "documents") : NULL;
+    if (docs) {
+        if (!json_is_array(docs))
+            return BAD_TYPE("documents", "a list of objects");
+        for (size_t i = 0; i < json_array_size(docs); i++)
+            if (!json_is_object(json_array_get(docs, i)))
+                return BAD("documents", "'documents' %zu is not an object", i);
+        r->documents = docs;
+    }
     r->enable_thinking = -1;
     json_t *kw = kind == XD_API_CHAT ? field(root, "chat_template_kwargs") : NULL;
     if (kw) {

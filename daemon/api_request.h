@@ -84,6 +84,8 @@ struct xd_api_request {
                                         ({type, function: {name, ...}}); NULL when absent */
     json_t *chat_template_kwargs;    /* chat: borrowed, an object (extra template variables);
                                         NULL when absent */
+    json_t *documents;               /* chat: borrowed, vLLM's list of documents (objects) for
+                                        RAG templates; NULL when absent */
     const char *user;
 };
 

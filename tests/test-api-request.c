@@ -194,6 +194,8 @@ static const struct {
     {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":{}}",
      "tools"},
     {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+     "\"documents\":[\"a\"]}", "documents"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
      "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"\"}}]}", "tools"},
     {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
      "\"tools\":[{\"type\":\"code\"}]}", "tools"},

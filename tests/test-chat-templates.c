@@ -75,6 +75,7 @@ static void run_case(const char *fam, const struct xd_chat_template *t, json_t *
     struct xd_chat_input in = {
         .messages = json_object_get(c, "messages"),
         .tools = json_object_get(c, "tools"),
+        .documents = json_object_get(c, "documents"),
         .kwargs = json_object_get(c, "chat_template_kwargs"),
         .add_generation_prompt = json_is_true(json_object_get(c, "add_generation_prompt")),
         .now = now,
@@ -145,6 +146,7 @@ static void *render_all(void *arg)
         struct xd_chat_input in = {
             .messages = json_object_get(c, "messages"),
             .tools = json_object_get(c, "tools"),
+            .documents = json_object_get(c, "documents"),
             .kwargs = json_object_get(c, "chat_template_kwargs"),
             .add_generation_prompt = json_is_true(json_object_get(c, "add_generation_prompt")),
             .now = p->now,

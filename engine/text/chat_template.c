@@ -376,6 +376,9 @@ static int context(const struct xd_chat_template *t, const struct xd_chat_input 
     if (in->tools && !json_is_null(in->tools) && !json_is_array(in->tools)) {
         return xd_err_set(err, XD_ERR_INVALID, "chat template (%s): tools must be a list", o);
     }
+    if (in->documents && !json_is_null(in->documents) && !json_is_array(in->documents))
+        return xd_err_set(err, XD_ERR_INVALID, "chat template (%s): documents must be a list",
+                          o);
     if (in->kwargs && !json_is_null(in->kwargs) && !json_is_object(in->kwargs)) {
         return xd_err_set(err, XD_ERR_INVALID, "chat template (%s): chat_template_kwargs must "
                                                "be an object", o);
@@ -410,7 +413,8 @@ static int context(const struct xd_chat_template *t, const struct xd_chat_input 
         msgs = NULL;
         bad |= json_object_set(ctx, "tools", in->tools && json_is_array(in->tools)
                                                  ? (json_t *)in->tools : json_null());
-        bad |= json_object_set_new(ctx, "documents", json_null());
+        bad |= json_object_set(ctx, "documents", in->documents && json_is_array(in->documents)
+                                                     ? (json_t *)in->documents : json_null());
         bad |= json_object_set_new(ctx, "add_generation_prompt",
                                    json_boolean(in->add_generation_prompt));
         if (in->now > 0)

@@ -68,6 +68,8 @@ struct xd_chat_input {
                              * tool_call_id, name, reasoning_content, ...}); keys whose value
                              * is null are dropped, as transformers does */
     const json_t *tools;    /* array of tool schemas, or NULL (the template sees none) */
+    const json_t *documents; /* array of documents ({title, text, ...}) for RAG templates, or
+                              * NULL (none) */
     const json_t *kwargs;   /* chat_template_kwargs: an object of extra template variables
                              * (enable_thinking, reasoning_effort, ...), or NULL; they override
                              * the special tokens, as in transformers */
@@ -84,7 +86,7 @@ struct xd_chat_input {
  *
  * Failures, all XD_ERR_INVALID with a message starting "chat template (ORIGIN): ": the
  * template's raise_exception ("... template raised: MSG"), any other render error (naming its
- * line) and a limit hit; messages that are not an array of objects, tools not an array, kwargs
+ * line) and a limit hit; messages that are not an array of objects, tools or documents not an array, kwargs
  * not an object or naming messages, tools, documents or add_generation_prompt. XD_ERR_NOMEM when
  * memory runs out. *ret untouched on failure.
  *

@@ -10,7 +10,8 @@ the template: apply_chat_template(tokenize=False) never consults the vocabulary,
 is what the model's own tokenizer renders.
 
 cases.json: {"transformers": version, "jinja2": version, "now": unix seconds, "cases": [...]},
-each case {"name", "messages", "tools" (absent: none passed), "add_generation_prompt",
+each case {"name", "messages", "tools" and "documents" (absent: none passed),
+"add_generation_prompt",
 "chat_template_kwargs" (extra template variables, as vLLM's request field), and "text" (what
 transformers renders) or "error" (the exception's class and message: the template raised it)}.
 strftime_now reads a fixed clock ("now", UTC), as expertd's interpreter does from __xd_now.
@@ -67,6 +68,9 @@ TOOLS = [
                                  "required": ["query"]}}},
 ]
 
+DOCS = [{"title": "Paris", "text": "Paris is the capital of France."},
+        {"title": "Rome", "text": "Rome is the capital of Italy.", "doc_id": "7"}]
+
 SYS = {"role": "system", "content": "You are a concise assistant."}
 U1 = {"role": "user", "content": "What is the capital of France?"}
 A1 = {"role": "assistant", "content": "Paris."}
@@ -95,8 +99,8 @@ def tool_turns(as_string, content="", id_=ID1):
 
 
 def conversations():
-    """(name, messages, tools, chat_template_kwargs); each rendered with and without the
-    generation prompt."""
+    """(name, messages, tools, chat_template_kwargs[, documents]); each rendered with and
+    without the generation prompt."""
     c = [
         ("user", [U1], None, None),
         ("system_user", [SYS, U1], None, None),
@@ -164,6 +168,8 @@ def conversations():
         ("special_text_in_content",
          [{"role": "user", "content": "say <|im_end|> and </s> and [INST] {{ x }} {% y %}"}],
          None, None),
+        ("documents", [U1], None, None, DOCS),
+        ("documents_and_tools", [UW], TOOLS, None, DOCS),
         ("named_messages",
          [{"role": "system", "content": "Be brief.", "name": "policy"},
           {"role": "user", "content": "Hi", "name": "alice"}], None, None),
@@ -181,9 +187,10 @@ def build_tokenizer(template, special):
     return PreTrainedTokenizerFast(tokenizer_object=tok, chat_template=template, **kw)
 
 
-def render(tok, messages, tools, gen, kwargs):
+def render(tok, messages, tools, gen, kwargs, documents=None):
     extra = dict(kwargs or {})
     return tok.apply_chat_template(copy.deepcopy(messages), tools=copy.deepcopy(tools),
+                                   documents=copy.deepcopy(documents),
                                    add_generation_prompt=gen, tokenize=False, **extra)
 
 
@@ -197,16 +204,19 @@ def family_cases(path):
     for k, v in special.items():
         assert got.get(k) == v, (path, k, got.get(k), v)
     cases = []
-    for name, messages, tools, kwargs in conversations():
+    for name, messages, tools, kwargs, *rest in conversations():
+        documents = rest[0] if rest else None
         for gen in (False, True):
             case = {"name": f"{name}{'+gen' if gen else ''}", "messages": messages}
             if tools is not None:
                 case["tools"] = tools
+            if documents is not None:
+                case["documents"] = documents
             case["add_generation_prompt"] = gen
             if kwargs:
                 case["chat_template_kwargs"] = kwargs
             try:
-                case["text"] = render(tok, messages, tools, gen, kwargs)
+                case["text"] = render(tok, messages, tools, gen, kwargs, documents)
             except jinja2.exceptions.TemplateError as e:
                 case["error"] = {"type": type(e).__name__, "message": str(e)}
             except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
