@@ -102,7 +102,7 @@ GROUP(test_expressions, "arith_", "precedence", "unary", "string_plus", "tilde",
       "compare_chain", "eq_", "in_operator", "logic_", "cond_", "list_dict", "dict_int_keys",
       "attr_and_item", "negative_index", "index_out", "dot_integer", "slice", "unicode_len",
       "method_on_none", "dunder", "dict_method_wins", "dict_key_named", "namespace_attr",
-      "deep_nesting", "long_")
+      "deep_nesting", "long_", "empty_subscript")
 GROUP(test_undefined, "undefined_")
 GROUP(test_tests, "type_tests", "value_tests", "odd_even", "compare_tests", "is_not", "case_tests",
       "callable_test", "sameas_test", "test_")

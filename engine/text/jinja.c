@@ -162,6 +162,7 @@ static void l_push(struct rc *r, struct jlist *l, struct value v)
     l->v[l->n++] = v;
 }
 static struct value v_list(struct jlist *l) { return (struct value){.t = VT_LIST, .as.l = l}; }
+static struct value v_gen(struct jlist *l) { return (struct value){.t = VT_GEN, .as.l = l}; }
 static struct value pair(struct rc *r, struct value a, struct value b)
 {
     struct jlist *l = l_new(r, 2);
@@ -225,6 +226,7 @@ static const char *type_name(struct value v)
     case VT_NS: return "Namespace";
     case VT_MACRO: return "Macro";
     case VT_FUNC: return "function";
+    case VT_GEN: return "generator";
     default: return "LoopContext";
     }
 }
@@ -232,14 +234,15 @@ static const char *type_name(struct value v)
 static const char *obj_name(int t)
 {
     static const char *const n[] = {"undefined", "none", "bool", "int", "float", "str", "list",
-                                    "dict", "namespace", "macro", "function", "loop"};
-    return t >= 0 && t <= VT_LOOP ? n[t] : "object";
+                                    "dict", "namespace", "macro", "function", "loop",
+                                    "generator"};
+    return t >= 0 && t <= VT_GEN ? n[t] : "object";
 }
 
 _Noreturn static void undefined_error(struct rc *r, struct value u)
 {
     if (!u.as.u.name)
-        rfail(r, "undefined value used");
+        rfail(r, "a value is undefined (an index or key that is not there)");
     if (u.as.u.obj)
         rfail(r, "'%s object' has no attribute '%s'", obj_name(u.as.u.obj), u.as.u.name);
     rfail(r, "'%s' is undefined", u.as.u.name);
@@ -454,6 +457,7 @@ static void repr(struct rc *r, struct sbuf *b, struct value v)
         break;
     case VT_FUNC: sb_printf(r, b, "<built-in function %s>", v.as.fn->name); break;
     case VT_LOOP: sb_printf(r, b, "<LoopContext %zu/%zu>", v.as.lp->i + 1, v.as.lp->items->n); break;
+    case VT_GEN: sb_puts(r, b, "<generator object>"); break;
     default: to_str(r, b, v);
     }
     leave(r);
@@ -506,6 +510,7 @@ static bool eq(struct rc *r, struct value a, struct value b)
     case VT_NS: return a.as.d == b.as.d;
     case VT_MACRO: return a.as.m == b.as.m;
     case VT_FUNC: return a.as.fn == b.as.fn;
+    case VT_GEN: return a.as.l == b.as.l;
     default: return a.as.lp == b.as.lp;
     }
 }
@@ -549,6 +554,16 @@ static struct jlist *iterate(struct rc *r, struct value v)
     switch (v.t) {
     case VT_UNDEF: return l_new(r, 0);
     case VT_LIST: step(r, (long)(v.as.l->n / 8)); return v.as.l;
+    case VT_GEN: { /* the first iteration consumes it */
+        if (v.as.l->fail)
+            rfail(r, "%s", v.as.l->fail);
+        struct jlist *l = l_new(r, v.as.l->n);
+        for (size_t i = 0; i < v.as.l->n; i++)
+            l_push(r, l, v.as.l->v[i]);
+        v.as.l->n = 0;
+        step(r, (long)(l->n / 8));
+        return l;
+    }
     case VT_DICT: {
         struct jlist *l = l_new(r, v.as.d->n);
         for (size_t i = 0; i < v.as.d->n; i++)
@@ -1287,6 +1302,7 @@ static bool contains(struct rc *r, struct value hay, struct value needle)
         return false;
     case VT_DICT: return d_find(r, hay.as.d, needle) != NULL;
     case VT_UNDEF: return false;
+    case VT_GEN: return contains(r, v_list(iterate(r, hay)), needle);
     default: rfail(r, "argument of type '%s' is not iterable", type_name(hay));
     }
 }
@@ -1962,6 +1978,8 @@ static bool parse_float(const char *s, size_t n, double *ret)
 
 static struct value to_int(struct rc *r, struct value v, struct value *dflt, struct value *basev)
 {
+    if (v.t == VT_UNDEF) /* Undefined.__int__ raises */
+        undefined_error(r, v);
     int base = basev ? (int)int_arg(r, *basev) : 10;
     struct value d = dflt ? *dflt : v_int(0);
     switch (v.t) {
@@ -2031,6 +2049,10 @@ static struct value py_round(struct rc *r, struct value v, struct value *precv, 
 
 static struct value indent(struct rc *r, struct value v, struct args *a)
 {
+    if (v.t == VT_UNDEF)
+        undefined_error(r, v);
+    if (v.t != VT_STR) /* jinja2 appends "\n" to the value itself */
+        rfail(r, "indent needs a string, not %s", type_name(v));
     struct value *w = arg(a, 0, "width"), *first = arg(a, 1, "first"), *blank = arg(a, 2, "blank");
     struct value ind;
     if (w && w->t == VT_STR) {
@@ -2114,9 +2136,27 @@ static struct args rest_args(struct args *a, int from)
     return b;
 }
 
+/* jinja2's map/select/... are generators: over something that cannot be iterated they fail
+ * only when they are consumed. NULL when v iterates. */
+static struct value *deferred_gen(struct rc *r, struct value v)
+{
+    if (v.t == VT_UNDEF || v.t == VT_LIST || v.t == VT_DICT || v.t == VT_STR || v.t == VT_GEN)
+        return NULL;
+    struct value *g = jx_alloc(&r->x, sizeof *g);
+    struct jlist *l = l_new(r, 0);
+    struct sbuf m = {0};
+    sb_printf(r, &m, "'%s' object is not iterable", type_name(v));
+    l->fail = m.p;
+    *g = v_gen(l);
+    return g;
+}
+
 static struct value select_like(struct rc *r, struct value v, struct args *a, bool attr,
                                 bool keep)
 {
+    struct value *lazy = deferred_gen(r, v);
+    if (lazy)
+        return *lazy;
     struct jlist *in = iterate(r, v), *out = l_new(r, 0);
     int t0 = attr ? 1 : 0;
     struct value *attrv = attr ? arg(a, 0, NULL) : NULL;
@@ -2137,7 +2177,7 @@ static struct value select_like(struct rc *r, struct value v, struct args *a, bo
         if (ok == keep)
             l_push(r, out, in->v[i]);
     }
-    return v_list(out);
+    return v_gen(out);
 }
 
 static struct value apply_filter(struct rc *r, struct frame *f, const char *name, struct value v,
@@ -2172,13 +2212,16 @@ static struct value apply_filter(struct rc *r, struct frame *f, const char *name
         return escape_html(r, v);
     if (IS("items")) {
         if (v.t == VT_UNDEF)
-            return v_list(l_new(r, 0));
-        if (v.t != VT_DICT)
-            rfail(r, "can only get item pairs from a mapping, not %s", type_name(v));
+            return v_gen(l_new(r, 0));
+        if (v.t != VT_DICT) { /* a generator: the error comes when it is consumed */
+            struct jlist *l = l_new(r, 0);
+            l->fail = "Can only get item pairs from a mapping.";
+            return v_gen(l);
+        }
         struct jlist *l = l_new(r, v.as.d->n);
         for (size_t i = 0; i < v.as.d->n; i++)
             l_push(r, l, pair(r, v.as.d->k[i], v.as.d->v[i]));
-        return v_list(l);
+        return v_gen(l);
     }
     if (IS("list")) {
         struct jlist *in = iterate(r, v), *l = l_new(r, in->n);
@@ -2191,8 +2234,10 @@ static struct value apply_filter(struct rc *r, struct frame *f, const char *name
         return in->n ? in->v[0] : undef("first", 0);
     }
     if (IS("last")) {
-        if (v.t == VT_UNDEF)
-            undefined_error(r, v);
+        if (v.t == VT_UNDEF) /* reversed(Undefined) is empty */
+            return undef("last", 0);
+        if (v.t == VT_GEN)
+            rfail(r, "'generator' object is not reversible");
         struct jlist *in = iterate(r, v);
         return in->n ? in->v[in->n - 1] : undef("last", 0);
     }
@@ -2204,12 +2249,13 @@ static struct value apply_filter(struct rc *r, struct frame *f, const char *name
                 sb_put(r, &b, in->v[i].as.s->s, in->v[i].as.s->len);
             return v_sb(r, &b);
         }
-        if (v.t == VT_UNDEF)
-            undefined_error(r, v);
+        if (v.t == VT_UNDEF) /* reversed() of an empty sequence */
+            return v_gen(l_new(r, 0));
+        bool one_pass = v.t != VT_GEN; /* reversed(list) is an iterator, list(gen) a list */
         struct jlist *in = iterate(r, v), *l = l_new(r, in->n);
         for (size_t i = in->n; i-- > 0;)
             l_push(r, l, in->v[i]);
-        return v_list(l);
+        return one_pass ? v_gen(l) : v_list(l);
     }
     if (IS("join")) {
         struct value *d = arg(a, 0, "d"), *at = arg(a, 1, "attribute");
@@ -2227,8 +2273,11 @@ static struct value apply_filter(struct rc *r, struct frame *f, const char *name
         return replace(r, v, arg(a, 0, "old"), arg(a, 1, "new"), arg(a, 2, "count"));
     if (IS("int"))
         return to_int(r, v, arg(a, 0, "default"), arg(a, 1, "base"));
-    if (IS("float"))
+    if (IS("float")) {
+        if (v.t == VT_UNDEF)
+            undefined_error(r, v);
         return to_float(v, arg(a, 0, "default"));
+    }
     if (IS("abs")) {
         if (v.t == VT_FLOAT)
             return v_float(fabs(v.as.f));
@@ -2251,13 +2300,16 @@ static struct value apply_filter(struct rc *r, struct frame *f, const char *name
     if (IS("selectattr") || IS("rejectattr"))
         return select_like(r, v, a, true, IS("selectattr"));
     if (IS("map")) {
+        struct value *lazy = deferred_gen(r, v);
+        if (lazy)
+            return *lazy;
         struct jlist *in = iterate(r, v), *out = l_new(r, in->n);
         struct value *at = arg(a, -1, "attribute");
         if (at) {
             struct value *dflt = arg(a, -1, "default");
             for (size_t i = 0; i < in->n; i++)
                 l_push(r, out, attr_path(r, in->v[i], *at, dflt));
-            return v_list(out);
+            return v_gen(out);
         }
         struct value *fname = arg(a, 0, NULL);
         if (!fname || fname->t != VT_STR)
@@ -2267,7 +2319,12 @@ static struct value apply_filter(struct rc *r, struct frame *f, const char *name
             step(r, 1);
             l_push(r, out, apply_filter(r, f, fname->as.s->s, in->v[i], &fa));
         }
-        return v_list(out);
+        return v_gen(out);
+    }
+    if (IS("unique") || IS("batch")) {
+        struct value *lazy = deferred_gen(r, v);
+        if (lazy)
+            return *lazy;
     }
     if (IS("sort") || IS("unique") || IS("min") || IS("max") || IS("dictsort")) {
         bool dictsort = IS("dictsort");
@@ -2313,7 +2370,7 @@ static struct value apply_filter(struct rc *r, struct frame *f, const char *name
                     l_push(r, out, vals[i]);
                 }
             }
-            return v_list(out);
+            return v_gen(out);
         }
         if (IS("min") || IS("max")) {
             if (!n)
@@ -2408,7 +2465,7 @@ static struct value apply_filter(struct rc *r, struct frame *f, const char *name
         if (cur && fill && fill->t != VT_NONE)
             while ((int64_t)cur->n < k)
                 l_push(r, cur, *fill);
-        return v_list(out);
+        return v_gen(out);
     }
 #undef IS
     rfail(r, "no filter named '%s'", name);
@@ -2444,9 +2501,10 @@ static bool apply_test(struct rc *r, const char *name, struct value v, struct ar
     if (IS("mapping"))
         return v.t == VT_DICT;
     if (IS("iterable"))
-        return v.t == VT_UNDEF || v.t == VT_STR || v.t == VT_LIST || v.t == VT_DICT;
-    if (IS("sequence"))
-        return v.t == VT_STR || v.t == VT_LIST || v.t == VT_DICT;
+        return v.t == VT_UNDEF || v.t == VT_STR || v.t == VT_LIST || v.t == VT_DICT ||
+               v.t == VT_GEN;
+    if (IS("sequence")) /* len() and __getitem__: Undefined has both */
+        return v.t == VT_STR || v.t == VT_LIST || v.t == VT_DICT || v.t == VT_UNDEF;
     if (IS("callable"))
         return v.t == VT_MACRO || v.t == VT_FUNC;
     if (IS("escaped"))

@@ -33,7 +33,9 @@ void jx_arena_free(struct jx *x);
 /* ---- values ------------------------------------------------------------------------------ */
 
 enum vt { VT_UNDEF, VT_NONE, VT_BOOL, VT_INT, VT_FLOAT, VT_STR, VT_LIST, VT_DICT, VT_NS,
-          VT_MACRO, VT_FUNC, VT_LOOP };
+          VT_MACRO, VT_FUNC, VT_LOOP,
+          VT_GEN /* a one-pass iterator (what map, select, ... give in jinja2): always true, no
+                  * len, no index, consumed by the first iteration; items in as.l */ };
 
 struct jstr {
     size_t len;  /* bytes */
@@ -47,6 +49,7 @@ struct jlist {
     size_t n, cap;
     struct value *v; /* (n,) */
     bool tuple;      /* repr as (a, b) */
+    const char *fail; /* VT_GEN over something not iterable: the error its iteration raises */
 };
 
 struct jdict { /* insertion-ordered, as Python dicts; also a namespace's attributes */

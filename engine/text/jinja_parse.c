@@ -701,6 +701,8 @@ static struct node *parse_postfix(struct parser *P, struct node *n)
             struct node *sl = NULL; /* the subscript's own slice, when it is one */
             int n_slices = 0;
             for (;;) {
+                if (is_op(cur(P), "]")) /* x[] is x[()] in jinja2 */
+                    break;
                 struct node *start = NULL, *stop = NULL, *step = NULL;
                 bool slice = false;
                 if (!is_op(cur(P), ":"))

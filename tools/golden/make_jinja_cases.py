@@ -154,6 +154,8 @@ case("undefined_plus_fails", "{{ nothing + 1 }}")
 case("undefined_call_fails", "{{ nothing() }}")
 case("undefined_tojson_fails", "{{ nothing|tojson }}")
 case("undefined_compare_fails", "{{ nothing < 1 }}")
+case("undefined_is_sequence", "{{ nothing is sequence }} {{ nothing is iterable }} {{ d.zz is sequence }} {{ nothing is mapping }}")
+case("empty_subscript", "[{{ d[] }}] {{ 'x' if false else 'y' ~ not [] if false }}")
 case("undefined_in_list", "{{ nothing in [1] }}")
 
 # -- tests ------------------------------------------------------------------------------------
@@ -224,6 +226,19 @@ case("filter_batch", "{{ [1, 2, 3, 4, 5]|batch(2)|list }} {{ [1, 2, 3]|batch(2, 
 case("filter_chain", "{{ messages|map(attribute='content')|map('upper')|select('string')|join(' / ')|trim }}")
 case("filter_on_literal", "{{ 'abc'|upper|reverse }}")
 case("filter_precedence_unary", "{{ -1|abs }} {{ (-1)|abs }}")
+case("filter_generators_are_true", "{{ ([]|select) is true }} {% if []|map('upper') %}gen{% endif %} "
+     "{% if e|selectattr('x') %}yes{% else %}no{% endif %} {{ not l|reject }} {{ l|unique is sequence }} "
+     "{{ l|map('string') is iterable }} {{ (l|reverse) is sequence }}")
+case("filter_generator_consumed_once", "{% set g = l|map('string') %}[{{ g|join }}][{{ g|join }}]{% set r = l|reverse %}[{{ r|list }}][{{ r|list }}]")
+case("filter_generator_length_fails", "{{ l|map('string')|length }}")
+case("filter_generator_index_undefined", "[{{ (l|select)[0] }}]")
+case("filter_generator_lazy_error", "{% set g = 5|select %}{% set h = 5|items %}ok")
+case("filter_generator_lazy_error_consumed", "{{ 5|map('upper')|list }}")
+case("filter_items_non_mapping_consumed_fails", "{{ l|items|list }}")
+case("filter_indent_non_string_fails", "{{ 5|indent }}")
+case("filter_int_of_undefined_fails", "{{ nothing|int }}")
+case("filter_float_of_undefined_fails", "{{ nothing|float }}")
+case("filter_last_first_of_undefined", "[{{ nothing|last }}][{{ nothing|first }}][{{ nothing|reverse|list }}]")
 case("filter_pprint", "{{ {'a': [1, 'x']}|pprint }}")
 
 # -- tojson (transformers' json.dumps) ---------------------------------------------------------
