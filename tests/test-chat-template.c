@@ -229,6 +229,33 @@ static void test_tool_message_and_bad_input(void)
     xd_chat_template_destroy(t);
 }
 
+/* A named list's "tool_use" template renders requests with tools (even an empty list, as
+ * transformers' get_chat_template picks it whenever tools is not None), "default" the rest. */
+static void test_tool_use_template_serves_tools(void)
+{
+    struct xd_chat_template *t = NULL;
+    struct xd_err err = {{0}};
+    const char *main_src = "D{{ tools is none }}";
+    CHECK(xd_chat_template_create(main_src, strlen(main_src), "T{{ tools | length }}", NULL,
+                                  "named", &t, &err) == XD_OK, "%s", err.msg);
+    json_t *msgs = json_pack("[{ss ss}]", "role", "user", "content", "hi");
+    json_t *tools = json_pack("[{ss}]", "type", "function"), *none = json_array();
+    const json_t *cases[] = {NULL, tools, none};
+    const char *want[] = {"DTrue", "T1", "T0"};
+    for (int k = 0; t && k < 3; k++) {
+        struct xd_chat_input in = {.messages = msgs, .tools = cases[k]};
+        char *out = NULL;
+        size_t len = 0;
+        CHECK(xd_chat_template_render(t, &in, &out, &len, &err) == XD_OK && out &&
+                  strcmp(out, want[k]) == 0, "case %d: %s", k, out ? out : err.msg);
+        free(out);
+    }
+    json_decref(tools);
+    json_decref(none);
+    json_decref(msgs);
+    xd_chat_template_destroy(t);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -257,6 +284,7 @@ int main(int argc, char **argv)
     RUN(test_rendered_ids_match_transformers);
     RUN(test_near_miss_renders_as_written);
     RUN(test_tool_message_and_bad_input);
+    RUN(test_tool_use_template_serves_tools);
     xd_tokenizer_config_finish(&cfg);
     xd_tokenizer_destroy(tok);
     json_decref(golden);
