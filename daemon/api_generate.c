@@ -759,24 +759,77 @@ static int error_from_status(struct xd_api_error *e, int rc, const struct xd_err
     return rc;
 }
 
-/* The messages as the template gets them: each as sent, with its role as read (developer as
- * system) and its content as one string (text parts joined; null as ""). New reference or
- * NULL (out of memory). */
-static json_t *template_messages(const struct xd_api_message *msgs, int n)
+/* m's tool_calls with every function's arguments as a JSON value, as vLLM hands them to
+ * templates (transformers' templates expect objects; OpenAI clients send JSON text): a string
+ * is decoded, a missing, null or empty one becomes {}. New reference in *ret (NULL: m has no
+ * tool_calls list); a string that is not JSON is a 400 naming the message and the call. */
+static int decoded_tool_calls(json_t *m, int i, json_t **ret, struct xd_api_error *e)
 {
-    json_t *arr = json_array();
-    for (int i = 0; arr && i < n; i++) {
-        json_t *m = json_object();
-        if (!m || (msgs[i].json && json_object_update(m, msgs[i].json) < 0) ||
-            json_object_set_new(m, "role", json_string(msgs[i].role)) < 0 ||
-            json_object_set_new(m, "content", json_string(msgs[i].content)) < 0 ||
-            json_array_append_new(arr, m) < 0) {
-            json_decref(m);
-            json_decref(arr);
-            return NULL;
+    json_t *calls = json_object_get(m, "tool_calls");
+    *ret = NULL;
+    if (!json_is_array(calls))
+        return 0;
+    json_t *out = json_deep_copy(calls);
+    if (!out)
+        return xd_api_error_nomem(e);
+    size_t k;
+    json_t *c;
+    json_array_foreach(out, k, c) {
+        json_t *fn = json_object_get(c, "function");
+        if (!json_is_object(fn))
+            continue;
+        json_t *args = json_object_get(fn, "arguments"), *v = NULL;
+        if (json_is_string(args) && json_string_length(args) > 0) {
+            json_error_t jerr;
+            v = json_loadb(json_string_value(args), json_string_length(args),
+                           JSON_DECODE_ANY, &jerr);
+            if (!v) {
+                json_decref(out);
+                return xd_api_error_set(e, 400, "invalid_request_error", "messages",
+                                        "invalid_value", "'messages' %d: tool_calls[%zu]."
+                                        "function.arguments is not JSON (%s)", i, k, jerr.text);
+            }
+        } else if (!args || json_is_null(args) || json_is_string(args)) {
+            v = json_object();
+        }
+        if (v && json_object_set_new(fn, "arguments", v) < 0) {
+            json_decref(out);
+            return xd_api_error_nomem(e);
         }
     }
-    return arr;
+    *ret = out;
+    return 0;
+}
+
+/* The messages as the template gets them, into *ret: each as sent, with its role as read
+ * (developer as system), its content as one string (text parts joined; null as "") and its
+ * tool calls' arguments decoded (decoded_tool_calls), as vLLM renders them. */
+static int template_messages(const struct xd_api_message *msgs, int n, json_t **ret,
+                             struct xd_api_error *e)
+{
+    json_t *arr = json_array();
+    if (!arr)
+        return xd_api_error_nomem(e);
+    for (int i = 0; i < n; i++) {
+        json_t *m = json_object(), *calls = NULL;
+        int rc = m ? 0 : xd_api_error_nomem(e);
+        if (rc == 0 && msgs[i].json)
+            rc = decoded_tool_calls(msgs[i].json, i, &calls, e);
+        if (rc == 0 && ((msgs[i].json && json_object_update(m, msgs[i].json) < 0) ||
+                        json_object_set_new(m, "role", json_string(msgs[i].role)) < 0 ||
+                        json_object_set_new(m, "content", json_string(msgs[i].content)) < 0 ||
+                        (calls && json_object_set(m, "tool_calls", calls) < 0) ||
+                        json_array_append(arr, m) < 0))
+            rc = xd_api_error_nomem(e);
+        json_decref(calls);
+        json_decref(m);
+        if (rc < 0) {
+            json_decref(arr);
+            return rc;
+        }
+    }
+    *ret = arr;
+    return 0;
 }
 
 int xd_api_chat_render(const struct xd_server *s, const struct xd_api_message *msgs, int n,
@@ -792,9 +845,8 @@ int xd_api_chat_render(const struct xd_server *s, const struct xd_api_message *m
         return xd_api_error_set(e, 400, "invalid_request_error", "messages",
                                 "chat_template_unsupported", "%s",
                                 s->chat_error ? s->chat_error : "no chat template");
-    json_t *arr = template_messages(msgs, n);
-    if (!arr)
-        return xd_api_error_nomem(e);
+    json_t *arr = NULL;
+    XD_TRY(template_messages(msgs, n, &arr, e));
     /* a prompt may be as large as a request body can make it (the interpreter's default of
      * 1 MiB would cut bodies allowed larger); memory in proportion */
     long long body = s->cfg->max_body_bytes > 0 ? s->cfg->max_body_bytes : 1 << 20;

@@ -583,6 +583,10 @@ def chat_template_file_errors_are_400():
                 "{{ m.content }}<|im_end|>\n{% endfor %}{% if tools %}{{ tools | tojson }}"
                 "{% endif %}{% if shout is defined and shout %}LOUD{% endif %}"
                 "{% for d in documents or [] %}<doc>{{ d.text }}</doc>{% endfor %}"
+                "{% for m in messages %}{% for c in m.tool_calls or [] %}"
+                "{% if c.function.arguments is not mapping %}"
+                "{{ raise_exception('arguments not decoded') }}{% endif %}"
+                "<call>{{ c.function.arguments.city }}</call>{% endfor %}{% endfor %}"
                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     s = Server("--chat-template", path)
     try:
@@ -606,14 +610,20 @@ def chat_template_file_errors_are_400():
         assert n[1] > n[0] + 5 and n[2] > n[0] and n[3] > n[0] + 3, n  # all were rendered
         expect_error(chat("hello", tools=[{"type": "function", "function": {}}]), 400,
                      param="tools")
-        # a tool round trip: the assistant's tool_calls and the tool message are accepted
-        r = post(u, {"max_tokens": 1, "tools": tools, "messages": [
-            {"role": "user", "content": "weather?"},
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "c1", "type": "function",
-                 "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
-            {"role": "tool", "tool_call_id": "c1", "content": "18 C"}]})
+        # a tool round trip: the assistant's tool_calls (arguments as OpenAI sends them, JSON
+        # text, decoded for the template as vLLM does) and the tool message are accepted
+        def round_trip(arguments):
+            return post(u, {"max_tokens": 1, "tools": tools, "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "c1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": arguments}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "18 C"}]})
+        r = round_trip("{\"city\": \"Paris\"}")
         assert r.status_code == 200, r.text
+        assert round_trip({"city": "Paris"}).status_code == 200
+        err = expect_error(round_trip("{city: Paris"), 400, param="messages")
+        assert "tool_calls[0].function.arguments" in err["message"], err
     finally:
         assert s.stop() == 0
     # an override that does not parse stops the load, naming the option and the line
