@@ -950,23 +950,28 @@ static struct value call_macro(struct rc *r, struct jmacro *m, struct args *a)
         jx_fail(&r->x, XD_ERR_INVALID, "template render exceeded max_depth (%d nested macro "
                 "calls)", r->max_depth);
     step(r, 1);
-    if (a->n > d->n_names)
+    bool varargs = d->kind == S_MACRO && (d->op & 1), kwargs = d->kind == S_MACRO && (d->op & 2);
+    if (a->n > d->n_names && !varargs)
         rfail(r, "macro '%s' takes not more than %d argument(s)", mname, d->n_names);
     struct frame *f = frame_new(r, m->closure);
+    struct jdict *extra_kw = d_new(r);
     for (int k = 0; k < a->nk; k++) {
         bool ok = !strcmp(a->kn[k], "caller") && d->kind == S_MACRO;
-        for (int i = 0; i < d->n_names && !ok; i++)
+        for (int i = 0; i < d->n_names && !ok; i++) {
             ok = !strcmp(a->kn[k], d->names[i]);
+            if (ok && i < a->n)
+                rfail(r, "macro '%s' got multiple values for argument '%s'", mname,
+                      d->names[i]);
+        }
+        if (!ok && kwargs) {
+            d_set(r, extra_kw, v_cstr(r, a->kn[k]), a->kv[k]);
+            continue;
+        }
         if (!ok)
             rfail(r, "macro '%s' takes no keyword argument '%s'", mname, a->kn[k]);
     }
     for (int i = 0; i < d->n_names; i++) {
         struct value *v = arg(a, i, d->names[i]);
-        if (v && i >= a->n)
-            for (int k = 0; k < a->nk; k++)
-                if (!strcmp(a->kn[k], d->names[i]) && i < a->n)
-                    rfail(r, "macro '%s' got multiple values for argument '%s'", mname,
-                          d->names[i]);
         struct value val;
         if (v)
             val = *v;
@@ -976,6 +981,15 @@ static struct value call_macro(struct rc *r, struct jmacro *m, struct args *a)
             val = undef(d->names[i], 0);
         frame_set(r, f, d->names[i], val);
     }
+    if (varargs) {
+        struct jlist *l = l_new(r, 0);
+        l->tuple = true;
+        for (int i = d->n_names; i < a->n; i++)
+            l_push(r, l, a->pos[i]);
+        frame_set(r, f, "varargs", v_list(l));
+    }
+    if (kwargs)
+        frame_set(r, f, "kwargs", (struct value){.t = VT_DICT, .as.d = extra_kw});
     struct value *c = arg(a, -1, "caller");
     if (c)
         frame_set(r, f, "caller", *c);
@@ -3039,16 +3053,21 @@ static int exec(struct rc *r, struct frame *f, const struct node *n)
         struct jloop *lp = jx_alloc(&r->x, sizeof *lp);
         lp->items = items;
         struct value loopv = {.t = VT_LOOP, .as.lp = lp};
+        bool completed = false; /* jinja2 runs the else block unless an iteration reached the
+                                 * end of the body: continue and break skip that mark */
         for (size_t i = 0; i < items->n; i++) {
             step(r, 1);
             lp->i = i;
             fr->n = 0;
             bind(r, fr, n, items->v[i]);
             frame_set(r, fr, "loop", loopv);
-            if (exec(r, fr, n->a) == GO_BREAK)
+            int how = exec(r, fr, n->a);
+            if (how == GO_ON)
+                completed = true;
+            if (how == GO_BREAK)
                 break;
         }
-        if (!items->n && n->d)
+        if (!completed && n->d)
             exec(r, frame_new(r, f), n->d);
         break;
     }
@@ -3104,6 +3123,13 @@ static int exec(struct rc *r, struct frame *f, const struct node *n)
         struct value v = capture(r, f, n->a);
         v = eval_filter(r, f, n->b, &v);
         to_str(r, r->out, v);
+        break;
+    }
+    case S_WITH: { /* the values are read in the enclosing scope, the names live inside */
+        struct frame *inner = frame_new(r, f);
+        for (int i = 0; i < n->n_names; i++)
+            frame_set(r, inner, n->names[i], eval(r, f, n->list2[i]));
+        rc = exec(r, inner, n->a);
         break;
     }
     case S_BREAK: rc = GO_BREAK; break;

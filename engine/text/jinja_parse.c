@@ -482,6 +482,7 @@ struct parser {
     struct tok *pending[16]; /* unknown filters/tests outside those, unless an inline if
                               * turns out to hold them */
     int n_pending;
+    int n_varargs, n_kwargs; /* names 'varargs' / 'kwargs' read so far (macros take extras) */
 };
 
 static struct tok *cur(struct parser *P) { return &P->L->toks[P->at]; }
@@ -829,6 +830,8 @@ static struct node *parse_primary(struct parser *P)
         } else {
             n->kind = N_NAME;
             n->name = jx_strndup(P->x, t->s, t->n);
+            P->n_varargs += !strcmp(n->name, "varargs");
+            P->n_kwargs += !strcmp(n->name, "kwargs");
         }
         advance(P);
     } else if (t->t == T_STR) {
@@ -1300,10 +1303,11 @@ static struct node *parse_stmt(struct parser *P)
         n->name = expect_name(P, "macro name");
         parse_params(P, n);
         expect_end(P, "macro");
-        int loops = P->loops, soft = P->soft;
+        int loops = P->loops, soft = P->soft, va = P->n_varargs, kw = P->n_kwargs;
         P->loops = 0;
         P->soft = 0;
         n->a = parse_body(P, endmacro);
+        n->op = (uint8_t)((P->n_varargs > va ? 1 : 0) | (P->n_kwargs > kw ? 2 : 0));
         P->loops = loops;
         P->soft = soft;
         end_tag(P, "endmacro");
@@ -1328,6 +1332,24 @@ static struct node *parse_stmt(struct parser *P)
         expect_end(P, "filter");
         n->a = parse_body(P, endfilter);
         end_tag(P, "endfilter");
+    } else if (is_name(t, "with")) {
+        static const char *const endwith[] = {"endwith", NULL};
+        n = mk(P, S_WITH, t);
+        struct vec names = {0}, vals = {0};
+        while (cur(P)->t != T_BLOCK_END) {
+            if (names.n)
+                expect_op(P, ",");
+            vpush(P, &names, (void *)expect_name(P, "variable of with"));
+            expect_op(P, "=");
+            vpush(P, &vals, parse_expr(P, true));
+        }
+        expect_end(P, "with");
+        n->names = (const char **)names.v;
+        n->n_names = names.n;
+        n->list2 = (struct node **)vals.v;
+        n->n_list2 = vals.n;
+        n->a = parse_body(P, endwith);
+        end_tag(P, "endwith");
     } else if (is_name(t, "generation")) {
         /* transformers' AssistantTracker: the body as it is (the mask it records is not ours) */
         expect_end(P, "generation");
@@ -1382,7 +1404,7 @@ static struct node *parse_body(struct parser *P, const char *const *ends)
             struct tok *nt = peek(P, 1);
             static const char *const stray[] = {"endif", "endfor", "else", "elif", "endset",
                                                 "endmacro", "endcall", "endfilter",
-                                                "endgeneration", NULL};
+                                                "endgeneration", "endwith", NULL};
             for (int k = 0; stray[k]; k++)
                 if (is_name(nt, stray[k]))
                     parse_fail(P, nt, "unexpected '%s'%s", stray[k],
