@@ -3149,6 +3149,10 @@ int xd_jinja_parse(const char *src, size_t len, struct xd_jinja_template **ret,
     if (!src && len)
         return xd_err_set(err, XD_ERR_INVALID, "template: no source");
     for (size_t i = 0; i < len;) {
+        if ((unsigned char)src[i] < 0x80) {
+            i++;
+            continue;
+        }
         utf8proc_int32_t c;
         utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)src + i,
                                               (utf8proc_ssize_t)(len - i > 4 ? 4 : len - i), &c);
@@ -3160,7 +3164,7 @@ int xd_jinja_parse(const char *src, size_t len, struct xd_jinja_template **ret,
     if (!t)
         return xd_err_set(err, XD_ERR_NOMEM, "template: out of memory");
     t->x.err = err;
-    t->x.max_memory = 64 * len + (1u << 20);
+    t->x.max_memory = 256 * len + (4u << 20); /* tokens and nodes: < 200 bytes a source byte */
     if (setjmp(t->x.jb)) {
         int status = t->x.status;
         jx_arena_free(&t->x);

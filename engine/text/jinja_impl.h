@@ -21,6 +21,8 @@ struct jx {
     struct chunk *chunks; /* the arena: a list of blocks */
     size_t used;          /* bytes taken from the system so far */
     size_t max_memory;    /* 0 = unbounded */
+    void *scratch;        /* one malloc'ed block outside the arena (the lexer's tokens), freed
+                           * with it */
 };
 
 _Noreturn void jx_fail(struct jx *x, int status, const char *fmt, ...)

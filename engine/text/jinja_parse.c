@@ -17,7 +17,8 @@ enum tt { T_EOF, T_DATA, T_VAR_BEGIN, T_VAR_END, T_BLOCK_BEGIN, T_BLOCK_END, T_N
 
 struct tok {
     uint8_t t;
-    size_t pos;         /* offset in the normalised source, for line:column */
+    size_t pos;         /* offset in the normalised source */
+    int line, col;      /* of pos, 1-based */
     const char *s;      /* T_NAME, T_OP: the text */
     size_t n;
     int64_t i;          /* T_INT */
@@ -31,6 +32,8 @@ struct lexer {
     size_t n;
     struct tok *toks;
     size_t n_toks, cap;
+    size_t lc_pos; /* line_col counted up to here (tokens come in source order) */
+    int lc_line, lc_col;
 };
 
 static void line_col(const char *src, size_t pos, int *line, int *col)
@@ -57,15 +60,36 @@ _Noreturn static void lex_fail(struct lexer *L, size_t pos, const char *what)
 
 static struct tok *push(struct lexer *L, uint8_t t, size_t pos)
 {
-    if (L->n_toks == L->cap) {
+    if (L->n_toks == L->cap) { /* outside the arena: the tokens die with the parse */
         size_t cap = L->cap ? L->cap * 2 : 256;
-        L->toks = jx_grow(L->x, L->toks, L->cap * sizeof *L->toks, cap * sizeof *L->toks);
+        if (L->x->max_memory && cap * sizeof *L->toks > L->x->max_memory)
+            jx_fail(L->x, XD_ERR_INVALID, "template exceeded max_memory (%zu bytes)",
+                    L->x->max_memory);
+        struct tok *grown = realloc(L->toks, cap * sizeof *L->toks);
+        if (!grown)
+            jx_fail(L->x, XD_ERR_NOMEM, "template: out of memory (%zu tokens)", cap);
+        L->toks = grown;
+        L->x->scratch = grown;
         L->cap = cap;
     }
     struct tok *k = &L->toks[L->n_toks++];
     memset(k, 0, sizeof *k);
     k->t = t;
     k->pos = pos;
+    if (pos < L->lc_pos) { /* never happens: tokens come in order; count afresh to be safe */
+        L->lc_pos = 0;
+        L->lc_line = L->lc_col = 1;
+    }
+    for (; L->lc_pos < pos; L->lc_pos++) {
+        if (L->src[L->lc_pos] == '\n') {
+            L->lc_line++;
+            L->lc_col = 1;
+        } else if (((unsigned char)L->src[L->lc_pos] & 0xC0) != 0x80) {
+            L->lc_col++;
+        }
+    }
+    k->line = L->lc_line;
+    k->col = L->lc_col;
     return k;
 }
 
@@ -74,6 +98,9 @@ static size_t space_at(const char *s, size_t n, size_t i)
 {
     if (i >= n)
         return 0;
+    unsigned char c = (unsigned char)s[i];
+    if (c < 0x80)
+        return jx_is_space(c) ? 1 : 0;
     uint32_t cp;
     int k = jx_utf8_dec(s + i, n - i, &cp);
     return jx_is_space(cp) ? (size_t)k : 0;
@@ -559,7 +586,8 @@ static struct node *mk(struct parser *P, int kind, const struct tok *at)
 {
     struct node *n = jx_alloc(P->x, sizeof *n);
     n->kind = (uint8_t)kind;
-    line_col(P->L->src, at->pos, &n->line, &n->col);
+    n->line = at->line;
+    n->col = at->col;
     return n;
 }
 
@@ -1437,7 +1465,7 @@ void jx_parse(struct xd_jinja_template *t, const char *src, size_t len)
     if (n > 0 && norm[n - 1] == '\n')
         n--;
     norm[n] = 0;
-    struct lexer L = {.x = x, .src = norm, .n = n};
+    struct lexer L = {.x = x, .src = norm, .n = n, .lc_line = 1, .lc_col = 1};
     lex(&L);
     struct parser P = {.x = x, .L = &L};
     t->root = parse_body(&P, NULL);
@@ -1447,4 +1475,6 @@ void jx_parse(struct xd_jinja_template *t, const char *src, size_t len)
                     (!memcmp(k[-1].s, "is", 2) || !memcmp(k[-1].s, "not", 3));
         parse_fail(&P, k, "no %s named '%.*s'", test ? "test" : "filter", (int)k->n, k->s);
     }
+    free(L.toks); /* nothing in the tree points into the token array */
+    x->scratch = NULL;
 }
