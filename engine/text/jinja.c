@@ -539,8 +539,12 @@ static int cmp(struct rc *r, struct value a, struct value b, const char *op)
     }
     if (a.t == VT_LIST && b.t == VT_LIST && a.as.l->tuple == b.as.l->tuple) {
         for (size_t i = 0; i < a.as.l->n && i < b.as.l->n; i++)
-            if (!eq(r, a.as.l->v[i], b.as.l->v[i]))
-                return cmp(r, a.as.l->v[i], b.as.l->v[i], op);
+            if (!eq(r, a.as.l->v[i], b.as.l->v[i])) {
+                enter(r); /* lists nest as deep as a template makes them */
+                int c = cmp(r, a.as.l->v[i], b.as.l->v[i], op);
+                leave(r);
+                return c;
+            }
         return a.as.l->n < b.as.l->n ? -1 : a.as.l->n > b.as.l->n ? 1 : 0;
     }
     rfail(r, "'%s' not supported between instances of '%s' and '%s'", op, type_name(a),
