@@ -112,7 +112,7 @@ GROUP(test_tojson, "tojson_")
 GROUP(test_string_methods, "str_")
 GROUP(test_dict_and_list_methods, "dict_", "list_")
 GROUP(test_if_and_for, "if_", "for_", "range_", "break_")
-GROUP(test_set_and_namespace, "set_", "namespace_", "setattr_")
+GROUP(test_set_and_namespace, "set_", "namespace_", "setattr_", "with_")
 GROUP(test_transformers_globals, "raise_exception", "strftime_")
 GROUP(test_syntax_errors, "syntax_")
 GROUP(test_runtime_errors, "runtime_")
@@ -221,6 +221,21 @@ static void test_limits_stop_runaway_templates(void)
     CHECK(strstr(err.msg, "max_memory") || strstr(err.msg, "max_output"), "%s", err.msg);
     rc = render_str("{{ 'x' * 100000000000 }}", NULL, NULL, &err, &out);
     CHECK(rc == XD_ERR_INVALID, "%s", xd_status_str(rc));
+    /* values nested deeper than the C stack should go: compared, printed, dumped, sorted */
+    static const char *const deep_values[] = {
+        "{% set ns = namespace(x=1, y=1) %}{% for i in range(50000) %}{% set ns.x = [ns.x] %}"
+        "{% set ns.y = [ns.y] %}{% endfor %}{{ ns.x == ns.y }}{{ ns.x < ns.y }}",
+        "{% set ns = namespace(x=1) %}{% for i in range(50000) %}{% set ns.x = [ns.x] %}"
+        "{% endfor %}{{ ns.x|tojson }}",
+        "{% set ns = namespace(x=1) %}{% for i in range(50000) %}{% set ns.x = {'a': ns.x} %}"
+        "{% endfor %}{{ [ns.x, ns.x]|unique|list|length }}{{ ns.x }}",
+        "{% set ns = namespace(x=1) %}{% set ns.x = ns %}{{ ns }}",
+    };
+    for (size_t i = 0; i < sizeof deep_values / sizeof *deep_values; i++) {
+        rc = render_str(deep_values[i], NULL, NULL, &err, &out);
+        CHECK(rc == XD_ERR_INVALID, "deep value %zu: %s", i, xd_status_str(rc));
+        CHECK_CONTAINS(err.msg, "nested too deeply");
+    }
     /* deep expression nesting is a parse error, not a crash */
     char deep[4096];
     size_t k = 0;

@@ -539,8 +539,12 @@ static int cmp(struct rc *r, struct value a, struct value b, const char *op)
     }
     if (a.t == VT_LIST && b.t == VT_LIST && a.as.l->tuple == b.as.l->tuple) {
         for (size_t i = 0; i < a.as.l->n && i < b.as.l->n; i++)
-            if (!eq(r, a.as.l->v[i], b.as.l->v[i]))
-                return cmp(r, a.as.l->v[i], b.as.l->v[i], op);
+            if (!eq(r, a.as.l->v[i], b.as.l->v[i])) {
+                enter(r); /* lists nest as deep as a template makes them */
+                int c = cmp(r, a.as.l->v[i], b.as.l->v[i], op);
+                leave(r);
+                return c;
+            }
         return a.as.l->n < b.as.l->n ? -1 : a.as.l->n > b.as.l->n ? 1 : 0;
     }
     rfail(r, "'%s' not supported between instances of '%s' and '%s'", op, type_name(a),
@@ -950,23 +954,28 @@ static struct value call_macro(struct rc *r, struct jmacro *m, struct args *a)
         jx_fail(&r->x, XD_ERR_INVALID, "template render exceeded max_depth (%d nested macro "
                 "calls)", r->max_depth);
     step(r, 1);
-    if (a->n > d->n_names)
+    bool varargs = d->kind == S_MACRO && (d->op & 1), kwargs = d->kind == S_MACRO && (d->op & 2);
+    if (a->n > d->n_names && !varargs)
         rfail(r, "macro '%s' takes not more than %d argument(s)", mname, d->n_names);
     struct frame *f = frame_new(r, m->closure);
+    struct jdict *extra_kw = d_new(r);
     for (int k = 0; k < a->nk; k++) {
         bool ok = !strcmp(a->kn[k], "caller") && d->kind == S_MACRO;
-        for (int i = 0; i < d->n_names && !ok; i++)
+        for (int i = 0; i < d->n_names && !ok; i++) {
             ok = !strcmp(a->kn[k], d->names[i]);
+            if (ok && i < a->n)
+                rfail(r, "macro '%s' got multiple values for argument '%s'", mname,
+                      d->names[i]);
+        }
+        if (!ok && kwargs) {
+            d_set(r, extra_kw, v_cstr(r, a->kn[k]), a->kv[k]);
+            continue;
+        }
         if (!ok)
             rfail(r, "macro '%s' takes no keyword argument '%s'", mname, a->kn[k]);
     }
     for (int i = 0; i < d->n_names; i++) {
         struct value *v = arg(a, i, d->names[i]);
-        if (v && i >= a->n)
-            for (int k = 0; k < a->nk; k++)
-                if (!strcmp(a->kn[k], d->names[i]) && i < a->n)
-                    rfail(r, "macro '%s' got multiple values for argument '%s'", mname,
-                          d->names[i]);
         struct value val;
         if (v)
             val = *v;
@@ -976,6 +985,15 @@ static struct value call_macro(struct rc *r, struct jmacro *m, struct args *a)
             val = undef(d->names[i], 0);
         frame_set(r, f, d->names[i], val);
     }
+    if (varargs) {
+        struct jlist *l = l_new(r, 0);
+        l->tuple = true;
+        for (int i = d->n_names; i < a->n; i++)
+            l_push(r, l, a->pos[i]);
+        frame_set(r, f, "varargs", v_list(l));
+    }
+    if (kwargs)
+        frame_set(r, f, "kwargs", (struct value){.t = VT_DICT, .as.d = extra_kw});
     struct value *c = arg(a, -1, "caller");
     if (c)
         frame_set(r, f, "caller", *c);
@@ -3039,16 +3057,21 @@ static int exec(struct rc *r, struct frame *f, const struct node *n)
         struct jloop *lp = jx_alloc(&r->x, sizeof *lp);
         lp->items = items;
         struct value loopv = {.t = VT_LOOP, .as.lp = lp};
+        bool completed = false; /* jinja2 runs the else block unless an iteration reached the
+                                 * end of the body: continue and break skip that mark */
         for (size_t i = 0; i < items->n; i++) {
             step(r, 1);
             lp->i = i;
             fr->n = 0;
             bind(r, fr, n, items->v[i]);
             frame_set(r, fr, "loop", loopv);
-            if (exec(r, fr, n->a) == GO_BREAK)
+            int how = exec(r, fr, n->a);
+            if (how == GO_ON)
+                completed = true;
+            if (how == GO_BREAK)
                 break;
         }
-        if (!items->n && n->d)
+        if (!completed && n->d)
             exec(r, frame_new(r, f), n->d);
         break;
     }
@@ -3106,6 +3129,13 @@ static int exec(struct rc *r, struct frame *f, const struct node *n)
         to_str(r, r->out, v);
         break;
     }
+    case S_WITH: { /* the values are read in the enclosing scope, the names live inside */
+        struct frame *inner = frame_new(r, f);
+        for (int i = 0; i < n->n_names; i++)
+            frame_set(r, inner, n->names[i], eval(r, f, n->list2[i]));
+        rc = exec(r, inner, n->a);
+        break;
+    }
     case S_BREAK: rc = GO_BREAK; break;
     case S_CONTINUE: rc = GO_CONTINUE; break;
     default:
@@ -3123,6 +3153,10 @@ int xd_jinja_parse(const char *src, size_t len, struct xd_jinja_template **ret,
     if (!src && len)
         return xd_err_set(err, XD_ERR_INVALID, "template: no source");
     for (size_t i = 0; i < len;) {
+        if ((unsigned char)src[i] < 0x80) {
+            i++;
+            continue;
+        }
         utf8proc_int32_t c;
         utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)src + i,
                                               (utf8proc_ssize_t)(len - i > 4 ? 4 : len - i), &c);
@@ -3134,7 +3168,7 @@ int xd_jinja_parse(const char *src, size_t len, struct xd_jinja_template **ret,
     if (!t)
         return xd_err_set(err, XD_ERR_NOMEM, "template: out of memory");
     t->x.err = err;
-    t->x.max_memory = 64 * len + (1u << 20);
+    t->x.max_memory = 256 * len + (4u << 20); /* tokens and nodes: < 200 bytes a source byte */
     if (setjmp(t->x.jb)) {
         int status = t->x.status;
         jx_arena_free(&t->x);

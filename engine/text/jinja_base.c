@@ -37,7 +37,7 @@ void *jx_alloc(struct jx *x, size_t n)
     if (!c || c->size - c->used < n) {
         size_t size = n > CHUNK_MIN ? n : CHUNK_MIN;
         if (size > SIZE_MAX / 2 || (x->max_memory && x->used + size > x->max_memory))
-            jx_fail(x, XD_ERR_INVALID, "template render exceeded max_memory (%zu bytes)",
+            jx_fail(x, XD_ERR_INVALID, "template exceeded max_memory (%zu bytes)",
                     x->max_memory);
         c = malloc(sizeof *c + size);
         if (!c)
@@ -79,6 +79,8 @@ void jx_arena_free(struct jx *x)
     }
     x->chunks = NULL;
     x->used = 0;
+    free(x->scratch);
+    x->scratch = NULL;
 }
 
 /* ---- UTF-8 and Python's character classes ----------------------------------------------- */

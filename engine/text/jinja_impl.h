@@ -21,6 +21,8 @@ struct jx {
     struct chunk *chunks; /* the arena: a list of blocks */
     size_t used;          /* bytes taken from the system so far */
     size_t max_memory;    /* 0 = unbounded */
+    void *scratch;        /* one malloc'ed block outside the arena (the lexer's tokens), freed
+                           * with it */
 };
 
 _Noreturn void jx_fail(struct jx *x, int status, const char *fmt, ...)
@@ -85,7 +87,7 @@ enum nk {
     N_AND, N_OR, N_BIN, N_CMP, N_COND, N_LIST, N_TUPLE, N_DICT, N_CONCAT,
     /* statements */
     S_TEXT, S_OUT, S_IF, S_FOR, S_SET, S_SETATTR, S_SETBLOCK, S_MACRO, S_CALLBLOCK,
-    S_FILTERBLOCK, S_BREAK, S_CONTINUE, S_BODY,
+    S_FILTERBLOCK, S_BREAK, S_CONTINUE, S_BODY, S_WITH,
 };
 
 enum op { OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_FLOORDIV, OP_MOD, OP_POW, OP_EQ, OP_NE, OP_LT,
@@ -93,7 +95,7 @@ enum op { OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_FLOORDIV, OP_MOD, OP_POW, OP_EQ, OP
 
 struct node {
     uint8_t kind; /* enum nk */
-    uint8_t op;   /* N_BIN: enum op; N_TEST: negated; S_FOR: recursive */
+    uint8_t op;   /* N_BIN: enum op; N_TEST: negated; S_MACRO: 1 varargs, 2 kwargs used */
     int line, col;
     struct node *a, *b, *c, *d; /* operands / condition, iterable, filter, ... */
     struct node **list;         /* args, items, body */

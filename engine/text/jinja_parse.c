@@ -17,7 +17,8 @@ enum tt { T_EOF, T_DATA, T_VAR_BEGIN, T_VAR_END, T_BLOCK_BEGIN, T_BLOCK_END, T_N
 
 struct tok {
     uint8_t t;
-    size_t pos;         /* offset in the normalised source, for line:column */
+    size_t pos;         /* offset in the normalised source */
+    int line, col;      /* of pos, 1-based */
     const char *s;      /* T_NAME, T_OP: the text */
     size_t n;
     int64_t i;          /* T_INT */
@@ -31,6 +32,8 @@ struct lexer {
     size_t n;
     struct tok *toks;
     size_t n_toks, cap;
+    size_t lc_pos; /* line_col counted up to here (tokens come in source order) */
+    int lc_line, lc_col;
 };
 
 static void line_col(const char *src, size_t pos, int *line, int *col)
@@ -57,15 +60,36 @@ _Noreturn static void lex_fail(struct lexer *L, size_t pos, const char *what)
 
 static struct tok *push(struct lexer *L, uint8_t t, size_t pos)
 {
-    if (L->n_toks == L->cap) {
+    if (L->n_toks == L->cap) { /* outside the arena: the tokens die with the parse */
         size_t cap = L->cap ? L->cap * 2 : 256;
-        L->toks = jx_grow(L->x, L->toks, L->cap * sizeof *L->toks, cap * sizeof *L->toks);
+        if (L->x->max_memory && cap * sizeof *L->toks > L->x->max_memory)
+            jx_fail(L->x, XD_ERR_INVALID, "template exceeded max_memory (%zu bytes)",
+                    L->x->max_memory);
+        struct tok *grown = realloc(L->toks, cap * sizeof *L->toks);
+        if (!grown)
+            jx_fail(L->x, XD_ERR_NOMEM, "template: out of memory (%zu tokens)", cap);
+        L->toks = grown;
+        L->x->scratch = grown;
         L->cap = cap;
     }
     struct tok *k = &L->toks[L->n_toks++];
     memset(k, 0, sizeof *k);
     k->t = t;
     k->pos = pos;
+    if (pos < L->lc_pos) { /* never happens: tokens come in order; count afresh to be safe */
+        L->lc_pos = 0;
+        L->lc_line = L->lc_col = 1;
+    }
+    for (; L->lc_pos < pos; L->lc_pos++) {
+        if (L->src[L->lc_pos] == '\n') {
+            L->lc_line++;
+            L->lc_col = 1;
+        } else if (((unsigned char)L->src[L->lc_pos] & 0xC0) != 0x80) {
+            L->lc_col++;
+        }
+    }
+    k->line = L->lc_line;
+    k->col = L->lc_col;
     return k;
 }
 
@@ -74,6 +98,9 @@ static size_t space_at(const char *s, size_t n, size_t i)
 {
     if (i >= n)
         return 0;
+    unsigned char c = (unsigned char)s[i];
+    if (c < 0x80)
+        return jx_is_space(c) ? 1 : 0;
     uint32_t cp;
     int k = jx_utf8_dec(s + i, n - i, &cp);
     return jx_is_space(cp) ? (size_t)k : 0;
@@ -482,6 +509,7 @@ struct parser {
     struct tok *pending[16]; /* unknown filters/tests outside those, unless an inline if
                               * turns out to hold them */
     int n_pending;
+    int n_varargs, n_kwargs; /* names 'varargs' / 'kwargs' read so far (macros take extras) */
 };
 
 static struct tok *cur(struct parser *P) { return &P->L->toks[P->at]; }
@@ -558,7 +586,8 @@ static struct node *mk(struct parser *P, int kind, const struct tok *at)
 {
     struct node *n = jx_alloc(P->x, sizeof *n);
     n->kind = (uint8_t)kind;
-    line_col(P->L->src, at->pos, &n->line, &n->col);
+    n->line = at->line;
+    n->col = at->col;
     return n;
 }
 
@@ -829,6 +858,8 @@ static struct node *parse_primary(struct parser *P)
         } else {
             n->kind = N_NAME;
             n->name = jx_strndup(P->x, t->s, t->n);
+            P->n_varargs += !strcmp(n->name, "varargs");
+            P->n_kwargs += !strcmp(n->name, "kwargs");
         }
         advance(P);
     } else if (t->t == T_STR) {
@@ -1300,10 +1331,11 @@ static struct node *parse_stmt(struct parser *P)
         n->name = expect_name(P, "macro name");
         parse_params(P, n);
         expect_end(P, "macro");
-        int loops = P->loops, soft = P->soft;
+        int loops = P->loops, soft = P->soft, va = P->n_varargs, kw = P->n_kwargs;
         P->loops = 0;
         P->soft = 0;
         n->a = parse_body(P, endmacro);
+        n->op = (uint8_t)((P->n_varargs > va ? 1 : 0) | (P->n_kwargs > kw ? 2 : 0));
         P->loops = loops;
         P->soft = soft;
         end_tag(P, "endmacro");
@@ -1328,6 +1360,24 @@ static struct node *parse_stmt(struct parser *P)
         expect_end(P, "filter");
         n->a = parse_body(P, endfilter);
         end_tag(P, "endfilter");
+    } else if (is_name(t, "with")) {
+        static const char *const endwith[] = {"endwith", NULL};
+        n = mk(P, S_WITH, t);
+        struct vec names = {0}, vals = {0};
+        while (cur(P)->t != T_BLOCK_END) {
+            if (names.n)
+                expect_op(P, ",");
+            vpush(P, &names, (void *)expect_name(P, "variable of with"));
+            expect_op(P, "=");
+            vpush(P, &vals, parse_expr(P, true));
+        }
+        expect_end(P, "with");
+        n->names = (const char **)names.v;
+        n->n_names = names.n;
+        n->list2 = (struct node **)vals.v;
+        n->n_list2 = vals.n;
+        n->a = parse_body(P, endwith);
+        end_tag(P, "endwith");
     } else if (is_name(t, "generation")) {
         /* transformers' AssistantTracker: the body as it is (the mask it records is not ours) */
         expect_end(P, "generation");
@@ -1382,7 +1432,7 @@ static struct node *parse_body(struct parser *P, const char *const *ends)
             struct tok *nt = peek(P, 1);
             static const char *const stray[] = {"endif", "endfor", "else", "elif", "endset",
                                                 "endmacro", "endcall", "endfilter",
-                                                "endgeneration", NULL};
+                                                "endgeneration", "endwith", NULL};
             for (int k = 0; stray[k]; k++)
                 if (is_name(nt, stray[k]))
                     parse_fail(P, nt, "unexpected '%s'%s", stray[k],
@@ -1415,7 +1465,7 @@ void jx_parse(struct xd_jinja_template *t, const char *src, size_t len)
     if (n > 0 && norm[n - 1] == '\n')
         n--;
     norm[n] = 0;
-    struct lexer L = {.x = x, .src = norm, .n = n};
+    struct lexer L = {.x = x, .src = norm, .n = n, .lc_line = 1, .lc_col = 1};
     lex(&L);
     struct parser P = {.x = x, .L = &L};
     t->root = parse_body(&P, NULL);
@@ -1425,4 +1475,6 @@ void jx_parse(struct xd_jinja_template *t, const char *src, size_t len)
                     (!memcmp(k[-1].s, "is", 2) || !memcmp(k[-1].s, "not", 3));
         parse_fail(&P, k, "no %s named '%.*s'", test ? "test" : "filter", (int)k->n, k->s);
     }
+    free(L.toks); /* nothing in the tree points into the token array */
+    x->scratch = NULL;
 }

@@ -130,7 +130,7 @@ class Gen:
         r = self.r
         parts = []
         for _ in range(r.randrange(1, 4)):
-            k = r.randrange(9 if depth < 2 else 3)
+            k = r.randrange(15 if depth < 2 else 3)
             parts.append(self.ws())
             if k == 0:
                 parts.append(self.out())
@@ -168,6 +168,55 @@ class Gen:
                 parts.append(self.tag("set ns.c = ns.c + x"))
                 parts.append(self.tag("endfor"))
                 parts.append("{{ ns.c }}")
+            elif k == 9:
+                parts.append(self.tag("set blk%s" % r.choice(["", " | upper", " | trim"])))
+                parts.append(self.block(depth + 1))
+                parts.append(self.tag("endset"))
+                parts.append("[{{ blk }}]")
+            elif k == 10:
+                parts.append(self.tag("filter " + r.choice(["upper", "trim", "replace('a', 'o')", "indent(2)", "title"])))
+                parts.append(self.block(depth + 1))
+                parts.append(self.tag("endfilter"))
+            elif k == 11:
+                parts.append(self.tag("macro wrap(x='W')"))
+                parts.append("<{{ x }}:{{ caller(%s) }}>" % r.choice(["", "1", "x"]))
+                parts.append(self.tag("endmacro"))
+                parts.append(self.tag("call%s wrap(%s)" % (r.choice(["", "(y)", "(y='d')"]), r.choice(["", "'q'", "x=n"]))))
+                self.scope.append("y")
+                parts.append(self.block(depth + 1))
+                self.scope.pop()
+                parts.append(self.tag("endcall"))
+            elif k == 12:
+                parts.append(self.tag("for x in %s" % r.choice(["l", "messages", "range(4)", "'abc'"])))
+                parts.append("{{ loop.cycle('a', 'b') }}{{ loop.changed(x) }}")
+                parts.append(self.tag("if " + r.choice(["loop.index == 2", "x == 1", "loop.last", "x is string"])))
+                parts.append(self.tag(r.choice(["break", "continue"])))
+                parts.append(self.tag("endif"))
+                parts.append("{{ x }}")
+                if r.random() < 0.5:
+                    parts.append(self.tag("else"))
+                    parts.append("E")
+                parts.append(self.tag("endfor"))
+            elif k == 13:
+                parts.append(self.tag("with q = %s" % self.expr(1)))
+                self.scope.append("q")
+                parts.append(self.block(depth + 1))
+                self.scope.pop()
+                parts.append(self.tag("endwith"))
+            elif k == 14:
+                parts.append(r.choice([
+                    "{{ messages[0]['content'] if messages[0]['role'] == 'system' else '' }}",
+                    "{% for m in messages %}{% if m.content is string %}{{ m.content|trim }}{% else %}{% for p in m.content %}{{ p.text }}{% endfor %}{% endif %}{% endfor %}",
+                    "{{ tools|tojson(indent=%s) }}" % r.choice(["2", "none", "'  '", "0"]),
+                    "{{ messages|selectattr('role', 'equalto', 'user')|list|length }}",
+                    "{% for m in messages if m.tool_calls is defined %}{{ m.tool_calls[0].function.arguments|tojson(separators=(',', ':')) }}{% endfor %}",
+                    "{{ (messages|last).content.split('</think>')[-1].lstrip('\n') if (messages|last).content is string else '' }}",
+                    "{% raw %}{{ raw }}{% endraw %}",
+                    "{{ '\u00e9\x41\t'|tojson }}",
+                    "{{ d|dictsort|tojson }}",
+                    "{{ '%s-%s'|format(n, s) }}",
+                    "{{ messages[-1].role|upper ~ (' ' * 2) ~ n ** 2 }}",
+                ]))
             else:
                 parts.append(self.tag("macro mm(a, b='B')"))
                 self.scope += ["a", "b"]
