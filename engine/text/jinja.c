@@ -780,6 +780,8 @@ static void slice_idx(int64_t n, struct value *vs, struct value *ve, struct valu
         st = num_i(*vst);
         if (st == 0)
             rfail(r, "slice step cannot be zero");
+        if (st < -INT64_MAX) /* as Python clamps it */
+            st = -INT64_MAX;
     }
     int64_t lo, hi;
     if (st > 0) {
@@ -831,11 +833,13 @@ static struct value slice(struct rc *r, struct value obj, struct value *s, struc
     int64_t n = obj.t == VT_LIST ? (int64_t)obj.as.l->n : (int64_t)obj.as.s->n_cp;
     int64_t a, b, k;
     slice_idx(n, s, e, st, &a, &b, &k, r);
+    /* how many items, counted so that no index past the end is ever formed */
+    int64_t cnt = k > 0 ? (a < b ? (b - a - 1) / k + 1 : 0) : (a > b ? (a - b - 1) / -k + 1 : 0);
     if (obj.t == VT_LIST) {
-        struct jlist *l = l_new(r, 0);
+        struct jlist *l = l_new(r, (size_t)cnt);
         l->tuple = obj.as.l->tuple;
-        for (int64_t i = a; k > 0 ? i < b : i > b; i += k)
-            l_push(r, l, obj.as.l->v[i]);
+        for (int64_t j = 0; j < cnt; j++)
+            l_push(r, l, obj.as.l->v[a + j * k]);
         return v_list(l);
     }
     struct jstr *str = obj.as.s;
@@ -845,8 +849,8 @@ static struct value slice(struct rc *r, struct value obj, struct value *s, struc
         sb_put(r, &out, str->s + o1, o2 - o1);
     } else {
         struct jlist *chars = iterate(r, obj);
-        for (int64_t i = a; k > 0 ? i < b : i > b; i += k)
-            sb_put(r, &out, chars->v[i].as.s->s, chars->v[i].as.s->len);
+        for (int64_t j = 0; j < cnt; j++)
+            sb_put(r, &out, chars->v[a + j * k].as.s->s, chars->v[a + j * k].as.s->len);
     }
     return v_sb(r, &out);
 }
@@ -2618,7 +2622,8 @@ static struct value str_format(struct rc *r, struct value fmt, struct args *a)
         if (fe == i + 1) {
             v = arg(a, auto_i++, NULL);
         } else if (s[i + 1] >= '0' && s[i + 1] <= '9') {
-            v = arg(a, atoi(s + i + 1), NULL);
+            long k = strtol(s + i + 1, NULL, 10); /* saturates; an index past the args fails */
+            v = k < INT32_MAX ? arg(a, (int)k, NULL) : NULL;
         } else {
             char *key = jx_strndup(&r->x, s + i + 1, fe - i - 1);
             v = arg(a, -1, key);
@@ -2941,13 +2946,17 @@ static struct value call(struct rc *r, struct value fn, struct args *a)
         }
         if (v[2] == 0)
             rfail(r, "range() arg 3 must not be zero");
-        double cnt = v[2] > 0 ? ceil(((double)v[1] - (double)v[0]) / (double)v[2])
-                              : ceil(((double)v[0] - (double)v[1]) / (double)-v[2]);
+        /* the count exactly, in unsigned arithmetic: no step past the end is ever formed */
+        uint64_t cnt = 0;
+        if (v[2] > 0 && v[0] < v[1])
+            cnt = ((uint64_t)v[1] - (uint64_t)v[0] - 1) / (uint64_t)v[2] + 1;
+        else if (v[2] < 0 && v[0] > v[1])
+            cnt = ((uint64_t)v[0] - (uint64_t)v[1] - 1) / (0 - (uint64_t)v[2]) + 1;
         if (cnt > 100000)
             rfail(r, "Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
-        struct jlist *l = l_new(r, cnt > 0 ? (size_t)cnt : 0);
-        for (int64_t i = v[0]; v[2] > 0 ? i < v[1] : i > v[1]; i += v[2])
-            l_push(r, l, v_int(i));
+        struct jlist *l = l_new(r, (size_t)cnt);
+        for (uint64_t j = 0; j < cnt; j++)
+            l_push(r, l, v_int((int64_t)((uint64_t)v[0] + j * (uint64_t)v[2])));
         step(r, (long)(l->n / 8));
         return v_list(l);
     }

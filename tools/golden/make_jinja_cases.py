@@ -314,6 +314,10 @@ case("for_none_fails", "{% for x in z %}{% endfor %}")
 case("for_int_fails", "{% for x in 5 %}{% endfor %}")
 case("for_range", "{% for i in range(3) %}{{ i }}{% endfor %} {% for i in range(1, 10, 3) %}{{ i }}{% endfor %} "
      "{% for i in range(5, 0, -2) %}{{ i }}{% endfor %} {{ range(0)|list }}")
+case("range_extremes", "{{ range(9223372036854775806, 9223372036854775807, 5)|list }} {{ range(0, 10, -9223372036854775807 - 1)|list }} "
+     "{{ range(-9223372036854775807 - 1, -9223372036854775807 + 1)|list }} {{ range(3, 1)|list }} {{ range(10, 0, -3)|list }}")
+case("range_step_zero_fails", "{{ range(1, 2, 0) }}")
+case("slice_extreme_steps", "{{ l[::9223372036854775807] }} {{ l[::-9223372036854775807 - 1] }} {{ u[::-9223372036854775807 - 1] }} {{ l[-100:100] }} {{ l[100:-100:-1] }}")
 case("range_too_big_fails", "{% for i in range(100001) %}{% endfor %}")
 case("break_continue", "{% for x in range(10) %}{% if x == 2 %}{% continue %}{% endif %}{% if x == 5 %}{% break %}{% endif %}{{ x }}{% endfor %}")
 case("break_in_nested", "{% for a in [1, 2] %}{% for b in [1, 2, 3] %}{% if b == 2 %}{% break %}{% endif %}{{ a }}{{ b }} {% endfor %}{% endfor %}")
