@@ -107,7 +107,7 @@ GROUP(test_undefined, "undefined_")
 GROUP(test_tests, "type_tests", "value_tests", "odd_even", "compare_tests", "is_not", "case_tests",
       "callable_test", "sameas_test", "test_")
 GROUP(test_macros_and_calls, "macro_", "call_block", "filter_block", "generation_block")
-GROUP(test_filters, "filter_")
+GROUP(test_filters, "filter_", "printf_")
 GROUP(test_tojson, "tojson_")
 GROUP(test_string_methods, "str_")
 GROUP(test_dict_and_list_methods, "dict_", "list_")

@@ -780,6 +780,8 @@ static void slice_idx(int64_t n, struct value *vs, struct value *ve, struct valu
         st = num_i(*vst);
         if (st == 0)
             rfail(r, "slice step cannot be zero");
+        if (st < -INT64_MAX) /* as Python clamps it */
+            st = -INT64_MAX;
     }
     int64_t lo, hi;
     if (st > 0) {
@@ -831,11 +833,13 @@ static struct value slice(struct rc *r, struct value obj, struct value *s, struc
     int64_t n = obj.t == VT_LIST ? (int64_t)obj.as.l->n : (int64_t)obj.as.s->n_cp;
     int64_t a, b, k;
     slice_idx(n, s, e, st, &a, &b, &k, r);
+    /* how many items, counted so that no index past the end is ever formed */
+    int64_t cnt = k > 0 ? (a < b ? (b - a - 1) / k + 1 : 0) : (a > b ? (a - b - 1) / -k + 1 : 0);
     if (obj.t == VT_LIST) {
-        struct jlist *l = l_new(r, 0);
+        struct jlist *l = l_new(r, (size_t)cnt);
         l->tuple = obj.as.l->tuple;
-        for (int64_t i = a; k > 0 ? i < b : i > b; i += k)
-            l_push(r, l, obj.as.l->v[i]);
+        for (int64_t j = 0; j < cnt; j++)
+            l_push(r, l, obj.as.l->v[a + j * k]);
         return v_list(l);
     }
     struct jstr *str = obj.as.s;
@@ -845,8 +849,8 @@ static struct value slice(struct rc *r, struct value obj, struct value *s, struc
         sb_put(r, &out, str->s + o1, o2 - o1);
     } else {
         struct jlist *chars = iterate(r, obj);
-        for (int64_t i = a; k > 0 ? i < b : i > b; i += k)
-            sb_put(r, &out, chars->v[i].as.s->s, chars->v[i].as.s->len);
+        for (int64_t j = 0; j < cnt; j++)
+            sb_put(r, &out, chars->v[a + j * k].as.s->s, chars->v[a + j * k].as.s->len);
     }
     return v_sb(r, &out);
 }
@@ -1325,7 +1329,28 @@ static bool contains(struct rc *r, struct value hay, struct value needle)
     }
 }
 
-/* "%s" % x: Python's printf-style formatting for s, r, d, i, f and %%. */
+/* Pads (or for precision, cuts) text to Python's width and precision, counted in code points. */
+static void put_field(struct rc *r, struct sbuf *b, const char *t, size_t n, bool left,
+                      int64_t width, int64_t prec)
+{
+    size_t cps = 0, cut = n;
+    for (size_t i = 0; i < n; i++)
+        if (((unsigned char)t[i] & 0xC0) != 0x80) {
+            if (prec >= 0 && (int64_t)cps == prec) {
+                cut = i;
+                break;
+            }
+            cps++;
+        }
+    for (int64_t k = (int64_t)cps; !left && k < width; k++)
+        sb_put(r, b, " ", 1);
+    sb_put(r, b, t, cut);
+    for (int64_t k = (int64_t)cps; left && k < width; k++)
+        sb_put(r, b, " ", 1);
+}
+
+/* "%s" % x: Python's printf-style formatting: flags -+ #0, width, .precision and the
+ * conversions s r a d i u f F e E g G x X o c %. */
 static struct value printf_format(struct rc *r, struct value fmt, struct value args)
 {
     struct jlist one = {.n = 1, .cap = 1, .v = &args};
@@ -1339,29 +1364,109 @@ static struct value printf_format(struct rc *r, struct value fmt, struct value a
             sb_put(r, &b, s + i, 1);
             continue;
         }
-        if (++i >= n)
+        char flags[8];
+        int nf = 0;
+        while (++i < n && strchr("-+ #0", s[i]) && s[i] && nf < 6)
+            if (!memchr(flags, s[i], (size_t)nf))
+                flags[nf++] = s[i];
+        flags[nf] = 0;
+        int64_t width = -1, prec = -1;
+        for (; i < n && s[i] >= '0' && s[i] <= '9'; i++)
+            width = (width < 0 ? 0 : width) * 10 + (s[i] - '0') > (int64_t)r->max_output
+                        ? (int64_t)r->max_output + 1 : (width < 0 ? 0 : width) * 10 + (s[i] - '0');
+        if (i < n && s[i] == '.') {
+            prec = 0;
+            for (i++; i < n && s[i] >= '0' && s[i] <= '9'; i++)
+                prec = prec * 10 + (s[i] - '0') > 1000 ? 1001 : prec * 10 + (s[i] - '0');
+        }
+        if (i >= n)
             rfail(r, "incomplete format");
-        if (s[i] == '%') {
+        char c = s[i];
+        if (c == '%') {
             sb_put(r, &b, "%", 1);
             continue;
         }
+        if (width > (int64_t)r->max_output || prec > 1000)
+            rfail(r, "format width or precision too large");
         if (ai >= al->n)
             rfail(r, "not enough arguments for format string");
         struct value v = al->v[ai++];
-        switch (s[i]) {
-        case 's': to_str(r, &b, v); break;
-        case 'r': repr(r, &b, v); break;
-        case 'd': case 'i':
-            if (!is_num(v))
-                rfail(r, "%%%c format: a real number is required, not %s", s[i], type_name(v));
-            sb_printf(r, &b, "%" PRId64, v.t == VT_FLOAT ? (int64_t)v.as.f : num_i(v));
-            break;
-        case 'f':
-            if (!is_num(v))
-                rfail(r, "%%f format: a real number is required, not %s", type_name(v));
-            sb_printf(r, &b, "%f", num_f(v));
-            break;
-        default: rfail(r, "unsupported format character '%c'", s[i]);
+        bool left = strchr(flags, '-') != NULL;
+        if (c == 's' || c == 'r' || c == 'a') {
+            struct sbuf t = {0};
+            if (c == 's')
+                to_str(r, &t, v);
+            else
+                repr(r, &t, v);
+            put_field(r, &b, t.p ? t.p : "", t.n, left, width, prec);
+            continue;
+        }
+        if (c == 'c') {
+            struct sbuf t = {0};
+            if (v.t == VT_STR && v.as.s->n_cp == 1)
+                sb_put(r, &t, v.as.s->s, v.as.s->len);
+            else if ((v.t == VT_INT || v.t == VT_BOOL) && num_i(v) >= 0 && num_i(v) <= 0x10FFFF &&
+                     !(num_i(v) >= 0xD800 && num_i(v) <= 0xDFFF))
+                sb_cp(r, &t, (uint32_t)num_i(v));
+            else
+                rfail(r, "%%c requires an int or a unicode character");
+            put_field(r, &b, t.p, t.n, left, width, -1);
+            continue;
+        }
+        if (!is_num(v))
+            rfail(r, "%%%c format: a real number is required, not %s", c, type_name(v));
+        if (strchr("diuxXo", c) && c) {
+            if (v.t == VT_FLOAT && strchr("xXo", c))
+                rfail(r, "%%%c format: an integer is required, not float", c);
+            if (v.t == VT_FLOAT && !(fabs(v.as.f) < 9.2e18))
+                rfail(r, "%%%c format: the number is out of the 64-bit range", c);
+            int64_t x = v.t == VT_FLOAT ? (int64_t)v.as.f : num_i(v);
+            uint64_t mag = x < 0 ? 0 - (uint64_t)x : (uint64_t)x;
+            unsigned base = c == 'x' || c == 'X' ? 16 : c == 'o' ? 8 : 10;
+            const char *dig = c == 'X' ? "0123456789ABCDEF" : "0123456789abcdef";
+            char d[72];
+            int nd = 0;
+            do {
+                d[nd++] = dig[mag % base];
+                mag /= base;
+            } while (mag && nd < 70);
+            char pre[4] = "";
+            size_t np = 0;
+            if (x < 0)
+                pre[np++] = '-';
+            else if (strchr(flags, '+'))
+                pre[np++] = '+';
+            else if (strchr(flags, ' '))
+                pre[np++] = ' ';
+            if (strchr(flags, '#') && base != 10) {
+                pre[np++] = '0';
+                pre[np++] = c == 'o' ? 'o' : c;
+            }
+            int64_t zeros = prec > nd ? prec - nd : 0;
+            int64_t len = (int64_t)np + zeros + nd;
+            if (!left && strchr(flags, '0') && width > len) {
+                zeros += width - len;
+                len = width;
+            }
+            for (int64_t q = len; !left && q < width; q++)
+                sb_put(r, &b, " ", 1);
+            sb_put(r, &b, pre, np);
+            for (int64_t q = 0; q < zeros; q++)
+                sb_put(r, &b, "0", 1);
+            while (nd > 0)
+                sb_put(r, &b, &d[--nd], 1);
+            for (int64_t q = len; left && q < width; q++)
+                sb_put(r, &b, " ", 1);
+        } else if (strchr("fFeEgG", c) && c) {
+            char cfmt[64];
+            snprintf(cfmt, sizeof cfmt, "%%%s%" PRId64 ".%" PRId64 "%c", flags,
+                     width < 0 ? 0 : width, prec < 0 ? 6 : prec, c);
+            int k = snprintf(NULL, 0, cfmt, num_f(v));
+            char *t = jx_alloc(&r->x, (size_t)k + 1);
+            snprintf(t, (size_t)k + 1, cfmt, num_f(v));
+            sb_put(r, &b, t, (size_t)k);
+        } else {
+            rfail(r, "unsupported format character '%c'", c);
         }
     }
     if (ai < al->n)
@@ -2618,7 +2723,8 @@ static struct value str_format(struct rc *r, struct value fmt, struct args *a)
         if (fe == i + 1) {
             v = arg(a, auto_i++, NULL);
         } else if (s[i + 1] >= '0' && s[i + 1] <= '9') {
-            v = arg(a, atoi(s + i + 1), NULL);
+            long k = strtol(s + i + 1, NULL, 10); /* saturates; an index past the args fails */
+            v = k < INT32_MAX ? arg(a, (int)k, NULL) : NULL;
         } else {
             char *key = jx_strndup(&r->x, s + i + 1, fe - i - 1);
             v = arg(a, -1, key);
@@ -2941,13 +3047,17 @@ static struct value call(struct rc *r, struct value fn, struct args *a)
         }
         if (v[2] == 0)
             rfail(r, "range() arg 3 must not be zero");
-        double cnt = v[2] > 0 ? ceil(((double)v[1] - (double)v[0]) / (double)v[2])
-                              : ceil(((double)v[0] - (double)v[1]) / (double)-v[2]);
+        /* the count exactly, in unsigned arithmetic: no step past the end is ever formed */
+        uint64_t cnt = 0;
+        if (v[2] > 0 && v[0] < v[1])
+            cnt = ((uint64_t)v[1] - (uint64_t)v[0] - 1) / (uint64_t)v[2] + 1;
+        else if (v[2] < 0 && v[0] > v[1])
+            cnt = ((uint64_t)v[0] - (uint64_t)v[1] - 1) / (0 - (uint64_t)v[2]) + 1;
         if (cnt > 100000)
             rfail(r, "Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
-        struct jlist *l = l_new(r, cnt > 0 ? (size_t)cnt : 0);
-        for (int64_t i = v[0]; v[2] > 0 ? i < v[1] : i > v[1]; i += v[2])
-            l_push(r, l, v_int(i));
+        struct jlist *l = l_new(r, (size_t)cnt);
+        for (uint64_t j = 0; j < cnt; j++)
+            l_push(r, l, v_int((int64_t)((uint64_t)v[0] + j * (uint64_t)v[2])));
         step(r, (long)(l->n / 8));
         return v_list(l);
     }

@@ -221,6 +221,11 @@ case("filter_abs_round", "{{ -3|abs }} {{ neg|abs }} {{ -2.5|abs }} {{ 2.5|round
 case("filter_escape_safe", "{{ '<a href=\"x\">&\\'</a>'|escape }} {{ '<b>'|e }} {{ '<b>'|safe }} {{ 5|safe }}")
 case("filter_wordcount", "{{ 'hello big world'|wordcount }} {{ ''|wordcount }} {{ 'a-b c_d'|wordcount }}")
 case("filter_format", "{{ '%s is %d'|format('x', 3) }} {{ '%s'|format([1]) }} {{ '%%'|format() }}")
+case("printf_specs", "[{{ '%5s|%-5s|%.2s|%5.1s' % ('ab', 'ab', 'héllo', 'xyz') }}] [{{ '%d|%5d|%-5d|%05d|%+d|% d|%.3d' % (7, 7, 7, -7, 7, 7, 7) }}] "
+     "[{{ '%x|%X|%o|%#x|%#o|%08.3f|%.2e|%g|%G|%-8.2f|%+.1f' % (255, 255, 8, 255, 8, 3.14159, 12345.678, 0.0001, 1e20, 2.5, 2.25) }}] "
+     "[{{ '%c%c|%r|%s' % ('x', 65, 'q', none) }}] [{{ '%d' % 2.9 }}] [{{ '%i%%' % true }}] [{{ '%5s' % 'é✓' }}] [{{ '%-6r|' % 'a' }}]")
+case("printf_bad_fails", "{{ '%d' % 'x' }}")
+case("printf_too_few_fails", "{{ '%s %s' % ('a',) }}")
 case("filter_center", "[{{ 'ab'|center(6) }}] [{{ 'abc'|center(6) }}]")
 case("filter_batch", "{{ [1, 2, 3, 4, 5]|batch(2)|list }} {{ [1, 2, 3]|batch(2, 0)|list }}")
 case("filter_chain", "{{ messages|map(attribute='content')|map('upper')|select('string')|join(' / ')|trim }}")
@@ -314,6 +319,10 @@ case("for_none_fails", "{% for x in z %}{% endfor %}")
 case("for_int_fails", "{% for x in 5 %}{% endfor %}")
 case("for_range", "{% for i in range(3) %}{{ i }}{% endfor %} {% for i in range(1, 10, 3) %}{{ i }}{% endfor %} "
      "{% for i in range(5, 0, -2) %}{{ i }}{% endfor %} {{ range(0)|list }}")
+case("range_extremes", "{{ range(9223372036854775806, 9223372036854775807, 5)|list }} {{ range(0, 10, -9223372036854775807 - 1)|list }} "
+     "{{ range(-9223372036854775807 - 1, -9223372036854775807 + 1)|list }} {{ range(3, 1)|list }} {{ range(10, 0, -3)|list }}")
+case("range_step_zero_fails", "{{ range(1, 2, 0) }}")
+case("slice_extreme_steps", "{{ l[::9223372036854775807] }} {{ l[::-9223372036854775807 - 1] }} {{ u[::-9223372036854775807 - 1] }} {{ l[-100:100] }} {{ l[100:-100:-1] }}")
 case("range_too_big_fails", "{% for i in range(100001) %}{% endfor %}")
 case("break_continue", "{% for x in range(10) %}{% if x == 2 %}{% continue %}{% endif %}{% if x == 5 %}{% break %}{% endif %}{{ x }}{% endfor %}")
 case("break_in_nested", "{% for a in [1, 2] %}{% for b in [1, 2, 3] %}{% if b == 2 %}{% break %}{% endif %}{{ a }}{{ b }} {% endfor %}{% endfor %}")
