@@ -160,6 +160,12 @@ int xd_server_config_validate(const struct xd_server_config *cfg, struct xd_err 
             return xd_err_set(err, XD_ERR_CONFIG,
                               "option '--chat-template': '%s' is neither a built-in template "
                               "(%s) nor a file", cfg->chat_template, xd_chat_builtin_names());
+        /* a file is parsed now, so check-config and a starting serve both name its errors */
+        struct xd_chat_template *t = NULL;
+        struct xd_err e = {{0}};
+        if (is_file && xd_chat_template_load(cfg->chat_template, NULL, NULL, &t, &e) < 0)
+            return xd_err_set(err, XD_ERR_CONFIG, "option '--chat-template': %s", e.msg);
+        xd_chat_template_destroy(t);
     }
     if (!cfg->admission || (strcmp(cfg->admission, "fair") != 0 &&
                             strcmp(cfg->admission, "fcfs") != 0))

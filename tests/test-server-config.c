@@ -2,6 +2,7 @@
  * key, the scheduler options serve runs with. */
 #include <stddef.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -53,6 +54,12 @@ static void test_chat_template_name_or_file(void)
     char *a1[] = {"--model", "/m", "--chat-template", path};
     CHECK(parse(&c, 4, a1, &err) == 0 && strcmp(c.chat_template, path) == 0, "file: %s",
           err.msg);
+    fd = open(path, O_WRONLY | O_TRUNC);
+    CHECK(fd >= 0 && write(fd, "{% if x %}", 10) == 10, "rewrite");
+    close(fd);
+    CHECK(parse(&c, 4, a1, &err) < 0, "a template that does not parse accepted");
+    CHECK_CONTAINS(err.msg, "--chat-template");
+    CHECK_CONTAINS(err.msg, "line 1");
     unlink(path);
     CHECK(parse(&c, 4, a1, &err) < 0, "a missing file accepted");
     CHECK_CONTAINS(err.msg, "chatml, mistral, mistral-v1, olmoe, qwen3");
