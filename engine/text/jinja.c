@@ -212,6 +212,8 @@ static void d_set(struct rc *r, struct jdict *d, struct value k, struct value v)
     d->v[d->n++] = v;
 }
 
+enum { VIEW_NONE, VIEW_ITEMS, VIEW_KEYS, VIEW_VALUES };
+
 static const char *type_name(struct value v)
 {
     switch (v.t) {
@@ -221,7 +223,11 @@ static const char *type_name(struct value v)
     case VT_INT: return "int";
     case VT_FLOAT: return "float";
     case VT_STR: return "str";
-    case VT_LIST: return v.as.l->tuple ? "tuple" : "list";
+    case VT_LIST:
+        if (v.as.l->view)
+            return v.as.l->view == VIEW_ITEMS ? "dict_items" : v.as.l->view == VIEW_KEYS
+                                                                 ? "dict_keys" : "dict_values";
+        return v.as.l->tuple ? "tuple" : "list";
     case VT_DICT: return "dict";
     case VT_NS: return "Namespace";
     case VT_MACRO: return "Macro";
@@ -430,6 +436,10 @@ static void repr(struct rc *r, struct sbuf *b, struct value v)
     case VT_STR: repr_str(r, b, v.as.s); break;
     case VT_LIST: {
         struct jlist *l = v.as.l;
+        if (l->view) {
+            sb_puts(r, b, type_name(v));
+            sb_puts(r, b, "(");
+        }
         sb_puts(r, b, l->tuple ? "(" : "[");
         for (size_t i = 0; i < l->n; i++) {
             if (i)
@@ -437,6 +447,8 @@ static void repr(struct rc *r, struct sbuf *b, struct value v)
             repr(r, b, l->v[i]);
         }
         sb_puts(r, b, l->tuple ? (l->n == 1 ? ",)" : ")") : "]");
+        if (l->view)
+            sb_puts(r, b, ")");
         break;
     }
     case VT_DICT: case VT_NS: {
@@ -486,6 +498,22 @@ static bool eq(struct rc *r, struct value a, struct value b)
     case VT_STR:
         return a.as.s->len == b.as.s->len && memcmp(a.as.s->s, b.as.s->s, a.as.s->len) == 0;
     case VT_LIST: {
+        if (a.as.l->view != b.as.l->view)
+            return false;
+        if (a.as.l->view == VIEW_VALUES)
+            return a.as.l == b.as.l;
+        if (a.as.l->view) { /* keys and items views compare as sets */
+            if (a.as.l->n != b.as.l->n)
+                return false;
+            for (size_t i = 0; i < a.as.l->n; i++) {
+                bool found = false;
+                for (size_t j = 0; j < b.as.l->n && !found; j++)
+                    found = eq(r, a.as.l->v[i], b.as.l->v[j]);
+                if (!found)
+                    return false;
+            }
+            return true;
+        }
         if (a.as.l->tuple != b.as.l->tuple || a.as.l->n != b.as.l->n)
             return false;
         enter(r);
@@ -537,7 +565,8 @@ static int cmp(struct rc *r, struct value a, struct value b, const char *op)
             return c < 0 ? -1 : 1;
         return a.as.s->len < b.as.s->len ? -1 : a.as.s->len > b.as.s->len ? 1 : 0;
     }
-    if (a.t == VT_LIST && b.t == VT_LIST && a.as.l->tuple == b.as.l->tuple) {
+    if (a.t == VT_LIST && b.t == VT_LIST && a.as.l->tuple == b.as.l->tuple && !a.as.l->view &&
+        !b.as.l->view) {
         for (size_t i = 0; i < a.as.l->n && i < b.as.l->n; i++)
             if (!eq(r, a.as.l->v[i], b.as.l->v[i])) {
                 enter(r); /* lists nest as deep as a template makes them */
@@ -668,6 +697,11 @@ static struct value py_attr(struct rc *r, struct value obj, const char *name, bo
             return undef(name, obj.t);
         break;
     case VT_LIST:
+        if (obj.as.l->view) {
+            if (!strcmp(name, "isdisjoint") || !strcmp(name, "mapping"))
+                break;
+            break;
+        }
         if (in_set(name, list_methods))
             return method(r, obj, name, F_METHOD);
         if (in_set(name, list_mutators))
@@ -717,7 +751,8 @@ static struct value get_item(struct rc *r, struct value obj, struct value key, b
         struct value *v = d_find(r, obj.as.d, key);
         if (v)
             return *v;
-    } else if ((obj.t == VT_LIST || obj.t == VT_STR) && (key.t == VT_INT || key.t == VT_BOOL)) {
+    } else if (((obj.t == VT_LIST && !obj.as.l->view) || obj.t == VT_STR) &&
+               (key.t == VT_INT || key.t == VT_BOOL)) {
         int64_t n = obj.t == VT_LIST ? (int64_t)obj.as.l->n : (int64_t)obj.as.s->n_cp;
         int64_t i = num_i(key);
         if (i < 0)
@@ -828,8 +863,8 @@ static struct value slice(struct rc *r, struct value obj, struct value *s, struc
         undefined_error(r, obj);
     if (obj.t == VT_DICT)
         rfail(r, "unhashable type: 'slice'");
-    if (obj.t != VT_LIST && obj.t != VT_STR) /* slices bypass jinja2's getitem */
-        rfail(r, "'%s' object is not subscriptable", type_name(obj));
+    if ((obj.t != VT_LIST && obj.t != VT_STR) || (obj.t == VT_LIST && obj.as.l->view))
+        rfail(r, "'%s' object is not subscriptable", type_name(obj)); /* slices bypass getitem */
     int64_t n = obj.t == VT_LIST ? (int64_t)obj.as.l->n : (int64_t)obj.as.s->n_cp;
     int64_t a, b, k;
     slice_idx(n, s, e, st, &a, &b, &k, r);
@@ -1266,7 +1301,8 @@ static struct value arith(struct rc *r, int op, struct value a, struct value b)
         sb_put(r, &s, b.as.s->s, b.as.s->len);
         return v_sb(r, &s);
     }
-    if (op == OP_ADD && a.t == VT_LIST && b.t == VT_LIST && a.as.l->tuple == b.as.l->tuple) {
+    if (op == OP_ADD && a.t == VT_LIST && b.t == VT_LIST && a.as.l->tuple == b.as.l->tuple &&
+        !a.as.l->view && !b.as.l->view) {
         struct jlist *l = l_new(r, a.as.l->n + b.as.l->n);
         l->tuple = a.as.l->tuple;
         for (size_t i = 0; i < a.as.l->n; i++)
@@ -1279,7 +1315,7 @@ static struct value arith(struct rc *r, int op, struct value a, struct value b)
     if (op == OP_MUL && (a.t == VT_STR || a.t == VT_LIST || b.t == VT_STR || b.t == VT_LIST)) {
         struct value seq = a.t == VT_STR || a.t == VT_LIST ? a : b;
         struct value cnt = a.t == VT_STR || a.t == VT_LIST ? b : a;
-        if (cnt.t == VT_INT || cnt.t == VT_BOOL) {
+        if ((cnt.t == VT_INT || cnt.t == VT_BOOL) && !(seq.t == VT_LIST && seq.as.l->view)) {
             int64_t k = num_i(cnt);
             if (seq.t == VT_STR) {
                 struct sbuf s = {0};
@@ -1572,6 +1608,8 @@ static void json_dump(struct rc *r, struct sbuf *b, struct value v, const struct
     case VT_STR: json_str(r, b, v.as.s->s, v.as.s->len, o->ensure_ascii); break;
     case VT_LIST: {
         struct jlist *l = v.as.l;
+        if (l->view)
+            rfail(r, "Object of type %s is not JSON serializable", type_name(v));
         if (!l->n) {
             sb_puts(r, b, "[]");
             break;
@@ -2627,7 +2665,8 @@ static bool apply_test(struct rc *r, const char *name, struct value v, struct ar
         return v.t == VT_UNDEF || v.t == VT_STR || v.t == VT_LIST || v.t == VT_DICT ||
                v.t == VT_GEN;
     if (IS("sequence")) /* len() and __getitem__: Undefined has both */
-        return v.t == VT_STR || v.t == VT_LIST || v.t == VT_DICT || v.t == VT_UNDEF;
+        return v.t == VT_STR || (v.t == VT_LIST && !v.as.l->view) || v.t == VT_DICT ||
+               v.t == VT_UNDEF;
     if (IS("callable"))
         return v.t == VT_MACRO || v.t == VT_FUNC;
     if (IS("escaped"))
@@ -2942,6 +2981,7 @@ static struct value call_method(struct rc *r, struct jfunc *fn, struct args *a)
         struct jdict *d = self.as.d;
         if (IS("items") || IS("keys") || IS("values")) {
             struct jlist *l = l_new(r, d->n);
+            l->view = IS("items") ? VIEW_ITEMS : IS("keys") ? VIEW_KEYS : VIEW_VALUES;
             for (size_t i = 0; i < d->n; i++)
                 l_push(r, l, IS("items") ? pair(r, d->k[i], d->v[i]) : IS("keys") ? d->k[i]
                                                                             : d->v[i]);
@@ -3200,8 +3240,8 @@ static int exec(struct rc *r, struct frame *f, const struct node *n)
         d_set(r, ns.as.d, v_cstr(r, n->names[0]), v);
         break;
     }
-    case S_SETBLOCK: {
-        struct value v = capture(r, f, n->b);
+    case S_SETBLOCK: { /* the body is an inner scope: names it sets stay inside */
+        struct value v = capture(r, frame_new(r, f), n->b);
         if (n->a)
             v = eval_filter(r, f, n->a, &v);
         frame_set(r, f, n->names[0], v);
@@ -3234,7 +3274,7 @@ static int exec(struct rc *r, struct frame *f, const struct node *n)
         break;
     }
     case S_FILTERBLOCK: {
-        struct value v = capture(r, f, n->a);
+        struct value v = capture(r, frame_new(r, f), n->a);
         v = eval_filter(r, f, n->b, &v);
         to_str(r, r->out, v);
         break;

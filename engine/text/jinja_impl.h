@@ -52,6 +52,8 @@ struct jlist {
     struct value *v; /* (n,) */
     bool tuple;      /* repr as (a, b) */
     const char *fail; /* VT_GEN over something not iterable: the error its iteration raises */
+    uint8_t view;     /* a dict's items(), keys() or values() (enum in jinja.c): sized and
+                       * iterable but no index, no JSON */
 };
 
 struct jdict { /* insertion-ordered, as Python dicts; also a namespace's attributes */

@@ -7,6 +7,10 @@ not, or the texts differ). Renderings jinja2 prints as Python objects we do not 
 dict views, ranges, big integers) are skipped.
 
 Usage: /work/golden-venv/bin/python tools/golden/jinja_differential.py [N [SEED]]
+       /work/golden-venv/bin/python tools/golden/jinja_differential.py --templates DIR [N [SEED]]
+The second form renders each DIR/*/template.jinja (real chat templates) over N random
+conversations (system/user/assistant/tool turns, content strings and part lists, reasoning,
+tool calls with object or string arguments, tools, chat_template_kwargs) instead.
 """
 import copy
 import json
@@ -244,7 +248,90 @@ SKIP = ("<generator object", "<dict_reversekeyiterator", "dict_items(", "dict_ke
         "<built-in")
 
 
+TEXTS = ["Hello", "", "  spaced  ", "line1\nline2", "<think>\nreason\n</think>\n\nanswer",
+         "ünïcödé ✓ 東京", "quote \" and ' and \\", "<tool_call>x</tool_call>", "{\"a\": 1}",
+         "<|im_end|>", "[INST] x [/INST]", "/nothink", "\n\n", "tab\tsep"]
+
+
+def random_conversation(rng):
+    msgs = []
+    if rng.random() < 0.6:
+        msgs.append({"role": "system", "content": rng.choice(TEXTS)})
+    for turn in range(rng.randrange(1, 5)):
+        msgs.append({"role": "user", "content": rng.choice(TEXTS) if rng.random() < 0.85 else
+                     [{"type": "text", "text": rng.choice(TEXTS)}]})
+        if rng.random() < 0.8:
+            m = {"role": "assistant", "content": rng.choice(TEXTS)}
+            if rng.random() < 0.3:
+                m["reasoning_content"] = rng.choice(TEXTS)
+            if rng.random() < 0.3:
+                args = {"city": rng.choice(TEXTS), "n": rng.choice([1, 2.5, True, None])}
+                m["tool_calls"] = [{"id": "call_%d" % turn, "type": "function", "function": {
+                    "name": "get_weather", "arguments": json.dumps(args) if rng.random() < 0.4 else args}}]
+                msgs.append(m)
+                msgs.append({"role": "tool", "tool_call_id": "call_%d" % turn, "name": "get_weather",
+                             "content": rng.choice(TEXTS)})
+                continue
+            msgs.append(m)
+    tools = None
+    if rng.random() < 0.4:
+        tools = [{"type": "function", "function": {"name": "get_weather", "description": rng.choice(TEXTS),
+                  "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "c"},
+                                 "n": {"type": "number"}}, "required": ["city"]}}}]
+    ctx = {"messages": msgs, "tools": tools, "documents": None,
+           "add_generation_prompt": rng.random() < 0.5, "bos_token": "<s>", "eos_token": "</s>"}
+    for k in ("enable_thinking", "thinking"):
+        if rng.random() < 0.3:
+            ctx[k] = rng.random() < 0.5
+    if rng.random() < 0.2:
+        ctx["reasoning_effort"] = rng.choice(["low", "medium", "high"])
+    return ctx
+
+
+def alias_reasoning(ctx):
+    # what transformers does to each message before rendering (_alias_reasoning_fields)
+    out = []
+    for m in ctx["messages"]:
+        r = next((m[k] for k in ("reasoning_content", "thinking", "reasoning") if m.get(k) is not None), None)
+        out.append({"thinking": r, **m, "reasoning_content": r} if r is not None else m)
+    return dict(ctx, messages=out)
+
+
+def main_templates(tdir, n, seed):
+    rng = random.Random(seed)
+    bad = total = 0
+    for name in sorted(os.listdir(tdir)):
+        path = os.path.join(tdir, name, "template.jinja")
+        if not os.path.exists(path):
+            continue
+        src = open(path, encoding="utf-8").read()
+        ctxs = [alias_reasoning(random_conversation(rng)) for _ in range(n)]
+        ours = json.loads(subprocess.run([RENDER], input=json.dumps(
+            [{"template": src, "context": c} for c in ctxs]), capture_output=True, text=True,
+            check=True).stdout)
+        t = _compile_jinja_template(src)
+        for c, mine in zip(ctxs, ours):
+            total += 1
+            try:
+                ref = {"output": t.render(**copy.deepcopy(c))}
+            except Exception as e:
+                ref = {"error": "%s: %s" % (type(e).__name__, e)}
+            if ("output" in ref) == ("output" in mine) and ref.get("output") == mine.get("output"):
+                continue
+            bad += 1
+            print("=" * 70)
+            print(name, "CONTEXT:", json.dumps(c)[:600])
+            print("jinja2:  ", json.dumps(ref)[:600])
+            print("expertd: ", json.dumps(mine)[:600])
+    print(f"{total} renderings of real templates: {bad} disagreements")
+    return 1 if bad else 0
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--templates":
+        n = int(sys.argv[3]) if len(sys.argv) > 3 else 50
+        seed = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+        return main_templates(sys.argv[2], n, seed)
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
     seed = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     rng = random.Random(seed)

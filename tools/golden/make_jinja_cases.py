@@ -286,6 +286,13 @@ case("str_method_unknown_attr", "[{{ 'abc'.nosuchmethod }}]")
 # -- dict and list methods -------------------------------------------------------------------------
 case("dict_methods", "{{ d.keys()|list }} {{ d.values()|list }} {% for k, v in d.items() %}{{ k }}:{{ v }} {% endfor %}"
      "{{ d.get('a') }} {{ d.get('zz') }} {{ d.get('zz', 'dflt') }}")
+case("dict_views", "{{ d.items() }} {{ d.keys() }} {{ d.values() }} {{ d.items()|list }} {{ d.keys()|length }} "
+     "{{ 'a' in d.keys() }} {{ ('a', 1) in d.items() }} {{ d.keys() is sequence }} {{ d.keys() is iterable }} "
+     "[{{ d.keys()[0] }}] {{ d.keys() == {'a': 0, 'b': 1, 'c': 2}.keys() }} {{ d.values()|sum(start=0) if false else d.keys()|first }} "
+     "{{ d.items()|last }} {{ d.keys()|reverse|list }} {{ d.items()|sort }} {% if {}.items() %}t{% else %}f{% endif %}")
+case("dict_view_tojson_fails", "{{ d.items()|tojson }}")
+case("dict_view_slice_fails", "{{ d.keys()[1:] }}")
+case("dict_view_plus_fails", "{{ d.keys() + [1] }}")
 case("dict_iteration_order", "{% for k in {'z': 1, 'a': 2, 'm': 3} %}{{ k }}{% endfor %}")
 case("list_methods", "{{ l.index(1) }} {{ words.count('apple') }} {{ l.copy() }}")
 case("list_append_unsafe", "{% set x = [] %}{{ x.append(1) }}")
@@ -333,6 +340,8 @@ case("set_in_if_leaks", "{% if true %}{% set x = 5 %}{% endif %}{{ x }}")
 case("set_read_before_assign_in_loop", "{% set x = 0 %}{% for i in [1, 2] %}{{ x }}{% set x = i %}{% endfor %}")
 case("set_block", "{% set body %}Hello {{ bos_token }}!{% endset %}[{{ body }}]{{ body|length }}")
 case("set_block_filter", "{% set body | upper %}abc{% endset %}{{ body }}")
+case("set_block_scope", "{% set x = 'out' %}{% set b %}{% set x = 'in' %}{% set y = 1 %}{{ x }}{% endset %}{{ b }} {{ x }} [{{ y }}]"
+     "{% filter upper %}{% set z = 2 %}{{ x }}{% endfilter %}[{{ z }}]")
 case("set_block_trim", "{% set x %}\n  inner\n{% endset %}[{{ x }}]")
 case("namespace_in_loop", "{% set ns = namespace(found=false, n=0) %}{% for m in messages %}{% if m.role == 'user' %}"
      "{% set ns.found = true %}{% set ns.n = ns.n + 1 %}{% endif %}{% endfor %}{{ ns.found }} {{ ns.n }}")
