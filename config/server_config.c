@@ -3,6 +3,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "engine/text/chat_template.h"
 #include "engine/text/reasoning.h"
@@ -98,8 +99,9 @@ const struct xd_opt xd_server_config_opts[] = {
      "seconds SIGTERM waits for in-flight requests (default 30)"},
     {"keepalive-interval", XD_OPT_FLOAT, SRV(keepalive_interval), 0.05, 3600, NULL,
      "seconds between SSE keep-alive comments while waiting (default 10)"},
-    {"chat-template", XD_OPT_STRING, SRV(chat_template), 0, 0, NULL,
-     "chatml, mistral, mistral-v1, olmoe or qwen3: overrides the template detected in tokenizer_config.json"},
+    {"chat-template", XD_OPT_STRING, SRV(chat_template), 0, 0, "EXPERTD_CHAT_TEMPLATE",
+     "NAME|FILE: a built-in template (chatml, mistral, mistral-v1, olmoe, qwen3) or a Jinja "
+     "file, instead of the model's own chat template"},
     {"reasoning-parser", XD_OPT_STRING, SRV(reasoning_parser), 0, 0, "EXPERTD_REASONING_PARSER",
      "split chat output into reasoning_content and content: auto (think when the chat template "
      "mentions </think>), none, or think (alias qwen3, deepseek_r1: <think>...</think>) "
@@ -160,10 +162,23 @@ int xd_server_config_validate(const struct xd_server_config *cfg, struct xd_err 
         return xd_err_set(err, XD_ERR_CONFIG,
                           "option '--log-level': '%s' is not error, warn, info or debug",
                           cfg->log_level ? cfg->log_level : "");
-    if (cfg->chat_template && xd_chat_format_from_name(cfg->chat_template) == XD_CHAT_UNKNOWN)
-        return xd_err_set(err, XD_ERR_CONFIG,
-                          "option '--chat-template': '%s' is not chatml, mistral, mistral-v1, "
-                          "olmoe or qwen3", cfg->chat_template);
+    if (cfg->chat_template) {
+        char *builtin = xd_chat_builtin_source(cfg->chat_template);
+        bool is_builtin = builtin != NULL;
+        struct stat st;
+        bool is_file = !is_builtin && stat(cfg->chat_template, &st) == 0 && S_ISREG(st.st_mode);
+        free(builtin);
+        if (!is_builtin && !is_file)
+            return xd_err_set(err, XD_ERR_CONFIG,
+                              "option '--chat-template': '%s' is neither a built-in template "
+                              "(%s) nor a file", cfg->chat_template, xd_chat_builtin_names());
+        /* a file is parsed now, so check-config and a starting serve both name its errors */
+        struct xd_chat_template *t = NULL;
+        struct xd_err e = {{0}};
+        if (is_file && xd_chat_template_load(cfg->chat_template, NULL, NULL, &t, &e) < 0)
+            return xd_err_set(err, XD_ERR_CONFIG, "option '--chat-template': %s", e.msg);
+        xd_chat_template_destroy(t);
+    }
     if (!cfg->admission || (strcmp(cfg->admission, "fair") != 0 &&
                             strcmp(cfg->admission, "fcfs") != 0))
         return xd_err_set(err, XD_ERR_CONFIG, "option '--admission': '%s' is not fair or fcfs",

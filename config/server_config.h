@@ -53,7 +53,8 @@ struct xd_server_config {
     long long max_queued_bytes;    /* streaming: most bytes one request may have queued for a
                                       client that does not read; past it the request is
                                       cancelled */
-    const char *chat_template;     /* chatml, mistral or olmoe: overrides detection */
+    const char *chat_template;     /* a built-in template's name or a Jinja file: replaces the
+                                    * model's own chat template */
     const char *reasoning_parser;  /* auto (from the chat template), none, think, qwen3 or
                                       deepseek_r1 (engine/text/reasoning.h) */
     const char *tool_call_parser;  /* auto (from the chat template), none, hermes, mistral,

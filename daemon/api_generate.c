@@ -1043,43 +1043,129 @@ static int error_from_status(struct xd_api_error *e, int rc, const struct xd_err
     return rc;
 }
 
-/* Renders the chat messages with the model's template into j->prompts[0]. */
-static int chat_prompt(struct gen_job *j, struct xd_api_error *e)
+/* m's tool_calls with every function's arguments as a JSON value, as vLLM hands them to
+ * templates (transformers' templates expect objects; OpenAI clients send JSON text): a string
+ * is decoded, a missing, null or empty one becomes {}. New reference in *ret (NULL: m has no
+ * tool_calls list); a string that is not JSON is a 400 naming the message and the call. */
+static int decoded_tool_calls(json_t *m, int i, json_t **ret, struct xd_api_error *e)
 {
-    struct xd_server *s = j->srv;
+    json_t *calls = json_object_get(m, "tool_calls");
+    *ret = NULL;
+    if (!json_is_array(calls))
+        return 0;
+    json_t *out = json_deep_copy(calls);
+    if (!out)
+        return xd_api_error_nomem(e);
+    size_t k;
+    json_t *c;
+    json_array_foreach(out, k, c) {
+        json_t *fn = json_object_get(c, "function");
+        if (!json_is_object(fn))
+            continue;
+        json_t *args = json_object_get(fn, "arguments"), *v = NULL;
+        if (json_is_string(args) && json_string_length(args) > 0) {
+            json_error_t jerr;
+            v = json_loadb(json_string_value(args), json_string_length(args),
+                           JSON_DECODE_ANY, &jerr);
+            if (!v) {
+                json_decref(out);
+                return xd_api_error_set(e, 400, "invalid_request_error", "messages",
+                                        "invalid_value", "'messages' %d: tool_calls[%zu]."
+                                        "function.arguments is not JSON (%s)", i, k, jerr.text);
+            }
+        } else if (!args || json_is_null(args) || json_is_string(args)) {
+            v = json_object();
+        }
+        if (v && json_object_set_new(fn, "arguments", v) < 0) {
+            json_decref(out);
+            return xd_api_error_nomem(e);
+        }
+    }
+    *ret = out;
+    return 0;
+}
+
+/* The messages as the template gets them, into *ret: each as sent, with its role as read
+ * (developer as system), its content as one string (text parts joined; null as "") and its
+ * tool calls' arguments decoded (decoded_tool_calls), as vLLM renders them. */
+static int template_messages(const struct xd_api_message *msgs, int n, json_t **ret,
+                             struct xd_api_error *e)
+{
+    json_t *arr = json_array();
+    if (!arr)
+        return xd_api_error_nomem(e);
+    for (int i = 0; i < n; i++) {
+        json_t *m = json_object(), *calls = NULL;
+        int rc = m ? 0 : xd_api_error_nomem(e);
+        if (rc == 0 && msgs[i].json)
+            rc = decoded_tool_calls(msgs[i].json, i, &calls, e);
+        if (rc == 0 && ((msgs[i].json && json_object_update(m, msgs[i].json) < 0) ||
+                        json_object_set_new(m, "role", json_string(msgs[i].role)) < 0 ||
+                        json_object_set_new(m, "content", json_string(msgs[i].content)) < 0 ||
+                        (calls && json_object_set(m, "tool_calls", calls) < 0) ||
+                        json_array_append(arr, m) < 0))
+            rc = xd_api_error_nomem(e);
+        json_decref(calls);
+        json_decref(m);
+        if (rc < 0) {
+            json_decref(arr);
+            return rc;
+        }
+    }
+    *ret = arr;
+    return 0;
+}
+
+int xd_api_chat_render(const struct xd_server *s, const struct xd_api_message *msgs, int n,
+                       const json_t *tools, const json_t *documents, const json_t *kwargs,
+                       bool add_generation_prompt, char **ret, size_t *ret_len,
+                       struct xd_api_error *e)
+{
     if (!s->tok)
         return xd_api_error_set(e, 400, "invalid_request_error", "messages",
                                 "chat_unavailable",
                                 "chat completions need the model's tokenizer.json");
-    if (s->chat_format == XD_CHAT_UNKNOWN)
+    if (!s->chat)
         return xd_api_error_set(e, 400, "invalid_request_error", "messages",
                                 "chat_template_unsupported", "%s",
                                 s->chat_error ? s->chat_error : "no chat template");
-    struct xd_chat_message *msgs = calloc((size_t)j->api.n_messages, sizeof *msgs);
-    if (!msgs)
-        return xd_api_error_nomem(e);
-    for (int i = 0; i < j->api.n_messages; i++) {
-        msgs[i].role = j->api.messages[i].role;
-        msgs[i].content = j->api.messages[i].content;
-    }
-    char *text = NULL;
-    size_t len = 0;
-    struct xd_err err = {{0}};
-    struct xd_chat_options co = {
-        .add_generation_prompt = true, .bos_token = s->bos_token, .eos_token = s->eos_token,
-        .enable_thinking = j->api.enable_thinking < 0    ? XD_CHAT_THINKING_UNSET
-                           : j->api.enable_thinking > 0 ? XD_CHAT_THINKING_ON
-                                                         : XD_CHAT_THINKING_OFF,
+    json_t *arr = NULL;
+    XD_TRY(template_messages(msgs, n, &arr, e));
+    /* a prompt may be as large as a request body can make it (the interpreter's default of
+     * 1 MiB would cut bodies allowed larger); memory in proportion */
+    long long body = s->cfg->max_body_bytes > 0 ? s->cfg->max_body_bytes : 1 << 20;
+    struct xd_jinja_limits lim = {.max_output = (size_t)(2 * body + (1 << 20)),
+                                  .max_memory = (size_t)(16 * body + (64 << 20))};
+    struct xd_chat_input in = {
+        .messages = arr, .tools = tools, .documents = documents, .kwargs = kwargs,
+        .add_generation_prompt = add_generation_prompt, .limits = &lim,
     };
-    int rc = xd_chat_render_opts((enum xd_chat_format)s->chat_format, msgs, j->api.n_messages,
-                                 &co, &text, &len, &err);
-    free(msgs);
+    struct xd_err err = {{0}};
+    int rc = xd_chat_template_render(s->chat, &in, ret, ret_len, &err);
+    json_decref(arr);
+    if (rc == XD_ERR_INVALID)
+        return xd_api_error_set(e, 400, "invalid_request_error", "messages",
+                                "chat_template_error", "'messages' could not be rendered: %s",
+                                err.msg);
     if (rc < 0)
         return error_from_status(e, rc, &err, "messages");
+    return 0;
+}
+
+/* Renders the chat messages with the model's template into j->prompts[0]. */
+static int chat_prompt(struct gen_job *j, struct xd_api_error *e)
+{
+    struct xd_server *s = j->srv;
+    char *text = NULL;
+    size_t len = 0;
+    XD_TRY(xd_api_chat_render(s, j->api.messages, j->api.n_messages, j->api.tools,
+                              j->api.documents, j->api.chat_template_kwargs, true, &text, &len,
+                              e));
     j->think_open = xd_reasoning_prompt_open((enum xd_reasoning_parser)s->reasoning_parser, text,
                                              len);
-    rc = xd_tokenizer_encode(s->tok, text, len, false, true, &j->prompts[0].ids,
-                             &j->prompts[0].n_ids, &err);
+    struct xd_err err = {{0}};
+    int rc = xd_tokenizer_encode(s->tok, text, len, false, true, &j->prompts[0].ids,
+                                 &j->prompts[0].n_ids, &err);
     free(text);
     if (rc < 0)
         return error_from_status(e, rc, &err, "messages");

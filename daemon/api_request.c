@@ -242,12 +242,33 @@ static int parse_messages(json_t *root, struct xd_api_request *r, struct xd_api_
         const char *rs = json_string_value(role);
         if (strcmp(rs, "developer") == 0)
             rs = "system";
-        if (strcmp(rs, "system") != 0 && strcmp(rs, "user") != 0 && strcmp(rs, "assistant") != 0)
-            return BAD("messages", "'messages' %zu: role '%s' is not system, user or assistant", i,
-                       json_string_value(role));
+        if (strcmp(rs, "system") != 0 && strcmp(rs, "user") != 0 &&
+            strcmp(rs, "assistant") != 0 && strcmp(rs, "tool") != 0)
+            return BAD("messages", "'messages' %zu: role '%s' is not system, user, assistant or "
+                                   "tool", i, json_string_value(role));
+        json_t *calls = json_object_get(m, "tool_calls");
+        if (calls && !json_is_null(calls) && !json_is_array(calls))
+            return BAD_TYPE("messages", "a list of messages whose 'tool_calls' is a list");
         r->messages[i].role = rs;
+        r->messages[i].json = m;
         XD_TRY(parse_content(json_object_get(m, "content"), &r->messages[i], e));
     }
+    return 0;
+}
+
+/* documents (chat, vLLM's RAG extension): a list of objects, borrowed into *ret; NULL when
+ * absent. */
+static int parse_documents(json_t *root, json_t **ret, struct xd_api_error *e)
+{
+    json_t *docs = field(root, "documents");
+    if (!docs)
+        return 0;
+    if (!json_is_array(docs))
+        return BAD_TYPE("documents", "a list of objects");
+    for (size_t i = 0; i < json_array_size(docs); i++)
+        if (!json_is_object(json_array_get(docs, i)))
+            return BAD("documents", "'documents' %zu is not an object", i);
+    *ret = docs;
     return 0;
 }
 
@@ -435,11 +456,14 @@ static int parse_fields(enum xd_api_kind kind, json_t *root, struct xd_api_reque
     }
     XD_TRY(kind == XD_API_COMPLETIONS ? parse_prompt(root, r, e) : parse_messages(root, r, e));
 
+    if (kind == XD_API_CHAT)
+        XD_TRY(parse_documents(root, &r->documents, e));
     r->enable_thinking = -1;
     json_t *kw = kind == XD_API_CHAT ? field(root, "chat_template_kwargs") : NULL;
     if (kw) {
         if (!json_is_object(kw))
             return BAD_TYPE("chat_template_kwargs", "an object");
+        r->chat_template_kwargs = kw;
         json_t *et = json_object_get(kw, "enable_thinking");
         if (et && !json_is_boolean(et))
             return BAD_TYPE("chat_template_kwargs", "an object whose 'enable_thinking' is a "
@@ -621,6 +645,7 @@ static int parse_tokenize_fields(bool detokenize, json_t *root, struct xd_api_to
         XD_TRY(rc);
         r->chat = true;
         json_t *kw = field(root, "chat_template_kwargs");
+        r->chat_template_kwargs = json_is_object(kw) ? kw : NULL;
         if (kw) {
             if (!json_is_object(kw))
                 return BAD_TYPE("chat_template_kwargs", "an object");
@@ -643,8 +668,14 @@ static int parse_tokenize_fields(bool detokenize, json_t *root, struct xd_api_to
     }
     XD_TRY(get_bool(root, "add_special_tokens", &r->add_special_tokens, e));
     XD_TRY(get_bool(root, "return_token_strs", &r->return_token_strs, e));
-    if ((v = field(root, "tools")) && json_array_size(v) > 0)
-        return BAD("tools", "'tools' is not supported");
+    if (r->chat) { /* the template sees tools and documents as chat completions pass them */
+        struct xd_api_request tmp = {.kind = XD_API_CHAT};
+        XD_TRY(parse_tools(root, &tmp, e));
+        r->tools = tmp.tools;
+        XD_TRY(parse_documents(root, &r->documents, e));
+    } else if ((v = field(root, "tools")) && json_array_size(v) > 0) {
+        return BAD("tools", "'tools' applies to 'messages' only");
+    }
     return 0;
 }
 

@@ -51,8 +51,11 @@ struct xd_api_prompt {
 };
 
 struct xd_api_message {
-    const char *role;    /* system, user or assistant (developer is read as system) */
-    char *content;       /* owned: text parts joined */
+    const char *role;    /* system, user, assistant or tool (developer is read as system) */
+    char *content;       /* owned: text parts joined; null or absent content is "" (as vLLM
+                          * renders it) */
+    json_t *json;        /* borrowed from root: the message object as sent (tool_calls,
+                          * tool_call_id, name, reasoning_content reach the template) */
 };
 
 /* tool_choice (chat). */
@@ -85,6 +88,10 @@ struct xd_api_request {
     bool ignore_eos;                 /* vLLM's extension: do not stop at EOS */
     int enable_thinking;             /* chat: chat_template_kwargs.enable_thinking (vLLM's
                                         extension): -1 not given, 0 false, 1 true */
+    json_t *chat_template_kwargs;    /* chat: borrowed, an object (extra template variables);
+                                        NULL when absent */
+    json_t *documents;               /* chat: borrowed, vLLM's list of documents (objects) for
+                                        RAG templates; NULL when absent */
     const char *user;
     json_t *tools;                   /* chat: the tools list, validated (each a function with
                                         a name of [a-zA-Z0-9_-]{1,64}, unique, parameters an
@@ -117,6 +124,9 @@ struct xd_api_tokenize_request {
     struct xd_api_message *messages; /* (n_messages,) chat only, owned */
     int n_messages;
     int enable_thinking;             /* chat_template_kwargs.enable_thinking: -1, 0, 1 */
+    json_t *chat_template_kwargs;    /* borrowed from root, an object; NULL when absent */
+    json_t *tools;                   /* borrowed from root, validated as chat's; NULL: none */
+    json_t *documents;               /* borrowed from root, a list of objects; NULL: none */
     bool add_special_tokens;         /* default true for prompt, false for messages (vLLM) */
     bool add_generation_prompt;      /* default true */
     bool continue_final_message;     /* default false; exclusive with add_generation_prompt */

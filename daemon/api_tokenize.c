@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/text/chat_template.h"
+#include "daemon/api_generate.h"
 
 /* The rendered chat cut right after the final message's content, as transformers'
  * apply_chat_template(continue_final_message=True) cuts it: the last occurrence of the
@@ -37,38 +37,15 @@ static int cut_after_final(char *text, size_t *len, const char *content, struct 
                             "not appear in the chat as the template renders it");
 }
 
-/* Renders t's messages with the model's template into a new *ret_text (free()). */
+/* Renders t's messages with the model's template into a new *ret_text (free()), as chat
+ * completions render them (xd_api_chat_render: tools, documents, chat_template_kwargs). */
 static int render_chat(const struct xd_server *s, const struct xd_api_tokenize_request *t,
                        char **ret_text, size_t *ret_len, struct xd_api_error *e)
 {
-    if (s->chat_format == XD_CHAT_UNKNOWN)
-        return xd_api_error_set(e, 400, "invalid_request_error", "messages",
-                                "chat_template_unsupported", "%s",
-                                s->chat_error ? s->chat_error : "no chat template");
-    struct xd_chat_message *msgs = calloc((size_t)t->n_messages, sizeof *msgs);
-    if (!msgs)
-        return xd_api_error_nomem(e);
-    for (int i = 0; i < t->n_messages; i++) {
-        msgs[i].role = t->messages[i].role;
-        msgs[i].content = t->messages[i].content;
-    }
-    struct xd_chat_options co = {
-        .add_generation_prompt = t->add_generation_prompt,
-        .bos_token = s->bos_token, .eos_token = s->eos_token,
-        .enable_thinking = t->enable_thinking < 0    ? XD_CHAT_THINKING_UNSET
-                           : t->enable_thinking > 0 ? XD_CHAT_THINKING_ON
-                                                     : XD_CHAT_THINKING_OFF,
-    };
     char *text = NULL;
     size_t len = 0;
-    struct xd_err err = {{0}};
-    int rc = xd_chat_render_opts((enum xd_chat_format)s->chat_format, msgs, t->n_messages, &co,
-                                 &text, &len, &err);
-    free(msgs);
-    if (rc < 0)
-        return xd_api_error_set(e, rc == XD_ERR_NOMEM ? 500 : 400,
-                                rc == XD_ERR_NOMEM ? "server_error" : "invalid_request_error",
-                                "messages", NULL, "%s", err.msg);
+    XD_TRY(xd_api_chat_render(s, t->messages, t->n_messages, t->tools, t->documents,
+                              t->chat_template_kwargs, t->add_generation_prompt, &text, &len, e));
     if (t->continue_final_message &&
         cut_after_final(text, &len, t->messages[t->n_messages - 1].content, e) < 0) {
         free(text);

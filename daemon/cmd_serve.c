@@ -63,6 +63,8 @@ struct loaded {
     struct xd_engine *engine;
     struct xd_tokenizer *tok;
     struct xd_tokenizer_config tcfg;
+    struct xd_chat_template *chat; /* NULL: no usable template (chat_err says why) */
+    struct xd_err chat_err;
     struct xd_step_engine step;
     struct xd_trace_writer *trace; /* --record-routing, or NULL */
     struct xd_metrics *metrics;    /* receives the expert counters after each step */
@@ -138,7 +140,20 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
         XD_TRY(xd_tokenizer_config_load(c->engine.model, L->tok, &L->tcfg, err));
         if (L->tcfg.warning[0])
             xd_log(s, XD_LOG_WARN, "%s", L->tcfg.warning);
+        /* chat: the override (a built-in or a file: its errors stop the load, the operator
+         * asked for it), else the model's own template (its errors only make chat unavailable) */
+        int rc = xd_chat_template_load(c->chat_template, &L->tcfg, c->engine.model, &L->chat,
+                                       &L->chat_err);
+        if (rc < 0 && c->chat_template)
+            return xd_err_set(err, rc, "option '--chat-template': %s", L->chat_err.msg);
+        if (rc == XD_ERR_INVALID) {
+            struct xd_err e = L->chat_err;
+            xd_err_set(&L->chat_err, rc, "%.380s; set the chat-template option to a built-in "
+                       "(%s) or a Jinja file", e.msg, xd_chat_builtin_names());
+        }
     } else {
+        xd_err_set(&L->chat_err, XD_ERR_UNSUPPORTED, "chat completions need the model's "
+                   "tokenizer.json");
         xd_log(s, XD_LOG_WARN, "%s has no tokenizer.json: prompts must be token ids, "
                "responses have no text, chat is unavailable", c->engine.model);
     }
@@ -204,43 +219,25 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
         return rc;
     }
 
-    /* chat: the override, else the template recognised from tokenizer_config.json */
-    s->chat_error = NULL;
-    if (c->chat_template) {
-        s->chat_format = xd_chat_format_from_name(c->chat_template);
-    } else if (L->tcfg.chat_template) {
-        s->chat_format = xd_chat_format_detect(L->tcfg.chat_template);
-        if (s->chat_format == XD_CHAT_UNKNOWN)
-            s->chat_error = "the model's chat template is not one expertd renders (ChatML, "
-                            "Mistral [INST], OLMoE, Qwen3); set the chat-template option to chatml, "
-                            "mistral, mistral-v1, olmoe or qwen3 to choose one";
-    } else {
-        s->chat_error = "the model has no chat template (tokenizer_config.json); set the "
-                        "chat-template option to chatml, mistral, mistral-v1, olmoe or qwen3";
-    }
+    s->chat = L->chat;
+    s->chat_error = L->chat ? NULL : L->chat_err.msg;
     if (s->chat_error && L->tok)
         xd_log(s, XD_LOG_WARN, "/v1/chat/completions unavailable: %s", s->chat_error);
     enum xd_reasoning_parser parser = XD_REASONING_NONE;
     if (c->reasoning_parser && strcmp(c->reasoning_parser, "auto") != 0)
         xd_reasoning_parser_from_name(c->reasoning_parser, &parser); /* validated with the options */
-    else if (!c->chat_template)
-        parser = xd_reasoning_detect(L->tcfg.chat_template);
-    else if (s->chat_format == XD_CHAT_QWEN3)
-        parser = XD_REASONING_THINK;
+    else if (L->chat) /* the template served, the model's own or the override */
+        parser = xd_reasoning_detect(xd_chat_template_source(L->chat));
     s->reasoning_parser = parser;
     enum xd_tool_syntax syntax = XD_TOOL_SYNTAX_NONE;
     if (c->tool_call_parser && strcmp(c->tool_call_parser, "auto") != 0)
         xd_tool_syntax_from_name(c->tool_call_parser, &syntax); /* validated with the options */
-    else if (!c->chat_template)
-        syntax = xd_tool_syntax_detect(L->tcfg.chat_template);
-    else if (s->chat_format == XD_CHAT_QWEN3)
-        syntax = XD_TOOL_SYNTAX_HERMES;
+    else if (L->chat)
+        syntax = xd_tool_syntax_detect(xd_chat_template_source(L->chat));
     s->tool_syntax = syntax;
     if (xd_test_hooks_enabled())
         xd_log(s, XD_LOG_WARN, "EXPERTD_TEST_HOOKS=1: test hooks are on (requests may force "
                "the output with x_test_force_output); never set it in production");
-    s->bos_token = L->tcfg.bos_token;
-    s->eos_token = L->tcfg.eos_token;
     s->tok = L->tok;
     s->vocab_size = mc->vocab_size;
     s->max_context = mc->max_context;
@@ -263,7 +260,7 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
            c->engine.model, s->model_name, mc->n_layers, mc->n_experts, mc->top_k,
            s->max_context, blocks, c->engine.block_size,
            (double)(blocks * block_bytes) / (1 << 20),
-           s->chat_format ? xd_chat_format_name((enum xd_chat_format)s->chat_format) : "none",
+           L->chat ? xd_chat_template_origin(L->chat) : "none",
            xd_reasoning_parser_name((enum xd_reasoning_parser)s->reasoning_parser),
            xd_tool_syntax_name((enum xd_tool_syntax)s->tool_syntax));
     return XD_OK;
@@ -424,6 +421,7 @@ out:
         xd_log(&s, XD_LOG_ERROR, "%s", err.msg);
     xd_engine_destroy(L.engine);
     xd_model_destroy(L.model);
+    xd_chat_template_destroy(L.chat);
     xd_tokenizer_config_finish(&L.tcfg);
     xd_tokenizer_destroy(L.tok);
     xd_metrics_destroy(s.metrics);

@@ -132,6 +132,22 @@ static void test_chat_messages(void)
            "\"chat_template_kwargs\":{\"enable_thinking\":false,\"other\":1}}";
     CHECK(parse(XD_API_CHAT, body, &r, &e) == 0, "%s", e.message);
     CHECK(r.enable_thinking == 0, "enable_thinking false: %d", r.enable_thinking);
+    CHECK(r.chat_template_kwargs && json_object_get(r.chat_template_kwargs, "other"),
+          "every kwarg reaches the template");
+    xd_api_request_finish(&r);
+
+    /* a tool round trip: tools, the assistant's tool_calls (null content) and the tool
+     * message reach the template as sent */
+    body = "{\"messages\":[{\"role\":\"user\",\"content\":\"w?\"},{\"role\":\"assistant\","
+           "\"content\":null,\"tool_calls\":[{\"id\":\"c1\",\"type\":\"function\",\"function\":"
+           "{\"name\":\"f\",\"arguments\":\"{}\"}}]},{\"role\":\"tool\",\"tool_call_id\":\"c1\","
+           "\"content\":\"18\"}],"
+           "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}";
+    CHECK(parse(XD_API_CHAT, body, &r, &e) == 0, "%s", e.message);
+    CHECK(r.n_messages == 3 && strcmp(r.messages[2].role, "tool") == 0, "tool role");
+    CHECK(strcmp(r.messages[1].content, "") == 0, "null content is empty text");
+    CHECK(json_is_array(json_object_get(r.messages[1].json, "tool_calls")), "tool_calls kept");
+    CHECK(json_array_size(r.tools) == 1, "tools kept");
     xd_api_request_finish(&r);
     body = "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
            "\"chat_template_kwargs\":{\"enable_thinking\":\"no\"}}";
@@ -182,8 +198,20 @@ static const struct {
     {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"stream_options\":{}}", "stream_options"},
     {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"model\":5}", "model"},
     {XD_API_CHAT, "{\"messages\":[]}", "messages"},
-    {XD_API_CHAT, "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", "messages"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"function\",\"content\":\"x\"}]}", "messages"},
     {XD_API_CHAT, "{\"messages\":[{\"content\":\"x\"}]}", "messages"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":{}}]}", "messages"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":{}}",
+     "tools"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+     "\"documents\":[\"a\"]}", "documents"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+     "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"\"}}]}", "tools"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+     "\"tools\":[{\"type\":\"code\"}]}", "tools"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+     "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":3}}]}",
+     "tools"},
     {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":5}]}", "messages"},
     {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_logprobs\":2}",
      "top_logprobs"},

@@ -110,6 +110,9 @@ def metric(m, name, **labels):
 
 def test(fn):
     global passed, failed
+    only = os.environ.get("XD_HTTP_ONLY")  # comma-separated test names: run just those
+    if only and fn.__name__ not in only.split(","):
+        return fn
     t0 = time.time()
     try:
         fn()
@@ -510,11 +513,12 @@ def auth_limits_and_queue():
                        b"Content-Length: 1000000000\r\n\r\n{")
             head = sk.recv(4096).decode(errors="replace")
             assert head.startswith("HTTP/1.1 413"), head
-        # an unknown chat template: chat says so, completions work
+        # a chat template that does not parse: chat says where and how to override, completions
+        # work
         err = expect_error(post(s.url + "/v1/chat/completions",
                                 {"messages": [{"role": "user", "content": "x"}]}, auth), 400,
                            code="chat_template_unsupported")
-        assert "chat-template" in err["message"], err
+        assert "chat-template" in err["message"] and "line 1" in err["message"], err
         # queue full: one running, one waiting, the third is refused with Retry-After
         socks = []
         body = json.dumps({"prompt": "q", "max_tokens": 8000, "stream": True,
@@ -547,7 +551,7 @@ def sigterm_drains_in_flight_stream():
     s = Server("--chat-template", "chatml", "--drain-timeout", "30", model=ODD_MODEL)
     try:
         c = s.client()
-        # the override makes chat work on a model whose template is not recognised
+        # the override makes chat work on a model whose template does not parse
         assert c.chat.completions.create(model=s.name, messages=[{"role": "user", "content":
                                                                   "x"}], max_tokens=2).usage
         stream = c.completions.create(model=s.name, prompt="drain", max_tokens=300,
@@ -565,6 +569,74 @@ def sigterm_drains_in_flight_stream():
         assert first.choices
     finally:
         s.stop()
+
+
+@test
+def chat_template_file_errors_are_400():
+    """--chat-template FILE: the template's raise_exception and a runaway loop are the request's
+    400 naming the cause; tools and chat_template_kwargs reach the template; the server lives."""
+    import tempfile
+    path = os.path.join(tempfile.mkdtemp(), "t.jinja")
+    with open(path, "w") as f:
+        f.write("{% if messages[0].content == 'boom' %}{{ raise_exception('no boom here') }}"
+                "{% elif messages[0].content == 'loop' %}{% for i in range(100000) %}"
+                "{% for j in range(100000) %}{% endfor %}{% endfor %}{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n"
+                "{{ m.content }}<|im_end|>\n{% endfor %}{% if tools %}{{ tools | tojson }}"
+                "{% endif %}{% if shout is defined and shout %}LOUD{% endif %}"
+                "{% for d in documents or [] %}<doc>{{ d.text }}</doc>{% endfor %}"
+                "{% for m in messages %}{% for c in m.tool_calls or [] %}"
+                "{% if c.function.arguments is not mapping %}"
+                "{{ raise_exception('arguments not decoded') }}{% endif %}"
+                "<call>{{ c.function.arguments.city }}</call>{% endfor %}{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    # the template shows no tool-call syntax: the parser is named, as vLLM's --tool-call-parser
+    s = Server("--chat-template", path, "--tool-call-parser", "hermes")
+    try:
+        u = s.url + "/v1/chat/completions"
+        def chat(content, **extra):
+            return post(u, {"messages": [{"role": "user", "content": content}],
+                            "max_tokens": 1, **extra})
+        err = expect_error(chat("boom"), 400, param="messages", code="chat_template_error")
+        assert "no boom here" in err["message"], err
+        err = expect_error(chat("loop"), 400, param="messages", code="chat_template_error")
+        assert any(w in err["message"] for w in ("limit", "steps", "exceeded")), err
+        plain = chat("hello")
+        assert plain.status_code == 200, plain.text
+        tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+            "type": "object", "properties": {"city": {"type": "string"}}}}}]
+        with_tools = chat("hello", tools=tools)
+        assert with_tools.status_code == 200, with_tools.text
+        loud = chat("hello", chat_template_kwargs={"shout": True})
+        docs = chat("hello", documents=[{"title": "t", "text": "some document text"}])
+        n = [r.json()["usage"]["prompt_tokens"] for r in (plain, with_tools, loud, docs)]
+        assert n[1] > n[0] + 5 and n[2] > n[0] and n[3] > n[0] + 3, n  # all were rendered
+        expect_error(chat("hello", tools=[{"type": "function", "function": {}}]), 400,
+                     param="tools")
+        # a tool round trip: the assistant's tool_calls (arguments as OpenAI sends them, JSON
+        # text, decoded for the template as vLLM does) and the tool message are accepted
+        def round_trip(arguments):
+            return post(u, {"max_tokens": 1, "tools": tools, "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "c1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": arguments}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "18 C"}]})
+        r = round_trip("{\"city\": \"Paris\"}")
+        assert r.status_code == 200, r.text
+        assert round_trip({"city": "Paris"}).status_code == 200
+        err = expect_error(round_trip("{city: Paris"), 400, param="messages")
+        assert "tool_calls[0].function.arguments" in err["message"], err
+    finally:
+        assert s.stop() == 0
+    # an override that does not parse stops the load, naming the option and the line
+    with open(path, "w") as f:
+        f.write("{% for m in messages %}{{ m.content }}\n{% endfor")
+    r = subprocess.run([EXPERTD, "serve", "--model", MODEL, "--port", "0", "--threads", "1",
+                        "--chat-template", path], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True, timeout=120,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode != 0, r.stderr
+    assert "--chat-template" in r.stderr and "line 2" in r.stderr, r.stderr
 
 
 @test
