@@ -367,6 +367,16 @@ static int cuda_create(struct xd_model *model, const struct xd_engine_opts *opts
                           "device cuda: %d experts, top-%d; the router kernel handles up to 512 "
                           "experts and top-64",
                           c->n_experts, c->top_k);
+    /* The rope kernel computes the default rotary over the whole head only; scaled and
+     * partial ropes are computed on the CPU (engine/model/rope.c) and refused here until a
+     * CUDA version has run on a GPU. */
+    if (!xd_rope_is_plain(&c->rope))
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "device cuda: rope type %s over %d of %d head dims (attention factor "
+                          "%g) is computed only by the CPU backend: its CUDA kernel has not run "
+                          "on a GPU; use --device cpu",
+                          xd_rope_type_name(c->rope.type), c->rope.rot_dim, c->head_dim,
+                          (double)c->rope.attention_scaling);
     if (c->head_dim > 32 * ATT_MAX_HEAD_DIM_LANES)
         return xd_err_set(err, XD_ERR_UNSUPPORTED, "device cuda: head_dim %d is above %d",
                           c->head_dim, 32 * ATT_MAX_HEAD_DIM_LANES);

@@ -1,5 +1,6 @@
 /* config.json parsing for each supported model_type, checked against the meaning transformers
  * gives each key; every invalid config is an error naming the key. */
+#include <math.h>
 #include <stdlib.h>
 
 #include "engine/model/model_config.h"
@@ -263,18 +264,75 @@ static void test_rope_parameters(void)
 static void test_rope_unsupported_type(void)
 {
     expect_error("{" OLMOE_BODY ", \"rope_parameters\": {\"rope_theta\": 10000.0,"
-                 " \"rope_type\": \"yarn\", \"factor\": 4.0}}",
-                 "rope_type");
+                 " \"rope_type\": \"longrope\", \"short_factor\": [1], \"long_factor\": [1]}}",
+                 "rope_parameters.rope_type");
     expect_error("{" OLMOE_BODY ", \"rope_parameters\": {\"rope_theta\": 10000.0,"
-                 " \"rope_type\": \"yarn\", \"factor\": 4.0}}",
-                 "rope_parameters");
-    /* transformers 4 spelling */
-    expect_error("{" QWEN3_BODY ", \"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}}",
-                 "rope_scaling");
+                 " \"rope_type\": \"proportional\"}}",
+                 "rope_type");
+    /* transformers 4 spelling, legacy type key */
+    expect_error("{" QWEN3_BODY ", \"rope_scaling\": {\"type\": \"su\", \"factor\": 2.0}}",
+                 "rope_scaling.type");
+    expect_error("{" QWEN3_BODY ", \"rope_scaling\": {\"rope_type\": \"default\","
+                 " \"mrope_section\": [16, 24, 24]}}",
+                 "mrope_section");
     expect_error("{" QWEN3_BODY ", \"rope_parameters\": 7}", "rope_parameters");
+    expect_error("{" QWEN3_BODY ", \"rope_scaling\": \"yarn\"}", "rope_scaling");
+    /* keys a type requires */
+    expect_error("{" QWEN3_BODY ", \"rope_scaling\": {\"rope_type\": \"yarn\"}}",
+                 "rope_scaling.factor");
+    expect_error("{" QWEN3_BODY ", \"rope_scaling\": {\"rope_type\": \"linear\"}}", "factor");
+    expect_error("{" QWEN3_BODY ", \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8,"
+                 " \"high_freq_factor\": 4}}",
+                 "low_freq_factor");
+    expect_error("{" QWEN3_BODY ", \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8,"
+                 " \"low_freq_factor\": 4, \"high_freq_factor\": 4}}",
+                 "high_freq_factor");
+    expect_error("{" QWEN3_BODY ", \"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": \"4\"}}",
+                 "factor");
+    expect_error("{" QWEN3_BODY ", \"partial_rotary_factor\": 0.003}", "partial_rotary_factor");
+    expect_error("{" QWEN3_BODY ", \"partial_rotary_factor\": 1.5}", "partial_rotary_factor");
     /* a rope_theta that is not a positive number */
     expect_error("{" OLMOE_BODY ", \"rope_theta\": -1}", "rope_theta");
     expect_error("{" OLMOE_BODY ", \"rope_theta\": \"big\"}", "rope_theta");
+}
+
+/* Both spellings of Qwen3-30B-A3B's recommended YaRN, and which object wins. */
+static void test_rope_spellings(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{" QWEN3_BODY ", \"rope_theta\": 1000000.0, \"rope_scaling\": {\"rope_type\":"
+                   " \"yarn\", \"factor\": 4.0, \"original_max_position_embeddings\": 32768}}",
+                   &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    CHECK(rc != XD_OK || (c.rope.type == XD_ROPE_YARN && c.rope.factor == 4.0f &&
+                          c.rope.original_max_position_embeddings == 32768 &&
+                          c.rope_theta == 1e6f && c.rope.rot_dim == 128),
+          "yarn from rope_scaling");
+    /* 0.1 ln 4 + 1 */
+    CHECK(rc != XD_OK || fabsf(c.rope.attention_scaling - 1.1386294f) < 1e-6f, "attention %g",
+          c.rope.attention_scaling);
+    struct xd_rope yarn = c.rope;
+    rc = parse("{" QWEN3_BODY ", \"rope_parameters\": {\"type\": \"yarn\", \"factor\": 4.0,"
+               " \"original_max_position_embeddings\": 32768, \"rope_theta\": 1000000.0}}",
+               &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    CHECK(rc != XD_OK || memcmp(yarn.inv_freq, c.rope.inv_freq, sizeof yarn.inv_freq) == 0,
+          "rope_parameters with the legacy type key gives the same table");
+    /* rope_scaling wins over rope_parameters when both are there and it is not empty */
+    rc = parse("{" QWEN3_BODY ", \"rope_parameters\": {\"rope_type\": \"default\"},"
+               " \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": 2.0}}",
+               &c, &err);
+    CHECK(rc == XD_OK && c.rope.type == XD_ROPE_LINEAR, "rope_scaling wins: %s", err.msg);
+    rc = parse("{" QWEN3_BODY ", \"rope_parameters\": {\"rope_type\": \"linear\", \"factor\": 2},"
+               " \"rope_scaling\": {}}",
+               &c, &err);
+    CHECK(rc == XD_OK && c.rope.type == XD_ROPE_LINEAR, "an empty rope_scaling is ignored: %s",
+          err.msg);
+    /* partial_rotary_factor at the top level (GLM) */
+    rc = parse("{" QWEN3_BODY ", \"partial_rotary_factor\": 0.5}", &c, &err);
+    CHECK(rc == XD_OK && c.rope.rot_dim == 64 && c.rope.type == XD_ROPE_DEFAULT, "partial: %s",
+          err.msg);
 }
 
 static void test_eos_int_and_list(void)
@@ -539,6 +597,7 @@ int main(int argc, char **argv)
     RUN(test_olmoe_clip_qkv_null);
     RUN(test_rope_parameters);
     RUN(test_rope_unsupported_type);
+    RUN(test_rope_spellings);
     RUN(test_eos_int_and_list);
     RUN(test_error_unknown_model_type);
     RUN(test_error_missing_hidden_size);

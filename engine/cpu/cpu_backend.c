@@ -242,9 +242,8 @@ static void attention_block(struct cpu_state *s, const struct xd_batch *b, int l
                 bufs[i][j] = fminf(fmaxf(bufs[i][j], -c->clip_qkv), c->clip_qkv);
     }
     for (int t = 0; t < n; t++) {
-        xd_cpu_rope(s->q + (size_t)t * s->q_dim, c->n_heads, hd, s->tok_pos[t], c->rope_theta);
-        xd_cpu_rope(s->k + (size_t)t * s->kv_dim, c->n_kv_heads, hd, s->tok_pos[t],
-                    c->rope_theta);
+        xd_cpu_rope(s->q + (size_t)t * s->q_dim, c->n_heads, hd, s->tok_pos[t], &c->rope);
+        xd_cpu_rope(s->k + (size_t)t * s->kv_dim, c->n_kv_heads, hd, s->tok_pos[t], &c->rope);
     }
     attention(s, b, l, n);
     xd_cpu_matmul(s->attn, n, &lw->wo, s->out);

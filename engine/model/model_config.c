@@ -77,33 +77,6 @@ static int get_bool(json_t *root, const char *path, const char *key, bool def, b
     return XD_OK;
 }
 
-/* rope_theta at the top level (transformers 4) or inside rope_parameters
- * (transformers 5); only the default rotary type is supported. */
-static int get_rope(json_t *root, const char *path, double def_theta, struct xd_model_config *c,
-                    struct xd_err *err)
-{
-    const char *keys[] = {"rope_parameters", "rope_scaling"};
-    json_t *theta_holder = root;
-    for (size_t i = 0; i < 2; i++) {
-        json_t *rp = json_object_get(root, keys[i]);
-        if (!rp || json_is_null(rp))
-            continue;
-        if (!json_is_object(rp))
-            return xd_err_set(err, XD_ERR_CONFIG, "%s: key '%s' must be an object", path, keys[i]);
-        json_t *type = json_object_get(rp, "rope_type");
-        if (!type)
-            type = json_object_get(rp, "type");
-        if (type && !(json_is_string(type) && strcmp(json_string_value(type), "default") == 0))
-            return xd_err_set(err, XD_ERR_UNSUPPORTED,
-                              "%s: key '%s.rope_type' is %s; expertd supports only \"default\" "
-                              "rotary embeddings",
-                              path, keys[i], json_is_string(type) ? json_string_value(type) : "?");
-        if (json_object_get(rp, "rope_theta"))
-            theta_holder = rp;
-    }
-    return get_float(theta_holder, path, "rope_theta", def_theta, 1.0, 1e12, &c->rope_theta, err);
-}
-
 /* Appends one eos id, checked against the vocabulary before it is narrowed to int (an id
  * such as 2^32 + 2 must not wrap into range). */
 static int add_eos(struct xd_model_config *c, json_int_t id, const char *path, struct xd_err *err)
@@ -372,7 +345,9 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     TRY(get_int(root, path, "max_position_embeddings", 4096, 1, 1 << 24,
                 &c->max_position_embeddings, err));
     TRY(get_float(root, path, "rms_norm_eps", 1e-6, 0.0, 1.0, &c->rms_norm_eps, err));
-    TRY(get_rope(root, path, c->arch == XD_ARCH_MIXTRAL ? 1e6 : 10000.0, c, err));
+    TRY(xd_rope_parse(root, path, c->head_dim, c->max_position_embeddings,
+                      c->arch == XD_ARCH_MIXTRAL ? 1e6 : 10000.0, &c->rope, err));
+    c->rope_theta = c->rope.theta;
     TRY(get_bool(root, path, "tie_word_embeddings", false, &c->tie_word_embeddings, err));
 
     json_t *act = json_object_get(root, "hidden_act");

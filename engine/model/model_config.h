@@ -5,6 +5,7 @@
 #include <stdbool.h>
 
 #include "engine/base/status.h"
+#include "engine/model/rope.h"
 
 enum xd_arch {
     XD_ARCH_MIXTRAL,
@@ -52,7 +53,8 @@ struct xd_model_config {
     int head_dim;
     int max_position_embeddings;
     float rms_norm_eps;
-    float rope_theta;
+    float rope_theta;            /* rope.theta */
+    struct xd_rope rope;         /* rope type, inverse frequencies, rotary dims, attention factor */
     int sliding_window;          /* 0: none */
     bool tie_word_embeddings;
     bool qkv_bias;               /* q, k and v projections have biases */
