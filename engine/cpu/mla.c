@@ -131,17 +131,20 @@ int xd_cpu_mla_create(const struct xd_model *model, int n_kv_blocks, int block_s
 /* ---- projections ---- */
 
 /* Rotates n_vec vectors of dim floats, stride floats apart, at position pos: pairs (i, i + dim/2)
- * (XD_ROPE_HALVES) or (2i, 2i + 1) (XD_ROPE_PAIRS), frequency i = 1 / theta^(2i / dim) in f32 as
- * transformers computes it. PAIRS keeps the pairs where they are: transformers' v3 interleave
- * writes them de-interleaved, which permutes q_pe and k_pe alike and leaves every q . k alone. */
-static void rope(float *x, int n_vec, int stride, int dim, int pos, float theta,
+ * (XD_ROPE_HALVES) or (2i, 2i + 1) (XD_ROPE_PAIRS), angle pos * inv_freq[i] of r (every rope type
+ * of engine/model/rope.h), cos and sin times its attention factor, as transformers computes
+ * them. PAIRS keeps the pairs where they are: transformers' v3 interleave writes them
+ * de-interleaved, which permutes q_pe and k_pe alike and leaves every q . k alone. */
+static void rope(float *x, int n_vec, int stride, int dim, int pos, const struct xd_rope *r,
                  enum xd_rope_layout layout)
 {
     const int half = dim / 2;
+    float scratch[XD_ROPE_MAX_HALF];
+    const float *inv_freq = xd_rope_inv_freq(r, pos, scratch);
+    const float att = r->attention_scaling;
     for (int i = 0; i < half; i++) {
-        float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)dim);
-        float angle = (float)pos * inv_freq;
-        float cs = cosf(angle), sn = sinf(angle);
+        float angle = (float)pos * inv_freq[i];
+        float cs = cosf(angle) * att, sn = sinf(angle) * att;
         const int ia = layout == XD_ROPE_PAIRS ? 2 * i : i;
         const int ib = layout == XD_ROPE_PAIRS ? 2 * i + 1 : i + half;
         for (int v = 0; v < n_vec; v++) {
@@ -177,9 +180,9 @@ static void project(struct xd_cpu_mla *s, const struct xd_batch *b, const int32_
     for (int t = 0; t < n; t++) {
         float *kv = s->kv + (size_t)t * s->lat;
         xd_cpu_rmsnorm(kv, 1, &lw->kv_a_norm, c->rms_norm_eps, kv); /* the latent part */
-        rope(kv + s->R, 1, 0, s->dr, tok_pos[t], c->rope_theta, c->rope_layout);
+        rope(kv + s->R, 1, 0, s->dr, tok_pos[t], &c->rope, c->rope_layout);
         rope(s->q + (size_t)t * s->nh * s->qk + s->dn, s->nh, s->qk, s->dr, tok_pos[t],
-             c->rope_theta, c->rope_layout);
+             &c->rope, c->rope_layout);
         const struct xd_seq_chunk *sc = &b->seqs[tok_seq[t]];
         int p = tok_pos[t];
         memcpy(cache_row(s, layer, sc->block_table[p / bs], p % bs), kv, sizeof(float) * s->lat);

@@ -171,7 +171,19 @@ static int parse_deepseek(json_t *root, const char *path, struct xd_model_config
         return xd_err_set(err, XD_ERR_CONFIG, "%s: key 'qk_rope_head_dim' (%d) must be even", path,
                           c->qk_rope_head_dim);
     c->head_dim = c->qk_rope_head_dim; /* transformers: the rotary embedding's width */
-    c->attn_scale = 1.0f / sqrtf((float)(c->qk_nope_head_dim + c->qk_rope_head_dim));
+    if (c->rope.rot_dim != c->qk_rope_head_dim)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: key 'partial_rotary_factor' makes %d of the %d rotary dims "
+                          "rotate; %s rotates all of qk_rope_head_dim",
+                          path, c->rope.rot_dim, c->qk_rope_head_dim, c->model_type);
+    /* transformers' yarn_apply_mscale: qk_head_dim^-0.5, times mscale^2 for any rope type but
+     * default when mscale_all_dim is set */
+    double scale = 1.0 / sqrt((double)(c->qk_nope_head_dim + c->qk_rope_head_dim));
+    if (c->rope.type != XD_ROPE_DEFAULT && c->rope.mscale_all_dim != 0.0f) {
+        double m = xd_rope_yarn_mscale(c->rope.factor, c->rope.mscale_all_dim);
+        scale = scale * m * m;
+    }
+    c->attn_scale = (float)scale;
     bool interleave = true;
     if (v3)
         XD_TRY(get_bool(root, path, "rope_interleave", true, &interleave, err));

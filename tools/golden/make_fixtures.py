@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Build tiny, randomly initialised MoE checkpoints and record reference outputs.
 
-For each architecture (mixtral, qwen2_moe, qwen3_moe, olmoe) this script
+For each architecture (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3) this
+script
 
   * builds a tiny model from a fixed seed with informative weights
     (larger initializer_range, every 1-D parameter perturbed),
@@ -30,6 +31,10 @@ import torch
 import transformers
 from safetensors import safe_open
 from transformers import (
+    DeepseekV2Config,
+    DeepseekV2ForCausalLM,
+    DeepseekV3Config,
+    DeepseekV3ForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
     OlmoeConfig,
@@ -157,12 +162,81 @@ def olmoe_config():
     )
 
 
+def deepseek_v2_config():
+    # q_lora_rank null (q_proj directly); group_limited_greedy with 4 groups of 2, top-3 from
+    # the 2 best groups; a dense first layer; 2 shared experts; routed_scaling_factor != 1;
+    # kv_lora_rank, qk_nope, qk_rope and v head dims all different.
+    return DeepseekV2Config(
+        **COMMON,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=271,
+        q_lora_rank=None,
+        kv_lora_rank=40,
+        qk_nope_head_dim=20,
+        qk_rope_head_dim=8,
+        v_head_dim=12,
+        n_routed_experts=8,
+        num_experts_per_tok=3,
+        n_group=4,
+        topk_group=2,
+        topk_method="group_limited_greedy",
+        norm_topk_prob=False,
+        routed_scaling_factor=1.5,
+        n_shared_experts=2,
+        moe_intermediate_size=24,
+        intermediate_size=72,
+        first_k_dense_replace=1,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+
+
+def deepseek_v3_config():
+    # q_lora_rank set (q_a_proj, q_a_layernorm, q_b_proj); noaux_tc: sigmoid + a random
+    # e_score_correction_bias, 4 groups of 4 ranked by their two best, top-3 from the 2 best
+    # groups, renormalised, times 2.5; a dense first layer; 1 shared expert; interleaved rope.
+    return DeepseekV3Config(
+        **COMMON,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=277,
+        q_lora_rank=24,
+        kv_lora_rank=32,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=8,
+        v_head_dim=20,
+        n_routed_experts=16,
+        num_experts_per_tok=3,
+        n_group=4,
+        topk_group=2,
+        norm_topk_prob=True,
+        routed_scaling_factor=2.5,
+        n_shared_experts=1,
+        moe_intermediate_size=24,
+        intermediate_size=56,
+        first_k_dense_replace=1,
+        rope_interleave=True,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+
+
 # name -> (config factory, model class, seed, which layers must be sparse)
 ARCHS = {
     "mixtral": (mixtral_config, MixtralForCausalLM, 1001, [0, 1]),
     "qwen2_moe": (qwen2_moe_config, Qwen2MoeForCausalLM, 1002, [0, 2]),
     "qwen3_moe": (qwen3_moe_config, Qwen3MoeForCausalLM, 1003, [1, 3]),
     "olmoe": (olmoe_config, OlmoeForCausalLM, 1004, [0, 1]),
+    "deepseek_v2": (deepseek_v2_config, DeepseekV2ForCausalLM, 1005, [1, 2]),
+    "deepseek_v3": (deepseek_v3_config, DeepseekV3ForCausalLM, 1006, [1, 2]),
 }
 
 SHARD_SIZE = {"mixtral-bf16": "150KB"}
@@ -183,9 +257,10 @@ def build_model(arch):
         is_sparse = hasattr(layer.mlp, "gate")
         if is_sparse != (i in sparse_layers):
             raise SystemExit(f"{arch}: layer {i} sparse={is_sparse}, expected {i in sparse_layers}")
-    want_hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    if model.model.layers[0].self_attn.head_dim != want_hd:
-        raise SystemExit(f"{arch}: head_dim not honoured")
+    if not arch.startswith("deepseek"):  # MLA has no head_dim of its own
+        want_hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        if model.model.layers[0].self_attn.head_dim != want_hd:
+            raise SystemExit(f"{arch}: head_dim not honoured")
 
     # Make every 1-D parameter informative and make sure the routers are random.
     gen = torch.Generator().manual_seed(seed + 500)
@@ -202,6 +277,10 @@ def build_model(arch):
                 raise SystemExit(f"{arch}: parameter {name} is all zero after init")
             if name.endswith("gate.weight") and p.std() < 0.5 * INIT_RANGE:
                 raise SystemExit(f"{arch}: router {name} not randomly initialised")
+        # deepseek_v3's e_score_correction_bias is a buffer (zero after init): make it matter
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(BIAS_STD * torch.randn(b.shape, generator=gen))
     return model, seed
 
 
@@ -287,6 +366,10 @@ class RouterMonitor:
             m.register_forward_hook(self.hook)
             for m in model.modules()
             if type(m).__name__.endswith("TopKRouter")
+        ] + [
+            m.register_forward_hook(self.deepseek_hook)
+            for m in model.modules()
+            if type(m).__name__.startswith("Deepseek") and type(m).__name__.endswith("TopkRouter")
         ]
         assert self.handles, "no router modules found"
 
@@ -295,6 +378,32 @@ class RouterMonitor:
         top = logits.topk(self.k + 1, dim=-1).values
         margin = float((top[:, self.k - 1] - top[:, self.k]).min())
         self.min_margin = min(self.min_margin, margin)
+
+    def deepseek_hook(self, module, args, output):
+        """deepseek: the margins of the two choices, groups then experts, in score space."""
+        logits = output[0].detach().to(torch.float32)
+        v3 = hasattr(module, "e_score_correction_bias")
+        grouped = v3 or module.topk_method == "group_limited_greedy"
+        if v3:
+            scores = logits.sigmoid() + module.e_score_correction_bias.to(torch.float32)
+        else:
+            scores = logits.softmax(dim=-1)
+        n = scores.shape[-1]
+        if grouped:
+            g, tg = module.num_group, module.topk_group
+            per = scores.view(-1, g, n // g)
+            gs = per.topk(2, dim=-1)[0].sum(-1) if v3 else per.max(-1).values
+            if tg < g:
+                top = gs.topk(tg + 1, dim=-1).values
+                self.min_margin = min(self.min_margin, float((top[:, tg - 1] - top[:, tg]).min()))
+            idx = gs.topk(tg, dim=-1)[1]
+            mask = torch.zeros_like(gs).scatter_(1, idx, 1).bool()
+            mask = mask.unsqueeze(-1).expand(-1, g, n // g).reshape(-1, n)
+            scores = scores.masked_fill(~mask, float("-inf"))
+        top = scores.topk(self.k + 1, dim=-1).values
+        gap = top[:, self.k - 1] - top[:, self.k]
+        gap = torch.where(torch.isinf(top[:, self.k]), torch.full_like(gap, math.inf), gap)
+        self.min_margin = min(self.min_margin, float(gap.min()))
 
     def reset(self):
         self.min_margin = math.inf
@@ -421,7 +530,8 @@ def check_roundtrip(model, path, dtype):
     got = loaded.state_dict()
     assert set(ref) == set(got), (set(ref) ^ set(got))
     for k in ref:
-        if not torch.equal(ref[k], got[k]):
+        # deepseek_v3 keeps e_score_correction_bias in f32 whatever the checkpoint's dtype
+        if not torch.equal(ref[k].to(got[k].dtype), got[k]):
             raise SystemExit(f"{path}: {k} differs after save/load")
 
 
