@@ -351,7 +351,10 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     c->attn_scale = c->head_dim > 0 ? 1.0f / sqrtf((float)c->head_dim) : 0.0f;
     if (c->head_dim % 2 != 0) {
         json_decref(root);
-        return xd_err_set(err, XD_ERR_CONFIG, "%s: key 'head_dim' (%d) must be even", path,
+        return xd_err_set(err, XD_ERR_CONFIG, "%s: key '%s' (%d) must be even", path,
+                          c->arch == XD_ARCH_DEEPSEEK_V2 || c->arch == XD_ARCH_DEEPSEEK_V3
+                              ? "qk_rope_head_dim"
+                              : "head_dim",
                           c->head_dim);
     }
     TRY(get_int(root, path, "max_position_embeddings", 4096, 1, 1 << 24,
