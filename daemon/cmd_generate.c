@@ -244,11 +244,12 @@ int xd_cmd_generate(int argc, char **argv)
         status = 2;
         goto out;
     }
-    if ((long)n_prompt + o.max_tokens > mc->max_position_embeddings) {
+    if ((long)n_prompt + o.max_tokens > mc->max_context) {
         fprintf(stderr,
                 "expertd generate: the prompt (%d tokens) plus --max-tokens (%d) exceeds the "
-                "model's context of %d (max_position_embeddings in config.json)\n",
-                n_prompt, o.max_tokens, mc->max_position_embeddings);
+                "model's context of %d (max_position_embeddings in config.json, stretched by "
+                "its rope scaling)\n",
+                n_prompt, o.max_tokens, mc->max_context);
         status = 2;
         goto out;
     }

@@ -144,7 +144,7 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     if (!blocks && c->kv_memory_mb)
         blocks = c->kv_memory_mb * (1LL << 20) / block_bytes;
     if (!blocks) { /* four full contexts, at most 2 GiB */
-        blocks = 4LL * ((mc->max_position_embeddings + c->engine.block_size - 1) /
+        blocks = 4LL * ((mc->max_context + c->engine.block_size - 1) /
                         c->engine.block_size);
         if (blocks * block_bytes > (2LL << 30))
             blocks = (2LL << 30) / block_bytes;
@@ -218,7 +218,7 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     s->eos_token = L->tcfg.eos_token;
     s->tok = L->tok;
     s->vocab_size = mc->vocab_size;
-    s->max_context = mc->max_position_embeddings;
+    s->max_context = mc->max_context;
     if (L->step.max_context && L->step.max_context < s->max_context)
         s->max_context = L->step.max_context;
     pthread_rwlock_wrlock(&s->sched_lock);

@@ -209,7 +209,7 @@ void xd_step_engine_init(struct xd_step_engine *ret, struct xd_engine *engine)
         .n_kv_blocks = eo->n_kv_blocks,
         .block_size = eo->block_size,
         .max_batch_tokens = eo->max_batch_tokens,
-        .max_context = mc->max_position_embeddings,
+        .max_context = mc->max_context,
         .n_moe_layers = mc->n_moe_layers,
         .top_k = mc->top_k,
         .n_experts = mc->n_experts,

@@ -77,6 +77,22 @@ static int get_bool(json_t *root, const char *path, const char *key, bool def, b
     return XD_OK;
 }
 
+/* The context a rope scaling is made for: linear and dynamic stretch max_position_embeddings
+ * by factor; yarn's factor applies to original_max_position_embeddings; llama3 configs
+ * already give the stretched max_position_embeddings. Never below max_position_embeddings. */
+static int context_length(const struct xd_model_config *c)
+{
+    const struct xd_rope *r = &c->rope;
+    double n = c->max_position_embeddings;
+    if (r->type == XD_ROPE_LINEAR || r->type == XD_ROPE_DYNAMIC)
+        n *= r->factor;
+    else if (r->type == XD_ROPE_YARN)
+        n = (double)r->original_max_position_embeddings * r->factor;
+    if (n < c->max_position_embeddings)
+        n = c->max_position_embeddings;
+    return n > (1 << 24) ? 1 << 24 : (int)n;
+}
+
 /* Appends one eos id, checked against the vocabulary before it is narrowed to int (an id
  * such as 2^32 + 2 must not wrap into range). */
 static int add_eos(struct xd_model_config *c, json_int_t id, const char *path, struct xd_err *err)
@@ -363,6 +379,7 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     TRY(xd_rope_parse(root, path, c->head_dim, c->max_position_embeddings,
                       c->arch == XD_ARCH_MIXTRAL ? 1e6 : 10000.0, &c->rope, err));
     c->rope_theta = c->rope.theta;
+    c->max_context = context_length(c);
     TRY(get_bool(root, path, "tie_word_embeddings", false, &c->tie_word_embeddings, err));
 
     json_t *act = json_object_get(root, "hidden_act");

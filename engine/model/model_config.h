@@ -52,6 +52,10 @@ struct xd_model_config {
     int n_kv_heads;
     int head_dim;
     int max_position_embeddings;
+    int max_context;             /* positions a sequence may hold: max_position_embeddings,
+                                  * times factor for linear and dynamic rope, and
+                                  * original_max_position_embeddings x factor for yarn when
+                                  * larger (the lengths those scalings are made for) */
     float rms_norm_eps;
     float rope_theta;            /* rope.theta */
     struct xd_rope rope;         /* rope type, inverse frequencies, rotary dims, attention factor */

@@ -63,7 +63,8 @@ const float *xd_rope_inv_freq(const struct xd_rope *r, int pos, float *scratch)
     float s = r->factor * (float)(pos + 1);
     s = s / (float)r->max_position_embeddings;
     s = s - (float)((double)r->factor - 1.0);
-    float base = r->theta * powf(s, (float)((double)dim / (double)(dim - 2)));
+    /* a tensor to a python-float power: torch takes the power in double and rounds it */
+    float base = r->theta * (float)pow((double)s, (double)dim / (double)(dim - 2));
     for (int i = 0; i < dim / 2; i++)
         scratch[i] = 1.0f / powf(base, (float)(2 * i) / (float)dim);
     return scratch;

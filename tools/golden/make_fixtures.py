@@ -229,6 +229,20 @@ def deepseek_v3_config():
     )
 
 
+def with_rope(make_config, rope_parameters, **overrides):
+    """A family's fixture config with another rope (the RoPE-scaling fixtures)."""
+
+    def make():
+        c = make_config()
+        for k, v in overrides.items():
+            setattr(c, k, v)
+        c.rope_parameters = dict(rope_parameters, rope_theta=c.rope_parameters["rope_theta"])
+        c.validate_rope()
+        return c
+
+    return make
+
+
 # name -> (config factory, model class, seed, which layers must be sparse)
 ARCHS = {
     "mixtral": (mixtral_config, MixtralForCausalLM, 1001, [0, 1]),
@@ -237,7 +251,34 @@ ARCHS = {
     "olmoe": (olmoe_config, OlmoeForCausalLM, 1004, [0, 1]),
     "deepseek_v2": (deepseek_v2_config, DeepseekV2ForCausalLM, 1005, [1, 2]),
     "deepseek_v3": (deepseek_v3_config, DeepseekV3ForCausalLM, 1006, [1, 2]),
+    # RoPE scalings, f32 only. Qwen3-30B-A3B's model card YaRN (factor 4 over
+    # original_max_position_embeddings 32768), scaled down to 12 positions so that every
+    # tested position sees it; expertd's context is then 4 x 12.
+    "qwen3_moe-yarn": (
+        with_rope(qwen3_moe_config, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 12},
+                  max_position_embeddings=48),
+        Qwen3MoeForCausalLM, 1005, [1, 3]),
+    "mixtral-linear": (
+        with_rope(mixtral_config, {"rope_type": "linear", "factor": 2.0}), MixtralForCausalLM, 1006, [0, 1]),
+    "qwen2_moe-llama3": (
+        with_rope(qwen2_moe_config, {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+        Qwen2MoeForCausalLM, 1007, [0, 2]),
+    # dynamic NTK past max_position_embeddings (8): prompts of 13 tokens and 36-token greedy
+    # runs; its prompt logits are computed one token per call (see DYNAMIC_INCREMENTAL)
+    "olmoe-dynamic": (
+        with_rope(olmoe_config, {"rope_type": "dynamic", "factor": 8.0}, max_position_embeddings=8),
+        OlmoeForCausalLM, 1008, [0, 1]),
 }
+
+# Fixtures whose prompt logits transformers computes one token per forward call (with the KV
+# cache): dynamic NTK rescales by the longest position of each call, so a prompt longer than
+# max_position_embeddings fed in one call gets other frequencies than fed token by token, as
+# generate() feeds every decoded token. expertd rotates each token for its own position (pos + 1),
+# which is the token-by-token reference (and the one-call reference for prompts that fit).
+DYNAMIC_INCREMENTAL = {"olmoe-dynamic"}
+FAMILY_CLASS = {"qwen3_moe-yarn": "qwen3_moe", "mixtral-linear": "mixtral", "qwen2_moe-llama3": "qwen2_moe",
+                "olmoe-dynamic": "olmoe"}
 
 SHARD_SIZE = {"mixtral-bf16": "150KB"}
 
@@ -311,6 +352,20 @@ def prompt_logits(model, prompts):
     for p in prompts:
         logits = model(input_ids=torch.tensor([p]), use_cache=False).logits[0]
         out.append(f32rows(logits))
+    return out
+
+
+@torch.no_grad()
+def prompt_logits_incremental(model, prompts):
+    out = []
+    for p in prompts:
+        pkv = None
+        rows = []
+        for t in p:
+            o = model(input_ids=torch.tensor([[t]]), past_key_values=pkv, use_cache=True)
+            pkv = o.past_key_values
+            rows.append(f32rows(o.logits[0, -1]))
+        out.append(np.stack(rows))
     return out
 
 
@@ -588,7 +643,7 @@ def make_fixture(out_dir, arch, model, seed, dtype_name, fused=False, report=Non
         cont_prompt = rand_ids(gen, CONT_PROMPT_LEN, vocab)
         cont_tokens = rand_ids(gen, CONT_TOKENS, vocab)
         mon.reset()
-        pl = prompt_logits(m32, prompts)
+        pl = (prompt_logits_incremental if arch in DYNAMIC_INCREMENTAL else prompt_logits)(m32, prompts)
         cl = continuation(m32, cont_prompt, cont_tokens)
         margin = mon.min_margin
         if margin >= MIN_ROUTER_MARGIN:
@@ -633,7 +688,8 @@ def make_fixture(out_dir, arch, model, seed, dtype_name, fused=False, report=Non
         "greedy_router_margin": gmargin,
         "greedy_retries": retries,
     }
-    info.update(cross_checks(path, torch.float32, prompts, pl, cont_prompt, cont_tokens, cl))
+    if arch not in DYNAMIC_INCREMENTAL:
+        info.update(cross_checks(path, torch.float32, prompts, pl, cont_prompt, cont_tokens, cl))
 
     # Reference 2 (bf16 checkpoints): native bfloat16 compute, same inputs.
     if dtype_name == "bf16":
@@ -688,6 +744,8 @@ def main():
         print(f"building {arch}")
         model, seed = build_model(arch)
         pl32, cl32, gt32 = make_fixture(args.out, arch, model, seed, "f32", report=report)
+        if arch in FAMILY_CLASS:
+            continue  # the rope fixtures: f32 only
         make_fixture(args.out, arch, model, seed, "bf16", report=report)
         if arch == "olmoe":
             # float16 weights, computed in f32 like the others: the loader's third dtype
