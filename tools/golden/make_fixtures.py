@@ -269,6 +269,21 @@ ARCHS = {
     "olmoe-dynamic": (
         with_rope(olmoe_config, {"rope_type": "dynamic", "factor": 8.0}, max_position_embeddings=8),
         OlmoeForCausalLM, 1008, [0, 1]),
+    # deepseek with yarn (mscale and mscale_all_dim: the rope's attention factor and the softmax
+    # scale), DeepSeek-V2-Lite's values with original_max_position_embeddings 12; the v3 one
+    # with rope_interleave false (rotate-half on the rotary part)
+    "deepseek_v2-yarn": (
+        with_rope(deepseek_v2_config, {"rope_type": "yarn", "factor": 40.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                       "mscale": 0.707, "mscale_all_dim": 0.707,
+                                       "original_max_position_embeddings": 12},
+                  max_position_embeddings=480),
+        DeepseekV2ForCausalLM, 1009, [1, 2]),
+    "deepseek_v3-yarn-halves": (
+        with_rope(deepseek_v3_config, {"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                       "mscale": 1.0, "mscale_all_dim": 1.0,
+                                       "original_max_position_embeddings": 12},
+                  max_position_embeddings=48, rope_interleave=False),
+        DeepseekV3ForCausalLM, 1010, [1, 2]),
 }
 
 # Fixtures whose prompt logits transformers computes one token per forward call (with the KV
@@ -278,7 +293,8 @@ ARCHS = {
 # which is the token-by-token reference (and the one-call reference for prompts that fit).
 DYNAMIC_INCREMENTAL = {"olmoe-dynamic"}
 FAMILY_CLASS = {"qwen3_moe-yarn": "qwen3_moe", "mixtral-linear": "mixtral", "qwen2_moe-llama3": "qwen2_moe",
-                "olmoe-dynamic": "olmoe"}
+                "olmoe-dynamic": "olmoe", "deepseek_v2-yarn": "deepseek_v2",
+                "deepseek_v3-yarn-halves": "deepseek_v3"}
 
 SHARD_SIZE = {"mixtral-bf16": "150KB"}
 
