@@ -202,6 +202,18 @@ static const struct {
     {"unsupported dtype", "olmoe-f32", dtype_i32, "model.layers.0.self_attn.q_proj.weight",
      "model.layers.0.self_attn.q_proj.weight", "I32"},
     {"missing lm_head", "olmoe-f32", drop_tensor, "lm_head.weight", "lm_head.weight", "missing"},
+    {"missing MLA up-projection", "deepseek_v2-f32", drop_tensor,
+     "model.layers.2.self_attn.kv_b_proj.weight", "model.layers.2.self_attn.kv_b_proj.weight",
+     "missing"},
+    {"missing q_a_layernorm", "deepseek_v3-f32", drop_tensor,
+     "model.layers.0.self_attn.q_a_layernorm.weight", "q_a_layernorm.weight", "missing"},
+    {"misshaped kv_a_proj_with_mqa", "deepseek_v3-f32", transpose_tensor,
+     "model.layers.1.self_attn.kv_a_proj_with_mqa.weight", "kv_a_proj_with_mqa.weight", "shape"},
+    {"missing e_score_correction_bias", "deepseek_v3-f32", drop_tensor,
+     "model.layers.2.mlp.gate.e_score_correction_bias", "e_score_correction_bias", "missing"},
+    {"missing shared expert", "deepseek_v2-f32", drop_tensor,
+     "model.layers.1.mlp.shared_experts.down_proj.weight", "shared_experts.down_proj.weight",
+     "missing"},
 };
 
 static void test_header_defects(void)
@@ -230,6 +242,11 @@ static const struct {
      "num_local_experts"},
     {"config disagrees with the tensors", "qwen2_moe-f32", "moe_intermediate_size", "40",
      "experts.0.gate_proj.weight", "shape"},
+    {"q_lora_rank set on a q_proj checkpoint", "deepseek_v2-f32", "q_lora_rank", "16",
+     "q_a_proj.weight", "missing"},
+    {"kv_lora_rank disagrees", "deepseek_v3-f32", "kv_lora_rank", "30",
+     "kv_a_proj_with_mqa.weight", "shape"},
+    {"moe_layer_freq", "deepseek_v3-f32", "moe_layer_freq", "2", "config.json", "moe_layer_freq"},
 };
 
 static void test_config_defects(void)
