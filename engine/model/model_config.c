@@ -274,6 +274,10 @@ static int parse_deepseek(json_t *root, const char *path, struct xd_model_config
     }
     if (c->n_group > 0) {
         const int per = c->n_experts / c->n_group;
+        if (c->topk_group > c->n_group) /* the default 4 with fewer groups */
+            return xd_err_set(err, XD_ERR_CONFIG,
+                              "%s: key 'topk_group' (%d) is more than n_group (%d)", path,
+                              c->topk_group, c->n_group);
         if (c->n_experts % c->n_group != 0)
             return xd_err_set(err, XD_ERR_CONFIG,
                               "%s: key 'n_group' (%d) must divide n_routed_experts (%d)", path,
