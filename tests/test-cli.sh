@@ -80,7 +80,10 @@ fi
 if "$expertd" version | grep -q '^backends:.*cuda'; then
   # offloading on the GPU has never run on one: refused, GPU or not, until the device check
   expect cuda_offload_refused_until_run 1 "has not yet run on a GPU" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --device cuda --expert-cache-slots 3
+  # deepseek's MLA and grouped routing have no CUDA kernels that have run: refused, GPU or not
+  expect cuda_deepseek_refused 1 "multi-head latent attention" -- "$expertd" generate --model "$fixtures/golden/deepseek_v3-f32" --prompt-ids 1 --device cuda
 fi
+expect deepseek_generates_on_cpu 0 "," -- "$expertd" generate --model "$fixtures/golden/deepseek_v2-bf16" --prompt-ids 1,2,3 --max-tokens 4
 # One binary for GPU and CPU-only hosts: expertd never links the CUDA libraries; the backend is
 # a module it loads for --device cuda only, and a module that cannot load is a clear error.
 needed=$(readelf -d "$expertd" | grep NEEDED)
