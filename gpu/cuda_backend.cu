@@ -363,7 +363,7 @@ static int cuda_create(struct xd_model *model, const struct xd_engine_opts *opts
 {
     const struct xd_model_config *c = &model->config;
     /* deepseek: multi-head latent attention and grouped routing have no CUDA kernels yet */
-    if (c->mla || c->router != XD_ROUTER_SOFTMAX || c->routed_scaling_factor != 1.0f ||
+    if (c->mla || c->router != XD_ROUTER_SOFTMAX ||
         (c->shared_expert_ffn > 0 && !c->shared_expert_gated))
         return xd_err_set(err, XD_ERR_UNSUPPORTED,
                           "device cuda: model_type %s (multi-head latent attention, grouped "
