@@ -766,11 +766,11 @@ def main():
         if arch == "olmoe":
             # float16 weights, computed in f32 like the others: the loader's third dtype
             make_fixture(args.out, arch, model, seed, "f16", report=report)
-        if arch == "qwen3_moe":
+        if arch in ("qwen3_moe", "deepseek_v3"):
             plf, clf, gtf = make_fixture(args.out, arch, model, seed, "f32", fused=True, report=report)
             diff = max(float(np.abs(a - b).max()) for a, b in zip(pl32 + [cl32], plf + [clf]))
             if diff != 0.0 or gt32 != gtf:
-                raise SystemExit(f"qwen3_moe fused checkpoint gives different references ({diff}, {gt32} vs {gtf})")
+                raise SystemExit(f"{arch} fused checkpoint gives different references ({diff}, {gt32} vs {gtf})")
 
     print_report(report)
     total = sum(i["total_bytes"] for i in report)
