@@ -218,6 +218,8 @@ int xd_cmd_generate(int argc, char **argv)
         goto out;
     }
     const struct xd_model_config *mc = &model->config;
+    if (mc->warning[0])
+        fprintf(stderr, "expertd generate: warning: %s\n", mc->warning);
     if (o.prompt) {
         /* text in, text out: the model directory's tokenizer.json */
         if (xd_tokenizer_load(o.cfg.model, &tok, &err) < 0 ||

@@ -117,6 +117,8 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
 {
     const struct xd_server_config *c = s->cfg;
     XD_TRY(xd_model_load(c->engine.model, &L->model, err));
+    if (L->model->config.warning[0])
+        xd_log(s, XD_LOG_WARN, "%s", L->model->config.warning);
     /* the mapping is lazy: read it now, with progress, rather than in the first requests */
     struct read_progress rp = {.s = s, .t0 = xd_now()};
     atomic_store(&s->load_phase, XD_LOAD_READING);
@@ -131,6 +133,8 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
         fclose(probe);
         XD_TRY(xd_tokenizer_load(c->engine.model, &L->tok, err));
         XD_TRY(xd_tokenizer_config_load(c->engine.model, L->tok, &L->tcfg, err));
+        if (L->tcfg.warning[0])
+            xd_log(s, XD_LOG_WARN, "%s", L->tcfg.warning);
     } else {
         xd_log(s, XD_LOG_WARN, "%s has no tokenizer.json: prompts must be token ids, "
                "responses have no text, chat is unavailable", c->engine.model);

@@ -82,8 +82,18 @@ if "$expertd" version | grep -q '^backends:.*cuda'; then
   expect cuda_offload_refused_until_run 1 "has not yet run on a GPU" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --device cuda --expert-cache-slots 3
   # deepseek's MLA and grouped routing have no CUDA kernels that have run: refused, GPU or not
   expect cuda_deepseek_refused 1 "multi-head latent attention" -- "$expertd" generate --model "$fixtures/golden/deepseek_v3-f32" --prompt-ids 1 --device cuda
+  # so are glm4_moe and the rope scalings: computed on the CPU only
+  expect cuda_refuses_glm4_moe 1 "glm4_moe" -- "$expertd" generate --model "$fixtures/golden/glm4_moe-bf16" --prompt-ids 1 --device cuda
+  expect cuda_refuses_yarn 1 "rope type yarn" -- "$expertd" generate --model "$fixtures/golden/qwen3_moe-yarn-f32" --prompt-ids 1 --device cuda
 fi
 expect deepseek_generates_on_cpu 0 "," -- "$expertd" generate --model "$fixtures/golden/deepseek_v2-bf16" --prompt-ids 1,2,3 --max-tokens 4
+# An eos_token_id outside the vocabulary (transformers only warns): a warning, and generation.
+cp -r "$olmoe" "$tmp/eos-model"
+echo '{"eos_token_id": [5, 100000]}' >"$tmp/eos-model/generation_config.json"
+expect eos_outside_vocab_warns 0 "key 'eos_token_id' holds 100000" -- "$expertd" generate --model "$tmp/eos-model" --prompt-ids 1,2 --max-tokens 3 --ignore-eos
+# dynamic NTK's context is max_position_embeddings (8 here) x factor (8)
+expect dynamic_context_stretched 0 "," -- "$expertd" generate --model "$fixtures/golden/olmoe-dynamic-f32" --prompt-ids 1 --max-tokens 63 --ignore-eos
+expect dynamic_context_limit 2 "context of 64" -- "$expertd" generate --model "$fixtures/golden/olmoe-dynamic-f32" --prompt-ids 1 --max-tokens 64
 # One binary for GPU and CPU-only hosts: expertd never links the CUDA libraries; the backend is
 # a module it loads for --device cuda only, and a module that cannot load is a clear error.
 needed=$(readelf -d "$expertd" | grep NEEDED)

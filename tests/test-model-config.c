@@ -68,6 +68,79 @@ static void expect_error(const char *json, const char *want)
     "\"rms_norm_eps\": 1e-05, \"hidden_act\": \"silu\", \"attention_bias\": false,"         \
     "\"pad_token_id\": 1, \"bos_token_id\": null, \"tie_word_embeddings\": false"
 
+/* GLM-4.5-Air's shape (config.json keys as its model card's checkpoint spells them, rope_scaling
+ * null, no partial_rotary_factor: Glm4MoeConfig's 0.5), with 6 layers. */
+#define GLM_AIR_CORE                                                                        \
+    "\"model_type\": \"glm4_moe\", \"architectures\": [\"Glm4MoeForCausalLM\"],"            \
+    "\"attention_bias\": true, \"head_dim\": 128, \"hidden_act\": \"silu\","                \
+    "\"hidden_size\": 4096, \"intermediate_size\": 10944, \"max_position_embeddings\": 131072," \
+    "\"moe_intermediate_size\": 1408, \"norm_topk_prob\": true, \"num_attention_heads\": 96,"  \
+    "\"n_shared_experts\": 1, \"num_experts_per_tok\": 8,"                                 \
+    "\"num_hidden_layers\": 6, \"num_key_value_heads\": 8,"                                 \
+    "\"rms_norm_eps\": 1e-05, \"rope_scaling\": null, \"rope_theta\": 1000000,"             \
+    "\"num_nextn_predict_layers\": 1, \"tie_word_embeddings\": false,"                      \
+    "\"vocab_size\": 151552, \"eos_token_id\": [151329, 151336, 151338]"
+#define GLM_AIR_BODY                                                                        \
+    GLM_AIR_CORE ", \"n_routed_experts\": 128, \"first_k_dense_replace\": 1,"              \
+                 " \"use_qk_norm\": false"
+
+static void test_glm4_moe(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{" GLM_AIR_BODY ", \"n_group\": 1, \"topk_group\": 1,"
+                   " \"routed_scaling_factor\": 1.0}",
+                   &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    if (rc != XD_OK)
+        return;
+    CHECK(c.arch == XD_ARCH_GLM4_MOE && strcmp(c.model_type, "glm4_moe") == 0, "arch");
+    CHECK(c.n_experts == 128 && c.top_k == 8 && c.expert_ffn == 1408 && c.dense_ffn == 10944,
+          "experts %d top %d ffn %d dense %d", c.n_experts, c.top_k, c.expert_ffn, c.dense_ffn);
+    CHECK(c.shared_expert_ffn == 1408 && !c.shared_expert_gated, "shared %d",
+          c.shared_expert_ffn);
+    CHECK(c.router == XD_ROUTER_SIGMOID_BIAS && c.n_group == 1 && c.topk_group == 1 &&
+              c.routed_scaling_factor == 1.0f && c.norm_topk_prob,
+          "router");
+    CHECK(c.qkv_bias && !c.o_bias && c.qk_norm == XD_QK_NORM_NONE, "attention");
+    /* partial_rotary_factor absent: Glm4MoeConfig's 0.5 */
+    CHECK(c.rope.rot_dim == 64 && c.head_dim == 128 && c.rope.type == XD_ROPE_DEFAULT &&
+              c.rope_theta == 1e6f,
+          "rot_dim %d", c.rope.rot_dim);
+    CHECK(!c.is_moe_layer[0] && c.is_moe_layer[1] && c.is_moe_layer[5] && c.n_moe_layers == 5,
+          "first_k_dense_replace 1: %d MoE layers", c.n_moe_layers);
+    CHECK(c.n_eos == 3 && c.eos_token_ids[2] == 151338, "eos");
+
+    /* GLM-4.5's options: q/k norm, 3 dense layers, routed_scaling_factor 2.5, 160 experts;
+     * defaults of n_group, topk_group (1) and mlp_only_layers ignored as transformers does */
+    rc = parse("{" GLM_AIR_CORE ", \"use_qk_norm\": true, \"first_k_dense_replace\": 3,"
+               " \"n_routed_experts\": 160, \"routed_scaling_factor\": 2.5,"
+               " \"mlp_only_layers\": [5], \"partial_rotary_factor\": 0.25}",
+               &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    CHECK(rc != XD_OK || (c.qk_norm == XD_QK_NORM_PER_HEAD && c.n_moe_layers == 3 &&
+                          c.is_moe_layer[5] && c.routed_scaling_factor == 2.5f &&
+                          c.n_group == 1 && c.topk_group == 1 && c.rope.rot_dim == 32),
+          "GLM-4.5 options");
+    /* group-limited: 8 groups of 16, 4 kept */
+    rc = parse("{" GLM_AIR_BODY ", \"n_group\": 8, \"topk_group\": 4}", &c, &err);
+    CHECK(rc == XD_OK && c.n_group == 8 && c.topk_group == 4, "groups: %s", err.msg);
+}
+
+static void test_glm4_moe_errors(void)
+{
+    expect_error("{" GLM_AIR_BODY ", \"n_group\": 3}", "n_group");
+    expect_error("{" GLM_AIR_BODY ", \"n_group\": 128}", "n_group"); /* groups of 1 */
+    expect_error("{" GLM_AIR_BODY ", \"n_group\": 4, \"topk_group\": 5}", "topk_group");
+    /* 64 groups of 2, 2 kept: 4 experts, fewer than num_experts_per_tok */
+    expect_error("{" GLM_AIR_BODY ", \"n_group\": 64, \"topk_group\": 2}", "num_experts_per_tok");
+    expect_error("{" GLM_AIR_BODY ", \"routed_scaling_factor\": \"2.5\"}", "routed_scaling_factor");
+    expect_error("{" GLM_AIR_CORE ", \"n_routed_experts\": 128, \"use_qk_norm\": 1}",
+                 "use_qk_norm");
+    expect_error("{" GLM_AIR_CORE ", \"n_routed_experts\": 128, \"first_k_dense_replace\": -1}",
+                 "first_k_dense_replace");
+}
+
 static void test_mixtral(void)
 {
     struct xd_model_config c;
@@ -314,6 +387,8 @@ static void test_rope_spellings(void)
     /* 0.1 ln 4 + 1 */
     CHECK(rc != XD_OK || fabsf(c.rope.attention_scaling - 1.1386294f) < 1e-6f, "attention %g",
           c.rope.attention_scaling);
+    /* the context YaRN is made for: 4 x 32768 (max_position_embeddings 40960) */
+    CHECK(rc != XD_OK || c.max_context == 131072, "yarn context %d", c.max_context);
     struct xd_rope yarn = c.rope;
     rc = parse("{" QWEN3_BODY ", \"rope_parameters\": {\"type\": \"yarn\", \"factor\": 4.0,"
                " \"original_max_position_embeddings\": 32768, \"rope_theta\": 1000000.0}}",
@@ -326,15 +401,30 @@ static void test_rope_spellings(void)
                " \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": 2.0}}",
                &c, &err);
     CHECK(rc == XD_OK && c.rope.type == XD_ROPE_LINEAR, "rope_scaling wins: %s", err.msg);
+    CHECK(rc != XD_OK || c.max_context == 2 * 40960, "linear context %d", c.max_context);
+    rc = parse("{" QWEN3_BODY ", \"rope_scaling\": {\"type\": \"dynamic\", \"factor\": 1.5}}", &c,
+               &err);
+    CHECK(rc == XD_OK && c.max_context == 61440, "dynamic context %d: %s", c.max_context,
+          err.msg);
+    rc = parse("{" QWEN3_BODY ", \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8,"
+               " \"low_freq_factor\": 1, \"high_freq_factor\": 4,"
+               " \"original_max_position_embeddings\": 8192}}",
+               &c, &err);
+    CHECK(rc == XD_OK && c.max_context == 40960, "llama3 context %d (its max is the stretched "
+          "one): %s", c.max_context, err.msg);
+    rc = parse("{" QWEN3_BODY "}", &c, &err);
+    CHECK(rc == XD_OK && c.max_context == 40960, "default context %d", c.max_context);
     rc = parse("{" QWEN3_BODY ", \"rope_parameters\": {\"rope_type\": \"linear\", \"factor\": 2},"
                " \"rope_scaling\": {}}",
                &c, &err);
     CHECK(rc == XD_OK && c.rope.type == XD_ROPE_LINEAR, "an empty rope_scaling is ignored: %s",
           err.msg);
-    /* partial_rotary_factor at the top level (GLM) */
-    rc = parse("{" QWEN3_BODY ", \"partial_rotary_factor\": 0.5}", &c, &err);
-    CHECK(rc == XD_OK && c.rope.rot_dim == 64 && c.rope.type == XD_ROPE_DEFAULT, "partial: %s",
-          err.msg);
+    /* partial rotary: glm4_moe only (transformers' qwen3_moe rotates whole heads) */
+    expect_error("{" QWEN3_BODY ", \"partial_rotary_factor\": 0.5}", "partial_rotary_factor");
+    expect_error("{" QWEN3_BODY ", \"rope_parameters\": {\"partial_rotary_factor\": 0.5}}",
+                 "partial_rotary_factor");
+    rc = parse("{" QWEN3_BODY ", \"partial_rotary_factor\": 1.0}", &c, &err);
+    CHECK(rc == XD_OK && c.rope.rot_dim == 128, "partial 1.0: %s", err.msg);
 }
 
 static void test_eos_int_and_list(void)
@@ -645,17 +735,45 @@ static void test_error_mlp_only_layers(void)
                  "intermediate_size");
 }
 
+/* Parses json, which must succeed with eos ids want (n of them) and a warning naming the key. */
+static void expect_eos_ignored(const char *json, const int *want, int n)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse(json, &c, &err);
+    CHECK(rc == XD_OK, "refused: %s", err.msg);
+    if (rc != XD_OK)
+        return;
+    CHECK(c.n_eos == n, "%d eos ids kept, want %d", c.n_eos, n);
+    for (int i = 0; i < n && i < c.n_eos; i++)
+        CHECK(c.eos_token_ids[i] == want[i], "eos %d is %d, want %d", i, c.eos_token_ids[i],
+              want[i]);
+    CHECK_CONTAINS(c.warning, "eos_token_id");
+    CHECK_CONTAINS(c.warning, "m/config.json");
+}
+
+static void test_eos_out_of_vocab_ignored(void)
+{
+    /* ids run 0 .. vocab_size - 1; transformers only warns about others: ignored, with a
+     * warning naming the key */
+    expect_eos_ignored("{" OLMOE_BODY ", \"eos_token_id\": 50304}", NULL, 0);
+    expect_eos_ignored("{" OLMOE_BODY ", \"eos_token_id\": -1}", NULL, 0);
+    const int kept[1] = {50279};
+    expect_eos_ignored("{" OLMOE_BODY ", \"eos_token_id\": [50279, 60000]}", kept, 1);
+    /* an id past 2^32 is outside any vocabulary; it must not wrap into range */
+    expect_eos_ignored("{" OLMOE_BODY ", \"eos_token_id\": 4294967298}", NULL, 0);
+    expect_eos_ignored("{" OLMOE_BODY ", \"eos_token_id\": [4294967298, 50279]}", kept, 1);
+    struct xd_model_config c;
+    struct xd_err err;
+    CHECK(parse("{" OLMOE_BODY ", \"eos_token_id\": 50279}", &c, &err) == XD_OK &&
+              c.warning[0] == '\0',
+          "no warning for an id in the vocabulary: '%s'", c.warning);
+}
+
 static void test_error_eos_out_of_vocab(void)
 {
-    /* ids run 0 .. vocab_size - 1 */
-    expect_error("{" OLMOE_BODY ", \"eos_token_id\": 50304}", "eos_token_id");
-    expect_error("{" OLMOE_BODY ", \"eos_token_id\": -1}", "eos_token_id");
-    expect_error("{" OLMOE_BODY ", \"eos_token_id\": [50279, 60000]}", "eos_token_id");
     expect_error("{" OLMOE_BODY ", \"eos_token_id\": [50279, \"x\"]}", "eos_token_id");
     expect_error("{" OLMOE_BODY ", \"eos_token_id\": \"</s>\"}", "eos_token_id");
-    /* an id past 2^32 is outside any vocabulary; it must not wrap into range */
-    expect_error("{" OLMOE_BODY ", \"eos_token_id\": 4294967298}", "eos_token_id");
-    expect_error("{" OLMOE_BODY ", \"eos_token_id\": [4294967298]}", "eos_token_id");
     /* more ids than XD_MAX_EOS */
     expect_error("{" OLMOE_BODY ", \"eos_token_id\": [1,2,3,4,5,6,7,8,9]}", "eos_token_id");
 }
@@ -739,6 +857,8 @@ int main(int argc, char **argv)
 {
     (void)argc;
     (void)argv;
+    RUN(test_glm4_moe);
+    RUN(test_glm4_moe_errors);
     RUN(test_mixtral);
     RUN(test_mixtral_defaults);
     RUN(test_qwen2_moe);
@@ -763,6 +883,7 @@ int main(int argc, char **argv)
     RUN(test_error_head_dim);
     RUN(test_error_hidden_act);
     RUN(test_error_mlp_only_layers);
+    RUN(test_eos_out_of_vocab_ignored);
     RUN(test_error_eos_out_of_vocab);
     RUN(test_error_not_json);
     RUN(test_error_not_object);

@@ -54,6 +54,25 @@ static void test_eos_ids_merge_and_dedupe(void)
     xd_tokenizer_config_finish(&c);
 }
 
+/* An eos_token_id outside the vocabulary (transformers only warns): dropped, with a warning
+ * naming the file and the key. */
+static void test_eos_outside_vocab_ignored(void)
+{
+    struct xd_tokenizer_config c;
+    struct xd_err err;
+    CHECK(parse(NULL, "{\"eos_token_id\": [2, 99999, -1, 1]}", &c, &err) == XD_OK, "%s",
+          err.msg);
+    CHECK(c.n_eos_token_ids == 2 && c.eos_token_ids[0] == 2 && c.eos_token_ids[1] == 1,
+          "ids: %d", c.n_eos_token_ids);
+    CHECK_CONTAINS(c.warning, "generation_config.json");
+    CHECK_CONTAINS(c.warning, "'eos_token_id[1]' holds 99999");
+    CHECK_CONTAINS(c.warning, "'eos_token_id[2]' holds -1");
+    xd_tokenizer_config_finish(&c);
+    CHECK(parse(NULL, "{\"eos_token_id\": 2}", &c, &err) == XD_OK && c.warning[0] == '\0',
+          "no warning: '%s'", c.warning);
+    xd_tokenizer_config_finish(&c);
+}
+
 static void test_template_forms(void)
 {
     struct xd_tokenizer_config c;
@@ -86,8 +105,7 @@ static void test_malformed_configs_name_file_and_key(void)
         {"{\"eos_token\": \"<|im_end|>\",", NULL, "tokenizer_config.json", "not valid JSON"},
         {"[1, 2]", NULL, "tokenizer_config.json", "not a JSON object"},
         {NULL, "{\"eos_token_id\": \"2\"}", "generation_config.json", "'eos_token_id'"},
-        {NULL, "{\"eos_token_id\": [2, 99999]}", "generation_config.json", "'eos_token_id[1]'"},
-        {NULL, "{\"eos_token_id\": -1}", "generation_config.json", "'eos_token_id'"},
+        {NULL, "{\"eos_token_id\": [2, \"x\"]}", "generation_config.json", "'eos_token_id[1]'"},
         {NULL, "nope", "generation_config.json", "not valid JSON"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -214,6 +232,7 @@ int main(int argc, char **argv)
     }
     RUN(test_both_token_spellings);
     RUN(test_eos_ids_merge_and_dedupe);
+    RUN(test_eos_outside_vocab_ignored);
     RUN(test_template_forms);
     RUN(test_malformed_configs_name_file_and_key);
     RUN(test_load_from_directory);

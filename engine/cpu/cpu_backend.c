@@ -36,6 +36,7 @@ struct cpu_state {
     float *attn;         /* (T, q_dim) */
     float *out;          /* (T, hidden) output of a block before the residual add */
     float *router;       /* (T, n_experts) router probabilities */
+    float *router_bias;  /* (n_experts,) the layer's e_score_correction_bias in f32 */
     int32_t *slot_of;    /* (T * top_k,) row in the expert-sorted order of slot t * top_k + j */
     int32_t *expert_rows;/* (n_experts + 1,) start of each expert's rows in sorted order */
     float *xg;           /* (T * top_k, hidden) gathered inputs, expert-sorted */
@@ -60,7 +61,7 @@ static void cpu_destroy(void *p)
         return;
     float *fbufs[] = {s->k_cache, s->v_cache, s->h,  s->xn, s->q,  s->k,  s->v,  s->attn,
                       s->out,     s->router,  s->xg, s->g,  s->u,  s->eo, s->dg, s->du,
-                      s->logits,  s->route_weights, s->pred_x, s->pred_w};
+                      s->logits,  s->route_weights, s->pred_x, s->pred_w, s->router_bias};
     for (size_t i = 0; i < sizeof fbufs / sizeof fbufs[0]; i++)
         free(fbufs[i]);
     free(s->tok_seq);
@@ -134,6 +135,7 @@ static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts,
     s->attn = alloc_f(T * s->q_dim, sizeof(float), &failed);
     s->out = alloc_f(T * H, sizeof(float), &failed);
     s->router = alloc_f(T * c->n_experts, sizeof(float), &failed);
+    s->router_bias = alloc_f((size_t)c->n_experts, sizeof(float), &failed);
     s->slot_of = alloc_f(TK, sizeof(int32_t), &failed);
     s->expert_rows = alloc_f((size_t)c->n_experts + 1, sizeof(int32_t), &failed);
     s->xg = alloc_f(TK * H, sizeof(float), &failed);
@@ -291,10 +293,16 @@ static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
     const struct xd_layer_weights *lw = &s->m->layers[l];
     const int E = c->n_experts, K = c->top_k, H = c->hidden_size, L = c->n_moe_layers;
 
-    /* route in f32 as the family's router does (engine/cpu/moe_router.c) */
+    /* route in f32 as the family's router does (engine/cpu/moe_router.c, which calls
+     * routing.c for the grouped sigmoid router) */
     xd_cpu_matmul(s->xn, n, &lw->router, s->router);
+    const float *bias = NULL;
+    if (lw->router_bias.data) {
+        xd_dtype_to_f32(lw->router_bias.dtype, lw->router_bias.data, s->router_bias, (size_t)E);
+        bias = s->router_bias;
+    }
     for (int t = 0; t < n; t++)
-        xd_cpu_moe_route(c, s->router + (size_t)t * E, &lw->router_bias, K,
+        xd_cpu_moe_route(c, s->router + (size_t)t * E, bias,
                          s->route_experts + ((size_t)t * L + lw->moe_index) * K,
                          s->route_weights + ((size_t)t * L + lw->moe_index) * K);
 
@@ -344,9 +352,10 @@ static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
     }
 
     if (lw->shared.gate.data && !lw->shared_expert_gate.data) {
-        /* deepseek: out += shared_experts(x) */
+        /* deepseek, glm4_moe: out += shared_experts(x) */
         swiglu(s->xn, n, &lw->shared, s->dg, s->du, s->eo);
-        for (size_t i = 0; i < (size_t)n * H; i++)
+        const size_t HN = (size_t)n * H;
+        for (size_t i = 0; i < HN; i++)
             s->out[i] += s->eo[i];
     } else if (lw->shared.gate.data) {
         /* qwen2_moe: out += sigmoid(x . shared_expert_gate) * shared_expert(x) */
@@ -377,9 +386,14 @@ static void predict_next_layer(struct cpu_state *s, int l, int n)
     const int E = c->n_experts, W = s->pred_width, L = c->n_moe_layers;
     xd_cpu_rmsnorm(s->h, n, &nw->mlp_norm, c->rms_norm_eps, s->pred_x);
     xd_cpu_matmul(s->pred_x, n, &nw->router, s->router);
+    const float *bias = NULL;
+    if (nw->router_bias.data) {
+        xd_dtype_to_f32(nw->router_bias.dtype, nw->router_bias.data, s->router_bias, (size_t)E);
+        bias = s->router_bias;
+    }
     for (int t = 0; t < n; t++)
-        xd_cpu_moe_route(c, s->router + (size_t)t * E, &nw->router_bias, W,
-                         s->route_pred + ((size_t)t * L + nw->moe_index) * W, s->pred_w);
+        xd_cpu_moe_rank(c, s->router + (size_t)t * E, bias, W,
+                        s->route_pred + ((size_t)t * L + nw->moe_index) * W, s->pred_w);
 }
 
 static int mlp_block(struct cpu_state *s, int l, int n, struct xd_err *err)

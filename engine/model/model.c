@@ -246,11 +246,12 @@ attention_done:
         xd_checkpoint_find(L->m->checkpoint, fmt_name(L, "%s.block_sparse_moe.gate.weight", p)))
         snprintf(moe, sizeof moe, "%s.block_sparse_moe", p);
     XD_TRY(need(L, fmt_name(L, "%s.gate.weight", moe), c->n_experts, H, &lw->router));
-    XD_TRY(load_experts(L, moe, i, &experts->w[(size_t)i * c->n_experts]));
     if (c->router == XD_ROUTER_SIGMOID_BIAS)
         XD_TRY(need(L, fmt_name(L, "%s.gate.e_score_correction_bias", moe), 0, c->n_experts,
-                    &lw->router_bias));
-    if (c->shared_expert_ffn > 0 && c->mla) {
+                 &lw->router_bias));
+    XD_TRY(load_experts(L, moe, i, &experts->w[(size_t)i * c->n_experts]));
+    if (c->shared_expert_ffn > 0 && !c->shared_expert_gated) {
+        /* glm4_moe, deepseek: shared_experts, one MLP of n_shared_experts x its width */
         char shared[192];
         snprintf(shared, sizeof shared, "%s.shared_experts", moe);
         XD_TRY(load_mlp(L, shared, c->shared_expert_ffn, &lw->shared));

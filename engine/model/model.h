@@ -36,9 +36,10 @@ struct xd_layer_weights {
 
     /* MoE layers; the experts themselves are behind the expert store */
     struct xd_matrix router;    /* (n_experts, hidden) */
-    struct xd_matrix router_bias; /* (1, n_experts) deepseek_v3's e_score_correction_bias */
+    struct xd_matrix router_bias;          /* (1, n_experts) e_score_correction_bias (grouped
+                                            * sigmoid router), else NULL */
     struct xd_expert_weights shared;       /* shared expert(s), ffn shared_expert_ffn */
-    struct xd_matrix shared_expert_gate;   /* (1, hidden) qwen2_moe only */
+    struct xd_matrix shared_expert_gate;   /* (1, hidden) qwen2_moe, else NULL */
     int moe_index;              /* index among MoE layers, -1 for dense layers */
 };
 

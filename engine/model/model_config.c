@@ -18,6 +18,7 @@ const char *xd_arch_name(enum xd_arch arch)
     case XD_ARCH_OLMOE: return "olmoe";
     case XD_ARCH_DEEPSEEK_V2: return "deepseek_v2";
     case XD_ARCH_DEEPSEEK_V3: return "deepseek_v3";
+    case XD_ARCH_GLM4_MOE: return "glm4_moe";
     }
     return "?";
 }
@@ -94,13 +95,18 @@ static int context_length(const struct xd_model_config *c)
 }
 
 /* Appends one eos id, checked against the vocabulary before it is narrowed to int (an id
- * such as 2^32 + 2 must not wrap into range). */
+ * such as 2^32 + 2 must not wrap into range). One outside the vocabulary is ignored with a
+ * warning naming the key, as transformers only warns about it (no token can be that id). */
 static int add_eos(struct xd_model_config *c, json_int_t id, const char *path, struct xd_err *err)
 {
-    if (id < 0 || id >= c->vocab_size)
-        return xd_err_set(err, XD_ERR_CONFIG,
-                          "%s: key 'eos_token_id' holds %lld, outside the vocabulary (%d)", path,
-                          (long long)id, c->vocab_size);
+    (void)err;
+    if (id < 0 || id >= c->vocab_size) {
+        size_t len = strlen(c->warning);
+        snprintf(c->warning + len, sizeof c->warning - len,
+                 "%s%s: key 'eos_token_id' holds %lld, outside the vocabulary (%d); ignored",
+                 len ? "; " : "", path, (long long)id, c->vocab_size);
+        return XD_OK;
+    }
     c->eos_token_ids[c->n_eos++] = (int)id;
     return XD_OK;
 }
@@ -282,6 +288,11 @@ static int parse_deepseek(json_t *root, const char *path, struct xd_model_config
             return xd_err_set(err, XD_ERR_CONFIG,
                               "%s: key 'n_group' (%d) must divide n_routed_experts (%d)", path,
                               c->n_group, c->n_experts);
+        if (c->router == XD_ROUTER_SIGMOID_BIAS && c->n_experts > 4096)
+            return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                              "%s: key 'n_routed_experts' is %d; the grouped sigmoid router "
+                              "handles at most 4096",
+                              path, c->n_experts);
         if (c->router == XD_ROUTER_SIGMOID_BIAS && per < 2)
             return xd_err_set(err, XD_ERR_CONFIG,
                               "%s: key 'n_group' (%d) leaves fewer than 2 experts per group; "
@@ -338,10 +349,12 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
         c->arch = XD_ARCH_DEEPSEEK_V2;
     else if (strcmp(type, "deepseek_v3") == 0 || strcmp(type, "kimi_k2") == 0)
         c->arch = XD_ARCH_DEEPSEEK_V3;
+    else if (strcmp(type, "glm4_moe") == 0)
+        c->arch = XD_ARCH_GLM4_MOE;
     else {
         xd_err_set(err, XD_ERR_UNSUPPORTED,
                    "%s: key 'model_type' is \"%.64s\"; expertd serves mixtral, qwen2_moe, "
-                   "qwen3_moe, olmoe, deepseek_v2 and deepseek_v3",
+                   "qwen3_moe, olmoe, deepseek_v2, deepseek_v3 and glm4_moe",
                    path, type);
         json_decref(root);
         return XD_ERR_UNSUPPORTED;
@@ -380,9 +393,27 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     TRY(get_int(root, path, "max_position_embeddings", 4096, 1, 1 << 24,
                 &c->max_position_embeddings, err));
     TRY(get_float(root, path, "rms_norm_eps", 1e-6, 0.0, 1.0, &c->rms_norm_eps, err));
+    if (c->arch == XD_ARCH_GLM4_MOE) {
+        /* Glm4MoeConfig: partial_rotary_factor 0.5 unless config.json gives one */
+        json_t *rp = json_object_get(root, "rope_parameters");
+        json_t *rs = json_object_get(root, "rope_scaling");
+        if (!json_object_get(root, "partial_rotary_factor") &&
+            !(json_is_object(rp) && json_object_get(rp, "partial_rotary_factor")) &&
+            !(json_is_object(rs) && json_object_get(rs, "partial_rotary_factor")))
+            json_object_set_new(root, "partial_rotary_factor", json_real(0.5));
+    }
     TRY(xd_rope_parse(root, path, c->head_dim, c->max_position_embeddings,
                       c->arch == XD_ARCH_MIXTRAL ? 1e6 : 10000.0, &c->rope, err));
     c->rope_theta = c->rope.theta;
+    if (c->rope.rot_dim != c->head_dim && c->arch != XD_ARCH_GLM4_MOE) {
+        /* transformers' rotary code for these families rotates the whole head (a shorter
+         * cos/sin does not broadcast): nothing to match */
+        json_decref(root);
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: key 'partial_rotary_factor' (%g) is not supported for %s, whose "
+                          "rotary embedding covers the whole head",
+                          path, (double)c->rope.partial_rotary_factor, c->model_type);
+    }
     c->max_context = context_length(c);
     TRY(get_bool(root, path, "tie_word_embeddings", false, &c->tie_word_embeddings, err));
 
@@ -398,8 +429,10 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     }
 
     /* transformers 5 writes num_local_experts for qwen3_moe too; published
-     * checkpoints use num_experts everywhere but mixtral. */
-    const char *experts_key = c->arch == XD_ARCH_MIXTRAL ? "num_local_experts" : "num_experts";
+     * checkpoints use num_experts everywhere but mixtral and glm4_moe (n_routed_experts). */
+    const char *experts_key = c->arch == XD_ARCH_MIXTRAL    ? "num_local_experts"
+                              : c->arch == XD_ARCH_GLM4_MOE ? "n_routed_experts"
+                                                            : "num_experts";
     if (!json_object_get(root, experts_key) && json_object_get(root, "num_local_experts"))
         experts_key = "num_local_experts";
     TRY(get_int(root, path, experts_key, -1, 0, 1 << 16, &c->n_experts, err));
@@ -446,7 +479,7 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
             TRY(get_bool(root, path, "qkv_bias", true, &c->qkv_bias, err));
             TRY(get_int(root, path, "shared_expert_intermediate_size", 0, 0, 1 << 20,
                         &c->shared_expert_ffn, err));
-            c->shared_expert_gated = true;
+            c->shared_expert_gated = c->shared_expert_ffn > 0;
         } else {
             c->qk_norm = XD_QK_NORM_PER_HEAD;
             c->qkv_bias = c->o_bias = attention_bias;
@@ -456,6 +489,45 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     case XD_ARCH_DEEPSEEK_V2:
     case XD_ARCH_DEEPSEEK_V3:
         break; /* parse_deepseek */
+    case XD_ARCH_GLM4_MOE: {
+        /* Glm4MoeConfig's defaults; attention bias on q, k and v only */
+        c->qkv_bias = attention_bias;
+        bool qk_norm = false;
+        TRY(get_bool(root, path, "use_qk_norm", false, &qk_norm, err));
+        c->qk_norm = qk_norm ? XD_QK_NORM_PER_HEAD : XD_QK_NORM_NONE;
+        TRY(get_bool(root, path, "norm_topk_prob", true, &c->norm_topk_prob, err));
+        TRY(get_int(root, path, "moe_intermediate_size", 1408, 1, 1 << 20, &c->expert_ffn, err));
+        TRY(get_int(root, path, "intermediate_size", 10944, 1, 1 << 20, &c->dense_ffn, err));
+        int n_shared = 1;
+        TRY(get_int(root, path, "n_shared_experts", 1, 0, 64, &n_shared, err));
+        c->shared_expert_ffn = n_shared * c->expert_ffn;
+        c->router = XD_ROUTER_SIGMOID_BIAS;
+        TRY(get_int(root, path, "n_group", 1, 1, c->n_experts, &c->n_group, err));
+        TRY(get_int(root, path, "topk_group", 1, 1, c->n_group, &c->topk_group, err));
+        TRY(get_float(root, path, "routed_scaling_factor", 1.0, 0.0, 1e6,
+                      &c->routed_scaling_factor, err));
+        const int per = c->n_experts / c->n_group;
+        if (c->n_experts % c->n_group != 0 || per < 2 || c->n_experts > 4096) {
+            json_decref(root);
+            return xd_err_set(err, XD_ERR_CONFIG,
+                              "%s: key 'n_group' (%d) must divide n_routed_experts (%d) into "
+                              "groups of at least 2 (of at most 4096 experts)",
+                              path, c->n_group, c->n_experts);
+        }
+        if (c->top_k > c->topk_group * per) {
+            json_decref(root);
+            return xd_err_set(err, XD_ERR_CONFIG,
+                              "%s: key 'num_experts_per_tok' (%d) is more than the %d experts "
+                              "of topk_group (%d) groups",
+                              path, c->top_k, c->topk_group * per, c->topk_group);
+        }
+        int first_dense = 1;
+        TRY(get_int(root, path, "first_k_dense_replace", 1, 0, XD_MAX_LAYERS, &first_dense, err));
+        for (int i = 0; i < c->n_layers; i++)
+            c->is_moe_layer[i] = i >= first_dense;
+        sparse_step = 0; /* the layer pattern is set */
+        break;
+    }
     case XD_ARCH_OLMOE:
         c->qk_norm = XD_QK_NORM_FULL_WIDTH;
         c->qkv_bias = c->o_bias = attention_bias;
@@ -467,10 +539,10 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
 
     /* Which layers are MoE: qwen2_moe and qwen3_moe make layer i sparse when
      * it is not in mlp_only_layers and (i + 1) % decoder_sparse_step == 0. */
-    for (int i = 0; i < c->n_layers; i++)
+    for (int i = 0; i < c->n_layers && sparse_step > 0; i++)
         c->is_moe_layer[i] = (i + 1) % sparse_step == 0;
     json_t *only = json_object_get(root, "mlp_only_layers");
-    if (only && !json_is_null(only)) {
+    if (only && !json_is_null(only) && c->arch != XD_ARCH_GLM4_MOE) {
         if (!json_is_array(only)) {
             json_decref(root);
             return xd_err_set(err, XD_ERR_CONFIG, "%s: key 'mlp_only_layers' must be a list",

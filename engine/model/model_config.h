@@ -14,6 +14,7 @@ enum xd_arch {
     XD_ARCH_OLMOE,
     XD_ARCH_DEEPSEEK_V2,
     XD_ARCH_DEEPSEEK_V3, /* also Kimi-K2 and Moonlight */
+    XD_ARCH_GLM4_MOE,
 };
 
 /* Where RoPE's rotated pairs sit in a head's rotary part. */
@@ -23,14 +24,15 @@ enum xd_rope_layout {
                        rope_interleave */
 };
 
-/* How a router turns its logits into top-k experts and weights. */
+/* How a MoE layer picks its experts (engine/cpu/moe_router.h). */
 enum xd_router_kind {
-    XD_ROUTER_SOFTMAX,      /* softmax, top-k (deepseek_v2 topk_method greedy too) */
+    XD_ROUTER_SOFTMAX,      /* softmax over all experts, top-k (mixtral, qwen, olmoe;
+                             * deepseek_v2 topk_method greedy) */
+    XD_ROUTER_SIGMOID_BIAS, /* sigmoid + e_score_correction_bias, group-limited top-k,
+                             * routed_scaling_factor (glm4_moe, deepseek_v3 noaux_tc;
+                             * engine/cpu/routing.h) */
     XD_ROUTER_SOFTMAX_GROUP,/* deepseek_v2 group_limited_greedy: softmax; groups ranked by their
-                               best expert; top-k among the topk_group best groups */
-    XD_ROUTER_SIGMOID_BIAS, /* deepseek_v3 noaux_tc: sigmoid; choice by sigmoid +
-                               e_score_correction_bias; groups ranked by the sum of their two
-                               best; weights are the sigmoids of the chosen */
+                             * best expert; top-k among the topk_group best groups */
 };
 
 enum xd_qk_norm {
@@ -82,20 +84,25 @@ struct xd_model_config {
     bool norm_topk_prob;         /* renormalise the top-k weights to sum to one */
     int expert_ffn;              /* width of one expert's MLP */
     int dense_ffn;               /* width of the MLP of non-MoE layers (0: none) */
-    int shared_expert_ffn;       /* shared expert width (0: none): qwen2_moe's, or deepseek's
-                                    n_shared_experts * moe_intermediate_size */
-    bool shared_expert_gated;    /* qwen2_moe: the shared expert's output is scaled by
-                                    sigmoid(shared_expert_gate x); deepseek: added as is */
+    int shared_expert_ffn;       /* shared expert width (0: none): qwen2_moe's (gated),
+                                  * glm4_moe's and deepseek's moe_intermediate_size x
+                                  * n_shared_experts (added as is) */
+    bool shared_expert_gated;    /* qwen2_moe: sigmoid(x . shared_expert_gate) scales it */
     enum xd_router_kind router;
-    int n_group;                 /* expert groups (0: none); n_experts % n_group == 0 */
-    int topk_group;              /* groups the top-k is drawn from */
-    float routed_scaling_factor; /* the routed experts' weights are multiplied by it (1) */
+    int n_group;                 /* grouped routers: groups of experts (0 or 1: none) */
+    int topk_group;              /* grouped routers: groups kept per token */
+    float routed_scaling_factor; /* multiplies the routing weights (1 but for glm4_moe and
+                                  * deepseek) */
     bool is_moe_layer[XD_MAX_LAYERS];
     int n_moe_layers;
 
     int bos_token_id;            /* -1 when unknown */
     int eos_token_ids[XD_MAX_EOS];
     int n_eos;
+
+    /* What was ignored, for the caller to print ("" when nothing): eos ids outside the
+     * vocabulary, which transformers only warns about. */
+    char warning[512];
 };
 
 /* Parses config.json text (len bytes) into *ret. path names the file in

@@ -112,8 +112,9 @@ static int yarn(json_t *rp, const char *path, const char *where, double theta, i
     TRY(num(rp, path, where, "beta_slow", 0, -1e6, 1e6, &beta_slow, err));
     TRY(num(rp, path, where, "mscale", 0, -1e6, 1e6, &mscale, err));
     TRY(num(rp, path, where, "mscale_all_dim", 0, -1e6, 1e6, &mscale_all_dim, err));
-    bool truncate = true;
+    /* rope_parameters.get("truncate", True): absent is true, an explicit null is falsy */
     json_t *tr = json_object_get(rp, "truncate");
+    bool truncate = !tr;
     if (tr && !json_is_null(tr)) {
         if (!json_is_boolean(tr))
             return xd_err_set(err, XD_ERR_CONFIG, "%s: key '%struncate' must be true or false",

@@ -131,14 +131,23 @@ static int push_id(struct xd_tokenizer_config *c, int32_t id)
     return XD_OK;
 }
 
+/* One eos id: an integer outside the vocabulary is dropped with a warning naming the key (no
+ * token can be that id; transformers only warns), anything else but an integer is an error. */
 static int gen_eos_id(json_t *v, const struct xd_tokenizer *tok, const char *path,
                       const char *key, struct xd_tokenizer_config *c, struct xd_err *err)
 {
-    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-        json_integer_value(v) >= xd_tokenizer_vocab_size(tok))
+    if (!json_is_integer(v))
         return xd_err_set(err, XD_ERR_INVALID,
                           "%s: key '%s' must be a token id (0 to %d) or a list of them", path,
                           key, xd_tokenizer_vocab_size(tok) - 1);
+    if (json_integer_value(v) < 0 || json_integer_value(v) >= xd_tokenizer_vocab_size(tok)) {
+        size_t len = strlen(c->warning);
+        snprintf(c->warning + len, sizeof c->warning - len,
+                 "%s%s: key '%s' holds %lld, outside the vocabulary (%d); ignored",
+                 len ? "; " : "", path, key, (long long)json_integer_value(v),
+                 xd_tokenizer_vocab_size(tok));
+        return XD_OK;
+    }
     if (push_id(c, (int32_t)json_integer_value(v)) < 0)
         return xd_err_set(err, XD_ERR_NOMEM, "%s: out of memory", path);
     return XD_OK;

@@ -20,6 +20,8 @@ struct xd_tokenizer_config {
                              * plus generation_config.json's eos_token_id (int or list),
                              * deduplicated, eos_token's first; owned */
     int n_eos_token_ids;
+    char warning[512];      /* what was ignored, for the caller to print ("" when nothing): an
+                             * eos_token_id outside the vocabulary (transformers only warns) */
 };
 
 /* Reads dir/tokenizer_config.json (optional: absent gives an empty config) and

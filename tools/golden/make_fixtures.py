@@ -35,6 +35,8 @@ from transformers import (
     DeepseekV2ForCausalLM,
     DeepseekV3Config,
     DeepseekV3ForCausalLM,
+    Glm4MoeConfig,
+    Glm4MoeForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
     OlmoeConfig,
@@ -229,6 +231,37 @@ def deepseek_v3_config():
     )
 
 
+def glm4_moe_config():
+    # GLM-4.5's options, shrunk: partial rotary (half of head_dim 32), q/k norm, biases on
+    # q/k/v, a dense first layer, 16 experts in 4 groups of which 2 are kept, a shared
+    # expert, routed_scaling_factor; no MTP layer (transformers does not run it either).
+    return Glm4MoeConfig(
+        **COMMON,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,  # != hidden_size / num_attention_heads (16)
+        partial_rotary_factor=0.5,
+        vocab_size=271,
+        n_routed_experts=16,
+        num_experts_per_tok=4,
+        moe_intermediate_size=24,
+        intermediate_size=80,
+        n_shared_experts=2,
+        n_group=4,
+        topk_group=2,
+        first_k_dense_replace=1,
+        norm_topk_prob=True,
+        routed_scaling_factor=2.5,
+        use_qk_norm=True,
+        attention_bias=True,
+        tie_word_embeddings=False,
+        num_mtp_layers=0,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    )
+
+
 def with_rope(make_config, rope_parameters, **overrides):
     """A family's fixture config with another rope (the RoPE-scaling fixtures)."""
 
@@ -251,6 +284,7 @@ ARCHS = {
     "olmoe": (olmoe_config, OlmoeForCausalLM, 1004, [0, 1]),
     "deepseek_v2": (deepseek_v2_config, DeepseekV2ForCausalLM, 1005, [1, 2]),
     "deepseek_v3": (deepseek_v3_config, DeepseekV3ForCausalLM, 1006, [1, 2]),
+    "glm4_moe": (glm4_moe_config, Glm4MoeForCausalLM, 1009, [1, 2]),
     # RoPE scalings, f32 only. Qwen3-30B-A3B's model card YaRN (factor 4 over
     # original_max_position_embeddings 32768), scaled down to 12 positions so that every
     # tested position sees it; expertd's context is then 4 x 12.
@@ -262,7 +296,7 @@ ARCHS = {
         with_rope(mixtral_config, {"rope_type": "linear", "factor": 2.0}), MixtralForCausalLM, 1006, [0, 1]),
     "qwen2_moe-llama3": (
         with_rope(qwen2_moe_config, {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
         Qwen2MoeForCausalLM, 1007, [0, 2]),
     # dynamic NTK past max_position_embeddings (8): prompts of 13 tokens and 36-token greedy
     # runs; its prompt logits are computed one token per call (see DYNAMIC_INCREMENTAL)
@@ -334,7 +368,7 @@ def build_model(arch):
                 raise SystemExit(f"{arch}: parameter {name} is all zero after init")
             if name.endswith("gate.weight") and p.std() < 0.5 * INIT_RANGE:
                 raise SystemExit(f"{arch}: router {name} not randomly initialised")
-        # deepseek_v3's e_score_correction_bias is a buffer (zero after init): make it matter
+        # glm4_moe's and deepseek_v3's e_score_correction_bias is a buffer (zero after init): make it matter
         for name, b in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
                 b.copy_(BIAS_STD * torch.randn(b.shape, generator=gen))
@@ -436,7 +470,8 @@ class RouterMonitor:
         self.handles = [
             m.register_forward_hook(self.hook)
             for m in model.modules()
-            if type(m).__name__.endswith("TopKRouter")
+            if type(m).__name__.lower().endswith("topkrouter")
+            and not type(m).__name__.startswith("Deepseek")
         ] + [
             m.register_forward_hook(self.deepseek_hook)
             for m in model.modules()
@@ -446,6 +481,9 @@ class RouterMonitor:
 
     def hook(self, module, args, output):
         logits = output[0].detach().to(torch.float32)
+        if hasattr(module, "e_score_correction_bias"):
+            self.min_margin = min(self.min_margin, self.grouped_margin(module, logits))
+            return
         top = logits.topk(self.k + 1, dim=-1).values
         margin = float((top[:, self.k - 1] - top[:, self.k]).min())
         self.min_margin = min(self.min_margin, margin)
@@ -475,6 +513,21 @@ class RouterMonitor:
         gap = top[:, self.k - 1] - top[:, self.k]
         gap = torch.where(torch.isinf(top[:, self.k]), torch.full_like(gap, math.inf), gap)
         self.min_margin = min(self.min_margin, float(gap.min()))
+
+    def grouped_margin(self, module, logits):
+        """Sigmoid + bias, group-limited: the smaller of the group choice's and the expert
+        choice's k-th vs (k+1)-th gaps."""
+        choice = logits.sigmoid() + module.e_score_correction_bias.to(torch.float32)
+        g, per = module.num_group, module.num_experts // module.num_group
+        gs = choice.view(-1, g, per).topk(2, dim=-1)[0].sum(-1)
+        margin = math.inf
+        if module.topk_group < g:
+            top = gs.topk(module.topk_group + 1, dim=-1).values
+            margin = float((top[:, -2] - top[:, -1]).min())
+        keep = torch.zeros_like(gs).scatter_(1, gs.topk(module.topk_group, dim=-1)[1], 1)
+        mask = keep.unsqueeze(-1).expand(-1, g, per).reshape(-1, module.num_experts).bool()
+        top = choice.masked_fill(~mask, float("-inf")).topk(self.k + 1, dim=-1).values
+        return min(margin, float((top[:, self.k - 1] - top[:, self.k]).min()))
 
     def reset(self):
         self.min_margin = math.inf
@@ -601,7 +654,7 @@ def check_roundtrip(model, path, dtype):
     got = loaded.state_dict()
     assert set(ref) == set(got), (set(ref) ^ set(got))
     for k in ref:
-        # deepseek_v3 keeps e_score_correction_bias in f32 whatever the checkpoint's dtype
+        # glm4_moe and deepseek_v3 keep e_score_correction_bias in f32 whatever the checkpoint's dtype
         if not torch.equal(ref[k].to(got[k].dtype), got[k]):
             raise SystemExit(f"{path}: {k} differs after save/load")
 

@@ -53,6 +53,13 @@ CASES = [
      dict(head_dim=64, rope_parameters={"rope_type": "yarn", "factor": 8.0, "beta_fast": 16, "beta_slow": 2,
                                         "truncate": False, "attention_factor": 0.9,
                                         "original_max_position_embeddings": 8, "rope_theta": 5e5}), None),
+    # truncate null: rope_parameters.get("truncate", True) is None, so not truncated
+    ("yarn-truncate-null", Qwen3MoeConfig, Qwen3MoeRotaryEmbedding,
+     dict(head_dim=64, rope_parameters={"rope_type": "yarn", "factor": 4.0, "truncate": None,
+                                        "original_max_position_embeddings": 2048, "rope_theta": 1e4}), None),
+    ("yarn-truncated", Qwen3MoeConfig, Qwen3MoeRotaryEmbedding,
+     dict(head_dim=64, rope_parameters={"rope_type": "yarn", "factor": 4.0,
+                                        "original_max_position_embeddings": 2048, "rope_theta": 1e4}), None),
     ("llama3", MixtralConfig, MixtralRotaryEmbedding,
      dict(head_dim=64, rope_parameters={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 32,
