@@ -567,6 +567,10 @@ static void test_deepseek_refusals(void)
         {DSV3_BODY, "\"n_group\": 7", "n_group"},
         {DSV3_BODY, "\"n_group\": 256, \"topk_group\": 4", "n_group"},
         {DSV3_BODY, "\"topk_group\": 9", "topk_group"},
+        {DSV3_BODY, "\"quantization_config\": {\"activation_scheme\": \"dynamic\", "
+                    "\"fmt\": \"e4m3\", \"quant_method\": \"fp8\", "
+                    "\"weight_block_size\": [128, 128]}",
+         "quantization_config"}, /* DeepSeek-V3's own, as published */
         {DSV3_BODY, "\"topk_group\": null, \"n_group\": 2", "topk_group"}, /* default 4 */
         {DSV3_BODY, "\"num_experts_per_tok\": 9, \"n_group\": 64, \"topk_group\": 2",
          "num_experts_per_tok"},

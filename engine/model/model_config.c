@@ -174,6 +174,15 @@ static int parse_deepseek(json_t *root, const char *path, struct xd_model_config
 {
     const bool v3 = c->arch == XD_ARCH_DEEPSEEK_V3;
     c->mla = true;
+    /* DeepSeek publishes V3, R1 and V3.1 as FP8 with block scales (quant_method fp8) */
+    json_t *q = json_object_get(root, "quantization_config");
+    if (q && !json_is_null(q)) {
+        json_t *qm = json_is_object(q) ? json_object_get(q, "quant_method") : NULL;
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: key 'quantization_config' (quant_method %.32s) is set; expertd "
+                          "reads bf16, f16 and f32 weights only: convert the checkpoint to bf16",
+                          path, json_is_string(qm) ? json_string_value(qm) : "?");
+    }
     if (c->n_kv_heads != c->n_heads)
         return xd_err_set(err, XD_ERR_UNSUPPORTED,
                           "%s: key 'num_key_value_heads' is %d; multi-head latent attention "
