@@ -1,6 +1,6 @@
 /* xd-synth-model: writes a randomly initialised OLMoE-style or DeepSeek-V2-style checkpoint
- * (config.json + model.safetensors) for demos and benchmarks. The weights mean nothing; they are never stored
- * in the repository. */
+ * (config.json + model.safetensors) for demos and benchmarks. The weights mean nothing; they are
+ * never stored in the repository. */
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
