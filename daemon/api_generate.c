@@ -956,8 +956,11 @@ static int submit_all(struct gen_job *j, struct xd_api_error *e)
                 "this request has %d sequences (%d prompts x n=%d); the server queues at most "
                 "%d (max-waiting), so it could never be admitted: send fewer prompts or a "
                 "smaller 'n'", n, j->n_prompts, a->n, max_waiting);
+        /* what the checks above leave to the scheduler is the KV cache's fit of prompt plus
+         * completion: the completion's limit when the client set one, else the prompt */
         return error_from_status(e, rc, &err,
-                                 a->kind == XD_API_CHAT ? "max_completion_tokens" : "max_tokens");
+                                 a->max_tokens < 0 ? (a->kind == XD_API_CHAT ? "messages" : "prompt")
+                                 : a->kind == XD_API_CHAT ? "max_completion_tokens" : "max_tokens");
     }
     pthread_mutex_lock(&j->lock);
     for (int i = 0; i < n; i++) {

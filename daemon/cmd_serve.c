@@ -225,6 +225,15 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     s->max_context = mc->max_context;
     if (L->step.max_context && L->step.max_context < s->max_context)
         s->max_context = L->step.max_context;
+    /* One sequence can never hold more than the whole KV cache: advertise that as the context,
+     * so a request that cannot fit is refused as over the context, naming prompt or max_tokens,
+     * and chat's default completion length (the rest of the context) fits. */
+    if (blocks * c->engine.block_size < s->max_context) {
+        xd_log(s, XD_LOG_WARN, "the KV cache (%lld blocks of %d tokens) holds less than the "
+               "model's context (%d tokens): serving a context of %lld tokens", blocks,
+               c->engine.block_size, s->max_context, blocks * c->engine.block_size);
+        s->max_context = (int)(blocks * c->engine.block_size);
+    }
     pthread_rwlock_wrlock(&s->sched_lock);
     s->sched = sched;
     pthread_rwlock_unlock(&s->sched_lock);

@@ -552,6 +552,14 @@ static int moe(cuda_state *s, int l, int n, struct xd_err *err)
             s->route_weights[((size_t)t * L + mi) * K + j] = s->h_weights[(size_t)t * K + j];
         }
 
+    /* The ids index host arrays below: one out of range (a kernel bug) must be an error, not a
+     * write past them. */
+    for (int i = 0; i < n * K; i++)
+        if (s->h_experts[i] < 0 || s->h_experts[i] >= E)
+            return xd_err_set(err, XD_ERR_FORMAT,
+                              "layer %d: the router chose expert id %d of %d (non-finite router "
+                              "logits?)", l, s->h_experts[i], E);
+
     /* counting sort of (token, slot) pairs by expert */
     std::vector<int> start(E + 1, 0);
     for (int i = 0; i < n * K; i++)

@@ -309,6 +309,8 @@ __global__ void k_route(const float *logits, int32_t *experts, float *weights, i
     for (int i = 0; i < ROUTE_MAX_PER_LANE; i++) {
         const int e = lane + 32 * i;
         v[i] = e < E ? lg[e] : -INFINITY;
+        if (isnan(v[i])) /* a NaN never compares greater: it would leave no expert chosen */
+            v[i] = -INFINITY;
         mx = fmaxf(mx, v[i]);
     }
     for (int o = 16; o > 0; o >>= 1)

@@ -1318,6 +1318,33 @@ def grafana_dashboard_names_exported_metrics():
         assert want in named, f"the dashboard does not show {want}"
 
 
+
+@test
+def kv_cache_too_small_names_prompt_or_max_tokens():
+    """With a KV cache smaller than the model's context (4 blocks of 16 tokens), the served
+    context is the cache's 64 tokens: a request that cannot fit is a 400 over the context naming
+    max_tokens when the client set it, prompt (messages for chat) when not; chat without
+    max_tokens fits (its default is the rest of the context). It was the scheduler's refusal,
+    which named max_tokens in every case, and every chat request without max_tokens failed."""
+    small = Server("--kv-blocks", "4", "--block-size", "16")
+    try:
+        assert any("serving a context of 64 tokens" in l for l in small.log), small.log
+        expect_error(post(small.url + "/v1/completions", {"prompt": [1] * 40, "max_tokens": 30}),
+                     400, "max_tokens", "context_length_exceeded")
+        expect_error(post(small.url + "/v1/completions", {"prompt": [1] * 70}),
+                     400, "prompt", "context_length_exceeded")
+        expect_error(post(small.url + "/v1/chat/completions",
+                          {"messages": [{"role": "user", "content": "9" * 80}]}),
+                     400, "messages", "context_length_exceeded")
+        r = post(small.url + "/v1/chat/completions",
+                 {"messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200, r.text
+        r = post(small.url + "/v1/completions", {"prompt": [1] * 40, "max_tokens": 20})
+        assert r.status_code == 200, r.text
+    finally:
+        small.stop()
+
+
 t_stop = time.time()
 exit_status = S.stop()
 if time.time() - t_stop > 5:
