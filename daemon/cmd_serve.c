@@ -158,7 +158,8 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
                "responses have no text, chat is unavailable", c->engine.model);
     }
 
-    long long block_bytes = 2LL * mc->n_layers * mc->n_kv_heads * mc->head_dim *
+    /* what the backend stores per token: K and V, or MLA's latent + rotary key */
+    long long block_bytes = mc->n_layers * xd_model_config_kv_floats_per_token(mc) *
                             c->engine.block_size *
                             (strcmp(c->engine.device, "cuda") == 0 ? 2 : 4);
     long long blocks = c->engine.kv_blocks;
