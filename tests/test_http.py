@@ -1837,6 +1837,46 @@ def tool_calls_of_every_family():
             srv.stop()
 
 
+
+@test
+def demo_model_chats():
+    """The bundled demo model has a chat template (tokenizer_config.json): /tokenize of each
+    conversation equals transformers' apply_chat_template(tokenize=True) ids
+    (tests/fixtures/demo-moe/chat.json, made by tools/demo_model/make_chat_golden.py); the
+    official SDK's chat.completions.create answers, greedy chat equals a completion of the
+    rendered prompt, streamed equals whole; a role the template refuses is its 400."""
+    g = json.load(open(os.path.join(ROOT, "tests", "fixtures", "demo-moe", "chat.json")))
+    srv = Server(model=os.path.join(ROOT, "models", "demo-moe"))
+    try:
+        for case in g["cases"]:
+            r = post(srv.url + "/tokenize", {"messages": case["messages"],
+                                             "add_generation_prompt": case["add_generation_prompt"]})
+            assert r.status_code == 200, r.text
+            assert r.json()["tokens"] == case["ids"], (case["text"], r.json()["tokens"])
+        c = srv.client()
+        for case in g["cases"]:
+            if not case["add_generation_prompt"]:
+                continue
+            chat = c.chat.completions.create(model=srv.name, messages=case["messages"],
+                                             max_tokens=12, temperature=0)
+            ch = chat.choices[0]
+            assert ch.message.role == "assistant" and ch.message.content, chat
+            assert chat.usage.prompt_tokens == len(case["ids"]), chat.usage
+            comp = c.completions.create(model=srv.name, prompt=case["ids"], max_tokens=12,
+                                        temperature=0)
+            assert comp.choices[0].text == ch.message.content, (comp.choices[0].text, ch)
+            parts = c.chat.completions.create(model=srv.name, messages=case["messages"],
+                                              max_tokens=12, temperature=0, stream=True)
+            text = "".join(p.choices[0].delta.content or "" for p in parts if p.choices)
+            assert text == ch.message.content, (text, ch.message.content)
+        err = expect_error(post(srv.url + "/v1/chat/completions",
+                                {"messages": [{"role": "tool", "content": "x",
+                                               "tool_call_id": "1"}], "max_tokens": 2}),
+                           400, param="messages", code="chat_template_error")
+        assert "the demo model has no tool role" in err["message"], err
+    finally:
+        srv.stop()
+
 t_stop = time.time()
 exit_status = S.stop()
 if time.time() - t_stop > 5:
