@@ -1,14 +1,15 @@
-/* The HTTP layer: libmicrohttpd with one thread per connection, routing, API-key checks, body
- * limits, /health, /v1/models, /metrics, and the per-request log line.
+/* The HTTP layer: libmicrohttpd, event-driven (a few epoll threads), routing, API-key checks,
+ * body limits, /health, /v1/models, /metrics, and the per-request log line.
  *
- * Why thread per connection: a streaming response waits for tokens inside MHD's content-reader
- * callback, and the thread that waits there can also poll the client's socket (POLLRDHUP), so a
- * client that goes away is noticed while its request is still prefilling or waiting, not only
- * at the next write. With an internal polling thread, a reader may not return 0 (MHD would
- * busy-loop) and a suspended connection is not polled at all, so a disconnect would go unseen
- * until the next token. Threads cost a stack each; max-connections bounds them. A client that
- * half-closes its side (shutdown(SHUT_WR)) after sending a generation request counts as gone:
- * no OpenAI client does that, and telling it apart from a reset would need a write.
+ * Why event-driven: a thread per connection (what this was) capped the daemon at a few hundred
+ * connections, each stream holding a thread and its stack while it waited for tokens. Now a
+ * generation that has nothing to send is suspended in MHD (MHD_ALLOW_SUSPEND_RESUME) and
+ * resumed by the scheduler's sink, its timer or its client's hangup (conn_park.h, whose epoll
+ * thread watches the suspended sockets for EPOLLRDHUP, as MHD polls no suspended connection):
+ * thousands of streams and idle connections cost a file descriptor and MHD's buffers each, no
+ * thread. A client that half-closes its side (shutdown(SHUT_WR)) after sending a generation
+ * request counts as gone: no OpenAI client does that, and telling it apart from a reset would
+ * need a write.
  *
  * Abuse at the door (issue 20): MHD's idle timeout starts again at every byte, so a client
  * that trickles its headers would hold a thread for ever; conn_guard.h's watchdog closes a
@@ -25,9 +26,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "daemon/api_generate.h"
 #include "daemon/conn_guard.h"
+#include "daemon/conn_park.h"
 #include "daemon/http_response.h"
 #include "xd_build_config.h"
 
@@ -309,9 +312,9 @@ static struct xd_conn *guard_conn_of(struct MHD_Connection *conn)
     return ci ? ci->socket_context : NULL;
 }
 
-/* MHD_OPTION_NOTIFY_CONNECTION: registers each connection with the watchdog (on the
- * accepting thread, before the connection's own thread starts) and unregisters it after its
- * thread is joined, before MHD closes the socket. */
+/* MHD_OPTION_NOTIFY_CONNECTION: registers each connection with the watchdog (on the polling
+ * thread that accepted it, before any of its requests) and unregisters it before MHD closes
+ * the socket. */
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe)
 {
@@ -347,7 +350,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
 }
 
 /* MHD's accept policy: a client far over max-connections-per-client is closed before MHD
- * makes it a connection (no thread, no log line). */
+ * makes it a connection (no buffers, no log line). */
 static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
 {
     (void)addrlen;
@@ -446,6 +449,8 @@ static enum MHD_Result handle(struct xd_server *s, bool metrics_only,
     }
     if (r->responded)
         return MHD_YES;
+    if (r->job) /* a whole response resumed from its parking (api_generate.h) */
+        return xd_api_generate_resume(r);
     xd_conn_guard_enter(s->guard, r->guard_conn, XD_CONN_ANSWERING);
     return dispatch(r);
 }
@@ -518,9 +523,10 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     xd_log(cls, ours ? XD_LOG_DEBUG : XD_LOG_WARN, "libmicrohttpd: %s", line);
 }
 
-/* Starts one MHD daemon on host:port with handler; *ret_port gets the bound port. */
+/* Starts one MHD daemon on host:port with handler and n_threads polling threads (epoll
+ * where MHD has it, else poll); *ret_port gets the bound port. */
 static int start_daemon(struct xd_server *s, const char *what, const char *host, int port,
-                        MHD_AccessHandlerCallback handler, unsigned limit,
+                        MHD_AccessHandlerCallback handler, unsigned limit, unsigned n_threads,
                         struct MHD_Daemon **ret, unsigned short *ret_port, struct xd_err *err)
 {
     char port_s[16];
@@ -532,8 +538,10 @@ static int start_daemon(struct xd_server *s, const char *what, const char *host,
     if (rc != 0)
         return xd_err_set(err, XD_ERR_CONFIG, "option '--%s': cannot resolve '%s': %s", what,
                           host, gai_strerror(rc));
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                     MHD_USE_POLL | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG |
+                     (MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES ? MHD_USE_EPOLL
+                                                                           : MHD_USE_POLL);
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     /* MHD's idle timeout; generation requests lift it while they run (request-timeout rules);
@@ -549,6 +557,7 @@ static int start_daemon(struct xd_server *s, const char *what, const char *host,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
         MHD_OPTION_URI_LOG_CALLBACK, on_request_line, s,
         MHD_OPTION_THREAD_STACK_SIZE, (size_t)(2 << 20),
+        n_threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, n_threads,
         MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!d)
@@ -558,6 +567,14 @@ static int start_daemon(struct xd_server *s, const char *what, const char *host,
     *ret_port = info ? info->port : (unsigned short)port;
     *ret = d;
     return XD_OK;
+}
+
+/* Polling threads of the main listener: one per CPU, 2 to 4. Each runs its own epoll set;
+ * a generation costs its thread only while it formats and sends bytes. */
+static unsigned http_threads(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 2 ? 2u : n > 4 ? 4u : (unsigned)n;
 }
 
 int xd_http_start(struct xd_server *s, struct xd_err *err)
@@ -573,8 +590,14 @@ int xd_http_start(struct xd_server *s, struct xd_err *err)
         .max_over_cap = MAX_OVER_CAP,
     };
     XD_TRY(xd_conn_guard_create(&go, &s->guard, err));
-    int rc = start_daemon(s, "host", c->host, c->port, on_request, (unsigned)c->max_connections,
-                          &s->mhd, &s->port, err);
+    int rc = xd_conn_park_create(&s->park, err);
+    if (rc < 0) {
+        xd_conn_guard_destroy(s->guard);
+        s->guard = NULL;
+        return rc;
+    }
+    rc = start_daemon(s, "host", c->host, c->port, on_request, (unsigned)c->max_connections,
+                      http_threads(), &s->mhd, &s->port, err);
     if (rc == XD_OK && c->metrics_listen) {
         /* HOST:PORT, the host possibly in brackets ([::1]:9100); validated by the config */
         char host[256];
@@ -587,7 +610,7 @@ int xd_http_start(struct xd_server *s, struct xd_err *err)
         }
         snprintf(host, sizeof host, "%.*s", (int)n, h);
         rc = start_daemon(s, "metrics-listen", host, atoi(colon + 1), on_metrics_request, 16,
-                          &s->mhd_metrics, &s->metrics_port, err);
+                          1, &s->mhd_metrics, &s->metrics_port, err);
     }
     if (rc < 0)
         xd_http_stop(s);
@@ -596,12 +619,18 @@ int xd_http_start(struct xd_server *s, struct xd_err *err)
 
 void xd_http_stop(struct xd_server *s)
 {
+    /* MHD aborts the process when stopped with a connection suspended: resume every parked
+     * one first (each then ends: its request is cancelled) and park no more */
+    if (s->park)
+        xd_conn_park_close(s->park);
     if (s->mhd_metrics)
         MHD_stop_daemon(s->mhd_metrics);
     s->mhd_metrics = NULL;
     if (s->mhd)
         MHD_stop_daemon(s->mhd);
     s->mhd = NULL;
-    xd_conn_guard_destroy(s->guard); /* after every connection thread is joined */
+    xd_conn_park_destroy(s->park); /* every connection removed itself on completion */
+    s->park = NULL;
+    xd_conn_guard_destroy(s->guard); /* after every connection is closed */
     s->guard = NULL;
 }
