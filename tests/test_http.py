@@ -1318,6 +1318,219 @@ def grafana_dashboard_names_exported_metrics():
         assert want in named, f"the dashboard does not show {want}"
 
 
+# --- issue 20: thousands of connections on a few polling threads --------------------------
+
+def raise_nofile():
+    """The soft open-files limit up to the hard one (the tests hold a socket per stream)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def daemon_threads(s):
+    return len(os.listdir(f"/proc/{s.proc.pid}/task"))
+
+
+def stream_request(prompt, max_tokens):
+    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "stream": True,
+                       "temperature": 0, "ignore_eos": True})
+    return (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+
+
+def dechunk(body):
+    """The payload of a chunked HTTP body (as far as it is complete)."""
+    out, i = b"", 0
+    while True:
+        j = body.find(b"\r\n", i)
+        if j < 0:
+            return out
+        size = int(body[i:j].split(b";")[0] or b"0", 16)
+        if size == 0:
+            return out
+        out += body[j + 2:j + 2 + size]
+        i = j + 2 + size + 2
+
+
+def sse_text(raw):
+    """(status, text of the stream's chunks, whether it ended with [DONE]) of one raw chunked
+    SSE response."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else None
+    datas = re.findall(rb"data: (.*?)\n\n", dechunk(body))
+    done = bool(datas) and datas[-1] == b"[DONE]"
+    events = [json.loads(d) for d in datas if d != b"[DONE]"]
+    text = "".join(e["choices"][0]["text"] for e in events if e.get("choices"))
+    return status, text, done
+
+
+def many_streams(port, reqs, until, timeout, src=None):
+    """Opens one connection per request in reqs (from source address src), sends each, and
+    reads them all on one selector until until(raw bytes so far) holds for every one or
+    timeout seconds pass; returns (the sockets, still open, and each one's bytes)."""
+    import selectors
+    sel = selectors.DefaultSelector()
+    socks, got = [], [b""] * len(reqs)
+    for i, r in enumerate(reqs):
+        sk = socket.create_connection(("127.0.0.1", port), timeout=30,
+                                      source_address=(src, 0) if src else None)
+        sk.sendall(r)
+        sk.setblocking(False)
+        sel.register(sk, selectors.EVENT_READ, i)
+        socks.append(sk)
+    left = set(range(len(reqs)))
+    deadline = time.time() + timeout
+    while left and time.time() < deadline:
+        for key, _ in sel.select(1.0):
+            i = key.data
+            try:
+                b = key.fileobj.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except ConnectionResetError:
+                b = b""
+            if b:
+                got[i] += b
+            if not b or until(got[i]):
+                sel.unregister(key.fileobj)
+                left.discard(i)
+    sel.close()
+    return socks, got
+
+
+@test
+def thousand_concurrent_streams_complete_on_a_few_threads():
+    """1,000 streaming requests at once from one client, all held open: every one is a 200
+    that ends with [DONE] and the text it gets alone (no stream gets another's tokens), the
+    server holds the 1,000 connections at once, and it does so on a few polling threads (with
+    a thread per connection it held 256: 745 of the 1,000 got an empty reply)."""
+    n, prompts, max_tokens = 1000, [f"crowd {k}" for k in range(8)], 8
+    assert raise_nofile() >= n + 200, "the open-files hard limit is too low for this test"
+    s = Server("--max-connections-per-client", "0", "--max-waiting", "2048",
+               "--max-running", "64")
+    socks = []
+    try:
+        c = s.client()
+        solo = [c.completions.create(model=s.name, prompt=p, max_tokens=max_tokens,
+                                     **GREEDY).choices[0].text for p in prompts]
+        threads_idle = daemon_threads(s)
+        reqs = [stream_request(prompts[i % len(prompts)], max_tokens) for i in range(n)]
+        socks, got = many_streams(s.port, reqs, lambda b: b.endswith(b"\r\n0\r\n\r\n"), 180)
+        # every connection still held by the client: the server has them all open at once
+        m = poll_metrics(s, lambda m: metric(m, "expertd_connections_open") >= n + 1, 30,
+                         f"the {n} connections not open at once")
+        threads = daemon_threads(s)
+        bad = []
+        for i, raw in enumerate(got):
+            st, text, done = sse_text(raw)
+            if (st, text, done) != (200, solo[i % len(prompts)], True):
+                bad.append((i, st, done, text, raw[:200]))
+        assert not bad, (len(bad), bad[:3])
+        # the streams ran on MHD's few polling threads (2-4), not one each
+        assert threads <= threads_idle + 4, (threads_idle, threads)
+        assert metric(m, "expertd_requests_total", endpoint="/v1/completions",
+                      status="200") >= n, m
+    finally:
+        for sk in socks:
+            sk.close()
+        assert s.stop() == 0
+
+
+@test
+def six_hundred_slow_sockets_do_not_stop_requests_or_health():
+    """600 sockets trickling their headers a byte every half second (from six addresses, each
+    under max-connections-per-client) are held on the polling threads without stopping
+    anything: /health answers every poll and a whole and a streamed completion are served
+    while they hang on (with a thread per connection, every request and poll failed)."""
+    n = 600
+    assert raise_nofile() >= n + 200, "the open-files hard limit is too low for this test"
+    s = Server("--header-timeout", "60")
+    slow = []
+    try:
+        for i in range(n):
+            sk = socket.create_connection(("127.0.0.1", s.port), timeout=30,
+                                          source_address=(f"127.0.0.{2 + i % 6}", 0))
+            slow.append(sk)
+        line = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000
+        c = s.client()
+        health, served = [], 0
+        t0, k = time.time(), 0
+        while time.time() - t0 < 6:
+            for sk in slow:
+                sk.send(line[k:k + 1])
+            k += 1
+            health.append(requests.get(s.url + "/health", timeout=10).status_code)
+            if k % 4 == 0:
+                assert c.completions.create(model=s.name, prompt="x", max_tokens=3,
+                                            **GREEDY).usage.completion_tokens == 3
+                chunks = list(c.completions.create(model=s.name, prompt="y", max_tokens=3,
+                                                   stream=True, **GREEDY))
+                assert chunks[-1].choices[0].finish_reason == "length", chunks[-1]
+                served += 1
+            time.sleep(0.5)
+        assert set(health) == {200} and len(health) >= 8, health
+        assert served >= 2, served
+        # the trickling sockets were all held open meanwhile, none cut
+        m = s.metrics()
+        assert metric(m, "expertd_connections_open") >= n, metric(m, "expertd_connections_open")
+        assert metric(m, "expertd_connections_closed_total", reason="header_timeout") == 0, m
+    finally:
+        for sk in slow:
+            sk.close()
+        assert s.stop() == 0
+
+
+@test
+def streams_and_whole_responses_whose_clients_leave_are_cancelled():
+    """200 generations at once, half streamed, half whole responses, each of whose clients
+    closes its socket while it runs: every sequence is cancelled promptly (nothing running or
+    waiting, the KV cache empty, far fewer tokens than asked for) and each disconnect is
+    counted. A whole response's connection is parked (suspended in MHD) with nothing to write,
+    so only the park's hangup watcher sees its client go."""
+    n, max_tokens = 200, 4000
+    assert raise_nofile() >= n + 200, "the open-files hard limit is too low for this test"
+    s = Server("--max-connections-per-client", "0", "--max-running", "256",
+               "--kv-blocks", "8192")
+    socks = []
+    try:
+        before = s.metrics()
+        whole = []
+        for i in range(n // 2):
+            body = json.dumps({"prompt": f"whole {i}", "max_tokens": max_tokens,
+                               "ignore_eos": True})
+            sk = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+            sk.sendall((f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                        f"{len(body)}\r\n\r\n{body}").encode())
+            whole.append(sk)
+        reqs = [stream_request(f"leave {i}", max_tokens) for i in range(n // 2)]
+        socks, got = many_streams(s.port, reqs, lambda b: b.count(b"data: ") >= 1, 120)
+        socks += whole
+        assert all(g.count(b"data: ") >= 1 for g in got), sum(1 for g in got if b"data: " in g)
+        poll_metrics(s, lambda m: metric(m, "expertd_requests_running") == n, 60,
+                     f"the {n} requests not all running")
+        for sk in socks:
+            sk.close()
+        socks = []
+        m = poll_metrics(s, lambda m: metric(m, "expertd_requests_running") == 0 and
+                         metric(m, "expertd_requests_waiting") == 0 and
+                         metric(m, "expertd_kv_cache_blocks_used") == 0, 30,
+                         "sequences still running after their clients left")
+        gen = metric(m, "expertd_generation_tokens_total") - \
+            metric(before, "expertd_generation_tokens_total")
+        assert gen < n * max_tokens / 4, gen
+        poll_metrics(s, lambda m: metric(m, "expertd_client_disconnects_total") -
+                     metric(before, "expertd_client_disconnects_total") == n, 30,
+                     f"not all {n} disconnects counted")
+        # and the server goes on serving
+        assert s.client().completions.create(model=s.name, prompt="x", max_tokens=2).usage
+    finally:
+        for sk in socks:
+            sk.close()
+        assert s.stop() == 0
+
+
 t_stop = time.time()
 exit_status = S.stop()
 if time.time() - t_stop > 5:
