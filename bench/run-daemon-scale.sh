@@ -49,7 +49,15 @@ done
 lg=(bench/loadgen.py --base-url "http://127.0.0.1:$port/v1" --model scale-tiny --output-tokens 16
     --ignore-eos --source-addresses 100 --server-pid "$pid")
 echo "A: $streams streams + $slow slow sockets" >&2
-$py "${lg[@]}" --streams "$streams" --slow-sockets "$slow" --out "$run/streams.json" || true
+$py "${lg[@]}" --streams "$streams" --slow-sockets "$slow" --out "$run/streams.json" &
+lgpid=$!
+sleep 2  # the slow sockets open, the streams start
+for _ in $(seq 1 10); do
+  curl -s -o /dev/null -m 10 -w '%{http_code} %{time_total}\n' "http://127.0.0.1:$port/health"
+  sleep 0.3
+done >"$run/health-while-streaming.txt"
+wait $lgpid || true
+echo "/health while streaming (status, seconds):" $(cat "$run/health-while-streaming.txt") >&2
 echo "B: $hold held connections + 100 streams" >&2
 $py "${lg[@]}" --streams 100 --hold-connections "$hold" --hold-seconds 8 --out "$run/hold.json" &
 lgpid=$!
@@ -60,7 +68,7 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 for _ in $(seq 1 10); do
-  curl -s -o /dev/null -w '%{http_code} %{time_total}\n' "http://127.0.0.1:$port/health"
+  curl -s -o /dev/null -m 10 -w '%{http_code} %{time_total}\n' "http://127.0.0.1:$port/health"
   sleep 0.2
 done >"$run/health-while-held.txt"
 wait $lgpid || true
