@@ -357,7 +357,7 @@ def summarize(args, records, wall):
 # ---- scale: raw sockets -------------------------------------------------------------------
 
 def proc_sample(pid):
-    """(RSS MiB, threads, open fds) of process pid, or None."""
+    """(RSS MiB, threads, open fds, CPU seconds used) of process pid, or None."""
     try:
         rss = threads = None
         with open(f"/proc/{pid}/status") as f:
@@ -366,7 +366,10 @@ def proc_sample(pid):
                     rss = int(line.split()[1]) / 1024.0
                 elif line.startswith("Threads:"):
                     threads = int(line.split()[1])
-        return rss, threads, len(os.listdir(f"/proc/{pid}/fd"))
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return rss, threads, len(os.listdir(f"/proc/{pid}/fd")), cpu
     except OSError:
         return None
 
@@ -515,12 +518,14 @@ async def run_scale(args):
             await asyncio.sleep(0.5)
 
     t_start = time.perf_counter()
+    cpu0 = proc_sample(args.server_pid) if args.server_pid else None
     bg = [asyncio.create_task(sampler()), asyncio.create_task(health_poller())]
     held, hold_failed = [], []
     for i in range(0, args.hold_connections, 500):
         await asyncio.gather(*(hold_one(conns, held, hold_failed)
                                for _ in range(min(500, args.hold_connections - i))))
     t_held = time.perf_counter() - t_start
+    cpu_held = proc_sample(args.server_pid) if args.server_pid else None
     slow_stats = {"connect_failed": 0, "cut": 0, "open_at_end": 0}
     slow_stop = asyncio.Event()
     slow = [asyncio.create_task(slow_one(conns, slow_stop, slow_stats))
@@ -568,6 +573,10 @@ async def run_scale(args):
     if peak:
         summary["server_at_end"] = {"rss_mib": round(peak[0], 1), "threads": peak[1],
                                     "fds": peak[2]}
+    if peak and cpu0:
+        summary["server_cpu_s"] = round(peak[3] - cpu0[3], 2)
+        if args.hold_connections:
+            summary["server_cpu_s_opening_held"] = round(cpu_held[3] - cpu0[3], 2)
     result = {"tool": "expertd bench/loadgen.py", "config": config, "summary": summary}
     if args.per_request:
         result["samples"] = samples

@@ -730,14 +730,14 @@ def stalled_stream_reader_is_cancelled():
                         f"{len(body)}\r\n\r\n{body}").encode())
             t0 = time.time()
             while metric(s.metrics(), name) < 1:  # never reading the socket
-                assert time.time() - t0 < 120, "a stalled stream was never cancelled"
+                assert time.time() - t0 < 300, "a stalled stream was never cancelled"
                 time.sleep(0.05)
             while True:
                 m = s.metrics()
                 if metric(m, "expertd_requests_running") == 0 and \
                         metric(m, "expertd_requests_waiting") == 0:
                     break
-                assert time.time() - t0 < 120, m
+                assert time.time() - t0 < 300, m
                 time.sleep(0.05)
             gen = metric(m, "expertd_generation_tokens_total")
             assert gen < n * max_tokens / 2, gen
