@@ -4,9 +4,10 @@
  * Cutting is shutdown(SHUT_RDWR) on the connection's socket, done under the lock: the HTTP
  * layer unregisters a connection (xd_conn_guard_close, from MHD's connection-closed
  * notification) before MHD closes its socket, so the descriptor the watchdog shuts down is
- * never a reused one. The connection's own thread then reads end-of-file and MHD closes it.
- * The per-client count is a scan of the list: connections are bounded by max-connections (a
- * thread each), and the scan runs once per accepted connection. */
+ * never a reused one. MHD's epoll then reports end-of-file and MHD closes it (a parked
+ * connection's hangup is seen by the park's watcher, conn_park.h).
+ * The per-client count is a scan of the list: connections are bounded by max-connections, and
+ * the scan runs once per accepted connection. */
 #include "daemon/conn_guard.h"
 
 #include <netinet/in.h>
@@ -140,7 +141,7 @@ static void *watchdog(void *arg)
             }
             if (now >= c->deadline) {
                 c->cut = cut_reason(c);
-                shutdown(c->fd, SHUT_RDWR); /* the connection's thread reads EOF */
+                shutdown(c->fd, SHUT_RDWR); /* MHD reads EOF and closes it */
             } else if (c->deadline < next) {
                 next = c->deadline;
             }

@@ -1,5 +1,5 @@
 /* Deadlines a trickle cannot extend, and a per-client connection cap, for the HTTP layer's
- * thread-per-connection server: every connection is registered with the phase it is in, and
+ * libmicrohttpd server: every connection is registered with the phase it is in, and
  * a watchdog thread shuts down the socket of one that stays in a phase past its deadline
  * (MHD's own idle timeout starts again at every byte, so it cannot do this). */
 #ifndef XD_CONN_GUARD_H

@@ -224,7 +224,7 @@ static enum MHD_Result dispatch(struct xd_http_req *r)
                         st == XD_SERVER_LOADING ? "model_loading" : "server_draining",
                         st == XD_SERVER_LOADING ? "the model is still loading"
                                                 : "the server is shutting down");
-    /* A generation holds its connection's thread until it ends: past max-connections less a
+    /* A generation holds its connection until it ends: past max-connections less a
      * reserve, new ones are refused, so /health and /metrics (and a 503 that says why) still
      * find a connection when every slot would otherwise be a stream. */
     int max_gen = s->cfg->max_connections - generation_reserve(s->cfg->max_connections);

@@ -1111,7 +1111,7 @@ def metrics_on_their_own_listener():
 
 @test
 def generations_leave_connections_for_health():
-    """A generation holds its connection's thread: past max-connections less a reserve
+    """A generation holds its connection: past max-connections less a reserve
     (min(16, a quarter)), new ones are 503 server_busy with Retry-After, so /health and
     /metrics are still answered while streams take every other connection (before, the
     streams took them all and /health got no connection)."""
