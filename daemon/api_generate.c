@@ -60,7 +60,13 @@ struct gen_event {
                           not be copied (out of memory): the choice's answer is incomplete */
     int n_prompt, n_cached, n_gen;
     double queue_seconds;
+    double t;          /* when the sink got it (xd_now()): TTFT and inter-token latency are
+                          the scheduler's, not the time a parked connection woke to it */
 };
+
+/* A whole response's connection is woken once this many bytes of token events wait (and at
+ * every choice's finish). */
+#define WHOLE_BATCH_BYTES (64 * 1024)
 
 /* What a choice that failed says (the 500's message, a stream's error event). */
 #define OOM_MESSAGE "out of memory: the response could not be completed"
@@ -197,6 +203,7 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
     if (e) {
         e->choice = (int)(c - j->choices);
         e->kind = ev->kind;
+        e->t = xd_now();
         if (ev->text_len) {
             e->text = job_calloc(XD_FAULT_EVENT, 1, ev->text_len);
             if (e->text) {
@@ -246,7 +253,13 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
     if (ev->kind == XD_EVENT_FINISH)
         c->sched_finished = true;
     size_t queued = j->queued_bytes + j->out_unsent;
-    if (j->wait) /* under the job's lock: the entry is not removed meanwhile */
+    /* A stream wakes for every event (its bytes go out at once); a whole response only for
+     * what ends a choice or for every WHOLE_BATCH_BYTES of queued events (so their memory
+     * stays bounded): a 256-sequence request woke its connection for each of its tokens,
+     * which cost MHD's few polling threads more than the answer itself. Under the job's lock:
+     * the entry is not removed meanwhile. */
+    if (j->wait && (j->api.stream || ev->kind != XD_EVENT_TOKEN || lost || overflow_now ||
+                    j->queued_bytes >= WHOLE_BATCH_BYTES))
         xd_conn_park_kick(j->srv->park, j->wait);
     pthread_mutex_unlock(&j->lock);
     if (overflow_now) {
@@ -536,7 +549,7 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
     struct choice *c = &j->choices[e->choice];
     struct xd_server *s = j->srv;
     bool stream = j->api.stream;
-    double now = xd_now();
+    double now = e->t;
     if (c->finished)
         return;
     if (stream && j->overflowed) {
