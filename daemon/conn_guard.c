@@ -24,7 +24,8 @@ struct xd_conn {
     int fd;
     int family;                /* AF_INET or AF_INET6 (IPv4-mapped ones as AF_INET) */
     unsigned char addr[16];    /* the address without the port; 4 bytes for AF_INET */
-    bool over_cap;             /* over the per-client cap when last looked at */
+    bool over_cap;             /* over the per-client cap or max_total when last looked at */
+    bool over_total;           /* of which: over max_total */
     enum xd_conn_phase phase;
     double t_phase;            /* when the phase began, monotonic seconds */
     double deadline;           /* monotonic seconds; 0: none */
@@ -70,17 +71,25 @@ static bool same_client(const struct xd_conn *a, const struct xd_conn *b)
            memcmp(a->addr, b->addr, a->family == AF_INET ? 4 : 16) == 0;
 }
 
-/* Whether c is over the per-client cap: max_per_client older connections from its address
- * are live (the list is newest first; ones already cut are on their way out). Connections
- * only ever leave the older side, so this only turns from true to false. Under g->lock. */
-static bool over_cap_now(const struct xd_conn_guard *g, const struct xd_conn *c)
+/* Whether c is over the per-client cap (max_per_client older connections from its address
+ * are live; the list is newest first; ones already cut are on their way out) or over
+ * max_total (that many older ones live in all); sets c->over_cap and c->over_total.
+ * Connections only ever leave the older side, so this only turns from true to false. Under
+ * g->lock. */
+static bool over_cap_now(const struct xd_conn_guard *g, struct xd_conn *c)
 {
-    if (g->opts.max_per_client <= 0 || c->family == AF_UNSPEC)
-        return false;
-    int older = 0;
-    for (const struct xd_conn *o = c->next; o; o = o->next)
-        older += o->cut == XD_CONN_CUT_NONE && same_client(o, c);
-    return older >= g->opts.max_per_client;
+    bool per_client = g->opts.max_per_client > 0 && c->family != AF_UNSPEC;
+    bool total = g->opts.max_total > 0;
+    int older = 0, older_all = 0;
+    for (const struct xd_conn *o = (per_client || total) ? c->next : NULL; o; o = o->next) {
+        if (o->cut != XD_CONN_CUT_NONE)
+            continue;
+        older_all++;
+        older += per_client && same_client(o, c);
+    }
+    c->over_total = total && older_all >= g->opts.max_total;
+    c->over_cap = (per_client && older >= g->opts.max_per_client) || c->over_total;
+    return c->over_cap;
 }
 
 static double timeout_of(const struct xd_conn_guard *g, const struct xd_conn *c)
@@ -102,7 +111,9 @@ static enum xd_conn_cut cut_reason(const struct xd_conn *c)
 {
     switch (c->phase) {
     case XD_CONN_HEADERS:
-        return c->over_cap ? XD_CONN_CUT_OVER_CAP : XD_CONN_CUT_HEADERS;
+        return !c->over_cap     ? XD_CONN_CUT_HEADERS
+               : c->over_total ? XD_CONN_CUT_OVER_TOTAL
+                               : XD_CONN_CUT_OVER_CAP;
     case XD_CONN_BODY:
         return XD_CONN_CUT_BODY;
     case XD_CONN_IDLE:
@@ -136,7 +147,6 @@ static void *watchdog(void *arg)
             if (now >= c->deadline && c->over_cap && c->phase == XD_CONN_HEADERS &&
                 !over_cap_now(g, c)) {
                 /* older ones left during its grace: it has the header timeout after all */
-                c->over_cap = false;
                 c->deadline = c->t_phase + g->opts.header_timeout;
             }
             if (now >= c->deadline) {
@@ -209,18 +219,23 @@ void xd_conn_guard_destroy(struct xd_conn_guard *g)
 
 bool xd_conn_guard_admit(struct xd_conn_guard *g, const struct sockaddr *addr)
 {
-    if (g->opts.max_per_client <= 0)
-        return true;
     struct xd_conn probe;
     set_addr(&probe, addr);
-    if (probe.family == AF_UNSPEC)
+    bool per_client = g->opts.max_per_client > 0 && probe.family != AF_UNSPEC;
+    bool total = g->opts.max_total > 0;
+    if (!per_client && !total)
         return true;
-    int live = 0;
+    int live = 0, live_all = 0;
     pthread_mutex_lock(&g->lock);
-    for (const struct xd_conn *o = g->head; o; o = o->next)
-        live += o->cut == XD_CONN_CUT_NONE && same_client(o, &probe);
+    for (const struct xd_conn *o = g->head; o; o = o->next) {
+        if (o->cut != XD_CONN_CUT_NONE)
+            continue;
+        live_all++;
+        live += per_client && same_client(o, &probe);
+    }
     pthread_mutex_unlock(&g->lock);
-    return live < g->opts.max_per_client + g->opts.max_over_cap;
+    return (!per_client || live < g->opts.max_per_client + g->opts.max_over_cap) &&
+           (!total || live_all < g->opts.max_total + g->opts.max_over_total);
 }
 
 struct xd_conn *xd_conn_guard_open(struct xd_conn_guard *g, int fd, const struct sockaddr *addr)
@@ -237,7 +252,7 @@ struct xd_conn *xd_conn_guard_open(struct xd_conn_guard *g, int fd, const struct
     if (g->head)
         g->head->prev = c;
     g->head = c;
-    c->over_cap = over_cap_now(g, c);
+    over_cap_now(g, c);
     g->n++;
     arm(g, c);
     pthread_mutex_unlock(&g->lock);
@@ -284,15 +299,17 @@ void xd_conn_guard_set_idle_timeout(struct xd_conn_guard *g, struct xd_conn *c, 
     pthread_mutex_unlock(&g->lock);
 }
 
-bool xd_conn_guard_over_cap(struct xd_conn_guard *g, struct xd_conn *c)
+bool xd_conn_guard_over_cap(struct xd_conn_guard *g, struct xd_conn *c, bool *ret_total)
 {
     if (!c)
         return false;
     pthread_mutex_lock(&g->lock);
     if (c->over_cap)
-        c->over_cap = over_cap_now(g, c); /* older ones may have left since */
-    bool over = c->over_cap;
+        over_cap_now(g, c); /* older ones may have left since */
+    bool over = c->over_cap, total = c->over_total;
     pthread_mutex_unlock(&g->lock);
+    if (ret_total)
+        *ret_total = total;
     return over;
 }
 

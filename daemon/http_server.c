@@ -130,6 +130,9 @@ static enum MHD_Result metrics(struct xd_http_req *r)
 /* Connections from one address beyond max-connections-per-client given 1 s to send a request
  * (answered 503); more are closed at accept. */
 #define MAX_OVER_CAP 8
+/* Connections beyond max-connections given the same (answered 503 server_busy instead of
+ * closed unanswered); more are closed at accept. */
+#define MAX_OVER_TOTAL 64
 
 /* The endpoints and the methods each answers (HEAD as GET: MHD sends the head only). */
 static const struct route {
@@ -336,12 +339,14 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         [XD_CONN_CUT_BODY] = XD_CLOSED_BODY_TIMEOUT,
         [XD_CONN_CUT_IDLE] = XD_CLOSED_IDLE_TIMEOUT,
         [XD_CONN_CUT_OVER_CAP] = XD_CLOSED_PER_CLIENT,
+        [XD_CONN_CUT_OVER_TOTAL] = XD_CLOSED_MAX_CONNECTIONS,
     };
     static const char *const said[] = {
         [XD_CONN_CUT_HEADERS] = "request headers not complete within header-timeout",
         [XD_CONN_CUT_BODY] = "request body not complete within body-timeout",
         [XD_CONN_CUT_IDLE] = "no request within the idle timeout",
         [XD_CONN_CUT_OVER_CAP] = "over max-connections-per-client, and no request within 1 s",
+        [XD_CONN_CUT_OVER_TOTAL] = "over max-connections, and no request within 1 s",
     };
     if (cut != XD_CONN_CUT_NONE) {
         xd_metrics_connection_closed(s->metrics, why[cut]);
@@ -349,15 +354,17 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     }
 }
 
-/* MHD's accept policy: a client far over max-connections-per-client is closed before MHD
- * makes it a connection (no buffers, no log line). */
+/* MHD's accept policy: a client far over max-connections-per-client, or a connection far over
+ * max-connections, is closed before MHD makes it a connection (no buffers, no log line). */
 static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
 {
     (void)addrlen;
     struct xd_server *s = cls;
     if (xd_conn_guard_admit(s->guard, addr))
         return MHD_YES;
-    xd_metrics_connection_closed(s->metrics, XD_CLOSED_PER_CLIENT);
+    bool full = xd_conn_guard_count(s->guard) >= s->cfg->max_connections + MAX_OVER_TOTAL;
+    xd_metrics_connection_closed(s->metrics, full ? XD_CLOSED_MAX_CONNECTIONS
+                                                  : XD_CLOSED_PER_CLIENT);
     return MHD_NO;
 }
 
@@ -399,13 +406,19 @@ static enum MHD_Result handle(struct xd_server *s, bool metrics_only,
          * connection (we also say Connection: close). A wrong API key therefore costs the
          * server no body buffering; dispatch() checks the key before the body limit, so a
          * wrong key with an oversized body is 401, not 413. */
-        bool over_cap = xd_conn_guard_over_cap(s->guard, r->guard_conn);
+        bool over_total = false;
+        bool over_cap = xd_conn_guard_over_cap(s->guard, r->guard_conn, &over_total);
         r->close_after = over_cap;
         bool cheap = strcmp(r->endpoint, "/health") == 0 || strcmp(r->endpoint, "/metrics") == 0;
         if (over_cap && !cheap) { /* /health and /metrics are answered (then closed) */
             r->answered_early = true;
             xd_conn_guard_enter(s->guard, r->guard_conn, XD_CONN_ANSWERING);
             char msg[160];
+            if (over_total) {
+                snprintf(msg, sizeof msg, "the server holds max-connections = %d connections; "
+                         "retry later", s->cfg->max_connections);
+                return send_err(r, 503, "service_unavailable_error", "server_busy", msg);
+            }
             snprintf(msg, sizeof msg, "too many connections from this address (the limit is "
                      "max-connections-per-client = %d); retry later",
                      s->cfg->max_connections_per_client);
@@ -595,6 +608,8 @@ int xd_http_start(struct xd_server *s, struct xd_err *err)
         .over_cap_grace = header_timeout < 1.0 ? header_timeout : 1.0,
         .max_per_client = c->max_connections_per_client,
         .max_over_cap = MAX_OVER_CAP,
+        .max_total = c->max_connections,
+        .max_over_total = MAX_OVER_TOTAL,
     };
     XD_TRY(xd_conn_guard_create(&go, &s->guard, err));
     int rc = xd_conn_park_create(&s->park, err);
@@ -603,8 +618,9 @@ int xd_http_start(struct xd_server *s, struct xd_err *err)
         s->guard = NULL;
         return rc;
     }
-    rc = start_daemon(s, "host", c->host, c->port, on_request, (unsigned)c->max_connections,
-                      http_threads(), &s->mhd, &s->port, err);
+    rc = start_daemon(s, "host", c->host, c->port, on_request,
+                      (unsigned)(c->max_connections + MAX_OVER_TOTAL), http_threads(), &s->mhd,
+                      &s->port, err);
     if (rc == XD_OK && c->metrics_listen) {
         /* HOST:PORT, the host possibly in brackets ([::1]:9100); validated by the config */
         char host[256];

@@ -1095,17 +1095,14 @@ def metrics_on_their_own_listener():
         expect_error(requests.get(s.url + "/metrics"), 404)
         assert requests.get(s.url + "/health").status_code == 200
         assert s.client().completions.create(model=s.name, prompt="x", max_tokens=2).usage
-        # the main listener full (headers never finished): metrics still answer
+        # the main listener full (headers never finished): a new request there is a JSON 503,
+        # and the metrics listener still answers
         held = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(4)]
         for sk in held:
             sk.sendall(b"GET /health HTTP/1.1\r\n")
         time.sleep(0.3)
-        try:
-            requests.get(s.url + "/health", timeout=2)
-            main_full = False
-        except requests.exceptions.RequestException:
-            main_full = True
-        assert main_full, "the main listener still had room"
+        expect_raw_error(raw_request(s.port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n", 5),
+                         503, "server_busy")
         assert requests.get(mu + "/health", timeout=5).status_code == 200
         assert requests.get(mu + "/metrics", timeout=5).status_code == 200
         for sk in held:
@@ -1532,6 +1529,39 @@ def streams_and_whole_responses_whose_clients_leave_are_cancelled():
         assert s.client().completions.create(model=s.name, prompt="x", max_tokens=2).usage
     finally:
         for sk in socks:
+            sk.close()
+        assert s.stop() == 0
+
+
+@test
+def connections_over_max_connections_are_503_not_closed():
+    """With max-connections 8 held (kept alive after one answer each), a ninth connection's
+    request is a JSON 503 server_busy with Retry-After and Connection: close (before, MHD closed
+    it unanswered); /health there is answered; once two held ones leave, requests are served."""
+    s = Server("--max-connections", "8", "--max-connections-per-client", "0")
+    held = []
+    try:
+        for _ in range(8):
+            sk = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            sk.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_head(sk, 10).startswith("HTTP/1.1 200"), "a held one not answered"
+            held.append(sk)
+        h, err = expect_raw_error(raw_request(s.port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n"
+                                              b"\r\n", 5), 503, "server_busy")
+        assert h.get("retry-after") and h.get("connection", "").lower() == "close", h
+        assert "max-connections" in err["message"], err
+        st, h, _, _ = raw_request(s.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 5)
+        assert st == 200 and h.get("connection", "").lower() == "close", (st, h)
+        for sk in held[:2]:
+            sk.close()
+        def served():  # once the server has seen them go
+            try:
+                return requests.get(s.url + "/v1/models", timeout=5).status_code == 200
+            except requests.exceptions.ConnectionError:
+                return False
+        poll(served, 10, "no request served after two held connections left")
+    finally:
+        for sk in held:
             sk.close()
         assert s.stop() == 0
 
