@@ -21,4 +21,18 @@ enum MHD_Result xd_api_generate_resume(struct xd_http_req *r);
  * releases the request's share of the job. */
 void xd_api_generate_done(struct xd_http_req *r, bool terminated_ok);
 
+struct xd_server;
+
+/* Renders msgs (n of them, as xd_api_request_parse reads them: role, content, the object as
+ * sent) with the model's chat template, tools and documents (NULL: none) and kwargs
+ * (chat_template_kwargs, NULL: none) into a new NUL-terminated string *ret (free()) of *ret_len bytes, returning 0.
+ * No template (or no tokenizer) is a 400 chat_template_unsupported saying why; a template
+ * error (raise_exception, undefined values, a limit) a 400 chat_template_error, both naming
+ * 'messages'; *ret untouched then. The one chat rendering of the daemon (chat completions,
+ * /tokenize). */
+int xd_api_chat_render(const struct xd_server *s, const struct xd_api_message *msgs, int n,
+                       const json_t *tools, const json_t *documents, const json_t *kwargs,
+                       bool add_generation_prompt, char **ret, size_t *ret_len,
+                       struct xd_api_error *e);
+
 #endif

@@ -218,6 +218,8 @@ int xd_cmd_generate(int argc, char **argv)
         goto out;
     }
     const struct xd_model_config *mc = &model->config;
+    if (mc->warning[0])
+        fprintf(stderr, "expertd generate: warning: %s\n", mc->warning);
     if (o.prompt) {
         /* text in, text out: the model directory's tokenizer.json */
         if (xd_tokenizer_load(o.cfg.model, &tok, &err) < 0 ||
@@ -244,11 +246,12 @@ int xd_cmd_generate(int argc, char **argv)
         status = 2;
         goto out;
     }
-    if ((long)n_prompt + o.max_tokens > mc->max_position_embeddings) {
+    if ((long)n_prompt + o.max_tokens > mc->max_context) {
         fprintf(stderr,
                 "expertd generate: the prompt (%d tokens) plus --max-tokens (%d) exceeds the "
-                "model's context of %d (max_position_embeddings in config.json)\n",
-                n_prompt, o.max_tokens, mc->max_position_embeddings);
+                "model's context of %d (max_position_embeddings in config.json, stretched by "
+                "its rope scaling)\n",
+                n_prompt, o.max_tokens, mc->max_context);
         status = 2;
         goto out;
     }

@@ -15,11 +15,14 @@
 #include "daemon/http_server.h"
 #include "daemon/sd_notify.h"
 #include "daemon/server.h"
+#include "daemon/test_hooks.h"
 #include "engine/base/clock.h"
 #include "engine/engine.h"
 #include "engine/model/safetensors.h"
 #include "engine/experts/routing_trace.h"
 #include "engine/text/chat_template.h"
+#include "engine/text/reasoning.h"
+#include "engine/text/tool_calls.h"
 #include "engine/text/tokenizer.h"
 #include "engine/text/tokenizer_config.h"
 
@@ -91,6 +94,8 @@ struct loaded {
     struct xd_engine *engine;
     struct xd_tokenizer *tok;
     struct xd_tokenizer_config tcfg;
+    struct xd_chat_template *chat; /* NULL: no usable template (chat_err says why) */
+    struct xd_err chat_err;
     struct xd_step_engine step;
     struct xd_trace_writer *trace; /* --record-routing, or NULL */
     struct xd_metrics *metrics;    /* receives the expert counters after each step */
@@ -148,6 +153,8 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
 {
     const struct xd_server_config *c = s->cfg;
     XD_TRY(xd_model_load(c->engine.model, &L->model, err));
+    if (L->model->config.warning[0])
+        xd_log(s, XD_LOG_WARN, "%s", L->model->config.warning);
     /* the mapping is lazy: read it now, with progress, rather than in the first requests */
     struct read_progress rp = {.s = s, .t0 = xd_now()};
     atomic_store(&s->load_phase, XD_LOAD_READING);
@@ -162,19 +169,35 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
         fclose(probe);
         XD_TRY(xd_tokenizer_load(c->engine.model, &L->tok, err));
         XD_TRY(xd_tokenizer_config_load(c->engine.model, L->tok, &L->tcfg, err));
+        if (L->tcfg.warning[0])
+            xd_log(s, XD_LOG_WARN, "%s", L->tcfg.warning);
+        /* chat: the override (a built-in or a file: its errors stop the load, the operator
+         * asked for it), else the model's own template (its errors only make chat unavailable) */
+        int rc = xd_chat_template_load(c->chat_template, &L->tcfg, c->engine.model, &L->chat,
+                                       &L->chat_err);
+        if (rc < 0 && c->chat_template)
+            return xd_err_set(err, rc, "option '--chat-template': %s", L->chat_err.msg);
+        if (rc == XD_ERR_INVALID) {
+            struct xd_err e = L->chat_err;
+            xd_err_set(&L->chat_err, rc, "%.380s; set the chat-template option to a built-in "
+                       "(%s) or a Jinja file", e.msg, xd_chat_builtin_names());
+        }
     } else {
+        xd_err_set(&L->chat_err, XD_ERR_UNSUPPORTED, "chat completions need the model's "
+                   "tokenizer.json");
         xd_log(s, XD_LOG_WARN, "%s has no tokenizer.json: prompts must be token ids, "
                "responses have no text, chat is unavailable", c->engine.model);
     }
 
-    long long block_bytes = 2LL * mc->n_layers * mc->n_kv_heads * mc->head_dim *
+    /* what the backend stores per token: K and V, or MLA's latent + rotary key */
+    long long block_bytes = mc->n_layers * xd_model_config_kv_floats_per_token(mc) *
                             c->engine.block_size *
                             (strcmp(c->engine.device, "cuda") == 0 ? 2 : 4);
     long long blocks = c->engine.kv_blocks;
     if (!blocks && c->kv_memory_mb)
         blocks = c->kv_memory_mb * (1LL << 20) / block_bytes;
     if (!blocks) { /* four full contexts, at most 2 GiB */
-        blocks = 4LL * ((mc->max_position_embeddings + c->engine.block_size - 1) /
+        blocks = 4LL * ((mc->max_context + c->engine.block_size - 1) /
                         c->engine.block_size);
         if (blocks * block_bytes > (2LL << 30))
             blocks = (2LL << 30) / block_bytes;
@@ -228,38 +251,50 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
         return rc;
     }
 
-    /* chat: the override, else the template recognised from tokenizer_config.json */
-    s->chat_error = NULL;
-    if (c->chat_template) {
-        s->chat_format = xd_chat_format_from_name(c->chat_template);
-    } else if (L->tcfg.chat_template) {
-        s->chat_format = xd_chat_format_detect(L->tcfg.chat_template);
-        if (s->chat_format == XD_CHAT_UNKNOWN)
-            s->chat_error = "the model's chat template is not one expertd renders (ChatML, "
-                            "Mistral [INST], OLMoE, Qwen3); set the chat-template option to chatml, "
-                            "mistral, mistral-v1, olmoe or qwen3 to choose one";
-    } else {
-        s->chat_error = "the model has no chat template (tokenizer_config.json); set the "
-                        "chat-template option to chatml, mistral, mistral-v1, olmoe or qwen3";
-    }
+    s->chat = L->chat;
+    s->chat_error = L->chat ? NULL : L->chat_err.msg;
     if (s->chat_error && L->tok)
         xd_log(s, XD_LOG_WARN, "/v1/chat/completions unavailable: %s", s->chat_error);
-    s->bos_token = L->tcfg.bos_token;
-    s->eos_token = L->tcfg.eos_token;
+    enum xd_reasoning_parser parser = XD_REASONING_NONE;
+    if (c->reasoning_parser && strcmp(c->reasoning_parser, "auto") != 0)
+        xd_reasoning_parser_from_name(c->reasoning_parser, &parser); /* validated with the options */
+    else if (L->chat) /* the template served, the model's own or the override */
+        parser = xd_reasoning_detect(xd_chat_template_source(L->chat));
+    s->reasoning_parser = parser;
+    enum xd_tool_syntax syntax = XD_TOOL_SYNTAX_NONE;
+    if (c->tool_call_parser && strcmp(c->tool_call_parser, "auto") != 0)
+        xd_tool_syntax_from_name(c->tool_call_parser, &syntax); /* validated with the options */
+    else if (L->chat)
+        syntax = xd_tool_syntax_detect(xd_chat_template_source(L->chat));
+    s->tool_syntax = syntax;
+    if (xd_test_hooks_enabled())
+        xd_log(s, XD_LOG_WARN, "EXPERTD_TEST_HOOKS=1: test hooks are on (requests may force "
+               "the output with x_test_force_output); never set it in production");
     s->tok = L->tok;
     s->vocab_size = mc->vocab_size;
-    s->max_context = mc->max_position_embeddings;
+    s->max_context = mc->max_context;
     if (L->step.max_context && L->step.max_context < s->max_context)
         s->max_context = L->step.max_context;
+    /* One sequence can never hold more than the whole KV cache: advertise that as the context,
+     * so a request that cannot fit is refused as over the context, naming prompt or max_tokens,
+     * and chat's default completion length (the rest of the context) fits. */
+    if (blocks * c->engine.block_size < s->max_context) {
+        xd_log(s, XD_LOG_WARN, "the KV cache (%lld blocks of %d tokens) holds less than the "
+               "model's context (%d tokens): serving a context of %lld tokens", blocks,
+               c->engine.block_size, s->max_context, blocks * c->engine.block_size);
+        s->max_context = (int)(blocks * c->engine.block_size);
+    }
     pthread_rwlock_wrlock(&s->sched_lock);
     s->sched = sched;
     pthread_rwlock_unlock(&s->sched_lock);
     xd_log(s, XD_LOG_INFO, "model %s loaded as '%s': %d layers, %d experts (top %d), context %d, "
-           "KV cache %lld blocks of %d tokens (%.1f MiB), chat template %s",
+           "KV cache %lld blocks of %d tokens (%.1f MiB), chat template %s, reasoning parser %s, tool calls %s",
            c->engine.model, s->model_name, mc->n_layers, mc->n_experts, mc->top_k,
            s->max_context, blocks, c->engine.block_size,
            (double)(blocks * block_bytes) / (1 << 20),
-           s->chat_format ? xd_chat_format_name((enum xd_chat_format)s->chat_format) : "none");
+           L->chat ? xd_chat_template_origin(L->chat) : "none",
+           xd_reasoning_parser_name((enum xd_reasoning_parser)s->reasoning_parser),
+           xd_tool_syntax_name((enum xd_tool_syntax)s->tool_syntax));
     return XD_OK;
 }
 
@@ -419,6 +454,7 @@ out:
         xd_log(&s, XD_LOG_ERROR, "%s", err.msg);
     xd_engine_destroy(L.engine);
     xd_model_destroy(L.model);
+    xd_chat_template_destroy(L.chat);
     xd_tokenizer_config_finish(&L.tcfg);
     xd_tokenizer_destroy(L.tok);
     xd_metrics_destroy(s.metrics);

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "daemon/api_generate.h"
+#include "daemon/api_tokenize.h"
 #include "daemon/conn_guard.h"
 #include "daemon/conn_park.h"
 #include "daemon/http_response.h"
@@ -142,7 +143,8 @@ static const struct route {
 } ROUTES[] = {
     {"/v1/completions", "POST", true},   {"/v1/chat/completions", "POST", true},
     {"/v1/models", "GET, HEAD", false},  {"/health", "GET, HEAD", false},
-    {"/metrics", "GET, HEAD", false},
+    {"/metrics", "GET, HEAD", false},    {"/tokenize", "POST", true},
+    {"/detokenize", "POST", true},
 };
 
 /* The route of url on this listener, or NULL: the --metrics-listen listener serves /health and
@@ -227,6 +229,9 @@ static enum MHD_Result dispatch(struct xd_http_req *r)
                         st == XD_SERVER_LOADING ? "model_loading" : "server_draining",
                         st == XD_SERVER_LOADING ? "the model is still loading"
                                                 : "the server is shutting down");
+    /* no generation: answered on the spot, not counted against the generation connections */
+    if (strcmp(ep, "/tokenize") == 0 || strcmp(ep, "/detokenize") == 0)
+        return xd_api_tokenize(r, strcmp(ep, "/detokenize") == 0);
     /* A generation holds its connection until it ends: past max-connections less a
      * reserve, new ones are refused, so /health and /metrics (and a 503 that says why) still
      * find a connection when every slot would otherwise be a stream. */

@@ -54,9 +54,10 @@ struct xd_server {
     const struct xd_tokenizer *tok;     /* NULL: the model directory has no tokenizer.json */
     int vocab_size;
     int max_context;
-    int chat_format;                    /* enum xd_chat_format; 0: unknown */
+    const struct xd_chat_template *chat; /* the parsed chat template; NULL: chat unavailable */
     const char *chat_error;             /* why chat is unavailable, or NULL */
-    const char *bos_token, *eos_token;  /* for chat templates; may be NULL */
+    int reasoning_parser;               /* enum xd_reasoning_parser of chat output */
+    int tool_syntax;                    /* enum xd_tool_syntax of chat output */
 
     /* The scheduler: submit and cancel hold the read lock, teardown the write lock, so no
      * HTTP thread reaches a destroyed scheduler. NULL before loading and after teardown. */

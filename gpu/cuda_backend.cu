@@ -39,6 +39,8 @@ struct cuda_state {
     struct xd_expert_pool *pool;
     const bf16 *embed, *lm_head;
     const float *final_norm;
+    const float *rope_inv_freq;           /* (rot_dim / 2,) for a rope that is not plain, else
+                                           * NULL (xd_k_rope computes the plain one) */
     std::vector<dev_layer> layers;
     bf16 *k_cache, *v_cache;              /* (n_layers, n_slots, kv_dim) */
     size_t layer_slots;                   /* n_kv_blocks * block_size */
@@ -238,6 +240,13 @@ static int create_inner(cuda_state *s, struct xd_err *err)
     else
         XD_TRY(upload_bf16(s, &m->lm_head, &s->lm_head, "lm_head", err));
     XD_TRY(upload_f32(s, &m->final_norm, &s->final_norm, "the final norm", err));
+    if (!xd_rope_is_plain(&c->rope)) {
+        const size_t half = (size_t)c->rope.rot_dim / 2;
+        float *d = NULL;
+        XD_TRY(dev_alloc(s, sizeof(float) * half, (void **)&d, "the rope table", HINT_FIRST, err));
+        CUDA_TRY(cudaMemcpy(d, c->rope.inv_freq, sizeof(float) * half, cudaMemcpyHostToDevice));
+        s->rope_inv_freq = d;
+    }
     s->layers.resize(c->n_layers);
     for (int i = 0; i < c->n_layers; i++) {
         const struct xd_layer_weights *lw = &m->layers[i];
@@ -362,11 +371,38 @@ static int cuda_create(struct xd_model *model, const struct xd_engine_opts *opts
                        struct xd_err *err)
 {
     const struct xd_model_config *c = &model->config;
+    /* deepseek: multi-head latent attention and its routers have no CUDA kernels yet */
+    if (c->mla)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "device cuda: model_type %s (multi-head latent attention, grouped "
+                          "routing, ungated shared experts) has no CUDA kernels that have run on "
+                          "a GPU; use --device cpu",
+                          c->model_type);
     if (c->n_experts > 32 * 16 || c->top_k > 64)
         return xd_err_set(err, XD_ERR_UNSUPPORTED,
                           "device cuda: %d experts, top-%d; the router kernel handles up to 512 "
                           "experts and top-64",
                           c->n_experts, c->top_k);
+    /* glm4_moe's grouped sigmoid router, shared experts without a gate and partial rotary
+     * have no CUDA kernels that have run on a GPU */
+    if (c->arch == XD_ARCH_GLM4_MOE || c->router != XD_ROUTER_SOFTMAX)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "device cuda: model_type %s (its sigmoid group-limited router) is "
+                          "computed only by the CPU backend until its CUDA kernels have run on a "
+                          "GPU; use --device cpu",
+                          c->model_type);
+    /* Scaled and partial ropes have a CUDA kernel (xd_k_rope_table) that has not run on a
+     * GPU: refused until the device check has passed it, as offloading below (the GPU tests
+     * and that check set EXPERTD_GPU_UNVERIFIED=1). */
+    const char *unverified = getenv("EXPERTD_GPU_UNVERIFIED");
+    const bool run_unverified = unverified && strcmp(unverified, "1") == 0;
+    if (!xd_rope_is_plain(&c->rope) && !run_unverified)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "device cuda: rope type %s over %d of %d head dims (attention factor "
+                          "%g) is computed only by the CPU backend: its CUDA kernel has not yet "
+                          "run on a GPU and is refused until it has; use --device cpu",
+                          xd_rope_type_name(c->rope.type), c->rope.rot_dim, c->head_dim,
+                          (double)c->rope.attention_scaling);
     if (c->head_dim > 32 * ATT_MAX_HEAD_DIM_LANES)
         return xd_err_set(err, XD_ERR_UNSUPPORTED, "device cuda: head_dim %d is above %d",
                           c->head_dim, 32 * ATT_MAX_HEAD_DIM_LANES);
@@ -374,9 +410,8 @@ static int cuda_create(struct xd_model *model, const struct xd_engine_opts *opts
      * until the device check (tools/device-check.sh) has passed it. The GPU tests and that
      * check set EXPERTD_GPU_UNVERIFIED=1 to run it; nothing else should. */
     const long long n_moe_experts = (long long)c->n_moe_layers * c->n_experts;
-    const char *unverified = getenv("EXPERTD_GPU_UNVERIFIED");
     if (opts->expert_cache_slots > 0 && opts->expert_cache_slots < n_moe_experts &&
-        !(unverified && strcmp(unverified, "1") == 0))
+        !run_unverified)
         return xd_err_set(err, XD_ERR_UNSUPPORTED,
                           "device cuda: expert offloading (a GPU expert cache of %d of %lld "
                           "experts, from expert-cache-mib or expert-cache-slots) has not yet run "
@@ -517,6 +552,14 @@ static int moe(cuda_state *s, int l, int n, struct xd_err *err)
             s->route_weights[((size_t)t * L + mi) * K + j] = s->h_weights[(size_t)t * K + j];
         }
 
+    /* The ids index host arrays below: one out of range (a kernel bug) must be an error, not a
+     * write past them. */
+    for (int i = 0; i < n * K; i++)
+        if (s->h_experts[i] < 0 || s->h_experts[i] >= E)
+            return xd_err_set(err, XD_ERR_FORMAT,
+                              "layer %d: the router chose expert id %d of %d (non-finite router "
+                              "logits?)", l, s->h_experts[i], E);
+
     /* counting sort of (token, slot) pairs by expert */
     std::vector<int> start(E + 1, 0);
     for (int i = 0; i < n * K; i++)
@@ -624,8 +667,17 @@ static int layer(cuda_state *s, int l, int n, const int32_t *d_pos, const int32_
         xd_k_clip(s->k, c->clip_qkv, (size_t)n * s->kv_dim, st);
         xd_k_clip(s->v, c->clip_qkv, (size_t)n * s->kv_dim, st);
     }
-    xd_k_rope(s->q, d_pos, n, c->n_heads, hd, c->rope_theta, st);
-    xd_k_rope(s->k, d_pos, n, c->n_kv_heads, hd, c->rope_theta, st);
+    if (!s->rope_inv_freq) {
+        xd_k_rope(s->q, d_pos, n, c->n_heads, hd, c->rope_theta, st);
+        xd_k_rope(s->k, d_pos, n, c->n_kv_heads, hd, c->rope_theta, st);
+    } else {
+        const struct xd_rope *r = &c->rope;
+        const int dyn = r->type == XD_ROPE_DYNAMIC ? r->max_position_embeddings : 0;
+        xd_k_rope_table(s->q, d_pos, n, c->n_heads, hd, r->rot_dim / 2, s->rope_inv_freq,
+                        r->attention_scaling, r->theta, r->factor, dyn, st);
+        xd_k_rope_table(s->k, d_pos, n, c->n_kv_heads, hd, r->rot_dim / 2, s->rope_inv_freq,
+                        r->attention_scaling, r->theta, r->factor, dyn, st);
+    }
     const size_t layer_off = (size_t)l * s->layer_slots * s->kv_dim;
     xd_k_kv_store(s->k, s->v, d_slot, s->k_cache + layer_off, s->v_cache + layer_off, n,
                   s->kv_dim, st);

@@ -125,6 +125,44 @@ void xd_k_rope(float *x, const int32_t *pos, int T, int n_heads, int head_dim, f
         k_rope<<<T, 128, 0, stream>>>(x, pos, n_heads, head_dim, theta);
 }
 
+__global__ void k_rope_table(float *x, const int32_t *pos, int n_heads, int head_dim, int half,
+                             const float *inv_freq, float att, float theta, float factor,
+                             int dyn_max_pos)
+{
+    const int t = blockIdx.x, p = pos[t];
+    const bool dyn = dyn_max_pos > 0 && p + 1 > dyn_max_pos;
+    float base = 0.0f;
+    if (dyn) { /* xd_rope_inv_freq's steps */
+        const int dim = 2 * half;
+        float sl = factor * (float)(p + 1);
+        sl = sl / (float)dyn_max_pos;
+        sl = sl - (float)((double)factor - 1.0);
+        base = theta * (float)pow((double)sl, (double)dim / (double)(dim - 2));
+    }
+    for (int idx = threadIdx.x; idx < n_heads * half; idx += blockDim.x) {
+        const int h = idx / half, i = idx % half;
+        const float f = dyn ? 1.0f / powf(base, (float)(2 * i) / (float)(2 * half)) : inv_freq[i];
+        const float angle = (float)p * f;
+        float s, c;
+        sincosf(angle, &s, &c);
+        c *= att;
+        s *= att;
+        float *v = x + ((size_t)t * n_heads + h) * head_dim;
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c - b * s;
+        v[i + half] = b * c + a * s;
+    }
+}
+
+void xd_k_rope_table(float *x, const int32_t *pos, int T, int n_heads, int head_dim, int half,
+                     const float *inv_freq, float att, float theta, float factor,
+                     int dyn_max_pos, cudaStream_t stream)
+{
+    if (T > 0)
+        k_rope_table<<<T, 128, 0, stream>>>(x, pos, n_heads, head_dim, half, inv_freq, att, theta,
+                                            factor, dyn_max_pos);
+}
+
 __global__ void k_kv_store(const float *k, const float *v, const int32_t *slot, bf16 *kc,
                            bf16 *vc, int kv_dim)
 {
@@ -271,6 +309,8 @@ __global__ void k_route(const float *logits, int32_t *experts, float *weights, i
     for (int i = 0; i < ROUTE_MAX_PER_LANE; i++) {
         const int e = lane + 32 * i;
         v[i] = e < E ? lg[e] : -INFINITY;
+        if (isnan(v[i])) /* a NaN never compares greater: it would leave no expert chosen */
+            v[i] = -INFINITY;
         mx = fmaxf(mx, v[i]);
     }
     for (int o = 16; o > 0; o >>= 1)

@@ -37,6 +37,17 @@ void xd_k_spin(unsigned us, cudaStream_t stream);
 void xd_k_rope(float *x, const int32_t *pos, int T, int n_heads, int head_dim, float theta,
                cudaStream_t stream);
 
+/* Rotary embedding from a table (engine/model/rope.h), for every rope but the plain one: in
+ * place on x (T, n_heads, head_dim), the first 2 * half dims of each head in pairs (i, i +
+ * half), angle pos[t] * inv_freq[i] with inv_freq (half,) on the device, cos and sin times att;
+ * the other dims pass through. dyn_max_pos > 0 is dynamic NTK: a token with pos + 1 >
+ * dyn_max_pos uses the frequencies xd_rope_inv_freq gives it (theta, factor), computed here
+ * in the same f32 steps. Never run on a GPU yet: cuda_create refuses such models unless
+ * EXPERTD_GPU_UNVERIFIED=1. */
+void xd_k_rope_table(float *x, const int32_t *pos, int T, int n_heads, int head_dim, int half,
+                     const float *inv_freq, float att, float theta, float factor,
+                     int dyn_max_pos, cudaStream_t stream);
+
 /* Stores k and v (T, kv_dim) f32 into the bf16 caches (n_slots, kv_dim) of one layer at
  * slot[t] = block * block_size + offset. */
 void xd_k_kv_store(const float *k, const float *v, const int32_t *slot, bf16 *k_cache,

@@ -48,12 +48,12 @@ int xd_offline_generate(struct xd_engine *engine, const struct xd_offline_reques
                           eo->n_kv_blocks);
     /* generation ends at the context length ("length"), as it always has offline */
     int max_tokens = req->max_tokens;
-    if (req->n_prompt >= mc->max_position_embeddings)
+    if (req->n_prompt >= mc->max_context)
         return xd_err_set(err, XD_ERR_INVALID,
                           "the prompt (%d tokens) fills the context length (%d)", req->n_prompt,
-                          mc->max_position_embeddings);
-    if (total > mc->max_position_embeddings)
-        max_tokens = mc->max_position_embeddings - req->n_prompt;
+                          mc->max_context);
+    if (total > mc->max_context)
+        max_tokens = mc->max_context - req->n_prompt;
 
     struct xd_step_engine se;
     xd_step_engine_init(&se, engine);

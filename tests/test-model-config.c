@@ -1,5 +1,8 @@
 /* config.json parsing for each supported model_type, checked against the meaning transformers
  * gives each key; every invalid config is an error naming the key. */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "engine/model/model_config.h"
@@ -64,6 +67,79 @@ static void expect_error(const char *json, const char *want)
     "\"norm_topk_prob\": false, \"clip_qkv\": 8.0, \"max_position_embeddings\": 4096,"      \
     "\"rms_norm_eps\": 1e-05, \"hidden_act\": \"silu\", \"attention_bias\": false,"         \
     "\"pad_token_id\": 1, \"bos_token_id\": null, \"tie_word_embeddings\": false"
+
+/* GLM-4.5-Air's shape (config.json keys as its model card's checkpoint spells them, rope_scaling
+ * null, no partial_rotary_factor: Glm4MoeConfig's 0.5), with 6 layers. */
+#define GLM_AIR_CORE                                                                        \
+    "\"model_type\": \"glm4_moe\", \"architectures\": [\"Glm4MoeForCausalLM\"],"            \
+    "\"attention_bias\": true, \"head_dim\": 128, \"hidden_act\": \"silu\","                \
+    "\"hidden_size\": 4096, \"intermediate_size\": 10944, \"max_position_embeddings\": 131072," \
+    "\"moe_intermediate_size\": 1408, \"norm_topk_prob\": true, \"num_attention_heads\": 96,"  \
+    "\"n_shared_experts\": 1, \"num_experts_per_tok\": 8,"                                 \
+    "\"num_hidden_layers\": 6, \"num_key_value_heads\": 8,"                                 \
+    "\"rms_norm_eps\": 1e-05, \"rope_scaling\": null, \"rope_theta\": 1000000,"             \
+    "\"num_nextn_predict_layers\": 1, \"tie_word_embeddings\": false,"                      \
+    "\"vocab_size\": 151552, \"eos_token_id\": [151329, 151336, 151338]"
+#define GLM_AIR_BODY                                                                        \
+    GLM_AIR_CORE ", \"n_routed_experts\": 128, \"first_k_dense_replace\": 1,"              \
+                 " \"use_qk_norm\": false"
+
+static void test_glm4_moe(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{" GLM_AIR_BODY ", \"n_group\": 1, \"topk_group\": 1,"
+                   " \"routed_scaling_factor\": 1.0}",
+                   &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    if (rc != XD_OK)
+        return;
+    CHECK(c.arch == XD_ARCH_GLM4_MOE && strcmp(c.model_type, "glm4_moe") == 0, "arch");
+    CHECK(c.n_experts == 128 && c.top_k == 8 && c.expert_ffn == 1408 && c.dense_ffn == 10944,
+          "experts %d top %d ffn %d dense %d", c.n_experts, c.top_k, c.expert_ffn, c.dense_ffn);
+    CHECK(c.shared_expert_ffn == 1408 && !c.shared_expert_gated, "shared %d",
+          c.shared_expert_ffn);
+    CHECK(c.router == XD_ROUTER_SIGMOID_BIAS && c.n_group == 1 && c.topk_group == 1 &&
+              c.routed_scaling_factor == 1.0f && c.norm_topk_prob,
+          "router");
+    CHECK(c.qkv_bias && !c.o_bias && c.qk_norm == XD_QK_NORM_NONE, "attention");
+    /* partial_rotary_factor absent: Glm4MoeConfig's 0.5 */
+    CHECK(c.rope.rot_dim == 64 && c.head_dim == 128 && c.rope.type == XD_ROPE_DEFAULT &&
+              c.rope_theta == 1e6f,
+          "rot_dim %d", c.rope.rot_dim);
+    CHECK(!c.is_moe_layer[0] && c.is_moe_layer[1] && c.is_moe_layer[5] && c.n_moe_layers == 5,
+          "first_k_dense_replace 1: %d MoE layers", c.n_moe_layers);
+    CHECK(c.n_eos == 3 && c.eos_token_ids[2] == 151338, "eos");
+
+    /* GLM-4.5's options: q/k norm, 3 dense layers, routed_scaling_factor 2.5, 160 experts;
+     * defaults of n_group, topk_group (1) and mlp_only_layers ignored as transformers does */
+    rc = parse("{" GLM_AIR_CORE ", \"use_qk_norm\": true, \"first_k_dense_replace\": 3,"
+               " \"n_routed_experts\": 160, \"routed_scaling_factor\": 2.5,"
+               " \"mlp_only_layers\": [5], \"partial_rotary_factor\": 0.25}",
+               &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    CHECK(rc != XD_OK || (c.qk_norm == XD_QK_NORM_PER_HEAD && c.n_moe_layers == 3 &&
+                          c.is_moe_layer[5] && c.routed_scaling_factor == 2.5f &&
+                          c.n_group == 1 && c.topk_group == 1 && c.rope.rot_dim == 32),
+          "GLM-4.5 options");
+    /* group-limited: 8 groups of 16, 4 kept */
+    rc = parse("{" GLM_AIR_BODY ", \"n_group\": 8, \"topk_group\": 4}", &c, &err);
+    CHECK(rc == XD_OK && c.n_group == 8 && c.topk_group == 4, "groups: %s", err.msg);
+}
+
+static void test_glm4_moe_errors(void)
+{
+    expect_error("{" GLM_AIR_BODY ", \"n_group\": 3}", "n_group");
+    expect_error("{" GLM_AIR_BODY ", \"n_group\": 128}", "n_group"); /* groups of 1 */
+    expect_error("{" GLM_AIR_BODY ", \"n_group\": 4, \"topk_group\": 5}", "topk_group");
+    /* 64 groups of 2, 2 kept: 4 experts, fewer than num_experts_per_tok */
+    expect_error("{" GLM_AIR_BODY ", \"n_group\": 64, \"topk_group\": 2}", "num_experts_per_tok");
+    expect_error("{" GLM_AIR_BODY ", \"routed_scaling_factor\": \"2.5\"}", "routed_scaling_factor");
+    expect_error("{" GLM_AIR_CORE ", \"n_routed_experts\": 128, \"use_qk_norm\": 1}",
+                 "use_qk_norm");
+    expect_error("{" GLM_AIR_CORE ", \"n_routed_experts\": 128, \"first_k_dense_replace\": -1}",
+                 "first_k_dense_replace");
+}
 
 static void test_mixtral(void)
 {
@@ -263,18 +339,92 @@ static void test_rope_parameters(void)
 static void test_rope_unsupported_type(void)
 {
     expect_error("{" OLMOE_BODY ", \"rope_parameters\": {\"rope_theta\": 10000.0,"
-                 " \"rope_type\": \"yarn\", \"factor\": 4.0}}",
-                 "rope_type");
+                 " \"rope_type\": \"longrope\", \"short_factor\": [1], \"long_factor\": [1]}}",
+                 "rope_parameters.rope_type");
     expect_error("{" OLMOE_BODY ", \"rope_parameters\": {\"rope_theta\": 10000.0,"
-                 " \"rope_type\": \"yarn\", \"factor\": 4.0}}",
-                 "rope_parameters");
-    /* transformers 4 spelling */
-    expect_error("{" QWEN3_BODY ", \"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}}",
-                 "rope_scaling");
+                 " \"rope_type\": \"proportional\"}}",
+                 "rope_type");
+    /* transformers 4 spelling, legacy type key */
+    expect_error("{" QWEN3_BODY ", \"rope_scaling\": {\"type\": \"su\", \"factor\": 2.0}}",
+                 "rope_scaling.type");
+    expect_error("{" QWEN3_BODY ", \"rope_scaling\": {\"rope_type\": \"default\","
+                 " \"mrope_section\": [16, 24, 24]}}",
+                 "mrope_section");
     expect_error("{" QWEN3_BODY ", \"rope_parameters\": 7}", "rope_parameters");
+    expect_error("{" QWEN3_BODY ", \"rope_scaling\": \"yarn\"}", "rope_scaling");
+    /* keys a type requires */
+    expect_error("{" QWEN3_BODY ", \"rope_scaling\": {\"rope_type\": \"yarn\"}}",
+                 "rope_scaling.factor");
+    expect_error("{" QWEN3_BODY ", \"rope_scaling\": {\"rope_type\": \"linear\"}}", "factor");
+    expect_error("{" QWEN3_BODY ", \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8,"
+                 " \"high_freq_factor\": 4}}",
+                 "low_freq_factor");
+    expect_error("{" QWEN3_BODY ", \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8,"
+                 " \"low_freq_factor\": 4, \"high_freq_factor\": 4}}",
+                 "high_freq_factor");
+    expect_error("{" QWEN3_BODY ", \"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": \"4\"}}",
+                 "factor");
+    expect_error("{" QWEN3_BODY ", \"partial_rotary_factor\": 0.003}", "partial_rotary_factor");
+    expect_error("{" QWEN3_BODY ", \"partial_rotary_factor\": 1.5}", "partial_rotary_factor");
     /* a rope_theta that is not a positive number */
     expect_error("{" OLMOE_BODY ", \"rope_theta\": -1}", "rope_theta");
     expect_error("{" OLMOE_BODY ", \"rope_theta\": \"big\"}", "rope_theta");
+}
+
+/* Both spellings of Qwen3-30B-A3B's recommended YaRN, and which object wins. */
+static void test_rope_spellings(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{" QWEN3_BODY ", \"rope_theta\": 1000000.0, \"rope_scaling\": {\"rope_type\":"
+                   " \"yarn\", \"factor\": 4.0, \"original_max_position_embeddings\": 32768}}",
+                   &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    CHECK(rc != XD_OK || (c.rope.type == XD_ROPE_YARN && c.rope.factor == 4.0f &&
+                          c.rope.original_max_position_embeddings == 32768 &&
+                          c.rope_theta == 1e6f && c.rope.rot_dim == 128),
+          "yarn from rope_scaling");
+    /* 0.1 ln 4 + 1 */
+    CHECK(rc != XD_OK || fabsf(c.rope.attention_scaling - 1.1386294f) < 1e-6f, "attention %g",
+          c.rope.attention_scaling);
+    /* the context YaRN is made for: 4 x 32768 (max_position_embeddings 40960) */
+    CHECK(rc != XD_OK || c.max_context == 131072, "yarn context %d", c.max_context);
+    struct xd_rope yarn = c.rope;
+    rc = parse("{" QWEN3_BODY ", \"rope_parameters\": {\"type\": \"yarn\", \"factor\": 4.0,"
+               " \"original_max_position_embeddings\": 32768, \"rope_theta\": 1000000.0}}",
+               &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    CHECK(rc != XD_OK || memcmp(yarn.inv_freq, c.rope.inv_freq, sizeof yarn.inv_freq) == 0,
+          "rope_parameters with the legacy type key gives the same table");
+    /* rope_scaling wins over rope_parameters when both are there and it is not empty */
+    rc = parse("{" QWEN3_BODY ", \"rope_parameters\": {\"rope_type\": \"default\"},"
+               " \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": 2.0}}",
+               &c, &err);
+    CHECK(rc == XD_OK && c.rope.type == XD_ROPE_LINEAR, "rope_scaling wins: %s", err.msg);
+    CHECK(rc != XD_OK || c.max_context == 2 * 40960, "linear context %d", c.max_context);
+    rc = parse("{" QWEN3_BODY ", \"rope_scaling\": {\"type\": \"dynamic\", \"factor\": 1.5}}", &c,
+               &err);
+    CHECK(rc == XD_OK && c.max_context == 61440, "dynamic context %d: %s", c.max_context,
+          err.msg);
+    rc = parse("{" QWEN3_BODY ", \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8,"
+               " \"low_freq_factor\": 1, \"high_freq_factor\": 4,"
+               " \"original_max_position_embeddings\": 8192}}",
+               &c, &err);
+    CHECK(rc == XD_OK && c.max_context == 40960, "llama3 context %d (its max is the stretched "
+          "one): %s", c.max_context, err.msg);
+    rc = parse("{" QWEN3_BODY "}", &c, &err);
+    CHECK(rc == XD_OK && c.max_context == 40960, "default context %d", c.max_context);
+    rc = parse("{" QWEN3_BODY ", \"rope_parameters\": {\"rope_type\": \"linear\", \"factor\": 2},"
+               " \"rope_scaling\": {}}",
+               &c, &err);
+    CHECK(rc == XD_OK && c.rope.type == XD_ROPE_LINEAR, "an empty rope_scaling is ignored: %s",
+          err.msg);
+    /* partial rotary: glm4_moe only (transformers' qwen3_moe rotates whole heads) */
+    expect_error("{" QWEN3_BODY ", \"partial_rotary_factor\": 0.5}", "partial_rotary_factor");
+    expect_error("{" QWEN3_BODY ", \"rope_parameters\": {\"partial_rotary_factor\": 0.5}}",
+                 "partial_rotary_factor");
+    rc = parse("{" QWEN3_BODY ", \"partial_rotary_factor\": 1.0}", &c, &err);
+    CHECK(rc == XD_OK && c.rope.rot_dim == 128, "partial 1.0: %s", err.msg);
 }
 
 static void test_eos_int_and_list(void)
@@ -290,6 +440,158 @@ static void test_eos_int_and_list(void)
     CHECK(rc == XD_OK && c.n_eos == 1 && c.eos_token_ids[0] == 0, "eos 0 is a valid id");
     rc = parse("{" QWEN3_BODY ", \"eos_token_id\": 151935}", &c, &err);
     CHECK(rc == XD_OK && c.n_eos == 1 && c.eos_token_ids[0] == 151935, "last id of the vocab");
+}
+
+/* DeepSeek-V2-Lite-Chat's config.json as published (huggingface.co/deepseek-ai/
+ * DeepSeek-V2-Lite-Chat, snapshot 85864749cd611b4353ce1decdb286193298f64c7; auto_map left out):
+ * q_lora_rank null, yarn with mscale_all_dim, greedy softmax routing. */
+#define DSV2_LITE_BODY                                                                          \
+    "\"architectures\": [\"DeepseekV2ForCausalLM\"], \"attention_bias\": false,"                \
+    "\"attention_dropout\": 0.0, \"aux_loss_alpha\": 0.001, \"bos_token_id\": 100000,"          \
+    "\"eos_token_id\": 100001, \"ep_size\": 1, \"first_k_dense_replace\": 1,"                   \
+    "\"hidden_act\": \"silu\", \"hidden_size\": 2048, \"initializer_range\": 0.02,"             \
+    "\"intermediate_size\": 10944, \"kv_lora_rank\": 512, \"max_position_embeddings\": 163840," \
+    "\"model_type\": \"deepseek_v2\", \"moe_intermediate_size\": 1408, \"moe_layer_freq\": 1,"  \
+    "\"n_group\": 1, \"n_routed_experts\": 64, \"n_shared_experts\": 2,"                        \
+    "\"norm_topk_prob\": false, \"num_attention_heads\": 16, \"num_experts_per_tok\": 6,"       \
+    "\"num_hidden_layers\": 27, \"num_key_value_heads\": 16, \"pretraining_tp\": 1,"            \
+    "\"q_lora_rank\": null, \"qk_nope_head_dim\": 128, \"qk_rope_head_dim\": 64,"               \
+    "\"rms_norm_eps\": 1e-06, \"rope_scaling\": {\"beta_fast\": 32, \"beta_slow\": 1,"          \
+    "\"factor\": 40, \"mscale\": 0.707, \"mscale_all_dim\": 0.707,"                             \
+    "\"original_max_position_embeddings\": 4096, \"type\": \"yarn\"}, \"rope_theta\": 10000,"   \
+    "\"routed_scaling_factor\": 1.0, \"scoring_func\": \"softmax\", \"seq_aux\": true,"         \
+    "\"tie_word_embeddings\": false, \"topk_group\": 1, \"topk_method\": \"greedy\","           \
+    "\"torch_dtype\": \"bfloat16\", \"transformers_version\": \"4.49.0\", \"use_cache\": true," \
+    "\"v_head_dim\": 128, \"vocab_size\": 102400"
+
+/* DeepSeek-V3's shape (its published config.json without quantization_config and rope_scaling),
+ * 5 layers instead of 61. */
+#define DSV3_BODY                                                                               \
+    "\"model_type\": \"deepseek_v3\", \"attention_bias\": false, \"first_k_dense_replace\": 3,"\
+    "\"hidden_act\": \"silu\", \"hidden_size\": 7168, \"intermediate_size\": 18432,"            \
+    "\"kv_lora_rank\": 512, \"max_position_embeddings\": 163840,"                               \
+    "\"moe_intermediate_size\": 2048, \"moe_layer_freq\": 1, \"n_group\": 8,"                   \
+    "\"n_routed_experts\": 256, \"n_shared_experts\": 1, \"norm_topk_prob\": true,"             \
+    "\"num_attention_heads\": 128, \"num_experts_per_tok\": 8, \"num_hidden_layers\": 5,"       \
+    "\"num_key_value_heads\": 128, \"num_nextn_predict_layers\": 1, \"q_lora_rank\": 1536,"     \
+    "\"qk_nope_head_dim\": 128, \"qk_rope_head_dim\": 64, \"rms_norm_eps\": 1e-06,"             \
+    "\"rope_theta\": 10000, \"routed_scaling_factor\": 2.5, \"scoring_func\": \"sigmoid\","     \
+    "\"tie_word_embeddings\": false, \"topk_group\": 4, \"topk_method\": \"noaux_tc\","         \
+    "\"v_head_dim\": 128, \"vocab_size\": 129280, \"bos_token_id\": 0, \"eos_token_id\": 1"
+
+/* body (a JSON object) with the keys of extra (another) set over its own, as text to free. */
+static char *with_keys(const char *body, const char *extra)
+{
+    json_t *o = json_loads(body, 0, NULL), *x = json_loads(extra, 0, NULL);
+    if (!o || !x || json_object_update(o, x) < 0) {
+        fprintf(stderr, "test JSON does not parse: %s / %s\n", body, extra);
+        exit(1);
+    }
+    char *text = json_dumps(o, 0);
+    json_decref(o);
+    json_decref(x);
+    return text;
+}
+
+static void test_deepseek_v2_lite(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{" DSV2_LITE_BODY "}", &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    CHECK(c.arch == XD_ARCH_DEEPSEEK_V2 && c.mla, "arch %d mla %d", c.arch, c.mla);
+    CHECK(c.q_lora_rank == 0, "q_lora_rank null -> %d", c.q_lora_rank);
+    CHECK(c.kv_lora_rank == 512 && c.qk_nope_head_dim == 128 && c.qk_rope_head_dim == 64 &&
+              c.v_head_dim == 128,
+          "MLA dims %d %d %d %d", c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim,
+          c.v_head_dim);
+    CHECK(c.head_dim == 64, "head_dim is the rotary width, got %d", c.head_dim);
+    CHECK(c.rope_layout == XD_ROPE_PAIRS, "v2 rotates adjacent pairs");
+    CHECK(c.rope.type == XD_ROPE_YARN, "yarn");
+    /* transformers: 192^-0.5 * (0.1 * 0.707 * ln 40 + 1)^2 */
+    double m = 0.1 * 0.707 * log(40.0) + 1.0;
+    double want = 1.0 / sqrt(192.0) * m * m;
+    CHECK(fabs(c.attn_scale - want) < 1e-7, "softmax scale %.9g, want %.9g", c.attn_scale, want);
+    CHECK(c.router == XD_ROUTER_SOFTMAX && c.n_group == 0, "greedy: no groups");
+    CHECK(!c.norm_topk_prob && c.routed_scaling_factor == 1.0f, "weights as is");
+    CHECK(c.n_experts == 64 && c.top_k == 6 && c.expert_ffn == 1408, "experts");
+    CHECK(c.shared_expert_ffn == 2 * 1408 && !c.shared_expert_gated, "2 ungated shared experts");
+    CHECK(c.dense_ffn == 10944, "dense width");
+    CHECK(!c.is_moe_layer[0] && c.is_moe_layer[1] && c.is_moe_layer[26] && c.n_moe_layers == 26,
+          "first_k_dense_replace 1: %d MoE layers", c.n_moe_layers);
+    CHECK(xd_model_config_kv_floats_per_token(&c) == 576, "latent 512 + rope 64 per token");
+    CHECK(c.n_eos == 1 && c.eos_token_ids[0] == 100001, "eos");
+}
+
+static void test_deepseek_v3(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{" DSV3_BODY "}", &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    CHECK(c.arch == XD_ARCH_DEEPSEEK_V3 && c.mla && c.q_lora_rank == 1536, "q_lora_rank");
+    CHECK(c.router == XD_ROUTER_SIGMOID_BIAS && c.n_group == 8 && c.topk_group == 4, "noaux_tc");
+    CHECK(c.norm_topk_prob && fabsf(c.routed_scaling_factor - 2.5f) == 0.0f, "weights");
+    CHECK(c.rope_layout == XD_ROPE_PAIRS, "rope_interleave defaults to true");
+    CHECK(fabs(c.attn_scale - 1.0 / sqrt(192.0)) < 1e-8, "scale %g", c.attn_scale);
+    CHECK(c.n_moe_layers == 2 && !c.is_moe_layer[2] && c.is_moe_layer[3], "3 dense layers");
+    CHECK(c.shared_expert_ffn == 2048, "one shared expert");
+    /* the plain cache of the same model: 128 heads x (192 + 128) floats; MLA's is 576 */
+    CHECK(xd_model_config_kv_floats_per_token(&c) == 576, "MLA cache row");
+    rc = parse("{" DSV3_BODY ", \"rope_interleave\": false}", &c, &err);
+    CHECK(rc == XD_OK && c.rope_layout == XD_ROPE_HALVES, "rope_interleave false: rotate-half");
+    /* Kimi-K2 and Moonlight name their type kimi_k2 in some configs: computed as deepseek_v3 */
+    /* Kimi-K2 names its type kimi_k2 (remote code of the DeepseekV3 classes) */
+    char *kimi = with_keys("{" DSV3_BODY "}", "{\"model_type\": \"kimi_k2\"}");
+    rc = parse(kimi, &c, &err);
+    CHECK(rc == XD_OK && c.arch == XD_ARCH_DEEPSEEK_V3, "kimi_k2: rc %d %s", rc, err.msg);
+    free(kimi);
+}
+
+/* Every deepseek option expertd does not compute is refused with the key's name. */
+static void test_deepseek_refusals(void)
+{
+    static const struct {
+        const char *body;
+        const char *extra;
+        const char *key;
+    } cases[] = {
+        {DSV2_LITE_BODY, "\"mlp_bias\": true", "mlp_bias"},
+        {DSV3_BODY, "\"attention_bias\": true", "attention_bias"},
+        {DSV2_LITE_BODY, "\"norm_topk_prob\": true", "norm_topk_prob"},
+        {DSV3_BODY, "\"moe_layer_freq\": 2", "moe_layer_freq"},
+        {DSV2_LITE_BODY, "\"topk_method\": \"noaux_tc\"", "topk_method"},
+        {DSV2_LITE_BODY, "\"scoring_func\": \"sigmoid\"", "scoring_func"},
+        {DSV3_BODY, "\"scoring_func\": \"softmax\"", "scoring_func"},
+        {DSV3_BODY, "\"num_key_value_heads\": 64", "num_key_value_heads"},
+        {DSV3_BODY, "\"n_group\": 7", "n_group"},
+        {DSV3_BODY, "\"n_group\": 256, \"topk_group\": 4", "n_group"},
+        {DSV3_BODY, "\"topk_group\": 9", "topk_group"},
+        {DSV3_BODY, "\"quantization_config\": {\"activation_scheme\": \"dynamic\", "
+                    "\"fmt\": \"e4m3\", \"quant_method\": \"fp8\", "
+                    "\"weight_block_size\": [128, 128]}",
+         "quantization_config"}, /* DeepSeek-V3's own, as published */
+        {DSV3_BODY, "\"topk_group\": null, \"n_group\": 2", "topk_group"}, /* default 4 */
+        {DSV3_BODY, "\"num_experts_per_tok\": 9, \"n_group\": 64, \"topk_group\": 2",
+         "num_experts_per_tok"},
+        {DSV3_BODY, "\"qk_rope_head_dim\": 63", "qk_rope_head_dim"},
+        {DSV3_BODY, "\"rope_parameters\": {\"rope_type\": \"default\", "
+                    "\"rope_theta\": 10000.0, \"partial_rotary_factor\": 0.5}",
+         "partial_rotary_factor"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char body[4096], extra[512];
+        snprintf(body, sizeof body, "{%s}", cases[i].body);
+        snprintf(extra, sizeof extra, "{%s}", cases[i].extra);
+        char *json = with_keys(body, extra);
+        expect_error(json, cases[i].key);
+        free(json);
+    }
+    /* group_limited_greedy needs its groups */
+    expect_error("{\"model_type\": \"deepseek_v2\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_experts_per_tok\": 2,"
+                 "\"topk_method\": \"group_limited_greedy\"}",
+                 "n_group");
 }
 
 static void test_error_unknown_model_type(void)
@@ -437,17 +739,45 @@ static void test_error_mlp_only_layers(void)
                  "intermediate_size");
 }
 
+/* Parses json, which must succeed with eos ids want (n of them) and a warning naming the key. */
+static void expect_eos_ignored(const char *json, const int *want, int n)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse(json, &c, &err);
+    CHECK(rc == XD_OK, "refused: %s", err.msg);
+    if (rc != XD_OK)
+        return;
+    CHECK(c.n_eos == n, "%d eos ids kept, want %d", c.n_eos, n);
+    for (int i = 0; i < n && i < c.n_eos; i++)
+        CHECK(c.eos_token_ids[i] == want[i], "eos %d is %d, want %d", i, c.eos_token_ids[i],
+              want[i]);
+    CHECK_CONTAINS(c.warning, "eos_token_id");
+    CHECK_CONTAINS(c.warning, "m/config.json");
+}
+
+static void test_eos_out_of_vocab_ignored(void)
+{
+    /* ids run 0 .. vocab_size - 1; transformers only warns about others: ignored, with a
+     * warning naming the key */
+    expect_eos_ignored("{" OLMOE_BODY ", \"eos_token_id\": 50304}", NULL, 0);
+    expect_eos_ignored("{" OLMOE_BODY ", \"eos_token_id\": -1}", NULL, 0);
+    const int kept[1] = {50279};
+    expect_eos_ignored("{" OLMOE_BODY ", \"eos_token_id\": [50279, 60000]}", kept, 1);
+    /* an id past 2^32 is outside any vocabulary; it must not wrap into range */
+    expect_eos_ignored("{" OLMOE_BODY ", \"eos_token_id\": 4294967298}", NULL, 0);
+    expect_eos_ignored("{" OLMOE_BODY ", \"eos_token_id\": [4294967298, 50279]}", kept, 1);
+    struct xd_model_config c;
+    struct xd_err err;
+    CHECK(parse("{" OLMOE_BODY ", \"eos_token_id\": 50279}", &c, &err) == XD_OK &&
+              c.warning[0] == '\0',
+          "no warning for an id in the vocabulary: '%s'", c.warning);
+}
+
 static void test_error_eos_out_of_vocab(void)
 {
-    /* ids run 0 .. vocab_size - 1 */
-    expect_error("{" OLMOE_BODY ", \"eos_token_id\": 50304}", "eos_token_id");
-    expect_error("{" OLMOE_BODY ", \"eos_token_id\": -1}", "eos_token_id");
-    expect_error("{" OLMOE_BODY ", \"eos_token_id\": [50279, 60000]}", "eos_token_id");
     expect_error("{" OLMOE_BODY ", \"eos_token_id\": [50279, \"x\"]}", "eos_token_id");
     expect_error("{" OLMOE_BODY ", \"eos_token_id\": \"</s>\"}", "eos_token_id");
-    /* an id past 2^32 is outside any vocabulary; it must not wrap into range */
-    expect_error("{" OLMOE_BODY ", \"eos_token_id\": 4294967298}", "eos_token_id");
-    expect_error("{" OLMOE_BODY ", \"eos_token_id\": [4294967298]}", "eos_token_id");
     /* more ids than XD_MAX_EOS */
     expect_error("{" OLMOE_BODY ", \"eos_token_id\": [1,2,3,4,5,6,7,8,9]}", "eos_token_id");
 }
@@ -513,6 +843,8 @@ static void test_arch_names(void)
     CHECK(strcmp(xd_arch_name(XD_ARCH_QWEN2_MOE), "qwen2_moe") == 0, "qwen2_moe");
     CHECK(strcmp(xd_arch_name(XD_ARCH_QWEN3_MOE), "qwen3_moe") == 0, "qwen3_moe");
     CHECK(strcmp(xd_arch_name(XD_ARCH_OLMOE), "olmoe") == 0, "olmoe");
+    CHECK(strcmp(xd_arch_name(XD_ARCH_DEEPSEEK_V2), "deepseek_v2") == 0, "deepseek_v2");
+    CHECK(strcmp(xd_arch_name(XD_ARCH_DEEPSEEK_V3), "deepseek_v3") == 0, "deepseek_v3");
 }
 
 static void test_length_is_respected(void)
@@ -529,6 +861,8 @@ int main(int argc, char **argv)
 {
     (void)argc;
     (void)argv;
+    RUN(test_glm4_moe);
+    RUN(test_glm4_moe_errors);
     RUN(test_mixtral);
     RUN(test_mixtral_defaults);
     RUN(test_qwen2_moe);
@@ -539,7 +873,11 @@ int main(int argc, char **argv)
     RUN(test_olmoe_clip_qkv_null);
     RUN(test_rope_parameters);
     RUN(test_rope_unsupported_type);
+    RUN(test_rope_spellings);
     RUN(test_eos_int_and_list);
+    RUN(test_deepseek_v2_lite);
+    RUN(test_deepseek_v3);
+    RUN(test_deepseek_refusals);
     RUN(test_error_unknown_model_type);
     RUN(test_error_missing_hidden_size);
     RUN(test_error_missing_other_keys);
@@ -549,6 +887,7 @@ int main(int argc, char **argv)
     RUN(test_error_head_dim);
     RUN(test_error_hidden_act);
     RUN(test_error_mlp_only_layers);
+    RUN(test_eos_out_of_vocab_ignored);
     RUN(test_error_eos_out_of_vocab);
     RUN(test_error_not_json);
     RUN(test_error_not_object);

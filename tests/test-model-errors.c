@@ -178,6 +178,28 @@ static void test_intact_fixture_loads(void)
     xd_model_destroy(m);
 }
 
+/* An eos id outside the vocabulary (transformers only warns) is dropped with a warning naming
+ * the file and the key; the model loads. */
+static void test_eos_outside_vocab_ignored(void)
+{
+    char dir[4096], path[8192];
+    copy_fixture("olmoe-f32", dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    const char *text = "{\"eos_token_id\": [3, 100000]}";
+    spit(path, text, strlen(text));
+    struct xd_model *m = NULL;
+    struct xd_err err;
+    int rc = xd_model_load(dir, &m, &err);
+    CHECK(rc == XD_OK, "%s", err.msg);
+    if (rc == XD_OK) {
+        CHECK(m->config.n_eos == 1 && m->config.eos_token_ids[0] == 3, "eos ids kept: %d",
+              m->config.n_eos);
+        CHECK_CONTAINS(m->config.warning, "generation_config.json");
+        CHECK_CONTAINS(m->config.warning, "'eos_token_id' holds 100000");
+    }
+    xd_model_destroy(m);
+}
+
 /* Each row breaks one tensor's entry in a fixture's safetensors header (data unchanged); the
  * error names the tensor and the defect. */
 static const struct {
@@ -202,6 +224,28 @@ static const struct {
     {"unsupported dtype", "olmoe-f32", dtype_i32, "model.layers.0.self_attn.q_proj.weight",
      "model.layers.0.self_attn.q_proj.weight", "I32"},
     {"missing lm_head", "olmoe-f32", drop_tensor, "lm_head.weight", "lm_head.weight", "missing"},
+    {"missing MLA up-projection", "deepseek_v2-f32", drop_tensor,
+     "model.layers.2.self_attn.kv_b_proj.weight", "model.layers.2.self_attn.kv_b_proj.weight",
+     "missing"},
+    {"missing q_a_layernorm", "deepseek_v3-f32", drop_tensor,
+     "model.layers.0.self_attn.q_a_layernorm.weight", "q_a_layernorm.weight", "missing"},
+    {"misshaped kv_a_proj_with_mqa", "deepseek_v3-f32", transpose_tensor,
+     "model.layers.1.self_attn.kv_a_proj_with_mqa.weight", "kv_a_proj_with_mqa.weight", "shape"},
+    {"missing e_score_correction_bias", "deepseek_v3-f32", drop_tensor,
+     "model.layers.2.mlp.gate.e_score_correction_bias", "e_score_correction_bias", "missing"},
+    {"missing shared expert", "deepseek_v2-f32", drop_tensor,
+     "model.layers.1.mlp.shared_experts.down_proj.weight", "shared_experts.down_proj.weight",
+     "missing"},
+    {"missing correction bias", "glm4_moe-f32", drop_tensor,
+     "model.layers.2.mlp.gate.e_score_correction_bias",
+     "model.layers.2.mlp.gate.e_score_correction_bias", "missing"},
+    {"missing shared expert", "glm4_moe-bf16", drop_tensor,
+     "model.layers.1.mlp.shared_experts.down_proj.weight",
+     "model.layers.1.mlp.shared_experts.down_proj.weight", "missing"},
+    {"missing dense layer MLP", "glm4_moe-f32", drop_tensor, "model.layers.0.mlp.up_proj.weight",
+     "model.layers.0.mlp.up_proj.weight", "missing"},
+    {"missing q_norm", "glm4_moe-f32", drop_tensor, "model.layers.1.self_attn.q_norm.weight",
+     "model.layers.1.self_attn.q_norm.weight", "missing"},
 };
 
 static void test_header_defects(void)
@@ -230,6 +274,17 @@ static const struct {
      "num_local_experts"},
     {"config disagrees with the tensors", "qwen2_moe-f32", "moe_intermediate_size", "40",
      "experts.0.gate_proj.weight", "shape"},
+    {"q_lora_rank set on a q_proj checkpoint", "deepseek_v2-f32", "q_lora_rank", "16",
+     "q_a_proj.weight", "missing"},
+    {"kv_lora_rank disagrees", "deepseek_v3-f32", "kv_lora_rank", "30",
+     "kv_a_proj_with_mqa.weight", "shape"},
+    {"moe_layer_freq", "deepseek_v3-f32", "moe_layer_freq", "2", "config.json", "moe_layer_freq"},
+    {"more shared experts than stored", "glm4_moe-f32", "n_shared_experts", "3",
+     "shared_experts.gate_proj.weight", "shape"},
+    {"groups that do not divide the experts", "glm4_moe-f32", "n_group", "3", "config.json",
+     "n_group"},
+    {"a dense layer where experts are stored", "glm4_moe-f32", "first_k_dense_replace", "2",
+     "model.layers.1.mlp.gate_proj.weight", "missing"},
 };
 
 static void test_config_defects(void)
@@ -268,8 +323,8 @@ static const struct {
      "config.json", "JSON"},
     {"missing weights file", "model.safetensors", FILE_REMOVE, 0, NULL, "model.safetensors",
      NULL},
-    {"eos outside the vocabulary", "generation_config.json", FILE_REPLACE, 0,
-     "{\"eos_token_id\": [3, 100000]}", "generation_config.json", "eos_token_id"},
+    {"eos not an id", "generation_config.json", FILE_REPLACE, 0,
+     "{\"eos_token_id\": [3, \"</s>\"]}", "generation_config.json", "eos_token_id"},
 };
 
 static void test_file_defects(void)
@@ -334,6 +389,7 @@ int main(int argc, char **argv)
     RUN(test_header_defects);
     RUN(test_config_defects);
     RUN(test_file_defects);
+    RUN(test_eos_outside_vocab_ignored);
     RUN(test_sharded_loads_and_missing_shard);
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp_root);

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 packages=(gcc libc6-dev pkg-config meson ninja-build python3 python3-venv libjansson-dev libpcre2-dev
           libutf8proc-dev libzstd-dev libmicrohttpd-dev libsystemd-dev libcurl4-openssl-dev
           systemd   # systemd: systemd-analyze, which the unit's test runs (a skip fails the suite)
+          debootstrap systemd-container  # the unit booted in a container (tests/test-systemd-nspawn.sh)
           clang libclang-rt-14-dev libomp-14-dev llvm-14)  # the libFuzzer runs of run-tests.sh:
                     # the fuzzer and sanitizer runtimes (only recommended by clang), clang's OpenMP
                     # (omp.h; meson needs it to configure with clang), llvm-symbolizer for stacks

@@ -477,14 +477,17 @@ void xd_cpu_rmsnorm(const float *x, int n, const struct xd_matrix *w, float eps,
     }
 }
 
-void xd_cpu_rope(float *x, int n_heads, int head_dim, int pos, float theta)
+void xd_cpu_rope(float *x, int n_heads, int head_dim, int pos, const struct xd_rope *rope)
 {
-    const int half = head_dim / 2;
+    const int half = rope->rot_dim / 2;
+    float scratch[XD_ROPE_MAX_HALF];
+    const float *inv_freq = xd_rope_inv_freq(rope, pos, scratch);
+    const float att = rope->attention_scaling;
     for (int i = 0; i < half; i++) {
-        /* as transformers: inv_freq = 1 / theta^(2i / d) in f32, angle = pos * inv_freq */
-        float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
-        float angle = (float)pos * inv_freq;
-        float c = cosf(angle), s = sinf(angle);
+        /* as transformers: angle = pos * inv_freq in f32, cos and sin times the attention
+         * factor (exactly 1 but for yarn, so the default path is unchanged) */
+        float angle = (float)pos * inv_freq[i];
+        float c = cosf(angle) * att, s = sinf(angle) * att;
         for (int h = 0; h < n_heads; h++) {
             float *v = x + h * head_dim;
             float a = v[i], b = v[i + half];

@@ -3,6 +3,7 @@
 #define XD_CPU_KERNELS_H
 
 #include "engine/model/expert_store.h"
+#include "engine/model/rope.h"
 
 /* y (n, w.rows) = x (n, w.cols) @ w^T, parallel over w's rows. Each output
  * element is one dot product in a fixed order, so a row of y does not depend
@@ -22,9 +23,11 @@ void xd_cpu_add_bias(float *y, int n, const struct xd_matrix *bias);
  * x and y are (n, d) with d == w.cols; y may equal x. */
 void xd_cpu_rmsnorm(const float *x, int n, const struct xd_matrix *w, float eps, float *y);
 
-/* Rotary embedding in place on x (n_heads, head_dim) at position pos, the
- * rotate-half layout of transformers: pairs (i, i + head_dim / 2). */
-void xd_cpu_rope(float *x, int n_heads, int head_dim, int pos, float theta);
+/* Rotary embedding in place on x (n_heads, head_dim) at position pos: the first rope->rot_dim
+ * dims of each head in the rotate-half layout of transformers (pairs (i, i + rot_dim / 2)),
+ * angle pos * inv_freq[i] (xd_rope_inv_freq), cos and sin times rope->attention_scaling; the
+ * dims from rot_dim on pass through (partial rotary). */
+void xd_cpu_rope(float *x, int n_heads, int head_dim, int pos, const struct xd_rope *rope);
 
 /* y (n, f) = silu(gate (n, f)) * up (n, f); y may equal gate. */
 void xd_cpu_silu_mul(const float *gate, const float *up, float *y, size_t n);

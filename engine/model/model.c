@@ -167,6 +167,32 @@ static int load_experts(struct loader *L, const char *moe, int layer, struct xd_
     return XD_OK;
 }
 
+/* deepseek's multi-head latent attention of layer prefix p. */
+static int load_mla(struct loader *L, const char *p, struct xd_layer_weights *lw)
+{
+    const struct xd_model_config *c = &L->m->config;
+    const int64_t H = c->hidden_size, nh = c->n_heads;
+    const int64_t qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    if (c->q_lora_rank == 0) {
+        XD_TRY(need(L, fmt_name(L, "%s.self_attn.q_proj.weight", p), nh * qk, H, &lw->wq));
+    } else {
+        XD_TRY(need(L, fmt_name(L, "%s.self_attn.q_a_proj.weight", p), c->q_lora_rank, H,
+                    &lw->wq_a));
+        XD_TRY(need(L, fmt_name(L, "%s.self_attn.q_a_layernorm.weight", p), 0, c->q_lora_rank,
+                    &lw->q_a_norm));
+        XD_TRY(need(L, fmt_name(L, "%s.self_attn.q_b_proj.weight", p), nh * qk, c->q_lora_rank,
+                    &lw->wq_b));
+    }
+    XD_TRY(need(L, fmt_name(L, "%s.self_attn.kv_a_proj_with_mqa.weight", p),
+                (int64_t)c->kv_lora_rank + c->qk_rope_head_dim, H, &lw->wkv_a));
+    XD_TRY(need(L, fmt_name(L, "%s.self_attn.kv_a_layernorm.weight", p), 0, c->kv_lora_rank,
+                &lw->kv_a_norm));
+    XD_TRY(need(L, fmt_name(L, "%s.self_attn.kv_b_proj.weight", p),
+                nh * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank, &lw->wkv_b));
+    XD_TRY(need(L, fmt_name(L, "%s.self_attn.o_proj.weight", p), H, nh * c->v_head_dim, &lw->wo));
+    return XD_OK;
+}
+
 static int load_layer(struct loader *L, int i, struct xd_layer_weights *lw,
                       struct host_experts *experts)
 {
@@ -177,6 +203,10 @@ static int load_layer(struct loader *L, int i, struct xd_layer_weights *lw,
     snprintf(p, sizeof p, "model.layers.%d", i);
 
     XD_TRY(need(L, fmt_name(L, "%s.input_layernorm.weight", p), 0, H, &lw->attn_norm));
+    if (c->mla) {
+        XD_TRY(load_mla(L, p, lw));
+        goto attention_done;
+    }
     XD_TRY(need(L, fmt_name(L, "%s.self_attn.q_proj.weight", p), q_dim, H, &lw->wq));
     XD_TRY(need(L, fmt_name(L, "%s.self_attn.k_proj.weight", p), kv_dim, H, &lw->wk));
     XD_TRY(need(L, fmt_name(L, "%s.self_attn.v_proj.weight", p), kv_dim, H, &lw->wv));
@@ -195,6 +225,7 @@ static int load_layer(struct loader *L, int i, struct xd_layer_weights *lw,
         XD_TRY(need(L, fmt_name(L, "%s.self_attn.k_norm.weight", p), 0, per_head ? hd : kv_dim,
                  &lw->k_norm));
     }
+attention_done:
     XD_TRY(need(L, fmt_name(L, "%s.post_attention_layernorm.weight", p), 0, H, &lw->mlp_norm));
 
     if (!c->is_moe_layer[i]) {
@@ -215,8 +246,16 @@ static int load_layer(struct loader *L, int i, struct xd_layer_weights *lw,
         xd_checkpoint_find(L->m->checkpoint, fmt_name(L, "%s.block_sparse_moe.gate.weight", p)))
         snprintf(moe, sizeof moe, "%s.block_sparse_moe", p);
     XD_TRY(need(L, fmt_name(L, "%s.gate.weight", moe), c->n_experts, H, &lw->router));
+    if (c->router == XD_ROUTER_SIGMOID_BIAS)
+        XD_TRY(need(L, fmt_name(L, "%s.gate.e_score_correction_bias", moe), 0, c->n_experts,
+                 &lw->router_bias));
     XD_TRY(load_experts(L, moe, i, &experts->w[(size_t)i * c->n_experts]));
-    if (c->shared_expert_ffn > 0) {
+    if (c->shared_expert_ffn > 0 && !c->shared_expert_gated) {
+        /* glm4_moe, deepseek: shared_experts, one MLP of n_shared_experts x its width */
+        char shared[192];
+        snprintf(shared, sizeof shared, "%s.shared_experts", moe);
+        XD_TRY(load_mlp(L, shared, c->shared_expert_ffn, &lw->shared));
+    } else if (c->shared_expert_ffn > 0) {
         char shared[192];
         snprintf(shared, sizeof shared, "%s.shared_expert", moe);
         XD_TRY(load_mlp(L, shared, c->shared_expert_ffn, &lw->shared));

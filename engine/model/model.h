@@ -19,6 +19,16 @@ struct xd_layer_weights {
     struct xd_matrix k_norm;    /* (1, head_dim) per head, or (1, n_kv_heads * head_dim) */
     struct xd_matrix mlp_norm;  /* (1, hidden) */
 
+    /* multi-head latent attention (config.mla); qk = qk_nope_head_dim + qk_rope_head_dim.
+     * wq is then (n_heads * qk, hidden) when q_lora_rank is 0, wo (hidden, n_heads * v_head_dim) */
+    struct xd_matrix wq_a;      /* (q_lora_rank, hidden) */
+    struct xd_matrix q_a_norm;  /* (1, q_lora_rank) */
+    struct xd_matrix wq_b;      /* (n_heads * qk, q_lora_rank) */
+    struct xd_matrix wkv_a;     /* (kv_lora_rank + qk_rope_head_dim, hidden) */
+    struct xd_matrix kv_a_norm; /* (1, kv_lora_rank) */
+    struct xd_matrix wkv_b;     /* (n_heads * (qk_nope_head_dim + v_head_dim), kv_lora_rank):
+                                   per head its k_nope rows, then its v rows */
+
     /* dense layers */
     struct xd_matrix mlp_gate;  /* (dense_ffn, hidden) */
     struct xd_matrix mlp_up;    /* (dense_ffn, hidden) */
@@ -26,8 +36,10 @@ struct xd_layer_weights {
 
     /* MoE layers; the experts themselves are behind the expert store */
     struct xd_matrix router;    /* (n_experts, hidden) */
-    struct xd_expert_weights shared;       /* qwen2_moe shared expert, ffn shared_expert_ffn */
-    struct xd_matrix shared_expert_gate;   /* (1, hidden) */
+    struct xd_matrix router_bias;          /* (1, n_experts) e_score_correction_bias (grouped
+                                            * sigmoid router), else NULL */
+    struct xd_expert_weights shared;       /* shared expert(s), ffn shared_expert_ffn */
+    struct xd_matrix shared_expert_gate;   /* (1, hidden) qwen2_moe, else NULL */
     int moe_index;              /* index among MoE layers, -1 for dense layers */
 };
 
