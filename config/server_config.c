@@ -18,7 +18,7 @@ void xd_server_config_init(struct xd_server_config *cfg)
     cfg->host = "127.0.0.1";
     cfg->port = 8000;
     cfg->max_body_bytes = 1 << 20;
-    cfg->max_connections = 256;
+    cfg->max_connections = 16384;
     cfg->max_connections_per_client = 128;
     cfg->header_timeout = 10.0f;
     cfg->body_timeout = 30.0f;
@@ -56,7 +56,8 @@ const struct xd_opt xd_server_config_opts[] = {
     {"max-prompt-tokens", XD_OPT_INT, SRV(max_prompt_tokens), 0, 1 << 24, NULL,
      "longest prompt in tokens (default 0: the model's context)"},
     {"max-connections", XD_OPT_INT, SRV(max_connections), 1, 65536, NULL,
-     "concurrent connections (default 256)"},
+     "concurrent connections, idle ones and streams alike (default 16384; lowered to what the "
+     "open-files limit allows)"},
     {"max-connections-per-client", XD_OPT_INT, SRV(max_connections_per_client), 0, 65536, NULL,
      "concurrent connections from one address; more are 503 (default 128; 0: no cap; behind a "
      "reverse proxy every connection has the proxy's address)"},

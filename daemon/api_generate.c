@@ -1,7 +1,9 @@
 /* POST /v1/completions and /v1/chat/completions: a parsed request becomes one scheduler
  * request per (prompt, n), submitted together as one group (all or none) under the client's
- * id; the scheduler's sink queues events on the job and wakes the connection's thread (an
- * eventfd), which formats them as one JSON response or as SSE chunks.
+ * id; the scheduler's sink queues events on the job and resumes the connection, which MHD
+ * suspended while it waited (conn_park.h); MHD's thread then formats them as one JSON response
+ * or as SSE chunks. No thread waits for a generation: a connection with nothing to send is
+ * parked, so a few polling threads serve thousands of streams.
  *
  * Lifetime: a job is shared by the HTTP request (one reference until MHD's completion
  * callback), a streaming response (one until MHD frees it) and every submitted scheduler
@@ -12,14 +14,13 @@
 #include <errno.h>
 #include <jansson.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "daemon/conn_park.h"
 #include "daemon/fault.h"
 #include "daemon/http_response.h"
 #include "daemon/server.h"
@@ -65,7 +66,13 @@ struct gen_event {
                           not be copied (out of memory): the choice's answer is incomplete */
     int n_prompt, n_cached, n_gen;
     double queue_seconds;
+    double t;          /* when the sink got it (xd_now()): TTFT and inter-token latency are
+                          the scheduler's, not the time a parked connection woke to it */
 };
+
+/* A whole response's connection is woken once this many bytes of token events wait (and at
+ * every choice's finish). */
+#define WHOLE_BATCH_BYTES (64 * 1024)
 
 /* What a choice that failed says (the 500's message, a stream's error event). */
 #define OOM_MESSAGE "out of memory: the response could not be completed"
@@ -128,7 +135,8 @@ struct gen_job {
     bool overflow;                   /* under lock: streaming only; queued_bytes + out_unsent
                                         passed max-queued-bytes-per-request: every choice is
                                         cancelled, token events are dropped, the stream ends */
-    int efd;                         /* eventfd the sink writes */
+    struct xd_parked *wait;          /* under lock: the connection's parking entry, which
+                                        the sink kicks; NULL once MHD is done with it */
     struct xd_sched *sched;          /* the scheduler the choices went to (set before the
                                         first submit); the sink cancels through it directly,
                                         never through srv->sched_lock, which teardown holds
@@ -136,7 +144,6 @@ struct gen_job {
 
     struct xd_server *srv;
     struct xd_http_req *req;         /* NULL once MHD is done with the request */
-    int sockfd;                      /* the client's socket, polled for hangups; -1: none */
     uint64_t client;                 /* the client's id for fair admission (client_id) */
     struct xd_api_request api;
     struct prompt *prompts;
@@ -191,8 +198,6 @@ static void job_free(struct gen_job *j)
     free(j->choices);
     xd_byte_buf_free(&j->out);
     xd_api_request_finish(&j->api);
-    if (j->efd >= 0)
-        close(j->efd);
     atomic_fetch_sub(&j->srv->n_active, 1);
     pthread_mutex_destroy(&j->lock);
     free(j);
@@ -227,6 +232,7 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
     if (e) {
         e->choice = (int)(c - j->choices);
         e->kind = ev->kind;
+        e->t = xd_now();
         if (ev->text_len) {
             e->text = job_calloc(XD_FAULT_EVENT, 1, ev->text_len);
             if (e->text) {
@@ -288,6 +294,14 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
     if (ev->kind == XD_EVENT_FINISH)
         c->sched_finished = true;
     size_t queued = j->queued_bytes + j->out_unsent;
+    /* A stream wakes for every event (its bytes go out at once); a whole response only for
+     * what ends a choice or for every WHOLE_BATCH_BYTES of queued events (so their memory
+     * stays bounded): a 256-sequence request woke its connection for each of its tokens,
+     * which cost MHD's few polling threads more than the answer itself. Under the job's lock:
+     * the entry is not removed meanwhile. */
+    if (j->wait && (j->api.stream || ev->kind != XD_EVENT_TOKEN || lost || overflow_now ||
+                    j->queued_bytes >= WHOLE_BATCH_BYTES))
+        xd_conn_park_kick(j->srv->park, j->wait);
     pthread_mutex_unlock(&j->lock);
     if (overflow_now) {
         xd_log(j->srv, XD_LOG_WARN, "request %llu: the client left %zu bytes unread "
@@ -297,9 +311,6 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
         xd_metrics_backpressure(j->srv->metrics);
         cancel_choices(j, true);
     }
-    uint64_t one = 1;
-    ssize_t w = write(j->efd, &one, sizeof one);
-    (void)w; /* EAGAIN: the counter is already non-zero, the reader wakes anyway */
     if (ev->kind == XD_EVENT_FINISH)
         job_unref(j);
 }
@@ -330,23 +341,18 @@ static void cancel_all(struct gen_job *j)
     cancel_choices(j, false);
 }
 
-/* Waits up to timeout seconds for events; -1 when the client hung up. */
-static int wait_events(struct gen_job *j, double timeout)
+/* Whether the client hung up (the park's watcher saw it while the connection was parked, or
+ * before). */
+static bool hung_up(const struct gen_job *j)
 {
-    struct pollfd fds[2] = {{.fd = j->efd, .events = POLLIN},
-                            {.fd = j->sockfd, .events = POLLRDHUP}};
-    int ms = timeout <= 0 ? 0 : (int)(timeout * 1000) + 1;
-    int n = poll(fds, j->sockfd >= 0 ? 2 : 1, ms);
-    if (n < 0)
-        return errno == EINTR ? 0 : -1;
-    if (j->sockfd >= 0 && (fds[1].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)))
-        return -1;
-    if (fds[0].revents & POLLIN) {
-        uint64_t v;
-        ssize_t r = read(j->efd, &v, sizeof v);
-        (void)r;
-    }
-    return 0;
+    return xd_conn_park_hung_up(j->srv->park, j->wait);
+}
+
+/* Parks the connection until an event, a hangup or wake_at (see xd_conn_park_suspend): true
+ * when parked (return from MHD's callback now), false when there may be more to do. */
+static bool park(struct gen_job *j, double wake_at)
+{
+    return xd_conn_park_suspend(j->srv->park, j->wait, wake_at);
 }
 
 /* ---- JSON pieces ---- */
@@ -774,7 +780,7 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
     struct choice *c = &j->choices[e->choice];
     struct xd_server *s = j->srv;
     bool stream = j->api.stream;
-    double now = xd_now();
+    double now = e->t;
     if (c->finished)
         return;
     if (stream && j->overflowed) {
@@ -915,9 +921,19 @@ static void check_deadline(struct gen_job *j)
     }
 }
 
-/* MHD's content reader for a streaming response: blocks (on the connection's own thread)
- * until there are bytes to send, sending a keep-alive comment every keepalive-interval, and
- * notices a client that hangs up while it waits. */
+/* What a stream does when its client hung up: the request is cancelled at once. */
+static void stream_hangup(struct gen_job *j)
+{
+    j->hangup = true;
+    if (j->req)
+        j->req->disconnected = true;
+    cancel_all(j);
+}
+
+/* MHD's content reader for a streaming response: returns the bytes there are; with none, parks
+ * the connection (returning 0, which MHD 0.9.75 takes as "not ready" and, the connection
+ * suspended, does not poll again) until an event, a hangup or the next keep-alive comment
+ * (every keepalive-interval) or the request's deadline is due. Never blocks MHD's thread. */
 static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 {
     (void)pos;
@@ -947,24 +963,26 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         }
         if (j->done)
             return MHD_CONTENT_READER_END_OF_STREAM;
-        double now = xd_now();
-        double wait = j->last_output + j->srv->cfg->keepalive_interval - now;
-        if (!j->timed_out && j->deadline - now < wait)
-            wait = j->deadline - now;
-        if (wait > 1.0)
-            wait = 1.0; /* recheck the deadline and the server state now and then */
-        if (wait > 0 && wait_events(j, wait) < 0) {
-            j->hangup = true;
-            if (j->req)
-                j->req->disconnected = true;
-            cancel_all(j);
+        if (hung_up(j)) {
+            stream_hangup(j);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
         process_events(j);
         check_deadline(j);
-        if (j->out.len == 0 && !j->done &&
-            xd_now() - j->last_output >= j->srv->cfg->keepalive_interval)
+        double keepalive = j->srv->cfg->keepalive_interval;
+        if (j->out.len == 0 && !j->done && xd_now() - j->last_output >= keepalive)
             out_add(j, ": keep-alive\n\n", 14);
+        if (j->out.len > j->out_off || j->out_failed || j->done)
+            continue;
+        double wake = j->last_output + keepalive;
+        if (!j->timed_out && j->deadline < wake)
+            wake = j->deadline;
+        if (park(j, wake))
+            return 0; /* resumed by the sink, the watcher or the timer */
+        if (xd_conn_park_closed(j->srv->park)) { /* the server stops: no more waiting */
+            cancel_all(j);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
     }
 }
 
@@ -1387,13 +1405,17 @@ static uint64_t client_id(struct MHD_Connection *conn)
     return h;
 }
 
+/* A job for r, its connection registered for parking; NULL when out of memory (or the
+ * connection's socket is unknown or refused by epoll). */
 static struct gen_job *job_create(struct xd_http_req *r)
 {
-    struct gen_job *j = calloc(1, sizeof *j);
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    struct gen_job *j = ci ? calloc(1, sizeof *j) : NULL;
     if (!j)
         return NULL;
-    j->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (j->efd < 0) {
+    j->wait = xd_conn_park_add(r->srv->park, r->conn, ci->connect_fd);
+    if (!j->wait) {
         free(j);
         return NULL;
     }
@@ -1403,9 +1425,6 @@ static struct gen_job *job_create(struct xd_http_req *r)
     j->req = r;
     j->req_id = r->id;
     atomic_fetch_add(&r->srv->n_active, 1);
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    j->sockfd = ci ? ci->connect_fd : -1;
     j->client = client_id(r->conn);
     j->created = (long long)time(NULL);
     j->deadline = xd_now() + r->srv->cfg->request_timeout;
@@ -1597,9 +1616,17 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
         return ok;
     }
 
-    /* non-streaming: wait here, on the connection's own thread, watching for a hangup */
-    while (j->n_finished < j->n_choices) {
-        if (wait_events(j, 1.0) < 0) {
+    return xd_api_generate_resume(r);
+}
+
+/* A whole response: the events so far; once every choice finished, the response; else the
+ * connection parks until the next event, a hangup or the deadline, and MHD calls the access
+ * handler (so this) again when it is resumed. */
+enum MHD_Result xd_api_generate_resume(struct xd_http_req *r)
+{
+    struct gen_job *j = r->job;
+    for (;;) {
+        if (hung_up(j)) {
             r->disconnected = true;
             j->hangup = true;
             cancel_all(j);
@@ -1607,8 +1634,15 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
         }
         process_events(j);
         check_deadline(j);
+        if (j->n_finished == j->n_choices)
+            return respond_whole(r, j);
+        if (park(j, j->timed_out ? xd_now() + 1.0 : j->deadline))
+            return MHD_YES; /* no response yet: MHD calls again once resumed */
+        if (xd_conn_park_closed(j->srv->park)) {
+            cancel_all(j);
+            return MHD_NO;
+        }
     }
-    return respond_whole(r, j);
 }
 
 void xd_api_generate_done(struct xd_http_req *r, bool terminated_ok)
@@ -1620,7 +1654,10 @@ void xd_api_generate_done(struct xd_http_req *r, bool terminated_ok)
     for (int i = 0; i < j->n_choices; i++)
         unfinished |= j->choices[i].submitted && !j->choices[i].sched_finished;
     j->req = NULL;
+    struct xd_parked *w = j->wait;
+    j->wait = NULL; /* no kick after this */
     pthread_mutex_unlock(&j->lock);
+    xd_conn_park_remove(j->srv->park, w); /* before MHD closes the socket */
     if (unfinished || j->hangup) {
         if (!terminated_ok || j->hangup)
             xd_metrics_disconnect(j->srv->metrics);

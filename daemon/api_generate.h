@@ -8,8 +8,15 @@
 #include "daemon/api_request.h"
 #include "daemon/http_response.h"
 
-/* POST /v1/completions and /v1/chat/completions, the body complete in r->body. */
+/* POST /v1/completions and /v1/chat/completions, the body complete in r->body. A whole
+ * (non-streaming) response that is not ready parks the connection (conn_park.h) and returns
+ * MHD_YES with nothing queued; MHD then calls the access handler again once it is resumed,
+ * which calls xd_api_generate_resume. */
 enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind);
+/* The access handler's call for a request whose job exists and that has no response yet:
+ * queues the whole response when it is ready, else parks again (MHD_YES, nothing queued);
+ * MHD_NO when the client hung up or the server stops. */
+enum MHD_Result xd_api_generate_resume(struct xd_http_req *r);
 /* From the completion callback: cancels what is still running (a client that went away) and
  * releases the request's share of the job. */
 void xd_api_generate_done(struct xd_http_req *r, bool terminated_ok);

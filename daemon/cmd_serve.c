@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "config/config_file.h"
@@ -36,6 +37,36 @@ static const struct xd_opt serve_own_opts[] = {
      "read settings from FILE (key = value; EXPERTD_* variables and flags override it)"},
     {"help", XD_OPT_FLAG, offsetof(struct serve_opts, help), 0, 0, NULL, "print this help"},
 };
+
+/* Descriptors kept for what is not a connection: the model's files, the log, MHD's and the
+ * park's epoll sets and wake-up pipes, a trace file, the --metrics-listen listener's 16. */
+#define FD_RESERVE 256
+
+/* Raises the soft limit of open files to the hard one (each connection is a descriptor) and
+ * lowers max-connections to what the limit leaves after FD_RESERVE; says both in the log. */
+static void fit_connections(struct xd_server *s, struct xd_server_config *c)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    rlim_t was = rl.rlim_cur;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            rl.rlim_cur = was;
+    }
+    long long cur = rl.rlim_cur == RLIM_INFINITY ? 1ll << 30 : (long long)rl.rlim_cur;
+    long long room = cur > 2 * FD_RESERVE ? cur - FD_RESERVE : cur / 2;
+    xd_log(s, XD_LOG_INFO, "open files: limit %lld (was %lld, hard limit %lld)", cur,
+           was == RLIM_INFINITY ? -1ll : (long long)was,
+           rl.rlim_max == RLIM_INFINITY ? -1ll : (long long)rl.rlim_max);
+    if (c->max_connections > room) {
+        xd_log(s, XD_LOG_WARN, "max-connections %d is more than the open-files limit %lld "
+               "allows; using %lld (raise LimitNOFILE / ulimit -Hn for more)",
+               c->max_connections, cur, room);
+        c->max_connections = (int)room;
+    }
+}
 
 /* The API key: api-key-file's first line, else EXPERTD_API_KEY; never a flag (ps shows
  * flags). *ret stays NULL when neither is set. */
@@ -338,6 +369,7 @@ int xd_cmd_serve(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    fit_connections(&s, &o.cfg);
     if (xd_http_start(&s, &err) < 0) {
         fprintf(stderr, "expertd serve: %s\n", err.msg);
         goto out;

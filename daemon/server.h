@@ -16,6 +16,7 @@
 #include "scheduler/scheduler.h"
 
 struct xd_conn_guard;
+struct xd_conn_park;
 
 /* What loading is doing now (/health's progress.phase). */
 enum xd_load_phase {
@@ -69,6 +70,7 @@ struct xd_server {
     struct MHD_Daemon *mhd_metrics;     /* --metrics-listen: /metrics and /health only; or NULL */
     unsigned short metrics_port;        /* its bound port */
     struct xd_conn_guard *guard;        /* deadlines and the per-client cap of both listeners */
+    struct xd_conn_park *park;          /* generation requests' suspended connections */
 };
 
 /* printf-style logging to stderr at a level (dropped above the server's level). */
