@@ -1060,6 +1060,7 @@ static struct value eval_filter(struct rc *r, struct frame *f, const struct node
 
 static struct value arith(struct rc *r, int op, struct value a, struct value b);
 static bool contains(struct rc *r, struct value hay, struct value needle);
+static void check_hashable(struct rc *r, struct value k);
 
 static struct value eval(struct rc *r, struct frame *f, const struct node *n)
 {
@@ -1193,10 +1194,7 @@ static struct value eval(struct rc *r, struct frame *f, const struct node *n)
         struct jdict *d = d_new(r);
         for (int i = 0; i < n->n_list; i++) {
             struct value k = eval(r, f, n->list[i]);
-            if (k.t == VT_LIST && !k.as.l->tuple)
-                rfail(r, "unhashable type: 'list'");
-            if (k.t == VT_DICT || k.t == VT_NS)
-                rfail(r, "unhashable type: '%s'", type_name(k));
+            check_hashable(r, k);
             d_set(r, d, k, eval(r, f, n->list2[i]));
         }
         v = (struct value){.t = VT_DICT, .as.d = d};
@@ -1340,6 +1338,19 @@ static struct value arith(struct rc *r, int op, struct value a, struct value b)
           type_name(b));
 }
 
+/* Python refuses lists, dicts and the like as dict keys. */
+static void check_hashable(struct rc *r, struct value k)
+{
+    if ((k.t == VT_LIST && !k.as.l->tuple) || k.t == VT_DICT || k.t == VT_NS)
+        rfail(r, "unhashable type: '%s'", type_name(k));
+    if (k.t == VT_LIST) {
+        enter(r);
+        for (size_t i = 0; i < k.as.l->n; i++)
+            check_hashable(r, k.as.l->v[i]);
+        leave(r);
+    }
+}
+
 static bool contains(struct rc *r, struct value hay, struct value needle)
 {
     switch (hay.t) {
@@ -1358,7 +1369,9 @@ static bool contains(struct rc *r, struct value hay, struct value needle)
             if (eq(r, hay.as.l->v[i], needle))
                 return true;
         return false;
-    case VT_DICT: return d_find(r, hay.as.d, needle) != NULL;
+    case VT_DICT:
+        check_hashable(r, needle);
+        return d_find(r, hay.as.d, needle) != NULL;
     case VT_UNDEF: return false;
     case VT_GEN: return contains(r, v_list(iterate(r, hay)), needle);
     default: rfail(r, "argument of type '%s' is not iterable", type_name(hay));
@@ -2671,9 +2684,8 @@ static bool apply_test(struct rc *r, const char *name, struct value v, struct ar
         return v.t == VT_MACRO || v.t == VT_FUNC;
     if (IS("escaped"))
         return false;
-    if (IS("lower") || IS("upper")) {
-        if (v.t != VT_STR)
-            return false;
+    if (IS("lower") || IS("upper")) { /* str(value).islower(), whatever the value */
+        v = stringify(r, v);
         struct value m = casemap(r, v, IS("lower") ? C_LOWER : C_UPPER);
         bool any = false;
         for (size_t i = 0; i < v.as.s->len;) {
@@ -2990,6 +3002,7 @@ static struct value call_method(struct rc *r, struct jfunc *fn, struct args *a)
         if (IS("get")) {
             if (!a0)
                 rfail(r, "get expected at least 1 argument, got 0");
+            check_hashable(r, *a0);
             struct value *v = d_find(r, d, *a0);
             return v ? *v : a1 ? *a1 : v_none();
         }

@@ -110,6 +110,10 @@ case("compare_ops", "{{ 1 < 2 }} {{ 2 <= 2 }} {{ 3 > 4 }} {{ 'a' < 'b' }} {{ 1 =
 case("compare_chain", "{{ 1 < 2 < 3 }} {{ 1 < 3 < 2 }} {{ 1 == 1 == 1 }}")
 case("eq_mixed", "{{ 1 == '1' }} {{ none == none }} {{ [1] == [1] }} {{ {'a': 1} == {'a': 1} }} "
      "{{ nothing == nothing }} {{ nothing == none }} {{ true == 1 }}")
+case("in_dict_unhashable_fails", "{{ [1] in {} }}")
+case("dict_get_unhashable_fails", "{{ {}.get([1]) }}")
+case("tuple_key_in_dict", "{{ (1, 2) in {(1, 2): 'x'} }} {{ {(1, 2): 'x'}[(1, 2)] }}")
+case("lower_upper_tests_any_value", "{{ [1, 'a'] is lower }} {{ none is upper }} {{ 5 is lower }} {{ {'A': 1} is upper }} {{ nothing is lower }}")
 case("in_operator", "{{ 'ell' in 'hello' }} {{ 2 in l }} {{ 'a' in d }} {{ 'z' in d }} "
      "{{ 5 not in l }} {{ '' in 'x' }} {{ 'x' in nothing }}")
 case("logic_ops", "{{ true and false }} {{ true or false }} {{ not true }} {{ not nothing }} "
