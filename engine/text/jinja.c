@@ -2680,8 +2680,8 @@ static bool apply_test(struct rc *r, const char *name, struct value v, struct ar
     if (IS("sequence")) /* len() and __getitem__: Undefined has both */
         return v.t == VT_STR || (v.t == VT_LIST && !v.as.l->view) || v.t == VT_DICT ||
                v.t == VT_UNDEF;
-    if (IS("callable"))
-        return v.t == VT_MACRO || v.t == VT_FUNC;
+    if (IS("callable")) /* Undefined has __call__ (it raises), so it counts */
+        return v.t == VT_MACRO || v.t == VT_FUNC || v.t == VT_UNDEF;
     if (IS("escaped"))
         return false;
     if (IS("lower") || IS("upper")) { /* str(value).islower(), whatever the value */

@@ -177,7 +177,8 @@ case("compare_tests", "{{ 1 is eq 1 }} {{ 1 is equalto 2 }} {{ 1 is ne 2 }} {{ 1
      "{{ 1 is greaterthan 0 }} {{ 1 is lessthan 0 }}")
 case("is_not", "{{ z is not none }} {{ n is not string }} {{ foo is not defined }}")
 case("case_tests", "{{ 'abc' is lower }} {{ 'aBc' is lower }} {{ 'ABC' is upper }} {{ '12' is upper }}")
-case("callable_test", "{{ range is callable }} {{ n is callable }} {{ 'x'.upper is callable }}")
+case("callable_test", "{{ range is callable }} {{ n is callable }} {{ 'x'.upper is callable }} {{ nothing is callable }} "
+     "{{ d.zz is callable }} {{ namespace is callable }} {{ loop is callable }}")
 case("sameas_test", "{{ none is sameas none }} {{ true is sameas true }} {{ 1 is sameas true }}")
 case("test_binds_tighter_than_not", "{{ not z is none }} {{ not n is string }}")
 case("test_in_condition", "{% if messages[0].role == 'system' and messages[0].content is string %}ok{% endif %}")
