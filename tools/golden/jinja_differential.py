@@ -6,7 +6,8 @@ build/tests/jinja-render; prints every case where the two disagree (one fails an
 not, or the texts differ). Renderings jinja2 prints as Python objects we do not model (generators,
 dict views, ranges, big integers) are skipped.
 
-Usage: /work/golden-venv/bin/python tools/golden/jinja_differential.py [N [SEED]]
+Usage: /work/golden-venv/bin/python tools/golden/jinja_differential.py [N [SEED]]  (JINJA_RENDER=path
+       picks another build of jinja-render, e.g. one with sanitizers)
        /work/golden-venv/bin/python tools/golden/jinja_differential.py --templates DIR [N [SEED]]
 The second form renders each DIR/*/template.jinja (real chat templates) over N random
 conversations (system/user/assistant/tool turns, content strings and part lists, reasoning,
@@ -22,7 +23,7 @@ import sys
 from transformers.utils.chat_template_utils import _compile_jinja_template
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RENDER = os.path.join(HERE, "..", "..", "build", "tests", "jinja-render")
+RENDER = os.environ.get("JINJA_RENDER") or os.path.join(HERE, "..", "..", "build", "tests", "jinja-render")
 
 CTX = {"messages": [{"role": "system", "content": "Be brief."},
                     {"role": "user", "content": "Hi <b> & 'you'"},
