@@ -215,6 +215,10 @@ static void test_limits_stop_runaway_templates(void)
     rc = render_str("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", NULL, NULL, &err, &out);
     CHECK(rc == XD_ERR_INVALID, "%s", xd_status_str(rc));
     CHECK_CONTAINS(err.msg, "max_depth");
+    rc = render_str("{% for x in [1] recursive %}{{ loop([x]) }}{% endfor %}", NULL, NULL, &err,
+                    &out);
+    CHECK(rc == XD_ERR_INVALID, "%s", xd_status_str(rc));
+    CHECK_CONTAINS(err.msg, "max_depth");
     struct xd_jinja_limits mem = {.max_memory = 1 << 20};
     rc = render_str("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ "
                     "ns.s %}{% endfor %}{{ ns.s|length }}", NULL, &mem, &err, &out);

@@ -46,6 +46,9 @@ struct jloop {
     size_t i;
     struct value last_changed;
     bool changed_set;
+    const struct node *node; /* the for statement: loop(...) of a recursive loop reruns it */
+    struct frame *frame;     /* where the for statement is */
+    int depth;               /* 1 at the top, one more each loop(...) */
 };
 
 struct rc {
@@ -723,8 +726,8 @@ static struct value py_attr(struct rc *r, struct value obj, const char *name, bo
         if (!strcmp(name, "first")) return v_bool(i == 0);
         if (!strcmp(name, "last")) return v_bool(i == n - 1);
         if (!strcmp(name, "length")) return v_int(n);
-        if (!strcmp(name, "depth")) return v_int(1);
-        if (!strcmp(name, "depth0")) return v_int(0);
+        if (!strcmp(name, "depth")) return v_int(lp->depth);
+        if (!strcmp(name, "depth0")) return v_int(lp->depth - 1);
         if (!strcmp(name, "previtem"))
             return i > 0 ? lp->items->v[i - 1] : undef("previtem", VT_LOOP);
         if (!strcmp(name, "nextitem"))
@@ -957,6 +960,8 @@ static struct value *arg(struct args *a, int i, const char *name)
 static struct value eval(struct rc *r, struct frame *f, const struct node *n);
 static int exec(struct rc *r, struct frame *f, const struct node *n);
 static struct value call(struct rc *r, struct value fn, struct args *a);
+static void run_for(struct rc *r, struct frame *f, const struct node *n, struct value it,
+                    int depth);
 static struct value apply_filter(struct rc *r, struct frame *f, const char *name, struct value v,
                                  struct args *a);
 static bool apply_test(struct rc *r, const char *name, struct value v, struct args *a);
@@ -3081,6 +3086,24 @@ static struct value call(struct rc *r, struct value fn, struct args *a)
 {
     if (fn.t == VT_MACRO)
         return call_macro(r, fn.as.m, a);
+    if (fn.t == VT_LOOP) { /* loop(children) inside a recursive for */
+        struct jloop *lp = fn.as.lp;
+        if (!lp->node->op)
+            rfail(r, "Tried to call non recursive loop. Maybe you forgot the 'recursive' "
+                  "modifier.");
+        if (a->n != 1 || a->nk)
+            rfail(r, "loop() takes one iterable");
+        if (++r->depth > r->max_depth)
+            jx_fail(&r->x, XD_ERR_INVALID, "template render exceeded max_depth (%d nested "
+                    "macro calls or recursive loops)", r->max_depth);
+        step(r, 1);
+        struct sbuf b = {0}, *saved = r->out;
+        r->out = &b;
+        run_for(r, lp->frame, lp->node, a->pos[0], lp->depth + 1);
+        r->out = saved;
+        r->depth--;
+        return v_sb(r, &b);
+    }
     if (fn.t == VT_UNDEF)
         undefined_error(r, fn);
     if (fn.t != VT_FUNC)
@@ -3174,6 +3197,50 @@ static void bind(struct rc *r, struct frame *f, const struct node *n, struct val
 
 enum { GO_ON, GO_BREAK, GO_CONTINUE };
 
+/* One run of a for statement over it (depth: 1, or more for loop(...) of a recursive loop),
+ * writing to r->out. */
+static void run_for(struct rc *r, struct frame *f, const struct node *n, struct value it,
+                    int depth)
+{
+    struct jlist *items = iterate(r, it);
+    /* one frame for all iterations, emptied each time: names set in the body do not
+     * outlive their iteration, and the arena does not grow with the loop count */
+    struct frame *fr = frame_new(r, f);
+    if (n->c) {
+        struct jlist *kept = l_new(r, 0);
+        for (size_t i = 0; i < items->n; i++) {
+            step(r, 1);
+            fr->n = 0;
+            bind(r, fr, n, items->v[i]);
+            if (truthy(eval(r, fr, n->c)))
+                l_push(r, kept, items->v[i]);
+        }
+        items = kept;
+    }
+    struct jloop *lp = jx_alloc(&r->x, sizeof *lp);
+    lp->items = items;
+    lp->node = n;
+    lp->frame = f;
+    lp->depth = depth;
+    struct value loopv = {.t = VT_LOOP, .as.lp = lp};
+    bool completed = false; /* jinja2 runs the else block unless an iteration reached the
+                             * end of the body: continue and break skip that mark */
+    for (size_t i = 0; i < items->n; i++) {
+        step(r, 1);
+        lp->i = i;
+        fr->n = 0;
+        bind(r, fr, n, items->v[i]);
+        frame_set(r, fr, "loop", loopv);
+        int how = exec(r, fr, n->a);
+        if (how == GO_ON)
+            completed = true;
+        if (how == GO_BREAK)
+            break;
+    }
+    if (!completed && n->d)
+        exec(r, frame_new(r, f), n->d);
+}
+
 static int exec(struct rc *r, struct frame *f, const struct node *n)
 {
     int rc = GO_ON;
@@ -3202,40 +3269,7 @@ static int exec(struct rc *r, struct frame *f, const struct node *n)
     case S_FOR: {
         struct value it = eval(r, f, n->b);
         r->at = n;
-        struct jlist *items = iterate(r, it);
-        /* one frame for all iterations, emptied each time: names set in the body do not
-         * outlive their iteration, and the arena does not grow with the loop count */
-        struct frame *fr = frame_new(r, f);
-        if (n->c) {
-            struct jlist *kept = l_new(r, 0);
-            for (size_t i = 0; i < items->n; i++) {
-                step(r, 1);
-                fr->n = 0;
-                bind(r, fr, n, items->v[i]);
-                if (truthy(eval(r, fr, n->c)))
-                    l_push(r, kept, items->v[i]);
-            }
-            items = kept;
-        }
-        struct jloop *lp = jx_alloc(&r->x, sizeof *lp);
-        lp->items = items;
-        struct value loopv = {.t = VT_LOOP, .as.lp = lp};
-        bool completed = false; /* jinja2 runs the else block unless an iteration reached the
-                                 * end of the body: continue and break skip that mark */
-        for (size_t i = 0; i < items->n; i++) {
-            step(r, 1);
-            lp->i = i;
-            fr->n = 0;
-            bind(r, fr, n, items->v[i]);
-            frame_set(r, fr, "loop", loopv);
-            int how = exec(r, fr, n->a);
-            if (how == GO_ON)
-                completed = true;
-            if (how == GO_BREAK)
-                break;
-        }
-        if (!completed && n->d)
-            exec(r, frame_new(r, f), n->d);
+        run_for(r, f, n, it, 1);
         break;
     }
     case S_SET:

@@ -1285,8 +1285,10 @@ static struct node *parse_stmt(struct parser *P)
             advance(P);
             n->c = parse_expr(P, true);
         }
-        if (is_name(cur(P), "recursive"))
-            parse_fail(P, cur(P), "recursive for loops are not supported");
+        if (is_name(cur(P), "recursive")) {
+            advance(P);
+            n->op = 1;
+        }
         expect_end(P, "for");
         int soft = P->soft;
         P->soft = 0; /* a loop body is an inner frame, never soft */

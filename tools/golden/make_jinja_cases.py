@@ -318,6 +318,11 @@ case("for_loop_in_macro_with_break", "{% macro m(l) %}{% for x in l %}{% if x > 
 case("for_continue_else", "{% for x in [1, 2] %}{% continue %}{% else %}else{% endfor %}done "
      "{% for x in [1] %}{% break %}{% else %}else{% endfor %} {% for x in [1, 2] %}{% if x == 1 %}{% continue %}{% endif %}{% else %}else{% endfor %}")
 case("for_loop_index_in_filter_fails", "{% for x in l if loop.index > 1 %}{{ x }}{% endfor %}")
+case("for_recursive", "{% for n in tree recursive %}[{{ loop.depth }}{{ loop.depth0 }}:{{ n.name }}{% if n.kids %}({{ loop(n.kids) }}){% endif %}{{ loop.index }}/{{ loop.length }}]{% endfor %}",
+     {"tree": [{"name": "a", "kids": [{"name": "b", "kids": [{"name": "c"}]}, {"name": "d"}]}, {"name": "e"}]})
+case("for_recursive_schema", "{%- for k, v in props|dictsort recursive %}{{ k }}:{{ v.type }}{% if v.properties %}{ {{- loop(v.properties|dictsort) -}} }{% endif %}{% if not loop.last %}, {% endif %}{% endfor %}",
+     {"props": {"b": {"type": "object", "properties": {"y": {"type": "int"}, "x": {"type": "str"}}}, "a": {"type": "str"}}})
+case("for_nonrecursive_loop_call_fails", "{% for x in l %}{{ loop([1]) }}{% endfor %}")
 case("for_depth", "{% for x in [1] %}{{ loop.depth }}{{ loop.depth0 }}{% endfor %}")
 case("for_else", "{% for x in [] %}x{% else %}none{% endfor %}|{% for x in [1] %}x{% else %}none{% endfor %}")
 case("for_filter", "{% for m in messages if m.role != 'system' %}{{ loop.index }}/{{ loop.length }}:{{ m.role }} {% endfor %}")
