@@ -14,6 +14,7 @@ conversations (system/user/assistant/tool turns, content strings and part lists,
 tool calls with object or string arguments, tools, chat_template_kwargs) instead.
 """
 import copy
+import datetime
 import json
 import os
 import random
@@ -254,6 +255,13 @@ TEXTS = ["Hello", "", "  spaced  ", "line1\nline2", "<think>\nreason\n</think>\n
          "<|im_end|>", "[INST] x [/INST]", "/nothink", "\n\n", "tab\tsep"]
 
 
+NOW = 1768473000  # strftime_now reads this instant on both sides (templates print seconds)
+
+
+def fixed_strftime(fmt):
+    return datetime.datetime.fromtimestamp(NOW, datetime.timezone.utc).strftime(fmt)
+
+
 def random_conversation(rng):
     msgs = []
     if rng.random() < 0.6:
@@ -279,7 +287,7 @@ def random_conversation(rng):
         tools = [{"type": "function", "function": {"name": "get_weather", "description": rng.choice(TEXTS),
                   "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "c"},
                                  "n": {"type": "number"}}, "required": ["city"]}}}]
-    ctx = {"messages": msgs, "tools": tools, "documents": None,
+    ctx = {"messages": msgs, "tools": tools, "documents": None, "__xd_now": NOW,
            "add_generation_prompt": rng.random() < 0.5, "bos_token": "<s>", "eos_token": "</s>"}
     for k in ("enable_thinking", "thinking"):
         if rng.random() < 0.3:
@@ -314,7 +322,7 @@ def main_templates(tdir, n, seed):
         for c, mine in zip(ctxs, ours):
             total += 1
             try:
-                ref = {"output": t.render(**copy.deepcopy(c))}
+                ref = {"output": t.render(**copy.deepcopy(c), strftime_now=fixed_strftime)}
             except Exception as e:
                 ref = {"error": "%s: %s" % (type(e).__name__, e)}
             if ("output" in ref) == ("output" in mine) and ref.get("output") == mine.get("output"):
