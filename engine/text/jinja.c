@@ -2738,6 +2738,145 @@ static bool apply_test(struct rc *r, const char *name, struct value v, struct ar
 
 /* ---- calls ------------------------------------------------------------------------------- */
 
+/* Python's format-spec mini-language for str.format: [[fill]align][sign][#][0][width]
+ * [.precision][type], types s d b o x X c e E f F g G % (no grouping). */
+static void apply_spec(struct rc *r, struct sbuf *b, struct value v, const char *sp, size_t n,
+                       char conv)
+{
+    size_t i = 0;
+    uint32_t fill = ' ';
+    char align = 0, sign = '-', type = 0;
+    bool alt = false, zero = false;
+    int64_t width = -1, prec = -1;
+    uint32_t cp0 = 0;
+    int k0 = n ? jx_utf8_dec(sp, n, &cp0) : 0;
+    if (n > (size_t)k0 && strchr("<>^=", sp[k0]) && sp[k0]) {
+        fill = cp0;
+        align = sp[k0];
+        i = (size_t)k0 + 1;
+    } else if (n && strchr("<>^=", sp[0]) && sp[0]) {
+        align = sp[0];
+        i = 1;
+    }
+    if (i < n && (sp[i] == '+' || sp[i] == '-' || sp[i] == ' '))
+        sign = sp[i++];
+    if (i < n && sp[i] == '#') {
+        alt = true;
+        i++;
+    }
+    if (i < n && sp[i] == '0') {
+        zero = true;
+        i++;
+    }
+    for (; i < n && sp[i] >= '0' && sp[i] <= '9'; i++)
+        width = (width < 0 ? 0 : width) * 10 + (sp[i] - '0') > (int64_t)r->max_output
+                    ? (int64_t)r->max_output + 1 : (width < 0 ? 0 : width) * 10 + (sp[i] - '0');
+    if (i < n && (sp[i] == ',' || sp[i] == '_'))
+        rfail(r, "str.format: digit grouping is not supported");
+    if (i < n && sp[i] == '.') {
+        prec = 0;
+        for (i++; i < n && sp[i] >= '0' && sp[i] <= '9'; i++)
+            prec = prec * 10 + (sp[i] - '0') > 1000 ? 1001 : prec * 10 + (sp[i] - '0');
+    }
+    if (i < n)
+        type = sp[i++];
+    if (i < n || width > (int64_t)r->max_output || prec > 1000)
+        rfail(r, "Invalid format specifier '%.*s'", (int)n, sp);
+    struct sbuf head = {0}, body = {0}; /* sign and prefix; the rest */
+    /* bool formats as int under any non-empty spec (format(True, '>6') is '     1') */
+    bool numeric = !conv && (v.t == VT_INT || v.t == VT_FLOAT || (v.t == VT_BOOL && n));
+    if (!numeric) {
+        if (type && type != 's')
+            rfail(r, "Unknown format code '%c' for object of type '%s'", type, type_name(v));
+        if (conv == 'r')
+            repr(r, &body, v);
+        else
+            to_str(r, &body, v);
+        if (prec >= 0) { /* cut to prec code points */
+            size_t cps = 0, cut = body.n;
+            for (size_t q = 0; q < body.n; q++)
+                if (((unsigned char)body.p[q] & 0xC0) != 0x80 && cps++ == (size_t)prec) {
+                    cut = q;
+                    break;
+                }
+            body.n = cut;
+        }
+    } else if (v.t != VT_FLOAT && (!type || strchr("dbxXoc", type))) {
+        int64_t x = num_i(v);
+        if (type == 'c') {
+            if (x < 0 || x > 0x10FFFF)
+                rfail(r, "%%c arg not in range(0x110000)");
+            sb_cp(r, &body, (uint32_t)x);
+        } else {
+            uint64_t mag = x < 0 ? 0 - (uint64_t)x : (uint64_t)x;
+            unsigned base = type == 'b' ? 2 : type == 'o' ? 8 : type == 'x' || type == 'X' ? 16 : 10;
+            const char *dig = type == 'X' ? "0123456789ABCDEF" : "0123456789abcdef";
+            char d[72];
+            int nd = 0;
+            do {
+                d[nd++] = dig[mag % base];
+                mag /= base;
+            } while (mag);
+            if (x < 0 || sign != '-')
+                sb_put(r, &head, x < 0 ? "-" : sign == '+' ? "+" : " ", 1);
+            if (alt && base != 10) {
+                char pre[2] = {'0', type == 'X' ? 'X' : type};
+                sb_put(r, &head, pre, 2);
+            }
+            while (nd > 0)
+                sb_put(r, &body, &d[--nd], 1);
+        }
+    } else if (!type && v.t == VT_FLOAT && prec < 0) {
+        char t[48];
+        fmt_float(v.as.f, t, sizeof t);
+        const char *digits = t[0] == '-' ? t + 1 : t;
+        if (t[0] == '-' || sign != '-')
+            sb_put(r, &head, t[0] == '-' ? "-" : sign == '+' ? "+" : " ", 1);
+        sb_puts(r, &body, digits);
+    } else if (type && strchr("eEfFgG%", type)) {
+        double x = num_f(v) * (type == '%' ? 100 : 1);
+        char cfmt[16];
+        snprintf(cfmt, sizeof cfmt, "%%%s.%d%c", alt ? "#" : "", (int)(prec < 0 ? 6 : prec),
+                 type == '%' ? 'f' : type);
+        int len = snprintf(NULL, 0, cfmt, fabs(x));
+        char *t = jx_alloc(&r->x, (size_t)len + 2);
+        snprintf(t, (size_t)len + 1, cfmt, fabs(x));
+        if (signbit(x) || sign != '-')
+            sb_put(r, &head, signbit(x) ? "-" : sign == '+' ? "+" : " ", 1);
+        sb_put(r, &body, t, (size_t)len);
+        if (type == '%')
+            sb_put(r, &body, "%", 1);
+    } else {
+        rfail(r, "str.format: the format '%.*s' for %s is not supported", (int)n, sp,
+              type_name(v));
+    }
+    if (zero && !align) {
+        fill = '0';
+        align = numeric ? '=' : '<';
+    }
+    if (!align)
+        align = numeric ? '>' : '<';
+    if (align == '=' && !numeric)
+        rfail(r, "'=' alignment not allowed in string format specifier");
+    int64_t len = 0;
+    for (size_t q = 0; q < head.n; q++)
+        len++;
+    for (size_t q = 0; q < body.n; q++)
+        len += ((unsigned char)body.p[q] & 0xC0) != 0x80;
+    int64_t pad = width > len ? width - len : 0;
+    int64_t left = align == '>' || align == '=' ? pad : align == '^' ? pad / 2 : 0;
+    if (align != '=')
+        for (int64_t q = 0; q < left; q++)
+            sb_cp(r, b, fill);
+    sb_put(r, b, head.p ? head.p : "", head.n);
+    if (align == '=')
+        for (int64_t q = 0; q < left; q++)
+            sb_cp(r, b, fill);
+    sb_put(r, b, body.p ? body.p : "", body.n);
+    for (int64_t q = left; q < pad; q++)
+        sb_cp(r, b, fill);
+}
+
 static struct value str_format(struct rc *r, struct value fmt, struct args *a)
 {
     struct sbuf b = {0};
@@ -2771,8 +2910,16 @@ static struct value str_format(struct rc *r, struct value fmt, struct args *a)
             conv = s[j + 1];
             j += 2;
         }
-        if (j < n && s[j] == ':')
-            rfail(r, "format specs in str.format are not supported");
+        const char *spec = NULL;
+        size_t spec_n = 0;
+        if (j < n && s[j] == ':') {
+            spec = s + j + 1;
+            while (j < n && s[j] != '}')
+                j++;
+            spec_n = (size_t)(s + j - spec);
+            if (memchr(spec, '{', spec_n))
+                rfail(r, "str.format: nested fields in a format spec are not supported");
+        }
         if (j >= n || s[j] != '}')
             rfail(r, "expected '}' before end of string");
         struct value *v;
@@ -2787,7 +2934,9 @@ static struct value str_format(struct rc *r, struct value fmt, struct args *a)
         }
         if (!v)
             rfail(r, "str.format: missing argument for field %.*s", (int)(fe - i - 1), s + i + 1);
-        if (conv == 'r')
+        if (spec)
+            apply_spec(r, &b, *v, spec, spec_n, conv);
+        else if (conv == 'r')
             repr(r, &b, *v);
         else
             to_str(r, &b, *v);

@@ -278,6 +278,11 @@ case("str_case_methods", "{{ 'hello world'.title() }} {{ 'ab cd'.upper() }} "
      "{{ 'ABC'.lower() }} {{ 'hELLO'.capitalize() }} {{ 'aBc'.swapcase() }} {{ 'x1y'.title() }}")
 case("str_format_method", "{{ '{} and {}'.format('a', 'b') }} {{ '{0}{1}{0}'.format('x', 'y') }} "
      "{{ '{name}!'.format(name='n') }} {{ '{{}}{}'.format(1) }}")
+case("str_format_specs", "[{{ '{:>6}|{:<6}|{:^7}|{:*^7}|{:.2}'.format('ab', 'ab', 'ab', 'ab', 'héllo') }}] "
+     "[{{ '{:5d}|{:<5d}|{:05d}|{:+d}|{: d}|{:x}|{:#X}|{:#o}|{:b}|{:=+6d}'.format(42, 42, -42, 42, 42, 255, 255, 8, 5, 42) }}] "
+     "[{{ '{:.2f}|{:8.3f}|{:<8.1f}|{:e}|{:.1%}|{:g}|{:+.0f}|{}|{:10}|{:>6}'.format(3.14159, 2.5, 2.5, 12345.678, 0.256, 0.0001, 2.5, 2.5, 1.5, true) }}] "
+     "[{{ '{0:>4}{1:03}{0!r:>5}'.format('x', 7) }}] [{{ '{:c}'.format(65) }}] [{{ '{:d}'.format(true) }}] [{{ '{:06.2f}'.format(-3.14159) }}]")
+case("str_format_bad_spec_fails", "{{ '{:d}'.format('x') }}")
 case("str_find_count", "{{ 'hello'.find('l') }} {{ 'hello'.rfind('l') }} {{ 'hello'.find('z') }} "
      "{{ 'hello'.count('l') }} {{ 'héllo'.find('l') }} {{ 'hello'.index('e') }}")
 case("str_predicates", "{{ '123'.isdigit() }} {{ '12a'.isdigit() }} {{ 'abc'.isalpha() }} {{ 'a1'.isalnum() }} "
