@@ -212,6 +212,12 @@ static void test_limits_stop_runaway_templates(void)
     rc = render_str("{% for i in range(1000) %}xxxxxxxx{% endfor %}", NULL, &small, &err, &out);
     CHECK(rc == XD_ERR_INVALID, "%s", xd_status_str(rc));
     CHECK_CONTAINS(err.msg, "max_output");
+    /* the limit is exact: 100 bytes pass, 101 do not (the buffer grows past 100 meanwhile) */
+    rc = render_str("{% for i in range(10) %}xxxxxxxxxx{% endfor %}", NULL, &small, &err, &out);
+    CHECK(rc == XD_OK && out && strlen(out) == 100, "%s", xd_status_str(rc));
+    free(out);
+    rc = render_str("{{ 'x' * 70 }}{{ 'y' * 31 }}", NULL, &small, &err, &out);
+    CHECK(rc == XD_ERR_INVALID, "101 bytes under max_output 100: %s", xd_status_str(rc));
     rc = render_str("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", NULL, NULL, &err, &out);
     CHECK(rc == XD_ERR_INVALID, "%s", xd_status_str(rc));
     CHECK_CONTAINS(err.msg, "max_depth");

@@ -96,10 +96,10 @@ static void leave(struct rc *r) { r->cdepth--; }
 
 static void sb_put(struct rc *r, struct sbuf *b, const char *s, size_t n)
 {
+    if (b->n + n > r->max_output) /* every write: the capacity may already be past the limit */
+        jx_fail(&r->x, XD_ERR_INVALID, "template render exceeded max_output (%zu bytes)",
+                r->max_output);
     if (b->n + n + 1 > b->cap) {
-        if (b->n + n > r->max_output)
-            jx_fail(&r->x, XD_ERR_INVALID, "template render exceeded max_output (%zu bytes)",
-                    r->max_output);
         size_t cap = b->cap ? b->cap : 64;
         while (cap < b->n + n + 1)
             cap *= 2;
