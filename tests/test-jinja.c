@@ -102,7 +102,8 @@ GROUP(test_expressions, "arith_", "precedence", "unary", "string_plus", "tilde",
       "compare_chain", "eq_", "in_operator", "logic_", "cond_", "list_dict", "dict_int_keys",
       "attr_and_item", "negative_index", "index_out", "dot_integer", "slice", "unicode_len",
       "method_on_none", "dunder", "dict_method_wins", "dict_key_named", "namespace_attr",
-      "deep_nesting", "long_", "empty_subscript")
+      "deep_nesting", "long_", "empty_subscript", "in_dict", "dict_get_unhashable", "tuple_key",
+      "lower_upper_tests")
 GROUP(test_undefined, "undefined_")
 GROUP(test_tests, "type_tests", "value_tests", "odd_even", "compare_tests", "is_not", "case_tests",
       "callable_test", "sameas_test", "test_")
@@ -211,7 +212,17 @@ static void test_limits_stop_runaway_templates(void)
     rc = render_str("{% for i in range(1000) %}xxxxxxxx{% endfor %}", NULL, &small, &err, &out);
     CHECK(rc == XD_ERR_INVALID, "%s", xd_status_str(rc));
     CHECK_CONTAINS(err.msg, "max_output");
+    /* the limit is exact: 100 bytes pass, 101 do not (the buffer grows past 100 meanwhile) */
+    rc = render_str("{% for i in range(10) %}xxxxxxxxxx{% endfor %}", NULL, &small, &err, &out);
+    CHECK(rc == XD_OK && out && strlen(out) == 100, "%s", xd_status_str(rc));
+    free(out);
+    rc = render_str("{{ 'x' * 70 }}{{ 'y' * 31 }}", NULL, &small, &err, &out);
+    CHECK(rc == XD_ERR_INVALID, "101 bytes under max_output 100: %s", xd_status_str(rc));
     rc = render_str("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", NULL, NULL, &err, &out);
+    CHECK(rc == XD_ERR_INVALID, "%s", xd_status_str(rc));
+    CHECK_CONTAINS(err.msg, "max_depth");
+    rc = render_str("{% for x in [1] recursive %}{{ loop([x]) }}{% endfor %}", NULL, NULL, &err,
+                    &out);
     CHECK(rc == XD_ERR_INVALID, "%s", xd_status_str(rc));
     CHECK_CONTAINS(err.msg, "max_depth");
     struct xd_jinja_limits mem = {.max_memory = 1 << 20};
@@ -230,6 +241,8 @@ static void test_limits_stop_runaway_templates(void)
         "{% set ns = namespace(x=1) %}{% for i in range(50000) %}{% set ns.x = {'a': ns.x} %}"
         "{% endfor %}{{ [ns.x, ns.x]|unique|list|length }}{{ ns.x }}",
         "{% set ns = namespace(x=1) %}{% set ns.x = ns %}{{ ns }}",
+        "{% set ns = namespace(x=1) %}{% for i in range(50000) %}{% set ns.x = (ns.x,) %}"
+        "{% endfor %}{{ ns.x in {} }}",
     };
     for (size_t i = 0; i < sizeof deep_values / sizeof *deep_values; i++) {
         rc = render_str(deep_values[i], NULL, NULL, &err, &out);

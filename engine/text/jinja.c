@@ -46,6 +46,9 @@ struct jloop {
     size_t i;
     struct value last_changed;
     bool changed_set;
+    const struct node *node; /* the for statement: loop(...) of a recursive loop reruns it */
+    struct frame *frame;     /* where the for statement is */
+    int depth;               /* 1 at the top, one more each loop(...) */
 };
 
 struct rc {
@@ -93,10 +96,10 @@ static void leave(struct rc *r) { r->cdepth--; }
 
 static void sb_put(struct rc *r, struct sbuf *b, const char *s, size_t n)
 {
+    if (b->n + n > r->max_output) /* every write: the capacity may already be past the limit */
+        jx_fail(&r->x, XD_ERR_INVALID, "template render exceeded max_output (%zu bytes)",
+                r->max_output);
     if (b->n + n + 1 > b->cap) {
-        if (b->n + n > r->max_output)
-            jx_fail(&r->x, XD_ERR_INVALID, "template render exceeded max_output (%zu bytes)",
-                    r->max_output);
         size_t cap = b->cap ? b->cap : 64;
         while (cap < b->n + n + 1)
             cap *= 2;
@@ -723,8 +726,8 @@ static struct value py_attr(struct rc *r, struct value obj, const char *name, bo
         if (!strcmp(name, "first")) return v_bool(i == 0);
         if (!strcmp(name, "last")) return v_bool(i == n - 1);
         if (!strcmp(name, "length")) return v_int(n);
-        if (!strcmp(name, "depth")) return v_int(1);
-        if (!strcmp(name, "depth0")) return v_int(0);
+        if (!strcmp(name, "depth")) return v_int(lp->depth);
+        if (!strcmp(name, "depth0")) return v_int(lp->depth - 1);
         if (!strcmp(name, "previtem"))
             return i > 0 ? lp->items->v[i - 1] : undef("previtem", VT_LOOP);
         if (!strcmp(name, "nextitem"))
@@ -957,6 +960,8 @@ static struct value *arg(struct args *a, int i, const char *name)
 static struct value eval(struct rc *r, struct frame *f, const struct node *n);
 static int exec(struct rc *r, struct frame *f, const struct node *n);
 static struct value call(struct rc *r, struct value fn, struct args *a);
+static void run_for(struct rc *r, struct frame *f, const struct node *n, struct value it,
+                    int depth);
 static struct value apply_filter(struct rc *r, struct frame *f, const char *name, struct value v,
                                  struct args *a);
 static bool apply_test(struct rc *r, const char *name, struct value v, struct args *a);
@@ -1060,6 +1065,7 @@ static struct value eval_filter(struct rc *r, struct frame *f, const struct node
 
 static struct value arith(struct rc *r, int op, struct value a, struct value b);
 static bool contains(struct rc *r, struct value hay, struct value needle);
+static void check_hashable(struct rc *r, struct value k);
 
 static struct value eval(struct rc *r, struct frame *f, const struct node *n)
 {
@@ -1193,10 +1199,7 @@ static struct value eval(struct rc *r, struct frame *f, const struct node *n)
         struct jdict *d = d_new(r);
         for (int i = 0; i < n->n_list; i++) {
             struct value k = eval(r, f, n->list[i]);
-            if (k.t == VT_LIST && !k.as.l->tuple)
-                rfail(r, "unhashable type: 'list'");
-            if (k.t == VT_DICT || k.t == VT_NS)
-                rfail(r, "unhashable type: '%s'", type_name(k));
+            check_hashable(r, k);
             d_set(r, d, k, eval(r, f, n->list2[i]));
         }
         v = (struct value){.t = VT_DICT, .as.d = d};
@@ -1340,6 +1343,19 @@ static struct value arith(struct rc *r, int op, struct value a, struct value b)
           type_name(b));
 }
 
+/* Python refuses lists, dicts and the like as dict keys. */
+static void check_hashable(struct rc *r, struct value k)
+{
+    if ((k.t == VT_LIST && !k.as.l->tuple) || k.t == VT_DICT || k.t == VT_NS)
+        rfail(r, "unhashable type: '%s'", type_name(k));
+    if (k.t == VT_LIST) {
+        enter(r);
+        for (size_t i = 0; i < k.as.l->n; i++)
+            check_hashable(r, k.as.l->v[i]);
+        leave(r);
+    }
+}
+
 static bool contains(struct rc *r, struct value hay, struct value needle)
 {
     switch (hay.t) {
@@ -1358,7 +1374,9 @@ static bool contains(struct rc *r, struct value hay, struct value needle)
             if (eq(r, hay.as.l->v[i], needle))
                 return true;
         return false;
-    case VT_DICT: return d_find(r, hay.as.d, needle) != NULL;
+    case VT_DICT:
+        check_hashable(r, needle);
+        return d_find(r, hay.as.d, needle) != NULL;
     case VT_UNDEF: return false;
     case VT_GEN: return contains(r, v_list(iterate(r, hay)), needle);
     default: rfail(r, "argument of type '%s' is not iterable", type_name(hay));
@@ -2667,13 +2685,12 @@ static bool apply_test(struct rc *r, const char *name, struct value v, struct ar
     if (IS("sequence")) /* len() and __getitem__: Undefined has both */
         return v.t == VT_STR || (v.t == VT_LIST && !v.as.l->view) || v.t == VT_DICT ||
                v.t == VT_UNDEF;
-    if (IS("callable"))
-        return v.t == VT_MACRO || v.t == VT_FUNC;
+    if (IS("callable")) /* Undefined has __call__ (it raises), so it counts */
+        return v.t == VT_MACRO || v.t == VT_FUNC || v.t == VT_UNDEF;
     if (IS("escaped"))
         return false;
-    if (IS("lower") || IS("upper")) {
-        if (v.t != VT_STR)
-            return false;
+    if (IS("lower") || IS("upper")) { /* str(value).islower(), whatever the value */
+        v = stringify(r, v);
         struct value m = casemap(r, v, IS("lower") ? C_LOWER : C_UPPER);
         bool any = false;
         for (size_t i = 0; i < v.as.s->len;) {
@@ -2721,6 +2738,145 @@ static bool apply_test(struct rc *r, const char *name, struct value v, struct ar
 
 /* ---- calls ------------------------------------------------------------------------------- */
 
+/* Python's format-spec mini-language for str.format: [[fill]align][sign][#][0][width]
+ * [.precision][type], types s d b o x X c e E f F g G % (no grouping). */
+static void apply_spec(struct rc *r, struct sbuf *b, struct value v, const char *sp, size_t n,
+                       char conv)
+{
+    size_t i = 0;
+    uint32_t fill = ' ';
+    char align = 0, sign = '-', type = 0;
+    bool alt = false, zero = false;
+    int64_t width = -1, prec = -1;
+    uint32_t cp0 = 0;
+    int k0 = n ? jx_utf8_dec(sp, n, &cp0) : 0;
+    if (n > (size_t)k0 && strchr("<>^=", sp[k0]) && sp[k0]) {
+        fill = cp0;
+        align = sp[k0];
+        i = (size_t)k0 + 1;
+    } else if (n && strchr("<>^=", sp[0]) && sp[0]) {
+        align = sp[0];
+        i = 1;
+    }
+    if (i < n && (sp[i] == '+' || sp[i] == '-' || sp[i] == ' '))
+        sign = sp[i++];
+    if (i < n && sp[i] == '#') {
+        alt = true;
+        i++;
+    }
+    if (i < n && sp[i] == '0') {
+        zero = true;
+        i++;
+    }
+    for (; i < n && sp[i] >= '0' && sp[i] <= '9'; i++)
+        width = (width < 0 ? 0 : width) * 10 + (sp[i] - '0') > (int64_t)r->max_output
+                    ? (int64_t)r->max_output + 1 : (width < 0 ? 0 : width) * 10 + (sp[i] - '0');
+    if (i < n && (sp[i] == ',' || sp[i] == '_'))
+        rfail(r, "str.format: digit grouping is not supported");
+    if (i < n && sp[i] == '.') {
+        prec = 0;
+        for (i++; i < n && sp[i] >= '0' && sp[i] <= '9'; i++)
+            prec = prec * 10 + (sp[i] - '0') > 1000 ? 1001 : prec * 10 + (sp[i] - '0');
+    }
+    if (i < n)
+        type = sp[i++];
+    if (i < n || width > (int64_t)r->max_output || prec > 1000)
+        rfail(r, "Invalid format specifier '%.*s'", (int)n, sp);
+    struct sbuf head = {0}, body = {0}; /* sign and prefix; the rest */
+    /* bool formats as int under any non-empty spec (format(True, '>6') is '     1') */
+    bool numeric = !conv && (v.t == VT_INT || v.t == VT_FLOAT || (v.t == VT_BOOL && n));
+    if (!numeric) {
+        if (type && type != 's')
+            rfail(r, "Unknown format code '%c' for object of type '%s'", type, type_name(v));
+        if (conv == 'r')
+            repr(r, &body, v);
+        else
+            to_str(r, &body, v);
+        if (prec >= 0) { /* cut to prec code points */
+            size_t cps = 0, cut = body.n;
+            for (size_t q = 0; q < body.n; q++)
+                if (((unsigned char)body.p[q] & 0xC0) != 0x80 && cps++ == (size_t)prec) {
+                    cut = q;
+                    break;
+                }
+            body.n = cut;
+        }
+    } else if (v.t != VT_FLOAT && (!type || strchr("dbxXoc", type))) {
+        int64_t x = num_i(v);
+        if (type == 'c') {
+            if (x < 0 || x > 0x10FFFF)
+                rfail(r, "%%c arg not in range(0x110000)");
+            sb_cp(r, &body, (uint32_t)x);
+        } else {
+            uint64_t mag = x < 0 ? 0 - (uint64_t)x : (uint64_t)x;
+            unsigned base = type == 'b' ? 2 : type == 'o' ? 8 : type == 'x' || type == 'X' ? 16 : 10;
+            const char *dig = type == 'X' ? "0123456789ABCDEF" : "0123456789abcdef";
+            char d[72];
+            int nd = 0;
+            do {
+                d[nd++] = dig[mag % base];
+                mag /= base;
+            } while (mag);
+            if (x < 0 || sign != '-')
+                sb_put(r, &head, x < 0 ? "-" : sign == '+' ? "+" : " ", 1);
+            if (alt && base != 10) {
+                char pre[2] = {'0', type == 'X' ? 'X' : type};
+                sb_put(r, &head, pre, 2);
+            }
+            while (nd > 0)
+                sb_put(r, &body, &d[--nd], 1);
+        }
+    } else if (!type && v.t == VT_FLOAT && prec < 0) {
+        char t[48];
+        fmt_float(v.as.f, t, sizeof t);
+        const char *digits = t[0] == '-' ? t + 1 : t;
+        if (t[0] == '-' || sign != '-')
+            sb_put(r, &head, t[0] == '-' ? "-" : sign == '+' ? "+" : " ", 1);
+        sb_puts(r, &body, digits);
+    } else if (type && strchr("eEfFgG%", type)) {
+        double x = num_f(v) * (type == '%' ? 100 : 1);
+        char cfmt[16];
+        snprintf(cfmt, sizeof cfmt, "%%%s.%d%c", alt ? "#" : "", (int)(prec < 0 ? 6 : prec),
+                 type == '%' ? 'f' : type);
+        int len = snprintf(NULL, 0, cfmt, fabs(x));
+        char *t = jx_alloc(&r->x, (size_t)len + 2);
+        snprintf(t, (size_t)len + 1, cfmt, fabs(x));
+        if (signbit(x) || sign != '-')
+            sb_put(r, &head, signbit(x) ? "-" : sign == '+' ? "+" : " ", 1);
+        sb_put(r, &body, t, (size_t)len);
+        if (type == '%')
+            sb_put(r, &body, "%", 1);
+    } else {
+        rfail(r, "str.format: the format '%.*s' for %s is not supported", (int)n, sp,
+              type_name(v));
+    }
+    if (zero && !align) {
+        fill = '0';
+        align = numeric ? '=' : '<';
+    }
+    if (!align)
+        align = numeric ? '>' : '<';
+    if (align == '=' && !numeric)
+        rfail(r, "'=' alignment not allowed in string format specifier");
+    int64_t len = 0;
+    for (size_t q = 0; q < head.n; q++)
+        len++;
+    for (size_t q = 0; q < body.n; q++)
+        len += ((unsigned char)body.p[q] & 0xC0) != 0x80;
+    int64_t pad = width > len ? width - len : 0;
+    int64_t left = align == '>' || align == '=' ? pad : align == '^' ? pad / 2 : 0;
+    if (align != '=')
+        for (int64_t q = 0; q < left; q++)
+            sb_cp(r, b, fill);
+    sb_put(r, b, head.p ? head.p : "", head.n);
+    if (align == '=')
+        for (int64_t q = 0; q < left; q++)
+            sb_cp(r, b, fill);
+    sb_put(r, b, body.p ? body.p : "", body.n);
+    for (int64_t q = left; q < pad; q++)
+        sb_cp(r, b, fill);
+}
+
 static struct value str_format(struct rc *r, struct value fmt, struct args *a)
 {
     struct sbuf b = {0};
@@ -2754,8 +2910,16 @@ static struct value str_format(struct rc *r, struct value fmt, struct args *a)
             conv = s[j + 1];
             j += 2;
         }
-        if (j < n && s[j] == ':')
-            rfail(r, "format specs in str.format are not supported");
+        const char *spec = NULL;
+        size_t spec_n = 0;
+        if (j < n && s[j] == ':') {
+            spec = s + j + 1;
+            while (j < n && s[j] != '}')
+                j++;
+            spec_n = (size_t)(s + j - spec);
+            if (memchr(spec, '{', spec_n))
+                rfail(r, "str.format: nested fields in a format spec are not supported");
+        }
         if (j >= n || s[j] != '}')
             rfail(r, "expected '}' before end of string");
         struct value *v;
@@ -2770,7 +2934,9 @@ static struct value str_format(struct rc *r, struct value fmt, struct args *a)
         }
         if (!v)
             rfail(r, "str.format: missing argument for field %.*s", (int)(fe - i - 1), s + i + 1);
-        if (conv == 'r')
+        if (spec)
+            apply_spec(r, &b, *v, spec, spec_n, conv);
+        else if (conv == 'r')
             repr(r, &b, *v);
         else
             to_str(r, &b, *v);
@@ -2990,6 +3156,7 @@ static struct value call_method(struct rc *r, struct jfunc *fn, struct args *a)
         if (IS("get")) {
             if (!a0)
                 rfail(r, "get expected at least 1 argument, got 0");
+            check_hashable(r, *a0);
             struct value *v = d_find(r, d, *a0);
             return v ? *v : a1 ? *a1 : v_none();
         }
@@ -3068,6 +3235,24 @@ static struct value call(struct rc *r, struct value fn, struct args *a)
 {
     if (fn.t == VT_MACRO)
         return call_macro(r, fn.as.m, a);
+    if (fn.t == VT_LOOP) { /* loop(children) inside a recursive for */
+        struct jloop *lp = fn.as.lp;
+        if (!lp->node->op)
+            rfail(r, "Tried to call non recursive loop. Maybe you forgot the 'recursive' "
+                  "modifier.");
+        if (a->n != 1 || a->nk)
+            rfail(r, "loop() takes one iterable");
+        if (++r->depth > r->max_depth)
+            jx_fail(&r->x, XD_ERR_INVALID, "template render exceeded max_depth (%d nested "
+                    "macro calls or recursive loops)", r->max_depth);
+        step(r, 1);
+        struct sbuf b = {0}, *saved = r->out;
+        r->out = &b;
+        run_for(r, lp->frame, lp->node, a->pos[0], lp->depth + 1);
+        r->out = saved;
+        r->depth--;
+        return v_sb(r, &b);
+    }
     if (fn.t == VT_UNDEF)
         undefined_error(r, fn);
     if (fn.t != VT_FUNC)
@@ -3161,6 +3346,50 @@ static void bind(struct rc *r, struct frame *f, const struct node *n, struct val
 
 enum { GO_ON, GO_BREAK, GO_CONTINUE };
 
+/* One run of a for statement over it (depth: 1, or more for loop(...) of a recursive loop),
+ * writing to r->out. */
+static void run_for(struct rc *r, struct frame *f, const struct node *n, struct value it,
+                    int depth)
+{
+    struct jlist *items = iterate(r, it);
+    /* one frame for all iterations, emptied each time: names set in the body do not
+     * outlive their iteration, and the arena does not grow with the loop count */
+    struct frame *fr = frame_new(r, f);
+    if (n->c) {
+        struct jlist *kept = l_new(r, 0);
+        for (size_t i = 0; i < items->n; i++) {
+            step(r, 1);
+            fr->n = 0;
+            bind(r, fr, n, items->v[i]);
+            if (truthy(eval(r, fr, n->c)))
+                l_push(r, kept, items->v[i]);
+        }
+        items = kept;
+    }
+    struct jloop *lp = jx_alloc(&r->x, sizeof *lp);
+    lp->items = items;
+    lp->node = n;
+    lp->frame = f;
+    lp->depth = depth;
+    struct value loopv = {.t = VT_LOOP, .as.lp = lp};
+    bool completed = false; /* jinja2 runs the else block unless an iteration reached the
+                             * end of the body: continue and break skip that mark */
+    for (size_t i = 0; i < items->n; i++) {
+        step(r, 1);
+        lp->i = i;
+        fr->n = 0;
+        bind(r, fr, n, items->v[i]);
+        frame_set(r, fr, "loop", loopv);
+        int how = exec(r, fr, n->a);
+        if (how == GO_ON)
+            completed = true;
+        if (how == GO_BREAK)
+            break;
+    }
+    if (!completed && n->d)
+        exec(r, frame_new(r, f), n->d);
+}
+
 static int exec(struct rc *r, struct frame *f, const struct node *n)
 {
     int rc = GO_ON;
@@ -3189,40 +3418,7 @@ static int exec(struct rc *r, struct frame *f, const struct node *n)
     case S_FOR: {
         struct value it = eval(r, f, n->b);
         r->at = n;
-        struct jlist *items = iterate(r, it);
-        /* one frame for all iterations, emptied each time: names set in the body do not
-         * outlive their iteration, and the arena does not grow with the loop count */
-        struct frame *fr = frame_new(r, f);
-        if (n->c) {
-            struct jlist *kept = l_new(r, 0);
-            for (size_t i = 0; i < items->n; i++) {
-                step(r, 1);
-                fr->n = 0;
-                bind(r, fr, n, items->v[i]);
-                if (truthy(eval(r, fr, n->c)))
-                    l_push(r, kept, items->v[i]);
-            }
-            items = kept;
-        }
-        struct jloop *lp = jx_alloc(&r->x, sizeof *lp);
-        lp->items = items;
-        struct value loopv = {.t = VT_LOOP, .as.lp = lp};
-        bool completed = false; /* jinja2 runs the else block unless an iteration reached the
-                                 * end of the body: continue and break skip that mark */
-        for (size_t i = 0; i < items->n; i++) {
-            step(r, 1);
-            lp->i = i;
-            fr->n = 0;
-            bind(r, fr, n, items->v[i]);
-            frame_set(r, fr, "loop", loopv);
-            int how = exec(r, fr, n->a);
-            if (how == GO_ON)
-                completed = true;
-            if (how == GO_BREAK)
-                break;
-        }
-        if (!completed && n->d)
-            exec(r, frame_new(r, f), n->d);
+        run_for(r, f, n, it, 1);
         break;
     }
     case S_SET:

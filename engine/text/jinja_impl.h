@@ -97,7 +97,8 @@ enum op { OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_FLOORDIV, OP_MOD, OP_POW, OP_EQ, OP
 
 struct node {
     uint8_t kind; /* enum nk */
-    uint8_t op;   /* N_BIN: enum op; N_TEST: negated; S_MACRO: 1 varargs, 2 kwargs used */
+    uint8_t op;   /* N_BIN: enum op; N_TEST: negated; S_MACRO: 1 varargs, 2 kwargs used;
+                   * S_FOR: recursive */
     int line, col;
     struct node *a, *b, *c, *d; /* operands / condition, iterable, filter, ... */
     struct node **list;         /* args, items, body */

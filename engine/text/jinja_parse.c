@@ -1205,6 +1205,17 @@ static void parse_params(struct parser *P, struct node *n)
     n->n_list2 = defs.n;
 }
 
+/* A body jinja2 compiles in an inner frame (call, set and filter blocks, with): unknown
+ * filters there fail when compiling even inside an if. */
+static struct node *parse_inner_body(struct parser *P, const char *const *ends)
+{
+    int soft = P->soft;
+    P->soft = 0;
+    struct node *b = parse_body(P, ends);
+    P->soft = soft;
+    return b;
+}
+
 static void end_tag(struct parser *P, const char *name)
 {
     advance(P); /* BLOCK_BEGIN */
@@ -1274,8 +1285,10 @@ static struct node *parse_stmt(struct parser *P)
             advance(P);
             n->c = parse_expr(P, true);
         }
-        if (is_name(cur(P), "recursive"))
-            parse_fail(P, cur(P), "recursive for loops are not supported");
+        if (is_name(cur(P), "recursive")) {
+            advance(P);
+            n->op = 1;
+        }
         expect_end(P, "for");
         int soft = P->soft;
         P->soft = 0; /* a loop body is an inner frame, never soft */
@@ -1320,7 +1333,7 @@ static struct node *parse_stmt(struct parser *P)
                     n->a = parse_filter(P, n->a);
                 }
                 expect_end(P, "set");
-                n->b = parse_body(P, endset);
+                n->b = parse_inner_body(P, endset);
                 end_tag(P, "endset");
             }
             n->names = (const char **)names.v;
@@ -1348,7 +1361,7 @@ static struct node *parse_stmt(struct parser *P)
         if (n->b->kind != N_CALL)
             parse_fail(P, t, "expected a call after 'call'");
         expect_end(P, "call");
-        n->a = parse_body(P, endcall);
+        n->a = parse_inner_body(P, endcall);
         end_tag(P, "endcall");
     } else if (is_name(t, "filter")) {
         n = mk(P, S_FILTERBLOCK, t);
@@ -1358,7 +1371,7 @@ static struct node *parse_stmt(struct parser *P)
             n->b = parse_filter(P, n->b);
         }
         expect_end(P, "filter");
-        n->a = parse_body(P, endfilter);
+        n->a = parse_inner_body(P, endfilter);
         end_tag(P, "endfilter");
     } else if (is_name(t, "with")) {
         static const char *const endwith[] = {"endwith", NULL};
@@ -1376,7 +1389,7 @@ static struct node *parse_stmt(struct parser *P)
         n->n_names = names.n;
         n->list2 = (struct node **)vals.v;
         n->n_list2 = vals.n;
-        n->a = parse_body(P, endwith);
+        n->a = parse_inner_body(P, endwith);
         end_tag(P, "endwith");
     } else if (is_name(t, "generation")) {
         /* transformers' AssistantTracker: the body as it is (the mask it records is not ours) */

@@ -6,13 +6,15 @@ build/tests/jinja-render; prints every case where the two disagree (one fails an
 not, or the texts differ). Renderings jinja2 prints as Python objects we do not model (generators,
 dict views, ranges, big integers) are skipped.
 
-Usage: /work/golden-venv/bin/python tools/golden/jinja_differential.py [N [SEED]]
+Usage: /work/golden-venv/bin/python tools/golden/jinja_differential.py [N [SEED]]  (JINJA_RENDER=path
+       picks another build of jinja-render, e.g. one with sanitizers)
        /work/golden-venv/bin/python tools/golden/jinja_differential.py --templates DIR [N [SEED]]
 The second form renders each DIR/*/template.jinja (real chat templates) over N random
 conversations (system/user/assistant/tool turns, content strings and part lists, reasoning,
 tool calls with object or string arguments, tools, chat_template_kwargs) instead.
 """
 import copy
+import datetime
 import json
 import os
 import random
@@ -22,7 +24,7 @@ import sys
 from transformers.utils.chat_template_utils import _compile_jinja_template
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RENDER = os.path.join(HERE, "..", "..", "build", "tests", "jinja-render")
+RENDER = os.environ.get("JINJA_RENDER") or os.path.join(HERE, "..", "..", "build", "tests", "jinja-render")
 
 CTX = {"messages": [{"role": "system", "content": "Be brief."},
                     {"role": "user", "content": "Hi <b> & 'you'"},
@@ -253,6 +255,13 @@ TEXTS = ["Hello", "", "  spaced  ", "line1\nline2", "<think>\nreason\n</think>\n
          "<|im_end|>", "[INST] x [/INST]", "/nothink", "\n\n", "tab\tsep"]
 
 
+NOW = 1768473000  # strftime_now reads this instant on both sides (templates print seconds)
+
+
+def fixed_strftime(fmt):
+    return datetime.datetime.fromtimestamp(NOW, datetime.timezone.utc).strftime(fmt)
+
+
 def random_conversation(rng):
     msgs = []
     if rng.random() < 0.6:
@@ -278,7 +287,7 @@ def random_conversation(rng):
         tools = [{"type": "function", "function": {"name": "get_weather", "description": rng.choice(TEXTS),
                   "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "c"},
                                  "n": {"type": "number"}}, "required": ["city"]}}}]
-    ctx = {"messages": msgs, "tools": tools, "documents": None,
+    ctx = {"messages": msgs, "tools": tools, "documents": None, "__xd_now": NOW,
            "add_generation_prompt": rng.random() < 0.5, "bos_token": "<s>", "eos_token": "</s>"}
     for k in ("enable_thinking", "thinking"):
         if rng.random() < 0.3:
@@ -313,7 +322,7 @@ def main_templates(tdir, n, seed):
         for c, mine in zip(ctxs, ours):
             total += 1
             try:
-                ref = {"output": t.render(**copy.deepcopy(c))}
+                ref = {"output": t.render(**copy.deepcopy(c), strftime_now=fixed_strftime)}
             except Exception as e:
                 ref = {"error": "%s: %s" % (type(e).__name__, e)}
             if ("output" in ref) == ("output" in mine) and ref.get("output") == mine.get("output"):

@@ -110,6 +110,10 @@ case("compare_ops", "{{ 1 < 2 }} {{ 2 <= 2 }} {{ 3 > 4 }} {{ 'a' < 'b' }} {{ 1 =
 case("compare_chain", "{{ 1 < 2 < 3 }} {{ 1 < 3 < 2 }} {{ 1 == 1 == 1 }}")
 case("eq_mixed", "{{ 1 == '1' }} {{ none == none }} {{ [1] == [1] }} {{ {'a': 1} == {'a': 1} }} "
      "{{ nothing == nothing }} {{ nothing == none }} {{ true == 1 }}")
+case("in_dict_unhashable_fails", "{{ [1] in {} }}")
+case("dict_get_unhashable_fails", "{{ {}.get([1]) }}")
+case("tuple_key_in_dict", "{{ (1, 2) in {(1, 2): 'x'} }} {{ {(1, 2): 'x'}[(1, 2)] }}")
+case("lower_upper_tests_any_value", "{{ [1, 'a'] is lower }} {{ none is upper }} {{ 5 is lower }} {{ {'A': 1} is upper }} {{ nothing is lower }}")
 case("in_operator", "{{ 'ell' in 'hello' }} {{ 2 in l }} {{ 'a' in d }} {{ 'z' in d }} "
      "{{ 5 not in l }} {{ '' in 'x' }} {{ 'x' in nothing }}")
 case("logic_ops", "{{ true and false }} {{ true or false }} {{ not true }} {{ not nothing }} "
@@ -173,7 +177,8 @@ case("compare_tests", "{{ 1 is eq 1 }} {{ 1 is equalto 2 }} {{ 1 is ne 2 }} {{ 1
      "{{ 1 is greaterthan 0 }} {{ 1 is lessthan 0 }}")
 case("is_not", "{{ z is not none }} {{ n is not string }} {{ foo is not defined }}")
 case("case_tests", "{{ 'abc' is lower }} {{ 'aBc' is lower }} {{ 'ABC' is upper }} {{ '12' is upper }}")
-case("callable_test", "{{ range is callable }} {{ n is callable }} {{ 'x'.upper is callable }}")
+case("callable_test", "{{ range is callable }} {{ n is callable }} {{ 'x'.upper is callable }} {{ nothing is callable }} "
+     "{{ d.zz is callable }} {{ namespace is callable }} {{ loop is callable }}")
 case("sameas_test", "{{ none is sameas none }} {{ true is sameas true }} {{ 1 is sameas true }}")
 case("test_binds_tighter_than_not", "{{ not z is none }} {{ not n is string }}")
 case("test_in_condition", "{% if messages[0].role == 'system' and messages[0].content is string %}ok{% endif %}")
@@ -273,6 +278,11 @@ case("str_case_methods", "{{ 'hello world'.title() }} {{ 'ab cd'.upper() }} "
      "{{ 'ABC'.lower() }} {{ 'hELLO'.capitalize() }} {{ 'aBc'.swapcase() }} {{ 'x1y'.title() }}")
 case("str_format_method", "{{ '{} and {}'.format('a', 'b') }} {{ '{0}{1}{0}'.format('x', 'y') }} "
      "{{ '{name}!'.format(name='n') }} {{ '{{}}{}'.format(1) }}")
+case("str_format_specs", "[{{ '{:>6}|{:<6}|{:^7}|{:*^7}|{:.2}'.format('ab', 'ab', 'ab', 'ab', 'héllo') }}] "
+     "[{{ '{:5d}|{:<5d}|{:05d}|{:+d}|{: d}|{:x}|{:#X}|{:#o}|{:b}|{:=+6d}'.format(42, 42, -42, 42, 42, 255, 255, 8, 5, 42) }}] "
+     "[{{ '{:.2f}|{:8.3f}|{:<8.1f}|{:e}|{:.1%}|{:g}|{:+.0f}|{}|{:10}|{:>6}'.format(3.14159, 2.5, 2.5, 12345.678, 0.256, 0.0001, 2.5, 2.5, 1.5, true) }}] "
+     "[{{ '{0:>4}{1:03}{0!r:>5}'.format('x', 7) }}] [{{ '{:c}'.format(65) }}] [{{ '{:d}'.format(true) }}] [{{ '{:06.2f}'.format(-3.14159) }}]")
+case("str_format_bad_spec_fails", "{{ '{:d}'.format('x') }}")
 case("str_find_count", "{{ 'hello'.find('l') }} {{ 'hello'.rfind('l') }} {{ 'hello'.find('z') }} "
      "{{ 'hello'.count('l') }} {{ 'héllo'.find('l') }} {{ 'hello'.index('e') }}")
 case("str_predicates", "{{ '123'.isdigit() }} {{ '12a'.isdigit() }} {{ 'abc'.isalpha() }} {{ 'a1'.isalnum() }} "
@@ -313,6 +323,11 @@ case("for_loop_in_macro_with_break", "{% macro m(l) %}{% for x in l %}{% if x > 
 case("for_continue_else", "{% for x in [1, 2] %}{% continue %}{% else %}else{% endfor %}done "
      "{% for x in [1] %}{% break %}{% else %}else{% endfor %} {% for x in [1, 2] %}{% if x == 1 %}{% continue %}{% endif %}{% else %}else{% endfor %}")
 case("for_loop_index_in_filter_fails", "{% for x in l if loop.index > 1 %}{{ x }}{% endfor %}")
+case("for_recursive", "{% for n in tree recursive %}[{{ loop.depth }}{{ loop.depth0 }}:{{ n.name }}{% if n.kids %}({{ loop(n.kids) }}){% endif %}{{ loop.index }}/{{ loop.length }}]{% endfor %}",
+     {"tree": [{"name": "a", "kids": [{"name": "b", "kids": [{"name": "c"}]}, {"name": "d"}]}, {"name": "e"}]})
+case("for_recursive_schema", "{%- for k, v in props|dictsort recursive %}{{ k }}:{{ v.type }}{% if v.properties %}{ {{- loop(v.properties|dictsort) -}} }{% endif %}{% if not loop.last %}, {% endif %}{% endfor %}",
+     {"props": {"b": {"type": "object", "properties": {"y": {"type": "int"}, "x": {"type": "str"}}}, "a": {"type": "str"}}})
+case("for_nonrecursive_loop_call_fails", "{% for x in l %}{{ loop([1]) }}{% endfor %}")
 case("for_depth", "{% for x in [1] %}{{ loop.depth }}{{ loop.depth0 }}{% endfor %}")
 case("for_else", "{% for x in [] %}x{% else %}none{% endfor %}|{% for x in [1] %}x{% else %}none{% endfor %}")
 case("for_filter", "{% for m in messages if m.role != 'system' %}{{ loop.index }}/{{ loop.length }}:{{ m.role }} {% endfor %}")
