@@ -98,7 +98,9 @@ int xd_quant_parse(const char *name, enum xd_dtype *ret_fmt, struct xd_err *err)
     else if (strcmp(name, "q4") == 0)
         *ret_fmt = XD_DTYPE_Q4_1;
     else
-        return xd_err_set(err, XD_ERR_CONFIG, "option '--quantize': '%s' is not q8, q4 or none",
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "option '--quantize' (EXPERTD_QUANTIZE, config key quantize): '%s' is "
+                          "not q8, q4 or none",
                           name);
     return XD_OK;
 }
