@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "engine/cpu/cpu_kernels.h"
+#include "engine/engine.h"
 #include "engine/model/dtype.h"
 #include "engine/model/quant.h"
 #include "tests/test.h"
@@ -305,8 +306,73 @@ static void test_path_named(void)
         CHECK_CONTAINS(p, "q8/q4: avx2");
 }
 
-int main(void)
+/* xd_model_quantize on a fixture checkpoint: which matrices change format, the expert bytes
+ * the planner records, experts-only, a second call, another format, cuda refused. */
+static const char *fixtures;
+
+static void test_model_quantize(void)
 {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/golden/olmoe-f32", fixtures);
+    struct xd_model *m = NULL;
+    struct xd_err err = {{0}};
+    CHECK(xd_model_load(dir, &m, &err) == XD_OK, "%s", err.msg);
+    if (!m)
+        return;
+    const struct xd_model_config *c = &m->config;
+    const size_t f32_bytes = xd_model_expert_bytes(m);
+    CHECK(f32_bytes == (size_t)3 * c->expert_ffn * c->hidden_size * 4, "%zu", f32_bytes);
+    struct xd_engine_opts o = {.device = XD_DEVICE_CUDA, .n_kv_blocks = 4, .block_size = 4,
+                               .max_batch_tokens = 8, .quantize = XD_DTYPE_Q8_0};
+    struct xd_engine *e = NULL;
+    CHECK(xd_engine_create(m, &o, &e, &err) == XD_ERR_UNSUPPORTED && !e, "cuda accepted q8");
+    CHECK_CONTAINS(err.msg, "no q8/q4 kernels");
+    CHECK(m->quant == XD_DTYPE_F32, "the refusal quantized the model");
+
+    CHECK(xd_model_quantize(m, XD_DTYPE_Q8_0, true, &err) == XD_OK, "%s", err.msg);
+    struct xd_expert_weights w;
+    CHECK(xd_expert_store_acquire(&m->experts, 0, 3, &w) == XD_OK, "acquire");
+    CHECK(w.gate.dtype == XD_DTYPE_Q8_0 && w.up.dtype == XD_DTYPE_Q8_0 &&
+          w.down.dtype == XD_DTYPE_Q8_0, "expert not q8");
+    CHECK(w.gate.rows == c->expert_ffn && w.gate.cols == c->hidden_size, "shape");
+    const size_t q8_bytes = xd_model_expert_bytes(m);
+    CHECK(q8_bytes == (size_t)3 * c->expert_ffn * (c->hidden_size / 32) * 34, "%zu", q8_bytes);
+    CHECK(m->layers[0].wq.dtype == XD_DTYPE_F32, "experts only, yet q_proj is %s",
+          xd_dtype_name(m->layers[0].wq.dtype));
+    CHECK(xd_model_quantize(m, XD_DTYPE_Q8_0, true, &err) == XD_OK, "same again: %s", err.msg);
+    CHECK(xd_model_quantize(m, XD_DTYPE_Q4_1, false, &err) == XD_ERR_INVALID, "q4 over q8");
+    CHECK_CONTAINS(err.msg, "already quantized to Q8_0");
+    xd_model_destroy(m);
+
+    /* all but the precision-keeping tensors, through the engine option */
+    m = NULL;
+    CHECK(xd_model_load(dir, &m, &err) == XD_OK, "%s", err.msg);
+    if (!m)
+        return;
+    o.device = XD_DEVICE_CPU;
+    o.quantize = XD_DTYPE_Q4_1;
+    CHECK(xd_engine_create(m, &o, &e, &err) == XD_OK, "%s", err.msg);
+    CHECK(m->quant == XD_DTYPE_Q4_1 && !m->quant_experts_only, "model not q4");
+    const struct xd_layer_weights *l0 = &m->layers[0];
+    CHECK(l0->wq.dtype == XD_DTYPE_Q4_1 && l0->wk.dtype == XD_DTYPE_Q4_1 &&
+          l0->wv.dtype == XD_DTYPE_Q4_1 && l0->wo.dtype == XD_DTYPE_Q4_1, "attention not q4");
+    CHECK(l0->router.dtype == XD_DTYPE_F32 && l0->attn_norm.dtype == XD_DTYPE_F32 &&
+          m->embed.dtype == XD_DTYPE_F32 && m->lm_head.dtype == XD_DTYPE_F32,
+          "router, norms, embedding and lm_head must keep their precision");
+    CHECK(xd_model_expert_bytes(m) == (size_t)3 * c->expert_ffn * (c->hidden_size / 32) * 20,
+          "%zu", xd_model_expert_bytes(m));
+    /* a second engine over the quantized model on cuda is refused too */
+    struct xd_engine *e2 = NULL;
+    o.device = XD_DEVICE_CUDA;
+    o.quantize = XD_DTYPE_F32;
+    CHECK(xd_engine_create(m, &o, &e2, &err) == XD_ERR_UNSUPPORTED && !e2, "cuda on q4 model");
+    xd_engine_destroy(e);
+    xd_model_destroy(m);
+}
+
+int main(int argc, char **argv)
+{
+    fixtures = argc > 1 ? argv[1] : "tests/fixtures";
     RUN(test_q8_round_trip);
     RUN(test_q4_round_trip);
     RUN(test_matrix_from_each_dtype);
@@ -314,6 +380,7 @@ int main(void)
     RUN(test_matmul);
     RUN(test_matmul_parallel);
     RUN(test_path_named);
+    RUN(test_model_quantize);
     printf("%d passed, %d failed\n", test_cases_passed, test_cases_failed);
     return test_failures ? 1 : 0;
 }
