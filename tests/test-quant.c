@@ -185,18 +185,19 @@ static int wq_at(const struct xd_matrix *w, int64_t r, int64_t k, float *ret_d, 
 static float ref_order(const struct xd_matrix *w, int64_t r, const float *x)
 {
     const int64_t nb = w->cols / 32;
-    float acc[8] = {0}, macc = 0.0f;
+    float L[16] = {0}, macc = 0.0f;
     for (int64_t b = 0; b < nb; b++) {
         float dx, dw, mw;
         int8_t xq[32];
         ref_quant_act(x + b * 32, &dx, xq);
         wq_at(w, r, b * 32, &dw, &mw);
         const float s = dw * dx;
+        const int h = b % 2 ? 8 : 0;
         for (int j = 0; j < 8; j++) {
             int p = 0;
             for (int i = 0; i < 4; i++)
                 p += wq_at(w, r, b * 32 + 4 * j + i, &dw, &mw) * xq[4 * j + i];
-            acc[j] = fmaf(s, (float)p, acc[j]);
+            L[h + j] = fmaf(s, (float)p, L[h + j]);
         }
     }
     if (w->dtype == XD_DTYPE_Q4_1)
@@ -210,8 +211,10 @@ static float ref_order(const struct xd_matrix *w, int64_t r, const float *x)
             wq_at(w, r, b * 32, &dw, &mw);
             macc = fmaf(mw, dx * (float)sum, macc);
         }
-    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7])) +
-           macc;
+    for (int k = 8; k > 0; k /= 2)
+        for (int i = 0; i < k; i++)
+            L[i] += L[i + k];
+    return L[0] + macc;
 }
 
 /* The plain loop: sum_k deq(w)[k] * deq(xq)[k] in double, and sum_k |..| for the tolerance. */
@@ -275,7 +278,8 @@ static void check_shape(enum xd_dtype fmt, int n, int rows, int cols)
 }
 
 /* Token counts 1..9 and 64 cover every tile remainder (4 tokens) of every path; rows 37 a
- * remainder of the 4- and 2-row groups and of the 16-row tasks; cols 32 one block, 96 odd. */
+ * remainder of the 4-row groups and of the 16-row tasks; cols 32 one block, 96 an odd number
+ * of blocks (the last pair half empty), 1024 even. */
 static void test_matmul(void)
 {
     const enum xd_dtype fmts[2] = {XD_DTYPE_Q8_0, XD_DTYPE_Q4_1};

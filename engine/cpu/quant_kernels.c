@@ -7,21 +7,25 @@
 
 #include "engine/model/quant.h"
 
-/* One block of 32 activations quantized to int8 (llama.cpp's q8_1 class, with f32 scales). */
-struct act_block {
-    float d;                 /* max |x| / 127 */
-    float s;                 /* d * sum(q) (f32), the q4_1 minimum's partner */
-    int8_t q[XD_QBLOCK];     /* (32,) round(x / d) */
+/* The step's activations quantized per block of 32 (llama.cpp's q8_1 class, f32 scales), laid
+ * out for the kernels: a pair of blocks is 64 contiguous bytes of q, and the q4_1 partners of
+ * four tokens are four contiguous floats of s. */
+struct acts {
+    int n;           /* tokens */
+    int64_t nb;      /* blocks per token */
+    int8_t *q;       /* (n, nb * 32) round(x / d) */
+    float *d;        /* (n, nb) max |x| / 127 of each block */
+    float *s;        /* (nb, n) d * sum(q) (f32) of each block, block-major */
 };
 
-/* xq (n, cols / 32) = x (n, cols) quantized per block; the same C on every path. */
-static void quantize_acts(const float *x, int n, int64_t cols, struct act_block *xq)
+/* a (n, cols) = x quantized per block; the same C on every path. */
+static void quantize_acts(const float *x, int n, int64_t cols, struct acts *a)
 {
     const int64_t nb = cols / XD_QBLOCK;
     for (int64_t t = 0; t < n; t++) {
         for (int64_t b = 0; b < nb; b++) {
             const float *xb = x + t * cols + b * XD_QBLOCK;
-            struct act_block *o = &xq[t * nb + b];
+            int8_t *q = a->q + t * cols + b * XD_QBLOCK;
             float amax = 0.0f;
             for (int j = 0; j < XD_QBLOCK; j++)
                 amax = fmaxf(amax, fabsf(xb[j]));
@@ -29,78 +33,81 @@ static void quantize_acts(const float *x, int n, int64_t cols, struct act_block 
             const float id = d != 0.0f ? 1.0f / d : 0.0f;
             int sum = 0;
             for (int j = 0; j < XD_QBLOCK; j++) {
-                o->q[j] = (int8_t)roundf(xb[j] * id);
-                sum += o->q[j];
+                q[j] = (int8_t)roundf(xb[j] * id);
+                sum += q[j];
             }
-            o->d = d;
-            o->s = d * (float)sum;
+            a->d[t * nb + b] = d;
+            a->s[b * n + t] = d * (float)sum;
         }
     }
 }
 
 /* ---- the portable path: the order of the header, written out ---- */
 
-static float tree8(const float *a)
+static float tree16(float *L)
 {
-    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+    for (int k = 8; k > 0; k /= 2)
+        for (int i = 0; i < k; i++)
+            L[i] += L[i + k];
+    return L[0];
 }
 
-static float dot_q8_portable(const struct xd_block_q8_0 *w, const struct act_block *x, int64_t nb)
+/* Weight k (0..31) of block b of a row as the integer the order multiplies. */
+static inline int wq_at(const void *row, int fmt_q8, int64_t b, int k)
 {
-    float acc[8] = {0};
+    if (fmt_q8)
+        return ((const struct xd_block_q8_0 *)row)[b].qs[k];
+    const uint8_t *qs = ((const struct xd_block_q4_1 *)row)[b].qs;
+    return k < 16 ? qs[k] & 15 : qs[k - 16] >> 4;
+}
+
+static float dot_portable(const void *row, int fmt_q8, const struct acts *a, int t)
+{
+    const int64_t nb = a->nb;
+    const int8_t *xq = a->q + (int64_t)t * nb * XD_QBLOCK;
+    float L[16] = {0};
     for (int64_t b = 0; b < nb; b++) {
-        const float s = xd_f16_to_f32(w[b].d) * x[b].d;
+        const uint16_t dh = fmt_q8 ? ((const struct xd_block_q8_0 *)row)[b].d
+                                   : ((const struct xd_block_q4_1 *)row)[b].d;
+        const float s = xd_f16_to_f32(dh) * a->d[(int64_t)t * nb + b];
+        const int h = (int)(b % 2) * 8;
         for (int j = 0; j < 8; j++) {
             int p = 0;
             for (int i = 0; i < 4; i++)
-                p += w[b].qs[4 * j + i] * x[b].q[4 * j + i];
-            acc[j] = fmaf(s, (float)p, acc[j]);
+                p += wq_at(row, fmt_q8, b, 4 * j + i) * xq[b * XD_QBLOCK + 4 * j + i];
+            L[h + j] = fmaf(s, (float)p, L[h + j]);
         }
     }
-    return tree8(acc);
-}
-
-static float dot_q4_portable(const struct xd_block_q4_1 *w, const struct act_block *x, int64_t nb)
-{
-    float acc[8] = {0}, macc = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        const float s = xd_f16_to_f32(w[b].d) * x[b].d;
-        for (int j = 0; j < 8; j++) {
-            int p = 0;
-            for (int i = 0; i < 4; i++) {
-                const int k = 4 * j + i;
-                const int q = k < 16 ? w[b].qs[k] & 15 : w[b].qs[k - 16] >> 4;
-                p += q * x[b].q[k];
-            }
-            acc[j] = fmaf(s, (float)p, acc[j]);
-        }
+    float r = tree16(L);
+    if (!fmt_q8) {
+        float macc = 0.0f;
+        for (int64_t b = 0; b < nb; b++)
+            macc = fmaf(xd_f16_to_f32(((const struct xd_block_q4_1 *)row)[b].m),
+                        a->s[b * a->n + t], macc);
+        r += macc;
     }
-    for (int64_t b = 0; b < nb; b++)
-        macc = fmaf(xd_f16_to_f32(w[b].m), x[b].s, macc);
-    return tree8(acc) + macc;
+    return r;
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
-static void rows_portable(const struct act_block *xq, int n, const struct xd_matrix *w, float *y,
-                          int64_t r0, int64_t r1)
+static void rows_portable(const struct acts *a, const struct xd_matrix *w, float *y, int64_t r0,
+                          int64_t r1)
 {
-    const int64_t nb = w->cols / XD_QBLOCK;
+    const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
     for (int64_t r = r0; r < r1; r++)
-        for (int t = 0; t < n; t++) {
-            const struct act_block *xt = xq + (int64_t)t * nb;
-            y[(int64_t)t * w->rows + r] =
-                w->dtype == XD_DTYPE_Q8_0
-                    ? dot_q8_portable((const struct xd_block_q8_0 *)w->data + r * nb, xt, nb)
-                    : dot_q4_portable((const struct xd_block_q4_1 *)w->data + r * nb, xt, nb);
-        }
+        for (int t = 0; t < a->n; t++)
+            y[(int64_t)t * w->rows + r] = dot_portable((const char *)w->data + r * row_bytes,
+                                                       w->dtype == XD_DTYPE_Q8_0, a, t);
 }
 
 /* ---- x86-64 vector paths ----
- * The eight int32 lanes of one 256-bit dot product are the p_j of the header (lane j sums
- * products 4j .. 4j + 3, as vpdpbusd and vpmaddubsw + vpmaddwd both group them); the float
- * accumulator keeps the same eight lanes, and the final reduction is the header's tree. */
+ * One 256-bit integer dot product of a block gives its eight p_j (lane j sums products 4j ..
+ * 4j + 3, as vpdpbusd and vpmaddubsw + vpmaddwd both group them). The VNNI path holds a pair of
+ * blocks in one 512-bit vector, so its sixteen float lanes are the header's L; the AVX2 path
+ * keeps lanes 0-7 (even blocks) and 8-15 (odd blocks) in two 256-bit accumulators, and both
+ * reduce by the header's tree. */
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define XD_HAVE_X86_QUANT 1
@@ -110,43 +117,30 @@ static void rows_portable(const struct act_block *xq, int n, const struct xd_mat
 
 #define FMT_Q8 0
 #define FMT_Q4 1
-#define NT_MAX 4 /* tokens per register tile */
-#define NR_MAX 4 /* rows per register tile */
+#define NT 4 /* tokens per register tile */
 
-TGT_AVX2 static inline __attribute__((always_inline)) float reduce8(__m256 a)
+/* The tree k = 8, 4, 2, 1 over sixteen lanes held as lo (0-7) + hi (8-15). */
+TGT_AVX2 static inline __attribute__((always_inline)) float reduce16(__m256 lo, __m256 hi)
 {
-    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    __m256 s8 = _mm256_add_ps(lo, hi);
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
     __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
     return _mm_cvtss_f32(s1);
 }
 
-/* Integer dot of u8 a with s8 b: eight int32 sums of four products each. vnni is a constant
- * once inlined. (vpmaddubsw cannot saturate here: |a| <= 127 and |b| <= 127.) */
-#define DEFINE_DOT(name, tgt, vnni_expr)                                                         \
-    tgt static inline __attribute__((always_inline)) __m256i name(__m256i a, __m256i b)          \
-    {                                                                                            \
-        vnni_expr;                                                                               \
-    }
-DEFINE_DOT(dot_u8s8_avx2, TGT_AVX2,
-           return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)))
-DEFINE_DOT(dot_u8s8_vnni, TGT_VNNI, return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b))
-
-/* The weights of block b of one row as 32 bytes in element order: q8 signed, q4 0..15. */
+/* Block b of a row: its 32 weights in element order (q8 signed, q4 0..15), its f32 scale. */
 #define DEFINE_LOADW(name, tgt)                                                                  \
-    tgt static inline __attribute__((always_inline)) __m256i name(const void *row, int64_t b,    \
-                                                                  const int fmt, float *ret_d,   \
-                                                                  float *ret_m)                  \
+    tgt static inline __attribute__((always_inline)) __m256i name(const char *row, int64_t b,    \
+                                                                  const int fmt, float *ret_d)   \
     {                                                                                            \
         if (fmt == FMT_Q8) {                                                                     \
             const struct xd_block_q8_0 *blk = (const struct xd_block_q8_0 *)row + b;             \
             *ret_d = _cvtsh_ss(blk->d);                                                          \
-            *ret_m = 0.0f;                                                                       \
             return _mm256_loadu_si256((const __m256i *)blk->qs);                                 \
         }                                                                                        \
         const struct xd_block_q4_1 *blk = (const struct xd_block_q4_1 *)row + b;                 \
         *ret_d = _cvtsh_ss(blk->d);                                                              \
-        *ret_m = _cvtsh_ss(blk->m);                                                              \
         __m128i q = _mm_loadu_si128((const __m128i *)blk->qs);                                   \
         __m128i lo = _mm_and_si128(q, _mm_set1_epi8(15));                                        \
         __m128i hi = _mm_and_si128(_mm_srli_epi16(q, 4), _mm_set1_epi8(15));                     \
@@ -155,97 +149,187 @@ DEFINE_DOT(dot_u8s8_vnni, TGT_VNNI, return _mm256_dpbusd_epi32(_mm256_setzero_si
 DEFINE_LOADW(load_w_avx2, TGT_AVX2)
 DEFINE_LOADW(load_w_vnni, TGT_VNNI)
 
-/* y[t][r0 + i] for tokens t0 .. t0 + nt - 1, rows r0 .. r0 + nr - 1 (constants once inlined). */
-#define DEFINE_TILE(name, tgt, loadw, dot)                                                       \
-    tgt static inline __attribute__((always_inline)) void                                       \
-    name(const struct act_block *xq, const struct xd_matrix *w, float *y, int64_t t0,           \
-         int64_t r0, const int nt, const int nr, const int fmt)                                  \
+/* The q4_1 minimum term of tokens t0 .. t0 + nt - 1 for one row, added into macc[t]: one fmaf
+ * per block in order (four tokens a vector when nt is 4, the same operations). */
+#define DEFINE_MINS(name, tgt)                                                                   \
+    tgt static inline __attribute__((always_inline)) void name(const char *row,                  \
+                                                               const struct acts *a, int64_t t0, \
+                                                               const int nt, float *macc)        \
     {                                                                                            \
-        const int64_t nb = w->cols / XD_QBLOCK;                                                  \
-        const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);                          \
-        const char *wrow[NR_MAX];                                                                \
-        __m256 acc[NT_MAX][NR_MAX];                                                              \
-        float macc[NT_MAX][NR_MAX];                                                              \
-        _Pragma("GCC unroll 4") for (int r = 0; r < nr; r++)                                    \
-            wrow[r] = (const char *)w->data + (size_t)(r0 + r) * row_bytes;                      \
-        _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++)                                    \
-            _Pragma("GCC unroll 4") for (int r = 0; r < nr; r++)                                \
-        {                                                                                        \
-            acc[t][r] = _mm256_setzero_ps();                                                     \
-            macc[t][r] = 0.0f;                                                                   \
+        const struct xd_block_q4_1 *blk = (const struct xd_block_q4_1 *)row;                     \
+        if (nt == 4) {                                                                           \
+            __m128 m4 = _mm_setzero_ps();                                                        \
+            for (int64_t b = 0; b < a->nb; b++)                                                  \
+                m4 = _mm_fmadd_ps(_mm_set1_ps(_cvtsh_ss(blk[b].m)),                              \
+                                  _mm_loadu_ps(a->s + b * a->n + t0), m4);                       \
+            _mm_storeu_ps(macc, m4);                                                             \
+            return;                                                                              \
         }                                                                                        \
-        for (int64_t b = 0; b < nb; b++) {                                                       \
-            __m256i wv[NR_MAX], wa[NR_MAX];                                                      \
-            float dw[NR_MAX], mw[NR_MAX];                                                        \
-            _Pragma("GCC unroll 4") for (int r = 0; r < nr; r++)                                \
-            {                                                                                    \
-                wv[r] = loadw(wrow[r], b, fmt, &dw[r], &mw[r]);                                  \
-                wa[r] = fmt == FMT_Q8 ? _mm256_sign_epi8(wv[r], wv[r]) : wv[r];                  \
-            }                                                                                    \
-            _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++)                                \
-            {                                                                                    \
-                const struct act_block *xb = &xq[(t0 + t) * nb + b];                             \
-                const __m256i xv = _mm256_loadu_si256((const __m256i *)xb->q);                   \
-                const float dx = xb->d;                                                          \
-                _Pragma("GCC unroll 4") for (int r = 0; r < nr; r++)                            \
-                {                                                                                \
-                    __m256i p = fmt == FMT_Q8 ? dot(wa[r], _mm256_sign_epi8(xv, wv[r]))          \
-                                              : dot(wv[r], xv);                                  \
-                    acc[t][r] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * dx),                      \
-                                                _mm256_cvtepi32_ps(p), acc[t][r]);               \
-                }                                                                                \
-            }                                                                                    \
+        for (int t = 0; t < nt; t++)                                                             \
+            macc[t] = 0.0f;                                                                      \
+        for (int64_t b = 0; b < a->nb; b++) {                                                    \
+            const float m = _cvtsh_ss(blk[b].m);                                                 \
+            for (int t = 0; t < nt; t++)                                                         \
+                macc[t] = __builtin_fmaf(m, a->s[b * a->n + t0 + t], macc[t]);                   \
         }                                                                                        \
-        if (fmt == FMT_Q4)                                                                       \
-            for (int64_t b = 0; b < nb; b++)                                                     \
-                _Pragma("GCC unroll 4") for (int r = 0; r < nr; r++)                            \
-                {                                                                                \
-                    const float m = _cvtsh_ss(((const struct xd_block_q4_1 *)wrow[r])[b].m);     \
-                    _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++)                        \
-                        macc[t][r] = __builtin_fmaf(m, xq[(t0 + t) * nb + b].s, macc[t][r]);     \
-                }                                                                                \
-        _Pragma("GCC unroll 4") for (int t = 0; t < nt; t++)                                    \
-            _Pragma("GCC unroll 4") for (int r = 0; r < nr; r++)                                \
-                y[(t0 + t) * w->rows + r0 + r] = reduce8(acc[t][r]) + macc[t][r];                \
     }
-DEFINE_TILE(tile_avx2, TGT_AVX2, load_w_avx2, dot_u8s8_avx2)
-DEFINE_TILE(tile_vnni, TGT_VNNI, load_w_vnni, dot_u8s8_vnni)
+DEFINE_MINS(mins_avx2, TGT_AVX2)
+DEFINE_MINS(mins_vnni, TGT_VNNI)
 
-/* Rows r0 .. r1 - 1 against every token: nr-row groups, each over the tokens in tiles of
- * NT_MAX (the weights of a group stay in L1 while every token passes). */
-#define DEFINE_ROWS(name, tgt, tile, NR)                                                         \
-    tgt static inline __attribute__((always_inline)) void                                       \
-    name##_g(const struct act_block *xq, int n, const struct xd_matrix *w, float *y, int64_t r, \
-             const int nr, const int fmt)                                                        \
-    {                                                                                            \
-        int64_t t = 0;                                                                           \
-        for (; t + NT_MAX <= n; t += NT_MAX)                                                     \
-            tile(xq, w, y, t, r, NT_MAX, nr, fmt);                                               \
-        switch (n - t) {                                                                         \
-        case 3: tile(xq, w, y, t, r, 3, nr, fmt); break;                                         \
-        case 2: tile(xq, w, y, t, r, 2, nr, fmt); break;                                         \
-        case 1: tile(xq, w, y, t, r, 1, nr, fmt); break;                                         \
-        default: break;                                                                          \
-        }                                                                                        \
-    }                                                                                            \
-    tgt static void name(const struct act_block *xq, int n, const struct xd_matrix *w, float *y, \
-                         int64_t r0, int64_t r1)                                                 \
+/* VNNI: y[t][r0 + r] for tokens t0 .. t0 + nt - 1 and rows r0 .. r0 + nr - 1 (constants once
+ * inlined), a pair of blocks per step. */
+TGT_VNNI static inline __attribute__((always_inline)) void
+tile_vnni(const struct acts *a, const struct xd_matrix *w, float *y, int64_t t0, int64_t r0,
+          const int nt, const int nr, const int fmt)
+{
+    const int64_t nb = a->nb, cols = nb * XD_QBLOCK;
+    const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
+    const char *wrow[4];
+    __m512 acc[NT][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+        wrow[r] = (const char *)w->data + (size_t)(r0 + r) * row_bytes;
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++)
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++)
+            acc[t][r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b += 2) {
+        const int pair = b + 1 < nb; /* else the last, odd block: the high half stays zero */
+        __m512i wv[4];
+        __m512 dwv[4];
+        __mmask64 neg[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            float d0, d1 = 0.0f;
+            __m256i w0 = load_w_vnni(wrow[r], b, fmt, &d0);
+            __m256i w1 = pair ? load_w_vnni(wrow[r], b + 1, fmt, &d1) : _mm256_setzero_si256();
+            wv[r] = _mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1);
+            dwv[r] = _mm512_castpd_ps(_mm512_insertf64x4(
+                _mm512_castps_pd(_mm512_set1_ps(d0)), _mm256_castps_pd(_mm256_set1_ps(d1)), 1));
+            if (fmt == FMT_Q8) {
+                neg[r] = _mm512_movepi8_mask(wv[r]);
+                wv[r] = _mm512_abs_epi8(wv[r]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const int8_t *xq = a->q + (t0 + t) * cols + b * XD_QBLOCK;
+            const float *dx = a->d + (t0 + t) * nb + b;
+            __m512i xv = pair ? _mm512_loadu_si512((const void *)xq)
+                              : _mm512_castsi256_si512(_mm256_loadu_si256((const void *)xq));
+            if (!pair)
+                xv = _mm512_inserti64x4(xv, _mm256_setzero_si256(), 1);
+            const __m512 dxv = _mm512_castpd_ps(_mm512_insertf64x4(
+                _mm512_castps_pd(_mm512_set1_ps(dx[0])),
+                _mm256_castps_pd(_mm256_set1_ps(pair ? dx[1] : 0.0f)), 1));
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                /* q8: |w| times x with w's sign, so the unsigned operand is |w| */
+                const __m512i xs = fmt == FMT_Q8
+                                       ? _mm512_mask_sub_epi8(xv, neg[r], _mm512_setzero_si512(),
+                                                              xv)
+                                       : xv;
+                const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r], xs);
+                acc[t][r] = _mm512_fmadd_ps(_mm512_mul_ps(dwv[r], dxv), _mm512_cvtepi32_ps(p),
+                                            acc[t][r]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++) {
+        float macc[NT] = {0};
+        if (fmt == FMT_Q4)
+            mins_vnni(wrow[r], a, t0, nt, macc);
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            __m256 lo = _mm512_castps512_ps256(acc[t][r]);
+            __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[t][r]), 1));
+            y[(t0 + t) * w->rows + r0 + r] = reduce16(lo, hi) + macc[t];
+        }
+    }
+}
+
+/* AVX2: one row against tokens t0 .. t0 + nt - 1, the even and odd blocks in two accumulators. */
+TGT_AVX2 static inline __attribute__((always_inline)) void
+tile_avx2(const struct acts *a, const struct xd_matrix *w, float *y, int64_t t0, int64_t r0,
+          const int nt, const int fmt)
+{
+    const int64_t nb = a->nb, cols = nb * XD_QBLOCK;
+    const char *row = (const char *)w->data + (size_t)r0 * xd_dtype_row_bytes(w->dtype, w->cols);
+    __m256 acc[NT][2];
+    const __m256i ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++)
+        acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const int h = (int)(b & 1);
+        float dw;
+        const __m256i wv = load_w_avx2(row, b, fmt, &dw);
+        const __m256i wa = fmt == FMT_Q8 ? _mm256_sign_epi8(wv, wv) : wv;
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const __m256i xv =
+                _mm256_loadu_si256((const __m256i *)(a->q + (t0 + t) * cols + b * XD_QBLOCK));
+            const __m256i xs = fmt == FMT_Q8 ? _mm256_sign_epi8(xv, wv) : xv;
+            const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, xs), ones);
+            const __m256 sc = _mm256_set1_ps(dw * a->d[(t0 + t) * nb + b]);
+            acc[t][h] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(p), acc[t][h]);
+        }
+    }
+    float macc[NT] = {0};
+    if (fmt == FMT_Q4)
+        mins_avx2(row, a, t0, nt, macc);
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++)
+        y[(t0 + t) * w->rows + r0] = reduce16(acc[t][0], acc[t][1]) + macc[t];
+}
+
+#define DEFINE_ROWS_VNNI(name, fmt)                                                              \
+    TGT_VNNI static void name(const struct acts *a, const struct xd_matrix *w, float *y,         \
+                              int64_t r0, int64_t r1)                                            \
     {                                                                                            \
         int64_t r = r0;                                                                          \
-        if (w->dtype == XD_DTYPE_Q8_0) {                                                         \
-            for (; r + NR <= r1; r += NR)                                                        \
-                name##_g(xq, n, w, y, r, NR, FMT_Q8);                                            \
-            for (; r < r1; r++)                                                                  \
-                name##_g(xq, n, w, y, r, 1, FMT_Q8);                                             \
-        } else {                                                                                 \
-            for (; r + NR <= r1; r += NR)                                                        \
-                name##_g(xq, n, w, y, r, NR, FMT_Q4);                                            \
-            for (; r < r1; r++)                                                                  \
-                name##_g(xq, n, w, y, r, 1, FMT_Q4);                                             \
+        for (; r + 4 <= r1; r += 4) {                                                            \
+            int64_t t = 0;                                                                       \
+            for (; t + NT <= a->n; t += NT)                                                      \
+                tile_vnni(a, w, y, t, r, NT, 4, fmt);                                            \
+            switch (a->n - t) {                                                                  \
+            case 3: tile_vnni(a, w, y, t, r, 3, 4, fmt); break;                                  \
+            case 2: tile_vnni(a, w, y, t, r, 2, 4, fmt); break;                                  \
+            case 1: tile_vnni(a, w, y, t, r, 1, 4, fmt); break;                                  \
+            default: break;                                                                      \
+            }                                                                                    \
+        }                                                                                        \
+        for (; r < r1; r++) {                                                                    \
+            int64_t t = 0;                                                                       \
+            for (; t + NT <= a->n; t += NT)                                                      \
+                tile_vnni(a, w, y, t, r, NT, 1, fmt);                                            \
+            for (; t < a->n; t++)                                                                \
+                tile_vnni(a, w, y, t, r, 1, 1, fmt);                                             \
         }                                                                                        \
     }
-DEFINE_ROWS(rows_avx2, TGT_AVX2, tile_avx2, 2)
-DEFINE_ROWS(rows_vnni, TGT_VNNI, tile_vnni, 4)
+DEFINE_ROWS_VNNI(rows_vnni_q8, FMT_Q8)
+DEFINE_ROWS_VNNI(rows_vnni_q4, FMT_Q4)
+
+#define DEFINE_ROWS_AVX2(name, fmt)                                                              \
+    TGT_AVX2 static void name(const struct acts *a, const struct xd_matrix *w, float *y,         \
+                              int64_t r0, int64_t r1)                                            \
+    {                                                                                            \
+        for (int64_t r = r0; r < r1; r++) {                                                      \
+            int64_t t = 0;                                                                       \
+            for (; t + NT <= a->n; t += NT)                                                      \
+                tile_avx2(a, w, y, t, r, NT, fmt);                                               \
+            switch (a->n - t) {                                                                  \
+            case 3: tile_avx2(a, w, y, t, r, 3, fmt); break;                                     \
+            case 2: tile_avx2(a, w, y, t, r, 2, fmt); break;                                     \
+            case 1: tile_avx2(a, w, y, t, r, 1, fmt); break;                                     \
+            default: break;                                                                      \
+            }                                                                                    \
+        }                                                                                        \
+    }
+DEFINE_ROWS_AVX2(rows_avx2_q8, FMT_Q8)
+DEFINE_ROWS_AVX2(rows_avx2_q4, FMT_Q4)
 #endif
 
 /* ---- dispatch ---- */
@@ -269,17 +353,16 @@ enum xd_quant_path xd_cpu_quant_best_path(enum xd_quant_path max)
 /* Rows of output per OpenMP task. */
 #define ROW_TILE 16
 
-typedef void (*rows_fn)(const struct act_block *, int, const struct xd_matrix *, float *, int64_t,
+typedef void (*rows_fn)(const struct acts *, const struct xd_matrix *, float *, int64_t,
                         int64_t);
 
-static void run_rows(rows_fn fn, const struct act_block *xq, int n, const struct xd_matrix *w,
-                     float *y)
+static void run_rows(rows_fn fn, const struct acts *a, const struct xd_matrix *w, float *y)
 {
     const int64_t rows = w->rows, n_tiles = (rows + ROW_TILE - 1) / ROW_TILE;
-#pragma omp parallel for schedule(static) if (rows * w->cols * (int64_t)n > 32768)
+#pragma omp parallel for schedule(static) if (rows * w->cols * (int64_t)a->n > 32768)
     for (int64_t tile = 0; tile < n_tiles; tile++) {
         int64_t r_end = tile * ROW_TILE + ROW_TILE < rows ? tile * ROW_TILE + ROW_TILE : rows;
-        fn(xq, n, w, y, tile * ROW_TILE, r_end);
+        fn(a, w, y, tile * ROW_TILE, r_end);
     }
 }
 
@@ -289,27 +372,34 @@ void xd_cpu_matmul_quant(const float *x, int n, const struct xd_matrix *w, float
     const int64_t cols = w->cols, nb = cols / XD_QBLOCK;
     if (n <= 0)
         return;
+    const int q8 = w->dtype == XD_DTYPE_Q8_0;
     rows_fn fn = rows_portable;
 #ifdef XD_HAVE_X86_QUANT
     if (path == XD_QUANT_VNNI)
-        fn = rows_vnni;
+        fn = q8 ? rows_vnni_q8 : rows_vnni_q4;
     else if (path == XD_QUANT_AVX2)
-        fn = rows_avx2;
+        fn = q8 ? rows_avx2_q8 : rows_avx2_q4;
 #else
     (void)path;
+    (void)q8;
 #endif
     /* the step's activations, quantized once for every row: 40 bytes per 32 values */
-    struct act_block *xq = malloc(sizeof *xq * (size_t)n * (size_t)nb);
-    if (!xq) {
+    const size_t n_blocks = (size_t)n * (size_t)nb;
+    char *buf = malloc(n_blocks * (XD_QBLOCK + 2 * sizeof(float)));
+    if (!buf) {
         /* no memory for the scratch: one token at a time from the stack, the same results */
         for (int t = 0; t < n; t++) {
-            struct act_block one[nb];
-            quantize_acts(x + (int64_t)t * cols, 1, cols, one);
-            run_rows(fn, one, 1, w, y + (int64_t)t * w->rows);
+            int8_t q[cols];
+            float d[nb], s[nb];
+            struct acts one = {1, nb, q, d, s};
+            quantize_acts(x + (int64_t)t * cols, 1, cols, &one);
+            run_rows(fn, &one, w, y + (int64_t)t * w->rows);
         }
         return;
     }
-    quantize_acts(x, n, cols, xq);
-    run_rows(fn, xq, n, w, y);
-    free(xq);
+    struct acts a = {n, nb, (int8_t *)buf, (float *)(buf + n_blocks * XD_QBLOCK),
+                     (float *)(buf + n_blocks * XD_QBLOCK) + n_blocks};
+    quantize_acts(x, n, cols, &a);
+    run_rows(fn, &a, w, y);
+    free(buf);
 }
