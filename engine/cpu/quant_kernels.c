@@ -194,23 +194,44 @@ tile_vnni(const struct acts *a, const struct xd_matrix *w, float *y, int64_t t0,
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++)
             acc[t][r] = _mm512_setzero_ps();
+    const __m512i pair_idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     for (int64_t b = 0; b < nb; b += 2) {
         const int pair = b + 1 < nb; /* else the last, odd block: the high half stays zero */
         __m512i wv[4];
         __m512 dwv[4];
-        __mmask64 neg[4];
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
-            float d0, d1 = 0.0f;
-            __m256i w0 = load_w_vnni(wrow[r], b, fmt, &d0);
-            __m256i w1 = pair ? load_w_vnni(wrow[r], b + 1, fmt, &d1) : _mm256_setzero_si256();
-            wv[r] = _mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1);
-            dwv[r] = _mm512_castpd_ps(_mm512_insertf64x4(
-                _mm512_castps_pd(_mm512_set1_ps(d0)), _mm256_castps_pd(_mm256_set1_ps(d1)), 1));
-            if (fmt == FMT_Q8) {
-                neg[r] = _mm512_movepi8_mask(wv[r]);
-                wv[r] = _mm512_abs_epi8(wv[r]);
+            if (fmt == FMT_Q4) {
+                /* both blocks' 16 bytes of nibbles, split once: [b lo | b' lo | b hi | b' hi],
+                 * then ordered [b lo | b hi | b' lo | b' hi] (each block's 32 in order) */
+                const struct xd_block_q4_1 *blk = (const struct xd_block_q4_1 *)wrow[r] + b;
+                __m128i q0 = _mm_loadu_si128((const __m128i *)blk[0].qs);
+                __m128i q1 = pair ? _mm_loadu_si128((const __m128i *)blk[1].qs)
+                                  : _mm_set1_epi8((char)0);
+                __m256i q = _mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1);
+                __m256i lo = _mm256_and_si256(q, _mm256_set1_epi8(15));
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), _mm256_set1_epi8(15));
+                __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                wv[r] = _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(3, 1, 2, 0));
+            } else {
+                float unused;
+                __m256i w0 = load_w_vnni(wrow[r], b, fmt, &unused);
+                __m256i w1 =
+                    pair ? load_w_vnni(wrow[r], b + 1, fmt, &unused) : _mm256_setzero_si256();
+                wv[r] = _mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1);
             }
+            /* q8: w + 128 as unsigned bytes; the 128 * sum(x) it adds is taken off below */
+            if (fmt == FMT_Q8)
+                wv[r] = _mm512_xor_si512(wv[r], _mm512_set1_epi8((char)0x80));
+            /* the two f16 scales, widened, each broadcast over its block's eight lanes */
+            const size_t bsz = fmt == FMT_Q8 ? sizeof(struct xd_block_q8_0)
+                                             : sizeof(struct xd_block_q4_1);
+            uint16_t h0, h1 = 0;
+            memcpy(&h0, wrow[r] + (size_t)b * bsz, 2);
+            if (pair)
+                memcpy(&h1, wrow[r] + (size_t)(b + 1) * bsz, 2);
+            const __m128 d01 = _mm_cvtph_ps(_mm_cvtsi32_si128((int)h0 | (int)h1 << 16));
+            dwv[r] = _mm512_permutexvar_ps(pair_idx, _mm512_castps128_ps512(d01));
         }
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) {
@@ -220,27 +241,60 @@ tile_vnni(const struct acts *a, const struct xd_matrix *w, float *y, int64_t t0,
                               : _mm512_castsi256_si512(_mm256_loadu_si256((const void *)xq));
             if (!pair)
                 xv = _mm512_inserti64x4(xv, _mm256_setzero_si256(), 1);
-            const __m512 dxv = _mm512_castpd_ps(_mm512_insertf64x4(
-                _mm512_castps_pd(_mm512_set1_ps(dx[0])),
-                _mm256_castps_pd(_mm256_set1_ps(pair ? dx[1] : 0.0f)), 1));
+            const __m128 dx01 =
+                pair ? _mm_castpd_ps(_mm_load_sd((const double *)dx)) : _mm_load_ss(dx);
+            const __m512 dxv = _mm512_permutexvar_ps(pair_idx, _mm512_castps128_ps512(dx01));
+            /* q8: -128 * (sum of each lane's four x), the start of every row's dot product */
+            const __m512i base = fmt == FMT_Q8 ? _mm512_sub_epi32(_mm512_setzero_si512(),
+                                                                  _mm512_dpbusd_epi32(
+                                                                      _mm512_setzero_si512(),
+                                                                      _mm512_set1_epi8((char)0x80),
+                                                                      xv))
+                                               : _mm512_setzero_si512();
 #pragma GCC unroll 4
             for (int r = 0; r < nr; r++) {
-                /* q8: |w| times x with w's sign, so the unsigned operand is |w| */
-                const __m512i xs = fmt == FMT_Q8
-                                       ? _mm512_mask_sub_epi8(xv, neg[r], _mm512_setzero_si512(),
-                                                              xv)
-                                       : xv;
-                const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r], xs);
+                const __m512i p = _mm512_dpbusd_epi32(base, wv[r], xv);
                 acc[t][r] = _mm512_fmadd_ps(_mm512_mul_ps(dwv[r], dxv), _mm512_cvtepi32_ps(p),
                                             acc[t][r]);
             }
         }
     }
+    /* q4_1: the minimum terms, one fmaf per block in order for each (token, row), four rows a
+     * vector when the tile has four (the same operations per element) */
+    float mterm[4][NT] = {{0}};
+    if (fmt == FMT_Q4 && nr == 4) {
+        __m128 m4[NT];
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++)
+            m4[t] = _mm_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            uint16_t h[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++)
+                h[r] = ((const struct xd_block_q4_1 *)wrow[r])[b].m;
+            uint64_t packed;
+            memcpy(&packed, h, sizeof packed);
+            const __m128 mv = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)packed));
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++)
+                m4[t] = _mm_fmadd_ps(mv, _mm_set1_ps(a->s[b * a->n + t0 + t]), m4[t]);
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            float v[4];
+            _mm_storeu_ps(v, m4[t]);
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++)
+                mterm[r][t] = v[r];
+        }
+    } else if (fmt == FMT_Q4) {
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++)
+            mins_vnni(wrow[r], a, t0, nt, mterm[r]);
+    }
 #pragma GCC unroll 4
     for (int r = 0; r < nr; r++) {
-        float macc[NT] = {0};
-        if (fmt == FMT_Q4)
-            mins_vnni(wrow[r], a, t0, nt, macc);
+        const float *macc = mterm[r];
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) {
             __m256 lo = _mm512_castps512_ps256(acc[t][r]);
