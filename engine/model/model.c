@@ -323,11 +323,13 @@ size_t xd_model_expert_bytes(const struct xd_model *model)
 /* One matrix to quantize and a name for errors ("layer 3 expert 5 gate"). */
 struct qjob {
     struct xd_matrix *m;
+    enum xd_dtype fmt;
     char name[64];
 };
 
 /* Lists the matrices xd_model_quantize replaces (jobs may be NULL to count them). */
-static size_t list_quant_jobs(struct xd_model *m, bool experts_only, struct qjob *jobs)
+static size_t list_quant_jobs(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
+                              struct qjob *jobs)
 {
     const struct xd_model_config *c = &m->config;
     struct host_experts *h = m->experts.ctx;
@@ -337,6 +339,7 @@ static size_t list_quant_jobs(struct xd_model *m, bool experts_only, struct qjob
         if ((mat)->data) {                                                                       \
             if (jobs) {                                                                          \
                 jobs[n].m = (mat);                                                               \
+                jobs[n].fmt = fmt;                                                               \
                 snprintf(jobs[n].name, sizeof jobs[n].name, __VA_ARGS__);                        \
             }                                                                                    \
             n++;                                                                                 \
@@ -363,6 +366,12 @@ static size_t list_quant_jobs(struct xd_model *m, bool experts_only, struct qjob
         ADD(&lw->shared.gate, "layer %d shared_expert gate_proj", l);
         ADD(&lw->shared.up, "layer %d shared_expert up_proj", l);
         ADD(&lw->shared.down, "layer %d shared_expert down_proj", l);
+    }
+    if (!experts_only) {
+        /* lm_head in q8 whatever the format (as llama.cpp keeps its output matrix at 6-8 bits):
+         * a large share of a decode token's bytes when the vocabulary is large */
+        fmt = XD_DTYPE_Q8_0;
+        ADD(&m->lm_head, "lm_head");
     }
 #undef ADD
     return n;
@@ -393,11 +402,11 @@ int xd_model_quantize(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
                           m->quant_experts_only ? " (experts only)" : "", xd_dtype_name(fmt),
                           experts_only ? " (experts only)" : "");
     }
-    const size_t n_jobs = list_quant_jobs(m, experts_only, NULL);
+    const size_t n_jobs = list_quant_jobs(m, fmt, experts_only, NULL);
     struct qjob *jobs = calloc(n_jobs ? n_jobs : 1, sizeof *jobs);
     if (!jobs)
         return xd_err_set(err, XD_ERR_NOMEM, "quantize: out of memory");
-    list_quant_jobs(m, experts_only, jobs);
+    list_quant_jobs(m, fmt, experts_only, jobs);
     size_t total = 0;
     int n_kept = 0;
     for (size_t i = 0; i < n_jobs; i++) {
@@ -408,7 +417,7 @@ int xd_model_quantize(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
             continue;
         }
         /* each matrix starts on a 64-byte boundary */
-        total += (src->rows * xd_dtype_row_bytes(fmt, src->cols) + 63) & ~(size_t)63;
+        total += (src->rows * xd_dtype_row_bytes(jobs[i].fmt, src->cols) + 63) & ~(size_t)63;
     }
     char *buf = aligned_alloc(64, total ? total : 64);
     if (!buf) {
@@ -421,9 +430,10 @@ int xd_model_quantize(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
         if (!jobs[i].m)
             continue;
         struct xd_matrix src = *jobs[i].m;
-        xd_quant_matrix(&src, fmt, buf + off, jobs[i].m);
-        off += (src.rows * xd_dtype_row_bytes(fmt, src.cols) + 63) & ~(size_t)63;
-        drop_pages(src.data, (size_t)src.rows * xd_dtype_row_bytes(src.dtype, src.cols));
+        xd_quant_matrix(&src, jobs[i].fmt, buf + off, jobs[i].m);
+        off += (src.rows * xd_dtype_row_bytes(jobs[i].fmt, src.cols) + 63) & ~(size_t)63;
+        if (src.data != m->embed.data) /* a tied lm_head's pages are the embedding's */
+            drop_pages(src.data, (size_t)src.rows * xd_dtype_row_bytes(src.dtype, src.cols));
     }
     free(jobs);
     m->quant = fmt;

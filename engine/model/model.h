@@ -61,9 +61,10 @@ int xd_model_load(const char *dir, struct xd_model **ret_model, struct xd_err *e
 void xd_model_destroy(struct xd_model *model);
 
 /* Quantizes the model's matrices to fmt (XD_DTYPE_Q8_0 or XD_DTYPE_Q4_1) from their f32/bf16/f16
- * views: every expert's gate, up and down; unless experts_only, also attention (q, k, v, o) and
- * the dense and shared-expert MLPs. The router, norms, biases, the shared-expert gate, the
- * embedding and lm_head keep their checkpoint precision. The quantized copies replace the views
+ * views: every expert's gate, up and down; unless experts_only, also attention (q, k, v, o),
+ * the dense and shared-expert MLPs, and lm_head in q8 whatever fmt (the logits' precision). The
+ * router, norms, biases, the shared-expert gate and the embedding keep their checkpoint
+ * precision. The quantized copies replace the views
  * (the expert store hands them out) and the checkpoint pages they came from are dropped from
  * memory (madvise DONTNEED; they fault back in only if read again). A matrix whose columns are
  * not a multiple of 32 stays as stored (counted in quant_n_kept; no published MoE has one, the
