@@ -52,6 +52,9 @@ struct xd_model {
     void *quant_buf;
     size_t quant_bytes;
     int quant_n_kept;        /* matrices left as stored: columns not a multiple of 32 */
+    /* Loaded from an FP8 checkpoint (config.fp8): its F8_E4M3 matrices were converted at load,
+     * the matmul weights to q8_0 (quant is Q8_0), the embedding, lm_head and router to f32. */
+    bool fp8;
 };
 
 /* Loads the checkpoint directory dir (config.json, safetensors, optional
@@ -72,6 +75,7 @@ void xd_model_destroy(struct xd_model *model);
  * test fixtures do). A second call with the same format and scope does nothing. Another format
  * than the model already has, or no memory for the copies, is a negative status with err
  * saying which; the model is then unchanged. */
+/* An FP8 model (fp8) is already q8: fmt Q8_0 does nothing, Q4_1 is refused. */
 int xd_model_quantize(struct xd_model *model, enum xd_dtype fmt, bool experts_only,
                       struct xd_err *err);
 
