@@ -290,9 +290,10 @@ static int load_layer(struct loader *L, int i, struct xd_layer_weights *lw,
     return XD_OK;
 }
 
-static int convert_fp8(struct xd_model *m, struct xd_err *err);
+static int convert_fp8(struct xd_model *m, bool to_q8, struct xd_err *err);
 
-int xd_model_load(const char *dir, struct xd_model **ret_model, struct xd_err *err)
+static int load_model(const char *dir, bool fp8_to_q8, struct xd_model **ret_model,
+                      struct xd_err *err)
 {
     struct xd_model *m = calloc(1, sizeof *m);
     struct host_experts *experts = calloc(1, sizeof *experts);
@@ -342,13 +343,24 @@ int xd_model_load(const char *dir, struct xd_model **ret_model, struct xd_err *e
         if (c->is_moe_layer[i])
             m->layers[i].moe_index = moe_index++;
     }
-    if (c->fp8 && (rc = convert_fp8(m, err)) < 0)
+    if (c->fp8 && (rc = convert_fp8(m, fp8_to_q8, err)) < 0)
         goto err;
     *ret_model = m;
     return XD_OK;
 err:
     xd_model_destroy(m);
     return rc;
+}
+
+int xd_model_load(const char *dir, struct xd_model **ret_model, struct xd_err *err)
+{
+    return load_model(dir, true, ret_model, err);
+}
+
+int xd_model_load_fp8_dequantized(const char *dir, struct xd_model **ret_model,
+                                  struct xd_err *err)
+{
+    return load_model(dir, false, ret_model, err);
 }
 
 void xd_model_destroy(struct xd_model *m)
@@ -448,7 +460,7 @@ int xd_model_quantize(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
     if (!xd_dtype_is_quant(fmt))
         return xd_err_set(err, XD_ERR_INVALID, "quantize: %s is not a quantized format",
                           xd_dtype_name(fmt));
-    if (m->fp8) {
+    if (m->fp8 && m->quant == XD_DTYPE_Q8_0) {
         if (fmt == XD_DTYPE_Q8_0)
             return XD_OK; /* its FP8 weights were converted to q8 at load */
         return xd_err_set(err, XD_ERR_UNSUPPORTED,
@@ -511,9 +523,10 @@ int xd_model_quantize(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
 /* Converts every F8_E4M3 matrix of a model loaded from an FP8 checkpoint: the matmul weights
  * that --quantize covers (experts, attention, dense and shared MLPs) to q8_0 (a 32-block
  * requantization of the dequantized values), the others (embedding, lm_head, router, matrices
- * whose columns are not a multiple of 32) to f32; all into one buffer (quant_buf), the FP8
- * pages dropped. Sets quant to Q8_0 and fp8. */
-static int convert_fp8(struct xd_model *m, struct xd_err *err)
+ * whose columns are not a multiple of 32) to f32; or, unless to_q8, all of them to f32 (the
+ * dequantized reference). All into one buffer (quant_buf), the FP8 pages dropped. Sets fp8,
+ * and quant to Q8_0 when to_q8. */
+static int convert_fp8(struct xd_model *m, bool to_q8, struct xd_err *err)
 {
     const struct xd_model_config *c = &m->config;
     const size_t n_q = list_quant_jobs(m, false, NULL);
@@ -531,14 +544,14 @@ static int convert_fp8(struct xd_model *m, struct xd_err *err)
         jobs[n++].m = &m->layers[l].shared_expert_gate;
     }
     size_t total = 0;
-    int n_fp8 = 0;
+    int n_fp8 = 0, n_kept = 0;
     for (size_t i = 0; i < n; i++) {
         const struct xd_matrix *w = jobs[i].m;
         if (!w->data || w->dtype != XD_DTYPE_F8_E4M3)
             continue;
         n_fp8++;
-        total += (xd_fp8_converted_bytes(w, i < n_q && w->cols % XD_QBLOCK == 0) + 63) &
-                 ~(size_t)63;
+        total += (xd_fp8_converted_bytes(w, to_q8 && i < n_q && w->cols % XD_QBLOCK == 0) +
+                  63) & ~(size_t)63;
     }
     char *buf = aligned_alloc(64, total ? total : 64);
     if (!buf) {
@@ -552,19 +565,21 @@ static int convert_fp8(struct xd_model *m, struct xd_err *err)
         struct xd_matrix w = *jobs[i].m;
         if (!w.data || w.dtype != XD_DTYPE_F8_E4M3)
             continue;
-        const int to_q8 = i < n_q && w.cols % XD_QBLOCK == 0;
-        xd_fp8_convert(&w, c->fp8_block[0], c->fp8_block[1], to_q8, buf + off, jobs[i].m);
-        off += (xd_fp8_converted_bytes(&w, to_q8) + 63) & ~(size_t)63;
+        const int q8 = to_q8 && i < n_q && w.cols % XD_QBLOCK == 0;
+        n_kept += !q8 && i < n_q;
+        xd_fp8_convert(&w, c->fp8_block[0], c->fp8_block[1], q8, buf + off, jobs[i].m);
+        off += (xd_fp8_converted_bytes(&w, q8) + 63) & ~(size_t)63;
         drop_pages(w.data, (size_t)w.rows * (size_t)w.cols);
     }
     free(jobs);
     if (c->tie_word_embeddings)
         m->lm_head = m->embed;
     m->fp8 = true;
-    m->quant = XD_DTYPE_Q8_0;
+    m->quant = to_q8 ? XD_DTYPE_Q8_0 : XD_DTYPE_F32;
     m->quant_experts_only = false;
     m->quant_buf = buf;
     m->quant_bytes = total;
+    m->quant_n_kept = to_q8 ? n_kept : 0;
     (void)n_fp8;
     return XD_OK;
 }
