@@ -354,6 +354,7 @@ static void test_model_quantize(void)
     CHECK(xd_model_load(dir, &m, &err) == XD_OK, "%s", err.msg);
     if (!m)
         return;
+    c = &m->config; /* the first model's config was freed with it */
     o.device = XD_DEVICE_CPU;
     o.quantize = XD_DTYPE_Q4_1;
     CHECK(xd_engine_create(m, &o, &e, &err) == XD_OK, "%s", err.msg);
