@@ -346,8 +346,8 @@ int main(int argc, char **argv)
          * e4m3(approx_normal() * FP8_SPREAD) times scale std / FP8_SPREAD */
         const size_t n_dense = n;
         for (size_t i = 0; i < n_dense; i++) {
-            if (!ts[i].rows || strstr(ts[i].name, "embed_tokens") || strstr(ts[i].name, "lm_head") ||
-                strstr(ts[i].name, "mlp.gate.weight"))
+            if (!ts[i].rows || strstr(ts[i].name, "embed_tokens") ||
+                strstr(ts[i].name, "lm_head") || strstr(ts[i].name, "mlp.gate.weight"))
                 continue;
             ts[i].kind = T_FP8;
             char sname[160];
@@ -363,8 +363,8 @@ int main(int argc, char **argv)
     uint64_t off = 0;
     /* laid out by element size, 4 then 2 then 1 bytes, so every offset is aligned and the data
      * has no gaps */
-    for (size_t pass = 0, i = 0; pass < 3; i = 0, pass++)
-    for (; i < n; i++) {
+    for (int pass = 0; pass < 3; pass++)
+    for (size_t i = 0; i < n; i++) {
         if (elem_size(&ts[i], o.f32) != (size_t)(4 >> pass))
             continue;
         uint64_t elems = (uint64_t)(ts[i].rows ? ts[i].rows : 1) * (uint64_t)ts[i].cols;

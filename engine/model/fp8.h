@@ -1,4 +1,4 @@
-/* Fine-grained FP8 weights (float8_e4m3fn with a scale per block): dequantization and conversion to q8_0. */
+/* Fine-grained FP8 weights (float8_e4m3fn, a scale per block): dequantization, conversion to q8_0. */
 #ifndef XD_FP8_H
 #define XD_FP8_H
 

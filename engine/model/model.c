@@ -544,12 +544,11 @@ static int convert_fp8(struct xd_model *m, bool to_q8, struct xd_err *err)
         jobs[n++].m = &m->layers[l].shared_expert_gate;
     }
     size_t total = 0;
-    int n_fp8 = 0, n_kept = 0;
+    int n_kept = 0;
     for (size_t i = 0; i < n; i++) {
         const struct xd_matrix *w = jobs[i].m;
         if (!w->data || w->dtype != XD_DTYPE_F8_E4M3)
             continue;
-        n_fp8++;
         total += (xd_fp8_converted_bytes(w, to_q8 && i < n_q && w->cols % XD_QBLOCK == 0) +
                   63) & ~(size_t)63;
     }
@@ -580,6 +579,5 @@ static int convert_fp8(struct xd_model *m, bool to_q8, struct xd_err *err)
     m->quant_buf = buf;
     m->quant_bytes = total;
     m->quant_n_kept = to_q8 ? n_kept : 0;
-    (void)n_fp8;
     return XD_OK;
 }
