@@ -6,6 +6,7 @@
 
 #include "engine/model/dtype.h"
 #include "engine/model/fp8.h"
+#include "engine/model/model.h"
 #include "engine/model/quant.h"
 #include "tests/test.h"
 
@@ -113,11 +114,56 @@ static void test_convert(void)
     free(f);
 }
 
+/* The qwen3_moe-fp8 fixture as served: the matmul weights q8 (the dense MLPs' down_proj, 80
+ * columns, f32), embedding, lm_head and routers f32, norms as stored; an expert is the q8
+ * bytes; --quantize q8 is what it already is, q4 is refused; the f32 load keeps no q8. */
+static void test_model_served_as_q8(void)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/golden/qwen3_moe-fp8", fixtures);
+    struct xd_model *m = NULL;
+    struct xd_err err = {{0}};
+    CHECK(xd_model_load(dir, &m, &err) == XD_OK, "%s", err.msg);
+    if (!m)
+        return;
+    const struct xd_model_config *c = &m->config;
+    CHECK(c->fp8 && c->fp8_block[0] == 128 && c->fp8_block[1] == 128, "quantization_config");
+    CHECK(m->fp8 && m->quant == XD_DTYPE_Q8_0, "not served as q8");
+    const struct xd_layer_weights *l0 = &m->layers[0], *l1 = &m->layers[1];
+    CHECK(l0->wq.dtype == XD_DTYPE_Q8_0 && l0->wo.dtype == XD_DTYPE_Q8_0, "attention");
+    CHECK(l0->mlp_gate.dtype == XD_DTYPE_Q8_0 && l0->mlp_down.dtype == XD_DTYPE_F32,
+          "dense MLP: gate %s, down %s", xd_dtype_name(l0->mlp_gate.dtype),
+          xd_dtype_name(l0->mlp_down.dtype));
+    CHECK(m->quant_n_kept > 0, "the 80-column matrices are counted as kept");
+    CHECK(m->embed.dtype == XD_DTYPE_F32 && m->lm_head.dtype == XD_DTYPE_F32 &&
+          l1->router.dtype == XD_DTYPE_F32 && l0->attn_norm.dtype == XD_DTYPE_F32,
+          "embedding, lm_head, router, norms");
+    struct xd_expert_weights w;
+    CHECK(xd_expert_store_acquire(&m->experts, 1, 3, &w) == XD_OK, "expert");
+    CHECK(w.gate.dtype == XD_DTYPE_Q8_0 && w.down.dtype == XD_DTYPE_Q8_0, "expert not q8");
+    const size_t want = (size_t)3 * c->expert_ffn * (c->hidden_size / 32) * 34;
+    CHECK(xd_model_expert_bytes(m) == want, "expert bytes %zu, want %zu",
+          xd_model_expert_bytes(m), want);
+    CHECK(xd_model_quantize(m, XD_DTYPE_Q8_0, false, &err) == XD_OK, "q8: %s", err.msg);
+    CHECK(xd_model_quantize(m, XD_DTYPE_Q4_1, false, &err) == XD_ERR_UNSUPPORTED, "q4 accepted");
+    CHECK_CONTAINS(err.msg, "FP8 checkpoint");
+    xd_model_destroy(m);
+
+    m = NULL;
+    CHECK(xd_model_load_fp8_dequantized(dir, &m, &err) == XD_OK, "%s", err.msg);
+    if (!m)
+        return;
+    CHECK(m->fp8 && m->quant == XD_DTYPE_F32 && m->layers[0].wq.dtype == XD_DTYPE_F32,
+          "dequantized load");
+    xd_model_destroy(m);
+}
+
 int main(int argc, char **argv)
 {
     fixtures = argc > 1 ? argv[1] : "tests/fixtures";
     RUN(test_values_match_torch);
     RUN(test_dequantize_partial_blocks);
     RUN(test_convert);
+    RUN(test_model_served_as_q8);
     return test_summary();
 }
