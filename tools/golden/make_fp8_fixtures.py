@@ -18,7 +18,8 @@ For qwen3_moe and mixtral this script
     FineGrainedFP8Config(dequantize=True) gives the same logits from the FP8 files (when
     accelerate, which that loader needs, is installed; else it says it skipped).
 
-Output: tests/fixtures/golden/<family>-fp8/. Run with the pinned venv:
+Output: tests/fixtures/golden/<family>-fp8/ (and tests/fixtures/fp8/e4m3.json, torch's value of
+every e4m3 code, when writing to the default place). Run with the pinned venv:
     /work/golden-venv/bin/python tools/golden/make_fp8_fixtures.py
 """
 
@@ -160,11 +161,24 @@ def make(out_dir, arch):
     return diff
 
 
+def write_e4m3_table(fixtures_dir):
+    """tests/fixtures/fp8/e4m3.json: torch's value of every float8_e4m3fn code (tests/test-fp8.c)."""
+    import math
+    v = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float().tolist()
+    out = {"source": "torch %s: torch.arange(256, dtype=uint8).view(float8_e4m3fn).float(); NaN as null"
+           % torch.__version__, "values": [None if math.isnan(x) else x for x in v]}
+    os.makedirs(os.path.join(fixtures_dir, "fp8"), exist_ok=True)
+    with open(os.path.join(fixtures_dir, "fp8", "e4m3.json"), "w") as f:
+        f.write(json.dumps(out) + "\n")
+
+
 def main():
     transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     out = sys.argv[1] if len(sys.argv) > 1 else mf.DEFAULT_OUT
+    if len(sys.argv) <= 1:
+        write_e4m3_table(os.path.dirname(mf.DEFAULT_OUT))
     for arch in FP8_ARCHS:
         make(out, arch)
 
