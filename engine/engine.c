@@ -33,6 +33,12 @@ int xd_engine_create(struct xd_model *model, const struct xd_engine_opts *opts,
         return xd_err_set(err, XD_ERR_INVALID,
                           "engine options: n_kv_blocks, block_size and max_batch_tokens must be "
                           "positive, n_threads and expert_cache_slots non-negative");
+    if (opts->device == XD_DEVICE_CUDA && model->config.fp8)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: an FP8 checkpoint (quantization_config.quant_method fp8) on "
+                          "--device cuda: the CUDA backend has no FP8 or q8 kernels yet (none "
+                          "has run on a GPU); use --device cpu, which serves its weights as q8",
+                          model->dir);
     if (opts->device == XD_DEVICE_CUDA &&
         (xd_dtype_is_quant(opts->quantize) || xd_dtype_is_quant(model->quant)))
         return xd_err_set(err, XD_ERR_UNSUPPORTED,

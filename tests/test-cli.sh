@@ -56,6 +56,15 @@ for dir in "$fixtures"/golden/*/; do
   p=$(python3 -c "import json;print(','.join(map(str,json.load(open('$dir/golden.json'))['greedy']['prompt'])))")
   w=$(python3 -c "import json;print(','.join(map(str,json.load(open('$dir/golden.json'))['greedy']['tokens'])))")
   g=$("$expertd" generate --model "$dir" --prompt-ids "$p" --max-tokens 32 --ignore-eos 2>"$tmp/err") || g="exit $?: $(cat "$tmp/err")"
+  if grep -q '"quantization_config"' "$dir/config.json"; then
+    # an FP8 fixture serves as q8 (an approximation: its greedy run leaves transformers' after
+    # a near tie, at step 3 and 6 of these; test-golden's fp8-f32 runs hold the dequantized
+    # model to it): 32 tokens, the first one transformers'
+    if [ "$(echo "$g" | tr ',' '\n' | grep -c '^[0-9][0-9]*$')" = 32 ] &&
+       [ "${g%%,*}" = "${w%%,*}" ]; then ok "generate_$name"
+    else fail "generate_$name" "$g"; fi
+    continue
+  fi
   if [ "$g" = "$w" ]; then ok "generate_$name"; else fail "generate_$name" "$g"; fi
 done
 

@@ -63,7 +63,8 @@ static void check_shape(enum xd_dtype dt, int n, int rows, int cols)
         }
         wf[i] = v;
     }
-    struct xd_matrix w = {dt, rows, cols, dt == XD_DTYPE_F32 ? (const void *)wf : wh};
+    struct xd_matrix w = {.dtype = dt, .rows = rows, .cols = cols,
+                          .data = dt == XD_DTYPE_F32 ? (const void *)wf : wh};
     xd_cpu_matmul(x, n, &w, y);
     int bad_ref = 0, bad_alone = 0;
     for (int t = 0; t < n; t++) {

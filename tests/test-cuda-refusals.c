@@ -1,5 +1,5 @@
 /* The CUDA backend refuses what its kernels have not computed on a GPU: glm4_moe and every
- * rope scaling or partial rotary (the golden fixtures of tests/fixtures/golden), with a
+ * rope scaling or partial rotary, FP8 checkpoints (the golden fixtures of tests/fixtures/golden), with a
  * message naming the cause; a plain fixture is not refused for that reason. The refusal comes
  * before any CUDA call, so this runs without a GPU. Usage: test-cuda-refusals FIXTURES_DIR */
 #include <stdlib.h>
@@ -42,6 +42,8 @@ static void test_refused(void)
         {"mixtral-linear-f32", "rope type linear"},
         {"qwen2_moe-llama3-f32", "rope type llama3"},
         {"olmoe-dynamic-f32", "rope type dynamic"},
+        {"qwen3_moe-fp8", "FP8 checkpoint"},
+        {"mixtral-fp8", "FP8 checkpoint"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char msg[512] = "";

@@ -144,6 +144,11 @@ static void offsets_past_end(json_t *hdr, void *name)
     json_array_set_new(offs, 1, json_integer(json_integer_value(json_array_get(offs, 1)) + 4096 * 1024));
 }
 
+static void dtype_e5m2(json_t *hdr, void *name)
+{
+    json_object_set_new(json_object_get(hdr, name), "dtype", json_string("F8_E5M2"));
+}
+
 static void dtype_i32(json_t *hdr, void *name)
 {
     json_object_set_new(json_object_get(hdr, name), "dtype", json_string("I32"));
@@ -246,6 +251,17 @@ static const struct {
      "model.layers.0.mlp.up_proj.weight", "missing"},
     {"missing q_norm", "glm4_moe-f32", drop_tensor, "model.layers.1.self_attn.q_norm.weight",
      "model.layers.1.self_attn.q_norm.weight", "missing"},
+    {"FP8 weight without its scale", "qwen3_moe-fp8", drop_tensor,
+     "model.layers.1.mlp.experts.5.down_proj.weight_scale_inv",
+     "model.layers.1.mlp.experts.5.down_proj.weight_scale_inv", "missing"},
+    {"FP8 scale of the wrong shape", "qwen3_moe-fp8", transpose_tensor,
+     "model.layers.0.self_attn.q_proj.weight_scale_inv",
+     "model.layers.0.self_attn.q_proj.weight_scale_inv", "weight_block_size"},
+    {"FP8 scale shape (file named)", "mixtral-fp8", transpose_tensor,
+     "model.layers.1.block_sparse_moe.experts.2.w2.weight_scale_inv", "model.safetensors",
+     "experts.2.w2.weight_scale_inv"},
+    {"F8_E5M2 weight", "mixtral-fp8", dtype_e5m2, "model.layers.0.self_attn.k_proj.weight",
+     "model.layers.0.self_attn.k_proj.weight", "F8_E5M2"},
 };
 
 static void test_header_defects(void)
@@ -285,6 +301,19 @@ static const struct {
      "n_group"},
     {"a dense layer where experts are stored", "glm4_moe-f32", "first_k_dense_replace", "2",
      "model.layers.1.mlp.gate_proj.weight", "missing"},
+    {"FP8 weights without quantization_config", "qwen3_moe-fp8", "quantization_config", "null",
+     "model.safetensors: tensor 'model.layers.0.self_attn.q_proj.weight' is F8_E4M3",
+     "quantization_config"},
+    {"FP8 blocks other than the config says", "qwen3_moe-fp8", "quantization_config",
+     "{\"quant_method\": \"fp8\", \"weight_block_size\": [64, 64]}", "weight_scale_inv",
+     "weight_block_size [64, 64]"},
+    {"another quant_method", "mixtral-fp8", "quantization_config", "{\"quant_method\": \"awq\"}",
+     "quantization_config.quant_method", "awq"},
+    {"FP8 format e5m2", "mixtral-fp8", "quantization_config",
+     "{\"quant_method\": \"fp8\", \"fmt\": \"e5m2\"}", "quantization_config.fmt", "e5m2"},
+    {"per-tensor FP8 scales", "mixtral-fp8", "quantization_config",
+     "{\"quant_method\": \"fp8\", \"weight_block_size\": null}", "weight_block_size",
+     "per-tensor"},
 };
 
 static void test_config_defects(void)

@@ -121,8 +121,9 @@ static void test_matrix_from_each_dtype(void)
         wh[i] = xd_f32_to_f16(wf[i]);
         CHECK(xd_f16_to_f32(wh[i]) == wf[i], "value %d not exact in f16", i);
     }
-    struct xd_matrix src[3] = {{XD_DTYPE_F32, R, C, wf}, {XD_DTYPE_BF16, R, C, wb},
-                               {XD_DTYPE_F16, R, C, wh}};
+    struct xd_matrix src[3] = {{.dtype = XD_DTYPE_F32, .rows = R, .cols = C, .data = wf},
+                               {.dtype = XD_DTYPE_BF16, .rows = R, .cols = C, .data = wb},
+                               {.dtype = XD_DTYPE_F16, .rows = R, .cols = C, .data = wh}};
     enum xd_dtype fmts[2] = {XD_DTYPE_Q8_0, XD_DTYPE_Q4_1};
     for (int f = 0; f < 2; f++) {
         const size_t bytes = R * xd_dtype_row_bytes(fmts[f], C);
@@ -246,7 +247,7 @@ static void check_shape(enum xd_dtype fmt, int n, int rows, int cols)
     fill_weights(wf, rows * cols);
     for (int i = 0; i < n * cols; i++)
         x[i] = 3.0f * frand();
-    struct xd_matrix src = {XD_DTYPE_F32, rows, cols, wf}, w;
+    struct xd_matrix src = {.dtype = XD_DTYPE_F32, .rows = rows, .cols = cols, .data = wf}, w;
     xd_quant_matrix(&src, fmt, wq, &w);
     xd_cpu_matmul(x, n, &w, y);
     int bad_order = 0, bad_plain = 0, bad_alone = 0;
@@ -354,7 +355,7 @@ static void test_model_quantize(void)
     CHECK(xd_model_load(dir, &m, &err) == XD_OK, "%s", err.msg);
     if (!m)
         return;
-    c = &m->config;
+    c = &m->config; /* the first model's config was freed with it */
     o.device = XD_DEVICE_CPU;
     o.quantize = XD_DTYPE_Q4_1;
     CHECK(xd_engine_create(m, &o, &e, &err) == XD_OK, "%s", err.msg);

@@ -732,15 +732,15 @@ static void test_dtype_names(void)
     CHECK(xd_dtype_size(XD_DTYPE_F32) == 4, "F32 size");
     CHECK(xd_dtype_size(XD_DTYPE_BF16) == 2, "BF16 size");
     CHECK(xd_dtype_size(XD_DTYPE_F16) == 2, "F16 size");
-    const char *names[] = {"F32", "BF16", "F16"};
-    const enum xd_dtype types[] = {XD_DTYPE_F32, XD_DTYPE_BF16, XD_DTYPE_F16};
-    for (int i = 0; i < 3; i++) {
+    const char *names[] = {"F32", "BF16", "F16", "F8_E4M3"};
+    const enum xd_dtype types[] = {XD_DTYPE_F32, XD_DTYPE_BF16, XD_DTYPE_F16, XD_DTYPE_F8_E4M3};
+    for (int i = 0; i < 4; i++) {
         enum xd_dtype d;
         CHECK(xd_dtype_parse(names[i], &d) == 0 && d == types[i], "parse %s", names[i]);
         CHECK(strcmp(xd_dtype_name(types[i]), names[i]) == 0, "name of %s", names[i]);
     }
     enum xd_dtype d = XD_DTYPE_F16;
-    const char *bad[] = {"I64", "F64", "f32", "BOOL", "F8_E4M3", ""};
+    const char *bad[] = {"I64", "F64", "f32", "BOOL", "F8_E5M2", "f8_e4m3", ""};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         CHECK(xd_dtype_parse(bad[i], &d) < 0, "parse '%s' accepted", bad[i]);
 }

@@ -23,6 +23,7 @@ struct synth_opts {
     int kv_lora, q_lora, nope, rope_dim, v_dim, shared, dense_layers, dense_ffn;
     long long seed;
     bool f32;
+    bool fp8;
     bool help;
 };
 
@@ -51,13 +52,17 @@ static const struct xd_opt synth_table[] = {
     {"dense-ffn", XD_OPT_INT, S(dense_ffn), 1, 1 << 18, NULL,
      "deepseek_v2: dense layers' intermediate_size (4 x ffn)"},
     {"f32", XD_OPT_FLAG, S(f32), 0, 0, NULL, "write float32 instead of bfloat16"},
+    {"fp8", XD_OPT_FLAG, S(fp8), 0, 0, NULL,
+     "fine-grained FP8 (F8_E4M3 linear weights, an F32 weight_scale_inv per 128x128 block, "
+     "quantization_config fp8) for attention and experts; the rest bf16 (or f32)"},
     {"help", XD_OPT_FLAG, S(help), 0, 0, NULL, "print this help"},
 };
 
 struct tensor_spec {
     char name[128];
     int64_t rows, cols;   /* rows == 0: a vector of cols */
-    float std;            /* 0: all ones (norm weights) */
+    float std;            /* 0: all ones (norm weights); for SCALE, the constant value */
+    enum { T_DENSE, T_FP8, T_SCALE } kind; /* bf16/f32 per --f32; F8_E4M3; F32 constant */
     uint64_t off;         /* byte offset in the data section */
 };
 
@@ -157,6 +162,52 @@ static void fill(void *out, bool f32, size_t m, uint64_t key, uint64_t first, fl
     }
 }
 
+/* f32 -> float8_e4m3fn, round to nearest even, finite values (saturated at 448). */
+static inline uint8_t e4m3_finite(float f)
+{
+    uint32_t b;
+    memcpy(&b, &f, sizeof b);
+    const uint8_t sign = (uint8_t)((b >> 24) & 0x80u);
+    const float a = fabsf(f);
+    if (a < 0.015625f) /* below 2^-6: subnormal, a multiple of 2^-9 (8 is the least normal) */
+        return sign | (uint8_t)nearbyintf(a * 512.0f);
+    uint32_t ab = b & 0x7fffffffu;
+    ab += 0x7ffffu + ((ab >> 20) & 1u);
+    const int e = (int)(ab >> 23) - 120;
+    const uint32_t m = (ab >> 20) & 7u;
+    if (e > 15 || (e == 15 && m == 7))
+        return sign | 0x7eu;
+    return sign | (uint8_t)((uint32_t)e << 3 | m);
+}
+
+/* 448 / the largest |approx_normal|: FP8 codes span the whole e4m3 range. */
+#define FP8_SPREAD (448.0f / 3.4505f)
+
+/* Elements [first, first + m) of an FP8 tensor or of a scale tensor. */
+static void fill_fp8(void *out, int kind, size_t m, uint64_t key, uint64_t first, float value)
+{
+    if (kind == T_SCALE) {
+        float *o = out;
+        for (size_t j = 0; j < m; j++)
+            o[j] = value;
+        return;
+    }
+    uint8_t *o = out;
+    const uint64_t p0 = first / 2;
+    for (size_t p = 0; p < m / 2; p++) {
+        uint64_t r = draw(key, p0 + p);
+        o[2 * p] = e4m3_finite(FP8_SPREAD * approx_normal((uint32_t)r));
+        o[2 * p + 1] = e4m3_finite(FP8_SPREAD * approx_normal((uint32_t)(r >> 32)));
+    }
+    if (m % 2)
+        o[m - 1] = e4m3_finite(FP8_SPREAD * approx_normal((uint32_t)draw(key, p0 + m / 2)));
+}
+
+static size_t elem_size(const struct tensor_spec *t, bool f32)
+{
+    return t->kind == T_FP8 ? 1 : t->kind == T_SCALE || f32 ? 4 : 2;
+}
+
 /* Writes all n bytes of buf at offset off. Returns 0 or an errno value. */
 static int pwrite_all(int fd, const void *buf, size_t n, uint64_t off)
 {
@@ -185,7 +236,6 @@ static int pwrite_all(int fd, const void *buf, size_t n, uint64_t off)
 static int write_tensors(int fd, const struct tensor_spec *ts, size_t n_tensors, uint64_t data0,
                          bool f32, uint64_t seed)
 {
-    const size_t esize = f32 ? 4 : 2;
     size_t n_items = 0;
     for (size_t k = 0; k < n_tensors; k++)
         n_items += (size_t)((tensor_elems(&ts[k]) + CHUNK_ELEMS - 1) / CHUNK_ELEMS);
@@ -206,7 +256,7 @@ static int write_tensors(int fd, const struct tensor_spec *ts, size_t n_tensors,
     int failed = 0;
 #pragma omp parallel
     {
-        void *buf = malloc(CHUNK_ELEMS * esize);
+        void *buf = malloc(CHUNK_ELEMS * 4);
         if (!buf) {
 #pragma omp atomic write
             failed = ENOMEM;
@@ -222,7 +272,11 @@ static int write_tensors(int fd, const struct tensor_spec *ts, size_t n_tensors,
             const uint64_t first = items[i].first, left = tensor_elems(t) - first;
             const size_t m = (size_t)(left < CHUNK_ELEMS ? left : CHUNK_ELEMS);
             const uint64_t key = tensor_key(seed, items[i].k);
-            fill(buf, f32, m, key, first, t->std);
+            const size_t esize = elem_size(t, f32);
+            if (t->kind == T_DENSE)
+                fill(buf, f32, m, key, first, t->std);
+            else
+                fill_fp8(buf, (int)t->kind, m, key, first, t->std);
             int rc = pwrite_all(fd, buf, m * esize, data0 + t->off + first * esize);
             if (rc) {
 #pragma omp atomic write
@@ -284,7 +338,7 @@ int main(int argc, char **argv)
     }
     mkdir(dir, 0755);
 
-    size_t cap = 4 + (size_t)o.layers * (12 + 3 * (size_t)o.experts), n = 0;
+    size_t cap = 2 * (4 + (size_t)o.layers * (12 + 3 * (size_t)o.experts)), n = 0; /* fp8: a scale each */
     struct tensor_spec *ts = calloc(cap, sizeof *ts);
     if (!ts)
         return 1;
@@ -354,18 +408,42 @@ int main(int argc, char **argv)
     }
     add(ts, &n, "model.norm.weight", 0, H, 0);
     add(ts, &n, "lm_head.weight", o.vocab, H, s_h);
+    if (o.fp8) {
+        /* attention and experts as FP8 with their block scales: std * approx_normal(), stored as
+         * e4m3(approx_normal() * FP8_SPREAD) times scale std / FP8_SPREAD */
+        const size_t n_dense = n;
+        for (size_t i = 0; i < n_dense; i++) {
+            if (!ts[i].rows || strstr(ts[i].name, "embed_tokens") ||
+                strstr(ts[i].name, "lm_head") || strstr(ts[i].name, "mlp.gate.weight"))
+                continue;
+            ts[i].kind = T_FP8;
+            char sname[160];
+            snprintf(sname, sizeof sname, "%s_scale_inv", ts[i].name);
+            add(ts, &n, sname, (ts[i].rows + 127) / 128, (ts[i].cols + 127) / 128,
+                ts[i].std / FP8_SPREAD);
+            ts[n - 1].kind = T_SCALE;
+        }
+    }
 
     /* header: tensors laid out in order, each offset a multiple of its element size */
-    const size_t esize = o.f32 ? 4 : 2;
     json_t *hdr = json_object();
     uint64_t off = 0;
+    /* laid out by element size, 4 then 2 then 1 bytes, so every offset is aligned and the data
+     * has no gaps */
+    for (int pass = 0; pass < 3; pass++)
     for (size_t i = 0; i < n; i++) {
+        if (elem_size(&ts[i], o.f32) != (size_t)(4 >> pass))
+            continue;
         uint64_t elems = (uint64_t)(ts[i].rows ? ts[i].rows : 1) * (uint64_t)ts[i].cols;
         json_t *e = json_object(), *shape = json_array();
         if (ts[i].rows)
             json_array_append_new(shape, json_integer(ts[i].rows));
         json_array_append_new(shape, json_integer(ts[i].cols));
-        json_object_set_new(e, "dtype", json_string(o.f32 ? "F32" : "BF16"));
+        const size_t esize = elem_size(&ts[i], o.f32);
+        json_object_set_new(e, "dtype", json_string(ts[i].kind == T_FP8     ? "F8_E4M3"
+                                                    : ts[i].kind == T_SCALE ? "F32"
+                                                    : o.f32                 ? "F32"
+                                                                            : "BF16"));
         json_object_set_new(e, "shape", shape);
         json_t *offs = json_array();
         json_array_append_new(offs, json_integer((json_int_t)off));
@@ -457,6 +535,11 @@ int main(int argc, char **argv)
     json_object_set_new(cfg, "torch_dtype", json_string(o.f32 ? "float32" : "bfloat16"));
     json_object_set_new(cfg, "eos_token_id", json_integer(o.vocab - 1));
     json_object_set_new(cfg, "bos_token_id", json_integer(0));
+    if (o.fp8)
+        json_object_set_new(cfg, "quantization_config",
+                            json_pack("{s:s, s:s, s:s, s:[i, i]}", "quant_method", "fp8", "fmt",
+                                      "e4m3", "activation_scheme", "dynamic",
+                                      "weight_block_size", 128, 128));
     int rc = json_dump_file(cfg, path, JSON_INDENT(2));
     json_decref(cfg);
     if (rc != 0) {

@@ -11,6 +11,7 @@ size_t xd_dtype_size(enum xd_dtype dtype)
     case XD_DTYPE_F32: return 4;
     case XD_DTYPE_BF16:
     case XD_DTYPE_F16: return 2;
+    case XD_DTYPE_F8_E4M3: return 1;
     case XD_DTYPE_Q8_0:
     case XD_DTYPE_Q4_1: return 0;
     }
@@ -32,6 +33,7 @@ const char *xd_dtype_name(enum xd_dtype dtype)
     case XD_DTYPE_F32: return "F32";
     case XD_DTYPE_BF16: return "BF16";
     case XD_DTYPE_F16: return "F16";
+    case XD_DTYPE_F8_E4M3: return "F8_E4M3";
     case XD_DTYPE_Q8_0: return "Q8_0";
     case XD_DTYPE_Q4_1: return "Q4_1";
     }
@@ -46,6 +48,8 @@ int xd_dtype_parse(const char *name, enum xd_dtype *ret_dtype)
         *ret_dtype = XD_DTYPE_BF16;
     else if (strcmp(name, "F16") == 0)
         *ret_dtype = XD_DTYPE_F16;
+    else if (strcmp(name, "F8_E4M3") == 0)
+        *ret_dtype = XD_DTYPE_F8_E4M3;
     else
         return -1;
     return 0;
@@ -70,6 +74,19 @@ float xd_f16_to_f32(uint16_t h)
     float f;
     memcpy(&f, &bits, sizeof f);
     return f;
+}
+
+float xd_f8e4m3_to_f32(uint8_t v)
+{
+    const uint32_t exp = (v >> 3) & 0xfu, mant = v & 7u;
+    float f;
+    if ((v & 0x7fu) == 0x7fu)
+        f = NAN;
+    else if (exp == 0)
+        f = ldexpf((float)mant, -9); /* subnormal: mant * 2^-3 * 2^-6 */
+    else
+        f = ldexpf((float)(8u + mant), (int)exp - 10); /* (1 + mant / 8) * 2^(exp - 7) */
+    return (v & 0x80u) ? -f : f;
 }
 
 uint16_t xd_f32_to_f16(float f)
@@ -114,6 +131,13 @@ void xd_dtype_to_f32(enum xd_dtype dtype, const void *src, float *dst, size_t n)
         const uint16_t *s = src;
         for (size_t i = 0; i < n; i++)
             dst[i] = xd_f16_to_f32(s[i]);
+        return;
+    }
+    case XD_DTYPE_F8_E4M3: {
+        /* the stored values, without their block scales */
+        const uint8_t *s = src;
+        for (size_t i = 0; i < n; i++)
+            dst[i] = xd_f8e4m3_to_f32(s[i]);
         return;
     }
     case XD_DTYPE_Q8_0:

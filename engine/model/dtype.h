@@ -10,6 +10,11 @@ enum xd_dtype {
     XD_DTYPE_F32,
     XD_DTYPE_BF16,
     XD_DTYPE_F16,
+    /* float8_e4m3fn (safetensors "F8_E4M3": 1 sign, 4 exponent bits of bias 7, 3 mantissa bits,
+     * no infinities, max 448), as FP8 checkpoints store their linear weights; the loader pairs
+     * each with its weight_scale_inv blocks and converts it at load (engine/model/fp8.h), so no
+     * kernel sees it. */
+    XD_DTYPE_F8_E4M3,
     /* Block formats (engine/model/quant.h), made at load by --quantize, never read from a
      * checkpoint: rows of cols / 32 blocks of 32 weights. */
     XD_DTYPE_Q8_0, /* int8 weights, one f16 scale per block (34 bytes a block) */
@@ -25,7 +30,7 @@ static inline int xd_dtype_is_quant(enum xd_dtype dtype)
 {
     return dtype == XD_DTYPE_Q8_0 || dtype == XD_DTYPE_Q4_1;
 }
-/* The safetensors spelling ("F32", "BF16", "F16"), or "Q8_0" / "Q4_1". */
+/* The safetensors spelling ("F32", "BF16", "F16", "F8_E4M3"), or "Q8_0" / "Q4_1". */
 const char *xd_dtype_name(enum xd_dtype dtype);
 /* Parses a safetensors dtype string; returns 0 and sets *ret_dtype, or -1
  * for any other dtype. */
@@ -51,6 +56,8 @@ static inline uint16_t xd_f32_to_bf16(float f)
 }
 
 float xd_f16_to_f32(uint16_t h);
+/* float8_e4m3fn -> f32, exact (every e4m3 value is an f32); 0x7f / 0xff are NaN. */
+float xd_f8e4m3_to_f32(uint8_t v);
 uint16_t xd_f32_to_f16(float f);
 
 /* dst[i] = src[i] as f32 for n elements of dtype F32, BF16 or F16 (the block formats are

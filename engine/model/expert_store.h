@@ -13,6 +13,11 @@ struct xd_matrix {
     int64_t rows;
     int64_t cols;
     const void *data;
+    /* XD_DTYPE_F8_E4M3 only, until the loader converts it (engine/model/fp8.h): the
+     * weight_scale_inv tensor, (ceil(rows / block_rows), ceil(cols / block_cols)) of
+     * scale_dtype (F32 or BF16); w[r][c] = fp8(data[r][c]) * scale[r / br][c / bc]. */
+    const void *scale;
+    enum xd_dtype scale_dtype;
 };
 
 /* One expert's SwiGLU MLP: down(silu(gate x) * up x). */

@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "engine/model/fp8.h"
 #include "engine/model/quant.h"
 
 /* ---- the host expert store: views straight into the mapped checkpoint ---- */
@@ -95,6 +96,51 @@ static int find_shaped(struct loader *L, const char *name, int n_dims, const int
     return XD_OK;
 }
 
+/* FP8 weight t (already shape-checked as m): finds its '<name>_scale_inv' and checks it
+ * against config.json's quantization_config (weight_block_size) and t's shape. */
+static int pair_fp8_scale(struct loader *L, const struct xd_tensor *t, struct xd_matrix *m)
+{
+    const struct xd_model_config *c = &L->m->config;
+    if (!c->fp8)
+        return xd_err_set(L->err, XD_ERR_TENSOR,
+                          "%s: tensor '%s' is F8_E4M3 but %s/config.json has no "
+                          "quantization_config (quant_method \"fp8\", weight_block_size) to say "
+                          "how its scales are laid out",
+                          t->path, t->name, L->m->dir);
+    if (t->n_dims != 2)
+        return xd_err_set(L->err, XD_ERR_TENSOR,
+                          "%s: tensor '%s' is F8_E4M3 but not a 2-D weight; fine-grained FP8 "
+                          "quantizes linear weights only",
+                          t->path, t->name);
+    char sname[300];
+    snprintf(sname, sizeof sname, "%s_scale_inv", t->name);
+    const struct xd_tensor *s = xd_checkpoint_find(L->m->checkpoint, sname);
+    if (!s)
+        return xd_err_set(L->err, XD_ERR_TENSOR,
+                          "%s: tensor '%s' is F8_E4M3 but its scale tensor '%s' is missing",
+                          t->path, t->name, sname);
+    const int64_t br = c->fp8_block[0], bc = c->fp8_block[1];
+    const int64_t want[2] = {(m->rows + br - 1) / br, (m->cols + bc - 1) / bc};
+    if (s->n_dims != 2 || s->shape[0] != want[0] || s->shape[1] != want[1]) {
+        char ws[64], gs[64];
+        fmt_shape(ws, sizeof ws, want, 2);
+        fmt_shape(gs, sizeof gs, s->shape, s->n_dims);
+        return xd_err_set(L->err, XD_ERR_TENSOR,
+                          "%s: tensor '%s' has shape %s; weight [%lld, %lld] in blocks of "
+                          "weight_block_size [%lld, %lld] (config.json quantization_config) "
+                          "needs %s",
+                          s->path, sname, gs, (long long)m->rows, (long long)m->cols,
+                          (long long)br, (long long)bc, ws);
+    }
+    if (s->dtype != XD_DTYPE_F32 && s->dtype != XD_DTYPE_BF16)
+        return xd_err_set(L->err, XD_ERR_TENSOR,
+                          "%s: tensor '%s' has dtype %s; FP8 block scales are F32 (or BF16)",
+                          s->path, sname, xd_dtype_name(s->dtype));
+    m->scale = s->data;
+    m->scale_dtype = s->dtype;
+    return XD_OK;
+}
+
 /* A 2-D weight (rows, cols), or a 1-D vector when rows == 0. */
 static int need(struct loader *L, const char *name, int64_t rows, int64_t cols,
                 struct xd_matrix *ret)
@@ -104,10 +150,11 @@ static int need(struct loader *L, const char *name, int64_t rows, int64_t cols,
     int rc = rows ? find_shaped(L, name, 2, dims, &t) : find_shaped(L, name, 1, &dims[1], &t);
     if (rc < 0)
         return rc;
-    ret->dtype = t->dtype;
-    ret->rows = rows ? rows : 1;
-    ret->cols = cols;
-    ret->data = t->data;
+    struct xd_matrix m = {.dtype = t->dtype, .rows = rows ? rows : 1, .cols = cols,
+                          .data = t->data};
+    if (t->dtype == XD_DTYPE_F8_E4M3)
+        XD_TRY(pair_fp8_scale(L, t, &m));
+    *ret = m;
     return XD_OK;
 }
 
@@ -146,6 +193,11 @@ static int load_experts(struct loader *L, const char *moe, int layer, struct xd_
         int64_t gu_dims[3] = {E, 2 * F, H}, down_dims[3] = {E, H, F};
         XD_TRY(find_shaped(L, fused, 3, gu_dims, &gu));
         XD_TRY(find_shaped(L, fmt_name(L, "%s.experts.down_proj", moe), 3, down_dims, &down));
+        if (gu->dtype == XD_DTYPE_F8_E4M3 || down->dtype == XD_DTYPE_F8_E4M3)
+            return xd_err_set(L->err, XD_ERR_UNSUPPORTED,
+                              "%s: tensor '%s' is F8_E4M3 in the fused expert layout; expertd "
+                              "reads FP8 experts as published, one tensor per expert",
+                              gu->path, gu->name);
         for (int64_t e = 0; e < E; e++) {
             w[e].gate = sub_rows(gu, e * 2 * F, F, H);
             w[e].up = sub_rows(gu, e * 2 * F + F, F, H);
@@ -269,7 +321,10 @@ attention_done:
     return XD_OK;
 }
 
-int xd_model_load(const char *dir, struct xd_model **ret_model, struct xd_err *err)
+static int convert_fp8(struct xd_model *m, bool to_q8, struct xd_err *err);
+
+static int load_model(const char *dir, bool fp8_to_q8, struct xd_model **ret_model,
+                      struct xd_err *err)
 {
     struct xd_model *m = calloc(1, sizeof *m);
     struct host_experts *experts = calloc(1, sizeof *experts);
@@ -319,11 +374,24 @@ int xd_model_load(const char *dir, struct xd_model **ret_model, struct xd_err *e
         if (c->is_moe_layer[i])
             m->layers[i].moe_index = moe_index++;
     }
+    if (c->fp8 && (rc = convert_fp8(m, fp8_to_q8, err)) < 0)
+        goto err;
     *ret_model = m;
     return XD_OK;
 err:
     xd_model_destroy(m);
     return rc;
+}
+
+int xd_model_load(const char *dir, struct xd_model **ret_model, struct xd_err *err)
+{
+    return load_model(dir, true, ret_model, err);
+}
+
+int xd_model_load_fp8_dequantized(const char *dir, struct xd_model **ret_model,
+                                  struct xd_err *err)
+{
+    return load_model(dir, false, ret_model, err);
 }
 
 void xd_model_destroy(struct xd_model *m)
@@ -432,6 +500,14 @@ int xd_model_quantize(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
     if (!xd_dtype_is_quant(fmt))
         return xd_err_set(err, XD_ERR_INVALID, "quantize: %s is not a quantized format",
                           xd_dtype_name(fmt));
+    if (m->fp8 && m->quant == XD_DTYPE_Q8_0) {
+        if (fmt == XD_DTYPE_Q8_0)
+            return XD_OK; /* its FP8 weights were converted to q8 at load */
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: an FP8 checkpoint is served as q8 (its weights converted at "
+                          "load); --quantize %s is not supported for it",
+                          m->dir, fmt == XD_DTYPE_Q4_1 ? "q4" : xd_dtype_name(fmt));
+    }
     if (xd_dtype_is_quant(m->quant)) {
         if (m->quant == fmt && m->quant_experts_only == experts_only)
             return XD_OK;
@@ -480,5 +556,69 @@ int xd_model_quantize(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
     m->quant_buf = buf;
     m->quant_bytes = total;
     m->quant_n_kept = n_kept;
+    return XD_OK;
+}
+
+/* ---- FP8 checkpoints: converted at load ---- */
+
+/* Converts every F8_E4M3 matrix of a model loaded from an FP8 checkpoint: the matmul weights
+ * that --quantize covers (experts, attention, dense and shared MLPs) to q8_0 (a 32-block
+ * requantization of the dequantized values), the others (embedding, lm_head, router, matrices
+ * whose columns are not a multiple of 32) to f32; or, unless to_q8, all of them to f32 (the
+ * dequantized reference). All into one buffer (quant_buf), the FP8 pages dropped. Sets fp8,
+ * and quant to Q8_0 when to_q8. */
+static int convert_fp8(struct xd_model *m, bool to_q8, struct xd_err *err)
+{
+    const struct xd_model_config *c = &m->config;
+    const size_t n_q = list_quant_jobs(m, XD_DTYPE_Q8_0, false, NULL);
+    const size_t n_other = 3 + 2 * (size_t)c->n_layers;
+    struct qjob *jobs = calloc(n_q + n_other, sizeof *jobs);
+    if (!jobs)
+        return xd_err_set(err, XD_ERR_NOMEM, "%s: out of memory for the FP8 conversion", m->dir);
+    list_quant_jobs(m, XD_DTYPE_Q8_0, false, jobs);
+    size_t n = n_q;
+    jobs[n++].m = &m->embed;
+    if (!c->tie_word_embeddings)
+        jobs[n++].m = &m->lm_head;
+    for (int l = 0; l < c->n_layers; l++) {
+        jobs[n++].m = &m->layers[l].router;
+        jobs[n++].m = &m->layers[l].shared_expert_gate;
+    }
+    size_t total = 0;
+    int n_kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct xd_matrix *w = jobs[i].m;
+        if (!w->data || w->dtype != XD_DTYPE_F8_E4M3)
+            continue;
+        total += (xd_fp8_converted_bytes(w, to_q8 && i < n_q && w->cols % XD_QBLOCK == 0) +
+                  63) & ~(size_t)63;
+    }
+    char *buf = aligned_alloc(64, total ? total : 64);
+    if (!buf) {
+        free(jobs);
+        return xd_err_set(err, XD_ERR_NOMEM,
+                          "%s: FP8 to q8 conversion: %.1f MiB could not be allocated", m->dir,
+                          (double)total / 1048576.0);
+    }
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct xd_matrix w = *jobs[i].m;
+        if (!w.data || w.dtype != XD_DTYPE_F8_E4M3)
+            continue;
+        const int q8 = to_q8 && i < n_q && w.cols % XD_QBLOCK == 0;
+        n_kept += !q8 && i < n_q;
+        xd_fp8_convert(&w, c->fp8_block[0], c->fp8_block[1], q8, buf + off, jobs[i].m);
+        off += (xd_fp8_converted_bytes(&w, q8) + 63) & ~(size_t)63;
+        drop_pages(w.data, (size_t)w.rows * (size_t)w.cols);
+    }
+    free(jobs);
+    if (c->tie_word_embeddings)
+        m->lm_head = m->embed;
+    m->fp8 = true;
+    m->quant = to_q8 ? XD_DTYPE_Q8_0 : XD_DTYPE_F32;
+    m->quant_experts_only = false;
+    m->quant_buf = buf;
+    m->quant_bytes = total;
+    m->quant_n_kept = to_q8 ? n_kept : 0;
     return XD_OK;
 }

@@ -62,6 +62,9 @@ struct xd_model {
     void *quant_buf;
     size_t quant_bytes;
     int quant_n_kept;        /* matrices left as stored: columns not a multiple of 32 */
+    /* Loaded from an FP8 checkpoint (config.fp8): its F8_E4M3 matrices were converted at load,
+     * the matmul weights to q8_0 (quant is Q8_0), the embedding, lm_head and router to f32. */
+    bool fp8;
 };
 
 /* Loads the checkpoint directory dir (config.json, safetensors, optional
@@ -71,6 +74,11 @@ struct xd_model {
  * The model owns the mapping; destroy with xd_model_destroy. */
 int xd_model_load(const char *dir, struct xd_model **ret_model, struct xd_err *err);
 void xd_model_destroy(struct xd_model *model);
+/* As xd_model_load, but an FP8 checkpoint's weights are all dequantized to f32 (fp8(w) x its
+ * block's scale_inv, as transformers dequantizes them) instead of converted to q8: the
+ * reference the q8 conversion is measured against. Other checkpoints load as usual. */
+int xd_model_load_fp8_dequantized(const char *dir, struct xd_model **ret_model,
+                                  struct xd_err *err);
 
 /* Quantizes the model's matrices to fmt (XD_DTYPE_Q8_0 or XD_DTYPE_Q4_1) from their f32/bf16/f16
  * views: every expert's gate, up and down; unless experts_only, also attention (q, k, v, o),
@@ -83,6 +91,8 @@ void xd_model_destroy(struct xd_model *model);
  * test fixtures do). A second call with the same format and scope does nothing. Another format
  * than the model already has, or no memory for the copies, is a negative status with err
  * saying which; the model is then unchanged. */
+/* An FP8 model (fp8) loaded by xd_model_load is already q8: fmt Q8_0 does nothing, Q4_1 is
+ * refused. */
 int xd_model_quantize(struct xd_model *model, enum xd_dtype fmt, bool experts_only,
                       struct xd_err *err);
 

@@ -325,6 +325,63 @@ static int parse_deepseek(json_t *root, const char *path, struct xd_model_config
         }                     \
     } while (0)
 
+/* A string key of quantization_config that must be absent, null or want. */
+static int qc_string(json_t *qc, const char *path, const char *key, const char *want,
+                     struct xd_err *err)
+{
+    json_t *v = json_object_get(qc, key);
+    if (!v || json_is_null(v))
+        return XD_OK;
+    if (!json_is_string(v) || strcmp(json_string_value(v), want) != 0)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: key 'quantization_config.%s' is %s; expertd reads fine-grained "
+                          "FP8 checkpoints with %s only",
+                          path, key, json_is_string(v) ? json_string_value(v) : "not a string",
+                          want);
+    return XD_OK;
+}
+
+/* quantization_config: absent, or the fine-grained FP8 of DeepSeek-V3 and the Qwen3 *-FP8
+ * releases (quant_method fp8, fmt e4m3, activation_scheme dynamic, weight_block_size [r, c],
+ * scale_fmt float); anything else is refused naming the key. */
+static int get_quant(json_t *root, const char *path, struct xd_model_config *c,
+                     struct xd_err *err)
+{
+    json_t *qc = json_object_get(root, "quantization_config");
+    if (!qc || json_is_null(qc))
+        return XD_OK;
+    if (!json_is_object(qc))
+        return xd_err_set(err, XD_ERR_CONFIG, "%s: key 'quantization_config' must be an object",
+                          path);
+    json_t *qm = json_object_get(qc, "quant_method");
+    if (!json_is_string(qm) || strcmp(json_string_value(qm), "fp8") != 0)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: key 'quantization_config.quant_method' is %s; expertd reads "
+                          "unquantized checkpoints and fine-grained FP8 (\"fp8\") only",
+                          path, json_is_string(qm) ? json_string_value(qm) : "missing");
+    XD_TRY(qc_string(qc, path, "fmt", "e4m3", err));
+    XD_TRY(qc_string(qc, path, "activation_scheme", "dynamic", err));
+    XD_TRY(qc_string(qc, path, "scale_fmt", "float", err));
+    json_t *bs = json_object_get(qc, "weight_block_size");
+    if (!bs) {
+        c->fp8_block[0] = c->fp8_block[1] = 128; /* transformers' default */
+    } else {
+        json_t *b0 = json_array_get(bs, 0), *b1 = json_array_get(bs, 1);
+        if (!json_is_array(bs) || json_array_size(bs) != 2 || !json_is_integer(b0) ||
+            !json_is_integer(b1) || json_integer_value(b0) < 1 || json_integer_value(b1) < 1 ||
+            json_integer_value(b0) > 65536 || json_integer_value(b1) > 65536)
+            return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                              "%s: key 'quantization_config.weight_block_size' must be two "
+                              "positive integers such as [128, 128] (per-tensor FP8 scales are "
+                              "not read)",
+                              path);
+        c->fp8_block[0] = (int)json_integer_value(b0);
+        c->fp8_block[1] = (int)json_integer_value(b1);
+    }
+    c->fp8 = true;
+    return XD_OK;
+}
+
 int xd_model_config_parse(const char *text, size_t len, const char *path,
                           struct xd_model_config *c, struct xd_err *err)
 {
@@ -581,6 +638,7 @@ layers_done:
                               i);
         }
     }
+    TRY(get_quant(root, path, c, err));
     TRY(get_eos(root, path, c, err));
     json_decref(root);
     return XD_OK;

@@ -96,6 +96,11 @@ struct xd_model_config {
     bool is_moe_layer[XD_MAX_LAYERS];
     int n_moe_layers;
 
+    /* quantization_config with quant_method "fp8" (fine-grained FP8: float8_e4m3fn weights,
+     * one f32 weight_scale_inv per fp8_block[0] x fp8_block[1] block, activations dynamic) */
+    bool fp8;
+    int fp8_block[2];            /* weight_block_size: (rows, cols) of a scale block */
+
     int bos_token_id;            /* -1 when unknown */
     int eos_token_ids[XD_MAX_EOS];
     int n_eos;

@@ -36,9 +36,15 @@ static int parse_entry(const char *path, const char *name, json_t *entry, const 
         return xd_err_set(err, XD_ERR_FORMAT,
                           "%s: tensor '%s' needs dtype, shape and data_offsets [begin, end]", path,
                           name);
+    if (strcmp(json_string_value(jdtype), "F8_E5M2") == 0)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: tensor '%s' has dtype F8_E5M2; expertd reads FP8 weights as "
+                          "F8_E4M3 (float8_e4m3fn, the fine-grained FP8 layout) only",
+                          path, name);
     if (xd_dtype_parse(json_string_value(jdtype), &t->dtype) < 0)
         return xd_err_set(err, XD_ERR_UNSUPPORTED,
-                          "%s: tensor '%s' has dtype %s; expertd reads F32, BF16 and F16", path,
+                          "%s: tensor '%s' has dtype %s; expertd reads F32, BF16, F16 and F8_E4M3",
+                          path,
                           name, json_string_value(jdtype));
     size_t n_dims = json_array_size(jshape);
     if (n_dims > XD_MAX_DIMS)
