@@ -38,6 +38,10 @@ struct cpu_state {
     float *g;            /* (T * top_k, expert_ffn) */
     float *u;            /* (T * top_k, expert_ffn) */
     float *eo;           /* (T * top_k, hidden) expert outputs, expert-sorted */
+    int32_t *moe_pairs;  /* (max_pairs, 3) the step's (expert, first row, row count) token
+                            blocks of one MoE layer, expert-major */
+    struct xd_expert_weights *moe_w; /* (n_experts,) weights of the experts acquired */
+    int moe_sched;       /* enum moe_sched */
     float *dg;           /* (T, ffn_max) dense/shared gate */
     float *du;           /* (T, ffn_max) dense/shared up */
     float *logits;       /* (T, vocab) */
@@ -65,6 +69,8 @@ static void cpu_destroy(void *p)
     free(s->expert_rows);
     free(s->route_experts);
     free(s->route_pred);
+    free(s->moe_pairs);
+    free(s->moe_w);
     free(s);
 }
 
@@ -76,6 +82,34 @@ static void *alloc_f(size_t n, size_t size, int *failed)
     return p;
 }
 
+/* How a MoE layer's experts are spread over threads. MOE_REGION, the default: one parallel region
+ * per layer over work items (expert, token block, block of output rows), dynamically scheduled,
+ * with one barrier between gate/up and down; MOE_PER_EXPERT: the experts one after another, each
+ * matmul its own parallel region (three fork/joins per expert), kept as the comparison for the
+ * benchmarks; EXPERTD_CPU_MOE=per-expert asks for it. Both give the same bits: every output
+ * element is computed by one work item, in the matmul's fixed order. */
+enum moe_sched { MOE_REGION, MOE_PER_EXPERT };
+
+/* EXPERTD_CPU_MOE, read when a backend is created. */
+static enum moe_sched moe_sched_from_env(void)
+{
+    const char *want = getenv("EXPERTD_CPU_MOE");
+    return want && strcmp(want, "per-expert") == 0 ? MOE_PER_EXPERT : MOE_REGION;
+}
+
+/* Tokens (rows of one expert) per MoE work item: a multiple of both vector paths' token tiles (6
+ * and 4), small enough that the item's inputs (48 x hidden f32) stay in L2 while its weight rows
+ * stream past them. */
+#define MOE_TOKEN_BLOCK 48
+/* Output rows per MoE work item: as the matmul's row tile. */
+#define MOE_ROW_TILE 16
+
+/* Token blocks one MoE layer can have: every expert's partial block plus the whole ones. */
+static size_t moe_max_pairs(int n_experts, size_t n_slots)
+{
+    return (size_t)n_experts + n_slots / MOE_TOKEN_BLOCK + 1;
+}
+
 static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts, void **ret,
                       struct xd_err *err)
 {
@@ -85,6 +119,7 @@ static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts,
         return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
     s->m = model;
     s->opts = *opts;
+    s->moe_sched = moe_sched_from_env();
     s->kv_dim = c->n_kv_heads * c->head_dim;
     s->q_dim = c->n_heads * c->head_dim;
     s->ffn_max = c->dense_ffn > c->shared_expert_ffn ? c->dense_ffn : c->shared_expert_ffn;
@@ -126,6 +161,8 @@ static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts,
     s->g = alloc_f(TK * c->expert_ffn, sizeof(float), &failed);
     s->u = alloc_f(TK * c->expert_ffn, sizeof(float), &failed);
     s->eo = alloc_f(TK * H, sizeof(float), &failed);
+    s->moe_pairs = alloc_f(moe_max_pairs(c->n_experts, TK) * 3, sizeof(int32_t), &failed);
+    s->moe_w = alloc_f((size_t)c->n_experts, sizeof(struct xd_expert_weights), &failed);
     s->dg = alloc_f(T * s->ffn_max, sizeof(float), &failed);
     s->du = alloc_f(T * s->ffn_max, sizeof(float), &failed);
     s->logits = alloc_f(T * c->vocab_size, sizeof(float), &failed);
@@ -283,6 +320,90 @@ static void top_k(const float *probs, int n, int k, int32_t *ret_idx, float *ret
     }
 }
 
+/* Gate and up rows [c0, c1) of one token block, then silu(gate) * up on those columns:
+ * x (nr, hidden) -> g (nr, ffn) in place, u (nr, ffn) scratch. */
+static void moe_gate_up(const struct xd_expert_weights *w, const float *x, int nr, float *g,
+                        float *u, int64_t c0, int64_t c1)
+{
+    const int64_t F = w->gate.rows;
+    xd_cpu_matmul_rows(x, nr, &w->gate, g, c0, c1);
+    xd_cpu_matmul_rows(x, nr, &w->up, u, c0, c1);
+    for (int t = 0; t < nr; t++)
+        xd_cpu_silu_mul(g + t * F + c0, u + t * F + c0, g + t * F + c0, (size_t)(c1 - c0));
+}
+
+/* Runs the experts of MoE layer l over their expert-sorted rows (s->xg, s->expert_rows) into
+ * s->eo. The experts present are acquired from the store before any runs and released after
+ * all have. */
+static int run_experts(struct cpu_state *s, int l, struct xd_err *err)
+{
+    const struct xd_model_config *c = &s->m->config;
+    const int E = c->n_experts, H = c->hidden_size, F = c->expert_ffn;
+    const int32_t *rows = s->expert_rows;
+    int rc = XD_OK, n_acquired = 0;
+    int32_t present[E];
+    for (int e = 0; e < E; e++) {
+        if (rows[e + 1] == rows[e])
+            continue;
+        rc = xd_expert_store_acquire(&s->m->experts, l, e, &s->moe_w[e]);
+        if (rc < 0) {
+            xd_err_set(err, rc, "expert store: layer %d expert %d is unavailable (%s)", l, e,
+                       xd_status_str(rc));
+            break;
+        }
+        present[n_acquired++] = e;
+    }
+
+    if (rc == XD_OK && s->moe_sched == MOE_PER_EXPERT) {
+        for (int i = 0; i < n_acquired; i++) {
+            int e = present[i], r0 = rows[e];
+            swiglu(s->xg + (size_t)r0 * H, rows[e + 1] - r0, &s->moe_w[e], s->g, s->u,
+                   s->eo + (size_t)r0 * H);
+        }
+    } else if (rc == XD_OK) {
+        /* token blocks (expert, first row, rows), expert-major; an item is one block x one tile
+         * of output rows: item i = block i / tiles, tile i % tiles */
+        int32_t *pairs = s->moe_pairs;
+        int n_pairs = 0;
+        for (int i = 0; i < n_acquired; i++) {
+            int e = present[i];
+            for (int r = rows[e]; r < rows[e + 1]; r += MOE_TOKEN_BLOCK) {
+                pairs[3 * n_pairs] = e;
+                pairs[3 * n_pairs + 1] = r;
+                pairs[3 * n_pairs + 2] =
+                    rows[e + 1] - r < MOE_TOKEN_BLOCK ? rows[e + 1] - r : MOE_TOKEN_BLOCK;
+                n_pairs++;
+            }
+        }
+        const int tiles_f = (F + MOE_ROW_TILE - 1) / MOE_ROW_TILE;
+        const int tiles_h = (H + MOE_ROW_TILE - 1) / MOE_ROW_TILE;
+        const int n_items_f = n_pairs * tiles_f, n_items_h = n_pairs * tiles_h;
+#pragma omp parallel
+        {
+#pragma omp for schedule(dynamic, 1)
+            for (int i = 0; i < n_items_f; i++) {
+                const int32_t *pr = pairs + 3 * (i / tiles_f);
+                const int64_t c0 = (int64_t)(i % tiles_f) * MOE_ROW_TILE;
+                const int64_t c1 = c0 + MOE_ROW_TILE < F ? c0 + MOE_ROW_TILE : F;
+                moe_gate_up(&s->moe_w[pr[0]], s->xg + (size_t)pr[1] * H, pr[2],
+                            s->g + (size_t)pr[1] * F, s->u + (size_t)pr[1] * F, c0, c1);
+            }
+            /* the implied barrier: every gate/up item is done before any down item reads g */
+#pragma omp for schedule(dynamic, 1)
+            for (int i = 0; i < n_items_h; i++) {
+                const int32_t *pr = pairs + 3 * (i / tiles_h);
+                const int64_t c0 = (int64_t)(i % tiles_h) * MOE_ROW_TILE;
+                const int64_t c1 = c0 + MOE_ROW_TILE < H ? c0 + MOE_ROW_TILE : H;
+                xd_cpu_matmul_rows(s->g + (size_t)pr[1] * F, pr[2], &s->moe_w[pr[0]].down,
+                                   s->eo + (size_t)pr[1] * H, c0, c1);
+            }
+        }
+    }
+    for (int i = 0; i < n_acquired; i++)
+        xd_expert_store_release(&s->m->experts, l, present[i]);
+    return rc;
+}
+
 static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
 {
     const struct xd_model_config *c = &s->m->config;
@@ -325,19 +446,9 @@ static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
         }
     }
 
-    /* each expert present runs once over all of its rows */
-    for (int e = 0; e < E; e++) {
-        int r0 = rows[e], n_rows = rows[e + 1] - rows[e];
-        if (n_rows == 0)
-            continue;
-        struct xd_expert_weights w;
-        int rc = xd_expert_store_acquire(&s->m->experts, l, e, &w);
-        if (rc < 0)
-            return xd_err_set(err, rc, "expert store: layer %d expert %d is unavailable (%s)", l,
-                              e, xd_status_str(rc));
-        swiglu(s->xg + (size_t)r0 * H, n_rows, &w, s->g, s->u, s->eo + (size_t)r0 * H);
-        xd_expert_store_release(&s->m->experts, l, e);
-    }
+    int rc = run_experts(s, l, err);
+    if (rc < 0)
+        return rc;
 
     /* weighted sum back, in each token's top-k order so batching never matters */
     for (int t = 0; t < n; t++) {

@@ -98,17 +98,14 @@ float xd_cpu_dot(const float *a, const float *b, int n)
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
-static void matmul_portable(const float *x, int n, const struct xd_matrix *w, float *y)
+static void portable_rows(const float *x, int n, const struct xd_matrix *w, float *y,
+                          int64_t r_begin, int64_t r_end)
 {
     const int64_t rows = w->rows, cols = w->cols;
-    const int64_t n_tiles = (rows + ROW_TILE - 1) / ROW_TILE;
-
-#pragma omp parallel for schedule(static) if (rows * cols * (int64_t)n > 32768)
-    for (int64_t tile = 0; tile < n_tiles; tile++) {
+    {
         /* 16-bit weights are widened once per row when several tokens share it */
         float wrow[w->dtype == XD_DTYPE_F32 ? 1 : cols];
-        int64_t r_end = tile * ROW_TILE + ROW_TILE < rows ? tile * ROW_TILE + ROW_TILE : rows;
-        for (int64_t r = tile * ROW_TILE; r < r_end; r++) {
+        for (int64_t r = r_begin; r < r_end; r++) {
             const float *wr = wrow;
             if (w->dtype == XD_DTYPE_F32) {
                 wr = (const float *)w->data + r * cols;
@@ -129,6 +126,18 @@ static void matmul_portable(const float *x, int n, const struct xd_matrix *w, fl
             for (; t < n; t++)
                 y[(int64_t)t * rows + r] = dot_f32(x + (int64_t)t * cols, wr, (int)cols);
         }
+    }
+}
+
+static void matmul_portable(const float *x, int n, const struct xd_matrix *w, float *y)
+{
+    const int64_t rows = w->rows, cols = w->cols;
+    const int64_t n_tiles = (rows + ROW_TILE - 1) / ROW_TILE;
+
+#pragma omp parallel for schedule(static) if (rows * cols * (int64_t)n > 32768)
+    for (int64_t tile = 0; tile < n_tiles; tile++) {
+        int64_t r_end = tile * ROW_TILE + ROW_TILE < rows ? tile * ROW_TILE + ROW_TILE : rows;
+        portable_rows(x, n, w, y, tile * ROW_TILE, r_end);
     }
 }
 
@@ -420,6 +429,34 @@ const char *xd_cpu_kernel_path(void)
     }
 }
 
+typedef void (*range_fn)(const float *, int, const struct xd_matrix *, float *, int64_t,
+                         int64_t);
+
+#ifdef XD_HAVE_X86_PATHS
+static range_fn vector_fn(enum kernel_path path, enum xd_dtype dt)
+{
+    switch (dt) {
+    case XD_DTYPE_F32: return path == PATH_AVX512 ? mm512_f32 : mm256_f32;
+    case XD_DTYPE_BF16: return path == PATH_AVX512 ? mm512_bf16 : mm256_bf16;
+    case XD_DTYPE_F16: return path == PATH_AVX512 ? mm512_f16 : mm256_f16;
+    }
+    return NULL;
+}
+#endif
+
+void xd_cpu_matmul_rows(const float *x, int n, const struct xd_matrix *w, float *y,
+                        int64_t r_begin, int64_t r_end)
+{
+    const enum kernel_path path = get_path();
+    if (path == PATH_PORTABLE) {
+        portable_rows(x, n, w, y, r_begin, r_end);
+        return;
+    }
+#ifdef XD_HAVE_X86_PATHS
+    vector_fn(path, w->dtype)(x, n, w, y, r_begin, r_end);
+#endif
+}
+
 void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y)
 {
     const enum kernel_path path = get_path();
@@ -428,12 +465,7 @@ void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y)
         return;
     }
 #ifdef XD_HAVE_X86_PATHS
-    void (*fn)(const float *, int, const struct xd_matrix *, float *, int64_t, int64_t) = NULL;
-    switch (w->dtype) {
-    case XD_DTYPE_F32: fn = path == PATH_AVX512 ? mm512_f32 : mm256_f32; break;
-    case XD_DTYPE_BF16: fn = path == PATH_AVX512 ? mm512_bf16 : mm256_bf16; break;
-    case XD_DTYPE_F16: fn = path == PATH_AVX512 ? mm512_f16 : mm256_f16; break;
-    }
+    range_fn fn = vector_fn(path, w->dtype);
     const int64_t rows = w->rows, cols = w->cols;
     const int64_t n_tiles = (rows + ROW_TILE - 1) / ROW_TILE;
 #pragma omp parallel for schedule(static) if (rows * cols * (int64_t)n > 32768)

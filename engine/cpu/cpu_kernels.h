@@ -9,6 +9,12 @@
  * on the other rows of x (batching never changes results). */
 void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y);
 
+/* Rows r_begin .. r_end - 1 of y (n, w.rows) = x (n, w.cols) @ w^T on the calling thread alone
+ * (no OpenMP): the building block of work items that several threads share. Each element sums
+ * in the same order as in xd_cpu_matmul, so splitting the rows never changes a bit. */
+void xd_cpu_matmul_rows(const float *x, int n, const struct xd_matrix *w, float *y,
+                        int64_t r_begin, int64_t r_end);
+
 /* The matmul's vector path on this CPU, as a static string: "avx512f ...", "avx2+fma ..." or
  * "portable ...". Chosen once from the CPU's features; the environment variable
  * EXPERTD_CPU_KERNEL=portable or =avx2 selects a lesser path (tests and benchmarks), never one
