@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 ldir=${LLAMA_CPP_DIR:-/work/llama-cpp}
 build_only=0 rounds=3 threads=2 quant=0
-name=olmoe-1024
+name=olmoe-1024-mha
 model_args="--vocab 32000 --hidden 1024 --layers 8 --heads 16 --kv-heads 16 --experts 32 --top-k 4 --ffn 512 --max-pos 4096 --seed 1"
 while [ $# -gt 0 ]; do
   case "$1" in

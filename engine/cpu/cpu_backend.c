@@ -9,6 +9,7 @@
 
 #include "engine/backend.h"
 #include "engine/cpu/cpu_kernels.h"
+#include "engine/cpu/cpu_pool.h"
 
 struct cpu_state {
     const struct xd_model *m;
@@ -42,6 +43,8 @@ struct cpu_state {
                             blocks of one MoE layer, expert-major */
     struct xd_expert_weights *moe_w; /* (n_experts,) weights of the experts acquired */
     int moe_sched;       /* enum moe_sched */
+    struct xd_cpu_pool *pool; /* MOE_POOL's workers, else NULL */
+    int moe_tiles_f, moe_tiles_h; /* row tiles of the gate/up and of the down matrices */
     float *dg;           /* (T, ffn_max) dense/shared gate */
     float *du;           /* (T, ffn_max) dense/shared up */
     float *logits;       /* (T, vocab) */
@@ -71,6 +74,7 @@ static void cpu_destroy(void *p)
     free(s->route_pred);
     free(s->moe_pairs);
     free(s->moe_w);
+    xd_cpu_pool_destroy(s->pool);
     free(s);
 }
 
@@ -88,13 +92,17 @@ static void *alloc_f(size_t n, size_t size, int *failed)
  * matmul its own parallel region (three fork/joins per expert), kept as the comparison for the
  * benchmarks; EXPERTD_CPU_MOE=per-expert asks for it. Both give the same bits: every output
  * element is computed by one work item, in the matmul's fixed order. */
-enum moe_sched { MOE_REGION, MOE_PER_EXPERT };
+enum moe_sched { MOE_REGION, MOE_PER_EXPERT, MOE_POOL };
 
 /* EXPERTD_CPU_MOE, read when a backend is created. */
 static enum moe_sched moe_sched_from_env(void)
 {
     const char *want = getenv("EXPERTD_CPU_MOE");
-    return want && strcmp(want, "per-expert") == 0 ? MOE_PER_EXPERT : MOE_REGION;
+    if (want && strcmp(want, "per-expert") == 0)
+        return MOE_PER_EXPERT;
+    if (want && strcmp(want, "pool") == 0)
+        return MOE_POOL;
+    return MOE_REGION;
 }
 
 /* Tokens (rows of one expert) per MoE work item: a multiple of both vector paths' token tiles (6
@@ -182,6 +190,17 @@ static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts,
         return xd_err_set(err, XD_ERR_NOMEM,
                           "step buffers for max_batch_tokens %d could not be allocated; lower it",
                           opts->max_batch_tokens);
+    }
+    if (s->moe_sched == MOE_POOL) {
+        int n_threads = opts->n_threads;
+#ifdef _OPENMP
+        if (n_threads <= 0)
+            n_threads = omp_get_max_threads();
+#endif
+        if (xd_cpu_pool_create(n_threads, &s->pool) < 0) {
+            cpu_destroy(s);
+            return xd_err_set(err, XD_ERR_NOMEM, "the CPU thread pool could not be started");
+        }
     }
     *ret = s;
     return XD_OK;
@@ -332,6 +351,30 @@ static void moe_gate_up(const struct xd_expert_weights *w, const float *x, int n
         xd_cpu_silu_mul(g + t * F + c0, u + t * F + c0, g + t * F + c0, (size_t)(c1 - c0));
 }
 
+/* Work item i of the gate/up phase: token block i / tiles_f, row tile i % tiles_f. */
+static void moe_item_gate_up(void *ctx, int i)
+{
+    struct cpu_state *s = ctx;
+    const int H = s->m->config.hidden_size, F = s->m->config.expert_ffn;
+    const int32_t *pr = s->moe_pairs + 3 * (i / s->moe_tiles_f);
+    const int64_t c0 = (int64_t)(i % s->moe_tiles_f) * MOE_ROW_TILE;
+    const int64_t c1 = c0 + MOE_ROW_TILE < F ? c0 + MOE_ROW_TILE : F;
+    moe_gate_up(&s->moe_w[pr[0]], s->xg + (size_t)pr[1] * H, pr[2], s->g + (size_t)pr[1] * F,
+                s->u + (size_t)pr[1] * F, c0, c1);
+}
+
+/* Work item i of the down phase: token block i / tiles_h, row tile i % tiles_h. */
+static void moe_item_down(void *ctx, int i)
+{
+    struct cpu_state *s = ctx;
+    const int H = s->m->config.hidden_size, F = s->m->config.expert_ffn;
+    const int32_t *pr = s->moe_pairs + 3 * (i / s->moe_tiles_h);
+    const int64_t c0 = (int64_t)(i % s->moe_tiles_h) * MOE_ROW_TILE;
+    const int64_t c1 = c0 + MOE_ROW_TILE < H ? c0 + MOE_ROW_TILE : H;
+    xd_cpu_matmul_rows(s->g + (size_t)pr[1] * F, pr[2], &s->moe_w[pr[0]].down,
+                       s->eo + (size_t)pr[1] * H, c0, c1);
+}
+
 /* Runs the experts of MoE layer l over their expert-sorted rows (s->xg, s->expert_rows) into
  * s->eo. The experts present are acquired from the store before any runs and released after
  * all have. */
@@ -378,24 +421,21 @@ static int run_experts(struct cpu_state *s, int l, struct xd_err *err)
         const int tiles_f = (F + MOE_ROW_TILE - 1) / MOE_ROW_TILE;
         const int tiles_h = (H + MOE_ROW_TILE - 1) / MOE_ROW_TILE;
         const int n_items_f = n_pairs * tiles_f, n_items_h = n_pairs * tiles_h;
+        s->moe_tiles_f = tiles_f;
+        s->moe_tiles_h = tiles_h;
+        if (s->pool) {
+            xd_cpu_pool_run(s->pool, n_items_f, moe_item_gate_up, s);
+            xd_cpu_pool_run(s->pool, n_items_h, moe_item_down, s);
+        } else {
 #pragma omp parallel
-        {
+            {
 #pragma omp for schedule(dynamic, 1)
-            for (int i = 0; i < n_items_f; i++) {
-                const int32_t *pr = pairs + 3 * (i / tiles_f);
-                const int64_t c0 = (int64_t)(i % tiles_f) * MOE_ROW_TILE;
-                const int64_t c1 = c0 + MOE_ROW_TILE < F ? c0 + MOE_ROW_TILE : F;
-                moe_gate_up(&s->moe_w[pr[0]], s->xg + (size_t)pr[1] * H, pr[2],
-                            s->g + (size_t)pr[1] * F, s->u + (size_t)pr[1] * F, c0, c1);
-            }
-            /* the implied barrier: every gate/up item is done before any down item reads g */
+                for (int i = 0; i < n_items_f; i++)
+                    moe_item_gate_up(s, i);
+                /* the implied barrier: every gate/up item is done before any down item reads g */
 #pragma omp for schedule(dynamic, 1)
-            for (int i = 0; i < n_items_h; i++) {
-                const int32_t *pr = pairs + 3 * (i / tiles_h);
-                const int64_t c0 = (int64_t)(i % tiles_h) * MOE_ROW_TILE;
-                const int64_t c1 = c0 + MOE_ROW_TILE < H ? c0 + MOE_ROW_TILE : H;
-                xd_cpu_matmul_rows(s->g + (size_t)pr[1] * F, pr[2], &s->moe_w[pr[0]].down,
-                                   s->eo + (size_t)pr[1] * H, c0, c1);
+                for (int i = 0; i < n_items_h; i++)
+                    moe_item_down(s, i);
             }
         }
     }
