@@ -5,7 +5,7 @@
 # converts the synthetic OLMoE-shaped model to GGUF with bench/hf_to_gguf_olmoe.py, and runs
 # both engines in alternation, evicting the other engine's model file from the page cache first.
 #
-# Usage: bench/run-llama-cpp-bench.sh [--build-only] [--rounds N] [--threads N]
+# Usage: bench/run-llama-cpp-bench.sh [--build-only] [--rounds N] [--repeats N] [--threads N]
 #            [--model-args "xd-synth-model args"] [--name NAME] [--quant]
 #   (after tools/bootstrap.sh and ninja -C build)
 # Environment: LLAMA_CPP_DIR (default /work/llama-cpp): the sdist, the build and the GGUF files;
@@ -14,13 +14,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 ldir=${LLAMA_CPP_DIR:-/work/llama-cpp}
-build_only=0 rounds=3 threads=2 quant=0
+build_only=0 rounds=3 repeats=3 threads=2 quant=0
 name=olmoe-1024-mha
 model_args="--vocab 32000 --hidden 1024 --layers 8 --heads 16 --kv-heads 16 --experts 32 --top-k 4 --ffn 512 --max-pos 4096 --seed 1"
 while [ $# -gt 0 ]; do
   case "$1" in
     --build-only) build_only=1 ;;
     --rounds) rounds=$2; shift ;;
+    --repeats) repeats=$2; shift ;;  # each engine's own repetitions within a round
     --threads) threads=$2; shift ;;
     --model-args) model_args=$2; shift ;;
     --name) name=$2; shift ;;
@@ -112,13 +113,13 @@ else
 fi
 
 for r in $(seq 1 "$rounds"); do
-  echo "round $r/$rounds: expertd" >&2
+  echo "round $r/$rounds: expertd (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$out/load.txt" >&2
   evict "$gguf_bf16"
   build/bench/bench-engine --model "$model" --threads "$threads" --prompt-len 128 --decode-steps 32 \
-    --max-batch 8 --repeats 3 > "$out/expertd-$r.json"
-  echo "round $r/$rounds: llama.cpp" >&2
+    --max-batch 8 --repeats "$repeats" > "$out/expertd-$r.json"
+  echo "round $r/$rounds: llama.cpp (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$out/load.txt" >&2
   evict "$model/model.safetensors"
-  "$bin/llama-bench" -m "$gguf_bf16" -t "$threads" -p 128 -n 32 -r 3 --repack $repack -o json \
+  "$bin/llama-bench" -m "$gguf_bf16" -t "$threads" -p 128 -n 32 -r "$repeats" --repack $repack -o json \
     > "$out/llama-bench-$r.json" 2> "$out/llama-bench-$r.err"
   "$bin/llama-batched-bench" -m "$gguf_bf16" -t "$threads" -c 2048 -b 2048 -ub 512 -npp 128 -ntg 32 \
     -npl 1,8 --no-repack --output-format jsonl > "$out/batched-$r.jsonl" 2> "$out/batched-$r.err"

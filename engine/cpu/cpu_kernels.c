@@ -3,6 +3,7 @@
 #include "engine/cpu/cpu_kernels.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -443,6 +444,61 @@ static range_fn vector_fn(enum kernel_path path, enum xd_dtype dt)
     return NULL;
 }
 #endif
+
+/* ---- AMX: the CPU may have it; the kernel must grant it (arch_prctl ARCH_REQ_XCOMP_PERM) ---- */
+
+#if defined(__x86_64__) && defined(__linux__)
+#include <errno.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define XD_ARCH_GET_XCOMP_PERM 0x1022
+#define XD_ARCH_REQ_XCOMP_PERM 0x1023
+#define XD_XFEATURE_XTILEDATA 18
+#endif
+
+/* cpuid leaf 7 EDX bits 22 (amx-bf16), 24 (amx-tile), 25 (amx-int8). */
+static int cpu_has_amx(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    unsigned a = 0, b = 0, c = 0, d = 0, max_leaf;
+    __asm__ volatile("cpuid" : "=a"(max_leaf), "=b"(b), "=c"(c), "=d"(d) : "a"(0), "c"(0));
+    if (max_leaf < 7)
+        return 0;
+    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
+    return (d >> 24 & 1) && (d >> 22 & 1);
+#else
+    return 0;
+#endif
+}
+
+static char amx_status[160];
+
+const char *xd_cpu_amx_status(void)
+{
+    if (amx_status[0])
+        return amx_status;
+    if (!cpu_has_amx()) {
+        snprintf(amx_status, sizeof amx_status, "absent (cpuid: no amx-tile/amx-bf16)");
+        return amx_status;
+    }
+#if defined(__x86_64__) && defined(__linux__)
+    long rc = syscall(SYS_arch_prctl, XD_ARCH_REQ_XCOMP_PERM, XD_XFEATURE_XTILEDATA);
+    int req_errno = rc == 0 ? 0 : errno;
+    unsigned long long perm = 0;
+    long get = syscall(SYS_arch_prctl, XD_ARCH_GET_XCOMP_PERM, &perm);
+    if (rc == 0 && get == 0 && (perm >> XD_XFEATURE_XTILEDATA & 1))
+        snprintf(amx_status, sizeof amx_status,
+                 "granted by the kernel (amx-tile, amx-bf16; no kernel uses it yet)");
+    else
+        snprintf(amx_status, sizeof amx_status,
+                 "refused: the CPU has amx-tile/amx-bf16 but arch_prctl(ARCH_REQ_XCOMP_PERM) "
+                 "failed (%s); not used",
+                 req_errno ? strerror(req_errno) : "permission bit not set");
+#else
+    snprintf(amx_status, sizeof amx_status, "not asked for (not Linux x86-64)");
+#endif
+    return amx_status;
+}
 
 void xd_cpu_matmul_rows(const float *x, int n, const struct xd_matrix *w, float *y,
                         int64_t r_begin, int64_t r_end)

@@ -21,6 +21,11 @@ void xd_cpu_matmul_rows(const float *x, int n, const struct xd_matrix *w, float 
  * the CPU lacks. */
 const char *xd_cpu_kernel_path(void);
 
+/* Whether AMX tiles can run here, as a static string: "absent ..." (cpuid), "refused ..." (the
+ * kernel did not grant ARCH_REQ_XCOMP_PERM, as a VM may withhold it) or "granted ...". Asks the
+ * kernel once (the permission then holds for the process); never assumes it from the CPU flags. */
+const char *xd_cpu_amx_status(void);
+
 /* y (n, d) += bias (d,) broadcast over rows; bias may be a NULL matrix. */
 void xd_cpu_add_bias(float *y, int n, const struct xd_matrix *bias);
 
