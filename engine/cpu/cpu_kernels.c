@@ -291,6 +291,88 @@ DEFINE_MATMUL512(mm512_f32, XD_DTYPE_F32)
 DEFINE_MATMUL512(mm512_bf16, XD_DTYPE_BF16)
 DEFINE_MATMUL512(mm512_f16, XD_DTYPE_F16)
 
+/* The opt-in AVX512-BF16 path for bf16 weights (EXPERTD_CPU_KERNEL=avx512bf16): the activations
+ * are rounded to bf16 (to nearest even, as vcvtne2ps2bf16) and vdpbf16ps multiplies 32 pairs per
+ * instruction. Its order per element, whatever the tile: sixteen lanes, lane j taking
+ * acc += x[k + 1] w[k + 1], then acc += x[k] w[k] for k = 32 i + 2 j over the whole blocks of 32
+ * (each bf16 x bf16 product is exact in f32, so only the additions round), the tree h = 8, 4, 2,
+ * 1, then plus the tail past the last whole block summed one fmaf at a time from 0, each x
+ * rounded to bf16 first. Rounding the activations costs precision (about 3 significant digits
+ * per input), which is why it is not the default. */
+#define TGTBF16 __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl,avx2,fma,f16c")))
+
+TGTBF16 static inline __attribute__((always_inline)) float tail_sum_bf16x(const float *x,
+                                                                         const uint16_t *w,
+                                                                         int64_t k0, int64_t cols)
+{
+    float t = 0.0f;
+    for (int64_t k = k0; k < cols; k++)
+        t = __builtin_fmaf(xd_bf16_to_f32(xd_f32_to_bf16(x[k])), xd_bf16_to_f32(w[k]), t);
+    return t;
+}
+
+TGTBF16 static inline __attribute__((always_inline)) void
+tile_bf16(const float *x, const uint16_t *w, float *y, int64_t rows, int64_t cols, int64_t t0,
+          int64_t r0, const int nt, const int nr)
+{
+    __m512 acc[T512][R512];
+#pragma GCC unroll 8
+    for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            acc[t][r] = _mm512_setzero_ps();
+    const int64_t kb = cols / 32 * 32;
+    for (int64_t k = 0; k < kb; k += 32) {
+        __m512bh wv[R512];
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            wv[r] = (__m512bh)_mm512_loadu_si512((const void *)(w + (r0 + r) * cols + k));
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) {
+            const float *xt = x + (t0 + t) * cols + k;
+            __m512bh xv = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xt + 16), _mm512_loadu_ps(xt));
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                acc[t][r] = _mm512_dpbf16_ps(acc[t][r], xv, wv[r]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            y[(t0 + t) * rows + r0 + r] =
+                reduce16_512(acc[t][r]) +
+                tail_sum_bf16x(x + (t0 + t) * cols, w + (r0 + r) * cols, kb, cols);
+}
+
+TGTBF16 static inline __attribute__((always_inline)) void
+rows_bf16(const float *x, int n, const uint16_t *w, float *y, int64_t rows, int64_t cols,
+          int64_t r0, const int nr)
+{
+    int64_t t = 0;
+    for (; t + T512 <= n; t += T512)
+        tile_bf16(x, w, y, rows, cols, t, r0, T512, nr);
+    switch (n - t) {
+    case 5: tile_bf16(x, w, y, rows, cols, t, r0, 5, nr); break;
+    case 4: tile_bf16(x, w, y, rows, cols, t, r0, 4, nr); break;
+    case 3: tile_bf16(x, w, y, rows, cols, t, r0, 3, nr); break;
+    case 2: tile_bf16(x, w, y, rows, cols, t, r0, 2, nr); break;
+    case 1: tile_bf16(x, w, y, rows, cols, t, r0, 1, nr); break;
+    default: break;
+    }
+}
+
+TGTBF16 static void mm_bf16dp(const float *x, int n, const struct xd_matrix *w, float *y,
+                              int64_t r_begin, int64_t r_end)
+{
+    const uint16_t *wd = w->data;
+    int64_t r = r_begin;
+    for (; r + R512 <= r_end; r += R512)
+        rows_bf16(x, n, wd, y, w->rows, w->cols, r, R512);
+    for (; r < r_end; r++)
+        rows_bf16(x, n, wd, y, w->rows, w->cols, r, 1);
+}
+
 TGT256 static inline __attribute__((always_inline)) void load16_256(const void *w, int64_t i,
                                                                    enum xd_dtype dt, __m256 *lo,
                                                                    __m256 *hi)
@@ -387,7 +469,7 @@ DEFINE_MATMUL256(mm256_f16, XD_DTYPE_F16)
 
 /* ---- Which path runs ---- */
 
-enum kernel_path { PATH_UNSET = 0, PATH_PORTABLE, PATH_AVX2, PATH_AVX512 };
+enum kernel_path { PATH_UNSET = 0, PATH_PORTABLE, PATH_AVX2, PATH_AVX512, PATH_AVX512BF16 };
 static int kernel_path; /* enum kernel_path, resolved once (idempotent, so a race is benign) */
 
 static enum kernel_path resolve_path(void)
@@ -408,6 +490,12 @@ static enum kernel_path resolve_path(void)
         best = PATH_PORTABLE;
     else if (want && strcmp(want, "avx2") == 0 && best == PATH_AVX512)
         best = PATH_AVX2;
+#ifdef XD_HAVE_X86_PATHS
+    /* =avx512bf16 opts in to the bf16-activation path (other numerics), where the CPU has it */
+    else if (want && strcmp(want, "avx512bf16") == 0 && best == PATH_AVX512 &&
+             __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw"))
+        best = PATH_AVX512BF16;
+#endif
     return best;
 }
 
@@ -425,6 +513,9 @@ const char *xd_cpu_kernel_path(void)
 {
     switch (get_path()) {
     case PATH_AVX512: return "avx512f (fma, 4 rows x 6 tokens of 16 lanes)";
+    case PATH_AVX512BF16:
+        return "avx512bf16 (opt-in: activations rounded to bf16, vdpbf16ps for bf16 weights, 4 "
+               "rows x 6 tokens; f32/f16 weights on avx512f)";
     case PATH_AVX2: return "avx2+fma (1 row x 4 tokens of 2 x 8 lanes)";
     default: return "portable (c11, no fma)";
     }
@@ -436,6 +527,10 @@ typedef void (*range_fn)(const float *, int, const struct xd_matrix *, float *, 
 #ifdef XD_HAVE_X86_PATHS
 static range_fn vector_fn(enum kernel_path path, enum xd_dtype dt)
 {
+    if (path == PATH_AVX512BF16 && dt == XD_DTYPE_BF16)
+        return mm_bf16dp;
+    if (path == PATH_AVX512BF16)
+        path = PATH_AVX512;
     switch (dt) {
     case XD_DTYPE_F32: return path == PATH_AVX512 ? mm512_f32 : mm256_f32;
     case XD_DTYPE_BF16: return path == PATH_AVX512 ? mm512_bf16 : mm256_bf16;

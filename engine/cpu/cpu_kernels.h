@@ -18,7 +18,9 @@ void xd_cpu_matmul_rows(const float *x, int n, const struct xd_matrix *w, float 
 /* The matmul's vector path on this CPU, as a static string: "avx512f ...", "avx2+fma ..." or
  * "portable ...". Chosen once from the CPU's features; the environment variable
  * EXPERTD_CPU_KERNEL=portable or =avx2 selects a lesser path (tests and benchmarks), never one
- * the CPU lacks. */
+ * the CPU lacks; =avx512bf16 opts in to "avx512bf16 ...", where the CPU has AVX512-BF16: bf16
+ * weights through vdpbf16ps with the activations rounded to bf16 (still one fixed order per
+ * element, so batching never changes results, but outside the goldens' f32 tolerances). */
 const char *xd_cpu_kernel_path(void);
 
 /* Whether AMX tiles can run here, as a static string: "absent ..." (cpuid), "refused ..." (the
