@@ -34,8 +34,10 @@ done
 # --- 1. llama.cpp from the sdist, built once ---------------------------------------------------
 bin=$ldir/build/bin
 targets="llama-bench llama-batched-bench llama-server llama-quantize"
-need_build=0
-for t in $targets; do [ -x "$bin/$t" ] || need_build=1; done
+need_build=0  # built together; a run needs only the two benchmarks (and llama-quantize for --quant)
+for t in llama-bench llama-batched-bench $( [ $quant = 1 ] && echo llama-quantize ); do
+  [ -x "$bin/$t" ] || need_build=1
+done
 if [ $need_build = 1 ]; then
   mkdir -p "$ldir/sdist"
   sd=$(ls "$ldir"/sdist/llama_cpp_python-*.tar.gz 2>/dev/null | head -n1 || true)
