@@ -1,6 +1,7 @@
 /* The CPU backend's logits do not depend on how many threads run the step nor on how the MoE
  * layer's work is spread over them: 1, 2 and 3 threads, and the per-expert schedule
- * (EXPERTD_CPU_MOE=per-expert), give the same bits, on steps large enough that experts get
+ * (EXPERTD_CPU_MOE=per-expert), give the same bits (run as started: the parallel region, or
+ * the worker pool under EXPERTD_CPU_MOE=pool), on steps large enough that experts get
  * several token blocks and every matrix several row tiles. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -69,9 +70,17 @@ static void check_fixture(const char *name)
               "%s: logits with %d threads differ from 1 thread", name, threads[i]);
         free(got);
     }
+    /* the schedule under test (EXPERTD_CPU_MOE as the test was started) against per-expert */
+    const char *was = getenv("EXPERTD_CPU_MOE");
+    char saved[32] = "";
+    if (was)
+        snprintf(saved, sizeof saved, "%s", was);
     setenv("EXPERTD_CPU_MOE", "per-expert", 1);
     float *per_expert = ref ? run_step(m, 2, &n_other) : NULL;
-    unsetenv("EXPERTD_CPU_MOE");
+    if (saved[0])
+        setenv("EXPERTD_CPU_MOE", saved, 1);
+    else
+        unsetenv("EXPERTD_CPU_MOE");
     CHECK(per_expert && n_other == n && memcmp(ref, per_expert, n * sizeof(float)) == 0,
           "%s: the per-expert schedule's logits differ from the parallel region's", name);
     free(per_expert);
