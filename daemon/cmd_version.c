@@ -30,5 +30,6 @@ int xd_cmd_version(int argc, char **argv)
     printf("cuda module: not built (meson -Dcuda=enabled needs nvcc and cuBLAS)\n");
 #endif
     printf("cpu kernels: %s\n", xd_cpu_kernel_path());
+    printf("cpu amx: %s\n", xd_cpu_amx_status());
     return 0;
 }

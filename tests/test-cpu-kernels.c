@@ -41,6 +41,33 @@ static float ref_dot(const float *x, const float *w, int k, int fused)
     return acc[0] + tail;
 }
 
+static int is_bf16dp(void)
+{
+    return strncmp(xd_cpu_kernel_path(), "avx512bf16", 10) == 0;
+}
+
+/* The opt-in avx512bf16 path's order for bf16 weights: x rounded to bf16; sixteen lanes, lane j
+ * adding x[k + 1] w[k + 1], then x[k] w[k], for k = 32 i + 2 j over the whole blocks of 32 (the
+ * products are exact in f32), the tree h = 8, 4, 2, 1, then the tail from 0. */
+static float ref_dot_bf16x(const float *x, const float *w, int k)
+{
+    float acc[16] = {0};
+    int i = 0;
+    for (; i + 32 <= k; i += 32)
+        for (int j = 0; j < 16; j++) {
+            int a = i + 2 * j;
+            acc[j] += xd_bf16_to_f32(xd_f32_to_bf16(x[a + 1])) * w[a + 1];
+            acc[j] += xd_bf16_to_f32(xd_f32_to_bf16(x[a])) * w[a];
+        }
+    float tail = 0.0f;
+    for (; i < k; i++)
+        tail = fmaf(xd_bf16_to_f32(xd_f32_to_bf16(x[i])), w[i], tail);
+    for (int h = 8; h > 0; h /= 2)
+        for (int j = 0; j < h; j++)
+            acc[j] += acc[j + h];
+    return acc[0] + tail;
+}
+
 /* y for n tokens against rows x cols weights of dtype dt, checked element by element against
  * ref_dot, and every token's row against the same token computed alone. */
 static void check_shape(enum xd_dtype dt, int n, int rows, int cols)
@@ -69,7 +96,9 @@ static void check_shape(enum xd_dtype dt, int n, int rows, int cols)
     int bad_ref = 0, bad_alone = 0;
     for (int t = 0; t < n; t++) {
         for (int r = 0; r < rows; r++) {
-            float want = ref_dot(x + (size_t)t * cols, wf + (size_t)r * cols, cols, !is_portable());
+            const float *xt = x + (size_t)t * cols, *wr = wf + (size_t)r * cols;
+            float want = is_bf16dp() && dt == XD_DTYPE_BF16 ? ref_dot_bf16x(xt, wr, cols)
+                                                             : ref_dot(xt, wr, cols, !is_portable());
             bad_ref += memcmp(&want, &y[(size_t)t * rows + r], sizeof want) != 0;
         }
         xd_cpu_matmul(x + (size_t)t * cols, 1, &w, y1);
@@ -103,8 +132,12 @@ static void test_path_named(void)
 {
     const char *p = xd_cpu_kernel_path();
     printf("     kernel path: %s\n", p);
-    CHECK(strncmp(p, "avx512f", 7) == 0 || strncmp(p, "avx2+fma", 8) == 0 || is_portable(),
+    CHECK(strncmp(p, "avx512f", 7) == 0 || strncmp(p, "avx2+fma", 8) == 0 || is_portable() ||
+              is_bf16dp(),
           "unknown path '%s'", p);
+    CHECK(!is_bf16dp() || (getenv("EXPERTD_CPU_KERNEL") &&
+                           strcmp(getenv("EXPERTD_CPU_KERNEL"), "avx512bf16") == 0),
+          "the bf16-activation path ran without being asked for");
     const char *want = getenv("EXPERTD_CPU_KERNEL");
     if (want && strcmp(want, "portable") == 0)
         CHECK(is_portable(), "EXPERTD_CPU_KERNEL=portable ran '%s'", p);

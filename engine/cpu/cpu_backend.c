@@ -11,6 +11,7 @@
 #include "engine/cpu/cpu_kernels.h"
 #include "engine/cpu/mla.h"
 #include "engine/cpu/moe_router.h"
+#include "engine/cpu/cpu_pool.h"
 
 struct cpu_state {
     const struct xd_model *m;
@@ -43,6 +44,12 @@ struct cpu_state {
     float *g;            /* (T * top_k, expert_ffn) */
     float *u;            /* (T * top_k, expert_ffn) */
     float *eo;           /* (T * top_k, hidden) expert outputs, expert-sorted */
+    int32_t *moe_pairs;  /* (max_pairs, 3) the step's (expert, first row, row count) token
+                            blocks of one MoE layer, expert-major */
+    struct xd_expert_weights *moe_w; /* (n_experts,) weights of the experts acquired */
+    int moe_sched;       /* enum moe_sched */
+    struct xd_cpu_pool *pool; /* MOE_POOL's workers, else NULL */
+    int moe_tiles_f, moe_tiles_h; /* row tiles of the gate/up and of the down matrices */
     float *dg;           /* (T, ffn_max) dense/shared gate */
     float *du;           /* (T, ffn_max) dense/shared up */
     float *logits;       /* (T, vocab) */
@@ -71,6 +78,9 @@ static void cpu_destroy(void *p)
     free(s->route_experts);
     free(s->route_pred);
     xd_cpu_mla_destroy(s->mla);
+    free(s->moe_pairs);
+    free(s->moe_w);
+    xd_cpu_pool_destroy(s->pool);
     free(s);
 }
 
@@ -82,6 +92,38 @@ static void *alloc_f(size_t n, size_t size, int *failed)
     return p;
 }
 
+/* How a MoE layer's experts are spread over threads. MOE_REGION, the default: one parallel region
+ * per layer over work items (expert, token block, block of output rows), dynamically scheduled,
+ * with one barrier between gate/up and down; MOE_PER_EXPERT: the experts one after another, each
+ * matmul its own parallel region (three fork/joins per expert), kept as the comparison for the
+ * benchmarks; EXPERTD_CPU_MOE=per-expert asks for it. Both give the same bits: every output
+ * element is computed by one work item, in the matmul's fixed order. */
+enum moe_sched { MOE_REGION, MOE_PER_EXPERT, MOE_POOL };
+
+/* EXPERTD_CPU_MOE, read when a backend is created. */
+static enum moe_sched moe_sched_from_env(void)
+{
+    const char *want = getenv("EXPERTD_CPU_MOE");
+    if (want && strcmp(want, "per-expert") == 0)
+        return MOE_PER_EXPERT;
+    if (want && strcmp(want, "pool") == 0)
+        return MOE_POOL;
+    return MOE_REGION;
+}
+
+/* Tokens (rows of one expert) per MoE work item: a multiple of both vector paths' token tiles (6
+ * and 4), small enough that the item's inputs (48 x hidden f32) stay in L2 while its weight rows
+ * stream past them. */
+#define MOE_TOKEN_BLOCK 48
+/* Output rows per MoE work item: as the matmul's row tile. */
+#define MOE_ROW_TILE 16
+
+/* Token blocks one MoE layer can have: every expert's partial block plus the whole ones. */
+static size_t moe_max_pairs(int n_experts, size_t n_slots)
+{
+    return (size_t)n_experts + n_slots / MOE_TOKEN_BLOCK + 1;
+}
+
 static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts, void **ret,
                       struct xd_err *err)
 {
@@ -91,6 +133,7 @@ static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts,
         return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
     s->m = model;
     s->opts = *opts;
+    s->moe_sched = moe_sched_from_env();
     s->kv_dim = c->n_kv_heads * c->head_dim;
     s->q_dim = c->n_heads * c->head_dim;
     s->ffn_max = c->dense_ffn > c->shared_expert_ffn ? c->dense_ffn : c->shared_expert_ffn;
@@ -142,6 +185,8 @@ static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts,
     s->g = alloc_f(TK * c->expert_ffn, sizeof(float), &failed);
     s->u = alloc_f(TK * c->expert_ffn, sizeof(float), &failed);
     s->eo = alloc_f(TK * H, sizeof(float), &failed);
+    s->moe_pairs = alloc_f(moe_max_pairs(c->n_experts, TK) * 3, sizeof(int32_t), &failed);
+    s->moe_w = alloc_f((size_t)c->n_experts, sizeof(struct xd_expert_weights), &failed);
     s->dg = alloc_f(T * s->ffn_max, sizeof(float), &failed);
     s->du = alloc_f(T * s->ffn_max, sizeof(float), &failed);
     s->logits = alloc_f(T * c->vocab_size, sizeof(float), &failed);
@@ -161,6 +206,17 @@ static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts,
         return xd_err_set(err, XD_ERR_NOMEM,
                           "step buffers for max_batch_tokens %d could not be allocated; lower it",
                           opts->max_batch_tokens);
+    }
+    if (s->moe_sched == MOE_POOL) {
+        int n_threads = opts->n_threads;
+#ifdef _OPENMP
+        if (n_threads <= 0)
+            n_threads = omp_get_max_threads();
+#endif
+        if (xd_cpu_pool_create(n_threads, &s->pool) < 0) {
+            cpu_destroy(s);
+            return xd_err_set(err, XD_ERR_NOMEM, "the CPU thread pool could not be started");
+        }
     }
     *ret = s;
     return XD_OK;
@@ -287,6 +343,116 @@ static void swiglu(const float *x, int n, const struct xd_expert_weights *w, flo
     xd_cpu_matmul(g, n, &w->down, out);
 }
 
+/* Gate and up rows [c0, c1) of one token block, then silu(gate) * up on those columns:
+ * x (nr, hidden) -> g (nr, ffn) in place, u (nr, ffn) scratch. */
+static void moe_gate_up(const struct xd_expert_weights *w, const float *x, int nr, float *g,
+                        float *u, int64_t c0, int64_t c1)
+{
+    const int64_t F = w->gate.rows;
+    xd_cpu_matmul_rows(x, nr, &w->gate, g, c0, c1);
+    xd_cpu_matmul_rows(x, nr, &w->up, u, c0, c1);
+    for (int t = 0; t < nr; t++)
+        xd_cpu_silu_mul(g + t * F + c0, u + t * F + c0, g + t * F + c0, (size_t)(c1 - c0));
+}
+
+/* Work item i of the gate/up phase: token block i / tiles_f, row tile i % tiles_f. */
+static void moe_item_gate_up(void *ctx, int i)
+{
+    struct cpu_state *s = ctx;
+    const int H = s->m->config.hidden_size, F = s->m->config.expert_ffn;
+    const int32_t *pr = s->moe_pairs + 3 * (i / s->moe_tiles_f);
+    const int64_t c0 = (int64_t)(i % s->moe_tiles_f) * MOE_ROW_TILE;
+    const int64_t c1 = c0 + MOE_ROW_TILE < F ? c0 + MOE_ROW_TILE : F;
+    moe_gate_up(&s->moe_w[pr[0]], s->xg + (size_t)pr[1] * H, pr[2], s->g + (size_t)pr[1] * F,
+                s->u + (size_t)pr[1] * F, c0, c1);
+}
+
+/* Work item i of the down phase: token block i / tiles_h, row tile i % tiles_h. */
+static void moe_item_down(void *ctx, int i)
+{
+    struct cpu_state *s = ctx;
+    const int H = s->m->config.hidden_size, F = s->m->config.expert_ffn;
+    const int32_t *pr = s->moe_pairs + 3 * (i / s->moe_tiles_h);
+    const int64_t c0 = (int64_t)(i % s->moe_tiles_h) * MOE_ROW_TILE;
+    const int64_t c1 = c0 + MOE_ROW_TILE < H ? c0 + MOE_ROW_TILE : H;
+    xd_cpu_matmul_rows(s->g + (size_t)pr[1] * F, pr[2], &s->moe_w[pr[0]].down,
+                       s->eo + (size_t)pr[1] * H, c0, c1);
+}
+
+/* Runs the experts of MoE layer l over their expert-sorted rows (s->xg, s->expert_rows) into
+ * s->eo. The experts present are acquired from the store before any runs and released after
+ * all have. */
+static int run_experts(struct cpu_state *s, int l, struct xd_err *err)
+{
+    const struct xd_model_config *c = &s->m->config;
+    const int E = c->n_experts, H = c->hidden_size, F = c->expert_ffn;
+    const int32_t *rows = s->expert_rows;
+    int rc = XD_OK, n_acquired = 0;
+    int32_t present[E];
+    for (int e = 0; e < E; e++) {
+        if (rows[e + 1] == rows[e])
+            continue;
+        rc = xd_expert_store_acquire(&s->m->experts, l, e, &s->moe_w[e]);
+        if (rc < 0) {
+            xd_err_set(err, rc, "expert store: layer %d expert %d is unavailable (%s)", l, e,
+                       xd_status_str(rc));
+            break;
+        }
+        present[n_acquired++] = e;
+    }
+
+    /* the items' kernel (xd_cpu_matmul_rows) takes f32/bf16/f16 weights; quantized experts
+     * (q8/q4, FP8 served as q8, MXFP4) run expert by expert through xd_cpu_matmul's own
+     * dispatch, with the same bits either way */
+    const enum xd_dtype edt = n_acquired ? s->moe_w[present[0]].gate.dtype : XD_DTYPE_F32;
+    const bool items_ok = edt == XD_DTYPE_F32 || edt == XD_DTYPE_BF16 || edt == XD_DTYPE_F16;
+    if (rc == XD_OK && (s->moe_sched == MOE_PER_EXPERT || !items_ok)) {
+        for (int i = 0; i < n_acquired; i++) {
+            int e = present[i], r0 = rows[e];
+            swiglu(s->xg + (size_t)r0 * H, rows[e + 1] - r0, &s->moe_w[e], s->g, s->u,
+                   s->eo + (size_t)r0 * H);
+        }
+    } else if (rc == XD_OK) {
+        /* token blocks (expert, first row, rows), expert-major; an item is one block x one tile
+         * of output rows: item i = block i / tiles, tile i % tiles */
+        int32_t *pairs = s->moe_pairs;
+        int n_pairs = 0;
+        for (int i = 0; i < n_acquired; i++) {
+            int e = present[i];
+            for (int r = rows[e]; r < rows[e + 1]; r += MOE_TOKEN_BLOCK) {
+                pairs[3 * n_pairs] = e;
+                pairs[3 * n_pairs + 1] = r;
+                pairs[3 * n_pairs + 2] =
+                    rows[e + 1] - r < MOE_TOKEN_BLOCK ? rows[e + 1] - r : MOE_TOKEN_BLOCK;
+                n_pairs++;
+            }
+        }
+        const int tiles_f = (F + MOE_ROW_TILE - 1) / MOE_ROW_TILE;
+        const int tiles_h = (H + MOE_ROW_TILE - 1) / MOE_ROW_TILE;
+        const int n_items_f = n_pairs * tiles_f, n_items_h = n_pairs * tiles_h;
+        s->moe_tiles_f = tiles_f;
+        s->moe_tiles_h = tiles_h;
+        if (s->pool) {
+            xd_cpu_pool_run(s->pool, n_items_f, moe_item_gate_up, s);
+            xd_cpu_pool_run(s->pool, n_items_h, moe_item_down, s);
+        } else {
+#pragma omp parallel
+            {
+#pragma omp for schedule(dynamic, 1)
+                for (int i = 0; i < n_items_f; i++)
+                    moe_item_gate_up(s, i);
+                /* the implied barrier: every gate/up item is done before any down item reads g */
+#pragma omp for schedule(dynamic, 1)
+                for (int i = 0; i < n_items_h; i++)
+                    moe_item_down(s, i);
+            }
+        }
+    }
+    for (int i = 0; i < n_acquired; i++)
+        xd_expert_store_release(&s->m->experts, l, present[i]);
+    return rc;
+}
+
 static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
 {
     const struct xd_model_config *c = &s->m->config;
@@ -325,19 +491,9 @@ static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
         }
     }
 
-    /* each expert present runs once over all of its rows */
-    for (int e = 0; e < E; e++) {
-        int r0 = rows[e], n_rows = rows[e + 1] - rows[e];
-        if (n_rows == 0)
-            continue;
-        struct xd_expert_weights w;
-        int rc = xd_expert_store_acquire(&s->m->experts, l, e, &w);
-        if (rc < 0)
-            return xd_err_set(err, rc, "expert store: layer %d expert %d is unavailable (%s)", l,
-                              e, xd_status_str(rc));
-        swiglu(s->xg + (size_t)r0 * H, n_rows, &w, s->g, s->u, s->eo + (size_t)r0 * H);
-        xd_expert_store_release(&s->m->experts, l, e);
-    }
+    int rc = run_experts(s, l, err);
+    if (rc < 0)
+        return rc;
 
     /* weighted sum back, in each token's top-k order so batching never matters */
     for (int t = 0; t < n; t++) {

@@ -2,7 +2,9 @@
  * chosen at run time) with OpenMP, norms, rotary, activations. */
 #include "engine/cpu/cpu_kernels.h"
 
+#include <assert.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -99,17 +101,14 @@ float xd_cpu_dot(const float *a, const float *b, int n)
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
-static void matmul_portable(const float *x, int n, const struct xd_matrix *w, float *y)
+static void portable_rows(const float *x, int n, const struct xd_matrix *w, float *y,
+                          int64_t r_begin, int64_t r_end)
 {
     const int64_t rows = w->rows, cols = w->cols;
-    const int64_t n_tiles = (rows + ROW_TILE - 1) / ROW_TILE;
-
-#pragma omp parallel for schedule(static) if (rows * cols * (int64_t)n > 32768)
-    for (int64_t tile = 0; tile < n_tiles; tile++) {
+    {
         /* 16-bit weights are widened once per row when several tokens share it */
         float wrow[w->dtype == XD_DTYPE_F32 ? 1 : cols];
-        int64_t r_end = tile * ROW_TILE + ROW_TILE < rows ? tile * ROW_TILE + ROW_TILE : rows;
-        for (int64_t r = tile * ROW_TILE; r < r_end; r++) {
+        for (int64_t r = r_begin; r < r_end; r++) {
             const float *wr = wrow;
             if (w->dtype == XD_DTYPE_F32) {
                 wr = (const float *)w->data + r * cols;
@@ -130,6 +129,18 @@ static void matmul_portable(const float *x, int n, const struct xd_matrix *w, fl
             for (; t < n; t++)
                 y[(int64_t)t * rows + r] = dot_f32(x + (int64_t)t * cols, wr, (int)cols);
         }
+    }
+}
+
+static void matmul_portable(const float *x, int n, const struct xd_matrix *w, float *y)
+{
+    const int64_t rows = w->rows, cols = w->cols;
+    const int64_t n_tiles = (rows + ROW_TILE - 1) / ROW_TILE;
+
+#pragma omp parallel for schedule(static) if (rows * cols * (int64_t)n > 32768)
+    for (int64_t tile = 0; tile < n_tiles; tile++) {
+        int64_t r_end = tile * ROW_TILE + ROW_TILE < rows ? tile * ROW_TILE + ROW_TILE : rows;
+        portable_rows(x, n, w, y, tile * ROW_TILE, r_end);
     }
 }
 
@@ -284,6 +295,88 @@ DEFINE_MATMUL512(mm512_f32, XD_DTYPE_F32)
 DEFINE_MATMUL512(mm512_bf16, XD_DTYPE_BF16)
 DEFINE_MATMUL512(mm512_f16, XD_DTYPE_F16)
 
+/* The opt-in AVX512-BF16 path for bf16 weights (EXPERTD_CPU_KERNEL=avx512bf16): the activations
+ * are rounded to bf16 (to nearest even, as vcvtne2ps2bf16) and vdpbf16ps multiplies 32 pairs per
+ * instruction. Its order per element, whatever the tile: sixteen lanes, lane j taking
+ * acc += x[k + 1] w[k + 1], then acc += x[k] w[k] for k = 32 i + 2 j over the whole blocks of 32
+ * (each bf16 x bf16 product is exact in f32, so only the additions round), the tree h = 8, 4, 2,
+ * 1, then plus the tail past the last whole block summed one fmaf at a time from 0, each x
+ * rounded to bf16 first. Rounding the activations costs precision (about 3 significant digits
+ * per input), which is why it is not the default. */
+#define TGTBF16 __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl,avx2,fma,f16c")))
+
+TGTBF16 static inline __attribute__((always_inline)) float tail_sum_bf16x(const float *x,
+                                                                         const uint16_t *w,
+                                                                         int64_t k0, int64_t cols)
+{
+    float t = 0.0f;
+    for (int64_t k = k0; k < cols; k++)
+        t = __builtin_fmaf(xd_bf16_to_f32(xd_f32_to_bf16(x[k])), xd_bf16_to_f32(w[k]), t);
+    return t;
+}
+
+TGTBF16 static inline __attribute__((always_inline)) void
+tile_bf16(const float *x, const uint16_t *w, float *y, int64_t rows, int64_t cols, int64_t t0,
+          int64_t r0, const int nt, const int nr)
+{
+    __m512 acc[T512][R512];
+#pragma GCC unroll 8
+    for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            acc[t][r] = _mm512_setzero_ps();
+    const int64_t kb = cols / 32 * 32;
+    for (int64_t k = 0; k < kb; k += 32) {
+        __m512bh wv[R512];
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            wv[r] = (__m512bh)_mm512_loadu_si512((const void *)(w + (r0 + r) * cols + k));
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) {
+            const float *xt = x + (t0 + t) * cols + k;
+            __m512bh xv = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xt + 16), _mm512_loadu_ps(xt));
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                acc[t][r] = _mm512_dpbf16_ps(acc[t][r], xv, wv[r]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            y[(t0 + t) * rows + r0 + r] =
+                reduce16_512(acc[t][r]) +
+                tail_sum_bf16x(x + (t0 + t) * cols, w + (r0 + r) * cols, kb, cols);
+}
+
+TGTBF16 static inline __attribute__((always_inline)) void
+rows_bf16(const float *x, int n, const uint16_t *w, float *y, int64_t rows, int64_t cols,
+          int64_t r0, const int nr)
+{
+    int64_t t = 0;
+    for (; t + T512 <= n; t += T512)
+        tile_bf16(x, w, y, rows, cols, t, r0, T512, nr);
+    switch (n - t) {
+    case 5: tile_bf16(x, w, y, rows, cols, t, r0, 5, nr); break;
+    case 4: tile_bf16(x, w, y, rows, cols, t, r0, 4, nr); break;
+    case 3: tile_bf16(x, w, y, rows, cols, t, r0, 3, nr); break;
+    case 2: tile_bf16(x, w, y, rows, cols, t, r0, 2, nr); break;
+    case 1: tile_bf16(x, w, y, rows, cols, t, r0, 1, nr); break;
+    default: break;
+    }
+}
+
+TGTBF16 static void mm_bf16dp(const float *x, int n, const struct xd_matrix *w, float *y,
+                              int64_t r_begin, int64_t r_end)
+{
+    const uint16_t *wd = w->data;
+    int64_t r = r_begin;
+    for (; r + R512 <= r_end; r += R512)
+        rows_bf16(x, n, wd, y, w->rows, w->cols, r, R512);
+    for (; r < r_end; r++)
+        rows_bf16(x, n, wd, y, w->rows, w->cols, r, 1);
+}
+
 TGT256 static inline __attribute__((always_inline)) void load16_256(const void *w, int64_t i,
                                                                    enum xd_dtype dt, __m256 *lo,
                                                                    __m256 *hi)
@@ -381,7 +474,7 @@ DEFINE_MATMUL256(mm256_f16, XD_DTYPE_F16)
 
 /* ---- Which path runs ---- */
 
-enum kernel_path { PATH_UNSET = 0, PATH_PORTABLE, PATH_AVX2, PATH_AVX512 };
+enum kernel_path { PATH_UNSET = 0, PATH_PORTABLE, PATH_AVX2, PATH_AVX512, PATH_AVX512BF16 };
 static int kernel_path; /* enum kernel_path, resolved once (idempotent, so a race is benign) */
 
 static enum kernel_path resolve_path(void)
@@ -402,6 +495,12 @@ static enum kernel_path resolve_path(void)
         best = PATH_PORTABLE;
     else if (want && strcmp(want, "avx2") == 0 && best == PATH_AVX512)
         best = PATH_AVX2;
+#ifdef XD_HAVE_X86_PATHS
+    /* =avx512bf16 opts in to the bf16-activation path (other numerics), where the CPU has it */
+    else if (want && strcmp(want, "avx512bf16") == 0 && best == PATH_AVX512 &&
+             __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw"))
+        best = PATH_AVX512BF16;
+#endif
     return best;
 }
 
@@ -420,7 +519,8 @@ static enum kernel_path get_path(void)
 static enum xd_quant_path quant_path(void)
 {
     switch (get_path()) {
-    case PATH_AVX512: return xd_cpu_quant_best_path(XD_QUANT_VNNI);
+    case PATH_AVX512:
+    case PATH_AVX512BF16: return xd_cpu_quant_best_path(XD_QUANT_VNNI);
     case PATH_AVX2: return xd_cpu_quant_best_path(XD_QUANT_AVX2);
     default: return XD_QUANT_PORTABLE;
     }
@@ -435,11 +535,104 @@ const char *xd_cpu_kernel_path(void)
                                     "avx512-vnni (vpdpbusd, 4 rows x 4 tokens)"
                                   : "avx512f (fma, 4 rows x 6 tokens of 16 lanes); q8/q4: avx2 "
                                     "(vpmaddubsw, 1 row x 4 tokens)";
+    case PATH_AVX512BF16:
+        return "avx512bf16 (opt-in: activations rounded to bf16, vdpbf16ps for bf16 weights, 4 "
+               "rows x 6 tokens; f32/f16 weights on avx512f); q8/q4: as avx512f";
     case PATH_AVX2:
         return "avx2+fma (1 row x 4 tokens of 2 x 8 lanes); q8/q4: avx2 (vpmaddubsw, 1 row x 4 "
                "tokens)";
     default: return "portable (c11, no fma); q8/q4: portable (c11, fmaf)";
     }
+}
+
+typedef void (*range_fn)(const float *, int, const struct xd_matrix *, float *, int64_t,
+                         int64_t);
+
+#ifdef XD_HAVE_X86_PATHS
+static range_fn vector_fn(enum kernel_path path, enum xd_dtype dt)
+{
+    if (path == PATH_AVX512BF16 && dt == XD_DTYPE_BF16)
+        return mm_bf16dp;
+    if (path == PATH_AVX512BF16)
+        path = PATH_AVX512;
+    switch (dt) {
+    case XD_DTYPE_F32: return path == PATH_AVX512 ? mm512_f32 : mm256_f32;
+    case XD_DTYPE_BF16: return path == PATH_AVX512 ? mm512_bf16 : mm256_bf16;
+    case XD_DTYPE_F16: return path == PATH_AVX512 ? mm512_f16 : mm256_f16;
+    default: break; /* the block formats have kernels of their own (xd_cpu_matmul dispatches) */
+    }
+    return NULL;
+}
+#endif
+
+/* ---- AMX: the CPU may have it; the kernel must grant it (arch_prctl ARCH_REQ_XCOMP_PERM) ---- */
+
+#if defined(__x86_64__) && defined(__linux__)
+#include <errno.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define XD_ARCH_GET_XCOMP_PERM 0x1022
+#define XD_ARCH_REQ_XCOMP_PERM 0x1023
+#define XD_XFEATURE_XTILEDATA 18
+#endif
+
+/* cpuid leaf 7 EDX bits 22 (amx-bf16), 24 (amx-tile), 25 (amx-int8). */
+static int cpu_has_amx(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    unsigned a = 0, b = 0, c = 0, d = 0, max_leaf;
+    __asm__ volatile("cpuid" : "=a"(max_leaf), "=b"(b), "=c"(c), "=d"(d) : "a"(0), "c"(0));
+    if (max_leaf < 7)
+        return 0;
+    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
+    return (d >> 24 & 1) && (d >> 22 & 1);
+#else
+    return 0;
+#endif
+}
+
+static char amx_status[160];
+
+const char *xd_cpu_amx_status(void)
+{
+    if (amx_status[0])
+        return amx_status;
+    if (!cpu_has_amx()) {
+        snprintf(amx_status, sizeof amx_status, "absent (cpuid: no amx-tile/amx-bf16)");
+        return amx_status;
+    }
+#if defined(__x86_64__) && defined(__linux__)
+    long rc = syscall(SYS_arch_prctl, XD_ARCH_REQ_XCOMP_PERM, XD_XFEATURE_XTILEDATA);
+    int req_errno = rc == 0 ? 0 : errno;
+    unsigned long long perm = 0;
+    long get = syscall(SYS_arch_prctl, XD_ARCH_GET_XCOMP_PERM, &perm);
+    if (rc == 0 && get == 0 && (perm >> XD_XFEATURE_XTILEDATA & 1))
+        snprintf(amx_status, sizeof amx_status,
+                 "granted by the kernel (amx-tile, amx-bf16; no kernel uses it yet)");
+    else
+        snprintf(amx_status, sizeof amx_status,
+                 "refused: the CPU has amx-tile/amx-bf16 but arch_prctl(ARCH_REQ_XCOMP_PERM) "
+                 "failed (%s); not used",
+                 req_errno ? strerror(req_errno) : "permission bit not set");
+#else
+    snprintf(amx_status, sizeof amx_status, "not asked for (not Linux x86-64)");
+#endif
+    return amx_status;
+}
+
+void xd_cpu_matmul_rows(const float *x, int n, const struct xd_matrix *w, float *y,
+                        int64_t r_begin, int64_t r_end)
+{
+    const enum kernel_path path = get_path();
+    if (path == PATH_PORTABLE) {
+        portable_rows(x, n, w, y, r_begin, r_end);
+        return;
+    }
+#ifdef XD_HAVE_X86_PATHS
+    range_fn fn = vector_fn(path, w->dtype);
+    assert(fn && "xd_cpu_matmul_rows takes f32, bf16 and f16 weights only");
+    fn(x, n, w, y, r_begin, r_end);
+#endif
 }
 
 void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y)
@@ -454,13 +647,8 @@ void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y)
         return;
     }
 #ifdef XD_HAVE_X86_PATHS
-    void (*fn)(const float *, int, const struct xd_matrix *, float *, int64_t, int64_t) = NULL;
-    switch (w->dtype) {
-    case XD_DTYPE_F32: fn = path == PATH_AVX512 ? mm512_f32 : mm256_f32; break;
-    case XD_DTYPE_BF16: fn = path == PATH_AVX512 ? mm512_bf16 : mm256_bf16; break;
-    case XD_DTYPE_F16: fn = path == PATH_AVX512 ? mm512_f16 : mm256_f16; break;
-    default: return;
-    }
+    range_fn fn = vector_fn(path, w->dtype);
+    assert(fn && "a weight dtype without a kernel");
     const int64_t rows = w->rows, cols = w->cols;
     const int64_t n_tiles = (rows + ROW_TILE - 1) / ROW_TILE;
 #pragma omp parallel for schedule(static) if (rows * cols * (int64_t)n > 32768)

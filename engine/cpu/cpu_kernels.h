@@ -10,11 +10,24 @@
  * on the other rows of x (batching never changes results). */
 void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y);
 
+/* Rows r_begin .. r_end - 1 of y (n, w.rows) = x (n, w.cols) @ w^T on the calling thread alone
+ * (no OpenMP): the building block of work items that several threads share. Each element sums
+ * in the same order as in xd_cpu_matmul, so splitting the rows never changes a bit. */
+void xd_cpu_matmul_rows(const float *x, int n, const struct xd_matrix *w, float *y,
+                        int64_t r_begin, int64_t r_end);
+
 /* The matmul's vector path on this CPU, as a static string: "avx512f ...", "avx2+fma ..." or
  * "portable ...". Chosen once from the CPU's features; the environment variable
  * EXPERTD_CPU_KERNEL=portable or =avx2 selects a lesser path (tests and benchmarks), never one
- * the CPU lacks. */
+ * the CPU lacks; =avx512bf16 opts in to "avx512bf16 ...", where the CPU has AVX512-BF16: bf16
+ * weights through vdpbf16ps with the activations rounded to bf16 (still one fixed order per
+ * element, so batching never changes results, but outside the goldens' f32 tolerances). */
 const char *xd_cpu_kernel_path(void);
+
+/* Whether AMX tiles can run here, as a static string: "absent ..." (cpuid), "refused ..." (the
+ * kernel did not grant ARCH_REQ_XCOMP_PERM, as a VM may withhold it) or "granted ...". Asks the
+ * kernel once (the permission then holds for the process); never assumes it from the CPU flags. */
+const char *xd_cpu_amx_status(void);
 
 /* y (n, d) += bias (d,) broadcast over rows; bias may be a NULL matrix. */
 void xd_cpu_add_bias(float *y, int n, const struct xd_matrix *bias);

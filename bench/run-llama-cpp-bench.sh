@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# llama.cpp against expertd on the CPU, side by side in one run (issue 14): builds llama-bench,
+# llama-batched-bench, llama-server and llama-quantize from the llama.cpp source that
+# llama-cpp-python's sdist vendors (outside the repo; llama.cpp's code is never committed),
+# converts the synthetic OLMoE-shaped model to GGUF with bench/hf_to_gguf_olmoe.py, and runs
+# both engines in alternation, evicting the other engine's model file from the page cache first.
+#
+# Usage: bench/run-llama-cpp-bench.sh [--build-only] [--rounds N] [--repeats N] [--threads N]
+#            [--model-args "xd-synth-model args"] [--name NAME] [--quant]
+#   (after tools/bootstrap.sh and ninja -C build)
+# Environment: LLAMA_CPP_DIR (default /work/llama-cpp): the sdist, the build and the GGUF files;
+#   a second run reuses the build. GGUF_VENV (default $LLAMA_CPP_DIR/venv): a venv with gguf+numpy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+ldir=${LLAMA_CPP_DIR:-/work/llama-cpp}
+build_only=0 rounds=3 repeats=3 threads=2 quant=0
+name=olmoe-1024-mha
+model_args="--vocab 32000 --hidden 1024 --layers 8 --heads 16 --kv-heads 16 --experts 32 --top-k 4 --ffn 512 --max-pos 4096 --seed 1"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build-only) build_only=1 ;;
+    --rounds) rounds=$2; shift ;;
+    --repeats) repeats=$2; shift ;;  # each engine's own repetitions within a round
+    --threads) threads=$2; shift ;;
+    --model-args) model_args=$2; shift ;;
+    --name) name=$2; shift ;;
+    --quant) quant=1 ;;
+    *) echo "run-llama-cpp-bench.sh: unknown option '$1'" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+# --- 1. llama.cpp from the sdist, built once ---------------------------------------------------
+bin=$ldir/build/bin
+targets="llama-bench llama-batched-bench llama-server llama-quantize"
+need_build=0  # built together; a run needs only the two benchmarks (and llama-quantize for --quant)
+for t in llama-bench llama-batched-bench $( [ $quant = 1 ] && echo llama-quantize ); do
+  [ -x "$bin/$t" ] || need_build=1
+done
+if [ $need_build = 1 ]; then
+  mkdir -p "$ldir/sdist"
+  sd=$(ls "$ldir"/sdist/llama_cpp_python-*.tar.gz 2>/dev/null | head -n1 || true)
+  if [ -z "$sd" ]; then
+    pip download --no-binary :all: --no-deps llama-cpp-python -d "$ldir/sdist"
+    sd=$(ls "$ldir"/sdist/llama_cpp_python-*.tar.gz | head -n1)
+  fi
+  src=$ldir/src
+  if [ ! -f "$src/CMakeLists.txt" ]; then
+    rm -rf "$ldir/unpack" && mkdir -p "$ldir/unpack"
+    tar -xzf "$sd" -C "$ldir/unpack"
+    rm -rf "$src" && mv "$ldir"/unpack/llama_cpp_python-*/vendor/llama.cpp "$src"
+    basename "$sd" > "$src/.from-sdist"
+    rm -rf "$ldir/unpack"
+  fi
+  cmake -S "$src" -B "$ldir/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=ON \
+    -DBUILD_SHARED_LIBS=OFF
+  cmake --build "$ldir/build" --target $targets -j2
+fi
+echo "llama.cpp: $(cat "$ldir/src/.from-sdist" 2>/dev/null || echo '?'), build $("$bin/llama-bench" --version 2>&1 | head -n2 | tr '\n' ' ')" >&2
+[ $build_only = 1 ] && exit 0
+
+# --- 2. the model: synthetic OLMoE shapes, then GGUF -------------------------------------------
+# llama.cpp's OLMoE graph normalises q and k over the full width, so the model has as many KV
+# heads as heads (hf_to_gguf_olmoe.py refuses anything else).
+model=$repo/build/bench-models/$name
+if [ ! -f "$model/model.safetensors" ]; then
+  build/tools/xd-synth-model --out "$model" $model_args
+fi
+# the synthetic checkpoint has no tokenizer; llama.cpp's loader needs one (bench prompts are
+# random ids either way): the OLMoE fixture's, its ids padded to the vocabulary by the converter
+[ -f "$model/tokenizer.json" ] || cp tests/fixtures/tokenizers/olmoe/tokenizer.json \
+  tests/fixtures/tokenizers/olmoe/tokenizer_config.json "$model/"
+py=${GOLDEN_VENV:-/work/golden-venv}/bin/python
+gguf_bf16=$ldir/models/$name-bf16.gguf
+mkdir -p "$ldir/models"
+if [ ! -f "$gguf_bf16" ]; then
+  PYTHONPATH=$ldir/src/gguf-py "$py" bench/hf_to_gguf_olmoe.py "$model" "$gguf_bf16.tmp" --outtype bf16
+  mv "$gguf_bf16.tmp" "$gguf_bf16"
+fi
+if [ $quant = 1 ]; then
+  for q in Q8_0 Q4_K_M; do
+    f=$ldir/models/$name-$q.gguf
+    [ -f "$f" ] || { "$bin/llama-quantize" "$gguf_bf16" "$f.tmp" $q >/dev/null && mv "$f.tmp" "$f"; }
+  done
+fi
+
+# --- 3. alternate the engines, each after evicting the other's file from the page cache --------
+evict() { # fsync then POSIX_FADV_DONTNEED: the pages leave the cache unless someone maps them
+  python3 -c 'import os, sys
+for p in sys.argv[1:]:
+    fd = os.open(p, os.O_RDONLY); os.fsync(fd); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)' "$@"
+}
+out=$ldir/results/$name-$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$out"
+{
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
+  echo "flags: $(grep -m1 '^flags' /proc/cpuinfo | grep -o 'avx2\|fma\|f16c\|avx512[a-z_0-9]*\|amx[a-z_0-9]*\|avx_vnni' | sort -u | tr '\n' ' ')"
+  echo "kernel: $(uname -r); gcc: $(gcc -dumpfullversion); expertd: $(git rev-parse --short HEAD)$(git diff --quiet || echo -dirty)"
+  echo "llama.cpp: $(cat "$ldir/src/.from-sdist" 2>/dev/null), $("$bin/llama-bench" --version 2>&1 | head -n1)"
+  echo "expertd kernels: $(build/daemon/expertd version 2>/dev/null | grep -i 'cpu kernels' || true)"
+} | tee "$out/machine.txt" >&2
+
+# llama.cpp's repacked (AMX / AVX-512 interleaved) path, once: it dies with SIGILL where the
+# kernel withholds AMX from the process
+repack=0
+if "$bin/llama-bench" -m "$gguf_bf16" -t "$threads" -p 16 -n 4 -r 1 --repack 1 -o json \
+     > "$out/repack1-probe.json" 2> "$out/repack1-probe.err"; then
+  echo "llama-bench --repack 1: ran (see $out/repack1-probe.json); measured with --repack 0" >&2
+else
+  rc=$?
+  echo "llama-bench --repack 1: failed, exit $rc$( [ $rc -eq 132 ] && echo ' (SIGILL)'); measured with --repack 0" >&2
+  echo "exit $rc" >> "$out/repack1-probe.err"
+fi
+
+for r in $(seq 1 "$rounds"); do
+  echo "round $r/$rounds: expertd (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$out/load.txt" >&2
+  evict "$gguf_bf16"
+  build/bench/bench-engine --model "$model" --threads "$threads" --prompt-len 128 --decode-steps 32 \
+    --max-batch 8 --repeats "$repeats" > "$out/expertd-$r.json"
+  echo "round $r/$rounds: llama.cpp (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$out/load.txt" >&2
+  evict "$model/model.safetensors"
+  "$bin/llama-bench" -m "$gguf_bf16" -t "$threads" -p 128 -n 32 -r "$repeats" --repack $repack -o json \
+    > "$out/llama-bench-$r.json" 2> "$out/llama-bench-$r.err"
+  "$bin/llama-batched-bench" -m "$gguf_bf16" -t "$threads" -c 2048 -b 2048 -ub 512 -npp 128 -ntg 32 \
+    -npl 1,8 --no-repack --output-format jsonl > "$out/batched-$r.jsonl" 2> "$out/batched-$r.err"
+done
+"$py" - "$out" "$rounds" <<'PY' | tee "$out/summary.md"
+import json, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+rows = {k: [] for k in ("xd_pp1", "xd_pp8", "xd_tg1", "xd_tg8", "lb_pp", "lb_tg", "bb_pp1", "bb_tg1", "bb_pp8", "bb_tg8", "gbps")}
+for r in range(1, rounds + 1):
+    x = json.load(open(f"{out}/expertd-{r}.json"))
+    rows["gbps"].append(x["baseline_gbps"])
+    for res in x["results"]:
+        b = res["batch"]
+        rows[f"xd_pp{b}"].append(res["prefill_tokens_per_s"])
+        rows[f"xd_tg{b}"].append(res["decode_tokens_per_s"])
+    for t in json.load(open(f"{out}/llama-bench-{r}.json")):
+        rows["lb_pp" if t["n_prompt"] else "lb_tg"].append(t["avg_ts"])
+    for line in open(f"{out}/batched-{r}.jsonl"):
+        if not line.startswith("{"):
+            continue
+        t = json.loads(line)
+        rows[f"bb_pp{t['pl']}"].append(t["speed_pp"])
+        rows[f"bb_tg{t['pl']}"].append(t["speed_tg"])
+med = {k: statistics.median(v) if v else float("nan") for k, v in rows.items()}
+fmt = lambda k: ", ".join(f"{v:.1f}" for v in rows[k])
+print(f"rounds: {rounds}; expertd stream rate GB/s: {fmt('gbps')}\n")
+print("| | expertd (bench-engine) | llama.cpp | expertd / llama.cpp |")
+print("| --- | --- | --- | --- |")
+for label, a, b in (("prefill b1 (llama-bench pp128)", "xd_pp1", "lb_pp"),
+                    ("decode b1 (llama-bench tg32)", "xd_tg1", "lb_tg"),
+                    ("prefill b1 (batched-bench npl 1)", "xd_pp1", "bb_pp1"),
+                    ("decode b1 (batched-bench npl 1)", "xd_tg1", "bb_tg1"),
+                    ("prefill b8 (batched-bench npl 8)", "xd_pp8", "bb_pp8"),
+                    ("decode b8 (batched-bench npl 8)", "xd_tg8", "bb_tg8")):
+    print(f"| {label} | {med[a]:.1f} ({fmt(a)}) | {med[b]:.1f} ({fmt(b)}) | {med[a] / med[b]:.2f}x |")
+PY
+echo "results in $out" >&2

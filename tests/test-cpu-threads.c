@@ -1,0 +1,113 @@
+/* The CPU backend's logits do not depend on how many threads run the step nor on how the MoE
+ * layer's work is spread over them: 1, 2 and 3 threads, and the per-expert schedule
+ * (EXPERTD_CPU_MOE=per-expert), give the same bits (run as started: the parallel region, or
+ * the worker pool under EXPERTD_CPU_MOE=pool), on steps large enough that experts get
+ * several token blocks and every matrix several row tiles. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine.h"
+#include "tests/test.h"
+
+static const char *fixtures;
+
+enum { N_TOKENS = 200, BLOCK = 4, N_BLOCKS = 2 * (N_TOKENS / BLOCK + 1) };
+
+/* The logits (2 * N_TOKENS, vocab) of one step of two sequences (a 200-token prompt and a
+ * 7-token one), computed with n_threads threads; NULL after a failed CHECK. */
+static float *run_step(struct xd_model *m, int n_threads, size_t *ret_n)
+{
+    const struct xd_model_config *c = &m->config;
+    struct xd_engine_opts o = {.device = XD_DEVICE_CPU, .n_kv_blocks = N_BLOCKS,
+                               .block_size = BLOCK, .max_batch_tokens = N_TOKENS + 7,
+                               .n_threads = n_threads};
+    struct xd_engine *e = NULL;
+    struct xd_err err = {{0}};
+    CHECK(xd_engine_create(m, &o, &e, &err) == XD_OK, "%s", err.msg);
+    if (!e)
+        return NULL;
+    int32_t toks[N_TOKENS], table[N_BLOCKS];
+    uint32_t x = 12345;
+    for (int i = 0; i < N_TOKENS; i++) {
+        x = x * 1103515245u + 12345u;
+        toks[i] = (int32_t)((x >> 8) % (uint32_t)c->vocab_size);
+    }
+    for (int i = 0; i < N_BLOCKS; i++)
+        table[i] = i;
+    struct xd_seq_chunk sc[2] = {
+        {toks, N_TOKENS, 0, table, N_TOKENS / BLOCK + 1, XD_LOGITS_ALL},
+        {toks + 3, 7, 0, table + N_TOKENS / BLOCK + 1, N_TOKENS / BLOCK + 1, XD_LOGITS_ALL},
+    };
+    struct xd_batch b = {sc, 2};
+    struct xd_forward_out out;
+    float *ret = NULL;
+    CHECK(xd_engine_forward(e, &b, &out, &err) == XD_OK, "%s", err.msg);
+    if (err.msg[0] == 0 && out.n_logit_rows == N_TOKENS + 7) {
+        *ret_n = (size_t)out.n_logit_rows * c->vocab_size;
+        ret = malloc(*ret_n * sizeof(float));
+        memcpy(ret, out.logits, *ret_n * sizeof(float));
+    }
+    xd_engine_destroy(e);
+    return ret;
+}
+
+static void check_fixture(const char *name)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/golden/%s", fixtures, name);
+    struct xd_model *m = NULL;
+    struct xd_err err = {{0}};
+    CHECK(xd_model_load(dir, &m, &err) == XD_OK, "%s", err.msg);
+    if (!m)
+        return;
+    size_t n = 0, n_other = 0;
+    float *ref = run_step(m, 1, &n);
+    const int threads[2] = {2, 3};
+    for (int i = 0; ref && i < 2; i++) {
+        float *got = run_step(m, threads[i], &n_other);
+        CHECK(got && n_other == n && memcmp(ref, got, n * sizeof(float)) == 0,
+              "%s: logits with %d threads differ from 1 thread", name, threads[i]);
+        free(got);
+    }
+    /* the schedule under test (EXPERTD_CPU_MOE as the test was started) against per-expert */
+    const char *was = getenv("EXPERTD_CPU_MOE");
+    char saved[32] = "";
+    if (was)
+        snprintf(saved, sizeof saved, "%s", was);
+    setenv("EXPERTD_CPU_MOE", "per-expert", 1);
+    float *per_expert = ref ? run_step(m, 2, &n_other) : NULL;
+    if (saved[0])
+        setenv("EXPERTD_CPU_MOE", saved, 1);
+    else
+        unsetenv("EXPERTD_CPU_MOE");
+    CHECK(per_expert && n_other == n && memcmp(ref, per_expert, n * sizeof(float)) == 0,
+          "%s: the per-expert schedule's logits differ from the parallel region's", name);
+    free(per_expert);
+    free(ref);
+    xd_model_destroy(m);
+}
+
+static void test_olmoe_bf16_same_bits_at_any_thread_count(void)
+{
+    check_fixture("olmoe-bf16");
+}
+
+static void test_qwen2_moe_shared_expert_same_bits_at_any_thread_count(void)
+{
+    check_fixture("qwen2_moe-f32");
+}
+
+static void test_qwen3_moe_fused_same_bits_at_any_thread_count(void)
+{
+    check_fixture("qwen3_moe-f32-fused");
+}
+
+int main(int argc, char **argv)
+{
+    fixtures = argc > 1 ? argv[1] : "tests/fixtures";
+    RUN(test_olmoe_bf16_same_bits_at_any_thread_count);
+    RUN(test_qwen2_moe_shared_expert_same_bits_at_any_thread_count);
+    RUN(test_qwen3_moe_fused_same_bits_at_any_thread_count);
+    return test_summary();
+}
