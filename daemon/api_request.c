@@ -546,22 +546,33 @@ static int parse_fields(enum xd_api_kind kind, json_t *root, struct xd_api_reque
     return 0;
 }
 
+/* Parses len bytes of body into a new JSON object *ret (the caller's reference), returning 0;
+ * malformed JSON or a body that is not an object is a 400 invalid_json, *ret untouched. */
+static int load_object(const char *body, size_t len, json_t **ret, struct xd_api_error *e)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return xd_api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
+                                "malformed JSON at line %d, column %d: %s", jerr.line,
+                                jerr.column, jerr.text);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return xd_api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
+                                "the request body must be a JSON object");
+    }
+    *ret = root;
+    return 0;
+}
+
 int xd_api_request_parse(enum xd_api_kind kind, const char *body, size_t len,
                          struct xd_api_request *ret, struct xd_api_error *e)
 {
     struct xd_api_request r = {
         .kind = kind, .sampling = xd_sampling_defaults(), .max_tokens = -1, .n = 1,
     };
-    json_error_t jerr;
-    r.root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!r.root)
-        return xd_api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
-                                "malformed JSON at line %d, column %d: %s", jerr.line,
-                                jerr.column, jerr.text);
-    int rc = json_is_object(r.root)
-                 ? parse_fields(kind, r.root, &r, e)
-                 : xd_api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
-                                    "the request body must be a JSON object");
+    XD_TRY(load_object(body, len, &r.root, e));
+    int rc = parse_fields(kind, r.root, &r, e);
     if (rc < 0) {
         xd_api_request_finish(&r);
         return rc;
@@ -683,16 +694,8 @@ int xd_api_tokenize_parse(bool detokenize, const char *body, size_t len,
                           struct xd_api_tokenize_request *ret, struct xd_api_error *e)
 {
     struct xd_api_tokenize_request r = {0};
-    json_error_t jerr;
-    r.root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!r.root)
-        return xd_api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
-                                "malformed JSON at line %d, column %d: %s", jerr.line,
-                                jerr.column, jerr.text);
-    int rc = json_is_object(r.root)
-                 ? parse_tokenize_fields(detokenize, r.root, &r, e)
-                 : xd_api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
-                                    "the request body must be a JSON object");
+    XD_TRY(load_object(body, len, &r.root, e));
+    int rc = parse_tokenize_fields(detokenize, r.root, &r, e);
     if (rc < 0) {
         xd_api_tokenize_finish(&r);
         return rc;
