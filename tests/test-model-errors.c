@@ -234,6 +234,18 @@ static const struct {
      "model.layers.0.mlp.up_proj.weight", "missing"},
     {"missing q_norm", "glm4_moe-f32", drop_tensor, "model.layers.1.self_attn.q_norm.weight",
      "model.layers.1.self_attn.q_norm.weight", "missing"},
+    {"missing attention sinks", "gpt_oss-f32", drop_tensor, "model.layers.2.self_attn.sinks",
+     "model.layers.2.self_attn.sinks", "missing"},
+    {"missing router bias", "gpt_oss-f32", drop_tensor, "model.layers.3.mlp.router.bias",
+     "model.layers.3.mlp.router.bias", "missing"},
+    {"missing expert biases", "gpt_oss-bf16", drop_tensor,
+     "model.layers.1.mlp.experts.gate_up_proj_bias",
+     "model.layers.1.mlp.experts.gate_up_proj_bias", "missing"},
+    {"gpt_oss experts in the (E, 2F, H) layout", "gpt_oss-f32", transpose_tensor,
+     "model.layers.0.mlp.experts.gate_up_proj", "model.layers.0.mlp.experts.gate_up_proj",
+     "shape"},
+    {"misshaped gpt_oss down_proj", "gpt_oss-bf16", transpose_tensor,
+     "model.layers.2.mlp.experts.down_proj", "model.layers.2.mlp.experts.down_proj", "shape"},
 };
 
 static void test_header_defects(void)
@@ -268,6 +280,13 @@ static const struct {
      "n_group"},
     {"a dense layer where experts are stored", "glm4_moe-f32", "first_k_dense_replace", "2",
      "model.layers.1.mlp.gate_proj.weight", "missing"},
+    {"gpt_oss quantization_config", "gpt_oss-f32", "quantization_config",
+     "{\"quant_method\": \"fp8\"}", "config.json", "'quantization_config' (quant_method \"fp8\")"},
+    {"gpt_oss layer type", "gpt_oss-bf16", "layer_types",
+     "[\"sliding_attention\", \"full_attention\", \"linear_attention\", \"full_attention\"]",
+     "config.json", "'layer_types' entry 2"},
+    {"gpt_oss wider experts than stored", "gpt_oss-f32", "intermediate_size", "32",
+     "model.layers.0.mlp.experts.gate_up_proj", "shape"},
 };
 
 static void test_config_defects(void)

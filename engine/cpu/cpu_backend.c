@@ -9,6 +9,7 @@
 
 #include "engine/backend.h"
 #include "engine/cpu/cpu_kernels.h"
+#include "engine/cpu/gpt_oss.h"
 #include "engine/cpu/routing.h"
 
 struct cpu_state {
@@ -162,13 +163,20 @@ static float *kv_row(const struct cpu_state *s, float *cache, int layer, int blo
 }
 
 /* Writes this step's k and v into the cache through each sequence's block
- * table, then attends every query to the positions up to its own. */
+ * table, then attends every query to the positions up to its own (the last sliding_window of
+ * them unless the layer is a full-attention one). With sinks (gpt_oss) each head's sink logit
+ * joins the softmax's denominator and adds nothing to its output. */
 static void attention(struct cpu_state *s, const struct xd_batch *b, int layer, int n_tokens)
 {
     const struct xd_model_config *c = &s->m->config;
     const int bs = s->opts.block_size, hd = c->head_dim, kvd = s->kv_dim;
     const int group = c->n_heads / c->n_kv_heads;
     const float scale = 1.0f / sqrtf((float)hd);
+    const int window = c->full_attention_layer[layer] ? 0 : c->sliding_window;
+    const struct xd_matrix *sink_w = &s->m->layers[layer].sinks;
+    float sinks[c->n_heads]; /* (n_heads,) */
+    if (sink_w->data)
+        xd_dtype_to_f32(sink_w->dtype, sink_w->data, sinks, (size_t)c->n_heads);
 
     for (int t = 0; t < n_tokens; t++) {
         const struct xd_seq_chunk *sc = &b->seqs[s->tok_seq[t]];
@@ -185,12 +193,12 @@ static void attention(struct cpu_state *s, const struct xd_batch *b, int layer, 
         for (int h = 0; h < c->n_heads; h++) {
             const struct xd_seq_chunk *sc = &b->seqs[s->tok_seq[t]];
             const int p = s->tok_pos[t], kvh = h / group;
-            const int first = c->sliding_window > 0 && p - c->sliding_window + 1 > 0
-                                  ? p - c->sliding_window + 1
-                                  : 0;
+            const int first = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
             const float *q = s->q + (size_t)t * s->q_dim + (size_t)h * hd;
             float acc[hd];
-            float mx = -INFINITY, sum = 0.0f;
+            /* a sink starts the running softmax as a logit of weight exp(0) with no value */
+            float mx = sink_w->data ? sinks[h] : -INFINITY;
+            float sum = sink_w->data ? 1.0f : 0.0f;
             memset(acc, 0, sizeof acc);
             /* one pass with a running maximum (online softmax) */
             for (int j = first; j <= p; j++) {
@@ -258,14 +266,22 @@ static void attention_block(struct cpu_state *s, const struct xd_batch *b, int l
 
 /* ---- MLPs ---- */
 
-/* out (n, hidden) = down(silu(gate x) * up x) for a SwiGLU MLP of width ffn. */
-static void swiglu(const float *x, int n, const struct xd_expert_weights *w, float *g, float *u,
-                   float *out)
+/* out (n, hidden) = down(silu(gate x) * up x) for a SwiGLU MLP of width ffn; with biases
+ * and the config's swiglu_limit (gpt_oss), down(clamped_swiglu(gate x + bg, up x + bu)) + bd. */
+static void swiglu(const struct xd_model_config *c, const float *x, int n,
+                   const struct xd_expert_weights *w, float *g, float *u, float *out)
 {
     xd_cpu_matmul(x, n, &w->gate, g);
     xd_cpu_matmul(x, n, &w->up, u);
-    xd_cpu_silu_mul(g, u, g, (size_t)n * w->gate.rows);
+    xd_cpu_add_bias(g, n, &w->gate_bias);
+    xd_cpu_add_bias(u, n, &w->up_bias);
+    if (c->swiglu_limit > 0.0f)
+        xd_cpu_clamped_swiglu(g, u, g, (size_t)n * w->gate.rows, c->swiglu_limit,
+                              c->swiglu_alpha);
+    else
+        xd_cpu_silu_mul(g, u, g, (size_t)n * w->gate.rows);
     xd_cpu_matmul(g, n, &w->down, out);
+    xd_cpu_add_bias(out, n, &w->down_bias);
 }
 
 /* Picks the top-k of probs (n,) best first, ties to the lower index. */
@@ -294,6 +310,14 @@ static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
     /* route: softmax over all experts in f32, top-k, optional renormalisation; or the
      * grouped sigmoid router (routing.c) */
     xd_cpu_matmul(s->xn, n, &lw->router, s->router);
+    if (c->router == XD_ROUTER_TOPK_SOFTMAX) {
+        /* gpt_oss: linear with bias, softmax over the top-k logits */
+        xd_cpu_add_bias(s->router, n, &lw->router_bias);
+        for (int t = 0; t < n; t++)
+            xd_cpu_route_topk_softmax(s->router + (size_t)t * E, E, K,
+                                      s->route_experts + ((size_t)t * L + lw->moe_index) * K,
+                                      s->route_weights + ((size_t)t * L + lw->moe_index) * K);
+    }
     if (c->router == XD_ROUTER_SIGMOID_BIAS) {
         const struct xd_route_grouped rp = {
             .n_experts = E,
@@ -353,7 +377,7 @@ static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
         if (rc < 0)
             return xd_err_set(err, rc, "expert store: layer %d expert %d is unavailable (%s)", l,
                               e, xd_status_str(rc));
-        swiglu(s->xg + (size_t)r0 * H, n_rows, &w, s->g, s->u, s->eo + (size_t)r0 * H);
+        swiglu(c, s->xg + (size_t)r0 * H, n_rows, &w, s->g, s->u, s->eo + (size_t)r0 * H);
         xd_expert_store_release(&s->m->experts, l, e);
     }
 
@@ -371,14 +395,14 @@ static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
 
     if (lw->shared.gate.data && !lw->shared_expert_gate.data) {
         /* glm4_moe: out += shared_experts(x) */
-        swiglu(s->xn, n, &lw->shared, s->dg, s->du, s->eo);
+        swiglu(c, s->xn, n, &lw->shared, s->dg, s->du, s->eo);
         const size_t HN = (size_t)n * H;
         for (size_t i = 0; i < HN; i++)
             s->out[i] += s->eo[i];
     } else if (lw->shared.gate.data) {
         /* qwen2_moe: out += sigmoid(x . shared_expert_gate) * shared_expert(x) */
         float gate_logit[n];
-        swiglu(s->xn, n, &lw->shared, s->dg, s->du, s->eo);
+        swiglu(c, s->xn, n, &lw->shared, s->dg, s->du, s->eo);
         xd_cpu_matmul(s->xn, n, &lw->shared_expert_gate, gate_logit);
         for (int t = 0; t < n; t++) {
             float gate = 1.0f / (1.0f + expf(-gate_logit[t]));
@@ -404,6 +428,8 @@ static void predict_next_layer(struct cpu_state *s, int l, int n)
     const int E = c->n_experts, W = s->pred_width, L = c->n_moe_layers;
     xd_cpu_rmsnorm(s->h, n, &nw->mlp_norm, c->rms_norm_eps, s->pred_x);
     xd_cpu_matmul(s->pred_x, n, &nw->router, s->router);
+    if (c->router == XD_ROUTER_TOPK_SOFTMAX)
+        xd_cpu_add_bias(s->router, n, &nw->router_bias); /* ranks as its softmax does */
     if (c->router == XD_ROUTER_SIGMOID_BIAS)
         xd_dtype_to_f32(nw->router_bias.dtype, nw->router_bias.data, s->router_bias, (size_t)E);
     for (int t = 0; t < n; t++) {
@@ -434,8 +460,9 @@ static int mlp_block(struct cpu_state *s, int l, int n, struct xd_err *err)
         if (rc < 0)
             return rc;
     } else {
-        struct xd_expert_weights dense = {lw->mlp_gate, lw->mlp_up, lw->mlp_down};
-        swiglu(s->xn, n, &dense, s->dg, s->du, s->out);
+        struct xd_expert_weights dense = {.gate = lw->mlp_gate, .up = lw->mlp_up,
+                                          .down = lw->mlp_down};
+        swiglu(c, s->xn, n, &dense, s->dg, s->du, s->out);
     }
     const size_t HN = (size_t)n * c->hidden_size;
     for (size_t i = 0; i < HN; i++)

@@ -12,6 +12,9 @@ struct host_experts {
     int n_layers;
     int n_experts;
     struct xd_expert_weights *w; /* (n_layers, n_experts); zeroed for dense layers */
+    char *repacked;              /* gpt_oss: the experts' weights in expertd's layout, owned
+                                  * (see load_gpt_oss_experts), else NULL */
+    size_t repacked_used;
 };
 
 static int host_acquire(void *ctx, int layer, int expert, struct xd_expert_weights *ret)
@@ -29,8 +32,10 @@ static int host_acquire(void *ctx, int layer, int expert, struct xd_expert_weigh
 static void host_destroy(void *ctx)
 {
     struct host_experts *h = ctx;
-    if (h)
+    if (h) {
         free(h->w);
+        free(h->repacked);
+    }
     free(h);
 }
 
@@ -167,6 +172,73 @@ static int load_experts(struct loader *L, const char *moe, int layer, struct xd_
     return XD_OK;
 }
 
+/* gpt_oss's fused experts as transformers saves them (the published bf16 layout):
+ * gate_up_proj (E, hidden, 2 * ffn) applied as x @ W with gate and up interleaved in its last
+ * dim (gate = [..., 0::2], up = [..., 1::2]), gate_up_proj_bias (E, 2 * ffn) interleaved the
+ * same way, down_proj (E, ffn, hidden) applied as x @ W, down_proj_bias (E, hidden). The
+ * matmul kernels take (out, in) rows, so gate, up and down and the gate/up biases are copied
+ * once, in their own dtype, into the store's buffer (the mapped pages are then never read);
+ * down_proj_bias is viewed in place. */
+static int load_gpt_oss_experts(struct loader *L, const char *moe, struct host_experts *hx,
+                                struct xd_expert_weights *w)
+{
+    const struct xd_model_config *c = &L->m->config;
+    const int64_t E = c->n_experts, F = c->expert_ffn, H = c->hidden_size;
+    const struct xd_tensor *gu, *gub, *dp, *dpb;
+    int64_t gu_dims[3] = {E, H, 2 * F}, gub_dims[2] = {E, 2 * F};
+    int64_t dp_dims[3] = {E, F, H}, dpb_dims[2] = {E, H};
+    XD_TRY(find_shaped(L, fmt_name(L, "%s.experts.gate_up_proj", moe), 3, gu_dims, &gu));
+    XD_TRY(find_shaped(L, fmt_name(L, "%s.experts.gate_up_proj_bias", moe), 2, gub_dims, &gub));
+    XD_TRY(find_shaped(L, fmt_name(L, "%s.experts.down_proj", moe), 3, dp_dims, &dp));
+    XD_TRY(find_shaped(L, fmt_name(L, "%s.experts.down_proj_bias", moe), 2, dpb_dims, &dpb));
+    const enum xd_dtype dt = gu->dtype;
+    if (gub->dtype != dt || dp->dtype != dt)
+        return xd_err_set(L->err, XD_ERR_TENSOR,
+                          "%s: tensors '%s.experts.gate_up_proj', '_bias' and 'down_proj' must "
+                          "share one dtype",
+                          gu->path, moe);
+    const size_t es = xd_dtype_size(dt);
+    const size_t per_expert = (size_t)(3 * F * H + 2 * F) * es;
+    if (!hx->repacked) {
+        hx->repacked = malloc((size_t)c->n_moe_layers * (size_t)E * per_expert);
+        if (!hx->repacked)
+            return xd_err_set(L->err, XD_ERR_NOMEM,
+                              "%s: out of memory for the experts' weights (%.1f MiB)", L->m->dir,
+                              (double)c->n_moe_layers * (double)E * (double)per_expert /
+                                  (1 << 20));
+    }
+    for (int64_t e = 0; e < E; e++) {
+        char *base = hx->repacked + hx->repacked_used;
+        char *g = base, *u = g + F * H * es, *d = u + F * H * es;
+        char *gb = d + H * F * es, *ub = gb + F * es;
+        const char *src = (const char *)gu->data + (size_t)(e * H * 2 * F) * es;
+        for (int64_t f = 0; f < F; f++) {
+            for (int64_t h = 0; h < H; h++) {
+                memcpy(g + (size_t)(f * H + h) * es, src + (size_t)(h * 2 * F + 2 * f) * es, es);
+                memcpy(u + (size_t)(f * H + h) * es, src + (size_t)(h * 2 * F + 2 * f + 1) * es,
+                       es);
+            }
+        }
+        const char *dsrc = (const char *)dp->data + (size_t)(e * F * H) * es;
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t f = 0; f < F; f++)
+                memcpy(d + (size_t)(h * F + f) * es, dsrc + (size_t)(f * H + h) * es, es);
+        const char *bsrc = (const char *)gub->data + (size_t)(e * 2 * F) * es;
+        for (int64_t f = 0; f < F; f++) {
+            memcpy(gb + (size_t)f * es, bsrc + (size_t)(2 * f) * es, es);
+            memcpy(ub + (size_t)f * es, bsrc + (size_t)(2 * f + 1) * es, es);
+        }
+        hx->repacked_used += per_expert;
+        w[e].gate = (struct xd_matrix){.dtype = dt, .rows = F, .cols = H, .data = g};
+        w[e].up = (struct xd_matrix){.dtype = dt, .rows = F, .cols = H, .data = u};
+        w[e].down = (struct xd_matrix){.dtype = dt, .rows = H, .cols = F, .data = d};
+        w[e].gate_bias = (struct xd_matrix){.dtype = dt, .rows = 1, .cols = F, .data = gb};
+        w[e].up_bias = (struct xd_matrix){.dtype = dt, .rows = 1, .cols = F, .data = ub};
+        w[e].down_bias = sub_rows(dpb, e, 1, H);
+    }
+    return XD_OK;
+}
+
 static int load_layer(struct loader *L, int i, struct xd_layer_weights *lw,
                       struct host_experts *experts)
 {
@@ -195,6 +267,8 @@ static int load_layer(struct loader *L, int i, struct xd_layer_weights *lw,
         XD_TRY(need(L, fmt_name(L, "%s.self_attn.k_norm.weight", p), 0, per_head ? hd : kv_dim,
                  &lw->k_norm));
     }
+    if (c->attn_sinks)
+        XD_TRY(need(L, fmt_name(L, "%s.self_attn.sinks", p), 0, c->n_heads, &lw->sinks));
     XD_TRY(need(L, fmt_name(L, "%s.post_attention_layernorm.weight", p), 0, H, &lw->mlp_norm));
 
     if (!c->is_moe_layer[i]) {
@@ -214,6 +288,11 @@ static int load_layer(struct loader *L, int i, struct xd_layer_weights *lw,
     if (c->arch == XD_ARCH_MIXTRAL &&
         xd_checkpoint_find(L->m->checkpoint, fmt_name(L, "%s.block_sparse_moe.gate.weight", p)))
         snprintf(moe, sizeof moe, "%s.block_sparse_moe", p);
+    if (c->arch == XD_ARCH_GPT_OSS) {
+        XD_TRY(need(L, fmt_name(L, "%s.router.weight", moe), c->n_experts, H, &lw->router));
+        XD_TRY(need(L, fmt_name(L, "%s.router.bias", moe), 0, c->n_experts, &lw->router_bias));
+        return load_gpt_oss_experts(L, moe, experts, &experts->w[(size_t)i * c->n_experts]);
+    }
     XD_TRY(need(L, fmt_name(L, "%s.gate.weight", moe), c->n_experts, H, &lw->router));
     if (c->router == XD_ROUTER_SIGMOID_BIAS)
         XD_TRY(need(L, fmt_name(L, "%s.gate.e_score_correction_bias", moe), 0, c->n_experts,

@@ -13,6 +13,7 @@ enum xd_arch {
     XD_ARCH_QWEN3_MOE,
     XD_ARCH_OLMOE,
     XD_ARCH_GLM4_MOE,
+    XD_ARCH_GPT_OSS,
 };
 
 /* How a MoE layer picks its experts. */
@@ -20,6 +21,8 @@ enum xd_router_kind {
     XD_ROUTER_SOFTMAX,      /* softmax over all experts, top-k (mixtral, qwen, olmoe) */
     XD_ROUTER_SIGMOID_BIAS, /* sigmoid + e_score_correction_bias, group-limited top-k,
                              * routed_scaling_factor (glm4_moe; engine/cpu/routing.h) */
+    XD_ROUTER_TOPK_SOFTMAX, /* linear with bias, top-k of the logits, softmax over the k
+                             * chosen (gpt_oss) */
 };
 
 enum xd_qk_norm {
@@ -49,6 +52,11 @@ struct xd_model_config {
     float rope_theta;            /* rope.theta */
     struct xd_rope rope;         /* rope type, inverse frequencies, rotary dims, attention factor */
     int sliding_window;          /* 0: none */
+    bool full_attention_layer[XD_MAX_LAYERS]; /* layer attends to every position even when
+                                  * sliding_window is set (gpt_oss's layer_types
+                                  * "full_attention"); false for every layer of the others */
+    bool attn_sinks;             /* a learned per-head logit joins each softmax's denominator
+                                  * (gpt_oss's self_attn.sinks) */
     bool tie_word_embeddings;
     bool qkv_bias;               /* q, k and v projections have biases */
     bool o_bias;                 /* the output projection has a bias */
@@ -62,6 +70,11 @@ struct xd_model_config {
     int dense_ffn;               /* width of the MLP of non-MoE layers (0: none) */
     int shared_expert_ffn;       /* shared expert width (0: none): qwen2_moe's (gated),
                                   * glm4_moe's moe_intermediate_size x n_shared_experts */
+    bool expert_bias;            /* experts' projections have biases (gpt_oss) */
+    float swiglu_limit;          /* gpt_oss's clamped SwiGLU: gate <= limit, |up| <= limit,
+                                  * out = (up + 1) * gate * sigmoid(alpha * gate); 0 for the
+                                  * plain silu(gate) * up of the others */
+    float swiglu_alpha;
     bool shared_expert_gated;    /* qwen2_moe: sigmoid(x . shared_expert_gate) scales it */
     enum xd_router_kind router;
     int n_group;                 /* grouped router: groups of experts (1: none) */

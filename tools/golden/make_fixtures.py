@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build tiny, randomly initialised MoE checkpoints and record reference outputs.
 
-For each architecture (mixtral, qwen2_moe, qwen3_moe, olmoe) this script
+For each architecture (mixtral, qwen2_moe, qwen3_moe, olmoe, glm4_moe, gpt_oss) this script
 
   * builds a tiny model from a fixed seed with informative weights
     (larger initializer_range, every 1-D parameter perturbed),
@@ -32,6 +32,8 @@ from safetensors import safe_open
 from transformers import (
     Glm4MoeConfig,
     Glm4MoeForCausalLM,
+    GptOssConfig,
+    GptOssForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
     OlmoeConfig,
@@ -190,6 +192,38 @@ def glm4_moe_config():
     )
 
 
+def gpt_oss_config():
+    # gpt-oss-20b's options, shrunk: attention sinks, layer_types mixing sliding (window 4,
+    # shorter than the 7- and 13-token prompts and the 36-token greedy run) and full attention
+    # in a pattern other than the default alternation, YaRN as published (beta 32/1, truncate
+    # false) scaled to original_max_position_embeddings 16, biases on q/k/v/o, router and
+    # experts, the clamped SwiGLU with a limit low enough (2.0) that the clamp is hit.
+    return GptOssConfig(
+        **dict(COMMON, max_position_embeddings=64),  # = factor x original: yarn's own ratio
+        num_hidden_layers=4,
+        layer_types=["sliding_attention", "full_attention", "full_attention", "sliding_attention"],
+        sliding_window=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=24,  # != hidden_size / num_attention_heads (16)
+        vocab_size=277,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        intermediate_size=24,  # gate_up_proj [8, 64, 48]: not square
+        swiglu_limit=2.0,
+        swiglu_alpha=1.702,
+        attention_bias=True,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                         "truncate": False, "original_max_position_embeddings": 16,
+                         "rope_theta": 150000.0},
+    )
+
+
+SINK_STD = 2.0  # gpt_oss sinks = 2 * N(0, 1): comparable to the attention logits, so they matter
+
+
 def with_rope(make_config, rope_parameters, **overrides):
     """A family's fixture config with another rope (the RoPE-scaling fixtures)."""
 
@@ -211,6 +245,7 @@ ARCHS = {
     "qwen3_moe": (qwen3_moe_config, Qwen3MoeForCausalLM, 1003, [1, 3]),
     "olmoe": (olmoe_config, OlmoeForCausalLM, 1004, [0, 1]),
     "glm4_moe": (glm4_moe_config, Glm4MoeForCausalLM, 1009, [1, 2]),
+    "gpt_oss": (gpt_oss_config, GptOssForCausalLM, 1010, [0, 1, 2, 3]),
     # RoPE scalings, f32 only. Qwen3-30B-A3B's model card YaRN (factor 4 over
     # original_max_position_embeddings 32768), scaled down to 12 positions so that every
     # tested position sees it; expertd's context is then 4 x 12.
@@ -255,7 +290,7 @@ def build_model(arch):
 
     # Verify the layer structure we rely on (dense vs sparse MLP, head_dim).
     for i, layer in enumerate(model.model.layers):
-        is_sparse = hasattr(layer.mlp, "gate")
+        is_sparse = hasattr(layer.mlp, "gate") or hasattr(layer.mlp, "router")
         if is_sparse != (i in sparse_layers):
             raise SystemExit(f"{arch}: layer {i} sparse={is_sparse}, expected {i in sparse_layers}")
     want_hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -271,8 +306,13 @@ def build_model(arch):
                     p.copy_(1.0 + NORM_WEIGHT_JITTER * torch.randn(p.shape, generator=gen))
                 elif name.endswith(".bias"):
                     p.copy_(BIAS_STD * torch.randn(p.shape, generator=gen))
+                elif name.endswith(".sinks"):
+                    p.copy_(SINK_STD * torch.randn(p.shape, generator=gen))
                 else:
                     raise SystemExit(f"{arch}: unexpected 1-D parameter {name}")
+            elif name.endswith("_proj_bias"):
+                # gpt_oss's expert biases (E, 2F) and (E, H), zeros at init
+                p.copy_(BIAS_STD * torch.randn(p.shape, generator=gen))
             elif p.abs().max() == 0:
                 raise SystemExit(f"{arch}: parameter {name} is all zero after init")
             if name.endswith("gate.weight") and p.std() < 0.5 * INIT_RANGE:
@@ -559,9 +599,20 @@ def cross_checks(path, dtype, prompts, pl_ref, cont_prompt, cont_tokens, cl_ref)
         ("sdpa_vs_eager", dict(attn_implementation="sdpa", experts_implementation="eager")),
         ("default_experts_vs_eager", dict(attn_implementation="eager")),
     ):
-        m = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw).eval()
+        try:
+            m = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw).eval()
+        except ValueError as e:  # gpt_oss has no sdpa attention (its sinks)
+            res[label] = f"not available: {str(e)[:80]}"
+            continue
         pl = prompt_logits(m, prompts)
         res[label] = max(float(np.abs(a - b).max()) for a, b in zip(pl, pl_ref))
+    if hasattr(m.model.layers[0].self_attn, "sinks"):
+        # the same model with every sink at -inf (no sink): how much the sinks move the logits
+        with torch.no_grad():
+            for layer in m.model.layers:
+                layer.self_attn.sinks.fill_(-float("inf"))
+        pl = prompt_logits(m, prompts)
+        res["no_sinks_vs_sinks"] = max(float(np.abs(a - b).max()) for a, b in zip(pl, pl_ref))
     return res
 
 
