@@ -1,6 +1,7 @@
 /* bench-engine: prefill and decode tokens/s of the engine at batch 1 and 8 on one model, with
  * the machine's own weight-streaming rate measured in the same run as the baseline.
- * Usage: bench-engine --model DIR [--repeats N] [--prompt-len N] [--decode-steps N] */
+ * Usage: bench-engine --model DIR [--repeats N] [--prompt-len N] [--decode-steps N]
+ *                     [--quantize q8|q4 [--quantize-experts-only]] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #include "config/options.h"
 #include "engine/base/clock.h"
 #include "engine/engine.h"
+#include "engine/model/quant.h"
 #include "xd_build_config.h"
 #if XD_HAVE_CUDA
 #include "gpu/gpu.h"
@@ -21,6 +23,8 @@
 struct bench_opts {
     const char *model;
     const char *device;
+    const char *quantize;
+    bool experts_only;
     int repeats, prompt_len, decode_steps, threads, max_batch;
 };
 
@@ -34,7 +38,39 @@ static const struct xd_opt bench_table[] = {
     {"device", XD_OPT_STRING, B(device), 0, 0, NULL, "cpu or cuda (cpu)"},
     {"max-batch", XD_OPT_INT, B(max_batch), 1, 64, NULL,
      "largest of the batches 1, 8, 64 to run (8)"},
+    {"quantize", XD_OPT_STRING, B(quantize), 0, 0, NULL,
+     "serve the weights as q8 or q4 (default none: as stored)"},
+    {"quantize-experts-only", XD_OPT_FLAG, B(experts_only), 0, 0, NULL,
+     "with --quantize: the experts only"},
 };
+
+static size_t mat_bytes(const struct xd_matrix *m)
+{
+    return m->data ? (size_t)m->rows * xd_dtype_row_bytes(m->dtype, m->cols) : 0;
+}
+
+/* Bytes one batch-1 decode token reads as served (quantized or not): every layer's attention,
+ * norms, router, dense or shared MLP and top_k experts, the final norm, lm_head and one
+ * embedding row. */
+static size_t decode_bytes_per_token(const struct xd_model *m)
+{
+    const struct xd_model_config *c = &m->config;
+    size_t b = mat_bytes(&m->final_norm) + mat_bytes(&m->lm_head) +
+               mat_bytes(&m->embed) / (size_t)c->vocab_size;
+    for (int l = 0; l < c->n_layers; l++) {
+        const struct xd_layer_weights *w = &m->layers[l];
+        const struct xd_matrix *ms[] = {&w->attn_norm, &w->wq, &w->wk, &w->wv, &w->wo,
+                                        &w->bq, &w->bk, &w->bv, &w->bo, &w->q_norm, &w->k_norm,
+                                        &w->mlp_norm, &w->mlp_gate, &w->mlp_up, &w->mlp_down,
+                                        &w->router, &w->shared.gate, &w->shared.up,
+                                        &w->shared.down, &w->shared_expert_gate};
+        for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+            b += mat_bytes(ms[i]);
+        if (w->moe_index >= 0)
+            b += (size_t)c->top_k * xd_model_expert_bytes(m);
+    }
+    return b;
+}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -119,8 +155,8 @@ static double stream_rate(const struct xd_model *m, int repeats)
 
 int main(int argc, char **argv)
 {
-    struct bench_opts o = {.device = "cpu", .repeats = 5, .prompt_len = 128, .decode_steps = 32,
-                           .max_batch = 8};
+    struct bench_opts o = {.device = "cpu", .quantize = "none", .repeats = 5, .prompt_len = 128,
+                           .decode_steps = 32, .max_batch = 8};
     struct xd_err err = {{0}};
     if (xd_opts_parse(bench_table, sizeof bench_table / sizeof bench_table[0], &o, argc - 1,
                       argv + 1, &err) < 0 || !o.model) {
@@ -143,29 +179,31 @@ int main(int argc, char **argv)
         .block_size = 16,
         .n_kv_blocks = top * ((o.prompt_len + o.decode_steps + 15) / 16),
         .max_batch_tokens = top * o.prompt_len, .n_threads = o.threads,
+        .quantize_experts_only = o.experts_only,
     };
+    if (xd_quant_parse(o.quantize, &eo.quantize, &err) < 0) {
+        fprintf(stderr, "bench-engine: %s\n", err.msg);
+        return 2;
+    }
 #if XD_HAVE_CUDA
     xd_gpu_register();
 #endif
     struct xd_engine *e = NULL;
+    const double t_create = xd_now();
     if (xd_engine_create(m, &eo, &e, &err) < 0) {
         fprintf(stderr, "bench-engine: %s\n", err.msg);
         return 1;
     }
+    const double quantize_s = xd_dtype_is_quant(eo.quantize) ? xd_now() - t_create : 0.0;
     int threads = 1;
 #ifdef _OPENMP
     threads = omp_get_max_threads();
 #endif
-    /* bytes one decode token reads at batch 1: everything but the unused experts and the
-     * embedding table, of which it reads one row */
     size_t total = 0;
     const struct xd_tensor *t;
     for (size_t i = 0; (t = xd_checkpoint_tensor(m->checkpoint, i)) != NULL; i++)
         total += t->n_bytes;
-    size_t esize = xd_dtype_size(m->embed.dtype);
-    size_t expert_bytes = (size_t)3 * c->expert_ffn * c->hidden_size * esize;
-    size_t per_token = total - (size_t)c->n_moe_layers * (c->n_experts - c->top_k) * expert_bytes -
-                       (size_t)c->vocab_size * c->hidden_size * esize;
+    const size_t per_token = decode_bytes_per_token(m);
 
     double gbps = 0.0;
 #if XD_HAVE_CUDA
@@ -176,11 +214,15 @@ int main(int argc, char **argv)
         gbps = stream_rate(m, o.repeats);
     printf("{\"device\": \"%s\", \"model\": \"%s\", \"model_type\": \"%s\", \"hidden\": %d, \"layers\": %d, "
            "\"experts\": %d, \"top_k\": %d, \"expert_ffn\": %d, \"vocab\": %d, \"dtype\": \"%s\", "
-           "\"weights_mib\": %.1f, \"threads\": %d, \"prompt_len\": %d, \"decode_steps\": %d, "
-           "\"repeats\": %d,\n \"baseline_gbps\": %.2f, \"results\": [",
+           "\"weights_mib\": %.1f, \"served\": \"%s%s\", \"quantize_s\": %.1f, \"threads\": %d, "
+           "\"prompt_len\": %d, \"decode_steps\": %d, \"repeats\": %d,\n \"baseline_gbps\": %.2f, "
+           "\"results\": [",
            o.device, o.model, c->model_type, c->hidden_size, c->n_layers, c->n_experts, c->top_k,
            c->expert_ffn, c->vocab_size, xd_dtype_name(m->embed.dtype),
-           (double)total / (1 << 20), threads, o.prompt_len, o.decode_steps, o.repeats, gbps);
+           (double)total / (1 << 20),
+           xd_dtype_is_quant(m->quant) ? xd_dtype_name(m->quant) : xd_dtype_name(m->embed.dtype),
+           m->quant_experts_only ? " experts only" : "", quantize_s, threads, o.prompt_len,
+           o.decode_steps, o.repeats, gbps);
     for (int bi = 0; bi < n_batches; bi++) {
         int nb = batches[bi];
         double pre[64], dec[64];

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "engine/engine.h"
+#include "engine/model/quant.h"
 
 void xd_config_init(struct xd_config *cfg)
 {
@@ -13,6 +14,7 @@ void xd_config_init(struct xd_config *cfg)
     cfg->max_batch_tokens = 512;
     cfg->expert_policy = "lru";
     cfg->expert_prefetch = true;
+    cfg->quantize = "none";
 }
 
 #define CFG(field) offsetof(struct xd_config, field)
@@ -41,6 +43,14 @@ const struct xd_opt xd_config_opts[] = {
     {"expert-prefetch-width", XD_OPT_INT, CFG(expert_prefetch_width), 0, 4096, NULL,
      "experts prefetched per token for the next layer, best first by its router "
      "(default 0: the model's top_k)"},
+    {"quantize", XD_OPT_STRING, CFG(quantize), 0, 0, "EXPERTD_QUANTIZE",
+     "cpu: quantize weights at load from f32/bf16/f16: q8 (int8, a scale per 32) or q4 (4-bit, "
+     "a scale and a minimum per 32); router, norms, embeddings and lm_head stay as stored "
+     "(default none)"},
+    {"quantize-experts-only", XD_OPT_FLAG, CFG(quantize_experts_only), 0, 0,
+     "EXPERTD_QUANTIZE_EXPERTS_ONLY",
+     "with --quantize: quantize the experts only; attention and dense MLPs stay as stored "
+     "(default false)"},
 };
 const size_t xd_config_n_opts = sizeof xd_config_opts / sizeof xd_config_opts[0];
 
@@ -55,6 +65,13 @@ int xd_config_validate(const struct xd_config *cfg, struct xd_err *err)
     if (xd_evict_policy_parse(cfg->expert_policy, &pol, err) < 0)
         return xd_err_set(err, XD_ERR_CONFIG, "option '--expert-policy': '%s' is not lru or "
                           "predictive", cfg->expert_policy);
+    enum xd_dtype q;
+    XD_TRY(xd_quant_parse(cfg->quantize, &q, err));
+    if (xd_dtype_is_quant(q) && strcmp(cfg->device, "cuda") == 0)
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "option '--quantize %s' with '--device cuda': the CUDA backend has no "
+                          "q8/q4 kernels yet (none has run on a GPU); use --device cpu",
+                          cfg->quantize);
     if (cfg->expert_cache_mib > 0 && cfg->expert_cache_slots > 0)
         return xd_err_set(err, XD_ERR_CONFIG, "options '--expert-cache-mib' and "
                           "'--expert-cache-slots': give one of the two");
@@ -65,6 +82,8 @@ int xd_config_expert_opts(const struct xd_config *cfg, const struct xd_model_con
                           bool recording, struct xd_engine_opts *eo, struct xd_err *err)
 {
     XD_TRY(xd_evict_policy_parse(cfg->expert_policy, &eo->expert_evict_policy, err));
+    XD_TRY(xd_quant_parse(cfg->quantize, &eo->quantize, err));
+    eo->quantize_experts_only = cfg->quantize_experts_only;
     eo->expert_prefetch = cfg->expert_prefetch;
     if (cfg->expert_prefetch_width > mc->n_experts)
         return xd_err_set(err, XD_ERR_CONFIG,

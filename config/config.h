@@ -19,6 +19,8 @@ struct xd_config {
     const char *expert_policy;   /* lru or predictive */
     bool expert_prefetch;   /* prefetch the next layer's predicted experts */
     int expert_prefetch_width; /* experts prefetched per token and layer; 0: top_k */
+    const char *quantize;   /* none, q8 or q4: weights quantized at load (cpu) */
+    bool quantize_experts_only; /* quantize the experts only, attention and dense MLPs not */
 };
 
 /* The defaults. */
@@ -28,10 +30,11 @@ void xd_config_init(struct xd_config *cfg);
 extern const struct xd_opt xd_config_opts[];
 extern const size_t xd_config_n_opts;
 
-/* Cross-field checks after parsing: a missing model, an unknown device, an eviction policy. */
+/* Cross-field checks after parsing: a missing model, an unknown device, an eviction policy, a
+ * quantization format (and --quantize with --device cuda, refused: no GPU kernels yet). */
 int xd_config_validate(const struct xd_config *cfg, struct xd_err *err);
 
-/* Fills the expert-offloading fields of *eo from cfg for model: the cache size in slots of
+/* Fills the expert-offloading and quantization fields of *eo from cfg for model: the cache size in slots of
  * bf16 experts (what the GPU pool stores), the policy, prefetch and its width. recording: a
  * routing trace is being written, so the engine predicts experts, on the CPU at least
  * min(n_experts, 2 * top_k) wide (on the GPU the width is what it prefetches), so that `expertd plan` can try prefetch widths on the trace. A cache too

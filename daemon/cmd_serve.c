@@ -167,7 +167,16 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     xd_sd_notifyf("STATUS=loading %s: starting the %s backend", s->model_name, c->engine.device);
     if (eo.device == XD_DEVICE_CUDA)
         XD_TRY(xd_backend_module_load_cuda(err));
+    const double t_engine = xd_now();
     XD_TRY(xd_engine_create(L->model, &eo, &L->engine, err));
+    if (xd_dtype_is_quant(L->model->quant))
+        xd_log(s, XD_LOG_INFO,
+               "weights served as %s%s: %.1f MiB quantized in %.1f s, %d matrices kept as stored "
+               "(columns not a multiple of 32); one expert %.2f MiB",
+               xd_dtype_name(L->model->quant),
+               L->model->quant_experts_only ? " (experts only)" : "",
+               (double)L->model->quant_bytes / 1048576.0, xd_now() - t_engine,
+               L->model->quant_n_kept, (double)xd_model_expert_bytes(L->model) / 1048576.0);
     if (c->record_routing) {
         struct xd_trace_header th =
             xd_trace_header_for(L->model, xd_engine_opts(L->engine)->predict_width);

@@ -17,4 +17,8 @@ int xd_cmd_version(int argc, char **argv);
 /* expertd plan: replays a routing trace through the expert cache with no GPU. */
 int xd_cmd_plan(int argc, char **argv);
 
+/* expertd perplexity: a text file's perplexity in windows of --ctx tokens (argv excludes
+ * "perplexity"). */
+int xd_cmd_perplexity(int argc, char **argv);
+
 #endif

@@ -13,6 +13,7 @@ static void usage(FILE *out)
             "  serve      serve a model over an OpenAI-compatible HTTP API (expertd serve --help)\n"
             "  generate   generate tokens offline from a checkpoint (expertd generate --help)\n"
             "  plan       size the GPU expert cache from a routing trace (expertd plan --help)\n"
+            "  perplexity score a text file, as llama-perplexity (expertd perplexity --help)\n"
             "  check-config FILE\n"
             "             check a config file and print the settings it gives\n"
             "  version    print the version, compiled backends and GPUs found\n"
@@ -30,6 +31,8 @@ int main(int argc, char **argv)
         return xd_cmd_serve(argc - 2, argv + 2);
     if (strcmp(cmd, "generate") == 0)
         return xd_cmd_generate(argc - 2, argv + 2);
+    if (strcmp(cmd, "perplexity") == 0)
+        return xd_cmd_perplexity(argc - 2, argv + 2);
     if (strcmp(cmd, "plan") == 0)
         return xd_cmd_plan(argc - 2, argv + 2);
     if (strcmp(cmd, "check-config") == 0)

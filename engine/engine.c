@@ -33,6 +33,14 @@ int xd_engine_create(struct xd_model *model, const struct xd_engine_opts *opts,
         return xd_err_set(err, XD_ERR_INVALID,
                           "engine options: n_kv_blocks, block_size and max_batch_tokens must be "
                           "positive, n_threads and expert_cache_slots non-negative");
+    if (opts->device == XD_DEVICE_CUDA &&
+        (xd_dtype_is_quant(opts->quantize) || xd_dtype_is_quant(model->quant)))
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "--quantize %s: the CUDA backend has no q8/q4 kernels yet (none has "
+                          "run on a GPU); use --device cpu with --quantize, or --device cuda "
+                          "without it",
+                          xd_dtype_name(xd_dtype_is_quant(opts->quantize) ? opts->quantize
+                                                                          : model->quant));
     const struct xd_backend_ops *backend = NULL;
     switch (opts->device) {
     case XD_DEVICE_CPU:
@@ -51,6 +59,8 @@ int xd_engine_create(struct xd_model *model, const struct xd_engine_opts *opts,
         return xd_err_set(err, XD_ERR_INVALID,
                           "engine options: predict_width %d outside 0..%d (the model's experts)",
                           opts->predict_width, n_experts);
+    if (xd_dtype_is_quant(opts->quantize))
+        XD_TRY(xd_model_quantize(model, opts->quantize, opts->quantize_experts_only, err));
     struct xd_engine *e = calloc(1, sizeof *e);
     if (!e)
         return xd_err_set(err, XD_ERR_NOMEM, "out of memory");

@@ -30,6 +30,11 @@ struct xd_engine_opts {
     int expert_cache_slots;
     enum xd_evict_policy expert_evict_policy;
     bool expert_prefetch;   /* copy the next MoE layer's predicted experts ahead of need */
+    /* Weights served quantized (CPU only): XD_DTYPE_Q8_0 or XD_DTYPE_Q4_1 quantizes the model at
+     * create (xd_model_quantize: experts, and attention and dense MLPs unless
+     * quantize_experts_only); any other value (the zero default) serves the checkpoint's dtype. */
+    enum xd_dtype quantize;
+    bool quantize_experts_only;
 };
 
 /* The expert cache's counters, for /metrics and benchmarks. */
@@ -52,7 +57,9 @@ struct xd_engine;
 bool xd_engine_has_backend(enum xd_device device);
 
 /* Creates an engine over model (borrowed; it must outlive the engine) and
- * allocates its KV cache and step buffers. On failure returns a negative
+ * allocates its KV cache and step buffers. With opts->quantize it first quantizes the model in
+ * place (xd_model_quantize); a quantized model on device cuda is XD_ERR_UNSUPPORTED (the CUDA
+ * backend has no q8/q4 kernels yet). On failure returns a negative
  * status with detail in err and leaves *ret_engine untouched. */
 int xd_engine_create(struct xd_model *model, const struct xd_engine_opts *opts,
                      struct xd_engine **ret_engine, struct xd_err *err);

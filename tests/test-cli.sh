@@ -71,6 +71,10 @@ expect prompt_ids_garbage 2 "--prompt-ids" -- "$expertd" generate --model "$olmo
 expect text_prompt_needs_tokenizer 2 "tokenizer.json" -- "$expertd" generate --model "$olmoe" --prompt hello
 expect unknown_option 2 "--frobnicate" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --frobnicate 3
 expect temperature_out_of_range 2 "--temperature" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --temperature -1
+expect quantize_q8_generates 0 "," -- "$expertd" generate --model "$olmoe" --prompt-ids 1,2 --max-tokens 3 --ignore-eos --quantize q8
+expect quantize_q4_env_generates 0 "," -- env EXPERTD_QUANTIZE=q4 EXPERTD_QUANTIZE_EXPERTS_ONLY=1 "$expertd" generate --model "$olmoe" --prompt-ids 1,2 --max-tokens 3 --ignore-eos
+expect quantize_unknown_format 2 "'q5' is not q8, q4 or none" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --quantize q5
+expect quantize_refused_on_cuda 2 "no q8/q4 kernels yet" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --quantize q8 --device cuda
 expect context_exceeded 2 "max_position_embeddings" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --max-tokens 300
 if ! "$expertd" version | grep -q '^gpus: [0-9]'; then
   expect cuda_without_gpu 1 "device cuda" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --device cuda

@@ -1,7 +1,8 @@
 /* Golden tests: logits and greedy continuations match transformers on one fixture
  * (tests/fixtures/golden/<name>, made by tools/golden/make_fixtures.py), run alone, batched,
  * and prefilled in chunks; on the GPU every run is also compared with the CPU engine's on the
- * same inputs. Usage: test-golden FIXTURE_DIR [cuda] */
+ * same inputs; with q8 the CPU engine serves the weights quantized (--quantize q8) and is held to
+ * TOL_Q8. Usage: test-golden FIXTURE_DIR [cuda|q8] */
 #include <jansson.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -29,9 +30,20 @@
 #define TOL_CUDA 0.25
 /* Two CUDA runs of the same rows in different batch shapes (cuBLAS picks kernels by shape). */
 #define TOL_CUDA_SELF 1e-2
+/* --quantize q8 (attention, dense MLPs and experts int8 with an f16 scale per 32 weights,
+ * activations int8 per 32), compared with transformers' f32 where the experts chosen agree with
+ * the full-precision CPU engine's: max |logit difference| measured 0.086-0.45 over the ten
+ * fixtures (logits of std ~1.6; the fixtures' random weights are wide, initializer_range 0.2),
+ * as large as transformers' own bf16 run differs from its f32 one on the same prompts
+ * (0.07-0.58, the native_bf16 rows the bf16 fixtures print). 0.5 holds the worst with little
+ * room: a kernel or quantizer bug (a wrong scale, a dropped block) moves logits by whole units.
+ * Rows after a flipped expert choice are not compared: a flip moves logits by ~1 and is
+ * quantization noise meeting a near tie, not a bug. */
+#define TOL_Q8 0.5
 
 static const char *fixture_dir;
 static enum xd_device device = XD_DEVICE_CPU;
+static enum xd_dtype quant = XD_DTYPE_F32; /* XD_DTYPE_Q8_0 with the q8 argument */
 static json_t *golden;
 static struct xd_model *model;
 static int vocab;
@@ -72,7 +84,7 @@ static double row_diff(const float *got, json_t *want)
 static struct xd_engine *new_engine(int n_blocks, int max_tokens)
 {
     struct xd_engine_opts o = {.device = device, .n_kv_blocks = n_blocks, .block_size = 4,
-                               .max_batch_tokens = max_tokens};
+                               .max_batch_tokens = max_tokens, .quantize = quant};
     struct xd_engine *e = NULL;
     struct xd_err err;
     int rc = xd_engine_create(model, &o, &e, &err);
@@ -233,6 +245,8 @@ static double compare_rows(const float *got, json_t *want_rows, int n)
 
 static double tolerance(void)
 {
+    if (xd_dtype_is_quant(quant))
+        return TOL_Q8;
     return device == XD_DEVICE_CPU ? TOL_F32_COMPUTE : TOL_CUDA;
 }
 
@@ -240,7 +254,11 @@ static double tolerance(void)
  * hidden state may flip a near-tied expert choice, which moves logits by far more than bf16
  * noise, so there they are reported and test_cuda_matches_cpu asserts accuracy wherever the
  * expert choices agree. */
-#define CHECK_REF(d, ...) CHECK(device != XD_DEVICE_CPU || (d) <= tolerance(), __VA_ARGS__)
+#define CHECK_REF(d, ...)                                                                        \
+    CHECK(device != XD_DEVICE_CPU || xd_dtype_is_quant(quant) || (d) <= tolerance(), __VA_ARGS__)
+
+/* With q8 the logits are compared with transformers' by test_approx_matches_cpu, wherever the
+ * experts chosen agree (the direct comparisons here are printed, not asserted). */
 
 /* The same rows computed in two batch shapes: bit-identical on the CPU, within
  * TOL_CUDA_SELF on the GPU. */
@@ -282,13 +300,16 @@ static void test_prompts_alone_match_transformers(void)
     }
 }
 
-/* GPU only: wherever the GPU chose the same experts as the CPU backend (which matches
- * transformers to 1e-5) for this token and every token before it, its logits are within the
- * bf16 tolerance of the CPU's and of transformers'. Positions after a flipped expert choice
- * are counted and reported. */
-static void test_cuda_matches_cpu(void)
+/* GPU, or CPU with q8: wherever the approximate engine chose the same experts as the CPU
+ * backend in full precision (which matches transformers to 1e-5) for this token and every token
+ * before it, its logits are within tolerance() of the CPU's and of transformers'. Positions
+ * after a flipped expert choice are counted and reported; at least one position per fixture
+ * must be compared. */
+static struct xd_model *full_model; /* q8 runs: the same checkpoint, not quantized */
+
+static void test_approx_matches_cpu(void)
 {
-    if (device == XD_DEVICE_CPU) {
+    if (device == XD_DEVICE_CPU && !xd_dtype_is_quant(quant)) {
         printf("  (CPU run: nothing to compare)\n");
         return;
     }
@@ -304,9 +325,16 @@ static void test_cuda_matches_cpu(void)
         int32_t *rg = malloc(sizeof(int32_t) * (size_t)p.n * LK);
         int32_t *rc = malloc(sizeof(int32_t) * (size_t)p.n * LK);
         struct xd_engine *eg = new_engine(64, 64);
+        const enum xd_device saved = device;
+        const enum xd_dtype saved_quant = quant;
+        struct xd_model *saved_model = model;
         device = XD_DEVICE_CPU;
+        quant = XD_DTYPE_F32;
+        model = full_model ? full_model : model;
         struct xd_engine *ec = new_engine(64, 64);
-        device = XD_DEVICE_CUDA;
+        device = saved;
+        quant = saved_quant;
+        model = saved_model;
         if (eg && ec && run_chunked(eg, &p, 0, 0, gpu, rg, NULL) == 0 &&
             run_chunked(ec, &p, 0, 0, cpu, rc, NULL) == 0) {
             int flipped = 0;
@@ -335,11 +363,11 @@ static void test_cuda_matches_cpu(void)
         free(rc);
         free(p.ids);
     }
-    printf("  GPU vs CPU max |diff| %.3g, vs transformers %.3g, over %d positions; %d positions "
+    printf("  %s vs CPU max |diff| %.3g, vs transformers %.3g, over %d positions; %d positions "
            "after a flipped expert choice not compared\n",
-           worst_cpu, worst_ref, compared, after_flip);
-    CHECK(worst_cpu <= TOL_CUDA && worst_ref <= TOL_CUDA, "GPU max diff %g (CPU) %g (ref) > %g",
-          worst_cpu, worst_ref, TOL_CUDA);
+           device == XD_DEVICE_CPU ? "q8" : "GPU", worst_cpu, worst_ref, compared, after_flip);
+    CHECK(worst_cpu <= tolerance() && worst_ref <= tolerance(), "max diff %g (CPU) %g (ref) > %g",
+          worst_cpu, worst_ref, tolerance());
     CHECK(compared > 0, "no position routed as the CPU does (%d after a flip)", after_flip);
 }
 
@@ -577,9 +605,20 @@ static void test_gpu_runs_compared_with_cpu(void)
 static int greedy_decided_steps(const struct prompt *p, const struct prompt *want)
 {
     enum xd_device saved = device;
+    enum xd_dtype saved_quant = quant;
+    struct xd_model *saved_model = model, *full = NULL;
+    struct xd_err lerr;
+    if (xd_dtype_is_quant(quant)) {
+        /* the margins of the full-precision weights: a second, unquantized load */
+        CHECK(xd_model_load(fixture_dir, &full, &lerr) == XD_OK, "%s", lerr.msg);
+        model = full;
+        quant = XD_DTYPE_F32;
+    }
     device = XD_DEVICE_CPU;
-    struct xd_engine *e = new_engine(32, 64);
+    struct xd_engine *e = model ? new_engine(32, 64) : NULL;
     device = saved;
+    quant = saved_quant;
+    model = saved_model;
     struct xd_sampling_params sp = xd_sampling_defaults();
     sp.temperature = 0.0f;
     sp.n_logprobs = 2;
@@ -598,6 +637,7 @@ static int greedy_decided_steps(const struct prompt *p, const struct prompt *wan
     }
     xd_sampler_destroy(s);
     xd_engine_destroy(e);
+    xd_model_destroy(full);
     return decided;
 }
 
@@ -622,11 +662,14 @@ static void test_greedy_continuation_identical(void)
             if (r.tokens[i] != want.ids[i])
                 first_diff = i;
         int decided = want.n;
-        if (device != XD_DEVICE_CPU)
+        const int approx = device != XD_DEVICE_CPU || xd_dtype_is_quant(quant);
+        if (approx)
             decided = greedy_decided_steps(&p, &want);
-        if (device != XD_DEVICE_CPU)
-            printf("  GPU greedy: %s; steps whose top-2 margin exceeds %.2f: first %d\n",
-                   first_diff < 0 ? "identical" : "diverges", GREEDY_MARGIN, decided);
+        if (approx)
+            printf("  %s greedy: %s (first difference at %d of %d); steps whose top-2 margin "
+                   "exceeds %.2f: first %d\n",
+                   device != XD_DEVICE_CPU ? "GPU" : "q8", first_diff < 0 ? "identical" : "diverges",
+                   first_diff, want.n, GREEDY_MARGIN, decided);
         CHECK(first_diff < 0 || first_diff >= decided, "greedy token %d is %d, transformers has %d",
               first_diff, first_diff >= 0 ? r.tokens[first_diff] : 0,
               first_diff >= 0 ? want.ids[first_diff] : 0);
@@ -660,6 +703,8 @@ int main(int argc, char **argv)
         return 77;
 #endif
     }
+    if (argc > 2 && strcmp(argv[2], "q8") == 0)
+        quant = XD_DTYPE_Q8_0;
     char path[4096];
     snprintf(path, sizeof path, "%s/golden.json", fixture_dir);
     json_error_t jerr;
@@ -674,16 +719,21 @@ int main(int argc, char **argv)
         return 1;
     }
     vocab = model->config.vocab_size;
+    if (xd_dtype_is_quant(quant) && xd_model_load(fixture_dir, &full_model, &err) != XD_OK) {
+        fprintf(stderr, "load %s: %s\n", fixture_dir, err.msg);
+        return 1;
+    }
     json_t *v = json_object_get(golden, "versions");
-    printf("fixture %s (%s, %s weights; transformers %s, torch %s), tolerance %g\n",
+    printf("fixture %s (%s, %s weights%s; transformers %s, torch %s), tolerance %g\n",
            json_string_value(json_object_get(golden, "fixture")),
            json_string_value(json_object_get(golden, "model_type")),
            json_string_value(json_object_get(golden, "checkpoint_dtype")),
+           xd_dtype_is_quant(quant) ? " served as q8" : "",
            json_string_value(json_object_get(v, "transformers")),
            json_string_value(json_object_get(v, "torch")), tolerance());
 
     RUN(test_prompts_alone_match_transformers);
-    RUN(test_cuda_matches_cpu);
+    RUN(test_approx_matches_cpu);
     RUN(test_batched_equals_alone);
     RUN(test_chunked_prefill_equals_whole);
     RUN(test_continuation_after_prefill);
@@ -692,6 +742,7 @@ int main(int argc, char **argv)
     RUN(test_greedy_continuation_identical);
 
     xd_model_destroy(model);
+    xd_model_destroy(full_model);
     json_decref(golden);
     return test_summary();
 }

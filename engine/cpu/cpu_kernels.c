@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/cpu/quant_kernels.h"
 #include "engine/model/dtype.h"
 
 /* Sixteen independent partial sums so the compiler vectorises the loop
@@ -171,6 +172,7 @@ TGT512 static inline __attribute__((always_inline)) __m512 load16_512(const void
     }
     case XD_DTYPE_F16:
         return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i)));
+    default: break; /* block formats: quant_kernels.c */
     }
     return _mm512_setzero_ps();
 }
@@ -199,6 +201,7 @@ static inline __attribute__((always_inline)) float weight_at(const void *w, int6
     case XD_DTYPE_F32: return ((const float *)w)[i];
     case XD_DTYPE_BF16: return xd_bf16_to_f32(((const uint16_t *)w)[i]);
     case XD_DTYPE_F16: return xd_f16_to_f32(((const uint16_t *)w)[i]);
+    default: break;
     }
     return 0.0f;
 }
@@ -304,6 +307,7 @@ TGT256 static inline __attribute__((always_inline)) void load16_256(const void *
         *hi = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8)));
         return;
     }
+    default: break;
     }
     *lo = *hi = _mm256_setzero_ps();
 }
@@ -411,17 +415,39 @@ static enum kernel_path get_path(void)
     return (enum kernel_path)p;
 }
 
-const char *xd_cpu_kernel_path(void)
+/* The integer path of the block formats under the float path's choice: VNNI only where the
+ * float path is AVX-512 (EXPERTD_CPU_KERNEL=avx2 also means the AVX2 integer path). */
+static enum xd_quant_path quant_path(void)
 {
     switch (get_path()) {
-    case PATH_AVX512: return "avx512f (fma, 4 rows x 6 tokens of 16 lanes)";
-    case PATH_AVX2: return "avx2+fma (1 row x 4 tokens of 2 x 8 lanes)";
-    default: return "portable (c11, no fma)";
+    case PATH_AVX512: return xd_cpu_quant_best_path(XD_QUANT_VNNI);
+    case PATH_AVX2: return xd_cpu_quant_best_path(XD_QUANT_AVX2);
+    default: return XD_QUANT_PORTABLE;
+    }
+}
+
+const char *xd_cpu_kernel_path(void)
+{
+    const enum xd_quant_path q = quant_path();
+    switch (get_path()) {
+    case PATH_AVX512:
+        return q == XD_QUANT_VNNI ? "avx512f (fma, 4 rows x 6 tokens of 16 lanes); q8/q4: "
+                                    "avx512-vnni (vpdpbusd, 4 rows x 4 tokens)"
+                                  : "avx512f (fma, 4 rows x 6 tokens of 16 lanes); q8/q4: avx2 "
+                                    "(vpmaddubsw, 2 rows x 4 tokens)";
+    case PATH_AVX2:
+        return "avx2+fma (1 row x 4 tokens of 2 x 8 lanes); q8/q4: avx2 (vpmaddubsw, 2 rows x 4 "
+               "tokens)";
+    default: return "portable (c11, no fma); q8/q4: portable (c11, fmaf)";
     }
 }
 
 void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y)
 {
+    if (xd_dtype_is_quant(w->dtype)) {
+        xd_cpu_matmul_quant(x, n, w, y, quant_path());
+        return;
+    }
     const enum kernel_path path = get_path();
     if (path == PATH_PORTABLE) {
         matmul_portable(x, n, w, y);
@@ -433,6 +459,7 @@ void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y)
     case XD_DTYPE_F32: fn = path == PATH_AVX512 ? mm512_f32 : mm256_f32; break;
     case XD_DTYPE_BF16: fn = path == PATH_AVX512 ? mm512_bf16 : mm256_bf16; break;
     case XD_DTYPE_F16: fn = path == PATH_AVX512 ? mm512_f16 : mm256_f16; break;
+    default: return;
     }
     const int64_t rows = w->rows, cols = w->cols;
     const int64_t n_tiles = (rows + ROW_TILE - 1) / ROW_TILE;
@@ -450,6 +477,7 @@ static float mat_get(const struct xd_matrix *m, int64_t i)
     case XD_DTYPE_F32: return ((const float *)m->data)[i];
     case XD_DTYPE_BF16: return xd_bf16_to_f32(((const uint16_t *)m->data)[i]);
     case XD_DTYPE_F16: return xd_f16_to_f32(((const uint16_t *)m->data)[i]);
+    default: break; /* norms and biases are never quantized */
     }
     return 0.0f;
 }

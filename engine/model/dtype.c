@@ -3,9 +3,27 @@
 
 #include <math.h>
 
+#include "engine/model/quant.h"
+
 size_t xd_dtype_size(enum xd_dtype dtype)
 {
-    return dtype == XD_DTYPE_F32 ? 4 : 2;
+    switch (dtype) {
+    case XD_DTYPE_F32: return 4;
+    case XD_DTYPE_BF16:
+    case XD_DTYPE_F16: return 2;
+    case XD_DTYPE_Q8_0:
+    case XD_DTYPE_Q4_1: return 0;
+    }
+    return 0;
+}
+
+size_t xd_dtype_row_bytes(enum xd_dtype dtype, int64_t cols)
+{
+    switch (dtype) {
+    case XD_DTYPE_Q8_0: return (size_t)(cols / XD_QBLOCK) * sizeof(struct xd_block_q8_0);
+    case XD_DTYPE_Q4_1: return (size_t)(cols / XD_QBLOCK) * sizeof(struct xd_block_q4_1);
+    default: return (size_t)cols * xd_dtype_size(dtype);
+    }
 }
 
 const char *xd_dtype_name(enum xd_dtype dtype)
@@ -14,6 +32,8 @@ const char *xd_dtype_name(enum xd_dtype dtype)
     case XD_DTYPE_F32: return "F32";
     case XD_DTYPE_BF16: return "BF16";
     case XD_DTYPE_F16: return "F16";
+    case XD_DTYPE_Q8_0: return "Q8_0";
+    case XD_DTYPE_Q4_1: return "Q4_1";
     }
     return "?";
 }
@@ -96,5 +116,9 @@ void xd_dtype_to_f32(enum xd_dtype dtype, const void *src, float *dst, size_t n)
             dst[i] = xd_f16_to_f32(s[i]);
         return;
     }
+    case XD_DTYPE_Q8_0:
+    case XD_DTYPE_Q4_1:
+        xd_quant_dequantize_row(dtype, src, dst, (int64_t)n);
+        return;
     }
 }

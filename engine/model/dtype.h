@@ -10,11 +10,22 @@ enum xd_dtype {
     XD_DTYPE_F32,
     XD_DTYPE_BF16,
     XD_DTYPE_F16,
+    /* Block formats (engine/model/quant.h), made at load by --quantize, never read from a
+     * checkpoint: rows of cols / 32 blocks of 32 weights. */
+    XD_DTYPE_Q8_0, /* int8 weights, one f16 scale per block (34 bytes a block) */
+    XD_DTYPE_Q4_1, /* 4-bit weights, one f16 scale and one f16 minimum per block (20 bytes) */
 };
 
-/* Bytes per element. */
+/* Bytes per element; 0 for the block formats (use xd_dtype_row_bytes). */
 size_t xd_dtype_size(enum xd_dtype dtype);
-/* The safetensors spelling ("F32", "BF16", "F16"). */
+/* Bytes of one row of cols elements (cols a multiple of 32 for the block formats). */
+size_t xd_dtype_row_bytes(enum xd_dtype dtype, int64_t cols);
+/* Whether dtype is one of the block formats. */
+static inline int xd_dtype_is_quant(enum xd_dtype dtype)
+{
+    return dtype == XD_DTYPE_Q8_0 || dtype == XD_DTYPE_Q4_1;
+}
+/* The safetensors spelling ("F32", "BF16", "F16"), or "Q8_0" / "Q4_1". */
 const char *xd_dtype_name(enum xd_dtype dtype);
 /* Parses a safetensors dtype string; returns 0 and sets *ret_dtype, or -1
  * for any other dtype. */
@@ -42,7 +53,8 @@ static inline uint16_t xd_f32_to_bf16(float f)
 float xd_f16_to_f32(uint16_t h);
 uint16_t xd_f32_to_f16(float f);
 
-/* dst[i] = src[i] as f32 for n elements of dtype. */
+/* dst[i] = src[i] as f32 for n elements of dtype (for a block format, n a multiple of 32 and
+ * src the start of a block). */
 void xd_dtype_to_f32(enum xd_dtype dtype, const void *src, float *dst, size_t n);
 
 #endif

@@ -5,6 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "engine/model/quant.h"
 
 /* ---- the host expert store: views straight into the mapped checkpoint ---- */
 
@@ -377,6 +381,7 @@ void xd_model_destroy(struct xd_model *m)
     if (m->experts.ops && m->experts.ops->destroy)
         m->experts.ops->destroy(m->experts.ctx);
     free(m->layers);
+    free(m->quant_buf);
     xd_checkpoint_close(m->checkpoint);
     free(m->dir);
     free(m);
@@ -393,9 +398,125 @@ size_t xd_model_expert_bytes(const struct xd_model *model)
         const struct xd_matrix *m[3] = {&w.gate, &w.up, &w.down};
         size_t bytes = 0;
         for (int i = 0; i < 3; i++)
-            bytes += (size_t)m[i]->rows * (size_t)m[i]->cols * xd_dtype_size(m[i]->dtype);
+            bytes += (size_t)m[i]->rows * xd_dtype_row_bytes(m[i]->dtype, m[i]->cols);
         xd_expert_store_release(&model->experts, l, 0);
         return bytes;
     }
     return 0;
+}
+
+/* ---- quantization at load ---- */
+
+/* One matrix to quantize and a name for errors ("layer 3 expert 5 gate"). */
+struct qjob {
+    struct xd_matrix *m;
+    char name[64];
+};
+
+/* Lists the matrices xd_model_quantize replaces (jobs may be NULL to count them). */
+static size_t list_quant_jobs(struct xd_model *m, bool experts_only, struct qjob *jobs)
+{
+    const struct xd_model_config *c = &m->config;
+    struct host_experts *h = m->experts.ctx;
+    size_t n = 0;
+#define ADD(mat, ...)                                                                            \
+    do {                                                                                         \
+        if ((mat)->data) {                                                                       \
+            if (jobs) {                                                                          \
+                jobs[n].m = (mat);                                                               \
+                snprintf(jobs[n].name, sizeof jobs[n].name, __VA_ARGS__);                        \
+            }                                                                                    \
+            n++;                                                                                 \
+        }                                                                                        \
+    } while (0)
+    for (int l = 0; l < c->n_layers; l++) {
+        struct xd_layer_weights *lw = &m->layers[l];
+        if (lw->moe_index >= 0)
+            for (int e = 0; e < c->n_experts; e++) {
+                struct xd_expert_weights *w = &h->w[(size_t)l * c->n_experts + e];
+                ADD(&w->gate, "layer %d expert %d gate_proj", l, e);
+                ADD(&w->up, "layer %d expert %d up_proj", l, e);
+                ADD(&w->down, "layer %d expert %d down_proj", l, e);
+            }
+        if (experts_only)
+            continue;
+        ADD(&lw->wq, "layer %d q_proj", l);
+        ADD(&lw->wk, "layer %d k_proj", l);
+        ADD(&lw->wv, "layer %d v_proj", l);
+        ADD(&lw->wo, "layer %d o_proj", l);
+        ADD(&lw->mlp_gate, "layer %d mlp gate_proj", l);
+        ADD(&lw->mlp_up, "layer %d mlp up_proj", l);
+        ADD(&lw->mlp_down, "layer %d mlp down_proj", l);
+        ADD(&lw->shared.gate, "layer %d shared_expert gate_proj", l);
+        ADD(&lw->shared.up, "layer %d shared_expert up_proj", l);
+        ADD(&lw->shared.down, "layer %d shared_expert down_proj", l);
+    }
+#undef ADD
+    return n;
+}
+
+/* Drops the whole pages of [p, p + len) from this process (a read-only file mapping: they are
+ * read back from the file if touched again). */
+static void drop_pages(const void *p, size_t len)
+{
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), b = ((uintptr_t)p + len) & ~(page - 1);
+    if (b > a)
+        madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+int xd_model_quantize(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
+                      struct xd_err *err)
+{
+    if (!xd_dtype_is_quant(fmt))
+        return xd_err_set(err, XD_ERR_INVALID, "quantize: %s is not a quantized format",
+                          xd_dtype_name(fmt));
+    if (xd_dtype_is_quant(m->quant)) {
+        if (m->quant == fmt && m->quant_experts_only == experts_only)
+            return XD_OK;
+        return xd_err_set(err, XD_ERR_INVALID,
+                          "%s: the model is already quantized to %s%s; cannot serve it as %s%s",
+                          m->dir, xd_dtype_name(m->quant),
+                          m->quant_experts_only ? " (experts only)" : "", xd_dtype_name(fmt),
+                          experts_only ? " (experts only)" : "");
+    }
+    const size_t n_jobs = list_quant_jobs(m, experts_only, NULL);
+    struct qjob *jobs = calloc(n_jobs ? n_jobs : 1, sizeof *jobs);
+    if (!jobs)
+        return xd_err_set(err, XD_ERR_NOMEM, "quantize: out of memory");
+    list_quant_jobs(m, experts_only, jobs);
+    size_t total = 0;
+    int n_kept = 0;
+    for (size_t i = 0; i < n_jobs; i++) {
+        const struct xd_matrix *src = jobs[i].m;
+        if (src->cols % XD_QBLOCK != 0) {
+            jobs[i].m = NULL; /* stays as stored: the blocks need whole groups of 32 */
+            n_kept++;
+            continue;
+        }
+        /* each matrix starts on a 64-byte boundary */
+        total += (src->rows * xd_dtype_row_bytes(fmt, src->cols) + 63) & ~(size_t)63;
+    }
+    char *buf = aligned_alloc(64, total ? total : 64);
+    if (!buf) {
+        free(jobs);
+        return xd_err_set(err, XD_ERR_NOMEM, "%s: quantize to %s: %.1f MiB could not be allocated",
+                          m->dir, xd_dtype_name(fmt), (double)total / 1048576.0);
+    }
+    size_t off = 0;
+    for (size_t i = 0; i < n_jobs; i++) {
+        if (!jobs[i].m)
+            continue;
+        struct xd_matrix src = *jobs[i].m;
+        xd_quant_matrix(&src, fmt, buf + off, jobs[i].m);
+        off += (src.rows * xd_dtype_row_bytes(fmt, src.cols) + 63) & ~(size_t)63;
+        drop_pages(src.data, (size_t)src.rows * xd_dtype_row_bytes(src.dtype, src.cols));
+    }
+    free(jobs);
+    m->quant = fmt;
+    m->quant_experts_only = experts_only;
+    m->quant_buf = buf;
+    m->quant_bytes = total;
+    m->quant_n_kept = n_kept;
+    return XD_OK;
 }

@@ -2,6 +2,9 @@
 #ifndef XD_MODEL_H
 #define XD_MODEL_H
 
+#include <stdbool.h>
+#include <stddef.h>
+
 #include "engine/model/expert_store.h"
 #include "engine/model/model_config.h"
 #include "engine/model/safetensors.h"
@@ -44,6 +47,13 @@ struct xd_model {
     struct xd_layer_weights *layers; /* (n_layers,) */
     struct xd_expert_store experts;  /* host-resident views of the checkpoint */
     char *dir;
+    /* After xd_model_quantize: the format (XD_DTYPE_Q8_0 / Q4_1; XD_DTYPE_F32 before), whether
+     * only the experts were quantized, and the one buffer that holds every quantized matrix. */
+    enum xd_dtype quant;
+    bool quant_experts_only;
+    void *quant_buf;
+    size_t quant_bytes;
+    int quant_n_kept;        /* matrices left as stored: columns not a multiple of 32 */
 };
 
 /* Loads the checkpoint directory dir (config.json, safetensors, optional
@@ -54,7 +64,21 @@ struct xd_model {
 int xd_model_load(const char *dir, struct xd_model **ret_model, struct xd_err *err);
 void xd_model_destroy(struct xd_model *model);
 
-/* Bytes of one expert's weights (gate, up and down) as stored; 0 when it cannot be read. */
+/* Quantizes the model's matrices to fmt (XD_DTYPE_Q8_0 or XD_DTYPE_Q4_1) from their f32/bf16/f16
+ * views: every expert's gate, up and down; unless experts_only, also attention (q, k, v, o) and
+ * the dense and shared-expert MLPs. The router, norms, biases, the shared-expert gate, the
+ * embedding and lm_head keep their checkpoint precision. The quantized copies replace the views
+ * (the expert store hands them out) and the checkpoint pages they came from are dropped from
+ * memory (madvise DONTNEED; they fault back in only if read again). A matrix whose columns are
+ * not a multiple of 32 stays as stored (counted in quant_n_kept; no published MoE has one, the
+ * test fixtures do). A second call with the same format and scope does nothing. Another format
+ * than the model already has, or no memory for the copies, is a negative status with err
+ * saying which; the model is then unchanged. */
+int xd_model_quantize(struct xd_model *model, enum xd_dtype fmt, bool experts_only,
+                      struct xd_err *err);
+
+/* Bytes of one expert's weights (gate, up and down) as served (quantized if the model is); 0
+ * when it cannot be read. */
 size_t xd_model_expert_bytes(const struct xd_model *model);
 
 #endif

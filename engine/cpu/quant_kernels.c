@@ -1,0 +1,459 @@
+/* Matmul over q8_0 / q4_1 weights: activations quantized per block to int8, integer dot products with AVX-512 VNNI, AVX2 or portable C, one summation order on every path. */
+#include "engine/cpu/quant_kernels.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/model/quant.h"
+
+/* The step's activations quantized per block of 32 (llama.cpp's q8_1 class, f32 scales), laid
+ * out for the kernels: a pair of blocks is 64 contiguous bytes of q, and the q4_1 partners of
+ * four tokens are four contiguous floats of s. */
+struct acts {
+    int n;           /* tokens */
+    int64_t nb;      /* blocks per token */
+    int8_t *q;       /* (n, nb * 32) round(x / d) */
+    float *d;        /* (n, nb) max |x| / 127 of each block */
+    float *s;        /* (nb, n) d * sum(q) (f32) of each block, block-major */
+};
+
+/* a (n, cols) = x quantized per block; the same C on every path. */
+static void quantize_acts(const float *x, int n, int64_t cols, struct acts *a)
+{
+    const int64_t nb = cols / XD_QBLOCK;
+    for (int64_t t = 0; t < n; t++) {
+        for (int64_t b = 0; b < nb; b++) {
+            const float *xb = x + t * cols + b * XD_QBLOCK;
+            int8_t *q = a->q + t * cols + b * XD_QBLOCK;
+            float amax = 0.0f;
+            for (int j = 0; j < XD_QBLOCK; j++)
+                amax = fmaxf(amax, fabsf(xb[j]));
+            const float d = amax / 127.0f;
+            const float id = d != 0.0f ? 1.0f / d : 0.0f;
+            int sum = 0;
+            for (int j = 0; j < XD_QBLOCK; j++) {
+                q[j] = (int8_t)roundf(xb[j] * id);
+                sum += q[j];
+            }
+            a->d[t * nb + b] = d;
+            a->s[b * n + t] = d * (float)sum;
+        }
+    }
+}
+
+/* ---- the portable path: the order of the header, written out ---- */
+
+static float tree16(float *L)
+{
+    for (int k = 8; k > 0; k /= 2)
+        for (int i = 0; i < k; i++)
+            L[i] += L[i + k];
+    return L[0];
+}
+
+/* Weight k (0..31) of block b of a row as the integer the order multiplies. */
+static inline int wq_at(const void *row, int fmt_q8, int64_t b, int k)
+{
+    if (fmt_q8)
+        return ((const struct xd_block_q8_0 *)row)[b].qs[k];
+    const uint8_t *qs = ((const struct xd_block_q4_1 *)row)[b].qs;
+    return k < 16 ? qs[k] & 15 : qs[k - 16] >> 4;
+}
+
+static float dot_portable(const void *row, int fmt_q8, const struct acts *a, int t)
+{
+    const int64_t nb = a->nb;
+    const int8_t *xq = a->q + (int64_t)t * nb * XD_QBLOCK;
+    float L[16] = {0};
+    for (int64_t b = 0; b < nb; b++) {
+        const uint16_t dh = fmt_q8 ? ((const struct xd_block_q8_0 *)row)[b].d
+                                   : ((const struct xd_block_q4_1 *)row)[b].d;
+        const float s = xd_f16_to_f32(dh) * a->d[(int64_t)t * nb + b];
+        const int h = (int)(b % 2) * 8;
+        for (int j = 0; j < 8; j++) {
+            int p = 0;
+            for (int i = 0; i < 4; i++)
+                p += wq_at(row, fmt_q8, b, 4 * j + i) * xq[b * XD_QBLOCK + 4 * j + i];
+            L[h + j] = fmaf(s, (float)p, L[h + j]);
+        }
+    }
+    float r = tree16(L);
+    if (!fmt_q8) {
+        float macc = 0.0f;
+        for (int64_t b = 0; b < nb; b++)
+            macc = fmaf(xd_f16_to_f32(((const struct xd_block_q4_1 *)row)[b].m),
+                        a->s[b * a->n + t], macc);
+        r += macc;
+    }
+    return r;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
+__attribute__((target_clones("arch=x86-64-v3", "default")))
+#endif
+static void rows_portable(const struct acts *a, const struct xd_matrix *w, float *y, int64_t r0,
+                          int64_t r1)
+{
+    const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
+    for (int64_t r = r0; r < r1; r++)
+        for (int t = 0; t < a->n; t++)
+            y[(int64_t)t * w->rows + r] = dot_portable((const char *)w->data + r * row_bytes,
+                                                       w->dtype == XD_DTYPE_Q8_0, a, t);
+}
+
+/* ---- x86-64 vector paths ----
+ * One 256-bit integer dot product of a block gives its eight p_j (lane j sums products 4j ..
+ * 4j + 3, as vpdpbusd and vpmaddubsw + vpmaddwd both group them). The VNNI path holds a pair of
+ * blocks in one 512-bit vector, so its sixteen float lanes are the header's L; the AVX2 path
+ * keeps lanes 0-7 (even blocks) and 8-15 (odd blocks) in two 256-bit accumulators, and both
+ * reduce by the header's tree. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define XD_HAVE_X86_QUANT 1
+
+#define TGT_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define TGT_VNNI __attribute__((target("avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")))
+
+#define FMT_Q8 0
+#define FMT_Q4 1
+#define NT 4 /* tokens per register tile */
+
+/* The tree k = 8, 4, 2, 1 over sixteen lanes held as lo (0-7) + hi (8-15). */
+TGT_AVX2 static inline __attribute__((always_inline)) float reduce16(__m256 lo, __m256 hi)
+{
+    __m256 s8 = _mm256_add_ps(lo, hi);
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+    return _mm_cvtss_f32(s1);
+}
+
+/* Block b of a row: its 32 weights in element order (q8 signed, q4 0..15), its f32 scale. */
+#define DEFINE_LOADW(name, tgt)                                                                  \
+    tgt static inline __attribute__((always_inline)) __m256i name(const char *row, int64_t b,    \
+                                                                  const int fmt, float *ret_d)   \
+    {                                                                                            \
+        if (fmt == FMT_Q8) {                                                                     \
+            const struct xd_block_q8_0 *blk = (const struct xd_block_q8_0 *)row + b;             \
+            *ret_d = _cvtsh_ss(blk->d);                                                          \
+            return _mm256_loadu_si256((const __m256i *)blk->qs);                                 \
+        }                                                                                        \
+        const struct xd_block_q4_1 *blk = (const struct xd_block_q4_1 *)row + b;                 \
+        *ret_d = _cvtsh_ss(blk->d);                                                              \
+        __m128i q = _mm_loadu_si128((const __m128i *)blk->qs);                                   \
+        __m128i lo = _mm_and_si128(q, _mm_set1_epi8(15));                                        \
+        __m128i hi = _mm_and_si128(_mm_srli_epi16(q, 4), _mm_set1_epi8(15));                     \
+        return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);                       \
+    }
+DEFINE_LOADW(load_w_avx2, TGT_AVX2)
+DEFINE_LOADW(load_w_vnni, TGT_VNNI)
+
+/* The q4_1 minimum term of tokens t0 .. t0 + nt - 1 for one row, added into macc[t]: one fmaf
+ * per block in order (four tokens a vector when nt is 4, the same operations). */
+#define DEFINE_MINS(name, tgt)                                                                   \
+    tgt static inline __attribute__((always_inline)) void name(const char *row,                  \
+                                                               const struct acts *a, int64_t t0, \
+                                                               const int nt, float *macc)        \
+    {                                                                                            \
+        const struct xd_block_q4_1 *blk = (const struct xd_block_q4_1 *)row;                     \
+        if (nt == 4) {                                                                           \
+            __m128 m4 = _mm_setzero_ps();                                                        \
+            for (int64_t b = 0; b < a->nb; b++)                                                  \
+                m4 = _mm_fmadd_ps(_mm_set1_ps(_cvtsh_ss(blk[b].m)),                              \
+                                  _mm_loadu_ps(a->s + b * a->n + t0), m4);                       \
+            _mm_storeu_ps(macc, m4);                                                             \
+            return;                                                                              \
+        }                                                                                        \
+        for (int t = 0; t < nt; t++)                                                             \
+            macc[t] = 0.0f;                                                                      \
+        for (int64_t b = 0; b < a->nb; b++) {                                                    \
+            const float m = _cvtsh_ss(blk[b].m);                                                 \
+            for (int t = 0; t < nt; t++)                                                         \
+                macc[t] = __builtin_fmaf(m, a->s[b * a->n + t0 + t], macc[t]);                   \
+        }                                                                                        \
+    }
+DEFINE_MINS(mins_avx2, TGT_AVX2)
+DEFINE_MINS(mins_vnni, TGT_VNNI)
+
+/* VNNI: y[t][r0 + r] for tokens t0 .. t0 + nt - 1 and rows r0 .. r0 + nr - 1 (constants once
+ * inlined), a pair of blocks per step. */
+TGT_VNNI static inline __attribute__((always_inline)) void
+tile_vnni(const struct acts *a, const struct xd_matrix *w, float *y, int64_t t0, int64_t r0,
+          const int nt, const int nr, const int fmt)
+{
+    const int64_t nb = a->nb, cols = nb * XD_QBLOCK;
+    const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
+    const char *wrow[4];
+    __m512 acc[NT][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+        wrow[r] = (const char *)w->data + (size_t)(r0 + r) * row_bytes;
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++)
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++)
+            acc[t][r] = _mm512_setzero_ps();
+    const __m512i pair_idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    for (int64_t b = 0; b < nb; b += 2) {
+        const int pair = b + 1 < nb; /* else the last, odd block: the high half stays zero */
+        __m512i wv[4];
+        __m512 dwv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            if (fmt == FMT_Q4) {
+                /* both blocks' 16 bytes of nibbles, split once: [b lo | b' lo | b hi | b' hi],
+                 * then ordered [b lo | b hi | b' lo | b' hi] (each block's 32 in order) */
+                const struct xd_block_q4_1 *blk = (const struct xd_block_q4_1 *)wrow[r] + b;
+                __m128i q0 = _mm_loadu_si128((const __m128i *)blk[0].qs);
+                __m128i q1 = pair ? _mm_loadu_si128((const __m128i *)blk[1].qs)
+                                  : _mm_set1_epi8((char)0);
+                __m256i q = _mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1);
+                __m256i lo = _mm256_and_si256(q, _mm256_set1_epi8(15));
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), _mm256_set1_epi8(15));
+                __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                wv[r] = _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(3, 1, 2, 0));
+            } else {
+                float unused;
+                __m256i w0 = load_w_vnni(wrow[r], b, fmt, &unused);
+                __m256i w1 =
+                    pair ? load_w_vnni(wrow[r], b + 1, fmt, &unused) : _mm256_setzero_si256();
+                wv[r] = _mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1);
+            }
+            /* q8: w + 128 as unsigned bytes; the 128 * sum(x) it adds is taken off below */
+            if (fmt == FMT_Q8)
+                wv[r] = _mm512_xor_si512(wv[r], _mm512_set1_epi8((char)0x80));
+            /* the two f16 scales, widened, each broadcast over its block's eight lanes */
+            const size_t bsz = fmt == FMT_Q8 ? sizeof(struct xd_block_q8_0)
+                                             : sizeof(struct xd_block_q4_1);
+            uint16_t h0, h1 = 0;
+            memcpy(&h0, wrow[r] + (size_t)b * bsz, 2);
+            if (pair)
+                memcpy(&h1, wrow[r] + (size_t)(b + 1) * bsz, 2);
+            const __m128 d01 = _mm_cvtph_ps(_mm_cvtsi32_si128((int)h0 | (int)h1 << 16));
+            dwv[r] = _mm512_permutexvar_ps(pair_idx, _mm512_castps128_ps512(d01));
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const int8_t *xq = a->q + (t0 + t) * cols + b * XD_QBLOCK;
+            const float *dx = a->d + (t0 + t) * nb + b;
+            __m512i xv = pair ? _mm512_loadu_si512((const void *)xq)
+                              : _mm512_castsi256_si512(_mm256_loadu_si256((const void *)xq));
+            if (!pair)
+                xv = _mm512_inserti64x4(xv, _mm256_setzero_si256(), 1);
+            const __m128 dx01 =
+                pair ? _mm_castpd_ps(_mm_load_sd((const double *)dx)) : _mm_load_ss(dx);
+            const __m512 dxv = _mm512_permutexvar_ps(pair_idx, _mm512_castps128_ps512(dx01));
+            /* q8: -128 * (sum of each lane's four x), the start of every row's dot product */
+            const __m512i base = fmt == FMT_Q8 ? _mm512_sub_epi32(_mm512_setzero_si512(),
+                                                                  _mm512_dpbusd_epi32(
+                                                                      _mm512_setzero_si512(),
+                                                                      _mm512_set1_epi8((char)0x80),
+                                                                      xv))
+                                               : _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                const __m512i p = _mm512_dpbusd_epi32(base, wv[r], xv);
+                acc[t][r] = _mm512_fmadd_ps(_mm512_mul_ps(dwv[r], dxv), _mm512_cvtepi32_ps(p),
+                                            acc[t][r]);
+            }
+        }
+    }
+    /* q4_1: the minimum terms, one fmaf per block in order for each (token, row), four rows a
+     * vector when the tile has four (the same operations per element) */
+    float mterm[4][NT] = {{0}};
+    if (fmt == FMT_Q4 && nr == 4) {
+        __m128 m4[NT];
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++)
+            m4[t] = _mm_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            uint16_t h[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++)
+                h[r] = ((const struct xd_block_q4_1 *)wrow[r])[b].m;
+            uint64_t packed;
+            memcpy(&packed, h, sizeof packed);
+            const __m128 mv = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)packed));
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++)
+                m4[t] = _mm_fmadd_ps(mv, _mm_set1_ps(a->s[b * a->n + t0 + t]), m4[t]);
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            float v[4];
+            _mm_storeu_ps(v, m4[t]);
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++)
+                mterm[r][t] = v[r];
+        }
+    } else if (fmt == FMT_Q4) {
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++)
+            mins_vnni(wrow[r], a, t0, nt, mterm[r]);
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++) {
+        const float *macc = mterm[r];
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            __m256 lo = _mm512_castps512_ps256(acc[t][r]);
+            __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[t][r]), 1));
+            y[(t0 + t) * w->rows + r0 + r] = reduce16(lo, hi) + macc[t];
+        }
+    }
+}
+
+/* AVX2: one row against tokens t0 .. t0 + nt - 1, the even and odd blocks in two accumulators. */
+TGT_AVX2 static inline __attribute__((always_inline)) void
+tile_avx2(const struct acts *a, const struct xd_matrix *w, float *y, int64_t t0, int64_t r0,
+          const int nt, const int fmt)
+{
+    const int64_t nb = a->nb, cols = nb * XD_QBLOCK;
+    const char *row = (const char *)w->data + (size_t)r0 * xd_dtype_row_bytes(w->dtype, w->cols);
+    __m256 acc[NT][2];
+    const __m256i ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++)
+        acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const int h = (int)(b & 1);
+        float dw;
+        const __m256i wv = load_w_avx2(row, b, fmt, &dw);
+        const __m256i wa = fmt == FMT_Q8 ? _mm256_sign_epi8(wv, wv) : wv;
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const __m256i xv =
+                _mm256_loadu_si256((const __m256i *)(a->q + (t0 + t) * cols + b * XD_QBLOCK));
+            const __m256i xs = fmt == FMT_Q8 ? _mm256_sign_epi8(xv, wv) : xv;
+            const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, xs), ones);
+            const __m256 sc = _mm256_set1_ps(dw * a->d[(t0 + t) * nb + b]);
+            acc[t][h] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(p), acc[t][h]);
+        }
+    }
+    float macc[NT] = {0};
+    if (fmt == FMT_Q4)
+        mins_avx2(row, a, t0, nt, macc);
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++)
+        y[(t0 + t) * w->rows + r0] = reduce16(acc[t][0], acc[t][1]) + macc[t];
+}
+
+#define DEFINE_ROWS_VNNI(name, fmt)                                                              \
+    TGT_VNNI static void name(const struct acts *a, const struct xd_matrix *w, float *y,         \
+                              int64_t r0, int64_t r1)                                            \
+    {                                                                                            \
+        int64_t r = r0;                                                                          \
+        for (; r + 4 <= r1; r += 4) {                                                            \
+            int64_t t = 0;                                                                       \
+            for (; t + NT <= a->n; t += NT)                                                      \
+                tile_vnni(a, w, y, t, r, NT, 4, fmt);                                            \
+            switch (a->n - t) {                                                                  \
+            case 3: tile_vnni(a, w, y, t, r, 3, 4, fmt); break;                                  \
+            case 2: tile_vnni(a, w, y, t, r, 2, 4, fmt); break;                                  \
+            case 1: tile_vnni(a, w, y, t, r, 1, 4, fmt); break;                                  \
+            default: break;                                                                      \
+            }                                                                                    \
+        }                                                                                        \
+        for (; r < r1; r++) {                                                                    \
+            int64_t t = 0;                                                                       \
+            for (; t + NT <= a->n; t += NT)                                                      \
+                tile_vnni(a, w, y, t, r, NT, 1, fmt);                                            \
+            for (; t < a->n; t++)                                                                \
+                tile_vnni(a, w, y, t, r, 1, 1, fmt);                                             \
+        }                                                                                        \
+    }
+DEFINE_ROWS_VNNI(rows_vnni_q8, FMT_Q8)
+DEFINE_ROWS_VNNI(rows_vnni_q4, FMT_Q4)
+
+#define DEFINE_ROWS_AVX2(name, fmt)                                                              \
+    TGT_AVX2 static void name(const struct acts *a, const struct xd_matrix *w, float *y,         \
+                              int64_t r0, int64_t r1)                                            \
+    {                                                                                            \
+        for (int64_t r = r0; r < r1; r++) {                                                      \
+            int64_t t = 0;                                                                       \
+            for (; t + NT <= a->n; t += NT)                                                      \
+                tile_avx2(a, w, y, t, r, NT, fmt);                                               \
+            switch (a->n - t) {                                                                  \
+            case 3: tile_avx2(a, w, y, t, r, 3, fmt); break;                                     \
+            case 2: tile_avx2(a, w, y, t, r, 2, fmt); break;                                     \
+            case 1: tile_avx2(a, w, y, t, r, 1, fmt); break;                                     \
+            default: break;                                                                      \
+            }                                                                                    \
+        }                                                                                        \
+    }
+DEFINE_ROWS_AVX2(rows_avx2_q8, FMT_Q8)
+DEFINE_ROWS_AVX2(rows_avx2_q4, FMT_Q4)
+#endif
+
+/* ---- dispatch ---- */
+
+enum xd_quant_path xd_cpu_quant_best_path(enum xd_quant_path max)
+{
+    enum xd_quant_path best = XD_QUANT_PORTABLE;
+#ifdef XD_HAVE_X86_QUANT
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c"))
+        best = XD_QUANT_AVX2;
+    if (best == XD_QUANT_AVX2 && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vnni"))
+        best = XD_QUANT_VNNI;
+#endif
+    return best < max ? best : max;
+}
+
+/* Rows of output per OpenMP task. */
+#define ROW_TILE 16
+
+typedef void (*rows_fn)(const struct acts *, const struct xd_matrix *, float *, int64_t,
+                        int64_t);
+
+static void run_rows(rows_fn fn, const struct acts *a, const struct xd_matrix *w, float *y)
+{
+    const int64_t rows = w->rows, n_tiles = (rows + ROW_TILE - 1) / ROW_TILE;
+#pragma omp parallel for schedule(static) if (rows * w->cols * (int64_t)a->n > 32768)
+    for (int64_t tile = 0; tile < n_tiles; tile++) {
+        int64_t r_end = tile * ROW_TILE + ROW_TILE < rows ? tile * ROW_TILE + ROW_TILE : rows;
+        fn(a, w, y, tile * ROW_TILE, r_end);
+    }
+}
+
+void xd_cpu_matmul_quant(const float *x, int n, const struct xd_matrix *w, float *y,
+                         enum xd_quant_path path)
+{
+    const int64_t cols = w->cols, nb = cols / XD_QBLOCK;
+    if (n <= 0)
+        return;
+    const int q8 = w->dtype == XD_DTYPE_Q8_0;
+    rows_fn fn = rows_portable;
+#ifdef XD_HAVE_X86_QUANT
+    if (path == XD_QUANT_VNNI)
+        fn = q8 ? rows_vnni_q8 : rows_vnni_q4;
+    else if (path == XD_QUANT_AVX2)
+        fn = q8 ? rows_avx2_q8 : rows_avx2_q4;
+#else
+    (void)path;
+    (void)q8;
+#endif
+    /* the step's activations, quantized once for every row: 40 bytes per 32 values */
+    const size_t n_blocks = (size_t)n * (size_t)nb;
+    char *buf = malloc(n_blocks * (XD_QBLOCK + 2 * sizeof(float)));
+    if (!buf) {
+        /* no memory for the scratch: one token at a time from the stack, the same results */
+        for (int t = 0; t < n; t++) {
+            int8_t q[cols];
+            float d[nb], s[nb];
+            struct acts one = {1, nb, q, d, s};
+            quantize_acts(x + (int64_t)t * cols, 1, cols, &one);
+            run_rows(fn, &one, w, y + (int64_t)t * w->rows);
+        }
+        return;
+    }
+    struct acts a = {n, nb, (int8_t *)buf, (float *)(buf + n_blocks * XD_QBLOCK),
+                     (float *)(buf + n_blocks * XD_QBLOCK) + n_blocks};
+    quantize_acts(x, n, cols, &a);
+    run_rows(fn, &a, w, y);
+    free(buf);
+}

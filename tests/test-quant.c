@@ -1,0 +1,390 @@
+/* The q8_0 / q4_1 formats and their matmul: quantizers against an independent reference with
+ * stated error bounds, and every kernel path (EXPERTD_CPU_KERNEL) against a plain loop over the
+ * dequantized weights and activations, in the documented order bit for bit, batched = alone. */
+#include <float.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "engine/cpu/cpu_kernels.h"
+#include "engine/engine.h"
+#include "engine/model/dtype.h"
+#include "engine/model/quant.h"
+#include "tests/test.h"
+
+static uint64_t rng = 0x2545f4914f6cdd1dull;
+
+static float frand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 40) & 0xffffff) / (float)0x800000 - 1.0f;
+}
+
+/* k weights with the blocks that break quantizers: all zero, constant, one outlier, tiny
+ * values (f16 subnormal scales), the rest uniform in [-1, 1) times a per-block magnitude. */
+static void fill_weights(float *w, int k)
+{
+    for (int b = 0; b < k / 32; b++) {
+        float *x = w + b * 32;
+        int kind = b % 6;
+        float mag = 0.01f + 4.0f * (frand() + 1.0f);
+        for (int j = 0; j < 32; j++) {
+            switch (kind) {
+            case 0: x[j] = 0.0f; break;
+            case 1: x[j] = -0.75f; break;
+            case 2: x[j] = j == 7 ? 50.0f : 0.01f * frand(); break;
+            case 3: x[j] = 1e-6f * frand(); break;
+            default: x[j] = mag * frand(); break;
+            }
+        }
+    }
+}
+
+/* ---- quantizers: scales exactly as specified, every weight within the bound ---- */
+
+static void test_q8_round_trip(void)
+{
+    enum { K = 32 * 60 };
+    float w[K], back[K];
+    struct xd_block_q8_0 q[K / 32];
+    fill_weights(w, K);
+    xd_quant_row_q8_0(w, q, K);
+    xd_quant_dequantize_row(XD_DTYPE_Q8_0, q, back, K);
+    for (int b = 0; b < K / 32; b++) {
+        double amax = 0.0;
+        for (int j = 0; j < 32; j++)
+            amax = fmax(amax, fabs((double)w[b * 32 + j]));
+        const double d = amax / 127.0, d16 = xd_f16_to_f32(q[b].d);
+        /* the stored scale is d rounded to f16 (relative 2^-11, or the subnormal step) */
+        CHECK(fabs(d16 - d) <= d * 0x1p-11 + 0x1p-25, "block %d: scale %g for %g", b, d16, d);
+        for (int j = 0; j < 32; j++) {
+            const double x = w[b * 32 + j];
+            /* the integer is round(x / d) (ties may go either way in f32) */
+            const double want = d > 0 ? x / d : 0.0;
+            CHECK(fabs(q[b].qs[j] - want) <= 0.5 + 1e-4 && abs(q[b].qs[j]) <= 127,
+                  "block %d[%d]: q %d for %g", b, j, q[b].qs[j], want);
+            /* |x - d16 q| <= d / 2 + 127 |d16 - d| */
+            const double bound = 0.5 * d + 127.0 * fabs(d16 - d) + 1e-12;
+            CHECK(fabs(back[b * 32 + j] - x) <= bound, "block %d[%d]: %g back as %g (bound %g)",
+                  b, j, x, back[b * 32 + j], bound);
+        }
+    }
+    /* an all-zero block is zeros back, a constant block is exact to f16 */
+    CHECK(back[0] == 0.0f && back[31] == 0.0f, "zero block");
+    CHECK(fabsf(back[32] + 0.75f) < 1e-3f, "constant block %g", back[32]);
+}
+
+static void test_q4_round_trip(void)
+{
+    enum { K = 32 * 60 };
+    float w[K], back[K];
+    struct xd_block_q4_1 q[K / 32];
+    fill_weights(w, K);
+    xd_quant_row_q4_1(w, q, K);
+    xd_quant_dequantize_row(XD_DTYPE_Q4_1, q, back, K);
+    for (int b = 0; b < K / 32; b++) {
+        double lo = DBL_MAX, hi = -DBL_MAX;
+        for (int j = 0; j < 32; j++) {
+            lo = fmin(lo, w[b * 32 + j]);
+            hi = fmax(hi, w[b * 32 + j]);
+        }
+        const double d = (hi - lo) / 15.0, d16 = xd_f16_to_f32(q[b].d);
+        const double m16 = xd_f16_to_f32(q[b].m);
+        CHECK(fabs(d16 - d) <= d * 0x1p-11 + 0x1p-25, "block %d: scale %g for %g", b, d16, d);
+        CHECK(fabs(m16 - lo) <= fabs(lo) * 0x1p-11 + 0x1p-25, "block %d: min %g for %g", b, m16,
+              lo);
+        for (int j = 0; j < 32; j++) {
+            const double x = w[b * 32 + j];
+            const int v = j < 16 ? q[b].qs[j] & 15 : q[b].qs[j - 16] >> 4;
+            const double want = d > 0 ? (x - lo) / d : 0.0;
+            CHECK(fabs(v - want) <= 0.5 + 1e-4, "block %d[%d]: q %d for %g", b, j, v, want);
+            /* |x - (d16 q + m16)| <= d / 2 + 15 |d16 - d| + |m16 - min| */
+            const double bound = 0.5 * d + 15.0 * fabs(d16 - d) + fabs(m16 - lo) + 1e-12;
+            CHECK(fabs(back[b * 32 + j] - x) <= bound, "block %d[%d]: %g back as %g (bound %g)",
+                  b, j, x, back[b * 32 + j], bound);
+        }
+    }
+    CHECK(back[0] == 0.0f && back[31] == 0.0f, "zero block");
+    CHECK(fabsf(back[32] + 0.75f) < 1e-3f, "constant block %g", back[32]);
+}
+
+/* A matrix quantized from f32, bf16 or f16 holding the same values gives the same blocks. */
+static void test_matrix_from_each_dtype(void)
+{
+    enum { R = 5, C = 96 };
+    float wf[R * C];
+    uint16_t wb[R * C], wh[R * C];
+    for (int i = 0; i < R * C; i++) {
+        wb[i] = xd_f32_to_bf16(frand() * 0.5f); /* exact in bf16 and in f16 */
+        wf[i] = xd_bf16_to_f32(wb[i]);
+        wh[i] = xd_f32_to_f16(wf[i]);
+        CHECK(xd_f16_to_f32(wh[i]) == wf[i], "value %d not exact in f16", i);
+    }
+    struct xd_matrix src[3] = {{XD_DTYPE_F32, R, C, wf}, {XD_DTYPE_BF16, R, C, wb},
+                               {XD_DTYPE_F16, R, C, wh}};
+    enum xd_dtype fmts[2] = {XD_DTYPE_Q8_0, XD_DTYPE_Q4_1};
+    for (int f = 0; f < 2; f++) {
+        const size_t bytes = R * xd_dtype_row_bytes(fmts[f], C);
+        CHECK(bytes == (size_t)R * (C / 32) * (f == 0 ? 34 : 20), "%zu bytes", bytes);
+        unsigned char out[3][R * (C / 32) * 34];
+        for (int s = 0; s < 3; s++) {
+            struct xd_matrix q;
+            xd_quant_matrix(&src[s], fmts[f], out[s], &q);
+            CHECK(q.dtype == fmts[f] && q.rows == R && q.cols == C && q.data == out[s], "view");
+        }
+        CHECK(memcmp(out[0], out[1], bytes) == 0 && memcmp(out[0], out[2], bytes) == 0,
+              "%s differs by source dtype", xd_dtype_name(fmts[f]));
+    }
+}
+
+static void test_parse(void)
+{
+    enum xd_dtype f = XD_DTYPE_BF16;
+    struct xd_err err = {{0}};
+    CHECK(xd_quant_parse("q8", &f, &err) == XD_OK && f == XD_DTYPE_Q8_0, "q8");
+    CHECK(xd_quant_parse("q4", &f, &err) == XD_OK && f == XD_DTYPE_Q4_1, "q4");
+    CHECK(xd_quant_parse("none", &f, &err) == XD_OK && f == XD_DTYPE_F32, "none");
+    f = XD_DTYPE_BF16;
+    CHECK(xd_quant_parse("q5", &f, &err) == XD_ERR_CONFIG && f == XD_DTYPE_BF16, "q5 accepted");
+    CHECK_CONTAINS(err.msg, "--quantize");
+    CHECK_CONTAINS(err.msg, "q5");
+}
+
+/* ---- the matmul ---- */
+
+/* The test's own quantization of one block of activations: d = max|x| / 127, q = round(x / d). */
+static void ref_quant_act(const float *x, float *ret_d, int8_t *q)
+{
+    float amax = 0.0f;
+    for (int j = 0; j < 32; j++)
+        amax = fmaxf(amax, fabsf(x[j]));
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < 32; j++)
+        q[j] = (int8_t)roundf(x[j] * id);
+    *ret_d = d;
+}
+
+/* Weight k of block b as the integer the header's order multiplies, its scale and minimum. */
+static int wq_at(const struct xd_matrix *w, int64_t r, int64_t k, float *ret_d, float *ret_m)
+{
+    const int64_t nb = w->cols / 32, b = k / 32, j = k % 32;
+    if (w->dtype == XD_DTYPE_Q8_0) {
+        const struct xd_block_q8_0 *blk = (const struct xd_block_q8_0 *)w->data + r * nb + b;
+        *ret_d = xd_f16_to_f32(blk->d);
+        *ret_m = 0.0f;
+        return blk->qs[j];
+    }
+    const struct xd_block_q4_1 *blk = (const struct xd_block_q4_1 *)w->data + r * nb + b;
+    *ret_d = xd_f16_to_f32(blk->d);
+    *ret_m = xd_f16_to_f32(blk->m);
+    return j < 16 ? blk->qs[j] & 15 : blk->qs[j - 16] >> 4;
+}
+
+/* One element in the order quant_kernels.h documents, from the test's own loops. */
+static float ref_order(const struct xd_matrix *w, int64_t r, const float *x)
+{
+    const int64_t nb = w->cols / 32;
+    float L[16] = {0}, macc = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        float dx, dw, mw;
+        int8_t xq[32];
+        ref_quant_act(x + b * 32, &dx, xq);
+        wq_at(w, r, b * 32, &dw, &mw);
+        const float s = dw * dx;
+        const int h = b % 2 ? 8 : 0;
+        for (int j = 0; j < 8; j++) {
+            int p = 0;
+            for (int i = 0; i < 4; i++)
+                p += wq_at(w, r, b * 32 + 4 * j + i, &dw, &mw) * xq[4 * j + i];
+            L[h + j] = fmaf(s, (float)p, L[h + j]);
+        }
+    }
+    if (w->dtype == XD_DTYPE_Q4_1)
+        for (int64_t b = 0; b < nb; b++) {
+            float dx, dw, mw;
+            int8_t xq[32];
+            int sum = 0;
+            ref_quant_act(x + b * 32, &dx, xq);
+            for (int j = 0; j < 32; j++)
+                sum += xq[j];
+            wq_at(w, r, b * 32, &dw, &mw);
+            macc = fmaf(mw, dx * (float)sum, macc);
+        }
+    for (int k = 8; k > 0; k /= 2)
+        for (int i = 0; i < k; i++)
+            L[i] += L[i + k];
+    return L[0] + macc;
+}
+
+/* The plain loop: sum_k deq(w)[k] * deq(xq)[k] in double, and sum_k |..| for the tolerance. */
+static double ref_plain(const struct xd_matrix *w, int64_t r, const float *x, double *ret_abs)
+{
+    double sum = 0.0, abs_sum = 0.0;
+    for (int64_t b = 0; b < w->cols / 32; b++) {
+        float dx, dw, mw;
+        int8_t xq[32];
+        ref_quant_act(x + b * 32, &dx, xq);
+        for (int j = 0; j < 32; j++) {
+            int q = wq_at(w, r, b * 32 + j, &dw, &mw);
+            double wv = (double)dw * q + mw, xv = (double)dx * xq[j];
+            sum += wv * xv;
+            abs_sum += fabs(wv * xv);
+        }
+    }
+    *ret_abs = abs_sum;
+    return sum;
+}
+
+static void check_shape(enum xd_dtype fmt, int n, int rows, int cols)
+{
+    float *wf = malloc(sizeof(float) * (size_t)rows * cols);
+    float *x = malloc(sizeof(float) * (size_t)n * cols);
+    float *y = malloc(sizeof(float) * (size_t)n * rows);
+    float *y1 = malloc(sizeof(float) * (size_t)rows);
+    void *wq = malloc((size_t)rows * xd_dtype_row_bytes(fmt, cols));
+    fill_weights(wf, rows * cols);
+    for (int i = 0; i < n * cols; i++)
+        x[i] = 3.0f * frand();
+    struct xd_matrix src = {XD_DTYPE_F32, rows, cols, wf}, w;
+    xd_quant_matrix(&src, fmt, wq, &w);
+    xd_cpu_matmul(x, n, &w, y);
+    int bad_order = 0, bad_plain = 0, bad_alone = 0;
+    for (int t = 0; t < n; t++) {
+        xd_cpu_matmul(x + (size_t)t * cols, 1, &w, y1);
+        for (int r = 0; r < rows; r++) {
+            const float got = y[(size_t)t * rows + r];
+            double abs_sum;
+            const double plain = ref_plain(&w, r, x + (size_t)t * cols, &abs_sum);
+            /* f32 scale products and f32 accumulation over cols / 32 blocks: a few ulps of the
+             * sum of magnitudes */
+            if (fabs(got - plain) > 1e-5 * abs_sum + 1e-30 && bad_plain++ < 3)
+                CHECK(0, "%s n %d %dx%d: y[%d][%d] = %.9g, plain loop %.9g", xd_dtype_name(fmt),
+                      n, rows, cols, t, r, got, plain);
+            const float want = ref_order(&w, r, x + (size_t)t * cols);
+            if (memcmp(&got, &want, sizeof got) != 0 && bad_order++ < 3)
+                CHECK(0, "%s n %d %dx%d: y[%d][%d] = %.9g, documented order %.9g",
+                      xd_dtype_name(fmt), n, rows, cols, t, r, got, want);
+            if (memcmp(&got, &y1[r], sizeof got) != 0 && bad_alone++ < 3)
+                CHECK(0, "%s n %d: token %d row %d batched %.9g, alone %.9g", xd_dtype_name(fmt),
+                      n, t, r, got, y1[r]);
+        }
+    }
+    free(wf);
+    free(x);
+    free(y);
+    free(y1);
+    free(wq);
+}
+
+/* Token counts 1..9 and 64 cover every tile remainder (4 tokens) of every path; rows 37 a
+ * remainder of the 4-row groups and of the 16-row tasks; cols 32 one block, 96 an odd number
+ * of blocks (the last pair half empty), 1024 even. */
+static void test_matmul(void)
+{
+    const enum xd_dtype fmts[2] = {XD_DTYPE_Q8_0, XD_DTYPE_Q4_1};
+    const int ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 64};
+    const int shapes[][2] = {{37, 96}, {16, 32}, {5, 1024}};
+    for (int f = 0; f < 2; f++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
+                check_shape(fmts[f], ns[i], shapes[s][0], shapes[s][1]);
+}
+
+/* Large enough for OpenMP to split the rows: still every element in the same order. */
+static void test_matmul_parallel(void)
+{
+    check_shape(XD_DTYPE_Q8_0, 6, 300, 512);
+    check_shape(XD_DTYPE_Q4_1, 6, 300, 512);
+}
+
+/* The kernel path names the integer path it runs (the test runs once per path). */
+static void test_path_named(void)
+{
+    const char *p = xd_cpu_kernel_path(), *want = getenv("EXPERTD_CPU_KERNEL");
+    printf("     path: %s\n", p);
+    CHECK(strstr(p, "q8/q4: ") != NULL, "'%s'", p);
+    if (want && strcmp(want, "portable") == 0)
+        CHECK_CONTAINS(p, "q8/q4: portable");
+    if (want && strcmp(want, "avx2") == 0)
+        CHECK_CONTAINS(p, "q8/q4: avx2");
+}
+
+/* xd_model_quantize on a fixture checkpoint: which matrices change format, the expert bytes
+ * the planner records, experts-only, a second call, another format, cuda refused. */
+static const char *fixtures;
+
+static void test_model_quantize(void)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/golden/olmoe-f32", fixtures);
+    struct xd_model *m = NULL;
+    struct xd_err err = {{0}};
+    CHECK(xd_model_load(dir, &m, &err) == XD_OK, "%s", err.msg);
+    if (!m)
+        return;
+    const struct xd_model_config *c = &m->config;
+    const size_t f32_bytes = xd_model_expert_bytes(m);
+    CHECK(f32_bytes == (size_t)3 * c->expert_ffn * c->hidden_size * 4, "%zu", f32_bytes);
+    struct xd_engine_opts o = {.device = XD_DEVICE_CUDA, .n_kv_blocks = 4, .block_size = 4,
+                               .max_batch_tokens = 8, .quantize = XD_DTYPE_Q8_0};
+    struct xd_engine *e = NULL;
+    CHECK(xd_engine_create(m, &o, &e, &err) == XD_ERR_UNSUPPORTED && !e, "cuda accepted q8");
+    CHECK_CONTAINS(err.msg, "no q8/q4 kernels");
+    CHECK(m->quant == XD_DTYPE_F32, "the refusal quantized the model");
+
+    CHECK(xd_model_quantize(m, XD_DTYPE_Q8_0, true, &err) == XD_OK, "%s", err.msg);
+    struct xd_expert_weights w;
+    CHECK(xd_expert_store_acquire(&m->experts, 0, 3, &w) == XD_OK, "acquire");
+    CHECK(w.gate.dtype == XD_DTYPE_Q8_0 && w.up.dtype == XD_DTYPE_Q8_0 &&
+          w.down.dtype == XD_DTYPE_Q8_0, "expert not q8");
+    CHECK(w.gate.rows == c->expert_ffn && w.gate.cols == c->hidden_size, "shape");
+    const size_t q8_bytes = xd_model_expert_bytes(m);
+    CHECK(q8_bytes == (size_t)3 * c->expert_ffn * (c->hidden_size / 32) * 34, "%zu", q8_bytes);
+    CHECK(m->layers[0].wq.dtype == XD_DTYPE_F32, "experts only, yet q_proj is %s",
+          xd_dtype_name(m->layers[0].wq.dtype));
+    CHECK(xd_model_quantize(m, XD_DTYPE_Q8_0, true, &err) == XD_OK, "same again: %s", err.msg);
+    CHECK(xd_model_quantize(m, XD_DTYPE_Q4_1, false, &err) == XD_ERR_INVALID, "q4 over q8");
+    CHECK_CONTAINS(err.msg, "already quantized to Q8_0");
+    xd_model_destroy(m);
+
+    /* all but the precision-keeping tensors, through the engine option */
+    m = NULL;
+    CHECK(xd_model_load(dir, &m, &err) == XD_OK, "%s", err.msg);
+    if (!m)
+        return;
+    o.device = XD_DEVICE_CPU;
+    o.quantize = XD_DTYPE_Q4_1;
+    CHECK(xd_engine_create(m, &o, &e, &err) == XD_OK, "%s", err.msg);
+    CHECK(m->quant == XD_DTYPE_Q4_1 && !m->quant_experts_only, "model not q4");
+    const struct xd_layer_weights *l0 = &m->layers[0];
+    CHECK(l0->wq.dtype == XD_DTYPE_Q4_1 && l0->wk.dtype == XD_DTYPE_Q4_1 &&
+          l0->wv.dtype == XD_DTYPE_Q4_1 && l0->wo.dtype == XD_DTYPE_Q4_1, "attention not q4");
+    CHECK(l0->router.dtype == XD_DTYPE_F32 && l0->attn_norm.dtype == XD_DTYPE_F32 &&
+          m->embed.dtype == XD_DTYPE_F32 && m->lm_head.dtype == XD_DTYPE_F32,
+          "router, norms, embedding and lm_head must keep their precision");
+    CHECK(xd_model_expert_bytes(m) == (size_t)3 * c->expert_ffn * (c->hidden_size / 32) * 20,
+          "%zu", xd_model_expert_bytes(m));
+    /* a second engine over the quantized model on cuda is refused too */
+    struct xd_engine *e2 = NULL;
+    o.device = XD_DEVICE_CUDA;
+    o.quantize = XD_DTYPE_F32;
+    CHECK(xd_engine_create(m, &o, &e2, &err) == XD_ERR_UNSUPPORTED && !e2, "cuda on q4 model");
+    xd_engine_destroy(e);
+    xd_model_destroy(m);
+}
+
+int main(int argc, char **argv)
+{
+    fixtures = argc > 1 ? argv[1] : "tests/fixtures";
+    RUN(test_q8_round_trip);
+    RUN(test_q4_round_trip);
+    RUN(test_matrix_from_each_dtype);
+    RUN(test_parse);
+    RUN(test_matmul);
+    RUN(test_matmul_parallel);
+    RUN(test_path_named);
+    RUN(test_model_quantize);
+    printf("%d passed, %d failed\n", test_cases_passed, test_cases_failed);
+    return test_failures ? 1 : 0;
+}
