@@ -183,6 +183,14 @@ static void test_gpt_oss(void)
               c.rope.original_max_position_embeddings == 4096,
           "rope %s", xd_rope_type_name(c.rope.type));
     CHECK(c.n_eos == 1 && c.eos_token_ids[0] == 200002, "eos");
+    CHECK(!c.experts_mxfp4, "no quantization_config: experts as stored");
+    /* gpt-oss-20b's quantization_config: its MXFP4 experts */
+    rc = parse("{" GPT_OSS_CORE ", " GPT_OSS_LAYERS ", \"quantization_config\": {"
+               "\"modules_to_not_convert\": [\"model.layers.*.self_attn\","
+               " \"model.layers.*.mlp.router\", \"model.embed_tokens\", \"lm_head\"],"
+               " \"quant_method\": \"mxfp4\"}}",
+               &c, &err);
+    CHECK(rc == XD_OK && c.experts_mxfp4, "mxfp4: %s", err.msg);
 
     /* GptOssConfig's defaults: no layer_types alternates sliding (even) and full (odd);
      * no rope at all is YaRN factor 32 over 4096 with theta 150000; sliding_window null: none */
@@ -202,10 +210,12 @@ static void test_gpt_oss(void)
 
 static void test_gpt_oss_errors(void)
 {
-    /* the published checkpoints' MXFP4 experts: not computed, so refused naming the key */
+    /* a quantization other than the published MXFP4: not computed, so refused naming the key */
     expect_error("{" GPT_OSS_CORE ", " GPT_OSS_LAYERS ", \"quantization_config\": "
-                 "{\"quant_method\": \"mxfp4\", \"modules_to_not_convert\": []}}",
-                 "'quantization_config' (quant_method \"mxfp4\")");
+                 "{\"quant_method\": \"fp8\", \"modules_to_not_convert\": []}}",
+                 "'quantization_config' (quant_method \"fp8\")");
+    expect_error("{" GPT_OSS_CORE ", " GPT_OSS_LAYERS ", \"quantization_config\": 1}",
+                 "'quantization_config' (quant_method \"?\")");
     expect_error("{" GPT_OSS_CORE ", \"layer_types\": [\"sliding_attention\", \"chunked_attention\","
                  " \"full_attention\", \"full_attention\", \"full_attention\", \"full_attention\"]}",
                  "'layer_types' entry 1 is \"chunked_attention\"");

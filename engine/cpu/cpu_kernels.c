@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/cpu/mxfp4_kernels.h"
 #include "engine/cpu/quant_kernels.h"
 #include "engine/model/dtype.h"
 
@@ -446,6 +447,10 @@ void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y)
 {
     if (xd_dtype_is_quant(w->dtype)) {
         xd_cpu_matmul_quant(x, n, w, y, quant_path());
+        return;
+    }
+    if (w->dtype == XD_DTYPE_MXFP4) {
+        xd_cpu_matmul_mxfp4(x, n, w, y, get_path() == PATH_AVX512);
         return;
     }
     const enum kernel_path path = get_path();

@@ -1,6 +1,8 @@
 /* Model loading: maps a checkpoint and checks every tensor against the config. */
 #include "engine/model/model.h"
 
+#include "engine/model/mxfp4.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,11 +185,116 @@ static int load_experts(struct loader *L, const char *moe, int layer, struct xd_
  * matmul kernels take (out, in) rows, so gate, up and down and the gate/up biases are copied
  * once, in their own dtype, into the store's buffer (the mapped pages are then never read);
  * down_proj_bias is viewed in place. */
+/* The published MXFP4 experts: gate_up_proj_blocks (E, 2F, H/32, 16) and _scales (E, 2F, H/32),
+ * down_proj_blocks (E, H, F/32, 16) and _scales (E, H, F/32), all U8, rows the output dim (the
+ * transpose of the bf16 layout above), gate and up rows interleaved (gate 2f, up 2f + 1). Each
+ * row's blocks and scales are packed side by side (XD_DTYPE_MXFP4, 17 bytes per 32 weights:
+ * the checkpoint's bytes, never widened) into the store's buffer, gate and up rows apart. */
+static int load_mxfp4_pair(struct loader *L, const char *name, int64_t E, int64_t rows,
+                           int64_t cols, const struct xd_tensor **ret_blocks,
+                           const struct xd_tensor **ret_scales)
+{
+    if (cols % XD_MXFP4_BLOCK != 0)
+        return xd_err_set(L->err, XD_ERR_TENSOR,
+                          "%s: tensor '%s_blocks': its input width %lld is not a whole number of "
+                          "MXFP4 blocks of 32",
+                          L->m->dir, name, (long long)cols);
+    const int64_t bdims[4] = {E, rows, cols / XD_MXFP4_BLOCK, 16};
+    const int64_t sdims[3] = {E, rows, cols / XD_MXFP4_BLOCK};
+    char bn[300], sn[300];
+    snprintf(bn, sizeof bn, "%s_blocks", name);
+    snprintf(sn, sizeof sn, "%s_scales", name);
+    XD_TRY(find_shaped(L, bn, 4, bdims, ret_blocks));
+    XD_TRY(find_shaped(L, sn, 3, sdims, ret_scales));
+    if ((*ret_blocks)->dtype != XD_DTYPE_U8 || (*ret_scales)->dtype != XD_DTYPE_U8)
+        return xd_err_set(L->err, XD_ERR_TENSOR,
+                          "%s: tensors '%s' and '%s' must be U8 (MXFP4 codes and e8m0 scales), "
+                          "not %s and %s",
+                          (*ret_blocks)->path, bn, sn, xd_dtype_name((*ret_blocks)->dtype),
+                          xd_dtype_name((*ret_scales)->dtype));
+    return XD_OK;
+}
+
+/* Packs row `row` of expert e of an MXFP4 pair into dst. */
+static int pack_mxfp4_row(struct loader *L, const char *name, const struct xd_tensor *blocks,
+                          const struct xd_tensor *scales, int64_t e, int64_t rows, int64_t row,
+                          int64_t nb, struct xd_block_mxfp4 *dst)
+{
+    const size_t r = (size_t)(e * rows + row);
+    if (xd_mxfp4_pack_row((const uint8_t *)blocks->data + r * (size_t)nb * 16,
+                          (const uint8_t *)scales->data + r * (size_t)nb, nb, dst) < 0)
+        return xd_err_set(L->err, XD_ERR_TENSOR,
+                          "%s: tensor '%s_scales' holds 255 (e8m0's NaN) for expert %lld row %lld",
+                          scales->path, name, (long long)e, (long long)row);
+    return XD_OK;
+}
+
+static int load_gpt_oss_experts_mxfp4(struct loader *L, const char *moe, struct host_experts *hx,
+                                      struct xd_expert_weights *w)
+{
+    const struct xd_model_config *c = &L->m->config;
+    const int64_t E = c->n_experts, F = c->expert_ffn, H = c->hidden_size;
+    char gu_name[256], dp_name[256];
+    snprintf(gu_name, sizeof gu_name, "%s.experts.gate_up_proj", moe);
+    snprintf(dp_name, sizeof dp_name, "%s.experts.down_proj", moe);
+    const struct xd_tensor *gub_t, *gus_t, *dpb_t, *dps_t, *gub, *dpb;
+    XD_TRY(load_mxfp4_pair(L, gu_name, E, 2 * F, H, &gub_t, &gus_t));
+    XD_TRY(load_mxfp4_pair(L, dp_name, E, H, F, &dpb_t, &dps_t));
+    int64_t gub_dims[2] = {E, 2 * F}, dpb_dims[2] = {E, H};
+    XD_TRY(find_shaped(L, fmt_name(L, "%s.experts.gate_up_proj_bias", moe), 2, gub_dims, &gub));
+    XD_TRY(find_shaped(L, fmt_name(L, "%s.experts.down_proj_bias", moe), 2, dpb_dims, &dpb));
+    if (gub->dtype == XD_DTYPE_U8 || dpb->dtype == XD_DTYPE_U8)
+        return xd_err_set(L->err, XD_ERR_TENSOR, "%s: the experts' biases of '%s' must be floats",
+                          gub->path, moe);
+    const size_t bs = xd_dtype_size(gub->dtype);
+    const int64_t nbh = H / XD_MXFP4_BLOCK, nbf = F / XD_MXFP4_BLOCK;
+    const size_t gate_bytes = (size_t)(F * nbh) * sizeof(struct xd_block_mxfp4);
+    const size_t down_bytes = (size_t)(H * nbf) * sizeof(struct xd_block_mxfp4);
+    const size_t per_expert = 2 * gate_bytes + down_bytes + (size_t)(2 * F) * bs;
+    if (!hx->repacked) {
+        hx->repacked = malloc((size_t)c->n_moe_layers * (size_t)E * per_expert);
+        if (!hx->repacked)
+            return xd_err_set(L->err, XD_ERR_NOMEM,
+                              "%s: out of memory for the MXFP4 experts (%.1f MiB)", L->m->dir,
+                              (double)c->n_moe_layers * (double)E * (double)per_expert /
+                                  (1 << 20));
+    }
+    for (int64_t e = 0; e < E; e++) {
+        char *base = hx->repacked + hx->repacked_used;
+        struct xd_block_mxfp4 *g = (struct xd_block_mxfp4 *)base;
+        struct xd_block_mxfp4 *u = (struct xd_block_mxfp4 *)(base + gate_bytes);
+        struct xd_block_mxfp4 *d = (struct xd_block_mxfp4 *)(base + 2 * gate_bytes);
+        char *gb = base + 2 * gate_bytes + down_bytes, *ub = gb + (size_t)F * bs;
+        for (int64_t f = 0; f < F; f++) {
+            XD_TRY(pack_mxfp4_row(L, gu_name, gub_t, gus_t, e, 2 * F, 2 * f, nbh, g + f * nbh));
+            XD_TRY(pack_mxfp4_row(L, gu_name, gub_t, gus_t, e, 2 * F, 2 * f + 1, nbh,
+                                  u + f * nbh));
+        }
+        for (int64_t h = 0; h < H; h++)
+            XD_TRY(pack_mxfp4_row(L, dp_name, dpb_t, dps_t, e, H, h, nbf, d + h * nbf));
+        const char *bsrc = (const char *)gub->data + (size_t)(e * 2 * F) * bs;
+        for (int64_t f = 0; f < F; f++) {
+            memcpy(gb + (size_t)f * bs, bsrc + (size_t)(2 * f) * bs, bs);
+            memcpy(ub + (size_t)f * bs, bsrc + (size_t)(2 * f + 1) * bs, bs);
+        }
+        hx->repacked_used += per_expert;
+        w[e].gate = (struct xd_matrix){.dtype = XD_DTYPE_MXFP4, .rows = F, .cols = H, .data = g};
+        w[e].up = (struct xd_matrix){.dtype = XD_DTYPE_MXFP4, .rows = F, .cols = H, .data = u};
+        w[e].down = (struct xd_matrix){.dtype = XD_DTYPE_MXFP4, .rows = H, .cols = F, .data = d};
+        w[e].gate_bias = (struct xd_matrix){.dtype = gub->dtype, .rows = 1, .cols = F, .data = gb};
+        w[e].up_bias = (struct xd_matrix){.dtype = gub->dtype, .rows = 1, .cols = F, .data = ub};
+        w[e].down_bias = sub_rows(dpb, e, 1, H);
+    }
+    return XD_OK;
+}
+
 static int load_gpt_oss_experts(struct loader *L, const char *moe, struct host_experts *hx,
                                 struct xd_expert_weights *w)
 {
     const struct xd_model_config *c = &L->m->config;
     const int64_t E = c->n_experts, F = c->expert_ffn, H = c->hidden_size;
+    if (c->experts_mxfp4)
+        return load_gpt_oss_experts_mxfp4(L, moe, hx, w);
     const struct xd_tensor *gu, *gub, *dp, *dpb;
     int64_t gu_dims[3] = {E, H, 2 * F}, gub_dims[2] = {E, 2 * F};
     int64_t dp_dims[3] = {E, F, H}, dpb_dims[2] = {E, H};

@@ -145,17 +145,22 @@ static int get_eos(json_t *root, const char *path, struct xd_model_config *c, st
 
 /* gpt_oss (GptOssConfig's defaults): biases on q, k, v, o, the router and the experts;
  * attention sinks; layer_types choosing sliding or full attention per layer; the clamped
- * SwiGLU. A quantization_config (the published MXFP4 experts) is refused: not computed. */
+ * SwiGLU. A quantization_config is accepted for the published MXFP4 experts (quant_method
+ * "mxfp4"; its modules_to_not_convert are the modules stored unquantized, which the loader
+ * finds by their tensors) and refused naming the key for any other method. */
 static int parse_gpt_oss(json_t *root, const char *path, struct xd_model_config *c,
                          bool attention_bias, struct xd_err *err)
 {
     json_t *q = json_object_get(root, "quantization_config");
     if (q && !json_is_null(q)) {
         json_t *m = json_is_object(q) ? json_object_get(q, "quant_method") : NULL;
-        return xd_err_set(err, XD_ERR_UNSUPPORTED,
-                          "%s: key 'quantization_config' (quant_method \"%.32s\") is not supported "
-                          "for gpt_oss; expertd computes unquantized (f32, bf16, f16) experts",
-                          path, json_is_string(m) ? json_string_value(m) : "?");
+        if (!json_is_string(m) || strcmp(json_string_value(m), "mxfp4") != 0)
+            return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                              "%s: key 'quantization_config' (quant_method \"%.32s\") is not "
+                              "supported for gpt_oss; expertd computes unquantized (f32, bf16, "
+                              "f16) and MXFP4 experts",
+                              path, json_is_string(m) ? json_string_value(m) : "?");
+        c->experts_mxfp4 = true;
     }
     c->qkv_bias = c->o_bias = attention_bias;
     c->attn_sinks = true;

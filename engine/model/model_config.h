@@ -71,6 +71,8 @@ struct xd_model_config {
     int shared_expert_ffn;       /* shared expert width (0: none): qwen2_moe's (gated),
                                   * glm4_moe's moe_intermediate_size x n_shared_experts */
     bool expert_bias;            /* experts' projections have biases (gpt_oss) */
+    bool experts_mxfp4;          /* quantization_config quant_method "mxfp4": the experts are
+                                  * stored as _blocks + _scales (gpt_oss as published) */
     float swiglu_limit;          /* gpt_oss's clamped SwiGLU: gate <= limit, |up| <= limit,
                                   * out = (up + 1) * gate * sigmoid(alpha * gate); 0 for the
                                   * plain silu(gate) * up of the others */

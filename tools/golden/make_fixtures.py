@@ -221,6 +221,14 @@ def gpt_oss_config():
     )
 
 
+def gpt_oss_mxfp4_config():
+    # the same options with an expert width that is a whole number of MXFP4 blocks (32), as
+    # the published 2880 = 90 x 32
+    c = gpt_oss_config()
+    c.intermediate_size = 32
+    return c
+
+
 SINK_STD = 2.0  # gpt_oss sinks = 2 * N(0, 1): comparable to the attention logits, so they matter
 
 
@@ -246,6 +254,9 @@ ARCHS = {
     "olmoe": (olmoe_config, OlmoeForCausalLM, 1004, [0, 1]),
     "glm4_moe": (glm4_moe_config, Glm4MoeForCausalLM, 1009, [1, 2]),
     "gpt_oss": (gpt_oss_config, GptOssForCausalLM, 1010, [0, 1, 2, 3]),
+    # experts in MXFP4 as published (gate_up_proj_blocks/_scales, down_proj_blocks/_scales),
+    # the rest bf16; transformers dequantizes them at load on the CPU for the references
+    "gpt_oss-mxfp4": (gpt_oss_mxfp4_config, GptOssForCausalLM, 1011, [0, 1, 2, 3]),
     # RoPE scalings, f32 only. Qwen3-30B-A3B's model card YaRN (factor 4 over
     # original_max_position_embeddings 32768), scaled down to 12 positions so that every
     # tested position sees it; expertd's context is then 4 x 12.
@@ -276,6 +287,71 @@ FAMILY_CLASS = {"qwen3_moe-yarn": "qwen3_moe", "mixtral-linear": "mixtral", "qwe
                 "olmoe-dynamic": "olmoe"}
 
 SHARD_SIZE = {"mixtral-bf16": "150KB"}
+MXFP4 = {"gpt_oss-mxfp4"}  # saved as bf16, then the experts rewritten in MXFP4
+
+
+# --------------------------------------------------------------------------
+# MXFP4 (OCP microscaling FP4) as the published gpt-oss checkpoints store their experts: rows of
+# blocks of 32 e2m1 values (two per byte, the even column in the low nibble) sharing one e8m0
+# scale (2^(s - 127)); transformers' integrations/mxfp4.py dequantizes them with FP4_VALUES.
+
+FP4_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+                       -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], dtype=np.float32)
+
+
+def mxfp4_quantize(w):
+    """w (..., rows, cols) f32, cols % 32 == 0 -> blocks (..., rows, cols/32, 16) uint8 and scales
+    (..., rows, cols/32) uint8. The OCP MX recipe: the shared exponent is floor(log2(amax)) - 2
+    (e2m1's largest exponent), each value rounded to the nearest e2m1 (ties to the lower code),
+    clamped to +-6."""
+    *pre, rows, cols = w.shape
+    b = w.reshape(*pre, rows, cols // 32, 32).astype(np.float32)
+    amax = np.abs(b).max(-1, keepdims=True)
+    e = np.where(amax > 0, np.floor(np.log2(np.maximum(amax, 1e-38))) - 2, -127).astype(np.int32)
+    e = np.clip(e, -127, 127)
+    q = b / np.ldexp(np.float32(1), e)
+    mags = FP4_VALUES[:8]
+    idx = np.abs(np.abs(q)[..., None] - mags).argmin(-1)  # nearest magnitude, lower on ties
+    code = (idx + 8 * ((q < 0) & (idx > 0))).astype(np.uint8)
+    blocks = (code[..., 0::2] | (code[..., 1::2] << 4)).astype(np.uint8)
+    return blocks, (e[..., 0] + 127).astype(np.uint8)
+
+
+def mxfp4_dequantize(blocks, scales):
+    lo, hi = FP4_VALUES[blocks & 15], FP4_VALUES[blocks >> 4]
+    v = np.stack([lo, hi], -1).reshape(*blocks.shape[:-1], 32)
+    v = v * np.ldexp(np.float32(1), scales.astype(np.int32) - 127)[..., None]
+    return v.reshape(*blocks.shape[:-2], -1).astype(np.float32)
+
+
+def rewrite_experts_mxfp4(path):
+    """Replaces each layer's experts.gate_up_proj (E, H, 2F) and down_proj (E, F, H) in
+    path/model.safetensors by their MXFP4 _blocks and _scales in the published layout (rows =
+    the output dim: gate_up_proj_blocks (E, 2F, H/32, 16), down_proj_blocks (E, H, F/32, 16))
+    and adds quantization_config to config.json. Returns the dequantized experts by name."""
+    import safetensors.torch
+    f = os.path.join(path, "model.safetensors")
+    with safe_open(f, "pt") as sf:
+        tensors = {k: sf.get_tensor(k) for k in sf.keys()}
+    out, deq = {}, {}
+    for k, t in tensors.items():
+        if k.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            w = t.to(torch.float32).numpy().swapaxes(-1, -2)  # (E, out, in)
+            blocks, scales = mxfp4_quantize(np.ascontiguousarray(w))
+            out[k + "_blocks"] = torch.from_numpy(blocks)
+            out[k + "_scales"] = torch.from_numpy(scales)
+            deq[k] = mxfp4_dequantize(blocks, scales).swapaxes(-1, -2)
+        else:
+            out[k] = t
+    safetensors.torch.save_file(out, f, metadata={"format": "pt"})
+    with open(os.path.join(path, "config.json")) as fh:
+        cfg = json.load(fh)
+    cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    with open(os.path.join(path, "config.json"), "w") as fh:
+        json.dump(cfg, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    return deq
 
 
 # --------------------------------------------------------------------------
@@ -625,7 +701,17 @@ def make_fixture(out_dir, arch, model, seed, dtype_name, fused=False, report=Non
         kw["max_shard_size"] = SHARD_SIZE[name]
     if fused:
         kw["save_original_format"] = False
-    save(model, path, ckpt_dtype, **kw)
+    if arch in MXFP4:
+        save(model, path, ckpt_dtype, **kw)
+        deq = rewrite_experts_mxfp4(path)
+        # transformers' own dequantization (on the CPU it dequantizes at load) must give the
+        # values the MXFP4 layout above means
+        got = load(path, torch.float32).state_dict()
+        for k, v in deq.items():
+            if not np.array_equal(got[k].numpy(), v):
+                raise SystemExit(f"{path}: transformers dequantizes {k} differently")
+    else:
+        save(model, path, ckpt_dtype, **kw)
 
     vocab = model.config.vocab_size
     m32 = load(path, torch.float32)
@@ -741,9 +827,12 @@ def main():
     for arch in args.only or list(ARCHS):
         print(f"building {arch}")
         model, seed = build_model(arch)
-        pl32, cl32, gt32 = make_fixture(args.out, arch, model, seed, "f32", report=report)
+        pl32, cl32, gt32 = make_fixture(args.out, arch, model, seed,
+                                        "bf16" if arch in MXFP4 else "f32", report=report)
         if arch in FAMILY_CLASS:
             continue  # the rope fixtures: f32 only
+        if arch in MXFP4:
+            continue  # experts MXFP4, the rest bf16: one fixture
         make_fixture(args.out, arch, model, seed, "bf16", report=report)
         if arch == "olmoe":
             # float16 weights, computed in f32 like the others: the loader's third dtype

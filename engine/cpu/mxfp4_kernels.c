@@ -1,0 +1,128 @@
+/* MXFP4 matmul for the CPU backend: e2m1 codes decoded in registers, f32 activations, one fixed
+ * summation order per output element (see mxfp4_kernels.h) on the AVX-512F and portable paths. */
+#include "engine/cpu/mxfp4_kernels.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "engine/model/mxfp4.h"
+
+#define TOK_TILE 4 /* tokens per pass over a row's blocks: each block is decoded once for them */
+
+/* 2^(e - 127) from its bits: e << 23 for e >= 1, the subnormal 2^-127 for e = 0. */
+static inline float scale_of(uint8_t e)
+{
+    uint32_t bits = e ? (uint32_t)e << 23 : 0x00400000u;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* The fixed tree of mxfp4_kernels.h over sixteen lanes. */
+static inline float reduce16(float *L)
+{
+    for (int k = 8; k >= 1; k /= 2)
+        for (int i = 0; i < k; i++)
+            L[i] += L[i + k];
+    return L[0];
+}
+
+/* xd (cols,) = x with each block's even columns first, then its odd ones: xd[32b + j] =
+ * x[32b + 2j], xd[32b + 16 + j] = x[32b + 2j + 1], so lane j meets byte j of a block. */
+static void deinterleave(const float *x, int64_t cols, float *xd)
+{
+    for (int64_t b = 0; b < cols / 32; b++)
+        for (int j = 0; j < 16; j++) {
+            xd[32 * b + j] = x[32 * b + 2 * j];
+            xd[32 * b + 16 + j] = x[32 * b + 2 * j + 1];
+        }
+}
+
+/* out (nt,) = one row (nb blocks) against nt deinterleaved tokens xd (nt, cols). */
+static void row_portable(const struct xd_block_mxfp4 *row, int64_t nb, const float *xd,
+                         int64_t cols, int nt, float *out)
+{
+    for (int t = 0; t < nt; t++) {
+        const float *xt = xd + (size_t)t * cols;
+        float L[16] = {0};
+        for (int64_t b = 0; b < nb; b++) {
+            const float s = scale_of(row[b].e);
+            for (int j = 0; j < 16; j++) {
+                const uint8_t q = row[b].qs[j];
+                L[j] = fmaf(xd_mxfp4_values[q & 15] * s, xt[32 * b + j], L[j]);
+                L[j] = fmaf(xd_mxfp4_values[q >> 4] * s, xt[32 * b + 16 + j], L[j]);
+            }
+        }
+        out[t] = reduce16(L);
+    }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) static void row_avx512(const struct xd_block_mxfp4 *row,
+                                                          int64_t nb, const float *xd,
+                                                          int64_t cols, int nt, float *out)
+{
+    const __m512 lut = _mm512_loadu_ps(xd_mxfp4_values);
+    const __m512i low4 = _mm512_set1_epi32(15);
+    __m512 acc[TOK_TILE];
+    for (int t = 0; t < TOK_TILE; t++)
+        acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)row[b].qs));
+        const __m512 s = _mm512_set1_ps(scale_of(row[b].e));
+        /* value * s is exact (a power of two times at most two significant bits) */
+        const __m512 wlo = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(q, low4), lut), s);
+        const __m512 whi = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), lut), s);
+        for (int t = 0; t < nt; t++) {
+            const float *xt = xd + (size_t)t * cols + 32 * b;
+            acc[t] = _mm512_fmadd_ps(wlo, _mm512_loadu_ps(xt), acc[t]);
+            acc[t] = _mm512_fmadd_ps(whi, _mm512_loadu_ps(xt + 16), acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++) {
+        float L[16];
+        _mm512_storeu_ps(L, acc[t]);
+        out[t] = reduce16(L);
+    }
+}
+#endif
+
+void xd_cpu_matmul_mxfp4(const float *x, int n, const struct xd_matrix *w, float *y, bool avx512)
+{
+    const int64_t rows = w->rows, cols = w->cols, nb = cols / XD_MXFP4_BLOCK;
+    float *xd = malloc((size_t)(n > 0 ? n : 1) * (size_t)cols * sizeof(float));
+    if (!xd) {
+        /* no scratch: the same order, one token at a time on the stack */
+        for (int t = 0; t < n; t++) {
+            float xt[cols];
+            deinterleave(x + (size_t)t * cols, cols, xt);
+            for (int64_t r = 0; r < rows; r++)
+                row_portable((const struct xd_block_mxfp4 *)w->data + r * nb, nb, xt, cols, 1,
+                             y + (size_t)t * rows + r);
+        }
+        return;
+    }
+    for (int t = 0; t < n; t++)
+        deinterleave(x + (size_t)t * cols, cols, xd + (size_t)t * cols);
+#pragma omp parallel for schedule(static) if (rows * cols * (int64_t)n > 32768)
+    for (int64_t r = 0; r < rows; r++) {
+        const struct xd_block_mxfp4 *row = (const struct xd_block_mxfp4 *)w->data + r * nb;
+        for (int t0 = 0; t0 < n; t0 += TOK_TILE) {
+            const int nt = n - t0 < TOK_TILE ? n - t0 : TOK_TILE;
+            float out[TOK_TILE];
+#if defined(__x86_64__)
+            if (avx512)
+                row_avx512(row, nb, xd + (size_t)t0 * cols, cols, nt, out);
+            else
+#endif
+                row_portable(row, nb, xd + (size_t)t0 * cols, cols, nt, out);
+            for (int t = 0; t < nt; t++)
+                y[(size_t)(t0 + t) * rows + r] = out[t];
+        }
+    }
+    free(xd);
+}
