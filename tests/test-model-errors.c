@@ -246,6 +246,18 @@ static const struct {
      "shape"},
     {"misshaped gpt_oss down_proj", "gpt_oss-bf16", transpose_tensor,
      "model.layers.2.mlp.experts.down_proj", "model.layers.2.mlp.experts.down_proj", "shape"},
+    {"MXFP4 blocks of the wrong shape", "gpt_oss-mxfp4-bf16", transpose_tensor,
+     "model.layers.1.mlp.experts.gate_up_proj_blocks",
+     "model.layers.1.mlp.experts.gate_up_proj_blocks", "shape"},
+    {"MXFP4 scales missing", "gpt_oss-mxfp4-bf16", drop_tensor,
+     "model.layers.3.mlp.experts.down_proj_scales", "model.layers.3.mlp.experts.down_proj_scales",
+     "missing"},
+    {"MXFP4 blocks missing", "gpt_oss-mxfp4-bf16", drop_tensor,
+     "model.layers.0.mlp.experts.down_proj_blocks", "model.layers.0.mlp.experts.down_proj_blocks",
+     "missing"},
+    {"MXFP4 scales of the wrong shape", "gpt_oss-mxfp4-bf16", transpose_tensor,
+     "model.layers.2.mlp.experts.gate_up_proj_scales",
+     "model.layers.2.mlp.experts.gate_up_proj_scales", "shape"},
 };
 
 static void test_header_defects(void)
@@ -287,6 +299,11 @@ static const struct {
      "config.json", "'layer_types' entry 2"},
     {"gpt_oss wider experts than stored", "gpt_oss-f32", "intermediate_size", "32",
      "model.layers.0.mlp.experts.gate_up_proj", "shape"},
+    {"mxfp4 declared, bf16 experts stored", "gpt_oss-bf16", "quantization_config",
+     "{\"quant_method\": \"mxfp4\"}", "model.layers.0.mlp.experts.gate_up_proj_blocks",
+     "missing"},
+    {"MXFP4 experts of a width that is not whole blocks", "gpt_oss-mxfp4-bf16",
+     "intermediate_size", "24", "down_proj_blocks", "not a whole number of MXFP4 blocks"},
 };
 
 static void test_config_defects(void)

@@ -238,6 +238,15 @@ static int load_gpt_oss_experts_mxfp4(struct loader *L, const char *moe, struct 
     snprintf(gu_name, sizeof gu_name, "%s.experts.gate_up_proj", moe);
     snprintf(dp_name, sizeof dp_name, "%s.experts.down_proj", moe);
     const struct xd_tensor *gub_t, *gus_t, *dpb_t, *dps_t, *gub, *dpb;
+    char gu_blocks[300];
+    snprintf(gu_blocks, sizeof gu_blocks, "%s_blocks", gu_name);
+    /* a width that is not whole blocks before the shapes, which would then disagree; no
+     * blocks at all is reported as missing below */
+    if (F % XD_MXFP4_BLOCK != 0 && xd_checkpoint_find(L->m->checkpoint, gu_blocks))
+        return xd_err_set(L->err, XD_ERR_TENSOR,
+                          "%s: tensor '%s_blocks': config.json's intermediate_size %lld is not a "
+                          "whole number of MXFP4 blocks of 32",
+                          L->m->dir, dp_name, (long long)F);
     XD_TRY(load_mxfp4_pair(L, gu_name, E, 2 * F, H, &gub_t, &gus_t));
     XD_TRY(load_mxfp4_pair(L, dp_name, E, H, F, &dpb_t, &dps_t));
     int64_t gub_dims[2] = {E, 2 * F}, dpb_dims[2] = {E, H};
