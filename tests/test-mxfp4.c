@@ -74,18 +74,30 @@ static void test_matmul(void)
     float *deq = malloc(sizeof(float) * (size_t)(rows * cols));
     xd_mxfp4_dequantize_row(wb, deq, rows * cols);
 
-    xd_cpu_matmul_mxfp4(x, n, &w, yp, false);
-    const int have512 = __builtin_cpu_supports("avx512f");
-    if (have512) {
-        xd_cpu_matmul_mxfp4(x, n, &w, yv, true);
-        CHECK(memcmp(yp, yv, sizeof(float) * (size_t)(n * rows)) == 0,
-              "avx512 and portable differ");
-    } else {
-        printf("  (no AVX-512F: the portable path alone)\n");
+    xd_cpu_matmul_mxfp4(x, n, &w, yp, XD_MXFP4_PORTABLE);
+    const struct {
+        enum xd_mxfp4_path path;
+        const char *name;
+        int have;
+    } paths[] = {{XD_MXFP4_AVX2, "avx2",
+                  __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")},
+                 {XD_MXFP4_AVX512, "avx512", __builtin_cpu_supports("avx512f")}};
+    enum xd_mxfp4_path best = XD_MXFP4_PORTABLE;
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        if (!paths[i].have) {
+            printf("  (no %s on this CPU: not compared)\n", paths[i].name);
+            continue;
+        }
+        best = paths[i].path;
+        memset(yv, 0xff, sizeof(float) * (size_t)(n * rows));
+        xd_cpu_matmul_mxfp4(x, n, &w, yv, paths[i].path);
+        CHECK(memcmp(yp, yv, sizeof(float) * (size_t)(n * rows)) == 0, "%s and portable differ",
+              paths[i].name);
+        printf("  %s = portable, bit for bit\n", paths[i].name);
     }
     double worst = 0.0;
     for (int t = 0; t < n; t++) {
-        xd_cpu_matmul_mxfp4(x + t * cols, 1, &w, y1, have512);
+        xd_cpu_matmul_mxfp4(x + t * cols, 1, &w, y1, best);
         CHECK(memcmp(y1, yp + t * rows, sizeof(float) * (size_t)rows) == 0,
               "token %d alone differs from its batch", t);
         for (int64_t r = 0; r < rows; r++) {

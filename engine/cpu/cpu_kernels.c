@@ -450,7 +450,11 @@ void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y)
         return;
     }
     if (w->dtype == XD_DTYPE_MXFP4) {
-        xd_cpu_matmul_mxfp4(x, n, w, y, get_path() == PATH_AVX512);
+        const enum kernel_path kp = get_path();
+        xd_cpu_matmul_mxfp4(x, n, w, y,
+                            kp == PATH_AVX512 ? XD_MXFP4_AVX512
+                            : kp == PATH_AVX2 ? XD_MXFP4_AVX2
+                                              : XD_MXFP4_PORTABLE);
         return;
     }
     const enum kernel_path path = get_path();

@@ -1,5 +1,6 @@
 /* MXFP4 matmul for the CPU backend: e2m1 codes decoded in registers, f32 activations, one fixed
- * summation order per output element (see mxfp4_kernels.h) on the AVX-512F and portable paths. */
+ * summation order per output element (see mxfp4_kernels.h) on the AVX-512F, AVX2 and portable
+ * paths. */
 #include "engine/cpu/mxfp4_kernels.h"
 
 #include <math.h>
@@ -89,9 +90,53 @@ __attribute__((target("avx512f"))) static void row_avx512(const struct xd_block_
         out[t] = reduce16(L);
     }
 }
+
+/* Lanes 0-7 and 8-15 of the sixteen as two 8-lane halves; value(c) is the magnitude table at
+ * c & 7 with the sign bit set for c >= 8 (exactly xd_mxfp4_values, -0.0 included). */
+__attribute__((target("avx2,fma"))) static inline __m256 decode8(__m256i c, __m256 mag)
+{
+    const __m256 v = _mm256_permutevar8x32_ps(mag, _mm256_and_si256(c, _mm256_set1_epi32(7)));
+    const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(8)), 28);
+    return _mm256_xor_ps(v, _mm256_castsi256_ps(sign));
+}
+
+__attribute__((target("avx2,fma"))) static void row_avx2(const struct xd_block_mxfp4 *row,
+                                                         int64_t nb, const float *xd,
+                                                         int64_t cols, int nt, float *out)
+{
+    const __m256 mag = _mm256_loadu_ps(xd_mxfp4_values);
+    const __m256i low4 = _mm256_set1_epi32(15);
+    __m256 acc[TOK_TILE][2];
+    for (int t = 0; t < TOK_TILE; t++)
+        acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const __m256 s = _mm256_set1_ps(scale_of(row[b].e));
+        __m256 wlo[2], whi[2];
+        for (int h = 0; h < 2; h++) {
+            const __m256i q =
+                _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row[b].qs + 8 * h)));
+            wlo[h] = _mm256_mul_ps(decode8(_mm256_and_si256(q, low4), mag), s);
+            whi[h] = _mm256_mul_ps(decode8(_mm256_srli_epi32(q, 4), mag), s);
+        }
+        for (int t = 0; t < nt; t++) {
+            const float *xt = xd + (size_t)t * cols + 32 * b;
+            for (int h = 0; h < 2; h++) {
+                acc[t][h] = _mm256_fmadd_ps(wlo[h], _mm256_loadu_ps(xt + 8 * h), acc[t][h]);
+                acc[t][h] = _mm256_fmadd_ps(whi[h], _mm256_loadu_ps(xt + 16 + 8 * h), acc[t][h]);
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++) {
+        float L[16];
+        _mm256_storeu_ps(L, acc[t][0]);
+        _mm256_storeu_ps(L + 8, acc[t][1]);
+        out[t] = reduce16(L);
+    }
+}
 #endif
 
-void xd_cpu_matmul_mxfp4(const float *x, int n, const struct xd_matrix *w, float *y, bool avx512)
+void xd_cpu_matmul_mxfp4(const float *x, int n, const struct xd_matrix *w, float *y,
+                         enum xd_mxfp4_path path)
 {
     const int64_t rows = w->rows, cols = w->cols, nb = cols / XD_MXFP4_BLOCK;
     float *xd = malloc((size_t)(n > 0 ? n : 1) * (size_t)cols * sizeof(float));
@@ -115,9 +160,13 @@ void xd_cpu_matmul_mxfp4(const float *x, int n, const struct xd_matrix *w, float
             const int nt = n - t0 < TOK_TILE ? n - t0 : TOK_TILE;
             float out[TOK_TILE];
 #if defined(__x86_64__)
-            if (avx512)
+            if (path == XD_MXFP4_AVX512)
                 row_avx512(row, nb, xd + (size_t)t0 * cols, cols, nt, out);
+            else if (path == XD_MXFP4_AVX2)
+                row_avx2(row, nb, xd + (size_t)t0 * cols, cols, nt, out);
             else
+#else
+            (void)path;
 #endif
                 row_portable(row, nb, xd + (size_t)t0 * cols, cols, nt, out);
             for (int t = 0; t < nt; t++)
