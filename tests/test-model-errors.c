@@ -138,6 +138,22 @@ static void transpose_tensor(json_t *hdr, void *name)
     json_array_set_new(shape, n - 1, a);
 }
 
+static void dtype_u8(json_t *hdr, void *name)
+{
+    json_t *t = json_object_get(hdr, name);
+    json_t *offs = json_object_get(t, "data_offsets");
+    json_int_t b = json_integer_value(json_array_get(offs, 0));
+    json_int_t e = json_integer_value(json_array_get(offs, 1));
+    json_t *shape = json_object_get(t, "shape");
+    json_int_t n = 1;
+    for (size_t i = 0; i < json_array_size(shape); i++)
+        n *= json_integer_value(json_array_get(shape, i));
+    /* as many bytes as elements: the first n bytes of the tensor's data */
+    json_object_set_new(t, "dtype", json_string("U8"));
+    if (n <= e - b)
+        json_array_set_new(offs, 1, json_integer(b + n));
+}
+
 static void offsets_past_end(json_t *hdr, void *name)
 {
     json_t *offs = json_object_get(json_object_get(hdr, name), "data_offsets");
@@ -255,6 +271,10 @@ static const struct {
     {"MXFP4 blocks missing", "gpt_oss-mxfp4-bf16", drop_tensor,
      "model.layers.0.mlp.experts.down_proj_blocks", "model.layers.0.mlp.experts.down_proj_blocks",
      "missing"},
+    {"a weight stored as U8", "gpt_oss-f32", dtype_u8, "model.layers.1.self_attn.q_proj.weight",
+     "model.layers.1.self_attn.q_proj.weight", "U8"},
+    {"gpt_oss bf16-layout experts stored as U8", "gpt_oss-f32", dtype_u8,
+     "model.layers.0.mlp.experts.gate_up_proj", "model.layers.0.mlp.experts.gate_up_proj", "U8"},
     {"MXFP4 scales of the wrong shape", "gpt_oss-mxfp4-bf16", transpose_tensor,
      "model.layers.2.mlp.experts.gate_up_proj_scales",
      "model.layers.2.mlp.experts.gate_up_proj_scales", "shape"},

@@ -4,6 +4,7 @@
 #include "engine/model/mxfp4.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,6 +88,16 @@ static int find_shaped(struct loader *L, const char *name, int n_dims, const int
     if (!t)
         return xd_err_set(L->err, XD_ERR_TENSOR, "%s: tensor '%s' is missing (model_type %s)",
                           L->m->dir, name, L->m->config.model_type);
+    /* U8 is read for MXFP4's _blocks and _scales only: a weight stored as bytes is not one
+     * expertd can compute */
+    const size_t len = strlen(name);
+    const bool mxfp4_part = len > 7 && (strcmp(name + len - 7, "_blocks") == 0 ||
+                                        strcmp(name + len - 7, "_scales") == 0);
+    if (t->dtype == XD_DTYPE_U8 && !mxfp4_part)
+        return xd_err_set(L->err, XD_ERR_TENSOR,
+                          "%s: tensor '%s' has dtype U8; expertd reads F32, BF16 and F16 weights "
+                          "(U8 only as MXFP4 blocks and scales)",
+                          t->path, name);
     int ok = t->n_dims == n_dims;
     for (int i = 0; ok && i < n_dims; i++)
         ok = t->shape[i] == dims[i];
