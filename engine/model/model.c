@@ -13,6 +13,8 @@
 
 #include "engine/model/quant.h"
 
+static void drop_pages(const void *p, size_t len);
+
 /* ---- the host expert store: views straight into the mapped checkpoint ---- */
 
 struct host_experts {
@@ -189,6 +191,26 @@ static int load_experts(struct loader *L, const char *moe, int layer, struct xd_
     return XD_OK;
 }
 
+/* dst[i * dst_stride] = src[i * src_stride] for n elements of es bytes (2 or 4: bf16, f16, f32). */
+static void copy_strided(char *dst, size_t dst_stride, const char *src, size_t src_stride,
+                         int64_t n, size_t es)
+{
+    if (es == 2) {
+        uint16_t *d = (uint16_t *)(void *)dst;
+        const uint16_t *s = (const uint16_t *)(const void *)src;
+        for (int64_t i = 0; i < n; i++)
+            d[(size_t)i * dst_stride] = s[(size_t)i * src_stride];
+    } else if (es == 4) {
+        uint32_t *d = (uint32_t *)(void *)dst;
+        const uint32_t *s = (const uint32_t *)(const void *)src;
+        for (int64_t i = 0; i < n; i++)
+            d[(size_t)i * dst_stride] = s[(size_t)i * src_stride];
+    } else {
+        for (int64_t i = 0; i < n; i++)
+            memcpy(dst + (size_t)i * dst_stride * es, src + (size_t)i * src_stride * es, es);
+    }
+}
+
 /* gpt_oss's fused experts as transformers saves them (the published bf16 layout):
  * gate_up_proj (E, hidden, 2 * ffn) applied as x @ W with gate and up interleaved in its last
  * dim (gate = [..., 0::2], up = [..., 1::2]), gate_up_proj_bias (E, 2 * ffn) interleaved the
@@ -305,6 +327,11 @@ static int load_gpt_oss_experts_mxfp4(struct loader *L, const char *moe, struct 
         w[e].up_bias = (struct xd_matrix){.dtype = gub->dtype, .rows = 1, .cols = F, .data = ub};
         w[e].down_bias = sub_rows(dpb, e, 1, H);
     }
+    /* the mapped originals are not read again: only the packed copy stays resident */
+    drop_pages(gub_t->data, (size_t)(E * 2 * F * nbh) * 16);
+    drop_pages(gus_t->data, (size_t)(E * 2 * F * nbh));
+    drop_pages(dpb_t->data, (size_t)(E * H * nbf) * 16);
+    drop_pages(dps_t->data, (size_t)(E * H * nbf));
     return XD_OK;
 }
 
@@ -343,17 +370,16 @@ static int load_gpt_oss_experts(struct loader *L, const char *moe, struct host_e
         char *g = base, *u = g + F * H * es, *d = u + F * H * es;
         char *gb = d + H * F * es, *ub = gb + F * es;
         const char *src = (const char *)gu->data + (size_t)(e * H * 2 * F) * es;
-        for (int64_t f = 0; f < F; f++) {
-            for (int64_t h = 0; h < H; h++) {
-                memcpy(g + (size_t)(f * H + h) * es, src + (size_t)(h * 2 * F + 2 * f) * es, es);
-                memcpy(u + (size_t)(f * H + h) * es, src + (size_t)(h * 2 * F + 2 * f + 1) * es,
-                       es);
-            }
+        /* gate[f][h] = gu[h][2f], up[f][h] = gu[h][2f + 1]: row by row of the source */
+        for (int64_t h = 0; h < H; h++) {
+            copy_strided(g + (size_t)h * es, (size_t)H, src + (size_t)(h * 2 * F) * es, 2, F, es);
+            copy_strided(u + (size_t)h * es, (size_t)H, src + (size_t)(h * 2 * F + 1) * es, 2, F,
+                         es);
         }
+        /* down[h][f] = dp[f][h] */
         const char *dsrc = (const char *)dp->data + (size_t)(e * F * H) * es;
-        for (int64_t h = 0; h < H; h++)
-            for (int64_t f = 0; f < F; f++)
-                memcpy(d + (size_t)(h * F + f) * es, dsrc + (size_t)(f * H + h) * es, es);
+        for (int64_t f = 0; f < F; f++)
+            copy_strided(d + (size_t)f * es, (size_t)F, dsrc + (size_t)(f * H) * es, 1, H, es);
         const char *bsrc = (const char *)gub->data + (size_t)(e * 2 * F) * es;
         for (int64_t f = 0; f < F; f++) {
             memcpy(gb + (size_t)f * es, bsrc + (size_t)(2 * f) * es, es);
@@ -367,6 +393,9 @@ static int load_gpt_oss_experts(struct loader *L, const char *moe, struct host_e
         w[e].up_bias = (struct xd_matrix){.dtype = dt, .rows = 1, .cols = F, .data = ub};
         w[e].down_bias = sub_rows(dpb, e, 1, H);
     }
+    /* the mapped originals are not read again */
+    drop_pages(gu->data, (size_t)(E * H * 2 * F) * es);
+    drop_pages(dp->data, (size_t)(E * F * H) * es);
     return XD_OK;
 }
 
