@@ -645,8 +645,10 @@ int xd_model_quantize(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
     int n_kept = 0;
     for (size_t i = 0; i < n_jobs; i++) {
         const struct xd_matrix *src = jobs[i].m;
-        if (src->cols % XD_QBLOCK != 0) {
-            jobs[i].m = NULL; /* stays as stored: the blocks need whole groups of 32 */
+        if (src->cols % XD_QBLOCK != 0 || src->dtype == XD_DTYPE_MXFP4) {
+            /* stays as stored: the blocks need whole groups of 32; MXFP4 experts (4.25 bits,
+             * exact as published) are not requantized */
+            jobs[i].m = NULL;
             n_kept++;
             continue;
         }
