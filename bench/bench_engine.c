@@ -215,14 +215,18 @@ int main(int argc, char **argv)
     printf("{\"device\": \"%s\", \"model\": \"%s\", \"model_type\": \"%s\", \"hidden\": %d, \"layers\": %d, "
            "\"experts\": %d, \"top_k\": %d, \"expert_ffn\": %d, \"vocab\": %d, \"dtype\": \"%s\", "
            "\"weights_mib\": %.1f, \"served\": \"%s%s\", \"quantize_s\": %.1f, \"threads\": %d, "
-           "\"prompt_len\": %d, \"decode_steps\": %d, \"repeats\": %d,\n \"baseline_gbps\": %.2f, "
-           "\"results\": [",
+           "\"prompt_len\": %d, \"decode_steps\": %d, \"repeats\": %d, \"kv_bytes_per_token\": %lld,\n"
+           " \"baseline_gbps\": %.2f, \"results\": [",
            o.device, o.model, c->model_type, c->hidden_size, c->n_layers, c->n_experts, c->top_k,
            c->expert_ffn, c->vocab_size, xd_dtype_name(m->embed.dtype),
            (double)total / (1 << 20),
            xd_dtype_is_quant(m->quant) ? xd_dtype_name(m->quant) : xd_dtype_name(m->embed.dtype),
            m->quant_experts_only ? " experts only" : "", quantize_s, threads, o.prompt_len,
-           o.decode_steps, o.repeats, gbps);
+           o.decode_steps, o.repeats,
+           /* what the KV cache holds per token: f32 on the CPU, bf16 on the GPU */
+           c->n_layers * xd_model_config_kv_floats_per_token(c) *
+               (eo.device == XD_DEVICE_CUDA ? 2 : 4),
+           gbps);
     for (int bi = 0; bi < n_batches; bi++) {
         int nb = batches[bi];
         double pre[64], dec[64];

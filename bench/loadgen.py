@@ -27,6 +27,17 @@ max_tokens for a request that finished by length, else the streamed chunks (one 
 expertd; llama-cpp-python's stream splits and holds back some, so its chunk gaps are not
 per-token times: compare TPOT). --per-request adds each request's record.
 
+Scale (raw HTTP/1.1 on asyncio sockets, no SDK, so one client process can hold thousands):
+  --streams N            N streaming requests started at once (time to first token, [DONE])
+  --hold-connections K   K connections that each get one /health answer and then stay open,
+                         kept alive and idle, for the whole run (--hold-seconds more after)
+  --slow-sockets M       M connections that trickle a request header a byte per second (one
+                         the server cuts is opened again at once)
+  --source-addresses A   spread every connection over 127.0.0.2 ... 127.0.0.(A+1), so a
+                         server's per-address cap sees A clients (loopback only)
+  --server-pid PID       sample the server's RSS and thread count (/proc/PID) every 0.5 s
+/health is polled on a new connection every 0.5 s meanwhile; the JSON says how each ended.
+
 Example:
   loadgen.py --base-url http://127.0.0.1:8000/v1 --model default --concurrency 8 \\
       --num-requests 64 --prompt-tokens 128 --output-tokens 64 --temperature 0
@@ -37,6 +48,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 
@@ -342,6 +354,235 @@ def summarize(args, records, wall):
     return result
 
 
+# ---- scale: raw sockets -------------------------------------------------------------------
+
+def proc_sample(pid):
+    """(RSS MiB, threads, open fds, CPU seconds used) of process pid, or None."""
+    try:
+        rss = threads = None
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) / 1024.0
+                elif line.startswith("Threads:"):
+                    threads = int(line.split()[1])
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return rss, threads, len(os.listdir(f"/proc/{pid}/fd")), cpu
+    except OSError:
+        return None
+
+
+async def read_response(reader):
+    """One HTTP/1.1 response: (status, headers, body chunks as a list of (t, bytes)); chunked
+    or Content-Length bodies."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:] if l)}
+    parts = []
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            data = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            parts.append((time.perf_counter(), data[:-2]))
+    elif "content-length" in headers:
+        parts.append((time.perf_counter(), await reader.readexactly(int(headers["content-length"]))))
+    else:
+        parts.append((time.perf_counter(), await reader.read()))
+    return status, headers, parts
+
+
+class Conns:
+    """Opens connections to host:port, from 127.0.0.2.. when sources > 0."""
+
+    def __init__(self, host, port, sources):
+        self.host, self.port, self.sources, self.n = host, port, sources, 0
+
+    async def open(self):
+        src = None
+        if self.sources:
+            src = (f"127.0.0.{2 + self.n % self.sources}", 0)
+        self.n += 1
+        return await asyncio.open_connection(self.host, self.port, local_addr=src, limit=1 << 20)
+
+
+async def scale_stream(conns, args, i, rec):
+    body = {"model": args.model, "prompt": f"stream {i} " + " ".join(WORDS[(i + k) % len(WORDS)]
+                                                               for k in range(8)),
+            "max_tokens": args.output_tokens_n, "stream": True, "temperature": args.temperature}
+    if args.ignore_eos:
+        body["ignore_eos"] = True
+    data = json.dumps(body)
+    t0 = time.perf_counter()
+    try:
+        reader, writer = await conns.open()
+    except OSError as e:
+        rec.update(ok=False, error=f"connect: {e}")
+        return
+    try:
+        writer.write((f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                      f"\r\nContent-Length: {len(data)}\r\n\r\n{data}").encode())
+        await writer.drain()
+        status, headers, parts = await asyncio.wait_for(read_response(reader), args.request_timeout)
+        payload = b"".join(p for _, p in parts)
+        events = re.findall(rb"data: (.*?)\n\n", payload)
+        first = next((t for t, p in parts if b'"text"' in p), None)
+        done = bool(events) and events[-1] == b"[DONE]"
+        rec.update(status=status, ok=status == 200 and done, ttft=first - t0 if first else None,
+                   e2e=time.perf_counter() - t0, chunks=max(0, len(events) - 1))
+        if not rec["ok"]:
+            rec["error"] = f"status {status}" + ("" if done else ", no [DONE]") + ": " + \
+                payload[:160].decode(errors="replace")
+    except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as e:
+        rec.update(ok=False, error=f"{type(e).__name__}: {e}")
+    finally:
+        writer.close()
+
+
+async def hold_one(conns, held, failed):
+    try:
+        reader, writer = await conns.open()
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        status, _, _ = await read_response(reader)
+        if status != 200:
+            failed.append(f"status {status}")
+            writer.close()
+            return
+        held.append(writer)
+    except (OSError, asyncio.IncompleteReadError, ValueError) as e:
+        failed.append(f"{type(e).__name__}: {e}")
+
+
+async def slow_one(conns, stop, stats):
+    """Trickles a header a byte a second; when the server cuts it (its header timeout), opens
+    a new one and starts again: a slowloris client that keeps its sockets coming."""
+    line = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100000
+    while not stop.is_set():
+        try:
+            reader, writer = await conns.open()
+        except OSError:
+            stats["connect_failed"] += 1
+            await asyncio.sleep(1.0)
+            continue
+        k, cut = 0, False
+        try:
+            while not stop.is_set() and not cut:
+                writer.write(line[k:k + 1])
+                await writer.drain()
+                k += 1
+                try:
+                    cut = not await asyncio.wait_for(reader.read(4096), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+        except OSError:
+            cut = True
+        finally:
+            writer.close()
+        if cut:
+            stats["cut"] += 1
+        else:
+            stats["open_at_end"] += 1
+
+
+async def run_scale(args):
+    from urllib.parse import urlparse
+    u = urlparse(args.base_url)
+    conns = Conns(u.hostname, u.port or 80, args.source_addresses)
+    samples, health = [], []
+    stop = asyncio.Event()
+
+    async def sampler():
+        while not stop.is_set():
+            if args.server_pid:
+                smp = proc_sample(args.server_pid)
+                if smp:
+                    samples.append((round(time.perf_counter() - t_start, 2),) + smp)
+            await asyncio.sleep(0.5)
+
+    async def health_poller():
+        while not stop.is_set():
+            t = time.perf_counter()
+            try:
+                r, w = await asyncio.open_connection(u.hostname, u.port or 80)
+                w.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                st, _, _ = await asyncio.wait_for(read_response(r), 10)
+                w.close()
+                health.append((st, time.perf_counter() - t))
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as e:
+                health.append((type(e).__name__, time.perf_counter() - t))
+            await asyncio.sleep(0.5)
+
+    t_start = time.perf_counter()
+    cpu0 = proc_sample(args.server_pid) if args.server_pid else None
+    bg = [asyncio.create_task(sampler()), asyncio.create_task(health_poller())]
+    held, hold_failed = [], []
+    for i in range(0, args.hold_connections, 500):
+        await asyncio.gather(*(hold_one(conns, held, hold_failed)
+                               for _ in range(min(500, args.hold_connections - i))))
+    t_held = time.perf_counter() - t_start
+    cpu_held = proc_sample(args.server_pid) if args.server_pid else None
+    slow_stats = {"connect_failed": 0, "cut": 0, "open_at_end": 0}
+    slow_stop = asyncio.Event()
+    slow = [asyncio.create_task(slow_one(conns, slow_stop, slow_stats))
+            for _ in range(args.slow_sockets)]
+    await asyncio.sleep(1.0 if args.slow_sockets else 0)
+    recs = [{"index": i} for i in range(args.streams)]
+    t0 = time.perf_counter()
+    await asyncio.gather(*(scale_stream(conns, args, i, recs[i]) for i in range(args.streams)))
+    wall = time.perf_counter() - t0
+    if args.hold_seconds:
+        await asyncio.sleep(args.hold_seconds)
+    peak = proc_sample(args.server_pid) if args.server_pid else None
+    slow_stop.set()
+    await asyncio.gather(*slow)
+    stop.set()
+    await asyncio.gather(*bg)
+    for w in held:
+        w.close()
+    ok = [r for r in recs if r.get("ok")]
+    errors = {}
+    for r in recs:
+        if not r.get("ok"):
+            k = r.get("error", "?").split(":", 1)[0]
+            errors[k] = errors.get(k, 0) + 1
+    health_ok = sum(1 for st, _ in health if st == 200)
+    config = {k: v for k, v in vars(args).items() if k not in ("api_key", "out", "per_request")}
+    config["mode"] = "scale"
+    summary = {
+        "streams": args.streams, "completed": len(ok), "errors": len(recs) - len(ok),
+        "error_kinds": errors,
+        "error_examples": [r["error"] for r in recs if not r.get("ok")][:5],
+        "streams_wall_s": round(wall, 3),
+        "ttft_ms": stats_ms([r["ttft"] for r in ok if r.get("ttft") is not None]),
+        "e2e_ms": stats_ms([r["e2e"] for r in ok]),
+        "held_connections": len(held), "hold_failed": len(hold_failed),
+        "hold_failed_examples": hold_failed[:5], "hold_open_s": round(t_held, 3),
+        "slow_sockets": slow_stats,
+        "health_polls": len(health), "health_ok": health_ok,
+        "health_ms": stats_ms([t for st, t in health if st == 200]),
+    }
+    if samples:
+        summary["server_rss_mib_max"] = round(max(s_[1] for s_ in samples), 1)
+        summary["server_threads_max"] = max(s_[2] for s_ in samples)
+        summary["server_fds_max"] = max(s_[3] for s_ in samples)
+    if peak:
+        summary["server_at_end"] = {"rss_mib": round(peak[0], 1), "threads": peak[1],
+                                    "fds": peak[2]}
+    if peak and cpu0:
+        summary["server_cpu_s"] = round(peak[3] - cpu0[3], 2)
+        if args.hold_connections:
+            summary["server_cpu_s_opening_held"] = round(cpu_held[3] - cpu0[3], 2)
+    result = {"tool": "expertd bench/loadgen.py", "config": config, "summary": summary}
+    if args.per_request:
+        result["samples"] = samples
+    return result
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -353,6 +594,13 @@ def main(argv=None):
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--concurrency", type=int, help="closed loop: N workers")
     mode.add_argument("--rate", type=float, help="open loop: Poisson arrivals, requests/s")
+    mode.add_argument("--streams", type=int, help="scale: N raw streams at once (see above)")
+    p.add_argument("--hold-connections", type=int, default=0, help="scale: idle kept-alive connections")
+    p.add_argument("--slow-sockets", type=int, default=0, help="scale: header-trickling sockets")
+    p.add_argument("--source-addresses", type=int, default=0,
+                   help="scale: spread connections over this many loopback addresses")
+    p.add_argument("--hold-seconds", type=float, default=0, help="scale: hold this long after")
+    p.add_argument("--server-pid", type=int, default=None, help="scale: sample /proc/PID")
     p.add_argument("--max-inflight", type=int, default=256,
                    help="open loop: at most this many requests in flight (default 256)")
     p.add_argument("--drop-when-full", action="store_true",
@@ -387,6 +635,27 @@ def main(argv=None):
         p.error("--concurrency must be >= 1")
     if args.rate is not None and args.rate <= 0:
         p.error("--rate must be > 0")
+    if args.streams is not None:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        lo, hi = parse_range(args.output_tokens, "output-tokens")
+        args.output_tokens_n = hi
+        result = asyncio.run(run_scale(args))
+        text = json.dumps(result, indent=2)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text + "\n")
+        else:
+            print(text)
+        s = result["summary"]
+        print(f"loadgen scale: {s['completed']}/{s['streams']} streams ok, {s['errors']} errors, "
+              f"TTFT p50 {s['ttft_ms'].get('p50')} p99 {s['ttft_ms'].get('p99')} ms; held "
+              f"{s['held_connections']} (failed {s['hold_failed']}); /health "
+              f"{s['health_ok']}/{s['health_polls']}; server RSS max "
+              f"{s.get('server_rss_mib_max')} MiB, threads max {s.get('server_threads_max')}",
+              file=sys.stderr)
+        return 0 if s["errors"] == 0 and s["hold_failed"] == 0 else 1
     records, wall = asyncio.run(run(args))
     result = summarize(args, records, wall)
     text = json.dumps(result, indent=2)

@@ -45,11 +45,12 @@ const struct xd_opt xd_config_opts[] = {
      "(default 0: the model's top_k)"},
     {"quantize", XD_OPT_STRING, CFG(quantize), 0, 0, "EXPERTD_QUANTIZE",
      "cpu: quantize weights at load from f32/bf16/f16: q8 (int8, a scale per 32) or q4 (4-bit, "
-     "a scale and a minimum per 32); router, norms, embeddings and lm_head stay as stored "
-     "(default none)"},
+     "a scale and a minimum per 32), lm_head in q8; router, norms and embeddings stay as "
+     "stored (default none)"},
     {"quantize-experts-only", XD_OPT_FLAG, CFG(quantize_experts_only), 0, 0,
      "EXPERTD_QUANTIZE_EXPERTS_ONLY",
-     "with --quantize: quantize the experts only; attention and dense MLPs stay as stored "
+     "with --quantize: quantize the experts only; attention, dense MLPs and lm_head stay as "
+     "stored "
      "(default false)"},
 };
 const size_t xd_config_n_opts = sizeof xd_config_opts / sizeof xd_config_opts[0];

@@ -3,8 +3,11 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "engine/text/chat_template.h"
+#include "engine/text/reasoning.h"
+#include "engine/text/tool_calls.h"
 #include "scheduler/scheduler.h"
 
 void xd_server_config_init(struct xd_server_config *cfg)
@@ -15,7 +18,7 @@ void xd_server_config_init(struct xd_server_config *cfg)
     cfg->host = "127.0.0.1";
     cfg->port = 8000;
     cfg->max_body_bytes = 1 << 20;
-    cfg->max_connections = 256;
+    cfg->max_connections = 16384;
     cfg->max_connections_per_client = 128;
     cfg->header_timeout = 10.0f;
     cfg->body_timeout = 30.0f;
@@ -30,6 +33,8 @@ void xd_server_config_init(struct xd_server_config *cfg)
     cfg->max_queued_bytes = 4ll << 20;
     cfg->log_level = "info";
     cfg->admission = "fair";
+    cfg->reasoning_parser = "auto";
+    cfg->tool_call_parser = "auto";
 }
 
 #define SRV(field) offsetof(struct xd_server_config, field)
@@ -51,7 +56,8 @@ const struct xd_opt xd_server_config_opts[] = {
     {"max-prompt-tokens", XD_OPT_INT, SRV(max_prompt_tokens), 0, 1 << 24, NULL,
      "longest prompt in tokens (default 0: the model's context)"},
     {"max-connections", XD_OPT_INT, SRV(max_connections), 1, 65536, NULL,
-     "concurrent connections (default 256)"},
+     "concurrent connections, idle ones and streams alike (default 16384; lowered to what the "
+     "open-files limit allows)"},
     {"max-connections-per-client", XD_OPT_INT, SRV(max_connections_per_client), 0, 65536, NULL,
      "concurrent connections from one address; more are 503 (default 128; 0: no cap; behind a "
      "reverse proxy every connection has the proxy's address)"},
@@ -94,8 +100,17 @@ const struct xd_opt xd_server_config_opts[] = {
      "seconds SIGTERM waits for in-flight requests (default 30)"},
     {"keepalive-interval", XD_OPT_FLOAT, SRV(keepalive_interval), 0.05, 3600, NULL,
      "seconds between SSE keep-alive comments while waiting (default 10)"},
-    {"chat-template", XD_OPT_STRING, SRV(chat_template), 0, 0, NULL,
-     "chatml, mistral, mistral-v1, olmoe or qwen3: overrides the template detected in tokenizer_config.json"},
+    {"chat-template", XD_OPT_STRING, SRV(chat_template), 0, 0, "EXPERTD_CHAT_TEMPLATE",
+     "NAME|FILE: a built-in template (chatml, mistral, mistral-v1, olmoe, qwen3) or a Jinja "
+     "file, instead of the model's own chat template"},
+    {"reasoning-parser", XD_OPT_STRING, SRV(reasoning_parser), 0, 0, "EXPERTD_REASONING_PARSER",
+     "split chat output into reasoning_content and content: auto (think when the chat template "
+     "mentions </think>), none, or think (alias qwen3, deepseek_r1: <think>...</think>) "
+     "(default auto)"},
+    {"tool-call-parser", XD_OPT_STRING, SRV(tool_call_parser), 0, 0, "EXPERTD_TOOL_CALL_PARSER",
+     "the syntax of the model's tool calls, parsed into message.tool_calls: auto (from the chat "
+     "template), none, hermes (<tool_call> JSON: Qwen2.5, Qwen3), mistral ([TOOL_CALLS]), "
+     "deepseek_v3, glm45 or qwen3_coder (<function=name><parameter=k>) (default auto)"},
     {"record-routing", XD_OPT_STRING, SRV(record_routing), 0, 0, NULL,
      "write every token's expert routing (request, step, layer, experts, weights) to FILE, "
      "zstd-compressed, for expertd plan, created mode 0600: a trace is as private as the "
@@ -148,14 +163,39 @@ int xd_server_config_validate(const struct xd_server_config *cfg, struct xd_err 
         return xd_err_set(err, XD_ERR_CONFIG,
                           "option '--log-level': '%s' is not error, warn, info or debug",
                           cfg->log_level ? cfg->log_level : "");
-    if (cfg->chat_template && xd_chat_format_from_name(cfg->chat_template) == XD_CHAT_UNKNOWN)
-        return xd_err_set(err, XD_ERR_CONFIG,
-                          "option '--chat-template': '%s' is not chatml, mistral, mistral-v1, "
-                          "olmoe or qwen3", cfg->chat_template);
+    if (cfg->chat_template) {
+        char *builtin = xd_chat_builtin_source(cfg->chat_template);
+        bool is_builtin = builtin != NULL;
+        struct stat st;
+        bool is_file = !is_builtin && stat(cfg->chat_template, &st) == 0 && S_ISREG(st.st_mode);
+        free(builtin);
+        if (!is_builtin && !is_file)
+            return xd_err_set(err, XD_ERR_CONFIG,
+                              "option '--chat-template': '%s' is neither a built-in template "
+                              "(%s) nor a file", cfg->chat_template, xd_chat_builtin_names());
+        /* a file is parsed now, so check-config and a starting serve both name its errors */
+        struct xd_chat_template *t = NULL;
+        struct xd_err e = {{0}};
+        if (is_file && xd_chat_template_load(cfg->chat_template, NULL, NULL, &t, &e) < 0)
+            return xd_err_set(err, XD_ERR_CONFIG, "option '--chat-template': %s", e.msg);
+        xd_chat_template_destroy(t);
+    }
     if (!cfg->admission || (strcmp(cfg->admission, "fair") != 0 &&
                             strcmp(cfg->admission, "fcfs") != 0))
         return xd_err_set(err, XD_ERR_CONFIG, "option '--admission': '%s' is not fair or fcfs",
                           cfg->admission ? cfg->admission : "");
+    enum xd_reasoning_parser rp;
+    if (!cfg->reasoning_parser || (strcmp(cfg->reasoning_parser, "auto") != 0 &&
+                                   xd_reasoning_parser_from_name(cfg->reasoning_parser, &rp) < 0))
+        return xd_err_set(err, XD_ERR_CONFIG, "option '--reasoning-parser': '%s' is not auto, "
+                          "none, think, qwen3 or deepseek_r1",
+                          cfg->reasoning_parser ? cfg->reasoning_parser : "");
+    enum xd_tool_syntax ts;
+    if (!cfg->tool_call_parser || (strcmp(cfg->tool_call_parser, "auto") != 0 &&
+                                   xd_tool_syntax_from_name(cfg->tool_call_parser, &ts) < 0))
+        return xd_err_set(err, XD_ERR_CONFIG, "option '--tool-call-parser': '%s' is not auto, "
+                          "none, hermes, mistral, deepseek_v3, glm45 or qwen3_coder",
+                          cfg->tool_call_parser ? cfg->tool_call_parser : "");
     if (!cfg->host || !cfg->host[0])
         return xd_err_set(err, XD_ERR_CONFIG, "option '--host' is empty");
     if (cfg->metrics_listen) {

@@ -1,7 +1,9 @@
 /* POST /v1/completions and /v1/chat/completions: a parsed request becomes one scheduler
  * request per (prompt, n), submitted together as one group (all or none) under the client's
- * id; the scheduler's sink queues events on the job and wakes the connection's thread (an
- * eventfd), which formats them as one JSON response or as SSE chunks.
+ * id; the scheduler's sink queues events on the job and resumes the connection, which MHD
+ * suspended while it waited (conn_park.h); MHD's thread then formats them as one JSON response
+ * or as SSE chunks. No thread waits for a generation: a connection with nothing to send is
+ * parked, so a few polling threads serve thousands of streams.
  *
  * Lifetime: a job is shared by the HTTP request (one reference until MHD's completion
  * callback), a streaming response (one until MHD frees it) and every submitted scheduler
@@ -12,18 +14,20 @@
 #include <errno.h>
 #include <jansson.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "daemon/conn_park.h"
 #include "daemon/fault.h"
 #include "daemon/http_response.h"
 #include "daemon/server.h"
+#include "daemon/test_hooks.h"
 #include "engine/text/chat_template.h"
+#include "engine/text/reasoning.h"
+#include "engine/text/tool_calls.h"
 
 /* ---- a growing byte buffer ---- */
 
@@ -53,13 +57,22 @@ struct gen_event {
     char *text;        /* (text_len,) owned */
     size_t text_len;
     struct xd_sample sample;
+    struct xd_sample *psamples; /* (n_psamples,) owned: XD_EVENT_PROMPT_LOGPROBS, positions
+                                   ppos .. ppos + n_psamples - 1 */
+    int n_psamples, ppos;
     enum xd_finish_reason finish;
     char *error;       /* owned; NULL also when copying the message failed */
     bool lost;         /* XD_EVENT_FINISH: an earlier event or some text of this choice could
                           not be copied (out of memory): the choice's answer is incomplete */
     int n_prompt, n_cached, n_gen;
     double queue_seconds;
+    double t;          /* when the sink got it (xd_now()): TTFT and inter-token latency are
+                          the scheduler's, not the time a parked connection woke to it */
 };
+
+/* A whole response's connection is woken once this many bytes of token events wait (and at
+ * every choice's finish). */
+#define WHOLE_BATCH_BYTES (64 * 1024)
 
 /* What a choice that failed says (the 500's message, a stream's error event). */
 #define OOM_MESSAGE "out of memory: the response could not be completed"
@@ -86,10 +99,21 @@ struct choice {
                                     it; under job->lock */
     bool lost;               /* under job->lock: the sink could not copy an event or text */
     int n_prompt, n_cached, n_gen;
-    struct xd_byte_buf text;        /* non-streaming: the generated text */
+    struct xd_byte_buf text;        /* non-streaming: the generated text (chat with a
+                                       reasoning parser: its content) */
+    struct xd_reasoning rs;  /* chat: the reasoning split of this choice's output */
+    struct xd_byte_buf reasoning;   /* non-streaming chat: the reasoning text */
+    struct xd_tool_stream *tools;   /* chat with tools: the tool-call parser, or NULL */
+    int n_calls;             /* tool calls taken from it so far */
+    json_t *tool_calls;      /* non-streaming: message.tool_calls, or NULL */
     json_t *logprobs;        /* non-streaming logprobs: completions {tokens, ...}; chat
                                 {content: [...]} */
     size_t text_offset;      /* completions text_offset of the next token */
+    size_t echo_len;         /* echo with logprobs: the prompt text's bytes, where the
+                                completion's text_offsets start */
+    bool echo_pending;       /* streamed echo with logprobs: the prompt's chunk, with its
+                                logprobs (gathered in logprobs), is sent before the first
+                                token's */
     double t_last;           /* last token, for inter-token latency */
 };
 
@@ -98,6 +122,8 @@ struct prompt {
     int n_ids;
     char *text;              /* for echo: the prompt as text, owned, may be NULL */
     size_t text_len;
+    size_t *offsets;         /* (n_ids + 1,) echo with logprobs: token k's text starts at
+                                offsets[k] of the prompt's detokenized text; owned */
 };
 
 struct gen_job {
@@ -109,7 +135,8 @@ struct gen_job {
     bool overflow;                   /* under lock: streaming only; queued_bytes + out_unsent
                                         passed max-queued-bytes-per-request: every choice is
                                         cancelled, token events are dropped, the stream ends */
-    int efd;                         /* eventfd the sink writes */
+    struct xd_parked *wait;          /* under lock: the connection's parking entry, which
+                                        the sink kicks; NULL once MHD is done with it */
     struct xd_sched *sched;          /* the scheduler the choices went to (set before the
                                         first submit); the sink cancels through it directly,
                                         never through srv->sched_lock, which teardown holds
@@ -117,11 +144,14 @@ struct gen_job {
 
     struct xd_server *srv;
     struct xd_http_req *req;         /* NULL once MHD is done with the request */
-    int sockfd;                      /* the client's socket, polled for hangups; -1: none */
     uint64_t client;                 /* the client's id for fair admission (client_id) */
     struct xd_api_request api;
     struct prompt *prompts;
     int n_prompts;
+    bool split_reasoning;            /* chat with a reasoning parser */
+    bool think_open;                 /* the rendered prompt left a <think> block open */
+    int32_t *forced;                 /* (n_forced,) the test hook's forced output, or NULL */
+    int n_forced;
     struct choice *choices;
     int n_choices, n_finished;
     char id[64];
@@ -145,6 +175,7 @@ static void job_free(struct gen_job *j)
     while (ev) {
         struct gen_event *next = ev->next;
         free(ev->text);
+        free(ev->psamples);
         free(ev->error);
         free(ev);
         ev = next;
@@ -152,18 +183,21 @@ static void job_free(struct gen_job *j)
     for (int i = 0; i < j->n_prompts; i++) {
         free(j->prompts[i].ids);
         free(j->prompts[i].text);
+        free(j->prompts[i].offsets);
     }
     free(j->prompts);
+    free(j->forced);
     for (int i = 0; i < j->n_choices; i++) {
         xd_byte_buf_free(&j->choices[i].text);
+        xd_byte_buf_free(&j->choices[i].reasoning);
+        xd_tool_stream_destroy(j->choices[i].tools);
+        json_decref(j->choices[i].tool_calls);
         json_decref(j->choices[i].logprobs);
         free(j->choices[i].finish_ev); /* never submitted, or its finish never came */
     }
     free(j->choices);
     xd_byte_buf_free(&j->out);
     xd_api_request_finish(&j->api);
-    if (j->efd >= 0)
-        close(j->efd);
     atomic_fetch_sub(&j->srv->n_active, 1);
     pthread_mutex_destroy(&j->lock);
     free(j);
@@ -198,6 +232,7 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
     if (e) {
         e->choice = (int)(c - j->choices);
         e->kind = ev->kind;
+        e->t = xd_now();
         if (ev->text_len) {
             e->text = job_calloc(XD_FAULT_EVENT, 1, ev->text_len);
             if (e->text) {
@@ -209,6 +244,18 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
         }
         if (ev->kind == XD_EVENT_TOKEN && ev->sample)
             e->sample = *ev->sample;
+        if (ev->kind == XD_EVENT_PROMPT_LOGPROBS && ev->n_prompt_samples > 0) {
+            e->psamples = job_calloc(XD_FAULT_EVENT, (size_t)ev->n_prompt_samples,
+                                     sizeof *e->psamples);
+            if (e->psamples) {
+                memcpy(e->psamples, ev->prompt_samples,
+                       sizeof *e->psamples * (size_t)ev->n_prompt_samples);
+                e->n_psamples = ev->n_prompt_samples;
+                e->ppos = ev->prompt_pos;
+            } else {
+                lost = true;
+            }
+        }
         e->finish = ev->finish;
         if (ev->error)
             e->error = strdup(ev->error);
@@ -217,7 +264,7 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
         e->queue_seconds = ev->queue_seconds;
         e->n_gen = ev->n_generated_tokens;
     }
-    size_t bytes = e ? sizeof *e + e->text_len : 0;
+    size_t bytes = e ? sizeof *e + e->text_len + sizeof *e->psamples * (size_t)e->n_psamples : 0;
     bool overflow_now = false;
     pthread_mutex_lock(&j->lock);
     if (lost)
@@ -247,6 +294,14 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
     if (ev->kind == XD_EVENT_FINISH)
         c->sched_finished = true;
     size_t queued = j->queued_bytes + j->out_unsent;
+    /* A stream wakes for every event (its bytes go out at once); a whole response only for
+     * what ends a choice or for every WHOLE_BATCH_BYTES of queued events (so their memory
+     * stays bounded): a 256-sequence request woke its connection for each of its tokens,
+     * which cost MHD's few polling threads more than the answer itself. Under the job's lock:
+     * the entry is not removed meanwhile. */
+    if (j->wait && (j->api.stream || ev->kind != XD_EVENT_TOKEN || lost || overflow_now ||
+                    j->queued_bytes >= WHOLE_BATCH_BYTES))
+        xd_conn_park_kick(j->srv->park, j->wait);
     pthread_mutex_unlock(&j->lock);
     if (overflow_now) {
         xd_log(j->srv, XD_LOG_WARN, "request %llu: the client left %zu bytes unread "
@@ -256,9 +311,6 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
         xd_metrics_backpressure(j->srv->metrics);
         cancel_choices(j, true);
     }
-    uint64_t one = 1;
-    ssize_t w = write(j->efd, &one, sizeof one);
-    (void)w; /* EAGAIN: the counter is already non-zero, the reader wakes anyway */
     if (ev->kind == XD_EVENT_FINISH)
         job_unref(j);
 }
@@ -289,23 +341,18 @@ static void cancel_all(struct gen_job *j)
     cancel_choices(j, false);
 }
 
-/* Waits up to timeout seconds for events; -1 when the client hung up. */
-static int wait_events(struct gen_job *j, double timeout)
+/* Whether the client hung up (the park's watcher saw it while the connection was parked, or
+ * before). */
+static bool hung_up(const struct gen_job *j)
 {
-    struct pollfd fds[2] = {{.fd = j->efd, .events = POLLIN},
-                            {.fd = j->sockfd, .events = POLLRDHUP}};
-    int ms = timeout <= 0 ? 0 : (int)(timeout * 1000) + 1;
-    int n = poll(fds, j->sockfd >= 0 ? 2 : 1, ms);
-    if (n < 0)
-        return errno == EINTR ? 0 : -1;
-    if (j->sockfd >= 0 && (fds[1].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)))
-        return -1;
-    if (fds[0].revents & POLLIN) {
-        uint64_t v;
-        ssize_t r = read(j->efd, &v, sizeof v);
-        (void)r;
-    }
-    return 0;
+    return xd_conn_park_hung_up(j->srv->park, j->wait);
+}
+
+/* Parks the connection until an event, a hangup or wake_at (see xd_conn_park_suspend): true
+ * when parked (return from MHD's callback now), false when there may be more to do. */
+static bool park(struct gen_job *j, double wake_at)
+{
+    return xd_conn_park_suspend(j->srv->park, j->wait, wake_at);
 }
 
 /* ---- JSON pieces ---- */
@@ -463,6 +510,126 @@ static void sse_json(struct gen_job *j, json_t *o)
     sse_data(j, s);
 }
 
+/* The chat output's text of choice c through the reasoning split and the tool-call parser
+ * (each where the request has one): reasoning into reasoning, the rest, calls cut out, into
+ * content; last: the output is over. XD_ERR_NOMEM when out of memory. */
+static int split_output(struct gen_job *j, struct choice *c, const char *text, size_t len,
+                        bool last, struct xd_byte_buf *reasoning, struct xd_byte_buf *content)
+{
+    struct xd_byte_buf mid = {0};
+    const char *t = text;
+    size_t n = len;
+    int rc = XD_OK;
+    if (xd_fault_hit(XD_FAULT_OUTPUT))
+        return XD_ERR_NOMEM;
+    if (j->split_reasoning) {
+        struct xd_byte_buf *dst = c->tools ? &mid : content;
+        if (len)
+            rc = xd_reasoning_push(&c->rs, text, len, reasoning, dst);
+        if (rc == XD_OK && last)
+            rc = xd_reasoning_finish(&c->rs, reasoning, dst);
+        t = mid.data;
+        n = mid.len;
+    }
+    if (rc == XD_OK && c->tools) {
+        if (n)
+            rc = xd_tool_stream_push(c->tools, t, n, content);
+        if (rc == XD_OK && last)
+            rc = xd_tool_stream_finish(c->tools, content);
+    } else if (rc == XD_OK && !j->split_reasoning && n) {
+        rc = xd_byte_buf_append(content, t, n);
+    }
+    xd_byte_buf_free(&mid);
+    return rc;
+}
+
+/* The calls choice c's parser has found since the last take, as OpenAI's tool_calls entries
+ * {index, id, type, function: {name, arguments}} (with parallel_tool_calls false, the first
+ * call only): a new array (maybe empty), NULL when out of memory. */
+static json_t *take_calls(struct gen_job *j, struct choice *c)
+{
+    json_t *a = json_array();
+    struct xd_tool_call call;
+    while (a && xd_tool_stream_take(c->tools, &call)) {
+        if (!j->api.parallel_tool_calls && c->n_calls > 0) { /* at most one call, as asked */
+            free(call.name);
+            free(call.arguments);
+            continue;
+        }
+        char id[96]; /* call_<the response id's hex>_<choice>_<call>: unique per server run */
+        const char *hex = strchr(j->id, '-') ? strchr(j->id, '-') + 1 : j->id;
+        snprintf(id, sizeof id, "call_%s_%d_%d", hex, c->index, c->n_calls);
+        json_t *fn = json_object(), *o = json_object();
+        json_object_set_new(fn, "name", json_string(call.name));
+        json_object_set_new(fn, "arguments", json_string(call.arguments));
+        json_object_set_new(o, "index", json_integer(c->n_calls));
+        json_object_set_new(o, "id", json_string(id));
+        json_object_set_new(o, "type", json_string("function"));
+        json_object_set_new(o, "function", fn);
+        free(call.name);
+        free(call.arguments);
+        c->n_calls++;
+        if (json_array_append_new(a, o) < 0) {
+            json_decref(a);
+            a = NULL;
+        }
+    }
+    return a;
+}
+
+/* A chat chunk of choice c: ch (a choice object with its delta; NULL: an empty delta, taken),
+ * lp (taken; NULL: null) and finish (NULL while running). */
+static void sse_chat_chunk(struct gen_job *j, struct choice *c, json_t *ch, json_t *lp,
+                           const char *finish)
+{
+    json_t *o = envelope(j, true);
+    if (!ch) {
+        ch = json_object();
+        json_object_set_new(ch, "index", json_integer(c->index));
+        json_object_set_new(ch, "delta", json_object());
+    }
+    json_object_set_new(ch, "logprobs", lp ? lp : json_null());
+    json_object_set_new(ch, "finish_reason", finish ? json_string(finish) : json_null());
+    json_t *choices = json_array();
+    json_array_append_new(choices, ch);
+    json_object_set_new(o, "choices", choices);
+    if (j->api.include_usage)
+        json_object_set_new(o, "usage", json_null());
+    sse_json(j, o);
+}
+
+/* A chunk whose delta is {"tool_calls": [call]} (call taken). */
+static void sse_tool_delta(struct gen_job *j, struct choice *c, json_t *call)
+{
+    json_t *ch = json_object(), *delta = json_object(), *calls = json_array();
+    json_array_append_new(calls, call);
+    json_object_set_new(delta, "tool_calls", calls);
+    json_object_set_new(ch, "index", json_integer(c->index));
+    json_object_set_new(ch, "delta", delta);
+    sse_chat_chunk(j, c, ch, NULL, NULL);
+}
+
+/* Streamed echo with logprobs: the prompt's chunk, its text and every prompt token's logprobs
+ * (c->logprobs, handed over), once they are all in (the first token or the finish). */
+static void sse_echo_chunk(struct gen_job *j, struct choice *c)
+{
+    const struct prompt *p = &j->prompts[c->prompt];
+    json_t *o = envelope(j, true), *ch = json_object(), *choices = json_array();
+    json_object_set_new(ch, "index", json_integer(c->index));
+    json_object_set_new(ch, "text",
+                        json_stringn(p->text ? p->text : "", p->text ? p->text_len : 0));
+    json_object_set_new(ch, "logprobs", c->logprobs);
+    json_object_set_new(ch, "finish_reason", json_null());
+    json_array_append_new(choices, ch);
+    json_object_set_new(o, "choices", choices);
+    if (j->api.include_usage)
+        json_object_set_new(o, "usage", json_null());
+    c->logprobs = NULL;
+    c->echo_pending = false;
+    c->text_offset = c->echo_len;
+    sse_json(j, o);
+}
+
 /* One chunk for choice c: text (may be empty), a token's logprobs (x may be NULL), finish
  * reason (NULL while running). */
 static void sse_chunk(struct gen_job *j, struct choice *c, const char *text, size_t len,
@@ -476,9 +643,57 @@ static void sse_chunk(struct gen_job *j, struct choice *c, const char *text, siz
         json_t *delta = json_object();
         if (role)
             json_object_set_new(delta, "role", json_string("assistant"));
-        if (len || role)
+        json_t *calls = NULL;
+        if (j->split_reasoning || c->tools) {
+            /* reasoning_content, then content, then tool calls, as vLLM streams them */
+            struct xd_byte_buf rb = {0}, cb = {0};
+            if (split_output(j, c, text, len, finish != NULL, &rb, &cb) < 0 ||
+                (c->tools && !(calls = take_calls(j, c))))
+                stream_fail(j);
+            if (rb.len)
+                json_object_set_new(delta, "reasoning_content", json_stringn(rb.data, rb.len));
+            if (cb.len || role)
+                json_object_set_new(delta, "content", json_stringn(cb.data ? cb.data : "", cb.len));
+            xd_byte_buf_free(&rb);
+            xd_byte_buf_free(&cb);
+            if (finish && c->n_calls > 0)
+                c->finish_reason = finish = "tool_calls";
+        } else if (len || role) {
             json_object_set_new(delta, "content", json_stringn(text ? text : "", len));
-        json_object_set_new(ch, "delta", delta);
+        }
+        if (json_array_size(calls) > 0) {
+            /* this chunk's text and logprobs first, then each call's name, then its
+             * arguments, then the finish */
+            json_object_set_new(ch, "delta", delta);
+            if (x && j->api.logprobs) {
+                lp = json_object();
+                json_t *content = json_array();
+                json_array_append_new(content, chat_logprob(j->srv, x, j->api.top_logprobs));
+                json_object_set_new(lp, "content", content);
+            }
+            sse_chat_chunk(j, c, ch, lp, NULL);
+            json_decref(o);
+            size_t k;
+            json_t *call;
+            json_array_foreach(calls, k, call) {
+                json_t *first = json_deep_copy(call), *args = json_object();
+                json_t *fn = json_object_get(first, "function");
+                json_object_set(args, "index", json_object_get(call, "index"));
+                json_t *afn = json_object();
+                json_object_set(afn, "arguments", json_object_get(json_object_get(call, "function"),
+                                                                 "arguments"));
+                json_object_set_new(args, "function", afn);
+                json_object_set_new(fn, "arguments", json_string(""));
+                sse_tool_delta(j, c, first);
+                sse_tool_delta(j, c, args);
+            }
+            json_decref(calls);
+            if (finish)
+                sse_chat_chunk(j, c, NULL, NULL, finish);
+            c->text_offset += len;
+            return;
+        }
+        json_decref(calls);        json_object_set_new(ch, "delta", delta);
         if (x && j->api.logprobs) {
             lp = json_object();
             json_t *content = json_array();
@@ -524,6 +739,28 @@ static void sse_finish_stream(struct gen_job *j)
 
 /* ---- events ---- */
 
+/* Appends a whole response's text of choice c: through the reasoning split in chat with a
+ * parser (last: the output is over, flush what the split holds). -1 when out of memory. */
+static int add_text(struct gen_job *j, struct choice *c, const char *text, size_t len, bool last)
+{
+    if (!j->split_reasoning && !c->tools)
+        return len && sbuf_add(&c->text, text, len) < 0 ? -1 : 0;
+    if (split_output(j, c, text, len, last, &c->reasoning, &c->text) < 0)
+        return -1;
+    if (c->tools) {
+        json_t *calls = take_calls(j, c);
+        if (!calls)
+            return -1;
+        if (!c->tool_calls)
+            c->tool_calls = json_array();
+        json_array_extend(c->tool_calls, calls);
+        json_decref(calls);
+        if (last && c->n_calls > 0)
+            c->finish_reason = "tool_calls";
+    }
+    return 0;
+}
+
 /* Marks choice c failed with msg (its answer: a 500, or an error event); a whole response
  * stops the other choices, whose answer is not sent anyway. Idempotent. */
 static void fail_choice(struct gen_job *j, struct choice *c, const char *msg)
@@ -543,7 +780,7 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
     struct choice *c = &j->choices[e->choice];
     struct xd_server *s = j->srv;
     bool stream = j->api.stream;
-    double now = xd_now();
+    double now = e->t;
     if (c->finished)
         return;
     if (stream && j->overflowed) {
@@ -560,6 +797,18 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
             j->done = true;
         return;
     }
+    if (e->kind == XD_EVENT_PROMPT_LOGPROBS) { /* echo with logprobs, whole responses only */
+        const struct prompt *p = &j->prompts[c->prompt];
+        for (int k = 0; c->logprobs && k < e->n_psamples; k++) {
+            int pos = e->ppos + k;
+            if (pos >= 1 && pos < p->n_ids)
+                completion_logprob(s, c->logprobs, &e->psamples[k], j->api.top_logprobs,
+                                   p->offsets ? p->offsets[pos] : 0);
+        }
+        return;
+    }
+    if (stream && c->echo_pending)
+        sse_echo_chunk(j, c);
     if (e->kind == XD_EVENT_TOKEN) {
         if (!j->got_token) {
             j->got_token = true;
@@ -582,9 +831,9 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
                                           chat_logprob(s, &e->sample, j->api.top_logprobs));
                 else
                     completion_logprob(s, c->logprobs, &e->sample, j->api.top_logprobs,
-                                       c->text.len);
+                                       c->echo_len + c->text.len);
             }
-            if (e->text_len && sbuf_add(&c->text, e->text, e->text_len) < 0)
+            if (e->text_len && add_text(j, c, e->text, e->text_len, false) < 0)
                 fail_choice(j, c, OOM_MESSAGE);
         }
         return;
@@ -612,8 +861,6 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
             j->req->n_prompt_tokens += e->n_prompt;
             j->req->n_cached_tokens += e->n_cached;
         }
-        if (e->choice == 0)
-            j->req->finish = c->failed ? "error" : c->cancelled ? "cancelled" : c->finish_reason;
     }
     if (stream) {
         if (c->failed)
@@ -625,9 +872,11 @@ static void handle_event(struct gen_job *j, struct gen_event *e)
             sse_chunk(j, c, e->text, e->text_len, NULL, c->finish_reason, false);
         if (j->n_finished == j->n_choices)
             sse_finish_stream(j);
-    } else if (e->text_len && sbuf_add(&c->text, e->text, e->text_len) < 0) {
+    } else if (add_text(j, c, e->text, e->text_len, true) < 0) {
         fail_choice(j, c, OOM_MESSAGE);
     }
+    if (j->req && e->choice == 0) /* after the output's end: its tool calls are known */
+        j->req->finish = c->failed ? "error" : c->cancelled ? "cancelled" : c->finish_reason;
 }
 
 /* Tells the sink how many SSE bytes wait in j->out (they count against the bound). */
@@ -654,6 +903,7 @@ static void process_events(struct gen_job *j)
         struct gen_event *next = ev->next;
         handle_event(j, ev);
         free(ev->text);
+        free(ev->psamples);
         free(ev->error);
         free(ev);
         ev = next;
@@ -671,9 +921,19 @@ static void check_deadline(struct gen_job *j)
     }
 }
 
-/* MHD's content reader for a streaming response: blocks (on the connection's own thread)
- * until there are bytes to send, sending a keep-alive comment every keepalive-interval, and
- * notices a client that hangs up while it waits. */
+/* What a stream does when its client hung up: the request is cancelled at once. */
+static void stream_hangup(struct gen_job *j)
+{
+    j->hangup = true;
+    if (j->req)
+        j->req->disconnected = true;
+    cancel_all(j);
+}
+
+/* MHD's content reader for a streaming response: returns the bytes there are; with none, parks
+ * the connection (returning 0, which MHD 0.9.75 takes as "not ready" and, the connection
+ * suspended, does not poll again) until an event, a hangup or the next keep-alive comment
+ * (every keepalive-interval) or the request's deadline is due. Never blocks MHD's thread. */
 static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 {
     (void)pos;
@@ -703,30 +963,72 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         }
         if (j->done)
             return MHD_CONTENT_READER_END_OF_STREAM;
-        double now = xd_now();
-        double wait = j->last_output + j->srv->cfg->keepalive_interval - now;
-        if (!j->timed_out && j->deadline - now < wait)
-            wait = j->deadline - now;
-        if (wait > 1.0)
-            wait = 1.0; /* recheck the deadline and the server state now and then */
-        if (wait > 0 && wait_events(j, wait) < 0) {
-            j->hangup = true;
-            if (j->req)
-                j->req->disconnected = true;
-            cancel_all(j);
+        if (hung_up(j)) {
+            stream_hangup(j);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
         process_events(j);
         check_deadline(j);
-        if (j->out.len == 0 && !j->done &&
-            xd_now() - j->last_output >= j->srv->cfg->keepalive_interval)
+        double keepalive = j->srv->cfg->keepalive_interval;
+        if (j->out.len == 0 && !j->done && xd_now() - j->last_output >= keepalive)
             out_add(j, ": keep-alive\n\n", 14);
+        if (j->out.len > j->out_off || j->out_failed || j->done)
+            continue;
+        double wake = j->last_output + keepalive;
+        if (!j->timed_out && j->deadline < wake)
+            wake = j->deadline;
+        if (park(j, wake))
+            return 0; /* resumed by the sink, the watcher or the timer */
+        if (xd_conn_park_closed(j->srv->park)) { /* the server stops: no more waiting */
+            cancel_all(j);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
     }
 }
 
 static void stream_free(void *cls)
 {
     job_unref(cls);
+}
+
+/* Echo with logprobs: the prompt's text offsets (through the streaming detokenizer, so they
+ * add up to the echoed text of an id prompt) and the first prompt token's entry, which has no
+ * logprob (null, as OpenAI's and vLLM's). -1 when out of memory. */
+static int echo_first_token(struct gen_job *j, struct choice *c)
+{
+    struct prompt *p = &j->prompts[c->prompt];
+    const struct xd_server *s = j->srv;
+    if (!p->offsets) {
+        p->offsets = calloc((size_t)p->n_ids + 1, sizeof *p->offsets);
+        if (!p->offsets)
+            return -1;
+        struct xd_detok *d = NULL;
+        if (s->tok && xd_detok_create(s->tok, false, &d) == XD_OK) {
+            size_t off = 0;
+            for (int k = 0; k < p->n_ids; k++) {
+                const char *t;
+                size_t n = 0;
+                p->offsets[k] = off;
+                if (xd_detok_push(d, p->ids[k], &t, &n, NULL) == XD_OK)
+                    off += n;
+            }
+            const char *t;
+            size_t n = 0;
+            if (xd_detok_finish(d, &t, &n, NULL) == XD_OK)
+                off += n;
+            p->offsets[p->n_ids] = off;
+            xd_detok_destroy(d);
+        }
+    }
+    c->echo_len = p->text_len;
+    json_t *lp = c->logprobs;
+    char *t = token_text(s, p->ids[0]);
+    json_array_append_new(json_object_get(lp, "tokens"), json_string(t ? t : ""));
+    free(t);
+    json_array_append_new(json_object_get(lp, "token_logprobs"), json_null());
+    json_array_append_new(json_object_get(lp, "top_logprobs"), json_null());
+    json_array_append_new(json_object_get(lp, "text_offset"), json_integer(0));
+    return 0;
 }
 
 /* ---- request -> job ---- */
@@ -759,41 +1061,129 @@ static int error_from_status(struct xd_api_error *e, int rc, const struct xd_err
     return rc;
 }
 
-/* Renders the chat messages with the model's template into j->prompts[0]. */
-static int chat_prompt(struct gen_job *j, struct xd_api_error *e)
+/* m's tool_calls with every function's arguments as a JSON value, as vLLM hands them to
+ * templates (transformers' templates expect objects; OpenAI clients send JSON text): a string
+ * is decoded, a missing, null or empty one becomes {}. New reference in *ret (NULL: m has no
+ * tool_calls list); a string that is not JSON is a 400 naming the message and the call. */
+static int decoded_tool_calls(json_t *m, int i, json_t **ret, struct xd_api_error *e)
 {
-    struct xd_server *s = j->srv;
+    json_t *calls = json_object_get(m, "tool_calls");
+    *ret = NULL;
+    if (!json_is_array(calls))
+        return 0;
+    json_t *out = json_deep_copy(calls);
+    if (!out)
+        return xd_api_error_nomem(e);
+    size_t k;
+    json_t *c;
+    json_array_foreach(out, k, c) {
+        json_t *fn = json_object_get(c, "function");
+        if (!json_is_object(fn))
+            continue;
+        json_t *args = json_object_get(fn, "arguments"), *v = NULL;
+        if (json_is_string(args) && json_string_length(args) > 0) {
+            json_error_t jerr;
+            v = json_loadb(json_string_value(args), json_string_length(args),
+                           JSON_DECODE_ANY, &jerr);
+            if (!v) {
+                json_decref(out);
+                return xd_api_error_set(e, 400, "invalid_request_error", "messages",
+                                        "invalid_value", "'messages' %d: tool_calls[%zu]."
+                                        "function.arguments is not JSON (%s)", i, k, jerr.text);
+            }
+        } else if (!args || json_is_null(args) || json_is_string(args)) {
+            v = json_object();
+        }
+        if (v && json_object_set_new(fn, "arguments", v) < 0) {
+            json_decref(out);
+            return xd_api_error_nomem(e);
+        }
+    }
+    *ret = out;
+    return 0;
+}
+
+/* The messages as the template gets them, into *ret: each as sent, with its role as read
+ * (developer as system), its content as one string (text parts joined; null as "") and its
+ * tool calls' arguments decoded (decoded_tool_calls), as vLLM renders them. */
+static int template_messages(const struct xd_api_message *msgs, int n, json_t **ret,
+                             struct xd_api_error *e)
+{
+    json_t *arr = json_array();
+    if (!arr)
+        return xd_api_error_nomem(e);
+    for (int i = 0; i < n; i++) {
+        json_t *m = json_object(), *calls = NULL;
+        int rc = m ? 0 : xd_api_error_nomem(e);
+        if (rc == 0 && msgs[i].json)
+            rc = decoded_tool_calls(msgs[i].json, i, &calls, e);
+        if (rc == 0 && ((msgs[i].json && json_object_update(m, msgs[i].json) < 0) ||
+                        json_object_set_new(m, "role", json_string(msgs[i].role)) < 0 ||
+                        json_object_set_new(m, "content", json_string(msgs[i].content)) < 0 ||
+                        (calls && json_object_set(m, "tool_calls", calls) < 0) ||
+                        json_array_append(arr, m) < 0))
+            rc = xd_api_error_nomem(e);
+        json_decref(calls);
+        json_decref(m);
+        if (rc < 0) {
+            json_decref(arr);
+            return rc;
+        }
+    }
+    *ret = arr;
+    return 0;
+}
+
+int xd_api_chat_render(const struct xd_server *s, const struct xd_api_message *msgs, int n,
+                       const json_t *tools, const json_t *documents, const json_t *kwargs,
+                       bool add_generation_prompt, char **ret, size_t *ret_len,
+                       struct xd_api_error *e)
+{
     if (!s->tok)
         return xd_api_error_set(e, 400, "invalid_request_error", "messages",
                                 "chat_unavailable",
                                 "chat completions need the model's tokenizer.json");
-    if (s->chat_format == XD_CHAT_UNKNOWN)
+    if (!s->chat)
         return xd_api_error_set(e, 400, "invalid_request_error", "messages",
                                 "chat_template_unsupported", "%s",
                                 s->chat_error ? s->chat_error : "no chat template");
-    struct xd_chat_message *msgs = calloc((size_t)j->api.n_messages, sizeof *msgs);
-    if (!msgs)
-        return xd_api_error_nomem(e);
-    for (int i = 0; i < j->api.n_messages; i++) {
-        msgs[i].role = j->api.messages[i].role;
-        msgs[i].content = j->api.messages[i].content;
-    }
-    char *text = NULL;
-    size_t len = 0;
-    struct xd_err err = {{0}};
-    struct xd_chat_options co = {
-        .add_generation_prompt = true, .bos_token = s->bos_token, .eos_token = s->eos_token,
-        .enable_thinking = j->api.enable_thinking < 0    ? XD_CHAT_THINKING_UNSET
-                           : j->api.enable_thinking > 0 ? XD_CHAT_THINKING_ON
-                                                         : XD_CHAT_THINKING_OFF,
+    json_t *arr = NULL;
+    XD_TRY(template_messages(msgs, n, &arr, e));
+    /* a prompt may be as large as a request body can make it (the interpreter's default of
+     * 1 MiB would cut bodies allowed larger); memory in proportion */
+    long long body = s->cfg->max_body_bytes > 0 ? s->cfg->max_body_bytes : 1 << 20;
+    struct xd_jinja_limits lim = {.max_output = (size_t)(2 * body + (1 << 20)),
+                                  .max_memory = (size_t)(16 * body + (64 << 20))};
+    struct xd_chat_input in = {
+        .messages = arr, .tools = tools, .documents = documents, .kwargs = kwargs,
+        .add_generation_prompt = add_generation_prompt, .limits = &lim,
     };
-    int rc = xd_chat_render_opts((enum xd_chat_format)s->chat_format, msgs, j->api.n_messages,
-                                 &co, &text, &len, &err);
-    free(msgs);
+    struct xd_err err = {{0}};
+    int rc = xd_chat_template_render(s->chat, &in, ret, ret_len, &err);
+    json_decref(arr);
+    if (rc == XD_ERR_INVALID)
+        return xd_api_error_set(e, 400, "invalid_request_error", "messages",
+                                "chat_template_error", "'messages' could not be rendered: %s",
+                                err.msg);
     if (rc < 0)
         return error_from_status(e, rc, &err, "messages");
-    rc = xd_tokenizer_encode(s->tok, text, len, false, true, &j->prompts[0].ids,
-                             &j->prompts[0].n_ids, &err);
+    return 0;
+}
+
+/* Renders the chat messages with the model's template into j->prompts[0]. */
+static int chat_prompt(struct gen_job *j, struct xd_api_error *e)
+{
+    struct xd_server *s = j->srv;
+    char *text = NULL;
+    size_t len = 0;
+    XD_TRY(xd_api_chat_render(s, j->api.messages, j->api.n_messages, j->api.tools,
+                              j->api.documents, j->api.chat_template_kwargs, true, &text, &len,
+                              e));
+    j->think_open = xd_reasoning_prompt_open((enum xd_reasoning_parser)s->reasoning_parser, text,
+                                             len);
+    struct xd_err err = {{0}};
+    int rc = xd_tokenizer_encode(s->tok, text, len, false, true, &j->prompts[0].ids,
+                                 &j->prompts[0].n_ids, &err);
     free(text);
     if (rc < 0)
         return error_from_status(e, rc, &err, "messages");
@@ -923,8 +1313,15 @@ static int submit_all(struct gen_job *j, struct xd_api_error *e)
             .sampling = a->sampling,
             .stop = a->stop, .n_stop = a->n_stop,
             .ignore_eos = a->ignore_eos,
-            .skip_special = true,
+            /* Mistral's [TOOL_CALLS] is a special token: kept when tools are parsed */
+            .skip_special = !(a->tools && a->tool_choice != XD_API_TOOL_CHOICE_NONE &&
+                              xd_tool_syntax_needs_special((enum xd_tool_syntax)s->tool_syntax)),
+            /* echo with logprobs: every prompt token's logprob (lm-eval's loglikelihood) */
+            .prompt_logprobs = a->kind == XD_API_COMPLETIONS && a->echo && a->logprobs,
+            .prompt_top_logprobs = a->top_logprobs,
         };
+        qs[i].sampling.forced = j->forced; /* test hook (test_hooks.h); NULL otherwise */
+        qs[i].sampling.n_forced = j->n_forced;
         if (qs[i].sampling.has_seed) /* each choice its own stream, all reproducible */
             qs[i].sampling.seed += (uint64_t)(c->index % a->n);
         ctx[i] = c;
@@ -1008,13 +1405,17 @@ static uint64_t client_id(struct MHD_Connection *conn)
     return h;
 }
 
+/* A job for r, its connection registered for parking; NULL when out of memory (or the
+ * connection's socket is unknown or refused by epoll). */
 static struct gen_job *job_create(struct xd_http_req *r)
 {
-    struct gen_job *j = calloc(1, sizeof *j);
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    struct gen_job *j = ci ? calloc(1, sizeof *j) : NULL;
     if (!j)
         return NULL;
-    j->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (j->efd < 0) {
+    j->wait = xd_conn_park_add(r->srv->park, r->conn, ci->connect_fd);
+    if (!j->wait) {
         free(j);
         return NULL;
     }
@@ -1024,9 +1425,6 @@ static struct gen_job *job_create(struct xd_http_req *r)
     j->req = r;
     j->req_id = r->id;
     atomic_fetch_add(&r->srv->n_active, 1);
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    j->sockfd = ci ? ci->connect_fd : -1;
     j->client = client_id(r->conn);
     j->created = (long long)time(NULL);
     j->deadline = xd_now() + r->srv->cfg->request_timeout;
@@ -1062,7 +1460,25 @@ static enum MHD_Result respond_whole(struct xd_http_req *r, struct gen_job *j)
         if (chat) {
             json_t *m = json_object();
             json_object_set_new(m, "role", json_string("assistant"));
-            json_object_set_new(m, "content", json_stringn(text, c->text.len));
+            bool blank = true; /* content around tool calls that is only whitespace: null */
+            for (size_t k = 0; k < c->text.len && blank; k++)
+                blank = strchr(" \t\r\n", text[k]) != NULL;
+            bool calls = json_array_size(c->tool_calls) > 0;
+            json_object_set_new(m, "content", calls && blank ? json_null()
+                                                             : json_stringn(text, c->text.len));
+            if (calls) {
+                size_t k;
+                json_t *call;
+                json_array_foreach(c->tool_calls, k, call)
+                    json_object_del(call, "index"); /* a delta's field only */
+                json_object_set(m, "tool_calls", c->tool_calls);
+                c->finish_reason = "tool_calls";
+            }
+            if (j->split_reasoning)
+                json_object_set_new(m, "reasoning_content",
+                                    c->reasoning.len ? json_stringn(c->reasoning.data,
+                                                                    c->reasoning.len)
+                                                     : json_null());
             json_object_set_new(ch, "message", m);
         } else {
             const struct prompt *p = &j->prompts[c->prompt];
@@ -1108,12 +1524,16 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
                          j->api.model, s->model_name);
         return xd_http_send_error(r, &e);
     }
-    if (j->api.echo && j->api.logprobs) {
-        xd_api_error_set(&e, 400, "invalid_request_error", "echo", "invalid_value",
-                         "'echo' together with 'logprobs' is not supported");
+    if (j->api.tools && j->api.tool_choice != XD_API_TOOL_CHOICE_NONE &&
+        s->tool_syntax == XD_TOOL_SYNTAX_NONE) {
+        xd_api_error_set(&e, 400, "invalid_request_error", "tools", "invalid_value",
+                         "'tools': this model's chat template shows no tool-call syntax expertd "
+                         "parses; start the server with --tool-call-parser hermes, mistral, "
+                         "deepseek_v3, glm45 or qwen3_coder, or send 'tool_choice': 'none'");
         return xd_http_send_error(r, &e);
     }
-    if (check_logit_bias(s, &j->api, &e) < 0 || build_prompts(j, &e) < 0)
+    if (check_logit_bias(s, &j->api, &e) < 0 || build_prompts(j, &e) < 0 ||
+        xd_test_force_ids(s, j->api.root, &j->forced, &j->n_forced, &e) < 0)
         return xd_http_send_error(r, &e);
 
     int n_choices = j->n_prompts * j->api.n;
@@ -1129,17 +1549,32 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
         c->job = j;
         c->index = i;
         c->prompt = i / j->api.n;
+        j->split_reasoning = kind == XD_API_CHAT && s->reasoning_parser != XD_REASONING_NONE;
+        if (j->api.tools && j->api.tool_choice != XD_API_TOOL_CHOICE_NONE &&
+            xd_tool_stream_create((enum xd_tool_syntax)s->tool_syntax, j->api.tools,
+                                  &c->tools) < 0) {
+            xd_api_error_nomem(&e);
+            return xd_http_send_error(r, &e);
+        }
+        xd_reasoning_init(&c->rs, (enum xd_reasoning_parser)s->reasoning_parser, j->think_open);
         c->finish_ev = job_calloc(XD_FAULT_JOB, 1, sizeof *c->finish_ev);
         if (!c->finish_ev) { /* nothing submitted yet; job_free frees what there is */
             xd_api_error_nomem(&e);
             return xd_http_send_error(r, &e);
         }
-        if (j->api.logprobs && !j->api.stream) {
+        /* streamed echo with logprobs: the prompt's logprobs gather here until its chunk */
+        bool echo_lp = kind == XD_API_COMPLETIONS && j->api.echo && j->api.logprobs;
+        if (j->api.logprobs && (!j->api.stream || echo_lp)) {
+            c->echo_pending = j->api.stream;
             if (kind == XD_API_CHAT) {
                 c->logprobs = json_object();
                 json_object_set_new(c->logprobs, "content", json_array());
             } else {
                 c->logprobs = empty_completion_logprobs();
+                if (j->api.echo && echo_first_token(j, c) < 0) {
+                    xd_api_error_nomem(&e);
+                    return xd_http_send_error(r, &e);
+                }
             }
         }
     }
@@ -1156,7 +1591,7 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
         for (int i = 0; i < j->n_choices; i++) {
             if (kind == XD_API_CHAT)
                 sse_chunk(j, &j->choices[i], NULL, 0, NULL, NULL, true);
-            else if (j->api.echo && j->prompts[j->choices[i].prompt].text)
+            else if (j->api.echo && !j->api.logprobs && j->prompts[j->choices[i].prompt].text)
                 sse_chunk(j, &j->choices[i], j->prompts[j->choices[i].prompt].text,
                           j->prompts[j->choices[i].prompt].text_len, NULL, NULL, false);
         }
@@ -1181,9 +1616,17 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
         return ok;
     }
 
-    /* non-streaming: wait here, on the connection's own thread, watching for a hangup */
-    while (j->n_finished < j->n_choices) {
-        if (wait_events(j, 1.0) < 0) {
+    return xd_api_generate_resume(r);
+}
+
+/* A whole response: the events so far; once every choice finished, the response; else the
+ * connection parks until the next event, a hangup or the deadline, and MHD calls the access
+ * handler (so this) again when it is resumed. */
+enum MHD_Result xd_api_generate_resume(struct xd_http_req *r)
+{
+    struct gen_job *j = r->job;
+    for (;;) {
+        if (hung_up(j)) {
             r->disconnected = true;
             j->hangup = true;
             cancel_all(j);
@@ -1191,8 +1634,15 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
         }
         process_events(j);
         check_deadline(j);
+        if (j->n_finished == j->n_choices)
+            return respond_whole(r, j);
+        if (park(j, j->timed_out ? xd_now() + 1.0 : j->deadline))
+            return MHD_YES; /* no response yet: MHD calls again once resumed */
+        if (xd_conn_park_closed(j->srv->park)) {
+            cancel_all(j);
+            return MHD_NO;
+        }
     }
-    return respond_whole(r, j);
 }
 
 void xd_api_generate_done(struct xd_http_req *r, bool terminated_ok)
@@ -1204,7 +1654,10 @@ void xd_api_generate_done(struct xd_http_req *r, bool terminated_ok)
     for (int i = 0; i < j->n_choices; i++)
         unfinished |= j->choices[i].submitted && !j->choices[i].sched_finished;
     j->req = NULL;
+    struct xd_parked *w = j->wait;
+    j->wait = NULL; /* no kick after this */
     pthread_mutex_unlock(&j->lock);
+    xd_conn_park_remove(j->srv->park, w); /* before MHD closes the socket */
     if (unfinished || j->hangup) {
         if (!terminated_ok || j->hangup)
             xd_metrics_disconnect(j->srv->metrics);

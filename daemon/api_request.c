@@ -242,12 +242,33 @@ static int parse_messages(json_t *root, struct xd_api_request *r, struct xd_api_
         const char *rs = json_string_value(role);
         if (strcmp(rs, "developer") == 0)
             rs = "system";
-        if (strcmp(rs, "system") != 0 && strcmp(rs, "user") != 0 && strcmp(rs, "assistant") != 0)
-            return BAD("messages", "'messages' %zu: role '%s' is not system, user or assistant", i,
-                       json_string_value(role));
+        if (strcmp(rs, "system") != 0 && strcmp(rs, "user") != 0 &&
+            strcmp(rs, "assistant") != 0 && strcmp(rs, "tool") != 0)
+            return BAD("messages", "'messages' %zu: role '%s' is not system, user, assistant or "
+                                   "tool", i, json_string_value(role));
+        json_t *calls = json_object_get(m, "tool_calls");
+        if (calls && !json_is_null(calls) && !json_is_array(calls))
+            return BAD_TYPE("messages", "a list of messages whose 'tool_calls' is a list");
         r->messages[i].role = rs;
+        r->messages[i].json = m;
         XD_TRY(parse_content(json_object_get(m, "content"), &r->messages[i], e));
     }
+    return 0;
+}
+
+/* documents (chat, vLLM's RAG extension): a list of objects, borrowed into *ret; NULL when
+ * absent. */
+static int parse_documents(json_t *root, json_t **ret, struct xd_api_error *e)
+{
+    json_t *docs = field(root, "documents");
+    if (!docs)
+        return 0;
+    if (!json_is_array(docs))
+        return BAD_TYPE("documents", "a list of objects");
+    for (size_t i = 0; i < json_array_size(docs); i++)
+        if (!json_is_object(json_array_get(docs, i)))
+            return BAD("documents", "'documents' %zu is not an object", i);
+    *ret = docs;
     return 0;
 }
 
@@ -313,6 +334,117 @@ static int parse_logit_bias(json_t *root, struct xd_api_request *r, struct xd_ap
     return 0;
 }
 
+/* A function name as OpenAI allows them: [a-zA-Z0-9_-]{1,64}. */
+static bool function_name_ok(const char *s, size_t n)
+{
+    if (n < 1 || n > 64)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+              (s[i] >= '0' && s[i] <= '9') || s[i] == '_' || s[i] == '-'))
+            return false;
+    return true;
+}
+
+/* tools, tool_choice and parallel_tool_calls (chat), as OpenAI checks them. */
+static int parse_tools(json_t *root, struct xd_api_request *r, struct xd_api_error *e)
+{
+    json_t *v = field(root, "tools");
+    r->parallel_tool_calls = true;
+    XD_TRY(get_bool(root, "parallel_tool_calls", &r->parallel_tool_calls, e));
+    if (v) {
+        if (!json_is_array(v))
+            return BAD_TYPE("tools", "a list of {\"type\": \"function\", \"function\": {...}}");
+        if (json_array_size(v) > 128)
+            return BAD("tools", "'tools' holds %zu tools; at most 128", json_array_size(v));
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            json_t *t = json_array_get(v, i), *f = json_object_get(t, "function");
+            json_t *type = json_object_get(t, "type");
+            if (!json_is_object(t) || !json_is_string(type) ||
+                strcmp(json_string_value(type), "function") != 0)
+                return BAD("tools", "'tools[%zu].type' must be \"function\"", i);
+            if (!json_is_object(f))
+                return BAD("tools", "'tools[%zu].function' must be an object", i);
+            json_t *name = json_object_get(f, "name");
+            if (!json_is_string(name))
+                return BAD("tools", "'tools[%zu].function.name' is required (a string)", i);
+            if (!function_name_ok(json_string_value(name), json_string_length(name)))
+                return BAD("tools", "'tools[%zu].function.name' '%s' must be 1 to 64 of a-z, "
+                           "A-Z, 0-9, _ and -", i, json_string_value(name));
+            for (size_t k = 0; k < i; k++)
+                if (json_equal(json_object_get(json_object_get(json_array_get(v, k), "function"),
+                                               "name"), name))
+                    return BAD("tools", "'tools[%zu].function.name' '%s' is already "
+                               "tools[%zu]'s", i, json_string_value(name), k);
+            json_t *d = json_object_get(f, "description"), *st = json_object_get(f, "strict");
+            if (d && !json_is_null(d) && !json_is_string(d))
+                return BAD("tools", "'tools[%zu].function.description' must be a string", i);
+            if (st && !json_is_null(st) && !json_is_boolean(st))
+                return BAD("tools", "'tools[%zu].function.strict' must be a boolean", i);
+            json_t *p = json_object_get(f, "parameters");
+            if (!p || json_is_null(p))
+                continue;
+            if (!json_is_object(p))
+                return BAD("tools", "'tools[%zu].function.parameters' must be a JSON Schema "
+                           "object", i);
+            json_t *pt = json_object_get(p, "type"), *props = json_object_get(p, "properties");
+            json_t *req = json_object_get(p, "required");
+            if (pt && !(json_is_string(pt) && strcmp(json_string_value(pt), "object") == 0))
+                return BAD("tools", "'tools[%zu].function.parameters' must be a schema of "
+                           "\"type\": \"object\"", i);
+            if (props && !json_is_object(props))
+                return BAD("tools", "'tools[%zu].function.parameters.properties' must be an "
+                           "object", i);
+            for (size_t k = 0; req && k < json_array_size(req); k++)
+                if (!json_is_string(json_array_get(req, k)))
+                    req = NULL;
+            if (json_object_get(p, "required") && !req)
+                return BAD("tools", "'tools[%zu].function.parameters.required' must be a list "
+                           "of strings", i);
+        }
+        if (json_array_size(v) > 0)
+            r->tools = v;
+    }
+    r->tool_choice = r->tools ? XD_API_TOOL_CHOICE_AUTO : XD_API_TOOL_CHOICE_NONE;
+    json_t *tc = field(root, "tool_choice");
+    if (!tc)
+        return 0;
+    if (json_is_string(tc)) {
+        const char *s = json_string_value(tc);
+        if (strcmp(s, "none") == 0)
+            r->tool_choice = XD_API_TOOL_CHOICE_NONE;
+        else if (strcmp(s, "auto") == 0 || strcmp(s, "required") == 0)
+            r->tool_choice = s[0] == 'a' ? XD_API_TOOL_CHOICE_AUTO : XD_API_TOOL_CHOICE_REQUIRED;
+        else
+            return BAD("tool_choice", "'tool_choice' must be none, auto, required or "
+                       "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+    } else if (json_is_object(tc)) {
+        json_t *f = json_object_get(tc, "function");
+        json_t *name = json_object_get(f, "name"), *type = json_object_get(tc, "type");
+        if (!json_is_string(type) || strcmp(json_string_value(type), "function") != 0 ||
+            !json_is_string(name))
+            return BAD("tool_choice", "'tool_choice' as an object must be {\"type\": "
+                       "\"function\", \"function\": {\"name\": ...}}");
+        bool found = false;
+        for (size_t i = 0; r->tools && i < json_array_size(r->tools); i++)
+            found |= json_equal(json_object_get(json_object_get(json_array_get(r->tools, i),
+                                                                "function"), "name"), name);
+        if (!found)
+            return BAD("tool_choice", "'tool_choice' names the function '%s', which is not in "
+                       "'tools'", json_string_value(name));
+        r->tool_choice = XD_API_TOOL_CHOICE_FUNCTION;
+        r->tool_choice_name = json_string_value(name);
+    } else {
+        return BAD_TYPE("tool_choice", "a string or an object");
+    }
+    if (!r->tools && r->tool_choice != XD_API_TOOL_CHOICE_NONE &&
+        r->tool_choice != XD_API_TOOL_CHOICE_AUTO)
+        return BAD("tool_choice", "'tool_choice' other than none or auto needs 'tools'");
+    if (!r->tools)
+        r->tool_choice = XD_API_TOOL_CHOICE_NONE;
+    return 0;
+}
+
 static int parse_fields(enum xd_api_kind kind, json_t *root, struct xd_api_request *r,
                         struct xd_api_error *e)
 {
@@ -324,11 +456,14 @@ static int parse_fields(enum xd_api_kind kind, json_t *root, struct xd_api_reque
     }
     XD_TRY(kind == XD_API_COMPLETIONS ? parse_prompt(root, r, e) : parse_messages(root, r, e));
 
+    if (kind == XD_API_CHAT)
+        XD_TRY(parse_documents(root, &r->documents, e));
     r->enable_thinking = -1;
     json_t *kw = kind == XD_API_CHAT ? field(root, "chat_template_kwargs") : NULL;
     if (kw) {
         if (!json_is_object(kw))
             return BAD_TYPE("chat_template_kwargs", "an object");
+        r->chat_template_kwargs = kw;
         json_t *et = json_object_get(kw, "enable_thinking");
         if (et && !json_is_boolean(et))
             return BAD_TYPE("chat_template_kwargs", "an object whose 'enable_thinking' is a "
@@ -404,8 +539,10 @@ static int parse_fields(enum xd_api_kind kind, json_t *root, struct xd_api_reque
         return BAD("best_of", "'best_of' is not supported (only equal to 'n')");
     if ((v = field(root, "suffix")))
         return BAD("suffix", "'suffix' is not supported");
-    if ((v = field(root, "tools")) && json_array_size(v) > 0)
-        return BAD("tools", "'tools' is not supported");
+    if (kind == XD_API_CHAT)
+        XD_TRY(parse_tools(root, r, e));
+    else if ((v = field(root, "tools")) && json_array_size(v) > 0)
+        return BAD("tools", "'tools' is a chat completions parameter");
     return 0;
 }
 
@@ -442,6 +579,134 @@ void xd_api_request_finish(struct xd_api_request *r)
         free(r->messages[i].content);
     free(r->messages);
     free(r->logit_bias);
+    json_decref(r->root);
+    memset(r, 0, sizeof *r);
+}
+
+/* ---- /tokenize and /detokenize ---- */
+
+static int parse_tokenize_fields(bool detokenize, json_t *root, struct xd_api_tokenize_request *r,
+                                 struct xd_api_error *e)
+{
+    json_t *v;
+    if ((v = field(root, "model"))) {
+        if (!json_is_string(v))
+            return BAD_TYPE("model", "a string");
+        r->model = json_string_value(v);
+    }
+    if (detokenize) {
+        v = field(root, "tokens");
+        if (!v)
+            return xd_api_error_set(e, 400, "invalid_request_error", "tokens",
+                                    "missing_required_parameter", "'tokens' is required");
+        if (!json_is_array(v))
+            return BAD_TYPE("tokens", "a list of token ids");
+        size_t n = json_array_size(v);
+        if (n > (size_t)1 << 24)
+            return BAD("tokens", "'tokens' holds %zu ids; at most %d", n, 1 << 24);
+        r->ids = malloc(sizeof *r->ids * (n ? n : 1));
+        if (!r->ids)
+            return xd_api_error_nomem(e);
+        for (size_t i = 0; i < n; i++) {
+            json_t *t = json_array_get(v, i);
+            if (!json_is_integer(t) || json_integer_value(t) < 0 ||
+                json_integer_value(t) > INT32_MAX)
+                return BAD("tokens", "'tokens' entry %zu is not a token id", i);
+            r->ids[i] = (int32_t)json_integer_value(t);
+        }
+        r->n_ids = (int)n;
+        return 0;
+    }
+    json_t *prompt = field(root, "prompt"), *messages = field(root, "messages");
+    if (prompt && messages)
+        return BAD("messages", "give either 'prompt' or 'messages', not both");
+    if (!prompt && !messages)
+        return xd_api_error_set(e, 400, "invalid_request_error", "prompt",
+                                "missing_required_parameter", "'prompt' or 'messages' is required");
+    r->enable_thinking = -1;
+    r->add_generation_prompt = true;
+    if (prompt) {
+        if (!json_is_string(prompt))
+            return BAD_TYPE("prompt", "a string");
+        r->prompt = json_string_value(prompt);
+        r->prompt_len = json_string_length(prompt);
+        r->add_special_tokens = true;
+        for (const char *const *k = (const char *const[]){"add_generation_prompt",
+                                                          "continue_final_message",
+                                                          "chat_template_kwargs", NULL};
+             *k; k++)
+            if (field(root, *k))
+                return BAD(*k, "'%s' applies to 'messages' only", *k);
+    } else {
+        struct xd_api_request tmp = {.kind = XD_API_CHAT};
+        int rc = parse_messages(root, &tmp, e);
+        r->messages = tmp.messages; /* owned by r from here, failed or not */
+        r->n_messages = tmp.n_messages;
+        XD_TRY(rc);
+        r->chat = true;
+        json_t *kw = field(root, "chat_template_kwargs");
+        r->chat_template_kwargs = json_is_object(kw) ? kw : NULL;
+        if (kw) {
+            if (!json_is_object(kw))
+                return BAD_TYPE("chat_template_kwargs", "an object");
+            json_t *et = json_object_get(kw, "enable_thinking");
+            if (et && !json_is_boolean(et))
+                return BAD_TYPE("chat_template_kwargs", "an object whose 'enable_thinking' is "
+                                                        "a boolean");
+            if (et)
+                r->enable_thinking = json_is_true(et);
+        }
+        XD_TRY(get_bool(root, "add_generation_prompt", &r->add_generation_prompt, e));
+        XD_TRY(get_bool(root, "continue_final_message", &r->continue_final_message, e));
+        if (r->add_generation_prompt && r->continue_final_message)
+            return BAD("continue_final_message", "'continue_final_message' and "
+                       "'add_generation_prompt' cannot both be true");
+        if (r->continue_final_message &&
+            strcmp(r->messages[r->n_messages - 1].role, "assistant") != 0)
+            return BAD("continue_final_message", "'continue_final_message' needs the last "
+                       "message to be the assistant's");
+    }
+    XD_TRY(get_bool(root, "add_special_tokens", &r->add_special_tokens, e));
+    XD_TRY(get_bool(root, "return_token_strs", &r->return_token_strs, e));
+    if (r->chat) { /* the template sees tools and documents as chat completions pass them */
+        struct xd_api_request tmp = {.kind = XD_API_CHAT};
+        XD_TRY(parse_tools(root, &tmp, e));
+        r->tools = tmp.tools;
+        XD_TRY(parse_documents(root, &r->documents, e));
+    } else if ((v = field(root, "tools")) && json_array_size(v) > 0) {
+        return BAD("tools", "'tools' applies to 'messages' only");
+    }
+    return 0;
+}
+
+int xd_api_tokenize_parse(bool detokenize, const char *body, size_t len,
+                          struct xd_api_tokenize_request *ret, struct xd_api_error *e)
+{
+    struct xd_api_tokenize_request r = {0};
+    json_error_t jerr;
+    r.root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!r.root)
+        return xd_api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
+                                "malformed JSON at line %d, column %d: %s", jerr.line,
+                                jerr.column, jerr.text);
+    int rc = json_is_object(r.root)
+                 ? parse_tokenize_fields(detokenize, r.root, &r, e)
+                 : xd_api_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
+                                    "the request body must be a JSON object");
+    if (rc < 0) {
+        xd_api_tokenize_finish(&r);
+        return rc;
+    }
+    *ret = r;
+    return XD_OK;
+}
+
+void xd_api_tokenize_finish(struct xd_api_tokenize_request *r)
+{
+    for (int i = 0; i < r->n_messages; i++)
+        free(r->messages[i].content);
+    free(r->messages);
+    free(r->ids);
     json_decref(r->root);
     memset(r, 0, sizeof *r);
 }

@@ -51,8 +51,19 @@ struct xd_api_prompt {
 };
 
 struct xd_api_message {
-    const char *role;    /* system, user or assistant (developer is read as system) */
-    char *content;       /* owned: text parts joined */
+    const char *role;    /* system, user, assistant or tool (developer is read as system) */
+    char *content;       /* owned: text parts joined; null or absent content is "" (as vLLM
+                          * renders it) */
+    json_t *json;        /* borrowed from root: the message object as sent (tool_calls,
+                          * tool_call_id, name, reasoning_content reach the template) */
+};
+
+/* tool_choice (chat). */
+enum xd_api_tool_choice {
+    XD_API_TOOL_CHOICE_AUTO,     /* the default with tools: the model decides */
+    XD_API_TOOL_CHOICE_NONE,     /* the default without: no call is parsed */
+    XD_API_TOOL_CHOICE_REQUIRED, /* the model should call one (decoding is not constrained) */
+    XD_API_TOOL_CHOICE_FUNCTION, /* {"type": "function", "function": {"name": ...}} */
 };
 
 struct xd_api_request {
@@ -77,7 +88,17 @@ struct xd_api_request {
     bool ignore_eos;                 /* vLLM's extension: do not stop at EOS */
     int enable_thinking;             /* chat: chat_template_kwargs.enable_thinking (vLLM's
                                         extension): -1 not given, 0 false, 1 true */
+    json_t *chat_template_kwargs;    /* chat: borrowed, an object (extra template variables);
+                                        NULL when absent */
+    json_t *documents;               /* chat: borrowed, vLLM's list of documents (objects) for
+                                        RAG templates; NULL when absent */
     const char *user;
+    json_t *tools;                   /* chat: the tools list, validated (each a function with
+                                        a name of [a-zA-Z0-9_-]{1,64}, unique, parameters an
+                                        object schema), borrowed from root; NULL: none */
+    enum xd_api_tool_choice tool_choice;
+    const char *tool_choice_name;    /* XD_API_TOOL_CHOICE_FUNCTION: one of the tools' names */
+    bool parallel_tool_calls;        /* default true */
 };
 
 /* Parses len bytes of body for the endpoint kind into *ret (which owns what it points to
@@ -89,5 +110,40 @@ int xd_api_request_parse(enum xd_api_kind kind, const char *body, size_t len,
 
 /* Frees what the request owns; accepts a zeroed request. */
 void xd_api_request_finish(struct xd_api_request *r);
+
+/* POST /tokenize and /detokenize bodies, as vLLM serves them. /tokenize takes either
+ * {model?, prompt, add_special_tokens?} or {model?, messages, add_generation_prompt?,
+ * continue_final_message?, add_special_tokens?, chat_template_kwargs?}, both with
+ * return_token_strs?; /detokenize takes {model?, tokens}. */
+struct xd_api_tokenize_request {
+    json_t *root;                    /* the parsed body; strings below borrow from it */
+    const char *model;               /* NULL when absent */
+    bool chat;                       /* /tokenize with messages (else prompt) */
+    const char *prompt;              /* /tokenize with prompt: borrowed */
+    size_t prompt_len;
+    struct xd_api_message *messages; /* (n_messages,) chat only, owned */
+    int n_messages;
+    int enable_thinking;             /* chat_template_kwargs.enable_thinking: -1, 0, 1 */
+    json_t *chat_template_kwargs;    /* borrowed from root, an object; NULL when absent */
+    json_t *tools;                   /* borrowed from root, validated as chat's; NULL: none */
+    json_t *documents;               /* borrowed from root, a list of objects; NULL: none */
+    bool add_special_tokens;         /* default true for prompt, false for messages (vLLM) */
+    bool add_generation_prompt;      /* default true */
+    bool continue_final_message;     /* default false; exclusive with add_generation_prompt */
+    bool return_token_strs;          /* add token_strs (the vocabulary's token strings) */
+    int32_t *ids;                    /* (n_ids,) /detokenize only, owned; not range-checked
+                                        against the vocabulary here (the server knows it) */
+    int n_ids;
+};
+
+/* Parses len bytes of a /tokenize (detokenize false) or /detokenize body into *ret (owning
+ * what it points to until xd_api_tokenize_finish) and returns XD_OK. On failure returns
+ * XD_ERR_INVALID (e: 400 naming the parameter) or XD_ERR_NOMEM (e: 500); *ret is not
+ * written. */
+int xd_api_tokenize_parse(bool detokenize, const char *body, size_t len,
+                          struct xd_api_tokenize_request *ret, struct xd_api_error *e);
+
+/* Frees what the request owns; accepts a zeroed request. */
+void xd_api_tokenize_finish(struct xd_api_tokenize_request *r);
 
 #endif

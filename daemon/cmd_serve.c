@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "config/config_file.h"
@@ -14,11 +15,14 @@
 #include "daemon/http_server.h"
 #include "daemon/sd_notify.h"
 #include "daemon/server.h"
+#include "daemon/test_hooks.h"
 #include "engine/base/clock.h"
 #include "engine/engine.h"
 #include "engine/model/safetensors.h"
 #include "engine/experts/routing_trace.h"
 #include "engine/text/chat_template.h"
+#include "engine/text/reasoning.h"
+#include "engine/text/tool_calls.h"
 #include "engine/text/tokenizer.h"
 #include "engine/text/tokenizer_config.h"
 
@@ -33,6 +37,36 @@ static const struct xd_opt serve_own_opts[] = {
      "read settings from FILE (key = value; EXPERTD_* variables and flags override it)"},
     {"help", XD_OPT_FLAG, offsetof(struct serve_opts, help), 0, 0, NULL, "print this help"},
 };
+
+/* Descriptors kept for what is not a connection: the model's files, the log, MHD's and the
+ * park's epoll sets and wake-up pipes, a trace file, the --metrics-listen listener's 16. */
+#define FD_RESERVE 256
+
+/* Raises the soft limit of open files to the hard one (each connection is a descriptor) and
+ * lowers max-connections to what the limit leaves after FD_RESERVE; says both in the log. */
+static void fit_connections(struct xd_server *s, struct xd_server_config *c)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    rlim_t was = rl.rlim_cur;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            rl.rlim_cur = was;
+    }
+    long long cur = rl.rlim_cur == RLIM_INFINITY ? 1ll << 30 : (long long)rl.rlim_cur;
+    long long room = cur > 2 * FD_RESERVE ? cur - FD_RESERVE : cur / 2;
+    xd_log(s, XD_LOG_INFO, "open files: limit %lld (was %lld, hard limit %lld)", cur,
+           was == RLIM_INFINITY ? -1ll : (long long)was,
+           rl.rlim_max == RLIM_INFINITY ? -1ll : (long long)rl.rlim_max);
+    if (c->max_connections > room) {
+        xd_log(s, XD_LOG_WARN, "max-connections %d is more than the open-files limit %lld "
+               "allows; using %lld (raise LimitNOFILE / ulimit -Hn for more)",
+               c->max_connections, cur, room);
+        c->max_connections = (int)room;
+    }
+}
 
 /* The API key: api-key-file's first line, else EXPERTD_API_KEY; never a flag (ps shows
  * flags). *ret stays NULL when neither is set. */
@@ -60,6 +94,8 @@ struct loaded {
     struct xd_engine *engine;
     struct xd_tokenizer *tok;
     struct xd_tokenizer_config tcfg;
+    struct xd_chat_template *chat; /* NULL: no usable template (chat_err says why) */
+    struct xd_err chat_err;
     struct xd_step_engine step;
     struct xd_trace_writer *trace; /* --record-routing, or NULL */
     struct xd_metrics *metrics;    /* receives the expert counters after each step */
@@ -135,12 +171,26 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
         XD_TRY(xd_tokenizer_config_load(c->engine.model, L->tok, &L->tcfg, err));
         if (L->tcfg.warning[0])
             xd_log(s, XD_LOG_WARN, "%s", L->tcfg.warning);
+        /* chat: the override (a built-in or a file: its errors stop the load, the operator
+         * asked for it), else the model's own template (its errors only make chat unavailable) */
+        int rc = xd_chat_template_load(c->chat_template, &L->tcfg, c->engine.model, &L->chat,
+                                       &L->chat_err);
+        if (rc < 0 && c->chat_template)
+            return xd_err_set(err, rc, "option '--chat-template': %s", L->chat_err.msg);
+        if (rc == XD_ERR_INVALID) {
+            struct xd_err e = L->chat_err;
+            xd_err_set(&L->chat_err, rc, "%.380s; set the chat-template option to a built-in "
+                       "(%s) or a Jinja file", e.msg, xd_chat_builtin_names());
+        }
     } else {
+        xd_err_set(&L->chat_err, XD_ERR_UNSUPPORTED, "chat completions need the model's "
+                   "tokenizer.json");
         xd_log(s, XD_LOG_WARN, "%s has no tokenizer.json: prompts must be token ids, "
                "responses have no text, chat is unavailable", c->engine.model);
     }
 
-    long long block_bytes = 2LL * mc->n_layers * mc->n_kv_heads * mc->head_dim *
+    /* what the backend stores per token: K and V, or MLA's latent + rotary key */
+    long long block_bytes = mc->n_layers * xd_model_config_kv_floats_per_token(mc) *
                             c->engine.block_size *
                             (strcmp(c->engine.device, "cuda") == 0 ? 2 : 4);
     long long blocks = c->engine.kv_blocks;
@@ -210,24 +260,25 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
         return rc;
     }
 
-    /* chat: the override, else the template recognised from tokenizer_config.json */
-    s->chat_error = NULL;
-    if (c->chat_template) {
-        s->chat_format = xd_chat_format_from_name(c->chat_template);
-    } else if (L->tcfg.chat_template) {
-        s->chat_format = xd_chat_format_detect(L->tcfg.chat_template);
-        if (s->chat_format == XD_CHAT_UNKNOWN)
-            s->chat_error = "the model's chat template is not one expertd renders (ChatML, "
-                            "Mistral [INST], OLMoE, Qwen3); set the chat-template option to chatml, "
-                            "mistral, mistral-v1, olmoe or qwen3 to choose one";
-    } else {
-        s->chat_error = "the model has no chat template (tokenizer_config.json); set the "
-                        "chat-template option to chatml, mistral, mistral-v1, olmoe or qwen3";
-    }
+    s->chat = L->chat;
+    s->chat_error = L->chat ? NULL : L->chat_err.msg;
     if (s->chat_error && L->tok)
         xd_log(s, XD_LOG_WARN, "/v1/chat/completions unavailable: %s", s->chat_error);
-    s->bos_token = L->tcfg.bos_token;
-    s->eos_token = L->tcfg.eos_token;
+    enum xd_reasoning_parser parser = XD_REASONING_NONE;
+    if (c->reasoning_parser && strcmp(c->reasoning_parser, "auto") != 0)
+        xd_reasoning_parser_from_name(c->reasoning_parser, &parser); /* validated with the options */
+    else if (L->chat) /* the template served, the model's own or the override */
+        parser = xd_reasoning_detect(xd_chat_template_source(L->chat));
+    s->reasoning_parser = parser;
+    enum xd_tool_syntax syntax = XD_TOOL_SYNTAX_NONE;
+    if (c->tool_call_parser && strcmp(c->tool_call_parser, "auto") != 0)
+        xd_tool_syntax_from_name(c->tool_call_parser, &syntax); /* validated with the options */
+    else if (L->chat)
+        syntax = xd_tool_syntax_detect(xd_chat_template_source(L->chat));
+    s->tool_syntax = syntax;
+    if (xd_test_hooks_enabled())
+        xd_log(s, XD_LOG_WARN, "EXPERTD_TEST_HOOKS=1: test hooks are on (requests may force "
+               "the output with x_test_force_output); never set it in production");
     s->tok = L->tok;
     s->vocab_size = mc->vocab_size;
     s->max_context = mc->max_context;
@@ -246,11 +297,13 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     s->sched = sched;
     pthread_rwlock_unlock(&s->sched_lock);
     xd_log(s, XD_LOG_INFO, "model %s loaded as '%s': %d layers, %d experts (top %d), context %d, "
-           "KV cache %lld blocks of %d tokens (%.1f MiB), chat template %s",
+           "KV cache %lld blocks of %d tokens (%.1f MiB), chat template %s, reasoning parser %s, tool calls %s",
            c->engine.model, s->model_name, mc->n_layers, mc->n_experts, mc->top_k,
            s->max_context, blocks, c->engine.block_size,
            (double)(blocks * block_bytes) / (1 << 20),
-           s->chat_format ? xd_chat_format_name((enum xd_chat_format)s->chat_format) : "none");
+           L->chat ? xd_chat_template_origin(L->chat) : "none",
+           xd_reasoning_parser_name((enum xd_reasoning_parser)s->reasoning_parser),
+           xd_tool_syntax_name((enum xd_tool_syntax)s->tool_syntax));
     return XD_OK;
 }
 
@@ -325,6 +378,7 @@ int xd_cmd_serve(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    fit_connections(&s, &o.cfg);
     if (xd_http_start(&s, &err) < 0) {
         fprintf(stderr, "expertd serve: %s\n", err.msg);
         goto out;
@@ -409,6 +463,7 @@ out:
         xd_log(&s, XD_LOG_ERROR, "%s", err.msg);
     xd_engine_destroy(L.engine);
     xd_model_destroy(L.model);
+    xd_chat_template_destroy(L.chat);
     xd_tokenizer_config_finish(&L.tcfg);
     xd_tokenizer_destroy(L.tok);
     xd_metrics_destroy(s.metrics);

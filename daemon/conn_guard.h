@@ -1,5 +1,5 @@
 /* Deadlines a trickle cannot extend, and a per-client connection cap, for the HTTP layer's
- * thread-per-connection server: every connection is registered with the phase it is in, and
+ * libmicrohttpd server: every connection is registered with the phase it is in, and
  * a watchdog thread shuts down the socket of one that stays in a phase past its deadline
  * (MHD's own idle timeout starts again at every byte, so it cannot do this). */
 #ifndef XD_CONN_GUARD_H
@@ -26,6 +26,7 @@ enum xd_conn_cut {
     XD_CONN_CUT_BODY,    /* request body not complete within body_timeout */
     XD_CONN_CUT_IDLE,    /* kept alive past idle_timeout without a request line */
     XD_CONN_CUT_OVER_CAP, /* over the per-client cap and no request headers within the grace */
+    XD_CONN_CUT_OVER_TOTAL, /* over max_total and no request headers within the grace */
 };
 
 struct xd_conn_guard_opts {
@@ -38,6 +39,12 @@ struct xd_conn_guard_opts {
     int max_over_cap;      /* connections from one address beyond max_per_client that wait
                               for their headers (to be answered 503) at once; more are not
                               admitted at all (xd_conn_guard_admit) */
+    int max_total;         /* connections served at once, all addresses together (the oldest
+                              are): a newer one is over it as one is over the per-client cap
+                              (answered 503, cut after over_cap_grace without headers);
+                              0: no limit */
+    int max_over_total;    /* connections beyond max_total admitted at once (to be answered);
+                              more are not admitted at all */
 };
 
 struct xd_conn_guard;
@@ -51,8 +58,8 @@ int xd_conn_guard_create(const struct xd_conn_guard_opts *opts, struct xd_conn_g
 void xd_conn_guard_destroy(struct xd_conn_guard *g);
 
 /* Whether a connection from addr may be accepted at all: false when max_per_client +
- * max_over_cap connections from its address are live (the caller closes it at once, before
- * it costs a thread). Thread-safe. */
+ * max_over_cap connections from its address are live, or max_total + max_over_total
+ * connections in all (the caller closes it at once, before it costs anything). Thread-safe. */
 bool xd_conn_guard_admit(struct xd_conn_guard *g, const struct sockaddr *addr);
 /* Registers a new connection on socket fd from addr, in XD_CONN_HEADERS. A connection is over
  * the cap while max_per_client older connections from its address (IPv4-mapped IPv6 counted
@@ -70,9 +77,10 @@ void xd_conn_guard_enter(struct xd_conn_guard *g, struct xd_conn *c, enum xd_con
  * own idle timeout for a generation, and the watchdog must not cut earlier than MHD would.
  * Thread-safe; c may be NULL. */
 void xd_conn_guard_set_idle_timeout(struct xd_conn_guard *g, struct xd_conn *c, double seconds);
-/* Whether c is over the per-client cap now (see xd_conn_guard_open; one that was over is
- * admitted once older ones left). Thread-safe; c may be NULL (false). */
-bool xd_conn_guard_over_cap(struct xd_conn_guard *g, struct xd_conn *c);
+/* Whether c is over the per-client cap or over max_total now (see xd_conn_guard_open; one
+ * that was over is admitted once older ones left); *ret_total (may be NULL) says whether it is
+ * over max_total. Thread-safe; c may be NULL (false). */
+bool xd_conn_guard_over_cap(struct xd_conn_guard *g, struct xd_conn *c, bool *ret_total);
 /* Why the watchdog cut c so far (XD_CONN_CUT_NONE if it did not). Thread-safe; c may be NULL. */
 enum xd_conn_cut xd_conn_guard_cut(struct xd_conn_guard *g, const struct xd_conn *c);
 /* Connections registered now. Thread-safe. */

@@ -256,11 +256,12 @@ char *xd_metrics_render(struct xd_metrics *m, const struct xd_sched_stats *st,
           "Client connections open (both listeners, this scrape's included).",
           (double)m->conns_open);
     static const char *const closed_reason[XD_CLOSED_COUNT] = {
-        "header_timeout", "body_timeout", "idle_timeout", "per_client_limit"};
+        "header_timeout", "body_timeout", "idle_timeout", "per_client_limit",
+        "max_connections"};
     header(&b, "expertd_connections_closed_total", "counter",
            "Connections closed by the server before a request on them was answered: headers or "
            "body not complete in time (a trickle cannot extend these), or over "
-           "max-connections-per-client.");
+           "max-connections-per-client or max-connections.");
     for (int i = 0; i < XD_CLOSED_COUNT; i++)
         out(&b, "expertd_connections_closed_total{reason=\"%s\"} %llu\n", closed_reason[i],
             (unsigned long long)m->conns_closed[i]);

@@ -21,6 +21,7 @@ enum xd_conn_closed {
     XD_CLOSED_BODY_TIMEOUT,   /* request body not complete within body-timeout */
     XD_CLOSED_IDLE_TIMEOUT,   /* kept alive without a new request line for the idle timeout */
     XD_CLOSED_PER_CLIENT,     /* over max-connections-per-client, and no request in time */
+    XD_CLOSED_MAX_CONNECTIONS, /* over max-connections, and no request in time */
     XD_CLOSED_COUNT,
 };
 

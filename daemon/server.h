@@ -16,6 +16,7 @@
 #include "scheduler/scheduler.h"
 
 struct xd_conn_guard;
+struct xd_conn_park;
 
 /* What loading is doing now (/health's progress.phase). */
 enum xd_load_phase {
@@ -53,9 +54,10 @@ struct xd_server {
     const struct xd_tokenizer *tok;     /* NULL: the model directory has no tokenizer.json */
     int vocab_size;
     int max_context;
-    int chat_format;                    /* enum xd_chat_format; 0: unknown */
+    const struct xd_chat_template *chat; /* the parsed chat template; NULL: chat unavailable */
     const char *chat_error;             /* why chat is unavailable, or NULL */
-    const char *bos_token, *eos_token;  /* for chat templates; may be NULL */
+    int reasoning_parser;               /* enum xd_reasoning_parser of chat output */
+    int tool_syntax;                    /* enum xd_tool_syntax of chat output */
 
     /* The scheduler: submit and cancel hold the read lock, teardown the write lock, so no
      * HTTP thread reaches a destroyed scheduler. NULL before loading and after teardown. */
@@ -68,6 +70,7 @@ struct xd_server {
     struct MHD_Daemon *mhd_metrics;     /* --metrics-listen: /metrics and /health only; or NULL */
     unsigned short metrics_port;        /* its bound port */
     struct xd_conn_guard *guard;        /* deadlines and the per-client cap of both listeners */
+    struct xd_conn_park *park;          /* generation requests' suspended connections */
 };
 
 /* printf-style logging to stderr at a level (dropped above the server's level). */

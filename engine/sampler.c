@@ -21,6 +21,8 @@ struct xd_sampler {
     uint8_t *seen;                /* (n_vocab,) token in prompt or output */
     float *work;                  /* (n_vocab,) processed logits */
     struct candidate *cand;       /* (n_vocab,) */
+    int32_t *forced;              /* (p.n_forced,) owned copy; p.forced points here */
+    int n_picked;                 /* picks so far (the forced ones come first) */
 };
 
 struct xd_sampling_params xd_sampling_defaults(void)
@@ -85,6 +87,12 @@ int xd_sampler_create(const struct xd_sampling_params *p, int n_vocab, struct xd
         return xd_err_set(err, XD_ERR_INVALID, "logprobs must be in [0, %d]", XD_MAX_LOGPROBS);
     if (p->n_logit_bias < 0 || (p->n_logit_bias > 0 && !p->logit_bias))
         return xd_err_set(err, XD_ERR_INVALID, "logit_bias is invalid");
+    if (p->n_forced < 0 || (p->n_forced > 0 && !p->forced))
+        return xd_err_set(err, XD_ERR_INVALID, "forced: %d ids", p->n_forced);
+    for (int i = 0; i < p->n_forced; i++)
+        if (p->forced[i] < 0 || p->forced[i] >= n_vocab)
+            return xd_err_set(err, XD_ERR_INVALID, "forced: token %d is outside the vocabulary "
+                              "(%d)", (int)p->forced[i], n_vocab);
     for (int i = 0; i < p->n_logit_bias; i++) {
         if (p->logit_bias[i].token < 0 || p->logit_bias[i].token >= n_vocab)
             return xd_err_set(err, XD_ERR_INVALID,
@@ -104,13 +112,17 @@ int xd_sampler_create(const struct xd_sampling_params *p, int n_vocab, struct xd
     s->seen = calloc((size_t)n_vocab, 1);
     s->work = malloc((size_t)n_vocab * sizeof *s->work);
     s->cand = malloc((size_t)n_vocab * sizeof *s->cand);
-    if (!s->bias || !s->out_count || !s->seen || !s->work || !s->cand) {
+    s->forced = malloc(sizeof *s->forced * (size_t)(p->n_forced > 0 ? p->n_forced : 1));
+    if (!s->bias || !s->out_count || !s->seen || !s->work || !s->cand || !s->forced) {
         xd_sampler_destroy(s);
         return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
     }
     if (p->n_logit_bias)
         memcpy(s->bias, p->logit_bias, sizeof *s->bias * (size_t)p->n_logit_bias);
     s->p.logit_bias = s->bias;
+    if (p->n_forced > 0)
+        memcpy(s->forced, p->forced, sizeof *s->forced * (size_t)p->n_forced);
+    s->p.forced = s->forced;
 
     uint64_t seed = p->seed;
     if (!p->has_seed && getrandom(&seed, sizeof seed, 0) != sizeof seed)
@@ -130,6 +142,7 @@ void xd_sampler_destroy(struct xd_sampler *s)
     free(s->seen);
     free(s->work);
     free(s->cand);
+    free(s->forced);
     free(s);
 }
 
@@ -148,32 +161,44 @@ static int cmp_cand_desc(const void *a, const void *b)
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
+void xd_sampler_logprobs(const float *logits, int n_vocab, int32_t token, int n_top,
+                         struct xd_sample *ret)
+{
+    float mx = logits[0];
+    for (int i = 1; i < n_vocab; i++)
+        mx = logits[i] > mx ? logits[i] : mx;
+    double sum = 0.0;
+    for (int i = 0; i < n_vocab; i++)
+        sum += exp((double)(logits[i] - mx));
+    const float lse = mx + (float)log(sum);
+    ret->token = token;
+    ret->logprob = logits[token] - lse;
+    if (n_top > XD_MAX_LOGPROBS)
+        n_top = XD_MAX_LOGPROBS;
+    if (n_top > n_vocab)
+        n_top = n_vocab;
+    /* one pass, the best n_top kept sorted (larger logit first, then lower id): the ids come
+     * in increasing order, so an equal logit never displaces an earlier one */
+    int n = 0;
+    for (int i = 0; i < n_vocab && n_top > 0; i++) {
+        if (n == n_top && !(logits[i] > logits[ret->top_ids[n - 1]]))
+            continue;
+        int at = n < n_top ? n++ : n - 1;
+        while (at > 0 && logits[i] > logits[ret->top_ids[at - 1]]) {
+            ret->top_ids[at] = ret->top_ids[at - 1];
+            at--;
+        }
+        ret->top_ids[at] = i;
+    }
+    for (int k = 0; k < n; k++)
+        ret->top_logprobs[k] = logits[ret->top_ids[k]] - lse;
+    ret->n_top = n;
+}
+
 /* Log-softmax of the raw logits: fills the chosen token's logprob and the top-N. */
 static void fill_logprobs(struct xd_sampler *s, const float *logits, struct xd_sample *ret)
 {
-    float mx = logits[0];
-    for (int i = 1; i < s->n_vocab; i++)
-        mx = logits[i] > mx ? logits[i] : mx;
-    double sum = 0.0;
-    for (int i = 0; i < s->n_vocab; i++)
-        sum += exp((double)(logits[i] - mx));
-    const float lse = mx + (float)log(sum);
-    ret->logprob = logits[ret->token] - lse;
-    ret->n_top = 0;
-    for (int k = 0; k < s->p.n_logprobs && k < s->n_vocab; k++) {
-        /* selection of the k-th best: N is at most 20 */
-        int best = -1;
-        for (int i = 0; i < s->n_vocab; i++) {
-            int taken = 0;
-            for (int j = 0; j < k && !taken; j++)
-                taken = ret->top_ids[j] == i;
-            if (!taken && (best < 0 || logits[i] > logits[best]))
-                best = i;
-        }
-        ret->top_ids[k] = best;
-        ret->top_logprobs[k] = logits[best] - lse;
-        ret->n_top++;
-    }
+    xd_sampler_logprobs(logits, s->n_vocab, ret->token, s->p.n_logprobs, ret);
 }
 
 void xd_sampler_sample(struct xd_sampler *s, const float *logits, struct xd_sample *ret)
@@ -246,6 +271,9 @@ void xd_sampler_sample(struct xd_sampler *s, const float *logits, struct xd_samp
             }
         }
     }
+    if (s->n_picked < p->n_forced)
+        token = s->forced[s->n_picked];
+    s->n_picked++;
     ret->token = token;
     fill_logprobs(s, logits, ret);
     s->out_count[token]++;

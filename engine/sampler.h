@@ -27,6 +27,11 @@ struct xd_sampling_params {
     bool has_seed;            /* without a seed the sampler seeds itself from the OS */
     uint64_t seed;
     int n_logprobs;           /* top-N logprobs to report, 0..XD_MAX_LOGPROBS */
+    /* Test hook only (set by daemon/test_hooks.c when EXPERTD_TEST_HOOKS=1, never otherwise):
+     * the first n_forced picks are these ids whatever the logits (copied at create; their
+     * logprobs are still the model's), then sampling goes on as configured. */
+    const int32_t *forced;    /* (n_forced,) */
+    int n_forced;
 };
 
 /* Defaults: greedy off (temperature 1), every filter and penalty off. */
@@ -50,6 +55,12 @@ void xd_sampler_destroy(struct xd_sampler *s);
 
 /* Records the prompt (for the repetition penalty). */
 void xd_sampler_add_prompt(struct xd_sampler *s, const int32_t *ids, int n);
+
+/* The log-softmax of raw logits (n_vocab,) as xd_sampler_sample reports it: token's logprob
+ * into ret->token / ret->logprob and the n_top (0..XD_MAX_LOGPROBS) best tokens, best first,
+ * ties to the lower id, into ret->top_*. Prompt logprobs use it on every prompt position. */
+void xd_sampler_logprobs(const float *logits, int n_vocab, int32_t token, int n_top,
+                         struct xd_sample *ret);
 
 /* Picks the next token from logits (n_vocab,) and records it as generated.
  * logits is not modified. */

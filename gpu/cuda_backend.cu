@@ -371,6 +371,13 @@ static int cuda_create(struct xd_model *model, const struct xd_engine_opts *opts
                        struct xd_err *err)
 {
     const struct xd_model_config *c = &model->config;
+    /* deepseek: multi-head latent attention and its routers have no CUDA kernels yet */
+    if (c->mla)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "device cuda: model_type %s (multi-head latent attention, grouped "
+                          "routing, ungated shared experts) has no CUDA kernels that have run on "
+                          "a GPU; use --device cpu",
+                          c->model_type);
     if (c->n_experts > 32 * 16 || c->top_k > 64)
         return xd_err_set(err, XD_ERR_UNSUPPORTED,
                           "device cuda: %d experts, top-%d; the router kernel handles up to 512 "

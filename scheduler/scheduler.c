@@ -81,8 +81,17 @@ struct seq {
     uint64_t ready_since;         /* step from which it has been runnable without running */
     int passed_over;              /* steps grouping skipped it within its FCFS turn */
 
+    /* prompt logprobs (xd_request.prompt_logprobs): positions lp_next .. n_prompt - 1 are
+     * still to be reported; a chunk whose rows predict any of them asks for all its rows */
+    bool prompt_lp;
+    int prompt_top;
+    int lp_next;                  /* starts at 1: the first prompt token has no logprob */
+    struct xd_sample *lp_buf;     /* (cap_lp,) one chunk's prompt logprobs */
+    int cap_lp;
+
     int step_n;                   /* tokens of this step; 0: not in the step */
-    bool step_logits;
+    bool step_logits;             /* this step samples q's next token (its last row) */
+    enum xd_logits_mode step_mode;
 };
 
 struct xd_sched {
@@ -162,6 +171,7 @@ static void seq_free(struct seq *q)
     free(q->stop_ids);
     xd_byte_buf_free(&q->held);
     free(q->sig);
+    free(q->lp_buf);
     free(q);
 }
 
@@ -310,6 +320,36 @@ static void emit_token(struct seq *q, const struct xd_sample *sample, const char
     q->sink(q->sink_ctx, &ev);
 }
 
+/* Reports the prompt logprobs that the logits rows of one chunk give: rows (n, vocab) for
+ * positions pos .. pos + n - 1, row t predicting token pos + t + 1; only prompt positions
+ * from q->lp_next on are reported, so a recomputed chunk (after preemption) repeats none. */
+static void emit_prompt_logprobs(struct xd_sched *s, struct seq *q, const float *rows, int pos,
+                                 int n)
+{
+    const int V = s->eng.n_vocab;
+    int k = 0, first = -1;
+    for (int t = 0; t < n; t++) {
+        int p = pos + t + 1;
+        if (p < q->lp_next || p >= q->n_prompt)
+            continue;
+        if (first < 0)
+            first = p;
+        assert(k < q->cap_lp);
+        xd_sampler_logprobs(rows + (size_t)t * (size_t)V, V, q->tokens[p], q->prompt_top,
+                            &q->lp_buf[k++]);
+    }
+    if (k == 0)
+        return;
+    q->lp_next = first + k;
+    struct xd_sched_event ev = {
+        .kind = XD_EVENT_PROMPT_LOGPROBS, .request_id = q->id, .text = "",
+        .prompt_samples = q->lp_buf, .n_prompt_samples = k, .prompt_pos = first,
+        .n_prompt_tokens = q->n_prompt, .n_cached_prompt_tokens = q->n_cached_prompt,
+        .queue_seconds = q->queue_seconds,
+    };
+    q->sink(q->sink_ctx, &ev);
+}
+
 /* ---- KV blocks of one sequence ---- */
 
 static void seq_release_blocks(struct xd_sched *s, struct seq *q)
@@ -355,6 +395,9 @@ static int seq_prefix_lookup(struct xd_sched *s, struct seq *q)
         return 0;
     const int bs = s->eng.block_size;
     int n_full = (q->n_tokens - 1) / bs;
+    /* prompt logprobs still to come need the logits of positions lp_next - 1 on */
+    if (q->prompt_lp && q->lp_next < q->n_prompt && (q->lp_next - 1) / bs < n_full)
+        n_full = (q->lp_next - 1) / bs;
     while (q->n_blocks < n_full) {
         int32_t parent = q->n_blocks > 0 ? q->blocks[q->n_blocks - 1] : -1;
         int32_t id = xd_kv_lookup(s->kv, seq_block_hash(s, q, q->n_blocks), parent,
@@ -618,6 +661,10 @@ static int seq_create(struct xd_sched *s, const struct xd_request *req, xd_sched
             return xd_err_set(err, XD_ERR_INVALID,
                               "stop_ids[%d]: token %d is outside the vocabulary (%d)", i,
                               (int)req->stop_ids[i], e->n_vocab);
+    if (req->prompt_logprobs &&
+        (req->prompt_top_logprobs < 0 || req->prompt_top_logprobs > XD_MAX_LOGPROBS))
+        return xd_err_set(err, XD_ERR_INVALID, "prompt_top_logprobs must be in [0, %d], not %d",
+                          XD_MAX_LOGPROBS, req->prompt_top_logprobs);
 
     struct seq *q = calloc(1, sizeof *q);
     if (q)
@@ -643,8 +690,14 @@ static int seq_create(struct xd_sched *s, const struct xd_request *req, xd_sched
     q->stop = calloc((size_t)(req->n_stop > 0 ? req->n_stop : 1), sizeof *q->stop);
     q->stop_len = calloc((size_t)(req->n_stop > 0 ? req->n_stop : 1), sizeof *q->stop_len);
     q->stop_ids = malloc(sizeof *q->stop_ids * (size_t)(req->n_stop_ids > 0 ? req->n_stop_ids : 1));
+    if (req->prompt_logprobs) {
+        /* a chunk is at most max_step_tokens long */
+        q->cap_lp = req->n_prompt < s->opts.max_step_tokens ? req->n_prompt
+                                                            : s->opts.max_step_tokens;
+        q->lp_buf = malloc(sizeof *q->lp_buf * (size_t)q->cap_lp);
+    }
     bool ok = q->tokens && q->blocks && q->hashes && q->sig && q->stop && q->stop_len &&
-              q->stop_ids;
+              q->stop_ids && (!req->prompt_logprobs || q->lp_buf);
     if (ok && s->tok)
         ok = xd_detok_create(s->tok, req->skip_special, &q->detok) == XD_OK;
     for (int i = 0; ok && i < req->n_stop; i++) {
@@ -668,6 +721,9 @@ static int seq_create(struct xd_sched *s, const struct xd_request *req, xd_sched
     q->n_tokens = q->n_prompt = req->n_prompt;
     q->max_tokens = req->max_tokens;
     q->ignore_eos = req->ignore_eos;
+    q->prompt_lp = req->prompt_logprobs;
+    q->prompt_top = req->prompt_top_logprobs;
+    q->lp_next = 1;
     q->sink = sink;
     q->sink_ctx = sink_ctx;
     q->state = SEQ_INCOMING;
@@ -913,10 +969,10 @@ static int take_incoming(struct xd_sched *s)
             finish_seq(s, q, XD_FINISH_CANCELLED, NULL, NULL, 0);
     }
     free(cancels);
-    /* max_tokens 0: nothing to run */
+    /* max_tokens 0: nothing to run, unless the prompt's logprobs are asked for */
     for (int i = 0; i < s->n_waiting;) {
         struct seq *q = s->waiting[i];
-        if (q->max_tokens == 0)
+        if (q->max_tokens == 0 && !(q->prompt_lp && q->lp_next < q->n_prompt))
             finish_seq(s, q, XD_FINISH_LENGTH, NULL, NULL, 0);
         else
             i++;
@@ -935,7 +991,11 @@ static void step_add(struct xd_sched *s, struct seq *q, int n, struct step_budge
 {
     assert(n > 0 && q->step_n == 0);
     q->step_n = n;
-    q->step_logits = q->n_computed + n == q->n_tokens;
+    q->step_logits = q->n_computed + n == q->n_tokens && q->n_generated < q->max_tokens;
+    /* rows pos .. pos + n - 1 predict tokens pos + 1 .. pos + n */
+    bool lp_rows = q->prompt_lp && q->lp_next < q->n_prompt &&
+                   q->n_computed + n >= q->lp_next && q->n_computed + 1 < q->n_prompt;
+    q->step_mode = lp_rows ? XD_LOGITS_ALL : q->step_logits ? XD_LOGITS_LAST : XD_LOGITS_NONE;
     s->step_seqs[s->n_step_seqs++] = q;
     b->tokens -= n;
     b->seqs--;
@@ -1202,7 +1262,7 @@ int xd_sched_step(struct xd_sched *s, struct xd_err *err)
         s->chunks[i] = (struct xd_seq_chunk){
             .tokens = q->tokens + q->n_computed, .n_tokens = q->step_n, .pos = q->n_computed,
             .block_table = q->blocks, .n_blocks = q->n_blocks,
-            .logits = q->step_logits ? XD_LOGITS_LAST : XD_LOGITS_NONE,
+            .logits = q->step_mode,
         };
         n_step_tokens += q->step_n;
         if (q->n_computed < q->n_prompt)
@@ -1263,9 +1323,21 @@ int xd_sched_step(struct xd_sched *s, struct xd_err *err)
     for (int i = 0; i < s->n_step_seqs; i++) {
         struct seq *q = s->step_seqs[i];
         bool logits = q->step_logits;
+        int n = q->step_n;
         q->step_n = 0;
-        if (!logits)
+        if (q->step_mode == XD_LOGITS_ALL) {
+            /* q->n_computed already counts this chunk */
+            emit_prompt_logprobs(s, q, out.logits + (size_t)row * (size_t)s->eng.n_vocab,
+                                 q->n_computed - n, n);
+            row += n - 1; /* the last row, if sampled, is the one below */
+            if (!logits)
+                row++;
+        }
+        if (!logits) {
+            if (q->max_tokens == 0 && q->state == SEQ_RUNNING && q->n_computed == q->n_tokens)
+                finish_seq(s, q, XD_FINISH_LENGTH, NULL, NULL, 0); /* the prompt was all */
             continue;
+        }
         struct xd_sample sample;
         xd_sampler_sample(q->sampler, out.logits + (size_t)row * (size_t)s->eng.n_vocab, &sample);
         row++;

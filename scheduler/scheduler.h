@@ -66,7 +66,8 @@ struct xd_request {
     const int32_t *prompt;              /* (n_prompt,) n_prompt >= 1 */
     int n_prompt;
     int max_tokens;                     /* tokens to generate at most, >= 0; 0 finishes at once
-                                           with "length" after the prompt is accepted */
+                                           with "length" after the prompt is accepted (with
+                                           prompt_logprobs: once the prompt has run) */
     struct xd_sampling_params sampling; /* validated at submit (errors name the field) */
     const char *const *stop;            /* (n_stop,) stop strings, matched on detokenized text;
                                            needs a tokenizer */
@@ -78,6 +79,12 @@ struct xd_request {
     struct xd_sampler *sampler;         /* borrowed, may be NULL: sample with this one (it must
                                            outlive the request) instead of one made from
                                            sampling; the scheduler adds the prompt to it */
+    bool prompt_logprobs;               /* report every prompt token's logprob under the model
+                                           (XD_EVENT_PROMPT_LOGPROBS): the prefill asks for all
+                                           its logits rows, and the prompt is not taken from
+                                           the prefix cache where those are still to come; with
+                                           max_tokens 0 the prompt still runs */
+    int prompt_top_logprobs;            /* alternatives per prompt token, 0..XD_MAX_LOGPROBS */
 };
 
 enum xd_finish_reason {
@@ -93,6 +100,9 @@ const char *xd_finish_reason_str(enum xd_finish_reason r);
 enum xd_sched_event_kind {
     XD_EVENT_TOKEN,  /* one generated token */
     XD_EVENT_FINISH, /* the request is over; the last event of every request */
+    XD_EVENT_PROMPT_LOGPROBS, /* prompt_logprobs requests only: logprobs of prompt tokens,
+                                 in prompt order, each position once, all before the first
+                                 XD_EVENT_TOKEN */
 };
 
 struct xd_sched_event {
@@ -106,6 +116,12 @@ struct xd_sched_event {
     size_t text_len;
     /* XD_EVENT_TOKEN: the token and its logprobs. */
     const struct xd_sample *sample;
+    /* XD_EVENT_PROMPT_LOGPROBS: prompt_samples[i] is prompt token prompt_pos + i (>= 1: the
+     * first prompt token has none) with its logprob given the tokens before it and the
+     * prompt_top_logprobs best alternatives there. Valid during the call only. */
+    const struct xd_sample *prompt_samples;
+    int n_prompt_samples;
+    int prompt_pos;
     /* XD_EVENT_FINISH */
     enum xd_finish_reason finish;
     const char *error;          /* XD_FINISH_ERROR: why; NULL otherwise */

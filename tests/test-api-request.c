@@ -132,6 +132,22 @@ static void test_chat_messages(void)
            "\"chat_template_kwargs\":{\"enable_thinking\":false,\"other\":1}}";
     CHECK(parse(XD_API_CHAT, body, &r, &e) == 0, "%s", e.message);
     CHECK(r.enable_thinking == 0, "enable_thinking false: %d", r.enable_thinking);
+    CHECK(r.chat_template_kwargs && json_object_get(r.chat_template_kwargs, "other"),
+          "every kwarg reaches the template");
+    xd_api_request_finish(&r);
+
+    /* a tool round trip: tools, the assistant's tool_calls (null content) and the tool
+     * message reach the template as sent */
+    body = "{\"messages\":[{\"role\":\"user\",\"content\":\"w?\"},{\"role\":\"assistant\","
+           "\"content\":null,\"tool_calls\":[{\"id\":\"c1\",\"type\":\"function\",\"function\":"
+           "{\"name\":\"f\",\"arguments\":\"{}\"}}]},{\"role\":\"tool\",\"tool_call_id\":\"c1\","
+           "\"content\":\"18\"}],"
+           "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}";
+    CHECK(parse(XD_API_CHAT, body, &r, &e) == 0, "%s", e.message);
+    CHECK(r.n_messages == 3 && strcmp(r.messages[2].role, "tool") == 0, "tool role");
+    CHECK(strcmp(r.messages[1].content, "") == 0, "null content is empty text");
+    CHECK(json_is_array(json_object_get(r.messages[1].json, "tool_calls")), "tool_calls kept");
+    CHECK(json_array_size(r.tools) == 1, "tools kept");
     xd_api_request_finish(&r);
     body = "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
            "\"chat_template_kwargs\":{\"enable_thinking\":\"no\"}}";
@@ -147,6 +163,16 @@ static const struct {
     const char *param;
 } bad_requests[] = {
     {XD_API_COMPLETIONS, "{\"prompt\":", NULL},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":{}}", "tools"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\"}]}", "tools"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a b\"}}]}", "tools"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"array\"}}}]}", "tools"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}},{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}", "tools"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"always\"}", "tool_choice"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"g\"}}}", "tool_choice"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tool_choice\":\"required\"}", "tool_choice"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"parallel_tool_calls\":1}", "parallel_tool_calls"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}", "tools"},
     {XD_API_COMPLETIONS, "[1,2]", NULL},
     {XD_API_COMPLETIONS, "{}", "prompt"},
     {XD_API_COMPLETIONS, "{\"prompt\":[]}", "prompt"},
@@ -172,8 +198,20 @@ static const struct {
     {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"stream_options\":{}}", "stream_options"},
     {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"model\":5}", "model"},
     {XD_API_CHAT, "{\"messages\":[]}", "messages"},
-    {XD_API_CHAT, "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", "messages"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"function\",\"content\":\"x\"}]}", "messages"},
     {XD_API_CHAT, "{\"messages\":[{\"content\":\"x\"}]}", "messages"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":{}}]}", "messages"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":{}}",
+     "tools"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+     "\"documents\":[\"a\"]}", "documents"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+     "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"\"}}]}", "tools"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+     "\"tools\":[{\"type\":\"code\"}]}", "tools"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+     "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":3}}]}",
+     "tools"},
     {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":5}]}", "messages"},
     {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_logprobs\":2}",
      "top_logprobs"},
@@ -235,6 +273,98 @@ static void test_metrics_text(void)
     xd_metrics_destroy(m);
 }
 
+static int parse_tok(bool detok, const char *body, struct xd_api_tokenize_request *r,
+                     struct xd_api_error *e)
+{
+    memset(e, 0, sizeof *e);
+    return xd_api_tokenize_parse(detok, body, strlen(body), r, e);
+}
+
+static void test_tokenize_requests(void)
+{
+    struct xd_api_tokenize_request r;
+    struct xd_api_error e;
+    CHECK(parse_tok(false, "{\"prompt\":\"hi\"}", &r, &e) == 0, "%s", e.message);
+    CHECK(!r.chat && r.prompt_len == 2 && r.add_special_tokens && !r.return_token_strs,
+          "prompt defaults");
+    xd_api_tokenize_finish(&r);
+    CHECK(parse_tok(false, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"},"
+                           "{\"role\":\"assistant\",\"content\":\"b\"}],"
+                           "\"add_generation_prompt\":false,\"continue_final_message\":true,"
+                           "\"chat_template_kwargs\":{\"enable_thinking\":false},"
+                           "\"return_token_strs\":true}", &r, &e) == 0, "%s", e.message);
+    CHECK(r.chat && r.n_messages == 2 && !r.add_special_tokens && !r.add_generation_prompt &&
+          r.continue_final_message && r.enable_thinking == 0 && r.return_token_strs,
+          "chat fields");
+    CHECK(strcmp(r.messages[1].content, "b") == 0, "content");
+    xd_api_tokenize_finish(&r);
+    CHECK(parse_tok(true, "{\"tokens\":[0,5,2147483647]}", &r, &e) == 0, "%s", e.message);
+    CHECK(r.n_ids == 3 && r.ids[2] == 2147483647, "ids");
+    xd_api_tokenize_finish(&r);
+    CHECK(parse_tok(true, "{\"tokens\":[]}", &r, &e) == 0 && r.n_ids == 0, "empty ids");
+    xd_api_tokenize_finish(&r);
+
+    static const struct {
+        bool detok;
+        const char *body, *param;
+    } bad[] = {
+        {true, "{}", "tokens"},
+        {true, "{\"tokens\":[1,-2]}", "tokens"},
+        {true, "{\"tokens\":[1.5]}", "tokens"},
+        {true, "{\"tokens\":[2147483648]}", "tokens"},
+        {false, "{}", "prompt"},
+        {false, "{\"prompt\":[1,2]}", "prompt"},
+        {false, "{\"prompt\":\"x\",\"add_generation_prompt\":true}", "add_generation_prompt"},
+        {false, "{\"prompt\":\"x\",\"return_token_strs\":1}", "return_token_strs"},
+        {false, "{\"messages\":[]}", "messages"},
+        {false, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                "\"continue_final_message\":true}", "continue_final_message"},
+        {false, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                "\"add_generation_prompt\":false,\"continue_final_message\":true}",
+         "continue_final_message"},
+        {false, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                "\"chat_template_kwargs\":[]}", "chat_template_kwargs"},
+        {false, "{\"model\":3,\"prompt\":\"x\"}", "model"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct xd_api_tokenize_request t, untouched;
+        memset(&t, 0xa5, sizeof t);
+        memcpy(&untouched, &t, sizeof t);
+        int rc = parse_tok(bad[i].detok, bad[i].body, &t, &e);
+        CHECK(rc == XD_ERR_INVALID, "%s: accepted or %d", bad[i].body, rc);
+        if (rc == 0) {
+            xd_api_tokenize_finish(&t);
+            continue;
+        }
+        CHECK(e.status == 400 && e.param && strcmp(e.param, bad[i].param) == 0,
+              "%s: param %s, want %s", bad[i].body, e.param ? e.param : "(null)", bad[i].param);
+        CHECK(memcmp(&t, &untouched, sizeof t) == 0, "%s: the out-param was written",
+              bad[i].body);
+    }
+}
+
+static void test_tools_and_tool_choice(void)
+{
+    struct xd_api_request r;
+    struct xd_api_error e;
+    CHECK(parse(XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}", &r, &e) == 0, "%s", e.message);
+    CHECK(r.tools && json_array_size(r.tools) == 1 && r.tool_choice == XD_API_TOOL_CHOICE_AUTO &&
+          r.parallel_tool_calls, "tools default to auto");
+    xd_api_request_finish(&r);
+    CHECK(parse(XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"tool_choice\":{\"type\":\"function\","
+                             "\"function\":{\"name\":\"f\"}},\"parallel_tool_calls\":false}",
+                &r, &e) == 0, "%s", e.message);
+    CHECK(r.tool_choice == XD_API_TOOL_CHOICE_FUNCTION && r.tool_choice_name &&
+          strcmp(r.tool_choice_name, "f") == 0 && !r.parallel_tool_calls, "named function");
+    xd_api_request_finish(&r);
+    CHECK(parse(XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[]}", &r, &e) == 0 && !r.tools &&
+          r.tool_choice == XD_API_TOOL_CHOICE_NONE, "an empty list is no tools");
+    xd_api_request_finish(&r);
+    CHECK(parse(XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"none\"}", &r, &e) == 0 &&
+          r.tool_choice == XD_API_TOOL_CHOICE_NONE, "none");
+    xd_api_request_finish(&r);
+}
+
 int main(void)
 {
     RUN(test_prompt_forms);
@@ -243,5 +373,7 @@ int main(void)
     RUN(test_errors_name_the_parameter);
     RUN(test_error_json_shape);
     RUN(test_metrics_text);
+    RUN(test_tokenize_requests);
+    RUN(test_tools_and_tool_choice);
     return test_summary();
 }

@@ -1,6 +1,8 @@
-/* Chat-template goldens: tokenizer_config.json loading, template recognition and rendered
- * prompts equal to transformers' apply_chat_template on one fixture (tests/fixtures/chat/<name>,
- * made by tools/golden/make_chat_fixtures.py), and the rendering's error cases.
+/* Chat-template goldens on one served model's fixture (tests/fixtures/chat/<name>, made by
+ * tools/golden/make_chat_fixtures.py): tokenizer_config.json loading, the model's own template
+ * rendered through the Jinja interpreter equal to transformers' apply_chat_template (text and
+ * ids), the built-in of the same name rendering alike, and templates that differ rendering as
+ * transformers would, not being refused.
  * Usage: test-chat-template FIXTURE_DIR (the tokenizer comes from ../../tokenizers/<name>) */
 #include <jansson.h>
 #include <stdlib.h>
@@ -35,108 +37,106 @@ static void test_config_matches_transformers(void)
     CHECK(cfg.chat_template != NULL, "no chat template");
 }
 
-static void test_template_is_recognised(void)
+static struct xd_chat_template *load(const char *override)
 {
-    const char *want = json_string_value(json_object_get(golden, "format"));
-    enum xd_chat_format f = xd_chat_format_detect(cfg.chat_template);
-    CHECK(f != XD_CHAT_UNKNOWN && f == xd_chat_format_from_name(want), "detected %s, want %s",
-          xd_chat_format_name(f), want);
-    CHECK(strcmp(xd_chat_format_name(xd_chat_format_from_name(want)), want) == 0, "name %s", want);
-    /* a near miss renders differently: not recognised */
-    size_t n = strlen(cfg.chat_template);
-    char *more = malloc(n + 16);
-    memcpy(more, cfg.chat_template, n);
-    strcpy(more + n, "{{ 'x' }}");
-    CHECK(xd_chat_format_detect(more) == XD_CHAT_UNKNOWN, "template + output still %s", want);
-    free(more);
+    struct xd_chat_template *t = NULL;
+    struct xd_err err = {{0}};
+    int rc = xd_chat_template_load(override, &cfg, dir, &t, &err);
+    CHECK(rc == XD_OK, "%s: %s", override ? override : "the model's template", err.msg);
+    return t;
 }
 
-static struct xd_chat_message *messages(json_t *c, int *ret_n)
+/* The case's request: its messages, the generation prompt, enable_thinking as vLLM's
+ * chat_template_kwargs carries it. */
+static int render(const struct xd_chat_template *t, json_t *c, char **out, size_t *len,
+                  struct xd_err *err)
 {
-    json_t *jm = json_object_get(c, "messages");
-    int n = (int)json_array_size(jm);
-    struct xd_chat_message *m = calloc((size_t)n + 1, sizeof *m);
-    for (int i = 0; i < n; i++) {
-        m[i].role = json_string_value(json_object_get(json_array_get(jm, (size_t)i), "role"));
-        m[i].content = json_string_value(json_object_get(json_array_get(jm, (size_t)i), "content"));
-    }
-    *ret_n = n;
-    return m;
-}
-
-/* The case's template variables: through xd_chat_render when it sets no enable_thinking (the
- * old entry point), through xd_chat_render_opts otherwise. */
-static int render(enum xd_chat_format f, json_t *c, const struct xd_chat_message *m, int n,
-                  char **out, size_t *len, struct xd_err *err)
-{
-    bool gen = json_is_true(json_object_get(c, "add_generation_prompt"));
+    json_t *kw = NULL;
     json_t *thinking = json_object_get(c, "enable_thinking");
-    if (!thinking)
-        return xd_chat_render(f, m, n, gen, cfg.bos_token, cfg.eos_token, out, len, err);
-    struct xd_chat_options o = {.add_generation_prompt = gen,
-                                .bos_token = cfg.bos_token,
-                                .eos_token = cfg.eos_token,
-                                .enable_thinking = json_is_true(thinking) ? XD_CHAT_THINKING_ON
-                                                                          : XD_CHAT_THINKING_OFF};
-    return xd_chat_render_opts(f, m, n, &o, out, len, err);
+    if (thinking)
+        kw = json_pack("{sO}", "enable_thinking", thinking);
+    struct xd_chat_input in = {
+        .messages = json_object_get(c, "messages"),
+        .kwargs = kw,
+        .add_generation_prompt = json_is_true(json_object_get(c, "add_generation_prompt")),
+    };
+    int rc = xd_chat_template_render(t, &in, out, len, err);
+    json_decref(kw);
+    return rc;
 }
 
-static void test_render_matches_transformers(void)
+/* Every case through tmpl (the model's own template, or the built-in of its name). */
+static void check_renders(const struct xd_chat_template *t, const char *what)
 {
-    enum xd_chat_format f = xd_chat_format_detect(cfg.chat_template);
     size_t i;
     json_t *c;
     int n_text = 0, n_err = 0;
     json_array_foreach(json_object_get(golden, "cases"), i, c) {
-        int n;
-        struct xd_chat_message *m = messages(c, &n);
         bool gen = json_is_true(json_object_get(c, "add_generation_prompt"));
         const char *name = json_string_value(json_object_get(c, "name"));
         char *out = NULL;
         size_t len = 0;
         struct xd_err err = {{0}};
-        int rc = render(f, c, m, n, &out, &len, &err);
+        int rc = t ? render(t, c, &out, &len, &err) : XD_ERR_INVALID;
         json_t *want = json_object_get(c, "text");
         if (want) {
             n_text++;
-            CHECK(rc == XD_OK, "%s (gen %d): %s", name, gen, err.msg);
+            CHECK(rc == XD_OK, "%s: %s (gen %d): %s", what, name, gen, err.msg);
             CHECK(rc != XD_OK || (len == json_string_length(want) &&
                                   memcmp(out, json_string_value(want), len) == 0),
-                  "%s (gen %d): rendered\n'%s'\ntransformers\n'%s'", name, gen, out,
+                  "%s: %s (gen %d): rendered\n'%s'\ntransformers\n'%s'", what, name, gen, out,
                   json_string_value(want));
         } else {
             n_err++;
-            CHECK(rc == XD_ERR_INVALID, "%s (gen %d): rc %d, transformers raises '%s'", name, gen,
-                  rc, json_string_value(json_object_get(c, "error")));
-            CHECK_CONTAINS(err.msg, "message ");
+            /* the template's raise_exception message, as transformers has it */
+            const char *msg = json_string_value(json_object_get(c, "error"));
+            CHECK(rc == XD_ERR_INVALID, "%s: %s (gen %d): rc %d, transformers raises '%s'", what,
+                  name, gen, rc, msg);
+            CHECK(msg && strstr(err.msg, msg), "%s: %s: '%s' lacks transformers' '%s'", what,
+                  name, err.msg, msg ? msg : "");
             CHECK(out == NULL, "output on failure");
         }
         free(out);
-        free(m);
     }
-    printf("  %d renderings, %d errors as transformers\n", n_text, n_err);
+    printf("  %s: %d renderings, %d errors as transformers\n", what, n_text, n_err);
+}
+
+static void test_render_matches_transformers(void)
+{
+    struct xd_chat_template *t = load(NULL);
+    check_renders(t, "model template");
+    xd_chat_template_destroy(t);
+}
+
+/* --chat-template NAME: the built-in copy of this family's template renders alike */
+static void test_builtin_renders_alike(void)
+{
+    const char *name = json_string_value(json_object_get(golden, "format"));
+    struct xd_chat_template *t = load(name);
+    CHECK(t && strstr(xd_chat_template_origin(t), name), "origin '%s'",
+          t ? xd_chat_template_origin(t) : "");
+    check_renders(t, name);
+    xd_chat_template_destroy(t);
 }
 
 /* apply_chat_template(tokenize=True) encodes the text without the post-processor's specials
  * and with special-token text parsed as special */
 static void test_rendered_ids_match_transformers(void)
 {
-    enum xd_chat_format f = xd_chat_format_detect(cfg.chat_template);
+    struct xd_chat_template *t = load(NULL);
     size_t i;
     json_t *c;
     json_array_foreach(json_object_get(golden, "cases"), i, c) {
         json_t *want = json_object_get(c, "ids");
-        if (!want)
+        if (!want || !t)
             continue;
-        int n;
-        struct xd_chat_message *m = messages(c, &n);
         bool gen = json_is_true(json_object_get(c, "add_generation_prompt"));
         char *out = NULL;
         size_t len = 0;
         int32_t *ids = NULL;
         int n_ids = 0;
         struct xd_err err;
-        CHECK(render(f, c, m, n, &out, &len, &err) == XD_OK, "%s", err.msg);
+        CHECK(render(t, c, &out, &len, &err) == XD_OK, "%s", err.msg);
         CHECK(out && xd_tokenizer_encode(tok, out, len, false, true, &ids, &n_ids, &err) == XD_OK,
               "encode");
         int same = (size_t)n_ids == json_array_size(want);
@@ -146,50 +146,114 @@ static void test_rendered_ids_match_transformers(void)
               json_string_value(json_object_get(c, "name")), gen);
         free(ids);
         free(out);
-        free(m);
     }
+    xd_chat_template_destroy(t);
 }
 
-static void test_errors_name_index_and_role(void)
+/* A template that differs from the published one by an output tag is no longer refused: it
+ * renders what it says (the published rendering, then the tag's text). */
+static void test_near_miss_renders_as_written(void)
 {
-    enum xd_chat_format f = xd_chat_format_detect(cfg.chat_template);
-    struct xd_chat_message bad[] = {{"user", "hi"}, {"tool", "{}"}};
-    char *out = NULL;
-    size_t len;
-    struct xd_err err;
-    /* qwen3's template renders tool messages and tool calls, expertd does not: unsupported;
-     * the other templates have no tool role */
-    int want = f == XD_CHAT_QWEN3 ? XD_ERR_UNSUPPORTED : XD_ERR_INVALID;
-    CHECK(xd_chat_render(f, bad, 2, true, cfg.bos_token, cfg.eos_token, &out, &len, &err) ==
-              want, "role tool accepted");
-    CHECK_CONTAINS(err.msg, "message 1");
-    CHECK_CONTAINS(err.msg, "tool");
-    struct xd_chat_message calls[] = {{"user", "hi"}, {"assistant", ""}, {"user", "more"}};
-    bool flags[] = {false, true, false};
-    struct xd_chat_options o = {.add_generation_prompt = true,
-                                .bos_token = cfg.bos_token,
-                                .eos_token = cfg.eos_token,
-                                .has_tool_calls = flags};
-    int rc = xd_chat_render_opts(f, calls, 3, &o, &out, &len, &err);
-    if (f == XD_CHAT_QWEN3) {
-        CHECK(rc == XD_ERR_UNSUPPORTED, "tool calls rendered: rc %d", rc);
-        CHECK_CONTAINS(err.msg, "message 1 (assistant)");
-        CHECK_CONTAINS(err.msg, "tool calls");
-        CHECK(out == NULL, "output on failure");
-        CHECK(xd_chat_render_opts(f, calls, 0, NULL, &out, &len, &err) == XD_ERR_INVALID,
-              "no messages rendered");
-    } else if (rc == XD_OK) { /* the template ignores tool calls */
+    size_t n = strlen(cfg.chat_template);
+    char *more = malloc(n + 16);
+    memcpy(more, cfg.chat_template, n);
+    strcpy(more + n, "{{ 'x' }}");
+    struct xd_chat_tokens tk = {.bos_token = cfg.bos_token, .eos_token = cfg.eos_token};
+    struct xd_chat_template *t = NULL;
+    struct xd_err err = {{0}};
+    CHECK(xd_chat_template_create(more, strlen(more), NULL, &tk, "near miss", &t, &err) == XD_OK,
+          "%s", err.msg);
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(golden, "cases"), i, c) {
+        json_t *want = json_object_get(c, "text");
+        if (!want || !t)
+            continue;
+        char *out = NULL;
+        size_t len = 0;
+        int rc = render(t, c, &out, &len, &err);
+        size_t wn = json_string_length(want);
+        CHECK(rc == XD_OK && len == wn + 1 && memcmp(out, json_string_value(want), wn) == 0 &&
+                  out[wn] == 'x', "%s: near miss rendered '%s'",
+              json_string_value(json_object_get(c, "name")), out ? out : err.msg);
         free(out);
-        out = NULL;
     }
-    struct xd_chat_message none[] = {{NULL, "x"}};
-    CHECK(xd_chat_render(f, none, 1, true, NULL, NULL, &out, &len, &err) == XD_ERR_INVALID,
-          "no role accepted");
-    CHECK_CONTAINS(err.msg, "message 0");
-    CHECK(xd_chat_render(XD_CHAT_UNKNOWN, bad, 1, true, NULL, NULL, &out, &len, &err) ==
-              XD_ERR_INVALID, "unknown format rendered");
-    CHECK_CONTAINS(err.msg, "chat template");
-    CHECK(out == NULL, "output on failure");
+    xd_chat_template_destroy(t);
+    free(more);
+}
+
+/* A tool message is the template's to render or refuse (raise_exception), never expertd's to
+ * refuse by role; bad variables name what is wrong. */
+static void test_tool_message_and_bad_input(void)
+{
+    struct xd_chat_template *t = load(NULL);
+    if (!t)
+        return;
+    json_t *msgs = json_pack("[{ss ss} {ss ss ss}]", "role", "user", "content", "hi", "role",
+                             "tool", "tool_call_id", "c1", "content", "{\"t\": 18}");
+    struct xd_chat_input in = {.messages = msgs, .add_generation_prompt = true};
+    char *out = NULL;
+    size_t len = 0;
+    struct xd_err err = {{0}};
+    int rc = xd_chat_template_render(t, &in, &out, &len, &err);
+    const char *fmt = json_string_value(json_object_get(golden, "format"));
+    if (strcmp(fmt, "qwen3") == 0) { /* qwen3 renders tool results as a user turn */
+        CHECK(rc == XD_OK && strstr(out, "<tool_response>\n{\"t\": 18}\n</tool_response>"),
+              "tool message: %s", rc == XD_OK ? out : err.msg);
+    } else if (strcmp(fmt, "chatml") == 0) { /* ChatML writes any role */
+        CHECK(rc == XD_OK && strstr(out, "<|im_start|>tool\n"), "tool message: %s",
+              rc == XD_OK ? out : err.msg);
+    } else if (strncmp(fmt, "mistral", 7) == 0) { /* the template's own refusal */
+        CHECK(rc == XD_ERR_INVALID, "tool message rendered by %s", fmt);
+        CHECK_CONTAINS(err.msg, "roles");
+    } else { /* olmoe skips roles it does not know */
+        CHECK(rc == XD_OK && !strstr(out, "18"), "tool message: %s", rc == XD_OK ? out : err.msg);
+    }
+    free(out);
+    out = NULL;
+    json_t *bad_kw = json_pack("{sb}", "add_generation_prompt", 0);
+    struct xd_chat_input bad[] = {
+        {.messages = json_object_get(golden, "format")}, /* not a list */
+        {.messages = msgs, .tools = msgs, .kwargs = json_object_get(golden, "format")},
+        {.messages = msgs, .kwargs = bad_kw},
+    };
+    const char *names[] = {"messages", "chat_template_kwargs", "add_generation_prompt"};
+    for (int k = 0; k < 3; k++) {
+        CHECK(xd_chat_template_render(t, &bad[k], &out, &len, &err) == XD_ERR_INVALID,
+              "bad input %d rendered", k);
+        CHECK_CONTAINS(err.msg, names[k]);
+        CHECK(out == NULL, "output on failure");
+    }
+    json_decref(bad_kw);
+    json_decref(msgs);
+    xd_chat_template_destroy(t);
+}
+
+/* A named list's "tool_use" template renders requests with tools (even an empty list, as
+ * transformers' get_chat_template picks it whenever tools is not None), "default" the rest. */
+static void test_tool_use_template_serves_tools(void)
+{
+    struct xd_chat_template *t = NULL;
+    struct xd_err err = {{0}};
+    const char *main_src = "D{{ tools is none }}";
+    CHECK(xd_chat_template_create(main_src, strlen(main_src), "T{{ tools | length }}", NULL,
+                                  "named", &t, &err) == XD_OK, "%s", err.msg);
+    json_t *msgs = json_pack("[{ss ss}]", "role", "user", "content", "hi");
+    json_t *tools = json_pack("[{ss}]", "type", "function"), *none = json_array();
+    const json_t *cases[] = {NULL, tools, none};
+    const char *want[] = {"DTrue", "T1", "T0"};
+    for (int k = 0; t && k < 3; k++) {
+        struct xd_chat_input in = {.messages = msgs, .tools = cases[k]};
+        char *out = NULL;
+        size_t len = 0;
+        CHECK(xd_chat_template_render(t, &in, &out, &len, &err) == XD_OK && out &&
+                  strcmp(out, want[k]) == 0, "case %d: %s", k, out ? out : err.msg);
+        free(out);
+    }
+    json_decref(tools);
+    json_decref(none);
+    json_decref(msgs);
+    xd_chat_template_destroy(t);
 }
 
 int main(int argc, char **argv)
@@ -215,10 +279,12 @@ int main(int argc, char **argv)
         return 1;
     }
     RUN(test_config_matches_transformers);
-    RUN(test_template_is_recognised);
     RUN(test_render_matches_transformers);
+    RUN(test_builtin_renders_alike);
     RUN(test_rendered_ids_match_transformers);
-    RUN(test_errors_name_index_and_role);
+    RUN(test_near_miss_renders_as_written);
+    RUN(test_tool_message_and_bad_input);
+    RUN(test_tool_use_template_serves_tools);
     xd_tokenizer_config_finish(&cfg);
     xd_tokenizer_destroy(tok);
     json_decref(golden);

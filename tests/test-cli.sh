@@ -84,10 +84,13 @@ fi
 if "$expertd" version | grep -q '^backends:.*cuda'; then
   # offloading on the GPU has never run on one: refused, GPU or not, until the device check
   expect cuda_offload_refused_until_run 1 "has not yet run on a GPU" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --device cuda --expert-cache-slots 3
+  # deepseek's MLA and grouped routing have no CUDA kernels that have run: refused, GPU or not
+  expect cuda_deepseek_refused 1 "multi-head latent attention" -- "$expertd" generate --model "$fixtures/golden/deepseek_v3-f32" --prompt-ids 1 --device cuda
   # so are glm4_moe and the rope scalings: computed on the CPU only
   expect cuda_refuses_glm4_moe 1 "glm4_moe" -- "$expertd" generate --model "$fixtures/golden/glm4_moe-bf16" --prompt-ids 1 --device cuda
   expect cuda_refuses_yarn 1 "rope type yarn" -- "$expertd" generate --model "$fixtures/golden/qwen3_moe-yarn-f32" --prompt-ids 1 --device cuda
 fi
+expect deepseek_generates_on_cpu 0 "," -- "$expertd" generate --model "$fixtures/golden/deepseek_v2-bf16" --prompt-ids 1,2,3 --max-tokens 4
 # An eos_token_id outside the vocabulary (transformers only warns): a warning, and generation.
 cp -r "$olmoe" "$tmp/eos-model"
 echo '{"eos_token_id": [5, 100000]}' >"$tmp/eos-model/generation_config.json"
@@ -228,6 +231,19 @@ rc=$?
 mode=$(stat -c %a "$tmp/trace.before")
 if [ $rc = 0 ] && [ "$mode" = 600 ] && ! cmp -s "$tmp/trace.before" "$tmp/trace" && grep -q ready "$tmp/serve.err"
 then ok serve_record_routing_overwrite; else fail serve_record_routing_overwrite "exit $rc, mode $mode: $(tail -3 "$tmp/serve.err")"; fi
+
+# serve sizes KV blocks by what the model stores per token: deepseek_v3-f32 keeps its latent (32)
+# and rotary key (8) per layer (3): 1 MiB / (3 x 40 floats x 16 tokens x 4 B) = 136 blocks (a
+# plain cache of its 4 heads x (24 + 20) would give 62, K and V of head_dim 8 would give 85)
+"$expertd" serve --model "$fixtures/golden/deepseek_v3-f32" --port 0 --threads 1 --kv-memory 1 2>"$tmp/serve-ds.err" &
+pid=$!
+for _ in $(seq 300); do grep -q "ready" "$tmp/serve-ds.err" && break; kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+url=$(sed -n 's|.*listening on \(http://[^ ]*\).*|\1|p' "$tmp/serve-ds.err" | head -1)
+blocks=$(python3 -c "import sys,urllib.request;t=urllib.request.urlopen(sys.argv[1]+'/metrics',timeout=10).read().decode();print([l.split()[1] for l in t.splitlines() if l.startswith('expertd_kv_cache_blocks ')][0])" "$url" 2>&1)
+kill -INT $pid 2>/dev/null
+wait $pid
+if [ "$blocks" = 136 ]; then ok serve_kv_blocks_sized_by_mla_latent
+else fail serve_kv_blocks_sized_by_mla_latent "expertd_kv_cache_blocks $blocks ($url): $(tail -3 "$tmp/serve-ds.err")"; fi
 
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

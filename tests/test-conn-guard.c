@@ -2,7 +2,8 @@
  * phase's deadline is shut down (its peer reads end-of-file) and says why, one answering has
  * no deadline, re-entering a phase keeps the deadline, the per-client cap counts one address
  * (IPv4-mapped IPv6 as IPv4; the oldest are served), refuses at accept past max_over_cap more,
- * and admits an over-cap connection once older ones left, in its grace too. */
+ * and admits an over-cap connection once older ones left, in its grace too; max_total likewise
+ * over all addresses. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -99,9 +100,10 @@ static void test_per_client_cap(void)
     struct xd_conn *c1 = xd_conn_guard_open(g, fds[1][0], (struct sockaddr *)&mapped);
     struct xd_conn *c2 = xd_conn_guard_open(g, fds[2][0], (struct sockaddr *)&a);
     struct xd_conn *c3 = xd_conn_guard_open(g, fds[3][0], (struct sockaddr *)&b);
-    CHECK(!xd_conn_guard_over_cap(g, c0) && !xd_conn_guard_over_cap(g, c1), "two admitted");
-    CHECK(xd_conn_guard_over_cap(g, c2), "the third from one address (one of them mapped)");
-    CHECK(!xd_conn_guard_over_cap(g, c3), "another address is not counted with it");
+    CHECK(!xd_conn_guard_over_cap(g, c0, NULL) && !xd_conn_guard_over_cap(g, c1, NULL),
+          "two admitted");
+    CHECK(xd_conn_guard_over_cap(g, c2, NULL), "the third from one address (one of them mapped)");
+    CHECK(!xd_conn_guard_over_cap(g, c3, NULL), "another address is not counted with it");
     /* two admitted and max_over_cap (1) waiting: the next is not even accepted */
     CHECK(!xd_conn_guard_admit(g, (struct sockaddr *)&a), "accepted past max_over_cap");
     CHECK(!xd_conn_guard_admit(g, (struct sockaddr *)&mapped), "the mapped form too");
@@ -113,10 +115,10 @@ static void test_per_client_cap(void)
     CHECK(eof_after(fds[0][1], 0.1) < 0, "an admitted one was cut");
     /* one that was over is admitted once another left */
     struct xd_conn *c4 = xd_conn_guard_open(g, fds[4][0], (struct sockaddr *)&a);
-    CHECK(xd_conn_guard_over_cap(g, c4), "over while two are open");
+    CHECK(xd_conn_guard_over_cap(g, c4, NULL), "over while two are open");
     CHECK(!xd_conn_guard_admit(g, (struct sockaddr *)&a), "c4 waits: no more");
     xd_conn_guard_close(g, c0);
-    CHECK(!xd_conn_guard_over_cap(g, c4), "admitted after one left");
+    CHECK(!xd_conn_guard_over_cap(g, c4, NULL), "admitted after one left");
     xd_conn_guard_close(g, c1);
     xd_conn_guard_close(g, c2);
     xd_conn_guard_close(g, c3);
@@ -139,7 +141,8 @@ static void test_over_cap_promoted_in_its_grace(void)
     struct sockaddr_in a = v4("198.51.100.1");
     struct xd_conn *cx = xd_conn_guard_open(g, x[0], (struct sockaddr *)&a);
     struct xd_conn *cy = xd_conn_guard_open(g, y[0], (struct sockaddr *)&a);
-    CHECK(!xd_conn_guard_over_cap(g, cx) && xd_conn_guard_over_cap(g, cy), "the second over");
+    CHECK(!xd_conn_guard_over_cap(g, cx, NULL) && xd_conn_guard_over_cap(g, cy, NULL),
+          "the second over");
     xd_conn_guard_close(g, cx);
     CHECK(eof_after(y[1], 0.45) < 0, "cut in its grace though the older one left");
     double t = eof_after(y[1], 2); /* the header deadline: 0.8 s from the open */
@@ -152,10 +155,51 @@ static void test_over_cap_promoted_in_its_grace(void)
     }
 }
 
+/* max_total counts every address: past it the newest are over (and say so), past
+ * max_over_total more none is accepted, and one that was over is served once an older left;
+ * over it, a connection without headers is cut after the grace as over the total. */
+static void test_max_total_over_all_addresses(void)
+{
+    struct xd_conn_guard_opts o = {.header_timeout = 5, .body_timeout = 5, .idle_timeout = 100,
+                                   .over_cap_grace = 0.2, .max_per_client = 0,
+                                   .max_total = 2, .max_over_total = 1};
+    struct xd_conn_guard *g = NULL;
+    struct xd_err err = {{0}};
+    CHECK(xd_conn_guard_create(&o, &g, &err) == XD_OK, "%s", err.msg);
+    int fds[4][2];
+    for (int i = 0; i < 4; i++)
+        socketpair(AF_UNIX, SOCK_STREAM, 0, fds[i]);
+    struct sockaddr_in a = v4("203.0.113.1"), b = v4("203.0.113.2"), c = v4("203.0.113.3");
+    struct xd_conn *c0 = xd_conn_guard_open(g, fds[0][0], (struct sockaddr *)&a);
+    struct xd_conn *c1 = xd_conn_guard_open(g, fds[1][0], (struct sockaddr *)&b);
+    struct xd_conn *c2 = xd_conn_guard_open(g, fds[2][0], (struct sockaddr *)&c);
+    bool total = false;
+    CHECK(!xd_conn_guard_over_cap(g, c0, &total) && !total, "the first over");
+    CHECK(!xd_conn_guard_over_cap(g, c1, &total) && !total, "the second over");
+    CHECK(xd_conn_guard_over_cap(g, c2, &total) && total, "the third not over the total");
+    CHECK(!xd_conn_guard_admit(g, (struct sockaddr *)&a), "accepted past max_over_total");
+    double t = eof_after(fds[2][1], 2);
+    CHECK(t > 0.1 && t < 0.6, "over-total cut after %.3f s", t);
+    CHECK(xd_conn_guard_cut(g, c2) == XD_CONN_CUT_OVER_TOTAL, "cut %d", xd_conn_guard_cut(g, c2));
+    xd_conn_guard_close(g, c2);
+    struct xd_conn *c3 = xd_conn_guard_open(g, fds[3][0], (struct sockaddr *)&c);
+    CHECK(xd_conn_guard_over_cap(g, c3, NULL), "over while two are open");
+    xd_conn_guard_close(g, c0);
+    CHECK(!xd_conn_guard_over_cap(g, c3, &total) && !total, "not served after one left");
+    xd_conn_guard_close(g, c1);
+    xd_conn_guard_close(g, c3);
+    xd_conn_guard_destroy(g);
+    for (int i = 0; i < 4; i++) {
+        close(fds[i][0]);
+        close(fds[i][1]);
+    }
+}
+
 int main(void)
 {
     RUN(test_deadlines_cut_and_say_why);
     RUN(test_per_client_cap);
     RUN(test_over_cap_promoted_in_its_grace);
+    RUN(test_max_total_over_all_addresses);
     return test_summary();
 }

@@ -17,12 +17,12 @@ if [ ! -f "$model/model.safetensors" ]; then
 fi
 cp "$fixtures/tokenizers/qwen2/tokenizer.json" "$model/"
 cp "$fixtures/chat/qwen2_moe/tokenizer_config.json" "$model/"
-# The same weights with a chat template expertd does not recognise.
+# The same weights with a chat template that does not parse.
 odd=$work/model-odd-template
 mkdir -p "$odd"
 for f in config.json model.safetensors tokenizer.json; do ln -sf "$model/$f" "$odd/$f"; done
 cat >"$odd/tokenizer_config.json" <<'JSON'
-{"eos_token": "<|im_end|>", "chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}
+{"eos_token": "<|im_end|>", "chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor"}
 JSON
 
 # the load-progress test makes its own, larger model

@@ -1,6 +1,8 @@
 /* config.json parsing for each supported model_type, checked against the meaning transformers
  * gives each key; every invalid config is an error naming the key. */
+#include <jansson.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "engine/model/model_config.h"
@@ -527,6 +529,158 @@ static void test_eos_int_and_list(void)
     CHECK(rc == XD_OK && c.n_eos == 1 && c.eos_token_ids[0] == 151935, "last id of the vocab");
 }
 
+/* DeepSeek-V2-Lite-Chat's config.json as published (huggingface.co/deepseek-ai/
+ * DeepSeek-V2-Lite-Chat, snapshot 85864749cd611b4353ce1decdb286193298f64c7; auto_map left out):
+ * q_lora_rank null, yarn with mscale_all_dim, greedy softmax routing. */
+#define DSV2_LITE_BODY                                                                          \
+    "\"architectures\": [\"DeepseekV2ForCausalLM\"], \"attention_bias\": false,"                \
+    "\"attention_dropout\": 0.0, \"aux_loss_alpha\": 0.001, \"bos_token_id\": 100000,"          \
+    "\"eos_token_id\": 100001, \"ep_size\": 1, \"first_k_dense_replace\": 1,"                   \
+    "\"hidden_act\": \"silu\", \"hidden_size\": 2048, \"initializer_range\": 0.02,"             \
+    "\"intermediate_size\": 10944, \"kv_lora_rank\": 512, \"max_position_embeddings\": 163840," \
+    "\"model_type\": \"deepseek_v2\", \"moe_intermediate_size\": 1408, \"moe_layer_freq\": 1,"  \
+    "\"n_group\": 1, \"n_routed_experts\": 64, \"n_shared_experts\": 2,"                        \
+    "\"norm_topk_prob\": false, \"num_attention_heads\": 16, \"num_experts_per_tok\": 6,"       \
+    "\"num_hidden_layers\": 27, \"num_key_value_heads\": 16, \"pretraining_tp\": 1,"            \
+    "\"q_lora_rank\": null, \"qk_nope_head_dim\": 128, \"qk_rope_head_dim\": 64,"               \
+    "\"rms_norm_eps\": 1e-06, \"rope_scaling\": {\"beta_fast\": 32, \"beta_slow\": 1,"          \
+    "\"factor\": 40, \"mscale\": 0.707, \"mscale_all_dim\": 0.707,"                             \
+    "\"original_max_position_embeddings\": 4096, \"type\": \"yarn\"}, \"rope_theta\": 10000,"   \
+    "\"routed_scaling_factor\": 1.0, \"scoring_func\": \"softmax\", \"seq_aux\": true,"         \
+    "\"tie_word_embeddings\": false, \"topk_group\": 1, \"topk_method\": \"greedy\","           \
+    "\"torch_dtype\": \"bfloat16\", \"transformers_version\": \"4.49.0\", \"use_cache\": true," \
+    "\"v_head_dim\": 128, \"vocab_size\": 102400"
+
+/* DeepSeek-V3's shape (its published config.json without quantization_config and rope_scaling),
+ * 5 layers instead of 61. */
+#define DSV3_BODY                                                                               \
+    "\"model_type\": \"deepseek_v3\", \"attention_bias\": false, \"first_k_dense_replace\": 3,"\
+    "\"hidden_act\": \"silu\", \"hidden_size\": 7168, \"intermediate_size\": 18432,"            \
+    "\"kv_lora_rank\": 512, \"max_position_embeddings\": 163840,"                               \
+    "\"moe_intermediate_size\": 2048, \"moe_layer_freq\": 1, \"n_group\": 8,"                   \
+    "\"n_routed_experts\": 256, \"n_shared_experts\": 1, \"norm_topk_prob\": true,"             \
+    "\"num_attention_heads\": 128, \"num_experts_per_tok\": 8, \"num_hidden_layers\": 5,"       \
+    "\"num_key_value_heads\": 128, \"num_nextn_predict_layers\": 1, \"q_lora_rank\": 1536,"     \
+    "\"qk_nope_head_dim\": 128, \"qk_rope_head_dim\": 64, \"rms_norm_eps\": 1e-06,"             \
+    "\"rope_theta\": 10000, \"routed_scaling_factor\": 2.5, \"scoring_func\": \"sigmoid\","     \
+    "\"tie_word_embeddings\": false, \"topk_group\": 4, \"topk_method\": \"noaux_tc\","         \
+    "\"v_head_dim\": 128, \"vocab_size\": 129280, \"bos_token_id\": 0, \"eos_token_id\": 1"
+
+/* body (a JSON object) with the keys of extra (another) set over its own, as text to free. */
+static char *with_keys(const char *body, const char *extra)
+{
+    json_t *o = json_loads(body, 0, NULL), *x = json_loads(extra, 0, NULL);
+    if (!o || !x || json_object_update(o, x) < 0) {
+        fprintf(stderr, "test JSON does not parse: %s / %s\n", body, extra);
+        exit(1);
+    }
+    char *text = json_dumps(o, 0);
+    json_decref(o);
+    json_decref(x);
+    return text;
+}
+
+static void test_deepseek_v2_lite(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{" DSV2_LITE_BODY "}", &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    CHECK(c.arch == XD_ARCH_DEEPSEEK_V2 && c.mla, "arch %d mla %d", c.arch, c.mla);
+    CHECK(c.q_lora_rank == 0, "q_lora_rank null -> %d", c.q_lora_rank);
+    CHECK(c.kv_lora_rank == 512 && c.qk_nope_head_dim == 128 && c.qk_rope_head_dim == 64 &&
+              c.v_head_dim == 128,
+          "MLA dims %d %d %d %d", c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim,
+          c.v_head_dim);
+    CHECK(c.head_dim == 64, "head_dim is the rotary width, got %d", c.head_dim);
+    CHECK(c.rope_layout == XD_ROPE_PAIRS, "v2 rotates adjacent pairs");
+    CHECK(c.rope.type == XD_ROPE_YARN, "yarn");
+    /* transformers: 192^-0.5 * (0.1 * 0.707 * ln 40 + 1)^2 */
+    double m = 0.1 * 0.707 * log(40.0) + 1.0;
+    double want = 1.0 / sqrt(192.0) * m * m;
+    CHECK(fabs(c.attn_scale - want) < 1e-7, "softmax scale %.9g, want %.9g", c.attn_scale, want);
+    CHECK(c.router == XD_ROUTER_SOFTMAX && c.n_group == 0, "greedy: no groups");
+    CHECK(!c.norm_topk_prob && c.routed_scaling_factor == 1.0f, "weights as is");
+    CHECK(c.n_experts == 64 && c.top_k == 6 && c.expert_ffn == 1408, "experts");
+    CHECK(c.shared_expert_ffn == 2 * 1408 && !c.shared_expert_gated, "2 ungated shared experts");
+    CHECK(c.dense_ffn == 10944, "dense width");
+    CHECK(!c.is_moe_layer[0] && c.is_moe_layer[1] && c.is_moe_layer[26] && c.n_moe_layers == 26,
+          "first_k_dense_replace 1: %d MoE layers", c.n_moe_layers);
+    CHECK(xd_model_config_kv_floats_per_token(&c) == 576, "latent 512 + rope 64 per token");
+    CHECK(c.n_eos == 1 && c.eos_token_ids[0] == 100001, "eos");
+}
+
+static void test_deepseek_v3(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{" DSV3_BODY "}", &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    CHECK(c.arch == XD_ARCH_DEEPSEEK_V3 && c.mla && c.q_lora_rank == 1536, "q_lora_rank");
+    CHECK(c.router == XD_ROUTER_SIGMOID_BIAS && c.n_group == 8 && c.topk_group == 4, "noaux_tc");
+    CHECK(c.norm_topk_prob && fabsf(c.routed_scaling_factor - 2.5f) == 0.0f, "weights");
+    CHECK(c.rope_layout == XD_ROPE_PAIRS, "rope_interleave defaults to true");
+    CHECK(fabs(c.attn_scale - 1.0 / sqrt(192.0)) < 1e-8, "scale %g", c.attn_scale);
+    CHECK(c.n_moe_layers == 2 && !c.is_moe_layer[2] && c.is_moe_layer[3], "3 dense layers");
+    CHECK(c.shared_expert_ffn == 2048, "one shared expert");
+    /* the plain cache of the same model: 128 heads x (192 + 128) floats; MLA's is 576 */
+    CHECK(xd_model_config_kv_floats_per_token(&c) == 576, "MLA cache row");
+    rc = parse("{" DSV3_BODY ", \"rope_interleave\": false}", &c, &err);
+    CHECK(rc == XD_OK && c.rope_layout == XD_ROPE_HALVES, "rope_interleave false: rotate-half");
+    /* Kimi-K2 and Moonlight name their type kimi_k2 in some configs: computed as deepseek_v3 */
+    /* Kimi-K2 names its type kimi_k2 (remote code of the DeepseekV3 classes) */
+    char *kimi = with_keys("{" DSV3_BODY "}", "{\"model_type\": \"kimi_k2\"}");
+    rc = parse(kimi, &c, &err);
+    CHECK(rc == XD_OK && c.arch == XD_ARCH_DEEPSEEK_V3, "kimi_k2: rc %d %s", rc, err.msg);
+    free(kimi);
+}
+
+/* Every deepseek option expertd does not compute is refused with the key's name. */
+static void test_deepseek_refusals(void)
+{
+    static const struct {
+        const char *body;
+        const char *extra;
+        const char *key;
+    } cases[] = {
+        {DSV2_LITE_BODY, "\"mlp_bias\": true", "mlp_bias"},
+        {DSV3_BODY, "\"attention_bias\": true", "attention_bias"},
+        {DSV2_LITE_BODY, "\"norm_topk_prob\": true", "norm_topk_prob"},
+        {DSV3_BODY, "\"moe_layer_freq\": 2", "moe_layer_freq"},
+        {DSV2_LITE_BODY, "\"topk_method\": \"noaux_tc\"", "topk_method"},
+        {DSV2_LITE_BODY, "\"scoring_func\": \"sigmoid\"", "scoring_func"},
+        {DSV3_BODY, "\"scoring_func\": \"softmax\"", "scoring_func"},
+        {DSV3_BODY, "\"num_key_value_heads\": 64", "num_key_value_heads"},
+        {DSV3_BODY, "\"n_group\": 7", "n_group"},
+        {DSV3_BODY, "\"n_group\": 256, \"topk_group\": 4", "n_group"},
+        {DSV3_BODY, "\"topk_group\": 9", "topk_group"},
+        {DSV3_BODY, "\"quantization_config\": {\"activation_scheme\": \"dynamic\", "
+                    "\"fmt\": \"e4m3\", \"quant_method\": \"fp8\", "
+                    "\"weight_block_size\": [128, 128]}",
+         "quantization_config"}, /* DeepSeek-V3's own, as published */
+        {DSV3_BODY, "\"topk_group\": null, \"n_group\": 2", "topk_group"}, /* default 4 */
+        {DSV3_BODY, "\"num_experts_per_tok\": 9, \"n_group\": 64, \"topk_group\": 2",
+         "num_experts_per_tok"},
+        {DSV3_BODY, "\"qk_rope_head_dim\": 63", "qk_rope_head_dim"},
+        {DSV3_BODY, "\"rope_parameters\": {\"rope_type\": \"default\", "
+                    "\"rope_theta\": 10000.0, \"partial_rotary_factor\": 0.5}",
+         "partial_rotary_factor"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char body[4096], extra[512];
+        snprintf(body, sizeof body, "{%s}", cases[i].body);
+        snprintf(extra, sizeof extra, "{%s}", cases[i].extra);
+        char *json = with_keys(body, extra);
+        expect_error(json, cases[i].key);
+        free(json);
+    }
+    /* group_limited_greedy needs its groups */
+    expect_error("{\"model_type\": \"deepseek_v2\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"num_experts_per_tok\": 2,"
+                 "\"topk_method\": \"group_limited_greedy\"}",
+                 "n_group");
+}
+
 static void test_error_unknown_model_type(void)
 {
     expect_error("{\"model_type\": \"llama\", \"vocab_size\": 32000, \"hidden_size\": 4096,"
@@ -776,6 +930,8 @@ static void test_arch_names(void)
     CHECK(strcmp(xd_arch_name(XD_ARCH_QWEN2_MOE), "qwen2_moe") == 0, "qwen2_moe");
     CHECK(strcmp(xd_arch_name(XD_ARCH_QWEN3_MOE), "qwen3_moe") == 0, "qwen3_moe");
     CHECK(strcmp(xd_arch_name(XD_ARCH_OLMOE), "olmoe") == 0, "olmoe");
+    CHECK(strcmp(xd_arch_name(XD_ARCH_DEEPSEEK_V2), "deepseek_v2") == 0, "deepseek_v2");
+    CHECK(strcmp(xd_arch_name(XD_ARCH_DEEPSEEK_V3), "deepseek_v3") == 0, "deepseek_v3");
 }
 
 static void test_length_is_respected(void)
@@ -808,6 +964,9 @@ int main(int argc, char **argv)
     RUN(test_rope_unsupported_type);
     RUN(test_rope_spellings);
     RUN(test_eos_int_and_list);
+    RUN(test_deepseek_v2_lite);
+    RUN(test_deepseek_v3);
+    RUN(test_deepseek_refusals);
     RUN(test_error_unknown_model_type);
     RUN(test_error_missing_hidden_size);
     RUN(test_error_missing_other_keys);

@@ -341,8 +341,9 @@ static void test_model_quantize(void)
     CHECK(w.gate.rows == c->expert_ffn && w.gate.cols == c->hidden_size, "shape");
     const size_t q8_bytes = xd_model_expert_bytes(m);
     CHECK(q8_bytes == (size_t)3 * c->expert_ffn * (c->hidden_size / 32) * 34, "%zu", q8_bytes);
-    CHECK(m->layers[0].wq.dtype == XD_DTYPE_F32, "experts only, yet q_proj is %s",
-          xd_dtype_name(m->layers[0].wq.dtype));
+    CHECK(m->layers[0].wq.dtype == XD_DTYPE_F32 && m->lm_head.dtype == XD_DTYPE_F32,
+          "experts only, yet q_proj is %s and lm_head %s", xd_dtype_name(m->layers[0].wq.dtype),
+          xd_dtype_name(m->lm_head.dtype));
     CHECK(xd_model_quantize(m, XD_DTYPE_Q8_0, true, &err) == XD_OK, "same again: %s", err.msg);
     CHECK(xd_model_quantize(m, XD_DTYPE_Q4_1, false, &err) == XD_ERR_INVALID, "q4 over q8");
     CHECK_CONTAINS(err.msg, "already quantized to Q8_0");
@@ -353,6 +354,7 @@ static void test_model_quantize(void)
     CHECK(xd_model_load(dir, &m, &err) == XD_OK, "%s", err.msg);
     if (!m)
         return;
+    c = &m->config;
     o.device = XD_DEVICE_CPU;
     o.quantize = XD_DTYPE_Q4_1;
     CHECK(xd_engine_create(m, &o, &e, &err) == XD_OK, "%s", err.msg);
@@ -361,8 +363,9 @@ static void test_model_quantize(void)
     CHECK(l0->wq.dtype == XD_DTYPE_Q4_1 && l0->wk.dtype == XD_DTYPE_Q4_1 &&
           l0->wv.dtype == XD_DTYPE_Q4_1 && l0->wo.dtype == XD_DTYPE_Q4_1, "attention not q4");
     CHECK(l0->router.dtype == XD_DTYPE_F32 && l0->attn_norm.dtype == XD_DTYPE_F32 &&
-          m->embed.dtype == XD_DTYPE_F32 && m->lm_head.dtype == XD_DTYPE_F32,
-          "router, norms, embedding and lm_head must keep their precision");
+          m->embed.dtype == XD_DTYPE_F32, "router, norms and embedding must keep their precision");
+    CHECK(m->lm_head.dtype == XD_DTYPE_Q8_0, "lm_head is %s, want q8 under q4",
+          xd_dtype_name(m->lm_head.dtype));
     CHECK(xd_model_expert_bytes(m) == (size_t)3 * c->expert_ffn * (c->hidden_size / 32) * 20,
           "%zu", xd_model_expert_bytes(m));
     /* a second engine over the quantized model on cuda is refused too */

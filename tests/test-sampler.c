@@ -604,11 +604,44 @@ static void test_valid_boundaries(void)
     }
 }
 
+/* The test hook's forced picks come first, with the model's logprobs; then sampling resumes. */
+static void test_forced_picks(void)
+{
+    float logits[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    const int32_t forced[3] = {2, 0, 5};
+    struct xd_sampling_params p = xd_sampling_defaults();
+    p.temperature = 0.0f;
+    p.n_logprobs = 1;
+    p.forced = forced;
+    p.n_forced = 3;
+    struct xd_sampler *s = NULL;
+    struct xd_err err = {{0}};
+    CHECK(xd_sampler_create(&p, 8, &s, &err) == XD_OK, "%s", err.msg);
+    if (!s)
+        return;
+    struct xd_sample x;
+    for (int i = 0; i < 3; i++) {
+        xd_sampler_sample(s, logits, &x);
+        CHECK(x.token == forced[i], "pick %d: %d, want the forced %d", i, x.token, forced[i]);
+        CHECK(x.n_top == 1 && x.top_ids[0] == 7, "pick %d: top %d", i, x.top_ids[0]);
+        CHECK(x.logprob < x.top_logprobs[0], "pick %d: logprob not the model's", i);
+    }
+    xd_sampler_sample(s, logits, &x);
+    CHECK(x.token == 7, "after the forced picks: %d, want greedy 7", x.token);
+    xd_sampler_destroy(s);
+    const int32_t bad[1] = {8};
+    p.forced = bad;
+    p.n_forced = 1;
+    CHECK(xd_sampler_create(&p, 8, &s, &err) == XD_ERR_INVALID, "a forced id outside the "
+          "vocabulary accepted");
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
     (void)argv;
     RUN(test_defaults);
+    RUN(test_forced_picks);
     RUN(test_greedy_argmax);
     RUN(test_seed_reproducible);
     RUN(test_unseeded_samplers_differ);

@@ -3,6 +3,8 @@
  * the scheduler's promises checked against it: exact KV accounting under random arrivals,
  * cancellations and lengths; preemption, chunked prefill and prefix hits that change nothing;
  * stop strings that never leak; threaded mode; and the real CPU engine batched against alone. */
+#include <jansson.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -132,26 +134,29 @@ static int fake_forward(void *ctx, const struct xd_batch *batch, struct xd_forwa
         }
         if (c->logits == XD_LOGITS_NONE)
             continue;
-        /* read the whole sequence back through the table */
-        int last = c->pos + c->n_tokens - 1;
-        uint64_t h = 1;
-        for (int p = 0; p <= last; p++) {
-            size_t slot = (size_t)c->block_table[p / f->block_size] * (size_t)f->block_size +
-                          (size_t)(p % f->block_size);
-            if (f->kv_pos[slot] != p)
-                fake_fail(f, "KV slot holds another position", p, f->kv_pos[slot]);
-            h = mix(h, (uint64_t)f->kv_tok[slot]);
+        /* read the whole sequence back through the table; XD_LOGITS_ALL: a row for every
+         * position of the chunk, each from the tokens up to it */
+        for (int last = c->logits == XD_LOGITS_ALL ? c->pos : c->pos + c->n_tokens - 1;
+             last < c->pos + c->n_tokens; last++) {
+            uint64_t h = 1;
+            for (int p = 0; p <= last; p++) {
+                size_t slot = (size_t)c->block_table[p / f->block_size] * (size_t)f->block_size +
+                              (size_t)(p % f->block_size);
+                if (f->kv_pos[slot] != p)
+                    fake_fail(f, "KV slot holds another position", p, f->kv_pos[slot]);
+                h = mix(h, (uint64_t)f->kv_tok[slot]);
+            }
+            int32_t next = (int32_t)(1 + h % (uint64_t)(f->n_vocab - 1));
+            if (f->script) {
+                int k = last + 1 - f->script_base;
+                next = k >= 0 && k < f->n_script ? f->script[k] : 1;
+            }
+            float *lg = f->logits + (size_t)row * (size_t)f->n_vocab;
+            for (int v = 0; v < f->n_vocab; v++)
+                lg[v] = 0.0f;
+            lg[next] = 10.0f;
+            row++;
         }
-        int32_t next = (int32_t)(1 + h % (uint64_t)(f->n_vocab - 1));
-        if (f->script) {
-            int k = last + 1 - f->script_base;
-            next = k >= 0 && k < f->n_script ? f->script[k] : 1;
-        }
-        float *lg = f->logits + (size_t)row * (size_t)f->n_vocab;
-        for (int v = 0; v < f->n_vocab; v++)
-            lg[v] = 0.0f;
-        lg[next] = 10.0f;
-        row++;
     }
     *ret_out = (struct xd_forward_out){
         .logits = f->logits, .n_logit_rows = row,
@@ -1580,6 +1585,254 @@ static void test_cpu_engine_batched_equals_alone(void)
     xd_model_destroy(m);
 }
 
+/* ---- prompt logprobs ---- */
+
+enum { LP_MAX = 256 };
+
+/* What a prompt-logprobs request's sink saw. */
+struct lp_rec {
+    int n;                    /* prompt positions reported */
+    int pos[LP_MAX];          /* in the order reported */
+    float logprob[LP_MAX];
+    int32_t top[LP_MAX];      /* the best alternative */
+    int n_top[LP_MAX];
+    int n_tokens;
+    int32_t tokens[64];
+    bool token_before_prompt; /* a token came before some prompt logprobs */
+    int n_finish;
+    enum xd_finish_reason finish;
+    int n_generated;
+};
+
+static void lp_sink(void *ctx, const struct xd_sched_event *ev)
+{
+    struct lp_rec *r = ctx;
+    if (ev->kind == XD_EVENT_PROMPT_LOGPROBS) {
+        if (r->n_tokens > 0)
+            r->token_before_prompt = true;
+        for (int i = 0; i < ev->n_prompt_samples && r->n < LP_MAX; i++) {
+            r->pos[r->n] = ev->prompt_pos + i;
+            r->logprob[r->n] = ev->prompt_samples[i].logprob;
+            r->top[r->n] = ev->prompt_samples[i].n_top > 0 ? ev->prompt_samples[i].top_ids[0] : -1;
+            r->n_top[r->n] = ev->prompt_samples[i].n_top;
+            r->n++;
+        }
+    } else if (ev->kind == XD_EVENT_TOKEN) {
+        if (r->n_tokens < 64)
+            r->tokens[r->n_tokens++] = ev->sample->token;
+    } else {
+        r->n_finish++;
+        r->finish = ev->finish;
+        r->n_generated = ev->n_generated_tokens;
+    }
+}
+
+/* The fake's logits put 10 on ref_next of the prefix and 0 elsewhere: token p of the prompt
+ * has logprob 10 - lse or -lse, and ref_next is the best alternative. */
+static bool lp_matches_fake(const struct lp_rec *r, const int32_t *prompt, int n, int V)
+{
+    const double lse = log(exp(10.0) + (double)(V - 1));
+    if (r->n != n - 1)
+        return false;
+    for (int i = 0; i < r->n; i++) {
+        int p = i + 1;
+        int32_t best = ref_next(prompt, p, V);
+        double want = (prompt[p] == best ? 10.0 : 0.0) - lse;
+        if (r->pos[i] != p || r->top[i] != best || r->n_top[i] != 2 ||
+            fabs(r->logprob[i] - want) > 1e-5)
+            return false;
+    }
+    return true;
+}
+
+static void test_prompt_logprobs_every_position_once(void)
+{
+    const int V = 50;
+    uint64_t rng = 77;
+    int32_t prompt[40];
+    make_prompt(&rng, prompt, 37, V);
+    /* chunked, in a batch with others, after an identical prompt filled the prefix cache,
+     * under preemption (12 blocks of 4: the requests cannot all fit), with max_tokens 0 */
+    for (int variant = 0; variant < 4; variant++) {
+        struct fake *f = fake_new(variant == 3 ? 12 : 128, 4, V, 64);
+        struct xd_sched_opts o = xd_sched_defaults();
+        o.prefill_chunk = variant == 0 ? 0 : 5;
+        struct xd_sched *s = sched_over(f, &o, NULL);
+        if (!s) {
+            fake_free(f);
+            continue;
+        }
+        struct xd_err err = {{0}};
+        struct rec plain = {0};
+        struct lp_rec lp[4] = {{0}};
+        struct xd_request warm = greedy_request(prompt, 37, 6);
+        if (variant == 2) { /* the same prompt first, to the end: its blocks are published */
+            CHECK(xd_sched_submit(s, &warm, sink, &plain, NULL, &err) == XD_OK, "%s", err.msg);
+            run_to_idle(s, 1000);
+        }
+        int n_req = variant >= 1 ? 4 : 1;
+        for (int i = 0; i < n_req; i++) {
+            struct xd_request req = greedy_request(prompt, 37, i == 3 ? 0 : 6);
+            req.prompt_logprobs = true;
+            req.prompt_top_logprobs = 2;
+            CHECK(xd_sched_submit(s, &req, lp_sink, &lp[i], NULL, &err) == XD_OK, "%s",
+                  err.msg);
+        }
+        run_to_idle(s, 2000);
+        int32_t want[6];
+        ref_generate(prompt, 37, 6, V, want);
+        for (int i = 0; i < n_req; i++) {
+            CHECK(lp[i].n_finish == 1, "variant %d req %d: %d finishes", variant, i,
+                  lp[i].n_finish);
+            CHECK(lp_matches_fake(&lp[i], prompt, 37, V),
+                  "variant %d req %d: %d prompt logprobs, not each of 1..36 once with the "
+                  "fake's values", variant, i, lp[i].n);
+            CHECK(!lp[i].token_before_prompt, "variant %d req %d: a token came first", variant,
+                  i);
+            if (i == 3) {
+                CHECK(lp[i].finish == XD_FINISH_LENGTH && lp[i].n_tokens == 0 &&
+                      lp[i].n_generated == 0, "max_tokens 0: %d tokens, finish %d",
+                      lp[i].n_tokens, lp[i].finish);
+            } else {
+                CHECK(lp[i].n_tokens == 6 && memcmp(lp[i].tokens, want, sizeof want) == 0,
+                      "variant %d req %d: generated tokens differ from the reference",
+                      variant, i);
+            }
+        }
+        if (variant == 3) {
+            struct xd_sched_stats st;
+            xd_sched_get_stats(s, &st);
+            CHECK(st.preemptions_total > 0, "no preemption happened");
+        }
+        check_all_free(s);
+        CHECK(f->n_errors == 0, "fake engine: %s", f->first_error);
+        xd_sched_destroy(s);
+        fake_free(f);
+    }
+    /* a 1-token prompt has no logprob to report: max_tokens 0 finishes at once */
+    struct fake *f = fake_new(16, 4, V, 64);
+    struct xd_sched_opts o = xd_sched_defaults();
+    struct xd_sched *s = sched_over(f, &o, NULL);
+    struct lp_rec one = {0};
+    struct xd_request req = greedy_request(prompt, 1, 0);
+    req.prompt_logprobs = true;
+    struct xd_err err = {{0}};
+    CHECK(s && xd_sched_submit(s, &req, lp_sink, &one, NULL, &err) == XD_OK, "%s", err.msg);
+    if (s)
+        run_to_idle(s, 10);
+    CHECK(one.n_finish == 1 && one.n == 0 && f->n_calls == 0, "1-token prompt: %d finishes, "
+          "%d logprobs, %d forwards", one.n_finish, one.n, f->n_calls);
+    req.prompt_top_logprobs = XD_MAX_LOGPROBS + 1;
+    CHECK(s && xd_sched_submit(s, &req, lp_sink, &one, NULL, &err) == XD_ERR_INVALID,
+          "prompt_top_logprobs over the maximum accepted");
+    xd_sched_destroy(s);
+    fake_free(f);
+}
+
+/* The real CPU engine: prompt logprobs equal transformers' log_softmax(prompt_logits) of the
+ * golden fixture, and are the same bits alone (one chunk) as chunked by 3 in a batch of
+ * others. */
+static void test_cpu_prompt_logprobs_match_transformers(void)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/golden/olmoe-f32", fixtures);
+    struct xd_model *m = NULL;
+    struct xd_err err = {{0}};
+    CHECK(xd_model_load(dir, &m, &err) == XD_OK, "%s", err.msg);
+    if (!m)
+        return;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/golden.json", dir);
+    json_error_t jerr;
+    json_t *g = json_load_file(path, 0, &jerr);
+    CHECK(g != NULL, "%s: %s", path, jerr.text);
+    struct xd_engine_opts eo = {.device = XD_DEVICE_CPU, .n_kv_blocks = 256, .block_size = 4,
+                                .max_batch_tokens = 64};
+    struct xd_engine *e = NULL;
+    CHECK(g && xd_engine_create(m, &eo, &e, &err) == XD_OK, "%s", err.msg);
+    if (!e) {
+        json_decref(g);
+        xd_model_destroy(m);
+        return;
+    }
+    const int V = xd_engine_config(e)->vocab_size;
+    json_t *prompts = json_object_get(g, "prompts"), *plogits = json_object_get(g, "prompt_logits");
+    const int n_prompts = (int)json_array_size(prompts);
+    enum { MAXP = 8, MAXN = 32 };
+    int32_t ids[MAXP][MAXN];
+    int lens[MAXP];
+    for (int i = 0; i < n_prompts && i < MAXP; i++) {
+        json_t *p = json_array_get(prompts, i);
+        lens[i] = (int)json_array_size(p) < MAXN ? (int)json_array_size(p) : MAXN;
+        for (int k = 0; k < lens[i]; k++)
+            ids[i][k] = (int32_t)json_integer_value(json_array_get(p, k));
+    }
+    struct lp_rec runs[2][MAXP];
+    memset(runs, 0, sizeof runs);
+    struct xd_step_engine se;
+    xd_step_engine_init(&se, e);
+    for (int run = 0; run < 2; run++) {
+        struct xd_sched_opts o = xd_sched_defaults();
+        o.prefill_chunk = run == 0 ? 0 : 3;
+        struct xd_sched *s = NULL;
+        CHECK(xd_sched_create(&se, NULL, NULL, 0, &o, &s, &err) == XD_OK, "%s", err.msg);
+        if (!s)
+            break;
+        struct rec others[MAXP];
+        memset(others, 0, sizeof others);
+        for (int i = 0; i < n_prompts && i < MAXP; i++) {
+            if (run == 1) { /* a batch mate: a different request in every step */
+                struct xd_request other = greedy_request(ids[(i + 1) % n_prompts],
+                                                         lens[(i + 1) % n_prompts], 5);
+                xd_sched_submit(s, &other, sink, &others[i], NULL, &err);
+            }
+            struct xd_request req = greedy_request(ids[i], lens[i], run == 0 ? 0 : 2);
+            req.prompt_logprobs = true;
+            req.prompt_top_logprobs = 5;
+            CHECK(xd_sched_submit(s, &req, lp_sink, &runs[run][i], NULL, &err) == XD_OK, "%s",
+                  err.msg);
+            if (run == 0)
+                run_to_idle(s, 1000); /* alone */
+        }
+        run_to_idle(s, 1000);
+        xd_sched_destroy(s);
+    }
+    double max_diff = 0;
+    int n_checked = 0;
+    for (int i = 0; i < n_prompts && i < MAXP; i++) {
+        CHECK(runs[0][i].n == lens[i] - 1 && runs[1][i].n == lens[i] - 1,
+              "prompt %d: %d and %d logprobs for %d tokens", i, runs[0][i].n, runs[1][i].n,
+              lens[i]);
+        CHECK(memcmp(runs[0][i].logprob, runs[1][i].logprob,
+                     sizeof(float) * (size_t)runs[0][i].n) == 0 &&
+              memcmp(runs[0][i].top, runs[1][i].top, sizeof(int32_t) * (size_t)runs[0][i].n) == 0,
+              "prompt %d: chunked and batched prompt logprobs differ from alone", i);
+        for (int k = 0; k < runs[0][i].n; k++) {
+            int p = runs[0][i].pos[k];
+            json_t *row = json_array_get(json_array_get(plogits, i), (size_t)p - 1);
+            CHECK((int)json_array_size(row) == V, "prompt %d row %d: %zu logits", i, p - 1,
+                  json_array_size(row));
+            if ((int)json_array_size(row) != V)
+                break;
+            double mx = -INFINITY, sum = 0;
+            for (int v = 0; v < V; v++)
+                mx = fmax(mx, json_number_value(json_array_get(row, (size_t)v)));
+            for (int v = 0; v < V; v++)
+                sum += exp(json_number_value(json_array_get(row, (size_t)v)) - mx);
+            double want = json_number_value(json_array_get(row, (size_t)ids[i][p])) - mx - log(sum);
+            max_diff = fmax(max_diff, fabs(runs[0][i].logprob[k] - want));
+            n_checked++;
+        }
+    }
+    /* the CPU backend matches transformers' f32 logits to 1e-4 (test-golden's tolerance) */
+    CHECK(n_checked > 0 && max_diff <= 1e-4, "prompt logprobs: max |diff| %g vs transformers "
+          "over %d positions (tolerance 1e-4)", max_diff, n_checked);
+    printf("  %d prompt positions, max |logprob - transformers| %.3g\n", n_checked, max_diff);
+    json_decref(g);
+    xd_engine_destroy(e);
+    xd_model_destroy(m);
+}
+
 int main(int argc, char **argv)
 {
     fixtures = argc > 1 ? argv[1] : "tests/fixtures";
@@ -1603,5 +1856,7 @@ int main(int argc, char **argv)
     RUN(test_threaded_groups_all_or_none);
     RUN(test_random_accounting_property);
     RUN(test_cpu_engine_batched_equals_alone);
+    RUN(test_prompt_logprobs_every_position_once);
+    RUN(test_cpu_prompt_logprobs_match_transformers);
     return test_summary();
 }

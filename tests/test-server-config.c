@@ -2,7 +2,9 @@
  * key, the scheduler options serve runs with. */
 #include <stddef.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config/server_config.h"
 #include "scheduler/scheduler.h"
@@ -37,6 +39,35 @@ static void test_flags_reach_both_structs(void)
     CHECK(parse(&c, 11, argv, &err) == 0, "%s", err.msg);
     CHECK(strcmp(c.engine.model, "/m") == 0 && c.engine.threads == 3, "engine keys");
     CHECK(c.port == 0 && !c.prefix_caching && c.drain_timeout == 2.5f, "serve keys");
+}
+
+/* --chat-template takes a built-in name or a Jinja file, from the flag or
+ * EXPERTD_CHAT_TEMPLATE; anything else is refused before any model is loaded */
+static void test_chat_template_name_or_file(void)
+{
+    struct xd_server_config c;
+    struct xd_err err = {{0}};
+    char path[] = "/tmp/xd-chat-template-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0 && write(fd, "{{ messages }}", 14) == 14, "temp file");
+    close(fd);
+    char *a1[] = {"--model", "/m", "--chat-template", path};
+    CHECK(parse(&c, 4, a1, &err) == 0 && strcmp(c.chat_template, path) == 0, "file: %s",
+          err.msg);
+    fd = open(path, O_WRONLY | O_TRUNC);
+    CHECK(fd >= 0 && write(fd, "{% if x %}", 10) == 10, "rewrite");
+    close(fd);
+    CHECK(parse(&c, 4, a1, &err) < 0, "a template that does not parse accepted");
+    CHECK_CONTAINS(err.msg, "--chat-template");
+    CHECK_CONTAINS(err.msg, "line 1");
+    unlink(path);
+    CHECK(parse(&c, 4, a1, &err) < 0, "a missing file accepted");
+    CHECK_CONTAINS(err.msg, "chatml, mistral, mistral-v1, olmoe, qwen3");
+    setenv("EXPERTD_CHAT_TEMPLATE", "qwen3", 1);
+    char *a2[] = {"--model", "/m"};
+    CHECK(parse(&c, 2, a2, &err) == 0 && c.chat_template && strcmp(c.chat_template, "qwen3") == 0,
+          "EXPERTD_CHAT_TEMPLATE: %s", err.msg);
+    unsetenv("EXPERTD_CHAT_TEMPLATE");
 }
 
 static void test_errors_name_the_key(void)
@@ -152,6 +183,7 @@ int main(void)
     RUN(test_defaults_are_safe);
     RUN(test_flags_reach_both_structs);
     RUN(test_errors_name_the_key);
+    RUN(test_chat_template_name_or_file);
     RUN(test_sched_opts_follow_the_config);
     return test_summary();
 }

@@ -140,6 +140,7 @@ static void test_load_from_directory(void)
     CHECK(xd_tokenizer_config_load(dir, tok, &c, &err) == XD_OK, "%s", err.msg);
     CHECK(c.chat_template && strcmp(c.chat_template, "{{ 'from the jinja file' }}") == 0,
           "chat_template.jinja does not take priority");
+    CHECK(c.chat_template_from_jinja, "not marked as chat_template.jinja's");
     xd_tokenizer_config_finish(&c);
     unlink(path);
     snprintf(path, sizeof path, "%s/generation_config.json", dir);
@@ -155,65 +156,43 @@ static void test_load_from_directory(void)
     rmdir(dir);
 }
 
-static void test_detection(void)
-{
-    /* the real template, then the same with JSON's escapes decoded differently and reflowed
-     * where Jinja's whitespace control makes no difference */
-    char path[4096];
-    struct xd_err err;
-    struct xd_tokenizer_config c;
-    snprintf(path, sizeof path, "%s/chat/qwen2_moe", fixtures);
-    CHECK(xd_tokenizer_config_load(path, tok, &c, &err) == XD_OK, "%s", err.msg);
-    CHECK(xd_chat_format_detect(c.chat_template) == XD_CHAT_CHATML, "qwen2 template");
-    xd_tokenizer_config_finish(&c);
-    const char *escaped =
-        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-        "{{ '<|im_start|>system\\nYou are a helpful assistant<|im_end|>\\n' }}{% endif %}"
-        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-        "{% endfor %}\n{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}\n";
-    CHECK(xd_chat_format_detect(escaped) == XD_CHAT_CHATML, "escaped and reflowed qwen2 template");
-    const char *mixtral_compact =
-        "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] %}"
-        "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}"
-        "{%- endif %}{{- bos_token }}{%- for message in loop_messages %}"
-        "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{- raise_exception('After "
-        "the optional system message, conversation roles must alternate user/assistant/user/"
-        "assistant/...') }}{%- endif %}{%- if message['role'] == 'user' %}{%- if loop.first and "
-        "system_message is defined %}{{- ' [INST] ' + system_message + '\n\n' + "
-        "message['content'] + ' [/INST]' }}{%- else %}{{- ' [INST] ' + message['content'] + "
-        "' [/INST]' }}{%- endif %}{%- elif message['role'] == 'assistant' %}{{- ' ' + "
-        "message['content'] + eos_token}}{%- else %}{{- raise_exception('Only user and assistant "
-        "roles are supported, with the exception of an initial optional system message!') }}"
-        "{%- endif %}{%- endfor %}";
-    CHECK(xd_chat_format_detect(mixtral_compact) == XD_CHAT_MISTRAL_INST, "compact mixtral");
-    /* a change that alters output is not recognised: one space less inside a literal */
-    const char *near_miss =
-        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-        "{{ '<|im_start|>system\\nYou are a helpful assistant<|im_end|>\\n' }}{% endif %}"
-        "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
-        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant \\n' }}{% endif %}";
-    CHECK(xd_chat_format_detect(near_miss) == XD_CHAT_UNKNOWN, "near miss recognised");
-    /* plain ChatML without the default system message renders differently: not CHATML */
-    const char *plain_chatml =
-        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
-        "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
-        "{{ '<|im_start|>assistant\\n' }}{% endif %}";
-    CHECK(xd_chat_format_detect(plain_chatml) == XD_CHAT_UNKNOWN, "plain chatml");
-    CHECK(xd_chat_format_detect("{{ messages[0]['content'] }}") == XD_CHAT_UNKNOWN, "arbitrary");
-    CHECK(xd_chat_format_detect("") == XD_CHAT_UNKNOWN, "empty");
-    CHECK(xd_chat_format_detect(NULL) == XD_CHAT_UNKNOWN, "NULL");
-    CHECK(xd_chat_format_detect("{{ unterminated '") == XD_CHAT_UNKNOWN, "unterminated");
-}
-
-static void test_format_names(void)
+static void test_builtin_templates(void)
 {
     const char *names[] = {"chatml", "mistral", "olmoe", "mistral-v1", "qwen3"};
-    for (int i = 0; i < 5; i++)
-        CHECK(strcmp(xd_chat_format_name(xd_chat_format_from_name(names[i])), names[i]) == 0,
-              "%s", names[i]);
-    CHECK(xd_chat_format_from_name("llama3") == XD_CHAT_UNKNOWN, "llama3");
-    CHECK(xd_chat_format_from_name(NULL) == XD_CHAT_UNKNOWN, "NULL");
-    CHECK(strcmp(xd_chat_format_name(XD_CHAT_UNKNOWN), "unknown") == 0, "unknown");
+    for (int i = 0; i < 5; i++) {
+        char *src = xd_chat_builtin_source(names[i]);
+        CHECK(src && strstr(src, "messages"), "%s has no source", names[i]);
+        CHECK_CONTAINS(xd_chat_builtin_names(), names[i]);
+        free(src);
+    }
+    char *q3 = xd_chat_builtin_source("qwen3"); /* kept in two literals: joined whole */
+    CHECK(q3 && strstr(q3, "enable_thinking is false") && strstr(q3, "namespace(multi_step_tool"),
+          "qwen3 source incomplete");
+    free(q3);
+    CHECK(xd_chat_builtin_source("llama3") == NULL, "llama3");
+    CHECK(xd_chat_builtin_source(NULL) == NULL, "NULL");
+}
+
+/* transformers renders a request with tools with the named list's "tool_use" template; the
+ * template variables include every named special token, not only bos/eos */
+static void test_tool_use_template_and_special_tokens(void)
+{
+    const char *config =
+        "{\"eos_token\": \"<|im_end|>\", \"cls_token\": \"<s>\", "
+        "\"sep_token\": {\"content\": \"</s>\"}, \"pad_token\": 7, \"chat_template\": "
+        "[{\"name\": \"default\", \"template\": \"D\"}, {\"name\": \"tool_use\", "
+        "\"template\": \"T\"}]}";
+    struct xd_tokenizer_config c;
+    struct xd_err err;
+    CHECK(xd_tokenizer_config_parse(config, strlen(config), "tokenizer_config.json", NULL, 0,
+                                    NULL, tok, &c, &err) == XD_OK, "%s", err.msg);
+    CHECK(c.chat_template && strcmp(c.chat_template, "D") == 0, "default template");
+    CHECK(c.chat_template_tool_use && strcmp(c.chat_template_tool_use, "T") == 0, "tool_use");
+    CHECK(c.cls_token && strcmp(c.cls_token, "<s>") == 0, "cls_token");
+    CHECK(c.sep_token && strcmp(c.sep_token, "</s>") == 0, "sep_token as an AddedToken");
+    CHECK(c.pad_token == NULL, "a pad_token of another type is left out, not an error");
+    CHECK(!c.chat_template_from_jinja, "from tokenizer_config.json");
+    xd_tokenizer_config_finish(&c);
 }
 
 int main(int argc, char **argv)
@@ -236,8 +215,8 @@ int main(int argc, char **argv)
     RUN(test_template_forms);
     RUN(test_malformed_configs_name_file_and_key);
     RUN(test_load_from_directory);
-    RUN(test_detection);
-    RUN(test_format_names);
+    RUN(test_builtin_templates);
+    RUN(test_tool_use_template_and_special_tokens);
     xd_tokenizer_destroy(tok);
     return test_summary();
 }

@@ -24,6 +24,9 @@ if [ ! -f $build/build.ninja ]; then
     { cat $build.setup.log; exit 1; }
   rm -f $build.setup.log
 fi
+# meson.build may have gained targets since the build was configured: regenerate first, or
+# the list below is the old one and a new target is silently never run
+ninja -C $build build.ninja >$build/fuzz-build.log 2>&1 || { tail -40 $build/fuzz-build.log; exit 1; }
 # only the libFuzzer binaries: the rest of the clang build is not needed here
 targets=$(ninja -C $build -t targets all | sed -n 's|^\(tests/fuzz/fuzz-[a-z0-9-]*-libfuzzer\): .*|\1|p')
 if [ -z "$targets" ]; then

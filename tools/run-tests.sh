@@ -22,7 +22,7 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   meson test -C build-asan --print-errorlogs --num-processes 2 || status=1
 
 # Data races: the threaded parts (the scheduler's tests; the HTTP suite, whose daemon runs a
-# scheduler thread and a thread per connection) under ThreadSanitizer; a race makes the process
+# scheduler thread, MHD's polling threads and the park's watcher) under ThreadSanitizer; a race makes the process
 # exit non-zero, which fails the test. Run outside meson with one OpenMP thread (the meson tests
 # set two, and libgomp is not instrumented, so its barriers would read as races).
 if [ ! -f build-tsan/build.ninja ]; then

@@ -1,6 +1,6 @@
-/* xd-synth-model: writes a randomly initialised OLMoE-style checkpoint (config.json +
- * model.safetensors) for demos and benchmarks. The weights mean nothing; they are never stored
- * in the repository. */
+/* xd-synth-model: writes a randomly initialised OLMoE-style or DeepSeek-V2-style checkpoint
+ * (config.json + model.safetensors) for demos and benchmarks. The weights mean nothing; they are
+ * never stored in the repository. */
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +19,8 @@
 struct synth_opts {
     const char *out;
     int vocab, hidden, layers, heads, kv_heads, experts, top_k, ffn, max_pos;
+    const char *arch;
+    int kv_lora, q_lora, nope, rope_dim, v_dim, shared, dense_layers, dense_ffn;
     long long seed;
     bool f32;
     bool help;
@@ -37,6 +39,17 @@ static const struct xd_opt synth_table[] = {
     {"ffn", XD_OPT_INT, S(ffn), 1, 1 << 16, NULL, "expert MLP width (32)"},
     {"max-pos", XD_OPT_INT, S(max_pos), 16, 1 << 20, NULL, "context length (2048)"},
     {"seed", XD_OPT_INT64, S(seed), 0, 9.2e18, NULL, "random seed (1)"},
+    {"arch", XD_OPT_STRING, S(arch), 0, 0, NULL, "olmoe or deepseek_v2 (olmoe)"},
+    {"kv-lora", XD_OPT_INT, S(kv_lora), 1, 1 << 14, NULL, "deepseek_v2: kv_lora_rank (512)"},
+    {"q-lora", XD_OPT_INT, S(q_lora), 0, 1 << 14, NULL, "deepseek_v2: q_lora_rank, 0 null (0)"},
+    {"nope", XD_OPT_INT, S(nope), 1, 4096, NULL, "deepseek_v2: qk_nope_head_dim (128)"},
+    {"rope-dim", XD_OPT_INT, S(rope_dim), 2, 4096, NULL, "deepseek_v2: qk_rope_head_dim (64)"},
+    {"v-dim", XD_OPT_INT, S(v_dim), 1, 4096, NULL, "deepseek_v2: v_head_dim (128)"},
+    {"shared", XD_OPT_INT, S(shared), 0, 64, NULL, "deepseek_v2: n_shared_experts (2)"},
+    {"dense-layers", XD_OPT_INT, S(dense_layers), 0, 256, NULL,
+     "deepseek_v2: first_k_dense_replace (1)"},
+    {"dense-ffn", XD_OPT_INT, S(dense_ffn), 1, 1 << 18, NULL,
+     "deepseek_v2: dense layers' intermediate_size (4 x ffn)"},
     {"f32", XD_OPT_FLAG, S(f32), 0, 0, NULL, "write float32 instead of bfloat16"},
     {"help", XD_OPT_FLAG, S(help), 0, 0, NULL, "print this help"},
 };
@@ -225,7 +238,9 @@ static int write_tensors(int fd, const struct tensor_spec *ts, size_t n_tensors,
 int main(int argc, char **argv)
 {
     struct synth_opts o = {.vocab = 512, .hidden = 64, .layers = 2, .heads = 4, .kv_heads = 2,
-                           .experts = 8, .top_k = 2, .ffn = 32, .max_pos = 2048, .seed = 1};
+                           .experts = 8, .top_k = 2, .ffn = 32, .max_pos = 2048, .seed = 1,
+                           .arch = "olmoe", .kv_lora = 512, .nope = 128, .rope_dim = 64,
+                           .v_dim = 128, .shared = 2, .dense_layers = 1};
     struct xd_err err = {{0}};
     if (xd_opts_parse(synth_table, sizeof synth_table / sizeof synth_table[0], &o, argc - 1,
                       argv + 1, &err) < 0) {
@@ -244,6 +259,18 @@ int main(int argc, char **argv)
                         "kv-heads must divide heads, top-k must not exceed experts\n");
         return 2;
     }
+    const bool ds = strcmp(o.arch, "deepseek_v2") == 0;
+    if (!ds && strcmp(o.arch, "olmoe") != 0) {
+        fprintf(stderr, "xd-synth-model: --arch is olmoe or deepseek_v2\n");
+        return 2;
+    }
+    if (ds && (o.rope_dim % 2 || o.dense_layers > o.layers)) {
+        fprintf(stderr, "xd-synth-model: --rope-dim must be even, --dense-layers at most "
+                        "--layers\n");
+        return 2;
+    }
+    if (!o.dense_ffn)
+        o.dense_ffn = 4 * o.ffn;
     const int hd = o.hidden / o.heads, H = o.hidden;
     /* mkdir -p */
     char dir[4096];
@@ -257,7 +284,7 @@ int main(int argc, char **argv)
     }
     mkdir(dir, 0755);
 
-    size_t cap = 4 + (size_t)o.layers * (9 + 3 * (size_t)o.experts), n = 0;
+    size_t cap = 4 + (size_t)o.layers * (12 + 3 * (size_t)o.experts), n = 0;
     struct tensor_spec *ts = calloc(cap, sizeof *ts);
     if (!ts)
         return 1;
@@ -267,6 +294,45 @@ int main(int argc, char **argv)
     for (int l = 0; l < o.layers; l++) {
 #define NAME(...) (snprintf(name, sizeof name, __VA_ARGS__), name)
         add(ts, &n, NAME("model.layers.%d.input_layernorm.weight", l), 0, H, 0);
+        if (ds) {
+            const int qk = o.nope + o.rope_dim;
+            if (o.q_lora) {
+                add(ts, &n, NAME("model.layers.%d.self_attn.q_a_proj.weight", l), o.q_lora, H,
+                    s_h);
+                add(ts, &n, NAME("model.layers.%d.self_attn.q_a_layernorm.weight", l), 0,
+                    o.q_lora, 0);
+                add(ts, &n, NAME("model.layers.%d.self_attn.q_b_proj.weight", l), o.heads * qk,
+                    o.q_lora, 1.0f / sqrtf((float)o.q_lora));
+            } else {
+                add(ts, &n, NAME("model.layers.%d.self_attn.q_proj.weight", l), o.heads * qk, H,
+                    s_h);
+            }
+            add(ts, &n, NAME("model.layers.%d.self_attn.kv_a_proj_with_mqa.weight", l),
+                o.kv_lora + o.rope_dim, H, s_h);
+            add(ts, &n, NAME("model.layers.%d.self_attn.kv_a_layernorm.weight", l), 0, o.kv_lora,
+                0);
+            add(ts, &n, NAME("model.layers.%d.self_attn.kv_b_proj.weight", l),
+                o.heads * (o.nope + o.v_dim), o.kv_lora, 1.0f / sqrtf((float)o.kv_lora));
+            add(ts, &n, NAME("model.layers.%d.self_attn.o_proj.weight", l), H, o.heads * o.v_dim,
+                1.0f / sqrtf((float)(o.heads * o.v_dim)));
+            add(ts, &n, NAME("model.layers.%d.post_attention_layernorm.weight", l), 0, H, 0);
+            if (l < o.dense_layers) {
+                add(ts, &n, NAME("model.layers.%d.mlp.gate_proj.weight", l), o.dense_ffn, H, s_h);
+                add(ts, &n, NAME("model.layers.%d.mlp.up_proj.weight", l), o.dense_ffn, H, s_h);
+                add(ts, &n, NAME("model.layers.%d.mlp.down_proj.weight", l), H, o.dense_ffn,
+                    1.0f / sqrtf((float)o.dense_ffn));
+                continue;
+            }
+            if (o.shared) {
+                const int sf = o.shared * o.ffn;
+                add(ts, &n, NAME("model.layers.%d.mlp.shared_experts.gate_proj.weight", l), sf, H,
+                    s_h);
+                add(ts, &n, NAME("model.layers.%d.mlp.shared_experts.up_proj.weight", l), sf, H,
+                    s_h);
+                add(ts, &n, NAME("model.layers.%d.mlp.shared_experts.down_proj.weight", l), H, sf,
+                    1.0f / sqrtf((float)sf));
+            }
+        } else {
         add(ts, &n, NAME("model.layers.%d.self_attn.q_proj.weight", l), o.heads * hd, H, s_h);
         add(ts, &n, NAME("model.layers.%d.self_attn.k_proj.weight", l), o.kv_heads * hd, H, s_h);
         add(ts, &n, NAME("model.layers.%d.self_attn.v_proj.weight", l), o.kv_heads * hd, H, s_h);
@@ -275,6 +341,7 @@ int main(int argc, char **argv)
         add(ts, &n, NAME("model.layers.%d.self_attn.q_norm.weight", l), 0, o.heads * hd, 0);
         add(ts, &n, NAME("model.layers.%d.self_attn.k_norm.weight", l), 0, o.kv_heads * hd, 0);
         add(ts, &n, NAME("model.layers.%d.post_attention_layernorm.weight", l), 0, H, 0);
+        }
         add(ts, &n, NAME("model.layers.%d.mlp.gate.weight", l), o.experts, H, s_h);
         for (int e = 0; e < o.experts; e++) {
             add(ts, &n, NAME("model.layers.%d.mlp.experts.%d.gate_proj.weight", l, e), o.ffn, H,
@@ -357,14 +424,28 @@ int main(int argc, char **argv)
 
     snprintf(path, sizeof path, "%s/config.json", o.out);
     json_t *cfg = json_object();
-    json_object_set_new(cfg, "architectures", json_pack("[s]", "OlmoeForCausalLM"));
-    json_object_set_new(cfg, "model_type", json_string("olmoe"));
+    json_object_set_new(cfg, "architectures",
+                        json_pack("[s]", ds ? "DeepseekV2ForCausalLM" : "OlmoeForCausalLM"));
+    json_object_set_new(cfg, "model_type", json_string(ds ? "deepseek_v2" : "olmoe"));
+    if (ds) {
+        json_object_set_new(cfg, "n_routed_experts", json_integer(o.experts));
+        json_object_set_new(cfg, "moe_intermediate_size", json_integer(o.ffn));
+        json_object_set_new(cfg, "n_shared_experts", json_integer(o.shared));
+        json_object_set_new(cfg, "first_k_dense_replace", json_integer(o.dense_layers));
+        json_object_set_new(cfg, "kv_lora_rank", json_integer(o.kv_lora));
+        json_object_set_new(cfg, "q_lora_rank", o.q_lora ? json_integer(o.q_lora) : json_null());
+        json_object_set_new(cfg, "qk_nope_head_dim", json_integer(o.nope));
+        json_object_set_new(cfg, "qk_rope_head_dim", json_integer(o.rope_dim));
+        json_object_set_new(cfg, "v_head_dim", json_integer(o.v_dim));
+        json_object_set_new(cfg, "topk_method", json_string("greedy"));
+        json_object_set_new(cfg, "routed_scaling_factor", json_real(1.0));
+    }
     json_object_set_new(cfg, "vocab_size", json_integer(o.vocab));
     json_object_set_new(cfg, "hidden_size", json_integer(H));
-    json_object_set_new(cfg, "intermediate_size", json_integer(o.ffn));
+    json_object_set_new(cfg, "intermediate_size", json_integer(ds ? o.dense_ffn : o.ffn));
     json_object_set_new(cfg, "num_hidden_layers", json_integer(o.layers));
     json_object_set_new(cfg, "num_attention_heads", json_integer(o.heads));
-    json_object_set_new(cfg, "num_key_value_heads", json_integer(o.kv_heads));
+    json_object_set_new(cfg, "num_key_value_heads", json_integer(ds ? o.heads : o.kv_heads));
     json_object_set_new(cfg, "num_experts", json_integer(o.experts));
     json_object_set_new(cfg, "num_experts_per_tok", json_integer(o.top_k));
     json_object_set_new(cfg, "norm_topk_prob", json_false());

@@ -10,7 +10,8 @@
 #include "engine/backend.h"
 #include "engine/cpu/cpu_kernels.h"
 #include "engine/cpu/gpt_oss.h"
-#include "engine/cpu/routing.h"
+#include "engine/cpu/mla.h"
+#include "engine/cpu/moe_router.h"
 
 struct cpu_state {
     const struct xd_model *m;
@@ -19,9 +20,11 @@ struct cpu_state {
     int q_dim;           /* n_heads * head_dim */
     int ffn_max;         /* widest dense or shared MLP */
 
-    /* KV cache: (n_layers, n_kv_blocks, block_size, kv_dim) each */
+    /* KV cache: (n_layers, n_kv_blocks, block_size, kv_dim) each; NULL with MLA, whose
+     * latent cache and attention are mla's (engine/cpu/mla.c) */
     float *k_cache;
     float *v_cache;
+    struct xd_cpu_mla *mla;
 
     /* step buffers, T = max_batch_tokens */
     int32_t *tok_seq;    /* (T,) sequence index of each token */
@@ -34,7 +37,8 @@ struct cpu_state {
     float *attn;         /* (T, q_dim) */
     float *out;          /* (T, hidden) output of a block before the residual add */
     float *router;       /* (T, n_experts) router probabilities */
-    float *router_bias;  /* (n_experts,) the layer's e_score_correction_bias in f32 */
+    float *router_bias;  /* (n_experts,) the layer's router bias in f32: e_score_correction_bias,
+                          * or gpt_oss's router linear bias */
     int32_t *slot_of;    /* (T * top_k,) row in the expert-sorted order of slot t * top_k + j */
     int32_t *expert_rows;/* (n_experts + 1,) start of each expert's rows in sorted order */
     float *xg;           /* (T * top_k, hidden) gathered inputs, expert-sorted */
@@ -68,6 +72,7 @@ static void cpu_destroy(void *p)
     free(s->expert_rows);
     free(s->route_experts);
     free(s->route_pred);
+    xd_cpu_mla_destroy(s->mla);
     free(s);
 }
 
@@ -100,9 +105,18 @@ static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts,
 
     const size_t T = (size_t)opts->max_batch_tokens, H = (size_t)c->hidden_size;
     const size_t TK = T * (size_t)c->top_k;
-    const size_t kv_elems =
-        (size_t)c->n_layers * (size_t)opts->n_kv_blocks * (size_t)opts->block_size * s->kv_dim;
+    const size_t kv_elems = c->mla ? 0
+                                   : (size_t)c->n_layers * (size_t)opts->n_kv_blocks *
+                                         (size_t)opts->block_size * s->kv_dim;
     int failed = 0;
+    if (c->mla) {
+        int rc = xd_cpu_mla_create(model, opts->n_kv_blocks, opts->block_size,
+                                   opts->max_batch_tokens, &s->mla, err);
+        if (rc < 0) {
+            cpu_destroy(s);
+            return rc;
+        }
+    }
     s->k_cache = alloc_f(kv_elems, sizeof(float), &failed);
     s->v_cache = alloc_f(kv_elems, sizeof(float), &failed);
     if (failed) {
@@ -230,8 +244,15 @@ static void attention_block(struct cpu_state *s, const struct xd_batch *b, int l
     const struct xd_model_config *c = &s->m->config;
     const struct xd_layer_weights *lw = &s->m->layers[l];
     const int hd = c->head_dim;
+    const size_t HN = (size_t)n * c->hidden_size;
 
     xd_cpu_rmsnorm(s->h, n, &lw->attn_norm, c->rms_norm_eps, s->xn);
+    if (s->mla) {
+        xd_cpu_mla_forward(s->mla, b, s->tok_seq, s->tok_pos, l, s->xn, n, s->out);
+        for (size_t i = 0; i < HN; i++)
+            s->h[i] += s->out[i];
+        return;
+    }
     xd_cpu_matmul(s->xn, n, &lw->wq, s->q);
     xd_cpu_matmul(s->xn, n, &lw->wk, s->k);
     xd_cpu_matmul(s->xn, n, &lw->wv, s->v);
@@ -259,7 +280,6 @@ static void attention_block(struct cpu_state *s, const struct xd_batch *b, int l
     attention(s, b, l, n);
     xd_cpu_matmul(s->attn, n, &lw->wo, s->out);
     xd_cpu_add_bias(s->out, n, &lw->bo);
-    const size_t HN = (size_t)n * c->hidden_size;
     for (size_t i = 0; i < HN; i++)
         s->h[i] += s->out[i];
 }
@@ -284,69 +304,24 @@ static void swiglu(const struct xd_model_config *c, const float *x, int n,
     xd_cpu_add_bias(out, n, &w->down_bias);
 }
 
-/* Picks the top-k of probs (n,) best first, ties to the lower index. */
-static void top_k(const float *probs, int n, int k, int32_t *ret_idx, float *ret_w)
-{
-    for (int j = 0; j < k; j++) {
-        int best = -1;
-        for (int e = 0; e < n; e++) {
-            int taken = 0;
-            for (int i = 0; i < j && !taken; i++)
-                taken = ret_idx[i] == e;
-            if (!taken && (best < 0 || probs[e] > probs[best]))
-                best = e;
-        }
-        ret_idx[j] = best;
-        ret_w[j] = probs[best];
-    }
-}
-
 static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
 {
     const struct xd_model_config *c = &s->m->config;
     const struct xd_layer_weights *lw = &s->m->layers[l];
     const int E = c->n_experts, K = c->top_k, H = c->hidden_size, L = c->n_moe_layers;
 
-    /* route: softmax over all experts in f32, top-k, optional renormalisation; or the
-     * grouped sigmoid router (routing.c) */
+    /* route in f32 as the family's router does (engine/cpu/moe_router.c, which calls
+     * routing.c for the grouped sigmoid router) */
     xd_cpu_matmul(s->xn, n, &lw->router, s->router);
-    if (c->router == XD_ROUTER_TOPK_SOFTMAX) {
-        /* gpt_oss: linear with bias, softmax over the top-k logits */
-        xd_cpu_add_bias(s->router, n, &lw->router_bias);
-        for (int t = 0; t < n; t++)
-            xd_cpu_route_topk_softmax(s->router + (size_t)t * E, E, K,
-                                      s->route_experts + ((size_t)t * L + lw->moe_index) * K,
-                                      s->route_weights + ((size_t)t * L + lw->moe_index) * K);
-    }
-    if (c->router == XD_ROUTER_SIGMOID_BIAS) {
-        const struct xd_route_grouped rp = {
-            .n_experts = E,
-            .n_group = c->n_group,
-            .topk_group = c->topk_group,
-            .top_k = K,
-            .norm_topk_prob = c->norm_topk_prob,
-            .routed_scaling_factor = c->routed_scaling_factor,
-        };
+    const float *bias = NULL;
+    if (lw->router_bias.data) {
         xd_dtype_to_f32(lw->router_bias.dtype, lw->router_bias.data, s->router_bias, (size_t)E);
-        for (int t = 0; t < n; t++)
-            xd_cpu_route_grouped_sigmoid(s->router + (size_t)t * E, s->router_bias, &rp,
-                                         s->route_experts + ((size_t)t * L + lw->moe_index) * K,
-                                         s->route_weights + ((size_t)t * L + lw->moe_index) * K);
+        bias = s->router_bias;
     }
-    for (int t = 0; t < n && c->router == XD_ROUTER_SOFTMAX; t++) {
-        float *p = s->router + (size_t)t * E;
-        int32_t *ex = s->route_experts + ((size_t)t * L + lw->moe_index) * K;
-        float *wt = s->route_weights + ((size_t)t * L + lw->moe_index) * K;
-        xd_cpu_softmax(p, E);
-        top_k(p, E, K, ex, wt);
-        if (c->norm_topk_prob) {
-            float sum = 0.0f;
-            for (int j = 0; j < K; j++)
-                sum += wt[j];
-            for (int j = 0; j < K; j++)
-                wt[j] /= sum;
-        }
-    }
+    for (int t = 0; t < n; t++)
+        xd_cpu_moe_route(c, s->router + (size_t)t * E, bias,
+                         s->route_experts + ((size_t)t * L + lw->moe_index) * K,
+                         s->route_weights + ((size_t)t * L + lw->moe_index) * K);
 
     /* group the (token, slot) pairs by expert with a counting sort */
     int32_t *rows = s->expert_rows;
@@ -394,7 +369,7 @@ static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
     }
 
     if (lw->shared.gate.data && !lw->shared_expert_gate.data) {
-        /* glm4_moe: out += shared_experts(x) */
+        /* deepseek, glm4_moe: out += shared_experts(x) */
         swiglu(c, s->xn, n, &lw->shared, s->dg, s->du, s->eo);
         const size_t HN = (size_t)n * H;
         for (size_t i = 0; i < HN; i++)
@@ -428,20 +403,14 @@ static void predict_next_layer(struct cpu_state *s, int l, int n)
     const int E = c->n_experts, W = s->pred_width, L = c->n_moe_layers;
     xd_cpu_rmsnorm(s->h, n, &nw->mlp_norm, c->rms_norm_eps, s->pred_x);
     xd_cpu_matmul(s->pred_x, n, &nw->router, s->router);
-    if (c->router == XD_ROUTER_TOPK_SOFTMAX)
-        xd_cpu_add_bias(s->router, n, &nw->router_bias); /* ranks as its softmax does */
-    if (c->router == XD_ROUTER_SIGMOID_BIAS)
+    const float *bias = NULL;
+    if (nw->router_bias.data) {
         xd_dtype_to_f32(nw->router_bias.dtype, nw->router_bias.data, s->router_bias, (size_t)E);
-    for (int t = 0; t < n; t++) {
-        float *p = s->router + (size_t)t * E;
-        int32_t *ret = s->route_pred + ((size_t)t * L + nw->moe_index) * W;
-        if (c->router == XD_ROUTER_SIGMOID_BIAS) {
-            xd_cpu_rank_sigmoid(p, s->router_bias, E, W, ret);
-            continue;
-        }
-        xd_cpu_softmax(p, E);
-        top_k(p, E, W, ret, s->pred_w);
+        bias = s->router_bias;
     }
+    for (int t = 0; t < n; t++)
+        xd_cpu_moe_rank(c, s->router + (size_t)t * E, bias, W,
+                        s->route_pred + ((size_t)t * L + nw->moe_index) * W, s->pred_w);
 }
 
 static int mlp_block(struct cpu_state *s, int l, int n, struct xd_err *err)

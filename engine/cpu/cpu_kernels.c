@@ -435,9 +435,9 @@ const char *xd_cpu_kernel_path(void)
         return q == XD_QUANT_VNNI ? "avx512f (fma, 4 rows x 6 tokens of 16 lanes); q8/q4: "
                                     "avx512-vnni (vpdpbusd, 4 rows x 4 tokens)"
                                   : "avx512f (fma, 4 rows x 6 tokens of 16 lanes); q8/q4: avx2 "
-                                    "(vpmaddubsw, 2 rows x 4 tokens)";
+                                    "(vpmaddubsw, 1 row x 4 tokens)";
     case PATH_AVX2:
-        return "avx2+fma (1 row x 4 tokens of 2 x 8 lanes); q8/q4: avx2 (vpmaddubsw, 2 rows x 4 "
+        return "avx2+fma (1 row x 4 tokens of 2 x 8 lanes); q8/q4: avx2 (vpmaddubsw, 1 row x 4 "
                "tokens)";
     default: return "portable (c11, no fma); q8/q4: portable (c11, fmaf)";
     }

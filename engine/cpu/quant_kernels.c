@@ -242,7 +242,7 @@ tile_vnni(const struct acts *a, const struct xd_matrix *w, float *y, int64_t t0,
             if (!pair)
                 xv = _mm512_inserti64x4(xv, _mm256_setzero_si256(), 1);
             const __m128 dx01 =
-                pair ? _mm_castpd_ps(_mm_load_sd((const double *)dx)) : _mm_load_ss(dx);
+                pair ? _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)dx)) : _mm_load_ss(dx);
             const __m512 dxv = _mm512_permutexvar_ps(pair_idx, _mm512_castps128_ps512(dx01));
             /* q8: -128 * (sum of each lane's four x), the start of every row's dot product */
             const __m512i base = fmt == FMT_Q8 ? _mm512_sub_epi32(_mm512_setzero_si512(),

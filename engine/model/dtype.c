@@ -127,7 +127,7 @@ void xd_dtype_to_f32(enum xd_dtype dtype, const void *src, float *dst, size_t n)
     }
     case XD_DTYPE_Q8_0:
     case XD_DTYPE_Q4_1:
-        xd_quant_dequantize_row(dtype, src, dst, (int64_t)n);
+        /* block formats: xd_quant_dequantize_row (quant.c calls this file, not the reverse) */
         return;
     case XD_DTYPE_MXFP4:
         xd_mxfp4_dequantize_row(src, dst, (int64_t)n);

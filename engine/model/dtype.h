@@ -58,8 +58,8 @@ static inline uint16_t xd_f32_to_bf16(float f)
 float xd_f16_to_f32(uint16_t h);
 uint16_t xd_f32_to_f16(float f);
 
-/* dst[i] = src[i] as f32 for n elements of dtype (for a block format, n a multiple of 32 and
- * src the start of a block). */
+/* dst[i] = src[i] as f32 for n elements of dtype F32, BF16 or F16 (the block formats are
+ * xd_quant_dequantize_row's; here they leave dst untouched). */
 void xd_dtype_to_f32(enum xd_dtype dtype, const void *src, float *dst, size_t n);
 
 #endif

@@ -399,6 +399,32 @@ static int load_gpt_oss_experts(struct loader *L, const char *moe, struct host_e
     return XD_OK;
 }
 
+/* deepseek's multi-head latent attention of layer prefix p. */
+static int load_mla(struct loader *L, const char *p, struct xd_layer_weights *lw)
+{
+    const struct xd_model_config *c = &L->m->config;
+    const int64_t H = c->hidden_size, nh = c->n_heads;
+    const int64_t qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    if (c->q_lora_rank == 0) {
+        XD_TRY(need(L, fmt_name(L, "%s.self_attn.q_proj.weight", p), nh * qk, H, &lw->wq));
+    } else {
+        XD_TRY(need(L, fmt_name(L, "%s.self_attn.q_a_proj.weight", p), c->q_lora_rank, H,
+                    &lw->wq_a));
+        XD_TRY(need(L, fmt_name(L, "%s.self_attn.q_a_layernorm.weight", p), 0, c->q_lora_rank,
+                    &lw->q_a_norm));
+        XD_TRY(need(L, fmt_name(L, "%s.self_attn.q_b_proj.weight", p), nh * qk, c->q_lora_rank,
+                    &lw->wq_b));
+    }
+    XD_TRY(need(L, fmt_name(L, "%s.self_attn.kv_a_proj_with_mqa.weight", p),
+                (int64_t)c->kv_lora_rank + c->qk_rope_head_dim, H, &lw->wkv_a));
+    XD_TRY(need(L, fmt_name(L, "%s.self_attn.kv_a_layernorm.weight", p), 0, c->kv_lora_rank,
+                &lw->kv_a_norm));
+    XD_TRY(need(L, fmt_name(L, "%s.self_attn.kv_b_proj.weight", p),
+                nh * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank, &lw->wkv_b));
+    XD_TRY(need(L, fmt_name(L, "%s.self_attn.o_proj.weight", p), H, nh * c->v_head_dim, &lw->wo));
+    return XD_OK;
+}
+
 static int load_layer(struct loader *L, int i, struct xd_layer_weights *lw,
                       struct host_experts *experts)
 {
@@ -409,6 +435,10 @@ static int load_layer(struct loader *L, int i, struct xd_layer_weights *lw,
     snprintf(p, sizeof p, "model.layers.%d", i);
 
     XD_TRY(need(L, fmt_name(L, "%s.input_layernorm.weight", p), 0, H, &lw->attn_norm));
+    if (c->mla) {
+        XD_TRY(load_mla(L, p, lw));
+        goto attention_done;
+    }
     XD_TRY(need(L, fmt_name(L, "%s.self_attn.q_proj.weight", p), q_dim, H, &lw->wq));
     XD_TRY(need(L, fmt_name(L, "%s.self_attn.k_proj.weight", p), kv_dim, H, &lw->wk));
     XD_TRY(need(L, fmt_name(L, "%s.self_attn.v_proj.weight", p), kv_dim, H, &lw->wv));
@@ -429,6 +459,7 @@ static int load_layer(struct loader *L, int i, struct xd_layer_weights *lw,
     }
     if (c->attn_sinks)
         XD_TRY(need(L, fmt_name(L, "%s.self_attn.sinks", p), 0, c->n_heads, &lw->sinks));
+attention_done:
     XD_TRY(need(L, fmt_name(L, "%s.post_attention_layernorm.weight", p), 0, H, &lw->mlp_norm));
 
     if (!c->is_moe_layer[i]) {
@@ -459,7 +490,7 @@ static int load_layer(struct loader *L, int i, struct xd_layer_weights *lw,
                  &lw->router_bias));
     XD_TRY(load_experts(L, moe, i, &experts->w[(size_t)i * c->n_experts]));
     if (c->shared_expert_ffn > 0 && !c->shared_expert_gated) {
-        /* glm4_moe: shared_experts, one MLP of n_shared_experts x moe_intermediate_size */
+        /* glm4_moe, deepseek: shared_experts, one MLP of n_shared_experts x its width */
         char shared[192];
         snprintf(shared, sizeof shared, "%s.shared_experts", moe);
         XD_TRY(load_mlp(L, shared, c->shared_expert_ffn, &lw->shared));
@@ -566,11 +597,13 @@ size_t xd_model_expert_bytes(const struct xd_model *model)
 /* One matrix to quantize and a name for errors ("layer 3 expert 5 gate"). */
 struct qjob {
     struct xd_matrix *m;
+    enum xd_dtype fmt;
     char name[64];
 };
 
 /* Lists the matrices xd_model_quantize replaces (jobs may be NULL to count them). */
-static size_t list_quant_jobs(struct xd_model *m, bool experts_only, struct qjob *jobs)
+static size_t list_quant_jobs(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
+                              struct qjob *jobs)
 {
     const struct xd_model_config *c = &m->config;
     struct host_experts *h = m->experts.ctx;
@@ -580,6 +613,7 @@ static size_t list_quant_jobs(struct xd_model *m, bool experts_only, struct qjob
         if ((mat)->data) {                                                                       \
             if (jobs) {                                                                          \
                 jobs[n].m = (mat);                                                               \
+                jobs[n].fmt = fmt;                                                               \
                 snprintf(jobs[n].name, sizeof jobs[n].name, __VA_ARGS__);                        \
             }                                                                                    \
             n++;                                                                                 \
@@ -606,6 +640,12 @@ static size_t list_quant_jobs(struct xd_model *m, bool experts_only, struct qjob
         ADD(&lw->shared.gate, "layer %d shared_expert gate_proj", l);
         ADD(&lw->shared.up, "layer %d shared_expert up_proj", l);
         ADD(&lw->shared.down, "layer %d shared_expert down_proj", l);
+    }
+    if (!experts_only) {
+        /* lm_head in q8 whatever the format (as llama.cpp keeps its output matrix at 6-8 bits):
+         * a large share of a decode token's bytes when the vocabulary is large */
+        fmt = XD_DTYPE_Q8_0;
+        ADD(&m->lm_head, "lm_head");
     }
 #undef ADD
     return n;
@@ -636,11 +676,11 @@ int xd_model_quantize(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
                           m->quant_experts_only ? " (experts only)" : "", xd_dtype_name(fmt),
                           experts_only ? " (experts only)" : "");
     }
-    const size_t n_jobs = list_quant_jobs(m, experts_only, NULL);
+    const size_t n_jobs = list_quant_jobs(m, fmt, experts_only, NULL);
     struct qjob *jobs = calloc(n_jobs ? n_jobs : 1, sizeof *jobs);
     if (!jobs)
         return xd_err_set(err, XD_ERR_NOMEM, "quantize: out of memory");
-    list_quant_jobs(m, experts_only, jobs);
+    list_quant_jobs(m, fmt, experts_only, jobs);
     size_t total = 0;
     int n_kept = 0;
     for (size_t i = 0; i < n_jobs; i++) {
@@ -653,7 +693,7 @@ int xd_model_quantize(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
             continue;
         }
         /* each matrix starts on a 64-byte boundary */
-        total += (src->rows * xd_dtype_row_bytes(fmt, src->cols) + 63) & ~(size_t)63;
+        total += (src->rows * xd_dtype_row_bytes(jobs[i].fmt, src->cols) + 63) & ~(size_t)63;
     }
     char *buf = aligned_alloc(64, total ? total : 64);
     if (!buf) {
@@ -666,9 +706,10 @@ int xd_model_quantize(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
         if (!jobs[i].m)
             continue;
         struct xd_matrix src = *jobs[i].m;
-        xd_quant_matrix(&src, fmt, buf + off, jobs[i].m);
-        off += (src.rows * xd_dtype_row_bytes(fmt, src.cols) + 63) & ~(size_t)63;
-        drop_pages(src.data, (size_t)src.rows * xd_dtype_row_bytes(src.dtype, src.cols));
+        xd_quant_matrix(&src, jobs[i].fmt, buf + off, jobs[i].m);
+        off += (src.rows * xd_dtype_row_bytes(jobs[i].fmt, src.cols) + 63) & ~(size_t)63;
+        if (src.data != m->embed.data) /* a tied lm_head's pages are the embedding's */
+            drop_pages(src.data, (size_t)src.rows * xd_dtype_row_bytes(src.dtype, src.cols));
     }
     free(jobs);
     m->quant = fmt;

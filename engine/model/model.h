@@ -23,6 +23,16 @@ struct xd_layer_weights {
     struct xd_matrix sinks;     /* (1, n_heads) gpt_oss's attention sink logits, else NULL */
     struct xd_matrix mlp_norm;  /* (1, hidden) */
 
+    /* multi-head latent attention (config.mla); qk = qk_nope_head_dim + qk_rope_head_dim.
+     * wq is then (n_heads * qk, hidden) when q_lora_rank is 0, wo (hidden, n_heads * v_head_dim) */
+    struct xd_matrix wq_a;      /* (q_lora_rank, hidden) */
+    struct xd_matrix q_a_norm;  /* (1, q_lora_rank) */
+    struct xd_matrix wq_b;      /* (n_heads * qk, q_lora_rank) */
+    struct xd_matrix wkv_a;     /* (kv_lora_rank + qk_rope_head_dim, hidden) */
+    struct xd_matrix kv_a_norm; /* (1, kv_lora_rank) */
+    struct xd_matrix wkv_b;     /* (n_heads * (qk_nope_head_dim + v_head_dim), kv_lora_rank):
+                                   per head its k_nope rows, then its v rows */
+
     /* dense layers */
     struct xd_matrix mlp_gate;  /* (dense_ffn, hidden) */
     struct xd_matrix mlp_up;    /* (dense_ffn, hidden) */
@@ -65,9 +75,10 @@ int xd_model_load(const char *dir, struct xd_model **ret_model, struct xd_err *e
 void xd_model_destroy(struct xd_model *model);
 
 /* Quantizes the model's matrices to fmt (XD_DTYPE_Q8_0 or XD_DTYPE_Q4_1) from their f32/bf16/f16
- * views: every expert's gate, up and down; unless experts_only, also attention (q, k, v, o) and
- * the dense and shared-expert MLPs. The router, norms, biases, the shared-expert gate, the
- * embedding and lm_head keep their checkpoint precision. The quantized copies replace the views
+ * views: every expert's gate, up and down; unless experts_only, also attention (q, k, v, o),
+ * the dense and shared-expert MLPs, and lm_head in q8 whatever fmt (the logits' precision). The
+ * router, norms, biases, the shared-expert gate and the embedding keep their checkpoint
+ * precision. The quantized copies replace the views
  * (the expert store hands them out) and the checkpoint pages they came from are dropped from
  * memory (madvise DONTNEED; they fault back in only if read again). A matrix whose columns are
  * not a multiple of 32 stays as stored (counted in quant_n_kept; no published MoE has one, the

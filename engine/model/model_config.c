@@ -16,6 +16,8 @@ const char *xd_arch_name(enum xd_arch arch)
     case XD_ARCH_QWEN2_MOE: return "qwen2_moe";
     case XD_ARCH_QWEN3_MOE: return "qwen3_moe";
     case XD_ARCH_OLMOE: return "olmoe";
+    case XD_ARCH_DEEPSEEK_V2: return "deepseek_v2";
+    case XD_ARCH_DEEPSEEK_V3: return "deepseek_v3";
     case XD_ARCH_GLM4_MOE: return "glm4_moe";
     case XD_ARCH_GPT_OSS: return "gpt_oss";
     }
@@ -199,6 +201,178 @@ static int parse_gpt_oss(json_t *root, const char *path, struct xd_model_config 
     return XD_OK;
 }
 
+/* A string key that must be one of the n values in ok (def when absent or null); returns its
+ * index. */
+static int get_choice(json_t *root, const char *path, const char *key, const char *def,
+                      const char *const *ok, int n, int *ret, struct xd_err *err)
+{
+    json_t *v = json_object_get(root, key);
+    const char *got = def;
+    if (v && !json_is_null(v)) {
+        if (!json_is_string(v))
+            return xd_err_set(err, XD_ERR_CONFIG, "%s: key '%s' must be a string", path, key);
+        got = json_string_value(v);
+    }
+    for (int i = 0; i < n; i++)
+        if (strcmp(got, ok[i]) == 0) {
+            *ret = i;
+            return XD_OK;
+        }
+    return xd_err_set(err, XD_ERR_UNSUPPORTED, "%s: key '%s' is \"%.64s\"; expertd supports %s%s%s",
+                      path, key, got, ok[0], n > 1 ? " and " : "", n > 1 ? ok[1] : "");
+}
+
+/* deepseek_v2 and deepseek_v3 (modeling_deepseek_v2.py / _v3.py of transformers 5.23): MLA,
+ * grouped routing, shared experts, first_k_dense_replace. Absent keys take transformers'
+ * defaults for the model type. Options transformers computes differently from DeepSeek's own
+ * code, or that expertd does not compute, are refused by name. */
+static int parse_deepseek(json_t *root, const char *path, struct xd_model_config *c,
+                          struct xd_err *err)
+{
+    const bool v3 = c->arch == XD_ARCH_DEEPSEEK_V3;
+    c->mla = true;
+    /* DeepSeek publishes V3, R1 and V3.1 as FP8 with block scales (quant_method fp8) */
+    json_t *q = json_object_get(root, "quantization_config");
+    if (q && !json_is_null(q)) {
+        json_t *qm = json_is_object(q) ? json_object_get(q, "quant_method") : NULL;
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: key 'quantization_config' (quant_method %.32s) is set; expertd "
+                          "reads bf16, f16 and f32 weights only: convert the checkpoint to bf16",
+                          path, json_is_string(qm) ? json_string_value(qm) : "?");
+    }
+    if (c->n_kv_heads != c->n_heads)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: key 'num_key_value_heads' is %d; multi-head latent attention "
+                          "expands its latent to every head, so it must equal "
+                          "num_attention_heads (%d)",
+                          path, c->n_kv_heads, c->n_heads);
+    json_t *ql = json_object_get(root, "q_lora_rank");
+    if (ql && json_is_null(ql))
+        c->q_lora_rank = 0; /* null: q_proj */
+    else
+        XD_TRY(get_int(root, path, "q_lora_rank", 1536, 1, 1 << 16, &c->q_lora_rank, err));
+    XD_TRY(get_int(root, path, "kv_lora_rank", 512, 1, 1 << 16, &c->kv_lora_rank, err));
+    XD_TRY(get_int(root, path, "qk_nope_head_dim", 128, 0, 4096, &c->qk_nope_head_dim, err));
+    XD_TRY(get_int(root, path, "qk_rope_head_dim", 64, 2, 4096, &c->qk_rope_head_dim, err));
+    XD_TRY(get_int(root, path, "v_head_dim", 128, 1, 4096, &c->v_head_dim, err));
+    if (c->qk_rope_head_dim % 2 != 0)
+        return xd_err_set(err, XD_ERR_CONFIG, "%s: key 'qk_rope_head_dim' (%d) must be even", path,
+                          c->qk_rope_head_dim);
+    c->head_dim = c->qk_rope_head_dim; /* transformers: the rotary embedding's width */
+    if (c->rope.rot_dim != c->qk_rope_head_dim)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: key 'partial_rotary_factor' makes %d of the %d rotary dims "
+                          "rotate; %s rotates all of qk_rope_head_dim",
+                          path, c->rope.rot_dim, c->qk_rope_head_dim, c->model_type);
+    /* transformers' yarn_apply_mscale: qk_head_dim^-0.5, times mscale^2 for any rope type but
+     * default when mscale_all_dim is set */
+    double scale = 1.0 / sqrt((double)(c->qk_nope_head_dim + c->qk_rope_head_dim));
+    if (c->rope.type != XD_ROPE_DEFAULT && c->rope.mscale_all_dim != 0.0f) {
+        double m = xd_rope_yarn_mscale(c->rope.factor, c->rope.mscale_all_dim);
+        scale = scale * m * m;
+    }
+    c->attn_scale = (float)scale;
+    bool interleave = true;
+    if (v3)
+        XD_TRY(get_bool(root, path, "rope_interleave", true, &interleave, err));
+    c->rope_layout = interleave ? XD_ROPE_PAIRS : XD_ROPE_HALVES;
+
+    bool flag = false;
+    XD_TRY(get_bool(root, path, "attention_bias", false, &flag, err));
+    if (flag)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: key 'attention_bias' is true; expertd computes %s without "
+                          "attention biases",
+                          path, c->model_type);
+    XD_TRY(get_bool(root, path, "mlp_bias", false, &flag, err));
+    if (flag)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: key 'mlp_bias' is true; expertd computes %s without MLP biases",
+                          path, c->model_type);
+
+    XD_TRY(get_int(root, path, "n_routed_experts", v3 ? 256 : 64, 1, 1 << 16, &c->n_experts,
+                   err));
+    XD_TRY(get_int(root, path, "num_experts_per_tok", v3 ? 8 : -1, 1, c->n_experts, &c->top_k,
+                   err));
+    XD_TRY(get_int(root, path, "moe_intermediate_size", v3 ? 2048 : 1407, 1, 1 << 20,
+                   &c->expert_ffn, err));
+    XD_TRY(get_int(root, path, "intermediate_size", v3 ? 18432 : 11008, 1, 1 << 20, &c->dense_ffn,
+                   err));
+    int n_shared = 0;
+    XD_TRY(get_int(root, path, "n_shared_experts", v3 ? 1 : 2, 0, 1 << 10, &n_shared, err));
+    c->shared_expert_ffn = n_shared * c->expert_ffn;
+    XD_TRY(get_float(root, path, "routed_scaling_factor", v3 ? 2.5 : 1.0, 0.0, 1e6,
+                     &c->routed_scaling_factor, err));
+    int first_dense = 0;
+    XD_TRY(get_int(root, path, "first_k_dense_replace", v3 ? 3 : 0, 0, c->n_layers, &first_dense,
+                   err));
+    int freq = 1;
+    XD_TRY(get_int(root, path, "moe_layer_freq", 1, 1, XD_MAX_LAYERS, &freq, err));
+    if (freq != 1)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: key 'moe_layer_freq' is %d; transformers ignores it (every layer "
+                          "from first_k_dense_replace on is MoE) while DeepSeek's code does not, "
+                          "so expertd supports only 1",
+                          path, freq);
+    for (int i = 0; i < c->n_layers; i++)
+        c->is_moe_layer[i] = i >= first_dense;
+
+    if (v3) {
+        int ix = 0;
+        const char *sig[] = {"sigmoid"};
+        XD_TRY(get_choice(root, path, "scoring_func", "sigmoid", sig, 1, &ix, err));
+        c->router = XD_ROUTER_SIGMOID_BIAS;
+        XD_TRY(get_bool(root, path, "norm_topk_prob", true, &c->norm_topk_prob, err));
+        XD_TRY(get_int(root, path, "n_group", 8, 1, c->n_experts, &c->n_group, err));
+        XD_TRY(get_int(root, path, "topk_group", 4, 1, c->n_group, &c->topk_group, err));
+    } else {
+        int method = 0;
+        const char *methods[] = {"greedy", "group_limited_greedy"};
+        const char *soft[] = {"softmax"};
+        XD_TRY(get_choice(root, path, "scoring_func", "softmax", soft, 1, &method, err));
+        XD_TRY(get_choice(root, path, "topk_method", "greedy", methods, 2, &method, err));
+        XD_TRY(get_bool(root, path, "norm_topk_prob", false, &flag, err));
+        if (flag)
+            return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                              "%s: key 'norm_topk_prob' is true; transformers' deepseek_v2 never "
+                              "renormalises the top-k weights while DeepSeek's code does, so "
+                              "expertd supports only false",
+                              path);
+        c->router = method == 1 ? XD_ROUTER_SOFTMAX_GROUP : XD_ROUTER_SOFTMAX;
+        if (c->router == XD_ROUTER_SOFTMAX_GROUP) {
+            XD_TRY(get_int(root, path, "n_group", -1, 1, c->n_experts, &c->n_group, err));
+            XD_TRY(get_int(root, path, "topk_group", -1, 1, c->n_group, &c->topk_group, err));
+        }
+    }
+    if (c->n_group > 0) {
+        const int per = c->n_experts / c->n_group;
+        if (c->topk_group > c->n_group) /* the default 4 with fewer groups */
+            return xd_err_set(err, XD_ERR_CONFIG,
+                              "%s: key 'topk_group' (%d) is more than n_group (%d)", path,
+                              c->topk_group, c->n_group);
+        if (c->n_experts % c->n_group != 0)
+            return xd_err_set(err, XD_ERR_CONFIG,
+                              "%s: key 'n_group' (%d) must divide n_routed_experts (%d)", path,
+                              c->n_group, c->n_experts);
+        if (c->router == XD_ROUTER_SIGMOID_BIAS && c->n_experts > 4096)
+            return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                              "%s: key 'n_routed_experts' is %d; the grouped sigmoid router "
+                              "handles at most 4096",
+                              path, c->n_experts);
+        if (c->router == XD_ROUTER_SIGMOID_BIAS && per < 2)
+            return xd_err_set(err, XD_ERR_CONFIG,
+                              "%s: key 'n_group' (%d) leaves fewer than 2 experts per group; "
+                              "noaux_tc ranks groups by their two best experts",
+                              path, c->n_group);
+        if (c->top_k > c->topk_group * per)
+            return xd_err_set(err, XD_ERR_CONFIG,
+                              "%s: key 'num_experts_per_tok' (%d) is more than the %d experts of "
+                              "topk_group (%d) groups",
+                              path, c->top_k, c->topk_group * per, c->topk_group);
+    }
+    return XD_OK;
+}
+
 #define TRY(expr)             \
     do {                      \
         int rc_ = (expr);     \
@@ -218,6 +392,7 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
                           jerr.line);
     memset(c, 0, sizeof *c);
     c->bos_token_id = -1;
+    c->routed_scaling_factor = 1.0f;
     if (!json_is_object(root)) {
         json_decref(root);
         return xd_err_set(err, XD_ERR_CONFIG, "%s: not a JSON object", path);
@@ -236,6 +411,10 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
         c->arch = XD_ARCH_QWEN3_MOE;
     else if (strcmp(type, "olmoe") == 0)
         c->arch = XD_ARCH_OLMOE;
+    else if (strcmp(type, "deepseek_v2") == 0)
+        c->arch = XD_ARCH_DEEPSEEK_V2;
+    else if (strcmp(type, "deepseek_v3") == 0 || strcmp(type, "kimi_k2") == 0)
+        c->arch = XD_ARCH_DEEPSEEK_V3;
     else if (strcmp(type, "glm4_moe") == 0)
         c->arch = XD_ARCH_GLM4_MOE;
     else if (strcmp(type, "gpt_oss") == 0)
@@ -243,7 +422,7 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     else {
         xd_err_set(err, XD_ERR_UNSUPPORTED,
                    "%s: key 'model_type' is \"%.64s\"; expertd serves mixtral, qwen2_moe, "
-                   "qwen3_moe, olmoe, glm4_moe and gpt_oss",
+                   "qwen3_moe, olmoe, deepseek_v2, deepseek_v3, glm4_moe and gpt_oss",
                    path, type);
         json_decref(root);
         return XD_ERR_UNSUPPORTED;
@@ -266,10 +445,19 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     int def_hd = c->hidden_size % c->n_heads == 0 ? c->hidden_size / c->n_heads : -1;
     if (c->arch == XD_ARCH_GPT_OSS)
         def_hd = 64; /* GptOssConfig's head_dim */
-    TRY(get_int(root, path, "head_dim", def_hd, 2, 1024, &c->head_dim, err));
+    /* deepseek: head_dim is qk_rope_head_dim whatever config.json says (as transformers sets
+     * it): the width of the rotary embedding */
+    if (c->arch == XD_ARCH_DEEPSEEK_V2 || c->arch == XD_ARCH_DEEPSEEK_V3)
+        TRY(get_int(root, path, "qk_rope_head_dim", 64, 2, 4096, &c->head_dim, err));
+    else
+        TRY(get_int(root, path, "head_dim", def_hd, 2, 1024, &c->head_dim, err));
+    c->attn_scale = c->head_dim > 0 ? 1.0f / sqrtf((float)c->head_dim) : 0.0f;
     if (c->head_dim % 2 != 0) {
         json_decref(root);
-        return xd_err_set(err, XD_ERR_CONFIG, "%s: key 'head_dim' (%d) must be even", path,
+        return xd_err_set(err, XD_ERR_CONFIG, "%s: key '%s' (%d) must be even", path,
+                          c->arch == XD_ARCH_DEEPSEEK_V2 || c->arch == XD_ARCH_DEEPSEEK_V3
+                              ? "qk_rope_head_dim"
+                              : "head_dim",
                           c->head_dim);
     }
     TRY(get_int(root, path, "max_position_embeddings",
@@ -315,6 +503,11 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     if (act && !(json_is_string(act) && strcmp(json_string_value(act), "silu") == 0)) {
         json_decref(root);
         return xd_err_set(err, XD_ERR_UNSUPPORTED, "%s: key 'hidden_act' must be \"silu\"", path);
+    }
+
+    if (c->arch == XD_ARCH_DEEPSEEK_V2 || c->arch == XD_ARCH_DEEPSEEK_V3) {
+        TRY(parse_deepseek(root, path, c, err));
+        goto layers_done;
     }
 
     /* transformers 5 writes num_local_experts for qwen3_moe too; published
@@ -376,6 +569,9 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
         }
         break;
     }
+    case XD_ARCH_DEEPSEEK_V2:
+    case XD_ARCH_DEEPSEEK_V3:
+        break; /* parse_deepseek */
     case XD_ARCH_GLM4_MOE: {
         /* Glm4MoeConfig's defaults; attention bias on q, k and v only */
         c->qkv_bias = attention_bias;
@@ -453,6 +649,7 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
             c->is_moe_layer[l] = false;
         }
     }
+layers_done:
     for (int i = 0; i < c->n_layers; i++) {
         c->n_moe_layers += c->is_moe_layer[i];
         if (!c->is_moe_layer[i] && c->dense_ffn == 0) {
@@ -465,6 +662,13 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     TRY(get_eos(root, path, c, err));
     json_decref(root);
     return XD_OK;
+}
+
+long long xd_model_config_kv_floats_per_token(const struct xd_model_config *c)
+{
+    if (c->mla)
+        return (long long)c->kv_lora_rank + c->qk_rope_head_dim;
+    return 2LL * c->n_kv_heads * c->head_dim;
 }
 
 int xd_model_config_load(const char *dir, struct xd_model_config *c, struct xd_err *err)

@@ -12,15 +12,28 @@ enum xd_arch {
     XD_ARCH_QWEN2_MOE,
     XD_ARCH_QWEN3_MOE,
     XD_ARCH_OLMOE,
+    XD_ARCH_DEEPSEEK_V2,
+    XD_ARCH_DEEPSEEK_V3, /* also Kimi-K2 and Moonlight */
     XD_ARCH_GLM4_MOE,
     XD_ARCH_GPT_OSS,
 };
 
-/* How a MoE layer picks its experts. */
+/* Where RoPE's rotated pairs sit in a head's rotary part. */
+enum xd_rope_layout {
+    XD_ROPE_HALVES, /* rotate-half: pairs (i, i + d / 2) (transformers' default) */
+    XD_ROPE_PAIRS,  /* adjacent pairs (2i, 2i + 1): deepseek_v2 (complex form), deepseek_v3 with
+                       rope_interleave */
+};
+
+/* How a MoE layer picks its experts (engine/cpu/moe_router.h). */
 enum xd_router_kind {
-    XD_ROUTER_SOFTMAX,      /* softmax over all experts, top-k (mixtral, qwen, olmoe) */
+    XD_ROUTER_SOFTMAX,      /* softmax over all experts, top-k (mixtral, qwen, olmoe;
+                             * deepseek_v2 topk_method greedy) */
     XD_ROUTER_SIGMOID_BIAS, /* sigmoid + e_score_correction_bias, group-limited top-k,
-                             * routed_scaling_factor (glm4_moe; engine/cpu/routing.h) */
+                             * routed_scaling_factor (glm4_moe, deepseek_v3 noaux_tc;
+                             * engine/cpu/routing.h) */
+    XD_ROUTER_SOFTMAX_GROUP,/* deepseek_v2 group_limited_greedy: softmax; groups ranked by their
+                             * best expert; top-k among the topk_group best groups */
     XD_ROUTER_TOPK_SOFTMAX, /* linear with bias, top-k of the logits, softmax over the k
                              * chosen (gpt_oss) */
 };
@@ -62,6 +75,17 @@ struct xd_model_config {
     bool o_bias;                 /* the output projection has a bias */
     enum xd_qk_norm qk_norm;
     float clip_qkv;              /* 0: none (olmoe) */
+    enum xd_rope_layout rope_layout;
+    float attn_scale;            /* softmax scale of q . k: 1 / sqrt(head_dim), or MLA's */
+
+    /* Multi-head latent attention (deepseek_v2/v3; mla false elsewhere). head_dim is then the
+     * rotary part qk_rope_head_dim (as transformers sets it) and n_kv_heads == n_heads. */
+    bool mla;
+    int q_lora_rank;             /* 0: q_proj directly; else q_a_proj, q_a_layernorm, q_b_proj */
+    int kv_lora_rank;            /* width of the cached latent */
+    int qk_nope_head_dim;        /* per head: the query/key part without rope */
+    int qk_rope_head_dim;        /* per head: the rotary part (one key part shared by all heads) */
+    int v_head_dim;
 
     int n_experts;
     int top_k;
@@ -69,7 +93,8 @@ struct xd_model_config {
     int expert_ffn;              /* width of one expert's MLP */
     int dense_ffn;               /* width of the MLP of non-MoE layers (0: none) */
     int shared_expert_ffn;       /* shared expert width (0: none): qwen2_moe's (gated),
-                                  * glm4_moe's moe_intermediate_size x n_shared_experts */
+                                  * glm4_moe's and deepseek's moe_intermediate_size x
+                                  * n_shared_experts (added as is) */
     bool expert_bias;            /* experts' projections have biases (gpt_oss) */
     bool experts_mxfp4;          /* quantization_config quant_method "mxfp4": the experts are
                                   * stored as _blocks + _scales (gpt_oss as published) */
@@ -79,9 +104,10 @@ struct xd_model_config {
     float swiglu_alpha;
     bool shared_expert_gated;    /* qwen2_moe: sigmoid(x . shared_expert_gate) scales it */
     enum xd_router_kind router;
-    int n_group;                 /* grouped router: groups of experts (1: none) */
-    int topk_group;              /* grouped router: groups kept per token */
-    float routed_scaling_factor; /* grouped router: multiplies the routing weights */
+    int n_group;                 /* grouped routers: groups of experts (0 or 1: none) */
+    int topk_group;              /* grouped routers: groups kept per token */
+    float routed_scaling_factor; /* multiplies the routing weights (1 but for glm4_moe and
+                                  * deepseek) */
     bool is_moe_layer[XD_MAX_LAYERS];
     int n_moe_layers;
 
@@ -106,5 +132,9 @@ int xd_model_config_parse(const char *json_text, size_t len, const char *path,
 int xd_model_config_load(const char *dir, struct xd_model_config *ret, struct xd_err *err);
 
 const char *xd_arch_name(enum xd_arch arch);
+
+/* Floats one layer's KV cache holds per token: 2 * n_kv_heads * head_dim, or with MLA the
+ * compressed latent plus the shared rotary key, kv_lora_rank + qk_rope_head_dim. */
+long long xd_model_config_kv_floats_per_token(const struct xd_model_config *c);
 
 #endif

@@ -1,14 +1,15 @@
-/* Native renderings of the chat templates of the served families, recognised from their Jinja
- * source; outputs equal transformers' apply_chat_template byte for byte (see
- * tests/fixtures/chat). */
+/* Chat templates rendered through the Jinja interpreter with the variables transformers'
+ * apply_chat_template passes (tests/fixtures/chat_templates holds the goldens); the built-in
+ * templates that --chat-template names. */
 #include "engine/text/chat_template.h"
 
-#include <ctype.h>
-#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- the templates, as the models' tokenizer_config.json have them ---- */
+#include "engine/base/text_file.h"
+
+/* ---- the built-in templates, as the models' tokenizer_config.json have them ---- */
 
 /* Qwen1.5-MoE-A2.7B-Chat, Qwen2-57B-A14B-Instruct (and the other Qwen1.5/Qwen2 chat models) */
 static const char QWEN2_CHATML[] =
@@ -175,503 +176,277 @@ static const char QWEN3_PART2[] =
     "    {%- endif %}\n"
     "{%- endif %}";
 
+
 static const struct {
-    enum xd_chat_format format;
     const char *name;
     const char *jinja[2]; /* the source: jinja[0] followed by jinja[1] (NULL: none) */
-} FORMATS[] = {
-    {XD_CHAT_CHATML, "chatml", {QWEN2_CHATML, NULL}},
-    {XD_CHAT_MISTRAL_INST, "mistral", {MIXTRAL, NULL}},
-    {XD_CHAT_OLMOE, "olmoe", {OLMOE, NULL}},
-    {XD_CHAT_MISTRAL_INST_V1, "mistral-v1", {MIXTRAL_V1, NULL}},
-    {XD_CHAT_QWEN3, "qwen3", {QWEN3_PART1, QWEN3_PART2}},
+} BUILTINS[] = {
+    {"chatml", {QWEN2_CHATML, NULL}},
+    {"mistral", {MIXTRAL, NULL}},
+    {"mistral-v1", {MIXTRAL_V1, NULL}},
+    {"olmoe", {OLMOE, NULL}},
+    {"qwen3", {QWEN3_PART1, QWEN3_PART2}},
 };
-#define N_FORMATS (sizeof FORMATS / sizeof FORMATS[0])
+#define N_BUILTINS (sizeof BUILTINS / sizeof BUILTINS[0])
 
-/* ---- recognition ---- */
-
-/* The template reduced to what decides its output under transformers' Jinja settings
- * (trim_blocks, lstrip_blocks): whitespace that '-' markers, trim_blocks or lstrip_blocks
- * remove is dropped, whitespace inside tags outside string literals is dropped, the escape \n
- * inside a literal becomes the newline it denotes, '-' markers go, comments go, trailing
- * whitespace goes. Two sources with one canonical form render alike. Never longer than s.
- * New buffer or NULL. */
-static char *canonical(const char *s)
+const char *xd_chat_builtin_names(void)
 {
-    size_t n = strlen(s), o = 0, i = 0;
-    char *out = malloc(n + 1);
-    if (!out)
-        return NULL;
-    while (i < n) {
-        if (s[i] != '{' || (s[i + 1] != '{' && s[i + 1] != '%' && s[i + 1] != '#')) {
-            out[o++] = s[i++];
+    return "chatml, mistral, mistral-v1, olmoe, qwen3";
+}
+
+char *xd_chat_builtin_source(const char *name)
+{
+    for (size_t k = 0; name && k < N_BUILTINS; k++) {
+        if (strcmp(name, BUILTINS[k].name) != 0)
             continue;
+        const char *a = BUILTINS[k].jinja[0], *b = BUILTINS[k].jinja[1] ? BUILTINS[k].jinja[1] : "";
+        size_t na = strlen(a), nb = strlen(b);
+        char *s = malloc(na + nb + 1);
+        if (s) {
+            memcpy(s, a, na);
+            memcpy(s + na, b, nb + 1);
         }
-        char open = s[i + 1];
-        char close = open == '{' ? '}' : open; /* tag ends with close then '}' */
-        bool strip_before = s[i + 2] == '-';
-        if (strip_before) {
-            while (o > 0 && isspace((unsigned char)out[o - 1]))
-                o--;
-        } else if (open == '%' || open == '#') { /* lstrip_blocks */
-            size_t k = o;
-            while (k > 0 && (out[k - 1] == ' ' || out[k - 1] == '\t'))
-                k--;
-            if (k == 0 || out[k - 1] == '\n')
-                o = k;
-        }
-        i += 2 + (strip_before ? 1 : 0);
-        if (open != '#') {
-            out[o++] = '{';
-            out[o++] = open;
-        }
-        char quote = 0;
-        bool strip_after = false, closed = false;
-        while (i < n && !closed) {
-            char c = s[i];
-            if (quote) {
-                if (c == '\\' && i + 1 < n && s[i + 1] == 'n') {
-                    if (open != '#')
-                        out[o++] = '\n';
-                    i += 2;
-                    continue;
-                }
-                if (c == '\\' && i + 1 < n) {
-                    if (open != '#') {
-                        out[o++] = c;
-                        out[o++] = s[i + 1];
-                    }
-                    i += 2;
-                    continue;
-                }
-                if (c == quote)
-                    quote = 0;
-                if (open != '#')
-                    out[o++] = c;
-                i++;
-            } else if ((c == '\'' || c == '"') && open != '#') {
-                quote = c;
-                out[o++] = c;
-                i++;
-            } else if (c == '-' && i + 2 < n && s[i + 1] == close && s[i + 2] == '}') {
-                strip_after = true;
-                i += 3;
-                closed = true;
-            } else if (c == close && i + 1 < n && s[i + 1] == '}') {
-                i += 2;
-                closed = true;
-            } else {
-                if (!isspace((unsigned char)c) && open != '#')
-                    out[o++] = c;
-                i++;
-            }
-        }
-        if (open != '#' && closed) { /* an unterminated tag ends the text: nothing to add */
-            out[o++] = close;
-            out[o++] = '}';
-        }
-        if (strip_after)
-            while (i < n && isspace((unsigned char)s[i]))
-                i++;
-        else if (open != '{' && i < n && s[i] == '\n') /* trim_blocks */
-            i++;
+        return s;
     }
-    while (o > 0 && isspace((unsigned char)out[o - 1]))
-        o--;
-    out[o] = '\0';
-    return out;
-}
-
-/* The canonical form of FORMATS[k]'s source, its parts joined. New buffer or NULL. */
-static char *known_canonical(size_t k)
-{
-    const char *a = FORMATS[k].jinja[0], *b = FORMATS[k].jinja[1] ? FORMATS[k].jinja[1] : "";
-    size_t na = strlen(a), nb = strlen(b);
-    char *joined = malloc(na + nb + 1);
-    if (!joined)
-        return NULL;
-    memcpy(joined, a, na);
-    memcpy(joined + na, b, nb + 1);
-    char *c = canonical(joined);
-    free(joined);
-    return c;
-}
-
-enum xd_chat_format xd_chat_format_detect(const char *jinja)
-{
-    if (!jinja)
-        return XD_CHAT_UNKNOWN;
-    char *c = canonical(jinja);
-    enum xd_chat_format f = XD_CHAT_UNKNOWN;
-    for (size_t k = 0; c && k < N_FORMATS && f == XD_CHAT_UNKNOWN; k++) {
-        char *known = known_canonical(k);
-        if (known && strcmp(c, known) == 0)
-            f = FORMATS[k].format;
-        free(known);
-    }
-    free(c);
-    return f;
-}
-
-enum xd_chat_format xd_chat_format_from_name(const char *name)
-{
-    for (size_t k = 0; name && k < N_FORMATS; k++)
-        if (strcmp(name, FORMATS[k].name) == 0)
-            return FORMATS[k].format;
-    return XD_CHAT_UNKNOWN;
-}
-
-const char *xd_chat_format_name(enum xd_chat_format f)
-{
-    for (size_t k = 0; k < N_FORMATS; k++)
-        if (FORMATS[k].format == f)
-            return FORMATS[k].name;
-    return "unknown";
-}
-
-/* ---- rendering ---- */
-
-struct buf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-};
-
-static void put_n(struct buf *b, const char *s, size_t n)
-{
-    if (b->oom || n == 0)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void put(struct buf *b, const char *s)
-{
-    put_n(b, s, s ? strlen(s) : 0);
-}
-
-enum role { SYSTEM, USER, ASSISTANT };
-
-static int role_of(const struct xd_chat_message *m, int i, enum role *ret, struct xd_err *err)
-{
-    static const char *names[] = {"system", "user", "assistant"};
-    for (int r = 0; m->role && r < 3; r++)
-        if (strcmp(m->role, names[r]) == 0) {
-            *ret = (enum role)r;
-            return XD_OK;
-        }
-    return xd_err_set(err, XD_ERR_INVALID,
-                      "message %d: role '%.40s' is not supported (system, user or assistant)", i,
-                      m->role ? m->role : "(none)");
-}
-
-static const char *text(const char *s)
-{
-    return s ? s : "";
-}
-
-static void render_chatml(struct buf *b, const struct xd_chat_message *m, const enum role *roles,
-                          int n, bool gen)
-{
-    for (int i = 0; i < n; i++) {
-        if (i == 0 && roles[0] != SYSTEM)
-            put(b, "<|im_start|>system\nYou are a helpful assistant<|im_end|>\n");
-        put(b, "<|im_start|>");
-        put(b, m[i].role);
-        put(b, "\n");
-        put(b, text(m[i].content));
-        put(b, "<|im_end|>\n");
-    }
-    if (gen)
-        put(b, "<|im_start|>assistant\n");
-}
-
-static int render_mistral(struct buf *b, const struct xd_chat_message *m, const enum role *roles,
-                          int n, const char *bos, const char *eos, struct xd_err *err)
-{
-    if (n == 0) /* messages[0]['role'] of no messages: the template fails */
-        return xd_err_set(err, XD_ERR_INVALID, "no messages: the template needs at least one");
-    int first = roles[0] == SYSTEM ? 1 : 0;
-    put(b, bos);
-    for (int i = first; i < n; i++) {
-        int k = i - first; /* loop.index0 over the messages after the system message */
-        if ((roles[i] == USER) != (k % 2 == 0))
-            return xd_err_set(err, XD_ERR_INVALID,
-                              "message %d (%s): after the optional system message, "
-                              "conversation roles must alternate user/assistant/user/"
-                              "assistant/...", i, m[i].role);
-        if (roles[i] == USER) {
-            put(b, " [INST] ");
-            if (k == 0 && first) {
-                put(b, text(m[0].content));
-                put(b, "\n\n");
-            }
-            put(b, text(m[i].content));
-            put(b, " [/INST]");
-        } else if (roles[i] == ASSISTANT) {
-            put(b, " ");
-            put(b, text(m[i].content));
-            put(b, eos);
-        } else {
-            return xd_err_set(err, XD_ERR_INVALID,
-                              "message %d (%s): only user and assistant roles are supported, "
-                              "with the exception of an initial optional system message", i,
-                              m[i].role);
-        }
-    }
-    return XD_OK;
-}
-
-static int render_mistral_v1(struct buf *b, const struct xd_chat_message *m,
-                             const enum role *roles, int n, const char *bos, const char *eos,
-                             struct xd_err *err)
-{
-    put(b, bos);
-    for (int i = 0; i < n; i++) {
-        if ((roles[i] == USER) != (i % 2 == 0))
-            return xd_err_set(err, XD_ERR_INVALID,
-                              "message %d (%s): conversation roles must alternate "
-                              "user/assistant/user/assistant/... (this template has no system "
-                              "message)", i, m[i].role);
-        if (roles[i] == USER) {
-            put(b, "[INST] ");
-            put(b, text(m[i].content));
-            put(b, " [/INST]");
-        } else if (roles[i] == ASSISTANT) {
-            put(b, text(m[i].content));
-            put(b, eos);
-        } else {
-            return xd_err_set(err, XD_ERR_INVALID,
-                              "message %d (%s): only user and assistant roles are supported", i,
-                              m[i].role);
-        }
-    }
-    return XD_OK;
-}
-
-static void render_olmoe(struct buf *b, const struct xd_chat_message *m, const enum role *roles,
-                         int n, bool gen, const char *bos, const char *eos)
-{
-    static const char *open[] = {"<|system|>\n", "<|user|>\n", "<|assistant|>\n"};
-    put(b, bos);
-    for (int i = 0; i < n; i++) {
-        put(b, open[roles[i]]);
-        put(b, text(m[i].content));
-        if (roles[i] == ASSISTANT)
-            put(b, eos);
-        put(b, "\n");
-        if (i == n - 1 && gen)
-            put(b, "<|assistant|>\n");
-    }
-}
-
-/* ---- qwen3 ---- */
-
-/* A piece of a message's text: what Python's str methods return in the template. */
-struct span {
-    const char *p;
-    size_t n;
-};
-
-/* The last occurrence of pat in s[0, n), or NULL. */
-static const char *find_last(const char *s, size_t n, const char *pat)
-{
-    size_t m = strlen(pat);
-    for (size_t i = n >= m ? n - m + 1 : 0; i-- > 0;)
-        if (memcmp(s + i, pat, m) == 0)
-            return s + i;
     return NULL;
 }
 
-static struct span lstrip_nl(struct span s)
+/* ---- the parsed template ---- */
+
+struct xd_chat_template {
+    struct xd_jinja_template *main;
+    struct xd_jinja_template *tool_use; /* NULL: main serves requests with tools too */
+    json_t *tokens;                     /* {bos_token: "...", ...}: the set ones only */
+    char *origin;
+    char *source;                       /* main's source, NUL-terminated */
+};
+
+void xd_chat_template_destroy(struct xd_chat_template *t)
 {
-    while (s.n > 0 && s.p[0] == '\n')
-        s.p++, s.n--;
-    return s;
+    if (!t)
+        return;
+    xd_jinja_free(t->main);
+    xd_jinja_free(t->tool_use);
+    json_decref(t->tokens);
+    free(t->origin);
+    free(t->source);
+    free(t);
 }
 
-static struct span rstrip_nl(struct span s)
+const char *xd_chat_template_origin(const struct xd_chat_template *t)
 {
-    while (s.n > 0 && s.p[s.n - 1] == '\n')
-        s.n--;
-    return s;
+    return t && t->origin ? t->origin : "chat template";
 }
 
-static bool starts_with(const char *s, const char *pre)
+const char *xd_chat_template_source(const struct xd_chat_template *t)
 {
-    return strncmp(s, pre, strlen(pre)) == 0;
+    return t && t->source ? t->source : "";
 }
 
-static bool ends_with(const char *s, const char *suf)
+static int parse_one(const char *src, size_t len, const char *origin, const char *which,
+                     struct xd_jinja_template **ret, struct xd_err *err)
 {
-    size_t n = strlen(s), m = strlen(suf);
-    return n >= m && memcmp(s + n - m, suf, m) == 0;
-}
-
-/* The template's tool handling (tools, tool calls, tool messages) is what expertd leaves out;
- * everything else follows it line by line. */
-static int check_qwen3(const struct xd_chat_message *m, int n, const bool *tool_calls,
-                       struct xd_err *err)
-{
-    if (n == 0) /* messages[0].role of no messages: the template fails */
-        return xd_err_set(err, XD_ERR_INVALID, "no messages: the template needs at least one");
-    for (int i = 0; i < n; i++) {
-        if (m[i].role && strcmp(m[i].role, "tool") == 0)
-            return xd_err_set(err, XD_ERR_UNSUPPORTED,
-                              "message %d (tool): tool messages are not supported with the qwen3 "
-                              "chat template yet", i);
-        if (tool_calls && tool_calls[i])
-            return xd_err_set(err, XD_ERR_UNSUPPORTED,
-                              "message %d (%.40s): tool calls are not supported with the qwen3 "
-                              "chat template yet", i, m[i].role ? m[i].role : "(none)");
-    }
+    struct xd_err e = {{0}};
+    int rc = xd_jinja_parse(src, len, ret, &e);
+    if (rc < 0)
+        return xd_err_set(err, rc, "chat template (%s%s): %s", origin, which, e.msg);
     return XD_OK;
 }
 
-static void render_qwen3(struct buf *b, const struct xd_chat_message *m, const enum role *roles,
-                         int n, const struct xd_chat_options *o)
+int xd_chat_template_create(const char *source, size_t len, const char *tool_use,
+                            const struct xd_chat_tokens *tokens, const char *origin,
+                            struct xd_chat_template **ret, struct xd_err *err)
 {
-    if (n > 0 && roles[0] == SYSTEM) {
-        put(b, "<|im_start|>system\n");
-        put(b, text(m[0].content));
-        put(b, "<|im_end|>\n");
+    if (!source)
+        return xd_err_set(err, XD_ERR_INVALID, "no chat template source");
+    struct xd_chat_template *t = calloc(1, sizeof *t);
+    if (!t || !(t->origin = strdup(origin ? origin : "chat template")) ||
+        !(t->tokens = json_object()) || !(t->source = strndup(source, len))) {
+        xd_chat_template_destroy(t);
+        return xd_err_set(err, XD_ERR_NOMEM, "out of memory loading the chat template");
     }
-    /* the last user message that is not a tool response wrapped as user text; reasoning is kept
-     * only on assistant turns after it */
-    int last_query = n - 1;
-    for (int i = n - 1; i >= 0; i--) {
-        const char *c = text(m[i].content);
-        if (roles[i] == USER &&
-            !(starts_with(c, "<tool_response>") && ends_with(c, "</tool_response>"))) {
-            last_query = i;
-            break;
-        }
+    int rc = parse_one(source, len, t->origin, "", &t->main, err);
+    if (rc == XD_OK && tool_use)
+        rc = parse_one(tool_use, strlen(tool_use), t->origin, ", tool_use", &t->tool_use, err);
+    if (rc == XD_OK && tokens) {
+        const char *names[] = {"bos_token", "eos_token", "unk_token", "sep_token",
+                               "pad_token", "cls_token", "mask_token"};
+        const char *vals[] = {tokens->bos_token, tokens->eos_token, tokens->unk_token,
+                              tokens->sep_token, tokens->pad_token, tokens->cls_token,
+                              tokens->mask_token};
+        for (size_t i = 0; i < sizeof names / sizeof names[0] && rc == XD_OK; i++)
+            if (vals[i] && json_object_set_new(t->tokens, names[i], json_string(vals[i])) < 0)
+                rc = xd_err_set(err, XD_ERR_INVALID,
+                                "chat template (%s): special token %s is not valid UTF-8",
+                                t->origin, names[i]);
     }
-    for (int i = 0; i < n; i++) {
-        const char *c = text(m[i].content);
-        if (roles[i] == USER || (roles[i] == SYSTEM && i > 0)) {
-            put(b, "<|im_start|>");
-            put(b, m[i].role);
-            put(b, "\n");
-            put(b, c);
-            put(b, "<|im_end|>\n");
-            continue;
-        }
-        if (roles[i] != ASSISTANT)
-            continue;
-        struct span content = {c, strlen(c)}, reasoning = {"", 0};
-        const char *close = strstr(c, "</think>");
-        if (close) {
-            /* content.split('</think>')[-1].lstrip('\n') */
-            const char *last = find_last(c, content.n, "</think>") + strlen("</think>");
-            content = lstrip_nl((struct span){last, strlen(last)});
-            /* content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') */
-            reasoning = rstrip_nl((struct span){c, (size_t)(close - c)});
-            const char *open = find_last(reasoning.p, reasoning.n, "<think>");
-            if (open) {
-                open += strlen("<think>");
-                reasoning = (struct span){open, reasoning.n - (size_t)(open - reasoning.p)};
-            }
-            reasoning = lstrip_nl(reasoning);
-        }
-        put(b, "<|im_start|>assistant\n");
-        if (i > last_query && (i == n - 1 || reasoning.n > 0)) {
-            reasoning = rstrip_nl(lstrip_nl(reasoning));
-            content = lstrip_nl(content);
-            put(b, "<think>\n");
-            put_n(b, reasoning.p, reasoning.n);
-            put(b, "\n</think>\n\n");
-        }
-        put_n(b, content.p, content.n);
-        put(b, "<|im_end|>\n");
-    }
-    if (o->add_generation_prompt) {
-        put(b, "<|im_start|>assistant\n");
-        if (o->enable_thinking == XD_CHAT_THINKING_OFF)
-            put(b, "<think>\n\n</think>\n\n");
-    }
-}
-
-int xd_chat_render(enum xd_chat_format f, const struct xd_chat_message *msgs, int n,
-                   bool add_generation_prompt, const char *bos_token, const char *eos_token,
-                   char **ret, size_t *ret_len, struct xd_err *err)
-{
-    struct xd_chat_options o = {.add_generation_prompt = add_generation_prompt,
-                                .bos_token = bos_token,
-                                .eos_token = eos_token};
-    return xd_chat_render_opts(f, msgs, n, &o, ret, ret_len, err);
-}
-
-int xd_chat_render_opts(enum xd_chat_format f, const struct xd_chat_message *msgs, int n,
-                        const struct xd_chat_options *opts, char **ret, size_t *ret_len,
-                        struct xd_err *err)
-{
-    static const struct xd_chat_options none = {0};
-    const struct xd_chat_options *o = opts ? opts : &none;
-    bool add_generation_prompt = o->add_generation_prompt;
-    const char *bos_token = o->bos_token, *eos_token = o->eos_token;
-    if (xd_chat_format_from_name(xd_chat_format_name(f)) == XD_CHAT_UNKNOWN)
-        return xd_err_set(err, XD_ERR_INVALID,
-                          "the model's chat template is not one expertd can render; set a chat "
-                          "format (chatml, mistral, mistral-v1, olmoe, qwen3)");
-    if (n < 0 || (n > 0 && !msgs))
-        return xd_err_set(err, XD_ERR_INVALID, "no messages");
-    if (f == XD_CHAT_QWEN3) {
-        int rc = check_qwen3(msgs, n, o->has_tool_calls, err);
-        if (rc < 0)
-            return rc;
-    }
-    enum role *roles = malloc(sizeof *roles * (size_t)(n > 0 ? n : 1));
-    if (!roles)
-        return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
-    int rc = XD_OK;
-    for (int i = 0; i < n && rc == XD_OK; i++)
-        rc = role_of(&msgs[i], i, &roles[i], err);
-    struct buf b = {0};
-    if (rc == XD_OK) {
-        switch (f) {
-        case XD_CHAT_CHATML:
-            render_chatml(&b, msgs, roles, n, add_generation_prompt);
-            break;
-        case XD_CHAT_MISTRAL_INST:
-            rc = render_mistral(&b, msgs, roles, n, bos_token, eos_token, err);
-            break;
-        case XD_CHAT_MISTRAL_INST_V1:
-            rc = render_mistral_v1(&b, msgs, roles, n, bos_token, eos_token, err);
-            break;
-        case XD_CHAT_OLMOE:
-            render_olmoe(&b, msgs, roles, n, add_generation_prompt, bos_token, eos_token);
-            break;
-        case XD_CHAT_QWEN3:
-            render_qwen3(&b, msgs, roles, n, o);
-            break;
-        case XD_CHAT_UNKNOWN:
-            break;
-        }
-    }
-    free(roles);
-    if (rc == XD_OK && !b.p && !b.oom)
-        b.p = calloc(1, 1); /* empty output */
-    if (rc == XD_OK && (b.oom || !b.p))
-        rc = xd_err_set(err, XD_ERR_NOMEM, "out of memory rendering the chat prompt");
     if (rc < 0) {
-        free(b.p);
+        xd_chat_template_destroy(t);
         return rc;
     }
-    *ret = b.p;
-    *ret_len = b.len;
+    *ret = t;
+    return XD_OK;
+}
+
+int xd_chat_template_load(const char *override, const struct xd_tokenizer_config *cfg,
+                          const char *dir, struct xd_chat_template **ret, struct xd_err *err)
+{
+    struct xd_chat_tokens tk = {0};
+    if (cfg)
+        tk = (struct xd_chat_tokens){cfg->bos_token, cfg->eos_token, cfg->unk_token,
+                                     cfg->sep_token, cfg->pad_token, cfg->cls_token,
+                                     cfg->mask_token};
+    char origin[600];
+    if (override) {
+        char *src = xd_chat_builtin_source(override);
+        size_t len = 0;
+        int rc;
+        if (src) {
+            snprintf(origin, sizeof origin, "built-in %s", override);
+            len = strlen(src);
+        } else {
+            struct xd_err e = {{0}};
+            rc = xd_read_text_file(override, 1u << 20, &src, &len, &e);
+            if (rc < 0)
+                return xd_err_set(err, rc,
+                                  "chat template '%.200s' is neither a built-in (%s) nor a "
+                                  "readable file: %s", override, xd_chat_builtin_names(), e.msg);
+            snprintf(origin, sizeof origin, "file %.500s", override);
+        }
+        rc = xd_chat_template_create(src, len, NULL, &tk, origin, ret, err);
+        free(src);
+        return rc;
+    }
+    if (!cfg || !cfg->chat_template)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "the model has no chat template (tokenizer_config.json of %.300s); "
+                          "set the chat-template option to a built-in (%s) or a Jinja file",
+                          dir ? dir : "the model", xd_chat_builtin_names());
+    snprintf(origin, sizeof origin, "%s of %.500s",
+             cfg->chat_template_from_jinja ? "chat_template.jinja" : "tokenizer_config.json",
+             dir ? dir : "the model");
+    return xd_chat_template_create(cfg->chat_template, strlen(cfg->chat_template),
+                                   cfg->chat_template_tool_use, &tk, origin, ret, err);
+}
+
+/* ---- the variables ---- */
+
+/* The message as transformers hands it to the template: null-valued keys dropped; reasoning
+ * under its three names aliased ({"thinking": r, **message, "reasoning_content": r} with r the
+ * first of reasoning_content, thinking, reasoning that is set). New reference or NULL. */
+static json_t *template_message(json_t *m)
+{
+    static const char *reasoning_keys[] = {"reasoning_content", "thinking", "reasoning"};
+    json_t *r = NULL;
+    for (size_t i = 0; i < 3 && !r; i++) {
+        json_t *v = json_object_get(m, reasoning_keys[i]);
+        if (v && !json_is_null(v))
+            r = v;
+    }
+    json_t *out = json_object();
+    if (!out)
+        return NULL;
+    int bad = 0;
+    if (r)
+        bad |= json_object_set(out, "thinking", r);
+    const char *key;
+    json_t *v;
+    json_object_foreach(m, key, v) {
+        if (!json_is_null(v))
+            bad |= json_object_set(out, key, v); /* an existing key keeps its place */
+    }
+    if (r)
+        bad |= json_object_set(out, "reasoning_content", r);
+    if (bad) {
+        json_decref(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* The render's variables into *ret (a new reference): the special tokens, then kwargs over
+ * them, then messages, tools, documents, add_generation_prompt (and __xd_now). */
+static int context(const struct xd_chat_template *t, const struct xd_chat_input *in,
+                   json_t **ret, struct xd_err *err)
+{
+    const char *o = t->origin;
+    if (!json_is_array(in->messages)) {
+        return xd_err_set(err, XD_ERR_INVALID, "chat template (%s): messages must be a list", o);
+    }
+    if (in->tools && !json_is_null(in->tools) && !json_is_array(in->tools)) {
+        return xd_err_set(err, XD_ERR_INVALID, "chat template (%s): tools must be a list", o);
+    }
+    if (in->documents && !json_is_null(in->documents) && !json_is_array(in->documents))
+        return xd_err_set(err, XD_ERR_INVALID, "chat template (%s): documents must be a list",
+                          o);
+    if (in->kwargs && !json_is_null(in->kwargs) && !json_is_object(in->kwargs)) {
+        return xd_err_set(err, XD_ERR_INVALID, "chat template (%s): chat_template_kwargs must "
+                                               "be an object", o);
+    }
+    static const char *reserved[] = {"messages", "tools", "documents", "add_generation_prompt",
+                                     "__xd_now"};
+    for (size_t i = 0; json_is_object(in->kwargs) && i < sizeof reserved / sizeof *reserved; i++)
+        if (json_object_get(in->kwargs, reserved[i]))
+            return xd_err_set(err, XD_ERR_INVALID,
+                              "chat template (%s): chat_template_kwargs may not set '%s' (the "
+                              "request's own field does)", o, reserved[i]);
+    json_t *ctx = json_deep_copy(t->tokens), *msgs = json_array();
+    int bad = !ctx || !msgs;
+    if (!bad && json_is_object(in->kwargs))
+        bad |= json_object_update(ctx, (json_t *)in->kwargs);
+    size_t i;
+    json_t *m;
+    json_array_foreach(in->messages, i, m) {
+        if (bad)
+            break;
+        if (!json_is_object(m)) {
+            json_decref(ctx);
+            json_decref(msgs);
+            return xd_err_set(err, XD_ERR_INVALID,
+                              "chat template (%s): message %zu is not an object", o, i);
+        }
+        json_t *tm = template_message(m);
+        bad |= !tm || json_array_append_new(msgs, tm);
+    }
+    if (!bad) {
+        bad |= json_object_set_new(ctx, "messages", msgs);
+        msgs = NULL;
+        bad |= json_object_set(ctx, "tools", in->tools && json_is_array(in->tools)
+                                                 ? (json_t *)in->tools : json_null());
+        bad |= json_object_set(ctx, "documents", in->documents && json_is_array(in->documents)
+                                                     ? (json_t *)in->documents : json_null());
+        bad |= json_object_set_new(ctx, "add_generation_prompt",
+                                   json_boolean(in->add_generation_prompt));
+        if (in->now > 0)
+            bad |= json_object_set_new(ctx, "__xd_now", json_integer(in->now));
+    }
+    if (bad) {
+        json_decref(ctx);
+        json_decref(msgs);
+        return xd_err_set(err, XD_ERR_NOMEM,
+                          "out of memory building the chat template's variables");
+    }
+    *ret = ctx;
+    return XD_OK;
+}
+
+int xd_chat_template_render(const struct xd_chat_template *t, const struct xd_chat_input *in,
+                            char **ret, size_t *ret_len, struct xd_err *err)
+{
+    if (!t || !in)
+        return xd_err_set(err, XD_ERR_INVALID, "no chat template");
+    json_t *ctx = NULL;
+    XD_TRY(context(t, in, &ctx, err));
+    bool has_tools = in->tools && json_is_array(in->tools);
+    const struct xd_jinja_template *jt = has_tools && t->tool_use ? t->tool_use : t->main;
+    struct xd_err e = {{0}};
+    char *out = NULL;
+    size_t len = 0;
+    int rc = xd_jinja_render(jt, ctx, in->limits, &out, &len, &e);
+    json_decref(ctx);
+    if (rc < 0)
+        return xd_err_set(err, rc, "chat template (%s): %s", t->origin, e.msg);
+    *ret = out;
+    *ret_len = len;
     return XD_OK;
 }

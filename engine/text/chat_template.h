@@ -1,87 +1,98 @@
-/* Chat templates without a Jinja engine: the templates of the families expertd serves,
- * recognised from the model's chat_template source and rendered natively, byte for byte as
- * transformers' apply_chat_template renders them. */
+/* Chat templates: the model's own Jinja chat template (or a built-in or file override), parsed
+ * once and rendered through the Jinja interpreter with the variables transformers'
+ * apply_chat_template passes, so prompts equal transformers' byte for byte. */
 #ifndef XD_CHAT_TEMPLATE_H
 #define XD_CHAT_TEMPLATE_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 
 #include "engine/base/status.h"
+#include "engine/text/jinja.h"
+#include "engine/text/tokenizer_config.h"
 
-enum xd_chat_format {
-    XD_CHAT_UNKNOWN = 0,
-    XD_CHAT_CHATML,        /* Qwen1.5-MoE-A2.7B-Chat, Qwen2-57B-A14B-Instruct: ChatML with the
-                            * default system message "You are a helpful assistant" */
-    XD_CHAT_MISTRAL_INST,  /* Mixtral-8x7B-Instruct-v0.1 as its repository has it now:
-                            * " [INST] ... [/INST]", optional leading system message */
-    XD_CHAT_OLMOE,         /* OLMoE-1B-7B-0924-Instruct: tulu-style <|user|>, bos first */
-    XD_CHAT_MISTRAL_INST_V1, /* Mixtral-8x7B-Instruct-v0.1 as first released: "[INST] ...
-                              * [/INST]", no system message */
-    XD_CHAT_QWEN3,         /* Qwen3-30B-A3B, Qwen3-235B-A22B (first release): ChatML without a
-                            * default system message; <think> reasoning dropped from assistant
-                            * turns before the last user query; enable_thinking. Tool calls and
-                            * tool messages are not rendered (XD_ERR_UNSUPPORTED) */
+/* The tokenizer's named special tokens, the template variables transformers takes from
+ * special_tokens_map (NULL: not set, the variable is undefined). Borrowed. */
+struct xd_chat_tokens {
+    const char *bos_token, *eos_token, *unk_token, *sep_token, *pad_token, *cls_token,
+        *mask_token;
 };
 
-struct xd_chat_message {
-    const char *role;    /* system, user, assistant */
-    const char *content; /* NUL-terminated UTF-8; NULL renders as empty */
-};
+/* A parsed chat template with its special tokens; immutable once made, so any number of
+ * threads may render with it at once. */
+struct xd_chat_template;
 
-/* The template's enable_thinking variable: unset (the request did not say), true or false. */
-enum xd_chat_thinking {
-    XD_CHAT_THINKING_UNSET = 0,
-    XD_CHAT_THINKING_ON,
-    XD_CHAT_THINKING_OFF,
-};
+/* The names of the built-in templates, for messages: "chatml, mistral, mistral-v1, olmoe,
+ * qwen3". Never NULL. */
+const char *xd_chat_builtin_names(void);
 
-/* What apply_chat_template passes the template besides the messages. Zero-initialised: no
- * generation prompt, no bos/eos, enable_thinking unset. */
-struct xd_chat_options {
+/* The source of the built-in template name (chatml: Qwen1.5/Qwen2 ChatML with the default system
+ * message; mistral: Mixtral-8x7B-Instruct-v0.1 now; mistral-v1: as first released; olmoe:
+ * OLMoE-1B-7B-0924-Instruct's tulu; qwen3: Qwen3's first release) as a new NUL-terminated string
+ * (free()), or NULL when name is none of them (or memory ran out). */
+char *xd_chat_builtin_source(const char *name);
+
+/* Parses source (len bytes) into *ret. tool_use, when not NULL, is the template transformers
+ * picks instead when the request has tools (tokenizer_config's named "tool_use" template).
+ * origin names the template in messages ("tokenizer_config.json of DIR", "built-in qwen3",
+ * "file F"); copied. A syntax error is XD_ERR_INVALID "chat template (ORIGIN): line L:C: ...";
+ * *ret untouched on failure. Free with xd_chat_template_destroy. */
+int xd_chat_template_create(const char *source, size_t len, const char *tool_use,
+                            const struct xd_chat_tokens *tokens, const char *origin,
+                            struct xd_chat_template **ret, struct xd_err *err);
+
+/* The template a model serves with: override, when not NULL, is a built-in name or else the
+ * path of a Jinja file (read whole, at most 1 MiB); otherwise cfg's chat_template (and its
+ * tool_use one). Special tokens come from cfg. No template at all (no override, none in cfg)
+ * is XD_ERR_UNSUPPORTED "the model has no chat template ..."; an unreadable file XD_ERR_IO
+ * naming it; a syntax error XD_ERR_INVALID naming the origin. dir names the model directory in
+ * messages (may be NULL). *ret untouched on failure. */
+int xd_chat_template_load(const char *override, const struct xd_tokenizer_config *cfg,
+                          const char *dir, struct xd_chat_template **ret, struct xd_err *err);
+
+/* Where t came from (the origin given at creation); never NULL. */
+const char *xd_chat_template_origin(const struct xd_chat_template *t);
+
+/* The Jinja source t was parsed from (its main template, NUL-terminated; the model's, the
+ * built-in's or the file's), for what reads the template's text (which reasoning and tool-call
+ * syntax a model uses); never NULL, owned by t. */
+const char *xd_chat_template_source(const struct xd_chat_template *t);
+
+/* Frees t; NULL is fine. */
+void xd_chat_template_destroy(struct xd_chat_template *t);
+
+/* What one rendering takes, as an OpenAI chat request carries it. Everything borrowed. */
+struct xd_chat_input {
+    const json_t *messages; /* array of message objects ({role, content, tool_calls,
+                             * tool_call_id, name, reasoning_content, ...}); keys whose value
+                             * is null are dropped, as transformers does */
+    const json_t *tools;    /* array of tool schemas, or NULL (the template sees none) */
+    const json_t *documents; /* array of documents ({title, text, ...}) for RAG templates, or
+                              * NULL (none) */
+    const json_t *kwargs;   /* chat_template_kwargs: an object of extra template variables
+                             * (enable_thinking, reasoning_effort, ...), or NULL; they override
+                             * the special tokens, as in transformers */
     bool add_generation_prompt;
-    const char *bos_token, *eos_token; /* tokenizer_config strings; NULL renders as empty */
-    enum xd_chat_thinking enable_thinking; /* read by qwen3 only: OFF appends the empty think
-                                            * block "<think>\n\n</think>\n\n" after the
-                                            * generation prompt; ON and UNSET render alike */
-    const bool *has_tool_calls; /* NULL, or one flag per message: the message carries tool
-                                 * calls (an OpenAI assistant message's tool_calls). qwen3's
-                                 * template would render them and expertd does not:
-                                 * XD_ERR_UNSUPPORTED there; the other templates ignore them */
+    long long now;          /* > 0: the Unix time (UTC) strftime_now formats; 0: the clock */
+    const struct xd_jinja_limits *limits; /* NULL: the interpreter's defaults */
 };
 
-/* Recognises the template family from its Jinja source: the source must be one of the
- * templates this module reproduces (trailing whitespace aside), since a near-miss template can
- * render differently. XD_CHAT_UNKNOWN when not recognised or jinja is NULL. */
-enum xd_chat_format xd_chat_format_detect(const char *jinja);
-
-/* Parses a config override name: "chatml", "mistral", "olmoe", "mistral-v1", "qwen3";
- * XD_CHAT_UNKNOWN otherwise. */
-enum xd_chat_format xd_chat_format_from_name(const char *name);
-
-/* The override name of f ("unknown" for XD_CHAT_UNKNOWN); never NULL. */
-const char *xd_chat_format_name(enum xd_chat_format f);
-
-/* Renders msgs as the template would with add_generation_prompt, into a new NUL-terminated
- * buffer *ret (free()) of *ret_len bytes. bos/eos are the tokenizer_config strings (templates
- * reference them; NULL renders as empty). An unknown role (anything but system, user,
- * assistant, although some templates would render other roles verbatim or skip them), a
- * message order the template rejects (Mistral's alternation rule) or XD_CHAT_UNKNOWN is
- * XD_ERR_INVALID with a message naming the message index and role; *ret is untouched then.
+/* Renders in with t, as transformers' apply_chat_template(tokenize=False) does: each message's
+ * null-valued keys dropped; a message with reasoning_content, thinking or reasoning gets both
+ * thinking and reasoning_content (gpt-oss reads the one, the others the other); tools and
+ * documents always defined (none when absent); the special tokens and kwargs as variables. On
+ * success *ret is a new NUL-terminated string (free()) of *ret_len bytes.
  *
- * The result contains special-token text (bos, <|im_start|>) meant to be parsed as special:
- * encode it with parse_special and without add_special, as apply_chat_template(tokenize=True)
- * does, or a post-processor BOS would come twice. */
-int xd_chat_render(enum xd_chat_format f, const struct xd_chat_message *msgs, int n,
-                   bool add_generation_prompt, const char *bos_token, const char *eos_token,
-                   char **ret, size_t *ret_len, struct xd_err *err);
-
-/* xd_chat_render with every template variable in opts (NULL: all zero). For qwen3, a message
- * with role "tool" or flagged in has_tool_calls is XD_ERR_UNSUPPORTED naming the message (the
- * template renders tool calls and responses; expertd does not yet), and no messages at all is
- * XD_ERR_INVALID (the template reads messages[0]). */
-int xd_chat_render_opts(enum xd_chat_format f, const struct xd_chat_message *msgs, int n,
-                        const struct xd_chat_options *opts, char **ret, size_t *ret_len,
-                        struct xd_err *err);
+ * Failures, all XD_ERR_INVALID with a message starting "chat template (ORIGIN): ": the
+ * template's raise_exception ("... template raised: MSG"), any other render error (naming its
+ * line) and a limit hit; messages that are not an array of objects, tools or documents not an array, kwargs
+ * not an object or naming messages, tools, documents or add_generation_prompt. XD_ERR_NOMEM when
+ * memory runs out. *ret untouched on failure.
+ *
+ * The result holds special-token text (bos, <|im_start|>) meant to be parsed as special: encode
+ * it with parse_special and without add_special, as apply_chat_template(tokenize=True) does. */
+int xd_chat_template_render(const struct xd_chat_template *t, const struct xd_chat_input *in,
+                            char **ret, size_t *ret_len, struct xd_err *err);
 
 #endif

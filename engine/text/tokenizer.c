@@ -630,6 +630,11 @@ int32_t xd_tokenizer_token_id(const struct xd_tokenizer *t, const char *text)
     return str_map_get(&t->vocab, text, strlen(text));
 }
 
+const char *xd_tokenizer_token_str(const struct xd_tokenizer *t, int32_t id)
+{
+    return id >= 0 && id < t->n_vocab ? t->id_to_token[id] : NULL;
+}
+
 /* ---- encoding ---- */
 
 struct ids {

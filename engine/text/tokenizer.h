@@ -49,5 +49,8 @@ int xd_detok_finish(struct xd_detok *d, const char **ret, size_t *ret_len, struc
 int xd_tokenizer_vocab_size(const struct xd_tokenizer *tok);
 /* The id of token text, or -1. */
 int32_t xd_tokenizer_token_id(const struct xd_tokenizer *tok, const char *text);
+/* The vocabulary's string for id (as tokenizers' id_to_token / convert_ids_to_tokens: "Ġthe",
+ * "▁the", "<0x0A>"), borrowed for the tokenizer's life; NULL for an id with no token. */
+const char *xd_tokenizer_token_str(const struct xd_tokenizer *tok, int32_t id);
 
 #endif

@@ -17,7 +17,13 @@ void xd_tokenizer_config_finish(struct xd_tokenizer_config *cfg)
         return;
     free(cfg->bos_token);
     free(cfg->eos_token);
+    free(cfg->unk_token);
+    free(cfg->sep_token);
+    free(cfg->pad_token);
+    free(cfg->cls_token);
+    free(cfg->mask_token);
     free(cfg->chat_template);
+    free(cfg->chat_template_tool_use);
     free(cfg->eos_token_ids);
     memset(cfg, 0, sizeof *cfg);
 }
@@ -59,6 +65,20 @@ static int token_string(json_t *root, const char *key, const char *path, char **
     return XD_OK;
 }
 
+/* token_string for the tokens only templates read (unk, sep, pad, cls, mask): a value of
+ * another type is left out (NULL) rather than failing the model's load. */
+static int extra_token(json_t *root, const char *key, const char *path, char **ret,
+                       struct xd_err *err)
+{
+    json_t *v = json_object_get(root, key);
+    if (json_is_object(v))
+        v = json_object_get(v, "content");
+    *ret = NULL;
+    if (!json_is_string(v))
+        return XD_OK;
+    return token_string(root, key, path, ret, err);
+}
+
 static int bool_key(json_t *root, const char *key, const char *path, bool *ret,
                     struct xd_err *err)
 {
@@ -74,11 +94,14 @@ static int bool_key(json_t *root, const char *key, const char *path, bool *ret,
 }
 
 /* chat_template: a string, or [{"name": ..., "template": ...}] of which "default" is taken
- * (none named so: no template, as transformers then asks the caller to choose). */
-static int chat_template(json_t *root, const char *path, char **ret, struct xd_err *err)
+ * (none named so: no template, as transformers then asks the caller to choose) and "tool_use"
+ * kept in *ret_tool_use. */
+static int chat_template(json_t *root, const char *path, char **ret, char **ret_tool_use,
+                         struct xd_err *err)
 {
     json_t *v = json_object_get(root, "chat_template");
     *ret = NULL;
+    *ret_tool_use = NULL;
     if (!v || json_is_null(v))
         return XD_OK;
     if (json_is_array(v)) {
@@ -93,6 +116,9 @@ static int chat_template(json_t *root, const char *path, char **ret, struct xd_e
                                   "'name' and 'template'", path, i);
             if (strcmp(json_string_value(name), "default") == 0 && !chosen)
                 chosen = tmpl;
+            if (strcmp(json_string_value(name), "tool_use") == 0 && !*ret_tool_use &&
+                !(*ret_tool_use = strdup(json_string_value(tmpl))))
+                return xd_err_set(err, XD_ERR_NOMEM, "%s: out of memory", path);
         }
         v = chosen;
         if (!v)
@@ -172,7 +198,13 @@ int xd_tokenizer_config_parse(const char *config, size_t config_len, const char 
             (rc = token_string(root, "eos_token", config_path, &c.eos_token, err)) < 0 ||
             (rc = bool_key(root, "add_bos_token", config_path, &c.add_bos_token, err)) < 0 ||
             (rc = bool_key(root, "add_eos_token", config_path, &c.add_eos_token, err)) < 0 ||
-            (rc = chat_template(root, config_path, &c.chat_template, err)) < 0)
+            (rc = extra_token(root, "unk_token", config_path, &c.unk_token, err)) < 0 ||
+            (rc = extra_token(root, "sep_token", config_path, &c.sep_token, err)) < 0 ||
+            (rc = extra_token(root, "pad_token", config_path, &c.pad_token, err)) < 0 ||
+            (rc = extra_token(root, "cls_token", config_path, &c.cls_token, err)) < 0 ||
+            (rc = extra_token(root, "mask_token", config_path, &c.mask_token, err)) < 0 ||
+            (rc = chat_template(root, config_path, &c.chat_template, &c.chat_template_tool_use,
+                                err)) < 0)
             goto out;
         if (c.bos_token && (rc = resolve(tok, c.bos_token, config_path, "bos_token", &id, err)) < 0)
             goto out;
@@ -246,6 +278,7 @@ int xd_tokenizer_config_load(const char *dir, const struct xd_tokenizer *tok,
     if (rc == XD_OK && jtext) {
         free(c.chat_template);
         c.chat_template = jtext;
+        c.chat_template_from_jinja = true;
         jtext = NULL;
     }
     free(ctext);

@@ -13,9 +13,14 @@
 struct xd_tokenizer_config {
     char *bos_token;        /* NULL when absent/null; owned */
     char *eos_token;        /* NULL when absent */
+    char *unk_token, *sep_token, *pad_token, *cls_token, *mask_token; /* NULL when absent; owned;
+                             * chat-template variables only (not resolved to ids) */
     bool add_bos_token;     /* false when absent */
     bool add_eos_token;
     char *chat_template;    /* the Jinja source, NULL when absent; owned */
+    char *chat_template_tool_use; /* the named list's "tool_use" template (transformers renders
+                                   * requests with tools with it), NULL when absent; owned */
+    bool chat_template_from_jinja; /* chat_template came from chat_template.jinja */
     int32_t *eos_token_ids; /* (n_eos_token_ids,) every id that ends generation: eos_token's id
                              * plus generation_config.json's eos_token_id (int or list),
                              * deduplicated, eos_token's first; owned */
@@ -28,7 +33,7 @@ struct xd_tokenizer_config {
  * dir/generation_config.json (optional), resolving token strings to ids with tok. Both
  * spellings of bos/eos (a string, or an AddedToken object {"content": ...}) are accepted;
  * chat_template may be a string or a list of {name, template} (the one named "default" is
- * taken). dir/chat_template.jinja, where present, replaces the config's template, as in
+ * taken, and "tool_use" kept beside it). dir/chat_template.jinja, where present, replaces the config's template, as in
  * transformers. A malformed file, a bos/eos string with no token or an eos_token_id outside the
  * vocabulary is XD_ERR_INVALID naming the file and key. *ret is written only on success; free
  * it with xd_tokenizer_config_finish.

@@ -36,6 +36,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             REQUIRE(c->eos_token_ids[i] >= 0 && c->eos_token_ids[i] < c->vocab_size);
         REQUIRE(c->bos_token_id >= -1 && c->bos_token_id < c->vocab_size);
         REQUIRE(memchr(c->model_type, '\0', sizeof c->model_type) != NULL);
+        REQUIRE(c->attn_scale > 0.0f && c->attn_scale < 1e30f);
+        REQUIRE(c->routed_scaling_factor >= 0.0f);
+        if (c->mla) { /* what engine/cpu/mla.c relies on */
+            REQUIRE(c->n_kv_heads == c->n_heads && c->kv_lora_rank > 0 && c->v_head_dim > 0);
+            REQUIRE(c->qk_rope_head_dim > 0 && c->qk_rope_head_dim % 2 == 0 &&
+                    c->head_dim == c->qk_rope_head_dim && c->qk_nope_head_dim >= 0);
+            REQUIRE(c->q_lora_rank >= 0);
+            REQUIRE(xd_model_config_kv_floats_per_token(c) ==
+                    (long long)c->kv_lora_rank + c->qk_rope_head_dim);
+        }
+        if (c->n_group > 0) { /* engine/cpu/moe_router.c */
+            REQUIRE(c->n_experts % c->n_group == 0);
+            REQUIRE(c->topk_group >= 1 && c->topk_group <= c->n_group);
+            REQUIRE(c->top_k <= c->topk_group * (c->n_experts / c->n_group));
+            REQUIRE(c->router != XD_ROUTER_SIGMOID_BIAS || c->n_experts / c->n_group >= 2);
+        }
     } else if (c) {
         REQUIRE(strstr(err.msg, "fuzz/config.json") != NULL);
     }

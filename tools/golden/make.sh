@@ -24,4 +24,5 @@ fi
 CUDA_VISIBLE_DEVICES= HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
     "$venv/bin/python" "$here/make_fixtures.py" "$@"
 "$venv/bin/python" "$here/make_tokenizer_fixtures.py"
-exec "$venv/bin/python" "$here/make_chat_fixtures.py"
+"$venv/bin/python" "$here/make_chat_fixtures.py"
+exec "$venv/bin/python" "$here/make_chat_template_fixtures.py"

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Build tiny, randomly initialised MoE checkpoints and record reference outputs.
 
-For each architecture (mixtral, qwen2_moe, qwen3_moe, olmoe, glm4_moe, gpt_oss) this script
+For each architecture (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, glm4_moe,
+gpt_oss) this script
 
   * builds a tiny model from a fixed seed with informative weights
     (larger initializer_range, every 1-D parameter perturbed),
@@ -30,6 +31,10 @@ import torch
 import transformers
 from safetensors import safe_open
 from transformers import (
+    DeepseekV2Config,
+    DeepseekV2ForCausalLM,
+    DeepseekV3Config,
+    DeepseekV3ForCausalLM,
     Glm4MoeConfig,
     Glm4MoeForCausalLM,
     GptOssConfig,
@@ -161,6 +166,73 @@ def olmoe_config():
     )
 
 
+def deepseek_v2_config():
+    # q_lora_rank null (q_proj directly); group_limited_greedy with 4 groups of 2, top-3 from
+    # the 2 best groups; a dense first layer; 2 shared experts; routed_scaling_factor != 1;
+    # kv_lora_rank, qk_nope, qk_rope and v head dims all different.
+    return DeepseekV2Config(
+        **COMMON,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=271,
+        q_lora_rank=None,
+        kv_lora_rank=40,
+        qk_nope_head_dim=20,
+        qk_rope_head_dim=8,
+        v_head_dim=12,
+        n_routed_experts=8,
+        num_experts_per_tok=3,
+        n_group=4,
+        topk_group=2,
+        topk_method="group_limited_greedy",
+        norm_topk_prob=False,
+        routed_scaling_factor=1.5,
+        n_shared_experts=2,
+        moe_intermediate_size=24,
+        intermediate_size=72,
+        first_k_dense_replace=1,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+
+
+def deepseek_v3_config():
+    # q_lora_rank set (q_a_proj, q_a_layernorm, q_b_proj); noaux_tc: sigmoid + a random
+    # e_score_correction_bias, 4 groups of 4 ranked by their two best, top-3 from the 2 best
+    # groups, renormalised, times 2.5; a dense first layer; 1 shared expert; interleaved rope.
+    return DeepseekV3Config(
+        **COMMON,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=277,
+        q_lora_rank=24,
+        kv_lora_rank=32,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=8,
+        v_head_dim=20,
+        n_routed_experts=16,
+        num_experts_per_tok=3,
+        n_group=4,
+        topk_group=2,
+        norm_topk_prob=True,
+        routed_scaling_factor=2.5,
+        n_shared_experts=1,
+        moe_intermediate_size=24,
+        intermediate_size=56,
+        first_k_dense_replace=1,
+        rope_interleave=True,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+
+
 def glm4_moe_config():
     # GLM-4.5's options, shrunk: partial rotary (half of head_dim 32), q/k norm, biases on
     # q/k/v, a dense first layer, 16 experts in 4 groups of which 2 are kept, a shared
@@ -252,6 +324,8 @@ ARCHS = {
     "qwen2_moe": (qwen2_moe_config, Qwen2MoeForCausalLM, 1002, [0, 2]),
     "qwen3_moe": (qwen3_moe_config, Qwen3MoeForCausalLM, 1003, [1, 3]),
     "olmoe": (olmoe_config, OlmoeForCausalLM, 1004, [0, 1]),
+    "deepseek_v2": (deepseek_v2_config, DeepseekV2ForCausalLM, 1005, [1, 2]),
+    "deepseek_v3": (deepseek_v3_config, DeepseekV3ForCausalLM, 1006, [1, 2]),
     "glm4_moe": (glm4_moe_config, Glm4MoeForCausalLM, 1009, [1, 2]),
     "gpt_oss": (gpt_oss_config, GptOssForCausalLM, 1010, [0, 1, 2, 3]),
     # experts in MXFP4 as published (gate_up_proj_blocks/_scales, down_proj_blocks/_scales),
@@ -275,6 +349,21 @@ ARCHS = {
     "olmoe-dynamic": (
         with_rope(olmoe_config, {"rope_type": "dynamic", "factor": 8.0}, max_position_embeddings=8),
         OlmoeForCausalLM, 1008, [0, 1]),
+    # deepseek with yarn (mscale and mscale_all_dim: the rope's attention factor and the softmax
+    # scale), DeepSeek-V2-Lite's values with original_max_position_embeddings 12; the v3 one
+    # with rope_interleave false (rotate-half on the rotary part)
+    "deepseek_v2-yarn": (
+        with_rope(deepseek_v2_config, {"rope_type": "yarn", "factor": 40.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                       "mscale": 0.707, "mscale_all_dim": 0.707,
+                                       "original_max_position_embeddings": 12},
+                  max_position_embeddings=480),
+        DeepseekV2ForCausalLM, 1009, [1, 2]),
+    "deepseek_v3-yarn-halves": (
+        with_rope(deepseek_v3_config, {"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                       "mscale": 1.0, "mscale_all_dim": 1.0,
+                                       "original_max_position_embeddings": 12},
+                  max_position_embeddings=48, rope_interleave=False),
+        DeepseekV3ForCausalLM, 1010, [1, 2]),
 }
 
 # Fixtures whose prompt logits transformers computes one token per forward call (with the KV
@@ -284,7 +373,8 @@ ARCHS = {
 # which is the token-by-token reference (and the one-call reference for prompts that fit).
 DYNAMIC_INCREMENTAL = {"olmoe-dynamic"}
 FAMILY_CLASS = {"qwen3_moe-yarn": "qwen3_moe", "mixtral-linear": "mixtral", "qwen2_moe-llama3": "qwen2_moe",
-                "olmoe-dynamic": "olmoe"}
+                "olmoe-dynamic": "olmoe", "deepseek_v2-yarn": "deepseek_v2",
+                "deepseek_v3-yarn-halves": "deepseek_v3"}
 
 SHARD_SIZE = {"mixtral-bf16": "150KB"}
 MXFP4 = {"gpt_oss-mxfp4"}  # saved as bf16, then the experts rewritten in MXFP4
@@ -369,9 +459,10 @@ def build_model(arch):
         is_sparse = hasattr(layer.mlp, "gate") or hasattr(layer.mlp, "router")
         if is_sparse != (i in sparse_layers):
             raise SystemExit(f"{arch}: layer {i} sparse={is_sparse}, expected {i in sparse_layers}")
-    want_hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    if model.model.layers[0].self_attn.head_dim != want_hd:
-        raise SystemExit(f"{arch}: head_dim not honoured")
+    if not arch.startswith("deepseek"):  # MLA has no head_dim of its own
+        want_hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        if model.model.layers[0].self_attn.head_dim != want_hd:
+            raise SystemExit(f"{arch}: head_dim not honoured")
 
     # Make every 1-D parameter informative and make sure the routers are random.
     gen = torch.Generator().manual_seed(seed + 500)
@@ -393,10 +484,10 @@ def build_model(arch):
                 raise SystemExit(f"{arch}: parameter {name} is all zero after init")
             if name.endswith("gate.weight") and p.std() < 0.5 * INIT_RANGE:
                 raise SystemExit(f"{arch}: router {name} not randomly initialised")
-        # glm4_moe's e_score_correction_bias is a buffer (zeros at init): make it matter
+        # glm4_moe's and deepseek_v3's e_score_correction_bias is a buffer (zero after init): make it matter
         for name, b in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
-                b.copy_(0.1 * torch.randn(b.shape, generator=gen))
+                b.copy_(BIAS_STD * torch.randn(b.shape, generator=gen))
     return model, seed
 
 
@@ -496,6 +587,11 @@ class RouterMonitor:
             m.register_forward_hook(self.hook)
             for m in model.modules()
             if type(m).__name__.lower().endswith("topkrouter")
+            and not type(m).__name__.startswith("Deepseek")
+        ] + [
+            m.register_forward_hook(self.deepseek_hook)
+            for m in model.modules()
+            if type(m).__name__.startswith("Deepseek") and type(m).__name__.endswith("TopkRouter")
         ]
         assert self.handles, "no router modules found"
 
@@ -507,6 +603,32 @@ class RouterMonitor:
         top = logits.topk(self.k + 1, dim=-1).values
         margin = float((top[:, self.k - 1] - top[:, self.k]).min())
         self.min_margin = min(self.min_margin, margin)
+
+    def deepseek_hook(self, module, args, output):
+        """deepseek: the margins of the two choices, groups then experts, in score space."""
+        logits = output[0].detach().to(torch.float32)
+        v3 = hasattr(module, "e_score_correction_bias")
+        grouped = v3 or module.topk_method == "group_limited_greedy"
+        if v3:
+            scores = logits.sigmoid() + module.e_score_correction_bias.to(torch.float32)
+        else:
+            scores = logits.softmax(dim=-1)
+        n = scores.shape[-1]
+        if grouped:
+            g, tg = module.num_group, module.topk_group
+            per = scores.view(-1, g, n // g)
+            gs = per.topk(2, dim=-1)[0].sum(-1) if v3 else per.max(-1).values
+            if tg < g:
+                top = gs.topk(tg + 1, dim=-1).values
+                self.min_margin = min(self.min_margin, float((top[:, tg - 1] - top[:, tg]).min()))
+            idx = gs.topk(tg, dim=-1)[1]
+            mask = torch.zeros_like(gs).scatter_(1, idx, 1).bool()
+            mask = mask.unsqueeze(-1).expand(-1, g, n // g).reshape(-1, n)
+            scores = scores.masked_fill(~mask, float("-inf"))
+        top = scores.topk(self.k + 1, dim=-1).values
+        gap = top[:, self.k - 1] - top[:, self.k]
+        gap = torch.where(torch.isinf(top[:, self.k]), torch.full_like(gap, math.inf), gap)
+        self.min_margin = min(self.min_margin, float(gap.min()))
 
     def grouped_margin(self, module, logits):
         """Sigmoid + bias, group-limited: the smaller of the group choice's and the expert
@@ -648,8 +770,8 @@ def check_roundtrip(model, path, dtype):
     got = loaded.state_dict()
     assert set(ref) == set(got), (set(ref) ^ set(got))
     for k in ref:
-        # glm4_moe keeps e_score_correction_bias in f32 at load (_keep_in_fp32_modules_strict)
-        if not torch.equal(ref[k], got[k].to(ref[k].dtype)):
+        # glm4_moe and deepseek_v3 keep e_score_correction_bias in f32 whatever the checkpoint's dtype
+        if not torch.equal(ref[k].to(got[k].dtype), got[k]):
             raise SystemExit(f"{path}: {k} differs after save/load")
 
 
@@ -837,11 +959,11 @@ def main():
         if arch == "olmoe":
             # float16 weights, computed in f32 like the others: the loader's third dtype
             make_fixture(args.out, arch, model, seed, "f16", report=report)
-        if arch == "qwen3_moe":
+        if arch in ("qwen3_moe", "deepseek_v3"):
             plf, clf, gtf = make_fixture(args.out, arch, model, seed, "f32", fused=True, report=report)
             diff = max(float(np.abs(a - b).max()) for a, b in zip(pl32 + [cl32], plf + [clf]))
             if diff != 0.0 or gt32 != gtf:
-                raise SystemExit(f"qwen3_moe fused checkpoint gives different references ({diff}, {gt32} vs {gtf})")
+                raise SystemExit(f"{arch} fused checkpoint gives different references ({diff}, {gt32} vs {gtf})")
 
     print_report(report)
     total = sum(i["total_bytes"] for i in report)

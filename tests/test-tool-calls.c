@@ -1,0 +1,188 @@
+/* Tool-call parsing per family (engine/text/tool_calls.c): Hermes, Mistral, DeepSeek-V3 and
+ * GLM-4.5 syntaxes as vLLM's parsers read them, whole and cut into pieces at every point (the
+ * same result for every cut), malformed calls left as content; and the reasoning split's
+ * neighbour, syntax detection from a template. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/text/tool_calls.h"
+#include "tests/test.h"
+
+#define DS_CALLS_BEGIN "<｜tool▁calls▁begin｜>"
+#define DS_CALLS_END "<｜tool▁calls▁end｜>"
+#define DS_CALL_BEGIN "<｜tool▁call▁begin｜>"
+#define DS_CALL_END "<｜tool▁call▁end｜>"
+#define DS_SEP "<｜tool▁sep｜>"
+
+struct tc_case {
+    enum xd_tool_syntax syntax;
+    const char *out;
+    const char *content;
+    int n_calls;
+    const char *calls[3][2]; /* name, arguments (compact JSON) */
+};
+
+static const struct tc_case CASES[] = {
+    /* Hermes (Qwen2.5, Qwen3) */
+    {XD_TOOL_SYNTAX_HERMES,
+     "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"days\": 2}}\n"
+     "</tool_call>",
+     "", 1, {{"get_weather", "{\"city\":\"Paris\",\"days\":2}"}}},
+    {XD_TOOL_SYNTAX_HERMES,
+     "Let me check.\n<tool_call>\n{\"name\": \"a\", \"arguments\": {}}\n</tool_call>\n"
+     "<tool_call>\n{\"name\": \"b\", \"arguments\": \"{\\\"x\\\": [1, 2]}\"}\n</tool_call>",
+     "Let me check.\n\n", 2, {{"a", "{}"}, {"b", "{\"x\":[1,2]}"}}},
+    {XD_TOOL_SYNTAX_HERMES, "no calls at all < tool_call >", "no calls at all < tool_call >", 0,
+     {{0}}},
+    {XD_TOOL_SYNTAX_HERMES, "<tool_call>{not json}</tool_call> after",
+     "<tool_call>{not json}</tool_call> after", 0, {{0}}},
+    {XD_TOOL_SYNTAX_HERMES, "<tool_call>{\"arguments\": {}}</tool_call>",
+     "<tool_call>{\"arguments\": {}}</tool_call>", 0, {{0}}}, /* no name */
+    {XD_TOOL_SYNTAX_HERMES,
+     /* unclosed at the end: whole, so a call */
+     "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"q\": \"<tool_call>\"}}", "", 1,
+     {{"f", "{\"q\":\"<tool_call>\"}"}}},
+    {XD_TOOL_SYNTAX_HERMES, "<tool_call>{\"name\": \"f\", \"argu",
+     "<tool_call>{\"name\": \"f\", \"argu", 0, {{0}}}, /* cut off: content */
+    {XD_TOOL_SYNTAX_HERMES, "x <tool_ca", "x <tool_ca", 0, {{0}}},
+    /* Mistral */
+    {XD_TOOL_SYNTAX_MISTRAL,
+     "[TOOL_CALLS] [{\"name\": \"add\", \"arguments\": {\"a\": 1, \"b\": 2}}, "
+     "{\"name\": \"neg\", \"arguments\": {\"a\": 3}}]",
+     "", 2, {{"add", "{\"a\":1,\"b\":2}"}, {"neg", "{\"a\":3}"}}},
+    {XD_TOOL_SYNTAX_MISTRAL, "Sure.[TOOL_CALLS]get[ARGS]{\"k\": \"v\"}[TOOL_CALLS]put[ARGS]{}",
+     "Sure.", 2, {{"get", "{\"k\":\"v\"}"}, {"put", "{}"}}},
+    {XD_TOOL_SYNTAX_MISTRAL, "[TOOL_CALLS]f[CALL_ID]abc123456[ARGS]{\"z\": null}", "", 1,
+     {{"f", "{\"z\":null}"}}},
+    {XD_TOOL_SYNTAX_MISTRAL, "[TOOL_CALLS] [{\"name\": \"add\"", "[TOOL_CALLS] [{\"name\": \"add\"",
+     0, {{0}}},
+    /* DeepSeek-V3 and V3.1 */
+    {XD_TOOL_SYNTAX_DEEPSEEK_V3,
+     "Checking." DS_CALLS_BEGIN DS_CALL_BEGIN "function" DS_SEP "get_weather\n```json\n"
+     "{\"location\": \"Tokyo\"}\n```" DS_CALL_END DS_CALL_BEGIN "function" DS_SEP "get_time\n"
+     "```json\n{}\n```" DS_CALL_END DS_CALLS_END,
+     "Checking.", 2, {{"get_weather", "{\"location\":\"Tokyo\"}"}, {"get_time", "{}"}}},
+    {XD_TOOL_SYNTAX_DEEPSEEK_V3,
+     DS_CALLS_BEGIN DS_CALL_BEGIN "search" DS_SEP "{\"q\": \"x\"}" DS_CALL_END DS_CALLS_END " ok",
+     " ok", 1, {{"search", "{\"q\":\"x\"}"}}},
+    {XD_TOOL_SYNTAX_DEEPSEEK_V3, DS_CALLS_BEGIN DS_CALL_BEGIN "function" DS_SEP "f\n{}" DS_CALL_END
+     DS_CALLS_END, DS_CALLS_BEGIN DS_CALL_BEGIN "function" DS_SEP "f\n{}" DS_CALL_END DS_CALLS_END,
+     0, {{0}}}, /* no ```json fence */
+    /* GLM-4.5 */
+    {XD_TOOL_SYNTAX_GLM45,
+     "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Beijing</arg_value>\n"
+     "<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n<arg_key>zip</arg_key>\n"
+     "<arg_value>100000</arg_value>\n</tool_call>",
+     "", 1, {{"get_weather", "{\"city\":\"Beijing\",\"days\":3,\"zip\":\"100000\"}"}}},
+    {XD_TOOL_SYNTAX_GLM45, "Hmm.<tool_call>now</tool_call>", "Hmm.", 1, {{"now", "{}"}}},
+    {XD_TOOL_SYNTAX_GLM45, "<tool_call>f\n<arg_key>a</arg_key>junk</tool_call>",
+     "<tool_call>f\n<arg_key>a</arg_key>junk</tool_call>", 0, {{0}}},
+    /* Qwen3-Coder */
+    {XD_TOOL_SYNTAX_QWEN3_CODER,
+     "I'll look.\n<tool_call>\n<function=get_weather>\n<parameter=city>\nSan Francisco\n"
+     "</parameter>\n<parameter=days>\n3\n</parameter>\n<parameter=zip>\n94107\n</parameter>\n"
+     "</function>\n</tool_call>",
+     "I'll look.\n", 1,
+     {{"get_weather", "{\"city\":\"San Francisco\",\"days\":3,\"zip\":\"94107\"}"}}},
+    {XD_TOOL_SYNTAX_QWEN3_CODER, "<tool_call><function=now></function></tool_call>", "", 1,
+     {{"now", "{}"}}},
+    {XD_TOOL_SYNTAX_QWEN3_CODER, "<tool_call><function=f><parameter=a>1</function></tool_call>",
+     "<tool_call><function=f><parameter=a>1</function></tool_call>", 0, {{0}}},
+    /* no parser: everything is content */
+    {XD_TOOL_SYNTAX_NONE, "<tool_call>{\"name\": \"f\"}</tool_call>",
+     "<tool_call>{\"name\": \"f\"}</tool_call>", 0, {{0}}},
+};
+
+/* The GLM case's tools: zip is a string parameter, days is not. */
+static const char GLM_TOOLS[] =
+    "[{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"parameters\": "
+    "{\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}, \"days\": "
+    "{\"type\": \"integer\"}, \"zip\": {\"type\": \"string\"}}}}}]";
+
+/* Runs c->out through a parser in pieces cut at cuts, returns whether it gave c's answer. */
+static bool run(const struct tc_case *c, const json_t *tools, const size_t *cuts, int n_cuts)
+{
+    struct xd_tool_stream *t = NULL;
+    if (xd_tool_stream_create(c->syntax, tools, &t) != XD_OK)
+        return false;
+    struct xd_byte_buf content = {0};
+    size_t at = 0, len = strlen(c->out);
+    bool ok = true;
+    for (int i = 0; i <= n_cuts; i++) {
+        size_t end = i < n_cuts ? cuts[i] : len;
+        ok &= xd_tool_stream_push(t, c->out + at, end - at, &content) == XD_OK;
+        at = end;
+    }
+    ok &= xd_tool_stream_finish(t, &content) == XD_OK;
+    ok &= content.len == strlen(c->content) &&
+          (content.len == 0 || memcmp(content.data, c->content, content.len) == 0);
+    ok &= xd_tool_stream_n_calls(t) == c->n_calls;
+    struct xd_tool_call call;
+    for (int k = 0; xd_tool_stream_take(t, &call); k++) {
+        ok &= k < c->n_calls && strcmp(call.name, c->calls[k][0]) == 0 &&
+              strcmp(call.arguments, c->calls[k][1]) == 0;
+        if (!ok && k < c->n_calls)
+            fprintf(stderr, "    call %d: %s %s\n", k, call.name, call.arguments);
+        free(call.name);
+        free(call.arguments);
+    }
+    if (!ok)
+        fprintf(stderr, "    content '%.*s'\n", (int)content.len, content.data ? content.data : "");
+    xd_byte_buf_free(&content);
+    xd_tool_stream_destroy(t);
+    return ok;
+}
+
+static void test_families_whole_and_every_cut(void)
+{
+    json_t *glm_tools = json_loads(GLM_TOOLS, 0, NULL);
+    CHECK(glm_tools != NULL, "tools json");
+    for (size_t k = 0; k < sizeof CASES / sizeof CASES[0]; k++) {
+        const struct tc_case *c = &CASES[k];
+        const json_t *tools = c->syntax == XD_TOOL_SYNTAX_GLM45 ||
+                                  c->syntax == XD_TOOL_SYNTAX_QWEN3_CODER ? glm_tools : NULL;
+        size_t len = strlen(c->out);
+        CHECK(run(c, tools, NULL, 0), "case %zu (%s) whole: '%s'", k,
+              xd_tool_syntax_name(c->syntax), c->out);
+        int bad = 0;
+        for (size_t a = 0; a <= len && bad < 3; a++)
+            for (size_t b = a; b <= len && bad < 3; b += 7) {
+                size_t cuts[2] = {a, b};
+                if (!run(c, tools, cuts, 2)) {
+                    bad++;
+                    CHECK(0, "case %zu cut at %zu, %zu", k, a, b);
+                }
+            }
+        size_t *cuts = malloc(sizeof *cuts * (len + 1));
+        for (size_t i = 0; i < len; i++)
+            cuts[i] = i + 1;
+        CHECK(run(c, tools, cuts, (int)len), "case %zu byte by byte", k);
+        free(cuts);
+    }
+    json_decref(glm_tools);
+}
+
+static void test_names_and_detection(void)
+{
+    enum xd_tool_syntax s = XD_TOOL_SYNTAX_NONE;
+    CHECK(xd_tool_syntax_from_name("hermes", &s) == XD_OK && s == XD_TOOL_SYNTAX_HERMES, "hermes");
+    CHECK(xd_tool_syntax_from_name("glm45", &s) == XD_OK && s == XD_TOOL_SYNTAX_GLM45, "glm45");
+    CHECK(xd_tool_syntax_from_name("pythonic", &s) == XD_ERR_INVALID, "unknown accepted");
+    CHECK(strcmp(xd_tool_syntax_name(XD_TOOL_SYNTAX_DEEPSEEK_V3), "deepseek_v3") == 0, "name");
+    CHECK(xd_tool_syntax_detect("{{- '<tool_call>\\n' }}") == XD_TOOL_SYNTAX_HERMES, "qwen");
+    CHECK(xd_tool_syntax_detect("<tool_call>{{ n }}<arg_key>") == XD_TOOL_SYNTAX_GLM45, "glm");
+    CHECK(xd_tool_syntax_detect("<tool_call>\n<function=") == XD_TOOL_SYNTAX_QWEN3_CODER, "coder");
+    CHECK(xd_tool_syntax_detect("{{ '[TOOL_CALLS] [' }}") == XD_TOOL_SYNTAX_MISTRAL, "mistral");
+    CHECK(xd_tool_syntax_detect("'" DS_CALLS_BEGIN "'") == XD_TOOL_SYNTAX_DEEPSEEK_V3, "ds");
+    CHECK(xd_tool_syntax_detect("{{ messages }}") == XD_TOOL_SYNTAX_NONE &&
+          xd_tool_syntax_detect(NULL) == XD_TOOL_SYNTAX_NONE, "none");
+    CHECK(xd_tool_syntax_needs_special(XD_TOOL_SYNTAX_MISTRAL) &&
+          !xd_tool_syntax_needs_special(XD_TOOL_SYNTAX_HERMES), "special");
+}
+
+int main(void)
+{
+    RUN(test_families_whole_and_every_cut);
+    RUN(test_names_and_detection);
+    return test_summary();
+}
