@@ -383,6 +383,14 @@ static int cuda_create(struct xd_model *model, const struct xd_engine_opts *opts
                           "device cuda: %d experts, top-%d; the router kernel handles up to 512 "
                           "experts and top-64",
                           c->n_experts, c->top_k);
+    /* gpt_oss's attention sinks, per-layer sliding window, biased router and experts and
+     * clamped SwiGLU have no CUDA kernels */
+    if (c->arch == XD_ARCH_GPT_OSS || c->attn_sinks || c->expert_bias || c->swiglu_limit > 0.0f)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "device cuda: model_type %s (attention sinks, its top-k softmax router, "
+                          "biased clamped-SwiGLU experts) is computed only by the CPU backend: "
+                          "it has no CUDA kernels; use --device cpu",
+                          c->model_type);
     /* glm4_moe's grouped sigmoid router, shared experts without a gate and partial rotary
      * have no CUDA kernels that have run on a GPU */
     if (c->arch == XD_ARCH_GLM4_MOE || c->router != XD_ROUTER_SOFTMAX)

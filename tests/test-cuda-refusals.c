@@ -1,4 +1,4 @@
-/* The CUDA backend refuses what its kernels have not computed on a GPU: glm4_moe and every
+/* The CUDA backend refuses what its kernels have not computed on a GPU: glm4_moe, gpt_oss and every
  * rope scaling or partial rotary, FP8 checkpoints (the golden fixtures of tests/fixtures/golden), with a
  * message naming the cause; a plain fixture is not refused for that reason. The refusal comes
  * before any CUDA call, so this runs without a GPU. Usage: test-cuda-refusals FIXTURES_DIR */
@@ -38,6 +38,8 @@ static void test_refused(void)
     } cases[] = {
         {"glm4_moe-f32", "glm4_moe"},
         {"glm4_moe-bf16", "glm4_moe"},
+        {"gpt_oss-f32", "gpt_oss"},
+        {"gpt_oss-bf16", "gpt_oss"},
         {"qwen3_moe-yarn-f32", "rope type yarn"},
         {"mixtral-linear-f32", "rope type linear"},
         {"qwen2_moe-llama3-f32", "rope type llama3"},

@@ -141,6 +141,93 @@ static void test_glm4_moe_errors(void)
                  "first_k_dense_replace");
 }
 
+/* gpt-oss-20b's config.json shape (keys as the published checkpoint spells them: rope_scaling
+ * yarn with truncate false, layer_types, swiglu_limit, experts_per_token), 6 of its 24 layers,
+ * without its quantization_config. */
+#define GPT_OSS_CORE                                                                        \
+    "\"model_type\": \"gpt_oss\", \"architectures\": [\"GptOssForCausalLM\"],"              \
+    "\"attention_bias\": true, \"attention_dropout\": 0.0, \"eos_token_id\": 200002,"      \
+    "\"experts_per_token\": 4, \"head_dim\": 64, \"hidden_act\": \"silu\","                \
+    "\"hidden_size\": 2880, \"initial_context_length\": 4096, \"intermediate_size\": 2880,"  \
+    "\"max_position_embeddings\": 131072, \"num_attention_heads\": 64,"                    \
+    "\"num_experts_per_tok\": 4, \"num_hidden_layers\": 6, \"num_key_value_heads\": 8,"    \
+    "\"num_local_experts\": 32, \"pad_token_id\": 199999, \"rms_norm_eps\": 1e-05,"        \
+    "\"rope_scaling\": {\"beta_fast\": 32.0, \"beta_slow\": 1.0, \"factor\": 32.0,"         \
+    "  \"original_max_position_embeddings\": 4096, \"rope_type\": \"yarn\","                \
+    "  \"truncate\": false}, \"rope_theta\": 150000, \"router_aux_loss_coef\": 0.9,"       \
+    "\"sliding_window\": 128, \"swiglu_limit\": 7.0, \"tie_word_embeddings\": false,"      \
+    "\"vocab_size\": 201088"
+#define GPT_OSS_LAYERS                                                                      \
+    "\"layer_types\": [\"sliding_attention\", \"full_attention\", \"sliding_attention\","   \
+    " \"full_attention\", \"sliding_attention\", \"full_attention\"]"
+
+static void test_gpt_oss(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{" GPT_OSS_CORE ", " GPT_OSS_LAYERS "}", &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    if (rc != XD_OK)
+        return;
+    CHECK(c.arch == XD_ARCH_GPT_OSS && strcmp(c.model_type, "gpt_oss") == 0, "arch");
+    CHECK(c.n_experts == 32 && c.top_k == 4 && c.expert_ffn == 2880 && c.n_moe_layers == 6,
+          "experts %d top %d ffn %d moe layers %d", c.n_experts, c.top_k, c.expert_ffn,
+          c.n_moe_layers);
+    CHECK(c.router == XD_ROUTER_TOPK_SOFTMAX && c.expert_bias, "router");
+    CHECK(c.qkv_bias && c.o_bias && c.attn_sinks && c.qk_norm == XD_QK_NORM_NONE, "attention");
+    CHECK(c.swiglu_limit == 7.0f && c.swiglu_alpha == 1.702f, "swiglu %g %g",
+          (double)c.swiglu_limit, (double)c.swiglu_alpha);
+    CHECK(c.sliding_window == 128, "sliding_window %d", c.sliding_window);
+    CHECK(!c.full_attention_layer[0] && c.full_attention_layer[1] &&
+              !c.full_attention_layer[4] && c.full_attention_layer[5],
+          "layer_types");
+    CHECK(c.rope.type == XD_ROPE_YARN && c.rope.factor == 32.0f && c.rope_theta == 150000.0f &&
+              c.rope.original_max_position_embeddings == 4096,
+          "rope %s", xd_rope_type_name(c.rope.type));
+    CHECK(c.n_eos == 1 && c.eos_token_ids[0] == 200002, "eos");
+    CHECK(!c.experts_mxfp4, "no quantization_config: experts as stored");
+    /* gpt-oss-20b's quantization_config: its MXFP4 experts */
+    rc = parse("{" GPT_OSS_CORE ", " GPT_OSS_LAYERS ", \"quantization_config\": {"
+               "\"modules_to_not_convert\": [\"model.layers.*.self_attn\","
+               " \"model.layers.*.mlp.router\", \"model.embed_tokens\", \"lm_head\"],"
+               " \"quant_method\": \"mxfp4\"}}",
+               &c, &err);
+    CHECK(rc == XD_OK && c.experts_mxfp4, "mxfp4: %s", err.msg);
+
+    /* GptOssConfig's defaults: no layer_types alternates sliding (even) and full (odd);
+     * no rope at all is YaRN factor 32 over 4096 with theta 150000; sliding_window null: none */
+    rc = parse("{\"model_type\": \"gpt_oss\", \"vocab_size\": 1000, \"hidden_size\": 64,"
+               "\"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"num_local_experts\": 4,"
+               "\"num_experts_per_tok\": 2, \"intermediate_size\": 32,"
+               " \"sliding_window\": null}",
+               &c, &err);
+    CHECK(rc == XD_OK, "defaults: %s", err.msg);
+    CHECK(rc != XD_OK || (!c.full_attention_layer[0] && c.full_attention_layer[1] &&
+                          !c.full_attention_layer[2] && c.sliding_window == 0 &&
+                          c.head_dim == 64 && c.qkv_bias && c.o_bias && c.swiglu_limit == 7.0f &&
+                          c.rope.type == XD_ROPE_YARN && c.rope.factor == 32.0f &&
+                          c.rope_theta == 150000.0f && c.max_position_embeddings == 131072),
+          "GptOssConfig defaults");
+}
+
+static void test_gpt_oss_errors(void)
+{
+    /* a quantization other than the published MXFP4: not computed, so refused naming the key */
+    expect_error("{" GPT_OSS_CORE ", " GPT_OSS_LAYERS ", \"quantization_config\": "
+                 "{\"quant_method\": \"fp8\", \"modules_to_not_convert\": []}}",
+                 "'quantization_config' (quant_method \"fp8\")");
+    expect_error("{" GPT_OSS_CORE ", " GPT_OSS_LAYERS ", \"quantization_config\": 1}",
+                 "'quantization_config' (quant_method \"?\")");
+    expect_error("{" GPT_OSS_CORE ", \"layer_types\": [\"sliding_attention\", \"chunked_attention\","
+                 " \"full_attention\", \"full_attention\", \"full_attention\", \"full_attention\"]}",
+                 "'layer_types' entry 1 is \"chunked_attention\"");
+    expect_error("{" GPT_OSS_CORE ", \"layer_types\": [\"full_attention\"]}", "'layer_types'");
+    expect_error("{" GPT_OSS_CORE ", " GPT_OSS_LAYERS ", \"swiglu_limit\": \"7\"}",
+                 "swiglu_limit");
+    expect_error("{" GPT_OSS_CORE ", " GPT_OSS_LAYERS ", \"sliding_window\": -1}",
+                 "sliding_window");
+}
+
 static void test_mixtral(void)
 {
     struct xd_model_config c;
@@ -863,6 +950,8 @@ int main(int argc, char **argv)
     (void)argv;
     RUN(test_glm4_moe);
     RUN(test_glm4_moe_errors);
+    RUN(test_gpt_oss);
+    RUN(test_gpt_oss_errors);
     RUN(test_mixtral);
     RUN(test_mixtral_defaults);
     RUN(test_qwen2_moe);

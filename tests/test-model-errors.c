@@ -138,6 +138,22 @@ static void transpose_tensor(json_t *hdr, void *name)
     json_array_set_new(shape, n - 1, a);
 }
 
+static void dtype_u8(json_t *hdr, void *name)
+{
+    json_t *t = json_object_get(hdr, name);
+    json_t *offs = json_object_get(t, "data_offsets");
+    json_int_t b = json_integer_value(json_array_get(offs, 0));
+    json_int_t e = json_integer_value(json_array_get(offs, 1));
+    json_t *shape = json_object_get(t, "shape");
+    json_int_t n = 1;
+    for (size_t i = 0; i < json_array_size(shape); i++)
+        n *= json_integer_value(json_array_get(shape, i));
+    /* as many bytes as elements: the first n bytes of the tensor's data */
+    json_object_set_new(t, "dtype", json_string("U8"));
+    if (n <= e - b)
+        json_array_set_new(offs, 1, json_integer(b + n));
+}
+
 static void offsets_past_end(json_t *hdr, void *name)
 {
     json_t *offs = json_object_get(json_object_get(hdr, name), "data_offsets");
@@ -262,6 +278,34 @@ static const struct {
      "experts.2.w2.weight_scale_inv"},
     {"F8_E5M2 weight", "mixtral-fp8", dtype_e5m2, "model.layers.0.self_attn.k_proj.weight",
      "model.layers.0.self_attn.k_proj.weight", "F8_E5M2"},
+    {"missing attention sinks", "gpt_oss-f32", drop_tensor, "model.layers.2.self_attn.sinks",
+     "model.layers.2.self_attn.sinks", "missing"},
+    {"missing router bias", "gpt_oss-f32", drop_tensor, "model.layers.3.mlp.router.bias",
+     "model.layers.3.mlp.router.bias", "missing"},
+    {"missing expert biases", "gpt_oss-bf16", drop_tensor,
+     "model.layers.1.mlp.experts.gate_up_proj_bias",
+     "model.layers.1.mlp.experts.gate_up_proj_bias", "missing"},
+    {"gpt_oss experts in the (E, 2F, H) layout", "gpt_oss-f32", transpose_tensor,
+     "model.layers.0.mlp.experts.gate_up_proj", "model.layers.0.mlp.experts.gate_up_proj",
+     "shape"},
+    {"misshaped gpt_oss down_proj", "gpt_oss-bf16", transpose_tensor,
+     "model.layers.2.mlp.experts.down_proj", "model.layers.2.mlp.experts.down_proj", "shape"},
+    {"MXFP4 blocks of the wrong shape", "gpt_oss-mxfp4-bf16", transpose_tensor,
+     "model.layers.1.mlp.experts.gate_up_proj_blocks",
+     "model.layers.1.mlp.experts.gate_up_proj_blocks", "shape"},
+    {"MXFP4 scales missing", "gpt_oss-mxfp4-bf16", drop_tensor,
+     "model.layers.3.mlp.experts.down_proj_scales", "model.layers.3.mlp.experts.down_proj_scales",
+     "missing"},
+    {"MXFP4 blocks missing", "gpt_oss-mxfp4-bf16", drop_tensor,
+     "model.layers.0.mlp.experts.down_proj_blocks", "model.layers.0.mlp.experts.down_proj_blocks",
+     "missing"},
+    {"a weight stored as U8", "gpt_oss-f32", dtype_u8, "model.layers.1.self_attn.q_proj.weight",
+     "model.layers.1.self_attn.q_proj.weight", "U8"},
+    {"gpt_oss bf16-layout experts stored as U8", "gpt_oss-f32", dtype_u8,
+     "model.layers.0.mlp.experts.gate_up_proj", "model.layers.0.mlp.experts.gate_up_proj", "U8"},
+    {"MXFP4 scales of the wrong shape", "gpt_oss-mxfp4-bf16", transpose_tensor,
+     "model.layers.2.mlp.experts.gate_up_proj_scales",
+     "model.layers.2.mlp.experts.gate_up_proj_scales", "shape"},
 };
 
 static void test_header_defects(void)
@@ -314,6 +358,18 @@ static const struct {
     {"per-tensor FP8 scales", "mixtral-fp8", "quantization_config",
      "{\"quant_method\": \"fp8\", \"weight_block_size\": null}", "weight_block_size",
      "per-tensor"},
+    {"gpt_oss quantization_config", "gpt_oss-f32", "quantization_config",
+     "{\"quant_method\": \"fp8\"}", "config.json", "'quantization_config' (quant_method \"fp8\")"},
+    {"gpt_oss layer type", "gpt_oss-bf16", "layer_types",
+     "[\"sliding_attention\", \"full_attention\", \"linear_attention\", \"full_attention\"]",
+     "config.json", "'layer_types' entry 2"},
+    {"gpt_oss wider experts than stored", "gpt_oss-f32", "intermediate_size", "32",
+     "model.layers.0.mlp.experts.gate_up_proj", "shape"},
+    {"mxfp4 declared, bf16 experts stored", "gpt_oss-bf16", "quantization_config",
+     "{\"quant_method\": \"mxfp4\"}", "model.layers.0.mlp.experts.gate_up_proj_blocks",
+     "missing"},
+    {"MXFP4 experts of a width that is not whole blocks", "gpt_oss-mxfp4-bf16",
+     "intermediate_size", "24", "down_proj_blocks", "not a whole number of MXFP4 blocks"},
 };
 
 static void test_config_defects(void)

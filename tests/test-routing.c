@@ -1,9 +1,11 @@
 /* The grouped sigmoid router (engine/cpu/routing.c) on hand-worked cases: the group limit
  * excludes the best expert of a dropped group, the bias picks experts and groups but never
- * weighs them, renormalisation and routed_scaling_factor. (The goldens check it against
- * transformers end to end: tests/fixtures/golden/glm4_moe-*.) */
+ * weighs them, renormalisation and routed_scaling_factor; and gpt_oss's top-k softmax through
+ * engine/cpu/moe_router.c. (The goldens check them against transformers end to end:
+ * tests/fixtures/golden/glm4_moe-*, gpt_oss-*.) */
 #include <stdlib.h>
 
+#include "engine/cpu/moe_router.h"
 #include "engine/cpu/routing.h"
 #include "tests/test.h"
 
@@ -70,8 +72,32 @@ static void test_rank(void)
     CHECK(idx[0] == 4 && idx[1] == 0 && idx[2] == 2, "rank %d %d %d", idx[0], idx[1], idx[2]);
 }
 
+/* gpt_oss: the router bias is added to the logits, the top-k of the sum chosen (ties to the
+ * lower index), their weights the softmax over those k alone */
+static void test_topk_softmax(void)
+{
+    struct xd_model_config c = {.n_experts = 4, .top_k = 2, .router = XD_ROUTER_TOPK_SOFTMAX,
+                                .routed_scaling_factor = 1.0f};
+    float logits[4] = {1.0f, 3.0f, 0.5f, 2.0f};
+    const float bias[4] = {0.0f, -1.0f, 2.5f, 0.0f}; /* sums 1, 2, 3, 2 */
+    int32_t idx[2];
+    float w[2];
+    xd_cpu_moe_route(&c, logits, bias, idx, w);
+    CHECK(idx[0] == 2 && idx[1] == 1, "experts %d %d, want 2 1 (tie 1/3 to the lower)", idx[0],
+          idx[1]);
+    const float e = expf(-1.0f);
+    CHECK(fabsf(w[0] - 1.0f / (1.0f + e)) < 1e-6f && fabsf(w[1] - e / (1.0f + e)) < 1e-6f,
+          "weights %.8g %.8g", w[0], w[1]);
+    float l2[4] = {1.0f, 3.0f, 0.5f, 2.0f};
+    int32_t r[3];
+    float scratch[3];
+    xd_cpu_moe_rank(&c, l2, bias, 3, r, scratch);
+    CHECK(r[0] == 2 && r[1] == 1 && r[2] == 3, "rank %d %d %d", r[0], r[1], r[2]);
+}
+
 int main(void)
 {
+    RUN(test_topk_softmax);
     RUN(test_group_limit);
     RUN(test_bias_chooses_but_does_not_weigh);
     RUN(test_rank);

@@ -9,6 +9,7 @@
 
 #include "engine/backend.h"
 #include "engine/cpu/cpu_kernels.h"
+#include "engine/cpu/gpt_oss.h"
 #include "engine/cpu/mla.h"
 #include "engine/cpu/moe_router.h"
 #include "engine/cpu/cpu_pool.h"
@@ -37,7 +38,8 @@ struct cpu_state {
     float *attn;         /* (T, q_dim) */
     float *out;          /* (T, hidden) output of a block before the residual add */
     float *router;       /* (T, n_experts) router probabilities */
-    float *router_bias;  /* (n_experts,) the layer's e_score_correction_bias in f32 */
+    float *router_bias;  /* (n_experts,) the layer's router bias in f32: e_score_correction_bias,
+                          * or gpt_oss's router linear bias */
     int32_t *slot_of;    /* (T * top_k,) row in the expert-sorted order of slot t * top_k + j */
     int32_t *expert_rows;/* (n_experts + 1,) start of each expert's rows in sorted order */
     float *xg;           /* (T * top_k, hidden) gathered inputs, expert-sorted */
@@ -231,13 +233,20 @@ static float *kv_row(const struct cpu_state *s, float *cache, int layer, int blo
 }
 
 /* Writes this step's k and v into the cache through each sequence's block
- * table, then attends every query to the positions up to its own. */
+ * table, then attends every query to the positions up to its own (the last sliding_window of
+ * them unless the layer is a full-attention one). With sinks (gpt_oss) each head's sink logit
+ * joins the softmax's denominator and adds nothing to its output. */
 static void attention(struct cpu_state *s, const struct xd_batch *b, int layer, int n_tokens)
 {
     const struct xd_model_config *c = &s->m->config;
     const int bs = s->opts.block_size, hd = c->head_dim, kvd = s->kv_dim;
     const int group = c->n_heads / c->n_kv_heads;
     const float scale = 1.0f / sqrtf((float)hd);
+    const int window = c->full_attention_layer[layer] ? 0 : c->sliding_window;
+    const struct xd_matrix *sink_w = &s->m->layers[layer].sinks;
+    float sinks[c->n_heads]; /* (n_heads,) */
+    if (sink_w->data)
+        xd_dtype_to_f32(sink_w->dtype, sink_w->data, sinks, (size_t)c->n_heads);
 
     for (int t = 0; t < n_tokens; t++) {
         const struct xd_seq_chunk *sc = &b->seqs[s->tok_seq[t]];
@@ -254,12 +263,12 @@ static void attention(struct cpu_state *s, const struct xd_batch *b, int layer, 
         for (int h = 0; h < c->n_heads; h++) {
             const struct xd_seq_chunk *sc = &b->seqs[s->tok_seq[t]];
             const int p = s->tok_pos[t], kvh = h / group;
-            const int first = c->sliding_window > 0 && p - c->sliding_window + 1 > 0
-                                  ? p - c->sliding_window + 1
-                                  : 0;
+            const int first = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
             const float *q = s->q + (size_t)t * s->q_dim + (size_t)h * hd;
             float acc[hd];
-            float mx = -INFINITY, sum = 0.0f;
+            /* a sink starts the running softmax as a logit of weight exp(0) with no value */
+            float mx = sink_w->data ? sinks[h] : -INFINITY;
+            float sum = sink_w->data ? 1.0f : 0.0f;
             memset(acc, 0, sizeof acc);
             /* one pass with a running maximum (online softmax) */
             for (int j = first; j <= p; j++) {
@@ -333,14 +342,22 @@ static void attention_block(struct cpu_state *s, const struct xd_batch *b, int l
 
 /* ---- MLPs ---- */
 
-/* out (n, hidden) = down(silu(gate x) * up x) for a SwiGLU MLP of width ffn. */
-static void swiglu(const float *x, int n, const struct xd_expert_weights *w, float *g, float *u,
-                   float *out)
+/* out (n, hidden) = down(silu(gate x) * up x) for a SwiGLU MLP of width ffn; with biases
+ * and the config's swiglu_limit (gpt_oss), down(clamped_swiglu(gate x + bg, up x + bu)) + bd. */
+static void swiglu(const struct xd_model_config *c, const float *x, int n,
+                   const struct xd_expert_weights *w, float *g, float *u, float *out)
 {
     xd_cpu_matmul(x, n, &w->gate, g);
     xd_cpu_matmul(x, n, &w->up, u);
-    xd_cpu_silu_mul(g, u, g, (size_t)n * w->gate.rows);
+    xd_cpu_add_bias(g, n, &w->gate_bias);
+    xd_cpu_add_bias(u, n, &w->up_bias);
+    if (c->swiglu_limit > 0.0f)
+        xd_cpu_clamped_swiglu(g, u, g, (size_t)n * w->gate.rows, c->swiglu_limit,
+                              c->swiglu_alpha);
+    else
+        xd_cpu_silu_mul(g, u, g, (size_t)n * w->gate.rows);
     xd_cpu_matmul(g, n, &w->down, out);
+    xd_cpu_add_bias(out, n, &w->down_bias);
 }
 
 /* Gate and up rows [c0, c1) of one token block, then silu(gate) * up on those columns:
@@ -401,15 +418,17 @@ static int run_experts(struct cpu_state *s, int l, struct xd_err *err)
         present[n_acquired++] = e;
     }
 
-    /* the items' kernel (xd_cpu_matmul_rows) takes f32/bf16/f16 weights; quantized experts
-     * (q8/q4, FP8 served as q8, MXFP4) run expert by expert through xd_cpu_matmul's own
-     * dispatch, with the same bits either way */
+    /* the items' kernel (xd_cpu_matmul_rows) takes f32/bf16/f16 weights and plain SiLU;
+     * quantized experts (q8/q4, FP8 served as q8, MXFP4) and gpt_oss's (biases, clamped SwiGLU)
+     * run expert by expert through swiglu and xd_cpu_matmul's own dispatch */
     const enum xd_dtype edt = n_acquired ? s->moe_w[present[0]].gate.dtype : XD_DTYPE_F32;
-    const bool items_ok = edt == XD_DTYPE_F32 || edt == XD_DTYPE_BF16 || edt == XD_DTYPE_F16;
+    const bool items_ok = (edt == XD_DTYPE_F32 || edt == XD_DTYPE_BF16 || edt == XD_DTYPE_F16) &&
+                          c->swiglu_limit <= 0.0f && /* gpt_oss: biases and the clamp, in swiglu */
+                          (!n_acquired || !s->moe_w[present[0]].gate_bias.data);
     if (rc == XD_OK && (s->moe_sched == MOE_PER_EXPERT || !items_ok)) {
         for (int i = 0; i < n_acquired; i++) {
             int e = present[i], r0 = rows[e];
-            swiglu(s->xg + (size_t)r0 * H, rows[e + 1] - r0, &s->moe_w[e], s->g, s->u,
+            swiglu(c, s->xg + (size_t)r0 * H, rows[e + 1] - r0, &s->moe_w[e], s->g, s->u,
                    s->eo + (size_t)r0 * H);
         }
     } else if (rc == XD_OK) {
@@ -509,14 +528,14 @@ static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
 
     if (lw->shared.gate.data && !lw->shared_expert_gate.data) {
         /* deepseek, glm4_moe: out += shared_experts(x) */
-        swiglu(s->xn, n, &lw->shared, s->dg, s->du, s->eo);
+        swiglu(c, s->xn, n, &lw->shared, s->dg, s->du, s->eo);
         const size_t HN = (size_t)n * H;
         for (size_t i = 0; i < HN; i++)
             s->out[i] += s->eo[i];
     } else if (lw->shared.gate.data) {
         /* qwen2_moe: out += sigmoid(x . shared_expert_gate) * shared_expert(x) */
         float gate_logit[n];
-        swiglu(s->xn, n, &lw->shared, s->dg, s->du, s->eo);
+        swiglu(c, s->xn, n, &lw->shared, s->dg, s->du, s->eo);
         xd_cpu_matmul(s->xn, n, &lw->shared_expert_gate, gate_logit);
         for (int t = 0; t < n; t++) {
             float gate = 1.0f / (1.0f + expf(-gate_logit[t]));
@@ -568,8 +587,9 @@ static int mlp_block(struct cpu_state *s, int l, int n, struct xd_err *err)
         if (rc < 0)
             return rc;
     } else {
-        struct xd_expert_weights dense = {lw->mlp_gate, lw->mlp_up, lw->mlp_down};
-        swiglu(s->xn, n, &dense, s->dg, s->du, s->out);
+        struct xd_expert_weights dense = {.gate = lw->mlp_gate, .up = lw->mlp_up,
+                                          .down = lw->mlp_down};
+        swiglu(c, s->xn, n, &dense, s->dg, s->du, s->out);
     }
     const size_t HN = (size_t)n * c->hidden_size;
     for (size_t i = 0; i < HN; i++)

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/cpu/mxfp4_kernels.h"
 #include "engine/cpu/quant_kernels.h"
 #include "engine/model/dtype.h"
 
@@ -639,6 +640,14 @@ void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y)
 {
     if (xd_dtype_is_quant(w->dtype)) {
         xd_cpu_matmul_quant(x, n, w, y, quant_path());
+        return;
+    }
+    if (w->dtype == XD_DTYPE_MXFP4) {
+        const enum kernel_path kp = get_path();
+        xd_cpu_matmul_mxfp4(x, n, w, y,
+                            kp == PATH_AVX512 ? XD_MXFP4_AVX512
+                            : kp == PATH_AVX2 ? XD_MXFP4_AVX2
+                                              : XD_MXFP4_PORTABLE);
         return;
     }
     const enum kernel_path path = get_path();

@@ -1,7 +1,7 @@
 /* Router top-k for every family: softmax (mixtral, qwen, olmoe, deepseek_v2 greedy), softmax
- * with groups (deepseek_v2 group_limited_greedy), and the grouped sigmoid router with a
- * correction bias (deepseek_v3 noaux_tc, glm4_moe: routing.c), as transformers 5.23 computes
- * them. */
+ * with groups (deepseek_v2 group_limited_greedy), the grouped sigmoid router with a
+ * correction bias (deepseek_v3 noaux_tc, glm4_moe: routing.c), and gpt_oss's top-k of the
+ * biased logits then softmax over the k, as transformers 5.23 computes them. */
 #include "engine/cpu/moe_router.h"
 
 #include <math.h>
@@ -26,10 +26,34 @@ static void pick(const float *score, const unsigned char *allowed, int n, int k,
     }
 }
 
+/* gpt_oss (GptOssTopKRouter): logits += bias (the router linear's), the top-k of them, best
+ * first, ties to the lower index; weights the softmax of those k logits alone
+ * (exp(l - l_best) / sum). */
+static void route_topk_softmax(float *logits, const float *bias, int n, int k, int32_t *ret_idx,
+                               float *ret_w)
+{
+    if (bias)
+        for (int e = 0; e < n; e++)
+            logits[e] += bias[e];
+    pick(logits, NULL, n, k, ret_idx);
+    const float mx = logits[ret_idx[0]];
+    float sum = 0.0f;
+    for (int j = 0; j < k; j++) {
+        ret_w[j] = expf(logits[ret_idx[j]] - mx);
+        sum += ret_w[j];
+    }
+    for (int j = 0; j < k; j++)
+        ret_w[j] /= sum;
+}
+
 void xd_cpu_moe_route(const struct xd_model_config *c, float *logits, const float *bias,
                       int32_t *ret_idx, float *ret_w)
 {
     const int E = c->n_experts, K = c->top_k;
+    if (c->router == XD_ROUTER_TOPK_SOFTMAX) {
+        route_topk_softmax(logits, bias, E, K, ret_idx, ret_w);
+        return;
+    }
     if (c->router == XD_ROUTER_SIGMOID_BIAS) {
         const struct xd_route_grouped rp = {
             .n_experts = E,
@@ -81,6 +105,14 @@ void xd_cpu_moe_rank(const struct xd_model_config *c, float *logits, const float
     (void)scratch;
     if (c->router == XD_ROUTER_SIGMOID_BIAS) {
         xd_cpu_rank_sigmoid(logits, bias, c->n_experts, width, ret_idx);
+        return;
+    }
+    if (c->router == XD_ROUTER_TOPK_SOFTMAX) {
+        /* the biased logits rank as their softmax does */
+        if (bias)
+            for (int e = 0; e < c->n_experts; e++)
+                logits[e] += bias[e];
+        pick(logits, NULL, c->n_experts, width, ret_idx);
         return;
     }
     xd_cpu_softmax(logits, c->n_experts);

@@ -3,6 +3,7 @@
 
 #include <math.h>
 
+#include "engine/model/mxfp4.h"
 #include "engine/model/quant.h"
 
 size_t xd_dtype_size(enum xd_dtype dtype)
@@ -12,8 +13,10 @@ size_t xd_dtype_size(enum xd_dtype dtype)
     case XD_DTYPE_BF16:
     case XD_DTYPE_F16: return 2;
     case XD_DTYPE_F8_E4M3: return 1;
+    case XD_DTYPE_U8: return 1;
     case XD_DTYPE_Q8_0:
-    case XD_DTYPE_Q4_1: return 0;
+    case XD_DTYPE_Q4_1:
+    case XD_DTYPE_MXFP4: return 0;
     }
     return 0;
 }
@@ -23,6 +26,8 @@ size_t xd_dtype_row_bytes(enum xd_dtype dtype, int64_t cols)
     switch (dtype) {
     case XD_DTYPE_Q8_0: return (size_t)(cols / XD_QBLOCK) * sizeof(struct xd_block_q8_0);
     case XD_DTYPE_Q4_1: return (size_t)(cols / XD_QBLOCK) * sizeof(struct xd_block_q4_1);
+    case XD_DTYPE_MXFP4:
+        return (size_t)(cols / XD_MXFP4_BLOCK) * sizeof(struct xd_block_mxfp4);
     default: return (size_t)cols * xd_dtype_size(dtype);
     }
 }
@@ -36,6 +41,8 @@ const char *xd_dtype_name(enum xd_dtype dtype)
     case XD_DTYPE_F8_E4M3: return "F8_E4M3";
     case XD_DTYPE_Q8_0: return "Q8_0";
     case XD_DTYPE_Q4_1: return "Q4_1";
+    case XD_DTYPE_U8: return "U8";
+    case XD_DTYPE_MXFP4: return "MXFP4";
     }
     return "?";
 }
@@ -50,6 +57,8 @@ int xd_dtype_parse(const char *name, enum xd_dtype *ret_dtype)
         *ret_dtype = XD_DTYPE_F16;
     else if (strcmp(name, "F8_E4M3") == 0)
         *ret_dtype = XD_DTYPE_F8_E4M3;
+    else if (strcmp(name, "U8") == 0)
+        *ret_dtype = XD_DTYPE_U8;
     else
         return -1;
     return 0;
@@ -144,5 +153,14 @@ void xd_dtype_to_f32(enum xd_dtype dtype, const void *src, float *dst, size_t n)
     case XD_DTYPE_Q4_1:
         /* block formats: xd_quant_dequantize_row (quant.c calls this file, not the reverse) */
         return;
+    case XD_DTYPE_MXFP4:
+        xd_mxfp4_dequantize_row(src, dst, (int64_t)n);
+        return;
+    case XD_DTYPE_U8: {
+        const uint8_t *s = src;
+        for (size_t i = 0; i < n; i++)
+            dst[i] = (float)s[i];
+        return;
+    }
     }
 }

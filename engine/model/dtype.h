@@ -19,18 +19,23 @@ enum xd_dtype {
      * checkpoint: rows of cols / 32 blocks of 32 weights. */
     XD_DTYPE_Q8_0, /* int8 weights, one f16 scale per block (34 bytes a block) */
     XD_DTYPE_Q4_1, /* 4-bit weights, one f16 scale and one f16 minimum per block (20 bytes) */
+    /* Read from a checkpoint: */
+    XD_DTYPE_U8,    /* safetensors "U8": the bytes of MXFP4 blocks and scales, never a weight */
+    XD_DTYPE_MXFP4, /* e2m1 values, one e8m0 scale per block of 32 (17 bytes a block;
+                     * engine/model/mxfp4.h): packed at load from a checkpoint's MXFP4
+                     * _blocks/_scales (gpt_oss's experts), computed by the CPU kernel as is */
 };
 
 /* Bytes per element; 0 for the block formats (use xd_dtype_row_bytes). */
 size_t xd_dtype_size(enum xd_dtype dtype);
 /* Bytes of one row of cols elements (cols a multiple of 32 for the block formats). */
 size_t xd_dtype_row_bytes(enum xd_dtype dtype, int64_t cols);
-/* Whether dtype is one of the block formats. */
+/* Whether dtype is one of the block formats made by --quantize. */
 static inline int xd_dtype_is_quant(enum xd_dtype dtype)
 {
     return dtype == XD_DTYPE_Q8_0 || dtype == XD_DTYPE_Q4_1;
 }
-/* The safetensors spelling ("F32", "BF16", "F16", "F8_E4M3"), or "Q8_0" / "Q4_1". */
+/* The safetensors spelling ("F32", "BF16", "F16", "F8_E4M3", "U8"), or "Q8_0" / "Q4_1" / "MXFP4". */
 const char *xd_dtype_name(enum xd_dtype dtype);
 /* Parses a safetensors dtype string; returns 0 and sets *ret_dtype, or -1
  * for any other dtype. */

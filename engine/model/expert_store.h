@@ -20,11 +20,15 @@ struct xd_matrix {
     enum xd_dtype scale_dtype;
 };
 
-/* One expert's SwiGLU MLP: down(silu(gate x) * up x). */
+/* One expert's SwiGLU MLP: down(silu(gate x) * up x), or gpt_oss's clamped form with biases
+ * (engine/cpu/gpt_oss.h). */
 struct xd_expert_weights {
     struct xd_matrix gate; /* (ffn, hidden) */
     struct xd_matrix up;   /* (ffn, hidden) */
     struct xd_matrix down; /* (hidden, ffn) */
+    struct xd_matrix gate_bias; /* (1, ffn) gpt_oss, else data == NULL */
+    struct xd_matrix up_bias;   /* (1, ffn) gpt_oss, else data == NULL */
+    struct xd_matrix down_bias; /* (1, hidden) gpt_oss, else data == NULL */
 };
 
 struct xd_expert_store_ops {

@@ -1,7 +1,10 @@
 /* Model loading: maps a checkpoint and checks every tensor against the config. */
 #include "engine/model/model.h"
 
+#include "engine/model/mxfp4.h"
+
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,12 +14,17 @@
 #include "engine/model/fp8.h"
 #include "engine/model/quant.h"
 
+static void drop_pages(const void *p, size_t len);
+
 /* ---- the host expert store: views straight into the mapped checkpoint ---- */
 
 struct host_experts {
     int n_layers;
     int n_experts;
     struct xd_expert_weights *w; /* (n_layers, n_experts); zeroed for dense layers */
+    char *repacked;              /* gpt_oss: the experts' weights in expertd's layout, owned
+                                  * (see load_gpt_oss_experts), else NULL */
+    size_t repacked_used;
 };
 
 static int host_acquire(void *ctx, int layer, int expert, struct xd_expert_weights *ret)
@@ -34,8 +42,10 @@ static int host_acquire(void *ctx, int layer, int expert, struct xd_expert_weigh
 static void host_destroy(void *ctx)
 {
     struct host_experts *h = ctx;
-    if (h)
+    if (h) {
         free(h->w);
+        free(h->repacked);
+    }
     free(h);
 }
 
@@ -81,6 +91,16 @@ static int find_shaped(struct loader *L, const char *name, int n_dims, const int
     if (!t)
         return xd_err_set(L->err, XD_ERR_TENSOR, "%s: tensor '%s' is missing (model_type %s)",
                           L->m->dir, name, L->m->config.model_type);
+    /* U8 is read for MXFP4's _blocks and _scales only: a weight stored as bytes is not one
+     * expertd can compute */
+    const size_t len = strlen(name);
+    const bool mxfp4_part = len > 7 && (strcmp(name + len - 7, "_blocks") == 0 ||
+                                        strcmp(name + len - 7, "_scales") == 0);
+    if (t->dtype == XD_DTYPE_U8 && !mxfp4_part)
+        return xd_err_set(L->err, XD_ERR_TENSOR,
+                          "%s: tensor '%s' has dtype U8; expertd reads F32, BF16 and F16 weights "
+                          "(U8 only as MXFP4 blocks and scales)",
+                          t->path, name);
     int ok = t->n_dims == n_dims;
     for (int i = 0; ok && i < n_dims; i++)
         ok = t->shape[i] == dims[i];
@@ -223,6 +243,214 @@ static int load_experts(struct loader *L, const char *moe, int layer, struct xd_
     return XD_OK;
 }
 
+/* dst[i * dst_stride] = src[i * src_stride] for n elements of es bytes (2 or 4: bf16, f16, f32). */
+static void copy_strided(char *dst, size_t dst_stride, const char *src, size_t src_stride,
+                         int64_t n, size_t es)
+{
+    if (es == 2) {
+        uint16_t *d = (uint16_t *)(void *)dst;
+        const uint16_t *s = (const uint16_t *)(const void *)src;
+        for (int64_t i = 0; i < n; i++)
+            d[(size_t)i * dst_stride] = s[(size_t)i * src_stride];
+    } else if (es == 4) {
+        uint32_t *d = (uint32_t *)(void *)dst;
+        const uint32_t *s = (const uint32_t *)(const void *)src;
+        for (int64_t i = 0; i < n; i++)
+            d[(size_t)i * dst_stride] = s[(size_t)i * src_stride];
+    } else {
+        for (int64_t i = 0; i < n; i++)
+            memcpy(dst + (size_t)i * dst_stride * es, src + (size_t)i * src_stride * es, es);
+    }
+}
+
+/* gpt_oss's fused experts as transformers saves them (the published bf16 layout):
+ * gate_up_proj (E, hidden, 2 * ffn) applied as x @ W with gate and up interleaved in its last
+ * dim (gate = [..., 0::2], up = [..., 1::2]), gate_up_proj_bias (E, 2 * ffn) interleaved the
+ * same way, down_proj (E, ffn, hidden) applied as x @ W, down_proj_bias (E, hidden). The
+ * matmul kernels take (out, in) rows, so gate, up and down and the gate/up biases are copied
+ * once, in their own dtype, into the store's buffer (the mapped pages are then never read);
+ * down_proj_bias is viewed in place. */
+/* The published MXFP4 experts: gate_up_proj_blocks (E, 2F, H/32, 16) and _scales (E, 2F, H/32),
+ * down_proj_blocks (E, H, F/32, 16) and _scales (E, H, F/32), all U8, rows the output dim (the
+ * transpose of the bf16 layout above), gate and up rows interleaved (gate 2f, up 2f + 1). Each
+ * row's blocks and scales are packed side by side (XD_DTYPE_MXFP4, 17 bytes per 32 weights:
+ * the checkpoint's bytes, never widened) into the store's buffer, gate and up rows apart. */
+static int load_mxfp4_pair(struct loader *L, const char *name, int64_t E, int64_t rows,
+                           int64_t cols, const struct xd_tensor **ret_blocks,
+                           const struct xd_tensor **ret_scales)
+{
+    if (cols % XD_MXFP4_BLOCK != 0)
+        return xd_err_set(L->err, XD_ERR_TENSOR,
+                          "%s: tensor '%s_blocks': its input width %lld is not a whole number of "
+                          "MXFP4 blocks of 32",
+                          L->m->dir, name, (long long)cols);
+    const int64_t bdims[4] = {E, rows, cols / XD_MXFP4_BLOCK, 16};
+    const int64_t sdims[3] = {E, rows, cols / XD_MXFP4_BLOCK};
+    char bn[300], sn[300];
+    snprintf(bn, sizeof bn, "%s_blocks", name);
+    snprintf(sn, sizeof sn, "%s_scales", name);
+    XD_TRY(find_shaped(L, bn, 4, bdims, ret_blocks));
+    XD_TRY(find_shaped(L, sn, 3, sdims, ret_scales));
+    if ((*ret_blocks)->dtype != XD_DTYPE_U8 || (*ret_scales)->dtype != XD_DTYPE_U8)
+        return xd_err_set(L->err, XD_ERR_TENSOR,
+                          "%s: tensors '%s' and '%s' must be U8 (MXFP4 codes and e8m0 scales), "
+                          "not %s and %s",
+                          (*ret_blocks)->path, bn, sn, xd_dtype_name((*ret_blocks)->dtype),
+                          xd_dtype_name((*ret_scales)->dtype));
+    return XD_OK;
+}
+
+/* Packs row `row` of expert e of an MXFP4 pair into dst. */
+static int pack_mxfp4_row(struct loader *L, const char *name, const struct xd_tensor *blocks,
+                          const struct xd_tensor *scales, int64_t e, int64_t rows, int64_t row,
+                          int64_t nb, struct xd_block_mxfp4 *dst)
+{
+    const size_t r = (size_t)(e * rows + row);
+    if (xd_mxfp4_pack_row((const uint8_t *)blocks->data + r * (size_t)nb * 16,
+                          (const uint8_t *)scales->data + r * (size_t)nb, nb, dst) < 0)
+        return xd_err_set(L->err, XD_ERR_TENSOR,
+                          "%s: tensor '%s_scales' holds 255 (e8m0's NaN) for expert %lld row %lld",
+                          scales->path, name, (long long)e, (long long)row);
+    return XD_OK;
+}
+
+static int load_gpt_oss_experts_mxfp4(struct loader *L, const char *moe, struct host_experts *hx,
+                                      struct xd_expert_weights *w)
+{
+    const struct xd_model_config *c = &L->m->config;
+    const int64_t E = c->n_experts, F = c->expert_ffn, H = c->hidden_size;
+    char gu_name[256], dp_name[256];
+    snprintf(gu_name, sizeof gu_name, "%s.experts.gate_up_proj", moe);
+    snprintf(dp_name, sizeof dp_name, "%s.experts.down_proj", moe);
+    const struct xd_tensor *gub_t, *gus_t, *dpb_t, *dps_t, *gub, *dpb;
+    char gu_blocks[300];
+    snprintf(gu_blocks, sizeof gu_blocks, "%s_blocks", gu_name);
+    /* a width that is not whole blocks before the shapes, which would then disagree; no
+     * blocks at all is reported as missing below */
+    if (F % XD_MXFP4_BLOCK != 0 && xd_checkpoint_find(L->m->checkpoint, gu_blocks))
+        return xd_err_set(L->err, XD_ERR_TENSOR,
+                          "%s: tensor '%s_blocks': config.json's intermediate_size %lld is not a "
+                          "whole number of MXFP4 blocks of 32",
+                          L->m->dir, dp_name, (long long)F);
+    XD_TRY(load_mxfp4_pair(L, gu_name, E, 2 * F, H, &gub_t, &gus_t));
+    XD_TRY(load_mxfp4_pair(L, dp_name, E, H, F, &dpb_t, &dps_t));
+    int64_t gub_dims[2] = {E, 2 * F}, dpb_dims[2] = {E, H};
+    XD_TRY(find_shaped(L, fmt_name(L, "%s.experts.gate_up_proj_bias", moe), 2, gub_dims, &gub));
+    XD_TRY(find_shaped(L, fmt_name(L, "%s.experts.down_proj_bias", moe), 2, dpb_dims, &dpb));
+    if (gub->dtype == XD_DTYPE_U8 || dpb->dtype == XD_DTYPE_U8)
+        return xd_err_set(L->err, XD_ERR_TENSOR, "%s: the experts' biases of '%s' must be floats",
+                          gub->path, moe);
+    const size_t bs = xd_dtype_size(gub->dtype);
+    const int64_t nbh = H / XD_MXFP4_BLOCK, nbf = F / XD_MXFP4_BLOCK;
+    const size_t gate_bytes = (size_t)(F * nbh) * sizeof(struct xd_block_mxfp4);
+    const size_t down_bytes = (size_t)(H * nbf) * sizeof(struct xd_block_mxfp4);
+    const size_t per_expert = 2 * gate_bytes + down_bytes + (size_t)(2 * F) * bs;
+    if (!hx->repacked) {
+        hx->repacked = malloc((size_t)c->n_moe_layers * (size_t)E * per_expert);
+        if (!hx->repacked)
+            return xd_err_set(L->err, XD_ERR_NOMEM,
+                              "%s: out of memory for the MXFP4 experts (%.1f MiB)", L->m->dir,
+                              (double)c->n_moe_layers * (double)E * (double)per_expert /
+                                  (1 << 20));
+    }
+    for (int64_t e = 0; e < E; e++) {
+        char *base = hx->repacked + hx->repacked_used;
+        struct xd_block_mxfp4 *g = (struct xd_block_mxfp4 *)base;
+        struct xd_block_mxfp4 *u = (struct xd_block_mxfp4 *)(base + gate_bytes);
+        struct xd_block_mxfp4 *d = (struct xd_block_mxfp4 *)(base + 2 * gate_bytes);
+        char *gb = base + 2 * gate_bytes + down_bytes, *ub = gb + (size_t)F * bs;
+        for (int64_t f = 0; f < F; f++) {
+            XD_TRY(pack_mxfp4_row(L, gu_name, gub_t, gus_t, e, 2 * F, 2 * f, nbh, g + f * nbh));
+            XD_TRY(pack_mxfp4_row(L, gu_name, gub_t, gus_t, e, 2 * F, 2 * f + 1, nbh,
+                                  u + f * nbh));
+        }
+        for (int64_t h = 0; h < H; h++)
+            XD_TRY(pack_mxfp4_row(L, dp_name, dpb_t, dps_t, e, H, h, nbf, d + h * nbf));
+        const char *bsrc = (const char *)gub->data + (size_t)(e * 2 * F) * bs;
+        for (int64_t f = 0; f < F; f++) {
+            memcpy(gb + (size_t)f * bs, bsrc + (size_t)(2 * f) * bs, bs);
+            memcpy(ub + (size_t)f * bs, bsrc + (size_t)(2 * f + 1) * bs, bs);
+        }
+        hx->repacked_used += per_expert;
+        w[e].gate = (struct xd_matrix){.dtype = XD_DTYPE_MXFP4, .rows = F, .cols = H, .data = g};
+        w[e].up = (struct xd_matrix){.dtype = XD_DTYPE_MXFP4, .rows = F, .cols = H, .data = u};
+        w[e].down = (struct xd_matrix){.dtype = XD_DTYPE_MXFP4, .rows = H, .cols = F, .data = d};
+        w[e].gate_bias = (struct xd_matrix){.dtype = gub->dtype, .rows = 1, .cols = F, .data = gb};
+        w[e].up_bias = (struct xd_matrix){.dtype = gub->dtype, .rows = 1, .cols = F, .data = ub};
+        w[e].down_bias = sub_rows(dpb, e, 1, H);
+    }
+    /* the mapped originals are not read again: only the packed copy stays resident */
+    drop_pages(gub_t->data, (size_t)(E * 2 * F * nbh) * 16);
+    drop_pages(gus_t->data, (size_t)(E * 2 * F * nbh));
+    drop_pages(dpb_t->data, (size_t)(E * H * nbf) * 16);
+    drop_pages(dps_t->data, (size_t)(E * H * nbf));
+    return XD_OK;
+}
+
+static int load_gpt_oss_experts(struct loader *L, const char *moe, struct host_experts *hx,
+                                struct xd_expert_weights *w)
+{
+    const struct xd_model_config *c = &L->m->config;
+    const int64_t E = c->n_experts, F = c->expert_ffn, H = c->hidden_size;
+    if (c->experts_mxfp4)
+        return load_gpt_oss_experts_mxfp4(L, moe, hx, w);
+    const struct xd_tensor *gu, *gub, *dp, *dpb;
+    int64_t gu_dims[3] = {E, H, 2 * F}, gub_dims[2] = {E, 2 * F};
+    int64_t dp_dims[3] = {E, F, H}, dpb_dims[2] = {E, H};
+    XD_TRY(find_shaped(L, fmt_name(L, "%s.experts.gate_up_proj", moe), 3, gu_dims, &gu));
+    XD_TRY(find_shaped(L, fmt_name(L, "%s.experts.gate_up_proj_bias", moe), 2, gub_dims, &gub));
+    XD_TRY(find_shaped(L, fmt_name(L, "%s.experts.down_proj", moe), 3, dp_dims, &dp));
+    XD_TRY(find_shaped(L, fmt_name(L, "%s.experts.down_proj_bias", moe), 2, dpb_dims, &dpb));
+    const enum xd_dtype dt = gu->dtype;
+    if (gub->dtype != dt || dp->dtype != dt)
+        return xd_err_set(L->err, XD_ERR_TENSOR,
+                          "%s: tensors '%s.experts.gate_up_proj', '_bias' and 'down_proj' must "
+                          "share one dtype",
+                          gu->path, moe);
+    const size_t es = xd_dtype_size(dt);
+    const size_t per_expert = (size_t)(3 * F * H + 2 * F) * es;
+    if (!hx->repacked) {
+        hx->repacked = malloc((size_t)c->n_moe_layers * (size_t)E * per_expert);
+        if (!hx->repacked)
+            return xd_err_set(L->err, XD_ERR_NOMEM,
+                              "%s: out of memory for the experts' weights (%.1f MiB)", L->m->dir,
+                              (double)c->n_moe_layers * (double)E * (double)per_expert /
+                                  (1 << 20));
+    }
+    for (int64_t e = 0; e < E; e++) {
+        char *base = hx->repacked + hx->repacked_used;
+        char *g = base, *u = g + F * H * es, *d = u + F * H * es;
+        char *gb = d + H * F * es, *ub = gb + F * es;
+        const char *src = (const char *)gu->data + (size_t)(e * H * 2 * F) * es;
+        /* gate[f][h] = gu[h][2f], up[f][h] = gu[h][2f + 1]: row by row of the source */
+        for (int64_t h = 0; h < H; h++) {
+            copy_strided(g + (size_t)h * es, (size_t)H, src + (size_t)(h * 2 * F) * es, 2, F, es);
+            copy_strided(u + (size_t)h * es, (size_t)H, src + (size_t)(h * 2 * F + 1) * es, 2, F,
+                         es);
+        }
+        /* down[h][f] = dp[f][h] */
+        const char *dsrc = (const char *)dp->data + (size_t)(e * F * H) * es;
+        for (int64_t f = 0; f < F; f++)
+            copy_strided(d + (size_t)f * es, (size_t)F, dsrc + (size_t)(f * H) * es, 1, H, es);
+        const char *bsrc = (const char *)gub->data + (size_t)(e * 2 * F) * es;
+        for (int64_t f = 0; f < F; f++) {
+            memcpy(gb + (size_t)f * es, bsrc + (size_t)(2 * f) * es, es);
+            memcpy(ub + (size_t)f * es, bsrc + (size_t)(2 * f + 1) * es, es);
+        }
+        hx->repacked_used += per_expert;
+        w[e].gate = (struct xd_matrix){.dtype = dt, .rows = F, .cols = H, .data = g};
+        w[e].up = (struct xd_matrix){.dtype = dt, .rows = F, .cols = H, .data = u};
+        w[e].down = (struct xd_matrix){.dtype = dt, .rows = H, .cols = F, .data = d};
+        w[e].gate_bias = (struct xd_matrix){.dtype = dt, .rows = 1, .cols = F, .data = gb};
+        w[e].up_bias = (struct xd_matrix){.dtype = dt, .rows = 1, .cols = F, .data = ub};
+        w[e].down_bias = sub_rows(dpb, e, 1, H);
+    }
+    /* the mapped originals are not read again */
+    drop_pages(gu->data, (size_t)(E * H * 2 * F) * es);
+    drop_pages(dp->data, (size_t)(E * F * H) * es);
+    return XD_OK;
+}
+
 /* deepseek's multi-head latent attention of layer prefix p. */
 static int load_mla(struct loader *L, const char *p, struct xd_layer_weights *lw)
 {
@@ -281,6 +509,8 @@ static int load_layer(struct loader *L, int i, struct xd_layer_weights *lw,
         XD_TRY(need(L, fmt_name(L, "%s.self_attn.k_norm.weight", p), 0, per_head ? hd : kv_dim,
                  &lw->k_norm));
     }
+    if (c->attn_sinks)
+        XD_TRY(need(L, fmt_name(L, "%s.self_attn.sinks", p), 0, c->n_heads, &lw->sinks));
 attention_done:
     XD_TRY(need(L, fmt_name(L, "%s.post_attention_layernorm.weight", p), 0, H, &lw->mlp_norm));
 
@@ -301,6 +531,11 @@ attention_done:
     if (c->arch == XD_ARCH_MIXTRAL &&
         xd_checkpoint_find(L->m->checkpoint, fmt_name(L, "%s.block_sparse_moe.gate.weight", p)))
         snprintf(moe, sizeof moe, "%s.block_sparse_moe", p);
+    if (c->arch == XD_ARCH_GPT_OSS) {
+        XD_TRY(need(L, fmt_name(L, "%s.router.weight", moe), c->n_experts, H, &lw->router));
+        XD_TRY(need(L, fmt_name(L, "%s.router.bias", moe), 0, c->n_experts, &lw->router_bias));
+        return load_gpt_oss_experts(L, moe, experts, &experts->w[(size_t)i * c->n_experts]);
+    }
     XD_TRY(need(L, fmt_name(L, "%s.gate.weight", moe), c->n_experts, H, &lw->router));
     if (c->router == XD_ROUTER_SIGMOID_BIAS)
         XD_TRY(need(L, fmt_name(L, "%s.gate.e_score_correction_bias", moe), 0, c->n_experts,
@@ -526,8 +761,10 @@ int xd_model_quantize(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
     int n_kept = 0;
     for (size_t i = 0; i < n_jobs; i++) {
         const struct xd_matrix *src = jobs[i].m;
-        if (src->cols % XD_QBLOCK != 0) {
-            jobs[i].m = NULL; /* stays as stored: the blocks need whole groups of 32 */
+        if (src->cols % XD_QBLOCK != 0 || src->dtype == XD_DTYPE_MXFP4) {
+            /* stays as stored: the blocks need whole groups of 32; MXFP4 experts (4.25 bits,
+             * exact as published) are not requantized */
+            jobs[i].m = NULL;
             n_kept++;
             continue;
         }

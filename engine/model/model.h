@@ -20,6 +20,7 @@ struct xd_layer_weights {
     struct xd_matrix bq, bk, bv, bo;  /* biases, (1, rows of the projection) */
     struct xd_matrix q_norm;    /* (1, head_dim) per head, or (1, n_heads * head_dim) */
     struct xd_matrix k_norm;    /* (1, head_dim) per head, or (1, n_kv_heads * head_dim) */
+    struct xd_matrix sinks;     /* (1, n_heads) gpt_oss's attention sink logits, else NULL */
     struct xd_matrix mlp_norm;  /* (1, hidden) */
 
     /* multi-head latent attention (config.mla); qk = qk_nope_head_dim + qk_rope_head_dim.
@@ -40,7 +41,8 @@ struct xd_layer_weights {
     /* MoE layers; the experts themselves are behind the expert store */
     struct xd_matrix router;    /* (n_experts, hidden) */
     struct xd_matrix router_bias;          /* (1, n_experts) e_score_correction_bias (grouped
-                                            * sigmoid router), else NULL */
+                                            * sigmoid router), the router's linear bias
+                                            * (gpt_oss), else NULL */
     struct xd_expert_weights shared;       /* shared expert(s), ffn shared_expert_ffn */
     struct xd_matrix shared_expert_gate;   /* (1, hidden) qwen2_moe, else NULL */
     int moe_index;              /* index among MoE layers, -1 for dense layers */

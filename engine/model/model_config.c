@@ -19,6 +19,7 @@ const char *xd_arch_name(enum xd_arch arch)
     case XD_ARCH_DEEPSEEK_V2: return "deepseek_v2";
     case XD_ARCH_DEEPSEEK_V3: return "deepseek_v3";
     case XD_ARCH_GLM4_MOE: return "glm4_moe";
+    case XD_ARCH_GPT_OSS: return "gpt_oss";
     }
     return "?";
 }
@@ -141,6 +142,62 @@ static int get_eos(json_t *root, const char *path, struct xd_model_config *c, st
     json_t *b = json_object_get(root, "bos_token_id");
     if (json_is_integer(b) && json_integer_value(b) >= 0 && json_integer_value(b) < c->vocab_size)
         c->bos_token_id = (int)json_integer_value(b);
+    return XD_OK;
+}
+
+/* gpt_oss (GptOssConfig's defaults): biases on q, k, v, o, the router and the experts;
+ * attention sinks; layer_types choosing sliding or full attention per layer; the clamped
+ * SwiGLU. A quantization_config is accepted for the published MXFP4 experts (quant_method
+ * "mxfp4"; its modules_to_not_convert are the modules stored unquantized, which the loader
+ * finds by their tensors) and refused naming the key for any other method. */
+static int parse_gpt_oss(json_t *root, const char *path, struct xd_model_config *c,
+                         bool attention_bias, struct xd_err *err)
+{
+    json_t *q = json_object_get(root, "quantization_config");
+    if (q && !json_is_null(q)) {
+        json_t *m = json_is_object(q) ? json_object_get(q, "quant_method") : NULL;
+        if (!json_is_string(m) || strcmp(json_string_value(m), "mxfp4") != 0)
+            return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                              "%s: key 'quantization_config' (quant_method \"%.32s\") is not "
+                              "supported for gpt_oss; expertd computes unquantized (f32, bf16, "
+                              "f16) and MXFP4 experts",
+                              path, json_is_string(m) ? json_string_value(m) : "?");
+        c->experts_mxfp4 = true;
+    }
+    c->qkv_bias = c->o_bias = attention_bias;
+    c->attn_sinks = true;
+    c->expert_bias = true;
+    c->router = XD_ROUTER_TOPK_SOFTMAX;
+    XD_TRY(get_int(root, path, "intermediate_size", 2880, 1, 1 << 20, &c->expert_ffn, err));
+    /* absent: 128; an explicit null: no window (every layer full) */
+    json_t *sw = json_object_get(root, "sliding_window");
+    if (!(sw && json_is_null(sw)))
+        XD_TRY(get_int(root, path, "sliding_window", 128, 0, 1 << 24, &c->sliding_window, err));
+    XD_TRY(get_float(root, path, "swiglu_limit", 7.0, 1e-6, 1e30, &c->swiglu_limit, err));
+    XD_TRY(get_float(root, path, "swiglu_alpha", 1.702, -1e30, 1e30, &c->swiglu_alpha, err));
+    json_t *lt = json_object_get(root, "layer_types");
+    if (!lt || json_is_null(lt)) {
+        for (int i = 0; i < c->n_layers; i++) /* sliding on even layers, as __post_init__ */
+            c->full_attention_layer[i] = i % 2 == 1;
+    } else {
+        if (!json_is_array(lt) || json_array_size(lt) != (size_t)c->n_layers)
+            return xd_err_set(err, XD_ERR_CONFIG,
+                              "%s: key 'layer_types' must be a list of num_hidden_layers (%d) "
+                              "strings",
+                              path, c->n_layers);
+        for (int i = 0; i < c->n_layers; i++) {
+            const char *t = json_string_value(json_array_get(lt, (size_t)i));
+            if (t && strcmp(t, "full_attention") == 0)
+                c->full_attention_layer[i] = true;
+            else if (!t || strcmp(t, "sliding_attention") != 0)
+                return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                                  "%s: key 'layer_types' entry %d is \"%.32s\"; gpt_oss layers "
+                                  "are \"sliding_attention\" or \"full_attention\"",
+                                  path, i, t ? t : "(not a string)");
+        }
+    }
+    for (int i = 0; i < c->n_layers; i++)
+        c->is_moe_layer[i] = true;
     return XD_OK;
 }
 
@@ -417,10 +474,12 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
         c->arch = XD_ARCH_DEEPSEEK_V3;
     else if (strcmp(type, "glm4_moe") == 0)
         c->arch = XD_ARCH_GLM4_MOE;
+    else if (strcmp(type, "gpt_oss") == 0)
+        c->arch = XD_ARCH_GPT_OSS;
     else {
         xd_err_set(err, XD_ERR_UNSUPPORTED,
                    "%s: key 'model_type' is \"%.64s\"; expertd serves mixtral, qwen2_moe, "
-                   "qwen3_moe, olmoe, deepseek_v2, deepseek_v3 and glm4_moe",
+                   "qwen3_moe, olmoe, deepseek_v2, deepseek_v3, glm4_moe and gpt_oss",
                    path, type);
         json_decref(root);
         return XD_ERR_UNSUPPORTED;
@@ -441,6 +500,8 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
                           path, c->n_kv_heads, c->n_heads);
     }
     int def_hd = c->hidden_size % c->n_heads == 0 ? c->hidden_size / c->n_heads : -1;
+    if (c->arch == XD_ARCH_GPT_OSS)
+        def_hd = 64; /* GptOssConfig's head_dim */
     /* deepseek: head_dim is qk_rope_head_dim whatever config.json says (as transformers sets
      * it): the width of the rotary embedding */
     if (c->arch == XD_ARCH_DEEPSEEK_V2 || c->arch == XD_ARCH_DEEPSEEK_V3)
@@ -456,7 +517,8 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
                               : "head_dim",
                           c->head_dim);
     }
-    TRY(get_int(root, path, "max_position_embeddings", 4096, 1, 1 << 24,
+    TRY(get_int(root, path, "max_position_embeddings",
+                c->arch == XD_ARCH_GPT_OSS ? 131072 : 4096, 1, 1 << 24,
                 &c->max_position_embeddings, err));
     TRY(get_float(root, path, "rms_norm_eps", 1e-6, 0.0, 1.0, &c->rms_norm_eps, err));
     if (c->arch == XD_ARCH_GLM4_MOE) {
@@ -468,8 +530,19 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
             !(json_is_object(rs) && json_object_get(rs, "partial_rotary_factor")))
             json_object_set_new(root, "partial_rotary_factor", json_real(0.5));
     }
-    TRY(xd_rope_parse(root, path, c->head_dim, c->max_position_embeddings,
-                      c->arch == XD_ARCH_MIXTRAL ? 1e6 : 10000.0, &c->rope, err));
+    if (c->arch == XD_ARCH_GPT_OSS && !json_is_object(json_object_get(root, "rope_parameters")) &&
+        !json_is_object(json_object_get(root, "rope_scaling"))) {
+        /* GptOssConfig.__post_init__: YaRN as published when config.json gives no rope */
+        json_t *y = json_pack("{s:s, s:f, s:f, s:f, s:b, s:i}", "rope_type", "yarn", "factor",
+                              32.0, "beta_fast", 32.0, "beta_slow", 1.0, "truncate", 0,
+                              "original_max_position_embeddings", 4096);
+        json_object_set_new(root, "rope_parameters", y);
+    }
+    const double default_theta = c->arch == XD_ARCH_MIXTRAL   ? 1e6
+                                 : c->arch == XD_ARCH_GPT_OSS ? 150000.0
+                                                              : 10000.0;
+    TRY(xd_rope_parse(root, path, c->head_dim, c->max_position_embeddings, default_theta,
+                      &c->rope, err));
     c->rope_theta = c->rope.theta;
     if (c->rope.rot_dim != c->head_dim && c->arch != XD_ARCH_GLM4_MOE) {
         /* transformers' rotary code for these families rotates the whole head (a shorter
@@ -496,7 +569,8 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
 
     /* transformers 5 writes num_local_experts for qwen3_moe too; published
      * checkpoints use num_experts everywhere but mixtral and glm4_moe (n_routed_experts). */
-    const char *experts_key = c->arch == XD_ARCH_MIXTRAL    ? "num_local_experts"
+    const char *experts_key = c->arch == XD_ARCH_MIXTRAL || c->arch == XD_ARCH_GPT_OSS
+                                  ? "num_local_experts"
                               : c->arch == XD_ARCH_GLM4_MOE ? "n_routed_experts"
                                                             : "num_experts";
     if (!json_object_get(root, experts_key) && json_object_get(root, "num_local_experts"))
@@ -517,7 +591,7 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     }
 
     bool attention_bias = false;
-    TRY(get_bool(root, path, "attention_bias", false, &attention_bias, err));
+    TRY(get_bool(root, path, "attention_bias", c->arch == XD_ARCH_GPT_OSS, &attention_bias, err));
     int sparse_step = 1;
     switch (c->arch) {
     case XD_ARCH_MIXTRAL:
@@ -594,6 +668,10 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
         sparse_step = 0; /* the layer pattern is set */
         break;
     }
+    case XD_ARCH_GPT_OSS:
+        TRY(parse_gpt_oss(root, path, c, attention_bias, err));
+        sparse_step = 0; /* every layer is MoE */
+        break;
     case XD_ARCH_OLMOE:
         c->qk_norm = XD_QK_NORM_FULL_WIDTH;
         c->qkv_bias = c->o_bias = attention_bias;
@@ -638,7 +716,8 @@ layers_done:
                               i);
         }
     }
-    TRY(get_quant(root, path, c, err));
+    if (c->arch != XD_ARCH_GPT_OSS) /* parse_gpt_oss reads its own (mxfp4 experts) */
+        TRY(get_quant(root, path, c, err));
     TRY(get_eos(root, path, c, err));
     json_decref(root);
     return XD_OK;

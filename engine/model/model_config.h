@@ -15,6 +15,7 @@ enum xd_arch {
     XD_ARCH_DEEPSEEK_V2,
     XD_ARCH_DEEPSEEK_V3, /* also Kimi-K2 and Moonlight */
     XD_ARCH_GLM4_MOE,
+    XD_ARCH_GPT_OSS,
 };
 
 /* Where RoPE's rotated pairs sit in a head's rotary part. */
@@ -33,6 +34,8 @@ enum xd_router_kind {
                              * engine/cpu/routing.h) */
     XD_ROUTER_SOFTMAX_GROUP,/* deepseek_v2 group_limited_greedy: softmax; groups ranked by their
                              * best expert; top-k among the topk_group best groups */
+    XD_ROUTER_TOPK_SOFTMAX, /* linear with bias, top-k of the logits, softmax over the k
+                             * chosen (gpt_oss) */
 };
 
 enum xd_qk_norm {
@@ -62,6 +65,11 @@ struct xd_model_config {
     float rope_theta;            /* rope.theta */
     struct xd_rope rope;         /* rope type, inverse frequencies, rotary dims, attention factor */
     int sliding_window;          /* 0: none */
+    bool full_attention_layer[XD_MAX_LAYERS]; /* layer attends to every position even when
+                                  * sliding_window is set (gpt_oss's layer_types
+                                  * "full_attention"); false for every layer of the others */
+    bool attn_sinks;             /* a learned per-head logit joins each softmax's denominator
+                                  * (gpt_oss's self_attn.sinks) */
     bool tie_word_embeddings;
     bool qkv_bias;               /* q, k and v projections have biases */
     bool o_bias;                 /* the output projection has a bias */
@@ -87,6 +95,13 @@ struct xd_model_config {
     int shared_expert_ffn;       /* shared expert width (0: none): qwen2_moe's (gated),
                                   * glm4_moe's and deepseek's moe_intermediate_size x
                                   * n_shared_experts (added as is) */
+    bool expert_bias;            /* experts' projections have biases (gpt_oss) */
+    bool experts_mxfp4;          /* quantization_config quant_method "mxfp4": the experts are
+                                  * stored as _blocks + _scales (gpt_oss as published) */
+    float swiglu_limit;          /* gpt_oss's clamped SwiGLU: gate <= limit, |up| <= limit,
+                                  * out = (up + 1) * gate * sigmoid(alpha * gate); 0 for the
+                                  * plain silu(gate) * up of the others */
+    float swiglu_alpha;
     bool shared_expert_gated;    /* qwen2_moe: sigmoid(x . shared_expert_gate) scales it */
     enum xd_router_kind router;
     int n_group;                 /* grouped routers: groups of experts (0 or 1: none) */

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Build tiny, randomly initialised MoE checkpoints and record reference outputs.
 
-For each architecture (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3) this
-script
+For each architecture (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, glm4_moe,
+gpt_oss) this script
 
   * builds a tiny model from a fixed seed with informative weights
     (larger initializer_range, every 1-D parameter perturbed),
@@ -37,6 +37,8 @@ from transformers import (
     DeepseekV3ForCausalLM,
     Glm4MoeConfig,
     Glm4MoeForCausalLM,
+    GptOssConfig,
+    GptOssForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
     OlmoeConfig,
@@ -262,6 +264,46 @@ def glm4_moe_config():
     )
 
 
+def gpt_oss_config():
+    # gpt-oss-20b's options, shrunk: attention sinks, layer_types mixing sliding (window 4,
+    # shorter than the 7- and 13-token prompts and the 36-token greedy run) and full attention
+    # in a pattern other than the default alternation, YaRN as published (beta 32/1, truncate
+    # false) scaled to original_max_position_embeddings 16, biases on q/k/v/o, router and
+    # experts, the clamped SwiGLU with a limit low enough (2.0) that the clamp is hit.
+    return GptOssConfig(
+        **dict(COMMON, max_position_embeddings=64),  # = factor x original: yarn's own ratio
+        num_hidden_layers=4,
+        layer_types=["sliding_attention", "full_attention", "full_attention", "sliding_attention"],
+        sliding_window=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=24,  # != hidden_size / num_attention_heads (16)
+        vocab_size=277,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        intermediate_size=24,  # gate_up_proj [8, 64, 48]: not square
+        swiglu_limit=2.0,
+        swiglu_alpha=1.702,
+        attention_bias=True,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                         "truncate": False, "original_max_position_embeddings": 16,
+                         "rope_theta": 150000.0},
+    )
+
+
+def gpt_oss_mxfp4_config():
+    # the same options with an expert width that is a whole number of MXFP4 blocks (32), as
+    # the published 2880 = 90 x 32
+    c = gpt_oss_config()
+    c.intermediate_size = 32
+    return c
+
+
+SINK_STD = 2.0  # gpt_oss sinks = 2 * N(0, 1): comparable to the attention logits, so they matter
+
+
 def with_rope(make_config, rope_parameters, **overrides):
     """A family's fixture config with another rope (the RoPE-scaling fixtures)."""
 
@@ -285,6 +327,10 @@ ARCHS = {
     "deepseek_v2": (deepseek_v2_config, DeepseekV2ForCausalLM, 1005, [1, 2]),
     "deepseek_v3": (deepseek_v3_config, DeepseekV3ForCausalLM, 1006, [1, 2]),
     "glm4_moe": (glm4_moe_config, Glm4MoeForCausalLM, 1009, [1, 2]),
+    "gpt_oss": (gpt_oss_config, GptOssForCausalLM, 1010, [0, 1, 2, 3]),
+    # experts in MXFP4 as published (gate_up_proj_blocks/_scales, down_proj_blocks/_scales),
+    # the rest bf16; transformers dequantizes them at load on the CPU for the references
+    "gpt_oss-mxfp4": (gpt_oss_mxfp4_config, GptOssForCausalLM, 1011, [0, 1, 2, 3]),
     # RoPE scalings, f32 only. Qwen3-30B-A3B's model card YaRN (factor 4 over
     # original_max_position_embeddings 32768), scaled down to 12 positions so that every
     # tested position sees it; expertd's context is then 4 x 12.
@@ -331,6 +377,71 @@ FAMILY_CLASS = {"qwen3_moe-yarn": "qwen3_moe", "mixtral-linear": "mixtral", "qwe
                 "deepseek_v3-yarn-halves": "deepseek_v3"}
 
 SHARD_SIZE = {"mixtral-bf16": "150KB"}
+MXFP4 = {"gpt_oss-mxfp4"}  # saved as bf16, then the experts rewritten in MXFP4
+
+
+# --------------------------------------------------------------------------
+# MXFP4 (OCP microscaling FP4) as the published gpt-oss checkpoints store their experts: rows of
+# blocks of 32 e2m1 values (two per byte, the even column in the low nibble) sharing one e8m0
+# scale (2^(s - 127)); transformers' integrations/mxfp4.py dequantizes them with FP4_VALUES.
+
+FP4_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+                       -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], dtype=np.float32)
+
+
+def mxfp4_quantize(w):
+    """w (..., rows, cols) f32, cols % 32 == 0 -> blocks (..., rows, cols/32, 16) uint8 and scales
+    (..., rows, cols/32) uint8. The OCP MX recipe: the shared exponent is floor(log2(amax)) - 2
+    (e2m1's largest exponent), each value rounded to the nearest e2m1 (ties to the lower code),
+    clamped to +-6."""
+    *pre, rows, cols = w.shape
+    b = w.reshape(*pre, rows, cols // 32, 32).astype(np.float32)
+    amax = np.abs(b).max(-1, keepdims=True)
+    e = np.where(amax > 0, np.floor(np.log2(np.maximum(amax, 1e-38))) - 2, -127).astype(np.int32)
+    e = np.clip(e, -127, 127)
+    q = b / np.ldexp(np.float32(1), e)
+    mags = FP4_VALUES[:8]
+    idx = np.abs(np.abs(q)[..., None] - mags).argmin(-1)  # nearest magnitude, lower on ties
+    code = (idx + 8 * ((q < 0) & (idx > 0))).astype(np.uint8)
+    blocks = (code[..., 0::2] | (code[..., 1::2] << 4)).astype(np.uint8)
+    return blocks, (e[..., 0] + 127).astype(np.uint8)
+
+
+def mxfp4_dequantize(blocks, scales):
+    lo, hi = FP4_VALUES[blocks & 15], FP4_VALUES[blocks >> 4]
+    v = np.stack([lo, hi], -1).reshape(*blocks.shape[:-1], 32)
+    v = v * np.ldexp(np.float32(1), scales.astype(np.int32) - 127)[..., None]
+    return v.reshape(*blocks.shape[:-2], -1).astype(np.float32)
+
+
+def rewrite_experts_mxfp4(path):
+    """Replaces each layer's experts.gate_up_proj (E, H, 2F) and down_proj (E, F, H) in
+    path/model.safetensors by their MXFP4 _blocks and _scales in the published layout (rows =
+    the output dim: gate_up_proj_blocks (E, 2F, H/32, 16), down_proj_blocks (E, H, F/32, 16))
+    and adds quantization_config to config.json. Returns the dequantized experts by name."""
+    import safetensors.torch
+    f = os.path.join(path, "model.safetensors")
+    with safe_open(f, "pt") as sf:
+        tensors = {k: sf.get_tensor(k) for k in sf.keys()}
+    out, deq = {}, {}
+    for k, t in tensors.items():
+        if k.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            w = t.to(torch.float32).numpy().swapaxes(-1, -2)  # (E, out, in)
+            blocks, scales = mxfp4_quantize(np.ascontiguousarray(w))
+            out[k + "_blocks"] = torch.from_numpy(blocks)
+            out[k + "_scales"] = torch.from_numpy(scales)
+            deq[k] = mxfp4_dequantize(blocks, scales).swapaxes(-1, -2)
+        else:
+            out[k] = t
+    safetensors.torch.save_file(out, f, metadata={"format": "pt"})
+    with open(os.path.join(path, "config.json")) as fh:
+        cfg = json.load(fh)
+    cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    with open(os.path.join(path, "config.json"), "w") as fh:
+        json.dump(cfg, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    return deq
 
 
 # --------------------------------------------------------------------------
@@ -345,7 +456,7 @@ def build_model(arch):
 
     # Verify the layer structure we rely on (dense vs sparse MLP, head_dim).
     for i, layer in enumerate(model.model.layers):
-        is_sparse = hasattr(layer.mlp, "gate")
+        is_sparse = hasattr(layer.mlp, "gate") or hasattr(layer.mlp, "router")
         if is_sparse != (i in sparse_layers):
             raise SystemExit(f"{arch}: layer {i} sparse={is_sparse}, expected {i in sparse_layers}")
     if not arch.startswith("deepseek"):  # MLA has no head_dim of its own
@@ -362,8 +473,13 @@ def build_model(arch):
                     p.copy_(1.0 + NORM_WEIGHT_JITTER * torch.randn(p.shape, generator=gen))
                 elif name.endswith(".bias"):
                     p.copy_(BIAS_STD * torch.randn(p.shape, generator=gen))
+                elif name.endswith(".sinks"):
+                    p.copy_(SINK_STD * torch.randn(p.shape, generator=gen))
                 else:
                     raise SystemExit(f"{arch}: unexpected 1-D parameter {name}")
+            elif name.endswith("_proj_bias"):
+                # gpt_oss's expert biases (E, 2F) and (E, H), zeros at init
+                p.copy_(BIAS_STD * torch.randn(p.shape, generator=gen))
             elif p.abs().max() == 0:
                 raise SystemExit(f"{arch}: parameter {name} is all zero after init")
             if name.endswith("gate.weight") and p.std() < 0.5 * INIT_RANGE:
@@ -681,9 +797,20 @@ def cross_checks(path, dtype, prompts, pl_ref, cont_prompt, cont_tokens, cl_ref)
         ("sdpa_vs_eager", dict(attn_implementation="sdpa", experts_implementation="eager")),
         ("default_experts_vs_eager", dict(attn_implementation="eager")),
     ):
-        m = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw).eval()
+        try:
+            m = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw).eval()
+        except ValueError as e:  # gpt_oss has no sdpa attention (its sinks)
+            res[label] = f"not available: {str(e)[:80]}"
+            continue
         pl = prompt_logits(m, prompts)
         res[label] = max(float(np.abs(a - b).max()) for a, b in zip(pl, pl_ref))
+    if hasattr(m.model.layers[0].self_attn, "sinks"):
+        # the same model with every sink at -inf (no sink): how much the sinks move the logits
+        with torch.no_grad():
+            for layer in m.model.layers:
+                layer.self_attn.sinks.fill_(-float("inf"))
+        pl = prompt_logits(m, prompts)
+        res["no_sinks_vs_sinks"] = max(float(np.abs(a - b).max()) for a, b in zip(pl, pl_ref))
     return res
 
 
@@ -696,7 +823,17 @@ def make_fixture(out_dir, arch, model, seed, dtype_name, fused=False, report=Non
         kw["max_shard_size"] = SHARD_SIZE[name]
     if fused:
         kw["save_original_format"] = False
-    save(model, path, ckpt_dtype, **kw)
+    if arch in MXFP4:
+        save(model, path, ckpt_dtype, **kw)
+        deq = rewrite_experts_mxfp4(path)
+        # transformers' own dequantization (on the CPU it dequantizes at load) must give the
+        # values the MXFP4 layout above means
+        got = load(path, torch.float32).state_dict()
+        for k, v in deq.items():
+            if not np.array_equal(got[k].numpy(), v):
+                raise SystemExit(f"{path}: transformers dequantizes {k} differently")
+    else:
+        save(model, path, ckpt_dtype, **kw)
 
     vocab = model.config.vocab_size
     m32 = load(path, torch.float32)
@@ -812,9 +949,12 @@ def main():
     for arch in args.only or list(ARCHS):
         print(f"building {arch}")
         model, seed = build_model(arch)
-        pl32, cl32, gt32 = make_fixture(args.out, arch, model, seed, "f32", report=report)
+        pl32, cl32, gt32 = make_fixture(args.out, arch, model, seed,
+                                        "bf16" if arch in MXFP4 else "f32", report=report)
         if arch in FAMILY_CLASS:
             continue  # the rope fixtures: f32 only
+        if arch in MXFP4:
+            continue  # experts MXFP4, the rest bf16: one fixture
         make_fixture(args.out, arch, model, seed, "bf16", report=report)
         if arch == "olmoe":
             # float16 weights, computed in f32 like the others: the loader's third dtype

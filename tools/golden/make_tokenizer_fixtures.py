@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Tokenizer fixtures: small byte-level BPE tokenizers trained with the tokenizers library in the
-configurations of GPT-2, Qwen2/Qwen3, Llama-3 and GPT-NeoX/OLMoE, saved as tokenizer.json with
+configurations of GPT-2, Qwen2/Qwen3, Llama-3, GPT-NeoX/OLMoE and gpt-oss (o200k), saved as tokenizer.json with
 golden.json holding the ids and decoded text tokenizers produces for a corpus of test strings.
 
-Usage: python3 tools/golden/make_tokenizer_fixtures.py [--out tests/fixtures/tokenizers]
+Usage: python3 tools/golden/make_tokenizer_fixtures.py [--out tests/fixtures/tokenizers] [--only NAME...]
 """
 import argparse
 import json
@@ -16,6 +16,23 @@ from tokenizers import processors, trainers
 
 QWEN2 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 LLAMA3 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+# tiktoken's o200k_base split (tiktoken_ext/openai_public.py), which gpt-oss's tokenizer.json
+# carries as its Split pre-tokenizer: case-aware words, contractions after either case,
+# \p{M} inside words, digits in threes, punctuation runs that take trailing newlines and '/'.
+O200K = "|".join([
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""\p{N}{1,3}""",
+    r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+    r"""\s*[\r\n]+""",
+    r"""\s+(?!\S)""",
+    r"""\s+""",
+])
+# gpt-oss's special tokens (its tokenizer_config.json's added_tokens_decoder, 199998-200018,
+# without the reserved ones)
+GPT_OSS_SPECIAL = ["<|startoftext|>", "<|endoftext|>", "<|return|>", "<|constrain|>",
+                   "<|channel|>", "<|start|>", "<|end|>", "<|message|>", "<|call|>",
+                   "<|endofprompt|>"]
 
 TRAIN = """The quick brown fox jumps over the lazy dog. It's a sunny day, isn't it? We'll see.
 Der schnelle braune Fuchs springt über den faulen Hund. Grüße aus Köln und München!
@@ -65,6 +82,15 @@ EXTRA_CASES = {
                "cafe\u0301<think>cafe\u0301", "Cafe\u0301 CAF\u00c9 cafe\u0301s",
                "<think>cafe\u0301</think>", "e\u0301<think>", "<|im_start|>user\nhi<|im_end|>",
                "\u00c5ngstr\u00f6m A\u030angstro\u0308m", "mid<|endoftext|>text"],
+    # what o200k's split does differently: case changes inside words, contractions after
+    # capitals, combining marks, '/' and newlines after punctuation, harmony's chat format
+    "o200k": ["HelloWorld", "CamelCaseWord XMLHttpRequest iPhone", "DON'T He's THEY'RE we'Ll",
+              "path/to/file.txt", "a//b", "end.\n\nnext", "x = y;\n", "http://example.com/a?b=c",
+              "na\u0308ive Cafe\u0301 \u0938\u094d\u0924\u0947", "1234567 12,345.678",
+              "<|start|>user<|message|>What is 2+2?<|end|><|start|>assistant<|channel|>analysis"
+              "<|message|>Simple.<|end|><|start|>assistant<|channel|>final<|message|>4<|return|>",
+              "<|startoftext|>hi<|call|>", "\u01c5ungla \u01c8ubljana \u02b0aspirated",
+              "ABCdef abcDEF ABC def"],
 }
 
 
@@ -134,6 +160,11 @@ def fixtures():
                   AddedToken("nk>", special=False, normalized=False),
                   AddedToken("caf\u00e9", special=False, normalized=True, single_word=True)])
     out["gpt2_prefix"] = t
+    # gpt-oss: o200k's split then byte-level, no normalizer, harmony's special tokens (a small
+    # vocabulary trained here: the published tokenizer.json is ~27 MB)
+    t = train(split_pre(O200K), None, GPT_OSS_SPECIAL)
+    t.post_processor = processors.ByteLevel(trim_offsets=False)
+    out["o200k"] = t
     # SentencePiece-style BPE with byte fallback, as Mixtral's tokenizer.json (legacy normalizer
     # form) and as newer Llama/Mistral files (Metaspace pre-tokenizer and decoder)
     for name, legacy in (("mixtral", True), ("metaspace", False)):
@@ -178,8 +209,10 @@ CONFIGS = {
     "qwen2_prefix": dict(bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                          add_bos_token=False),
     "gpt2_prefix": dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>", add_bos_token=False),
+    "o200k": dict(bos_token="<|startoftext|>", eos_token="<|return|>", pad_token="<|endoftext|>",
+                  add_bos_token=False),
 }
-EXTRA = {"qwen2_prefix": "prefix", "gpt2_prefix": "prefix"}
+EXTRA = {"qwen2_prefix": "prefix", "gpt2_prefix": "prefix", "o200k": "o200k"}
 
 
 def added_tokens(path):
@@ -213,8 +246,11 @@ def main():
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "..", "tests",
                                                   "fixtures", "tokenizers"))
     ap.add_argument("--no-check", action="store_true", help="skip the transformers load-back check")
+    ap.add_argument("--only", nargs="*", help="write only these fixtures")
     args = ap.parse_args()
     for name, tok in fixtures().items():
+        if args.only and name not in args.only:
+            continue
         d = os.path.join(args.out, name)
         os.makedirs(d, exist_ok=True)
         path = os.path.join(d, "tokenizer.json")
