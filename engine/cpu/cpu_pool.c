@@ -57,7 +57,10 @@ static void take_items(struct xd_cpu_pool *p)
 static void *worker(void *arg)
 {
     struct xd_cpu_pool *p = arg;
-    unsigned seen = atomic_load_explicit(&p->generation, memory_order_acquire);
+    /* the generation the pool was created with (0), not what it is when this thread first
+     * runs: a job started before then would be missed, and its caller would wait forever
+     * for this worker */
+    unsigned seen = 0;
     for (;;) {
         unsigned g;
         int spins = 0;
