@@ -52,6 +52,14 @@ struct cpu_state {
     int moe_sched;       /* enum moe_sched */
     struct xd_cpu_pool *pool; /* MOE_POOL's workers, else NULL */
     int moe_tiles_f, moe_tiles_h; /* row tiles of the gate/up and of the down matrices */
+    int moe_prep_in, moe_prep_down; /* enum moe_prep of the gate/up and of the down matrices */
+    void *moe_prep;      /* the items' activations in their weights' form, made once per row:
+                            (T * top_k, max(hidden, expert_ffn)) quantized or deinterleaved */
+    size_t moe_prep_bytes;
+    struct xd_cpu_qacts moe_qa_in;   /* xg quantized, over moe_prep (gate/up phase) */
+    struct xd_cpu_qacts moe_qa_down; /* g quantized, over moe_prep (down phase) */
+    enum xd_quant_path qpath;        /* the q8/q4 kernels' path */
+    enum xd_mxfp4_path mxpath;       /* the MXFP4 kernels' path */
     float *dg;           /* (T, ffn_max) dense/shared gate */
     float *du;           /* (T, ffn_max) dense/shared up */
     float *logits;       /* (T, vocab) */
@@ -82,6 +90,7 @@ static void cpu_destroy(void *p)
     xd_cpu_mla_destroy(s->mla);
     free(s->moe_pairs);
     free(s->moe_w);
+    free(s->moe_prep);
     xd_cpu_pool_destroy(s->pool);
     free(s);
 }
@@ -136,6 +145,8 @@ static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts,
     s->m = model;
     s->opts = *opts;
     s->moe_sched = moe_sched_from_env();
+    s->qpath = xd_cpu_quant_path();
+    s->mxpath = xd_cpu_mxfp4_path();
     s->kv_dim = c->n_kv_heads * c->head_dim;
     s->q_dim = c->n_heads * c->head_dim;
     s->ffn_max = c->dense_ffn > c->shared_expert_ffn ? c->dense_ffn : c->shared_expert_ffn;
@@ -360,45 +371,137 @@ static void swiglu(const struct xd_model_config *c, const float *x, int n,
     xd_cpu_add_bias(out, n, &w->down_bias);
 }
 
-/* Gate and up rows [c0, c1) of one token block, then silu(gate) * up on those columns:
- * x (nr, hidden) -> g (nr, ffn) in place, u (nr, ffn) scratch. */
-static void moe_gate_up(const struct xd_expert_weights *w, const float *x, int nr, float *g,
-                        float *u, int64_t c0, int64_t c1)
+/* What the MoE work items make of their input rows once, before the row tiles read them: nothing
+ * for f32/bf16/f16 weights, the int8 blocks of xd_cpu_qacts for q8/q4, the deinterleaved rows
+ * of xd_cpu_mxfp4_prep for MXFP4. Every form is made token by token, so it is the same bytes
+ * whatever else shares the step. */
+enum moe_prep { PREP_NONE, PREP_QUANT, PREP_MXFP4 };
+
+static enum moe_prep moe_prep_of(enum xd_dtype dt)
 {
-    const int64_t F = w->gate.rows;
-    xd_cpu_matmul_rows(x, nr, &w->gate, g, c0, c1);
-    xd_cpu_matmul_rows(x, nr, &w->up, u, c0, c1);
-    for (int t = 0; t < nr; t++)
-        xd_cpu_silu_mul(g + t * F + c0, u + t * F + c0, g + t * F + c0, (size_t)(c1 - c0));
+    return xd_dtype_is_quant(dt) ? PREP_QUANT : dt == XD_DTYPE_MXFP4 ? PREP_MXFP4 : PREP_NONE;
 }
 
-/* Work item i of the gate/up phase: token block i / tiles_f, row tile i % tiles_f. */
+/* Row r of x (rows, cols) into the prepared form of kind, in s->moe_prep (qa for PREP_QUANT). */
+static void moe_prep_row(struct cpu_state *s, int kind, const struct xd_cpu_qacts *qa,
+                         const float *x, int64_t cols, int r)
+{
+    if (kind == PREP_QUANT)
+        xd_cpu_qacts_quantize(qa, x, r, r + 1);
+    else if (kind == PREP_MXFP4)
+        xd_cpu_mxfp4_prep(x + (size_t)r * cols, 1, cols, (float *)s->moe_prep + (size_t)r * cols);
+}
+
+/* Rows [c0, c1) of y (nr, w.rows) for rows first .. first + nr - 1 of x (those of the expert's
+ * token block), from x itself or from its prepared form. */
+static void moe_matmul_rows(const struct cpu_state *s, int kind, const struct xd_cpu_qacts *qa,
+                            const float *x, int first, int nr, const struct xd_matrix *w,
+                            float *y, int64_t c0, int64_t c1)
+{
+    if (kind == PREP_QUANT) {
+        const struct xd_cpu_qacts v = xd_cpu_qacts_view(qa, first, nr);
+        xd_cpu_matmul_quant_rows(&v, w, y, c0, c1, s->qpath);
+    } else if (kind == PREP_MXFP4) {
+        xd_cpu_matmul_mxfp4_rows((const float *)s->moe_prep + (size_t)first * w->cols, nr, w, y,
+                                 c0, c1, s->mxpath);
+    } else {
+        xd_cpu_matmul_rows(x + (size_t)first * w->cols, nr, w, y, c0, c1);
+    }
+}
+
+/* Work item i of the gate/up phase: token block i / tiles_f, row tile i % tiles_f. Gate and up
+ * rows [c0, c1) of the block, their biases, then the activation (silu(gate) * up, or gpt_oss's
+ * clamped SwiGLU) on those columns: g (nr, ffn) holds the result, u (nr, ffn) is scratch. The
+ * same operations per element as swiglu. */
 static void moe_item_gate_up(void *ctx, int i)
 {
     struct cpu_state *s = ctx;
-    const int H = s->m->config.hidden_size, F = s->m->config.expert_ffn;
+    const struct xd_model_config *c = &s->m->config;
+    const int F = c->expert_ffn;
     const int32_t *pr = s->moe_pairs + 3 * (i / s->moe_tiles_f);
+    const struct xd_expert_weights *w = &s->moe_w[pr[0]];
+    const int first = pr[1], nr = pr[2];
     const int64_t c0 = (int64_t)(i % s->moe_tiles_f) * MOE_ROW_TILE;
     const int64_t c1 = c0 + MOE_ROW_TILE < F ? c0 + MOE_ROW_TILE : F;
-    moe_gate_up(&s->moe_w[pr[0]], s->xg + (size_t)pr[1] * H, pr[2], s->g + (size_t)pr[1] * F,
-                s->u + (size_t)pr[1] * F, c0, c1);
+    float *g = s->g + (size_t)first * F, *u = s->u + (size_t)first * F;
+    moe_matmul_rows(s, s->moe_prep_in, &s->moe_qa_in, s->xg, first, nr, &w->gate, g, c0, c1);
+    moe_matmul_rows(s, s->moe_prep_in, &s->moe_qa_in, s->xg, first, nr, &w->up, u, c0, c1);
+    xd_cpu_add_bias_cols(g, nr, F, &w->gate_bias, c0, c1);
+    xd_cpu_add_bias_cols(u, nr, F, &w->up_bias, c0, c1);
+    for (int t = 0; t < nr; t++) {
+        float *gt = g + (size_t)t * F + c0, *ut = u + (size_t)t * F + c0;
+        if (c->swiglu_limit > 0.0f)
+            xd_cpu_clamped_swiglu(gt, ut, gt, (size_t)(c1 - c0), c->swiglu_limit,
+                                  c->swiglu_alpha);
+        else
+            xd_cpu_silu_mul(gt, ut, gt, (size_t)(c1 - c0));
+    }
 }
 
-/* Work item i of the down phase: token block i / tiles_h, row tile i % tiles_h. */
+/* Work item i of the down phase: token block i / tiles_h, row tile i % tiles_h, and the down
+ * bias on those columns. */
 static void moe_item_down(void *ctx, int i)
 {
     struct cpu_state *s = ctx;
-    const int H = s->m->config.hidden_size, F = s->m->config.expert_ffn;
+    const int H = s->m->config.hidden_size;
     const int32_t *pr = s->moe_pairs + 3 * (i / s->moe_tiles_h);
+    const struct xd_expert_weights *w = &s->moe_w[pr[0]];
+    const int first = pr[1], nr = pr[2];
     const int64_t c0 = (int64_t)(i % s->moe_tiles_h) * MOE_ROW_TILE;
     const int64_t c1 = c0 + MOE_ROW_TILE < H ? c0 + MOE_ROW_TILE : H;
-    xd_cpu_matmul_rows(s->g + (size_t)pr[1] * F, pr[2], &s->moe_w[pr[0]].down,
-                       s->eo + (size_t)pr[1] * H, c0, c1);
+    float *eo = s->eo + (size_t)first * H;
+    moe_matmul_rows(s, s->moe_prep_down, &s->moe_qa_down, s->g, first, nr, &w->down, eo, c0, c1);
+    xd_cpu_add_bias_cols(eo, nr, H, &w->down_bias, c0, c1);
+}
+
+/* Prepare row i of the gate/up input (xg) and of the down input (g): the pool's items. */
+static void moe_item_prep_in(void *ctx, int i)
+{
+    struct cpu_state *s = ctx;
+    moe_prep_row(s, s->moe_prep_in, &s->moe_qa_in, s->xg, s->m->config.hidden_size, i);
+}
+
+static void moe_item_prep_down(void *ctx, int i)
+{
+    struct cpu_state *s = ctx;
+    moe_prep_row(s, s->moe_prep_down, &s->moe_qa_down, s->g, s->m->config.expert_ffn, i);
+}
+
+/* Sizes s->moe_prep for n_rows rows of the widest input in the forms the layer needs and lays
+ * the quantized views over it; XD_ERR_NOMEM (naming the size) when it cannot grow. */
+static int moe_prep_setup(struct cpu_state *s, int n_rows, struct xd_err *err)
+{
+    const int64_t H = s->m->config.hidden_size, F = s->m->config.expert_ffn;
+    const int64_t W = H > F ? H : F;
+    size_t need = 0;
+    const int kinds[2] = {s->moe_prep_in, s->moe_prep_down};
+    for (int k = 0; k < 2; k++) {
+        size_t b = kinds[k] == PREP_QUANT   ? xd_cpu_qacts_bytes(n_rows, W)
+                   : kinds[k] == PREP_MXFP4 ? (size_t)n_rows * (size_t)W * sizeof(float)
+                                            : 0;
+        need = b > need ? b : need;
+    }
+    if (need > s->moe_prep_bytes) {
+        void *p = realloc(s->moe_prep, need);
+        if (!p)
+            return xd_err_set(err, XD_ERR_NOMEM,
+                              "MoE activation scratch of %.1f MiB could not be allocated; lower "
+                              "max_batch_tokens",
+                              (double)need / (1 << 20));
+        s->moe_prep = p;
+        s->moe_prep_bytes = need;
+    }
+    if (s->moe_prep_in == PREP_QUANT)
+        xd_cpu_qacts_init(s->moe_prep, n_rows, H, &s->moe_qa_in);
+    if (s->moe_prep_down == PREP_QUANT)
+        xd_cpu_qacts_init(s->moe_prep, n_rows, F, &s->moe_qa_down);
+    return XD_OK;
 }
 
 /* Runs the experts of MoE layer l over their expert-sorted rows (s->xg, s->expert_rows) into
  * s->eo. The experts present are acquired from the store before any runs and released after
- * all have. */
+ * all have. Every schedule gives the same bits: each output element is computed by one work
+ * item (or one matmul) in its kernel's fixed order, from the same per-token activations. */
 static int run_experts(struct cpu_state *s, int l, struct xd_err *err)
 {
     const struct xd_model_config *c = &s->m->config;
@@ -418,14 +521,23 @@ static int run_experts(struct cpu_state *s, int l, struct xd_err *err)
         present[n_acquired++] = e;
     }
 
-    /* the items' kernel (xd_cpu_matmul_rows) takes f32/bf16/f16 weights and plain SiLU;
-     * quantized experts (q8/q4, FP8 served as q8, MXFP4) and gpt_oss's (biases, clamped SwiGLU)
-     * run expert by expert through swiglu and xd_cpu_matmul's own dispatch */
-    const enum xd_dtype edt = n_acquired ? s->moe_w[present[0]].gate.dtype : XD_DTYPE_F32;
-    const bool items_ok = (edt == XD_DTYPE_F32 || edt == XD_DTYPE_BF16 || edt == XD_DTYPE_F16) &&
-                          c->swiglu_limit <= 0.0f && /* gpt_oss: biases and the clamp, in swiglu */
-                          (!n_acquired || !s->moe_w[present[0]].gate_bias.data);
-    if (rc == XD_OK && (s->moe_sched == MOE_PER_EXPERT || !items_ok)) {
+    /* the items' inputs are prepared once per phase for one weight format: the first expert's
+     * (gate and up of every expert share it, as do all the downs; model.c never mixes them) */
+    int uniform = 1;
+    if (n_acquired) {
+        const struct xd_expert_weights *w0 = &s->moe_w[present[0]];
+        for (int i = 0; i < n_acquired; i++) {
+            const struct xd_expert_weights *w = &s->moe_w[present[i]];
+            uniform &= w->gate.dtype == w0->gate.dtype && w->up.dtype == w0->gate.dtype &&
+                       w->down.dtype == w0->down.dtype;
+        }
+        s->moe_prep_in = moe_prep_of(w0->gate.dtype);
+        s->moe_prep_down = moe_prep_of(w0->down.dtype);
+        if (rc == XD_OK && uniform && s->moe_sched != MOE_PER_EXPERT)
+            rc = moe_prep_setup(s, rows[E], err);
+    }
+    if (rc == XD_OK && (s->moe_sched == MOE_PER_EXPERT || !uniform)) {
+        /* the comparison schedule (and a store mixing formats, which no loader makes) */
         for (int i = 0; i < n_acquired; i++) {
             int e = present[i], r0 = rows[e];
             swiglu(c, s->xg + (size_t)r0 * H, rows[e + 1] - r0, &s->moe_w[e], s->g, s->u,
@@ -449,18 +561,35 @@ static int run_experts(struct cpu_state *s, int l, struct xd_err *err)
         const int tiles_f = (F + MOE_ROW_TILE - 1) / MOE_ROW_TILE;
         const int tiles_h = (H + MOE_ROW_TILE - 1) / MOE_ROW_TILE;
         const int n_items_f = n_pairs * tiles_f, n_items_h = n_pairs * tiles_h;
+        const int n_rows = rows[E];
+        const int prep_in = s->moe_prep_in != PREP_NONE, prep_down = s->moe_prep_down != PREP_NONE;
         s->moe_tiles_f = tiles_f;
         s->moe_tiles_h = tiles_h;
         if (s->pool) {
+            if (prep_in)
+                xd_cpu_pool_run(s->pool, n_rows, moe_item_prep_in, s);
             xd_cpu_pool_run(s->pool, n_items_f, moe_item_gate_up, s);
+            if (prep_down)
+                xd_cpu_pool_run(s->pool, n_rows, moe_item_prep_down, s);
             xd_cpu_pool_run(s->pool, n_items_h, moe_item_down, s);
         } else {
 #pragma omp parallel
             {
+                /* each phase's implied barrier: its inputs are complete before the next reads
+                 * them (prepared rows, then g, then g prepared) */
+                if (prep_in) {
+#pragma omp for schedule(static)
+                    for (int r = 0; r < n_rows; r++)
+                        moe_item_prep_in(s, r);
+                }
 #pragma omp for schedule(dynamic, 1)
                 for (int i = 0; i < n_items_f; i++)
                     moe_item_gate_up(s, i);
-                /* the implied barrier: every gate/up item is done before any down item reads g */
+                if (prep_down) {
+#pragma omp for schedule(static)
+                    for (int r = 0; r < n_rows; r++)
+                        moe_item_prep_down(s, r);
+                }
 #pragma omp for schedule(dynamic, 1)
                 for (int i = 0; i < n_items_h; i++)
                     moe_item_down(s, i);
