@@ -8,12 +8,12 @@
 
 #include "engine/model/quant.h"
 
-/* A token's activations quantized per block: the same C on every path (q8_0.h's order). */
-static void quantize_token(const float *x, int64_t cols, int8_t *q, float *d, float *s,
+/* Blocks [b0, b1) of one token's activations quantized: the same C on every path. x, q and d
+ * are the token's row, s its column of the block-major sums. */
+static void quantize_token(const float *x, int64_t b0, int64_t b1, int8_t *q, float *d, float *s,
                            int64_t ld_s)
 {
-    const int64_t nb = cols / XD_QBLOCK;
-    for (int64_t b = 0; b < nb; b++) {
+    for (int64_t b = b0; b < b1; b++) {
         const float *xb = x + b * XD_QBLOCK;
         int8_t *qb = q + b * XD_QBLOCK;
         float amax = 0.0f;
@@ -50,8 +50,27 @@ void xd_cpu_qacts_quantize(const struct xd_cpu_qacts *a, const float *x, int t0,
 {
     const int64_t cols = a->nb * XD_QBLOCK;
     for (int64_t t = t0; t < t1; t++)
-        quantize_token(x + t * cols, cols, a->q + t * cols, a->d + t * a->nb, a->s + t,
+        quantize_token(x + t * cols, 0, a->nb, a->q + t * cols, a->d + t * a->nb, a->s + t,
                        a->ld_s);
+}
+
+void xd_cpu_qacts_quantize_blocks(const struct xd_cpu_qacts *a, int t, const float *x,
+                                  int64_t b0, int64_t b1)
+{
+    assert(0 <= t && t < a->n && 0 <= b0 && b0 <= b1 && b1 <= a->nb);
+    const int64_t cols = a->nb * XD_QBLOCK;
+    quantize_token(x, b0, b1, a->q + t * cols, a->d + t * a->nb, a->s + t, a->ld_s);
+}
+
+void xd_cpu_qacts_copy_token(const struct xd_cpu_qacts *dst, int t_dst,
+                             const struct xd_cpu_qacts *src, int t_src)
+{
+    assert(dst->nb == src->nb && 0 <= t_dst && t_dst < dst->n && 0 <= t_src && t_src < src->n);
+    const int64_t nb = src->nb, cols = nb * XD_QBLOCK;
+    memcpy(dst->q + t_dst * cols, src->q + t_src * cols, (size_t)cols);
+    memcpy(dst->d + t_dst * nb, src->d + t_src * nb, (size_t)nb * sizeof(float));
+    for (int64_t b = 0; b < nb; b++)
+        dst->s[b * dst->ld_s + t_dst] = src->s[b * src->ld_s + t_src];
 }
 
 struct xd_cpu_qacts xd_cpu_qacts_view(const struct xd_cpu_qacts *a, int t0, int n)

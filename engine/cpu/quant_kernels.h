@@ -57,6 +57,15 @@ void xd_cpu_qacts_init(void *buf, int n, int64_t cols, struct xd_cpu_qacts *ret)
  * tokens over threads gives the same bytes. */
 void xd_cpu_qacts_quantize(const struct xd_cpu_qacts *a, const float *x, int t0, int t1);
 
+/* Blocks [b0, b1) of token t quantized from x, that token's row (nb * 32 values): the same
+ * bytes xd_cpu_qacts_quantize writes for them (a work item quantizes the columns it made). */
+void xd_cpu_qacts_quantize_blocks(const struct xd_cpu_qacts *a, int t, const float *x,
+                                  int64_t b0, int64_t b1);
+
+/* Token t_src of src copied to token t_dst of dst (the same nb). */
+void xd_cpu_qacts_copy_token(const struct xd_cpu_qacts *dst, int t_dst,
+                             const struct xd_cpu_qacts *src, int t_src);
+
 /* Tokens [t0, t0 + n) of a, sharing its buffer. */
 struct xd_cpu_qacts xd_cpu_qacts_view(const struct xd_cpu_qacts *a, int t0, int n);
 
