@@ -15,9 +15,10 @@ static const char *fixtures;
 
 enum { N_TOKENS = 200, BLOCK = 4, N_BLOCKS = 2 * (N_TOKENS / BLOCK + 1) };
 
-/* The logits (2 * N_TOKENS, vocab) of one step of two sequences (a 200-token prompt and a
- * 7-token one), computed with n_threads threads; NULL after a failed CHECK. */
-static float *run_step_as(struct xd_model *m, int n_threads, enum xd_dtype quantize,
+/* The logits (len + 7, vocab) of one step of two sequences (a len-token prompt, len at most
+ * N_TOKENS, and a 7-token one), computed with n_threads threads, the weights served as quantize
+ * (XD_DTYPE_F32: as stored); NULL after a failed CHECK. */
+static float *run_step_as(struct xd_model *m, int n_threads, enum xd_dtype quantize, int len,
                           size_t *ret_n)
 {
     const struct xd_model_config *c = &m->config;
@@ -38,14 +39,14 @@ static float *run_step_as(struct xd_model *m, int n_threads, enum xd_dtype quant
     for (int i = 0; i < N_BLOCKS; i++)
         table[i] = i;
     struct xd_seq_chunk sc[2] = {
-        {toks, N_TOKENS, 0, table, N_TOKENS / BLOCK + 1, XD_LOGITS_ALL},
+        {toks, len, 0, table, N_TOKENS / BLOCK + 1, XD_LOGITS_ALL},
         {toks + 3, 7, 0, table + N_TOKENS / BLOCK + 1, N_TOKENS / BLOCK + 1, XD_LOGITS_ALL},
     };
     struct xd_batch b = {sc, 2};
     struct xd_forward_out out;
     float *ret = NULL;
     CHECK(xd_engine_forward(e, &b, &out, &err) == XD_OK, "%s", err.msg);
-    if (err.msg[0] == 0 && out.n_logit_rows == N_TOKENS + 7) {
+    if (err.msg[0] == 0 && out.n_logit_rows == len + 7) {
         *ret_n = (size_t)out.n_logit_rows * c->vocab_size;
         ret = malloc(*ret_n * sizeof(float));
         memcpy(ret, out.logits, *ret_n * sizeof(float));
@@ -56,7 +57,7 @@ static float *run_step_as(struct xd_model *m, int n_threads, enum xd_dtype quant
 
 static float *run_step(struct xd_model *m, int n_threads, size_t *ret_n)
 {
-    return run_step_as(m, n_threads, XD_DTYPE_F32, ret_n);
+    return run_step_as(m, n_threads, XD_DTYPE_F32, N_TOKENS, ret_n);
 }
 
 static void check_fixture(const char *name)
@@ -96,7 +97,9 @@ static void check_fixture(const char *name)
 }
 
 /* The three MoE schedules (the parallel region, per-expert, the worker pool) give the same
- * logits for fixture name served as quantize (XD_DTYPE_F32: as stored), 2 threads each. */
+ * logits for fixture name served as quantize (XD_DTYPE_F32: as stored), 2 threads each, on a
+ * 207-token step and on a 12-token one (whose activations the region prepares before it, not
+ * in it). */
 static void check_schedules(const char *name, enum xd_dtype quantize)
 {
     char dir[4096];
@@ -111,25 +114,31 @@ static void check_schedules(const char *name, enum xd_dtype quantize)
     if (was)
         snprintf(saved, sizeof saved, "%s", was);
     const char *scheds[3] = {NULL, "per-expert", "pool"};
-    float *got[3] = {NULL, NULL, NULL};
-    size_t n[3] = {0, 0, 0};
-    for (int i = 0; i < 3; i++) {
-        if (scheds[i])
-            setenv("EXPERTD_CPU_MOE", scheds[i], 1);
-        else
-            unsetenv("EXPERTD_CPU_MOE");
-        got[i] = run_step_as(m, 2, quantize, &n[i]);
+    const int lens[2] = {N_TOKENS, 5};
+    for (int k = 0; k < 2; k++) {
+        float *got[3] = {NULL, NULL, NULL};
+        size_t n[3] = {0, 0, 0};
+        for (int i = 0; i < 3; i++) {
+            if (scheds[i])
+                setenv("EXPERTD_CPU_MOE", scheds[i], 1);
+            else
+                unsetenv("EXPERTD_CPU_MOE");
+            got[i] = run_step_as(m, 2, quantize, lens[k], &n[i]);
+        }
+        for (int i = 1; i < 3; i++)
+            CHECK(got[0] && got[i] && n[i] == n[0] &&
+                      memcmp(got[0], got[i], n[0] * sizeof(float)) == 0,
+                  "%s as %s, %d tokens: the %s schedule's logits differ from the parallel "
+                  "region's",
+                  name, quantize == XD_DTYPE_F32 ? "stored" : xd_dtype_name(quantize),
+                  lens[k] + 7, scheds[i]);
+        for (int i = 0; i < 3; i++)
+            free(got[i]);
     }
     if (saved[0])
         setenv("EXPERTD_CPU_MOE", saved, 1);
     else
         unsetenv("EXPERTD_CPU_MOE");
-    for (int i = 1; i < 3; i++)
-        CHECK(got[0] && got[i] && n[i] == n[0] && memcmp(got[0], got[i], n[0] * sizeof(float)) == 0,
-              "%s as %s: the %s schedule's logits differ from the parallel region's", name,
-              quantize == XD_DTYPE_F32 ? "stored" : xd_dtype_name(quantize), scheds[i]);
-    for (int i = 0; i < 3; i++)
-        free(got[i]);
     xd_model_destroy(m);
 }
 

@@ -134,6 +134,11 @@ static enum moe_sched moe_sched_from_env(void)
  * whole blocks of the down matmul's input. */
 #define MOE_ROW_TILE 32
 
+/* Tokens from which a MoE layer's per-token preparation (quantization or deinterleaving, a few
+ * microseconds a token) is shared by the threads rather than done by the calling thread before
+ * the region: below it the barrier would cost more than it saves (decode steps). */
+#define MOE_PREP_SHARED 16
+
 /* Token blocks one MoE layer can have: every expert's partial block plus the whole ones. */
 static size_t moe_max_pairs(int n_experts, size_t n_slots)
 {
@@ -598,11 +603,18 @@ static int run_experts(struct cpu_state *s, int l, int n, struct xd_err *err)
         const int tiles_f = (F + MOE_ROW_TILE - 1) / MOE_ROW_TILE;
         const int tiles_h = (H + MOE_ROW_TILE - 1) / MOE_ROW_TILE;
         const int n_items_f = n_pairs * tiles_f, n_items_h = n_pairs * tiles_h;
+        /* the per-token preparation in the region (a barrier more) only when it is worth
+         * sharing: a decode step's few tokens are prepared here, so its region has the one
+         * barrier between gate/up and down */
         const int prep_in = s->moe_prep_in != PREP_NONE;
+        const int prep_shared = prep_in && n >= MOE_PREP_SHARED;
+        if (prep_in && !prep_shared)
+            for (int t = 0; t < n; t++)
+                moe_item_prep_token(s, t);
         s->moe_tiles_f = tiles_f;
         s->moe_tiles_h = tiles_h;
         if (s->pool) {
-            if (prep_in)
+            if (prep_shared)
                 xd_cpu_pool_run(s->pool, n, moe_item_prep_token, s);
             xd_cpu_pool_run(s->pool, n_items_f, moe_item_gate_up, s);
             xd_cpu_pool_run(s->pool, n_items_h, moe_item_down, s);
@@ -611,7 +623,7 @@ static int run_experts(struct cpu_state *s, int l, int n, struct xd_err *err)
             {
                 /* each phase's implied barrier: its inputs are complete before the next reads
                  * them (the prepared rows, then g and its prepared form) */
-                if (prep_in) {
+                if (prep_shared) {
 #pragma omp for schedule(static)
                     for (int t = 0; t < n; t++)
                         moe_item_prep_token(s, t);
