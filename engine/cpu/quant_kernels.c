@@ -157,6 +157,9 @@ static void rows_portable(const struct xd_cpu_qacts *a, const struct xd_matrix *
 #define FMT_Q8 0
 #define FMT_Q4 1
 #define NT 4 /* tokens per register tile */
+/* Rows ahead the decode tiles prefetch: the next four-row tile (1.4-3x on a 140 MB q8/q4
+ * matrix at one token, bench/results/engine-cpu-quant-moe.md; eight rows ahead was no better). */
+#define QPREFETCH_ROWS 4
 
 /* The tree k = 8, 4, 2, 1 over sixteen lanes held as lo (0-7) + hi (8-15). */
 TGT_AVX2 static inline __attribute__((always_inline)) float reduce16(__m256 lo, __m256 hi)
@@ -238,6 +241,17 @@ tile_vnni(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, int
         const int pair = b + 1 < nb; /* else the last, odd block: the high half stays zero */
         __m512i wv[4];
         __m512 dwv[4];
+        if (nt <= 2) {
+            /* few tokens (decode): the weights stream from memory, a row too short for the
+             * hardware prefetcher to get ahead; ask for the same bytes of the rows one tile on
+             * (a hint: past the matrix it loads nothing, and it changes no result) */
+            const size_t off = (size_t)b * (fmt == FMT_Q8 ? sizeof(struct xd_block_q8_0)
+                                                          : sizeof(struct xd_block_q4_1));
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++)
+                _mm_prefetch((const char *)((uintptr_t)wrow[r] + QPREFETCH_ROWS * row_bytes + off),
+                             _MM_HINT_T0);
+        }
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
             if (fmt == FMT_Q4) {
