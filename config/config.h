@@ -21,6 +21,8 @@ struct xd_config {
     int expert_prefetch_width; /* experts prefetched per token and layer; 0: top_k */
     const char *quantize;   /* none, q8 or q4: weights quantized at load (cpu) */
     bool quantize_experts_only; /* quantize the experts only, attention and dense MLPs not */
+    const char *pack;       /* auto or off: the expert pack of --quantize */
+    const char *pack_dir;   /* where packs live; NULL: beside the checkpoint, else the cache */
 };
 
 /* The defaults. */

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -637,6 +638,9 @@ void xd_model_destroy(struct xd_model *m)
         m->experts.ops->destroy(m->experts.ctx);
     free(m->layers);
     free(m->quant_buf);
+    xd_pack_close(m->pack);
+    free(m->pack);
+    free(m->pack_path);
     xd_checkpoint_close(m->checkpoint);
     free(m->dir);
     free(m);
@@ -729,8 +733,194 @@ static void drop_pages(const void *p, size_t len)
         madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
+/* ---- the expert pack ---- */
+
+static void pack_say(const struct xd_pack_opts *po, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void pack_say(const struct xd_pack_opts *po, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (po->log)
+        po->log(po->log_ctx, line);
+    else
+        fprintf(stderr, "%s\n", line);
+}
+
+/* Whether pack is the one for key and jobs (the quantized ones, kept ones have m NULL); if not,
+ * why in why. */
+static bool pack_matches(const struct xd_pack_info *p, const struct xd_pack_key *key,
+                         const struct qjob *jobs, size_t n_jobs, char *why, size_t why_len)
+{
+    if (p->key.identity != key->identity) {
+        snprintf(why, why_len, "made from another checkpoint (config.json or a safetensors "
+                 "file changed since: %.1f MiB then, %.1f MiB now)",
+                 (double)p->key.checkpoint_bytes / 1048576.0,
+                 (double)key->checkpoint_bytes / 1048576.0);
+        return false;
+    }
+    if (p->key.quant_version != key->quant_version) {
+        snprintf(why, why_len, "made by quantizer version %u, this expertd's is %u",
+                 p->key.quant_version, key->quant_version);
+        return false;
+    }
+    if (p->key.scheme != key->scheme) {
+        snprintf(why, why_len, "holds scheme 0x%x, this load asks for 0x%x", p->key.scheme,
+                 key->scheme);
+        return false;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n_jobs; i++) {
+        if (!jobs[i].m)
+            continue;
+        if (k >= p->n_extents) {
+            snprintf(why, why_len, "has %zu extents, the model quantizes more", p->n_extents);
+            return false;
+        }
+        const struct xd_pack_extent *e = &p->extents[k++];
+        const struct xd_matrix *w = jobs[i].m;
+        if (strcmp(e->name, jobs[i].name) != 0 || e->dtype != jobs[i].fmt ||
+            e->rows != w->rows || e->cols != w->cols) {
+            snprintf(why, why_len, "extent %zu is %.80s %s (%lld, %lld), the model expects "
+                     "%.64s %s (%lld, %lld)", k - 1, e->name, xd_dtype_name(e->dtype),
+                     (long long)e->rows, (long long)e->cols, jobs[i].name,
+                     xd_dtype_name(jobs[i].fmt), (long long)w->rows, (long long)w->cols);
+            return false;
+        }
+    }
+    if (k != p->n_extents) {
+        snprintf(why, why_len, "has %zu extents, the model quantizes %zu", p->n_extents, k);
+        return false;
+    }
+    return true;
+}
+
+/* Reads every page of [p, p + len) in (as xd_checkpoint_read), so serving never waits on it. */
+static void fault_in(const void *p, size_t len)
+{
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    madvise((void *)(uintptr_t)p, len, MADV_WILLNEED);
+    const volatile unsigned char *b = p;
+    unsigned sum = 0;
+    for (size_t o = 0; o < len; o += page)
+        sum += b[o];
+    (void)sum;
+}
+
+/* Tries the packs at paths in order; on a match maps the jobs' matrices to it and returns
+ * true. Reports each refused pack. */
+static bool pack_try_map(struct xd_model *m, const struct xd_pack_opts *po,
+                         enum xd_dtype fmt, const struct xd_pack_key *key, char **paths, int n_paths,
+                         struct qjob *jobs, size_t n_jobs)
+{
+    for (int p = 0; p < n_paths; p++) {
+        struct xd_pack_map map = {0};
+        struct xd_err e = {{0}};
+        bool missing = false;
+        if (xd_pack_open(paths[p], &map, &missing, &e) < 0) {
+            if (!missing)
+                pack_say(po, "pack refused, not used: %s", e.msg);
+            continue;
+        }
+        char why[512];
+        if (!pack_matches(&map.info, key, jobs, n_jobs, why, sizeof why)) {
+            pack_say(po, "pack %s refused, not used: %s", paths[p], why);
+            xd_pack_close(&map);
+            continue;
+        }
+        struct xd_pack_map *keep = malloc(sizeof *keep);
+        char *path = strdup(paths[p]);
+        if (!keep || !path) {
+            free(keep);
+            free(path);
+            xd_pack_close(&map);
+            return false;
+        }
+        *keep = map;
+        fault_in(keep->map, keep->size);
+        size_t k = 0, bytes = 0;
+        for (size_t i = 0; i < n_jobs; i++) {
+            if (!jobs[i].m)
+                continue;
+            const struct xd_pack_extent *x = &keep->info.extents[k++];
+            struct xd_matrix src = *jobs[i].m;
+            *jobs[i].m = (struct xd_matrix){.dtype = x->dtype, .rows = x->rows,
+                                            .cols = x->cols, .data = x->data};
+            bytes += x->bytes;
+            if (src.data != m->embed.data)
+                drop_pages(src.data, (size_t)src.rows * xd_dtype_row_bytes(src.dtype, src.cols));
+        }
+        pack_say(po, "pack %s: mapped %.1f MiB of %s weights (%zu matrices), not quantized "
+                 "again", paths[p], (double)bytes / 1048576.0, xd_dtype_name(fmt),
+                 keep->info.n_extents);
+        m->pack = keep;
+        m->pack_path = path;
+        m->pack_use = XD_PACK_MAPPED;
+        m->quant_bytes = bytes;
+        return true;
+    }
+    return false;
+}
+
+/* Writes the model's quantized matrices (jobs, now views of quant_buf) to the first of paths
+ * that takes them; reports the outcome. */
+static void pack_write(struct xd_model *m, const struct xd_pack_opts *po,
+                       const struct xd_pack_key *key, char **paths, int n_paths,
+                       const struct qjob *jobs, size_t n_jobs)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < n_jobs; i++)
+        n += jobs[i].m != NULL;
+    struct xd_pack_extent *ext = calloc(n ? n : 1, sizeof *ext);
+    if (!ext) {
+        pack_say(po, "warning: pack not written: out of memory; serving the weights quantized "
+                 "in memory");
+        return;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n_jobs; i++) {
+        if (!jobs[i].m)
+            continue;
+        snprintf(ext[k].name, sizeof ext[k].name, "%s", jobs[i].name);
+        ext[k].dtype = jobs[i].m->dtype;
+        ext[k].rows = jobs[i].m->rows;
+        ext[k].cols = jobs[i].m->cols;
+        ext[k].data = jobs[i].m->data;
+        k++;
+    }
+    char reasons[1024] = "";
+    for (int p = 0; p < n_paths; p++) {
+        struct xd_err e = {{0}};
+        pack_say(po, "pack %s: writing %.1f MiB of %s weights, once (later starts map it)",
+                 paths[p], (double)m->quant_bytes / 1048576.0, xd_dtype_name(m->quant));
+        if (xd_pack_write(paths[p], key, ext, n, po->log, po->log_ctx, &e) == XD_OK) {
+            m->pack_use = XD_PACK_WRITTEN;
+            m->pack_path = strdup(paths[p]);
+            free(ext);
+            return;
+        }
+        size_t used = strlen(reasons);
+        snprintf(reasons + used, sizeof reasons - used, "%s%s", used ? "; " : "", e.msg);
+        if (p + 1 < n_paths)
+            pack_say(po, "pack not written: %s; trying %s", e.msg, paths[p + 1]);
+    }
+    pack_say(po, "warning: no pack written (%s); serving the weights quantized in memory, "
+             "quantized again at the next start", reasons);
+    free(ext);
+}
+
 int xd_model_quantize(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
                       struct xd_err *err)
+{
+    return xd_model_quantize_packed(m, fmt, experts_only, NULL, err);
+}
+
+int xd_model_quantize_packed(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
+                             const struct xd_pack_opts *po, struct xd_err *err)
 {
     if (!xd_dtype_is_quant(fmt))
         return xd_err_set(err, XD_ERR_INVALID, "quantize: %s is not a quantized format",
@@ -771,8 +961,37 @@ int xd_model_quantize(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
         /* each matrix starts on a 64-byte boundary */
         total += (src->rows * xd_dtype_row_bytes(jobs[i].fmt, src->cols) + 63) & ~(size_t)63;
     }
+
+    struct xd_pack_key key = {.quant_version = XD_PACK_QUANT_VERSION,
+                              .scheme = xd_pack_scheme(fmt, experts_only)};
+    char *paths[2] = {NULL, NULL};
+    int n_paths = 0;
+    if (po && po->enabled) {
+        struct xd_err e = {{0}};
+        char tag[32];
+        snprintf(tag, sizeof tag, "%s%s", fmt == XD_DTYPE_Q8_0 ? "q8" : "q4",
+                 experts_only ? "-experts" : "");
+        if (xd_pack_identity(m->dir, m->checkpoint, &key.identity, &key.checkpoint_bytes,
+                             &e) < 0 ||
+            xd_pack_paths(m->dir, po->dir, tag, paths, &n_paths, &e) < 0) {
+            pack_say(po, "warning: no pack: %s", e.msg);
+            n_paths = 0;
+        }
+        if (n_paths && pack_try_map(m, po, fmt, &key, paths, n_paths, jobs, n_jobs)) {
+            free(paths[0]);
+            free(paths[1]);
+            free(jobs);
+            m->quant = fmt;
+            m->quant_experts_only = experts_only;
+            m->quant_n_kept = n_kept;
+            return XD_OK;
+        }
+    }
+
     char *buf = aligned_alloc(64, total ? total : 64);
     if (!buf) {
+        free(paths[0]);
+        free(paths[1]);
         free(jobs);
         return xd_err_set(err, XD_ERR_NOMEM, "%s: quantize to %s: %.1f MiB could not be allocated",
                           m->dir, xd_dtype_name(fmt), (double)total / 1048576.0);
@@ -787,12 +1006,16 @@ int xd_model_quantize(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
         if (src.data != m->embed.data) /* a tied lm_head's pages are the embedding's */
             drop_pages(src.data, (size_t)src.rows * xd_dtype_row_bytes(src.dtype, src.cols));
     }
-    free(jobs);
     m->quant = fmt;
     m->quant_experts_only = experts_only;
     m->quant_buf = buf;
     m->quant_bytes = total;
     m->quant_n_kept = n_kept;
+    if (n_paths)
+        pack_write(m, po, &key, paths, n_paths, jobs, n_jobs);
+    free(paths[0]);
+    free(paths[1]);
+    free(jobs);
     return XD_OK;
 }
 

@@ -7,6 +7,7 @@
 
 #include "engine/model/expert_store.h"
 #include "engine/model/model_config.h"
+#include "engine/model/pack.h"
 #include "engine/model/safetensors.h"
 
 /* Weights of one decoder layer. Vectors are (n,) matrices with rows = 1.
@@ -67,6 +68,21 @@ struct xd_model {
     /* Loaded from an FP8 checkpoint (config.fp8): its F8_E4M3 matrices were converted at load,
      * the matmul weights to q8_0 (quant is Q8_0), the embedding, lm_head and router to f32. */
     bool fp8;
+    /* The expert pack of xd_model_quantize_packed: NONE (no pack asked for, or none could be
+     * written), MAPPED (the quantized matrices are views of pack, quant_buf is NULL) or WRITTEN
+     * (quantized here, then written to pack_path); pack_path is the file. */
+    enum xd_pack_use { XD_PACK_NONE, XD_PACK_MAPPED, XD_PACK_WRITTEN } pack_use;
+    char *pack_path;
+    struct xd_pack_map *pack;
+};
+
+/* Where xd_model_quantize_packed looks for and writes the expert pack. */
+struct xd_pack_opts {
+    bool enabled;           /* false (the zero default): no pack, quantize in memory */
+    const char *dir;        /* NULL: beside the checkpoint, else the cache directory when the
+                               checkpoint's is not writable (xd_pack_paths) */
+    xd_pack_log_fn log;     /* refusals, progress, fallbacks; NULL: stderr */
+    void *log_ctx;
 };
 
 /* Loads the checkpoint directory dir (config.json, safetensors, optional
@@ -97,6 +113,19 @@ int xd_model_load_fp8_dequantized(const char *dir, struct xd_model **ret_model,
  * refused. */
 int xd_model_quantize(struct xd_model *model, enum xd_dtype fmt, bool experts_only,
                       struct xd_err *err);
+
+/* xd_model_quantize through the expert pack (engine/model/pack.h) when po->enabled: a pack in
+ * one of xd_pack_paths' places made from this checkpoint (its identity), for this format and
+ * scope, by this quantizer version, with exactly the extents the model lists (names, dtypes,
+ * shapes) is mapped read-only and its pages read in (pack_use MAPPED); the matrices are the
+ * bytes xd_model_quantize makes, so logits are bit-identical. A pack that does not match or
+ * does not parse is reported through po->log with its path and the reason, never used; the
+ * model is then quantized in memory and the pack (re)written (pack_use WRITTEN) to the first
+ * place that takes it: a read-only checkpoint directory falls back to the cache directory; if
+ * none does, a warning and the model is served quantized in memory (pack_use NONE). Pack
+ * trouble is never an error; the errors are xd_model_quantize's. po NULL: xd_model_quantize. */
+int xd_model_quantize_packed(struct xd_model *model, enum xd_dtype fmt, bool experts_only,
+                             const struct xd_pack_opts *po, struct xd_err *err);
 
 /* Bytes of one expert's weights (gate, up and down) as served (quantized if the model is); 0
  * when it cannot be read. */
