@@ -149,6 +149,17 @@ static void on_read_progress(void *ctx, uint64_t done, uint64_t total)
         xd_log(p->s, XD_LOG_INFO, "loading: read %s of %s (%.0f%%, %.0f MB/s)", d, t, pct, rate);
 }
 
+/* The expert pack's notices (refusals, progress while writing, fallbacks): warnings when they
+ * say so, else information; the writing progress also in the systemd status. */
+static void on_pack_line(void *ctx, const char *line)
+{
+    const struct xd_server *s = ctx;
+    const bool warn = strstr(line, "warning") || strstr(line, "refused");
+    xd_log(s, warn ? XD_LOG_WARN : XD_LOG_INFO, "%s", line);
+    if (!warn)
+        xd_sd_notifyf("STATUS=loading %s: %s", s->model_name, line);
+}
+
 static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
 {
     const struct xd_server_config *c = s->cfg;
@@ -213,6 +224,8 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
         .n_threads = c->engine.threads,
     };
     XD_TRY(xd_config_expert_opts(&c->engine, mc, c->record_routing != NULL, &eo, err));
+    eo.pack.log = on_pack_line;
+    eo.pack.log_ctx = s;
     /* on the GPU this copies every weight to the device: say so, it is not instant */
     xd_sd_notifyf("STATUS=loading %s: starting the %s backend", s->model_name, c->engine.device);
     if (eo.device == XD_DEVICE_CUDA)
@@ -221,12 +234,16 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     XD_TRY(xd_engine_create(L->model, &eo, &L->engine, err));
     if (xd_dtype_is_quant(L->model->quant))
         xd_log(s, XD_LOG_INFO,
-               "weights served as %s%s: %.1f MiB quantized in %.1f s, %d matrices kept as stored "
+               "weights served as %s%s: %.1f MiB %s in %.1f s, %d matrices kept as stored "
                "(columns not a multiple of 32); one expert %.2f MiB",
                xd_dtype_name(L->model->quant),
                L->model->quant_experts_only ? " (experts only)" : "",
-               (double)L->model->quant_bytes / 1048576.0, xd_now() - t_engine,
-               L->model->quant_n_kept, (double)xd_model_expert_bytes(L->model) / 1048576.0);
+               (double)L->model->quant_bytes / 1048576.0,
+               L->model->pack_use == XD_PACK_MAPPED    ? "mapped from the expert pack"
+               : L->model->pack_use == XD_PACK_WRITTEN ? "quantized and packed"
+                                                       : "quantized",
+               xd_now() - t_engine, L->model->quant_n_kept,
+               (double)xd_model_expert_bytes(L->model) / 1048576.0);
     if (c->record_routing) {
         struct xd_trace_header th =
             xd_trace_header_for(L->model, xd_engine_opts(L->engine)->predict_width);
