@@ -54,11 +54,12 @@ const struct xd_opt xd_config_opts[] = {
      "stored "
      "(default false)"},
     {"pack", XD_OPT_STRING, CFG(pack), 0, 0, "EXPERTD_PACK",
-     "with --quantize: auto writes the quantized weights once to an expert pack (beside the "
+     "with --quantize (or an FP8 checkpoint): auto writes the quantized weights once to an expert pack (beside the "
      "checkpoint, else in the cache directory) and maps it on later starts; off quantizes at "
      "every load (default auto)"},
     {"pack-dir", XD_OPT_STRING, CFG(pack_dir), 0, 0, "EXPERTD_PACK_DIR",
-     "directory of the expert packs (default: the checkpoint's, else $XDG_CACHE_HOME/expertd)"},
+     "directory of the expert packs (default: the checkpoint's, else the cache directory: "
+     "$CACHE_DIRECTORY, $XDG_CACHE_HOME/expertd or ~/.cache/expertd)"},
 };
 const size_t xd_config_n_opts = sizeof xd_config_opts / sizeof xd_config_opts[0];
 
@@ -89,14 +90,19 @@ int xd_config_validate(const struct xd_config *cfg, struct xd_err *err)
     return XD_OK;
 }
 
+void xd_config_pack_opts(const struct xd_config *cfg, struct xd_pack_opts *ret)
+{
+    *ret = (struct xd_pack_opts){.enabled = strcmp(cfg->pack, "off") != 0,
+                                 .dir = cfg->pack_dir};
+}
+
 int xd_config_expert_opts(const struct xd_config *cfg, const struct xd_model_config *mc,
                           bool recording, struct xd_engine_opts *eo, struct xd_err *err)
 {
     XD_TRY(xd_evict_policy_parse(cfg->expert_policy, &eo->expert_evict_policy, err));
     XD_TRY(xd_quant_parse(cfg->quantize, &eo->quantize, err));
     eo->quantize_experts_only = cfg->quantize_experts_only;
-    eo->pack.enabled = strcmp(cfg->pack, "off") != 0;
-    eo->pack.dir = cfg->pack_dir;
+    xd_config_pack_opts(cfg, &eo->pack);
     eo->expert_prefetch = cfg->expert_prefetch;
     if (cfg->expert_prefetch_width > mc->n_experts)
         return xd_err_set(err, XD_ERR_CONFIG,

@@ -163,7 +163,11 @@ static void on_pack_line(void *ctx, const char *line)
 static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
 {
     const struct xd_server_config *c = s->cfg;
-    XD_TRY(xd_model_load(c->engine.model, &L->model, err));
+    struct xd_pack_opts po;
+    xd_config_pack_opts(&c->engine, &po);
+    po.log = on_pack_line;
+    po.log_ctx = s;
+    XD_TRY(xd_model_load_packed(c->engine.model, &po, &L->model, err));
     if (L->model->config.warning[0])
         xd_log(s, XD_LOG_WARN, "%s", L->model->config.warning);
     /* the mapping is lazy: read it now, with progress, rather than in the first requests */

@@ -45,8 +45,8 @@ static int copy_file(const char *from, const char *to)
     return rc;
 }
 
-/* A fresh copy of the olmoe-f32 fixture in a new temporary directory (dir, 4096 bytes). */
-static int make_checkpoint(char *dir)
+/* A fresh copy of fixture golden/NAME in a new temporary directory (dir, 4096 bytes). */
+static int make_checkpoint_of(char *dir, const char *name)
 {
     snprintf(dir, 4096, "/tmp/xd-test-pack-XXXXXX");
     if (!mkdtemp(dir))
@@ -55,12 +55,17 @@ static int make_checkpoint(char *dir)
     static const char *files[] = {"config.json", "generation_config.json", "model.safetensors"};
     for (int i = 0; i < 3; i++) {
         char from[4096], to[4096];
-        snprintf(from, sizeof from, "%s/golden/olmoe-f32/%s", fixtures, files[i]);
+        snprintf(from, sizeof from, "%s/golden/%s/%s", fixtures, name, files[i]);
         snprintf(to, sizeof to, "%s/%s", dir, files[i]);
         if (copy_file(from, to) < 0)
             return -1;
     }
     return 0;
+}
+
+static int make_checkpoint(char *dir)
+{
+    return make_checkpoint_of(dir, "olmoe-f32");
 }
 
 static void remove_tree(const char *dir)
@@ -423,6 +428,7 @@ static void test_readonly_dir_falls_back(void)
     if (pid == 0) {
         if (geteuid() == 0 && (setgid(65534) < 0 || setuid(65534) < 0))
             _exit(100);
+        unsetenv("CACHE_DIRECTORY"); /* systemd's, which would come first */
         setenv("XDG_CACHE_HOME", cache, 1);
         struct log_buf log;
         struct xd_model *m = load_packed(dir, NULL, XD_DTYPE_Q4_1, &log);
@@ -493,6 +499,65 @@ static void test_pack_dir(void)
     remove_tree(dir);
 }
 
+/* An FP8 checkpoint's conversion to q8 is packed too: the second load maps it, bit-identical;
+ * a changed config.json is refused and converted again. */
+static void test_fp8_conversion_packed(void)
+{
+    char dir[4096], pack[4200];
+    if (make_checkpoint_of(dir, "qwen3_moe-fp8") < 0) {
+        CHECK(0, "cannot copy the fixture");
+        return;
+    }
+    snprintf(pack, sizeof pack, "%s/expertd-fp8-q8.pack", dir);
+    struct log_buf log = {{0}};
+    struct xd_pack_opts po = {.enabled = true, .log = log_line, .log_ctx = &log};
+    struct xd_model *m = NULL;
+    struct xd_err err = {{0}};
+    CHECK(xd_model_load_packed(dir, &po, &m, &err) == XD_OK, "%s", err.msg);
+    CHECK(m && m->fp8 && m->quant == XD_DTYPE_Q8_0 && m->pack_use == XD_PACK_WRITTEN &&
+          file_size(pack) > 0, "first load: %s", log.text);
+    float *first = m ? logits_of(m) : NULL;
+    xd_model_destroy(m);
+
+    log.text[0] = 0;
+    m = NULL;
+    CHECK(xd_model_load_packed(dir, &po, &m, &err) == XD_OK, "%s", err.msg);
+    CHECK(m && m->fp8 && m->quant == XD_DTYPE_Q8_0 && m->pack_use == XD_PACK_MAPPED &&
+          !m->quant_buf, "second load: %s", log.text);
+    if (m) {
+        CHECK(m->embed.dtype == XD_DTYPE_F32 && m->layers[0].router.dtype == XD_DTYPE_F32,
+              "the embedding and router are f32 extents");
+        float *second = logits_of(m);
+        CHECK(same_logits(first, second, m), "logits from the FP8 pack differ");
+        free(second);
+        /* --quantize q8 over it does nothing, as over a converted FP8 model */
+        CHECK(xd_model_quantize_packed(m, XD_DTYPE_Q8_0, false, &po, &err) == XD_OK, "%s",
+              err.msg);
+    }
+    xd_model_destroy(m);
+
+    /* xd_model_load (no pack) converts as before, to the same weights */
+    m = NULL;
+    CHECK(xd_model_load(dir, &m, &err) == XD_OK, "%s", err.msg);
+    if (m) {
+        CHECK(m->pack_use == XD_PACK_NONE && m->quant_buf, "pack used without being asked");
+        float *plain = logits_of(m);
+        CHECK(same_logits(first, plain, m), "packed FP8 logits differ from the conversion");
+        free(plain);
+    }
+    xd_model_destroy(m);
+
+    change_config(dir, pack);
+    log.text[0] = 0;
+    m = NULL;
+    CHECK(xd_model_load_packed(dir, &po, &m, &err) == XD_OK, "%s", err.msg);
+    CHECK(m && m->pack_use == XD_PACK_WRITTEN, "changed config: %s", log.text);
+    CHECK_CONTAINS(log.text, "another checkpoint");
+    xd_model_destroy(m);
+    free(first);
+    remove_tree(dir);
+}
+
 int main(int argc, char **argv)
 {
     fixtures = argc > 1 ? argv[1] : "tests/fixtures";
@@ -508,5 +573,6 @@ int main(int argc, char **argv)
     RUN(test_parse_checks_extents);
     RUN(test_unwritable_pack_dir_quantizes_in_memory);
     RUN(test_pack_dir);
+    RUN(test_fp8_conversion_packed);
     return test_summary();
 }

@@ -557,10 +557,11 @@ attention_done:
     return XD_OK;
 }
 
-static int convert_fp8(struct xd_model *m, bool to_q8, struct xd_err *err);
+static int convert_fp8(struct xd_model *m, bool to_q8, const struct xd_pack_opts *po,
+                       struct xd_err *err);
 
-static int load_model(const char *dir, bool fp8_to_q8, struct xd_model **ret_model,
-                      struct xd_err *err)
+static int load_model(const char *dir, bool fp8_to_q8, const struct xd_pack_opts *po,
+                      struct xd_model **ret_model, struct xd_err *err)
 {
     struct xd_model *m = calloc(1, sizeof *m);
     struct host_experts *experts = calloc(1, sizeof *experts);
@@ -610,7 +611,7 @@ static int load_model(const char *dir, bool fp8_to_q8, struct xd_model **ret_mod
         if (c->is_moe_layer[i])
             m->layers[i].moe_index = moe_index++;
     }
-    if (c->fp8 && (rc = convert_fp8(m, fp8_to_q8, err)) < 0)
+    if (c->fp8 && (rc = convert_fp8(m, fp8_to_q8, po, err)) < 0)
         goto err;
     *ret_model = m;
     return XD_OK;
@@ -621,13 +622,19 @@ err:
 
 int xd_model_load(const char *dir, struct xd_model **ret_model, struct xd_err *err)
 {
-    return load_model(dir, true, ret_model, err);
+    return load_model(dir, true, NULL, ret_model, err);
+}
+
+int xd_model_load_packed(const char *dir, const struct xd_pack_opts *po,
+                         struct xd_model **ret_model, struct xd_err *err)
+{
+    return load_model(dir, true, po, ret_model, err);
 }
 
 int xd_model_load_fp8_dequantized(const char *dir, struct xd_model **ret_model,
                                   struct xd_err *err)
 {
-    return load_model(dir, false, ret_model, err);
+    return load_model(dir, false, NULL, ret_model, err);
 }
 
 void xd_model_destroy(struct xd_model *m)
@@ -1027,7 +1034,8 @@ int xd_model_quantize_packed(struct xd_model *m, enum xd_dtype fmt, bool experts
  * whose columns are not a multiple of 32) to f32; or, unless to_q8, all of them to f32 (the
  * dequantized reference). All into one buffer (quant_buf), the FP8 pages dropped. Sets fp8,
  * and quant to Q8_0 when to_q8. */
-static int convert_fp8(struct xd_model *m, bool to_q8, struct xd_err *err)
+static int convert_fp8(struct xd_model *m, bool to_q8, const struct xd_pack_opts *po,
+                       struct xd_err *err)
 {
     const struct xd_model_config *c = &m->config;
     const size_t n_q = list_quant_jobs(m, XD_DTYPE_Q8_0, false, NULL);
@@ -1037,22 +1045,61 @@ static int convert_fp8(struct xd_model *m, bool to_q8, struct xd_err *err)
         return xd_err_set(err, XD_ERR_NOMEM, "%s: out of memory for the FP8 conversion", m->dir);
     list_quant_jobs(m, XD_DTYPE_Q8_0, false, jobs);
     size_t n = n_q;
-    jobs[n++].m = &m->embed; /* lm_head is among the quant jobs, as --quantize q8 has it */
+    jobs[n].m = &m->embed; /* lm_head is among the quant jobs, as --quantize q8 has it */
+    snprintf(jobs[n++].name, sizeof jobs[0].name, "embed_tokens");
     for (int l = 0; l < c->n_layers; l++) {
-        jobs[n++].m = &m->layers[l].router;
-        jobs[n++].m = &m->layers[l].shared_expert_gate;
+        jobs[n].m = &m->layers[l].router;
+        snprintf(jobs[n++].name, sizeof jobs[0].name, "layer %d router", l);
+        jobs[n].m = &m->layers[l].shared_expert_gate;
+        snprintf(jobs[n++].name, sizeof jobs[0].name, "layer %d shared_expert_gate", l);
     }
+    /* each FP8 matrix's target: q8_0 for the matmul weights --quantize q8 covers, else f32;
+     * the others (m NULL) are left as they are */
     size_t total = 0;
     int n_kept = 0;
     for (size_t i = 0; i < n; i++) {
         const struct xd_matrix *w = jobs[i].m;
-        if (!w->data || w->dtype != XD_DTYPE_F8_E4M3)
+        if (!w->data || w->dtype != XD_DTYPE_F8_E4M3) {
+            jobs[i].m = NULL;
             continue;
-        total += (xd_fp8_converted_bytes(w, to_q8 && i < n_q && w->cols % XD_QBLOCK == 0) +
-                  63) & ~(size_t)63;
+        }
+        const int q8 = to_q8 && i < n_q && w->cols % XD_QBLOCK == 0;
+        n_kept += !q8 && i < n_q;
+        jobs[i].fmt = q8 ? XD_DTYPE_Q8_0 : XD_DTYPE_F32;
+        total += (xd_fp8_converted_bytes(w, q8) + 63) & ~(size_t)63;
     }
+
+    /* the pack of the converted weights, as --quantize's (served as q8 only) */
+    struct xd_pack_key key = {.quant_version = XD_PACK_QUANT_VERSION,
+                              .scheme = xd_pack_scheme(XD_DTYPE_Q8_0, false) | 0x200u};
+    char *paths[2] = {NULL, NULL};
+    int n_paths = 0;
+    if (to_q8 && po && po->enabled) {
+        struct xd_err e = {{0}};
+        if (xd_pack_identity(m->dir, m->checkpoint, &key.identity, &key.checkpoint_bytes,
+                             &e) < 0 ||
+            xd_pack_paths(m->dir, po->dir, "fp8-q8", paths, &n_paths, &e) < 0) {
+            pack_say(po, "warning: no pack: %s", e.msg);
+            n_paths = 0;
+        }
+        if (n_paths && pack_try_map(m, po, XD_DTYPE_Q8_0, &key, paths, n_paths, jobs, n)) {
+            free(paths[0]);
+            free(paths[1]);
+            free(jobs);
+            if (c->tie_word_embeddings)
+                m->lm_head = m->embed;
+            m->fp8 = true;
+            m->quant = XD_DTYPE_Q8_0;
+            m->quant_experts_only = false;
+            m->quant_n_kept = n_kept;
+            return XD_OK;
+        }
+    }
+
     char *buf = aligned_alloc(64, total ? total : 64);
     if (!buf) {
+        free(paths[0]);
+        free(paths[1]);
         free(jobs);
         return xd_err_set(err, XD_ERR_NOMEM,
                           "%s: FP8 to q8 conversion: %.1f MiB could not be allocated", m->dir,
@@ -1060,15 +1107,20 @@ static int convert_fp8(struct xd_model *m, bool to_q8, struct xd_err *err)
     }
     size_t off = 0;
     for (size_t i = 0; i < n; i++) {
-        struct xd_matrix w = *jobs[i].m;
-        if (!w.data || w.dtype != XD_DTYPE_F8_E4M3)
+        if (!jobs[i].m)
             continue;
-        const int q8 = to_q8 && i < n_q && w.cols % XD_QBLOCK == 0;
-        n_kept += !q8 && i < n_q;
+        struct xd_matrix w = *jobs[i].m;
+        const int q8 = jobs[i].fmt == XD_DTYPE_Q8_0;
         xd_fp8_convert(&w, c->fp8_block[0], c->fp8_block[1], q8, buf + off, jobs[i].m);
         off += (xd_fp8_converted_bytes(&w, q8) + 63) & ~(size_t)63;
         drop_pages(w.data, (size_t)w.rows * (size_t)w.cols);
     }
+    m->quant = to_q8 ? XD_DTYPE_Q8_0 : XD_DTYPE_F32;
+    m->quant_bytes = total;
+    if (n_paths)
+        pack_write(m, po, &key, paths, n_paths, jobs, n);
+    free(paths[0]);
+    free(paths[1]);
     free(jobs);
     if (c->tie_word_embeddings)
         m->lm_head = m->embed;

@@ -92,6 +92,12 @@ struct xd_pack_opts {
  * The model owns the mapping; destroy with xd_model_destroy. */
 int xd_model_load(const char *dir, struct xd_model **ret_model, struct xd_err *err);
 void xd_model_destroy(struct xd_model *model);
+/* As xd_model_load, with an FP8 checkpoint's conversion to q8 through the expert pack of po (as
+ * xd_model_quantize_packed: a matching pack `expertd-fp8-q8.pack` is mapped instead of
+ * converting again, else the conversion is written to one; po NULL or disabled: no pack). Other
+ * checkpoints load as xd_model_load does (their pack is xd_model_quantize_packed's). */
+int xd_model_load_packed(const char *dir, const struct xd_pack_opts *po,
+                         struct xd_model **ret_model, struct xd_err *err);
 /* As xd_model_load, but an FP8 checkpoint's weights are all dequantized to f32 (fp8(w) x its
  * block's scale_inv, as transformers dequantizes them) instead of converted to q8: the
  * reference the q8 conversion is measured against. Other checkpoints load as usual. */

@@ -530,9 +530,13 @@ int xd_pack_paths(const char *dir, const char *pack_dir, const char *tag, char *
             goto nomem;
         snprintf(p[n++], len, "%s/expertd-%s.pack", dir, tag);
         char cache[PATH_MAX];
-        const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+        const char *sd = getenv("CACHE_DIRECTORY"), *xdg = getenv("XDG_CACHE_HOME"),
+                   *home = getenv("HOME");
         int have = 0;
-        if (xdg && xdg[0] == '/')
+        if (sd && sd[0] == '/') /* systemd's CacheDirectory=: a list, the first one ours */
+            have = snprintf(cache, sizeof cache, "%.*s", (int)strcspn(sd, ":"), sd) <
+                   (int)sizeof cache;
+        else if (xdg && xdg[0] == '/')
             have = snprintf(cache, sizeof cache, "%s/expertd", xdg) < (int)sizeof cache;
         else if (home && home[0] == '/')
             have = snprintf(cache, sizeof cache, "%s/.cache/expertd", home) < (int)sizeof cache;

@@ -128,8 +128,9 @@ int xd_pack_identity(const char *dir, const struct xd_checkpoint *ckpt, uint64_t
 
 /* Where the pack of the checkpoint in dir for tag ("q4", "q8-experts") lives. With pack_dir:
  * pack_dir/<name>-<hash of dir's real path>-<tag>.pack, the one place (*ret_n 1). Else
- * dir/expertd-<tag>.pack first, then the cache file $XDG_CACHE_HOME/expertd (or
- * ~/.cache/expertd) /<name>-<hash>-<tag>.pack (*ret_n 2, or 1 without a cache directory).
+ * dir/expertd-<tag>.pack first, then the cache file <cache>/<name>-<hash>-<tag>.pack, the
+ * cache being $CACHE_DIRECTORY (systemd's CacheDirectory=, the unit's /var/cache/expertd), else
+ * $XDG_CACHE_HOME/expertd, else ~/.cache/expertd (*ret_n 2, or 1 without any of them).
  * Returns the paths (malloc'ed, in ret[0..*ret_n)); XD_ERR_NOMEM otherwise. */
 int xd_pack_paths(const char *dir, const char *pack_dir, const char *tag, char *ret[2],
                   int *ret_n, struct xd_err *err);
