@@ -210,6 +210,11 @@ static void test_second_load_maps_pack(void)
         CHECK(xd_expert_store_acquire(&m->experts, 0, 1, &w) == XD_OK &&
               w.down.dtype == XD_DTYPE_Q4_1 && (uintptr_t)w.down.data % XD_PACK_ALIGN == 0,
               "an expert's extent is not an aligned Q4_1 view");
+        /* what a trace recorded now stores as one expert's bytes, which `expertd plan` sizes
+         * caches by: the q4 size, the format served */
+        const struct xd_model_config *c = &m->config;
+        CHECK(xd_model_expert_bytes(m) == (size_t)3 * c->expert_ffn * (c->hidden_size / 32) * 20,
+              "expert bytes %zu", xd_model_expert_bytes(m));
         float *second = logits_of(m);
         CHECK(same_logits(first, second, m), "logits from the pack differ from the first load's");
         free(second);
@@ -457,6 +462,40 @@ static void test_readonly_dir_falls_back(void)
     remove_tree(cache);
 }
 
+/* Starts that build the same pack at once each rename a whole file: the pack left is valid and
+ * no temporary file stays behind. */
+static void test_concurrent_writers(void)
+{
+    char dir[4096];
+    if (make_checkpoint(dir) < 0) {
+        CHECK(0, "cannot copy the fixture");
+        return;
+    }
+    fflush(NULL);
+    pid_t pid[3];
+    for (int i = 0; i < 3; i++)
+        if ((pid[i] = fork()) == 0) {
+            struct log_buf log;
+            struct xd_model *m = load_packed(dir, NULL, XD_DTYPE_Q4_1, &log);
+            const int ok = m && m->pack_use != XD_PACK_NONE;
+            xd_model_destroy(m);
+            _exit(ok && !test_failures ? 0 : 1);
+        }
+    for (int i = 0; i < 3; i++) {
+        int status = 0;
+        CHECK(pid[i] > 0 && waitpid(pid[i], &status, 0) == pid[i] && WIFEXITED(status) &&
+              WEXITSTATUS(status) == 0, "writer %d failed (status %d)", i, status);
+    }
+    struct log_buf log;
+    struct xd_model *m = load_packed(dir, NULL, XD_DTYPE_Q4_1, &log);
+    CHECK(m && m->pack_use == XD_PACK_MAPPED, "after concurrent writers: %s", log.text);
+    xd_model_destroy(m);
+    char cmd[4300];
+    snprintf(cmd, sizeof cmd, "test -z \"$(ls '%s' | grep '\\.pack\\.')\"", dir);
+    CHECK(system(cmd) == 0, "a temporary pack file was left in %s", dir);
+    remove_tree(dir);
+}
+
 /* No place takes the pack: a warning, and the model is served quantized in memory. */
 static void test_unwritable_pack_dir_quantizes_in_memory(void)
 {
@@ -561,7 +600,8 @@ static void test_fp8_conversion_packed(void)
 int main(int argc, char **argv)
 {
     fixtures = argc > 1 ? argv[1] : "tests/fixtures";
-    RUN(test_readonly_dir_falls_back); /* forks: before any OpenMP thread exists */
+    RUN(test_readonly_dir_falls_back); /* these two fork: before any OpenMP thread exists */
+    RUN(test_concurrent_writers);
     RUN(test_second_load_maps_pack);
     RUN(test_changed_config_refused);
     RUN(test_touched_safetensors_refused);
