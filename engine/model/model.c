@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "engine/base/clock.h"
 #include "engine/model/fp8.h"
 #include "engine/model/quant.h"
 
@@ -758,6 +759,32 @@ static void pack_say(const struct xd_pack_opts *po, const char *fmt, ...)
         fprintf(stderr, "%s\n", line);
 }
 
+/* Progress of the quantization that precedes writing a pack (minutes for a large model): a line
+ * about every second, none when nothing is reported. */
+struct quant_progress {
+    const struct xd_pack_opts *po; /* NULL: silent */
+    const char *what;              /* "quantizing to Q4_1" */
+    double t0, last;
+    size_t done, total;            /* source bytes */
+};
+
+static void quant_progress_add(struct quant_progress *p, size_t bytes)
+{
+    p->done += bytes;
+    if (!p->po)
+        return;
+    const double now = xd_now();
+    if (now - p->last < 1.0 && p->done != p->total)
+        return;
+    p->last = now;
+    if (p->done == p->total && now - p->t0 < 1.0)
+        return; /* a small model: no line at all */
+    pack_say(p->po, "%s: %.1f of %.1f MiB (%.0f%%, %.0f MB/s)", p->what,
+             (double)p->done / 1048576.0, (double)p->total / 1048576.0,
+             p->total ? 100.0 * (double)p->done / (double)p->total : 100.0,
+             now > p->t0 ? (double)p->done / (now - p->t0) / 1e6 : 0.0);
+}
+
 /* Whether pack is the one for key and jobs (the quantized ones, kept ones have m NULL); if not,
  * why in why. */
 static bool pack_matches(const struct xd_pack_info *p, const struct xd_pack_key *key,
@@ -1003,12 +1030,22 @@ int xd_model_quantize_packed(struct xd_model *m, enum xd_dtype fmt, bool experts
         return xd_err_set(err, XD_ERR_NOMEM, "%s: quantize to %s: %.1f MiB could not be allocated",
                           m->dir, xd_dtype_name(fmt), (double)total / 1048576.0);
     }
+    char what[64];
+    snprintf(what, sizeof what, "quantizing to %s for the pack", xd_dtype_name(fmt));
+    struct quant_progress qp = {.po = n_paths ? po : NULL, .what = what, .t0 = xd_now()};
+    qp.last = qp.t0;
+    for (size_t i = 0; i < n_jobs; i++)
+        if (jobs[i].m)
+            qp.total += (size_t)jobs[i].m->rows *
+                        xd_dtype_row_bytes(jobs[i].m->dtype, jobs[i].m->cols);
     size_t off = 0;
     for (size_t i = 0; i < n_jobs; i++) {
         if (!jobs[i].m)
             continue;
         struct xd_matrix src = *jobs[i].m;
+        quant_progress_add(&qp, 0);
         xd_quant_matrix(&src, jobs[i].fmt, buf + off, jobs[i].m);
+        quant_progress_add(&qp, (size_t)src.rows * xd_dtype_row_bytes(src.dtype, src.cols));
         off += (src.rows * xd_dtype_row_bytes(jobs[i].fmt, src.cols) + 63) & ~(size_t)63;
         if (src.data != m->embed.data) /* a tied lm_head's pages are the embedding's */
             drop_pages(src.data, (size_t)src.rows * xd_dtype_row_bytes(src.dtype, src.cols));
@@ -1105,6 +1142,12 @@ static int convert_fp8(struct xd_model *m, bool to_q8, const struct xd_pack_opts
                           "%s: FP8 to q8 conversion: %.1f MiB could not be allocated", m->dir,
                           (double)total / 1048576.0);
     }
+    struct quant_progress qp = {.po = n_paths ? po : NULL,
+                                .what = "converting FP8 to Q8_0 for the pack", .t0 = xd_now()};
+    qp.last = qp.t0;
+    for (size_t i = 0; i < n; i++)
+        if (jobs[i].m)
+            qp.total += (size_t)jobs[i].m->rows * (size_t)jobs[i].m->cols;
     size_t off = 0;
     for (size_t i = 0; i < n; i++) {
         if (!jobs[i].m)
@@ -1112,6 +1155,7 @@ static int convert_fp8(struct xd_model *m, bool to_q8, const struct xd_pack_opts
         struct xd_matrix w = *jobs[i].m;
         const int q8 = jobs[i].fmt == XD_DTYPE_Q8_0;
         xd_fp8_convert(&w, c->fp8_block[0], c->fp8_block[1], q8, buf + off, jobs[i].m);
+        quant_progress_add(&qp, (size_t)w.rows * (size_t)w.cols);
         off += (xd_fp8_converted_bytes(&w, q8) + 63) & ~(size_t)63;
         drop_pages(w.data, (size_t)w.rows * (size_t)w.cols);
     }

@@ -49,6 +49,11 @@ struct xd_layer_weights {
     int moe_index;              /* index among MoE layers, -1 for dense layers */
 };
 
+/* What the expert pack did for a model: NONE (no pack asked for, or none could be written),
+ * MAPPED (the quantized matrices are views of the pack, quant_buf is NULL) or WRITTEN (quantized
+ * here, then written to pack_path). */
+enum xd_pack_use { XD_PACK_NONE, XD_PACK_MAPPED, XD_PACK_WRITTEN };
+
 struct xd_model {
     struct xd_model_config config;
     struct xd_checkpoint *checkpoint;
@@ -68,10 +73,8 @@ struct xd_model {
     /* Loaded from an FP8 checkpoint (config.fp8): its F8_E4M3 matrices were converted at load,
      * the matmul weights to q8_0 (quant is Q8_0), the embedding, lm_head and router to f32. */
     bool fp8;
-    /* The expert pack of xd_model_quantize_packed: NONE (no pack asked for, or none could be
-     * written), MAPPED (the quantized matrices are views of pack, quant_buf is NULL) or WRITTEN
-     * (quantized here, then written to pack_path); pack_path is the file. */
-    enum xd_pack_use { XD_PACK_NONE, XD_PACK_MAPPED, XD_PACK_WRITTEN } pack_use;
+    /* The expert pack of xd_model_quantize_packed / xd_model_load_packed, and its file. */
+    enum xd_pack_use pack_use;
     char *pack_path;
     struct xd_pack_map *pack;
 };
