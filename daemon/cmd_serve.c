@@ -18,6 +18,7 @@
 #include "daemon/test_hooks.h"
 #include "engine/base/clock.h"
 #include "engine/engine.h"
+#include "engine/model/quant.h"
 #include "engine/model/safetensors.h"
 #include "engine/experts/routing_trace.h"
 #include "engine/text/chat_template.h"
@@ -170,10 +171,19 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     XD_TRY(xd_model_load_packed(c->engine.model, &po, &L->model, err));
     if (L->model->config.warning[0])
         xd_log(s, XD_LOG_WARN, "%s", L->model->config.warning);
+    /* --quantize before the read (the engine's quantization is then a no-op): the matrices it
+     * replaces, or that the expert pack provides, are not read from the checkpoint at all */
+    enum xd_dtype quant;
+    XD_TRY(xd_quant_parse(c->engine.quantize, &quant, err));
+    const double t_quant0 = xd_now();
+    if (xd_dtype_is_quant(quant) && strcmp(c->engine.device, "cpu") == 0)
+        XD_TRY(xd_model_quantize_packed(L->model, quant, c->engine.quantize_experts_only, &po,
+                                        err));
+    const double t_quant = xd_now() - t_quant0;
     /* the mapping is lazy: read it now, with progress, rather than in the first requests */
     struct read_progress rp = {.s = s, .t0 = xd_now()};
     atomic_store(&s->load_phase, XD_LOAD_READING);
-    xd_checkpoint_read(L->model->checkpoint, on_read_progress, &rp);
+    xd_model_read(L->model, on_read_progress, &rp);
     atomic_store(&s->load_phase, XD_LOAD_ENGINE);
     const struct xd_model_config *mc = &L->model->config;
 
@@ -246,7 +256,7 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
                L->model->pack_use == XD_PACK_MAPPED    ? "mapped from the expert pack"
                : L->model->pack_use == XD_PACK_WRITTEN ? "quantized and packed"
                                                        : "quantized",
-               xd_now() - t_engine, L->model->quant_n_kept,
+               t_quant + (xd_now() - t_engine), L->model->quant_n_kept,
                (double)xd_model_expert_bytes(L->model) / 1048576.0);
     if (c->record_routing) {
         struct xd_trace_header th =

@@ -496,6 +496,59 @@ static void test_concurrent_writers(void)
     remove_tree(dir);
 }
 
+struct read_count {
+    uint64_t done, total;
+    int calls;
+};
+
+static void count_read(void *ctx, uint64_t done, uint64_t total)
+{
+    struct read_count *r = ctx;
+    r->done = done;
+    r->total = total;
+    r->calls++;
+}
+
+/* xd_model_read (serve's read after --quantize) reads the checkpoint but the pages the
+ * quantized copies or the pack replaced; all of it for a model served as stored. */
+static void test_read_skips_replaced_pages(void)
+{
+    char dir[4096], st[4200];
+    if (make_checkpoint(dir) < 0) {
+        CHECK(0, "cannot copy the fixture");
+        return;
+    }
+    snprintf(st, sizeof st, "%s/model.safetensors", dir);
+    const uint64_t size = (uint64_t)file_size(st);
+    struct xd_model *m = NULL;
+    struct xd_err err = {{0}};
+    CHECK(xd_model_load(dir, &m, &err) == XD_OK, "%s", err.msg);
+    struct read_count all = {0};
+    if (m)
+        xd_model_read(m, count_read, &all);
+    CHECK(all.total == size && all.done == size, "as stored: read %llu of %llu, file %llu",
+          (unsigned long long)all.done, (unsigned long long)all.total,
+          (unsigned long long)size);
+    xd_model_destroy(m);
+
+    struct log_buf log;
+    for (int i = 0; i < 2; i++) { /* quantized and written, then mapped */
+        m = load_packed(dir, NULL, XD_DTYPE_Q4_1, &log);
+        struct read_count part = {0};
+        if (m)
+            xd_model_read(m, count_read, &part);
+        const uint64_t embed = m ? (uint64_t)m->embed.rows * m->embed.cols * 4 : 0;
+        CHECK(m && m->pack_use == (i ? XD_PACK_MAPPED : XD_PACK_WRITTEN), "%s", log.text);
+        CHECK(part.done == part.total && part.total < size / 2 && part.total >= embed &&
+              part.calls >= 2, "q4 (%s): read %llu of %llu, file %llu, embedding %llu",
+              i ? "mapped" : "written", (unsigned long long)part.done,
+              (unsigned long long)part.total, (unsigned long long)size,
+              (unsigned long long)embed);
+        xd_model_destroy(m);
+    }
+    remove_tree(dir);
+}
+
 /* No place takes the pack: a warning, and the model is served quantized in memory. */
 static void test_unwritable_pack_dir_quantizes_in_memory(void)
 {
@@ -613,6 +666,7 @@ int main(int argc, char **argv)
     RUN(test_parse_checks_extents);
     RUN(test_unwritable_pack_dir_quantizes_in_memory);
     RUN(test_pack_dir);
+    RUN(test_read_skips_replaced_pages);
     RUN(test_fp8_conversion_packed);
     return test_summary();
 }

@@ -648,6 +648,7 @@ void xd_model_destroy(struct xd_model *m)
     free(m->quant_buf);
     xd_pack_close(m->pack);
     free(m->pack);
+    free(m->dropped);
     free(m->pack_path);
     xd_checkpoint_close(m->checkpoint);
     free(m->dir);
@@ -739,6 +740,85 @@ static void drop_pages(const void *p, size_t len)
     uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), b = ((uintptr_t)p + len) & ~(page - 1);
     if (b > a)
         madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+/* drop_pages, remembering the range for xd_model_read (if the list cannot grow, the pages are
+ * only read back in vain). */
+static void drop_source(struct xd_model *m, const void *p, size_t len)
+{
+    drop_pages(p, len);
+    if (m->n_dropped == m->cap_dropped) {
+        size_t cap = m->cap_dropped ? 2 * m->cap_dropped : 256;
+        struct xd_model_range *r = realloc(m->dropped, cap * sizeof *r);
+        if (!r)
+            return;
+        m->dropped = r;
+        m->cap_dropped = cap;
+    }
+    m->dropped[m->n_dropped++] = (struct xd_model_range){p, len};
+}
+
+static int cmp_range(const void *a, const void *b)
+{
+    const struct xd_model_range *x = a, *y = b;
+    return x->p < y->p ? -1 : x->p > y->p;
+}
+
+void xd_model_read(const struct xd_model *m, xd_read_progress_fn progress, void *ctx)
+{
+    if (!m->n_dropped) {
+        xd_checkpoint_read(m->checkpoint, progress, ctx);
+        return;
+    }
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE), chunk = (size_t)64 << 20;
+    struct xd_model_range *r = malloc(m->n_dropped * sizeof *r);
+    if (!r) {
+        xd_checkpoint_read(m->checkpoint, progress, ctx);
+        return;
+    }
+    memcpy(r, m->dropped, m->n_dropped * sizeof *r);
+    qsort(r, m->n_dropped, sizeof *r, cmp_range);
+    /* two passes: count the pages to read, then read them in runs of at most 64 MiB */
+    uint64_t total = 0, done = 0;
+    unsigned sum = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1 && progress)
+            progress(ctx, 0, total);
+        const void *map;
+        size_t size;
+        for (size_t f = 0; xd_checkpoint_file(m->checkpoint, f, &map, &size); f++) {
+            const char *base = map;
+            size_t k = 0, run = 0, run_len = 0;
+            for (size_t off = 0; off < size; off += page) {
+                const char *a = base + off;
+                const size_t len = size - off < page ? size - off : page;
+                while (k < m->n_dropped && r[k].p + r[k].len <= a)
+                    k++;
+                const bool skip = k < m->n_dropped && r[k].p <= a && a + len <= r[k].p + r[k].len;
+                if (!skip) {
+                    if (!run_len)
+                        run = off;
+                    run_len += len;
+                }
+                if (run_len && (skip || run_len >= chunk || off + len >= size)) {
+                    if (pass == 0) {
+                        total += run_len;
+                    } else {
+                        madvise((void *)(uintptr_t)(base + run), run_len, MADV_WILLNEED);
+                        const volatile unsigned char *b = (const unsigned char *)base + run;
+                        for (size_t o = 0; o < run_len; o += page)
+                            sum += b[o];
+                        done += run_len;
+                        if (progress)
+                            progress(ctx, done, total);
+                    }
+                    run_len = 0;
+                }
+            }
+        }
+    }
+    (void)sum;
+    free(r);
 }
 
 /* ---- the expert pack ---- */
@@ -886,7 +966,8 @@ static bool pack_try_map(struct xd_model *m, const struct xd_pack_opts *po,
                                             .cols = x->cols, .data = x->data};
             bytes += x->bytes;
             if (src.data != m->embed.data)
-                drop_pages(src.data, (size_t)src.rows * xd_dtype_row_bytes(src.dtype, src.cols));
+                drop_source(m, src.data,
+                            (size_t)src.rows * xd_dtype_row_bytes(src.dtype, src.cols));
         }
         pack_say(po, "pack %s: mapped %.1f MiB of %s weights (%zu matrices), not quantized "
                  "again", paths[p], (double)bytes / 1048576.0, xd_dtype_name(fmt),
@@ -1048,7 +1129,7 @@ int xd_model_quantize_packed(struct xd_model *m, enum xd_dtype fmt, bool experts
         quant_progress_add(&qp, (size_t)src.rows * xd_dtype_row_bytes(src.dtype, src.cols));
         off += (src.rows * xd_dtype_row_bytes(jobs[i].fmt, src.cols) + 63) & ~(size_t)63;
         if (src.data != m->embed.data) /* a tied lm_head's pages are the embedding's */
-            drop_pages(src.data, (size_t)src.rows * xd_dtype_row_bytes(src.dtype, src.cols));
+            drop_source(m, src.data, (size_t)src.rows * xd_dtype_row_bytes(src.dtype, src.cols));
     }
     m->quant = fmt;
     m->quant_experts_only = experts_only;
@@ -1157,7 +1238,7 @@ static int convert_fp8(struct xd_model *m, bool to_q8, const struct xd_pack_opts
         xd_fp8_convert(&w, c->fp8_block[0], c->fp8_block[1], q8, buf + off, jobs[i].m);
         quant_progress_add(&qp, (size_t)w.rows * (size_t)w.cols);
         off += (xd_fp8_converted_bytes(&w, q8) + 63) & ~(size_t)63;
-        drop_pages(w.data, (size_t)w.rows * (size_t)w.cols);
+        drop_source(m, w.data, (size_t)w.rows * (size_t)w.cols);
     }
     m->quant = to_q8 ? XD_DTYPE_Q8_0 : XD_DTYPE_F32;
     m->quant_bytes = total;

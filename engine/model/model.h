@@ -54,6 +54,12 @@ struct xd_layer_weights {
  * here, then written to pack_path). */
 enum xd_pack_use { XD_PACK_NONE, XD_PACK_MAPPED, XD_PACK_WRITTEN };
 
+/* A byte range of the checkpoint's mapping. */
+struct xd_model_range {
+    const char *p;
+    size_t len;
+};
+
 struct xd_model {
     struct xd_model_config config;
     struct xd_checkpoint *checkpoint;
@@ -77,6 +83,10 @@ struct xd_model {
     enum xd_pack_use pack_use;
     char *pack_path;
     struct xd_pack_map *pack;
+    /* Checkpoint bytes whose matrices were replaced (quantized, converted, or mapped from the
+     * pack) and whose pages were dropped: xd_model_read does not read them back. */
+    struct xd_model_range *dropped; /* (n_dropped,) */
+    size_t n_dropped, cap_dropped;
 };
 
 /* Where xd_model_quantize_packed looks for and writes the expert pack. */
@@ -135,6 +145,12 @@ int xd_model_quantize(struct xd_model *model, enum xd_dtype fmt, bool experts_on
  * trouble is never an error; the errors are xd_model_quantize's. po NULL: xd_model_quantize. */
 int xd_model_quantize_packed(struct xd_model *model, enum xd_dtype fmt, bool experts_only,
                              const struct xd_pack_opts *po, struct xd_err *err);
+
+/* As xd_checkpoint_read, but only the pages the model still serves from: the checkpoint's
+ * pages but those of matrices replaced by quantized or converted copies or by the pack, so a
+ * model mapped from its pack does not read its source experts from disk. progress (may be NULL)
+ * counts the bytes read of those to read, as xd_checkpoint_read's. Cannot fail. */
+void xd_model_read(const struct xd_model *model, xd_read_progress_fn progress, void *ctx);
 
 /* Bytes of one expert's weights (gate, up and down) as served (quantized if the model is); 0
  * when it cannot be read. */
