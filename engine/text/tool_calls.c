@@ -459,9 +459,11 @@ static int parse_harmony(struct xd_tool_stream *t, const char *s, const char *e)
                                                                : XD_HARMONY_FIRST_CHANNEL,
                                         &h) < 0)
         return XD_ERR_INVALID;
+    if (!h.recipient)
+        return XD_ERR_INVALID;
     const char *ns = h.recipient, *ne = h.recipient + h.recipient_len;
-    if (!ns || !starts(ns, ne, "functions.") || ne - ns == 10)
-        return XD_ERR_INVALID; /* no recipient, or a built-in tool's (browser, python) */
+    if (!starts(ns, ne, "functions.") || ne - ns == 10)
+        return XD_ERR_INVALID; /* a built-in tool's (browser, python), or no name */
     return add_call(t, ns + 10, ne, json_object_of(msg + strlen(XD_HARMONY_MESSAGE), e));
 }
 
