@@ -52,6 +52,9 @@ static const struct split_case CASES[] = {
     {XD_REASONING_HARMONY, "<|channel|>commentary to=functions.f<|message|>{}" H_FINAL "ok", false,
      "", "<|start|>assistant<|channel|>commentary to=functions.f<|message|>{}<|end|>ok"},
     {XD_REASONING_HARMONY, H_ANALYSIS "cut by length", false, "cut by length", ""},
+    {XD_REASONING_HARMONY, "<|start|>assistant<|channel|>analysis<|message|>r<|end|>" H_FINAL "c",
+     false, "r", "c"}, /* a prompt without the generation prompt: the output starts the message */
+    {XD_REASONING_HARMONY, "<|star", false, "", "<|star"},
     {XD_REASONING_HARMONY, H_ANALYSIS "r<|end|>stray<|channel|>final<|message|>c", false, "r",
      "strayc"}, /* text between messages is content; a header may start at its <|channel|> */
     {XD_REASONING_HARMONY, "<|channel|>final<|message|>x <|en d<|", false, "", "x <|en d<|"},

@@ -183,7 +183,7 @@ static bool has_prefix(const char *s, size_t n, const char *p)
 static bool fields_plausible(const char *s, size_t n)
 {
     return has_prefix(s, n, XD_HARMONY_CHANNEL) || has_prefix(s, n, " to=") ||
-           has_prefix(s, n, "to=");
+           has_prefix(s, n, "to=") || has_prefix(s, n, XD_HARMONY_START);
 }
 
 /* One byte of a header: at its <|message|> the body's kind is known (a tool call's framing
@@ -197,6 +197,12 @@ static int header_byte(struct xd_reasoning *r, char ch, struct xd_byte_buf *cont
     r->held[r->n_held++] = ch;
     if (r->first == XD_HARMONY_FIRST_FIELDS && !fields_plausible(r->held, (size_t)r->n_held))
         return not_harmony(r, content);
+    if (r->first == XD_HARMONY_FIRST_FIELDS && r->n_held == (int)strlen(XD_HARMONY_START) &&
+        memcmp(r->held, XD_HARMONY_START, strlen(XD_HARMONY_START)) == 0) {
+        r->first = XD_HARMONY_FIRST_ROLE; /* the output writes its own <|start|> */
+        r->n_held = 0;
+        return XD_OK;
+    }
     const size_t m = strlen(XD_HARMONY_MESSAGE), n = (size_t)r->n_held;
     for (size_t k = 0; ch == '>' && k < sizeof BODY_ENDS / sizeof BODY_ENDS[0]; k++) {
         size_t e = strlen(BODY_ENDS[k]); /* a message ended or begun inside a header */
