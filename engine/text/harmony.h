@@ -6,9 +6,9 @@
 
 #include <stddef.h>
 
-/* The special tokens of o200k_harmony that frame messages (single tokens: 200006 <|start|>,
- * 200005 <|channel|>, 200008 <|message|>, 200007 <|end|>, 200002 <|return|>, 200012 <|call|>,
- * 200003 <|constrain|>); the detokenizer must keep special tokens for them to reach a parser. */
+/* The special tokens of o200k_harmony that frame messages (each a single token; gpt-oss's
+ * generation_config.json stops at 200002 <|return|> and 200012 <|call|>); the detokenizer must
+ * keep special tokens for them to reach a parser. */
 #define XD_HARMONY_START "<|start|>"
 #define XD_HARMONY_CHANNEL "<|channel|>"
 #define XD_HARMONY_MESSAGE "<|message|>"
