@@ -179,7 +179,8 @@ static bool has_prefix(const char *s, size_t n, const char *p)
     return memcmp(s, p, n < k ? n : k) == 0;
 }
 
-/* The first message's header (its <|start|>assistant in the prompt) opens with a field. */
+/* The first message's header (its <|start|>assistant in the prompt) opens with a field, or the
+ * output writes its own <|start|>. */
 static bool fields_plausible(const char *s, size_t n)
 {
     return has_prefix(s, n, XD_HARMONY_CHANNEL) || has_prefix(s, n, " to=") ||
