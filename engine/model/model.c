@@ -702,6 +702,9 @@ static size_t list_quant_jobs(struct xd_model *m, enum xd_dtype fmt, bool expert
         ADD(&lw->wk, "layer %d k_proj", l);
         ADD(&lw->wv, "layer %d v_proj", l);
         ADD(&lw->wo, "layer %d o_proj", l);
+        ADD(&lw->wq_a, "layer %d q_a_proj", l); /* MLA's, but kv_b_proj: mla.c reads it */
+        ADD(&lw->wq_b, "layer %d q_b_proj", l); /* element by element, transposed */
+        ADD(&lw->wkv_a, "layer %d kv_a_proj_with_mqa", l);
         ADD(&lw->mlp_gate, "layer %d mlp gate_proj", l);
         ADD(&lw->mlp_up, "layer %d mlp up_proj", l);
         ADD(&lw->mlp_down, "layer %d mlp down_proj", l);
