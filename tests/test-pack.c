@@ -593,10 +593,10 @@ static void test_pack_dir(void)
 
 /* An FP8 checkpoint's conversion to q8 is packed too: the second load maps it, bit-identical;
  * a changed config.json is refused and converted again. */
-static void test_fp8_conversion_packed(void)
+static void check_fp8_packed(const char *fixture)
 {
     char dir[4096], pack[4200];
-    if (make_checkpoint_of(dir, "qwen3_moe-fp8") < 0) {
+    if (make_checkpoint_of(dir, fixture) < 0) {
         CHECK(0, "cannot copy the fixture");
         return;
     }
@@ -617,8 +617,15 @@ static void test_fp8_conversion_packed(void)
     CHECK(m && m->fp8 && m->quant == XD_DTYPE_Q8_0 && m->pack_use == XD_PACK_MAPPED &&
           !m->quant_buf, "second load: %s", log.text);
     if (m) {
-        CHECK(m->embed.dtype == XD_DTYPE_F32 && m->layers[0].router.dtype == XD_DTYPE_F32,
-              "the embedding and router are f32 extents");
+        if (m->config.mla) /* layer 0 is dense; the embedding is stored bf16 */
+            CHECK(m->layers[1].wkv_b.dtype == XD_DTYPE_F32 &&
+                  m->layers[1].wkv_a.dtype == XD_DTYPE_Q8_0 &&
+                  m->layers[1].router.dtype != XD_DTYPE_F8_E4M3,
+                  "kv_b_proj %s (want f32 extent), kv_a_proj %s (want q8)",
+                  xd_dtype_name(m->layers[1].wkv_b.dtype), xd_dtype_name(m->layers[1].wkv_a.dtype));
+        else
+            CHECK(m->embed.dtype == XD_DTYPE_F32 && m->layers[0].router.dtype == XD_DTYPE_F32,
+                  "the embedding and router are f32 extents");
         float *second = logits_of(m);
         CHECK(same_logits(first, second, m), "logits from the FP8 pack differ");
         free(second);
@@ -650,6 +657,17 @@ static void test_fp8_conversion_packed(void)
     remove_tree(dir);
 }
 
+static void test_fp8_conversion_packed(void)
+{
+    check_fp8_packed("qwen3_moe-fp8");
+}
+
+/* DeepSeek's MLA: q_a_proj, q_b_proj and kv_a_proj_with_mqa q8 extents, kv_b_proj f32 */
+static void test_fp8_deepseek_conversion_packed(void)
+{
+    check_fp8_packed("deepseek_v3-fp8");
+}
+
 int main(int argc, char **argv)
 {
     fixtures = argc > 1 ? argv[1] : "tests/fixtures";
@@ -668,5 +686,6 @@ int main(int argc, char **argv)
     RUN(test_pack_dir);
     RUN(test_read_skips_replaced_pages);
     RUN(test_fp8_conversion_packed);
+    RUN(test_fp8_deepseek_conversion_packed);
     return test_summary();
 }
