@@ -230,11 +230,14 @@ int xd_pack_open(const char *path, struct xd_pack_map *ret, bool *ret_missing,
         return xd_err_set(err, XD_ERR_IO, "%s: %s", path, strerror(errno));
     }
     struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, &st) < 0) {
         int e = errno;
         close(fd);
-        return xd_err_set(err, XD_ERR_IO, "%s: %s", path,
-                          S_ISREG(st.st_mode) ? strerror(e) : "not a regular file");
+        return xd_err_set(err, XD_ERR_IO, "%s: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return xd_err_set(err, XD_ERR_IO, "%s: not a regular file", path);
     }
     if (st.st_size < XD_PACK_HEADER_BYTES) {
         close(fd);
