@@ -54,9 +54,9 @@ const struct xd_opt xd_config_opts[] = {
      "stored "
      "(default false)"},
     {"pack", XD_OPT_STRING, CFG(pack), 0, 0, "EXPERTD_PACK",
-     "with --quantize (or an FP8 checkpoint): auto writes the quantized weights once to an expert pack (beside the "
-     "checkpoint, else in the cache directory) and maps it on later starts; off quantizes at "
-     "every load (default auto)"},
+     "with --quantize (or an FP8 checkpoint): auto writes the quantized weights once to an "
+     "expert pack (beside the checkpoint, else in the cache directory) and maps it on later "
+     "starts; off quantizes at every load (default auto)"},
     {"pack-dir", XD_OPT_STRING, CFG(pack_dir), 0, 0, "EXPERTD_PACK_DIR",
      "directory of the expert packs (default: the checkpoint's, else the cache directory: "
      "$CACHE_DIRECTORY, $XDG_CACHE_HOME/expertd or ~/.cache/expertd)"},

@@ -43,12 +43,12 @@ int xd_config_validate(const struct xd_config *cfg, struct xd_err *err);
  * small for one expert or a width over the model's experts is XD_ERR_CONFIG naming the key. */
 struct xd_engine_opts;
 struct xd_model_config;
-struct xd_pack_opts;
-
-/* The expert pack's settings (--pack, --pack-dir) as pack options (log left NULL: stderr). */
-void xd_config_pack_opts(const struct xd_config *cfg, struct xd_pack_opts *ret);
-
 int xd_config_expert_opts(const struct xd_config *cfg, const struct xd_model_config *mc,
                           bool recording, struct xd_engine_opts *eo, struct xd_err *err);
+
+/* The expert pack's settings (--pack, --pack-dir) as pack options (log left NULL: stderr);
+ * xd_config_expert_opts fills eo->pack with them too. */
+struct xd_pack_opts;
+void xd_config_pack_opts(const struct xd_config *cfg, struct xd_pack_opts *ret);
 
 #endif

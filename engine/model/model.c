@@ -931,7 +931,8 @@ static void fault_in(const void *p, size_t len)
 /* Tries the packs at paths in order; on a match maps the jobs' matrices to it and returns
  * true. Reports each refused pack. */
 static bool pack_try_map(struct xd_model *m, const struct xd_pack_opts *po,
-                         enum xd_dtype fmt, const struct xd_pack_key *key, char **paths, int n_paths,
+                         enum xd_dtype fmt, const struct xd_pack_key *key, char **paths,
+                         int n_paths,
                          struct qjob *jobs, size_t n_jobs)
 {
     for (int p = 0; p < n_paths; p++) {

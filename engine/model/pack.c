@@ -156,7 +156,8 @@ int xd_pack_parse(const uint8_t *b, size_t size, const char *path, struct xd_pac
                           "(%llu bytes) inside the file", path,
                           (unsigned long long)info.data_offset, (unsigned long long)table_end);
     const uint8_t *table = b + XD_PACK_HEADER_BYTES;
-    if (get_u64(b + H_TABLE_HASH) != fnv(FNV_BASIS, table, (size_t)(table_end - XD_PACK_HEADER_BYTES)))
+    if (get_u64(b + H_TABLE_HASH) !=
+        fnv(FNV_BASIS, table, (size_t)(table_end - XD_PACK_HEADER_BYTES)))
         return xd_err_set(err, XD_ERR_FORMAT, "%s: extent table checksum mismatch", path);
     info.n_extents = n;
     info.extents = calloc(n ? n : 1, sizeof *info.extents);
@@ -355,7 +356,8 @@ int xd_pack_write(const char *path, const struct xd_pack_key *key,
     uint64_t off = data_offset, total_data = 0;
     for (size_t i = 0; i < n; i++) {
         uint8_t *t = head + XD_PACK_HEADER_BYTES + i * XD_PACK_EXTENT_BYTES;
-        const uint64_t bytes = (uint64_t)ext[i].rows * xd_dtype_row_bytes(ext[i].dtype, ext[i].cols);
+        const uint64_t bytes =
+            (uint64_t)ext[i].rows * xd_dtype_row_bytes(ext[i].dtype, ext[i].cols);
         snprintf((char *)t + E_NAME, XD_PACK_NAME_MAX, "%s", ext[i].name);
         put_u32(t + E_DTYPE, xd_pack_dtype_code(ext[i].dtype));
         put_u64(t + E_ROWS, (uint64_t)ext[i].rows);
