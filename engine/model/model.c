@@ -932,8 +932,7 @@ static void fault_in(const void *p, size_t len)
  * true. Reports each refused pack. */
 static bool pack_try_map(struct xd_model *m, const struct xd_pack_opts *po,
                          enum xd_dtype fmt, const struct xd_pack_key *key, char **paths,
-                         int n_paths,
-                         struct qjob *jobs, size_t n_jobs)
+                         int n_paths, struct qjob *jobs, size_t n_jobs)
 {
     for (int p = 0; p < n_paths; p++) {
         struct xd_pack_map map = {0};
