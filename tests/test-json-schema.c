@@ -65,7 +65,8 @@ static void test_json_object(void)
           {"{\"a\":1,}", false}, {"{\"a\" 1}", false}, {"{\"a\":01}", false},
           {"{\"a\":1} ", false}, {"{\"a\":\"\\u00e9\\n\"}", true}, {"{\"a\":\"\x01\"}", false},
           {"{\"a\":     1}", false}, {"{\"a\":  1}", true}, {"{\"é\":\"ü\"}", true},
-          {"{\"a\":\"\xc3\"}", false}, {"{\"a\":\"\xed\xa0\x80\"}", false});
+          {"{\"a\":\"\xc3\"}", false}, {"{\"a\":\"\xed\xa0\x80\"}", false},
+          {" {}", false}, {"{\t}", false}, {"{\n\"a\": 1}", true}, {"{\r\n}", false});
 }
 
 static void test_types(void)
@@ -101,6 +102,7 @@ static void test_additional_properties(void)
           {"{\"a\":1,\"zz\":[1]}", true}, {"{\"q\":null}", true}, {"{\"a\":\"x\"}", false});
     CASES("{\"type\":\"object\",\"additionalProperties\":{\"type\":\"integer\"}}",
           {"{\"x\":1,\"y\":2}", true}, {"{\"x\":\"1\"}", false});
+    CASES("{\"type\":\"object\"}", {"{\"any\":[1]}", true}, {"{}", true});
     CASES("{\"type\":\"object\",\"properties\":{\"a\":{}},\"additionalProperties\":false}",
           {"{\"a\":{\"deep\":[1]}}", true}, {"{\"b\":1}", false});
 }

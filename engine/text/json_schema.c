@@ -360,7 +360,9 @@ static int compile_object(struct compiler *c, const json_t *schema, int depth, i
         c->g->nodes[id].props[found].required = true;
         c->g->nodes[id].required |= 1ull << found;
     }
-    if (add && json_is_true(add)) {
+    if ((add && json_is_true(add)) || (!add && !props)) {
+        /* {"type": "object"} alone is any object; with properties and no
+         * additionalProperties, only those (xgrammar's strict mode) */
         int any;
         XD_TRY(any_node(c, &any));
         c->g->nodes[id].additional = any;
@@ -697,9 +699,11 @@ void xd_json_grammar_unref(struct xd_json_grammar *g)
 
 #define END_BYTE 256 /* the end of the text: what closes a top-level number */
 
+/* Whitespace between tokens: a space or a newline (JSON's tab and carriage return are never
+ * chosen; a model given them fills gaps with them). */
 static bool is_ws(int b)
 {
-    return b == ' ' || b == '\n' || b == '\t' || b == '\r';
+    return b == ' ' || b == '\n';
 }
 
 static bool is_digit(int b)
@@ -1174,8 +1178,8 @@ static void feed(const struct xd_json_grammar *g, struct jstack *s, int b,
                 emit(out, s);
             return;
         }
-        if (b == END_BYTE || gap_ws(f, b, s, out))
-            return;
+        if (b == END_BYTE)
+            return; /* no whitespace before the value either: the text starts with it */
         f->phase = 2;
         push_value(g, s, g->root, b, out, guard);
         return;

@@ -22,8 +22,8 @@
  * past either is dropped, so a text that needs one is refused rather than overrun. */
 #define XD_JSON_MAX_DEPTH 20
 #define XD_JSON_MAX_STACKS 32
-/* Whitespace the matcher allows between tokens (" ", "\n", "\t", "\r"), per gap: a little, as
- * llama.cpp allows, so a model cannot loop on spaces. After the top-level value, none. */
+/* Whitespace the matcher allows between tokens (" " or "\n"), per gap: a little, as llama.cpp
+ * allows, so a model cannot loop on spaces. Before and after the top-level value, none. */
 #define XD_JSON_MAX_WS 2
 
 struct xd_json_grammar;
@@ -31,8 +31,8 @@ struct xd_json_grammar;
 /* Compiles schema into a new grammar (*ret, one reference). schema NULL: any JSON object
  * (response_format json_object). Supported: type (object, array, string, number, integer,
  * boolean, null, or a list of them), properties (emitted in the schema's order), required,
- * additionalProperties (false, true or a schema; absent: no other properties, as xgrammar's
- * strict mode), enum, const, items, minItems, maxItems, minLength, maxLength, anyOf, $ref to
+ * additionalProperties (false, true or a schema; absent: no other properties when properties
+ * is given, as xgrammar's strict mode, any when it is not), enum, const, items, minItems, maxItems, minLength, maxLength, anyOf, $ref to
  * "#", "#/$defs/NAME" or "#/definitions/NAME" (resolved in schema itself), $defs and
  * definitions; annotations (title, description, default, examples, $schema, $id, $comment,
  * deprecated, readOnly, writeOnly) are ignored. Any other keyword is XD_ERR_UNSUPPORTED with
