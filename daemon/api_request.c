@@ -527,6 +527,9 @@ static int parse_constraint_owning(json_t *root, struct xd_api_request *r, json_
         return BAD(param, "'%s' cannot be combined with 'tool_choice' %s: both constrain the "
                    "output", param, r->tool_choice == XD_API_TOOL_CHOICE_REQUIRED ? "\"required\""
                    : "naming a function");
+    if ((json || tools) && r->ignore_eos) /* past the whole value only EOS is valid */
+        return BAD("ignore_eos", "'ignore_eos' cannot be combined with constrained output "
+                   "('%s')", json ? param : "tool_choice");
     struct xd_err err = {{0}};
     int rc = XD_OK;
     if (json) {

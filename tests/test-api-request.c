@@ -203,6 +203,7 @@ static const struct {
     {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\"}}}", "response_format"},
     {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"schema\":{\"type\":\"string\",\"pattern\":\"a\"}}}}", "response_format"},
     {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"guided_json\":\"{nope\"}", "guided_json"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"guided_json\":{},\"ignore_eos\":true}", "ignore_eos"},
     {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"json_schema\":{\"type\":\"integer\",\"maximum\":3}}", "json_schema"},
     {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"json_schema\":{},\"response_format\":{\"type\":\"json_object\"}}", "json_schema"},
     {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"object\",\"properties\":{\"a\":{\"format\":\"uri\"}}}}}],\"tool_choice\":\"required\"}", "tools"},
