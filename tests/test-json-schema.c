@@ -331,6 +331,12 @@ static void test_token_mask_equals_per_token_check(void)
     xd_token_constraint_accept(c, 4);  /* " */
     CHECK(xd_token_constraint_allows(c, 19) && xd_token_constraint_allows(c, 18) &&
           !xd_token_constraint_allows(c, 20), "UTF-8 in a string");
+    /* inside a string the mask takes its shortcut for plain tokens: still the same answer */
+    for (int i = 0; i < n + 2; i++)
+        w[i] = 0.0f;
+    xd_token_constraint_mask(c, w, n + 2);
+    for (int i = 0; i < n + 2; i++)
+        CHECK((w[i] == 0.0f) == xd_token_constraint_allows(c, i), "in a string, token %d", i);
     xd_token_constraint_accept(c, 19);
     CHECK(xd_token_constraint_allows(c, 20) && !xd_token_constraint_allows(c, 5),
           "a continuation byte is due");

@@ -1290,6 +1290,20 @@ bool xd_json_state_must_end(const struct xd_json_state *st)
     return true;
 }
 
+bool xd_json_state_plain_string(const struct xd_json_grammar *g, const struct xd_json_state *st,
+                                size_t n)
+{
+    for (int i = 0; i < st->n; i++) {
+        const struct frame *f = &st->s[i].f[st->s[i].depth - 1];
+        if (f->type != F_STR || f->phase != 1)
+            continue;
+        uint32_t max = f->node == NO_NODE ? UINT32_MAX : g->nodes[f->node].max_len;
+        if (max == UINT32_MAX || (f->count <= max && n <= max - f->count))
+            return true;
+    }
+    return false;
+}
+
 bool xd_json_state_dead(const struct xd_json_state *st)
 {
     return st->n == 0;

@@ -81,6 +81,12 @@ bool xd_json_state_can_end(const struct xd_json_grammar *g, const struct xd_json
 /* Whether the output must end here: a whole text to which no byte can be added. */
 bool xd_json_state_must_end(const struct xd_json_state *st);
 
+/* Whether every run of up to n bytes of printable ASCII other than '"' and '\\' keeps st
+ * alive: some parse stack is inside a string's text with room for n more characters. The
+ * token mask's shortcut: inside a free string nearly every token is such a run. */
+bool xd_json_state_plain_string(const struct xd_json_grammar *g, const struct xd_json_state *st,
+                                size_t n);
+
 /* Whether no bytes can follow, even ending (a refused text). */
 bool xd_json_state_dead(const struct xd_json_state *st);
 

@@ -14,6 +14,7 @@ struct xd_token_table {
     uint32_t *off;          /* (n_vocab + 1,) token i's bytes are bytes[off[i], off[i + 1]) */
     uint8_t *bytes;
     uint8_t *usable;        /* (n_vocab,) 1: an ordinary token with bytes */
+    uint8_t *plain;         /* (n_vocab,) 1: its bytes are all printable ASCII but '"', '\\' */
     uint8_t *is_eos;        /* (n_vocab,) */
     int32_t first_eos;      /* -1: none */
     int32_t *sorted;        /* (n_sorted,) usable ids by their bytes */
@@ -63,10 +64,11 @@ int xd_token_table_create(const struct xd_tokenizer *tok, int n_vocab, const int
     t->off = malloc(sizeof *t->off * ((size_t)n_vocab + 1));
     t->bytes = malloc(total + 1);
     t->usable = calloc((size_t)n_vocab + 1, 1);
+    t->plain = calloc((size_t)n_vocab + 1, 1);
     t->is_eos = calloc((size_t)n_vocab + 1, 1);
     t->sorted = malloc(sizeof *t->sorted * ((size_t)n_vocab + 1));
     t->lcp = calloc((size_t)n_vocab + 1, sizeof *t->lcp);
-    if (!t->off || !t->bytes || !t->usable || !t->is_eos || !t->sorted || !t->lcp) {
+    if (!t->off || !t->bytes || !t->usable || !t->plain || !t->is_eos || !t->sorted || !t->lcp) {
         xd_token_table_unref(t);
         return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
     }
@@ -83,6 +85,11 @@ int xd_token_table_create(const struct xd_tokenizer *tok, int n_vocab, const int
         int n = xd_tokenizer_token_bytes(tok, i, t->bytes + o, total - o, &special);
         if (n > 0 && !special && !t->is_eos[i] && n <= XD_TOKEN_MAX_BYTES) {
             t->usable[i] = 1;
+            t->plain[i] = 1;
+            for (int k = 0; k < n; k++) {
+                uint8_t b = t->bytes[o + (uint32_t)k];
+                t->plain[i] &= b >= 0x20 && b < 0x7F && b != '"' && b != '\\';
+            }
             t->sorted[t->n_sorted++] = i;
             o += (uint32_t)n;
         }
@@ -122,6 +129,7 @@ void xd_token_table_unref(struct xd_token_table *t)
     free(t->off);
     free(t->bytes);
     free(t->usable);
+    free(t->plain);
     free(t->is_eos);
     free(t->sorted);
     free(t->lcp);
@@ -217,6 +225,11 @@ void xd_token_constraint_mask(struct xd_token_constraint *c, float *w, int n_voc
             /* st[d]: the state after the first d bytes of the current token; valid up to
              * live; dead: the byte index whose feed killed the prefix (-1: none) */
             xd_json_state_copy(st[0], c->cur);
+            /* inside a string with room, plain tokens are allowed without a walk: st[] then
+             * still holds the last walked token's prefixes, live bounds what the next token
+             * shares with it; a plain token never shares a dead prefix (the byte that killed
+             * it was not plain), so it ends one */
+            const bool shortcut = xd_json_state_plain_string(c->g, c->cur, XD_TOKEN_MAX_BYTES);
             int live = 0, dead = -1;
             for (int k = 0; k < t->n_sorted; k++) {
                 int32_t id = t->sorted[k];
@@ -227,6 +240,14 @@ void xd_token_constraint_mask(struct xd_token_constraint *c, float *w, int n_voc
                     continue; /* shares the prefix that died */
                 dead = -1;
                 int d = l < live ? l : live;
+                if (shortcut && t->plain[id]) {
+                    live = d;
+                    if (id < n_vocab) {
+                        keep[id] = 1;
+                        n_keep++;
+                    }
+                    continue;
+                }
                 while (d < len && xd_json_state_feed(c->g, st[d], b[d], st[d + 1]))
                     d++;
                 live = d;
