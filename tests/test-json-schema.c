@@ -193,6 +193,17 @@ static void test_unsupported_keywords_named(void)
     json_decref(schema);
 }
 
+/* anyOf of itself through $ref, twice: each value start would expand 2^64 alternatives; the
+ * matcher's work per byte is bounded, so this finishes at once and still matches. */
+static void test_pathological_schemas_are_bounded(void)
+{
+    CASES("{\"$defs\":{\"a\":{\"anyOf\":[{\"$ref\":\"#/$defs/a\"},{\"$ref\":\"#/$defs/a\"},"
+          "{\"type\":\"null\"},{\"type\":\"array\",\"items\":{\"$ref\":\"#/$defs/a\"}}]}},"
+          "\"$ref\":\"#/$defs/a\"}",
+          {"null", true}, {"[null,[null]]", true}, {"[1]", false});
+    CASES("{\"$ref\":\"#\"}", {"null", false}, {"{}", false});
+}
+
 static void test_end_states(void)
 {
     struct xd_json_grammar *g = compile("{\"type\":\"integer\"}");
@@ -356,6 +367,7 @@ int main(void)
     RUN(test_items_and_counts);
     RUN(test_any_of_and_refs);
     RUN(test_unsupported_keywords_named);
+    RUN(test_pathological_schemas_are_bounded);
     RUN(test_end_states);
     RUN(test_tools_grammar);
     RUN(test_token_mask_equals_per_token_check);

@@ -71,8 +71,14 @@ struct jstack {
 
 struct xd_json_state {
     int n;
+    int work;     /* frames pushed and fed for the byte being fed (bounded: WORK_BUDGET) */
     struct jstack s[XD_JSON_MAX_STACKS];
 };
+
+/* The most frames one byte may push or feed, over all stacks: an anyOf of anyOfs (through
+ * $refs, even of itself) expands each alternative when a value starts, and without a bound a
+ * schema of a few nodes could make one byte cost 32^depth. Paths past it are dropped. */
+#define WORK_BUDGET 8192
 
 /* ---- compiling ---- */
 
@@ -735,7 +741,7 @@ static void feed(const struct xd_json_grammar *g, struct jstack *s, int b,
 static void push_value(const struct xd_json_grammar *g, struct jstack *s, int node, int b,
                        struct xd_json_state *out, int guard)
 {
-    if (guard > 64 || node < 0)
+    if (guard > 64 || node < 0 || ++out->work > WORK_BUDGET)
         return;
     const struct node *n = &g->nodes[node];
     if (n->kind == K_UNION) {
@@ -1168,7 +1174,7 @@ static void feed_keys(const struct xd_json_grammar *g, struct jstack *s, struct 
 static void feed(const struct xd_json_grammar *g, struct jstack *s, int b,
                  struct xd_json_state *out, int guard)
 {
-    if (guard > 96 || s->depth <= 0)
+    if (guard > 96 || s->depth <= 0 || ++out->work > WORK_BUDGET)
         return;
     struct frame *f = &s->f[s->depth - 1];
     switch (f->type) {
@@ -1222,6 +1228,7 @@ void xd_json_state_reset(const struct xd_json_grammar *g, struct xd_json_state *
 {
     (void)g;
     st->n = 1;
+    st->work = 0;
     st->s[0].depth = 1;
     memset(&st->s[0].f[0], 0, sizeof st->s[0].f[0]);
     st->s[0].f[0].type = F_ROOT;
@@ -1238,6 +1245,7 @@ static bool feed_state(const struct xd_json_grammar *g, const struct xd_json_sta
                        struct xd_json_state *out)
 {
     out->n = 0;
+    out->work = 0;
     for (int i = 0; i < in->n; i++) {
         struct jstack c;
         stack_copy(&c, &in->s[i]);
@@ -1271,6 +1279,7 @@ bool xd_json_state_can_end(const struct xd_json_grammar *g, const struct xd_json
         /* one stack at a time: an end found needs no more work */
         struct xd_json_state one;
         one.n = 0;
+        one.work = 0;
         struct jstack c;
         stack_copy(&c, &st->s[i]);
         feed(g, &c, END_BYTE, &one, 0);
