@@ -104,13 +104,15 @@ const struct xd_opt xd_server_config_opts[] = {
      "NAME|FILE: a built-in template (chatml, mistral, mistral-v1, olmoe, qwen3) or a Jinja "
      "file, instead of the model's own chat template"},
     {"reasoning-parser", XD_OPT_STRING, SRV(reasoning_parser), 0, 0, "EXPERTD_REASONING_PARSER",
-     "split chat output into reasoning_content and content: auto (think when the chat template "
-     "mentions </think>), none, or think (alias qwen3, deepseek_r1: <think>...</think>) "
-     "(default auto)"},
+     "split chat output into reasoning_content and content: auto (harmony for gpt-oss's chat "
+     "template, think when the template mentions </think>), none, think (alias qwen3, "
+     "deepseek_r1: <think>...</think>) or harmony (alias gpt_oss, openai_gptoss: gpt-oss's "
+     "analysis channel) (default auto)"},
     {"tool-call-parser", XD_OPT_STRING, SRV(tool_call_parser), 0, 0, "EXPERTD_TOOL_CALL_PARSER",
      "the syntax of the model's tool calls, parsed into message.tool_calls: auto (from the chat "
      "template), none, hermes (<tool_call> JSON: Qwen2.5, Qwen3), mistral ([TOOL_CALLS]), "
-     "deepseek_v3, glm45 or qwen3_coder (<function=name><parameter=k>) (default auto)"},
+     "deepseek_v3, glm45, qwen3_coder (<function=name><parameter=k>) or harmony (alias gpt_oss, "
+     "openai: gpt-oss's messages to functions.NAME) (default auto)"},
     {"record-routing", XD_OPT_STRING, SRV(record_routing), 0, 0, NULL,
      "write every token's expert routing (request, step, layer, experts, weights) to FILE, "
      "zstd-compressed, for expertd plan, created mode 0600: a trace is as private as the "
@@ -188,13 +190,14 @@ int xd_server_config_validate(const struct xd_server_config *cfg, struct xd_err 
     if (!cfg->reasoning_parser || (strcmp(cfg->reasoning_parser, "auto") != 0 &&
                                    xd_reasoning_parser_from_name(cfg->reasoning_parser, &rp) < 0))
         return xd_err_set(err, XD_ERR_CONFIG, "option '--reasoning-parser': '%s' is not auto, "
-                          "none, think, qwen3 or deepseek_r1",
+                          "none, think, qwen3, deepseek_r1, harmony, gpt_oss or openai_gptoss",
                           cfg->reasoning_parser ? cfg->reasoning_parser : "");
     enum xd_tool_syntax ts;
     if (!cfg->tool_call_parser || (strcmp(cfg->tool_call_parser, "auto") != 0 &&
                                    xd_tool_syntax_from_name(cfg->tool_call_parser, &ts) < 0))
         return xd_err_set(err, XD_ERR_CONFIG, "option '--tool-call-parser': '%s' is not auto, "
-                          "none, hermes, mistral, deepseek_v3, glm45 or qwen3_coder",
+                          "none, hermes, mistral, deepseek_v3, glm45, qwen3_coder, harmony, "
+                          "gpt_oss, openai or openai_gptoss",
                           cfg->tool_call_parser ? cfg->tool_call_parser : "");
     if (!cfg->host || !cfg->host[0])
         return xd_err_set(err, XD_ERR_CONFIG, "option '--host' is empty");

@@ -1441,9 +1441,13 @@ static int submit_all(struct gen_job *j, struct xd_api_error *e)
             .sampling = a->sampling,
             .stop = a->stop, .n_stop = a->n_stop,
             .ignore_eos = a->ignore_eos,
-            /* Mistral's [TOOL_CALLS] is a special token: kept when tools are parsed */
-            .skip_special = !(a->tools && a->tool_choice != XD_API_TOOL_CHOICE_NONE &&
-                              xd_tool_syntax_needs_special((enum xd_tool_syntax)s->tool_syntax)),
+            /* Mistral's [TOOL_CALLS] and harmony's framing are special tokens: kept when
+             * tools are parsed, and for harmony's reasoning split in chat */
+            .skip_special = !((a->tools && a->tool_choice != XD_API_TOOL_CHOICE_NONE &&
+                               xd_tool_syntax_needs_special((enum xd_tool_syntax)s->tool_syntax)) ||
+                              (a->kind == XD_API_CHAT &&
+                               xd_reasoning_needs_special(
+                                   (enum xd_reasoning_parser)s->reasoning_parser))),
             /* echo with logprobs: every prompt token's logprob (lm-eval's loglikelihood) */
             .prompt_logprobs = a->kind == XD_API_COMPLETIONS && a->echo && a->logprobs,
             .prompt_top_logprobs = a->top_logprobs,
@@ -1687,8 +1691,9 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
         xd_api_error_set(&e, 400, "invalid_request_error", "tools", "invalid_value",
                          "'tools': this model's chat template shows no tool-call syntax expertd "
                          "parses; start the server with --tool-call-parser hermes, mistral, "
-                         "deepseek_v3, glm45 or qwen3_coder, or send 'tool_choice': 'none', "
-                         "'required' or a function (constrained decoding needs no parser)");
+                         "deepseek_v3, glm45, qwen3_coder or harmony, or send 'tool_choice': "
+                         "'none', 'required' or a function (constrained decoding needs no "
+                         "parser)");
         return xd_http_send_error(r, &e);
     }
     if (j->api.grammar && !s->tokens) {

@@ -21,6 +21,7 @@
 #include "engine/model/safetensors.h"
 #include "engine/experts/routing_trace.h"
 #include "engine/text/chat_template.h"
+#include "engine/text/harmony.h"
 #include "engine/text/reasoning.h"
 #include "engine/text/tool_calls.h"
 #include "engine/text/tokenizer.h"
@@ -234,17 +235,42 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     }
     xd_step_engine_init(&L->step, L->engine);
 
-    /* every id that ends generation: config.json/generation_config.json and the tokenizer's */
-    int32_t eos[64];
-    int n_eos = 0;
+    /* the chat output's parsers: named, or implied by the template served (the model's own or
+     * the override) */
+    enum xd_reasoning_parser parser = XD_REASONING_NONE;
+    if (c->reasoning_parser && strcmp(c->reasoning_parser, "auto") != 0)
+        xd_reasoning_parser_from_name(c->reasoning_parser, &parser); /* validated with the options */
+    else if (L->chat)
+        parser = xd_reasoning_detect(xd_chat_template_source(L->chat));
+    enum xd_tool_syntax syntax = XD_TOOL_SYNTAX_NONE;
+    if (c->tool_call_parser && strcmp(c->tool_call_parser, "auto") != 0)
+        xd_tool_syntax_from_name(c->tool_call_parser, &syntax); /* validated with the options */
+    else if (L->chat)
+        syntax = xd_tool_syntax_detect(xd_chat_template_source(L->chat));
+
+    /* every id that ends generation: config.json/generation_config.json and the tokenizer's;
+     * for harmony also <|return|> and <|call|> (gpt-oss's generation_config.json lists them,
+     * a copy without it still stops where the answer or a tool call ends) */
+    int32_t eos[64], cand[66];
+    int n_eos = 0, n_cand = 0;
+    for (int i = 0; i < L->tcfg.n_eos_token_ids && n_cand < 64; i++)
+        cand[n_cand++] = L->tcfg.eos_token_ids[i];
+    if (L->tok && (parser == XD_REASONING_HARMONY || syntax == XD_TOOL_SYNTAX_HARMONY)) {
+        int32_t ret_id = xd_tokenizer_token_id(L->tok, XD_HARMONY_RETURN);
+        int32_t call_id = xd_tokenizer_token_id(L->tok, XD_HARMONY_CALL);
+        if (ret_id >= 0)
+            cand[n_cand++] = ret_id;
+        if (call_id >= 0)
+            cand[n_cand++] = call_id;
+    }
     for (int i = 0; i < mc->n_eos && n_eos < 64; i++)
         eos[n_eos++] = mc->eos_token_ids[i];
-    for (int i = 0; i < L->tcfg.n_eos_token_ids && n_eos < 64; i++) {
+    for (int i = 0; i < n_cand && n_eos < 64; i++) {
         bool dup = false;
         for (int k = 0; k < n_eos; k++)
-            dup |= eos[k] == L->tcfg.eos_token_ids[i];
-        if (!dup && L->tcfg.eos_token_ids[i] < mc->vocab_size)
-            eos[n_eos++] = L->tcfg.eos_token_ids[i];
+            dup |= eos[k] == cand[i];
+        if (!dup && cand[i] < mc->vocab_size)
+            eos[n_eos++] = cand[i];
     }
     if (L->tok) /* every token's bytes, once: what constrained decoding matches */
         XD_TRY(xd_token_table_create(L->tok, mc->vocab_size, eos, n_eos, &s->tokens, err));
@@ -266,17 +292,7 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     s->chat_error = L->chat ? NULL : L->chat_err.msg;
     if (s->chat_error && L->tok)
         xd_log(s, XD_LOG_WARN, "/v1/chat/completions unavailable: %s", s->chat_error);
-    enum xd_reasoning_parser parser = XD_REASONING_NONE;
-    if (c->reasoning_parser && strcmp(c->reasoning_parser, "auto") != 0)
-        xd_reasoning_parser_from_name(c->reasoning_parser, &parser); /* validated with the options */
-    else if (L->chat) /* the template served, the model's own or the override */
-        parser = xd_reasoning_detect(xd_chat_template_source(L->chat));
     s->reasoning_parser = parser;
-    enum xd_tool_syntax syntax = XD_TOOL_SYNTAX_NONE;
-    if (c->tool_call_parser && strcmp(c->tool_call_parser, "auto") != 0)
-        xd_tool_syntax_from_name(c->tool_call_parser, &syntax); /* validated with the options */
-    else if (L->chat)
-        syntax = xd_tool_syntax_detect(xd_chat_template_source(L->chat));
     s->tool_syntax = syntax;
     if (xd_test_hooks_enabled())
         xd_log(s, XD_LOG_WARN, "EXPERTD_TEST_HOOKS=1: test hooks are on (requests may force "

@@ -70,6 +70,29 @@ static void test_chat_template_name_or_file(void)
     unsetenv("EXPERTD_CHAT_TEMPLATE");
 }
 
+/* The chat output parsers by name: vLLM's names for gpt-oss's (openai_gptoss, openai) are
+ * accepted, an unknown one is refused naming the option and listing harmony. */
+static void test_parser_names(void)
+{
+    struct xd_server_config c;
+    struct xd_err err = {{0}};
+    char *a1[] = {"--model", "/m", "--reasoning-parser", "openai_gptoss", "--tool-call-parser",
+                  "openai"};
+    CHECK(parse(&c, 6, a1, &err) == 0 && strcmp(c.reasoning_parser, "openai_gptoss") == 0 &&
+          strcmp(c.tool_call_parser, "openai") == 0, "vLLM's names: %s", err.msg);
+    char *a2[] = {"--model", "/m", "--reasoning-parser", "harmony", "--tool-call-parser",
+                  "gpt_oss"};
+    CHECK(parse(&c, 6, a2, &err) == 0, "harmony, gpt_oss: %s", err.msg);
+    char *a3[] = {"--model", "/m", "--reasoning-parser", "gptoss"};
+    CHECK(parse(&c, 4, a3, &err) < 0, "an unknown reasoning parser accepted");
+    CHECK_CONTAINS(err.msg, "--reasoning-parser");
+    CHECK_CONTAINS(err.msg, "harmony");
+    char *a4[] = {"--model", "/m", "--tool-call-parser", "harmonyy"};
+    CHECK(parse(&c, 4, a4, &err) < 0, "an unknown tool-call parser accepted");
+    CHECK_CONTAINS(err.msg, "--tool-call-parser");
+    CHECK_CONTAINS(err.msg, "openai_gptoss");
+}
+
 static void test_errors_name_the_key(void)
 {
     struct xd_server_config c;
@@ -184,6 +207,7 @@ int main(void)
     RUN(test_flags_reach_both_structs);
     RUN(test_errors_name_the_key);
     RUN(test_chat_template_name_or_file);
+    RUN(test_parser_names);
     RUN(test_sched_opts_follow_the_config);
     return test_summary();
 }

@@ -2034,6 +2034,117 @@ def tool_calls_of_every_family():
 
 
 
+def harmony_model():
+    """The test model's weights with gpt-oss's chat template (tests/fixtures/chat_templates/
+    gpt-oss) and the o200k fixture tokenizer, whose <|channel|>, <|message|>, <|call|> ... are
+    special tokens (ids 0-9, as single tokens as in o200k_harmony); eos <|return|> only: the
+    harmony parsers add <|call|> to the stop ids themselves."""
+    import tempfile
+    d = tempfile.mkdtemp(prefix="expertd-harmony-")
+    os.symlink(os.path.join(os.path.abspath(MODEL), "model.safetensors"),
+               os.path.join(d, "model.safetensors"))
+    fix = os.path.join(ROOT, "tests", "fixtures")
+    os.symlink(os.path.abspath(os.path.join(fix, "tokenizers", "o200k", "tokenizer.json")),
+               os.path.join(d, "tokenizer.json"))
+    template = open(os.path.join(fix, "chat_templates", "gpt-oss", "template.jinja")).read()
+    json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|startoftext|>",
+               "eos_token": "<|return|>", "pad_token": "<|endoftext|>", "add_bos_token": False,
+               "chat_template": template}, open(os.path.join(d, "tokenizer_config.json"), "w"))
+    cfg = json.load(open(os.path.join(MODEL, "config.json")))
+    cfg["eos_token_id"] = 2  # <|return|>
+    json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+    return d
+
+
+@test
+def harmony_reasoning_and_tool_calls():
+    """gpt-oss's harmony output (forced through the test hook): both parsers detected from the
+    template; the analysis channel is reasoning_content, the final channel content, a message
+    to functions.NAME a tool call with finish_reason "tool_calls", whole and streamed;
+    <|call|> stops generation though the config lists only <|return|>; output that is not
+    harmony stays content; a previous turn's reasoning_content and tool_calls render back as
+    gpt-oss's analysis message and call."""
+    analysis = "<|channel|>analysis<|message|>Need the weather.<|end|>"
+    answer = analysis + "<|start|>assistant<|channel|>final<|message|>It is 18 C.<|return|>"
+    call = (analysis + "<|start|>assistant<|channel|>commentary to=functions.get_weather "
+            '<|constrain|>json<|message|>{"city": "Paris", "days": 2}<|call|>'
+            "<|start|>assistant<|channel|>final<|message|>Not generated.")
+    msgs = [{"role": "user", "content": "Weather in Paris?"}]
+    # (the template writes every tool's description: get_time has none; this tokenizer's pieces
+    # are short, hence max_tokens 300)
+    srv = Server(model=harmony_model(), env={"EXPERTD_TEST_HOOKS": "1"})
+    try:
+        assert any("reasoning parser harmony, tool calls harmony" in l for l in srv.log), srv.log
+        c = srv.client()
+        r = c.chat.completions.create(model=srv.name, messages=msgs, temperature=0, max_tokens=300,
+                                      extra_body={"x_test_force_output": answer})
+        m = r.choices[0].message
+        assert m.content == "It is 18 C." and r.choices[0].finish_reason == "stop", r
+        assert m.model_extra["reasoning_content"] == "Need the weather.", m
+        parts = []
+        for ch in c.chat.completions.create(model=srv.name, messages=msgs, temperature=0,
+                                            max_tokens=300, stream=True,
+                                            extra_body={"x_test_force_output": answer}):
+            d = ch.choices[0].delta
+            r_ = (d.model_extra or {}).get("reasoning_content")
+            parts += [("reasoning", r_)] if r_ else []
+            parts += [("content", d.content)] if d.content else []
+        assert [k for k, _ in parts] == sorted([k for k, _ in parts], key=lambda k: k != "reasoning")
+        assert "".join(v for k, v in parts if k == "reasoning") == "Need the weather.", parts
+        assert "".join(v for k, v in parts if k == "content") == "It is 18 C.", parts
+
+        r = c.chat.completions.create(model=srv.name, messages=msgs, tools=WEATHER_TOOLS[:1],
+                                      temperature=0, max_tokens=300,
+                                      extra_body={"x_test_force_output": call})
+        ch = r.choices[0]
+        assert ch.finish_reason == "tool_calls" and not ch.message.content, ch
+        assert [(t.function.name, json.loads(t.function.arguments))
+                for t in ch.message.tool_calls] == [("get_weather", {"city": "Paris", "days": 2})]
+        assert ch.message.model_extra["reasoning_content"] == "Need the weather."
+        n_call = post(srv.url + "/tokenize", {"prompt": call.split("<|call|>")[0] + "<|call|>",
+                                              "add_special_tokens": False}).json()["count"]
+        assert r.usage.completion_tokens == n_call, (r.usage, n_call)  # stopped at <|call|>
+        name, args, reasoning, finish = None, "", "", None
+        for chunk in c.chat.completions.create(model=srv.name, messages=msgs, tools=WEATHER_TOOLS[:1],
+                                               temperature=0, max_tokens=300, stream=True,
+                                               extra_body={"x_test_force_output": call}):
+            d = chunk.choices[0].delta
+            reasoning += (d.model_extra or {}).get("reasoning_content") or ""
+            assert not d.content, d
+            for tc in d.tool_calls or []:
+                name = tc.function.name or name
+                args += tc.function.arguments or ""
+            finish = chunk.choices[0].finish_reason or finish
+        assert (name, json.loads(args), finish) == ("get_weather", {"city": "Paris", "days": 2},
+                                                    "tool_calls"), (name, args, finish)
+        assert reasoning == "Need the weather."
+
+        # not harmony: content as it came
+        r = c.chat.completions.create(model=srv.name, messages=msgs, temperature=0, max_tokens=300,
+                                      extra_body={"x_test_force_output": "Plain text.<|return|>"})
+        assert r.choices[0].message.content == "Plain text.", r
+        assert r.choices[0].message.model_extra["reasoning_content"] is None
+
+        # the next turn: the call and its reasoning go back through the template
+        turn = msgs + [{"role": "assistant", "content": None,
+                        "reasoning_content": "Need the weather.",
+                        "tool_calls": [{"id": ch.message.tool_calls[0].id, "type": "function",
+                                        "function": {"name": "get_weather",
+                                                     "arguments": '{"city": "Paris"}'}}]},
+                       {"role": "tool", "tool_call_id": ch.message.tool_calls[0].id,
+                        "content": "18 C"}]
+        ids = post(srv.url + "/tokenize", {"messages": turn, "tools": WEATHER_TOOLS[:1]}).json()["tokens"]
+        text = post(srv.url + "/detokenize", {"tokens": ids}).json()["prompt"]
+        want = ("<|start|>assistant<|channel|>analysis<|message|>Need the weather.<|end|>"
+                "<|start|>assistant to=functions.get_weather<|channel|>commentary json"
+                '<|message|>{"city": "Paris"}<|call|><|start|>functions.get_weather to=assistant'
+                '<|channel|>commentary<|message|>"18 C"<|end|><|start|>assistant')
+        assert text.endswith(want), text[-400:]
+    finally:
+        srv.stop()
+
+
+
 @test
 def demo_model_chats():
     """The bundled demo model has a chat template (tokenizer_config.json): /tokenize of each

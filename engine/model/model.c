@@ -702,6 +702,9 @@ static size_t list_quant_jobs(struct xd_model *m, enum xd_dtype fmt, bool expert
         ADD(&lw->wk, "layer %d k_proj", l);
         ADD(&lw->wv, "layer %d v_proj", l);
         ADD(&lw->wo, "layer %d o_proj", l);
+        ADD(&lw->wq_a, "layer %d q_a_proj", l); /* MLA's, but kv_b_proj: mla.c reads it */
+        ADD(&lw->wq_b, "layer %d q_b_proj", l); /* element by element, transposed */
+        ADD(&lw->wkv_a, "layer %d kv_a_proj_with_mqa", l);
         ADD(&lw->mlp_gate, "layer %d mlp gate_proj", l);
         ADD(&lw->mlp_up, "layer %d mlp up_proj", l);
         ADD(&lw->mlp_down, "layer %d mlp down_proj", l);
@@ -799,25 +802,36 @@ int xd_model_quantize(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
 /* ---- FP8 checkpoints: converted at load ---- */
 
 /* Converts every F8_E4M3 matrix of a model loaded from an FP8 checkpoint: the matmul weights
- * that --quantize q8 covers (experts, attention, dense and shared MLPs, lm_head) to q8_0 (a
- * 32-block requantization of the dequantized values), the others (embedding, routers, matrices
- * whose columns are not a multiple of 32) to f32; or, unless to_q8, all of them to f32 (the
- * dequantized reference). All into one buffer (quant_buf), the FP8 pages dropped. Sets fp8,
+ * that --quantize q8 covers (experts, attention, dense and shared MLPs, lm_head) and MLA's
+ * q_a_proj, q_b_proj and kv_a_proj_with_mqa to q8_0 (a 32-block requantization of the
+ * dequantized values), the others (embedding, routers, MLA's kv_b_proj, matrices whose columns
+ * are not a multiple of 32) to f32; or, unless to_q8, all of them to f32 (the dequantized
+ * reference). All into one buffer (quant_buf), the FP8 pages dropped. Sets fp8,
  * and quant to Q8_0 when to_q8. */
 static int convert_fp8(struct xd_model *m, bool to_q8, struct xd_err *err)
 {
     const struct xd_model_config *c = &m->config;
-    const size_t n_q = list_quant_jobs(m, XD_DTYPE_Q8_0, false, NULL);
-    const size_t n_other = 1 + 2 * (size_t)c->n_layers;
-    struct qjob *jobs = calloc(n_q + n_other, sizeof *jobs);
+    const size_t n_listed = list_quant_jobs(m, XD_DTYPE_Q8_0, false, NULL);
+    const size_t n_other = 1 + 6 * (size_t)c->n_layers;
+    struct qjob *jobs = calloc(n_listed + n_other, sizeof *jobs);
     if (!jobs)
         return xd_err_set(err, XD_ERR_NOMEM, "%s: out of memory for the FP8 conversion", m->dir);
     list_quant_jobs(m, XD_DTYPE_Q8_0, false, jobs);
-    size_t n = n_q;
+    size_t n = n_listed;
+    /* MLA's projections but kv_b_proj (q_proj and o_proj are listed): matmul weights, q8 */
+    for (int l = 0; l < c->n_layers; l++) {
+        jobs[n++].m = &m->layers[l].wq_a;
+        jobs[n++].m = &m->layers[l].wq_b;
+        jobs[n++].m = &m->layers[l].wkv_a;
+    }
+    const size_t n_q = n; /* jobs below n_q go to q8 */
     jobs[n++].m = &m->embed; /* lm_head is among the quant jobs, as --quantize q8 has it */
     for (int l = 0; l < c->n_layers; l++) {
         jobs[n++].m = &m->layers[l].router;
         jobs[n++].m = &m->layers[l].shared_expert_gate;
+        /* kv_b_proj: mla.c reads it element by element (the absorbed key half transposed at
+         * create, the value half as a matmul weight), so it is dequantized to f32 */
+        jobs[n++].m = &m->layers[l].wkv_b;
     }
     size_t total = 0;
     int n_kept = 0;
