@@ -1,13 +1,110 @@
 /* Fuzz target: an untrusted schema (the bytes before the first NUL) through the schema
  * compiler, and the rest as a text through its matcher, byte by byte: no crash, no leak, a
  * dead state stays dead, incremental feeding agrees with the whole match, and a text the
- * matcher accepts is JSON. */
+ * matcher accepts is JSON; then the text's first bytes as tokens of a small byte-level
+ * vocabulary, where at every step the token mask must equal the per-token checks. */
 #include "tests/fuzz/fuzz.h"
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine/text/json_schema.h"
+#include "engine/text/token_constraint.h"
+
+/* The 256 bytes, multi-byte pieces and an eos, made once (reachable until exit). */
+static const char *const PIECES[] = {"{\"", "\":", "\":\"", "\",\"", " \"", "\"}", "true", "null",
+                                     "12", "1.5", "é", "[{", "}]", "\\n", "ab", "  "};
+#define N_PIECES (int)(sizeof PIECES / sizeof *PIECES)
+
+static int byte_cp(int b)
+{
+    if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF))
+        return b;
+    int n = 0;
+    for (int x = 0; x < b; x++)
+        n += !((x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF));
+    return 256 + n;
+}
+
+static size_t spell(char *o, const uint8_t *b, size_t n)
+{
+    size_t l = 0;
+    for (size_t i = 0; i < n; i++) {
+        int cp = byte_cp(b[i]);
+        if (cp < 0x80) {
+            o[l++] = (char)cp;
+        } else {
+            o[l++] = (char)(0xC0 | (cp >> 6));
+            o[l++] = (char)(0x80 | (cp & 0x3F));
+        }
+    }
+    o[l] = '\0';
+    return l;
+}
+
+static struct xd_token_table *table(void)
+{
+    static struct xd_token_table *t;
+    if (t)
+        return t;
+    json_t *vocab = json_object();
+    char s[64];
+    int id = 0;
+    for (int b = 0; b < 256; b++) {
+        uint8_t c = (uint8_t)b;
+        spell(s, &c, 1);
+        json_object_set_new(vocab, s, json_integer(id++));
+    }
+    for (int i = 0; i < N_PIECES; i++) {
+        spell(s, (const uint8_t *)PIECES[i], strlen(PIECES[i]));
+        json_object_set_new(vocab, s, json_integer(id++));
+    }
+    json_t *tj = json_pack("{s:{s:s,s:o,s:[]},s:[{s:i,s:s,s:b}],s:{s:s,s:b,s:b,s:b},s:{s:s,s:b,"
+                           "s:b,s:b}}",
+                           "model", "type", "BPE", "vocab", vocab, "merges", "added_tokens",
+                           "id", id, "content", "<eos>", "special", 1, "pre_tokenizer", "type",
+                           "ByteLevel", "add_prefix_space", 0, "trim_offsets", 1, "use_regex", 1,
+                           "decoder", "type", "ByteLevel", "add_prefix_space", 0,
+                           "trim_offsets", 1, "use_regex", 1);
+    char *text = json_dumps(tj, 0);
+    json_decref(tj);
+    struct xd_tokenizer *tok = NULL;
+    REQUIRE(text && xd_tokenizer_parse(text, strlen(text), "fuzz", &tok, NULL) == XD_OK);
+    free(text);
+    int32_t eos = id;
+    REQUIRE(xd_token_table_create(tok, id + 1, &eos, 1, &t, NULL) == XD_OK);
+    xd_tokenizer_destroy(tok);
+    return t;
+}
+
+/* Steps the text's first bytes as one-byte tokens (ids 0..255 are the bytes), checking the
+ * mask against every token's check at each step. */
+static void check_masks(struct xd_json_grammar *g, const char *text, size_t n)
+{
+    struct xd_token_table *t = table();
+    const int n_vocab = 256 + N_PIECES + 1;
+    struct xd_token_constraint *c = xd_token_constraint_create(g, t);
+    REQUIRE(c);
+    float w[256 + N_PIECES + 1];
+    for (size_t step = 0; step <= n && step < 6; step++) {
+        for (int i = 0; i < n_vocab; i++)
+            w[i] = 0.0f;
+        xd_token_constraint_mask(c, w, n_vocab);
+        int n_allowed = 0;
+        for (int i = 0; i < n_vocab; i++) {
+            bool allowed = xd_token_constraint_allows(c, i);
+            n_allowed += allowed;
+            REQUIRE((w[i] == 0.0f) == allowed || (n_allowed == 0 && i == n_vocab - 1));
+        }
+        if (step == n)
+            break;
+        int32_t id = (uint8_t)text[step];
+        if (!xd_token_constraint_allows(c, id))
+            break;
+        xd_token_constraint_accept(c, id);
+    }
+    xd_token_constraint_destroy(c);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -58,6 +155,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     xd_json_state_destroy(st);
     xd_json_state_destroy(next);
+    check_masks(g, text, text_len);
     xd_json_grammar_unref(g);
     return 0;
 }
