@@ -64,9 +64,13 @@ static void test_json_object(void)
           {"{\"a\":{\"b\":{\"c\":false}}}", true}, {"[]", false}, {"1", false},
           {"{\"a\":1,}", false}, {"{\"a\" 1}", false}, {"{\"a\":01}", false},
           {"{\"a\":1} ", false}, {"{\"a\":\"\\u00e9\\n\"}", true}, {"{\"a\":\"\x01\"}", false},
-          {"{\"a\":     1}", false}, {"{\"a\":  1}", true}, {"{\"é\":\"ü\"}", true},
+          {"{\"a\":  1}", false}, {"{\"a\": 1}", true}, {"{\"é\":\"ü\"}", true},
+          {"{\n  \"a\": [\n    1,\n    2\n  ]\n}", true}, {"{\n\t\"a\":1}", true},
+          {"{\n                     \"a\":1}", false}, /* 21 spaces: one past the limit */
+          {"{\n                    \"a\":1}", true}, {"{ \n\"a\":1}", false},
           {"{\"a\":\"\xc3\"}", false}, {"{\"a\":\"\xed\xa0\x80\"}", false},
-          {" {}", false}, {"{\t}", false}, {"{\n\"a\": 1}", true}, {"{\r\n}", false});
+          {" {}", false}, {"{\t}", false}, {"{\n\"a\": 1}", true}, {"{\r\n}", false},
+          {"{}\n", false});
 }
 
 static void test_types(void)

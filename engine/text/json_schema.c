@@ -55,7 +55,7 @@ struct frame {
     uint8_t phase;
     uint8_t aux;    /* F_OBJ: the current property (KEY_OTHER); F_STR: continuation bytes or
                        hex digits still due; F_LIT: whether a candidate just ended on a digit */
-    uint8_t ws;     /* whitespace bytes in the current gap */
+    uint8_t ws;     /* where the current gap's whitespace is (gap_ws) */
     uint16_t pad;
     uint32_t count; /* F_OBJ: first property index a key may take; F_ARR: items; F_STR: code
                        points; F_NUM: bytes; F_KEYS, F_LIT: bytes matched */
@@ -705,8 +705,8 @@ void xd_json_grammar_unref(struct xd_json_grammar *g)
 
 #define END_BYTE 256 /* the end of the text: what closes a top-level number */
 
-/* Whitespace between tokens: a space or a newline (JSON's tab and carriage return are never
- * chosen; a model given them fills gaps with them). */
+/* Whitespace between tokens: a space or a newline starts a gap (JSON's tab and carriage
+ * return never do: a model given them fills gaps with them). */
 static bool is_ws(int b)
 {
     return b == ' ' || b == '\n';
@@ -808,16 +808,24 @@ static void complete(const struct xd_json_grammar *g, struct jstack *s, int b, b
         feed(g, s, b, out, guard + 1);
 }
 
-/* Whitespace in a gap: kept while under the limit. */
+/* Whitespace in a gap, as llama.cpp's space rule: one space, or a newline and then at most
+ * XD_JSON_MAX_INDENT spaces or tabs. f->ws: 0 none yet, 1 after the space, 2 + k after the
+ * newline and k indentation bytes. Returns whether b was whitespace (taken or refused). */
 static bool gap_ws(struct frame *f, int b, const struct jstack *s, struct xd_json_state *out)
 {
-    if (!is_ws(b))
-        return false;
-    if (f->ws < XD_JSON_MAX_WS) {
-        f->ws++;
+    if (f->ws == 0 && is_ws(b)) {
+        f->ws = b == ' ' ? 1 : 2;
         emit(out, s);
+        return true;
     }
-    return true;
+    if (f->ws >= 2 && (b == ' ' || b == '\t')) {
+        if (f->ws < 2 + XD_JSON_MAX_INDENT) {
+            f->ws++;
+            emit(out, s);
+        }
+        return true;
+    }
+    return is_ws(b) || b == '\t';
 }
 
 /* The property names an object's next key may be: from count on, up to and including the

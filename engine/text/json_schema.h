@@ -22,9 +22,11 @@
  * past either is dropped, so a text that needs one is refused rather than overrun. */
 #define XD_JSON_MAX_DEPTH 20
 #define XD_JSON_MAX_STACKS 32
-/* Whitespace the matcher allows between tokens (" " or "\n"), per gap: a little, as llama.cpp
- * allows, so a model cannot loop on spaces. Before and after the top-level value, none. */
-#define XD_JSON_MAX_WS 2
+/* Whitespace the matcher allows between tokens, per gap, as llama.cpp's grammars allow it: none,
+ * one space, or a newline and up to XD_JSON_MAX_INDENT spaces or tabs (pretty-printed JSON), so
+ * a model can neither loop on whitespace nor be kept from its usual layout. Before and after
+ * the top-level value, none. */
+#define XD_JSON_MAX_INDENT 20
 
 struct xd_json_grammar;
 
