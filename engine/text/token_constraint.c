@@ -28,6 +28,8 @@ struct xd_token_constraint {
     struct xd_json_grammar *g;
     struct xd_token_table *t;
     struct xd_json_state *cur, *a, *b;
+    int32_t checked;        /* the last ordinary token allows() fed, -1: none since cur changed */
+    const struct xd_json_state *checked_st; /* the state after it (c->a or c->b), or NULL */
     bool broken;            /* a token it refused was taken: it no longer constrains */
     bool ended;             /* an eos was taken with the text whole */
 };
@@ -154,6 +156,7 @@ struct xd_token_constraint *xd_token_constraint_create(struct xd_json_grammar *g
     }
     c->g = xd_json_grammar_ref(g);
     c->t = xd_token_table_ref(t);
+    c->checked = -1;
     return c;
 }
 
@@ -199,7 +202,11 @@ bool xd_token_constraint_allows(struct xd_token_constraint *c, int32_t token)
         return eos && (c->ended || xd_json_state_can_end(c->g, c->cur));
     if (!usable(t, token) || xd_json_state_must_end(c->cur))
         return false;
-    return run(c, token) != NULL;
+    if (token != c->checked) { /* the sampler checks, then accepts, the same token */
+        c->checked_st = run(c, token);
+        c->checked = token;
+    }
+    return c->checked_st != NULL;
 }
 
 void xd_token_constraint_mask(struct xd_token_constraint *c, float *w, int n_vocab)
@@ -263,6 +270,7 @@ void xd_token_constraint_mask(struct xd_token_constraint *c, float *w, int n_voc
         }
         pthread_mutex_unlock(&t->lock);
         if (!ok) { /* out of memory: the slow way, one token at a time */
+            c->checked = -1; /* run() reuses the check's buffers */
             for (int k = 0; k < t->n_sorted; k++) {
                 int32_t id = t->sorted[k];
                 if (id < n_vocab && run(c, id)) {
@@ -297,8 +305,8 @@ void xd_token_constraint_accept(struct xd_token_constraint *c, int32_t token)
         c->ended = true;
         return;
     }
-    const struct xd_json_state *s = run(c, token);
-    xd_json_state_copy(c->cur, s);
+    xd_json_state_copy(c->cur, c->checked_st); /* allows() above left it there */
+    c->checked = -1;
 }
 
 bool xd_token_constraint_must_end(const struct xd_token_constraint *c)
