@@ -303,6 +303,8 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
         if (!dup && cand[i] < mc->vocab_size)
             eos[n_eos++] = cand[i];
     }
+    if (L->tok) /* every token's bytes, once: what constrained decoding matches */
+        XD_TRY(xd_token_table_create(L->tok, mc->vocab_size, eos, n_eos, &s->tokens, err));
 
     struct xd_sched_opts so;
     xd_server_config_sched_opts(c, &so);
@@ -512,6 +514,7 @@ out:
     xd_model_destroy(L.model);
     xd_chat_template_destroy(L.chat);
     xd_tokenizer_config_finish(&L.tcfg);
+    xd_token_table_unref(s.tokens); /* sequences still holding it keep their reference */
     xd_tokenizer_destroy(L.tok);
     xd_metrics_destroy(s.metrics);
     xd_secret_free(s.api_key);

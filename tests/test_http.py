@@ -1724,11 +1724,14 @@ def tool_calls_with_the_openai_sdk():
                                       tool_choice="none", temperature=0,
                                       extra_body={"x_test_force_output": forced})
         assert not r.choices[0].message.tool_calls and "<tool_call>" in r.choices[0].message.content
+        # a named function constrains the output to its arguments (forced here as valid ones)
         r = c.chat.completions.create(
             model=srv.name, messages=msgs, tools=WEATHER_TOOLS, temperature=0,
-            tool_choice={"type": "function", "function": {"name": "get_time"}},
-            extra_body={"x_test_force_output": forced})
-        assert r.choices[0].finish_reason == "tool_calls"
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            extra_body={"x_test_force_output": '{"city": "Paris", "days": 2}<|im_end|>'})
+        assert r.choices[0].finish_reason == "tool_calls", r
+        assert [(t.function.name, json.loads(t.function.arguments))
+                for t in r.choices[0].message.tool_calls] == [want[0]], r
         r = c.chat.completions.create(model=srv.name, messages=msgs, tools=WEATHER_TOOLS,
                                       parallel_tool_calls=False, temperature=0,
                                       extra_body={"x_test_force_output": forced})
@@ -1766,6 +1769,193 @@ def tool_schemas_and_choices_validated():
     assert r.status_code == 200, r.text
     expect_error(post(S.url + "/v1/completions", {"prompt": "x", "tools": tools}), 400, "tools")
 
+
+
+# Schemas whose every valid text is short, so the random-weight model's constrained output ends
+# well before max_tokens whatever it samples (strings have a maxLength, arrays a maxItems).
+PERSON_SCHEMA = {
+    "$defs": {"pet": {"type": "object", "properties": {
+        "kind": {"enum": ["cat", "dog", 7, None]}, "age": {"type": "integer"}},
+        "required": ["kind"], "additionalProperties": False}},
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 8},
+        "score": {"type": "number"},
+        "ok": {"type": "boolean"},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 4}, "maxItems": 3},
+        "pet": {"$ref": "#/$defs/pet"},
+        "note": {"anyOf": [{"type": "null"}, {"const": "none"}, {"type": "integer"}]},
+        "id": {"type": ["integer", "null"]},
+    },
+    "required": ["name", "score", "ok", "pet"],
+    "additionalProperties": False,
+}
+BOUNDED_TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                         "days": {"type": "integer"}},
+        "required": ["city"]}}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"tz": {"enum": ["UTC", "CET"]}},
+        "required": ["tz"], "additionalProperties": False}}},
+    {"type": "function", "function": {"name": "ping"}},
+]
+
+
+def tool_params(name):
+    fn = next(t["function"] for t in BOUNDED_TOOLS if t["function"]["name"] == name)
+    return fn.get("parameters", {"type": "object", "properties": {},
+                                 "additionalProperties": False})
+
+
+def streamed_calls(stream):
+    """The tool calls of a streamed chat response (index -> name, arguments) and its finish."""
+    calls, content, finish = {}, "", None
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        d = chunk.choices[0].delta
+        content += d.content or ""
+        for tc in d.tool_calls or []:
+            slot = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
+            if tc.id:
+                assert slot["id"] is None and tc.function.name, tc  # id and name first
+                slot["id"], slot["name"] = tc.id, tc.function.name
+            slot["arguments"] += tc.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    return [(calls[i]["name"], calls[i]["arguments"]) for i in sorted(calls)], content, finish
+
+
+@test
+def response_format_json_schema_whole_and_streamed():
+    """response_format json_schema: the random-weight model's output (garbage unconstrained)
+    parses and validates against the schema (jsonschema), for several seeds and n=4; the
+    stream's deltas join to the same text as the whole response of the same seed; the
+    properties come in the schema's order."""
+    import jsonschema
+    c = S.client()
+    msgs = [{"role": "user", "content": "Describe a person."}]
+    rf = {"type": "json_schema",
+          "json_schema": {"name": "person", "schema": PERSON_SCHEMA, "strict": True}}
+    for seed in (1, 2, 3):
+        r = c.chat.completions.create(model=S.name, messages=msgs, response_format=rf,
+                                      max_tokens=400, seed=seed, n=4)
+        for ch in r.choices:
+            assert ch.finish_reason == "stop", (seed, ch)
+            v = json.loads(ch.message.content)
+            jsonschema.validate(v, PERSON_SCHEMA)
+            order = [k for k in PERSON_SCHEMA["properties"] if k in v]
+            assert list(v) == order, (list(v), order)
+        text = "".join(chunk.choices[0].delta.content or ""
+                       for chunk in c.chat.completions.create(
+                           model=S.name, messages=msgs, response_format=rf, max_tokens=400,
+                           seed=seed, stream=True) if chunk.choices)
+        assert text == r.choices[0].message.content, (text, r.choices[0].message.content)
+    # /v1/completions takes it too, and vLLM's guided_json
+    for extra in ({"response_format": rf}, {"guided_json": PERSON_SCHEMA},
+                  {"guided_json": json.dumps(PERSON_SCHEMA)}):
+        r = post(S.url + "/v1/completions", {"prompt": "A person:", "max_tokens": 400, "seed": 5,
+                                             **extra})
+        assert r.status_code == 200, r.text
+        jsonschema.validate(json.loads(r.json()["choices"][0]["text"]), PERSON_SCHEMA)
+
+
+@test
+def response_format_json_object():
+    """response_format json_object: the output is one JSON object. Unbounded strings end when
+    the model picks a quote, which the random model seldom does, so the quote token's logit
+    is raised (logit_bias, applied before the mask) to make every choice end; without it,
+    every choice that ends is an object. Streamed: the same text as whole."""
+    c = S.client()
+    quote = post(S.url + "/tokenize", {"prompt": '"'}).json()["tokens"]
+    assert len(quote) == 1, quote
+    kw = dict(model=S.name, messages=[{"role": "user", "content": "JSON"}],
+              response_format={"type": "json_object"}, max_tokens=300, seed=11)
+    r = c.chat.completions.create(**kw, n=8, logit_bias={str(quote[0]): 5})
+    for ch in r.choices:
+        assert ch.finish_reason == "stop", ch
+        assert isinstance(json.loads(ch.message.content), dict), ch.message.content
+    assert any(len(json.loads(ch.message.content)) > 0 for ch in r.choices)
+    r = c.chat.completions.create(**kw, n=4)
+    for ch in r.choices:
+        if ch.finish_reason == "stop":
+            assert isinstance(json.loads(ch.message.content), dict), ch.message.content
+        else:
+            assert ch.message.content.startswith("{"), ch.message.content
+    text = "".join(chunk.choices[0].delta.content or ""
+                   for chunk in c.chat.completions.create(**kw, stream=True) if chunk.choices)
+    assert text == r.choices[0].message.content
+
+
+@test
+def tool_choice_required_and_named_are_enforced():
+    """tool_choice "required": the output is forced into calls of the given tools whose
+    arguments validate against each tool's parameters (the test model has no tool-call syntax
+    and emits noise, and still calls); parallel_tool_calls false: exactly one; a named function:
+    one call of it. Streamed: the same calls as whole, as name then arguments deltas."""
+    import jsonschema
+    c = S.client()
+    msgs = [{"role": "user", "content": "Weather?"}]
+    names = {t["function"]["name"] for t in BOUNDED_TOOLS}
+    for seed in (1, 2, 3, 4):
+        for parallel in (True, False):
+            kw = dict(model=S.name, messages=msgs, tools=BOUNDED_TOOLS, tool_choice="required",
+                      parallel_tool_calls=parallel, max_tokens=300, seed=seed)
+            r = c.chat.completions.create(**kw)
+            ch = r.choices[0]
+            assert ch.finish_reason == "tool_calls" and ch.message.content is None, ch
+            calls = [(t.function.name, t.function.arguments) for t in ch.message.tool_calls]
+            assert calls and (parallel or len(calls) == 1), calls
+            assert len({t.id for t in ch.message.tool_calls}) == len(calls)
+            for name, args in calls:
+                assert name in names, name
+                jsonschema.validate(json.loads(args), tool_params(name))
+            got, content, finish = streamed_calls(c.chat.completions.create(**kw, stream=True))
+            assert got == calls and finish == "tool_calls" and content == "", (got, calls)
+    for name in names:
+        kw = dict(model=S.name, messages=msgs, tools=BOUNDED_TOOLS, max_tokens=300, seed=7,
+                  tool_choice={"type": "function", "function": {"name": name}})
+        r = c.chat.completions.create(**kw)
+        ch = r.choices[0]
+        assert ch.finish_reason == "tool_calls", ch
+        assert [t.function.name for t in ch.message.tool_calls] == [name]
+        jsonschema.validate(json.loads(ch.message.tool_calls[0].function.arguments),
+                            tool_params(name))
+        got, _, finish = streamed_calls(c.chat.completions.create(**kw, stream=True))
+        assert got == [(name, ch.message.tool_calls[0].function.arguments)], got
+        assert finish == "tool_calls"
+
+
+@test
+def constraints_refuse_what_they_cannot_enforce():
+    """A schema keyword the matcher cannot enforce is a 400 naming the parameter and the
+    keyword, never ignored; so are malformed response_format objects."""
+    u = S.url + "/v1/chat/completions"
+    m = [{"role": "user", "content": "x"}]
+    for schema, word in (({"type": "string", "pattern": "^a"}, "'pattern'"),
+                         ({"type": "object", "properties": {"d": {"type": "string",
+                                                                  "format": "date"}}},
+                          "/properties/d"),
+                         ({"type": "integer", "minimum": 0}, "'minimum'"),
+                         ({"oneOf": [{"type": "string"}]}, "'oneOf'")):
+        r = post(u, {"messages": m, "response_format": {"type": "json_schema", "json_schema": {
+            "name": "x", "schema": schema}}})
+        expect_error(r, 400, "response_format")
+        assert word in r.json()["error"]["message"], r.text
+    for rf in ({"type": "regex"}, {"type": "json_schema"}, "json", {"type": "json_schema",
+                                                                    "json_schema": {"name": "x"}}):
+        expect_error(post(u, {"messages": m, "response_format": rf}), 400, "response_format")
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "string", "format": "uri"}}}}}]
+    r = post(u, {"messages": m, "tools": tools, "tool_choice": "required"})
+    expect_error(r, 400, "tools")
+    assert "'format'" in r.json()["error"]["message"], r.text
+    r = post(u, {"messages": m, "tools": tools, "tool_choice": "required",
+                 "response_format": {"type": "json_object"}})
+    expect_error(r, 400, "response_format")
+    # text is no constraint
+    r = post(u, {"messages": m, "max_tokens": 2, "response_format": {"type": "text"}})
+    assert r.status_code == 200, r.text
 
 
 @test
