@@ -18,6 +18,7 @@
 #include "daemon/test_hooks.h"
 #include "engine/base/clock.h"
 #include "engine/engine.h"
+#include "engine/model/quant.h"
 #include "engine/model/safetensors.h"
 #include "engine/experts/routing_trace.h"
 #include "engine/text/chat_template.h"
@@ -150,16 +151,40 @@ static void on_read_progress(void *ctx, uint64_t done, uint64_t total)
         xd_log(p->s, XD_LOG_INFO, "loading: read %s of %s (%.0f%%, %.0f MB/s)", d, t, pct, rate);
 }
 
+/* The expert pack's notices (refusals, progress while writing, fallbacks): warnings when they
+ * say so, else information; the writing progress also in the systemd status. */
+static void on_pack_line(void *ctx, const char *line)
+{
+    const struct xd_server *s = ctx;
+    const bool warn = strstr(line, "warning") || strstr(line, "refused");
+    xd_log(s, warn ? XD_LOG_WARN : XD_LOG_INFO, "%s", line);
+    if (!warn)
+        xd_sd_notifyf("STATUS=loading %s: %s", s->model_name, line);
+}
+
 static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
 {
     const struct xd_server_config *c = s->cfg;
-    XD_TRY(xd_model_load(c->engine.model, &L->model, err));
+    struct xd_pack_opts po;
+    xd_config_pack_opts(&c->engine, &po);
+    po.log = on_pack_line;
+    po.log_ctx = s;
+    XD_TRY(xd_model_load_packed(c->engine.model, &po, &L->model, err));
     if (L->model->config.warning[0])
         xd_log(s, XD_LOG_WARN, "%s", L->model->config.warning);
+    /* --quantize before the read (the engine's quantization is then a no-op): the matrices it
+     * replaces, or that the expert pack provides, are not read from the checkpoint at all */
+    enum xd_dtype quant;
+    XD_TRY(xd_quant_parse(c->engine.quantize, &quant, err));
+    const double t_quant0 = xd_now();
+    if (xd_dtype_is_quant(quant) && strcmp(c->engine.device, "cpu") == 0)
+        XD_TRY(xd_model_quantize_packed(L->model, quant, c->engine.quantize_experts_only, &po,
+                                        err));
+    const double t_quant = xd_now() - t_quant0;
     /* the mapping is lazy: read it now, with progress, rather than in the first requests */
     struct read_progress rp = {.s = s, .t0 = xd_now()};
     atomic_store(&s->load_phase, XD_LOAD_READING);
-    xd_checkpoint_read(L->model->checkpoint, on_read_progress, &rp);
+    xd_model_read(L->model, on_read_progress, &rp);
     atomic_store(&s->load_phase, XD_LOAD_ENGINE);
     const struct xd_model_config *mc = &L->model->config;
 
@@ -214,6 +239,8 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
         .n_threads = c->engine.threads,
     };
     XD_TRY(xd_config_expert_opts(&c->engine, mc, c->record_routing != NULL, &eo, err));
+    eo.pack.log = on_pack_line;
+    eo.pack.log_ctx = s;
     /* on the GPU this copies every weight to the device: say so, it is not instant */
     xd_sd_notifyf("STATUS=loading %s: starting the %s backend", s->model_name, c->engine.device);
     if (eo.device == XD_DEVICE_CUDA)
@@ -222,12 +249,16 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     XD_TRY(xd_engine_create(L->model, &eo, &L->engine, err));
     if (xd_dtype_is_quant(L->model->quant))
         xd_log(s, XD_LOG_INFO,
-               "weights served as %s%s: %.1f MiB quantized in %.1f s, %d matrices kept as stored "
+               "weights served as %s%s: %.1f MiB %s in %.1f s, %d matrices kept as stored "
                "(columns not a multiple of 32); one expert %.2f MiB",
                xd_dtype_name(L->model->quant),
                L->model->quant_experts_only ? " (experts only)" : "",
-               (double)L->model->quant_bytes / 1048576.0, xd_now() - t_engine,
-               L->model->quant_n_kept, (double)xd_model_expert_bytes(L->model) / 1048576.0);
+               (double)L->model->quant_bytes / 1048576.0,
+               L->model->pack_use == XD_PACK_MAPPED    ? "mapped from the expert pack"
+               : L->model->pack_use == XD_PACK_WRITTEN ? "quantized and packed"
+                                                       : "quantized",
+               t_quant + (xd_now() - t_engine), L->model->quant_n_kept,
+               (double)xd_model_expert_bytes(L->model) / 1048576.0);
     if (c->record_routing) {
         struct xd_trace_header th =
             xd_trace_header_for(L->model, xd_engine_opts(L->engine)->predict_width);
