@@ -4,6 +4,7 @@
 #include "engine/cpu/attention.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -209,6 +210,17 @@ TGT512 static void scores_avx512(const struct tile_ctx *c, int nr, float *S)
     }
 }
 
+/* kt (hd, KB) from 16 keys that follow each other in one cache block, the first at k0 (rows
+ * kvd apart): one gather per d. */
+TGT512 static void fill_kt_avx512(const float *k0, size_t kvd, int hd, float *kt)
+{
+    const __m512i idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32((int)kvd));
+    for (int d = 0; d < hd; d++)
+        _mm512_storeu_ps(kt + (size_t)d * KB, _mm512_i32gather_ps(idx, k0 + d, 4));
+}
+
 TGT512 static void row_update_avx512(const struct tile_ctx *c, const float *s, int lo, int hi,
                                      float *m, float *lv, float *acc)
 {
@@ -261,6 +273,7 @@ TGT512 static void row_update_avx512(const struct tile_ctx *c, const float *s, i
 /* ---- tiles ---- */
 
 struct attn_path {
+    void (*fill_kt)(const float *k0, size_t kvd, int hd, float *kt); /* or NULL */
     void (*scores)(const struct tile_ctx *c, int nr, float *S);
     void (*row_update)(const struct tile_ctx *c, const float *s, int lo, int hi, float *m,
                        float *lv, float *acc);
@@ -300,8 +313,20 @@ static void attend_tile(const struct xd_cpu_attn *a, const struct attn_path *pat
     for (int kb = kfirst / KB; kb <= klast / KB; kb++) {
         const int j0 = kb * KB;
         const int ja = j0 > kfirst ? j0 : kfirst, jb = j0 + KB - 1 < klast ? j0 + KB - 1 : klast;
+        /* a whole key block inside one cache block: gathered by the vector path */
+        const bool whole = ja == j0 && jb == j0 + KB - 1 && bs % KB == 0 && path->fill_kt;
+        if (whole) {
+            const size_t row0 = ((size_t)sc->block_table[j0 / bs] * bs + (size_t)(j0 % bs)) *
+                                    kvd + (size_t)kvh * hd;
+            path->fill_kt(a->k_cache + row0, kvd, hd, kt);
+        }
         for (int jj = 0; jj < KB; jj++) {
             const int j = j0 + jj;
+            if (whole) {
+                vrow[jj] = a->v_cache + ((size_t)sc->block_table[j / bs] * bs +
+                                         (size_t)(j % bs)) * kvd + (size_t)kvh * hd;
+                continue;
+            }
             if (j < ja || j > jb) {
                 vrow[jj] = NULL;
                 for (int d = 0; d < hd; d++)
@@ -354,10 +379,10 @@ void xd_cpu_attention_on(const struct xd_cpu_attn *a, const struct xd_batch *b, 
     /* whole tokens per tile where the group fits, so a tile reads each key block once for them */
     const int tile_rows = group <= rows_max ? rows_max / group * group : rows_max;
 
-    struct attn_path path = {scores_portable, row_update_portable};
+    struct attn_path path = {NULL, scores_portable, row_update_portable};
 #ifdef XD_ATTN_AVX512
     if (vec == XD_CPU_VEC_AVX512 && __builtin_cpu_supports("avx512f"))
-        path = (struct attn_path){scores_avx512, row_update_avx512};
+        path = (struct attn_path){fill_kt_avx512, scores_avx512, row_update_avx512};
 #else
     (void)vec;
 #endif
@@ -393,5 +418,60 @@ void xd_cpu_attention_on(const struct xd_cpu_attn *a, const struct xd_batch *b, 
         const int n_rows = sc->n_tokens * group;
         const int r1 = r0 + tile_rows < n_rows ? r0 + tile_rows : n_rows;
         attend_tile(a, &path, sc, q + t0 * qd, out + t0 * qd, kvh, r0, r1);
+    }
+}
+
+/* ---- the loop the blocked attention replaced ---- */
+
+void xd_cpu_attention_reference(const struct xd_cpu_attn *a, const struct xd_batch *b,
+                                const float *q_all, float *out)
+{
+    const int bs = a->block_size, hd = a->head_dim;
+    const int group = a->n_heads / a->n_kv_heads;
+    const size_t qd = (size_t)a->n_heads * hd, kvd = (size_t)a->n_kv_heads * hd;
+    const float scale = a->scale;
+    const float *sinks = a->sinks;
+    int seq0[b->n_seqs + 1]; /* (n_seqs + 1,) each sequence's first token in the step */
+    seq0[0] = 0;
+    for (int i = 0; i < b->n_seqs; i++)
+        seq0[i + 1] = seq0[i] + b->seqs[i].n_tokens;
+#pragma omp parallel for collapse(2) schedule(dynamic, 4)
+    for (int tt = 0; tt < seq0[b->n_seqs]; tt++) {
+        for (int h = 0; h < a->n_heads; h++) {
+            int i = 0;
+            while (seq0[i + 1] <= tt)
+                i++;
+            const struct xd_seq_chunk *sc = &b->seqs[i];
+            const int t0 = seq0[i], t = tt - t0;
+            const int p = sc->pos + t, kvh = h / group;
+            const int first = first_key(a, p);
+            const float *q = q_all + (size_t)(t0 + t) * qd + (size_t)h * hd;
+            float acc[hd];
+            /* a sink starts the running softmax as a logit of weight exp(0) with no value */
+            float mx = sinks ? sinks[h] : -INFINITY;
+            float sum = sinks ? 1.0f : 0.0f;
+            memset(acc, 0, sizeof acc);
+            /* one pass with a running maximum (online softmax) */
+            for (int j = first; j <= p; j++) {
+                const size_t row = ((size_t)sc->block_table[j / bs] * bs + (size_t)(j % bs)) *
+                                       kvd + (size_t)kvh * hd;
+                const float *kr = a->k_cache + row, *vr = a->v_cache + row;
+                float score = xd_cpu_dot(q, kr, hd) * scale;
+                if (score > mx) {
+                    float r = expf(mx - score);
+                    sum *= r;
+                    for (int k = 0; k < hd; k++)
+                        acc[k] *= r;
+                    mx = score;
+                }
+                float w = expf(score - mx);
+                sum += w;
+                for (int k = 0; k < hd; k++)
+                    acc[k] += w * vr[k];
+            }
+            float *o = out + (size_t)(t0 + t) * qd + (size_t)h * hd;
+            for (int k = 0; k < hd; k++)
+                o[k] = acc[k] / sum;
+        }
     }
 }

@@ -45,6 +45,12 @@ void xd_cpu_attention(const struct xd_cpu_attn *a, const struct xd_batch *b, con
 void xd_cpu_attention_on(const struct xd_cpu_attn *a, const struct xd_batch *b, const float *q,
                          float *out, int32_t *items, enum xd_cpu_vec path);
 
+/* The attention this file replaced, for comparison (EXPERTD_CPU_ATTENTION=reference, benchmarks):
+ * one (token, head) at a time, every key of the sequence streamed for each query, libm's expf and
+ * one rescale per new maximum; the same arguments and result up to rounding. */
+void xd_cpu_attention_reference(const struct xd_cpu_attn *a, const struct xd_batch *b,
+                                const float *q, float *out);
+
 /* The exponential of the softmax: a degree-6 polynomial on x - n ln 2 (Cephes' expf
  * coefficients, fused multiply-adds), relative error under 3e-7; 0 below -87. Exposed for the
  * tests; every vector path computes the same bits. */

@@ -239,60 +239,11 @@ static float *kv_row(const struct cpu_state *s, float *cache, int layer, int blo
     return cache + idx * s->kv_dim;
 }
 
-/* The attention as it was before attention.c, kept for comparison (benchmarks, tests): one
- * (token, head) at a time, every key of the sequence streamed for each query, one online-softmax
- * rescale per new maximum; the cache already holds the step's keys and values. */
-static void attention_reference(struct cpu_state *s, const struct xd_batch *b, int layer,
-                                int n_tokens, const float *sinks)
-{
-    const struct xd_model_config *c = &s->m->config;
-    const int bs = s->opts.block_size, hd = c->head_dim;
-    const int group = c->n_heads / c->n_kv_heads;
-    const float scale = 1.0f / sqrtf((float)hd);
-    const int window = c->full_attention_layer[layer] ? 0 : c->sliding_window;
-
-#pragma omp parallel for collapse(2) schedule(dynamic, 4)
-    for (int t = 0; t < n_tokens; t++) {
-        for (int h = 0; h < c->n_heads; h++) {
-            const struct xd_seq_chunk *sc = &b->seqs[s->tok_seq[t]];
-            const int p = s->tok_pos[t], kvh = h / group;
-            const int first = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
-            const float *q = s->q + (size_t)t * s->q_dim + (size_t)h * hd;
-            float acc[hd];
-            /* a sink starts the running softmax as a logit of weight exp(0) with no value */
-            float mx = sinks ? sinks[h] : -INFINITY;
-            float sum = sinks ? 1.0f : 0.0f;
-            memset(acc, 0, sizeof acc);
-            /* one pass with a running maximum (online softmax) */
-            for (int j = first; j <= p; j++) {
-                int block = sc->block_table[j / bs], slot = j % bs;
-                const float *kr = kv_row(s, s->k_cache, layer, block, slot) + kvh * hd;
-                const float *vr = kv_row(s, s->v_cache, layer, block, slot) + kvh * hd;
-                float score = xd_cpu_dot(q, kr, hd) * scale;
-                if (score > mx) {
-                    float r = expf(mx - score);
-                    sum *= r;
-                    for (int i = 0; i < hd; i++)
-                        acc[i] *= r;
-                    mx = score;
-                }
-                float w = expf(score - mx);
-                sum += w;
-                for (int i = 0; i < hd; i++)
-                    acc[i] += w * vr[i];
-            }
-            float *o = s->attn + (size_t)t * s->q_dim + (size_t)h * hd;
-            for (int i = 0; i < hd; i++)
-                o[i] = acc[i] / sum;
-        }
-    }
-}
-
 /* Writes this step's k and v into the cache through each sequence's block
  * table, then attends every query to the positions up to its own (the last sliding_window of
  * them unless the layer is a full-attention one). With sinks (gpt_oss) each head's sink logit
  * joins the softmax's denominator and adds nothing to its output. Blocked (attention.c) unless
- * EXPERTD_CPU_ATTENTION=reference asked for attention_reference. */
+ * EXPERTD_CPU_ATTENTION=reference asks for the loop it replaced. */
 static void attention(struct cpu_state *s, const struct xd_batch *b, int layer, int n_tokens)
 {
     const struct xd_model_config *c = &s->m->config;
@@ -311,10 +262,6 @@ static void attention(struct cpu_state *s, const struct xd_batch *b, int layer, 
         memcpy(kv_row(s, s->v_cache, layer, block, slot), s->v + (size_t)t * kvd,
                sizeof(float) * kvd);
     }
-    if (s->attn_reference) {
-        attention_reference(s, b, layer, n_tokens, sink_w->data ? sinks : NULL);
-        return;
-    }
     const struct xd_cpu_attn a = {
         .k_cache = kv_row(s, s->k_cache, layer, 0, 0),
         .v_cache = kv_row(s, s->v_cache, layer, 0, 0),
@@ -326,7 +273,10 @@ static void attention(struct cpu_state *s, const struct xd_batch *b, int layer, 
         .window = c->full_attention_layer[layer] ? 0 : c->sliding_window,
         .sinks = sink_w->data ? sinks : NULL,
     };
-    xd_cpu_attention(&a, b, s->q, s->attn, s->attn_items);
+    if (s->attn_reference)
+        xd_cpu_attention_reference(&a, b, s->q, s->attn);
+    else
+        xd_cpu_attention(&a, b, s->q, s->attn, s->attn_items);
 }
 
 static void attention_block(struct cpu_state *s, const struct xd_batch *b, int l, int n)
