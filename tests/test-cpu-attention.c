@@ -1,6 +1,7 @@
 /* The blocked CPU attention (engine/cpu/attention.c): its exponential against libm, its output
  * against softmax attention in double precision, and the same bits for a query whatever its
  * chunking, batch and vector path, over prompts of several key blocks. */
+#include <assert.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +13,7 @@
  * a cache with room for a second copy (the batch mate), q for every position. */
 struct problem {
     int n, bs, n_heads, n_kv, hd, window;
-    float sinks[8];
+    float sinks[16];     /* (n_heads,), n_heads <= 16 */
     bool with_sinks;
     int n_blocks;        /* blocks of one copy */
     int32_t table[64];   /* (n_blocks,) copy one */
@@ -37,6 +38,7 @@ static void problem_init(struct problem *p, int n, int bs, int n_heads, int n_kv
     *p = (struct problem){.n = n, .bs = bs, .n_heads = n_heads, .n_kv = n_kv, .hd = hd,
                           .window = window, .with_sinks = sinks};
     p->n_blocks = (n + bs - 1) / bs;
+    assert(n_heads <= 16 && p->n_blocks <= 64 && n <= 256 && "the problem's arrays are fixed");
     /* copy one in odd blocks from the top down, copy two in even blocks */
     for (int i = 0; i < p->n_blocks; i++) {
         p->table[i] = 2 * (p->n_blocks - 1 - i) + 1;
