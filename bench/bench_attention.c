@@ -133,7 +133,9 @@ int main(int argc, char **argv)
            " \"decode_cpu_ms\": {\"blocked\": %.4f, \"reference\": %.4f, \"speedup\": %.2f},\n"
            " \"decode_wall_ms\": {\"blocked\": %.4f, \"reference\": %.4f}}\n",
            n, o.heads, o.kv_heads, o.head_dim, bs, threads, o.repeats,
-           xd_cpu_vector_path() == XD_CPU_VEC_AVX512 ? "avx512" : "portable", 1e3 * mc[0],
+           xd_cpu_vector_path() == XD_CPU_VEC_AVX512 ? "avx512"
+           : xd_cpu_vector_path() == XD_CPU_VEC_AVX2 ? "avx2"
+                                                    : "portable", 1e3 * mc[0],
            1e3 * mc[1], mc[1] / mc[0], 1e3 * mw[0], 1e3 * mw[1], 1e3 * mc[2], 1e3 * mc[3],
            mc[3] / mc[2], 1e3 * mw[2], 1e3 * mw[3]);
     free(k);

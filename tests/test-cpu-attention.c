@@ -1,6 +1,7 @@
 /* The blocked CPU attention (engine/cpu/attention.c): its exponential against libm, its output
  * against softmax attention in double precision, and the same bits for a query whatever its
- * chunking, batch and vector path, over prompts of several key blocks. */
+ * chunking, batch and vector path (portable, AVX2, AVX-512), over prompts of several key
+ * blocks. */
 #include <assert.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -170,8 +171,8 @@ static void check_against_double(const char *what, int n, int bs, int n_heads, i
     float *got = malloc(sizeof(float) * len);
     double *want = malloc(sizeof(double) * len);
     run_double(&p, want);
-    const enum xd_cpu_vec paths[2] = {XD_CPU_VEC_PORTABLE, XD_CPU_VEC_AVX512};
-    for (int i = 0; i < 2; i++) {
+    const enum xd_cpu_vec paths[3] = {XD_CPU_VEC_PORTABLE, XD_CPU_VEC_AVX2, XD_CPU_VEC_AVX512};
+    for (int i = 0; i < 3; i++) {
         run_chunks(&p, &n, 1, paths[i], got);
         const double d = max_diff(got, want, len);
         CHECK(d < 2e-6, "%s (path %d): max diff %g from double-precision attention", what, i, d);
@@ -224,6 +225,12 @@ static void check_tilings(const char *what, int n, int bs, int n_heads, int n_kv
     run_chunks(&p, cuts, n_cuts, XD_CPU_VEC_PORTABLE, got);
     CHECK(memcmp(got, whole, sizeof(float) * len) == 0,
           "%s: the portable path in chunks differs from AVX-512 whole", what);
+    run_chunks(&p, &n, 1, XD_CPU_VEC_AVX2, got);
+    CHECK(memcmp(got, whole, sizeof(float) * len) == 0,
+          "%s: the AVX2 path differs from the AVX-512 one", what);
+    run_chunks(&p, ones, n, XD_CPU_VEC_AVX2, got);
+    CHECK(memcmp(got, whole, sizeof(float) * len) == 0,
+          "%s: the AVX2 path one token at a time differs from AVX-512 whole", what);
 
     /* batched: a 5-token chunk of copy two (positions 11 ..15), then the last 29 positions of
      * copy one, then one decode token of copy two at position n - 1 */
@@ -266,9 +273,12 @@ static void test_same_bits_whatever_the_tiling(void)
 
 int main(void)
 {
-    printf("avx-512 path: %s\n", __builtin_cpu_supports("avx512f")
-                                     ? "compared with the portable one"
-                                     : "absent on this CPU: the portable path runs twice");
+    printf("avx-512 path: %s; avx2 path: %s\n",
+           __builtin_cpu_supports("avx512f") ? "compared with the others"
+                                             : "absent on this CPU (the next path runs instead)",
+           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+               ? "compared with the others"
+               : "absent on this CPU (the portable path runs instead)");
     RUN(test_exp_matches_libm);
     RUN(test_matches_double_precision);
     RUN(test_same_bits_whatever_the_tiling);

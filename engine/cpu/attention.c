@@ -1,6 +1,6 @@
 /* Blocked attention for the CPU backend: tiles of query rows against 16-key blocks of the paged
- * KV cache, scores as a small GEMM, online softmax per row; AVX-512 or portable C (compiled for
- * x86-64-v3 too), all in one order per row, so every path and tiling gives the same bits. */
+ * KV cache, scores as a small GEMM, online softmax per row; AVX-512, AVX2 or portable C, all in
+ * one order per row, so every path and tiling gives the same bits. */
 #include "engine/cpu/attention.h"
 
 #include <math.h>
@@ -144,7 +144,7 @@ ATTN_CLONES static void row_update_portable(const struct tile_ctx *c, const floa
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#define XD_ATTN_AVX512 1
+#define XD_ATTN_X86 1
 #define TGT512 __attribute__((target("avx512f,avx2,fma")))
 
 TGT512 static inline __attribute__((always_inline)) __m512 exp16(__m512 x)
@@ -268,6 +268,137 @@ TGT512 static void row_update_avx512(const struct tile_ctx *c, const float *s, i
         _mm512_mask_storeu_ps(acc + d, t, a0);
     }
 }
+
+/* ---- AVX2 + FMA (chosen at run time): the same operations in two 8-lane halves ---- */
+
+#define TGT256 __attribute__((target("avx2,fma")))
+
+TGT256 static inline __attribute__((always_inline)) __m256 exp8(__m256 x)
+{
+    const __m256 zero = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_LO), _CMP_LT_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_LO)), _mm256_set1_ps(EXP_HI));
+    const __m256 rnd = _mm256_set1_ps(EXP_ROUND);
+    const __m256 n =
+        _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(EXP_LOG2E)), rnd), rnd);
+    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-EXP_C1), x);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(-EXP_C2), r);
+    __m256 p = _mm256_set1_ps(EXP_P0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P5));
+    __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(zero, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+}
+
+TGT256 static void fill_kt_avx2(const float *k0, size_t kvd, int hd, float *kt)
+{
+    const __m256i lo = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                          _mm256_set1_epi32((int)kvd));
+    const __m256i hi = _mm256_add_epi32(lo, _mm256_set1_epi32(8 * (int)kvd));
+    for (int d = 0; d < hd; d++) {
+        _mm256_storeu_ps(kt + (size_t)d * KB, _mm256_i32gather_ps(k0 + d, lo, 4));
+        _mm256_storeu_ps(kt + (size_t)d * KB + 8, _mm256_i32gather_ps(k0 + d, hi, 4));
+    }
+}
+
+TGT256 static inline __attribute__((always_inline)) void
+scores_rows256(const struct tile_ctx *c, int r0, const int nr, float *S)
+{
+    __m256 lo[4], hi[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++)
+        lo[i] = hi[i] = _mm256_setzero_ps();
+    const float *q[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++)
+        q[i] = c->qrow[r0 + i];
+    for (int d = 0; d < c->hd; d++) {
+        const __m256 kl = _mm256_loadu_ps(c->kt + (size_t)d * KB);
+        const __m256 kh = _mm256_loadu_ps(c->kt + (size_t)d * KB + 8);
+#pragma GCC unroll 4
+        for (int i = 0; i < nr; i++) {
+            const __m256 qd = _mm256_set1_ps(q[i][d]);
+            lo[i] = _mm256_fmadd_ps(qd, kl, lo[i]);
+            hi[i] = _mm256_fmadd_ps(qd, kh, hi[i]);
+        }
+    }
+    const __m256 sc = _mm256_set1_ps(c->scale);
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++) {
+        _mm256_storeu_ps(S + (size_t)(r0 + i) * KB, _mm256_mul_ps(lo[i], sc));
+        _mm256_storeu_ps(S + (size_t)(r0 + i) * KB + 8, _mm256_mul_ps(hi[i], sc));
+    }
+}
+
+TGT256 static void scores_avx2(const struct tile_ctx *c, int nr, float *S)
+{
+    int r = 0;
+    for (; r + 4 <= nr; r += 4)
+        scores_rows256(c, r, 4, S);
+    switch (nr - r) {
+    case 3: scores_rows256(c, r, 3, S); break;
+    case 2: scores_rows256(c, r, 2, S); break;
+    case 1: scores_rows256(c, r, 1, S); break;
+    default: break;
+    }
+}
+
+TGT256 static void row_update_avx2(const struct tile_ctx *c, const float *s, int lo, int hi,
+                                   float *m, float *lv, float *acc)
+{
+    const int hd = c->hd;
+    float mb = -INFINITY;
+    for (int j = lo; j <= hi; j++)
+        mb = s[j] > mb ? s[j] : mb;
+    __m256 l0 = _mm256_loadu_ps(lv), l1 = _mm256_loadu_ps(lv + 8);
+    if (mb > *m) {
+        if (*m != -INFINITY) {
+            const __m256 rs = exp8(_mm256_set1_ps(*m - mb));
+            const float rs1 = _mm_cvtss_f32(_mm256_castps256_ps128(rs));
+            l0 = _mm256_mul_ps(l0, rs);
+            l1 = _mm256_mul_ps(l1, rs);
+            int d = 0;
+            for (; d + 8 <= hd; d += 8)
+                _mm256_storeu_ps(acc + d, _mm256_mul_ps(_mm256_loadu_ps(acc + d), rs));
+            for (; d < hd; d++)
+                acc[d] *= rs1;
+        }
+        *m = mb;
+    }
+    const __m256 mv = _mm256_set1_ps(*m);
+    float pj[KB];
+    _mm256_storeu_ps(pj, exp8(_mm256_sub_ps(_mm256_loadu_ps(s), mv)));
+    _mm256_storeu_ps(pj + 8, exp8(_mm256_sub_ps(_mm256_loadu_ps(s + 8), mv)));
+    for (int j = 0; j < KB; j++)
+        if (j < lo || j > hi)
+            pj[j] = 0.0f;
+    _mm256_storeu_ps(lv, _mm256_add_ps(l0, _mm256_loadu_ps(pj)));
+    _mm256_storeu_ps(lv + 8, _mm256_add_ps(l1, _mm256_loadu_ps(pj + 8)));
+    int d = 0;
+    for (; d + 16 <= hd; d += 16) {
+        __m256 a0 = _mm256_loadu_ps(acc + d), a1 = _mm256_loadu_ps(acc + d + 8);
+        for (int j = lo; j <= hi; j++) {
+            const __m256 w = _mm256_set1_ps(pj[j]);
+            a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(c->vrow[j] + d), a0);
+            a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(c->vrow[j] + d + 8), a1);
+        }
+        _mm256_storeu_ps(acc + d, a0);
+        _mm256_storeu_ps(acc + d + 8, a1);
+    }
+    for (; d + 8 <= hd; d += 8) {
+        __m256 a0 = _mm256_loadu_ps(acc + d);
+        for (int j = lo; j <= hi; j++)
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(pj[j]), _mm256_loadu_ps(c->vrow[j] + d), a0);
+        _mm256_storeu_ps(acc + d, a0);
+    }
+    for (; d < hd; d++)
+        for (int j = lo; j <= hi; j++)
+            acc[d] = __builtin_fmaf(pj[j], c->vrow[j][d], acc[d]);
+}
 #endif
 
 /* ---- tiles ---- */
@@ -380,9 +511,12 @@ void xd_cpu_attention_on(const struct xd_cpu_attn *a, const struct xd_batch *b, 
     const int tile_rows = group <= rows_max ? rows_max / group * group : rows_max;
 
     struct attn_path path = {NULL, scores_portable, row_update_portable};
-#ifdef XD_ATTN_AVX512
+#ifdef XD_ATTN_X86
     if (vec == XD_CPU_VEC_AVX512 && __builtin_cpu_supports("avx512f"))
         path = (struct attn_path){fill_kt_avx512, scores_avx512, row_update_avx512};
+    else if (vec >= XD_CPU_VEC_AVX2 && __builtin_cpu_supports("avx2") &&
+             __builtin_cpu_supports("fma"))
+        path = (struct attn_path){fill_kt_avx2, scores_avx2, row_update_avx2};
 #else
     (void)vec;
 #endif

@@ -40,8 +40,8 @@ struct xd_cpu_attn {
 void xd_cpu_attention(const struct xd_cpu_attn *a, const struct xd_batch *b, const float *q,
                       float *out, int32_t *items);
 
-/* The same on a given vector path (tests compare them; XD_CPU_VEC_AVX2 runs the portable C, built
- * for x86-64-v3 where the CPU has it); a path this CPU lacks runs the portable C. */
+/* The same on a given vector path (tests compare them); a path this CPU lacks falls back to the
+ * next lesser one it has. */
 void xd_cpu_attention_on(const struct xd_cpu_attn *a, const struct xd_batch *b, const float *q,
                          float *out, int32_t *items, enum xd_cpu_vec path);
 
