@@ -221,8 +221,10 @@ TGT512 static void fill_kt_avx512(const float *k0, size_t kvd, int hd, float *kt
         _mm512_storeu_ps(kt + (size_t)d * KB, _mm512_i32gather_ps(idx, k0 + d, 4));
 }
 
-TGT512 static void row_update_avx512(const struct tile_ctx *c, const float *s, int lo, int hi,
-                                     float *m, float *lv, float *acc)
+/* The softmax part of one row's step (as row_update_portable up to P.V): rescales acc where the
+ * block's maximum is new, updates lv, and leaves p (KB,), 0 outside lo .. hi. */
+TGT512 static void row_softmax_avx512(const struct tile_ctx *c, const float *s, int lo, int hi,
+                                      float *m, float *lv, float *acc, float *p)
 {
     const int hd = c->hd;
     const __mmask16 mk = (__mmask16)(((1u << (hi + 1)) - 1u) & ~((1u << lo) - 1u));
@@ -244,28 +246,84 @@ TGT512 static void row_update_avx512(const struct tile_ctx *c, const float *s, i
         }
         *m = mb;
     }
-    const __m512 p = _mm512_maskz_mov_ps(mk, exp16(_mm512_sub_ps(sv, _mm512_set1_ps(*m))));
-    _mm512_storeu_ps(lv, _mm512_add_ps(l, p));
-    float pj[KB];
-    _mm512_storeu_ps(pj, p);
-    int d = 0;
-    for (; d + 32 <= hd; d += 32) {
-        __m512 a0 = _mm512_loadu_ps(acc + d), a1 = _mm512_loadu_ps(acc + d + 16);
-        for (int j = lo; j <= hi; j++) {
-            const __m512 w = _mm512_set1_ps(pj[j]);
-            a0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(c->vrow[j] + d), a0);
-            a1 = _mm512_fmadd_ps(w, _mm512_loadu_ps(c->vrow[j] + d + 16), a1);
+    const __m512 pv = _mm512_maskz_mov_ps(mk, exp16(_mm512_sub_ps(sv, _mm512_set1_ps(*m))));
+    _mm512_storeu_ps(lv, _mm512_add_ps(l, pv));
+    _mm512_storeu_ps(p, pv);
+}
+
+/* acc (nrr rows hd apart) lanes d .. d + 16 nd - 1 (the last chunk masked by tail) +=
+ * p_j v_j for j = lo .. hi in order, P (nrr rows KB apart): the V loads shared by the rows. */
+TGT512 static inline __attribute__((always_inline)) void
+pv_chunk512(const struct tile_ctx *c, const float *P, int lo, int hi, float *acc, const int nrr,
+            int d, const int nd, __mmask16 tail)
+{
+    const int hd = c->hd;
+    __m512 a[4][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < nrr; i++)
+#pragma GCC unroll 4
+        for (int k = 0; k < nd; k++)
+            a[i][k] = _mm512_maskz_loadu_ps(k == nd - 1 ? tail : (__mmask16)0xffff,
+                                            acc + (size_t)i * hd + d + 16 * k);
+    for (int j = lo; j <= hi; j++) {
+        __m512 v[4];
+#pragma GCC unroll 4
+        for (int k = 0; k < nd; k++)
+            v[k] = _mm512_maskz_loadu_ps(k == nd - 1 ? tail : (__mmask16)0xffff,
+                                         c->vrow[j] + d + 16 * k);
+#pragma GCC unroll 4
+        for (int i = 0; i < nrr; i++) {
+            const __m512 w = _mm512_set1_ps(P[(size_t)i * KB + j]);
+#pragma GCC unroll 4
+            for (int k = 0; k < nd; k++)
+                a[i][k] = _mm512_fmadd_ps(w, v[k], a[i][k]);
         }
-        _mm512_storeu_ps(acc + d, a0);
-        _mm512_storeu_ps(acc + d + 16, a1);
     }
-    for (; d < hd; d += 16) {
-        const __mmask16 t = hd - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (hd - d)) - 1u);
-        __m512 a0 = _mm512_maskz_loadu_ps(t, acc + d);
-        for (int j = lo; j <= hi; j++)
-            a0 = _mm512_fmadd_ps(_mm512_set1_ps(pj[j]), _mm512_maskz_loadu_ps(t, c->vrow[j] + d),
-                                 a0);
-        _mm512_mask_storeu_ps(acc + d, t, a0);
+#pragma GCC unroll 4
+    for (int i = 0; i < nrr; i++)
+#pragma GCC unroll 4
+        for (int k = 0; k < nd; k++)
+            _mm512_mask_storeu_ps(acc + (size_t)i * hd + d + 16 * k,
+                                  k == nd - 1 ? tail : (__mmask16)0xffff, a[i][k]);
+}
+
+TGT512 static inline __attribute__((always_inline)) void
+pv_rows512(const struct tile_ctx *c, const float *P, int lo, int hi, float *acc, const int nrr)
+{
+    const int hd = c->hd;
+    int d = 0;
+    for (; d + 64 <= hd; d += 64)
+        pv_chunk512(c, P, lo, hi, acc, nrr, d, 4, (__mmask16)0xffff);
+    for (; d + 16 <= hd; d += 16)
+        pv_chunk512(c, P, lo, hi, acc, nrr, d, 1, (__mmask16)0xffff);
+    if (d < hd)
+        pv_chunk512(c, P, lo, hi, acc, nrr, d, 1, (__mmask16)((1u << (hd - d)) - 1u));
+}
+
+/* The block's step for every row (lo[r] > hi[r]: row r has no key here): each row's softmax
+ * part, then P.V four rows at a time where four neighbours share lo and hi. */
+TGT512 static void block_update_avx512(const struct tile_ctx *c, int nr, const float *S,
+                                       const int *lo, const int *hi, float *m, float *lv,
+                                       float *acc)
+{
+    const int hd = c->hd;
+    float P[nr * KB]; /* (nr, KB) */
+    for (int r = 0; r < nr; r++)
+        if (lo[r] <= hi[r])
+            row_softmax_avx512(c, S + (size_t)r * KB, lo[r], hi[r], &m[r], lv + (size_t)r * KB,
+                               acc + (size_t)r * hd, P + (size_t)r * KB);
+    for (int r = 0; r < nr;) {
+        if (lo[r] > hi[r]) {
+            r++;
+        } else if (r + 4 <= nr && lo[r + 1] == lo[r] && lo[r + 2] == lo[r] &&
+                   lo[r + 3] == lo[r] && hi[r + 1] == hi[r] && hi[r + 2] == hi[r] &&
+                   hi[r + 3] == hi[r]) {
+            pv_rows512(c, P + (size_t)r * KB, lo[r], hi[r], acc + (size_t)r * hd, 4);
+            r += 4;
+        } else {
+            pv_rows512(c, P + (size_t)r * KB, lo[r], hi[r], acc + (size_t)r * hd, 1);
+            r++;
+        }
     }
 }
 
@@ -406,9 +464,25 @@ TGT256 static void row_update_avx2(const struct tile_ctx *c, const float *s, int
 struct attn_path {
     void (*fill_kt)(const float *k0, size_t kvd, int hd, float *kt); /* or NULL */
     void (*scores)(const struct tile_ctx *c, int nr, float *S);
-    void (*row_update)(const struct tile_ctx *c, const float *s, int lo, int hi, float *m,
-                       float *lv, float *acc);
+    /* the block's step for rows 0 .. nr - 1, row r over its keys lo[r] .. hi[r] (none when
+     * lo[r] > hi[r]) */
+    void (*block_update)(const struct tile_ctx *c, int nr, const float *S, const int *lo,
+                         const int *hi, float *m, float *lv, float *acc);
 };
+
+#define DEFINE_BLOCK_UPDATE(name, row_update)                                                  \
+    static void name(const struct tile_ctx *c, int nr, const float *S, const int *lo,          \
+                     const int *hi, float *m, float *lv, float *acc)                           \
+    {                                                                                          \
+        for (int r = 0; r < nr; r++)                                                           \
+            if (lo[r] <= hi[r])                                                                \
+                row_update(c, S + (size_t)r * KB, lo[r], hi[r], &m[r], lv + (size_t)r * KB,    \
+                           acc + (size_t)r * c->hd);                                           \
+    }
+DEFINE_BLOCK_UPDATE(block_update_portable, row_update_portable)
+#ifdef XD_ATTN_X86
+DEFINE_BLOCK_UPDATE(block_update_avx2, row_update_avx2)
+#endif
 
 /* The first position a query at p sees. */
 static inline int first_key(const struct xd_cpu_attn *a, int p)
@@ -426,7 +500,7 @@ static void attend_tile(const struct xd_cpu_attn *a, const struct attn_path *pat
     const size_t qd = (size_t)a->n_heads * hd, kvd = (size_t)a->n_kv_heads * hd;
     const int nr = r1 - r0;
     const float *qrow[nr];
-    int pos[nr], first[nr];
+    int pos[nr], first[nr], lo[nr], hi[nr];
     float m[nr], lv[nr * KB], acc[nr * hd], S[nr * KB], kt[hd * KB];
     const float *vrow[KB];
     for (int r = 0; r < nr; r++) {
@@ -473,13 +547,10 @@ static void attend_tile(const struct xd_cpu_attn *a, const struct attn_path *pat
         }
         path->scores(&c, nr, S);
         for (int r = 0; r < nr; r++) {
-            const int lo = (first[r] > ja ? first[r] : ja) - j0;
-            const int hi = (pos[r] < jb ? pos[r] : jb) - j0;
-            if (lo > hi)
-                continue;
-            path->row_update(&c, S + (size_t)r * KB, lo, hi, &m[r], lv + (size_t)r * KB,
-                             acc + (size_t)r * hd);
+            lo[r] = (first[r] > ja ? first[r] : ja) - j0;
+            hi[r] = (pos[r] < jb ? pos[r] : jb) - j0;
         }
+        path->block_update(&c, nr, S, lo, hi, m, lv, acc);
     }
     for (int r = 0; r < nr; r++) {
         float *l = lv + (size_t)r * KB;
@@ -510,13 +581,13 @@ void xd_cpu_attention_on(const struct xd_cpu_attn *a, const struct xd_batch *b, 
     /* whole tokens per tile where the group fits, so a tile reads each key block once for them */
     const int tile_rows = group <= rows_max ? rows_max / group * group : rows_max;
 
-    struct attn_path path = {NULL, scores_portable, row_update_portable};
+    struct attn_path path = {NULL, scores_portable, block_update_portable};
 #ifdef XD_ATTN_X86
     if (vec == XD_CPU_VEC_AVX512 && __builtin_cpu_supports("avx512f"))
-        path = (struct attn_path){fill_kt_avx512, scores_avx512, row_update_avx512};
+        path = (struct attn_path){fill_kt_avx512, scores_avx512, block_update_avx512};
     else if (vec >= XD_CPU_VEC_AVX2 && __builtin_cpu_supports("avx2") &&
              __builtin_cpu_supports("fma"))
-        path = (struct attn_path){fill_kt_avx2, scores_avx2, row_update_avx2};
+        path = (struct attn_path){fill_kt_avx2, scores_avx2, block_update_avx2};
 #else
     (void)vec;
 #endif
