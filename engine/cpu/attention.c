@@ -7,6 +7,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "engine/cpu/cpu_kernels.h"
 
@@ -579,7 +582,19 @@ void xd_cpu_attention_on(const struct xd_cpu_attn *a, const struct xd_batch *b, 
     int rows_max = TILE_FLOATS / hd;
     rows_max = rows_max < 4 ? 4 : rows_max > TILE_ROWS_MAX ? TILE_ROWS_MAX : rows_max;
     /* whole tokens per tile where the group fits, so a tile reads each key block once for them */
-    const int tile_rows = group <= rows_max ? rows_max / group * group : rows_max;
+    int tile_rows = group <= rows_max ? rows_max / group * group : rows_max;
+    /* few rows (decode, short chunks): smaller tiles, so every thread has items. A row's result
+     * does not depend on its tile, so this changes no bit. */
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    long n_rows_all = 0;
+    for (int i = 0; i < b->n_seqs; i++)
+        n_rows_all += (long)b->seqs[i].n_tokens * group;
+    while (tile_rows > 1 &&
+           (n_rows_all + tile_rows - 1) / tile_rows * a->n_kv_heads < 2L * threads)
+        tile_rows = (tile_rows + 1) / 2;
 
     struct attn_path path = {NULL, scores_portable, block_update_portable};
 #ifdef XD_ATTN_X86
