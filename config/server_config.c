@@ -52,7 +52,7 @@ const struct xd_opt xd_server_config_opts[] = {
      "largest request body; larger is 413 (default 1048576)"},
     {"max-queued-bytes-per-request", XD_OPT_INT64, SRV(max_queued_bytes), 1024, 1ll << 34, NULL,
      "bytes a stream may have queued for a client that stops reading; past it the request is "
-     "cancelled (default 4194304)"},
+     "cancelled once its connection takes nothing for 0.5 s, or at once past 8x (default 4194304)"},
     {"max-prompt-tokens", XD_OPT_INT, SRV(max_prompt_tokens), 0, 1 << 24, NULL,
      "longest prompt in tokens (default 0: the model's context)"},
     {"max-connections", XD_OPT_INT, SRV(max_connections), 1, 65536, NULL,

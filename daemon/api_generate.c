@@ -73,6 +73,10 @@ struct gen_event {
 /* A whole response's connection is woken once this many bytes of token events wait (and at
  * every choice's finish). */
 #define WHOLE_BATCH_BYTES (64 * 1024)
+/* A stream over max-queued-bytes-per-request is cancelled once its connection has taken nothing
+ * for this long, or at once past this many times the bound (see on_event's overflow check). */
+#define STALL_SECONDS 0.5
+#define STALL_HARD_FACTOR 8
 
 /* What a choice that failed says (the 500's message, a stream's error event). */
 #define OOM_MESSAGE "out of memory: the response could not be completed"
@@ -132,6 +136,8 @@ struct gen_job {
     struct gen_event *head, *tail;   /* under lock */
     size_t queued_bytes;             /* under lock: the events' bytes between head and tail */
     size_t out_unsent;               /* under lock: a copy of out.len - out_off */
+    double last_drain;               /* under lock: xd_now() when the HTTP thread last took
+                                        the queued events (its connection was writable) */
     bool overflow;                   /* under lock: streaming only; queued_bytes + out_unsent
                                         passed max-queued-bytes-per-request: every choice is
                                         cancelled, token events are dropped, the stream ends */
@@ -274,9 +280,16 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
         e->lost = c->lost;
         c->finish_ev = NULL; /* the queue owns it now */
     }
-    if (e && ev->kind == XD_EVENT_TOKEN && j->api.stream && !j->overflow &&
-        j->queued_bytes + j->out_unsent + bytes > (size_t)j->srv->cfg->max_queued_bytes) {
-        j->overflow = overflow_now = true;
+    if (e && ev->kind == XD_EVENT_TOKEN && j->api.stream && !j->overflow) {
+        /* Over the bound, a stream is cancelled once its connection has taken nothing for
+         * STALL_SECONDS, or at once past STALL_HARD_FACTOR times the bound: an HTTP thread
+         * that runs late on a loaded machine is not a client that stopped reading (a steady
+         * reader was cancelled when the scheduler thread outran MHD's) */
+        const size_t bound = (size_t)j->srv->cfg->max_queued_bytes;
+        const size_t after = j->queued_bytes + j->out_unsent + bytes;
+        if (after > bound &&
+            (xd_now() - j->last_drain > STALL_SECONDS || after / STALL_HARD_FACTOR > bound))
+            j->overflow = overflow_now = true;
     }
     if (e && ev->kind == XD_EVENT_TOKEN && j->overflow) {
         /* the client is not reading: nothing more is kept for it */
@@ -1021,6 +1034,7 @@ static void process_events(struct gen_job *j)
     struct gen_event *ev = j->head;
     j->head = j->tail = NULL;
     j->queued_bytes = 0;
+    j->last_drain = xd_now();
     if (j->overflow && !j->overflowed) {
         j->overflowed = true;
         if (j->req)
@@ -1590,6 +1604,7 @@ static struct gen_job *job_create(struct xd_http_req *r)
     j->client = client_id(r->conn);
     j->created = (long long)time(NULL);
     j->deadline = xd_now() + r->srv->cfg->request_timeout;
+    j->last_drain = xd_now();
     j->last_output = xd_now();
     return j;
 }
