@@ -75,8 +75,8 @@ const struct xd_opt xd_server_config_opts[] = {
     {"max-waiting", XD_OPT_INT, SRV(max_waiting), 1, 1 << 20, NULL,
      "sequences (prompts x n) queued before 429; a request with more is 400 (default 1024)"},
     {"admission", XD_OPT_STRING, SRV(admission), 0, 0, NULL,
-     "order of admission from the queue: fair (round-robin across client addresses) or fcfs "
-     "(default fair)"},
+     "order of admission from the queue and share of each step: fair (round-robin across "
+     "client addresses, each step shared across them) or fcfs (default fair)"},
     {"max-running", XD_OPT_INT, SRV(max_running), 1, 1 << 16, NULL,
      "sequences in one step (default 64)"},
     {"max-resident", XD_OPT_INT, SRV(max_resident), 0, 1 << 20, NULL,

@@ -1449,6 +1449,8 @@ static bool build_step_fair(struct xd_sched *s)
          * quota */
         if (n_dec >= cap && cap > 1 && (e->n_pre > 0 || (e->n_wait > 0 && sc_may_admit(s, e))))
             cap--;
+        if (cap <= 0)
+            n_dec = 0; /* no place: none chosen, none counted as passed over */
         choose_decoders(s, s->cand, n_dec, cap);
         int take = imin(n_dec, cap);
         for (int i = 0; i < take; i++) {

@@ -51,11 +51,17 @@ struct xd_sched_opts {
     int max_resident;     /* most sequences holding KV blocks at once (admitted, not finished);
                              0 or less than max_running: max_running. Above max_running, the
                              steps choose among more decoders than fit, which is where grouping
-                             by expert has a choice. */
+                             by expert has a choice. With fair steps a client holding fewer
+                             than its max-min fair share of it (floor) is admitted past it,
+                             never past twice it. */
     bool fcfs_admission;  /* admit from the waiting queue first come, first served across all
-                             clients (the policy before fair admission, kept for comparison);
-                             false (the default): round-robin across clients by sequences,
-                             first come, first served within a client */
+                             clients and compose each step without regard to clients (the
+                             policy before fair admission, kept for comparison); false (the
+                             default): round-robin across clients by sequences, first come,
+                             first served within a client, and fair steps: each step's places
+                             (max_running) and tokens (max_step_tokens) split max-min fairly
+                             across the clients with running or waiting sequences, what one
+                             cannot use going to the others */
 };
 
 /* Defaults for every field (the 0 meanings above, prefix caching and grouping on). */
