@@ -36,6 +36,7 @@ struct step_client {
     int token_demand;  /* tokens it could use this step (at most max_step_tokens) */
     int res_share;     /* resident places it may hold beyond max_resident: the floor of its
                           max-min fair share of max_resident */
+    bool light;        /* light_steps: its whole demand is met and small (a light step's) */
     int slot_quota;    /* places of this step left to it */
     int token_quota;   /* tokens of this step left to it */
 };
@@ -153,6 +154,9 @@ struct xd_sched {
     int cap_sc;
     int *fill_demand;            /* (cap_sc,) water_fill scratch */
     int *fill_share;             /* (cap_sc,) */
+    bool step_light_only;        /* this step runs only light clients (opts.light_steps) */
+    double light_budget;         /* forward seconds light-only steps may still take before
+                                    the next shared step: the last shared step's */
 
     /* Under lock */
     pthread_mutex_t lock;
@@ -1276,6 +1280,7 @@ static void build_step(struct xd_sched *s)
     struct step_budget b = {s->opts.max_step_tokens, s->opts.max_running};
     s->n_step_seqs = 0;
     s->n_sc = 0;
+    s->step_light_only = false;
     build_step_rest(s, &b);
 }
 
@@ -1432,6 +1437,25 @@ static bool build_step_fair(struct xd_sched *s)
     for (int c = 0; c < n; c++)
         s->sc[c].token_quota = s->fill_share[c];
 
+    /* light_steps: the light clients alone while the last shared step's time lasts */
+    s->step_light_only = false;
+    if (s->opts.light_steps && s->light_budget > 0) {
+        long light_tokens = 0, heavy_tokens = 0;
+        int n_light = 0, n_heavy = 0;
+        for (int c = 0; c < n; c++) {
+            struct step_client *e = &s->sc[c];
+            e->light = e->slot_demand > 0 && e->slot_quota >= e->slot_demand &&
+                       e->token_quota >= e->token_demand;
+            n_light += e->light;
+            n_heavy += !e->light && e->slot_demand > 0;
+            *(e->light ? &light_tokens : &heavy_tokens) += e->token_demand;
+        }
+        s->step_light_only = n_light > 0 && n_heavy > 0 && 4 * light_tokens <= heavy_tokens;
+        for (int c = 0; c < n && s->step_light_only; c++)
+            if (!s->sc[c].light)
+                s->sc[c].slot_quota = s->sc[c].token_quota = 0;
+    }
+
     struct step_budget b = {s->opts.max_step_tokens, s->opts.max_running};
     s->n_step_seqs = 0;
     for (int k = 0; k < n; k++) {
@@ -1500,13 +1524,15 @@ static bool build_step_fair(struct xd_sched *s)
         e->slot_quota--;
         e->token_quota -= m;
     }
-    /* work-conserving: what the quotas left unused goes to whoever can use it */
-    if (b.tokens > 0 && b.seqs > 0)
+    /* work-conserving: what the quotas left unused goes to whoever can use it (a light-only
+     * step stays light) */
+    if (b.tokens > 0 && b.seqs > 0 && !s->step_light_only)
         build_step_rest(s, &b);
     return true;
 
 single:
     s->n_sc = 0;
+    s->step_light_only = false;
     return false;
 }
 
@@ -1581,10 +1607,15 @@ int xd_sched_step(struct xd_sched *s, struct xd_err *err)
     struct xd_err ferr = {{0}};
     double t_fwd = xd_now();
     rc = s->eng.forward(s->eng.ctx, &batch, &out, &ferr);
+    double fwd_seconds = xd_now() - t_fwd;
+    if (s->step_light_only)
+        s->light_budget -= fwd_seconds;
+    else
+        s->light_budget = fwd_seconds;
     if (rc >= 0 && s->on_step) {
         for (int i = 0; i < s->n_step_seqs; i++)
             s->step_ids[i] = s->step_seqs[i]->id;
-        s->on_step(s->on_step_ctx, &batch, s->step_ids, &out, xd_now() - t_fwd);
+        s->on_step(s->on_step_ctx, &batch, s->step_ids, &out, fwd_seconds);
     }
     if (rc < 0) {
         for (int i = 0; i < s->n_step_seqs; i++)

@@ -62,6 +62,13 @@ struct xd_sched_opts {
                              (max_running) and tokens (max_step_tokens) split max-min fairly
                              across the clients with running or waiting sequences, what one
                              cannot use going to the others */
+    bool light_steps;     /* with fair steps: when some clients' whole demand is met and is at
+                             most a quarter of the others' tokens, they get steps of their own
+                             (the others sit out, KV kept) for as long as the last shared step
+                             took, then a shared step again: their requests are not slowed by
+                             a big batch where a step's cost grows with its tokens (the CPU),
+                             at a cost of at most half the engine's time to the others while
+                             they have work. serve's --admission fair-split. false: off */
 };
 
 /* Defaults for every field (the 0 meanings above, prefix caching and grouping on). */

@@ -956,6 +956,7 @@ static void test_random_accounting_property(void)
         o.prefix_caching = rng_int(&rng, 0, 3) > 0;
         o.group_by_expert = rng_int(&rng, 0, 1);
         o.max_wait_steps = rng_int(&rng, 1, 4);
+        o.light_steps = scen % 4 == 3; /* with three clients (below) */
         struct xd_sched *s = sched_over(f, &o, NULL);
         if (!s) {
             fake_free(f);
@@ -1187,16 +1188,17 @@ struct step_log {
     int light_tokens[LOG_STEPS];
     int heavy_seqs[LOG_STEPS];
     int heavy_tokens[LOG_STEPS];
+    double seconds[LOG_STEPS]; /* the forward's, as the scheduler timed it */
 };
 
 static void log_step(void *ctx, const struct xd_batch *batch, const uint64_t *ids,
                      const struct xd_forward_out *out, double seconds)
 {
     (void)out;
-    (void)seconds;
     struct step_log *l = ctx;
     if (l->n >= LOG_STEPS)
         return;
+    l->seconds[l->n] = seconds;
     for (int i = 0; i < batch->n_seqs; i++) {
         if (l->light_id != 0 && ids[i] == l->light_id) {
             l->light_tokens[l->n] += batch->seqs[i].n_tokens;
@@ -1378,6 +1380,87 @@ static void test_fair_steps_share_the_token_budget_with_prefill(void)
     printf("  fcfs: the light request ran from step +%d for %d steps\n", first, n);
     CHECK(first >= 6, "FCFS steps ran the light request from step +%d: it should wait for the "
           "heavy prefills", first);
+}
+
+/* light_steps (serve's --admission fair-split): a heavy client decodes 32 sequences; a light
+ * request of 3 prompt tokens (a quarter of 32 at most) runs from the next step in a step of
+ * its own, the heavy client sitting out; light-only steps start only while the time of the
+ * shared step before them lasts (the scheduler's budget, from the forward times on_step sees
+ * too), so the heavy client keeps at least half the engine's time; the light request is in
+ * 4 consecutive steps (alone or in the shared ones), and every output is the reference. */
+static void test_fair_light_steps_of_its_own_bounded_by_shared_time(void)
+{
+    struct fake *f = fake_new(1024, 4, 50, 64);
+    struct xd_sched_opts o = xd_sched_defaults();
+    o.max_running = 32;
+    o.max_waiting = 64;
+    o.prefix_caching = false;
+    o.light_steps = true;
+    static struct step_log log;
+    memset(&log, 0, sizeof log);
+    o.on_step = log_step;
+    o.on_step_ctx = &log;
+    struct xd_sched *s = sched_over(f, &o, NULL);
+    if (!s)
+        goto out;
+    enum { H = 40, HT = 20, LT = 4 };
+    static int32_t p[H][3], lp[3] = {7, 8, 9};
+    static struct rec heavy[H], light;
+    memset(heavy, 0, sizeof heavy);
+    memset(&light, 0, sizeof light);
+    struct xd_err err = {{0}};
+    for (int i = 0; i < H; i++) {
+        p[i][0] = 1 + i % 49;
+        p[i][1] = 2 + i / 49;
+        p[i][2] = 3;
+        struct xd_request req = greedy_request(p[i], 3, HT);
+        void *ctx[1] = {&heavy[i]};
+        CHECK(xd_sched_submit_group(s, &req, 1, 0xbeef, sink, ctx, NULL, &err) == XD_OK,
+              "heavy %d: %s", i, err.msg);
+    }
+    for (int i = 0; i < 3; i++)
+        CHECK(xd_sched_step(s, &err) > 0, "step: %s", err.msg);
+    CHECK(log.n == 3 && log.heavy_seqs[2] == 32, "the last step ran %d heavy", log.heavy_seqs[2]);
+    struct xd_request req = greedy_request(lp, 3, LT);
+    void *ctx[1] = {&light};
+    uint64_t id = 0;
+    CHECK(xd_sched_submit_group(s, &req, 1, 0x11, sink, ctx, &id, &err) == XD_OK, "light: %s",
+          err.msg);
+    log.light_id = id;
+    int from = log.n;
+    run_to_idle(s, 1000);
+    int first = -1, n = 0, n_alone = 0;
+    light_span(&log, from, &first, &n);
+    for (int i = from; i < log.n; i++)
+        n_alone += log.light_tokens[i] > 0 && log.heavy_seqs[i] == 0;
+    printf("  the light request ran from step +%d for %d steps, %d of them alone\n", first, n,
+           n_alone);
+    CHECK(first == 0 && n == 4 && log.light_tokens[from + 3] > 0,
+          "the light request ran from step +%d in %d steps, not in the next 4", first, n);
+    CHECK(log.heavy_seqs[from] == 0, "its first step ran %d heavy sequences, not none",
+          log.heavy_seqs[from]);
+    /* light-only steps begin only while the last shared step's time is not used up */
+    double budget = 0;
+    for (int i = 0; i < log.n; i++) {
+        bool alone = log.heavy_seqs[i] == 0 && log.light_tokens[i] > 0;
+        if (alone) {
+            CHECK(budget > 0, "step %d ran light-only with the shared step's time used up", i);
+            budget -= log.seconds[i];
+        } else {
+            budget = log.seconds[i];
+        }
+    }
+    /* the heavy client: never starved, the whole step again once the light one is done */
+    CHECK(log.heavy_seqs[from + 4] == 32, "after the light request: %d heavy, not 32",
+          log.heavy_seqs[from + 4]);
+    for (int i = 0; i < H; i++)
+        CHECK(same_as_ref(&heavy[i], p[i], 3, HT, f->n_vocab), "heavy %d output", i);
+    CHECK(same_as_ref(&light, lp, 3, LT, f->n_vocab), "light output");
+    CHECK(f->n_errors == 0, "fake engine: %s", f->first_error);
+    check_all_free(s);
+    xd_sched_destroy(s);
+out:
+    fake_free(f);
 }
 
 /* A group is queued all or none: a group the queue has no room for now is XD_ERR_CAPACITY and
@@ -2061,6 +2144,7 @@ int main(int argc, char **argv)
     RUN(test_fair_admission_round_robin_fcfs_within_client);
     RUN(test_fair_steps_light_request_runs_next_step_beside_heavy);
     RUN(test_fair_steps_share_the_token_budget_with_prefill);
+    RUN(test_fair_light_steps_of_its_own_bounded_by_shared_time);
     RUN(test_group_all_or_none);
     RUN(test_threaded_concurrent_submitters);
     RUN(test_threaded_groups_all_or_none);
