@@ -224,8 +224,9 @@ def main():
     for policy in args.policies.split(","):
         r = measure(args.expertd, args.model, policy, args, extra)
         out.append(r)
-        label = policy.split("=", 1)[0] if "=" in policy else policy[:4]
-        print(f"{label:5s} light p50/p99 alone {r['alone_p50'] * 1e3:7.1f}/{r['alone_p99'] * 1e3:7.1f} ms"
+        label = (policy.split("=", 1)[0] if "=" in policy else
+                 "old" if policy.startswith("old:") else policy)
+        print(f"{label:10s} light p50/p99 alone {r['alone_p50'] * 1e3:7.1f}/{r['alone_p99'] * 1e3:7.1f} ms"
               f"  flooded {r['loaded_p50'] * 1e3:7.1f}/{r['loaded_p99'] * 1e3:7.1f} ms"
               f"  p99 x{r['ratio_p99']:.2f}  steps p50 {r['alone_steps_p50']:.0f} -> "
               f"{r['loaded_steps_p50']:.0f}, p99 {r['alone_steps_p99']:.0f} -> "
