@@ -17,6 +17,7 @@ Besides latency it reports the steps each light request was in flight and what a
 import argparse
 import http.client
 import json
+import multiprocessing
 import os
 import re
 import subprocess
@@ -132,6 +133,21 @@ def light_run(port, n, body):
     return lat, steps, rejected
 
 
+def flood_loop(port, heavy, stop, counts):
+    """The heavy client: POSTs heavy until stop is set, retrying 10 ms after a refusal;
+    counts[0] += 200s, counts[1] += others (a list in a thread, a shared array in a process)."""
+    lock = counts.get_lock() if hasattr(counts, "get_lock") else FLOOD_LOCK
+    while not stop.is_set():
+        st, _ = post(port, "127.0.0.2", heavy)
+        with lock:
+            counts[0 if st == 200 else 1] += 1
+        if st != 200:
+            time.sleep(0.01)
+
+
+FLOOD_LOCK = threading.Lock()
+
+
 def measure(expertd, model, policy, args, extra):
     proc, port = start(expertd, model, policy, extra)
     try:
@@ -143,25 +159,19 @@ def measure(expertd, model, policy, args, extra):
         m0 = step_metrics(port)
         alone, alone_steps, _ = light_run(port, args.light, light)
         alone_cost = step_cost(m0, step_metrics(port))
-        stop = threading.Event()
-        heavy_stats = {"ok": 0, "rejected": 0, "sequences": 0}
-        lock = threading.Lock()
-
-        def flood():
-            while not stop.is_set():
-                st, _ = post(port, "127.0.0.2", heavy)
-                with lock:
-                    if st == 200:
-                        heavy_stats["ok"] += 1
-                        heavy_stats["sequences"] += args.prompts * args.n
-                    else:
-                        heavy_stats["rejected"] += 1
-                if st != 200:
-                    time.sleep(0.01)
-
-        threads = [threading.Thread(target=flood, daemon=True) for _ in range(args.threads)]
+        if args.processes:  # the flood out of this interpreter: no GIL shared with the light client
+            stop = multiprocessing.Event()
+            counts = multiprocessing.Array("q", 2)  # ok, rejected
+            workers = [multiprocessing.Process(target=flood_loop,
+                                               args=(port, heavy, stop, counts), daemon=True)
+                       for _ in range(args.threads)]
+        else:
+            stop = threading.Event()
+            counts = [0, 0]
+            workers = [threading.Thread(target=flood_loop, args=(port, heavy, stop, counts),
+                                        daemon=True) for _ in range(args.threads)]
         t_flood = time.time()
-        for t in threads:
+        for t in workers:
             t.start()
         time.sleep(args.settle)
         t0 = time.time()
@@ -171,8 +181,10 @@ def measure(expertd, model, policy, args, extra):
         span = time.time() - t0
         time.sleep(max(0.0, t_flood + args.min_flood - time.time()))  # throughput over a span
         stop.set()
-        for t in threads:
+        for t in workers:
             t.join(120)
+        heavy_stats = {"ok": counts[0], "rejected": counts[1],
+                       "sequences": counts[0] * args.prompts * args.n}
         flood_s = time.time() - t_flood
         return {
             "policy": policy,
@@ -212,6 +224,9 @@ def main():
     ap.add_argument("--light", type=int, default=40, help="light requests per phase")
     ap.add_argument("--light-tokens", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2, help="heavy client's concurrent loops")
+    ap.add_argument("--processes", action="store_true",
+                    help="run the heavy loops as processes, not threads of this interpreter "
+                         "(the light client's latency then does not include waiting for the GIL)")
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--heavy-tokens", type=int, default=8)
