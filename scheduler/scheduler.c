@@ -1524,6 +1524,12 @@ static bool build_step_fair(struct xd_sched *s)
         e->slot_quota--;
         e->token_quota -= m;
     }
+    /* a light-only step that could run nothing (no KV blocks for the light clients): a shared
+     * one, or nothing would ever free blocks */
+    if (s->step_light_only && s->n_step_seqs == 0) {
+        s->step_light_only = false;
+        s->light_budget = 0;
+    }
     /* work-conserving: what the quotas left unused goes to whoever can use it (a light-only
      * step stays light) */
     if (b.tokens > 0 && b.seqs > 0 && !s->step_light_only)

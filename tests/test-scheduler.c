@@ -1463,6 +1463,54 @@ out:
     fake_free(f);
 }
 
+/* light_steps with the KV cache full of the heavy client's blocks: the light request cannot
+ * be admitted, so its light-only step would run nothing; the step is shared instead (the heavy
+ * sequences finish and free blocks) and everything completes, with reference outputs. */
+static void test_fair_light_steps_with_the_cache_full_still_progress(void)
+{
+    struct fake *f = fake_new(16, 4, 50, 64);
+    struct xd_sched_opts o = xd_sched_defaults();
+    o.max_running = 4;
+    o.prefix_caching = false;
+    o.light_steps = true;
+    struct xd_sched *s = sched_over(f, &o, NULL);
+    if (!s)
+        goto out;
+    enum { H = 4, HP = 13, HT = 3 };
+    static int32_t p[H][HP], lp[1] = {7};
+    static struct rec heavy[H], light;
+    memset(heavy, 0, sizeof heavy);
+    memset(&light, 0, sizeof light);
+    uint64_t rng = 7;
+    struct xd_err err = {{0}};
+    for (int i = 0; i < H; i++) {
+        make_prompt(&rng, p[i], HP, f->n_vocab);
+        struct xd_request req = greedy_request(p[i], HP, HT);
+        void *ctx[1] = {&heavy[i]};
+        CHECK(xd_sched_submit_group(s, &req, 1, 0xbeef, sink, ctx, NULL, &err) == XD_OK,
+              "heavy %d: %s", i, err.msg);
+    }
+    CHECK(xd_sched_step(s, &err) == H * HP, "the first step: %s", err.msg);
+    struct xd_sched_stats st;
+    xd_sched_get_stats(s, &st);
+    CHECK(st.n_kv_blocks_used == 16, "%d of 16 blocks used after the heavy prefill",
+          st.n_kv_blocks_used);
+    struct xd_request req = greedy_request(lp, 1, 2);
+    void *ctx[1] = {&light};
+    CHECK(xd_sched_submit_group(s, &req, 1, 0x11, sink, ctx, NULL, &err) == XD_OK, "light: %s",
+          err.msg);
+    int steps = run_to_idle(s, 100);
+    CHECK(steps <= 10, "%d steps to finish 3 heavy tokens each and 2 light ones", steps);
+    for (int i = 0; i < H; i++)
+        CHECK(same_as_ref(&heavy[i], p[i], HP, HT, f->n_vocab), "heavy %d output", i);
+    CHECK(same_as_ref(&light, lp, 1, 2, f->n_vocab), "light output");
+    CHECK(f->n_errors == 0, "fake engine: %s", f->first_error);
+    check_all_free(s);
+    xd_sched_destroy(s);
+out:
+    fake_free(f);
+}
+
 /* A group is queued all or none: a group the queue has no room for now is XD_ERR_CAPACITY and
  * queues nothing; a bad request anywhere in it refuses all; a group larger than max_waiting
  * could never be queued (XD_ERR_INVALID naming both numbers), but one exactly that large is
@@ -2145,6 +2193,7 @@ int main(int argc, char **argv)
     RUN(test_fair_steps_light_request_runs_next_step_beside_heavy);
     RUN(test_fair_steps_share_the_token_budget_with_prefill);
     RUN(test_fair_light_steps_of_its_own_bounded_by_shared_time);
+    RUN(test_fair_light_steps_with_the_cache_full_still_progress);
     RUN(test_group_all_or_none);
     RUN(test_threaded_concurrent_submitters);
     RUN(test_threaded_groups_all_or_none);
