@@ -105,6 +105,7 @@ struct seq {
     struct xd_sample *lp_buf;     /* (cap_lp,) one chunk's prompt logprobs */
     int cap_lp;
 
+    int step_client;              /* build_step_fair: its client's index in sc this step */
     int step_n;                   /* tokens of this step; 0: not in the step */
     bool step_logits;             /* this step samples q's next token (its last row) */
     enum xd_logits_mode step_mode;
@@ -154,6 +155,12 @@ struct xd_sched {
     int cap_sc;
     int *fill_demand;            /* (cap_sc,) water_fill scratch */
     int *fill_share;             /* (cap_sc,) */
+    int *sc_start;               /* (cap_sc + 1,) client c's running sequences are
+                                    by_client[sc_start[c] .. sc_start[c + 1]) */
+    struct seq **by_client;      /* (cap_running,) running sequences grouped by client */
+    int *sc_hash;                /* (cap_hash,) 1 + index in sc of a client, 0: empty (open
+                                    addressing on the client id) */
+    int cap_hash;
     bool step_light_only;        /* this step runs only light clients (opts.light_steps) */
     double light_budget;         /* forward seconds light-only steps may still take before
                                     the next shared step: the last shared step's */
@@ -309,6 +316,7 @@ int xd_sched_create(const struct xd_step_engine *eng, const struct xd_tokenizer 
     s->cap_running = 2 * s->max_resident;
     s->running = malloc(sizeof *s->running * (size_t)s->cap_running);
     s->cand = malloc(sizeof *s->cand * (size_t)(s->cap_running + 1));
+    s->by_client = malloc(sizeof *s->by_client * (size_t)s->cap_running);
     s->step_seqs = malloc(sizeof *s->step_seqs * (size_t)o.max_running);
     s->chunks = malloc(sizeof *s->chunks * (size_t)o.max_running);
     s->step_ids = malloc(sizeof *s->step_ids * (size_t)o.max_running);
@@ -318,7 +326,8 @@ int xd_sched_create(const struct xd_step_engine *eng, const struct xd_tokenizer 
     s->union_experts =
         calloc((size_t)(eng->n_experts > 0 ? eng->n_experts : 1) *
                    (size_t)(eng->n_moe_layers > 0 ? eng->n_moe_layers : 1), 1);
-    if (!s->eos_ids || !s->kv || !s->running || !s->cand || !s->step_seqs || !s->chunks ||
+    if (!s->eos_ids || !s->kv || !s->running || !s->cand || !s->by_client || !s->step_seqs ||
+        !s->chunks ||
         !s->step_ids ||
         !s->expert_seen || !s->union_experts) {
         xd_sched_destroy(s);
@@ -1038,12 +1047,11 @@ static void step_remove(struct xd_sched *s, struct seq *q, struct step_budget *b
 
 /* Gives q blocks for its step_n tokens, preempting the newest running sequences (q itself when
  * it is the newest) until they fit. Returns false when q itself was preempted. */
-static struct step_client *sc_find(struct xd_sched *s, uint64_t client)
+/* q's client's entry in the step's client table (build_step_fair); NULL when the step is
+ * composed without one (build_step). */
+static struct step_client *sc_of(struct xd_sched *s, const struct seq *q)
 {
-    for (int i = 0; i < s->n_sc; i++)
-        if (s->sc[i].client == client)
-            return &s->sc[i];
-    return NULL;
+    return s->n_sc > 0 ? &s->sc[q->step_client] : NULL;
 }
 
 /* Whom to preempt so that q gets blocks: the newest admission; with fair step composition
@@ -1074,7 +1082,7 @@ static bool ensure_blocks(struct xd_sched *s, struct seq *q, int n, struct step_
 {
     while (seq_grow_blocks(s, q, q->n_computed + n) != XD_OK) {
         struct seq *victim = pick_victim(s, q);
-        struct step_client *vc = sc_find(s, victim->client);
+        struct step_client *vc = sc_of(s, victim);
         if (vc)
             vc->n_resident--;
         if (victim->step_n > 0)
@@ -1315,36 +1323,59 @@ static void water_fill(const int *demand, int n, int total, int *ret)
     }
 }
 
-/* client's entry in the step's client table, added when new; NULL when out of memory.
- * *hint is the index found last (consecutive sequences are often one client's). */
-static struct step_client *sc_get(struct xd_sched *s, uint64_t client, int *hint)
+static size_t client_hash(uint64_t client, int cap)
 {
-    if (*hint >= 0 && *hint < s->n_sc && s->sc[*hint].client == client)
-        return &s->sc[*hint];
-    for (int i = 0; i < s->n_sc; i++)
-        if (s->sc[i].client == client) {
-            *hint = i;
-            return &s->sc[i];
-        }
+    client ^= client >> 33;
+    client *= 0xff51afd7ed558ccdull;
+    client ^= client >> 33;
+    return (size_t)client & (size_t)(cap - 1);
+}
+
+/* The index in the step's client table of client, added when new; -1 when out of memory. */
+static int sc_get(struct xd_sched *s, uint64_t client)
+{
+    size_t h = client_hash(client, s->cap_hash);
+    for (; s->cap_hash > 0 && s->sc_hash[h]; h = (h + 1) & (size_t)(s->cap_hash - 1))
+        if (s->sc[s->sc_hash[h] - 1].client == client)
+            return s->sc_hash[h] - 1;
     if (s->n_sc == s->cap_sc) {
         int cap = s->cap_sc ? 2 * s->cap_sc : 8;
         struct step_client *t = realloc(s->sc, sizeof *t * (size_t)cap);
         if (!t)
-            return NULL;
+            return -1;
         s->sc = t;
         int *d = realloc(s->fill_demand, sizeof *d * (size_t)cap);
         if (!d)
-            return NULL;
+            return -1;
         s->fill_demand = d;
-        int *h = realloc(s->fill_share, sizeof *h * (size_t)cap);
-        if (!h)
-            return NULL;
-        s->fill_share = h;
+        int *f = realloc(s->fill_share, sizeof *f * (size_t)cap);
+        if (!f)
+            return -1;
+        s->fill_share = f;
+        int *st = realloc(s->sc_start, sizeof *st * (size_t)(cap + 1));
+        if (!st)
+            return -1;
+        s->sc_start = st;
+        int *hs = calloc((size_t)(4 * cap), sizeof *hs); /* load at most a quarter */
+        if (!hs)
+            return -1;
+        free(s->sc_hash);
+        s->sc_hash = hs;
+        s->cap_hash = 4 * cap;
         s->cap_sc = cap;
+        for (int i = 0; i < s->n_sc; i++) {
+            size_t k = client_hash(s->sc[i].client, s->cap_hash);
+            while (s->sc_hash[k])
+                k = (k + 1) & (size_t)(s->cap_hash - 1);
+            s->sc_hash[k] = i + 1;
+        }
+        h = client_hash(client, s->cap_hash);
+        while (s->sc_hash[h])
+            h = (h + 1) & (size_t)(s->cap_hash - 1);
     }
-    *hint = s->n_sc;
+    s->sc_hash[h] = s->n_sc + 1;
     s->sc[s->n_sc] = (struct step_client){.client = client};
-    return &s->sc[s->n_sc++];
+    return s->n_sc++;
 }
 
 /* Whether a waiting sequence of client e may be admitted now: below max_resident anyone may
@@ -1364,8 +1395,9 @@ static int imin(int a, int b)
 /* Builds this step into step_seqs sharing it fairly across the clients with running or
  * waiting sequences (processor sharing): the step's places (max_running) and tokens
  * (max_step_tokens) are split max-min fairly over what each client could use (water_fill;
- * rounding's leftovers go to the last stage), each client fills its quotas with its own decoders (chosen as build_step does), then its
- * prefill chunks, admissions take the rest of the quotas in the waiting queue's order, and
+ * rounding's leftovers go to the last stage), each client fills its quotas with its own
+ * decoders (chosen as build_step does), then its prefill chunks, admissions take the rest of
+ * the quotas in the waiting queue's order, and
  * whatever a client could not use goes to anyone (build_step_rest: work-conserving). A client
  * below its share of max_resident is admitted past max_resident (never past twice it): heavy
  * sequences beyond max_running then sit a step out in turn (their KV kept) instead of a light
@@ -1374,12 +1406,15 @@ static int imin(int a, int b)
 static bool build_step_fair(struct xd_sched *s)
 {
     s->n_sc = 0;
-    int hint = -1;
+    if (s->cap_hash > 0)
+        memset(s->sc_hash, 0, sizeof *s->sc_hash * (size_t)s->cap_hash);
     for (int i = 0; i < s->n_running; i++) {
         struct seq *q = s->running[i];
-        struct step_client *e = sc_get(s, q->client, &hint);
-        if (!e)
+        int c = sc_get(s, q->client);
+        if (c < 0)
             goto single;
+        q->step_client = c;
+        struct step_client *e = &s->sc[c];
         int left = q->n_tokens - q->n_computed;
         e->n_resident++;
         if (left == 1) {
@@ -1393,10 +1428,11 @@ static bool build_step_fair(struct xd_sched *s)
         }
     }
     for (int i = 0; i < s->n_waiting; i++) {
-        struct step_client *e = sc_get(s, s->waiting[i]->client, &hint);
-        if (!e)
+        int c = sc_get(s, s->waiting[i]->client);
+        if (c < 0)
             goto single;
-        e->n_wait++;
+        s->waiting[i]->step_client = c;
+        s->sc[c].n_wait++;
     }
     if (s->n_sc <= 1)
         goto single;
@@ -1418,8 +1454,8 @@ static bool build_step_fair(struct xd_sched *s)
     }
     for (int i = 0; i < s->n_waiting; i++) {
         const struct seq *q = s->waiting[i];
-        struct step_client *e = sc_get(s, q->client, &hint);
-        int c = (int)(e - s->sc);
+        int c = q->step_client;
+        struct step_client *e = &s->sc[c];
         if (admit_room[c] <= 0 || e->slot_demand >= s->opts.max_running)
             continue;
         admit_room[c]--;
@@ -1456,15 +1492,27 @@ static bool build_step_fair(struct xd_sched *s)
                 s->sc[c].slot_quota = s->sc[c].token_quota = 0;
     }
 
+    /* the running sequences grouped by client, in admission order within each */
+    s->sc_start[0] = 0;
+    for (int c = 0; c < n; c++) {
+        s->sc_start[c + 1] = s->sc_start[c] + s->sc[c].n_resident;
+        s->fill_demand[c] = s->sc_start[c]; /* reused: where client c's next one goes */
+    }
+    for (int i = 0; i < s->n_running; i++)
+        s->by_client[s->fill_demand[s->running[i]->step_client]++] = s->running[i];
+
     struct step_budget b = {s->opts.max_step_tokens, s->opts.max_running};
     s->n_step_seqs = 0;
     for (int k = 0; k < n; k++) {
-        struct step_client *e = &s->sc[(first + k) % n];
+        const int c = (first + k) % n;
+        struct step_client *e = &s->sc[c];
+        struct seq **mine = s->by_client + s->sc_start[c];
+        const int n_mine = s->sc_start[c + 1] - s->sc_start[c];
         /* its decoders, least recently run first, chosen by expert among themselves */
         int n_dec = 0;
-        for (int i = 0; i < s->n_running; i++) {
-            struct seq *q = s->running[i];
-            if (q->client == e->client && q->n_tokens - q->n_computed == 1)
+        for (int i = 0; i < n_mine; i++) {
+            struct seq *q = mine[i];
+            if (q->state == SEQ_RUNNING && q->n_tokens - q->n_computed == 1)
                 s->cand[n_dec++] = q;
         }
         qsort(s->cand, (size_t)n_dec, sizeof *s->cand, cmp_fcfs);
@@ -1489,9 +1537,9 @@ static bool build_step_fair(struct xd_sched *s)
         }
         /* its running prefills (a snapshot: making room may preempt some) */
         int n_pre = 0;
-        for (int i = 0; i < s->n_running; i++) {
-            struct seq *q = s->running[i];
-            if (q->client == e->client && q->n_tokens - q->n_computed > 1 && q->step_n == 0)
+        for (int i = 0; i < n_mine; i++) {
+            struct seq *q = mine[i];
+            if (q->state == SEQ_RUNNING && q->n_tokens - q->n_computed > 1 && q->step_n == 0)
                 s->cand[n_pre++] = q;
         }
         for (int i = 0; i < n_pre; i++) {
@@ -1512,7 +1560,7 @@ static bool build_step_fair(struct xd_sched *s)
     /* admissions in the waiting queue's order (preempted first, then fair tags), each within
      * its client's quotas; never preempting for a newcomer */
     for (int i = 0; i < s->n_waiting && b.tokens > 0 && b.seqs > 0;) {
-        struct step_client *e = sc_find(s, s->waiting[i]->client);
+        struct step_client *e = sc_of(s, s->waiting[i]);
         if (!e || e->slot_quota <= 0 || e->token_quota <= 0 || !sc_may_admit(s, e)) {
             i++;
             continue;
@@ -1792,6 +1840,9 @@ void xd_sched_destroy(struct xd_sched *s)
     free(s->sc);
     free(s->fill_demand);
     free(s->fill_share);
+    free(s->sc_start);
+    free(s->by_client);
+    free(s->sc_hash);
     free(s);
 }
 

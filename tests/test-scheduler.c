@@ -1511,6 +1511,45 @@ out:
     fake_free(f);
 }
 
+/* Many clients at once (the step's client table grows past its first sizes): 300 one-request
+ * clients beside a heavy one, max_running 16; everything finishes with reference outputs and
+ * the KV accounting holds after every step (run_to_idle). */
+static void test_fair_steps_many_clients(void)
+{
+    struct fake *f = fake_new(1024, 4, 50, 64);
+    struct xd_sched_opts o = xd_sched_defaults();
+    o.max_running = 16;
+    o.max_waiting = 512;
+    o.prefix_caching = false;
+    struct xd_sched *s = sched_over(f, &o, NULL);
+    if (!s)
+        goto out;
+    enum { N = 300, H = 30 };
+    static int32_t p[N + H][2];
+    static struct rec r[N + H];
+    memset(r, 0, sizeof r);
+    struct xd_err err = {{0}};
+    for (int i = 0; i < N + H; i++) {
+        p[i][0] = 1 + i % 49;
+        p[i][1] = 1 + i / 49;
+        struct xd_request req = greedy_request(p[i], 2, i < N ? 3 : 12);
+        void *ctx[1] = {&r[i]};
+        uint64_t client = i < N ? 1000 + (uint64_t)i : 7;
+        CHECK(xd_sched_submit_group(s, &req, 1, client, sink, ctx, NULL, &err) == XD_OK,
+              "request %d: %s", i, err.msg);
+        if (i % 50 == 49)
+            CHECK(xd_sched_step(s, &err) >= 0, "step: %s", err.msg);
+    }
+    run_to_idle(s, 5000);
+    for (int i = 0; i < N + H; i++)
+        CHECK(same_as_ref(&r[i], p[i], 2, i < N ? 3 : 12, f->n_vocab), "request %d output", i);
+    CHECK(f->n_errors == 0, "fake engine: %s", f->first_error);
+    check_all_free(s);
+    xd_sched_destroy(s);
+out:
+    fake_free(f);
+}
+
 /* A group is queued all or none: a group the queue has no room for now is XD_ERR_CAPACITY and
  * queues nothing; a bad request anywhere in it refuses all; a group larger than max_waiting
  * could never be queued (XD_ERR_INVALID naming both numbers), but one exactly that large is
@@ -2194,6 +2233,7 @@ int main(int argc, char **argv)
     RUN(test_fair_steps_share_the_token_budget_with_prefill);
     RUN(test_fair_light_steps_of_its_own_bounded_by_shared_time);
     RUN(test_fair_light_steps_with_the_cache_full_still_progress);
+    RUN(test_fair_steps_many_clients);
     RUN(test_group_all_or_none);
     RUN(test_threaded_concurrent_submitters);
     RUN(test_threaded_groups_all_or_none);
