@@ -860,12 +860,13 @@ def admission_64_prompts_x_16_on_an_idle_server():
 def admission_never_fit_is_400_and_a_flood_does_not_starve_a_light_client():
     # one heavy client (127.0.0.2) loops requests of 2 prompts x n=8; a light one (127.0.0.1)
     # sends small requests one at a time, first alone, then under the flood; the same with
-    # --admission fcfs, the order before fair admission
+    # --admission fair-split (light clients' steps of their own) and fcfs, the order before
+    # fair admission
     light = {"prompt": [[3, 4, 5]], "max_tokens": 4, "temperature": 0, "ignore_eos": True}
     heavy = {"prompt": [[6, 7, 8], [9, 10, 11]], "n": 8, "max_tokens": 16, "temperature": 0,
              "ignore_eos": True}
     figures = {}
-    for policy in ("fair", "fcfs"):
+    for policy in ("fair", "fair-split", "fcfs"):
         s = Server("--max-running", "4", "--max-waiting", "32", "--admission", policy,
                    "--log-level", "warn")
         try:
@@ -913,6 +914,7 @@ def admission_never_fit_is_400_and_a_flood_does_not_starve_a_light_client():
     # before it, so fewer of them finish while it runs. A count, not a time: the machine's
     # speed does not decide it.
     assert figures["fair"][3] * 2 < figures["fcfs"][3], figures
+    assert figures["fair-split"][3] * 2 < figures["fcfs"][3], figures
 
 
 # ---- the front door (issue 20): methods, framing, slow clients, per-client cap, /metrics ----
