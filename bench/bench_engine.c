@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -84,9 +85,18 @@ static double median(double *v, int n)
     return v[n / 2];
 }
 
+/* CPU seconds of the whole process (every thread): with --threads 1, the step's own time even on
+ * a loaded machine. */
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 /* Seconds to prefill n_seqs prompts of len tokens in one step each... as one batch. */
 static int run_once(struct xd_engine *e, int n_seqs, int len, int steps, int vocab,
-                    double *ret_prefill_s, double *ret_decode_s)
+                    double *ret_prefill_s, double *ret_prefill_cpu_s, double *ret_decode_s)
 {
     const int bs = xd_engine_opts(e)->block_size;
     const int per_seq = (len + steps + bs - 1) / bs;
@@ -99,13 +109,13 @@ static int run_once(struct xd_engine *e, int n_seqs, int len, int steps, int voc
         toks[i] = (int32_t)((i * 7919u + 13u) % (unsigned)vocab);
     struct xd_err err;
     struct xd_forward_out out;
-    double t0 = xd_now();
+    double t0 = xd_now(), c0 = cpu_now();
     for (int s = 0; s < n_seqs; s++)
         sc[s] = (struct xd_seq_chunk){toks + (size_t)s * len, len, 0,
                                       tables + (size_t)s * per_seq, per_seq, XD_LOGITS_LAST};
     struct xd_batch b = {sc, n_seqs};
     int rc = xd_engine_forward(e, &b, &out, &err);
-    double t1 = xd_now();
+    double t1 = xd_now(), c1 = cpu_now();
     for (int step = 0; rc == XD_OK && step < steps; step++) {
         for (int s = 0; s < n_seqs; s++) {
             sc[s].tokens = &toks[(size_t)s * len + (size_t)step % len];
@@ -118,6 +128,7 @@ static int run_once(struct xd_engine *e, int n_seqs, int len, int steps, int voc
     if (rc != XD_OK)
         fprintf(stderr, "bench-engine: %s\n", err.msg);
     *ret_prefill_s = t1 - t0;
+    *ret_prefill_cpu_s = c1 - c0;
     *ret_decode_s = t2 - t1;
     free(tables);
     free(toks);
@@ -229,16 +240,17 @@ int main(int argc, char **argv)
            gbps);
     for (int bi = 0; bi < n_batches; bi++) {
         int nb = batches[bi];
-        double pre[64], dec[64];
+        double pre[64], pre_cpu[64], dec[64];
         int r;
         for (r = 0; r < o.repeats && r < 64; r++)
-            if (run_once(e, nb, o.prompt_len, o.decode_steps, c->vocab_size, &pre[r], &dec[r]) < 0)
+            if (run_once(e, nb, o.prompt_len, o.decode_steps, c->vocab_size, &pre[r], &pre_cpu[r],
+                         &dec[r]) < 0)
                 return 1;
-        double p = median(pre, r), d = median(dec, r);
+        double p = median(pre, r), pc = median(pre_cpu, r), d = median(dec, r);
         double dec_tps = nb * o.decode_steps / d;
-        printf("%s\n  {\"batch\": %d, \"prefill_tokens_per_s\": %.1f, \"decode_tokens_per_s\": %.2f,"
-               " \"decode_step_ms\": %.2f",
-               bi ? "," : "", nb, nb * o.prompt_len / p, dec_tps, 1e3 * d / o.decode_steps);
+        printf("%s\n  {\"batch\": %d, \"prefill_tokens_per_s\": %.1f, \"prefill_cpu_s\": %.3f, "
+               "\"decode_tokens_per_s\": %.2f, \"decode_step_ms\": %.2f",
+               bi ? "," : "", nb, nb * o.prompt_len / p, pc, dec_tps, 1e3 * d / o.decode_steps);
         if (nb == 1)
             printf(", \"decode_bytes_per_token_mib\": %.1f, \"decode_fraction_of_baseline\": "
                    "%.3f",

@@ -15,6 +15,7 @@ void xd_config_init(struct xd_config *cfg)
     cfg->expert_policy = "lru";
     cfg->expert_prefetch = true;
     cfg->quantize = "none";
+    cfg->pack = "auto";
 }
 
 #define CFG(field) offsetof(struct xd_config, field)
@@ -52,6 +53,13 @@ const struct xd_opt xd_config_opts[] = {
      "with --quantize: quantize the experts only; attention, dense MLPs and lm_head stay as "
      "stored "
      "(default false)"},
+    {"pack", XD_OPT_STRING, CFG(pack), 0, 0, "EXPERTD_PACK",
+     "with --quantize (or an FP8 checkpoint): auto writes the quantized weights once to an "
+     "expert pack (beside the checkpoint, else in the cache directory) and maps it on later "
+     "starts; off quantizes at every load (default auto)"},
+    {"pack-dir", XD_OPT_STRING, CFG(pack_dir), 0, 0, "EXPERTD_PACK_DIR",
+     "directory of the expert packs (default: the checkpoint's, else the cache directory: "
+     "$CACHE_DIRECTORY, $XDG_CACHE_HOME/expertd or ~/.cache/expertd)"},
 };
 const size_t xd_config_n_opts = sizeof xd_config_opts / sizeof xd_config_opts[0];
 
@@ -73,10 +81,19 @@ int xd_config_validate(const struct xd_config *cfg, struct xd_err *err)
                           "option '--quantize %s' with '--device cuda': the CUDA backend has no "
                           "q8/q4 kernels yet (none has run on a GPU); use --device cpu",
                           cfg->quantize);
+    if (strcmp(cfg->pack, "auto") != 0 && strcmp(cfg->pack, "off") != 0)
+        return xd_err_set(err, XD_ERR_CONFIG, "option '--pack': '%s' is not auto or off",
+                          cfg->pack);
     if (cfg->expert_cache_mib > 0 && cfg->expert_cache_slots > 0)
         return xd_err_set(err, XD_ERR_CONFIG, "options '--expert-cache-mib' and "
                           "'--expert-cache-slots': give one of the two");
     return XD_OK;
+}
+
+void xd_config_pack_opts(const struct xd_config *cfg, struct xd_pack_opts *ret)
+{
+    *ret = (struct xd_pack_opts){.enabled = strcmp(cfg->pack, "off") != 0,
+                                 .dir = cfg->pack_dir};
 }
 
 int xd_config_expert_opts(const struct xd_config *cfg, const struct xd_model_config *mc,
@@ -85,6 +102,7 @@ int xd_config_expert_opts(const struct xd_config *cfg, const struct xd_model_con
     XD_TRY(xd_evict_policy_parse(cfg->expert_policy, &eo->expert_evict_policy, err));
     XD_TRY(xd_quant_parse(cfg->quantize, &eo->quantize, err));
     eo->quantize_experts_only = cfg->quantize_experts_only;
+    xd_config_pack_opts(cfg, &eo->pack);
     eo->expert_prefetch = cfg->expert_prefetch;
     if (cfg->expert_prefetch_width > mc->n_experts)
         return xd_err_set(err, XD_ERR_CONFIG,

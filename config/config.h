@@ -21,6 +21,8 @@ struct xd_config {
     int expert_prefetch_width; /* experts prefetched per token and layer; 0: top_k */
     const char *quantize;   /* none, q8 or q4: weights quantized at load (cpu) */
     bool quantize_experts_only; /* quantize the experts only, attention and dense MLPs not */
+    const char *pack;       /* auto or off: the expert pack of --quantize */
+    const char *pack_dir;   /* where packs live; NULL: beside the checkpoint, else the cache */
 };
 
 /* The defaults. */
@@ -43,5 +45,10 @@ struct xd_engine_opts;
 struct xd_model_config;
 int xd_config_expert_opts(const struct xd_config *cfg, const struct xd_model_config *mc,
                           bool recording, struct xd_engine_opts *eo, struct xd_err *err);
+
+/* The expert pack's settings (--pack, --pack-dir) as pack options (log left NULL: stderr);
+ * xd_config_expert_opts fills eo->pack with them too. */
+struct xd_pack_opts;
+void xd_config_pack_opts(const struct xd_config *cfg, struct xd_pack_opts *ret);
 
 #endif

@@ -52,7 +52,7 @@ const struct xd_opt xd_server_config_opts[] = {
      "largest request body; larger is 413 (default 1048576)"},
     {"max-queued-bytes-per-request", XD_OPT_INT64, SRV(max_queued_bytes), 1024, 1ll << 34, NULL,
      "bytes a stream may have queued for a client that stops reading; past it the request is "
-     "cancelled (default 4194304)"},
+     "cancelled once its connection takes nothing for 0.5 s, or at once past 8x (default 4194304)"},
     {"max-prompt-tokens", XD_OPT_INT, SRV(max_prompt_tokens), 0, 1 << 24, NULL,
      "longest prompt in tokens (default 0: the model's context)"},
     {"max-connections", XD_OPT_INT, SRV(max_connections), 1, 65536, NULL,
@@ -75,8 +75,10 @@ const struct xd_opt xd_server_config_opts[] = {
     {"max-waiting", XD_OPT_INT, SRV(max_waiting), 1, 1 << 20, NULL,
      "sequences (prompts x n) queued before 429; a request with more is 400 (default 1024)"},
     {"admission", XD_OPT_STRING, SRV(admission), 0, 0, NULL,
-     "order of admission from the queue: fair (round-robin across client addresses) or fcfs "
-     "(default fair)"},
+     "order of admission from the queue and share of each step: fair (round-robin across "
+     "client addresses, each step shared across them), fair-split (fair, and light clients "
+     "get steps of their own for as long as a shared step takes: faster for them where a "
+     "step's cost grows with its tokens, as on a CPU) or fcfs (default fair)"},
     {"max-running", XD_OPT_INT, SRV(max_running), 1, 1 << 16, NULL,
      "sequences in one step (default 64)"},
     {"max-resident", XD_OPT_INT, SRV(max_resident), 0, 1 << 20, NULL,
@@ -104,13 +106,15 @@ const struct xd_opt xd_server_config_opts[] = {
      "NAME|FILE: a built-in template (chatml, mistral, mistral-v1, olmoe, qwen3) or a Jinja "
      "file, instead of the model's own chat template"},
     {"reasoning-parser", XD_OPT_STRING, SRV(reasoning_parser), 0, 0, "EXPERTD_REASONING_PARSER",
-     "split chat output into reasoning_content and content: auto (think when the chat template "
-     "mentions </think>), none, or think (alias qwen3, deepseek_r1: <think>...</think>) "
-     "(default auto)"},
+     "split chat output into reasoning_content and content: auto (harmony for gpt-oss's chat "
+     "template, think when the template mentions </think>), none, think (alias qwen3, "
+     "deepseek_r1: <think>...</think>) or harmony (alias gpt_oss, openai_gptoss: gpt-oss's "
+     "analysis channel) (default auto)"},
     {"tool-call-parser", XD_OPT_STRING, SRV(tool_call_parser), 0, 0, "EXPERTD_TOOL_CALL_PARSER",
      "the syntax of the model's tool calls, parsed into message.tool_calls: auto (from the chat "
      "template), none, hermes (<tool_call> JSON: Qwen2.5, Qwen3), mistral ([TOOL_CALLS]), "
-     "deepseek_v3, glm45 or qwen3_coder (<function=name><parameter=k>) (default auto)"},
+     "deepseek_v3, glm45, qwen3_coder (<function=name><parameter=k>) or harmony (alias gpt_oss, "
+     "openai: gpt-oss's messages to functions.NAME) (default auto)"},
     {"record-routing", XD_OPT_STRING, SRV(record_routing), 0, 0, NULL,
      "write every token's expert routing (request, step, layer, experts, weights) to FILE, "
      "zstd-compressed, for expertd plan, created mode 0600: a trace is as private as the "
@@ -149,6 +153,7 @@ void xd_server_config_sched_opts(const struct xd_server_config *cfg, struct xd_s
     so.group_by_expert = cfg->group_by_expert;
     so.max_wait_steps = cfg->max_wait_steps;
     so.fcfs_admission = cfg->admission && strcmp(cfg->admission, "fcfs") == 0;
+    so.light_steps = cfg->admission && strcmp(cfg->admission, "fair-split") == 0;
     *ret = so;
 }
 
@@ -181,20 +186,23 @@ int xd_server_config_validate(const struct xd_server_config *cfg, struct xd_err 
         xd_chat_template_destroy(t);
     }
     if (!cfg->admission || (strcmp(cfg->admission, "fair") != 0 &&
+                            strcmp(cfg->admission, "fair-split") != 0 &&
                             strcmp(cfg->admission, "fcfs") != 0))
-        return xd_err_set(err, XD_ERR_CONFIG, "option '--admission': '%s' is not fair or fcfs",
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "option '--admission': '%s' is not fair, fair-split or fcfs",
                           cfg->admission ? cfg->admission : "");
     enum xd_reasoning_parser rp;
     if (!cfg->reasoning_parser || (strcmp(cfg->reasoning_parser, "auto") != 0 &&
                                    xd_reasoning_parser_from_name(cfg->reasoning_parser, &rp) < 0))
         return xd_err_set(err, XD_ERR_CONFIG, "option '--reasoning-parser': '%s' is not auto, "
-                          "none, think, qwen3 or deepseek_r1",
+                          "none, think, qwen3, deepseek_r1, harmony, gpt_oss or openai_gptoss",
                           cfg->reasoning_parser ? cfg->reasoning_parser : "");
     enum xd_tool_syntax ts;
     if (!cfg->tool_call_parser || (strcmp(cfg->tool_call_parser, "auto") != 0 &&
                                    xd_tool_syntax_from_name(cfg->tool_call_parser, &ts) < 0))
         return xd_err_set(err, XD_ERR_CONFIG, "option '--tool-call-parser': '%s' is not auto, "
-                          "none, hermes, mistral, deepseek_v3, glm45 or qwen3_coder",
+                          "none, hermes, mistral, deepseek_v3, glm45, qwen3_coder, harmony, "
+                          "gpt_oss, openai or openai_gptoss",
                           cfg->tool_call_parser ? cfg->tool_call_parser : "");
     if (!cfg->host || !cfg->host[0])
         return xd_err_set(err, XD_ERR_CONFIG, "option '--host' is empty");

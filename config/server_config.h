@@ -36,7 +36,9 @@ struct xd_server_config {
                                       NULL: none */
     int max_waiting;               /* sequences (prompts x n) queued before 429; a request
                                       with more is 400 */
-    const char *admission;         /* "fair": round-robin across clients; "fcfs" */
+    const char *admission;         /* "fair": round-robin across clients, steps shared;
+                                      "fair-split": and light clients' steps of their own;
+                                      "fcfs" */
     int max_running;               /* sequences in one step */
     int max_resident;              /* sequences holding KV blocks at once; 0 or below
                                       max_running: max_running. Above it, steps choose among
@@ -55,10 +57,12 @@ struct xd_server_config {
                                       cancelled */
     const char *chat_template;     /* a built-in template's name or a Jinja file: replaces the
                                     * model's own chat template */
-    const char *reasoning_parser;  /* auto (from the chat template), none, think, qwen3 or
-                                      deepseek_r1 (engine/text/reasoning.h) */
+    const char *reasoning_parser;  /* auto (from the chat template), none, think, qwen3,
+                                      deepseek_r1 or harmony (gpt_oss, openai_gptoss)
+                                      (engine/text/reasoning.h) */
     const char *tool_call_parser;  /* auto (from the chat template), none, hermes, mistral,
-                                      deepseek_v3, glm45 or qwen3_coder (engine/text/tool_calls.h) */
+                                      deepseek_v3, glm45, qwen3_coder or harmony (gpt_oss,
+                                      openai, openai_gptoss) (engine/text/tool_calls.h) */
     const char *log_level;         /* error, warn, info (one line per request), debug */
     const char *record_routing;    /* write every token's expert routing to this trace file */
     bool overwrite;                /* record_routing may replace an existing regular file */

@@ -73,6 +73,10 @@ struct gen_event {
 /* A whole response's connection is woken once this many bytes of token events wait (and at
  * every choice's finish). */
 #define WHOLE_BATCH_BYTES (64 * 1024)
+/* A stream over max-queued-bytes-per-request is cancelled once its connection has taken nothing
+ * for this long, or at once past this many times the bound (see on_event's overflow check). */
+#define STALL_SECONDS 0.5
+#define STALL_HARD_FACTOR 8
 
 /* What a choice that failed says (the 500's message, a stream's error event). */
 #define OOM_MESSAGE "out of memory: the response could not be completed"
@@ -132,6 +136,8 @@ struct gen_job {
     struct gen_event *head, *tail;   /* under lock */
     size_t queued_bytes;             /* under lock: the events' bytes between head and tail */
     size_t out_unsent;               /* under lock: a copy of out.len - out_off */
+    double last_drain;               /* under lock: xd_now() when the HTTP thread last took
+                                        the queued events (its connection was writable) */
     bool overflow;                   /* under lock: streaming only; queued_bytes + out_unsent
                                         passed max-queued-bytes-per-request: every choice is
                                         cancelled, token events are dropped, the stream ends */
@@ -152,6 +158,7 @@ struct gen_job {
     bool think_open;                 /* the rendered prompt left a <think> block open */
     int32_t *forced;                 /* (n_forced,) the test hook's forced output, or NULL */
     int n_forced;
+    struct xd_sampler_constraint constraint; /* the choices' samplers' view of api.grammar */
     struct choice *choices;
     int n_choices, n_finished;
     char id[64];
@@ -273,9 +280,16 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
         e->lost = c->lost;
         c->finish_ev = NULL; /* the queue owns it now */
     }
-    if (e && ev->kind == XD_EVENT_TOKEN && j->api.stream && !j->overflow &&
-        j->queued_bytes + j->out_unsent + bytes > (size_t)j->srv->cfg->max_queued_bytes) {
-        j->overflow = overflow_now = true;
+    if (e && ev->kind == XD_EVENT_TOKEN && j->api.stream && !j->overflow) {
+        /* Over the bound, a stream is cancelled once its connection has taken nothing for
+         * STALL_SECONDS, or at once past STALL_HARD_FACTOR times the bound: an HTTP thread
+         * that runs late on a loaded machine is not a client that stopped reading (a steady
+         * reader was cancelled when the scheduler thread outran MHD's) */
+        const size_t bound = (size_t)j->srv->cfg->max_queued_bytes;
+        const size_t after = j->queued_bytes + j->out_unsent + bytes;
+        if (after > bound &&
+            (xd_now() - j->last_drain > STALL_SECONDS || after / STALL_HARD_FACTOR > bound))
+            j->overflow = overflow_now = true;
     }
     if (e && ev->kind == XD_EVENT_TOKEN && j->overflow) {
         /* the client is not reading: nothing more is kept for it */
@@ -543,9 +557,31 @@ static int split_output(struct gen_job *j, struct choice *c, const char *text, s
     return rc;
 }
 
+/* A new OpenAI tool_calls entry {index, id, type, function: {name, arguments}} for choice
+ * c's next call (NULL when out of memory). */
+static json_t *new_call(struct gen_job *j, struct choice *c, const char *name,
+                        const char *arguments)
+{
+    char id[96]; /* call_<the response id's hex>_<choice>_<call>: unique per server run */
+    const char *hex = strchr(j->id, '-') ? strchr(j->id, '-') + 1 : j->id;
+    snprintf(id, sizeof id, "call_%s_%d_%d", hex, c->index, c->n_calls);
+    json_t *fn = json_object(), *o = json_object();
+    json_object_set_new(fn, "name", json_string(name));
+    json_object_set_new(fn, "arguments", json_string(arguments));
+    json_object_set_new(o, "index", json_integer(c->n_calls));
+    json_object_set_new(o, "id", json_string(id));
+    json_object_set_new(o, "type", json_string("function"));
+    if (json_object_set_new(o, "function", fn) < 0) {
+        json_decref(o);
+        return NULL;
+    }
+    c->n_calls++;
+    return o;
+}
+
 /* The calls choice c's parser has found since the last take, as OpenAI's tool_calls entries
- * {index, id, type, function: {name, arguments}} (with parallel_tool_calls false, the first
- * call only): a new array (maybe empty), NULL when out of memory. */
+ * (with parallel_tool_calls false, the first call only): a new array (maybe empty), NULL when
+ * out of memory. */
 static json_t *take_calls(struct gen_job *j, struct choice *c)
 {
     json_t *a = json_array();
@@ -556,24 +592,56 @@ static json_t *take_calls(struct gen_job *j, struct choice *c)
             free(call.arguments);
             continue;
         }
-        char id[96]; /* call_<the response id's hex>_<choice>_<call>: unique per server run */
-        const char *hex = strchr(j->id, '-') ? strchr(j->id, '-') + 1 : j->id;
-        snprintf(id, sizeof id, "call_%s_%d_%d", hex, c->index, c->n_calls);
-        json_t *fn = json_object(), *o = json_object();
-        json_object_set_new(fn, "name", json_string(call.name));
-        json_object_set_new(fn, "arguments", json_string(call.arguments));
-        json_object_set_new(o, "index", json_integer(c->n_calls));
-        json_object_set_new(o, "id", json_string(id));
-        json_object_set_new(o, "type", json_string("function"));
-        json_object_set_new(o, "function", fn);
+        json_t *o = new_call(j, c, call.name, call.arguments);
         free(call.name);
         free(call.arguments);
-        c->n_calls++;
-        if (json_array_append_new(a, o) < 0) {
+        if (!o || json_array_append_new(a, o) < 0) {
             json_decref(a);
             a = NULL;
         }
     }
+    return a;
+}
+
+static bool tools_constrained(const struct gen_job *j)
+{
+    return j->api.constraint == XD_API_CONSTRAINT_TOOLS ||
+           j->api.constraint == XD_API_CONSTRAINT_TOOL_NAMED;
+}
+
+/* The calls of choice c's whole output under a tool constraint (c->text): tool_choice
+ * "required"'s [{"name", "parameters"}, ...] each a call, a named function's arguments one
+ * call. A new array, empty when the text is not that (cut by max_tokens or a stop): the text
+ * then stays content. NULL when out of memory. */
+static json_t *constrained_calls(struct gen_job *j, struct choice *c)
+{
+    json_t *a = json_array();
+    json_t *v = c->text.len ? json_loadb(c->text.data, c->text.len, JSON_DECODE_ANY, NULL) : NULL;
+    if (!a || !v) {
+        json_decref(v);
+        return a;
+    }
+    if (j->api.constraint == XD_API_CONSTRAINT_TOOL_NAMED) {
+        json_t *o = json_is_object(v) ? new_call(j, c, j->api.tool_choice_name, c->text.data)
+                                      : NULL;
+        if (o)
+            json_array_append_new(a, o);
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *x;
+        json_array_foreach(v, i, x) {
+            const char *name = json_string_value(json_object_get(x, "name"));
+            json_t *params = json_object_get(x, "parameters");
+            char *args = params ? json_dumps(params, JSON_COMPACT) : NULL;
+            json_t *o = name && args ? new_call(j, c, name, args) : NULL;
+            free(args);
+            if (o)
+                json_array_append_new(a, o);
+        }
+    }
+    json_decref(v);
+    if (json_array_size(a) > 0)
+        c->text.len = 0; /* all of it is calls */
     return a;
 }
 
@@ -630,11 +698,82 @@ static void sse_echo_chunk(struct gen_job *j, struct choice *c)
     sse_json(j, o);
 }
 
+/* The calls of a finished choice as deltas: each call's name, then its arguments (calls
+ * taken). */
+static void sse_calls(struct gen_job *j, struct choice *c, json_t *calls)
+{
+    size_t k;
+    json_t *call;
+    json_array_foreach(calls, k, call) {
+        json_t *first = json_deep_copy(call), *args = json_object();
+        json_t *fn = json_object_get(first, "function");
+        json_object_set(args, "index", json_object_get(call, "index"));
+        json_t *afn = json_object();
+        json_object_set(afn, "arguments", json_object_get(json_object_get(call, "function"),
+                                                         "arguments"));
+        json_object_set_new(args, "function", afn);
+        json_object_set_new(fn, "arguments", json_string(""));
+        sse_tool_delta(j, c, first);
+        sse_tool_delta(j, c, args);
+    }
+    json_decref(calls);
+}
+
+/* A streamed chunk of a tool-constrained chat choice: the output is held (in c->text) until
+ * it ends, then sent as tool-call deltas (or, when it is not calls, as content); a token's
+ * logprobs go out on their own chunks meanwhile. */
+static void sse_constrained_chunk(struct gen_job *j, struct choice *c, const char *text,
+                                  size_t len, const struct xd_sample *x, const char *finish,
+                                  bool role)
+{
+    if (len && sbuf_add(&c->text, text, len) < 0)
+        stream_fail(j);
+    json_t *lp = NULL;
+    if (x && j->api.logprobs) {
+        lp = json_object();
+        json_t *content = json_array();
+        json_array_append_new(content, chat_logprob(j->srv, x, j->api.top_logprobs));
+        json_object_set_new(lp, "content", content);
+    }
+    if (role || lp) {
+        json_t *ch = json_object(), *delta = json_object();
+        if (role) {
+            json_object_set_new(delta, "role", json_string("assistant"));
+            json_object_set_new(delta, "content", json_string(""));
+        }
+        json_object_set_new(ch, "index", json_integer(c->index));
+        json_object_set_new(ch, "delta", delta);
+        sse_chat_chunk(j, c, ch, lp, NULL);
+    }
+    if (!finish)
+        return;
+    json_t *calls = constrained_calls(j, c);
+    if (!calls) {
+        stream_fail(j);
+    } else if (json_array_size(calls) > 0) {
+        c->finish_reason = finish = "tool_calls";
+        sse_calls(j, c, calls);
+        calls = NULL;
+    } else if (c->text.len) {
+        json_t *ch = json_object(), *delta = json_object();
+        json_object_set_new(delta, "content", json_stringn(c->text.data, c->text.len));
+        json_object_set_new(ch, "index", json_integer(c->index));
+        json_object_set_new(ch, "delta", delta);
+        sse_chat_chunk(j, c, ch, NULL, NULL);
+    }
+    json_decref(calls);
+    sse_chat_chunk(j, c, NULL, NULL, finish);
+}
+
 /* One chunk for choice c: text (may be empty), a token's logprobs (x may be NULL), finish
  * reason (NULL while running). */
 static void sse_chunk(struct gen_job *j, struct choice *c, const char *text, size_t len,
                       const struct xd_sample *x, const char *finish, bool role)
 {
+    if (j->api.kind == XD_API_CHAT && tools_constrained(j)) {
+        sse_constrained_chunk(j, c, text, len, x, finish, role);
+        return;
+    }
     json_t *o = envelope(j, true);
     json_t *ch = json_object();
     json_object_set_new(ch, "index", json_integer(c->index));
@@ -673,21 +812,7 @@ static void sse_chunk(struct gen_job *j, struct choice *c, const char *text, siz
             }
             sse_chat_chunk(j, c, ch, lp, NULL);
             json_decref(o);
-            size_t k;
-            json_t *call;
-            json_array_foreach(calls, k, call) {
-                json_t *first = json_deep_copy(call), *args = json_object();
-                json_t *fn = json_object_get(first, "function");
-                json_object_set(args, "index", json_object_get(call, "index"));
-                json_t *afn = json_object();
-                json_object_set(afn, "arguments", json_object_get(json_object_get(call, "function"),
-                                                                 "arguments"));
-                json_object_set_new(args, "function", afn);
-                json_object_set_new(fn, "arguments", json_string(""));
-                sse_tool_delta(j, c, first);
-                sse_tool_delta(j, c, args);
-            }
-            json_decref(calls);
+            sse_calls(j, c, calls);
             if (finish)
                 sse_chat_chunk(j, c, NULL, NULL, finish);
             c->text_offset += len;
@@ -743,6 +868,22 @@ static void sse_finish_stream(struct gen_job *j)
  * parser (last: the output is over, flush what the split holds). -1 when out of memory. */
 static int add_text(struct gen_job *j, struct choice *c, const char *text, size_t len, bool last)
 {
+    if (j->api.kind == XD_API_CHAT && tools_constrained(j)) {
+        if (len && sbuf_add(&c->text, text, len) < 0)
+            return -1;
+        if (!last)
+            return 0;
+        json_t *calls = constrained_calls(j, c);
+        if (!calls)
+            return -1;
+        if (json_array_size(calls) > 0) {
+            c->tool_calls = calls;
+            c->finish_reason = "tool_calls";
+        } else {
+            json_decref(calls);
+        }
+        return 0;
+    }
     if (!j->split_reasoning && !c->tools)
         return len && sbuf_add(&c->text, text, len) < 0 ? -1 : 0;
     if (split_output(j, c, text, len, last, &c->reasoning, &c->text) < 0)
@@ -893,6 +1034,7 @@ static void process_events(struct gen_job *j)
     struct gen_event *ev = j->head;
     j->head = j->tail = NULL;
     j->queued_bytes = 0;
+    j->last_drain = xd_now();
     if (j->overflow && !j->overflowed) {
         j->overflowed = true;
         if (j->req)
@@ -1313,15 +1455,21 @@ static int submit_all(struct gen_job *j, struct xd_api_error *e)
             .sampling = a->sampling,
             .stop = a->stop, .n_stop = a->n_stop,
             .ignore_eos = a->ignore_eos,
-            /* Mistral's [TOOL_CALLS] is a special token: kept when tools are parsed */
-            .skip_special = !(a->tools && a->tool_choice != XD_API_TOOL_CHOICE_NONE &&
-                              xd_tool_syntax_needs_special((enum xd_tool_syntax)s->tool_syntax)),
+            /* Mistral's [TOOL_CALLS] and harmony's framing are special tokens: kept when
+             * tools are parsed, and for harmony's reasoning split in chat */
+            .skip_special = !((a->tools && a->tool_choice != XD_API_TOOL_CHOICE_NONE &&
+                               xd_tool_syntax_needs_special((enum xd_tool_syntax)s->tool_syntax)) ||
+                              (a->kind == XD_API_CHAT &&
+                               xd_reasoning_needs_special(
+                                   (enum xd_reasoning_parser)s->reasoning_parser))),
             /* echo with logprobs: every prompt token's logprob (lm-eval's loglikelihood) */
             .prompt_logprobs = a->kind == XD_API_COMPLETIONS && a->echo && a->logprobs,
             .prompt_top_logprobs = a->top_logprobs,
         };
         qs[i].sampling.forced = j->forced; /* test hook (test_hooks.h); NULL otherwise */
         qs[i].sampling.n_forced = j->n_forced;
+        if (a->grammar)
+            qs[i].sampling.constraint = &j->constraint; /* read by the samplers' create */
         if (qs[i].sampling.has_seed) /* each choice its own stream, all reproducible */
             qs[i].sampling.seed += (uint64_t)(c->index % a->n);
         ctx[i] = c;
@@ -1370,6 +1518,34 @@ static int submit_all(struct gen_job *j, struct xd_api_error *e)
     if (overflow) /* the sink gave up before the choices were marked */
         cancel_all(j);
     return 0;
+}
+
+/* The sampler's constraint (engine/sampler.h) over engine/text's token constraint: one
+ * matcher per choice, started from the request's grammar. */
+static void *constraint_start(void *arg)
+{
+    struct gen_job *j = arg;
+    return xd_token_constraint_create(j->api.grammar, j->srv->tokens);
+}
+
+static void constraint_stop(void *st)
+{
+    xd_token_constraint_destroy(st);
+}
+
+static bool constraint_allows(void *st, int32_t token)
+{
+    return xd_token_constraint_allows(st, token);
+}
+
+static void constraint_mask(void *st, float *w, int n_vocab)
+{
+    xd_token_constraint_mask(st, w, n_vocab);
+}
+
+static void constraint_accept(void *st, int32_t token)
+{
+    xd_token_constraint_accept(st, token);
 }
 
 /* The client's id for fair admission: a hash of its address (IPv4, or IPv6 with IPv4-mapped
@@ -1428,6 +1604,7 @@ static struct gen_job *job_create(struct xd_http_req *r)
     j->client = client_id(r->conn);
     j->created = (long long)time(NULL);
     j->deadline = xd_now() + r->srv->cfg->request_timeout;
+    j->last_drain = xd_now();
     j->last_output = xd_now();
     return j;
 }
@@ -1524,14 +1701,28 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
                          j->api.model, s->model_name);
         return xd_http_send_error(r, &e);
     }
-    if (j->api.tools && j->api.tool_choice != XD_API_TOOL_CHOICE_NONE &&
+    if (j->api.tools && j->api.tool_choice == XD_API_TOOL_CHOICE_AUTO &&
         s->tool_syntax == XD_TOOL_SYNTAX_NONE) {
         xd_api_error_set(&e, 400, "invalid_request_error", "tools", "invalid_value",
                          "'tools': this model's chat template shows no tool-call syntax expertd "
                          "parses; start the server with --tool-call-parser hermes, mistral, "
-                         "deepseek_v3, glm45 or qwen3_coder, or send 'tool_choice': 'none'");
+                         "deepseek_v3, glm45, qwen3_coder or harmony, or send 'tool_choice': "
+                         "'none', 'required' or a function (constrained decoding needs no "
+                         "parser)");
         return xd_http_send_error(r, &e);
     }
+    if (j->api.grammar && !s->tokens) {
+        xd_api_error_set(&e, 400, "invalid_request_error",
+                         j->api.constraint == XD_API_CONSTRAINT_JSON ? "response_format"
+                                                                      : "tool_choice",
+                         "invalid_value", "constrained decoding needs the model's tokenizer "
+                         "(tokenizer.json), which this server has not loaded");
+        return xd_http_send_error(r, &e);
+    }
+    j->constraint = (struct xd_sampler_constraint){
+        .start = constraint_start, .stop = constraint_stop, .allows = constraint_allows,
+        .mask = constraint_mask, .accept = constraint_accept, .arg = j,
+    };
     if (check_logit_bias(s, &j->api, &e) < 0 || build_prompts(j, &e) < 0 ||
         xd_test_force_ids(s, j->api.root, &j->forced, &j->n_forced, &e) < 0)
         return xd_http_send_error(r, &e);
@@ -1549,8 +1740,10 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
         c->job = j;
         c->index = i;
         c->prompt = i / j->api.n;
-        j->split_reasoning = kind == XD_API_CHAT && s->reasoning_parser != XD_REASONING_NONE;
-        if (j->api.tools && j->api.tool_choice != XD_API_TOOL_CHOICE_NONE &&
+        /* constrained output is all JSON: no reasoning before it, no tool-call syntax */
+        j->split_reasoning = kind == XD_API_CHAT && s->reasoning_parser != XD_REASONING_NONE &&
+                             j->api.constraint == XD_API_CONSTRAINT_NONE;
+        if (j->api.tools && j->api.tool_choice == XD_API_TOOL_CHOICE_AUTO &&
             xd_tool_stream_create((enum xd_tool_syntax)s->tool_syntax, j->api.tools,
                                   &c->tools) < 0) {
             xd_api_error_nomem(&e);

@@ -445,6 +445,135 @@ static int parse_tools(json_t *root, struct xd_api_request *r, struct xd_api_err
     return 0;
 }
 
+/* A schema that did not compile: a 400 naming the parameter and what in it was refused. */
+static int schema_error(struct xd_api_error *e, const char *param, int rc,
+                        const struct xd_err *err)
+{
+    if (rc == XD_ERR_NOMEM)
+        return xd_api_error_nomem(e);
+    return xd_api_error_set(e, 400, "invalid_request_error", param,
+                            rc == XD_ERR_UNSUPPORTED ? "unsupported_value" : "invalid_value",
+                            "'%s': %s", param, err->msg);
+}
+
+/* response_format (OpenAI), guided_json (vLLM) and json_schema (llama-server), and tool_choice
+ * required or named: the constraint on the output and its compiled grammar. */
+static int parse_constraint_owning(json_t *root, struct xd_api_request *r, json_t **owned,
+                                   struct xd_api_error *e)
+{
+    json_t *rf = field(root, "response_format"), *schema = NULL;
+    const char *param = NULL;
+    bool json = false;
+    if (rf) {
+        if (!json_is_object(rf))
+            return BAD_TYPE("response_format", "an object with a 'type'");
+        const char *type = json_string_value(json_object_get(rf, "type"));
+        if (!type)
+            return BAD("response_format", "'response_format.type' must be text, json_object or "
+                       "json_schema");
+        if (strcmp(type, "json_object") == 0) {
+            json = true;
+            param = "response_format";
+        } else if (strcmp(type, "json_schema") == 0) {
+            json_t *js = json_object_get(rf, "json_schema");
+            if (!json_is_object(js))
+                return BAD("response_format", "'response_format.json_schema' must be an object "
+                           "{\"name\", \"schema\", \"strict\"}");
+            json_t *name = json_object_get(js, "name"), *strict = json_object_get(js, "strict");
+            if (name && !json_is_string(name))
+                return BAD_TYPE("response_format", "an object whose json_schema.name is a string");
+            if (strict && !json_is_boolean(strict) && !json_is_null(strict))
+                return BAD_TYPE("response_format",
+                                "an object whose json_schema.strict is a boolean");
+            schema = json_object_get(js, "schema");
+            if (!json_is_object(schema))
+                return BAD("response_format", "'response_format.json_schema.schema' is required "
+                           "(a JSON Schema object)");
+            json = true;
+            param = "response_format";
+        } else if (strcmp(type, "text") != 0) {
+            return BAD("response_format", "'response_format.type' is '%.40s'; it must be text, "
+                       "json_object or json_schema", type);
+        }
+    }
+    static const char *const alt[] = {"guided_json", "json_schema"};
+    for (int i = 0; i < 2; i++) {
+        json_t *v = field(root, alt[i]);
+        if (!v)
+            continue;
+        if (json) /* one schema per request */
+            return BAD(alt[i], "'%s' and '%s' both constrain the output; send one", alt[i],
+                       param);
+        if (json_is_string(v)) { /* vLLM takes the schema as JSON text too */
+            json_t *parsed = json_loads(json_string_value(v), 0, NULL);
+            if (!json_is_object(parsed)) {
+                json_decref(parsed);
+                return BAD(alt[i], "'%s' must be a JSON Schema (an object, or its JSON text)",
+                           alt[i]);
+            }
+            json_decref(*owned);
+            *owned = parsed; /* the caller's, dropped once the grammar is compiled */
+            v = parsed;
+        }
+        if (!json_is_object(v))
+            return BAD_TYPE(alt[i], "a JSON Schema object");
+        schema = v;
+        json = true;
+        param = alt[i];
+    }
+    bool tools = r->tool_choice == XD_API_TOOL_CHOICE_REQUIRED ||
+                 r->tool_choice == XD_API_TOOL_CHOICE_FUNCTION;
+    if (json && tools)
+        return BAD(param, "'%s' cannot be combined with 'tool_choice' %s: both constrain the "
+                   "output", param, r->tool_choice == XD_API_TOOL_CHOICE_REQUIRED ? "\"required\""
+                   : "naming a function");
+    if ((json || tools) && r->ignore_eos) /* past the whole value only EOS is valid */
+        return BAD("ignore_eos", "'ignore_eos' cannot be combined with constrained output "
+                   "('%s')", json ? param : "tool_choice");
+    struct xd_err err = {{0}};
+    int rc = XD_OK;
+    if (json) {
+        r->constraint = XD_API_CONSTRAINT_JSON;
+        rc = xd_json_grammar_compile(schema, &r->grammar, &err);
+    } else if (r->tool_choice == XD_API_TOOL_CHOICE_REQUIRED) {
+        param = "tools";
+        r->constraint = XD_API_CONSTRAINT_TOOLS;
+        rc = xd_json_grammar_compile_tools(r->tools, r->parallel_tool_calls, &r->grammar, &err);
+    } else if (r->tool_choice == XD_API_TOOL_CHOICE_FUNCTION) {
+        param = "tools";
+        r->constraint = XD_API_CONSTRAINT_TOOL_NAMED;
+        json_t *params = NULL;
+        size_t i;
+        json_t *t;
+        json_array_foreach(r->tools, i, t) {
+            json_t *fn = json_object_get(t, "function");
+            if (strcmp(json_string_value(json_object_get(fn, "name")), r->tool_choice_name) == 0)
+                params = json_object_get(fn, "parameters");
+        }
+        if (params) {
+            rc = xd_json_grammar_compile(params, &r->grammar, &err);
+        } else { /* no parameters: {} */
+            json_t *empty = json_pack("{s:s,s:{},s:b}", "type", "object", "properties",
+                                      "additionalProperties", 0);
+            rc = empty ? xd_json_grammar_compile(empty, &r->grammar, &err) : XD_ERR_NOMEM;
+            json_decref(empty);
+        }
+    }
+    if (rc < 0) {
+        r->constraint = XD_API_CONSTRAINT_NONE;
+        return schema_error(e, param, rc, &err);
+    }
+    return 0;
+}
+
+static int parse_constraint(json_t *root, struct xd_api_request *r, struct xd_api_error *e)
+{
+    json_t *owned = NULL;
+    int rc = parse_constraint_owning(root, r, &owned, e);
+    json_decref(owned);
+    return rc;
+}
+
 static int parse_fields(enum xd_api_kind kind, json_t *root, struct xd_api_request *r,
                         struct xd_api_error *e)
 {
@@ -543,6 +672,7 @@ static int parse_fields(enum xd_api_kind kind, json_t *root, struct xd_api_reque
         XD_TRY(parse_tools(root, r, e));
     else if ((v = field(root, "tools")) && json_array_size(v) > 0)
         return BAD("tools", "'tools' is a chat completions parameter");
+    XD_TRY(parse_constraint(root, r, e));
     return 0;
 }
 
@@ -590,6 +720,7 @@ void xd_api_request_finish(struct xd_api_request *r)
         free(r->messages[i].content);
     free(r->messages);
     free(r->logit_bias);
+    xd_json_grammar_unref(r->grammar);
     json_decref(r->root);
     memset(r, 0, sizeof *r);
 }

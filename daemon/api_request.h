@@ -10,6 +10,7 @@
 
 #include "engine/base/status.h"
 #include "engine/sampler.h"
+#include "engine/text/json_schema.h"
 
 #define XD_API_MAX_N 16       /* choices per prompt */
 #define XD_API_MAX_PROMPTS 64 /* prompts in one completions request */
@@ -58,11 +59,22 @@ struct xd_api_message {
                           * tool_call_id, name, reasoning_content reach the template) */
 };
 
+/* What constrains the output (constrained decoding; the grammar of struct xd_api_request). */
+enum xd_api_constraint {
+    XD_API_CONSTRAINT_NONE,
+    XD_API_CONSTRAINT_JSON,       /* response_format json_object or json_schema, guided_json
+                                     (vLLM), json_schema (llama-server): the output is JSON */
+    XD_API_CONSTRAINT_TOOLS,      /* tool_choice "required": a JSON array of {"name",
+                                     "parameters"}, returned as tool_calls */
+    XD_API_CONSTRAINT_TOOL_NAMED, /* tool_choice naming a function: its arguments, returned as
+                                     one tool call */
+};
+
 /* tool_choice (chat). */
 enum xd_api_tool_choice {
     XD_API_TOOL_CHOICE_AUTO,     /* the default with tools: the model decides */
     XD_API_TOOL_CHOICE_NONE,     /* the default without: no call is parsed */
-    XD_API_TOOL_CHOICE_REQUIRED, /* the model should call one (decoding is not constrained) */
+    XD_API_TOOL_CHOICE_REQUIRED, /* the model calls one or more: decoding is constrained */
     XD_API_TOOL_CHOICE_FUNCTION, /* {"type": "function", "function": {"name": ...}} */
 };
 
@@ -99,12 +111,17 @@ struct xd_api_request {
     enum xd_api_tool_choice tool_choice;
     const char *tool_choice_name;    /* XD_API_TOOL_CHOICE_FUNCTION: one of the tools' names */
     bool parallel_tool_calls;        /* default true */
+    enum xd_api_constraint constraint;
+    struct xd_json_grammar *grammar; /* owned (one reference): the constraint's compiled
+                                        schema; NULL with XD_API_CONSTRAINT_NONE */
 };
 
 /* Parses len bytes of body for the endpoint kind into *ret (which owns what it points to
  * until xd_api_request_finish) and returns XD_OK. On failure returns XD_ERR_INVALID (e: 400
  * naming the parameter: malformed JSON, a wrong type, an out-of-range value, a missing prompt
- * or messages) or XD_ERR_NOMEM (e: 500), and *ret is not written. */
+ * or messages; a schema of response_format, guided_json, json_schema or, with tool_choice
+ * required or named, a tool's parameters, that uses a keyword constrained decoding cannot
+ * enforce, naming the keyword) or XD_ERR_NOMEM (e: 500), and *ret is not written. */
 int xd_api_request_parse(enum xd_api_kind kind, const char *body, size_t len,
                          struct xd_api_request *ret, struct xd_api_error *e);
 

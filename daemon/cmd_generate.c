@@ -213,7 +213,9 @@ int xd_cmd_generate(int argc, char **argv)
         goto out;
     }
 
-    if (xd_model_load(o.cfg.model, &model, &err) < 0) {
+    struct xd_pack_opts po;
+    xd_config_pack_opts(&o.cfg, &po);
+    if (xd_model_load_packed(o.cfg.model, &po, &model, &err) < 0) {
         fprintf(stderr, "expertd generate: %s\n", err.msg);
         goto out;
     }

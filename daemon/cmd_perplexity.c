@@ -134,7 +134,9 @@ int xd_cmd_perplexity(int argc, char **argv)
         status = 2;
         goto out;
     }
-    if (xd_model_load(o.cfg.model, &model, &err) < 0 ||
+    struct xd_pack_opts po;
+    xd_config_pack_opts(&o.cfg, &po);
+    if (xd_model_load_packed(o.cfg.model, &po, &model, &err) < 0 ||
         xd_tokenizer_load(o.cfg.model, &tok, &err) < 0) {
         fprintf(stderr, "expertd perplexity: %s\n", err.msg);
         goto out;

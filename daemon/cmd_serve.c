@@ -18,9 +18,11 @@
 #include "daemon/test_hooks.h"
 #include "engine/base/clock.h"
 #include "engine/engine.h"
+#include "engine/model/quant.h"
 #include "engine/model/safetensors.h"
 #include "engine/experts/routing_trace.h"
 #include "engine/text/chat_template.h"
+#include "engine/text/harmony.h"
 #include "engine/text/reasoning.h"
 #include "engine/text/tool_calls.h"
 #include "engine/text/tokenizer.h"
@@ -149,16 +151,40 @@ static void on_read_progress(void *ctx, uint64_t done, uint64_t total)
         xd_log(p->s, XD_LOG_INFO, "loading: read %s of %s (%.0f%%, %.0f MB/s)", d, t, pct, rate);
 }
 
+/* The expert pack's notices (refusals, progress while writing, fallbacks): warnings when they
+ * say so, else information; the writing progress also in the systemd status. */
+static void on_pack_line(void *ctx, const char *line)
+{
+    const struct xd_server *s = ctx;
+    const bool warn = strstr(line, "warning") || strstr(line, "refused");
+    xd_log(s, warn ? XD_LOG_WARN : XD_LOG_INFO, "%s", line);
+    if (!warn)
+        xd_sd_notifyf("STATUS=loading %s: %s", s->model_name, line);
+}
+
 static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
 {
     const struct xd_server_config *c = s->cfg;
-    XD_TRY(xd_model_load(c->engine.model, &L->model, err));
+    struct xd_pack_opts po;
+    xd_config_pack_opts(&c->engine, &po);
+    po.log = on_pack_line;
+    po.log_ctx = s;
+    XD_TRY(xd_model_load_packed(c->engine.model, &po, &L->model, err));
     if (L->model->config.warning[0])
         xd_log(s, XD_LOG_WARN, "%s", L->model->config.warning);
+    /* --quantize before the read (the engine's quantization is then a no-op): the matrices it
+     * replaces, or that the expert pack provides, are not read from the checkpoint at all */
+    enum xd_dtype quant;
+    XD_TRY(xd_quant_parse(c->engine.quantize, &quant, err));
+    const double t_quant0 = xd_now();
+    if (xd_dtype_is_quant(quant) && strcmp(c->engine.device, "cpu") == 0)
+        XD_TRY(xd_model_quantize_packed(L->model, quant, c->engine.quantize_experts_only, &po,
+                                        err));
+    const double t_quant = xd_now() - t_quant0;
     /* the mapping is lazy: read it now, with progress, rather than in the first requests */
     struct read_progress rp = {.s = s, .t0 = xd_now()};
     atomic_store(&s->load_phase, XD_LOAD_READING);
-    xd_checkpoint_read(L->model->checkpoint, on_read_progress, &rp);
+    xd_model_read(L->model, on_read_progress, &rp);
     atomic_store(&s->load_phase, XD_LOAD_ENGINE);
     const struct xd_model_config *mc = &L->model->config;
 
@@ -213,6 +239,8 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
         .n_threads = c->engine.threads,
     };
     XD_TRY(xd_config_expert_opts(&c->engine, mc, c->record_routing != NULL, &eo, err));
+    eo.pack.log = on_pack_line;
+    eo.pack.log_ctx = s;
     /* on the GPU this copies every weight to the device: say so, it is not instant */
     xd_sd_notifyf("STATUS=loading %s: starting the %s backend", s->model_name, c->engine.device);
     if (eo.device == XD_DEVICE_CUDA)
@@ -221,12 +249,16 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     XD_TRY(xd_engine_create(L->model, &eo, &L->engine, err));
     if (xd_dtype_is_quant(L->model->quant))
         xd_log(s, XD_LOG_INFO,
-               "weights served as %s%s: %.1f MiB quantized in %.1f s, %d matrices kept as stored "
+               "weights served as %s%s: %.1f MiB %s in %.1f s, %d matrices kept as stored "
                "(columns not a multiple of 32); one expert %.2f MiB",
                xd_dtype_name(L->model->quant),
                L->model->quant_experts_only ? " (experts only)" : "",
-               (double)L->model->quant_bytes / 1048576.0, xd_now() - t_engine,
-               L->model->quant_n_kept, (double)xd_model_expert_bytes(L->model) / 1048576.0);
+               (double)L->model->quant_bytes / 1048576.0,
+               L->model->pack_use == XD_PACK_MAPPED    ? "mapped from the expert pack"
+               : L->model->pack_use == XD_PACK_WRITTEN ? "quantized and packed"
+                                                       : "quantized",
+               t_quant + (xd_now() - t_engine), L->model->quant_n_kept,
+               (double)xd_model_expert_bytes(L->model) / 1048576.0);
     if (c->record_routing) {
         struct xd_trace_header th =
             xd_trace_header_for(L->model, xd_engine_opts(L->engine)->predict_width);
@@ -234,18 +266,45 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     }
     xd_step_engine_init(&L->step, L->engine);
 
-    /* every id that ends generation: config.json/generation_config.json and the tokenizer's */
-    int32_t eos[64];
-    int n_eos = 0;
+    /* the chat output's parsers: named, or implied by the template served (the model's own or
+     * the override) */
+    enum xd_reasoning_parser parser = XD_REASONING_NONE;
+    if (c->reasoning_parser && strcmp(c->reasoning_parser, "auto") != 0)
+        xd_reasoning_parser_from_name(c->reasoning_parser, &parser); /* validated with the options */
+    else if (L->chat)
+        parser = xd_reasoning_detect(xd_chat_template_source(L->chat));
+    enum xd_tool_syntax syntax = XD_TOOL_SYNTAX_NONE;
+    if (c->tool_call_parser && strcmp(c->tool_call_parser, "auto") != 0)
+        xd_tool_syntax_from_name(c->tool_call_parser, &syntax); /* validated with the options */
+    else if (L->chat)
+        syntax = xd_tool_syntax_detect(xd_chat_template_source(L->chat));
+
+    /* every id that ends generation: config.json/generation_config.json and the tokenizer's;
+     * for harmony also <|return|> and <|call|> (gpt-oss's generation_config.json lists them,
+     * a copy without it still stops where the answer or a tool call ends) */
+    int32_t eos[64], cand[66];
+    int n_eos = 0, n_cand = 0;
+    for (int i = 0; i < L->tcfg.n_eos_token_ids && n_cand < 64; i++)
+        cand[n_cand++] = L->tcfg.eos_token_ids[i];
+    if (L->tok && (parser == XD_REASONING_HARMONY || syntax == XD_TOOL_SYNTAX_HARMONY)) {
+        int32_t ret_id = xd_tokenizer_token_id(L->tok, XD_HARMONY_RETURN);
+        int32_t call_id = xd_tokenizer_token_id(L->tok, XD_HARMONY_CALL);
+        if (ret_id >= 0)
+            cand[n_cand++] = ret_id;
+        if (call_id >= 0)
+            cand[n_cand++] = call_id;
+    }
     for (int i = 0; i < mc->n_eos && n_eos < 64; i++)
         eos[n_eos++] = mc->eos_token_ids[i];
-    for (int i = 0; i < L->tcfg.n_eos_token_ids && n_eos < 64; i++) {
+    for (int i = 0; i < n_cand && n_eos < 64; i++) {
         bool dup = false;
         for (int k = 0; k < n_eos; k++)
-            dup |= eos[k] == L->tcfg.eos_token_ids[i];
-        if (!dup && L->tcfg.eos_token_ids[i] < mc->vocab_size)
-            eos[n_eos++] = L->tcfg.eos_token_ids[i];
+            dup |= eos[k] == cand[i];
+        if (!dup && cand[i] < mc->vocab_size)
+            eos[n_eos++] = cand[i];
     }
+    if (L->tok) /* every token's bytes, once: what constrained decoding matches */
+        XD_TRY(xd_token_table_create(L->tok, mc->vocab_size, eos, n_eos, &s->tokens, err));
 
     struct xd_sched_opts so;
     xd_server_config_sched_opts(c, &so);
@@ -264,17 +323,7 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     s->chat_error = L->chat ? NULL : L->chat_err.msg;
     if (s->chat_error && L->tok)
         xd_log(s, XD_LOG_WARN, "/v1/chat/completions unavailable: %s", s->chat_error);
-    enum xd_reasoning_parser parser = XD_REASONING_NONE;
-    if (c->reasoning_parser && strcmp(c->reasoning_parser, "auto") != 0)
-        xd_reasoning_parser_from_name(c->reasoning_parser, &parser); /* validated with the options */
-    else if (L->chat) /* the template served, the model's own or the override */
-        parser = xd_reasoning_detect(xd_chat_template_source(L->chat));
     s->reasoning_parser = parser;
-    enum xd_tool_syntax syntax = XD_TOOL_SYNTAX_NONE;
-    if (c->tool_call_parser && strcmp(c->tool_call_parser, "auto") != 0)
-        xd_tool_syntax_from_name(c->tool_call_parser, &syntax); /* validated with the options */
-    else if (L->chat)
-        syntax = xd_tool_syntax_detect(xd_chat_template_source(L->chat));
     s->tool_syntax = syntax;
     if (xd_test_hooks_enabled())
         xd_log(s, XD_LOG_WARN, "EXPERTD_TEST_HOOKS=1: test hooks are on (requests may force "
@@ -465,6 +514,7 @@ out:
     xd_model_destroy(L.model);
     xd_chat_template_destroy(L.chat);
     xd_tokenizer_config_finish(&L.tcfg);
+    xd_token_table_unref(s.tokens); /* sequences still holding it keep their reference */
     xd_tokenizer_destroy(L.tok);
     xd_metrics_destroy(s.metrics);
     xd_secret_free(s.api_key);

@@ -12,6 +12,7 @@
 #include "config/server_config.h"
 #include "daemon/metrics.h"
 #include "engine/base/clock.h" /* xd_now: arrivals, deadlines, keep-alives of every file here */
+#include "engine/text/token_constraint.h"
 #include "engine/text/tokenizer.h"
 #include "scheduler/scheduler.h"
 
@@ -58,6 +59,8 @@ struct xd_server {
     const char *chat_error;             /* why chat is unavailable, or NULL */
     int reasoning_parser;               /* enum xd_reasoning_parser of chat output */
     int tool_syntax;                    /* enum xd_tool_syntax of chat output */
+    struct xd_token_table *tokens;      /* every token's bytes, for constrained decoding (one
+                                           reference); NULL without a tokenizer */
 
     /* The scheduler: submit and cancel hold the read lock, teardown the write lock, so no
      * HTTP thread reaches a destroyed scheduler. NULL before loading and after teardown. */

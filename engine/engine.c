@@ -66,7 +66,8 @@ int xd_engine_create(struct xd_model *model, const struct xd_engine_opts *opts,
                           "engine options: predict_width %d outside 0..%d (the model's experts)",
                           opts->predict_width, n_experts);
     if (xd_dtype_is_quant(opts->quantize))
-        XD_TRY(xd_model_quantize(model, opts->quantize, opts->quantize_experts_only, err));
+        XD_TRY(xd_model_quantize_packed(model, opts->quantize, opts->quantize_experts_only,
+                                        &opts->pack, err));
     struct xd_engine *e = calloc(1, sizeof *e);
     if (!e)
         return xd_err_set(err, XD_ERR_NOMEM, "out of memory");

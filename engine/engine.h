@@ -35,6 +35,9 @@ struct xd_engine_opts {
      * quantize_experts_only); any other value (the zero default) serves the checkpoint's dtype. */
     enum xd_dtype quantize;
     bool quantize_experts_only;
+    /* With quantize: the expert pack (xd_model_quantize_packed); off when pack.enabled is false
+     * (the zero default). Borrowed strings. */
+    struct xd_pack_opts pack;
 };
 
 /* The expert cache's counters, for /metrics and benchmarks. */

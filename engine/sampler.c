@@ -23,6 +23,8 @@ struct xd_sampler {
     struct candidate *cand;       /* (n_vocab,) */
     int32_t *forced;              /* (p.n_forced,) owned copy; p.forced points here */
     int n_picked;                 /* picks so far (the forced ones come first) */
+    struct xd_sampler_constraint constraint; /* p.constraint's copy; p.constraint points here */
+    void *cstate;                 /* the constraint's state for this sequence, or NULL */
 };
 
 struct xd_sampling_params xd_sampling_defaults(void)
@@ -123,6 +125,16 @@ int xd_sampler_create(const struct xd_sampling_params *p, int n_vocab, struct xd
     if (p->n_forced > 0)
         memcpy(s->forced, p->forced, sizeof *s->forced * (size_t)p->n_forced);
     s->p.forced = s->forced;
+    if (p->constraint) {
+        s->constraint = *p->constraint;
+        s->p.constraint = &s->constraint;
+        s->cstate = s->constraint.start(s->constraint.arg);
+        if (!s->cstate) {
+            s->p.constraint = NULL;
+            xd_sampler_destroy(s);
+            return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+        }
+    }
 
     uint64_t seed = p->seed;
     if (!p->has_seed && getrandom(&seed, sizeof seed, 0) != sizeof seed)
@@ -143,6 +155,8 @@ void xd_sampler_destroy(struct xd_sampler *s)
     free(s->work);
     free(s->cand);
     free(s->forced);
+    if (s->cstate)
+        s->constraint.stop(s->cstate);
     free(s);
 }
 
@@ -201,25 +215,12 @@ static void fill_logprobs(struct xd_sampler *s, const float *logits, struct xd_s
     xd_sampler_logprobs(logits, s->n_vocab, ret->token, s->p.n_logprobs, ret);
 }
 
-void xd_sampler_sample(struct xd_sampler *s, const float *logits, struct xd_sample *ret)
+/* One pick from the processed logits w (n_vocab,): greedy, or top-k/top-p/min-p filtered
+ * sampling at the temperature. w is not modified. */
+static int32_t pick(struct xd_sampler *s, const float *w)
 {
     const struct xd_sampling_params *p = &s->p;
     const int V = s->n_vocab;
-    float *w = s->work;
-    memcpy(w, logits, sizeof(float) * V);
-
-    for (int i = 0; i < p->n_logit_bias; i++)
-        w[p->logit_bias[i].token] += p->logit_bias[i].bias;
-    if (p->repetition_penalty != 1.0f || p->presence_penalty != 0.0f ||
-        p->frequency_penalty != 0.0f) {
-        for (int i = 0; i < V; i++) {
-            if (s->seen[i] && p->repetition_penalty != 1.0f)
-                w[i] = w[i] > 0 ? w[i] / p->repetition_penalty : w[i] * p->repetition_penalty;
-            if (s->out_count[i] > 0)
-                w[i] -= p->presence_penalty + p->frequency_penalty * (float)s->out_count[i];
-        }
-    }
-
     int32_t token = 0;
     if (p->temperature == 0.0f) {
         for (int i = 1; i < V; i++)
@@ -271,8 +272,37 @@ void xd_sampler_sample(struct xd_sampler *s, const float *logits, struct xd_samp
             }
         }
     }
+    return token;
+}
+
+void xd_sampler_sample(struct xd_sampler *s, const float *logits, struct xd_sample *ret)
+{
+    const struct xd_sampling_params *p = &s->p;
+    const int V = s->n_vocab;
+    float *w = s->work;
+    memcpy(w, logits, sizeof(float) * V);
+
+    for (int i = 0; i < p->n_logit_bias; i++)
+        w[p->logit_bias[i].token] += p->logit_bias[i].bias;
+    if (p->repetition_penalty != 1.0f || p->presence_penalty != 0.0f ||
+        p->frequency_penalty != 0.0f) {
+        for (int i = 0; i < V; i++) {
+            if (s->seen[i] && p->repetition_penalty != 1.0f)
+                w[i] = w[i] > 0 ? w[i] / p->repetition_penalty : w[i] * p->repetition_penalty;
+            if (s->out_count[i] > 0)
+                w[i] -= p->presence_penalty + p->frequency_penalty * (float)s->out_count[i];
+        }
+    }
+
+    int32_t token = pick(s, w);
+    if (s->cstate && s->n_picked >= p->n_forced && !s->constraint.allows(s->cstate, token)) {
+        s->constraint.mask(s->cstate, w, V);
+        token = pick(s, w);
+    }
     if (s->n_picked < p->n_forced)
         token = s->forced[s->n_picked];
+    if (s->cstate)
+        s->constraint.accept(s->cstate, token);
     s->n_picked++;
     ret->token = token;
     fill_logprobs(s, logits, ret);

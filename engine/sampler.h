@@ -14,6 +14,20 @@ struct xd_logit_bias {
     float bias;       /* added to the token's logit; -100 bans it in practice */
 };
 
+/* A constraint on which tokens may be picked (constrained decoding: the daemon plugs in a JSON
+ * schema matcher). start(arg) makes one sequence's state at xd_sampler_create (NULL: out of
+ * memory), stop frees it at destroy; allows says whether a token keeps the output valid; mask
+ * sets the logit of every token it does not allow to -INFINITY in a (n_vocab,) working copy
+ * (the model's logits are never touched); accept advances over the token picked. */
+struct xd_sampler_constraint {
+    void *(*start)(void *arg);
+    void (*stop)(void *state);
+    bool (*allows)(void *state, int32_t token);
+    void (*mask)(void *state, float *w, int n_vocab);
+    void (*accept)(void *state, int32_t token);
+    void *arg;                /* borrowed until start returns */
+};
+
 struct xd_sampling_params {
     float temperature;        /* 0: greedy (argmax, ties to the lowest id) */
     int top_k;                /* 0: off */
@@ -32,6 +46,11 @@ struct xd_sampling_params {
      * logprobs are still the model's), then sampling goes on as configured. */
     const int32_t *forced;    /* (n_forced,) */
     int n_forced;
+    /* NULL: none. Copied at create. The sampled token is checked first; only when the
+     * constraint refuses it is the full mask computed and the pick made again from the masked
+     * distribution (so the common case costs one check). Forced picks are accepted as they
+     * are. */
+    const struct xd_sampler_constraint *constraint;
 };
 
 /* Defaults: greedy off (temperature 1), every filter and penalty off. */

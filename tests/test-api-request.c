@@ -198,6 +198,16 @@ static const struct {
     {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"stream_options\":{}}", "stream_options"},
     {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"model\":5}", "model"},
     {XD_API_CHAT, "{\"messages\":[]}", "messages"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":\"json\"}", "response_format"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"regex\"}}", "response_format"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\"}}}", "response_format"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"schema\":{\"type\":\"string\",\"pattern\":\"a\"}}}}", "response_format"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"guided_json\":\"{nope\"}", "guided_json"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"guided_json\":{},\"ignore_eos\":true}", "ignore_eos"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"json_schema\":{\"type\":\"integer\",\"maximum\":3}}", "json_schema"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"json_schema\":{},\"response_format\":{\"type\":\"json_object\"}}", "json_schema"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"object\",\"properties\":{\"a\":{\"format\":\"uri\"}}}}}],\"tool_choice\":\"required\"}", "tools"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"required\",\"response_format\":{\"type\":\"json_object\"}}", "response_format"},
     {XD_API_CHAT, "{\"messages\":[{\"role\":\"function\",\"content\":\"x\"}]}", "messages"},
     {XD_API_CHAT, "{\"messages\":[{\"content\":\"x\"}]}", "messages"},
     {XD_API_CHAT, "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":{}}]}", "messages"},
@@ -365,6 +375,62 @@ static void test_tools_and_tool_choice(void)
     xd_api_request_finish(&r);
 }
 
+static void test_constraints(void)
+{
+    struct xd_api_request r;
+    struct xd_api_error e;
+    static const char *const plain[] = {
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"text\"}}",
+        /* auto and none with unsupported keywords: nothing is compiled, nothing refused */
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"object\",\"properties\":{\"a\":{\"format\":\"uri\"}}}}}]}",
+    };
+    for (size_t i = 0; i < sizeof plain / sizeof *plain; i++) {
+        CHECK(parse(XD_API_CHAT, plain[i], &r, &e) == 0, "%s", e.message);
+        CHECK(r.constraint == XD_API_CONSTRAINT_NONE && !r.grammar, "no constraint: %s", plain[i]);
+        xd_api_request_finish(&r);
+    }
+    static const struct {
+        const char *body;
+        enum xd_api_constraint want;
+        const char *valid, *invalid;
+    } cases[] = {
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"json_object\"}}",
+         XD_API_CONSTRAINT_JSON, "{\"a\":[1]}", "[1]"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\",\"strict\":true,\"schema\":{\"type\":\"integer\"}}}}",
+         XD_API_CONSTRAINT_JSON, "42", "4.2"},
+        {"{\"prompt\":\"x\",\"guided_json\":\"{\\\"enum\\\":[\\\"a\\\"]}\"}", XD_API_CONSTRAINT_JSON,
+         "\"a\"", "\"b\""},
+        {"{\"prompt\":\"x\",\"json_schema\":{\"type\":\"boolean\"}}", XD_API_CONSTRAINT_JSON, "true", "1"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}},{\"type\":\"function\",\"function\":{\"name\":\"g\"}}],\"tool_choice\":\"required\",\"parallel_tool_calls\":false}",
+         XD_API_CONSTRAINT_TOOLS, "[{\"name\":\"g\",\"parameters\":{}}]",
+         "[{\"name\":\"f\",\"parameters\":{}},{\"name\":\"g\",\"parameters\":{}}]"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}},\"required\":[\"a\"]}}}],\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"f\"}}}",
+         XD_API_CONSTRAINT_TOOL_NAMED, "{\"a\":1}", "{}"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"f\"}}}",
+         XD_API_CONSTRAINT_TOOL_NAMED, "{}", "{\"a\":1}"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        enum xd_api_kind kind = strncmp(cases[i].body, "{\"prompt\"", 9) == 0 ? XD_API_COMPLETIONS
+                                                                              : XD_API_CHAT;
+        CHECK(parse(kind, cases[i].body, &r, &e) == 0, "%s: %s", cases[i].body, e.message);
+        CHECK(r.constraint == cases[i].want && r.grammar, "case %zu: constraint %d", i,
+              (int)r.constraint);
+        if (r.grammar) {
+            CHECK(xd_json_grammar_match(r.grammar, cases[i].valid, strlen(cases[i].valid)),
+                  "case %zu: '%s' refused", i, cases[i].valid);
+            CHECK(!xd_json_grammar_match(r.grammar, cases[i].invalid, strlen(cases[i].invalid)),
+                  "case %zu: '%s' accepted", i, cases[i].invalid);
+        }
+        xd_api_request_finish(&r);
+    }
+    /* the refusal names the keyword */
+    CHECK(parse(XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"schema\":{\"type\":\"object\",\"properties\":{\"d\":{\"type\":\"string\",\"format\":\"date\"}}}}}}",
+                &r, &e) == XD_ERR_INVALID && e.status == 400, "format refused");
+    CHECK_CONTAINS(e.message, "'format' at /properties/d is not supported");
+    CHECK(e.code && strcmp(e.code, "unsupported_value") == 0, "code %s", e.code ? e.code : "-");
+}
+
 int main(void)
 {
     RUN(test_prompt_forms);
@@ -375,5 +441,6 @@ int main(void)
     RUN(test_metrics_text);
     RUN(test_tokenize_requests);
     RUN(test_tools_and_tool_choice);
+    RUN(test_constraints);
     return test_summary();
 }

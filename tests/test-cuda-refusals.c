@@ -46,6 +46,7 @@ static void test_refused(void)
         {"olmoe-dynamic-f32", "rope type dynamic"},
         {"qwen3_moe-fp8", "FP8 checkpoint"},
         {"mixtral-fp8", "FP8 checkpoint"},
+        {"deepseek_v3-fp8", "FP8 checkpoint"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char msg[512] = "";

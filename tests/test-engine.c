@@ -542,6 +542,77 @@ static void test_engine_options_validated(void)
     xd_model_destroy(m);
 }
 
+/* A 50-token prompt (four 16-key attention blocks) gives the same logits, bit for bit, prefilled
+ * whole, in chunks of 7, 23, 1 and 19 (boundaries inside key blocks), one token at a time, and
+ * batched with another sequence's chunk; for GQA 4:1 (qwen3_moe) and for gpt_oss's sinks and
+ * window of 4. */
+static void check_long_prompt(const char *name)
+{
+    struct xd_model *m = load(name);
+    if (!m)
+        return;
+    const int n = 50, V = m->config.vocab_size;
+    int32_t toks[50], other[20], ta[16], tb[8];
+    for (int i = 0; i < n; i++)
+        toks[i] = (int32_t)((i * 37 + 11) % V);
+    for (int i = 0; i < 20; i++)
+        other[i] = (int32_t)((i * 53 + 5) % V);
+    for (int i = 0; i < 16; i++)
+        ta[i] = 15 - i; /* paged backwards */
+    for (int i = 0; i < 8; i++)
+        tb[i] = 16 + i;
+    struct xd_engine_opts o = {.device = XD_DEVICE_CPU, .n_kv_blocks = 24, .block_size = 4,
+                               .max_batch_tokens = 64};
+    struct xd_engine *e = NULL;
+    struct xd_err err;
+    CHECK(xd_engine_create(m, &o, &e, &err) == XD_OK, "%s", err.msg);
+    float *whole = malloc(sizeof(float) * n * V), *got = malloc(sizeof(float) * n * V);
+    struct xd_forward_out out;
+    struct xd_seq_chunk sc[2] = {{toks, n, 0, ta, 16, XD_LOGITS_ALL}};
+    struct xd_batch b = {sc, 1};
+    CHECK(e && xd_engine_forward(e, &b, &out, &err) == XD_OK, "%s: whole: %s", name, err.msg);
+    if (!e || out.n_logit_rows != n)
+        goto done;
+    memcpy(whole, out.logits, sizeof(float) * n * V);
+
+    const int cuts[4] = {7, 23, 1, 19};
+    for (int i = 0, pos = 0; i < 4; pos += cuts[i++]) {
+        sc[0] = (struct xd_seq_chunk){toks + pos, cuts[i], pos, ta, 16, XD_LOGITS_ALL};
+        CHECK(xd_engine_forward(e, &b, &out, &err) == XD_OK, "%s", err.msg);
+        memcpy(got + (size_t)pos * V, out.logits, sizeof(float) * cuts[i] * V);
+    }
+    CHECK(memcmp(got, whole, sizeof(float) * n * V) == 0, "%s: chunks of 7, 23, 1, 19 differ",
+          name);
+
+    for (int pos = 0; pos < n; pos++) {
+        sc[0] = (struct xd_seq_chunk){toks + pos, 1, pos, ta, 16, XD_LOGITS_LAST};
+        CHECK(xd_engine_forward(e, &b, &out, &err) == XD_OK, "%s", err.msg);
+        memcpy(got + (size_t)pos * V, out.logits, sizeof(float) * V);
+    }
+    CHECK(memcmp(got, whole, sizeof(float) * n * V) == 0, "%s: one token at a time differs",
+          name);
+
+    /* positions 30..49 again, after another sequence's 20-token chunk in the same step */
+    sc[0] = (struct xd_seq_chunk){other, 20, 0, tb, 8, XD_LOGITS_ALL};
+    sc[1] = (struct xd_seq_chunk){toks + 30, 20, 30, ta, 16, XD_LOGITS_ALL};
+    b.n_seqs = 2;
+    CHECK(xd_engine_forward(e, &b, &out, &err) == XD_OK, "%s", err.msg);
+    CHECK(out.n_logit_rows == 40 && memcmp(out.logits + (size_t)20 * V, whole + (size_t)30 * V,
+                                           sizeof(float) * 20 * V) == 0,
+          "%s: batched with another sequence differs", name);
+done:
+    free(whole);
+    free(got);
+    xd_engine_destroy(e);
+    xd_model_destroy(m);
+}
+
+static void test_long_prompt_same_bits_chunked_decoded_batched(void)
+{
+    check_long_prompt("qwen3_moe-f32");
+    check_long_prompt("gpt_oss-f32");
+}
+
 int main(int argc, char **argv)
 {
     fixtures = argc > 1 ? argv[1] : "tests/fixtures";
@@ -554,5 +625,6 @@ int main(int argc, char **argv)
     RUN(test_offline_stops_at_eos_and_checks_capacity);
     RUN(test_generation_ends_at_the_models_eos);
     RUN(test_engine_options_validated);
+    RUN(test_long_prompt_same_bits_chunked_decoded_batched);
     return test_summary();
 }

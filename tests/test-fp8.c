@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "engine/model/dtype.h"
 #include "engine/model/fp8.h"
@@ -158,6 +159,65 @@ static void test_model_served_as_q8(void)
     xd_model_destroy(m);
 }
 
+/* The deepseek_v3-fp8 fixture as served: MLA's q_a_proj, q_b_proj and kv_a_proj_with_mqa q8,
+ * o_proj (80 columns) f32, kv_b_proj f32 with exactly the dequantized reference's values (the
+ * absorbed attention transposes it by element), the dense MLP, shared and routed experts q8;
+ * what DeepSeek stores unquantized (embedding, lm_head, norms, the gate: bf16 here;
+ * e_score_correction_bias f32) as stored. */
+static void test_deepseek_mla_served(void)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/golden/deepseek_v3-fp8", fixtures);
+    struct xd_model *m = NULL, *ref = NULL;
+    struct xd_err err = {{0}};
+    CHECK(xd_model_load(dir, &m, &err) == XD_OK, "%s", err.msg);
+    CHECK(xd_model_load_fp8_dequantized(dir, &ref, &err) == XD_OK, "%s", err.msg);
+    if (!m || !ref) {
+        xd_model_destroy(m);
+        xd_model_destroy(ref);
+        return;
+    }
+    CHECK(m->config.mla && m->fp8 && m->quant == XD_DTYPE_Q8_0, "not served as q8");
+    for (int l = 0; l < m->config.n_layers; l++) {
+        const struct xd_layer_weights *w = &m->layers[l], *r = &ref->layers[l];
+        CHECK(w->wq_a.dtype == XD_DTYPE_Q8_0 && w->wq_b.dtype == XD_DTYPE_Q8_0 &&
+                  w->wkv_a.dtype == XD_DTYPE_Q8_0,
+              "layer %d: q_a %s, q_b %s, kv_a %s", l, xd_dtype_name(w->wq_a.dtype),
+              xd_dtype_name(w->wq_b.dtype), xd_dtype_name(w->wkv_a.dtype));
+        CHECK(w->wo.dtype == XD_DTYPE_F32, "layer %d: o_proj (80 columns) %s", l,
+              xd_dtype_name(w->wo.dtype));
+        CHECK(w->wkv_b.dtype == XD_DTYPE_F32 && r->wkv_b.dtype == XD_DTYPE_F32 &&
+                  w->wkv_b.rows == 144 && w->wkv_b.cols == 32 &&
+                  memcmp(w->wkv_b.data, r->wkv_b.data, (size_t)144 * 32 * sizeof(float)) == 0,
+              "layer %d: kv_b_proj %s, not the dequantized values", l,
+              xd_dtype_name(w->wkv_b.dtype));
+        CHECK(w->q_a_norm.dtype == XD_DTYPE_BF16 && w->kv_a_norm.dtype == XD_DTYPE_BF16 &&
+                  w->attn_norm.dtype == XD_DTYPE_BF16,
+              "layer %d: norms as stored", l);
+        if (w->moe_index < 0) {
+            CHECK(w->mlp_gate.dtype == XD_DTYPE_Q8_0 && w->mlp_down.dtype == XD_DTYPE_Q8_0,
+                  "layer %d: dense MLP", l);
+            continue;
+        }
+        CHECK(w->router.dtype == XD_DTYPE_BF16 && w->router_bias.dtype == XD_DTYPE_F32,
+              "layer %d: gate %s, e_score_correction_bias %s", l, xd_dtype_name(w->router.dtype),
+              xd_dtype_name(w->router_bias.dtype));
+        CHECK(w->shared.gate.dtype == XD_DTYPE_Q8_0 && w->shared.down.dtype == XD_DTYPE_Q8_0,
+              "layer %d: shared expert", l);
+        struct xd_expert_weights e;
+        CHECK(xd_expert_store_acquire(&m->experts, l, 7, &e) == XD_OK, "expert");
+        CHECK(e.gate.dtype == XD_DTYPE_Q8_0 && e.up.dtype == XD_DTYPE_Q8_0 &&
+                  e.down.dtype == XD_DTYPE_Q8_0,
+              "layer %d expert 7 not q8", l);
+        xd_expert_store_release(&m->experts, l, 7);
+    }
+    CHECK(m->embed.dtype == XD_DTYPE_BF16 && m->lm_head.dtype == XD_DTYPE_BF16,
+          "embedding %s, lm_head %s", xd_dtype_name(m->embed.dtype),
+          xd_dtype_name(m->lm_head.dtype));
+    xd_model_destroy(m);
+    xd_model_destroy(ref);
+}
+
 int main(int argc, char **argv)
 {
     fixtures = argc > 1 ? argv[1] : "tests/fixtures";
@@ -165,5 +225,6 @@ int main(int argc, char **argv)
     RUN(test_dequantize_partial_blocks);
     RUN(test_convert);
     RUN(test_model_served_as_q8);
+    RUN(test_deepseek_mla_served);
     return test_summary();
 }

@@ -48,8 +48,9 @@
  * 32 a row where the q8 fixtures have two): its FP8 values, already rounded to 3 mantissa bits
  * in 128x128 blocks, requantized per 32 to int8, activations int8 per 32; compared with
  * transformers' f32 logits of the dequantized model wherever the experts chosen agree with the
- * engine's dequantized f32 run: measured 0.52 (qwen3_moe-fp8) and 0.62 (mixtral-fp8). The
- * dequantization itself is held to TOL_F32_COMPUTE by the fp8-f32 runs of the same fixtures. */
+ * engine's dequantized f32 run: measured 0.52 (qwen3_moe-fp8), 0.62 (mixtral-fp8) and 0.49
+ * (deepseek_v3-fp8). The dequantization itself is held to TOL_F32_COMPUTE by the fp8-f32 runs
+ * of the same fixtures. */
 #define TOL_FP8_Q8 0.75
 static bool fp8_run; /* the fp8 argument */
 

@@ -635,6 +635,70 @@ static void test_deepseek_v3(void)
     free(kimi);
 }
 
+/* DeepSeek-V3/R1's quantization_config as published, V3.1's (scale_fmt ue8m0) and Kimi-K2's
+ * are read as fine-grained FP8; an FP8 option expertd does not compute is refused naming its
+ * key, for deepseek_v2 as for v3. */
+static void test_deepseek_fp8(void)
+{
+#define DSV3_FP8 "\"quantization_config\": {\"activation_scheme\": \"dynamic\", " \
+                 "\"fmt\": \"e4m3\", \"quant_method\": \"fp8\", \"weight_block_size\": [128, 128]"
+    static const char *const accepted[] = {
+        "{" DSV3_FP8 "}}",                                    /* DeepSeek-V3, R1 */
+        "{" DSV3_FP8 ", \"scale_fmt\": \"ue8m0\"}}",          /* DeepSeek-V3.1 */
+        "{\"model_type\": \"kimi_k2\", " DSV3_FP8 "}}",      /* Kimi-K2 */
+    };
+    for (size_t i = 0; i < sizeof accepted / sizeof accepted[0]; i++) {
+        struct xd_model_config c;
+        struct xd_err err;
+        char *json = with_keys("{" DSV3_BODY "}", accepted[i]);
+        int rc = parse(json, &c, &err);
+        CHECK(rc == XD_OK, "case %zu: rc %d: %s", i, rc, err.msg);
+        CHECK(c.fp8 && c.fp8_block[0] == 128 && c.fp8_block[1] == 128 && c.mla,
+              "case %zu: fp8 %d blocks %d x %d", i, c.fp8, c.fp8_block[0], c.fp8_block[1]);
+        CHECK(c.arch == XD_ARCH_DEEPSEEK_V3 && c.n_moe_layers == 2, "case %zu: the model", i);
+        free(json);
+    }
+    static const struct {
+        const char *body, *extra, *key;
+    } refused[] = {
+        {DSV3_BODY, "\"quantization_config\": {\"quant_method\": \"fp8\", "
+                    "\"activation_scheme\": \"static\"}",
+         "'quantization_config.activation_scheme' is static"},
+        {DSV3_BODY, "\"quantization_config\": {\"quant_method\": \"fp8\", \"fmt\": \"e5m2\"}",
+         "'quantization_config.fmt' is e5m2"},
+        {DSV3_BODY, "\"quantization_config\": {\"quant_method\": \"fp8\", "
+                    "\"scale_fmt\": \"e4m3\"}",
+         "'quantization_config.scale_fmt' is e4m3"},
+        {DSV3_BODY, "\"quantization_config\": {\"quant_method\": \"fp8\", "
+                    "\"weight_block_size\": [128]}",
+         "'quantization_config.weight_block_size'"},
+        {DSV3_BODY, "\"quantization_config\": {\"quant_method\": \"fp8\", "
+                    "\"weight_block_size\": null}",
+         "'quantization_config.weight_block_size'"},
+        {DSV3_BODY, "\"quantization_config\": {\"quant_method\": \"awq\"}",
+         "'quantization_config.quant_method' is awq"},
+        {DSV2_LITE_BODY, "\"quantization_config\": {\"quant_method\": \"fp8\", "
+                         "\"activation_scheme\": \"static\"}",
+         "'quantization_config.activation_scheme' is static"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        char body[4096], extra[512];
+        snprintf(body, sizeof body, "{%s}", refused[i].body);
+        snprintf(extra, sizeof extra, "{%s}", refused[i].extra);
+        char *json = with_keys(body, extra);
+        expect_error(json, refused[i].key);
+        free(json);
+    }
+    /* deepseek_v2's shape in FP8 (DeepSeek publishes V2 in bf16 only; the code is shared) */
+    struct xd_model_config c;
+    struct xd_err err;
+    char *v2 = with_keys("{" DSV2_LITE_BODY "}", "{" DSV3_FP8 "}}");
+    int rc = parse(v2, &c, &err);
+    CHECK(rc == XD_OK && c.fp8 && c.arch == XD_ARCH_DEEPSEEK_V2, "v2 fp8: rc %d %s", rc, err.msg);
+    free(v2);
+#undef DSV3_FP8
+}
+
 /* Every deepseek option expertd does not compute is refused with the key's name. */
 static void test_deepseek_refusals(void)
 {
@@ -654,10 +718,6 @@ static void test_deepseek_refusals(void)
         {DSV3_BODY, "\"n_group\": 7", "n_group"},
         {DSV3_BODY, "\"n_group\": 256, \"topk_group\": 4", "n_group"},
         {DSV3_BODY, "\"topk_group\": 9", "topk_group"},
-        {DSV3_BODY, "\"quantization_config\": {\"activation_scheme\": \"dynamic\", "
-                    "\"fmt\": \"e4m3\", \"quant_method\": \"fp8\", "
-                    "\"weight_block_size\": [128, 128]}",
-         "quantization_config"}, /* DeepSeek-V3's own, as published */
         {DSV3_BODY, "\"topk_group\": null, \"n_group\": 2", "topk_group"}, /* default 4 */
         {DSV3_BODY, "\"num_experts_per_tok\": 9, \"n_group\": 64, \"topk_group\": 2",
          "num_experts_per_tok"},
@@ -967,6 +1027,7 @@ int main(int argc, char **argv)
     RUN(test_deepseek_v2_lite);
     RUN(test_deepseek_v3);
     RUN(test_deepseek_refusals);
+    RUN(test_deepseek_fp8);
     RUN(test_error_unknown_model_type);
     RUN(test_error_missing_hidden_size);
     RUN(test_error_missing_other_keys);

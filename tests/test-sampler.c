@@ -636,6 +636,90 @@ static void test_forced_picks(void)
           "vocabulary accepted");
 }
 
+/* A fake constraint: only even tokens, and odd ones after the first pick; counts calls. */
+struct fake_constraint {
+    int n_started, n_stopped, n_allows, n_masks, n_accepted;
+    int32_t last;
+};
+
+static void *fake_start(void *arg)
+{
+    struct fake_constraint *f = arg;
+    f->n_started++;
+    return f;
+}
+
+static void fake_stop(void *st)
+{
+    ((struct fake_constraint *)st)->n_stopped++;
+}
+
+static bool fake_allows(void *st, int32_t token)
+{
+    ((struct fake_constraint *)st)->n_allows++;
+    return token % 2 == 0;
+}
+
+static void fake_mask(void *st, float *w, int n_vocab)
+{
+    ((struct fake_constraint *)st)->n_masks++;
+    for (int i = 1; i < n_vocab; i += 2)
+        w[i] = -INFINITY;
+}
+
+static void fake_accept(void *st, int32_t token)
+{
+    struct fake_constraint *f = st;
+    f->n_accepted++;
+    f->last = token;
+}
+
+static void test_constraint_checks_first_then_masks(void)
+{
+    struct fake_constraint f = {0};
+    const struct xd_sampler_constraint c = {fake_start, fake_stop, fake_allows, fake_mask,
+                                            fake_accept, &f};
+    for (int greedy = 0; greedy < 2; greedy++) {
+        memset(&f, 0, sizeof f);
+        struct xd_sampling_params p = xd_sampling_defaults();
+        p.temperature = greedy ? 0.0f : 1.0f;
+        p.has_seed = true;
+        p.seed = 3;
+        p.constraint = &c;
+        struct xd_sampler *s = make(&p, 6);
+        if (!s)
+            return;
+        CHECK(f.n_started == 1, "started once");
+        const float even_best[6] = {0.0f, -9.0f, 30.0f, -9.0f, 0.0f, -9.0f};
+        const float odd_best[6] = {-1.0f, 30.0f, 2.0f, 30.0f, 1.0f, 30.0f};
+        float copy[6];
+        memcpy(copy, odd_best, sizeof copy);
+        CHECK(sample_one(s, even_best) == 2, "the allowed best");
+        CHECK(f.n_allows == 1 && f.n_masks == 0, "an allowed pick costs one check, no mask "
+              "(allows %d, masks %d)", f.n_allows, f.n_masks);
+        int32_t t = sample_one(s, odd_best);
+        CHECK(t % 2 == 0, "a refused pick is made again from the masked logits: %d", t);
+        if (greedy)
+            CHECK(t == 2, "the best allowed: %d", t);
+        CHECK(f.n_masks == 1, "one mask for the refusal");
+        CHECK(memcmp(copy, odd_best, sizeof copy) == 0, "the logits are untouched");
+        CHECK(f.n_accepted == 2 && f.last == t, "every pick accepted");
+        xd_sampler_destroy(s);
+        CHECK(f.n_stopped == 1, "stopped at destroy");
+    }
+    /* forced picks bypass the check but are accepted */
+    memset(&f, 0, sizeof f);
+    struct xd_sampling_params p = xd_sampling_defaults();
+    const int32_t forced[1] = {3};
+    p.forced = forced;
+    p.n_forced = 1;
+    p.constraint = &c;
+    struct xd_sampler *s = make(&p, 6);
+    const float flat[6] = {0};
+    CHECK(s && sample_one(s, flat) == 3 && f.last == 3 && f.n_masks == 0, "forced");
+    xd_sampler_destroy(s);
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -665,5 +749,6 @@ int main(int argc, char **argv)
     RUN(test_top_logprobs);
     RUN(test_invalid_parameters);
     RUN(test_valid_boundaries);
+    RUN(test_constraint_checks_first_then_masks);
     return test_summary();
 }

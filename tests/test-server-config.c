@@ -70,6 +70,29 @@ static void test_chat_template_name_or_file(void)
     unsetenv("EXPERTD_CHAT_TEMPLATE");
 }
 
+/* The chat output parsers by name: vLLM's names for gpt-oss's (openai_gptoss, openai) are
+ * accepted, an unknown one is refused naming the option and listing harmony. */
+static void test_parser_names(void)
+{
+    struct xd_server_config c;
+    struct xd_err err = {{0}};
+    char *a1[] = {"--model", "/m", "--reasoning-parser", "openai_gptoss", "--tool-call-parser",
+                  "openai"};
+    CHECK(parse(&c, 6, a1, &err) == 0 && strcmp(c.reasoning_parser, "openai_gptoss") == 0 &&
+          strcmp(c.tool_call_parser, "openai") == 0, "vLLM's names: %s", err.msg);
+    char *a2[] = {"--model", "/m", "--reasoning-parser", "harmony", "--tool-call-parser",
+                  "gpt_oss"};
+    CHECK(parse(&c, 6, a2, &err) == 0, "harmony, gpt_oss: %s", err.msg);
+    char *a3[] = {"--model", "/m", "--reasoning-parser", "gptoss"};
+    CHECK(parse(&c, 4, a3, &err) < 0, "an unknown reasoning parser accepted");
+    CHECK_CONTAINS(err.msg, "--reasoning-parser");
+    CHECK_CONTAINS(err.msg, "harmony");
+    char *a4[] = {"--model", "/m", "--tool-call-parser", "harmonyy"};
+    CHECK(parse(&c, 4, a4, &err) < 0, "an unknown tool-call parser accepted");
+    CHECK_CONTAINS(err.msg, "--tool-call-parser");
+    CHECK_CONTAINS(err.msg, "openai_gptoss");
+}
+
 static void test_errors_name_the_key(void)
 {
     struct xd_server_config c;
@@ -89,7 +112,7 @@ static void test_errors_name_the_key(void)
     char *a6[] = {"--model", "/m", "--admission", "round-robin"};
     CHECK(parse(&c, 4, a6, &err) < 0, "bad admission policy accepted");
     CHECK_CONTAINS(err.msg, "--admission");
-    CHECK_CONTAINS(err.msg, "fair or fcfs");
+    CHECK_CONTAINS(err.msg, "fair, fair-split or fcfs");
     char *a5[] = {"--api-key", "secret"};
     CHECK(parse(&c, 2, a5, &err) < 0, "an API key flag exists");
     char *bad_listen[] = {"9100", ":9100", "host:", "host:70000", "host:91x"};
@@ -126,6 +149,7 @@ static const struct {
     {"--prefix-caching=false", NULL, offsetof(struct xd_sched_opts, prefix_caching), true, 0},
     {"--group-by-expert=false", NULL, offsetof(struct xd_sched_opts, group_by_expert), true, 0},
     {"--admission", "fcfs", offsetof(struct xd_sched_opts, fcfs_admission), true, 1},
+    {"--admission", "fair-split", offsetof(struct xd_sched_opts, light_steps), true, 1},
 };
 #define N_SCHED_KEYS (sizeof sched_keys / sizeof sched_keys[0])
 
@@ -184,6 +208,7 @@ int main(void)
     RUN(test_flags_reach_both_structs);
     RUN(test_errors_name_the_key);
     RUN(test_chat_template_name_or_file);
+    RUN(test_parser_names);
     RUN(test_sched_opts_follow_the_config);
     return test_summary();
 }

@@ -1,10 +1,11 @@
 /* Tool-call parsing per family (engine/text/tool_calls.c): Hermes, Mistral, DeepSeek-V3 and
- * GLM-4.5 syntaxes as vLLM's parsers read them, whole and cut into pieces at every point (the
+ * GLM-4.5, Qwen3-Coder and gpt-oss's harmony syntaxes as vLLM's parsers read them, whole and cut into pieces at every point (the
  * same result for every cut), malformed calls left as content; and the reasoning split's
  * neighbour, syntax detection from a template. */
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/text/reasoning.h"
 #include "engine/text/tool_calls.h"
 #include "tests/test.h"
 
@@ -88,6 +89,32 @@ static const struct tc_case CASES[] = {
      {{"now", "{}"}}},
     {XD_TOOL_SYNTAX_QWEN3_CODER, "<tool_call><function=f><parameter=a>1</function></tool_call>",
      "<tool_call><function=f><parameter=a>1</function></tool_call>", 0, {{0}}},
+    /* harmony (gpt-oss): what the reasoning split gives the content, or the raw output */
+#define H_CALL "<|start|>assistant<|channel|>commentary to=functions."
+    {XD_TOOL_SYNTAX_HARMONY,
+     H_CALL "get_weather <|constrain|>json<|message|>{\"city\": \"Paris\", \"days\": 2}", "",
+     1, {{"get_weather", "{\"city\":\"Paris\",\"days\":2}"}}},
+    {XD_TOOL_SYNTAX_HARMONY,
+     "Checking.<|start|>assistant to=functions.a<|channel|>commentary json<|message|>{}<|call|>"
+     H_CALL "b<|message|>{\"x\": [1, \"<|call|\"]}<|call|>",
+     "Checking.", 2, {{"a", "{}"}, {"b", "{\"x\":[1,\"<|call|\"]}"}}},
+    {XD_TOOL_SYNTAX_HARMONY, /* the raw output, no reasoning split */
+     "<|channel|>analysis<|message|>think<|end|>" H_CALL "f <|constrain|>json<|message|>{\"a\": 1}",
+     "<|channel|>analysis<|message|>think<|end|>", 1, {{"f", "{\"a\":1}"}}},
+    {XD_TOOL_SYNTAX_HARMONY, "<|channel|>commentary to=functions.f<|message|>{}", "", 1,
+     {{"f", "{}"}}},
+    {XD_TOOL_SYNTAX_HARMONY, H_CALL "f<|message|>{}<|start|>assistant<|channel|>final<|message|>x",
+     "<|start|>assistant<|channel|>final<|message|>x", 1, {{"f", "{}"}}},
+    {XD_TOOL_SYNTAX_HARMONY, "<|start|>assistant<|channel|>commentary to=browser.search<|message|>"
+     "{\"q\": 1}<|call|>", "<|start|>assistant<|channel|>commentary to=browser.search<|message|>"
+     "{\"q\": 1}<|call|>", 0, {{0}}}, /* a built-in tool's: not a function call */
+    {XD_TOOL_SYNTAX_HARMONY, H_CALL "f<|message|>not json<|call|>",
+     H_CALL "f<|message|>not json<|call|>", 0, {{0}}},
+    {XD_TOOL_SYNTAX_HARMONY, H_CALL "<|message|>{}", H_CALL "<|message|>{}", 0, {{0}}},
+    {XD_TOOL_SYNTAX_HARMONY, H_CALL "f {\"a\": 1}", H_CALL "f {\"a\": 1}", 0, {{0}}},
+    {XD_TOOL_SYNTAX_HARMONY, "<|start|>assistant<|channel|>final<|message|>Hi <|st",
+     "<|start|>assistant<|channel|>final<|message|>Hi <|st", 0, {{0}}},
+    {XD_TOOL_SYNTAX_HARMONY, "plain <|chan", "plain <|chan", 0, {{0}}},
     /* no parser: everything is content */
     {XD_TOOL_SYNTAX_NONE, "<tool_call>{\"name\": \"f\"}</tool_call>",
      "<tool_call>{\"name\": \"f\"}</tool_call>", 0, {{0}}},
@@ -162,6 +189,78 @@ static void test_families_whole_and_every_cut(void)
     json_decref(glm_tools);
 }
 
+/* gpt-oss's output as the daemon parses it: the harmony reasoning split, then the harmony
+ * tool-call parser on its content, pieces cut at every pair of points. */
+static const char HARMONY_OUT[] =
+    "<|channel|>analysis<|message|>User wants weather. Use get_weather.<|end|>"
+    "<|start|>assistant<|channel|>commentary<|message|>Checking.<|end|>"
+    "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json"
+    "<|message|>{\"city\": \"Paris\", \"days\": 2}<|call|>"
+    "<|start|>assistant to=functions.get_time<|channel|>commentary json<|message|>{}";
+
+static bool run_harmony(const size_t *cuts, int n_cuts)
+{
+    struct xd_reasoning rs;
+    xd_reasoning_init(&rs, XD_REASONING_HARMONY, false);
+    struct xd_tool_stream *t = NULL;
+    if (xd_tool_stream_create(XD_TOOL_SYNTAX_HARMONY, NULL, &t) != XD_OK)
+        return false;
+    struct xd_byte_buf reasoning = {0}, content = {0};
+    size_t at = 0, len = strlen(HARMONY_OUT);
+    bool ok = true;
+    for (int i = 0; i <= n_cuts; i++) {
+        size_t end = i < n_cuts ? cuts[i] : len;
+        struct xd_byte_buf mid = {0};
+        ok &= xd_reasoning_push(&rs, HARMONY_OUT + at, end - at, &reasoning, &mid) == XD_OK;
+        if (i == n_cuts)
+            ok &= xd_reasoning_finish(&rs, &reasoning, &mid) == XD_OK;
+        ok &= xd_tool_stream_push(t, mid.data ? mid.data : "", mid.len, &content) == XD_OK;
+        xd_byte_buf_free(&mid);
+        at = end;
+    }
+    ok &= xd_tool_stream_finish(t, &content) == XD_OK;
+    const char *want_r = "User wants weather. Use get_weather.", *want_c = "Checking.";
+    ok &= reasoning.len == strlen(want_r) && memcmp(reasoning.data, want_r, reasoning.len) == 0;
+    ok &= content.len == strlen(want_c) && memcmp(content.data, want_c, content.len) == 0;
+    ok &= xd_tool_stream_n_calls(t) == 2;
+    const char *want[2][2] = {{"get_weather", "{\"city\":\"Paris\",\"days\":2}"},
+                              {"get_time", "{}"}};
+    struct xd_tool_call call;
+    for (int k = 0; xd_tool_stream_take(t, &call); k++) {
+        ok &= k < 2 && strcmp(call.name, want[k][0]) == 0 && strcmp(call.arguments, want[k][1]) == 0;
+        free(call.name);
+        free(call.arguments);
+    }
+    if (!ok)
+        fprintf(stderr, "    reasoning '%.*s' content '%.*s'\n", (int)reasoning.len,
+                reasoning.data ? reasoning.data : "", (int)content.len,
+                content.data ? content.data : "");
+    xd_byte_buf_free(&reasoning);
+    xd_byte_buf_free(&content);
+    xd_tool_stream_destroy(t);
+    return ok;
+}
+
+static void test_harmony_split_then_calls(void)
+{
+    size_t len = strlen(HARMONY_OUT);
+    CHECK(run_harmony(NULL, 0), "whole");
+    int bad = 0;
+    for (size_t a = 0; a <= len && bad < 3; a++)
+        for (size_t b = a; b <= len && bad < 3; b++) {
+            size_t cuts[2] = {a, b};
+            if (!run_harmony(cuts, 2)) {
+                bad++;
+                CHECK(0, "cut at %zu, %zu", a, b);
+            }
+        }
+    size_t *cuts = malloc(sizeof *cuts * (len + 1));
+    for (size_t i = 0; i < len; i++)
+        cuts[i] = i + 1;
+    CHECK(run_harmony(cuts, (int)len), "byte by byte");
+    free(cuts);
+}
+
 static void test_names_and_detection(void)
 {
     enum xd_tool_syntax s = XD_TOOL_SYNTAX_NONE;
@@ -176,6 +275,14 @@ static void test_names_and_detection(void)
     CHECK(xd_tool_syntax_detect("'" DS_CALLS_BEGIN "'") == XD_TOOL_SYNTAX_DEEPSEEK_V3, "ds");
     CHECK(xd_tool_syntax_detect("{{ messages }}") == XD_TOOL_SYNTAX_NONE &&
           xd_tool_syntax_detect(NULL) == XD_TOOL_SYNTAX_NONE, "none");
+    const char *harmony_names[] = {"harmony", "gpt_oss", "openai", "openai_gptoss"};
+    for (int i = 0; i < 4; i++)
+        CHECK(xd_tool_syntax_from_name(harmony_names[i], &s) == XD_OK &&
+              s == XD_TOOL_SYNTAX_HARMONY, "%s", harmony_names[i]);
+    CHECK(strcmp(xd_tool_syntax_name(XD_TOOL_SYNTAX_HARMONY), "harmony") == 0, "harmony's name");
+    CHECK(xd_tool_syntax_detect("{{- \"<|channel|>commentary \" }}{{- \"<|call|>\" }}") ==
+          XD_TOOL_SYNTAX_HARMONY, "gpt-oss");
+    CHECK(xd_tool_syntax_needs_special(XD_TOOL_SYNTAX_HARMONY), "harmony's markers are special");
     CHECK(xd_tool_syntax_needs_special(XD_TOOL_SYNTAX_MISTRAL) &&
           !xd_tool_syntax_needs_special(XD_TOOL_SYNTAX_HERMES), "special");
 }
@@ -183,6 +290,7 @@ static void test_names_and_detection(void)
 int main(void)
 {
     RUN(test_families_whole_and_every_cut);
+    RUN(test_harmony_split_then_calls);
     RUN(test_names_and_detection);
     return test_summary();
 }

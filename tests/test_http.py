@@ -860,12 +860,13 @@ def admission_64_prompts_x_16_on_an_idle_server():
 def admission_never_fit_is_400_and_a_flood_does_not_starve_a_light_client():
     # one heavy client (127.0.0.2) loops requests of 2 prompts x n=8; a light one (127.0.0.1)
     # sends small requests one at a time, first alone, then under the flood; the same with
-    # --admission fcfs, the order before fair admission
+    # --admission fair-split (light clients' steps of their own) and fcfs, the order before
+    # fair admission
     light = {"prompt": [[3, 4, 5]], "max_tokens": 4, "temperature": 0, "ignore_eos": True}
     heavy = {"prompt": [[6, 7, 8], [9, 10, 11]], "n": 8, "max_tokens": 16, "temperature": 0,
              "ignore_eos": True}
     figures = {}
-    for policy in ("fair", "fcfs"):
+    for policy in ("fair", "fair-split", "fcfs"):
         s = Server("--max-running", "4", "--max-waiting", "32", "--admission", policy,
                    "--log-level", "warn")
         try:
@@ -913,6 +914,7 @@ def admission_never_fit_is_400_and_a_flood_does_not_starve_a_light_client():
     # before it, so fewer of them finish while it runs. A count, not a time: the machine's
     # speed does not decide it.
     assert figures["fair"][3] * 2 < figures["fcfs"][3], figures
+    assert figures["fair-split"][3] * 2 < figures["fcfs"][3], figures
 
 
 # ---- the front door (issue 20): methods, framing, slow clients, per-client cap, /metrics ----
@@ -1724,11 +1726,14 @@ def tool_calls_with_the_openai_sdk():
                                       tool_choice="none", temperature=0,
                                       extra_body={"x_test_force_output": forced})
         assert not r.choices[0].message.tool_calls and "<tool_call>" in r.choices[0].message.content
+        # a named function constrains the output to its arguments (forced here as valid ones)
         r = c.chat.completions.create(
             model=srv.name, messages=msgs, tools=WEATHER_TOOLS, temperature=0,
-            tool_choice={"type": "function", "function": {"name": "get_time"}},
-            extra_body={"x_test_force_output": forced})
-        assert r.choices[0].finish_reason == "tool_calls"
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            extra_body={"x_test_force_output": '{"city": "Paris", "days": 2}<|im_end|>'})
+        assert r.choices[0].finish_reason == "tool_calls", r
+        assert [(t.function.name, json.loads(t.function.arguments))
+                for t in r.choices[0].message.tool_calls] == [want[0]], r
         r = c.chat.completions.create(model=srv.name, messages=msgs, tools=WEATHER_TOOLS,
                                       parallel_tool_calls=False, temperature=0,
                                       extra_body={"x_test_force_output": forced})
@@ -1766,6 +1771,193 @@ def tool_schemas_and_choices_validated():
     assert r.status_code == 200, r.text
     expect_error(post(S.url + "/v1/completions", {"prompt": "x", "tools": tools}), 400, "tools")
 
+
+
+# Schemas whose every valid text is short, so the random-weight model's constrained output ends
+# well before max_tokens whatever it samples (strings have a maxLength, arrays a maxItems).
+PERSON_SCHEMA = {
+    "$defs": {"pet": {"type": "object", "properties": {
+        "kind": {"enum": ["cat", "dog", 7, None]}, "age": {"type": "integer"}},
+        "required": ["kind"], "additionalProperties": False}},
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 8},
+        "score": {"type": "number"},
+        "ok": {"type": "boolean"},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 4}, "maxItems": 3},
+        "pet": {"$ref": "#/$defs/pet"},
+        "note": {"anyOf": [{"type": "null"}, {"const": "none"}, {"type": "integer"}]},
+        "id": {"type": ["integer", "null"]},
+    },
+    "required": ["name", "score", "ok", "pet"],
+    "additionalProperties": False,
+}
+BOUNDED_TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                         "days": {"type": "integer"}},
+        "required": ["city"]}}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"tz": {"enum": ["UTC", "CET"]}},
+        "required": ["tz"], "additionalProperties": False}}},
+    {"type": "function", "function": {"name": "ping"}},
+]
+
+
+def tool_params(name):
+    fn = next(t["function"] for t in BOUNDED_TOOLS if t["function"]["name"] == name)
+    return fn.get("parameters", {"type": "object", "properties": {},
+                                 "additionalProperties": False})
+
+
+def streamed_calls(stream):
+    """The tool calls of a streamed chat response (index -> name, arguments) and its finish."""
+    calls, content, finish = {}, "", None
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        d = chunk.choices[0].delta
+        content += d.content or ""
+        for tc in d.tool_calls or []:
+            slot = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
+            if tc.id:
+                assert slot["id"] is None and tc.function.name, tc  # id and name first
+                slot["id"], slot["name"] = tc.id, tc.function.name
+            slot["arguments"] += tc.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    return [(calls[i]["name"], calls[i]["arguments"]) for i in sorted(calls)], content, finish
+
+
+@test
+def response_format_json_schema_whole_and_streamed():
+    """response_format json_schema: the random-weight model's output (garbage unconstrained)
+    parses and validates against the schema (jsonschema), for several seeds and n=4; the
+    stream's deltas join to the same text as the whole response of the same seed; the
+    properties come in the schema's order."""
+    import jsonschema
+    c = S.client()
+    msgs = [{"role": "user", "content": "Describe a person."}]
+    rf = {"type": "json_schema",
+          "json_schema": {"name": "person", "schema": PERSON_SCHEMA, "strict": True}}
+    for seed in (1, 2, 3):
+        r = c.chat.completions.create(model=S.name, messages=msgs, response_format=rf,
+                                      max_tokens=400, seed=seed, n=4)
+        for ch in r.choices:
+            assert ch.finish_reason == "stop", (seed, ch)
+            v = json.loads(ch.message.content)
+            jsonschema.validate(v, PERSON_SCHEMA)
+            order = [k for k in PERSON_SCHEMA["properties"] if k in v]
+            assert list(v) == order, (list(v), order)
+        text = "".join(chunk.choices[0].delta.content or ""
+                       for chunk in c.chat.completions.create(
+                           model=S.name, messages=msgs, response_format=rf, max_tokens=400,
+                           seed=seed, stream=True) if chunk.choices)
+        assert text == r.choices[0].message.content, (text, r.choices[0].message.content)
+    # /v1/completions takes it too, and vLLM's guided_json
+    for extra in ({"response_format": rf}, {"guided_json": PERSON_SCHEMA},
+                  {"guided_json": json.dumps(PERSON_SCHEMA)}):
+        r = post(S.url + "/v1/completions", {"prompt": "A person:", "max_tokens": 400, "seed": 5,
+                                             **extra})
+        assert r.status_code == 200, r.text
+        jsonschema.validate(json.loads(r.json()["choices"][0]["text"]), PERSON_SCHEMA)
+
+
+@test
+def response_format_json_object():
+    """response_format json_object: the output is one JSON object. Unbounded strings end when
+    the model picks a quote, which the random model seldom does, so the quote token's logit
+    is raised (logit_bias, applied before the mask) to make every choice end; without it,
+    every choice that ends is an object. Streamed: the same text as whole."""
+    c = S.client()
+    quote = post(S.url + "/tokenize", {"prompt": '"'}).json()["tokens"]
+    assert len(quote) == 1, quote
+    kw = dict(model=S.name, messages=[{"role": "user", "content": "JSON"}],
+              response_format={"type": "json_object"}, max_tokens=300, seed=11)
+    r = c.chat.completions.create(**kw, n=8, logit_bias={str(quote[0]): 5})
+    for ch in r.choices:
+        assert ch.finish_reason == "stop", ch
+        assert isinstance(json.loads(ch.message.content), dict), ch.message.content
+    assert any(len(json.loads(ch.message.content)) > 0 for ch in r.choices)
+    r = c.chat.completions.create(**kw, n=4)
+    for ch in r.choices:
+        if ch.finish_reason == "stop":
+            assert isinstance(json.loads(ch.message.content), dict), ch.message.content
+        else:
+            assert ch.message.content.startswith("{"), ch.message.content
+    text = "".join(chunk.choices[0].delta.content or ""
+                   for chunk in c.chat.completions.create(**kw, stream=True) if chunk.choices)
+    assert text == r.choices[0].message.content
+
+
+@test
+def tool_choice_required_and_named_are_enforced():
+    """tool_choice "required": the output is forced into calls of the given tools whose
+    arguments validate against each tool's parameters (the test model has no tool-call syntax
+    and emits noise, and still calls); parallel_tool_calls false: exactly one; a named function:
+    one call of it. Streamed: the same calls as whole, as name then arguments deltas."""
+    import jsonschema
+    c = S.client()
+    msgs = [{"role": "user", "content": "Weather?"}]
+    names = {t["function"]["name"] for t in BOUNDED_TOOLS}
+    for seed in (1, 2, 3, 4):
+        for parallel in (True, False):
+            kw = dict(model=S.name, messages=msgs, tools=BOUNDED_TOOLS, tool_choice="required",
+                      parallel_tool_calls=parallel, max_tokens=300, seed=seed)
+            r = c.chat.completions.create(**kw)
+            ch = r.choices[0]
+            assert ch.finish_reason == "tool_calls" and ch.message.content is None, ch
+            calls = [(t.function.name, t.function.arguments) for t in ch.message.tool_calls]
+            assert calls and (parallel or len(calls) == 1), calls
+            assert len({t.id for t in ch.message.tool_calls}) == len(calls)
+            for name, args in calls:
+                assert name in names, name
+                jsonschema.validate(json.loads(args), tool_params(name))
+            got, content, finish = streamed_calls(c.chat.completions.create(**kw, stream=True))
+            assert got == calls and finish == "tool_calls" and content == "", (got, calls)
+    for name in names:
+        kw = dict(model=S.name, messages=msgs, tools=BOUNDED_TOOLS, max_tokens=300, seed=7,
+                  tool_choice={"type": "function", "function": {"name": name}})
+        r = c.chat.completions.create(**kw)
+        ch = r.choices[0]
+        assert ch.finish_reason == "tool_calls", ch
+        assert [t.function.name for t in ch.message.tool_calls] == [name]
+        jsonschema.validate(json.loads(ch.message.tool_calls[0].function.arguments),
+                            tool_params(name))
+        got, _, finish = streamed_calls(c.chat.completions.create(**kw, stream=True))
+        assert got == [(name, ch.message.tool_calls[0].function.arguments)], got
+        assert finish == "tool_calls"
+
+
+@test
+def constraints_refuse_what_they_cannot_enforce():
+    """A schema keyword the matcher cannot enforce is a 400 naming the parameter and the
+    keyword, never ignored; so are malformed response_format objects."""
+    u = S.url + "/v1/chat/completions"
+    m = [{"role": "user", "content": "x"}]
+    for schema, word in (({"type": "string", "pattern": "^a"}, "'pattern'"),
+                         ({"type": "object", "properties": {"d": {"type": "string",
+                                                                  "format": "date"}}},
+                          "/properties/d"),
+                         ({"type": "integer", "minimum": 0}, "'minimum'"),
+                         ({"oneOf": [{"type": "string"}]}, "'oneOf'")):
+        r = post(u, {"messages": m, "response_format": {"type": "json_schema", "json_schema": {
+            "name": "x", "schema": schema}}})
+        expect_error(r, 400, "response_format")
+        assert word in r.json()["error"]["message"], r.text
+    for rf in ({"type": "regex"}, {"type": "json_schema"}, "json", {"type": "json_schema",
+                                                                    "json_schema": {"name": "x"}}):
+        expect_error(post(u, {"messages": m, "response_format": rf}), 400, "response_format")
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "string", "format": "uri"}}}}}]
+    r = post(u, {"messages": m, "tools": tools, "tool_choice": "required"})
+    expect_error(r, 400, "tools")
+    assert "'format'" in r.json()["error"]["message"], r.text
+    r = post(u, {"messages": m, "tools": tools, "tool_choice": "required",
+                 "response_format": {"type": "json_object"}})
+    expect_error(r, 400, "response_format")
+    # text is no constraint
+    r = post(u, {"messages": m, "max_tokens": 2, "response_format": {"type": "text"}})
+    assert r.status_code == 200, r.text
 
 
 @test
@@ -1841,6 +2033,117 @@ def tool_calls_of_every_family():
                 (parser, name, args)
         finally:
             srv.stop()
+
+
+
+def harmony_model():
+    """The test model's weights with gpt-oss's chat template (tests/fixtures/chat_templates/
+    gpt-oss) and the o200k fixture tokenizer, whose <|channel|>, <|message|>, <|call|> ... are
+    special tokens (ids 0-9, as single tokens as in o200k_harmony); eos <|return|> only: the
+    harmony parsers add <|call|> to the stop ids themselves."""
+    import tempfile
+    d = tempfile.mkdtemp(prefix="expertd-harmony-")
+    os.symlink(os.path.join(os.path.abspath(MODEL), "model.safetensors"),
+               os.path.join(d, "model.safetensors"))
+    fix = os.path.join(ROOT, "tests", "fixtures")
+    os.symlink(os.path.abspath(os.path.join(fix, "tokenizers", "o200k", "tokenizer.json")),
+               os.path.join(d, "tokenizer.json"))
+    template = open(os.path.join(fix, "chat_templates", "gpt-oss", "template.jinja")).read()
+    json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|startoftext|>",
+               "eos_token": "<|return|>", "pad_token": "<|endoftext|>", "add_bos_token": False,
+               "chat_template": template}, open(os.path.join(d, "tokenizer_config.json"), "w"))
+    cfg = json.load(open(os.path.join(MODEL, "config.json")))
+    cfg["eos_token_id"] = 2  # <|return|>
+    json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+    return d
+
+
+@test
+def harmony_reasoning_and_tool_calls():
+    """gpt-oss's harmony output (forced through the test hook): both parsers detected from the
+    template; the analysis channel is reasoning_content, the final channel content, a message
+    to functions.NAME a tool call with finish_reason "tool_calls", whole and streamed;
+    <|call|> stops generation though the config lists only <|return|>; output that is not
+    harmony stays content; a previous turn's reasoning_content and tool_calls render back as
+    gpt-oss's analysis message and call."""
+    analysis = "<|channel|>analysis<|message|>Need the weather.<|end|>"
+    answer = analysis + "<|start|>assistant<|channel|>final<|message|>It is 18 C.<|return|>"
+    call = (analysis + "<|start|>assistant<|channel|>commentary to=functions.get_weather "
+            '<|constrain|>json<|message|>{"city": "Paris", "days": 2}<|call|>'
+            "<|start|>assistant<|channel|>final<|message|>Not generated.")
+    msgs = [{"role": "user", "content": "Weather in Paris?"}]
+    # (the template writes every tool's description: get_time has none; this tokenizer's pieces
+    # are short, hence max_tokens 300)
+    srv = Server(model=harmony_model(), env={"EXPERTD_TEST_HOOKS": "1"})
+    try:
+        assert any("reasoning parser harmony, tool calls harmony" in l for l in srv.log), srv.log
+        c = srv.client()
+        r = c.chat.completions.create(model=srv.name, messages=msgs, temperature=0, max_tokens=300,
+                                      extra_body={"x_test_force_output": answer})
+        m = r.choices[0].message
+        assert m.content == "It is 18 C." and r.choices[0].finish_reason == "stop", r
+        assert m.model_extra["reasoning_content"] == "Need the weather.", m
+        parts = []
+        for ch in c.chat.completions.create(model=srv.name, messages=msgs, temperature=0,
+                                            max_tokens=300, stream=True,
+                                            extra_body={"x_test_force_output": answer}):
+            d = ch.choices[0].delta
+            r_ = (d.model_extra or {}).get("reasoning_content")
+            parts += [("reasoning", r_)] if r_ else []
+            parts += [("content", d.content)] if d.content else []
+        assert [k for k, _ in parts] == sorted([k for k, _ in parts], key=lambda k: k != "reasoning")
+        assert "".join(v for k, v in parts if k == "reasoning") == "Need the weather.", parts
+        assert "".join(v for k, v in parts if k == "content") == "It is 18 C.", parts
+
+        r = c.chat.completions.create(model=srv.name, messages=msgs, tools=WEATHER_TOOLS[:1],
+                                      temperature=0, max_tokens=300,
+                                      extra_body={"x_test_force_output": call})
+        ch = r.choices[0]
+        assert ch.finish_reason == "tool_calls" and not ch.message.content, ch
+        assert [(t.function.name, json.loads(t.function.arguments))
+                for t in ch.message.tool_calls] == [("get_weather", {"city": "Paris", "days": 2})]
+        assert ch.message.model_extra["reasoning_content"] == "Need the weather."
+        n_call = post(srv.url + "/tokenize", {"prompt": call.split("<|call|>")[0] + "<|call|>",
+                                              "add_special_tokens": False}).json()["count"]
+        assert r.usage.completion_tokens == n_call, (r.usage, n_call)  # stopped at <|call|>
+        name, args, reasoning, finish = None, "", "", None
+        for chunk in c.chat.completions.create(model=srv.name, messages=msgs, tools=WEATHER_TOOLS[:1],
+                                               temperature=0, max_tokens=300, stream=True,
+                                               extra_body={"x_test_force_output": call}):
+            d = chunk.choices[0].delta
+            reasoning += (d.model_extra or {}).get("reasoning_content") or ""
+            assert not d.content, d
+            for tc in d.tool_calls or []:
+                name = tc.function.name or name
+                args += tc.function.arguments or ""
+            finish = chunk.choices[0].finish_reason or finish
+        assert (name, json.loads(args), finish) == ("get_weather", {"city": "Paris", "days": 2},
+                                                    "tool_calls"), (name, args, finish)
+        assert reasoning == "Need the weather."
+
+        # not harmony: content as it came
+        r = c.chat.completions.create(model=srv.name, messages=msgs, temperature=0, max_tokens=300,
+                                      extra_body={"x_test_force_output": "Plain text.<|return|>"})
+        assert r.choices[0].message.content == "Plain text.", r
+        assert r.choices[0].message.model_extra["reasoning_content"] is None
+
+        # the next turn: the call and its reasoning go back through the template
+        turn = msgs + [{"role": "assistant", "content": None,
+                        "reasoning_content": "Need the weather.",
+                        "tool_calls": [{"id": ch.message.tool_calls[0].id, "type": "function",
+                                        "function": {"name": "get_weather",
+                                                     "arguments": '{"city": "Paris"}'}}]},
+                       {"role": "tool", "tool_call_id": ch.message.tool_calls[0].id,
+                        "content": "18 C"}]
+        ids = post(srv.url + "/tokenize", {"messages": turn, "tools": WEATHER_TOOLS[:1]}).json()["tokens"]
+        text = post(srv.url + "/detokenize", {"tokens": ids}).json()["prompt"]
+        want = ("<|start|>assistant<|channel|>analysis<|message|>Need the weather.<|end|>"
+                "<|start|>assistant to=functions.get_weather<|channel|>commentary json"
+                '<|message|>{"city": "Paris"}<|call|><|start|>functions.get_weather to=assistant'
+                '<|channel|>commentary<|message|>"18 C"<|end|><|start|>assistant')
+        assert text.endswith(want), text[-400:]
+    finally:
+        srv.stop()
 
 
 

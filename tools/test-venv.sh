@@ -9,7 +9,7 @@ venv=$src/build/http-venv
 mkdir -p "$src/build"
 exec 9>"$src/build/http-venv.lock"
 flock 9
-if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import openai, prometheus_client, requests' 2>/dev/null; then
+if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import openai, prometheus_client, requests, jsonschema' 2>/dev/null; then
   echo "$venv/bin/python"
   exit 0
 fi

@@ -8,6 +8,7 @@
 #endif
 
 #include "engine/backend.h"
+#include "engine/cpu/attention.h"
 #include "engine/cpu/cpu_kernels.h"
 #include "engine/cpu/gpt_oss.h"
 #include "engine/cpu/mla.h"
@@ -31,6 +32,8 @@ struct cpu_state {
     /* step buffers, T = max_batch_tokens */
     int32_t *tok_seq;    /* (T,) sequence index of each token */
     int32_t *tok_pos;    /* (T,) position of each token */
+    int32_t *attn_items; /* (T + 1,) the blocked attention's scratch */
+    bool attn_reference; /* EXPERTD_CPU_ATTENTION=reference: one (token, head) at a time */
     float *h;            /* (T, hidden) residual stream */
     float *xn;           /* (T, hidden) normed input of a block */
     float *q;            /* (T, q_dim) */
@@ -87,6 +90,7 @@ static void cpu_destroy(void *p)
         free(fbufs[i]);
     free(s->tok_seq);
     free(s->tok_pos);
+    free(s->attn_items);
     free(s->slot_of);
     free(s->expert_rows);
     free(s->route_experts);
@@ -155,6 +159,8 @@ static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts,
     s->m = model;
     s->opts = *opts;
     s->moe_sched = moe_sched_from_env();
+    const char *attn = getenv("EXPERTD_CPU_ATTENTION");
+    s->attn_reference = attn && strcmp(attn, "reference") == 0;
     s->qpath = xd_cpu_quant_path();
     s->mxpath = xd_cpu_mxfp4_path();
     s->kv_dim = c->n_kv_heads * c->head_dim;
@@ -193,6 +199,7 @@ static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts,
     }
     s->tok_seq = alloc_f(T, sizeof(int32_t), &failed);
     s->tok_pos = alloc_f(T, sizeof(int32_t), &failed);
+    s->attn_items = alloc_f(T + 1, sizeof(int32_t), &failed);
     s->h = alloc_f(T * H, sizeof(float), &failed);
     s->xn = alloc_f(T * H, sizeof(float), &failed);
     s->q = alloc_f(T * s->q_dim, sizeof(float), &failed);
@@ -256,14 +263,12 @@ static float *kv_row(const struct cpu_state *s, float *cache, int layer, int blo
 /* Writes this step's k and v into the cache through each sequence's block
  * table, then attends every query to the positions up to its own (the last sliding_window of
  * them unless the layer is a full-attention one). With sinks (gpt_oss) each head's sink logit
- * joins the softmax's denominator and adds nothing to its output. */
+ * joins the softmax's denominator and adds nothing to its output. Blocked (attention.c) unless
+ * EXPERTD_CPU_ATTENTION=reference asks for the loop it replaced. */
 static void attention(struct cpu_state *s, const struct xd_batch *b, int layer, int n_tokens)
 {
     const struct xd_model_config *c = &s->m->config;
-    const int bs = s->opts.block_size, hd = c->head_dim, kvd = s->kv_dim;
-    const int group = c->n_heads / c->n_kv_heads;
-    const float scale = 1.0f / sqrtf((float)hd);
-    const int window = c->full_attention_layer[layer] ? 0 : c->sliding_window;
+    const int bs = s->opts.block_size, kvd = s->kv_dim;
     const struct xd_matrix *sink_w = &s->m->layers[layer].sinks;
     float sinks[c->n_heads]; /* (n_heads,) */
     if (sink_w->data)
@@ -278,42 +283,21 @@ static void attention(struct cpu_state *s, const struct xd_batch *b, int layer, 
         memcpy(kv_row(s, s->v_cache, layer, block, slot), s->v + (size_t)t * kvd,
                sizeof(float) * kvd);
     }
-
-#pragma omp parallel for collapse(2) schedule(dynamic, 4)
-    for (int t = 0; t < n_tokens; t++) {
-        for (int h = 0; h < c->n_heads; h++) {
-            const struct xd_seq_chunk *sc = &b->seqs[s->tok_seq[t]];
-            const int p = s->tok_pos[t], kvh = h / group;
-            const int first = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
-            const float *q = s->q + (size_t)t * s->q_dim + (size_t)h * hd;
-            float acc[hd];
-            /* a sink starts the running softmax as a logit of weight exp(0) with no value */
-            float mx = sink_w->data ? sinks[h] : -INFINITY;
-            float sum = sink_w->data ? 1.0f : 0.0f;
-            memset(acc, 0, sizeof acc);
-            /* one pass with a running maximum (online softmax) */
-            for (int j = first; j <= p; j++) {
-                int block = sc->block_table[j / bs], slot = j % bs;
-                const float *kr = kv_row(s, s->k_cache, layer, block, slot) + kvh * hd;
-                const float *vr = kv_row(s, s->v_cache, layer, block, slot) + kvh * hd;
-                float score = xd_cpu_dot(q, kr, hd) * scale;
-                if (score > mx) {
-                    float r = expf(mx - score);
-                    sum *= r;
-                    for (int i = 0; i < hd; i++)
-                        acc[i] *= r;
-                    mx = score;
-                }
-                float w = expf(score - mx);
-                sum += w;
-                for (int i = 0; i < hd; i++)
-                    acc[i] += w * vr[i];
-            }
-            float *o = s->attn + (size_t)t * s->q_dim + (size_t)h * hd;
-            for (int i = 0; i < hd; i++)
-                o[i] = acc[i] / sum;
-        }
-    }
+    const struct xd_cpu_attn a = {
+        .k_cache = kv_row(s, s->k_cache, layer, 0, 0),
+        .v_cache = kv_row(s, s->v_cache, layer, 0, 0),
+        .block_size = bs,
+        .n_heads = c->n_heads,
+        .n_kv_heads = c->n_kv_heads,
+        .head_dim = c->head_dim,
+        .scale = 1.0f / sqrtf((float)c->head_dim),
+        .window = c->full_attention_layer[layer] ? 0 : c->sliding_window,
+        .sinks = sink_w->data ? sinks : NULL,
+    };
+    if (s->attn_reference)
+        xd_cpu_attention_reference(&a, b, s->q, s->attn);
+    else
+        xd_cpu_attention(&a, b, s->q, s->attn, s->attn_items);
 }
 
 static void attention_block(struct cpu_state *s, const struct xd_batch *b, int l, int n)

@@ -556,6 +556,16 @@ const char *xd_cpu_kernel_path(void)
     }
 }
 
+enum xd_cpu_vec xd_cpu_vector_path(void)
+{
+    switch (get_path()) {
+    case PATH_AVX512:
+    case PATH_AVX512BF16: return XD_CPU_VEC_AVX512;
+    case PATH_AVX2: return XD_CPU_VEC_AVX2;
+    default: return XD_CPU_VEC_PORTABLE;
+    }
+}
+
 typedef void (*range_fn)(const float *, int, const struct xd_matrix *, float *, int64_t,
                          int64_t);
 

@@ -31,6 +31,11 @@ const char *xd_cpu_kernel_path(void);
 enum xd_quant_path xd_cpu_quant_path(void);
 enum xd_mxfp4_path xd_cpu_mxfp4_path(void);
 
+/* The float path in use, for kernels in other files that pick their own vector code (the
+ * attention): EXPERTD_CPU_KERNEL applies as to the matmul. */
+enum xd_cpu_vec { XD_CPU_VEC_PORTABLE, XD_CPU_VEC_AVX2, XD_CPU_VEC_AVX512 };
+enum xd_cpu_vec xd_cpu_vector_path(void);
+
 /* Whether AMX tiles can run here, as a static string: "absent ..." (cpuid), "refused ..." (the
  * kernel did not grant ARCH_REQ_XCOMP_PERM, as a VM may withhold it) or "granted ...". Asks the
  * kernel once (the permission then holds for the process); never assumes it from the CPU flags. */

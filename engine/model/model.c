@@ -8,9 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "engine/base/clock.h"
 #include "engine/model/fp8.h"
 #include "engine/model/quant.h"
 
@@ -556,10 +558,11 @@ attention_done:
     return XD_OK;
 }
 
-static int convert_fp8(struct xd_model *m, bool to_q8, struct xd_err *err);
+static int convert_fp8(struct xd_model *m, bool to_q8, const struct xd_pack_opts *po,
+                       struct xd_err *err);
 
-static int load_model(const char *dir, bool fp8_to_q8, struct xd_model **ret_model,
-                      struct xd_err *err)
+static int load_model(const char *dir, bool fp8_to_q8, const struct xd_pack_opts *po,
+                      struct xd_model **ret_model, struct xd_err *err)
 {
     struct xd_model *m = calloc(1, sizeof *m);
     struct host_experts *experts = calloc(1, sizeof *experts);
@@ -609,7 +612,7 @@ static int load_model(const char *dir, bool fp8_to_q8, struct xd_model **ret_mod
         if (c->is_moe_layer[i])
             m->layers[i].moe_index = moe_index++;
     }
-    if (c->fp8 && (rc = convert_fp8(m, fp8_to_q8, err)) < 0)
+    if (c->fp8 && (rc = convert_fp8(m, fp8_to_q8, po, err)) < 0)
         goto err;
     *ret_model = m;
     return XD_OK;
@@ -620,13 +623,19 @@ err:
 
 int xd_model_load(const char *dir, struct xd_model **ret_model, struct xd_err *err)
 {
-    return load_model(dir, true, ret_model, err);
+    return load_model(dir, true, NULL, ret_model, err);
+}
+
+int xd_model_load_packed(const char *dir, const struct xd_pack_opts *po,
+                         struct xd_model **ret_model, struct xd_err *err)
+{
+    return load_model(dir, true, po, ret_model, err);
 }
 
 int xd_model_load_fp8_dequantized(const char *dir, struct xd_model **ret_model,
                                   struct xd_err *err)
 {
-    return load_model(dir, false, ret_model, err);
+    return load_model(dir, false, NULL, ret_model, err);
 }
 
 void xd_model_destroy(struct xd_model *m)
@@ -637,6 +646,10 @@ void xd_model_destroy(struct xd_model *m)
         m->experts.ops->destroy(m->experts.ctx);
     free(m->layers);
     free(m->quant_buf);
+    xd_pack_close(m->pack);
+    free(m->pack);
+    free(m->dropped);
+    free(m->pack_path);
     xd_checkpoint_close(m->checkpoint);
     free(m->dir);
     free(m);
@@ -702,6 +715,9 @@ static size_t list_quant_jobs(struct xd_model *m, enum xd_dtype fmt, bool expert
         ADD(&lw->wk, "layer %d k_proj", l);
         ADD(&lw->wv, "layer %d v_proj", l);
         ADD(&lw->wo, "layer %d o_proj", l);
+        ADD(&lw->wq_a, "layer %d q_a_proj", l); /* MLA's, but kv_b_proj: mla.c reads it */
+        ADD(&lw->wq_b, "layer %d q_b_proj", l); /* element by element, transposed */
+        ADD(&lw->wkv_a, "layer %d kv_a_proj_with_mqa", l);
         ADD(&lw->mlp_gate, "layer %d mlp gate_proj", l);
         ADD(&lw->mlp_up, "layer %d mlp up_proj", l);
         ADD(&lw->mlp_down, "layer %d mlp down_proj", l);
@@ -729,8 +745,300 @@ static void drop_pages(const void *p, size_t len)
         madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
+/* drop_pages, remembering the range for xd_model_read (if the list cannot grow, the pages are
+ * only read back in vain). */
+static void drop_source(struct xd_model *m, const void *p, size_t len)
+{
+    drop_pages(p, len);
+    if (m->n_dropped == m->cap_dropped) {
+        size_t cap = m->cap_dropped ? 2 * m->cap_dropped : 256;
+        struct xd_model_range *r = realloc(m->dropped, cap * sizeof *r);
+        if (!r)
+            return;
+        m->dropped = r;
+        m->cap_dropped = cap;
+    }
+    m->dropped[m->n_dropped++] = (struct xd_model_range){p, len};
+}
+
+static int cmp_range(const void *a, const void *b)
+{
+    const struct xd_model_range *x = a, *y = b;
+    return x->p < y->p ? -1 : x->p > y->p;
+}
+
+void xd_model_read(const struct xd_model *m, xd_read_progress_fn progress, void *ctx)
+{
+    if (!m->n_dropped) {
+        xd_checkpoint_read(m->checkpoint, progress, ctx);
+        return;
+    }
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE), chunk = (size_t)64 << 20;
+    struct xd_model_range *r = malloc(m->n_dropped * sizeof *r);
+    if (!r) {
+        xd_checkpoint_read(m->checkpoint, progress, ctx);
+        return;
+    }
+    memcpy(r, m->dropped, m->n_dropped * sizeof *r);
+    qsort(r, m->n_dropped, sizeof *r, cmp_range);
+    /* two passes: count the pages to read, then read them in runs of at most 64 MiB */
+    uint64_t total = 0, done = 0;
+    unsigned sum = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1 && progress)
+            progress(ctx, 0, total);
+        const void *map;
+        size_t size;
+        for (size_t f = 0; xd_checkpoint_file(m->checkpoint, f, &map, &size); f++) {
+            const char *base = map;
+            size_t k = 0, run = 0, run_len = 0;
+            for (size_t off = 0; off < size; off += page) {
+                const char *a = base + off;
+                const size_t len = size - off < page ? size - off : page;
+                while (k < m->n_dropped && r[k].p + r[k].len <= a)
+                    k++;
+                const bool skip = k < m->n_dropped && r[k].p <= a && a + len <= r[k].p + r[k].len;
+                if (!skip) {
+                    if (!run_len)
+                        run = off;
+                    run_len += len;
+                }
+                if (run_len && (skip || run_len >= chunk || off + len >= size)) {
+                    if (pass == 0) {
+                        total += run_len;
+                    } else {
+                        madvise((void *)(uintptr_t)(base + run), run_len, MADV_WILLNEED);
+                        const volatile unsigned char *b = (const unsigned char *)base + run;
+                        for (size_t o = 0; o < run_len; o += page)
+                            sum += b[o];
+                        done += run_len;
+                        if (progress)
+                            progress(ctx, done, total);
+                    }
+                    run_len = 0;
+                }
+            }
+        }
+    }
+    (void)sum;
+    free(r);
+}
+
+/* ---- the expert pack ---- */
+
+static void pack_say(const struct xd_pack_opts *po, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void pack_say(const struct xd_pack_opts *po, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (po->log)
+        po->log(po->log_ctx, line);
+    else
+        fprintf(stderr, "%s\n", line);
+}
+
+/* Progress of the quantization that precedes writing a pack (minutes for a large model): a line
+ * about every second, none when nothing is reported. */
+struct quant_progress {
+    const struct xd_pack_opts *po; /* NULL: silent */
+    const char *what;              /* "quantizing to Q4_1" */
+    double t0, last;
+    size_t done, total;            /* source bytes */
+};
+
+static void quant_progress_add(struct quant_progress *p, size_t bytes)
+{
+    p->done += bytes;
+    if (!p->po)
+        return;
+    const double now = xd_now();
+    if (now - p->last < 1.0 && p->done != p->total)
+        return;
+    p->last = now;
+    if (p->done == p->total && now - p->t0 < 1.0)
+        return; /* a small model: no line at all */
+    pack_say(p->po, "%s: %.1f of %.1f MiB (%.0f%%, %.0f MB/s)", p->what,
+             (double)p->done / 1048576.0, (double)p->total / 1048576.0,
+             p->total ? 100.0 * (double)p->done / (double)p->total : 100.0,
+             now > p->t0 ? (double)p->done / (now - p->t0) / 1e6 : 0.0);
+}
+
+/* Whether pack is the one for key and jobs (the quantized ones, kept ones have m NULL); if not,
+ * why in why. */
+static bool pack_matches(const struct xd_pack_info *p, const struct xd_pack_key *key,
+                         const struct qjob *jobs, size_t n_jobs, char *why, size_t why_len)
+{
+    if (p->key.identity != key->identity) {
+        snprintf(why, why_len, "made from another checkpoint (config.json or a safetensors "
+                 "file changed since: %.1f MiB then, %.1f MiB now)",
+                 (double)p->key.checkpoint_bytes / 1048576.0,
+                 (double)key->checkpoint_bytes / 1048576.0);
+        return false;
+    }
+    if (p->key.quant_version != key->quant_version) {
+        snprintf(why, why_len, "made by quantizer version %u, this expertd's is %u",
+                 p->key.quant_version, key->quant_version);
+        return false;
+    }
+    if (p->key.scheme != key->scheme) {
+        snprintf(why, why_len, "holds scheme 0x%x, this load asks for 0x%x", p->key.scheme,
+                 key->scheme);
+        return false;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n_jobs; i++) {
+        if (!jobs[i].m)
+            continue;
+        if (k >= p->n_extents) {
+            snprintf(why, why_len, "has %zu extents, the model quantizes more", p->n_extents);
+            return false;
+        }
+        const struct xd_pack_extent *e = &p->extents[k++];
+        const struct xd_matrix *w = jobs[i].m;
+        if (strcmp(e->name, jobs[i].name) != 0 || e->dtype != jobs[i].fmt ||
+            e->rows != w->rows || e->cols != w->cols) {
+            snprintf(why, why_len, "extent %zu is %.80s %s (%lld, %lld), the model expects "
+                     "%.64s %s (%lld, %lld)", k - 1, e->name, xd_dtype_name(e->dtype),
+                     (long long)e->rows, (long long)e->cols, jobs[i].name,
+                     xd_dtype_name(jobs[i].fmt), (long long)w->rows, (long long)w->cols);
+            return false;
+        }
+    }
+    if (k != p->n_extents) {
+        snprintf(why, why_len, "has %zu extents, the model quantizes %zu", p->n_extents, k);
+        return false;
+    }
+    return true;
+}
+
+/* Reads every page of [p, p + len) in (as xd_checkpoint_read), so serving never waits on it. */
+static void fault_in(const void *p, size_t len)
+{
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    madvise((void *)(uintptr_t)p, len, MADV_WILLNEED);
+    const volatile unsigned char *b = p;
+    unsigned sum = 0;
+    for (size_t o = 0; o < len; o += page)
+        sum += b[o];
+    (void)sum;
+}
+
+/* Tries the packs at paths in order; on a match maps the jobs' matrices to it and returns
+ * true. Reports each refused pack. */
+static bool pack_try_map(struct xd_model *m, const struct xd_pack_opts *po,
+                         enum xd_dtype fmt, const struct xd_pack_key *key, char **paths,
+                         int n_paths, struct qjob *jobs, size_t n_jobs)
+{
+    for (int p = 0; p < n_paths; p++) {
+        struct xd_pack_map map = {0};
+        struct xd_err e = {{0}};
+        bool missing = false;
+        if (xd_pack_open(paths[p], &map, &missing, &e) < 0) {
+            if (!missing)
+                pack_say(po, "pack refused, not used: %s", e.msg);
+            continue;
+        }
+        char why[512];
+        if (!pack_matches(&map.info, key, jobs, n_jobs, why, sizeof why)) {
+            pack_say(po, "pack %s refused, not used: %s", paths[p], why);
+            xd_pack_close(&map);
+            continue;
+        }
+        struct xd_pack_map *keep = malloc(sizeof *keep);
+        char *path = strdup(paths[p]);
+        if (!keep || !path) {
+            free(keep);
+            free(path);
+            xd_pack_close(&map);
+            return false;
+        }
+        *keep = map;
+        fault_in(keep->map, keep->size);
+        size_t k = 0, bytes = 0;
+        for (size_t i = 0; i < n_jobs; i++) {
+            if (!jobs[i].m)
+                continue;
+            const struct xd_pack_extent *x = &keep->info.extents[k++];
+            struct xd_matrix src = *jobs[i].m;
+            *jobs[i].m = (struct xd_matrix){.dtype = x->dtype, .rows = x->rows,
+                                            .cols = x->cols, .data = x->data};
+            bytes += x->bytes;
+            if (src.data != m->embed.data)
+                drop_source(m, src.data,
+                            (size_t)src.rows * xd_dtype_row_bytes(src.dtype, src.cols));
+        }
+        pack_say(po, "pack %s: mapped %.1f MiB of %s weights (%zu matrices), not quantized "
+                 "again", paths[p], (double)bytes / 1048576.0, xd_dtype_name(fmt),
+                 keep->info.n_extents);
+        m->pack = keep;
+        m->pack_path = path;
+        m->pack_use = XD_PACK_MAPPED;
+        m->quant_bytes = bytes;
+        return true;
+    }
+    return false;
+}
+
+/* Writes the model's quantized matrices (jobs, now views of quant_buf) to the first of paths
+ * that takes them; reports the outcome. */
+static void pack_write(struct xd_model *m, const struct xd_pack_opts *po,
+                       const struct xd_pack_key *key, char **paths, int n_paths,
+                       const struct qjob *jobs, size_t n_jobs)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < n_jobs; i++)
+        n += jobs[i].m != NULL;
+    struct xd_pack_extent *ext = calloc(n ? n : 1, sizeof *ext);
+    if (!ext) {
+        pack_say(po, "warning: pack not written: out of memory; serving the weights quantized "
+                 "in memory");
+        return;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n_jobs; i++) {
+        if (!jobs[i].m)
+            continue;
+        snprintf(ext[k].name, sizeof ext[k].name, "%s", jobs[i].name);
+        ext[k].dtype = jobs[i].m->dtype;
+        ext[k].rows = jobs[i].m->rows;
+        ext[k].cols = jobs[i].m->cols;
+        ext[k].data = jobs[i].m->data;
+        k++;
+    }
+    char reasons[1024] = "";
+    for (int p = 0; p < n_paths; p++) {
+        struct xd_err e = {{0}};
+        pack_say(po, "pack %s: writing %.1f MiB of %s weights, once (later starts map it)",
+                 paths[p], (double)m->quant_bytes / 1048576.0, xd_dtype_name(m->quant));
+        if (xd_pack_write(paths[p], key, ext, n, po->log, po->log_ctx, &e) == XD_OK) {
+            m->pack_use = XD_PACK_WRITTEN;
+            m->pack_path = strdup(paths[p]);
+            free(ext);
+            return;
+        }
+        size_t used = strlen(reasons);
+        snprintf(reasons + used, sizeof reasons - used, "%s%s", used ? "; " : "", e.msg);
+        if (p + 1 < n_paths)
+            pack_say(po, "pack not written: %s; trying %s", e.msg, paths[p + 1]);
+    }
+    pack_say(po, "warning: no pack written (%s); serving the weights quantized in memory, "
+             "quantized again at the next start", reasons);
+    free(ext);
+}
+
 int xd_model_quantize(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
                       struct xd_err *err)
+{
+    return xd_model_quantize_packed(m, fmt, experts_only, NULL, err);
+}
+
+int xd_model_quantize_packed(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
+                             const struct xd_pack_opts *po, struct xd_err *err)
 {
     if (!xd_dtype_is_quant(fmt))
         return xd_err_set(err, XD_ERR_INVALID, "quantize: %s is not a quantized format",
@@ -771,81 +1079,184 @@ int xd_model_quantize(struct xd_model *m, enum xd_dtype fmt, bool experts_only,
         /* each matrix starts on a 64-byte boundary */
         total += (src->rows * xd_dtype_row_bytes(jobs[i].fmt, src->cols) + 63) & ~(size_t)63;
     }
+
+    struct xd_pack_key key = {.quant_version = XD_PACK_QUANT_VERSION,
+                              .scheme = xd_pack_scheme(fmt, experts_only)};
+    char *paths[2] = {NULL, NULL};
+    int n_paths = 0;
+    if (po && po->enabled) {
+        struct xd_err e = {{0}};
+        char tag[32];
+        snprintf(tag, sizeof tag, "%s%s", fmt == XD_DTYPE_Q8_0 ? "q8" : "q4",
+                 experts_only ? "-experts" : "");
+        if (xd_pack_identity(m->dir, m->checkpoint, &key.identity, &key.checkpoint_bytes,
+                             &e) < 0 ||
+            xd_pack_paths(m->dir, po->dir, tag, paths, &n_paths, &e) < 0) {
+            pack_say(po, "warning: no pack: %s", e.msg);
+            n_paths = 0;
+        }
+        if (n_paths && pack_try_map(m, po, fmt, &key, paths, n_paths, jobs, n_jobs)) {
+            free(paths[0]);
+            free(paths[1]);
+            free(jobs);
+            m->quant = fmt;
+            m->quant_experts_only = experts_only;
+            m->quant_n_kept = n_kept;
+            return XD_OK;
+        }
+    }
+
     char *buf = aligned_alloc(64, total ? total : 64);
     if (!buf) {
+        free(paths[0]);
+        free(paths[1]);
         free(jobs);
         return xd_err_set(err, XD_ERR_NOMEM, "%s: quantize to %s: %.1f MiB could not be allocated",
                           m->dir, xd_dtype_name(fmt), (double)total / 1048576.0);
     }
+    char what[64];
+    snprintf(what, sizeof what, "quantizing to %s for the pack", xd_dtype_name(fmt));
+    struct quant_progress qp = {.po = n_paths ? po : NULL, .what = what, .t0 = xd_now()};
+    qp.last = qp.t0;
+    for (size_t i = 0; i < n_jobs; i++)
+        if (jobs[i].m)
+            qp.total += (size_t)jobs[i].m->rows *
+                        xd_dtype_row_bytes(jobs[i].m->dtype, jobs[i].m->cols);
     size_t off = 0;
     for (size_t i = 0; i < n_jobs; i++) {
         if (!jobs[i].m)
             continue;
         struct xd_matrix src = *jobs[i].m;
+        quant_progress_add(&qp, 0);
         xd_quant_matrix(&src, jobs[i].fmt, buf + off, jobs[i].m);
+        quant_progress_add(&qp, (size_t)src.rows * xd_dtype_row_bytes(src.dtype, src.cols));
         off += (src.rows * xd_dtype_row_bytes(jobs[i].fmt, src.cols) + 63) & ~(size_t)63;
         if (src.data != m->embed.data) /* a tied lm_head's pages are the embedding's */
-            drop_pages(src.data, (size_t)src.rows * xd_dtype_row_bytes(src.dtype, src.cols));
+            drop_source(m, src.data, (size_t)src.rows * xd_dtype_row_bytes(src.dtype, src.cols));
     }
-    free(jobs);
     m->quant = fmt;
     m->quant_experts_only = experts_only;
     m->quant_buf = buf;
     m->quant_bytes = total;
     m->quant_n_kept = n_kept;
+    if (n_paths)
+        pack_write(m, po, &key, paths, n_paths, jobs, n_jobs);
+    free(paths[0]);
+    free(paths[1]);
+    free(jobs);
     return XD_OK;
 }
 
 /* ---- FP8 checkpoints: converted at load ---- */
 
 /* Converts every F8_E4M3 matrix of a model loaded from an FP8 checkpoint: the matmul weights
- * that --quantize q8 covers (experts, attention, dense and shared MLPs, lm_head) to q8_0 (a
- * 32-block requantization of the dequantized values), the others (embedding, routers, matrices
- * whose columns are not a multiple of 32) to f32; or, unless to_q8, all of them to f32 (the
- * dequantized reference). All into one buffer (quant_buf), the FP8 pages dropped. Sets fp8,
+ * that --quantize q8 covers (experts, attention, dense and shared MLPs, lm_head) and MLA's
+ * q_a_proj, q_b_proj and kv_a_proj_with_mqa to q8_0 (a 32-block requantization of the
+ * dequantized values), the others (embedding, routers, MLA's kv_b_proj, matrices whose columns
+ * are not a multiple of 32) to f32; or, unless to_q8, all of them to f32 (the dequantized
+ * reference). All into one buffer (quant_buf), the FP8 pages dropped. Sets fp8,
  * and quant to Q8_0 when to_q8. */
-static int convert_fp8(struct xd_model *m, bool to_q8, struct xd_err *err)
+static int convert_fp8(struct xd_model *m, bool to_q8, const struct xd_pack_opts *po,
+                       struct xd_err *err)
 {
     const struct xd_model_config *c = &m->config;
-    const size_t n_q = list_quant_jobs(m, XD_DTYPE_Q8_0, false, NULL);
-    const size_t n_other = 1 + 2 * (size_t)c->n_layers;
-    struct qjob *jobs = calloc(n_q + n_other, sizeof *jobs);
+    const size_t n_listed = list_quant_jobs(m, XD_DTYPE_Q8_0, false, NULL);
+    const size_t n_other = 1 + 3 * (size_t)c->n_layers;
+    struct qjob *jobs = calloc(n_listed + n_other, sizeof *jobs);
     if (!jobs)
         return xd_err_set(err, XD_ERR_NOMEM, "%s: out of memory for the FP8 conversion", m->dir);
     list_quant_jobs(m, XD_DTYPE_Q8_0, false, jobs);
-    size_t n = n_q;
-    jobs[n++].m = &m->embed; /* lm_head is among the quant jobs, as --quantize q8 has it */
+    /* list_quant_jobs lists MLA's q_a_proj, q_b_proj and kv_a_proj_with_mqa (q8) too; each
+     * matrix must be listed once: the targets are chosen before any is converted */
+    size_t n = n_listed;
+    const size_t n_q = n; /* jobs below n_q go to q8 */
+    jobs[n].m = &m->embed; /* lm_head is among the quant jobs, as --quantize q8 has it */
+    snprintf(jobs[n++].name, sizeof jobs[0].name, "embed_tokens");
     for (int l = 0; l < c->n_layers; l++) {
-        jobs[n++].m = &m->layers[l].router;
-        jobs[n++].m = &m->layers[l].shared_expert_gate;
+        jobs[n].m = &m->layers[l].router;
+        snprintf(jobs[n++].name, sizeof jobs[0].name, "layer %d router", l);
+        jobs[n].m = &m->layers[l].shared_expert_gate;
+        snprintf(jobs[n++].name, sizeof jobs[0].name, "layer %d shared_expert_gate", l);
+        /* kv_b_proj: mla.c reads it element by element (the absorbed key half transposed at
+         * create, the value half as a matmul weight), so it is dequantized to f32 */
+        jobs[n].m = &m->layers[l].wkv_b;
+        snprintf(jobs[n++].name, sizeof jobs[0].name, "layer %d kv_b_proj", l);
     }
+    /* each FP8 matrix's target: q8_0 for the matmul weights --quantize q8 covers, else f32;
+     * the others (m NULL) are left as they are */
     size_t total = 0;
     int n_kept = 0;
     for (size_t i = 0; i < n; i++) {
         const struct xd_matrix *w = jobs[i].m;
-        if (!w->data || w->dtype != XD_DTYPE_F8_E4M3)
+        if (!w->data || w->dtype != XD_DTYPE_F8_E4M3) {
+            jobs[i].m = NULL;
             continue;
-        total += (xd_fp8_converted_bytes(w, to_q8 && i < n_q && w->cols % XD_QBLOCK == 0) +
-                  63) & ~(size_t)63;
+        }
+        const int q8 = to_q8 && i < n_q && w->cols % XD_QBLOCK == 0;
+        n_kept += !q8 && i < n_q;
+        jobs[i].fmt = q8 ? XD_DTYPE_Q8_0 : XD_DTYPE_F32;
+        total += (xd_fp8_converted_bytes(w, q8) + 63) & ~(size_t)63;
     }
+
+    /* the pack of the converted weights, as --quantize's (served as q8 only) */
+    struct xd_pack_key key = {.quant_version = XD_PACK_QUANT_VERSION,
+                              .scheme = xd_pack_scheme(XD_DTYPE_Q8_0, false) | 0x200u};
+    char *paths[2] = {NULL, NULL};
+    int n_paths = 0;
+    if (to_q8 && po && po->enabled) {
+        struct xd_err e = {{0}};
+        if (xd_pack_identity(m->dir, m->checkpoint, &key.identity, &key.checkpoint_bytes,
+                             &e) < 0 ||
+            xd_pack_paths(m->dir, po->dir, "fp8-q8", paths, &n_paths, &e) < 0) {
+            pack_say(po, "warning: no pack: %s", e.msg);
+            n_paths = 0;
+        }
+        if (n_paths && pack_try_map(m, po, XD_DTYPE_Q8_0, &key, paths, n_paths, jobs, n)) {
+            free(paths[0]);
+            free(paths[1]);
+            free(jobs);
+            if (c->tie_word_embeddings)
+                m->lm_head = m->embed;
+            m->fp8 = true;
+            m->quant = XD_DTYPE_Q8_0;
+            m->quant_experts_only = false;
+            m->quant_n_kept = n_kept;
+            return XD_OK;
+        }
+    }
+
     char *buf = aligned_alloc(64, total ? total : 64);
     if (!buf) {
+        free(paths[0]);
+        free(paths[1]);
         free(jobs);
         return xd_err_set(err, XD_ERR_NOMEM,
                           "%s: FP8 to q8 conversion: %.1f MiB could not be allocated", m->dir,
                           (double)total / 1048576.0);
     }
+    struct quant_progress qp = {.po = n_paths ? po : NULL,
+                                .what = "converting FP8 to Q8_0 for the pack", .t0 = xd_now()};
+    qp.last = qp.t0;
+    for (size_t i = 0; i < n; i++)
+        if (jobs[i].m)
+            qp.total += (size_t)jobs[i].m->rows * (size_t)jobs[i].m->cols;
     size_t off = 0;
     for (size_t i = 0; i < n; i++) {
-        struct xd_matrix w = *jobs[i].m;
-        if (!w.data || w.dtype != XD_DTYPE_F8_E4M3)
+        if (!jobs[i].m)
             continue;
-        const int q8 = to_q8 && i < n_q && w.cols % XD_QBLOCK == 0;
-        n_kept += !q8 && i < n_q;
+        struct xd_matrix w = *jobs[i].m;
+        const int q8 = jobs[i].fmt == XD_DTYPE_Q8_0;
         xd_fp8_convert(&w, c->fp8_block[0], c->fp8_block[1], q8, buf + off, jobs[i].m);
+        quant_progress_add(&qp, (size_t)w.rows * (size_t)w.cols);
         off += (xd_fp8_converted_bytes(&w, q8) + 63) & ~(size_t)63;
-        drop_pages(w.data, (size_t)w.rows * (size_t)w.cols);
+        drop_source(m, w.data, (size_t)w.rows * (size_t)w.cols);
     }
+    m->quant = to_q8 ? XD_DTYPE_Q8_0 : XD_DTYPE_F32;
+    m->quant_bytes = total;
+    if (n_paths)
+        pack_write(m, po, &key, paths, n_paths, jobs, n);
+    free(paths[0]);
+    free(paths[1]);
     free(jobs);
     if (c->tie_word_embeddings)
         m->lm_head = m->embed;

@@ -7,6 +7,7 @@
 
 #include "engine/model/expert_store.h"
 #include "engine/model/model_config.h"
+#include "engine/model/pack.h"
 #include "engine/model/safetensors.h"
 
 /* Weights of one decoder layer. Vectors are (n,) matrices with rows = 1.
@@ -48,6 +49,17 @@ struct xd_layer_weights {
     int moe_index;              /* index among MoE layers, -1 for dense layers */
 };
 
+/* What the expert pack did for a model: NONE (no pack asked for, or none could be written),
+ * MAPPED (the quantized matrices are views of the pack, quant_buf is NULL) or WRITTEN (quantized
+ * here, then written to pack_path). */
+enum xd_pack_use { XD_PACK_NONE, XD_PACK_MAPPED, XD_PACK_WRITTEN };
+
+/* A byte range of the checkpoint's mapping. */
+struct xd_model_range {
+    const char *p;
+    size_t len;
+};
+
 struct xd_model {
     struct xd_model_config config;
     struct xd_checkpoint *checkpoint;
@@ -67,6 +79,23 @@ struct xd_model {
     /* Loaded from an FP8 checkpoint (config.fp8): its F8_E4M3 matrices were converted at load,
      * the matmul weights to q8_0 (quant is Q8_0), the embedding, lm_head and router to f32. */
     bool fp8;
+    /* The expert pack of xd_model_quantize_packed / xd_model_load_packed, and its file. */
+    enum xd_pack_use pack_use;
+    char *pack_path;
+    struct xd_pack_map *pack;
+    /* Checkpoint bytes whose matrices were replaced (quantized, converted, or mapped from the
+     * pack) and whose pages were dropped: xd_model_read does not read them back. */
+    struct xd_model_range *dropped; /* (n_dropped,) */
+    size_t n_dropped, cap_dropped;
+};
+
+/* Where xd_model_quantize_packed looks for and writes the expert pack. */
+struct xd_pack_opts {
+    bool enabled;           /* false (the zero default): no pack, quantize in memory */
+    const char *dir;        /* NULL: beside the checkpoint, else the cache directory when the
+                               checkpoint's is not writable (xd_pack_paths) */
+    xd_pack_log_fn log;     /* refusals, progress, fallbacks; NULL: stderr */
+    void *log_ctx;
 };
 
 /* Loads the checkpoint directory dir (config.json, safetensors, optional
@@ -76,6 +105,12 @@ struct xd_model {
  * The model owns the mapping; destroy with xd_model_destroy. */
 int xd_model_load(const char *dir, struct xd_model **ret_model, struct xd_err *err);
 void xd_model_destroy(struct xd_model *model);
+/* As xd_model_load, with an FP8 checkpoint's conversion to q8 through the expert pack of po (as
+ * xd_model_quantize_packed: a matching pack `expertd-fp8-q8.pack` is mapped instead of
+ * converting again, else the conversion is written to one; po NULL or disabled: no pack). Other
+ * checkpoints load as xd_model_load does (their pack is xd_model_quantize_packed's). */
+int xd_model_load_packed(const char *dir, const struct xd_pack_opts *po,
+                         struct xd_model **ret_model, struct xd_err *err);
 /* As xd_model_load, but an FP8 checkpoint's weights are all dequantized to f32 (fp8(w) x its
  * block's scale_inv, as transformers dequantizes them) instead of converted to q8: the
  * reference the q8 conversion is measured against. Other checkpoints load as usual. */
@@ -97,6 +132,25 @@ int xd_model_load_fp8_dequantized(const char *dir, struct xd_model **ret_model,
  * refused. */
 int xd_model_quantize(struct xd_model *model, enum xd_dtype fmt, bool experts_only,
                       struct xd_err *err);
+
+/* xd_model_quantize through the expert pack (engine/model/pack.h) when po->enabled: a pack in
+ * one of xd_pack_paths' places made from this checkpoint (its identity), for this format and
+ * scope, by this quantizer version, with exactly the extents the model lists (names, dtypes,
+ * shapes) is mapped read-only and its pages read in (pack_use MAPPED); the matrices are the
+ * bytes xd_model_quantize makes, so logits are bit-identical. A pack that does not match or
+ * does not parse is reported through po->log with its path and the reason, never used; the
+ * model is then quantized in memory and the pack (re)written (pack_use WRITTEN) to the first
+ * place that takes it: a read-only checkpoint directory falls back to the cache directory; if
+ * none does, a warning and the model is served quantized in memory (pack_use NONE). Pack
+ * trouble is never an error; the errors are xd_model_quantize's. po NULL: xd_model_quantize. */
+int xd_model_quantize_packed(struct xd_model *model, enum xd_dtype fmt, bool experts_only,
+                             const struct xd_pack_opts *po, struct xd_err *err);
+
+/* As xd_checkpoint_read, but only the pages the model still serves from: the checkpoint's
+ * pages but those of matrices replaced by quantized or converted copies or by the pack, so a
+ * model mapped from its pack does not read its source experts from disk. progress (may be NULL)
+ * counts the bytes read of those to read, as xd_checkpoint_read's. Cannot fail. */
+void xd_model_read(const struct xd_model *model, xd_read_progress_fn progress, void *ctx);
 
 /* Bytes of one expert's weights (gate, up and down) as served (quantized if the model is); 0
  * when it cannot be read. */

@@ -231,15 +231,8 @@ static int parse_deepseek(json_t *root, const char *path, struct xd_model_config
 {
     const bool v3 = c->arch == XD_ARCH_DEEPSEEK_V3;
     c->mla = true;
-    /* DeepSeek publishes V3, R1 and V3.1 as FP8 with block scales (quant_method fp8) */
-    json_t *q = json_object_get(root, "quantization_config");
-    if (q && !json_is_null(q)) {
-        json_t *qm = json_is_object(q) ? json_object_get(q, "quant_method") : NULL;
-        return xd_err_set(err, XD_ERR_UNSUPPORTED,
-                          "%s: key 'quantization_config' (quant_method %.32s) is set; expertd "
-                          "reads bf16, f16 and f32 weights only: convert the checkpoint to bf16",
-                          path, json_is_string(qm) ? json_string_value(qm) : "?");
-    }
+    /* DeepSeek publishes V3, R1, V3.1 and Kimi-K2 as fine-grained FP8: quantization_config is
+     * read after the layers (get_quant), as for the other families */
     if (c->n_kv_heads != c->n_heads)
         return xd_err_set(err, XD_ERR_UNSUPPORTED,
                           "%s: key 'num_key_value_heads' is %d; multi-head latent attention "
@@ -398,9 +391,10 @@ static int qc_string(json_t *qc, const char *path, const char *key, const char *
     return XD_OK;
 }
 
-/* quantization_config: absent, or the fine-grained FP8 of DeepSeek-V3 and the Qwen3 *-FP8
- * releases (quant_method fp8, fmt e4m3, activation_scheme dynamic, weight_block_size [r, c],
- * scale_fmt float); anything else is refused naming the key. */
+/* quantization_config: absent, or the fine-grained FP8 of DeepSeek-V3/R1/V3.1, Kimi-K2 and
+ * the Qwen3 *-FP8 releases (quant_method fp8, fmt e4m3, activation_scheme dynamic,
+ * weight_block_size [r, c], scale_fmt float or ue8m0); anything else is refused naming the
+ * key. */
 static int get_quant(json_t *root, const char *path, struct xd_model_config *c,
                      struct xd_err *err)
 {
@@ -418,7 +412,13 @@ static int get_quant(json_t *root, const char *path, struct xd_model_config *c,
                           path, json_is_string(qm) ? json_string_value(qm) : "missing");
     XD_TRY(qc_string(qc, path, "fmt", "e4m3", err));
     XD_TRY(qc_string(qc, path, "activation_scheme", "dynamic", err));
-    XD_TRY(qc_string(qc, path, "scale_fmt", "float", err));
+    /* scale_fmt: how DeepSeek's kernels round the scales of the activations they quantize
+     * (DeepSeek-V3.1 and later: "ue8m0", powers of two); the weights' scales are read from
+     * their weight_scale_inv tensors (F32 or BF16, checked at load) whatever it says, and
+     * expertd never quantizes activations to FP8 */
+    json_t *sf = json_object_get(qc, "scale_fmt");
+    if (!(json_is_string(sf) && strcmp(json_string_value(sf), "ue8m0") == 0))
+        XD_TRY(qc_string(qc, path, "scale_fmt", "float", err));
     json_t *bs = json_object_get(qc, "weight_block_size");
     if (!bs) {
         c->fp8_block[0] = c->fp8_block[1] = 128; /* transformers' default */

@@ -421,6 +421,16 @@ const struct xd_tensor *xd_checkpoint_find(const struct xd_checkpoint *c, const 
     return NULL;
 }
 
+const char *xd_checkpoint_file(const struct xd_checkpoint *c, size_t i, const void **ret_map,
+                               size_t *ret_size)
+{
+    if (i >= c->n_files)
+        return NULL;
+    *ret_map = c->files[i].map;
+    *ret_size = c->files[i].map_size;
+    return c->files[i].path;
+}
+
 size_t xd_checkpoint_n_tensors(const struct xd_checkpoint *c)
 {
     return c->n_tensors;

@@ -66,6 +66,11 @@ typedef void (*xd_read_progress_fn)(void *ctx, uint64_t done, uint64_t total);
 void xd_checkpoint_read(const struct xd_checkpoint *ckpt, xd_read_progress_fn progress,
                         void *ctx);
 
+/* The path of the checkpoint's i-th safetensors file, and its mapping and size; NULL (outputs
+ * untouched) past the last. Borrowed from the checkpoint. */
+const char *xd_checkpoint_file(const struct xd_checkpoint *ckpt, size_t i, const void **ret_map,
+                               size_t *ret_size);
+
 /* The tensor called name, or NULL. */
 const struct xd_tensor *xd_checkpoint_find(const struct xd_checkpoint *ckpt, const char *name);
 size_t xd_checkpoint_n_tensors(const struct xd_checkpoint *ckpt);

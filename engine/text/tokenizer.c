@@ -1229,6 +1229,35 @@ static size_t token_bytes(const struct xd_tokenizer *t, int32_t id, uint8_t *byt
     return len;
 }
 
+int xd_tokenizer_token_bytes(const struct xd_tokenizer *t, int32_t id, uint8_t *buf, size_t cap,
+                             bool *ret_special)
+{
+    if (!has_token(t, id))
+        return -1;
+    *ret_special = t->is_special[id];
+    const char *s = t->id_to_token[id];
+    size_t m = strlen(s);
+    if (m > cap)
+        return -1;
+    if (!t->metaspace_decoder)
+        return (int)token_bytes(t, id, buf);
+    if (t->id_byte[id] >= 0) {
+        buf[0] = (uint8_t)t->id_byte[id];
+        return 1;
+    }
+    const size_t rl = strlen(t->replacement);
+    size_t o = 0;
+    for (size_t i = 0; s[i];) {
+        if (rl && strncmp(s + i, t->replacement, rl) == 0) {
+            buf[o++] = ' ';
+            i += rl;
+        } else {
+            buf[o++] = (uint8_t)s[i++];
+        }
+    }
+    return (int)o;
+}
+
 /* Converts bytes[0, n) to valid UTF-8 in out (room for 3n), invalid subparts becoming U+FFFD as
  * from_utf8_lossy does. With hold, a trailing incomplete but so far valid sequence is left
  * unconverted; *ret_used says how many bytes were consumed. Returns the bytes written. */

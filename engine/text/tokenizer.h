@@ -53,4 +53,12 @@ int32_t xd_tokenizer_token_id(const struct xd_tokenizer *tok, const char *text);
  * "▁the", "<0x0A>"), borrowed for the tokenizer's life; NULL for an id with no token. */
 const char *xd_tokenizer_token_str(const struct xd_tokenizer *tok, int32_t id);
 
+/* The bytes token id stands for in the output (byte-level: its bytes; SentencePiece: ▁ as a
+ * space, <0xXX> as its byte) into buf, which has room for cap; *ret_special: it is a special
+ * token. Returns the length, or -1 for an id with no token or one longer than cap (a
+ * token's bytes are never more than its string's, xd_tokenizer_token_str). Constrained
+ * decoding matches these bytes; a SentencePiece decoder may drop the text's first space. */
+int xd_tokenizer_token_bytes(const struct xd_tokenizer *tok, int32_t id, uint8_t *buf,
+                             size_t cap, bool *ret_special);
+
 #endif

@@ -6,14 +6,20 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/text/harmony.h"
+
 #define DS_CALLS_BEGIN "<\xef\xbd\x9ctool\xe2\x96\x81" "calls\xe2\x96\x81" "begin\xef\xbd\x9c>"
 #define DS_CALLS_END "<\xef\xbd\x9ctool\xe2\x96\x81" "calls\xe2\x96\x81" "end\xef\xbd\x9c>"
 #define DS_CALL_BEGIN "<\xef\xbd\x9ctool\xe2\x96\x81" "call\xe2\x96\x81" "begin\xef\xbd\x9c>"
 #define DS_CALL_END "<\xef\xbd\x9ctool\xe2\x96\x81" "call\xe2\x96\x81" "end\xef\xbd\x9c>"
 #define DS_SEP "<\xef\xbd\x9ctool\xe2\x96\x81sep\xef\xbd\x9c>"
 
+/* A region runs from a start marker to an end marker (consumed with it) or to `next` (the next
+ * region's start, not consumed) or to the output's end. */
 struct markers {
-    const char *start, *end; /* end NULL: the region runs to the next start or the output's end */
+    const char *start[2]; /* any of these starts a region (NULL after the last) */
+    const char *end[3];   /* any of these ends it (NULL after the last) */
+    const char *next;     /* this also ends it, left for the next region; may be NULL */
 };
 
 static struct markers markers_of(enum xd_tool_syntax s)
@@ -22,13 +28,18 @@ static struct markers markers_of(enum xd_tool_syntax s)
     case XD_TOOL_SYNTAX_HERMES:
     case XD_TOOL_SYNTAX_GLM45:
     case XD_TOOL_SYNTAX_QWEN3_CODER:
-        return (struct markers){"<tool_call>", "</tool_call>"};
+        return (struct markers){{"<tool_call>"}, {"</tool_call>"}, NULL};
     case XD_TOOL_SYNTAX_MISTRAL:
-        return (struct markers){"[TOOL_CALLS]", NULL};
+        return (struct markers){{"[TOOL_CALLS]"}, {NULL}, "[TOOL_CALLS]"};
     case XD_TOOL_SYNTAX_DEEPSEEK_V3:
-        return (struct markers){DS_CALLS_BEGIN, DS_CALLS_END};
+        return (struct markers){{DS_CALLS_BEGIN}, {DS_CALLS_END}, NULL};
+    case XD_TOOL_SYNTAX_HARMONY: /* a message: from its <|start|> (or, the output's first, its
+                                    <|channel|>) to its end token or the next message */
+        return (struct markers){{XD_HARMONY_START, XD_HARMONY_CHANNEL},
+                                {XD_HARMONY_CALL, XD_HARMONY_END, XD_HARMONY_RETURN},
+                                XD_HARMONY_START};
     default:
-        return (struct markers){NULL, NULL};
+        return (struct markers){{NULL}, {NULL}, NULL};
     }
 }
 
@@ -42,6 +53,10 @@ static const struct {
     {"deepseek_v3", XD_TOOL_SYNTAX_DEEPSEEK_V3},
     {"glm45", XD_TOOL_SYNTAX_GLM45},
     {"qwen3_coder", XD_TOOL_SYNTAX_QWEN3_CODER},
+    {"harmony", XD_TOOL_SYNTAX_HARMONY},
+    {"gpt_oss", XD_TOOL_SYNTAX_HARMONY},
+    {"openai", XD_TOOL_SYNTAX_HARMONY}, /* vLLM's name for gpt-oss's tool parser */
+    {"openai_gptoss", XD_TOOL_SYNTAX_HARMONY},
 };
 
 int xd_tool_syntax_from_name(const char *name, enum xd_tool_syntax *ret)
@@ -67,6 +82,8 @@ enum xd_tool_syntax xd_tool_syntax_detect(const char *t)
 {
     if (!t)
         return XD_TOOL_SYNTAX_NONE;
+    if (strstr(t, XD_HARMONY_CALL) && strstr(t, XD_HARMONY_CHANNEL "commentary"))
+        return XD_TOOL_SYNTAX_HARMONY;
     if (strstr(t, "<tool_call>") && strstr(t, "<arg_key>"))
         return XD_TOOL_SYNTAX_GLM45;
     if (strstr(t, "<tool_call>") && strstr(t, "<function="))
@@ -82,7 +99,7 @@ enum xd_tool_syntax xd_tool_syntax_detect(const char *t)
 
 bool xd_tool_syntax_needs_special(enum xd_tool_syntax s)
 {
-    return s == XD_TOOL_SYNTAX_MISTRAL;
+    return s == XD_TOOL_SYNTAX_MISTRAL || s == XD_TOOL_SYNTAX_HARMONY;
 }
 
 struct xd_tool_stream {
@@ -90,6 +107,7 @@ struct xd_tool_stream {
     struct markers m;
     const json_t *tools;
     bool in_call;              /* pend holds a region after a start marker */
+    int start;                 /* which of m.start began it */
     struct xd_byte_buf pend;   /* held text (the region without its start marker) */
     struct xd_tool_call *calls; /* (n_calls,) parsed; taken from `taken` on */
     int n_calls, cap_calls, taken;
@@ -431,6 +449,24 @@ static int parse_qwen3_coder(struct xd_tool_stream *t, const char *s, const char
     return add_call(t, ns, ne, args);
 }
 
+/* Harmony: one message, [s, e) after its <|start|> (its role first) or <|channel|> (its
+ * channel's name first): a header with `to=functions.NAME`, <|message|>, a JSON object. */
+static int parse_harmony(struct xd_tool_stream *t, const char *s, const char *e)
+{
+    const char *msg = find(s, e, XD_HARMONY_MESSAGE);
+    struct xd_harmony_header h;
+    if (!msg || xd_harmony_header_parse(s, msg, t->start == 0 ? XD_HARMONY_FIRST_ROLE
+                                                               : XD_HARMONY_FIRST_CHANNEL,
+                                        &h) < 0)
+        return XD_ERR_INVALID;
+    if (!h.recipient)
+        return XD_ERR_INVALID;
+    const char *ns = h.recipient, *ne = h.recipient + h.recipient_len;
+    if (!starts(ns, ne, "functions.") || ne - ns == 10)
+        return XD_ERR_INVALID; /* a built-in tool's (browser, python), or no name */
+    return add_call(t, ns + 10, ne, json_object_of(msg + strlen(XD_HARMONY_MESSAGE), e));
+}
+
 /* Parses one region; on a malformed one the calls it added are dropped again. */
 static int parse_region(struct xd_tool_stream *t, const char *s, size_t n)
 {
@@ -451,6 +487,9 @@ static int parse_region(struct xd_tool_stream *t, const char *s, size_t n)
         break;
     case XD_TOOL_SYNTAX_QWEN3_CODER:
         rc = parse_qwen3_coder(t, s, s + n);
+        break;
+    case XD_TOOL_SYNTAX_HARMONY:
+        rc = parse_harmony(t, s, s + n);
         break;
     default:
         rc = XD_ERR_INVALID;
@@ -482,7 +521,7 @@ static int close_region(struct xd_tool_stream *t, size_t n, const char *end,
     if (rc == XD_ERR_NOMEM)
         return rc;
     if (rc < 0) {
-        XD_TRY(emit(out, t->m.start, strlen(t->m.start)));
+        XD_TRY(emit(out, t->m.start[t->start], strlen(t->m.start[t->start])));
         XD_TRY(emit(out, region, n));
         if (end)
             XD_TRY(emit(out, end, strlen(end)));
@@ -503,32 +542,59 @@ static size_t partial_tail(const char *s, size_t n, const char *marker)
     return 0;
 }
 
+/* The first of the markers (NULL-terminated, at most n_markers) in [s, e): where it starts, or
+ * NULL; *ret_which its index. */
+static const char *find_any(const char *s, const char *e, const char *const *markers,
+                            int n_markers, int *ret_which)
+{
+    const char *best = NULL;
+    for (int k = 0; k < n_markers && markers[k]; k++) {
+        const char *at = find(s, e, markers[k]);
+        if (at && (!best || at < best)) {
+            best = at;
+            *ret_which = k;
+        }
+    }
+    return best;
+}
+
 int xd_tool_stream_push(struct xd_tool_stream *t, const char *text, size_t len,
                         struct xd_byte_buf *out)
 {
-    if (!t->m.start)
+    if (!t->m.start[0])
         return emit(out, text, len);
     XD_TRY(emit(&t->pend, text, len));
     for (;;) {
         const char *s = t->pend.data ? t->pend.data : "", *e = s + t->pend.len;
         if (!t->in_call) {
-            const char *at = find(s, e, t->m.start);
+            int which = 0;
+            const char *at = find_any(s, e, t->m.start, 2, &which);
             if (!at) {
-                size_t keep = partial_tail(s, (size_t)(e - s), t->m.start);
+                size_t keep = 0;
+                for (int k = 0; k < 2 && t->m.start[k]; k++) {
+                    size_t p = partial_tail(s, (size_t)(e - s), t->m.start[k]);
+                    keep = p > keep ? p : keep;
+                }
                 XD_TRY(emit(out, s, (size_t)(e - s) - keep));
                 xd_byte_buf_consume(&t->pend, (size_t)(e - s) - keep);
                 return XD_OK;
             }
             XD_TRY(emit(out, s, (size_t)(at - s)));
-            xd_byte_buf_consume(&t->pend, (size_t)(at - s) + strlen(t->m.start));
+            xd_byte_buf_consume(&t->pend, (size_t)(at - s) + strlen(t->m.start[which]));
             t->in_call = true;
+            t->start = which;
             continue;
         }
-        /* in a region: its end marker, or (Mistral) the next start */
-        const char *end = t->m.end ? find(s, e, t->m.end) : find(s, e, t->m.start);
-        if (!end)
+        /* in a region: one of its end markers, or the next region's start */
+        int which = 0;
+        const char *end = find_any(s, e, t->m.end, 3, &which);
+        const char *next = t->m.next ? find(s, end ? end : e, t->m.next) : NULL;
+        if (next && (!end || next < end))
+            XD_TRY(close_region(t, (size_t)(next - s), NULL, out));
+        else if (end)
+            XD_TRY(close_region(t, (size_t)(end - s), t->m.end[which], out));
+        else
             return XD_OK;
-        XD_TRY(close_region(t, (size_t)(end - s), t->m.end, out));
     }
 }
 

@@ -1,7 +1,9 @@
 /* Tool calls in a model's output: each family's syntax (Hermes-style <tool_call>{json}</tool_call>
  * of Qwen2.5/Qwen3, Mistral's [TOOL_CALLS], DeepSeek-V3's <｜tool▁calls▁begin｜>, GLM-4.5's
  * <tool_call>name<arg_key>..</arg_key><arg_value>..</arg_value></tool_call>, Qwen3-Coder's
- * <tool_call><function=name><parameter=k>v</parameter></function></tool_call>) cut out of the text
+ * <tool_call><function=name><parameter=k>v</parameter></function></tool_call>, gpt-oss's harmony
+ * <|start|>assistant<|channel|>commentary to=functions.name <|constrain|>json<|message|>{..}<|call|>)
+ * cut out of the text
  * into calls {name, arguments as JSON text}, whole or streamed piece by piece with the same
  * result for every cut. Text that is not a well-formed call stays content. */
 #ifndef XD_TOOL_CALLS_H
@@ -26,19 +28,24 @@ enum xd_tool_syntax {
                                    ..</tool_call> */
     XD_TOOL_SYNTAX_QWEN3_CODER, /* <tool_call>\n<function=name>\n<parameter=k>\nv\n</parameter>
                                    ..</function>\n</tool_call> */
+    XD_TOOL_SYNTAX_HARMONY,     /* gpt-oss: a message to functions.name (`to=` before or after
+                                   its <|channel|>) whose body is the arguments, ended by <|call|>
+                                   (or <|end|>, or the output's end: <|call|> is a stop token) */
 };
 
-/* "none", "hermes", "mistral", "deepseek_v3", "glm45", "qwen3_coder" (vLLM's names) into *ret;
- * XD_ERR_INVALID otherwise (*ret not written). */
+/* "none", "hermes", "mistral", "deepseek_v3", "glm45", "qwen3_coder", "harmony" (vLLM's names;
+ * "gpt_oss", "openai" and "openai_gptoss" name harmony too) into *ret; XD_ERR_INVALID otherwise
+ * (*ret not written). */
 int xd_tool_syntax_from_name(const char *name, enum xd_tool_syntax *ret);
 const char *xd_tool_syntax_name(enum xd_tool_syntax s);
 
-/* The syntax a chat template renders tool calls in (its source mentions the family's markers),
- * NONE when it mentions none or for NULL. */
+/* The syntax a chat template renders tool calls in (its source mentions the family's markers:
+ * harmony's <|call|> and <|channel|>commentary), NONE when it mentions none or for NULL. */
 enum xd_tool_syntax xd_tool_syntax_detect(const char *chat_template);
 
 /* Whether the syntax's markers are special tokens in the family's tokenizer (Mistral's
- * [TOOL_CALLS]): the detokenizer must keep special tokens for them to reach the parser. */
+ * [TOOL_CALLS], harmony's): the detokenizer must keep special tokens for them to reach the
+ * parser. */
 bool xd_tool_syntax_needs_special(enum xd_tool_syntax s);
 
 /* One parsed call; both strings owned (free()). */

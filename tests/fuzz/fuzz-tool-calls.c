@@ -1,6 +1,7 @@
 /* Fuzz target: any byte string as a model's output through the tool-call parser of each family
- * and the reasoning split (the first byte picks the family and where the text is cut): no
- * crash, no leak, and the same content and calls whole as cut in two. */
+ * (harmony's included) and the reasoning split, think and harmony (the first byte picks the
+ * family and where the text is cut): no crash, no leak, and the same content and calls whole
+ * as cut in two. */
 #include "tests/fuzz/fuzz.h"
 #include <stdint.h>
 #include <stdlib.h>
@@ -48,7 +49,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
         return 0;
-    const enum xd_tool_syntax syn = (enum xd_tool_syntax)(data[0] % 6);
+    const enum xd_tool_syntax syn = (enum xd_tool_syntax)(data[0] % 7);
     size_t len = size - 2;
     size_t cut = len ? data[1] % (len + 1) : 0;
     char *text = malloc(len ? len : 1); /* exact size: ASan sees a read past the end */
@@ -69,19 +70,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     xd_byte_buf_free(&split.calls);
     json_decref(tools);
 
-    /* the reasoning split: whole equals cut, and nothing is lost but the two tags */
-    for (int open = 0; open < 2; open++) {
+    /* the reasoning split: whole equals cut, and (think) nothing is lost but the two tags */
+    for (int open = 0; open < 3; open++) {
+        const enum xd_reasoning_parser p = open < 2 ? XD_REASONING_THINK : XD_REASONING_HARMONY;
         struct xd_byte_buf r1 = {0}, c1 = {0}, r2 = {0}, c2 = {0};
         struct xd_reasoning a, b;
-        xd_reasoning_init(&a, XD_REASONING_THINK, open);
-        xd_reasoning_init(&b, XD_REASONING_THINK, open);
+        xd_reasoning_init(&a, p, open == 1);
+        xd_reasoning_init(&b, p, open == 1);
         REQUIRE(xd_reasoning_push(&a, text, len, &r1, &c1) == XD_OK);
         REQUIRE(xd_reasoning_finish(&a, &r1, &c1) == XD_OK);
         REQUIRE(xd_reasoning_push(&b, text, cut, &r2, &c2) == XD_OK);
         REQUIRE(xd_reasoning_push(&b, text + cut, len - cut, &r2, &c2) == XD_OK);
         REQUIRE(xd_reasoning_finish(&b, &r2, &c2) == XD_OK);
         REQUIRE(same_buf(&r1, &r2) && same_buf(&c1, &c2));
-        REQUIRE(r1.len + c1.len <= len && r1.len + c1.len + 15 >= len);
+        if (p == XD_REASONING_THINK)
+            REQUIRE(r1.len + c1.len <= len && r1.len + c1.len + 15 >= len);
         xd_byte_buf_free(&r1);
         xd_byte_buf_free(&c1);
         xd_byte_buf_free(&r2);

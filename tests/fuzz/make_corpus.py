@@ -270,6 +270,51 @@ def zstd_seed(name, payload):
     return {name: b"\1" + z.stdout}
 
 
+def fnv(data):
+    h = 0xcbf29ce484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def pack(extents, version=1, align=4096, truncate=0):
+    """An expert pack (engine/model/pack.h): extents are (name, dtype code, rows, cols), Q8_0
+    (code 4, 34 bytes per 32 weights) or F32 (code 1); the data bytes are a counter."""
+    row = {1: lambda c: 4 * c, 4: lambda c: c // 32 * 34, 5: lambda c: c // 32 * 20}
+    table_end = 128 + 128 * len(extents)
+    data_offset = (table_end + align - 1) // align * align
+    table, off, blobs = b"", data_offset, []
+    for name, code, rows, cols in extents:
+        n = rows * row.get(code, lambda c: 4 * c)(cols)
+        table += (name.encode().ljust(80, b"\0") + struct.pack("<IIqqQQ", code, 0, rows, cols, off, n)
+                  ).ljust(128, b"\0")
+        blobs.append((off, bytes(i % 251 for i in range(n))))
+        off = (off + n + align - 1) // align * align
+    size = blobs[-1][0] + len(blobs[-1][1]) if blobs else data_offset
+    head = b"XDPACK\r\n" + struct.pack("<IIIIQQQQQ", version, 1, 4, len(extents), 42, 1 << 20,
+                                         data_offset, size - truncate, fnv(table))
+    head = (head + struct.pack("<Q", fnv(head))).ljust(128, b"\0")
+    out = bytearray(head + table)
+    out += b"\0" * (data_offset - len(out))
+    for at, blob in blobs:
+        out += b"\0" * (at - len(out)) + blob
+    return bytes(out[: len(out) - truncate])
+
+
+def pack_corpus():
+    two = [("layer 0 expert 0 gate_proj", 4, 2, 64), ("lm_head", 4, 3, 32)]
+    return {
+        "two-extents": pack(two),
+        "empty": pack([]),
+        "f32-extent": pack([("layer 0 q_proj", 1, 2, 3)]),
+        "truncated": pack(two, truncate=1),
+        "bad-version": pack(two, version=2),
+        "unknown-dtype": pack([("x", 9, 1, 32)]),
+        "bad-shape": pack([("x", 4, 1, 48)]),
+        "header-only": pack(two)[:128],
+    }
+
+
 def write_all(directory, files):
     os.makedirs(directory, exist_ok=True)
     for name, data in sorted(files.items()):
@@ -282,3 +327,4 @@ if __name__ == "__main__":
     write_all(MC_DIR, model_config_corpus())
     write_all(os.path.join(HERE, "corpus", "chat"), chat_corpus())
     write_all(os.path.join(HERE, "corpus", "routing-trace"), routing_trace_corpus())
+    write_all(os.path.join(HERE, "corpus", "pack"), pack_corpus())

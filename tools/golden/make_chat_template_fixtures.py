@@ -134,6 +134,13 @@ def conversations():
          TOOLS, None),
         ("openai_style_call_id", tool_turns(False, "", "call_1"), TOOLS, None),
         ("tool_calls_without_tools", tool_turns(False), None, None),
+        # gpt-oss renders a tool-calling turn's reasoning as its analysis message (vLLM and
+        # the harmony parser hand it back as reasoning_content)
+        ("tool_call_with_reasoning",
+         [UW, {"role": "assistant", "content": "", "reasoning_content": "Use get_weather.",
+               "tool_calls": [call(ID1, "get_weather", {"city": "Paris"}, False)]},
+          {"role": "tool", "tool_call_id": ID1, "name": "get_weather", "content": "18 C"}],
+         TOOLS, None),
         ("reasoning_content",
          [U1, {"role": "assistant", "content": "Paris.", "reasoning_content": "France's capital is Paris."},
           U2], None, None),
