@@ -57,7 +57,6 @@ struct cpu_state {
     struct xd_cpu_pool *pool; /* MOE_POOL's workers, else NULL */
     int moe_tiles_f, moe_tiles_h; /* row tiles of the gate/up and of the down matrices */
     int moe_prep_in, moe_prep_down; /* enum moe_prep of the gate/up and of the down matrices */
-    int moe_n_tokens;    /* tokens of the layer being run */
     void *moe_prep;      /* one allocation holding the three below */
     size_t moe_prep_bytes;
     void *prep_tok;      /* (T, hidden) xn in the gate/up weights' form, made once per token */
