@@ -161,7 +161,7 @@ static void test_constraint_sleeps_through_reasoning(void)
     CHECK(!xd_token_constraint_allows(c, P_X), "'x' as the answer's start");
     CHECK(xd_token_constraint_allows(c, P_LT) && xd_token_constraint_allows(c, P_LBRACE),
           "'<' and '{'");
-    CHECK(xd_token_constraint_allows(c, P_EOS), "an end in the reasoning");
+    CHECK(!xd_token_constraint_allows(c, P_EOS), "an end before the answer, out of a think block");
     check_mask(c, "before");
     /* <think> cut across three tokens, then free reasoning (x, '>', '{', '}' alike) */
     static const int reasoning[] = {P_LT, P_THINK, P_GT, P_X, P_GT_X, P_RBRACE, P_NL, P_Y};
@@ -170,6 +170,7 @@ static void test_constraint_sleeps_through_reasoning(void)
         xd_token_constraint_accept(c, reasoning[i]);
         CHECK(xd_token_constraint_dormant(c), "dormant after reasoning token %zu", i);
     }
+    CHECK(xd_token_constraint_allows(c, P_EOS), "an end in the reasoning");
     check_mask(c, "inside");
     /* </think> cut across tokens: "</", "think", then ">x" would start the answer with 'x' */
     xd_token_constraint_accept(c, P_CLOSE);
@@ -183,6 +184,7 @@ static void test_constraint_sleeps_through_reasoning(void)
     xd_token_constraint_accept(c, P_GT);
     CHECK(xd_token_constraint_dormant(c), "after the marker, before the answer");
     CHECK(xd_token_constraint_allows(c, P_NL), "the gap's whitespace");
+    CHECK(!xd_token_constraint_allows(c, P_EOS), "an end past the reasoning: no answer");
     xd_token_constraint_accept(c, P_NL);
     CHECK(!xd_token_constraint_allows(c, P_X) && !xd_token_constraint_allows(c, P_Y),
           "a non-JSON answer");
@@ -226,10 +228,44 @@ static void test_constraint_sleeps_through_reasoning(void)
     xd_tokenizer_destroy(tok);
 }
 
+static void test_gate_may_end(void)
+{
+    static const struct {
+        enum xd_reasoning_parser parser;
+        bool in_reasoning;
+        const char *out;
+        bool may_end;
+    } cases[] = {
+        {XD_REASONING_THINK, false, "", false},         /* the answer may start now */
+        {XD_REASONING_THINK, false, "<think>r", true},
+        {XD_REASONING_THINK, false, "<think>r</thi", true},
+        {XD_REASONING_THINK, false, "<think>r</think>\n", false},
+        {XD_REASONING_THINK, true, "", true},           /* R1: the prompt opened it */
+        {XD_REASONING_HARMONY, false, "", false},       /* text here would be content */
+        {XD_REASONING_HARMONY, false, HCH "analy", true}, /* in a header */
+        {XD_REASONING_HARMONY, false, HCH "analysis" HMSG "r", true},
+        {XD_REASONING_HARMONY, false, HCH "analysis" HMSG "r<|end|>" HSTART HCH "final" HMSG,
+         false},
+        {XD_REASONING_THINK, false, "{", false},        /* answering */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        struct xd_reasoning_gate g;
+        struct xd_byte_buf r = {0}, c = {0};
+        xd_reasoning_gate_init(&g, cases[i].parser, cases[i].in_reasoning, false);
+        CHECK(xd_reasoning_gate_push(&g, cases[i].out, strlen(cases[i].out), &r, &c) == XD_OK,
+              "push");
+        CHECK(xd_reasoning_gate_may_end(&g) == cases[i].may_end, "case %zu ('%s')", i,
+              cases[i].out);
+        xd_byte_buf_free(&r);
+        xd_byte_buf_free(&c);
+    }
+}
+
 int main(void)
 {
     RUN(test_gate_whole_and_every_cut);
     RUN(test_prompt_answers);
+    RUN(test_gate_may_end);
     RUN(test_constraint_sleeps_through_reasoning);
     return test_summary();
 }

@@ -73,3 +73,17 @@ int xd_reasoning_gate_finish(struct xd_reasoning_gate *g, struct xd_byte_buf *re
     xd_byte_buf_free(&tmp);
     return rc;
 }
+
+bool xd_reasoning_gate_may_end(const struct xd_reasoning_gate *g)
+{
+    if (g->answering)
+        return false;
+    /* a probe on a copy: where would a plain letter go (no tag or framing starts with it) */
+    struct xd_reasoning rs = g->rs;
+    struct xd_byte_buf r = {0}, c = {0};
+    int rc = xd_reasoning_push(&rs, "x", 1, &r, &c);
+    bool content = c.len > 0;
+    xd_byte_buf_free(&r);
+    xd_byte_buf_free(&c);
+    return rc == XD_OK && !content;
+}

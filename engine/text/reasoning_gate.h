@@ -44,6 +44,12 @@ bool xd_reasoning_gate_prompt_answers(enum xd_reasoning_parser p, const char *pr
 int xd_reasoning_gate_push(struct xd_reasoning_gate *g, const char *text, size_t len,
                            struct xd_byte_buf *ret_reasoning, struct xd_byte_buf *ret_content);
 
+/* Whether the output may end here with no answer: the split is inside the reasoning (a byte
+ * of text now would be reasoning, or part of a harmony header). False once the reasoning is
+ * over and the answer has not started (after </think>, in harmony's final message, or before
+ * a think block that may never open): an end there would leave the answer empty. */
+bool xd_reasoning_gate_may_end(const struct xd_reasoning_gate *g);
+
 /* The end of the output. Before the answer, what the split holds (a partial tag or header) is
  * reasoning: an output that ends in its reasoning (max_tokens, a stop) ends with no content,
  * never with text the constraint did not match. After it, nothing is held. */

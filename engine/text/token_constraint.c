@@ -232,7 +232,7 @@ static bool dormant_allows(struct xd_token_constraint *c, int32_t token)
 {
     const struct xd_token_table *t = c->t;
     if (token >= 0 && token < t->n_vocab && t->is_eos[token])
-        return true; /* the output ends in its reasoning: no content */
+        return xd_reasoning_gate_may_end(&c->gate); /* in its reasoning: no content */
     if (token == c->checked)
         return c->checked_st != NULL;
     c->checked = token;

@@ -40,7 +40,8 @@ void xd_token_constraint_destroy(struct xd_token_constraint *c); /* accepts NULL
  * token's bytes; a special token's only with keep_special, as the detokenizer keeps them)
  * goes through a copy of gate (reasoning_gate.h) and the grammar matches the answer from its
  * first byte. While dormant every token is allowed but one that would start the answer with
- * bytes the grammar refuses (an eos too: the output then has no answer); then as
+ * bytes the grammar refuses, and an eos past the reasoning (xd_reasoning_gate_may_end:
+ * an eos inside it ends the output with no answer); then as
  * xd_token_constraint_create. A NULL gate, or one already answering, is that at once. Takes
  * a reference on g and on t; NULL when out of memory. */
 struct xd_token_constraint *xd_token_constraint_create_gated(struct xd_json_grammar *g,
