@@ -1777,9 +1777,12 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
         c->index = i;
         c->prompt = i / j->api.n;
         /* constrained output is all JSON, no tool-call syntax; a thinking model reasons
-         * first (gated) unless the request or the prompt put it in answer mode */
+         * first (gated) unless the request or the prompt put it in answer mode (gpt-oss
+         * always writes its analysis: enable_thinking is not harmony's) */
         j->gated = kind == XD_API_CHAT && s->reasoning_parser != XD_REASONING_NONE &&
-                   j->api.constraint != XD_API_CONSTRAINT_NONE && j->api.enable_thinking != 0 &&
+                   j->api.constraint != XD_API_CONSTRAINT_NONE &&
+                   (j->api.enable_thinking != 0 ||
+                    s->reasoning_parser == XD_REASONING_HARMONY) &&
                    !j->think_closed;
         j->split_reasoning = kind == XD_API_CHAT && s->reasoning_parser != XD_REASONING_NONE &&
                              (j->api.constraint == XD_API_CONSTRAINT_NONE || j->gated);

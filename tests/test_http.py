@@ -2252,7 +2252,7 @@ def response_format_after_reasoning_whole_and_streamed():
 @test
 def response_format_after_harmony_analysis():
     """gpt-oss (harmony): the analysis channel is free, the schema holds from the final
-    channel's first byte; whole and streamed."""
+    channel's first byte; whole and streamed; enable_thinking false changes nothing here."""
     import jsonschema
     msgs = [{"role": "user", "content": "Answer."}]
     rf = {"type": "json_schema",
@@ -2273,6 +2273,11 @@ def response_format_after_harmony_analysis():
         assert "".join(v for k, v in parts if k == "reasoning") == "Free {text.", parts
         assert "".join(v for k, v in parts if k == "content") == ch.message.content, parts
         assert finish == "stop"
+        # enable_thinking is not harmony's: still gated
+        r = c.chat.completions.create(**kw, extra_body={
+            "x_test_force_output": forced, "chat_template_kwargs": {"enable_thinking": False}})
+        assert r.choices[0].message.model_extra["reasoning_content"] == "Free {text.", r
+        jsonschema.validate(json.loads(r.choices[0].message.content), ANSWER_SCHEMA)
     finally:
         srv.stop()
 
