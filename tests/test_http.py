@@ -2204,6 +2204,7 @@ def response_format_after_reasoning_whole_and_streamed():
                                       extra_body={"x_test_force_output": long})
         ch = r.choices[0]
         assert ch.finish_reason == "length" and ch.message.content is None, ch
+        assert r.usage.completion_tokens == 4, r.usage  # max_tokens counts reasoning tokens
         assert long.startswith("<think>" + ch.message.model_extra["reasoning_content"]), ch
         parts, finish = split_stream(c.chat.completions.create(
             **dict(kw, max_tokens=4), stream=True, extra_body={"x_test_force_output": long}))
