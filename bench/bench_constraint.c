@@ -140,12 +140,21 @@ int main(int argc, char **argv)
      * the 256 single bytes come first, id = byte's rank in the alphabet order... so feed the
      * bytes through a fresh matcher and use the byte tokens) */
     static const char *const at[] = {"", "{\"name\":\"Al", "{\"name\":\"Al\",", "{\"name\":\"Al\",\"age\":4",
-                                     "{\"name\":\"A\",\"age\":1,\"tags\":[", "{\"name\":\"A\",\"age\":1,\"pet\":"};
+                                     "{\"name\":\"A\",\"age\":1,\"tags\":[", "{\"name\":\"A\",\"age\":1,\"pet\":",
+                                     "", "<think>ab", "<think>a</think>", "<think>a</think>{\"name\":\"Al"};
     static const char *const what[] = {"start", "in a string", "after a comma (names)",
-                                       "in an integer", "in an enum array", "anyOf value"};
+                                       "in an integer", "in an enum array", "anyOf value",
+                                       "gated: before <think>", "gated: reasoning",
+                                       "gated: after </think>", "gated: in a string"};
+    /* the last four behind a reasoning gate (qwen3: the model may open a think block) */
+    const size_t first_gated = 6;
+    struct xd_reasoning_gate gate;
+    xd_reasoning_gate_init(&gate, XD_REASONING_THINK, false, false);
     float *w = malloc(sizeof *w * (size_t)n_vocab);
     for (size_t k = 0; k < sizeof at / sizeof *at; k++) {
-        struct xd_token_constraint *c = xd_token_constraint_create(g, table);
+        struct xd_token_constraint *c =
+            k >= first_gated ? xd_token_constraint_create_gated(g, table, &gate, false)
+                             : xd_token_constraint_create(g, table);
         for (const char *p = at[k]; *p; p++) {
             /* the single-byte token of *p: its id is the byte's index in the vocab object */
             int32_t tid = -1;
