@@ -269,7 +269,7 @@ static void attention(struct cpu_state *s, const struct xd_batch *b, int layer, 
         .n_heads = c->n_heads,
         .n_kv_heads = c->n_kv_heads,
         .head_dim = c->head_dim,
-        .scale = 1.0f / sqrtf((float)c->head_dim),
+        .scale = c->attn_scale, /* 1 / sqrt(head_dim), or granitemoe's attention_multiplier */
         .window = c->full_attention_layer[layer] ? 0 : c->sliding_window,
         .sinks = sink_w->data ? sinks : NULL,
     };
@@ -277,6 +277,20 @@ static void attention(struct cpu_state *s, const struct xd_batch *b, int layer, 
         xd_cpu_attention_reference(&a, b, s->q, s->attn);
     else
         xd_cpu_attention(&a, b, s->q, s->attn, s->attn_items);
+}
+
+/* h (n) += out (n), times granitemoe's residual_multiplier first (as transformers: residual +
+ * hidden_states * residual_multiplier) when it is not 1. */
+static void add_residual(const struct xd_model_config *c, float *h, const float *out, size_t n)
+{
+    const float rm = c->residual_multiplier;
+    if (rm != 1.0f) {
+        for (size_t i = 0; i < n; i++)
+            h[i] += out[i] * rm;
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        h[i] += out[i];
 }
 
 static void attention_block(struct cpu_state *s, const struct xd_batch *b, int l, int n)
@@ -320,8 +334,7 @@ static void attention_block(struct cpu_state *s, const struct xd_batch *b, int l
     attention(s, b, l, n);
     xd_cpu_matmul(s->attn, n, &lw->wo, s->out);
     xd_cpu_add_bias(s->out, n, &lw->bo);
-    for (size_t i = 0; i < HN; i++)
-        s->h[i] += s->out[i];
+    add_residual(c, s->h, s->out, HN);
 }
 
 /* ---- MLPs ---- */
@@ -511,7 +524,7 @@ static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
     }
 
     if (lw->shared.gate.data && !lw->shared_expert_gate.data) {
-        /* deepseek, glm4_moe: out += shared_experts(x) */
+        /* deepseek, glm4_moe, dots1, granitemoeshared: out += shared_experts(x) */
         swiglu(c, s->xn, n, &lw->shared, s->dg, s->du, s->eo);
         const size_t HN = (size_t)n * H;
         for (size_t i = 0; i < HN; i++)
@@ -575,9 +588,7 @@ static int mlp_block(struct cpu_state *s, int l, int n, struct xd_err *err)
                                           .down = lw->mlp_down};
         swiglu(c, s->xn, n, &dense, s->dg, s->du, s->out);
     }
-    const size_t HN = (size_t)n * c->hidden_size;
-    for (size_t i = 0; i < HN; i++)
-        s->h[i] += s->out[i];
+    add_residual(c, s->h, s->out, (size_t)n * c->hidden_size);
     return XD_OK;
 }
 
@@ -606,6 +617,9 @@ static int cpu_forward(void *p, const struct xd_batch *b, struct xd_forward_out 
             row.data = (const char *)row.data +
                        (size_t)sc->tokens[t] * (size_t)H * xd_dtype_size(row.dtype);
             xd_dtype_to_f32(row.dtype, row.data, s->h + (size_t)n * H, (size_t)H);
+            if (c->embedding_multiplier != 1.0f) /* granitemoe */
+                for (int i = 0; i < H; i++)
+                    s->h[(size_t)n * H + i] *= c->embedding_multiplier;
         }
     }
 
@@ -629,6 +643,9 @@ static int cpu_forward(void *p, const struct xd_batch *b, struct xd_forward_out 
     }
     xd_cpu_rmsnorm(s->xn, n_rows, &s->m->final_norm, c->rms_norm_eps, s->xn);
     xd_cpu_matmul(s->xn, n_rows, &s->m->lm_head, s->logits);
+    if (c->logits_scaling != 1.0f) /* granitemoe: logits / logits_scaling, a division as there */
+        for (size_t i = 0; i < (size_t)n_rows * c->vocab_size; i++)
+            s->logits[i] /= c->logits_scaling;
 
     ret->logits = s->logits;
     ret->n_logit_rows = n_rows;

@@ -20,6 +20,9 @@ const char *xd_arch_name(enum xd_arch arch)
     case XD_ARCH_DEEPSEEK_V3: return "deepseek_v3";
     case XD_ARCH_GLM4_MOE: return "glm4_moe";
     case XD_ARCH_GPT_OSS: return "gpt_oss";
+    case XD_ARCH_DOTS1: return "dots1";
+    case XD_ARCH_GRANITEMOE: return "granitemoe";
+    case XD_ARCH_GRANITEMOE_SHARED: return "granitemoeshared";
     }
     return "?";
 }
@@ -145,6 +148,88 @@ static int get_eos(json_t *root, const char *path, struct xd_model_config *c, st
     return XD_OK;
 }
 
+/* config.json's layer_types (a list of num_hidden_layers "sliding_attention" or
+ * "full_attention") into c->full_attention_layer. */
+static int get_layer_types(json_t *lt, const char *path, struct xd_model_config *c,
+                           struct xd_err *err)
+{
+    if (!json_is_array(lt) || json_array_size(lt) != (size_t)c->n_layers)
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "%s: key 'layer_types' must be a list of num_hidden_layers (%d) strings",
+                          path, c->n_layers);
+    for (int i = 0; i < c->n_layers; i++) {
+        const char *t = json_string_value(json_array_get(lt, (size_t)i));
+        if (t && strcmp(t, "full_attention") == 0)
+            c->full_attention_layer[i] = true;
+        else if (t && strcmp(t, "sliding_attention") == 0)
+            c->full_attention_layer[i] = false;
+        else
+            return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                              "%s: key 'layer_types' entry %d is \"%.32s\"; %s layers are "
+                              "\"sliding_attention\" or \"full_attention\"",
+                              path, i, t ? t : "(not a string)", c->model_type);
+    }
+    return XD_OK;
+}
+
+/* dots1's attention windows (Dots1Config): sliding_window (4096 when absent; null: none);
+ * layer_types, or when absent sliding from max_window_layers on (62 when absent) if there is a
+ * window. A sliding layer without a window is refused: transformers would attend it fully
+ * through a sliding mask of no width, a case expertd does not guess at. */
+static int parse_dots1_windows(json_t *root, const char *path, struct xd_model_config *c,
+                               struct xd_err *err)
+{
+    json_t *sw = json_object_get(root, "sliding_window");
+    const bool has_window = !(sw && json_is_null(sw));
+    if (has_window)
+        XD_TRY(get_int(root, path, "sliding_window", 4096, 1, 1 << 24, &c->sliding_window, err));
+    int max_window_layers = 62;
+    XD_TRY(get_int(root, path, "max_window_layers", 62, 0, 1 << 20, &max_window_layers, err));
+    json_t *lt = json_object_get(root, "layer_types");
+    if (!lt || json_is_null(lt)) {
+        for (int i = 0; i < c->n_layers; i++)
+            c->full_attention_layer[i] = !(has_window && i >= max_window_layers);
+    } else {
+        XD_TRY(get_layer_types(lt, path, c, err));
+    }
+    for (int i = 0; i < c->n_layers; i++)
+        if (!c->full_attention_layer[i] && !has_window)
+            return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                              "%s: key 'layer_types' makes layer %d sliding_attention but key "
+                              "'sliding_window' is null; expertd needs a window for it",
+                              path, i);
+    return XD_OK;
+}
+
+/* granitemoe and granitemoeshared (GraniteMoeConfig's defaults): mixtral's layers with a top-k
+ * softmax router (softmax over the k best logits), the embedding times embedding_multiplier,
+ * attention_multiplier as the softmax scale (it replaces head_dim^-0.5; 1 when absent, as
+ * transformers' default), each block's output times residual_multiplier before its residual
+ * add, the logits divided by logits_scaling; granitemoeshared adds an ungated shared MLP of
+ * shared_intermediate_size (0: none). */
+static int parse_granite(json_t *root, const char *path, struct xd_model_config *c,
+                         bool attention_bias, struct xd_err *err)
+{
+    c->qkv_bias = c->o_bias = attention_bias;
+    c->router = XD_ROUTER_TOPK_SOFTMAX;
+    XD_TRY(get_int(root, path, "intermediate_size", 11008, 1, 1 << 20, &c->expert_ffn, err));
+    XD_TRY(get_float(root, path, "embedding_multiplier", 1.0, -1e30, 1e30,
+                     &c->embedding_multiplier, err));
+    XD_TRY(get_float(root, path, "attention_multiplier", 1.0, 1e-30, 1e30, &c->attn_scale, err));
+    XD_TRY(get_float(root, path, "residual_multiplier", 1.0, -1e30, 1e30, &c->residual_multiplier,
+                     err));
+    XD_TRY(get_float(root, path, "logits_scaling", 1.0, -1e30, 1e30, &c->logits_scaling, err));
+    if (c->logits_scaling == 0.0f)
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "%s: key 'logits_scaling' is 0; the logits are divided by it", path);
+    if (c->arch == XD_ARCH_GRANITEMOE_SHARED)
+        XD_TRY(get_int(root, path, "shared_intermediate_size", 0, 0, 1 << 20,
+                       &c->shared_expert_ffn, err));
+    for (int i = 0; i < c->n_layers; i++)
+        c->is_moe_layer[i] = true;
+    return XD_OK;
+}
+
 /* gpt_oss (GptOssConfig's defaults): biases on q, k, v, o, the router and the experts;
  * attention sinks; layer_types choosing sliding or full attention per layer; the clamped
  * SwiGLU. A quantization_config is accepted for the published MXFP4 experts (quant_method
@@ -180,21 +265,7 @@ static int parse_gpt_oss(json_t *root, const char *path, struct xd_model_config 
         for (int i = 0; i < c->n_layers; i++) /* sliding on even layers, as __post_init__ */
             c->full_attention_layer[i] = i % 2 == 1;
     } else {
-        if (!json_is_array(lt) || json_array_size(lt) != (size_t)c->n_layers)
-            return xd_err_set(err, XD_ERR_CONFIG,
-                              "%s: key 'layer_types' must be a list of num_hidden_layers (%d) "
-                              "strings",
-                              path, c->n_layers);
-        for (int i = 0; i < c->n_layers; i++) {
-            const char *t = json_string_value(json_array_get(lt, (size_t)i));
-            if (t && strcmp(t, "full_attention") == 0)
-                c->full_attention_layer[i] = true;
-            else if (!t || strcmp(t, "sliding_attention") != 0)
-                return xd_err_set(err, XD_ERR_UNSUPPORTED,
-                                  "%s: key 'layer_types' entry %d is \"%.32s\"; gpt_oss layers "
-                                  "are \"sliding_attention\" or \"full_attention\"",
-                                  path, i, t ? t : "(not a string)");
-        }
+        XD_TRY(get_layer_types(lt, path, c, err));
     }
     for (int i = 0; i < c->n_layers; i++)
         c->is_moe_layer[i] = true;
@@ -450,6 +521,7 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     memset(c, 0, sizeof *c);
     c->bos_token_id = -1;
     c->routed_scaling_factor = 1.0f;
+    c->embedding_multiplier = c->residual_multiplier = c->logits_scaling = 1.0f;
     if (!json_is_object(root)) {
         json_decref(root);
         return xd_err_set(err, XD_ERR_CONFIG, "%s: not a JSON object", path);
@@ -476,10 +548,17 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
         c->arch = XD_ARCH_GLM4_MOE;
     else if (strcmp(type, "gpt_oss") == 0)
         c->arch = XD_ARCH_GPT_OSS;
+    else if (strcmp(type, "dots1") == 0)
+        c->arch = XD_ARCH_DOTS1;
+    else if (strcmp(type, "granitemoe") == 0)
+        c->arch = XD_ARCH_GRANITEMOE;
+    else if (strcmp(type, "granitemoeshared") == 0)
+        c->arch = XD_ARCH_GRANITEMOE_SHARED;
     else {
         xd_err_set(err, XD_ERR_UNSUPPORTED,
                    "%s: key 'model_type' is \"%.64s\"; expertd serves mixtral, qwen2_moe, "
-                   "qwen3_moe, olmoe, deepseek_v2, deepseek_v3, glm4_moe and gpt_oss",
+                   "qwen3_moe, olmoe, deepseek_v2, deepseek_v3 (and kimi_k2), glm4_moe, gpt_oss, "
+                   "dots1, granitemoe and granitemoeshared",
                    path, type);
         json_decref(root);
         return XD_ERR_UNSUPPORTED;
@@ -517,9 +596,12 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
                               : "head_dim",
                           c->head_dim);
     }
+    const bool granite = c->arch == XD_ARCH_GRANITEMOE || c->arch == XD_ARCH_GRANITEMOE_SHARED;
     TRY(get_int(root, path, "max_position_embeddings",
-                c->arch == XD_ARCH_GPT_OSS ? 131072 : 4096, 1, 1 << 24,
-                &c->max_position_embeddings, err));
+                c->arch == XD_ARCH_GPT_OSS                  ? 131072
+                : c->arch == XD_ARCH_DOTS1 || granite ? 2048
+                                                            : 4096,
+                1, 1 << 24, &c->max_position_embeddings, err));
     TRY(get_float(root, path, "rms_norm_eps", 1e-6, 0.0, 1.0, &c->rms_norm_eps, err));
     if (c->arch == XD_ARCH_GLM4_MOE) {
         /* Glm4MoeConfig: partial_rotary_factor 0.5 unless config.json gives one */
@@ -569,20 +651,21 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
 
     /* transformers 5 writes num_local_experts for qwen3_moe too; published
      * checkpoints use num_experts everywhere but mixtral and glm4_moe (n_routed_experts). */
-    const char *experts_key = c->arch == XD_ARCH_MIXTRAL || c->arch == XD_ARCH_GPT_OSS
+    const char *experts_key = c->arch == XD_ARCH_MIXTRAL || c->arch == XD_ARCH_GPT_OSS || granite
                                   ? "num_local_experts"
-                              : c->arch == XD_ARCH_GLM4_MOE ? "n_routed_experts"
-                                                            : "num_experts";
+                              : c->arch == XD_ARCH_GLM4_MOE || c->arch == XD_ARCH_DOTS1
+                                  ? "n_routed_experts"
+                                  : "num_experts";
     if (!json_object_get(root, experts_key) && json_object_get(root, "num_local_experts"))
         experts_key = "num_local_experts";
-    TRY(get_int(root, path, experts_key, -1, 0, 1 << 16, &c->n_experts, err));
+    TRY(get_int(root, path, experts_key, granite ? 8 : -1, 0, 1 << 16, &c->n_experts, err));
     if (c->n_experts == 0) {
         json_decref(root);
         return xd_err_set(err, XD_ERR_CONFIG,
                           "%s: key '%s' is 0; a mixture-of-experts model needs experts", path,
                           experts_key);
     }
-    TRY(get_int(root, path, "num_experts_per_tok", -1, 1, 1 << 16, &c->top_k, err));
+    TRY(get_int(root, path, "num_experts_per_tok", granite ? 2 : -1, 1, 1 << 16, &c->top_k, err));
     if (c->top_k > c->n_experts) {
         json_decref(root);
         return xd_err_set(err, XD_ERR_CONFIG,
@@ -629,17 +712,28 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     case XD_ARCH_DEEPSEEK_V2:
     case XD_ARCH_DEEPSEEK_V3:
         break; /* parse_deepseek */
-    case XD_ARCH_GLM4_MOE: {
-        /* Glm4MoeConfig's defaults; attention bias on q, k and v only */
+    case XD_ARCH_GLM4_MOE:
+    case XD_ARCH_DOTS1: {
+        /* Glm4MoeConfig's defaults; attention bias on q, k and v only. dots1 (Dots1Config's
+         * defaults): the same MoE and router, q/k norm always, attention_bias on q, k, v and o,
+         * the rotary embedding over the whole head, sliding layers (parse_dots1_windows) */
+        const bool dots = c->arch == XD_ARCH_DOTS1;
         c->qkv_bias = attention_bias;
-        bool qk_norm = false;
-        TRY(get_bool(root, path, "use_qk_norm", false, &qk_norm, err));
-        c->qk_norm = qk_norm ? XD_QK_NORM_PER_HEAD : XD_QK_NORM_NONE;
-        TRY(get_bool(root, path, "norm_topk_prob", true, &c->norm_topk_prob, err));
+        if (dots) {
+            c->o_bias = attention_bias;
+            c->qk_norm = XD_QK_NORM_PER_HEAD;
+            TRY(parse_dots1_windows(root, path, c, err));
+        } else {
+            bool qk_norm = false;
+            TRY(get_bool(root, path, "use_qk_norm", false, &qk_norm, err));
+            c->qk_norm = qk_norm ? XD_QK_NORM_PER_HEAD : XD_QK_NORM_NONE;
+        }
+        TRY(get_bool(root, path, "norm_topk_prob", !dots, &c->norm_topk_prob, err));
         TRY(get_int(root, path, "moe_intermediate_size", 1408, 1, 1 << 20, &c->expert_ffn, err));
         TRY(get_int(root, path, "intermediate_size", 10944, 1, 1 << 20, &c->dense_ffn, err));
         int n_shared = 1;
-        TRY(get_int(root, path, "n_shared_experts", 1, 0, 64, &n_shared, err));
+        /* Dots1Config's n_shared_experts defaults to None, which transformers cannot build */
+        TRY(get_int(root, path, "n_shared_experts", dots ? -1 : 1, 0, 64, &n_shared, err));
         c->shared_expert_ffn = n_shared * c->expert_ffn;
         c->router = XD_ROUTER_SIGMOID_BIAS;
         TRY(get_int(root, path, "n_group", 1, 1, c->n_experts, &c->n_group, err));
@@ -661,8 +755,9 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
                               "of topk_group (%d) groups",
                               path, c->top_k, c->topk_group * per, c->topk_group);
         }
-        int first_dense = 1;
-        TRY(get_int(root, path, "first_k_dense_replace", 1, 0, XD_MAX_LAYERS, &first_dense, err));
+        int first_dense = dots ? 0 : 1;
+        TRY(get_int(root, path, "first_k_dense_replace", first_dense, 0, XD_MAX_LAYERS,
+                    &first_dense, err));
         for (int i = 0; i < c->n_layers; i++)
             c->is_moe_layer[i] = i >= first_dense;
         sparse_step = 0; /* the layer pattern is set */
@@ -670,6 +765,11 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     }
     case XD_ARCH_GPT_OSS:
         TRY(parse_gpt_oss(root, path, c, attention_bias, err));
+        sparse_step = 0; /* every layer is MoE */
+        break;
+    case XD_ARCH_GRANITEMOE:
+    case XD_ARCH_GRANITEMOE_SHARED:
+        TRY(parse_granite(root, path, c, attention_bias, err));
         sparse_step = 0; /* every layer is MoE */
         break;
     case XD_ARCH_OLMOE:
@@ -686,7 +786,10 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     for (int i = 0; i < c->n_layers && sparse_step > 0; i++)
         c->is_moe_layer[i] = (i + 1) % sparse_step == 0;
     json_t *only = json_object_get(root, "mlp_only_layers");
-    if (only && !json_is_null(only) && c->arch != XD_ARCH_GLM4_MOE) {
+    /* read by qwen2_moe, qwen3_moe, mixtral and olmoe as the others never were; glm4_moe,
+     * dots1 and granite's transformers classes ignore it */
+    if (only && !json_is_null(only) && c->arch != XD_ARCH_GLM4_MOE && c->arch != XD_ARCH_DOTS1 &&
+        !granite) {
         if (!json_is_array(only)) {
             json_decref(root);
             return xd_err_set(err, XD_ERR_CONFIG, "%s: key 'mlp_only_layers' must be a list",

@@ -16,6 +16,9 @@ enum xd_arch {
     XD_ARCH_DEEPSEEK_V3, /* also Kimi-K2 and Moonlight */
     XD_ARCH_GLM4_MOE,
     XD_ARCH_GPT_OSS,
+    XD_ARCH_DOTS1,            /* rednote dots.llm1: glm4_moe's router, GQA with q/k norm */
+    XD_ARCH_GRANITEMOE,       /* IBM Granite 3.x MoE: mixtral-like with four multipliers */
+    XD_ARCH_GRANITEMOE_SHARED,/* granitemoe with an ungated shared MLP */
 };
 
 /* Where RoPE's rotated pairs sit in a head's rotary part. */
@@ -34,8 +37,8 @@ enum xd_router_kind {
                              * engine/cpu/routing.h) */
     XD_ROUTER_SOFTMAX_GROUP,/* deepseek_v2 group_limited_greedy: softmax; groups ranked by their
                              * best expert; top-k among the topk_group best groups */
-    XD_ROUTER_TOPK_SOFTMAX, /* linear with bias, top-k of the logits, softmax over the k
-                             * chosen (gpt_oss) */
+    XD_ROUTER_TOPK_SOFTMAX, /* linear (with bias for gpt_oss), top-k of the logits, softmax
+                             * over the k chosen (gpt_oss, granitemoe) */
 };
 
 enum xd_qk_norm {
@@ -76,7 +79,12 @@ struct xd_model_config {
     enum xd_qk_norm qk_norm;
     float clip_qkv;              /* 0: none (olmoe) */
     enum xd_rope_layout rope_layout;
-    float attn_scale;            /* softmax scale of q . k: 1 / sqrt(head_dim), or MLA's */
+    float attn_scale;            /* softmax scale of q . k: 1 / sqrt(head_dim), MLA's, or
+                                  * granitemoe's attention_multiplier */
+    float embedding_multiplier;  /* the embedding row times this (1 but for granitemoe) */
+    float residual_multiplier;   /* each block's output times this before the residual add
+                                  * (1 but for granitemoe) */
+    float logits_scaling;        /* the logits divided by this (1 but for granitemoe) */
 
     /* Multi-head latent attention (deepseek_v2/v3; mla false elsewhere). head_dim is then the
      * rotary part qk_rope_head_dim (as transformers sets it) and n_kv_heads == n_heads. */
@@ -93,8 +101,9 @@ struct xd_model_config {
     int expert_ffn;              /* width of one expert's MLP */
     int dense_ffn;               /* width of the MLP of non-MoE layers (0: none) */
     int shared_expert_ffn;       /* shared expert width (0: none): qwen2_moe's (gated),
-                                  * glm4_moe's and deepseek's moe_intermediate_size x
-                                  * n_shared_experts (added as is) */
+                                  * glm4_moe's, dots1's and deepseek's moe_intermediate_size x
+                                  * n_shared_experts, granitemoeshared's
+                                  * shared_intermediate_size (added as is) */
     bool expert_bias;            /* experts' projections have biases (gpt_oss) */
     bool experts_mxfp4;          /* quantization_config quant_method "mxfp4": the experts are
                                   * stored as _blocks + _scales (gpt_oss as published) */
@@ -106,8 +115,8 @@ struct xd_model_config {
     enum xd_router_kind router;
     int n_group;                 /* grouped routers: groups of experts (0 or 1: none) */
     int topk_group;              /* grouped routers: groups kept per token */
-    float routed_scaling_factor; /* multiplies the routing weights (1 but for glm4_moe and
-                                  * deepseek) */
+    float routed_scaling_factor; /* multiplies the routing weights (1 but for glm4_moe, dots1
+                                  * and deepseek) */
     bool is_moe_layer[XD_MAX_LAYERS];
     int n_moe_layers;
 

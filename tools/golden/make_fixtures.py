@@ -2,7 +2,7 @@
 """Build tiny, randomly initialised MoE checkpoints and record reference outputs.
 
 For each architecture (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, glm4_moe,
-gpt_oss) this script
+gpt_oss, dots1, granitemoe, granitemoeshared) this script
 
   * builds a tiny model from a fixed seed with informative weights
     (larger initializer_range, every 1-D parameter perturbed),
@@ -35,10 +35,16 @@ from transformers import (
     DeepseekV2ForCausalLM,
     DeepseekV3Config,
     DeepseekV3ForCausalLM,
+    Dots1Config,
+    Dots1ForCausalLM,
     Glm4MoeConfig,
     Glm4MoeForCausalLM,
     GptOssConfig,
     GptOssForCausalLM,
+    GraniteMoeConfig,
+    GraniteMoeForCausalLM,
+    GraniteMoeSharedConfig,
+    GraniteMoeSharedForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
     OlmoeConfig,
@@ -301,6 +307,84 @@ def gpt_oss_mxfp4_config():
     return c
 
 
+def dots1_config():
+    # dots.llm1's options, shrunk: glm4_moe's grouped sigmoid router (4 groups of 2, 2 kept)
+    # without renormalisation, routed_scaling_factor, 2 shared experts, a dense first layer,
+    # per-head q/k norm, biases on q/k/v and o (attention_bias), full rotary over head_dim 32,
+    # and the MoE layer sliding (max_window_layers 1, window 4: shorter than the prompts).
+    return Dots1Config(
+        **COMMON,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,  # != hidden_size / num_attention_heads (16)
+        vocab_size=281,
+        n_routed_experts=8,
+        num_experts_per_tok=3,
+        moe_intermediate_size=24,
+        intermediate_size=80,
+        n_shared_experts=2,
+        n_group=4,
+        topk_group=2,
+        first_k_dense_replace=1,
+        norm_topk_prob=False,
+        routed_scaling_factor=2.5,
+        attention_bias=True,
+        sliding_window=4,
+        max_window_layers=1,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    )
+
+
+def granitemoe_config():
+    # Granite 3.x MoE's options, shrunk: every multiplier away from 1 (embedding 12 as
+    # published, attention_multiplier replacing head_dim^-0.5, residual 0.22, logits divided by
+    # 6), top-k softmax over the k best logits, tied embeddings as published, GQA.
+    return GraniteMoeConfig(
+        **COMMON,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=283,
+        num_local_experts=8,
+        num_experts_per_tok=3,
+        intermediate_size=24,  # input_linear [8, 48, 64]: not square
+        embedding_multiplier=12.0,
+        attention_multiplier=0.0625 * 1.5,
+        residual_multiplier=0.22,
+        logits_scaling=6.0,
+        attention_bias=False,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+
+
+def granitemoeshared_config():
+    # granitemoe's options plus a shared MLP (shared_intermediate_size), untied embeddings
+    return GraniteMoeSharedConfig(
+        **COMMON,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        vocab_size=263,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        intermediate_size=24,
+        shared_intermediate_size=40,
+        embedding_multiplier=12.0,
+        attention_multiplier=0.015625 * 5,
+        residual_multiplier=0.22,
+        logits_scaling=8.0,
+        attention_bias=False,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+
+
 SINK_STD = 2.0  # gpt_oss sinks = 2 * N(0, 1): comparable to the attention logits, so they matter
 
 
@@ -328,6 +412,9 @@ ARCHS = {
     "deepseek_v3": (deepseek_v3_config, DeepseekV3ForCausalLM, 1006, [1, 2]),
     "glm4_moe": (glm4_moe_config, Glm4MoeForCausalLM, 1009, [1, 2]),
     "gpt_oss": (gpt_oss_config, GptOssForCausalLM, 1010, [0, 1, 2, 3]),
+    "dots1": (dots1_config, Dots1ForCausalLM, 1012, [1]),
+    "granitemoe": (granitemoe_config, GraniteMoeForCausalLM, 1013, [0, 1]),
+    "granitemoeshared": (granitemoeshared_config, GraniteMoeSharedForCausalLM, 1014, [0, 1]),
     # experts in MXFP4 as published (gate_up_proj_blocks/_scales, down_proj_blocks/_scales),
     # the rest bf16; transformers dequantizes them at load on the CPU for the references
     "gpt_oss-mxfp4": (gpt_oss_mxfp4_config, GptOssForCausalLM, 1011, [0, 1, 2, 3]),
@@ -456,7 +543,8 @@ def build_model(arch):
 
     # Verify the layer structure we rely on (dense vs sparse MLP, head_dim).
     for i, layer in enumerate(model.model.layers):
-        is_sparse = hasattr(layer.mlp, "gate") or hasattr(layer.mlp, "router")
+        mlp = getattr(layer, "mlp", None) or layer.block_sparse_moe  # granitemoe: block_sparse_moe
+        is_sparse = hasattr(mlp, "gate") or hasattr(mlp, "router")
         if is_sparse != (i in sparse_layers):
             raise SystemExit(f"{arch}: layer {i} sparse={is_sparse}, expected {i in sparse_layers}")
     if not arch.startswith("deepseek"):  # MLA has no head_dim of its own
