@@ -327,9 +327,12 @@ static void attention_block(struct cpu_state *s, const struct xd_batch *b, int l
             for (size_t j = 0; j < lens[i]; j++)
                 bufs[i][j] = fminf(fmaxf(bufs[i][j], -c->clip_qkv), c->clip_qkv);
     }
+    /* ernie4_5_moe rotates adjacent pairs, the others rotate halves */
+    void (*rope)(float *, int, int, int, const struct xd_rope *) =
+        c->rope_layout == XD_ROPE_PAIRS ? xd_cpu_rope_pairs : xd_cpu_rope;
     for (int t = 0; t < n; t++) {
-        xd_cpu_rope(s->q + (size_t)t * s->q_dim, c->n_heads, hd, s->tok_pos[t], &c->rope);
-        xd_cpu_rope(s->k + (size_t)t * s->kv_dim, c->n_kv_heads, hd, s->tok_pos[t], &c->rope);
+        rope(s->q + (size_t)t * s->q_dim, c->n_heads, hd, s->tok_pos[t], &c->rope);
+        rope(s->k + (size_t)t * s->kv_dim, c->n_kv_heads, hd, s->tok_pos[t], &c->rope);
     }
     attention(s, b, l, n);
     xd_cpu_matmul(s->attn, n, &lw->wo, s->out);

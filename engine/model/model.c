@@ -584,6 +584,9 @@ attention_done:
     if (c->router == XD_ROUTER_SIGMOID_BIAS)
         XD_TRY(need(L, fmt_name(L, "%s.gate.e_score_correction_bias", moe), 0, c->n_experts,
                  &lw->router_bias));
+    if (c->router == XD_ROUTER_SOFTMAX_BIAS) /* ernie4_5_moe's (1, E), as published */
+        XD_TRY(need(L, fmt_name(L, "%s.moe_statics.e_score_correction_bias", moe), 1,
+                    c->n_experts, &lw->router_bias));
     XD_TRY(load_experts(L, moe, i, &experts->w[(size_t)i * c->n_experts]));
     if (c->shared_expert_ffn > 0 && !c->shared_expert_gated) {
         /* glm4_moe, deepseek: shared_experts, one MLP of n_shared_experts x its width */

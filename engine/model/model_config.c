@@ -23,6 +23,7 @@ const char *xd_arch_name(enum xd_arch arch)
     case XD_ARCH_DOTS1: return "dots1";
     case XD_ARCH_GRANITEMOE: return "granitemoe";
     case XD_ARCH_GRANITEMOE_SHARED: return "granitemoeshared";
+    case XD_ARCH_ERNIE4_5_MOE: return "ernie4_5_moe";
     }
     return "?";
 }
@@ -227,6 +228,42 @@ static int parse_granite(json_t *root, const char *path, struct xd_model_config 
                        &c->shared_expert_ffn, err));
     for (int i = 0; i < c->n_layers; i++)
         c->is_moe_layer[i] = true;
+    return XD_OK;
+}
+
+/* ernie4_5_moe (Ernie4_5_MoeConfig's defaults): MoE layers i with (i + 1) %
+ * moe_layer_interval == 0 from moe_layer_start_index to moe_layer_end_index (-1: the last),
+ * the others dense (intermediate_size); moe_num_shared_experts ungated shared experts;
+ * the router's softmax top-k chosen by probability + moe_statics.e_score_correction_bias,
+ * renormalised over max(sum, moe_norm_min); rope on adjacent pairs. use_bias (biases on the
+ * attention and every dense and shared MLP, none on the experts) is refused by name. */
+static int parse_ernie(json_t *root, const char *path, struct xd_model_config *c,
+                       struct xd_err *err)
+{
+    bool use_bias = false;
+    XD_TRY(get_bool(root, path, "use_bias", false, &use_bias, err));
+    if (use_bias)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: key 'use_bias' is true; expertd computes ernie4_5_moe without "
+                          "attention and MLP biases (the published checkpoints have none)",
+                          path);
+    c->router = XD_ROUTER_SOFTMAX_BIAS;
+    c->norm_topk_prob = true;
+    c->rope_layout = XD_ROPE_PAIRS;
+    XD_TRY(get_float(root, path, "moe_norm_min", 1e-12, 0.0, 1e30, &c->router_norm_min, err));
+    XD_TRY(get_int(root, path, "moe_intermediate_size", 1536, 1, 1 << 20, &c->expert_ffn, err));
+    XD_TRY(get_int(root, path, "intermediate_size", 12288, 1, 1 << 20, &c->dense_ffn, err));
+    int n_shared = 2;
+    XD_TRY(get_int(root, path, "moe_num_shared_experts", 2, 0, 64, &n_shared, err));
+    c->shared_expert_ffn = n_shared * c->expert_ffn;
+    int start = 1, end = -1, interval = 1;
+    XD_TRY(get_int(root, path, "moe_layer_start_index", 1, 0, 1 << 20, &start, err));
+    XD_TRY(get_int(root, path, "moe_layer_end_index", -1, -1, 1 << 20, &end, err));
+    XD_TRY(get_int(root, path, "moe_layer_interval", 1, 1, 1 << 20, &interval, err));
+    if (end == -1)
+        end = c->n_layers - 1;
+    for (int i = 0; i < c->n_layers; i++)
+        c->is_moe_layer[i] = (i + 1) % interval == 0 && i >= start && i <= end;
     return XD_OK;
 }
 
@@ -554,11 +591,13 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
         c->arch = XD_ARCH_GRANITEMOE;
     else if (strcmp(type, "granitemoeshared") == 0)
         c->arch = XD_ARCH_GRANITEMOE_SHARED;
+    else if (strcmp(type, "ernie4_5_moe") == 0)
+        c->arch = XD_ARCH_ERNIE4_5_MOE;
     else {
         xd_err_set(err, XD_ERR_UNSUPPORTED,
                    "%s: key 'model_type' is \"%.64s\"; expertd serves mixtral, qwen2_moe, "
                    "qwen3_moe, olmoe, deepseek_v2, deepseek_v3 (and kimi_k2), glm4_moe, gpt_oss, "
-                   "dots1, granitemoe and granitemoeshared",
+                   "dots1, granitemoe, granitemoeshared and ernie4_5_moe",
                    path, type);
         json_decref(root);
         return XD_ERR_UNSUPPORTED;
@@ -597,12 +636,14 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
                           c->head_dim);
     }
     const bool granite = c->arch == XD_ARCH_GRANITEMOE || c->arch == XD_ARCH_GRANITEMOE_SHARED;
+    const bool ernie = c->arch == XD_ARCH_ERNIE4_5_MOE;
     TRY(get_int(root, path, "max_position_embeddings",
-                c->arch == XD_ARCH_GPT_OSS                  ? 131072
+                c->arch == XD_ARCH_GPT_OSS || ernie         ? 131072
                 : c->arch == XD_ARCH_DOTS1 || granite ? 2048
                                                             : 4096,
                 1, 1 << 24, &c->max_position_embeddings, err));
-    TRY(get_float(root, path, "rms_norm_eps", 1e-6, 0.0, 1.0, &c->rms_norm_eps, err));
+    TRY(get_float(root, path, "rms_norm_eps", ernie ? 1e-5 : 1e-6, 0.0, 1.0, &c->rms_norm_eps,
+                  err));
     if (c->arch == XD_ARCH_GLM4_MOE) {
         /* Glm4MoeConfig: partial_rotary_factor 0.5 unless config.json gives one */
         json_t *rp = json_object_get(root, "rope_parameters");
@@ -622,6 +663,7 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     }
     const double default_theta = c->arch == XD_ARCH_MIXTRAL   ? 1e6
                                  : c->arch == XD_ARCH_GPT_OSS ? 150000.0
+                                 : ernie                      ? 500000.0
                                                               : 10000.0;
     TRY(xd_rope_parse(root, path, c->head_dim, c->max_position_embeddings, default_theta,
                       &c->rope, err));
@@ -636,7 +678,8 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
                           path, (double)c->rope.partial_rotary_factor, c->model_type);
     }
     c->max_context = context_length(c);
-    TRY(get_bool(root, path, "tie_word_embeddings", false, &c->tie_word_embeddings, err));
+    /* Ernie4_5_MoeConfig ties them unless config.json says otherwise */
+    TRY(get_bool(root, path, "tie_word_embeddings", ernie, &c->tie_word_embeddings, err));
 
     json_t *act = json_object_get(root, "hidden_act");
     if (act && !(json_is_string(act) && strcmp(json_string_value(act), "silu") == 0)) {
@@ -655,22 +698,25 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
                                   ? "num_local_experts"
                               : c->arch == XD_ARCH_GLM4_MOE || c->arch == XD_ARCH_DOTS1
                                   ? "n_routed_experts"
-                                  : "num_experts";
+                              : ernie ? "moe_num_experts"
+                                      : "num_experts";
     if (!json_object_get(root, experts_key) && json_object_get(root, "num_local_experts"))
         experts_key = "num_local_experts";
-    TRY(get_int(root, path, experts_key, granite ? 8 : -1, 0, 1 << 16, &c->n_experts, err));
+    TRY(get_int(root, path, experts_key, granite ? 8 : ernie ? 64 : -1, 0, 1 << 16, &c->n_experts,
+                err));
     if (c->n_experts == 0) {
         json_decref(root);
         return xd_err_set(err, XD_ERR_CONFIG,
                           "%s: key '%s' is 0; a mixture-of-experts model needs experts", path,
                           experts_key);
     }
-    TRY(get_int(root, path, "num_experts_per_tok", granite ? 2 : -1, 1, 1 << 16, &c->top_k, err));
+    /* ernie4_5_moe: moe_k (num_experts_per_tok is its attribute_map alias) */
+    const char *k_key = ernie ? "moe_k" : "num_experts_per_tok";
+    TRY(get_int(root, path, k_key, granite ? 2 : ernie ? 6 : -1, 1, 1 << 16, &c->top_k, err));
     if (c->top_k > c->n_experts) {
         json_decref(root);
-        return xd_err_set(err, XD_ERR_CONFIG,
-                          "%s: key 'num_experts_per_tok' (%d) is larger than %s (%d)", path,
-                          c->top_k, experts_key, c->n_experts);
+        return xd_err_set(err, XD_ERR_CONFIG, "%s: key '%s' (%d) is larger than %s (%d)", path,
+                          k_key, c->top_k, experts_key, c->n_experts);
     }
 
     bool attention_bias = false;
@@ -772,6 +818,10 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
         TRY(parse_granite(root, path, c, attention_bias, err));
         sparse_step = 0; /* every layer is MoE */
         break;
+    case XD_ARCH_ERNIE4_5_MOE:
+        TRY(parse_ernie(root, path, c, err));
+        sparse_step = 0; /* the layer pattern is set */
+        break;
     case XD_ARCH_OLMOE:
         c->qk_norm = XD_QK_NORM_FULL_WIDTH;
         c->qkv_bias = c->o_bias = attention_bias;
@@ -787,9 +837,9 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
         c->is_moe_layer[i] = (i + 1) % sparse_step == 0;
     json_t *only = json_object_get(root, "mlp_only_layers");
     /* read by qwen2_moe, qwen3_moe, mixtral and olmoe as the others never were; glm4_moe,
-     * dots1 and granite's transformers classes ignore it */
+     * dots1, granite's and ernie's transformers classes ignore it */
     if (only && !json_is_null(only) && c->arch != XD_ARCH_GLM4_MOE && c->arch != XD_ARCH_DOTS1 &&
-        !granite) {
+        !granite && !ernie) {
         if (!json_is_array(only)) {
             json_decref(root);
             return xd_err_set(err, XD_ERR_CONFIG, "%s: key 'mlp_only_layers' must be a list",

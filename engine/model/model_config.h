@@ -19,13 +19,14 @@ enum xd_arch {
     XD_ARCH_DOTS1,            /* rednote dots.llm1: glm4_moe's router, GQA with q/k norm */
     XD_ARCH_GRANITEMOE,       /* IBM Granite 3.x MoE: mixtral-like with four multipliers */
     XD_ARCH_GRANITEMOE_SHARED,/* granitemoe with an ungated shared MLP */
+    XD_ARCH_ERNIE4_5_MOE,     /* Baidu ERNIE-4.5 MoE: biased softmax top-k, interleaved rope */
 };
 
 /* Where RoPE's rotated pairs sit in a head's rotary part. */
 enum xd_rope_layout {
     XD_ROPE_HALVES, /* rotate-half: pairs (i, i + d / 2) (transformers' default) */
     XD_ROPE_PAIRS,  /* adjacent pairs (2i, 2i + 1): deepseek_v2 (complex form), deepseek_v3 with
-                       rope_interleave */
+                       rope_interleave, ernie4_5_moe */
 };
 
 /* How a MoE layer picks its experts (engine/cpu/moe_router.h). */
@@ -39,6 +40,9 @@ enum xd_router_kind {
                              * best expert; top-k among the topk_group best groups */
     XD_ROUTER_TOPK_SOFTMAX, /* linear (with bias for gpt_oss), top-k of the logits, softmax
                              * over the k chosen (gpt_oss, granitemoe) */
+    XD_ROUTER_SOFTMAX_BIAS, /* softmax; top-k of the probabilities + e_score_correction_bias;
+                             * weights the probabilities over max(their sum,
+                             * router_norm_min) (ernie4_5_moe) */
 };
 
 enum xd_qk_norm {
@@ -113,6 +117,8 @@ struct xd_model_config {
     float swiglu_alpha;
     bool shared_expert_gated;    /* qwen2_moe: sigmoid(x . shared_expert_gate) scales it */
     enum xd_router_kind router;
+    float router_norm_min;       /* XD_ROUTER_SOFTMAX_BIAS: the least renormalising sum
+                                  * (ernie4_5_moe's moe_norm_min) */
     int n_group;                 /* grouped routers: groups of experts (0 or 1: none) */
     int topk_group;              /* grouped routers: groups kept per token */
     float routed_scaling_factor; /* multiplies the routing weights (1 but for glm4_moe, dots1

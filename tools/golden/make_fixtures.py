@@ -2,7 +2,7 @@
 """Build tiny, randomly initialised MoE checkpoints and record reference outputs.
 
 For each architecture (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, glm4_moe,
-gpt_oss, dots1, granitemoe, granitemoeshared) this script
+gpt_oss, dots1, granitemoe, granitemoeshared, ernie4_5_moe) this script
 
   * builds a tiny model from a fixed seed with informative weights
     (larger initializer_range, every 1-D parameter perturbed),
@@ -37,6 +37,8 @@ from transformers import (
     DeepseekV3ForCausalLM,
     Dots1Config,
     Dots1ForCausalLM,
+    Ernie4_5_MoeConfig,
+    Ernie4_5_MoeForCausalLM,
     Glm4MoeConfig,
     Glm4MoeForCausalLM,
     GptOssConfig,
@@ -385,6 +387,33 @@ def granitemoeshared_config():
     )
 
 
+def ernie4_5_moe_config():
+    # ERNIE-4.5-21B-A3B's options, shrunk: MoE layers from moe_layer_start_index 1 to
+    # moe_layer_end_index 2 (layers 0 and 3 dense), softmax routing with the top-k chosen by
+    # probability + e_score_correction_bias (random: zeros at init) and renormalised, a shared
+    # expert, interleaved (adjacent-pair) rope, tied embeddings as published, GQA.
+    return Ernie4_5_MoeConfig(
+        **COMMON,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=24,  # != hidden_size / num_attention_heads (16)
+        vocab_size=269,
+        moe_num_experts=8,
+        moe_k=3,
+        moe_intermediate_size=24,
+        intermediate_size=80,
+        moe_num_shared_experts=1,
+        moe_layer_start_index=1,
+        moe_layer_end_index=2,
+        moe_layer_interval=1,
+        use_bias=False,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+    )
+
+
 SINK_STD = 2.0  # gpt_oss sinks = 2 * N(0, 1): comparable to the attention logits, so they matter
 
 
@@ -415,6 +444,7 @@ ARCHS = {
     "dots1": (dots1_config, Dots1ForCausalLM, 1012, [1]),
     "granitemoe": (granitemoe_config, GraniteMoeForCausalLM, 1013, [0, 1]),
     "granitemoeshared": (granitemoeshared_config, GraniteMoeSharedForCausalLM, 1014, [0, 1]),
+    "ernie4_5_moe": (ernie4_5_moe_config, Ernie4_5_MoeForCausalLM, 1015, [1, 2]),
     # experts in MXFP4 as published (gate_up_proj_blocks/_scales, down_proj_blocks/_scales),
     # the rest bf16; transformers dequantizes them at load on the CPU for the references
     "gpt_oss-mxfp4": (gpt_oss_mxfp4_config, GptOssForCausalLM, 1011, [0, 1, 2, 3]),
@@ -565,6 +595,9 @@ def build_model(arch):
                     p.copy_(SINK_STD * torch.randn(p.shape, generator=gen))
                 else:
                     raise SystemExit(f"{arch}: unexpected 1-D parameter {name}")
+            elif name.endswith("e_score_correction_bias"):
+                # ernie4_5_moe's (1, E) parameter, zeros at init
+                p.copy_(BIAS_STD * torch.randn(p.shape, generator=gen))
             elif name.endswith("_proj_bias"):
                 # gpt_oss's expert biases (E, 2F) and (E, H), zeros at init
                 p.copy_(BIAS_STD * torch.randn(p.shape, generator=gen))
@@ -685,7 +718,10 @@ class RouterMonitor:
 
     def hook(self, module, args, output):
         logits = output[0].detach().to(torch.float32)
-        if hasattr(module, "e_score_correction_bias"):
+        if hasattr(module, "moe_statics"):
+            # ernie4_5_moe: the top-k of softmax + e_score_correction_bias
+            logits = logits.softmax(dim=-1) + module.moe_statics.e_score_correction_bias.to(torch.float32)
+        elif hasattr(module, "e_score_correction_bias"):
             self.min_margin = min(self.min_margin, self.grouped_margin(module, logits))
             return
         top = logits.topk(self.k + 1, dim=-1).values
