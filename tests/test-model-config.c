@@ -1247,6 +1247,7 @@ static void test_ernie4_5_moe_errors(void)
     expect_error_set("{" ERNIE_CORE "}", "moe_k", "65");
     expect_error_set("{" ERNIE_CORE "}", "moe_num_shared_experts", "\"2\"");
     expect_error_set("{" ERNIE_CORE "}", "moe_num_experts", "0");
+    expect_error_set("{" ERNIE_CORE "}", "moe_layer_start_index", "6"); /* no MoE layer */
 }
 
 static void test_arch_names(void)

@@ -262,8 +262,14 @@ static int parse_ernie(json_t *root, const char *path, struct xd_model_config *c
     XD_TRY(get_int(root, path, "moe_layer_interval", 1, 1, 1 << 20, &interval, err));
     if (end == -1)
         end = c->n_layers - 1;
+    int n_moe = 0;
     for (int i = 0; i < c->n_layers; i++)
-        c->is_moe_layer[i] = (i + 1) % interval == 0 && i >= start && i <= end;
+        n_moe += c->is_moe_layer[i] = (i + 1) % interval == 0 && i >= start && i <= end;
+    if (n_moe == 0) /* a dense model: not one expertd serves */
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "%s: keys 'moe_layer_start_index' (%d), 'moe_layer_end_index' and "
+                          "'moe_layer_interval' (%d) leave no MoE layer among %d",
+                          path, start, interval, c->n_layers);
     return XD_OK;
 }
 
