@@ -1,5 +1,5 @@
 /* The CUDA backend refuses what its kernels have not computed on a GPU: glm4_moe, gpt_oss, dots1,
- * granitemoe(shared), ernie4_5_moe and every
+ * granitemoe(shared), ernie4_5_moe, hunyuan_v1_moe and every
  * rope scaling or partial rotary, FP8 checkpoints (the golden fixtures of tests/fixtures/golden), with a
  * message naming the cause; a plain fixture is not refused for that reason. The refusal comes
  * before any CUDA call, so this runs without a GPU. Usage: test-cuda-refusals FIXTURES_DIR */
@@ -49,6 +49,8 @@ static void test_refused(void)
         {"granitemoeshared-bf16", "granitemoeshared"},
         {"ernie4_5_moe-f32", "ernie4_5_moe"},
         {"ernie4_5_moe-bf16", "ernie4_5_moe"},
+        {"hunyuan_v1_moe-f32", "hunyuan_v1_moe"},
+        {"hunyuan_v1_moe-bf16", "hunyuan_v1_moe"},
         {"qwen3_moe-yarn-f32", "rope type yarn"},
         {"mixtral-linear-f32", "rope type linear"},
         {"qwen2_moe-llama3-f32", "rope type llama3"},

@@ -767,8 +767,8 @@ static void test_error_unknown_model_type(void)
     expect_error("{\"vocab_size\": 32000}", "model_type");
     expect_error("{\"model_type\": 7}", "model_type");
     /* a published MoE family expertd does not compute: refused naming what it serves */
-    expect_error("{\"model_type\": \"hunyuan_v1_moe\", \"vocab_size\": 32000}",
-                 "dots1, granitemoe, granitemoeshared and ernie4_5_moe");
+    expect_error("{\"model_type\": \"qwen3_next\", \"vocab_size\": 32000}",
+                 "ernie4_5_moe and hunyuan_v1_moe");
 }
 
 static void test_error_missing_hidden_size(void)
@@ -1250,6 +1250,79 @@ static void test_ernie4_5_moe_errors(void)
     expect_error_set("{" ERNIE_CORE "}", "moe_layer_start_index", "6"); /* no MoE layer */
 }
 
+/* Hunyuan-A13B-Instruct's shape (keys as its config.json spells them, as remembered from the
+ * model card: not checked against the file; per-layer lists for moe_topk, the rope_scaling
+ * with alpha transformers reads as NTK-alpha, keys transformers ignores such as use_cla and
+ * moe_intermediate_size kept), with 4 of its 32 layers. */
+#define HUNYUAN_CORE                                                                        \
+    "\"model_type\": \"hunyuan_v1_moe\", \"architectures\": [\"HunYuanMoEV1ForCausalLM\"],"  \
+    "\"attention_bias\": false, \"hidden_act\": \"silu\", \"hidden_size\": 4096,"           \
+    "\"intermediate_size\": 3072, \"max_position_embeddings\": 32768, \"head_dim\": 128,"   \
+    "\"num_attention_heads\": 32, \"num_key_value_heads\": 8, \"num_hidden_layers\": 4,"    \
+    "\"num_experts\": 64, \"moe_topk\": [8, 8, 8, 8], \"moe_intermediate_size\": [3072, 3072," \
+    " 3072, 3072], \"num_shared_expert\": [1, 1, 1, 1], \"use_mixed_mlp_moe\": true,"       \
+    "\"use_qk_norm\": true, \"use_cla\": false, \"rms_norm_eps\": 1e-05,"                   \
+    "\"rope_theta\": 10000.0, \"tie_word_embeddings\": true, \"vocab_size\": 128167,"       \
+    "\"bos_token_id\": 1, \"eos_token_id\": 127960"
+#define HUNYUAN_BODY                                                                        \
+    HUNYUAN_CORE ", \"rope_scaling\": {\"alpha\": 1000.0, \"beta_fast\": 32, \"beta_slow\": 1," \
+                 " \"factor\": 1.0, \"mscale\": 1.0, \"mscale_all_dim\": 1.0, \"type\": \"dynamic\"}"
+
+static void test_hunyuan_v1_moe(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{" HUNYUAN_BODY "}", &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    if (rc != XD_OK)
+        return;
+    CHECK(c.arch == XD_ARCH_HUNYUAN_V1_MOE && strcmp(c.model_type, "hunyuan_v1_moe") == 0, "arch");
+    CHECK(c.n_experts == 64 && c.top_k == 8 && c.expert_ffn == 3072 &&
+              c.shared_expert_ffn == 3072 && !c.shared_expert_gated && c.n_moe_layers == 4,
+          "experts %d top %d ffn %d shared %d", c.n_experts, c.top_k, c.expert_ffn,
+          c.shared_expert_ffn);
+    CHECK(c.router == XD_ROUTER_SOFTMAX && c.norm_topk_prob, "router");
+    CHECK(c.qk_norm == XD_QK_NORM_PER_HEAD && c.qk_norm_after_rope && !c.qkv_bias &&
+              c.tie_word_embeddings,
+          "attention");
+    /* NTK-alpha: the default rope over 10000 * 1000^(128 / 126), whatever the length */
+    const double base = 10000.0 * pow(1000.0, 128.0 / 126.0);
+    CHECK(c.rope.type == XD_ROPE_DEFAULT && c.rope_theta == (float)base &&
+              c.max_context == 32768,
+          "rope type %d theta %g (want %g), context %d", (int)c.rope.type, (double)c.rope_theta,
+          base, c.max_context);
+    /* transformers 5's spelling */
+    rc = parse("{" HUNYUAN_CORE ", \"rope_parameters\": {\"rope_type\": \"dynamic\","
+               " \"alpha\": 50.0, \"rope_theta\": 20000.0}}",
+               &c, &err);
+    CHECK(rc == XD_OK && c.rope_theta == (float)(20000.0 * pow(50.0, 128.0 / 126.0)),
+          "rope_parameters alpha: %s", err.msg);
+    /* dynamic without alpha stays the dynamic NTK scaling */
+    rc = parse("{" HUNYUAN_CORE ", \"rope_scaling\": {\"type\": \"dynamic\", \"factor\": 2.0}}",
+               &c, &err);
+    CHECK(rc == XD_OK && c.rope.type == XD_ROPE_DYNAMIC, "dynamic: %s", err.msg);
+    /* HunYuanMoEV1Config's defaults: 1 expert, top-1, intermediate_size 11008 */
+    rc = parse("{\"model_type\": \"hunyuan_v1_moe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+               " \"num_hidden_layers\": 2, \"num_attention_heads\": 4}",
+               &c, &err);
+    CHECK(rc == XD_OK && c.n_experts == 1 && c.top_k == 1 && c.expert_ffn == 11008 &&
+              !c.tie_word_embeddings && c.max_position_embeddings == 2048 &&
+              c.rms_norm_eps == 1e-5f,
+          "defaults: %s", err.msg);
+}
+
+static void test_hunyuan_v1_moe_errors(void)
+{
+    expect_error_set("{" HUNYUAN_BODY "}", "moe_topk", "[8, 8, 8, 4]");
+    expect_error_set("{" HUNYUAN_BODY "}", "moe_topk", "[8, 8, 8]");
+    expect_error_set("{" HUNYUAN_BODY "}", "num_experts", "[64, 64, 64, 32]");
+    expect_error_set("{" HUNYUAN_BODY "}", "moe_topk", "65");
+    expect_error("{" HUNYUAN_CORE ", \"rope_scaling\": {\"type\": \"dynamic\", \"alpha\": -1}}",
+                 "alpha");
+    expect_error("{" HUNYUAN_CORE ", \"rope_scaling\": {\"type\": \"dynamic\", \"alpha\": \"big\"}}",
+                 "alpha");
+}
+
 static void test_arch_names(void)
 {
     CHECK(strcmp(xd_arch_name(XD_ARCH_MIXTRAL), "mixtral") == 0, "mixtral");
@@ -1263,6 +1336,7 @@ static void test_arch_names(void)
     CHECK(strcmp(xd_arch_name(XD_ARCH_GRANITEMOE_SHARED), "granitemoeshared") == 0,
           "granitemoeshared");
     CHECK(strcmp(xd_arch_name(XD_ARCH_ERNIE4_5_MOE), "ernie4_5_moe") == 0, "ernie4_5_moe");
+    CHECK(strcmp(xd_arch_name(XD_ARCH_HUNYUAN_V1_MOE), "hunyuan_v1_moe") == 0, "hunyuan_v1_moe");
 }
 
 static void test_length_is_respected(void)
@@ -1288,6 +1362,8 @@ int main(int argc, char **argv)
     RUN(test_granitemoe_errors);
     RUN(test_ernie4_5_moe);
     RUN(test_ernie4_5_moe_errors);
+    RUN(test_hunyuan_v1_moe);
+    RUN(test_hunyuan_v1_moe_errors);
     RUN(test_gpt_oss_errors);
     RUN(test_mixtral);
     RUN(test_mixtral_defaults);

@@ -313,7 +313,7 @@ static void attention_block(struct cpu_state *s, const struct xd_batch *b, int l
     xd_cpu_add_bias(s->q, n, &lw->bq);
     xd_cpu_add_bias(s->k, n, &lw->bk);
     xd_cpu_add_bias(s->v, n, &lw->bv);
-    if (c->qk_norm == XD_QK_NORM_PER_HEAD) {
+    if (c->qk_norm == XD_QK_NORM_PER_HEAD && !c->qk_norm_after_rope) {
         xd_cpu_rmsnorm(s->q, n * c->n_heads, &lw->q_norm, c->rms_norm_eps, s->q);
         xd_cpu_rmsnorm(s->k, n * c->n_kv_heads, &lw->k_norm, c->rms_norm_eps, s->k);
     } else if (c->qk_norm == XD_QK_NORM_FULL_WIDTH) {
@@ -333,6 +333,10 @@ static void attention_block(struct cpu_state *s, const struct xd_batch *b, int l
     for (int t = 0; t < n; t++) {
         rope(s->q + (size_t)t * s->q_dim, c->n_heads, hd, s->tok_pos[t], &c->rope);
         rope(s->k + (size_t)t * s->kv_dim, c->n_kv_heads, hd, s->tok_pos[t], &c->rope);
+    }
+    if (c->qk_norm == XD_QK_NORM_PER_HEAD && c->qk_norm_after_rope) { /* hunyuan_v1_moe */
+        xd_cpu_rmsnorm(s->q, n * c->n_heads, &lw->q_norm, c->rms_norm_eps, s->q);
+        xd_cpu_rmsnorm(s->k, n * c->n_kv_heads, &lw->k_norm, c->rms_norm_eps, s->k);
     }
     attention(s, b, l, n);
     xd_cpu_matmul(s->attn, n, &lw->wo, s->out);

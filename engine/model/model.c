@@ -546,10 +546,11 @@ static int load_layer(struct loader *L, int i, struct xd_layer_weights *lw,
         XD_TRY(need(L, fmt_name(L, "%s.self_attn.o_proj.bias", p), 0, H, &lw->bo));
     if (c->qk_norm != XD_QK_NORM_NONE) {
         int per_head = c->qk_norm == XD_QK_NORM_PER_HEAD;
-        XD_TRY(need(L, fmt_name(L, "%s.self_attn.q_norm.weight", p), 0, per_head ? hd : q_dim,
-                 &lw->q_norm));
-        XD_TRY(need(L, fmt_name(L, "%s.self_attn.k_norm.weight", p), 0, per_head ? hd : kv_dim,
-                 &lw->k_norm));
+        const bool hy = c->arch == XD_ARCH_HUNYUAN_V1_MOE; /* query_ and key_layernorm */
+        XD_TRY(need(L, fmt_name(L, "%s.self_attn.%s.weight", p, hy ? "query_layernorm" : "q_norm"),
+                    0, per_head ? hd : q_dim, &lw->q_norm));
+        XD_TRY(need(L, fmt_name(L, "%s.self_attn.%s.weight", p, hy ? "key_layernorm" : "k_norm"), 0,
+                    per_head ? hd : kv_dim, &lw->k_norm));
     }
     if (c->attn_sinks)
         XD_TRY(need(L, fmt_name(L, "%s.self_attn.sinks", p), 0, c->n_heads, &lw->sinks));
@@ -580,7 +581,9 @@ attention_done:
         XD_TRY(need(L, fmt_name(L, "%s.router.bias", moe), 0, c->n_experts, &lw->router_bias));
         return load_gpt_oss_experts(L, moe, experts, &experts->w[(size_t)i * c->n_experts]);
     }
-    XD_TRY(need(L, fmt_name(L, "%s.gate.weight", moe), c->n_experts, H, &lw->router));
+    XD_TRY(need(L, fmt_name(L, c->arch == XD_ARCH_HUNYUAN_V1_MOE ? "%s.gate.wg.weight" : "%s.gate.weight",
+                            moe),
+                c->n_experts, H, &lw->router));
     if (c->router == XD_ROUTER_SIGMOID_BIAS)
         XD_TRY(need(L, fmt_name(L, "%s.gate.e_score_correction_bias", moe), 0, c->n_experts,
                  &lw->router_bias));
@@ -591,7 +594,8 @@ attention_done:
     if (c->shared_expert_ffn > 0 && !c->shared_expert_gated) {
         /* glm4_moe, deepseek: shared_experts, one MLP of n_shared_experts x its width */
         char shared[192];
-        snprintf(shared, sizeof shared, "%s.shared_experts", moe);
+        snprintf(shared, sizeof shared, "%s.%s", moe,
+                 c->arch == XD_ARCH_HUNYUAN_V1_MOE ? "shared_mlp" : "shared_experts");
         XD_TRY(load_mlp(L, shared, c->shared_expert_ffn, &lw->shared));
     } else if (c->shared_expert_ffn > 0) {
         char shared[192];

@@ -24,6 +24,7 @@ const char *xd_arch_name(enum xd_arch arch)
     case XD_ARCH_GRANITEMOE: return "granitemoe";
     case XD_ARCH_GRANITEMOE_SHARED: return "granitemoeshared";
     case XD_ARCH_ERNIE4_5_MOE: return "ernie4_5_moe";
+    case XD_ARCH_HUNYUAN_V1_MOE: return "hunyuan_v1_moe";
     }
     return "?";
 }
@@ -270,6 +271,97 @@ static int parse_ernie(json_t *root, const char *path, struct xd_model_config *c
                           "%s: keys 'moe_layer_start_index' (%d), 'moe_layer_end_index' and "
                           "'moe_layer_interval' (%d) leave no MoE layer among %d",
                           path, start, interval, c->n_layers);
+    return XD_OK;
+}
+
+/* hunyuan_v1_moe's rope (HunYuanMoEV1RotaryEmbedding): a "dynamic" rope_parameters (or
+ * rope_scaling) with an alpha is NTK-alpha, the default rope over the base rope_theta *
+ * alpha^(head_dim / (head_dim - 2)) whatever the sequence length (computed in double as
+ * Python does, then rounded to f32 as torch rounds the base); rewritten so in root before
+ * xd_rope_parse reads it. Any other rope is left to xd_rope_parse. */
+static int hunyuan_ntk_alpha(json_t *root, const char *path, int head_dim, struct xd_err *err)
+{
+    const char *key = "rope_parameters";
+    json_t *rp = json_object_get(root, key);
+    if (!json_is_object(rp)) {
+        key = "rope_scaling";
+        rp = json_object_get(root, key);
+    }
+    if (!json_is_object(rp))
+        return XD_OK;
+    json_t *type = json_object_get(rp, "rope_type");
+    if (!type)
+        type = json_object_get(rp, "type");
+    json_t *alpha = json_object_get(rp, "alpha");
+    if (!json_is_string(type) || strcmp(json_string_value(type), "dynamic") != 0 || !alpha ||
+        json_is_null(alpha) || (json_is_number(alpha) && json_number_value(alpha) == 0.0))
+        return XD_OK;
+    if (!json_is_number(alpha) || !(json_number_value(alpha) > 0.0) ||
+        json_number_value(alpha) > 1e9)
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "%s: key '%s.alpha' must be a positive number (NTK-alpha rope)", path,
+                          key);
+    if (head_dim <= 2)
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "%s: key 'head_dim' (%d) must be above 2 for the NTK-alpha rope", path,
+                          head_dim);
+    json_t *t = json_object_get(rp, "rope_theta");
+    if (!t || json_is_null(t))
+        t = json_object_get(root, "rope_theta");
+    double theta = 10000.0;
+    if (t && !json_is_null(t)) {
+        if (!json_is_number(t) || !(json_number_value(t) > 0.0))
+            return xd_err_set(err, XD_ERR_CONFIG, "%s: key 'rope_theta' must be a positive number",
+                              path);
+        theta = json_number_value(t);
+    }
+    const double base =
+        theta * pow(json_number_value(alpha), (double)head_dim / (double)(head_dim - 2));
+    json_object_del(root, "rope_scaling");
+    json_object_del(root, "rope_theta");
+    json_object_set_new(root, "rope_parameters",
+                        json_pack("{s:s, s:f}", "rope_type", "default", "rope_theta", base));
+    return XD_OK;
+}
+
+/* hunyuan_v1_moe (HunYuanMoEV1Config's defaults): every layer MoE, a softmax router
+ * (gate.wg) renormalised, an ungated shared MLP and the experts all intermediate_size wide,
+ * per-head q/k norm (query_layernorm, key_layernorm) after the rotary embedding. moe_topk (and
+ * num_experts) may be per-layer lists in the published configs: a list whose entries are
+ * all equal is that value, any other is refused. */
+static int parse_hunyuan(json_t *root, const char *path, struct xd_model_config *c,
+                         bool attention_bias, struct xd_err *err)
+{
+    c->qkv_bias = c->o_bias = attention_bias;
+    c->qk_norm = XD_QK_NORM_PER_HEAD;
+    c->qk_norm_after_rope = true;
+    c->norm_topk_prob = true;
+    XD_TRY(get_int(root, path, "intermediate_size", 11008, 1, 1 << 20, &c->expert_ffn, err));
+    c->shared_expert_ffn = c->expert_ffn;
+    for (int i = 0; i < c->n_layers; i++)
+        c->is_moe_layer[i] = true;
+    return XD_OK;
+}
+
+/* hunyuan_v1_moe's moe_topk or num_experts: an integer, or a list of num_hidden_layers equal
+ * integers, into root as that integer (so the common code reads it). */
+static int hunyuan_uniform_list(json_t *root, const char *path, const char *key, int n_layers,
+                                struct xd_err *err)
+{
+    json_t *v = json_object_get(root, key);
+    if (!json_is_array(v))
+        return XD_OK;
+    json_t *first = json_array_get(v, 0);
+    bool ok = json_array_size(v) == (size_t)n_layers && json_is_integer(first);
+    for (size_t i = 1; ok && i < json_array_size(v); i++)
+        ok = json_is_integer(json_array_get(v, i)) &&
+             json_integer_value(json_array_get(v, i)) == json_integer_value(first);
+    if (!ok)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: key '%s' must be an integer or a list of num_hidden_layers (%d) "
+                          "equal integers; expertd does not serve a different value per layer",
+                          path, key, n_layers);
+    json_object_set_new(root, key, json_integer(json_integer_value(first)));
     return XD_OK;
 }
 
@@ -599,11 +691,13 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
         c->arch = XD_ARCH_GRANITEMOE_SHARED;
     else if (strcmp(type, "ernie4_5_moe") == 0)
         c->arch = XD_ARCH_ERNIE4_5_MOE;
+    else if (strcmp(type, "hunyuan_v1_moe") == 0)
+        c->arch = XD_ARCH_HUNYUAN_V1_MOE;
     else {
         xd_err_set(err, XD_ERR_UNSUPPORTED,
                    "%s: key 'model_type' is \"%.64s\"; expertd serves mixtral, qwen2_moe, "
                    "qwen3_moe, olmoe, deepseek_v2, deepseek_v3 (and kimi_k2), glm4_moe, gpt_oss, "
-                   "dots1, granitemoe, granitemoeshared and ernie4_5_moe",
+                   "dots1, granitemoe, granitemoeshared, ernie4_5_moe and hunyuan_v1_moe",
                    path, type);
         json_decref(root);
         return XD_ERR_UNSUPPORTED;
@@ -643,13 +737,16 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     }
     const bool granite = c->arch == XD_ARCH_GRANITEMOE || c->arch == XD_ARCH_GRANITEMOE_SHARED;
     const bool ernie = c->arch == XD_ARCH_ERNIE4_5_MOE;
+    const bool hunyuan = c->arch == XD_ARCH_HUNYUAN_V1_MOE;
     TRY(get_int(root, path, "max_position_embeddings",
                 c->arch == XD_ARCH_GPT_OSS || ernie         ? 131072
-                : c->arch == XD_ARCH_DOTS1 || granite ? 2048
+                : c->arch == XD_ARCH_DOTS1 || granite || hunyuan ? 2048
                                                             : 4096,
                 1, 1 << 24, &c->max_position_embeddings, err));
-    TRY(get_float(root, path, "rms_norm_eps", ernie ? 1e-5 : 1e-6, 0.0, 1.0, &c->rms_norm_eps,
-                  err));
+    TRY(get_float(root, path, "rms_norm_eps", ernie || hunyuan ? 1e-5 : 1e-6, 0.0, 1.0,
+                  &c->rms_norm_eps, err));
+    if (hunyuan)
+        TRY(hunyuan_ntk_alpha(root, path, c->head_dim, err));
     if (c->arch == XD_ARCH_GLM4_MOE) {
         /* Glm4MoeConfig: partial_rotary_factor 0.5 unless config.json gives one */
         json_t *rp = json_object_get(root, "rope_parameters");
@@ -706,10 +803,14 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
                                   ? "n_routed_experts"
                               : ernie ? "moe_num_experts"
                                       : "num_experts";
+    if (hunyuan) {
+        TRY(hunyuan_uniform_list(root, path, "num_experts", c->n_layers, err));
+        TRY(hunyuan_uniform_list(root, path, "moe_topk", c->n_layers, err));
+    }
     if (!json_object_get(root, experts_key) && json_object_get(root, "num_local_experts"))
         experts_key = "num_local_experts";
-    TRY(get_int(root, path, experts_key, granite ? 8 : ernie ? 64 : -1, 0, 1 << 16, &c->n_experts,
-                err));
+    TRY(get_int(root, path, experts_key, granite ? 8 : ernie ? 64 : hunyuan ? 1 : -1, 0, 1 << 16,
+                &c->n_experts, err));
     if (c->n_experts == 0) {
         json_decref(root);
         return xd_err_set(err, XD_ERR_CONFIG,
@@ -717,8 +818,9 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
                           experts_key);
     }
     /* ernie4_5_moe: moe_k (num_experts_per_tok is its attribute_map alias) */
-    const char *k_key = ernie ? "moe_k" : "num_experts_per_tok";
-    TRY(get_int(root, path, k_key, granite ? 2 : ernie ? 6 : -1, 1, 1 << 16, &c->top_k, err));
+    const char *k_key = ernie ? "moe_k" : hunyuan ? "moe_topk" : "num_experts_per_tok";
+    TRY(get_int(root, path, k_key, granite ? 2 : ernie ? 6 : hunyuan ? 1 : -1, 1, 1 << 16,
+                &c->top_k, err));
     if (c->top_k > c->n_experts) {
         json_decref(root);
         return xd_err_set(err, XD_ERR_CONFIG, "%s: key '%s' (%d) is larger than %s (%d)", path,
@@ -828,6 +930,10 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
         TRY(parse_ernie(root, path, c, err));
         sparse_step = 0; /* the layer pattern is set */
         break;
+    case XD_ARCH_HUNYUAN_V1_MOE:
+        TRY(parse_hunyuan(root, path, c, attention_bias, err));
+        sparse_step = 0; /* every layer is MoE */
+        break;
     case XD_ARCH_OLMOE:
         c->qk_norm = XD_QK_NORM_FULL_WIDTH;
         c->qkv_bias = c->o_bias = attention_bias;
@@ -843,9 +949,9 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
         c->is_moe_layer[i] = (i + 1) % sparse_step == 0;
     json_t *only = json_object_get(root, "mlp_only_layers");
     /* read by qwen2_moe, qwen3_moe, mixtral and olmoe as the others never were; glm4_moe,
-     * dots1, granite's and ernie's transformers classes ignore it */
+     * dots1, granite's, ernie's and hunyuan's transformers classes ignore it */
     if (only && !json_is_null(only) && c->arch != XD_ARCH_GLM4_MOE && c->arch != XD_ARCH_DOTS1 &&
-        !granite && !ernie) {
+        !granite && !ernie && !hunyuan) {
         if (!json_is_array(only)) {
             json_decref(root);
             return xd_err_set(err, XD_ERR_CONFIG, "%s: key 'mlp_only_layers' must be a list",

@@ -20,6 +20,7 @@ enum xd_arch {
     XD_ARCH_GRANITEMOE,       /* IBM Granite 3.x MoE: mixtral-like with four multipliers */
     XD_ARCH_GRANITEMOE_SHARED,/* granitemoe with an ungated shared MLP */
     XD_ARCH_ERNIE4_5_MOE,     /* Baidu ERNIE-4.5 MoE: biased softmax top-k, interleaved rope */
+    XD_ARCH_HUNYUAN_V1_MOE,   /* Tencent Hunyuan-A13B: q/k norm after rope, NTK-alpha rope */
 };
 
 /* Where RoPE's rotated pairs sit in a head's rotary part. */
@@ -81,6 +82,8 @@ struct xd_model_config {
     bool qkv_bias;               /* q, k and v projections have biases */
     bool o_bias;                 /* the output projection has a bias */
     enum xd_qk_norm qk_norm;
+    bool qk_norm_after_rope;     /* the q/k norm applies to the rotated q and k (hunyuan_v1_moe);
+                                  * before the rotation for the others */
     float clip_qkv;              /* 0: none (olmoe) */
     enum xd_rope_layout rope_layout;
     float attn_scale;            /* softmax scale of q . k: 1 / sqrt(head_dim), MLA's, or

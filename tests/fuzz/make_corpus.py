@@ -182,7 +182,20 @@ def model_config_corpus():
         "moe_intermediate_size": 1536, "moe_k": 6, "moe_layer_interval": 1, "head_dim": 128,
         "moe_capacity": [64, 64, 64], "moe_gate": "topk", "bos_token_id": 1, "eos_token_id": 2,
     }
+    hunyuan = {
+        "architectures": ["HunYuanMoEV1ForCausalLM"], "model_type": "hunyuan_v1_moe",
+        "hidden_size": 4096, "intermediate_size": 3072, "max_position_embeddings": 32768,
+        "head_dim": 128, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "num_hidden_layers": 32, "num_experts": 64, "moe_topk": [8] * 32, "use_qk_norm": True,
+        "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "tie_word_embeddings": True,
+        "vocab_size": 128167, "rope_scaling": {"alpha": 1000.0, "beta_fast": 32, "beta_slow": 1,
+                                               "factor": 1.0, "type": "dynamic"},
+    }
     files = {
+        "hunyuan_v1_moe.json": hunyuan,
+        "hunyuan_v1_moe-v5.json": dict(hunyuan, moe_topk=8, rope_scaling=None, rope_parameters={
+            "rope_type": "dynamic", "alpha": 50.0, "rope_theta": 10000.0}),
+        "bad-hunyuan-topk.json": dict(hunyuan, moe_topk=[8] * 31 + [4]),
         "dots1.json": dots1,
         "dots1-windows.json": dict(dots1, sliding_window=4096, max_window_layers=60),
         "bad-dots1-window.json": dict(dots1, layer_types=["sliding_attention"] * 62),

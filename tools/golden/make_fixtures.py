@@ -2,7 +2,7 @@
 """Build tiny, randomly initialised MoE checkpoints and record reference outputs.
 
 For each architecture (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, glm4_moe,
-gpt_oss, dots1, granitemoe, granitemoeshared, ernie4_5_moe) this script
+gpt_oss, dots1, granitemoe, granitemoeshared, ernie4_5_moe, hunyuan_v1_moe) this script
 
   * builds a tiny model from a fixed seed with informative weights
     (larger initializer_range, every 1-D parameter perturbed),
@@ -43,6 +43,8 @@ from transformers import (
     Glm4MoeForCausalLM,
     GptOssConfig,
     GptOssForCausalLM,
+    HunYuanMoEV1Config,
+    HunYuanMoEV1ForCausalLM,
     GraniteMoeConfig,
     GraniteMoeForCausalLM,
     GraniteMoeSharedConfig,
@@ -414,6 +416,28 @@ def ernie4_5_moe_config():
     )
 
 
+def hunyuan_v1_moe_config():
+    # Hunyuan-A13B's options, shrunk: per-head q/k norm applied after the rotary embedding,
+    # its NTK-alpha rope (rope_type "dynamic" with a fixed alpha: the base stretched, not a
+    # dynamic scaling), softmax top-3 of 8 renormalised, a shared MLP as wide as the experts
+    # (intermediate_size both), tied embeddings, GQA.
+    return HunYuanMoEV1Config(
+        **COMMON,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=24,  # != hidden_size / num_attention_heads (16)
+        vocab_size=271,
+        num_experts=8,
+        moe_topk=3,
+        intermediate_size=24,
+        attention_bias=False,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "dynamic", "alpha": 1000.0, "factor": 1.0, "rope_theta": 10000.0},
+    )
+
+
 SINK_STD = 2.0  # gpt_oss sinks = 2 * N(0, 1): comparable to the attention logits, so they matter
 
 
@@ -445,6 +469,7 @@ ARCHS = {
     "granitemoe": (granitemoe_config, GraniteMoeForCausalLM, 1013, [0, 1]),
     "granitemoeshared": (granitemoeshared_config, GraniteMoeSharedForCausalLM, 1014, [0, 1]),
     "ernie4_5_moe": (ernie4_5_moe_config, Ernie4_5_MoeForCausalLM, 1015, [1, 2]),
+    "hunyuan_v1_moe": (hunyuan_v1_moe_config, HunYuanMoEV1ForCausalLM, 1016, [0, 1]),
     # experts in MXFP4 as published (gate_up_proj_blocks/_scales, down_proj_blocks/_scales),
     # the rest bf16; transformers dequantizes them at load on the CPU for the references
     "gpt_oss-mxfp4": (gpt_oss_mxfp4_config, GptOssForCausalLM, 1011, [0, 1, 2, 3]),
@@ -707,7 +732,7 @@ class RouterMonitor:
         self.handles = [
             m.register_forward_hook(self.hook)
             for m in model.modules()
-            if type(m).__name__.lower().endswith("topkrouter")
+            if (type(m).__name__.lower().endswith("topkrouter") or type(m).__name__ == "HunYuanMoEV1Gate")
             and not type(m).__name__.startswith("Deepseek")
         ] + [
             m.register_forward_hook(self.deepseek_hook)
