@@ -1172,6 +1172,7 @@ static void test_granitemoe_errors(void)
     expect_error_set("{" GRANITE_BODY "}", "logits_scaling", "0");
     expect_error_set("{" GRANITE_BODY "}", "embedding_multiplier", "\"12\"");
     expect_error_set("{" GRANITE_BODY "}", "attention_multiplier", "0");
+    expect_error_set("{" GRANITE_BODY "}", "attention_multiplier", "1e30"); /* a softmax scale */
     expect_error_set("{" GRANITE_BODY "}", "residual_multiplier", "true");
     expect_error_set("{" GRANITE_BODY "}", "num_local_experts", "0");
     expect_error_set("{" GRANITE_BODY "}", "num_experts_per_tok", "33");

@@ -217,7 +217,7 @@ static int parse_granite(json_t *root, const char *path, struct xd_model_config 
     XD_TRY(get_int(root, path, "intermediate_size", 11008, 1, 1 << 20, &c->expert_ffn, err));
     XD_TRY(get_float(root, path, "embedding_multiplier", 1.0, -1e30, 1e30,
                      &c->embedding_multiplier, err));
-    XD_TRY(get_float(root, path, "attention_multiplier", 1.0, 1e-30, 1e30, &c->attn_scale, err));
+    XD_TRY(get_float(root, path, "attention_multiplier", 1.0, 1e-30, 1e6, &c->attn_scale, err));
     XD_TRY(get_float(root, path, "residual_multiplier", 1.0, -1e30, 1e30, &c->residual_multiplier,
                      err));
     XD_TRY(get_float(root, path, "logits_scaling", 1.0, -1e30, 1e30, &c->logits_scaling, err));
