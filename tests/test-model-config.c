@@ -1174,6 +1174,7 @@ static void test_granitemoe_errors(void)
     expect_error_set("{" GRANITE_BODY "}", "attention_multiplier", "0");
     expect_error_set("{" GRANITE_BODY "}", "attention_multiplier", "1e30"); /* a softmax scale */
     expect_error_set("{" GRANITE_BODY "}", "residual_multiplier", "true");
+    expect_error_set("{" GRANITE_BODY "}", "embedding_multiplier", "1e30"); /* overflows */
     expect_error_set("{" GRANITE_BODY "}", "num_local_experts", "0");
     expect_error_set("{" GRANITE_BODY "}", "num_experts_per_tok", "33");
     expect_error_set("{\"model_type\": \"granitemoeshared\", \"vocab_size\": 100,"

@@ -215,12 +215,13 @@ static int parse_granite(json_t *root, const char *path, struct xd_model_config 
     c->qkv_bias = c->o_bias = attention_bias;
     c->router = XD_ROUTER_TOPK_SOFTMAX;
     XD_TRY(get_int(root, path, "intermediate_size", 11008, 1, 1 << 20, &c->expert_ffn, err));
-    XD_TRY(get_float(root, path, "embedding_multiplier", 1.0, -1e30, 1e30,
+    /* each within +-1e6: a larger one overflows the f32 residual stream */
+    XD_TRY(get_float(root, path, "embedding_multiplier", 1.0, -1e6, 1e6,
                      &c->embedding_multiplier, err));
     XD_TRY(get_float(root, path, "attention_multiplier", 1.0, 1e-30, 1e6, &c->attn_scale, err));
-    XD_TRY(get_float(root, path, "residual_multiplier", 1.0, -1e30, 1e30, &c->residual_multiplier,
+    XD_TRY(get_float(root, path, "residual_multiplier", 1.0, -1e6, 1e6, &c->residual_multiplier,
                      err));
-    XD_TRY(get_float(root, path, "logits_scaling", 1.0, -1e30, 1e30, &c->logits_scaling, err));
+    XD_TRY(get_float(root, path, "logits_scaling", 1.0, -1e6, 1e6, &c->logits_scaling, err));
     if (c->logits_scaling == 0.0f)
         return xd_err_set(err, XD_ERR_CONFIG,
                           "%s: key 'logits_scaling' is 0; the logits are divided by it", path);
