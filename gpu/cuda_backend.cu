@@ -371,6 +371,25 @@ static int cuda_create(struct xd_model *model, const struct xd_engine_opts *opts
                        struct xd_err *err)
 {
     const struct xd_model_config *c = &model->config;
+    /* dots1 (glm4_moe's grouped sigmoid router, o_proj bias, sliding layers), granitemoe
+     * (its multipliers, top-k softmax router, fused experts) and ernie4_5_moe (its biased
+     * softmax router, rope on pairs) and hunyuan_v1_moe (q/k norm after rope) have no CUDA
+     * kernels that have run on a GPU */
+    if (c->arch == XD_ARCH_DOTS1 || c->arch == XD_ARCH_GRANITEMOE ||
+        c->arch == XD_ARCH_GRANITEMOE_SHARED || c->arch == XD_ARCH_ERNIE4_5_MOE ||
+        c->arch == XD_ARCH_HUNYUAN_V1_MOE)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "device cuda: model_type %s (%s) is computed only by the CPU backend "
+                          "until its CUDA kernels have run on a GPU; use --device cpu",
+                          c->model_type,
+                          c->arch == XD_ARCH_DOTS1
+                              ? "its sigmoid group-limited router, sliding-window layers"
+                          : c->arch == XD_ARCH_ERNIE4_5_MOE
+                              ? "its bias-corrected softmax router, rope on adjacent pairs"
+                          : c->arch == XD_ARCH_HUNYUAN_V1_MOE
+                              ? "q/k norm after the rotary embedding, ungated shared MLP"
+                              : "embedding, attention, residual and logits multipliers, its "
+                                "top-k softmax router");
     /* deepseek: multi-head latent attention and its routers have no CUDA kernels yet */
     if (c->mla)
         return xd_err_set(err, XD_ERR_UNSUPPORTED,

@@ -1,4 +1,5 @@
-/* The CUDA backend refuses what its kernels have not computed on a GPU: glm4_moe, gpt_oss and every
+/* The CUDA backend refuses what its kernels have not computed on a GPU: glm4_moe, gpt_oss, dots1,
+ * granitemoe(shared), ernie4_5_moe, hunyuan_v1_moe and every
  * rope scaling or partial rotary, FP8 checkpoints (the golden fixtures of tests/fixtures/golden), with a
  * message naming the cause; a plain fixture is not refused for that reason. The refusal comes
  * before any CUDA call, so this runs without a GPU. Usage: test-cuda-refusals FIXTURES_DIR */
@@ -40,6 +41,16 @@ static void test_refused(void)
         {"glm4_moe-bf16", "glm4_moe"},
         {"gpt_oss-f32", "gpt_oss"},
         {"gpt_oss-bf16", "gpt_oss"},
+        {"dots1-f32", "dots1"},
+        {"dots1-bf16", "dots1"},
+        {"granitemoe-f32", "granitemoe"},
+        {"granitemoe-bf16", "granitemoe"},
+        {"granitemoeshared-f32", "granitemoeshared"},
+        {"granitemoeshared-bf16", "granitemoeshared"},
+        {"ernie4_5_moe-f32", "ernie4_5_moe"},
+        {"ernie4_5_moe-bf16", "ernie4_5_moe"},
+        {"hunyuan_v1_moe-f32", "hunyuan_v1_moe"},
+        {"hunyuan_v1_moe-bf16", "hunyuan_v1_moe"},
         {"qwen3_moe-yarn-f32", "rope type yarn"},
         {"mixtral-linear-f32", "rope type linear"},
         {"qwen2_moe-llama3-f32", "rope type llama3"},
@@ -76,6 +87,8 @@ static void test_unverified(void)
     CHECK(rc == XD_OK || strstr(msg, "rope type") == NULL, "yarn still refused: %s", msg);
     rc = create("glm4_moe-f32", msg, sizeof msg);
     CHECK(rc == XD_ERR_UNSUPPORTED && strstr(msg, "glm4_moe") != NULL, "glm4_moe: %s", msg);
+    rc = create("granitemoe-f32", msg, sizeof msg);
+    CHECK(rc == XD_ERR_UNSUPPORTED && strstr(msg, "granitemoe") != NULL, "granitemoe: %s", msg);
     unsetenv("EXPERTD_GPU_UNVERIFIED");
 }
 

@@ -27,6 +27,24 @@ static void expect_error(const char *json, const char *want)
     free(c);
 }
 
+/* body (a JSON object) with key set to value (JSON text) must fail naming key. */
+static void expect_error_set(const char *body, const char *key, const char *value)
+{
+    json_t *o = json_loads(body, 0, NULL);
+    json_t *v = json_loads(value, JSON_DECODE_ANY, NULL);
+    CHECK(o && v, "bad test JSON for %s", key);
+    if (!o || !v) {
+        json_decref(o);
+        json_decref(v);
+        return;
+    }
+    json_object_set_new(o, key, v);
+    char *text = json_dumps(o, 0);
+    expect_error(text, key);
+    free(text);
+    json_decref(o);
+}
+
 /* Mixtral-8x7B's shape, with head_dim given explicitly and unequal to hidden / heads. */
 #define MIXTRAL_BODY                                                                       \
     "\"model_type\": \"mixtral\", \"architectures\": [\"MixtralForCausalLM\"],"            \
@@ -748,6 +766,9 @@ static void test_error_unknown_model_type(void)
                  "model_type");
     expect_error("{\"vocab_size\": 32000}", "model_type");
     expect_error("{\"model_type\": 7}", "model_type");
+    /* a published MoE family expertd does not compute: refused naming what it serves */
+    expect_error("{\"model_type\": \"qwen3_next\", \"vocab_size\": 32000}",
+                 "ernie4_5_moe and hunyuan_v1_moe");
 }
 
 static void test_error_missing_hidden_size(void)
@@ -984,6 +1005,326 @@ static void test_error_duplicate_key(void)
     expect_error("{" QWEN2_BODY ", \"num_experts\": 0}", "num_experts");
 }
 
+/* dots.llm1.inst's shape (keys as its checkpoint's config.json spells them, as remembered from
+ * the model card: not checked against the file), with 6 of its 62 layers. */
+#define DOTS1_CORE                                                                          \
+    "\"model_type\": \"dots1\", \"architectures\": [\"Dots1ForCausalLM\"],"                 \
+    "\"attention_bias\": false, \"head_dim\": 128, \"hidden_act\": \"silu\","               \
+    "\"hidden_size\": 4096, \"intermediate_size\": 10944, \"moe_intermediate_size\": 1408," \
+    "\"max_position_embeddings\": 32768, \"n_routed_experts\": 128, \"n_shared_experts\": 2," \
+    "\"num_experts_per_tok\": 6, \"first_k_dense_replace\": 1, \"norm_topk_prob\": true,"   \
+    "\"routed_scaling_factor\": 2.5, \"n_group\": 1, \"topk_group\": 1,"                    \
+    "\"num_attention_heads\": 32, \"num_key_value_heads\": 32, \"num_hidden_layers\": 6,"   \
+    "\"rms_norm_eps\": 1e-05, \"rope_theta\": 10000000, \"rope_scaling\": null,"            \
+    "\"tie_word_embeddings\": false, \"vocab_size\": 152064, \"use_sliding_window\": false"
+#define DOTS1_BODY DOTS1_CORE ", \"sliding_window\": null, \"max_window_layers\": 62"
+
+static void test_dots1(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{" DOTS1_BODY "}", &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    if (rc != XD_OK)
+        return;
+    CHECK(c.arch == XD_ARCH_DOTS1 && strcmp(c.model_type, "dots1") == 0, "arch");
+    CHECK(c.n_experts == 128 && c.top_k == 6 && c.expert_ffn == 1408 && c.dense_ffn == 10944,
+          "experts %d top %d ffn %d dense %d", c.n_experts, c.top_k, c.expert_ffn, c.dense_ffn);
+    CHECK(c.shared_expert_ffn == 2 * 1408 && !c.shared_expert_gated, "shared %d",
+          c.shared_expert_ffn);
+    CHECK(c.router == XD_ROUTER_SIGMOID_BIAS && c.n_group == 1 && c.topk_group == 1 &&
+              c.routed_scaling_factor == 2.5f && c.norm_topk_prob,
+          "router");
+    /* q/k norm always, per head; the rotary embedding over the whole head */
+    CHECK(!c.qkv_bias && !c.o_bias && c.qk_norm == XD_QK_NORM_PER_HEAD, "attention");
+    CHECK(c.rope.rot_dim == 128 && c.rope_theta == 1e7f && c.rope_layout == XD_ROPE_HALVES,
+          "rope");
+    CHECK(!c.is_moe_layer[0] && c.is_moe_layer[1] && c.n_moe_layers == 5, "%d MoE layers",
+          c.n_moe_layers);
+    for (int i = 0; i < 6; i++)
+        CHECK(c.full_attention_layer[i], "layer %d full (sliding_window null)", i);
+
+    /* Dots1Config's defaults: norm_topk_prob false, first_k_dense_replace 0, no groups, the
+     * window 4096 from max_window_layers (62) on: no layer of 6 slides */
+    rc = parse("{\"model_type\": \"dots1\", \"vocab_size\": 100, \"hidden_size\": 64,"
+               " \"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"n_routed_experts\": 8,"
+               " \"n_shared_experts\": 0, \"num_experts_per_tok\": 2, \"attention_bias\": true}",
+               &c, &err);
+    CHECK(rc == XD_OK, "defaults: %s", err.msg);
+    CHECK(rc != XD_OK || (!c.norm_topk_prob && c.n_moe_layers == 3 && c.n_group == 1 &&
+                          c.topk_group == 1 && c.routed_scaling_factor == 1.0f &&
+                          c.shared_expert_ffn == 0 && c.expert_ffn == 1408 &&
+                          c.dense_ffn == 10944 && c.max_position_embeddings == 2048 &&
+                          c.sliding_window == 4096 && c.full_attention_layer[2]),
+          "Dots1Config defaults");
+    /* attention_bias: q, k, v and o */
+    CHECK(rc != XD_OK || (c.qkv_bias && c.o_bias), "attention_bias on o_proj too");
+
+    /* sliding layers from max_window_layers on when there is a window */
+    rc = parse("{" DOTS1_CORE ", \"sliding_window\": 4096, \"max_window_layers\": 4}", &c, &err);
+    CHECK(rc == XD_OK, "windows: %s", err.msg);
+    CHECK(rc != XD_OK || (c.sliding_window == 4096 && c.full_attention_layer[3] &&
+                          !c.full_attention_layer[4] && !c.full_attention_layer[5]),
+          "max_window_layers 4: layers 4 and 5 slide");
+    /* layer_types as transformers 5 writes it take precedence */
+    rc = parse("{" DOTS1_CORE ", \"sliding_window\": 8, \"layer_types\": [\"sliding_attention\","
+               " \"full_attention\", \"full_attention\", \"full_attention\", \"full_attention\","
+               " \"sliding_attention\"]}",
+               &c, &err);
+    CHECK(rc == XD_OK && !c.full_attention_layer[0] && c.full_attention_layer[1] &&
+              !c.full_attention_layer[5] && c.sliding_window == 8,
+          "layer_types: %s", err.msg);
+}
+
+static void test_dots1_errors(void)
+{
+    /* Dots1Config's n_shared_experts and n_routed_experts default to None */
+    expect_error("{\"model_type\": \"dots1\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 " \"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"n_routed_experts\": 8,"
+                 " \"num_experts_per_tok\": 2}",
+                 "n_shared_experts");
+    expect_error("{\"model_type\": \"dots1\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                 " \"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"n_shared_experts\": 1,"
+                 " \"num_experts_per_tok\": 2}",
+                 "n_routed_experts");
+    /* a sliding layer with no window */
+    expect_error("{" DOTS1_CORE ", \"sliding_window\": null, \"layer_types\": [\"full_attention\","
+                 " \"full_attention\", \"full_attention\", \"full_attention\", \"full_attention\","
+                 " \"sliding_attention\"]}",
+                 "sliding_window");
+    expect_error("{" DOTS1_CORE ", \"layer_types\": [\"full_attention\"]}", "layer_types");
+    expect_error("{" DOTS1_CORE ", \"layer_types\": [\"full_attention\", \"full_attention\","
+                 " \"full_attention\", \"full_attention\", \"full_attention\", \"chunked\"]}",
+                 "layer_types");
+    expect_error("{" DOTS1_CORE ", \"sliding_window\": 0}", "sliding_window");
+    expect_error("{" DOTS1_CORE ", \"max_window_layers\": \"62\"}", "max_window_layers");
+    expect_error("{" DOTS1_BODY ", \"partial_rotary_factor\": 0.5}", "partial_rotary_factor");
+    expect_error_set("{" DOTS1_BODY "}", "n_group", "3");
+    expect_error_set("{" DOTS1_BODY "}", "topk_group", "2");
+    expect_error_set("{" DOTS1_BODY "}", "n_shared_experts", "-1");
+    expect_error_set("{" DOTS1_BODY "}", "first_k_dense_replace", "-1");
+}
+
+/* granite-3.0-1b-a400m-base's shape (keys as its config.json spells them, as remembered from the
+ * model card: not checked against the file), with 4 of its 24 layers. */
+#define GRANITE_BODY                                                                        \
+    "\"model_type\": \"granitemoe\", \"architectures\": [\"GraniteMoeForCausalLM\"],"       \
+    "\"attention_bias\": false, \"attention_dropout\": 0.1, \"attention_multiplier\": 0.015625," \
+    "\"bos_token_id\": 0, \"embedding_multiplier\": 12.0, \"eos_token_id\": 0,"             \
+    "\"hidden_act\": \"silu\", \"hidden_size\": 1024, \"intermediate_size\": 512,"          \
+    "\"logits_scaling\": 6.0, \"max_position_embeddings\": 4096, \"num_attention_heads\": 16," \
+    "\"num_experts_per_tok\": 8, \"num_hidden_layers\": 4, \"num_key_value_heads\": 8,"     \
+    "\"num_local_experts\": 32, \"output_router_logits\": false, \"pad_token_id\": 0,"      \
+    "\"residual_multiplier\": 0.22, \"rms_norm_eps\": 1e-06, \"rope_scaling\": null,"       \
+    "\"rope_theta\": 10000, \"router_aux_loss_coef\": 0.001, \"tie_word_embeddings\": true," \
+    "\"vocab_size\": 49155"
+
+static void test_granitemoe(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{" GRANITE_BODY "}", &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    if (rc != XD_OK)
+        return;
+    CHECK(c.arch == XD_ARCH_GRANITEMOE && strcmp(c.model_type, "granitemoe") == 0, "arch");
+    CHECK(c.n_experts == 32 && c.top_k == 8 && c.expert_ffn == 512 && c.n_moe_layers == 4 &&
+              c.shared_expert_ffn == 0,
+          "experts %d top %d ffn %d", c.n_experts, c.top_k, c.expert_ffn);
+    CHECK(c.router == XD_ROUTER_TOPK_SOFTMAX && !c.expert_bias, "router");
+    /* attention_multiplier replaces head_dim^-0.5 (64^-0.5 = 0.125) */
+    CHECK(c.attn_scale == 0.015625f && c.embedding_multiplier == 12.0f &&
+              c.residual_multiplier == 0.22f && c.logits_scaling == 6.0f,
+          "multipliers %g %g %g %g", (double)c.attn_scale, (double)c.embedding_multiplier,
+          (double)c.residual_multiplier, (double)c.logits_scaling);
+    CHECK(c.tie_word_embeddings && !c.qkv_bias && !c.o_bias && c.qk_norm == XD_QK_NORM_NONE &&
+              c.sliding_window == 0,
+          "attention");
+
+    /* GraniteMoeConfig's defaults: every multiplier 1 (attention_multiplier too, not
+     * head_dim^-0.5), 8 experts, top-2, intermediate_size 11008; mlp_only_layers ignored */
+    rc = parse("{\"model_type\": \"granitemoe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+               " \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"mlp_only_layers\": [0]}",
+               &c, &err);
+    CHECK(rc == XD_OK, "defaults: %s", err.msg);
+    CHECK(rc != XD_OK || (c.attn_scale == 1.0f && c.embedding_multiplier == 1.0f &&
+                          c.residual_multiplier == 1.0f && c.logits_scaling == 1.0f &&
+                          c.n_experts == 8 && c.top_k == 2 && c.expert_ffn == 11008 &&
+                          c.n_moe_layers == 2 && c.max_position_embeddings == 2048),
+          "GraniteMoeConfig defaults");
+
+    /* granitemoeshared: the shared MLP's width */
+    rc = parse("{\"model_type\": \"granitemoeshared\", \"vocab_size\": 100, \"hidden_size\": 64,"
+               " \"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
+               " \"shared_intermediate_size\": 1024, \"attention_bias\": true}",
+               &c, &err);
+    CHECK(rc == XD_OK && c.arch == XD_ARCH_GRANITEMOE_SHARED && c.shared_expert_ffn == 1024 &&
+              !c.shared_expert_gated && c.qkv_bias && c.o_bias &&
+              strcmp(c.model_type, "granitemoeshared") == 0,
+          "granitemoeshared: %s", err.msg);
+    /* granitemoe has no shared MLP: the key is not read */
+    rc = parse("{" GRANITE_BODY ", \"shared_intermediate_size\": 1024}", &c, &err);
+    CHECK(rc == XD_OK && c.shared_expert_ffn == 0, "granitemoe shared: %s", err.msg);
+}
+
+static void test_granitemoe_errors(void)
+{
+    expect_error_set("{" GRANITE_BODY "}", "logits_scaling", "0");
+    expect_error_set("{" GRANITE_BODY "}", "embedding_multiplier", "\"12\"");
+    expect_error_set("{" GRANITE_BODY "}", "attention_multiplier", "0");
+    expect_error_set("{" GRANITE_BODY "}", "attention_multiplier", "1e30"); /* a softmax scale */
+    expect_error_set("{" GRANITE_BODY "}", "residual_multiplier", "true");
+    expect_error_set("{" GRANITE_BODY "}", "embedding_multiplier", "1e30"); /* overflows */
+    expect_error_set("{" GRANITE_BODY "}", "num_local_experts", "0");
+    expect_error_set("{" GRANITE_BODY "}", "num_experts_per_tok", "33");
+    expect_error_set("{\"model_type\": \"granitemoeshared\", \"vocab_size\": 100,"
+                     " \"hidden_size\": 64, \"num_hidden_layers\": 2, \"num_attention_heads\": 4}",
+                     "shared_intermediate_size", "-1");
+}
+
+/* ERNIE-4.5-21B-A3B-PT's shape (keys as its config.json spells them, as remembered from the
+ * model card: not checked against the file; the keys transformers ignores, such as
+ * moe_capacity and moe_gate, kept), with 6 of its 28 layers. */
+#define ERNIE_CORE                                                                          \
+    "\"model_type\": \"ernie4_5_moe\", \"architectures\": [\"Ernie4_5_MoeForCausalLM\"],"   \
+    "\"bos_token_id\": 1, \"eos_token_id\": 2, \"hidden_act\": \"silu\","                   \
+    "\"hidden_size\": 2560, \"intermediate_size\": 12288, \"max_position_embeddings\": 131072," \
+    "\"num_attention_heads\": 20, \"num_key_value_heads\": 4,"                               \
+    "\"num_hidden_layers\": 6, \"pad_token_id\": 0, \"rms_norm_eps\": 1e-05,"               \
+    "\"use_cache\": false, \"vocab_size\": 103424, \"rope_theta\": 500000, \"use_rmsnorm\": true," \
+    "\"tie_word_embeddings\": true, \"use_bias\": false, \"moe_num_experts\": 64,"          \
+    "\"moe_num_shared_experts\": 2, \"moe_layer_start_index\": 1, \"moe_intermediate_size\": 1536," \
+    "\"moe_capacity\": [64, 64, 64], \"moe_gate\": \"topk\", \"moe_k\": 6,"                 \
+    "\"moe_layer_interval\": 1, \"moe_use_aux_free\": true, \"head_dim\": 128"
+
+static void test_ernie4_5_moe(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{" ERNIE_CORE ", \"moe_layer_end_index\": 5}", &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    if (rc != XD_OK)
+        return;
+    CHECK(c.arch == XD_ARCH_ERNIE4_5_MOE && strcmp(c.model_type, "ernie4_5_moe") == 0, "arch");
+    CHECK(c.n_experts == 64 && c.top_k == 6 && c.expert_ffn == 1536 && c.dense_ffn == 12288 &&
+              c.shared_expert_ffn == 2 * 1536 && !c.shared_expert_gated,
+          "experts %d top %d ffn %d dense %d shared %d", c.n_experts, c.top_k, c.expert_ffn,
+          c.dense_ffn, c.shared_expert_ffn);
+    CHECK(c.router == XD_ROUTER_SOFTMAX_BIAS && c.router_norm_min == 1e-12f, "router");
+    CHECK(c.rope_layout == XD_ROPE_PAIRS && c.rope.rot_dim == 128 && c.rope_theta == 5e5f &&
+              c.head_dim == 128 && c.tie_word_embeddings && !c.qkv_bias && !c.o_bias,
+          "attention");
+    CHECK(!c.is_moe_layer[0] && c.is_moe_layer[1] && c.is_moe_layer[5] && c.n_moe_layers == 5,
+          "moe layers %d", c.n_moe_layers);
+
+    /* start 2, end 4, interval 2: layer i is MoE when (i + 1) % 2 == 0, so 3 only */
+    rc = parse("{\"model_type\": \"ernie4_5_moe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+               " \"num_hidden_layers\": 6, \"num_attention_heads\": 4, \"moe_layer_start_index\": 2,"
+               " \"moe_layer_end_index\": 4, \"moe_layer_interval\": 2}",
+               &c, &err);
+    CHECK(rc == XD_OK, "pattern: %s", err.msg);
+    CHECK(rc != XD_OK || (c.n_moe_layers == 1 && c.is_moe_layer[3]), "start/end/interval: %d",
+          c.n_moe_layers);
+    /* Ernie4_5_MoeConfig's defaults: 64 experts, moe_k 6, 2 shared, MoE from layer 1 to the
+     * last, tied embeddings, rope_theta 500000, rms_norm_eps 1e-5 */
+    CHECK(rc != XD_OK || (c.n_experts == 64 && c.top_k == 6 && c.shared_expert_ffn == 2 * 1536 &&
+                          c.tie_word_embeddings && c.rope_theta == 5e5f &&
+                          c.rms_norm_eps == 1e-5f && c.max_position_embeddings == 131072),
+          "defaults");
+    rc = parse("{\"model_type\": \"ernie4_5_moe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+               " \"num_hidden_layers\": 4, \"num_attention_heads\": 4, \"moe_num_experts\": 8,"
+               " \"moe_k\": 2, \"tie_word_embeddings\": false, \"mlp_only_layers\": [1]}",
+               &c, &err);
+    CHECK(rc == XD_OK && c.n_moe_layers == 3 && !c.is_moe_layer[0] && c.is_moe_layer[3] &&
+              !c.tie_word_embeddings,
+          "end -1 is the last layer; mlp_only_layers ignored: %s", err.msg);
+}
+
+static void test_ernie4_5_moe_errors(void)
+{
+    expect_error_set("{" ERNIE_CORE "}", "use_bias", "true");
+    expect_error_set("{" ERNIE_CORE "}", "moe_layer_interval", "0");
+    expect_error_set("{" ERNIE_CORE "}", "moe_layer_end_index", "-2");
+    expect_error_set("{" ERNIE_CORE "}", "moe_norm_min", "-1");
+    expect_error_set("{" ERNIE_CORE "}", "moe_k", "65");
+    expect_error_set("{" ERNIE_CORE "}", "moe_num_shared_experts", "\"2\"");
+    expect_error_set("{" ERNIE_CORE "}", "moe_num_experts", "0");
+    expect_error_set("{" ERNIE_CORE "}", "moe_layer_start_index", "6"); /* no MoE layer */
+}
+
+/* Hunyuan-A13B-Instruct's shape (keys as its config.json spells them, as remembered from the
+ * model card: not checked against the file; per-layer lists for moe_topk, the rope_scaling
+ * with alpha transformers reads as NTK-alpha, keys transformers ignores such as use_cla and
+ * moe_intermediate_size kept), with 4 of its 32 layers. */
+#define HUNYUAN_CORE                                                                        \
+    "\"model_type\": \"hunyuan_v1_moe\", \"architectures\": [\"HunYuanMoEV1ForCausalLM\"],"  \
+    "\"attention_bias\": false, \"hidden_act\": \"silu\", \"hidden_size\": 4096,"           \
+    "\"intermediate_size\": 3072, \"max_position_embeddings\": 32768, \"head_dim\": 128,"   \
+    "\"num_attention_heads\": 32, \"num_key_value_heads\": 8, \"num_hidden_layers\": 4,"    \
+    "\"num_experts\": 64, \"moe_topk\": [8, 8, 8, 8], \"moe_intermediate_size\": [3072, 3072," \
+    " 3072, 3072], \"num_shared_expert\": [1, 1, 1, 1], \"use_mixed_mlp_moe\": true,"       \
+    "\"use_qk_norm\": true, \"use_cla\": false, \"rms_norm_eps\": 1e-05,"                   \
+    "\"rope_theta\": 10000.0, \"tie_word_embeddings\": true, \"vocab_size\": 128167,"       \
+    "\"bos_token_id\": 1, \"eos_token_id\": 127960"
+#define HUNYUAN_BODY                                                                        \
+    HUNYUAN_CORE ", \"rope_scaling\": {\"alpha\": 1000.0, \"beta_fast\": 32, \"beta_slow\": 1," \
+                 " \"factor\": 1.0, \"mscale\": 1.0, \"mscale_all_dim\": 1.0, \"type\": \"dynamic\"}"
+
+static void test_hunyuan_v1_moe(void)
+{
+    struct xd_model_config c;
+    struct xd_err err;
+    int rc = parse("{" HUNYUAN_BODY "}", &c, &err);
+    CHECK(rc == XD_OK, "rc %d: %s", rc, err.msg);
+    if (rc != XD_OK)
+        return;
+    CHECK(c.arch == XD_ARCH_HUNYUAN_V1_MOE && strcmp(c.model_type, "hunyuan_v1_moe") == 0, "arch");
+    CHECK(c.n_experts == 64 && c.top_k == 8 && c.expert_ffn == 3072 &&
+              c.shared_expert_ffn == 3072 && !c.shared_expert_gated && c.n_moe_layers == 4,
+          "experts %d top %d ffn %d shared %d", c.n_experts, c.top_k, c.expert_ffn,
+          c.shared_expert_ffn);
+    CHECK(c.router == XD_ROUTER_SOFTMAX && c.norm_topk_prob, "router");
+    CHECK(c.qk_norm == XD_QK_NORM_PER_HEAD && c.qk_norm_after_rope && !c.qkv_bias &&
+              c.tie_word_embeddings,
+          "attention");
+    /* NTK-alpha: the default rope over 10000 * 1000^(128 / 126), whatever the length */
+    const double base = 10000.0 * pow(1000.0, 128.0 / 126.0);
+    CHECK(c.rope.type == XD_ROPE_DEFAULT && c.rope_theta == (float)base &&
+              c.max_context == 32768,
+          "rope type %d theta %g (want %g), context %d", (int)c.rope.type, (double)c.rope_theta,
+          base, c.max_context);
+    /* transformers 5's spelling */
+    rc = parse("{" HUNYUAN_CORE ", \"rope_parameters\": {\"rope_type\": \"dynamic\","
+               " \"alpha\": 50.0, \"rope_theta\": 20000.0}}",
+               &c, &err);
+    CHECK(rc == XD_OK && c.rope_theta == (float)(20000.0 * pow(50.0, 128.0 / 126.0)),
+          "rope_parameters alpha: %s", err.msg);
+    /* dynamic without alpha stays the dynamic NTK scaling */
+    rc = parse("{" HUNYUAN_CORE ", \"rope_scaling\": {\"type\": \"dynamic\", \"factor\": 2.0}}",
+               &c, &err);
+    CHECK(rc == XD_OK && c.rope.type == XD_ROPE_DYNAMIC, "dynamic: %s", err.msg);
+    /* HunYuanMoEV1Config's defaults: 1 expert, top-1, intermediate_size 11008 */
+    rc = parse("{\"model_type\": \"hunyuan_v1_moe\", \"vocab_size\": 100, \"hidden_size\": 64,"
+               " \"num_hidden_layers\": 2, \"num_attention_heads\": 4}",
+               &c, &err);
+    CHECK(rc == XD_OK && c.n_experts == 1 && c.top_k == 1 && c.expert_ffn == 11008 &&
+              !c.tie_word_embeddings && c.max_position_embeddings == 2048 &&
+              c.rms_norm_eps == 1e-5f,
+          "defaults: %s", err.msg);
+}
+
+static void test_hunyuan_v1_moe_errors(void)
+{
+    expect_error_set("{" HUNYUAN_BODY "}", "moe_topk", "[8, 8, 8, 4]");
+    expect_error_set("{" HUNYUAN_BODY "}", "moe_topk", "[8, 8, 8]");
+    expect_error_set("{" HUNYUAN_BODY "}", "num_experts", "[64, 64, 64, 32]");
+    expect_error_set("{" HUNYUAN_BODY "}", "moe_topk", "65");
+    expect_error("{" HUNYUAN_CORE ", \"rope_scaling\": {\"type\": \"dynamic\", \"alpha\": -1}}",
+                 "alpha");
+    expect_error("{" HUNYUAN_CORE ", \"rope_scaling\": {\"type\": \"dynamic\", \"alpha\": \"big\"}}",
+                 "alpha");
+}
+
 static void test_arch_names(void)
 {
     CHECK(strcmp(xd_arch_name(XD_ARCH_MIXTRAL), "mixtral") == 0, "mixtral");
@@ -992,6 +1333,12 @@ static void test_arch_names(void)
     CHECK(strcmp(xd_arch_name(XD_ARCH_OLMOE), "olmoe") == 0, "olmoe");
     CHECK(strcmp(xd_arch_name(XD_ARCH_DEEPSEEK_V2), "deepseek_v2") == 0, "deepseek_v2");
     CHECK(strcmp(xd_arch_name(XD_ARCH_DEEPSEEK_V3), "deepseek_v3") == 0, "deepseek_v3");
+    CHECK(strcmp(xd_arch_name(XD_ARCH_DOTS1), "dots1") == 0, "dots1");
+    CHECK(strcmp(xd_arch_name(XD_ARCH_GRANITEMOE), "granitemoe") == 0, "granitemoe");
+    CHECK(strcmp(xd_arch_name(XD_ARCH_GRANITEMOE_SHARED), "granitemoeshared") == 0,
+          "granitemoeshared");
+    CHECK(strcmp(xd_arch_name(XD_ARCH_ERNIE4_5_MOE), "ernie4_5_moe") == 0, "ernie4_5_moe");
+    CHECK(strcmp(xd_arch_name(XD_ARCH_HUNYUAN_V1_MOE), "hunyuan_v1_moe") == 0, "hunyuan_v1_moe");
 }
 
 static void test_length_is_respected(void)
@@ -1011,6 +1358,14 @@ int main(int argc, char **argv)
     RUN(test_glm4_moe);
     RUN(test_glm4_moe_errors);
     RUN(test_gpt_oss);
+    RUN(test_dots1);
+    RUN(test_dots1_errors);
+    RUN(test_granitemoe);
+    RUN(test_granitemoe_errors);
+    RUN(test_ernie4_5_moe);
+    RUN(test_ernie4_5_moe_errors);
+    RUN(test_hunyuan_v1_moe);
+    RUN(test_hunyuan_v1_moe_errors);
     RUN(test_gpt_oss_errors);
     RUN(test_mixtral);
     RUN(test_mixtral_defaults);

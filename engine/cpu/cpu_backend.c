@@ -289,7 +289,7 @@ static void attention(struct cpu_state *s, const struct xd_batch *b, int layer, 
         .n_heads = c->n_heads,
         .n_kv_heads = c->n_kv_heads,
         .head_dim = c->head_dim,
-        .scale = 1.0f / sqrtf((float)c->head_dim),
+        .scale = c->attn_scale, /* 1 / sqrt(head_dim), or granitemoe's attention_multiplier */
         .window = c->full_attention_layer[layer] ? 0 : c->sliding_window,
         .sinks = sink_w->data ? sinks : NULL,
     };
@@ -297,6 +297,20 @@ static void attention(struct cpu_state *s, const struct xd_batch *b, int layer, 
         xd_cpu_attention_reference(&a, b, s->q, s->attn);
     else
         xd_cpu_attention(&a, b, s->q, s->attn, s->attn_items);
+}
+
+/* h (n) += out (n), times granitemoe's residual_multiplier first (as transformers: residual +
+ * hidden_states * residual_multiplier) when it is not 1. */
+static void add_residual(const struct xd_model_config *c, float *h, const float *out, size_t n)
+{
+    const float rm = c->residual_multiplier;
+    if (rm != 1.0f) {
+        for (size_t i = 0; i < n; i++)
+            h[i] += out[i] * rm;
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        h[i] += out[i];
 }
 
 static void attention_block(struct cpu_state *s, const struct xd_batch *b, int l, int n)
@@ -319,7 +333,7 @@ static void attention_block(struct cpu_state *s, const struct xd_batch *b, int l
     xd_cpu_add_bias(s->q, n, &lw->bq);
     xd_cpu_add_bias(s->k, n, &lw->bk);
     xd_cpu_add_bias(s->v, n, &lw->bv);
-    if (c->qk_norm == XD_QK_NORM_PER_HEAD) {
+    if (c->qk_norm == XD_QK_NORM_PER_HEAD && !c->qk_norm_after_rope) {
         xd_cpu_rmsnorm(s->q, n * c->n_heads, &lw->q_norm, c->rms_norm_eps, s->q);
         xd_cpu_rmsnorm(s->k, n * c->n_kv_heads, &lw->k_norm, c->rms_norm_eps, s->k);
     } else if (c->qk_norm == XD_QK_NORM_FULL_WIDTH) {
@@ -333,15 +347,21 @@ static void attention_block(struct cpu_state *s, const struct xd_batch *b, int l
             for (size_t j = 0; j < lens[i]; j++)
                 bufs[i][j] = fminf(fmaxf(bufs[i][j], -c->clip_qkv), c->clip_qkv);
     }
+    /* ernie4_5_moe rotates adjacent pairs, the others rotate halves */
+    void (*rope)(float *, int, int, int, const struct xd_rope *) =
+        c->rope_layout == XD_ROPE_PAIRS ? xd_cpu_rope_pairs : xd_cpu_rope;
     for (int t = 0; t < n; t++) {
-        xd_cpu_rope(s->q + (size_t)t * s->q_dim, c->n_heads, hd, s->tok_pos[t], &c->rope);
-        xd_cpu_rope(s->k + (size_t)t * s->kv_dim, c->n_kv_heads, hd, s->tok_pos[t], &c->rope);
+        rope(s->q + (size_t)t * s->q_dim, c->n_heads, hd, s->tok_pos[t], &c->rope);
+        rope(s->k + (size_t)t * s->kv_dim, c->n_kv_heads, hd, s->tok_pos[t], &c->rope);
+    }
+    if (c->qk_norm == XD_QK_NORM_PER_HEAD && c->qk_norm_after_rope) { /* hunyuan_v1_moe */
+        xd_cpu_rmsnorm(s->q, n * c->n_heads, &lw->q_norm, c->rms_norm_eps, s->q);
+        xd_cpu_rmsnorm(s->k, n * c->n_kv_heads, &lw->k_norm, c->rms_norm_eps, s->k);
     }
     attention(s, b, l, n);
     xd_cpu_matmul(s->attn, n, &lw->wo, s->out);
     xd_cpu_add_bias(s->out, n, &lw->bo);
-    for (size_t i = 0; i < HN; i++)
-        s->h[i] += s->out[i];
+    add_residual(c, s->h, s->out, HN);
 }
 
 /* ---- MLPs ---- */
@@ -679,7 +699,7 @@ static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
     }
 
     if (lw->shared.gate.data && !lw->shared_expert_gate.data) {
-        /* deepseek, glm4_moe: out += shared_experts(x) */
+        /* deepseek, glm4_moe, dots1, granitemoeshared: out += shared_experts(x) */
         swiglu(c, s->xn, n, &lw->shared, s->dg, s->du, s->eo);
         const size_t HN = (size_t)n * H;
         for (size_t i = 0; i < HN; i++)
@@ -743,9 +763,7 @@ static int mlp_block(struct cpu_state *s, int l, int n, struct xd_err *err)
                                           .down = lw->mlp_down};
         swiglu(c, s->xn, n, &dense, s->dg, s->du, s->out);
     }
-    const size_t HN = (size_t)n * c->hidden_size;
-    for (size_t i = 0; i < HN; i++)
-        s->h[i] += s->out[i];
+    add_residual(c, s->h, s->out, (size_t)n * c->hidden_size);
     return XD_OK;
 }
 
@@ -774,6 +792,9 @@ static int cpu_forward(void *p, const struct xd_batch *b, struct xd_forward_out 
             row.data = (const char *)row.data +
                        (size_t)sc->tokens[t] * (size_t)H * xd_dtype_size(row.dtype);
             xd_dtype_to_f32(row.dtype, row.data, s->h + (size_t)n * H, (size_t)H);
+            if (c->embedding_multiplier != 1.0f) /* granitemoe */
+                for (int i = 0; i < H; i++)
+                    s->h[(size_t)n * H + i] *= c->embedding_multiplier;
         }
     }
 
@@ -797,6 +818,9 @@ static int cpu_forward(void *p, const struct xd_batch *b, struct xd_forward_out 
     }
     xd_cpu_rmsnorm(s->xn, n_rows, &s->m->final_norm, c->rms_norm_eps, s->xn);
     xd_cpu_matmul(s->xn, n_rows, &s->m->lm_head, s->logits);
+    if (c->logits_scaling != 1.0f) /* granitemoe: logits / logits_scaling, a division as there */
+        for (size_t i = 0; i < (size_t)n_rows * c->vocab_size; i++)
+            s->logits[i] /= c->logits_scaling;
 
     ret->logits = s->logits;
     ret->n_logit_rows = n_rows;

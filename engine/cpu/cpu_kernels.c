@@ -743,6 +743,24 @@ void xd_cpu_rope(float *x, int n_heads, int head_dim, int pos, const struct xd_r
     }
 }
 
+void xd_cpu_rope_pairs(float *x, int n_heads, int head_dim, int pos, const struct xd_rope *rope)
+{
+    const int half = rope->rot_dim / 2;
+    float scratch[XD_ROPE_MAX_HALF];
+    const float *inv_freq = xd_rope_inv_freq(rope, pos, scratch);
+    const float att = rope->attention_scaling;
+    for (int i = 0; i < half; i++) {
+        float angle = (float)pos * inv_freq[i];
+        float c = cosf(angle) * att, s = sinf(angle) * att;
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + h * head_dim;
+            float a = v[2 * i], b = v[2 * i + 1];
+            v[2 * i] = a * c - b * s;
+            v[2 * i + 1] = b * c + a * s;
+        }
+    }
+}
+
 void xd_cpu_silu_mul(const float *gate, const float *up, float *y, size_t n)
 {
     for (size_t i = 0; i < n; i++) {

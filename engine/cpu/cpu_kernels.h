@@ -59,6 +59,10 @@ void xd_cpu_rmsnorm(const float *x, int n, const struct xd_matrix *w, float eps,
  * dims from rot_dim on pass through (partial rotary). */
 void xd_cpu_rope(float *x, int n_heads, int head_dim, int pos, const struct xd_rope *rope);
 
+/* The same on adjacent pairs (2i, 2i + 1) at frequency i (ernie4_5_moe: transformers'
+ * interleaved rotate_half with cos and sin repeated per pair). */
+void xd_cpu_rope_pairs(float *x, int n_heads, int head_dim, int pos, const struct xd_rope *rope);
+
 /* y (n, f) = silu(gate (n, f)) * up (n, f); y may equal gate. */
 void xd_cpu_silu_mul(const float *gate, const float *up, float *y, size_t n);
 

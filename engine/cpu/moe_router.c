@@ -1,7 +1,8 @@
 /* Router top-k for every family: softmax (mixtral, qwen, olmoe, deepseek_v2 greedy), softmax
- * with groups (deepseek_v2 group_limited_greedy), the grouped sigmoid router with a
- * correction bias (deepseek_v3 noaux_tc, glm4_moe: routing.c), and gpt_oss's top-k of the
- * biased logits then softmax over the k, as transformers 5.23 computes them. */
+ * with groups (deepseek_v2 group_limited_greedy), softmax chosen with a correction bias
+ * (ernie4_5_moe), the grouped sigmoid router with a correction bias (deepseek_v3 noaux_tc,
+ * glm4_moe, dots1: routing.c), and gpt_oss's (and granitemoe's) top-k of the (biased) logits
+ * then softmax over the k, as transformers 5.23 computes them. */
 #include "engine/cpu/moe_router.h"
 
 #include <math.h>
@@ -52,6 +53,24 @@ void xd_cpu_moe_route(const struct xd_model_config *c, float *logits, const floa
     const int E = c->n_experts, K = c->top_k;
     if (c->router == XD_ROUTER_TOPK_SOFTMAX) {
         route_topk_softmax(logits, bias, E, K, ret_idx, ret_w);
+        return;
+    }
+    if (c->router == XD_ROUTER_SOFTMAX_BIAS) {
+        /* ernie4_5_moe: the experts by probability + bias, weighted by their probabilities
+         * over max(sum, moe_norm_min) */
+        xd_cpu_softmax(logits, E);
+        float choice[E];
+        for (int e = 0; e < E; e++)
+            choice[e] = bias ? logits[e] + bias[e] : logits[e];
+        pick(choice, NULL, E, K, ret_idx);
+        float sum = 0.0f;
+        for (int j = 0; j < K; j++) {
+            ret_w[j] = logits[ret_idx[j]];
+            sum += ret_w[j];
+        }
+        sum = fmaxf(sum, c->router_norm_min);
+        for (int j = 0; j < K; j++)
+            ret_w[j] /= sum;
         return;
     }
     if (c->router == XD_ROUTER_SIGMOID_BIAS) {
@@ -116,5 +135,8 @@ void xd_cpu_moe_rank(const struct xd_model_config *c, float *logits, const float
         return;
     }
     xd_cpu_softmax(logits, c->n_experts);
+    if (c->router == XD_ROUTER_SOFTMAX_BIAS && bias) /* ernie4_5_moe: as it chooses */
+        for (int e = 0; e < c->n_experts; e++)
+            logits[e] += bias[e];
     pick(logits, NULL, c->n_experts, width, ret_idx);
 }

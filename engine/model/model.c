@@ -201,6 +201,61 @@ static int load_mlp(struct loader *L, const char *prefix, int64_t ffn, struct xd
     return XD_OK;
 }
 
+/* A fused expert layout: gate_up (E, 2 * ffn, hidden), gate rows first in each expert, and
+ * down (E, hidden, ffn), viewed per expert (transformers 5's gate_up_proj / down_proj,
+ * granitemoe's input_linear / output_linear). */
+static int load_fused_experts(struct loader *L, const char *gu_name, const char *down_name,
+                              struct xd_expert_weights *w)
+{
+    const struct xd_model_config *c = &L->m->config;
+    const int64_t E = c->n_experts, F = c->expert_ffn, H = c->hidden_size;
+    const struct xd_tensor *gu, *down;
+    int64_t gu_dims[3] = {E, 2 * F, H}, down_dims[3] = {E, H, F};
+    XD_TRY(find_shaped(L, gu_name, 3, gu_dims, &gu));
+    XD_TRY(find_shaped(L, down_name, 3, down_dims, &down));
+    if (gu->dtype == XD_DTYPE_F8_E4M3 || down->dtype == XD_DTYPE_F8_E4M3)
+        return xd_err_set(L->err, XD_ERR_UNSUPPORTED,
+                          "%s: tensor '%s' is F8_E4M3 in the fused expert layout; expertd "
+                          "reads FP8 experts as published, one tensor per expert",
+                          gu->path, gu->name);
+    for (int64_t e = 0; e < E; e++) {
+        w[e].gate = sub_rows(gu, e * 2 * F, F, H);
+        w[e].up = sub_rows(gu, e * 2 * F + F, F, H);
+        w[e].down = sub_rows(down, e * H, H, F);
+    }
+    return XD_OK;
+}
+
+/* granitemoe's layer MoE as published: block_sparse_moe.router.layer.weight (E, hidden),
+ * input_linear (E, 2 * ffn, hidden: gate then up, as transformers' chunk(2)), output_linear
+ * (E, hidden, ffn); granitemoeshared's shared_mlp.input_linear (2 * shared, hidden) and
+ * output_linear (hidden, shared). */
+static int load_granite_moe(struct loader *L, const char *p, struct xd_layer_weights *lw,
+                            struct xd_expert_weights *w)
+{
+    const struct xd_model_config *c = &L->m->config;
+    const int64_t H = c->hidden_size, S = c->shared_expert_ffn;
+    char gu[200];
+    snprintf(gu, sizeof gu, "%s.block_sparse_moe.input_linear.weight", p);
+    XD_TRY(need(L, fmt_name(L, "%s.block_sparse_moe.router.layer.weight", p), c->n_experts, H,
+                &lw->router));
+    XD_TRY(load_fused_experts(L, gu, fmt_name(L, "%s.block_sparse_moe.output_linear.weight", p),
+                              w));
+    if (S == 0)
+        return XD_OK;
+    const struct xd_tensor *in;
+    const int64_t in_dims[2] = {2 * S, H};
+    XD_TRY(find_shaped(L, fmt_name(L, "%s.shared_mlp.input_linear.weight", p), 2, in_dims, &in));
+    if (in->dtype == XD_DTYPE_F8_E4M3)
+        return xd_err_set(L->err, XD_ERR_UNSUPPORTED,
+                          "%s: tensor '%s' is F8_E4M3; expertd reads granitemoeshared's shared "
+                          "MLP unquantized",
+                          in->path, in->name);
+    lw->shared.gate = sub_rows(in, 0, S, H);
+    lw->shared.up = sub_rows(in, S, S, H);
+    return need(L, fmt_name(L, "%s.shared_mlp.output_linear.weight", p), H, S, &lw->shared.down);
+}
+
 /* Experts of one MoE layer, per-expert tensors (the published layout) or the
  * fused gate_up_proj (E, 2 * ffn, hidden) / down_proj (E, hidden, ffn) that
  * transformers 5 writes with save_original_format=False. */
@@ -210,23 +265,8 @@ static int load_experts(struct loader *L, const char *moe, int layer, struct xd_
     const int64_t E = c->n_experts, F = c->expert_ffn, H = c->hidden_size;
     char fused[256];
     snprintf(fused, sizeof fused, "%s.experts.gate_up_proj", moe);
-    if (xd_checkpoint_find(L->m->checkpoint, fused)) {
-        const struct xd_tensor *gu, *down;
-        int64_t gu_dims[3] = {E, 2 * F, H}, down_dims[3] = {E, H, F};
-        XD_TRY(find_shaped(L, fused, 3, gu_dims, &gu));
-        XD_TRY(find_shaped(L, fmt_name(L, "%s.experts.down_proj", moe), 3, down_dims, &down));
-        if (gu->dtype == XD_DTYPE_F8_E4M3 || down->dtype == XD_DTYPE_F8_E4M3)
-            return xd_err_set(L->err, XD_ERR_UNSUPPORTED,
-                              "%s: tensor '%s' is F8_E4M3 in the fused expert layout; expertd "
-                              "reads FP8 experts as published, one tensor per expert",
-                              gu->path, gu->name);
-        for (int64_t e = 0; e < E; e++) {
-            w[e].gate = sub_rows(gu, e * 2 * F, F, H);
-            w[e].up = sub_rows(gu, e * 2 * F + F, F, H);
-            w[e].down = sub_rows(down, e * H, H, F);
-        }
-        return XD_OK;
-    }
+    if (xd_checkpoint_find(L->m->checkpoint, fused))
+        return load_fused_experts(L, fused, fmt_name(L, "%s.experts.down_proj", moe), w);
     (void)layer;
     for (int64_t e = 0; e < E; e++) {
         if (c->arch == XD_ARCH_MIXTRAL) {
@@ -506,10 +546,11 @@ static int load_layer(struct loader *L, int i, struct xd_layer_weights *lw,
         XD_TRY(need(L, fmt_name(L, "%s.self_attn.o_proj.bias", p), 0, H, &lw->bo));
     if (c->qk_norm != XD_QK_NORM_NONE) {
         int per_head = c->qk_norm == XD_QK_NORM_PER_HEAD;
-        XD_TRY(need(L, fmt_name(L, "%s.self_attn.q_norm.weight", p), 0, per_head ? hd : q_dim,
-                 &lw->q_norm));
-        XD_TRY(need(L, fmt_name(L, "%s.self_attn.k_norm.weight", p), 0, per_head ? hd : kv_dim,
-                 &lw->k_norm));
+        const bool hy = c->arch == XD_ARCH_HUNYUAN_V1_MOE; /* query_ and key_layernorm */
+        XD_TRY(need(L, fmt_name(L, "%s.self_attn.%s.weight", p, hy ? "query_layernorm" : "q_norm"),
+                    0, per_head ? hd : q_dim, &lw->q_norm));
+        XD_TRY(need(L, fmt_name(L, "%s.self_attn.%s.weight", p, hy ? "key_layernorm" : "k_norm"), 0,
+                    per_head ? hd : kv_dim, &lw->k_norm));
     }
     if (c->attn_sinks)
         XD_TRY(need(L, fmt_name(L, "%s.self_attn.sinks", p), 0, c->n_heads, &lw->sinks));
@@ -533,20 +574,28 @@ attention_done:
     if (c->arch == XD_ARCH_MIXTRAL &&
         xd_checkpoint_find(L->m->checkpoint, fmt_name(L, "%s.block_sparse_moe.gate.weight", p)))
         snprintf(moe, sizeof moe, "%s.block_sparse_moe", p);
+    if (c->arch == XD_ARCH_GRANITEMOE || c->arch == XD_ARCH_GRANITEMOE_SHARED)
+        return load_granite_moe(L, p, lw, &experts->w[(size_t)i * c->n_experts]);
     if (c->arch == XD_ARCH_GPT_OSS) {
         XD_TRY(need(L, fmt_name(L, "%s.router.weight", moe), c->n_experts, H, &lw->router));
         XD_TRY(need(L, fmt_name(L, "%s.router.bias", moe), 0, c->n_experts, &lw->router_bias));
         return load_gpt_oss_experts(L, moe, experts, &experts->w[(size_t)i * c->n_experts]);
     }
-    XD_TRY(need(L, fmt_name(L, "%s.gate.weight", moe), c->n_experts, H, &lw->router));
+    XD_TRY(need(L, fmt_name(L, c->arch == XD_ARCH_HUNYUAN_V1_MOE ? "%s.gate.wg.weight" : "%s.gate.weight",
+                            moe),
+                c->n_experts, H, &lw->router));
     if (c->router == XD_ROUTER_SIGMOID_BIAS)
         XD_TRY(need(L, fmt_name(L, "%s.gate.e_score_correction_bias", moe), 0, c->n_experts,
                  &lw->router_bias));
+    if (c->router == XD_ROUTER_SOFTMAX_BIAS) /* ernie4_5_moe's (1, E), as published */
+        XD_TRY(need(L, fmt_name(L, "%s.moe_statics.e_score_correction_bias", moe), 1,
+                    c->n_experts, &lw->router_bias));
     XD_TRY(load_experts(L, moe, i, &experts->w[(size_t)i * c->n_experts]));
     if (c->shared_expert_ffn > 0 && !c->shared_expert_gated) {
         /* glm4_moe, deepseek: shared_experts, one MLP of n_shared_experts x its width */
         char shared[192];
-        snprintf(shared, sizeof shared, "%s.shared_experts", moe);
+        snprintf(shared, sizeof shared, "%s.%s", moe,
+                 c->arch == XD_ARCH_HUNYUAN_V1_MOE ? "shared_mlp" : "shared_experts");
         XD_TRY(load_mlp(L, shared, c->shared_expert_ffn, &lw->shared));
     } else if (c->shared_expert_ffn > 0) {
         char shared[192];

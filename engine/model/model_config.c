@@ -20,6 +20,11 @@ const char *xd_arch_name(enum xd_arch arch)
     case XD_ARCH_DEEPSEEK_V3: return "deepseek_v3";
     case XD_ARCH_GLM4_MOE: return "glm4_moe";
     case XD_ARCH_GPT_OSS: return "gpt_oss";
+    case XD_ARCH_DOTS1: return "dots1";
+    case XD_ARCH_GRANITEMOE: return "granitemoe";
+    case XD_ARCH_GRANITEMOE_SHARED: return "granitemoeshared";
+    case XD_ARCH_ERNIE4_5_MOE: return "ernie4_5_moe";
+    case XD_ARCH_HUNYUAN_V1_MOE: return "hunyuan_v1_moe";
     }
     return "?";
 }
@@ -145,6 +150,222 @@ static int get_eos(json_t *root, const char *path, struct xd_model_config *c, st
     return XD_OK;
 }
 
+/* config.json's layer_types (a list of num_hidden_layers "sliding_attention" or
+ * "full_attention") into c->full_attention_layer. */
+static int get_layer_types(json_t *lt, const char *path, struct xd_model_config *c,
+                           struct xd_err *err)
+{
+    if (!json_is_array(lt) || json_array_size(lt) != (size_t)c->n_layers)
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "%s: key 'layer_types' must be a list of num_hidden_layers (%d) strings",
+                          path, c->n_layers);
+    for (int i = 0; i < c->n_layers; i++) {
+        const char *t = json_string_value(json_array_get(lt, (size_t)i));
+        if (t && strcmp(t, "full_attention") == 0)
+            c->full_attention_layer[i] = true;
+        else if (t && strcmp(t, "sliding_attention") == 0)
+            c->full_attention_layer[i] = false;
+        else
+            return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                              "%s: key 'layer_types' entry %d is \"%.32s\"; %s layers are "
+                              "\"sliding_attention\" or \"full_attention\"",
+                              path, i, t ? t : "(not a string)", c->model_type);
+    }
+    return XD_OK;
+}
+
+/* dots1's attention windows (Dots1Config): sliding_window (4096 when absent; null: none);
+ * layer_types, or when absent sliding from max_window_layers on (62 when absent) if there is a
+ * window. A sliding layer without a window is refused: transformers would attend it fully
+ * through a sliding mask of no width, a case expertd does not guess at. */
+static int parse_dots1_windows(json_t *root, const char *path, struct xd_model_config *c,
+                               struct xd_err *err)
+{
+    json_t *sw = json_object_get(root, "sliding_window");
+    const bool has_window = !(sw && json_is_null(sw));
+    if (has_window)
+        XD_TRY(get_int(root, path, "sliding_window", 4096, 1, 1 << 24, &c->sliding_window, err));
+    int max_window_layers = 62;
+    XD_TRY(get_int(root, path, "max_window_layers", 62, 0, 1 << 20, &max_window_layers, err));
+    json_t *lt = json_object_get(root, "layer_types");
+    if (!lt || json_is_null(lt)) {
+        for (int i = 0; i < c->n_layers; i++)
+            c->full_attention_layer[i] = !(has_window && i >= max_window_layers);
+    } else {
+        XD_TRY(get_layer_types(lt, path, c, err));
+    }
+    for (int i = 0; i < c->n_layers; i++)
+        if (!c->full_attention_layer[i] && !has_window)
+            return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                              "%s: key 'layer_types' makes layer %d sliding_attention but key "
+                              "'sliding_window' is null; expertd needs a window for it",
+                              path, i);
+    return XD_OK;
+}
+
+/* granitemoe and granitemoeshared (GraniteMoeConfig's defaults): mixtral's layers with a top-k
+ * softmax router (softmax over the k best logits), the embedding times embedding_multiplier,
+ * attention_multiplier as the softmax scale (it replaces head_dim^-0.5; 1 when absent, as
+ * transformers' default), each block's output times residual_multiplier before its residual
+ * add, the logits divided by logits_scaling; granitemoeshared adds an ungated shared MLP of
+ * shared_intermediate_size (0: none). */
+static int parse_granite(json_t *root, const char *path, struct xd_model_config *c,
+                         bool attention_bias, struct xd_err *err)
+{
+    c->qkv_bias = c->o_bias = attention_bias;
+    c->router = XD_ROUTER_TOPK_SOFTMAX;
+    XD_TRY(get_int(root, path, "intermediate_size", 11008, 1, 1 << 20, &c->expert_ffn, err));
+    /* each within +-1e6: a larger one overflows the f32 residual stream */
+    XD_TRY(get_float(root, path, "embedding_multiplier", 1.0, -1e6, 1e6,
+                     &c->embedding_multiplier, err));
+    XD_TRY(get_float(root, path, "attention_multiplier", 1.0, 1e-30, 1e6, &c->attn_scale, err));
+    XD_TRY(get_float(root, path, "residual_multiplier", 1.0, -1e6, 1e6, &c->residual_multiplier,
+                     err));
+    XD_TRY(get_float(root, path, "logits_scaling", 1.0, -1e6, 1e6, &c->logits_scaling, err));
+    if (c->logits_scaling == 0.0f)
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "%s: key 'logits_scaling' is 0; the logits are divided by it", path);
+    if (c->arch == XD_ARCH_GRANITEMOE_SHARED)
+        XD_TRY(get_int(root, path, "shared_intermediate_size", 0, 0, 1 << 20,
+                       &c->shared_expert_ffn, err));
+    for (int i = 0; i < c->n_layers; i++)
+        c->is_moe_layer[i] = true;
+    return XD_OK;
+}
+
+/* ernie4_5_moe (Ernie4_5_MoeConfig's defaults): MoE layers i with (i + 1) %
+ * moe_layer_interval == 0 from moe_layer_start_index to moe_layer_end_index (-1: the last),
+ * the others dense (intermediate_size); moe_num_shared_experts ungated shared experts;
+ * the router's softmax top-k chosen by probability + moe_statics.e_score_correction_bias,
+ * renormalised over max(sum, moe_norm_min); rope on adjacent pairs. use_bias (biases on the
+ * attention and every dense and shared MLP, none on the experts) is refused by name. */
+static int parse_ernie(json_t *root, const char *path, struct xd_model_config *c,
+                       struct xd_err *err)
+{
+    bool use_bias = false;
+    XD_TRY(get_bool(root, path, "use_bias", false, &use_bias, err));
+    if (use_bias)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: key 'use_bias' is true; expertd computes ernie4_5_moe without "
+                          "attention and MLP biases (the published checkpoints have none)",
+                          path);
+    c->router = XD_ROUTER_SOFTMAX_BIAS;
+    c->norm_topk_prob = true;
+    c->rope_layout = XD_ROPE_PAIRS;
+    XD_TRY(get_float(root, path, "moe_norm_min", 1e-12, 0.0, 1e30, &c->router_norm_min, err));
+    XD_TRY(get_int(root, path, "moe_intermediate_size", 1536, 1, 1 << 20, &c->expert_ffn, err));
+    XD_TRY(get_int(root, path, "intermediate_size", 12288, 1, 1 << 20, &c->dense_ffn, err));
+    int n_shared = 2;
+    XD_TRY(get_int(root, path, "moe_num_shared_experts", 2, 0, 64, &n_shared, err));
+    c->shared_expert_ffn = n_shared * c->expert_ffn;
+    int start = 1, end = -1, interval = 1;
+    XD_TRY(get_int(root, path, "moe_layer_start_index", 1, 0, 1 << 20, &start, err));
+    XD_TRY(get_int(root, path, "moe_layer_end_index", -1, -1, 1 << 20, &end, err));
+    XD_TRY(get_int(root, path, "moe_layer_interval", 1, 1, 1 << 20, &interval, err));
+    if (end == -1)
+        end = c->n_layers - 1;
+    int n_moe = 0;
+    for (int i = 0; i < c->n_layers; i++)
+        n_moe += c->is_moe_layer[i] = (i + 1) % interval == 0 && i >= start && i <= end;
+    if (n_moe == 0) /* a dense model: not one expertd serves */
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "%s: keys 'moe_layer_start_index' (%d), 'moe_layer_end_index' and "
+                          "'moe_layer_interval' (%d) leave no MoE layer among %d",
+                          path, start, interval, c->n_layers);
+    return XD_OK;
+}
+
+/* hunyuan_v1_moe's rope (HunYuanMoEV1RotaryEmbedding): a "dynamic" rope_parameters (or
+ * rope_scaling) with an alpha is NTK-alpha, the default rope over the base rope_theta *
+ * alpha^(head_dim / (head_dim - 2)) whatever the sequence length (computed in double as
+ * Python does, then rounded to f32 as torch rounds the base); rewritten so in root before
+ * xd_rope_parse reads it. Any other rope is left to xd_rope_parse. */
+static int hunyuan_ntk_alpha(json_t *root, const char *path, int head_dim, struct xd_err *err)
+{
+    const char *key = "rope_parameters";
+    json_t *rp = json_object_get(root, key);
+    if (!json_is_object(rp)) {
+        key = "rope_scaling";
+        rp = json_object_get(root, key);
+    }
+    if (!json_is_object(rp))
+        return XD_OK;
+    json_t *type = json_object_get(rp, "rope_type");
+    if (!type)
+        type = json_object_get(rp, "type");
+    json_t *alpha = json_object_get(rp, "alpha");
+    if (!json_is_string(type) || strcmp(json_string_value(type), "dynamic") != 0 || !alpha ||
+        json_is_null(alpha) || (json_is_number(alpha) && json_number_value(alpha) == 0.0))
+        return XD_OK;
+    if (!json_is_number(alpha) || !(json_number_value(alpha) > 0.0) ||
+        json_number_value(alpha) > 1e9)
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "%s: key '%s.alpha' must be a positive number (NTK-alpha rope)", path,
+                          key);
+    if (head_dim <= 2)
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "%s: key 'head_dim' (%d) must be above 2 for the NTK-alpha rope", path,
+                          head_dim);
+    json_t *t = json_object_get(rp, "rope_theta");
+    if (!t || json_is_null(t))
+        t = json_object_get(root, "rope_theta");
+    double theta = 10000.0;
+    if (t && !json_is_null(t)) {
+        if (!json_is_number(t) || !(json_number_value(t) > 0.0))
+            return xd_err_set(err, XD_ERR_CONFIG, "%s: key 'rope_theta' must be a positive number",
+                              path);
+        theta = json_number_value(t);
+    }
+    const double base =
+        theta * pow(json_number_value(alpha), (double)head_dim / (double)(head_dim - 2));
+    json_object_del(root, "rope_scaling");
+    json_object_del(root, "rope_theta");
+    json_object_set_new(root, "rope_parameters",
+                        json_pack("{s:s, s:f}", "rope_type", "default", "rope_theta", base));
+    return XD_OK;
+}
+
+/* hunyuan_v1_moe (HunYuanMoEV1Config's defaults): every layer MoE, a softmax router
+ * (gate.wg) renormalised, an ungated shared MLP and the experts all intermediate_size wide,
+ * per-head q/k norm (query_layernorm, key_layernorm) after the rotary embedding. moe_topk (and
+ * num_experts) may be per-layer lists in the published configs: a list whose entries are
+ * all equal is that value, any other is refused. */
+static int parse_hunyuan(json_t *root, const char *path, struct xd_model_config *c,
+                         bool attention_bias, struct xd_err *err)
+{
+    c->qkv_bias = c->o_bias = attention_bias;
+    c->qk_norm = XD_QK_NORM_PER_HEAD;
+    c->qk_norm_after_rope = true;
+    c->norm_topk_prob = true;
+    XD_TRY(get_int(root, path, "intermediate_size", 11008, 1, 1 << 20, &c->expert_ffn, err));
+    c->shared_expert_ffn = c->expert_ffn;
+    for (int i = 0; i < c->n_layers; i++)
+        c->is_moe_layer[i] = true;
+    return XD_OK;
+}
+
+/* hunyuan_v1_moe's moe_topk or num_experts: an integer, or a list of num_hidden_layers equal
+ * integers, into root as that integer (so the common code reads it). */
+static int hunyuan_uniform_list(json_t *root, const char *path, const char *key, int n_layers,
+                                struct xd_err *err)
+{
+    json_t *v = json_object_get(root, key);
+    if (!json_is_array(v))
+        return XD_OK;
+    json_t *first = json_array_get(v, 0);
+    bool ok = json_array_size(v) == (size_t)n_layers && json_is_integer(first);
+    for (size_t i = 1; ok && i < json_array_size(v); i++)
+        ok = json_is_integer(json_array_get(v, i)) &&
+             json_integer_value(json_array_get(v, i)) == json_integer_value(first);
+    if (!ok)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: key '%s' must be an integer or a list of num_hidden_layers (%d) "
+                          "equal integers; expertd does not serve a different value per layer",
+                          path, key, n_layers);
+    json_object_set_new(root, key, json_integer(json_integer_value(first)));
+    return XD_OK;
+}
+
 /* gpt_oss (GptOssConfig's defaults): biases on q, k, v, o, the router and the experts;
  * attention sinks; layer_types choosing sliding or full attention per layer; the clamped
  * SwiGLU. A quantization_config is accepted for the published MXFP4 experts (quant_method
@@ -180,21 +401,7 @@ static int parse_gpt_oss(json_t *root, const char *path, struct xd_model_config 
         for (int i = 0; i < c->n_layers; i++) /* sliding on even layers, as __post_init__ */
             c->full_attention_layer[i] = i % 2 == 1;
     } else {
-        if (!json_is_array(lt) || json_array_size(lt) != (size_t)c->n_layers)
-            return xd_err_set(err, XD_ERR_CONFIG,
-                              "%s: key 'layer_types' must be a list of num_hidden_layers (%d) "
-                              "strings",
-                              path, c->n_layers);
-        for (int i = 0; i < c->n_layers; i++) {
-            const char *t = json_string_value(json_array_get(lt, (size_t)i));
-            if (t && strcmp(t, "full_attention") == 0)
-                c->full_attention_layer[i] = true;
-            else if (!t || strcmp(t, "sliding_attention") != 0)
-                return xd_err_set(err, XD_ERR_UNSUPPORTED,
-                                  "%s: key 'layer_types' entry %d is \"%.32s\"; gpt_oss layers "
-                                  "are \"sliding_attention\" or \"full_attention\"",
-                                  path, i, t ? t : "(not a string)");
-        }
+        XD_TRY(get_layer_types(lt, path, c, err));
     }
     for (int i = 0; i < c->n_layers; i++)
         c->is_moe_layer[i] = true;
@@ -450,6 +657,7 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     memset(c, 0, sizeof *c);
     c->bos_token_id = -1;
     c->routed_scaling_factor = 1.0f;
+    c->embedding_multiplier = c->residual_multiplier = c->logits_scaling = 1.0f;
     if (!json_is_object(root)) {
         json_decref(root);
         return xd_err_set(err, XD_ERR_CONFIG, "%s: not a JSON object", path);
@@ -476,10 +684,21 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
         c->arch = XD_ARCH_GLM4_MOE;
     else if (strcmp(type, "gpt_oss") == 0)
         c->arch = XD_ARCH_GPT_OSS;
+    else if (strcmp(type, "dots1") == 0)
+        c->arch = XD_ARCH_DOTS1;
+    else if (strcmp(type, "granitemoe") == 0)
+        c->arch = XD_ARCH_GRANITEMOE;
+    else if (strcmp(type, "granitemoeshared") == 0)
+        c->arch = XD_ARCH_GRANITEMOE_SHARED;
+    else if (strcmp(type, "ernie4_5_moe") == 0)
+        c->arch = XD_ARCH_ERNIE4_5_MOE;
+    else if (strcmp(type, "hunyuan_v1_moe") == 0)
+        c->arch = XD_ARCH_HUNYUAN_V1_MOE;
     else {
         xd_err_set(err, XD_ERR_UNSUPPORTED,
                    "%s: key 'model_type' is \"%.64s\"; expertd serves mixtral, qwen2_moe, "
-                   "qwen3_moe, olmoe, deepseek_v2, deepseek_v3, glm4_moe and gpt_oss",
+                   "qwen3_moe, olmoe, deepseek_v2, deepseek_v3 (and kimi_k2), glm4_moe, gpt_oss, "
+                   "dots1, granitemoe, granitemoeshared, ernie4_5_moe and hunyuan_v1_moe",
                    path, type);
         json_decref(root);
         return XD_ERR_UNSUPPORTED;
@@ -517,10 +736,18 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
                               : "head_dim",
                           c->head_dim);
     }
+    const bool granite = c->arch == XD_ARCH_GRANITEMOE || c->arch == XD_ARCH_GRANITEMOE_SHARED;
+    const bool ernie = c->arch == XD_ARCH_ERNIE4_5_MOE;
+    const bool hunyuan = c->arch == XD_ARCH_HUNYUAN_V1_MOE;
     TRY(get_int(root, path, "max_position_embeddings",
-                c->arch == XD_ARCH_GPT_OSS ? 131072 : 4096, 1, 1 << 24,
-                &c->max_position_embeddings, err));
-    TRY(get_float(root, path, "rms_norm_eps", 1e-6, 0.0, 1.0, &c->rms_norm_eps, err));
+                c->arch == XD_ARCH_GPT_OSS || ernie         ? 131072
+                : c->arch == XD_ARCH_DOTS1 || granite || hunyuan ? 2048
+                                                            : 4096,
+                1, 1 << 24, &c->max_position_embeddings, err));
+    TRY(get_float(root, path, "rms_norm_eps", ernie || hunyuan ? 1e-5 : 1e-6, 0.0, 1.0,
+                  &c->rms_norm_eps, err));
+    if (hunyuan)
+        TRY(hunyuan_ntk_alpha(root, path, c->head_dim, err));
     if (c->arch == XD_ARCH_GLM4_MOE) {
         /* Glm4MoeConfig: partial_rotary_factor 0.5 unless config.json gives one */
         json_t *rp = json_object_get(root, "rope_parameters");
@@ -540,6 +767,7 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     }
     const double default_theta = c->arch == XD_ARCH_MIXTRAL   ? 1e6
                                  : c->arch == XD_ARCH_GPT_OSS ? 150000.0
+                                 : ernie                      ? 500000.0
                                                               : 10000.0;
     TRY(xd_rope_parse(root, path, c->head_dim, c->max_position_embeddings, default_theta,
                       &c->rope, err));
@@ -554,7 +782,8 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
                           path, (double)c->rope.partial_rotary_factor, c->model_type);
     }
     c->max_context = context_length(c);
-    TRY(get_bool(root, path, "tie_word_embeddings", false, &c->tie_word_embeddings, err));
+    /* Ernie4_5_MoeConfig ties them unless config.json says otherwise */
+    TRY(get_bool(root, path, "tie_word_embeddings", ernie, &c->tie_word_embeddings, err));
 
     json_t *act = json_object_get(root, "hidden_act");
     if (act && !(json_is_string(act) && strcmp(json_string_value(act), "silu") == 0)) {
@@ -569,25 +798,34 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
 
     /* transformers 5 writes num_local_experts for qwen3_moe too; published
      * checkpoints use num_experts everywhere but mixtral and glm4_moe (n_routed_experts). */
-    const char *experts_key = c->arch == XD_ARCH_MIXTRAL || c->arch == XD_ARCH_GPT_OSS
+    const char *experts_key = c->arch == XD_ARCH_MIXTRAL || c->arch == XD_ARCH_GPT_OSS || granite
                                   ? "num_local_experts"
-                              : c->arch == XD_ARCH_GLM4_MOE ? "n_routed_experts"
-                                                            : "num_experts";
+                              : c->arch == XD_ARCH_GLM4_MOE || c->arch == XD_ARCH_DOTS1
+                                  ? "n_routed_experts"
+                              : ernie ? "moe_num_experts"
+                                      : "num_experts";
+    if (hunyuan) {
+        TRY(hunyuan_uniform_list(root, path, "num_experts", c->n_layers, err));
+        TRY(hunyuan_uniform_list(root, path, "moe_topk", c->n_layers, err));
+    }
     if (!json_object_get(root, experts_key) && json_object_get(root, "num_local_experts"))
         experts_key = "num_local_experts";
-    TRY(get_int(root, path, experts_key, -1, 0, 1 << 16, &c->n_experts, err));
+    TRY(get_int(root, path, experts_key, granite ? 8 : ernie ? 64 : hunyuan ? 1 : -1, 0, 1 << 16,
+                &c->n_experts, err));
     if (c->n_experts == 0) {
         json_decref(root);
         return xd_err_set(err, XD_ERR_CONFIG,
                           "%s: key '%s' is 0; a mixture-of-experts model needs experts", path,
                           experts_key);
     }
-    TRY(get_int(root, path, "num_experts_per_tok", -1, 1, 1 << 16, &c->top_k, err));
+    /* ernie4_5_moe: moe_k (num_experts_per_tok is its attribute_map alias) */
+    const char *k_key = ernie ? "moe_k" : hunyuan ? "moe_topk" : "num_experts_per_tok";
+    TRY(get_int(root, path, k_key, granite ? 2 : ernie ? 6 : hunyuan ? 1 : -1, 1, 1 << 16,
+                &c->top_k, err));
     if (c->top_k > c->n_experts) {
         json_decref(root);
-        return xd_err_set(err, XD_ERR_CONFIG,
-                          "%s: key 'num_experts_per_tok' (%d) is larger than %s (%d)", path,
-                          c->top_k, experts_key, c->n_experts);
+        return xd_err_set(err, XD_ERR_CONFIG, "%s: key '%s' (%d) is larger than %s (%d)", path,
+                          k_key, c->top_k, experts_key, c->n_experts);
     }
 
     bool attention_bias = false;
@@ -629,17 +867,28 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     case XD_ARCH_DEEPSEEK_V2:
     case XD_ARCH_DEEPSEEK_V3:
         break; /* parse_deepseek */
-    case XD_ARCH_GLM4_MOE: {
-        /* Glm4MoeConfig's defaults; attention bias on q, k and v only */
+    case XD_ARCH_GLM4_MOE:
+    case XD_ARCH_DOTS1: {
+        /* Glm4MoeConfig's defaults; attention bias on q, k and v only. dots1 (Dots1Config's
+         * defaults): the same MoE and router, q/k norm always, attention_bias on q, k, v and o,
+         * the rotary embedding over the whole head, sliding layers (parse_dots1_windows) */
+        const bool dots = c->arch == XD_ARCH_DOTS1;
         c->qkv_bias = attention_bias;
-        bool qk_norm = false;
-        TRY(get_bool(root, path, "use_qk_norm", false, &qk_norm, err));
-        c->qk_norm = qk_norm ? XD_QK_NORM_PER_HEAD : XD_QK_NORM_NONE;
-        TRY(get_bool(root, path, "norm_topk_prob", true, &c->norm_topk_prob, err));
+        if (dots) {
+            c->o_bias = attention_bias;
+            c->qk_norm = XD_QK_NORM_PER_HEAD;
+            TRY(parse_dots1_windows(root, path, c, err));
+        } else {
+            bool qk_norm = false;
+            TRY(get_bool(root, path, "use_qk_norm", false, &qk_norm, err));
+            c->qk_norm = qk_norm ? XD_QK_NORM_PER_HEAD : XD_QK_NORM_NONE;
+        }
+        TRY(get_bool(root, path, "norm_topk_prob", !dots, &c->norm_topk_prob, err));
         TRY(get_int(root, path, "moe_intermediate_size", 1408, 1, 1 << 20, &c->expert_ffn, err));
         TRY(get_int(root, path, "intermediate_size", 10944, 1, 1 << 20, &c->dense_ffn, err));
         int n_shared = 1;
-        TRY(get_int(root, path, "n_shared_experts", 1, 0, 64, &n_shared, err));
+        /* Dots1Config's n_shared_experts defaults to None, which transformers cannot build */
+        TRY(get_int(root, path, "n_shared_experts", dots ? -1 : 1, 0, 64, &n_shared, err));
         c->shared_expert_ffn = n_shared * c->expert_ffn;
         c->router = XD_ROUTER_SIGMOID_BIAS;
         TRY(get_int(root, path, "n_group", 1, 1, c->n_experts, &c->n_group, err));
@@ -661,8 +910,9 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
                               "of topk_group (%d) groups",
                               path, c->top_k, c->topk_group * per, c->topk_group);
         }
-        int first_dense = 1;
-        TRY(get_int(root, path, "first_k_dense_replace", 1, 0, XD_MAX_LAYERS, &first_dense, err));
+        int first_dense = dots ? 0 : 1;
+        TRY(get_int(root, path, "first_k_dense_replace", first_dense, 0, XD_MAX_LAYERS,
+                    &first_dense, err));
         for (int i = 0; i < c->n_layers; i++)
             c->is_moe_layer[i] = i >= first_dense;
         sparse_step = 0; /* the layer pattern is set */
@@ -670,6 +920,19 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     }
     case XD_ARCH_GPT_OSS:
         TRY(parse_gpt_oss(root, path, c, attention_bias, err));
+        sparse_step = 0; /* every layer is MoE */
+        break;
+    case XD_ARCH_GRANITEMOE:
+    case XD_ARCH_GRANITEMOE_SHARED:
+        TRY(parse_granite(root, path, c, attention_bias, err));
+        sparse_step = 0; /* every layer is MoE */
+        break;
+    case XD_ARCH_ERNIE4_5_MOE:
+        TRY(parse_ernie(root, path, c, err));
+        sparse_step = 0; /* the layer pattern is set */
+        break;
+    case XD_ARCH_HUNYUAN_V1_MOE:
+        TRY(parse_hunyuan(root, path, c, attention_bias, err));
         sparse_step = 0; /* every layer is MoE */
         break;
     case XD_ARCH_OLMOE:
@@ -686,7 +949,10 @@ int xd_model_config_parse(const char *text, size_t len, const char *path,
     for (int i = 0; i < c->n_layers && sparse_step > 0; i++)
         c->is_moe_layer[i] = (i + 1) % sparse_step == 0;
     json_t *only = json_object_get(root, "mlp_only_layers");
-    if (only && !json_is_null(only) && c->arch != XD_ARCH_GLM4_MOE) {
+    /* read by qwen2_moe, qwen3_moe, mixtral and olmoe as the others never were; glm4_moe,
+     * dots1, granite's, ernie's and hunyuan's transformers classes ignore it */
+    if (only && !json_is_null(only) && c->arch != XD_ARCH_GLM4_MOE && c->arch != XD_ARCH_DOTS1 &&
+        !granite && !ernie && !hunyuan) {
         if (!json_is_array(only)) {
             json_decref(root);
             return xd_err_set(err, XD_ERR_CONFIG, "%s: key 'mlp_only_layers' must be a list",

@@ -16,13 +16,18 @@ enum xd_arch {
     XD_ARCH_DEEPSEEK_V3, /* also Kimi-K2 and Moonlight */
     XD_ARCH_GLM4_MOE,
     XD_ARCH_GPT_OSS,
+    XD_ARCH_DOTS1,            /* rednote dots.llm1: glm4_moe's router, GQA with q/k norm */
+    XD_ARCH_GRANITEMOE,       /* IBM Granite 3.x MoE: mixtral-like with four multipliers */
+    XD_ARCH_GRANITEMOE_SHARED,/* granitemoe with an ungated shared MLP */
+    XD_ARCH_ERNIE4_5_MOE,     /* Baidu ERNIE-4.5 MoE: biased softmax top-k, interleaved rope */
+    XD_ARCH_HUNYUAN_V1_MOE,   /* Tencent Hunyuan-A13B: q/k norm after rope, NTK-alpha rope */
 };
 
 /* Where RoPE's rotated pairs sit in a head's rotary part. */
 enum xd_rope_layout {
     XD_ROPE_HALVES, /* rotate-half: pairs (i, i + d / 2) (transformers' default) */
     XD_ROPE_PAIRS,  /* adjacent pairs (2i, 2i + 1): deepseek_v2 (complex form), deepseek_v3 with
-                       rope_interleave */
+                       rope_interleave, ernie4_5_moe */
 };
 
 /* How a MoE layer picks its experts (engine/cpu/moe_router.h). */
@@ -34,8 +39,11 @@ enum xd_router_kind {
                              * engine/cpu/routing.h) */
     XD_ROUTER_SOFTMAX_GROUP,/* deepseek_v2 group_limited_greedy: softmax; groups ranked by their
                              * best expert; top-k among the topk_group best groups */
-    XD_ROUTER_TOPK_SOFTMAX, /* linear with bias, top-k of the logits, softmax over the k
-                             * chosen (gpt_oss) */
+    XD_ROUTER_TOPK_SOFTMAX, /* linear (with bias for gpt_oss), top-k of the logits, softmax
+                             * over the k chosen (gpt_oss, granitemoe) */
+    XD_ROUTER_SOFTMAX_BIAS, /* softmax; top-k of the probabilities + e_score_correction_bias;
+                             * weights the probabilities over max(their sum,
+                             * router_norm_min) (ernie4_5_moe) */
 };
 
 enum xd_qk_norm {
@@ -74,9 +82,16 @@ struct xd_model_config {
     bool qkv_bias;               /* q, k and v projections have biases */
     bool o_bias;                 /* the output projection has a bias */
     enum xd_qk_norm qk_norm;
+    bool qk_norm_after_rope;     /* the q/k norm applies to the rotated q and k (hunyuan_v1_moe);
+                                  * before the rotation for the others */
     float clip_qkv;              /* 0: none (olmoe) */
     enum xd_rope_layout rope_layout;
-    float attn_scale;            /* softmax scale of q . k: 1 / sqrt(head_dim), or MLA's */
+    float attn_scale;            /* softmax scale of q . k: 1 / sqrt(head_dim), MLA's, or
+                                  * granitemoe's attention_multiplier */
+    float embedding_multiplier;  /* the embedding row times this (1 but for granitemoe) */
+    float residual_multiplier;   /* each block's output times this before the residual add
+                                  * (1 but for granitemoe) */
+    float logits_scaling;        /* the logits divided by this (1 but for granitemoe) */
 
     /* Multi-head latent attention (deepseek_v2/v3; mla false elsewhere). head_dim is then the
      * rotary part qk_rope_head_dim (as transformers sets it) and n_kv_heads == n_heads. */
@@ -93,8 +108,9 @@ struct xd_model_config {
     int expert_ffn;              /* width of one expert's MLP */
     int dense_ffn;               /* width of the MLP of non-MoE layers (0: none) */
     int shared_expert_ffn;       /* shared expert width (0: none): qwen2_moe's (gated),
-                                  * glm4_moe's and deepseek's moe_intermediate_size x
-                                  * n_shared_experts (added as is) */
+                                  * glm4_moe's, dots1's and deepseek's moe_intermediate_size x
+                                  * n_shared_experts, granitemoeshared's
+                                  * shared_intermediate_size (added as is) */
     bool expert_bias;            /* experts' projections have biases (gpt_oss) */
     bool experts_mxfp4;          /* quantization_config quant_method "mxfp4": the experts are
                                   * stored as _blocks + _scales (gpt_oss as published) */
@@ -104,10 +120,12 @@ struct xd_model_config {
     float swiglu_alpha;
     bool shared_expert_gated;    /* qwen2_moe: sigmoid(x . shared_expert_gate) scales it */
     enum xd_router_kind router;
+    float router_norm_min;       /* XD_ROUTER_SOFTMAX_BIAS: the least renormalising sum
+                                  * (ernie4_5_moe's moe_norm_min) */
     int n_group;                 /* grouped routers: groups of experts (0 or 1: none) */
     int topk_group;              /* grouped routers: groups kept per token */
-    float routed_scaling_factor; /* multiplies the routing weights (1 but for glm4_moe and
-                                  * deepseek) */
+    float routed_scaling_factor; /* multiplies the routing weights (1 but for glm4_moe, dots1
+                                  * and deepseek) */
     bool is_moe_layer[XD_MAX_LAYERS];
     int n_moe_layers;
 

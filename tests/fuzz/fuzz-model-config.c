@@ -1,6 +1,7 @@
 /* Fuzz target: any byte string as config.json; an accepted config must satisfy the invariants
  * the engine relies on. */
 #include "tests/fuzz/fuzz.h"
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         REQUIRE(memchr(c->model_type, '\0', sizeof c->model_type) != NULL);
         REQUIRE(c->attn_scale > 0.0f && c->attn_scale < 1e30f);
         REQUIRE(c->routed_scaling_factor >= 0.0f);
+        /* granitemoe's multipliers (engine/cpu/cpu_backend.c divides by logits_scaling) */
+        REQUIRE(isfinite(c->embedding_multiplier) && isfinite(c->residual_multiplier));
+        REQUIRE(isfinite(c->logits_scaling) && c->logits_scaling != 0.0f);
+        REQUIRE(c->router != XD_ROUTER_SOFTMAX_BIAS || c->router_norm_min >= 0.0f);
+        for (int i = 0; i < c->n_layers; i++) /* dots1: a sliding layer has a window */
+            REQUIRE(c->arch != XD_ARCH_DOTS1 || c->full_attention_layer[i] ||
+                    c->sliding_window > 0);
         if (c->mla) { /* what engine/cpu/mla.c relies on */
             REQUIRE(c->n_kv_heads == c->n_heads && c->kv_lora_rank > 0 && c->v_head_dim > 0);
             REQUIRE(c->qk_rope_head_dim > 0 && c->qk_rope_head_dim % 2 == 0 &&

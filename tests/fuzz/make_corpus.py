@@ -151,7 +151,61 @@ def model_config_corpus():
         "partial_rotary_factor": 0.5, "use_qk_norm": False, "vocab_size": 151552,
         "eos_token_id": [151329, 151336, 151338],
     }
+    # shapes of dots.llm1.inst, granite-3.0-1b-a400m, ERNIE-4.5-21B-A3B-PT (as their model cards
+    # give them)
+    dots1 = {
+        "architectures": ["Dots1ForCausalLM"], "model_type": "dots1", "attention_bias": False,
+        "head_dim": 128, "hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 10944,
+        "moe_intermediate_size": 1408, "max_position_embeddings": 32768, "n_routed_experts": 128,
+        "n_shared_experts": 2, "num_experts_per_tok": 6, "first_k_dense_replace": 1,
+        "norm_topk_prob": True, "routed_scaling_factor": 2.5, "n_group": 1, "topk_group": 1,
+        "num_attention_heads": 32, "num_key_value_heads": 32, "num_hidden_layers": 62,
+        "rms_norm_eps": 1e-05, "rope_theta": 10000000, "sliding_window": None,
+        "max_window_layers": 62, "tie_word_embeddings": False, "vocab_size": 152064,
+    }
+    granite = {
+        "architectures": ["GraniteMoeForCausalLM"], "model_type": "granitemoe",
+        "attention_multiplier": 0.015625, "embedding_multiplier": 12.0, "hidden_size": 1024,
+        "intermediate_size": 512, "logits_scaling": 6.0, "max_position_embeddings": 4096,
+        "num_attention_heads": 16, "num_experts_per_tok": 8, "num_hidden_layers": 24,
+        "num_key_value_heads": 8, "num_local_experts": 32, "residual_multiplier": 0.22,
+        "rms_norm_eps": 1e-06, "rope_theta": 10000, "tie_word_embeddings": True,
+        "vocab_size": 49155, "bos_token_id": 0, "eos_token_id": 0,
+    }
+    ernie = {
+        "architectures": ["Ernie4_5_MoeForCausalLM"], "model_type": "ernie4_5_moe",
+        "hidden_size": 2560, "intermediate_size": 12288, "max_position_embeddings": 131072,
+        "num_attention_heads": 20, "num_key_value_heads": 4, "num_hidden_layers": 28,
+        "rms_norm_eps": 1e-05, "vocab_size": 103424, "rope_theta": 500000,
+        "tie_word_embeddings": True, "use_bias": False, "moe_num_experts": 64,
+        "moe_num_shared_experts": 2, "moe_layer_start_index": 1, "moe_layer_end_index": 27,
+        "moe_intermediate_size": 1536, "moe_k": 6, "moe_layer_interval": 1, "head_dim": 128,
+        "moe_capacity": [64, 64, 64], "moe_gate": "topk", "bos_token_id": 1, "eos_token_id": 2,
+    }
+    hunyuan = {
+        "architectures": ["HunYuanMoEV1ForCausalLM"], "model_type": "hunyuan_v1_moe",
+        "hidden_size": 4096, "intermediate_size": 3072, "max_position_embeddings": 32768,
+        "head_dim": 128, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "num_hidden_layers": 32, "num_experts": 64, "moe_topk": [8] * 32, "use_qk_norm": True,
+        "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "tie_word_embeddings": True,
+        "vocab_size": 128167, "rope_scaling": {"alpha": 1000.0, "beta_fast": 32, "beta_slow": 1,
+                                               "factor": 1.0, "type": "dynamic"},
+    }
     files = {
+        "hunyuan_v1_moe.json": hunyuan,
+        "hunyuan_v1_moe-v5.json": dict(hunyuan, moe_topk=8, rope_scaling=None, rope_parameters={
+            "rope_type": "dynamic", "alpha": 50.0, "rope_theta": 10000.0}),
+        "bad-hunyuan-topk.json": dict(hunyuan, moe_topk=[8] * 31 + [4]),
+        "dots1.json": dots1,
+        "dots1-windows.json": dict(dots1, sliding_window=4096, max_window_layers=60),
+        "bad-dots1-window.json": dict(dots1, layer_types=["sliding_attention"] * 62),
+        "granitemoe.json": granite,
+        "granitemoeshared.json": dict(granite, model_type="granitemoeshared",
+                                      shared_intermediate_size=1024),
+        "bad-granite-logits.json": dict(granite, logits_scaling=0),
+        "ernie4_5_moe.json": ernie,
+        "ernie4_5_moe-interval.json": dict(ernie, moe_layer_interval=2, moe_layer_end_index=-1),
+        "bad-ernie-bias.json": dict(ernie, use_bias=True),
         "mixtral.json": mixtral,
         "qwen2_moe.json": qwen2,
         "qwen3_moe.json": qwen3,

@@ -2,7 +2,7 @@
 """Build tiny, randomly initialised MoE checkpoints and record reference outputs.
 
 For each architecture (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, glm4_moe,
-gpt_oss) this script
+gpt_oss, dots1, granitemoe, granitemoeshared, ernie4_5_moe, hunyuan_v1_moe) this script
 
   * builds a tiny model from a fixed seed with informative weights
     (larger initializer_range, every 1-D parameter perturbed),
@@ -35,10 +35,20 @@ from transformers import (
     DeepseekV2ForCausalLM,
     DeepseekV3Config,
     DeepseekV3ForCausalLM,
+    Dots1Config,
+    Dots1ForCausalLM,
+    Ernie4_5_MoeConfig,
+    Ernie4_5_MoeForCausalLM,
     Glm4MoeConfig,
     Glm4MoeForCausalLM,
     GptOssConfig,
     GptOssForCausalLM,
+    HunYuanMoEV1Config,
+    HunYuanMoEV1ForCausalLM,
+    GraniteMoeConfig,
+    GraniteMoeForCausalLM,
+    GraniteMoeSharedConfig,
+    GraniteMoeSharedForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
     OlmoeConfig,
@@ -301,6 +311,133 @@ def gpt_oss_mxfp4_config():
     return c
 
 
+def dots1_config():
+    # dots.llm1's options, shrunk: glm4_moe's grouped sigmoid router (4 groups of 2, 2 kept)
+    # without renormalisation, routed_scaling_factor, 2 shared experts, a dense first layer,
+    # per-head q/k norm, biases on q/k/v and o (attention_bias), full rotary over head_dim 32,
+    # and the MoE layer sliding (max_window_layers 1, window 4: shorter than the prompts).
+    return Dots1Config(
+        **COMMON,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,  # != hidden_size / num_attention_heads (16)
+        vocab_size=281,
+        n_routed_experts=8,
+        num_experts_per_tok=3,
+        moe_intermediate_size=24,
+        intermediate_size=80,
+        n_shared_experts=2,
+        n_group=4,
+        topk_group=2,
+        first_k_dense_replace=1,
+        norm_topk_prob=False,
+        routed_scaling_factor=2.5,
+        attention_bias=True,
+        sliding_window=4,
+        max_window_layers=1,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    )
+
+
+def granitemoe_config():
+    # Granite 3.x MoE's options, shrunk: every multiplier away from 1 (embedding 12 as
+    # published, attention_multiplier replacing head_dim^-0.5, residual 0.22, logits divided by
+    # 6), top-k softmax over the k best logits, tied embeddings as published, GQA.
+    return GraniteMoeConfig(
+        **COMMON,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=283,
+        num_local_experts=8,
+        num_experts_per_tok=3,
+        intermediate_size=24,  # input_linear [8, 48, 64]: not square
+        embedding_multiplier=12.0,
+        attention_multiplier=0.0625 * 1.5,
+        residual_multiplier=0.22,
+        logits_scaling=6.0,
+        attention_bias=False,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+
+
+def granitemoeshared_config():
+    # granitemoe's options plus a shared MLP (shared_intermediate_size), untied embeddings
+    return GraniteMoeSharedConfig(
+        **COMMON,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        vocab_size=263,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        intermediate_size=24,
+        shared_intermediate_size=40,
+        embedding_multiplier=12.0,
+        attention_multiplier=0.015625 * 5,
+        residual_multiplier=0.22,
+        logits_scaling=8.0,
+        attention_bias=False,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+
+
+def ernie4_5_moe_config():
+    # ERNIE-4.5-21B-A3B's options, shrunk: MoE layers from moe_layer_start_index 1 to
+    # moe_layer_end_index 2 (layers 0 and 3 dense), softmax routing with the top-k chosen by
+    # probability + e_score_correction_bias (random: zeros at init) and renormalised, a shared
+    # expert, interleaved (adjacent-pair) rope, tied embeddings as published, GQA.
+    return Ernie4_5_MoeConfig(
+        **COMMON,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=24,  # != hidden_size / num_attention_heads (16)
+        vocab_size=269,
+        moe_num_experts=8,
+        moe_k=3,
+        moe_intermediate_size=24,
+        intermediate_size=80,
+        moe_num_shared_experts=1,
+        moe_layer_start_index=1,
+        moe_layer_end_index=2,
+        moe_layer_interval=1,
+        use_bias=False,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+    )
+
+
+def hunyuan_v1_moe_config():
+    # Hunyuan-A13B's options, shrunk: per-head q/k norm applied after the rotary embedding,
+    # its NTK-alpha rope (rope_type "dynamic" with a fixed alpha: the base stretched, not a
+    # dynamic scaling), softmax top-3 of 8 renormalised, a shared MLP as wide as the experts
+    # (intermediate_size both), tied embeddings, GQA.
+    return HunYuanMoEV1Config(
+        **COMMON,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=24,  # != hidden_size / num_attention_heads (16)
+        vocab_size=271,
+        num_experts=8,
+        moe_topk=3,
+        intermediate_size=24,
+        attention_bias=False,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "dynamic", "alpha": 1000.0, "factor": 1.0, "rope_theta": 10000.0},
+    )
+
+
 SINK_STD = 2.0  # gpt_oss sinks = 2 * N(0, 1): comparable to the attention logits, so they matter
 
 
@@ -328,6 +465,11 @@ ARCHS = {
     "deepseek_v3": (deepseek_v3_config, DeepseekV3ForCausalLM, 1006, [1, 2]),
     "glm4_moe": (glm4_moe_config, Glm4MoeForCausalLM, 1009, [1, 2]),
     "gpt_oss": (gpt_oss_config, GptOssForCausalLM, 1010, [0, 1, 2, 3]),
+    "dots1": (dots1_config, Dots1ForCausalLM, 1012, [1]),
+    "granitemoe": (granitemoe_config, GraniteMoeForCausalLM, 1013, [0, 1]),
+    "granitemoeshared": (granitemoeshared_config, GraniteMoeSharedForCausalLM, 1014, [0, 1]),
+    "ernie4_5_moe": (ernie4_5_moe_config, Ernie4_5_MoeForCausalLM, 1015, [1, 2]),
+    "hunyuan_v1_moe": (hunyuan_v1_moe_config, HunYuanMoEV1ForCausalLM, 1016, [0, 1]),
     # experts in MXFP4 as published (gate_up_proj_blocks/_scales, down_proj_blocks/_scales),
     # the rest bf16; transformers dequantizes them at load on the CPU for the references
     "gpt_oss-mxfp4": (gpt_oss_mxfp4_config, GptOssForCausalLM, 1011, [0, 1, 2, 3]),
@@ -456,7 +598,8 @@ def build_model(arch):
 
     # Verify the layer structure we rely on (dense vs sparse MLP, head_dim).
     for i, layer in enumerate(model.model.layers):
-        is_sparse = hasattr(layer.mlp, "gate") or hasattr(layer.mlp, "router")
+        mlp = getattr(layer, "mlp", None) or layer.block_sparse_moe  # granitemoe: block_sparse_moe
+        is_sparse = hasattr(mlp, "gate") or hasattr(mlp, "router")
         if is_sparse != (i in sparse_layers):
             raise SystemExit(f"{arch}: layer {i} sparse={is_sparse}, expected {i in sparse_layers}")
     if not arch.startswith("deepseek"):  # MLA has no head_dim of its own
@@ -477,6 +620,9 @@ def build_model(arch):
                     p.copy_(SINK_STD * torch.randn(p.shape, generator=gen))
                 else:
                     raise SystemExit(f"{arch}: unexpected 1-D parameter {name}")
+            elif name.endswith("e_score_correction_bias"):
+                # ernie4_5_moe's (1, E) parameter, zeros at init
+                p.copy_(BIAS_STD * torch.randn(p.shape, generator=gen))
             elif name.endswith("_proj_bias"):
                 # gpt_oss's expert biases (E, 2F) and (E, H), zeros at init
                 p.copy_(BIAS_STD * torch.randn(p.shape, generator=gen))
@@ -586,7 +732,7 @@ class RouterMonitor:
         self.handles = [
             m.register_forward_hook(self.hook)
             for m in model.modules()
-            if type(m).__name__.lower().endswith("topkrouter")
+            if (type(m).__name__.lower().endswith("topkrouter") or type(m).__name__ == "HunYuanMoEV1Gate")
             and not type(m).__name__.startswith("Deepseek")
         ] + [
             m.register_forward_hook(self.deepseek_hook)
@@ -597,7 +743,10 @@ class RouterMonitor:
 
     def hook(self, module, args, output):
         logits = output[0].detach().to(torch.float32)
-        if hasattr(module, "e_score_correction_bias"):
+        if hasattr(module, "moe_statics"):
+            # ernie4_5_moe: the top-k of softmax + e_score_correction_bias
+            logits = logits.softmax(dim=-1) + module.moe_statics.e_score_correction_bias.to(torch.float32)
+        elif hasattr(module, "e_score_correction_bias"):
             self.min_margin = min(self.min_margin, self.grouped_margin(module, logits))
             return
         top = logits.topk(self.k + 1, dim=-1).values
