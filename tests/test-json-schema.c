@@ -353,7 +353,7 @@ static void test_formats(void)
           {"\"123e4567e89b-12d3-a456-426614174000\"", false}, {"\"\"", false});
     CASES("{\"type\":\"string\",\"format\":\"date\"}", {"\"2024-02-28\"", true},
           {"\"1999-12-31\"", true}, {"\"2024-02-30\"", false}, {"\"2024-04-31\"", false},
-          {"\"2024-13-01\"", false}, {"\"2024-1-01\"", false}, {"\"2024-01-01T\"", false});
+          {"\"2024-13-01\"", false}, {"\"0000-01-01\"", false}, {"\"2024-1-01\"", false}, {"\"2024-01-01T\"", false});
     CASES("{\"type\":\"string\",\"format\":\"time\"}", {"\"12:30:00Z\"", true},
           {"\"23:59:60.5+05:30\"", true}, {"\"24:00:00Z\"", false}, {"\"12:30:00\"", false},
           {"\"12:60:00Z\"", false});
@@ -403,6 +403,10 @@ static void test_patterns(void)
     CHECK(!alive_after("{\"type\":\"string\",\"pattern\":\"^\\\\d{3}$\"}", "\"12a") &&
           alive_after("{\"type\":\"string\",\"pattern\":\"^\\\\d{3}$\"}", "\"12"),
           "pattern prefixes");
+    /* a backslash no escape can follow is refused itself (else the text would be stuck) */
+    CHECK(!alive_after("{\"type\":\"string\",\"format\":\"uuid\"}", "\"0a\\") &&
+          alive_after("{\"type\":\"string\",\"pattern\":\"^a/b$\"}", "\"a\\"),
+          "a backslash in a pattern string");
     static const char *const refused[][2] = {
         {"(?=a)", "'(?'"}, {"(a)\\\\1", "'\\1'"}, {"\\\\bword", "'\\b'"},
         {"a{2}+", "possessive"}, {"[[:alpha:]]", "POSIX"}, {"^a^b", "anchor"},

@@ -1603,6 +1603,20 @@ static bool re_accepts(const struct xd_json_grammar *g, const struct frame *f)
            xd_json_regex_accepts(g->nodes[f->node].re, (uint16_t)f->pos);
 }
 
+/* Whether some escape (other than \\u) can continue the pattern: else a backslash is a dead
+ * end and is refused itself. */
+static bool re_escape_possible(const struct xd_json_grammar *g, const struct frame *f)
+{
+    if (f->node == NO_NODE || !g->nodes[f->node].re)
+        return true;
+    static const uint8_t decoded[] = {'"', '\\', '/', '\b', '\f', '\n', '\r', '\t'};
+    for (size_t i = 0; i < sizeof decoded; i++)
+        if (xd_json_regex_next(g->nodes[f->node].re, (uint16_t)f->pos, decoded[i]) !=
+            XD_JSON_REGEX_DEAD)
+            return true;
+    return false;
+}
+
 static void feed_string(const struct xd_json_grammar *g, struct jstack *s, struct frame *f,
                         int b, struct xd_json_state *out, int guard)
 {
@@ -1668,7 +1682,7 @@ static void feed_string(const struct xd_json_grammar *g, struct jstack *s, struc
         } else {
             return;
         }
-        if (b != '\\' && !re_step(g, f, b))
+        if (b != '\\' ? !re_step(g, f, b) : !re_escape_possible(g, f))
             return;
         emit(out, s);
         return;
