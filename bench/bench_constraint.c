@@ -129,7 +129,10 @@ int main(int argc, char **argv)
         "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"age\":{\"type\":"
         "\"integer\"},\"tags\":{\"type\":\"array\",\"items\":{\"enum\":[\"red\",\"green\"]}},"
         "\"pet\":{\"anyOf\":[{\"type\":\"null\"},{\"type\":\"object\",\"properties\":{\"kind\":"
-        "{\"type\":\"string\"}}}]}},\"required\":[\"name\",\"age\"]}", 0, NULL);
+        "{\"type\":\"string\"}}}]},\"code\":{\"type\":\"string\",\"pattern\":"
+        "\"^[a-z]{2}\\\\d{2}$\"},\"n\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":150},"
+        "\"day\":{\"type\":\"string\",\"format\":\"date\"}},\"required\":[\"name\",\"age\"]}",
+        0, NULL);
     struct xd_json_grammar *g = NULL;
     if (xd_json_grammar_compile(schema, &g, &err) < 0) {
         fprintf(stderr, "schema: %s\n", err.msg);
@@ -140,9 +143,14 @@ int main(int argc, char **argv)
      * the 256 single bytes come first, id = byte's rank in the alphabet order... so feed the
      * bytes through a fresh matcher and use the byte tokens) */
     static const char *const at[] = {"", "{\"name\":\"Al", "{\"name\":\"Al\",", "{\"name\":\"Al\",\"age\":4",
-                                     "{\"name\":\"A\",\"age\":1,\"tags\":[", "{\"name\":\"A\",\"age\":1,\"pet\":"};
+                                     "{\"name\":\"A\",\"age\":1,\"tags\":[", "{\"name\":\"A\",\"age\":1,\"pet\":",
+                                     "{\"name\":\"A\",\"age\":1,\"code\":\"a",
+                                     "{\"name\":\"A\",\"age\":1,\"n\":1",
+                                     "{\"name\":\"A\",\"age\":1,\"day\":\"2024-0"};
     static const char *const what[] = {"start", "in a string", "after a comma (names)",
-                                       "in an integer", "in an enum array", "anyOf value"};
+                                       "in an integer", "in an enum array", "anyOf value",
+                                       "in a pattern string", "in a bounded integer",
+                                       "in a date string"};
     float *w = malloc(sizeof *w * (size_t)n_vocab);
     for (size_t k = 0; k < sizeof at / sizeof *at; k++) {
         struct xd_token_constraint *c = xd_token_constraint_create(g, table);
