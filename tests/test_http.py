@@ -1976,12 +1976,14 @@ def constraints_refuse_what_they_cannot_enforce():
     keyword, never ignored; so are malformed response_format objects."""
     u = S.url + "/v1/chat/completions"
     m = [{"role": "user", "content": "x"}]
-    for schema, word in (({"type": "string", "pattern": "^a"}, "'pattern'"),
+    for schema, word in (({"type": "string", "pattern": "(?<=a)b"}, "'pattern'"),
                          ({"type": "object", "properties": {"d": {"type": "string",
-                                                                  "format": "date"}}},
+                                                                  "format": "color"}}},
                           "/properties/d"),
-                         ({"type": "integer", "minimum": 0}, "'minimum'"),
-                         ({"oneOf": [{"type": "string"}]}, "'oneOf'")):
+                         ({"type": "integer", "multipleOf": 2}, "'multipleOf'"),
+                         ({"type": "number", "maximum": 0.5}, "'maximum'"),
+                         ({"oneOf": [{"type": "string"}, {"type": "string", "maxLength": 3}]},
+                          "'oneOf'")):
         r = post(u, {"messages": m, "response_format": {"type": "json_schema", "json_schema": {
             "name": "x", "schema": schema}}})
         expect_error(r, 400, "response_format")
@@ -1990,7 +1992,7 @@ def constraints_refuse_what_they_cannot_enforce():
                                                                     "json_schema": {"name": "x"}}):
         expect_error(post(u, {"messages": m, "response_format": rf}), 400, "response_format")
     tools = [{"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"a": {"type": "string", "format": "uri"}}}}}]
+        "type": "object", "properties": {"a": {"type": "string", "format": "color"}}}}}]
     r = post(u, {"messages": m, "tools": tools, "tool_choice": "required"})
     expect_error(r, 400, "tools")
     assert "'format'" in r.json()["error"]["message"], r.text
