@@ -624,14 +624,19 @@ static int gen(struct nfa *nf, const struct ast *t, int id, struct frag *ret)
             nf->s[s].out2 = e;
             nf->s[x.end].out = s;
             frag_cat(nf, &acc, (struct frag){s, e});
-        } else {
-            for (int i = a->min; i < a->max; i++) { /* optional copies */
-                struct frag x, skip, opt;
+        } else if (a->max > a->min) {
+            /* the optional copies nested, (x(x(x)?)?)?, not x?x?x?: the same strings, but a
+             * DFA state then holds one copy's positions, not every copy's */
+            struct frag opt;
+            XD_TRY(frag_empty(nf, &opt));
+            for (int i = a->min; i < a->max; i++) {
+                struct frag x, skip;
                 XD_TRY(gen(nf, t, a->a, &x));
+                frag_cat(nf, &x, opt);
                 XD_TRY(frag_empty(nf, &skip));
                 XD_TRY(frag_alt(nf, x, skip, &opt));
-                frag_cat(nf, &acc, opt);
             }
+            frag_cat(nf, &acc, opt);
         }
         *ret = acc;
         return XD_OK;
@@ -644,13 +649,18 @@ static int gen(struct nfa *nf, const struct ast *t, int id, struct frag *ret)
 
 #define WORDS(n) (((n) + 63) / 64)
 
-static void closure(const struct nfa *nf, uint64_t *set, int *stack)
+/* The most NFA-state visits one DFA build may make: a pattern past it is refused, so a
+ * request's schema compiles in tens of milliseconds at worst. */
+#define DFA_WORK_BUDGET 30000000L
+
+static void closure(const struct nfa *nf, uint64_t *set, int *stack, long *work)
 {
     int sp = 0;
-    for (int i = 0; i < nf->n; i++)
-        if (set_has(set, i))
-            stack[sp++] = i;
+    for (int w = 0; w < WORDS(nf->n); w++)
+        for (uint64_t bits = set[w]; bits; bits &= bits - 1)
+            stack[sp++] = w * 64 + __builtin_ctzll(bits);
     while (sp > 0) {
+        ++*work;
         const struct nstate *s = &nf->s[stack[--sp]];
         if (s->cls >= 0)
             continue;
@@ -709,8 +719,9 @@ static int build_dfa(const struct nfa *nf, int start, int accept_state, const ch
     }
     for (int i = 0; i < hcap; i++)
         table[i] = -1;
+    long work = 0;
     set_add(sets, start);
-    closure(nf, sets, stack);
+    closure(nf, sets, stack, &work);
     table[hash_set(sets, words) % (uint64_t)hcap] = 0;
     n = 1;
     for (int d = 0; d < n; d++) {
@@ -718,17 +729,25 @@ static int build_dfa(const struct nfa *nf, int start, int accept_state, const ch
             memset(cur, 0, sizeof *cur * (size_t)words);
             bool any = false;
             const uint64_t *from = sets + (size_t)d * (size_t)words;
-            for (int i = 0; i < nf->n; i++)
-                if (set_has(from, i) && nf->s[i].cls >= 0 &&
-                    set_has(nf->sets[nf->s[i].cls], rep[c])) {
-                    set_add(cur, nf->s[i].out);
-                    any = true;
+            for (int w = 0; w < words; w++)
+                for (uint64_t bits = from[w]; bits; bits &= bits - 1, work++) {
+                    int i = w * 64 + __builtin_ctzll(bits);
+                    if (nf->s[i].cls >= 0 && set_has(nf->sets[nf->s[i].cls], rep[c])) {
+                        set_add(cur, nf->s[i].out);
+                        any = true;
+                    }
                 }
             if (!any) {
                 next[(size_t)d * (size_t)re->n_classes + (size_t)c] = XD_JSON_REGEX_DEAD;
                 continue;
             }
-            closure(nf, cur, stack);
+            closure(nf, cur, stack, &work);
+            work += words;
+            if (work > DFA_WORK_BUDGET) {
+                rc = xd_err_set(err, XD_ERR_UNSUPPORTED, "%s is too complex to compile into an "
+                                "automaton", what);
+                goto done;
+            }
             uint64_t h = hash_set(cur, words) % (uint64_t)hcap;
             int found = -1;
             while (table[h] >= 0) {
@@ -864,7 +883,8 @@ bool xd_json_regex_match(const struct xd_json_regex *re, const char *text, size_
 /* ---- formats ---- */
 
 #define TWO_DIGIT_HOUR "([01][0-9]|2[0-3])"
-#define PARTIAL_TIME TWO_DIGIT_HOUR ":[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]{1,9})?"
+/* no leap second (60): Python's RFC 3339 validator refuses most of them */
+#define PARTIAL_TIME TWO_DIGIT_HOUR ":[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?"
 #define TIME_OFFSET "(Z|[+-]" TWO_DIGIT_HOUR ":[0-5][0-9])"
 /* RFC 3339 full-date from year 0001 (Python's date); February stops at 28 (29 needs the
  * year's leap rule) */
@@ -873,7 +893,8 @@ bool xd_json_regex_match(const struct xd_json_regex *re, const char *text, size_
                   "(0[469]|11)-(0[1-9]|[12][0-9]|30)|02-(0[1-9]|1[0-9]|2[0-8]))"
 #define HEX4 "[0-9a-fA-F]{1,4}"
 #define OCTET "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-#define LABEL "[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?" /* no 63-byte cap: it costs 60 states */
+/* a DNS label, without the 63-byte cap (60 more states for no model that writes longer) */
+#define LABEL "[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
 
 static const char *const FORMATS[][2] = {
     {"date", "^" FULL_DATE "$"},

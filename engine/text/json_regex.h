@@ -11,8 +11,8 @@
 /* Bounds on untrusted patterns (past one: XD_ERR_UNSUPPORTED naming it). */
 #define XD_JSON_REGEX_MAX_LEN 1024   /* bytes of one pattern */
 #define XD_JSON_REGEX_MAX_REPEAT 256 /* m and n of {m,n} */
-#define XD_JSON_REGEX_MAX_NFA 4096   /* NFA states (counted repetition expands) */
-#define XD_JSON_REGEX_MAX_DFA 2048   /* DFA states */
+#define XD_JSON_REGEX_MAX_NFA 16384  /* NFA states (counted repetition expands) */
+#define XD_JSON_REGEX_MAX_DFA 2048   /* DFA states (and a work budget: tens of ms at worst) */
 
 #define XD_JSON_REGEX_DEAD 0xFFFFu   /* the state no text leaves */
 
