@@ -324,6 +324,10 @@ static void test_integer_bounds(void)
     CASES("{\"type\":\"object\",\"properties\":{\"n\":{\"type\":\"integer\",\"minimum\":1,"
           "\"maximum\":9}},\"required\":[\"n\"]}",
           {"{\"n\":5}", true}, {"{\"n\": 9}", true}, {"{\"n\":10}", false}, {"{\"n\":0}", false});
+    /* integer bounds past 2^53 kept exactly */
+    CASES("{\"type\":\"integer\",\"minimum\":900000000000000001,\"exclusiveMaximum\":"
+          "900000000000000003}", {"900000000000000000", false}, {"900000000000000001", true},
+          {"900000000000000002", true}, {"900000000000000003", false});
     check_refused("{\"type\":\"integer\",\"minimum\":3,\"maximum\":2}", XD_ERR_INVALID, "bounds");
     check_refused("{\"type\":\"integer\",\"maximum\":1e30}", XD_ERR_UNSUPPORTED, "'maximum'");
 }

@@ -359,13 +359,16 @@ static int compile_bounds(struct compiler *c, const json_t *schema, int id, bool
     double v[4];
     static const char *const keys[] = {"minimum", "exclusiveMinimum", "maximum",
                                        "exclusiveMaximum"};
-    for (int i = 0; i < 4; i++)
+    const json_t *src[4]; /* the values, for integers past 2^53 a double cannot hold */
+    for (int i = 0; i < 4; i++) {
         XD_TRY(get_bound(c, schema, keys[i], &has[i], &v[i]));
+        src[i] = json_object_get(schema, keys[i]);
+    }
     if (json_is_true(json_object_get(schema, "exclusiveMinimum")) && has[0]) {
-        has[1] = true, v[1] = v[0], has[0] = false; /* draft 4 */
+        has[1] = true, v[1] = v[0], has[0] = false, src[1] = src[0]; /* draft 4 */
     }
     if (json_is_true(json_object_get(schema, "exclusiveMaximum")) && has[2]) {
-        has[3] = true, v[3] = v[2], has[2] = false;
+        has[3] = true, v[3] = v[2], has[2] = false, src[3] = src[2];
     }
     if (!has[0] && !has[1] && !has[2] && !has[3])
         return XD_OK;
@@ -388,21 +391,25 @@ static int compile_bounds(struct compiler *c, const json_t *schema, int id, bool
             open = false;
             if (excl && (!incl || v[1] >= v[0]))
                 b = v[1], open = true;
+            const json_t *exact = src[open ? 1 : 0];
             if (integer) {
                 b = open ? floor(b) + 1 : ceil(b);
-                open = false;
             }
-            n->has_lo = true, n->lo = (int64_t)b, n->lo_open = open;
+            n->has_lo = true, n->lo = (int64_t)b, n->lo_open = open && !integer;
+            if (json_is_integer(exact))
+                n->lo = (int64_t)json_integer_value(exact) + (open && integer ? 1 : 0);
         } else {
             b = incl ? v[2] : INFINITY;
             open = false;
             if (excl && (!incl || v[3] <= v[2]))
                 b = v[3], open = true;
+            const json_t *exact = src[open ? 3 : 2];
             if (integer) {
                 b = open ? ceil(b) - 1 : floor(b);
-                open = false;
             }
-            n->has_hi = true, n->hi = (int64_t)b, n->hi_open = open;
+            n->has_hi = true, n->hi = (int64_t)b, n->hi_open = open && !integer;
+            if (json_is_integer(exact))
+                n->hi = (int64_t)json_integer_value(exact) - (open && integer ? 1 : 0);
         }
     }
     if (n->has_lo && n->has_hi &&
