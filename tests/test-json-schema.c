@@ -406,6 +406,12 @@ static void test_patterns(void)
     /* beside maxLength: both hold */
     CASES("{\"type\":\"string\",\"pattern\":\"^a+$\",\"maxLength\":2}", {"\"aa\"", true},
           {"\"aaa\"", false});
+    /* ... and a branch the pattern cannot finish within maxLength is dead at once */
+    const char *short_b =
+        "{\"type\":\"string\",\"pattern\":\"^(a|bbbbbb|é{3})$\",\"maxLength\":3}";
+    CHECK(alive_after(short_b, "\"a") && !alive_after(short_b, "\"b") &&
+          alive_after(short_b, "\"éé"), "pattern and maxLength");
+    CASES(short_b, {"\"a\"", true}, {"\"ééé\"", true}, {"\"bbbbbb\"", false});
     CHECK(!alive_after("{\"type\":\"string\",\"pattern\":\"^\\\\d{3}$\"}", "\"12a") &&
           alive_after("{\"type\":\"string\",\"pattern\":\"^\\\\d{3}$\"}", "\"12"),
           "pattern prefixes");

@@ -819,6 +819,35 @@ static int build_dfa(const struct nfa *nf, int start, int accept_state, const ch
         goto done;
     }
     free(live);
+    /* the fewest characters to a match from each state, relaxed to a fixed point (a
+     * continuation byte costs nothing: its character was counted at its lead byte) */
+    re->distance = malloc(sizeof *re->distance * (size_t)n);
+    if (!re->distance) {
+        rc = xd_err_set(err, XD_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    bool cont_class[256];
+    for (int c = 0; c < re->n_classes; c++)
+        cont_class[c] = true;
+    for (int b = 0; b < 256; b++)
+        if (b < 0x80 || b > 0xBF)
+            cont_class[re->byte_class[b]] = false;
+    for (int d = 0; d < n; d++)
+        re->distance[d] = re->accept[d] ? 0 : UINT16_MAX;
+    for (bool changed = true; changed;) {
+        changed = false;
+        for (int d = 0; d < n; d++)
+            for (int c = 0; c < re->n_classes; c++) {
+                uint16_t t = next[(size_t)d * (size_t)re->n_classes + (size_t)c];
+                if (t == XD_JSON_REGEX_DEAD || re->distance[t] == UINT16_MAX)
+                    continue;
+                uint32_t via = re->distance[t] + (cont_class[c] ? 0u : 1u);
+                if (via < re->distance[d]) {
+                    re->distance[d] = (uint16_t)(via < UINT16_MAX ? via : UINT16_MAX - 1);
+                    changed = true;
+                }
+            }
+    }
     re->n_states = n;
     re->next = next;
     next = NULL;
@@ -869,6 +898,7 @@ void xd_json_regex_destroy(struct xd_json_regex *re)
         return;
     free(re->next);
     free(re->accept);
+    free(re->distance);
     free(re);
 }
 

@@ -25,6 +25,8 @@ struct xd_json_regex {
     int n_states;
     uint16_t *next;          /* (n_states, n_classes) next state or XD_JSON_REGEX_DEAD */
     uint8_t *accept;         /* (n_states,) whether the text may end here */
+    uint16_t *distance;      /* (n_states,) the fewest more characters to an accepting state
+                                (continuation bytes count none): maxLength's lookahead */
 };
 
 /* Compiles pattern (len bytes of UTF-8) with ECMA-262 / Python re search semantics: a match
@@ -55,6 +57,11 @@ static inline uint16_t xd_json_regex_next(const struct xd_json_regex *re, uint16
 static inline bool xd_json_regex_accepts(const struct xd_json_regex *re, uint16_t state)
 {
     return state != XD_JSON_REGEX_DEAD && re->accept[state];
+}
+
+static inline uint32_t xd_json_regex_distance(const struct xd_json_regex *re, uint16_t state)
+{
+    return re->distance[state];
 }
 
 /* Whether the whole of len bytes matches (tests and fuzzing). */

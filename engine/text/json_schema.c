@@ -1593,12 +1593,21 @@ static bool is_hex(int b)
  * F4 (narrower ranges), 8 \u hex digits (aux of them). */
 /* A pattern's or format's DFA over the string's decoded text: its state is the frame's pos.
  * Escapes other than \uXXXX are decoded to their byte; \u is refused in such a string. */
+/* With maxLength, a state from which a match needs more characters than are left is dead
+ * too (f->count: the characters so far, the one being fed included). */
+static bool re_fits(const struct node *n, const struct frame *f, uint16_t state)
+{
+    return n->max_len == UINT32_MAX ||
+           (uint64_t)f->count + xd_json_regex_distance(n->re, state) <= n->max_len;
+}
+
 static bool re_step(const struct xd_json_grammar *g, struct frame *f, int byte)
 {
     if (f->node == NO_NODE || !g->nodes[f->node].re)
         return true;
-    uint16_t next = xd_json_regex_next(g->nodes[f->node].re, (uint16_t)f->pos, (uint8_t)byte);
-    if (next == XD_JSON_REGEX_DEAD)
+    const struct node *n = &g->nodes[f->node];
+    uint16_t next = xd_json_regex_next(n->re, (uint16_t)f->pos, (uint8_t)byte);
+    if (next == XD_JSON_REGEX_DEAD || !re_fits(n, f, next))
         return false;
     f->pos = next;
     return true;
@@ -1617,10 +1626,12 @@ static bool re_escape_possible(const struct xd_json_grammar *g, const struct fra
     if (f->node == NO_NODE || !g->nodes[f->node].re)
         return true;
     static const uint8_t decoded[] = {'"', '\\', '/', '\b', '\f', '\n', '\r', '\t'};
-    for (size_t i = 0; i < sizeof decoded; i++)
-        if (xd_json_regex_next(g->nodes[f->node].re, (uint16_t)f->pos, decoded[i]) !=
-            XD_JSON_REGEX_DEAD)
+    const struct node *n = &g->nodes[f->node];
+    for (size_t i = 0; i < sizeof decoded; i++) {
+        uint16_t next = xd_json_regex_next(n->re, (uint16_t)f->pos, decoded[i]);
+        if (next != XD_JSON_REGEX_DEAD && re_fits(n, f, next))
             return true;
+    }
     return false;
 }
 
