@@ -146,14 +146,23 @@ int main(int argc, char **argv)
                                      "{\"name\":\"A\",\"age\":1,\"tags\":[", "{\"name\":\"A\",\"age\":1,\"pet\":",
                                      "{\"name\":\"A\",\"age\":1,\"code\":\"a",
                                      "{\"name\":\"A\",\"age\":1,\"n\":1",
-                                     "{\"name\":\"A\",\"age\":1,\"day\":\"2024-0"};
+                                     "{\"name\":\"A\",\"age\":1,\"day\":\"2024-0",
+                                     "", "<think>ab", "<think>a</think>", "<think>a</think>{\"name\":\"Al"};
     static const char *const what[] = {"start", "in a string", "after a comma (names)",
                                        "in an integer", "in an enum array", "anyOf value",
                                        "in a pattern string", "in a bounded integer",
-                                       "in a date string"};
+                                       "in a date string",
+                                       "gated: before <think>", "gated: reasoning",
+                                       "gated: after </think>", "gated: in a string"};
+    /* the last four behind a reasoning gate (qwen3: the model may open a think block) */
+    const size_t first_gated = 9;
+    struct xd_reasoning_gate gate;
+    xd_reasoning_gate_init(&gate, XD_REASONING_THINK, false, false);
     float *w = malloc(sizeof *w * (size_t)n_vocab);
     for (size_t k = 0; k < sizeof at / sizeof *at; k++) {
-        struct xd_token_constraint *c = xd_token_constraint_create(g, table);
+        struct xd_token_constraint *c =
+            k >= first_gated ? xd_token_constraint_create_gated(g, table, &gate, false)
+                             : xd_token_constraint_create(g, table);
         for (const char *p = at[k]; *p; p++) {
             /* the single-byte token of *p: its id is the byte's index in the vocab object */
             int32_t tid = -1;

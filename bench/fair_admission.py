@@ -9,10 +9,15 @@ request at a time. Prints one line per policy and, with --json, the figures as J
 
 Usage: fair_admission.py EXPERTD MODEL_DIR [--policies fair,fcfs,old:OLD_EXPERTD] [--light 40]
        [--json FILE] [-- extra serve flags]
-A policy old:PATH runs the expertd at PATH without --admission (the code before it)."""
+A policy old:PATH runs the expertd at PATH without --admission (the code before it);
+LABEL=POLICY@PATH runs the expertd at PATH with --admission POLICY (another build of this
+code, e.g. prev=fair@/tmp/base/build/daemon/expertd), reported as LABEL.
+Besides latency it reports the steps each light request was in flight and what a step cost
+(expertd_step_seconds_total / expertd_steps_total) in each phase."""
 import argparse
 import http.client
 import json
+import multiprocessing
 import os
 import re
 import subprocess
@@ -26,6 +31,9 @@ def start(expertd, model, policy, extra):
     env.pop("EXPERTD_API_KEY", None)
     if policy.startswith("old:"):  # an expertd from before fair admission: no --admission
         expertd, flags = policy[4:], []
+    elif "@" in policy:  # LABEL=POLICY@PATH: another build, with --admission POLICY
+        pol, expertd = policy.split("=", 1)[-1].split("@", 1)
+        flags = ["--admission", pol]
     else:
         flags = ["--admission", policy]
     proc = subprocess.Popen([expertd, "serve", "--model", model, "--port", "0", "--threads", "1",
@@ -68,17 +76,36 @@ def post(port, src, body, timeout=120):
         c.close()
 
 
-def steps_total(port):
-    """expertd_steps_total from /metrics: engine steps run so far."""
+STEP_METRICS = ("expertd_steps_total", "expertd_step_seconds_total", "expertd_step_tokens_total")
+
+
+def step_metrics(port):
+    """The step counters from /metrics: {name: value} for STEP_METRICS (nan when missing)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    got = {k: float("nan") for k in STEP_METRICS}
     try:
         c.request("GET", "/metrics")
         for line in c.getresponse().read().decode().splitlines():
-            if line.startswith("expertd_steps_total "):
-                return float(line.split()[1])
+            parts = line.split()
+            if len(parts) == 2 and parts[0] in got:
+                got[parts[0]] = float(parts[1])
     finally:
         c.close()
-    return float("nan")
+    return got
+
+
+def steps_total(port):
+    """expertd_steps_total from /metrics: engine steps run so far."""
+    return step_metrics(port)["expertd_steps_total"]
+
+
+def step_cost(m0, m1):
+    """(ms per step, tokens per step) between two step_metrics snapshots."""
+    n = m1["expertd_steps_total"] - m0["expertd_steps_total"]
+    if not n > 0:
+        return float("nan"), float("nan")
+    return ((m1["expertd_step_seconds_total"] - m0["expertd_step_seconds_total"]) / n * 1e3,
+            (m1["expertd_step_tokens_total"] - m0["expertd_step_tokens_total"]) / n)
 
 
 def pct(xs, p):
@@ -106,6 +133,21 @@ def light_run(port, n, body):
     return lat, steps, rejected
 
 
+def flood_loop(port, heavy, stop, counts):
+    """The heavy client: POSTs heavy until stop is set, retrying 10 ms after a refusal;
+    counts[0] += 200s, counts[1] += others (a list in a thread, a shared array in a process)."""
+    lock = counts.get_lock() if hasattr(counts, "get_lock") else FLOOD_LOCK
+    while not stop.is_set():
+        st, _ = post(port, "127.0.0.2", heavy)
+        with lock:
+            counts[0 if st == 200 else 1] += 1
+        if st != 200:
+            time.sleep(0.01)
+
+
+FLOOD_LOCK = threading.Lock()
+
+
 def measure(expertd, model, policy, args, extra):
     proc, port = start(expertd, model, policy, extra)
     try:
@@ -114,35 +156,35 @@ def measure(expertd, model, policy, args, extra):
         heavy = {"prompt": [[5 + i, 6, 7, 8] for i in range(args.prompts)], "n": args.n,
                  "max_tokens": args.heavy_tokens, "temperature": 0, "ignore_eos": True}
         light_run(port, 3, light)  # warm up
+        m0 = step_metrics(port)
         alone, alone_steps, _ = light_run(port, args.light, light)
-        stop = threading.Event()
-        heavy_stats = {"ok": 0, "rejected": 0, "sequences": 0}
-        lock = threading.Lock()
-
-        def flood():
-            while not stop.is_set():
-                st, _ = post(port, "127.0.0.2", heavy)
-                with lock:
-                    if st == 200:
-                        heavy_stats["ok"] += 1
-                        heavy_stats["sequences"] += args.prompts * args.n
-                    else:
-                        heavy_stats["rejected"] += 1
-                if st != 200:
-                    time.sleep(0.01)
-
-        threads = [threading.Thread(target=flood, daemon=True) for _ in range(args.threads)]
+        alone_cost = step_cost(m0, step_metrics(port))
+        if args.processes:  # the flood out of this interpreter: no GIL shared with the light client
+            stop = multiprocessing.Event()
+            counts = multiprocessing.Array("q", 2)  # ok, rejected
+            workers = [multiprocessing.Process(target=flood_loop,
+                                               args=(port, heavy, stop, counts), daemon=True)
+                       for _ in range(args.threads)]
+        else:
+            stop = threading.Event()
+            counts = [0, 0]
+            workers = [threading.Thread(target=flood_loop, args=(port, heavy, stop, counts),
+                                        daemon=True) for _ in range(args.threads)]
         t_flood = time.time()
-        for t in threads:
+        for t in workers:
             t.start()
         time.sleep(args.settle)
         t0 = time.time()
+        m0 = step_metrics(port)
         loaded, loaded_steps, rejected = light_run(port, args.light, light)
+        loaded_cost = step_cost(m0, step_metrics(port))
         span = time.time() - t0
         time.sleep(max(0.0, t_flood + args.min_flood - time.time()))  # throughput over a span
         stop.set()
-        for t in threads:
+        for t in workers:
             t.join(120)
+        heavy_stats = {"ok": counts[0], "rejected": counts[1],
+                       "sequences": counts[0] * args.prompts * args.n}
         flood_s = time.time() - t_flood
         return {
             "policy": policy,
@@ -150,7 +192,12 @@ def measure(expertd, model, policy, args, extra):
             "loaded_p50": pct(loaded, 50), "loaded_p99": pct(loaded, 99),
             "ratio_p99": pct(loaded, 99) / pct(alone, 99) if alone and loaded else float("inf"),
             "alone_steps_p99": pct(alone_steps, 99), "loaded_steps_p99": pct(loaded_steps, 99),
+            "alone_steps_p50": pct(alone_steps, 50), "loaded_steps_p50": pct(loaded_steps, 50),
             "loaded_steps_max": max(loaded_steps) if loaded_steps else float("nan"),
+            "steps_ratio_p99": pct(loaded_steps, 99) / pct(alone_steps, 99)
+            if alone_steps and loaded_steps else float("inf"),
+            "alone_step_ms": alone_cost[0], "alone_step_tokens": alone_cost[1],
+            "loaded_step_ms": loaded_cost[0], "loaded_step_tokens": loaded_cost[1],
             "light_ok": len(loaded), "light_rejected": rejected,
             "heavy_ok": heavy_stats["ok"], "heavy_rejected": heavy_stats["rejected"],
             "heavy_sequences_per_s": heavy_stats["sequences"] / flood_s,
@@ -177,6 +224,9 @@ def main():
     ap.add_argument("--light", type=int, default=40, help="light requests per phase")
     ap.add_argument("--light-tokens", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2, help="heavy client's concurrent loops")
+    ap.add_argument("--processes", action="store_true",
+                    help="run the heavy loops as processes, not threads of this interpreter "
+                         "(the light client's latency then does not include waiting for the GIL)")
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--heavy-tokens", type=int, default=8)
@@ -189,10 +239,15 @@ def main():
     for policy in args.policies.split(","):
         r = measure(args.expertd, args.model, policy, args, extra)
         out.append(r)
-        print(f"{policy[:4]:5s} light p50/p99 alone {r['alone_p50'] * 1e3:7.1f}/{r['alone_p99'] * 1e3:7.1f} ms"
+        label = (policy.split("=", 1)[0] if "=" in policy else
+                 "old" if policy.startswith("old:") else policy)
+        print(f"{label:10s} light p50/p99 alone {r['alone_p50'] * 1e3:7.1f}/{r['alone_p99'] * 1e3:7.1f} ms"
               f"  flooded {r['loaded_p50'] * 1e3:7.1f}/{r['loaded_p99'] * 1e3:7.1f} ms"
-              f"  p99 x{r['ratio_p99']:.2f}  steps p99 {r['alone_steps_p99']:.0f} -> "
-              f"{r['loaded_steps_p99']:.0f}  light 429s {r['light_rejected']}/{args.light}"
+              f"  p99 x{r['ratio_p99']:.2f}  steps p50 {r['alone_steps_p50']:.0f} -> "
+              f"{r['loaded_steps_p50']:.0f}, p99 {r['alone_steps_p99']:.0f} -> "
+              f"{r['loaded_steps_p99']:.0f} (x{r['steps_ratio_p99']:.2f})"
+              f"  step {r['alone_step_ms']:.3f} ms/{r['alone_step_tokens']:.1f} tok -> "
+              f"{r['loaded_step_ms']:.3f} ms/{r['loaded_step_tokens']:.1f} tok  light 429s {r['light_rejected']}/{args.light}"
               f"  heavy {r['heavy_ok']} ok, {r['heavy_rejected']} 429,"
               f" {r['heavy_sequences_per_s']:.0f} seq/s", flush=True)
     if args.json:

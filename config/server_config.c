@@ -52,7 +52,7 @@ const struct xd_opt xd_server_config_opts[] = {
      "largest request body; larger is 413 (default 1048576)"},
     {"max-queued-bytes-per-request", XD_OPT_INT64, SRV(max_queued_bytes), 1024, 1ll << 34, NULL,
      "bytes a stream may have queued for a client that stops reading; past it the request is "
-     "cancelled (default 4194304)"},
+     "cancelled once its connection takes nothing for 0.5 s, or at once past 8x (default 4194304)"},
     {"max-prompt-tokens", XD_OPT_INT, SRV(max_prompt_tokens), 0, 1 << 24, NULL,
      "longest prompt in tokens (default 0: the model's context)"},
     {"max-connections", XD_OPT_INT, SRV(max_connections), 1, 65536, NULL,
@@ -75,8 +75,10 @@ const struct xd_opt xd_server_config_opts[] = {
     {"max-waiting", XD_OPT_INT, SRV(max_waiting), 1, 1 << 20, NULL,
      "sequences (prompts x n) queued before 429; a request with more is 400 (default 1024)"},
     {"admission", XD_OPT_STRING, SRV(admission), 0, 0, NULL,
-     "order of admission from the queue: fair (round-robin across client addresses) or fcfs "
-     "(default fair)"},
+     "order of admission from the queue and share of each step: fair (round-robin across "
+     "client addresses, each step shared across them), fair-split (fair, and light clients "
+     "get steps of their own for as long as a shared step takes: faster for them where a "
+     "step's cost grows with its tokens, as on a CPU) or fcfs (default fair)"},
     {"max-running", XD_OPT_INT, SRV(max_running), 1, 1 << 16, NULL,
      "sequences in one step (default 64)"},
     {"max-resident", XD_OPT_INT, SRV(max_resident), 0, 1 << 20, NULL,
@@ -151,6 +153,7 @@ void xd_server_config_sched_opts(const struct xd_server_config *cfg, struct xd_s
     so.group_by_expert = cfg->group_by_expert;
     so.max_wait_steps = cfg->max_wait_steps;
     so.fcfs_admission = cfg->admission && strcmp(cfg->admission, "fcfs") == 0;
+    so.light_steps = cfg->admission && strcmp(cfg->admission, "fair-split") == 0;
     *ret = so;
 }
 
@@ -183,8 +186,10 @@ int xd_server_config_validate(const struct xd_server_config *cfg, struct xd_err 
         xd_chat_template_destroy(t);
     }
     if (!cfg->admission || (strcmp(cfg->admission, "fair") != 0 &&
+                            strcmp(cfg->admission, "fair-split") != 0 &&
                             strcmp(cfg->admission, "fcfs") != 0))
-        return xd_err_set(err, XD_ERR_CONFIG, "option '--admission': '%s' is not fair or fcfs",
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "option '--admission': '%s' is not fair, fair-split or fcfs",
                           cfg->admission ? cfg->admission : "");
     enum xd_reasoning_parser rp;
     if (!cfg->reasoning_parser || (strcmp(cfg->reasoning_parser, "auto") != 0 &&

@@ -36,7 +36,9 @@ struct xd_server_config {
                                       NULL: none */
     int max_waiting;               /* sequences (prompts x n) queued before 429; a request
                                       with more is 400 */
-    const char *admission;         /* "fair": round-robin across clients; "fcfs" */
+    const char *admission;         /* "fair": round-robin across clients, steps shared;
+                                      "fair-split": and light clients' steps of their own;
+                                      "fcfs" */
     int max_running;               /* sequences in one step */
     int max_resident;              /* sequences holding KV blocks at once; 0 or below
                                       max_running: max_running. Above it, steps choose among

@@ -27,6 +27,7 @@
 #include "daemon/test_hooks.h"
 #include "engine/text/chat_template.h"
 #include "engine/text/reasoning.h"
+#include "engine/text/reasoning_gate.h"
 #include "engine/text/tool_calls.h"
 
 /* ---- a growing byte buffer ---- */
@@ -73,6 +74,10 @@ struct gen_event {
 /* A whole response's connection is woken once this many bytes of token events wait (and at
  * every choice's finish). */
 #define WHOLE_BATCH_BYTES (64 * 1024)
+/* A stream over max-queued-bytes-per-request is cancelled once its connection has taken nothing
+ * for this long, or at once past this many times the bound (see on_event's overflow check). */
+#define STALL_SECONDS 0.5
+#define STALL_HARD_FACTOR 8
 
 /* What a choice that failed says (the 500's message, a stream's error event). */
 #define OOM_MESSAGE "out of memory: the response could not be completed"
@@ -102,6 +107,7 @@ struct choice {
     struct xd_byte_buf text;        /* non-streaming: the generated text (chat with a
                                        reasoning parser: its content) */
     struct xd_reasoning rs;  /* chat: the reasoning split of this choice's output */
+    struct xd_reasoning_gate gate; /* gated chat: the split until the answer, then all answer */
     struct xd_byte_buf reasoning;   /* non-streaming chat: the reasoning text */
     struct xd_tool_stream *tools;   /* chat with tools: the tool-call parser, or NULL */
     int n_calls;             /* tool calls taken from it so far */
@@ -132,6 +138,8 @@ struct gen_job {
     struct gen_event *head, *tail;   /* under lock */
     size_t queued_bytes;             /* under lock: the events' bytes between head and tail */
     size_t out_unsent;               /* under lock: a copy of out.len - out_off */
+    double last_drain;               /* under lock: xd_now() when the HTTP thread last took
+                                        the queued events (its connection was writable) */
     bool overflow;                   /* under lock: streaming only; queued_bytes + out_unsent
                                         passed max-queued-bytes-per-request: every choice is
                                         cancelled, token events are dropped, the stream ends */
@@ -150,6 +158,10 @@ struct gen_job {
     int n_prompts;
     bool split_reasoning;            /* chat with a reasoning parser */
     bool think_open;                 /* the rendered prompt left a <think> block open */
+    bool think_closed;               /* it ends in an empty, closed one (answer mode) */
+    bool gated;                      /* constrained chat after the reasoning: the choices'
+                                        output goes through their gates, the constraint sleeps
+                                        until the answer starts */
     int32_t *forced;                 /* (n_forced,) the test hook's forced output, or NULL */
     int n_forced;
     struct xd_sampler_constraint constraint; /* the choices' samplers' view of api.grammar */
@@ -274,9 +286,16 @@ static void sink(void *ctx, const struct xd_sched_event *ev)
         e->lost = c->lost;
         c->finish_ev = NULL; /* the queue owns it now */
     }
-    if (e && ev->kind == XD_EVENT_TOKEN && j->api.stream && !j->overflow &&
-        j->queued_bytes + j->out_unsent + bytes > (size_t)j->srv->cfg->max_queued_bytes) {
-        j->overflow = overflow_now = true;
+    if (e && ev->kind == XD_EVENT_TOKEN && j->api.stream && !j->overflow) {
+        /* Over the bound, a stream is cancelled once its connection has taken nothing for
+         * STALL_SECONDS, or at once past STALL_HARD_FACTOR times the bound: an HTTP thread
+         * that runs late on a loaded machine is not a client that stopped reading (a steady
+         * reader was cancelled when the scheduler thread outran MHD's) */
+        const size_t bound = (size_t)j->srv->cfg->max_queued_bytes;
+        const size_t after = j->queued_bytes + j->out_unsent + bytes;
+        if (after > bound &&
+            (xd_now() - j->last_drain > STALL_SECONDS || after / STALL_HARD_FACTOR > bound))
+            j->overflow = overflow_now = true;
     }
     if (e && ev->kind == XD_EVENT_TOKEN && j->overflow) {
         /* the client is not reading: nothing more is kept for it */
@@ -525,10 +544,17 @@ static int split_output(struct gen_job *j, struct choice *c, const char *text, s
         return XD_ERR_NOMEM;
     if (j->split_reasoning) {
         struct xd_byte_buf *dst = c->tools ? &mid : content;
-        if (len)
-            rc = xd_reasoning_push(&c->rs, text, len, reasoning, dst);
-        if (rc == XD_OK && last)
-            rc = xd_reasoning_finish(&c->rs, reasoning, dst);
+        if (j->gated) {
+            if (len)
+                rc = xd_reasoning_gate_push(&c->gate, text, len, reasoning, dst);
+            if (rc == XD_OK && last)
+                rc = xd_reasoning_gate_finish(&c->gate, reasoning);
+        } else {
+            if (len)
+                rc = xd_reasoning_push(&c->rs, text, len, reasoning, dst);
+            if (rc == XD_OK && last)
+                rc = xd_reasoning_finish(&c->rs, reasoning, dst);
+        }
         t = mid.data;
         n = mid.len;
     }
@@ -588,6 +614,19 @@ static json_t *take_calls(struct gen_job *j, struct choice *c)
         }
     }
     return a;
+}
+
+/* Whether the detokenizer keeps special tokens for j's output: Mistral's [TOOL_CALLS] and
+ * harmony's framing are special tokens, kept when tools are parsed, and for harmony's
+ * reasoning split in chat (a gated constraint reads the same text). */
+static bool keeps_special(const struct gen_job *j)
+{
+    const struct xd_api_request *a = &j->api;
+    const struct xd_server *s = j->srv;
+    return (a->tools && a->tool_choice != XD_API_TOOL_CHOICE_NONE &&
+            xd_tool_syntax_needs_special((enum xd_tool_syntax)s->tool_syntax)) ||
+           (a->kind == XD_API_CHAT &&
+            xd_reasoning_needs_special((enum xd_reasoning_parser)s->reasoning_parser));
 }
 
 static bool tools_constrained(const struct gen_job *j)
@@ -713,7 +752,9 @@ static void sse_constrained_chunk(struct gen_job *j, struct choice *c, const cha
                                   size_t len, const struct xd_sample *x, const char *finish,
                                   bool role)
 {
-    if (len && sbuf_add(&c->text, text, len) < 0)
+    struct xd_byte_buf rb = {0}; /* gated: the reasoning goes out as it comes */
+    if (j->gated ? split_output(j, c, text, len, finish != NULL, &rb, &c->text) < 0
+                 : len && sbuf_add(&c->text, text, len) < 0)
         stream_fail(j);
     json_t *lp = NULL;
     if (x && j->api.logprobs) {
@@ -722,16 +763,19 @@ static void sse_constrained_chunk(struct gen_job *j, struct choice *c, const cha
         json_array_append_new(content, chat_logprob(j->srv, x, j->api.top_logprobs));
         json_object_set_new(lp, "content", content);
     }
-    if (role || lp) {
+    if (role || lp || rb.len) {
         json_t *ch = json_object(), *delta = json_object();
         if (role) {
             json_object_set_new(delta, "role", json_string("assistant"));
             json_object_set_new(delta, "content", json_string(""));
         }
+        if (rb.len)
+            json_object_set_new(delta, "reasoning_content", json_stringn(rb.data, rb.len));
         json_object_set_new(ch, "index", json_integer(c->index));
         json_object_set_new(ch, "delta", delta);
         sse_chat_chunk(j, c, ch, lp, NULL);
     }
+    xd_byte_buf_free(&rb);
     if (!finish)
         return;
     json_t *calls = constrained_calls(j, c);
@@ -856,7 +900,8 @@ static void sse_finish_stream(struct gen_job *j)
 static int add_text(struct gen_job *j, struct choice *c, const char *text, size_t len, bool last)
 {
     if (j->api.kind == XD_API_CHAT && tools_constrained(j)) {
-        if (len && sbuf_add(&c->text, text, len) < 0)
+        if (j->gated ? split_output(j, c, text, len, last, &c->reasoning, &c->text) < 0
+                     : len && sbuf_add(&c->text, text, len) < 0)
             return -1;
         if (!last)
             return 0;
@@ -1021,6 +1066,7 @@ static void process_events(struct gen_job *j)
     struct gen_event *ev = j->head;
     j->head = j->tail = NULL;
     j->queued_bytes = 0;
+    j->last_drain = xd_now();
     if (j->overflow && !j->overflowed) {
         j->overflowed = true;
         if (j->req)
@@ -1309,6 +1355,8 @@ static int chat_prompt(struct gen_job *j, struct xd_api_error *e)
                               e));
     j->think_open = xd_reasoning_prompt_open((enum xd_reasoning_parser)s->reasoning_parser, text,
                                              len);
+    j->think_closed = xd_reasoning_gate_prompt_answers(
+        (enum xd_reasoning_parser)s->reasoning_parser, text, len);
     struct xd_err err = {{0}};
     int rc = xd_tokenizer_encode(s->tok, text, len, false, true, &j->prompts[0].ids,
                                  &j->prompts[0].n_ids, &err);
@@ -1441,13 +1489,7 @@ static int submit_all(struct gen_job *j, struct xd_api_error *e)
             .sampling = a->sampling,
             .stop = a->stop, .n_stop = a->n_stop,
             .ignore_eos = a->ignore_eos,
-            /* Mistral's [TOOL_CALLS] and harmony's framing are special tokens: kept when
-             * tools are parsed, and for harmony's reasoning split in chat */
-            .skip_special = !((a->tools && a->tool_choice != XD_API_TOOL_CHOICE_NONE &&
-                               xd_tool_syntax_needs_special((enum xd_tool_syntax)s->tool_syntax)) ||
-                              (a->kind == XD_API_CHAT &&
-                               xd_reasoning_needs_special(
-                                   (enum xd_reasoning_parser)s->reasoning_parser))),
+            .skip_special = !keeps_special(j),
             /* echo with logprobs: every prompt token's logprob (lm-eval's loglikelihood) */
             .prompt_logprobs = a->kind == XD_API_COMPLETIONS && a->echo && a->logprobs,
             .prompt_top_logprobs = a->top_logprobs,
@@ -1511,7 +1553,14 @@ static int submit_all(struct gen_job *j, struct xd_api_error *e)
 static void *constraint_start(void *arg)
 {
     struct gen_job *j = arg;
-    return xd_token_constraint_create(j->api.grammar, j->srv->tokens);
+    if (!j->gated)
+        return xd_token_constraint_create(j->api.grammar, j->srv->tokens);
+    /* asleep through the reasoning, on the text the detokenizer gives the split */
+    struct xd_reasoning_gate g;
+    xd_reasoning_gate_init(&g, (enum xd_reasoning_parser)j->srv->reasoning_parser,
+                           j->think_open, false);
+    return xd_token_constraint_create_gated(j->api.grammar, j->srv->tokens, &g,
+                                            keeps_special(j));
 }
 
 static void constraint_stop(void *st)
@@ -1590,6 +1639,7 @@ static struct gen_job *job_create(struct xd_http_req *r)
     j->client = client_id(r->conn);
     j->created = (long long)time(NULL);
     j->deadline = xd_now() + r->srv->cfg->request_timeout;
+    j->last_drain = xd_now();
     j->last_output = xd_now();
     return j;
 }
@@ -1626,8 +1676,9 @@ static enum MHD_Result respond_whole(struct xd_http_req *r, struct gen_job *j)
             for (size_t k = 0; k < c->text.len && blank; k++)
                 blank = strchr(" \t\r\n", text[k]) != NULL;
             bool calls = json_array_size(c->tool_calls) > 0;
-            json_object_set_new(m, "content", calls && blank ? json_null()
-                                                             : json_stringn(text, c->text.len));
+            /* gated and cut in its reasoning: no answer, null as vLLM */
+            bool none = (calls && blank) || (j->gated && c->text.len == 0);
+            json_object_set_new(m, "content", none ? json_null() : json_stringn(text, c->text.len));
             if (calls) {
                 size_t k;
                 json_t *call;
@@ -1725,9 +1776,16 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
         c->job = j;
         c->index = i;
         c->prompt = i / j->api.n;
-        /* constrained output is all JSON: no reasoning before it, no tool-call syntax */
+        /* constrained output is all JSON, no tool-call syntax; a thinking model reasons
+         * first (gated) unless the request or the prompt put it in answer mode (gpt-oss
+         * always writes its analysis: enable_thinking is not harmony's) */
+        j->gated = kind == XD_API_CHAT && s->reasoning_parser != XD_REASONING_NONE &&
+                   j->api.constraint != XD_API_CONSTRAINT_NONE &&
+                   (j->api.enable_thinking != 0 ||
+                    s->reasoning_parser == XD_REASONING_HARMONY) &&
+                   !j->think_closed;
         j->split_reasoning = kind == XD_API_CHAT && s->reasoning_parser != XD_REASONING_NONE &&
-                             j->api.constraint == XD_API_CONSTRAINT_NONE;
+                             (j->api.constraint == XD_API_CONSTRAINT_NONE || j->gated);
         if (j->api.tools && j->api.tool_choice == XD_API_TOOL_CHOICE_AUTO &&
             xd_tool_stream_create((enum xd_tool_syntax)s->tool_syntax, j->api.tools,
                                   &c->tools) < 0) {
@@ -1735,6 +1793,8 @@ enum MHD_Result xd_api_generate(struct xd_http_req *r, enum xd_api_kind kind)
             return xd_http_send_error(r, &e);
         }
         xd_reasoning_init(&c->rs, (enum xd_reasoning_parser)s->reasoning_parser, j->think_open);
+        xd_reasoning_gate_init(&c->gate, (enum xd_reasoning_parser)s->reasoning_parser,
+                               j->think_open, false);
         c->finish_ev = job_calloc(XD_FAULT_JOB, 1, sizeof *c->finish_ev);
         if (!c->finish_ev) { /* nothing submitted yet; job_free frees what there is */
             xd_api_error_nomem(&e);

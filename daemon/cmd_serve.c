@@ -156,6 +156,8 @@ static void on_read_progress(void *ctx, uint64_t done, uint64_t total)
 static void on_pack_line(void *ctx, const char *line)
 {
     const struct xd_server *s = ctx;
+    if (!line) /* never, but gcc -O2 with UBSan cannot see it (-Werror=format-overflow) */
+        return;
     const bool warn = strstr(line, "warning") || strstr(line, "refused");
     xd_log(s, warn ? XD_LOG_WARN : XD_LOG_INFO, "%s", line);
     if (!warn)

@@ -25,6 +25,22 @@ struct client_count {
     int n_queued;      /* sequences submitted and never admitted yet (> 0) */
 };
 
+/* One client's work in the step being built (fair step composition, build_step_fair). */
+struct step_client {
+    uint64_t client;
+    int n_resident;    /* running sequences (holding KV blocks) */
+    int n_dec;         /* of those, decoders (one token left to compute) */
+    int n_pre;         /* of those, in the middle of a (re)prefill */
+    int n_wait;        /* waiting sequences */
+    int slot_demand;   /* places it could use this step (at most max_running) */
+    int token_demand;  /* tokens it could use this step (at most max_step_tokens) */
+    int res_share;     /* resident places it may hold beyond max_resident: the floor of its
+                          max-min fair share of max_resident */
+    bool light;        /* light_steps: its whole demand is met and small (a light step's) */
+    int slot_quota;    /* places of this step left to it */
+    int token_quota;   /* tokens of this step left to it */
+};
+
 enum seq_state {
     SEQ_INCOMING, /* submitted, still in the locked queue */
     SEQ_WAITING,  /* owned by the scheduler thread, holds no KV blocks */
@@ -89,6 +105,7 @@ struct seq {
     struct xd_sample *lp_buf;     /* (cap_lp,) one chunk's prompt logprobs */
     int cap_lp;
 
+    int step_client;              /* build_step_fair: its client's index in sc this step */
     int step_n;                   /* tokens of this step; 0: not in the step */
     bool step_logits;             /* this step samples q's next token (its last row) */
     enum xd_logits_mode step_mode;
@@ -122,7 +139,7 @@ struct xd_sched {
     int n_clients;
     int cap_clients;
     /* step scratch */
-    struct seq **cand;           /* (max_resident + 1,) */
+    struct seq **cand;           /* (cap_running + 1,) */
     struct seq **step_seqs;      /* (max_running,) */
     int n_step_seqs;
     struct xd_seq_chunk *chunks; /* (max_running,) */
@@ -132,6 +149,21 @@ struct xd_sched {
     void *on_step_ctx;
     uint8_t *expert_seen;        /* (n_experts,) */
     uint8_t *union_experts;      /* (n_moe_layers, n_experts) */
+    struct step_client *sc;      /* (n_sc,) clients with running or waiting sequences this
+                                    step (build_step_fair) */
+    int n_sc;
+    int cap_sc;
+    int *fill_demand;            /* (cap_sc,) water_fill scratch */
+    int *fill_share;             /* (cap_sc,) */
+    int *sc_start;               /* (cap_sc + 1,) client c's running sequences are
+                                    by_client[sc_start[c] .. sc_start[c + 1]) */
+    struct seq **by_client;      /* (cap_running,) running sequences grouped by client */
+    int *sc_hash;                /* (cap_hash,) 1 + index in sc of a client, 0: empty (open
+                                    addressing on the client id) */
+    int cap_hash;
+    bool step_light_only;        /* this step runs only light clients (opts.light_steps) */
+    double light_budget;         /* forward seconds light-only steps may still take before
+                                    the next shared step: the last shared step's */
 
     /* Under lock */
     pthread_mutex_t lock;
@@ -279,9 +311,12 @@ int xd_sched_create(const struct xd_step_engine *eng, const struct xd_tokenizer 
     s->n_eos = n_eos;
     s->eos_ids = malloc(sizeof *s->eos_ids * (size_t)(n_eos > 0 ? n_eos : 1));
     s->kv = xd_kv_create(eng->n_kv_blocks, eng->block_size, o.prefix_caching);
-    s->cap_running = s->max_resident;
+    /* fair step composition admits a client below its share past max_resident, never past
+     * twice it */
+    s->cap_running = 2 * s->max_resident;
     s->running = malloc(sizeof *s->running * (size_t)s->cap_running);
-    s->cand = malloc(sizeof *s->cand * (size_t)(s->max_resident + 1));
+    s->cand = malloc(sizeof *s->cand * (size_t)(s->cap_running + 1));
+    s->by_client = malloc(sizeof *s->by_client * (size_t)s->cap_running);
     s->step_seqs = malloc(sizeof *s->step_seqs * (size_t)o.max_running);
     s->chunks = malloc(sizeof *s->chunks * (size_t)o.max_running);
     s->step_ids = malloc(sizeof *s->step_ids * (size_t)o.max_running);
@@ -291,7 +326,8 @@ int xd_sched_create(const struct xd_step_engine *eng, const struct xd_tokenizer 
     s->union_experts =
         calloc((size_t)(eng->n_experts > 0 ? eng->n_experts : 1) *
                    (size_t)(eng->n_moe_layers > 0 ? eng->n_moe_layers : 1), 1);
-    if (!s->eos_ids || !s->kv || !s->running || !s->cand || !s->step_seqs || !s->chunks ||
+    if (!s->eos_ids || !s->kv || !s->running || !s->cand || !s->by_client || !s->step_seqs ||
+        !s->chunks ||
         !s->step_ids ||
         !s->expert_seen || !s->union_experts) {
         xd_sched_destroy(s);
@@ -507,7 +543,7 @@ static void preempt(struct xd_sched *s, struct seq *q)
     seq_release_blocks(s, q);
     q->state = SEQ_WAITING;
     q->step_n = 0;
-    /* waiting_reserve cannot fail here: cap_waiting >= n_waiting + max_resident (see splice) */
+    /* waiting_reserve cannot fail here: cap_waiting >= n_waiting + cap_running (take_incoming) */
     memmove(s->waiting + 1, s->waiting, sizeof *s->waiting * (size_t)s->n_waiting);
     s->waiting[0] = q;
     s->n_waiting++;
@@ -946,7 +982,7 @@ static void waiting_insert(struct xd_sched *s, struct seq *q)
 static int take_incoming(struct xd_sched *s)
 {
     pthread_mutex_lock(&s->lock);
-    int rc = waiting_reserve(s, s->n_waiting + s->n_incoming + s->max_resident);
+    int rc = waiting_reserve(s, s->n_waiting + s->n_incoming + s->cap_running);
     if (rc == XD_OK) {
         for (struct seq *q = s->incoming_head; q; q = q->next_incoming) {
             q->state = SEQ_WAITING;
@@ -1011,15 +1047,44 @@ static void step_remove(struct xd_sched *s, struct seq *q, struct step_budget *b
 
 /* Gives q blocks for its step_n tokens, preempting the newest running sequences (q itself when
  * it is the newest) until they fit. Returns false when q itself was preempted. */
+/* q's client's entry in the step's client table (build_step_fair); NULL when the step is
+ * composed without one (build_step). */
+static struct step_client *sc_of(struct xd_sched *s, const struct seq *q)
+{
+    return s->n_sc > 0 ? &s->sc[q->step_client] : NULL;
+}
+
+/* Whom to preempt so that q gets blocks: the newest admission; with fair step composition
+ * (several clients this step), the newest admission of the client holding the most running
+ * sequences, so a client over its share gives way before a light one. q itself when that is
+ * q's client and q is its newest (or no other sequence runs). */
+static struct seq *pick_victim(struct xd_sched *s, struct seq *q)
+{
+    const struct step_client *big = NULL;
+    for (int i = 0; i < s->n_sc; i++)
+        if (!big || s->sc[i].n_resident > big->n_resident)
+            big = &s->sc[i];
+    struct seq *victim = NULL;
+    for (int pass = big ? 0 : 1; pass < 2 && !victim; pass++)
+        for (int i = 0; i < s->n_running; i++) {
+            struct seq *r = s->running[i];
+            if (r != q && (pass == 1 || r->client == big->client) &&
+                (!victim || r->admit_order > victim->admit_order))
+                victim = r;
+        }
+    if (!victim ||
+        ((victim->client == q->client || !big) && victim->admit_order < q->admit_order))
+        victim = q;
+    return victim;
+}
+
 static bool ensure_blocks(struct xd_sched *s, struct seq *q, int n, struct step_budget *b)
 {
     while (seq_grow_blocks(s, q, q->n_computed + n) != XD_OK) {
-        struct seq *victim = NULL;
-        for (int i = 0; i < s->n_running; i++)
-            if (s->running[i] != q && (!victim || s->running[i]->admit_order > victim->admit_order))
-                victim = s->running[i];
-        if (!victim || victim->admit_order < q->admit_order)
-            victim = q;
+        struct seq *victim = pick_victim(s, q);
+        struct step_client *vc = sc_of(s, victim);
+        if (vc)
+            vc->n_resident--;
         if (victim->step_n > 0)
             step_remove(s, victim, b);
         preempt(s, victim);
@@ -1118,17 +1183,54 @@ static void choose_decoders(struct xd_sched *s, struct seq **cand, int n, int ca
     free(chosen);
 }
 
-/* Builds this step into step_seqs: decode tokens first, then the next prefill chunks of
- * running sequences, then new admissions from the waiting queue. */
-static void build_step(struct xd_sched *s)
+/* Admits waiting[i] with a first chunk of at most max_n tokens (> 0) and adds it to the step.
+ * Returns the chunk's tokens, or -1 when the KV cache has no blocks for it (nothing changes). */
+static int admit_at(struct xd_sched *s, int i, int max_n, struct step_budget *b)
 {
-    struct step_budget b = {s->opts.max_step_tokens, s->opts.max_running};
-    s->n_step_seqs = 0;
+    struct seq *q = s->waiting[i];
+    int hit = seq_prefix_lookup(s, q);
+    int left = q->n_tokens - q->n_computed;
+    int n = left < s->opts.prefill_chunk ? left : s->opts.prefill_chunk;
+    if (n > max_n)
+        n = max_n;
+    if (seq_grow_blocks(s, q, q->n_computed + n) != XD_OK) {
+        seq_release_blocks(s, q); /* the prefix hits go back to the cache */
+        return -1;
+    }
+    const int bs = s->eng.block_size;
+    s->stats.prefix_cache_queries_total += (uint64_t)((q->n_tokens - 1) / bs * bs);
+    s->stats.prefix_cache_hits_total += (uint64_t)hit;
+    if (!q->admitted_once) {
+        if (q->fair_tag > s->vtime)
+            s->vtime = q->fair_tag;
+        q->n_cached_prompt = hit < q->n_prompt ? hit : q->n_prompt;
+        q->admitted_once = true;
+        client_unqueue(s, q->client); /* build_step runs under the lock */
+        q->queue_seconds = xd_now() - q->t_submit;
+    }
+    memmove(s->waiting + i, s->waiting + i + 1, sizeof *s->waiting * (size_t)(s->n_waiting - i - 1));
+    s->n_waiting--;
+    q->state = SEQ_RUNNING;
+    q->admit_order = ++s->n_admissions;
+    q->passed_over = 0;
+    assert(s->n_running < s->cap_running);
+    s->running[s->n_running++] = q;
+    step_add(s, q, n, b);
+    return n;
+}
+
+/* Fills what is left of the step (budget *bp) with what is not in it yet: decode tokens
+ * first, then the next prefill chunks of running sequences, then new admissions from the
+ * waiting queue. */
+static void build_step_rest(struct xd_sched *s, struct step_budget *bp)
+{
+    struct step_budget b = *bp;
 
     /* decoders: running sequences with exactly one token to compute */
     int n_dec = 0;
     for (int i = 0; i < s->n_running; i++)
-        if (s->running[i]->n_tokens - s->running[i]->n_computed == 1)
+        if (s->running[i]->n_tokens - s->running[i]->n_computed == 1 &&
+            s->running[i]->step_n == 0)
             s->cand[n_dec++] = s->running[i];
     qsort(s->cand, (size_t)n_dec, sizeof *s->cand, cmp_fcfs);
     int cap = b.tokens < b.seqs ? b.tokens : b.seqs;
@@ -1173,36 +1275,319 @@ static void build_step(struct xd_sched *s)
 
     /* admissions in the waiting queue's order (preempted first, then round-robin across
      * clients, FCFS within each); never preempt for a newcomer */
-    while (s->n_waiting > 0 && b.tokens > 0 && b.seqs > 0 && s->n_running < s->max_resident) {
-        struct seq *q = s->waiting[0];
-        int hit = seq_prefix_lookup(s, q);
-        int left = q->n_tokens - q->n_computed;
-        int n = left < s->opts.prefill_chunk ? left : s->opts.prefill_chunk;
-        if (n > b.tokens)
-            n = b.tokens;
-        if (seq_grow_blocks(s, q, q->n_computed + n) != XD_OK) {
-            seq_release_blocks(s, q); /* the prefix hits go back to the cache */
+    while (s->n_waiting > 0 && b.tokens > 0 && b.seqs > 0 && s->n_running < s->max_resident)
+        if (admit_at(s, 0, b.tokens, &b) < 0)
+            break;
+    *bp = b;
+}
+
+/* Builds this step into step_seqs first come, first served across clients (build_step_rest
+ * over the whole budget). */
+static void build_step(struct xd_sched *s)
+{
+    struct step_budget b = {s->opts.max_step_tokens, s->opts.max_running};
+    s->n_step_seqs = 0;
+    s->n_sc = 0;
+    s->step_light_only = false;
+    build_step_rest(s, &b);
+}
+
+/* ---- fair step composition (processor sharing across clients) ---- */
+
+/* Max-min fair split of total units among n demands (water filling) into ret: ret[i] <=
+ * demand[i], every demand under the level is met in full and the others get the level, its
+ * floor (what rounding leaves is not handed out: the caller's last stage takes it). */
+static void water_fill(const int *demand, int n, int total, int *ret)
+{
+    int n_unmet = 0, left = total;
+    for (int i = 0; i < n; i++) {
+        ret[i] = demand[i] > 0 ? -1 : 0; /* -1: not met yet */
+        n_unmet += demand[i] > 0;
+    }
+    while (n_unmet > 0) {
+        int level = left / n_unmet;
+        bool met = false;
+        for (int i = 0; i < n; i++)
+            if (ret[i] < 0 && demand[i] <= level) {
+                ret[i] = demand[i];
+                left -= demand[i];
+                n_unmet--;
+                met = true;
+            }
+        if (!met) {
+            for (int i = 0; i < n; i++)
+                if (ret[i] < 0)
+                    ret[i] = level;
             break;
         }
-        const int bs = s->eng.block_size;
-        s->stats.prefix_cache_queries_total += (uint64_t)((q->n_tokens - 1) / bs * bs);
-        s->stats.prefix_cache_hits_total += (uint64_t)hit;
-        if (!q->admitted_once) {
-            if (q->fair_tag > s->vtime)
-                s->vtime = q->fair_tag;
-            q->n_cached_prompt = hit < q->n_prompt ? hit : q->n_prompt;
-            q->admitted_once = true;
-            client_unqueue(s, q->client); /* build_step runs under the lock */
-            q->queue_seconds = xd_now() - q->t_submit;
-        }
-        memmove(s->waiting, s->waiting + 1, sizeof *s->waiting * (size_t)(s->n_waiting - 1));
-        s->n_waiting--;
-        q->state = SEQ_RUNNING;
-        q->admit_order = ++s->n_admissions;
-        q->passed_over = 0;
-        s->running[s->n_running++] = q;
-        step_add(s, q, n, &b);
     }
+}
+
+static size_t client_hash(uint64_t client, int cap)
+{
+    client ^= client >> 33;
+    client *= 0xff51afd7ed558ccdull;
+    client ^= client >> 33;
+    return (size_t)client & (size_t)(cap - 1);
+}
+
+/* The index in the step's client table of client, added when new; -1 when out of memory. */
+static int sc_get(struct xd_sched *s, uint64_t client)
+{
+    size_t h = client_hash(client, s->cap_hash);
+    for (; s->cap_hash > 0 && s->sc_hash[h]; h = (h + 1) & (size_t)(s->cap_hash - 1))
+        if (s->sc[s->sc_hash[h] - 1].client == client)
+            return s->sc_hash[h] - 1;
+    if (s->n_sc == s->cap_sc) {
+        int cap = s->cap_sc ? 2 * s->cap_sc : 8;
+        struct step_client *t = realloc(s->sc, sizeof *t * (size_t)cap);
+        if (!t)
+            return -1;
+        s->sc = t;
+        int *d = realloc(s->fill_demand, sizeof *d * (size_t)cap);
+        if (!d)
+            return -1;
+        s->fill_demand = d;
+        int *f = realloc(s->fill_share, sizeof *f * (size_t)cap);
+        if (!f)
+            return -1;
+        s->fill_share = f;
+        int *st = realloc(s->sc_start, sizeof *st * (size_t)(cap + 1));
+        if (!st)
+            return -1;
+        s->sc_start = st;
+        int *hs = calloc((size_t)(4 * cap), sizeof *hs); /* load at most a quarter */
+        if (!hs)
+            return -1;
+        free(s->sc_hash);
+        s->sc_hash = hs;
+        s->cap_hash = 4 * cap;
+        s->cap_sc = cap;
+        for (int i = 0; i < s->n_sc; i++) {
+            size_t k = client_hash(s->sc[i].client, s->cap_hash);
+            while (s->sc_hash[k])
+                k = (k + 1) & (size_t)(s->cap_hash - 1);
+            s->sc_hash[k] = i + 1;
+        }
+        h = client_hash(client, s->cap_hash);
+        while (s->sc_hash[h])
+            h = (h + 1) & (size_t)(s->cap_hash - 1);
+    }
+    s->sc_hash[h] = s->n_sc + 1;
+    s->sc[s->n_sc] = (struct step_client){.client = client};
+    return s->n_sc++;
+}
+
+/* Whether a waiting sequence of client e may be admitted now: below max_resident anyone may
+ * (in the waiting queue's order); at or above it, only a client holding fewer running
+ * sequences than its resident share, up to twice max_resident. */
+static bool sc_may_admit(const struct xd_sched *s, const struct step_client *e)
+{
+    return s->n_running < s->max_resident ||
+           (e->n_resident < e->res_share && s->n_running < s->cap_running);
+}
+
+static int imin(int a, int b)
+{
+    return a < b ? a : b;
+}
+
+/* Builds this step into step_seqs sharing it fairly across the clients with running or
+ * waiting sequences (processor sharing): the step's places (max_running) and tokens
+ * (max_step_tokens) are split max-min fairly over what each client could use (water_fill;
+ * rounding's leftovers go to the last stage), each client fills its quotas with its own
+ * decoders (chosen as build_step does), then its prefill chunks, admissions take the rest of
+ * the quotas in the waiting queue's order, and
+ * whatever a client could not use goes to anyone (build_step_rest: work-conserving). A client
+ * below its share of max_resident is admitted past max_resident (never past twice it): heavy
+ * sequences beyond max_running then sit a step out in turn (their KV kept) instead of a light
+ * request waiting for one of them to finish. Returns false, building nothing, with a single
+ * client (build_step is then fair) or out of memory. */
+static bool build_step_fair(struct xd_sched *s)
+{
+    s->n_sc = 0;
+    if (s->cap_hash > 0)
+        memset(s->sc_hash, 0, sizeof *s->sc_hash * (size_t)s->cap_hash);
+    for (int i = 0; i < s->n_running; i++) {
+        struct seq *q = s->running[i];
+        int c = sc_get(s, q->client);
+        if (c < 0)
+            goto single;
+        q->step_client = c;
+        struct step_client *e = &s->sc[c];
+        int left = q->n_tokens - q->n_computed;
+        e->n_resident++;
+        if (left == 1) {
+            e->n_dec++;
+            e->slot_demand++;
+            e->token_demand++;
+        } else if (left > 1) {
+            e->n_pre++;
+            e->slot_demand++;
+            e->token_demand += imin(left, s->opts.prefill_chunk);
+        }
+    }
+    for (int i = 0; i < s->n_waiting; i++) {
+        int c = sc_get(s, s->waiting[i]->client);
+        if (c < 0)
+            goto single;
+        s->waiting[i]->step_client = c;
+        s->sc[c].n_wait++;
+    }
+    if (s->n_sc <= 1)
+        goto single;
+
+    const int n = s->n_sc;
+    const int first = (int)(s->step_no % (uint64_t)n); /* who composes first (blocks) */
+    for (int c = 0; c < n; c++)
+        s->fill_demand[c] = s->sc[c].n_resident + s->sc[c].n_wait;
+    water_fill(s->fill_demand, n, s->max_resident, s->fill_share);
+    for (int c = 0; c < n; c++)
+        s->sc[c].res_share = s->fill_share[c];
+    /* what waiting sequences add to the demands: those that may be admitted now */
+    int *admit_room = s->fill_share; /* reused: per client, admissions still countable */
+    for (int c = 0; c < n; c++) {
+        const struct step_client *e = &s->sc[c];
+        admit_room[c] = s->n_running < s->max_resident ? s->max_resident - s->n_running
+                        : sc_may_admit(s, e)            ? e->res_share - e->n_resident
+                                                        : 0;
+    }
+    for (int i = 0; i < s->n_waiting; i++) {
+        const struct seq *q = s->waiting[i];
+        int c = q->step_client;
+        struct step_client *e = &s->sc[c];
+        if (admit_room[c] <= 0 || e->slot_demand >= s->opts.max_running)
+            continue;
+        admit_room[c]--;
+        e->slot_demand++;
+        e->token_demand += imin(q->n_tokens - q->n_computed, s->opts.prefill_chunk);
+    }
+    for (int c = 0; c < n; c++)
+        s->fill_demand[c] = imin(s->sc[c].slot_demand, s->opts.max_running);
+    water_fill(s->fill_demand, n, s->opts.max_running, s->fill_share);
+    for (int c = 0; c < n; c++)
+        s->sc[c].slot_quota = s->fill_share[c];
+    for (int c = 0; c < n; c++)
+        s->fill_demand[c] = imin(s->sc[c].token_demand, s->opts.max_step_tokens);
+    water_fill(s->fill_demand, n, s->opts.max_step_tokens, s->fill_share);
+    for (int c = 0; c < n; c++)
+        s->sc[c].token_quota = s->fill_share[c];
+
+    /* light_steps: the light clients alone while the last shared step's time lasts */
+    s->step_light_only = false;
+    if (s->opts.light_steps && s->light_budget > 0) {
+        long light_tokens = 0, heavy_tokens = 0;
+        int n_light = 0, n_heavy = 0;
+        for (int c = 0; c < n; c++) {
+            struct step_client *e = &s->sc[c];
+            e->light = e->slot_demand > 0 && e->slot_quota >= e->slot_demand &&
+                       e->token_quota >= e->token_demand;
+            n_light += e->light;
+            n_heavy += !e->light && e->slot_demand > 0;
+            *(e->light ? &light_tokens : &heavy_tokens) += e->token_demand;
+        }
+        s->step_light_only = n_light > 0 && n_heavy > 0 && 4 * light_tokens <= heavy_tokens;
+        for (int c = 0; c < n && s->step_light_only; c++)
+            if (!s->sc[c].light)
+                s->sc[c].slot_quota = s->sc[c].token_quota = 0;
+    }
+
+    /* the running sequences grouped by client, in admission order within each */
+    s->sc_start[0] = 0;
+    for (int c = 0; c < n; c++) {
+        s->sc_start[c + 1] = s->sc_start[c] + s->sc[c].n_resident;
+        s->fill_demand[c] = s->sc_start[c]; /* reused: where client c's next one goes */
+    }
+    for (int i = 0; i < s->n_running; i++)
+        s->by_client[s->fill_demand[s->running[i]->step_client]++] = s->running[i];
+
+    struct step_budget b = {s->opts.max_step_tokens, s->opts.max_running};
+    s->n_step_seqs = 0;
+    for (int k = 0; k < n; k++) {
+        const int c = (first + k) % n;
+        struct step_client *e = &s->sc[c];
+        struct seq **mine = s->by_client + s->sc_start[c];
+        const int n_mine = s->sc_start[c + 1] - s->sc_start[c];
+        /* its decoders, least recently run first, chosen by expert among themselves */
+        int n_dec = 0;
+        for (int i = 0; i < n_mine; i++) {
+            struct seq *q = mine[i];
+            if (q->state == SEQ_RUNNING && q->n_tokens - q->n_computed == 1)
+                s->cand[n_dec++] = q;
+        }
+        qsort(s->cand, (size_t)n_dec, sizeof *s->cand, cmp_fcfs);
+        int cap = imin(imin(e->slot_quota, e->token_quota), imin(b.seqs, b.tokens));
+        /* as build_step: one place kept for the client's prefill when its decoders fill its
+         * quota */
+        if (n_dec >= cap && cap > 1 && (e->n_pre > 0 || (e->n_wait > 0 && sc_may_admit(s, e))))
+            cap--;
+        if (cap <= 0)
+            n_dec = 0; /* no place: none chosen, none counted as passed over */
+        choose_decoders(s, s->cand, n_dec, cap);
+        int take = imin(n_dec, cap);
+        for (int i = 0; i < take; i++) {
+            struct seq *q = s->cand[i];
+            if (q->state != SEQ_RUNNING)
+                continue; /* preempted as a victim */
+            if (ensure_blocks(s, q, 1, &b)) {
+                step_add(s, q, 1, &b);
+                e->slot_quota--;
+                e->token_quota--;
+            }
+        }
+        /* its running prefills (a snapshot: making room may preempt some) */
+        int n_pre = 0;
+        for (int i = 0; i < n_mine; i++) {
+            struct seq *q = mine[i];
+            if (q->state == SEQ_RUNNING && q->n_tokens - q->n_computed > 1 && q->step_n == 0)
+                s->cand[n_pre++] = q;
+        }
+        for (int i = 0; i < n_pre; i++) {
+            struct seq *q = s->cand[i];
+            int m = imin(imin(q->n_tokens - q->n_computed, s->opts.prefill_chunk),
+                         imin(b.tokens, e->token_quota));
+            if (m <= 0 || e->slot_quota <= 0 || b.seqs <= 0)
+                break;
+            if (q->state != SEQ_RUNNING)
+                continue;
+            if (ensure_blocks(s, q, m, &b)) {
+                step_add(s, q, m, &b);
+                e->slot_quota--;
+                e->token_quota -= m;
+            }
+        }
+    }
+    /* admissions in the waiting queue's order (preempted first, then fair tags), each within
+     * its client's quotas; never preempting for a newcomer */
+    for (int i = 0; i < s->n_waiting && b.tokens > 0 && b.seqs > 0;) {
+        struct step_client *e = sc_of(s, s->waiting[i]);
+        if (!e || e->slot_quota <= 0 || e->token_quota <= 0 || !sc_may_admit(s, e)) {
+            i++;
+            continue;
+        }
+        int m = admit_at(s, i, imin(b.tokens, e->token_quota), &b);
+        if (m < 0)
+            break; /* the KV cache is full */
+        e->n_resident++;
+        e->slot_quota--;
+        e->token_quota -= m;
+    }
+    /* a light-only step that could run nothing (no KV blocks for the light clients): a shared
+     * one, or nothing would ever free blocks */
+    if (s->step_light_only && s->n_step_seqs == 0) {
+        s->step_light_only = false;
+        s->light_budget = 0;
+    }
+    /* work-conserving: what the quotas left unused goes to whoever can use it (a light-only
+     * step stays light) */
+    if (b.tokens > 0 && b.seqs > 0 && !s->step_light_only)
+        build_step_rest(s, &b);
+    return true;
+
+single:
+    s->n_sc = 0;
+    s->step_light_only = false;
+    return false;
 }
 
 /* ---- running a step ---- */
@@ -1249,7 +1634,8 @@ int xd_sched_step(struct xd_sched *s, struct xd_err *err)
     }
     s->step_no++;
     pthread_mutex_lock(&s->lock); /* build_step counts preemptions and prefix hits */
-    build_step(s);
+    if (s->opts.fcfs_admission || !build_step_fair(s))
+        build_step(s);
     pthread_mutex_unlock(&s->lock);
     if (s->n_step_seqs == 0) {
         publish_stats(s);
@@ -1275,10 +1661,15 @@ int xd_sched_step(struct xd_sched *s, struct xd_err *err)
     struct xd_err ferr = {{0}};
     double t_fwd = xd_now();
     rc = s->eng.forward(s->eng.ctx, &batch, &out, &ferr);
+    double fwd_seconds = xd_now() - t_fwd;
+    if (s->step_light_only)
+        s->light_budget -= fwd_seconds;
+    else
+        s->light_budget = fwd_seconds;
     if (rc >= 0 && s->on_step) {
         for (int i = 0; i < s->n_step_seqs; i++)
             s->step_ids[i] = s->step_seqs[i]->id;
-        s->on_step(s->on_step_ctx, &batch, s->step_ids, &out, xd_now() - t_fwd);
+        s->on_step(s->on_step_ctx, &batch, s->step_ids, &out, fwd_seconds);
     }
     if (rc < 0) {
         for (int i = 0; i < s->n_step_seqs; i++)
@@ -1446,6 +1837,12 @@ void xd_sched_destroy(struct xd_sched *s)
     free(s->cancels);
     free(s->clients);
     free(s->queued);
+    free(s->sc);
+    free(s->fill_demand);
+    free(s->fill_share);
+    free(s->sc_start);
+    free(s->by_client);
+    free(s->sc_hash);
     free(s);
 }
 

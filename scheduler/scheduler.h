@@ -51,11 +51,24 @@ struct xd_sched_opts {
     int max_resident;     /* most sequences holding KV blocks at once (admitted, not finished);
                              0 or less than max_running: max_running. Above max_running, the
                              steps choose among more decoders than fit, which is where grouping
-                             by expert has a choice. */
+                             by expert has a choice. With fair steps a client holding fewer
+                             than its max-min fair share of it (floor) is admitted past it,
+                             never past twice it. */
     bool fcfs_admission;  /* admit from the waiting queue first come, first served across all
-                             clients (the policy before fair admission, kept for comparison);
-                             false (the default): round-robin across clients by sequences,
-                             first come, first served within a client */
+                             clients and compose each step without regard to clients (the
+                             policy before fair admission, kept for comparison); false (the
+                             default): round-robin across clients by sequences, first come,
+                             first served within a client, and fair steps: each step's places
+                             (max_running) and tokens (max_step_tokens) split max-min fairly
+                             across the clients with running or waiting sequences, what one
+                             cannot use going to the others */
+    bool light_steps;     /* with fair steps: when some clients' whole demand is met and is at
+                             most a quarter of the others' tokens, they get steps of their own
+                             (the others sit out, KV kept) for as long as the last shared step
+                             took, then a shared step again: their requests are not slowed by
+                             a big batch where a step's cost grows with its tokens (the CPU),
+                             at a cost of at most half the engine's time to the others while
+                             they have work. serve's --admission fair-split. false: off */
 };
 
 /* Defaults for every field (the 0 meanings above, prefix caching and grouping on). */

@@ -2,7 +2,8 @@
  * layer's work is spread over them: 1, 2 and 3 threads, and the per-expert schedule
  * (EXPERTD_CPU_MOE=per-expert), give the same bits (run as started: the parallel region, or
  * the worker pool under EXPERTD_CPU_MOE=pool), on steps large enough that experts get
- * several token blocks and every matrix several row tiles. */
+ * several token blocks and every matrix several row tiles; and the three schedules give the same
+ * bits for q8, q4 and MXFP4 experts and for gpt_oss's biases and clamped SwiGLU. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,14 +15,16 @@ static const char *fixtures;
 
 enum { N_TOKENS = 200, BLOCK = 4, N_BLOCKS = 2 * (N_TOKENS / BLOCK + 1) };
 
-/* The logits (2 * N_TOKENS, vocab) of one step of two sequences (a 200-token prompt and a
- * 7-token one), computed with n_threads threads; NULL after a failed CHECK. */
-static float *run_step(struct xd_model *m, int n_threads, size_t *ret_n)
+/* The logits (len + 7, vocab) of one step of two sequences (a len-token prompt, len at most
+ * N_TOKENS, and a 7-token one), computed with n_threads threads, the weights served as quantize
+ * (XD_DTYPE_F32: as stored); NULL after a failed CHECK. */
+static float *run_step_as(struct xd_model *m, int n_threads, enum xd_dtype quantize, int len,
+                          size_t *ret_n)
 {
     const struct xd_model_config *c = &m->config;
     struct xd_engine_opts o = {.device = XD_DEVICE_CPU, .n_kv_blocks = N_BLOCKS,
                                .block_size = BLOCK, .max_batch_tokens = N_TOKENS + 7,
-                               .n_threads = n_threads};
+                               .n_threads = n_threads, .quantize = quantize};
     struct xd_engine *e = NULL;
     struct xd_err err = {{0}};
     CHECK(xd_engine_create(m, &o, &e, &err) == XD_OK, "%s", err.msg);
@@ -36,20 +39,25 @@ static float *run_step(struct xd_model *m, int n_threads, size_t *ret_n)
     for (int i = 0; i < N_BLOCKS; i++)
         table[i] = i;
     struct xd_seq_chunk sc[2] = {
-        {toks, N_TOKENS, 0, table, N_TOKENS / BLOCK + 1, XD_LOGITS_ALL},
+        {toks, len, 0, table, N_TOKENS / BLOCK + 1, XD_LOGITS_ALL},
         {toks + 3, 7, 0, table + N_TOKENS / BLOCK + 1, N_TOKENS / BLOCK + 1, XD_LOGITS_ALL},
     };
     struct xd_batch b = {sc, 2};
     struct xd_forward_out out;
     float *ret = NULL;
     CHECK(xd_engine_forward(e, &b, &out, &err) == XD_OK, "%s", err.msg);
-    if (err.msg[0] == 0 && out.n_logit_rows == N_TOKENS + 7) {
+    if (err.msg[0] == 0 && out.n_logit_rows == len + 7) {
         *ret_n = (size_t)out.n_logit_rows * c->vocab_size;
         ret = malloc(*ret_n * sizeof(float));
         memcpy(ret, out.logits, *ret_n * sizeof(float));
     }
     xd_engine_destroy(e);
     return ret;
+}
+
+static float *run_step(struct xd_model *m, int n_threads, size_t *ret_n)
+{
+    return run_step_as(m, n_threads, XD_DTYPE_F32, N_TOKENS, ret_n);
 }
 
 static void check_fixture(const char *name)
@@ -88,6 +96,73 @@ static void check_fixture(const char *name)
     xd_model_destroy(m);
 }
 
+/* The three MoE schedules (the parallel region, per-expert, the worker pool) give the same
+ * logits for fixture name served as quantize (XD_DTYPE_F32: as stored), 2 threads each, on a
+ * 207-token step and on a 12-token one (whose activations the region prepares before it, not
+ * in it). */
+static void check_schedules(const char *name, enum xd_dtype quantize)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/golden/%s", fixtures, name);
+    struct xd_model *m = NULL;
+    struct xd_err err = {{0}};
+    CHECK(xd_model_load(dir, &m, &err) == XD_OK, "%s", err.msg);
+    if (!m)
+        return;
+    const char *was = getenv("EXPERTD_CPU_MOE");
+    char saved[32] = "";
+    if (was)
+        snprintf(saved, sizeof saved, "%s", was);
+    const char *scheds[3] = {NULL, "per-expert", "pool"};
+    const int lens[2] = {N_TOKENS, 5};
+    for (int k = 0; k < 2; k++) {
+        float *got[3] = {NULL, NULL, NULL};
+        size_t n[3] = {0, 0, 0};
+        for (int i = 0; i < 3; i++) {
+            if (scheds[i])
+                setenv("EXPERTD_CPU_MOE", scheds[i], 1);
+            else
+                unsetenv("EXPERTD_CPU_MOE");
+            got[i] = run_step_as(m, 2, quantize, lens[k], &n[i]);
+        }
+        for (int i = 1; i < 3; i++)
+            CHECK(got[0] && got[i] && n[i] == n[0] &&
+                      memcmp(got[0], got[i], n[0] * sizeof(float)) == 0,
+                  "%s as %s, %d tokens: the %s schedule's logits differ from the parallel "
+                  "region's",
+                  name, quantize == XD_DTYPE_F32 ? "stored" : xd_dtype_name(quantize),
+                  lens[k] + 7, scheds[i]);
+        for (int i = 0; i < 3; i++)
+            free(got[i]);
+    }
+    if (saved[0])
+        setenv("EXPERTD_CPU_MOE", saved, 1);
+    else
+        unsetenv("EXPERTD_CPU_MOE");
+    xd_model_destroy(m);
+}
+
+static void test_olmoe_q8_same_bits_in_every_schedule(void)
+{
+    check_schedules("olmoe-bf16", XD_DTYPE_Q8_0);
+}
+
+static void test_olmoe_q4_same_bits_in_every_schedule(void)
+{
+    check_schedules("olmoe-bf16", XD_DTYPE_Q4_1);
+}
+
+/* MXFP4 experts with biases and the clamped SwiGLU, and the same in bf16 */
+static void test_gpt_oss_mxfp4_same_bits_in_every_schedule(void)
+{
+    check_schedules("gpt_oss-mxfp4-bf16", XD_DTYPE_F32);
+}
+
+static void test_gpt_oss_bf16_same_bits_in_every_schedule(void)
+{
+    check_schedules("gpt_oss-bf16", XD_DTYPE_F32);
+}
+
 static void test_olmoe_bf16_same_bits_at_any_thread_count(void)
 {
     check_fixture("olmoe-bf16");
@@ -109,5 +184,9 @@ int main(int argc, char **argv)
     RUN(test_olmoe_bf16_same_bits_at_any_thread_count);
     RUN(test_qwen2_moe_shared_expert_same_bits_at_any_thread_count);
     RUN(test_qwen3_moe_fused_same_bits_at_any_thread_count);
+    RUN(test_olmoe_q8_same_bits_in_every_schedule);
+    RUN(test_olmoe_q4_same_bits_in_every_schedule);
+    RUN(test_gpt_oss_mxfp4_same_bits_in_every_schedule);
+    RUN(test_gpt_oss_bf16_same_bits_in_every_schedule);
     return test_summary();
 }

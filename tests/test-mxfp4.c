@@ -120,6 +120,50 @@ static void test_matmul(void)
     free(deq);
 }
 
+/* The row-range kernel over rows deinterleaved once (the MoE work items' form) gives the
+ * whole-matrix kernel's bits on every path for ranges cutting the four-row tiles anywhere and
+ * token pieces cutting the four-token tiles. */
+static void test_rows_equal_whole(void)
+{
+    const int64_t rows = 41, cols = 160;
+    const int n = 11;
+    struct xd_block_mxfp4 *wb = random_weights(rows, cols);
+    const struct xd_matrix w = {.dtype = XD_DTYPE_MXFP4, .rows = rows, .cols = cols, .data = wb};
+    float *x = malloc(sizeof(float) * (size_t)(n * cols));
+    float *xd = malloc(sizeof(float) * (size_t)(n * cols));
+    float *want = malloc(sizeof(float) * (size_t)(n * rows));
+    float *got = malloc(sizeof(float) * (size_t)(n * rows));
+    for (int64_t i = 0; i < n * cols; i++)
+        x[i] = (float)((int)(next_u32() % 2001) - 1000) / 250.0f;
+    xd_cpu_mxfp4_prep(x, 5, cols, xd);
+    xd_cpu_mxfp4_prep(x + 5 * cols, n - 5, cols, xd + 5 * cols);
+    const enum xd_mxfp4_path paths[] = {XD_MXFP4_PORTABLE, XD_MXFP4_AVX2, XD_MXFP4_AVX512};
+    const int have[] = {1, __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"),
+                        __builtin_cpu_supports("avx512f")};
+    const int rcut[] = {0, 3, 4, 9, 18, 37, (int)rows}, tcut[] = {0, 1, 6, 7, n};
+    for (int p = 0; p < 3; p++) {
+        if (!have[p])
+            continue;
+        xd_cpu_matmul_mxfp4(x, n, &w, want, paths[p]);
+        memset(got, 0xff, sizeof(float) * (size_t)(n * rows));
+        for (int ti = 0; ti + 1 < 5; ti++)
+            for (int ri = 0; ri + 1 < 7; ri++)
+                xd_cpu_matmul_mxfp4_rows(xd + (size_t)tcut[ti] * cols, tcut[ti + 1] - tcut[ti],
+                                         &w, got + (size_t)tcut[ti] * rows, rcut[ri],
+                                         rcut[ri + 1], paths[p]);
+        int bad = 0;
+        for (int64_t i = 0; i < n * rows; i++)
+            if (memcmp(&got[i], &want[i], sizeof(float)) != 0 && bad++ < 3)
+                CHECK(0, "path %d: y[%d][%d] range kernel %.9g, whole matrix %.9g", p,
+                      (int)(i / rows), (int)(i % rows), got[i], want[i]);
+    }
+    free(wb);
+    free(x);
+    free(xd);
+    free(want);
+    free(got);
+}
+
 /* The published layout loads as MXFP4 (not widened): 17 bytes per 32 weights of each matrix. */
 static void test_fixture_kept_mxfp4(void)
 {
@@ -159,6 +203,7 @@ int main(int argc, char **argv)
     fixtures = argv[1];
     RUN(test_decode);
     RUN(test_matmul);
+    RUN(test_rows_equal_whole);
     RUN(test_fixture_kept_mxfp4);
     return test_summary();
 }

@@ -299,6 +299,59 @@ static void test_matmul_parallel(void)
     check_shape(XD_DTYPE_Q4_1, 6, 300, 512);
 }
 
+/* The row-range kernel over activations quantized once (xd_cpu_qacts, the MoE work items'
+ * form) gives the whole-matrix kernel's bits for ranges that cut the 4-row groups and 16-row
+ * tasks anywhere, on token views that cut the 4-token tiles anywhere (the tokens quantized in
+ * two uneven pieces, as threads share them). */
+static void check_rows_equal_whole(enum xd_dtype fmt, int n, int rows, int cols)
+{
+    float *wf = malloc(sizeof(float) * (size_t)rows * cols);
+    float *x = malloc(sizeof(float) * (size_t)n * cols);
+    float *want = malloc(sizeof(float) * (size_t)n * rows);
+    float *got = malloc(sizeof(float) * (size_t)n * rows);
+    void *wq = malloc((size_t)rows * xd_dtype_row_bytes(fmt, cols));
+    void *buf = malloc(xd_cpu_qacts_bytes(n, cols));
+    fill_weights(wf, rows * cols);
+    for (int i = 0; i < n * cols; i++)
+        x[i] = 3.0f * frand();
+    struct xd_matrix src = {.dtype = XD_DTYPE_F32, .rows = rows, .cols = cols, .data = wf}, w;
+    xd_quant_matrix(&src, fmt, wq, &w);
+    xd_cpu_matmul(x, n, &w, want);
+    struct xd_cpu_qacts a;
+    xd_cpu_qacts_init(buf, n, cols, &a);
+    xd_cpu_qacts_quantize(&a, x, 0, n / 3);
+    xd_cpu_qacts_quantize(&a, x, n / 3, n);
+    /* row cuts 0, 1, 6, 7, 19, 22, rows; token cuts 0, 3, 4, 9, n (n >= 9) */
+    const int rcut[] = {0, 1, 6, 7, 19, 22, rows}, tcut[] = {0, 3, 4, 9, n};
+    memset(got, 0xff, sizeof(float) * (size_t)n * rows);
+    for (int ti = 0; ti + 1 < 5; ti++) {
+        const struct xd_cpu_qacts v = xd_cpu_qacts_view(&a, tcut[ti], tcut[ti + 1] - tcut[ti]);
+        for (int ri = 0; ri + 1 < 7; ri++)
+            xd_cpu_matmul_quant_rows(&v, &w, got + (size_t)tcut[ti] * rows, rcut[ri],
+                                     rcut[ri + 1], xd_cpu_quant_path());
+    }
+    int bad = 0;
+    for (int i = 0; i < n * rows; i++)
+        if (memcmp(&got[i], &want[i], sizeof(float)) != 0 && bad++ < 3)
+            CHECK(0, "%s n %d %dx%d: y[%d][%d] range kernel %.9g, whole matrix %.9g",
+                  xd_dtype_name(fmt), n, rows, cols, i / rows, i % rows, got[i], want[i]);
+    free(wf);
+    free(x);
+    free(want);
+    free(got);
+    free(wq);
+    free(buf);
+}
+
+static void test_rows_equal_whole(void)
+{
+    const enum xd_dtype fmts[2] = {XD_DTYPE_Q8_0, XD_DTYPE_Q4_1};
+    for (int f = 0; f < 2; f++) {
+        check_rows_equal_whole(fmts[f], 11, 37, 96);
+        check_rows_equal_whole(fmts[f], 13, 41, 1024);
+    }
+}
+
 /* The kernel path names the integer path it runs (the test runs once per path). */
 static void test_path_named(void)
 {
@@ -387,6 +440,7 @@ int main(int argc, char **argv)
     RUN(test_parse);
     RUN(test_matmul);
     RUN(test_matmul_parallel);
+    RUN(test_rows_equal_whole);
     RUN(test_path_named);
     RUN(test_model_quantize);
     printf("%d passed, %d failed\n", test_cases_passed, test_cases_failed);

@@ -956,6 +956,7 @@ static void test_random_accounting_property(void)
         o.prefix_caching = rng_int(&rng, 0, 3) > 0;
         o.group_by_expert = rng_int(&rng, 0, 1);
         o.max_wait_steps = rng_int(&rng, 1, 4);
+        o.light_steps = scen % 4 == 3; /* with three clients (below) */
         struct xd_sched *s = sched_over(f, &o, NULL);
         if (!s) {
             fake_free(f);
@@ -983,7 +984,10 @@ static void test_random_accounting_property(void)
                 memcpy(prompts[i], base, sizeof *base * (size_t)shared);
                 make_prompt(&rng, prompts[i] + shared, lens[i] - shared, f->n_vocab);
                 struct xd_request req = greedy_request(prompts[i], lens[i], maxt[i]);
-                int rc = xd_sched_submit(s, &req, sink, &recs[i], &ids[i], &err);
+                /* odd scenarios: three clients (fair step composition), even: one */
+                void *ctx[1] = {&recs[i]};
+                int rc = xd_sched_submit_group(s, &req, 1, scen % 2 ? (uint64_t)(i % 3) : 0, sink,
+                                               ctx, &ids[i], &err);
                 CHECK(rc == XD_OK, "scenario %d: submit: %s", scen, err.msg);
                 submitted[i] = rc == XD_OK;
             } else if (action == 3 && next > 0) {
@@ -1166,6 +1170,380 @@ static void test_fair_admission_round_robin_fcfs_within_client(void)
     for (int i = 0; i < 11; i++)
         CHECK(r[i].first_order - base == want[i], "request %d (client %c) started %d, not %d", i,
               (char)who[i], r[i].first_order - base, want[i]);
+    check_all_free(s);
+    xd_sched_destroy(s);
+out:
+    fake_free(f);
+}
+
+/* ---- fair step composition ---- */
+
+enum { LOG_STEPS = 512 };
+
+/* What each step ran (the on_step observer): the light request's tokens and the others'
+ * sequences and tokens. */
+struct step_log {
+    uint64_t light_id; /* 0: none yet */
+    int n;
+    int light_tokens[LOG_STEPS];
+    int heavy_seqs[LOG_STEPS];
+    int heavy_tokens[LOG_STEPS];
+    double seconds[LOG_STEPS]; /* the forward's, as the scheduler timed it */
+};
+
+static void log_step(void *ctx, const struct xd_batch *batch, const uint64_t *ids,
+                     const struct xd_forward_out *out, double seconds)
+{
+    (void)out;
+    struct step_log *l = ctx;
+    if (l->n >= LOG_STEPS)
+        return;
+    l->seconds[l->n] = seconds;
+    for (int i = 0; i < batch->n_seqs; i++) {
+        if (l->light_id != 0 && ids[i] == l->light_id) {
+            l->light_tokens[l->n] += batch->seqs[i].n_tokens;
+        } else {
+            l->heavy_seqs[l->n]++;
+            l->heavy_tokens[l->n] += batch->seqs[i].n_tokens;
+        }
+    }
+    l->n++;
+}
+
+/* The steps from `from` on: the first that ran the light request (relative to from, 0: the
+ * very next one) into *ret_first and how many steps ran it into *ret_n; -1 if none did. */
+static void light_span(const struct step_log *l, int from, int *ret_first, int *ret_n)
+{
+    *ret_first = -1;
+    *ret_n = 0;
+    for (int i = from; i < l->n; i++)
+        if (l->light_tokens[i] > 0) {
+            if (*ret_first < 0)
+                *ret_first = i - from;
+            (*ret_n)++;
+        }
+}
+
+/* A heavy client holds every running place (max_running 8) with 16 more of its requests
+ * queued; a light client's request is submitted. With fair steps it runs in the very next
+ * step and takes its 4 steps, as alone, while the heavy client keeps 7 of the 8 places each of
+ * those steps (its 9th resident sequence sits a step out in turn, its KV kept) and gets all 8
+ * again after; every output is the reference. FCFS steps (fcfs_admission) make the light
+ * request wait for a heavy one to finish (asserted too: the test sees the difference). */
+static void light_beside_full_batch(bool fcfs, int *ret_first, int *ret_n,
+                                    struct step_log *log, int *ret_from)
+{
+    struct fake *f = fake_new(512, 4, 50, 64);
+    struct xd_sched_opts o = xd_sched_defaults();
+    o.max_running = 8;
+    o.max_waiting = 64;
+    o.prefix_caching = false;
+    o.fcfs_admission = fcfs;
+    o.on_step = log_step;
+    o.on_step_ctx = log;
+    memset(log, 0, sizeof *log);
+    struct xd_sched *s = sched_over(f, &o, NULL);
+    if (!s) {
+        fake_free(f);
+        return;
+    }
+    enum { H = 24, HT = 20, LT = 4 };
+    static int32_t p[H + 1][3];
+    static struct rec heavy[H], light;
+    memset(heavy, 0, sizeof heavy);
+    memset(&light, 0, sizeof light);
+    struct xd_err err = {{0}};
+    for (int i = 0; i < H; i++) {
+        p[i][0] = 1 + i;
+        p[i][1] = 2;
+        p[i][2] = 3;
+        struct xd_request req = greedy_request(p[i], 3, HT);
+        void *ctx[1] = {&heavy[i]};
+        CHECK(xd_sched_submit_group(s, &req, 1, 0xbeef, sink, ctx, NULL, &err) == XD_OK,
+              "heavy %d: %s", i, err.msg);
+    }
+    for (int i = 0; i < 3; i++) /* 8 heavy running and decoding */
+        CHECK(xd_sched_step(s, &err) > 0, "step: %s", err.msg);
+    CHECK(log->n == 3 && log->heavy_seqs[2] == 8, "%d steps, the last ran %d heavy", log->n,
+          log->heavy_seqs[2]);
+    p[H][0] = 7;
+    p[H][1] = 8;
+    p[H][2] = 9;
+    struct xd_request req = greedy_request(p[H], 3, LT);
+    void *ctx[1] = {&light};
+    uint64_t id = 0;
+    CHECK(xd_sched_submit_group(s, &req, 1, 0x11, sink, ctx, &id, &err) == XD_OK, "light: %s",
+          err.msg);
+    log->light_id = id;
+    *ret_from = log->n;
+    run_to_idle(s, 1000);
+    light_span(log, *ret_from, ret_first, ret_n);
+    for (int i = 0; i < H; i++)
+        CHECK(same_as_ref(&heavy[i], p[i], 3, HT, f->n_vocab), "heavy %d output", i);
+    CHECK(same_as_ref(&light, p[H], 3, LT, f->n_vocab), "light output");
+    CHECK(f->n_errors == 0, "fake engine: %s", f->first_error);
+    check_all_free(s);
+    xd_sched_destroy(s);
+    fake_free(f);
+}
+
+static void test_fair_steps_light_request_runs_next_step_beside_heavy(void)
+{
+    static struct step_log log;
+    int first = -1, n = 0, from = 0;
+    light_beside_full_batch(false, &first, &n, &log, &from);
+    printf("  fair: the light request ran from step +%d for %d steps (alone: 4)\n", first, n);
+    CHECK(first == 0 && n == 4, "fair steps ran the light request from step +%d for %d steps, "
+          "not from the next one for 4", first, n);
+    for (int i = from; i < from + 4 && i < log.n; i++) {
+        CHECK(log.heavy_seqs[i] == 7, "step +%d ran %d heavy sequences beside the light one, "
+              "not 7 (its share of 8)", i - from, log.heavy_seqs[i]);
+        CHECK(log.heavy_seqs[i] + (log.light_tokens[i] > 0) <= 8, "step +%d over max_running",
+              i - from);
+    }
+    /* work-conserving: the light request gone, the heavy client has the whole step again */
+    CHECK(from + 4 < log.n && log.heavy_seqs[from + 4] == 8, "after the light request: %d heavy "
+          "sequences, not 8", from + 4 < log.n ? log.heavy_seqs[from + 4] : -1);
+    light_beside_full_batch(true, &first, &n, &log, &from);
+    printf("  fcfs: the light request ran from step +%d for %d steps\n", first, n);
+    CHECK(first >= 10 && n == 4, "FCFS steps ran the light request from step +%d (%d steps): "
+          "it should wait for heavy requests to finish", first, n);
+}
+
+/* Heavy prompts of 100 tokens fill every step's token budget (16) with prefill chunks; a
+ * light request of 3 tokens gets its share of the budget in the next step, the step stays
+ * full (the heavy client takes what the light one does not use), and the light request takes
+ * 3 steps, as alone. FCFS steps leave it behind the heavy prefills. */
+static void light_beside_prefill(bool fcfs, int *ret_first, int *ret_n, bool *ret_full)
+{
+    struct fake *f = fake_new(1024, 4, 50, 64);
+    struct xd_sched_opts o = xd_sched_defaults();
+    o.max_running = 8;
+    o.max_step_tokens = 16;
+    o.prefill_chunk = 16;
+    o.prefix_caching = false;
+    o.fcfs_admission = fcfs;
+    static struct step_log log;
+    memset(&log, 0, sizeof log);
+    o.on_step = log_step;
+    o.on_step_ctx = &log;
+    struct xd_sched *s = sched_over(f, &o, NULL);
+    if (!s) {
+        fake_free(f);
+        return;
+    }
+    enum { H = 4, HP = 100, HT = 2, LT = 3 };
+    static int32_t p[H][HP], lp[3] = {7, 8, 9};
+    static struct rec heavy[H], light;
+    memset(heavy, 0, sizeof heavy);
+    memset(&light, 0, sizeof light);
+    uint64_t rng = 42;
+    struct xd_err err = {{0}};
+    for (int i = 0; i < H; i++) {
+        make_prompt(&rng, p[i], HP, f->n_vocab);
+        struct xd_request req = greedy_request(p[i], HP, HT);
+        void *ctx[1] = {&heavy[i]};
+        CHECK(xd_sched_submit_group(s, &req, 1, 0xbeef, sink, ctx, NULL, &err) == XD_OK,
+              "heavy %d: %s", i, err.msg);
+    }
+    CHECK(xd_sched_step(s, &err) == 16, "the first step: %s", err.msg);
+    struct xd_request req = greedy_request(lp, 3, LT);
+    void *ctx[1] = {&light};
+    uint64_t id = 0;
+    CHECK(xd_sched_submit_group(s, &req, 1, 0x11, sink, ctx, &id, &err) == XD_OK, "light: %s",
+          err.msg);
+    log.light_id = id;
+    int from = log.n;
+    run_to_idle(s, 1000);
+    light_span(&log, from, ret_first, ret_n);
+    *ret_full = *ret_first >= 0 &&
+                log.light_tokens[from + *ret_first] + log.heavy_tokens[from + *ret_first] == 16;
+    for (int i = 0; i < H; i++)
+        CHECK(same_as_ref(&heavy[i], p[i], HP, HT, f->n_vocab), "heavy %d output", i);
+    CHECK(same_as_ref(&light, lp, 3, LT, f->n_vocab), "light output");
+    CHECK(f->n_errors == 0, "fake engine: %s", f->first_error);
+    check_all_free(s);
+    xd_sched_destroy(s);
+    fake_free(f);
+}
+
+static void test_fair_steps_share_the_token_budget_with_prefill(void)
+{
+    int first = -1, n = 0;
+    bool full = false;
+    light_beside_prefill(false, &first, &n, &full);
+    printf("  fair: the light request ran from step +%d for %d steps (alone: 3)\n", first, n);
+    CHECK(first == 0 && n == 3, "fair steps ran the light request from step +%d for %d steps, "
+          "not from the next one for 3", first, n);
+    CHECK(full, "the light request's first step did not use the whole token budget");
+    light_beside_prefill(true, &first, &n, &full);
+    printf("  fcfs: the light request ran from step +%d for %d steps\n", first, n);
+    CHECK(first >= 6, "FCFS steps ran the light request from step +%d: it should wait for the "
+          "heavy prefills", first);
+}
+
+/* light_steps (serve's --admission fair-split): a heavy client decodes 32 sequences; a light
+ * request of 3 prompt tokens (a quarter of 32 at most) runs from the next step in a step of
+ * its own, the heavy client sitting out; light-only steps start only while the time of the
+ * shared step before them lasts (the scheduler's budget, from the forward times on_step sees
+ * too), so the heavy client keeps at least half the engine's time; the light request is in
+ * 4 consecutive steps (alone or in the shared ones), and every output is the reference. */
+static void test_fair_light_steps_of_its_own_bounded_by_shared_time(void)
+{
+    struct fake *f = fake_new(1024, 4, 50, 64);
+    struct xd_sched_opts o = xd_sched_defaults();
+    o.max_running = 32;
+    o.max_waiting = 64;
+    o.prefix_caching = false;
+    o.light_steps = true;
+    static struct step_log log;
+    memset(&log, 0, sizeof log);
+    o.on_step = log_step;
+    o.on_step_ctx = &log;
+    struct xd_sched *s = sched_over(f, &o, NULL);
+    if (!s)
+        goto out;
+    enum { H = 40, HT = 20, LT = 4 };
+    static int32_t p[H][3], lp[3] = {7, 8, 9};
+    static struct rec heavy[H], light;
+    memset(heavy, 0, sizeof heavy);
+    memset(&light, 0, sizeof light);
+    struct xd_err err = {{0}};
+    for (int i = 0; i < H; i++) {
+        p[i][0] = 1 + i % 49;
+        p[i][1] = 2 + i / 49;
+        p[i][2] = 3;
+        struct xd_request req = greedy_request(p[i], 3, HT);
+        void *ctx[1] = {&heavy[i]};
+        CHECK(xd_sched_submit_group(s, &req, 1, 0xbeef, sink, ctx, NULL, &err) == XD_OK,
+              "heavy %d: %s", i, err.msg);
+    }
+    for (int i = 0; i < 3; i++)
+        CHECK(xd_sched_step(s, &err) > 0, "step: %s", err.msg);
+    CHECK(log.n == 3 && log.heavy_seqs[2] == 32, "the last step ran %d heavy", log.heavy_seqs[2]);
+    struct xd_request req = greedy_request(lp, 3, LT);
+    void *ctx[1] = {&light};
+    uint64_t id = 0;
+    CHECK(xd_sched_submit_group(s, &req, 1, 0x11, sink, ctx, &id, &err) == XD_OK, "light: %s",
+          err.msg);
+    log.light_id = id;
+    int from = log.n;
+    run_to_idle(s, 1000);
+    int first = -1, n = 0, n_alone = 0;
+    light_span(&log, from, &first, &n);
+    for (int i = from; i < log.n; i++)
+        n_alone += log.light_tokens[i] > 0 && log.heavy_seqs[i] == 0;
+    printf("  the light request ran from step +%d for %d steps, %d of them alone\n", first, n,
+           n_alone);
+    CHECK(first == 0 && n == 4 && log.light_tokens[from + 3] > 0,
+          "the light request ran from step +%d in %d steps, not in the next 4", first, n);
+    CHECK(log.heavy_seqs[from] == 0, "its first step ran %d heavy sequences, not none",
+          log.heavy_seqs[from]);
+    /* light-only steps begin only while the last shared step's time is not used up */
+    double budget = 0;
+    for (int i = 0; i < log.n; i++) {
+        bool alone = log.heavy_seqs[i] == 0 && log.light_tokens[i] > 0;
+        if (alone) {
+            CHECK(budget > 0, "step %d ran light-only with the shared step's time used up", i);
+            budget -= log.seconds[i];
+        } else {
+            budget = log.seconds[i];
+        }
+    }
+    /* the heavy client: never starved, the whole step again once the light one is done */
+    CHECK(log.heavy_seqs[from + 4] == 32, "after the light request: %d heavy, not 32",
+          log.heavy_seqs[from + 4]);
+    for (int i = 0; i < H; i++)
+        CHECK(same_as_ref(&heavy[i], p[i], 3, HT, f->n_vocab), "heavy %d output", i);
+    CHECK(same_as_ref(&light, lp, 3, LT, f->n_vocab), "light output");
+    CHECK(f->n_errors == 0, "fake engine: %s", f->first_error);
+    check_all_free(s);
+    xd_sched_destroy(s);
+out:
+    fake_free(f);
+}
+
+/* light_steps with the KV cache full of the heavy client's blocks: the light request cannot
+ * be admitted, so its light-only step would run nothing; the step is shared instead (the heavy
+ * sequences finish and free blocks) and everything completes, with reference outputs. */
+static void test_fair_light_steps_with_the_cache_full_still_progress(void)
+{
+    struct fake *f = fake_new(16, 4, 50, 64);
+    struct xd_sched_opts o = xd_sched_defaults();
+    o.max_running = 4;
+    o.prefix_caching = false;
+    o.light_steps = true;
+    struct xd_sched *s = sched_over(f, &o, NULL);
+    if (!s)
+        goto out;
+    enum { H = 4, HP = 13, HT = 3 };
+    static int32_t p[H][HP], lp[1] = {7};
+    static struct rec heavy[H], light;
+    memset(heavy, 0, sizeof heavy);
+    memset(&light, 0, sizeof light);
+    uint64_t rng = 7;
+    struct xd_err err = {{0}};
+    for (int i = 0; i < H; i++) {
+        make_prompt(&rng, p[i], HP, f->n_vocab);
+        struct xd_request req = greedy_request(p[i], HP, HT);
+        void *ctx[1] = {&heavy[i]};
+        CHECK(xd_sched_submit_group(s, &req, 1, 0xbeef, sink, ctx, NULL, &err) == XD_OK,
+              "heavy %d: %s", i, err.msg);
+    }
+    CHECK(xd_sched_step(s, &err) == H * HP, "the first step: %s", err.msg);
+    struct xd_sched_stats st;
+    xd_sched_get_stats(s, &st);
+    CHECK(st.n_kv_blocks_used == 16, "%d of 16 blocks used after the heavy prefill",
+          st.n_kv_blocks_used);
+    struct xd_request req = greedy_request(lp, 1, 2);
+    void *ctx[1] = {&light};
+    CHECK(xd_sched_submit_group(s, &req, 1, 0x11, sink, ctx, NULL, &err) == XD_OK, "light: %s",
+          err.msg);
+    int steps = run_to_idle(s, 100);
+    CHECK(steps <= 10, "%d steps to finish 3 heavy tokens each and 2 light ones", steps);
+    for (int i = 0; i < H; i++)
+        CHECK(same_as_ref(&heavy[i], p[i], HP, HT, f->n_vocab), "heavy %d output", i);
+    CHECK(same_as_ref(&light, lp, 1, 2, f->n_vocab), "light output");
+    CHECK(f->n_errors == 0, "fake engine: %s", f->first_error);
+    check_all_free(s);
+    xd_sched_destroy(s);
+out:
+    fake_free(f);
+}
+
+/* Many clients at once (the step's client table grows past its first sizes): 300 one-request
+ * clients beside a heavy one, max_running 16; everything finishes with reference outputs and
+ * the KV accounting holds after every step (run_to_idle). */
+static void test_fair_steps_many_clients(void)
+{
+    struct fake *f = fake_new(1024, 4, 50, 64);
+    struct xd_sched_opts o = xd_sched_defaults();
+    o.max_running = 16;
+    o.max_waiting = 512;
+    o.prefix_caching = false;
+    struct xd_sched *s = sched_over(f, &o, NULL);
+    if (!s)
+        goto out;
+    enum { N = 300, H = 30 };
+    static int32_t p[N + H][2];
+    static struct rec r[N + H];
+    memset(r, 0, sizeof r);
+    struct xd_err err = {{0}};
+    for (int i = 0; i < N + H; i++) {
+        p[i][0] = 1 + i % 49;
+        p[i][1] = 1 + i / 49;
+        struct xd_request req = greedy_request(p[i], 2, i < N ? 3 : 12);
+        void *ctx[1] = {&r[i]};
+        uint64_t client = i < N ? 1000 + (uint64_t)i : 7;
+        CHECK(xd_sched_submit_group(s, &req, 1, client, sink, ctx, NULL, &err) == XD_OK,
+              "request %d: %s", i, err.msg);
+        if (i % 50 == 49)
+            CHECK(xd_sched_step(s, &err) >= 0, "step: %s", err.msg);
+    }
+    run_to_idle(s, 5000);
+    for (int i = 0; i < N + H; i++)
+        CHECK(same_as_ref(&r[i], p[i], 2, i < N ? 3 : 12, f->n_vocab), "request %d output", i);
+    CHECK(f->n_errors == 0, "fake engine: %s", f->first_error);
     check_all_free(s);
     xd_sched_destroy(s);
 out:
@@ -1851,6 +2229,11 @@ int main(int argc, char **argv)
     RUN(test_grouping_bounded_wait);
     RUN(test_fair_admission_light_client_not_behind_heavy);
     RUN(test_fair_admission_round_robin_fcfs_within_client);
+    RUN(test_fair_steps_light_request_runs_next_step_beside_heavy);
+    RUN(test_fair_steps_share_the_token_budget_with_prefill);
+    RUN(test_fair_light_steps_of_its_own_bounded_by_shared_time);
+    RUN(test_fair_light_steps_with_the_cache_full_still_progress);
+    RUN(test_fair_steps_many_clients);
     RUN(test_group_all_or_none);
     RUN(test_threaded_concurrent_submitters);
     RUN(test_threaded_groups_all_or_none);

@@ -112,7 +112,7 @@ static void test_errors_name_the_key(void)
     char *a6[] = {"--model", "/m", "--admission", "round-robin"};
     CHECK(parse(&c, 4, a6, &err) < 0, "bad admission policy accepted");
     CHECK_CONTAINS(err.msg, "--admission");
-    CHECK_CONTAINS(err.msg, "fair or fcfs");
+    CHECK_CONTAINS(err.msg, "fair, fair-split or fcfs");
     char *a5[] = {"--api-key", "secret"};
     CHECK(parse(&c, 2, a5, &err) < 0, "an API key flag exists");
     char *bad_listen[] = {"9100", ":9100", "host:", "host:70000", "host:91x"};
@@ -149,6 +149,7 @@ static const struct {
     {"--prefix-caching=false", NULL, offsetof(struct xd_sched_opts, prefix_caching), true, 0},
     {"--group-by-expert=false", NULL, offsetof(struct xd_sched_opts, group_by_expert), true, 0},
     {"--admission", "fcfs", offsetof(struct xd_sched_opts, fcfs_admission), true, 1},
+    {"--admission", "fair-split", offsetof(struct xd_sched_opts, light_steps), true, 1},
 };
 #define N_SCHED_KEYS (sizeof sched_keys / sizeof sched_keys[0])
 

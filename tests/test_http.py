@@ -860,12 +860,13 @@ def admission_64_prompts_x_16_on_an_idle_server():
 def admission_never_fit_is_400_and_a_flood_does_not_starve_a_light_client():
     # one heavy client (127.0.0.2) loops requests of 2 prompts x n=8; a light one (127.0.0.1)
     # sends small requests one at a time, first alone, then under the flood; the same with
-    # --admission fcfs, the order before fair admission
+    # --admission fair-split (light clients' steps of their own) and fcfs, the order before
+    # fair admission
     light = {"prompt": [[3, 4, 5]], "max_tokens": 4, "temperature": 0, "ignore_eos": True}
     heavy = {"prompt": [[6, 7, 8], [9, 10, 11]], "n": 8, "max_tokens": 16, "temperature": 0,
              "ignore_eos": True}
     figures = {}
-    for policy in ("fair", "fcfs"):
+    for policy in ("fair", "fair-split", "fcfs"):
         s = Server("--max-running", "4", "--max-waiting", "32", "--admission", policy,
                    "--log-level", "warn")
         try:
@@ -913,6 +914,7 @@ def admission_never_fit_is_400_and_a_flood_does_not_starve_a_light_client():
     # before it, so fewer of them finish while it runs. A count, not a time: the machine's
     # speed does not decide it.
     assert figures["fair"][3] * 2 < figures["fcfs"][3], figures
+    assert figures["fair-split"][3] * 2 < figures["fcfs"][3], figures
 
 
 # ---- the front door (issue 20): methods, framing, slow clients, per-client cap, /metrics ----
@@ -2186,6 +2188,143 @@ def harmony_reasoning_and_tool_calls():
                 '<|message|>{"city": "Paris"}<|call|><|start|>functions.get_weather to=assistant'
                 '<|channel|>commentary<|message|>"18 C"<|end|><|start|>assistant')
         assert text.endswith(want), text[-400:]
+    finally:
+        srv.stop()
+
+
+ANSWER_SCHEMA = {"type": "object",
+                 "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2, 3]}},
+                 "required": ["ok", "n"], "additionalProperties": False}
+
+
+def split_stream(stream):
+    """A streamed chat response's (kind, text) deltas in order, and its finish reason."""
+    parts, finish = [], None
+    for ch in stream:
+        if not ch.choices:
+            continue
+        d = ch.choices[0].delta
+        r_ = (d.model_extra or {}).get("reasoning_content")
+        parts += [("reasoning", r_)] if r_ else []
+        parts += [("content", d.content)] if d.content else []
+        finish = ch.choices[0].finish_reason or finish
+    return parts, finish
+
+
+@test
+def response_format_after_reasoning_whole_and_streamed():
+    """A thinking model (--reasoning-parser qwen3) reasons freely and the schema holds from the
+    first byte after </think>: the reasoning is forced through the test hook (free text the
+    schema would refuse), then the random-weight model's answer validates, whole and streamed
+    (reasoning deltas first, the same text); max_tokens inside the reasoning ends with no
+    content (finish_reason length); enable_thinking false constrains from the first token;
+    tool_choice required and named after the reasoning are calls."""
+    import jsonschema
+    msgs = [{"role": "user", "content": "Answer."}]
+    rf = {"type": "json_schema",
+          "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA, "strict": True}}
+    think = "<think>\nNot JSON: <b> {oops\n</think>\n\n"
+    srv = hooked_server("--reasoning-parser", "qwen3")
+    try:
+        c = srv.client()
+        kw = dict(model=srv.name, messages=msgs, response_format=rf, max_tokens=200, seed=3)
+        r = c.chat.completions.create(**kw, extra_body={"x_test_force_output": think})
+        ch = r.choices[0]
+        assert ch.finish_reason == "stop", ch
+        assert ch.message.model_extra["reasoning_content"] == "\nNot JSON: <b> {oops\n", ch
+        jsonschema.validate(json.loads(ch.message.content), ANSWER_SCHEMA)
+        assert ch.message.content.startswith("{"), ch.message.content  # the gap dropped
+        n_think = post(srv.url + "/tokenize", {"prompt": think,
+                                               "add_special_tokens": False}).json()["count"]
+        assert r.usage.completion_tokens > n_think, r.usage  # reasoning counts toward usage
+        parts, finish = split_stream(c.chat.completions.create(
+            **kw, stream=True, extra_body={"x_test_force_output": think}))
+        kinds = [k for k, _ in parts]
+        assert kinds == sorted(kinds, key=lambda k: k != "reasoning"), kinds
+        assert "".join(v for k, v in parts if k == "reasoning") == "\nNot JSON: <b> {oops\n"
+        assert "".join(v for k, v in parts if k == "content") == ch.message.content, parts
+        assert finish == "stop"
+        # cut by max_tokens in the reasoning: no content, never unvalidated text
+        long = "<think>\nstill thinking about it at some length"
+        r = c.chat.completions.create(**dict(kw, max_tokens=4),
+                                      extra_body={"x_test_force_output": long})
+        ch = r.choices[0]
+        assert ch.finish_reason == "length" and ch.message.content is None, ch
+        assert r.usage.completion_tokens == 4, r.usage  # max_tokens counts reasoning tokens
+        assert long.startswith("<think>" + ch.message.model_extra["reasoning_content"]), ch
+        parts, finish = split_stream(c.chat.completions.create(
+            **dict(kw, max_tokens=4), stream=True, extra_body={"x_test_force_output": long}))
+        assert finish == "length" and parts and all(k == "reasoning" for k, _ in parts), parts
+        # enable_thinking false: answer mode, constrained from the first token, no split
+        r = c.chat.completions.create(**kw, extra_body={
+            "chat_template_kwargs": {"enable_thinking": False}})
+        ch = r.choices[0]
+        jsonschema.validate(json.loads(ch.message.content), ANSWER_SCHEMA)
+        assert "reasoning_content" not in (ch.message.model_extra or {}) or \
+            ch.message.model_extra["reasoning_content"] is None, ch
+        # tool_choice required and named after the reasoning
+        tools = [t for t in BOUNDED_TOOLS if t["function"]["name"] in ("get_time", "ping")]
+        for choice in ("required", {"type": "function", "function": {"name": "get_time"}}):
+            r = c.chat.completions.create(model=srv.name, messages=msgs, tools=tools,
+                                          tool_choice=choice, max_tokens=300, seed=4,
+                                          parallel_tool_calls=False, extra_body={"x_test_force_output": think})
+            ch = r.choices[0]
+            assert ch.finish_reason == "tool_calls", (choice, ch)
+            assert ch.message.model_extra["reasoning_content"] == "\nNot JSON: <b> {oops\n"
+            for t in ch.message.tool_calls:
+                jsonschema.validate(json.loads(t.function.arguments), tool_params(t.function.name))
+            if choice != "required":
+                assert [t.function.name for t in ch.message.tool_calls] == ["get_time"]
+            stream = c.chat.completions.create(model=srv.name, messages=msgs, tools=tools,
+                                               tool_choice=choice, max_tokens=300, seed=4,
+                                               parallel_tool_calls=False, stream=True,
+                                               extra_body={"x_test_force_output": think})
+            reasoning = []
+
+            def tee(s):
+                for chunk in s:
+                    if chunk.choices:
+                        reasoning.append((chunk.choices[0].delta.model_extra or {}).get(
+                            "reasoning_content") or "")
+                    yield chunk
+            calls, content, finish = streamed_calls(tee(stream))
+            assert "".join(reasoning) == "\nNot JSON: <b> {oops\n", reasoning
+            assert finish == "tool_calls" and not content, (calls, content, finish)
+            assert calls == [(t.function.name, t.function.arguments)
+                             for t in ch.message.tool_calls], (calls, ch.message.tool_calls)
+    finally:
+        srv.stop()
+
+
+@test
+def response_format_after_harmony_analysis():
+    """gpt-oss (harmony): the analysis channel is free, the schema holds from the final
+    channel's first byte; whole and streamed; enable_thinking false changes nothing here."""
+    import jsonschema
+    msgs = [{"role": "user", "content": "Answer."}]
+    rf = {"type": "json_schema",
+          "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA, "strict": True}}
+    forced = ("<|channel|>analysis<|message|>Free {text.<|end|>"
+              "<|start|>assistant<|channel|>final<|message|>")
+    srv = Server(model=harmony_model(), env={"EXPERTD_TEST_HOOKS": "1"})
+    try:
+        c = srv.client()
+        kw = dict(model=srv.name, messages=msgs, response_format=rf, max_tokens=300, seed=5)
+        r = c.chat.completions.create(**kw, extra_body={"x_test_force_output": forced})
+        ch = r.choices[0]
+        assert ch.finish_reason == "stop", ch
+        assert ch.message.model_extra["reasoning_content"] == "Free {text.", ch
+        jsonschema.validate(json.loads(ch.message.content), ANSWER_SCHEMA)
+        parts, finish = split_stream(c.chat.completions.create(
+            **kw, stream=True, extra_body={"x_test_force_output": forced}))
+        assert "".join(v for k, v in parts if k == "reasoning") == "Free {text.", parts
+        assert "".join(v for k, v in parts if k == "content") == ch.message.content, parts
+        assert finish == "stop"
+        # enable_thinking is not harmony's: still gated
+        r = c.chat.completions.create(**kw, extra_body={
+            "x_test_force_output": forced, "chat_template_kwargs": {"enable_thinking": False}})
+        assert r.choices[0].message.model_extra["reasoning_content"] == "Free {text.", r
+        jsonschema.validate(json.loads(r.choices[0].message.content), ANSWER_SCHEMA)
     finally:
         srv.stop()
 

@@ -14,6 +14,7 @@
 #include "engine/cpu/mla.h"
 #include "engine/cpu/moe_router.h"
 #include "engine/cpu/cpu_pool.h"
+#include "engine/model/quant.h"
 
 struct cpu_state {
     const struct xd_model *m;
@@ -55,6 +56,16 @@ struct cpu_state {
     int moe_sched;       /* enum moe_sched */
     struct xd_cpu_pool *pool; /* MOE_POOL's workers, else NULL */
     int moe_tiles_f, moe_tiles_h; /* row tiles of the gate/up and of the down matrices */
+    int moe_prep_in, moe_prep_down; /* enum moe_prep of the gate/up and of the down matrices */
+    void *moe_prep;      /* one allocation holding the three below */
+    size_t moe_prep_bytes;
+    void *prep_tok;      /* (T, hidden) xn in the gate/up weights' form, made once per token */
+    void *prep_in;       /* (T * top_k, hidden) those rows gathered, expert-sorted */
+    void *prep_down;     /* (T * top_k, expert_ffn) g in the down weights' form, made by the
+                            gate/up item that computed those columns */
+    struct xd_cpu_qacts qa_tok, qa_in, qa_down; /* the three as q8/q4 activations */
+    enum xd_quant_path qpath;        /* the q8/q4 kernels' path */
+    enum xd_mxfp4_path mxpath;       /* the MXFP4 kernels' path */
     float *dg;           /* (T, ffn_max) dense/shared gate */
     float *du;           /* (T, ffn_max) dense/shared up */
     float *logits;       /* (T, vocab) */
@@ -86,6 +97,7 @@ static void cpu_destroy(void *p)
     xd_cpu_mla_destroy(s->mla);
     free(s->moe_pairs);
     free(s->moe_w);
+    free(s->moe_prep);
     xd_cpu_pool_destroy(s->pool);
     free(s);
 }
@@ -121,8 +133,14 @@ static enum moe_sched moe_sched_from_env(void)
  * and 4), small enough that the item's inputs (48 x hidden f32) stay in L2 while its weight rows
  * stream past them. */
 #define MOE_TOKEN_BLOCK 48
-/* Output rows per MoE work item: as the matmul's row tile. */
-#define MOE_ROW_TILE 16
+/* Output rows per MoE work item: a multiple of the block formats' 32, so a gate/up item makes
+ * whole blocks of the down matmul's input. */
+#define MOE_ROW_TILE 32
+
+/* Tokens from which a MoE layer's per-token preparation (quantization or deinterleaving, a few
+ * microseconds a token) is shared by the threads rather than done by the calling thread before
+ * the region: below it the barrier would cost more than it saves (decode steps). */
+#define MOE_PREP_SHARED 16
 
 /* Token blocks one MoE layer can have: every expert's partial block plus the whole ones. */
 static size_t moe_max_pairs(int n_experts, size_t n_slots)
@@ -142,6 +160,8 @@ static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts,
     s->moe_sched = moe_sched_from_env();
     const char *attn = getenv("EXPERTD_CPU_ATTENTION");
     s->attn_reference = attn && strcmp(attn, "reference") == 0;
+    s->qpath = xd_cpu_quant_path();
+    s->mxpath = xd_cpu_mxfp4_path();
     s->kv_dim = c->n_kv_heads * c->head_dim;
     s->q_dim = c->n_heads * c->head_dim;
     s->ffn_max = c->dense_ffn > c->shared_expert_ffn ? c->dense_ffn : c->shared_expert_ffn;
@@ -344,49 +364,162 @@ static void swiglu(const struct xd_model_config *c, const float *x, int n,
     xd_cpu_add_bias(out, n, &w->down_bias);
 }
 
-/* Gate and up rows [c0, c1) of one token block, then silu(gate) * up on those columns:
- * x (nr, hidden) -> g (nr, ffn) in place, u (nr, ffn) scratch. */
-static void moe_gate_up(const struct xd_expert_weights *w, const float *x, int nr, float *g,
-                        float *u, int64_t c0, int64_t c1)
+/* What the MoE work items make of their input rows once, before the row tiles read them: nothing
+ * for f32/bf16/f16 weights, the int8 blocks of xd_cpu_qacts for q8/q4, the deinterleaved rows
+ * of xd_cpu_mxfp4_prep for MXFP4. Every form is made token by token, so it is the same bytes
+ * whatever else shares the step. */
+enum moe_prep { PREP_NONE, PREP_QUANT, PREP_MXFP4 };
+
+static enum moe_prep moe_prep_of(enum xd_dtype dt)
 {
-    const int64_t F = w->gate.rows;
-    xd_cpu_matmul_rows(x, nr, &w->gate, g, c0, c1);
-    xd_cpu_matmul_rows(x, nr, &w->up, u, c0, c1);
-    for (int t = 0; t < nr; t++)
-        xd_cpu_silu_mul(g + t * F + c0, u + t * F + c0, g + t * F + c0, (size_t)(c1 - c0));
+    return xd_dtype_is_quant(dt) ? PREP_QUANT : dt == XD_DTYPE_MXFP4 ? PREP_MXFP4 : PREP_NONE;
 }
 
-/* Work item i of the gate/up phase: token block i / tiles_f, row tile i % tiles_f. */
+/* Rows [c0, c1) of y (nr, w.rows) for rows first .. first + nr - 1 of x (those of the expert's
+ * token block), from x itself (f32/bf16/f16 weights) or from its prepared form: qa (q8/q4) or
+ * mx (MXFP4, deinterleaved rows). */
+static void moe_matmul_rows(const struct cpu_state *s, int kind, const struct xd_cpu_qacts *qa,
+                            const float *mx, const float *x, int first, int nr,
+                            const struct xd_matrix *w, float *y, int64_t c0, int64_t c1)
+{
+    if (kind == PREP_QUANT) {
+        const struct xd_cpu_qacts v = xd_cpu_qacts_view(qa, first, nr);
+        xd_cpu_matmul_quant_rows(&v, w, y, c0, c1, s->qpath);
+    } else if (kind == PREP_MXFP4) {
+        xd_cpu_matmul_mxfp4_rows(mx + (size_t)first * w->cols, nr, w, y, c0, c1, s->mxpath);
+    } else {
+        xd_cpu_matmul_rows(x + (size_t)first * w->cols, nr, w, y, c0, c1);
+    }
+}
+
+/* Work item i of the gate/up phase: token block i / tiles_f, row tile i % tiles_f. Gate and up
+ * rows [c0, c1) of the block, their biases, then the activation (silu(gate) * up, or gpt_oss's
+ * clamped SwiGLU) on those columns: g (nr, ffn) holds the result, u (nr, ffn) is scratch. The
+ * same operations per element as swiglu. */
 static void moe_item_gate_up(void *ctx, int i)
 {
     struct cpu_state *s = ctx;
-    const int H = s->m->config.hidden_size, F = s->m->config.expert_ffn;
+    const struct xd_model_config *c = &s->m->config;
+    const int F = c->expert_ffn;
     const int32_t *pr = s->moe_pairs + 3 * (i / s->moe_tiles_f);
+    const struct xd_expert_weights *w = &s->moe_w[pr[0]];
+    const int first = pr[1], nr = pr[2];
     const int64_t c0 = (int64_t)(i % s->moe_tiles_f) * MOE_ROW_TILE;
     const int64_t c1 = c0 + MOE_ROW_TILE < F ? c0 + MOE_ROW_TILE : F;
-    moe_gate_up(&s->moe_w[pr[0]], s->xg + (size_t)pr[1] * H, pr[2], s->g + (size_t)pr[1] * F,
-                s->u + (size_t)pr[1] * F, c0, c1);
+    float *g = s->g + (size_t)first * F, *u = s->u + (size_t)first * F;
+    moe_matmul_rows(s, s->moe_prep_in, &s->qa_in, s->prep_in, s->xg, first, nr, &w->gate, g, c0,
+                    c1);
+    moe_matmul_rows(s, s->moe_prep_in, &s->qa_in, s->prep_in, s->xg, first, nr, &w->up, u, c0,
+                    c1);
+    xd_cpu_add_bias_cols(g, nr, F, &w->gate_bias, c0, c1);
+    xd_cpu_add_bias_cols(u, nr, F, &w->up_bias, c0, c1);
+    for (int t = 0; t < nr; t++) {
+        float *gt = g + (size_t)t * F + c0, *ut = u + (size_t)t * F + c0;
+        if (c->swiglu_limit > 0.0f)
+            xd_cpu_clamped_swiglu(gt, ut, gt, (size_t)(c1 - c0), c->swiglu_limit,
+                                  c->swiglu_alpha);
+        else
+            xd_cpu_silu_mul(gt, ut, gt, (size_t)(c1 - c0));
+        /* the down matmul's input for these columns, while they are in cache (whole blocks of
+         * 32: the tile is a multiple of 32 wide whenever down is in a block format) */
+        if (s->moe_prep_down == PREP_QUANT)
+            xd_cpu_qacts_quantize_blocks(&s->qa_down, first + t, g + (size_t)t * F,
+                                         c0 / XD_QBLOCK, c1 / XD_QBLOCK);
+        else if (s->moe_prep_down == PREP_MXFP4)
+            xd_cpu_mxfp4_prep(gt, 1, c1 - c0,
+                              (float *)s->prep_down + (size_t)(first + t) * F + c0);
+    }
 }
 
-/* Work item i of the down phase: token block i / tiles_h, row tile i % tiles_h. */
+/* Work item i of the down phase: token block i / tiles_h, row tile i % tiles_h, and the down
+ * bias on those columns. */
 static void moe_item_down(void *ctx, int i)
 {
     struct cpu_state *s = ctx;
-    const int H = s->m->config.hidden_size, F = s->m->config.expert_ffn;
+    const int H = s->m->config.hidden_size;
     const int32_t *pr = s->moe_pairs + 3 * (i / s->moe_tiles_h);
+    const struct xd_expert_weights *w = &s->moe_w[pr[0]];
+    const int first = pr[1], nr = pr[2];
     const int64_t c0 = (int64_t)(i % s->moe_tiles_h) * MOE_ROW_TILE;
     const int64_t c1 = c0 + MOE_ROW_TILE < H ? c0 + MOE_ROW_TILE : H;
-    xd_cpu_matmul_rows(s->g + (size_t)pr[1] * F, pr[2], &s->moe_w[pr[0]].down,
-                       s->eo + (size_t)pr[1] * H, c0, c1);
+    float *eo = s->eo + (size_t)first * H;
+    moe_matmul_rows(s, s->moe_prep_down, &s->qa_down, s->prep_down, s->g, first, nr, &w->down,
+                    eo, c0, c1);
+    xd_cpu_add_bias_cols(eo, nr, H, &w->down_bias, c0, c1);
 }
 
-/* Runs the experts of MoE layer l over their expert-sorted rows (s->xg, s->expert_rows) into
- * s->eo. The experts present are acquired from the store before any runs and released after
- * all have. */
-static int run_experts(struct cpu_state *s, int l, struct xd_err *err)
+/* Token t of xn into the gate/up weights' form, once, then copied to each of its top_k rows of
+ * the expert-sorted input: phase one of the region, and the pool's items. */
+static void moe_item_prep_token(void *ctx, int t)
+{
+    struct cpu_state *s = ctx;
+    const int H = s->m->config.hidden_size, K = s->m->config.top_k;
+    const int32_t *slots = s->slot_of + (size_t)t * K;
+    if (s->moe_prep_in == PREP_QUANT) {
+        xd_cpu_qacts_quantize(&s->qa_tok, s->xn, t, t + 1);
+        for (int j = 0; j < K; j++)
+            xd_cpu_qacts_copy_token(&s->qa_in, slots[j], &s->qa_tok, t);
+    } else {
+        float *tok = (float *)s->prep_tok + (size_t)t * H;
+        xd_cpu_mxfp4_prep(s->xn + (size_t)t * H, 1, H, tok);
+        for (int j = 0; j < K; j++)
+            memcpy((float *)s->prep_in + (size_t)slots[j] * H, tok, sizeof(float) * H);
+    }
+}
+
+/* Bytes of n rows of cols values in the form kind (64-byte multiples, so the pieces of one
+ * allocation stay aligned). */
+static size_t prep_bytes(int kind, int n, int64_t cols)
+{
+    size_t b = kind == PREP_QUANT   ? xd_cpu_qacts_bytes(n, cols)
+               : kind == PREP_MXFP4 ? (size_t)n * (size_t)cols * sizeof(float)
+                                    : 0;
+    return (b + 63) & ~(size_t)63;
+}
+
+/* Sizes s->moe_prep for n tokens and n_rows expert rows in the forms the layer needs and lays the
+ * three pieces over it; XD_ERR_NOMEM (naming the size) when it cannot grow. */
+static int moe_prep_setup(struct cpu_state *s, int n, int n_rows, struct xd_err *err)
+{
+    const int64_t H = s->m->config.hidden_size, F = s->m->config.expert_ffn;
+    const size_t b_tok = prep_bytes(s->moe_prep_in, n, H);
+    const size_t b_in = prep_bytes(s->moe_prep_in, n_rows, H);
+    const size_t b_down = prep_bytes(s->moe_prep_down, n_rows, F);
+    const size_t need = b_tok + b_in + b_down;
+    if (need > s->moe_prep_bytes) {
+        void *p = NULL;
+        free(s->moe_prep);
+        s->moe_prep = NULL;
+        s->moe_prep_bytes = 0;
+        if (posix_memalign(&p, 64, need) != 0)
+            return xd_err_set(err, XD_ERR_NOMEM,
+                              "MoE activation scratch of %.1f MiB could not be allocated; lower "
+                              "max_batch_tokens",
+                              (double)need / (1 << 20));
+        s->moe_prep = p;
+        s->moe_prep_bytes = need;
+    }
+    s->prep_tok = s->moe_prep;
+    s->prep_in = (char *)s->moe_prep + b_tok;
+    s->prep_down = (char *)s->moe_prep + b_tok + b_in;
+    if (s->moe_prep_in == PREP_QUANT) {
+        xd_cpu_qacts_init(s->prep_tok, n, H, &s->qa_tok);
+        xd_cpu_qacts_init(s->prep_in, n_rows, H, &s->qa_in);
+    }
+    if (s->moe_prep_down == PREP_QUANT)
+        xd_cpu_qacts_init(s->prep_down, n_rows, F, &s->qa_down);
+    return XD_OK;
+}
+
+/* Runs the experts of MoE layer l over the expert-sorted rows of its n tokens (s->slot_of,
+ * s->expert_rows; input s->xn) into s->eo. The experts present are acquired from the store
+ * before any runs and released after all have. Every schedule gives the same bits: each output
+ * element is computed by one work item (or one matmul) in its kernel's fixed order, from the
+ * same per-token activations. */
+static int run_experts(struct cpu_state *s, int l, int n, struct xd_err *err)
 {
     const struct xd_model_config *c = &s->m->config;
-    const int E = c->n_experts, H = c->hidden_size, F = c->expert_ffn;
+    const int E = c->n_experts, H = c->hidden_size, F = c->expert_ffn, K = c->top_k;
     const int32_t *rows = s->expert_rows;
     int rc = XD_OK, n_acquired = 0;
     int32_t present[E];
@@ -402,14 +535,34 @@ static int run_experts(struct cpu_state *s, int l, struct xd_err *err)
         present[n_acquired++] = e;
     }
 
-    /* the items' kernel (xd_cpu_matmul_rows) takes f32/bf16/f16 weights and plain SiLU;
-     * quantized experts (q8/q4, FP8 served as q8, MXFP4) and gpt_oss's (biases, clamped SwiGLU)
-     * run expert by expert through swiglu and xd_cpu_matmul's own dispatch */
-    const enum xd_dtype edt = n_acquired ? s->moe_w[present[0]].gate.dtype : XD_DTYPE_F32;
-    const bool items_ok = (edt == XD_DTYPE_F32 || edt == XD_DTYPE_BF16 || edt == XD_DTYPE_F16) &&
-                          c->swiglu_limit <= 0.0f && /* gpt_oss: biases and the clamp, in swiglu */
-                          (!n_acquired || !s->moe_w[present[0]].gate_bias.data);
-    if (rc == XD_OK && (s->moe_sched == MOE_PER_EXPERT || !items_ok)) {
+    /* the items' inputs are prepared once per phase for one weight format: the first expert's
+     * (gate and up of every expert share it, as do all the downs; model.c never mixes them) */
+    int uniform = 1;
+    s->moe_prep_in = s->moe_prep_down = PREP_NONE;
+    if (n_acquired) {
+        const struct xd_expert_weights *w0 = &s->moe_w[present[0]];
+        for (int i = 0; i < n_acquired; i++) {
+            const struct xd_expert_weights *w = &s->moe_w[present[i]];
+            uniform &= w->gate.dtype == w0->gate.dtype && w->up.dtype == w0->gate.dtype &&
+                       w->down.dtype == w0->down.dtype;
+        }
+        if (uniform && s->moe_sched != MOE_PER_EXPERT) {
+            s->moe_prep_in = moe_prep_of(w0->gate.dtype);
+            s->moe_prep_down = moe_prep_of(w0->down.dtype);
+        }
+        if (rc == XD_OK)
+            rc = moe_prep_setup(s, n, rows[E], err);
+    }
+    const bool per_expert = s->moe_sched == MOE_PER_EXPERT || !uniform;
+    /* the f32 rows, where a kernel reads them: f32/bf16/f16 experts and the per-expert schedule
+     * (whose matmuls quantize or deinterleave for themselves) */
+    if (rc == XD_OK && s->moe_prep_in == PREP_NONE)
+        for (int t = 0; t < n; t++)
+            for (int j = 0; j < K; j++)
+                memcpy(s->xg + (size_t)s->slot_of[t * K + j] * H, s->xn + (size_t)t * H,
+                       sizeof(float) * H);
+    if (rc == XD_OK && per_expert) {
+        /* the comparison schedule (and a store mixing formats, which no loader makes) */
         for (int i = 0; i < n_acquired; i++) {
             int e = present[i], r0 = rows[e];
             swiglu(c, s->xg + (size_t)r0 * H, rows[e + 1] - r0, &s->moe_w[e], s->g, s->u,
@@ -433,18 +586,34 @@ static int run_experts(struct cpu_state *s, int l, struct xd_err *err)
         const int tiles_f = (F + MOE_ROW_TILE - 1) / MOE_ROW_TILE;
         const int tiles_h = (H + MOE_ROW_TILE - 1) / MOE_ROW_TILE;
         const int n_items_f = n_pairs * tiles_f, n_items_h = n_pairs * tiles_h;
+        /* the per-token preparation in the region (a barrier more) only when it is worth
+         * sharing: a decode step's few tokens are prepared here, so its region has the one
+         * barrier between gate/up and down */
+        const int prep_in = s->moe_prep_in != PREP_NONE;
+        const int prep_shared = prep_in && n >= MOE_PREP_SHARED;
+        if (prep_in && !prep_shared)
+            for (int t = 0; t < n; t++)
+                moe_item_prep_token(s, t);
         s->moe_tiles_f = tiles_f;
         s->moe_tiles_h = tiles_h;
         if (s->pool) {
+            if (prep_shared)
+                xd_cpu_pool_run(s->pool, n, moe_item_prep_token, s);
             xd_cpu_pool_run(s->pool, n_items_f, moe_item_gate_up, s);
             xd_cpu_pool_run(s->pool, n_items_h, moe_item_down, s);
         } else {
 #pragma omp parallel
             {
+                /* each phase's implied barrier: its inputs are complete before the next reads
+                 * them (the prepared rows, then g and its prepared form) */
+                if (prep_shared) {
+#pragma omp for schedule(static)
+                    for (int t = 0; t < n; t++)
+                        moe_item_prep_token(s, t);
+                }
 #pragma omp for schedule(dynamic, 1)
                 for (int i = 0; i < n_items_f; i++)
                     moe_item_gate_up(s, i);
-                /* the implied barrier: every gate/up item is done before any down item reads g */
 #pragma omp for schedule(dynamic, 1)
                 for (int i = 0; i < n_items_h; i++)
                     moe_item_down(s, i);
@@ -490,11 +659,10 @@ static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
             int e = s->route_experts[((size_t)t * L + lw->moe_index) * K + j];
             int r = fill[e]++;
             s->slot_of[t * K + j] = r;
-            memcpy(s->xg + (size_t)r * H, s->xn + (size_t)t * H, sizeof(float) * H);
         }
     }
 
-    int rc = run_experts(s, l, err);
+    int rc = run_experts(s, l, n, err);
     if (rc < 0)
         return rc;
 

@@ -517,7 +517,7 @@ static enum kernel_path get_path(void)
 
 /* The integer path of the block formats under the float path's choice: VNNI only where the
  * float path is AVX-512 (EXPERTD_CPU_KERNEL=avx2 also means the AVX2 integer path). */
-static enum xd_quant_path quant_path(void)
+enum xd_quant_path xd_cpu_quant_path(void)
 {
     switch (get_path()) {
     case PATH_AVX512:
@@ -527,9 +527,19 @@ static enum xd_quant_path quant_path(void)
     }
 }
 
+enum xd_mxfp4_path xd_cpu_mxfp4_path(void)
+{
+    switch (get_path()) {
+    case PATH_AVX512:
+    case PATH_AVX512BF16: return XD_MXFP4_AVX512;
+    case PATH_AVX2: return XD_MXFP4_AVX2;
+    default: return XD_MXFP4_PORTABLE;
+    }
+}
+
 const char *xd_cpu_kernel_path(void)
 {
-    const enum xd_quant_path q = quant_path();
+    const enum xd_quant_path q = xd_cpu_quant_path();
     switch (get_path()) {
     case PATH_AVX512:
         return q == XD_QUANT_VNNI ? "avx512f (fma, 4 rows x 6 tokens of 16 lanes); q8/q4: "
@@ -649,15 +659,11 @@ void xd_cpu_matmul_rows(const float *x, int n, const struct xd_matrix *w, float 
 void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y)
 {
     if (xd_dtype_is_quant(w->dtype)) {
-        xd_cpu_matmul_quant(x, n, w, y, quant_path());
+        xd_cpu_matmul_quant(x, n, w, y, xd_cpu_quant_path());
         return;
     }
     if (w->dtype == XD_DTYPE_MXFP4) {
-        const enum kernel_path kp = get_path();
-        xd_cpu_matmul_mxfp4(x, n, w, y,
-                            kp == PATH_AVX512 ? XD_MXFP4_AVX512
-                            : kp == PATH_AVX2 ? XD_MXFP4_AVX2
-                                              : XD_MXFP4_PORTABLE);
+        xd_cpu_matmul_mxfp4(x, n, w, y, xd_cpu_mxfp4_path());
         return;
     }
     const enum kernel_path path = get_path();
@@ -691,12 +697,17 @@ static float mat_get(const struct xd_matrix *m, int64_t i)
 
 void xd_cpu_add_bias(float *y, int n, const struct xd_matrix *bias)
 {
+    xd_cpu_add_bias_cols(y, n, bias->cols, bias, 0, bias->cols);
+}
+
+void xd_cpu_add_bias_cols(float *y, int n, int64_t ld, const struct xd_matrix *bias, int64_t c0,
+                          int64_t c1)
+{
     if (!bias->data)
         return;
-    const int64_t d = bias->cols;
     for (int t = 0; t < n; t++)
-        for (int64_t i = 0; i < d; i++)
-            y[t * d + i] += mat_get(bias, i);
+        for (int64_t i = c0; i < c1; i++)
+            y[t * ld + i] += mat_get(bias, i);
 }
 
 void xd_cpu_rmsnorm(const float *x, int n, const struct xd_matrix *w, float eps, float *y)

@@ -2,6 +2,8 @@
 #ifndef XD_CPU_KERNELS_H
 #define XD_CPU_KERNELS_H
 
+#include "engine/cpu/mxfp4_kernels.h"
+#include "engine/cpu/quant_kernels.h"
 #include "engine/model/expert_store.h"
 #include "engine/model/rope.h"
 
@@ -24,6 +26,11 @@ void xd_cpu_matmul_rows(const float *x, int n, const struct xd_matrix *w, float 
  * element, so batching never changes results, but outside the goldens' f32 tolerances). */
 const char *xd_cpu_kernel_path(void);
 
+/* The integer path of q8/q4 weights and the path of MXFP4 weights under xd_cpu_kernel_path's
+ * choice: what xd_cpu_matmul runs for them, for callers of the row-range kernels. */
+enum xd_quant_path xd_cpu_quant_path(void);
+enum xd_mxfp4_path xd_cpu_mxfp4_path(void);
+
 /* The float path in use, for kernels in other files that pick their own vector code (the
  * attention): EXPERTD_CPU_KERNEL applies as to the matmul. */
 enum xd_cpu_vec { XD_CPU_VEC_PORTABLE, XD_CPU_VEC_AVX2, XD_CPU_VEC_AVX512 };
@@ -36,6 +43,11 @@ const char *xd_cpu_amx_status(void);
 
 /* y (n, d) += bias (d,) broadcast over rows; bias may be a NULL matrix. */
 void xd_cpu_add_bias(float *y, int n, const struct xd_matrix *bias);
+
+/* y[t * ld + i] += bias[i] for t < n and i in [c0, c1): columns of a row range (the MoE work
+ * items); the same additions as xd_cpu_add_bias. */
+void xd_cpu_add_bias_cols(float *y, int n, int64_t ld, const struct xd_matrix *bias, int64_t c0,
+                          int64_t c1);
 
 /* Row-wise RMSNorm as transformers computes it: y = w * x / sqrt(mean(x^2) + eps).
  * x and y are (n, d) with d == w.cols; y may equal x. */

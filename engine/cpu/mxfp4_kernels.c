@@ -3,7 +3,9 @@
  * paths. */
 #include "engine/cpu/mxfp4_kernels.h"
 
+#include <assert.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__)
@@ -107,6 +109,13 @@ __attribute__((target("avx512f"))) static void rows4_avx512(const struct xd_bloc
             acc[r][t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         __m512 wlo[ROW_TILE], whi[ROW_TILE];
+        /* few tokens (decode): the weights stream from memory in rows too short for the
+         * hardware prefetcher; ask for this block of the next tile's rows (a hint: past the
+         * matrix it loads nothing; 2x on a 72 MB matrix at one token) */
+        if (nt <= 2)
+            for (int r = 0; r < ROW_TILE; r++)
+                _mm_prefetch((const char *)((uintptr_t)(rows + (ROW_TILE + r) * nb + b)),
+                             _MM_HINT_T0);
         for (int r = 0; r < ROW_TILE; r++) {
             const struct xd_block_mxfp4 *blk = rows + r * nb + b;
             const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk->qs));
@@ -175,46 +184,33 @@ __attribute__((target("avx2,fma"))) static void row_avx2(const struct xd_block_m
 }
 #endif
 
-void xd_cpu_matmul_mxfp4(const float *x, int n, const struct xd_matrix *w, float *y,
-                         enum xd_mxfp4_path path)
+void xd_cpu_mxfp4_prep(const float *x, int n, int64_t cols, float *xd)
 {
-    const int64_t rows = w->rows, cols = w->cols, nb = cols / XD_MXFP4_BLOCK;
-    float *xd = malloc((size_t)(n > 0 ? n : 1) * (size_t)cols * sizeof(float));
-    if (!xd) {
-        /* no scratch: the same order, one token at a time on the stack */
-        for (int t = 0; t < n; t++) {
-            float xt[cols];
-            deinterleave(x + (size_t)t * cols, cols, xt);
-            for (int64_t r = 0; r < rows; r++)
-                row_portable((const struct xd_block_mxfp4 *)w->data + r * nb, nb, xt, cols, 1,
-                             y + (size_t)t * rows + r);
-        }
-        return;
-    }
     for (int t = 0; t < n; t++)
         deinterleave(x + (size_t)t * cols, cols, xd + (size_t)t * cols);
+}
+
+/* Rows [r0, r1) of y against the deinterleaved tokens xd (n, cols): four-row tiles from r0 on
+ * the AVX-512 path, then single rows; the same steps per element either way. */
+static void mx_rows(const float *xd, int n, const struct xd_matrix *w, float *y, int64_t r0,
+                    int64_t r1, enum xd_mxfp4_path path)
+{
+    const int64_t rows = w->rows, cols = w->cols, nb = cols / XD_MXFP4_BLOCK;
     const struct xd_block_mxfp4 *wb = w->data;
-    int64_t r_done = 0; /* rows before this are done by the 4-row tiles */
+    int64_t r = r0;
 #if defined(__x86_64__)
-    if (path == XD_MXFP4_AVX512) {
-        const int64_t n_tiles = rows / ROW_TILE;
-#pragma omp parallel for schedule(static) if (rows * cols * (int64_t)n > 32768)
-        for (int64_t tile = 0; tile < n_tiles; tile++) {
-            const int64_t r0 = tile * ROW_TILE;
+    if (path == XD_MXFP4_AVX512)
+        for (; r + ROW_TILE <= r1; r += ROW_TILE)
             for (int t0 = 0; t0 < n; t0 += TOK_TILE) {
                 const int nt = n - t0 < TOK_TILE ? n - t0 : TOK_TILE;
                 float out[ROW_TILE * TOK_TILE];
-                rows4_avx512(wb + r0 * nb, nb, xd + (size_t)t0 * cols, cols, nt, out);
-                for (int r = 0; r < ROW_TILE; r++)
+                rows4_avx512(wb + r * nb, nb, xd + (size_t)t0 * cols, cols, nt, out);
+                for (int i = 0; i < ROW_TILE; i++)
                     for (int t = 0; t < nt; t++)
-                        y[(size_t)(t0 + t) * rows + r0 + r] = out[r * TOK_TILE + t];
+                        y[(size_t)(t0 + t) * rows + r + i] = out[i * TOK_TILE + t];
             }
-        }
-        r_done = n_tiles * ROW_TILE;
-    }
 #endif
-#pragma omp parallel for schedule(static) if ((rows - r_done) * cols * (int64_t)n > 32768)
-    for (int64_t r = r_done; r < rows; r++) {
+    for (; r < r1; r++) {
         const struct xd_block_mxfp4 *row = wb + r * nb;
         for (int t0 = 0; t0 < n; t0 += TOK_TILE) {
             const int nt = n - t0 < TOK_TILE ? n - t0 : TOK_TILE;
@@ -232,6 +228,41 @@ void xd_cpu_matmul_mxfp4(const float *x, int n, const struct xd_matrix *w, float
             for (int t = 0; t < nt; t++)
                 y[(size_t)(t0 + t) * rows + r] = out[t];
         }
+    }
+}
+
+void xd_cpu_matmul_mxfp4_rows(const float *xd, int n, const struct xd_matrix *w, float *y,
+                              int64_t r0, int64_t r1, enum xd_mxfp4_path path)
+{
+    assert(w->dtype == XD_DTYPE_MXFP4 && 0 <= r0 && r0 <= r1 && r1 <= w->rows);
+    mx_rows(xd, n, w, y, r0, r1, path);
+}
+
+/* Rows of output per OpenMP task: a multiple of the four-row tile. */
+#define PAR_TILE 16
+
+void xd_cpu_matmul_mxfp4(const float *x, int n, const struct xd_matrix *w, float *y,
+                         enum xd_mxfp4_path path)
+{
+    const int64_t rows = w->rows, cols = w->cols, nb = cols / XD_MXFP4_BLOCK;
+    float *xd = malloc((size_t)(n > 0 ? n : 1) * (size_t)cols * sizeof(float));
+    if (!xd) {
+        /* no scratch: the same order, one token at a time on the stack */
+        for (int t = 0; t < n; t++) {
+            float xt[cols];
+            deinterleave(x + (size_t)t * cols, cols, xt);
+            for (int64_t r = 0; r < rows; r++)
+                row_portable((const struct xd_block_mxfp4 *)w->data + r * nb, nb, xt, cols, 1,
+                             y + (size_t)t * rows + r);
+        }
+        return;
+    }
+    xd_cpu_mxfp4_prep(x, n, cols, xd);
+    const int64_t n_tiles = (rows + PAR_TILE - 1) / PAR_TILE;
+#pragma omp parallel for schedule(static) if (rows * cols * (int64_t)n > 32768)
+    for (int64_t tile = 0; tile < n_tiles; tile++) {
+        const int64_t r0 = tile * PAR_TILE, r1 = r0 + PAR_TILE < rows ? r0 + PAR_TILE : rows;
+        mx_rows(xd, n, w, y, r0, r1, path);
     }
     free(xd);
 }

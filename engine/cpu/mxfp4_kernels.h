@@ -26,4 +26,13 @@ enum xd_mxfp4_path {
 void xd_cpu_matmul_mxfp4(const float *x, int n, const struct xd_matrix *w, float *y,
                          enum xd_mxfp4_path path);
 
+/* xd (n, cols) = x (n, cols) with each block's even columns first, then its odd ones: the form
+ * the kernels read, made once per token and shared by every row range (the MoE work items). */
+void xd_cpu_mxfp4_prep(const float *x, int n, int64_t cols, float *xd);
+
+/* Rows [r0, r1) of y (n, w.rows) = x @ w^T for xd made from x by xd_cpu_mxfp4_prep, on the
+ * calling thread alone (no OpenMP); every element the bits xd_cpu_matmul_mxfp4 gives. */
+void xd_cpu_matmul_mxfp4_rows(const float *xd, int n, const struct xd_matrix *w, float *y,
+                              int64_t r0, int64_t r1, enum xd_mxfp4_path path);
+
 #endif

@@ -1,45 +1,84 @@
 /* Matmul over q8_0 / q4_1 weights: activations quantized per block to int8, integer dot products with AVX-512 VNNI, AVX2 or portable C, one summation order on every path. */
 #include "engine/cpu/quant_kernels.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine/model/quant.h"
 
-/* The step's activations quantized per block of 32 (llama.cpp's q8_1 class, f32 scales), laid
- * out for the kernels: a pair of blocks is 64 contiguous bytes of q, and the q4_1 partners of
- * four tokens are four contiguous floats of s. */
-struct acts {
-    int n;           /* tokens */
-    int64_t nb;      /* blocks per token */
-    int8_t *q;       /* (n, nb * 32) round(x / d) */
-    float *d;        /* (n, nb) max |x| / 127 of each block */
-    float *s;        /* (nb, n) d * sum(q) (f32) of each block, block-major */
-};
+/* Blocks [b0, b1) of one token's activations quantized: the same C on every path. x, q and d
+ * are the token's row, s its column of the block-major sums. */
+static void quantize_token(const float *x, int64_t b0, int64_t b1, int8_t *q, float *d, float *s,
+                           int64_t ld_s)
+{
+    for (int64_t b = b0; b < b1; b++) {
+        const float *xb = x + b * XD_QBLOCK;
+        int8_t *qb = q + b * XD_QBLOCK;
+        float amax = 0.0f;
+        for (int j = 0; j < XD_QBLOCK; j++)
+            amax = fmaxf(amax, fabsf(xb[j]));
+        const float db = amax / 127.0f;
+        const float id = db != 0.0f ? 1.0f / db : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < XD_QBLOCK; j++) {
+            qb[j] = (int8_t)roundf(xb[j] * id);
+            sum += qb[j];
+        }
+        d[b] = db;
+        s[b * ld_s] = db * (float)sum;
+    }
+}
 
-/* a (n, cols) = x quantized per block; the same C on every path. */
-static void quantize_acts(const float *x, int n, int64_t cols, struct acts *a)
+size_t xd_cpu_qacts_bytes(int n, int64_t cols)
+{
+    return (size_t)(n > 0 ? n : 0) * (size_t)(cols / XD_QBLOCK) * (XD_QBLOCK + 2 * sizeof(float));
+}
+
+void xd_cpu_qacts_init(void *buf, int n, int64_t cols, struct xd_cpu_qacts *ret)
 {
     const int64_t nb = cols / XD_QBLOCK;
-    for (int64_t t = 0; t < n; t++) {
-        for (int64_t b = 0; b < nb; b++) {
-            const float *xb = x + t * cols + b * XD_QBLOCK;
-            int8_t *q = a->q + t * cols + b * XD_QBLOCK;
-            float amax = 0.0f;
-            for (int j = 0; j < XD_QBLOCK; j++)
-                amax = fmaxf(amax, fabsf(xb[j]));
-            const float d = amax / 127.0f;
-            const float id = d != 0.0f ? 1.0f / d : 0.0f;
-            int sum = 0;
-            for (int j = 0; j < XD_QBLOCK; j++) {
-                q[j] = (int8_t)roundf(xb[j] * id);
-                sum += q[j];
-            }
-            a->d[t * nb + b] = d;
-            a->s[b * n + t] = d * (float)sum;
-        }
-    }
+    const size_t n_blocks = (size_t)n * (size_t)nb;
+    /* the floats first, so they are aligned as buf is */
+    float *f = buf;
+    *ret = (struct xd_cpu_qacts){.n = n, .nb = nb, .ld_s = n, .d = f, .s = f + n_blocks,
+                                 .q = (int8_t *)(f + 2 * n_blocks)};
+}
+
+void xd_cpu_qacts_quantize(const struct xd_cpu_qacts *a, const float *x, int t0, int t1)
+{
+    const int64_t cols = a->nb * XD_QBLOCK;
+    for (int64_t t = t0; t < t1; t++)
+        quantize_token(x + t * cols, 0, a->nb, a->q + t * cols, a->d + t * a->nb, a->s + t,
+                       a->ld_s);
+}
+
+void xd_cpu_qacts_quantize_blocks(const struct xd_cpu_qacts *a, int t, const float *x,
+                                  int64_t b0, int64_t b1)
+{
+    assert(0 <= t && t < a->n && 0 <= b0 && b0 <= b1 && b1 <= a->nb);
+    const int64_t cols = a->nb * XD_QBLOCK;
+    quantize_token(x, b0, b1, a->q + t * cols, a->d + t * a->nb, a->s + t, a->ld_s);
+}
+
+void xd_cpu_qacts_copy_token(const struct xd_cpu_qacts *dst, int t_dst,
+                             const struct xd_cpu_qacts *src, int t_src)
+{
+    assert(dst->nb == src->nb && 0 <= t_dst && t_dst < dst->n && 0 <= t_src && t_src < src->n);
+    const int64_t nb = src->nb, cols = nb * XD_QBLOCK;
+    memcpy(dst->q + t_dst * cols, src->q + t_src * cols, (size_t)cols);
+    memcpy(dst->d + t_dst * nb, src->d + t_src * nb, (size_t)nb * sizeof(float));
+    for (int64_t b = 0; b < nb; b++)
+        dst->s[b * dst->ld_s + t_dst] = src->s[b * src->ld_s + t_src];
+}
+
+struct xd_cpu_qacts xd_cpu_qacts_view(const struct xd_cpu_qacts *a, int t0, int n)
+{
+    assert(t0 >= 0 && n >= 0 && t0 + n <= a->n);
+    const int64_t cols = a->nb * XD_QBLOCK;
+    return (struct xd_cpu_qacts){.n = n, .nb = a->nb, .ld_s = a->ld_s,
+                                 .q = a->q + t0 * cols, .d = a->d + t0 * a->nb, .s = a->s + t0};
 }
 
 /* ---- the portable path: the order of the header, written out ---- */
@@ -61,7 +100,7 @@ static inline int wq_at(const void *row, int fmt_q8, int64_t b, int k)
     return k < 16 ? qs[k] & 15 : qs[k - 16] >> 4;
 }
 
-static float dot_portable(const void *row, int fmt_q8, const struct acts *a, int t)
+static float dot_portable(const void *row, int fmt_q8, const struct xd_cpu_qacts *a, int t)
 {
     const int64_t nb = a->nb;
     const int8_t *xq = a->q + (int64_t)t * nb * XD_QBLOCK;
@@ -83,7 +122,7 @@ static float dot_portable(const void *row, int fmt_q8, const struct acts *a, int
         float macc = 0.0f;
         for (int64_t b = 0; b < nb; b++)
             macc = fmaf(xd_f16_to_f32(((const struct xd_block_q4_1 *)row)[b].m),
-                        a->s[b * a->n + t], macc);
+                        a->s[b * a->ld_s + t], macc);
         r += macc;
     }
     return r;
@@ -92,7 +131,7 @@ static float dot_portable(const void *row, int fmt_q8, const struct acts *a, int
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
-static void rows_portable(const struct acts *a, const struct xd_matrix *w, float *y, int64_t r0,
+static void rows_portable(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, int64_t r0,
                           int64_t r1)
 {
     const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
@@ -118,6 +157,9 @@ static void rows_portable(const struct acts *a, const struct xd_matrix *w, float
 #define FMT_Q8 0
 #define FMT_Q4 1
 #define NT 4 /* tokens per register tile */
+/* Rows ahead the decode tiles prefetch: the next four-row tile (1.4-3x on a 140 MB q8/q4
+ * matrix at one token, bench/results/engine-cpu-quant-moe.md; eight rows ahead was no better). */
+#define QPREFETCH_ROWS 4
 
 /* The tree k = 8, 4, 2, 1 over sixteen lanes held as lo (0-7) + hi (8-15). */
 TGT_AVX2 static inline __attribute__((always_inline)) float reduce16(__m256 lo, __m256 hi)
@@ -153,7 +195,7 @@ DEFINE_LOADW(load_w_vnni, TGT_VNNI)
  * per block in order (four tokens a vector when nt is 4, the same operations). */
 #define DEFINE_MINS(name, tgt)                                                                   \
     tgt static inline __attribute__((always_inline)) void name(const char *row,                  \
-                                                               const struct acts *a, int64_t t0, \
+                                                               const struct xd_cpu_qacts *a, int64_t t0, \
                                                                const int nt, float *macc)        \
     {                                                                                            \
         const struct xd_block_q4_1 *blk = (const struct xd_block_q4_1 *)row;                     \
@@ -161,7 +203,7 @@ DEFINE_LOADW(load_w_vnni, TGT_VNNI)
             __m128 m4 = _mm_setzero_ps();                                                        \
             for (int64_t b = 0; b < a->nb; b++)                                                  \
                 m4 = _mm_fmadd_ps(_mm_set1_ps(_cvtsh_ss(blk[b].m)),                              \
-                                  _mm_loadu_ps(a->s + b * a->n + t0), m4);                       \
+                                  _mm_loadu_ps(a->s + b * a->ld_s + t0), m4);                       \
             _mm_storeu_ps(macc, m4);                                                             \
             return;                                                                              \
         }                                                                                        \
@@ -170,7 +212,7 @@ DEFINE_LOADW(load_w_vnni, TGT_VNNI)
         for (int64_t b = 0; b < a->nb; b++) {                                                    \
             const float m = _cvtsh_ss(blk[b].m);                                                 \
             for (int t = 0; t < nt; t++)                                                         \
-                macc[t] = __builtin_fmaf(m, a->s[b * a->n + t0 + t], macc[t]);                   \
+                macc[t] = __builtin_fmaf(m, a->s[b * a->ld_s + t0 + t], macc[t]);                   \
         }                                                                                        \
     }
 DEFINE_MINS(mins_avx2, TGT_AVX2)
@@ -179,7 +221,7 @@ DEFINE_MINS(mins_vnni, TGT_VNNI)
 /* VNNI: y[t][r0 + r] for tokens t0 .. t0 + nt - 1 and rows r0 .. r0 + nr - 1 (constants once
  * inlined), a pair of blocks per step. */
 TGT_VNNI static inline __attribute__((always_inline)) void
-tile_vnni(const struct acts *a, const struct xd_matrix *w, float *y, int64_t t0, int64_t r0,
+tile_vnni(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, int64_t t0, int64_t r0,
           const int nt, const int nr, const int fmt)
 {
     const int64_t nb = a->nb, cols = nb * XD_QBLOCK;
@@ -199,6 +241,17 @@ tile_vnni(const struct acts *a, const struct xd_matrix *w, float *y, int64_t t0,
         const int pair = b + 1 < nb; /* else the last, odd block: the high half stays zero */
         __m512i wv[4];
         __m512 dwv[4];
+        if (nt <= 2) {
+            /* few tokens (decode): the weights stream from memory, a row too short for the
+             * hardware prefetcher to get ahead; ask for the same bytes of the rows one tile on
+             * (a hint: past the matrix it loads nothing, and it changes no result) */
+            const size_t off = (size_t)b * (fmt == FMT_Q8 ? sizeof(struct xd_block_q8_0)
+                                                          : sizeof(struct xd_block_q4_1));
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++)
+                _mm_prefetch((const char *)((uintptr_t)wrow[r] + QPREFETCH_ROWS * row_bytes + off),
+                             _MM_HINT_T0);
+        }
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
             if (fmt == FMT_Q4) {
@@ -277,7 +330,7 @@ tile_vnni(const struct acts *a, const struct xd_matrix *w, float *y, int64_t t0,
             const __m128 mv = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)packed));
 #pragma GCC unroll 4
             for (int t = 0; t < nt; t++)
-                m4[t] = _mm_fmadd_ps(mv, _mm_set1_ps(a->s[b * a->n + t0 + t]), m4[t]);
+                m4[t] = _mm_fmadd_ps(mv, _mm_set1_ps(a->s[b * a->ld_s + t0 + t]), m4[t]);
         }
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) {
@@ -306,7 +359,7 @@ tile_vnni(const struct acts *a, const struct xd_matrix *w, float *y, int64_t t0,
 
 /* AVX2: one row against tokens t0 .. t0 + nt - 1, the even and odd blocks in two accumulators. */
 TGT_AVX2 static inline __attribute__((always_inline)) void
-tile_avx2(const struct acts *a, const struct xd_matrix *w, float *y, int64_t t0, int64_t r0,
+tile_avx2(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, int64_t t0, int64_t r0,
           const int nt, const int fmt)
 {
     const int64_t nb = a->nb, cols = nb * XD_QBLOCK;
@@ -340,7 +393,7 @@ tile_avx2(const struct acts *a, const struct xd_matrix *w, float *y, int64_t t0,
 }
 
 #define DEFINE_ROWS_VNNI(name, fmt)                                                              \
-    TGT_VNNI static void name(const struct acts *a, const struct xd_matrix *w, float *y,         \
+    TGT_VNNI static void name(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,         \
                               int64_t r0, int64_t r1)                                            \
     {                                                                                            \
         int64_t r = r0;                                                                          \
@@ -367,7 +420,7 @@ DEFINE_ROWS_VNNI(rows_vnni_q8, FMT_Q8)
 DEFINE_ROWS_VNNI(rows_vnni_q4, FMT_Q4)
 
 #define DEFINE_ROWS_AVX2(name, fmt)                                                              \
-    TGT_AVX2 static void name(const struct acts *a, const struct xd_matrix *w, float *y,         \
+    TGT_AVX2 static void name(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,         \
                               int64_t r0, int64_t r1)                                            \
     {                                                                                            \
         for (int64_t r = r0; r < r1; r++) {                                                      \
@@ -404,13 +457,38 @@ enum xd_quant_path xd_cpu_quant_best_path(enum xd_quant_path max)
     return best < max ? best : max;
 }
 
+typedef void (*rows_fn)(const struct xd_cpu_qacts *, const struct xd_matrix *, float *, int64_t,
+                        int64_t);
+
+static rows_fn rows_for(enum xd_dtype dt, enum xd_quant_path path)
+{
+    const int q8 = dt == XD_DTYPE_Q8_0;
+#ifdef XD_HAVE_X86_QUANT
+    if (path == XD_QUANT_VNNI)
+        return q8 ? rows_vnni_q8 : rows_vnni_q4;
+    if (path == XD_QUANT_AVX2)
+        return q8 ? rows_avx2_q8 : rows_avx2_q4;
+#else
+    (void)path;
+    (void)q8;
+#endif
+    return rows_portable;
+}
+
+void xd_cpu_matmul_quant_rows(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
+                              int64_t r0, int64_t r1, enum xd_quant_path path)
+{
+    assert(xd_dtype_is_quant(w->dtype) && a->nb * XD_QBLOCK == w->cols);
+    assert(0 <= r0 && r0 <= r1 && r1 <= w->rows);
+    if (a->n > 0 && r0 < r1)
+        rows_for(w->dtype, path)(a, w, y, r0, r1);
+}
+
 /* Rows of output per OpenMP task. */
 #define ROW_TILE 16
 
-typedef void (*rows_fn)(const struct acts *, const struct xd_matrix *, float *, int64_t,
-                        int64_t);
-
-static void run_rows(rows_fn fn, const struct acts *a, const struct xd_matrix *w, float *y)
+static void run_rows(rows_fn fn, const struct xd_cpu_qacts *a, const struct xd_matrix *w,
+                     float *y)
 {
     const int64_t rows = w->rows, n_tiles = (rows + ROW_TILE - 1) / ROW_TILE;
 #pragma omp parallel for schedule(static) if (rows * w->cols * (int64_t)a->n > 32768)
@@ -426,34 +504,23 @@ void xd_cpu_matmul_quant(const float *x, int n, const struct xd_matrix *w, float
     const int64_t cols = w->cols, nb = cols / XD_QBLOCK;
     if (n <= 0)
         return;
-    const int q8 = w->dtype == XD_DTYPE_Q8_0;
-    rows_fn fn = rows_portable;
-#ifdef XD_HAVE_X86_QUANT
-    if (path == XD_QUANT_VNNI)
-        fn = q8 ? rows_vnni_q8 : rows_vnni_q4;
-    else if (path == XD_QUANT_AVX2)
-        fn = q8 ? rows_avx2_q8 : rows_avx2_q4;
-#else
-    (void)path;
-    (void)q8;
-#endif
+    const rows_fn fn = rows_for(w->dtype, path);
     /* the step's activations, quantized once for every row: 40 bytes per 32 values */
-    const size_t n_blocks = (size_t)n * (size_t)nb;
-    char *buf = malloc(n_blocks * (XD_QBLOCK + 2 * sizeof(float)));
+    void *buf = malloc(xd_cpu_qacts_bytes(n, cols));
     if (!buf) {
         /* no memory for the scratch: one token at a time from the stack, the same results */
         for (int t = 0; t < n; t++) {
-            int8_t q[cols];
-            float d[nb], s[nb];
-            struct acts one = {1, nb, q, d, s};
-            quantize_acts(x + (int64_t)t * cols, 1, cols, &one);
+            float one_buf[nb * (2 + XD_QBLOCK / sizeof(float))];
+            struct xd_cpu_qacts one;
+            xd_cpu_qacts_init(one_buf, 1, cols, &one);
+            xd_cpu_qacts_quantize(&one, x + (int64_t)t * cols, 0, 1);
             run_rows(fn, &one, w, y + (int64_t)t * w->rows);
         }
         return;
     }
-    struct acts a = {n, nb, (int8_t *)buf, (float *)(buf + n_blocks * XD_QBLOCK),
-                     (float *)(buf + n_blocks * XD_QBLOCK) + n_blocks};
-    quantize_acts(x, n, cols, &a);
+    struct xd_cpu_qacts a;
+    xd_cpu_qacts_init(buf, n, cols, &a);
+    xd_cpu_qacts_quantize(&a, x, 0, n);
     run_rows(fn, &a, w, y);
     free(buf);
 }

@@ -2,6 +2,8 @@
 #ifndef XD_QUANT_KERNELS_H
 #define XD_QUANT_KERNELS_H
 
+#include <stddef.h>
+
 #include "engine/model/expert_store.h"
 
 /* Which integer dot product xd_cpu_matmul_quant uses. */
@@ -29,6 +31,49 @@ enum xd_quant_path {
  *   y = r + macc. */
 void xd_cpu_matmul_quant(const float *x, int n, const struct xd_matrix *w, float *y,
                          enum xd_quant_path path);
+
+/* Activations quantized as xd_cpu_matmul_quant quantizes them, held so that several matrices
+ * and row ranges share one quantization (the MoE layer's gate and up, its work items). Token t's
+ * block b: q + (t * nb + b) * 32 the int8 values, d[t * nb + b] the scale, s[b * ld_s + t] =
+ * d * sum(q) (block-major, so four tokens' are four contiguous floats). A view of tokens
+ * [t0, t0 + n) (xd_cpu_qacts_view) shares the buffer and keeps ld_s. */
+struct xd_cpu_qacts {
+    int n;          /* tokens */
+    int64_t nb;     /* blocks per token: cols / 32 */
+    int64_t ld_s;   /* stride of s between blocks (the token count of the whole buffer) */
+    int8_t *q;      /* (n, nb * 32) round(x / d) */
+    float *d;       /* (n, nb) max |x| / 127 of each block */
+    float *s;       /* (nb, ld_s) d * sum(q) of each block */
+};
+
+/* Bytes of a buffer for n tokens of cols values (cols a multiple of 32): 40 per block. */
+size_t xd_cpu_qacts_bytes(int n, int64_t cols);
+
+/* Lays out *ret over buf (xd_cpu_qacts_bytes(n, cols) bytes, float-aligned; the caller owns
+ * it); quantizes nothing. */
+void xd_cpu_qacts_init(void *buf, int n, int64_t cols, struct xd_cpu_qacts *ret);
+
+/* Quantizes tokens [t0, t1) of x (a->n, cols) into a; each token alone, so any split of the
+ * tokens over threads gives the same bytes. */
+void xd_cpu_qacts_quantize(const struct xd_cpu_qacts *a, const float *x, int t0, int t1);
+
+/* Blocks [b0, b1) of token t quantized from x, that token's row (nb * 32 values): the same
+ * bytes xd_cpu_qacts_quantize writes for them (a work item quantizes the columns it made). */
+void xd_cpu_qacts_quantize_blocks(const struct xd_cpu_qacts *a, int t, const float *x,
+                                  int64_t b0, int64_t b1);
+
+/* Token t_src of src copied to token t_dst of dst (the same nb). */
+void xd_cpu_qacts_copy_token(const struct xd_cpu_qacts *dst, int t_dst,
+                             const struct xd_cpu_qacts *src, int t_src);
+
+/* Tokens [t0, t0 + n) of a, sharing its buffer. */
+struct xd_cpu_qacts xd_cpu_qacts_view(const struct xd_cpu_qacts *a, int t0, int n);
+
+/* Rows [r0, r1) of y (a->n, w.rows) = x @ w^T for the activations a quantized from x, on the
+ * calling thread alone (no OpenMP): the MoE layer's work items. Every element is the one
+ * xd_cpu_matmul_quant gives, bit for bit, whatever the range and the tokens around it. */
+void xd_cpu_matmul_quant_rows(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
+                              int64_t r0, int64_t r1, enum xd_quant_path path);
 
 /* The best path this CPU has, at most max. */
 enum xd_quant_path xd_cpu_quant_best_path(enum xd_quant_path max);

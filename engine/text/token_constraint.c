@@ -16,6 +16,7 @@ struct xd_token_table {
     uint8_t *usable;        /* (n_vocab,) 1: an ordinary token with bytes */
     uint8_t *plain;         /* (n_vocab,) 1: its bytes are all printable ASCII but '"', '\\' */
     uint8_t *is_eos;        /* (n_vocab,) */
+    uint8_t *special;       /* (n_vocab,) 1: a special token (its bytes kept for the gate) */
     int32_t first_eos;      /* -1: none */
     int32_t *sorted;        /* (n_sorted,) usable ids by their bytes */
     uint16_t *lcp;          /* (n_sorted,) bytes shared with the previous sorted token */
@@ -32,6 +33,11 @@ struct xd_token_constraint {
     const struct xd_json_state *checked_st; /* the state after it (c->a or c->b), or NULL */
     bool broken;            /* a token it refused was taken: it no longer constrains */
     bool ended;             /* an eos was taken with the text whole */
+    /* gated (xd_token_constraint_create_gated): dormant until gate's answer starts */
+    bool gated, keep_special;
+    struct xd_reasoning_gate gate;
+    struct xd_reasoning_gate checked_gate; /* the gate after checked's text (dormant) */
+    struct xd_byte_buf rb, cb;             /* a dormant check's reasoning and content */
 };
 
 static const struct xd_token_table *sort_table; /* qsort's context, under sort_lock */
@@ -68,9 +74,10 @@ int xd_token_table_create(const struct xd_tokenizer *tok, int n_vocab, const int
     t->usable = calloc((size_t)n_vocab + 1, 1);
     t->plain = calloc((size_t)n_vocab + 1, 1);
     t->is_eos = calloc((size_t)n_vocab + 1, 1);
+    t->special = calloc((size_t)n_vocab + 1, 1);
     t->sorted = malloc(sizeof *t->sorted * ((size_t)n_vocab + 1));
     t->lcp = calloc((size_t)n_vocab + 1, sizeof *t->lcp);
-    if (!t->off || !t->bytes || !t->usable || !t->plain || !t->is_eos || !t->sorted || !t->lcp) {
+    if (!t->off || !t->bytes || !t->usable || !t->plain || !t->is_eos || !t->special || !t->sorted || !t->lcp) {
         xd_token_table_unref(t);
         return xd_err_set(err, XD_ERR_NOMEM, "out of memory");
     }
@@ -85,7 +92,10 @@ int xd_token_table_create(const struct xd_tokenizer *tok, int n_vocab, const int
         t->off[i] = o;
         bool special = false;
         int n = xd_tokenizer_token_bytes(tok, i, t->bytes + o, total - o, &special);
-        if (n > 0 && !special && !t->is_eos[i] && n <= XD_TOKEN_MAX_BYTES) {
+        t->special[i] = special;
+        if (n > 0 && (special || t->is_eos[i] || n > XD_TOKEN_MAX_BYTES)) {
+            o += (uint32_t)n; /* never chosen by the grammar, but text for the gate */
+        } else if (n > 0) {
             t->usable[i] = 1;
             t->plain[i] = 1;
             for (int k = 0; k < n; k++) {
@@ -133,6 +143,7 @@ void xd_token_table_unref(struct xd_token_table *t)
     free(t->usable);
     free(t->plain);
     free(t->is_eos);
+    free(t->special);
     free(t->sorted);
     free(t->lcp);
     free(t);
@@ -160,10 +171,31 @@ struct xd_token_constraint *xd_token_constraint_create(struct xd_json_grammar *g
     return c;
 }
 
+struct xd_token_constraint *xd_token_constraint_create_gated(struct xd_json_grammar *g,
+                                                             struct xd_token_table *t,
+                                                             const struct xd_reasoning_gate *gate,
+                                                             bool keep_special)
+{
+    struct xd_token_constraint *c = xd_token_constraint_create(g, t);
+    if (c && gate && !gate->answering) {
+        c->gated = true;
+        c->keep_special = keep_special;
+        c->gate = *gate;
+    }
+    return c;
+}
+
+bool xd_token_constraint_dormant(const struct xd_token_constraint *c)
+{
+    return c->gated && !c->broken && !c->ended && !c->gate.answering;
+}
+
 void xd_token_constraint_destroy(struct xd_token_constraint *c)
 {
     if (!c)
         return;
+    xd_byte_buf_free(&c->rb);
+    xd_byte_buf_free(&c->cb);
     xd_json_state_destroy(c->cur);
     xd_json_state_destroy(c->a);
     xd_json_state_destroy(c->b);
@@ -192,10 +224,49 @@ static bool usable(const struct xd_token_table *t, int32_t token)
     return token >= 0 && token < t->n_vocab && t->usable[token];
 }
 
+/* Dormant: whether token's text, through a copy of the gate, keeps the output valid: it stays
+ * in the reasoning, or the answer it starts is a valid prefix. The check is kept for accept:
+ * the gate after it in c->checked_gate, the grammar's state (when the answer started) in
+ * c->checked_st. */
+static bool dormant_allows(struct xd_token_constraint *c, int32_t token)
+{
+    const struct xd_token_table *t = c->t;
+    if (token >= 0 && token < t->n_vocab && t->is_eos[token])
+        return xd_reasoning_gate_may_end(&c->gate); /* in its reasoning: no content */
+    if (token == c->checked)
+        return c->checked_st != NULL;
+    c->checked = token;
+    c->checked_gate = c->gate;
+    c->checked_st = c->cur;
+    if (token < 0 || token >= t->n_vocab)
+        return true; /* past the tokenizer: no text */
+    uint32_t n = t->off[token + 1] - t->off[token];
+    if (t->special[token] && !c->keep_special)
+        n = 0; /* the detokenizer drops it: no text reaches the split */
+    c->rb.len = c->cb.len = 0;
+    if (n == 0)
+        return true;
+    if (xd_reasoning_gate_push(&c->checked_gate, (const char *)t->bytes + t->off[token], n,
+                               &c->rb, &c->cb) < 0) {
+        c->checked_st = NULL; /* out of memory: refused, the mask falls back to an end */
+        return false;
+    }
+    if (!c->checked_gate.answering)
+        return true;
+    xd_json_state_copy(c->a, c->cur);
+    if (!xd_json_state_feed_bytes(c->g, c->a, (const uint8_t *)c->cb.data, c->cb.len, c->b))
+        c->checked_st = NULL;
+    else
+        c->checked_st = c->a;
+    return c->checked_st != NULL;
+}
+
 bool xd_token_constraint_allows(struct xd_token_constraint *c, int32_t token)
 {
     if (c->broken)
         return true;
+    if (xd_token_constraint_dormant(c))
+        return dormant_allows(c, token);
     const struct xd_token_table *t = c->t;
     bool eos = token >= 0 && token < t->n_vocab && t->is_eos[token];
     if (c->ended || eos)
@@ -213,6 +284,22 @@ void xd_token_constraint_mask(struct xd_token_constraint *c, float *w, int n_voc
 {
     if (c->broken)
         return;
+    if (xd_token_constraint_dormant(c)) {
+        /* token by token through the gate: only a token that starts the answer with bytes
+         * the grammar refuses is masked (rare: the sampled token is checked first) */
+        int n_keep = 0;
+        for (int i = 0; i < n_vocab; i++) {
+            c->checked = -1;
+            if (!dormant_allows(c, i))
+                w[i] = -INFINITY;
+            else
+                n_keep++;
+        }
+        c->checked = -1;
+        if (n_keep == 0 && c->t->first_eos >= 0 && c->t->first_eos < n_vocab)
+            w[c->t->first_eos] = 0.0f;
+        return;
+    }
     struct xd_token_table *t = c->t;
     bool can_end = c->ended || xd_json_state_can_end(c->g, c->cur);
     bool only_end = c->ended || xd_json_state_must_end(c->cur);
@@ -301,6 +388,17 @@ void xd_token_constraint_accept(struct xd_token_constraint *c, int32_t token)
         return;
     }
     const struct xd_token_table *t = c->t;
+    if (xd_token_constraint_dormant(c)) {
+        if (token >= 0 && token < t->n_vocab && t->is_eos[token]) {
+            c->ended = true;
+            return;
+        }
+        c->gate = c->checked_gate; /* allows() above left the check there */
+        if (c->gate.answering && c->checked_st != c->cur)
+            xd_json_state_copy(c->cur, c->checked_st);
+        c->checked = -1;
+        return;
+    }
     if (t->is_eos[token]) {
         c->ended = true;
         return;

@@ -7,7 +7,9 @@
 #include <stdint.h>
 
 #include "engine/base/status.h"
+#include "engine/base/byte_buf.h"
 #include "engine/text/json_schema.h"
+#include "engine/text/reasoning_gate.h"
 #include "engine/text/tokenizer.h"
 
 #define XD_TOKEN_MAX_BYTES 128 /* tokens with more bytes are never chosen under a constraint */
@@ -33,6 +35,22 @@ struct xd_token_constraint;
 struct xd_token_constraint *xd_token_constraint_create(struct xd_json_grammar *g,
                                                        struct xd_token_table *t);
 void xd_token_constraint_destroy(struct xd_token_constraint *c); /* accepts NULL */
+
+/* A constraint that sleeps through a thinking model's reasoning: the output's text (each
+ * token's bytes; a special token's only with keep_special, as the detokenizer keeps them)
+ * goes through a copy of gate (reasoning_gate.h) and the grammar matches the answer from its
+ * first byte. While dormant every token is allowed but one that would start the answer with
+ * bytes the grammar refuses, and an eos past the reasoning (xd_reasoning_gate_may_end:
+ * an eos inside it ends the output with no answer); then as
+ * xd_token_constraint_create. A NULL gate, or one already answering, is that at once. Takes
+ * a reference on g and on t; NULL when out of memory. */
+struct xd_token_constraint *xd_token_constraint_create_gated(struct xd_json_grammar *g,
+                                                             struct xd_token_table *t,
+                                                             const struct xd_reasoning_gate *gate,
+                                                             bool keep_special);
+
+/* Whether the answer has not started yet (a gated constraint in the reasoning). */
+bool xd_token_constraint_dormant(const struct xd_token_constraint *c);
 
 /* Whether token keeps the output a valid prefix (an eos id: whether the output is whole). */
 bool xd_token_constraint_allows(struct xd_token_constraint *c, int32_t token);
