@@ -129,7 +129,10 @@ int main(int argc, char **argv)
         "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"age\":{\"type\":"
         "\"integer\"},\"tags\":{\"type\":\"array\",\"items\":{\"enum\":[\"red\",\"green\"]}},"
         "\"pet\":{\"anyOf\":[{\"type\":\"null\"},{\"type\":\"object\",\"properties\":{\"kind\":"
-        "{\"type\":\"string\"}}}]}},\"required\":[\"name\",\"age\"]}", 0, NULL);
+        "{\"type\":\"string\"}}}]},\"code\":{\"type\":\"string\",\"pattern\":"
+        "\"^[a-z]{2}\\\\d{2}$\"},\"n\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":150},"
+        "\"day\":{\"type\":\"string\",\"format\":\"date\"}},\"required\":[\"name\",\"age\"]}",
+        0, NULL);
     struct xd_json_grammar *g = NULL;
     if (xd_json_grammar_compile(schema, &g, &err) < 0) {
         fprintf(stderr, "schema: %s\n", err.msg);
@@ -141,13 +144,18 @@ int main(int argc, char **argv)
      * bytes through a fresh matcher and use the byte tokens) */
     static const char *const at[] = {"", "{\"name\":\"Al", "{\"name\":\"Al\",", "{\"name\":\"Al\",\"age\":4",
                                      "{\"name\":\"A\",\"age\":1,\"tags\":[", "{\"name\":\"A\",\"age\":1,\"pet\":",
+                                     "{\"name\":\"A\",\"age\":1,\"code\":\"a",
+                                     "{\"name\":\"A\",\"age\":1,\"n\":1",
+                                     "{\"name\":\"A\",\"age\":1,\"day\":\"2024-0",
                                      "", "<think>ab", "<think>a</think>", "<think>a</think>{\"name\":\"Al"};
     static const char *const what[] = {"start", "in a string", "after a comma (names)",
                                        "in an integer", "in an enum array", "anyOf value",
+                                       "in a pattern string", "in a bounded integer",
+                                       "in a date string",
                                        "gated: before <think>", "gated: reasoning",
                                        "gated: after </think>", "gated: in a string"};
     /* the last four behind a reasoning gate (qwen3: the model may open a think block) */
-    const size_t first_gated = 6;
+    const size_t first_gated = 9;
     struct xd_reasoning_gate gate;
     xd_reasoning_gate_init(&gate, XD_REASONING_THINK, false, false);
     float *w = malloc(sizeof *w * (size_t)n_vocab);

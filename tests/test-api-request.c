@@ -201,12 +201,12 @@ static const struct {
     {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":\"json\"}", "response_format"},
     {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"regex\"}}", "response_format"},
     {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\"}}}", "response_format"},
-    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"schema\":{\"type\":\"string\",\"pattern\":\"a\"}}}}", "response_format"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"schema\":{\"type\":\"string\",\"pattern\":\"(?=a)\"}}}}", "response_format"},
     {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"guided_json\":\"{nope\"}", "guided_json"},
     {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"guided_json\":{},\"ignore_eos\":true}", "ignore_eos"},
-    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"json_schema\":{\"type\":\"integer\",\"maximum\":3}}", "json_schema"},
+    {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"json_schema\":{\"type\":\"integer\",\"multipleOf\":3}}", "json_schema"},
     {XD_API_COMPLETIONS, "{\"prompt\":\"x\",\"json_schema\":{},\"response_format\":{\"type\":\"json_object\"}}", "json_schema"},
-    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"object\",\"properties\":{\"a\":{\"format\":\"uri\"}}}}}],\"tool_choice\":\"required\"}", "tools"},
+    {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"object\",\"properties\":{\"a\":{\"format\":\"color\"}}}}}],\"tool_choice\":\"required\"}", "tools"},
     {XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"required\",\"response_format\":{\"type\":\"json_object\"}}", "response_format"},
     {XD_API_CHAT, "{\"messages\":[{\"role\":\"function\",\"content\":\"x\"}]}", "messages"},
     {XD_API_CHAT, "{\"messages\":[{\"content\":\"x\"}]}", "messages"},
@@ -383,7 +383,7 @@ static void test_constraints(void)
         "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
         "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"text\"}}",
         /* auto and none with unsupported keywords: nothing is compiled, nothing refused */
-        "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"object\",\"properties\":{\"a\":{\"format\":\"uri\"}}}}}]}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"object\",\"properties\":{\"a\":{\"format\":\"color\"}}}}}]}",
     };
     for (size_t i = 0; i < sizeof plain / sizeof *plain; i++) {
         CHECK(parse(XD_API_CHAT, plain[i], &r, &e) == 0, "%s", e.message);
@@ -425,9 +425,9 @@ static void test_constraints(void)
         xd_api_request_finish(&r);
     }
     /* the refusal names the keyword */
-    CHECK(parse(XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"schema\":{\"type\":\"object\",\"properties\":{\"d\":{\"type\":\"string\",\"format\":\"date\"}}}}}}",
+    CHECK(parse(XD_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"schema\":{\"type\":\"object\",\"properties\":{\"d\":{\"type\":\"string\",\"format\":\"color\"}}}}}}",
                 &r, &e) == XD_ERR_INVALID && e.status == 400, "format refused");
-    CHECK_CONTAINS(e.message, "'format' at /properties/d is not supported");
+    CHECK_CONTAINS(e.message, "'format' 'color' at /properties/d is not supported");
     CHECK(e.code && strcmp(e.code, "unsupported_value") == 0, "code %s", e.code ? e.code : "-");
 }
 

@@ -1862,6 +1862,50 @@ def response_format_json_schema_whole_and_streamed():
         jsonschema.validate(json.loads(r.json()["choices"][0]["text"]), PERSON_SCHEMA)
 
 
+FORMATS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "code": {"type": "string", "pattern": "^[a-z]{2}\\d{2}$"},
+        "age": {"type": "integer", "minimum": 18, "maximum": 99},
+        "ratio": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+        "day": {"type": "string", "format": "date"},
+        "id": {"type": "string", "format": "uuid"},
+        "level": {"allOf": [{"$ref": "#/$defs/level"}], "description": "pydantic's wrapper"},
+    },
+    "required": ["code", "age", "ratio", "day", "id", "level"],
+    "additionalProperties": False,
+    "$defs": {"level": {"type": "integer", "exclusiveMinimum": -3, "maximum": 3}},
+}
+
+
+@test
+def response_format_json_schema_bounds_formats_patterns():
+    """minimum/maximum (integer and number), format (date, uuid), pattern and pydantic's
+    allOf around a $ref: the random-weight model's output validates against the schema with
+    the pinned jsonschema's format checker, for several seeds and n=4; a schema with a keyword
+    it cannot enforce is a 400 naming it."""
+    import jsonschema
+    c = S.client()
+    msgs = [{"role": "user", "content": "A record."}]
+    rf = {"type": "json_schema",
+          "json_schema": {"name": "record", "schema": FORMATS_SCHEMA, "strict": True}}
+    checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+    for seed in (1, 2):
+        r = c.chat.completions.create(model=S.name, messages=msgs, response_format=rf,
+                                      max_tokens=400, seed=seed, n=4)
+        for ch in r.choices:
+            assert ch.finish_reason == "stop", (seed, ch)
+            try:
+                v = json.loads(ch.message.content)
+            except ValueError:
+                raise AssertionError((seed, ch.message.content))
+            jsonschema.validate(v, FORMATS_SCHEMA, format_checker=checker)
+    bad = dict(FORMATS_SCHEMA, properties=dict(FORMATS_SCHEMA["properties"],
+                                               code={"type": "string", "pattern": "(?=x)"}))
+    r = post(S.url + "/v1/completions", {"prompt": "x", "max_tokens": 4, "guided_json": bad})
+    assert r.status_code == 400 and "'pattern' at /properties/code" in r.text, r.text
+
+
 @test
 def response_format_json_object():
     """response_format json_object: the output is one JSON object. Unbounded strings end when
@@ -1934,12 +1978,14 @@ def constraints_refuse_what_they_cannot_enforce():
     keyword, never ignored; so are malformed response_format objects."""
     u = S.url + "/v1/chat/completions"
     m = [{"role": "user", "content": "x"}]
-    for schema, word in (({"type": "string", "pattern": "^a"}, "'pattern'"),
+    for schema, word in (({"type": "string", "pattern": "(?<=a)b"}, "'pattern'"),
                          ({"type": "object", "properties": {"d": {"type": "string",
-                                                                  "format": "date"}}},
+                                                                  "format": "color"}}},
                           "/properties/d"),
-                         ({"type": "integer", "minimum": 0}, "'minimum'"),
-                         ({"oneOf": [{"type": "string"}]}, "'oneOf'")):
+                         ({"type": "integer", "multipleOf": 2}, "'multipleOf'"),
+                         ({"type": "number", "maximum": 0.5}, "'maximum'"),
+                         ({"oneOf": [{"type": "string"}, {"type": "string", "maxLength": 3}]},
+                          "'oneOf'")):
         r = post(u, {"messages": m, "response_format": {"type": "json_schema", "json_schema": {
             "name": "x", "schema": schema}}})
         expect_error(r, 400, "response_format")
@@ -1948,7 +1994,7 @@ def constraints_refuse_what_they_cannot_enforce():
                                                                     "json_schema": {"name": "x"}}):
         expect_error(post(u, {"messages": m, "response_format": rf}), 400, "response_format")
     tools = [{"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"a": {"type": "string", "format": "uri"}}}}}]
+        "type": "object", "properties": {"a": {"type": "string", "format": "color"}}}}}]
     r = post(u, {"messages": m, "tools": tools, "tool_choice": "required"})
     expect_error(r, 400, "tools")
     assert "'format'" in r.json()["error"]["message"], r.text

@@ -1,9 +1,13 @@
 /* JSON Schema subset -> node graph -> a nondeterministic byte-level pushdown matcher. */
 #include "engine/text/json_schema.h"
 
+#include <math.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "engine/text/json_regex.h"
 
 /* ---- the compiled grammar ---- */
 
@@ -30,6 +34,15 @@ struct node {
     char **lits;           /* K_LITERAL: (n_lits,) compact JSON texts */
     size_t *lit_len;
     int n_lits;
+    struct xd_json_regex *re; /* K_STRING: pattern or format the text matches, NULL: any */
+    int *prefix;           /* K_ARRAY: (n_prefix,) prefixItems' nodes, then items */
+    int n_prefix;
+    bool unique;           /* K_ARRAY: uniqueItems over a literal items node */
+    uint32_t min_props, max_props; /* K_OBJECT */
+    /* K_NUMBER, K_INTEGER with bounds: [lo, hi], ends open where *_open (integers: closed
+     * integer bounds; numbers: integer-valued bounds, no exponent); |bounds| <= BOUND_MAX */
+    bool bounded, has_lo, has_hi, lo_open, hi_open;
+    int64_t lo, hi;
 };
 
 struct xd_json_grammar {
@@ -112,6 +125,7 @@ static int new_node(struct compiler *c, enum node_kind kind, int *ret)
     n->items = -1;
     n->max_items = UINT32_MAX;
     n->max_len = UINT32_MAX;
+    n->max_props = UINT32_MAX;
     *ret = g->n_nodes++;
     return XD_OK;
 }
@@ -206,12 +220,15 @@ static int any_node(struct compiler *c, int *ret)
 }
 
 static const char *const IGNORED[] = {
-    "title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated",
-    "readOnly", "writeOnly", "$defs", "definitions",
+    "title", "description", "default", "examples", "example", "$schema", "$id", "$comment",
+    "deprecated", "readOnly", "writeOnly", "$defs", "definitions", "discriminator",
 };
 static const char *const ENFORCED[] = {
     "type", "properties", "required", "additionalProperties", "enum", "const", "items",
-    "minItems", "maxItems", "minLength", "maxLength", "anyOf", "$ref",
+    "minItems", "maxItems", "minLength", "maxLength", "anyOf", "$ref", "minimum", "maximum",
+    "exclusiveMinimum", "exclusiveMaximum", "format", "pattern", "allOf", "oneOf",
+    "prefixItems", "additionalItems", "uniqueItems", "minProperties", "maxProperties",
+    "nullable",
 };
 
 static bool in_list(const char *k, const char *const *list, size_t n)
@@ -308,6 +325,140 @@ static int compile_ref(struct compiler *c, const char *ref, int depth, int *ret)
     return XD_OK;
 }
 
+/* ---- keywords beyond the structure: bounds, patterns, formats ---- */
+
+/* The largest magnitude of a numeric bound: the matcher's arithmetic stays in 128 bits. */
+#define BOUND_MAX 1000000000000000000ll
+
+/* A bound keyword's value as a double; false when absent. */
+static int get_bound(struct compiler *c, const json_t *schema, const char *key, bool *ret_has,
+                     double *ret)
+{
+    const json_t *v = json_object_get(schema, key);
+    *ret_has = false;
+    if (!v || json_is_boolean(v))
+        return XD_OK;
+    if (!json_is_number(v))
+        return xd_err_set(c->err, XD_ERR_INVALID, "'%s' at %s must be a number", key,
+                          where(c));
+    double x = json_number_value(v);
+    if (!isfinite(x) || fabs(x) > (double)BOUND_MAX)
+        return xd_err_set(c->err, XD_ERR_UNSUPPORTED, "'%s' at %s is beyond +-1e18, which "
+                          "constrained decoding does not enforce", key, where(c));
+    *ret_has = true;
+    *ret = x;
+    return XD_OK;
+}
+
+/* minimum, maximum, exclusiveMinimum, exclusiveMaximum (a number, or draft 4's boolean beside
+ * minimum/maximum) into the node's bounds. Integers: any bounds, as closed integer bounds;
+ * numbers: integer-valued bounds only (a fractional one is refused by name). */
+static int compile_bounds(struct compiler *c, const json_t *schema, int id, bool integer)
+{
+    bool has[4];
+    double v[4];
+    static const char *const keys[] = {"minimum", "exclusiveMinimum", "maximum",
+                                       "exclusiveMaximum"};
+    const json_t *src[4]; /* the values, for integers past 2^53 a double cannot hold */
+    for (int i = 0; i < 4; i++) {
+        XD_TRY(get_bound(c, schema, keys[i], &has[i], &v[i]));
+        src[i] = json_object_get(schema, keys[i]);
+    }
+    if (json_is_true(json_object_get(schema, "exclusiveMinimum")) && has[0]) {
+        has[1] = true, v[1] = v[0], has[0] = false, src[1] = src[0]; /* draft 4 */
+    }
+    if (json_is_true(json_object_get(schema, "exclusiveMaximum")) && has[2]) {
+        has[3] = true, v[3] = v[2], has[2] = false, src[3] = src[2];
+    }
+    if (!has[0] && !has[1] && !has[2] && !has[3])
+        return XD_OK;
+    struct node *n = &c->g->nodes[id];
+    n->bounded = true;
+    for (int side = 0; side < 2; side++) { /* 0: lower, 1: upper */
+        bool incl = has[2 * side], excl = has[2 * side + 1];
+        if (!incl && !excl)
+            continue;
+        for (int k = 0; k < 2 && !integer; k++)
+            if (has[2 * side + k] && v[2 * side + k] != floor(v[2 * side + k]))
+                return xd_err_set(c->err, XD_ERR_UNSUPPORTED, "'%s' at %s is %g: a fractional "
+                                  "bound of a number is not supported (integer bounds are)",
+                                  keys[2 * side + k], where(c), v[2 * side + k]);
+        /* the tighter of the two, as [lo or (lo, and hi] or hi) */
+        double b;
+        bool open;
+        if (side == 0) {
+            b = incl ? v[0] : -INFINITY;
+            open = false;
+            if (excl && (!incl || v[1] >= v[0]))
+                b = v[1], open = true;
+            const json_t *exact = src[open ? 1 : 0];
+            if (integer) {
+                b = open ? floor(b) + 1 : ceil(b);
+            }
+            n->has_lo = true, n->lo = (int64_t)b, n->lo_open = open && !integer;
+            if (json_is_integer(exact))
+                n->lo = (int64_t)json_integer_value(exact) + (open && integer ? 1 : 0);
+        } else {
+            b = incl ? v[2] : INFINITY;
+            open = false;
+            if (excl && (!incl || v[3] <= v[2]))
+                b = v[3], open = true;
+            const json_t *exact = src[open ? 3 : 2];
+            if (integer) {
+                b = open ? ceil(b) - 1 : floor(b);
+            }
+            n->has_hi = true, n->hi = (int64_t)b, n->hi_open = open && !integer;
+            if (json_is_integer(exact))
+                n->hi = (int64_t)json_integer_value(exact) - (open && integer ? 1 : 0);
+        }
+    }
+    if (n->has_lo && n->has_hi &&
+        (n->lo > n->hi || (n->lo == n->hi && (n->lo_open || n->hi_open))))
+        return xd_err_set(c->err, XD_ERR_INVALID, "the bounds at %s leave no %s", where(c),
+                          integer ? "integer" : "number");
+    return XD_OK;
+}
+
+/* pattern or format into the string node's DFA. */
+static int compile_string_text(struct compiler *c, const json_t *schema, int id)
+{
+    const json_t *pat = json_object_get(schema, "pattern");
+    const json_t *fmt = json_object_get(schema, "format");
+    if (!pat && !fmt)
+        return XD_OK;
+    if (pat && fmt)
+        return xd_err_set(c->err, XD_ERR_UNSUPPORTED, "'pattern' beside 'format' at %s is not "
+                          "supported", where(c));
+    const json_t *v = pat ? pat : fmt;
+    if (!json_is_string(v))
+        return xd_err_set(c->err, XD_ERR_INVALID, "'%s' at %s must be a string",
+                          pat ? "pattern" : "format", where(c));
+    const char *text = json_string_value(v);
+    size_t len = json_string_length(v);
+    char what[320];
+    if (fmt) {
+        text = xd_json_regex_format(json_string_value(v));
+        if (!text)
+            return xd_err_set(c->err, XD_ERR_UNSUPPORTED, "'format' '%.40s' at %s is not "
+                              "supported (date, time, date-time, uuid, email, hostname, ipv4, "
+                              "ipv6 and uri are)", json_string_value(v), where(c));
+        len = strlen(text);
+        snprintf(what, sizeof what, "'format' '%.40s' at %s", json_string_value(v), where(c));
+    } else {
+        snprintf(what, sizeof what, "'pattern' at %s", where(c));
+    }
+    return xd_json_regex_compile(text, len, what, &c->g->nodes[id].re, c->err);
+}
+
+/* The node behind single-alternative unions ($ref placeholders). */
+static int resolve_node(const struct xd_json_grammar *g, int id)
+{
+    for (int i = 0; i < 16 && id >= 0 && g->nodes[id].kind == K_UNION &&
+                    g->nodes[id].n_alts == 1; i++)
+        id = g->nodes[id].alts[0];
+    return id;
+}
+
 static int compile_object(struct compiler *c, const json_t *schema, int depth, int *ret)
 {
     const json_t *props = json_object_get(schema, "properties");
@@ -380,6 +531,14 @@ static int compile_object(struct compiler *c, const json_t *schema, int depth, i
         return xd_err_set(c->err, XD_ERR_INVALID, "'additionalProperties' at %s must be a "
                           "boolean or a schema", where(c));
     }
+    struct node *n = &c->g->nodes[id];
+    XD_TRY(get_count(c, schema, "minProperties", &n->min_props));
+    XD_TRY(get_count(c, schema, "maxProperties", &n->max_props));
+    int n_req = __builtin_popcountll(n->required);
+    if (n->min_props > n->max_props || (uint32_t)n_req > n->max_props ||
+        (n->additional < 0 && n->min_props > (uint32_t)n->n_props))
+        return xd_err_set(c->err, XD_ERR_INVALID, "'minProperties'/'maxProperties' at %s "
+                          "leave no object", where(c));
     *ret = id;
     return XD_OK;
 }
@@ -392,6 +551,33 @@ static int compile_type(struct compiler *c, const json_t *schema, const char *ty
         return compile_object(c, schema, depth, ret);
     if (strcmp(type, "array") == 0) {
         const json_t *items = json_object_get(schema, "items");
+        const json_t *prefix = json_object_get(schema, "prefixItems");
+        if (json_is_array(items)) { /* draft 4-7 tuples: items as a list, then additionalItems */
+            if (prefix)
+                return xd_err_set(c->err, XD_ERR_INVALID, "'items' at %s is a list beside "
+                                  "'prefixItems'", where(c));
+            prefix = items;
+            items = json_object_get(schema, "additionalItems");
+        } /* additionalItems beside a schema (or no) items has no effect */
+        if (prefix && (!json_is_array(prefix) || json_array_size(prefix) > XD_JSON_MAX_PROPS))
+            return xd_err_set(c->err, XD_ERR_INVALID, "'prefixItems' at %s must be a list of at "
+                              "most %d schemas", where(c), XD_JSON_MAX_PROPS);
+        int *pre = NULL, n_pre = (int)json_array_size(prefix);
+        if (n_pre) {
+            pre = calloc((size_t)n_pre, sizeof *pre);
+            if (!pre)
+                return xd_err_set(c->err, XD_ERR_NOMEM, "out of memory");
+            for (int i = 0; i < n_pre; i++) {
+                char idx[24];
+                snprintf(idx, sizeof idx, "%d", i);
+                int rc = compile_sub(c, json_array_get(prefix, (size_t)i), depth, "prefixItems",
+                                     idx, &pre[i]);
+                if (rc < 0) {
+                    free(pre);
+                    return rc;
+                }
+            }
+        }
         int sub;
         if (items && !json_is_boolean(items)) {
             XD_TRY(compile_sub(c, items, depth, "items", NULL, &sub));
@@ -401,16 +587,42 @@ static int compile_type(struct compiler *c, const json_t *schema, const char *ty
             XD_TRY(any_node(c, &sub));
         }
         int id;
-        XD_TRY(new_node(c, K_ARRAY, &id));
+        int rc = new_node(c, K_ARRAY, &id);
+        if (rc < 0) {
+            free(pre);
+            return rc;
+        }
         struct node *n = &c->g->nodes[id];
         n->items = sub;
+        n->prefix = pre;
+        n->n_prefix = n_pre;
         XD_TRY(get_count(c, schema, "minItems", &n->min_items));
         XD_TRY(get_count(c, schema, "maxItems", &n->max_items));
-        if (sub < 0)
-            n->max_items = 0;
-        if (n->min_items > n->max_items)
-            return xd_err_set(c->err, XD_ERR_INVALID, "'minItems' at %s is above 'maxItems'",
+        if (sub < 0 && n->max_items > (uint32_t)n_pre)
+            n->max_items = (uint32_t)n_pre;
+        const json_t *uniq = json_object_get(schema, "uniqueItems");
+        if (uniq && !json_is_boolean(uniq))
+            return xd_err_set(c->err, XD_ERR_INVALID, "'uniqueItems' at %s must be a boolean",
                               where(c));
+        if (json_is_true(uniq) && n->max_items > 1) {
+            /* enforced over a literal (enum, const, boolean) items node: which values were
+             * taken is a bit each; any other items schema is refused */
+            int lit = resolve_node(c->g, sub);
+            if (n_pre || lit < 0 || c->g->nodes[lit].kind != K_LITERAL ||
+                c->g->nodes[lit].n_lits > 64)
+                return xd_err_set(c->err, XD_ERR_UNSUPPORTED, "'uniqueItems' at %s is "
+                                  "supported only over items that are an enum or const",
+                                  where(c));
+            n = &c->g->nodes[id];
+            n->unique = true;
+            n->items = lit;
+            if (n->max_items > (uint32_t)c->g->nodes[lit].n_lits)
+                n->max_items = (uint32_t)c->g->nodes[lit].n_lits;
+        }
+        if (n->min_items > n->max_items)
+            return xd_err_set(c->err, XD_ERR_INVALID, "'minItems' at %s is above 'maxItems'%s",
+                              where(c), n->unique || sub < 0 ? " (or the items there can be)"
+                                                            : "");
         *ret = id;
         return XD_OK;
     }
@@ -423,11 +635,14 @@ static int compile_type(struct compiler *c, const json_t *schema, const char *ty
         if (n->min_len > n->max_len)
             return xd_err_set(c->err, XD_ERR_INVALID, "'minLength' at %s is above 'maxLength'",
                               where(c));
+        XD_TRY(compile_string_text(c, schema, id));
         *ret = id;
         return XD_OK;
     }
-    if (strcmp(type, "number") == 0 || strcmp(type, "integer") == 0)
-        return new_node(c, type[0] == 'n' ? K_NUMBER : K_INTEGER, ret);
+    if (strcmp(type, "number") == 0 || strcmp(type, "integer") == 0) {
+        XD_TRY(new_node(c, type[0] == 'n' ? K_NUMBER : K_INTEGER, ret));
+        return compile_bounds(c, schema, *ret, type[0] == 'i');
+    }
     if (strcmp(type, "boolean") == 0) {
         static const char *const tf[] = {"true", "false"};
         return literal_node(c, tf, 2, ret);
@@ -438,6 +653,303 @@ static int compile_type(struct compiler *c, const json_t *schema, const char *ty
     }
     return xd_err_set(c->err, XD_ERR_INVALID, "'type' at %s is '%.40s'; it must be object, "
                       "array, string, number, integer, boolean or null", where(c), type);
+}
+
+/* ---- allOf, oneOf, nullable: rewritten into what the compiler enforces ---- */
+
+/* The definition a "$ref" names in the root, NULL when it names none. */
+static const json_t *ref_target(const struct compiler *c, const json_t *ref)
+{
+    const char *r = json_string_value(ref);
+    if (!r)
+        return NULL;
+    if (strcmp(r, "#") == 0)
+        return c->root;
+    if (strncmp(r, "#/$defs/", 8) == 0)
+        return json_object_get(json_object_get(c->root, "$defs"), r + 8);
+    if (strncmp(r, "#/definitions/", 14) == 0)
+        return json_object_get(json_object_get(c->root, "definitions"), r + 14);
+    return NULL;
+}
+
+static bool is_min_key(const char *k)
+{
+    return strcmp(k, "minimum") == 0 || strcmp(k, "exclusiveMinimum") == 0 ||
+           strcmp(k, "minLength") == 0 || strcmp(k, "minItems") == 0 ||
+           strcmp(k, "minProperties") == 0;
+}
+
+static bool is_max_key(const char *k)
+{
+    return strcmp(k, "maximum") == 0 || strcmp(k, "exclusiveMaximum") == 0 ||
+           strcmp(k, "maxLength") == 0 || strcmp(k, "maxItems") == 0 ||
+           strcmp(k, "maxProperties") == 0;
+}
+
+/* A "type" value as a bit set of the seven names (integer also sets number's bit when
+ * number is named, below); 0 when malformed. */
+static const char *const TYPE_NAMES[] = {"object", "array", "string", "number", "integer",
+                                         "boolean", "null"};
+
+static unsigned type_bits(const json_t *t)
+{
+    unsigned bits = 0;
+    for (size_t i = 0; i < (json_is_array(t) ? json_array_size(t) : 1); i++) {
+        const char *name = json_string_value(json_is_array(t) ? json_array_get(t, i) : t);
+        for (int k = 0; name && k < 7; k++)
+            if (strcmp(name, TYPE_NAMES[k]) == 0)
+                bits |= 1u << k;
+    }
+    return bits;
+}
+
+static json_t *type_value(unsigned bits)
+{
+    json_t *list = json_array();
+    for (int k = 0; list && k < 7; k++)
+        if (bits & (1u << k))
+            json_array_append_new(list, json_string(TYPE_NAMES[k]));
+    if (json_array_size(list) == 1) {
+        json_t *one = json_incref(json_array_get(list, 0));
+        json_decref(list);
+        return one;
+    }
+    return list;
+}
+
+/* Adds b's keywords to m as allOf's intersection: equal values kept, properties merged (a
+ * name in both: the allOf of its two schemas), required joined, lower bounds to the highest
+ * and upper to the lowest, types intersected; b's $ref and allOf branches merged in turn.
+ * Anything else that differs is refused by name. */
+static int merge_branch(struct compiler *c, json_t *m, const json_t *b, int depth)
+{
+    if (depth > 8)
+        return xd_err_set(c->err, XD_ERR_UNSUPPORTED, "'allOf' at %s nests $refs too deep to "
+                          "merge", where(c));
+    if (!json_is_object(b))
+        return json_is_true(b) ? XD_OK
+                               : xd_err_set(c->err, XD_ERR_INVALID, "an 'allOf' branch at %s "
+                                            "must be a schema object", where(c));
+    const json_t *ref = json_object_get(b, "$ref");
+    if (ref) {
+        const json_t *t = ref_target(c, ref);
+        if (!t)
+            return xd_err_set(c->err, XD_ERR_UNSUPPORTED, "'$ref' at %s is '%.100s'; only "
+                              "\"#\", \"#/$defs/NAME\" and \"#/definitions/NAME\" are supported",
+                              where(c), json_string_value(ref) ? json_string_value(ref) : "?");
+        XD_TRY(merge_branch(c, m, t, depth + 1));
+    }
+    const json_t *all = json_object_get(b, "allOf");
+    if (all) {
+        if (!json_is_array(all) || json_array_size(all) == 0)
+            return xd_err_set(c->err, XD_ERR_INVALID, "'allOf' at %s must be a non-empty list",
+                              where(c));
+        size_t i;
+        json_t *x;
+        json_array_foreach((json_t *)all, i, x)
+            XD_TRY(merge_branch(c, m, x, depth + 1));
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)b, k, v) {
+        if (strcmp(k, "$ref") == 0 || strcmp(k, "allOf") == 0)
+            continue;
+        json_t *a = json_object_get(m, k);
+        if (!a) {
+            if (json_object_set(m, k, v) < 0)
+                return xd_err_set(c->err, XD_ERR_NOMEM, "out of memory");
+            continue;
+        }
+        if (json_equal(a, v) || in_list(k, IGNORED, sizeof IGNORED / sizeof *IGNORED))
+            continue;
+        json_t *merged = NULL;
+        if (strcmp(k, "properties") == 0 && json_is_object(a) && json_is_object(v)) {
+            merged = json_copy(a);
+            const char *pk;
+            json_t *pv;
+            json_object_foreach(v, pk, pv) {
+                json_t *pa = json_object_get(merged, pk);
+                if (!pa)
+                    json_object_set(merged, pk, pv);
+                else if (!json_equal(pa, pv))
+                    json_object_set_new(merged, pk, json_pack("{s:[O,O]}", "allOf", pa, pv));
+            }
+        } else if (strcmp(k, "required") == 0 && json_is_array(a) && json_is_array(v)) {
+            merged = json_copy(a);
+            size_t i;
+            json_t *x;
+            json_array_foreach(v, i, x) {
+                bool have = false;
+                for (size_t q = 0; q < json_array_size(merged); q++)
+                    have |= json_equal(json_array_get(merged, q), x);
+                if (!have)
+                    json_array_append(merged, x);
+            }
+        } else if ((is_min_key(k) || is_max_key(k)) && json_is_number(a) && json_is_number(v)) {
+            bool take = is_min_key(k) ? json_number_value(v) > json_number_value(a)
+                                      : json_number_value(v) < json_number_value(a);
+            merged = json_incref(take ? v : a);
+        } else if (strcmp(k, "type") == 0) {
+            unsigned x = type_bits(a), y = type_bits(v);
+            if (x & (1u << 3))
+                x |= 1u << 4; /* number takes integers */
+            if (y & (1u << 3))
+                y |= 1u << 4;
+            unsigned both = x & y;
+            if (both & (1u << 3) && !((type_bits(a) & type_bits(v)) & (1u << 3)))
+                both &= ~(1u << 3);
+            if (both & (1u << 3))
+                both &= ~(1u << 4);
+            if (!both)
+                return xd_err_set(c->err, XD_ERR_INVALID, "'allOf' at %s: the branches have no "
+                                  "type in common", where(c));
+            merged = type_value(both);
+        } else {
+            return xd_err_set(c->err, XD_ERR_UNSUPPORTED, "'allOf' at %s: the branches' '%.60s' "
+                              "differ, which cannot be merged", where(c), k);
+        }
+        if (!merged || json_object_set_new(m, k, merged) < 0)
+            return xd_err_set(c->err, XD_ERR_NOMEM, "out of memory");
+    }
+    return XD_OK;
+}
+
+/* schema's allOf and $ref merged into one schema, compiled. */
+static int compile_merged(struct compiler *c, const json_t *schema, int depth, int *ret)
+{
+    json_t *m = json_object();
+    if (!m)
+        return xd_err_set(c->err, XD_ERR_NOMEM, "out of memory");
+    int rc = merge_branch(c, m, schema, 0);
+    if (rc >= 0 && json_object_get(m, "additionalProperties") &&
+        json_object_get(m, "properties")) {
+        /* an additionalProperties of one branch would judge another's properties: only
+         * when no branch adds properties beside it */
+        int with_props = json_object_get(schema, "properties") ? 1 : 0;
+        size_t i;
+        json_t *x;
+        json_array_foreach(json_object_get(schema, "allOf"), i, x) {
+            const json_t *t = json_object_get(x, "$ref") ? ref_target(c, json_object_get(x, "$ref"))
+                                                        : x;
+            with_props += json_object_get(t, "properties") ? 1 : 0;
+        }
+        if (with_props > 1)
+            rc = xd_err_set(c->err, XD_ERR_UNSUPPORTED, "'allOf' at %s: 'additionalProperties' "
+                            "beside properties from several branches cannot be merged",
+                            where(c));
+    }
+    if (rc >= 0)
+        rc = compile_schema(c, m, depth + 1, ret);
+    json_decref(m);
+    return rc;
+}
+
+/* The JSON types a schema's values can have, as bits (number and integer as one: their
+ * texts overlap), from type, const, enum and anyOf/oneOf; every type when unknown. As a
+ * validator sees the schema, not as the compiler narrows it. */
+#define ALL_TYPES 0x6Fu
+
+static unsigned value_bits(const json_t *v)
+{
+    return json_is_object(v) ? 1u : json_is_array(v) ? 2u : json_is_string(v) ? 4u :
+           json_is_number(v) ? 8u : json_is_boolean(v) ? 32u : 64u;
+}
+
+static unsigned schema_types(const struct compiler *c, const json_t *s, int depth)
+{
+    for (int i = 0; i < 8 && json_is_object(s) && json_object_get(s, "$ref"); i++)
+        s = ref_target(c, json_object_get(s, "$ref"));
+    if (!json_is_object(s) || depth > 8)
+        return ALL_TYPES;
+    const json_t *cst = json_object_get(s, "const"), *en = json_object_get(s, "enum");
+    if (cst)
+        return value_bits(cst);
+    if (json_is_array(en)) {
+        unsigned bits = 0;
+        for (size_t i = 0; i < json_array_size(en); i++)
+            bits |= value_bits(json_array_get(en, i));
+        return bits;
+    }
+    const json_t *t = json_object_get(s, "type");
+    if (t) {
+        unsigned tb = type_bits(t), bits = 0;
+        static const unsigned map[] = {1, 2, 4, 8, 8, 32, 64};
+        for (int k = 0; k < 7; k++)
+            if (tb & (1u << k))
+                bits |= map[k];
+        return bits ? bits : ALL_TYPES;
+    }
+    const json_t *alts = json_object_get(s, "anyOf");
+    alts = alts ? alts : json_object_get(s, "oneOf");
+    if (json_is_array(alts)) {
+        unsigned bits = 0;
+        for (size_t i = 0; i < json_array_size(alts); i++)
+            bits |= schema_types(c, json_array_get(alts, i), depth + 1);
+        return bits;
+    }
+    const json_t *all = json_object_get(s, "allOf");
+    if (json_is_array(all) && json_array_size(all) == 1)
+        return schema_types(c, json_array_get(all, 0), depth + 1);
+    return ALL_TYPES;
+}
+
+static bool same_value(const json_t *a, const json_t *b)
+{
+    if (json_is_number(a) && json_is_number(b))
+        return json_number_value(a) == json_number_value(b);
+    return json_equal(a, b);
+}
+
+/* A required property's allowed values when its schema is a const or an enum, else NULL. */
+static const json_t *discriminator_values(const struct compiler *c, const json_t *branch,
+                                          const char *name, json_t **ret_owned)
+{
+    for (int i = 0; i < 8 && json_is_object(branch) && json_object_get(branch, "$ref"); i++)
+        branch = ref_target(c, json_object_get(branch, "$ref"));
+    const json_t *req = json_object_get(branch, "required");
+    bool required = false;
+    for (size_t i = 0; i < json_array_size(req); i++)
+        required |= json_is_string(json_array_get(req, i)) &&
+                    strcmp(json_string_value(json_array_get(req, i)), name) == 0;
+    const json_t *p = json_object_get(json_object_get(branch, "properties"), name);
+    for (int i = 0; i < 8 && json_is_object(p) && json_object_get(p, "$ref"); i++)
+        p = ref_target(c, json_object_get(p, "$ref"));
+    if (!required || !json_is_object(p))
+        return NULL;
+    const json_t *cst = json_object_get(p, "const");
+    if (cst) {
+        *ret_owned = json_pack("[O]", cst);
+        return *ret_owned;
+    }
+    const json_t *en = json_object_get(p, "enum");
+    return json_is_array(en) ? en : NULL;
+}
+
+/* Whether no value is valid against both branches: distinct types, or a required property
+ * that is a const/enum in both with no value in common (pydantic's discriminated unions). */
+static bool exclusive(const struct compiler *c, const json_t *a, const json_t *b)
+{
+    if (!(schema_types(c, a, 0) & schema_types(c, b, 0)))
+        return true;
+    const json_t *da = a;
+    for (int i = 0; i < 8 && json_is_object(da) && json_object_get(da, "$ref"); i++)
+        da = ref_target(c, json_object_get(da, "$ref"));
+    const char *name;
+    json_t *unused;
+    json_object_foreach(json_object_get(da, "properties"), name, unused) {
+        json_t *own_a = NULL, *own_b = NULL;
+        const json_t *va = discriminator_values(c, a, name, &own_a);
+        const json_t *vb = va ? discriminator_values(c, b, name, &own_b) : NULL;
+        bool disjoint = va && vb;
+        for (size_t i = 0; disjoint && i < json_array_size(va); i++)
+            for (size_t j = 0; disjoint && j < json_array_size(vb); j++)
+                disjoint = !same_value(json_array_get(va, i), json_array_get(vb, j));
+        json_decref(own_a);
+        json_decref(own_b);
+        if (disjoint)
+            return true;
+    }
+    return false;
 }
 
 static int compile_schema(struct compiler *c, const json_t *schema, int depth, int *ret)
@@ -459,21 +971,53 @@ static int compile_schema(struct compiler *c, const json_t *schema, int depth, i
             return xd_err_set(c->err, XD_ERR_UNSUPPORTED, "'%.60s' at %s is not supported "
                               "(constrained decoding enforces type, properties, required, "
                               "additionalProperties, enum, const, items, minItems, maxItems, "
-                              "minLength, maxLength, anyOf and $ref)", k, where(c));
+                              "minLength, maxLength, minimum, maximum, exclusiveMinimum, "
+                              "exclusiveMaximum, format, pattern, prefixItems, uniqueItems, "
+                              "minProperties, maxProperties, anyOf, oneOf, allOf, nullable "
+                              "and $ref)", k, where(c));
+    }
+    const json_t *nullable = json_object_get(schema, "nullable");
+    if (nullable && !json_is_boolean(nullable))
+        return xd_err_set(c->err, XD_ERR_INVALID, "'nullable' at %s must be a boolean", where(c));
+    if (json_is_true(nullable)) { /* OpenAPI: the schema or null */
+        json_t *rest = json_copy((json_t *)schema);
+        if (!rest || json_object_del(rest, "nullable") < 0) {
+            json_decref(rest);
+            return xd_err_set(c->err, XD_ERR_NOMEM, "out of memory");
+        }
+        int u, body, nul;
+        static const char *const nul_text[] = {"null"};
+        int rc = new_node(c, K_UNION, &u);
+        if (rc >= 0)
+            rc = compile_schema(c, rest, depth + 1, &body);
+        json_decref(rest);
+        XD_TRY(rc);
+        XD_TRY(literal_node(c, nul_text, 1, &nul));
+        XD_TRY(union_add(c, u, body));
+        XD_TRY(union_add(c, u, nul));
+        *ret = u;
+        return XD_OK;
     }
     const json_t *ref = json_object_get(schema, "$ref");
-    if (ref) {
-        if (!json_is_string(ref))
-            return xd_err_set(c->err, XD_ERR_INVALID, "'$ref' at %s must be a string", where(c));
-        if (json_object_size(schema) > 1) {
-            json_object_foreach((json_t *)schema, k, v)
-                if (strcmp(k, "$ref") != 0 && in_list(k, ENFORCED,
-                                                      sizeof ENFORCED / sizeof *ENFORCED))
-                    return xd_err_set(c->err, XD_ERR_UNSUPPORTED, "'%.60s' beside '$ref' at %s "
-                                      "is not supported", k, where(c));
-        }
+    const json_t *all_of = json_object_get(schema, "allOf");
+    bool enforced_beside = false; /* keywords beside $ref or allOf that must be merged in */
+    json_object_foreach((json_t *)schema, k, v)
+        enforced_beside |= strcmp(k, "$ref") != 0 && strcmp(k, "allOf") != 0 &&
+                           strcmp(k, "nullable") != 0 &&
+                           in_list(k, ENFORCED, sizeof ENFORCED / sizeof *ENFORCED);
+    if (ref && !json_is_string(ref))
+        return xd_err_set(c->err, XD_ERR_INVALID, "'$ref' at %s must be a string", where(c));
+    if (all_of && (!json_is_array(all_of) || json_array_size(all_of) == 0))
+        return xd_err_set(c->err, XD_ERR_INVALID, "'allOf' at %s must be a non-empty list",
+                          where(c));
+    if (ref && !all_of && !enforced_beside)
         return compile_ref(c, json_string_value(ref), depth, ret);
-    }
+    if (all_of && !ref && !enforced_beside && json_array_size(all_of) == 1)
+        /* pydantic's {"allOf": [{"$ref": ...}], "description": ...}: the one branch, so a
+         * recursive $ref stays one node */
+        return compile_sub(c, json_array_get(all_of, 0), depth, "allOf", "0", ret);
+    if (ref || all_of)
+        return compile_merged(c, schema, depth, ret);
     const json_t *cst = json_object_get(schema, "const"), *en = json_object_get(schema, "enum");
     if (cst || en) {
         if (en && (!json_is_array(en) || json_array_size(en) == 0))
@@ -491,14 +1035,37 @@ static int compile_schema(struct compiler *c, const json_t *schema, int depth, i
         return XD_OK;
     }
     const json_t *any_of = json_object_get(schema, "anyOf");
+    const json_t *one_of = json_object_get(schema, "oneOf");
+    if (any_of && one_of)
+        return xd_err_set(c->err, XD_ERR_UNSUPPORTED, "'anyOf' beside 'oneOf' at %s is not "
+                          "supported", where(c));
+    if (one_of) {
+        /* oneOf is anyOf where no value can match two branches: provably so, or refused */
+        if (!json_is_array(one_of) || json_array_size(one_of) == 0)
+            return xd_err_set(c->err, XD_ERR_INVALID, "'oneOf' at %s must be a non-empty list",
+                              where(c));
+        if (json_array_size(one_of) > XD_JSON_MAX_ALTS)
+            return xd_err_set(c->err, XD_ERR_INVALID, "'oneOf' at %s has more than %d "
+                              "alternatives", where(c), XD_JSON_MAX_ALTS);
+        for (size_t i = 0; i < json_array_size(one_of); i++)
+            for (size_t j = i + 1; j < json_array_size(one_of); j++)
+                if (!exclusive(c, json_array_get(one_of, i), json_array_get(one_of, j)))
+                    return xd_err_set(c->err, XD_ERR_UNSUPPORTED, "'oneOf' at %s: branches %zu "
+                                      "and %zu may both match (oneOf is enforced when the "
+                                      "branches have distinct types or a required const/enum "
+                                      "property with distinct values; else use anyOf)",
+                                      where(c), i, j);
+        any_of = one_of;
+    }
     if (any_of) {
+        const char *kw = one_of ? "oneOf" : "anyOf";
         if (!json_is_array(any_of) || json_array_size(any_of) == 0)
             return xd_err_set(c->err, XD_ERR_INVALID, "'anyOf' at %s must be a non-empty list",
                               where(c));
         if (json_object_get(schema, "type") || json_object_get(schema, "properties") ||
             json_object_get(schema, "items"))
-            return xd_err_set(c->err, XD_ERR_UNSUPPORTED, "'anyOf' beside 'type', 'properties' "
-                              "or 'items' at %s is not supported", where(c));
+            return xd_err_set(c->err, XD_ERR_UNSUPPORTED, "'%s' beside 'type', 'properties' "
+                              "or 'items' at %s is not supported", kw, where(c));
         int u;
         XD_TRY(new_node(c, K_UNION, &u));
         size_t i;
@@ -507,7 +1074,7 @@ static int compile_schema(struct compiler *c, const json_t *schema, int depth, i
             char idx[24];
             snprintf(idx, sizeof idx, "%zu", i);
             int sub;
-            XD_TRY(compile_sub(c, x, depth, "anyOf", idx, &sub));
+            XD_TRY(compile_sub(c, x, depth, kw, idx, &sub));
             XD_TRY(union_add(c, u, sub));
         }
         *ret = u;
@@ -519,11 +1086,19 @@ static int compile_schema(struct compiler *c, const json_t *schema, int depth, i
         if (json_object_get(schema, "properties") || json_object_get(schema, "required") ||
             json_object_get(schema, "additionalProperties"))
             return compile_type(c, schema, "object", depth, ret);
+        if (json_object_get(schema, "minProperties") || json_object_get(schema, "maxProperties"))
+            return compile_type(c, schema, "object", depth, ret);
         if (json_object_get(schema, "items") || json_object_get(schema, "minItems") ||
-            json_object_get(schema, "maxItems"))
+            json_object_get(schema, "maxItems") || json_object_get(schema, "prefixItems") ||
+            json_object_get(schema, "uniqueItems"))
             return compile_type(c, schema, "array", depth, ret);
-        if (json_object_get(schema, "minLength") || json_object_get(schema, "maxLength"))
+        if (json_object_get(schema, "minLength") || json_object_get(schema, "maxLength") ||
+            json_object_get(schema, "pattern") || json_object_get(schema, "format"))
             return compile_type(c, schema, "string", depth, ret);
+        if (json_object_get(schema, "minimum") || json_object_get(schema, "maximum") ||
+            json_object_get(schema, "exclusiveMinimum") ||
+            json_object_get(schema, "exclusiveMaximum"))
+            return compile_type(c, schema, "number", depth, ret);
         return any_node(c, ret);
     }
     if (json_is_string(type))
@@ -569,6 +1144,8 @@ static void grammar_free(struct xd_json_grammar *g)
             free(n->lits[k]);
         free(n->lits);
         free(n->lit_len);
+        xd_json_regex_destroy(n->re);
+        free(n->prefix);
     }
     free(g->nodes);
     free(g);
@@ -780,6 +1357,7 @@ static void child_done(const struct xd_json_grammar *g, struct frame *p, int res
     case F_OBJ:
         if (p->phase == 2) { /* a property name */
             p->aux = (uint8_t)result;
+            p->pos++;
             if (result == KEY_OTHER) {
                 p->count = (uint32_t)g->nodes[p->node].n_props;
             } else {
@@ -801,7 +1379,13 @@ static void complete(const struct xd_json_grammar *g, struct jstack *s, int b, b
                      int result, struct xd_json_state *out, int guard)
 {
     s->depth--;
-    child_done(g, &s->f[s->depth - 1], result);
+    struct frame *p = &s->f[s->depth - 1];
+    if (p->type == F_ARR && g->nodes[p->node].unique) { /* result: which literal */
+        if (result < 0 || result >= 64 || (p->bits >> result & 1))
+            return;
+        p->bits |= 1ull << result;
+    }
+    child_done(g, p, result);
     if (consumed)
         emit(out, s);
     else
@@ -833,12 +1417,40 @@ static bool gap_ws(struct frame *f, int b, const struct jstack *s, struct xd_jso
 static uint64_t key_candidates(const struct node *n, const struct frame *f)
 {
     uint64_t cand = 0;
+    const bool counted = n->min_props > 0 || n->max_props != UINT32_MAX;
     for (int i = (int)f->count; i < n->n_props; i++) {
+        bool req = n->props[i].required && !(f->bits & (1ull << i));
+        if (counted) {
+            /* minProperties/maxProperties: only a name after which the object can still
+             * end within them */
+            uint64_t later = i + 1 < 64 ? ~0ull << (i + 1) : 0;
+            uint32_t have = f->pos + 1;
+            uint32_t due = (uint32_t)__builtin_popcountll(n->required & ~f->bits & later);
+            bool fits = have + due <= n->max_props &&
+                        (n->additional >= 0 ||
+                         have + (uint32_t)(n->n_props - 1 - i) >= n->min_props);
+            if (!fits) {
+                if (req)
+                    break;
+                continue;
+            }
+        }
         cand |= 1ull << i;
-        if (n->props[i].required && !(f->bits & (1ull << i)))
+        if (req)
             break;
     }
     return cand;
+}
+
+/* Whether the object may take one more property / end here (min/maxProperties). */
+static bool props_room(const struct node *n, const struct frame *f)
+{
+    return f->pos < n->max_props;
+}
+
+static bool props_enough(const struct node *n, const struct frame *f)
+{
+    return f->pos >= n->min_props;
 }
 
 static bool all_required(const struct node *n, const struct frame *f)
@@ -851,8 +1463,8 @@ static void start_key(const struct xd_json_grammar *g, struct jstack *s, int b,
 {
     struct frame *f = &s->f[s->depth - 1];
     const struct node *n = &g->nodes[f->node];
-    uint64_t cand = key_candidates(n, f);
-    bool other = n->additional >= 0 && all_required(n, f);
+    uint64_t cand = props_room(n, f) ? key_candidates(n, f) : 0;
+    bool other = n->additional >= 0 && all_required(n, f) && props_room(n, f);
     f->phase = 2;
     f->ws = 0;
     if (s->depth >= XD_JSON_MAX_DEPTH)
@@ -893,7 +1505,7 @@ static void feed_object(const struct xd_json_grammar *g, struct jstack *s, struc
             return;
         if (b == '"')
             start_key(g, s, b, out, guard);
-        else if (b == '}' && f->phase == 1 && all_required(n, f))
+        else if (b == '}' && f->phase == 1 && all_required(n, f) && props_enough(n, f))
             complete(g, s, b, true, 0, out, guard);
         return;
     case 3: /* after a name */
@@ -916,11 +1528,12 @@ static void feed_object(const struct xd_json_grammar *g, struct jstack *s, struc
     case 6: /* after a value */
         if (gap_ws(f, b, s, out))
             return;
-        if (b == ',' && (key_candidates(n, f) || (n->additional >= 0 && all_required(n, f)))) {
+        if (b == ',' && props_room(n, f) &&
+            (key_candidates(n, f) || (n->additional >= 0 && all_required(n, f)))) {
             f->phase = 7;
             f->ws = 0;
             emit(out, s);
-        } else if (b == '}' && all_required(n, f)) {
+        } else if (b == '}' && all_required(n, f) && props_enough(n, f)) {
             complete(g, s, b, true, 0, out, guard);
         }
         return;
@@ -949,7 +1562,8 @@ static void feed_array(const struct xd_json_grammar *g, struct jstack *s, struct
         } else if (f->count < n->max_items && b != ']') {
             f->phase = 2;
             f->ws = 0;
-            push_value(g, s, n->items, b, out, guard);
+            push_value(g, s, f->count < (uint32_t)n->n_prefix ? n->prefix[f->count] : n->items,
+                       b, out, guard);
         }
         return;
     case 3: /* after an item */
@@ -977,6 +1591,50 @@ static bool is_hex(int b)
  * points counted against minLength/maxLength. Phases: 0 before '"', 1 in the text, 2 after a
  * backslash, 3 continuation bytes (aux of them), 4-7 the first continuation of E0, ED, F0,
  * F4 (narrower ranges), 8 \u hex digits (aux of them). */
+/* A pattern's or format's DFA over the string's decoded text: its state is the frame's pos.
+ * Escapes other than \uXXXX are decoded to their byte; \u is refused in such a string. */
+/* With maxLength, a state from which a match needs more characters than are left is dead
+ * too (f->count: the characters so far, the one being fed included). */
+static bool re_fits(const struct node *n, const struct frame *f, uint16_t state)
+{
+    return n->max_len == UINT32_MAX ||
+           (uint64_t)f->count + xd_json_regex_distance(n->re, state) <= n->max_len;
+}
+
+static bool re_step(const struct xd_json_grammar *g, struct frame *f, int byte)
+{
+    if (f->node == NO_NODE || !g->nodes[f->node].re)
+        return true;
+    const struct node *n = &g->nodes[f->node];
+    uint16_t next = xd_json_regex_next(n->re, (uint16_t)f->pos, (uint8_t)byte);
+    if (next == XD_JSON_REGEX_DEAD || !re_fits(n, f, next))
+        return false;
+    f->pos = next;
+    return true;
+}
+
+static bool re_accepts(const struct xd_json_grammar *g, const struct frame *f)
+{
+    return f->node == NO_NODE || !g->nodes[f->node].re ||
+           xd_json_regex_accepts(g->nodes[f->node].re, (uint16_t)f->pos);
+}
+
+/* Whether some escape (other than \\u) can continue the pattern: else a backslash is a dead
+ * end and is refused itself. */
+static bool re_escape_possible(const struct xd_json_grammar *g, const struct frame *f)
+{
+    if (f->node == NO_NODE || !g->nodes[f->node].re)
+        return true;
+    static const uint8_t decoded[] = {'"', '\\', '/', '\b', '\f', '\n', '\r', '\t'};
+    const struct node *n = &g->nodes[f->node];
+    for (size_t i = 0; i < sizeof decoded; i++) {
+        uint16_t next = xd_json_regex_next(n->re, (uint16_t)f->pos, decoded[i]);
+        if (next != XD_JSON_REGEX_DEAD && re_fits(n, f, next))
+            return true;
+    }
+    return false;
+}
+
 static void feed_string(const struct xd_json_grammar *g, struct jstack *s, struct frame *f,
                         int b, struct xd_json_state *out, int guard)
 {
@@ -1015,7 +1673,7 @@ static void feed_string(const struct xd_json_grammar *g, struct jstack *s, struc
         return;
     case 1:
         if (b == '"') {
-            if (f->count >= min)
+            if (f->count >= min && re_accepts(g, f))
                 complete(g, s, b, true, f->node == NO_NODE ? KEY_OTHER : 0, out, guard);
             return;
         }
@@ -1042,22 +1700,27 @@ static void feed_string(const struct xd_json_grammar *g, struct jstack *s, struc
         } else {
             return;
         }
+        if (b != '\\' ? !re_step(g, f, b) : !re_escape_possible(g, f))
+            return;
         emit(out, s);
         return;
-    case 2:
-        if (b == 'u') {
+    case 2: {
+        static const char esc[] = "\"\"\\\\//b\bf\fn\nr\rt\t";
+        const char *e = b ? strchr("\"\\/bfnrt", b) : NULL;
+        if (b == 'u' && (f->node == NO_NODE || !g->nodes[f->node].re)) {
             f->phase = 8, f->aux = 4;
-        } else if (strchr("\"\\/bfnrt", b) && b) {
+        } else if (e && re_step(g, f, esc[2 * (e - "\"\\/bfnrt") + 1])) {
             f->phase = 1;
         } else {
             return;
         }
         emit(out, s);
         return;
+    }
     case 3: case 4: case 5: case 6: case 7: {
         static const uint8_t lo[] = {0x80, 0xA0, 0x80, 0x90, 0x80};
         static const uint8_t hi[] = {0xBF, 0xBF, 0x9F, 0xBF, 0x8F};
-        if (b < lo[f->phase - 3] || b > hi[f->phase - 3])
+        if (b < lo[f->phase - 3] || b > hi[f->phase - 3] || !re_step(g, f, b))
             return;
         f->phase = --f->aux ? 3 : 1;
         emit(out, s);
@@ -1079,10 +1742,78 @@ static void feed_string(const struct xd_json_grammar *g, struct jstack *s, struc
  * continue them; that byte goes on to the parent. Phases: 0 start, 1 after '-', 2 a leading
  * 0, 3 integer digits, 4 after '.', 5 fraction digits, 6 after e/E, 7 after its sign,
  * 8 exponent digits. */
+/* Bounds, digit by digit: the frame keeps the integer part's magnitude (bits, saturated at
+ * BOUND_MAX + 1), its sign and whether a fraction digit was not 0 (aux bits 0 and 1); a byte
+ * is taken only when some completion of the text can still land within [lo, hi], so every
+ * prefix the matcher keeps can end valid. The values a prefix can reach are unions of
+ * intervals ([m 10^k, (m+1) 10^k) for k more integer digits), compared in 128 bits. */
+typedef __int128 wide;
+#define WIDE_INF ((wide)1 << 120)
+
+/* Whether the interval from a to b (closed where *_closed) meets the node's bounds. */
+static bool meets(const struct node *n, wide a, bool a_closed, wide b, bool b_closed)
+{
+    wide lo = n->has_lo ? (wide)n->lo : -WIDE_INF, hi = n->has_hi ? (wide)n->hi : WIDE_INF;
+    bool lo_closed = !(n->has_lo && n->lo_open), hi_closed = !(n->has_hi && n->hi_open);
+    wide l = a > lo ? a : lo, u = b < hi ? b : hi;
+    bool lc = a > lo ? a_closed : a < lo ? lo_closed : (a_closed && lo_closed);
+    bool uc = b < hi ? b_closed : b > hi ? hi_closed : (b_closed && hi_closed);
+    return l < u || (l == u && lc && uc);
+}
+
+/* Whether the number so far (phase: where it is; whole: it ends here) can be within bounds. */
+static bool in_bounds(const struct node *n, const struct frame *f, int phase, bool whole)
+{
+    const bool neg = f->aux & 1, frac = f->aux & 2, integer = n->kind == K_INTEGER;
+    const wide m = (wide)f->bits;
+    /* the reachable values as magnitudes [a, b], mirrored below when negative */
+    wide a, b;
+    bool ac = true, bc = true;
+    if (phase == 1) { /* just '-': any value <= 0 */
+        return meets(n, -WIDE_INF, true, 0, true);
+    }
+    if (f->bits > (uint64_t)BOUND_MAX) { /* beyond every bound */
+        a = (wide)BOUND_MAX, b = WIDE_INF, ac = false;
+        goto check;
+    }
+    if (whole || (integer && phase == 2)) {
+        if (frac) /* m < x < m + 1 */
+            a = m, b = m + 1, ac = bc = false;
+        else
+            a = b = m;
+        goto check;
+    }
+    if (phase >= 4) { /* in the fraction: m itself (zeros so far) up to m + 1, open */
+        a = m, b = m + 1, ac = !frac, bc = false;
+        goto check;
+    }
+    /* in the integer part: k more digits, k = 0 .. 19 (phase 2, a leading 0: none) */
+    for (int k = 0; k <= (phase == 2 ? 0 : 19); k++) {
+        wide p = 1;
+        for (int i = 0; i < k; i++)
+            p *= 10;
+        wide lo_k = m * p, hi_k = (m + 1) * p - (integer ? 1 : 0);
+        if (k > 0 && m == 0)
+            break;
+        bool hc = integer;
+        bool ok = neg ? meets(n, -hi_k, hc, -lo_k, true) : meets(n, lo_k, true, hi_k, hc);
+        if (ok)
+            return true;
+        if (!neg && n->has_hi && lo_k > (wide)n->hi)
+            return false;
+        if (neg && n->has_lo && -lo_k < (wide)n->lo)
+            return false;
+    }
+    return false;
+check:
+    return neg ? meets(n, -b, bc, -a, ac) : meets(n, a, ac, b, bc);
+}
+
 static void feed_number(const struct xd_json_grammar *g, struct jstack *s, struct frame *f,
                         int b, struct xd_json_state *out, int guard)
 {
     const bool integer = g->nodes[f->node].kind == K_INTEGER;
+    const struct node *nd = &g->nodes[f->node];
     const bool room = f->count < MAX_NUMBER_BYTES;
     int next = -1;
     switch (f->phase) {
@@ -1093,10 +1824,11 @@ static void feed_number(const struct xd_json_grammar *g, struct jstack *s, struc
             next = f->phase;
         else if (b == '.' && f->phase != 5 && !integer)
             next = 4;
-        else if ((b == 'e' || b == 'E') && !integer)
+        else if ((b == 'e' || b == 'E') && !integer && !nd->bounded)
             next = 6;
         else {
-            complete(g, s, b, false, 0, out, guard);
+            if (!nd->bounded || in_bounds(nd, f, f->phase, true))
+                complete(g, s, b, false, 0, out, guard);
             return;
         }
         break;
@@ -1115,6 +1847,18 @@ static void feed_number(const struct xd_json_grammar *g, struct jstack *s, struc
     }
     if (next < 0 || !room)
         return;
+    if (nd->bounded) {
+        if (b == '-') {
+            f->aux |= 1;
+        } else if (next == 2 || next == 3) {
+            uint64_t m = f->bits;
+            f->bits = m > (uint64_t)BOUND_MAX ? m : m * 10 + (uint64_t)(b - '0');
+        } else if (next == 5 && b != '0') {
+            f->aux |= 2;
+        }
+        if (!in_bounds(nd, f, next, false))
+            return;
+    }
     f->phase = (uint8_t)next;
     f->count++;
     emit(out, s);
@@ -1128,9 +1872,13 @@ static void feed_literal(const struct xd_json_grammar *g, struct jstack *s, stru
 {
     const struct node *n = &g->nodes[f->node];
     if (f->aux) { /* a number candidate is whole: it may end here */
+        int whole = 0;
+        for (int i = 0; i < n->n_lits && i < 64; i++)
+            if ((f->bits >> i & 1) && n->lit_len[i] == f->count)
+                whole = i;
         struct jstack c;
         stack_copy(&c, s);
-        complete(g, &c, b, false, 0, out, guard);
+        complete(g, &c, b, false, whole, out, guard);
     }
     if (b == END_BYTE)
         return;
@@ -1142,7 +1890,7 @@ static void feed_literal(const struct xd_json_grammar *g, struct jstack *s, stru
             continue;
         if (n->lit_len[i] == f->count + 1) {
             if (!is_digit(b)) { /* whole and self-delimiting: no other can go on */
-                complete(g, s, b, true, 0, out, guard);
+                complete(g, s, b, true, i, out, guard);
                 return;
             }
             ended_digit = true;
@@ -1312,7 +2060,7 @@ bool xd_json_state_plain_string(const struct xd_json_grammar *g, const struct xd
 {
     for (int i = 0; i < st->n; i++) {
         const struct frame *f = &st->s[i].f[st->s[i].depth - 1];
-        if (f->type != F_STR || f->phase != 1)
+        if (f->type != F_STR || f->phase != 1 || (f->node != NO_NODE && g->nodes[f->node].re))
             continue;
         uint32_t max = f->node == NO_NODE ? UINT32_MAX : g->nodes[f->node].max_len;
         if (max == UINT32_MAX || (f->count <= max && n <= max - f->count))

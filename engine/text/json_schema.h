@@ -34,11 +34,21 @@ struct xd_json_grammar;
  * (response_format json_object). Supported: type (object, array, string, number, integer,
  * boolean, null, or a list of them), properties (emitted in the schema's order), required,
  * additionalProperties (false, true or a schema; absent: no other properties when properties
- * is given, as xgrammar's strict mode, any when it is not), enum, const, items, minItems, maxItems, minLength, maxLength, anyOf, $ref to
- * "#", "#/$defs/NAME" or "#/definitions/NAME" (resolved in schema itself), $defs and
- * definitions; annotations (title, description, default, examples, $schema, $id, $comment,
- * deprecated, readOnly, writeOnly) are ignored. Any other keyword is XD_ERR_UNSUPPORTED with
- * err naming it and where it is ("'pattern' at /properties/code is not supported");
+ * is given, as xgrammar's strict mode, any when it is not), minProperties, maxProperties,
+ * enum, const, items, prefixItems (and draft 7's items list with additionalItems), minItems,
+ * maxItems, uniqueItems (over enum/const items, or with maxItems <= 1), minLength, maxLength,
+ * pattern (json_regex.h's subset; search semantics unless anchored), format (date, time,
+ * date-time, uuid, email, hostname, ipv4, ipv6, uri: built-in patterns), minimum, maximum,
+ * exclusiveMinimum, exclusiveMaximum (integers: any bounds within +-1e18; numbers: integer
+ * bounds, and then no exponent), anyOf, oneOf (when the branches provably exclude each other:
+ * distinct types, or a required property that is a const/enum with distinct values in each),
+ * allOf (merged into one schema; branches that disagree on a keyword refused), nullable
+ * (OpenAPI), $ref to "#", "#/$defs/NAME" or "#/definitions/NAME" (resolved in schema itself;
+ * beside other keywords, merged as allOf), $defs and definitions; annotations (title,
+ * description, default, examples, discriminator, $schema, $id, $comment, deprecated,
+ * readOnly, writeOnly) are ignored. Any other keyword is XD_ERR_UNSUPPORTED with err naming
+ * it and where it is ("'multipleOf' at /properties/n is not supported"), as is a case of a
+ * supported one that cannot be enforced ("'oneOf' at /: branches 0 and 1 may both match");
  * a malformed schema or one past a bound XD_ERR_INVALID; out of memory XD_ERR_NOMEM. *ret
  * is not written on failure. */
 int xd_json_grammar_compile(const json_t *schema, struct xd_json_grammar **ret,
