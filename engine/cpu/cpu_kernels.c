@@ -7,6 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "engine/cpu/mxfp4_kernels.h"
 #include "engine/cpu/quant_kernels.h"
@@ -471,6 +474,266 @@ rows256(const float *x, int n, const void *w, float *y, int64_t rows, int64_t co
 DEFINE_MATMUL256(mm256_f32, XD_DTYPE_F32)
 DEFINE_MATMUL256(mm256_bf16, XD_DTYPE_BF16)
 DEFINE_MATMUL256(mm256_f16, XD_DTYPE_F16)
+
+/* ---- The GEMM: many tokens, in cache-sized blocks ----
+ *
+ * For more tokens than one register tile holds, a range of rows runs as: for each block of up
+ * to gemm_token_block tokens (their input, tb x cols f32, sized to stay in L2 while every row
+ * of the range is applied to it), for each group of rows (R512 or RG256, then single rows), for
+ * each K panel of up to KC columns of the whole blocks of 16 (its rows widened once to f32 in
+ * wbuf, L1-sized, when the weights are 16-bit; read in place when f32), every tile of tokens x
+ * the group's rows in the block: its accumulators taken from ab (zero in the first panel), the
+ * panel's fma steps, given back to ab (the last panel reduces and adds the tail instead). An
+ * element keeps its sixteen lanes across the panels, each lane takes its k in the same order
+ * as in tile512 / tile256 (the GEMV), the tree and the tail are theirs, and widening bf16/f16
+ * to f32 is exact: every element has the bits it has computed alone (tests/test-cpu-kernels.c
+ * test_gemm_equals_gemv). Each 16-bit weight is widened once per token block, not once per
+ * tile, and the input is read from L2 once per row group instead of from L3. */
+#define KC 256     /* columns of a K panel: a multiple of 16 */
+#define TB_MAX 96  /* tokens of a block at most: a multiple of T512, TG256 and 4 */
+#define TB_BYTES (1 << 20) /* the input of a token block fits in this much L2 */
+
+/* Tokens per block for rows of cols columns: TB_BYTES of input, a multiple of 12, 12..TB_MAX. */
+static int64_t gemm_token_block(int64_t cols)
+{
+    int64_t tb = TB_BYTES / (cols * (int64_t)sizeof(float)) / 12 * 12;
+    return tb < 12 ? 12 : tb > TB_MAX ? TB_MAX : tb;
+}
+
+/* One tile's pass over the panel k0 .. k1 - 1 (k1 - k0 a multiple of 16): nt tokens from t0, nr
+ * rows from r0, weights wp (row i at wp + i * ws, column k at k - k0), accumulators in ab
+ * (token i, row j at ab[i * R512 + j]). */
+TGT512 static inline __attribute__((always_inline)) void
+gtile512(const float *x, int64_t cols, const float *wp, int64_t ws, int64_t k0, int64_t k1,
+         __m512 *ab, int first, int last, float *y, int64_t rows, int64_t t0, int64_t r0,
+         const void *w, enum xd_dtype dt, const int nt, const int nr)
+{
+    __m512 acc[T512][R512];
+#pragma GCC unroll 8
+    for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            acc[t][r] = first ? _mm512_setzero_ps() : ab[t * R512 + r];
+    for (int64_t k = k0; k < k1; k += 16) {
+        __m512 wv[R512];
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            wv[r] = _mm512_loadu_ps(wp + r * ws + (k - k0));
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) {
+            __m512 xv = _mm512_loadu_ps(x + (t0 + t) * cols + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                acc[t][r] = _mm512_fmadd_ps(xv, wv[r], acc[t][r]);
+        }
+    }
+    if (last) {
+        const int64_t kb = cols / 16 * 16;
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                y[(t0 + t) * rows + r0 + r] =
+                    reduce16_512(acc[t][r]) +
+                    tail_sum(x + (t0 + t) * cols, w, (r0 + r) * cols, kb, cols, dt);
+    } else {
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                ab[t * R512 + r] = acc[t][r];
+    }
+}
+
+/* nr rows from r0 against tokens tb0 .. tb1 - 1 (at most TB_MAX), panel by panel. */
+TGT512 static inline __attribute__((always_inline)) void
+group512(const float *x, int64_t cols, const void *w, enum xd_dtype dt, float *y, int64_t rows,
+         int64_t tb0, int64_t tb1, int64_t r0, const int nr, float *wbuf, __m512 *ab)
+{
+    const int64_t kb = cols / 16 * 16;
+    int64_t k0 = 0;
+    do {
+        const int64_t k1 = k0 + KC < kb ? k0 + KC : kb;
+        const int first = k0 == 0, last = k1 == kb;
+        const float *wp = wbuf;
+        int64_t ws = KC;
+        if (dt == XD_DTYPE_F32) {
+            wp = (const float *)w + r0 * cols + k0;
+            ws = cols;
+        } else {
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                for (int64_t k = k0; k < k1; k += 16)
+                    _mm512_storeu_ps(wbuf + r * KC + (k - k0),
+                                     load16_512(w, (r0 + r) * cols + k, dt));
+        }
+        int64_t t = tb0;
+        for (; t + T512 <= tb1; t += T512)
+            gtile512(x, cols, wp, ws, k0, k1, ab + (t - tb0) * R512, first, last, y, rows, t, r0,
+                     w, dt, T512, nr);
+        __m512 *at = ab + (t - tb0) * R512;
+        switch (tb1 - t) {
+        case 5: gtile512(x, cols, wp, ws, k0, k1, at, first, last, y, rows, t, r0, w, dt, 5, nr); break;
+        case 4: gtile512(x, cols, wp, ws, k0, k1, at, first, last, y, rows, t, r0, w, dt, 4, nr); break;
+        case 3: gtile512(x, cols, wp, ws, k0, k1, at, first, last, y, rows, t, r0, w, dt, 3, nr); break;
+        case 2: gtile512(x, cols, wp, ws, k0, k1, at, first, last, y, rows, t, r0, w, dt, 2, nr); break;
+        case 1: gtile512(x, cols, wp, ws, k0, k1, at, first, last, y, rows, t, r0, w, dt, 1, nr); break;
+        default: break;
+        }
+        k0 = k1;
+    } while (k0 < kb);
+}
+
+/* Rows r_begin .. r_end - 1: one register tile's worth of tokens (or fewer) through the GEMV
+ * tiles (mm512_*), more through the blocked GEMM. */
+#define DEFINE_GEMM512(name, gemv, dt)                                                           \
+    TGT512 static void name(const float *x, int n, const struct xd_matrix *w, float *y,         \
+                            int64_t r_begin, int64_t r_end)                                      \
+    {                                                                                            \
+        if (n <= T512) {                                                                         \
+            gemv(x, n, w, y, r_begin, r_end);                                                    \
+            return;                                                                              \
+        }                                                                                        \
+        const int64_t cols = w->cols, tb = gemm_token_block(cols);                               \
+        float wbuf[R512 * KC] __attribute__((aligned(64)));                                      \
+        __m512 ab[TB_MAX * R512];                                                                \
+        for (int64_t t0 = 0; t0 < n; t0 += tb) {                                                 \
+            const int64_t t1 = t0 + tb < n ? t0 + tb : n;                                        \
+            int64_t r = r_begin;                                                                 \
+            for (; r + R512 <= r_end; r += R512)                                                 \
+                group512(x, cols, w->data, dt, y, w->rows, t0, t1, r, R512, wbuf, ab);           \
+            for (; r < r_end; r++)                                                               \
+                group512(x, cols, w->data, dt, y, w->rows, t0, t1, r, 1, wbuf, ab);              \
+        }                                                                                        \
+    }
+DEFINE_GEMM512(gemm512_f32, mm512_f32, XD_DTYPE_F32)
+DEFINE_GEMM512(gemm512_bf16, mm512_bf16, XD_DTYPE_BF16)
+DEFINE_GEMM512(gemm512_f16, mm512_f16, XD_DTYPE_F16)
+
+/* The AVX2 GEMM's register tile: 2 rows x 3 tokens of two 8-lane halves (12 accumulators, the
+ * two rows' weight halves and one token half in the 16 registers; 5 loads per 6 fma, where the
+ * GEMV's 1 x 4 tile takes 10 per 8). */
+#define RG256 2
+#define TG256 3
+
+/* As gtile512, each 16-lane accumulator as two 8-lane halves (ab holds lo, hi pairs). */
+TGT256 static inline __attribute__((always_inline)) void
+gtile256(const float *x, int64_t cols, const float *wp, int64_t ws, int64_t k0, int64_t k1,
+         __m256 *ab, int first, int last, float *y, int64_t rows, int64_t t0, int64_t r0,
+         const void *w, enum xd_dtype dt, const int nt, const int nr)
+{
+    __m256 lo[TG256][RG256], hi[TG256][RG256];
+#pragma GCC unroll 8
+    for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++) {
+            lo[t][r] = first ? _mm256_setzero_ps() : ab[2 * (t * RG256 + r)];
+            hi[t][r] = first ? _mm256_setzero_ps() : ab[2 * (t * RG256 + r) + 1];
+        }
+    for (int64_t k = k0; k < k1; k += 16) {
+        __m256 wv[RG256];
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            wv[r] = _mm256_loadu_ps(wp + r * ws + (k - k0));
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) {
+            __m256 xv = _mm256_loadu_ps(x + (t0 + t) * cols + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                lo[t][r] = _mm256_fmadd_ps(xv, wv[r], lo[t][r]);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            wv[r] = _mm256_loadu_ps(wp + r * ws + (k - k0) + 8);
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) {
+            __m256 xv = _mm256_loadu_ps(x + (t0 + t) * cols + k + 8);
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                hi[t][r] = _mm256_fmadd_ps(xv, wv[r], hi[t][r]);
+        }
+    }
+    if (last) {
+        const int64_t kb = cols / 16 * 16;
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                y[(t0 + t) * rows + r0 + r] =
+                    reduce16(lo[t][r], hi[t][r]) +
+                    tail_sum(x + (t0 + t) * cols, w, (r0 + r) * cols, kb, cols, dt);
+    } else {
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++) {
+                ab[2 * (t * RG256 + r)] = lo[t][r];
+                ab[2 * (t * RG256 + r) + 1] = hi[t][r];
+            }
+    }
+}
+
+TGT256 static inline __attribute__((always_inline)) void
+group256(const float *x, int64_t cols, const void *w, enum xd_dtype dt, float *y, int64_t rows,
+         int64_t tb0, int64_t tb1, int64_t r0, const int nr, float *wbuf, __m256 *ab)
+{
+    const int64_t kb = cols / 16 * 16;
+    int64_t k0 = 0;
+    do {
+        const int64_t k1 = k0 + KC < kb ? k0 + KC : kb;
+        const int first = k0 == 0, last = k1 == kb;
+        const float *wp = wbuf;
+        int64_t ws = KC;
+        if (dt == XD_DTYPE_F32) {
+            wp = (const float *)w + r0 * cols + k0;
+            ws = cols;
+        } else {
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                for (int64_t k = k0; k < k1; k += 16) {
+                    __m256 l, h;
+                    load16_256(w, (r0 + r) * cols + k, dt, &l, &h);
+                    _mm256_storeu_ps(wbuf + r * KC + (k - k0), l);
+                    _mm256_storeu_ps(wbuf + r * KC + (k - k0) + 8, h);
+                }
+        }
+        int64_t t = tb0;
+        for (; t + TG256 <= tb1; t += TG256)
+            gtile256(x, cols, wp, ws, k0, k1, ab + 2 * (t - tb0) * RG256, first, last, y, rows, t,
+                     r0, w, dt, TG256, nr);
+        __m256 *at = ab + 2 * (t - tb0) * RG256;
+        switch (tb1 - t) {
+        case 2: gtile256(x, cols, wp, ws, k0, k1, at, first, last, y, rows, t, r0, w, dt, 2, nr); break;
+        case 1: gtile256(x, cols, wp, ws, k0, k1, at, first, last, y, rows, t, r0, w, dt, 1, nr); break;
+        default: break;
+        }
+        k0 = k1;
+    } while (k0 < kb);
+}
+
+#define DEFINE_GEMM256(name, gemv, dt)                                                           \
+    TGT256 static void name(const float *x, int n, const struct xd_matrix *w, float *y,         \
+                            int64_t r_begin, int64_t r_end)                                      \
+    {                                                                                            \
+        if (n <= T256) {                                                                         \
+            gemv(x, n, w, y, r_begin, r_end);                                                    \
+            return;                                                                              \
+        }                                                                                        \
+        const int64_t cols = w->cols, tb = gemm_token_block(cols);                               \
+        float wbuf[RG256 * KC] __attribute__((aligned(32)));                                     \
+        __m256 ab[2 * TB_MAX * RG256];                                                           \
+        for (int64_t t0 = 0; t0 < n; t0 += tb) {                                                 \
+            const int64_t t1 = t0 + tb < n ? t0 + tb : n;                                        \
+            int64_t r = r_begin;                                                                 \
+            for (; r + RG256 <= r_end; r += RG256)                                               \
+                group256(x, cols, w->data, dt, y, w->rows, t0, t1, r, RG256, wbuf, ab);          \
+            for (; r < r_end; r++)                                                               \
+                group256(x, cols, w->data, dt, y, w->rows, t0, t1, r, 1, wbuf, ab);              \
+        }                                                                                        \
+    }
+DEFINE_GEMM256(gemm256_f32, mm256_f32, XD_DTYPE_F32)
+DEFINE_GEMM256(gemm256_bf16, mm256_bf16, XD_DTYPE_BF16)
+DEFINE_GEMM256(gemm256_f16, mm256_f16, XD_DTYPE_F16)
 #endif
 
 /* ---- Which path runs ---- */
@@ -567,9 +830,9 @@ static range_fn vector_fn(enum kernel_path path, enum xd_dtype dt)
     if (path == PATH_AVX512BF16)
         path = PATH_AVX512;
     switch (dt) {
-    case XD_DTYPE_F32: return path == PATH_AVX512 ? mm512_f32 : mm256_f32;
-    case XD_DTYPE_BF16: return path == PATH_AVX512 ? mm512_bf16 : mm256_bf16;
-    case XD_DTYPE_F16: return path == PATH_AVX512 ? mm512_f16 : mm256_f16;
+    case XD_DTYPE_F32: return path == PATH_AVX512 ? gemm512_f32 : gemm256_f32;
+    case XD_DTYPE_BF16: return path == PATH_AVX512 ? gemm512_bf16 : gemm256_bf16;
+    case XD_DTYPE_F16: return path == PATH_AVX512 ? gemm512_f16 : gemm256_f16;
     default: break; /* the block formats have kernels of their own (xd_cpu_matmul dispatches) */
     }
     return NULL;
@@ -670,10 +933,20 @@ void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y)
     assert(fn && "a weight dtype without a kernel");
     const int64_t rows = w->rows, cols = w->cols;
     const int64_t n_tiles = (rows + ROW_TILE - 1) / ROW_TILE;
-#pragma omp parallel for schedule(static) if (rows * cols * (int64_t)n > 32768)
-    for (int64_t tile = 0; tile < n_tiles; tile++) {
-        int64_t r_end = tile * ROW_TILE + ROW_TILE < rows ? tile * ROW_TILE + ROW_TILE : rows;
-        fn(x, n, w, y, tile * ROW_TILE, r_end);
+    /* each thread one contiguous range of whole row tiles (as schedule(static)), in one call,
+     * so the GEMM keeps a token block's input in L2 across all the thread's rows */
+#pragma omp parallel if (rows * cols * (int64_t)n > 32768)
+    {
+        int64_t n_thr = 1, id = 0;
+#ifdef _OPENMP
+        n_thr = omp_get_num_threads();
+        id = omp_get_thread_num();
+#endif
+        const int64_t per = (n_tiles + n_thr - 1) / n_thr;
+        const int64_t r_begin = id * per * ROW_TILE;
+        const int64_t r_end = (id + 1) * per * ROW_TILE < rows ? (id + 1) * per * ROW_TILE : rows;
+        if (r_begin < r_end)
+            fn(x, n, w, y, r_begin, r_end);
     }
 #endif
 }
