@@ -478,31 +478,34 @@ DEFINE_MATMUL256(mm256_f16, XD_DTYPE_F16)
 /* ---- The GEMM: many tokens, in cache-sized blocks ----
  *
  * For more tokens than one register tile holds, a range of rows runs as: for each block of up
- * to gemm_token_block tokens (their input, tb x cols f32, sized to stay in L2 while every row
- * of the range is applied to it), for each group of rows (R512 or RG256, then single rows), for
- * each K panel of up to KC columns of the whole blocks of 16 (its rows widened once to f32 in
- * wbuf, L1-sized, when the weights are 16-bit; read in place when f32), every tile of tokens x
- * the group's rows in the block: its accumulators taken from ab (zero in the first panel), the
- * panel's fma steps, given back to ab (the last panel reduces and adds the tail instead). An
- * element keeps its sixteen lanes across the panels, each lane takes its k in the same order
- * as in tile512 / tile256 (the GEMV), the tree and the tail are theirs, and widening bf16/f16
- * to f32 is exact: every element has the bits it has computed alone (tests/test-cpu-kernels.c
- * test_gemm_equals_gemv). Each 16-bit weight is widened once per token block, not once per
- * tile, and the input is read from L2 once per row group instead of from L3. */
+ * to gemm_token_block tokens (their input, tb x cols f32, sized to stay in L2), for each chunk
+ * of up to RC rows, for each K panel of up to KC columns of the whole blocks of 16 (the chunk's
+ * panel widened once to f32 in wbuf, L1-sized, when the weights are 16-bit; read in place when
+ * f32), for each tile of tokens (T512 or TG256) of the block, for each group of the chunk's rows
+ * (R512 or RG256, then single rows): the tile's accumulators taken from ab (zero in the first
+ * panel), the panel's fma steps, given back to ab (the last panel reduces and adds the tail
+ * instead). A token tile's panel of input stays in L1 across the chunk's row groups and the
+ * chunk's weights across the block's token tiles, so the inner loop reads L1 only; each 16-bit
+ * weight is widened once per token block, not once per tile. An element keeps its sixteen lanes
+ * across the panels, each lane takes its k in the same order as in tile512 / tile256 (the GEMV),
+ * the tree and the tail are theirs, and widening bf16/f16 to f32 is exact: every element has the
+ * bits it has computed alone (tests/test-cpu-kernels.c test_gemm_equals_gemv). */
 #define KC 256     /* columns of a K panel: a multiple of 16 */
-#define TB_MAX 96  /* tokens of a block at most: a multiple of T512, TG256 and 4 */
+#define RC 16      /* rows of a chunk: a multiple of R512 and RG256 */
+#define TB_MAX 48  /* tokens of a block at most: a multiple of T512 and TG256 */
 #define TB_BYTES (1 << 20) /* the input of a token block fits in this much L2 */
+#define GEMM_MIN_N 16 /* fewer tokens run the GEMV tiles: a block of 2 tiles gains nothing */
 
-/* Tokens per block for rows of cols columns: TB_BYTES of input, a multiple of 12, 12..TB_MAX. */
+/* Tokens per block for rows of cols columns: TB_BYTES of input, a multiple of 6, 6..TB_MAX. */
 static int64_t gemm_token_block(int64_t cols)
 {
-    int64_t tb = TB_BYTES / (cols * (int64_t)sizeof(float)) / 12 * 12;
-    return tb < 12 ? 12 : tb > TB_MAX ? TB_MAX : tb;
+    int64_t tb = TB_BYTES / (cols * (int64_t)sizeof(float)) / 6 * 6;
+    return tb < 6 ? 6 : tb > TB_MAX ? TB_MAX : tb;
 }
 
 /* One tile's pass over the panel k0 .. k1 - 1 (k1 - k0 a multiple of 16): nt tokens from t0, nr
  * rows from r0, weights wp (row i at wp + i * ws, column k at k - k0), accumulators in ab
- * (token i, row j at ab[i * R512 + j]). */
+ * (token i, row j at ab[i * RC + j]). */
 TGT512 static inline __attribute__((always_inline)) void
 gtile512(const float *x, int64_t cols, const float *wp, int64_t ws, int64_t k0, int64_t k1,
          __m512 *ab, int first, int last, float *y, int64_t rows, int64_t t0, int64_t r0,
@@ -513,7 +516,7 @@ gtile512(const float *x, int64_t cols, const float *wp, int64_t ws, int64_t k0, 
     for (int t = 0; t < nt; t++)
 #pragma GCC unroll 8
         for (int r = 0; r < nr; r++)
-            acc[t][r] = first ? _mm512_setzero_ps() : ab[t * R512 + r];
+            acc[t][r] = first ? _mm512_setzero_ps() : ab[t * RC + r];
     for (int64_t k = k0; k < k1; k += 16) {
         __m512 wv[R512];
 #pragma GCC unroll 8
@@ -541,14 +544,31 @@ gtile512(const float *x, int64_t cols, const float *wp, int64_t ws, int64_t k0, 
         for (int t = 0; t < nt; t++)
 #pragma GCC unroll 8
             for (int r = 0; r < nr; r++)
-                ab[t * R512 + r] = acc[t][r];
+                ab[t * RC + r] = acc[t][r];
     }
 }
 
-/* nr rows from r0 against tokens tb0 .. tb1 - 1 (at most TB_MAX), panel by panel. */
+/* nt tokens from t (of the block from tb0) against the chunk's rows rc0 .. rc1 - 1. */
 TGT512 static inline __attribute__((always_inline)) void
-group512(const float *x, int64_t cols, const void *w, enum xd_dtype dt, float *y, int64_t rows,
-         int64_t tb0, int64_t tb1, int64_t r0, const int nr, float *wbuf, __m512 *ab)
+gtiles512(const float *x, int64_t cols, const float *wp, int64_t ws, int64_t k0, int64_t k1,
+          __m512 *ab, int first, int last, float *y, int64_t rows, int64_t t, int64_t tb0,
+          int64_t rc0, int64_t rc1, const void *w, enum xd_dtype dt, const int nt)
+{
+    __m512 *at = ab + (t - tb0) * RC;
+    int64_t r = rc0;
+    for (; r + R512 <= rc1; r += R512)
+        gtile512(x, cols, wp + (r - rc0) * ws, ws, k0, k1, at + (r - rc0), first, last, y, rows,
+                 t, r, w, dt, nt, R512);
+    for (; r < rc1; r++)
+        gtile512(x, cols, wp + (r - rc0) * ws, ws, k0, k1, at + (r - rc0), first, last, y, rows,
+                 t, r, w, dt, nt, 1);
+}
+
+/* The chunk rc0 .. rc1 - 1 (at most RC rows) against tokens tb0 .. tb1 - 1 (at most TB_MAX),
+ * panel by panel. */
+TGT512 static inline __attribute__((always_inline)) void
+chunk512(const float *x, int64_t cols, const void *w, enum xd_dtype dt, float *y, int64_t rows,
+         int64_t tb0, int64_t tb1, int64_t rc0, int64_t rc1, float *wbuf, __m512 *ab)
 {
     const int64_t kb = cols / 16 * 16;
     int64_t k0 = 0;
@@ -558,52 +578,48 @@ group512(const float *x, int64_t cols, const void *w, enum xd_dtype dt, float *y
         const float *wp = wbuf;
         int64_t ws = KC;
         if (dt == XD_DTYPE_F32) {
-            wp = (const float *)w + r0 * cols + k0;
+            wp = (const float *)w + rc0 * cols + k0;
             ws = cols;
         } else {
-#pragma GCC unroll 8
-            for (int r = 0; r < nr; r++)
+            for (int64_t r = rc0; r < rc1; r++)
                 for (int64_t k = k0; k < k1; k += 16)
-                    _mm512_storeu_ps(wbuf + r * KC + (k - k0),
-                                     load16_512(w, (r0 + r) * cols + k, dt));
+                    _mm512_storeu_ps(wbuf + (r - rc0) * KC + (k - k0),
+                                     load16_512(w, r * cols + k, dt));
         }
         int64_t t = tb0;
         for (; t + T512 <= tb1; t += T512)
-            gtile512(x, cols, wp, ws, k0, k1, ab + (t - tb0) * R512, first, last, y, rows, t, r0,
-                     w, dt, T512, nr);
-        __m512 *at = ab + (t - tb0) * R512;
+            gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
+                      T512);
         switch (tb1 - t) {
-        case 5: gtile512(x, cols, wp, ws, k0, k1, at, first, last, y, rows, t, r0, w, dt, 5, nr); break;
-        case 4: gtile512(x, cols, wp, ws, k0, k1, at, first, last, y, rows, t, r0, w, dt, 4, nr); break;
-        case 3: gtile512(x, cols, wp, ws, k0, k1, at, first, last, y, rows, t, r0, w, dt, 3, nr); break;
-        case 2: gtile512(x, cols, wp, ws, k0, k1, at, first, last, y, rows, t, r0, w, dt, 2, nr); break;
-        case 1: gtile512(x, cols, wp, ws, k0, k1, at, first, last, y, rows, t, r0, w, dt, 1, nr); break;
+        case 5: gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt, 5); break;
+        case 4: gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt, 4); break;
+        case 3: gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt, 3); break;
+        case 2: gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt, 2); break;
+        case 1: gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt, 1); break;
         default: break;
         }
         k0 = k1;
     } while (k0 < kb);
 }
 
-/* Rows r_begin .. r_end - 1: one register tile's worth of tokens (or fewer) through the GEMV
- * tiles (mm512_*), more through the blocked GEMM. */
+/* Rows r_begin .. r_end - 1: fewer than GEMM_MIN_N tokens through the GEMV tiles (mm512_*),
+ * more through the blocked GEMM. */
 #define DEFINE_GEMM512(name, gemv, dt)                                                           \
     TGT512 static void name(const float *x, int n, const struct xd_matrix *w, float *y,         \
                             int64_t r_begin, int64_t r_end)                                      \
     {                                                                                            \
-        if (n <= T512) {                                                                         \
+        if (n < GEMM_MIN_N) {                                                                    \
             gemv(x, n, w, y, r_begin, r_end);                                                    \
             return;                                                                              \
         }                                                                                        \
         const int64_t cols = w->cols, tb = gemm_token_block(cols);                               \
-        float wbuf[R512 * KC] __attribute__((aligned(64)));                                      \
-        __m512 ab[TB_MAX * R512];                                                                \
+        float wbuf[RC * KC] __attribute__((aligned(64)));                                        \
+        __m512 ab[TB_MAX * RC];                                                                  \
         for (int64_t t0 = 0; t0 < n; t0 += tb) {                                                 \
             const int64_t t1 = t0 + tb < n ? t0 + tb : n;                                        \
-            int64_t r = r_begin;                                                                 \
-            for (; r + R512 <= r_end; r += R512)                                                 \
-                group512(x, cols, w->data, dt, y, w->rows, t0, t1, r, R512, wbuf, ab);           \
-            for (; r < r_end; r++)                                                               \
-                group512(x, cols, w->data, dt, y, w->rows, t0, t1, r, 1, wbuf, ab);              \
+            for (int64_t r = r_begin; r < r_end; r += RC)                                        \
+                chunk512(x, cols, w->data, dt, y, w->rows, t0, t1, r,                            \
+                         r + RC < r_end ? r + RC : r_end, wbuf, ab);                             \
         }                                                                                        \
     }
 DEFINE_GEMM512(gemm512_f32, mm512_f32, XD_DTYPE_F32)
@@ -616,7 +632,8 @@ DEFINE_GEMM512(gemm512_f16, mm512_f16, XD_DTYPE_F16)
 #define RG256 2
 #define TG256 3
 
-/* As gtile512, each 16-lane accumulator as two 8-lane halves (ab holds lo, hi pairs). */
+/* As gtile512, each 16-lane accumulator as two 8-lane halves (token i, row j at ab[2 (i RC + j)]
+ * and the next). */
 TGT256 static inline __attribute__((always_inline)) void
 gtile256(const float *x, int64_t cols, const float *wp, int64_t ws, int64_t k0, int64_t k1,
          __m256 *ab, int first, int last, float *y, int64_t rows, int64_t t0, int64_t r0,
@@ -627,8 +644,8 @@ gtile256(const float *x, int64_t cols, const float *wp, int64_t ws, int64_t k0, 
     for (int t = 0; t < nt; t++)
 #pragma GCC unroll 8
         for (int r = 0; r < nr; r++) {
-            lo[t][r] = first ? _mm256_setzero_ps() : ab[2 * (t * RG256 + r)];
-            hi[t][r] = first ? _mm256_setzero_ps() : ab[2 * (t * RG256 + r) + 1];
+            lo[t][r] = first ? _mm256_setzero_ps() : ab[2 * (t * RC + r)];
+            hi[t][r] = first ? _mm256_setzero_ps() : ab[2 * (t * RC + r) + 1];
         }
     for (int64_t k = k0; k < k1; k += 16) {
         __m256 wv[RG256];
@@ -667,15 +684,30 @@ gtile256(const float *x, int64_t cols, const float *wp, int64_t ws, int64_t k0, 
         for (int t = 0; t < nt; t++)
 #pragma GCC unroll 8
             for (int r = 0; r < nr; r++) {
-                ab[2 * (t * RG256 + r)] = lo[t][r];
-                ab[2 * (t * RG256 + r) + 1] = hi[t][r];
+                ab[2 * (t * RC + r)] = lo[t][r];
+                ab[2 * (t * RC + r) + 1] = hi[t][r];
             }
     }
 }
 
 TGT256 static inline __attribute__((always_inline)) void
-group256(const float *x, int64_t cols, const void *w, enum xd_dtype dt, float *y, int64_t rows,
-         int64_t tb0, int64_t tb1, int64_t r0, const int nr, float *wbuf, __m256 *ab)
+gtiles256(const float *x, int64_t cols, const float *wp, int64_t ws, int64_t k0, int64_t k1,
+          __m256 *ab, int first, int last, float *y, int64_t rows, int64_t t, int64_t tb0,
+          int64_t rc0, int64_t rc1, const void *w, enum xd_dtype dt, const int nt)
+{
+    __m256 *at = ab + 2 * (t - tb0) * RC;
+    int64_t r = rc0;
+    for (; r + RG256 <= rc1; r += RG256)
+        gtile256(x, cols, wp + (r - rc0) * ws, ws, k0, k1, at + 2 * (r - rc0), first, last, y,
+                 rows, t, r, w, dt, nt, RG256);
+    for (; r < rc1; r++)
+        gtile256(x, cols, wp + (r - rc0) * ws, ws, k0, k1, at + 2 * (r - rc0), first, last, y,
+                 rows, t, r, w, dt, nt, 1);
+}
+
+TGT256 static inline __attribute__((always_inline)) void
+chunk256(const float *x, int64_t cols, const void *w, enum xd_dtype dt, float *y, int64_t rows,
+         int64_t tb0, int64_t tb1, int64_t rc0, int64_t rc1, float *wbuf, __m256 *ab)
 {
     const int64_t kb = cols / 16 * 16;
     int64_t k0 = 0;
@@ -685,26 +717,24 @@ group256(const float *x, int64_t cols, const void *w, enum xd_dtype dt, float *y
         const float *wp = wbuf;
         int64_t ws = KC;
         if (dt == XD_DTYPE_F32) {
-            wp = (const float *)w + r0 * cols + k0;
+            wp = (const float *)w + rc0 * cols + k0;
             ws = cols;
         } else {
-#pragma GCC unroll 8
-            for (int r = 0; r < nr; r++)
+            for (int64_t r = rc0; r < rc1; r++)
                 for (int64_t k = k0; k < k1; k += 16) {
                     __m256 l, h;
-                    load16_256(w, (r0 + r) * cols + k, dt, &l, &h);
-                    _mm256_storeu_ps(wbuf + r * KC + (k - k0), l);
-                    _mm256_storeu_ps(wbuf + r * KC + (k - k0) + 8, h);
+                    load16_256(w, r * cols + k, dt, &l, &h);
+                    _mm256_storeu_ps(wbuf + (r - rc0) * KC + (k - k0), l);
+                    _mm256_storeu_ps(wbuf + (r - rc0) * KC + (k - k0) + 8, h);
                 }
         }
         int64_t t = tb0;
         for (; t + TG256 <= tb1; t += TG256)
-            gtile256(x, cols, wp, ws, k0, k1, ab + 2 * (t - tb0) * RG256, first, last, y, rows, t,
-                     r0, w, dt, TG256, nr);
-        __m256 *at = ab + 2 * (t - tb0) * RG256;
+            gtiles256(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
+                      TG256);
         switch (tb1 - t) {
-        case 2: gtile256(x, cols, wp, ws, k0, k1, at, first, last, y, rows, t, r0, w, dt, 2, nr); break;
-        case 1: gtile256(x, cols, wp, ws, k0, k1, at, first, last, y, rows, t, r0, w, dt, 1, nr); break;
+        case 2: gtiles256(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt, 2); break;
+        case 1: gtiles256(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt, 1); break;
         default: break;
         }
         k0 = k1;
@@ -715,20 +745,18 @@ group256(const float *x, int64_t cols, const void *w, enum xd_dtype dt, float *y
     TGT256 static void name(const float *x, int n, const struct xd_matrix *w, float *y,         \
                             int64_t r_begin, int64_t r_end)                                      \
     {                                                                                            \
-        if (n <= T256) {                                                                         \
+        if (n < GEMM_MIN_N) {                                                                    \
             gemv(x, n, w, y, r_begin, r_end);                                                    \
             return;                                                                              \
         }                                                                                        \
         const int64_t cols = w->cols, tb = gemm_token_block(cols);                               \
-        float wbuf[RG256 * KC] __attribute__((aligned(32)));                                     \
-        __m256 ab[2 * TB_MAX * RG256];                                                           \
+        float wbuf[RC * KC] __attribute__((aligned(32)));                                        \
+        __m256 ab[2 * TB_MAX * RC];                                                              \
         for (int64_t t0 = 0; t0 < n; t0 += tb) {                                                 \
             const int64_t t1 = t0 + tb < n ? t0 + tb : n;                                        \
-            int64_t r = r_begin;                                                                 \
-            for (; r + RG256 <= r_end; r += RG256)                                               \
-                group256(x, cols, w->data, dt, y, w->rows, t0, t1, r, RG256, wbuf, ab);          \
-            for (; r < r_end; r++)                                                               \
-                group256(x, cols, w->data, dt, y, w->rows, t0, t1, r, 1, wbuf, ab);              \
+            for (int64_t r = r_begin; r < r_end; r += RC)                                        \
+                chunk256(x, cols, w->data, dt, y, w->rows, t0, t1, r,                            \
+                         r + RC < r_end ? r + RC : r_end, wbuf, ab);                             \
         }                                                                                        \
     }
 DEFINE_GEMM256(gemm256_f32, mm256_f32, XD_DTYPE_F32)
