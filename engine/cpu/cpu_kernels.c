@@ -480,8 +480,7 @@ DEFINE_MATMUL256(mm256_f16, XD_DTYPE_F16)
  * For more tokens than one register tile holds, a range of rows runs as: for each block of up
  * to gemm_token_block tokens (their input, tb x cols f32, sized to stay in L2), for each chunk
  * of up to RC rows, for each K panel of up to KC columns of the whole blocks of 16 (the chunk's
- * panel widened once to f32 in wbuf, L1-sized, when the weights are 16-bit; read in place when
- * f32), for each tile of tokens (T512 or TG256) of the block, for each group of the chunk's rows
+ * panel copied once to f32 in wbuf, L1-sized: bf16/f16 widened, f32 made contiguous), for each tile of tokens (T512 or TG256) of the block, for each group of the chunk's rows
  * (R512 or RG256, then single rows): the tile's accumulators taken from ab (zero in the first
  * panel), the panel's fma steps, given back to ab (the last panel reduces and adds the tail
  * instead). A token tile's panel of input stays in L1 across the chunk's row groups and the
@@ -576,16 +575,10 @@ chunk512(const float *x, int64_t cols, const void *w, enum xd_dtype dt, float *y
         const int64_t k1 = k0 + KC < kb ? k0 + KC : kb;
         const int first = k0 == 0, last = k1 == kb;
         const float *wp = wbuf;
-        int64_t ws = KC;
-        if (dt == XD_DTYPE_F32) {
-            wp = (const float *)w + rc0 * cols + k0;
-            ws = cols;
-        } else {
-            for (int64_t r = rc0; r < rc1; r++)
-                for (int64_t k = k0; k < k1; k += 16)
-                    _mm512_storeu_ps(wbuf + (r - rc0) * KC + (k - k0),
-                                     load16_512(w, r * cols + k, dt));
-        }
+        const int64_t ws = KC;
+        for (int64_t r = rc0; r < rc1; r++) /* f32 copied too: a contiguous panel in L1 */
+            for (int64_t k = k0; k < k1; k += 16)
+                _mm512_store_ps(wbuf + (r - rc0) * KC + (k - k0), load16_512(w, r * cols + k, dt));
         int64_t t = tb0;
         for (; t + T512 <= tb1; t += T512)
             gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
@@ -715,19 +708,14 @@ chunk256(const float *x, int64_t cols, const void *w, enum xd_dtype dt, float *y
         const int64_t k1 = k0 + KC < kb ? k0 + KC : kb;
         const int first = k0 == 0, last = k1 == kb;
         const float *wp = wbuf;
-        int64_t ws = KC;
-        if (dt == XD_DTYPE_F32) {
-            wp = (const float *)w + rc0 * cols + k0;
-            ws = cols;
-        } else {
-            for (int64_t r = rc0; r < rc1; r++)
-                for (int64_t k = k0; k < k1; k += 16) {
-                    __m256 l, h;
-                    load16_256(w, r * cols + k, dt, &l, &h);
-                    _mm256_storeu_ps(wbuf + (r - rc0) * KC + (k - k0), l);
-                    _mm256_storeu_ps(wbuf + (r - rc0) * KC + (k - k0) + 8, h);
-                }
-        }
+        const int64_t ws = KC;
+        for (int64_t r = rc0; r < rc1; r++) /* f32 copied too: a contiguous panel in L1 */
+            for (int64_t k = k0; k < k1; k += 16) {
+                __m256 l, h;
+                load16_256(w, r * cols + k, dt, &l, &h);
+                _mm256_store_ps(wbuf + (r - rc0) * KC + (k - k0), l);
+                _mm256_store_ps(wbuf + (r - rc0) * KC + (k - k0) + 8, h);
+            }
         int64_t t = tb0;
         for (; t + TG256 <= tb1; t += TG256)
             gtiles256(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
