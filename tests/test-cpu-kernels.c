@@ -128,9 +128,9 @@ static void test_matmul_order(void)
                 check_shape(dts[d], ns[i], 37, cols[c]);
 }
 
-/* The GEMM (16 tokens or more: token blocks, K panels, row chunks, tiles of tokens x rows)
+/* The GEMM (24 tokens or more: token blocks, K panels, row chunks, tiles of tokens x rows)
  * against the GEMV (each token alone), bit for bit, for n = 1..37 tokens (the GEMV tiles below
- * 16, every remainder of a token tile above): rows 13 leave a remainder of every row group;
+ * 24, every remainder of a token tile above): rows 13 leave a remainder of every row group;
  * cols 531 is two whole K panels, a part panel and a tail of 3, 15 is all tail, 11001 makes
  * token blocks of 18 (37 tokens in three blocks) of 43 K panels; also through xd_cpu_matmul_rows over rows
  * 3..12 (an odd start and a part range, as the MoE work items call it). */

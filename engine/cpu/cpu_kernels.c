@@ -493,7 +493,7 @@ DEFINE_MATMUL256(mm256_f16, XD_DTYPE_F16)
 #define RC 16      /* rows of a chunk: a multiple of R512 and RG256 */
 #define TB_MAX 48  /* tokens of a block at most: a multiple of T512 and TG256 */
 #define TB_BYTES (1 << 20) /* the input of a token block fits in this much L2 */
-#define GEMM_MIN_N 16 /* fewer tokens run the GEMV tiles: a block of 2 tiles gains nothing */
+#define GEMM_MIN_N 24 /* fewer tokens run the GEMV tiles (as fast while their input fits L2) */
 
 /* Tokens per block for rows of cols columns: TB_BYTES of input, a multiple of 6, 6..TB_MAX. */
 static int64_t gemm_token_block(int64_t cols)
@@ -812,15 +812,15 @@ const char *xd_cpu_kernel_path(void)
     switch (get_path()) {
     case PATH_AVX512:
         return q == XD_QUANT_VNNI
-                   ? "avx512f (fma, 4 rows x 6 tokens of 16 lanes; from 16 tokens a GEMM in L2/L1 "
+                   ? "avx512f (fma, 4 rows x 6 tokens of 16 lanes; from 24 tokens a GEMM in L2/L1 "
                      "blocks); q8/q4: avx512-vnni (vpdpbusd, 4 rows x 4 tokens)"
-                   : "avx512f (fma, 4 rows x 6 tokens of 16 lanes; from 16 tokens a GEMM in L2/L1 "
+                   : "avx512f (fma, 4 rows x 6 tokens of 16 lanes; from 24 tokens a GEMM in L2/L1 "
                      "blocks); q8/q4: avx2 (vpmaddubsw, 1 row x 4 tokens)";
     case PATH_AVX512BF16:
         return "avx512bf16 (opt-in: activations rounded to bf16, vdpbf16ps for bf16 weights, 4 "
                "rows x 6 tokens; f32/f16 weights on avx512f); q8/q4: as avx512f";
     case PATH_AVX2:
-        return "avx2+fma (1 row x 4 tokens of 2 x 8 lanes; from 16 tokens a GEMM of 2 rows x 3 "
+        return "avx2+fma (1 row x 4 tokens of 2 x 8 lanes; from 24 tokens a GEMM of 2 rows x 3 "
                "tokens in L2/L1 blocks); q8/q4: avx2 (vpmaddubsw, 1 row x 4 tokens)";
     default: return "portable (c11, no fma); q8/q4: portable (c11, fmaf)";
     }
