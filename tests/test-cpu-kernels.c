@@ -132,8 +132,9 @@ static void test_matmul_order(void)
  * against the GEMV (each token alone), bit for bit, for n = 1..37 tokens (the GEMV tiles below
  * 24, every remainder of a token tile above): rows 13 leave a remainder of every row group;
  * cols 531 is two whole K panels, a part panel and a tail of 3, 15 is all tail, 11001 makes
- * token blocks of 18 (37 tokens in three blocks) of 43 K panels; also through xd_cpu_matmul_rows over rows
- * 3..12 (an odd start and a part range, as the MoE work items call it). */
+ * token blocks of 18 (37 tokens in three blocks) of 43 K panels; also through
+ * xd_cpu_matmul_rows over rows 3..12 (an odd start and a part range, as the MoE work items call
+ * it). */
 static void check_gemm_gemv(enum xd_dtype dt, int rows, int cols)
 {
     const int max_n = 37;
