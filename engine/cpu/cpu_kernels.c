@@ -750,6 +750,120 @@ chunk256(const float *x, int64_t cols, const void *w, enum xd_dtype dt, float *y
 DEFINE_GEMM256(gemm256_f32, mm256_f32, XD_DTYPE_F32)
 DEFINE_GEMM256(gemm256_bf16, mm256_bf16, XD_DTYPE_BF16)
 DEFINE_GEMM256(gemm256_f16, mm256_f16, XD_DTYPE_F16)
+
+/* The GEMM of the opt-in avx512bf16 path, blocked as the others (token blocks, row chunks of RC,
+ * K panels of KC over the whole blocks of 32, accumulators carried in ab): per panel the chunk's
+ * bf16 weights copied contiguous into wbuf and the block's activations rounded to bf16 once into
+ * xbuf (by vcvtne2ps2bf16, as tile_bf16 rounds them each time it loads them), so the inner loop
+ * is loads and vdpbf16ps alone. Each lane's pairs in tile_bf16's order, its tree and its tail:
+ * the bits of the GEMV (mm_bf16dp). */
+TGTBF16 static inline __attribute__((always_inline)) void
+gtile_bf16(const uint16_t *xp, const uint16_t *wp, int64_t len, __m512 *ab, int first, int last,
+           const float *x, const uint16_t *w, float *y, int64_t rows, int64_t cols, int64_t t0,
+           int64_t r0, const int nt, const int nr)
+{
+    __m512 acc[T512][R512];
+#pragma GCC unroll 8
+    for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            acc[t][r] = first ? _mm512_setzero_ps() : ab[t * RC + r];
+    for (int64_t k = 0; k < len; k += 32) {
+        __m512bh wv[R512];
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            wv[r] = (__m512bh)_mm512_load_si512((const void *)(wp + r * KC + k));
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) {
+            __m512bh xv = (__m512bh)_mm512_load_si512((const void *)(xp + t * KC + k));
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                acc[t][r] = _mm512_dpbf16_ps(acc[t][r], xv, wv[r]);
+        }
+    }
+    if (last) {
+        const int64_t kb = cols / 32 * 32;
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                y[(t0 + t) * rows + r0 + r] =
+                    reduce16_512(acc[t][r]) +
+                    tail_sum_bf16x(x + (t0 + t) * cols, w + (r0 + r) * cols, kb, cols);
+    } else {
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                ab[t * RC + r] = acc[t][r];
+    }
+}
+
+TGTBF16 static inline __attribute__((always_inline)) void
+gtiles_bf16(const uint16_t *xbuf, const uint16_t *wbuf, int64_t len, __m512 *ab, int first,
+            int last, const float *x, const uint16_t *w, float *y, int64_t rows, int64_t cols,
+            int64_t t, int64_t tb0, int64_t rc0, int64_t rc1, const int nt)
+{
+    const uint16_t *xp = xbuf + (t - tb0) * KC;
+    __m512 *at = ab + (t - tb0) * RC;
+    int64_t r = rc0;
+    for (; r + R512 <= rc1; r += R512)
+        gtile_bf16(xp, wbuf + (r - rc0) * KC, len, at + (r - rc0), first, last, x, w, y, rows,
+                   cols, t, r, nt, R512);
+    for (; r < rc1; r++)
+        gtile_bf16(xp, wbuf + (r - rc0) * KC, len, at + (r - rc0), first, last, x, w, y, rows,
+                   cols, t, r, nt, 1);
+}
+
+TGTBF16 static void gemm_bf16dp(const float *x, int n, const struct xd_matrix *w, float *y,
+                                int64_t r_begin, int64_t r_end)
+{
+    if (n < GEMM_MIN_N) {
+        mm_bf16dp(x, n, w, y, r_begin, r_end);
+        return;
+    }
+    const uint16_t *wd = w->data;
+    const int64_t cols = w->cols, rows = w->rows, tb = gemm_token_block(cols);
+    const int64_t kb = cols / 32 * 32;
+    uint16_t wbuf[RC * KC] __attribute__((aligned(64)));
+    uint16_t xbuf[TB_MAX * KC] __attribute__((aligned(64)));
+    __m512 ab[TB_MAX * RC];
+    for (int64_t t0 = 0; t0 < n; t0 += tb) {
+        const int64_t t1 = t0 + tb < n ? t0 + tb : n;
+        for (int64_t rc0 = r_begin; rc0 < r_end; rc0 += RC) {
+            const int64_t rc1 = rc0 + RC < r_end ? rc0 + RC : r_end;
+            int64_t k0 = 0;
+            do {
+                const int64_t k1 = k0 + KC < kb ? k0 + KC : kb, len = k1 - k0;
+                const int first = k0 == 0, last = k1 == kb;
+                for (int64_t r = rc0; r < rc1; r++)
+                    for (int64_t k = k0; k < k1; k += 32)
+                        _mm512_store_si512((void *)(wbuf + (r - rc0) * KC + (k - k0)),
+                                           _mm512_loadu_si512((const void *)(wd + r * cols + k)));
+                for (int64_t t = t0; t < t1; t++)
+                    for (int64_t k = k0; k < k1; k += 32) {
+                        const float *xs = x + t * cols + k;
+                        __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xs + 16),
+                                                         _mm512_loadu_ps(xs));
+                        _mm512_store_si512((void *)(xbuf + (t - t0) * KC + (k - k0)), (__m512i)v);
+                    }
+                int64_t t = t0;
+                for (; t + T512 <= t1; t += T512)
+                    gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
+                                rc1, T512);
+                switch (t1 - t) {
+                case 5: gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0, rc1, 5); break;
+                case 4: gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0, rc1, 4); break;
+                case 3: gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0, rc1, 3); break;
+                case 2: gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0, rc1, 2); break;
+                case 1: gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0, rc1, 1); break;
+                default: break;
+                }
+                k0 = k1;
+            } while (k0 < kb);
+        }
+    }
+}
 #endif
 
 /* ---- Which path runs ---- */
@@ -843,7 +957,7 @@ typedef void (*range_fn)(const float *, int, const struct xd_matrix *, float *, 
 static range_fn vector_fn(enum kernel_path path, enum xd_dtype dt)
 {
     if (path == PATH_AVX512BF16 && dt == XD_DTYPE_BF16)
-        return mm_bf16dp;
+        return gemm_bf16dp;
     if (path == PATH_AVX512BF16)
         path = PATH_AVX512;
     switch (dt) {
