@@ -932,7 +932,8 @@ const char *xd_cpu_kernel_path(void)
                      "blocks); q8/q4: avx2 (vpmaddubsw, 1 row x 4 tokens)";
     case PATH_AVX512BF16:
         return "avx512bf16 (opt-in: activations rounded to bf16, vdpbf16ps for bf16 weights, 4 "
-               "rows x 6 tokens; f32/f16 weights on avx512f); q8/q4: as avx512f";
+               "rows x 6 tokens, from 24 tokens in L2/L1 blocks; f32/f16 weights on avx512f); "
+               "q8/q4: as avx512f";
     case PATH_AVX2:
         return "avx2+fma (1 row x 4 tokens of 2 x 8 lanes; from 24 tokens a GEMM of 2 rows x 3 "
                "tokens in L2/L1 blocks); q8/q4: avx2 (vpmaddubsw, 1 row x 4 tokens)";
