@@ -477,18 +477,19 @@ DEFINE_MATMUL256(mm256_f16, XD_DTYPE_F16)
 
 /* ---- The GEMM: many tokens, in cache-sized blocks ----
  *
- * For more tokens than one register tile holds, a range of rows runs as: for each block of up
- * to gemm_token_block tokens (their input, tb x cols f32, sized to stay in L2), for each chunk
- * of up to RC rows, for each K panel of up to KC columns of the whole blocks of 16 (the chunk's
- * panel copied once to f32 in wbuf, L1-sized: bf16/f16 widened, f32 made contiguous), for each tile of tokens (T512 or TG256) of the block, for each group of the chunk's rows
- * (R512 or RG256, then single rows): the tile's accumulators taken from ab (zero in the first
- * panel), the panel's fma steps, given back to ab (the last panel reduces and adds the tail
- * instead). A token tile's panel of input stays in L1 across the chunk's row groups and the
- * chunk's weights across the block's token tiles, so the inner loop reads L1 only; each 16-bit
- * weight is widened once per token block, not once per tile. An element keeps its sixteen lanes
- * across the panels, each lane takes its k in the same order as in tile512 / tile256 (the GEMV),
- * the tree and the tail are theirs, and widening bf16/f16 to f32 is exact: every element has the
- * bits it has computed alone (tests/test-cpu-kernels.c test_gemm_equals_gemv). */
+ * From GEMM_MIN_N tokens, a range of rows runs as: for each block of up to gemm_token_block
+ * tokens (their input, tb x cols f32, sized to stay in L2), for each chunk of up to RC rows, for
+ * each K panel of up to KC columns of the whole blocks of 16 (the chunk's panel copied once to
+ * f32 in wbuf, L1-sized: bf16/f16 widened, f32 made contiguous), for each tile of tokens (T512
+ * or TG256) of the block, for each group of the chunk's rows (R512 or RG256, then single rows):
+ * the tile's accumulators taken from ab (zero in the first panel), the panel's fma steps, given
+ * back to ab (the last panel reduces and adds the tail instead). A token tile's panel of input
+ * stays in L1 across the chunk's row groups and the chunk's weights across the block's token
+ * tiles, so the inner loop reads L1 only; each 16-bit weight is widened once per token block,
+ * not once per tile. An element keeps its sixteen lanes across the panels, each lane takes its k
+ * in the same order as in tile512 / tile256 (the GEMV), the tree and the tail are theirs, and
+ * widening bf16/f16 to f32 is exact: every element has the bits it has computed alone
+ * (tests/test-cpu-kernels.c test_gemm_equals_gemv). */
 #define KC 256     /* columns of a K panel: a multiple of 16 */
 #define RC 16      /* rows of a chunk: a multiple of R512 and RG256 */
 #define TB_MAX 48  /* tokens of a block at most: a multiple of T512 and TG256 */
@@ -584,11 +585,26 @@ chunk512(const float *x, int64_t cols, const void *w, enum xd_dtype dt, float *y
             gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
                       T512);
         switch (tb1 - t) {
-        case 5: gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt, 5); break;
-        case 4: gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt, 4); break;
-        case 3: gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt, 3); break;
-        case 2: gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt, 2); break;
-        case 1: gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt, 1); break;
+        case 5:
+            gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
+                      5);
+            break;
+        case 4:
+            gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
+                      4);
+            break;
+        case 3:
+            gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
+                      3);
+            break;
+        case 2:
+            gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
+                      2);
+            break;
+        case 1:
+            gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
+                      1);
+            break;
         default: break;
         }
         k0 = k1;
@@ -721,8 +737,14 @@ chunk256(const float *x, int64_t cols, const void *w, enum xd_dtype dt, float *y
             gtiles256(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
                       TG256);
         switch (tb1 - t) {
-        case 2: gtiles256(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt, 2); break;
-        case 1: gtiles256(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt, 1); break;
+        case 2:
+            gtiles256(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
+                      2);
+            break;
+        case 1:
+            gtiles256(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
+                      1);
+            break;
         default: break;
         }
         k0 = k1;
@@ -852,11 +874,26 @@ TGTBF16 static void gemm_bf16dp(const float *x, int n, const struct xd_matrix *w
                     gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
                                 rc1, T512);
                 switch (t1 - t) {
-                case 5: gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0, rc1, 5); break;
-                case 4: gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0, rc1, 4); break;
-                case 3: gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0, rc1, 3); break;
-                case 2: gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0, rc1, 2); break;
-                case 1: gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0, rc1, 1); break;
+                case 5:
+                    gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
+                                rc1, 5);
+                    break;
+                case 4:
+                    gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
+                                rc1, 4);
+                    break;
+                case 3:
+                    gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
+                                rc1, 3);
+                    break;
+                case 2:
+                    gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
+                                rc1, 2);
+                    break;
+                case 1:
+                    gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
+                                rc1, 1);
+                    break;
                 default: break;
                 }
                 k0 = k1;
