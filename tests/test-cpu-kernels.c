@@ -128,6 +128,75 @@ static void test_matmul_order(void)
                 check_shape(dts[d], ns[i], 37, cols[c]);
 }
 
+/* The GEMM (24 tokens or more: token blocks, K panels, row chunks, tiles of tokens x rows)
+ * against the GEMV (each token alone), bit for bit, for n = 1..37 tokens (the GEMV tiles below
+ * 24, every remainder of a token tile above): rows 13 leave a remainder of every row group;
+ * cols 531 is two whole K panels, a part panel and a tail of 3, 15 is all tail, 11001 makes
+ * token blocks of 18 (37 tokens in three blocks) of 43 K panels; also through
+ * xd_cpu_matmul_rows over rows 3..12 (an odd start and a part range, as the MoE work items call
+ * it). */
+static void check_gemm_gemv(enum xd_dtype dt, int rows, int cols)
+{
+    const int max_n = 37;
+    float *x = malloc(sizeof(float) * (size_t)max_n * cols);
+    uint16_t *wh = malloc(sizeof(uint16_t) * (size_t)rows * cols);
+    float *wf = malloc(sizeof(float) * (size_t)rows * cols);
+    float *y = malloc(sizeof(float) * (size_t)max_n * rows);
+    float *yr = malloc(sizeof(float) * (size_t)max_n * rows);
+    float *alone = malloc(sizeof(float) * (size_t)max_n * rows);
+    for (int i = 0; i < max_n * cols; i++)
+        x[i] = frand();
+    for (int i = 0; i < rows * cols; i++) {
+        wf[i] = frand();
+        wh[i] = dt == XD_DTYPE_F16 ? xd_f32_to_f16(wf[i]) : xd_f32_to_bf16(wf[i]);
+    }
+    struct xd_matrix w = {.dtype = dt, .rows = rows, .cols = cols,
+                          .data = dt == XD_DTYPE_F32 ? (const void *)wf : wh};
+    for (int t = 0; t < max_n; t++) /* the GEMV on this thread: the same bits as xd_cpu_matmul */
+        xd_cpu_matmul_rows(x + (size_t)t * cols, 1, &w, alone + (size_t)t * rows, 0, rows);
+    int bad_n = 0, bad_rows_n = 0, first_bad = 0;
+    for (int n = 1; n <= max_n; n++) {
+        for (int i = 0; i < n * rows; i++)
+            y[i] = yr[i] = -1.0f;
+        xd_cpu_matmul(x, n, &w, y);
+        xd_cpu_matmul_rows(x, n, &w, yr, 3, 12);
+        if (memcmp(y, alone, sizeof(float) * (size_t)n * rows) != 0) {
+            bad_n++;
+            first_bad = first_bad ? first_bad : n;
+        }
+        int bad = 0;
+        for (int t = 0; t < n; t++)
+            for (int r = 0; r < rows; r++) {
+                const float *got = &yr[(size_t)t * rows + r];
+                if (r >= 3 && r < 12)
+                    bad += memcmp(got, &alone[(size_t)t * rows + r], sizeof *got) != 0;
+                else
+                    bad += *got != -1.0f; /* rows outside the range untouched */
+            }
+        bad_rows_n += bad != 0;
+    }
+    CHECK(bad_n == 0, "%s rows %d cols %d: %d token counts (first %d) differ from the GEMV",
+          xd_dtype_name(dt), rows, cols, bad_n, first_bad);
+    CHECK(bad_rows_n == 0, "%s rows %d cols %d: xd_cpu_matmul_rows(3, 12) wrong at %d token counts",
+          xd_dtype_name(dt), rows, cols, bad_rows_n);
+    free(x);
+    free(wh);
+    free(wf);
+    free(y);
+    free(yr);
+    free(alone);
+}
+
+static void test_gemm_equals_gemv(void)
+{
+    const enum xd_dtype dts[] = {XD_DTYPE_F32, XD_DTYPE_BF16, XD_DTYPE_F16};
+    for (size_t d = 0; d < 3; d++) {
+        check_gemm_gemv(dts[d], 13, 531);
+        check_gemm_gemv(dts[d], 13, 15);
+        check_gemm_gemv(dts[d], 13, 11001);
+    }
+}
+
 static void test_path_named(void)
 {
     const char *p = xd_cpu_kernel_path();
@@ -147,5 +216,6 @@ int main(void)
 {
     RUN(test_path_named);
     RUN(test_matmul_order);
+    RUN(test_gemm_equals_gemv);
     return test_summary();
 }

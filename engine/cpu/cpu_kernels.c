@@ -7,6 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "engine/cpu/mxfp4_kernels.h"
 #include "engine/cpu/quant_kernels.h"
@@ -471,6 +474,433 @@ rows256(const float *x, int n, const void *w, float *y, int64_t rows, int64_t co
 DEFINE_MATMUL256(mm256_f32, XD_DTYPE_F32)
 DEFINE_MATMUL256(mm256_bf16, XD_DTYPE_BF16)
 DEFINE_MATMUL256(mm256_f16, XD_DTYPE_F16)
+
+/* ---- The GEMM: many tokens, in cache-sized blocks ----
+ *
+ * From GEMM_MIN_N tokens, a range of rows runs as: for each block of up to gemm_token_block
+ * tokens (their input, tb x cols f32, sized to stay in L2), for each chunk of up to RC rows, for
+ * each K panel of up to KC columns of the whole blocks of 16 (the chunk's panel copied once to
+ * f32 in wbuf, L1-sized: bf16/f16 widened, f32 made contiguous), for each tile of tokens (T512
+ * or TG256) of the block, for each group of the chunk's rows (R512 or RG256, then single rows):
+ * the tile's accumulators taken from ab (zero in the first panel), the panel's fma steps, given
+ * back to ab (the last panel reduces and adds the tail instead). A token tile's panel of input
+ * stays in L1 across the chunk's row groups and the chunk's weights across the block's token
+ * tiles, so the inner loop reads L1 only; each 16-bit weight is widened once per token block,
+ * not once per tile. An element keeps its sixteen lanes across the panels, each lane takes its k
+ * in the same order as in tile512 / tile256 (the GEMV), the tree and the tail are theirs, and
+ * widening bf16/f16 to f32 is exact: every element has the bits it has computed alone
+ * (tests/test-cpu-kernels.c test_gemm_equals_gemv). */
+#define KC 256     /* columns of a K panel: a multiple of 16 */
+#define RC 16      /* rows of a chunk: a multiple of R512 and RG256 */
+#define TB_MAX 48  /* tokens of a block at most: a multiple of T512 and TG256 */
+#define TB_BYTES (1 << 20) /* the input of a token block fits in this much L2 */
+#define GEMM_MIN_N 24 /* fewer tokens run the GEMV tiles (as fast while their input fits L2) */
+
+/* Tokens per block for rows of cols columns: TB_BYTES of input, a multiple of 6, 6..TB_MAX. */
+static int64_t gemm_token_block(int64_t cols)
+{
+    int64_t tb = TB_BYTES / (cols * (int64_t)sizeof(float)) / 6 * 6;
+    return tb < 6 ? 6 : tb > TB_MAX ? TB_MAX : tb;
+}
+
+/* One tile's pass over the panel k0 .. k1 - 1 (k1 - k0 a multiple of 16): nt tokens from t0, nr
+ * rows from r0, weights wp (row i at wp + i * ws, column k at k - k0), accumulators in ab
+ * (token i, row j at ab[i * RC + j]). */
+TGT512 static inline __attribute__((always_inline)) void
+gtile512(const float *x, int64_t cols, const float *wp, int64_t ws, int64_t k0, int64_t k1,
+         __m512 *ab, int first, int last, float *y, int64_t rows, int64_t t0, int64_t r0,
+         const void *w, enum xd_dtype dt, const int nt, const int nr)
+{
+    __m512 acc[T512][R512];
+#pragma GCC unroll 8
+    for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            acc[t][r] = first ? _mm512_setzero_ps() : ab[t * RC + r];
+    for (int64_t k = k0; k < k1; k += 16) {
+        __m512 wv[R512];
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            wv[r] = _mm512_loadu_ps(wp + r * ws + (k - k0));
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) {
+            __m512 xv = _mm512_loadu_ps(x + (t0 + t) * cols + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                acc[t][r] = _mm512_fmadd_ps(xv, wv[r], acc[t][r]);
+        }
+    }
+    if (last) {
+        const int64_t kb = cols / 16 * 16;
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                y[(t0 + t) * rows + r0 + r] =
+                    reduce16_512(acc[t][r]) +
+                    tail_sum(x + (t0 + t) * cols, w, (r0 + r) * cols, kb, cols, dt);
+    } else {
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                ab[t * RC + r] = acc[t][r];
+    }
+}
+
+/* nt tokens from t (of the block from tb0) against the chunk's rows rc0 .. rc1 - 1. */
+TGT512 static inline __attribute__((always_inline)) void
+gtiles512(const float *x, int64_t cols, const float *wp, int64_t ws, int64_t k0, int64_t k1,
+          __m512 *ab, int first, int last, float *y, int64_t rows, int64_t t, int64_t tb0,
+          int64_t rc0, int64_t rc1, const void *w, enum xd_dtype dt, const int nt)
+{
+    __m512 *at = ab + (t - tb0) * RC;
+    int64_t r = rc0;
+    for (; r + R512 <= rc1; r += R512)
+        gtile512(x, cols, wp + (r - rc0) * ws, ws, k0, k1, at + (r - rc0), first, last, y, rows,
+                 t, r, w, dt, nt, R512);
+    for (; r < rc1; r++)
+        gtile512(x, cols, wp + (r - rc0) * ws, ws, k0, k1, at + (r - rc0), first, last, y, rows,
+                 t, r, w, dt, nt, 1);
+}
+
+/* The chunk rc0 .. rc1 - 1 (at most RC rows) against tokens tb0 .. tb1 - 1 (at most TB_MAX),
+ * panel by panel. */
+TGT512 static inline __attribute__((always_inline)) void
+chunk512(const float *x, int64_t cols, const void *w, enum xd_dtype dt, float *y, int64_t rows,
+         int64_t tb0, int64_t tb1, int64_t rc0, int64_t rc1, float *wbuf, __m512 *ab)
+{
+    const int64_t kb = cols / 16 * 16;
+    int64_t k0 = 0;
+    do {
+        const int64_t k1 = k0 + KC < kb ? k0 + KC : kb;
+        const int first = k0 == 0, last = k1 == kb;
+        const float *wp = wbuf;
+        const int64_t ws = KC;
+        for (int64_t r = rc0; r < rc1; r++) /* f32 copied too: a contiguous panel in L1 */
+            for (int64_t k = k0; k < k1; k += 16)
+                _mm512_store_ps(wbuf + (r - rc0) * KC + (k - k0), load16_512(w, r * cols + k, dt));
+        int64_t t = tb0;
+        for (; t + T512 <= tb1; t += T512)
+            gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
+                      T512);
+        switch (tb1 - t) {
+        case 5:
+            gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
+                      5);
+            break;
+        case 4:
+            gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
+                      4);
+            break;
+        case 3:
+            gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
+                      3);
+            break;
+        case 2:
+            gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
+                      2);
+            break;
+        case 1:
+            gtiles512(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
+                      1);
+            break;
+        default: break;
+        }
+        k0 = k1;
+    } while (k0 < kb);
+}
+
+/* Rows r_begin .. r_end - 1: fewer than GEMM_MIN_N tokens through the GEMV tiles (mm512_*),
+ * more through the blocked GEMM. */
+#define DEFINE_GEMM512(name, gemv, dt)                                                           \
+    TGT512 static void name(const float *x, int n, const struct xd_matrix *w, float *y,         \
+                            int64_t r_begin, int64_t r_end)                                      \
+    {                                                                                            \
+        if (n < GEMM_MIN_N) {                                                                    \
+            gemv(x, n, w, y, r_begin, r_end);                                                    \
+            return;                                                                              \
+        }                                                                                        \
+        const int64_t cols = w->cols, tb = gemm_token_block(cols);                               \
+        float wbuf[RC * KC] __attribute__((aligned(64)));                                        \
+        __m512 ab[TB_MAX * RC];                                                                  \
+        for (int64_t t0 = 0; t0 < n; t0 += tb) {                                                 \
+            const int64_t t1 = t0 + tb < n ? t0 + tb : n;                                        \
+            for (int64_t r = r_begin; r < r_end; r += RC)                                        \
+                chunk512(x, cols, w->data, dt, y, w->rows, t0, t1, r,                            \
+                         r + RC < r_end ? r + RC : r_end, wbuf, ab);                             \
+        }                                                                                        \
+    }
+DEFINE_GEMM512(gemm512_f32, mm512_f32, XD_DTYPE_F32)
+DEFINE_GEMM512(gemm512_bf16, mm512_bf16, XD_DTYPE_BF16)
+DEFINE_GEMM512(gemm512_f16, mm512_f16, XD_DTYPE_F16)
+
+/* The AVX2 GEMM's register tile: 2 rows x 3 tokens of two 8-lane halves (12 accumulators, the
+ * two rows' weight halves and one token half in the 16 registers; 5 loads per 6 fma, where the
+ * GEMV's 1 x 4 tile takes 10 per 8). */
+#define RG256 2
+#define TG256 3
+
+/* As gtile512, each 16-lane accumulator as two 8-lane halves (token i, row j at ab[2 (i RC + j)]
+ * and the next). */
+TGT256 static inline __attribute__((always_inline)) void
+gtile256(const float *x, int64_t cols, const float *wp, int64_t ws, int64_t k0, int64_t k1,
+         __m256 *ab, int first, int last, float *y, int64_t rows, int64_t t0, int64_t r0,
+         const void *w, enum xd_dtype dt, const int nt, const int nr)
+{
+    __m256 lo[TG256][RG256], hi[TG256][RG256];
+#pragma GCC unroll 8
+    for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++) {
+            lo[t][r] = first ? _mm256_setzero_ps() : ab[2 * (t * RC + r)];
+            hi[t][r] = first ? _mm256_setzero_ps() : ab[2 * (t * RC + r) + 1];
+        }
+    for (int64_t k = k0; k < k1; k += 16) {
+        __m256 wv[RG256];
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            wv[r] = _mm256_loadu_ps(wp + r * ws + (k - k0));
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) {
+            __m256 xv = _mm256_loadu_ps(x + (t0 + t) * cols + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                lo[t][r] = _mm256_fmadd_ps(xv, wv[r], lo[t][r]);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            wv[r] = _mm256_loadu_ps(wp + r * ws + (k - k0) + 8);
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) {
+            __m256 xv = _mm256_loadu_ps(x + (t0 + t) * cols + k + 8);
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                hi[t][r] = _mm256_fmadd_ps(xv, wv[r], hi[t][r]);
+        }
+    }
+    if (last) {
+        const int64_t kb = cols / 16 * 16;
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                y[(t0 + t) * rows + r0 + r] =
+                    reduce16(lo[t][r], hi[t][r]) +
+                    tail_sum(x + (t0 + t) * cols, w, (r0 + r) * cols, kb, cols, dt);
+    } else {
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++) {
+                ab[2 * (t * RC + r)] = lo[t][r];
+                ab[2 * (t * RC + r) + 1] = hi[t][r];
+            }
+    }
+}
+
+TGT256 static inline __attribute__((always_inline)) void
+gtiles256(const float *x, int64_t cols, const float *wp, int64_t ws, int64_t k0, int64_t k1,
+          __m256 *ab, int first, int last, float *y, int64_t rows, int64_t t, int64_t tb0,
+          int64_t rc0, int64_t rc1, const void *w, enum xd_dtype dt, const int nt)
+{
+    __m256 *at = ab + 2 * (t - tb0) * RC;
+    int64_t r = rc0;
+    for (; r + RG256 <= rc1; r += RG256)
+        gtile256(x, cols, wp + (r - rc0) * ws, ws, k0, k1, at + 2 * (r - rc0), first, last, y,
+                 rows, t, r, w, dt, nt, RG256);
+    for (; r < rc1; r++)
+        gtile256(x, cols, wp + (r - rc0) * ws, ws, k0, k1, at + 2 * (r - rc0), first, last, y,
+                 rows, t, r, w, dt, nt, 1);
+}
+
+TGT256 static inline __attribute__((always_inline)) void
+chunk256(const float *x, int64_t cols, const void *w, enum xd_dtype dt, float *y, int64_t rows,
+         int64_t tb0, int64_t tb1, int64_t rc0, int64_t rc1, float *wbuf, __m256 *ab)
+{
+    const int64_t kb = cols / 16 * 16;
+    int64_t k0 = 0;
+    do {
+        const int64_t k1 = k0 + KC < kb ? k0 + KC : kb;
+        const int first = k0 == 0, last = k1 == kb;
+        const float *wp = wbuf;
+        const int64_t ws = KC;
+        for (int64_t r = rc0; r < rc1; r++) /* f32 copied too: a contiguous panel in L1 */
+            for (int64_t k = k0; k < k1; k += 16) {
+                __m256 l, h;
+                load16_256(w, r * cols + k, dt, &l, &h);
+                _mm256_store_ps(wbuf + (r - rc0) * KC + (k - k0), l);
+                _mm256_store_ps(wbuf + (r - rc0) * KC + (k - k0) + 8, h);
+            }
+        int64_t t = tb0;
+        for (; t + TG256 <= tb1; t += TG256)
+            gtiles256(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
+                      TG256);
+        switch (tb1 - t) {
+        case 2:
+            gtiles256(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
+                      2);
+            break;
+        case 1:
+            gtiles256(x, cols, wp, ws, k0, k1, ab, first, last, y, rows, t, tb0, rc0, rc1, w, dt,
+                      1);
+            break;
+        default: break;
+        }
+        k0 = k1;
+    } while (k0 < kb);
+}
+
+#define DEFINE_GEMM256(name, gemv, dt)                                                           \
+    TGT256 static void name(const float *x, int n, const struct xd_matrix *w, float *y,         \
+                            int64_t r_begin, int64_t r_end)                                      \
+    {                                                                                            \
+        if (n < GEMM_MIN_N) {                                                                    \
+            gemv(x, n, w, y, r_begin, r_end);                                                    \
+            return;                                                                              \
+        }                                                                                        \
+        const int64_t cols = w->cols, tb = gemm_token_block(cols);                               \
+        float wbuf[RC * KC] __attribute__((aligned(32)));                                        \
+        __m256 ab[2 * TB_MAX * RC];                                                              \
+        for (int64_t t0 = 0; t0 < n; t0 += tb) {                                                 \
+            const int64_t t1 = t0 + tb < n ? t0 + tb : n;                                        \
+            for (int64_t r = r_begin; r < r_end; r += RC)                                        \
+                chunk256(x, cols, w->data, dt, y, w->rows, t0, t1, r,                            \
+                         r + RC < r_end ? r + RC : r_end, wbuf, ab);                             \
+        }                                                                                        \
+    }
+DEFINE_GEMM256(gemm256_f32, mm256_f32, XD_DTYPE_F32)
+DEFINE_GEMM256(gemm256_bf16, mm256_bf16, XD_DTYPE_BF16)
+DEFINE_GEMM256(gemm256_f16, mm256_f16, XD_DTYPE_F16)
+
+/* The GEMM of the opt-in avx512bf16 path, blocked as the others (token blocks, row chunks of RC,
+ * K panels of KC over the whole blocks of 32, accumulators carried in ab): per panel the chunk's
+ * bf16 weights copied contiguous into wbuf and the block's activations rounded to bf16 once into
+ * xbuf (by vcvtne2ps2bf16, as tile_bf16 rounds them each time it loads them), so the inner loop
+ * is loads and vdpbf16ps alone. Each lane's pairs in tile_bf16's order, its tree and its tail:
+ * the bits of the GEMV (mm_bf16dp). */
+TGTBF16 static inline __attribute__((always_inline)) void
+gtile_bf16(const uint16_t *xp, const uint16_t *wp, int64_t len, __m512 *ab, int first, int last,
+           const float *x, const uint16_t *w, float *y, int64_t rows, int64_t cols, int64_t t0,
+           int64_t r0, const int nt, const int nr)
+{
+    __m512 acc[T512][R512];
+#pragma GCC unroll 8
+    for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            acc[t][r] = first ? _mm512_setzero_ps() : ab[t * RC + r];
+    for (int64_t k = 0; k < len; k += 32) {
+        __m512bh wv[R512];
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++)
+            wv[r] = (__m512bh)_mm512_load_si512((const void *)(wp + r * KC + k));
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) {
+            __m512bh xv = (__m512bh)_mm512_load_si512((const void *)(xp + t * KC + k));
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                acc[t][r] = _mm512_dpbf16_ps(acc[t][r], xv, wv[r]);
+        }
+    }
+    if (last) {
+        const int64_t kb = cols / 32 * 32;
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                y[(t0 + t) * rows + r0 + r] =
+                    reduce16_512(acc[t][r]) +
+                    tail_sum_bf16x(x + (t0 + t) * cols, w + (r0 + r) * cols, kb, cols);
+    } else {
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+            for (int r = 0; r < nr; r++)
+                ab[t * RC + r] = acc[t][r];
+    }
+}
+
+TGTBF16 static inline __attribute__((always_inline)) void
+gtiles_bf16(const uint16_t *xbuf, const uint16_t *wbuf, int64_t len, __m512 *ab, int first,
+            int last, const float *x, const uint16_t *w, float *y, int64_t rows, int64_t cols,
+            int64_t t, int64_t tb0, int64_t rc0, int64_t rc1, const int nt)
+{
+    const uint16_t *xp = xbuf + (t - tb0) * KC;
+    __m512 *at = ab + (t - tb0) * RC;
+    int64_t r = rc0;
+    for (; r + R512 <= rc1; r += R512)
+        gtile_bf16(xp, wbuf + (r - rc0) * KC, len, at + (r - rc0), first, last, x, w, y, rows,
+                   cols, t, r, nt, R512);
+    for (; r < rc1; r++)
+        gtile_bf16(xp, wbuf + (r - rc0) * KC, len, at + (r - rc0), first, last, x, w, y, rows,
+                   cols, t, r, nt, 1);
+}
+
+TGTBF16 static void gemm_bf16dp(const float *x, int n, const struct xd_matrix *w, float *y,
+                                int64_t r_begin, int64_t r_end)
+{
+    if (n < GEMM_MIN_N) {
+        mm_bf16dp(x, n, w, y, r_begin, r_end);
+        return;
+    }
+    const uint16_t *wd = w->data;
+    const int64_t cols = w->cols, rows = w->rows, tb = gemm_token_block(cols);
+    const int64_t kb = cols / 32 * 32;
+    uint16_t wbuf[RC * KC] __attribute__((aligned(64)));
+    uint16_t xbuf[TB_MAX * KC] __attribute__((aligned(64)));
+    __m512 ab[TB_MAX * RC];
+    for (int64_t t0 = 0; t0 < n; t0 += tb) {
+        const int64_t t1 = t0 + tb < n ? t0 + tb : n;
+        for (int64_t rc0 = r_begin; rc0 < r_end; rc0 += RC) {
+            const int64_t rc1 = rc0 + RC < r_end ? rc0 + RC : r_end;
+            int64_t k0 = 0;
+            do {
+                const int64_t k1 = k0 + KC < kb ? k0 + KC : kb, len = k1 - k0;
+                const int first = k0 == 0, last = k1 == kb;
+                for (int64_t r = rc0; r < rc1; r++)
+                    for (int64_t k = k0; k < k1; k += 32)
+                        _mm512_store_si512((void *)(wbuf + (r - rc0) * KC + (k - k0)),
+                                           _mm512_loadu_si512((const void *)(wd + r * cols + k)));
+                for (int64_t t = t0; t < t1; t++)
+                    for (int64_t k = k0; k < k1; k += 32) {
+                        const float *xs = x + t * cols + k;
+                        __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xs + 16),
+                                                         _mm512_loadu_ps(xs));
+                        _mm512_store_si512((void *)(xbuf + (t - t0) * KC + (k - k0)), (__m512i)v);
+                    }
+                int64_t t = t0;
+                for (; t + T512 <= t1; t += T512)
+                    gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
+                                rc1, T512);
+                switch (t1 - t) {
+                case 5:
+                    gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
+                                rc1, 5);
+                    break;
+                case 4:
+                    gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
+                                rc1, 4);
+                    break;
+                case 3:
+                    gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
+                                rc1, 3);
+                    break;
+                case 2:
+                    gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
+                                rc1, 2);
+                    break;
+                case 1:
+                    gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
+                                rc1, 1);
+                    break;
+                default: break;
+                }
+                k0 = k1;
+            } while (k0 < kb);
+        }
+    }
+}
 #endif
 
 /* ---- Which path runs ---- */
@@ -542,16 +972,18 @@ const char *xd_cpu_kernel_path(void)
     const enum xd_quant_path q = xd_cpu_quant_path();
     switch (get_path()) {
     case PATH_AVX512:
-        return q == XD_QUANT_VNNI ? "avx512f (fma, 4 rows x 6 tokens of 16 lanes); q8/q4: "
-                                    "avx512-vnni (vpdpbusd, 4 rows x 4 tokens)"
-                                  : "avx512f (fma, 4 rows x 6 tokens of 16 lanes); q8/q4: avx2 "
-                                    "(vpmaddubsw, 1 row x 4 tokens)";
+        return q == XD_QUANT_VNNI
+                   ? "avx512f (fma, 4 rows x 6 tokens of 16 lanes; from 24 tokens a GEMM in L2/L1 "
+                     "blocks); q8/q4: avx512-vnni (vpdpbusd, 4 rows x 4 tokens)"
+                   : "avx512f (fma, 4 rows x 6 tokens of 16 lanes; from 24 tokens a GEMM in L2/L1 "
+                     "blocks); q8/q4: avx2 (vpmaddubsw, 1 row x 4 tokens)";
     case PATH_AVX512BF16:
         return "avx512bf16 (opt-in: activations rounded to bf16, vdpbf16ps for bf16 weights, 4 "
-               "rows x 6 tokens; f32/f16 weights on avx512f); q8/q4: as avx512f";
+               "rows x 6 tokens, from 24 tokens in L2/L1 blocks; f32/f16 weights on avx512f); "
+               "q8/q4: as avx512f";
     case PATH_AVX2:
-        return "avx2+fma (1 row x 4 tokens of 2 x 8 lanes); q8/q4: avx2 (vpmaddubsw, 1 row x 4 "
-               "tokens)";
+        return "avx2+fma (1 row x 4 tokens of 2 x 8 lanes; from 24 tokens a GEMM of 2 rows x 3 "
+               "tokens in L2/L1 blocks); q8/q4: avx2 (vpmaddubsw, 1 row x 4 tokens)";
     default: return "portable (c11, no fma); q8/q4: portable (c11, fmaf)";
     }
 }
@@ -573,13 +1005,13 @@ typedef void (*range_fn)(const float *, int, const struct xd_matrix *, float *, 
 static range_fn vector_fn(enum kernel_path path, enum xd_dtype dt)
 {
     if (path == PATH_AVX512BF16 && dt == XD_DTYPE_BF16)
-        return mm_bf16dp;
+        return gemm_bf16dp;
     if (path == PATH_AVX512BF16)
         path = PATH_AVX512;
     switch (dt) {
-    case XD_DTYPE_F32: return path == PATH_AVX512 ? mm512_f32 : mm256_f32;
-    case XD_DTYPE_BF16: return path == PATH_AVX512 ? mm512_bf16 : mm256_bf16;
-    case XD_DTYPE_F16: return path == PATH_AVX512 ? mm512_f16 : mm256_f16;
+    case XD_DTYPE_F32: return path == PATH_AVX512 ? gemm512_f32 : gemm256_f32;
+    case XD_DTYPE_BF16: return path == PATH_AVX512 ? gemm512_bf16 : gemm256_bf16;
+    case XD_DTYPE_F16: return path == PATH_AVX512 ? gemm512_f16 : gemm256_f16;
     default: break; /* the block formats have kernels of their own (xd_cpu_matmul dispatches) */
     }
     return NULL;
@@ -676,10 +1108,20 @@ void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y)
     assert(fn && "a weight dtype without a kernel");
     const int64_t rows = w->rows, cols = w->cols;
     const int64_t n_tiles = (rows + ROW_TILE - 1) / ROW_TILE;
-#pragma omp parallel for schedule(static) if (rows * cols * (int64_t)n > 32768)
-    for (int64_t tile = 0; tile < n_tiles; tile++) {
-        int64_t r_end = tile * ROW_TILE + ROW_TILE < rows ? tile * ROW_TILE + ROW_TILE : rows;
-        fn(x, n, w, y, tile * ROW_TILE, r_end);
+    /* each thread one contiguous range of whole row tiles (as schedule(static)), in one call,
+     * so the GEMM keeps a token block's input in L2 across all the thread's rows */
+#pragma omp parallel if (rows * cols * (int64_t)n > 32768)
+    {
+        int64_t n_thr = 1, id = 0;
+#ifdef _OPENMP
+        n_thr = omp_get_num_threads();
+        id = omp_get_thread_num();
+#endif
+        const int64_t per = (n_tiles + n_thr - 1) / n_thr;
+        const int64_t r_begin = id * per * ROW_TILE;
+        const int64_t r_end = (id + 1) * per * ROW_TILE < rows ? (id + 1) * per * ROW_TILE : rows;
+        if (r_begin < r_end)
+            fn(x, n, w, y, r_begin, r_end);
     }
 #endif
 }
