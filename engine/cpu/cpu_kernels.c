@@ -161,8 +161,16 @@ static void matmul_portable(const float *x, int n, const struct xd_matrix *w, fl
  * 8-15) and adds them first, which is the h = 8 step: both paths give the same bits. They differ
  * from matmul_portable in the last bits (one rounding per multiply-add instead of two). */
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define XD_HAVE_X86_PATHS 1
+
+/* F16C from cpuid (leaf 1, ecx bit 29): clang 14 has no "f16c" for __builtin_cpu_supports. */
+static bool cpu_has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
 
 /* Output rows and tokens per register tile: AVX-512 holds 4 x 6 accumulators of 16 lanes plus 4
  * weight vectors and one token vector in its 32 registers; AVX2 holds 1 x 4 accumulators of two
@@ -914,7 +922,7 @@ static enum kernel_path resolve_path(void)
 #ifdef XD_HAVE_X86_PATHS
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
+        cpu_has_f16c())
         best = PATH_AVX2;
     if (best == PATH_AVX2 && __builtin_cpu_supports("avx512f"))
         best = PATH_AVX512;
