@@ -2,11 +2,16 @@
 # llama.cpp against expertd on the CPU, side by side in one run (issue 14): builds llama-bench,
 # llama-batched-bench, llama-server and llama-quantize from the llama.cpp source that
 # llama-cpp-python's sdist vendors (outside the repo; llama.cpp's code is never committed),
-# converts the synthetic OLMoE-shaped model to GGUF with bench/hf_to_gguf_olmoe.py, and runs
-# both engines in alternation, evicting the other engine's model file from the page cache first.
+# converts the synthetic OLMoE-shaped model (--family olmoe, the default) or DeepSeek-V2-Lite-shaped
+# model (--family deepseek, issue 16) to GGUF with bench/hf_to_gguf_olmoe.py or
+# bench/hf_to_gguf_deepseek.py, and runs both engines in alternation, evicting the other engine's
+# model file from the page cache first.
 #
-# Usage: bench/run-llama-cpp-bench.sh [--build-only] [--rounds N] [--repeats N] [--threads N]
+# Usage: bench/run-llama-cpp-bench.sh [--build-only] [--family olmoe|deepseek] [--rounds N]
+#            [--repeats N] [--threads N] [--prompt-len N] [--decode-steps N]
 #            [--model-args "xd-synth-model args"] [--name NAME] [--quant]
+#   --family deepseek: the model of bench/run-deepseek-bench.sh (V2-Lite's layer shapes, LAYERS
+#   decoder layers, default 4), 16 decode steps unless --decode-steps says otherwise
 #   (after tools/bootstrap.sh and ninja -C build)
 # Environment: LLAMA_CPP_DIR (default /work/llama-cpp): the sdist, the build and the GGUF files;
 #   a second run reuses the build. GGUF_VENV (default $LLAMA_CPP_DIR/venv): a venv with gguf+numpy.
@@ -14,12 +19,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 ldir=${LLAMA_CPP_DIR:-/work/llama-cpp}
-build_only=0 rounds=3 repeats=3 threads=2 quant=0
-name=olmoe-1024-mha
-model_args="--vocab 32000 --hidden 1024 --layers 8 --heads 16 --kv-heads 16 --experts 32 --top-k 4 --ffn 512 --max-pos 4096 --seed 1"
+build_only=0 rounds=3 repeats=3 threads=2 quant=0 family=olmoe prompt_len=128 decode_steps=
+name= model_args=
 while [ $# -gt 0 ]; do
   case "$1" in
     --build-only) build_only=1 ;;
+    --family) family=$2; shift ;;
+    --prompt-len) prompt_len=$2; shift ;;
+    --decode-steps) decode_steps=$2; shift ;;
     --rounds) rounds=$2; shift ;;
     --repeats) repeats=$2; shift ;;  # each engine's own repetitions within a round
     --threads) threads=$2; shift ;;
@@ -30,6 +37,19 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+case "$family" in
+  olmoe)
+    converter=bench/hf_to_gguf_olmoe.py
+    : "${name:=olmoe-1024-mha}" "${decode_steps:=32}"
+    : "${model_args:=--vocab 32000 --hidden 1024 --layers 8 --heads 16 --kv-heads 16 --experts 32 --top-k 4 --ffn 512 --max-pos 4096 --seed 1}" ;;
+  deepseek)
+    # bench/run-deepseek-bench.sh's model (the same directory, so either script makes it once)
+    converter=bench/hf_to_gguf_deepseek.py
+    layers=${LAYERS:-4}
+    : "${name:=deepseek-v2-lite-${layers}l}" "${decode_steps:=16}"
+    : "${model_args:=--arch deepseek_v2 --vocab 102400 --hidden 2048 --layers $layers --heads 16 --experts 64 --top-k 6 --ffn 1408 --kv-lora 512 --q-lora 0 --nope 128 --rope-dim 64 --v-dim 128 --shared 2 --dense-layers 1 --dense-ffn 10944 --max-pos 4096 --seed 1}" ;;
+  *) echo "run-llama-cpp-bench.sh: --family is olmoe or deepseek, not '$family'" >&2; exit 2 ;;
+esac
 
 # --- 1. llama.cpp from the sdist, built once ---------------------------------------------------
 bin=$ldir/build/bin
@@ -61,9 +81,9 @@ fi
 echo "llama.cpp: $(cat "$ldir/src/.from-sdist" 2>/dev/null || echo '?'), build $("$bin/llama-bench" --version 2>&1 | head -n2 | tr '\n' ' ')" >&2
 [ $build_only = 1 ] && exit 0
 
-# --- 2. the model: synthetic OLMoE shapes, then GGUF -------------------------------------------
-# llama.cpp's OLMoE graph normalises q and k over the full width, so the model has as many KV
-# heads as heads (hf_to_gguf_olmoe.py refuses anything else).
+# --- 2. the model: synthetic OLMoE or DeepSeek-V2-Lite shapes, then GGUF ----------------------
+# llama.cpp's OLMoE graph normalises q and k over the full width, so the OLMoE model has as many
+# KV heads as heads (hf_to_gguf_olmoe.py refuses anything else).
 model=$repo/build/bench-models/$name
 if [ ! -f "$model/model.safetensors" ]; then
   build/tools/xd-synth-model --out "$model" $model_args
@@ -76,7 +96,7 @@ py=${GOLDEN_VENV:-/work/golden-venv}/bin/python
 gguf_bf16=$ldir/models/$name-bf16.gguf
 mkdir -p "$ldir/models"
 if [ ! -f "$gguf_bf16" ]; then
-  PYTHONPATH=$ldir/src/gguf-py "$py" bench/hf_to_gguf_olmoe.py "$model" "$gguf_bf16.tmp" --outtype bf16
+  PYTHONPATH=$ldir/src/gguf-py "$py" "$converter" "$model" "$gguf_bf16.tmp" --outtype bf16
   mv "$gguf_bf16.tmp" "$gguf_bf16"
 fi
 if [ $quant = 1 ]; then
@@ -117,18 +137,19 @@ fi
 for r in $(seq 1 "$rounds"); do
   echo "round $r/$rounds: expertd (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$out/load.txt" >&2
   evict "$gguf_bf16"
-  build/bench/bench-engine --model "$model" --threads "$threads" --prompt-len 128 --decode-steps 32 \
-    --max-batch 8 --repeats "$repeats" > "$out/expertd-$r.json"
+  build/bench/bench-engine --model "$model" --threads "$threads" --prompt-len "$prompt_len" \
+    --decode-steps "$decode_steps" --max-batch 8 --repeats "$repeats" > "$out/expertd-$r.json"
   echo "round $r/$rounds: llama.cpp (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$out/load.txt" >&2
   evict "$model/model.safetensors"
-  "$bin/llama-bench" -m "$gguf_bf16" -t "$threads" -p 128 -n 32 -r "$repeats" --repack $repack -o json \
-    > "$out/llama-bench-$r.json" 2> "$out/llama-bench-$r.err"
-  "$bin/llama-batched-bench" -m "$gguf_bf16" -t "$threads" -c 2048 -b 2048 -ub 512 -npp 128 -ntg 32 \
-    -npl 1,8 --no-repack --output-format jsonl > "$out/batched-$r.jsonl" 2> "$out/batched-$r.err"
+  "$bin/llama-bench" -m "$gguf_bf16" -t "$threads" -p "$prompt_len" -n "$decode_steps" -r "$repeats" \
+    --repack $repack -o json > "$out/llama-bench-$r.json" 2> "$out/llama-bench-$r.err"
+  "$bin/llama-batched-bench" -m "$gguf_bf16" -t "$threads" -c 2048 -b 2048 -ub 512 -npp "$prompt_len" \
+    -ntg "$decode_steps" -npl 1,8 --no-repack --output-format jsonl > "$out/batched-$r.jsonl" \
+    2> "$out/batched-$r.err"
 done
-"$py" - "$out" "$rounds" <<'PY' | tee "$out/summary.md"
-import json, statistics, sys
-out, rounds = sys.argv[1], int(sys.argv[2])
+"$py" - "$out" "$rounds" "$prompt_len" "$decode_steps" <<'PY' | tee "$out/summary.md"
+import json, re, statistics, sys
+out, rounds, pp, tg = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 rows = {k: [] for k in ("xd_pp1", "xd_pp8", "xd_tg1", "xd_tg8", "lb_pp", "lb_tg", "bb_pp1", "bb_tg1", "bb_pp8", "bb_tg8", "gbps")}
 for r in range(1, rounds + 1):
     x = json.load(open(f"{out}/expertd-{r}.json"))
@@ -150,12 +171,18 @@ fmt = lambda k: ", ".join(f"{v:.1f}" for v in rows[k])
 print(f"rounds: {rounds}; expertd stream rate GB/s: {fmt('gbps')}\n")
 print("| | expertd (bench-engine) | llama.cpp | expertd / llama.cpp |")
 print("| --- | --- | --- | --- |")
-for label, a, b in (("prefill b1 (llama-bench pp128)", "xd_pp1", "lb_pp"),
-                    ("decode b1 (llama-bench tg32)", "xd_tg1", "lb_tg"),
+for label, a, b in ((f"prefill b1 (llama-bench pp{pp})", "xd_pp1", "lb_pp"),
+                    (f"decode b1 (llama-bench tg{tg})", "xd_tg1", "lb_tg"),
                     ("prefill b1 (batched-bench npl 1)", "xd_pp1", "bb_pp1"),
                     ("decode b1 (batched-bench npl 1)", "xd_tg1", "bb_tg1"),
                     ("prefill b8 (batched-bench npl 8)", "xd_pp8", "bb_pp8"),
                     ("decode b8 (batched-bench npl 8)", "xd_tg8", "bb_tg8")):
     print(f"| {label} | {med[a]:.1f} ({fmt(a)}) | {med[b]:.1f} ({fmt(b)}) | {med[a] / med[b]:.2f}x |")
+# KV cache per token: expertd's own figure, and what llama.cpp's log says it allocated
+x = json.load(open(f"{out}/expertd-1.json"))
+print(f"\nexpertd kv_bytes_per_token: {x.get('kv_bytes_per_token')}")
+for line in open(f"{out}/batched-1.err", errors="replace"):
+    if re.search(r"llama_kv_cache|KV self size|kv_size|n_ctx *=", line):
+        print("llama.cpp: " + line.strip())
 PY
 echo "results in $out" >&2
