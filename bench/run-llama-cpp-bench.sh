@@ -167,7 +167,8 @@ for r in range(1, rounds + 1):
         rows[f"bb_pp{t['pl']}"].append(t["speed_pp"])
         rows[f"bb_tg{t['pl']}"].append(t["speed_tg"])
 med = {k: statistics.median(v) if v else float("nan") for k, v in rows.items()}
-fmt = lambda k: ", ".join(f"{v:.1f}" for v in rows[k])
+num = lambda v: f"{v:.2f}" if v < 10 else f"{v:.1f}"  # decode of the DeepSeek shape is < 1 tok/s
+fmt = lambda k: ", ".join(num(v) for v in rows[k])
 print(f"rounds: {rounds}; expertd stream rate GB/s: {fmt('gbps')}\n")
 print("| | expertd (bench-engine) | llama.cpp | expertd / llama.cpp |")
 print("| --- | --- | --- | --- |")
@@ -177,7 +178,7 @@ for label, a, b in ((f"prefill b1 (llama-bench pp{pp})", "xd_pp1", "lb_pp"),
                     ("decode b1 (batched-bench npl 1)", "xd_tg1", "bb_tg1"),
                     ("prefill b8 (batched-bench npl 8)", "xd_pp8", "bb_pp8"),
                     ("decode b8 (batched-bench npl 8)", "xd_tg8", "bb_tg8")):
-    print(f"| {label} | {med[a]:.1f} ({fmt(a)}) | {med[b]:.1f} ({fmt(b)}) | {med[a] / med[b]:.2f}x |")
+    print(f"| {label} | {num(med[a])} ({fmt(a)}) | {num(med[b])} ({fmt(b)}) | {med[a] / med[b]:.2f}x |")
 # KV cache per token: expertd's own figure, and what llama.cpp's log says it allocated
 x = json.load(open(f"{out}/expertd-1.json"))
 print(f"\nexpertd kv_bytes_per_token: {x.get('kv_bytes_per_token')}")
