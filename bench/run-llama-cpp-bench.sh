@@ -9,7 +9,10 @@
 #
 # Usage: bench/run-llama-cpp-bench.sh [--build-only] [--family olmoe|deepseek] [--rounds N]
 #            [--repeats N] [--threads N] [--prompt-len N] [--decode-steps N]
-#            [--model-args "xd-synth-model args"] [--name NAME] [--quant]
+#            [--model-args "xd-synth-model args"] [--name NAME] [--quant] [--check]
+#   --check: first compare greedy ids (compare_llama_greedy_ids.py, llama-server) on a small f32
+#   model of the family (strict: both engines in f32) and on the benchmark model; stops on a
+#   mismatch of the f32 one
 #   --family deepseek: the model of bench/run-deepseek-bench.sh (V2-Lite's layer shapes, LAYERS
 #   decoder layers, default 4), 16 decode steps unless --decode-steps says otherwise
 #   (after tools/bootstrap.sh and ninja -C build)
@@ -19,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 ldir=${LLAMA_CPP_DIR:-/work/llama-cpp}
-build_only=0 rounds=3 repeats=3 threads=2 quant=0 family=olmoe prompt_len=128 decode_steps=
+build_only=0 rounds=3 repeats=3 threads=2 quant=0 check=0 family=olmoe prompt_len=128 decode_steps=
 name= model_args=
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -33,6 +36,7 @@ while [ $# -gt 0 ]; do
     --model-args) model_args=$2; shift ;;
     --name) name=$2; shift ;;
     --quant) quant=1 ;;
+    --check) check=1 ;;
     *) echo "run-llama-cpp-bench.sh: unknown option '$1'" >&2; exit 2 ;;
   esac
   shift
@@ -40,11 +44,13 @@ done
 case "$family" in
   olmoe)
     converter=bench/hf_to_gguf_olmoe.py
+    check_args="--vocab 4096 --hidden 256 --layers 2 --heads 4 --kv-heads 4 --experts 8 --top-k 2 --ffn 128 --seed 7"
     : "${name:=olmoe-1024-mha}" "${decode_steps:=32}"
     : "${model_args:=--vocab 32000 --hidden 1024 --layers 8 --heads 16 --kv-heads 16 --experts 32 --top-k 4 --ffn 512 --max-pos 4096 --seed 1}" ;;
   deepseek)
     # bench/run-deepseek-bench.sh's model (the same directory, so either script makes it once)
     converter=bench/hf_to_gguf_deepseek.py
+    check_args="--arch deepseek_v2 --vocab 4096 --hidden 512 --layers 3 --heads 4 --experts 16 --top-k 6 --ffn 128 --kv-lora 512 --q-lora 0 --nope 128 --rope-dim 64 --v-dim 128 --shared 2 --dense-layers 1 --dense-ffn 1024 --seed 7"
     layers=${LAYERS:-4}
     : "${name:=deepseek-v2-lite-${layers}l}" "${decode_steps:=16}"
     : "${model_args:=--arch deepseek_v2 --vocab 102400 --hidden 2048 --layers $layers --heads 16 --experts 64 --top-k 6 --ffn 1408 --kv-lora 512 --q-lora 0 --nope 128 --rope-dim 64 --v-dim 128 --shared 2 --dense-layers 1 --dense-ffn 10944 --max-pos 4096 --seed 1}" ;;
@@ -55,7 +61,8 @@ esac
 bin=$ldir/build/bin
 targets="llama-bench llama-batched-bench llama-server llama-quantize"
 need_build=0  # built together; a run needs only the two benchmarks (and llama-quantize for --quant)
-for t in llama-bench llama-batched-bench $( [ $quant = 1 ] && echo llama-quantize ); do
+for t in llama-bench llama-batched-bench $( [ $quant = 1 ] && echo llama-quantize ) \
+         $( [ $check = 1 ] && echo llama-server ); do
   [ -x "$bin/$t" ] || need_build=1
 done
 if [ $need_build = 1 ]; then
@@ -104,6 +111,24 @@ if [ $quant = 1 ]; then
     f=$ldir/models/$name-$q.gguf
     [ -f "$f" ] || { "$bin/llama-quantize" "$gguf_bf16" "$f.tmp" $q >/dev/null && mv "$f.tmp" "$f"; }
   done
+fi
+
+if [ $check = 1 ]; then
+  small=$repo/build/bench-models/$family-check-f32
+  [ -f "$small/model.safetensors" ] || build/tools/xd-synth-model --out "$small" --f32 $check_args
+  cp tests/fixtures/tokenizers/olmoe/tokenizer.json tests/fixtures/tokenizers/olmoe/tokenizer_config.json "$small/"
+  gsmall=$ldir/models/$family-check-f32.gguf
+  [ -f "$gsmall" ] || PYTHONPATH=$ldir/src/gguf-py "$py" "$converter" "$small" "$gsmall" --outtype f32
+  mkdir -p "$ldir/results"
+  "$py" bench/compare_llama_greedy_ids.py --model "$small" --gguf "$gsmall" --threads "$threads" \
+    --llama-server "$bin/llama-server" --id-limit 4000 --prompts 4 --max-tokens 16 \
+    > "$ldir/results/$family-check-f32.json"
+  "$py" -c 'import json,sys; print("greedy check, f32:", json.load(open(sys.argv[1]))["total"])' \
+    "$ldir/results/$family-check-f32.json" >&2
+  "$py" bench/compare_llama_greedy_ids.py --model "$model" --gguf "$gguf_bf16" --threads "$threads" \
+    --llama-server "$bin/llama-server" --prompts 2 --max-tokens 8 > "$ldir/results/$name-check-bf16.json" || true
+  "$py" -c 'import json,sys; print("greedy check, bf16 (llama.cpp rounds activations to bf16):", json.load(open(sys.argv[1]))["total"])' \
+    "$ldir/results/$name-check-bf16.json" >&2
 fi
 
 # --- 3. alternate the engines, each after evicting the other's file from the page cache --------
