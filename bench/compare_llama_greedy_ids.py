@@ -12,7 +12,8 @@ the first token). Prints JSON: per prompt both id lists, the agreeing prefix, th
 logprob difference over that prefix; and the totals. Exit status 1 when any prompt disagrees.
 
 Usage: compare_llama_greedy_ids.py --model DIR --gguf FILE [--llama-server BIN]
-           [--expertd BIN] [--prompts 4] [--prompt-len 16] [--max-tokens 16] [--threads 2]
+           [--expertd BIN] [--prompts 4] [--prompt-len 16] [--id-limit 50000]
+           [--prompt-ids 1,2,3 ...] [--max-tokens 16] [--threads 2]
 """
 import argparse
 import json
@@ -67,11 +68,13 @@ def main():
     ap.add_argument("--id-limit", type=int, default=50000, help="prompt ids below this")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--prompt-ids", action="append", default=[],
+                    help="a prompt as comma-separated ids (repeatable; instead of random ones)")
     args = ap.parse_args()
 
     rng = random.Random(args.seed)
-    prompts = [[rng.randrange(args.id_limit) for _ in range(args.prompt_len)]
-               for _ in range(args.prompts)]
+    prompts = [[int(x) for x in p.split(",")] for p in args.prompt_ids] or \
+        [[rng.randrange(args.id_limit) for _ in range(args.prompt_len)] for _ in range(args.prompts)]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(os.path.join(os.path.dirname(os.path.abspath(args.gguf)),
