@@ -120,11 +120,16 @@ if [ $check = 1 ]; then
   gsmall=$ldir/models/$family-check-f32.gguf
   [ -f "$gsmall" ] || PYTHONPATH=$ldir/src/gguf-py "$py" "$converter" "$small" "$gsmall" --outtype f32
   mkdir -p "$ldir/results"
+  check_rc=0
   "$py" bench/compare_llama_greedy_ids.py --model "$small" --gguf "$gsmall" --threads "$threads" \
     --llama-server "$bin/llama-server" --id-limit 4000 --prompts 4 --max-tokens 16 \
-    > "$ldir/results/$family-check-f32.json"
+    > "$ldir/results/$family-check-f32.json" || check_rc=$?
   "$py" -c 'import json,sys; print("greedy check, f32:", json.load(open(sys.argv[1]))["total"])' \
     "$ldir/results/$family-check-f32.json" >&2
+  if [ $check_rc != 0 ]; then
+    echo "greedy check failed on the f32 model: see $ldir/results/$family-check-f32.json" >&2
+    exit 1
+  fi
   "$py" bench/compare_llama_greedy_ids.py --model "$model" --gguf "$gguf_bf16" --threads "$threads" \
     --llama-server "$bin/llama-server" --prompts 2 --max-tokens 8 > "$ldir/results/$name-check-bf16.json" || true
   "$py" -c 'import json,sys; print("greedy check, bf16 (llama.cpp rounds activations to bf16):", json.load(open(sys.argv[1]))["total"])' \
