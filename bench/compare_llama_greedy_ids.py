@@ -65,13 +65,16 @@ def main():
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=16)
-    ap.add_argument("--id-limit", type=int, default=50000, help="prompt ids below this")
+    ap.add_argument("--id-limit", type=int, default=50000,
+                    help="prompt ids below this (and below the model's vocab_size)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--prompt-ids", action="append", default=[],
                     help="a prompt as comma-separated ids (repeatable; instead of random ones)")
     args = ap.parse_args()
 
+    vocab = json.load(open(os.path.join(args.model, "config.json")))["vocab_size"]
+    args.id_limit = min(args.id_limit, vocab)  # a small model's vocabulary is below the tokenizer's
     rng = random.Random(args.seed)
     prompts = [[int(x) for x in p.split(",")] for p in args.prompt_ids] or \
         [[rng.randrange(args.id_limit) for _ in range(args.prompt_len)] for _ in range(args.prompts)]

@@ -132,8 +132,10 @@ if [ $check = 1 ]; then
   fi
   "$py" bench/compare_llama_greedy_ids.py --model "$model" --gguf "$gguf_bf16" --threads "$threads" \
     --llama-server "$bin/llama-server" --prompts 2 --max-tokens 8 > "$ldir/results/$name-check-bf16.json" || true
-  "$py" -c 'import json,sys; print("greedy check, bf16 (llama.cpp rounds activations to bf16):", json.load(open(sys.argv[1]))["total"])' \
-    "$ldir/results/$name-check-bf16.json" >&2
+  "$py" -c 'import json,sys
+try: t = json.load(open(sys.argv[1]))["total"]
+except ValueError: t = "no result (see the error above)"
+print("greedy check, bf16 (llama.cpp rounds activations to bf16):", t)' "$ldir/results/$name-check-bf16.json" >&2
 fi
 
 # --- 3. alternate the engines, each after evicting the other's file from the page cache --------
