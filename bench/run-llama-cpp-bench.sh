@@ -179,6 +179,9 @@ for r in $(seq 1 "$rounds"); do
     -ntg "$decode_steps" -npl 1,8 --no-repack --output-format jsonl > "$out/batched-$r.jsonl" \
     2> "$out/batched-$r.err"
 done
+# llama.cpp's KV cache as its log states it (batched-bench prints llama's log only with -v)
+"$bin/llama-batched-bench" -m "$gguf_bf16" -t "$threads" -c 2048 -b 2048 -ub 512 -npp 8 -ntg 1 -npl 1 \
+  --no-repack -v > "$out/kv-log.txt" 2>&1 || true
 "$py" - "$out" "$rounds" "$prompt_len" "$decode_steps" <<'PY' | tee "$out/summary.md"
 import json, re, statistics, sys
 out, rounds, pp, tg = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -214,8 +217,8 @@ for label, a, b in ((f"prefill b1 (llama-bench pp{pp})", "xd_pp1", "lb_pp"),
 # KV cache per token: expertd's own figure, and what llama.cpp's log says it allocated
 x = json.load(open(f"{out}/expertd-1.json"))
 print(f"\nexpertd kv_bytes_per_token: {x.get('kv_bytes_per_token')}")
-for line in open(f"{out}/batched-1.err", errors="replace"):
-    if re.search(r"llama_kv_cache|KV self size|kv_size|n_ctx *=", line):
-        print("llama.cpp: " + line.strip())
+for line in open(f"{out}/kv-log.txt", errors="replace"):
+    if re.search(r"llama_kv_cache: size|llama_context: n_ctx +=", line):
+        print("llama.cpp: " + line.strip())  # size / n_ctx cells is the bytes per token
 PY
 echo "results in $out" >&2
