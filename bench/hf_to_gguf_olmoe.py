@@ -17,6 +17,9 @@ width (so num_key_value_heads must equal num_attention_heads), top-k weights not
 (norm_topk_prob must be false): this script refuses a checkpoint outside them rather than write
 a GGUF that computes something else.
 
+Memory: tensors are written one at a time (StreamedTensors), so at most one layer's stacked
+experts are in memory, not the whole model.
+
 Usage: hf_to_gguf_olmoe.py MODEL_DIR OUT.gguf [--outtype bf16|f32|f16] [--pre NAME]
 """
 import argparse
@@ -55,6 +58,9 @@ class Checkpoint:
     def names(self):
         return self.where.keys()
 
+    def shape(self, name):
+        return tuple(self.where[name][2]["shape"])
+
     def get(self, name):
         """(array, dtype string); BF16 comes back as uint16 bits."""
         mm, base, info = self.where[name]
@@ -82,6 +88,97 @@ def convert_tensor(arr, dtype, outtype, force_f32):
         bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
         return np.ascontiguousarray(bits), gguf.GGMLQuantizationType.BF16
     return np.ascontiguousarray(to_f32(arr, dtype).astype(np.float16)), None
+
+
+class StreamedTensors:
+    """The tensors of a GGUF, written one at a time.
+
+    GGUFWriter.add_tensor keeps every array until write_tensors_to_file, so a model's stacked
+    experts (a copy of every expert) would all sit in memory at once. Here each tensor is added
+    as its shape and type with a function that makes it; write() lays out the header, then
+    makes, writes and drops the tensors in order: at most one tensor is in memory.
+    """
+
+    def __init__(self, outtype):
+        self.outtype = outtype
+        self.items = []  # (name, make) in file order
+
+    def add(self, name, shape, make, force_f32=False):
+        """make() returns (array, source dtype string) of that shape; 1-D tensors stay F32."""
+        force = force_f32 or len(shape) == 1
+        if force or self.outtype == "f32":
+            np_dtype, raw = np.float32, None
+        elif self.outtype == "bf16":
+            np_dtype, raw = np.uint16, gguf.GGMLQuantizationType.BF16
+        else:
+            np_dtype, raw = np.float16, None
+        nbytes = int(np.prod(shape)) * np.dtype(np_dtype).itemsize
+        self.items.append((name, tuple(shape), np_dtype, nbytes, raw, make, force))
+
+    def write(self, w, path):
+        for name, shape, np_dtype, nbytes, raw, _, _ in self.items:
+            w.add_tensor_info(name, shape, np.dtype(np_dtype), nbytes, raw_dtype=raw)
+        w.write_header_to_file(path)
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        for name, shape, _, nbytes, _, make, force in self.items:
+            arr, dt = make()
+            a, _ = convert_tensor(arr, dt, self.outtype, force)
+            if a.shape != shape or a.nbytes != nbytes:
+                raise SystemExit(f"{os.path.basename(sys.argv[0])}: tensor {name} came out "
+                                 f"{a.shape}, expected {shape}")
+            w.write_tensor_data(a)
+        w.close()
+
+
+def stack_experts(ck, names):
+    """One (n_experts, rows, cols) array from per-expert 2-D tensors, filled expert by expert."""
+    first, dt = ck.get(names[0])
+    out = np.empty((len(names),) + first.shape, dtype=first.dtype)
+    for e, n in enumerate(names):
+        out[e] = ck.get(n)[0]
+    return out, dt
+
+
+def rows_of(ck, name, lo, hi):
+    """Rows [lo, hi) of every expert of a fused (n_experts, rows, cols) tensor."""
+    a, dt = ck.get(name)
+    return a[:, lo:hi, :], dt
+
+
+def add_bpe_vocab(w, model_dir, vocab_size, cfg, pre, prog):
+    """The tokenizer.json BPE vocabulary padded to vocab_size, merges, special ids, eos."""
+    tok = json.load(open(os.path.join(model_dir, "tokenizer.json"), encoding="utf-8"))
+    if tok["model"]["type"] != "BPE":
+        raise SystemExit(f"{prog}: only BPE tokenizers")
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    types = [gguf.TokenType.UNUSED] * vocab_size
+    for t, i in tok["model"]["vocab"].items():
+        if i < vocab_size:
+            tokens[i], types[i] = t, gguf.TokenType.NORMAL
+    for at in tok.get("added_tokens", []):
+        i = at["id"]
+        if i < vocab_size:
+            tokens[i] = at["content"]
+            types[i] = gguf.TokenType.CONTROL if at.get("special") else gguf.TokenType.USER_DEFINED
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pick_pre(tok, pre))
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    sv = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=vocab_size)
+    sv.add_to_gguf(w)
+    # transformers adds no BOS for these tokenizers (no template post-processor); say so unless
+    # the tokenizer's files did (SpecialVocab writes add_bos_token when they name it)
+    if "bos" not in sv.add_special_token:
+        w.add_add_bos_token(False)
+    eos = cfg.get("eos_token_id")
+    gen = os.path.join(model_dir, "generation_config.json")
+    if os.path.exists(gen):
+        eos = json.load(open(gen)).get("eos_token_id", eos)
+    if isinstance(eos, list):
+        eos = eos[0]
+    if eos is not None and "eos" not in sv.special_token_ids:
+        w.add_eos_token_id(int(eos))
 
 
 def pick_pre(tok, forced):
@@ -143,41 +240,12 @@ def main():
     w.add_file_type(ftype)
 
     # Vocabulary: ids in order, special added tokens as CONTROL.
-    tok = json.load(open(os.path.join(args.model, "tokenizer.json"), encoding="utf-8"))
-    if tok["model"]["type"] != "BPE":
-        raise SystemExit("hf_to_gguf_olmoe: only BPE tokenizers")
-    vocab_size = cfg["vocab_size"]
-    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
-    types = [gguf.TokenType.UNUSED] * vocab_size
-    for t, i in tok["model"]["vocab"].items():
-        if i < vocab_size:
-            tokens[i], types[i] = t, gguf.TokenType.NORMAL
-    for at in tok.get("added_tokens", []):
-        i = at["id"]
-        if i < vocab_size:
-            tokens[i] = at["content"]
-            types[i] = gguf.TokenType.CONTROL if at.get("special") else gguf.TokenType.USER_DEFINED
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pick_pre(tok, args.pre))
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    sv = gguf.SpecialVocab(args.model, load_merges=True, n_vocab=vocab_size)
-    sv.add_to_gguf(w)
-    # transformers adds no BOS for these tokenizers (no template post-processor); say so.
-    w.add_add_bos_token(False)
-    eos = cfg.get("eos_token_id")
-    gen = os.path.join(args.model, "generation_config.json")
-    if os.path.exists(gen):
-        eos = json.load(open(gen)).get("eos_token_id", eos)
-    if isinstance(eos, list):
-        eos = eos[0]
-    if eos is not None and "eos" not in sv.special_token_ids:
-        w.add_eos_token_id(int(eos))
+    add_bpe_vocab(w, args.model, cfg["vocab_size"], cfg, args.pre, "hf_to_gguf_olmoe")
+
+    ts = StreamedTensors(args.outtype)
 
     def add(name, src_name, force_f32=False):
-        arr, dt = ck.get(src_name)
-        a, raw = convert_tensor(arr, dt, args.outtype, force_f32 or arr.ndim == 1)
-        w.add_tensor(name, a, raw_dtype=raw)
+        ts.add(name, ck.shape(src_name), lambda: ck.get(src_name), force_f32)
 
     add("token_embd.weight", "model.embed_tokens.weight")
     add("output_norm.weight", "model.norm.weight")
@@ -196,24 +264,19 @@ def main():
         fused = p + "mlp.experts.gate_up_proj"
         if fused in ck.names():
             # transformers 5 fused layout: gate_up [E, 2*ff, hidden] (gate first), down [E, hidden, ff]
-            gu, dt = ck.get(fused)
-            ff = gu.shape[1] // 2
-            parts = {"gate": (gu[:, :ff, :], dt), "up": (gu[:, ff:, :], dt),
-                     "down": ck.get(p + "mlp.experts.down_proj")}
+            e, ff2, h = ck.shape(fused)
+            ff = ff2 // 2
+            ts.add(f"blk.{i}.ffn_gate_exps.weight", (e, ff, h),
+                   lambda f=fused, ff=ff: rows_of(ck, f, 0, ff))
+            ts.add(f"blk.{i}.ffn_up_exps.weight", (e, ff, h),
+                   lambda f=fused, ff=ff: rows_of(ck, f, ff, 2 * ff))
+            add(f"blk.{i}.ffn_down_exps.weight", p + "mlp.experts.down_proj")
         else:
-            parts = {}
             for short, hf in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
-                arrs = [ck.get(f"{p}mlp.experts.{e}.{hf}.weight") for e in range(n_exp)]
-                parts[short] = (np.stack([a for a, _ in arrs]), arrs[0][1])
-        for short in ("gate", "up", "down"):
-            arr, dt = parts[short]
-            a, raw = convert_tensor(arr, dt, args.outtype, False)
-            w.add_tensor(f"blk.{i}.ffn_{short}_exps.weight", a, raw_dtype=raw)
-
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+                names = [f"{p}mlp.experts.{e}.{hf}.weight" for e in range(n_exp)]
+                ts.add(f"blk.{i}.ffn_{short}_exps.weight", (n_exp,) + ck.shape(names[0]),
+                       lambda names=names: stack_experts(ck, names))
+    ts.write(w, args.out)
     print(f"hf_to_gguf_olmoe: wrote {args.out} ({args.outtype}, {os.path.getsize(args.out)} bytes)",
           file=sys.stderr)
 

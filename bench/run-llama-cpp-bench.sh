@@ -2,11 +2,19 @@
 # llama.cpp against expertd on the CPU, side by side in one run (issue 14): builds llama-bench,
 # llama-batched-bench, llama-server and llama-quantize from the llama.cpp source that
 # llama-cpp-python's sdist vendors (outside the repo; llama.cpp's code is never committed),
-# converts the synthetic OLMoE-shaped model to GGUF with bench/hf_to_gguf_olmoe.py, and runs
-# both engines in alternation, evicting the other engine's model file from the page cache first.
+# converts the synthetic OLMoE-shaped model (--family olmoe, the default) or DeepSeek-V2-Lite-shaped
+# model (--family deepseek, issue 16) to GGUF with bench/hf_to_gguf_olmoe.py or
+# bench/hf_to_gguf_deepseek.py, and runs both engines in alternation, evicting the other engine's
+# model file from the page cache first.
 #
-# Usage: bench/run-llama-cpp-bench.sh [--build-only] [--rounds N] [--repeats N] [--threads N]
-#            [--model-args "xd-synth-model args"] [--name NAME] [--quant]
+# Usage: bench/run-llama-cpp-bench.sh [--build-only] [--family olmoe|deepseek] [--rounds N]
+#            [--repeats N] [--threads N] [--prompt-len N] [--decode-steps N]
+#            [--model-args "xd-synth-model args"] [--name NAME] [--quant] [--check]
+#   --check: first compare greedy ids (compare_llama_greedy_ids.py, llama-server) on a small f32
+#   model of the family (strict: both engines in f32) and on the benchmark model; stops on a
+#   mismatch of the f32 one
+#   --family deepseek: the model of bench/run-deepseek-bench.sh (V2-Lite's layer shapes, LAYERS
+#   decoder layers, default 4), 16 decode steps unless --decode-steps says otherwise
 #   (after tools/bootstrap.sh and ninja -C build)
 # Environment: LLAMA_CPP_DIR (default /work/llama-cpp): the sdist, the build and the GGUF files;
 #   a second run reuses the build. GGUF_VENV (default $LLAMA_CPP_DIR/venv): a venv with gguf+numpy.
@@ -14,28 +22,47 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 ldir=${LLAMA_CPP_DIR:-/work/llama-cpp}
-build_only=0 rounds=3 repeats=3 threads=2 quant=0
-name=olmoe-1024-mha
-model_args="--vocab 32000 --hidden 1024 --layers 8 --heads 16 --kv-heads 16 --experts 32 --top-k 4 --ffn 512 --max-pos 4096 --seed 1"
+build_only=0 rounds=3 repeats=3 threads=2 quant=0 check=0 family=olmoe prompt_len=128 decode_steps=
+name= model_args=
 while [ $# -gt 0 ]; do
   case "$1" in
     --build-only) build_only=1 ;;
+    --family) family=$2; shift ;;
+    --prompt-len) prompt_len=$2; shift ;;
+    --decode-steps) decode_steps=$2; shift ;;
     --rounds) rounds=$2; shift ;;
     --repeats) repeats=$2; shift ;;  # each engine's own repetitions within a round
     --threads) threads=$2; shift ;;
     --model-args) model_args=$2; shift ;;
     --name) name=$2; shift ;;
     --quant) quant=1 ;;
+    --check) check=1 ;;
     *) echo "run-llama-cpp-bench.sh: unknown option '$1'" >&2; exit 2 ;;
   esac
   shift
 done
+case "$family" in
+  olmoe)
+    converter=bench/hf_to_gguf_olmoe.py
+    check_args="--vocab 4096 --hidden 256 --layers 2 --heads 4 --kv-heads 4 --experts 8 --top-k 2 --ffn 128 --seed 7"
+    : "${name:=olmoe-1024-mha}" "${decode_steps:=32}"
+    : "${model_args:=--vocab 32000 --hidden 1024 --layers 8 --heads 16 --kv-heads 16 --experts 32 --top-k 4 --ffn 512 --max-pos 4096 --seed 1}" ;;
+  deepseek)
+    # bench/run-deepseek-bench.sh's model (the same directory, so either script makes it once)
+    converter=bench/hf_to_gguf_deepseek.py
+    check_args="--arch deepseek_v2 --vocab 4096 --hidden 512 --layers 3 --heads 4 --experts 16 --top-k 6 --ffn 128 --kv-lora 512 --q-lora 0 --nope 128 --rope-dim 64 --v-dim 128 --shared 2 --dense-layers 1 --dense-ffn 1024 --seed 7"
+    layers=${LAYERS:-4}
+    : "${name:=deepseek-v2-lite-${layers}l}" "${decode_steps:=16}"
+    : "${model_args:=--arch deepseek_v2 --vocab 102400 --hidden 2048 --layers $layers --heads 16 --experts 64 --top-k 6 --ffn 1408 --kv-lora 512 --q-lora 0 --nope 128 --rope-dim 64 --v-dim 128 --shared 2 --dense-layers 1 --dense-ffn 10944 --max-pos 4096 --seed 1}" ;;
+  *) echo "run-llama-cpp-bench.sh: --family is olmoe or deepseek, not '$family'" >&2; exit 2 ;;
+esac
 
 # --- 1. llama.cpp from the sdist, built once ---------------------------------------------------
 bin=$ldir/build/bin
 targets="llama-bench llama-batched-bench llama-server llama-quantize"
 need_build=0  # built together; a run needs only the two benchmarks (and llama-quantize for --quant)
-for t in llama-bench llama-batched-bench $( [ $quant = 1 ] && echo llama-quantize ); do
+for t in llama-bench llama-batched-bench $( [ $quant = 1 ] && echo llama-quantize ) \
+         $( [ $check = 1 ] && echo llama-server ); do
   [ -x "$bin/$t" ] || need_build=1
 done
 if [ $need_build = 1 ]; then
@@ -61,9 +88,9 @@ fi
 echo "llama.cpp: $(cat "$ldir/src/.from-sdist" 2>/dev/null || echo '?'), build $("$bin/llama-bench" --version 2>&1 | head -n2 | tr '\n' ' ')" >&2
 [ $build_only = 1 ] && exit 0
 
-# --- 2. the model: synthetic OLMoE shapes, then GGUF -------------------------------------------
-# llama.cpp's OLMoE graph normalises q and k over the full width, so the model has as many KV
-# heads as heads (hf_to_gguf_olmoe.py refuses anything else).
+# --- 2. the model: synthetic OLMoE or DeepSeek-V2-Lite shapes, then GGUF ----------------------
+# llama.cpp's OLMoE graph normalises q and k over the full width, so the OLMoE model has as many
+# KV heads as heads (hf_to_gguf_olmoe.py refuses anything else).
 model=$repo/build/bench-models/$name
 if [ ! -f "$model/model.safetensors" ]; then
   build/tools/xd-synth-model --out "$model" $model_args
@@ -76,7 +103,7 @@ py=${GOLDEN_VENV:-/work/golden-venv}/bin/python
 gguf_bf16=$ldir/models/$name-bf16.gguf
 mkdir -p "$ldir/models"
 if [ ! -f "$gguf_bf16" ]; then
-  PYTHONPATH=$ldir/src/gguf-py "$py" bench/hf_to_gguf_olmoe.py "$model" "$gguf_bf16.tmp" --outtype bf16
+  PYTHONPATH=$ldir/src/gguf-py "$py" "$converter" "$model" "$gguf_bf16.tmp" --outtype bf16
   mv "$gguf_bf16.tmp" "$gguf_bf16"
 fi
 if [ $quant = 1 ]; then
@@ -84,6 +111,31 @@ if [ $quant = 1 ]; then
     f=$ldir/models/$name-$q.gguf
     [ -f "$f" ] || { "$bin/llama-quantize" "$gguf_bf16" "$f.tmp" $q >/dev/null && mv "$f.tmp" "$f"; }
   done
+fi
+
+if [ $check = 1 ]; then
+  small=$repo/build/bench-models/$family-check-f32
+  [ -f "$small/model.safetensors" ] || build/tools/xd-synth-model --out "$small" --f32 $check_args
+  cp tests/fixtures/tokenizers/olmoe/tokenizer.json tests/fixtures/tokenizers/olmoe/tokenizer_config.json "$small/"
+  gsmall=$ldir/models/$family-check-f32.gguf
+  [ -f "$gsmall" ] || PYTHONPATH=$ldir/src/gguf-py "$py" "$converter" "$small" "$gsmall" --outtype f32
+  mkdir -p "$ldir/results"
+  check_rc=0
+  "$py" bench/compare_llama_greedy_ids.py --model "$small" --gguf "$gsmall" --threads "$threads" \
+    --llama-server "$bin/llama-server" --id-limit 4000 --prompts 4 --max-tokens 16 \
+    > "$ldir/results/$family-check-f32.json" || check_rc=$?
+  "$py" -c 'import json,sys; print("greedy check, f32:", json.load(open(sys.argv[1]))["total"])' \
+    "$ldir/results/$family-check-f32.json" >&2
+  if [ $check_rc != 0 ]; then
+    echo "greedy check failed on the f32 model: see $ldir/results/$family-check-f32.json" >&2
+    exit 1
+  fi
+  "$py" bench/compare_llama_greedy_ids.py --model "$model" --gguf "$gguf_bf16" --threads "$threads" \
+    --llama-server "$bin/llama-server" --prompts 2 --max-tokens 8 > "$ldir/results/$name-check-bf16.json" || true
+  "$py" -c 'import json,sys
+try: t = json.load(open(sys.argv[1]))["total"]
+except ValueError: t = "no result (see the error above)"
+print("greedy check, bf16 (llama.cpp rounds activations to bf16):", t)' "$ldir/results/$name-check-bf16.json" >&2
 fi
 
 # --- 3. alternate the engines, each after evicting the other's file from the page cache --------
@@ -117,18 +169,22 @@ fi
 for r in $(seq 1 "$rounds"); do
   echo "round $r/$rounds: expertd (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$out/load.txt" >&2
   evict "$gguf_bf16"
-  build/bench/bench-engine --model "$model" --threads "$threads" --prompt-len 128 --decode-steps 32 \
-    --max-batch 8 --repeats "$repeats" > "$out/expertd-$r.json"
+  build/bench/bench-engine --model "$model" --threads "$threads" --prompt-len "$prompt_len" \
+    --decode-steps "$decode_steps" --max-batch 8 --repeats "$repeats" > "$out/expertd-$r.json"
   echo "round $r/$rounds: llama.cpp (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$out/load.txt" >&2
   evict "$model/model.safetensors"
-  "$bin/llama-bench" -m "$gguf_bf16" -t "$threads" -p 128 -n 32 -r "$repeats" --repack $repack -o json \
-    > "$out/llama-bench-$r.json" 2> "$out/llama-bench-$r.err"
-  "$bin/llama-batched-bench" -m "$gguf_bf16" -t "$threads" -c 2048 -b 2048 -ub 512 -npp 128 -ntg 32 \
-    -npl 1,8 --no-repack --output-format jsonl > "$out/batched-$r.jsonl" 2> "$out/batched-$r.err"
+  "$bin/llama-bench" -m "$gguf_bf16" -t "$threads" -p "$prompt_len" -n "$decode_steps" -r "$repeats" \
+    --repack $repack -o json > "$out/llama-bench-$r.json" 2> "$out/llama-bench-$r.err"
+  "$bin/llama-batched-bench" -m "$gguf_bf16" -t "$threads" -c 2048 -b 2048 -ub 512 -npp "$prompt_len" \
+    -ntg "$decode_steps" -npl 1,8 --no-repack --output-format jsonl > "$out/batched-$r.jsonl" \
+    2> "$out/batched-$r.err"
 done
-"$py" - "$out" "$rounds" <<'PY' | tee "$out/summary.md"
-import json, statistics, sys
-out, rounds = sys.argv[1], int(sys.argv[2])
+# llama.cpp's KV cache as its log states it (batched-bench prints llama's log only with -v)
+"$bin/llama-batched-bench" -m "$gguf_bf16" -t "$threads" -c 2048 -b 2048 -ub 512 -npp 8 -ntg 1 -npl 1 \
+  --no-repack -v > "$out/kv-log.txt" 2>&1 || true
+"$py" - "$out" "$rounds" "$prompt_len" "$decode_steps" <<'PY' | tee "$out/summary.md"
+import json, re, statistics, sys
+out, rounds, pp, tg = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 rows = {k: [] for k in ("xd_pp1", "xd_pp8", "xd_tg1", "xd_tg8", "lb_pp", "lb_tg", "bb_pp1", "bb_tg1", "bb_pp8", "bb_tg8", "gbps")}
 for r in range(1, rounds + 1):
     x = json.load(open(f"{out}/expertd-{r}.json"))
@@ -146,16 +202,23 @@ for r in range(1, rounds + 1):
         rows[f"bb_pp{t['pl']}"].append(t["speed_pp"])
         rows[f"bb_tg{t['pl']}"].append(t["speed_tg"])
 med = {k: statistics.median(v) if v else float("nan") for k, v in rows.items()}
-fmt = lambda k: ", ".join(f"{v:.1f}" for v in rows[k])
+num = lambda v: f"{v:.2f}" if v < 10 else f"{v:.1f}"  # decode of the DeepSeek shape is < 1 tok/s
+fmt = lambda k: ", ".join(num(v) for v in rows[k])
 print(f"rounds: {rounds}; expertd stream rate GB/s: {fmt('gbps')}\n")
 print("| | expertd (bench-engine) | llama.cpp | expertd / llama.cpp |")
 print("| --- | --- | --- | --- |")
-for label, a, b in (("prefill b1 (llama-bench pp128)", "xd_pp1", "lb_pp"),
-                    ("decode b1 (llama-bench tg32)", "xd_tg1", "lb_tg"),
+for label, a, b in ((f"prefill b1 (llama-bench pp{pp})", "xd_pp1", "lb_pp"),
+                    (f"decode b1 (llama-bench tg{tg})", "xd_tg1", "lb_tg"),
                     ("prefill b1 (batched-bench npl 1)", "xd_pp1", "bb_pp1"),
                     ("decode b1 (batched-bench npl 1)", "xd_tg1", "bb_tg1"),
                     ("prefill b8 (batched-bench npl 8)", "xd_pp8", "bb_pp8"),
                     ("decode b8 (batched-bench npl 8)", "xd_tg8", "bb_tg8")):
-    print(f"| {label} | {med[a]:.1f} ({fmt(a)}) | {med[b]:.1f} ({fmt(b)}) | {med[a] / med[b]:.2f}x |")
+    print(f"| {label} | {num(med[a])} ({fmt(a)}) | {num(med[b])} ({fmt(b)}) | {med[a] / med[b]:.2f}x |")
+# KV cache per token: expertd's own figure, and what llama.cpp's log says it allocated
+x = json.load(open(f"{out}/expertd-1.json"))
+print(f"\nexpertd kv_bytes_per_token: {x.get('kv_bytes_per_token')}")
+for line in open(f"{out}/kv-log.txt", errors="replace"):
+    if re.search(r"llama_kv_cache: size|llama_context: n_ctx +=", line):
+        print("llama.cpp: " + line.strip())  # size / n_ctx cells is the bytes per token
 PY
 echo "results in $out" >&2
