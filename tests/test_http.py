@@ -2337,8 +2337,9 @@ def demo_model_chats():
     """The bundled demo model has a chat template (tokenizer_config.json): /tokenize of each
     conversation equals transformers' apply_chat_template(tokenize=True) ids
     (tests/fixtures/demo-moe/chat.json, made by tools/demo_model/make_chat_golden.py); the
-    official SDK's chat.completions.create answers, greedy chat equals a completion of the
-    rendered prompt, streamed equals whole; a role the template refuses is its 400."""
+    official SDK's chat.completions.create answers with transformers' greedy answer (the model
+    is chat-tuned: tools/demo_model/finetune.py), equals a completion of the rendered prompt,
+    streamed equals whole; a role the template refuses is its 400."""
     g = json.load(open(os.path.join(ROOT, "tests", "fixtures", "demo-moe", "chat.json")))
     srv = Server(model=os.path.join(ROOT, "models", "demo-moe"))
     try:
@@ -2355,6 +2356,8 @@ def demo_model_chats():
                                              max_tokens=12, temperature=0)
             ch = chat.choices[0]
             assert ch.message.role == "assistant" and ch.message.content, chat
+            assert ch.message.content == case["answer"], (ch.message.content, case["answer"])
+            assert ch.finish_reason == case["finish_reason"], (ch.finish_reason, case)
             assert chat.usage.prompt_tokens == len(case["ids"]), chat.usage
             comp = c.completions.create(model=srv.name, prompt=case["ids"], max_tokens=12,
                                         temperature=0)

@@ -9,7 +9,8 @@ size, u32 uncompressed size) and verses indexed by *.bzv (u32 block, u32 offset,
 verse text is OSIS XML, of which we keep the words and drop notes and titles.
 
 Usage: python3 corpus.py --work /tmp/demo-corpus --out DIR
-  writes DIR/train.txt, DIR/heldout.txt and DIR/sources.json
+  writes DIR/train.txt, DIR/heldout.txt, DIR/sources.json and DIR/verses.jsonl (every verse of
+  both splits with its Bible, book name, chapter, verse and split, for chat_data.py)
 """
 import argparse
 import glob
@@ -50,8 +51,15 @@ def fetch(work):
     return root, versions
 
 
-def verses(moddir):
-    """Yields every verse's plain text, Old Testament then New, in canonical order."""
+USFM_H = re.compile(r'<milestone n="([^"]*)" type="x-usfm-h"')
+CHAPTER = re.compile(r'<chapter\b[^>]*\bn="(\d+)"[^>]*\bsID=')
+
+
+def verses(moddir, refs=None):
+    """Yields every verse's plain text, Old Testament then New, in canonical order; if refs is a
+    list, appends each yielded verse's (book name, chapter, verse) to it: the book name is the
+    module's own (its x-usfm-h milestone), verses count the index slots after a chapter's."""
+    name, chapter, verse = "", 0, 0
     for testament in ("ot", "nt"):
         bzs = open(os.path.join(moddir, testament + ".bzs"), "rb").read()
         bzz = open(os.path.join(moddir, testament + ".bzz"), "rb").read()
@@ -62,14 +70,23 @@ def verses(moddir):
             blocks.append(zlib.decompress(bzz[off:off + size]) if size else b"")
         for i in range(len(bzv) // 10):
             b, off, size = struct.unpack_from("<IIH", bzv, i * 10)
+            verse += 1
             if not size:
                 continue
             raw = blocks[b][off:off + size].decode("utf-8")
             book = re.search(r'<div[^>]*\bsID="[^"]*"[^>]*type="book"', raw) is not None
+            if book:
+                m = USFM_H.search(raw)
+                name, chapter, verse = (html.unescape(m.group(1)) if m else ""), 0, 0
+            m = CHAPTER.search(raw)
+            if m:
+                chapter, verse = int(m.group(1)), 0
             text = html.unescape(TAG.sub(" ", TITLE.sub(" ", NOTE.sub(" ", raw))))
             text = SPACE.sub(" ", text).strip()
             text = re.sub(r" ([,.;:!?)’”])", r"\1", text)
             text = re.sub(r"([(‘“¿¡]) ", r"\1", text)
+            if refs is not None:
+                refs.append((name, chapter, verse))
             yield book, text
 
 
@@ -84,16 +101,22 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     train, held = [], []
     stats = {}
+    index = []
     for pkg, (mod, lang) in SOURCES.items():
         moddir = os.path.join(root, "usr/share/sword/modules/texts/ztext", mod)
         n_book, n = -1, [0, 0]
-        for book_start, text in verses(moddir):
+        refs = []
+        for book_start, text in verses(moddir, refs):
             if book_start:
                 n_book += 1
             if not text:
                 continue
             h = n_book % args.heldout_every == args.heldout_every - 1
             (held if h else train).append(text)
+            book, chapter, verse = refs[-1]
+            if chapter and verse:
+                index.append({"bible": pkg, "lang": lang, "book": book, "chapter": chapter,
+                              "verse": verse, "split": "heldout" if h else "train", "text": text})
             n[h] += len(text.encode())
         stats[pkg] = {"module": mod, "language": lang, "books": n_book + 1,
                       "train_bytes": n[0], "heldout_bytes": n[1], **versions.get(pkg, {})}
@@ -101,6 +124,9 @@ def main():
         f.write("\n".join(train) + "\n")
     with open(os.path.join(args.out, "heldout.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(held) + "\n")
+    with open(os.path.join(args.out, "verses.jsonl"), "w", encoding="utf-8") as f:
+        for v in index:
+            f.write(json.dumps(v, ensure_ascii=False) + "\n")
     with open(os.path.join(args.out, "sources.json"), "w") as f:
         json.dump(stats, f, indent=1)
     print(json.dumps(stats, indent=1))

@@ -1,6 +1,6 @@
 #!/bin/sh
-# Rebuilds the demo model end to end: corpus, tokenizer and training (models/demo-moe), its
-# golden (tests/fixtures/demo-moe) and its routing trace and report (bench/).
+# Rebuilds the demo model end to end: corpus, tokenizer and training (models/demo-moe), the chat
+# fine-tune, its goldens (tests/fixtures/demo-moe) and its routing trace and report (bench/).
 #
 #   tools/demo_model/make.sh [train.py args...]     (after tools/bootstrap.sh built expertd)
 #
@@ -23,7 +23,12 @@ export CUDA_VISIBLE_DEVICES= HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 "$here/corpus.py" --work "$work/debs" --out "$work/data"
 nice -n 10 "$venv/bin/python" "$here/train.py" --data "$work/data" --out models/demo-moe \
     --log-dir "$here/run" --steps 1600 --max-minutes 25 --threads 1 "$@"
+"$venv/bin/python" "$here/chat_data.py" --data "$work/data"
+nice -n 10 "$venv/bin/python" "$here/finetune.py" --data "$work/data" --log-dir "$here/run" \
+    --max-minutes 12 --threads 1
 "$venv/bin/python" "$here/make_golden.py"
+"$venv/bin/python" "$here/make_chat_golden.py"
+"$venv/bin/python" "$here/make_perplexity.py"
 "$venv/bin/python" "$here/routing.py" record --heldout "$work/data/heldout.txt" \
     --out bench/traces/demo-heldout.xdroute.zst
 "$venv/bin/python" "$here/routing.py" report --trace bench/traces/demo-heldout.xdroute.zst \
