@@ -13,7 +13,6 @@ finetune-loss.csv and finetune.json into --log-dir.
 import argparse
 import csv
 import json
-import math
 import os
 import platform
 import sys
@@ -25,7 +24,7 @@ import transformers
 from tokenizers import Tokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train import encode_file, evaluate  # noqa: E402
+from train import Schedule, encode_file, evaluate  # noqa: E402
 
 
 def encode_chat(tok, path, eos):
@@ -92,16 +91,8 @@ def main():
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
 
-    def progress(step):
-        p = step / args.steps
-        if args.max_minutes > 0:
-            p = max(p, (time.time() - t_train) / (60 * args.max_minutes))
-        return min(p, 1.0)
-
-    def lr_at(step):
-        if step < args.warmup:
-            return args.lr * (step + 1) / args.warmup
-        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress(step))))
+    sched = Schedule(args)
+    progress, lr_at = sched.progress, sched.lr
 
     gen = torch.Generator().manual_seed(args.seed)
     log = open(os.path.join(args.log_dir, "finetune-loss.csv"), "w", newline="")
@@ -110,7 +101,7 @@ def main():
                 "heldout_chat_loss"])
     w.writerow([0, 0, "0.0", "", "", "", f"{before[0]:.4f}", f"{before[1]:.4f}"])
     model.train()
-    t_train = time.time()
+    t_train = sched.start()
     steps_done = 0
     n_plain = args.batch - args.chat_rows
     for step in range(args.steps):

@@ -46,6 +46,32 @@ def encode_file(tok, path):
     return torch.tensor(ids, dtype=torch.long)
 
 
+class Schedule:
+    """The learning rate: linear warm-up, then a cosine from lr to 0.1 x lr over the training's
+    progress, the larger of step / steps and (with max_minutes) the share of the wall-clock
+    budget spent since start(). Shared by train.py and finetune.py."""
+
+    def __init__(self, args):
+        self.args = args
+        self.t0 = time.time()
+
+    def start(self):
+        self.t0 = time.time()
+        return self.t0
+
+    def progress(self, step):
+        p = step / self.args.steps
+        if self.args.max_minutes > 0:
+            p = max(p, (time.time() - self.t0) / (60 * self.args.max_minutes))
+        return min(p, 1.0)
+
+    def lr(self, step):
+        a = self.args
+        if step < a.warmup:
+            return a.lr * (step + 1) / a.warmup
+        return a.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * self.progress(step))))
+
+
 @torch.no_grad()
 def evaluate(model, data, seq_len, max_tokens):
     """Mean next-token cross-entropy over consecutive windows of data (up to max_tokens)."""
@@ -125,23 +151,15 @@ def main():
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
 
-    def progress(step):
-        p = step / args.steps
-        if args.max_minutes > 0:
-            p = max(p, (time.time() - t_train) / (60 * args.max_minutes))
-        return min(p, 1.0)
-
-    def lr_at(step):
-        if step < args.warmup:
-            return args.lr * (step + 1) / args.warmup
-        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress(step))))
+    sched = Schedule(args)
+    progress, lr_at = sched.progress, sched.lr
 
     gen = torch.Generator().manual_seed(args.seed)
     log = open(os.path.join(args.log_dir, "loss.csv"), "w", newline="")
     w = csv.writer(log)
     w.writerow(["step", "tokens", "seconds", "lr", "train_loss", "aux_loss", "heldout_loss"])
     model.train()
-    t_train = time.time()
+    t_train = sched.start()
     smooth = None
     steps_done = 0
     for step in range(args.steps):
