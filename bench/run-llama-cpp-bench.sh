@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # llama.cpp against expertd on the CPU, side by side in one run (issue 14): builds llama-bench,
-# llama-batched-bench, llama-server and llama-quantize from the llama.cpp source that
+# llama-batched-bench, llama-server, llama-quantize and llama-perplexity from the llama.cpp source that
 # llama-cpp-python's sdist vendors (outside the repo; llama.cpp's code is never committed),
 # converts the synthetic OLMoE-shaped model (--family olmoe, the default) or DeepSeek-V2-Lite-shaped
 # model (--family deepseek, issue 16) to GGUF with bench/hf_to_gguf_olmoe.py or
@@ -59,7 +59,7 @@ esac
 
 # --- 1. llama.cpp from the sdist, built once ---------------------------------------------------
 bin=$ldir/build/bin
-targets="llama-bench llama-batched-bench llama-server llama-quantize"
+targets="llama-bench llama-batched-bench llama-server llama-quantize llama-perplexity"
 need_build=0  # built together; a run needs only the two benchmarks (and llama-quantize for --quant)
 for t in llama-bench llama-batched-bench $( [ $quant = 1 ] && echo llama-quantize ) \
          $( [ $check = 1 ] && echo llama-server ); do
