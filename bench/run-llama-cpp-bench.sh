@@ -10,6 +10,10 @@
 # Usage: bench/run-llama-cpp-bench.sh [--build-only] [--family olmoe|deepseek] [--rounds N]
 #            [--repeats N] [--threads N] [--prompt-len N] [--decode-steps N]
 #            [--model-args "xd-synth-model args"] [--name NAME] [--quant] [--check]
+#            [--formats "XD:GGUF ..."]
+#   --formats: the pairs compared, expertd's --quantize against llama.cpp's GGUF type, each
+#   pair in every round (default "none:bf16"; e.g. "none:bf16 q8:Q8_0 q4:Q4_K_M"); a quantized
+#   GGUF type implies --quant (llama-quantize makes it from the bf16 GGUF)
 #   --check: first compare greedy ids (compare_llama_greedy_ids.py, llama-server) on a small f32
 #   model of the family (strict: both engines in f32) and on the benchmark model; stops on a
 #   mismatch of the f32 one
@@ -18,12 +22,15 @@
 #   (after tools/bootstrap.sh and ninja -C build)
 # Environment: LLAMA_CPP_DIR (default /work/llama-cpp): the sdist, the build and the GGUF files;
 #   a second run reuses the build. GGUF_VENV (default $LLAMA_CPP_DIR/venv): a venv with gguf+numpy.
+#   LLAMA_BUILD (default $LLAMA_CPP_DIR/build): another build of the same source to run instead,
+#   e.g. one configured with -DGGML_NATIVE=OFF -DGGML_AVX512=OFF for the AVX2 comparison (run
+#   with EXPERTD_CPU_KERNEL=avx2 so expertd takes its AVX2 path too); it must exist already.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 ldir=${LLAMA_CPP_DIR:-/work/llama-cpp}
 build_only=0 rounds=3 repeats=3 threads=2 quant=0 check=0 family=olmoe prompt_len=128 decode_steps=
-name= model_args=
+name= model_args= formats=none:bf16
 while [ $# -gt 0 ]; do
   case "$1" in
     --build-only) build_only=1 ;;
@@ -37,6 +44,7 @@ while [ $# -gt 0 ]; do
     --name) name=$2; shift ;;
     --quant) quant=1 ;;
     --check) check=1 ;;
+    --formats) formats=$2; shift ;;
     *) echo "run-llama-cpp-bench.sh: unknown option '$1'" >&2; exit 2 ;;
   esac
   shift
@@ -58,14 +66,22 @@ case "$family" in
 esac
 
 # --- 1. llama.cpp from the sdist, built once ---------------------------------------------------
-bin=$ldir/build/bin
+for pair in $formats; do
+  case "${pair#*:}" in bf16) ;; Q8_0|Q4_K_M) quant=1 ;;
+    *) echo "run-llama-cpp-bench.sh: --formats pairs are XD:GGUF with GGUF bf16, Q8_0 or Q4_K_M, not '$pair'" >&2; exit 2 ;;
+  esac
+done
+bin=${LLAMA_BUILD:-$ldir/build}/bin
+if [ -n "${LLAMA_BUILD:-}" ] && [ ! -x "$bin/llama-bench" ]; then
+  echo "run-llama-cpp-bench.sh: LLAMA_BUILD=$LLAMA_BUILD has no bin/llama-bench" >&2; exit 2
+fi
 targets="llama-bench llama-batched-bench llama-server llama-quantize llama-perplexity"
 need_build=0  # built together; a run needs only the two benchmarks (and llama-quantize for --quant)
 for t in llama-bench llama-batched-bench $( [ $quant = 1 ] && echo llama-quantize ) \
          $( [ $check = 1 ] && echo llama-server ); do
   [ -x "$bin/$t" ] || need_build=1
 done
-if [ $need_build = 1 ]; then
+if [ $need_build = 1 ] && [ -z "${LLAMA_BUILD:-}" ]; then
   mkdir -p "$ldir/sdist"
   sd=$(ls "$ldir"/sdist/llama_cpp_python-*.tar.gz 2>/dev/null | head -n1 || true)
   if [ -z "$sd" ]; then
@@ -109,7 +125,8 @@ fi
 if [ $quant = 1 ]; then
   for q in Q8_0 Q4_K_M; do
     f=$ldir/models/$name-$q.gguf
-    [ -f "$f" ] || { "$bin/llama-quantize" "$gguf_bf16" "$f.tmp" $q >/dev/null && mv "$f.tmp" "$f"; }
+    qbin=$bin/llama-quantize; [ -x "$qbin" ] || qbin=$ldir/build/bin/llama-quantize
+    [ -f "$f" ] || { "$qbin" "$gguf_bf16" "$f.tmp" $q >/dev/null && mv "$f.tmp" "$f"; }
   done
 fi
 
@@ -167,56 +184,67 @@ else
 fi
 
 for r in $(seq 1 "$rounds"); do
-  echo "round $r/$rounds: expertd (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$out/load.txt" >&2
-  evict "$gguf_bf16"
-  build/bench/bench-engine --model "$model" --threads "$threads" --prompt-len "$prompt_len" \
-    --decode-steps "$decode_steps" --max-batch 8 --repeats "$repeats" > "$out/expertd-$r.json"
-  echo "round $r/$rounds: llama.cpp (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$out/load.txt" >&2
-  evict "$model/model.safetensors"
-  "$bin/llama-bench" -m "$gguf_bf16" -t "$threads" -p "$prompt_len" -n "$decode_steps" -r "$repeats" \
-    --repack $repack -o json > "$out/llama-bench-$r.json" 2> "$out/llama-bench-$r.err"
-  "$bin/llama-batched-bench" -m "$gguf_bf16" -t "$threads" -c 2048 -b 2048 -ub 512 -npp "$prompt_len" \
-    -ntg "$decode_steps" -npl 1,8 --no-repack --output-format jsonl > "$out/batched-$r.jsonl" \
-    2> "$out/batched-$r.err"
+  for pair in $formats; do
+    xq=${pair%%:*} gq=${pair#*:}
+    gguf=$ldir/models/$name-$gq.gguf; [ "$gq" = bf16 ] && gguf=$gguf_bf16
+    tag=$xq; [ "$pair" = none:bf16 ] && tag=  # the bf16 pair keeps the old file names
+    echo "round $r/$rounds: expertd --quantize $xq (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$out/load.txt" >&2
+    evict "$gguf"
+    build/bench/bench-engine --model "$model" --quantize "$xq" --threads "$threads" \
+      --prompt-len "$prompt_len" --decode-steps "$decode_steps" --max-batch 8 --repeats "$repeats" \
+      > "$out/expertd$tag-$r.json"
+    echo "round $r/$rounds: llama.cpp $gq (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$out/load.txt" >&2
+    evict "$model/model.safetensors" $(ls "$model"/expertd-*.pack 2>/dev/null || true)
+    "$bin/llama-bench" -m "$gguf" -t "$threads" -p "$prompt_len" -n "$decode_steps" -r "$repeats" \
+      --repack $repack -o json > "$out/llama-bench$tag-$r.json" 2> "$out/llama-bench$tag-$r.err"
+    "$bin/llama-batched-bench" -m "$gguf" -t "$threads" -c 2048 -b 2048 -ub 512 -npp "$prompt_len" \
+      -ntg "$decode_steps" -npl 1,8 --no-repack --output-format jsonl > "$out/batched$tag-$r.jsonl" \
+      2> "$out/batched$tag-$r.err"
+  done
 done
 # llama.cpp's KV cache as its log states it (batched-bench prints llama's log only with -v)
 "$bin/llama-batched-bench" -m "$gguf_bf16" -t "$threads" -c 2048 -b 2048 -ub 512 -npp 8 -ntg 1 -npl 1 \
   --no-repack -v > "$out/kv-log.txt" 2>&1 || true
-"$py" - "$out" "$rounds" "$prompt_len" "$decode_steps" <<'PY' | tee "$out/summary.md"
+"$py" - "$out" "$rounds" "$prompt_len" "$decode_steps" $formats <<'PY' | tee "$out/summary.md"
 import json, re, statistics, sys
 out, rounds, pp, tg = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-rows = {k: [] for k in ("xd_pp1", "xd_pp8", "xd_tg1", "xd_tg8", "lb_pp", "lb_tg", "bb_pp1", "bb_tg1", "bb_pp8", "bb_tg8", "gbps")}
-for r in range(1, rounds + 1):
-    x = json.load(open(f"{out}/expertd-{r}.json"))
-    rows["gbps"].append(x["baseline_gbps"])
-    for res in x["results"]:
-        b = res["batch"]
-        rows[f"xd_pp{b}"].append(res["prefill_tokens_per_s"])
-        rows[f"xd_tg{b}"].append(res["decode_tokens_per_s"])
-    for t in json.load(open(f"{out}/llama-bench-{r}.json")):
-        rows["lb_pp" if t["n_prompt"] else "lb_tg"].append(t["avg_ts"])
-    for line in open(f"{out}/batched-{r}.jsonl"):
-        if not line.startswith("{"):
-            continue
-        t = json.loads(line)
-        rows[f"bb_pp{t['pl']}"].append(t["speed_pp"])
-        rows[f"bb_tg{t['pl']}"].append(t["speed_tg"])
-med = {k: statistics.median(v) if v else float("nan") for k, v in rows.items()}
 num = lambda v: f"{v:.2f}" if v < 10 else f"{v:.1f}"  # decode of the DeepSeek shape is < 1 tok/s
-fmt = lambda k: ", ".join(num(v) for v in rows[k])
-print(f"rounds: {rounds}; expertd stream rate GB/s: {fmt('gbps')}\n")
-print("| | expertd (bench-engine) | llama.cpp | expertd / llama.cpp |")
-print("| --- | --- | --- | --- |")
-for label, a, b in ((f"prefill b1 (llama-bench pp{pp})", "xd_pp1", "lb_pp"),
-                    (f"decode b1 (llama-bench tg{tg})", "xd_tg1", "lb_tg"),
-                    ("prefill b1 (batched-bench npl 1)", "xd_pp1", "bb_pp1"),
-                    ("decode b1 (batched-bench npl 1)", "xd_tg1", "bb_tg1"),
-                    ("prefill b8 (batched-bench npl 8)", "xd_pp8", "bb_pp8"),
-                    ("decode b8 (batched-bench npl 8)", "xd_tg8", "bb_tg8")):
-    print(f"| {label} | {num(med[a])} ({fmt(a)}) | {num(med[b])} ({fmt(b)}) | {med[a] / med[b]:.2f}x |")
-# KV cache per token: expertd's own figure, and what llama.cpp's log says it allocated
-x = json.load(open(f"{out}/expertd-1.json"))
-print(f"\nexpertd kv_bytes_per_token: {x.get('kv_bytes_per_token')}")
+for pair in sys.argv[5:]:
+    xq, gq = pair.split(":")
+    tag = "" if pair == "none:bf16" else xq  # the files of one pair: expertd{tag}-{round}.json ...
+    keys = ("xd_pp1", "xd_pp8", "xd_tg1", "xd_tg8", "lb_pp", "lb_tg", "bb_pp1", "bb_tg1", "bb_pp8",
+            "bb_tg8", "gbps")
+    rows = {k: [] for k in keys}
+    for r in range(1, rounds + 1):
+        x = json.load(open(f"{out}/expertd{tag}-{r}.json"))
+        rows["gbps"].append(x["baseline_gbps"])
+        for res in x["results"]:
+            b = res["batch"]
+            rows[f"xd_pp{b}"].append(res["prefill_tokens_per_s"])
+            rows[f"xd_tg{b}"].append(res["decode_tokens_per_s"])
+        for t in json.load(open(f"{out}/llama-bench{tag}-{r}.json")):
+            rows["lb_pp" if t["n_prompt"] else "lb_tg"].append(t["avg_ts"])
+        for line in open(f"{out}/batched{tag}-{r}.jsonl"):
+            if not line.startswith("{"):
+                continue
+            t = json.loads(line)
+            rows[f"bb_pp{t['pl']}"].append(t["speed_pp"])
+            rows[f"bb_tg{t['pl']}"].append(t["speed_tg"])
+    med = {k: statistics.median(v) if v else float("nan") for k, v in rows.items()}
+    fmt = lambda k: ", ".join(num(v) for v in rows[k])
+    print(f"\n### expertd --quantize {xq} against llama.cpp {gq}\n")
+    print(f"rounds: {rounds}; expertd stream rate GB/s: {fmt('gbps')}\n")
+    print("| | expertd (bench-engine) | llama.cpp | expertd / llama.cpp |")
+    print("| --- | --- | --- | --- |")
+    for label, a, b in ((f"prefill b1 (llama-bench pp{pp})", "xd_pp1", "lb_pp"),
+                        (f"decode b1 (llama-bench tg{tg})", "xd_tg1", "lb_tg"),
+                        ("prefill b1 (batched-bench npl 1)", "xd_pp1", "bb_pp1"),
+                        ("decode b1 (batched-bench npl 1)", "xd_tg1", "bb_tg1"),
+                        ("prefill b8 (batched-bench npl 8)", "xd_pp8", "bb_pp8"),
+                        ("decode b8 (batched-bench npl 8)", "xd_tg8", "bb_tg8")):
+        print(f"| {label} | {num(med[a])} ({fmt(a)}) | {num(med[b])} ({fmt(b)}) | {med[a] / med[b]:.2f}x |")
+    print(f"\nexpertd kv_bytes_per_token: {x.get('kv_bytes_per_token')}")
+# KV cache per token: what llama.cpp's log says it allocated
 for line in open(f"{out}/kv-log.txt", errors="replace"):
     if re.search(r"llama_kv_cache: size|llama_context: n_ctx +=", line):
         print("llama.cpp: " + line.strip())  # size / n_ctx cells is the bytes per token
