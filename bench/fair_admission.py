@@ -11,7 +11,8 @@ Usage: fair_admission.py EXPERTD MODEL_DIR [--policies fair,fcfs,old:OLD_EXPERTD
        [--json FILE] [-- extra serve flags]
 A policy old:PATH runs the expertd at PATH without --admission (the code before it);
 LABEL=POLICY@PATH runs the expertd at PATH with --admission POLICY (another build of this
-code, e.g. prev=fair@/tmp/base/build/daemon/expertd), reported as LABEL.
+code, e.g. prev=fair@/tmp/base/build/daemon/expertd), reported as LABEL; a policy may end in
++FLAG=VALUE serve flags of its own (e.g. cap=fair-split+max-step-ms=0.5).
 Besides latency it reports the steps each light request was in flight and what a step cost
 (expertd_step_seconds_total / expertd_steps_total) in each phase."""
 import argparse
@@ -29,13 +30,18 @@ import time
 def start(expertd, model, policy, extra):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("EXPERTD_API_KEY", None)
-    if policy.startswith("old:"):  # an expertd from before fair admission: no --admission
-        expertd, flags = policy[4:], []
-    elif "@" in policy:  # LABEL=POLICY@PATH: another build, with --admission POLICY
-        pol, expertd = policy.split("=", 1)[-1].split("@", 1)
+    spec, *more = policy.split("+")  # POLICY+FLAG=VALUE...: serve flags of this policy's own
+    more_flags = [a for m in more for a in ("--" + m.split("=", 1)[0], *m.split("=", 1)[1:])]
+    if "=" in spec and not spec.startswith("old:"):
+        spec = spec.split("=", 1)[1]  # LABEL=...: the label is only for the report
+    if spec.startswith("old:"):  # an expertd from before fair admission: no --admission
+        expertd, flags = spec[4:], []
+    elif "@" in spec:  # POLICY@PATH: another build, with --admission POLICY
+        pol, expertd = spec.split("@", 1)
         flags = ["--admission", pol]
     else:
-        flags = ["--admission", policy]
+        flags = ["--admission", spec]
+    flags += more_flags
     proc = subprocess.Popen([expertd, "serve", "--model", model, "--port", "0", "--threads", "1",
                              *flags, "--log-level", "warn", *extra],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
@@ -239,7 +245,7 @@ def main():
     for policy in args.policies.split(","):
         r = measure(args.expertd, args.model, policy, args, extra)
         out.append(r)
-        label = (policy.split("=", 1)[0] if "=" in policy else
+        label = (policy.split("=", 1)[0] if "=" in policy.split("+")[0] else
                  "old" if policy.startswith("old:") else policy)
         print(f"{label:10s} light p50/p99 alone {r['alone_p50'] * 1e3:7.1f}/{r['alone_p99'] * 1e3:7.1f} ms"
               f"  flooded {r['loaded_p50'] * 1e3:7.1f}/{r['loaded_p99'] * 1e3:7.1f} ms"

@@ -86,6 +86,10 @@ const struct xd_opt xd_server_config_opts[] = {
      "(default 0: max-running)"},
     {"max-step-tokens", XD_OPT_INT, SRV(max_step_tokens), 0, 1 << 20, NULL,
      "token budget of one step (default 0: max-batch-tokens)"},
+    {"max-step-ms", XD_OPT_FLOAT, SRV(max_step_ms), 0, 3600000, NULL,
+     "cap each step's tokens so that its forward, predicted from the last steps' times, takes "
+     "at most this many milliseconds: bounds how long a new request waits for the step in "
+     "flight (default 0: off)"},
     {"prefill-chunk", XD_OPT_INT, SRV(prefill_chunk), 0, 1 << 20, NULL,
      "prompt tokens of one sequence per step (default 0: the step budget)"},
     {"prefix-caching", XD_OPT_FLAG, SRV(prefix_caching), 0, 0, NULL,
@@ -147,6 +151,7 @@ void xd_server_config_sched_opts(const struct xd_server_config *cfg, struct xd_s
     so.max_running = cfg->max_running;
     so.max_resident = cfg->max_resident;
     so.max_step_tokens = cfg->max_step_tokens;
+    so.max_step_seconds = cfg->max_step_ms / 1000.0;
     so.prefill_chunk = cfg->prefill_chunk;
     so.max_waiting = cfg->max_waiting;
     so.prefix_caching = cfg->prefix_caching;

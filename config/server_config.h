@@ -44,6 +44,8 @@ struct xd_server_config {
                                       max_running: max_running. Above it, steps choose among
                                       more decoders than fit: grouping by expert has a choice */
     int max_step_tokens;           /* token budget of one step; 0: max-batch-tokens */
+    float max_step_ms;             /* > 0: steps sized so that their forward, predicted from
+                                      recent steps, takes at most this many milliseconds */
     int prefill_chunk;             /* prompt tokens of one sequence per step; 0: the budget */
     bool prefix_caching;
     bool group_by_expert;

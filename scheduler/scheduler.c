@@ -164,6 +164,11 @@ struct xd_sched {
     bool step_light_only;        /* this step runs only light clients (opts.light_steps) */
     double light_budget;         /* forward seconds light-only steps may still take before
                                     the next shared step: the last shared step's */
+    int step_tokens;             /* this step's token budget: max_step_tokens, or less under
+                                    max_step_seconds */
+    double cost_w, cost_n, cost_t, cost_nn, cost_nt; /* max_step_seconds' fit of forward
+                                    seconds t against step tokens n: decayed sums of 1, n, t,
+                                    n^2 and n t over the steps run */
 
     /* Under lock */
     pthread_mutex_t lock;
@@ -279,6 +284,9 @@ int xd_sched_create(const struct xd_step_engine *eng, const struct xd_tokenizer 
                           "not %d", eng->max_batch_tokens, o.max_step_tokens);
     if (o.max_step_tokens == 0)
         o.max_step_tokens = eng->max_batch_tokens;
+    if (!(o.max_step_seconds >= 0.0 && o.max_step_seconds <= 3600.0))
+        return xd_err_set(err, XD_ERR_INVALID, "max_step_seconds must be in 0..3600, not %g",
+                          o.max_step_seconds);
     if (o.prefill_chunk < 0)
         return xd_err_set(err, XD_ERR_INVALID, "prefill_chunk must be >= 0, not %d",
                           o.prefill_chunk);
@@ -1285,7 +1293,7 @@ static void build_step_rest(struct xd_sched *s, struct step_budget *bp)
  * over the whole budget). */
 static void build_step(struct xd_sched *s)
 {
-    struct step_budget b = {s->opts.max_step_tokens, s->opts.max_running};
+    struct step_budget b = {s->step_tokens, s->opts.max_running};
     s->n_step_seqs = 0;
     s->n_sc = 0;
     s->step_light_only = false;
@@ -1468,8 +1476,8 @@ static bool build_step_fair(struct xd_sched *s)
     for (int c = 0; c < n; c++)
         s->sc[c].slot_quota = s->fill_share[c];
     for (int c = 0; c < n; c++)
-        s->fill_demand[c] = imin(s->sc[c].token_demand, s->opts.max_step_tokens);
-    water_fill(s->fill_demand, n, s->opts.max_step_tokens, s->fill_share);
+        s->fill_demand[c] = imin(s->sc[c].token_demand, s->step_tokens);
+    water_fill(s->fill_demand, n, s->step_tokens, s->fill_share);
     for (int c = 0; c < n; c++)
         s->sc[c].token_quota = s->fill_share[c];
 
@@ -1501,7 +1509,7 @@ static bool build_step_fair(struct xd_sched *s)
     for (int i = 0; i < s->n_running; i++)
         s->by_client[s->fill_demand[s->running[i]->step_client]++] = s->running[i];
 
-    struct step_budget b = {s->opts.max_step_tokens, s->opts.max_running};
+    struct step_budget b = {s->step_tokens, s->opts.max_running};
     s->n_step_seqs = 0;
     for (int k = 0; k < n; k++) {
         const int c = (first + k) % n;
@@ -1623,6 +1631,51 @@ static void publish_stats(struct xd_sched *s)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* ---- max_step_seconds: a step's tokens from its predicted cost ---- */
+
+/* Each step's weight in the fit decays by this per step: about the last 30 steps count. */
+#define STEP_COST_DECAY 0.97
+
+/* Adds one step (n tokens, t forward seconds) to the fit of t = a + b n. */
+static void step_cost_observe(struct xd_sched *s, int n, double t)
+{
+    if (s->opts.max_step_seconds <= 0.0 || n <= 0)
+        return;
+    const double d = STEP_COST_DECAY;
+    s->cost_w = d * s->cost_w + 1.0;
+    s->cost_n = d * s->cost_n + n;
+    s->cost_t = d * s->cost_t + t;
+    s->cost_nn = d * s->cost_nn + (double)n * n;
+    s->cost_nt = d * s->cost_nt + (double)n * t;
+}
+
+/* The token budget of the next step: max_step_tokens, or under max_step_seconds the most
+ * tokens whose predicted forward fits it (at least 1). Before any step has run, and while all
+ * steps had one size (no slope to fit), the cost is taken as proportional to the tokens, which
+ * overstates a small step's share of a fixed cost and so errs on the short side; a negative
+ * fitted slope (noise) falls back to the same. */
+static int step_token_budget(const struct xd_sched *s)
+{
+    const int full = s->opts.max_step_tokens;
+    if (s->opts.max_step_seconds <= 0.0 || s->cost_w <= 0.0 || s->cost_n <= 0.0)
+        return full;
+    const double mn = s->cost_n / s->cost_w, mt = s->cost_t / s->cost_w;
+    const double var = s->cost_nn / s->cost_w - mn * mn;
+    double a = 0.0, b = mt / mn;
+    if (var > 0.25) { /* the sizes differ by more than rounding: a slope can be fitted */
+        const double slope = (s->cost_nt / s->cost_w - mn * mt) / var;
+        if (slope > 0.0) {
+            b = slope;
+            a = mt - slope * mn;
+            a = a > 0.0 ? a : 0.0;
+        }
+    }
+    const double fit = (s->opts.max_step_seconds - a) / b;
+    if (!(fit >= 1.0))
+        return 1;
+    return fit < (double)full ? (int)fit : full;
+}
+
 int xd_sched_step(struct xd_sched *s, struct xd_err *err)
 {
     double t0 = xd_now();
@@ -1633,6 +1686,7 @@ int xd_sched_step(struct xd_sched *s, struct xd_err *err)
         return xd_err_set(err, rc, "out of memory");
     }
     s->step_no++;
+    s->step_tokens = step_token_budget(s);
     pthread_mutex_lock(&s->lock); /* build_step counts preemptions and prefix hits */
     if (s->opts.fcfs_admission || !build_step_fair(s))
         build_step(s);
@@ -1666,6 +1720,8 @@ int xd_sched_step(struct xd_sched *s, struct xd_err *err)
         s->light_budget -= fwd_seconds;
     else
         s->light_budget = fwd_seconds;
+    if (rc >= 0)
+        step_cost_observe(s, n_step_tokens, fwd_seconds);
     if (rc >= 0 && s->on_step) {
         for (int i = 0; i < s->n_step_seqs; i++)
             s->step_ids[i] = s->step_seqs[i]->id;

@@ -36,6 +36,13 @@ void xd_step_engine_init(struct xd_step_engine *ret, struct xd_engine *engine);
 struct xd_sched_opts {
     int max_running;      /* most sequences in one step; 0: 256 */
     int max_step_tokens;  /* token budget of one step; 0: the engine's max_batch_tokens */
+    double max_step_seconds; /* > 0: a step's token budget is also capped so that its forward,
+                                predicted from the forward times of recent steps (a cost of
+                                a + b tokens fitted as they run), takes at most this long; at
+                                least one token a step. Bounds how long a request that arrives
+                                waits for the step in flight, at the price of smaller steps
+                                (on a CPU, where a step's cost grows with its tokens, little;
+                                where weights are read once a step, more). 0: off */
     int prefill_chunk;    /* most prompt tokens of one sequence in one step; 0: the budget */
     int max_waiting;      /* sequences (requests) queued and not yet running; a submission
                              that would take the queue past it fails with XD_ERR_CAPACITY

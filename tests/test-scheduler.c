@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine/engine.h"
 #include "engine/sampler.h"
@@ -35,6 +36,7 @@ struct fake {
     const int32_t *script; /* scripted mode: the token after position p is script[p - base] */
     int n_script, script_base;
     int fail_after;        /* fail the call after this many (0: never) */
+    int usec_per_token;    /* a forward sleeps this long per token (0: no cost) */
     int n_calls;
     int n_errors;
     char first_error[256];
@@ -94,6 +96,11 @@ static int fake_forward(void *ctx, const struct xd_batch *batch, struct xd_forwa
     }
     if (total > f->max_batch)
         return xd_err_set(err, XD_ERR_CAPACITY, "%d tokens over max_batch_tokens", total);
+    if (f->usec_per_token > 0) {
+        long ns = 1000L * f->usec_per_token * total;
+        struct timespec ts = {ns / 1000000000L, ns % 1000000000L};
+        nanosleep(&ts, NULL);
+    }
     /* two sequences of one step never write the same slot */
     for (int s = 0; s < batch->n_seqs; s++)
         for (int t = s + 1; t < batch->n_seqs; t++) {
@@ -1463,6 +1470,81 @@ out:
     fake_free(f);
 }
 
+/* max_step_seconds (serve's --max-step-ms): with a forward costing 1 ms a token, four requests of
+ * 48 prompt tokens would make a first step of 192 tokens; capped at 8 ms, every step after the
+ * fit's first two steps holds at most 8 tokens (a sleep that overruns only makes the fit
+ * dearer, so fewer), the prompts are prefilled in chunks, and every output is the reference.
+ * Without the cap the same requests run in a step of 192 tokens. */
+static void step_seconds_run(double max_step_seconds, int *ret_max_after, int *ret_first,
+                             int *ret_steps)
+{
+    struct fake *f = fake_new(256, 16, 50, 256);
+    f->usec_per_token = 1000;
+    struct xd_sched_opts o = xd_sched_defaults();
+    o.prefix_caching = false;
+    o.max_step_seconds = max_step_seconds;
+    static struct step_log log;
+    memset(&log, 0, sizeof log);
+    o.on_step = log_step;
+    o.on_step_ctx = &log;
+    struct xd_sched *s = sched_over(f, &o, NULL);
+    *ret_max_after = *ret_first = *ret_steps = -1;
+    if (!s)
+        goto out;
+    enum { R = 4, P = 48, T = 8 };
+    static int32_t p[R][P], wp[2] = {5, 6};
+    static struct rec recs[R], warm;
+    memset(recs, 0, sizeof recs);
+    memset(&warm, 0, sizeof warm);
+    struct xd_err err = {{0}};
+    /* one small request first: the fit learns from two steps of 2 and 1 tokens */
+    struct xd_request wreq = greedy_request(wp, 2, 2);
+    void *wctx[1] = {&warm};
+    CHECK(xd_sched_submit_group(s, &wreq, 1, 0x1, sink, wctx, NULL, &err) == XD_OK, "warm: %s",
+          err.msg);
+    run_to_idle(s, 100);
+    const int from = log.n;
+    for (int i = 0; i < R; i++) {
+        for (int j = 0; j < P; j++)
+            p[i][j] = 1 + (i * 7 + j * 3) % 49;
+        struct xd_request req = greedy_request(p[i], P, T);
+        void *ctx[1] = {&recs[i]};
+        CHECK(xd_sched_submit_group(s, &req, 1, 0x2 + (uint64_t)i, sink, ctx, NULL, &err) ==
+                  XD_OK, "request %d: %s", i, err.msg);
+    }
+    run_to_idle(s, 10000);
+    *ret_first = log.heavy_tokens[from];
+    *ret_max_after = 0;
+    for (int i = from; i < log.n; i++)
+        *ret_max_after = log.heavy_tokens[i] > *ret_max_after ? log.heavy_tokens[i]
+                                                              : *ret_max_after;
+    *ret_steps = log.n - from;
+    for (int i = 0; i < R; i++)
+        CHECK(same_as_ref(&recs[i], p[i], P, T, f->n_vocab), "request %d output", i);
+    CHECK(same_as_ref(&warm, wp, 2, 2, f->n_vocab), "warm-up output");
+    CHECK(f->n_errors == 0, "fake engine: %s", f->first_error);
+    check_all_free(s);
+    xd_sched_destroy(s);
+out:
+    fake_free(f);
+}
+
+static void test_max_step_seconds_caps_step_tokens(void)
+{
+    int max_after = 0, first = 0, steps = 0;
+    step_seconds_run(0.008, &max_after, &first, &steps);
+    printf("  capped at 8 ms: the largest step %d tokens, %d steps\n", max_after, steps);
+    CHECK(max_after >= 1 && max_after <= 8,
+          "with a forward of 1 ms a token and max_step_seconds 8 ms, a step of %d tokens",
+          max_after);
+    CHECK(steps >= 4 * 48 / 8, "%d steps: the 192 prompt tokens were not chunked to the cap",
+          steps);
+    step_seconds_run(0.0, &max_after, &first, &steps);
+    printf("  uncapped: the first step %d tokens, %d steps\n", first, steps);
+    CHECK(first == 4 * 48, "uncapped, the first step ran %d tokens, not all 192 prompt tokens",
+          first);
+}
+
 /* light_steps with the KV cache full of the heavy client's blocks: the light request cannot
  * be admitted, so its light-only step would run nothing; the step is shared instead (the heavy
  * sequences finish and free blocks) and everything completes, with reference outputs. */
@@ -2234,6 +2316,7 @@ int main(int argc, char **argv)
     RUN(test_fair_light_steps_of_its_own_bounded_by_shared_time);
     RUN(test_fair_light_steps_with_the_cache_full_still_progress);
     RUN(test_fair_steps_many_clients);
+    RUN(test_max_step_seconds_caps_step_tokens);
     RUN(test_group_all_or_none);
     RUN(test_threaded_concurrent_submitters);
     RUN(test_threaded_groups_all_or_none);
