@@ -17,9 +17,11 @@
 #   --model: an OLMoE checkpoint with its tokenizer.json (default models/demo-moe)
 #   --formats: expertd's --quantize values, "none" first (its full precision; default "none q8
 #     q4"; q4k and the like when expertd has them); also FORMATS in the environment
-#   --llama-types: llama-quantize types made from the full-precision GGUF (default "Q8_0 Q4_K_M");
-#     also BF16 (the --outtype bf16 conversion, not quantized: llama.cpp then rounds activations
-#     to bf16 in its matmuls)
+#   --llama-types: llama-quantize types made from the full-precision GGUF (default "Q8_0 Q4_K_M
+#     Q4_K_M:f32:q8_0"); TYPE:EMB:OUT adds llama-quantize's --token-embedding-type EMB and
+#     --output-tensor-type OUT (Q4_K_M:f32:q8_0 quantizes what expertd's q4 quantizes: the
+#     embedding kept, lm_head in q8); BF16 is the --outtype bf16 conversion, not quantized
+#     (llama.cpp then rounds activations to bf16 in its matmuls)
 #   --runs: the (ctx, text) pairs. Default for the demo model: 128 on
 #     tests/fixtures/demo-moe/heldout-16k.txt, and 512 on the first 32768 bytes of the demo
 #     corpus's heldout.txt (from --heldout FILE, else made by tools/demo_model/corpus.py under
@@ -41,7 +43,7 @@ ldir=${LLAMA_CPP_DIR:-/work/llama-cpp}
 bin=$ldir/build/bin
 py=${GOLDEN_VENV:-/work/golden-venv}/bin/python
 llama_args=${LLAMA_PPL_ARGS:--ctk f32 -ctv f32 -fa off}
-model=models/demo-moe formats=${FORMATS:-none q8 q4} ltypes="Q8_0 Q4_K_M" runs= heldout=
+model=models/demo-moe formats=${FORMATS:-none q8 q4} ltypes="Q8_0 Q4_K_M Q4_K_M:f32:q8_0" runs= heldout=
 outtype=f32 threads=1 name= out_md=
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -68,7 +70,7 @@ done
 [ -x build/daemon/expertd ] || die "build/daemon/expertd is missing: ninja -C build"
 [ -x "$py" ] || die "$py is missing: python3 -m venv /work/golden-venv && /work/golden-venv/bin/pip install -r tools/golden/requirements.txt"
 for f in config.json model.safetensors tokenizer.json; do
-  [ -f "$model/$f" ] || die "$model/$f is missing (the model needs its own tokenizer.json)"
+  [ -f "$model/$f" ] || die "$model/$f is missing$([ $f = tokenizer.json ] && echo ' (llama.cpp and this check need the model'"'"'s own tokenizer)')"
 done
 : "${name:=$(basename "$(cd "$model" && pwd)")}"
 out=$ldir/results/ppl-$name-$(date -u +%Y%m%dT%H%M%SZ)
