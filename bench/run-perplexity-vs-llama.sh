@@ -38,13 +38,12 @@
 # (after ninja -C build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$PWD
 ldir=${LLAMA_CPP_DIR:-/work/llama-cpp}
 bin=$ldir/build/bin
 py=${GOLDEN_VENV:-/work/golden-venv}/bin/python
 llama_args=${LLAMA_PPL_ARGS:--ctk f32 -ctv f32 -fa off}
-model=models/demo-moe formats=${FORMATS:-none q8 q4} ltypes="Q8_0 Q4_K_M Q4_K_M:f32:q8_0" runs= heldout=
-outtype=f32 threads=1 name= out_md=
+model=models/demo-moe formats=${FORMATS:-none q8 q4} ltypes="Q8_0 Q4_K_M Q4_K_M:f32:q8_0" runs='' heldout=''
+outtype=f32 threads=1 name='' out_md=''
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) model=$2; shift ;;
@@ -153,7 +152,7 @@ for t in $ltypes; do
   f=$ldir/models/$name-$lb.gguf
   case "$t" in
     BF16|F32)
-      lt=$(echo "$t" | tr 'A-Z' 'a-z')
+      lt=$(echo "$t" | tr '[:upper:]' '[:lower:]')
       if [ ! -f "$f" ] || [ "$f" -ot "$model/model.safetensors" ]; then
         PYTHONPATH=$ldir/src/gguf-py "$py" bench/hf_to_gguf_olmoe.py "$model" "$f.tmp" \
           --outtype "$lt" 2> "$out/convert-$lt.log"
