@@ -576,130 +576,167 @@ hsum4_vnni(__m512i v0, __m512i v1, __m512i v2, __m512i v3)
     return _mm512_add_epi32(_mm512_unpacklo_epi64(u01, u23), _mm512_unpackhi_epi64(u01, u23));
 }
 
-/* VNNI, q4_K: y[t][r0 + r] for tokens t0 .. t0 + nt - 1 and rows r0 .. r0 + nr - 1 (constants
- * once inlined). The sixteen (row, token) results of a super-block sit in lane 4r + t. */
+/* VNNI, q4_K: one super-block of up to four rows unpacked once for every token tile of a
+ * chunk: the weights of quarter q (weights 64q .. 64q + 63) as bytes, the scale vectors that
+ * vpdpwssd multiplies their pairs by (int16 lanes 0-15 sc[2q], 16-31 sc[2q + 1]), the minimums
+ * (lane 8r + j) and d, dmin of row r in lanes 4r .. 4r + 3. */
+struct prep_k {
+    __m512i wv[4][4], sv[4][4]; /* [row][quarter] */
+    __m512i mv;
+    __m512 dwv, dmv;
+};
+
 TGT_VNNI static inline __attribute__((always_inline)) void
-tile_vnni_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, int64_t t0,
-            int64_t r0, const int nt, const int nr)
+prep_vnni_k(const struct xd_block_q4_k *const *wrow, int64_t k, const int nr, size_t row_bytes,
+            int decode, struct prep_k *p)
+{
+    _Alignas(64) int16_t sc[4][8], mn[4][8];
+    memset(sc, 0, sizeof sc);
+    memset(mn, 0, sizeof mn);
+    if (decode) {
+        /* the rows one tile on, as tile_vnni (a hint; it changes no result) */
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            const char *pf = (const char *)(wrow[r] + k) + QPREFETCH_ROWS * row_bytes;
+            _mm_prefetch(pf, _MM_HINT_T0);
+            _mm_prefetch(pf + 64, _MM_HINT_T0);
+            _mm_prefetch(pf + 128, _MM_HINT_T0);
+        }
+    }
+    const __m512i nib = _mm512_set1_epi8(15);
+    uint16_t hd[8] = {0};
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++) {
+        const struct xd_block_q4_k *blk = wrow[r] + k;
+        scales_k_vnni(blk, sc[r], mn[r]);
+        hd[r] = blk->d;
+        hd[4 + r] = blk->dmin;
+        const __m512i scb = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)sc[r]));
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++) {
+            const __m512i v = _mm512_loadu_si512((const void *)(blk->qs + 64 * (q / 2)));
+            p->wv[r][q] = _mm512_and_si512(q % 2 ? _mm512_srli_epi16(v, 4) : v, nib);
+            const int lo = 4 * q | (4 * q + 1) << 8, hi = (4 * q + 2) | (4 * q + 3) << 8;
+            const __m512i pat =
+                _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(lo | lo << 16)),
+                                   _mm256_set1_epi32(hi | hi << 16), 1);
+            p->sv[r][q] = _mm512_shuffle_epi8(scb, pat);
+        }
+    }
+    p->mv = _mm512_load_si512((const void *)mn);
+    const __m512i row_idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const __m256 dd = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)hd));
+    p->dwv = _mm512_permutexvar_ps(row_idx, _mm512_castps256_ps512(dd));
+    p->dmv = _mm512_permutexvar_ps(_mm512_add_epi32(row_idx, _mm512_set1_epi32(4)),
+                                   _mm512_castps256_ps512(dd));
+}
+
+/* Super-block k of tokens t0 .. t0 + nt - 1 against the prepared rows (constants once
+ * inlined): the sixteen (row, token) results of the header's order in lane 4r + t of *A, *M. */
+TGT_VNNI static inline __attribute__((always_inline)) void
+step_vnni_k(const struct prep_k *p, const struct xd_cpu_qacts *a, int64_t t0, int64_t k,
+            const int nt, const int nr, __m512 *A, __m512 *M)
 {
     const int64_t nb = a->nb, cols = nb * XD_QBLOCK;
+    __m512i acc[4][NT];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++)
+            acc[r][t] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; q++) {
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const __m512i xv = _mm512_loadu_si512(
+                (const void *)(a->q + (t0 + t) * cols + k * XD_QK + 64 * q));
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++)
+                acc[r][t] = _mm512_dpwssd_epi32(
+                    acc[r][t], _mm512_maddubs_epi16(p->wv[r][q], xv), p->sv[r][q]);
+        }
+    }
+    /* sumi of (r, t) into lane 4r + t: each row's four tokens summed within 128-bit lanes,
+     * then the four 128-bit lanes of each row added (a 4 x 4 transpose of lanes) */
+    const __m512i w0 = hsum4_vnni(acc[0][0], acc[0][1], acc[0][2], acc[0][3]);
+    const __m512i w1 = hsum4_vnni(acc[1][0], acc[1][1], acc[1][2], acc[1][3]);
+    const __m512i w2 = hsum4_vnni(acc[2][0], acc[2][1], acc[2][2], acc[2][3]);
+    const __m512i w3 = hsum4_vnni(acc[3][0], acc[3][1], acc[3][2], acc[3][3]);
+    const __m512i s01 = _mm512_add_epi32(_mm512_shuffle_i32x4(w0, w1, _MM_SHUFFLE(1, 0, 1, 0)),
+                                         _mm512_shuffle_i32x4(w0, w1, _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m512i s23 = _mm512_add_epi32(_mm512_shuffle_i32x4(w2, w3, _MM_SHUFFLE(1, 0, 1, 0)),
+                                         _mm512_shuffle_i32x4(w2, w3, _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m512i sumi = _mm512_add_epi32(_mm512_shuffle_i32x4(s01, s23, _MM_SHUFFLE(2, 0, 2, 0)),
+                                          _mm512_shuffle_i32x4(s01, s23, _MM_SHUFFLE(3, 1, 3, 1)));
+    /* summ: the rows' minimums (lane 8r + j) against each token's eight sums, pairs in lane
+     * 4r + p, then summed within 128-bit lanes into lane 4r + t */
+    __m512i mp[NT];
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++)
+        mp[t] = t < nt ? _mm512_madd_epi16(p->mv, _mm512_broadcast_i32x4(_mm_loadu_si128(
+                                                      (const __m128i *)(a->bs + (t0 + t) * nb +
+                                                                        8 * k))))
+                       : _mm512_setzero_si512();
+    const __m512i summ = hsum4_vnni(mp[0], mp[1], mp[2], mp[3]);
+    /* the float steps: lane 4r + t gets d_r * dx_t and dmin_r * dx_t */
+    const float *dx = a->d + k * a->ld_s + t0;
+    __m128 dx4;
+    if (nt == 4) {
+        dx4 = _mm_loadu_ps(dx);
+    } else {
+        float v[4] = {0};
+        for (int t = 0; t < nt; t++)
+            v[t] = dx[t];
+        dx4 = _mm_loadu_ps(v);
+    }
+    const __m512 dxv = _mm512_broadcast_f32x4(dx4);
+    *A = _mm512_fmadd_ps(_mm512_mul_ps(p->dwv, dxv), _mm512_cvtepi32_ps(sumi), *A);
+    *M = _mm512_fmadd_ps(_mm512_mul_ps(p->dmv, dxv), _mm512_cvtepi32_ps(summ), *M);
+}
+
+/* Tokens per chunk of the VNNI q4_K rows: each super-block of a row group is unpacked once for
+ * all of them (their accumulators, 2 x 64 bytes a 4-token tile, stay in L1). */
+#define KCHUNK_TILES 16
+
+/* VNNI, q4_K: rows r0 .. r0 + nr - 1 (nr 4 or 1) for every token of a, a chunk of tokens at a
+ * time: per super-block the rows are prepared once, then each token tile takes its step. */
+TGT_VNNI static inline __attribute__((always_inline)) void
+rowgroup_vnni_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, int64_t r0,
+                const int nr)
+{
+    const int64_t nb = a->nb;
     const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
     const struct xd_block_q4_k *wrow[4];
 #pragma GCC unroll 4
     for (int r = 0; r < nr; r++)
         wrow[r] = (const struct xd_block_q4_k *)((const char *)w->data + (size_t)(r0 + r) * row_bytes);
-    _Alignas(64) int16_t sc[4][8], mn[4][8];
-    memset(sc, 0, sizeof sc);
-    memset(mn, 0, sizeof mn);
-    /* pshufb of a broadcast sc row: int16 lanes 0-15 = sc[2q], 16-31 = sc[2q + 1] */
-    __m512i pat[4];
-#pragma GCC unroll 4
-    for (int q = 0; q < 4; q++) {
-        const int lo = 4 * q | (4 * q + 1) << 8, hi = (4 * q + 2) | (4 * q + 3) << 8;
-        pat[q] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(lo | lo << 16)),
-                                    _mm256_set1_epi32(hi | hi << 16), 1);
+    struct prep_k p;
+    for (int64_t c0 = 0; c0 < a->n; c0 += KCHUNK_TILES * NT) {
+        const int64_t c1 = c0 + KCHUNK_TILES * NT < a->n ? c0 + KCHUNK_TILES * NT : a->n;
+        const int n_full = (int)((c1 - c0) / NT), rest = (int)((c1 - c0) % NT);
+        __m512 A[KCHUNK_TILES], M[KCHUNK_TILES];
+        for (int i = 0; i <= n_full && i < KCHUNK_TILES; i++)
+            A[i] = M[i] = _mm512_setzero_ps();
+        for (int64_t k = 0; k < nb / 8; k++) {
+            prep_vnni_k(wrow, k, nr, row_bytes, a->n <= 2, &p);
+            for (int i = 0; i < n_full; i++)
+                step_vnni_k(&p, a, c0 + NT * i, k, NT, nr, &A[i], &M[i]);
+            switch (rest) {
+            case 3: step_vnni_k(&p, a, c0 + NT * n_full, k, 3, nr, &A[n_full], &M[n_full]); break;
+            case 2: step_vnni_k(&p, a, c0 + NT * n_full, k, 2, nr, &A[n_full], &M[n_full]); break;
+            case 1: step_vnni_k(&p, a, c0 + NT * n_full, k, 1, nr, &A[n_full], &M[n_full]); break;
+            default: break;
+            }
+        }
+        for (int i = 0; i * NT < c1 - c0; i++) {
+            _Alignas(64) float res[16];
+            _mm512_store_ps(res, _mm512_sub_ps(A[i], M[i]));
+            const int nt = c1 - c0 - NT * i < NT ? (int)(c1 - c0 - NT * i) : NT;
+            for (int r = 0; r < nr; r++)
+                for (int t = 0; t < nt; t++)
+                    y[(c0 + NT * i + t) * w->rows + r0 + r] = res[4 * r + t];
+        }
     }
-    const __m512i nib = _mm512_set1_epi8(15);
-    const __m512i row_idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    __m512 A = _mm512_setzero_ps(), M = _mm512_setzero_ps();
-    for (int64_t k = 0; k < nb / 8; k++) {
-        if (nt <= 2) {
-            /* decode: the rows one tile on, as tile_vnni (a hint; it changes no result) */
-#pragma GCC unroll 4
-            for (int r = 0; r < nr; r++) {
-                const char *p = (const char *)(wrow[r] + k) + QPREFETCH_ROWS * row_bytes;
-                _mm_prefetch(p, _MM_HINT_T0);
-                _mm_prefetch(p + 64, _MM_HINT_T0);
-                _mm_prefetch(p + 128, _MM_HINT_T0);
-            }
-        }
-#pragma GCC unroll 4
-        for (int r = 0; r < nr; r++)
-            scales_k_vnni(wrow[r] + k, sc[r], mn[r]);
-        __m512i acc[4][NT];
-#pragma GCC unroll 4
-        for (int r = 0; r < 4; r++)
-#pragma GCC unroll 4
-            for (int t = 0; t < NT; t++)
-                acc[r][t] = _mm512_setzero_si512();
-        /* quarter q: weights 64q .. 64q + 63 (sub-blocks 2q, 2q + 1), the low nibbles of half
-         * q / 2 for even q, the high ones for odd */
-#pragma GCC unroll 4
-        for (int q = 0; q < 4; q++) {
-            __m512i wv[4], sv[4];
-#pragma GCC unroll 4
-            for (int r = 0; r < nr; r++) {
-                const __m512i v = _mm512_loadu_si512((const void *)(wrow[r][k].qs + 64 * (q / 2)));
-                wv[r] = _mm512_and_si512(q % 2 ? _mm512_srli_epi16(v, 4) : v, nib);
-                sv[r] = _mm512_shuffle_epi8(
-                    _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)sc[r])), pat[q]);
-            }
-#pragma GCC unroll 4
-            for (int t = 0; t < nt; t++) {
-                const __m512i xv = _mm512_loadu_si512(
-                    (const void *)(a->q + (t0 + t) * cols + k * XD_QK + 64 * q));
-#pragma GCC unroll 4
-                for (int r = 0; r < nr; r++)
-                    acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], _mm512_maddubs_epi16(wv[r], xv),
-                                                    sv[r]);
-            }
-        }
-        /* sumi of (r, t) into lane 4r + t: each row's four tokens summed within 128-bit lanes,
-         * then the four 128-bit lanes of each row added (a 4 x 4 transpose of lanes) */
-        const __m512i w0 = hsum4_vnni(acc[0][0], acc[0][1], acc[0][2], acc[0][3]);
-        const __m512i w1 = hsum4_vnni(acc[1][0], acc[1][1], acc[1][2], acc[1][3]);
-        const __m512i w2 = hsum4_vnni(acc[2][0], acc[2][1], acc[2][2], acc[2][3]);
-        const __m512i w3 = hsum4_vnni(acc[3][0], acc[3][1], acc[3][2], acc[3][3]);
-        const __m512i s01 = _mm512_add_epi32(_mm512_shuffle_i32x4(w0, w1, _MM_SHUFFLE(1, 0, 1, 0)),
-                                             _mm512_shuffle_i32x4(w0, w1, _MM_SHUFFLE(3, 2, 3, 2)));
-        const __m512i s23 = _mm512_add_epi32(_mm512_shuffle_i32x4(w2, w3, _MM_SHUFFLE(1, 0, 1, 0)),
-                                             _mm512_shuffle_i32x4(w2, w3, _MM_SHUFFLE(3, 2, 3, 2)));
-        const __m512i sumi =
-            _mm512_add_epi32(_mm512_shuffle_i32x4(s01, s23, _MM_SHUFFLE(2, 0, 2, 0)),
-                             _mm512_shuffle_i32x4(s01, s23, _MM_SHUFFLE(3, 1, 3, 1)));
-        /* summ: the rows' minimums (lane 8r + j) against each token's eight sums, pairs in
-         * lane 4r + p, then summed within 128-bit lanes into lane 4r + t */
-        const __m512i mv = _mm512_load_si512((const void *)mn);
-        __m512i mp[NT];
-#pragma GCC unroll 4
-        for (int t = 0; t < NT; t++)
-            mp[t] = t < nt ? _mm512_madd_epi16(
-                                 mv, _mm512_broadcast_i32x4(_mm_loadu_si128(
-                                         (const __m128i *)(a->bs + (t0 + t) * nb + 8 * k))))
-                           : _mm512_setzero_si512();
-        const __m512i summ = hsum4_vnni(mp[0], mp[1], mp[2], mp[3]);
-        /* the float steps: lane 4r + t gets d_r * dx_t and dmin_r * dx_t */
-        const float *dx = a->d + k * a->ld_s + t0;
-        __m128 dx4;
-        if (nt == 4) {
-            dx4 = _mm_loadu_ps(dx);
-        } else {
-            float v[4] = {0};
-            for (int t = 0; t < nt; t++)
-                v[t] = dx[t];
-            dx4 = _mm_loadu_ps(v);
-        }
-        uint16_t hd[8] = {0};
-#pragma GCC unroll 4
-        for (int r = 0; r < nr; r++) {
-            hd[r] = wrow[r][k].d;
-            hd[4 + r] = wrow[r][k].dmin;
-        }
-        const __m256 dd = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)hd));
-        const __m512 dxv = _mm512_broadcast_f32x4(dx4);
-        const __m512 dwv = _mm512_permutexvar_ps(row_idx, _mm512_castps256_ps512(dd));
-        const __m512 dmv = _mm512_permutexvar_ps(
-            _mm512_add_epi32(row_idx, _mm512_set1_epi32(4)), _mm512_castps256_ps512(dd));
-        A = _mm512_fmadd_ps(_mm512_mul_ps(dwv, dxv), _mm512_cvtepi32_ps(sumi), A);
-        M = _mm512_fmadd_ps(_mm512_mul_ps(dmv, dxv), _mm512_cvtepi32_ps(summ), M);
-    }
-    _Alignas(64) float res[16];
-    _mm512_store_ps(res, _mm512_sub_ps(A, M));
-#pragma GCC unroll 4
-    for (int r = 0; r < nr; r++)
-#pragma GCC unroll 4
-        for (int t = 0; t < nt; t++)
-            y[(t0 + t) * w->rows + r0 + r] = res[4 * r + t];
 }
 
 /* AVX2, q4_K: one row against tokens t0 .. t0 + nt - 1; lane t of the four-lane sums. */
@@ -784,24 +821,10 @@ TGT_VNNI static void rows_vnni_k(const struct xd_cpu_qacts *a, const struct xd_m
                                  int64_t r0, int64_t r1)
 {
     int64_t r = r0;
-    for (; r + 4 <= r1; r += 4) {
-        int64_t t = 0;
-        for (; t + NT <= a->n; t += NT)
-            tile_vnni_k(a, w, y, t, r, NT, 4);
-        switch (a->n - t) {
-        case 3: tile_vnni_k(a, w, y, t, r, 3, 4); break;
-        case 2: tile_vnni_k(a, w, y, t, r, 2, 4); break;
-        case 1: tile_vnni_k(a, w, y, t, r, 1, 4); break;
-        default: break;
-        }
-    }
-    for (; r < r1; r++) {
-        int64_t t = 0;
-        for (; t + NT <= a->n; t += NT)
-            tile_vnni_k(a, w, y, t, r, NT, 1);
-        for (; t < a->n; t++)
-            tile_vnni_k(a, w, y, t, r, 1, 1);
-    }
+    for (; r + 4 <= r1; r += 4)
+        rowgroup_vnni_k(a, w, y, r, 4);
+    for (; r < r1; r++)
+        rowgroup_vnni_k(a, w, y, r, 1);
 }
 
 TGT_AVX2 static void rows_avx2_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,

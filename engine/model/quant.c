@@ -48,6 +48,14 @@ void xd_quant_row_q4_1(const float *x, struct xd_block_q4_1 *y, int64_t k)
 /* Candidate scales the sub-block fit tries: range / (14 + 0.1 k) for k = 0 .. FIT_STEPS. */
 #define FIT_STEPS 20
 
+/* round(v) for v >= 0 (as q4_1's quantizer rounds: truncation of v + 0.5), clamped to 0..15;
+ * negative v gives 0. */
+static inline int nibble(float v)
+{
+    const int q = v > 0.0f ? (int)(v + 0.5f) : 0;
+    return q > 15 ? 15 : q;
+}
+
 /* Fits x (32,) ~ s * q - m, q in 0..15, s >= 0, m >= 0, minimizing sum wt * err^2 over the
  * candidates: each candidate's q from its inverse scale, then (s, m) solved by weighted least
  * squares for those q (m clamped to >= 0, s refitted then). Writes *ret_s and *ret_m. */
@@ -66,25 +74,27 @@ static void fit_sub_block(const float *x, const float *wt, float *ret_s, float *
         *ret_m = -lo;
         return;
     }
+    float xs[XD_QBLOCK]; /* x - lo >= 0 */
+    for (int i = 0; i < XD_QBLOCK; i++)
+        xs[i] = x[i] - lo;
+    const float range = hi - lo;
     /* the plain range fit first, then the candidates that beat it */
-    float best_s = (hi - lo) / 15.0f, best_b = lo, best_err = 0.0f;
+    float best_s = range / 15.0f, best_b = lo, best_err = 0.0f;
+    const float inv = 15.0f / range;
     for (int i = 0; i < XD_QBLOCK; i++) {
-        int q = (int)roundf((x[i] - lo) / best_s);
-        q = q < 0 ? 0 : q > 15 ? 15 : q;
-        const float e = best_s * (float)q + lo - x[i];
+        const float e = best_s * (float)nibble(xs[i] * inv) + lo - x[i];
         best_err += wt[i] * e * e;
     }
     for (int k = 0; k <= FIT_STEPS; k++) {
-        const float iscale = (14.0f + 0.1f * (float)k) / (hi - lo);
-        uint8_t q[XD_QBLOCK];
+        const float iscale = (14.0f + 0.1f * (float)k) / range;
+        float q[XD_QBLOCK];
         float swq = 0.0f, swq2 = 0.0f, swqx = 0.0f;
         for (int i = 0; i < XD_QBLOCK; i++) {
-            int v = (int)roundf(iscale * (x[i] - lo));
-            v = v < 0 ? 0 : v > 15 ? 15 : v;
-            q[i] = (uint8_t)v;
-            swq += wt[i] * (float)v;
-            swq2 += wt[i] * (float)(v * v);
-            swqx += wt[i] * (float)v * x[i];
+            q[i] = (float)nibble(iscale * xs[i]);
+            const float wq = wt[i] * q[i];
+            swq += wq;
+            swq2 += wq * q[i];
+            swqx += wq * x[i];
         }
         /* the normal equations of min sum wt (s q + b - x)^2 */
         const float det = sw * swq2 - swq * swq;
@@ -98,7 +108,7 @@ static void fit_sub_block(const float *x, const float *wt, float *ret_s, float *
         }
         float err = 0.0f;
         for (int i = 0; i < XD_QBLOCK; i++) {
-            const float e = sc * (float)q[i] + b - x[i];
+            const float e = sc * q[i] + b - x[i];
             err += wt[i] * e * e;
         }
         if (err < best_err) {
@@ -133,8 +143,8 @@ void xd_quant_row_q4_k(const float *x, struct xd_block_q4_k *y, int64_t k)
         int sc[8], mn[8];
         uint32_t h = 0;
         for (int j = 0; j < 8; j++) {
-            sc[j] = (int)roundf(s[j] * is);
-            mn[j] = (int)roundf(m[j] * im);
+            sc[j] = (int)(s[j] * is + 0.5f);
+            mn[j] = (int)(m[j] * im + 0.5f);
             sc[j] = sc[j] > 63 ? 63 : sc[j];
             mn[j] = mn[j] > 63 ? 63 : mn[j];
             blk->scales[j] = (uint8_t)((sc[j] & 15) | (mn[j] & 15) << 4);
@@ -149,10 +159,10 @@ void xd_quant_row_q4_k(const float *x, struct xd_block_q4_k *y, int64_t k)
         memset(blk->qs, 0, sizeof blk->qs);
         for (int j = 0; j < 8; j++) {
             const float ds = d * (float)sc[j], dm = dmin * (float)mn[j];
+            const float ids = ds > 0.0f ? 1.0f / ds : 0.0f;
             for (int i = 0; i < 32; i++) {
                 const int e = 32 * j + i;
-                int q = ds > 0.0f ? (int)roundf((xb[e] + dm) / ds) : 0;
-                q = q < 0 ? 0 : q > 15 ? 15 : q;
+                const int q = nibble((xb[e] + dm) * ids);
                 blk->qs[64 * (e / 128) + e % 64] |= (uint8_t)(e % 128 < 64 ? q : q << 4);
             }
         }
@@ -204,14 +214,8 @@ void xd_quant_matrix(const struct xd_matrix *src, enum xd_dtype fmt, void *dst,
     for (int64_t r = 0; r < src->rows; r++) {
         const char *in = (const char *)src->data + (size_t)r * in_row;
         char *out = (char *)dst + (size_t)r * out_row;
-        if (fmt == XD_DTYPE_Q4_K) {
-            for (int64_t b = 0; b < cols / XD_QK; b++) {
-                float xb[XD_QK];
-                xd_dtype_to_f32(src->dtype, in + (size_t)b * XD_QK * esize, xb, XD_QK);
-                xd_quant_row_q4_k(xb, (struct xd_block_q4_k *)out + b, XD_QK);
-            }
-            continue;
-        }
+        if (fmt == XD_DTYPE_Q4_K)
+            continue; /* below, in parallel */
         for (int64_t b = 0; b < cols / XD_QBLOCK; b++) {
             float xb[XD_QBLOCK];
             xd_dtype_to_f32(src->dtype, in + (size_t)b * XD_QBLOCK * esize, xb, XD_QBLOCK);
@@ -219,6 +223,20 @@ void xd_quant_matrix(const struct xd_matrix *src, enum xd_dtype fmt, void *dst,
                 xd_quant_row_q8_0(xb, (struct xd_block_q8_0 *)out + b, XD_QBLOCK);
             else
                 xd_quant_row_q4_1(xb, (struct xd_block_q4_1 *)out + b, XD_QBLOCK);
+        }
+    }
+    if (fmt == XD_DTYPE_Q4_K) {
+        /* q4_K's fit is some thirty times q4_1's work: its rows over the threads (each row
+         * alone, so the same bytes at any thread count) */
+#pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < src->rows; r++) {
+            const char *in = (const char *)src->data + (size_t)r * in_row;
+            char *out = (char *)dst + (size_t)r * out_row;
+            for (int64_t b = 0; b < cols / XD_QK; b++) {
+                float xb[XD_QK];
+                xd_dtype_to_f32(src->dtype, in + (size_t)b * XD_QK * esize, xb, XD_QK);
+                xd_quant_row_q4_k(xb, (struct xd_block_q4_k *)out + b, XD_QK);
+            }
         }
     }
     ret->dtype = fmt;
