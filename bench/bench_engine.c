@@ -40,7 +40,7 @@ static const struct xd_opt bench_table[] = {
     {"max-batch", XD_OPT_INT, B(max_batch), 1, 64, NULL,
      "largest of the batches 1, 8, 64 to run (8)"},
     {"quantize", XD_OPT_STRING, B(quantize), 0, 0, NULL,
-     "serve the weights as q8 or q4 (default none: as stored)"},
+     "serve the weights as q8, q4 or q4k (default none: as stored)"},
     {"quantize-experts-only", XD_OPT_FLAG, B(experts_only), 0, 0, NULL,
      "with --quantize: the experts only"},
 };

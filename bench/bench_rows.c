@@ -1,21 +1,30 @@
-/* bench-rows: one thread's best time for xd_cpu_matmul over a large q8, q4 or MXFP4 matrix at a
- * few tokens (the decode case of the MoE items' kernels), so two builds can be compared on the
- * kernel alone: the source uses only the whole-matrix API, which main has too.
- * Usage: OMP_NUM_THREADS=1 bench-rows q8|q4|mxfp4 TOKENS [ROWS (65536)] [REPEATS (10)] */
+/* bench-rows: one thread's best time (wall and process CPU) for xd_cpu_matmul over a large q8,
+ * q4, q4k or MXFP4 matrix at a few tokens (the decode case of the MoE items' kernels; more tokens
+ * with fewer ROWS for prefill), so two builds or two formats can be compared on the kernel alone:
+ * the source uses only the whole-matrix API, which main has too.
+ * Usage: OMP_NUM_THREADS=1 bench-rows q8|q4|q4k|mxfp4 TOKENS [ROWS (65536)] [REPEATS (10)] */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine/base/clock.h"
 #include "engine/cpu/cpu_kernels.h"
 #include "engine/model/mxfp4.h"
 #include "engine/model/quant.h"
 
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: bench-rows q8|q4|mxfp4 TOKENS [ROWS] [REPEATS]\n");
+        fprintf(stderr, "usage: bench-rows q8|q4|q4k|mxfp4 TOKENS [ROWS] [REPEATS]\n");
         return 2;
     }
     const char *fmt = argv[1];
@@ -40,8 +49,10 @@ int main(int argc, char **argv)
         }
         w = (struct xd_matrix){.dtype = XD_DTYPE_MXFP4, .rows = rows, .cols = cols, .data = wb};
         wq = wb;
-    } else if (strcmp(fmt, "q8") == 0 || strcmp(fmt, "q4") == 0) {
-        const enum xd_dtype dt = fmt[1] == '8' ? XD_DTYPE_Q8_0 : XD_DTYPE_Q4_1;
+    } else if (strcmp(fmt, "q8") == 0 || strcmp(fmt, "q4") == 0 || strcmp(fmt, "q4k") == 0) {
+        const enum xd_dtype dt = fmt[1] == '8' ? XD_DTYPE_Q8_0
+                                 : fmt[2] == 'k' ? XD_DTYPE_Q4_K
+                                                 : XD_DTYPE_Q4_1;
         float *wf = malloc(sizeof(float) * (size_t)(rows * cols));
         wq = malloc((size_t)rows * xd_dtype_row_bytes(dt, cols));
         if (!wf || !wq)
@@ -52,7 +63,7 @@ int main(int argc, char **argv)
         xd_quant_matrix(&src, dt, wq, &w);
         free(wf);
     } else {
-        fprintf(stderr, "bench-rows: unknown format '%s' (q8, q4 or mxfp4)\n", fmt);
+        fprintf(stderr, "bench-rows: unknown format '%s' (q8, q4, q4k or mxfp4)\n", fmt);
         return 2;
     }
     float *x = malloc(sizeof(float) * (size_t)n * cols);
@@ -61,18 +72,19 @@ int main(int argc, char **argv)
         return 1;
     for (int64_t i = 0; i < n * cols; i++)
         x[i] = (float)(i % 77) / 40.0f - 1.0f;
-    double best = 1e30;
+    double best = 1e30, best_cpu = 1e30;
     for (int r = 0; r < repeats; r++) {
-        const double t0 = xd_now();
+        const double t0 = xd_now(), c0 = cpu_now();
         xd_cpu_matmul(x, n, &w, y);
-        const double t = xd_now() - t0;
+        const double t = xd_now() - t0, c = cpu_now() - c0;
         best = t < best ? t : best;
+        best_cpu = c < best_cpu ? c : best_cpu;
     }
     const double bytes = (double)rows * (double)xd_dtype_row_bytes(w.dtype, cols);
     printf("{\"format\": \"%s\", \"tokens\": %d, \"rows\": %lld, \"cols\": %lld, \"best_ms\": %.3f, "
-           "\"weight_gbps\": %.2f, \"path\": \"%s\"}\n",
-           fmt, n, (long long)rows, (long long)cols, best * 1e3, bytes / best / 1e9,
-           xd_cpu_kernel_path());
+           "\"best_cpu_ms\": %.3f, \"weight_gbps\": %.2f, \"path\": \"%s\"}\n",
+           fmt, n, (long long)rows, (long long)cols, best * 1e3, best_cpu * 1e3,
+           bytes / best / 1e9, xd_cpu_kernel_path());
     free(wq);
     free(x);
     free(y);

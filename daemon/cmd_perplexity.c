@@ -203,11 +203,16 @@ int xd_cmd_perplexity(int argc, char **argv)
     for (int i = 0; i < n_blocks; i++)
         blocks[i] = i;
     const int first = o.ctx / 2, per_window = o.ctx - 1 - first;
+    char note[96] = "";
+    if (model->quant_n_fallback > 0)
+        snprintf(note, sizeof note, " (%d matrices q4_1: columns not a multiple of 256)",
+                 model->quant_n_fallback);
     if (!o.json)
-        fprintf(stderr, "perplexity: %d tokens, %d windows of %d, %d scored each%s; weights %s\n",
+        fprintf(stderr, "perplexity: %d tokens, %d windows of %d, %d scored each%s; weights %s%s\n",
                 n_ids, n_windows, o.ctx, per_window, bos >= 0 ? ", BOS first" : "",
                 xd_dtype_is_quant(model->quant) ? xd_dtype_name(model->quant)
-                                                : xd_dtype_name(model->embed.dtype));
+                                                : xd_dtype_name(model->embed.dtype),
+                note);
     double nll = 0.0, nll2 = 0.0;
     const double t0 = xd_now();
     for (int w = 0; w < n_windows; w++) {

@@ -252,7 +252,8 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     if (xd_dtype_is_quant(L->model->quant))
         xd_log(s, XD_LOG_INFO,
                "weights served as %s%s: %.1f MiB %s in %.1f s, %d matrices kept as stored "
-               "(columns not a multiple of 32); one expert %.2f MiB",
+               "(columns not a multiple of 32), %d made q4_1 (q4k: columns not a multiple of "
+               "256); one expert %.2f MiB",
                xd_dtype_name(L->model->quant),
                L->model->quant_experts_only ? " (experts only)" : "",
                (double)L->model->quant_bytes / 1048576.0,
@@ -260,7 +261,7 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
                : L->model->pack_use == XD_PACK_WRITTEN ? "quantized and packed"
                                                        : "quantized",
                t_quant + (xd_now() - t_engine), L->model->quant_n_kept,
-               (double)xd_model_expert_bytes(L->model) / 1048576.0);
+               L->model->quant_n_fallback, (double)xd_model_expert_bytes(L->model) / 1048576.0);
     if (c->record_routing) {
         struct xd_trace_header th =
             xd_trace_header_for(L->model, xd_engine_opts(L->engine)->predict_width);

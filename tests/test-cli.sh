@@ -82,6 +82,9 @@ expect unknown_option 2 "--frobnicate" -- "$expertd" generate --model "$olmoe" -
 expect temperature_out_of_range 2 "--temperature" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --temperature -1
 expect quantize_q8_generates 0 "," -- "$expertd" generate --model "$olmoe" --prompt-ids 1,2 --max-tokens 3 --ignore-eos --quantize q8
 expect quantize_q4_env_generates 0 "," -- env EXPERTD_QUANTIZE=q4 EXPERTD_QUANTIZE_EXPERTS_ONLY=1 "$expertd" generate --model "$olmoe" --prompt-ids 1,2 --max-tokens 3 --ignore-eos
+# q4k: the fixture's 64 columns fall back to q4_1 (said on stderr); by option and by environment
+expect quantize_q4k_generates 0 "," -- "$expertd" generate --model "$olmoe" --prompt-ids 1,2 --max-tokens 3 --ignore-eos --quantize q4k
+expect quantize_q4k_env_generates 0 "," -- env EXPERTD_QUANTIZE=q4k "$expertd" generate --model "$olmoe" --prompt-ids 1,2 --max-tokens 3 --ignore-eos
 # The expert pack (the suite runs with EXPERTD_PACK=off): written by the first --quantize run
 # beside a writable checkpoint, mapped by the second with the same tokens; --pack off leaves none.
 "$synth" --out "$tmp/packed" --vocab 300 --layers 2 >/dev/null
@@ -93,8 +96,9 @@ else fail pack_written_then_mapped "$a / $b: $(cat "$tmp/pack1" "$tmp/pack2" | h
 "$expertd" generate --model "$tmp/packed" --prompt-ids 1 --max-tokens 1 --quantize q8 --pack off >/dev/null 2>&1
 if [ ! -e "$tmp/packed/expertd-q8.pack" ]; then ok pack_off_writes_none; else fail pack_off_writes_none "a q8 pack was written"; fi
 expect pack_unknown_mode 2 "'--pack': 'maybe' is not auto or off" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --quantize q8 --pack maybe
-expect quantize_unknown_format 2 "'q5' is not q8, q4 or none" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --quantize q5
+expect quantize_unknown_format 2 "'q5' is not q8, q4, q4k or none" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --quantize q5
 expect quantize_refused_on_cuda 2 "no q8/q4 kernels yet" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --quantize q8 --device cuda
+expect quantize_q4k_refused_on_cuda 2 "'--quantize q4k' with '--device cuda'" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --quantize q4k --device cuda
 expect context_exceeded 2 "max_position_embeddings" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --max-tokens 300
 if ! "$expertd" version | grep -q '^gpus: [0-9]'; then
   expect cuda_without_gpu 1 "device cuda" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --device cuda

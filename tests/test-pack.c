@@ -15,6 +15,7 @@
 #include "tests/test.h"
 
 static const char *fixtures;
+static const char *synth_q4k; /* argv[2]: a model of whole q4_K super-blocks (hidden, ffn 256) */
 
 /* ---- helpers ---- */
 
@@ -668,12 +669,137 @@ static void test_fp8_deepseek_conversion_packed(void)
     check_fp8_packed("deepseek_v3-fp8");
 }
 
+/* q4k through the pack: a model of whole super-blocks (every matrix Q4_K but lm_head) is
+ * written, mapped back with aligned Q4_K extents and the same logits as in-memory; the fixture
+ * of 64 columns packs its q4_1 fallbacks under the q4k scheme, beside its q4 pack. */
+static void test_q4k_pack_round_trip(void)
+{
+    if (!synth_q4k) {
+        printf("     skipped the synthetic half: no model given (argv[2])\n");
+    } else {
+        char dir[4096] = "/tmp/xd-test-pack-XXXXXX", pack[4200];
+        CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+        static const char *files[] = {"config.json", "model.safetensors"};
+        int ok = 1;
+        for (int i = 0; i < 2; i++) {
+            char from[4096], to[4200];
+            snprintf(from, sizeof from, "%s/%s", synth_q4k, files[i]);
+            snprintf(to, sizeof to, "%s/%s", dir, files[i]);
+            ok &= copy_file(from, to) == 0;
+        }
+        CHECK(ok, "cannot copy %s", synth_q4k);
+        snprintf(pack, sizeof pack, "%s/expertd-q4k.pack", dir);
+        struct log_buf log;
+        struct xd_model *m = load_packed(dir, NULL, XD_DTYPE_Q4_K, &log);
+        CHECK(m && m->pack_use == XD_PACK_WRITTEN && m->pack_path &&
+                  strcmp(m->pack_path, pack) == 0,
+              "first load: %s", log.text);
+        float *first = m ? logits_of(m) : NULL;
+        xd_model_destroy(m);
+        m = load_packed(dir, NULL, XD_DTYPE_Q4_K, &log);
+        CHECK(m && m->pack_use == XD_PACK_MAPPED, "second load did not map: %s", log.text);
+        if (m) {
+            struct xd_expert_weights w;
+            CHECK(xd_expert_store_acquire(&m->experts, 1, 2, &w) == XD_OK &&
+                      w.gate.dtype == XD_DTYPE_Q4_K && w.down.dtype == XD_DTYPE_Q4_K &&
+                      (uintptr_t)w.down.data % XD_PACK_ALIGN == 0,
+                  "an expert's extent is not an aligned Q4_K view");
+            CHECK(m->quant == XD_DTYPE_Q4_K && m->layers[0].wq.dtype == XD_DTYPE_Q4_K &&
+                      m->lm_head.dtype == XD_DTYPE_Q8_0,
+                  "mapped model's formats");
+            const struct xd_model_config *c = &m->config;
+            CHECK(xd_model_expert_bytes(m) ==
+                      (size_t)3 * c->expert_ffn * (c->hidden_size / 256) * 144,
+                  "expert bytes %zu", xd_model_expert_bytes(m));
+            float *second = logits_of(m);
+            CHECK(same_logits(first, second, m), "q4k logits from the pack differ");
+            free(second);
+        }
+        xd_model_destroy(m);
+        struct xd_err err = {{0}};
+        m = NULL;
+        CHECK(xd_model_load(dir, &m, &err) == XD_OK, "%s", err.msg);
+        if (m) {
+            CHECK(xd_model_quantize(m, XD_DTYPE_Q4_K, false, &err) == XD_OK, "%s", err.msg);
+            float *plain = logits_of(m);
+            CHECK(same_logits(first, plain, m), "packed q4k logits differ from in-memory");
+            free(plain);
+        }
+        xd_model_destroy(m);
+        free(first);
+        remove_tree(dir);
+    }
+
+    /* the fixture: q4_1 extents in a q4k pack of its own */
+    char dir[4096], pack[4200];
+    if (make_checkpoint(dir) < 0) {
+        CHECK(0, "cannot copy the fixture");
+        return;
+    }
+    struct log_buf log;
+    struct xd_model *m = load_packed(dir, NULL, XD_DTYPE_Q4_1, &log);
+    xd_model_destroy(m);
+    snprintf(pack, sizeof pack, "%s/expertd-q4.pack", dir);
+    const long q4_size = file_size(pack);
+    m = load_packed(dir, NULL, XD_DTYPE_Q4_K, &log);
+    CHECK(m && m->pack_use == XD_PACK_WRITTEN && m->pack_path &&
+              strstr(m->pack_path, "expertd-q4k.pack") && m->quant_n_fallback > 0,
+          "q4k fallback pack: %s", log.text);
+    xd_model_destroy(m);
+    m = load_packed(dir, NULL, XD_DTYPE_Q4_K, &log);
+    CHECK(m && m->pack_use == XD_PACK_MAPPED && m->quant == XD_DTYPE_Q4_K &&
+              m->layers[0].wq.dtype == XD_DTYPE_Q4_1,
+          "q4k fallback pack not mapped: %s", log.text);
+    xd_model_destroy(m);
+    CHECK(file_size(pack) == q4_size, "the q4 pack was touched");
+    m = load_packed(dir, NULL, XD_DTYPE_Q4_1, &log);
+    CHECK(m && m->pack_use == XD_PACK_MAPPED && m->quant == XD_DTYPE_Q4_1,
+          "q4 pack after q4k: %s", log.text);
+    xd_model_destroy(m);
+    remove_tree(dir);
+
+    /* a Q4_K extent must hold whole super-blocks */
+    char path[] = "/tmp/xd-test-pack-q4k-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0, "mkstemp");
+    if (fd < 0)
+        return;
+    close(fd);
+    static uint8_t q[144];
+    struct xd_pack_extent ext = {.name = "k", .dtype = XD_DTYPE_Q4_K, .rows = 1, .cols = 256,
+                                 .data = q};
+    struct xd_pack_key key = {.quant_version = 1, .scheme = 6, .identity = 7};
+    struct xd_err err = {{0}};
+    CHECK(xd_pack_write(path, &key, &ext, 1, log_line, &log, &err) == XD_OK, "%s", err.msg);
+    FILE *f = fopen(path, "rb");
+    uint8_t *b = calloc(1, 3 * XD_PACK_ALIGN);
+    const size_t n = f && b ? fread(b, 1, 3 * XD_PACK_ALIGN, f) : 0;
+    if (f)
+        fclose(f);
+    unlink(path);
+    struct xd_pack_info info;
+    CHECK(xd_pack_parse(b, n, "p", &info, &err) == XD_OK, "%s", err.msg);
+    if (err.msg[0] == 0) {
+        CHECK(info.n_extents == 1 && info.extents[0].dtype == XD_DTYPE_Q4_K &&
+                  info.extents[0].bytes == 144,
+              "Q4_K extent");
+        xd_pack_info_finish(&info);
+        put_u64(b + XD_PACK_HEADER_BYTES + XD_PACK_NAME_MAX + 16, 128); /* cols */
+        rehash(b, 1);
+        CHECK(xd_pack_parse(b, n, "p", &info, &err) == XD_ERR_FORMAT, "128-column Q4_K parsed");
+        CHECK_CONTAINS(err.msg, "extent 0 (k): bad shape");
+    }
+    free(b);
+}
+
 int main(int argc, char **argv)
 {
     fixtures = argc > 1 ? argv[1] : "tests/fixtures";
+    synth_q4k = argc > 2 ? argv[2] : NULL;
     RUN(test_readonly_dir_falls_back); /* these two fork: before any OpenMP thread exists */
     RUN(test_concurrent_writers);
     RUN(test_second_load_maps_pack);
+    RUN(test_q4k_pack_round_trip);
     RUN(test_changed_config_refused);
     RUN(test_touched_safetensors_refused);
     RUN(test_truncated_pack_refused);

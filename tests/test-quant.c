@@ -1,4 +1,4 @@
-/* The q8_0 / q4_1 formats and their matmul: quantizers against an independent reference with
+/* The q8_0 / q4_1 / q4_K formats and their matmul: quantizers against an independent reference with
  * stated error bounds, and every kernel path (EXPERTD_CPU_KERNEL) against a plain loop over the
  * dequantized weights and activations, in the documented order bit for bit, batched = alone. */
 #include <float.h>
@@ -145,11 +145,125 @@ static void test_parse(void)
     struct xd_err err = {{0}};
     CHECK(xd_quant_parse("q8", &f, &err) == XD_OK && f == XD_DTYPE_Q8_0, "q8");
     CHECK(xd_quant_parse("q4", &f, &err) == XD_OK && f == XD_DTYPE_Q4_1, "q4");
+    CHECK(xd_quant_parse("q4k", &f, &err) == XD_OK && f == XD_DTYPE_Q4_K, "q4k");
     CHECK(xd_quant_parse("none", &f, &err) == XD_OK && f == XD_DTYPE_F32, "none");
     f = XD_DTYPE_BF16;
     CHECK(xd_quant_parse("q5", &f, &err) == XD_ERR_CONFIG && f == XD_DTYPE_BF16, "q5 accepted");
     CHECK_CONTAINS(err.msg, "--quantize");
     CHECK_CONTAINS(err.msg, "q5");
+    CHECK_CONTAINS(err.msg, "q4k");
+    CHECK(strcmp(xd_quant_name(XD_DTYPE_Q4_K), "q4k") == 0, "q4k name");
+    CHECK(xd_quant_format_for(XD_DTYPE_Q4_K, 512) == XD_DTYPE_Q4_K &&
+              xd_quant_format_for(XD_DTYPE_Q4_K, 128) == XD_DTYPE_Q4_1 &&
+              xd_quant_format_for(XD_DTYPE_Q4_1, 128) == XD_DTYPE_Q4_1,
+          "q4k falls back to q4_1 below whole super-blocks");
+}
+
+/* ---- q4_K: the layout read by the test's own code, the fit within its bound ---- */
+
+/* Sub-block j's 6-bit scale and minimum and weight e of super-block blk, read from the bytes
+ * as quant.h documents them (not through its helpers). */
+static void ref_k_scale_min(const struct xd_block_q4_k *blk, int j, int *sc, int *mn)
+{
+    const uint8_t *s = blk->scales;
+    const uint32_t h = s[8] | (uint32_t)s[9] << 8 | (uint32_t)s[10] << 16 | (uint32_t)s[11] << 24;
+    *sc = (s[j] & 0xf) + 16 * (int)((h >> (2 * j)) & 3);
+    *mn = (s[j] >> 4) + 16 * (int)((h >> (16 + 2 * j)) & 3);
+}
+
+static int ref_k_q(const struct xd_block_q4_k *blk, int e)
+{
+    const int half = e / 128, i = e % 128;
+    const uint8_t byte = blk->qs[64 * half + (i < 64 ? i : i - 64)];
+    return i < 64 ? byte & 0xf : byte >> 4;
+}
+
+static void test_q4k_round_trip(void)
+{
+    enum { K = 256 * 12 };
+    float w[K], back[K];
+    struct xd_block_q4_k q[K / 256];
+    fill_weights(w, K);
+    /* two super-blocks of smooth values (the fit's common case) */
+    for (int i = 0; i < 512; i++)
+        w[K - 512 + i] = 0.02f * (float)((i * 37) % 101) - 1.0f;
+    xd_quant_row_q4_k(w, q, K);
+    xd_quant_dequantize_row(XD_DTYPE_Q4_K, q, back, K);
+    double err2_k = 0.0, err2_1 = 0.0;
+    struct xd_block_q4_1 q1[K / 32];
+    float back1[K];
+    xd_quant_row_q4_1(w, q1, K);
+    xd_quant_dequantize_row(XD_DTYPE_Q4_1, q1, back1, K);
+    for (int b = 0; b < K / 256; b++) {
+        const struct xd_block_q4_k *blk = &q[b];
+        const double d = xd_f16_to_f32(blk->d), dmin = xd_f16_to_f32(blk->dmin);
+        CHECK(d >= 0 && dmin >= 0, "super-block %d: d %g dmin %g", b, d, dmin);
+        for (int j = 0; j < 8; j++) {
+            int sc, mn;
+            ref_k_scale_min(blk, j, &sc, &mn);
+            CHECK(sc <= 63 && mn <= 63, "6 bits");
+            const float ds = (float)xd_f16_to_f32(blk->d) * (float)sc;
+            const float dm = (float)xd_f16_to_f32(blk->dmin) * (float)mn;
+            double lo = DBL_MAX, hi = -DBL_MAX;
+            for (int i = 0; i < 32; i++) {
+                lo = fmin(lo, w[b * 256 + 32 * j + i]);
+                hi = fmax(hi, w[b * 256 + 32 * j + i]);
+            }
+            for (int i = 0; i < 32; i++) {
+                const int e = 32 * j + i;
+                const double x = w[b * 256 + e];
+                const float want = ds * (float)ref_k_q(blk, e) - dm;
+                CHECK(memcmp(&want, &back[b * 256 + e], sizeof want) == 0,
+                      "super-block %d[%d]: dequantized %.9g, the layout says %.9g", b, e,
+                      back[b * 256 + e], want);
+                /* the weight is the nearest of the stored grid ds * q - dm, q in 0..15 ... */
+                const double clamped = fmin(fmax(x, -dm), 15.0 * ds - dm);
+                CHECK(fabs(back[b * 256 + e] - clamped) <= 0.5 * ds * (1 + 1e-5) + 1e-12,
+                      "super-block %d[%d]: %g back as %g, grid step %g", b, e, x,
+                      back[b * 256 + e], ds);
+                /* ... and that grid covers the sub-block's range up to the 6-bit rounding of
+                 * its scale and minimum: at most 8 steps of d and one of dmin past it */
+                const double bound = 0.5 * ds + 8.0 * d + dmin + (hi - lo) * 0x1p-10 + 1e-12;
+                CHECK(fabs(back[b * 256 + e] - x) <= bound,
+                      "super-block %d[%d]: %g back as %g (bound %g)", b, e, x, back[b * 256 + e],
+                      bound);
+                err2_k += (back[b * 256 + e] - x) * (back[b * 256 + e] - x);
+                err2_1 += (back1[b * 256 + e] - x) * (back1[b * 256 + e] - x);
+            }
+        }
+    }
+    /* all-zero sub-blocks are zeros back */
+    CHECK(back[0] == 0.0f && back[31] == 0.0f, "zero sub-block %g %g", back[0], back[31]);
+    /* the searched fit at 4.5 bits is no worse than q4_1's range fit at 5 bits (0.077 against
+     * 0.077 rms here, where the outlier blocks dominate) */
+    printf("     q4_K rms error %.4g, q4_1 %.4g\n", sqrt(err2_k / K), sqrt(err2_1 / K));
+    CHECK(err2_k <= err2_1, "q4_K squared error %g above q4_1's %g", err2_k, err2_1);
+}
+
+/* A q4_K matrix from f32, bf16 and f16 holding the same values: the same super-blocks. */
+static void test_q4k_matrix_from_each_dtype(void)
+{
+    enum { R = 3, C = 512 };
+    static float wf[R * C];
+    static uint16_t wb[R * C], wh[R * C];
+    for (int i = 0; i < R * C; i++) {
+        wb[i] = xd_f32_to_bf16(frand() * 0.5f);
+        wf[i] = xd_bf16_to_f32(wb[i]);
+        wh[i] = xd_f32_to_f16(wf[i]);
+    }
+    struct xd_matrix src[3] = {{.dtype = XD_DTYPE_F32, .rows = R, .cols = C, .data = wf},
+                               {.dtype = XD_DTYPE_BF16, .rows = R, .cols = C, .data = wb},
+                               {.dtype = XD_DTYPE_F16, .rows = R, .cols = C, .data = wh}};
+    const size_t bytes = R * xd_dtype_row_bytes(XD_DTYPE_Q4_K, C);
+    CHECK(bytes == (size_t)R * (C / 256) * 144, "%zu bytes", bytes);
+    static unsigned char out[3][R * (C / 256) * 144];
+    for (int s = 0; s < 3; s++) {
+        struct xd_matrix q;
+        xd_quant_matrix(&src[s], XD_DTYPE_Q4_K, out[s], &q);
+        CHECK(q.dtype == XD_DTYPE_Q4_K && q.rows == R && q.cols == C, "view");
+    }
+    CHECK(memcmp(out[0], out[1], bytes) == 0 && memcmp(out[0], out[2], bytes) == 0,
+          "Q4_K differs by source dtype");
 }
 
 /* ---- the matmul ---- */
@@ -292,6 +406,126 @@ static void test_matmul(void)
                 check_shape(fmts[f], ns[i], shapes[s][0], shapes[s][1]);
 }
 
+/* q4_K: the test's own activations per 256 (d = max|x| / 127, q = round(x / d)) and the
+ * header's order: per super-block the exact integers, then two fmaf. */
+static void ref_quant_act_k(const float *x, float *ret_d, int8_t *q)
+{
+    float amax = 0.0f;
+    for (int j = 0; j < 256; j++)
+        amax = fmaxf(amax, fabsf(x[j]));
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < 256; j++)
+        q[j] = (int8_t)roundf(x[j] * id);
+    *ret_d = d;
+}
+
+static float ref_order_k(const struct xd_matrix *w, int64_t r, const float *x)
+{
+    const int64_t nk = w->cols / 256;
+    const struct xd_block_q4_k *row = (const struct xd_block_q4_k *)w->data + r * nk;
+    float A = 0.0f, M = 0.0f;
+    for (int64_t k = 0; k < nk; k++) {
+        float dx;
+        int8_t xq[256];
+        ref_quant_act_k(x + k * 256, &dx, xq);
+        long long sumi = 0, summ = 0;
+        for (int j = 0; j < 8; j++) {
+            int sc, mn, bsum = 0;
+            long long p = 0;
+            ref_k_scale_min(&row[k], j, &sc, &mn);
+            for (int i = 0; i < 32; i++) {
+                p += ref_k_q(&row[k], 32 * j + i) * xq[32 * j + i];
+                bsum += xq[32 * j + i];
+            }
+            sumi += sc * p;
+            summ += (long long)mn * bsum;
+        }
+        A = fmaf(xd_f16_to_f32(row[k].d) * dx, (float)sumi, A);
+        M = fmaf(xd_f16_to_f32(row[k].dmin) * dx, (float)summ, M);
+    }
+    return A - M;
+}
+
+/* sum_k deq(w)[k] * deq(xq)[k] in double, with sum |..| for the tolerance. */
+static double ref_plain_k(const struct xd_matrix *w, int64_t r, const float *x, double *ret_abs)
+{
+    const int64_t nk = w->cols / 256;
+    const struct xd_block_q4_k *row = (const struct xd_block_q4_k *)w->data + r * nk;
+    double sum = 0.0, abs_sum = 0.0;
+    for (int64_t k = 0; k < nk; k++) {
+        float dx;
+        int8_t xq[256];
+        ref_quant_act_k(x + k * 256, &dx, xq);
+        for (int j = 0; j < 8; j++) {
+            int sc, mn;
+            ref_k_scale_min(&row[k], j, &sc, &mn);
+            for (int i = 0; i < 32; i++) {
+                const double wv = (double)xd_f16_to_f32(row[k].d) * sc *
+                                      ref_k_q(&row[k], 32 * j + i) -
+                                  (double)xd_f16_to_f32(row[k].dmin) * mn;
+                const double xv = (double)dx * xq[32 * j + i];
+                sum += wv * xv;
+                abs_sum += fabs(wv * xv);
+            }
+        }
+    }
+    *ret_abs = abs_sum;
+    return sum;
+}
+
+static void check_shape_k(int n, int rows, int cols)
+{
+    float *wf = malloc(sizeof(float) * (size_t)rows * cols);
+    float *x = malloc(sizeof(float) * (size_t)n * cols);
+    float *y = malloc(sizeof(float) * (size_t)n * rows);
+    float *y1 = malloc(sizeof(float) * (size_t)rows);
+    void *wq = malloc((size_t)rows * xd_dtype_row_bytes(XD_DTYPE_Q4_K, cols));
+    fill_weights(wf, rows * cols);
+    for (int i = 0; i < n * cols; i++)
+        x[i] = 3.0f * frand();
+    struct xd_matrix src = {.dtype = XD_DTYPE_F32, .rows = rows, .cols = cols, .data = wf}, w;
+    xd_quant_matrix(&src, XD_DTYPE_Q4_K, wq, &w);
+    xd_cpu_matmul(x, n, &w, y);
+    int bad_order = 0, bad_plain = 0, bad_alone = 0;
+    for (int t = 0; t < n; t++) {
+        xd_cpu_matmul(x + (size_t)t * cols, 1, &w, y1);
+        for (int r = 0; r < rows; r++) {
+            const float got = y[(size_t)t * rows + r];
+            double abs_sum;
+            const double plain = ref_plain_k(&w, r, x + (size_t)t * cols, &abs_sum);
+            /* f32 scale products, one int-to-float rounding (2^-24) and two f32 accumulations
+             * over cols / 256 super-blocks: a few ulps of the sum of magnitudes */
+            if (fabs(got - plain) > 1e-5 * abs_sum + 1e-30 && bad_plain++ < 3)
+                CHECK(0, "Q4_K n %d %dx%d: y[%d][%d] = %.9g, plain loop %.9g", n, rows, cols, t,
+                      r, got, plain);
+            const float want = ref_order_k(&w, r, x + (size_t)t * cols);
+            if (memcmp(&got, &want, sizeof got) != 0 && bad_order++ < 3)
+                CHECK(0, "Q4_K n %d %dx%d: y[%d][%d] = %.9g, documented order %.9g", n, rows,
+                      cols, t, r, got, want);
+            if (memcmp(&got, &y1[r], sizeof got) != 0 && bad_alone++ < 3)
+                CHECK(0, "Q4_K n %d: token %d row %d batched %.9g, alone %.9g", n, t, r, got,
+                      y1[r]);
+        }
+    }
+    free(wf);
+    free(x);
+    free(y);
+    free(y1);
+    free(wq);
+}
+
+/* Token counts 1..9 and 64 cover every tile remainder; rows 37 and 5 the 4-row remainders;
+ * cols 256 one super-block, 768 an odd count, 2048 eight. */
+static void test_matmul_q4k(void)
+{
+    const int ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 64};
+    const int shapes[][2] = {{37, 256}, {16, 768}, {5, 2048}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
+            check_shape_k(ns[i], shapes[s][0], shapes[s][1]);
+    check_shape_k(6, 300, 512); /* OpenMP splits the rows */
+}
+
 /* Large enough for OpenMP to split the rows: still every element in the same order. */
 static void test_matmul_parallel(void)
 {
@@ -310,7 +544,7 @@ static void check_rows_equal_whole(enum xd_dtype fmt, int n, int rows, int cols)
     float *want = malloc(sizeof(float) * (size_t)n * rows);
     float *got = malloc(sizeof(float) * (size_t)n * rows);
     void *wq = malloc((size_t)rows * xd_dtype_row_bytes(fmt, cols));
-    void *buf = malloc(xd_cpu_qacts_bytes(n, cols));
+    void *buf = malloc(xd_cpu_qacts_bytes(fmt, n, cols));
     fill_weights(wf, rows * cols);
     for (int i = 0; i < n * cols; i++)
         x[i] = 3.0f * frand();
@@ -318,7 +552,7 @@ static void check_rows_equal_whole(enum xd_dtype fmt, int n, int rows, int cols)
     xd_quant_matrix(&src, fmt, wq, &w);
     xd_cpu_matmul(x, n, &w, want);
     struct xd_cpu_qacts a;
-    xd_cpu_qacts_init(buf, n, cols, &a);
+    xd_cpu_qacts_init(buf, fmt, n, cols, &a);
     xd_cpu_qacts_quantize(&a, x, 0, n / 3);
     xd_cpu_qacts_quantize(&a, x, n / 3, n);
     /* row cuts 0, 1, 6, 7, 19, 22, rows; token cuts 0, 3, 4, 9, n (n >= 9) */
@@ -350,6 +584,48 @@ static void test_rows_equal_whole(void)
         check_rows_equal_whole(fmts[f], 11, 37, 96);
         check_rows_equal_whole(fmts[f], 13, 41, 1024);
     }
+    check_rows_equal_whole(XD_DTYPE_Q4_K, 11, 37, 256);
+    check_rows_equal_whole(XD_DTYPE_Q4_K, 13, 41, 1024);
+}
+
+/* The q4_K form's pieces: a token copied, and a token quantized super-block by super-block (as
+ * the MoE items quantize the columns they made), are the bytes of the whole quantization. */
+static void test_qacts_k_pieces(void)
+{
+    enum { N = 5, C = 768 };
+    static float x[N * C];
+    for (int i = 0; i < N * C; i++)
+        x[i] = 2.0f * frand();
+    const size_t bytes = xd_cpu_qacts_bytes(XD_DTYPE_Q4_K, N, C);
+    CHECK(bytes == (size_t)N * (C + 4 * (C / 256) + 2 * (C / 32)), "%zu bytes", bytes);
+    float *b1 = malloc(bytes), *b2 = malloc(bytes);
+    memset(b1, 0, bytes);
+    memset(b2, 0x5a, bytes);
+    struct xd_cpu_qacts a, c;
+    xd_cpu_qacts_init(b1, XD_DTYPE_Q4_K, N, C, &a);
+    xd_cpu_qacts_init(b2, XD_DTYPE_Q4_K, N, C, &c);
+    CHECK(a.super == 1 && a.nb == C / 32 && a.s == NULL && a.bs != NULL, "form");
+    xd_cpu_qacts_quantize(&a, x, 0, N);
+    for (int t = 0; t < N; t++) {
+        const int src = N - 1 - t;
+        if (t % 2)
+            xd_cpu_qacts_copy_token(&c, src, &a, src);
+        else
+            for (int k = 0; k < C / 256; k++)
+                xd_cpu_qacts_quantize_blocks(&c, src, x + (size_t)src * C, 8 * k, 8 * k + 8);
+    }
+    CHECK(memcmp(b1, b2, bytes) == 0, "pieces differ from the whole");
+    /* the values as the header documents: d per 256 block-major, bs the sums of each 32 */
+    float d;
+    int8_t q[256];
+    ref_quant_act_k(x + 3 * C + 256, &d, q);
+    CHECK(a.d[1 * a.ld_s + 3] == d, "d");
+    int sum = 0;
+    for (int i = 32; i < 64; i++)
+        sum += q[i];
+    CHECK(a.bs[3 * a.nb + 8 + 1] == sum && memcmp(a.q + 3 * C + 256, q, 256) == 0, "q, bs");
+    free(b1);
+    free(b2);
 }
 
 /* The kernel path names the integer path it runs (the test runs once per path). */
@@ -358,10 +634,15 @@ static void test_path_named(void)
     const char *p = xd_cpu_kernel_path(), *want = getenv("EXPERTD_CPU_KERNEL");
     printf("     path: %s\n", p);
     CHECK(strstr(p, "q8/q4: ") != NULL, "'%s'", p);
-    if (want && strcmp(want, "portable") == 0)
+    CHECK(strstr(p, "q4k") != NULL, "'%s'", p);
+    if (want && strcmp(want, "portable") == 0) {
         CHECK_CONTAINS(p, "q8/q4: portable");
-    if (want && strcmp(want, "avx2") == 0)
+        CHECK_CONTAINS(p, "q4k: portable");
+    }
+    if (want && strcmp(want, "avx2") == 0) {
         CHECK_CONTAINS(p, "q8/q4: avx2");
+        CHECK_CONTAINS(p, "q4k: avx2");
+    }
 }
 
 /* xd_model_quantize on a fixture checkpoint: which matrices change format, the expert bytes
@@ -429,6 +710,29 @@ static void test_model_quantize(void)
     CHECK(xd_engine_create(m, &o, &e2, &err) == XD_ERR_UNSUPPORTED && !e2, "cuda on q4 model");
     xd_engine_destroy(e);
     xd_model_destroy(m);
+
+    /* q4k: this fixture's hidden (64) and expert_ffn are not multiples of 256, so every matrix
+     * falls back to q4_1 (and lm_head is q8); cuda refuses q4k as it does q8/q4 */
+    m = NULL;
+    CHECK(xd_model_load(dir, &m, &err) == XD_OK, "%s", err.msg);
+    if (!m)
+        return;
+    c = &m->config;
+    o.device = XD_DEVICE_CUDA;
+    o.quantize = XD_DTYPE_Q4_K;
+    CHECK(xd_engine_create(m, &o, &e2, &err) == XD_ERR_UNSUPPORTED && !e2, "cuda accepted q4k");
+    CHECK_CONTAINS(err.msg, "Q4_K");
+    o.device = XD_DEVICE_CPU;
+    CHECK(xd_engine_create(m, &o, &e, &err) == XD_OK, "%s", err.msg);
+    CHECK(m->quant == XD_DTYPE_Q4_K, "model not q4k");
+    CHECK(m->layers[0].wq.dtype == XD_DTYPE_Q4_1 && m->lm_head.dtype == XD_DTYPE_Q8_0,
+          "q_proj %s, lm_head %s", xd_dtype_name(m->layers[0].wq.dtype),
+          xd_dtype_name(m->lm_head.dtype));
+    CHECK(m->quant_n_fallback > 0, "fallbacks not counted");
+    CHECK(xd_model_expert_bytes(m) == (size_t)3 * c->expert_ffn * (c->hidden_size / 32) * 20,
+          "%zu", xd_model_expert_bytes(m));
+    xd_engine_destroy(e);
+    xd_model_destroy(m);
 }
 
 int main(int argc, char **argv)
@@ -436,11 +740,15 @@ int main(int argc, char **argv)
     fixtures = argc > 1 ? argv[1] : "tests/fixtures";
     RUN(test_q8_round_trip);
     RUN(test_q4_round_trip);
+    RUN(test_q4k_round_trip);
     RUN(test_matrix_from_each_dtype);
+    RUN(test_q4k_matrix_from_each_dtype);
     RUN(test_parse);
     RUN(test_matmul);
     RUN(test_matmul_parallel);
+    RUN(test_matmul_q4k);
     RUN(test_rows_equal_whole);
+    RUN(test_qacts_k_pieces);
     RUN(test_path_named);
     RUN(test_model_quantize);
     printf("%d passed, %d failed\n", test_cases_passed, test_cases_failed);

@@ -57,14 +57,17 @@ struct cpu_state {
     struct xd_cpu_pool *pool; /* MOE_POOL's workers, else NULL */
     int moe_tiles_f, moe_tiles_h; /* row tiles of the gate/up and of the down matrices */
     int moe_prep_in, moe_prep_down; /* enum moe_prep of the gate/up and of the down matrices */
+    enum xd_dtype moe_fmt_in, moe_fmt_down; /* their weight formats (the quantized forms') */
+    int moe_width_f;     /* columns of g per gate/up item: MOE_ROW_TILE, or whole q4_K
+                          * super-blocks when down is q4_K (its input quantized per 256) */
     void *moe_prep;      /* one allocation holding the three below */
     size_t moe_prep_bytes;
     void *prep_tok;      /* (T, hidden) xn in the gate/up weights' form, made once per token */
     void *prep_in;       /* (T * top_k, hidden) those rows gathered, expert-sorted */
     void *prep_down;     /* (T * top_k, expert_ffn) g in the down weights' form, made by the
                             gate/up item that computed those columns */
-    struct xd_cpu_qacts qa_tok, qa_in, qa_down; /* the three as q8/q4 activations */
-    enum xd_quant_path qpath;        /* the q8/q4 kernels' path */
+    struct xd_cpu_qacts qa_tok, qa_in, qa_down; /* the three as q8/q4/q4k activations */
+    enum xd_quant_path qpath;        /* the q8/q4/q4k kernels' path */
     enum xd_mxfp4_path mxpath;       /* the MXFP4 kernels' path */
     float *dg;           /* (T, ffn_max) dense/shared gate */
     float *du;           /* (T, ffn_max) dense/shared up */
@@ -424,8 +427,8 @@ static void moe_item_gate_up(void *ctx, int i)
     const int32_t *pr = s->moe_pairs + 3 * (i / s->moe_tiles_f);
     const struct xd_expert_weights *w = &s->moe_w[pr[0]];
     const int first = pr[1], nr = pr[2];
-    const int64_t c0 = (int64_t)(i % s->moe_tiles_f) * MOE_ROW_TILE;
-    const int64_t c1 = c0 + MOE_ROW_TILE < F ? c0 + MOE_ROW_TILE : F;
+    const int64_t c0 = (int64_t)(i % s->moe_tiles_f) * s->moe_width_f;
+    const int64_t c1 = c0 + s->moe_width_f < F ? c0 + s->moe_width_f : F;
     float *g = s->g + (size_t)first * F, *u = s->u + (size_t)first * F;
     moe_matmul_rows(s, s->moe_prep_in, &s->qa_in, s->prep_in, s->xg, first, nr, &w->gate, g, c0,
                     c1);
@@ -441,7 +444,8 @@ static void moe_item_gate_up(void *ctx, int i)
         else
             xd_cpu_silu_mul(gt, ut, gt, (size_t)(c1 - c0));
         /* the down matmul's input for these columns, while they are in cache (whole blocks of
-         * 32: the tile is a multiple of 32 wide whenever down is in a block format) */
+         * 32: the tile is a multiple of 32 wide whenever down is in a block format, of 256
+         * when it is q4_K) */
         if (s->moe_prep_down == PREP_QUANT)
             xd_cpu_qacts_quantize_blocks(&s->qa_down, first + t, g + (size_t)t * F,
                                          c0 / XD_QBLOCK, c1 / XD_QBLOCK);
@@ -489,9 +493,9 @@ static void moe_item_prep_token(void *ctx, int t)
 
 /* Bytes of n rows of cols values in the form kind (64-byte multiples, so the pieces of one
  * allocation stay aligned). */
-static size_t prep_bytes(int kind, int n, int64_t cols)
+static size_t prep_bytes(int kind, enum xd_dtype fmt, int n, int64_t cols)
 {
-    size_t b = kind == PREP_QUANT   ? xd_cpu_qacts_bytes(n, cols)
+    size_t b = kind == PREP_QUANT   ? xd_cpu_qacts_bytes(fmt, n, cols)
                : kind == PREP_MXFP4 ? (size_t)n * (size_t)cols * sizeof(float)
                                     : 0;
     return (b + 63) & ~(size_t)63;
@@ -502,9 +506,9 @@ static size_t prep_bytes(int kind, int n, int64_t cols)
 static int moe_prep_setup(struct cpu_state *s, int n, int n_rows, struct xd_err *err)
 {
     const int64_t H = s->m->config.hidden_size, F = s->m->config.expert_ffn;
-    const size_t b_tok = prep_bytes(s->moe_prep_in, n, H);
-    const size_t b_in = prep_bytes(s->moe_prep_in, n_rows, H);
-    const size_t b_down = prep_bytes(s->moe_prep_down, n_rows, F);
+    const size_t b_tok = prep_bytes(s->moe_prep_in, s->moe_fmt_in, n, H);
+    const size_t b_in = prep_bytes(s->moe_prep_in, s->moe_fmt_in, n_rows, H);
+    const size_t b_down = prep_bytes(s->moe_prep_down, s->moe_fmt_down, n_rows, F);
     const size_t need = b_tok + b_in + b_down;
     if (need > s->moe_prep_bytes) {
         void *p = NULL;
@@ -523,11 +527,11 @@ static int moe_prep_setup(struct cpu_state *s, int n, int n_rows, struct xd_err 
     s->prep_in = (char *)s->moe_prep + b_tok;
     s->prep_down = (char *)s->moe_prep + b_tok + b_in;
     if (s->moe_prep_in == PREP_QUANT) {
-        xd_cpu_qacts_init(s->prep_tok, n, H, &s->qa_tok);
-        xd_cpu_qacts_init(s->prep_in, n_rows, H, &s->qa_in);
+        xd_cpu_qacts_init(s->prep_tok, s->moe_fmt_in, n, H, &s->qa_tok);
+        xd_cpu_qacts_init(s->prep_in, s->moe_fmt_in, n_rows, H, &s->qa_in);
     }
     if (s->moe_prep_down == PREP_QUANT)
-        xd_cpu_qacts_init(s->prep_down, n_rows, F, &s->qa_down);
+        xd_cpu_qacts_init(s->prep_down, s->moe_fmt_down, n_rows, F, &s->qa_down);
     return XD_OK;
 }
 
@@ -569,6 +573,8 @@ static int run_experts(struct cpu_state *s, int l, int n, struct xd_err *err)
         if (uniform && s->moe_sched != MOE_PER_EXPERT) {
             s->moe_prep_in = moe_prep_of(w0->gate.dtype);
             s->moe_prep_down = moe_prep_of(w0->down.dtype);
+            s->moe_fmt_in = w0->gate.dtype;
+            s->moe_fmt_down = w0->down.dtype;
         }
         if (rc == XD_OK)
             rc = moe_prep_setup(s, n, rows[E], err);
@@ -603,7 +609,10 @@ static int run_experts(struct cpu_state *s, int l, int n, struct xd_err *err)
                 n_pairs++;
             }
         }
-        const int tiles_f = (F + MOE_ROW_TILE - 1) / MOE_ROW_TILE;
+        s->moe_width_f = s->moe_prep_down == PREP_QUANT && s->moe_fmt_down == XD_DTYPE_Q4_K
+                             ? XD_QK
+                             : MOE_ROW_TILE;
+        const int tiles_f = (F + s->moe_width_f - 1) / s->moe_width_f;
         const int tiles_h = (H + MOE_ROW_TILE - 1) / MOE_ROW_TILE;
         const int n_items_f = n_pairs * tiles_f, n_items_h = n_pairs * tiles_h;
         /* the per-token preparation in the region (a barrier more) only when it is worth

@@ -1,4 +1,4 @@
-/* Matmul over q8_0 / q4_1 weights: activations quantized per block to int8, integer dot products with AVX-512 VNNI, AVX2 or portable C, one summation order on every path. */
+/* Matmul over q8_0 / q4_1 / q4_K weights: activations quantized per block to int8, integer dot products with AVX-512 VNNI, AVX2 or portable C, one summation order on every path. */
 #include "engine/cpu/quant_kernels.h"
 
 #include <assert.h>
@@ -31,17 +31,53 @@ static void quantize_token(const float *x, int64_t b0, int64_t b1, int8_t *q, fl
     }
 }
 
-size_t xd_cpu_qacts_bytes(int n, int64_t cols)
+/* Super-blocks [k0, k1) of one token's activations in the q4_K form: the same C on every path.
+ * x, q and bs are the token's row, d its column of the block-major scales. */
+static void quantize_token_k(const float *x, int64_t k0, int64_t k1, int8_t *q, float *d,
+                             int64_t ld_d, int16_t *bs)
 {
-    return (size_t)(n > 0 ? n : 0) * (size_t)(cols / XD_QBLOCK) * (XD_QBLOCK + 2 * sizeof(float));
+    for (int64_t k = k0; k < k1; k++) {
+        const float *xb = x + k * XD_QK;
+        int8_t *qb = q + k * XD_QK;
+        float amax = 0.0f;
+        for (int j = 0; j < XD_QK; j++)
+            amax = fmaxf(amax, fabsf(xb[j]));
+        const float dk = amax / 127.0f;
+        const float id = dk != 0.0f ? 1.0f / dk : 0.0f;
+        for (int j = 0; j < 8; j++) {
+            int sum = 0;
+            for (int i = 0; i < XD_QBLOCK; i++) {
+                qb[32 * j + i] = (int8_t)roundf(xb[32 * j + i] * id);
+                sum += qb[32 * j + i];
+            }
+            bs[8 * k + j] = (int16_t)sum;
+        }
+        d[k * ld_d] = dk;
+    }
 }
 
-void xd_cpu_qacts_init(void *buf, int n, int64_t cols, struct xd_cpu_qacts *ret)
+size_t xd_cpu_qacts_bytes(enum xd_dtype fmt, int n, int64_t cols)
+{
+    const size_t nt = (size_t)(n > 0 ? n : 0), nb = (size_t)(cols / XD_QBLOCK);
+    if (fmt == XD_DTYPE_Q4_K)
+        return nt * ((size_t)(cols / XD_QK) * sizeof(float) + nb * (XD_QBLOCK + sizeof(int16_t)));
+    return nt * nb * (XD_QBLOCK + 2 * sizeof(float));
+}
+
+void xd_cpu_qacts_init(void *buf, enum xd_dtype fmt, int n, int64_t cols,
+                       struct xd_cpu_qacts *ret)
 {
     const int64_t nb = cols / XD_QBLOCK;
     const size_t n_blocks = (size_t)n * (size_t)nb;
     /* the floats first, so they are aligned as buf is */
     float *f = buf;
+    if (fmt == XD_DTYPE_Q4_K) {
+        const size_t n_super = (size_t)n * (size_t)(cols / XD_QK);
+        int16_t *bs = (int16_t *)(f + n_super);
+        *ret = (struct xd_cpu_qacts){.n = n, .super = 1, .nb = nb, .ld_s = n, .d = f, .bs = bs,
+                                     .q = (int8_t *)(bs + n_blocks)};
+        return;
+    }
     *ret = (struct xd_cpu_qacts){.n = n, .nb = nb, .ld_s = n, .d = f, .s = f + n_blocks,
                                  .q = (int8_t *)(f + 2 * n_blocks)};
 }
@@ -49,9 +85,14 @@ void xd_cpu_qacts_init(void *buf, int n, int64_t cols, struct xd_cpu_qacts *ret)
 void xd_cpu_qacts_quantize(const struct xd_cpu_qacts *a, const float *x, int t0, int t1)
 {
     const int64_t cols = a->nb * XD_QBLOCK;
-    for (int64_t t = t0; t < t1; t++)
-        quantize_token(x + t * cols, 0, a->nb, a->q + t * cols, a->d + t * a->nb, a->s + t,
-                       a->ld_s);
+    for (int64_t t = t0; t < t1; t++) {
+        if (a->super)
+            quantize_token_k(x + t * cols, 0, a->nb / 8, a->q + t * cols, a->d + t, a->ld_s,
+                             a->bs + t * a->nb);
+        else
+            quantize_token(x + t * cols, 0, a->nb, a->q + t * cols, a->d + t * a->nb, a->s + t,
+                           a->ld_s);
+    }
 }
 
 void xd_cpu_qacts_quantize_blocks(const struct xd_cpu_qacts *a, int t, const float *x,
@@ -59,15 +100,28 @@ void xd_cpu_qacts_quantize_blocks(const struct xd_cpu_qacts *a, int t, const flo
 {
     assert(0 <= t && t < a->n && 0 <= b0 && b0 <= b1 && b1 <= a->nb);
     const int64_t cols = a->nb * XD_QBLOCK;
+    if (a->super) {
+        assert(b0 % 8 == 0 && b1 % 8 == 0);
+        quantize_token_k(x, b0 / 8, b1 / 8, a->q + t * cols, a->d + t, a->ld_s,
+                         a->bs + t * a->nb);
+        return;
+    }
     quantize_token(x, b0, b1, a->q + t * cols, a->d + t * a->nb, a->s + t, a->ld_s);
 }
 
 void xd_cpu_qacts_copy_token(const struct xd_cpu_qacts *dst, int t_dst,
                              const struct xd_cpu_qacts *src, int t_src)
 {
-    assert(dst->nb == src->nb && 0 <= t_dst && t_dst < dst->n && 0 <= t_src && t_src < src->n);
+    assert(dst->nb == src->nb && dst->super == src->super && 0 <= t_dst && t_dst < dst->n &&
+           0 <= t_src && t_src < src->n);
     const int64_t nb = src->nb, cols = nb * XD_QBLOCK;
     memcpy(dst->q + t_dst * cols, src->q + t_src * cols, (size_t)cols);
+    if (src->super) {
+        memcpy(dst->bs + t_dst * nb, src->bs + t_src * nb, (size_t)nb * sizeof(int16_t));
+        for (int64_t k = 0; k < nb / 8; k++)
+            dst->d[k * dst->ld_s + t_dst] = src->d[k * src->ld_s + t_src];
+        return;
+    }
     memcpy(dst->d + t_dst * nb, src->d + t_src * nb, (size_t)nb * sizeof(float));
     for (int64_t b = 0; b < nb; b++)
         dst->s[b * dst->ld_s + t_dst] = src->s[b * src->ld_s + t_src];
@@ -77,6 +131,10 @@ struct xd_cpu_qacts xd_cpu_qacts_view(const struct xd_cpu_qacts *a, int t0, int 
 {
     assert(t0 >= 0 && n >= 0 && t0 + n <= a->n);
     const int64_t cols = a->nb * XD_QBLOCK;
+    if (a->super)
+        return (struct xd_cpu_qacts){.n = n, .super = 1, .nb = a->nb, .ld_s = a->ld_s,
+                                     .q = a->q + t0 * cols, .d = a->d + t0,
+                                     .bs = a->bs + t0 * a->nb};
     return (struct xd_cpu_qacts){.n = n, .nb = a->nb, .ld_s = a->ld_s,
                                  .q = a->q + t0 * cols, .d = a->d + t0 * a->nb, .s = a->s + t0};
 }
@@ -139,6 +197,45 @@ static void rows_portable(const struct xd_cpu_qacts *a, const struct xd_matrix *
         for (int t = 0; t < a->n; t++)
             y[(int64_t)t * w->rows + r] = dot_portable((const char *)w->data + r * row_bytes,
                                                        w->dtype == XD_DTYPE_Q8_0, a, t);
+}
+
+/* The q4_K order of the header for one (row, token). */
+static float dot_portable_k(const struct xd_block_q4_k *row, const struct xd_cpu_qacts *a, int t)
+{
+    const int64_t nb = a->nb;
+    const int8_t *xq = a->q + (int64_t)t * nb * XD_QBLOCK;
+    const int16_t *bs = a->bs + (int64_t)t * nb;
+    float A = 0.0f, M = 0.0f;
+    for (int64_t k = 0; k < nb / 8; k++) {
+        const struct xd_block_q4_k *blk = &row[k];
+        int32_t sumi = 0, summ = 0;
+        for (int j = 0; j < 8; j++) {
+            int sc, mn;
+            xd_q4_k_scale_min(blk, j, &sc, &mn);
+            int32_t p = 0;
+            for (int i = 0; i < XD_QBLOCK; i++)
+                p += xd_q4_k_q(blk, 32 * j + i) * xq[k * XD_QK + 32 * j + i];
+            sumi += sc * p;
+            summ += mn * bs[8 * k + j];
+        }
+        const float dx = a->d[k * a->ld_s + t];
+        A = fmaf(xd_f16_to_f32(blk->d) * dx, (float)sumi, A);
+        M = fmaf(xd_f16_to_f32(blk->dmin) * dx, (float)summ, M);
+    }
+    return A - M;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
+__attribute__((target_clones("arch=x86-64-v3", "default")))
+#endif
+static void rows_portable_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
+                            int64_t r0, int64_t r1)
+{
+    const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
+    for (int64_t r = r0; r < r1; r++)
+        for (int t = 0; t < a->n; t++)
+            y[(int64_t)t * w->rows + r] = dot_portable_k(
+                (const struct xd_block_q4_k *)((const char *)w->data + r * row_bytes), a, t);
 }
 
 /* ---- x86-64 vector paths ----
@@ -437,6 +534,314 @@ DEFINE_ROWS_VNNI(rows_vnni_q4, FMT_Q4)
     }
 DEFINE_ROWS_AVX2(rows_avx2_q8, FMT_Q8)
 DEFINE_ROWS_AVX2(rows_avx2_q4, FMT_Q4)
+
+/* ---- q4_K on x86-64 ----
+ * Per super-block and (row, token) the int32 sums of the header, then its float steps. Both
+ * paths multiply 4-bit weights by int8 activations with vpmaddubsw (pairs into int16: at most
+ * 2 * 15 * 127) and the pairs by the sub-block scales with vpmaddwd / vpdpwssd into int32
+ * lanes, which are exact whatever their grouping; the lanes are added up per super-block. */
+
+/* A super-block's eight 6-bit scales and minimums as int16 (sc[8], mn[8]). */
+#define DEFINE_SCALES_K(name, tgt)                                                               \
+    tgt static inline __attribute__((always_inline)) void name(const struct xd_block_q4_k *b,    \
+                                                               int16_t *sc, int16_t *mn)         \
+    {                                                                                            \
+        uint32_t h;                                                                              \
+        memcpy(&h, b->scales + 8, sizeof h);                                                     \
+        const __m256i lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)b->scales));    \
+        const __m256i hv = _mm256_set1_epi32((int)h), three = _mm256_set1_epi32(3);              \
+        const __m256i sh = _mm256_and_si256(                                                     \
+            _mm256_srlv_epi32(hv, _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)), three);         \
+        const __m256i mh = _mm256_and_si256(                                                     \
+            _mm256_srlv_epi32(hv, _mm256_setr_epi32(16, 18, 20, 22, 24, 26, 28, 30)), three);    \
+        const __m256i s32 = _mm256_or_si256(_mm256_and_si256(lo, _mm256_set1_epi32(15)),         \
+                                            _mm256_slli_epi32(sh, 4));                           \
+        const __m256i m32 = _mm256_or_si256(_mm256_srli_epi32(lo, 4), _mm256_slli_epi32(mh, 4)); \
+        /* [sc 0-3, mn 0-3 | sc 4-7, mn 4-7] -> [sc 0-7 | mn 0-7] */                              \
+        const __m256i p =                                                                        \
+            _mm256_permute4x64_epi64(_mm256_packs_epi32(s32, m32), _MM_SHUFFLE(3, 1, 2, 0));     \
+        _mm_storeu_si128((__m128i *)sc, _mm256_castsi256_si128(p));                              \
+        _mm_storeu_si128((__m128i *)mn, _mm256_extracti128_si256(p, 1));                         \
+    }
+DEFINE_SCALES_K(scales_k_avx2, TGT_AVX2)
+DEFINE_SCALES_K(scales_k_vnni, TGT_VNNI)
+
+/* Sums the four int32 lanes of each 128-bit lane of v0..v3 into one 128-bit lane of four:
+ * 128-bit lane L of the result is [sum v0_L, sum v1_L, sum v2_L, sum v3_L]. */
+TGT_VNNI static inline __attribute__((always_inline)) __m512i
+hsum4_vnni(__m512i v0, __m512i v1, __m512i v2, __m512i v3)
+{
+    const __m512i u01 = _mm512_add_epi32(_mm512_unpacklo_epi32(v0, v1), _mm512_unpackhi_epi32(v0, v1));
+    const __m512i u23 = _mm512_add_epi32(_mm512_unpacklo_epi32(v2, v3), _mm512_unpackhi_epi32(v2, v3));
+    return _mm512_add_epi32(_mm512_unpacklo_epi64(u01, u23), _mm512_unpackhi_epi64(u01, u23));
+}
+
+/* VNNI, q4_K: one super-block of up to four rows unpacked once for every token tile of a
+ * chunk: the weights of quarter q (weights 64q .. 64q + 63) as bytes, the scale vectors that
+ * vpdpwssd multiplies their pairs by (int16 lanes 0-15 sc[2q], 16-31 sc[2q + 1]), the minimums
+ * (lane 8r + j) and d, dmin of row r in lanes 4r .. 4r + 3. */
+struct prep_k {
+    __m512i wv[4][4], sv[4][4]; /* [row][quarter] */
+    __m512i mv;
+    __m512 dwv, dmv;
+};
+
+TGT_VNNI static inline __attribute__((always_inline)) void
+prep_vnni_k(const struct xd_block_q4_k *const *wrow, int64_t k, const int nr, size_t row_bytes,
+            int decode, struct prep_k *p)
+{
+    _Alignas(64) int16_t sc[4][8], mn[4][8];
+    memset(sc, 0, sizeof sc);
+    memset(mn, 0, sizeof mn);
+    if (decode) {
+        /* the rows one tile on, as tile_vnni (a hint; it changes no result) */
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            const char *pf = (const char *)(wrow[r] + k) + QPREFETCH_ROWS * row_bytes;
+            _mm_prefetch(pf, _MM_HINT_T0);
+            _mm_prefetch(pf + 64, _MM_HINT_T0);
+            _mm_prefetch(pf + 128, _MM_HINT_T0);
+        }
+    }
+    const __m512i nib = _mm512_set1_epi8(15);
+    uint16_t hd[8] = {0};
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++) {
+        const struct xd_block_q4_k *blk = wrow[r] + k;
+        scales_k_vnni(blk, sc[r], mn[r]);
+        hd[r] = blk->d;
+        hd[4 + r] = blk->dmin;
+        const __m512i scb = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)sc[r]));
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++) {
+            const __m512i v = _mm512_loadu_si512((const void *)(blk->qs + 64 * (q / 2)));
+            p->wv[r][q] = _mm512_and_si512(q % 2 ? _mm512_srli_epi16(v, 4) : v, nib);
+            const int lo = 4 * q | (4 * q + 1) << 8, hi = (4 * q + 2) | (4 * q + 3) << 8;
+            const __m512i pat =
+                _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(lo | lo << 16)),
+                                   _mm256_set1_epi32(hi | hi << 16), 1);
+            p->sv[r][q] = _mm512_shuffle_epi8(scb, pat);
+        }
+    }
+    p->mv = _mm512_load_si512((const void *)mn);
+    const __m512i row_idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const __m256 dd = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)hd));
+    p->dwv = _mm512_permutexvar_ps(row_idx, _mm512_castps256_ps512(dd));
+    p->dmv = _mm512_permutexvar_ps(_mm512_add_epi32(row_idx, _mm512_set1_epi32(4)),
+                                   _mm512_castps256_ps512(dd));
+}
+
+/* Super-block k of tokens t0 .. t0 + nt - 1 against the prepared rows (constants once
+ * inlined): the sixteen (row, token) results of the header's order in lane 4r + t of *A, *M. */
+TGT_VNNI static inline __attribute__((always_inline)) void
+step_vnni_k(const struct prep_k *p, const struct xd_cpu_qacts *a, int64_t t0, int64_t k,
+            const int nt, const int nr, __m512 *A, __m512 *M)
+{
+    const int64_t nb = a->nb, cols = nb * XD_QBLOCK;
+    __m512i acc[4][NT];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++)
+            acc[r][t] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; q++) {
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const __m512i xv = _mm512_loadu_si512(
+                (const void *)(a->q + (t0 + t) * cols + k * XD_QK + 64 * q));
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++)
+                acc[r][t] = _mm512_dpwssd_epi32(
+                    acc[r][t], _mm512_maddubs_epi16(p->wv[r][q], xv), p->sv[r][q]);
+        }
+    }
+    /* sumi of (r, t) into lane 4r + t: each row's four tokens summed within 128-bit lanes,
+     * then the four 128-bit lanes of each row added (a 4 x 4 transpose of lanes) */
+    const __m512i w0 = hsum4_vnni(acc[0][0], acc[0][1], acc[0][2], acc[0][3]);
+    const __m512i w1 = hsum4_vnni(acc[1][0], acc[1][1], acc[1][2], acc[1][3]);
+    const __m512i w2 = hsum4_vnni(acc[2][0], acc[2][1], acc[2][2], acc[2][3]);
+    const __m512i w3 = hsum4_vnni(acc[3][0], acc[3][1], acc[3][2], acc[3][3]);
+    const __m512i s01 = _mm512_add_epi32(_mm512_shuffle_i32x4(w0, w1, _MM_SHUFFLE(1, 0, 1, 0)),
+                                         _mm512_shuffle_i32x4(w0, w1, _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m512i s23 = _mm512_add_epi32(_mm512_shuffle_i32x4(w2, w3, _MM_SHUFFLE(1, 0, 1, 0)),
+                                         _mm512_shuffle_i32x4(w2, w3, _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m512i sumi = _mm512_add_epi32(_mm512_shuffle_i32x4(s01, s23, _MM_SHUFFLE(2, 0, 2, 0)),
+                                          _mm512_shuffle_i32x4(s01, s23, _MM_SHUFFLE(3, 1, 3, 1)));
+    /* summ: the rows' minimums (lane 8r + j) against each token's eight sums, pairs in lane
+     * 4r + p, then summed within 128-bit lanes into lane 4r + t */
+    __m512i mp[NT];
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++)
+        mp[t] = t < nt ? _mm512_madd_epi16(p->mv, _mm512_broadcast_i32x4(_mm_loadu_si128(
+                                                      (const __m128i *)(a->bs + (t0 + t) * nb +
+                                                                        8 * k))))
+                       : _mm512_setzero_si512();
+    const __m512i summ = hsum4_vnni(mp[0], mp[1], mp[2], mp[3]);
+    /* the float steps: lane 4r + t gets d_r * dx_t and dmin_r * dx_t */
+    const float *dx = a->d + k * a->ld_s + t0;
+    __m128 dx4;
+    if (nt == 4) {
+        dx4 = _mm_loadu_ps(dx);
+    } else {
+        float v[4] = {0};
+        for (int t = 0; t < nt; t++)
+            v[t] = dx[t];
+        dx4 = _mm_loadu_ps(v);
+    }
+    const __m512 dxv = _mm512_broadcast_f32x4(dx4);
+    *A = _mm512_fmadd_ps(_mm512_mul_ps(p->dwv, dxv), _mm512_cvtepi32_ps(sumi), *A);
+    *M = _mm512_fmadd_ps(_mm512_mul_ps(p->dmv, dxv), _mm512_cvtepi32_ps(summ), *M);
+}
+
+/* Tokens per chunk of the VNNI q4_K rows: each super-block of a row group is unpacked once for
+ * all of them (their accumulators, 2 x 64 bytes a 4-token tile, stay in L1). */
+#define KCHUNK_TILES 16
+
+/* VNNI, q4_K: rows r0 .. r0 + nr - 1 (nr 4 or 1) for every token of a, a chunk of tokens at a
+ * time: per super-block the rows are prepared once, then each token tile takes its step. */
+TGT_VNNI static inline __attribute__((always_inline)) void
+rowgroup_vnni_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, int64_t r0,
+                const int nr)
+{
+    const int64_t nb = a->nb;
+    const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
+    const struct xd_block_q4_k *wrow[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+        wrow[r] = (const struct xd_block_q4_k *)((const char *)w->data + (size_t)(r0 + r) * row_bytes);
+    struct prep_k p;
+    for (int64_t c0 = 0; c0 < a->n; c0 += KCHUNK_TILES * NT) {
+        const int64_t c1 = c0 + KCHUNK_TILES * NT < a->n ? c0 + KCHUNK_TILES * NT : a->n;
+        const int n_full = (int)((c1 - c0) / NT), rest = (int)((c1 - c0) % NT);
+        __m512 A[KCHUNK_TILES], M[KCHUNK_TILES];
+        for (int i = 0; i <= n_full && i < KCHUNK_TILES; i++)
+            A[i] = M[i] = _mm512_setzero_ps();
+        for (int64_t k = 0; k < nb / 8; k++) {
+            prep_vnni_k(wrow, k, nr, row_bytes, a->n <= 2, &p);
+            for (int i = 0; i < n_full; i++)
+                step_vnni_k(&p, a, c0 + NT * i, k, NT, nr, &A[i], &M[i]);
+            switch (rest) {
+            case 3: step_vnni_k(&p, a, c0 + NT * n_full, k, 3, nr, &A[n_full], &M[n_full]); break;
+            case 2: step_vnni_k(&p, a, c0 + NT * n_full, k, 2, nr, &A[n_full], &M[n_full]); break;
+            case 1: step_vnni_k(&p, a, c0 + NT * n_full, k, 1, nr, &A[n_full], &M[n_full]); break;
+            default: break;
+            }
+        }
+        for (int i = 0; i * NT < c1 - c0; i++) {
+            _Alignas(64) float res[16];
+            _mm512_store_ps(res, _mm512_sub_ps(A[i], M[i]));
+            const int nt = c1 - c0 - NT * i < NT ? (int)(c1 - c0 - NT * i) : NT;
+            for (int r = 0; r < nr; r++)
+                for (int t = 0; t < nt; t++)
+                    y[(c0 + NT * i + t) * w->rows + r0 + r] = res[4 * r + t];
+        }
+    }
+}
+
+/* AVX2, q4_K: one row against tokens t0 .. t0 + nt - 1; lane t of the four-lane sums. */
+TGT_AVX2 static inline __attribute__((always_inline)) void
+tile_avx2_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, int64_t t0,
+            int64_t r0, const int nt)
+{
+    const int64_t nb = a->nb, cols = nb * XD_QBLOCK;
+    const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
+    const struct xd_block_q4_k *row =
+        (const struct xd_block_q4_k *)((const char *)w->data + (size_t)r0 * row_bytes);
+    const __m256i nib = _mm256_set1_epi8(15);
+    __m128 A = _mm_setzero_ps(), M = _mm_setzero_ps();
+    for (int64_t k = 0; k < nb / 8; k++) {
+        const struct xd_block_q4_k *blk = row + k;
+        if (nt <= 2) {
+            const char *p = (const char *)blk + QPREFETCH_ROWS * row_bytes;
+            _mm_prefetch(p, _MM_HINT_T0);
+            _mm_prefetch(p + 64, _MM_HINT_T0);
+            _mm_prefetch(p + 128, _MM_HINT_T0);
+        }
+        _Alignas(16) int16_t sc[8], mn[8];
+        scales_k_avx2(blk, sc, mn);
+        __m256i acc[NT];
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++)
+            acc[t] = _mm256_setzero_si256();
+        /* 32 bytes at 64c + 32p: sub-block 4c + p in the low nibbles, 4c + 2 + p in the high */
+#pragma GCC unroll 4
+        for (int h = 0; h < 4; h++) {
+            const int jl = 4 * (h / 2) + h % 2, jh = jl + 2;
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * h));
+            const __m256i wl = _mm256_and_si256(v, nib);
+            const __m256i wh = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+            const __m256i sl = _mm256_set1_epi16(sc[jl]), sh = _mm256_set1_epi16(sc[jh]);
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++) {
+                const int8_t *xq = a->q + (t0 + t) * cols + k * XD_QK;
+                const __m256i xl = _mm256_loadu_si256((const __m256i *)(xq + 32 * jl));
+                const __m256i xh = _mm256_loadu_si256((const __m256i *)(xq + 32 * jh));
+                acc[t] = _mm256_add_epi32(
+                    acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(wl, xl), sl));
+                acc[t] = _mm256_add_epi32(
+                    acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(wh, xh), sh));
+            }
+        }
+        /* [sum acc0 .. sum acc3] */
+        const __m256i h4 = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]),
+                                             _mm256_hadd_epi32(acc[2], acc[3]));
+        const __m128i sumi =
+            _mm_add_epi32(_mm256_castsi256_si128(h4), _mm256_extracti128_si256(h4, 1));
+        const __m128i mv = _mm_load_si128((const __m128i *)mn);
+        __m128i mp[NT];
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++)
+            mp[t] = t < nt ? _mm_madd_epi16(mv, _mm_loadu_si128((const __m128i *)(a->bs + (t0 + t) * nb + 8 * k)))
+                           : _mm_setzero_si128();
+        const __m128i summ =
+            _mm_hadd_epi32(_mm_hadd_epi32(mp[0], mp[1]), _mm_hadd_epi32(mp[2], mp[3]));
+        const float *dx = a->d + k * a->ld_s + t0;
+        __m128 dx4;
+        if (nt == 4) {
+            dx4 = _mm_loadu_ps(dx);
+        } else {
+            float v[4] = {0};
+            for (int t = 0; t < nt; t++)
+                v[t] = dx[t];
+            dx4 = _mm_loadu_ps(v);
+        }
+        A = _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(blk->d)), dx4), _mm_cvtepi32_ps(sumi), A);
+        M = _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(blk->dmin)), dx4), _mm_cvtepi32_ps(summ),
+                         M);
+    }
+    float res[4];
+    _mm_storeu_ps(res, _mm_sub_ps(A, M));
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++)
+        y[(t0 + t) * w->rows + r0] = res[t];
+}
+
+TGT_VNNI static void rows_vnni_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
+                                 int64_t r0, int64_t r1)
+{
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4)
+        rowgroup_vnni_k(a, w, y, r, 4);
+    for (; r < r1; r++)
+        rowgroup_vnni_k(a, w, y, r, 1);
+}
+
+TGT_AVX2 static void rows_avx2_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
+                                 int64_t r0, int64_t r1)
+{
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t t = 0;
+        for (; t + NT <= a->n; t += NT)
+            tile_avx2_k(a, w, y, t, r, NT);
+        switch (a->n - t) {
+        case 3: tile_avx2_k(a, w, y, t, r, 3); break;
+        case 2: tile_avx2_k(a, w, y, t, r, 2); break;
+        case 1: tile_avx2_k(a, w, y, t, r, 1); break;
+        default: break;
+        }
+    }
+}
 #endif
 
 /* ---- dispatch ---- */
@@ -463,6 +868,15 @@ typedef void (*rows_fn)(const struct xd_cpu_qacts *, const struct xd_matrix *, f
 static rows_fn rows_for(enum xd_dtype dt, enum xd_quant_path path)
 {
     const int q8 = dt == XD_DTYPE_Q8_0;
+    if (dt == XD_DTYPE_Q4_K) {
+#ifdef XD_HAVE_X86_QUANT
+        if (path == XD_QUANT_VNNI)
+            return rows_vnni_k;
+        if (path == XD_QUANT_AVX2)
+            return rows_avx2_k;
+#endif
+        return rows_portable_k;
+    }
 #ifdef XD_HAVE_X86_QUANT
     if (path == XD_QUANT_VNNI)
         return q8 ? rows_vnni_q8 : rows_vnni_q4;
@@ -478,7 +892,8 @@ static rows_fn rows_for(enum xd_dtype dt, enum xd_quant_path path)
 void xd_cpu_matmul_quant_rows(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
                               int64_t r0, int64_t r1, enum xd_quant_path path)
 {
-    assert(xd_dtype_is_quant(w->dtype) && a->nb * XD_QBLOCK == w->cols);
+    assert(xd_dtype_is_quant(w->dtype) && a->nb * XD_QBLOCK == w->cols &&
+           a->super == (w->dtype == XD_DTYPE_Q4_K));
     assert(0 <= r0 && r0 <= r1 && r1 <= w->rows);
     if (a->n > 0 && r0 < r1)
         rows_for(w->dtype, path)(a, w, y, r0, r1);
@@ -505,21 +920,22 @@ void xd_cpu_matmul_quant(const float *x, int n, const struct xd_matrix *w, float
     if (n <= 0)
         return;
     const rows_fn fn = rows_for(w->dtype, path);
-    /* the step's activations, quantized once for every row: 40 bytes per 32 values */
-    void *buf = malloc(xd_cpu_qacts_bytes(n, cols));
+    /* the step's activations, quantized once for every row: 40 bytes per 32 values (q4_K
+     * 34.5) */
+    void *buf = malloc(xd_cpu_qacts_bytes(w->dtype, n, cols));
     if (!buf) {
         /* no memory for the scratch: one token at a time from the stack, the same results */
         for (int t = 0; t < n; t++) {
             float one_buf[nb * (2 + XD_QBLOCK / sizeof(float))];
             struct xd_cpu_qacts one;
-            xd_cpu_qacts_init(one_buf, 1, cols, &one);
+            xd_cpu_qacts_init(one_buf, w->dtype, 1, cols, &one);
             xd_cpu_qacts_quantize(&one, x + (int64_t)t * cols, 0, 1);
             run_rows(fn, &one, w, y + (int64_t)t * w->rows);
         }
         return;
     }
     struct xd_cpu_qacts a;
-    xd_cpu_qacts_init(buf, n, cols, &a);
+    xd_cpu_qacts_init(buf, w->dtype, n, cols, &a);
     xd_cpu_qacts_quantize(&a, x, 0, n);
     run_rows(fn, &a, w, y);
     free(buf);

@@ -24,18 +24,24 @@ enum xd_dtype {
     XD_DTYPE_MXFP4, /* e2m1 values, one e8m0 scale per block of 32 (17 bytes a block;
                      * engine/model/mxfp4.h): packed at load from a checkpoint's MXFP4
                      * _blocks/_scales (gpt_oss's experts), computed by the CPU kernel as is */
+    /* A block format made by --quantize q4k (after the others, so their values stay): rows of
+     * cols / 256 super-blocks of 4-bit weights with 6-bit sub-block scales and minimums and
+     * an f16 scale and minimum scale per super-block (144 bytes a super-block). */
+    XD_DTYPE_Q4_K,
 };
 
 /* Bytes per element; 0 for the block formats (use xd_dtype_row_bytes). */
 size_t xd_dtype_size(enum xd_dtype dtype);
-/* Bytes of one row of cols elements (cols a multiple of 32 for the block formats). */
+/* Bytes of one row of cols elements (cols a multiple of 32 for the block formats, of 256 for
+ * Q4_K). */
 size_t xd_dtype_row_bytes(enum xd_dtype dtype, int64_t cols);
 /* Whether dtype is one of the block formats made by --quantize. */
 static inline int xd_dtype_is_quant(enum xd_dtype dtype)
 {
-    return dtype == XD_DTYPE_Q8_0 || dtype == XD_DTYPE_Q4_1;
+    return dtype == XD_DTYPE_Q8_0 || dtype == XD_DTYPE_Q4_1 || dtype == XD_DTYPE_Q4_K;
 }
-/* The safetensors spelling ("F32", "BF16", "F16", "F8_E4M3", "U8"), or "Q8_0" / "Q4_1" / "MXFP4". */
+/* The safetensors spelling ("F32", "BF16", "F16", "F8_E4M3", "U8"), or "Q8_0" / "Q4_1" / "Q4_K" /
+ * "MXFP4". */
 const char *xd_dtype_name(enum xd_dtype dtype);
 /* Parses a safetensors dtype string; returns 0 and sets *ret_dtype, or -1
  * for any other dtype. */

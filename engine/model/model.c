@@ -743,7 +743,7 @@ static size_t list_quant_jobs(struct xd_model *m, enum xd_dtype fmt, bool expert
         if ((mat)->data) {                                                                       \
             if (jobs) {                                                                          \
                 jobs[n].m = (mat);                                                               \
-                jobs[n].fmt = fmt;                                                               \
+                jobs[n].fmt = xd_quant_format_for(fmt, (mat)->cols);                             \
                 snprintf(jobs[n].name, sizeof jobs[n].name, __VA_ARGS__);                        \
             }                                                                                    \
             n++;                                                                                 \
@@ -1098,7 +1098,7 @@ int xd_model_quantize_packed(struct xd_model *m, enum xd_dtype fmt, bool experts
         return xd_err_set(err, XD_ERR_UNSUPPORTED,
                           "%s: an FP8 checkpoint is served as q8 (its weights converted at "
                           "load); --quantize %s is not supported for it",
-                          m->dir, fmt == XD_DTYPE_Q4_1 ? "q4" : xd_dtype_name(fmt));
+                          m->dir, xd_quant_name(fmt));
     }
     if (xd_dtype_is_quant(m->quant)) {
         if (m->quant == fmt && m->quant_experts_only == experts_only)
@@ -1115,7 +1115,7 @@ int xd_model_quantize_packed(struct xd_model *m, enum xd_dtype fmt, bool experts
         return xd_err_set(err, XD_ERR_NOMEM, "quantize: out of memory");
     list_quant_jobs(m, fmt, experts_only, jobs);
     size_t total = 0;
-    int n_kept = 0;
+    int n_kept = 0, n_fallback = 0;
     for (size_t i = 0; i < n_jobs; i++) {
         const struct xd_matrix *src = jobs[i].m;
         if (src->cols % XD_QBLOCK != 0 || src->dtype == XD_DTYPE_MXFP4) {
@@ -1125,6 +1125,8 @@ int xd_model_quantize_packed(struct xd_model *m, enum xd_dtype fmt, bool experts
             n_kept++;
             continue;
         }
+        /* q4_K's super-blocks need whole groups of 256: such a matrix is made q4_1 */
+        n_fallback += fmt == XD_DTYPE_Q4_K && jobs[i].fmt == XD_DTYPE_Q4_1;
         /* each matrix starts on a 64-byte boundary */
         total += (src->rows * xd_dtype_row_bytes(jobs[i].fmt, src->cols) + 63) & ~(size_t)63;
     }
@@ -1136,8 +1138,7 @@ int xd_model_quantize_packed(struct xd_model *m, enum xd_dtype fmt, bool experts
     if (po && po->enabled) {
         struct xd_err e = {{0}};
         char tag[32];
-        snprintf(tag, sizeof tag, "%s%s", fmt == XD_DTYPE_Q8_0 ? "q8" : "q4",
-                 experts_only ? "-experts" : "");
+        snprintf(tag, sizeof tag, "%s%s", xd_quant_name(fmt), experts_only ? "-experts" : "");
         if (xd_pack_identity(m->dir, m->checkpoint, &key.identity, &key.checkpoint_bytes,
                              &e) < 0 ||
             xd_pack_paths(m->dir, po->dir, tag, paths, &n_paths, &e) < 0) {
@@ -1151,6 +1152,7 @@ int xd_model_quantize_packed(struct xd_model *m, enum xd_dtype fmt, bool experts
             m->quant = fmt;
             m->quant_experts_only = experts_only;
             m->quant_n_kept = n_kept;
+            m->quant_n_fallback = n_fallback;
             return XD_OK;
         }
     }
@@ -1188,6 +1190,7 @@ int xd_model_quantize_packed(struct xd_model *m, enum xd_dtype fmt, bool experts
     m->quant_buf = buf;
     m->quant_bytes = total;
     m->quant_n_kept = n_kept;
+    m->quant_n_fallback = n_fallback;
     if (n_paths)
         pack_write(m, po, &key, paths, n_paths, jobs, n_jobs);
     free(paths[0]);

@@ -69,13 +69,14 @@ struct xd_model {
     struct xd_layer_weights *layers; /* (n_layers,) */
     struct xd_expert_store experts;  /* host-resident views of the checkpoint */
     char *dir;
-    /* After xd_model_quantize: the format (XD_DTYPE_Q8_0 / Q4_1; XD_DTYPE_F32 before), whether
+    /* After xd_model_quantize: the format (XD_DTYPE_Q8_0 / Q4_1 / Q4_K; XD_DTYPE_F32 before), whether
      * only the experts were quantized, and the one buffer that holds every quantized matrix. */
     enum xd_dtype quant;
     bool quant_experts_only;
     void *quant_buf;
     size_t quant_bytes;
     int quant_n_kept;        /* matrices left as stored: columns not a multiple of 32 */
+    int quant_n_fallback;    /* Q4_K: matrices made q4_1, their columns not a multiple of 256 */
     /* Loaded from an FP8 checkpoint (config.fp8): its F8_E4M3 matrices were converted at load,
      * the matmul weights to q8_0 (quant is Q8_0), the embedding, lm_head and router to f32. */
     bool fp8;
@@ -117,7 +118,9 @@ int xd_model_load_packed(const char *dir, const struct xd_pack_opts *po,
 int xd_model_load_fp8_dequantized(const char *dir, struct xd_model **ret_model,
                                   struct xd_err *err);
 
-/* Quantizes the model's matrices to fmt (XD_DTYPE_Q8_0 or XD_DTYPE_Q4_1) from their f32/bf16/f16
+/* Quantizes the model's matrices to fmt (XD_DTYPE_Q8_0, XD_DTYPE_Q4_1 or XD_DTYPE_Q4_K; under Q4_K
+ * a matrix whose columns are not a multiple of 256 is made q4_1, counted in quant_n_fallback)
+ * from their f32/bf16/f16
  * views: every expert's gate, up and down; unless experts_only, also attention (q, k, v, o),
  * the dense and shared-expert MLPs, and lm_head in q8 whatever fmt (the logits' precision). The
  * router, norms, biases, the shared-expert gate and the embedding keep their checkpoint

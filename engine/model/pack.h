@@ -71,10 +71,13 @@ struct xd_pack_info {
     struct xd_pack_extent *extents; /* (n_extents,) */
 };
 
-/* The scheme code of a quantization: fmt (XD_DTYPE_Q8_0 / Q4_1) and its scope. */
+/* The scheme code of a quantization: fmt (XD_DTYPE_Q8_0 / Q4_1 / Q4_K) and its scope. A q4_K
+ * pack holds Q4_K extents and the Q4_1 ones of matrices whose cols are not a multiple of 256. */
 uint32_t xd_pack_scheme(enum xd_dtype fmt, bool experts_only);
 
-/* The on-disk code of dtype (F32, BF16, F16, Q8_0, Q4_1; 0 for any other) and back (returns 0
+/* The on-disk code of dtype (F32 1, BF16 2, F16 3, Q8_0 4, Q4_1 5, Q4_K 6; 0 for any other; a
+ * new code needs no version bump: an older expertd refuses the pack as of an unknown dtype and
+ * quantizes again) and back (returns 0
  * and sets *ret, or -1 for an unknown code). */
 uint32_t xd_pack_dtype_code(enum xd_dtype dtype);
 int xd_pack_dtype_from_code(uint32_t code, enum xd_dtype *ret);
