@@ -96,7 +96,8 @@ static double cpu_now(void)
 
 /* Seconds to prefill n_seqs prompts of len tokens in one step each... as one batch. */
 static int run_once(struct xd_engine *e, int n_seqs, int len, int steps, int vocab,
-                    double *ret_prefill_s, double *ret_prefill_cpu_s, double *ret_decode_s)
+                    double *ret_prefill_s, double *ret_prefill_cpu_s, double *ret_decode_s,
+                    double *ret_decode_cpu_s)
 {
     const int bs = xd_engine_opts(e)->block_size;
     const int per_seq = (len + steps + bs - 1) / bs;
@@ -124,12 +125,13 @@ static int run_once(struct xd_engine *e, int n_seqs, int len, int steps, int voc
         }
         rc = xd_engine_forward(e, &b, &out, &err);
     }
-    double t2 = xd_now();
+    double t2 = xd_now(), c2 = cpu_now();
     if (rc != XD_OK)
         fprintf(stderr, "bench-engine: %s\n", err.msg);
     *ret_prefill_s = t1 - t0;
     *ret_prefill_cpu_s = c1 - c0;
     *ret_decode_s = t2 - t1;
+    *ret_decode_cpu_s = c2 - c1;
     free(tables);
     free(toks);
     free(sc);
@@ -240,17 +242,20 @@ int main(int argc, char **argv)
            gbps);
     for (int bi = 0; bi < n_batches; bi++) {
         int nb = batches[bi];
-        double pre[64], pre_cpu[64], dec[64];
+        double pre[64], pre_cpu[64], dec[64], dec_cpu[64];
         int r;
         for (r = 0; r < o.repeats && r < 64; r++)
             if (run_once(e, nb, o.prompt_len, o.decode_steps, c->vocab_size, &pre[r], &pre_cpu[r],
-                         &dec[r]) < 0)
+                         &dec[r], &dec_cpu[r]) < 0)
                 return 1;
         double p = median(pre, r), pc = median(pre_cpu, r), d = median(dec, r);
+        double dc = median(dec_cpu, r);
         double dec_tps = nb * o.decode_steps / d;
         printf("%s\n  {\"batch\": %d, \"prefill_tokens_per_s\": %.1f, \"prefill_cpu_s\": %.3f, "
-               "\"decode_tokens_per_s\": %.2f, \"decode_step_ms\": %.2f",
-               bi ? "," : "", nb, nb * o.prompt_len / p, pc, dec_tps, 1e3 * d / o.decode_steps);
+               "\"decode_tokens_per_s\": %.2f, \"decode_step_ms\": %.2f, "
+               "\"decode_step_cpu_ms\": %.2f",
+               bi ? "," : "", nb, nb * o.prompt_len / p, pc, dec_tps, 1e3 * d / o.decode_steps,
+               1e3 * dc / o.decode_steps);
         if (nb == 1)
             printf(", \"decode_bytes_per_token_mib\": %.1f, \"decode_fraction_of_baseline\": "
                    "%.3f",

@@ -5,6 +5,7 @@
 
 #include "engine/cpu/cpu_kernels.h"
 #include "engine/model/dtype.h"
+#include "engine/model/quant.h"
 #include "tests/test.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
@@ -197,6 +198,86 @@ static void test_gemm_equals_gemv(void)
     }
 }
 
+/* xd_cpu_matmul_multi (one region over several matrices, dynamic row chunks below 24 tokens)
+ * against each matrix alone on this thread, bit for bit: f32, bf16, f16, q8_0 and q4_1 matrices
+ * of different heights (a part chunk at each one's end) sharing one input, at token counts on
+ * both sides of the GEMM's threshold. */
+static void test_multi_equals_alone(void)
+{
+    enum { K = 5, COLS = 320, MAX_N = 30 };
+    const enum xd_dtype dts[K] = {XD_DTYPE_BF16, XD_DTYPE_F32, XD_DTYPE_Q8_0, XD_DTYPE_F16,
+                                  XD_DTYPE_Q4_1};
+    const int rows[K] = {300, 77, 130, 64, 33};
+    float *x = malloc(sizeof(float) * MAX_N * COLS);
+    for (int i = 0; i < MAX_N * COLS; i++)
+        x[i] = frand();
+    struct xd_matrix w[K];
+    void *data[K];
+    float *y[K], *alone[K];
+    for (int m = 0; m < K; m++) {
+        const size_t nw = (size_t)rows[m] * COLS;
+        float *wf = malloc(sizeof(float) * nw);
+        for (size_t i = 0; i < nw; i++)
+            wf[i] = frand();
+        struct xd_matrix src = {.dtype = XD_DTYPE_F32, .rows = rows[m], .cols = COLS, .data = wf};
+        if (dts[m] == XD_DTYPE_F32) {
+            data[m] = wf;
+            w[m] = src;
+        } else if (xd_dtype_is_quant(dts[m])) {
+            data[m] = malloc((size_t)rows[m] * xd_dtype_row_bytes(dts[m], COLS));
+            xd_quant_matrix(&src, dts[m], data[m], &w[m]);
+            free(wf);
+        } else {
+            uint16_t *wh = malloc(sizeof(uint16_t) * nw);
+            for (size_t i = 0; i < nw; i++)
+                wh[i] = dts[m] == XD_DTYPE_F16 ? xd_f32_to_f16(wf[i]) : xd_f32_to_bf16(wf[i]);
+            data[m] = wh;
+            w[m] = (struct xd_matrix){.dtype = dts[m], .rows = rows[m], .cols = COLS, .data = wh};
+            free(wf);
+        }
+        y[m] = malloc(sizeof(float) * MAX_N * (size_t)rows[m]);
+        alone[m] = malloc(sizeof(float) * MAX_N * (size_t)rows[m]);
+    }
+    const struct xd_matrix *ws[K] = {&w[0], &w[1], &w[2], &w[3], &w[4]};
+    const int ns[] = {1, 2, 7, 23, 24, 30};
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
+        const int n = ns[i];
+        for (int m = 0; m < K; m++) {
+            if (xd_dtype_is_quant(dts[m])) {
+                void *buf = malloc(xd_cpu_qacts_bytes(n, COLS));
+                struct xd_cpu_qacts qa;
+                xd_cpu_qacts_init(buf, n, COLS, &qa);
+                xd_cpu_qacts_quantize(&qa, x, 0, n);
+                xd_cpu_matmul_quant_rows(&qa, &w[m], alone[m], 0, rows[m], xd_cpu_quant_path());
+                free(buf);
+            } else {
+                xd_cpu_matmul_rows(x, n, &w[m], alone[m], 0, rows[m]);
+            }
+            for (int j = 0; j < n * rows[m]; j++)
+                y[m][j] = -1.0f;
+        }
+        xd_cpu_matmul_multi(x, n, K, ws, y);
+        for (int m = 0; m < K; m++) {
+            const size_t bytes = sizeof(float) * (size_t)n * (size_t)rows[m];
+            CHECK(memcmp(y[m], alone[m], bytes) == 0,
+                  "n %d: matrix %d (%s, %d rows) differs from itself alone", n, m,
+                  xd_dtype_name(dts[m]), rows[m]);
+            float *one = malloc(bytes);
+            xd_cpu_matmul(x, n, &w[m], one);
+            CHECK(memcmp(one, alone[m], bytes) == 0,
+                  "n %d: xd_cpu_matmul of matrix %d (%s) differs from the row kernel", n, m,
+                  xd_dtype_name(dts[m]));
+            free(one);
+        }
+    }
+    for (int m = 0; m < K; m++) {
+        free(data[m]);
+        free(y[m]);
+        free(alone[m]);
+    }
+    free(x);
+}
+
 static void test_path_named(void)
 {
     const char *p = xd_cpu_kernel_path();
@@ -217,5 +298,6 @@ int main(void)
     RUN(test_path_named);
     RUN(test_matmul_order);
     RUN(test_gemm_equals_gemv);
+    RUN(test_multi_equals_alone);
     return test_summary();
 }

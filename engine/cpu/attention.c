@@ -213,15 +213,65 @@ TGT512 static void scores_avx512(const struct tile_ctx *c, int nr, float *S)
     }
 }
 
+/* The 16 x 16 floats r[0..15] transposed in registers: afterwards r[i] lane j is the former
+ * r[j] lane i (unpacks of pairs, then of 64-bit pairs, then two 128-bit lane shuffles). */
+TGT512 static inline __attribute__((always_inline)) void transpose16x16(__m512 r[16])
+{
+    __m512 t[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) { /* rows 4i .. 4i + 3, four columns per 128-bit lane */
+        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+        const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) { /* rows 0-7 then 8-15: lanes 0 and 2, then 1 and 3 */
+        t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
+        t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xdd);
+        t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
+        t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xdd);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+        r[4 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0x88);
+        r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
+        r[12 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xdd);
+    }
+}
+
 /* kt (hd, KB) from 16 keys that follow each other in one cache block, the first at k0 (rows
- * kvd apart): one gather per d. */
+ * kvd apart): 16 d at a time as 16 row loads transposed in registers (a gather per d costs
+ * more than the scores of a decode token's few rows), the last hd % 16 by one gather per d.
+ * Only moves values: kt is the same whichever way it is filled. */
 TGT512 static void fill_kt_avx512(const float *k0, size_t kvd, int hd, float *kt)
 {
-    const __m512i idx = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32((int)kvd));
-    for (int d = 0; d < hd; d++)
-        _mm512_storeu_ps(kt + (size_t)d * KB, _mm512_i32gather_ps(idx, k0 + d, 4));
+    int d = 0;
+    for (; d + 16 <= hd; d += 16) {
+        __m512 r[16];
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++)
+            r[j] = _mm512_loadu_ps(k0 + (size_t)j * kvd + d);
+        transpose16x16(r);
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++)
+            _mm512_storeu_ps(kt + (size_t)(d + i) * KB, r[i]);
+    }
+    if (d < hd) {
+        const __m512i idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32((int)kvd));
+        for (; d < hd; d++)
+            _mm512_storeu_ps(kt + (size_t)d * KB, _mm512_i32gather_ps(idx, k0 + d, 4));
+    }
 }
 
 /* The softmax part of one row's step (as row_update_portable up to P.V): rescales acc where the
@@ -355,14 +405,56 @@ TGT256 static inline __attribute__((always_inline)) __m256 exp8(__m256 x)
     return _mm256_andnot_ps(zero, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
 }
 
+/* The 8 x 8 floats r[0..7] transposed in registers (as transpose16x16). */
+TGT256 static inline __attribute__((always_inline)) void transpose8x8(__m256 r[8])
+{
+    __m256 t[8];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; i++) {
+        r[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        r[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xee);
+        r[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        r[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x20);
+        t[4 + i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x31);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        r[i] = t[i];
+}
+
+/* As fill_kt_avx512: each half of the block's keys 8 d at a time transposed in registers, the
+ * last hd % 8 by gathers. */
 TGT256 static void fill_kt_avx2(const float *k0, size_t kvd, int hd, float *kt)
 {
-    const __m256i lo = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                          _mm256_set1_epi32((int)kvd));
-    const __m256i hi = _mm256_add_epi32(lo, _mm256_set1_epi32(8 * (int)kvd));
-    for (int d = 0; d < hd; d++) {
-        _mm256_storeu_ps(kt + (size_t)d * KB, _mm256_i32gather_ps(k0 + d, lo, 4));
-        _mm256_storeu_ps(kt + (size_t)d * KB + 8, _mm256_i32gather_ps(k0 + d, hi, 4));
+    int d = 0;
+    for (; d + 8 <= hd; d += 8)
+        for (int h = 0; h < KB; h += 8) {
+            __m256 r[8];
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++)
+                r[j] = _mm256_loadu_ps(k0 + (size_t)(h + j) * kvd + d);
+            transpose8x8(r);
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++)
+                _mm256_storeu_ps(kt + (size_t)(d + i) * KB + h, r[i]);
+        }
+    if (d < hd) {
+        const __m256i lo = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                              _mm256_set1_epi32((int)kvd));
+        const __m256i hi = _mm256_add_epi32(lo, _mm256_set1_epi32(8 * (int)kvd));
+        for (; d < hd; d++) {
+            _mm256_storeu_ps(kt + (size_t)d * KB, _mm256_i32gather_ps(k0 + d, lo, 4));
+            _mm256_storeu_ps(kt + (size_t)d * KB + 8, _mm256_i32gather_ps(k0 + d, hi, 4));
+        }
     }
 }
 

@@ -330,9 +330,10 @@ static void attention_block(struct cpu_state *s, const struct xd_batch *b, int l
             s->h[i] += s->out[i];
         return;
     }
-    xd_cpu_matmul(s->xn, n, &lw->wq, s->q);
-    xd_cpu_matmul(s->xn, n, &lw->wk, s->k);
-    xd_cpu_matmul(s->xn, n, &lw->wv, s->v);
+    /* q, k and v in one parallel region (one barrier, not three) */
+    const struct xd_matrix *qkv[3] = {&lw->wq, &lw->wk, &lw->wv};
+    float *const qkv_out[3] = {s->q, s->k, s->v};
+    xd_cpu_matmul_multi(s->xn, n, 3, qkv, qkv_out);
     xd_cpu_add_bias(s->q, n, &lw->bq);
     xd_cpu_add_bias(s->k, n, &lw->bk);
     xd_cpu_add_bias(s->v, n, &lw->bv);
@@ -374,8 +375,9 @@ static void attention_block(struct cpu_state *s, const struct xd_batch *b, int l
 static void swiglu(const struct xd_model_config *c, const float *x, int n,
                    const struct xd_expert_weights *w, float *g, float *u, float *out)
 {
-    xd_cpu_matmul(x, n, &w->gate, g);
-    xd_cpu_matmul(x, n, &w->up, u);
+    const struct xd_matrix *gu[2] = {&w->gate, &w->up};
+    float *const gu_out[2] = {g, u};
+    xd_cpu_matmul_multi(x, n, 2, gu, gu_out); /* one parallel region for both */
     xd_cpu_add_bias(g, n, &w->gate_bias);
     xd_cpu_add_bias(u, n, &w->up_bias);
     if (c->swiglu_limit > 0.0f)

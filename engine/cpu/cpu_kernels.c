@@ -136,18 +136,6 @@ static void portable_rows(const float *x, int n, const struct xd_matrix *w, floa
     }
 }
 
-static void matmul_portable(const float *x, int n, const struct xd_matrix *w, float *y)
-{
-    const int64_t rows = w->rows, cols = w->cols;
-    const int64_t n_tiles = (rows + ROW_TILE - 1) / ROW_TILE;
-
-#pragma omp parallel for schedule(static) if (rows * cols * (int64_t)n > 32768)
-    for (int64_t tile = 0; tile < n_tiles; tile++) {
-        int64_t r_end = tile * ROW_TILE + ROW_TILE < rows ? tile * ROW_TILE + ROW_TILE : rows;
-        portable_rows(x, n, w, y, tile * ROW_TILE, r_end);
-    }
-}
-
 
 /* ---- Register-blocked vector paths (x86-64, chosen at run time) ----
  *
@@ -159,7 +147,7 @@ static void matmul_portable(const float *x, int n, const struct xd_matrix *w, fl
  * depend on how many tokens share the step (1 alone, 64 batched, or a prefill chunk) nor on its
  * place in the tile. The AVX2 path keeps the sixteen lanes in two 8-lane registers (lanes 0-7,
  * 8-15) and adds them first, which is the h = 8 step: both paths give the same bits. They differ
- * from matmul_portable in the last bits (one rounding per multiply-add instead of two). */
+ * from portable_rows in the last bits (one rounding per multiply-add instead of two). */
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
 #include <immintrin.h>
@@ -1100,42 +1088,126 @@ void xd_cpu_matmul_rows(const float *x, int n, const struct xd_matrix *w, float 
 #endif
 }
 
-void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y)
+/* Rows of output per work item when few tokens share the step (n < GEMM_MIN_N): small enough
+ * that the threads finish together when one is slowed (a shared or busier core), big enough
+ * (128 KiB of bf16 weights at 1024 columns) that taking an item costs nothing next to it. */
+#define GEMV_CHUNK 64
+
+/* One matrix of a multi-matmul: where its rows go and which kernel computes a range of them. */
+struct mm_job {
+    const struct xd_matrix *w;
+    float *y;
+    int64_t chunk0; /* its first work item among all the jobs' (few-token schedule) */
+};
+
+/* Rows r0 .. r1 - 1 of job j: the float kernel of this path, or the integer one from the
+ * activations qa quantized once for every quantized job. */
+static void mm_job_rows(const struct mm_job *j, const float *x, int n,
+                        const struct xd_cpu_qacts *qa, enum kernel_path path, int64_t r0,
+                        int64_t r1)
 {
-    if (xd_dtype_is_quant(w->dtype)) {
-        xd_cpu_matmul_quant(x, n, w, y, xd_cpu_quant_path());
+    if (xd_dtype_is_quant(j->w->dtype)) {
+        xd_cpu_matmul_quant_rows(qa, j->w, j->y, r0, r1, xd_cpu_quant_path());
         return;
     }
-    if (w->dtype == XD_DTYPE_MXFP4) {
-        xd_cpu_matmul_mxfp4(x, n, w, y, xd_cpu_mxfp4_path());
-        return;
-    }
-    const enum kernel_path path = get_path();
     if (path == PATH_PORTABLE) {
-        matmul_portable(x, n, w, y);
+        portable_rows(x, n, j->w, j->y, r0, r1);
         return;
     }
 #ifdef XD_HAVE_X86_PATHS
-    range_fn fn = vector_fn(path, w->dtype);
+    range_fn fn = vector_fn(path, j->w->dtype);
     assert(fn && "a weight dtype without a kernel");
-    const int64_t rows = w->rows, cols = w->cols;
-    const int64_t n_tiles = (rows + ROW_TILE - 1) / ROW_TILE;
-    /* each thread one contiguous range of whole row tiles (as schedule(static)), in one call,
-     * so the GEMM keeps a token block's input in L2 across all the thread's rows */
-#pragma omp parallel if (rows * cols * (int64_t)n > 32768)
-    {
-        int64_t n_thr = 1, id = 0;
-#ifdef _OPENMP
-        n_thr = omp_get_num_threads();
-        id = omp_get_thread_num();
+    fn(x, n, j->w, j->y, r0, r1);
 #endif
-        const int64_t per = (n_tiles + n_thr - 1) / n_thr;
-        const int64_t r_begin = id * per * ROW_TILE;
-        const int64_t r_end = (id + 1) * per * ROW_TILE < rows ? (id + 1) * per * ROW_TILE : rows;
-        if (r_begin < r_end)
-            fn(x, n, w, y, r_begin, r_end);
+}
+
+void xd_cpu_matmul_multi(const float *x, int n, int k, const struct xd_matrix *const ws[],
+                         float *const ys[])
+{
+    if (n <= 0 || k <= 0)
+        return;
+    struct mm_job jobs[k];
+    int n_jobs = 0, any_quant = 0;
+    int64_t n_chunks = 0, work = 0;
+    for (int i = 0; i < k; i++) {
+        assert(ws[i]->cols == ws[0]->cols && "the matrices of a multi-matmul share their input");
+        if (ws[i]->dtype == XD_DTYPE_MXFP4) { /* its own kernel and preparation (experts only) */
+            xd_cpu_matmul_mxfp4(x, n, ws[i], ys[i], xd_cpu_mxfp4_path());
+            continue;
+        }
+        any_quant |= xd_dtype_is_quant(ws[i]->dtype);
+        jobs[n_jobs] = (struct mm_job){ws[i], ys[i], n_chunks};
+        n_chunks += (ws[i]->rows + GEMV_CHUNK - 1) / GEMV_CHUNK;
+        work += ws[i]->rows * ws[i]->cols * (int64_t)n;
+        n_jobs++;
     }
+    if (n_jobs == 0)
+        return;
+    const int64_t cols = ws[0]->cols;
+    /* the quantized jobs' activations, made once for all of them (as xd_cpu_matmul_quant makes
+     * them, so the same bytes) */
+    struct xd_cpu_qacts qa = {0};
+    void *qbuf = NULL;
+    if (any_quant) {
+        qbuf = malloc(xd_cpu_qacts_bytes(n, cols));
+        if (!qbuf) { /* no scratch: each matrix alone, xd_cpu_matmul_quant's own fallback */
+            for (int i = 0; i < n_jobs; i++)
+                if (xd_dtype_is_quant(jobs[i].w->dtype))
+                    xd_cpu_matmul_quant(x, n, jobs[i].w, jobs[i].y, xd_cpu_quant_path());
+                else
+                    xd_cpu_matmul_multi(x, n, 1, &jobs[i].w, &jobs[i].y);
+            return;
+        }
+        xd_cpu_qacts_init(qbuf, n, cols, &qa);
+        xd_cpu_qacts_quantize(&qa, x, 0, n);
+    }
+    const enum kernel_path path = get_path();
+    /* Few tokens: the rows are streamed once, so the step is memory-bound and the threads should
+     * end together: chunks of GEMV_CHUNK rows of every matrix, taken dynamically. Many tokens:
+     * each thread one contiguous range of whole row tiles of each matrix, in one call, so the
+     * GEMM keeps a token block's input in L2 across all the thread's rows. Either way every
+     * output row is computed whole by one call, in the kernel's fixed order: no bit depends on
+     * the split. No barrier between the matrices: the one region ends with the only one. */
+    const int few = n < GEMM_MIN_N;
+#pragma omp parallel if (work > 32768)
+    {
+        if (few) {
+            int j = 0;
+#pragma omp for schedule(dynamic, 1) nowait
+            for (int64_t c = 0; c < n_chunks; c++) {
+                while (j + 1 < n_jobs && jobs[j + 1].chunk0 <= c)
+                    j++;
+                while (jobs[j].chunk0 > c) /* a thread's chunks ascend; never taken */
+                    j--;
+                const int64_t r0 = (c - jobs[j].chunk0) * GEMV_CHUNK;
+                const int64_t rows = jobs[j].w->rows;
+                mm_job_rows(&jobs[j], x, n, &qa, path, r0,
+                            r0 + GEMV_CHUNK < rows ? r0 + GEMV_CHUNK : rows);
+            }
+        } else {
+            int64_t n_thr = 1, id = 0;
+#ifdef _OPENMP
+            n_thr = omp_get_num_threads();
+            id = omp_get_thread_num();
 #endif
+            for (int i = 0; i < n_jobs; i++) {
+                const int64_t rows = jobs[i].w->rows;
+                const int64_t n_tiles = (rows + ROW_TILE - 1) / ROW_TILE;
+                const int64_t per = (n_tiles + n_thr - 1) / n_thr;
+                const int64_t r_begin = id * per * ROW_TILE;
+                const int64_t r_end =
+                    (id + 1) * per * ROW_TILE < rows ? (id + 1) * per * ROW_TILE : rows;
+                if (r_begin < r_end)
+                    mm_job_rows(&jobs[i], x, n, &qa, path, r_begin, r_end);
+            }
+        }
+    }
+    free(qbuf);
+}
+
+void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y)
+{
+    xd_cpu_matmul_multi(x, n, 1, &w, &y);
 }
 
 static float mat_get(const struct xd_matrix *m, int64_t i)

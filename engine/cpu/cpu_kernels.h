@@ -12,6 +12,15 @@
  * on the other rows of x (batching never changes results). */
 void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y);
 
+/* ys[i] (n, ws[i].rows) = x (n, cols) @ ws[i]^T for the k matrices (all cols wide, any dtypes)
+ * in one parallel region: one fork and one barrier for the q, k and v projections, or gate and
+ * up, instead of one per matrix; few tokens (n < 24) in row chunks of every matrix taken
+ * dynamically, so no thread waits for a slower one at the end. Each element as xd_cpu_matmul
+ * computes it, bit for bit (a row is computed whole by one kernel call in its fixed order);
+ * the quantized ones share one quantization of x. */
+void xd_cpu_matmul_multi(const float *x, int n, int k, const struct xd_matrix *const ws[],
+                         float *const ys[]);
+
 /* Rows r_begin .. r_end - 1 of y (n, w.rows) = x (n, w.cols) @ w^T on the calling thread alone
  * (no OpenMP): the building block of work items that several threads share. Each element sums
  * in the same order as in xd_cpu_matmul, so splitting the rows never changes a bit. */

@@ -168,14 +168,14 @@ static void project(struct xd_cpu_mla *s, const struct xd_batch *b, const int32_
 {
     const struct xd_model_config *c = &s->m->config;
     const struct xd_layer_weights *lw = &s->m->layers[layer];
+    /* the projections of xn (q or q_a, and the latent) in one parallel region */
+    const struct xd_matrix *ws[2] = {c->q_lora_rank ? &lw->wq_a : &lw->wq, &lw->wkv_a};
+    float *const ys[2] = {c->q_lora_rank ? s->qa : s->q, s->kv};
+    xd_cpu_matmul_multi(xn, n, 2, ws, ys);
     if (c->q_lora_rank) {
-        xd_cpu_matmul(xn, n, &lw->wq_a, s->qa);
         xd_cpu_rmsnorm(s->qa, n, &lw->q_a_norm, c->rms_norm_eps, s->qa);
         xd_cpu_matmul(s->qa, n, &lw->wq_b, s->q);
-    } else {
-        xd_cpu_matmul(xn, n, &lw->wq, s->q);
     }
-    xd_cpu_matmul(xn, n, &lw->wkv_a, s->kv);
     const int bs = s->block_size;
     for (int t = 0; t < n; t++) {
         float *kv = s->kv + (size_t)t * s->lat;
