@@ -244,9 +244,9 @@ static void test_multi_equals_alone(void)
         const int n = ns[i];
         for (int m = 0; m < K; m++) {
             if (xd_dtype_is_quant(dts[m])) {
-                void *buf = malloc(xd_cpu_qacts_bytes(n, COLS));
+                void *buf = malloc(xd_cpu_qacts_bytes(dts[m], n, COLS));
                 struct xd_cpu_qacts qa;
-                xd_cpu_qacts_init(buf, n, COLS, &qa);
+                xd_cpu_qacts_init(buf, dts[m], n, COLS, &qa);
                 xd_cpu_qacts_quantize(&qa, x, 0, n);
                 xd_cpu_matmul_quant_rows(&qa, &w[m], alone[m], 0, rows[m], xd_cpu_quant_path());
                 free(buf);

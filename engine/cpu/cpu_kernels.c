@@ -1149,8 +1149,20 @@ void xd_cpu_matmul_multi(const float *x, int n, int k, const struct xd_matrix *c
     struct xd_cpu_qacts qa = {0};
     void *qbuf = NULL;
     if (any_quant) {
-        qbuf = malloc(xd_cpu_qacts_bytes(n, cols));
-        if (!qbuf) { /* no scratch: each matrix alone, xd_cpu_matmul_quant's own fallback */
+        /* one activation form for all: q4_K's per-256 one or the per-32 one of q8_0/q4_1 (a
+         * loader that mixed them in one multi-matmul gets each matrix alone) */
+        enum xd_dtype fmt = XD_DTYPE_F32;
+        int mixed = 0;
+        for (int i = 0; i < n_jobs; i++) {
+            const enum xd_dtype dt = jobs[i].w->dtype;
+            if (!xd_dtype_is_quant(dt))
+                continue;
+            if (fmt == XD_DTYPE_F32)
+                fmt = dt;
+            mixed |= (dt == XD_DTYPE_Q4_K) != (fmt == XD_DTYPE_Q4_K);
+        }
+        qbuf = mixed ? NULL : malloc(xd_cpu_qacts_bytes(fmt, n, cols));
+        if (!qbuf) { /* no scratch (or mixed forms): each matrix alone, as xd_cpu_matmul_quant */
             for (int i = 0; i < n_jobs; i++)
                 if (xd_dtype_is_quant(jobs[i].w->dtype))
                     xd_cpu_matmul_quant(x, n, jobs[i].w, jobs[i].y, xd_cpu_quant_path());
@@ -1158,7 +1170,7 @@ void xd_cpu_matmul_multi(const float *x, int n, int k, const struct xd_matrix *c
                     xd_cpu_matmul_multi(x, n, 1, &jobs[i].w, &jobs[i].y);
             return;
         }
-        xd_cpu_qacts_init(qbuf, n, cols, &qa);
+        xd_cpu_qacts_init(qbuf, fmt, n, cols, &qa);
         xd_cpu_qacts_quantize(&qa, x, 0, n);
     }
     const enum kernel_path path = get_path();
