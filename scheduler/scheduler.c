@@ -1711,11 +1711,11 @@ int xd_sched_step(struct xd_sched *s, struct xd_err *err)
                                q->n_computed;
     }
     struct xd_batch batch = {s->chunks, s->n_step_seqs};
-    struct xd_forward_out out;
+    struct xd_forward_out out = {0};
     struct xd_err ferr = {{0}};
     double t_fwd = xd_now();
     rc = s->eng.forward(s->eng.ctx, &batch, &out, &ferr);
-    double fwd_seconds = xd_now() - t_fwd;
+    double fwd_seconds = out.seconds > 0.0 ? out.seconds : xd_now() - t_fwd;
     if (s->step_light_only)
         s->light_budget -= fwd_seconds;
     else

@@ -56,6 +56,8 @@ struct xd_forward_out {
     const float *logits;    /* (n_logit_rows, vocab) in batch order */
     int n_logit_rows;
     struct xd_routing routing;
+    double seconds; /* > 0: the forward's cost as the engine itself accounts it (a simulated
+                     * engine's); 0: whoever runs the engine times the call */
 };
 
 /* Watches forward steps from outside the engine (the routing-trace recorder, metrics): called by
