@@ -24,20 +24,13 @@
 #include <oneapi/dnnl/dnnl.h>
 #include <omp.h>
 
+#include "bench/bench_util.h"
 #include "engine/base/clock.h"
 #include "engine/cpu/cpu_kernels.h"
 #include "engine/model/dtype.h"
 
 void openblas_set_num_threads(int n); /* OpenBLAS's own; not in every cblas.h */
 
-static uint32_t rng = 2048u;
-static float next_f(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 17;
-    rng ^= rng << 5;
-    return (float)(rng >> 8) / (float)(1u << 24) - 0.5f;
-}
 
 #define DNNL_OK(call)                                                                          \
     do {                                                                                       \
@@ -146,20 +139,9 @@ static double run(struct bufs *b, enum engine e, int t0, int n, int reps)
 int main(int argc, char **argv)
 {
     const int64_t rows = argc > 2 ? atoll(argv[1]) : 2048, cols = argc > 2 ? atoll(argv[2]) : 2048;
-    int ns[16] = {1, 8, 64, 512}, n_ns = 4;
-    if (argc > 3) {
-        n_ns = 0;
-        for (int i = 3; i < argc && n_ns < 16; i++)
-            ns[n_ns++] = atoi(argv[i]);
-    }
-    int max_n = 1;
-    for (int i = 0; i < n_ns; i++) {
-        if (ns[i] < 1) {
-            fprintf(stderr, "bench-blas: token counts must be >= 1\n");
-            return 2;
-        }
-        max_n = ns[i] > max_n ? ns[i] : max_n;
-    }
+    int ns[16], n_ns, max_n;
+    if (bench_token_counts(argc, argv, 3, "bench-blas", ns, &n_ns, &max_n))
+        return 2;
     if (rows <= 0 || cols <= 0 || rows > 1 << 20 || cols > 1 << 20) {
         fprintf(stderr, "usage: %s [ROWS COLS [N...]]\n", argv[0]);
         return 2;
@@ -178,11 +160,11 @@ int main(int argc, char **argv)
         return 1;
     }
     for (int64_t i = 0; i < rows * cols; i++) {
-        b.w_bf16[i] = xd_f32_to_bf16(next_f());
+        b.w_bf16[i] = xd_f32_to_bf16(bench_rand_f());
         b.w_f32[i] = xd_bf16_to_f32(b.w_bf16[i]);
     }
     for (int64_t i = 0; i < max_n * cols; i++) {
-        b.x[i] = next_f();
+        b.x[i] = bench_rand_f();
         b.x_bf16[i] = xd_f32_to_bf16(b.x[i]);
     }
     DNNL_OK(dnnl_engine_create(&b.eng, dnnl_cpu, 0));

@@ -6,18 +6,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/bench_util.h"
 #include "engine/base/clock.h"
 #include "engine/cpu/cpu_kernels.h"
 #include "engine/model/dtype.h"
 
-static uint32_t rng = 2048u;
-static float next_f(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 17;
-    rng ^= rng << 5;
-    return (float)(rng >> 8) / (float)(1u << 24) - 0.5f;
-}
 
 static double cpu_now(void)
 {
@@ -33,20 +26,9 @@ int main(int argc, char **argv)
     enum xd_dtype dt = strcmp(dts, "f32") == 0   ? XD_DTYPE_F32
                        : strcmp(dts, "f16") == 0 ? XD_DTYPE_F16
                                                  : XD_DTYPE_BF16;
-    int ns[16] = {1, 8, 64, 512}, n_ns = 4;
-    if (argc > 4) {
-        n_ns = 0;
-        for (int i = 4; i < argc && n_ns < 16; i++)
-            ns[n_ns++] = atoi(argv[i]);
-    }
-    int max_n = 1;
-    for (int i = 0; i < n_ns; i++) {
-        if (ns[i] < 1) {
-            fprintf(stderr, "bench-matmul: token counts must be >= 1\n");
-            return 2;
-        }
-        max_n = ns[i] > max_n ? ns[i] : max_n;
-    }
+    int ns[16], n_ns, max_n;
+    if (bench_token_counts(argc, argv, 4, "bench-matmul", ns, &n_ns, &max_n))
+        return 2;
     if (rows <= 0 || cols <= 0) {
         fprintf(stderr, "usage: %s [ROWS COLS [bf16|f32|f16 [N...]]]\n", argv[0]);
         return 2;
@@ -60,14 +42,14 @@ int main(int argc, char **argv)
         return 1;
     }
     for (int64_t i = 0; i < rows * cols; i++) {
-        float v = next_f();
+        float v = bench_rand_f();
         if (dt == XD_DTYPE_F32)
             ((float *)wd)[i] = v;
         else
             ((uint16_t *)wd)[i] = dt == XD_DTYPE_F16 ? xd_f32_to_f16(v) : xd_f32_to_bf16(v);
     }
     for (int64_t i = 0; i < max_n * cols; i++)
-        x[i] = next_f();
+        x[i] = bench_rand_f();
     struct xd_matrix w = {.dtype = dt, .rows = rows, .cols = cols, .data = wd};
     printf("kernel: %s\n\n", xd_cpu_kernel_path());
     printf("| %s %lld x %lld, n | CPU ms/call | wall ms/call | GFLOP/s (CPU) | GFLOP/s (wall) |\n",

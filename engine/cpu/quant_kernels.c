@@ -631,6 +631,18 @@ prep_vnni_k(const struct xd_block_q4_k *const *wrow, int64_t k, const int nr, si
                                    _mm512_castps256_ps512(dd));
 }
 
+/* The activation scales of tokens t0 .. t0 + nt - 1 (nt 1 .. 4) in lanes 0 .. nt - 1, zeros
+ * after: a tile's tail never reads past the scales of the step's last token. */
+TGT_AVX2 static inline __attribute__((always_inline)) __m128 load_dx4(const float *dx, const int nt)
+{
+    if (nt == 4)
+        return _mm_loadu_ps(dx);
+    float v[4] = {0};
+    for (int t = 0; t < nt; t++)
+        v[t] = dx[t];
+    return _mm_loadu_ps(v);
+}
+
 /* Super-block k of tokens t0 .. t0 + nt - 1 against the prepared rows (constants once
  * inlined): the sixteen (row, token) results of the header's order in lane 4r + t of *A, *M. */
 TGT_VNNI static inline __attribute__((always_inline)) void
@@ -679,17 +691,7 @@ step_vnni_k(const struct prep_k *p, const struct xd_cpu_qacts *a, int64_t t0, in
                        : _mm512_setzero_si512();
     const __m512i summ = hsum4_vnni(mp[0], mp[1], mp[2], mp[3]);
     /* the float steps: lane 4r + t gets d_r * dx_t and dmin_r * dx_t */
-    const float *dx = a->d + k * a->ld_s + t0;
-    __m128 dx4;
-    if (nt == 4) {
-        dx4 = _mm_loadu_ps(dx);
-    } else {
-        float v[4] = {0};
-        for (int t = 0; t < nt; t++)
-            v[t] = dx[t];
-        dx4 = _mm_loadu_ps(v);
-    }
-    const __m512 dxv = _mm512_broadcast_f32x4(dx4);
+    const __m512 dxv = _mm512_broadcast_f32x4(load_dx4(a->d + k * a->ld_s + t0, nt));
     *A = _mm512_fmadd_ps(_mm512_mul_ps(p->dwv, dxv), _mm512_cvtepi32_ps(sumi), *A);
     *M = _mm512_fmadd_ps(_mm512_mul_ps(p->dmv, dxv), _mm512_cvtepi32_ps(summ), *M);
 }
@@ -796,16 +798,7 @@ tile_avx2_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, i
                            : _mm_setzero_si128();
         const __m128i summ =
             _mm_hadd_epi32(_mm_hadd_epi32(mp[0], mp[1]), _mm_hadd_epi32(mp[2], mp[3]));
-        const float *dx = a->d + k * a->ld_s + t0;
-        __m128 dx4;
-        if (nt == 4) {
-            dx4 = _mm_loadu_ps(dx);
-        } else {
-            float v[4] = {0};
-            for (int t = 0; t < nt; t++)
-                v[t] = dx[t];
-            dx4 = _mm_loadu_ps(v);
-        }
+        const __m128 dx4 = load_dx4(a->d + k * a->ld_s + t0, nt);
         A = _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(blk->d)), dx4), _mm_cvtepi32_ps(sumi), A);
         M = _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(blk->dmin)), dx4), _mm_cvtepi32_ps(summ),
                          M);
