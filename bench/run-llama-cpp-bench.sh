@@ -21,7 +21,8 @@
 #   decoder layers, default 4), 16 decode steps unless --decode-steps says otherwise
 #   (after tools/bootstrap.sh and ninja -C build)
 # Environment: LLAMA_CPP_DIR (default /work/llama-cpp): the sdist, the build and the GGUF files;
-#   a second run reuses the build. GGUF_VENV (default $LLAMA_CPP_DIR/venv): a venv with gguf+numpy.
+#   a second run reuses the build. GOLDEN_VENV (default /work/golden-venv): a venv with numpy,
+#   pyyaml and tqdm for the converter (gguf-py comes from the sdist's source via PYTHONPATH).
 #   LLAMA_BUILD (default $LLAMA_CPP_DIR/build): another build of the same source to run instead,
 #   e.g. one configured with -DGGML_NATIVE=OFF -DGGML_AVX512=OFF for the AVX2 comparison (run
 #   with EXPERTD_CPU_KERNEL=avx2 so expertd takes its AVX2 path too); it must exist already.
