@@ -170,6 +170,15 @@ static bool cpu_has_f16c(void)
 #define T256 4
 
 #define TGT512 __attribute__((target("avx512f,avx2,fma,f16c")))
+
+/* One token's GEMV (decode at batch 1) runs its rows one at a time, not R512 together: each row's
+ * weights are then one sequential stream, which measured about 1.4x the batch-1 decode of the
+ * 4-row tiles in bench-engine (bench/results/engine-cpu-decode.md); at 8 tokens (decode at batch
+ * 8) the 4-row tiles, which share each token load between rows, measured level or faster (2 to 7
+ * tokens not measured apart). An element's order is
+ * the same either way (the tile shape never changes an element's bits). */
+#define GEMV_ONE_ROW_MAX_N 1
+
 #define TGT256 __attribute__((target("avx2,fma,f16c")))
 
 TGT512 static inline __attribute__((always_inline)) __m512 load16_512(const void *w, int64_t i,
@@ -286,8 +295,9 @@ rows512(const float *x, int n, const void *w, float *y, int64_t rows, int64_t co
                             int64_t r_begin, int64_t r_end)                                      \
     {                                                                                            \
         int64_t r = r_begin;                                                                     \
-        for (; r + R512 <= r_end; r += R512)                                                     \
-            rows512(x, n, w->data, y, w->rows, w->cols, r, R512, dt);                            \
+        if (n > GEMV_ONE_ROW_MAX_N)                                                                \
+            for (; r + R512 <= r_end; r += R512)                                                 \
+                rows512(x, n, w->data, y, w->rows, w->cols, r, R512, dt);                        \
         for (; r < r_end; r++)                                                                   \
             rows512(x, n, w->data, y, w->rows, w->cols, r, 1, dt);                               \
     }
@@ -371,8 +381,9 @@ TGTBF16 static void mm_bf16dp(const float *x, int n, const struct xd_matrix *w, 
 {
     const uint16_t *wd = w->data;
     int64_t r = r_begin;
-    for (; r + R512 <= r_end; r += R512)
-        rows_bf16(x, n, wd, y, w->rows, w->cols, r, R512);
+    if (n > GEMV_ONE_ROW_MAX_N)
+        for (; r + R512 <= r_end; r += R512)
+            rows_bf16(x, n, wd, y, w->rows, w->cols, r, R512);
     for (; r < r_end; r++)
         rows_bf16(x, n, wd, y, w->rows, w->cols, r, 1);
 }

@@ -489,12 +489,17 @@ tile_avx2(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, int
         y[(t0 + t) * w->rows + r0] = reduce16(acc[t][0], acc[t][1]) + macc[t];
 }
 
+/* Rows in groups of 4 against tiles of up to NT tokens, the rest one by one. One q8_0 token
+ * (decode at batch 1) takes its rows one by one: one sequential stream of weights per row measured
+ * 5-9% faster batch-1 decode in bench-engine; q4_1 (and q4_K's row groups) measured 6-35% slower
+ * that way, so they keep the groups (bench/results/engine-cpu-decode.md). An element's bits do
+ * not depend on the group. */
 #define DEFINE_ROWS_VNNI(name, fmt)                                                              \
     TGT_VNNI static void name(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,         \
                               int64_t r0, int64_t r1)                                            \
     {                                                                                            \
         int64_t r = r0;                                                                          \
-        for (; r + 4 <= r1; r += 4) {                                                            \
+        for (; !(fmt == FMT_Q8 && a->n == 1) && r + 4 <= r1; r += 4) {                           \
             int64_t t = 0;                                                                       \
             for (; t + NT <= a->n; t += NT)                                                      \
                 tile_vnni(a, w, y, t, r, NT, 4, fmt);                                            \
