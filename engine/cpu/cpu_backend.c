@@ -58,8 +58,9 @@ struct cpu_state {
     int moe_tiles_f, moe_tiles_h; /* row tiles of the gate/up and of the down matrices */
     int moe_prep_in, moe_prep_down; /* enum moe_prep of the gate/up and of the down matrices */
     enum xd_dtype moe_fmt_in, moe_fmt_down; /* their weight formats (the quantized forms') */
-    int moe_width_f;     /* columns of g per gate/up item: MOE_ROW_TILE, or whole q4_K
+    int moe_width_f;     /* columns of g per gate/up item: moe_tile_rows's, or whole q4_K
                           * super-blocks when down is q4_K (its input quantized per 256) */
+    int moe_width_h;     /* output rows per down item: moe_tile_rows's */
     void *moe_prep;      /* one allocation holding the three below */
     size_t moe_prep_bytes;
     void *prep_tok;      /* (T, hidden) xn in the gate/up weights' form, made once per token */
@@ -136,9 +137,23 @@ static enum moe_sched moe_sched_from_env(void)
  * and 4), small enough that the item's inputs (48 x hidden f32) stay in L2 while its weight rows
  * stream past them. */
 #define MOE_TOKEN_BLOCK 48
-/* Output rows per MoE work item: a multiple of the block formats' 32, so a gate/up item makes
- * whole blocks of the down matmul's input. */
+/* Output rows per MoE work item: a multiple of the block formats' 32 (so a gate/up item makes
+ * whole blocks of the down matmul's input), from MOE_ROW_TILE up to MOE_ROW_TILE_MAX while every
+ * thread still gets MOE_ITEMS_PER_THREAD items of the phase. Wider items stream longer runs of
+ * each weight row range: at 32 rows a decode step spent 15-25% more CPU than at 256
+ * (bench/results/engine-cpu-decode.md). The width never changes a bit: each output element is
+ * still computed whole by one item. */
 #define MOE_ROW_TILE 32
+#define MOE_ROW_TILE_MAX 256
+#define MOE_ITEMS_PER_THREAD 4
+
+/* Rows per item for a phase of rows output rows over n_pairs token blocks. */
+static int moe_tile_rows(int rows, int n_pairs)
+{
+    const int64_t items = (int64_t)omp_get_max_threads() * MOE_ITEMS_PER_THREAD;
+    int64_t w = (int64_t)rows * n_pairs / items / MOE_ROW_TILE * MOE_ROW_TILE;
+    return w < MOE_ROW_TILE ? MOE_ROW_TILE : w > MOE_ROW_TILE_MAX ? MOE_ROW_TILE_MAX : (int)w;
+}
 
 /* Tokens from which a MoE layer's per-token preparation (quantization or deinterleaving, a few
  * microseconds a token) is shared by the threads rather than done by the calling thread before
@@ -466,8 +481,8 @@ static void moe_item_down(void *ctx, int i)
     const int32_t *pr = s->moe_pairs + 3 * (i / s->moe_tiles_h);
     const struct xd_expert_weights *w = &s->moe_w[pr[0]];
     const int first = pr[1], nr = pr[2];
-    const int64_t c0 = (int64_t)(i % s->moe_tiles_h) * MOE_ROW_TILE;
-    const int64_t c1 = c0 + MOE_ROW_TILE < H ? c0 + MOE_ROW_TILE : H;
+    const int64_t c0 = (int64_t)(i % s->moe_tiles_h) * s->moe_width_h;
+    const int64_t c1 = c0 + s->moe_width_h < H ? c0 + s->moe_width_h : H;
     float *eo = s->eo + (size_t)first * H;
     moe_matmul_rows(s, s->moe_prep_down, &s->qa_down, s->prep_down, s->g, first, nr, &w->down,
                     eo, c0, c1);
@@ -613,9 +628,10 @@ static int run_experts(struct cpu_state *s, int l, int n, struct xd_err *err)
         }
         s->moe_width_f = s->moe_prep_down == PREP_QUANT && s->moe_fmt_down == XD_DTYPE_Q4_K
                              ? XD_QK
-                             : MOE_ROW_TILE;
+                             : moe_tile_rows(F, n_pairs);
+        s->moe_width_h = moe_tile_rows(H, n_pairs);
         const int tiles_f = (F + s->moe_width_f - 1) / s->moe_width_f;
-        const int tiles_h = (H + MOE_ROW_TILE - 1) / MOE_ROW_TILE;
+        const int tiles_h = (H + s->moe_width_h - 1) / s->moe_width_h;
         const int n_items_f = n_pairs * tiles_f, n_items_h = n_pairs * tiles_h;
         /* the per-token preparation in the region (a barrier more) only when it is worth
          * sharing: a decode step's few tokens are prepared here, so its region has the one
