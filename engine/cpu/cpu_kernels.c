@@ -171,13 +171,14 @@ static bool cpu_has_f16c(void)
 
 #define TGT512 __attribute__((target("avx512f,avx2,fma,f16c")))
 
-/* One token's GEMV (decode at batch 1) runs its rows one at a time, not R512 together: each row's
- * weights are then one sequential stream, which measured about 1.4x the batch-1 decode of the
- * 4-row tiles in bench-engine (bench/results/engine-cpu-decode.md); at 8 tokens (decode at batch
- * 8) the 4-row tiles, which share each token load between rows, measured level or faster (2 to 7
- * tokens not measured apart). An element's order is
- * the same either way (the tile shape never changes an element's bits). */
-#define GEMV_ONE_ROW_MAX_N 1
+/* Fewer tokens than one full token tile (up to 5: decode at batch 1, and the experts of a batched
+ * decode step, which get 1 to 3 tokens each) run their rows one at a time, not R512 together:
+ * each row's weights are then one sequential stream. In bench-engine that measured about 1.4x the
+ * batch-1 decode of the 4-row tiles, and +6% decode at batch 8 over taking one token alone
+ * (bench/results/engine-cpu-decode.md). From 6 tokens the 4-row tiles, which share each token
+ * load between rows, stay. An element's order is the same either way (the tile shape never
+ * changes an element's bits). */
+#define GEMV_ONE_ROW_MAX_N 5
 
 #define TGT256 __attribute__((target("avx2,fma,f16c")))
 
