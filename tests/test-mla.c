@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/cpu/cpu_kernels.h"
 #include "engine/cpu/mla.h"
 #include "engine/model/model.h"
 #include "tests/test.h"
@@ -36,6 +37,12 @@ static void check_fixture(const char *name)
     if (rc < 0)
         return;
     const int H = m->config.hidden_size, P = 13, BS = 4;
+    /* the two forms agree to f32 rounding; under the opt-in avx512bf16 kernels a bf16 model's
+     * activations are rounded to bf16 (8 significant bits) before each matmul, differently
+     * along the two forms' different products, so they agree to that rounding only */
+    const float tol = strstr(name, "bf16") && strncmp(xd_cpu_kernel_path(), "avx512bf16", 10) == 0
+                          ? 1e-2f
+                          : 1e-5f;
     const int32_t table[4] = {3, 0, 5, 1};
     struct xd_cpu_mla *mla = NULL;
     rc = xd_cpu_mla_create(m, 8, BS, 16, &mla, &err);
@@ -64,7 +71,7 @@ static void check_fixture(const char *name)
         printf("  %s layer %d prefill of %d: max |absorbed - expanded| %.3g (max |out| %.3g)\n",
                name, l, P, d, sc);
         CHECK(sc > 0.1f, "the attention output is not trivially small");
-        CHECK(d <= 1e-5f * (1.0f + sc), "%s layer %d prefill: %g", name, l, d);
+        CHECK(d <= tol * (1.0f + sc), "%s layer %d prefill: %g", name, l, d);
 
         struct xd_seq_chunk dec = {tokens, 1, P, table, 4, XD_LOGITS_NONE};
         struct xd_batch db = {&dec, 1};
@@ -72,7 +79,7 @@ static void check_fixture(const char *name)
         xd_cpu_mla_forward_expanded(mla, &db, seq, pos + P, l, xn + (size_t)P * H, 1, b);
         d = max_diff(a, b, (size_t)H, &sc);
         printf("  %s layer %d decode at %d: max |absorbed - expanded| %.3g\n", name, l, P, d);
-        CHECK(d <= 1e-5f * (1.0f + sc), "%s layer %d decode: %g", name, l, d);
+        CHECK(d <= tol * (1.0f + sc), "%s layer %d decode: %g", name, l, d);
     }
     free(xn);
     free(a);

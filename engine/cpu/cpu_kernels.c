@@ -326,9 +326,11 @@ TGTBF16 static inline __attribute__((always_inline)) float tail_sum_bf16x(const 
     return t;
 }
 
+/* xb: NULL, or the tokens' activations already rounded (n rows of the whole blocks of 32, kb
+ * apart), which the tile then loads instead of rounding each time (the same values). */
 TGTBF16 static inline __attribute__((always_inline)) void
-tile_bf16(const float *x, const uint16_t *w, float *y, int64_t rows, int64_t cols, int64_t t0,
-          int64_t r0, const int nt, const int nr)
+tile_bf16(const float *x, const uint16_t *xb, const uint16_t *w, float *y, int64_t rows,
+          int64_t cols, int64_t t0, int64_t r0, const int nt, const int nr, const int pre)
 {
     __m512 acc[T512][R512];
 #pragma GCC unroll 8
@@ -345,7 +347,9 @@ tile_bf16(const float *x, const uint16_t *w, float *y, int64_t rows, int64_t col
 #pragma GCC unroll 8
         for (int t = 0; t < nt; t++) {
             const float *xt = x + (t0 + t) * cols + k;
-            __m512bh xv = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xt + 16), _mm512_loadu_ps(xt));
+            __m512bh xv =
+                pre ? (__m512bh)_mm512_load_si512((const void *)(xb + (t0 + t) * kb + k))
+                    : _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xt + 16), _mm512_loadu_ps(xt));
 #pragma GCC unroll 8
             for (int r = 0; r < nr; r++)
                 acc[t][r] = _mm512_dpbf16_ps(acc[t][r], xv, wv[r]);
@@ -361,32 +365,56 @@ tile_bf16(const float *x, const uint16_t *w, float *y, int64_t rows, int64_t col
 }
 
 TGTBF16 static inline __attribute__((always_inline)) void
-rows_bf16(const float *x, int n, const uint16_t *w, float *y, int64_t rows, int64_t cols,
-          int64_t r0, const int nr)
+rows_bf16(const float *x, const uint16_t *xb, int n, const uint16_t *w, float *y, int64_t rows,
+          int64_t cols, int64_t r0, const int nr, const int pre)
 {
     int64_t t = 0;
     for (; t + T512 <= n; t += T512)
-        tile_bf16(x, w, y, rows, cols, t, r0, T512, nr);
+        tile_bf16(x, xb, w, y, rows, cols, t, r0, T512, nr, pre);
     switch (n - t) {
-    case 5: tile_bf16(x, w, y, rows, cols, t, r0, 5, nr); break;
-    case 4: tile_bf16(x, w, y, rows, cols, t, r0, 4, nr); break;
-    case 3: tile_bf16(x, w, y, rows, cols, t, r0, 3, nr); break;
-    case 2: tile_bf16(x, w, y, rows, cols, t, r0, 2, nr); break;
-    case 1: tile_bf16(x, w, y, rows, cols, t, r0, 1, nr); break;
+    case 5: tile_bf16(x, xb, w, y, rows, cols, t, r0, 5, nr, pre); break;
+    case 4: tile_bf16(x, xb, w, y, rows, cols, t, r0, 4, nr, pre); break;
+    case 3: tile_bf16(x, xb, w, y, rows, cols, t, r0, 3, nr, pre); break;
+    case 2: tile_bf16(x, xb, w, y, rows, cols, t, r0, 2, nr, pre); break;
+    case 1: tile_bf16(x, xb, w, y, rows, cols, t, r0, 1, nr, pre); break;
     default: break;
     }
 }
 
-TGTBF16 static void mm_bf16dp(const float *x, int n, const struct xd_matrix *w, float *y,
-                              int64_t r_begin, int64_t r_end)
+/* Activations (bf16 values) the GEMV rounds once onto its stack, 64 KiB: from the whole blocks
+ * of 32 of up to this many token values; a larger input is rounded as each tile loads it. */
+#define XB_MAX 32768
+
+TGTBF16 static inline __attribute__((always_inline)) void
+mm_bf16dp_rows(const float *x, const uint16_t *xb, int n, const struct xd_matrix *w, float *y,
+               int64_t r_begin, int64_t r_end, const int pre)
 {
     const uint16_t *wd = w->data;
     int64_t r = r_begin;
     if (n > GEMV_ONE_ROW_MAX_N)
         for (; r + R512 <= r_end; r += R512)
-            rows_bf16(x, n, wd, y, w->rows, w->cols, r, R512);
+            rows_bf16(x, xb, n, wd, y, w->rows, w->cols, r, R512, pre);
     for (; r < r_end; r++)
-        rows_bf16(x, n, wd, y, w->rows, w->cols, r, 1);
+        rows_bf16(x, xb, n, wd, y, w->rows, w->cols, r, 1, pre);
+}
+
+TGTBF16 static void mm_bf16dp(const float *x, int n, const struct xd_matrix *w, float *y,
+                              int64_t r_begin, int64_t r_end)
+{
+    const int64_t cols = w->cols, kb = cols / 32 * 32;
+    if ((int64_t)n * kb > XB_MAX || kb == 0) {
+        mm_bf16dp_rows(x, NULL, n, w, y, r_begin, r_end, 0);
+        return;
+    }
+    uint16_t xb[XB_MAX] __attribute__((aligned(64)));
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t k = 0; k < kb; k += 32) {
+            const float *xs = x + t * cols + k;
+            _mm512_store_si512((void *)(xb + t * kb + k),
+                               (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(xs + 16),
+                                                            _mm512_loadu_ps(xs)));
+        }
+    mm_bf16dp_rows(x, xb, n, w, y, r_begin, r_end, 1);
 }
 
 TGT256 static inline __attribute__((always_inline)) void load16_256(const void *w, int64_t i,
