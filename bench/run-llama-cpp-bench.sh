@@ -127,7 +127,7 @@ if [ $quant = 1 ]; then
   for q in Q8_0 Q4_K_M; do
     f=$ldir/models/$name-$q.gguf
     qbin=$bin/llama-quantize; [ -x "$qbin" ] || qbin=$ldir/build/bin/llama-quantize
-    [ -f "$f" ] || { "$qbin" "$gguf_bf16" "$f.tmp" $q >/dev/null && mv "$f.tmp" "$f"; }
+    [ -f "$f" ] || { "$qbin" "$gguf_bf16" "$f.tmp" $q > "$f.quantize.log" 2>&1 && mv "$f.tmp" "$f"; }
   done
 fi
 
