@@ -886,8 +886,21 @@ TGTBF16 static void gemm_bf16dp(const float *x, int n, const struct xd_matrix *w
     uint16_t wbuf[RC * KC] __attribute__((aligned(64)));
     uint16_t xbuf[TB_MAX * KC] __attribute__((aligned(64)));
     __m512 ab[TB_MAX * RC];
+    /* the token block's activations rounded once for all its row chunks, panel by panel (else,
+     * without the memory, once per chunk into xbuf): the same values either way */
+    const int64_t n_panels = kb > 0 ? (kb + KC - 1) / KC : 1;
+    uint16_t *xall = aligned_alloc(64, sizeof(uint16_t) * (size_t)(n_panels * TB_MAX * KC));
     for (int64_t t0 = 0; t0 < n; t0 += tb) {
         const int64_t t1 = t0 + tb < n ? t0 + tb : n;
+        if (xall)
+            for (int64_t t = t0; t < t1; t++)
+                for (int64_t k = 0; k < kb; k += 32) {
+                    const float *xs = x + t * cols + k;
+                    __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xs + 16), _mm512_loadu_ps(xs));
+                    _mm512_store_si512((void *)(xall + (k / KC) * TB_MAX * KC + (t - t0) * KC +
+                                                k % KC),
+                                       (__m512i)v);
+                }
         for (int64_t rc0 = r_begin; rc0 < r_end; rc0 += RC) {
             const int64_t rc1 = rc0 + RC < r_end ? rc0 + RC : r_end;
             int64_t k0 = 0;
@@ -898,7 +911,8 @@ TGTBF16 static void gemm_bf16dp(const float *x, int n, const struct xd_matrix *w
                     for (int64_t k = k0; k < k1; k += 32)
                         _mm512_store_si512((void *)(wbuf + (r - rc0) * KC + (k - k0)),
                                            _mm512_loadu_si512((const void *)(wd + r * cols + k)));
-                for (int64_t t = t0; t < t1; t++)
+                const uint16_t *xp = xall ? xall + (k0 / KC) * TB_MAX * KC : xbuf;
+                for (int64_t t = t0; t < t1 && !xall; t++)
                     for (int64_t k = k0; k < k1; k += 32) {
                         const float *xs = x + t * cols + k;
                         __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xs + 16),
@@ -907,27 +921,27 @@ TGTBF16 static void gemm_bf16dp(const float *x, int n, const struct xd_matrix *w
                     }
                 int64_t t = t0;
                 for (; t + T512 <= t1; t += T512)
-                    gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
+                    gtiles_bf16(xp, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
                                 rc1, T512);
                 switch (t1 - t) {
                 case 5:
-                    gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
+                    gtiles_bf16(xp, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
                                 rc1, 5);
                     break;
                 case 4:
-                    gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
+                    gtiles_bf16(xp, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
                                 rc1, 4);
                     break;
                 case 3:
-                    gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
+                    gtiles_bf16(xp, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
                                 rc1, 3);
                     break;
                 case 2:
-                    gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
+                    gtiles_bf16(xp, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
                                 rc1, 2);
                     break;
                 case 1:
-                    gtiles_bf16(xbuf, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
+                    gtiles_bf16(xp, wbuf, len, ab, first, last, x, wd, y, rows, cols, t, t0, rc0,
                                 rc1, 1);
                     break;
                 default: break;
@@ -936,6 +950,7 @@ TGTBF16 static void gemm_bf16dp(const float *x, int n, const struct xd_matrix *w
             } while (k0 < kb);
         }
     }
+    free(xall);
 }
 #endif
 
