@@ -326,11 +326,17 @@ TGTBF16 static inline __attribute__((always_inline)) float tail_sum_bf16x(const 
     return t;
 }
 
+/* 32 activations rounded to bf16 (round to nearest even), in vdpbf16ps's lane order. */
+TGTBF16 static inline __attribute__((always_inline)) __m512bh round32_bf16(const float *xs)
+{
+    return _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xs + 16), _mm512_loadu_ps(xs));
+}
+
 /* xb: NULL, or the tokens' activations already rounded (n rows of the whole blocks of 32, kb
  * apart), which the tile then loads instead of rounding each time (the same values). */
 TGTBF16 static inline __attribute__((always_inline)) void
 tile_bf16(const float *x, const uint16_t *xb, const uint16_t *w, float *y, int64_t rows,
-          int64_t cols, int64_t t0, int64_t r0, const int nt, const int nr, const int pre)
+          int64_t cols, int64_t t0, int64_t r0, const int nt, const int nr)
 {
     __m512 acc[T512][R512];
 #pragma GCC unroll 8
@@ -347,9 +353,8 @@ tile_bf16(const float *x, const uint16_t *xb, const uint16_t *w, float *y, int64
 #pragma GCC unroll 8
         for (int t = 0; t < nt; t++) {
             const float *xt = x + (t0 + t) * cols + k;
-            __m512bh xv =
-                pre ? (__m512bh)_mm512_load_si512((const void *)(xb + (t0 + t) * kb + k))
-                    : _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xt + 16), _mm512_loadu_ps(xt));
+            __m512bh xv = xb ? (__m512bh)_mm512_load_si512((const void *)(xb + (t0 + t) * kb + k))
+                             : round32_bf16(xt);
 #pragma GCC unroll 8
             for (int r = 0; r < nr; r++)
                 acc[t][r] = _mm512_dpbf16_ps(acc[t][r], xv, wv[r]);
@@ -366,17 +371,17 @@ tile_bf16(const float *x, const uint16_t *xb, const uint16_t *w, float *y, int64
 
 TGTBF16 static inline __attribute__((always_inline)) void
 rows_bf16(const float *x, const uint16_t *xb, int n, const uint16_t *w, float *y, int64_t rows,
-          int64_t cols, int64_t r0, const int nr, const int pre)
+          int64_t cols, int64_t r0, const int nr)
 {
     int64_t t = 0;
     for (; t + T512 <= n; t += T512)
-        tile_bf16(x, xb, w, y, rows, cols, t, r0, T512, nr, pre);
+        tile_bf16(x, xb, w, y, rows, cols, t, r0, T512, nr);
     switch (n - t) {
-    case 5: tile_bf16(x, xb, w, y, rows, cols, t, r0, 5, nr, pre); break;
-    case 4: tile_bf16(x, xb, w, y, rows, cols, t, r0, 4, nr, pre); break;
-    case 3: tile_bf16(x, xb, w, y, rows, cols, t, r0, 3, nr, pre); break;
-    case 2: tile_bf16(x, xb, w, y, rows, cols, t, r0, 2, nr, pre); break;
-    case 1: tile_bf16(x, xb, w, y, rows, cols, t, r0, 1, nr, pre); break;
+    case 5: tile_bf16(x, xb, w, y, rows, cols, t, r0, 5, nr); break;
+    case 4: tile_bf16(x, xb, w, y, rows, cols, t, r0, 4, nr); break;
+    case 3: tile_bf16(x, xb, w, y, rows, cols, t, r0, 3, nr); break;
+    case 2: tile_bf16(x, xb, w, y, rows, cols, t, r0, 2, nr); break;
+    case 1: tile_bf16(x, xb, w, y, rows, cols, t, r0, 1, nr); break;
     default: break;
     }
 }
@@ -387,15 +392,15 @@ rows_bf16(const float *x, const uint16_t *xb, int n, const uint16_t *w, float *y
 
 TGTBF16 static inline __attribute__((always_inline)) void
 mm_bf16dp_rows(const float *x, const uint16_t *xb, int n, const struct xd_matrix *w, float *y,
-               int64_t r_begin, int64_t r_end, const int pre)
+               int64_t r_begin, int64_t r_end)
 {
     const uint16_t *wd = w->data;
     int64_t r = r_begin;
     if (n > GEMV_ONE_ROW_MAX_N)
         for (; r + R512 <= r_end; r += R512)
-            rows_bf16(x, xb, n, wd, y, w->rows, w->cols, r, R512, pre);
+            rows_bf16(x, xb, n, wd, y, w->rows, w->cols, r, R512);
     for (; r < r_end; r++)
-        rows_bf16(x, xb, n, wd, y, w->rows, w->cols, r, 1, pre);
+        rows_bf16(x, xb, n, wd, y, w->rows, w->cols, r, 1);
 }
 
 TGTBF16 static void mm_bf16dp(const float *x, int n, const struct xd_matrix *w, float *y,
@@ -403,7 +408,7 @@ TGTBF16 static void mm_bf16dp(const float *x, int n, const struct xd_matrix *w, 
 {
     const int64_t cols = w->cols, kb = cols / 32 * 32;
     if ((int64_t)n * kb > XB_MAX || kb == 0) {
-        mm_bf16dp_rows(x, NULL, n, w, y, r_begin, r_end, 0);
+        mm_bf16dp_rows(x, NULL, n, w, y, r_begin, r_end);
         return;
     }
     uint16_t xb[XB_MAX] __attribute__((aligned(64)));
@@ -411,10 +416,9 @@ TGTBF16 static void mm_bf16dp(const float *x, int n, const struct xd_matrix *w, 
         for (int64_t k = 0; k < kb; k += 32) {
             const float *xs = x + t * cols + k;
             _mm512_store_si512((void *)(xb + t * kb + k),
-                               (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(xs + 16),
-                                                            _mm512_loadu_ps(xs)));
+                               (__m512i)round32_bf16(xs));
         }
-    mm_bf16dp_rows(x, xb, n, w, y, r_begin, r_end, 1);
+    mm_bf16dp_rows(x, xb, n, w, y, r_begin, r_end);
 }
 
 TGT256 static inline __attribute__((always_inline)) void load16_256(const void *w, int64_t i,
@@ -896,7 +900,7 @@ TGTBF16 static void gemm_bf16dp(const float *x, int n, const struct xd_matrix *w
             for (int64_t t = t0; t < t1; t++)
                 for (int64_t k = 0; k < kb; k += 32) {
                     const float *xs = x + t * cols + k;
-                    __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xs + 16), _mm512_loadu_ps(xs));
+                    __m512bh v = round32_bf16(xs);
                     _mm512_store_si512((void *)(xall + (k / KC) * TB_MAX * KC + (t - t0) * KC +
                                                 k % KC),
                                        (__m512i)v);
@@ -915,8 +919,7 @@ TGTBF16 static void gemm_bf16dp(const float *x, int n, const struct xd_matrix *w
                 for (int64_t t = t0; t < t1 && !xall; t++)
                     for (int64_t k = k0; k < k1; k += 32) {
                         const float *xs = x + t * cols + k;
-                        __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xs + 16),
-                                                         _mm512_loadu_ps(xs));
+                        __m512bh v = round32_bf16(xs);
                         _mm512_store_si512((void *)(xbuf + (t - t0) * KC + (k - k0)), (__m512i)v);
                     }
                 int64_t t = t0;
