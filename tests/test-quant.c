@@ -514,16 +514,19 @@ static void check_shape_k(int n, int rows, int cols)
     free(wq);
 }
 
-/* Token counts 1..9 and 64 cover every tile remainder; rows 37 and 5 the 4-row remainders;
- * cols 256 one super-block, 768 an odd count, 2048 eight. */
+/* Token counts 1..9 cover every 4-token tile remainder; 15, 16, 17, 24, 40, 64 and 100 the
+ * 16-token lane groups (a partial last group, one exact, one and a tile, one and a partial group,
+ * several, chunks of groups and a tail in tiles); rows 37 and 5 the 4-row remainders; cols 256
+ * one super-block, 768 an odd count, 2048 eight; 4096 lays its groups out on the heap. */
 static void test_matmul_q4k(void)
 {
-    const int ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 64};
+    const int ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 24, 40, 64, 100};
     const int shapes[][2] = {{37, 256}, {16, 768}, {5, 2048}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
             check_shape_k(ns[i], shapes[s][0], shapes[s][1]);
     check_shape_k(6, 300, 512); /* OpenMP splits the rows */
+    check_shape_k(20, 3, 4096);
 }
 
 /* Large enough for OpenMP to split the rows: still every element in the same order. */
@@ -586,6 +589,7 @@ static void test_rows_equal_whole(void)
     }
     check_rows_equal_whole(XD_DTYPE_Q4_K, 11, 37, 256);
     check_rows_equal_whole(XD_DTYPE_Q4_K, 13, 41, 1024);
+    check_rows_equal_whole(XD_DTYPE_Q4_K, 45, 41, 512); /* views of 3 .. 36 tokens in lanes */
 }
 
 /* The q4_K form's pieces: a token copied, and a token quantized super-block by super-block (as
@@ -735,9 +739,37 @@ static void test_model_quantize(void)
     xd_model_destroy(m);
 }
 
+/* The quantizers' rounding and absolute maximum (quant.h) against libm's roundf and fmaxf: every
+ * float in [-256, 256] at a stride of 61 bit patterns, every half-integer there and its two
+ * neighbours, and NaN in the maximum. */
+static void test_round_half_away(void)
+{
+    int bad = 0;
+    for (uint32_t u = 0; u < 0x43800000u; u += 61) { /* 0 .. 256 */
+        for (int sgn = 0; sgn < 2; sgn++) {
+            uint32_t bits = u | (uint32_t)sgn << 31;
+            float v;
+            memcpy(&v, &bits, sizeof v);
+            if (xd_round_half_away(v) != (int)roundf(v) && bad++ < 3)
+                CHECK(0, "round %.9g: %d, roundf %d", v, xd_round_half_away(v), (int)roundf(v));
+        }
+    }
+    for (int k = -256; k < 256; k++) {
+        const float h = (float)k + 0.5f, vs[3] = {nextafterf(h, -1e9f), h, nextafterf(h, 1e9f)};
+        for (int i = 0; i < 3; i++)
+            if (xd_round_half_away(vs[i]) != (int)roundf(vs[i]) && bad++ < 3)
+                CHECK(0, "round %.9g: %d, roundf %d", vs[i], xd_round_half_away(vs[i]),
+                      (int)roundf(vs[i]));
+    }
+    CHECK(bad == 0, "%d roundings differ from roundf", bad);
+    CHECK(xd_max_abs(2.0f, NAN) == fmaxf(2.0f, fabsf(NAN)), "NaN");
+    CHECK(xd_max_abs(2.0f, -3.0f) == 3.0f && xd_max_abs(2.0f, 1.0f) == 2.0f, "max abs");
+}
+
 int main(int argc, char **argv)
 {
     fixtures = argc > 1 ? argv[1] : "tests/fixtures";
+    RUN(test_round_half_away);
     RUN(test_q8_round_trip);
     RUN(test_q4_round_trip);
     RUN(test_q4k_round_trip);

@@ -3,6 +3,7 @@
 
 #include <assert.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,12 +19,12 @@ static void quantize_token(const float *x, int64_t b0, int64_t b1, int8_t *q, fl
         int8_t *qb = q + b * XD_QBLOCK;
         float amax = 0.0f;
         for (int j = 0; j < XD_QBLOCK; j++)
-            amax = fmaxf(amax, fabsf(xb[j]));
+            amax = xd_max_abs(amax, xb[j]);
         const float db = amax / 127.0f;
         const float id = db != 0.0f ? 1.0f / db : 0.0f;
         int sum = 0;
         for (int j = 0; j < XD_QBLOCK; j++) {
-            qb[j] = (int8_t)roundf(xb[j] * id);
+            qb[j] = (int8_t)xd_round_half_away(xb[j] * id);
             sum += qb[j];
         }
         d[b] = db;
@@ -41,13 +42,13 @@ static void quantize_token_k(const float *x, int64_t k0, int64_t k1, int8_t *q, 
         int8_t *qb = q + k * XD_QK;
         float amax = 0.0f;
         for (int j = 0; j < XD_QK; j++)
-            amax = fmaxf(amax, fabsf(xb[j]));
+            amax = xd_max_abs(amax, xb[j]);
         const float dk = amax / 127.0f;
         const float id = dk != 0.0f ? 1.0f / dk : 0.0f;
         for (int j = 0; j < 8; j++) {
             int sum = 0;
             for (int i = 0; i < XD_QBLOCK; i++) {
-                qb[32 * j + i] = (int8_t)roundf(xb[32 * j + i] * id);
+                qb[32 * j + i] = (int8_t)xd_round_half_away(xb[32 * j + i] * id);
                 sum += qb[32 * j + i];
             }
             bs[8 * k + j] = (int16_t)sum;
@@ -815,14 +816,322 @@ tile_avx2_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, i
         y[(t0 + t) * w->rows + r0] = res[t];
 }
 
-TGT_VNNI static void rows_vnni_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
-                                 int64_t r0, int64_t r1)
+/* ---- VNNI, q4_K, token lanes: for steps of many tokens ----
+ * The lanes of a vector are sixteen tokens: a row's weights, unpacked once per super-block to
+ * bytes, are broadcast four at a time against the sixteen tokens' int8 activations at the same
+ * four positions (vpdpbusd), so no lane is summed across and nothing is reduced; each row's
+ * sub-block sums are scaled by its sc_j (vpmulld) into sumi, its minimums against the tokens'
+ * sub-block sums (vpdpwssd) into summ: the header's integers, then its float steps, lane t. The
+ * activations of a group of sixteen tokens are first laid out position-major (QT_LANES tokens
+ * per 4-byte position), once per call for all its rows. */
+#define QT_LANES 16
+/* Tokens a group must have for the token lanes (fewer go to the four-token tiles): a group of
+ * 16 costs about what 8 tokens in tiles do. */
+#define QT_MIN_TOKENS 8
+/* Bytes of stack a call lays the groups out in; more (cols above ~3800) is allocated. */
+#define QT_STACK_BYTES 65536
+/* Token groups laid out (and their accumulators held) at a time. */
+#define QT_CHUNK_GROUPS 4
+
+/* qt[(16c + i) * 16 + t] = dword 16c + i of token t's row src + t * ld (16 tokens, 64 bytes
+ * of each at a time): 16 x 16 transposes of dwords. */
+TGT_VNNI static void transpose_tokens16(const int8_t *src, int64_t ld, int64_t n_dwords,
+                                        int32_t *qt)
+{
+    for (int64_t c = 0; c < n_dwords / 16; c++) {
+        __m512i r[16], t[16], u[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++)
+            r[i] = _mm512_loadu_si512((const void *)(src + i * ld + 64 * c));
+        /* t: pairs of tokens interleaved; u[4q + i]: 128-bit lane L holds tokens 4q .. 4q + 3
+         * of dword 4L + i */
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) {
+            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+        }
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++) {
+            u[4 * q] = _mm512_unpacklo_epi64(t[4 * q], t[4 * q + 2]);
+            u[4 * q + 1] = _mm512_unpackhi_epi64(t[4 * q], t[4 * q + 2]);
+            u[4 * q + 2] = _mm512_unpacklo_epi64(t[4 * q + 1], t[4 * q + 3]);
+            u[4 * q + 3] = _mm512_unpackhi_epi64(t[4 * q + 1], t[4 * q + 3]);
+        }
+        int32_t *out = qt + 16 * 16 * c;
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            const __m512i v0 = _mm512_shuffle_i32x4(u[i], u[4 + i], 0x88),
+                          v1 = _mm512_shuffle_i32x4(u[i], u[4 + i], 0xdd),
+                          w0 = _mm512_shuffle_i32x4(u[8 + i], u[12 + i], 0x88),
+                          w1 = _mm512_shuffle_i32x4(u[8 + i], u[12 + i], 0xdd);
+            _mm512_store_si512((void *)(out + 16 * i), _mm512_shuffle_i32x4(v0, w0, 0x88));
+            _mm512_store_si512((void *)(out + 16 * (4 + i)), _mm512_shuffle_i32x4(v1, w1, 0x88));
+            _mm512_store_si512((void *)(out + 16 * (8 + i)), _mm512_shuffle_i32x4(v0, w0, 0xdd));
+            _mm512_store_si512((void *)(out + 16 * (12 + i)), _mm512_shuffle_i32x4(v1, w1, 0xdd));
+        }
+    }
+}
+
+/* Tokens t0 .. t0 + nt - 1 of a (nt <= 16) position-major: qt[m * 16 + t] the int8 values at
+ * 4m .. 4m + 3 of token t0 + t, bst[p * 16 + t] its sub-block sums 2p and 2p + 1 (two int16),
+ * zeros in lanes nt .. 15. */
+TGT_VNNI static void lay_out_tokens(const struct xd_cpu_qacts *a, int64_t t0, int nt, int32_t *qt,
+                                    int32_t *bst)
+{
+    const int64_t nb = a->nb, cols = nb * XD_QBLOCK;
+    if (nt < QT_LANES) {
+        memset(qt, 0, (size_t)cols * QT_LANES / 4 * sizeof(int32_t));
+        memset(bst, 0, (size_t)nb / 2 * QT_LANES * sizeof(int32_t));
+    }
+    if (nt == QT_LANES)
+        transpose_tokens16(a->q + t0 * cols, cols, cols / 4, qt);
+    for (int t = 0; t < nt; t++) {
+        const int8_t *q = a->q + (t0 + t) * cols;
+        const int16_t *bs = a->bs + (t0 + t) * nb;
+        for (int64_t m = 0; nt < QT_LANES && m < cols / 4; m++)
+            memcpy(qt + m * QT_LANES + t, q + 4 * m, 4);
+        for (int64_t p = 0; p < nb / 2; p++)
+            memcpy(bst + p * QT_LANES + t, bs + 2 * p, 4);
+    }
+}
+
+/* One super-block of up to four rows as the token-lane steps read it: the weights as bytes
+ * (u[r][e] = q_e), sc_j as int32, the minimum pairs (mn_2p | mn_2p+1 << 16), d and dmin. */
+struct prep_tl {
+    _Alignas(64) uint8_t u[4][XD_QK];
+    int32_t sc[4][8], mnp[4][4];
+    float dw[4], dm[4];
+};
+
+TGT_VNNI static inline __attribute__((always_inline)) void
+prep_tl_k(const struct xd_block_q4_k *const *wrow, int64_t k, const int nr, struct prep_tl *p)
+{
+    const __m512i nib = _mm512_set1_epi8(15);
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++) {
+        const struct xd_block_q4_k *blk = wrow[r] + k;
+        for (int h = 0; h < 2; h++) {
+            const __m512i v = _mm512_loadu_si512((const void *)(blk->qs + 64 * h));
+            _mm512_store_si512((void *)(p->u[r] + 128 * h), _mm512_and_si512(v, nib));
+            _mm512_store_si512((void *)(p->u[r] + 128 * h + 64),
+                               _mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
+        }
+        _Alignas(16) int16_t sc[8], mn[8];
+        scales_k_vnni(blk, sc, mn);
+        for (int j = 0; j < 8; j++)
+            p->sc[r][j] = sc[j];
+        for (int j = 0; j < 4; j++)
+            p->mnp[r][j] = (int32_t)((uint32_t)(uint16_t)mn[2 * j] |
+                                     (uint32_t)(uint16_t)mn[2 * j + 1] << 16);
+        p->dw[r] = _cvtsh_ss(blk->d);
+        p->dm[r] = _cvtsh_ss(blk->dmin);
+    }
+}
+
+
+
+#define NCHAINS 2
+/* Super-block k of nv token groups (1 or 2; group v's layout at qt + v * sq, bst + v * sb, as
+ * lay_out_tokens makes it; dxv[v] its tokens' activation scales) against the prepared rows:
+ * A[v][r], M[v][r] lane t as the header's A and M. Two groups share each weight broadcast. */
+TGT_VNNI static inline __attribute__((always_inline)) void
+step_tl_k(const struct prep_tl *p, const int32_t *qt, int64_t sq, const int32_t *bst, int64_t sb,
+          int64_t k, const __m512 *dxv, const int nr, const int nv, __m512 (*A)[4],
+          __m512 (*M)[4])
+{
+    __m512i sumi[2][4], summ[2][4];
+#pragma GCC unroll 2
+    for (int v = 0; v < 2; v++)
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++)
+            sumi[v][r] = summ[v][r] = _mm512_setzero_si512();
+    const int32_t *qk = qt + k * (XD_QK / 4) * QT_LANES;
+#pragma GCC unroll 1
+    for (int j = 0; j < 8; j++) {
+        /* two chains of vpdpbusd per accumulator (even and odd i) while they are few, so that
+         * its latency is hidden */
+        __m512i acc[2][4][2];
+#pragma GCC unroll 2
+        for (int v = 0; v < 2; v++)
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++)
+                acc[v][r][0] = acc[v][r][1] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) {
+            const int m = 8 * j + i;
+            __m512i xa[2];
+#pragma GCC unroll 2
+            for (int v = 0; v < nv; v++)
+                xa[v] = _mm512_load_si512((const void *)(qk + v * sq + m * QT_LANES));
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                int32_t wd;
+                memcpy(&wd, p->u[r] + 4 * m, 4);
+                const __m512i wv = _mm512_set1_epi32(wd);
+#pragma GCC unroll 2
+                for (int v = 0; v < nv; v++)
+                    acc[v][r][i % NCHAINS] = _mm512_dpbusd_epi32(acc[v][r][i % NCHAINS], wv, xa[v]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            const __m512i sc = _mm512_set1_epi32(p->sc[r][j]);
+#pragma GCC unroll 2
+            for (int v = 0; v < nv; v++)
+                sumi[v][r] = _mm512_add_epi32(
+                    sumi[v][r], _mm512_mullo_epi32(_mm512_add_epi32(acc[v][r][0], acc[v][r][1]), sc));
+        }
+    }
+#pragma GCC unroll 4
+    for (int pp = 0; pp < 4; pp++) {
+#pragma GCC unroll 2
+        for (int v = 0; v < nv; v++) {
+            const __m512i bv =
+                _mm512_load_si512((const void *)(bst + v * sb + (4 * k + pp) * QT_LANES));
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++)
+                summ[v][r] = _mm512_dpwssd_epi32(summ[v][r], bv, _mm512_set1_epi32(p->mnp[r][pp]));
+        }
+    }
+#pragma GCC unroll 2
+    for (int v = 0; v < nv; v++)
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            A[v][r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(p->dw[r]), dxv[v]),
+                                      _mm512_cvtepi32_ps(sumi[v][r]), A[v][r]);
+            M[v][r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(p->dm[r]), dxv[v]),
+                                      _mm512_cvtepi32_ps(summ[v][r]), M[v][r]);
+        }
+}
+
+/* Four rows' results for tokens 0 .. nt - 1 (lane t of y0 .. y3) to y (token t's four at
+ * y + t * ld): a 4 x 16 transpose, then one 16-byte store a token. */
+#define TL_STORE(u, L, i)                                                                        \
+    do {                                                                                         \
+        if (4 * (L) + (i) < nt)                                                                  \
+            _mm_storeu_ps(y + (int64_t)(4 * (L) + (i)) * ld, _mm512_extractf32x4_ps(u, L));      \
+    } while (0)
+TGT_VNNI static inline __attribute__((always_inline)) void
+store_tl_4rows(float *y, int64_t ld, int nt, __m512 y0, __m512 y1, __m512 y2, __m512 y3)
+{
+    const __m512d a = _mm512_castps_pd(_mm512_unpacklo_ps(y0, y1)),
+                  b = _mm512_castps_pd(_mm512_unpackhi_ps(y0, y1)),
+                  c = _mm512_castps_pd(_mm512_unpacklo_ps(y2, y3)),
+                  d = _mm512_castps_pd(_mm512_unpackhi_ps(y2, y3));
+    /* u_i: 128-bit lane L holds the four rows of token 4L + i */
+    const __m512 u0 = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c)),
+                 u1 = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c)),
+                 u2 = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d)),
+                 u3 = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    TL_STORE(u0, 0, 0); TL_STORE(u1, 0, 1); TL_STORE(u2, 0, 2); TL_STORE(u3, 0, 3);
+    TL_STORE(u0, 1, 0); TL_STORE(u1, 1, 1); TL_STORE(u2, 1, 2); TL_STORE(u3, 1, 3);
+    TL_STORE(u0, 2, 0); TL_STORE(u1, 2, 1); TL_STORE(u2, 2, 2); TL_STORE(u3, 2, 3);
+    TL_STORE(u0, 3, 0); TL_STORE(u1, 3, 1); TL_STORE(u2, 3, 2); TL_STORE(u3, 3, 3);
+}
+#undef TL_STORE
+
+/* Rows r0 .. r0 + nr - 1 (nr 4 or 1) for the ng token groups laid out at qt / bst (group g's
+ * first token t0 + 16g, its size nt_g: 16, the last one nt_last): each super-block of the rows
+ * prepared once for all the groups. */
+TGT_VNNI static inline __attribute__((always_inline)) void
+rowgroup_tl_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, int64_t r0,
+              const int nr, int64_t t0, int ng, int nt_last, const int32_t *qt,
+              const int32_t *bst)
+{
+    const int64_t nb = a->nb, cols = nb * XD_QBLOCK;
+    const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
+    const struct xd_block_q4_k *wrow[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+        wrow[r] = (const struct xd_block_q4_k *)((const char *)w->data + (size_t)(r0 + r) * row_bytes);
+    __m512 A[QT_CHUNK_GROUPS][4], M[QT_CHUNK_GROUPS][4];
+    for (int g = 0; g < ng; g++)
+        for (int r = 0; r < 4; r++)
+            A[g][r] = M[g][r] = _mm512_setzero_ps();
+    struct prep_tl p;
+    for (int64_t k = 0; k < nb / 8; k++) {
+        prep_tl_k(wrow, k, nr, &p);
+        const int64_t sq = (cols / 4) * QT_LANES, sb = (nb / 2) * QT_LANES;
+        for (int g = 0; g < ng; g += 2) {
+            __m512 dxv[2];
+            for (int v = 0; v < 2 && g + v < ng; v++) {
+                const int nt = g + v == ng - 1 ? nt_last : QT_LANES;
+                dxv[v] = _mm512_maskz_loadu_ps((__mmask16)((1u << nt) - 1),
+                                               a->d + k * a->ld_s + t0 + QT_LANES * (g + v));
+            }
+            if (g + 1 < ng)
+                step_tl_k(&p, qt + g * sq, sq, bst + g * sb, sb, k, dxv, nr, 2, A + g, M + g);
+            else
+                step_tl_k(&p, qt + g * sq, sq, bst + g * sb, sb, k, dxv, nr, 1, A + g, M + g);
+        }
+    }
+    for (int g = 0; g < ng; g++) {
+        const int nt = g == ng - 1 ? nt_last : QT_LANES;
+        float *yg = y + (t0 + QT_LANES * g) * w->rows + r0;
+        if (nr == 4) {
+            store_tl_4rows(yg, w->rows, nt, _mm512_sub_ps(A[g][0], M[g][0]),
+                           _mm512_sub_ps(A[g][1], M[g][1]), _mm512_sub_ps(A[g][2], M[g][2]),
+                           _mm512_sub_ps(A[g][3], M[g][3]));
+            continue;
+        }
+        _Alignas(64) float res[QT_LANES];
+        _mm512_store_ps(res, _mm512_sub_ps(A[g][0], M[g][0]));
+        for (int t = 0; t < nt; t++)
+            yg[(int64_t)t * w->rows] = res[t];
+    }
+}
+
+TGT_VNNI static void rows_vnni_k_tiles(const struct xd_cpu_qacts *a, const struct xd_matrix *w,
+                                       float *y, int64_t r0, int64_t r1)
 {
     int64_t r = r0;
     for (; r + 4 <= r1; r += 4)
         rowgroup_vnni_k(a, w, y, r, 4);
     for (; r < r1; r++)
         rowgroup_vnni_k(a, w, y, r, 1);
+}
+
+/* The groups of sixteen tokens (and a last one of at least QT_MIN_TOKENS) in token lanes, the
+ * rest in four-token tiles: the same bits either way. */
+TGT_VNNI static void rows_vnni_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
+                                 int64_t r0, int64_t r1)
+{
+    const int64_t nb = a->nb, cols = nb * XD_QBLOCK;
+    const int n_groups = a->n / QT_LANES + (a->n % QT_LANES >= QT_MIN_TOKENS);
+    int64_t n_lanes = (int64_t)n_groups * QT_LANES < a->n ? (int64_t)n_groups * QT_LANES : a->n;
+    if (n_groups > 0) {
+        const size_t group_bytes = (size_t)(QT_LANES + 1) * (size_t)cols;
+        int chunk = (int)(QT_STACK_BYTES / group_bytes);
+        chunk = chunk < 1 ? 1 : chunk > QT_CHUNK_GROUPS ? QT_CHUNK_GROUPS : chunk;
+        _Alignas(64) unsigned char stack_buf[QT_STACK_BYTES];
+        unsigned char *buf = stack_buf, *heap = NULL;
+        if ((size_t)chunk * group_bytes > sizeof stack_buf) {
+            heap = aligned_alloc(64, (group_bytes + 63) & ~(size_t)63);
+            buf = heap;
+            if (!heap)
+                n_lanes = 0; /* no memory: all in tiles, the same results */
+        }
+        for (int g0 = 0; buf && g0 < n_groups; g0 += chunk) {
+            const int ng = n_groups - g0 < chunk ? n_groups - g0 : chunk;
+            const int64_t t0 = (int64_t)QT_LANES * g0;
+            const int64_t left = n_lanes - t0 - QT_LANES * (ng - 1);
+            const int nt_last = left < QT_LANES ? (int)left : QT_LANES;
+            int32_t *qt = (int32_t *)buf, *bst = (int32_t *)(buf + (size_t)ng * QT_LANES * cols);
+            for (int g = 0; g < ng; g++)
+                lay_out_tokens(a, t0 + QT_LANES * g, g == ng - 1 ? nt_last : QT_LANES,
+                               qt + g * (cols / 4) * QT_LANES, bst + g * (nb / 2) * QT_LANES);
+            int64_t r = r0;
+            for (; r + 4 <= r1; r += 4)
+                rowgroup_tl_k(a, w, y, r, 4, t0, ng, nt_last, qt, bst);
+            for (; r < r1; r++)
+                rowgroup_tl_k(a, w, y, r, 1, t0, ng, nt_last, qt, bst);
+        }
+        free(heap);
+    }
+    if (n_lanes < a->n) {
+        const struct xd_cpu_qacts rest = xd_cpu_qacts_view(a, (int)n_lanes, a->n - (int)n_lanes);
+        rows_vnni_k_tiles(&rest, w, y + n_lanes * w->rows, r0, r1);
+    }
 }
 
 TGT_AVX2 static void rows_avx2_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
@@ -897,17 +1206,22 @@ void xd_cpu_matmul_quant_rows(const struct xd_cpu_qacts *a, const struct xd_matr
         rows_for(w->dtype, path)(a, w, y, r0, r1);
 }
 
-/* Rows of output per OpenMP task. */
+/* Rows of output per OpenMP task: a multiple of ROW_TILE, about a quarter of a thread's share
+ * (a task of q4_K's token lanes lays its tokens out once for all its rows). */
 #define ROW_TILE 16
+#define TASKS_PER_THREAD 4
 
 static void run_rows(rows_fn fn, const struct xd_cpu_qacts *a, const struct xd_matrix *w,
                      float *y)
 {
-    const int64_t rows = w->rows, n_tiles = (rows + ROW_TILE - 1) / ROW_TILE;
+    const int64_t rows = w->rows;
+    int64_t tile = rows / ((int64_t)omp_get_max_threads() * TASKS_PER_THREAD) / ROW_TILE * ROW_TILE;
+    tile = tile < ROW_TILE ? ROW_TILE : tile;
+    const int64_t n_tiles = (rows + tile - 1) / tile;
 #pragma omp parallel for schedule(static) if (rows * w->cols * (int64_t)a->n > 32768)
-    for (int64_t tile = 0; tile < n_tiles; tile++) {
-        int64_t r_end = tile * ROW_TILE + ROW_TILE < rows ? tile * ROW_TILE + ROW_TILE : rows;
-        fn(a, w, y, tile * ROW_TILE, r_end);
+    for (int64_t i = 0; i < n_tiles; i++) {
+        int64_t r_end = i * tile + tile < rows ? i * tile + tile : rows;
+        fn(a, w, y, i * tile, r_end);
     }
 }
 

@@ -11,12 +11,12 @@ void xd_quant_row_q8_0(const float *x, struct xd_block_q8_0 *y, int64_t k)
         const float *xb = x + b * XD_QBLOCK;
         float amax = 0.0f;
         for (int j = 0; j < XD_QBLOCK; j++)
-            amax = fmaxf(amax, fabsf(xb[j]));
+            amax = xd_max_abs(amax, xb[j]);
         const float d = amax / 127.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         y[b].d = xd_f32_to_f16(d);
         for (int j = 0; j < XD_QBLOCK; j++)
-            y[b].qs[j] = (int8_t)roundf(xb[j] * id);
+            y[b].qs[j] = (int8_t)xd_round_half_away(xb[j] * id);
     }
 }
 

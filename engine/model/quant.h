@@ -2,6 +2,7 @@
 #ifndef XD_QUANT_H
 #define XD_QUANT_H
 
+#include <math.h>
 #include <stdint.h>
 
 #include "engine/base/status.h"
@@ -9,6 +10,23 @@
 
 /* Weights per block; a quantized matrix's cols must be a multiple of it. */
 #define XD_QBLOCK 32
+
+/* roundf(v), half away from zero, for finite |v| < 2^31, without libm's call: v - trunc(v) is
+ * exact, so its comparison with one half decides as roundf does. Plain C the compiler inlines
+ * and vectorizes (the quantizers of activations run it on every value of a step). */
+static inline int xd_round_half_away(float v)
+{
+    const int i = (int)v;
+    const float f = v - (float)i;
+    return i + (f >= 0.5f) - (f <= -0.5f);
+}
+
+/* fmaxf(m, fabsf(v)) for m >= 0 (a NaN v leaves m, as fmaxf does), without libm's call. */
+static inline float xd_max_abs(float m, float v)
+{
+    const float a = fabsf(v);
+    return a > m ? a : m;
+}
 
 /* q8_0 (the class of GGUF's Q8_0): w[i] = d * qs[i]. */
 struct xd_block_q8_0 {
