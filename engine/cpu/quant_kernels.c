@@ -582,6 +582,24 @@ hsum4_vnni(__m512i v0, __m512i v1, __m512i v2, __m512i v3)
     return _mm512_add_epi32(_mm512_unpacklo_epi64(u01, u23), _mm512_unpackhi_epi64(u01, u23));
 }
 
+/* Groups of four rows ahead that the q4_K kernels prefetch. */
+#define KPREFETCH_GROUPS 2
+
+/* The q4_K kernels read a group of four rows (contiguous, 4 x row_bytes) a super-block of each at
+ * a time: at super-block k, the k-th 576 bytes of the group KPREFETCH_GROUPS on are prefetched,
+ * so the prefetches run front to back through memory as the rows are read (a hint; it changes no
+ * result). Four rows' own addresses prefetched instead stream half as fast from DRAM
+ * (bench/results/engine-cpu-q4k.md). */
+TGT_AVX2 static inline __attribute__((always_inline)) void
+prefetch_group_k(const struct xd_block_q4_k *row0, size_t row_bytes, int64_t k)
+{
+    const char *pf = (const char *)row0 + KPREFETCH_GROUPS * 4 * row_bytes +
+                     (size_t)k * 4 * sizeof(struct xd_block_q4_k);
+#pragma GCC unroll 9
+    for (int l = 0; l < 9; l++)
+        _mm_prefetch(pf + 64 * l, _MM_HINT_T0);
+}
+
 /* VNNI, q4_K: one super-block of up to four rows unpacked once for every token tile of a
  * chunk: the weights of quarter q (weights 64q .. 64q + 63) as bytes, the scale vectors that
  * vpdpwssd multiplies their pairs by (int16 lanes 0-15 sc[2q], 16-31 sc[2q + 1]), the minimums
@@ -594,21 +612,13 @@ struct prep_k {
 
 TGT_VNNI static inline __attribute__((always_inline)) void
 prep_vnni_k(const struct xd_block_q4_k *const *wrow, int64_t k, const int nr, size_t row_bytes,
-            int decode, struct prep_k *p)
+            struct prep_k *p)
 {
     _Alignas(64) int16_t sc[4][8], mn[4][8];
     memset(sc, 0, sizeof sc);
     memset(mn, 0, sizeof mn);
-    if (decode) {
-        /* the rows one tile on, as tile_vnni (a hint; it changes no result) */
-#pragma GCC unroll 4
-        for (int r = 0; r < nr; r++) {
-            const char *pf = (const char *)(wrow[r] + k) + QPREFETCH_ROWS * row_bytes;
-            _mm_prefetch(pf, _MM_HINT_T0);
-            _mm_prefetch(pf + 64, _MM_HINT_T0);
-            _mm_prefetch(pf + 128, _MM_HINT_T0);
-        }
-    }
+    if (nr == 4)
+        prefetch_group_k(wrow[0], row_bytes, k);
     const __m512i nib = _mm512_set1_epi8(15);
     uint16_t hd[8] = {0};
 #pragma GCC unroll 4
@@ -726,7 +736,7 @@ rowgroup_vnni_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *
         for (int i = 0; i <= n_full && i < KCHUNK_TILES; i++)
             A[i] = M[i] = _mm512_setzero_ps();
         for (int64_t k = 0; k < nb / 8; k++) {
-            prep_vnni_k(wrow, k, nr, row_bytes, a->n <= 2, &p);
+            prep_vnni_k(wrow, k, nr, row_bytes, &p);
             for (int i = 0; i < n_full; i++)
                 step_vnni_k(&p, a, c0 + NT * i, k, NT, nr, &A[i], &M[i]);
             switch (rest) {
@@ -826,8 +836,8 @@ tile_avx2_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, i
  * per 4-byte position), once per call for all its rows. */
 #define QT_LANES 16
 /* Tokens a group must have for the token lanes (fewer go to the four-token tiles): a group of
- * 16 costs about what 8 tokens in tiles do. */
-#define QT_MIN_TOKENS 8
+ * 16 costs about what 6 or 7 tokens in tiles do (bench/results/engine-cpu-q4k.md). */
+#define QT_MIN_TOKENS 7
 /* Bytes of stack a call lays the groups out in; more (cols above ~3800) is allocated. */
 #define QT_STACK_BYTES 65536
 /* Token groups laid out (and their accumulators held) at a time. */
@@ -1081,6 +1091,78 @@ rowgroup_tl_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
     }
 }
 
+/* VNNI, q4_K, one token (decode): four rows a super-block with everything in registers, the
+ * scales applied in vpdpwssd as the tiles do, each row's sixteen lanes summed once per
+ * super-block; lane r of the four-lane A, M is row r's A, M of the header. */
+TGT_VNNI static void gemv_vnni_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
+                                 int64_t r0, int64_t r1)
+{
+    const int64_t nb = a->nb;
+    const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
+    const __m512i nib = _mm512_set1_epi8(15);
+    __m512i pat[4];
+    for (int q = 0; q < 4; q++) {
+        const int lo = 4 * q | (4 * q + 1) << 8, hi = (4 * q + 2) | (4 * q + 3) << 8;
+        pat[q] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(lo | lo << 16)),
+                                    _mm256_set1_epi32(hi | hi << 16), 1);
+    }
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const struct xd_block_q4_k *wrow[4];
+        for (int i = 0; i < 4; i++)
+            wrow[i] = (const struct xd_block_q4_k *)((const char *)w->data +
+                                                     (size_t)(r + i) * row_bytes);
+        __m128 A = _mm_setzero_ps(), M = _mm_setzero_ps();
+        for (int64_t k = 0; k < nb / 8; k++) {
+            const int8_t *xq = a->q + k * XD_QK;
+            __m512i x[4], acc[4];
+            __m128i mp[4];
+            uint16_t hd[8];
+#pragma GCC unroll 4
+            for (int q = 0; q < 4; q++)
+                x[q] = _mm512_loadu_si512((const void *)(xq + 64 * q));
+            prefetch_group_k(wrow[0], row_bytes, k);
+            const __m128i bs = _mm_loadu_si128((const __m128i *)(a->bs + 8 * k));
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) {
+                const struct xd_block_q4_k *blk = wrow[i] + k;
+                _Alignas(16) int16_t sc[8], mn[8];
+                scales_k_vnni(blk, sc, mn);
+                hd[i] = blk->d;
+                hd[4 + i] = blk->dmin;
+                const __m512i scb = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)sc));
+                const __m512i v0 = _mm512_loadu_si512((const void *)blk->qs),
+                              v1 = _mm512_loadu_si512((const void *)(blk->qs + 64));
+                const __m512i wq[4] = {_mm512_and_si512(v0, nib),
+                                       _mm512_and_si512(_mm512_srli_epi16(v0, 4), nib),
+                                       _mm512_and_si512(v1, nib),
+                                       _mm512_and_si512(_mm512_srli_epi16(v1, 4), nib)};
+                __m512i s = _mm512_setzero_si512();
+#pragma GCC unroll 4
+                for (int q = 0; q < 4; q++)
+                    s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(wq[q], x[q]),
+                                            _mm512_shuffle_epi8(scb, pat[q]));
+                acc[i] = s;
+                mp[i] = _mm_madd_epi16(_mm_load_si128((const __m128i *)mn), bs);
+            }
+            /* row i's sixteen lanes into lane i */
+            const __m512i h = hsum4_vnni(acc[0], acc[1], acc[2], acc[3]);
+            const __m512i h2 = _mm512_add_epi32(h, _mm512_shuffle_i32x4(h, h, _MM_SHUFFLE(1, 0, 3, 2)));
+            const __m512i h4 = _mm512_add_epi32(h2, _mm512_shuffle_i32x4(h2, h2, _MM_SHUFFLE(2, 3, 0, 1)));
+            const __m128i sumi = _mm512_castsi512_si128(h4);
+            const __m128i summ = _mm_hadd_epi32(_mm_hadd_epi32(mp[0], mp[1]),
+                                                _mm_hadd_epi32(mp[2], mp[3]));
+            const __m256 dd = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)hd));
+            const __m128 dx = _mm_set1_ps(a->d[k * a->ld_s]);
+            A = _mm_fmadd_ps(_mm_mul_ps(_mm256_castps256_ps128(dd), dx), _mm_cvtepi32_ps(sumi), A);
+            M = _mm_fmadd_ps(_mm_mul_ps(_mm256_extractf128_ps(dd, 1), dx), _mm_cvtepi32_ps(summ), M);
+        }
+        _mm_storeu_ps(y + r, _mm_sub_ps(A, M));
+    }
+    for (; r < r1; r++)
+        rowgroup_vnni_k(a, w, y, r, 1);
+}
+
 TGT_VNNI static void rows_vnni_k_tiles(const struct xd_cpu_qacts *a, const struct xd_matrix *w,
                                        float *y, int64_t r0, int64_t r1)
 {
@@ -1127,6 +1209,10 @@ TGT_VNNI static void rows_vnni_k(const struct xd_cpu_qacts *a, const struct xd_m
                 rowgroup_tl_k(a, w, y, r, 1, t0, ng, nt_last, qt, bst);
         }
         free(heap);
+    }
+    if (a->n == 1) {
+        gemv_vnni_k(a, w, y, r0, r1);
+        return;
     }
     if (n_lanes < a->n) {
         const struct xd_cpu_qacts rest = xd_cpu_qacts_view(a, (int)n_lanes, a->n - (int)n_lanes);
