@@ -1029,8 +1029,8 @@ const char *xd_cpu_kernel_path(void)
         return q == XD_QUANT_VNNI
                    ? "avx512f (fma, 4 rows x 6 tokens of 16 lanes; from 24 tokens a GEMM in L2/L1 "
                      "blocks); q8/q4: avx512-vnni (vpdpbusd, 4 rows x 4 tokens); q4k: avx512-vnni "
-                     "(vpdpbusd on 16 token lanes x 4 rows from 8 tokens, else vpmaddubsw + "
-                     "vpdpwssd, 4 rows x 4 tokens)"
+                     "(1 token: vpmaddubsw + vpdpwssd, 4 rows; from 7: vpdpbusd on 16 token "
+                     "lanes x 4 rows; else 4 rows x 4 tokens)"
                    : "avx512f (fma, 4 rows x 6 tokens of 16 lanes; from 24 tokens a GEMM in L2/L1 "
                      "blocks); q8/q4: avx2 (vpmaddubsw, 1 row x 4 tokens); q4k: avx2 (vpmaddubsw + "
                      "vpmaddwd, 1 row x 4 tokens)";

@@ -12,8 +12,9 @@ enum xd_quant_path {
     XD_QUANT_AVX2 = 2,     /* vpmaddubsw + vpmaddwd, 1 row x 4 tokens of 2 x 8 lanes (q4_K:
                             * int32 lanes per super-block, 1 row x 4 tokens) */
     XD_QUANT_VNNI = 3,     /* vpdpbusd (AVX512-VNNI), two blocks a vector, 4 rows x 4 tokens
-                            * (q4_K: from 8 tokens vpdpbusd on lanes of 16 tokens x
-                            * 4 rows, below vpmaddubsw + vpdpwssd, 4 rows x 4 tokens) */
+                            * (q4_K: one token vpmaddubsw + vpdpwssd over 4 rows; from
+                            * 7 tokens vpdpbusd on lanes of 16 tokens x 4 rows; between,
+                            * vpmaddubsw + vpdpwssd, 4 rows x 4 tokens) */
 };
 
 /* y (n, w.rows) = x (n, w.cols) @ w^T for w in XD_DTYPE_Q8_0 or XD_DTYPE_Q4_1 (w.cols a multiple
