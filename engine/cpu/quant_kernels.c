@@ -1220,9 +1220,79 @@ TGT_VNNI static void rows_vnni_k(const struct xd_cpu_qacts *a, const struct xd_m
     }
 }
 
+/* AVX2, q4_K, one token (decode): four rows a super-block, the scales applied in vpmaddwd,
+ * each row's eight lanes summed once per super-block, the group two ahead prefetched; lane r
+ * of the four-lane A, M is row r's A, M of the header. */
+TGT_AVX2 static void gemv_avx2_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
+                                 int64_t r0, int64_t r1)
+{
+    const int64_t nb = a->nb;
+    const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
+    const __m256i nib = _mm256_set1_epi8(15);
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const struct xd_block_q4_k *wrow[4];
+        for (int i = 0; i < 4; i++)
+            wrow[i] = (const struct xd_block_q4_k *)((const char *)w->data +
+                                                     (size_t)(r + i) * row_bytes);
+        __m128 A = _mm_setzero_ps(), M = _mm_setzero_ps();
+        for (int64_t k = 0; k < nb / 8; k++) {
+            const int8_t *xq = a->q + k * XD_QK;
+            prefetch_group_k(wrow[0], row_bytes, k);
+            const __m128i bs = _mm_loadu_si128((const __m128i *)(a->bs + 8 * k));
+            __m256i acc[4];
+            __m128i mp[4];
+            uint16_t hd[8];
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) {
+                const struct xd_block_q4_k *blk = wrow[i] + k;
+                _Alignas(16) int16_t sc[8], mn[8];
+                scales_k_avx2(blk, sc, mn);
+                hd[i] = blk->d;
+                hd[4 + i] = blk->dmin;
+                __m256i s = _mm256_setzero_si256();
+#pragma GCC unroll 4
+                for (int h = 0; h < 4; h++) {
+                    /* 32 bytes: sub-block jl in the low nibbles, jh in the high ones */
+                    const int jl = 4 * (h / 2) + h % 2, jh = jl + 2;
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * h));
+                    const __m256i pl = _mm256_maddubs_epi16(
+                        _mm256_and_si256(v, nib),
+                        _mm256_loadu_si256((const __m256i *)(xq + 32 * jl)));
+                    const __m256i ph = _mm256_maddubs_epi16(
+                        _mm256_and_si256(_mm256_srli_epi16(v, 4), nib),
+                        _mm256_loadu_si256((const __m256i *)(xq + 32 * jh)));
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(pl, _mm256_set1_epi16(sc[jl])));
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(ph, _mm256_set1_epi16(sc[jh])));
+                }
+                acc[i] = s;
+                mp[i] = _mm_madd_epi16(_mm_load_si128((const __m128i *)mn), bs);
+            }
+            /* row i's eight lanes into lane i */
+            const __m256i h4 = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]),
+                                                 _mm256_hadd_epi32(acc[2], acc[3]));
+            const __m128i sumi =
+                _mm_add_epi32(_mm256_castsi256_si128(h4), _mm256_extracti128_si256(h4, 1));
+            const __m128i summ = _mm_hadd_epi32(_mm_hadd_epi32(mp[0], mp[1]),
+                                                _mm_hadd_epi32(mp[2], mp[3]));
+            const __m256 dd = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)hd));
+            const __m128 dx = _mm_set1_ps(a->d[k * a->ld_s]);
+            A = _mm_fmadd_ps(_mm_mul_ps(_mm256_castps256_ps128(dd), dx), _mm_cvtepi32_ps(sumi), A);
+            M = _mm_fmadd_ps(_mm_mul_ps(_mm256_extractf128_ps(dd, 1), dx), _mm_cvtepi32_ps(summ), M);
+        }
+        _mm_storeu_ps(y + r, _mm_sub_ps(A, M));
+    }
+    for (; r < r1; r++)
+        tile_avx2_k(a, w, y, 0, r, 1);
+}
+
 TGT_AVX2 static void rows_avx2_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
                                  int64_t r0, int64_t r1)
 {
+    if (a->n == 1) {
+        gemv_avx2_k(a, w, y, r0, r1);
+        return;
+    }
     for (int64_t r = r0; r < r1; r++) {
         int64_t t = 0;
         for (; t + NT <= a->n; t += NT)
