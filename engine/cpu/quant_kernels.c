@@ -882,27 +882,34 @@ TGT_VNNI static void transpose_tokens16(const int8_t *src, int64_t ld, int64_t n
     }
 }
 
-/* Tokens t0 .. t0 + nt - 1 of a (nt <= 16) position-major: qt[m * 16 + t] the int8 values at
- * 4m .. 4m + 3 of token t0 + t, bst[p * 16 + t] its sub-block sums 2p and 2p + 1 (two int16),
- * zeros in lanes nt .. 15. */
-TGT_VNNI static void lay_out_tokens(const struct xd_cpu_qacts *a, int64_t t0, int nt, int32_t *qt,
-                                    int32_t *bst)
+/* Tokens t0 .. t0 + nt - 1 of a (nt <= lanes) position-major: qt[m * lanes + t] the int8 values
+ * at 4m .. 4m + 3 of token t0 + t, bst[p * lanes + t] its sub-block sums 2p and 2p + 1 (two
+ * int16), zeros in lanes nt .. lanes - 1; qt is left alone when q_done (transposed already). */
+static void lay_out_tokens(const struct xd_cpu_qacts *a, int64_t t0, int nt, int lanes,
+                           int q_done, int32_t *qt, int32_t *bst)
 {
     const int64_t nb = a->nb, cols = nb * XD_QBLOCK;
-    if (nt < QT_LANES) {
-        memset(qt, 0, (size_t)cols * QT_LANES / 4 * sizeof(int32_t));
-        memset(bst, 0, (size_t)nb / 2 * QT_LANES * sizeof(int32_t));
+    if (nt < lanes) {
+        memset(qt, 0, (size_t)cols / 4 * (size_t)lanes * sizeof(int32_t));
+        memset(bst, 0, (size_t)nb / 2 * (size_t)lanes * sizeof(int32_t));
     }
-    if (nt == QT_LANES)
-        transpose_tokens16(a->q + t0 * cols, cols, cols / 4, qt);
     for (int t = 0; t < nt; t++) {
         const int8_t *q = a->q + (t0 + t) * cols;
         const int16_t *bs = a->bs + (t0 + t) * nb;
-        for (int64_t m = 0; nt < QT_LANES && m < cols / 4; m++)
-            memcpy(qt + m * QT_LANES + t, q + 4 * m, 4);
+        for (int64_t m = 0; !q_done && m < cols / 4; m++)
+            memcpy(qt + m * lanes + t, q + 4 * m, 4);
         for (int64_t p = 0; p < nb / 2; p++)
-            memcpy(bst + p * QT_LANES + t, bs + 2 * p, 4);
+            memcpy(bst + p * lanes + t, bs + 2 * p, 4);
     }
+}
+
+TGT_VNNI static void lay_out_tokens16(const struct xd_cpu_qacts *a, int64_t t0, int nt,
+                                      int32_t *qt, int32_t *bst)
+{
+    const int64_t cols = a->nb * XD_QBLOCK;
+    if (nt == QT_LANES)
+        transpose_tokens16(a->q + t0 * cols, cols, cols / 4, qt);
+    lay_out_tokens(a, t0, nt, QT_LANES, nt == QT_LANES, qt, bst);
 }
 
 /* One super-block of up to four rows as the token-lane steps read it: the weights as bytes
@@ -1173,47 +1180,74 @@ TGT_VNNI static void rows_vnni_k_tiles(const struct xd_cpu_qacts *a, const struc
         rowgroup_vnni_k(a, w, y, r, 1);
 }
 
-/* The groups of sixteen tokens (and a last one of at least QT_MIN_TOKENS) in token lanes, the
- * rest in four-token tiles: the same bits either way. */
+/* A token-lane kernel's parts: the tokens' layout, and rows [r0, r1) for ng groups laid out at
+ * qt / bst (group g's first token t0 + lanes * g, the last group's size nt_last). */
+typedef void (*lay_out_fn)(const struct xd_cpu_qacts *, int64_t, int, int32_t *, int32_t *);
+typedef void (*lane_rows_fn)(const struct xd_cpu_qacts *, const struct xd_matrix *, float *,
+                             int64_t, int64_t, int64_t, int, int, const int32_t *,
+                             const int32_t *);
+
+/* The groups of `lanes` tokens of a (and a last one of at least min_tokens) through a
+ * token-lane kernel, up to QT_CHUNK_GROUPS groups laid out at a time (on the stack, or the heap
+ * for wide rows); returns how many tokens it did: the first ones, the rest are the caller's (0
+ * when there was no memory for the layout, which changes no result). */
+static int64_t rows_in_lanes(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
+                             int64_t r0, int64_t r1, int lanes, int min_tokens, lay_out_fn lay,
+                             lane_rows_fn rows)
+{
+    const int64_t nb = a->nb, cols = nb * XD_QBLOCK;
+    const int n_groups = a->n / lanes + (a->n % lanes >= min_tokens);
+    int64_t n_lanes = (int64_t)n_groups * lanes < a->n ? (int64_t)n_groups * lanes : a->n;
+    if (n_groups == 0)
+        return 0;
+    const size_t group_bytes = (size_t)(lanes + 1) * (size_t)cols;
+    int chunk = (int)(QT_STACK_BYTES / group_bytes);
+    chunk = chunk < 1 ? 1 : chunk > QT_CHUNK_GROUPS ? QT_CHUNK_GROUPS : chunk;
+    _Alignas(64) unsigned char stack_buf[QT_STACK_BYTES];
+    unsigned char *buf = stack_buf, *heap = NULL;
+    if ((size_t)chunk * group_bytes > sizeof stack_buf) {
+        heap = aligned_alloc(64, (group_bytes + 63) & ~(size_t)63);
+        if (!heap)
+            return 0;
+        buf = heap;
+    }
+    for (int g0 = 0; g0 < n_groups; g0 += chunk) {
+        const int ng = n_groups - g0 < chunk ? n_groups - g0 : chunk;
+        const int64_t t0 = (int64_t)lanes * g0;
+        const int64_t left = n_lanes - t0 - (int64_t)lanes * (ng - 1);
+        const int nt_last = left < lanes ? (int)left : lanes;
+        int32_t *qt = (int32_t *)buf, *bst = (int32_t *)(buf + (size_t)ng * lanes * cols);
+        for (int g = 0; g < ng; g++)
+            lay(a, t0 + (int64_t)lanes * g, g == ng - 1 ? nt_last : lanes,
+                qt + g * (cols / 4) * lanes, bst + g * (nb / 2) * lanes);
+        rows(a, w, y, r0, r1, t0, ng, nt_last, qt, bst);
+    }
+    free(heap);
+    return n_lanes;
+}
+
+TGT_VNNI static void rows_tl_vnni(const struct xd_cpu_qacts *a, const struct xd_matrix *w,
+                                  float *y, int64_t r0, int64_t r1, int64_t t0, int ng,
+                                  int nt_last, const int32_t *qt, const int32_t *bst)
+{
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4)
+        rowgroup_tl_k(a, w, y, r, 4, t0, ng, nt_last, qt, bst);
+    for (; r < r1; r++)
+        rowgroup_tl_k(a, w, y, r, 1, t0, ng, nt_last, qt, bst);
+}
+
+/* One token in the GEMV; groups of sixteen tokens (and a last one of at least QT_MIN_TOKENS) in
+ * token lanes, the rest in four-token tiles: the same bits every way. */
 TGT_VNNI static void rows_vnni_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
                                  int64_t r0, int64_t r1)
 {
-    const int64_t nb = a->nb, cols = nb * XD_QBLOCK;
-    const int n_groups = a->n / QT_LANES + (a->n % QT_LANES >= QT_MIN_TOKENS);
-    int64_t n_lanes = (int64_t)n_groups * QT_LANES < a->n ? (int64_t)n_groups * QT_LANES : a->n;
-    if (n_groups > 0) {
-        const size_t group_bytes = (size_t)(QT_LANES + 1) * (size_t)cols;
-        int chunk = (int)(QT_STACK_BYTES / group_bytes);
-        chunk = chunk < 1 ? 1 : chunk > QT_CHUNK_GROUPS ? QT_CHUNK_GROUPS : chunk;
-        _Alignas(64) unsigned char stack_buf[QT_STACK_BYTES];
-        unsigned char *buf = stack_buf, *heap = NULL;
-        if ((size_t)chunk * group_bytes > sizeof stack_buf) {
-            heap = aligned_alloc(64, (group_bytes + 63) & ~(size_t)63);
-            buf = heap;
-            if (!heap)
-                n_lanes = 0; /* no memory: all in tiles, the same results */
-        }
-        for (int g0 = 0; buf && g0 < n_groups; g0 += chunk) {
-            const int ng = n_groups - g0 < chunk ? n_groups - g0 : chunk;
-            const int64_t t0 = (int64_t)QT_LANES * g0;
-            const int64_t left = n_lanes - t0 - QT_LANES * (ng - 1);
-            const int nt_last = left < QT_LANES ? (int)left : QT_LANES;
-            int32_t *qt = (int32_t *)buf, *bst = (int32_t *)(buf + (size_t)ng * QT_LANES * cols);
-            for (int g = 0; g < ng; g++)
-                lay_out_tokens(a, t0 + QT_LANES * g, g == ng - 1 ? nt_last : QT_LANES,
-                               qt + g * (cols / 4) * QT_LANES, bst + g * (nb / 2) * QT_LANES);
-            int64_t r = r0;
-            for (; r + 4 <= r1; r += 4)
-                rowgroup_tl_k(a, w, y, r, 4, t0, ng, nt_last, qt, bst);
-            for (; r < r1; r++)
-                rowgroup_tl_k(a, w, y, r, 1, t0, ng, nt_last, qt, bst);
-        }
-        free(heap);
-    }
     if (a->n == 1) {
         gemv_vnni_k(a, w, y, r0, r1);
         return;
     }
+    const int64_t n_lanes =
+        rows_in_lanes(a, w, y, r0, r1, QT_LANES, QT_MIN_TOKENS, lay_out_tokens16, rows_tl_vnni);
     if (n_lanes < a->n) {
         const struct xd_cpu_qacts rest = xd_cpu_qacts_view(a, (int)n_lanes, a->n - (int)n_lanes);
         rows_vnni_k_tiles(&rest, w, y + n_lanes * w->rows, r0, r1);
@@ -1286,6 +1320,153 @@ TGT_AVX2 static void gemv_avx2_k(const struct xd_cpu_qacts *a, const struct xd_m
         tile_avx2_k(a, w, y, 0, r, 1);
 }
 
+/* ---- AVX2, q4_K, token lanes: the VNNI token lanes' scheme on lanes of eight tokens ----
+ * vpmaddubsw of a row's broadcast weights against eight tokens' activations gives each token two
+ * int16 pair sums (at most 2 * 15 * 127 = 3810), added in int16 over a sub-block's eight
+ * positions (at most 30480: exact), then scaled by the sub-block's sc_j in vpmaddwd into int32;
+ * the minimums, the float steps and the bits as there. One group at a time (sixteen registers). */
+#define QT8_LANES 8
+/* Tokens a last group of eight must have for the lanes (fewer go to the 1-row tiles): a group
+ * costs what 6 tokens in tiles do, with the AVX2 path forced on the AVX-512 machine
+ * (bench/results/engine-cpu-q4k.md; not measured on an AVX2-only CPU). */
+#define QT8_MIN_TOKENS 6
+
+static void lay_out_tokens8(const struct xd_cpu_qacts *a, int64_t t0, int nt, int32_t *qt,
+                            int32_t *bst)
+{
+    lay_out_tokens(a, t0, nt, QT8_LANES, 0, qt, bst);
+}
+
+TGT_AVX2 static inline __attribute__((always_inline)) void
+prep_tl_k_avx2(const struct xd_block_q4_k *const *wrow, int64_t k, const int nr,
+               struct prep_tl *p)
+{
+    const __m256i nib = _mm256_set1_epi8(15);
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++) {
+        const struct xd_block_q4_k *blk = wrow[r] + k;
+#pragma GCC unroll 4
+        for (int h = 0; h < 4; h++) {
+            /* bytes 32h .. 32h + 31: weights 128 (h / 2) + 32 (h % 2) + i, and 64 on */
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * h));
+            uint8_t *u = p->u[r] + 128 * (h / 2) + 32 * (h % 2);
+            _mm256_store_si256((__m256i *)u, _mm256_and_si256(v, nib));
+            _mm256_store_si256((__m256i *)(u + 64),
+                               _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
+        }
+        _Alignas(16) int16_t sc[8], mn[8];
+        scales_k_avx2(blk, sc, mn);
+        for (int j = 0; j < 8; j++)
+            p->sc[r][j] = sc[j];
+        for (int j = 0; j < 4; j++)
+            p->mnp[r][j] = (int32_t)((uint32_t)(uint16_t)mn[2 * j] |
+                                     (uint32_t)(uint16_t)mn[2 * j + 1] << 16);
+        p->dw[r] = _cvtsh_ss(blk->d);
+        p->dm[r] = _cvtsh_ss(blk->dmin);
+    }
+}
+
+TGT_AVX2 static inline __attribute__((always_inline)) void
+step_tl_k_avx2(const struct prep_tl *p, const int32_t *qt, const int32_t *bst, int64_t k,
+               __m256 dxv, const int nr, __m256 *A, __m256 *M)
+{
+    __m256i sumi[4], summ[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+        sumi[r] = summ[r] = _mm256_setzero_si256();
+    const int32_t *qk = qt + k * (XD_QK / 4) * QT8_LANES;
+#pragma GCC unroll 1
+    for (int j = 0; j < 8; j++) {
+        __m256i acc[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++)
+            acc[r] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) {
+            const int m = 8 * j + i;
+            const __m256i xa = _mm256_load_si256((const __m256i *)(qk + m * QT8_LANES));
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                int32_t wd;
+                memcpy(&wd, p->u[r] + 4 * m, 4);
+                acc[r] = _mm256_add_epi16(acc[r],
+                                          _mm256_maddubs_epi16(_mm256_set1_epi32(wd), xa));
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++)
+            sumi[r] = _mm256_add_epi32(
+                sumi[r], _mm256_madd_epi16(acc[r], _mm256_set1_epi16((int16_t)p->sc[r][j])));
+    }
+#pragma GCC unroll 4
+    for (int pp = 0; pp < 4; pp++) {
+        const __m256i bv = _mm256_load_si256((const __m256i *)(bst + (4 * k + pp) * QT8_LANES));
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++)
+            summ[r] = _mm256_add_epi32(summ[r],
+                                       _mm256_madd_epi16(bv, _mm256_set1_epi32(p->mnp[r][pp])));
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++) {
+        A[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(p->dw[r]), dxv),
+                               _mm256_cvtepi32_ps(sumi[r]), A[r]);
+        M[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(p->dm[r]), dxv),
+                               _mm256_cvtepi32_ps(summ[r]), M[r]);
+    }
+}
+
+TGT_AVX2 static inline __attribute__((always_inline)) void
+rowgroup_tl_k_avx2(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, int64_t r0,
+                   const int nr, int64_t t0, int ng, int nt_last, const int32_t *qt,
+                   const int32_t *bst)
+{
+    const int64_t nb = a->nb, cols = nb * XD_QBLOCK;
+    const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
+    const struct xd_block_q4_k *wrow[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+        wrow[r] = (const struct xd_block_q4_k *)((const char *)w->data + (size_t)(r0 + r) * row_bytes);
+    __m256 A[QT_CHUNK_GROUPS][4], M[QT_CHUNK_GROUPS][4];
+    for (int g = 0; g < ng; g++)
+        for (int r = 0; r < 4; r++)
+            A[g][r] = M[g][r] = _mm256_setzero_ps();
+    struct prep_tl p;
+    const int64_t sq = (cols / 4) * QT8_LANES, sb = (nb / 2) * QT8_LANES;
+    for (int64_t k = 0; k < nb / 8; k++) {
+        if (nr == 4)
+            prefetch_group_k(wrow[0], row_bytes, k);
+        prep_tl_k_avx2(wrow, k, nr, &p);
+        for (int g = 0; g < ng; g++) {
+            const int nt = g == ng - 1 ? nt_last : QT8_LANES;
+            const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            const __m256 dxv = _mm256_maskload_ps(a->d + k * a->ld_s + t0 + QT8_LANES * g,
+                                                  _mm256_cmpgt_epi32(_mm256_set1_epi32(nt), lane));
+            step_tl_k_avx2(&p, qt + g * sq, bst + g * sb, k, dxv, nr, A[g], M[g]);
+        }
+    }
+    for (int g = 0; g < ng; g++) {
+        const int nt = g == ng - 1 ? nt_last : QT8_LANES;
+        float *yg = y + (t0 + QT8_LANES * g) * w->rows + r0;
+        for (int r = 0; r < nr; r++) {
+            _Alignas(32) float res[QT8_LANES];
+            _mm256_store_ps(res, _mm256_sub_ps(A[g][r], M[g][r]));
+            for (int t = 0; t < nt; t++)
+                yg[(int64_t)t * w->rows + r] = res[t];
+        }
+    }
+}
+
+TGT_AVX2 static void rows_tl_avx2(const struct xd_cpu_qacts *a, const struct xd_matrix *w,
+                                  float *y, int64_t r0, int64_t r1, int64_t t0, int ng,
+                                  int nt_last, const int32_t *qt, const int32_t *bst)
+{
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4)
+        rowgroup_tl_k_avx2(a, w, y, r, 4, t0, ng, nt_last, qt, bst);
+    for (; r < r1; r++)
+        rowgroup_tl_k_avx2(a, w, y, r, 1, t0, ng, nt_last, qt, bst);
+}
+
 TGT_AVX2 static void rows_avx2_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
                                  int64_t r0, int64_t r1)
 {
@@ -1293,6 +1474,13 @@ TGT_AVX2 static void rows_avx2_k(const struct xd_cpu_qacts *a, const struct xd_m
         gemv_avx2_k(a, w, y, r0, r1);
         return;
     }
+    const int64_t n_lanes =
+        rows_in_lanes(a, w, y, r0, r1, QT8_LANES, QT8_MIN_TOKENS, lay_out_tokens8, rows_tl_avx2);
+    if (n_lanes >= a->n)
+        return;
+    const struct xd_cpu_qacts rest_view = xd_cpu_qacts_view(a, (int)n_lanes, a->n - (int)n_lanes);
+    a = &rest_view;
+    y += n_lanes * w->rows;
     for (int64_t r = r0; r < r1; r++) {
         int64_t t = 0;
         for (; t + NT <= a->n; t += NT)
