@@ -12,6 +12,7 @@
 #endif
 
 #include "engine/cpu/cpu_kernels.h"
+#include "engine/cpu/transpose.h"
 
 #define KB XD_CPU_ATTN_KEY_BLOCK
 
@@ -213,40 +214,6 @@ TGT512 static void scores_avx512(const struct tile_ctx *c, int nr, float *S)
     }
 }
 
-/* The 16 x 16 floats r[0..15] transposed in registers: afterwards r[i] lane j is the former
- * r[j] lane i (unpacks of pairs, then of 64-bit pairs, then two 128-bit lane shuffles). */
-TGT512 static inline __attribute__((always_inline)) void transpose16x16(__m512 r[16])
-{
-    __m512 t[16];
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; i++) { /* rows 4i .. 4i + 3, four columns per 128-bit lane */
-        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
-        const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
-        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-    }
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; i++) { /* rows 0-7 then 8-15: lanes 0 and 2, then 1 and 3 */
-        t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
-        t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xdd);
-        t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
-        t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xdd);
-    }
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; i++) {
-        r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
-        r[4 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0x88);
-        r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
-        r[12 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xdd);
-    }
-}
 
 /* kt (hd, KB) from 16 keys that follow each other in one cache block, the first at k0 (rows
  * kvd apart): 16 d at a time as 16 row loads transposed in registers (a gather per d costs
@@ -260,7 +227,7 @@ TGT512 static void fill_kt_avx512(const float *k0, size_t kvd, int hd, float *kt
 #pragma GCC unroll 16
         for (int j = 0; j < 16; j++)
             r[j] = _mm512_loadu_ps(k0 + (size_t)j * kvd + d);
-        transpose16x16(r);
+        xd_transpose16x16_ps(r);
 #pragma GCC unroll 16
         for (int i = 0; i < 16; i++)
             _mm512_storeu_ps(kt + (size_t)(d + i) * KB, r[i]);
@@ -405,7 +372,7 @@ TGT256 static inline __attribute__((always_inline)) __m256 exp8(__m256 x)
     return _mm256_andnot_ps(zero, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
 }
 
-/* The 8 x 8 floats r[0..7] transposed in registers (as transpose16x16). */
+/* The 8 x 8 floats r[0..7] transposed in registers (as xd_transpose16x16_ps). */
 TGT256 static inline __attribute__((always_inline)) void transpose8x8(__m256 r[8])
 {
     __m256 t[8];

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/cpu/transpose.h"
 #include "engine/model/quant.h"
 
 /* Blocks [b0, b1) of one token's activations quantized: the same C on every path. x, q and d
@@ -849,36 +850,14 @@ TGT_VNNI static void transpose_tokens16(const int8_t *src, int64_t ld, int64_t n
                                         int32_t *qt)
 {
     for (int64_t c = 0; c < n_dwords / 16; c++) {
-        __m512i r[16], t[16], u[16];
+        __m512 r[16];
 #pragma GCC unroll 16
         for (int i = 0; i < 16; i++)
-            r[i] = _mm512_loadu_si512((const void *)(src + i * ld + 64 * c));
-        /* t: pairs of tokens interleaved; u[4q + i]: 128-bit lane L holds tokens 4q .. 4q + 3
-         * of dword 4L + i */
-#pragma GCC unroll 8
-        for (int i = 0; i < 8; i++) {
-            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-        }
-#pragma GCC unroll 4
-        for (int q = 0; q < 4; q++) {
-            u[4 * q] = _mm512_unpacklo_epi64(t[4 * q], t[4 * q + 2]);
-            u[4 * q + 1] = _mm512_unpackhi_epi64(t[4 * q], t[4 * q + 2]);
-            u[4 * q + 2] = _mm512_unpacklo_epi64(t[4 * q + 1], t[4 * q + 3]);
-            u[4 * q + 3] = _mm512_unpackhi_epi64(t[4 * q + 1], t[4 * q + 3]);
-        }
-        int32_t *out = qt + 16 * 16 * c;
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) {
-            const __m512i v0 = _mm512_shuffle_i32x4(u[i], u[4 + i], 0x88),
-                          v1 = _mm512_shuffle_i32x4(u[i], u[4 + i], 0xdd),
-                          w0 = _mm512_shuffle_i32x4(u[8 + i], u[12 + i], 0x88),
-                          w1 = _mm512_shuffle_i32x4(u[8 + i], u[12 + i], 0xdd);
-            _mm512_store_si512((void *)(out + 16 * i), _mm512_shuffle_i32x4(v0, w0, 0x88));
-            _mm512_store_si512((void *)(out + 16 * (4 + i)), _mm512_shuffle_i32x4(v1, w1, 0x88));
-            _mm512_store_si512((void *)(out + 16 * (8 + i)), _mm512_shuffle_i32x4(v0, w0, 0xdd));
-            _mm512_store_si512((void *)(out + 16 * (12 + i)), _mm512_shuffle_i32x4(v1, w1, 0xdd));
-        }
+            r[i] = _mm512_castsi512_ps(_mm512_loadu_si512((const void *)(src + i * ld + 64 * c)));
+        xd_transpose16x16_ps(r);
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++)
+            _mm512_store_si512((void *)(qt + 16 * (16 * c + i)), _mm512_castps_si512(r[i]));
     }
 }
 
