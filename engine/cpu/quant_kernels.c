@@ -583,6 +583,15 @@ hsum4_vnni(__m512i v0, __m512i v1, __m512i v2, __m512i v3)
     return _mm512_add_epi32(_mm512_unpacklo_epi64(u01, u23), _mm512_unpackhi_epi64(u01, u23));
 }
 
+/* The first super-blocks of rows r0 .. r0 + nr - 1 of q4_K matrix w (row_bytes apart). */
+static inline __attribute__((always_inline)) void
+q4k_rows(const struct xd_matrix *w, int64_t r0, int nr, size_t row_bytes,
+         const struct xd_block_q4_k **wrow)
+{
+    for (int r = 0; r < nr; r++)
+        wrow[r] = (const struct xd_block_q4_k *)((const char *)w->data + (size_t)(r0 + r) * row_bytes);
+}
+
 /* Groups of four rows ahead that the q4_K kernels prefetch. */
 #define KPREFETCH_GROUPS 2
 
@@ -726,9 +735,7 @@ rowgroup_vnni_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *
     const int64_t nb = a->nb;
     const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
     const struct xd_block_q4_k *wrow[4];
-#pragma GCC unroll 4
-    for (int r = 0; r < nr; r++)
-        wrow[r] = (const struct xd_block_q4_k *)((const char *)w->data + (size_t)(r0 + r) * row_bytes);
+    q4k_rows(w, r0, nr, row_bytes, wrow);
     struct prep_k p;
     for (int64_t c0 = 0; c0 < a->n; c0 += KCHUNK_TILES * NT) {
         const int64_t c1 = c0 + KCHUNK_TILES * NT < a->n ? c0 + KCHUNK_TILES * NT : a->n;
@@ -1037,9 +1044,7 @@ rowgroup_tl_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
     const int64_t nb = a->nb, cols = nb * XD_QBLOCK;
     const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
     const struct xd_block_q4_k *wrow[4];
-#pragma GCC unroll 4
-    for (int r = 0; r < nr; r++)
-        wrow[r] = (const struct xd_block_q4_k *)((const char *)w->data + (size_t)(r0 + r) * row_bytes);
+    q4k_rows(w, r0, nr, row_bytes, wrow);
     __m512 A[QT_CHUNK_GROUPS][4], M[QT_CHUNK_GROUPS][4];
     for (int g = 0; g < ng; g++)
         for (int r = 0; r < 4; r++)
@@ -1095,9 +1100,7 @@ TGT_VNNI static void gemv_vnni_k(const struct xd_cpu_qacts *a, const struct xd_m
     int64_t r = r0;
     for (; r + 4 <= r1; r += 4) {
         const struct xd_block_q4_k *wrow[4];
-        for (int i = 0; i < 4; i++)
-            wrow[i] = (const struct xd_block_q4_k *)((const char *)w->data +
-                                                     (size_t)(r + i) * row_bytes);
+        q4k_rows(w, r, 4, row_bytes, wrow);
         __m128 A = _mm_setzero_ps(), M = _mm_setzero_ps();
         for (int64_t k = 0; k < nb / 8; k++) {
             const int8_t *xq = a->q + k * XD_QK;
@@ -1205,16 +1208,21 @@ static int64_t rows_in_lanes(const struct xd_cpu_qacts *a, const struct xd_matri
     return n_lanes;
 }
 
-TGT_VNNI static void rows_tl_vnni(const struct xd_cpu_qacts *a, const struct xd_matrix *w,
-                                  float *y, int64_t r0, int64_t r1, int64_t t0, int ng,
-                                  int nt_last, const int32_t *qt, const int32_t *bst)
-{
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4)
-        rowgroup_tl_k(a, w, y, r, 4, t0, ng, nt_last, qt, bst);
-    for (; r < r1; r++)
-        rowgroup_tl_k(a, w, y, r, 1, t0, ng, nt_last, qt, bst);
-}
+/* A token-lane kernel's lane_rows_fn: its row groups of four (then single rows) over rows
+ * [r0, r1) for the laid-out groups. */
+#define DEFINE_ROWS_TL(name, tgt, rowgroup)                                                       \
+    tgt static void name(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,      \
+                         int64_t r0, int64_t r1, int64_t t0, int ng, int nt_last,                \
+                         const int32_t *qt, const int32_t *bst)                                  \
+    {                                                                                            \
+        int64_t r = r0;                                                                          \
+        for (; r + 4 <= r1; r += 4)                                                              \
+            rowgroup(a, w, y, r, 4, t0, ng, nt_last, qt, bst);                                   \
+        for (; r < r1; r++)                                                                      \
+            rowgroup(a, w, y, r, 1, t0, ng, nt_last, qt, bst);                                   \
+    }
+
+DEFINE_ROWS_TL(rows_tl_vnni, TGT_VNNI, rowgroup_tl_k)
 
 /* One token in the GEMV; groups of sixteen tokens (and a last one of at least QT_MIN_TOKENS) in
  * token lanes, the rest in four-token tiles: the same bits every way. */
@@ -1245,9 +1253,7 @@ TGT_AVX2 static void gemv_avx2_k(const struct xd_cpu_qacts *a, const struct xd_m
     int64_t r = r0;
     for (; r + 4 <= r1; r += 4) {
         const struct xd_block_q4_k *wrow[4];
-        for (int i = 0; i < 4; i++)
-            wrow[i] = (const struct xd_block_q4_k *)((const char *)w->data +
-                                                     (size_t)(r + i) * row_bytes);
+        q4k_rows(w, r, 4, row_bytes, wrow);
         __m128 A = _mm_setzero_ps(), M = _mm_setzero_ps();
         for (int64_t k = 0; k < nb / 8; k++) {
             const int8_t *xq = a->q + k * XD_QK;
@@ -1402,9 +1408,7 @@ rowgroup_tl_k_avx2(const struct xd_cpu_qacts *a, const struct xd_matrix *w, floa
     const int64_t nb = a->nb, cols = nb * XD_QBLOCK;
     const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
     const struct xd_block_q4_k *wrow[4];
-#pragma GCC unroll 4
-    for (int r = 0; r < nr; r++)
-        wrow[r] = (const struct xd_block_q4_k *)((const char *)w->data + (size_t)(r0 + r) * row_bytes);
+    q4k_rows(w, r0, nr, row_bytes, wrow);
     __m256 A[QT_CHUNK_GROUPS][4], M[QT_CHUNK_GROUPS][4];
     for (int g = 0; g < ng; g++)
         for (int r = 0; r < 4; r++)
@@ -1435,16 +1439,7 @@ rowgroup_tl_k_avx2(const struct xd_cpu_qacts *a, const struct xd_matrix *w, floa
     }
 }
 
-TGT_AVX2 static void rows_tl_avx2(const struct xd_cpu_qacts *a, const struct xd_matrix *w,
-                                  float *y, int64_t r0, int64_t r1, int64_t t0, int ng,
-                                  int nt_last, const int32_t *qt, const int32_t *bst)
-{
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4)
-        rowgroup_tl_k_avx2(a, w, y, r, 4, t0, ng, nt_last, qt, bst);
-    for (; r < r1; r++)
-        rowgroup_tl_k_avx2(a, w, y, r, 1, t0, ng, nt_last, qt, bst);
-}
+DEFINE_ROWS_TL(rows_tl_avx2, TGT_AVX2, rowgroup_tl_k_avx2)
 
 TGT_AVX2 static void rows_avx2_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
                                  int64_t r0, int64_t r1)
