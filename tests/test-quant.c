@@ -517,7 +517,8 @@ static void check_shape_k(int n, int rows, int cols)
 /* Token counts 1..9 cover every 4-token tile remainder; 15, 16, 17, 24, 40, 64 and 100 the
  * 16-token lane groups (a partial last group, one exact, one and a tile, one and a partial group,
  * several, chunks of groups and a tail in tiles); rows 37 and 5 the 4-row remainders; cols 256
- * one super-block, 768 an odd count, 2048 eight; 4096 lays its groups out on the heap. */
+ * one super-block, 768 an odd count, 2048 eight; 4096 and 8192 lay their groups out on the
+ * heap. */
 static void test_matmul_q4k(void)
 {
     const int ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 24, 40, 64, 100};
@@ -526,7 +527,8 @@ static void test_matmul_q4k(void)
         for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
             check_shape_k(ns[i], shapes[s][0], shapes[s][1]);
     check_shape_k(6, 300, 512); /* OpenMP splits the rows */
-    check_shape_k(20, 3, 4096);
+    check_shape_k(20, 3, 4096);  /* VNNI's lanes lay out on the heap */
+    check_shape_k(10, 2, 8192);  /* AVX2's too */
 }
 
 /* Large enough for OpenMP to split the rows: still every element in the same order. */

@@ -846,7 +846,8 @@ tile_avx2_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, i
 /* Tokens a group must have for the token lanes (fewer go to the four-token tiles): a group of
  * 16 costs about what 6 or 7 tokens in tiles do (bench/results/engine-cpu-q4k.md). */
 #define QT_MIN_TOKENS 7
-/* Bytes of stack a call lays the groups out in; more (cols above ~3800) is allocated. */
+/* Bytes of stack a call lays the groups out in; more (one group of 16 tokens above ~3800
+ * columns, of 8 tokens above ~7200) is allocated. */
 #define QT_STACK_BYTES 65536
 /* Token groups laid out (and their accumulators held) at a time. */
 #define QT_CHUNK_GROUPS 4
@@ -1566,7 +1567,10 @@ void xd_cpu_matmul_quant(const float *x, int n, const struct xd_matrix *w, float
     }
     struct xd_cpu_qacts a;
     xd_cpu_qacts_init(buf, w->dtype, n, cols, &a);
-    xd_cpu_qacts_quantize(&a, x, 0, n);
+    /* each token alone: the split over threads changes no byte */
+#pragma omp parallel for schedule(static) if ((int64_t)n * cols >= 65536)
+    for (int t = 0; t < n; t++)
+        xd_cpu_qacts_quantize(&a, x, t, t + 1);
     run_rows(fn, &a, w, y);
     free(buf);
 }
