@@ -686,6 +686,9 @@ static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
         xd_dtype_to_f32(lw->router_bias.dtype, lw->router_bias.data, s->router_bias, (size_t)E);
         bias = s->router_bias;
     }
+    /* each token alone (as the weighted sum below): a split over threads changes no bit, and a
+     * long prefill's per-token loops no longer leave the other threads waiting */
+#pragma omp parallel for schedule(static) if (n >= MOE_PREP_SHARED)
     for (int t = 0; t < n; t++)
         xd_cpu_moe_route(c, s->router + (size_t)t * E, bias,
                          s->route_experts + ((size_t)t * L + lw->moe_index) * K,
@@ -714,6 +717,7 @@ static int moe_block(struct cpu_state *s, int l, int n, struct xd_err *err)
         return rc;
 
     /* weighted sum back, in each token's top-k order so batching never matters */
+#pragma omp parallel for schedule(static) if (n >= MOE_PREP_SHARED)
     for (int t = 0; t < n; t++) {
         float *o = s->out + (size_t)t * H;
         const float *wt = s->route_weights + ((size_t)t * L + lw->moe_index) * K;
