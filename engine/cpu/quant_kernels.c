@@ -610,6 +610,15 @@ prefetch_group_k(const struct xd_block_q4_k *row0, size_t row_bytes, int64_t k)
         _mm_prefetch(pf + 64 * l, _MM_HINT_T0);
 }
 
+/* The vpshufb pattern that turns a 128-bit lane of eight int16 scales (broadcast to all four
+ * lanes) into quarter q's vpdpwssd multipliers: int16 lanes 0-15 sc[2q], 16-31 sc[2q + 1]. */
+TGT_VNNI static inline __attribute__((always_inline)) __m512i scale_pattern_vnni(int q)
+{
+    const int lo = 4 * q | (4 * q + 1) << 8, hi = (4 * q + 2) | (4 * q + 3) << 8;
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(lo | lo << 16)),
+                              _mm256_set1_epi32(hi | hi << 16), 1);
+}
+
 /* VNNI, q4_K: one super-block of up to four rows unpacked once for every token tile of a
  * chunk: the weights of quarter q (weights 64q .. 64q + 63) as bytes, the scale vectors that
  * vpdpwssd multiplies their pairs by (int16 lanes 0-15 sc[2q], 16-31 sc[2q + 1]), the minimums
@@ -642,11 +651,7 @@ prep_vnni_k(const struct xd_block_q4_k *const *wrow, int64_t k, const int nr, si
         for (int q = 0; q < 4; q++) {
             const __m512i v = _mm512_loadu_si512((const void *)(blk->qs + 64 * (q / 2)));
             p->wv[r][q] = _mm512_and_si512(q % 2 ? _mm512_srli_epi16(v, 4) : v, nib);
-            const int lo = 4 * q | (4 * q + 1) << 8, hi = (4 * q + 2) | (4 * q + 3) << 8;
-            const __m512i pat =
-                _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(lo | lo << 16)),
-                                   _mm256_set1_epi32(hi | hi << 16), 1);
-            p->sv[r][q] = _mm512_shuffle_epi8(scb, pat);
+            p->sv[r][q] = _mm512_shuffle_epi8(scb, scale_pattern_vnni(q));
         }
     }
     p->mv = _mm512_load_si512((const void *)mn);
@@ -907,21 +912,26 @@ struct prep_tl {
     float dw[4], dm[4];
 };
 
-TGT_VNNI static inline __attribute__((always_inline)) void
+/* Prepares super-block k of rows wrow[0 .. nr - 1] for either lane kernel (256-bit code: a row's
+ * few instructions, once for all its token groups). */
+TGT_AVX2 static inline __attribute__((always_inline)) void
 prep_tl_k(const struct xd_block_q4_k *const *wrow, int64_t k, const int nr, struct prep_tl *p)
 {
-    const __m512i nib = _mm512_set1_epi8(15);
+    const __m256i nib = _mm256_set1_epi8(15);
 #pragma GCC unroll 4
     for (int r = 0; r < nr; r++) {
         const struct xd_block_q4_k *blk = wrow[r] + k;
-        for (int h = 0; h < 2; h++) {
-            const __m512i v = _mm512_loadu_si512((const void *)(blk->qs + 64 * h));
-            _mm512_store_si512((void *)(p->u[r] + 128 * h), _mm512_and_si512(v, nib));
-            _mm512_store_si512((void *)(p->u[r] + 128 * h + 64),
-                               _mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
+#pragma GCC unroll 4
+        for (int h = 0; h < 4; h++) {
+            /* bytes 32h .. 32h + 31: weights 128 (h / 2) + 32 (h % 2) + i, and 64 on */
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * h));
+            uint8_t *u = p->u[r] + 128 * (h / 2) + 32 * (h % 2);
+            _mm256_store_si256((__m256i *)u, _mm256_and_si256(v, nib));
+            _mm256_store_si256((__m256i *)(u + 64),
+                               _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
         }
         _Alignas(16) int16_t sc[8], mn[8];
-        scales_k_vnni(blk, sc, mn);
+        scales_k_avx2(blk, sc, mn);
         for (int j = 0; j < 8; j++)
             p->sc[r][j] = sc[j];
         for (int j = 0; j < 4; j++)
@@ -932,9 +942,6 @@ prep_tl_k(const struct xd_block_q4_k *const *wrow, int64_t k, const int nr, stru
     }
 }
 
-
-
-#define NCHAINS 2
 /* Super-block k of nv token groups (1 or 2; group v's layout at qt + v * sq, bst + v * sb, as
  * lay_out_tokens makes it; dxv[v] its tokens' activation scales) against the prepared rows:
  * A[v][r], M[v][r] lane t as the header's A and M. Two groups share each weight broadcast. */
@@ -952,14 +959,12 @@ step_tl_k(const struct prep_tl *p, const int32_t *qt, int64_t sq, const int32_t 
     const int32_t *qk = qt + k * (XD_QK / 4) * QT_LANES;
 #pragma GCC unroll 1
     for (int j = 0; j < 8; j++) {
-        /* two chains of vpdpbusd per accumulator (even and odd i) while they are few, so that
-         * its latency is hidden */
-        __m512i acc[2][4][2];
+        __m512i acc[2][4];
 #pragma GCC unroll 2
         for (int v = 0; v < 2; v++)
 #pragma GCC unroll 4
             for (int r = 0; r < 4; r++)
-                acc[v][r][0] = acc[v][r][1] = _mm512_setzero_si512();
+                acc[v][r] = _mm512_setzero_si512();
 #pragma GCC unroll 8
         for (int i = 0; i < 8; i++) {
             const int m = 8 * j + i;
@@ -974,7 +979,7 @@ step_tl_k(const struct prep_tl *p, const int32_t *qt, int64_t sq, const int32_t 
                 const __m512i wv = _mm512_set1_epi32(wd);
 #pragma GCC unroll 2
                 for (int v = 0; v < nv; v++)
-                    acc[v][r][i % NCHAINS] = _mm512_dpbusd_epi32(acc[v][r][i % NCHAINS], wv, xa[v]);
+                    acc[v][r] = _mm512_dpbusd_epi32(acc[v][r], wv, xa[v]);
             }
         }
 #pragma GCC unroll 4
@@ -983,7 +988,7 @@ step_tl_k(const struct prep_tl *p, const int32_t *qt, int64_t sq, const int32_t 
 #pragma GCC unroll 2
             for (int v = 0; v < nv; v++)
                 sumi[v][r] = _mm512_add_epi32(
-                    sumi[v][r], _mm512_mullo_epi32(_mm512_add_epi32(acc[v][r][0], acc[v][r][1]), sc));
+                    sumi[v][r], _mm512_mullo_epi32(acc[v][r], sc));
         }
     }
 #pragma GCC unroll 4
@@ -1093,11 +1098,8 @@ TGT_VNNI static void gemv_vnni_k(const struct xd_cpu_qacts *a, const struct xd_m
     const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
     const __m512i nib = _mm512_set1_epi8(15);
     __m512i pat[4];
-    for (int q = 0; q < 4; q++) {
-        const int lo = 4 * q | (4 * q + 1) << 8, hi = (4 * q + 2) | (4 * q + 3) << 8;
-        pat[q] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(lo | lo << 16)),
-                                    _mm256_set1_epi32(hi | hi << 16), 1);
-    }
+    for (int q = 0; q < 4; q++)
+        pat[q] = scale_pattern_vnni(q);
     int64_t r = r0;
     for (; r + 4 <= r1; r += 4) {
         const struct xd_block_q4_k *wrow[4];
@@ -1324,35 +1326,6 @@ static void lay_out_tokens8(const struct xd_cpu_qacts *a, int64_t t0, int nt, in
 }
 
 TGT_AVX2 static inline __attribute__((always_inline)) void
-prep_tl_k_avx2(const struct xd_block_q4_k *const *wrow, int64_t k, const int nr,
-               struct prep_tl *p)
-{
-    const __m256i nib = _mm256_set1_epi8(15);
-#pragma GCC unroll 4
-    for (int r = 0; r < nr; r++) {
-        const struct xd_block_q4_k *blk = wrow[r] + k;
-#pragma GCC unroll 4
-        for (int h = 0; h < 4; h++) {
-            /* bytes 32h .. 32h + 31: weights 128 (h / 2) + 32 (h % 2) + i, and 64 on */
-            const __m256i v = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * h));
-            uint8_t *u = p->u[r] + 128 * (h / 2) + 32 * (h % 2);
-            _mm256_store_si256((__m256i *)u, _mm256_and_si256(v, nib));
-            _mm256_store_si256((__m256i *)(u + 64),
-                               _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
-        }
-        _Alignas(16) int16_t sc[8], mn[8];
-        scales_k_avx2(blk, sc, mn);
-        for (int j = 0; j < 8; j++)
-            p->sc[r][j] = sc[j];
-        for (int j = 0; j < 4; j++)
-            p->mnp[r][j] = (int32_t)((uint32_t)(uint16_t)mn[2 * j] |
-                                     (uint32_t)(uint16_t)mn[2 * j + 1] << 16);
-        p->dw[r] = _cvtsh_ss(blk->d);
-        p->dm[r] = _cvtsh_ss(blk->dmin);
-    }
-}
-
-TGT_AVX2 static inline __attribute__((always_inline)) void
 step_tl_k_avx2(const struct prep_tl *p, const int32_t *qt, const int32_t *bst, int64_t k,
                __m256 dxv, const int nr, __m256 *A, __m256 *M)
 {
@@ -1419,7 +1392,7 @@ rowgroup_tl_k_avx2(const struct xd_cpu_qacts *a, const struct xd_matrix *w, floa
     for (int64_t k = 0; k < nb / 8; k++) {
         if (nr == 4)
             prefetch_group_k(wrow[0], row_bytes, k);
-        prep_tl_k_avx2(wrow, k, nr, &p);
+        prep_tl_k(wrow, k, nr, &p);
         for (int g = 0; g < ng; g++) {
             const int nt = g == ng - 1 ? nt_last : QT8_LANES;
             const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
