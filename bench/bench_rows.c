@@ -1,8 +1,8 @@
 /* bench-rows: one thread's best time (wall and process CPU) for xd_cpu_matmul over a large q8,
- * q4, q4k or MXFP4 matrix at a few tokens (the decode case of the MoE items' kernels; more tokens
- * with fewer ROWS for prefill), so two builds or two formats can be compared on the kernel alone:
- * the source uses only the whole-matrix API, which main has too.
- * Usage: OMP_NUM_THREADS=1 bench-rows q8|q4|q4k|mxfp4 TOKENS [ROWS (65536)] [REPEATS (10)] */
+ * q4, q4k, q6k, MXFP4 or bf16 matrix at a few tokens (the decode case of the MoE items' kernels;
+ * more tokens with fewer ROWS for prefill), so two builds or two formats can be compared on the
+ * kernel alone: the source uses only the whole-matrix API, which main has too.
+ * Usage: OMP_NUM_THREADS=1 bench-rows q8|q4|q4k|q6k|mxfp4|bf16 TOKENS [ROWS (65536)] [REPEATS (10)] */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,7 +24,7 @@ static double cpu_now(void)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: bench-rows q8|q4|q4k|mxfp4 TOKENS [ROWS] [REPEATS]\n");
+        fprintf(stderr, "usage: bench-rows q8|q4|q4k|q6k|mxfp4|bf16 TOKENS [ROWS] [REPEATS]\n");
         return 2;
     }
     const char *fmt = argv[1];
@@ -49,8 +49,10 @@ int main(int argc, char **argv)
         }
         w = (struct xd_matrix){.dtype = XD_DTYPE_MXFP4, .rows = rows, .cols = cols, .data = wb};
         wq = wb;
-    } else if (strcmp(fmt, "q8") == 0 || strcmp(fmt, "q4") == 0 || strcmp(fmt, "q4k") == 0) {
-        const enum xd_dtype dt = fmt[1] == '8' ? XD_DTYPE_Q8_0
+    } else if (strcmp(fmt, "q8") == 0 || strcmp(fmt, "q4") == 0 || strcmp(fmt, "q4k") == 0 ||
+               strcmp(fmt, "q6k") == 0) {
+        const enum xd_dtype dt = fmt[1] == '8'   ? XD_DTYPE_Q8_0
+                                 : fmt[1] == '6' ? XD_DTYPE_Q6_K
                                  : fmt[2] == 'k' ? XD_DTYPE_Q4_K
                                                  : XD_DTYPE_Q4_1;
         float *wf = malloc(sizeof(float) * (size_t)(rows * cols));
@@ -62,8 +64,17 @@ int main(int argc, char **argv)
         struct xd_matrix src = {.dtype = XD_DTYPE_F32, .rows = rows, .cols = cols, .data = wf};
         xd_quant_matrix(&src, dt, wq, &w);
         free(wf);
+    } else if (strcmp(fmt, "bf16") == 0) {
+        uint16_t *wb = malloc(sizeof(uint16_t) * (size_t)(rows * cols));
+        if (!wb)
+            return 1;
+        for (int64_t i = 0; i < rows * cols; i++)
+            wb[i] = xd_f32_to_bf16((float)((uint32_t)(i * 2654435761u) % 1000) / 500.0f - 1.0f);
+        w = (struct xd_matrix){.dtype = XD_DTYPE_BF16, .rows = rows, .cols = cols, .data = wb};
+        wq = wb;
     } else {
-        fprintf(stderr, "bench-rows: unknown format '%s' (q8, q4, q4k or mxfp4)\n", fmt);
+        fprintf(stderr, "bench-rows: unknown format '%s' (q8, q4, q4k, q6k, mxfp4 or bf16)\n",
+                fmt);
         return 2;
     }
     float *x = malloc(sizeof(float) * (size_t)n * cols);

@@ -79,7 +79,7 @@ int xd_config_validate(const struct xd_config *cfg, struct xd_err *err)
     if (xd_dtype_is_quant(q) && strcmp(cfg->device, "cuda") == 0)
         return xd_err_set(err, XD_ERR_CONFIG,
                           "option '--quantize %s' with '--device cuda': the CUDA backend has no "
-                          "q8/q4 kernels yet (none has run on a GPU); use --device cpu",
+                          "quantized kernels yet (none has run on a GPU); use --device cpu",
                           cfg->quantize);
     if (strcmp(cfg->pack, "auto") != 0 && strcmp(cfg->pack, "off") != 0)
         return xd_err_set(err, XD_ERR_CONFIG, "option '--pack': '%s' is not auto or off",

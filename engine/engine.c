@@ -42,7 +42,7 @@ int xd_engine_create(struct xd_model *model, const struct xd_engine_opts *opts,
     if (opts->device == XD_DEVICE_CUDA &&
         (xd_dtype_is_quant(opts->quantize) || xd_dtype_is_quant(model->quant)))
         return xd_err_set(err, XD_ERR_UNSUPPORTED,
-                          "--quantize %s: the CUDA backend has no q8/q4 kernels yet (none has "
+                          "--quantize %s: the CUDA backend has no quantized kernels yet (none has "
                           "run on a GPU); use --device cpu with --quantize, or --device cuda "
                           "without it",
                           xd_dtype_name(xd_dtype_is_quant(opts->quantize) ? opts->quantize

@@ -97,7 +97,7 @@ else fail pack_written_then_mapped "$a / $b: $(cat "$tmp/pack1" "$tmp/pack2" | h
 if [ ! -e "$tmp/packed/expertd-q8.pack" ]; then ok pack_off_writes_none; else fail pack_off_writes_none "a q8 pack was written"; fi
 expect pack_unknown_mode 2 "'--pack': 'maybe' is not auto or off" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --quantize q8 --pack maybe
 expect quantize_unknown_format 2 "'q5' is not q8, q4, q4k or none" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --quantize q5
-expect quantize_refused_on_cuda 2 "no q8/q4 kernels yet" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --quantize q8 --device cuda
+expect quantize_refused_on_cuda 2 "no quantized kernels yet" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --quantize q8 --device cuda
 expect quantize_q4k_refused_on_cuda 2 "'--quantize q4k' with '--device cuda'" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --quantize q4k --device cuda
 expect context_exceeded 2 "max_position_embeddings" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --max-tokens 300
 if ! "$expertd" version | grep -q '^gpus: [0-9]'; then

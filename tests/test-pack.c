@@ -669,7 +669,7 @@ static void test_fp8_deepseek_conversion_packed(void)
     check_fp8_packed("deepseek_v3-fp8");
 }
 
-/* q4k through the pack: a model of whole super-blocks (every matrix Q4_K but lm_head) is
+/* q4k through the pack: a model of whole super-blocks (every matrix Q4_K, lm_head Q6_K) is
  * written, mapped back with aligned Q4_K extents and the same logits as in-memory; the fixture
  * of 64 columns packs its q4_1 fallbacks under the q4k scheme, beside its q4 pack. */
 static void test_q4k_pack_round_trip(void)
@@ -705,7 +705,7 @@ static void test_q4k_pack_round_trip(void)
                       (uintptr_t)w.down.data % XD_PACK_ALIGN == 0,
                   "an expert's extent is not an aligned Q4_K view");
             CHECK(m->quant == XD_DTYPE_Q4_K && m->layers[0].wq.dtype == XD_DTYPE_Q4_K &&
-                      m->lm_head.dtype == XD_DTYPE_Q8_0,
+                      m->lm_head.dtype == XD_DTYPE_Q6_K,
                   "mapped model's formats");
             const struct xd_model_config *c = &m->config;
             CHECK(xd_model_expert_bytes(m) ==

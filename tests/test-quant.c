@@ -157,6 +157,12 @@ static void test_parse(void)
               xd_quant_format_for(XD_DTYPE_Q4_K, 128) == XD_DTYPE_Q4_1 &&
               xd_quant_format_for(XD_DTYPE_Q4_1, 128) == XD_DTYPE_Q4_1,
           "q4k falls back to q4_1 below whole super-blocks");
+    CHECK(xd_quant_format_for(XD_DTYPE_Q6_K, 512) == XD_DTYPE_Q6_K &&
+              xd_quant_format_for(XD_DTYPE_Q6_K, 64) == XD_DTYPE_Q8_0,
+          "q6_K falls back to q8_0 below whole super-blocks");
+    CHECK(xd_dtype_is_quant(XD_DTYPE_Q6_K) && xd_quant_is_super(XD_DTYPE_Q6_K) &&
+              !xd_quant_is_super(XD_DTYPE_Q8_0),
+          "q6_K is a block format with per-256 activations");
 }
 
 /* ---- q4_K: the layout read by the test's own code, the fit within its bound ---- */
@@ -264,6 +270,92 @@ static void test_q4k_matrix_from_each_dtype(void)
     }
     CHECK(memcmp(out[0], out[1], bytes) == 0 && memcmp(out[0], out[2], bytes) == 0,
           "Q4_K differs by source dtype");
+}
+
+/* ---- q6_K: the layout read by the test's own code, the fit within its bound ---- */
+
+/* Weight e of super-block blk as its 6-bit value, read from the bytes as quant.h documents them. */
+static int ref_6k_u(const struct xd_block_q6_k *blk, int e)
+{
+    const int half = e / 128, i = e % 128;
+    const uint8_t lo = blk->ql[64 * half + (i < 64 ? i : i - 64)];
+    const int hi = (blk->qh[e % 64] >> (2 * (e / 64))) & 3;
+    return (i < 64 ? lo & 0xf : lo >> 4) + 16 * hi;
+}
+
+static void test_q6k_round_trip(void)
+{
+    enum { K = 256 * 12 };
+    static float w[K], back[K], back4[K], back8[K];
+    static struct xd_block_q6_k q[K / 256];
+    static struct xd_block_q4_k q4[K / 256];
+    static struct xd_block_q8_0 q8[K / 32];
+    fill_weights(w, K);
+    for (int i = 0; i < 512; i++)
+        w[K - 512 + i] = 0.02f * (float)((i * 37) % 101) - 1.0f;
+    /* a sub-block whose largest magnitude is negative, and one of a single sign */
+    for (int i = 0; i < 32; i++) {
+        w[256 + 32 + i] = i == 5 ? -9.0f : 0.1f * frand();
+        w[256 + 64 + i] = 2.0f + frand();
+    }
+    CHECK(xd_dtype_row_bytes(XD_DTYPE_Q6_K, K) == (size_t)(K / 256) * 202, "row bytes");
+    xd_quant_row_q6_k(w, q, K);
+    xd_quant_dequantize_row(XD_DTYPE_Q6_K, q, back, K);
+    xd_quant_row_q4_k(w, q4, K);
+    xd_quant_dequantize_row(XD_DTYPE_Q4_K, q4, back4, K);
+    xd_quant_row_q8_0(w, q8, K);
+    xd_quant_dequantize_row(XD_DTYPE_Q8_0, q8, back8, K);
+    double err2_6 = 0.0, err2_4 = 0.0, err2_8 = 0.0;
+    for (int b = 0; b < K / 256; b++) {
+        const struct xd_block_q6_k *blk = &q[b];
+        const float d = xd_f16_to_f32(blk->d);
+        CHECK(d >= 0.0f, "super-block %d: d %g", b, d);
+        int smax = 0;
+        for (int j = 0; j < 8; j++)
+            smax = abs(blk->sc[j]) > smax ? abs(blk->sc[j]) : smax;
+        CHECK(d == 0.0f || smax >= 126, "super-block %d: largest |sc| %d, want 127", b, smax);
+        for (int j = 0; j < 8; j++) {
+            const float ds = d * (float)blk->sc[j];
+            double amax = 0.0;
+            for (int i = 0; i < 32; i++)
+                amax = fmax(amax, fabs(w[b * 256 + 32 * j + i]));
+            for (int i = 0; i < 32; i++) {
+                const int e = 32 * j + i;
+                const double x = w[b * 256 + e];
+                const int u = ref_6k_u(blk, e);
+                const float want = ds * (float)(u - 32);
+                CHECK(u >= 0 && u <= 63, "6 bits");
+                CHECK(memcmp(&want, &back[b * 256 + e], sizeof want) == 0,
+                      "super-block %d[%d]: dequantized %.9g, the layout says %.9g", b, e,
+                      back[b * 256 + e], want);
+                /* the nearest of the stored grid ds * q, q in -32..31 ... */
+                const double glo = fmin(-32.0 * ds, 31.0 * ds), ghi = fmax(-32.0 * ds, 31.0 * ds);
+                const double clamped = fmin(fmax(x, glo), ghi);
+                CHECK(fabs(back[b * 256 + e] - clamped) <= 0.5 * fabs(ds) * (1 + 1e-5) + 1e-12,
+                      "super-block %d[%d]: %g back as %g, grid step %g", b, e, x,
+                      back[b * 256 + e], ds);
+                /* ... which covers the sub-block up to the fit's shrink (the least-squares scale
+                 * may put the largest magnitude a step past the grid) and the int8 rounding of
+                 * its scale (half a step of d, times 32) */
+                const double bound = 1.5 * fabs(ds) + 16.0 * d + amax * 0x1p-10 + 1e-12;
+                CHECK(fabs(back[b * 256 + e] - x) <= bound,
+                      "super-block %d[%d]: %g back as %g (bound %g)", b, e, x, back[b * 256 + e],
+                      bound);
+                err2_6 += (back[b * 256 + e] - x) * (back[b * 256 + e] - x);
+                err2_4 += (back4[b * 256 + e] - x) * (back4[b * 256 + e] - x);
+                err2_8 += (back8[b * 256 + e] - x) * (back8[b * 256 + e] - x);
+            }
+        }
+    }
+    CHECK(back[0] == 0.0f && back[31] == 0.0f, "zero sub-block %g %g", back[0], back[31]);
+    /* two more bits: a quarter of q4_K's step; the rms at least a third of q4_K's (not a
+     * quarter: in both formats a sub-block far smaller than its super-block's largest gets a
+     * coarse scale, and those errors are alike); q8_0 (8 bits, a scale per 32) below */
+    printf("     rms error q6_K %.4g, q4_K %.4g, q8_0 %.4g\n", sqrt(err2_6 / K),
+           sqrt(err2_4 / K), sqrt(err2_8 / K));
+    CHECK(9.0 * err2_6 <= err2_4, "q6_K squared error %g not 9x below q4_K's %g", err2_6,
+          err2_4);
+    CHECK(err2_8 <= err2_6, "q8_0 squared error %g above q6_K's %g", err2_8, err2_6);
 }
 
 /* ---- the matmul ---- */
@@ -473,18 +565,65 @@ static double ref_plain_k(const struct xd_matrix *w, int64_t r, const float *x, 
     return sum;
 }
 
-static void check_shape_k(int n, int rows, int cols)
+/* q6_K: the header's order (the exact integer isum, then one fmaf) and the plain loop. */
+static float ref_order_6k(const struct xd_matrix *w, int64_t r, const float *x)
 {
+    const int64_t nk = w->cols / 256;
+    const struct xd_block_q6_k *row = (const struct xd_block_q6_k *)w->data + r * nk;
+    float A = 0.0f;
+    for (int64_t k = 0; k < nk; k++) {
+        float dx;
+        int8_t xq[256];
+        ref_quant_act_k(x + k * 256, &dx, xq);
+        long long isum = 0;
+        for (int j = 0; j < 8; j++) {
+            long long p = 0;
+            for (int i = 0; i < 32; i++)
+                p += (ref_6k_u(&row[k], 32 * j + i) - 32) * xq[32 * j + i];
+            isum += row[k].sc[j] * p;
+        }
+        CHECK(llabs(isum) < (1ll << 29), "isum %lld", isum);
+        A = fmaf(xd_f16_to_f32(row[k].d) * dx, (float)isum, A);
+    }
+    return A;
+}
+
+static double ref_plain_6k(const struct xd_matrix *w, int64_t r, const float *x, double *ret_abs)
+{
+    const int64_t nk = w->cols / 256;
+    const struct xd_block_q6_k *row = (const struct xd_block_q6_k *)w->data + r * nk;
+    double sum = 0.0, abs_sum = 0.0;
+    for (int64_t k = 0; k < nk; k++) {
+        float dx;
+        int8_t xq[256];
+        ref_quant_act_k(x + k * 256, &dx, xq);
+        for (int e = 0; e < 256; e++) {
+            const double wv = (double)xd_f16_to_f32(row[k].d) * row[k].sc[e / 32] *
+                              (ref_6k_u(&row[k], e) - 32);
+            const double xv = (double)dx * xq[e];
+            sum += wv * xv;
+            abs_sum += fabs(wv * xv);
+        }
+    }
+    *ret_abs = abs_sum;
+    return sum;
+}
+
+/* fmt XD_DTYPE_Q4_K or XD_DTYPE_Q6_K: every element against the plain loop, the documented
+ * order bit for bit, and the token alone. */
+static void check_shape_k(enum xd_dtype fmt, int n, int rows, int cols)
+{
+    const int six = fmt == XD_DTYPE_Q6_K;
     float *wf = malloc(sizeof(float) * (size_t)rows * cols);
     float *x = malloc(sizeof(float) * (size_t)n * cols);
     float *y = malloc(sizeof(float) * (size_t)n * rows);
     float *y1 = malloc(sizeof(float) * (size_t)rows);
-    void *wq = malloc((size_t)rows * xd_dtype_row_bytes(XD_DTYPE_Q4_K, cols));
+    void *wq = malloc((size_t)rows * xd_dtype_row_bytes(fmt, cols));
     fill_weights(wf, rows * cols);
     for (int i = 0; i < n * cols; i++)
         x[i] = 3.0f * frand();
     struct xd_matrix src = {.dtype = XD_DTYPE_F32, .rows = rows, .cols = cols, .data = wf}, w;
-    xd_quant_matrix(&src, XD_DTYPE_Q4_K, wq, &w);
+    xd_quant_matrix(&src, fmt, wq, &w);
     xd_cpu_matmul(x, n, &w, y);
     int bad_order = 0, bad_plain = 0, bad_alone = 0;
     for (int t = 0; t < n; t++) {
@@ -492,19 +631,21 @@ static void check_shape_k(int n, int rows, int cols)
         for (int r = 0; r < rows; r++) {
             const float got = y[(size_t)t * rows + r];
             double abs_sum;
-            const double plain = ref_plain_k(&w, r, x + (size_t)t * cols, &abs_sum);
+            const double plain = six ? ref_plain_6k(&w, r, x + (size_t)t * cols, &abs_sum)
+                                     : ref_plain_k(&w, r, x + (size_t)t * cols, &abs_sum);
             /* f32 scale products, one int-to-float rounding (2^-24) and two f32 accumulations
              * over cols / 256 super-blocks: a few ulps of the sum of magnitudes */
             if (fabs(got - plain) > 1e-5 * abs_sum + 1e-30 && bad_plain++ < 3)
-                CHECK(0, "Q4_K n %d %dx%d: y[%d][%d] = %.9g, plain loop %.9g", n, rows, cols, t,
-                      r, got, plain);
-            const float want = ref_order_k(&w, r, x + (size_t)t * cols);
+                CHECK(0, "%s n %d %dx%d: y[%d][%d] = %.9g, plain loop %.9g", xd_dtype_name(fmt),
+                      n, rows, cols, t, r, got, plain);
+            const float want = six ? ref_order_6k(&w, r, x + (size_t)t * cols)
+                                   : ref_order_k(&w, r, x + (size_t)t * cols);
             if (memcmp(&got, &want, sizeof got) != 0 && bad_order++ < 3)
-                CHECK(0, "Q4_K n %d %dx%d: y[%d][%d] = %.9g, documented order %.9g", n, rows,
-                      cols, t, r, got, want);
+                CHECK(0, "%s n %d %dx%d: y[%d][%d] = %.9g, documented order %.9g",
+                      xd_dtype_name(fmt), n, rows, cols, t, r, got, want);
             if (memcmp(&got, &y1[r], sizeof got) != 0 && bad_alone++ < 3)
-                CHECK(0, "Q4_K n %d: token %d row %d batched %.9g, alone %.9g", n, t, r, got,
-                      y1[r]);
+                CHECK(0, "%s n %d: token %d row %d batched %.9g, alone %.9g", xd_dtype_name(fmt),
+                      n, t, r, got, y1[r]);
         }
     }
     free(wf);
@@ -525,10 +666,22 @@ static void test_matmul_q4k(void)
     const int shapes[][2] = {{37, 256}, {16, 768}, {5, 2048}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
-            check_shape_k(ns[i], shapes[s][0], shapes[s][1]);
-    check_shape_k(6, 300, 512); /* OpenMP splits the rows */
-    check_shape_k(20, 3, 4096);  /* VNNI's lanes lay out on the heap */
-    check_shape_k(10, 2, 8192);  /* AVX2's too */
+            check_shape_k(XD_DTYPE_Q4_K, ns[i], shapes[s][0], shapes[s][1]);
+    check_shape_k(XD_DTYPE_Q4_K, 6, 300, 512); /* OpenMP splits the rows */
+    check_shape_k(XD_DTYPE_Q4_K, 20, 3, 4096);  /* VNNI's lanes lay out on the heap */
+    check_shape_k(XD_DTYPE_Q4_K, 10, 2, 8192);  /* AVX2's too */
+}
+
+/* q6_K (no token lanes): token counts 1..9 the 4-token tiles' remainders, 16 and 17 several
+ * tiles; the same shapes as q4_K's, and one that OpenMP splits. */
+static void test_matmul_q6k(void)
+{
+    const int ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17};
+    const int shapes[][2] = {{37, 256}, {16, 768}, {5, 2048}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
+            check_shape_k(XD_DTYPE_Q6_K, ns[i], shapes[s][0], shapes[s][1]);
+    check_shape_k(XD_DTYPE_Q6_K, 3, 300, 1024);
 }
 
 /* Large enough for OpenMP to split the rows: still every element in the same order. */
@@ -592,6 +745,8 @@ static void test_rows_equal_whole(void)
     check_rows_equal_whole(XD_DTYPE_Q4_K, 11, 37, 256);
     check_rows_equal_whole(XD_DTYPE_Q4_K, 13, 41, 1024);
     check_rows_equal_whole(XD_DTYPE_Q4_K, 45, 41, 512); /* views of 3 .. 36 tokens in lanes */
+    check_rows_equal_whole(XD_DTYPE_Q6_K, 11, 37, 256);
+    check_rows_equal_whole(XD_DTYPE_Q6_K, 13, 41, 1024);
 }
 
 /* The q4_K form's pieces: a token copied, and a token quantized super-block by super-block (as
@@ -671,7 +826,7 @@ static void test_model_quantize(void)
                                .max_batch_tokens = 8, .quantize = XD_DTYPE_Q8_0};
     struct xd_engine *e = NULL;
     CHECK(xd_engine_create(m, &o, &e, &err) == XD_ERR_UNSUPPORTED && !e, "cuda accepted q8");
-    CHECK_CONTAINS(err.msg, "no q8/q4 kernels");
+    CHECK_CONTAINS(err.msg, "no quantized kernels");
     CHECK(m->quant == XD_DTYPE_F32, "the refusal quantized the model");
 
     CHECK(xd_model_quantize(m, XD_DTYPE_Q8_0, true, &err) == XD_OK, "%s", err.msg);
@@ -775,12 +930,14 @@ int main(int argc, char **argv)
     RUN(test_q8_round_trip);
     RUN(test_q4_round_trip);
     RUN(test_q4k_round_trip);
+    RUN(test_q6k_round_trip);
     RUN(test_matrix_from_each_dtype);
     RUN(test_q4k_matrix_from_each_dtype);
     RUN(test_parse);
     RUN(test_matmul);
     RUN(test_matmul_parallel);
     RUN(test_matmul_q4k);
+    RUN(test_matmul_q6k);
     RUN(test_rows_equal_whole);
     RUN(test_qacts_k_pieces);
     RUN(test_path_named);

@@ -14,6 +14,7 @@
 #include "engine/cpu/mxfp4_kernels.h"
 #include "engine/cpu/quant_kernels.h"
 #include "engine/model/dtype.h"
+#include "engine/model/quant.h"
 
 /* Sixteen independent partial sums so the compiler vectorises the loop
  * without reassociating (no -ffast-math); the order is fixed, so results are
@@ -1218,7 +1219,7 @@ void xd_cpu_matmul_multi(const float *x, int n, int k, const struct xd_matrix *c
                 continue;
             if (fmt == XD_DTYPE_F32)
                 fmt = dt;
-            mixed |= (dt == XD_DTYPE_Q4_K) != (fmt == XD_DTYPE_Q4_K);
+            mixed |= xd_quant_is_super(dt) != xd_quant_is_super(fmt);
         }
         qbuf = mixed ? NULL : malloc(xd_cpu_qacts_bytes(fmt, n, cols));
         if (!qbuf) { /* no scratch (or mixed forms): each matrix alone, as xd_cpu_matmul_quant */

@@ -1,4 +1,4 @@
-/* Matmul over q8_0 / q4_1 / q4_K weights: activations quantized per block to int8, integer dot products with AVX-512 VNNI, AVX2 or portable C, one summation order on every path. */
+/* Matmul over q8_0 / q4_1 / q4_K / q6_K weights: activations quantized per block to int8, integer dot products with AVX-512 VNNI, AVX2 or portable C, one summation order on every path. */
 #include "engine/cpu/quant_kernels.h"
 
 #include <assert.h>
@@ -61,7 +61,7 @@ static void quantize_token_k(const float *x, int64_t k0, int64_t k1, int8_t *q, 
 size_t xd_cpu_qacts_bytes(enum xd_dtype fmt, int n, int64_t cols)
 {
     const size_t nt = (size_t)(n > 0 ? n : 0), nb = (size_t)(cols / XD_QBLOCK);
-    if (fmt == XD_DTYPE_Q4_K)
+    if (xd_quant_is_super(fmt))
         return nt * ((size_t)(cols / XD_QK) * sizeof(float) + nb * (XD_QBLOCK + sizeof(int16_t)));
     return nt * nb * (XD_QBLOCK + 2 * sizeof(float));
 }
@@ -73,7 +73,7 @@ void xd_cpu_qacts_init(void *buf, enum xd_dtype fmt, int n, int64_t cols,
     const size_t n_blocks = (size_t)n * (size_t)nb;
     /* the floats first, so they are aligned as buf is */
     float *f = buf;
-    if (fmt == XD_DTYPE_Q4_K) {
+    if (xd_quant_is_super(fmt)) {
         const size_t n_super = (size_t)n * (size_t)(cols / XD_QK);
         int16_t *bs = (int16_t *)(f + n_super);
         *ret = (struct xd_cpu_qacts){.n = n, .super = 1, .nb = nb, .ld_s = n, .d = f, .bs = bs,
@@ -225,6 +225,41 @@ static float dot_portable_k(const struct xd_block_q4_k *row, const struct xd_cpu
         M = fmaf(xd_f16_to_f32(blk->dmin) * dx, (float)summ, M);
     }
     return A - M;
+}
+
+/* The q6_K order of the header for one (row, token). */
+static float dot_portable_6k(const struct xd_block_q6_k *row, const struct xd_cpu_qacts *a, int t)
+{
+    const int64_t nb = a->nb;
+    const int8_t *xq = a->q + (int64_t)t * nb * XD_QBLOCK;
+    const int16_t *bs = a->bs + (int64_t)t * nb;
+    float A = 0.0f;
+    for (int64_t k = 0; k < nb / 8; k++) {
+        const struct xd_block_q6_k *blk = &row[k];
+        int32_t sumi = 0, summ = 0;
+        for (int j = 0; j < 8; j++) {
+            int32_t p = 0;
+            for (int i = 0; i < XD_QBLOCK; i++)
+                p += xd_q6_k_u(blk, 32 * j + i) * xq[k * XD_QK + 32 * j + i];
+            sumi += blk->sc[j] * p;
+            summ += blk->sc[j] * bs[8 * k + j];
+        }
+        A = fmaf(xd_f16_to_f32(blk->d) * a->d[k * a->ld_s + t], (float)(sumi - 32 * summ), A);
+    }
+    return A;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
+__attribute__((target_clones("arch=x86-64-v3", "default")))
+#endif
+static void rows_portable_6k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
+                             int64_t r0, int64_t r1)
+{
+    const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
+    for (int64_t r = r0; r < r1; r++)
+        for (int t = 0; t < a->n; t++)
+            y[(int64_t)t * w->rows + r] = dot_portable_6k(
+                (const struct xd_block_q6_k *)((const char *)w->data + r * row_bytes), a, t);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
@@ -592,22 +627,113 @@ q4k_rows(const struct xd_matrix *w, int64_t r0, int nr, size_t row_bytes,
         wrow[r] = (const struct xd_block_q4_k *)((const char *)w->data + (size_t)(r0 + r) * row_bytes);
 }
 
-/* Groups of four rows ahead that the q4_K kernels prefetch. */
+/* The first super-blocks of rows r0 .. r0 + nr - 1 of a q4_K or q6_K matrix w as bytes (the
+ * kernels below that serve both formats step by KBLOCK(six) bytes a super-block). */
+static inline __attribute__((always_inline)) void
+krows(const struct xd_matrix *w, int64_t r0, int nr, size_t row_bytes, const uint8_t **wrow)
+{
+    for (int r = 0; r < nr; r++)
+        wrow[r] = (const uint8_t *)w->data + (size_t)(r0 + r) * row_bytes;
+}
+
+/* Bytes of a super-block: q6_K's when six, else q4_K's. */
+#define KBLOCK(six) ((six) ? sizeof(struct xd_block_q6_k) : sizeof(struct xd_block_q4_k))
+
+/* Groups of four rows ahead that the q4_K and q6_K kernels prefetch. */
 #define KPREFETCH_GROUPS 2
 
-/* The q4_K kernels read a group of four rows (contiguous, 4 x row_bytes) a super-block of each at
- * a time: at super-block k, the k-th 576 bytes of the group KPREFETCH_GROUPS on are prefetched,
- * so the prefetches run front to back through memory as the rows are read (a hint; it changes no
- * result). Four rows' own addresses prefetched instead stream half as fast from DRAM
- * (bench/results/engine-cpu-q4k.md). */
+/* The q4_K and q6_K kernels read a group of four rows (contiguous, 4 x row_bytes) a super-block
+ * (blk_bytes) of each at a time: at super-block k, the k-th 4 x blk_bytes bytes of the group
+ * KPREFETCH_GROUPS on are prefetched, so the prefetches run front to back through memory as the
+ * rows are read (a hint; it changes no result). Four rows' own addresses prefetched instead
+ * stream half as fast from DRAM (bench/results/engine-cpu-q4k.md). */
 TGT_AVX2 static inline __attribute__((always_inline)) void
-prefetch_group_k(const struct xd_block_q4_k *row0, size_t row_bytes, int64_t k)
+prefetch_group_k(const void *row0, size_t row_bytes, int64_t k, const size_t blk_bytes)
 {
     const char *pf = (const char *)row0 + KPREFETCH_GROUPS * 4 * row_bytes +
-                     (size_t)k * 4 * sizeof(struct xd_block_q4_k);
-#pragma GCC unroll 9
-    for (int l = 0; l < 9; l++)
+                     (size_t)k * 4 * blk_bytes;
+#pragma GCC unroll 13
+    for (size_t l = 0; l < (4 * blk_bytes + 63) / 64; l++)
         _mm_prefetch(pf + 64 * l, _MM_HINT_T0);
+}
+
+/* q6_K super-block blk's eight scales as int16. */
+TGT_AVX2 static inline __attribute__((always_inline)) __m128i scales_6k(const struct xd_block_q6_k *blk)
+{
+    return _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)blk->sc));
+}
+
+/* A super-block's weights as bytes, quarter q (weights 64q .. 64q + 63) in wv[q]: q4_K's 4-bit
+ * values, or q6_K's u (its low nibble, and its two high bits moved from bits 2q, 2q + 1 of qh to
+ * bits 4, 5). */
+TGT_VNNI static inline __attribute__((always_inline)) void
+unpack_vnni_k(const uint8_t *blk, const int six, __m512i *wv)
+{
+    const __m512i nib = _mm512_set1_epi8(15);
+    const uint8_t *qs = six ? ((const struct xd_block_q6_k *)blk)->ql
+                            : ((const struct xd_block_q4_k *)blk)->qs;
+    const __m512i v0 = _mm512_loadu_si512((const void *)qs),
+                  v1 = _mm512_loadu_si512((const void *)(qs + 64));
+    wv[0] = _mm512_and_si512(v0, nib);
+    wv[1] = _mm512_and_si512(_mm512_srli_epi16(v0, 4), nib);
+    wv[2] = _mm512_and_si512(v1, nib);
+    wv[3] = _mm512_and_si512(_mm512_srli_epi16(v1, 4), nib);
+    if (six) {
+        const __m512i h = _mm512_loadu_si512((const void *)((const struct xd_block_q6_k *)blk)->qh),
+                      m = _mm512_set1_epi8(0x30);
+        wv[0] = _mm512_or_si512(wv[0], _mm512_and_si512(_mm512_slli_epi16(h, 4), m));
+        wv[1] = _mm512_or_si512(wv[1], _mm512_and_si512(_mm512_slli_epi16(h, 2), m));
+        wv[2] = _mm512_or_si512(wv[2], _mm512_and_si512(h, m));
+        wv[3] = _mm512_or_si512(wv[3], _mm512_and_si512(_mm512_srli_epi16(h, 2), m));
+    }
+}
+
+/* Super-block blk's int16 multipliers: sc (8) of its weights' sub-block sums, mn (8) of the
+ * token's sub-block sums bs_j (q4_K its minimums; q6_K its scales again, for summ), and the f16
+ * d and dmin (q6_K: 0). */
+#define DEFINE_KBLOCK_SCALES(name, tgt, scales_k)                                                \
+    tgt static inline __attribute__((always_inline)) void name(                                  \
+        const uint8_t *blk, const int six, int16_t *sc, int16_t *mn, uint16_t *d, uint16_t *dmin) \
+    {                                                                                            \
+        if (six) {                                                                               \
+            const struct xd_block_q6_k *b = (const struct xd_block_q6_k *)blk;                   \
+            const __m128i s = scales_6k(b);                                                      \
+            _mm_storeu_si128((__m128i *)sc, s);                                                  \
+            _mm_storeu_si128((__m128i *)mn, s);                                                  \
+            *d = b->d;                                                                           \
+            *dmin = 0;                                                                           \
+            return;                                                                              \
+        }                                                                                        \
+        const struct xd_block_q4_k *b = (const struct xd_block_q4_k *)blk;                       \
+        scales_k(b, sc, mn);                                                                     \
+        *d = b->d;                                                                               \
+        *dmin = b->dmin;                                                                         \
+    }
+DEFINE_KBLOCK_SCALES(kblock_scales_avx2, TGT_AVX2, scales_k_avx2)
+DEFINE_KBLOCK_SCALES(kblock_scales_vnni, TGT_VNNI, scales_k_vnni)
+
+/* 32 bytes at 32h of a super-block's low bits: sub-block jl = 4 (h / 2) + h % 2 in the low
+ * nibbles and jh = jl + 2 in the high ones, as bytes in *wl, *wh: q4_K's 4-bit values, or q6_K's
+ * u (the high bits of jl, jh from bits 2g, 2g + 1 of qh's 32 bytes at 32 (h % 2), g = 2 (h / 2)
+ * and g + 1). */
+TGT_AVX2 static inline __attribute__((always_inline)) void
+unpack_avx2_k(const uint8_t *blk, const int six, const int h, __m256i *wl, __m256i *wh)
+{
+    const __m256i nib = _mm256_set1_epi8(15);
+    const uint8_t *qs = six ? ((const struct xd_block_q6_k *)blk)->ql
+                            : ((const struct xd_block_q4_k *)blk)->qs;
+    const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * h));
+    *wl = _mm256_and_si256(v, nib);
+    *wh = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+    if (six) {
+        const __m256i hb = _mm256_loadu_si256(
+                          (const __m256i *)(((const struct xd_block_q6_k *)blk)->qh + 32 * (h % 2))),
+                      m = _mm256_set1_epi8(0x30);
+        const __m256i hl = h / 2 ? hb : _mm256_slli_epi16(hb, 4),
+                      hh = h / 2 ? _mm256_srli_epi16(hb, 2) : _mm256_slli_epi16(hb, 2);
+        *wl = _mm256_or_si256(*wl, _mm256_and_si256(hl, m));
+        *wh = _mm256_or_si256(*wh, _mm256_and_si256(hh, m));
+    }
 }
 
 /* The vpshufb pattern that turns a 128-bit lane of eight int16 scales (broadcast to all four
@@ -619,10 +745,11 @@ TGT_VNNI static inline __attribute__((always_inline)) __m512i scale_pattern_vnni
                               _mm256_set1_epi32(hi | hi << 16), 1);
 }
 
-/* VNNI, q4_K: one super-block of up to four rows unpacked once for every token tile of a
+/* VNNI, q4_K or q6_K: one super-block of up to four rows unpacked once for every token tile of a
  * chunk: the weights of quarter q (weights 64q .. 64q + 63) as bytes, the scale vectors that
- * vpdpwssd multiplies their pairs by (int16 lanes 0-15 sc[2q], 16-31 sc[2q + 1]), the minimums
- * (lane 8r + j) and d, dmin of row r in lanes 4r .. 4r + 3. */
+ * vpdpwssd multiplies their pairs by (int16 lanes 0-15 sc[2q], 16-31 sc[2q + 1]), the
+ * multipliers of the token's sub-block sums (lane 8r + j: q4_K's minimums, q6_K's scales) and d,
+ * dmin of row r in lanes 4r .. 4r + 3. */
 struct prep_k {
     __m512i wv[4][4], sv[4][4]; /* [row][quarter] */
     __m512i mv;
@@ -630,29 +757,24 @@ struct prep_k {
 };
 
 TGT_VNNI static inline __attribute__((always_inline)) void
-prep_vnni_k(const struct xd_block_q4_k *const *wrow, int64_t k, const int nr, size_t row_bytes,
-            struct prep_k *p)
+prep_vnni_k(const uint8_t *const *wrow, int64_t k, const int nr, size_t row_bytes,
+            struct prep_k *p, const int six)
 {
     _Alignas(64) int16_t sc[4][8], mn[4][8];
     memset(sc, 0, sizeof sc);
     memset(mn, 0, sizeof mn);
     if (nr == 4)
-        prefetch_group_k(wrow[0], row_bytes, k);
-    const __m512i nib = _mm512_set1_epi8(15);
+        prefetch_group_k(wrow[0], row_bytes, k, KBLOCK(six));
     uint16_t hd[8] = {0};
 #pragma GCC unroll 4
     for (int r = 0; r < nr; r++) {
-        const struct xd_block_q4_k *blk = wrow[r] + k;
-        scales_k_vnni(blk, sc[r], mn[r]);
-        hd[r] = blk->d;
-        hd[4 + r] = blk->dmin;
+        const uint8_t *blk = wrow[r] + (size_t)k * KBLOCK(six);
+        kblock_scales_vnni(blk, six, sc[r], mn[r], &hd[r], &hd[4 + r]);
+        unpack_vnni_k(blk, six, p->wv[r]);
         const __m512i scb = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)sc[r]));
 #pragma GCC unroll 4
-        for (int q = 0; q < 4; q++) {
-            const __m512i v = _mm512_loadu_si512((const void *)(blk->qs + 64 * (q / 2)));
-            p->wv[r][q] = _mm512_and_si512(q % 2 ? _mm512_srli_epi16(v, 4) : v, nib);
+        for (int q = 0; q < 4; q++)
             p->sv[r][q] = _mm512_shuffle_epi8(scb, scale_pattern_vnni(q));
-        }
     }
     p->mv = _mm512_load_si512((const void *)mn);
     const __m512i row_idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
@@ -675,10 +797,11 @@ TGT_AVX2 static inline __attribute__((always_inline)) __m128 load_dx4(const floa
 }
 
 /* Super-block k of tokens t0 .. t0 + nt - 1 against the prepared rows (constants once
- * inlined): the sixteen (row, token) results of the header's order in lane 4r + t of *A, *M. */
+ * inlined): the sixteen (row, token) results of the header's order in lane 4r + t of *A, *M
+ * (q6_K: *M untouched). */
 TGT_VNNI static inline __attribute__((always_inline)) void
 step_vnni_k(const struct prep_k *p, const struct xd_cpu_qacts *a, int64_t t0, int64_t k,
-            const int nt, const int nr, __m512 *A, __m512 *M)
+            const int nt, const int nr, __m512 *A, __m512 *M, const int six)
 {
     const int64_t nb = a->nb, cols = nb * XD_QBLOCK;
     __m512i acc[4][NT];
@@ -723,6 +846,11 @@ step_vnni_k(const struct prep_k *p, const struct xd_cpu_qacts *a, int64_t t0, in
     const __m512i summ = hsum4_vnni(mp[0], mp[1], mp[2], mp[3]);
     /* the float steps: lane 4r + t gets d_r * dx_t and dmin_r * dx_t */
     const __m512 dxv = _mm512_broadcast_f32x4(load_dx4(a->d + k * a->ld_s + t0, nt));
+    if (six) {
+        const __m512i isum = _mm512_sub_epi32(sumi, _mm512_slli_epi32(summ, 5));
+        *A = _mm512_fmadd_ps(_mm512_mul_ps(p->dwv, dxv), _mm512_cvtepi32_ps(isum), *A);
+        return;
+    }
     *A = _mm512_fmadd_ps(_mm512_mul_ps(p->dwv, dxv), _mm512_cvtepi32_ps(sumi), *A);
     *M = _mm512_fmadd_ps(_mm512_mul_ps(p->dmv, dxv), _mm512_cvtepi32_ps(summ), *M);
 }
@@ -731,16 +859,17 @@ step_vnni_k(const struct prep_k *p, const struct xd_cpu_qacts *a, int64_t t0, in
  * all of them (their accumulators, 2 x 64 bytes a 4-token tile, stay in L1). */
 #define KCHUNK_TILES 16
 
-/* VNNI, q4_K: rows r0 .. r0 + nr - 1 (nr 4 or 1) for every token of a, a chunk of tokens at a
- * time: per super-block the rows are prepared once, then each token tile takes its step. */
+/* VNNI, q4_K or q6_K: rows r0 .. r0 + nr - 1 (nr 4 or 1) for every token of a, a chunk of
+ * tokens at a time: per super-block the rows are prepared once, then each token tile takes its
+ * step. */
 TGT_VNNI static inline __attribute__((always_inline)) void
 rowgroup_vnni_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, int64_t r0,
-                const int nr)
+                const int nr, const int six)
 {
     const int64_t nb = a->nb;
     const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
-    const struct xd_block_q4_k *wrow[4];
-    q4k_rows(w, r0, nr, row_bytes, wrow);
+    const uint8_t *wrow[4];
+    krows(w, r0, nr, row_bytes, wrow);
     struct prep_k p;
     for (int64_t c0 = 0; c0 < a->n; c0 += KCHUNK_TILES * NT) {
         const int64_t c1 = c0 + KCHUNK_TILES * NT < a->n ? c0 + KCHUNK_TILES * NT : a->n;
@@ -749,13 +878,13 @@ rowgroup_vnni_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *
         for (int i = 0; i <= n_full && i < KCHUNK_TILES; i++)
             A[i] = M[i] = _mm512_setzero_ps();
         for (int64_t k = 0; k < nb / 8; k++) {
-            prep_vnni_k(wrow, k, nr, row_bytes, &p);
+            prep_vnni_k(wrow, k, nr, row_bytes, &p, six);
             for (int i = 0; i < n_full; i++)
-                step_vnni_k(&p, a, c0 + NT * i, k, NT, nr, &A[i], &M[i]);
+                step_vnni_k(&p, a, c0 + NT * i, k, NT, nr, &A[i], &M[i], six);
             switch (rest) {
-            case 3: step_vnni_k(&p, a, c0 + NT * n_full, k, 3, nr, &A[n_full], &M[n_full]); break;
-            case 2: step_vnni_k(&p, a, c0 + NT * n_full, k, 2, nr, &A[n_full], &M[n_full]); break;
-            case 1: step_vnni_k(&p, a, c0 + NT * n_full, k, 1, nr, &A[n_full], &M[n_full]); break;
+            case 3: step_vnni_k(&p, a, c0 + NT * n_full, k, 3, nr, &A[n_full], &M[n_full], six); break;
+            case 2: step_vnni_k(&p, a, c0 + NT * n_full, k, 2, nr, &A[n_full], &M[n_full], six); break;
+            case 1: step_vnni_k(&p, a, c0 + NT * n_full, k, 1, nr, &A[n_full], &M[n_full], six); break;
             default: break;
             }
         }
@@ -770,38 +899,37 @@ rowgroup_vnni_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *
     }
 }
 
-/* AVX2, q4_K: one row against tokens t0 .. t0 + nt - 1; lane t of the four-lane sums. */
+/* AVX2, q4_K or q6_K: one row against tokens t0 .. t0 + nt - 1; lane t of the four-lane sums. */
 TGT_AVX2 static inline __attribute__((always_inline)) void
 tile_avx2_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, int64_t t0,
-            int64_t r0, const int nt)
+            int64_t r0, const int nt, const int six)
 {
     const int64_t nb = a->nb, cols = nb * XD_QBLOCK;
     const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
-    const struct xd_block_q4_k *row =
-        (const struct xd_block_q4_k *)((const char *)w->data + (size_t)r0 * row_bytes);
-    const __m256i nib = _mm256_set1_epi8(15);
+    const uint8_t *row = (const uint8_t *)w->data + (size_t)r0 * row_bytes;
     __m128 A = _mm_setzero_ps(), M = _mm_setzero_ps();
     for (int64_t k = 0; k < nb / 8; k++) {
-        const struct xd_block_q4_k *blk = row + k;
+        const uint8_t *blk = row + (size_t)k * KBLOCK(six);
         if (nt <= 2) {
             const char *p = (const char *)blk + QPREFETCH_ROWS * row_bytes;
             _mm_prefetch(p, _MM_HINT_T0);
             _mm_prefetch(p + 64, _MM_HINT_T0);
             _mm_prefetch(p + 128, _MM_HINT_T0);
+            if (six)
+                _mm_prefetch(p + 192, _MM_HINT_T0);
         }
         _Alignas(16) int16_t sc[8], mn[8];
-        scales_k_avx2(blk, sc, mn);
+        uint16_t d, dmin;
+        kblock_scales_avx2(blk, six, sc, mn, &d, &dmin);
         __m256i acc[NT];
 #pragma GCC unroll 4
         for (int t = 0; t < NT; t++)
             acc[t] = _mm256_setzero_si256();
-        /* 32 bytes at 64c + 32p: sub-block 4c + p in the low nibbles, 4c + 2 + p in the high */
 #pragma GCC unroll 4
         for (int h = 0; h < 4; h++) {
             const int jl = 4 * (h / 2) + h % 2, jh = jl + 2;
-            const __m256i v = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * h));
-            const __m256i wl = _mm256_and_si256(v, nib);
-            const __m256i wh = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+            __m256i wl, wh;
+            unpack_avx2_k(blk, six, h, &wl, &wh);
             const __m256i sl = _mm256_set1_epi16(sc[jl]), sh = _mm256_set1_epi16(sc[jh]);
 #pragma GCC unroll 4
             for (int t = 0; t < nt; t++) {
@@ -828,9 +956,13 @@ tile_avx2_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, i
         const __m128i summ =
             _mm_hadd_epi32(_mm_hadd_epi32(mp[0], mp[1]), _mm_hadd_epi32(mp[2], mp[3]));
         const __m128 dx4 = load_dx4(a->d + k * a->ld_s + t0, nt);
-        A = _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(blk->d)), dx4), _mm_cvtepi32_ps(sumi), A);
-        M = _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(blk->dmin)), dx4), _mm_cvtepi32_ps(summ),
-                         M);
+        if (six) {
+            const __m128i isum = _mm_sub_epi32(sumi, _mm_slli_epi32(summ, 5));
+            A = _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(d)), dx4), _mm_cvtepi32_ps(isum), A);
+            continue;
+        }
+        A = _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(d)), dx4), _mm_cvtepi32_ps(sumi), A);
+        M = _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(dmin)), dx4), _mm_cvtepi32_ps(summ), M);
     }
     float res[4];
     _mm_storeu_ps(res, _mm_sub_ps(A, M));
@@ -1088,22 +1220,22 @@ rowgroup_tl_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
     }
 }
 
-/* VNNI, q4_K, one token (decode): four rows a super-block with everything in registers, the
- * scales applied in vpdpwssd as the tiles do, each row's sixteen lanes summed once per
- * super-block; lane r of the four-lane A, M is row r's A, M of the header. */
-TGT_VNNI static void gemv_vnni_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
-                                 int64_t r0, int64_t r1)
+/* VNNI, q4_K or q6_K, one token (decode): four rows a super-block with everything in registers,
+ * the scales applied in vpdpwssd as the tiles do, each row's sixteen lanes summed once per
+ * super-block; lane r of the four-lane A, M is row r's A, M of the header (q6_K: M stays 0). */
+TGT_VNNI static inline __attribute__((always_inline)) void
+gemv_vnni_any(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, int64_t r0,
+              int64_t r1, const int six)
 {
     const int64_t nb = a->nb;
     const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
-    const __m512i nib = _mm512_set1_epi8(15);
     __m512i pat[4];
     for (int q = 0; q < 4; q++)
         pat[q] = scale_pattern_vnni(q);
     int64_t r = r0;
     for (; r + 4 <= r1; r += 4) {
-        const struct xd_block_q4_k *wrow[4];
-        q4k_rows(w, r, 4, row_bytes, wrow);
+        const uint8_t *wrow[4];
+        krows(w, r, 4, row_bytes, wrow);
         __m128 A = _mm_setzero_ps(), M = _mm_setzero_ps();
         for (int64_t k = 0; k < nb / 8; k++) {
             const int8_t *xq = a->q + k * XD_QK;
@@ -1113,22 +1245,16 @@ TGT_VNNI static void gemv_vnni_k(const struct xd_cpu_qacts *a, const struct xd_m
 #pragma GCC unroll 4
             for (int q = 0; q < 4; q++)
                 x[q] = _mm512_loadu_si512((const void *)(xq + 64 * q));
-            prefetch_group_k(wrow[0], row_bytes, k);
+            prefetch_group_k(wrow[0], row_bytes, k, KBLOCK(six));
             const __m128i bs = _mm_loadu_si128((const __m128i *)(a->bs + 8 * k));
 #pragma GCC unroll 4
             for (int i = 0; i < 4; i++) {
-                const struct xd_block_q4_k *blk = wrow[i] + k;
+                const uint8_t *blk = wrow[i] + (size_t)k * KBLOCK(six);
                 _Alignas(16) int16_t sc[8], mn[8];
-                scales_k_vnni(blk, sc, mn);
-                hd[i] = blk->d;
-                hd[4 + i] = blk->dmin;
+                kblock_scales_vnni(blk, six, sc, mn, &hd[i], &hd[4 + i]);
                 const __m512i scb = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)sc));
-                const __m512i v0 = _mm512_loadu_si512((const void *)blk->qs),
-                              v1 = _mm512_loadu_si512((const void *)(blk->qs + 64));
-                const __m512i wq[4] = {_mm512_and_si512(v0, nib),
-                                       _mm512_and_si512(_mm512_srli_epi16(v0, 4), nib),
-                                       _mm512_and_si512(v1, nib),
-                                       _mm512_and_si512(_mm512_srli_epi16(v1, 4), nib)};
+                __m512i wq[4];
+                unpack_vnni_k(blk, six, wq);
                 __m512i s = _mm512_setzero_si512();
 #pragma GCC unroll 4
                 for (int q = 0; q < 4; q++)
@@ -1146,23 +1272,53 @@ TGT_VNNI static void gemv_vnni_k(const struct xd_cpu_qacts *a, const struct xd_m
                                                 _mm_hadd_epi32(mp[2], mp[3]));
             const __m256 dd = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)hd));
             const __m128 dx = _mm_set1_ps(a->d[k * a->ld_s]);
+            if (six) {
+                const __m128i isum = _mm_sub_epi32(sumi, _mm_slli_epi32(summ, 5));
+                A = _mm_fmadd_ps(_mm_mul_ps(_mm256_castps256_ps128(dd), dx), _mm_cvtepi32_ps(isum), A);
+                continue;
+            }
             A = _mm_fmadd_ps(_mm_mul_ps(_mm256_castps256_ps128(dd), dx), _mm_cvtepi32_ps(sumi), A);
             M = _mm_fmadd_ps(_mm_mul_ps(_mm256_extractf128_ps(dd, 1), dx), _mm_cvtepi32_ps(summ), M);
         }
         _mm_storeu_ps(y + r, _mm_sub_ps(A, M));
     }
     for (; r < r1; r++)
-        rowgroup_vnni_k(a, w, y, r, 1);
+        rowgroup_vnni_k(a, w, y, r, 1, six);
+}
+
+TGT_VNNI static void gemv_vnni_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
+                                 int64_t r0, int64_t r1)
+{
+    gemv_vnni_any(a, w, y, r0, r1, 0);
+}
+
+/* VNNI, q4_K or q6_K, more than one token: four-row groups of four-token tiles. */
+TGT_VNNI static inline __attribute__((always_inline)) void
+tiles_vnni_any(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, int64_t r0,
+               int64_t r1, const int six)
+{
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4)
+        rowgroup_vnni_k(a, w, y, r, 4, six);
+    for (; r < r1; r++)
+        rowgroup_vnni_k(a, w, y, r, 1, six);
 }
 
 TGT_VNNI static void rows_vnni_k_tiles(const struct xd_cpu_qacts *a, const struct xd_matrix *w,
                                        float *y, int64_t r0, int64_t r1)
 {
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4)
-        rowgroup_vnni_k(a, w, y, r, 4);
-    for (; r < r1; r++)
-        rowgroup_vnni_k(a, w, y, r, 1);
+    tiles_vnni_any(a, w, y, r0, r1, 0);
+}
+
+/* VNNI, q6_K (the lm_head under q4k): one token in the GEMV, more in the tiles (no token lanes:
+ * a step's lm_head rows see one token a sequence). */
+TGT_VNNI static void rows_vnni_6k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
+                                  int64_t r0, int64_t r1)
+{
+    if (a->n == 1)
+        gemv_vnni_any(a, w, y, r0, r1, 1);
+    else
+        tiles_vnni_any(a, w, y, r0, r1, 1);
 }
 
 /* A token-lane kernel's parts: the tokens' layout, and rows [r0, r1) for ng groups laid out at
@@ -1247,43 +1403,39 @@ TGT_VNNI static void rows_vnni_k(const struct xd_cpu_qacts *a, const struct xd_m
 /* AVX2, q4_K, one token (decode): four rows a super-block, the scales applied in vpmaddwd,
  * each row's eight lanes summed once per super-block, the group two ahead prefetched; lane r
  * of the four-lane A, M is row r's A, M of the header. */
-TGT_AVX2 static void gemv_avx2_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
-                                 int64_t r0, int64_t r1)
+TGT_AVX2 static inline __attribute__((always_inline)) void
+gemv_avx2_any(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, int64_t r0,
+              int64_t r1, const int six)
 {
     const int64_t nb = a->nb;
     const size_t row_bytes = xd_dtype_row_bytes(w->dtype, w->cols);
-    const __m256i nib = _mm256_set1_epi8(15);
     int64_t r = r0;
     for (; r + 4 <= r1; r += 4) {
-        const struct xd_block_q4_k *wrow[4];
-        q4k_rows(w, r, 4, row_bytes, wrow);
+        const uint8_t *wrow[4];
+        krows(w, r, 4, row_bytes, wrow);
         __m128 A = _mm_setzero_ps(), M = _mm_setzero_ps();
         for (int64_t k = 0; k < nb / 8; k++) {
             const int8_t *xq = a->q + k * XD_QK;
-            prefetch_group_k(wrow[0], row_bytes, k);
+            prefetch_group_k(wrow[0], row_bytes, k, KBLOCK(six));
             const __m128i bs = _mm_loadu_si128((const __m128i *)(a->bs + 8 * k));
             __m256i acc[4];
             __m128i mp[4];
             uint16_t hd[8];
 #pragma GCC unroll 4
             for (int i = 0; i < 4; i++) {
-                const struct xd_block_q4_k *blk = wrow[i] + k;
+                const uint8_t *blk = wrow[i] + (size_t)k * KBLOCK(six);
                 _Alignas(16) int16_t sc[8], mn[8];
-                scales_k_avx2(blk, sc, mn);
-                hd[i] = blk->d;
-                hd[4 + i] = blk->dmin;
+                kblock_scales_avx2(blk, six, sc, mn, &hd[i], &hd[4 + i]);
                 __m256i s = _mm256_setzero_si256();
 #pragma GCC unroll 4
                 for (int h = 0; h < 4; h++) {
-                    /* 32 bytes: sub-block jl in the low nibbles, jh in the high ones */
                     const int jl = 4 * (h / 2) + h % 2, jh = jl + 2;
-                    const __m256i v = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * h));
+                    __m256i wl, wh;
+                    unpack_avx2_k(blk, six, h, &wl, &wh);
                     const __m256i pl = _mm256_maddubs_epi16(
-                        _mm256_and_si256(v, nib),
-                        _mm256_loadu_si256((const __m256i *)(xq + 32 * jl)));
+                        wl, _mm256_loadu_si256((const __m256i *)(xq + 32 * jl)));
                     const __m256i ph = _mm256_maddubs_epi16(
-                        _mm256_and_si256(_mm256_srli_epi16(v, 4), nib),
-                        _mm256_loadu_si256((const __m256i *)(xq + 32 * jh)));
+                        wh, _mm256_loadu_si256((const __m256i *)(xq + 32 * jh)));
                     s = _mm256_add_epi32(s, _mm256_madd_epi16(pl, _mm256_set1_epi16(sc[jl])));
                     s = _mm256_add_epi32(s, _mm256_madd_epi16(ph, _mm256_set1_epi16(sc[jh])));
                 }
@@ -1299,13 +1451,52 @@ TGT_AVX2 static void gemv_avx2_k(const struct xd_cpu_qacts *a, const struct xd_m
                                                 _mm_hadd_epi32(mp[2], mp[3]));
             const __m256 dd = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)hd));
             const __m128 dx = _mm_set1_ps(a->d[k * a->ld_s]);
+            if (six) {
+                const __m128i isum = _mm_sub_epi32(sumi, _mm_slli_epi32(summ, 5));
+                A = _mm_fmadd_ps(_mm_mul_ps(_mm256_castps256_ps128(dd), dx), _mm_cvtepi32_ps(isum), A);
+                continue;
+            }
             A = _mm_fmadd_ps(_mm_mul_ps(_mm256_castps256_ps128(dd), dx), _mm_cvtepi32_ps(sumi), A);
             M = _mm_fmadd_ps(_mm_mul_ps(_mm256_extractf128_ps(dd, 1), dx), _mm_cvtepi32_ps(summ), M);
         }
         _mm_storeu_ps(y + r, _mm_sub_ps(A, M));
     }
     for (; r < r1; r++)
-        tile_avx2_k(a, w, y, 0, r, 1);
+        tile_avx2_k(a, w, y, 0, r, 1, six);
+}
+
+TGT_AVX2 static void gemv_avx2_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
+                                 int64_t r0, int64_t r1)
+{
+    gemv_avx2_any(a, w, y, r0, r1, 0);
+}
+
+/* The 1-row tiles of four tokens over rows [r0, r1) (q4_K or q6_K). */
+TGT_AVX2 static inline __attribute__((always_inline)) void
+tiles_avx2_any(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, int64_t r0,
+               int64_t r1, const int six)
+{
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t t = 0;
+        for (; t + NT <= a->n; t += NT)
+            tile_avx2_k(a, w, y, t, r, NT, six);
+        switch (a->n - t) {
+        case 3: tile_avx2_k(a, w, y, t, r, 3, six); break;
+        case 2: tile_avx2_k(a, w, y, t, r, 2, six); break;
+        case 1: tile_avx2_k(a, w, y, t, r, 1, six); break;
+        default: break;
+        }
+    }
+}
+
+/* AVX2, q6_K: one token in the GEMV, more in the 1-row tiles. */
+TGT_AVX2 static void rows_avx2_6k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
+                                  int64_t r0, int64_t r1)
+{
+    if (a->n == 1)
+        gemv_avx2_any(a, w, y, r0, r1, 1);
+    else
+        tiles_avx2_any(a, w, y, r0, r1, 1);
 }
 
 /* ---- AVX2, q4_K, token lanes: the VNNI token lanes' scheme on lanes of eight tokens ----
@@ -1391,7 +1582,7 @@ rowgroup_tl_k_avx2(const struct xd_cpu_qacts *a, const struct xd_matrix *w, floa
     const int64_t sq = (cols / 4) * QT8_LANES, sb = (nb / 2) * QT8_LANES;
     for (int64_t k = 0; k < nb / 8; k++) {
         if (nr == 4)
-            prefetch_group_k(wrow[0], row_bytes, k);
+            prefetch_group_k(wrow[0], row_bytes, k, sizeof(struct xd_block_q4_k));
         prep_tl_k(wrow, k, nr, &p);
         for (int g = 0; g < ng; g++) {
             const int nt = g == ng - 1 ? nt_last : QT8_LANES;
@@ -1427,19 +1618,7 @@ TGT_AVX2 static void rows_avx2_k(const struct xd_cpu_qacts *a, const struct xd_m
     if (n_lanes >= a->n)
         return;
     const struct xd_cpu_qacts rest_view = xd_cpu_qacts_view(a, (int)n_lanes, a->n - (int)n_lanes);
-    a = &rest_view;
-    y += n_lanes * w->rows;
-    for (int64_t r = r0; r < r1; r++) {
-        int64_t t = 0;
-        for (; t + NT <= a->n; t += NT)
-            tile_avx2_k(a, w, y, t, r, NT);
-        switch (a->n - t) {
-        case 3: tile_avx2_k(a, w, y, t, r, 3); break;
-        case 2: tile_avx2_k(a, w, y, t, r, 2); break;
-        case 1: tile_avx2_k(a, w, y, t, r, 1); break;
-        default: break;
-        }
-    }
+    tiles_avx2_any(&rest_view, w, y + n_lanes * w->rows, r0, r1, 0);
 }
 #endif
 
@@ -1467,6 +1646,15 @@ typedef void (*rows_fn)(const struct xd_cpu_qacts *, const struct xd_matrix *, f
 static rows_fn rows_for(enum xd_dtype dt, enum xd_quant_path path)
 {
     const int q8 = dt == XD_DTYPE_Q8_0;
+    if (dt == XD_DTYPE_Q6_K) {
+#ifdef XD_HAVE_X86_QUANT
+        if (path == XD_QUANT_VNNI)
+            return rows_vnni_6k;
+        if (path == XD_QUANT_AVX2)
+            return rows_avx2_6k;
+#endif
+        return rows_portable_6k;
+    }
     if (dt == XD_DTYPE_Q4_K) {
 #ifdef XD_HAVE_X86_QUANT
         if (path == XD_QUANT_VNNI)
@@ -1492,7 +1680,7 @@ void xd_cpu_matmul_quant_rows(const struct xd_cpu_qacts *a, const struct xd_matr
                               int64_t r0, int64_t r1, enum xd_quant_path path)
 {
     assert(xd_dtype_is_quant(w->dtype) && a->nb * XD_QBLOCK == w->cols &&
-           a->super == (w->dtype == XD_DTYPE_Q4_K));
+           a->super == xd_quant_is_super(w->dtype));
     assert(0 <= r0 && r0 <= r1 && r1 <= w->rows);
     if (a->n > 0 && r0 < r1)
         rows_for(w->dtype, path)(a, w, y, r0, r1);

@@ -1,4 +1,4 @@
-/* Matmul over q8_0 / q4_1 / q4_K weights with activations quantized to int8 (per block of 32, or per 256 for q4_K): integer dot products (AVX-512 VNNI, AVX2, portable C). */
+/* Matmul over q8_0 / q4_1 / q4_K / q6_K weights with activations quantized to int8 (per block of 32, or per 256 for q4_K and q6_K): integer dot products (AVX-512 VNNI, AVX2, portable C). */
 #ifndef XD_QUANT_KERNELS_H
 #define XD_QUANT_KERNELS_H
 
@@ -18,7 +18,7 @@ enum xd_quant_path {
 };
 
 /* y (n, w.rows) = x (n, w.cols) @ w^T for w in XD_DTYPE_Q8_0 or XD_DTYPE_Q4_1 (w.cols a multiple
- * of 32) or XD_DTYPE_Q4_K (a multiple of 256; its order is below), parallel over w's rows
+ * of 32) or XD_DTYPE_Q4_K / XD_DTYPE_Q6_K (a multiple of 256; their orders are below), parallel over w's rows
  * (OpenMP). Each row of x is first quantized per block of 32 to
  * int8 with an f32 scale d = max |x| / 127 (q = round(x / d)), as llama.cpp's q8 dot path.
  *
@@ -43,7 +43,13 @@ enum xd_quant_path {
  * (|sumi| < 2^25, so int32 in any grouping), then, in super-block order,
  *   A = fmaf(f32(d_k) * dx_k, (float)sumi, A);  M = fmaf(f32(dmin_k) * dx_k, (float)summ, M)
  * from A = M = 0, and y = A - M: one float step per super-block, the same scalar operations on
- * every path whatever the tile. */
+ * every path whatever the tile.
+ *
+ * q6_K (engine/model/quant.h; the activations as for q4_K): per super-block k of a row (sc_j its
+ * int8 sub-block scales, u_e its 6-bit values) the exact integer
+ *   isum = sum_j sc_j * sum_{e in sub-block j} u_e * xq_e - 32 * sum_j sc_j * bs_j
+ * (|isum| < 2^29), then, in super-block order, A = fmaf(f32(d_k) * dx_k, (float)isum, A) from
+ * A = 0, and y = A. */
 void xd_cpu_matmul_quant(const float *x, int n, const struct xd_matrix *w, float *y,
                          enum xd_quant_path path);
 
@@ -57,7 +63,7 @@ void xd_cpu_matmul_quant(const float *x, int n, const struct xd_matrix *w, float
  * [t0, t0 + n) (xd_cpu_qacts_view) shares the buffer and keeps ld_s. */
 struct xd_cpu_qacts {
     int n;          /* tokens */
-    int super;      /* 1: the q4_K form (one scale per 256) */
+    int super;      /* 1: the q4_K form (one scale per 256; q6_K's too) */
     int64_t nb;     /* blocks of 32 per token: cols / 32 */
     int64_t ld_s;   /* stride of s (and of q4_K's d) between blocks: the buffer's token count */
     int8_t *q;      /* (n, nb * 32) round(x / d) */

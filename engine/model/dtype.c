@@ -17,6 +17,7 @@ size_t xd_dtype_size(enum xd_dtype dtype)
     case XD_DTYPE_Q8_0:
     case XD_DTYPE_Q4_1:
     case XD_DTYPE_Q4_K:
+    case XD_DTYPE_Q6_K:
     case XD_DTYPE_MXFP4: return 0;
     }
     return 0;
@@ -28,6 +29,7 @@ size_t xd_dtype_row_bytes(enum xd_dtype dtype, int64_t cols)
     case XD_DTYPE_Q8_0: return (size_t)(cols / XD_QBLOCK) * sizeof(struct xd_block_q8_0);
     case XD_DTYPE_Q4_1: return (size_t)(cols / XD_QBLOCK) * sizeof(struct xd_block_q4_1);
     case XD_DTYPE_Q4_K: return (size_t)(cols / XD_QK) * sizeof(struct xd_block_q4_k);
+    case XD_DTYPE_Q6_K: return (size_t)(cols / XD_QK) * sizeof(struct xd_block_q6_k);
     case XD_DTYPE_MXFP4:
         return (size_t)(cols / XD_MXFP4_BLOCK) * sizeof(struct xd_block_mxfp4);
     default: return (size_t)cols * xd_dtype_size(dtype);
@@ -44,6 +46,7 @@ const char *xd_dtype_name(enum xd_dtype dtype)
     case XD_DTYPE_Q8_0: return "Q8_0";
     case XD_DTYPE_Q4_1: return "Q4_1";
     case XD_DTYPE_Q4_K: return "Q4_K";
+    case XD_DTYPE_Q6_K: return "Q6_K";
     case XD_DTYPE_U8: return "U8";
     case XD_DTYPE_MXFP4: return "MXFP4";
     }
@@ -155,6 +158,7 @@ void xd_dtype_to_f32(enum xd_dtype dtype, const void *src, float *dst, size_t n)
     case XD_DTYPE_Q8_0:
     case XD_DTYPE_Q4_1:
     case XD_DTYPE_Q4_K:
+    case XD_DTYPE_Q6_K:
         /* block formats: xd_quant_dequantize_row (quant.c calls this file, not the reverse) */
         return;
     case XD_DTYPE_MXFP4:

@@ -28,20 +28,25 @@ enum xd_dtype {
      * cols / 256 super-blocks of 4-bit weights with 6-bit sub-block scales and minimums and
      * an f16 scale and minimum scale per super-block (144 bytes a super-block). */
     XD_DTYPE_Q4_K,
+    /* The 6-bit format --quantize q4k gives the lm_head (as Q4_K_M keeps its output matrix at
+     * Q6_K): super-blocks of 256 6-bit weights with eight int8 sub-block scales and an f16
+     * scale (202 bytes a super-block, engine/model/quant.h). */
+    XD_DTYPE_Q6_K,
 };
 
 /* Bytes per element; 0 for the block formats (use xd_dtype_row_bytes). */
 size_t xd_dtype_size(enum xd_dtype dtype);
 /* Bytes of one row of cols elements (cols a multiple of 32 for the block formats, of 256 for
- * Q4_K). */
+ * Q4_K and Q6_K). */
 size_t xd_dtype_row_bytes(enum xd_dtype dtype, int64_t cols);
 /* Whether dtype is one of the block formats made by --quantize. */
 static inline int xd_dtype_is_quant(enum xd_dtype dtype)
 {
-    return dtype == XD_DTYPE_Q8_0 || dtype == XD_DTYPE_Q4_1 || dtype == XD_DTYPE_Q4_K;
+    return dtype == XD_DTYPE_Q8_0 || dtype == XD_DTYPE_Q4_1 || dtype == XD_DTYPE_Q4_K ||
+           dtype == XD_DTYPE_Q6_K;
 }
 /* The safetensors spelling ("F32", "BF16", "F16", "F8_E4M3", "U8"), or "Q8_0" / "Q4_1" / "Q4_K" /
- * "MXFP4". */
+ * "Q6_K" / "MXFP4". */
 const char *xd_dtype_name(enum xd_dtype dtype);
 /* Parses a safetensors dtype string; returns 0 and sets *ret_dtype, or -1
  * for any other dtype. */

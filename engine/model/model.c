@@ -775,9 +775,11 @@ static size_t list_quant_jobs(struct xd_model *m, enum xd_dtype fmt, bool expert
         ADD(&lw->shared.down, "layer %d shared_expert down_proj", l);
     }
     if (!experts_only) {
-        /* lm_head in q8 whatever the format (as llama.cpp keeps its output matrix at 6-8 bits):
-         * a large share of a decode token's bytes when the vocabulary is large */
-        fmt = XD_DTYPE_Q8_0;
+        /* lm_head at 6 or 8 bits whatever the format, as llama.cpp keeps its output matrix
+         * (Q4_K_M: Q6_K): a large share of a decode token's bytes when the vocabulary is large
+         * (42% of a q4k token's on the bench model). q6_K under q4k (q8_0 where its columns are
+         * not whole super-blocks), q8_0 under q8 and q4. */
+        fmt = fmt == XD_DTYPE_Q4_K ? XD_DTYPE_Q6_K : XD_DTYPE_Q8_0;
         ADD(&m->lm_head, "lm_head");
     }
 #undef ADD

@@ -15,6 +15,7 @@
 
 #include "engine/base/clock.h"
 #include "engine/base/text_file.h"
+#include "engine/model/quant.h"
 #include "engine/model/safetensors.h"
 
 /* ---- bytes ---- */
@@ -105,6 +106,7 @@ uint32_t xd_pack_dtype_code(enum xd_dtype dtype)
     case XD_DTYPE_Q8_0: return 4;
     case XD_DTYPE_Q4_1: return 5;
     case XD_DTYPE_Q4_K: return 6;
+    case XD_DTYPE_Q6_K: return 7;
     default: return 0;
     }
 }
@@ -112,8 +114,9 @@ uint32_t xd_pack_dtype_code(enum xd_dtype dtype)
 int xd_pack_dtype_from_code(uint32_t code, enum xd_dtype *ret)
 {
     static const enum xd_dtype of[] = {XD_DTYPE_F32, XD_DTYPE_F32, XD_DTYPE_BF16, XD_DTYPE_F16,
-                                       XD_DTYPE_Q8_0, XD_DTYPE_Q4_1, XD_DTYPE_Q4_K};
-    if (code < 1 || code > 6)
+                                       XD_DTYPE_Q8_0, XD_DTYPE_Q4_1, XD_DTYPE_Q4_K,
+                                       XD_DTYPE_Q6_K};
+    if (code < 1 || code > 7)
         return -1;
     *ret = of[code];
     return 0;
@@ -184,7 +187,7 @@ int xd_pack_parse(const uint8_t *b, size_t size, const char *path, struct xd_pac
             why = "unknown dtype";
         else if (e->rows < 1 || e->cols < 1 || e->rows > (1ll << 31) || e->cols > (1ll << 31) ||
                  (xd_dtype_is_quant(e->dtype) && e->cols % 32 != 0) ||
-                 (e->dtype == XD_DTYPE_Q4_K && e->cols % 256 != 0))
+                 (xd_quant_is_super(e->dtype) && e->cols % 256 != 0))
             why = "bad shape";
         else if (__builtin_mul_overflow((uint64_t)e->rows,
                                         (uint64_t)xd_dtype_row_bytes(e->dtype, e->cols), &prod) ||

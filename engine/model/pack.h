@@ -37,7 +37,7 @@
  *   data: each extent's rows, back to back, zero padding to the next XD_PACK_ALIGN. */
 #define XD_PACK_MAGIC "XDPACK\r\n"
 #define XD_PACK_VERSION 1
-#define XD_PACK_QUANT_VERSION 1
+#define XD_PACK_QUANT_VERSION 2 /* 2: q4k's lm_head is q6_K (was q8_0) */
 #define XD_PACK_ALIGN 4096
 #define XD_PACK_HEADER_BYTES 128
 #define XD_PACK_EXTENT_BYTES 128

@@ -1,4 +1,4 @@
-/* The q8_0, q4_1 and q4_K weight formats: quantizers from f32/bf16/f16 and dequantizers. */
+/* The q8_0, q4_1, q4_K and q6_K weight formats: quantizers from f32/bf16/f16 and dequantizers. */
 #include "engine/model/quant.h"
 
 #include <float.h>
@@ -169,6 +169,91 @@ void xd_quant_row_q4_k(const float *x, struct xd_block_q4_k *y, int64_t k)
     }
 }
 
+/* The q6_K sub-block's values: q = round(v * iscale) clamped to -32..31. */
+static inline int six_bits(float v)
+{
+    const int q = xd_round_half_away(v);
+    return q < -32 ? -32 : q > 31 ? 31 : q;
+}
+
+/* Candidate inverse scales the q6_K sub-block fit tries: -(32 + 0.1 k) / vmax for
+ * k = -FIT6_STEPS .. FIT6_STEPS. */
+#define FIT6_STEPS 9
+
+/* The scale s of w ~ s * q (q in -32..31) for one sub-block of 32, weighted by wt: for each
+ * candidate, q from its inverse scale and s by weighted least squares for those q. */
+static float fit_sub_block6(const float *x, const float *wt)
+{
+    float vmax = 0.0f, amax = 0.0f;
+    for (int i = 0; i < XD_QBLOCK; i++)
+        if (fabsf(x[i]) > amax) {
+            amax = fabsf(x[i]);
+            vmax = x[i];
+        }
+    if (amax == 0.0f)
+        return 0.0f;
+    float best_s = 0.0f, best_err = FLT_MAX;
+    for (int k = -FIT6_STEPS; k <= FIT6_STEPS; k++) {
+        const float iscale = -(32.0f + 0.1f * (float)k) / vmax;
+        float swq2 = 0.0f, swqx = 0.0f;
+        int q[XD_QBLOCK];
+        for (int i = 0; i < XD_QBLOCK; i++) {
+            q[i] = six_bits(iscale * x[i]);
+            swq2 += wt[i] * (float)q[i] * (float)q[i];
+            swqx += wt[i] * (float)q[i] * x[i];
+        }
+        if (!(swq2 > 0.0f))
+            continue;
+        const float sc = swqx / swq2;
+        float err = 0.0f;
+        for (int i = 0; i < XD_QBLOCK; i++) {
+            const float e = sc * (float)q[i] - x[i];
+            err += wt[i] * e * e;
+        }
+        if (err < best_err) {
+            best_err = err;
+            best_s = sc;
+        }
+    }
+    return best_s;
+}
+
+void xd_quant_row_q6_k(const float *x, struct xd_block_q6_k *y, int64_t k)
+{
+    for (int64_t b = 0; b < k / XD_QK; b++) {
+        const float *xb = x + b * XD_QK;
+        struct xd_block_q6_k *blk = &y[b];
+        float sumsq = 0.0f;
+        for (int i = 0; i < XD_QK; i++)
+            sumsq += xb[i] * xb[i];
+        const float ms = sumsq / XD_QK;
+        float wt[XD_QK], s[8], smax = 0.0f;
+        for (int i = 0; i < XD_QK; i++)
+            wt[i] = xb[i] * xb[i] + ms;
+        for (int j = 0; j < 8; j++) {
+            s[j] = fit_sub_block6(xb + 32 * j, wt + 32 * j);
+            smax = xd_max_abs(smax, s[j]);
+        }
+        blk->d = xd_f32_to_f16(smax / 127.0f);
+        const float d = xd_f16_to_f32(blk->d), id = d > 0.0f ? 1.0f / d : 0.0f;
+        memset(blk->ql, 0, sizeof blk->ql);
+        memset(blk->qh, 0, sizeof blk->qh);
+        for (int j = 0; j < 8; j++) {
+            int sc = xd_round_half_away(s[j] * id);
+            sc = sc < -127 ? -127 : sc > 127 ? 127 : sc;
+            blk->sc[j] = (int8_t)sc;
+            /* the weights again, against the scale as stored */
+            const float ds = d * (float)sc, ids = ds != 0.0f ? 1.0f / ds : 0.0f;
+            for (int i = 0; i < 32; i++) {
+                const int e = 32 * j + i;
+                const int u = six_bits(xb[e] * ids) + 32;
+                blk->ql[64 * (e / 128) + e % 64] |= (uint8_t)(e % 128 < 64 ? u & 15 : (u & 15) << 4);
+                blk->qh[e % 64] |= (uint8_t)((u >> 4) << (2 * (e / 64)));
+            }
+        }
+    }
+}
+
 void xd_quant_dequantize_row(enum xd_dtype dtype, const void *src, float *dst, int64_t k)
 {
     if (dtype == XD_DTYPE_Q8_0) {
@@ -201,6 +286,13 @@ void xd_quant_dequantize_row(enum xd_dtype dtype, const void *src, float *dst, i
                 }
             }
         }
+    } else if (dtype == XD_DTYPE_Q6_K) {
+        const struct xd_block_q6_k *s = src;
+        for (int64_t b = 0; b < k / XD_QK; b++) {
+            const float d = xd_f16_to_f32(s[b].d);
+            for (int e = 0; e < XD_QK; e++)
+                dst[b * XD_QK + e] = d * (float)s[b].sc[e / 32] * (float)(xd_q6_k_u(&s[b], e) - 32);
+        }
     }
 }
 
@@ -214,7 +306,7 @@ void xd_quant_matrix(const struct xd_matrix *src, enum xd_dtype fmt, void *dst,
     for (int64_t r = 0; r < src->rows; r++) {
         const char *in = (const char *)src->data + (size_t)r * in_row;
         char *out = (char *)dst + (size_t)r * out_row;
-        if (fmt == XD_DTYPE_Q4_K)
+        if (xd_quant_is_super(fmt))
             continue; /* below, in parallel */
         for (int64_t b = 0; b < cols / XD_QBLOCK; b++) {
             float xb[XD_QBLOCK];
@@ -225,9 +317,9 @@ void xd_quant_matrix(const struct xd_matrix *src, enum xd_dtype fmt, void *dst,
                 xd_quant_row_q4_1(xb, (struct xd_block_q4_1 *)out + b, XD_QBLOCK);
         }
     }
-    if (fmt == XD_DTYPE_Q4_K) {
-        /* q4_K's fit is some thirty times q4_1's work: its rows over the threads (each row
-         * alone, so the same bytes at any thread count) */
+    if (xd_quant_is_super(fmt)) {
+        /* q4_K's and q6_K's fits are some thirty times q4_1's work: their rows over the
+         * threads (each row alone, so the same bytes at any thread count) */
 #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < src->rows; r++) {
             const char *in = (const char *)src->data + (size_t)r * in_row;
@@ -235,7 +327,10 @@ void xd_quant_matrix(const struct xd_matrix *src, enum xd_dtype fmt, void *dst,
             for (int64_t b = 0; b < cols / XD_QK; b++) {
                 float xb[XD_QK];
                 xd_dtype_to_f32(src->dtype, in + (size_t)b * XD_QK * esize, xb, XD_QK);
-                xd_quant_row_q4_k(xb, (struct xd_block_q4_k *)out + b, XD_QK);
+                if (fmt == XD_DTYPE_Q4_K)
+                    xd_quant_row_q4_k(xb, (struct xd_block_q4_k *)out + b, XD_QK);
+                else
+                    xd_quant_row_q6_k(xb, (struct xd_block_q6_k *)out + b, XD_QK);
             }
         }
     }

@@ -62,9 +62,31 @@ struct xd_block_q4_k {
     uint8_t qs[XD_QK / 2];      /* (128,) two 4-bit weights each, as above */
 };
 
+/* q6_K (the class of GGUF's Q6_K, not its layout: scales per 32, not 16): a super-block of 256
+ * weights is eight sub-blocks of 32; weight e of sub-block j = e / 32 is
+ *   w[e] = f32(d) * sc[j] * (u[e] - 32),  u[e] in 0..63, sc[j] in -127..127.
+ * ql[128]: the low four bits of u[e], placed as q4_K's qs (byte 64 * (e / 128) + e % 64, the low
+ * nibble when e % 128 < 64); qh[64]: its high two bits, in bits 2 * (e / 64), 2 * (e / 64) + 1
+ * of byte e % 64 (so one 64-byte load gives the high bits of weights 64g .. 64g + 63 for each
+ * g in 0..3). 202 bytes, 6.3 bits a weight. */
+struct xd_block_q6_k {
+    uint16_t d;                 /* f16 scale of the sub-block scales */
+    int8_t sc[8];               /* the sub-block scales */
+    uint8_t ql[XD_QK / 2];      /* (128,) the low four bits, as above */
+    uint8_t qh[XD_QK / 4];      /* (64,) the high two bits, as above */
+};
+
 _Static_assert(sizeof(struct xd_block_q8_0) == 34, "q8_0 block is 34 bytes");
 _Static_assert(sizeof(struct xd_block_q4_1) == 20, "q4_1 block is 20 bytes");
 _Static_assert(sizeof(struct xd_block_q4_k) == 144, "q4_K super-block is 144 bytes");
+_Static_assert(sizeof(struct xd_block_q6_k) == 202, "q6_K super-block is 202 bytes");
+
+/* Whether matrices of dtype take activations quantized per super-block of 256 (q4_K, q6_K: the
+ * super form of engine/cpu/quant_kernels.h) rather than per block of 32. */
+static inline int xd_quant_is_super(enum xd_dtype dtype)
+{
+    return dtype == XD_DTYPE_Q4_K || dtype == XD_DTYPE_Q6_K;
+}
 
 /* Quantizes x (k,), k a multiple of 32, into k / 32 blocks y, round to nearest as llama.cpp's
  * reference quantizers (quantize_row_q8_0_ref, quantize_row_q4_1_ref): the scale from the
@@ -91,6 +113,21 @@ static inline void xd_q4_k_scale_min(const struct xd_block_q4_k *b, int j, int *
     *ret_mn = (b->scales[j] >> 4) | (int)((h >> (16 + 2 * j)) & 3) << 4;
 }
 
+/* Quantizes x (k,), k a multiple of 256, into k / 256 q6_K super-blocks y. Each sub-block's
+ * scale is searched (weighted least squares of w ~ s * q, q in -32..31, over candidates around
+ * max |w| / 32 taken with the sign of the largest magnitude, the error weighted by w^2 plus the
+ * super-block's mean square); the eight scales are then quantized to int8 against d = max |s|
+ * / 127 (rounded to f16) and the weights quantized again with those stored scales. */
+void xd_quant_row_q6_k(const float *x, struct xd_block_q6_k *y, int64_t k);
+
+/* Weight e (0..255) of q6_K super-block b as its 6-bit value u (0..63; the weight is
+ * d * sc * (u - 32)). */
+static inline int xd_q6_k_u(const struct xd_block_q6_k *b, int e)
+{
+    const uint8_t lo = b->ql[64 * (e / 128) + e % 64];
+    return (e % 128 < 64 ? lo & 15 : lo >> 4) | ((b->qh[e % 64] >> (2 * (e / 64))) & 3) << 4;
+}
+
 /* Weight e (0..255) of super-block b as its 4-bit value. */
 static inline int xd_q4_k_q(const struct xd_block_q4_k *b, int e)
 {
@@ -99,11 +136,13 @@ static inline int xd_q4_k_q(const struct xd_block_q4_k *b, int e)
 }
 
 /* dst (k,) = the k weights of blocks src of format dtype (XD_DTYPE_Q8_0, XD_DTYPE_Q4_1, or
- * XD_DTYPE_Q4_K with k a multiple of 256), k a multiple of 32: d * q (+ m) in f32 (q4_K:
- * (f32(d) * sc) * q - f32(dmin) * mn, each product rounded to f32 in that order). */
+ * XD_DTYPE_Q4_K / XD_DTYPE_Q6_K with k a multiple of 256), k a multiple of 32: d * q (+ m) in
+ * f32 (q4_K: (f32(d) * sc) * q - f32(dmin) * mn, each product rounded to f32 in that order;
+ * q6_K: (f32(d) * sc) * (u - 32)). */
 void xd_quant_dequantize_row(enum xd_dtype dtype, const void *src, float *dst, int64_t k);
 
-/* Quantizes matrix src (f32, bf16 or f16; cols a multiple of 32, of 256 for Q4_K) into format fmt
+/* Quantizes matrix src (f32, bf16 or f16; cols a multiple of 32, of 256 for Q4_K and Q6_K) into
+ * format fmt
  * at dst, which
  * holds src->rows * xd_dtype_row_bytes(fmt, src->cols) bytes, and fills *ret with the view of
  * it (dtype fmt, src's shape, data dst). */
@@ -118,11 +157,13 @@ int xd_quant_parse(const char *name, enum xd_dtype *ret_fmt, struct xd_err *err)
 /* The --quantize spelling of a format ("q8", "q4", "q4k"; else its dtype name). */
 const char *xd_quant_name(enum xd_dtype fmt);
 
-/* The format a matrix of cols columns gets under --quantize fmt: fmt, but q4_1 for Q4_K when cols
- * is not a multiple of 256. */
+/* The format a matrix of cols columns gets under --quantize fmt: fmt, but q4_1 for Q4_K and q8_0
+ * for Q6_K when cols is not a multiple of 256. */
 static inline enum xd_dtype xd_quant_format_for(enum xd_dtype fmt, int64_t cols)
 {
-    return fmt == XD_DTYPE_Q4_K && cols % XD_QK != 0 ? XD_DTYPE_Q4_1 : fmt;
+    if (cols % XD_QK == 0)
+        return fmt;
+    return fmt == XD_DTYPE_Q4_K ? XD_DTYPE_Q4_1 : fmt == XD_DTYPE_Q6_K ? XD_DTYPE_Q8_0 : fmt;
 }
 
 #endif
