@@ -643,18 +643,26 @@ krows(const struct xd_matrix *w, int64_t r0, int nr, size_t row_bytes, const uin
 #define KPREFETCH_GROUPS 2
 
 /* The q4_K and q6_K kernels read a group of four rows (contiguous, 4 x row_bytes) a super-block
- * (blk_bytes) of each at a time: at super-block k, the k-th 4 x blk_bytes bytes of the group
+ * of each at a time: at super-block k, the k-th 4 x KBLOCK(six) bytes of the group
  * KPREFETCH_GROUPS on are prefetched, so the prefetches run front to back through memory as the
  * rows are read (a hint; it changes no result). Four rows' own addresses prefetched instead
- * stream half as fast from DRAM (bench/results/engine-cpu-q4k.md). */
+ * stream half as fast from DRAM (bench/results/engine-cpu-q4k.md). q6_K's prefetches go to L2
+ * (T1): into L1 (T0) its GEMV streamed at 10-14 GB/s from DRAM, to L2 at 22-27 as q8_0's; q4_K's
+ * GEMV streams the same either way and its tiles measured a little faster with T0. */
 TGT_AVX2 static inline __attribute__((always_inline)) void
-prefetch_group_k(const void *row0, size_t row_bytes, int64_t k, const size_t blk_bytes)
+prefetch_group_k(const void *row0, size_t row_bytes, int64_t k, const int six)
 {
     const char *pf = (const char *)row0 + KPREFETCH_GROUPS * 4 * row_bytes +
-                     (size_t)k * 4 * blk_bytes;
+                     (size_t)k * 4 * KBLOCK(six);
+    if (six) {
 #pragma GCC unroll 13
-    for (size_t l = 0; l < (4 * blk_bytes + 63) / 64; l++)
-        _mm_prefetch(pf + 64 * l, _MM_HINT_T0);
+        for (int l = 0; l < 13; l++) /* 4 x 202 bytes */
+            _mm_prefetch(pf + 64 * l, _MM_HINT_T1);
+    } else {
+#pragma GCC unroll 9
+        for (int l = 0; l < 9; l++) /* 4 x 144 bytes */
+            _mm_prefetch(pf + 64 * l, _MM_HINT_T0);
+    }
 }
 
 /* q6_K super-block blk's eight scales as int16. */
@@ -764,7 +772,7 @@ prep_vnni_k(const uint8_t *const *wrow, int64_t k, const int nr, size_t row_byte
     memset(sc, 0, sizeof sc);
     memset(mn, 0, sizeof mn);
     if (nr == 4)
-        prefetch_group_k(wrow[0], row_bytes, k, KBLOCK(six));
+        prefetch_group_k(wrow[0], row_bytes, k, six);
     uint16_t hd[8] = {0};
 #pragma GCC unroll 4
     for (int r = 0; r < nr; r++) {
@@ -1245,7 +1253,7 @@ gemv_vnni_any(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
 #pragma GCC unroll 4
             for (int q = 0; q < 4; q++)
                 x[q] = _mm512_loadu_si512((const void *)(xq + 64 * q));
-            prefetch_group_k(wrow[0], row_bytes, k, KBLOCK(six));
+            prefetch_group_k(wrow[0], row_bytes, k, six);
             const __m128i bs = _mm_loadu_si128((const __m128i *)(a->bs + 8 * k));
 #pragma GCC unroll 4
             for (int i = 0; i < 4; i++) {
@@ -1416,7 +1424,7 @@ gemv_avx2_any(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
         __m128 A = _mm_setzero_ps(), M = _mm_setzero_ps();
         for (int64_t k = 0; k < nb / 8; k++) {
             const int8_t *xq = a->q + k * XD_QK;
-            prefetch_group_k(wrow[0], row_bytes, k, KBLOCK(six));
+            prefetch_group_k(wrow[0], row_bytes, k, six);
             const __m128i bs = _mm_loadu_si128((const __m128i *)(a->bs + 8 * k));
             __m256i acc[4];
             __m128i mp[4];
@@ -1582,7 +1590,7 @@ rowgroup_tl_k_avx2(const struct xd_cpu_qacts *a, const struct xd_matrix *w, floa
     const int64_t sq = (cols / 4) * QT8_LANES, sb = (nb / 2) * QT8_LANES;
     for (int64_t k = 0; k < nb / 8; k++) {
         if (nr == 4)
-            prefetch_group_k(wrow[0], row_bytes, k, sizeof(struct xd_block_q4_k));
+            prefetch_group_k(wrow[0], row_bytes, k, 0);
         prep_tl_k(wrow, k, nr, &p);
         for (int g = 0; g < ng; g++) {
             const int nt = g == ng - 1 ? nt_last : QT8_LANES;
