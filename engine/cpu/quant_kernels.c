@@ -503,19 +503,28 @@ tile_avx2(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, int
 #pragma GCC unroll 4
     for (int t = 0; t < nt; t++)
         acc[t][0] = acc[t][1] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const int h = (int)(b & 1);
-        float dw;
-        const __m256i wv = load_w_avx2(row, b, fmt, &dw);
-        const __m256i wa = fmt == FMT_Q8 ? _mm256_sign_epi8(wv, wv) : wv;
+    /* even blocks into acc[t][0], odd into acc[t][1], two a step: an index that changed with
+     * the block's parity kept the accumulators on the stack (a store and a reload per fma) */
+    for (int64_t b = 0; b < nb; b += 2) {
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            if (h == 1 && b + 1 == nb)
+                break;
+            float dw;
+            const __m256i wv = load_w_avx2(row, b + h, fmt, &dw);
+            const __m256i wa = fmt == FMT_Q8 ? _mm256_sign_epi8(wv, wv) : wv;
+            const __m256 dwv = _mm256_set1_ps(dw);
 #pragma GCC unroll 4
-        for (int t = 0; t < nt; t++) {
-            const __m256i xv =
-                _mm256_loadu_si256((const __m256i *)(a->q + (t0 + t) * cols + b * XD_QBLOCK));
-            const __m256i xs = fmt == FMT_Q8 ? _mm256_sign_epi8(xv, wv) : xv;
-            const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, xs), ones);
-            const __m256 sc = _mm256_set1_ps(dw * a->d[(t0 + t) * nb + b]);
-            acc[t][h] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(p), acc[t][h]);
+            for (int t = 0; t < nt; t++) {
+                const __m256i xv = _mm256_loadu_si256(
+                    (const __m256i *)(a->q + (t0 + t) * cols + (b + h) * XD_QBLOCK));
+                const __m256i xs = fmt == FMT_Q8 ? _mm256_sign_epi8(xv, wv) : xv;
+                const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, xs), ones);
+                /* dw * dx rounded once, as the scalar product was */
+                const __m256 sc =
+                    _mm256_mul_ps(dwv, _mm256_broadcast_ss(a->d + (t0 + t) * nb + b + h));
+                acc[t][h] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(p), acc[t][h]);
+            }
         }
     }
     float macc[NT] = {0};
