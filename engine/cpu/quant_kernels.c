@@ -916,6 +916,14 @@ rowgroup_vnni_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *
     }
 }
 
+/* Sub-block j's int16 scale in all sixteen lanes, from scb (the eight scales in both 128-bit
+ * lanes). */
+TGT_AVX2 static inline __attribute__((always_inline)) __m256i scale_of_avx2(__m256i scb, int j)
+{
+    const int pair = (2 * j) | (2 * j + 1) << 8;
+    return _mm256_shuffle_epi8(scb, _mm256_set1_epi32(pair | pair << 16));
+}
+
 /* AVX2, q4_K or q6_K: one row against tokens t0 .. t0 + nt - 1; lane t of the four-lane sums. */
 TGT_AVX2 static inline __attribute__((always_inline)) void
 tile_avx2_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, int64_t t0,
@@ -938,6 +946,7 @@ tile_avx2_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, i
         _Alignas(16) int16_t sc[8], mn[8];
         uint16_t d, dmin;
         kblock_scales_avx2(blk, six, sc, mn, &d, &dmin);
+        const __m256i scb = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)sc));
         __m256i acc[NT];
 #pragma GCC unroll 4
         for (int t = 0; t < NT; t++)
@@ -947,7 +956,7 @@ tile_avx2_k(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y, i
             const int jl = 4 * (h / 2) + h % 2, jh = jl + 2;
             __m256i wl, wh;
             unpack_avx2_k(blk, six, h, &wl, &wh);
-            const __m256i sl = _mm256_set1_epi16(sc[jl]), sh = _mm256_set1_epi16(sc[jh]);
+            const __m256i sl = scale_of_avx2(scb, jl), sh = scale_of_avx2(scb, jh);
 #pragma GCC unroll 4
             for (int t = 0; t < nt; t++) {
                 const int8_t *xq = a->q + (t0 + t) * cols + k * XD_QK;
@@ -1443,6 +1452,10 @@ gemv_avx2_any(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
                 const uint8_t *blk = wrow[i] + (size_t)k * KBLOCK(six);
                 _Alignas(16) int16_t sc[8], mn[8];
                 kblock_scales_avx2(blk, six, sc, mn, &hd[i], &hd[4 + i]);
+                /* the eight scales in both 128-bit lanes; sub-block j's in every int16 lane by
+                 * one vpshufb (a broadcast from memory per sub-block went through a GPR) */
+                const __m256i scb =
+                    _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)sc));
                 __m256i s = _mm256_setzero_si256();
 #pragma GCC unroll 4
                 for (int h = 0; h < 4; h++) {
@@ -1453,8 +1466,8 @@ gemv_avx2_any(const struct xd_cpu_qacts *a, const struct xd_matrix *w, float *y,
                         wl, _mm256_loadu_si256((const __m256i *)(xq + 32 * jl)));
                     const __m256i ph = _mm256_maddubs_epi16(
                         wh, _mm256_loadu_si256((const __m256i *)(xq + 32 * jh)));
-                    s = _mm256_add_epi32(s, _mm256_madd_epi16(pl, _mm256_set1_epi16(sc[jl])));
-                    s = _mm256_add_epi32(s, _mm256_madd_epi16(ph, _mm256_set1_epi16(sc[jh])));
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(pl, scale_of_avx2(scb, jl)));
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(ph, scale_of_avx2(scb, jh)));
                 }
                 acc[i] = s;
                 mp[i] = _mm_madd_epi16(_mm_load_si128((const __m128i *)mn), bs);
