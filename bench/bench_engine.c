@@ -25,6 +25,7 @@ struct bench_opts {
     const char *model;
     const char *device;
     const char *quantize;
+    const char *fp8;
     bool experts_only;
     int repeats, prompt_len, decode_steps, threads, max_batch;
 };
@@ -43,6 +44,8 @@ static const struct xd_opt bench_table[] = {
      "serve the weights as q8, q4 or q4k (default none: as stored)"},
     {"quantize-experts-only", XD_OPT_FLAG, B(experts_only), 0, 0, NULL,
      "with --quantize: the experts only"},
+    {"fp8", XD_OPT_STRING, B(fp8), 0, 0, NULL,
+     "an FP8 checkpoint served as q8 (converted at load) or native (as stored) (q8)"},
 };
 
 static size_t mat_bytes(const struct xd_matrix *m)
@@ -168,7 +171,8 @@ static double stream_rate(const struct xd_model *m, int repeats)
 
 int main(int argc, char **argv)
 {
-    struct bench_opts o = {.device = "cpu", .quantize = "none", .repeats = 5, .prompt_len = 128,
+    struct bench_opts o = {.device = "cpu", .quantize = "none", .fp8 = "q8", .repeats = 5,
+                           .prompt_len = 128,
                            .decode_steps = 32, .max_batch = 8};
     struct xd_err err = {{0}};
     if (xd_opts_parse(bench_table, sizeof bench_table / sizeof bench_table[0], &o, argc - 1,
@@ -178,8 +182,15 @@ int main(int argc, char **argv)
         xd_opts_usage(stderr, bench_table, sizeof bench_table / sizeof bench_table[0]);
         return 2;
     }
+    if (strcmp(o.fp8, "q8") != 0 && strcmp(o.fp8, "native") != 0) {
+        fprintf(stderr, "bench-engine: --fp8 is q8 or native, not '%s'\n", o.fp8);
+        return 2;
+    }
     struct xd_model *m = NULL;
-    if (xd_model_load(o.model, &m, &err) < 0) {
+    /* no pack: each run converts (or keeps) the FP8 weights itself, timed in load_s */
+    const struct xd_pack_opts po = {.fp8_native = strcmp(o.fp8, "native") == 0};
+    const double t_load = xd_now();
+    if (xd_model_load_packed(o.model, &po, &m, &err) < 0) {
         fprintf(stderr, "bench-engine: %s\n", err.msg);
         return 1;
     }
@@ -208,6 +219,7 @@ int main(int argc, char **argv)
         return 1;
     }
     const double quantize_s = xd_dtype_is_quant(eo.quantize) ? xd_now() - t_create : 0.0;
+    const double load_s = t_create - t_load;
     int threads = 1;
 #ifdef _OPENMP
     threads = omp_get_max_threads();
@@ -227,14 +239,16 @@ int main(int argc, char **argv)
         gbps = stream_rate(m, o.repeats);
     printf("{\"device\": \"%s\", \"model\": \"%s\", \"model_type\": \"%s\", \"hidden\": %d, \"layers\": %d, "
            "\"experts\": %d, \"top_k\": %d, \"expert_ffn\": %d, \"vocab\": %d, \"dtype\": \"%s\", "
-           "\"weights_mib\": %.1f, \"served\": \"%s%s\", \"quantize_s\": %.1f, \"threads\": %d, "
+           "\"weights_mib\": %.1f, \"served\": \"%s%s\", \"load_s\": %.1f, \"quantize_s\": %.1f, "
+           "\"threads\": %d, "
            "\"prompt_len\": %d, \"decode_steps\": %d, \"repeats\": %d, \"kv_bytes_per_token\": %lld,\n"
            " \"baseline_gbps\": %.2f, \"results\": [",
            o.device, o.model, c->model_type, c->hidden_size, c->n_layers, c->n_experts, c->top_k,
            c->expert_ffn, c->vocab_size, xd_dtype_name(m->embed.dtype),
            (double)total / (1 << 20),
-           xd_dtype_is_quant(m->quant) ? xd_dtype_name(m->quant) : xd_dtype_name(m->embed.dtype),
-           m->quant_experts_only ? " experts only" : "", quantize_s, threads, o.prompt_len,
+           xd_dtype_is_quant(m->quant) || m->fp8 ? xd_dtype_name(m->quant)
+                                                 : xd_dtype_name(m->embed.dtype),
+           m->quant_experts_only ? " experts only" : "", load_s, quantize_s, threads, o.prompt_len,
            o.decode_steps, o.repeats,
            /* what the KV cache holds per token: f32 on the CPU, bf16 on the GPU */
            c->n_layers * xd_model_config_kv_floats_per_token(c) *

@@ -16,6 +16,7 @@ void xd_config_init(struct xd_config *cfg)
     cfg->expert_prefetch = true;
     cfg->quantize = "none";
     cfg->pack = "auto";
+    cfg->fp8 = "q8";
 }
 
 #define CFG(field) offsetof(struct xd_config, field)
@@ -57,6 +58,10 @@ const struct xd_opt xd_config_opts[] = {
      "with --quantize (or an FP8 checkpoint): auto writes the quantized weights once to an "
      "expert pack (beside the checkpoint, else in the cache directory) and maps it on later "
      "starts; off quantizes at every load (default auto)"},
+    {"fp8", XD_OPT_STRING, CFG(fp8), 0, 0, "EXPERTD_FP8",
+     "cpu, FP8 checkpoints (fine-grained, 128x128 block scales): q8 converts the weights to "
+     "q8_0 at load (int8 kernels, through the expert pack); native computes on the FP8 bytes as "
+     "stored, dequantized in registers exactly as transformers dequantizes them (default q8)"},
     {"pack-dir", XD_OPT_STRING, CFG(pack_dir), 0, 0, "EXPERTD_PACK_DIR",
      "directory of the expert packs (default: the checkpoint's, else the cache directory: "
      "$CACHE_DIRECTORY, $XDG_CACHE_HOME/expertd or ~/.cache/expertd)"},
@@ -84,6 +89,9 @@ int xd_config_validate(const struct xd_config *cfg, struct xd_err *err)
     if (strcmp(cfg->pack, "auto") != 0 && strcmp(cfg->pack, "off") != 0)
         return xd_err_set(err, XD_ERR_CONFIG, "option '--pack': '%s' is not auto or off",
                           cfg->pack);
+    if (cfg->fp8 && strcmp(cfg->fp8, "q8") != 0 && strcmp(cfg->fp8, "native") != 0)
+        return xd_err_set(err, XD_ERR_CONFIG, "option '--fp8': '%s' is not q8 or native",
+                          cfg->fp8);
     if (cfg->expert_cache_mib > 0 && cfg->expert_cache_slots > 0)
         return xd_err_set(err, XD_ERR_CONFIG, "options '--expert-cache-mib' and "
                           "'--expert-cache-slots': give one of the two");
@@ -93,7 +101,8 @@ int xd_config_validate(const struct xd_config *cfg, struct xd_err *err)
 void xd_config_pack_opts(const struct xd_config *cfg, struct xd_pack_opts *ret)
 {
     *ret = (struct xd_pack_opts){.enabled = strcmp(cfg->pack, "off") != 0,
-                                 .dir = cfg->pack_dir};
+                                 .dir = cfg->pack_dir,
+                                 .fp8_native = cfg->fp8 && strcmp(cfg->fp8, "native") == 0};
 }
 
 int xd_config_expert_opts(const struct xd_config *cfg, const struct xd_model_config *mc,

@@ -22,6 +22,7 @@ struct xd_config {
     const char *quantize;   /* none, q8 or q4: weights quantized at load (cpu) */
     bool quantize_experts_only; /* quantize the experts only, attention and dense MLPs not */
     const char *pack;       /* auto or off: the expert pack of --quantize */
+    const char *fp8;        /* q8 or native: what an FP8 checkpoint is served as (cpu) */
     const char *pack_dir;   /* where packs live; NULL: beside the checkpoint, else the cache */
 };
 

@@ -262,6 +262,11 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
                                                        : "quantized",
                t_quant + (xd_now() - t_engine), L->model->quant_n_kept,
                L->model->quant_n_fallback, (double)xd_model_expert_bytes(L->model) / 1048576.0);
+    else if (L->model->fp8 && L->model->quant == XD_DTYPE_F8_E4M3)
+        xd_log(s, XD_LOG_INFO,
+               "weights served as FP8 (E4M3, 128x128 block scales) as stored: %d matrices "
+               "computed on their FP8 bytes, the rest (%.1f MiB) dequantized to f32",
+               L->model->quant_n_kept, (double)L->model->quant_bytes / 1048576.0);
     if (c->record_routing) {
         struct xd_trace_header th =
             xd_trace_header_for(L->model, xd_engine_opts(L->engine)->predict_width);

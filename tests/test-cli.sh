@@ -63,6 +63,12 @@ for dir in "$fixtures"/golden/*/; do
     if [ "$(echo "$g" | tr ',' '\n' | grep -c '^[0-9][0-9]*$')" = 32 ] &&
        [ "${g%%,*}" = "${w%%,*}" ]; then ok "generate_$name"
     else fail "generate_$name" "$g"; fi
+    # served as stored (--fp8 native, or EXPERTD_FP8): exactly transformers' dequantized
+    # weights, so exactly its greedy tokens
+    n=$("$expertd" generate --model "$dir" --fp8 native --prompt-ids "$p" --max-tokens 32 --ignore-eos 2>"$tmp/err") || n="exit $?: $(cat "$tmp/err")"
+    if [ "$n" = "$w" ]; then ok "generate_${name}_native"; else fail "generate_${name}_native" "$n"; fi
+    n=$(EXPERTD_FP8=native "$expertd" generate --model "$dir" --prompt-ids "$p" --max-tokens 32 --ignore-eos 2>"$tmp/err") || n="exit $?: $(cat "$tmp/err")"
+    if [ "$n" = "$w" ]; then ok "generate_${name}_native_env"; else fail "generate_${name}_native_env" "$n"; fi
     continue
   fi
   if [ "$g" = "$w" ]; then ok "generate_$name"; else fail "generate_$name" "$g"; fi
@@ -96,6 +102,7 @@ else fail pack_written_then_mapped "$a / $b: $(cat "$tmp/pack1" "$tmp/pack2" | h
 "$expertd" generate --model "$tmp/packed" --prompt-ids 1 --max-tokens 1 --quantize q8 --pack off >/dev/null 2>&1
 if [ ! -e "$tmp/packed/expertd-q8.pack" ]; then ok pack_off_writes_none; else fail pack_off_writes_none "a q8 pack was written"; fi
 expect pack_unknown_mode 2 "'--pack': 'maybe' is not auto or off" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --quantize q8 --pack maybe
+expect fp8_unknown_mode 2 "'--fp8': 'fp4' is not q8 or native" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --fp8 fp4
 expect quantize_unknown_format 2 "'q5' is not q8, q4, q4k or none" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --quantize q5
 expect quantize_refused_on_cuda 2 "no quantized kernels yet" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --quantize q8 --device cuda
 expect quantize_q4k_refused_on_cuda 2 "'--quantize q4k' with '--device cuda'" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --quantize q4k --device cuda

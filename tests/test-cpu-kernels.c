@@ -5,6 +5,7 @@
 
 #include "engine/cpu/cpu_kernels.h"
 #include "engine/model/dtype.h"
+#include "engine/model/fp8.h"
 #include "engine/model/quant.h"
 #include "tests/test.h"
 
@@ -198,6 +199,79 @@ static void test_gemm_equals_gemv(void)
     }
 }
 
+/* FP8 weights as stored (128 x 128 blocks of f32 or bf16 scales, both dimensions partial here)
+ * give the bits of the same matrix dequantized to f32 (xd_fp8_convert, transformers'
+ * dequantization) through the f32 kernel of this path, at every token count from 1 to 37 (the
+ * GEMV tiles and the GEMM), for the whole matrix and a range of rows; codes of every kind
+ * (subnormal, -0, the largest) but NaN, which the loader refuses. */
+static void check_fp8(int rows, int cols, enum xd_dtype scale_dt)
+{
+    const int max_n = 37;
+    const int64_t sr = (rows + 127) / 128, sc = (cols + 127) / 128;
+    uint8_t *codes = malloc((size_t)rows * cols);
+    float *scale = malloc(sizeof(float) * (size_t)(sr * sc));
+    uint16_t *scale_bf16 = malloc(sizeof(uint16_t) * (size_t)(sr * sc));
+    float *wf = malloc(sizeof(float) * (size_t)rows * cols);
+    float *x = malloc(sizeof(float) * (size_t)max_n * cols);
+    float *y = malloc(sizeof(float) * (size_t)max_n * rows);
+    float *want = malloc(sizeof(float) * (size_t)max_n * rows);
+    for (int64_t i = 0; i < (int64_t)rows * cols; i++) {
+        rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+        const uint8_t b = (uint8_t)(rng >> 56);
+        codes[i] = (b & 0x7f) == 0x7f ? (uint8_t)(b ^ 1) : b;
+    }
+    for (int64_t i = 0; i < sr * sc; i++) {
+        scale[i] = (1.0f + frand()) * 0.01f + 1e-4f;
+        scale_bf16[i] = xd_f32_to_bf16(scale[i]);
+    }
+    for (int i = 0; i < max_n * cols; i++)
+        x[i] = frand();
+    const struct xd_matrix w8 = {.dtype = XD_DTYPE_F8_E4M3, .rows = rows, .cols = cols,
+                                 .data = codes,
+                                 .scale = scale_dt == XD_DTYPE_BF16 ? (const void *)scale_bf16
+                                                                    : scale,
+                                 .scale_dtype = scale_dt};
+    struct xd_matrix wref;
+    xd_fp8_convert(&w8, 128, 128, 0, wf, &wref);
+    int bad_n = 0, bad_rows = 0, first_bad = 0;
+    for (int n = 1; n <= max_n; n++) {
+        xd_cpu_matmul(x, n, &wref, want);
+        xd_cpu_matmul(x, n, &w8, y);
+        if (memcmp(y, want, sizeof(float) * (size_t)n * rows) != 0) {
+            bad_n++;
+            first_bad = first_bad ? first_bad : n;
+        }
+        for (int i = 0; i < n * rows; i++)
+            y[i] = -1.0f;
+        xd_cpu_matmul_rows(x, n, &w8, y, 5, rows - 3);
+        for (int t = 0; t < n; t++)
+            for (int r = 0; r < rows; r++) {
+                const float *got = &y[(size_t)t * rows + r];
+                bad_rows += r >= 5 && r < rows - 3
+                                ? memcmp(got, &want[(size_t)t * rows + r], sizeof *got) != 0
+                                : *got != -1.0f;
+            }
+    }
+    CHECK(bad_n == 0, "F8_E4M3 (%s scales) %dx%d: %d token counts (first %d) differ from the "
+          "dequantized f32 matrix", xd_dtype_name(scale_dt), rows, cols, bad_n, first_bad);
+    CHECK(bad_rows == 0, "F8_E4M3 %dx%d: %d elements of xd_cpu_matmul_rows(5, %d) wrong", rows,
+          cols, bad_rows, rows - 3);
+    free(codes);
+    free(scale);
+    free(scale_bf16);
+    free(wf);
+    free(x);
+    free(y);
+    free(want);
+}
+
+static void test_fp8_equals_dequantized(void)
+{
+    check_fp8(300, 400, XD_DTYPE_F32);
+    check_fp8(13, 128, XD_DTYPE_F32);
+    check_fp8(130, 272, XD_DTYPE_BF16);
+}
+
 /* xd_cpu_matmul_multi (one region over several matrices, dynamic row chunks below 24 tokens)
  * against each matrix alone on this thread, bit for bit: f32, bf16, f16, q8_0 and q4_1 matrices
  * of different heights (a part chunk at each one's end) sharing one input, at token counts on
@@ -299,5 +373,6 @@ int main(void)
     RUN(test_matmul_order);
     RUN(test_gemm_equals_gemv);
     RUN(test_multi_equals_alone);
+    RUN(test_fp8_equals_dequantized);
     return test_summary();
 }

@@ -159,6 +159,41 @@ static void test_model_served_as_q8(void)
     xd_model_destroy(m);
 }
 
+/* --fp8 native: the matmul weights stay F8_E4M3 with their scales (the 80-column ones too:
+ * whole 16-column steps), the embedding and routers f32 as under q8; the model is not
+ * quantized again. */
+static void test_model_served_native(void)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/golden/qwen3_moe-fp8", fixtures);
+    const struct xd_pack_opts po = {.fp8_native = true};
+    struct xd_model *m = NULL;
+    struct xd_err err = {{0}};
+    CHECK(xd_model_load_packed(dir, &po, &m, &err) == XD_OK, "%s", err.msg);
+    if (!m)
+        return;
+    CHECK(m->fp8 && m->quant == XD_DTYPE_F8_E4M3, "served as %s", xd_dtype_name(m->quant));
+    const struct xd_layer_weights *l0 = &m->layers[0], *l1 = &m->layers[1];
+    CHECK(l0->wq.dtype == XD_DTYPE_F8_E4M3 && l0->wq.scale && l0->mlp_down.dtype == XD_DTYPE_F8_E4M3,
+          "attention %s, dense down %s", xd_dtype_name(l0->wq.dtype),
+          xd_dtype_name(l0->mlp_down.dtype));
+    CHECK(m->embed.dtype == XD_DTYPE_F32 && l1->router.dtype == XD_DTYPE_F32,
+          "embedding %s, router %s", xd_dtype_name(m->embed.dtype),
+          xd_dtype_name(l1->router.dtype));
+    struct xd_expert_weights w;
+    CHECK(xd_expert_store_acquire(&m->experts, 1, 3, &w) == XD_OK, "expert");
+    CHECK(w.gate.dtype == XD_DTYPE_F8_E4M3 && w.down.dtype == XD_DTYPE_F8_E4M3, "expert %s",
+          xd_dtype_name(w.gate.dtype));
+    xd_expert_store_release(&m->experts, 1, 3);
+    const size_t want = (size_t)3 * m->config.expert_ffn * m->config.hidden_size;
+    CHECK(xd_model_expert_bytes(m) == want, "expert bytes %zu, want %zu (one a weight)",
+          xd_model_expert_bytes(m), want);
+    CHECK(xd_model_quantize(m, XD_DTYPE_Q8_0, false, &err) == XD_ERR_UNSUPPORTED,
+          "quantized again");
+    CHECK_CONTAINS(err.msg, "--fp8 q8");
+    xd_model_destroy(m);
+}
+
 /* The deepseek_v3-fp8 fixture as served: MLA's q_a_proj, q_b_proj and kv_a_proj_with_mqa q8,
  * o_proj (80 columns) f32, kv_b_proj f32 with exactly the dequantized reference's values (the
  * absorbed attention transposes it by element), the dense MLP, shared and routed experts q8;
@@ -226,5 +261,6 @@ int main(int argc, char **argv)
     RUN(test_convert);
     RUN(test_model_served_as_q8);
     RUN(test_deepseek_mla_served);
+    RUN(test_model_served_native);
     return test_summary();
 }

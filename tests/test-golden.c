@@ -2,8 +2,9 @@
  * (tests/fixtures/golden/<name>, made by tools/golden/make_fixtures.py), run alone, batched,
  * and prefilled in chunks; on the GPU every run is also compared with the CPU engine's on the
  * same inputs; with q8 the CPU engine serves the weights quantized (--quantize q8) and is held to
- * TOL_Q8; fp8 and fp8-f32 are an FP8 fixture as served (q8) and dequantized to f32 (see
- * main). Usage: test-golden FIXTURE_DIR [cuda|q8|fp8|fp8-f32] */
+ * TOL_Q8; fp8, fp8-native and fp8-f32 are an FP8 fixture as served by default (q8), as
+ * served by --fp8 native (the FP8 bytes in the kernels) and dequantized to f32 (see main).
+ * Usage: test-golden FIXTURE_DIR [cuda|q8|fp8|fp8-native|fp8-f32] */
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -734,6 +735,10 @@ int main(int argc, char **argv)
      * transformers and against the dequantized f32 reference; fp8-f32: that reference itself,
      * held to TOL_F32_COMPUTE (the loader's dequantization is transformers'). */
     const bool fp8_f32 = argc > 2 && strcmp(argv[2], "fp8-f32") == 0;
+    /* fp8-native: served as stored (--fp8 native), held to TOL_F32_COMPUTE as the reference
+     * is: the kernels compute with exactly its dequantized weights */
+    const bool fp8_native = argc > 2 && strcmp(argv[2], "fp8-native") == 0;
+    const struct xd_pack_opts native_po = {.fp8_native = true};
     fp8_run = argc > 2 && strcmp(argv[2], "fp8") == 0;
     if (argc > 2 && (strcmp(argv[2], "q8") == 0 || fp8_run))
         quant = XD_DTYPE_Q8_0;
@@ -746,12 +751,18 @@ int main(int argc, char **argv)
         return 1;
     }
     struct xd_err err;
-    if ((fp8_f32 ? xd_model_load_fp8_dequantized(fixture_dir, &model, &err)
-                 : xd_model_load(fixture_dir, &model, &err)) != XD_OK) {
+    if ((fp8_f32      ? xd_model_load_fp8_dequantized(fixture_dir, &model, &err)
+         : fp8_native ? xd_model_load_packed(fixture_dir, &native_po, &model, &err)
+                      : xd_model_load(fixture_dir, &model, &err)) != XD_OK) {
         fprintf(stderr, "load %s: %s\n", fixture_dir, err.msg);
         return 1;
     }
     vocab = model->config.vocab_size;
+    if (fp8_native && (model->quant != XD_DTYPE_F8_E4M3 || model->quant_n_kept == 0)) {
+        fprintf(stderr, "load %s: not served as FP8 (%s, %d matrices kept)\n", fixture_dir,
+                xd_dtype_name(model->quant), model->quant_n_kept);
+        return 1;
+    }
     if (xd_dtype_is_quant(quant) &&
         xd_model_load_fp8_dequantized(fixture_dir, &full_model, &err) != XD_OK) {
         fprintf(stderr, "load %s: %s\n", fixture_dir, err.msg);
@@ -762,7 +773,10 @@ int main(int argc, char **argv)
            json_string_value(json_object_get(golden, "fixture")),
            json_string_value(json_object_get(golden, "model_type")),
            json_string_value(json_object_get(golden, "checkpoint_dtype")),
-           xd_dtype_is_quant(quant) ? " served as q8" : fp8_f32 ? " dequantized to f32" : "",
+           xd_dtype_is_quant(quant) ? " served as q8"
+           : fp8_f32                ? " dequantized to f32"
+           : fp8_native             ? " served as FP8"
+                                    : "",
            json_string_value(json_object_get(v, "transformers")),
            json_string_value(json_object_get(v, "torch")), tolerance());
 

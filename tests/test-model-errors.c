@@ -2,6 +2,7 @@
  * Each case copies a golden fixture into a temporary directory and breaks one thing. */
 #include <jansson.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -218,6 +219,42 @@ static void test_eos_outside_vocab_ignored(void)
         CHECK_CONTAINS(m->config.warning, "generation_config.json");
         CHECK_CONTAINS(m->config.warning, "'eos_token_id' holds 100000");
     }
+    xd_model_destroy(m);
+}
+
+/* Served as stored (--fp8 native), an FP8 weight holding a NaN byte (0x7f) is refused with
+ * its name and place; the q8 conversion of the default load is not asked to judge it. */
+static void test_fp8_nan_refused_native(void)
+{
+    char dir[4096], path[8192];
+    copy_fixture("qwen3_moe-fp8", dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    size_t n;
+    char *data = slurp(path, &n);
+    CHECK(data && n > 8, "%s", path);
+    if (!data || n <= 8)
+        return;
+    uint64_t hlen;
+    memcpy(&hlen, data, sizeof hlen);
+    json_t *hdr = json_loadb(data + 8, (size_t)hlen, 0, NULL);
+    json_t *t = json_object_get(hdr, "model.layers.1.self_attn.o_proj.weight");
+    json_t *shape = json_object_get(t, "shape");
+    const size_t off = (size_t)json_integer_value(json_array_get(json_object_get(t, "data_offsets"), 0));
+    const size_t cols = (size_t)json_integer_value(json_array_get(shape, 1));
+    CHECK(t && strcmp(json_string_value(json_object_get(t, "dtype")), "F8_E4M3") == 0,
+          "o_proj not F8_E4M3");
+    data[8 + hlen + off + 2 * cols + 5] = 0x7f; /* row 2, column 5 */
+    spit(path, data, n);
+    free(data);
+    json_decref(hdr);
+    const struct xd_pack_opts po = {.fp8_native = true};
+    struct xd_model *m = NULL;
+    struct xd_err err;
+    CHECK(xd_model_load_packed(dir, &po, &m, &err) == XD_ERR_TENSOR, "NaN weight loaded");
+    CHECK(m == NULL, "model returned on failure");
+    printf("  %s\n", err.msg);
+    CHECK_CONTAINS(err.msg, "layer 1");
+    CHECK_CONTAINS(err.msg, "NaN (byte 0x7f at row 2, column 5)");
     xd_model_destroy(m);
 }
 
@@ -535,6 +572,7 @@ int main(int argc, char **argv)
     RUN(test_file_defects);
     RUN(test_eos_outside_vocab_ignored);
     RUN(test_sharded_loads_and_missing_shard);
+    RUN(test_fp8_nan_refused_native);
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp_root);
     if (system(cmd) != 0)

@@ -1,5 +1,6 @@
-/* CPU kernels: matmul over f32/bf16/f16 weights (register-blocked AVX-512 / AVX2+FMA, or portable C,
- * chosen at run time) with OpenMP, norms, rotary, activations. */
+/* CPU kernels: matmul over f32/bf16/f16 weights, and FP8 (E4M3, 128x128 block scales) decoded
+ * in registers (register-blocked AVX-512 / AVX2+FMA, or portable C, chosen at run time) with
+ * OpenMP, norms, rotary, activations. */
 #include "engine/cpu/cpu_kernels.h"
 
 #include <assert.h>
@@ -14,6 +15,7 @@
 #include "engine/cpu/mxfp4_kernels.h"
 #include "engine/cpu/quant_kernels.h"
 #include "engine/model/dtype.h"
+#include "engine/model/fp8.h"
 #include "engine/model/quant.h"
 
 /* Sixteen independent partial sums so the compiler vectorises the loop
@@ -120,6 +122,8 @@ static void portable_rows(const float *x, int n, const struct xd_matrix *w, floa
             } else if (w->dtype == XD_DTYPE_BF16 && n == 1) {
                 y[r] = dot_bf16(x, (const uint16_t *)w->data + r * cols, (int)cols);
                 continue;
+            } else if (w->dtype == XD_DTYPE_F8_E4M3) {
+                xd_fp8_dequantize_row(w, XD_FP8_KERNEL_BLOCK, XD_FP8_KERNEL_BLOCK, r, wrow);
             } else {
                 xd_dtype_to_f32(w->dtype, (const uint16_t *)w->data + r * cols, wrow,
                                 (size_t)cols);
@@ -216,10 +220,31 @@ TGT512 static inline __attribute__((always_inline)) float reduce16_512(__m512 a)
     return reduce16(lo, hi);
 }
 
+/* FP8 weights (XD_DTYPE_F8_E4M3 with 128 x 128 blocks of scales): the kernels are handed the
+ * matrix itself as their weight pointer (KDATA), for its scales. Weight (r, k)'s scale. */
+static inline __attribute__((always_inline)) float fp8_scale(const struct xd_matrix *m, int64_t r,
+                                                            int64_t k)
+{
+    /* unsigned: shifts, not signed divisions */
+    const size_t i = (size_t)r / XD_FP8_KERNEL_BLOCK *
+                         (((size_t)m->cols + XD_FP8_KERNEL_BLOCK - 1) / XD_FP8_KERNEL_BLOCK) +
+                     (size_t)k / XD_FP8_KERNEL_BLOCK;
+    return m->scale_dtype == XD_DTYPE_BF16 ? xd_bf16_to_f32(((const uint16_t *)m->scale)[i])
+                                           : ((const float *)m->scale)[i];
+}
+
+/* What the kernels below take as the weights of w: its data, or w itself for FP8. */
+#define KDATA(w, dt) ((dt) == XD_DTYPE_F8_E4M3 ? (const void *)(w) : (w)->data)
+
 static inline __attribute__((always_inline)) float weight_at(const void *w, int64_t i,
                                                             enum xd_dtype dt)
 {
     switch (dt) {
+    case XD_DTYPE_F8_E4M3: { /* xd_fp8_dequantize_row's product */
+        const struct xd_matrix *m = w;
+        return xd_f8e4m3_to_f32(((const uint8_t *)m->data)[i]) *
+               fp8_scale(m, i / m->cols, i % m->cols);
+    }
     case XD_DTYPE_F32: return ((const float *)w)[i];
     case XD_DTYPE_BF16: return xd_bf16_to_f32(((const uint16_t *)w)[i]);
     case XD_DTYPE_F16: return xd_f16_to_f32(((const uint16_t *)w)[i]);
@@ -422,11 +447,27 @@ TGTBF16 static void mm_bf16dp(const float *x, int n, const struct xd_matrix *w, 
     mm_bf16dp_rows(x, xb, n, w, y, r_begin, r_end);
 }
 
-TGT256 static inline __attribute__((always_inline)) void load16_256(const void *w, int64_t i,
-                                                                   enum xd_dtype dt, __m256 *lo,
-                                                                   __m256 *hi)
+/* Weights k .. k + 15 of row `row` (cols a row) as f32 in *lo (k .. k + 7) and *hi. */
+TGT256 static inline __attribute__((always_inline)) void
+load16_256(const void *w, int64_t row, int64_t k, int64_t cols, enum xd_dtype dt, __m256 *lo,
+           __m256 *hi)
 {
+    const int64_t i = row * cols + k;
     switch (dt) {
+    case XD_DTYPE_F8_E4M3: {
+        /* each byte b as the f16 bits (b & 0x80) << 8 | (b & 0x7f) << 7, which are fp8(b) / 256
+         * exactly (normal and subnormal alike; NaN bytes are refused at load), times 256 x
+         * its block's scale: fp8(b) x scale in one rounding, xd_fp8_dequantize_row's bits */
+        const struct xd_matrix *m = w;
+        const __m256i t = _mm256_slli_epi16(
+            _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)((const uint8_t *)m->data + i))),
+            7);
+        const __m256i h = _mm256_add_epi16(t, _mm256_and_si256(t, _mm256_set1_epi16(0x4000)));
+        const __m256 s = _mm256_set1_ps(fp8_scale(m, row, k) * 256.0f);
+        *lo = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), s);
+        *hi = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), s);
+        return;
+    }
     case XD_DTYPE_F32:
         *lo = _mm256_loadu_ps((const float *)w + i);
         *hi = _mm256_loadu_ps((const float *)w + i + 8);
@@ -466,7 +507,7 @@ tile256(const float *x, const void *w, float *y, int64_t rows, int64_t cols, int
         __m256 wl[R256], wh[R256];
 #pragma GCC unroll 8
         for (int r = 0; r < nr; r++)
-            load16_256(w, (r0 + r) * cols + k, dt, &wl[r], &wh[r]);
+            load16_256(w, r0 + r, k, cols, dt, &wl[r], &wh[r]);
 #pragma GCC unroll 8
         for (int t = 0; t < nt; t++) {
             const float *xt = x + (t0 + t) * cols + k;
@@ -508,13 +549,14 @@ rows256(const float *x, int n, const void *w, float *y, int64_t rows, int64_t co
     {                                                                                            \
         int64_t r = r_begin;                                                                     \
         for (; r + R256 <= r_end; r += R256)                                                     \
-            rows256(x, n, w->data, y, w->rows, w->cols, r, R256, dt);                            \
+            rows256(x, n, KDATA(w, dt), y, w->rows, w->cols, r, R256, dt);                       \
         for (; r < r_end; r++)                                                                   \
-            rows256(x, n, w->data, y, w->rows, w->cols, r, 1, dt);                               \
+            rows256(x, n, KDATA(w, dt), y, w->rows, w->cols, r, 1, dt);                          \
     }
 DEFINE_MATMUL256(mm256_f32, XD_DTYPE_F32)
 DEFINE_MATMUL256(mm256_bf16, XD_DTYPE_BF16)
 DEFINE_MATMUL256(mm256_f16, XD_DTYPE_F16)
+DEFINE_MATMUL256(mm256_f8, XD_DTYPE_F8_E4M3)
 
 /* ---- The GEMM: many tokens, in cache-sized blocks ----
  *
@@ -769,7 +811,7 @@ chunk256(const float *x, int64_t cols, const void *w, enum xd_dtype dt, float *y
         for (int64_t r = rc0; r < rc1; r++) /* f32 copied too: a contiguous panel in L1 */
             for (int64_t k = k0; k < k1; k += 16) {
                 __m256 l, h;
-                load16_256(w, r * cols + k, dt, &l, &h);
+                load16_256(w, r, k, cols, dt, &l, &h);
                 _mm256_store_ps(wbuf + (r - rc0) * KC + (k - k0), l);
                 _mm256_store_ps(wbuf + (r - rc0) * KC + (k - k0) + 8, h);
             }
@@ -806,13 +848,14 @@ chunk256(const float *x, int64_t cols, const void *w, enum xd_dtype dt, float *y
         for (int64_t t0 = 0; t0 < n; t0 += tb) {                                                 \
             const int64_t t1 = t0 + tb < n ? t0 + tb : n;                                        \
             for (int64_t r = r_begin; r < r_end; r += RC)                                        \
-                chunk256(x, cols, w->data, dt, y, w->rows, t0, t1, r,                            \
+                chunk256(x, cols, KDATA(w, dt), dt, y, w->rows, t0, t1, r,                       \
                          r + RC < r_end ? r + RC : r_end, wbuf, ab);                             \
         }                                                                                        \
     }
 DEFINE_GEMM256(gemm256_f32, mm256_f32, XD_DTYPE_F32)
 DEFINE_GEMM256(gemm256_bf16, mm256_bf16, XD_DTYPE_BF16)
 DEFINE_GEMM256(gemm256_f16, mm256_f16, XD_DTYPE_F16)
+DEFINE_GEMM256(gemm256_f8, mm256_f8, XD_DTYPE_F8_E4M3)
 
 /* The GEMM of the opt-in avx512bf16 path, blocked as the others (token blocks, row chunks of RC,
  * K panels of KC over the whole blocks of 32, accumulators carried in ab): per panel the chunk's
@@ -1066,6 +1109,10 @@ static range_fn vector_fn(enum kernel_path path, enum xd_dtype dt)
 {
     if (path == PATH_AVX512BF16 && dt == XD_DTYPE_BF16)
         return gemm_bf16dp;
+    /* FP8 weights on the AVX2 code whatever the path (it runs on the AVX-512 CPUs too, in the
+     * same order as the f32 kernels of every path, with f32 activations) */
+    if (dt == XD_DTYPE_F8_E4M3)
+        return gemm256_f8;
     if (path == PATH_AVX512BF16)
         path = PATH_AVX512;
     switch (dt) {
@@ -1143,7 +1190,7 @@ void xd_cpu_matmul_rows(const float *x, int n, const struct xd_matrix *w, float 
     }
 #ifdef XD_HAVE_X86_PATHS
     range_fn fn = vector_fn(path, w->dtype);
-    assert(fn && "xd_cpu_matmul_rows takes f32, bf16 and f16 weights only");
+    assert(fn && "xd_cpu_matmul_rows takes f32, bf16, f16 and FP8 weights only");
     fn(x, n, w, y, r_begin, r_end);
 #endif
 }

@@ -9,7 +9,9 @@
 
 /* y (n, w.rows) = x (n, w.cols) @ w^T, parallel over w's rows. Each output
  * element is one dot product in a fixed order, so a row of y does not depend
- * on the other rows of x (batching never changes results). */
+ * on the other rows of x (batching never changes results). An XD_DTYPE_F8_E4M3 w (its scale
+ * in 128 x 128 blocks, cols a multiple of 16) gives the bits of the same matrix dequantized to
+ * f32 by xd_fp8_dequantize_row. */
 void xd_cpu_matmul(const float *x, int n, const struct xd_matrix *w, float *y);
 
 /* ys[i] (n, ws[i].rows) = x (n, cols) @ ws[i]^T for the k matrices (all cols wide, any dtypes)

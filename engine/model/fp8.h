@@ -6,6 +6,10 @@
 
 #include "engine/model/expert_store.h"
 
+/* The block of scales the CPU kernels compute FP8 weights with as stored (128 x 128, the
+ * published layout and transformers' default); other block shapes are converted at load. */
+#define XD_FP8_KERNEL_BLOCK 128
+
 /* dst (cols,) = row r of FP8 matrix w (dtype XD_DTYPE_F8_E4M3 with its scale) dequantized as
  * transformers' _dequantize_fp8_weight does: fp8(w[r][c]) * scale[r / br][c / bc] in f32 (the
  * one product is exact to f32 rounding, the same bits as torch's weight.float() * scale). */

@@ -607,10 +607,17 @@ attention_done:
     return XD_OK;
 }
 
-static int convert_fp8(struct xd_model *m, bool to_q8, const struct xd_pack_opts *po,
+/* What the loader makes of an FP8 checkpoint's F8_E4M3 matrices. */
+enum fp8_serve {
+    FP8_TO_Q8,  /* the matmul weights to q8_0, the others to f32 */
+    FP8_NATIVE, /* the matmul weights kept (128 x 128 blocks), the others to f32 */
+    FP8_TO_F32, /* all to f32: the dequantized reference */
+};
+
+static int convert_fp8(struct xd_model *m, enum fp8_serve serve, const struct xd_pack_opts *po,
                        struct xd_err *err);
 
-static int load_model(const char *dir, bool fp8_to_q8, const struct xd_pack_opts *po,
+static int load_model(const char *dir, enum fp8_serve fp8_serve, const struct xd_pack_opts *po,
                       struct xd_model **ret_model, struct xd_err *err)
 {
     struct xd_model *m = calloc(1, sizeof *m);
@@ -661,7 +668,7 @@ static int load_model(const char *dir, bool fp8_to_q8, const struct xd_pack_opts
         if (c->is_moe_layer[i])
             m->layers[i].moe_index = moe_index++;
     }
-    if (c->fp8 && (rc = convert_fp8(m, fp8_to_q8, po, err)) < 0)
+    if (c->fp8 && (rc = convert_fp8(m, fp8_serve, po, err)) < 0)
         goto err;
     *ret_model = m;
     return XD_OK;
@@ -672,19 +679,19 @@ err:
 
 int xd_model_load(const char *dir, struct xd_model **ret_model, struct xd_err *err)
 {
-    return load_model(dir, true, NULL, ret_model, err);
+    return load_model(dir, FP8_TO_Q8, NULL, ret_model, err);
 }
 
 int xd_model_load_packed(const char *dir, const struct xd_pack_opts *po,
                          struct xd_model **ret_model, struct xd_err *err)
 {
-    return load_model(dir, true, po, ret_model, err);
+    return load_model(dir, po && po->fp8_native ? FP8_NATIVE : FP8_TO_Q8, po, ret_model, err);
 }
 
 int xd_model_load_fp8_dequantized(const char *dir, struct xd_model **ret_model,
                                   struct xd_err *err)
 {
-    return load_model(dir, false, NULL, ret_model, err);
+    return load_model(dir, FP8_TO_F32, NULL, ret_model, err);
 }
 
 void xd_model_destroy(struct xd_model *m)
@@ -1102,6 +1109,12 @@ int xd_model_quantize_packed(struct xd_model *m, enum xd_dtype fmt, bool experts
                           "load); --quantize %s is not supported for it",
                           m->dir, xd_quant_name(fmt));
     }
+    if (m->fp8 && m->quant == XD_DTYPE_F8_E4M3)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: an FP8 checkpoint served as FP8 (--fp8 native) is not quantized "
+                          "again; --quantize %s is not supported for it (--fp8 q8 converts it "
+                          "to q8 at load)",
+                          m->dir, xd_quant_name(fmt));
     if (xd_dtype_is_quant(m->quant)) {
         if (m->quant == fmt && m->quant_experts_only == experts_only)
             return XD_OK;
@@ -1210,9 +1223,10 @@ int xd_model_quantize_packed(struct xd_model *m, enum xd_dtype fmt, bool experts
  * are not a multiple of 32) to f32; or, unless to_q8, all of them to f32 (the dequantized
  * reference). All into one buffer (quant_buf), the FP8 pages dropped. Sets fp8,
  * and quant to Q8_0 when to_q8. */
-static int convert_fp8(struct xd_model *m, bool to_q8, const struct xd_pack_opts *po,
+static int convert_fp8(struct xd_model *m, enum fp8_serve serve, const struct xd_pack_opts *po,
                        struct xd_err *err)
 {
+    const bool to_q8 = serve == FP8_TO_Q8;
     const struct xd_model_config *c = &m->config;
     const size_t n_listed = list_quant_jobs(m, XD_DTYPE_Q8_0, false, NULL);
     const size_t n_other = 1 + 3 * (size_t)c->n_layers;
@@ -1239,11 +1253,30 @@ static int convert_fp8(struct xd_model *m, bool to_q8, const struct xd_pack_opts
     /* each FP8 matrix's target: q8_0 for the matmul weights --quantize q8 covers, else f32;
      * the others (m NULL) are left as they are */
     size_t total = 0;
-    int n_kept = 0;
+    int n_kept = 0, n_native = 0;
     for (size_t i = 0; i < n; i++) {
         const struct xd_matrix *w = jobs[i].m;
         if (!w->data || w->dtype != XD_DTYPE_F8_E4M3) {
             jobs[i].m = NULL;
+            continue;
+        }
+        /* served as stored: the kernels' block shape, whole 16-column steps, no NaN byte
+         * (their in-register decoding has none) */
+        if (serve == FP8_NATIVE && i < n_q && c->fp8_block[0] == XD_FP8_KERNEL_BLOCK &&
+            c->fp8_block[1] == XD_FP8_KERNEL_BLOCK && w->cols % 16 == 0) {
+            const uint8_t *b = w->data;
+            for (size_t e = 0; e < (size_t)w->rows * (size_t)w->cols; e++)
+                if ((b[e] & 0x7f) == 0x7f) {
+                    const int rc = xd_err_set(err, XD_ERR_TENSOR,
+                                              "%s: FP8 weight %s holds a NaN (byte 0x%02x at "
+                                              "row %zu, column %zu): not a servable checkpoint",
+                                              m->dir, jobs[i].name, b[e], e / (size_t)w->cols,
+                                              e % (size_t)w->cols);
+                    free(jobs);
+                    return rc;
+                }
+            jobs[i].m = NULL;
+            n_native++;
             continue;
         }
         const int q8 = to_q8 && i < n_q && w->cols % XD_QBLOCK == 0;
@@ -1305,7 +1338,7 @@ static int convert_fp8(struct xd_model *m, bool to_q8, const struct xd_pack_opts
         off += (xd_fp8_converted_bytes(&w, q8) + 63) & ~(size_t)63;
         drop_source(m, w.data, (size_t)w.rows * (size_t)w.cols);
     }
-    m->quant = to_q8 ? XD_DTYPE_Q8_0 : XD_DTYPE_F32;
+    m->quant = to_q8 ? XD_DTYPE_Q8_0 : serve == FP8_NATIVE ? XD_DTYPE_F8_E4M3 : XD_DTYPE_F32;
     m->quant_bytes = total;
     if (n_paths)
         pack_write(m, po, &key, paths, n_paths, jobs, n);
@@ -1315,10 +1348,9 @@ static int convert_fp8(struct xd_model *m, bool to_q8, const struct xd_pack_opts
     if (c->tie_word_embeddings)
         m->lm_head = m->embed;
     m->fp8 = true;
-    m->quant = to_q8 ? XD_DTYPE_Q8_0 : XD_DTYPE_F32;
     m->quant_experts_only = false;
     m->quant_buf = buf;
     m->quant_bytes = total;
-    m->quant_n_kept = to_q8 ? n_kept : 0;
+    m->quant_n_kept = to_q8 ? n_kept : serve == FP8_NATIVE ? n_native : 0;
     return XD_OK;
 }

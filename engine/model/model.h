@@ -75,10 +75,13 @@ struct xd_model {
     bool quant_experts_only;
     void *quant_buf;
     size_t quant_bytes;
-    int quant_n_kept;        /* matrices left as stored: columns not a multiple of 32 */
+    int quant_n_kept;        /* matrices left as stored: columns not a multiple of 32 (FP8
+                                served as stored: the matmul weights kept FP8) */
     int quant_n_fallback;    /* Q4_K: matrices made q4_1, their columns not a multiple of 256 */
     /* Loaded from an FP8 checkpoint (config.fp8): its F8_E4M3 matrices were converted at load,
-     * the matmul weights to q8_0 (quant is Q8_0), the embedding, lm_head and router to f32. */
+     * the matmul weights to q8_0 (quant is Q8_0), the embedding and routers to f32; or, served
+     * as stored (xd_pack_opts.fp8_native: quant is F8_E4M3), the matmul weights of 128 x 128
+     * blocks kept FP8 and the others made f32. */
     bool fp8;
     /* The expert pack of xd_model_quantize_packed / xd_model_load_packed, and its file. */
     enum xd_pack_use pack_use;
@@ -97,6 +100,10 @@ struct xd_pack_opts {
                                checkpoint's is not writable (xd_pack_paths) */
     xd_pack_log_fn log;     /* refusals, progress, fallbacks; NULL: stderr */
     void *log_ctx;
+    /* FP8 checkpoints: false (the default) converts their weights to q8_0 at load (through the
+     * pack); true serves them as stored, the CPU kernels dequantizing in registers (exactly
+     * transformers' dequantization; engine/cpu/cpu_kernels.h) */
+    bool fp8_native;
 };
 
 /* Loads the checkpoint directory dir (config.json, safetensors, optional
