@@ -1076,8 +1076,9 @@ const char *xd_cpu_kernel_path(void)
                      "(1 token: vpmaddubsw + vpdpwssd, 4 rows; from 7: vpdpbusd on 16 token "
                      "lanes x 4 rows; else 4 rows x 4 tokens)"
                    : "avx512f (fma, 4 rows x 6 tokens of 16 lanes; from 24 tokens a GEMM in L2/L1 "
-                     "blocks); q8/q4: avx2 (vpmaddubsw, 1 row x 4 tokens); q4k: avx2 (vpmaddubsw + "
-                     "vpmaddwd, 1 row x 4 tokens)";
+                     "blocks); q8/q4: avx2 (vpmaddubsw, 1 row x 4 tokens); q4k: avx2 (1 token: "
+                     "vpmaddubsw + vpmaddwd, 4 rows; from 6: 8 token lanes; else 1 row x 4 "
+                     "tokens)";
     case PATH_AVX512BF16:
         return "avx512bf16 (opt-in: activations rounded to bf16, vdpbf16ps for bf16 weights, 4 "
                "rows x 6 tokens, from 24 tokens in L2/L1 blocks; f32/f16 weights on avx512f); "
@@ -1085,7 +1086,8 @@ const char *xd_cpu_kernel_path(void)
     case PATH_AVX2:
         return "avx2+fma (1 row x 4 tokens of 2 x 8 lanes; from 24 tokens a GEMM of 2 rows x 3 "
                "tokens in L2/L1 blocks); q8/q4: avx2 (vpmaddubsw, 1 row x 4 tokens); q4k: avx2 "
-               "(vpmaddubsw + vpmaddwd, 1 row x 4 tokens)";
+               "(1 token: vpmaddubsw + vpmaddwd, 4 rows; from 6: 8 token lanes; else 1 row x 4 "
+               "tokens)";
     default: return "portable (c11, no fma); q8/q4: portable (c11, fmaf); q4k: portable (c11, "
                     "fmaf)";
     }
