@@ -159,7 +159,7 @@ static void portable_rows(const float *x, int n, const struct xd_matrix *w, floa
 #define XD_HAVE_X86_PATHS 1
 
 /* F16C from cpuid (leaf 1, ecx bit 29): clang 14 has no "f16c" for __builtin_cpu_supports. */
-static bool cpu_has_f16c(void)
+bool xd_cpu_has_f16c(void)
 {
     unsigned a, b, c, d;
     return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
@@ -1012,7 +1012,7 @@ static enum kernel_path resolve_path(void)
 #ifdef XD_HAVE_X86_PATHS
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        cpu_has_f16c())
+        xd_cpu_has_f16c())
         best = PATH_AVX2;
     if (best == PATH_AVX2 && __builtin_cpu_supports("avx512f"))
         best = PATH_AVX512;

@@ -1659,8 +1659,7 @@ enum xd_quant_path xd_cpu_quant_best_path(enum xd_quant_path max)
     enum xd_quant_path best = XD_QUANT_PORTABLE;
 #ifdef XD_HAVE_X86_QUANT
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && xd_cpu_has_f16c())
         best = XD_QUANT_AVX2;
     if (best == XD_QUANT_AVX2 && __builtin_cpu_supports("avx512f") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&

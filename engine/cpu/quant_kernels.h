@@ -2,6 +2,7 @@
 #ifndef XD_QUANT_KERNELS_H
 #define XD_QUANT_KERNELS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "engine/model/expert_store.h"
@@ -106,5 +107,11 @@ void xd_cpu_matmul_quant_rows(const struct xd_cpu_qacts *a, const struct xd_matr
 
 /* The best path this CPU has, at most max. */
 enum xd_quant_path xd_cpu_quant_best_path(enum xd_quant_path max);
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* F16C from cpuid (leaf 1, ecx bit 29): clang 14 has no "f16c" for __builtin_cpu_supports
+ * (cpu_kernels.c). */
+bool xd_cpu_has_f16c(void);
+#endif
 
 #endif
