@@ -158,12 +158,6 @@ static void portable_rows(const float *x, int n, const struct xd_matrix *w, floa
 #include <immintrin.h>
 #define XD_HAVE_X86_PATHS 1
 
-/* F16C from cpuid (leaf 1, ecx bit 29): clang 14 has no "f16c" for __builtin_cpu_supports. */
-bool xd_cpu_has_f16c(void)
-{
-    unsigned a, b, c, d;
-    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
-}
 
 /* Output rows and tokens per register tile: AVX-512 holds 4 x 6 accumulators of 16 lanes plus 4
  * weight vectors and one token vector in its 32 registers; AVX2 holds 1 x 4 accumulators of two

@@ -282,6 +282,7 @@ static void rows_portable_k(const struct xd_cpu_qacts *a, const struct xd_matrix
  * keeps lanes 0-7 (even blocks) and 8-15 (odd blocks) in two 256-bit accumulators, and both
  * reduce by the header's tree. */
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define XD_HAVE_X86_QUANT 1
 
@@ -1653,6 +1654,14 @@ TGT_AVX2 static void rows_avx2_k(const struct xd_cpu_qacts *a, const struct xd_m
 #endif
 
 /* ---- dispatch ---- */
+
+#ifdef XD_HAVE_X86_QUANT
+bool xd_cpu_has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+#endif
 
 enum xd_quant_path xd_cpu_quant_best_path(enum xd_quant_path max)
 {

@@ -109,8 +109,8 @@ void xd_cpu_matmul_quant_rows(const struct xd_cpu_qacts *a, const struct xd_matr
 enum xd_quant_path xd_cpu_quant_best_path(enum xd_quant_path max);
 
 #if defined(__x86_64__) && defined(__GNUC__)
-/* F16C from cpuid (leaf 1, ecx bit 29): clang 14 has no "f16c" for __builtin_cpu_supports
- * (cpu_kernels.c). */
+/* F16C from cpuid (leaf 1, ecx bit 29), for both kernel layers' dispatch: clang 14 has no
+ * "f16c" for __builtin_cpu_supports. */
 bool xd_cpu_has_f16c(void);
 #endif
 
