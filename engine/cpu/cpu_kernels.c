@@ -572,6 +572,10 @@ DEFINE_MATMUL256(mm256_f8, XD_DTYPE_F8_E4M3)
 #define TB_MAX 48  /* tokens of a block at most: a multiple of T512 and TG256 */
 #define TB_BYTES (1 << 20) /* the input of a token block fits in this much L2 */
 #define GEMM_MIN_N 24 /* fewer tokens run the GEMV tiles (as fast while their input fits L2) */
+/* The AVX2 GEMM from 5 tokens: its 4 x 3 tile, one 8-lane half at a time, beat the 1 x 4 GEMV
+ * tile from 5 tokens on (bench-rows bf16, one thread, Zen 3: 5 tokens 0.85 ms against 1.04, 16
+ * tokens 2.3 against 3.15; 4 tokens 0.72 against 0.53) */
+#define GEMM256_MIN_N 5
 
 /* Tokens per block for rows of cols columns: TB_BYTES of input, a multiple of 6, 6..TB_MAX. */
 static int64_t gemm_token_block(int64_t cols)
@@ -712,67 +716,61 @@ DEFINE_GEMM512(gemm512_f32, mm512_f32, XD_DTYPE_F32)
 DEFINE_GEMM512(gemm512_bf16, mm512_bf16, XD_DTYPE_BF16)
 DEFINE_GEMM512(gemm512_f16, mm512_f16, XD_DTYPE_F16)
 
-/* The AVX2 GEMM's register tile: 2 rows x 3 tokens of two 8-lane halves (12 accumulators, the
- * two rows' weight halves and one token half in the 16 registers; 5 loads per 6 fma, where the
- * GEMV's 1 x 4 tile takes 10 per 8). */
-#define RG256 2
+/* The AVX2 GEMM's register tile: 4 rows x 3 tokens, one 8-lane half of their sixteen lanes at a
+ * time (12 accumulators, a token half and three of the rows' weight halves in the 16 registers,
+ * the fourth's read by its fma: 9 loads per 12 fma). Both halves at once (2 rows x 3 tokens, 12
+ * accumulators) left no register for a token half, so every fma loaded its own: 16 loads per 12
+ * fma, 1.3-1.4x the time (bench-rows bf16, one thread, Zen 3); 3 x 3 and 3 x 4 measured between
+ * the two. */
+#define RG256 4
 #define TG256 3
 
 /* As gtile512, each 16-lane accumulator as two 8-lane halves (token i, row j at ab[2 (i RC + j)]
- * and the next). */
+ * and the next), the lanes 0-7 over the panel first, then lanes 8-15: each lane's steps are its
+ * own, in k order, whichever half goes first. */
 TGT256 static inline __attribute__((always_inline)) void
 gtile256(const float *x, int64_t cols, const float *wp, int64_t ws, int64_t k0, int64_t k1,
          __m256 *ab, int first, int last, float *y, int64_t rows, int64_t t0, int64_t r0,
          const void *w, enum xd_dtype dt, const int nt, const int nr)
 {
-    __m256 lo[TG256][RG256], hi[TG256][RG256];
-#pragma GCC unroll 8
-    for (int t = 0; t < nt; t++)
-#pragma GCC unroll 8
-        for (int r = 0; r < nr; r++) {
-            lo[t][r] = first ? _mm256_setzero_ps() : ab[2 * (t * RC + r)];
-            hi[t][r] = first ? _mm256_setzero_ps() : ab[2 * (t * RC + r) + 1];
-        }
-    for (int64_t k = k0; k < k1; k += 16) {
-        __m256 wv[RG256];
-#pragma GCC unroll 8
-        for (int r = 0; r < nr; r++)
-            wv[r] = _mm256_loadu_ps(wp + r * ws + (k - k0));
-#pragma GCC unroll 8
-        for (int t = 0; t < nt; t++) {
-            __m256 xv = _mm256_loadu_ps(x + (t0 + t) * cols + k);
-#pragma GCC unroll 8
-            for (int r = 0; r < nr; r++)
-                lo[t][r] = _mm256_fmadd_ps(xv, wv[r], lo[t][r]);
-        }
-#pragma GCC unroll 8
-        for (int r = 0; r < nr; r++)
-            wv[r] = _mm256_loadu_ps(wp + r * ws + (k - k0) + 8);
-#pragma GCC unroll 8
-        for (int t = 0; t < nt; t++) {
-            __m256 xv = _mm256_loadu_ps(x + (t0 + t) * cols + k + 8);
-#pragma GCC unroll 8
-            for (int r = 0; r < nr; r++)
-                hi[t][r] = _mm256_fmadd_ps(xv, wv[r], hi[t][r]);
-        }
-    }
-    if (last) {
-        const int64_t kb = cols / 16 * 16;
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) {
+        __m256 acc[TG256][RG256];
 #pragma GCC unroll 8
         for (int t = 0; t < nt; t++)
 #pragma GCC unroll 8
             for (int r = 0; r < nr; r++)
-                y[(t0 + t) * rows + r0 + r] =
-                    reduce16(lo[t][r], hi[t][r]) +
-                    tail_sum(x + (t0 + t) * cols, w, (r0 + r) * cols, kb, cols, dt);
-    } else {
+                acc[t][r] = first ? _mm256_setzero_ps() : ab[2 * (t * RC + r) + h];
+        for (int64_t k = k0; k < k1; k += 16) {
+            __m256 wv[RG256];
 #pragma GCC unroll 8
-        for (int t = 0; t < nt; t++)
+            for (int r = 0; r < nr; r++)
+                wv[r] = _mm256_loadu_ps(wp + r * ws + (k - k0) + 8 * h);
 #pragma GCC unroll 8
-            for (int r = 0; r < nr; r++) {
-                ab[2 * (t * RC + r)] = lo[t][r];
-                ab[2 * (t * RC + r) + 1] = hi[t][r];
+            for (int t = 0; t < nt; t++) {
+                const __m256 xv = _mm256_loadu_ps(x + (t0 + t) * cols + k + 8 * h);
+#pragma GCC unroll 8
+                for (int r = 0; r < nr; r++)
+                    acc[t][r] = _mm256_fmadd_ps(xv, wv[r], acc[t][r]);
             }
+        }
+        if (last && h == 1) {
+            /* the lanes 0-7 were given back to ab by the first half */
+            const int64_t kb = cols / 16 * 16;
+#pragma GCC unroll 8
+            for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+                for (int r = 0; r < nr; r++)
+                    y[(t0 + t) * rows + r0 + r] =
+                        reduce16(ab[2 * (t * RC + r)], acc[t][r]) +
+                        tail_sum(x + (t0 + t) * cols, w, (r0 + r) * cols, kb, cols, dt);
+        } else {
+#pragma GCC unroll 8
+            for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+                for (int r = 0; r < nr; r++)
+                    ab[2 * (t * RC + r) + h] = acc[t][r];
+        }
     }
 }
 
@@ -832,7 +830,7 @@ chunk256(const float *x, int64_t cols, const void *w, enum xd_dtype dt, float *y
     TGT256 static void name(const float *x, int n, const struct xd_matrix *w, float *y,         \
                             int64_t r_begin, int64_t r_end)                                      \
     {                                                                                            \
-        if (n < GEMM_MIN_N) {                                                                    \
+        if (n < GEMM256_MIN_N) {                                                                 \
             gemv(x, n, w, y, r_begin, r_end);                                                    \
             return;                                                                              \
         }                                                                                        \
@@ -1078,7 +1076,7 @@ const char *xd_cpu_kernel_path(void)
                "rows x 6 tokens, from 24 tokens in L2/L1 blocks; f32/f16 weights on avx512f); "
                "q8/q4: as avx512f, q4k too";
     case PATH_AVX2:
-        return "avx2+fma (1 row x 4 tokens of 2 x 8 lanes; from 24 tokens a GEMM of 2 rows x 3 "
+        return "avx2+fma (1 row x 4 tokens of 2 x 8 lanes; from 5 tokens a GEMM of 4 rows x 3 "
                "tokens in L2/L1 blocks); q8/q4: avx2 (vpmaddubsw, 1 row x 4 tokens); q4k: avx2 "
                "(1 token: vpmaddubsw + vpmaddwd, 4 rows; from 6: 8 token lanes; else 1 row x 4 "
                "tokens)";
