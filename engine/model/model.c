@@ -1221,8 +1221,10 @@ int xd_model_quantize_packed(struct xd_model *m, enum xd_dtype fmt, bool experts
  * q_a_proj, q_b_proj and kv_a_proj_with_mqa to q8_0 (a 32-block requantization of the
  * dequantized values), the others (embedding, routers, MLA's kv_b_proj, matrices whose columns
  * are not a multiple of 32) to f32; or, unless to_q8, all of them to f32 (the dequantized
- * reference). All into one buffer (quant_buf), the FP8 pages dropped. Sets fp8,
- * and quant to Q8_0 when to_q8. */
+ * reference); or, serve FP8_NATIVE, the matmul weights --quantize q8 covers kept as stored
+ * (128 x 128 blocks, whole 16-column steps, no NaN byte) and the rest to f32. The converted ones
+ * into one buffer (quant_buf), their FP8 pages dropped. Sets fp8, and quant to Q8_0, F8_E4M3
+ * or F32 as served. */
 static int convert_fp8(struct xd_model *m, enum fp8_serve serve, const struct xd_pack_opts *po,
                        struct xd_err *err)
 {
