@@ -158,7 +158,6 @@ static void portable_rows(const float *x, int n, const struct xd_matrix *w, floa
 #include <immintrin.h>
 #define XD_HAVE_X86_PATHS 1
 
-
 /* Output rows and tokens per register tile: AVX-512 holds 4 x 6 accumulators of 16 lanes plus 4
  * weight vectors and one token vector in its 32 registers; AVX2 holds 1 x 4 accumulators of two
  * 8-lane halves (8) plus two weight halves and two token halves in its 16 (one row per tile
