@@ -14,6 +14,7 @@
 #include "config/options.h"
 #include "engine/base/clock.h"
 #include "engine/engine.h"
+#include "engine/model/fp8.h"
 #include "engine/model/quant.h"
 #include "xd_build_config.h"
 #if XD_HAVE_CUDA
@@ -182,13 +183,13 @@ int main(int argc, char **argv)
         xd_opts_usage(stderr, bench_table, sizeof bench_table / sizeof bench_table[0]);
         return 2;
     }
-    if (strcmp(o.fp8, "q8") != 0 && strcmp(o.fp8, "native") != 0) {
-        fprintf(stderr, "bench-engine: --fp8 is q8 or native, not '%s'\n", o.fp8);
+    /* no pack: each run converts (or keeps) the FP8 weights itself, timed in load_s */
+    struct xd_pack_opts po = {0};
+    if (xd_fp8_serve_parse(o.fp8, &po.fp8_native, &err) < 0) {
+        fprintf(stderr, "bench-engine: %s\n", err.msg);
         return 2;
     }
     struct xd_model *m = NULL;
-    /* no pack: each run converts (or keeps) the FP8 weights itself, timed in load_s */
-    const struct xd_pack_opts po = {.fp8_native = strcmp(o.fp8, "native") == 0};
     const double t_load = xd_now();
     if (xd_model_load_packed(o.model, &po, &m, &err) < 0) {
         fprintf(stderr, "bench-engine: %s\n", err.msg);

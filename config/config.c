@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "engine/engine.h"
+#include "engine/model/fp8.h"
 #include "engine/model/quant.h"
 
 void xd_config_init(struct xd_config *cfg)
@@ -89,9 +90,8 @@ int xd_config_validate(const struct xd_config *cfg, struct xd_err *err)
     if (strcmp(cfg->pack, "auto") != 0 && strcmp(cfg->pack, "off") != 0)
         return xd_err_set(err, XD_ERR_CONFIG, "option '--pack': '%s' is not auto or off",
                           cfg->pack);
-    if (cfg->fp8 && strcmp(cfg->fp8, "q8") != 0 && strcmp(cfg->fp8, "native") != 0)
-        return xd_err_set(err, XD_ERR_CONFIG, "option '--fp8': '%s' is not q8 or native",
-                          cfg->fp8);
+    bool fp8_native;
+    XD_TRY(xd_fp8_serve_parse(cfg->fp8, &fp8_native, err));
     if (cfg->expert_cache_mib > 0 && cfg->expert_cache_slots > 0)
         return xd_err_set(err, XD_ERR_CONFIG, "options '--expert-cache-mib' and "
                           "'--expert-cache-slots': give one of the two");
@@ -101,8 +101,10 @@ int xd_config_validate(const struct xd_config *cfg, struct xd_err *err)
 void xd_config_pack_opts(const struct xd_config *cfg, struct xd_pack_opts *ret)
 {
     *ret = (struct xd_pack_opts){.enabled = strcmp(cfg->pack, "off") != 0,
-                                 .dir = cfg->pack_dir,
-                                 .fp8_native = cfg->fp8 && strcmp(cfg->fp8, "native") == 0};
+                                 .dir = cfg->pack_dir};
+    struct xd_err unused; /* validated by xd_config_validate; anything else serves q8 */
+    if (xd_fp8_serve_parse(cfg->fp8, &ret->fp8_native, &unused) < 0)
+        ret->fp8_native = false;
 }
 
 int xd_config_expert_opts(const struct xd_config *cfg, const struct xd_model_config *mc,

@@ -2,6 +2,7 @@
 #include "engine/model/fp8.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "engine/model/quant.h"
 
@@ -23,6 +24,17 @@ void xd_fp8_dequantize_row(const struct xd_matrix *w, int br, int bc, int64_t r,
         for (int64_t c = c0; c < c1; c++)
             dst[c] = xd_f8e4m3_to_f32(row[c]) * s;
     }
+}
+
+int xd_fp8_serve_parse(const char *name, bool *ret_native, struct xd_err *err)
+{
+    if (!name || strcmp(name, "q8") == 0)
+        *ret_native = false;
+    else if (strcmp(name, "native") == 0)
+        *ret_native = true;
+    else
+        return xd_err_set(err, XD_ERR_CONFIG, "option '--fp8': '%s' is not q8 or native", name);
+    return XD_OK;
 }
 
 size_t xd_fp8_converted_bytes(const struct xd_matrix *w, int to_q8)

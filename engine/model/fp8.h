@@ -2,8 +2,10 @@
 #ifndef XD_FP8_H
 #define XD_FP8_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
+#include "engine/base/status.h"
 #include "engine/model/expert_store.h"
 
 /* The block of scales the CPU kernels compute FP8 weights with as stored (128 x 128, the
@@ -14,6 +16,10 @@
  * transformers' _dequantize_fp8_weight does: fp8(w[r][c]) * scale[r / br][c / bc] in f32 (the
  * one product is exact to f32 rounding, the same bits as torch's weight.float() * scale). */
 void xd_fp8_dequantize_row(const struct xd_matrix *w, int br, int bc, int64_t r, float *dst);
+
+/* *ret_native from the --fp8 value name: "q8" (or NULL: the default) false, "native" true;
+ * anything else an XD_ERR_CONFIG naming the option. */
+int xd_fp8_serve_parse(const char *name, bool *ret_native, struct xd_err *err);
 
 /* Bytes xd_fp8_convert writes for w: rows x cols as q8_0 when to_q8, else as f32. */
 size_t xd_fp8_converted_bytes(const struct xd_matrix *w, int to_q8);
