@@ -1658,8 +1658,16 @@ TGT_AVX2 static void rows_avx2_k(const struct xd_cpu_qacts *a, const struct xd_m
 #ifdef XD_HAVE_X86_QUANT
 bool xd_cpu_has_f16c(void)
 {
-    unsigned a, b, c, d;
-    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+    /* asked once: under a hypervisor every cpuid traps to it (microseconds), and the dispatch
+     * asks on every matmul call. 0 unknown, 1 no, 2 yes; a race stores the same answer. */
+    static int known;
+    int k = __atomic_load_n(&known, __ATOMIC_RELAXED);
+    if (k == 0) {
+        unsigned a, b, c, d;
+        k = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) ? 2 : 1;
+        __atomic_store_n(&known, k, __ATOMIC_RELAXED);
+    }
+    return k == 2;
 }
 #endif
 
