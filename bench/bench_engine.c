@@ -27,6 +27,7 @@ struct bench_opts {
     const char *device;
     const char *quantize;
     const char *fp8;
+    const char *kv_dtype;
     bool experts_only;
     int repeats, prompt_len, decode_steps, threads, max_batch;
 };
@@ -47,6 +48,8 @@ static const struct xd_opt bench_table[] = {
      "with --quantize: the experts only"},
     {"fp8", XD_OPT_STRING, B(fp8), 0, 0, NULL,
      "an FP8 checkpoint served as q8 (converted at load) or native (as stored) (q8)"},
+    {"kv-dtype", XD_OPT_STRING, B(kv_dtype), 0, 0, NULL,
+     "the CPU KV cache's element: f32, bf16 or f16 (f32)"},
 };
 
 static size_t mat_bytes(const struct xd_matrix *m)
@@ -206,7 +209,8 @@ int main(int argc, char **argv)
         .max_batch_tokens = top * o.prompt_len, .n_threads = o.threads,
         .quantize_experts_only = o.experts_only,
     };
-    if (xd_quant_parse(o.quantize, &eo.quantize, &err) < 0) {
+    if (xd_quant_parse(o.quantize, &eo.quantize, &err) < 0 ||
+        xd_engine_kv_dtype_parse(o.kv_dtype, &eo.kv_dtype, &err) < 0) {
         fprintf(stderr, "bench-engine: %s\n", err.msg);
         return 2;
     }
@@ -242,7 +246,8 @@ int main(int argc, char **argv)
            "\"experts\": %d, \"top_k\": %d, \"expert_ffn\": %d, \"vocab\": %d, \"dtype\": \"%s\", "
            "\"weights_mib\": %.1f, \"served\": \"%s%s\", \"load_s\": %.1f, \"quantize_s\": %.1f, "
            "\"threads\": %d, "
-           "\"prompt_len\": %d, \"decode_steps\": %d, \"repeats\": %d, \"kv_bytes_per_token\": %lld,\n"
+           "\"prompt_len\": %d, \"decode_steps\": %d, \"repeats\": %d, \"kv_dtype\": \"%s\", "
+           "\"kv_bytes_per_token\": %lld,\n"
            " \"baseline_gbps\": %.2f, \"results\": [",
            o.device, o.model, c->model_type, c->hidden_size, c->n_layers, c->n_experts, c->top_k,
            c->expert_ffn, c->vocab_size, xd_dtype_name(m->embed.dtype),
@@ -250,10 +255,10 @@ int main(int argc, char **argv)
            xd_dtype_is_quant(m->quant) || m->fp8 ? xd_dtype_name(m->quant)
                                                  : xd_dtype_name(m->embed.dtype),
            m->quant_experts_only ? " experts only" : "", load_s, quantize_s, threads, o.prompt_len,
-           o.decode_steps, o.repeats,
-           /* what the KV cache holds per token: f32 on the CPU, bf16 on the GPU */
+           o.decode_steps, o.repeats, eo.device == XD_DEVICE_CUDA ? "bf16" : xd_engine_kv_dtype_name(eo.kv_dtype),
+           /* what the KV cache holds per token: --kv-dtype on the CPU, bf16 on the GPU */
            c->n_layers * xd_model_config_kv_floats_per_token(c) *
-               (eo.device == XD_DEVICE_CUDA ? 2 : 4),
+               (eo.device == XD_DEVICE_CUDA ? 2 : (long long)xd_dtype_size(eo.kv_dtype)),
            gbps);
     for (int bi = 0; bi < n_batches; bi++) {
         int nb = batches[bi];

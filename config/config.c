@@ -18,6 +18,7 @@ void xd_config_init(struct xd_config *cfg)
     cfg->quantize = "none";
     cfg->pack = "auto";
     cfg->fp8 = "q8";
+    cfg->kv_dtype = "f32";
 }
 
 #define CFG(field) offsetof(struct xd_config, field)
@@ -63,6 +64,10 @@ const struct xd_opt xd_config_opts[] = {
      "cpu, FP8 checkpoints (fine-grained, 128x128 block scales): q8 converts the weights to "
      "q8_0 at load (int8 kernels, through the expert pack); native computes on the FP8 bytes as "
      "stored, dequantized in registers exactly as transformers dequantizes them (default q8)"},
+    {"kv-dtype", XD_OPT_STRING, CFG(kv_dtype), 0, 0, "EXPERTD_KV_DTYPE",
+     "cpu: the KV cache's element: f32, or bf16 / f16 (half the bytes a decode step reads per "
+     "position and twice the context per MiB; keys and values rounded to nearest even when "
+     "stored; f16 holds up to 65504) (default f32)"},
     {"pack-dir", XD_OPT_STRING, CFG(pack_dir), 0, 0, "EXPERTD_PACK_DIR",
      "directory of the expert packs (default: the checkpoint's, else the cache directory: "
      "$CACHE_DIRECTORY, $XDG_CACHE_HOME/expertd or ~/.cache/expertd)"},
@@ -92,6 +97,13 @@ int xd_config_validate(const struct xd_config *cfg, struct xd_err *err)
                           cfg->pack);
     bool fp8_native;
     XD_TRY(xd_fp8_serve_parse(cfg->fp8, &fp8_native, err));
+    enum xd_dtype kv;
+    XD_TRY(xd_engine_kv_dtype_parse(cfg->kv_dtype, &kv, err));
+    if (kv != XD_DTYPE_F32 && strcmp(cfg->device, "cuda") == 0)
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "option '--kv-dtype %s' with '--device cuda': the CUDA backend keeps "
+                          "its own KV cache format; --kv-dtype applies to --device cpu",
+                          cfg->kv_dtype);
     if (cfg->expert_cache_mib > 0 && cfg->expert_cache_slots > 0)
         return xd_err_set(err, XD_ERR_CONFIG, "options '--expert-cache-mib' and "
                           "'--expert-cache-slots': give one of the two");
@@ -113,6 +125,7 @@ int xd_config_expert_opts(const struct xd_config *cfg, const struct xd_model_con
     XD_TRY(xd_evict_policy_parse(cfg->expert_policy, &eo->expert_evict_policy, err));
     XD_TRY(xd_quant_parse(cfg->quantize, &eo->quantize, err));
     eo->quantize_experts_only = cfg->quantize_experts_only;
+    XD_TRY(xd_engine_kv_dtype_parse(cfg->kv_dtype, &eo->kv_dtype, err));
     xd_config_pack_opts(cfg, &eo->pack);
     eo->expert_prefetch = cfg->expert_prefetch;
     if (cfg->expert_prefetch_width > mc->n_experts)

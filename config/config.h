@@ -24,6 +24,7 @@ struct xd_config {
     const char *pack;       /* auto or off: the expert pack of --quantize */
     const char *fp8;        /* q8 or native: what an FP8 checkpoint is served as (cpu) */
     const char *pack_dir;   /* where packs live; NULL: beside the checkpoint, else the cache */
+    const char *kv_dtype;   /* f32, bf16 or f16: the CPU KV cache's element */
 };
 
 /* The defaults. */
@@ -37,7 +38,7 @@ extern const size_t xd_config_n_opts;
  * quantization format (and --quantize with --device cuda, refused: no GPU kernels yet). */
 int xd_config_validate(const struct xd_config *cfg, struct xd_err *err);
 
-/* Fills the expert-offloading and quantization fields of *eo from cfg for model: the cache size in slots of
+/* Fills the expert-offloading, quantization and KV element fields of *eo from cfg for model: the cache size in slots of
  * bf16 experts (what the GPU pool stores), the policy, prefetch and its width. recording: a
  * routing trace is being written, so the engine predicts experts, on the CPU at least
  * min(n_experts, 2 * top_k) wide (on the GPU the width is what it prefetches), so that `expertd plan` can try prefetch widths on the trace. A cache too

@@ -218,9 +218,13 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     }
 
     /* what the backend stores per token: K and V, or MLA's latent + rotary key */
+    enum xd_dtype kv_dtype;
+    XD_TRY(xd_engine_kv_dtype_parse(c->engine.kv_dtype, &kv_dtype, err));
     long long block_bytes = mc->n_layers * xd_model_config_kv_floats_per_token(mc) *
                             c->engine.block_size *
-                            (strcmp(c->engine.device, "cuda") == 0 ? 2 : 4);
+                            (strcmp(c->engine.device, "cuda") == 0
+                                 ? 2
+                                 : (long long)xd_dtype_size(mc->mla ? XD_DTYPE_F32 : kv_dtype));
     long long blocks = c->engine.kv_blocks;
     if (!blocks && c->kv_memory_mb)
         blocks = c->kv_memory_mb * (1LL << 20) / block_bytes;
@@ -354,10 +358,11 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     s->sched = sched;
     pthread_rwlock_unlock(&s->sched_lock);
     xd_log(s, XD_LOG_INFO, "model %s loaded as '%s': %d layers, %d experts (top %d), context %d, "
-           "KV cache %lld blocks of %d tokens (%.1f MiB), chat template %s, reasoning parser %s, tool calls %s",
+           "KV cache %lld blocks of %d tokens (%.1f MiB, %s), chat template %s, reasoning parser %s, tool calls %s",
            c->engine.model, s->model_name, mc->n_layers, mc->n_experts, mc->top_k,
            s->max_context, blocks, c->engine.block_size,
            (double)(blocks * block_bytes) / (1 << 20),
+           eo.device == XD_DEVICE_CUDA ? "bf16" : xd_engine_kv_dtype_name(kv_dtype),
            L->chat ? xd_chat_template_origin(L->chat) : "none",
            xd_reasoning_parser_name((enum xd_reasoning_parser)s->reasoning_parser),
            xd_tool_syntax_name((enum xd_tool_syntax)s->tool_syntax));

@@ -2,6 +2,7 @@
 #include "engine/engine.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "engine/backend.h"
 
@@ -47,6 +48,21 @@ int xd_engine_create(struct xd_model *model, const struct xd_engine_opts *opts,
                           "without it",
                           xd_dtype_name(xd_dtype_is_quant(opts->quantize) ? opts->quantize
                                                                           : model->quant));
+    if (opts->kv_dtype != XD_DTYPE_F32 && opts->kv_dtype != XD_DTYPE_BF16 &&
+        opts->kv_dtype != XD_DTYPE_F16)
+        return xd_err_set(err, XD_ERR_INVALID, "engine options: kv_dtype %s is not f32, bf16 "
+                          "or f16", xd_dtype_name(opts->kv_dtype));
+    const char *kv_name = xd_engine_kv_dtype_name(opts->kv_dtype);
+    if (opts->kv_dtype != XD_DTYPE_F32 && opts->device == XD_DEVICE_CUDA)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "--kv-dtype %s with --device cuda: the CUDA backend keeps its own KV "
+                          "cache format; --kv-dtype applies to --device cpu",
+                          kv_name);
+    if (opts->kv_dtype != XD_DTYPE_F32 && model->config.mla)
+        return xd_err_set(err, XD_ERR_UNSUPPORTED,
+                          "%s: --kv-dtype %s: this model's attention is MLA (%s), whose latent "
+                          "cache is f32 only; use --kv-dtype f32",
+                          model->dir, kv_name, model->config.model_type);
     const struct xd_backend_ops *backend = NULL;
     switch (opts->device) {
     case XD_DEVICE_CPU:
@@ -153,4 +169,25 @@ const struct xd_model_config *xd_engine_config(const struct xd_engine *e)
 const struct xd_engine_opts *xd_engine_opts(const struct xd_engine *e)
 {
     return &e->opts;
+}
+
+int xd_engine_kv_dtype_parse(const char *name, enum xd_dtype *ret, struct xd_err *err)
+{
+    if (!name || name[0] == '\0' || strcmp(name, "f32") == 0)
+        *ret = XD_DTYPE_F32;
+    else if (strcmp(name, "bf16") == 0)
+        *ret = XD_DTYPE_BF16;
+    else if (strcmp(name, "f16") == 0)
+        *ret = XD_DTYPE_F16;
+    else
+        return xd_err_set(err, XD_ERR_CONFIG,
+                          "option '--kv-dtype' (EXPERTD_KV_DTYPE, config key kv-dtype): '%s' is "
+                          "not f32, bf16 or f16",
+                          name);
+    return XD_OK;
+}
+
+const char *xd_engine_kv_dtype_name(enum xd_dtype dt)
+{
+    return dt == XD_DTYPE_BF16 ? "bf16" : dt == XD_DTYPE_F16 ? "f16" : "f32";
 }

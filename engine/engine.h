@@ -38,7 +38,19 @@ struct xd_engine_opts {
     /* With quantize: the expert pack (xd_model_quantize_packed); off when pack.enabled is false
      * (the zero default). Borrowed strings. */
     struct xd_pack_opts pack;
+    /* The CPU KV cache's element: XD_DTYPE_F32 (the zero default, the precision the goldens
+     * pin), or XD_DTYPE_BF16 / XD_DTYPE_F16: half the bytes a decode step reads per position
+     * and twice the positions per MiB, each key and value rounded to nearest even when stored
+     * (attention then computes on the rounded values, in the same order). CPU only; MLA models
+     * keep their f32 latent cache. */
+    enum xd_dtype kv_dtype;
 };
+
+/* "f32", "bf16" or "f16" (NULL or "" is f32) as a KV cache element type; anything else is
+ * XD_ERR_CONFIG naming the option. */
+int xd_engine_kv_dtype_parse(const char *name, enum xd_dtype *ret, struct xd_err *err);
+/* The option's spelling of a KV cache element type ("f32" for anything not bf16 or f16). */
+const char *xd_engine_kv_dtype_name(enum xd_dtype dt);
 
 /* The expert cache's counters, for /metrics and benchmarks. */
 struct xd_expert_stats {

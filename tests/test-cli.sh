@@ -103,6 +103,16 @@ else fail pack_written_then_mapped "$a / $b: $(cat "$tmp/pack1" "$tmp/pack2" | h
 if [ ! -e "$tmp/packed/expertd-q8.pack" ]; then ok pack_off_writes_none; else fail pack_off_writes_none "a q8 pack was written"; fi
 expect pack_unknown_mode 2 "'--pack': 'maybe' is not auto or off" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --quantize q8 --pack maybe
 expect fp8_unknown_mode 2 "'--fp8': 'fp4' is not q8 or native" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --fp8 fp4
+expect kv_dtype_unknown 2 "'--kv-dtype' (EXPERTD_KV_DTYPE, config key kv-dtype): 'f8' is not f32, bf16 or f16" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --kv-dtype f8
+expect kv_dtype_refused_on_cuda 2 "'--kv-dtype bf16' with '--device cuda'" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --kv-dtype bf16 --device cuda
+# a bf16 / f16 KV cache: transformers' greedy continuation still (this fixture's margins are wide)
+for kv in bf16 f16; do
+  g=$("$expertd" generate --model "$olmoe" --prompt-ids "$prompt" --max-tokens 32 --ignore-eos --kv-dtype $kv 2>/dev/null)
+  if [ "$g" = "$want" ]; then ok "kv_dtype_${kv}_greedy"; else fail "kv_dtype_${kv}_greedy" "got $g want $want"; fi
+done
+g=$(EXPERTD_KV_DTYPE=f16 "$expertd" generate --model "$olmoe" --prompt-ids "$prompt" --max-tokens 32 --ignore-eos 2>/dev/null)
+if [ "$g" = "$want" ]; then ok kv_dtype_from_environment; else fail kv_dtype_from_environment "got $g want $want"; fi
+expect kv_dtype_refused_with_mla 1 "MLA" -- "$expertd" generate --model "$fixtures/golden/deepseek_v2-bf16" --prompt-ids 1,2 --max-tokens 2 --kv-dtype bf16
 expect quantize_unknown_format 2 "'q5' is not q8, q4, q4k or none" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --quantize q5
 expect quantize_refused_on_cuda 2 "no quantized kernels yet" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --quantize q8 --device cuda
 expect quantize_q4k_refused_on_cuda 2 "'--quantize q4k' with '--device cuda'" -- "$expertd" generate --model "$olmoe" --prompt-ids 1 --quantize q4k --device cuda

@@ -271,6 +271,75 @@ static void test_same_bits_whatever_the_tiling(void)
                   false);
 }
 
+/* A bf16 or f16 cache (--kv-dtype): the attention widens what it reads, so on every path, whole
+ * or one token at a time, and in the reference loop, it gives the bits of the f32 attention over
+ * a cache holding the same rounded values. */
+static void check_16bit_cache(const char *what, enum xd_dtype dt, int n, int bs, int n_heads,
+                              int n_kv, int hd, int window, bool sinks)
+{
+    struct problem p;
+    problem_init(&p, n, bs, n_heads, n_kv, hd, window, sinks);
+    const size_t rows = (size_t)2 * p.n_blocks * bs, elems = rows * (size_t)n_kv * hd;
+    uint16_t *k16 = malloc(sizeof(uint16_t) * elems), *v16 = malloc(sizeof(uint16_t) * elems);
+    for (size_t i = 0; i < elems; i++) {
+        k16[i] = dt == XD_DTYPE_BF16 ? xd_f32_to_bf16(p.k[i]) : xd_f32_to_f16(p.k[i]);
+        v16[i] = dt == XD_DTYPE_BF16 ? xd_f32_to_bf16(p.v[i]) : xd_f32_to_f16(p.v[i]);
+        /* the f32 problem now holds the rounded values */
+        p.k[i] = dt == XD_DTYPE_BF16 ? xd_bf16_to_f32(k16[i]) : xd_f16_to_f32(k16[i]);
+        p.v[i] = dt == XD_DTYPE_BF16 ? xd_bf16_to_f32(v16[i]) : xd_f16_to_f32(v16[i]);
+    }
+    const size_t qd = (size_t)n_heads * hd, len = (size_t)n * qd;
+    float *want = malloc(sizeof(float) * len), *got = malloc(sizeof(float) * len);
+    run_chunks(&p, &n, 1, XD_CPU_VEC_AVX512, want);
+    struct xd_cpu_attn a = attn_of(&p);
+    a.k_cache = k16;
+    a.v_cache = v16;
+    a.kv_dtype = dt;
+    const enum xd_cpu_vec paths[3] = {XD_CPU_VEC_AVX512, XD_CPU_VEC_AVX2, XD_CPU_VEC_PORTABLE};
+    const char *names[3] = {"AVX-512", "AVX2", "portable"};
+    int32_t items[4];
+    for (int pi = 0; pi < 3; pi++)
+        for (int one = 0; one < 2; one++) {
+            memset(got, 0, sizeof(float) * len);
+            int pos = 0;
+            for (int i = 0; i < (one ? n : 1); i++) {
+                const int len_i = one ? 1 : n;
+                struct xd_seq_chunk sc = {NULL, len_i, pos, p.table, p.n_blocks, XD_LOGITS_ALL};
+                struct xd_batch b = {&sc, 1};
+                xd_cpu_attention_on(&a, &b, p.q + pos * qd, got + pos * qd, items, paths[pi]);
+                pos += len_i;
+            }
+            CHECK(memcmp(got, want, sizeof(float) * len) == 0,
+                  "%s: the %s path%s over the 16-bit cache differs from f32 over its values",
+                  what, names[pi], one ? " one token at a time" : "");
+        }
+    /* the reference loop too */
+    struct xd_seq_chunk sc = {NULL, n, 0, p.table, p.n_blocks, XD_LOGITS_ALL};
+    struct xd_batch b = {&sc, 1};
+    const struct xd_cpu_attn a32 = attn_of(&p);
+    xd_cpu_attention_reference(&a32, &b, p.q, want);
+    xd_cpu_attention_reference(&a, &b, p.q, got);
+    CHECK(memcmp(got, want, sizeof(float) * len) == 0,
+          "%s: the reference loop over the 16-bit cache differs from f32 over its values", what);
+    free(k16);
+    free(v16);
+    free(want);
+    free(got);
+    problem_free(&p);
+}
+
+static void test_16bit_cache_is_f32_over_its_values(void)
+{
+    check_16bit_cache("bf16, GQA 16:4, head_dim 64, blocks of 16", XD_DTYPE_BF16, 150, 16, 16, 4,
+                      64, 0, false);
+    check_16bit_cache("f16, GQA 16:4, head_dim 64, blocks of 16", XD_DTYPE_F16, 150, 16, 16, 4,
+                      64, 0, false);
+    check_16bit_cache("bf16, window 20, sinks, GQA 8:2, head_dim 40, blocks of 8", XD_DTYPE_BF16,
+                      90, 8, 8, 2, 40, 20, true);
+    check_16bit_cache("f16, GQA 4:2, head_dim 24, blocks of 4", XD_DTYPE_F16, 70, 4, 4, 2, 24, 0,
+                      false);
+}
+
 int main(void)
 {
     printf("avx-512 path: %s; avx2 path: %s\n",
@@ -282,5 +351,6 @@ int main(void)
     RUN(test_exp_matches_libm);
     RUN(test_matches_double_precision);
     RUN(test_same_bits_whatever_the_tiling);
+    RUN(test_16bit_cache_is_f32_over_its_values);
     return test_summary();
 }

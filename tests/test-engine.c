@@ -539,14 +539,29 @@ static void test_engine_options_validated(void)
     CHECK(m && xd_engine_create(m, &o, &e, &err) == XD_ERR_UNSUPPORTED, "cuda accepted");
     CHECK_CONTAINS(err.msg, "cuda");
     CHECK(e == NULL, "engine returned on failure");
+    o.kv_dtype = XD_DTYPE_BF16;
+    CHECK(m && xd_engine_create(m, &o, &e, &err) == XD_ERR_UNSUPPORTED,
+          "kv bf16 on cuda accepted");
+    CHECK_CONTAINS(err.msg, "--kv-dtype bf16 with --device cuda");
+    o.device = XD_DEVICE_CPU;
+    o.kv_dtype = XD_DTYPE_Q8_0;
+    CHECK(m && xd_engine_create(m, &o, &e, &err) == XD_ERR_INVALID, "kv q8_0 accepted");
+    CHECK_CONTAINS(err.msg, "kv_dtype");
     xd_model_destroy(m);
+    /* MLA's latent cache stays f32 */
+    struct xd_model *mla = load("deepseek_v2-bf16");
+    o.kv_dtype = XD_DTYPE_F16;
+    CHECK(mla && xd_engine_create(mla, &o, &e, &err) == XD_ERR_UNSUPPORTED,
+          "kv f16 with MLA accepted");
+    CHECK_CONTAINS(err.msg, "MLA");
+    xd_model_destroy(mla);
 }
 
 /* A 50-token prompt (four 16-key attention blocks) gives the same logits, bit for bit, prefilled
  * whole, in chunks of 7, 23, 1 and 19 (boundaries inside key blocks), one token at a time, and
  * batched with another sequence's chunk; for GQA 4:1 (qwen3_moe) and for gpt_oss's sinks and
  * window of 4. */
-static void check_long_prompt(const char *name)
+static void check_long_prompt(const char *name, enum xd_dtype kv_dtype, float *ret_whole)
 {
     struct xd_model *m = load(name);
     if (!m)
@@ -562,7 +577,7 @@ static void check_long_prompt(const char *name)
     for (int i = 0; i < 8; i++)
         tb[i] = 16 + i;
     struct xd_engine_opts o = {.device = XD_DEVICE_CPU, .n_kv_blocks = 24, .block_size = 4,
-                               .max_batch_tokens = 64};
+                               .max_batch_tokens = 64, .kv_dtype = kv_dtype};
     struct xd_engine *e = NULL;
     struct xd_err err;
     CHECK(xd_engine_create(m, &o, &e, &err) == XD_OK, "%s", err.msg);
@@ -574,6 +589,8 @@ static void check_long_prompt(const char *name)
     if (!e || out.n_logit_rows != n)
         goto done;
     memcpy(whole, out.logits, sizeof(float) * n * V);
+    if (ret_whole)
+        memcpy(ret_whole, whole, sizeof(float) * n * V);
 
     const int cuts[4] = {7, 23, 1, 19};
     for (int i = 0, pos = 0; i < 4; pos += cuts[i++]) {
@@ -609,8 +626,68 @@ done:
 
 static void test_long_prompt_same_bits_chunked_decoded_batched(void)
 {
-    check_long_prompt("qwen3_moe-f32");
-    check_long_prompt("gpt_oss-f32");
+    check_long_prompt("qwen3_moe-f32", XD_DTYPE_F32, NULL);
+    check_long_prompt("gpt_oss-f32", XD_DTYPE_F32, NULL);
+}
+
+/* --kv-dtype bf16 / f16: the same bits chunked, decoded and batched (the rounding is per stored
+ * element), and logits near the f32 cache's. bf16 keeps 8 significant bits (a relative error up
+ * to 2^-9 per key and value), f16 11; these small random-weight fixtures amplify that (measured
+ * when this was written: qwen3_moe 3.5e-3 / 5.0e-4 of the logits' spread for bf16 / f16,
+ * gpt_oss, window 4 and sinks, 4.5e-2 / 1.2e-3), so the bound is a coarse one, 10% of the
+ * spread at each position, that a wrong conversion (garbage keys) breaks by far, and the best
+ * token must stay wherever f32's leads its second by more than 10% of the spread. */
+static void test_16bit_kv_cache_same_bits_and_near_f32(void)
+{
+    const char *names[2] = {"qwen3_moe-f32", "gpt_oss-f32"};
+    for (int mi = 0; mi < 2; mi++) {
+        struct xd_model *m = load(names[mi]);
+        if (!m)
+            continue;
+        const int n = 50, V = m->config.vocab_size;
+        xd_model_destroy(m);
+        float *ref = malloc(sizeof(float) * n * V), *got = malloc(sizeof(float) * n * V);
+        check_long_prompt(names[mi], XD_DTYPE_F32, ref);
+        const enum xd_dtype dts[2] = {XD_DTYPE_BF16, XD_DTYPE_F16};
+        for (int di = 0; di < 2; di++) {
+            check_long_prompt(names[mi], dts[di], got);
+            double worst = 0.0;
+            int argmax_differs = 0, differs = 0;
+            for (int t = 0; t < n; t++) {
+                const float *r = ref + (size_t)t * V, *g = got + (size_t)t * V;
+                float lo = r[0], hi = r[0];
+                int best = 0, best_g = 0;
+                for (int i = 0; i < V; i++) {
+                    lo = r[i] < lo ? r[i] : lo;
+                    hi = r[i] > hi ? r[i] : hi;
+                    best = r[i] > r[best] ? i : best;
+                    best_g = g[i] > g[best_g] ? i : best_g;
+                    differs |= g[i] != r[i];
+                }
+                float second = -INFINITY;
+                for (int i = 0; i < V; i++)
+                    if (i != best && r[i] > second)
+                        second = r[i];
+                const double spread = (double)hi - lo;
+                for (int i = 0; i < V; i++) {
+                    const double e = fabs((double)g[i] - r[i]) / spread;
+                    worst = e > worst ? e : worst;
+                }
+                if (best_g != best && (double)r[best] - second > 0.1 * spread)
+                    argmax_differs++;
+            }
+            printf("  %s kv %s: largest logit difference %.2e of the spread\n", names[mi],
+                   xd_engine_kv_dtype_name(dts[di]), worst);
+            CHECK(differs, "%s kv %s: logits equal f32's: the cache was not rounded", names[mi],
+                  xd_engine_kv_dtype_name(dts[di]));
+            CHECK(worst < 0.1, "%s kv %s: a logit %.3g of the spread from f32's", names[mi],
+                  xd_engine_kv_dtype_name(dts[di]), worst);
+            CHECK(argmax_differs == 0, "%s kv %s: %d positions change a clear best token",
+                  names[mi], xd_engine_kv_dtype_name(dts[di]), argmax_differs);
+        }
+        free(ref);
+        free(got);
+    }
 }
 
 int main(int argc, char **argv)
@@ -626,5 +703,6 @@ int main(int argc, char **argv)
     RUN(test_generation_ends_at_the_models_eos);
     RUN(test_engine_options_validated);
     RUN(test_long_prompt_same_bits_chunked_decoded_batched);
+    RUN(test_16bit_kv_cache_same_bits_and_near_f32);
     return test_summary();
 }

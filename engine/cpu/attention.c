@@ -12,6 +12,7 @@
 #endif
 
 #include "engine/cpu/cpu_kernels.h"
+#include "engine/cpu/quant_kernels.h"
 #include "engine/cpu/transpose.h"
 
 #define KB XD_CPU_ATTN_KEY_BLOCK
@@ -144,6 +145,18 @@ ATTN_CLONES static void row_update_portable(const struct tile_ctx *c, const floa
     }
 }
 
+/* n keys or values of a 16-bit cache (bf16 or f16) widened to f32: exact, so every path gives
+ * the same values. */
+static void widen_portable(const uint16_t *src, float *dst, int n, enum xd_dtype dt)
+{
+    if (dt == XD_DTYPE_BF16)
+        for (int i = 0; i < n; i++)
+            dst[i] = xd_bf16_to_f32(src[i]);
+    else
+        for (int i = 0; i < n; i++)
+            dst[i] = xd_f16_to_f32(src[i]);
+}
+
 /* ---- AVX-512 (chosen at run time) ---- */
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -214,6 +227,22 @@ TGT512 static void scores_avx512(const struct tile_ctx *c, int nr, float *S)
     }
 }
 
+
+TGT512 static void widen_avx512(const uint16_t *src, float *dst, int n, enum xd_dtype dt)
+{
+    int i = 0;
+    if (dt == XD_DTYPE_BF16)
+        for (; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(
+                                          _mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                                              (const __m256i *)(src + i))),
+                                          16)));
+    else
+        for (; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(dst + i,
+                             _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+    widen_portable(src + i, dst + i, n - i, dt);
+}
 
 /* kt (hd, KB) from 16 keys that follow each other in one cache block, the first at k0 (rows
  * kvd apart): 16 d at a time as 16 row loads transposed in registers (a gather per d costs
@@ -372,6 +401,23 @@ TGT256 static inline __attribute__((always_inline)) __m256 exp8(__m256 x)
     return _mm256_andnot_ps(zero, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
 }
 
+#define TGT256C __attribute__((target("avx2,fma,f16c")))
+
+TGT256C static void widen_avx2(const uint16_t *src, float *dst, int n, enum xd_dtype dt)
+{
+    int i = 0;
+    if (dt == XD_DTYPE_BF16)
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(
+                                          _mm256_cvtepu16_epi32(_mm_loadu_si128(
+                                              (const __m128i *)(src + i))),
+                                          16)));
+    else
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    widen_portable(src + i, dst + i, n - i, dt);
+}
+
 /* The 8 x 8 floats r[0..7] transposed in registers (as xd_transpose16x16_ps). */
 TGT256 static inline __attribute__((always_inline)) void transpose8x8(__m256 r[8])
 {
@@ -525,6 +571,7 @@ TGT256 static void row_update_avx2(const struct tile_ctx *c, const float *s, int
 
 struct attn_path {
     void (*fill_kt)(const float *k0, size_t kvd, int hd, float *kt); /* or NULL */
+    void (*widen)(const uint16_t *src, float *dst, int n, enum xd_dtype dt); /* 16-bit caches */
     void (*scores)(const struct tile_ctx *c, int nr, float *S);
     /* the block's step for rows 0 .. nr - 1, row r over its keys lo[r] .. hi[r] (none when
      * lo[r] > hi[r]) */
@@ -565,6 +612,13 @@ static void attend_tile(const struct xd_cpu_attn *a, const struct attn_path *pat
     int pos[nr], first[nr], lo[nr], hi[nr];
     float m[nr], lv[nr * KB], acc[nr * hd], S[nr * KB], kt[hd * KB];
     const float *vrow[KB];
+    /* a 16-bit cache: the block's keys and values widened here first (rows hd apart), so the
+     * rest reads f32 as from an f32 cache */
+    const bool wide = a->kv_dtype == XD_DTYPE_F32;
+    const int nbuf = wide ? 1 : KB * hd;
+    float kbuf[nbuf], vbuf[nbuf];
+    const float *kc = a->k_cache, *vc = a->v_cache;
+    const uint16_t *kc16 = a->k_cache, *vc16 = a->v_cache;
     for (int r = 0; r < nr; r++) {
         const int t = (r0 + r) / group, h = kvh * group + (r0 + r) % group;
         qrow[r] = q + (size_t)t * qd + (size_t)h * hd;
@@ -582,15 +636,26 @@ static void attend_tile(const struct xd_cpu_attn *a, const struct attn_path *pat
         const int ja = j0 > kfirst ? j0 : kfirst, jb = j0 + KB - 1 < klast ? j0 + KB - 1 : klast;
         /* a whole key block inside one cache block: gathered by the vector path */
         const bool whole = ja == j0 && jb == j0 + KB - 1 && bs % KB == 0 && path->fill_kt;
+        if (!wide)
+            for (int j = ja; j <= jb; j++) {
+                const size_t row = ((size_t)sc->block_table[j / bs] * bs + (size_t)(j % bs)) *
+                                       kvd + (size_t)kvh * hd;
+                path->widen(kc16 + row, kbuf + (size_t)(j - j0) * hd, hd, a->kv_dtype);
+                path->widen(vc16 + row, vbuf + (size_t)(j - j0) * hd, hd, a->kv_dtype);
+            }
         if (whole) {
             const size_t row0 = ((size_t)sc->block_table[j0 / bs] * bs + (size_t)(j0 % bs)) *
                                     kvd + (size_t)kvh * hd;
-            path->fill_kt(a->k_cache + row0, kvd, hd, kt);
+            if (wide)
+                path->fill_kt(kc + row0, kvd, hd, kt);
+            else
+                path->fill_kt(kbuf, (size_t)hd, hd, kt);
         }
         for (int jj = 0; jj < KB; jj++) {
             const int j = j0 + jj;
             if (whole) {
-                vrow[jj] = a->v_cache + ((size_t)sc->block_table[j / bs] * bs +
+                vrow[jj] = !wide ? vbuf + (size_t)jj * hd
+                                 : vc + ((size_t)sc->block_table[j / bs] * bs +
                                          (size_t)(j % bs)) * kvd + (size_t)kvh * hd;
                 continue;
             }
@@ -602,10 +667,10 @@ static void attend_tile(const struct xd_cpu_attn *a, const struct attn_path *pat
             }
             const size_t row = ((size_t)sc->block_table[j / bs] * bs + (size_t)(j % bs)) * kvd +
                                (size_t)kvh * hd;
-            const float *kr = a->k_cache + row;
+            const float *kr = wide ? kc + row : kbuf + (size_t)jj * hd;
             for (int d = 0; d < hd; d++)
                 kt[(size_t)d * KB + jj] = kr[d];
-            vrow[jj] = a->v_cache + row;
+            vrow[jj] = wide ? vc + row : vbuf + (size_t)jj * hd;
         }
         path->scores(&c, nr, S);
         for (int r = 0; r < nr; r++) {
@@ -655,13 +720,15 @@ void xd_cpu_attention_on(const struct xd_cpu_attn *a, const struct xd_batch *b, 
            (n_rows_all + tile_rows - 1) / tile_rows * a->n_kv_heads < 2L * threads)
         tile_rows = (tile_rows + 1) / 2;
 
-    struct attn_path path = {NULL, scores_portable, block_update_portable};
+    struct attn_path path = {NULL, widen_portable, scores_portable, block_update_portable};
 #ifdef XD_ATTN_X86
     if (vec == XD_CPU_VEC_AVX512 && __builtin_cpu_supports("avx512f"))
-        path = (struct attn_path){fill_kt_avx512, scores_avx512, block_update_avx512};
+        path = (struct attn_path){fill_kt_avx512, widen_avx512, scores_avx512,
+                                  block_update_avx512};
     else if (vec >= XD_CPU_VEC_AVX2 && __builtin_cpu_supports("avx2") &&
              __builtin_cpu_supports("fma"))
-        path = (struct attn_path){fill_kt_avx2, scores_avx2, block_update_avx2};
+        path = (struct attn_path){fill_kt_avx2, xd_cpu_has_f16c() ? widen_avx2 : widen_portable,
+                                  scores_avx2, block_update_avx2};
 #else
     (void)vec;
 #endif
@@ -734,7 +801,16 @@ void xd_cpu_attention_reference(const struct xd_cpu_attn *a, const struct xd_bat
             for (int j = first; j <= p; j++) {
                 const size_t row = ((size_t)sc->block_table[j / bs] * bs + (size_t)(j % bs)) *
                                        kvd + (size_t)kvh * hd;
-                const float *kr = a->k_cache + row, *vr = a->v_cache + row;
+                float kw[a->kv_dtype == XD_DTYPE_F32 ? 1 : hd];
+                float vw[a->kv_dtype == XD_DTYPE_F32 ? 1 : hd];
+                const float *kr = (const float *)a->k_cache + row;
+                const float *vr = (const float *)a->v_cache + row;
+                if (a->kv_dtype != XD_DTYPE_F32) {
+                    widen_portable((const uint16_t *)a->k_cache + row, kw, hd, a->kv_dtype);
+                    widen_portable((const uint16_t *)a->v_cache + row, vw, hd, a->kv_dtype);
+                    kr = kw;
+                    vr = vw;
+                }
                 float score = xd_cpu_dot(q, kr, hd) * scale;
                 if (score > mx) {
                     float r = expf(mx - score);

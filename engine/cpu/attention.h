@@ -14,9 +14,12 @@
 
 /* One layer's attention problem. The caches are that layer's (n_kv_blocks, block_size, kv_dim)
  * each, kv_dim = n_kv_heads * head_dim, position j of a sequence at row
- * block_table[j / block_size] * block_size + j % block_size. */
+ * block_table[j / block_size] * block_size + j % block_size, of kv_dtype (f32, the zero
+ * default, or bf16 / f16, widened exactly to f32 as they are read: the result is the f32
+ * attention's over the stored values). */
 struct xd_cpu_attn {
-    const float *k_cache, *v_cache;
+    const void *k_cache, *v_cache;
+    enum xd_dtype kv_dtype;
     int block_size;
     int n_heads, n_kv_heads, head_dim;
     float scale;         /* on every score: 1 / sqrt(head_dim) */

@@ -23,10 +23,12 @@ struct cpu_state {
     int q_dim;           /* n_heads * head_dim */
     int ffn_max;         /* widest dense or shared MLP */
 
-    /* KV cache: (n_layers, n_kv_blocks, block_size, kv_dim) each; NULL with MLA, whose
-     * latent cache and attention are mla's (engine/cpu/mla.c) */
-    float *k_cache;
-    float *v_cache;
+    /* KV cache: (n_layers, n_kv_blocks, block_size, kv_dim) each of opts.kv_dtype (f32, bf16
+     * or f16; kv_esize bytes); NULL with MLA, whose latent cache and attention are mla's
+     * (engine/cpu/mla.c) */
+    void *k_cache;
+    void *v_cache;
+    size_t kv_esize;
     struct xd_cpu_mla *mla;
 
     /* step buffers, T = max_batch_tokens */
@@ -204,15 +206,16 @@ static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts,
             return rc;
         }
     }
-    s->k_cache = alloc_f(kv_elems, sizeof(float), &failed);
-    s->v_cache = alloc_f(kv_elems, sizeof(float), &failed);
+    s->kv_esize = xd_dtype_size(opts->kv_dtype);
+    s->k_cache = alloc_f(kv_elems, s->kv_esize, &failed);
+    s->v_cache = alloc_f(kv_elems, s->kv_esize, &failed);
     if (failed) {
         cpu_destroy(s);
         return xd_err_set(err, XD_ERR_NOMEM,
                           "KV cache of %d blocks x %d tokens needs %.1f MiB, which could not be "
                           "allocated; lower the number of KV blocks",
                           opts->n_kv_blocks, opts->block_size,
-                          2.0 * (double)kv_elems * sizeof(float) / (1 << 20));
+                          2.0 * (double)kv_elems * (double)s->kv_esize / (1 << 20));
     }
     s->tok_seq = alloc_f(T, sizeof(int32_t), &failed);
     s->tok_pos = alloc_f(T, sizeof(int32_t), &failed);
@@ -271,10 +274,26 @@ static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts,
 
 /* ---- attention ---- */
 
-static float *kv_row(const struct cpu_state *s, float *cache, int layer, int block, int slot)
+static void *kv_row(const struct cpu_state *s, void *cache, int layer, int block, int slot)
 {
     size_t idx = (((size_t)layer * s->opts.n_kv_blocks + block) * s->opts.block_size + slot);
-    return cache + idx * s->kv_dim;
+    return (char *)cache + idx * s->kv_dim * s->kv_esize;
+}
+
+/* One token's kvd keys or values into a cache row of the cache's element type. */
+static void kv_store(const struct cpu_state *s, void *dst, const float *src, int kvd)
+{
+    switch (s->opts.kv_dtype) {
+    case XD_DTYPE_BF16:
+        for (int i = 0; i < kvd; i++)
+            ((uint16_t *)dst)[i] = xd_f32_to_bf16(src[i]);
+        break;
+    case XD_DTYPE_F16:
+        for (int i = 0; i < kvd; i++)
+            ((uint16_t *)dst)[i] = xd_f32_to_f16(src[i]);
+        break;
+    default: memcpy(dst, src, sizeof(float) * (size_t)kvd); break;
+    }
 }
 
 /* Writes this step's k and v into the cache through each sequence's block
@@ -295,14 +314,13 @@ static void attention(struct cpu_state *s, const struct xd_batch *b, int layer, 
         const struct xd_seq_chunk *sc = &b->seqs[s->tok_seq[t]];
         int p = s->tok_pos[t];
         int block = sc->block_table[p / bs], slot = p % bs;
-        memcpy(kv_row(s, s->k_cache, layer, block, slot), s->k + (size_t)t * kvd,
-               sizeof(float) * kvd);
-        memcpy(kv_row(s, s->v_cache, layer, block, slot), s->v + (size_t)t * kvd,
-               sizeof(float) * kvd);
+        kv_store(s, kv_row(s, s->k_cache, layer, block, slot), s->k + (size_t)t * kvd, kvd);
+        kv_store(s, kv_row(s, s->v_cache, layer, block, slot), s->v + (size_t)t * kvd, kvd);
     }
     const struct xd_cpu_attn a = {
         .k_cache = kv_row(s, s->k_cache, layer, 0, 0),
         .v_cache = kv_row(s, s->v_cache, layer, 0, 0),
+        .kv_dtype = s->opts.kv_dtype,
         .block_size = bs,
         .n_heads = c->n_heads,
         .n_kv_heads = c->n_kv_heads,
