@@ -19,9 +19,16 @@ struct problem {
     int n_blocks;        /* blocks of one copy */
     int32_t table[64];   /* (n_blocks,) copy one */
     int32_t table2[64];  /* (n_blocks,) copy two, other blocks */
-    float *k, *v;        /* (2 * n_blocks * bs, n_kv * hd) */
+    float *k, *v;        /* (2 * n_blocks, n_kv, bs, hd) each (attention.h) */
     float *q;            /* (n, n_heads * hd) */
 };
+
+/* Where head h of position j starts in the caches through block table table (attention.h's
+ * layout: a cache block holds each kv head's block_size rows of head_dim together). */
+static size_t kv_at(const struct problem *p, const int32_t *table, int j, int h)
+{
+    return (((size_t)table[j / p->bs] * p->n_kv + h) * p->bs + j % p->bs) * p->hd;
+}
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15u;
 
@@ -58,12 +65,12 @@ static void problem_init(struct problem *p, int n, int bs, int n_heads, int n_kv
     for (int h = 0; h < n_heads; h++)
         p->sinks[h] = frand();
     /* copy two holds the same keys and values as copy one */
-    for (int j = 0; j < n; j++) {
-        const size_t r1 = (size_t)p->table[j / bs] * bs + j % bs;
-        const size_t r2 = (size_t)p->table2[j / bs] * bs + j % bs;
-        memcpy(p->k + r2 * kvd, p->k + r1 * kvd, sizeof(float) * kvd);
-        memcpy(p->v + r2 * kvd, p->v + r1 * kvd, sizeof(float) * kvd);
-    }
+    for (int j = 0; j < n; j++)
+        for (int h = 0; h < n_kv; h++) {
+            const size_t r1 = kv_at(p, p->table, j, h), r2 = kv_at(p, p->table2, j, h);
+            memcpy(p->k + r2, p->k + r1, sizeof(float) * hd);
+            memcpy(p->v + r2, p->v + r1, sizeof(float) * hd);
+        }
 }
 
 static void problem_free(struct problem *p)
@@ -102,15 +109,14 @@ static void run_chunks(const struct problem *p, const int *chunks, int n_chunks,
 static void run_double(const struct problem *p, double *out)
 {
     const int hd = p->hd, group = p->n_heads / p->n_kv;
-    const size_t qd = (size_t)p->n_heads * hd, kvd = (size_t)p->n_kv * hd;
+    const size_t qd = (size_t)p->n_heads * hd;
     for (int t = 0; t < p->n; t++)
         for (int h = 0; h < p->n_heads; h++) {
             const float *q = p->q + t * qd + (size_t)h * hd;
             const int first = p->window > 0 && t - p->window + 1 > 0 ? t - p->window + 1 : 0;
             double s[256], mx = p->with_sinks ? p->sinks[h] : -INFINITY;
             for (int j = first; j <= t; j++) {
-                const float *k = p->k + ((size_t)p->table[j / p->bs] * p->bs + j % p->bs) * kvd +
-                                 (size_t)(h / group) * hd;
+                const float *k = p->k + kv_at(p, p->table, j, h / group);
                 double d = 0.0;
                 for (int i = 0; i < hd; i++)
                     d += (double)q[i] * k[i];
@@ -123,8 +129,7 @@ static void run_double(const struct problem *p, double *out)
                 o[i] = 0.0;
             for (int j = first; j <= t; j++) {
                 const double w = exp(s[j - first] - mx);
-                const float *v = p->v + ((size_t)p->table[j / p->bs] * p->bs + j % p->bs) * kvd +
-                                 (size_t)(h / group) * hd;
+                const float *v = p->v + kv_at(p, p->table, j, h / group);
                 sum += w;
                 for (int i = 0; i < hd; i++)
                     o[i] += w * v[i];

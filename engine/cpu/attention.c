@@ -599,6 +599,16 @@ static inline int first_key(const struct xd_cpu_attn *a, int p)
     return a->window > 0 && p - a->window + 1 > 0 ? p - a->window + 1 : 0;
 }
 
+/* Where head kvh of position j of sequence sc starts in a cache (elements; attention.h). */
+static inline size_t kv_at(const struct xd_cpu_attn *a, const struct xd_seq_chunk *sc, int j,
+                           int kvh)
+{
+    const int bs = a->block_size;
+    return (((size_t)sc->block_table[j / bs] * (size_t)a->n_kv_heads + (size_t)kvh) * (size_t)bs +
+            (size_t)(j % bs)) *
+           (size_t)a->head_dim;
+}
+
 /* Rows r0 .. r1 - 1 of one sequence's chunk for kv head kvh: row r is the chunk's token r /
  * group, head kvh * group + r % group. q and out point at the chunk's first token. */
 static void attend_tile(const struct xd_cpu_attn *a, const struct attn_path *path,
@@ -606,7 +616,7 @@ static void attend_tile(const struct xd_cpu_attn *a, const struct attn_path *pat
                         int r0, int r1)
 {
     const int hd = a->head_dim, group = a->n_heads / a->n_kv_heads, bs = a->block_size;
-    const size_t qd = (size_t)a->n_heads * hd, kvd = (size_t)a->n_kv_heads * hd;
+    const size_t qd = (size_t)a->n_heads * hd;
     const int nr = r1 - r0;
     const float *qrow[nr];
     int pos[nr], first[nr], lo[nr], hi[nr];
@@ -634,29 +644,26 @@ static void attend_tile(const struct xd_cpu_attn *a, const struct attn_path *pat
     for (int kb = kfirst / KB; kb <= klast / KB; kb++) {
         const int j0 = kb * KB;
         const int ja = j0 > kfirst ? j0 : kfirst, jb = j0 + KB - 1 < klast ? j0 + KB - 1 : klast;
-        /* a whole key block inside one cache block: gathered by the vector path */
+        /* a whole key block inside one cache block: its 16 keys of this head follow each other
+         * (hd apart), gathered by the vector path */
         const bool whole = ja == j0 && jb == j0 + KB - 1 && bs % KB == 0 && path->fill_kt;
-        if (!wide)
+        const size_t at0 = whole ? kv_at(a, sc, j0, kvh) : 0;
+        if (!wide && whole) {
+            path->widen(kc16 + at0, kbuf, KB * hd, a->kv_dtype);
+            path->widen(vc16 + at0, vbuf, KB * hd, a->kv_dtype);
+        } else if (!wide) {
             for (int j = ja; j <= jb; j++) {
-                const size_t row = ((size_t)sc->block_table[j / bs] * bs + (size_t)(j % bs)) *
-                                       kvd + (size_t)kvh * hd;
-                path->widen(kc16 + row, kbuf + (size_t)(j - j0) * hd, hd, a->kv_dtype);
-                path->widen(vc16 + row, vbuf + (size_t)(j - j0) * hd, hd, a->kv_dtype);
+                const size_t at = kv_at(a, sc, j, kvh);
+                path->widen(kc16 + at, kbuf + (size_t)(j - j0) * hd, hd, a->kv_dtype);
+                path->widen(vc16 + at, vbuf + (size_t)(j - j0) * hd, hd, a->kv_dtype);
             }
-        if (whole) {
-            const size_t row0 = ((size_t)sc->block_table[j0 / bs] * bs + (size_t)(j0 % bs)) *
-                                    kvd + (size_t)kvh * hd;
-            if (wide)
-                path->fill_kt(kc + row0, kvd, hd, kt);
-            else
-                path->fill_kt(kbuf, (size_t)hd, hd, kt);
         }
+        if (whole)
+            path->fill_kt(wide ? kc + at0 : kbuf, (size_t)hd, hd, kt);
         for (int jj = 0; jj < KB; jj++) {
             const int j = j0 + jj;
             if (whole) {
-                vrow[jj] = !wide ? vbuf + (size_t)jj * hd
-                                 : vc + ((size_t)sc->block_table[j / bs] * bs +
-                                         (size_t)(j % bs)) * kvd + (size_t)kvh * hd;
+                vrow[jj] = (wide ? vc + at0 : vbuf) + (size_t)jj * hd;
                 continue;
             }
             if (j < ja || j > jb) {
@@ -665,12 +672,11 @@ static void attend_tile(const struct xd_cpu_attn *a, const struct attn_path *pat
                     kt[(size_t)d * KB + jj] = 0.0f;
                 continue;
             }
-            const size_t row = ((size_t)sc->block_table[j / bs] * bs + (size_t)(j % bs)) * kvd +
-                               (size_t)kvh * hd;
-            const float *kr = wide ? kc + row : kbuf + (size_t)jj * hd;
+            const size_t at = kv_at(a, sc, j, kvh);
+            const float *kr = wide ? kc + at : kbuf + (size_t)jj * hd;
             for (int d = 0; d < hd; d++)
                 kt[(size_t)d * KB + jj] = kr[d];
-            vrow[jj] = wide ? vc + row : vbuf + (size_t)jj * hd;
+            vrow[jj] = wide ? vc + at : vbuf + (size_t)jj * hd;
         }
         path->scores(&c, nr, S);
         for (int r = 0; r < nr; r++) {
@@ -772,9 +778,9 @@ void xd_cpu_attention_on(const struct xd_cpu_attn *a, const struct xd_batch *b, 
 void xd_cpu_attention_reference(const struct xd_cpu_attn *a, const struct xd_batch *b,
                                 const float *q_all, float *out)
 {
-    const int bs = a->block_size, hd = a->head_dim;
+    const int hd = a->head_dim;
     const int group = a->n_heads / a->n_kv_heads;
-    const size_t qd = (size_t)a->n_heads * hd, kvd = (size_t)a->n_kv_heads * hd;
+    const size_t qd = (size_t)a->n_heads * hd;
     const float scale = a->scale;
     const float *sinks = a->sinks;
     int seq0[b->n_seqs + 1]; /* (n_seqs + 1,) each sequence's first token in the step */
@@ -799,8 +805,7 @@ void xd_cpu_attention_reference(const struct xd_cpu_attn *a, const struct xd_bat
             memset(acc, 0, sizeof acc);
             /* one pass with a running maximum (online softmax) */
             for (int j = first; j <= p; j++) {
-                const size_t row = ((size_t)sc->block_table[j / bs] * bs + (size_t)(j % bs)) *
-                                       kvd + (size_t)kvh * hd;
+                const size_t row = kv_at(a, sc, j, kvh);
                 float kw[a->kv_dtype == XD_DTYPE_F32 ? 1 : hd];
                 float vw[a->kv_dtype == XD_DTYPE_F32 ? 1 : hd];
                 const float *kr = (const float *)a->k_cache + row;

@@ -23,7 +23,8 @@ struct cpu_state {
     int q_dim;           /* n_heads * head_dim */
     int ffn_max;         /* widest dense or shared MLP */
 
-    /* KV cache: (n_layers, n_kv_blocks, block_size, kv_dim) each of opts.kv_dtype (f32, bf16
+    /* KV cache: (n_layers, n_kv_blocks, n_kv_heads, block_size, head_dim) each (the layout of
+     * engine/cpu/attention.h) of opts.kv_dtype (f32, bf16
      * or f16; kv_esize bytes); NULL with MLA, whose latent cache and attention are mla's
      * (engine/cpu/mla.c) */
     void *k_cache;
@@ -274,25 +275,34 @@ static int cpu_create(struct xd_model *model, const struct xd_engine_opts *opts,
 
 /* ---- attention ---- */
 
-static void *kv_row(const struct cpu_state *s, void *cache, int layer, int block, int slot)
+/* A layer's cache (attention.h's layout, kv_esize bytes an element). */
+static void *kv_layer(const struct cpu_state *s, void *cache, int layer)
 {
-    size_t idx = (((size_t)layer * s->opts.n_kv_blocks + block) * s->opts.block_size + slot);
-    return (char *)cache + idx * s->kv_dim * s->kv_esize;
+    return (char *)cache +
+           (size_t)layer * s->opts.n_kv_blocks * s->opts.block_size * s->kv_dim * s->kv_esize;
 }
 
-/* One token's kvd keys or values into a cache row of the cache's element type. */
-static void kv_store(const struct cpu_state *s, void *dst, const float *src, int kvd)
+/* One token's keys or values (n_kv_heads * head_dim floats) into slot of block of a layer's
+ * cache, each head's head_dim in its place, in the cache's element type. */
+static void kv_store(const struct cpu_state *s, void *layer_cache, int block, int slot,
+                     const float *src)
 {
-    switch (s->opts.kv_dtype) {
-    case XD_DTYPE_BF16:
-        for (int i = 0; i < kvd; i++)
-            ((uint16_t *)dst)[i] = xd_f32_to_bf16(src[i]);
-        break;
-    case XD_DTYPE_F16:
-        for (int i = 0; i < kvd; i++)
-            ((uint16_t *)dst)[i] = xd_f32_to_f16(src[i]);
-        break;
-    default: memcpy(dst, src, sizeof(float) * (size_t)kvd); break;
+    const struct xd_model_config *c = &s->m->config;
+    const int hd = c->head_dim, bs = s->opts.block_size;
+    for (int h = 0; h < c->n_kv_heads; h++) {
+        const size_t at = (((size_t)block * c->n_kv_heads + h) * bs + slot) * hd;
+        const float *x = src + (size_t)h * hd;
+        switch (s->opts.kv_dtype) {
+        case XD_DTYPE_BF16:
+            for (int i = 0; i < hd; i++)
+                ((uint16_t *)layer_cache)[at + i] = xd_f32_to_bf16(x[i]);
+            break;
+        case XD_DTYPE_F16:
+            for (int i = 0; i < hd; i++)
+                ((uint16_t *)layer_cache)[at + i] = xd_f32_to_f16(x[i]);
+            break;
+        default: memcpy((float *)layer_cache + at, x, sizeof(float) * (size_t)hd); break;
+        }
     }
 }
 
@@ -314,12 +324,12 @@ static void attention(struct cpu_state *s, const struct xd_batch *b, int layer, 
         const struct xd_seq_chunk *sc = &b->seqs[s->tok_seq[t]];
         int p = s->tok_pos[t];
         int block = sc->block_table[p / bs], slot = p % bs;
-        kv_store(s, kv_row(s, s->k_cache, layer, block, slot), s->k + (size_t)t * kvd, kvd);
-        kv_store(s, kv_row(s, s->v_cache, layer, block, slot), s->v + (size_t)t * kvd, kvd);
+        kv_store(s, kv_layer(s, s->k_cache, layer), block, slot, s->k + (size_t)t * kvd);
+        kv_store(s, kv_layer(s, s->v_cache, layer), block, slot, s->v + (size_t)t * kvd);
     }
     const struct xd_cpu_attn a = {
-        .k_cache = kv_row(s, s->k_cache, layer, 0, 0),
-        .v_cache = kv_row(s, s->v_cache, layer, 0, 0),
+        .k_cache = kv_layer(s, s->k_cache, layer),
+        .v_cache = kv_layer(s, s->v_cache, layer),
         .kv_dtype = s->opts.kv_dtype,
         .block_size = bs,
         .n_heads = c->n_heads,
