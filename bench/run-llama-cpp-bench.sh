@@ -10,7 +10,9 @@
 # Usage: bench/run-llama-cpp-bench.sh [--build-only] [--family olmoe|deepseek] [--rounds N]
 #            [--repeats N] [--threads N] [--prompt-len N] [--decode-steps N]
 #            [--model-args "xd-synth-model args"] [--name NAME] [--quant] [--check]
-#            [--formats "XD:GGUF ..."]
+#            [--formats "XD:GGUF ..."] [--kv-dtype f32|bf16|f16]
+#   --kv-dtype: expertd's KV cache element (default f32; llama.cpp's own default, which it runs
+#   with here, is f16)
 #   --formats: the pairs compared, expertd's --quantize against llama.cpp's GGUF type, each
 #   pair in every round (default "none:bf16"; e.g. "none:bf16 q8:Q8_0 q4:Q4_K_M"); a quantized
 #   GGUF type implies --quant (llama-quantize makes it from the bf16 GGUF)
@@ -31,7 +33,7 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 ldir=${LLAMA_CPP_DIR:-/work/llama-cpp}
 build_only=0 rounds=3 repeats=3 threads=2 quant=0 check=0 family=olmoe prompt_len=128 decode_steps=
-name= model_args= formats=none:bf16
+name= model_args= formats=none:bf16 kv_dtype=f32
 while [ $# -gt 0 ]; do
   case "$1" in
     --build-only) build_only=1 ;;
@@ -46,6 +48,7 @@ while [ $# -gt 0 ]; do
     --quant) quant=1 ;;
     --check) check=1 ;;
     --formats) formats=$2; shift ;;
+    --kv-dtype) kv_dtype=$2; shift ;;  # expertd's KV cache element (llama.cpp's is f16)
     *) echo "run-llama-cpp-bench.sh: unknown option '$1'" >&2; exit 2 ;;
   esac
   shift
@@ -170,6 +173,7 @@ mkdir -p "$out"
   echo "kernel: $(uname -r); gcc: $(gcc -dumpfullversion); expertd: $(git rev-parse --short HEAD)$(git diff --quiet || echo -dirty)"
   echo "llama.cpp: $(cat "$ldir/src/.from-sdist" 2>/dev/null), $("$bin/llama-bench" --version 2>&1 | head -n1)"
   echo "expertd kernels: $(build/daemon/expertd version 2>/dev/null | grep -i 'cpu kernels' || true)"
+  echo "expertd KV cache: $kv_dtype (--kv-dtype; llama.cpp's default, used here, is f16)"
 } | tee "$out/machine.txt" >&2
 
 # llama.cpp's repacked (AMX / AVX-512 interleaved) path, once: it dies with SIGILL where the
@@ -191,7 +195,7 @@ for r in $(seq 1 "$rounds"); do
     tag=$xq; [ "$pair" = none:bf16 ] && tag=  # the bf16 pair keeps the old file names
     echo "round $r/$rounds: expertd --quantize $xq (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$out/load.txt" >&2
     evict "$gguf"
-    build/bench/bench-engine --model "$model" --quantize "$xq" --threads "$threads" \
+    build/bench/bench-engine --model "$model" --quantize "$xq" --threads "$threads" --kv-dtype "$kv_dtype" \
       --prompt-len "$prompt_len" --decode-steps "$decode_steps" --max-batch 8 --repeats "$repeats" \
       > "$out/expertd$tag-$r.json"
     echo "round $r/$rounds: llama.cpp $gq (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$out/load.txt" >&2

@@ -20,6 +20,9 @@
 /* Rows (query token x head of the kv head's group) per tile at most: K and V of a block are read
  * once per tile; the tile's accumulators (rows x head_dim) stay near 32 KiB. */
 #define TILE_ROWS_MAX 64
+#ifndef ATTN_PREFETCH
+#define ATTN_PREFETCH 1
+#endif
 #define TILE_FLOATS 8192
 
 /* ---- the exponential: x = n ln 2 + r, |r| <= ln 2 / 2, exp(r) = 1 + r + r^2 P(r) ---- */
@@ -641,6 +644,7 @@ static void attend_tile(const struct xd_cpu_attn *a, const struct attn_path *pat
     memset(acc, 0, sizeof acc);
     const int kfirst = first[0], klast = pos[nr - 1];
     const struct tile_ctx c = {qrow, kt, vrow, hd, a->scale};
+    const size_t esize = wide ? sizeof(float) : sizeof(uint16_t);
     for (int kb = kfirst / KB; kb <= klast / KB; kb++) {
         const int j0 = kb * KB;
         const int ja = j0 > kfirst ? j0 : kfirst, jb = j0 + KB - 1 < klast ? j0 + KB - 1 : klast;
@@ -648,6 +652,17 @@ static void attend_tile(const struct xd_cpu_attn *a, const struct attn_path *pat
          * (hd apart), gathered by the vector path */
         const bool whole = ja == j0 && jb == j0 + KB - 1 && bs % KB == 0 && path->fill_kt;
         const size_t at0 = whole ? kv_at(a, sc, j0, kvh) : 0;
+        if (ATTN_PREFETCH && j0 + KB <= klast) {
+            /* the next key block's keys and values of this head: a run of its own elsewhere in
+             * the cache, which the hardware prefetcher would only find after a few misses (a
+             * hint; no result depends on it) */
+            const size_t next = kv_at(a, sc, j0 + KB, kvh) * esize;
+            const size_t run = (size_t)(bs < KB ? bs : KB) * (size_t)hd * esize;
+            for (size_t off = 0; off < run; off += 64) {
+                __builtin_prefetch((const char *)a->k_cache + next + off);
+                __builtin_prefetch((const char *)a->v_cache + next + off);
+            }
+        }
         if (!wide && whole) {
             path->widen(kc16 + at0, kbuf, KB * hd, a->kv_dtype);
             path->widen(vc16 + at0, vbuf, KB * hd, a->kv_dtype);
