@@ -265,6 +265,51 @@ static void check_fp8(int rows, int cols, enum xd_dtype scale_dt)
     free(want);
 }
 
+/* The KV cache's store (xd_cpu_f32_to_16, F16C for f16 on x86) gives the scalar conversions'
+ * bits: ties, subnormals, the f16 overflow threshold (65520 rounds to infinity, 65519 to
+ * 65504), signed zeros, infinities, and many random values; a NaN stays a NaN. */
+static void test_kv_store_rounding_equals_scalar(void)
+{
+    enum { N = 4099 }; /* not a multiple of 8: the scalar tail too */
+    float *x = malloc(sizeof(float) * N);
+    uint16_t *got = malloc(sizeof(uint16_t) * N);
+    const float edge[] = {0.0f, -0.0f, 1.0f, -1.0f, 65504.0f, 65519.0f, 65520.0f, -65520.0f,
+                          1e9f, INFINITY, -INFINITY, 6.1035156e-05f, 5.9604645e-08f,
+                          2.9802322e-08f, 8.940697e-08f, 1.0009766f, 1.0004883f, 1.0014648f,
+                          3.3895314e38f, 1e-40f, -1e-40f, 1.00390625f, 1.01171875f};
+    const int n_edge = (int)(sizeof edge / sizeof edge[0]);
+    uint32_t r = 12345;
+    for (int i = 0; i < N; i++) {
+        r = r * 1664525u + 1013904223u;
+        uint32_t bits = r;
+        float f;
+        memcpy(&f, &bits, sizeof f);
+        x[i] = i < n_edge ? edge[i] : (i % 3 == 0 ? f : (float)(int32_t)r / 16384.0f);
+        if (isnan(x[i]))
+            x[i] = 0.5f;
+    }
+    x[N - 1] = NAN;
+    const enum xd_dtype dts[2] = {XD_DTYPE_BF16, XD_DTYPE_F16};
+    for (int d = 0; d < 2; d++) {
+        xd_cpu_f32_to_16(dts[d], x, got, N);
+        int bad = 0;
+        for (int i = 0; i < N - 1; i++) {
+            const uint16_t want =
+                dts[d] == XD_DTYPE_BF16 ? xd_f32_to_bf16(x[i]) : xd_f32_to_f16(x[i]);
+            if (got[i] != want && bad++ < 5)
+                fprintf(stderr, "  %s: %.9g -> 0x%04x, want 0x%04x\n", xd_dtype_name(dts[d]),
+                        (double)x[i], got[i], want);
+        }
+        const float back =
+            dts[d] == XD_DTYPE_BF16 ? xd_bf16_to_f32(got[N - 1]) : xd_f16_to_f32(got[N - 1]);
+        CHECK(bad == 0, "%s: %d values round differently from the scalar conversion",
+              xd_dtype_name(dts[d]), bad);
+        CHECK(isnan(back), "%s: NaN stored as 0x%04x", xd_dtype_name(dts[d]), got[N - 1]);
+    }
+    free(x);
+    free(got);
+}
+
 static void test_fp8_equals_dequantized(void)
 {
     check_fp8(300, 400, XD_DTYPE_F32);
@@ -374,5 +419,6 @@ int main(void)
     RUN(test_gemm_equals_gemv);
     RUN(test_multi_equals_alone);
     RUN(test_fp8_equals_dequantized);
+    RUN(test_kv_store_rounding_equals_scalar);
     return test_summary();
 }

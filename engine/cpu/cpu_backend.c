@@ -292,17 +292,10 @@ static void kv_store(const struct cpu_state *s, void *layer_cache, int block, in
     for (int h = 0; h < c->n_kv_heads; h++) {
         const size_t at = (((size_t)block * c->n_kv_heads + h) * bs + slot) * hd;
         const float *x = src + (size_t)h * hd;
-        switch (s->opts.kv_dtype) {
-        case XD_DTYPE_BF16:
-            for (int i = 0; i < hd; i++)
-                ((uint16_t *)layer_cache)[at + i] = xd_f32_to_bf16(x[i]);
-            break;
-        case XD_DTYPE_F16:
-            for (int i = 0; i < hd; i++)
-                ((uint16_t *)layer_cache)[at + i] = xd_f32_to_f16(x[i]);
-            break;
-        default: memcpy((float *)layer_cache + at, x, sizeof(float) * (size_t)hd); break;
-        }
+        if (s->opts.kv_dtype == XD_DTYPE_F32)
+            memcpy((float *)layer_cache + at, x, sizeof(float) * (size_t)hd);
+        else
+            xd_cpu_f32_to_16(s->opts.kv_dtype, x, (uint16_t *)layer_cache + at, (size_t)hd);
     }
 }
 

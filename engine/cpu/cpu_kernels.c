@@ -1364,6 +1364,38 @@ void xd_cpu_rmsnorm(const float *x, int n, const struct xd_matrix *w, float eps,
     }
 }
 
+#ifdef XD_HAVE_X86_PATHS
+/* vcvtps2ph rounds to nearest even (subnormals and overflow to infinity as IEEE, as
+ * xd_f32_to_f16) */
+TGT256 static void f32_to_f16_f16c(const float *src, uint16_t *dst, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; i++)
+        dst[i] = xd_f32_to_f16(src[i]);
+}
+#endif
+
+void xd_cpu_f32_to_16(enum xd_dtype dt, const float *src, uint16_t *dst, size_t n)
+{
+    if (dt == XD_DTYPE_BF16) {
+        for (size_t i = 0; i < n; i++) /* integer operations the compiler vectorizes */
+            dst[i] = xd_f32_to_bf16(src[i]);
+        return;
+    }
+#ifdef XD_HAVE_X86_PATHS
+    if (get_path() >= PATH_AVX2) {
+        f32_to_f16_f16c(src, dst, n);
+        return;
+    }
+#endif
+    for (size_t i = 0; i < n; i++)
+        dst[i] = xd_f32_to_f16(src[i]);
+}
+
 void xd_cpu_rope(float *x, int n_heads, int head_dim, int pos, const struct xd_rope *rope)
 {
     const int half = rope->rot_dim / 2;

@@ -80,6 +80,11 @@ void xd_cpu_silu_mul(const float *gate, const float *up, float *y, size_t n);
 /* Dot product of f32 x (n,) with row r of w; exposed for the attention code. */
 float xd_cpu_dot(const float *a, const float *b, int n);
 
+/* dst[i] = src[i] rounded to dt (XD_DTYPE_BF16 or XD_DTYPE_F16) to nearest even, for n values:
+ * xd_f32_to_bf16's / xd_f32_to_f16's bits for every non-NaN value (F16C where the CPU has it);
+ * a NaN stays a NaN. The KV cache's store (--kv-dtype). */
+void xd_cpu_f32_to_16(enum xd_dtype dt, const float *src, uint16_t *dst, size_t n);
+
 /* Softmax over x (n,) in place. */
 void xd_cpu_softmax(float *x, int n);
 
