@@ -19,15 +19,21 @@ struct problem {
     int n_blocks;        /* blocks of one copy */
     int32_t table[64];   /* (n_blocks,) copy one */
     int32_t table2[64];  /* (n_blocks,) copy two, other blocks */
-    float *k, *v;        /* (2 * n_blocks, n_kv, bs, hd) each (attention.h) */
+    float *k, *v;        /* (2 * n_blocks, n_kv, hd, bs) keys, (2 * n_blocks, n_kv, bs, hd) values */
     float *q;            /* (n, n_heads * hd) */
 };
 
-/* Where head h of position j starts in the caches through block table table (attention.h's
- * layout: a cache block holds each kv head's block_size rows of head_dim together). */
+/* Where head h of position j starts in the value cache through block table table, and where
+ * dimension d of its key is in the key cache (attention.h's layouts: a cache block holds each kv
+ * head's block_size value rows together, and its keys transposed, (head_dim, block_size)). */
 static size_t kv_at(const struct problem *p, const int32_t *table, int j, int h)
 {
     return (((size_t)table[j / p->bs] * p->n_kv + h) * p->bs + j % p->bs) * p->hd;
+}
+
+static size_t k_at(const struct problem *p, const int32_t *table, int j, int h, int d)
+{
+    return (((size_t)table[j / p->bs] * p->n_kv + h) * p->hd + d) * p->bs + j % p->bs;
 }
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15u;
@@ -68,8 +74,9 @@ static void problem_init(struct problem *p, int n, int bs, int n_heads, int n_kv
     for (int j = 0; j < n; j++)
         for (int h = 0; h < n_kv; h++) {
             const size_t r1 = kv_at(p, p->table, j, h), r2 = kv_at(p, p->table2, j, h);
-            memcpy(p->k + r2, p->k + r1, sizeof(float) * hd);
             memcpy(p->v + r2, p->v + r1, sizeof(float) * hd);
+            for (int d = 0; d < hd; d++)
+                p->k[k_at(p, p->table2, j, h, d)] = p->k[k_at(p, p->table, j, h, d)];
         }
 }
 
@@ -116,10 +123,9 @@ static void run_double(const struct problem *p, double *out)
             const int first = p->window > 0 && t - p->window + 1 > 0 ? t - p->window + 1 : 0;
             double s[256], mx = p->with_sinks ? p->sinks[h] : -INFINITY;
             for (int j = first; j <= t; j++) {
-                const float *k = p->k + kv_at(p, p->table, j, h / group);
                 double d = 0.0;
                 for (int i = 0; i < hd; i++)
-                    d += (double)q[i] * k[i];
+                    d += (double)q[i] * p->k[k_at(p, p->table, j, h / group, i)];
                 s[j - first] = d / sqrt((double)hd);
                 mx = s[j - first] > mx ? s[j - first] : mx;
             }

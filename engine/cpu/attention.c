@@ -13,7 +13,6 @@
 
 #include "engine/cpu/cpu_kernels.h"
 #include "engine/cpu/quant_kernels.h"
-#include "engine/cpu/transpose.h"
 
 #define KB XD_CPU_ATTN_KEY_BLOCK
 
@@ -247,32 +246,6 @@ TGT512 static void widen_avx512(const uint16_t *src, float *dst, int n, enum xd_
     widen_portable(src + i, dst + i, n - i, dt);
 }
 
-/* kt (hd, KB) from 16 keys that follow each other in one cache block, the first at k0 (rows
- * kvd apart): 16 d at a time as 16 row loads transposed in registers (a gather per d costs
- * more than the scores of a decode token's few rows), the last hd % 16 by one gather per d.
- * Only moves values: kt is the same whichever way it is filled. */
-TGT512 static void fill_kt_avx512(const float *k0, size_t kvd, int hd, float *kt)
-{
-    int d = 0;
-    for (; d + 16 <= hd; d += 16) {
-        __m512 r[16];
-#pragma GCC unroll 16
-        for (int j = 0; j < 16; j++)
-            r[j] = _mm512_loadu_ps(k0 + (size_t)j * kvd + d);
-        xd_transpose16x16_ps(r);
-#pragma GCC unroll 16
-        for (int i = 0; i < 16; i++)
-            _mm512_storeu_ps(kt + (size_t)(d + i) * KB, r[i]);
-    }
-    if (d < hd) {
-        const __m512i idx = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32((int)kvd));
-        for (; d < hd; d++)
-            _mm512_storeu_ps(kt + (size_t)d * KB, _mm512_i32gather_ps(idx, k0 + d, 4));
-    }
-}
-
 /* The softmax part of one row's step (as row_update_portable up to P.V): rescales acc where the
  * block's maximum is new, updates lv, and leaves p (KB,), 0 outside lo .. hi. */
 TGT512 static void row_softmax_avx512(const struct tile_ctx *c, const float *s, int lo, int hi,
@@ -421,59 +394,6 @@ TGT256C static void widen_avx2(const uint16_t *src, float *dst, int n, enum xd_d
     widen_portable(src + i, dst + i, n - i, dt);
 }
 
-/* The 8 x 8 floats r[0..7] transposed in registers (as xd_transpose16x16_ps). */
-TGT256 static inline __attribute__((always_inline)) void transpose8x8(__m256 r[8])
-{
-    __m256 t[8];
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; i++) {
-        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-#pragma GCC unroll 2
-    for (int i = 0; i < 2; i++) {
-        r[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-        r[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xee);
-        r[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-        r[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
-    }
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; i++) {
-        t[i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x20);
-        t[4 + i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x31);
-    }
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; i++)
-        r[i] = t[i];
-}
-
-/* As fill_kt_avx512: each half of the block's keys 8 d at a time transposed in registers, the
- * last hd % 8 by gathers. */
-TGT256 static void fill_kt_avx2(const float *k0, size_t kvd, int hd, float *kt)
-{
-    int d = 0;
-    for (; d + 8 <= hd; d += 8)
-        for (int h = 0; h < KB; h += 8) {
-            __m256 r[8];
-#pragma GCC unroll 8
-            for (int j = 0; j < 8; j++)
-                r[j] = _mm256_loadu_ps(k0 + (size_t)(h + j) * kvd + d);
-            transpose8x8(r);
-#pragma GCC unroll 8
-            for (int i = 0; i < 8; i++)
-                _mm256_storeu_ps(kt + (size_t)(d + i) * KB + h, r[i]);
-        }
-    if (d < hd) {
-        const __m256i lo = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                              _mm256_set1_epi32((int)kvd));
-        const __m256i hi = _mm256_add_epi32(lo, _mm256_set1_epi32(8 * (int)kvd));
-        for (; d < hd; d++) {
-            _mm256_storeu_ps(kt + (size_t)d * KB, _mm256_i32gather_ps(k0 + d, lo, 4));
-            _mm256_storeu_ps(kt + (size_t)d * KB + 8, _mm256_i32gather_ps(k0 + d, hi, 4));
-        }
-    }
-}
-
 TGT256 static inline __attribute__((always_inline)) void
 scores_rows256(const struct tile_ctx *c, int r0, const int nr, float *S)
 {
@@ -573,7 +493,6 @@ TGT256 static void row_update_avx2(const struct tile_ctx *c, const float *s, int
 /* ---- tiles ---- */
 
 struct attn_path {
-    void (*fill_kt)(const float *k0, size_t kvd, int hd, float *kt); /* or NULL */
     void (*widen)(const uint16_t *src, float *dst, int n, enum xd_dtype dt); /* 16-bit caches */
     void (*scores)(const struct tile_ctx *c, int nr, float *S);
     /* the block's step for rows 0 .. nr - 1, row r over its keys lo[r] .. hi[r] (none when
@@ -602,7 +521,8 @@ static inline int first_key(const struct xd_cpu_attn *a, int p)
     return a->window > 0 && p - a->window + 1 > 0 ? p - a->window + 1 : 0;
 }
 
-/* Where head kvh of position j of sequence sc starts in a cache (elements; attention.h). */
+/* Where head kvh of position j of sequence sc starts in the value cache (elements;
+ * attention.h). */
 static inline size_t kv_at(const struct xd_cpu_attn *a, const struct xd_seq_chunk *sc, int j,
                            int kvh)
 {
@@ -610,6 +530,23 @@ static inline size_t kv_at(const struct xd_cpu_attn *a, const struct xd_seq_chun
     return (((size_t)sc->block_table[j / bs] * (size_t)a->n_kv_heads + (size_t)kvh) * (size_t)bs +
             (size_t)(j % bs)) *
            (size_t)a->head_dim;
+}
+
+/* Where key dimension 0 of head kvh of position j is in the key cache (elements; dimension d is
+ * block_size further per d: attention.h). */
+static inline size_t k_at(const struct xd_cpu_attn *a, const struct xd_seq_chunk *sc, int j,
+                          int kvh)
+{
+    const int bs = a->block_size;
+    return ((size_t)sc->block_table[j / bs] * (size_t)a->n_kv_heads + (size_t)kvh) *
+               (size_t)a->head_dim * (size_t)bs +
+           (size_t)(j % bs);
+}
+
+/* One element of a 16-bit cache as f32 (exact). */
+static inline float widen1(uint16_t v, enum xd_dtype dt)
+{
+    return dt == XD_DTYPE_BF16 ? xd_bf16_to_f32(v) : xd_f16_to_f32(v);
 }
 
 /* Rows r0 .. r1 - 1 of one sequence's chunk for kv head kvh: row r is the chunk's token r /
@@ -625,11 +562,11 @@ static void attend_tile(const struct xd_cpu_attn *a, const struct attn_path *pat
     int pos[nr], first[nr], lo[nr], hi[nr];
     float m[nr], lv[nr * KB], acc[nr * hd], S[nr * KB], kt[hd * KB];
     const float *vrow[KB];
-    /* a 16-bit cache: the block's keys and values widened here first (rows hd apart), so the
-     * rest reads f32 as from an f32 cache */
+    /* a 16-bit cache: the block's values widened here first (rows hd apart), so the rest reads
+     * f32 as from an f32 cache; its keys widened into kt */
     const bool wide = a->kv_dtype == XD_DTYPE_F32;
     const int nbuf = wide ? 1 : KB * hd;
-    float kbuf[nbuf], vbuf[nbuf];
+    float vbuf[nbuf];
     const float *kc = a->k_cache, *vc = a->v_cache;
     const uint16_t *kc16 = a->k_cache, *vc16 = a->v_cache;
     for (int r = 0; r < nr; r++) {
@@ -643,38 +580,50 @@ static void attend_tile(const struct xd_cpu_attn *a, const struct attn_path *pat
     }
     memset(acc, 0, sizeof acc);
     const int kfirst = first[0], klast = pos[nr - 1];
-    const struct tile_ctx c = {qrow, kt, vrow, hd, a->scale};
+    struct tile_ctx c = {qrow, kt, vrow, hd, a->scale};
     const size_t esize = wide ? sizeof(float) : sizeof(uint16_t);
     for (int kb = kfirst / KB; kb <= klast / KB; kb++) {
         const int j0 = kb * KB;
         const int ja = j0 > kfirst ? j0 : kfirst, jb = j0 + KB - 1 < klast ? j0 + KB - 1 : klast;
-        /* a whole key block inside one cache block: its 16 keys of this head follow each other
-         * (hd apart), gathered by the vector path */
-        const bool whole = ja == j0 && jb == j0 + KB - 1 && bs % KB == 0 && path->fill_kt;
-        const size_t at0 = whole ? kv_at(a, sc, j0, kvh) : 0;
+        /* a whole key block inside one cache block: its 16 keys of this head are 16 columns of
+         * the cache block's (head_dim, block_size) keys, and with blocks of 16 the block's kt
+         * itself; its values 16 rows that follow each other */
+        const bool whole = ja == j0 && jb == j0 + KB - 1 && bs % KB == 0;
+        const size_t at0 = whole ? kv_at(a, sc, j0, kvh) : 0, k0 = whole ? k_at(a, sc, j0, kvh) : 0;
         if (ATTN_PREFETCH && j0 + KB <= klast) {
-            /* the next key block's keys and values of this head: a run of its own elsewhere in
+            /* the next key block's keys and values of this head: runs of their own elsewhere in
              * the cache, which the hardware prefetcher would only find after a few misses (a
              * hint; no result depends on it) */
-            const size_t next = kv_at(a, sc, j0 + KB, kvh) * esize;
             const size_t run = (size_t)(bs < KB ? bs : KB) * (size_t)hd * esize;
+            const size_t vn = kv_at(a, sc, j0 + KB, kvh) * esize;
+            const size_t kn = bs == KB ? k_at(a, sc, j0 + KB, kvh) * esize : 0;
             for (size_t off = 0; off < run; off += 64) {
-                __builtin_prefetch((const char *)a->k_cache + next + off);
-                __builtin_prefetch((const char *)a->v_cache + next + off);
+                __builtin_prefetch((const char *)a->v_cache + vn + off);
+                if (bs == KB)
+                    __builtin_prefetch((const char *)a->k_cache + kn + off);
+            }
+        }
+        c.kt = kt;
+        if (whole && wide && bs == KB) {
+            c.kt = kc + k0;
+        } else if (whole && bs == KB) {
+            path->widen(kc16 + k0, kt, KB * hd, a->kv_dtype);
+        } else if (whole) {
+            for (int d = 0; d < hd; d++) {
+                const size_t at = k0 + (size_t)d * bs;
+                if (wide)
+                    memcpy(kt + (size_t)d * KB, kc + at, sizeof(float) * KB);
+                else
+                    path->widen(kc16 + at, kt + (size_t)d * KB, KB, a->kv_dtype);
             }
         }
         if (!wide && whole) {
-            path->widen(kc16 + at0, kbuf, KB * hd, a->kv_dtype);
             path->widen(vc16 + at0, vbuf, KB * hd, a->kv_dtype);
         } else if (!wide) {
-            for (int j = ja; j <= jb; j++) {
-                const size_t at = kv_at(a, sc, j, kvh);
-                path->widen(kc16 + at, kbuf + (size_t)(j - j0) * hd, hd, a->kv_dtype);
-                path->widen(vc16 + at, vbuf + (size_t)(j - j0) * hd, hd, a->kv_dtype);
-            }
+            for (int j = ja; j <= jb; j++)
+                path->widen(vc16 + kv_at(a, sc, j, kvh), vbuf + (size_t)(j - j0) * hd, hd,
+                            a->kv_dtype);
         }
-        if (whole)
-            path->fill_kt(wide ? kc + at0 : kbuf, (size_t)hd, hd, kt);
         for (int jj = 0; jj < KB; jj++) {
             const int j = j0 + jj;
             if (whole) {
@@ -687,11 +636,11 @@ static void attend_tile(const struct xd_cpu_attn *a, const struct attn_path *pat
                     kt[(size_t)d * KB + jj] = 0.0f;
                 continue;
             }
-            const size_t at = kv_at(a, sc, j, kvh);
-            const float *kr = wide ? kc + at : kbuf + (size_t)jj * hd;
+            const size_t kj = k_at(a, sc, j, kvh);
             for (int d = 0; d < hd; d++)
-                kt[(size_t)d * KB + jj] = kr[d];
-            vrow[jj] = wide ? vc + at : vbuf + (size_t)jj * hd;
+                kt[(size_t)d * KB + jj] = wide ? kc[kj + (size_t)d * bs]
+                                               : widen1(kc16[kj + (size_t)d * bs], a->kv_dtype);
+            vrow[jj] = wide ? vc + kv_at(a, sc, j, kvh) : vbuf + (size_t)jj * hd;
         }
         path->scores(&c, nr, S);
         for (int r = 0; r < nr; r++) {
@@ -741,14 +690,14 @@ void xd_cpu_attention_on(const struct xd_cpu_attn *a, const struct xd_batch *b, 
            (n_rows_all + tile_rows - 1) / tile_rows * a->n_kv_heads < 2L * threads)
         tile_rows = (tile_rows + 1) / 2;
 
-    struct attn_path path = {NULL, widen_portable, scores_portable, block_update_portable};
+    struct attn_path path = {widen_portable, scores_portable, block_update_portable};
 #ifdef XD_ATTN_X86
     if (vec == XD_CPU_VEC_AVX512 && __builtin_cpu_supports("avx512f"))
-        path = (struct attn_path){fill_kt_avx512, widen_avx512, scores_avx512,
+        path = (struct attn_path){widen_avx512, scores_avx512,
                                   block_update_avx512};
     else if (vec >= XD_CPU_VEC_AVX2 && __builtin_cpu_supports("avx2") &&
              __builtin_cpu_supports("fma"))
-        path = (struct attn_path){fill_kt_avx2, xd_cpu_has_f16c() ? widen_avx2 : widen_portable,
+        path = (struct attn_path){xd_cpu_has_f16c() ? widen_avx2 : widen_portable,
                                   scores_avx2, block_update_avx2};
 #else
     (void)vec;
@@ -820,15 +769,17 @@ void xd_cpu_attention_reference(const struct xd_cpu_attn *a, const struct xd_bat
             memset(acc, 0, sizeof acc);
             /* one pass with a running maximum (online softmax) */
             for (int j = first; j <= p; j++) {
-                const size_t row = kv_at(a, sc, j, kvh);
-                float kw[a->kv_dtype == XD_DTYPE_F32 ? 1 : hd];
+                const size_t row = kv_at(a, sc, j, kvh), kj = k_at(a, sc, j, kvh);
+                float kr[hd];
                 float vw[a->kv_dtype == XD_DTYPE_F32 ? 1 : hd];
-                const float *kr = (const float *)a->k_cache + row;
                 const float *vr = (const float *)a->v_cache + row;
+                for (int d = 0; d < hd; d++) /* the key's dimensions, block_size apart */
+                    kr[d] = a->kv_dtype == XD_DTYPE_F32
+                                ? ((const float *)a->k_cache)[kj + (size_t)d * a->block_size]
+                                : widen1(((const uint16_t *)a->k_cache)[kj + (size_t)d * a->block_size],
+                                         a->kv_dtype);
                 if (a->kv_dtype != XD_DTYPE_F32) {
-                    widen_portable((const uint16_t *)a->k_cache + row, kw, hd, a->kv_dtype);
                     widen_portable((const uint16_t *)a->v_cache + row, vw, hd, a->kv_dtype);
-                    kr = kw;
                     vr = vw;
                 }
                 float score = xd_cpu_dot(q, kr, hd) * scale;

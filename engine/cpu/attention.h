@@ -12,11 +12,15 @@
  * whatever the KV cache's block size and whatever tile the query is in. */
 #define XD_CPU_ATTN_KEY_BLOCK 16
 
-/* One layer's attention problem. The caches are that layer's (n_kv_blocks, n_kv_heads,
- * block_size, head_dim) each: head h of position j of a sequence at element
- * ((block_table[j / block_size] * n_kv_heads + h) * block_size + j % block_size) * head_dim, so
- * one head's keys of a cache block follow each other (a decode token's walk over one head's keys
- * reads runs of block_size * head_dim, not head_dim every kv_dim), of kv_dtype (f32, the zero
+/* One layer's attention problem. The caches are that layer's, n_kv_blocks blocks of
+ * n_kv_heads heads each. Values (n_kv_blocks, n_kv_heads, block_size, head_dim): head h of
+ * position j of a sequence at element
+ * ((block_table[j / block_size] * n_kv_heads + h) * block_size + j % block_size) * head_dim.
+ * Keys transposed within each (block, head): (n_kv_blocks, n_kv_heads, head_dim, block_size),
+ * dimension d of that key at ((block_table[j / block_size] * n_kv_heads + h) * head_dim + d) *
+ * block_size + j % block_size, so a block of 16 positions of one head is already the (head_dim,
+ * 16) tile the scores read (no transpose per block and step), and one head's keys and values of
+ * a cache block are each one run of memory. Elements of kv_dtype (f32, the zero
  * default, or bf16 / f16, widened exactly to f32 as they are read: the result is the f32
  * attention's over the stored values). */
 struct xd_cpu_attn {

@@ -23,8 +23,9 @@ struct cpu_state {
     int q_dim;           /* n_heads * head_dim */
     int ffn_max;         /* widest dense or shared MLP */
 
-    /* KV cache: (n_layers, n_kv_blocks, n_kv_heads, block_size, head_dim) each (the layout of
-     * engine/cpu/attention.h) of opts.kv_dtype (f32, bf16
+    /* KV cache: keys (n_layers, n_kv_blocks, n_kv_heads, head_dim, block_size), values
+     * (n_layers, n_kv_blocks, n_kv_heads, block_size, head_dim) (engine/cpu/attention.h's
+     * layouts) of opts.kv_dtype (f32, bf16
      * or f16; kv_esize bytes); NULL with MLA, whose latent cache and attention are mla's
      * (engine/cpu/mla.c) */
     void *k_cache;
@@ -282,20 +283,36 @@ static void *kv_layer(const struct cpu_state *s, void *cache, int layer)
            (size_t)layer * s->opts.n_kv_blocks * s->opts.block_size * s->kv_dim * s->kv_esize;
 }
 
-/* One token's keys or values (n_kv_heads * head_dim floats) into slot of block of a layer's
- * cache, each head's head_dim in its place, in the cache's element type. */
+/* One token's values (n_kv_heads * head_dim floats) into slot of block of a layer's value
+ * cache, each head's head_dim in its place, or its keys into the key cache, each head's
+ * dimensions block_size apart (attention.h's layouts), in the cache's element type. */
 static void kv_store(const struct cpu_state *s, void *layer_cache, int block, int slot,
-                     const float *src)
+                     const float *src, bool keys)
 {
     const struct xd_model_config *c = &s->m->config;
-    const int hd = c->head_dim, bs = s->opts.block_size;
+    const int hd = c->head_dim, bs = s->opts.block_size, kvd = s->kv_dim;
+    const bool wide = s->opts.kv_dtype == XD_DTYPE_F32;
+    uint16_t narrow[wide ? 1 : kvd];
+    if (!wide)
+        xd_cpu_f32_to_16(s->opts.kv_dtype, src, narrow, (size_t)kvd);
     for (int h = 0; h < c->n_kv_heads; h++) {
-        const size_t at = (((size_t)block * c->n_kv_heads + h) * bs + slot) * hd;
+        const size_t head = (size_t)block * c->n_kv_heads + h;
         const float *x = src + (size_t)h * hd;
-        if (s->opts.kv_dtype == XD_DTYPE_F32)
-            memcpy((float *)layer_cache + at, x, sizeof(float) * (size_t)hd);
-        else
-            xd_cpu_f32_to_16(s->opts.kv_dtype, x, (uint16_t *)layer_cache + at, (size_t)hd);
+        const uint16_t *xn = narrow + (wide ? 0 : (size_t)h * hd);
+        if (keys) {
+            const size_t at = head * hd * bs + slot;
+            for (int d = 0; d < hd; d++) {
+                if (wide)
+                    ((float *)layer_cache)[at + (size_t)d * bs] = x[d];
+                else
+                    ((uint16_t *)layer_cache)[at + (size_t)d * bs] = xn[d];
+            }
+        } else if (wide) {
+            memcpy((float *)layer_cache + (head * bs + slot) * hd, x, sizeof(float) * (size_t)hd);
+        } else {
+            memcpy((uint16_t *)layer_cache + (head * bs + slot) * hd, xn,
+                   sizeof(uint16_t) * (size_t)hd);
+        }
     }
 }
 
@@ -317,8 +334,8 @@ static void attention(struct cpu_state *s, const struct xd_batch *b, int layer, 
         const struct xd_seq_chunk *sc = &b->seqs[s->tok_seq[t]];
         int p = s->tok_pos[t];
         int block = sc->block_table[p / bs], slot = p % bs;
-        kv_store(s, kv_layer(s, s->k_cache, layer), block, slot, s->k + (size_t)t * kvd);
-        kv_store(s, kv_layer(s, s->v_cache, layer), block, slot, s->v + (size_t)t * kvd);
+        kv_store(s, kv_layer(s, s->k_cache, layer), block, slot, s->k + (size_t)t * kvd, true);
+        kv_store(s, kv_layer(s, s->v_cache, layer), block, slot, s->v + (size_t)t * kvd, false);
     }
     const struct xd_cpu_attn a = {
         .k_cache = kv_layer(s, s->k_cache, layer),

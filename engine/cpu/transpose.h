@@ -1,5 +1,4 @@
-/* In-register transposes shared by the CPU kernels (attention's key blocks, the quantized
- * kernels' token layouts). */
+/* In-register transposes for the CPU kernels (the quantized kernels' token layouts). */
 #ifndef XD_CPU_TRANSPOSE_H
 #define XD_CPU_TRANSPOSE_H
 
