@@ -25,9 +25,8 @@ struct cpu_state {
 
     /* KV cache: keys (n_layers, n_kv_blocks, n_kv_heads, head_dim, block_size), values
      * (n_layers, n_kv_blocks, n_kv_heads, block_size, head_dim) (engine/cpu/attention.h's
-     * layouts) of opts.kv_dtype (f32, bf16
-     * or f16; kv_esize bytes); NULL with MLA, whose latent cache and attention are mla's
-     * (engine/cpu/mla.c) */
+     * layouts), elements of opts.kv_dtype (f32, bf16 or f16; kv_esize bytes); NULL with MLA,
+     * whose latent cache and attention are mla's (engine/cpu/mla.c) */
     void *k_cache;
     void *v_cache;
     size_t kv_esize;
