@@ -255,10 +255,10 @@ int main(int argc, char **argv)
            xd_dtype_is_quant(m->quant) || m->fp8 ? xd_dtype_name(m->quant)
                                                  : xd_dtype_name(m->embed.dtype),
            m->quant_experts_only ? " experts only" : "", load_s, quantize_s, threads, o.prompt_len,
-           o.decode_steps, o.repeats, eo.device == XD_DEVICE_CUDA ? "bf16" : xd_engine_kv_dtype_name(eo.kv_dtype),
+           o.decode_steps, o.repeats, xd_engine_kv_dtype_name(xd_engine_kv_element(&eo)),
            /* what the KV cache holds per token: --kv-dtype on the CPU, bf16 on the GPU */
            c->n_layers * xd_model_config_kv_floats_per_token(c) *
-               (eo.device == XD_DEVICE_CUDA ? 2 : (long long)xd_dtype_size(eo.kv_dtype)),
+               (long long)xd_dtype_size(xd_engine_kv_element(&eo)),
            gbps);
     for (int bi = 0; bi < n_batches; bi++) {
         int nb = batches[bi];

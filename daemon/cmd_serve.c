@@ -217,14 +217,17 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
                "responses have no text, chat is unavailable", c->engine.model);
     }
 
+    struct xd_engine_opts eo = {
+        .device = strcmp(c->engine.device, "cuda") == 0 ? XD_DEVICE_CUDA : XD_DEVICE_CPU,
+        .block_size = c->engine.block_size,
+        .max_batch_tokens = c->engine.max_batch_tokens,
+        .n_threads = c->engine.threads,
+    };
+    XD_TRY(xd_config_expert_opts(&c->engine, mc, c->record_routing != NULL, &eo, err));
     /* what the backend stores per token: K and V, or MLA's latent + rotary key */
-    enum xd_dtype kv_dtype;
-    XD_TRY(xd_engine_kv_dtype_parse(c->engine.kv_dtype, &kv_dtype, err));
+    const enum xd_dtype kv_element = xd_engine_kv_element(&eo);
     long long block_bytes = mc->n_layers * xd_model_config_kv_floats_per_token(mc) *
-                            c->engine.block_size *
-                            (strcmp(c->engine.device, "cuda") == 0
-                                 ? 2
-                                 : (long long)xd_dtype_size(mc->mla ? XD_DTYPE_F32 : kv_dtype));
+                            c->engine.block_size * (long long)xd_dtype_size(kv_element);
     long long blocks = c->engine.kv_blocks;
     if (!blocks && c->kv_memory_mb)
         blocks = c->kv_memory_mb * (1LL << 20) / block_bytes;
@@ -237,14 +240,7 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
     if (blocks < 1 || blocks > (1 << 24))
         return xd_err_set(err, XD_ERR_CONFIG, "the KV cache would have %lld blocks; set "
                           "'--kv-blocks' or '--kv-memory'", blocks);
-    struct xd_engine_opts eo = {
-        .device = strcmp(c->engine.device, "cuda") == 0 ? XD_DEVICE_CUDA : XD_DEVICE_CPU,
-        .block_size = c->engine.block_size,
-        .n_kv_blocks = (int)blocks,
-        .max_batch_tokens = c->engine.max_batch_tokens,
-        .n_threads = c->engine.threads,
-    };
-    XD_TRY(xd_config_expert_opts(&c->engine, mc, c->record_routing != NULL, &eo, err));
+    eo.n_kv_blocks = (int)blocks;
     eo.pack.log = on_pack_line;
     eo.pack.log_ctx = s;
     /* on the GPU this copies every weight to the device: say so, it is not instant */
@@ -362,7 +358,7 @@ static int load(struct xd_server *s, struct loaded *L, struct xd_err *err)
            c->engine.model, s->model_name, mc->n_layers, mc->n_experts, mc->top_k,
            s->max_context, blocks, c->engine.block_size,
            (double)(blocks * block_bytes) / (1 << 20),
-           eo.device == XD_DEVICE_CUDA ? "bf16" : xd_engine_kv_dtype_name(kv_dtype),
+           xd_engine_kv_dtype_name(kv_element),
            L->chat ? xd_chat_template_origin(L->chat) : "none",
            xd_reasoning_parser_name((enum xd_reasoning_parser)s->reasoning_parser),
            xd_tool_syntax_name((enum xd_tool_syntax)s->tool_syntax));

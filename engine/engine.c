@@ -191,3 +191,8 @@ const char *xd_engine_kv_dtype_name(enum xd_dtype dt)
 {
     return dt == XD_DTYPE_BF16 ? "bf16" : dt == XD_DTYPE_F16 ? "f16" : "f32";
 }
+
+enum xd_dtype xd_engine_kv_element(const struct xd_engine_opts *opts)
+{
+    return opts->device == XD_DEVICE_CUDA ? XD_DTYPE_BF16 : opts->kv_dtype;
+}

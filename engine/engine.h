@@ -52,6 +52,10 @@ int xd_engine_kv_dtype_parse(const char *name, enum xd_dtype *ret, struct xd_err
 /* The option's spelling of a KV cache element type ("f32" for anything not bf16 or f16). */
 const char *xd_engine_kv_dtype_name(enum xd_dtype dt);
 
+/* What the chosen backend stores each KV cache element as: opts->kv_dtype on the CPU (MLA's
+ * latent cache is f32, which xd_engine_create requires there), bf16 on the GPU. */
+enum xd_dtype xd_engine_kv_element(const struct xd_engine_opts *opts);
+
 /* The expert cache's counters, for /metrics and benchmarks. */
 struct xd_expert_stats {
     bool offloading;        /* false: every expert resident, the rest is zero */

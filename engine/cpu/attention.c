@@ -19,9 +19,6 @@
 /* Rows (query token x head of the kv head's group) per tile at most: K and V of a block are read
  * once per tile; the tile's accumulators (rows x head_dim) stay near 32 KiB. */
 #define TILE_ROWS_MAX 64
-#ifndef ATTN_PREFETCH
-#define ATTN_PREFETCH 1
-#endif
 #define TILE_FLOATS 8192
 
 /* ---- the exponential: x = n ln 2 + r, |r| <= ln 2 / 2, exp(r) = 1 + r + r^2 P(r) ---- */
@@ -147,16 +144,18 @@ ATTN_CLONES static void row_update_portable(const struct tile_ctx *c, const floa
     }
 }
 
-/* n keys or values of a 16-bit cache (bf16 or f16) widened to f32: exact, so every path gives
- * the same values. */
+/* One element of a 16-bit cache (bf16 or f16) as f32: exact, so every path gives the same
+ * values. */
+static inline float widen1(uint16_t v, enum xd_dtype dt)
+{
+    return dt == XD_DTYPE_BF16 ? xd_bf16_to_f32(v) : xd_f16_to_f32(v);
+}
+
+/* n keys or values of a 16-bit cache widened to f32. */
 static void widen_portable(const uint16_t *src, float *dst, int n, enum xd_dtype dt)
 {
-    if (dt == XD_DTYPE_BF16)
-        for (int i = 0; i < n; i++)
-            dst[i] = xd_bf16_to_f32(src[i]);
-    else
-        for (int i = 0; i < n; i++)
-            dst[i] = xd_f16_to_f32(src[i]);
+    for (int i = 0; i < n; i++)
+        dst[i] = widen1(src[i], dt);
 }
 
 /* ---- AVX-512 (chosen at run time) ---- */
@@ -543,12 +542,6 @@ static inline size_t k_at(const struct xd_cpu_attn *a, const struct xd_seq_chunk
            (size_t)(j % bs);
 }
 
-/* One element of a 16-bit cache as f32 (exact). */
-static inline float widen1(uint16_t v, enum xd_dtype dt)
-{
-    return dt == XD_DTYPE_BF16 ? xd_bf16_to_f32(v) : xd_f16_to_f32(v);
-}
-
 /* Rows r0 .. r1 - 1 of one sequence's chunk for kv head kvh: row r is the chunk's token r /
  * group, head kvh * group + r % group. q and out point at the chunk's first token. */
 static void attend_tile(const struct xd_cpu_attn *a, const struct attn_path *path,
@@ -590,7 +583,7 @@ static void attend_tile(const struct xd_cpu_attn *a, const struct attn_path *pat
          * itself; its values 16 rows that follow each other */
         const bool whole = ja == j0 && jb == j0 + KB - 1 && bs % KB == 0;
         const size_t at0 = whole ? kv_at(a, sc, j0, kvh) : 0, k0 = whole ? k_at(a, sc, j0, kvh) : 0;
-        if (ATTN_PREFETCH && j0 + KB <= klast) {
+        if (j0 + KB <= klast) {
             /* the next key block's keys and values of this head: runs of their own elsewhere in
              * the cache, which the hardware prefetcher would only find after a few misses (a
              * hint; no result depends on it) */
@@ -693,8 +686,7 @@ void xd_cpu_attention_on(const struct xd_cpu_attn *a, const struct xd_batch *b, 
     struct attn_path path = {widen_portable, scores_portable, block_update_portable};
 #ifdef XD_ATTN_X86
     if (vec == XD_CPU_VEC_AVX512 && __builtin_cpu_supports("avx512f"))
-        path = (struct attn_path){widen_avx512, scores_avx512,
-                                  block_update_avx512};
+        path = (struct attn_path){widen_avx512, scores_avx512, block_update_avx512};
     else if (vec >= XD_CPU_VEC_AVX2 && __builtin_cpu_supports("avx2") &&
              __builtin_cpu_supports("fma"))
         path = (struct attn_path){xd_cpu_has_f16c() ? widen_avx2 : widen_portable,
